@@ -1,0 +1,281 @@
+/*
+ * flash_attention.h - the C ABI of FlashAttention.Interop.
+ *
+ * The one public header of libflash_attention. Plain C99: fixed-width integers, no bool, no unions,
+ * no C++ types. Every function returns fa_status_t; on failure fa_last_error_message() says what was
+ * wrong in words a user can act on. Nothing in the library calls exit, abort or printf.
+ *
+ * Tensors are described, not owned: a device pointer, a dtype, a rank, a shape and strides in
+ * elements. Attention tensors use the layout [batch, seqlen, heads, head_dim]; the last dimension
+ * must be contiguous (stride 1), every other stride is free, so slices of a packed QKV buffer work
+ * without copies.
+ *
+ * Streams cross the ABI as void* (a cudaStream_t); NULL is the legacy default stream. Streams made by
+ * other libraries (PyTorch, ONNX Runtime, TorchSharp, ...) may be passed.
+ *
+ * Thread safety: every function may be called from any thread. A context may be used from several
+ * threads and streams at once; the stream is an argument of every call, never state on the context.
+ */
+#ifndef FLASH_ATTENTION_H
+#define FLASH_ATTENTION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Version of this header. fa_version() reports the version of the loaded binary. */
+#define FA_VERSION_MAJOR 0
+#define FA_VERSION_MINOR 1
+#define FA_VERSION_PATCH 0
+/* MAJOR * 10000 + MINOR * 100 + PATCH. */
+#define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
+
+/* Most dimensions a tensor descriptor carries. */
+#define FA_MAX_RANK 4
+/* Size of the name buffer in fa_device_properties_t. */
+#define FA_DEVICE_NAME_SIZE 256
+/* Required alignment, in bytes, of every tensor's data pointer. */
+#define FA_ALIGNMENT_BYTES 16
+
+#if defined(_WIN32)
+#  if defined(FA_BUILDING_LIBRARY)
+#    define FA_API __declspec(dllexport)
+#  else
+#    define FA_API __declspec(dllimport)
+#  endif
+#else
+#  define FA_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Result of every call. Values are fixed and only ever appended. */
+typedef enum fa_status {
+    /* The call succeeded. */
+    FA_STATUS_SUCCESS = 0,
+    /* An argument is null, out of range or inconsistent with another; nothing was launched. */
+    FA_STATUS_INVALID_ARGUMENT = 1,
+    /* The arguments are valid but this build or this GPU does not serve them (head dim, dtype, arch). */
+    FA_STATUS_UNSUPPORTED = 2,
+    /* No CUDA device, no driver, or the driver is older than the library needs. */
+    FA_STATUS_NO_DEVICE = 3,
+    /* A device or host allocation failed. */
+    FA_STATUS_OUT_OF_MEMORY = 4,
+    /* A CUDA call failed; the message carries CUDA's own error name and text. */
+    FA_STATUS_CUDA_ERROR = 5,
+    /* A bug in the library: an exception or state it did not expect. Please report it. */
+    FA_STATUS_INTERNAL = 6
+} fa_status_t;
+
+/* Element types of tensors. Values are fixed and only ever appended. */
+typedef enum fa_dtype {
+    /* IEEE 754 binary16. */
+    FA_DTYPE_FLOAT16 = 1,
+    /* bfloat16 (8-bit exponent, 7-bit mantissa). */
+    FA_DTYPE_BFLOAT16 = 2,
+    /* IEEE 754 binary32; used for the log-sum-exp output. */
+    FA_DTYPE_FLOAT32 = 3,
+    /* 32-bit signed integer. */
+    FA_DTYPE_INT32 = 4
+} fa_dtype_t;
+
+/* Where the causal diagonal sits when seqlen_q != seqlen_k. */
+typedef enum fa_causal_alignment {
+    /* Query i sees keys j <= i + (seqlen_k - seqlen_q): the last query sees every key.
+       FlashAttention >= 2.1 convention; the default. */
+    FA_CAUSAL_BOTTOM_RIGHT = 0,
+    /* Query i sees keys j <= i: PyTorch's is_causal convention. */
+    FA_CAUSAL_TOP_LEFT = 1
+} fa_causal_alignment_t;
+
+/* Kernel family a call may use. */
+typedef enum fa_kernel_path {
+    /* Pick the fastest path this build has for the device. */
+    FA_PATH_AUTO = 0,
+    /* The portable mma.sync path (sm_80 and later). */
+    FA_PATH_SM80 = 1
+} fa_kernel_path_t;
+
+/* Severity of a log message. */
+typedef enum fa_log_level {
+    FA_LOG_DEBUG = 0,
+    FA_LOG_INFO = 1,
+    FA_LOG_WARNING = 2,
+    FA_LOG_ERROR = 3
+} fa_log_level_t;
+
+/* A strided view of device memory. The library never owns or frees data. */
+typedef struct fa_tensor {
+    /* Device pointer to element [0, 0, ...]; must be 16-byte aligned. */
+    void* data;
+    /* Element type (an fa_dtype_t value). */
+    int32_t dtype;
+    /* Number of dimensions used in shape and strides (1..FA_MAX_RANK). */
+    int32_t rank;
+    /* Extent of each dimension. */
+    int64_t shape[FA_MAX_RANK];
+    /* Distance, in elements, between neighbours along each dimension. */
+    int64_t strides[FA_MAX_RANK];
+} fa_tensor_t;
+
+/* Arguments of fa_forward. Fill with fa_forward_params_init, then set the fields you need. */
+typedef struct fa_forward_params {
+    /* sizeof(fa_forward_params_t) as the caller compiled it; set by fa_forward_params_init. */
+    uint32_t struct_size;
+    /* Reserved; must be 0. */
+    uint32_t reserved0;
+    /* Queries [batch, seqlen_q, heads_q, head_dim], fp16 or bf16. */
+    fa_tensor_t q;
+    /* Keys [batch, seqlen_k, heads_kv, head_dim], same dtype as q; heads_kv must divide heads_q. */
+    fa_tensor_t k;
+    /* Values [batch, seqlen_k, heads_kv, head_dim], same dtype as q. */
+    fa_tensor_t v;
+    /* Output [batch, seqlen_q, heads_q, head_dim], same dtype as q; written. Must not overlap q, k or v. */
+    fa_tensor_t out;
+    /* Optional log-sum-exp [batch, heads_q, seqlen_q], fp32 (natural log of the softmax denominator,
+       scale included); written when data is not NULL. Rows that see no key get +infinity. */
+    fa_tensor_t lse;
+    /* Multiplier of q.k before the softmax; 0 means 1/sqrt(head_dim). */
+    float softmax_scale;
+    /* 1: causal mask; 0: none. */
+    int32_t causal;
+    /* An fa_causal_alignment_t value; used when causal is 1. */
+    int32_t causal_alignment;
+    /* An fa_kernel_path_t value. */
+    int32_t kernel_path;
+} fa_forward_params_t;
+
+/* Properties of one CUDA device. */
+typedef struct fa_device_properties {
+    /* sizeof(fa_device_properties_t) as the caller compiled it; set it before the call. */
+    uint32_t struct_size;
+    /* Compute capability, major. */
+    int32_t major;
+    /* Compute capability, minor. */
+    int32_t minor;
+    /* Number of streaming multiprocessors. */
+    int32_t multiprocessor_count;
+    /* Global memory in bytes. */
+    int64_t total_memory;
+    /* Largest shared memory a block may opt in to, in bytes. */
+    int64_t shared_memory_per_block_optin;
+    /* Name, NUL-terminated. */
+    char name[FA_DEVICE_NAME_SIZE];
+} fa_device_properties_t;
+
+/* Opaque per-device state: device ordinal, cached properties. */
+typedef struct fa_context* fa_context_t;
+
+/* Receives library log messages. message is valid only during the call. May be called from any
+   thread that calls into the library. */
+typedef void (*fa_log_callback_t)(int32_t level, const char* message, void* user_data);
+
+/* ---- errors and versions ---------------------------------------------------------------------- */
+
+/* Constant name of a status ("FA_STATUS_INVALID_ARGUMENT"); never NULL, never freed. */
+FA_API const char* fa_status_string(fa_status_t status);
+
+/* The message of the last failed call on this thread, or "" if it succeeded. Owned by the library;
+   valid until the next fa_* call on the same thread. */
+FA_API const char* fa_last_error_message(void);
+
+/* Version of the loaded binary as FA_VERSION_CODE computes it. */
+FA_API int32_t fa_version(void);
+
+/* Routes library log messages to callback (NULL turns logging off). Process-wide. */
+FA_API fa_status_t fa_set_log_callback(fa_log_callback_t callback, void* user_data);
+
+/* ---- devices ---------------------------------------------------------------------------------- */
+
+/* Number of CUDA devices. Returns FA_STATUS_NO_DEVICE (and count 0) where there is no driver or GPU. */
+FA_API fa_status_t fa_device_count(int32_t* count);
+
+/* Fills *props (whose struct_size the caller sets) for device ordinal `device`. */
+FA_API fa_status_t fa_device_get_properties(int32_t device, fa_device_properties_t* props);
+
+/* Waits for all work on `device`. */
+FA_API fa_status_t fa_device_synchronize(int32_t device);
+
+/* ---- memory ----------------------------------------------------------------------------------- */
+
+/* Allocates `bytes` of device memory on `device` (256-byte aligned). Free with fa_memory_free. */
+FA_API fa_status_t fa_memory_alloc(int32_t device, size_t bytes, void** ptr);
+
+/* Frees memory from fa_memory_alloc. NULL is a no-op. */
+FA_API fa_status_t fa_memory_free(int32_t device, void* ptr);
+
+/* Allocates `bytes` on the device of `stream`, ordered on `stream`. Free with fa_memory_free_async. */
+FA_API fa_status_t fa_memory_alloc_async(size_t bytes, void* stream, void** ptr);
+
+/* Frees memory from fa_memory_alloc_async once prior work on `stream` is done. */
+FA_API fa_status_t fa_memory_free_async(void* ptr, void* stream);
+
+/* Copies `bytes` between any host or device pointers and waits for the copy. */
+FA_API fa_status_t fa_memcpy(void* dst, const void* src, size_t bytes);
+
+/* Copies `bytes` between any host or device pointers, ordered on `stream`. Host memory must stay
+   valid (and, for true asynchrony, be pinned) until the stream reaches the copy. */
+FA_API fa_status_t fa_memcpy_async(void* dst, const void* src, size_t bytes, void* stream);
+
+/* Sets `bytes` bytes of device memory to the byte `value`, ordered on `stream`. */
+FA_API fa_status_t fa_memset_async(void* ptr, int32_t value, size_t bytes, void* stream);
+
+/* ---- streams and events ----------------------------------------------------------------------- */
+
+/* Creates a non-blocking stream on `device`. Destroy with fa_stream_destroy. */
+FA_API fa_status_t fa_stream_create(int32_t device, void** stream);
+
+/* Destroys a stream from fa_stream_create. NULL is a no-op. */
+FA_API fa_status_t fa_stream_destroy(void* stream);
+
+/* Waits until all work on `stream` is done. */
+FA_API fa_status_t fa_stream_synchronize(void* stream);
+
+/* Creates a timing event on `device`. Destroy with fa_event_destroy. */
+FA_API fa_status_t fa_event_create(int32_t device, void** event);
+
+/* Destroys an event from fa_event_create. NULL is a no-op. */
+FA_API fa_status_t fa_event_destroy(void* event);
+
+/* Records `event` on `stream`. */
+FA_API fa_status_t fa_event_record(void* event, void* stream);
+
+/* Waits for `event`. */
+FA_API fa_status_t fa_event_synchronize(void* event);
+
+/* Milliseconds between two recorded, completed events. */
+FA_API fa_status_t fa_event_elapsed_ms(void* start, void* end, float* milliseconds);
+
+/* ---- contexts --------------------------------------------------------------------------------- */
+
+/* Creates a context for device ordinal `device`. Destroy with fa_context_destroy. */
+FA_API fa_status_t fa_context_create(int32_t device, fa_context_t* context);
+
+/* Destroys a context. NULL is a no-op. Work already launched is not waited for. */
+FA_API fa_status_t fa_context_destroy(fa_context_t context);
+
+/* Device ordinal of a context. */
+FA_API fa_status_t fa_context_get_device(fa_context_t context, int32_t* device);
+
+/* ---- attention -------------------------------------------------------------------------------- */
+
+/* Fills *params with defaults: struct_size, scale 0 (1/sqrt(d)), not causal, bottom-right, auto path.
+   Tensors are zeroed (data NULL). */
+FA_API fa_status_t fa_forward_params_init(fa_forward_params_t* params);
+
+/* Checks *params without touching the GPU: shapes, dtypes, strides, alignment, head dim, GQA
+   divisibility. compute_capability is major*10+minor of the target GPU (e.g. 90), or 0 for "any GPU
+   this build serves". FA_STATUS_SUCCESS means fa_forward would accept the arguments. */
+FA_API fa_status_t fa_forward_check(const fa_forward_params_t* params, int32_t compute_capability);
+
+/* Scaled dot-product attention forward: out = softmax(scale * q k^T + mask) v, written to params->out
+   (and the log-sum-exp to params->lse when given), ordered on `stream`. Validates everything before
+   any CUDA call. Does not synchronise and does not allocate, so it may be captured into a CUDA graph. */
+FA_API fa_status_t fa_forward(fa_context_t context, const fa_forward_params_t* params, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FLASH_ATTENTION_H */
