@@ -27,8 +27,24 @@ struct FwdParams {
     float scale;             // softmax scale
     float scale_log2;        // scale * log2(e)
     int32_t causal;          // 0 or 1
-    int32_t causal_offset;   // key j visible to query i iff j <= i + causal_offset (sk - sq or 0)
+    int32_t causal_offset;   // unused by the kernels (kept for logging): see bottom_right
     DType dtype;
+
+    // Masks. Query i of a sequence sees key j iff j < sk_seq and
+    //   j <= i + off + right   (right = 0 when causal, else window_right; unbounded if < 0)
+    //   j >= i + off - window_left                                    (unbounded if < 0)
+    // where off = sk_seq - sq_seq when bottom_right, else 0.
+    int32_t window_left = -1;
+    int32_t window_right = -1;
+    int32_t bottom_right = 1;
+    // > 0: scores become softcap * tanh(score * scale / softcap) before masking and softmax.
+    float softcap = 0.f;
+
+    // Variable-length batches: when cu_seqlens_q is set, q/o are [total_q, hq, d] and sequence b
+    // spans rows cu_seqlens_q[b] .. cu_seqlens_q[b+1] (likewise k/v with cu_seqlens_k); batch strides
+    // are ignored; sq/sk are the maxima; the LSE is [hq, total_q] (lse_batch_stride unused).
+    const int32_t* cu_seqlens_q = nullptr;
+    const int32_t* cu_seqlens_k = nullptr;
 };
 
 struct LaunchInfo {
@@ -38,9 +54,13 @@ struct LaunchInfo {
     int64_t smem_optin;
 };
 
-// Head dims with a compiled forward kernel (ascending). The dispatcher pads nothing yet: a head dim
-// must be one of these exactly.
+// Whether this build serves head dim d: a multiple of 8 no larger than the largest compiled kernel
+// head dim (a smaller d runs the next larger kernel with zero-filled columns).
 bool forward_head_dim_compiled(int32_t d);
+// The kernel head dim that serves d, or 0.
+int32_t forward_kernel_head_dim(int32_t d);
+// The compiled kernel head dims, ascending; returns their count.
+int32_t forward_compiled_head_dims(const int32_t** dims);
 
 // Launches the forward kernel on stream. Returns a cudaError_t value (0 on success) so that this
 // header needs no CUDA include; the caller turns it into a status and message.

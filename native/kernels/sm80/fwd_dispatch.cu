@@ -1,0 +1,84 @@
+// Runtime -> compile-time switch of the forward pass: dtype and head dim pick the instantiation.
+// A head dim without its own instantiation (any multiple of 8 up to 256) runs the next larger one,
+// whose loads zero-fill the missing columns and whose stores skip them. The host side (native/src)
+// has validated every argument before this is called.
+#include <cuda_runtime.h>
+
+#include "params.h"
+#include "sm80/fwd_instances.h"
+
+namespace fa {
+
+namespace {
+// Head dims compiled into this build (CMake's FA_HEAD_DIMS), ascending.
+constexpr int32_t kCompiled[] = {
+#if defined(FA_HAS_HDIM32)
+    32,
+#endif
+#if defined(FA_HAS_HDIM64)
+    64,
+#endif
+#if defined(FA_HAS_HDIM96)
+    96,
+#endif
+#if defined(FA_HAS_HDIM128)
+    128,
+#endif
+#if defined(FA_HAS_HDIM192)
+    192,
+#endif
+#if defined(FA_HAS_HDIM256)
+    256,
+#endif
+    0};  // sentinel, keeps the array non-empty
+
+template <typename T>
+int run_for_head_dim(int32_t kernel_d, const FwdParams& p, const LaunchInfo& info, cudaStream_t stream,
+                     const char** name) {
+    switch (kernel_d) {
+#if defined(FA_HAS_HDIM32)
+        case 32: return sm80::run_fwd<T, 32>(p, info, stream, name);
+#endif
+#if defined(FA_HAS_HDIM64)
+        case 64: return sm80::run_fwd<T, 64>(p, info, stream, name);
+#endif
+#if defined(FA_HAS_HDIM96)
+        case 96: return sm80::run_fwd<T, 96>(p, info, stream, name);
+#endif
+#if defined(FA_HAS_HDIM128)
+        case 128: return sm80::run_fwd<T, 128>(p, info, stream, name);
+#endif
+#if defined(FA_HAS_HDIM192)
+        case 192: return sm80::run_fwd<T, 192>(p, info, stream, name);
+#endif
+#if defined(FA_HAS_HDIM256)
+        case 256: return sm80::run_fwd<T, 256>(p, info, stream, name);
+#endif
+        default: return static_cast<int>(cudaErrorInvalidValue);  // validation rejects these first
+    }
+}
+}  // namespace
+
+int32_t forward_kernel_head_dim(int32_t d) {
+    if (d <= 0 || d % 8 != 0) return 0;
+    for (const int32_t k : kCompiled) {
+        if (k != 0 && k >= d) return k;
+    }
+    return 0;
+}
+
+bool forward_head_dim_compiled(int32_t d) { return forward_kernel_head_dim(d) != 0; }
+
+int32_t forward_compiled_head_dims(const int32_t** dims) {
+    if (dims) *dims = kCompiled;
+    return static_cast<int32_t>(sizeof(kCompiled) / sizeof(kCompiled[0])) - 1;
+}
+
+int launch_forward(const FwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name) {
+    const auto s = static_cast<cudaStream_t>(stream);
+    const int32_t kd = forward_kernel_head_dim(p.d);
+    if (p.dtype == DType::BFloat16) return run_for_head_dim<__nv_bfloat16>(kd, p, info, s, kernel_name);
+    return run_for_head_dim<__half>(kd, p, info, s, kernel_name);
+}
+
+}  // namespace fa

@@ -1,0 +1,398 @@
+// FlashAttention-2 forward, portable path (mma.sync m16n8k16 + ldmatrix + cp.async), sm_80 and up.
+//
+// One CTA computes BlockM query rows of one (batch, head). Q is loaded once into shared memory;
+// K/V tiles of BlockN keys stream through one K and one V buffer, walking the visible key range from
+// the last tile down so that only the first tiles (and, with a left window, the last ones) need
+// masks. Scores stay in registers: online softmax with exp2 and the scale folded in, P re-packed in
+// registers as the A operand of P.V, O normalised once at the end, the log-sum-exp written for the
+// backward pass.
+//
+// Pipeline per key tile n (one K and one V buffer):
+//   wait K(n) | issue V(n) | S = Q K(n)^T, mask | wait V(n) | issue K(n-1) | softmax, O += P V(n)
+// so the V load overlaps Q K^T and the next K load overlaps softmax and P V.
+#pragma once
+#include <cuda_runtime.h>
+#include <math_constants.h>
+
+#include <type_traits>
+
+#include "common/ptx.cuh"
+#include "params.h"
+#include "sm80/fwd_traits.h"
+
+namespace fa {
+namespace sm80 {
+
+__device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Floor division that rounds toward -infinity (window bounds may be negative).
+__device__ __forceinline__ int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// Copies `Rows` rows of a [rows, D] tile from global memory (row stride in elements) into a
+// swizzled shared tile with cp.async. Rows at or past `rows_valid`, and columns at or past `cols`
+// (the caller's head dim, a multiple of 8, when it is below the kernel's D), are zero-filled and
+// never read.
+template <class Tr, int Rows>
+__device__ __forceinline__ void load_tile(uint32_t smem, const typename Tr::Elem* gmem, int64_t row_stride,
+                                          int rows_valid, int cols, int tid) {
+    constexpr int CPR = Tr::kChunksPerRow;
+    if constexpr (Tr::kThreads % CPR == 0) {
+        // Each thread keeps one column chunk and steps down the rows by a constant.
+        constexpr int kRowStep = Tr::kThreads / CPR;
+        const int r0 = tid / CPR;
+        const int ch = tid % CPR;
+        const bool col_ok = ch * 8 < cols;
+        const typename Tr::Elem* src = gmem + static_cast<int64_t>(r0) * row_stride + ch * 8;
+        const int64_t src_step = static_cast<int64_t>(kRowStep) * row_stride;
+#pragma unroll
+        for (int i = 0; i < Rows / kRowStep; ++i) {
+            const int r = r0 + i * kRowStep;
+            const bool valid = col_ok && r < rows_valid;
+            cp_async_16(smem + swizzle<Tr::kRowBytes>(r, ch), valid ? src : gmem, valid);
+            src += src_step;
+            // Hide the pointer's history from the compiler: otherwise it precomputes every
+            // i * src_step once per kernel and keeps them all live, which spills registers.
+            asm volatile("" : "+l"(src));
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < Rows * CPR / Tr::kThreads; ++i) {
+            const int c = tid + i * Tr::kThreads;
+            const int r = c / CPR;
+            const int ch = c % CPR;
+            const bool valid = r < rows_valid && ch * 8 < cols;
+            cp_async_16(smem + swizzle<Tr::kRowBytes>(r, ch),
+                        valid ? gmem + static_cast<int64_t>(r) * row_stride + ch * 8 : gmem, valid);
+        }
+    }
+}
+
+// Address of the ldmatrix row a lane supplies, at k16 step `kk` (two 16-byte chunks per step) and
+// `rows` rows further down. `lane_off` = swizzle(row, lane_chunk) of the lane's first row; since the
+// rows added are multiples of 8 and the chunk pairs even, the swizzle becomes one XOR with a
+// constant, so only a few distinct per-lane values stay live instead of one per (step, tile).
+template <int RowBytes>
+__device__ __forceinline__ uint32_t frag_addr(uint32_t base, uint32_t lane_off, int kk, int rows) {
+    constexpr int M = Swizzle<RowBytes>::kMask;
+    return base + (lane_off ^ (((kk * 2) & M) << 4)) + (((kk * 2) & ~M) << 4) + rows * RowBytes;
+}
+
+// Where one CTA's sequence lives: per-batch offsets for variable-length batches, plain strides
+// otherwise.
+struct SeqInfo {
+    int sq, sk;           // this sequence's lengths
+    int64_t q_row0;       // row of this sequence's first query in q/o (varlen) or 0
+    int64_t k_row0;       // likewise for k/v
+};
+
+__device__ __forceinline__ SeqInfo seq_info(const FwdParams& p, int b) {
+    SeqInfo s;
+    if (p.cu_seqlens_q != nullptr) {
+        const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
+        s.sq = p.cu_seqlens_q[b + 1] - q0;
+        s.sk = p.cu_seqlens_k[b + 1] - k0;
+        s.q_row0 = q0;
+        s.k_row0 = k0;
+    } else {
+        s.sq = p.sq;
+        s.sk = p.sk;
+        s.q_row0 = 0;
+        s.k_row0 = 0;
+    }
+    return s;
+}
+
+// kLocal: some key may be hidden by a causal mask or a window (else only the sequence tail masks).
+template <class Tr, bool kLocal, bool kSoftcap>
+__global__ void __launch_bounds__(Tr::kThreads) fwd_kernel(const __grid_constant__ FwdParams p) {
+    using T = typename Tr::Elem;
+    constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
+    constexpr int MT = Tr::kMTiles, NS = Tr::kNTilesS, NO = Tr::kNTilesO;
+    constexpr int RB = Tr::kRowBytes;
+
+    extern __shared__ __align__(128) unsigned char smem[];
+
+    // Heavier (later) row blocks first: under a causal mask they see the most keys.
+    const int m_block = gridDim.x - 1 - blockIdx.x;
+    const int h = blockIdx.y;
+    const int b = blockIdx.z;
+    const SeqInfo seq = seq_info(p, b);
+    const int row0 = m_block * BM;
+    if (row0 >= seq.sq) return;  // varlen: this sequence is shorter than the longest one
+
+    const int hk = h / p.hq_per_hkv;
+    const int tid = threadIdx.x;
+    const int warp = tid / 32;
+    const int lane = tid % 32;
+    const bool varlen = p.cu_seqlens_q != nullptr;
+
+    const T* q = reinterpret_cast<const T*>(p.q) + (varlen ? 0 : b * p.q_batch_stride) + h * p.q_head_stride +
+                 (seq.q_row0 + row0) * p.q_row_stride;
+    const T* k = reinterpret_cast<const T*>(p.k) + (varlen ? 0 : b * p.k_batch_stride) + hk * p.k_head_stride +
+                 seq.k_row0 * p.k_row_stride;
+    const T* v = reinterpret_cast<const T*>(p.v) + (varlen ? 0 : b * p.v_batch_stride) + hk * p.v_head_stride +
+                 seq.k_row0 * p.v_row_stride;
+    T* o = reinterpret_cast<T*>(p.o) + (varlen ? 0 : b * p.o_batch_stride) + h * p.o_head_stride +
+           (seq.q_row0 + row0) * p.o_row_stride;
+    float* lse = p.lse == nullptr ? nullptr
+                                  : p.lse + (varlen ? 0 : b * p.lse_batch_stride) + h * p.lse_head_stride +
+                                        (seq.q_row0 + row0) * p.lse_row_stride;
+
+    const int rows_here = min(BM, seq.sq - row0);
+    const int off = p.bottom_right ? seq.sk - seq.sq : 0;
+    const int win_right = p.causal ? (p.window_right >= 0 ? min(p.window_right, 0) : 0) : p.window_right;
+    const int win_left = p.window_left;
+    // Visible keys satisfy left_bound <= col - row <= right_bound (see FwdParams).
+    constexpr int kUnbounded = 1 << 30;
+    const int right_bound = kLocal && win_right >= 0 ? off + win_right : kUnbounded;
+    const int left_bound = kLocal && win_left >= 0 ? off - win_left : -kUnbounded;
+
+    // Key tiles some row of this block can see: [n_begin, n_end).
+    const int n_tiles = ceil_div(seq.sk, BN);
+    int n_begin = 0, n_end = n_tiles;
+    if (kLocal) {
+        if (win_right >= 0) {
+            const int last_key = row0 + rows_here - 1 + off + win_right;
+            n_end = last_key < 0 ? 0 : min(n_tiles, last_key / BN + 1);
+        }
+        if (win_left >= 0) n_begin = max(0, floor_div(row0 + off - win_left, BN));
+    }
+
+    if (n_end <= n_begin) {
+        // No row of this block sees any key: O = 0 and LSE = +inf (the backward pass then recomputes P = 0).
+        for (int c = tid; c < BM * Tr::kChunksPerRow; c += Tr::kThreads) {
+            const int r = c / Tr::kChunksPerRow;
+            const int ch = c % Tr::kChunksPerRow;
+            if (r < rows_here && ch * 8 < p.d) {
+                *reinterpret_cast<uint4*>(o + static_cast<int64_t>(r) * p.o_row_stride + ch * 8) = make_uint4(0, 0, 0, 0);
+            }
+        }
+        if (lse != nullptr) {
+            for (int r = tid; r < rows_here; r += Tr::kThreads) lse[static_cast<int64_t>(r) * p.lse_row_stride] = CUDART_INF_F;
+        }
+        return;
+    }
+
+    const uint32_t sQ = smem_u32(smem);
+    const uint32_t sK = sQ + Tr::kSmemQ;
+    const uint32_t sV = sK + Tr::kSmemK;
+
+    int n = n_end - 1;
+    load_tile<Tr, BM>(sQ, q, p.q_row_stride, rows_here, p.d, tid);
+    load_tile<Tr, BN>(sK, k + static_cast<int64_t>(n) * BN * p.k_row_stride, p.k_row_stride, seq.sk - n * BN, p.d, tid);
+    cp_async_commit();
+
+    float acc[MT][NO][4];
+    float row_max[MT][2];
+    float row_sum[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int j = 0; j < NO; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mt][j][e] = 0.f;
+        }
+        row_max[mt][0] = row_max[mt][1] = -CUDART_INF_F;
+        row_sum[mt][0] = row_sum[mt][1] = 0.f;
+    }
+
+    // Per-lane ldmatrix coordinates (KERNELS.md 1.4): matrix i = lane / 8 of each x4.
+    const int warp_row = warp * Tr::kRowsPerWarp;
+    const uint32_t q_off = swizzle<RB>(warp_row + lane % 16, lane / 16);            // A operand, row-major Q
+    const uint32_t k_off = swizzle<RB>((lane / 16) * 8 + lane % 8, (lane / 8) % 2);  // B operand, K [kv][d]
+    const uint32_t v_off = swizzle<RB>(((lane / 8) % 2) * 8 + lane % 8, lane / 16);  // B operand, V^T (.trans)
+    // Softcap: s' = tanh(s * scale / cap) and the softmax runs on cap * s' (p.scale_log2 = cap * log2 e).
+    const float scale_log2 = p.scale_log2;
+    const float cap_premul = kSoftcap ? p.scale / p.softcap : 1.f;
+
+    // One key tile: kMask says whether some key of it may be hidden (decided per tile below).
+    auto step = [&](const int n, auto mask_tag) {
+        constexpr bool kMask = decltype(mask_tag)::value;
+        cp_async_wait<0>();
+        __syncthreads();  // K(n) (and Q) visible to all; every warp is done with V(n+1)
+        load_tile<Tr, BN>(sV, v + static_cast<int64_t>(n) * BN * p.v_row_stride, p.v_row_stride, seq.sk - n * BN,
+                          p.d, tid);
+        cp_async_commit();
+
+        // S = Q K^T
+        float s[MT][NS][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int j = 0; j < NS; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[mt][j][e] = 0.f;
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < Tr::kKStepsQK; ++kk) {
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                ldmatrix_x4(a[mt][0], a[mt][1], a[mt][2], a[mt][3], frag_addr<RB>(sQ, q_off, kk, mt * 16));
+            }
+#pragma unroll
+            for (int np = 0; np < NS / 2; ++np) {
+                uint32_t b0, b1, b2, b3;
+                ldmatrix_x4(b0, b1, b2, b3, frag_addr<RB>(sK, k_off, kk, np * 16));
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_16816<T>(s[mt][2 * np], a[mt], b0, b1);
+                    mma_16816<T>(s[mt][2 * np + 1], a[mt], b2, b3);
+                }
+            }
+        }
+
+        if (kSoftcap) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int j = 0; j < NS; ++j) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) s[mt][j][e] = tanhf(s[mt][j][e] * cap_premul);
+                }
+            }
+        }
+
+        // Masks: keys past seqlen_k, right of the causal diagonal or window, left of the window.
+        // Key col is hidden for row iff col >= sk or col - row leaves [left_bound, right_bound].
+        if constexpr (kMask) {
+            const int col0 = n * BN + (lane % 4) * 2;
+            const int diff0 = col0 - (row0 + warp_row + lane / 4);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int j = 0; j < NS; ++j) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int dc = j * 8 + (e & 1);
+                        const int diff = diff0 + dc - mt * 16 - (e >= 2 ? 8 : 0);
+                        bool hidden = col0 + dc >= seq.sk;
+                        if (kLocal) hidden |= diff > right_bound || diff < left_bound;
+                        if (hidden) s[mt][j][e] = -CUDART_INF_F;
+                    }
+                }
+            }
+        }
+
+        // Online softmax. Each thread holds rows g and g+8 of each m16 tile; a row's 4 owners are a quad.
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float mx = row_max[mt][r];
+#pragma unroll
+                for (int j = 0; j < NS; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                // A row that has seen no key yet keeps max -inf; use 0 so -inf - -inf never makes NaN.
+                const float m_scaled = mx == -CUDART_INF_F ? 0.f : mx * scale_log2;
+                const float alpha = fast_exp2(row_max[mt][r] * scale_log2 - m_scaled);
+                row_max[mt][r] = mx;
+                float sum = 0.f;
+#pragma unroll
+                for (int j = 0; j < NS; ++j) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const float pv = fast_exp2(s[mt][j][2 * r + c] * scale_log2 - m_scaled);
+                        s[mt][j][2 * r + c] = pv;
+                        sum += pv;
+                    }
+                }
+                row_sum[mt][r] = row_sum[mt][r] * alpha + sum;
+#pragma unroll
+                for (int j = 0; j < NO; ++j) {
+                    acc[mt][j][2 * r] *= alpha;
+                    acc[mt][j][2 * r + 1] *= alpha;
+                }
+            }
+        }
+
+        cp_async_wait<0>();
+        __syncthreads();  // V(n) visible to all; every warp is done reading K(n)
+        if (n > n_begin) {
+            load_tile<Tr, BN>(sK, k + static_cast<int64_t>(n - 1) * BN * p.k_row_stride, p.k_row_stride,
+                              seq.sk - (n - 1) * BN, p.d, tid);
+            cp_async_commit();
+        }
+
+        // O += P V, P re-packed from the S accumulators as A fragments (no shared memory).
+#pragma unroll
+        for (int kv = 0; kv < Tr::kKStepsPV; ++kv) {
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                a[mt][0] = pack2<T>(s[mt][2 * kv][0], s[mt][2 * kv][1]);
+                a[mt][1] = pack2<T>(s[mt][2 * kv][2], s[mt][2 * kv][3]);
+                a[mt][2] = pack2<T>(s[mt][2 * kv + 1][0], s[mt][2 * kv + 1][1]);
+                a[mt][3] = pack2<T>(s[mt][2 * kv + 1][2], s[mt][2 * kv + 1][3]);
+            }
+#pragma unroll
+            for (int dp = 0; dp < NO / 2; ++dp) {
+                uint32_t b0, b1, b2, b3;
+                ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RB>(sV, v_off, dp, kv * 16));
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_16816<T>(acc[mt][2 * dp], a[mt], b0, b1);
+                    mma_16816<T>(acc[mt][2 * dp + 1], a[mt], b2, b3);
+                }
+            }
+        }
+    };
+
+    // Walk the key tiles from the last down: the first tiles may need the right/tail masks, then
+    // a run without masks, then (left window only) masked tiles again. (One loop with a per-tile
+    // branch measured faster than three separate loops: ptxas spilled more with the latter.)
+    auto needs_mask = [&](int t) {
+        if ((t + 1) * BN > seq.sk) return true;
+        if (!kLocal) return false;
+        return (right_bound < kUnbounded && (t + 1) * BN - 1 - row0 > right_bound) ||
+               (left_bound > -kUnbounded && t * BN - (row0 + rows_here - 1) < left_bound);
+    };
+    for (; n >= n_begin; --n) {
+        if (needs_mask(n)) {
+            step(n, std::true_type{});
+        } else {
+            step(n, std::false_type{});
+        }
+    }
+
+    // Epilogue: finish the row sums across the quad, normalise, write the LSE, stage O through the
+    // (now unused) Q tile for 16-byte coalesced stores. Each warp overwrites only its own Q rows.
+    const float lse_scale = kSoftcap ? p.softcap : p.scale;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float sum = row_sum[mt][r];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            const bool seen = sum > 0.f;
+            const float inv = seen ? 1.f / sum : 0.f;
+            const int lrow = warp_row + mt * 16 + lane / 4 + r * 8;
+            if (lse != nullptr && lane % 4 == 0 && lrow < rows_here) {
+                lse[static_cast<int64_t>(lrow) * p.lse_row_stride] =
+                    seen ? row_max[mt][r] * lse_scale + logf(sum) : CUDART_INF_F;
+            }
+#pragma unroll
+            for (int j = 0; j < NO; ++j) {
+                const uint32_t packed = pack2<T>(acc[mt][j][2 * r] * inv, acc[mt][j][2 * r + 1] * inv);
+                *reinterpret_cast<uint32_t*>(smem + swizzle<RB>(lrow, j) + (lane % 4) * 4) = packed;
+            }
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < BM * Tr::kChunksPerRow / Tr::kThreads; ++i) {
+        const int c = tid + i * Tr::kThreads;
+        const int r = c / Tr::kChunksPerRow;
+        const int ch = c % Tr::kChunksPerRow;
+        if (r < rows_here && ch * 8 < p.d) {
+            *reinterpret_cast<uint4*>(o + static_cast<int64_t>(r) * p.o_row_stride + ch * 8) =
+                *reinterpret_cast<const uint4*>(smem + swizzle<RB>(r, ch));
+        }
+    }
+}
+
+}  // namespace sm80
+}  // namespace fa

@@ -1,0 +1,89 @@
+// Compile-time facts of the sm80 forward kernel: tile sizes per head dim, warps, shared-memory
+// layout. No algorithm here (that is fwd_kernel.cuh). Pure constexpr, so host code can read it.
+#pragma once
+
+namespace fa {
+namespace sm80 {
+
+// Tile choice per head dim: rows of Q per CTA (BlockM), keys per K/V tile (BlockN), warps.
+// Warps split only along M; each warp owns BlockM / Warps query rows and sees the whole K/V tile.
+template <int D>
+struct FwdTile;
+// Measured on the H100 (bench/NOTES.md): 128x128 beat 128x64 and 64x64 at d64 and d32; 128x64 beat
+// 128x32, 64x64 and 8 warps at d128, and 64x64 at d96; at d192 and d256 8 warps of 16 rows (128x64)
+// beat 4 warps (64x64, 64x32), whose 256-wide accumulators spill.
+template <>
+struct FwdTile<32> {
+    static constexpr int kBlockM = 128, kBlockN = 128, kWarps = 4;
+};
+template <>
+struct FwdTile<64> {
+    static constexpr int kBlockM = 128, kBlockN = 128, kWarps = 4;
+};
+template <>
+struct FwdTile<96> {
+    static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4;
+};
+template <>
+struct FwdTile<128> {
+    static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4;
+};
+template <>
+struct FwdTile<192> {
+    static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8;
+};
+template <>
+struct FwdTile<256> {
+    static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8;
+};
+
+template <typename T, int D, int BlockM, int BlockN, int Warps>
+struct FwdTraits {
+    using Elem = T;
+    static constexpr int kHeadDim = D;
+    static constexpr int kBlockM = BlockM;
+    static constexpr int kBlockN = BlockN;
+    static constexpr int kWarps = Warps;
+    static constexpr int kThreads = Warps * 32;
+    static constexpr int kRowsPerWarp = BlockM / Warps;
+    static constexpr int kMTiles = kRowsPerWarp / 16;  // m16 tiles per warp
+    static constexpr int kNTilesS = BlockN / 8;        // n8 tiles of S = Q K^T per m16 tile
+    static constexpr int kNTilesO = D / 8;             // n8 tiles of O per m16 tile
+    static constexpr int kKStepsQK = D / 16;           // k16 steps of Q K^T
+    static constexpr int kKStepsPV = BlockN / 16;      // k16 steps of P V
+    static constexpr int kChunksPerRow = D / 8;        // 16-byte chunks in one row of a tile
+    static constexpr int kRowBytes = D * 2;
+    static constexpr int kSmemQ = BlockM * kRowBytes;
+    static constexpr int kSmemK = BlockN * kRowBytes;
+    static constexpr int kSmemV = BlockN * kRowBytes;
+    static constexpr int kSmemBytes = kSmemQ + kSmemK + kSmemV;
+
+    static_assert(sizeof(T) == 2, "16-bit inputs only");
+    static_assert(kRowsPerWarp % 16 == 0, "each warp owns whole m16 tiles");
+    static_assert(BlockN % 16 == 0, "K/V tiles are whole k16 steps of P V");
+    static_assert(D % 32 == 0, "the swizzle needs rows of whole 64-byte groups");
+    static_assert((BlockM * kChunksPerRow) % kThreads == 0, "Q tile splits evenly over threads");
+    static_assert((BlockN * kChunksPerRow) % kThreads == 0, "K/V tiles split evenly over threads");
+};
+
+// Swizzle of a tile with `RowBytes` bytes per row, in 16-byte chunks. The 8 rows one ldmatrix phase
+// reads (same logical chunk, 8 consecutive rows) must fall on distinct banks:
+// - rows of a multiple of 128 bytes: XOR the chunk's low 3 bits with row % 8 (8 chunks per group);
+// - rows of 64 bytes mod 128 (d 32, 96): consecutive row pairs already sit on opposite bank halves,
+//   so XOR the chunk's low 2 bits with (row / 2) % 4.
+// Readers and writers both go through swizzle(); frag_addr relies on SwizzleMask.
+template <int RowBytes>
+struct Swizzle {
+    static_assert(RowBytes % 64 == 0, "rows of whole 64-byte groups");
+    static constexpr int kMask = RowBytes % 128 == 0 ? 7 : 3;
+    static constexpr int kRowShift = RowBytes % 128 == 0 ? 0 : 1;
+};
+
+template <int RowBytes>
+__host__ __device__ constexpr int swizzle(int row, int chunk) {
+    constexpr int M = Swizzle<RowBytes>::kMask;
+    return row * RowBytes + (((chunk & ~M) | ((chunk ^ (row >> Swizzle<RowBytes>::kRowShift)) & M)) << 4);
+}
+
+}  // namespace sm80
+}  // namespace fa

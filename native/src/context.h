@@ -1,0 +1,12 @@
+// The object behind fa_context_t: a device ordinal and the device facts the dispatcher needs, read
+// once at creation. Immutable after creation, so one context serves many threads and streams.
+#pragma once
+
+#include <string>
+
+#include "params.h"
+
+struct fa_context {
+    fa::LaunchInfo info;  // device ordinal, compute capability, SM count, shared-memory opt-in
+    std::string name;     // device name, for messages
+};

@@ -1,0 +1,23 @@
+// Argument checking of fa_forward / fa_forward_check. Runs before any CUDA call and touches no
+// device memory: it reads only the descriptors.
+#pragma once
+
+#include <string>
+
+#include "flash_attention.h"
+#include "params.h"
+
+namespace fa {
+
+// Checks *params for a GPU of compute capability `compute_capability` (major*10+minor, or 0 for any
+// GPU this build serves). Throws fa::Error (INVALID_ARGUMENT for bad input, UNSUPPORTED for valid
+// input this build or GPU does not serve). On success returns the filled kernel parameters.
+FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability);
+
+// "64, 128": the head dims this build has a forward kernel for.
+std::string served_head_dims();
+
+// Short description of a validated call for debug logs: "b=2 sq=17 sk=33 hq=6 hkv=2 d=64 fp16 causal".
+std::string describe(const FwdParams& p);
+
+}  // namespace fa
