@@ -1,0 +1,293 @@
+using System.Diagnostics;
+using System.Globalization;
+using FlashAttn;
+using Microsoft.Extensions.Logging;
+
+namespace FlashAttn.Demo;
+
+/// <summary>
+/// The main job: one bf16 causal attention forward through the managed API on the GPU, checked against the
+/// float64 CPU reference and timed. Without a GPU (or without the native library) it says why and runs the same
+/// computation, smaller, on the CPU reference. Exit code 0 on success, 1 when a result is wrong, 2 on an
+/// unexpected error.
+/// </summary>
+internal static class Program
+{
+    private const double MaxRelativeL2 = 1e-2;   // DESIGN.md: bf16 output vs float64 reference.
+    private const double MaxLseAbsError = 1e-3;  // fp32 log-sum-exp of bf16 inputs.
+
+    private static int Main(string[] args)
+    {
+        bool forceCpu = args.Contains("--cpu");
+        bool verbose = args.Contains("--verbose") || args.Contains("-v");
+        if (args.Contains("--help") || args.Contains("-h"))
+        {
+            Console.WriteLine("usage: FlashAttention.Demo [--cpu] [--verbose]");
+            Console.WriteLine("  --cpu      use the CPU reference even where a GPU is available");
+            Console.WriteLine("  --verbose  log at Debug (library path, call path, native log)");
+            return 0;
+        }
+
+        using ILoggerFactory loggerFactory = LoggerFactory.Create(b => b
+            .AddSimpleConsole(o =>
+            {
+                o.SingleLine = true;
+                o.TimestampFormat = "HH:mm:ss.fff ";
+            })
+            .SetMinimumLevel(verbose ? LogLevel.Debug : LogLevel.Information));
+        try
+        {
+            Console.WriteLine(FlashAttention.TryGetNativeLibrary(out string libPath, out string libVersion)
+                ? $"native library: {libPath} (version {libVersion})"
+                : "native library: not loaded");
+            if (!forceCpu && CudaDevice.TryGetAvailability(out string reason))
+            {
+                return RunGpu(loggerFactory.CreateLogger<FlashAttention>());
+            }
+
+            reason = forceCpu ? "--cpu was given" : Reason();
+            Console.WriteLine($"no GPU: {reason}");
+            Console.WriteLine("running the same call on the CPU reference");
+            Console.WriteLine();
+            return RunCpu();
+        }
+        catch (FlashAttentionException ex)
+        {
+            Console.Error.WriteLine($"FAILED ({ex.Status}): {ex.Message}");
+            return 2;
+        }
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or OutOfMemoryException)
+        {
+            Console.Error.WriteLine($"FAILED: {ex}");
+            return 2;
+        }
+    }
+
+    private static string Reason()
+    {
+        CudaDevice.TryGetAvailability(out string reason);
+        return reason.ReplaceLineEndings(Environment.NewLine + "    ");
+    }
+
+    // ---- GPU ---------------------------------------------------------------------------------------------------
+
+    private static int RunGpu(ILogger<FlashAttention> logger)
+    {
+        var shape = new AttentionShape(Batch: 2, SeqLenQ: 1024, SeqLenK: 1024, HeadsQ: 16, HeadsKv: 16, HeadDim: 128);
+        var options = new AttentionOptions { Causal = true };
+        CudaDevice device = CudaDevice.Open(0);
+        Console.WriteLine($"GPU: {device}");
+        Console.WriteLine($"problem: {Describe(shape, options)}, bf16");
+
+        int seed = Environment.TickCount;
+        BFloat16[] q = RandomBf16(shape.QElementCount, seed);
+        BFloat16[] k = RandomBf16(shape.KvElementCount, seed + 1);
+        BFloat16[] v = RandomBf16(shape.KvElementCount, seed + 2);
+        Console.WriteLine($"inputs: standard normal, rounded to bf16 (seed {seed})");
+
+        using var stream = CudaStream.Create(device);
+        using var attention = new FlashAttention(device, logger);
+        using var qBuf = new DeviceBuffer<BFloat16>(device, q.Length);
+        using var kBuf = new DeviceBuffer<BFloat16>(device, k.Length);
+        using var vBuf = new DeviceBuffer<BFloat16>(device, v.Length);
+        using var oBuf = new DeviceBuffer<BFloat16>(device, q.Length);
+        using var lBuf = new DeviceBuffer<float>(device, shape.LseElementCount);
+        qBuf.CopyFrom(q, stream);
+        kBuf.CopyFrom(k, stream);
+        vBuf.CopyFrom(v, stream);
+        oBuf.Fill(0xFF, stream); // poison: every element NaN until the kernel writes it
+        lBuf.Fill(0xFF, stream);
+
+        DeviceTensor qT = qBuf.AsTensor(shape.Batch, shape.SeqLenQ, shape.HeadsQ, shape.HeadDim);
+        DeviceTensor kT = kBuf.AsTensor(shape.Batch, shape.SeqLenK, shape.HeadsKv, shape.HeadDim);
+        DeviceTensor vT = vBuf.AsTensor(shape.Batch, shape.SeqLenK, shape.HeadsKv, shape.HeadDim);
+        DeviceTensor oT = oBuf.AsTensor(shape.Batch, shape.SeqLenQ, shape.HeadsQ, shape.HeadDim);
+        DeviceTensor lT = lBuf.AsTensor(shape.Batch, shape.HeadsQ, shape.SeqLenQ);
+
+        FlashAttentionStatus check = FlashAttention.Check(qT, kT, vT, oT, out string why, lT, options, device.ComputeCapabilityCode);
+        if (check != FlashAttentionStatus.Success)
+        {
+            Console.WriteLine($"FAILED: the library does not serve this call on {device.Name}: {check}: {why}");
+            return 1;
+        }
+
+        attention.Forward(qT, kT, vT, oT, lT, options, stream);
+        stream.Synchronize();
+        var outBits = new BFloat16[q.Length];
+        var lse = new float[shape.LseElementCount];
+        oBuf.CopyTo(outBits, stream);
+        lBuf.CopyTo(lse, stream);
+
+        // Reference on every head (float64, parallel over rows).
+        var sw = Stopwatch.StartNew();
+        var expected = new double[q.Length];
+        var expectedLse = new double[shape.LseElementCount];
+        AttentionReference.Forward(q, k, v, shape, options, expected, expectedLse);
+        sw.Stop();
+        Console.WriteLine($"CPU float64 reference: all {shape.Batch * shape.HeadsQ} (batch, head) pairs in {sw.Elapsed.TotalSeconds:F2} s");
+
+        double[] actual = AttentionReference.ToDouble(outBits);
+        int nanCount = actual.Count(double.IsNaN);
+        double relL2 = AttentionReference.RelativeL2Error(expected, actual);
+        double floor = AttentionReference.RelativeL2Error(expected, expected.Select(x => (double)(BFloat16)x).ToArray());
+        double lseErr = MaxAbsError(expectedLse, lse);
+        Console.WriteLine($"output relative L2 error: {relL2:E3} (limit {MaxRelativeL2:E0}; rounding the exact result to bf16 alone gives {floor:E3})");
+        Console.WriteLine($"log-sum-exp max abs error: {lseErr:E3} (limit {MaxLseAbsError:E0})");
+        if (nanCount > 0)
+        {
+            Console.WriteLine($"{nanCount} output elements are NaN (unwritten poison or a kernel bug)");
+        }
+
+        // Timing: warm up, then batches of back-to-back launches between synchronisations; median per call.
+        const int warmup = 5, batches = 15, perBatch = 20;
+        for (int i = 0; i < warmup; i++)
+        {
+            attention.Forward(qT, kT, vT, oT, lT, options, stream);
+        }
+
+        stream.Synchronize();
+        var perCallMs = new double[batches];
+        for (int b = 0; b < batches; b++)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            for (int i = 0; i < perBatch; i++)
+            {
+                attention.Forward(qT, kT, vT, oT, lT, options, stream);
+            }
+
+            stream.Synchronize();
+            perCallMs[b] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds / perBatch;
+        }
+
+        Array.Sort(perCallMs);
+        double medianMs = perCallMs[batches / 2];
+        double tflops = shape.ForwardFlops(options.Causal) / (medianMs * 1e-3) / 1e12;
+        Console.WriteLine(string.Create(
+            CultureInfo.InvariantCulture,
+            $"time: {medianMs * 1e3:F1} us per call (median of {batches} batches of {perBatch}, after {warmup} warm-up calls; min {perCallMs[0] * 1e3:F1} us)"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"throughput: {tflops:F1} TFLOP/s (causal FLOPs = 2 * B * H * S^2 * D)"));
+
+        bool ok = nanCount == 0 && relL2 <= MaxRelativeL2 && lseErr <= MaxLseAbsError;
+        Console.WriteLine(ok ? "PASS" : "FAIL: the GPU result is not within the limits above");
+        return ok ? 0 : 1;
+    }
+
+    // ---- CPU ---------------------------------------------------------------------------------------------------
+
+    private static int RunCpu()
+    {
+        ShowNativeCheck();
+
+        var shape = new AttentionShape(Batch: 1, SeqLenQ: 256, SeqLenK: 256, HeadsQ: 8, HeadsKv: 8, HeadDim: 64);
+        var options = new AttentionOptions { Causal = true };
+        Console.WriteLine($"problem: {Describe(shape, options)}, bf16 inputs, float64 arithmetic");
+        int seed = Environment.TickCount;
+        BFloat16[] q = RandomBf16(shape.QElementCount, seed);
+        BFloat16[] k = RandomBf16(shape.KvElementCount, seed + 1);
+        BFloat16[] v = RandomBf16(shape.KvElementCount, seed + 2);
+
+        var output = new double[shape.QElementCount];
+        var lse = new double[shape.LseElementCount];
+        var sw = Stopwatch.StartNew();
+        AttentionReference.Forward(q, k, v, shape, options, output, lse);
+        sw.Stop();
+
+        double rms = Math.Sqrt(output.Sum(x => x * x) / output.Length);
+        double maxAbs = output.Max(Math.Abs);
+        Console.WriteLine($"inputs: standard normal, rounded to bf16 (seed {seed})");
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"output: {output.Length} values, rms {rms:F4}, max |x| {maxAbs:F4}; log-sum-exp in [{lse.Min():F4}, {lse.Max():F4}]"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"time: {sw.Elapsed.TotalMilliseconds:F1} ms on the CPU ({shape.ForwardFlops(options.Causal) / sw.Elapsed.TotalSeconds / 1e9:F2} GFLOP/s)"));
+
+        // Self-check of two facts the mask implies: causal query 0 sees only key 0, so its output is v[0] and its
+        // log-sum-exp is its single score; the last query sees every key (bottom-right alignment, Sq == Sk).
+        double scale = options.EffectiveScale(shape.HeadDim);
+        double worst = 0;
+        for (int h = 0; h < shape.HeadsQ; h++)
+        {
+            int kvh = h / shape.GroupSize;
+            double dot = 0;
+            for (int x = 0; x < shape.HeadDim; x++)
+            {
+                worst = Math.Max(worst, Math.Abs(output[(h * shape.HeadDim) + x] - v[(kvh * shape.HeadDim) + x]));
+                dot += (double)q[(h * shape.HeadDim) + x] * k[(kvh * shape.HeadDim) + x];
+            }
+
+            worst = Math.Max(worst, Math.Abs(lse[h * shape.SeqLenQ] - (scale * dot)));
+        }
+
+        bool ok = worst <= 1e-12 && output.All(double.IsFinite) && lse.All(double.IsFinite);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"self-check (query 0 equals v[0], its lse equals its score; all values finite): {(ok ? "PASS" : "FAIL")} (worst {worst:E2})"));
+        return ok ? 0 : 1;
+    }
+
+    /// <summary>Where the native library loads but there is no GPU, show that it validates the GPU problem.</summary>
+    private static void ShowNativeCheck()
+    {
+        // Fake, 16-byte-aligned, non-overlapping addresses: Check reads only shapes, strides, dtypes and pointers.
+        long b = 2, s = 1024, h = 16, d = 128;
+        DeviceTensor T(long address, DataType type, params long[] shape) => DeviceTensor.FromPointer(new IntPtr(address), type, shape);
+        DeviceTensor q = T(0x1000_0000, DataType.BFloat16, b, s, h, d);
+        DeviceTensor k = T(0x2000_0000, DataType.BFloat16, b, s, h, d);
+        DeviceTensor v = T(0x3000_0000, DataType.BFloat16, b, s, h, d);
+        DeviceTensor o = T(0x4000_0000, DataType.BFloat16, b, s, h, d);
+        DeviceTensor l = T(0x5000_0000, DataType.Float32, b, h, s);
+        var options = new AttentionOptions { Causal = true };
+        try
+        {
+            FlashAttentionStatus good = FlashAttention.Check(q, k, v, o, out string goodWhy, l, options, computeCapability: 90);
+            DeviceTensor badK = T(0x2000_0000, DataType.BFloat16, b, s, 5, d);
+            FlashAttentionStatus bad = FlashAttention.Check(q, badK, T(0x3000_0000, DataType.BFloat16, b, s, 5, d), o, out string badWhy, l, options, 90);
+            Console.WriteLine("the native library is loaded, so it can still validate the GPU call (no GPU needed):");
+            Console.WriteLine($"  [2, 1024, 16, 128] bf16 causal for sm_90: {good}{(goodWhy.Length > 0 ? ": " + goodWhy : string.Empty)}");
+            Console.WriteLine($"  the same with 5 kv heads: {bad}: {badWhy}");
+            Console.WriteLine();
+        }
+        catch (FlashAttentionException)
+        {
+            // No native library: the reason was already printed.
+        }
+    }
+
+    // ---- helpers -----------------------------------------------------------------------------------------------
+
+    private static string Describe(AttentionShape s, AttentionOptions o) =>
+        $"B={s.Batch} Sq={s.SeqLenQ} Sk={s.SeqLenK} Hq={s.HeadsQ} Hkv={s.HeadsKv} D={s.HeadDim}" +
+        (o.Causal ? $" causal ({o.CausalAlignment})" : " not causal");
+
+    private static BFloat16[] RandomBf16(long count, int seed)
+    {
+        var rng = new Random(seed);
+        var result = new BFloat16[count];
+        for (long i = 0; i < count; i++)
+        {
+            // Box-Muller: a standard normal sample.
+            double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
+            result[i] = (BFloat16)(Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2.0 * Math.PI * u2));
+        }
+
+        return result;
+    }
+
+    private static double MaxAbsError(double[] expected, float[] actual)
+    {
+        double worst = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double e = expected[i], a = actual[i];
+            if (double.IsNaN(a) || (double.IsInfinity(e) != double.IsInfinity(a)))
+            {
+                return double.PositiveInfinity;
+            }
+
+            if (!double.IsInfinity(e))
+            {
+                worst = Math.Max(worst, Math.Abs(a - e));
+            }
+        }
+
+        return worst;
+    }
+}

@@ -1,0 +1,68 @@
+namespace FlashAttn;
+
+/// <summary>Element type of a tensor. The values match <c>fa_dtype_t</c> in <c>flash_attention.h</c>.</summary>
+public enum DataType
+{
+    /// <summary>IEEE 754 binary16 (<see cref="System.Half"/>).</summary>
+    Float16 = 1,
+
+    /// <summary>bfloat16: 8-bit exponent, 7-bit mantissa (<see cref="FlashAttn.BFloat16"/>).</summary>
+    BFloat16 = 2,
+
+    /// <summary>IEEE 754 binary32 (<see cref="float"/>); the type of the log-sum-exp output.</summary>
+    Float32 = 3,
+
+    /// <summary>32-bit signed integer (<see cref="int"/>).</summary>
+    Int32 = 4,
+}
+
+/// <summary>Result of a native call. The values match <c>fa_status_t</c> in <c>flash_attention.h</c>.</summary>
+public enum FlashAttentionStatus
+{
+    /// <summary>The call succeeded.</summary>
+    Success = 0,
+
+    /// <summary>An argument is null, out of range or inconsistent with another; nothing was launched.</summary>
+    InvalidArgument = 1,
+
+    /// <summary>The arguments are valid but this build or this GPU does not serve them (head dim, dtype, architecture).</summary>
+    Unsupported = 2,
+
+    /// <summary>
+    /// No CUDA device, no driver, a driver older than the library needs, or (raised by the managed side) a native
+    /// library that could not be loaded. In every case GPU attention cannot run in this process.
+    /// </summary>
+    NoDevice = 3,
+
+    /// <summary>A device or host allocation failed.</summary>
+    OutOfMemory = 4,
+
+    /// <summary>A CUDA call failed; the message carries CUDA's own error name and text.</summary>
+    CudaError = 5,
+
+    /// <summary>A bug in the library: an exception or state it did not expect.</summary>
+    Internal = 6,
+}
+
+/// <summary>Where the causal diagonal sits when the query and key sequence lengths differ.</summary>
+public enum CausalAlignment
+{
+    /// <summary>
+    /// Query <c>i</c> sees keys <c>j &lt;= i + (seqLenK - seqLenQ)</c>: the last query sees every key
+    /// (FlashAttention 2.1 and later; the default).
+    /// </summary>
+    BottomRight = 0,
+
+    /// <summary>Query <c>i</c> sees keys <c>j &lt;= i</c> (PyTorch's <c>is_causal</c>).</summary>
+    TopLeft = 1,
+}
+
+/// <summary>Kernel family an attention call may use.</summary>
+public enum KernelPath
+{
+    /// <summary>The fastest path this build has for the device.</summary>
+    Auto = 0,
+
+    /// <summary>The portable mma.sync path, which runs on every GPU from sm_80 on.</summary>
+    Sm80 = 1,
+}

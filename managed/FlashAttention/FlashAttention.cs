@@ -1,0 +1,326 @@
+using FlashAttn.Internal;
+using FlashAttn.Native;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace FlashAttn;
+
+/// <summary>
+/// FlashAttention-2 on one CUDA device. Owns the native context (device, cached properties); the stream is an
+/// argument of every call, so one instance serves many streams and threads at once.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Argument errors the managed side can see (null tensors, wrong ranks, mismatched dtypes or shapes, tensors on
+/// another device, an invalid scale) throw <see cref="ArgumentException"/> before any native call. Everything the
+/// native library rejects or fails at throws <see cref="FlashAttentionException"/> with its status and message.
+/// </para>
+/// <para>
+/// With a logger, the loaded library's path is logged at Debug when the instance is created, each call's shapes
+/// and options at Debug, and the native library's own log messages at their level (process-wide: the most
+/// recently created live instance's logger receives them).
+/// </para>
+/// </remarks>
+public sealed partial class FlashAttention : IDisposable
+{
+    private readonly SafeContextHandle _context;
+    private readonly ILogger _logger;
+    private readonly bool _bridged;
+    private int _disposed;
+
+    /// <summary>Creates the native context for <paramref name="device"/>.</summary>
+    /// <param name="device">The device (from <see cref="CudaDevice.Open(int)"/>).</param>
+    /// <param name="logger">Receives Debug diagnostics and the native library's log; null for none.</param>
+    /// <exception cref="FlashAttentionException">The native library is missing, or the context could not be created.</exception>
+    public FlashAttention(CudaDevice device, ILogger? logger = null)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        NativeRuntime.EnsureLoaded();
+        Device = device;
+        _logger = logger ?? NullLogger.Instance;
+        LogCreated(_logger, NativeRuntime.LoadedPath ?? "(unknown)", NativeRuntime.FormatVersion(NativeRuntime.Version), device.ToString());
+        _context = SafeContextHandle.Create(device.Ordinal);
+        if (logger is not null)
+        {
+            NativeLogBridge.Register(logger);
+            _bridged = true;
+        }
+    }
+
+    /// <summary>The device this instance runs on.</summary>
+    public CudaDevice Device { get; }
+
+    /// <summary>
+    /// Where the native library was loaded from and its version, loading it if needed. Never throws: when the
+    /// library cannot be loaded the result is false (<see cref="CudaDevice.TryGetAvailability(out string)"/> says why).
+    /// </summary>
+    /// <param name="path">The loaded file, or "" when it could not be loaded.</param>
+    /// <param name="version">Its version as MAJOR.MINOR.PATCH, or "" when it could not be loaded.</param>
+    /// <returns><see langword="true"/> when the native library is loaded.</returns>
+    public static bool TryGetNativeLibrary(out string path, out string version)
+    {
+        if (NativeRuntime.TryEnsureLoaded(out _))
+        {
+            path = NativeRuntime.LoadedPath ?? string.Empty;
+            version = NativeRuntime.FormatVersion(NativeRuntime.Version);
+            return true;
+        }
+
+        path = string.Empty;
+        version = string.Empty;
+        return false;
+    }
+
+    /// <summary>
+    /// Validates the arguments of <see cref="Forward"/> without touching a GPU (works on a machine without one,
+    /// but needs the native library). Tensor memory is not read; only pointers, shapes, strides and dtypes count.
+    /// </summary>
+    /// <param name="q">Queries <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16 or BFloat16.</param>
+    /// <param name="k">Keys <c>[batch, seqLenK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
+    /// <param name="v">Values, k's shape and q's dtype.</param>
+    /// <param name="output">Output, q's shape and dtype.</param>
+    /// <param name="message">"" on success; otherwise why the call would be refused.</param>
+    /// <param name="logSumExp">Optional log-sum-exp <c>[batch, headsQ, seqLenQ]</c>, Float32.</param>
+    /// <param name="options">Options, or null for <see cref="AttentionOptions.Default"/>.</param>
+    /// <param name="computeCapability">Target GPU as <c>major * 10 + minor</c> (e.g. 90), or 0 for any GPU this build serves.</param>
+    /// <returns>
+    /// <see cref="FlashAttentionStatus.Success"/> when <see cref="Forward"/> would accept the arguments;
+    /// <see cref="FlashAttentionStatus.InvalidArgument"/> or <see cref="FlashAttentionStatus.Unsupported"/> otherwise.
+    /// Managed-side checks report <see cref="FlashAttentionStatus.InvalidArgument"/> here instead of throwing.
+    /// </returns>
+    /// <exception cref="ArgumentNullException">A required tensor is null.</exception>
+    /// <exception cref="FlashAttentionException">The native library cannot be loaded (status <see cref="FlashAttentionStatus.NoDevice"/>).</exception>
+    public static unsafe FlashAttentionStatus Check(
+        DeviceTensor q,
+        DeviceTensor k,
+        DeviceTensor v,
+        DeviceTensor output,
+        out string message,
+        DeviceTensor? logSumExp = null,
+        AttentionOptions? options = null,
+        int computeCapability = 0)
+    {
+        ThrowIfNull(q, k, v, output);
+        options ??= AttentionOptions.Default;
+        NativeRuntime.EnsureLoaded();
+        if (Validate(q, k, v, output, logSumExp, options, device: null) is { } problem)
+        {
+            message = problem.Message;
+            return FlashAttentionStatus.InvalidArgument;
+        }
+
+        if (computeCapability < 0)
+        {
+            message = $"computeCapability must be 0 (any GPU) or major*10+minor; got {computeCapability}.";
+            return FlashAttentionStatus.InvalidArgument;
+        }
+
+        using var lq = new HandleLease(q.Owner);
+        using var lk = new HandleLease(k.Owner);
+        using var lv = new HandleLease(v.Owner);
+        using var lo = new HandleLease(output.Owner);
+        using var ll = new HandleLease(logSumExp?.Owner);
+        FaForwardParams p = BuildParams(q, lq.Pointer, k, lk.Pointer, v, lv.Pointer, output, lo.Pointer, logSumExp, ll.Pointer, options);
+        FaStatus status = NativeMethods.fa_forward_check(&p, computeCapability);
+        message = status == FaStatus.Success ? string.Empty : Errors.LastErrorMessage();
+        return (FlashAttentionStatus)status;
+    }
+
+    /// <summary>
+    /// Scaled dot-product attention: <c>output = softmax(scale * q kᵀ + mask) v</c>, and the log-sum-exp of each
+    /// row when <paramref name="logSumExp"/> is given. Queued on <paramref name="stream"/>; returns without waiting.
+    /// </summary>
+    /// <param name="q">Queries <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16 or BFloat16, last dimension contiguous.</param>
+    /// <param name="k">Keys <c>[batch, seqLenK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ (GQA/MQA).</param>
+    /// <param name="v">Values, k's shape and q's dtype.</param>
+    /// <param name="output">Written: <c>[batch, seqLenQ, headsQ, headDim]</c>, q's dtype; must not overlap the inputs.</param>
+    /// <param name="logSumExp">
+    /// Optional, written: <c>[batch, headsQ, seqLenQ]</c> Float32, natural log with the scale included; +infinity for
+    /// rows that see no key.
+    /// </param>
+    /// <param name="options">Options, or null for <see cref="AttentionOptions.Default"/>.</param>
+    /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
+    /// <exception cref="ArgumentNullException">A required tensor is null.</exception>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>
+    /// <exception cref="FlashAttentionException">The native library refused or failed the call.</exception>
+    /// <exception cref="ObjectDisposedException">This instance, a tensor's buffer or the stream was disposed.</exception>
+    public unsafe void Forward(
+        DeviceTensor q,
+        DeviceTensor k,
+        DeviceTensor v,
+        DeviceTensor output,
+        DeviceTensor? logSumExp = null,
+        AttentionOptions? options = null,
+        CudaStream? stream = null)
+    {
+        ObjectDisposedException.ThrowIf(_context.IsClosed, this);
+        ThrowIfNull(q, k, v, output);
+        options ??= AttentionOptions.Default;
+        if (Validate(q, k, v, output, logSumExp, options, Device) is { } problem)
+        {
+            throw new ArgumentException(problem.Message, problem.ParamName);
+        }
+
+        if (stream?.Device is { } streamDevice && streamDevice.Ordinal != Device.Ordinal)
+        {
+            throw new ArgumentException(
+                $"The stream belongs to cuda:{streamDevice.Ordinal} but this FlashAttention runs on cuda:{Device.Ordinal}.", nameof(stream));
+        }
+
+        if (_logger.IsEnabled(LogLevel.Debug))
+        {
+            LogForward(_logger, q.ToString(), k.ToString(), logSumExp is not null, options.Causal, options.CausalAlignment,
+                options.EffectiveScale((int)q.Shape[3]), options.KernelPath, stream?.ToString() ?? "legacy default stream");
+        }
+
+        using var ctx = new HandleLease(_context);
+        using var s = new HandleLease(stream);
+        using var lq = new HandleLease(q.Owner);
+        using var lk = new HandleLease(k.Owner);
+        using var lv = new HandleLease(v.Owner);
+        using var lo = new HandleLease(output.Owner);
+        using var ll = new HandleLease(logSumExp?.Owner);
+        FaForwardParams p = BuildParams(q, lq.Pointer, k, lk.Pointer, v, lv.Pointer, output, lo.Pointer, logSumExp, ll.Pointer, options);
+        Errors.ThrowIfFailed(NativeMethods.fa_forward(ctx.Pointer, &p, s.Pointer));
+    }
+
+    /// <summary>
+    /// Destroys the native context (work already queued is not waited for) and stops routing the native log to
+    /// this instance's logger. Idempotent and thread-safe. An instance that is never disposed has its context
+    /// released by the finalizer of its handle, but keeps its logger registered.
+    /// </summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        _context.Dispose();
+        if (_bridged)
+        {
+            NativeLogBridge.Unregister(_logger);
+        }
+    }
+
+    private static void ThrowIfNull(DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor output)
+    {
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(k);
+        ArgumentNullException.ThrowIfNull(v);
+        ArgumentNullException.ThrowIfNull(output);
+    }
+
+    /// <summary>The structural checks the managed side can make; null when they pass.</summary>
+    private static Problem? Validate(
+        DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor output, DeviceTensor? lse, AttentionOptions options, CudaDevice? device)
+    {
+        if (options.Problem() is { } optionsProblem)
+        {
+            return new Problem(nameof(options), optionsProblem);
+        }
+
+        foreach ((DeviceTensor t, string name) in new[] { (q, nameof(q)), (k, nameof(k)), (v, nameof(v)), (output, nameof(output)) })
+        {
+            if (t.Rank != 4)
+            {
+                return new Problem(name, $"{name} must have rank 4 [batch, seqlen, heads, head_dim]; it is {t}.");
+            }
+
+            if (t.Strides[3] != 1 && t.Shape[3] > 1)
+            {
+                return new Problem(name, $"{name}'s last dimension (head_dim) must be contiguous (stride 1); it is {t}.");
+            }
+
+            if (device is not null && t.Device is not null && t.Device.Ordinal != device.Ordinal)
+            {
+                return new Problem(name, $"{name} lives on cuda:{t.Device.Ordinal} but this FlashAttention runs on cuda:{device.Ordinal}.");
+            }
+        }
+
+        foreach ((DeviceTensor t, string name) in new[] { (k, nameof(k)), (v, nameof(v)), (output, nameof(output)) })
+        {
+            if (t.DataType != q.DataType)
+            {
+                return new Problem(name, $"{name} is {t.DataType} but q is {q.DataType}; q, k, v and output share one dtype.");
+            }
+        }
+
+        long batch = q.Shape[0], seqQ = q.Shape[1], headsQ = q.Shape[2], dim = q.Shape[3];
+        if (k.Shape[0] != batch || k.Shape[3] != dim)
+        {
+            return new Problem(nameof(k), $"k must be [batch={batch}, seqlen_k, heads_kv, head_dim={dim}] to match q {q}; it is {k}.");
+        }
+
+        if (!k.Shape.SequenceEqual(v.Shape))
+        {
+            return new Problem(nameof(v), $"v must have k's shape [{string.Join(", ", k.Shape)}]; it is {v}.");
+        }
+
+        if (!q.Shape.SequenceEqual(output.Shape))
+        {
+            return new Problem(nameof(output), $"output must have q's shape [{string.Join(", ", q.Shape)}]; it is {output}.");
+        }
+
+        long headsKv = k.Shape[2];
+        if (headsKv == 0 || headsQ % headsKv != 0)
+        {
+            return new Problem(nameof(k), $"k has {headsKv} heads, which does not divide q's {headsQ} heads.");
+        }
+
+        if (lse is not null)
+        {
+            if (lse.DataType != DataType.Float32)
+            {
+                return new Problem("logSumExp", $"logSumExp must be Float32; it is {lse.DataType}.");
+            }
+
+            if (lse.Rank != 3 || lse.Shape[0] != batch || lse.Shape[1] != headsQ || lse.Shape[2] != seqQ)
+            {
+                return new Problem("logSumExp", $"logSumExp must be [batch={batch}, heads_q={headsQ}, seqlen_q={seqQ}]; it is {lse}.");
+            }
+
+            if (device is not null && lse.Device is not null && lse.Device.Ordinal != device.Ordinal)
+            {
+                return new Problem("logSumExp", $"logSumExp lives on cuda:{lse.Device.Ordinal} but this FlashAttention runs on cuda:{device.Ordinal}.");
+            }
+        }
+
+        return null;
+    }
+
+    private static unsafe FaForwardParams BuildParams(
+        DeviceTensor q, IntPtr qBase,
+        DeviceTensor k, IntPtr kBase,
+        DeviceTensor v, IntPtr vBase,
+        DeviceTensor output, IntPtr outBase,
+        DeviceTensor? lse, IntPtr lseBase,
+        AttentionOptions options)
+    {
+        FaForwardParams p = default;
+        Errors.ThrowIfFailed(NativeMethods.fa_forward_params_init(&p));
+        p.q = q.ToNative(qBase);
+        p.k = k.ToNative(kBase);
+        p.v = v.ToNative(vBase);
+        p.@out = output.ToNative(outBase);
+        if (lse is not null)
+        {
+            p.lse = lse.ToNative(lseBase);
+        }
+
+        p.softmax_scale = options.SoftmaxScale ?? 0f;
+        p.causal = options.Causal ? 1 : 0;
+        p.causal_alignment = (int)options.CausalAlignment;
+        p.kernel_path = (int)options.KernelPath;
+        return p;
+    }
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "FlashAttention: native library {Path} (version {Version}) on {Device}")]
+    private static partial void LogCreated(ILogger logger, string path, string version, string device);
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "Forward q={Q} k={K} lse={WithLse} causal={Causal} alignment={Alignment} scale={Scale} path={Path} stream={Stream}")]
+    private static partial void LogForward(
+        ILogger logger, string q, string k, bool withLse, bool causal, CausalAlignment alignment, double scale, KernelPath path, string stream);
+
+    private sealed record Problem(string ParamName, string Message);
+}
