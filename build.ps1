@@ -1,0 +1,441 @@
+#!/usr/bin/env pwsh
+# build.ps1 - build, test, bundle and benchmark FlashAttention.Interop (PowerShell 7).
+#
+# The same subcommands as build.sh, implemented in PowerShell. Every step prints
+# "==> <step>: <what>" before it runs and "FAILED: <step>" when it fails; the script then exits non-zero.
+# Run it with the repository's PowerShell tool:  dotnet tool restore; dotnet tool run pwsh -NoProfile -File build.ps1 <command>
+# (no param() block on purpose: options such as --check and -DFA_CUDA_ARCHS=80 arrive untouched in $args).
+
+Set-StrictMode -Version 3.0
+$ErrorActionPreference = 'Stop'
+
+$Root = $PSScriptRoot
+Set-Location $Root
+
+$Sln = 'FlashAttention.Interop.sln'
+$NativeBuildDir = if ($env:FA_NATIVE_BUILD_DIR) { $env:FA_NATIVE_BUILD_DIR } else { 'build/native' }
+$NativeArtifacts = 'artifacts/native'
+$LibName = 'libflash_attention.so'
+$TestsProject = 'tests/FlashAttention.Tests/FlashAttention.Tests.csproj'
+$TestsDll = 'tests/FlashAttention.Tests/bin/Release/net10.0/FlashAttention.Tests.dll'
+$DemoProject = 'managed/FlashAttention.Demo/FlashAttention.Demo.csproj'
+$BenchProject = 'bench/FlashAttention.Bench/FlashAttention.Bench.csproj'
+$GeneratorProject = 'bindings/Generator'
+$GeneratorRsp = '@bindings/generate.rsp'
+$BundleDir = 'bundle/app'
+$BundleTar = 'bundle/app.tar.xz'
+$Jobs = [Environment]::ProcessorCount
+
+$env:DOTNET_CLI_TELEMETRY_OPTOUT = '1'
+$env:DOTNET_NOLOGO = '1'
+$env:DOTNET_SKIP_FIRST_TIME_EXPERIENCE = '1'
+
+$script:CurrentStep = ''
+$script:Sum = @{ Passed = 0; Failed = 0; Skipped = 0 }
+
+function Show-Usage {
+    @'
+Usage: dotnet tool run pwsh -NoProfile -File build.ps1 <command> [options]
+
+Commands (the same as ./build.sh):
+  deps              Check the .NET SDK (>= 10), install the CUDA toolkit (Debian non-free), CMake,
+                    python3 and clang-14 where missing, restore NuGet packages and the local dotnet tools.
+  build [-DX=Y...]  Build the native library (build/native), copy it to artifacts/native/, then build the
+                    solution (Release). -D options go to CMake, others to dotnet build.
+  test              Build, then run ctest, the bindings check and the NUnit tests; the last line is
+                    "N passed, N failed, N skipped".
+  bindings [--check]
+                    Regenerate the P/Invoke layer from the C header (--check: fail when it is stale).
+  demo [args...]    Build and run the demo (the main job).
+  bundle            Publish tests, demo and benchmark self-contained (linux-x64) into bundle/app and
+                    pack bundle/app.tar.xz for the GPU machine.
+  gpu-test          On the GPU machine: native build for sm_80 + sm_90a, ctest, bundled tests, demo and
+                    bench/run.py; logs in $OUT (else build/gpu-test); a table comes last.
+  pack              dotnet pack the managed library.
+  help              Show this text.
+'@ | Write-Host
+}
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+function Step([string]$Name, [string]$What) {
+    $script:CurrentStep = $Name
+    Write-Host "==> ${Name}: $What"
+}
+
+# Runs a native command; throws (reported as FAILED: <step>) when it exits non-zero.
+function Exec([string]$File, [string[]]$Arguments = @()) {
+    & $File @Arguments
+    if ($LASTEXITCODE -ne 0) { throw "'$File $($Arguments -join ' ')' exited with code $LASTEXITCODE" }
+}
+
+# Runs a native command and returns its exit code (for the test runners, which go on after a failure).
+function Invoke-Tee([string]$File, [string[]]$Arguments, [string]$Log) {
+    & $File @Arguments 2>&1 | ForEach-Object { "$_" } | Tee-Object -FilePath $Log | Out-Host
+    return $LASTEXITCODE
+}
+
+function Test-Command([string]$Name) { return $null -ne (Get-Command $Name -CommandType Application -ErrorAction SilentlyContinue) }
+
+function Invoke-AsRoot([string]$File, [string[]]$Arguments) {
+    $uid = (& id -u)
+    if ($uid -eq '0') { Exec $File $Arguments }
+    elseif (Test-Command 'sudo') { Exec 'sudo' (@($File) + $Arguments) }
+    else { throw "need root (or sudo) to run: $File $($Arguments -join ' ')" }
+}
+
+if (-not (Test-Command 'nvcc') -and (Test-Path '/usr/local/cuda/bin/nvcc')) {
+    $env:PATH = "/usr/local/cuda/bin$([IO.Path]::PathSeparator)$env:PATH"
+}
+
+function Get-NvccVersion {
+    if (-not (Test-Command 'nvcc')) { return $null }
+    $text = (& nvcc --version) -join "`n"
+    if ($text -match 'release (\d+)\.(\d+)') { return [version]"$($Matches[1]).$($Matches[2])" }
+    return $null
+}
+
+function Get-DotnetMajor {
+    if (-not (Test-Command 'dotnet')) { return 0 }
+    $v = (& dotnet --version 2>$null)
+    if ("$v" -match '^(\d+)\.') { return [int]$Matches[1] }
+    return 0
+}
+
+# ---- deps -----------------------------------------------------------------------------------------
+
+function Add-DebianNonFreeSources {
+    $list = '/etc/apt/sources.list.d/fa-nonfree.sources'
+    if (Test-Path $list) { Write-Host "    $list already present"; return }
+    $codename = 'bookworm'
+    foreach ($line in Get-Content '/etc/os-release') {
+        if ($line -match '^VERSION_CODENAME=(.+)$') { $codename = $Matches[1].Trim('"') }
+    }
+    $system = '/etc/apt/sources.list.d/debian.sources'
+    $uris = $null; $signed = $null
+    if (Test-Path $system) {
+        # The first stanza: the lines before the first blank line.
+        foreach ($line in Get-Content $system) {
+            if ($line.Trim() -eq '') { break }
+            if (-not $uris -and $line -match '^URIs:') { $uris = $line }
+            if (-not $signed -and $line -match '^Signed-By:') { $signed = $line }
+        }
+    }
+    elseif (Test-Path '/etc/apt/sources.list') {
+        foreach ($line in Get-Content '/etc/apt/sources.list') {
+            if ($line -match '^deb\s+(?:\[[^\]]*\]\s+)?(\w+://\S+)') { $uris = "URIs: $($Matches[1])"; break }
+        }
+    }
+    if (-not $uris) { throw "cannot find the Debian mirror (no URIs: line in $system)" }
+    $text = @('Types: deb', $uris, "Suites: $codename", 'Components: contrib non-free')
+    if ($signed) { $text += $signed }
+    Write-Host "    writing $list ($uris, $codename contrib non-free)"
+    $tmp = [IO.Path]::GetTempFileName()
+    Set-Content -Path $tmp -Value $text
+    Invoke-AsRoot 'cp' @($tmp, $list)
+    Invoke-AsRoot 'chmod' @('644', $list)
+    Remove-Item $tmp
+}
+
+function Invoke-Deps {
+    Step 'deps-dotnet' 'check the .NET SDK (>= 10)'
+    if ((Get-DotnetMajor) -lt 10) {
+        throw ".NET 10 SDK required. Install it: curl -sSL https://dot.net/v1/dotnet-install.sh | bash -s -- --channel 10.0 " +
+              "(or see https://learn.microsoft.com/dotnet/core/install/linux-debian)"
+    }
+    Write-Host "    dotnet $(& dotnet --version)"
+
+    $isDebian = (Test-Path '/etc/debian_version') -and (Test-Command 'apt-get')
+    $packages = [Collections.Generic.List[string]]::new()
+
+    Step 'deps-cuda' 'check the CUDA toolkit (nvcc)'
+    if (Test-Command 'nvcc') { Write-Host "    nvcc $(Get-NvccVersion)" }
+    elseif ($isDebian) { Add-DebianNonFreeSources; $packages.Add('nvidia-cuda-toolkit') }
+    else { throw 'nvcc not found; install the CUDA toolkit (>= 11.8) and put nvcc on PATH' }
+
+    Step 'deps-tools' 'check cmake, make, python3 and clang-14'
+    foreach ($tool in 'cmake', 'make', 'python3', 'clang-14') {
+        if (-not (Test-Command $tool)) { $packages.Add($tool) }
+    }
+    if ($packages.Count -gt 0) {
+        if (-not $isDebian) { throw "missing: $($packages -join ' '); install them with your package manager" }
+        Step 'deps-apt' "apt-get install $($packages -join ' ')"
+        $env:DEBIAN_FRONTEND = 'noninteractive'
+        Invoke-AsRoot 'apt-get' @('update')
+        Invoke-AsRoot 'apt-get' (@('install', '-y', '--no-install-recommends') + $packages)
+    }
+    if (-not (Test-Command 'nvcc')) { throw 'nvcc is still missing after installing the toolkit' }
+
+    Step 'deps-restore' "dotnet restore $Sln and dotnet tool restore"
+    Exec 'dotnet' @('restore', $Sln)
+    Exec 'dotnet' @('tool', 'restore')
+}
+
+function Invoke-EnsureDeps {
+    if ((Get-DotnetMajor) -lt 10 -or -not (Test-Command 'nvcc') -or -not (Test-Command 'cmake') -or -not (Test-Command 'make')) {
+        Write-Host "==> deps: tools missing, running 'deps' first"
+        Invoke-Deps
+    }
+}
+
+# ---- native ---------------------------------------------------------------------------------------
+
+function Invoke-NativeBuild([string[]]$CMakeExtra = @(), [string]$Log = $null) {
+    $nv = Get-NvccVersion
+    if (-not $nv) { throw 'nvcc not found (run deps)' }
+    $cmakeArgs = @('-S', '.', '-B', $NativeBuildDir, '-DCMAKE_BUILD_TYPE=Release')
+    if ($nv -ge [version]'12.3') {
+        $archs = if ($env:FA_CUDA_ARCHS) { $env:FA_CUDA_ARCHS } else { '80;90a' }
+    }
+    else {
+        $archs = if ($env:FA_CUDA_ARCHS) { $env:FA_CUDA_ARCHS } else { '80' }
+        # nvcc < 12 does not accept the distribution's g++ 12; clang-14 it does.
+        if ($nv -lt [version]'12.0' -and (Test-Command 'clang++-14')) {
+            $cmakeArgs += @('-DCMAKE_CUDA_HOST_COMPILER=clang++-14', '-DCMAKE_CXX_COMPILER=clang++-14', '-DCMAKE_C_COMPILER=clang-14')
+        }
+    }
+    $cmakeArgs += "-DFA_CUDA_ARCHS=$archs"
+    if ($env:CI -eq 'true') { $cmakeArgs += '-DFA_WARNINGS_AS_ERRORS=ON' }
+    $cmakeArgs += $CMakeExtra
+
+    Step 'native-configure' "cmake (nvcc $nv, archs $archs) -> $NativeBuildDir"
+    if ($Log) {
+        & cmake @cmakeArgs *> $Log
+        if ($LASTEXITCODE -ne 0) { Get-Content $Log -Tail 40 | Out-Host; throw "cmake configure failed (log: $Log)" }
+    }
+    else { Exec 'cmake' $cmakeArgs }
+
+    Step 'native-build' "cmake --build $NativeBuildDir -j$Jobs"
+    if ($Log) {
+        & cmake --build $NativeBuildDir "-j$Jobs" *>> $Log
+        if ($LASTEXITCODE -ne 0) { Select-String -Path $Log -Pattern 'error' -Context 2, 6 | Select-Object -Last 20 | Out-Host; throw "native build failed (log: $Log)" }
+    }
+    else { Exec 'cmake' @('--build', $NativeBuildDir, "-j$Jobs") }
+
+    Step 'native-copy' "copy $LibName to $NativeArtifacts/"
+    $lib = Get-ChildItem -Path $NativeBuildDir -Recurse -Filter $LibName -ErrorAction SilentlyContinue |
+        Where-Object { $_.FullName -notmatch '[\\/]CMakeFiles[\\/]' } | Select-Object -First 1
+    if (-not $lib) { throw "$LibName not found under $NativeBuildDir" }
+    New-Item -ItemType Directory -Force -Path $NativeArtifacts | Out-Null
+    Copy-Item -Force -Path $lib.FullName -Destination (Join-Path $NativeArtifacts $LibName)
+    Write-Host "    $($lib.FullName) -> $NativeArtifacts/$LibName"
+}
+
+function Invoke-Build([string[]]$Rest = @()) {
+    $cmakeExtra = @($Rest | Where-Object { $_ -like '-D*' })
+    $dotnetExtra = @($Rest | Where-Object { $_ -notlike '-D*' })
+    Invoke-EnsureDeps
+    Invoke-NativeBuild $cmakeExtra
+    Step 'dotnet-build' "dotnet build $Sln -c Release"
+    Exec 'dotnet' (@('build', $Sln, '-c', 'Release', '-nologo') + $dotnetExtra)
+}
+
+# ---- test -----------------------------------------------------------------------------------------
+
+function Add-Counts([string]$What, [int]$Passed, [int]$Failed, [int]$Skipped) {
+    Write-Host "    ${What}: $Passed passed, $Failed failed, $Skipped skipped"
+    $script:Sum.Passed += $Passed
+    $script:Sum.Failed += $Failed
+    $script:Sum.Skipped += $Skipped
+}
+
+function Invoke-CTest([string]$Log, [string]$Junit) {
+    Remove-Item -Force -ErrorAction SilentlyContinue $Junit
+    $junitFull = [IO.Path]::GetFullPath($Junit)
+    $rc = Invoke-Tee 'ctest' @('--test-dir', $NativeBuildDir, '--output-on-failure', '--output-junit', $junitFull) $Log
+    $tests = 0; $failures = 0; $skipped = 0
+    if (Test-Path $Junit) {
+        $suite = ([xml](Get-Content -Raw $Junit)).testsuite
+        $tests = [int]$suite.tests; $failures = [int]$suite.failures; $skipped = [int]$suite.skipped
+    }
+    # ctest failed without a failing test (no tests, configuration error): one failure.
+    if ($rc -ne 0 -and $failures -eq 0) { $failures = 1 }
+    Add-Counts 'ctest' ([Math]::Max(0, $tests - $failures - $skipped)) $failures $skipped
+}
+
+function Invoke-Mtp([string]$Log, [string]$File, [string[]]$Arguments) {
+    $rc = Invoke-Tee $File ($Arguments + @('--no-ansi', '--progress', 'off')) $Log
+    $text = Get-Content $Log
+    $get = { param($key) $m = $text | Select-String -Pattern "^\s*${key}:\s*(\d+)" | Select-Object -Last 1; if ($m) { [int]$m.Matches[0].Groups[1].Value } else { 0 } }
+    $passed = & $get 'succeeded'; $failed = & $get 'failed'; $skipped = & $get 'skipped'
+    # The runner failed without a failing test (crash, no tests, bad option): one failure.
+    if ($rc -ne 0 -and $failed -eq 0) { $failed = 1 }
+    Add-Counts 'nunit' $passed $failed $skipped
+}
+
+function Write-Summary {
+    $script:CurrentStep = ''
+    Write-Host "$($script:Sum.Passed) passed, $($script:Sum.Failed) failed, $($script:Sum.Skipped) skipped"
+}
+
+function Invoke-Test([string[]]$Rest = @()) {
+    $logDir = 'build/test'
+    New-Item -ItemType Directory -Force -Path $logDir | Out-Null
+    try { Invoke-Build $Rest }
+    catch {
+        Write-Host "FAILED: $script:CurrentStep ($($_.Exception.Message))"
+        Write-Host 'FAILED: test (the build failed; nothing was tested)'
+        $script:Sum.Failed = 1
+        Write-Summary
+        exit 1
+    }
+
+    Step 'ctest' "ctest --test-dir $NativeBuildDir"
+    Invoke-CTest "$logDir/ctest.log" "$logDir/ctest-junit.xml"
+
+    Step 'bindings-check' "dotnet run --project $GeneratorProject -- $GeneratorRsp --check"
+    & dotnet run --project $GeneratorProject -c Release --no-launch-profile -- $GeneratorRsp --check | Out-Host
+    if ($LASTEXITCODE -eq 0) { Add-Counts 'bindings-check' 1 0 0 } else { Add-Counts 'bindings-check' 0 1 0 }
+
+    Step 'nunit' "dotnet $TestsDll"
+    if (-not (Test-Path $TestsDll)) { throw "$TestsDll not found (did the build produce it?)" }
+    # Minimal: failures in full, skips (GPU tests without a GPU) only counted.
+    Invoke-Mtp "$logDir/nunit.log" 'dotnet' @($TestsDll, '--output', 'Minimal')
+
+    if ($script:Sum.Failed -ne 0) { Write-Host "FAILED: test ($($script:Sum.Failed) failed; logs in $logDir/)" }
+    Write-Summary
+    exit ([int]($script:Sum.Failed -ne 0))
+}
+
+# ---- bindings, demo, bundle, gpu-test, pack --------------------------------------------------------
+
+function Invoke-Bindings([string[]]$Rest = @()) {
+    $check = @()
+    foreach ($a in $Rest) {
+        if ($a -eq '--check') { $check = @('--check') }
+        else { throw "bindings: unknown option '$a' (expected --check)" }
+    }
+    Step 'bindings' "dotnet run --project $GeneratorProject -- $GeneratorRsp $($check -join ' ')"
+    Exec 'dotnet' (@('run', '--project', $GeneratorProject, '-c', 'Release', '--no-launch-profile', '--', $GeneratorRsp) + $check)
+}
+
+function Invoke-Demo([string[]]$Rest = @()) {
+    Invoke-EnsureDeps
+    Invoke-NativeBuild
+    Step 'demo' "dotnet run --project $DemoProject -c Release"
+    Exec 'dotnet' (@('run', '--project', $DemoProject, '-c', 'Release', '--no-launch-profile', '--') + $Rest)
+}
+
+function Invoke-Bundle([string[]]$Rest = @()) {
+    Invoke-EnsureDeps
+    Invoke-NativeBuild
+    Remove-Item -Recurse -Force -ErrorAction SilentlyContinue $BundleDir, $BundleTar
+    New-Item -ItemType Directory -Force -Path $BundleDir | Out-Null
+    foreach ($p in $TestsProject, $DemoProject, $BenchProject) {
+        Step 'bundle-publish' "dotnet publish $p (self-contained linux-x64) -> $BundleDir"
+        Exec 'dotnet' (@('publish', $p, '-c', 'Release', '-r', 'linux-x64', '--self-contained', 'true',
+                '-p:InvariantGlobalization=true', '-p:UseAppHost=true', '-p:SatelliteResourceLanguages=en', '-o', $BundleDir, '-nologo') + $Rest)
+    }
+    Step 'bundle-info' "write $BundleDir/BUILD_INFO"
+    $commit = (& git rev-parse HEAD 2>$null); if (-not $commit) { $commit = 'unknown' }
+    $describe = (& git describe --always --dirty 2>$null); if (-not $describe) { $describe = 'unknown' }
+    Set-Content -Path "$BundleDir/BUILD_INFO" -Value @("commit=$commit", "describe=$describe",
+        "date=$([DateTime]::UtcNow.ToString('yyyy-MM-ddTHH:mm:ssZ'))")
+    Step 'bundle-pack' "tar -cJf $BundleTar"
+    Exec 'tar' @('-C', (Split-Path $BundleDir), '-cJf', $BundleTar, (Split-Path $BundleDir -Leaf))
+    $unpacked = (Get-ChildItem -Recurse -File $BundleDir | Measure-Object -Sum Length).Sum
+    $packed = (Get-Item $BundleTar).Length
+    Write-Host ("    {0:N1} MiB unpacked, {1:N1} MiB packed ($BundleTar)" -f ($unpacked / 1MB), ($packed / 1MB))
+}
+
+function Invoke-GpuTest {
+    $logDir = if ($env:OUT) { $env:OUT } else { 'build/gpu-test' }
+    New-Item -ItemType Directory -Force -Path $logDir | Out-Null
+    $logDir = (Resolve-Path $logDir).Path
+    $status = [Collections.Generic.List[string]]::new()
+
+    Step 'gpu-unpack' "unpack $BundleTar"
+    $testsExe = Join-Path $BundleDir 'FlashAttention.Tests'
+    $info = Join-Path $BundleDir 'BUILD_INFO'
+    if (-not (Test-Path $testsExe) -or ((Test-Path $BundleTar) -and (Test-Path $info) -and
+            (Get-Item $BundleTar).LastWriteTime -gt (Get-Item $info).LastWriteTime)) {
+        if (-not (Test-Path $BundleTar)) { throw "$BundleTar not found: run 'bundle' on the development machine and carry it" }
+        Remove-Item -Recurse -Force -ErrorAction SilentlyContinue $BundleDir
+        Exec 'tar' @('-C', (Split-Path $BundleDir), '-xJf', $BundleTar)
+    }
+    $commit = 'unknown'
+    if (Test-Path $info) {
+        $line = Get-Content $info | Where-Object { $_ -like 'describe=*' } | Select-Object -First 1
+        if ($line) { $commit = $line.Substring('describe='.Length) }
+    }
+
+    Invoke-NativeBuild @('-DFA_PTXAS_VERBOSE=ON') "$logDir/native-build.log"
+    $lib = (Resolve-Path (Join-Path $NativeArtifacts $LibName)).Path
+    $env:FLASH_ATTENTION_NATIVE_PATH = $lib
+
+    Step 'ctest' "ctest --test-dir $NativeBuildDir (GPU)"
+    Invoke-CTest "$logDir/ctest.log" "$NativeBuildDir/ctest-junit.xml" | Out-Null
+    Step 'nunit' 'bundled tests (all categories, GPU included)'
+    Invoke-Mtp "$logDir/tests.log" $testsExe @('--output', 'Minimal') | Out-Null
+
+    Step 'demo' 'bundled demo'
+    & (Join-Path $BundleDir 'FlashAttention.Demo') *> "$logDir/demo.log"
+    $rc = $LASTEXITCODE
+    Get-Content "$logDir/demo.log" -Tail 15 | Out-Host
+    $status.Add("demo: exit code $rc")
+    if ($rc -ne 0) { $script:Sum.Failed++ }
+
+    Step 'bench' 'python3 bench/run.py'
+    $env:PYTHONUNBUFFERED = '1'
+    & python3 bench/run.py --lib $lib --bench-exe (Join-Path $BundleDir 'FlashAttention.Bench') --out "$logDir/bench.json" `
+        --table "$logDir/bench-table.txt" --png "$logDir/bench.png" --commit $commit *> "$logDir/bench.log"
+    $rc = $LASTEXITCODE
+    if ($rc -ne 0) { Get-Content "$logDir/bench.log" -Tail 30 | Out-Host; $script:Sum.Failed++ }
+    $status.Add("bench: exit code $rc (json: $logDir/bench.json)")
+
+    $script:CurrentStep = ''
+    Write-Host "==> gpu-test summary (logs in $logDir)"
+    $status | ForEach-Object { Write-Host "    $_" }
+    Write-Host "$($script:Sum.Passed) passed, $($script:Sum.Failed) failed, $($script:Sum.Skipped) skipped"
+    if (Test-Path "$logDir/bench-table.txt") { Get-Content "$logDir/bench-table.txt" | Out-Host }
+    exit ([int]($script:Sum.Failed -ne 0))
+}
+
+function Invoke-Pack([string[]]$Rest = @()) {
+    Invoke-EnsureDeps
+    Invoke-NativeBuild
+    $out = 'artifacts/packages'
+    # The package version is the C ABI's version (FA_VERSION_* in the header).
+    $parts = foreach ($name in 'MAJOR', 'MINOR', 'PATCH') {
+        $m = Select-String -Path 'native/include/flash_attention.h' -Pattern "#define FA_VERSION_$name (\d+)" | Select-Object -First 1
+        if (-not $m) { throw "FA_VERSION_$name not found in native/include/flash_attention.h" }
+        $m.Matches[0].Groups[1].Value
+    }
+    $version = $parts -join '.'
+    # The bindings package carries the native library (runtimes/linux-x64/native/); the API package depends on it.
+    foreach ($p in 'bindings/FlashAttention.Native/FlashAttention.Native.csproj', 'managed/FlashAttention/FlashAttention.csproj') {
+        Step 'pack' "dotnet pack $p (version $version) -> $out"
+        Exec 'dotnet' (@('pack', $p, '-c', 'Release', '-o', $out, '-nologo', "-p:Version=$version") + $Rest)
+    }
+    Step 'pack-native' "add $LibName to the FlashAttention.Native package"
+    $nupkg = Get-Item -ErrorAction SilentlyContinue (Join-Path $out "FlashAttention.Native.$version.nupkg")
+    if (-not $nupkg) { throw "no FlashAttention.Native package in $out" }
+    Exec 'python3' @('tools/add_native_to_nupkg.py', $nupkg.FullName, (Join-Path $NativeArtifacts $LibName), '--rid', 'linux-x64')
+}
+
+# ---- main -----------------------------------------------------------------------------------------
+
+if ($args.Count -lt 1) { Show-Usage; exit 2 }
+$command = [string]$args[0]
+[string[]]$rest = @($args | Select-Object -Skip 1 | ForEach-Object { [string]$_ })
+
+try {
+    switch ($command) {
+        'deps' { Invoke-Deps }
+        'build' { Invoke-Build $rest }
+        'test' { Invoke-Test $rest }
+        'bindings' { Invoke-Bindings $rest }
+        'demo' { Invoke-Demo $rest }
+        'bundle' { Invoke-Bundle $rest }
+        'gpu-test' { Invoke-GpuTest }
+        'pack' { Invoke-Pack $rest }
+        { $_ -in 'help', '-h', '--help' } { Show-Usage }
+        default { Write-Host "error: unknown command '$command'"; Show-Usage; exit 2 }
+    }
+}
+catch {
+    Write-Host "error: $($_.Exception.Message)"
+    if ($script:CurrentStep) { Write-Host "FAILED: $script:CurrentStep" }
+    exit 1
+}
+exit 0
