@@ -49,6 +49,8 @@ __global__ void fill_random(uint16_t* x, int64_t n, uint64_t seed, bool bf16) {
     }
 }
 
+static int g_l2_bytes = 0;  // from the device; 0 = the schedule's default
+
 struct Case {
     int b, hq, hkv, sq, sk, d;
     bool causal = false, top_left = false;
@@ -66,12 +68,13 @@ static std::string describe(const Case& c) {
 }
 
 template <class Tr, bool Local, bool Cap>
-static cudaError_t launch3(const FwdParams& p, cudaStream_t s) {
+static cudaError_t launch3(FwdParams p, cudaStream_t s) {
     auto kern = sm80::fwd_kernel<Tr, Local, Cap>;
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
     if (e != cudaSuccess) return e;
-    dim3 grid((p.sq + Tr::kBlockM - 1) / Tr::kBlockM, p.hq, p.b);
-    kern<<<grid, Tr::kThreads, Tr::kSmemBytes, s>>>(p);
+    const unsigned blocks = sm80::schedule(p, Tr::kBlockM, g_l2_bytes);
+    if (blocks == 0) return cudaSuccess;
+    kern<<<blocks, Tr::kThreads, Tr::kSmemBytes, s>>>(p);
     return cudaGetLastError();
 }
 
@@ -83,12 +86,13 @@ struct Variant {
     cudaError_t (*run)(const FwdParams&, cudaStream_t);
 };
 
-template <typename T, int D, int BM, int BN, int W>
+template <typename T, int D, int BM, int BN, int W, int MB = 1>
 static Variant make_variant(bool production) {
-    using Tr = sm80::FwdTraits<T, D, BM, BN, W>;
+    using Tr = sm80::FwdTraits<T, D, BM, BN, W, MB>;
     Variant v;
     v.name = std::string(std::is_same<T, __half>::value ? "fp16" : "bf16") + "_d" + std::to_string(D) + "_" +
-             std::to_string(BM) + "x" + std::to_string(BN) + "_" + std::to_string(W) + "w";
+             std::to_string(BM) + "x" + std::to_string(BN) + "_" + std::to_string(W) + "w" +
+             (MB > 1 ? "_mb" + std::to_string(MB) : "");
     v.d = D;
     v.bf16 = !std::is_same<T, __half>::value;
     v.production = production;
@@ -104,7 +108,7 @@ static Variant make_variant(bool production) {
 template <typename T, int D>
 static Variant production() {
     using Tile = sm80::FwdTile<D>;
-    return make_variant<T, D, Tile::kBlockM, Tile::kBlockN, Tile::kWarps>(true);
+    return make_variant<T, D, Tile::kBlockM, Tile::kBlockN, Tile::kWarps, Tile::kMinBlocks>(true);
 }
 
 static float to_float(uint16_t x, bool bf16) {
@@ -181,6 +185,8 @@ static bool check_case(const Variant& var, const Case& c, uint64_t seed) {
         CHECK_CUDA(cudaMemcpy(dcuk, cuk.data(), cuk.size() * 4, cudaMemcpyHostToDevice));
         p.cu_seqlens_q = dcuq;
         p.cu_seqlens_k = dcuk;
+        p.total_q = int(tq);
+        p.total_k = int(tk);
     } else {
         p.lse_row_stride = 1; p.lse_head_stride = maxq; p.lse_batch_stride = int64_t(c.hq) * maxq;
     }
@@ -296,7 +302,11 @@ int main(int argc, char** argv) {
     }
     cudaDeviceProp prop;
     CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
-    std::printf("# %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    std::printf("# %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+    g_l2_bytes = prop.l2CacheSize;
+    for (int i = 1; i < argc; ++i) {
+        if (!std::strcmp(argv[i], "--no-lpt")) g_l2_bytes = -1;
+    }
     std::vector<Variant> variants = {
         production<__nv_bfloat16, 32>(),  production<__nv_bfloat16, 64>(),  production<__nv_bfloat16, 96>(),
         production<__nv_bfloat16, 128>(), production<__nv_bfloat16, 192>(), production<__nv_bfloat16, 256>(),
@@ -305,7 +315,20 @@ int main(int argc, char** argv) {
         make_variant<__nv_bfloat16, 256, 64, 64, 4>(false), make_variant<__nv_bfloat16, 256, 64, 32, 4>(false),
         make_variant<__nv_bfloat16, 192, 64, 64, 4>(false),  make_variant<__nv_bfloat16, 96, 64, 64, 4>(false),
         make_variant<__nv_bfloat16, 64, 128, 64, 4>(false),  make_variant<__nv_bfloat16, 32, 128, 64, 4>(false),
+        make_variant<__nv_bfloat16, 64, 128, 64, 4, 3>(false), make_variant<__nv_bfloat16, 32, 128, 64, 4, 3>(false),
+        make_variant<__nv_bfloat16, 32, 128, 128, 4, 2>(false),
     };
+    int only_d = 0;
+    for (int i = 1; i < argc; ++i) {
+        if (!std::strcmp(argv[i], "--d") && i + 1 < argc) only_d = std::atoi(argv[i + 1]);
+    }
+    if (only_d != 0) {
+        std::vector<Variant> kept;
+        for (const auto& v : variants) {
+            if (v.d == only_d) kept.push_back(v);
+        }
+        variants = kept;
+    }
     int failures = 0;
     if (do_check) {
         uint64_t seed = 1234;
@@ -341,16 +364,21 @@ int main(int argc, char** argv) {
     if (do_time) {
         for (const auto& v : variants) {
             if (!v.bf16) continue;
-            for (int causal = 0; causal < 2; ++causal) {
-                for (int s : {1024, 4096, 16384}) {
-                    const int b = 16384 / s, h = 2048 / v.d;
-                    const double ms = time_case(v, b, h, s, causal);
-                    double flops = 4.0 * b * h * double(s) * s * v.d;
-                    if (causal) flops /= 2;
-                    std::printf("time %-22s causal=%d S=%5d b=%2d h=%2d  %8.3f ms  %6.1f TFLOP/s\n", v.name.c_str(),
-                                causal, s, b, h, ms, flops / ms / 1e9);
+            const int l2 = g_l2_bytes;
+            for (int order = 0; order < (v.production ? 2 : 1); ++order) {
+                g_l2_bytes = order == 0 ? l2 : -1;  // second pass: one head per group (no LPT across heads)
+                for (int causal = 0; causal < 2; ++causal) {
+                    for (int s : {1024, 4096, 16384}) {
+                        const int b = 16384 / s, h = 2048 / v.d;
+                        const double ms = time_case(v, b, h, s, causal);
+                        double flops = 4.0 * b * h * double(s) * s * v.d;
+                        if (causal) flops /= 2;
+                        std::printf("time %-22s %s causal=%d S=%5d b=%2d h=%2d  %8.3f ms  %6.1f TFLOP/s\n",
+                                    v.name.c_str(), order == 0 ? "lpt " : "head", causal, s, b, h, ms, flops / ms / 1e9);
+                    }
                 }
             }
+            g_l2_bytes = l2;
         }
     }
     std::printf("\n%s: %d correctness failures\n", failures ? "FAILED" : "PASSED", failures);

@@ -34,10 +34,10 @@ __global__ void attention_naive(const FwdParams p) {
     int64_t q0 = 0, k0 = 0, qb = b * p.q_batch_stride, kb = b * p.k_batch_stride, vb = b * p.v_batch_stride,
             ob = b * p.o_batch_stride, lb = b * p.lse_batch_stride;
     if (p.cu_seqlens_q != nullptr) {
-        q0 = p.cu_seqlens_q[b];
-        k0 = p.cu_seqlens_k[b];
-        sq = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
-        sk = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
+        q0 = min(max(p.cu_seqlens_q[b], 0), p.total_q);
+        k0 = min(max(p.cu_seqlens_k[b], 0), p.total_k);
+        sq = min(min(max(p.cu_seqlens_q[b + 1], int(q0)), p.total_q) - int(q0), p.sq);
+        sk = min(min(max(p.cu_seqlens_k[b + 1], int(k0)), p.total_k) - int(k0), p.sk);
         qb = kb = vb = ob = lb = 0;
     }
     if (i >= sq) return;

@@ -4,8 +4,12 @@
 // has validated every argument before this is called.
 #include <cuda_runtime.h>
 
+#include <string>
+#include <vector>
+
 #include "params.h"
 #include "sm80/fwd_instances.h"
+#include "sm80/fwd_names.h"
 
 namespace fa {
 
@@ -72,6 +76,47 @@ bool forward_head_dim_compiled(int32_t d) { return forward_kernel_head_dim(d) !=
 int32_t forward_compiled_head_dims(const int32_t** dims) {
     if (dims) *dims = kCompiled;
     return static_cast<int32_t>(sizeof(kCompiled) / sizeof(kCompiled[0])) - 1;
+}
+
+namespace sm80 {
+namespace {
+// Every variant of every compiled head dim, in a fixed order; built once.
+const std::vector<std::string>& all_names() {
+    static const std::vector<std::string> names = [] {
+        std::vector<std::string> out;
+        for (const int32_t d : kCompiled) {
+            if (d == 0) continue;
+            for (const char* dtype : {"fp16", "bf16"}) {
+                for (const char* variant : {"", "_softcap", "_local", "_local_softcap"}) {
+                    out.push_back(std::string("sm80_fwd_") + dtype + "_hdim" + std::to_string(d) + variant + "_" +
+                                  tile_tag_for(d));
+                }
+            }
+        }
+        return out;
+    }();
+    return names;
+}
+}  // namespace
+
+const char* kernel_name(bool bf16, int d, bool local, bool softcap) {
+    // Same order as all_names(): per head dim, fp16 then bf16, then the four variants.
+    int index = 0;
+    for (const int32_t k : kCompiled) {
+        if (k == d) break;
+        if (k != 0) index += 8;
+    }
+    index += (bf16 ? 4 : 0) + (local ? 2 : 0) + (softcap ? 1 : 0);
+    const auto& names = all_names();
+    return index < static_cast<int>(names.size()) ? names[index].c_str() : "sm80_fwd_unknown";
+}
+}  // namespace sm80
+
+int32_t kernel_count() { return static_cast<int32_t>(sm80::all_names().size()); }
+
+const char* kernel_name_at(int32_t index) {
+    const auto& names = sm80::all_names();
+    return index >= 0 && index < static_cast<int32_t>(names.size()) ? names[index].c_str() : nullptr;
 }
 
 int launch_forward(const FwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name) {

@@ -88,9 +88,13 @@ struct SeqInfo {
 __device__ __forceinline__ SeqInfo seq_info(const FwdParams& p, int b) {
     SeqInfo s;
     if (p.cu_seqlens_q != nullptr) {
-        const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
-        s.sq = p.cu_seqlens_q[b + 1] - q0;
-        s.sk = p.cu_seqlens_k[b + 1] - k0;
+        // Clamped so that a malformed device array can never move an access outside the tensors.
+        const int q0 = min(max(p.cu_seqlens_q[b], 0), p.total_q);
+        const int q1 = min(max(p.cu_seqlens_q[b + 1], q0), p.total_q);
+        const int k0 = min(max(p.cu_seqlens_k[b], 0), p.total_k);
+        const int k1 = min(max(p.cu_seqlens_k[b + 1], k0), p.total_k);
+        s.sq = min(q1 - q0, p.sq);
+        s.sk = min(k1 - k0, p.sk);
         s.q_row0 = q0;
         s.k_row0 = k0;
     } else {
@@ -102,9 +106,23 @@ __device__ __forceinline__ SeqInfo seq_info(const FwdParams& p, int b) {
     return s;
 }
 
+// Fills the block-order fields of p and returns the 1-D grid size. Groups of (batch, head) pairs
+// whose K/V together take about a quarter of L2 (l2_bytes), so that every row block of a group
+// finds its keys in L2 while the group runs heaviest blocks first.
+inline unsigned schedule(FwdParams& p, int block_m, int l2_bytes) {
+    p.m_blocks = (p.sq + block_m - 1) / block_m;
+    const int64_t kv_bytes = 2ll * p.sk * p.d * 2;  // K and V of one head, 16-bit elements
+    const int64_t budget = l2_bytes > 0 ? l2_bytes / 4 : (12ll << 20);
+    const int64_t pairs = static_cast<int64_t>(p.b) * p.hq;
+    int64_t g = l2_bytes < 0 ? 1 : (kv_bytes > 0 ? budget / kv_bytes : pairs);  // < 0: one head per group
+    g = g < 1 ? 1 : (g > pairs ? pairs : g);
+    p.heads_per_group = static_cast<int32_t>(g);
+    return static_cast<unsigned>(pairs * p.m_blocks);
+}
+
 // kLocal: some key may be hidden by a causal mask or a window (else only the sequence tail masks).
 template <class Tr, bool kLocal, bool kSoftcap>
-__global__ void __launch_bounds__(Tr::kThreads) fwd_kernel(const __grid_constant__ FwdParams p) {
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const __grid_constant__ FwdParams p) {
     using T = typename Tr::Elem;
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
     constexpr int MT = Tr::kMTiles, NS = Tr::kNTilesS, NO = Tr::kNTilesO;
@@ -112,10 +130,20 @@ __global__ void __launch_bounds__(Tr::kThreads) fwd_kernel(const __grid_constant
 
     extern __shared__ __align__(128) unsigned char smem[];
 
-    // Heavier (later) row blocks first: under a causal mask they see the most keys.
-    const int m_block = gridDim.x - 1 - blockIdx.x;
-    const int h = blockIdx.y;
-    const int b = blockIdx.z;
+    // Block order: see FwdParams::heads_per_group.
+    int m_block, h, b;
+    {
+        const int linear = blockIdx.x;
+        const int group_size = p.heads_per_group * p.m_blocks;
+        const int group = linear / group_size;
+        const int first_bh = group * p.heads_per_group;
+        const int heads_here = min(p.heads_per_group, p.b * p.hq - first_bh);
+        const int within = linear - group * group_size;
+        m_block = p.m_blocks - 1 - within / heads_here;
+        const int bh = first_bh + within % heads_here;
+        b = bh / p.hq;
+        h = bh % p.hq;
+    }
     const SeqInfo seq = seq_info(p, b);
     const int row0 = m_block * BM;
     if (row0 >= seq.sq) return;  // varlen: this sequence is shorter than the longest one

@@ -4,24 +4,18 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
-#include <string>
+#include <type_traits>
 
 #include "sm80/fwd_kernel.cuh"
+#include "sm80/fwd_names.h"
 
 namespace fa {
 namespace sm80 {
 
-template <typename T>
-constexpr const char* dtype_tag();
-template <>
-constexpr const char* dtype_tag<__half>() { return "fp16"; }
-template <>
-constexpr const char* dtype_tag<__nv_bfloat16>() { return "bf16"; }
-
 template <typename T, int D, bool kLocal, bool kSoftcap>
-cudaError_t launch_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream) {
+cudaError_t launch_fwd(FwdParams p, const LaunchInfo& info, cudaStream_t stream) {
     using Tile = FwdTile<D>;
-    using Tr = FwdTraits<T, D, Tile::kBlockM, Tile::kBlockN, Tile::kWarps>;
+    using Tr = FwdTraits<T, D, Tile::kBlockM, Tile::kBlockN, Tile::kWarps, Tile::kMinBlocks>;
     auto kernel = fwd_kernel<Tr, kLocal, kSoftcap>;
     constexpr int smem = Tr::kSmemBytes;
     if (smem > info.smem_optin) return cudaErrorInvalidConfiguration;
@@ -35,25 +29,15 @@ cudaError_t launch_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t 
             raised.fetch_or(bit, std::memory_order_relaxed);
         }
     }
-    const dim3 grid((p.sq + Tr::kBlockM - 1) / Tr::kBlockM, p.hq, p.b);
-    kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
+    const unsigned blocks = schedule(p, Tr::kBlockM, info.l2_bytes);
+    if (blocks == 0) return cudaSuccess;
+    kernel<<<blocks, Tr::kThreads, smem, stream>>>(p);
     return cudaGetLastError();
-}
-
-// "sm80_fwd_bf16_hdim128_local_softcap_128x64_4w": built once, valid for the life of the process.
-template <typename T, int D, bool kLocal, bool kSoftcap>
-const char* kernel_name() {
-    using Tile = FwdTile<D>;
-    static const std::string name = std::string("sm80_fwd_") + dtype_tag<T>() + "_hdim" + std::to_string(D) +
-                                    (kLocal ? "_local" : "") + (kSoftcap ? "_softcap" : "") + "_" +
-                                    std::to_string(Tile::kBlockM) + "x" + std::to_string(Tile::kBlockN) + "_" +
-                                    std::to_string(Tile::kWarps) + "w";
-    return name.c_str();
 }
 
 template <typename T, int D, bool kLocal, bool kSoftcap>
 int run_fwd_variant(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, const char** name) {
-    if (name) *name = kernel_name<T, D, kLocal, kSoftcap>();
+    if (name) *name = kernel_name(std::is_same<T, __nv_bfloat16>::value, D, kLocal, kSoftcap);
     return static_cast<int>(launch_fwd<T, D, kLocal, kSoftcap>(p, info, stream));
 }
 

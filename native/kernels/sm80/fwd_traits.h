@@ -9,35 +9,38 @@ namespace sm80 {
 // Warps split only along M; each warp owns BlockM / Warps query rows and sees the whole K/V tile.
 template <int D>
 struct FwdTile;
-// Measured on the H100 (bench/NOTES.md): 128x128 beat 128x64 and 64x64 at d64 and d32; 128x64 beat
-// 128x32, 64x64 and 8 warps at d128, and 64x64 at d96; at d192 and d256 8 warps of 16 rows (128x64)
-// beat 4 warps (64x64, 64x32), whose 256-wide accumulators spill.
+// Measured on the H100 (bench/NOTES.md): at d64 128x64 (no spills) edged out 128x128 (spills) once
+// the mask code grew, and capping registers for 3 CTAs/SM lost; 128x128 beat 128x64 at d32; 128x64
+// beat 128x32, 64x64 and 8 warps at d128, and 64x64 at d96; at d192 and d256 8 warps of 16 rows
+// (128x64) beat 4 warps (64x64, 64x32), whose 256-wide accumulators spill.
 template <>
 struct FwdTile<32> {
-    static constexpr int kBlockM = 128, kBlockN = 128, kWarps = 4;
+    static constexpr int kBlockM = 128, kBlockN = 128, kWarps = 4, kMinBlocks = 1;
 };
 template <>
 struct FwdTile<64> {
-    static constexpr int kBlockM = 128, kBlockN = 128, kWarps = 4;
+    static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kMinBlocks = 1;
 };
 template <>
 struct FwdTile<96> {
-    static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4;
+    static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kMinBlocks = 1;
 };
 template <>
 struct FwdTile<128> {
-    static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4;
+    static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kMinBlocks = 1;
 };
 template <>
 struct FwdTile<192> {
-    static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8;
+    static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8, kMinBlocks = 1;
 };
 template <>
 struct FwdTile<256> {
-    static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8;
+    static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8, kMinBlocks = 1;
 };
 
-template <typename T, int D, int BlockM, int BlockN, int Warps>
+// MinBlocks: CTAs per SM the register allocation must allow (__launch_bounds__); 1 leaves ptxas free
+// to take up to 255 registers a thread.
+template <typename T, int D, int BlockM, int BlockN, int Warps, int MinBlocks = 1>
 struct FwdTraits {
     using Elem = T;
     static constexpr int kHeadDim = D;
@@ -45,6 +48,7 @@ struct FwdTraits {
     static constexpr int kBlockN = BlockN;
     static constexpr int kWarps = Warps;
     static constexpr int kThreads = Warps * 32;
+    static constexpr int kMinBlocks = MinBlocks;
     static constexpr int kRowsPerWarp = BlockM / Warps;
     static constexpr int kMTiles = kRowsPerWarp / 16;  // m16 tiles per warp
     static constexpr int kNTilesS = BlockN / 8;        // n8 tiles of S = Q K^T per m16 tile
