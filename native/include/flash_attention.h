@@ -24,7 +24,7 @@
 
 /* Version of this header. fa_version() reports the version of the loaded binary. */
 #define FA_VERSION_MAJOR 0
-#define FA_VERSION_MINOR 1
+#define FA_VERSION_MINOR 2
 #define FA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
@@ -97,6 +97,16 @@ typedef enum fa_kernel_path {
     FA_PATH_SM80 = 1
 } fa_kernel_path_t;
 
+/* Which computation a capability query asks about. */
+typedef enum fa_pass {
+    /* fa_forward. */
+    FA_PASS_FORWARD = 0,
+    /* The backward pass (dQ, dK, dV). */
+    FA_PASS_BACKWARD = 1,
+    /* Decoding over a KV cache. */
+    FA_PASS_DECODE = 2
+} fa_pass_t;
+
 /* Severity of a log message. */
 typedef enum fa_log_level {
     FA_LOG_DEBUG = 0,
@@ -121,7 +131,8 @@ typedef struct fa_tensor {
 
 /* Arguments of fa_forward. Fill with fa_forward_params_init, then set the fields you need. */
 typedef struct fa_forward_params {
-    /* sizeof(fa_forward_params_t) as the caller compiled it; set by fa_forward_params_init. */
+    /* sizeof(fa_forward_params_t) as the caller compiled it; set by fa_forward_params_init. The library
+       reads only the fields that fit in it, so older callers get the defaults for newer fields. */
     uint32_t struct_size;
     /* Reserved; must be 0. */
     uint32_t reserved0;
@@ -144,7 +155,62 @@ typedef struct fa_forward_params {
     int32_t causal_alignment;
     /* An fa_kernel_path_t value. */
     int32_t kernel_path;
+    /* Sliding window, in keys, on each side of the diagonal that causal_alignment places: query i sees
+       key j iff i + off - window_left <= j <= i + off + window_right, where off is seqlen_k - seqlen_q
+       (bottom-right) or 0 (top-left). -1: unbounded on that side. causal = 1 caps window_right at 0. */
+    int32_t window_left;
+    /* See window_left. */
+    int32_t window_right;
+    /* > 0: each scaled score s becomes softcap * tanh(s / softcap) before masks and softmax; 0: off. */
+    float softcap;
+    /* Reserved; must be 0. */
+    int32_t reserved1;
+    /* Variable-length batch when not NULL: device int32 [varlen_batch + 1], prefix sums of the query
+       lengths (cu_seqlens_q[0] = 0). q and out are then rank 3, [total_q, heads_q, head_dim]; lse is
+       [heads_q, total_q]. Sequence b spans rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1. */
+    const int32_t* cu_seqlens_q;
+    /* Likewise for the keys: k and v are [total_k, heads_kv, head_dim]. Set together with cu_seqlens_q. */
+    const int32_t* cu_seqlens_k;
+    /* Optional host copies of cu_seqlens_q / cu_seqlens_k with the same values. When given, the library
+       checks them before launching (start at 0, never decrease, end within the tensors, no length above
+       max_seqlen). When not given the device arrays are trusted; a wrong array then yields wrong values
+       for the sequences it describes, but every read and write stays inside the tensors. */
+    const int32_t* cu_seqlens_q_host;
+    /* See cu_seqlens_q_host. */
+    const int32_t* cu_seqlens_k_host;
+    /* Number of sequences of a variable-length batch. */
+    int32_t varlen_batch;
+    /* Longest query sequence of a variable-length batch (sizes the launch; longer ones are cut). */
+    int32_t max_seqlen_q;
+    /* Longest key sequence of a variable-length batch. */
+    int32_t max_seqlen_k;
+    /* Reserved; must be 0. */
+    int32_t reserved2;
 } fa_forward_params_t;
+
+/* A question for fa_query_support: is this kind of call served by this build on this GPU? */
+typedef struct fa_support_query {
+    /* sizeof(fa_support_query_t) as the caller compiled it. */
+    uint32_t struct_size;
+    /* An fa_pass_t value. */
+    int32_t pass;
+    /* major*10+minor of the target GPU, or 0 for any GPU this build serves. */
+    int32_t compute_capability;
+    /* An fa_dtype_t value of q/k/v. */
+    int32_t dtype;
+    /* Head dim of q/k/v. */
+    int32_t head_dim;
+    /* 1 if the call is causal. */
+    int32_t causal;
+    /* 1 if the call has a sliding window (window_left or window_right >= 0). */
+    int32_t window;
+    /* 1 if the call uses softcap. */
+    int32_t softcap;
+    /* 1 if the batch is variable-length. */
+    int32_t varlen;
+    /* An fa_kernel_path_t value. */
+    int32_t kernel_path;
+} fa_support_query_t;
 
 /* Properties of one CUDA device. */
 typedef struct fa_device_properties {
@@ -247,6 +313,19 @@ FA_API fa_status_t fa_event_synchronize(void* event);
 /* Milliseconds between two recorded, completed events. */
 FA_API fa_status_t fa_event_elapsed_ms(void* start, void* end, float* milliseconds);
 
+/* Starts capturing the work queued on `stream` into a CUDA graph (thread-local capture mode). */
+FA_API fa_status_t fa_stream_begin_capture(void* stream);
+
+/* Ends the capture on `stream` and instantiates it: *graph receives an executable graph to launch with
+   fa_graph_launch and destroy with fa_graph_destroy. */
+FA_API fa_status_t fa_stream_end_capture(void* stream, void** graph);
+
+/* Launches an executable graph from fa_stream_end_capture on `stream`. */
+FA_API fa_status_t fa_graph_launch(void* graph, void* stream);
+
+/* Destroys an executable graph. NULL is a no-op. */
+FA_API fa_status_t fa_graph_destroy(void* graph);
+
 /* ---- contexts --------------------------------------------------------------------------------- */
 
 /* Creates a context for device ordinal `device`. Destroy with fa_context_destroy. */
@@ -260,14 +339,28 @@ FA_API fa_status_t fa_context_get_device(fa_context_t context, int32_t* device);
 
 /* ---- attention -------------------------------------------------------------------------------- */
 
-/* Fills *params with defaults: struct_size, scale 0 (1/sqrt(d)), not causal, bottom-right, auto path.
-   Tensors are zeroed (data NULL). */
-FA_API fa_status_t fa_forward_params_init(fa_forward_params_t* params);
+/* Fills the first struct_size bytes of *params with defaults: struct_size, scale 0 (1/sqrt(d)), not
+   causal, bottom-right, auto path, no window (-1, -1), no softcap, fixed-length batch; tensors zeroed.
+   Pass sizeof(fa_forward_params_t) as the caller compiled it: the library never writes past it, so a
+   program built against an older, smaller struct stays safe with a newer library. */
+FA_API fa_status_t fa_forward_params_init(fa_forward_params_t* params, size_t struct_size);
 
 /* Checks *params without touching the GPU: shapes, dtypes, strides, alignment, head dim, GQA
    divisibility. compute_capability is major*10+minor of the target GPU (e.g. 90), or 0 for "any GPU
    this build serves". FA_STATUS_SUCCESS means fa_forward would accept the arguments. */
 FA_API fa_status_t fa_forward_check(const fa_forward_params_t* params, int32_t compute_capability);
+
+/* Whether this build serves the kind of call *query describes: FA_STATUS_SUCCESS, or
+   FA_STATUS_UNSUPPORTED with fa_last_error_message() saying why (FA_STATUS_INVALID_ARGUMENT for a
+   malformed query). Needs no GPU. */
+FA_API fa_status_t fa_query_support(const fa_support_query_t* query);
+
+/* Number of kernels compiled into this binary. */
+FA_API fa_status_t fa_kernel_count(int32_t* count);
+
+/* Name of compiled kernel `index` (0 <= index < count), e.g. "sm80_fwd_bf16_hdim128_local_128x64_4w".
+   The string is owned by the library and lives as long as the process. */
+FA_API fa_status_t fa_kernel_name(int32_t index, const char** name);
 
 /* Scaled dot-product attention forward: out = softmax(scale * q k^T + mask) v, written to params->out
    (and the log-sum-exp to params->lse when given), ordered on `stream`. Validates everything before

@@ -300,6 +300,66 @@ FA_API fa_status_t fa_event_elapsed_ms(void* start, void* end, float* millisecon
     FA_API_END
 }
 
+FA_API fa_status_t fa_stream_begin_capture(void* stream) {
+    FA_API_BEGIN
+    if (stream == nullptr) {
+        fail(FA_STATUS_INVALID_ARGUMENT,
+             "stream is NULL; the legacy default stream cannot be captured into a CUDA graph: capture a stream "
+             "from fa_stream_create (or another non-default stream)");
+    }
+    fa::check_cuda(cudaStreamBeginCapture(static_cast<cudaStream_t>(stream), cudaStreamCaptureModeThreadLocal),
+                   "cudaStreamBeginCapture");
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+FA_API fa_status_t fa_stream_end_capture(void* stream, void** graph) {
+    FA_API_BEGIN
+    require_non_null(graph, "graph");
+    *graph = nullptr;
+    require_non_null(stream, "stream");
+    cudaGraph_t captured = nullptr;
+    // Ends the capture even when it was invalidated by a failed call inside it; that failure
+    // (cudaErrorStreamCaptureInvalidated and the like) is reported here.
+    fa::check_cuda(cudaStreamEndCapture(static_cast<cudaStream_t>(stream), &captured), "cudaStreamEndCapture");
+    if (captured == nullptr) {
+        fail(FA_STATUS_INTERNAL, "cudaStreamEndCapture succeeded but returned no graph");
+    }
+    cudaGraphExec_t executable = nullptr;
+    const cudaError_t err = cudaGraphInstantiateWithFlags(&executable, captured, 0);
+    // The executable graph does not need the template graph any more (nor does a failed attempt).
+    const cudaError_t destroy_err = cudaGraphDestroy(captured);
+    if (err != cudaSuccess) {
+        fa::throw_cuda_error(err, "cudaGraphInstantiateWithFlags");
+    }
+    if (destroy_err != cudaSuccess) {
+        (void)cudaGraphExecDestroy(executable);
+        fa::throw_cuda_error(destroy_err, "cudaGraphDestroy");
+    }
+    *graph = executable;
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+FA_API fa_status_t fa_graph_launch(void* graph, void* stream) {
+    FA_API_BEGIN
+    require_non_null(graph, "graph");
+    fa::check_cuda(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph), static_cast<cudaStream_t>(stream)),
+                   "cudaGraphLaunch");
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+FA_API fa_status_t fa_graph_destroy(void* graph) {
+    FA_API_BEGIN
+    if (graph == nullptr) {
+        return FA_STATUS_SUCCESS;
+    }
+    fa::check_cuda(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph)), "cudaGraphExecDestroy");
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
 // ---- contexts --------------------------------------------------------------------------------
 
 FA_API fa_status_t fa_context_create(int32_t device, fa_context_t* context) {
@@ -322,6 +382,7 @@ FA_API fa_status_t fa_context_create(int32_t device, fa_context_t* context) {
     created->info.cc_minor = prop.minor;
     created->info.sm_count = prop.multiProcessorCount;
     created->info.smem_optin = static_cast<int64_t>(prop.sharedMemPerBlockOptin);
+    created->info.l2_bytes = static_cast<int32_t>(prop.l2CacheSize);
     try {
         created->name = prop.name;
     } catch (...) {
@@ -358,15 +419,28 @@ FA_API fa_status_t fa_context_get_device(fa_context_t context, int32_t* device) 
 
 // ---- attention -------------------------------------------------------------------------------
 
-FA_API fa_status_t fa_forward_params_init(fa_forward_params_t* params) {
+FA_API fa_status_t fa_forward_params_init(fa_forward_params_t* params, size_t struct_size) {
     FA_API_BEGIN
     require_non_null(params, "params");
-    std::memset(params, 0, sizeof(*params));
-    params->struct_size = static_cast<uint32_t>(sizeof(fa_forward_params_t));
-    params->softmax_scale = 0.0f;
-    params->causal = 0;
-    params->causal_alignment = FA_CAUSAL_BOTTOM_RIGHT;
-    params->kernel_path = FA_PATH_AUTO;
+    if (struct_size < fa::kForwardParamsMinSize || struct_size > UINT32_MAX) {
+        fa::fail(FA_STATUS_INVALID_ARGUMENT, "struct_size is " + std::to_string(struct_size) + "; pass sizeof(fa_forward_params_t) (" +
+                             std::to_string(sizeof(fa_forward_params_t)) + " in this version, at least " +
+                             std::to_string(fa::kForwardParamsMinSize) + ")");
+    }
+    // Build the defaults in a full struct, then copy only what the caller's struct holds.
+    fa_forward_params_t defaults;
+    std::memset(&defaults, 0, sizeof(defaults));
+    defaults.struct_size = static_cast<uint32_t>(struct_size);
+    defaults.softmax_scale = 0.0f;
+    defaults.causal = 0;
+    defaults.causal_alignment = FA_CAUSAL_BOTTOM_RIGHT;
+    defaults.kernel_path = FA_PATH_AUTO;
+    defaults.window_left = -1;
+    defaults.window_right = -1;
+    defaults.softcap = 0.0f;
+    const size_t known = struct_size < sizeof(defaults) ? struct_size : sizeof(defaults);
+    std::memset(params, 0, struct_size);  // a newer caller's fields unknown here start as zero
+    std::memcpy(params, &defaults, known);
     return FA_STATUS_SUCCESS;
     FA_API_END
 }
@@ -378,11 +452,54 @@ FA_API fa_status_t fa_forward_check(const fa_forward_params_t* params, int32_t c
     FA_API_END
 }
 
+FA_API fa_status_t fa_query_support(const fa_support_query_t* query) {
+    FA_API_BEGIN
+    require_non_null(query, "query");
+    fa::check_support_query(*query);
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+FA_API fa_status_t fa_kernel_count(int32_t* count) {
+    FA_API_BEGIN
+    require_non_null(count, "count");
+    *count = fa::kernel_count();
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+FA_API fa_status_t fa_kernel_name(int32_t index, const char** name) {
+    FA_API_BEGIN
+    require_non_null(name, "name");
+    *name = nullptr;
+    const int32_t count = fa::kernel_count();
+    const char* found = index >= 0 && index < count ? fa::kernel_name_at(index) : nullptr;
+    if (found == nullptr) {
+        fail(FA_STATUS_INVALID_ARGUMENT, "index is " + std::to_string(index) + "; this build has " +
+                                             std::to_string(count) + " kernels" +
+                                             (count > 0 ? ", numbered 0 to " + std::to_string(count - 1) : ""));
+    }
+    *name = found;
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
 FA_API fa_status_t fa_forward(fa_context_t context, const fa_forward_params_t* params, void* stream) {
     FA_API_BEGIN
     require_non_null(context, "context");
     const fa::LaunchInfo& info = context->info;
     const fa::FwdParams p = fa::validate_forward(params, info.cc_major * 10 + info.cc_minor);
+    // A variable-length batch with max_seqlen_q = 0 or no query rows has nothing to compute or write.
+    // (A fixed-length call always has rows: validation requires every extent >= 1.)
+    if (p.cu_seqlens_q != nullptr && (p.sq == 0 || p.total_q == 0)) {
+        if (fa::log_enabled()) {
+            fa::log(FA_LOG_DEBUG, "fa_forward: nothing to launch for " + fa::describe(p));
+        }
+        return FA_STATUS_SUCCESS;
+    }
+    // Nothing below synchronises, allocates or touches the legacy stream, so the launch may be
+    // captured into a CUDA graph (the device guard's cudaGetDevice/cudaSetDevice and the kernel's
+    // one-time cudaFuncSetAttribute are not stream operations and are legal during a capture).
     fa::DeviceGuard guard(info.device);
     const char* kernel_name = nullptr;
     const int result = fa::launch_forward(p, info, stream, &kernel_name);

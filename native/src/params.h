@@ -45,6 +45,17 @@ struct FwdParams {
     // are ignored; sq/sk are the maxima; the LSE is [hq, total_q] (lse_batch_stride unused).
     const int32_t* cu_seqlens_q = nullptr;
     const int32_t* cu_seqlens_k = nullptr;
+    // Rows of the packed tensors (varlen): the kernels clamp every sequence to [0, total) and to
+    // sq/sk, so a wrong device-only cu_seqlens can give wrong values but never an access outside.
+    int32_t total_q = 0;
+    int32_t total_k = 0;
+
+    // Block order (set by the launcher, see sm80::schedule): the 1-D grid walks groups of
+    // `heads_per_group` (batch, head) pairs; inside a group the row blocks go heaviest first (for a
+    // causal mask the last row blocks see the most keys), so the final wave holds the lightest blocks,
+    // while the group's K/V stays small enough to be reused from L2.
+    int32_t m_blocks = 0;
+    int32_t heads_per_group = 0;
 };
 
 struct LaunchInfo {
@@ -52,6 +63,7 @@ struct LaunchInfo {
     int32_t cc_major, cc_minor;
     int32_t sm_count;
     int64_t smem_optin;
+    int32_t l2_bytes;  // L2 cache size (0 if unknown)
 };
 
 // Whether this build serves head dim d: a multiple of 8 no larger than the largest compiled kernel
@@ -61,6 +73,10 @@ bool forward_head_dim_compiled(int32_t d);
 int32_t forward_kernel_head_dim(int32_t d);
 // The compiled kernel head dims, ascending; returns their count.
 int32_t forward_compiled_head_dims(const int32_t** dims);
+
+// Kernels compiled into this build: their count, and the name of one (nullptr past the end).
+int32_t kernel_count();
+const char* kernel_name_at(int32_t index);
 
 // Launches the forward kernel on stream. Returns a cudaError_t value (0 on success) so that this
 // header needs no CUDA include; the caller turns it into a status and message.

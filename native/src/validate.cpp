@@ -1,13 +1,19 @@
 // Validation of fa_forward_params_t and translation into fa::FwdParams.
 //
-// Order: every INVALID_ARGUMENT check first (structure, each tensor on its own, then tensors against
-// each other, then scalars, then memory overlap), then the UNSUPPORTED checks (head dim, sizes the
-// kernels index with 32 bits, compute capability). So a call that is wrong in several ways reports a
-// wrong argument before it reports something this build does not serve.
+// Order: every INVALID_ARGUMENT check first (structure, the fields of a fixed-length or variable-length
+// call, each tensor on its own, then tensors against each other, then scalars, then the host copies of
+// cu_seqlens, then memory overlap), then the UNSUPPORTED checks (head dim, sizes the kernels index with
+// 32 bits, compute capability). So a call that is wrong in several ways reports a wrong argument before
+// it reports something this build does not serve.
+//
+// Versions of fa_forward_params_t: v0.1 ends after kernel_path; v0.2 appends the window, softcap and
+// variable-length fields. A field is read only when the caller's struct_size covers it, so an older
+// caller's smaller struct gets the defaults (no window, no softcap, fixed-length batch).
 #include "validate.h"
 
 #include <cinttypes>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <limits>
 #include <string>
@@ -80,6 +86,7 @@ struct TensorArg {
     const char* name;          // "q"
     const char* dim_names[4];  // "batch", "seqlen_q", ...
     int32_t rank;              // required rank
+    const char* rank_hint;     // why that rank ("" or a sentence starting with "; ")
 };
 
 // Byte range [begin, end) that a tensor's elements occupy, computed without overflow.
@@ -88,11 +95,14 @@ struct Extent {
     uintptr_t end;
 };
 
-// Checks what one tensor must satisfy on its own; returns the byte range it spans.
-Extent check_tensor(const TensorArg& a, bool attention_input) {
+// Checks what one tensor must satisfy on its own; returns the byte range it spans. Dimension
+// `may_be_empty` (the total rows of a variable-length batch; -1: none) may be 0, and the data of such
+// an empty tensor may be NULL; it then spans no bytes.
+Extent check_tensor(const TensorArg& a, bool attention_input, int32_t may_be_empty = -1) {
     const fa_tensor_t& t = a.t;
     const std::string n = a.name;
-    if (t.data == nullptr) {
+    const bool empty = may_be_empty >= 0 && t.rank == a.rank && t.shape[may_be_empty] == 0;
+    if (t.data == nullptr && !empty) {
         invalid(n + ".data is NULL");
     }
     if (attention_input) {
@@ -109,12 +119,16 @@ Extent check_tensor(const TensorArg& a, bool attention_input) {
         for (int32_t i = 0; i < a.rank; ++i) {
             layout += (i > 0 ? ", " : "") + std::string(a.dim_names[i]);
         }
-        invalid(n + ".rank is " + s(t.rank) + "; " + n + " must have rank " + s(a.rank) + " " + layout + "]");
+        invalid(n + ".rank is " + s(t.rank) + "; " + n + " must have rank " + s(a.rank) + " " + layout + "]" +
+                a.rank_hint);
     }
     for (int32_t i = 0; i < a.rank; ++i) {
+        if (i == may_be_empty && t.shape[i] == 0) {
+            continue;
+        }
         if (t.shape[i] < 1) {
-            invalid(n + ".shape[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.shape[i]) +
-                    "; it must be at least 1");
+            invalid(n + ".shape[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.shape[i]) + "; it must be at least " +
+                    (i == may_be_empty ? "0" : "1"));
         }
     }
     const int32_t last = a.rank - 1;
@@ -131,8 +145,12 @@ Extent check_tensor(const TensorArg& a, bool attention_input) {
     if (attention_input) {
         for (int32_t i = 0; i < last; ++i) {
             if (t.strides[i] % kStrideMultiple != 0) {
-                invalid(n + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) +
-                        "; the batch, seqlen and heads strides must be multiples of " + s(kStrideMultiple) +
+                std::string others;
+                for (int32_t j = 0; j < last; ++j) {
+                    others += std::string(j == 0 ? "" : (j == last - 1 ? " and " : ", ")) + a.dim_names[j];
+                }
+                invalid(n + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) + "; the " +
+                        others + " strides must be multiples of " + s(kStrideMultiple) +
                         " elements (16 bytes) so that every row starts 16-byte aligned");
             }
         }
@@ -142,6 +160,10 @@ Extent check_tensor(const TensorArg& a, bool attention_input) {
     const int64_t alignment = attention_input ? FA_ALIGNMENT_BYTES : elem;
     if (address % static_cast<uintptr_t>(alignment) != 0) {
         invalid(n + ".data (" + hex(t.data) + ") is not " + s(alignment) + "-byte aligned");
+    }
+
+    if (empty) {
+        return Extent{address, address};
     }
 
     // Offset of the last element, then the byte count, each step checked against int64 overflow.
@@ -179,8 +201,7 @@ void check_no_overlap(const Extent& written, const char* written_name, const Ext
         invalid(std::string(written_name) + " (bytes " + hex(reinterpret_cast<void*>(written.begin)) + ".." +
                 hex(reinterpret_cast<void*>(written.end)) + ") overlaps " + other_name + " (bytes " +
                 hex(reinterpret_cast<void*>(other.begin)) + ".." + hex(reinterpret_cast<void*>(other.end)) +
-                "); " + written_name + " must not share memory with q, k, v" +
-                (std::string(written_name) == "out" ? " or lse" : " or out"));
+                "); " + written_name + " is written by the kernel, so it must not share memory with " + other_name);
     }
 }
 
@@ -231,11 +252,122 @@ std::string served_head_dims() {
     return list;
 }
 
+
+namespace {
+
+constexpr size_t kParamsV01Size = kForwardParamsMinSize;
+
+// Field `field` of *P when the caller's struct_size covers it, else `fallback` (an older caller).
+#define FA_PARAMS_FIELD_OR(P, field, fallback)                                                   \
+    ((P).struct_size >= offsetof(fa_forward_params_t, field) + sizeof((P).field) ? (P).field \
+                                                                                   : (fallback))
+
+// The fields appended in v0.2, with the defaults an older caller gets.
+struct V02Fields {
+    int32_t window_left = -1;
+    int32_t window_right = -1;
+    float softcap = 0.0f;
+    int32_t reserved1 = 0;
+    const int32_t* cu_seqlens_q = nullptr;
+    const int32_t* cu_seqlens_k = nullptr;
+    const int32_t* cu_seqlens_q_host = nullptr;
+    const int32_t* cu_seqlens_k_host = nullptr;
+    int32_t varlen_batch = 0;
+    int32_t max_seqlen_q = 0;
+    int32_t max_seqlen_k = 0;
+    int32_t reserved2 = 0;
+};
+
+V02Fields read_v02_fields(const fa_forward_params_t& P) {
+    V02Fields f;
+    f.window_left = FA_PARAMS_FIELD_OR(P, window_left, f.window_left);
+    f.window_right = FA_PARAMS_FIELD_OR(P, window_right, f.window_right);
+    f.softcap = FA_PARAMS_FIELD_OR(P, softcap, f.softcap);
+    f.reserved1 = FA_PARAMS_FIELD_OR(P, reserved1, f.reserved1);
+    f.cu_seqlens_q = FA_PARAMS_FIELD_OR(P, cu_seqlens_q, f.cu_seqlens_q);
+    f.cu_seqlens_k = FA_PARAMS_FIELD_OR(P, cu_seqlens_k, f.cu_seqlens_k);
+    f.cu_seqlens_q_host = FA_PARAMS_FIELD_OR(P, cu_seqlens_q_host, f.cu_seqlens_q_host);
+    f.cu_seqlens_k_host = FA_PARAMS_FIELD_OR(P, cu_seqlens_k_host, f.cu_seqlens_k_host);
+    f.varlen_batch = FA_PARAMS_FIELD_OR(P, varlen_batch, f.varlen_batch);
+    f.max_seqlen_q = FA_PARAMS_FIELD_OR(P, max_seqlen_q, f.max_seqlen_q);
+    f.max_seqlen_k = FA_PARAMS_FIELD_OR(P, max_seqlen_k, f.max_seqlen_k);
+    f.reserved2 = FA_PARAMS_FIELD_OR(P, reserved2, f.reserved2);
+    return f;
+}
+
+#undef FA_PARAMS_FIELD_OR
+
+std::string float_string(float value) {
+    char buffer[32];
+    std::snprintf(buffer, sizeof(buffer), "%g", static_cast<double>(value));
+    return buffer;
+}
+
+void check_int32_pointer_alignment(const int32_t* pointer, const char* name) {
+    if (reinterpret_cast<uintptr_t>(pointer) % alignof(int32_t) != 0) {
+        invalid(std::string(name) + " (" + hex(pointer) + ") is not 4-byte aligned");
+    }
+}
+
+// Checks a host copy of cu_seqlens (batch + 1 prefix sums) against the rows of its tensors and the
+// declared longest sequence.
+void check_host_cu_seqlens(const int32_t* cu, const char* name, int32_t batch, int64_t rows, const char* rows_what,
+                           int32_t max_seqlen, const char* max_name) {
+    const std::string n = name;
+    if (cu[0] != 0) {
+        invalid(n + "[0] is " + s(cu[0]) + "; cu_seqlens are prefix sums of the sequence lengths and start at 0");
+    }
+    for (int32_t i = 1; i <= batch; ++i) {
+        if (cu[i] < cu[i - 1]) {
+            invalid(n + "[" + s(i) + "] is " + s(cu[i]) + ", less than " + n + "[" + s(i - 1) + "] = " + s(cu[i - 1]) +
+                    "; cu_seqlens never decrease (sequence " + s(i - 1) + " would have a negative length)");
+        }
+        const int64_t length = static_cast<int64_t>(cu[i]) - cu[i - 1];
+        if (length > max_seqlen) {
+            invalid("sequence " + s(i - 1) + " has length " + s(length) + " (" + n + "[" + s(i) + "] - " + n + "[" +
+                    s(i - 1) + "] = " + s(cu[i]) + " - " + s(cu[i - 1]) + "), more than " + max_name + " = " +
+                    s(max_seqlen));
+        }
+    }
+    if (cu[batch] > rows) {
+        invalid(n + "[" + s(batch) + "] is " + s(cu[batch]) + ", past the end of the " + s(rows) + " rows of " +
+                rows_what);
+    }
+}
+
+// Byte range of a device cu_seqlens array (batch + 1 int32 values).
+Extent cu_extent(const int32_t* cu, int32_t batch, const char* name) {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(cu);
+    const uintptr_t bytes = (static_cast<uintptr_t>(batch) + 1) * sizeof(int32_t);
+    if (address > std::numeric_limits<uintptr_t>::max() - bytes) {
+        invalid(std::string(name) + " (" + hex(cu) + ") plus its " + s(static_cast<int64_t>(bytes)) +
+                " bytes runs past the end of the address space");
+    }
+    return Extent{address, address + bytes};
+}
+
+}  // namespace
+
 std::string describe(const FwdParams& p) {
-    return "b=" + s(p.b) + " sq=" + s(p.sq) + " sk=" + s(p.sk) + " hq=" + s(p.hq) + " hkv=" + s(p.hkv) +
-           " d=" + s(p.d) + (p.dtype == DType::BFloat16 ? " bf16" : " fp16") +
-           (p.causal != 0 ? " causal(offset " + s(p.causal_offset) + ")" : std::string(" non-causal")) +
-           (p.lse != nullptr ? " +lse" : "");
+    const bool varlen = p.cu_seqlens_q != nullptr;
+    std::string out = varlen ? "varlen b=" + s(p.b) + " max_sq=" + s(p.sq) + " max_sk=" + s(p.sk) + " total_q=" +
+                                   s(p.total_q) + " total_k=" + s(p.total_k)
+                             : "b=" + s(p.b) + " sq=" + s(p.sq) + " sk=" + s(p.sk);
+    out += " hq=" + s(p.hq) + " hkv=" + s(p.hkv) + " d=" + s(p.d) + (p.dtype == DType::BFloat16 ? " bf16" : " fp16");
+    if (p.causal != 0) {
+        out += varlen ? std::string(p.bottom_right != 0 ? " causal(bottom-right)" : " causal(top-left)")
+                      : " causal(offset " + s(p.causal_offset) + ")";
+    } else {
+        out += " non-causal";
+    }
+    if (p.window_left >= 0 || p.window_right >= 0) {
+        out += " window(" + s(p.window_left) + ", " + s(p.window_right) +
+               (p.bottom_right != 0 ? ", bottom-right)" : ", top-left)");
+    }
+    if (p.softcap > 0.0f) {
+        out += " softcap=" + float_string(p.softcap);
+    }
+    return out + (p.lse != nullptr ? " +lse" : "");
 }
 
 FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability) {
@@ -243,11 +375,12 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     if (params == nullptr) {
         invalid("params is NULL");
     }
-    // Only the fields of v0.1 are read; a larger struct_size (a newer caller) is accepted.
-    if (params->struct_size < sizeof(fa_forward_params_t)) {
+    // Fields past the caller's struct_size are not read (they get their defaults); a larger
+    // struct_size (a newer caller) is accepted and its unknown tail ignored.
+    if (params->struct_size < kParamsV01Size) {
         invalid("params->struct_size is " + s(params->struct_size) + " but fa_forward_params_t has " +
-                s(static_cast<int64_t>(sizeof(fa_forward_params_t))) +
-                " bytes in this library: fill params with fa_forward_params_init");
+                s(static_cast<int64_t>(sizeof(fa_forward_params_t))) + " bytes in this library (at least " +
+                s(static_cast<int64_t>(kParamsV01Size)) + " for version 0.1): fill params with fa_forward_params_init");
     }
     if (params->reserved0 != 0) {
         invalid("params->reserved0 is " + s(params->reserved0) + "; it is reserved and must be 0");
@@ -256,17 +389,83 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
         invalid("compute_capability is " + s(compute_capability) +
                 "; pass major*10+minor of the target GPU (e.g. 90) or 0 for any GPU");
     }
+    const fa_forward_params_t& P = *params;
+    const V02Fields x = read_v02_fields(P);
+    if (x.reserved1 != 0) {
+        invalid("params->reserved1 is " + s(x.reserved1) + "; it is reserved and must be 0");
+    }
+    if (x.reserved2 != 0) {
+        invalid("params->reserved2 is " + s(x.reserved2) + "; it is reserved and must be 0");
+    }
+
+    // ---- fixed-length or variable-length batch ---------------------------------------------------
+    const bool varlen = x.cu_seqlens_q != nullptr || x.cu_seqlens_k != nullptr;
+    if (varlen) {
+        if (x.cu_seqlens_q == nullptr) {
+            invalid("cu_seqlens_k is set but cu_seqlens_q is NULL; a variable-length batch needs both");
+        }
+        if (x.cu_seqlens_k == nullptr) {
+            invalid("cu_seqlens_q is set but cu_seqlens_k is NULL; a variable-length batch needs both");
+        }
+        check_int32_pointer_alignment(x.cu_seqlens_q, "cu_seqlens_q");
+        check_int32_pointer_alignment(x.cu_seqlens_k, "cu_seqlens_k");
+        if (x.cu_seqlens_q_host != nullptr) {
+            check_int32_pointer_alignment(x.cu_seqlens_q_host, "cu_seqlens_q_host");
+        }
+        if (x.cu_seqlens_k_host != nullptr) {
+            check_int32_pointer_alignment(x.cu_seqlens_k_host, "cu_seqlens_k_host");
+        }
+        if (x.varlen_batch < 1) {
+            invalid("varlen_batch is " + s(x.varlen_batch) +
+                    "; a variable-length batch (cu_seqlens_q set) needs at least 1 sequence");
+        }
+        if (x.max_seqlen_q < 0) {
+            invalid("max_seqlen_q is " + s(x.max_seqlen_q) + "; it must be >= 0");
+        }
+        if (x.max_seqlen_k < 0) {
+            invalid("max_seqlen_k is " + s(x.max_seqlen_k) + "; it must be >= 0");
+        }
+    } else {
+        if (x.cu_seqlens_q_host != nullptr || x.cu_seqlens_k_host != nullptr) {
+            invalid(std::string(x.cu_seqlens_q_host != nullptr ? "cu_seqlens_q_host" : "cu_seqlens_k_host") +
+                    " is set but cu_seqlens_q and cu_seqlens_k are NULL; host copies go with the device arrays "
+                    "of a variable-length batch");
+        }
+        const struct {
+            int32_t value;
+            const char* name;
+        } zeros[] = {{x.varlen_batch, "varlen_batch"}, {x.max_seqlen_q, "max_seqlen_q"}, {x.max_seqlen_k, "max_seqlen_k"}};
+        for (const auto& z : zeros) {
+            if (z.value != 0) {
+                invalid(std::string(z.name) + " is " + s(z.value) +
+                        " but cu_seqlens_q is NULL; varlen_batch, max_seqlen_q and max_seqlen_k must be 0 for a "
+                        "fixed-length batch (set cu_seqlens_q and cu_seqlens_k for a variable-length one)");
+            }
+        }
+    }
 
     // ---- each tensor on its own ---------------------------------------------------------------
-    const fa_forward_params_t& P = *params;
-    const Extent q = check_tensor({P.q, "q", {"batch", "seqlen_q", "heads_q", "head_dim"}, 4}, true);
-    const Extent k = check_tensor({P.k, "k", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4}, true);
-    const Extent v = check_tensor({P.v, "v", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4}, true);
-    const Extent o = check_tensor({P.out, "out", {"batch", "seqlen_q", "heads_q", "head_dim"}, 4}, true);
     const bool has_lse = P.lse.data != nullptr;
-    Extent l{0, 0};
-    if (has_lse) {
-        l = check_tensor({P.lse, "lse", {"batch", "heads_q", "seqlen_q", ""}, 3}, false);
+    Extent q, k, v, o, l{0, 0};
+    if (varlen) {
+        const char* hint = "; a variable-length batch (cu_seqlens_q set) packs the sequences along one dimension";
+        // total_q or total_k may be 0 (every sequence empty); such a tensor's data may be NULL. (An lse
+        // with NULL data is absent, as in a fixed-length call.)
+        q = check_tensor({P.q, "q", {"total_q", "heads_q", "head_dim", ""}, 3, hint}, true, 0);
+        k = check_tensor({P.k, "k", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, true, 0);
+        v = check_tensor({P.v, "v", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, true, 0);
+        o = check_tensor({P.out, "out", {"total_q", "heads_q", "head_dim", ""}, 3, hint}, true, 0);
+        if (has_lse) {
+            l = check_tensor({P.lse, "lse", {"heads_q", "total_q", "", ""}, 2, hint}, false, 1);
+        }
+    } else {
+        q = check_tensor({P.q, "q", {"batch", "seqlen_q", "heads_q", "head_dim"}, 4, ""}, true);
+        k = check_tensor({P.k, "k", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4, ""}, true);
+        v = check_tensor({P.v, "v", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4, ""}, true);
+        o = check_tensor({P.out, "out", {"batch", "seqlen_q", "heads_q", "head_dim"}, 4, ""}, true);
+        if (has_lse) {
+            l = check_tensor({P.lse, "lse", {"batch", "heads_q", "seqlen_q", ""}, 3, ""}, false);
+        }
     }
 
     // ---- tensors against each other ------------------------------------------------------------
@@ -276,27 +475,32 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
         invalid(std::string(odd_name) + ".dtype is " + dtype_name(odd.dtype) + " but q.dtype is " +
                 dtype_name(P.q.dtype) + "; q, k, v and out must share one dtype");
     }
-    const int64_t b = P.q.shape[0], sq = P.q.shape[1], hq = P.q.shape[2], d = P.q.shape[3];
-    const int64_t sk = P.k.shape[1], hkv = P.k.shape[2];
+    // Index of the sequence (or packed rows) dimension; heads and head_dim follow it.
+    const int32_t row_dim = varlen ? 0 : 1;
+    const int32_t head_dim_index = row_dim + 2;
+    const int64_t b = varlen ? x.varlen_batch : P.q.shape[0];
+    const int64_t rows_q = P.q.shape[row_dim], hq = P.q.shape[row_dim + 1], d = P.q.shape[head_dim_index];
+    const int64_t rows_k = P.k.shape[row_dim], hkv = P.k.shape[row_dim + 1];
     const struct {
         const fa_tensor_t& t;
         const char* name;
     } others[] = {{P.k, "k"}, {P.v, "v"}, {P.out, "out"}};
     for (const auto& other : others) {
-        if (other.t.shape[3] != d) {
-            invalid(std::string(other.name) + ".shape[3] (head_dim) is " + s(other.t.shape[3]) +
-                    " but q.shape[3] is " + s(d) + "; q, k, v and out must have the same head_dim");
+        if (other.t.shape[head_dim_index] != d) {
+            invalid(std::string(other.name) + ".shape[" + s(head_dim_index) + "] (head_dim) is " +
+                    s(other.t.shape[head_dim_index]) + " but q.shape[" + s(head_dim_index) + "] is " + s(d) +
+                    "; q, k, v and out must have the same head_dim");
         }
-        if (other.t.shape[0] != b) {
+        if (!varlen && other.t.shape[0] != b) {
             invalid(std::string(other.name) + ".shape[0] (batch) is " + s(other.t.shape[0]) +
                     " but q.shape[0] is " + s(b) + "; q, k, v and out must have the same batch");
         }
     }
-    if (P.v.shape[1] != sk || P.v.shape[2] != hkv) {
+    if (P.v.shape[row_dim] != rows_k || P.v.shape[row_dim + 1] != hkv) {
         invalid("v.shape is " + shape_string(P.v) + " but k.shape is " + shape_string(P.k) +
                 "; k and v must have the same shape");
     }
-    if (P.out.shape[1] != sq || P.out.shape[2] != hq) {
+    if (P.out.shape[row_dim] != rows_q || P.out.shape[row_dim + 1] != hq) {
         invalid("out.shape is " + shape_string(P.out) + " but q.shape is " + shape_string(P.q) +
                 "; out must have the shape of q");
     }
@@ -304,16 +508,20 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
         invalid("k has " + s(hkv) + " heads, which does not divide q's " + s(hq) +
                 " heads; heads_q must be a multiple of heads_kv (GQA/MQA)");
     }
-    if (has_lse && (P.lse.shape[0] != b || P.lse.shape[1] != hq || P.lse.shape[2] != sq)) {
-        invalid("lse.shape is " + shape_string(P.lse) + " but must be [batch, heads_q, seqlen_q] = [" + s(b) +
-                ", " + s(hq) + ", " + s(sq) + "]");
+    if (has_lse) {
+        if (varlen && (P.lse.shape[0] != hq || P.lse.shape[1] != rows_q)) {
+            invalid("lse.shape is " + shape_string(P.lse) + " but must be [heads_q, total_q] = [" + s(hq) + ", " +
+                    s(rows_q) + "] for a variable-length batch");
+        }
+        if (!varlen && (P.lse.shape[0] != b || P.lse.shape[1] != hq || P.lse.shape[2] != rows_q)) {
+            invalid("lse.shape is " + shape_string(P.lse) + " but must be [batch, heads_q, seqlen_q] = [" + s(b) +
+                    ", " + s(hq) + ", " + s(rows_q) + "]");
+        }
     }
 
     // ---- scalars -------------------------------------------------------------------------------
     if (!std::isfinite(P.softmax_scale) || P.softmax_scale < 0.0f) {
-        char value[32];
-        std::snprintf(value, sizeof(value), "%g", static_cast<double>(P.softmax_scale));
-        invalid(std::string("softmax_scale is ") + value +
+        invalid("softmax_scale is " + float_string(P.softmax_scale) +
                 "; it must be finite and >= 0 (0 means 1/sqrt(head_dim))");
     }
     if (P.causal != 0 && P.causal != 1) {
@@ -326,6 +534,30 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     if (P.kernel_path != FA_PATH_AUTO && P.kernel_path != FA_PATH_SM80) {
         invalid("kernel_path is " + s(P.kernel_path) + "; it must be FA_PATH_AUTO (0) or FA_PATH_SM80 (1)");
     }
+    if (x.window_left < -1) {
+        invalid("window_left is " + s(x.window_left) + "; it must be -1 (unbounded) or a number of keys >= 0");
+    }
+    if (x.window_right < -1) {
+        invalid("window_right is " + s(x.window_right) + "; it must be -1 (unbounded) or a number of keys >= 0");
+    }
+    constexpr double kLog2e = 1.4426950408889634074;
+    if (!std::isfinite(x.softcap) || x.softcap < 0.0f) {
+        invalid("softcap is " + float_string(x.softcap) + "; it must be finite and >= 0 (0 turns it off)");
+    }
+    if (static_cast<double>(x.softcap) * kLog2e > static_cast<double>(std::numeric_limits<float>::max())) {
+        invalid("softcap is " + float_string(x.softcap) + "; it must be at most " +
+                float_string(static_cast<float>(std::numeric_limits<float>::max() / kLog2e)));
+    }
+
+    // ---- host copies of cu_seqlens ----------------------------------------------------------------
+    if (varlen && x.cu_seqlens_q_host != nullptr) {
+        check_host_cu_seqlens(x.cu_seqlens_q_host, "cu_seqlens_q_host", x.varlen_batch, rows_q,
+                              "q (q.shape[0], total_q)", x.max_seqlen_q, "max_seqlen_q");
+    }
+    if (varlen && x.cu_seqlens_k_host != nullptr) {
+        check_host_cu_seqlens(x.cu_seqlens_k_host, "cu_seqlens_k_host", x.varlen_batch, rows_k,
+                              "k (k.shape[0], total_k)", x.max_seqlen_k, "max_seqlen_k");
+    }
 
     // ---- outputs must not overlap inputs ---------------------------------------------------------
     check_no_overlap(o, "out", q, "q");
@@ -337,25 +569,47 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
         check_no_overlap(l, "lse", k, "k");
         check_no_overlap(l, "lse", v, "v");
     }
+    if (varlen) {
+        const Extent cq = cu_extent(x.cu_seqlens_q, x.varlen_batch, "cu_seqlens_q");
+        const Extent ck = cu_extent(x.cu_seqlens_k, x.varlen_batch, "cu_seqlens_k");
+        check_no_overlap(o, "out", cq, "cu_seqlens_q");
+        check_no_overlap(o, "out", ck, "cu_seqlens_k");
+        if (has_lse) {
+            check_no_overlap(l, "lse", cq, "cu_seqlens_q");
+            check_no_overlap(l, "lse", ck, "cu_seqlens_k");
+        }
+    }
 
     // ---- valid; is it served? ------------------------------------------------------------------
     if (d > kInt32Max || !forward_head_dim_compiled(static_cast<int32_t>(d))) {
-        unsupported("q.shape[3] (head_dim) is " + s(d) + "; this build serves head dims " + served_head_dims());
+        unsupported("q.shape[" + s(head_dim_index) + "] (head_dim) is " + s(d) + "; this build serves head dims " +
+                    served_head_dims());
     }
     const struct {
         int64_t value;
         const char* what;
-    } sizes[] = {{b, "q.shape[0] (batch)"},  {sq, "q.shape[1] (seqlen_q)"}, {sk, "k.shape[1] (seqlen_k)"},
-                 {hq, "q.shape[2] (heads_q)"}, {hkv, "k.shape[2] (heads_kv)"}};
+    } sizes[] = {{b, varlen ? "varlen_batch" : "q.shape[0] (batch)"},
+                 {rows_q, varlen ? "q.shape[0] (total_q)" : "q.shape[1] (seqlen_q)"},
+                 {rows_k, varlen ? "k.shape[0] (total_k)" : "k.shape[1] (seqlen_k)"},
+                 {hq, varlen ? "q.shape[1] (heads_q)" : "q.shape[2] (heads_q)"},
+                 {hkv, varlen ? "k.shape[1] (heads_kv)" : "k.shape[2] (heads_kv)"}};
     for (const auto& size : sizes) {
         if (size.value > kInt32Max) {
             unsupported(std::string(size.what) + " is " + s(size.value) + "; the largest this build serves is " +
                         s(kInt32Max));
         }
     }
-    // The kernels launch one CTA column per (head, batch): grid y and z stop at 65535.
-    if (hq > 65535) unsupported("q.shape[2] (heads_q) is " + s(hq) + "; the kernels serve at most 65535 heads");
-    if (b > 65535) unsupported("q.shape[0] (batch) is " + s(b) + "; the kernels serve at most 65535 sequences");
+    // The kernels walk a 1-D grid of one block per (sequence, head, 64-row block or more): its size
+    // and the block index must stay within int32.
+    {
+        const int64_t sq = varlen ? static_cast<int64_t>(x.max_seqlen_q) : rows_q;
+        const int64_t row_blocks = (sq + 63) / 64;
+        if (b * hq > kInt32Max || b * hq * row_blocks > kInt32Max) {
+            unsupported(std::string(varlen ? "varlen_batch" : "q.shape[0] (batch)") + " " + s(b) + " x heads_q " +
+                        s(hq) + " x " + s(row_blocks) + " row blocks of seqlen_q " + s(sq) +
+                        " needs more than 2^31 - 1 blocks; split the call");
+        }
+    }
     if (compute_capability != 0 && compute_capability < 80) {
         unsupported("compute_capability is " + s(compute_capability) + " (" + s(compute_capability / 10) + "." +
                     s(compute_capability % 10) + "); the kernels need compute capability 8.0 or newer");
@@ -368,26 +622,50 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     p.v = P.v.data;
     p.o = P.out.data;
     p.lse = has_lse ? static_cast<float*>(P.lse.data) : nullptr;
-    p.q_batch_stride = P.q.strides[0];
-    p.q_row_stride = P.q.strides[1];
-    p.q_head_stride = P.q.strides[2];
-    p.k_batch_stride = P.k.strides[0];
-    p.k_row_stride = P.k.strides[1];
-    p.k_head_stride = P.k.strides[2];
-    p.v_batch_stride = P.v.strides[0];
-    p.v_row_stride = P.v.strides[1];
-    p.v_head_stride = P.v.strides[2];
-    p.o_batch_stride = P.out.strides[0];
-    p.o_row_stride = P.out.strides[1];
-    p.o_head_stride = P.out.strides[2];
-    if (has_lse) {
-        p.lse_batch_stride = P.lse.strides[0];
-        p.lse_head_stride = P.lse.strides[1];
-        p.lse_row_stride = P.lse.strides[2];
+    if (varlen) {
+        // [total, heads, head_dim]: no batch stride (the kernels ignore it with cu_seqlens set).
+        p.q_row_stride = P.q.strides[0];
+        p.q_head_stride = P.q.strides[1];
+        p.k_row_stride = P.k.strides[0];
+        p.k_head_stride = P.k.strides[1];
+        p.v_row_stride = P.v.strides[0];
+        p.v_head_stride = P.v.strides[1];
+        p.o_row_stride = P.out.strides[0];
+        p.o_head_stride = P.out.strides[1];
+        if (has_lse) {
+            p.lse_head_stride = P.lse.strides[0];
+            p.lse_row_stride = P.lse.strides[1];
+        }
+        p.cu_seqlens_q = x.cu_seqlens_q;
+        p.cu_seqlens_k = x.cu_seqlens_k;
+        p.total_q = static_cast<int32_t>(rows_q);
+        p.total_k = static_cast<int32_t>(rows_k);
+        p.sq = x.max_seqlen_q;
+        p.sk = x.max_seqlen_k;
+    } else {
+        p.q_batch_stride = P.q.strides[0];
+        p.q_row_stride = P.q.strides[1];
+        p.q_head_stride = P.q.strides[2];
+        p.k_batch_stride = P.k.strides[0];
+        p.k_row_stride = P.k.strides[1];
+        p.k_head_stride = P.k.strides[2];
+        p.v_batch_stride = P.v.strides[0];
+        p.v_row_stride = P.v.strides[1];
+        p.v_head_stride = P.v.strides[2];
+        p.o_batch_stride = P.out.strides[0];
+        p.o_row_stride = P.out.strides[1];
+        p.o_head_stride = P.out.strides[2];
+        if (has_lse) {
+            p.lse_batch_stride = P.lse.strides[0];
+            p.lse_head_stride = P.lse.strides[1];
+            p.lse_row_stride = P.lse.strides[2];
+        }
+        p.cu_seqlens_q = nullptr;
+        p.cu_seqlens_k = nullptr;
+        p.sq = static_cast<int32_t>(rows_q);
+        p.sk = static_cast<int32_t>(rows_k);
     }
     p.b = static_cast<int32_t>(b);
-    p.sq = static_cast<int32_t>(sq);
-    p.sk = static_cast<int32_t>(sk);
     p.hq = static_cast<int32_t>(hq);
     p.hkv = static_cast<int32_t>(hkv);
     p.d = static_cast<int32_t>(d);
@@ -395,20 +673,85 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     const double scale = P.softmax_scale > 0.0f ? static_cast<double>(P.softmax_scale)
                                                 : 1.0 / std::sqrt(static_cast<double>(d));
     p.scale = static_cast<float>(scale);
-    p.scale_log2 = static_cast<float>(scale * 1.4426950408889634074);  // log2(e)
+    // With softcap the kernels compute tanh(s * scale / softcap) and run the softmax on softcap times
+    // that, so the exp2 multiplier is softcap * log2(e) instead of scale * log2(e).
+    p.softcap = x.softcap;
+    p.scale_log2 = static_cast<float>((x.softcap > 0.0f ? static_cast<double>(x.softcap) : scale) * kLog2e);
     p.causal = P.causal;
-    // The kernels read bottom_right (per sequence); causal_offset is kept for logs.
+    // The kernels read bottom_right (per sequence); causal_offset is kept for logs (fixed-length only).
     const bool bottom_right = P.causal_alignment == FA_CAUSAL_BOTTOM_RIGHT;
     p.bottom_right = bottom_right ? 1 : 0;
-    p.causal_offset = P.causal == 1 && bottom_right ? static_cast<int32_t>(sk - sq) : 0;
-    // No sliding window, no softcap, fixed-length batch (the v0.1 ABI has none of them).
-    p.window_left = -1;
-    p.window_right = -1;
-    p.softcap = 0.0f;
-    p.cu_seqlens_q = nullptr;
-    p.cu_seqlens_k = nullptr;
+    p.causal_offset = !varlen && P.causal == 1 && bottom_right ? p.sk - p.sq : 0;
+    // A window side at least max(seqlen_q, seqlen_k) hides no key of any sequence (every
+    // |key - query - offset| is below it), so it is the same as unbounded; passing -1 keeps the kernels'
+    // 32-bit bound arithmetic far from overflow (INT32_MAX is a common "no window" value) and lets a
+    // non-causal call run the kernel without the local masks.
+    const int32_t no_op_window = p.sq > p.sk ? p.sq : p.sk;
+    p.window_left = x.window_left >= no_op_window ? -1 : x.window_left;
+    p.window_right = x.window_right >= no_op_window ? -1 : x.window_right;
     p.dtype = P.q.dtype == FA_DTYPE_BFLOAT16 ? DType::BFloat16 : DType::Float16;
     return p;
+}
+
+void check_support_query(const fa_support_query_t& query) {
+    // ---- is the query well formed? ----------------------------------------------------------------
+    if (query.struct_size < sizeof(fa_support_query_t)) {
+        invalid("query->struct_size is " + s(query.struct_size) + " but fa_support_query_t has " +
+                s(static_cast<int64_t>(sizeof(fa_support_query_t))) +
+                " bytes in this library: set it to sizeof(fa_support_query_t)");
+    }
+    if (query.pass != FA_PASS_FORWARD && query.pass != FA_PASS_BACKWARD && query.pass != FA_PASS_DECODE) {
+        invalid("query->pass is " + s(query.pass) +
+                "; it must be FA_PASS_FORWARD (0), FA_PASS_BACKWARD (1) or FA_PASS_DECODE (2)");
+    }
+    if (query.compute_capability < 0) {
+        invalid("query->compute_capability is " + s(query.compute_capability) +
+                "; pass major*10+minor of the target GPU (e.g. 90) or 0 for any GPU");
+    }
+    if (dtype_size(query.dtype) == 0) {
+        invalid("query->dtype is " + s(query.dtype) + "; it must be an fa_dtype_t value");
+    }
+    if (query.head_dim < 1) {
+        invalid("query->head_dim is " + s(query.head_dim) + "; it must be at least 1");
+    }
+    const struct {
+        int32_t value;
+        const char* name;
+    } flags[] = {{query.causal, "causal"},
+                 {query.window, "window"},
+                 {query.softcap, "softcap"},
+                 {query.varlen, "varlen"}};
+    for (const auto& flag : flags) {
+        if (flag.value != 0 && flag.value != 1) {
+            invalid(std::string("query->") + flag.name + " is " + s(flag.value) + "; it must be 0 or 1");
+        }
+    }
+    if (query.kernel_path != FA_PATH_AUTO && query.kernel_path != FA_PATH_SM80) {
+        invalid("query->kernel_path is " + s(query.kernel_path) +
+                "; it must be FA_PATH_AUTO (0) or FA_PATH_SM80 (1)");
+    }
+
+    // ---- is it served? ------------------------------------------------------------------------
+    if (query.pass == FA_PASS_BACKWARD) {
+        unsupported("this build has no backward kernels yet");
+    }
+    if (query.pass == FA_PASS_DECODE) {
+        unsupported("this build has no decode kernels yet");
+    }
+    if (query.dtype != FA_DTYPE_FLOAT16 && query.dtype != FA_DTYPE_BFLOAT16) {
+        unsupported(std::string("query->dtype is ") + dtype_name(query.dtype) +
+                    "; the forward serves FA_DTYPE_FLOAT16 and FA_DTYPE_BFLOAT16 for q, k and v");
+    }
+    if (!forward_head_dim_compiled(query.head_dim)) {
+        unsupported("query->head_dim is " + s(query.head_dim) + "; this build serves head dims " + served_head_dims());
+    }
+    if (query.compute_capability != 0 && query.compute_capability < 80) {
+        unsupported("query->compute_capability is " + s(query.compute_capability) + " (" +
+                    s(query.compute_capability / 10) + "." + s(query.compute_capability % 10) +
+                    "); the kernels need compute capability 8.0 or newer");
+    }
+    // Causal masks, sliding windows, softcap and variable-length batches are served by every forward
+    // kernel of this build (sm80 path, any compute capability >= 8.0).
 }
 
 }  // namespace fa

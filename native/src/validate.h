@@ -1,6 +1,7 @@
 // Argument checking of fa_forward / fa_forward_check. Runs before any CUDA call and touches no
 // device memory: it reads only the descriptors.
 #pragma once
+#include <cstddef>
 
 #include <string>
 
@@ -9,10 +10,17 @@
 
 namespace fa {
 
+// Smallest fa_forward_params_t accepted: version 0.1's fields, up to kernel_path.
+constexpr size_t kForwardParamsMinSize = offsetof(fa_forward_params_t, window_left);
+
 // Checks *params for a GPU of compute capability `compute_capability` (major*10+minor, or 0 for any
 // GPU this build serves). Throws fa::Error (INVALID_ARGUMENT for bad input, UNSUPPORTED for valid
 // input this build or GPU does not serve). On success returns the filled kernel parameters.
 FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability);
+
+// Answers fa_query_support: returns when this build serves the kind of call *query describes, throws
+// fa::Error (INVALID_ARGUMENT for a malformed query, UNSUPPORTED saying why otherwise).
+void check_support_query(const fa_support_query_t& query);
 
 // "64, 128": the head dims this build has a forward kernel for.
 std::string served_head_dims();

@@ -3,10 +3,15 @@
  * binding sees it: only flash_attention.h, no CUDA headers, no C++.
  *
  * Everywhere: version, status strings, last-error behaviour, fa_forward_params_init, argument
- * validation through fa_forward_check (bad inputs with expected statuses and messages), the log
- * callback, that the last error is per thread, and what the device functions say when there is no GPU.
- * With a GPU (compute capability >= 8.0): fa_forward on random fp16 inputs (causal, GQA/MQA,
- * seqlen 17 and 33, padded strides) against a float64 reference written here, outputs poisoned first.
+ * validation through fa_forward_check (bad inputs with expected statuses and messages, including
+ * windows, softcap, variable-length batches, host cu_seqlens and older struct sizes), fa_query_support,
+ * the kernel names, the graph helpers' argument checks, the log callback, that the last error is per
+ * thread, and what the device functions say when there is no GPU.
+ * With a GPU (compute capability >= 8.0), against a float64 reference written here (masks, windows,
+ * softcap and varlen as the header documents them), outputs poisoned first: a CUDA graph holding one
+ * captured fa_forward, replayed on new inputs; fp16/bf16 forwards (causal, GQA/MQA, padded strides);
+ * sliding windows and softcap; variable-length batches (empty sequences, sequences without keys);
+ * head dims without their own kernel.
  *
  * Prints one line per failure, a summary, and returns nonzero if anything failed.
  */
@@ -16,6 +21,7 @@
 #include "flash_attention.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,7 +254,7 @@ enum { VB = 2, VSQ = 17, VSK = 33, VHQ = 6, VHKV = 2 };
 static fa_forward_params_t valid_params(int with_lse) {
     fa_forward_params_t p;
     const int64_t d = FA_TEST_HEAD_DIM;
-    fa_forward_params_init(&p);
+    fa_forward_params_init(&p, sizeof p);
     set_tensor4(&p.q, (void*)(uintptr_t)0x100000000ull, FA_DTYPE_FLOAT16, VB, VSQ, VHQ, d, 0);
     set_tensor4(&p.k, (void*)(uintptr_t)0x200000000ull, FA_DTYPE_FLOAT16, VB, VSK, VHKV, d, 0);
     set_tensor4(&p.v, (void*)(uintptr_t)0x300000000ull, FA_DTYPE_FLOAT16, VB, VSK, VHKV, d, 0);
@@ -280,7 +286,7 @@ static void test_versions_and_status_strings(void) {
 static void test_last_error_behaviour(void) {
     fa_forward_params_t p;
     const char* message;
-    expect("fresh thread: success clears", fa_forward_params_init(&p), FA_STATUS_SUCCESS, NULL);
+    expect("fresh thread: success clears", fa_forward_params_init(&p, sizeof p), FA_STATUS_SUCCESS, NULL);
     expect("check(NULL)", fa_forward_check(NULL, 0), FA_STATUS_INVALID_ARGUMENT, "params");
     /* fa_status_string and fa_version do not disturb the message of the failed call. */
     (void)fa_status_string(FA_STATUS_INVALID_ARGUMENT);
@@ -292,7 +298,7 @@ static void test_last_error_behaviour(void) {
     p = valid_params(0);
     expect("valid check clears the error", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
     CHECK(strcmp(fa_last_error_message(), "") == 0, "last error after success is \"%s\"", fa_last_error_message());
-    expect("params_init(NULL)", fa_forward_params_init(NULL), FA_STATUS_INVALID_ARGUMENT, "params");
+    expect("params_init(NULL)", fa_forward_params_init(NULL, sizeof(fa_forward_params_t)), FA_STATUS_INVALID_ARGUMENT, "params");
     expect("set_log_callback(NULL) clears", fa_set_log_callback(NULL, NULL), FA_STATUS_SUCCESS, NULL);
 }
 
@@ -302,7 +308,7 @@ static void test_params_init(void) {
     size_t i;
     int tensors_zero = 1;
     memset(&p, 0xAB, sizeof(p));
-    expect("fa_forward_params_init", fa_forward_params_init(&p), FA_STATUS_SUCCESS, NULL);
+    expect("fa_forward_params_init", fa_forward_params_init(&p, sizeof p), FA_STATUS_SUCCESS, NULL);
     CHECK(p.struct_size == sizeof(fa_forward_params_t), "struct_size is %u, sizeof is %u", (unsigned)p.struct_size,
           (unsigned)sizeof(fa_forward_params_t));
     CHECK(p.reserved0 == 0, "reserved0 is %u", (unsigned)p.reserved0);
@@ -310,6 +316,16 @@ static void test_params_init(void) {
     CHECK(p.causal == 0, "causal default is %d", (int)p.causal);
     CHECK(p.causal_alignment == FA_CAUSAL_BOTTOM_RIGHT, "causal_alignment default is %d", (int)p.causal_alignment);
     CHECK(p.kernel_path == FA_PATH_AUTO, "kernel_path default is %d", (int)p.kernel_path);
+    CHECK(p.window_left == -1 && p.window_right == -1, "window default is (%d, %d), expected (-1, -1)",
+          (int)p.window_left, (int)p.window_right);
+    CHECK(p.softcap == 0.0f, "softcap default is %g", (double)p.softcap);
+    CHECK(p.reserved1 == 0 && p.reserved2 == 0, "reserved1/2 defaults are %d/%d", (int)p.reserved1, (int)p.reserved2);
+    CHECK(p.cu_seqlens_q == NULL && p.cu_seqlens_k == NULL && p.cu_seqlens_q_host == NULL &&
+              p.cu_seqlens_k_host == NULL,
+          "fa_forward_params_init must leave the cu_seqlens pointers NULL");
+    CHECK(p.varlen_batch == 0 && p.max_seqlen_q == 0 && p.max_seqlen_k == 0,
+          "varlen defaults are batch %d, max_seqlen %d/%d (expected 0)", (int)p.varlen_batch, (int)p.max_seqlen_q,
+          (int)p.max_seqlen_k);
     bytes = (const unsigned char*)&p.q;
     for (i = 0; i < 5 * sizeof(fa_tensor_t); ++i) {
         if (bytes[i] != 0) {
@@ -317,12 +333,36 @@ static void test_params_init(void) {
         }
     }
     CHECK(tensors_zero, "fa_forward_params_init must zero the five tensors");
+
+    /* A caller compiled against version 0.1 (a struct that ends after kernel_path) must get exactly
+       its own bytes written: nothing past them. */
+    {
+        unsigned char buffer[sizeof(fa_forward_params_t) + 64];
+        const size_t old_size = offsetof(fa_forward_params_t, window_left);
+        fa_forward_params_t* old = (fa_forward_params_t*)(void*)buffer;
+        int untouched = 1;
+        memset(buffer, 0xAB, sizeof(buffer));
+        expect("params_init with the 0.1 size", fa_forward_params_init(old, old_size), FA_STATUS_SUCCESS, NULL);
+        CHECK(old->struct_size == old_size, "struct_size is %u, expected the caller's %u", (unsigned)old->struct_size,
+              (unsigned)old_size);
+        CHECK(old->causal_alignment == FA_CAUSAL_BOTTOM_RIGHT && old->kernel_path == FA_PATH_AUTO,
+              "0.1-sized init must still set the 0.1 defaults");
+        for (i = old_size; i < sizeof(buffer); ++i) {
+            if (buffer[i] != 0xAB) {
+                untouched = 0;
+            }
+        }
+        CHECK(untouched, "fa_forward_params_init wrote past the caller's struct_size");
+        expect("params_init with a too-small size", fa_forward_params_init(old, old_size - 4),
+               FA_STATUS_INVALID_ARGUMENT, "struct_size");
+    }
 }
 
 static void test_validation(void) {
     fa_forward_params_t p;
     const int64_t d = FA_TEST_HEAD_DIM;
     int64_t q_bytes;
+    char needle[160];
 
     p = valid_params(0);
     expect("valid (cc 0)", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
@@ -386,8 +426,9 @@ static void test_validation(void) {
     p = valid_params(0);
     p.out.strides[1] = VHQ * d + 4;
     p.out.strides[0] = VSQ * p.out.strides[1] + 4; /* the batch stride stays a multiple of 8 */
-    expect("row stride not multiple of 8", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
-           "out.strides[1] (seqlen_q) is 388; the batch, seqlen and heads strides must be multiples of 8");
+    sprintf(needle, "out.strides[1] (seqlen_q) is %d; the batch, seqlen_q and heads_q strides must be multiples of 8",
+            (int)(VHQ * d + 4));
+    expect("row stride not multiple of 8", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, needle);
     p = valid_params(0);
     p.q.data = (char*)p.q.data + 8;
     expect("q.data 8-byte aligned only", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "16-byte aligned");
@@ -488,6 +529,398 @@ static void test_validation(void) {
     expect("fa_forward(NULL context)", fa_forward(NULL, &p, NULL), FA_STATUS_INVALID_ARGUMENT, "context is NULL");
 }
 
+/* ---- validation of windows, softcap and variable-length batches (no GPU needed) ---------------- */
+
+/* Sequence lengths of the variable-length validation batch. */
+enum { VL_BATCH = 4, VL_TOTAL_Q = 318, VL_TOTAL_K = 320, VL_MAX_Q = 300, VL_MAX_K = 290 };
+static const int32_t g_vl_cu_q[VL_BATCH + 1] = {0, 17, 17, 18, 318};   /* lengths 17, 0, 1, 300 */
+static const int32_t g_vl_cu_k[VL_BATCH + 1] = {0, 20, 25, 30, 320};   /* lengths 20, 5, 5, 290 */
+
+static void set_tensor3(fa_tensor_t* t, void* data, int32_t dtype, int64_t n0, int64_t n1, int64_t n2, int64_t row_pad) {
+    memset(t, 0, sizeof(*t));
+    t->data = data;
+    t->dtype = dtype;
+    t->rank = 3;
+    t->shape[0] = n0;
+    t->shape[1] = n1;
+    t->shape[2] = n2;
+    t->strides[2] = 1;
+    t->strides[1] = n2;
+    t->strides[0] = n1 * n2 + row_pad;
+}
+
+static void set_tensor2_f32(fa_tensor_t* t, void* data, int64_t n0, int64_t n1) {
+    memset(t, 0, sizeof(*t));
+    t->data = data;
+    t->dtype = FA_DTYPE_FLOAT32;
+    t->rank = 2;
+    t->shape[0] = n0;
+    t->shape[1] = n1;
+    t->strides[1] = 1;
+    t->strides[0] = n1;
+}
+
+/* A valid variable-length call on made-up addresses (device cu_seqlens included), host copies given. */
+static fa_forward_params_t valid_varlen_params(int with_lse) {
+    fa_forward_params_t p;
+    const int64_t d = FA_TEST_HEAD_DIM;
+    fa_forward_params_init(&p, sizeof p);
+    set_tensor3(&p.q, (void*)(uintptr_t)0x100000000ull, FA_DTYPE_FLOAT16, VL_TOTAL_Q, VHQ, d, 0);
+    set_tensor3(&p.k, (void*)(uintptr_t)0x200000000ull, FA_DTYPE_FLOAT16, VL_TOTAL_K, VHKV, d, 0);
+    set_tensor3(&p.v, (void*)(uintptr_t)0x300000000ull, FA_DTYPE_FLOAT16, VL_TOTAL_K, VHKV, d, 0);
+    set_tensor3(&p.out, (void*)(uintptr_t)0x400000000ull, FA_DTYPE_FLOAT16, VL_TOTAL_Q, VHQ, d, 0);
+    if (with_lse) {
+        set_tensor2_f32(&p.lse, (void*)(uintptr_t)0x500000000ull, VHQ, VL_TOTAL_Q);
+    }
+    p.cu_seqlens_q = (const int32_t*)(uintptr_t)0x600000000ull;
+    p.cu_seqlens_k = (const int32_t*)(uintptr_t)0x600000100ull;
+    p.cu_seqlens_q_host = g_vl_cu_q;
+    p.cu_seqlens_k_host = g_vl_cu_k;
+    p.varlen_batch = VL_BATCH;
+    p.max_seqlen_q = VL_MAX_Q;
+    p.max_seqlen_k = VL_MAX_K;
+    p.causal = 1;
+    return p;
+}
+
+static void test_feature_validation(void) {
+    fa_forward_params_t p;
+    int32_t cu_q[VL_BATCH + 1], cu_k[VL_BATCH + 1];
+    const int64_t d = FA_TEST_HEAD_DIM;
+
+    /* windows and softcap on a fixed-length call */
+    p = valid_params(1);
+    p.window_left = 0;
+    p.window_right = 0;
+    expect("window (0, 0)", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = valid_params(0);
+    p.causal = 0;
+    p.window_left = 5;
+    p.window_right = -1;
+    p.softcap = 30.0f;
+    expect("window (5, -1) + softcap", fa_forward_check(&p, 80), FA_STATUS_SUCCESS, NULL);
+    p = valid_params(0);
+    p.window_left = 2147483647; /* INT32_MAX: as good as unbounded */
+    p.window_right = 2147483647;
+    expect("window INT32_MAX", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = valid_params(0);
+    p.window_left = -2;
+    expect("window_left -2", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "window_left is -2");
+    p = valid_params(0);
+    p.window_right = -100;
+    expect("window_right -100", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "window_right is -100");
+    p = valid_params(0);
+    p.softcap = NAN;
+    expect("softcap NaN", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "softcap is nan");
+    p = valid_params(0);
+    p.softcap = -1.0f;
+    expect("softcap -1", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "softcap is -1");
+    p = valid_params(0);
+    p.softcap = INFINITY;
+    expect("softcap inf", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "softcap is inf");
+    p = valid_params(0);
+    p.softcap = 3e38f;
+    expect("softcap 3e38", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "at most");
+    p = valid_params(0);
+    p.reserved1 = 1;
+    expect("reserved1 != 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "reserved1 is 1");
+    p = valid_params(0);
+    p.reserved2 = -4;
+    expect("reserved2 != 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "reserved2 is -4");
+
+    /* varlen fields on a fixed-length call */
+    p = valid_params(0);
+    p.varlen_batch = 3;
+    expect("fixed-length with varlen_batch", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "varlen_batch is 3 but cu_seqlens_q is NULL");
+    p = valid_params(0);
+    p.max_seqlen_k = 17;
+    expect("fixed-length with max_seqlen_k", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "max_seqlen_k is 17");
+    p = valid_params(0);
+    p.cu_seqlens_k_host = g_vl_cu_k;
+    expect("host copy without device arrays", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "cu_seqlens_k_host is set but cu_seqlens_q and cu_seqlens_k are NULL");
+
+    /* an older caller: a v0.1 struct (up to kernel_path) gets the defaults, whatever follows it */
+    p = valid_params(1);
+    p.window_left = -7;
+    p.softcap = NAN;
+    p.reserved1 = 5;
+    p.cu_seqlens_q = (const int32_t*)(uintptr_t)3;
+    p.varlen_batch = -1;
+    p.reserved2 = 9;
+    p.struct_size = (uint32_t)offsetof(fa_forward_params_t, window_left);
+    expect("v0.1 struct_size: new fields ignored", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.struct_size = (uint32_t)offsetof(fa_forward_params_t, window_left) - 4;
+    expect("struct_size below v0.1", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "struct_size is");
+    p.struct_size = (uint32_t)offsetof(fa_forward_params_t, reserved1); /* covers the window and softcap */
+    expect("struct_size up to softcap reads it", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "window_left is -7");
+    p.window_left = 3;
+    expect("struct_size up to softcap reads softcap", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "softcap is nan");
+    p.softcap = 0.0f;
+    expect("struct_size up to softcap: rest ignored", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+
+    /* variable-length batches */
+    p = valid_varlen_params(1);
+    expect("varlen valid (host copies, lse)", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = valid_varlen_params(0);
+    p.cu_seqlens_q_host = NULL;
+    p.cu_seqlens_k_host = NULL;
+    p.window_left = 64;
+    p.softcap = 50.0f;
+    p.causal_alignment = FA_CAUSAL_TOP_LEFT;
+    expect("varlen valid (device arrays only, window, softcap)", fa_forward_check(&p, 86), FA_STATUS_SUCCESS, NULL);
+    p = valid_varlen_params(0);
+    p.cu_seqlens_k = NULL;
+    p.cu_seqlens_k_host = NULL;
+    expect("varlen with cu_seqlens_q only", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "cu_seqlens_q is set but cu_seqlens_k is NULL");
+    p = valid_varlen_params(0);
+    p.cu_seqlens_q = NULL;
+    expect("varlen with cu_seqlens_k only", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "cu_seqlens_k is set but cu_seqlens_q is NULL");
+    p = valid_varlen_params(0);
+    p.cu_seqlens_k = (const int32_t*)((uintptr_t)p.cu_seqlens_k + 2);
+    expect("varlen cu_seqlens_k misaligned", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "is not 4-byte aligned");
+    p = valid_varlen_params(0);
+    p.varlen_batch = 0;
+    expect("varlen_batch 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "varlen_batch is 0");
+    p = valid_varlen_params(0);
+    p.cu_seqlens_q_host = NULL;
+    p.cu_seqlens_k_host = NULL;
+    p.varlen_batch = 2000000000;
+    expect("varlen_batch 2e9", fa_forward_check(&p, 0), FA_STATUS_UNSUPPORTED, "2^31 - 1 blocks");
+    p = valid_varlen_params(0);
+    p.max_seqlen_q = -1;
+    expect("max_seqlen_q -1", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "max_seqlen_q is -1");
+    p = valid_varlen_params(0);
+    set_tensor4(&p.q, p.q.data, FA_DTYPE_FLOAT16, 1, VL_TOTAL_Q, VHQ, d, 0);
+    expect("varlen q rank 4", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "q.rank is 4; q must have rank 3 [total_q, heads_q, head_dim]");
+    p = valid_varlen_params(0);
+    set_tensor4(&p.v, p.v.data, FA_DTYPE_FLOAT16, 1, VL_TOTAL_K, VHKV, d, 0);
+    expect("varlen v rank 4", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "v.rank is 4");
+    p = valid_varlen_params(0);
+    p.k.strides[0] = VHKV * d + 4;
+    expect("varlen k row stride not multiple of 8", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "k.strides[0] (total_k)");
+    p = valid_varlen_params(0);
+    p.out.strides[2] = 2;
+    expect("varlen out head_dim not contiguous", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "contiguous");
+    p = valid_varlen_params(0);
+    p.k.data = (char*)p.k.data + 8;
+    expect("varlen k 8-byte aligned", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "16-byte aligned");
+    p = valid_varlen_params(0);
+    p.out.shape[0] = VL_TOTAL_Q - 1;
+    expect("varlen out rows != q rows", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "out.shape");
+    p = valid_varlen_params(0);
+    p.v.shape[0] = VL_TOTAL_K + 8;
+    expect("varlen v rows != k rows", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "same shape");
+    p = valid_varlen_params(0);
+    p.k.shape[1] = 4;
+    p.v.shape[1] = 4;
+    expect("varlen GQA 6 / 4", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "does not divide");
+    p = valid_varlen_params(1);
+    set_tensor3_f32(&p.lse, p.lse.data, VL_BATCH, VHQ, VL_MAX_Q);
+    expect("varlen lse [b, hq, max_sq]", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "lse.rank is 3; lse must have rank 2 [heads_q, total_q]");
+    p = valid_varlen_params(1);
+    set_tensor2_f32(&p.lse, p.lse.data, VL_TOTAL_Q, VHQ);
+    expect("varlen lse [total_q, hq]", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "must be [heads_q, total_q] = [6, 318]");
+    p = valid_varlen_params(1);
+    p.lse.data = (void*)p.cu_seqlens_q;
+    expect("varlen lse overlaps cu_seqlens_q", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "overlaps cu_seqlens_q");
+    p = valid_varlen_params(0);
+    p.cu_seqlens_k = (const int32_t*)((uintptr_t)p.out.data + 64);
+    expect("varlen out overlaps cu_seqlens_k", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "out (bytes");
+    p = valid_varlen_params(0);
+    set_tensor3(&p.q, p.q.data, FA_DTYPE_FLOAT16, VL_TOTAL_Q, VHQ, 520, 0);
+    set_tensor3(&p.k, p.k.data, FA_DTYPE_FLOAT16, VL_TOTAL_K, VHKV, 520, 0);
+    set_tensor3(&p.v, p.v.data, FA_DTYPE_FLOAT16, VL_TOTAL_K, VHKV, 520, 0);
+    set_tensor3(&p.out, (void*)(uintptr_t)0x800000000ull, FA_DTYPE_FLOAT16, VL_TOTAL_Q, VHQ, 520, 0);
+    expect("varlen head_dim 520", fa_forward_check(&p, 0), FA_STATUS_UNSUPPORTED, "q.shape[2] (head_dim) is 520");
+
+    /* host copies of cu_seqlens */
+    memcpy(cu_q, g_vl_cu_q, sizeof(cu_q));
+    memcpy(cu_k, g_vl_cu_k, sizeof(cu_k));
+    p = valid_varlen_params(0);
+    p.cu_seqlens_q_host = cu_q;
+    p.cu_seqlens_k_host = cu_k;
+    cu_q[1] = 12;
+    cu_q[2] = 12;
+    cu_q[3] = 10; /* {0, 12, 12, 10, 318} */
+    expect("cu_seqlens_q_host decreasing", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "cu_seqlens_q_host[3] is 10, less than cu_seqlens_q_host[2] = 12");
+    memcpy(cu_q, g_vl_cu_q, sizeof(cu_q));
+    cu_k[0] = 1;
+    expect("cu_seqlens_k_host not starting at 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "cu_seqlens_k_host[0] is 1");
+    memcpy(cu_k, g_vl_cu_k, sizeof(cu_k));
+    cu_k[VL_BATCH] = VL_TOTAL_K + 1;
+    p.max_seqlen_k = VL_MAX_K + 1;
+    expect("cu_seqlens_k_host past the end", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "cu_seqlens_k_host[4] is 321, past the end of the 320 rows of k");
+    memcpy(cu_k, g_vl_cu_k, sizeof(cu_k));
+    p.max_seqlen_k = VL_MAX_K;
+    p.max_seqlen_q = VL_MAX_Q - 1;
+    expect("sequence longer than max_seqlen_q", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "sequence 3 has length 300 (cu_seqlens_q_host[4] - cu_seqlens_q_host[3] = 318 - 18), more than "
+           "max_seqlen_q = 299");
+    p.max_seqlen_q = VL_MAX_Q;
+    p.cu_seqlens_q_host = NULL; /* each host copy is optional on its own */
+    expect("only cu_seqlens_k_host", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.cu_seqlens_q_host = (const int32_t*)((uintptr_t)cu_q + 1);
+    expect("cu_seqlens_q_host misaligned", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "cu_seqlens_q_host");
+
+    /* an empty batch: every sequence empty, no query rows; data may be NULL */
+    memset(cu_q, 0, sizeof(cu_q));
+    p = valid_varlen_params(1);
+    p.cu_seqlens_q_host = cu_q;
+    p.max_seqlen_q = 0;
+    p.q.shape[0] = 0;
+    p.q.data = NULL;
+    p.out.shape[0] = 0;
+    p.out.data = NULL;
+    p.lse.shape[1] = 0;
+    expect("varlen with no query rows", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.max_seqlen_q = -2;
+    expect("varlen with no query rows, max_seqlen_q -2", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "max_seqlen_q is -2");
+}
+
+/* ---- capability queries and kernel names (no GPU needed) ------------------------------------- */
+
+static fa_support_query_t forward_query(int dtype, int head_dim) {
+    fa_support_query_t q;
+    memset(&q, 0, sizeof(q));
+    q.struct_size = sizeof(q);
+    q.pass = FA_PASS_FORWARD;
+    q.dtype = dtype;
+    q.head_dim = head_dim;
+    q.kernel_path = FA_PATH_AUTO;
+    return q;
+}
+
+static int head_dim_served(int d);
+
+static void test_query_support(void) {
+    fa_support_query_t q;
+    int d, disagreements = 0;
+
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    expect("query forward fp16", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q = forward_query(FA_DTYPE_BFLOAT16, FA_TEST_HEAD_DIM);
+    q.causal = q.window = q.softcap = q.varlen = 1;
+    q.compute_capability = 90;
+    q.kernel_path = FA_PATH_SM80;
+    expect("query forward bf16, every feature", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q.struct_size += 32; /* a newer caller's larger struct */
+    expect("query larger struct_size", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+
+    expect("query NULL", fa_query_support(NULL), FA_STATUS_INVALID_ARGUMENT, "query is NULL");
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.struct_size = 8;
+    expect("query struct_size 8", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "struct_size is 8");
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.pass = 7;
+    expect("query pass 7", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "pass is 7");
+    q = forward_query(99, FA_TEST_HEAD_DIM);
+    expect("query dtype 99", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "dtype is 99");
+    q = forward_query(FA_DTYPE_FLOAT16, 0);
+    expect("query head_dim 0", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "head_dim is 0");
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.compute_capability = -1;
+    expect("query compute_capability -1", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "compute_capability");
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.window = 2;
+    expect("query window 2", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "window is 2");
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.kernel_path = 9;
+    expect("query kernel_path 9", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "kernel_path is 9");
+
+    q = forward_query(FA_DTYPE_FLOAT32, FA_TEST_HEAD_DIM);
+    expect("query fp32", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "FA_DTYPE_FLOAT32");
+    q = forward_query(FA_DTYPE_FLOAT16, 520);
+    expect("query head_dim 520", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "head_dim is 520; this build serves");
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM + 4);
+    expect("query head_dim not a multiple of 8", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "this build serves");
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.compute_capability = 75;
+    expect("query compute capability 75", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "8.0 or newer");
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.pass = FA_PASS_BACKWARD;
+    expect("query backward", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "this build has no backward kernels yet");
+    q.pass = FA_PASS_DECODE;
+    expect("query decode", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "this build has no decode kernels yet");
+
+    /* The query and fa_forward_check agree on every head dim. */
+    for (d = 1; d <= 264; ++d) {
+        const int by_query = (q = forward_query(FA_DTYPE_FLOAT16, d), fa_query_support(&q) == FA_STATUS_SUCCESS);
+        if (by_query != head_dim_served(d)) {
+            ++disagreements;
+            printf("  head dim %d: fa_query_support says %d, fa_forward_check says %d\n", d, by_query,
+                   head_dim_served(d));
+        }
+    }
+    CHECK(disagreements == 0, "fa_query_support and fa_forward_check disagree on %d head dims", disagreements);
+    CHECK(head_dim_served(FA_TEST_HEAD_DIM) && !head_dim_served(FA_TEST_HEAD_DIM + 4) && !head_dim_served(264),
+          "served head dims: %d must be served, %d and 264 not", FA_TEST_HEAD_DIM, FA_TEST_HEAD_DIM + 4);
+}
+
+static void test_kernel_names(void) {
+    int32_t count = -1, i, j;
+    const char* name = (const char*)(uintptr_t)1;
+    int bad_names = 0, duplicates = 0;
+    expect("kernel_count", fa_kernel_count(&count), FA_STATUS_SUCCESS, NULL);
+    CHECK(count > 0, "fa_kernel_count is %d", (int)count);
+    for (i = 0; i < count; ++i) {
+        const char* a = NULL;
+        if (fa_kernel_name(i, &a) != FA_STATUS_SUCCESS || a == NULL || strncmp(a, "sm80_fwd_", 9) != 0 ||
+            strstr(a, "hdim") == NULL) {
+            ++bad_names;
+            printf("  kernel %d: bad name \"%s\" (%s)\n", (int)i, a != NULL ? a : "(null)", fa_last_error_message());
+            continue;
+        }
+        for (j = 0; j < i; ++j) {
+            const char* b = NULL;
+            if (fa_kernel_name(j, &b) == FA_STATUS_SUCCESS && b != NULL && strcmp(a, b) == 0) {
+                ++duplicates;
+            }
+        }
+    }
+    CHECK(bad_names == 0, "%d kernel names are missing or malformed", bad_names);
+    CHECK(duplicates == 0, "%d kernel names repeat", duplicates);
+    if (count > 0 && fa_kernel_name(0, &name) == FA_STATUS_SUCCESS) {
+        printf("  %d kernels, the first \"%s\"\n", (int)count, name);
+    }
+    name = (const char*)(uintptr_t)1;
+    expect("kernel_name(count)", fa_kernel_name(count, &name), FA_STATUS_INVALID_ARGUMENT, "index is");
+    CHECK(name == NULL, "a failed fa_kernel_name must set *name to NULL");
+    expect("kernel_name(-1)", fa_kernel_name(-1, &name), FA_STATUS_INVALID_ARGUMENT, "index is -1");
+    expect("kernel_name(0, NULL)", fa_kernel_name(0, NULL), FA_STATUS_INVALID_ARGUMENT, "name is NULL");
+    expect("kernel_count(NULL)", fa_kernel_count(NULL), FA_STATUS_INVALID_ARGUMENT, "count is NULL");
+}
+
+/* Graph helpers: what needs no GPU (argument checks, NULL no-ops). */
+static void test_graph_arguments(void) {
+    void* graph = (void*)(uintptr_t)1;
+    expect("begin_capture(NULL stream)", fa_stream_begin_capture(NULL), FA_STATUS_INVALID_ARGUMENT,
+           "legacy default stream cannot be captured");
+    expect("end_capture(graph NULL)", fa_stream_end_capture((void*)(uintptr_t)256, NULL), FA_STATUS_INVALID_ARGUMENT,
+           "graph is NULL");
+    expect("end_capture(NULL stream)", fa_stream_end_capture(NULL, &graph), FA_STATUS_INVALID_ARGUMENT,
+           "stream is NULL");
+    CHECK(graph == NULL, "a failed fa_stream_end_capture must set *graph to NULL");
+    expect("graph_launch(NULL)", fa_graph_launch(NULL, NULL), FA_STATUS_INVALID_ARGUMENT, "graph is NULL");
+    expect("graph_destroy(NULL) is a no-op", fa_graph_destroy(NULL), FA_STATUS_SUCCESS, NULL);
+}
+
 #if defined(FA_TEST_HAVE_PTHREADS)
 /* The last error is per thread: another thread's failures and successes leave this thread's alone. */
 typedef struct thread_result {
@@ -500,7 +933,7 @@ static void* other_thread(void* arg) {
     thread_result* r = (thread_result*)arg;
     fa_forward_params_t p;
     int i;
-    r->ok_after_success = fa_forward_params_init(&p) == FA_STATUS_SUCCESS && fa_last_error_message()[0] == '\0';
+    r->ok_after_success = fa_forward_params_init(&p, sizeof p) == FA_STATUS_SUCCESS && fa_last_error_message()[0] == '\0';
     p.reserved0 = 7;
     r->ok_after_failure = fa_forward_check(&p, 0) == FA_STATUS_INVALID_ARGUMENT &&
                           strstr(fa_last_error_message(), "struct_size") == NULL &&
@@ -604,64 +1037,118 @@ typedef struct fwd_case {
     int row_pad;  /* extra elements after each row of q, k, v and out (a multiple of 8) */
     int with_lse;
     int dtype;    /* FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16 */
+    float softcap;                   /* 0: off */
+    int window;                      /* 0: no window (-1, -1); 1: window_left / window_right below */
+    int window_left, window_right;
 } fwd_case;
 
 static double to_double(int dtype, uint16_t x) {
     return dtype == FA_DTYPE_BFLOAT16 ? bf16_to_double(x) : half_to_double(x);
 }
 
-/* out[b, i, h, :] and lse[b, h, i] of softmax(scale q k^T + mask) v, in double. */
+/* What the reference needs of a call besides the data: the header's semantics, written out. */
+typedef struct ref_problem {
+    int dtype, d, hq, hkv;
+    int causal, alignment;
+    int window_left, window_right; /* -1: unbounded on that side */
+    double scale;                  /* the softmax scale (0 already replaced by 1/sqrt(d)) */
+    double softcap;                /* 0: off */
+} ref_problem;
+
+/* One query row i (head h) of a sequence with sq queries and sk keys, in double:
+   out[0..d) = softmax(s) v over the visible keys, where s_j = scale * q.k_j, or, with softcap,
+   softcap * tanh(scale * q.k_j / softcap); key j is visible iff 0 <= j < sk and
+   i + off - window_left <= j <= i + off + right, off = sk - sq (bottom-right) or 0 (top-left),
+   right = window_right, capped at 0 when causal (0 when causal without a right window); a -1 side is
+   unbounded. Returns the log-sum-exp, +infinity (and out = 0) when no key is visible.
+   k_row / v_row point at key 0 of the sequence for this head; rows are k_stride / v_stride apart. */
+static double reference_row(const ref_problem* r, int i, int sq, int sk, const uint16_t* q_row, const uint16_t* k_row,
+                            int64_t k_stride, const uint16_t* v_row, int64_t v_stride, double* out, double* scores) {
+    const int64_t off = r->alignment == FA_CAUSAL_BOTTOM_RIGHT ? (int64_t)sk - sq : 0;
+    int64_t right = r->window_right;
+    int64_t lo = 0, hi = (int64_t)sk - 1, j;
+    double m = -INFINITY, sum = 0.0;
+    int e;
+    if (r->causal) {
+        right = 0; /* causal caps window_right at 0 (and bounds an unbounded right side there) */
+    }
+    if (right >= 0 && i + off + right < hi) {
+        hi = i + off + right;
+    }
+    if (r->window_left >= 0 && i + off - r->window_left > lo) {
+        lo = i + off - r->window_left;
+    }
+    for (e = 0; e < r->d; ++e) {
+        out[e] = 0.0;
+    }
+    if (hi < lo) {
+        return INFINITY;
+    }
+    for (j = lo; j <= hi; ++j) {
+        const uint16_t* kj = k_row + j * k_stride;
+        double dot = 0.0, s;
+        for (e = 0; e < r->d; ++e) {
+            dot += to_double(r->dtype, q_row[e]) * to_double(r->dtype, kj[e]);
+        }
+        s = r->scale * dot;
+        if (r->softcap > 0.0) {
+            s = r->softcap * tanh(s / r->softcap);
+        }
+        scores[j] = s;
+        if (s > m) {
+            m = s;
+        }
+    }
+    for (j = lo; j <= hi; ++j) {
+        const uint16_t* vj = v_row + j * v_stride;
+        const double w = exp(scores[j] - m);
+        sum += w;
+        for (e = 0; e < r->d; ++e) {
+            out[e] += w * to_double(r->dtype, vj[e]);
+        }
+    }
+    for (e = 0; e < r->d; ++e) {
+        out[e] /= sum;
+    }
+    return m + log(sum);
+}
+
+static ref_problem problem_of(const fwd_case* c) {
+    ref_problem r;
+    r.dtype = c->dtype;
+    r.d = c->d;
+    r.hq = c->hq;
+    r.hkv = c->hkv;
+    r.causal = c->causal;
+    r.alignment = c->alignment;
+    r.window_left = c->window ? c->window_left : -1;
+    r.window_right = c->window ? c->window_right : -1;
+    r.scale = c->scale > 0.0f ? (double)c->scale : 1.0 / sqrt((double)c->d);
+    r.softcap = (double)c->softcap;
+    return r;
+}
+
+/* out[b, i, h, :] and lse[b, h, i] of a fixed-length call, in double. */
 static void reference_forward(const fwd_case* c, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                               const fa_tensor_t* tq, const fa_tensor_t* tk, const fa_tensor_t* tv, double* out,
                               double* lse) {
-    const double scale = c->scale > 0.0f ? (double)c->scale : 1.0 / sqrt((double)c->d);
+    const ref_problem r = problem_of(c);
     const int group = c->hq / c->hkv;
-    double* scores = (double*)malloc(sizeof(double) * (size_t)c->sk);
-    int b, h, i, j, e;
+    double* scores = (double*)malloc(sizeof(double) * (size_t)(c->sk > 0 ? c->sk : 1));
+    int b, h, i;
+    if (scores == NULL) {
+        CHECK(0, "reference: host allocation failed");
+        return;
+    }
     for (b = 0; b < c->b; ++b) {
         for (h = 0; h < c->hq; ++h) {
             const int kh = h / group;
             for (i = 0; i < c->sq; ++i) {
                 const uint16_t* qi = q + b * tq->strides[0] + i * tq->strides[1] + h * tq->strides[2];
-                double* oi = out + (((size_t)b * c->sq + i) * c->hq + h) * c->d;
-                int last = c->sk - 1; /* last visible key */
-                double m = -INFINITY, sum = 0.0;
-                if (c->causal) {
-                    const int limit = c->alignment == FA_CAUSAL_BOTTOM_RIGHT ? i + c->sk - c->sq : i;
-                    if (limit < last) {
-                        last = limit;
-                    }
-                }
-                for (e = 0; e < c->d; ++e) {
-                    oi[e] = 0.0;
-                }
-                if (last < 0) { /* sees no key: output 0, lse +inf */
-                    lse[((size_t)b * c->hq + h) * c->sq + i] = INFINITY;
-                    continue;
-                }
-                for (j = 0; j <= last; ++j) {
-                    const uint16_t* kj = k + b * tk->strides[0] + j * tk->strides[1] + kh * tk->strides[2];
-                    double dot = 0.0;
-                    for (e = 0; e < c->d; ++e) {
-                        dot += to_double(c->dtype, qi[e]) * to_double(c->dtype, kj[e]);
-                    }
-                    scores[j] = scale * dot;
-                    if (scores[j] > m) {
-                        m = scores[j];
-                    }
-                }
-                for (j = 0; j <= last; ++j) {
-                    const uint16_t* vj = v + b * tv->strides[0] + j * tv->strides[1] + kh * tv->strides[2];
-                    const double w = exp(scores[j] - m);
-                    sum += w;
-                    for (e = 0; e < c->d; ++e) {
-                        oi[e] += w * to_double(c->dtype, vj[e]);
-                    }
-                }
-                for (e = 0; e < c->d; ++e) {
-                    oi[e] /= sum;
-                }
-                lse[((size_t)b * c->hq + h) * c->sq + i] = m + log(sum);
+                lse[((size_t)b * c->hq + h) * c->sq + i] = reference_row(
+                    &r, i, c->sq, c->sk, qi, k + b * tk->strides[0] + kh * tk->strides[2], tk->strides[1],
+                    v + b * tv->strides[0] + kh * tv->strides[2], tv->strides[1],
+                    out + (((size_t)b * c->sq + i) * c->hq + h) * c->d, scores);
             }
         }
     }
@@ -684,7 +1171,7 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
     float* hl = NULL;
     double *ref = NULL, *ref_lse = NULL;
     void *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL, *dl = NULL;
-    char label[160];
+    char label[224];
     int failures_before = g_failed;
     int b, i, h, e, nan_count = 0, poison_overwritten = 0, lse_bad = 0;
     double err2 = 0.0, ref2 = 0.0, rel, lse_max_err = 0.0;
@@ -693,6 +1180,12 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
     sprintf(label, "fwd %s b=%d sq=%d sk=%d hq=%d hkv=%d d=%d causal=%d%s pad=%d",
             c->dtype == FA_DTYPE_BFLOAT16 ? "bf16" : "fp16", c->b, c->sq, c->sk, c->hq, c->hkv, c->d, c->causal,
             c->alignment == FA_CAUSAL_TOP_LEFT ? "(top-left)" : "", c->row_pad);
+    if (c->window) {
+        sprintf(label + strlen(label), " window=(%d,%d)", c->window_left, c->window_right);
+    }
+    if (c->softcap > 0.0f) {
+        sprintf(label + strlen(label), " softcap=%g", (double)c->softcap);
+    }
 
     set_tensor4(&tq, NULL, c->dtype, c->b, c->sq, c->hq, c->d, c->row_pad);
     set_tensor4(&tk, NULL, c->dtype, c->b, c->sk, c->hkv, c->d, c->row_pad);
@@ -727,11 +1220,14 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
     expect("copy q", fa_memcpy(dq, hq, (size_t)nq * 2), FA_STATUS_SUCCESS, NULL);
     expect("copy k", fa_memcpy(dk, hk, (size_t)nk * 2), FA_STATUS_SUCCESS, NULL);
     expect("copy v", fa_memcpy(dv, hv, (size_t)nk * 2), FA_STATUS_SUCCESS, NULL);
+    /* A copy from pageable memory may return before its DMA lands, and a non-blocking stream does not
+       wait for the legacy stream: make the inputs visible to every stream first. */
+    expect("device synchronize", fa_device_synchronize(0), FA_STATUS_SUCCESS, NULL);
     /* Poison: 0xFFFF is a NaN in fp16 and in bf16, 0xFFFFFFFF in fp32. */
     expect("poison out", fa_memset_async(dout, 0xFF, (size_t)no * 2, stream), FA_STATUS_SUCCESS, NULL);
     expect("poison lse", fa_memset_async(dl, 0xFF, (size_t)nl * 4, stream), FA_STATUS_SUCCESS, NULL);
 
-    fa_forward_params_init(&p);
+    fa_forward_params_init(&p, sizeof p);
     p.q = tq;
     p.q.data = dq;
     p.k = tk;
@@ -746,6 +1242,11 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
     p.softmax_scale = c->scale;
     p.causal = c->causal;
     p.causal_alignment = c->alignment;
+    if (c->window) {
+        p.window_left = c->window_left;
+        p.window_right = c->window_right;
+    }
+    p.softcap = c->softcap;
     log->debug_calls = 0;
     if (!expect(label, fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL)) {
         goto done;
@@ -822,6 +1323,437 @@ done:
     return g_failed == failures_before;
 }
 
+/* Compares rows x hq output rows of d values with the float64 reference: row (r, h) of the result
+   starts at ho[out_off[r * hq + h]], of the reference at ref[(r * hq + h) * d]; its lse value is
+   hl[lse_off[r * hq + h]] against ref_lse[r * hq + h] (lse_off NULL: no lse). Every other element of
+   the n_out (n_lse) that were poisoned must still hold the poison. Returns 1 when all matched. */
+static int compare_outputs(const char* label, int dtype, int d, int64_t rows, int hq, const uint16_t* ho, int64_t n_out,
+                           const int64_t* out_off, const double* ref, const float* hl, int64_t n_lse,
+                           const int64_t* lse_off, const double* ref_lse) {
+    const int failures_before = g_failed;
+    unsigned char* written = (unsigned char*)calloc((size_t)(n_out > n_lse ? n_out : n_lse) + 1, 1);
+    int64_t r, x, nan_count = 0, poison_overwritten = 0, lse_bad = 0, lse_poison_overwritten = 0;
+    double err2 = 0.0, ref2 = 0.0, rel;
+    int e;
+    if (written == NULL) {
+        CHECK(0, "%s: host allocation failed", label);
+        return 0;
+    }
+    for (r = 0; r < rows * hq; ++r) {
+        for (e = 0; e < d; ++e) {
+            const double got = to_double(dtype, ho[out_off[r] + e]);
+            const double want = ref[r * d + e];
+            written[out_off[r] + e] = 1;
+            if (got != got) {
+                ++nan_count;
+            } else {
+                err2 += (got - want) * (got - want);
+            }
+            ref2 += want * want;
+        }
+    }
+    for (x = 0; x < n_out; ++x) {
+        if (!written[x] && ho[x] != 0xFFFFu) {
+            ++poison_overwritten;
+        }
+    }
+    rel = ref2 > 0.0 ? sqrt(err2 / ref2) : sqrt(err2);
+    CHECK(nan_count == 0, "%s: %ld output elements are NaN (poison left or NaN computed)", label, (long)nan_count);
+    CHECK(rel < 1e-2, "%s: relative L2 error %.3e >= 1e-2", label, rel);
+    CHECK(poison_overwritten == 0, "%s: %ld elements outside out's rows were written", label, (long)poison_overwritten);
+    if (lse_off != NULL) {
+        uint32_t bits;
+        memset(written, 0, (size_t)n_lse);
+        for (r = 0; r < rows * hq; ++r) {
+            const double got = (double)hl[lse_off[r]];
+            const double want = ref_lse[r];
+            written[lse_off[r]] = 1;
+            if (isinf(want)) {
+                if (!(isinf(got) && got > 0)) {
+                    ++lse_bad;
+                }
+            } else if (!(fabs(got - want) <= 1e-3 * (fabs(want) > 1.0 ? fabs(want) : 1.0))) {
+                ++lse_bad; /* also catches NaN */
+            }
+        }
+        for (x = 0; x < n_lse; ++x) {
+            memcpy(&bits, &hl[x], sizeof(bits));
+            if (!written[x] && bits != 0xFFFFFFFFu) {
+                ++lse_poison_overwritten;
+            }
+        }
+        CHECK(lse_bad == 0, "%s: %ld of %ld lse values wrong (tolerance 1e-3 relative; +inf for rows without keys)",
+              label, (long)lse_bad, (long)(rows * hq));
+        CHECK(lse_poison_overwritten == 0, "%s: %ld elements outside lse's rows were written", label,
+              (long)lse_poison_overwritten);
+    }
+    printf("  %s %s: relative L2 error %.3e, NaN %ld%s\n", g_failed == failures_before ? "ok " : "BAD", label, rel,
+           (long)nan_count, lse_off != NULL ? ", lse checked" : "");
+    free(written);
+    return g_failed == failures_before;
+}
+
+/* ---- GPU: variable-length batches ------------------------------------------------------------ */
+
+typedef struct varlen_case {
+    int batch;
+    int len_q[4], len_k[4];
+    int hq, hkv, d;
+    int causal, alignment;
+    int window, window_left, window_right;
+    float softcap;
+    int dtype;
+    int row_pad;      /* extra elements after each packed row of q, k, v and out */
+    int host_copies;  /* pass cu_seqlens_q_host / cu_seqlens_k_host */
+    int max_extra;    /* max_seqlen_q/k are the longest lengths plus this */
+} varlen_case;
+
+static void run_varlen_case(fa_context_t context, void* stream, const varlen_case* c) {
+    enum { TAIL_ROWS = 2, LSE_PAD = 3 };
+    fa_forward_params_t p;
+    int32_t cu_q[5], cu_k[5];
+    int max_q = 0, max_k = 0, n, i, h;
+    int64_t total_q, total_k, n_q, n_k, n_out, n_lse, lse_stride, r;
+    uint16_t *hq = NULL, *hk = NULL, *hv = NULL, *ho = NULL;
+    float* hl = NULL;
+    double *ref = NULL, *ref_lse = NULL, *scores = NULL;
+    int64_t *out_off = NULL, *lse_off = NULL;
+    void *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL, *dl = NULL, *dcu_q = NULL, *dcu_k = NULL;
+    fa_tensor_t tq, tk, tv, to;
+    ref_problem rp;
+    char label[256];
+
+    cu_q[0] = cu_k[0] = 0;
+    for (n = 0; n < c->batch; ++n) {
+        cu_q[n + 1] = cu_q[n] + c->len_q[n];
+        cu_k[n + 1] = cu_k[n] + c->len_k[n];
+        max_q = c->len_q[n] > max_q ? c->len_q[n] : max_q;
+        max_k = c->len_k[n] > max_k ? c->len_k[n] : max_k;
+    }
+    total_q = cu_q[c->batch];
+    total_k = cu_k[c->batch];
+    sprintf(label, "varlen %s lengths q {%d,%d,%d,%d} k {%d,%d,%d,%d} hq=%d hkv=%d d=%d causal=%d%s",
+            c->dtype == FA_DTYPE_BFLOAT16 ? "bf16" : "fp16", c->len_q[0], c->len_q[1], c->len_q[2], c->len_q[3],
+            c->len_k[0], c->len_k[1], c->len_k[2], c->len_k[3], c->hq, c->hkv, c->d, c->causal,
+            c->alignment == FA_CAUSAL_TOP_LEFT ? "(top-left)" : "");
+    if (c->window) {
+        sprintf(label + strlen(label), " window=(%d,%d)", c->window_left, c->window_right);
+    }
+    if (c->softcap > 0.0f) {
+        sprintf(label + strlen(label), " softcap=%g", (double)c->softcap);
+    }
+    sprintf(label + strlen(label), "%s pad=%d", c->host_copies ? " host-cu" : "", c->row_pad);
+
+    set_tensor3(&tq, NULL, c->dtype, total_q, c->hq, c->d, c->row_pad);
+    set_tensor3(&tk, NULL, c->dtype, total_k, c->hkv, c->d, c->row_pad);
+    set_tensor3(&tv, NULL, c->dtype, total_k, c->hkv, c->d, c->row_pad);
+    set_tensor3(&to, NULL, c->dtype, total_q, c->hq, c->d, c->row_pad);
+    n_q = total_q * tq.strides[0];
+    n_k = total_k * tk.strides[0];
+    n_out = (total_q + TAIL_ROWS) * to.strides[0]; /* rows past total_q stay poisoned */
+    lse_stride = total_q + LSE_PAD;
+    n_lse = c->hq * lse_stride;
+    hq = (uint16_t*)malloc((size_t)n_q * 2);
+    hk = (uint16_t*)malloc((size_t)n_k * 2);
+    hv = (uint16_t*)malloc((size_t)n_k * 2);
+    ho = (uint16_t*)malloc((size_t)n_out * 2);
+    hl = (float*)malloc((size_t)n_lse * sizeof(float));
+    ref = (double*)malloc(sizeof(double) * (size_t)(total_q * c->hq * c->d));
+    ref_lse = (double*)malloc(sizeof(double) * (size_t)(total_q * c->hq));
+    out_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)(total_q * c->hq));
+    lse_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)(total_q * c->hq));
+    scores = (double*)malloc(sizeof(double) * (size_t)(max_k + 1));
+    if (!hq || !hk || !hv || !ho || !hl || !ref || !ref_lse || !out_off || !lse_off || !scores) {
+        CHECK(0, "%s: host allocation failed", label);
+        goto done;
+    }
+    fill_random(hq, n_q, c->dtype);
+    fill_random(hk, n_k, c->dtype);
+    fill_random(hv, n_k, c->dtype);
+    if (!expect("alloc q", fa_memory_alloc(0, (size_t)n_q * 2, &dq), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc k", fa_memory_alloc(0, (size_t)n_k * 2, &dk), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc v", fa_memory_alloc(0, (size_t)n_k * 2, &dv), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc out", fa_memory_alloc(0, (size_t)n_out * 2, &dout), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc lse", fa_memory_alloc(0, (size_t)n_lse * 4, &dl), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc cu_q", fa_memory_alloc(0, sizeof(cu_q), &dcu_q), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc cu_k", fa_memory_alloc(0, sizeof(cu_k), &dcu_k), FA_STATUS_SUCCESS, NULL)) {
+        goto done;
+    }
+    expect("copy q", fa_memcpy(dq, hq, (size_t)n_q * 2), FA_STATUS_SUCCESS, NULL);
+    expect("copy k", fa_memcpy(dk, hk, (size_t)n_k * 2), FA_STATUS_SUCCESS, NULL);
+    expect("copy v", fa_memcpy(dv, hv, (size_t)n_k * 2), FA_STATUS_SUCCESS, NULL);
+    expect("copy cu_q", fa_memcpy(dcu_q, cu_q, sizeof(cu_q)), FA_STATUS_SUCCESS, NULL);
+    expect("copy cu_k", fa_memcpy(dcu_k, cu_k, sizeof(cu_k)), FA_STATUS_SUCCESS, NULL);
+    expect("device synchronize", fa_device_synchronize(0), FA_STATUS_SUCCESS, NULL); /* see run_forward_case */
+    expect("poison out", fa_memset_async(dout, 0xFF, (size_t)n_out * 2, stream), FA_STATUS_SUCCESS, NULL);
+    expect("poison lse", fa_memset_async(dl, 0xFF, (size_t)n_lse * 4, stream), FA_STATUS_SUCCESS, NULL);
+
+    fa_forward_params_init(&p, sizeof p);
+    p.q = tq;
+    p.q.data = dq;
+    p.k = tk;
+    p.k.data = dk;
+    p.v = tv;
+    p.v.data = dv;
+    p.out = to;
+    p.out.data = dout;
+    set_tensor2_f32(&p.lse, dl, c->hq, total_q);
+    p.lse.strides[0] = lse_stride;
+    p.cu_seqlens_q = (const int32_t*)dcu_q;
+    p.cu_seqlens_k = (const int32_t*)dcu_k;
+    if (c->host_copies) {
+        p.cu_seqlens_q_host = cu_q;
+        p.cu_seqlens_k_host = cu_k;
+    }
+    p.varlen_batch = c->batch;
+    p.max_seqlen_q = max_q + c->max_extra;
+    p.max_seqlen_k = max_k + c->max_extra;
+    p.causal = c->causal;
+    p.causal_alignment = c->alignment;
+    if (c->window) {
+        p.window_left = c->window_left;
+        p.window_right = c->window_right;
+    }
+    p.softcap = c->softcap;
+    if (!expect(label, fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL)) {
+        goto done;
+    }
+    expect("stream synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
+    expect("copy out back", fa_memcpy(ho, dout, (size_t)n_out * 2), FA_STATUS_SUCCESS, NULL);
+    expect("copy lse back", fa_memcpy(hl, dl, (size_t)n_lse * 4), FA_STATUS_SUCCESS, NULL);
+
+    rp.dtype = c->dtype;
+    rp.d = c->d;
+    rp.hq = c->hq;
+    rp.hkv = c->hkv;
+    rp.causal = c->causal;
+    rp.alignment = c->alignment;
+    rp.window_left = c->window ? c->window_left : -1;
+    rp.window_right = c->window ? c->window_right : -1;
+    rp.scale = 1.0 / sqrt((double)c->d);
+    rp.softcap = (double)c->softcap;
+    for (n = 0; n < c->batch; ++n) {
+        for (i = 0; i < c->len_q[n]; ++i) {
+            r = cu_q[n] + i;
+            for (h = 0; h < c->hq; ++h) {
+                const int kh = h / (c->hq / c->hkv);
+                const int64_t slot = r * c->hq + h;
+                out_off[slot] = r * to.strides[0] + h * to.strides[1];
+                lse_off[slot] = h * lse_stride + r;
+                ref_lse[slot] = reference_row(&rp, i, c->len_q[n], c->len_k[n], hq + r * tq.strides[0] + h * tq.strides[1],
+                                              hk + cu_k[n] * tk.strides[0] + kh * tk.strides[1], tk.strides[0],
+                                              hv + cu_k[n] * tv.strides[0] + kh * tv.strides[1], tv.strides[0],
+                                              ref + slot * c->d, scores);
+            }
+        }
+    }
+    compare_outputs(label, c->dtype, c->d, total_q, c->hq, ho, n_out, out_off, ref, hl, n_lse, lse_off, ref_lse);
+
+done:
+    fa_memory_free(0, dq);
+    fa_memory_free(0, dk);
+    fa_memory_free(0, dv);
+    fa_memory_free(0, dout);
+    fa_memory_free(0, dl);
+    fa_memory_free(0, dcu_q);
+    fa_memory_free(0, dcu_k);
+    free(hq);
+    free(hk);
+    free(hv);
+    free(ho);
+    free(hl);
+    free(ref);
+    free(ref_lse);
+    free(out_off);
+    free(lse_off);
+    free(scores);
+}
+
+/* A variable-length batch with max_seqlen_q = 0 launches nothing and writes nothing. */
+static void run_varlen_nothing_to_do(fa_context_t context, void* stream) {
+    enum { ROWS = 5, H = 2 };
+    const int d = FA_TEST_HEAD_DIM;
+    int32_t cu[3] = {0, 0, 0};
+    fa_forward_params_t p;
+    void *dq = NULL, *dk = NULL, *dout = NULL, *dcu = NULL;
+    uint16_t* ho = (uint16_t*)malloc((size_t)ROWS * H * d * 2);
+    int64_t x, changed = 0;
+    if (ho == NULL ||
+        !expect("alloc q", fa_memory_alloc(0, (size_t)ROWS * H * d * 2, &dq), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc k", fa_memory_alloc(0, (size_t)ROWS * H * d * 2, &dk), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc out", fa_memory_alloc(0, (size_t)ROWS * H * d * 2, &dout), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc cu", fa_memory_alloc(0, sizeof(cu), &dcu), FA_STATUS_SUCCESS, NULL)) {
+        goto done;
+    }
+    expect("copy cu", fa_memcpy(dcu, cu, sizeof(cu)), FA_STATUS_SUCCESS, NULL);
+    expect("device synchronize", fa_device_synchronize(0), FA_STATUS_SUCCESS, NULL);
+    expect("poison out", fa_memset_async(dout, 0xFF, (size_t)ROWS * H * d * 2, stream), FA_STATUS_SUCCESS, NULL);
+    fa_forward_params_init(&p, sizeof p);
+    set_tensor3(&p.q, dq, FA_DTYPE_FLOAT16, ROWS, H, d, 0);
+    set_tensor3(&p.k, dk, FA_DTYPE_FLOAT16, ROWS, H, d, 0);
+    set_tensor3(&p.v, dk, FA_DTYPE_FLOAT16, ROWS, H, d, 0);
+    set_tensor3(&p.out, dout, FA_DTYPE_FLOAT16, ROWS, H, d, 0);
+    p.cu_seqlens_q = (const int32_t*)dcu;
+    p.cu_seqlens_k = (const int32_t*)dcu;
+    p.cu_seqlens_q_host = cu;
+    p.varlen_batch = 2;
+    p.max_seqlen_q = 0;
+    p.max_seqlen_k = 0;
+    expect("varlen max_seqlen_q 0: nothing to do", fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL);
+    expect("stream synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
+    expect("copy out back", fa_memcpy(ho, dout, (size_t)ROWS * H * d * 2), FA_STATUS_SUCCESS, NULL);
+    for (x = 0; x < (int64_t)ROWS * H * d; ++x) {
+        changed += ho[x] != 0xFFFFu;
+    }
+    CHECK(changed == 0, "varlen with max_seqlen_q 0 wrote %ld elements of out", (long)changed);
+done:
+    fa_memory_free(0, dq);
+    fa_memory_free(0, dk);
+    fa_memory_free(0, dout);
+    fa_memory_free(0, dcu);
+    free(ho);
+}
+
+/* ---- GPU: CUDA graph capture of fa_forward ---------------------------------------------------- */
+
+/* Captures one fa_forward on a non-blocking stream, then replays the graph twice, each time after
+   overwriting q, k and v with fresh random values, and checks each replay against the reference for
+   the values it saw. */
+static void run_graph_case(fa_context_t context, void* stream) {
+    const fwd_case c = {2, 70, 90, 4, 2, FA_TEST_HEAD_DIM, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 8, 1, FA_DTYPE_FLOAT16,
+                        0.0f, 0, -1, -1};
+    fa_forward_params_t p, bad;
+    fa_tensor_t tq, tk, tv, to;
+    int64_t nq, nk, no, nl, r;
+    uint16_t *hq = NULL, *hk = NULL, *hv = NULL, *ho = NULL;
+    float* hl = NULL;
+    double *ref = NULL, *ref_lse = NULL;
+    int64_t *out_off = NULL, *lse_off = NULL;
+    void *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL, *dl = NULL, *graph = NULL;
+    char label[128];
+    int replay, b, i, h;
+
+    set_tensor4(&tq, NULL, c.dtype, c.b, c.sq, c.hq, c.d, c.row_pad);
+    set_tensor4(&tk, NULL, c.dtype, c.b, c.sk, c.hkv, c.d, c.row_pad);
+    set_tensor4(&tv, NULL, c.dtype, c.b, c.sk, c.hkv, c.d, c.row_pad);
+    set_tensor4(&to, NULL, c.dtype, c.b, c.sq, c.hq, c.d, c.row_pad);
+    nq = tq.shape[0] * tq.strides[0];
+    nk = tk.shape[0] * tk.strides[0];
+    no = to.shape[0] * to.strides[0];
+    nl = (int64_t)c.b * c.hq * c.sq;
+    hq = (uint16_t*)malloc((size_t)nq * 2);
+    hk = (uint16_t*)malloc((size_t)nk * 2);
+    hv = (uint16_t*)malloc((size_t)nk * 2);
+    ho = (uint16_t*)malloc((size_t)no * 2);
+    hl = (float*)malloc((size_t)nl * sizeof(float));
+    ref = (double*)malloc(sizeof(double) * (size_t)nl * c.d);
+    ref_lse = (double*)malloc(sizeof(double) * (size_t)nl);
+    out_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)nl);
+    lse_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)nl);
+    if (!hq || !hk || !hv || !ho || !hl || !ref || !ref_lse || !out_off || !lse_off) {
+        CHECK(0, "graph: host allocation failed");
+        goto done;
+    }
+    if (!expect("alloc q", fa_memory_alloc(0, (size_t)nq * 2, &dq), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc k", fa_memory_alloc(0, (size_t)nk * 2, &dk), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc v", fa_memory_alloc(0, (size_t)nk * 2, &dv), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc out", fa_memory_alloc(0, (size_t)no * 2, &dout), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc lse", fa_memory_alloc(0, (size_t)nl * 4, &dl), FA_STATUS_SUCCESS, NULL)) {
+        goto done;
+    }
+    fa_forward_params_init(&p, sizeof p);
+    p.q = tq;
+    p.q.data = dq;
+    p.k = tk;
+    p.k.data = dk;
+    p.v = tv;
+    p.v.data = dv;
+    p.out = to;
+    p.out.data = dout;
+    set_tensor3_f32(&p.lse, dl, c.b, c.hq, c.sq);
+    p.causal = c.causal;
+    p.causal_alignment = c.alignment;
+    bad = p;
+    bad.window_left = -3;
+
+    if (!expect("graph: begin_capture", fa_stream_begin_capture(stream), FA_STATUS_SUCCESS, NULL)) {
+        goto done;
+    }
+    /* A rejected call inside the capture touches no CUDA state, so the capture stays valid. */
+    expect("graph: invalid fa_forward while capturing", fa_forward(context, &bad, stream), FA_STATUS_INVALID_ARGUMENT,
+           "window_left is -3");
+    expect("graph: fa_forward while capturing", fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL);
+    if (!expect("graph: end_capture", fa_stream_end_capture(stream, &graph), FA_STATUS_SUCCESS, NULL)) {
+        goto done;
+    }
+    CHECK(graph != NULL, "fa_stream_end_capture succeeded without a graph");
+
+    for (b = 0; b < c.b; ++b) {
+        for (i = 0; i < c.sq; ++i) {
+            for (h = 0; h < c.hq; ++h) {
+                r = ((int64_t)b * c.sq + i) * c.hq + h;
+                out_off[r] = b * to.strides[0] + i * to.strides[1] + h * to.strides[2];
+                lse_off[((int64_t)b * c.sq + i) * c.hq + h] = ((int64_t)b * c.hq + h) * c.sq + i;
+            }
+        }
+    }
+    for (replay = 1; replay <= 2 && graph != NULL; ++replay) {
+        double* lse_by_row = ref_lse;
+        fill_random(hq, nq, c.dtype); /* new inputs after the capture: the replay must read them */
+        fill_random(hk, nk, c.dtype);
+        fill_random(hv, nk, c.dtype);
+        expect("graph: copy q", fa_memcpy(dq, hq, (size_t)nq * 2), FA_STATUS_SUCCESS, NULL);
+        expect("graph: copy k", fa_memcpy(dk, hk, (size_t)nk * 2), FA_STATUS_SUCCESS, NULL);
+        expect("graph: copy v", fa_memcpy(dv, hv, (size_t)nk * 2), FA_STATUS_SUCCESS, NULL);
+        expect("graph: device synchronize", fa_device_synchronize(0), FA_STATUS_SUCCESS, NULL);
+        expect("graph: poison out", fa_memset_async(dout, 0xFF, (size_t)no * 2, stream), FA_STATUS_SUCCESS, NULL);
+        expect("graph: poison lse", fa_memset_async(dl, 0xFF, (size_t)nl * 4, stream), FA_STATUS_SUCCESS, NULL);
+        if (!expect("graph: launch", fa_graph_launch(graph, stream), FA_STATUS_SUCCESS, NULL)) {
+            break;
+        }
+        expect("graph: synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
+        expect("graph: copy out back", fa_memcpy(ho, dout, (size_t)no * 2), FA_STATUS_SUCCESS, NULL);
+        expect("graph: copy lse back", fa_memcpy(hl, dl, (size_t)nl * 4), FA_STATUS_SUCCESS, NULL);
+        /* reference_forward writes out as [b, i, h, :] and lse as [b, h, i]; compare_outputs wants the
+           lse of row (b, i, h) at index (b * sq + i) * hq + h, so reorder it. */
+        reference_forward(&c, hq, hk, hv, &tq, &tk, &tv, ref, ref_lse);
+        lse_by_row = (double*)malloc(sizeof(double) * (size_t)nl);
+        if (lse_by_row == NULL) {
+            CHECK(0, "graph: host allocation failed");
+            break;
+        }
+        for (b = 0; b < c.b; ++b) {
+            for (i = 0; i < c.sq; ++i) {
+                for (h = 0; h < c.hq; ++h) {
+                    lse_by_row[((int64_t)b * c.sq + i) * c.hq + h] = ref_lse[((int64_t)b * c.hq + h) * c.sq + i];
+                }
+            }
+        }
+        sprintf(label, "graph replay %d: fwd fp16 b=%d sq=%d sk=%d hq=%d hkv=%d d=%d causal pad=%d", replay, c.b, c.sq,
+                c.sk, c.hq, c.hkv, c.d, c.row_pad);
+        compare_outputs(label, c.dtype, c.d, (int64_t)c.b * c.sq, c.hq, ho, no, out_off, ref, hl, nl, lse_off,
+                        lse_by_row);
+        free(lse_by_row);
+    }
+    expect("graph: destroy", fa_graph_destroy(graph), FA_STATUS_SUCCESS, NULL);
+
+done:
+    fa_memory_free(0, dq);
+    fa_memory_free(0, dk);
+    fa_memory_free(0, dv);
+    fa_memory_free(0, dout);
+    fa_memory_free(0, dl);
+    free(hq);
+    free(hk);
+    free(hv);
+    free(ho);
+    free(hl);
+    free(ref);
+    free(ref_lse);
+    free(out_off);
+    free(lse_off);
+}
+
 /* Whether fa_forward_check accepts head dim d (on made-up addresses). */
 static int head_dim_served(int d) {
     fa_forward_params_t p = valid_params(0);
@@ -844,19 +1776,41 @@ static void test_gpu(int32_t count) {
     int n;
     const int F16 = FA_DTYPE_FLOAT16, BF16 = FA_DTYPE_BFLOAT16;
     const fwd_case cases[] = {
-        /* b sq  sk  hq hkv d  causal alignment           scale pad lse dtype */
-        {2, 17, 33, 6, 2, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16},
-        {2, 33, 17, 6, 2, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16}, /* first 16 rows see no key */
-        {1, 33, 33, 4, 1, d, 1, FA_CAUSAL_TOP_LEFT, 0.3f, 8, 1, F16},     /* MQA, padded rows */
-        {2, 17, 33, 6, 3, d, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 16, 0, F16},
-        {1, 33, 17, 8, 2, d, 1, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, F16},
-        {2, 17, 33, 6, 2, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 8, 1, BF16},
-        {1, 33, 17, 4, 4, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16},
+        /* b sq  sk  hq hkv d  causal alignment           scale pad lse dtype softcap window left right */
+        {2, 17, 33, 6, 2, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1},
+        {2, 33, 17, 6, 2, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1}, /* first 16 rows see no key */
+        {1, 33, 33, 4, 1, d, 1, FA_CAUSAL_TOP_LEFT, 0.3f, 8, 1, F16, 0.0f, 0, -1, -1},     /* MQA, padded rows */
+        {2, 17, 33, 6, 3, d, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 16, 0, F16, 0.0f, 0, -1, -1},
+        {1, 33, 17, 8, 2, d, 1, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1},
+        {2, 17, 33, 6, 2, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 8, 1, BF16, 0.0f, 0, -1, -1},
+        {1, 33, 17, 4, 4, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1},
+    };
+    /* Sliding windows and softcap (window = 1 uses window_left / window_right). */
+    const fwd_case feature_cases[] = {
+        /* b sq  sk  hq hkv d  causal alignment           scale pad lse dtype softcap window left right */
+        {2, 65, 97, 4, 2, d, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 1, 16, 8},
+        {1, 97, 65, 4, 1, d, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 8, 1, BF16, 0.0f, 1, 0, 0},    /* diagonal only */
+        {2, 80, 80, 6, 2, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 1, 20, -1}, /* causal + left */
+        {2, 65, 97, 4, 2, d, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 15.0f, 0, -1, -1}, /* softcap only */
+        {1, 70, 130, 4, 2, d, 1, FA_CAUSAL_TOP_LEFT, 0.5f, 8, 1, BF16, 5.0f, 0, -1, -1},  /* small cap bites */
+        {2, 65, 97, 4, 2, d, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 30.0f, 1, 24, 4},
+        {1, 97, 33, 4, 2, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 1, 2147483647, 2147483647},
+        {1, 40, 60, 2, 1, d, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, F16, 0.0f, 1, -1, 5},     /* right only */
     };
     /* Head dims without their own kernel run a larger one (columns zero-filled); tried when served. */
     const fwd_case padded_cases[] = {
-        {1, 17, 33, 4, 2, 40, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16},
-        {1, 33, 17, 4, 2, 72, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 8, 1, BF16},
+        {1, 17, 33, 4, 2, 40, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1},
+        {1, 33, 17, 4, 2, 72, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 8, 1, BF16, 0.0f, 0, -1, -1},
+        {2, 45, 70, 4, 2, 80, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 1, 32, -1},
+        {1, 45, 70, 2, 1, 200, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 8, 1, BF16, 20.0f, 0, -1, -1},
+    };
+    /* Variable-length batches: an empty sequence, one of a single query, one longer than a tile. */
+    const varlen_case varlen_cases[] = {
+        /* batch, lengths q, lengths k, hq hkv d, causal alignment, window left right, softcap, dtype, pad,
+           host copies, max_extra */
+        {4, {17, 0, 1, 300}, {33, 5, 0, 260}, 6, 2, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, F16, 8, 1, 0},
+        {4, {17, 0, 1, 300}, {17, 3, 1, 300}, 4, 4, d, 0, FA_CAUSAL_TOP_LEFT, 1, 24, 8, 20.0f, BF16, 0, 0, 5},
+        {4, {17, 0, 1, 300}, {40, 0, 7, 128}, 4, 1, d, 1, FA_CAUSAL_TOP_LEFT, 1, 48, -1, 0.0f, F16, 0, 1, 0},
     };
 
     memset(&log, 0, sizeof(log));
@@ -885,9 +1839,18 @@ static void test_gpu(int32_t count) {
     CHECK(device == 0, "context device is %d", (int)device);
     expect("stream_create(0)", fa_stream_create(0, &stream), FA_STATUS_SUCCESS, NULL);
 
+    /* First, so that the capture contains the first launch of its kernel (any one-time setup included). */
+    run_graph_case(context, stream);
     for (n = 0; n < (int)(sizeof(cases) / sizeof(cases[0])); ++n) {
         run_forward_case(context, stream, &cases[n], &log);
     }
+    for (n = 0; n < (int)(sizeof(feature_cases) / sizeof(feature_cases[0])); ++n) {
+        run_forward_case(context, stream, &feature_cases[n], &log);
+    }
+    for (n = 0; n < (int)(sizeof(varlen_cases) / sizeof(varlen_cases[0])); ++n) {
+        run_varlen_case(context, stream, &varlen_cases[n]);
+    }
+    run_varlen_nothing_to_do(context, stream);
     for (n = 0; n < (int)(sizeof(padded_cases) / sizeof(padded_cases[0])); ++n) {
         if (head_dim_served(padded_cases[n].d)) {
             run_forward_case(context, stream, &padded_cases[n], &log);
@@ -934,6 +1897,10 @@ int main(void) {
     test_params_init();
     test_half_conversion();
     test_validation();
+    test_feature_validation();
+    test_query_support();
+    test_kernel_names();
+    test_graph_arguments();
 #if defined(FA_TEST_HAVE_PTHREADS)
     test_last_error_is_per_thread();
 #endif

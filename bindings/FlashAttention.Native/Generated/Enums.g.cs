@@ -89,6 +89,23 @@ public enum FaKernelPath : int
     Sm80 = 1,
 }
 
+/// <summary>Which computation a capability query asks about.</summary>
+/// <remarks>Mirror of C <c>fa_pass_t</c> (<c>enum fa_pass</c>).</remarks>
+public enum FaPass : int
+{
+    /// <summary>fa_forward.</summary>
+    /// <remarks>C: <c>FA_PASS_FORWARD</c></remarks>
+    Forward = 0,
+
+    /// <summary>The backward pass (dQ, dK, dV).</summary>
+    /// <remarks>C: <c>FA_PASS_BACKWARD</c></remarks>
+    Backward = 1,
+
+    /// <summary>Decoding over a KV cache.</summary>
+    /// <remarks>C: <c>FA_PASS_DECODE</c></remarks>
+    Decode = 2,
+}
+
 /// <summary>Severity of a log message.</summary>
 /// <remarks>Mirror of C <c>fa_log_level_t</c> (<c>enum fa_log_level</c>).</remarks>
 public enum FaLogLevel : int

@@ -24,8 +24,8 @@ public static unsafe partial class NativeMethods
     public const int FA_VERSION_MAJOR = 0;
 
     /// <summary>Version of this header. fa_version() reports the version of the loaded binary.</summary>
-    /// <remarks>C: <c>#define FA_VERSION_MINOR 1</c></remarks>
-    public const int FA_VERSION_MINOR = 1;
+    /// <remarks>C: <c>#define FA_VERSION_MINOR 2</c></remarks>
+    public const int FA_VERSION_MINOR = 2;
 
     /// <summary>Version of this header. fa_version() reports the version of the loaded binary.</summary>
     /// <remarks>C: <c>#define FA_VERSION_PATCH 0</c></remarks>
@@ -33,7 +33,7 @@ public static unsafe partial class NativeMethods
 
     /// <summary>MAJOR * 10000 + MINOR * 100 + PATCH.</summary>
     /// <remarks>C: <c>#define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)</c></remarks>
-    public const int FA_VERSION_CODE = 100;
+    public const int FA_VERSION_CODE = 200;
 
     /// <summary>Most dimensions a tensor descriptor carries.</summary>
     /// <remarks>C: <c>#define FA_MAX_RANK 4</c></remarks>
@@ -208,6 +208,37 @@ public static unsafe partial class NativeMethods
     [LibraryImport(LibraryName)]
     public static partial FaStatus fa_event_elapsed_ms(nint start, nint end, float* milliseconds);
 
+    /// <summary>Starts capturing the work queued on <c>stream</c> into a CUDA graph (thread-local capture mode).</summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_stream_begin_capture(void* stream)</c></para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_stream_begin_capture(nint stream);
+
+    /// <summary>
+    /// Ends the capture on <c>stream</c> and instantiates it: *graph receives an executable graph to launch with
+    /// fa_graph_launch and destroy with fa_graph_destroy.
+    /// </summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_stream_end_capture(void* stream, void** graph)</c></para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_stream_end_capture(nint stream, nint* graph);
+
+    /// <summary>Launches an executable graph from fa_stream_end_capture on <c>stream</c>.</summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_graph_launch(void* graph, void* stream)</c></para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_graph_launch(nint graph, nint stream);
+
+    /// <summary>Destroys an executable graph. NULL is a no-op.</summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_graph_destroy(void* graph)</c></para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_graph_destroy(nint graph);
+
     /// <summary>Creates a context for device ordinal <c>device</c>. Destroy with fa_context_destroy.</summary>
     /// <remarks>
     /// <para>C: <c>fa_status_t fa_context_create(int32_t device, fa_context_t* context)</c></para>
@@ -233,14 +264,16 @@ public static unsafe partial class NativeMethods
     public static partial FaStatus fa_context_get_device(nint context, int* device);
 
     /// <summary>
-    /// Fills *params with defaults: struct_size, scale 0 (1/sqrt(d)), not causal, bottom-right, auto path.
-    /// Tensors are zeroed (data NULL).
+    /// Fills the first struct_size bytes of *params with defaults: struct_size, scale 0 (1/sqrt(d)), not
+    /// causal, bottom-right, auto path, no window (-1, -1), no softcap, fixed-length batch; tensors zeroed.
+    /// Pass sizeof(fa_forward_params_t) as the caller compiled it: the library never writes past it, so a
+    /// program built against an older, smaller struct stays safe with a newer library.
     /// </summary>
     /// <remarks>
-    /// <para>C: <c>fa_status_t fa_forward_params_init(fa_forward_params_t* params)</c></para>
+    /// <para>C: <c>fa_status_t fa_forward_params_init(fa_forward_params_t* params, size_t struct_size)</c></para>
     /// </remarks>
     [LibraryImport(LibraryName)]
-    public static partial FaStatus fa_forward_params_init(FaForwardParams* @params);
+    public static partial FaStatus fa_forward_params_init(FaForwardParams* @params, nuint struct_size);
 
     /// <summary>
     /// Checks *params without touching the GPU: shapes, dtypes, strides, alignment, head dim, GQA
@@ -252,6 +285,34 @@ public static unsafe partial class NativeMethods
     /// </remarks>
     [LibraryImport(LibraryName)]
     public static partial FaStatus fa_forward_check(FaForwardParams* @params, int compute_capability);
+
+    /// <summary>
+    /// Whether this build serves the kind of call *query describes: FA_STATUS_SUCCESS, or
+    /// FA_STATUS_UNSUPPORTED with fa_last_error_message() saying why (FA_STATUS_INVALID_ARGUMENT for a
+    /// malformed query). Needs no GPU.
+    /// </summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_query_support(const fa_support_query_t* query)</c></para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_query_support(FaSupportQuery* query);
+
+    /// <summary>Number of kernels compiled into this binary.</summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_kernel_count(int32_t* count)</c></para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_kernel_count(int* count);
+
+    /// <summary>
+    /// Name of compiled kernel <c>index</c> (0 &lt;= index &lt; count), e.g. "sm80_fwd_bf16_hdim128_local_128x64_4w".
+    /// The string is owned by the library and lives as long as the process.
+    /// </summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_kernel_name(int32_t index, const char** name)</c></para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_kernel_name(int index, nint* name);
 
     /// <summary>
     /// Scaled dot-product attention forward: out = softmax(scale * q k^T + mask) v, written to params-&gt;out

@@ -35,11 +35,14 @@ public unsafe partial struct FaTensor
 }
 
 /// <summary>Arguments of fa_forward. Fill with fa_forward_params_init, then set the fields you need.</summary>
-/// <remarks>Mirror of C <c>fa_forward_params_t</c> (<c>struct fa_forward_params</c>): 424 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_forward_params_t</c> (<c>struct fa_forward_params</c>): 488 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaForwardParams
 {
-    /// <summary>sizeof(fa_forward_params_t) as the caller compiled it; set by fa_forward_params_init.</summary>
+    /// <summary>
+    /// sizeof(fa_forward_params_t) as the caller compiled it; set by fa_forward_params_init. The library
+    /// reads only the fields that fit in it, so older callers get the defaults for newer fields.
+    /// </summary>
     /// <remarks>C: <c>uint32_t struct_size</c> at byte offset 0.</remarks>
     public uint struct_size;
 
@@ -84,6 +87,113 @@ public unsafe partial struct FaForwardParams
 
     /// <summary>An fa_kernel_path_t value.</summary>
     /// <remarks>C: <c>int32_t kernel_path</c> at byte offset 420.</remarks>
+    public int kernel_path;
+
+    /// <summary>
+    /// Sliding window, in keys, on each side of the diagonal that causal_alignment places: query i sees
+    /// key j iff i + off - window_left &lt;= j &lt;= i + off + window_right, where off is seqlen_k - seqlen_q
+    /// (bottom-right) or 0 (top-left). -1: unbounded on that side. causal = 1 caps window_right at 0.
+    /// </summary>
+    /// <remarks>C: <c>int32_t window_left</c> at byte offset 424.</remarks>
+    public int window_left;
+
+    /// <summary>See window_left.</summary>
+    /// <remarks>C: <c>int32_t window_right</c> at byte offset 428.</remarks>
+    public int window_right;
+
+    /// <summary>&gt; 0: each scaled score s becomes softcap * tanh(s / softcap) before masks and softmax; 0: off.</summary>
+    /// <remarks>C: <c>float softcap</c> at byte offset 432.</remarks>
+    public float softcap;
+
+    /// <summary>Reserved; must be 0.</summary>
+    /// <remarks>C: <c>int32_t reserved1</c> at byte offset 436.</remarks>
+    public int reserved1;
+
+    /// <summary>
+    /// Variable-length batch when not NULL: device int32 [varlen_batch + 1], prefix sums of the query
+    /// lengths (cu_seqlens_q[0] = 0). q and out are then rank 3, [total_q, heads_q, head_dim]; lse is
+    /// [heads_q, total_q]. Sequence b spans rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1.
+    /// </summary>
+    /// <remarks>C: <c>const int32_t* cu_seqlens_q</c> at byte offset 440.</remarks>
+    public int* cu_seqlens_q;
+
+    /// <summary>Likewise for the keys: k and v are [total_k, heads_kv, head_dim]. Set together with cu_seqlens_q.</summary>
+    /// <remarks>C: <c>const int32_t* cu_seqlens_k</c> at byte offset 448.</remarks>
+    public int* cu_seqlens_k;
+
+    /// <summary>
+    /// Optional host copies of cu_seqlens_q / cu_seqlens_k with the same values. When given, the library
+    /// checks them before launching (start at 0, never decrease, end within the tensors, no length above
+    /// max_seqlen). When not given the device arrays are trusted; a wrong array then yields wrong values
+    /// for the sequences it describes, but every read and write stays inside the tensors.
+    /// </summary>
+    /// <remarks>C: <c>const int32_t* cu_seqlens_q_host</c> at byte offset 456.</remarks>
+    public int* cu_seqlens_q_host;
+
+    /// <summary>See cu_seqlens_q_host.</summary>
+    /// <remarks>C: <c>const int32_t* cu_seqlens_k_host</c> at byte offset 464.</remarks>
+    public int* cu_seqlens_k_host;
+
+    /// <summary>Number of sequences of a variable-length batch.</summary>
+    /// <remarks>C: <c>int32_t varlen_batch</c> at byte offset 472.</remarks>
+    public int varlen_batch;
+
+    /// <summary>Longest query sequence of a variable-length batch (sizes the launch; longer ones are cut).</summary>
+    /// <remarks>C: <c>int32_t max_seqlen_q</c> at byte offset 476.</remarks>
+    public int max_seqlen_q;
+
+    /// <summary>Longest key sequence of a variable-length batch.</summary>
+    /// <remarks>C: <c>int32_t max_seqlen_k</c> at byte offset 480.</remarks>
+    public int max_seqlen_k;
+
+    /// <summary>Reserved; must be 0.</summary>
+    /// <remarks>C: <c>int32_t reserved2</c> at byte offset 484.</remarks>
+    public int reserved2;
+}
+
+/// <summary>A question for fa_query_support: is this kind of call served by this build on this GPU?</summary>
+/// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 40 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe partial struct FaSupportQuery
+{
+    /// <summary>sizeof(fa_support_query_t) as the caller compiled it.</summary>
+    /// <remarks>C: <c>uint32_t struct_size</c> at byte offset 0.</remarks>
+    public uint struct_size;
+
+    /// <summary>An fa_pass_t value.</summary>
+    /// <remarks>C: <c>int32_t pass</c> at byte offset 4.</remarks>
+    public int pass;
+
+    /// <summary>major*10+minor of the target GPU, or 0 for any GPU this build serves.</summary>
+    /// <remarks>C: <c>int32_t compute_capability</c> at byte offset 8.</remarks>
+    public int compute_capability;
+
+    /// <summary>An fa_dtype_t value of q/k/v.</summary>
+    /// <remarks>C: <c>int32_t dtype</c> at byte offset 12.</remarks>
+    public int dtype;
+
+    /// <summary>Head dim of q/k/v.</summary>
+    /// <remarks>C: <c>int32_t head_dim</c> at byte offset 16.</remarks>
+    public int head_dim;
+
+    /// <summary>1 if the call is causal.</summary>
+    /// <remarks>C: <c>int32_t causal</c> at byte offset 20.</remarks>
+    public int causal;
+
+    /// <summary>1 if the call has a sliding window (window_left or window_right &gt;= 0).</summary>
+    /// <remarks>C: <c>int32_t window</c> at byte offset 24.</remarks>
+    public int window;
+
+    /// <summary>1 if the call uses softcap.</summary>
+    /// <remarks>C: <c>int32_t softcap</c> at byte offset 28.</remarks>
+    public int softcap;
+
+    /// <summary>1 if the batch is variable-length.</summary>
+    /// <remarks>C: <c>int32_t varlen</c> at byte offset 32.</remarks>
+    public int varlen;
+
+    /// <summary>An fa_kernel_path_t value.</summary>
+    /// <remarks>C: <c>int32_t kernel_path</c> at byte offset 36.</remarks>
     public int kernel_path;
 }
 
