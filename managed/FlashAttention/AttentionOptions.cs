@@ -9,7 +9,10 @@ public sealed record AttentionOptions
     /// <summary>Whether to apply a causal mask (see <see cref="CausalAlignment"/>).</summary>
     public bool Causal { get; init; }
 
-    /// <summary>Where the causal diagonal sits when the sequence lengths differ; used when <see cref="Causal"/> is set.</summary>
+    /// <summary>
+    /// Where the diagonal sits when the sequence lengths differ: the causal mask (when <see cref="Causal"/> is set)
+    /// and the sliding window (<see cref="WindowLeft"/>, <see cref="WindowRight"/>) are both placed around it.
+    /// </summary>
     public CausalAlignment CausalAlignment { get; init; } = CausalAlignment.BottomRight;
 
     /// <summary>
@@ -20,6 +23,36 @@ public sealed record AttentionOptions
 
     /// <summary>Kernel family the call may use.</summary>
     public KernelPath KernelPath { get; init; } = KernelPath.Auto;
+
+    /// <summary>
+    /// Sliding window: how many keys left of the diagonal a query sees; <see langword="null"/> means unbounded.
+    /// Must be 0 or more when set.
+    /// </summary>
+    /// <remarks>
+    /// With <c>off = seqLenK - seqLenQ</c> for <see cref="FlashAttn.CausalAlignment.BottomRight"/> (per sequence
+    /// in a variable-length batch) or 0 for <see cref="FlashAttn.CausalAlignment.TopLeft"/>, query <c>i</c> sees key
+    /// <c>j</c> iff <c>i + off - WindowLeft &lt;= j &lt;= i + off + WindowRight</c> (a null side is unbounded).
+    /// <see cref="Causal"/> caps <see cref="WindowRight"/> at 0, so causal with <c>WindowLeft = w</c> is a
+    /// causal sliding window of <c>w + 1</c> keys. The alignment applies to the window even without
+    /// <see cref="Causal"/>. Rows that see no key get output 0 and log-sum-exp +infinity.
+    /// </remarks>
+    public int? WindowLeft { get; init; }
+
+    /// <summary>
+    /// Sliding window: how many keys right of the diagonal a query sees; <see langword="null"/> means unbounded.
+    /// Must be 0 or more when set. See <see cref="WindowLeft"/>; <see cref="Causal"/> caps it at 0.
+    /// </summary>
+    public int? WindowRight { get; init; }
+
+    /// <summary>
+    /// Score soft-capping: when set, each scaled score <c>s</c> becomes <c>Softcap * tanh(s / Softcap)</c> before
+    /// the masks and the softmax (the log-sum-exp is taken over the capped scores). <see langword="null"/>: off.
+    /// Must be finite and greater than 0 when set.
+    /// </summary>
+    public float? Softcap { get; init; }
+
+    /// <summary>Whether a sliding window is set on either side (<see cref="WindowLeft"/> or <see cref="WindowRight"/>).</summary>
+    public bool HasWindow => WindowLeft is not null || WindowRight is not null;
 
     /// <summary>The scale actually applied for a head dimension.</summary>
     /// <param name="headDim">The head dimension.</param>
@@ -42,6 +75,16 @@ public sealed record AttentionOptions
             return $"SoftmaxScale must be finite and non-zero (got {s}); leave it null for 1/sqrt(headDim).";
         }
 
+        if (WindowLeft is < 0 || WindowRight is < 0)
+        {
+            return $"WindowLeft and WindowRight must be 0 or more when set (got {Show(WindowLeft)}, {Show(WindowRight)}); leave a side null for no limit.";
+        }
+
+        if (Softcap is { } cap && (!float.IsFinite(cap) || cap <= 0f))
+        {
+            return $"Softcap must be finite and greater than 0 when set (got {cap}); leave it null to turn soft-capping off.";
+        }
+
         if (!Enum.IsDefined(CausalAlignment))
         {
             return $"CausalAlignment {(int)CausalAlignment} is not a defined value.";
@@ -49,4 +92,6 @@ public sealed record AttentionOptions
 
         return Enum.IsDefined(KernelPath) ? null : $"KernelPath {(int)KernelPath} is not a defined value.";
     }
+
+    private static string Show(int? value) => value?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "null";
 }

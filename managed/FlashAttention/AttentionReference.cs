@@ -5,12 +5,21 @@ namespace FlashAttn;
 /// and a way to run the same computation on a machine without a GPU.
 /// </summary>
 /// <remarks>
-/// Inputs are dense row-major arrays in the layout <see cref="AttentionShape"/> describes. For each batch
-/// <c>b</c>, query head <c>h</c> and query row <c>i</c>: scores <c>s_j = scale * q·k_j</c> over the visible
-/// keys, <c>out = Σ softmax(s)_j v_j</c> and <c>lse = log Σ exp(s_j)</c> (natural log, scale included). The
-/// softmax subtracts the row maximum before exponentiating. A row that sees no key (possible with bottom-right
-/// causal alignment when <c>SeqLenQ &gt; SeqLenK</c>, or when <c>SeqLenK</c> is 0) gets output 0 and
-/// lse = +infinity, as the native library defines it. NaN in the inputs propagates to the affected rows.
+/// <para>
+/// Inputs are dense row-major arrays in the layout <see cref="AttentionShape"/> describes (or packed
+/// <c>[total, heads, headDim]</c> for <see cref="ForwardVarlen(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{int}, ReadOnlySpan{int}, int, int, int, AttentionOptions, Span{double}, Span{double})"/>).
+/// For each batch <c>b</c>, query head <c>h</c> and query row <c>i</c>: scores <c>s_j = scale * q·k_j</c>, soft-capped
+/// to <c>cap * tanh(s_j / cap)</c> when <see cref="AttentionOptions.Softcap"/> is set, over the visible keys;
+/// <c>out = Σ softmax(s)_j v_j</c> and <c>lse = log Σ exp(s_j)</c> (natural log, scale and cap included). The
+/// softmax subtracts the row maximum before exponentiating.
+/// </para>
+/// <para>
+/// Visibility follows <c>flash_attention.h</c>: with <c>off = seqLenK - seqLenQ</c> (bottom-right alignment, per
+/// sequence) or 0 (top-left), key <c>j</c> is visible iff <c>j &gt;= i + off - WindowLeft</c> (when set),
+/// <c>j &lt;= i + off + WindowRight</c> (when set) and, when causal, <c>j &lt;= i + off</c>. A row that sees no key
+/// (bottom-right causal with <c>SeqLenQ &gt; SeqLenK</c>, an empty key sequence, a window that misses every key) gets
+/// output 0 and lse = +infinity, as the native library defines it. NaN in the inputs propagates to the affected rows.
+/// </para>
 /// </remarks>
 public static class AttentionReference
 {
@@ -22,7 +31,7 @@ public static class AttentionReference
     /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
     /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
     /// <param name="shape">The sizes.</param>
-    /// <param name="options">Mask, alignment and scale (<see cref="AttentionOptions.KernelPath"/> is ignored).</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale (<see cref="AttentionOptions.KernelPath"/> is ignored).</param>
     /// <param name="output">Receives the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
     /// <param name="logSumExp">
     /// Receives the log-sum-exp, <c>[Batch, HeadsQ, SeqLenQ]</c>; pass an empty span to skip it.
@@ -56,33 +65,205 @@ public static class AttentionReference
             return;
         }
 
-        var job = new Job(shape, options);
+        var row = new RowKernel(options, shape.HeadDim);
         fixed (double* pq = q, pk = k, pv = v, po = output, pl = logSumExp)
         {
-            var ptrs = new Pointers((nint)pq, (nint)pk, (nint)pv, (nint)po, logSumExp.IsEmpty ? 0 : (nint)pl);
-            long macs = rows * shape.SeqLenK * shape.HeadDim;
-            if (macs < ParallelThresholdMacs || Environment.ProcessorCount == 1)
+            nint qp = (nint)pq, kp = (nint)pk, vp = (nint)pv, op = (nint)po, lp = logSumExp.IsEmpty ? 0 : (nint)pl;
+            int sq = shape.SeqLenQ, sk = shape.SeqLenK, hq = shape.HeadsQ, hkv = shape.HeadsKv, d = shape.HeadDim;
+            RunRows(rows, sk, rows * sk * d, (r, scores) =>
             {
-                var scores = new double[Math.Max(shape.SeqLenK, 1)];
-                for (long r = 0; r < rows; r++)
-                {
-                    job.Row(ptrs, r, scores);
-                }
-            }
-            else
-            {
-                Parallel.For(
-                    0L,
-                    rows,
-                    () => new double[Math.Max(shape.SeqLenK, 1)],
-                    (r, _, scores) =>
-                    {
-                        job.Row(ptrs, r, scores);
-                        return scores;
-                    },
-                    _ => { });
-            }
+                // r runs over [B, Hq, Sq], the log-sum-exp layout.
+                int i = (int)(r % sq);
+                long bh = r / sq;
+                int h = (int)(bh % hq);
+                long b = bh / hq;
+                int kvHead = h / (hq / hkv);
+                long qOffset = (((b * sq) + i) * hq + h) * d;
+                long kvOffset = ((b * sk * hkv) + kvHead) * d;
+                row.Compute(
+                    (double*)qp + qOffset, (double*)kp + kvOffset, (double*)vp + kvOffset, (long)hkv * d, i, sq, sk,
+                    (double*)op + qOffset, lp == 0 ? null : (double*)lp + r, scores);
+            });
         }
+    }
+
+    /// <summary>
+    /// Runs attention forward in float64 over a variable-length batch: sequences packed one after another along the
+    /// first dimension, each attending only within itself (masks and the bottom-right diagonal placed per sequence).
+    /// </summary>
+    /// <param name="q">Packed queries, <c>[totalQ, headsQ, headDim]</c> with <c>totalQ = Σ seqLensQ</c>.</param>
+    /// <param name="k">Packed keys, <c>[totalK, headsKv, headDim]</c> with <c>totalK = Σ seqLensK</c>.</param>
+    /// <param name="v">Packed values, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="seqLensQ">Query length of each sequence (0 or more).</param>
+    /// <param name="seqLensK">Key length of each sequence (0 or more), as many as <paramref name="seqLensQ"/>.</param>
+    /// <param name="headsQ">Query heads (1 or more), a multiple of <paramref name="headsKv"/>.</param>
+    /// <param name="headsKv">Key/value heads (1 or more).</param>
+    /// <param name="headDim">Head dimension (1 or more).</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale (<see cref="AttentionOptions.KernelPath"/> is ignored).</param>
+    /// <param name="output">Receives the output, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="logSumExp">Receives the log-sum-exp, <c>[headsQ, totalQ]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">
+    /// The length lists differ in count or hold a negative length, a size is out of range, the heads do not divide, or
+    /// a span length does not match the sizes.
+    /// </exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
+    public static unsafe void ForwardVarlen(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        ReadOnlySpan<int> seqLensQ,
+        ReadOnlySpan<int> seqLensK,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        AttentionOptions options,
+        Span<double> output,
+        Span<double> logSumExp)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate(nameof(options));
+        new AttentionShape(seqLensQ.Length, 0, 0, headsQ, headsKv, headDim).Validate("headsQ");
+        if (seqLensQ.Length != seqLensK.Length)
+        {
+            throw new ArgumentException(
+                $"seqLensQ has {seqLensQ.Length} sequences but seqLensK has {seqLensK.Length}.", nameof(seqLensK));
+        }
+
+        long[] cuQ = PrefixSums(seqLensQ, nameof(seqLensQ), out _);
+        long[] cuK = PrefixSums(seqLensK, nameof(seqLensK), out int maxK);
+        long totalQ = cuQ[^1], totalK = cuK[^1];
+        RequireLength(q.Length, totalQ * headsQ * headDim, nameof(q));
+        RequireLength(k.Length, totalK * headsKv * headDim, nameof(k));
+        RequireLength(v.Length, totalK * headsKv * headDim, nameof(v));
+        RequireLength(output.Length, totalQ * headsQ * headDim, nameof(output));
+        if (!logSumExp.IsEmpty)
+        {
+            RequireLength(logSumExp.Length, totalQ * headsQ, nameof(logSumExp));
+        }
+
+        long rows = totalQ * headsQ;
+        if (rows == 0)
+        {
+            return;
+        }
+
+        // The sequence of every packed query row.
+        var sequenceOf = new int[totalQ];
+        for (int b = 0; b < seqLensQ.Length; b++)
+        {
+            sequenceOf.AsSpan((int)cuQ[b], seqLensQ[b]).Fill(b);
+        }
+
+        int[] lensQ = seqLensQ.ToArray(), lensK = seqLensK.ToArray();
+        long macs = 0;
+        for (int b = 0; b < lensQ.Length; b++)
+        {
+            macs += (long)lensQ[b] * lensK[b] * headsQ * headDim;
+        }
+
+        var row = new RowKernel(options, headDim);
+        fixed (double* pq = q, pk = k, pv = v, po = output, pl = logSumExp)
+        {
+            nint qp = (nint)pq, kp = (nint)pk, vp = (nint)pv, op = (nint)po, lp = logSumExp.IsEmpty ? 0 : (nint)pl;
+            int hq = headsQ, hkv = headsKv, d = headDim;
+            RunRows(rows, maxK, macs, (r, scores) =>
+            {
+                // r runs over [Hq, totalQ], the log-sum-exp layout.
+                long t = r % totalQ;
+                int h = (int)(r / totalQ);
+                int b = sequenceOf[t];
+                int i = (int)(t - cuQ[b]);
+                int kvHead = h / (hq / hkv);
+                long qOffset = ((t * hq) + h) * d;
+                long kvOffset = ((cuK[b] * hkv) + kvHead) * d;
+                row.Compute(
+                    (double*)qp + qOffset, (double*)kp + kvOffset, (double*)vp + kvOffset, (long)hkv * d, i, lensQ[b], lensK[b],
+                    (double*)op + qOffset, lp == 0 ? null : (double*)lp + r, scores);
+            });
+        }
+    }
+
+    /// <summary>Runs <see cref="ForwardVarlen(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{int}, ReadOnlySpan{int}, int, int, int, AttentionOptions, Span{double}, Span{double})"/> on bfloat16 inputs, widened exactly to float64.</summary>
+    /// <param name="q">Packed queries, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="k">Packed keys, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="v">Packed values, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="seqLensQ">Query length of each sequence.</param>
+    /// <param name="seqLensK">Key length of each sequence.</param>
+    /// <param name="headsQ">Query heads.</param>
+    /// <param name="headsKv">Key/value heads.</param>
+    /// <param name="headDim">Head dimension.</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale.</param>
+    /// <param name="output">Receives the output in float64, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="logSumExp">Receives the log-sum-exp, <c>[headsQ, totalQ]</c>, or empty to skip it.</param>
+    public static void ForwardVarlen(
+        ReadOnlySpan<BFloat16> q,
+        ReadOnlySpan<BFloat16> k,
+        ReadOnlySpan<BFloat16> v,
+        ReadOnlySpan<int> seqLensQ,
+        ReadOnlySpan<int> seqLensK,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        AttentionOptions options,
+        Span<double> output,
+        Span<double> logSumExp) =>
+        ForwardVarlen(ToDouble(q), ToDouble(k), ToDouble(v), seqLensQ, seqLensK, headsQ, headsKv, headDim, options, output, logSumExp);
+
+    /// <summary>Runs <see cref="ForwardVarlen(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{int}, ReadOnlySpan{int}, int, int, int, AttentionOptions, Span{double}, Span{double})"/> on float16 inputs, widened exactly to float64.</summary>
+    /// <param name="q">Packed queries, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="k">Packed keys, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="v">Packed values, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="seqLensQ">Query length of each sequence.</param>
+    /// <param name="seqLensK">Key length of each sequence.</param>
+    /// <param name="headsQ">Query heads.</param>
+    /// <param name="headsKv">Key/value heads.</param>
+    /// <param name="headDim">Head dimension.</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale.</param>
+    /// <param name="output">Receives the output in float64, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="logSumExp">Receives the log-sum-exp, <c>[headsQ, totalQ]</c>, or empty to skip it.</param>
+    public static void ForwardVarlen(
+        ReadOnlySpan<Half> q,
+        ReadOnlySpan<Half> k,
+        ReadOnlySpan<Half> v,
+        ReadOnlySpan<int> seqLensQ,
+        ReadOnlySpan<int> seqLensK,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        AttentionOptions options,
+        Span<double> output,
+        Span<double> logSumExp) =>
+        ForwardVarlen(ToDouble(q), ToDouble(k), ToDouble(v), seqLensQ, seqLensK, headsQ, headsKv, headDim, options, output, logSumExp);
+
+    /// <summary>
+    /// The keys query row <paramref name="i"/> sees, as the half-open range <c>[first, end)</c> (empty when
+    /// <c>end &lt;= first</c>), for a sequence of <paramref name="seqLenQ"/> queries and <paramref name="seqLenK"/> keys
+    /// under <paramref name="options"/>' causal mask, alignment and window.
+    /// </summary>
+    /// <param name="options">The options.</param>
+    /// <param name="i">The query row within its sequence.</param>
+    /// <param name="seqLenQ">Queries in the sequence.</param>
+    /// <param name="seqLenK">Keys in the sequence.</param>
+    /// <returns>The first visible key and one past the last; <c>first == end</c> when none is visible.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
+    public static (int First, int End) VisibleKeys(AttentionOptions options, int i, int seqLenQ, int seqLenK)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        long off = options.CausalAlignment == CausalAlignment.TopLeft ? 0 : (long)seqLenK - seqLenQ;
+        long diagonal = i + off;
+        long last = seqLenK - 1L;
+        if (options.Causal)
+        {
+            last = Math.Min(last, diagonal);
+        }
+
+        if (options.WindowRight is { } right)
+        {
+            last = Math.Min(last, diagonal + right);
+        }
+
+        long first = options.WindowLeft is { } left ? Math.Max(0, diagonal - left) : 0;
+        return last < first ? ((int)Math.Min(first, seqLenK), (int)Math.Min(first, seqLenK)) : ((int)first, (int)(last + 1));
     }
 
     /// <summary>Runs <see cref="Forward(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, AttentionShape, AttentionOptions, Span{double}, Span{double})"/> on bfloat16 inputs, widened exactly to float64.</summary>
@@ -90,7 +271,7 @@ public static class AttentionReference
     /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
     /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
     /// <param name="shape">The sizes.</param>
-    /// <param name="options">Mask, alignment and scale.</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale.</param>
     /// <param name="output">Receives the output in float64.</param>
     /// <param name="logSumExp">Receives the log-sum-exp, or empty to skip it.</param>
     public static void Forward(
@@ -108,7 +289,7 @@ public static class AttentionReference
     /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
     /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
     /// <param name="shape">The sizes.</param>
-    /// <param name="options">Mask, alignment and scale.</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale.</param>
     /// <param name="output">Receives the output in float64.</param>
     /// <param name="logSumExp">Receives the log-sum-exp, or empty to skip it.</param>
     public static void Forward(
@@ -216,50 +397,89 @@ public static class AttentionReference
         }
     }
 
-    private readonly record struct Pointers(nint Q, nint K, nint V, nint Out, nint Lse);
-
-    private sealed class Job(AttentionShape shape, AttentionOptions options)
+    private static long[] PrefixSums(ReadOnlySpan<int> lengths, string paramName, out int max)
     {
-        private readonly AttentionShape _s = shape;
-        private readonly double _scale = options.EffectiveScale(shape.HeadDim);
-        private readonly bool _causal = options.Causal;
-        private readonly bool _topLeft = options.CausalAlignment == CausalAlignment.TopLeft;
-
-        /// <summary>Computes one (batch, head, query) row; <paramref name="row"/> runs over [B, Hq, Sq].</summary>
-        public unsafe void Row(Pointers p, long row, double[] scores)
+        var cu = new long[lengths.Length + 1];
+        max = 0;
+        for (int b = 0; b < lengths.Length; b++)
         {
-            int sq = _s.SeqLenQ, sk = _s.SeqLenK, hq = _s.HeadsQ, hkv = _s.HeadsKv, d = _s.HeadDim;
-            int i = (int)(row % sq);
-            long bh = row / sq;
-            int h = (int)(bh % hq);
-            int b = (int)(bh / hq);
-            int kvHead = h / (hq / hkv);
-
-            // Last visible key (inclusive); may be negative (no key) or beyond sk - 1 (all keys).
-            long lastKey = !_causal ? sk - 1 : _topLeft ? i : (long)i + sk - sq;
-            int visible = (int)Math.Clamp(lastKey + 1, 0, sk);
-
-            double* qRow = (double*)p.Q + ((((long)b * sq) + i) * hq + h) * d;
-            double* outRow = (double*)p.Out + ((((long)b * sq) + i) * hq + h) * d;
-            long kvRowStride = (long)hkv * d;
-            double* kBase = (double*)p.K + ((long)b * sk * hkv + kvHead) * d;
-            double* vBase = (double*)p.V + ((long)b * sk * hkv + kvHead) * d;
-
-            if (visible == 0)
+            if (lengths[b] < 0)
             {
-                new Span<double>(outRow, d).Clear();
-                if (p.Lse != 0)
+                throw new ArgumentException($"{paramName}[{b}] is {lengths[b]}; sequence lengths must be 0 or more.", paramName);
+            }
+
+            cu[b + 1] = cu[b] + lengths[b];
+            max = Math.Max(max, lengths[b]);
+        }
+
+        if (cu[^1] > int.MaxValue)
+        {
+            throw new ArgumentException($"The lengths in {paramName} add up to more than {int.MaxValue}.", paramName);
+        }
+
+        return cu;
+    }
+
+    /// <summary>Runs <paramref name="body"/> for every row, in parallel when the work is large.</summary>
+    private static void RunRows(long rows, int maxKeys, long macs, Action<long, double[]> body)
+    {
+        int scoresLength = Math.Max(maxKeys, 1);
+        if (macs < ParallelThresholdMacs || Environment.ProcessorCount == 1)
+        {
+            var scores = new double[scoresLength];
+            for (long r = 0; r < rows; r++)
+            {
+                body(r, scores);
+            }
+
+            return;
+        }
+
+        Parallel.For(
+            0L,
+            rows,
+            () => new double[scoresLength],
+            (r, _, scores) =>
+            {
+                body(r, scores);
+                return scores;
+            },
+            _ => { });
+    }
+
+    /// <summary>One query row of attention: masks, window, softcap, softmax and the weighted sum of values.</summary>
+    private sealed class RowKernel(AttentionOptions options, int headDim)
+    {
+        private readonly AttentionOptions _options = options;
+        private readonly double _scale = options.EffectiveScale(headDim);
+        private readonly double _cap = options.Softcap ?? 0;
+        private readonly int _d = headDim;
+
+        /// <summary>
+        /// Computes query row <paramref name="i"/> of a sequence; <paramref name="kBase"/>/<paramref name="vBase"/> point
+        /// at key 0 of the row's key/value head, <paramref name="kvRowStride"/> elements apart.
+        /// </summary>
+        public unsafe void Compute(
+            double* qRow, double* kBase, double* vBase, long kvRowStride, int i, int seqLenQ, int seqLenK, double* outRow, double* lse, double[] scores)
+        {
+            int d = _d;
+            (int first, int end) = VisibleKeys(_options, i, seqLenQ, seqLenK);
+            var acc = new Span<double>(outRow, d);
+            acc.Clear();
+            if (end <= first)
+            {
+                if (lse != null)
                 {
-                    ((double*)p.Lse)[row] = double.PositiveInfinity;
+                    *lse = double.PositiveInfinity;
                 }
 
                 return;
             }
 
             double max = double.NegativeInfinity;
-            for (int j = 0; j < visible; j++)
+            for (int j = first; j < end; j++)
             {
-                double* kRow = kBase + j * kvRowStride;
+                double* kRow = kBase + (j * kvRowStride);
                 double dot = 0;
                 for (int x = 0; x < d; x++)
                 {
@@ -267,21 +487,24 @@ public static class AttentionReference
                 }
 
                 double s = dot * _scale;
-                scores[j] = s;
+                if (_cap > 0)
+                {
+                    s = _cap * Math.Tanh(s / _cap);
+                }
+
+                scores[j - first] = s;
                 if (double.IsNaN(s) || s > max)
                 {
                     max = s; // once NaN, "s > max" is never true again, so NaN sticks and propagates.
                 }
             }
 
-            var acc = new Span<double>(outRow, d);
-            acc.Clear();
             double sum = 0;
-            for (int j = 0; j < visible; j++)
+            for (int j = first; j < end; j++)
             {
-                double w = Math.Exp(scores[j] - max);
+                double w = Math.Exp(scores[j - first] - max);
                 sum += w;
-                double* vRow = vBase + j * kvRowStride;
+                double* vRow = vBase + (j * kvRowStride);
                 for (int x = 0; x < d; x++)
                 {
                     acc[x] += w * vRow[x];
@@ -294,9 +517,9 @@ public static class AttentionReference
                 acc[x] *= inv;
             }
 
-            if (p.Lse != 0)
+            if (lse != null)
             {
-                ((double*)p.Lse)[row] = max + Math.Log(sum);
+                *lse = max + Math.Log(sum);
             }
         }
     }

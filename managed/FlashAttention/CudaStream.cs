@@ -90,6 +90,57 @@ public sealed class CudaStream : SafeHandle
         Errors.ThrowIfFailed(NativeMethods.fa_stream_synchronize(lease.Pointer));
     }
 
+    /// <summary>
+    /// Starts capturing the work queued on this stream into a CUDA graph instead of running it (thread-local
+    /// capture mode: other threads may keep using CUDA). End it with <see cref="EndCapture"/> on the same thread.
+    /// </summary>
+    /// <remarks>
+    /// Only queue work that neither waits nor allocates during the capture: <see cref="FlashAttention.Forward"/>,
+    /// <see cref="FlashAttention.ForwardVarlen"/>, <see cref="DeviceBuffer{T}.Fill(byte, CudaStream?)"/> with this
+    /// stream. See <see cref="CudaGraph"/> for what a replay reads and writes.
+    /// </remarks>
+    /// <exception cref="InvalidOperationException">This is the legacy default stream (handle zero), which CUDA cannot capture.</exception>
+    /// <exception cref="FlashAttentionException">CUDA refused to start the capture (for example, one is already in progress).</exception>
+    /// <exception cref="ObjectDisposedException">The stream was disposed.</exception>
+    public unsafe void BeginCapture()
+    {
+        ObjectDisposedException.ThrowIf(IsClosed, this);
+        if (handle == IntPtr.Zero)
+        {
+            throw new InvalidOperationException(
+                "The legacy default stream cannot be captured into a CUDA graph; capture a stream from CudaStream.Create instead.");
+        }
+
+        NativeRuntime.EnsureLoaded();
+        using var lease = new HandleLease(this);
+        Errors.ThrowIfFailed(NativeMethods.fa_stream_begin_capture(lease.Pointer));
+    }
+
+    /// <summary>
+    /// Ends the capture started by <see cref="BeginCapture"/> and instantiates it: the returned graph replays the
+    /// captured work each time it is launched. Dispose it when done.
+    /// </summary>
+    /// <returns>The executable graph.</returns>
+    /// <exception cref="InvalidOperationException">This is the legacy default stream (handle zero), which is never capturing.</exception>
+    /// <exception cref="FlashAttentionException">
+    /// No capture was in progress, the capture was invalidated (by a call that waited or allocated while capturing),
+    /// or the graph could not be instantiated.
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">The stream was disposed.</exception>
+    public CudaGraph EndCapture()
+    {
+        ObjectDisposedException.ThrowIf(IsClosed, this);
+        if (handle == IntPtr.Zero)
+        {
+            throw new InvalidOperationException(
+                "The legacy default stream cannot be capturing; end the capture on the stream that BeginCapture was called on.");
+        }
+
+        NativeRuntime.EnsureLoaded();
+        using var lease = new HandleLease(this);
+        return CudaGraph.EndCapture(Device, lease.Pointer);
+    }
+
     /// <inheritdoc/>
     public override string ToString() =>
         $"CudaStream(0x{(long)handle:x}, {(OwnsHandle ? "owned" : "borrowed")}{(IsClosed ? ", disposed" : string.Empty)})";

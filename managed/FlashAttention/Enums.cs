@@ -66,3 +66,16 @@ public enum KernelPath
     /// <summary>The portable mma.sync path, which runs on every GPU from sm_80 on.</summary>
     Sm80 = 1,
 }
+
+/// <summary>Which computation a capability query asks about. The values match <c>fa_pass_t</c> in <c>flash_attention.h</c>.</summary>
+public enum AttentionPass
+{
+    /// <summary>The forward pass (<see cref="FlashAttention.Forward"/>, <see cref="FlashAttention.ForwardVarlen"/>).</summary>
+    Forward = 0,
+
+    /// <summary>The backward pass (dQ, dK, dV).</summary>
+    Backward = 1,
+
+    /// <summary>Decoding over a KV cache.</summary>
+    Decode = 2,
+}

@@ -75,7 +75,7 @@ public sealed partial class FlashAttention : IDisposable
     /// Validates the arguments of <see cref="Forward"/> without touching a GPU (works on a machine without one,
     /// but needs the native library). Tensor memory is not read; only pointers, shapes, strides and dtypes count.
     /// </summary>
-    /// <param name="q">Queries <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16 or BFloat16.</param>
+    /// <param name="q">Queries <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16 or BFloat16; headDim a multiple of 8.</param>
     /// <param name="k">Keys <c>[batch, seqLenK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
     /// <param name="v">Values, k's shape and q's dtype.</param>
     /// <param name="output">Output, q's shape and dtype.</param>
@@ -130,7 +130,10 @@ public sealed partial class FlashAttention : IDisposable
     /// Scaled dot-product attention: <c>output = softmax(scale * q kᵀ + mask) v</c>, and the log-sum-exp of each
     /// row when <paramref name="logSumExp"/> is given. Queued on <paramref name="stream"/>; returns without waiting.
     /// </summary>
-    /// <param name="q">Queries <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16 or BFloat16, last dimension contiguous.</param>
+    /// <param name="q">
+    /// Queries <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16 or BFloat16, last dimension contiguous; headDim a
+    /// multiple of 8 (every multiple of 8 up to 256 is served; <see cref="QuerySupport(SupportQuery)"/> tells for a build).
+    /// </param>
     /// <param name="k">Keys <c>[batch, seqLenK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ (GQA/MQA).</param>
     /// <param name="v">Values, k's shape and q's dtype.</param>
     /// <param name="output">Written: <c>[batch, seqLenQ, headsQ, headDim]</c>, q's dtype; must not overlap the inputs.</param>
@@ -140,8 +143,12 @@ public sealed partial class FlashAttention : IDisposable
     /// </param>
     /// <param name="options">Options, or null for <see cref="AttentionOptions.Default"/>.</param>
     /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
+    /// <remarks>
+    /// Graph-safe: the call neither synchronises nor allocates, so it may be captured into a <see cref="CudaGraph"/>
+    /// (<see cref="CudaStream.BeginCapture"/>); each replay then reads and writes the same device pointers.
+    /// </remarks>
     /// <exception cref="ArgumentNullException">A required tensor is null.</exception>
-    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong (including a head dim that is not a multiple of 8).</exception>
     /// <exception cref="FlashAttentionException">The native library refused or failed the call.</exception>
     /// <exception cref="ObjectDisposedException">This instance, a tensor's buffer or the stream was disposed.</exception>
     public unsafe void Forward(
@@ -170,7 +177,7 @@ public sealed partial class FlashAttention : IDisposable
         if (_logger.IsEnabled(LogLevel.Debug))
         {
             LogForward(_logger, q.ToString(), k.ToString(), logSumExp is not null, options.Causal, options.CausalAlignment,
-                options.EffectiveScale((int)q.Shape[3]), options.KernelPath, stream?.ToString() ?? "legacy default stream");
+                options.EffectiveScale((int)q.Shape[3]), DescribeMasks(options), options.KernelPath, stream?.ToString() ?? "legacy default stream");
         }
 
         using var ctx = new HandleLease(_context);
@@ -247,6 +254,11 @@ public sealed partial class FlashAttention : IDisposable
         }
 
         long batch = q.Shape[0], seqQ = q.Shape[1], headsQ = q.Shape[2], dim = q.Shape[3];
+        if (HeadDimProblem(dim) is { } headDimProblem)
+        {
+            return new Problem(nameof(q), headDimProblem);
+        }
+
         if (k.Shape[0] != batch || k.Shape[3] != dim)
         {
             return new Problem(nameof(k), $"k must be [batch={batch}, seqlen_k, heads_kv, head_dim={dim}] to match q {q}; it is {k}.");
@@ -298,7 +310,7 @@ public sealed partial class FlashAttention : IDisposable
         AttentionOptions options)
     {
         FaForwardParams p = default;
-        Errors.ThrowIfFailed(NativeMethods.fa_forward_params_init(&p));
+        Errors.ThrowIfFailed(NativeMethods.fa_forward_params_init(&p, (nuint)sizeof(FaForwardParams)));
         p.q = q.ToNative(qBase);
         p.k = k.ToNative(kBase);
         p.v = v.ToNative(vBase);
@@ -312,15 +324,18 @@ public sealed partial class FlashAttention : IDisposable
         p.causal = options.Causal ? 1 : 0;
         p.causal_alignment = (int)options.CausalAlignment;
         p.kernel_path = (int)options.KernelPath;
+        p.window_left = options.WindowLeft ?? -1;
+        p.window_right = options.WindowRight ?? -1;
+        p.softcap = options.Softcap ?? 0f;
         return p;
     }
 
     [LoggerMessage(Level = LogLevel.Debug, Message = "FlashAttention: native library {Path} (version {Version}) on {Device}")]
     private static partial void LogCreated(ILogger logger, string path, string version, string device);
 
-    [LoggerMessage(Level = LogLevel.Debug, Message = "Forward q={Q} k={K} lse={WithLse} causal={Causal} alignment={Alignment} scale={Scale} path={Path} stream={Stream}")]
+    [LoggerMessage(Level = LogLevel.Debug, Message = "Forward q={Q} k={K} lse={WithLse} causal={Causal} alignment={Alignment} scale={Scale} {Masks} path={Path} stream={Stream}")]
     private static partial void LogForward(
-        ILogger logger, string q, string k, bool withLse, bool causal, CausalAlignment alignment, double scale, KernelPath path, string stream);
+        ILogger logger, string q, string k, bool withLse, bool causal, CausalAlignment alignment, double scale, string masks, KernelPath path, string stream);
 
     private sealed record Problem(string ParamName, string Message);
 }

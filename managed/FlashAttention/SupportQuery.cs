@@ -1,0 +1,48 @@
+namespace FlashAttn;
+
+/// <summary>
+/// A question for <see cref="FlashAttention.QuerySupport(SupportQuery)"/>: does this build of the native library
+/// serve this kind of call (on this GPU architecture)? Describes the call, not its tensors.
+/// </summary>
+/// <param name="Pass">The computation.</param>
+/// <param name="DataType">The element type of q, k and v (<see cref="FlashAttn.DataType.Float16"/> or <see cref="FlashAttn.DataType.BFloat16"/> are the ones served).</param>
+/// <param name="HeadDim">The head dimension (1 or more).</param>
+/// <param name="Causal">Whether the call is causal.</param>
+/// <param name="Window">Whether the call has a sliding window (<see cref="AttentionOptions.HasWindow"/>).</param>
+/// <param name="Softcap">Whether the call uses soft-capping (<see cref="AttentionOptions.Softcap"/> set).</param>
+/// <param name="Varlen">Whether the batch is variable-length (<see cref="FlashAttention.ForwardVarlen"/>).</param>
+/// <param name="ComputeCapability">Target GPU as <c>major * 10 + minor</c> (e.g. 90), or 0 for any GPU this build serves.</param>
+/// <param name="KernelPath">The kernel family the call may use.</param>
+public sealed record SupportQuery(
+    AttentionPass Pass,
+    DataType DataType,
+    int HeadDim,
+    bool Causal = false,
+    bool Window = false,
+    bool Softcap = false,
+    bool Varlen = false,
+    int ComputeCapability = 0,
+    KernelPath KernelPath = KernelPath.Auto)
+{
+    /// <summary>The query that describes a call with these options.</summary>
+    /// <param name="pass">The computation.</param>
+    /// <param name="dataType">The element type of q, k and v.</param>
+    /// <param name="headDim">The head dimension.</param>
+    /// <param name="options">The call's options (causal, window, softcap and kernel path are taken from it).</param>
+    /// <param name="varlen">Whether the batch is variable-length.</param>
+    /// <param name="computeCapability">Target GPU as <c>major * 10 + minor</c>, or 0 for any GPU this build serves.</param>
+    /// <returns>The query.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
+    public static SupportQuery For(
+        AttentionPass pass, DataType dataType, int headDim, AttentionOptions options, bool varlen = false, int computeCapability = 0)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return new SupportQuery(
+            pass, dataType, headDim, options.Causal, options.HasWindow, options.Softcap is not null, varlen, computeCapability, options.KernelPath);
+    }
+}
+
+/// <summary>The answer of <see cref="FlashAttention.QuerySupport(SupportQuery)"/>.</summary>
+/// <param name="IsSupported">Whether this build serves the call.</param>
+/// <param name="Reason">"" when supported; otherwise the native library's sentence saying why not.</param>
+public sealed record SupportResult(bool IsSupported, string Reason);
