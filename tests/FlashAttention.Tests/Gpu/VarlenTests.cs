@@ -1,0 +1,102 @@
+using FlashAttn.Tests.TestSupport;
+using NUnit.Framework;
+
+namespace FlashAttn.Tests.Gpu;
+
+/// <summary>
+/// Variable-length batches (packed [total, heads, head_dim] with cu_seqlens), including empty and length-1
+/// sequences on both sides, judged per sequence by the same rule as the fixed-length tests.
+/// </summary>
+[TestFixture]
+[Category("Gpu")]
+public sealed class VarlenTests : GpuTestBase
+{
+    private static readonly int[] LensQ = [113, 0, 1, 17, 203, 1, 64];
+    private static readonly int[] LensK = [203, 5, 1, 0, 113, 300, 64];
+
+    private FlashAttention _attention = null!;
+    private CudaStream _stream = null!;
+
+    [OneTimeSetUp]
+    public void CreateAttention()
+    {
+        _attention = new FlashAttention(Device);
+        _stream = CudaStream.Create(Device);
+    }
+
+    [OneTimeTearDown]
+    public void DisposeAttention()
+    {
+        _stream?.Dispose();
+        _attention?.Dispose();
+    }
+
+    [TestCase(DataType.BFloat16, 128, false, false)]
+    [TestCase(DataType.Float16, 64, true, false)]
+    [TestCase(DataType.BFloat16, 64, true, true)]
+    [TestCase(DataType.Float16, 128, false, true)]
+    public void VarlenMatchesReferencePerSequence(DataType dtype, int d, bool causal, bool topLeft)
+    {
+        const int hq = 8, hkv = 2;
+        Random random = TestRandom.ForCurrentTest(out int seed);
+        int totalQ = LensQ.Sum(), totalK = LensK.Sum();
+        float[] q = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, totalQ * hq * d));
+        float[] k = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, totalK * hkv * d));
+        float[] v = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, totalK * hkv * d));
+        var spec = new MaskSpec(causal, topLeft);
+        AttentionOptions options = spec.ToOptions();
+
+        using var dq = DeviceArray.Upload(Device, dtype, q);
+        using var dk = DeviceArray.Upload(Device, dtype, k);
+        using var dv = DeviceArray.Upload(Device, dtype, v);
+        using var dout = DeviceArray.Allocate(Device, dtype, totalQ * hq * d);
+        using var dlse = DeviceArray.Allocate(Device, DataType.Float32, hq * totalQ);
+        dout.Poison();
+        dlse.Poison();
+        using var batch = VarlenBatch.FromLengths(Device, LensQ, LensK);
+
+        _attention.ForwardVarlen(
+            dq.Tensor([totalQ, hq, d]), dk.Tensor([totalK, hkv, d]), dv.Tensor([totalK, hkv, d]), dout.Tensor([totalQ, hq, d]),
+            batch, dlse.Tensor([hq, totalQ]), options, _stream);
+        _stream.Synchronize();
+        float[] ours = dout.Read();
+        float[] lse = dlse.Read();
+
+        var refOut = new double[ours.Length];
+        var refLse = new double[lse.Length];
+        AttentionReference.ForwardVarlen(
+            AttentionReference.ToDouble(q), AttentionReference.ToDouble(k), AttentionReference.ToDouble(v),
+            LensQ, LensK, hq, hkv, d, options, refOut, refLse);
+
+        int rowQ = 0, rowK = 0;
+        for (int b = 0; b < LensQ.Length; b++)
+        {
+            int lq = LensQ[b], lk = LensK[b];
+            var dims = new AttentionDims(1, lq, lk, hq, hkv, d);
+            string context = $"seed {seed}, {dtype}, sequence {b} (Sq {lq}, Sk {lk}), {spec}";
+            if (lq > 0)
+            {
+                float[] qs = q.AsSpan(rowQ * hq * d, lq * hq * d).ToArray();
+                float[] ks = k.AsSpan(rowK * hkv * d, lk * hkv * d).ToArray();
+                float[] vs = v.AsSpan(rowK * hkv * d, lk * hkv * d).ToArray();
+                float[] naive = NaiveAttention.ForwardSameDtype(qs, ks, vs, dims, spec, (float)(1.0 / Math.Sqrt(d)), x => DeviceArray.Round(dtype, x));
+                float[] oursSeq = ours.AsSpan(rowQ * hq * d, lq * hq * d).ToArray();
+                double[] refSeq = refOut.AsSpan(rowQ * hq * d, lq * hq * d).ToArray();
+                Assert.That(AcceptanceRule.JudgeOutput(oursSeq, naive, refSeq, dtype, dims, spec), Is.Empty, context);
+
+                var lseSeq = new float[hq * lq];
+                var refLseSeq = new double[hq * lq];
+                for (int h = 0; h < hq; h++)
+                {
+                    Array.Copy(lse, (h * totalQ) + rowQ, lseSeq, h * lq, lq);
+                    Array.Copy(refLse, (h * totalQ) + rowQ, refLseSeq, h * lq, lq);
+                }
+
+                Assert.That(AcceptanceRule.JudgeLse(lseSeq, refLseSeq), Is.Empty, context);
+            }
+
+            rowQ += lq;
+            rowK += lk;
+        }
+    }
+}
