@@ -290,7 +290,7 @@ function Invoke-Test([string[]]$Rest = @()) {
     Step 'nunit' "dotnet $TestsDll"
     if (-not (Test-Path $TestsDll)) { throw "$TestsDll not found (did the build produce it?)" }
     # Minimal: failures in full, skips (GPU tests without a GPU) only counted.
-    Invoke-Mtp "$logDir/nunit.log" 'dotnet' @($TestsDll, '--output', 'Minimal')
+    Invoke-Mtp "$logDir/nunit.log" 'dotnet' @($TestsDll, '--output', 'Minimal', '--settings', (Join-Path (Split-Path $TestsDll) 'FlashAttention.Tests.runsettings'))
 
     if ($script:Sum.Failed -ne 0) { Write-Host "FAILED: test ($($script:Sum.Failed) failed; logs in $logDir/)" }
     Write-Summary
@@ -366,7 +366,7 @@ function Invoke-GpuTest {
     Step 'ctest' "ctest --test-dir $NativeBuildDir (GPU)"
     Invoke-CTest "$logDir/ctest.log" "$NativeBuildDir/ctest-junit.xml" | Out-Null
     Step 'nunit' 'bundled tests (all categories, GPU included)'
-    Invoke-Mtp "$logDir/tests.log" $testsExe @('--output', 'Minimal') | Out-Null
+    Invoke-Mtp "$logDir/tests.log" $testsExe @('--output', 'Minimal', '--settings', (Join-Path $BundleDir 'FlashAttention.Tests.runsettings')) | Out-Null
 
     Step 'demo' 'bundled demo'
     & (Join-Path $BundleDir 'FlashAttention.Demo') *> "$logDir/demo.log"

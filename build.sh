@@ -369,7 +369,7 @@ cmd_test() {
     step nunit "dotnet $TESTS_DLL"
     [[ -f "$TESTS_DLL" ]] || die "$TESTS_DLL not found (did the build produce it?)"
     # Minimal: failures in full, skips (GPU tests without a GPU) only counted.
-    run_mtp "$logdir/nunit.log" dotnet "$TESTS_DLL" --output Minimal
+    run_mtp "$logdir/nunit.log" dotnet "$TESTS_DLL" --output Minimal --settings "$(dirname "$TESTS_DLL")/FlashAttention.Tests.runsettings"
 
     if [[ $SUM_FAILED -ne 0 ]]; then
         echo "FAILED: test ($SUM_FAILED failed; logs in $logdir/)" >&2
@@ -461,7 +461,7 @@ cmd_gpu_test() {
     status_lines+=("ctest: $T_PASSED passed, $T_FAILED failed, $T_SKIPPED skipped")
 
     step nunit "bundled tests (all categories, GPU included) with FLASH_ATTENTION_NATIVE_PATH=$lib"
-    run_mtp "$logdir/tests.log" "$BUNDLE_DIR/FlashAttention.Tests" --output Minimal >/dev/null
+    run_mtp "$logdir/tests.log" "$BUNDLE_DIR/FlashAttention.Tests" --output Minimal --settings "$BUNDLE_DIR/FlashAttention.Tests.runsettings" >/dev/null
     grep -E '^(failed|skipped) ' "$logdir/tests.log" | head -n 40 || true
     status_lines+=("nunit: $T_PASSED passed, $T_FAILED failed, $T_SKIPPED skipped")
 

@@ -1,21 +1,29 @@
 #!/usr/bin/env python3
 """Side-by-side forward benchmark on one GPU: our libflash_attention against PyTorch SDPA.
 
-For each shape of the foundation grid (bf16; D 64 and 128; causal and not; S 1k, 4k, 16k;
-B = 16384 / S; H = 2048 / D) this measures, in one process and with the same method
-(triton.testing.do_bench, median, L2 flushed before every call, as shared/tools/sdpa_anchors.py):
+Rows ("forward features" issue, TARGETS.md): the grid bf16, D 64/128/256, causal and not, S 1k/4k/16k,
+B = 16384 / S, H = 2048 / D; a GQA row (32 q heads, 8 kv heads, D 128, S 4096, B 4, causal); and a
+variable-length row (a packed batch of 16 sequences of random lengths 256..2048, fixed seed, D 128,
+H 16, causal). Each is measured, in one process and with one method (triton.testing.do_bench, median,
+L2 flushed before every call, as shared/tools/sdpa_anchors.py):
 
   ours    fa_forward called through the C ABI with ctypes on torch-allocated tensors
-          ([B, S, H, D], contiguous), on torch's current stream;
-  flash   torch SDPA with the FLASH_ATTENTION backend (FlashAttention-2 kernels);
-  cudnn   torch SDPA with the CUDNN_ATTENTION backend.
+          ([B, S, H, D] contiguous; varlen: packed [total, H, D] with cu_seqlens and host copies),
+          on torch's current stream;
+  flash   torch SDPA with the FLASH_ATTENTION backend (FlashAttention-2 kernels); for varlen,
+          torch.ops.aten._flash_attention_forward with cum_seq_q / cum_seq_k when this PyTorch has it;
+  cudnn   torch SDPA with the CUDNN_ATTENTION backend (null for varlen).
 
-Our output is checked against the flash backend's (relative Frobenius error), so a fast but wrong
-kernel shows up in the table. When --bench-exe names the managed benchmark (bench/README.md has its
-contract) it runs first, in a child process, and its median goes to the `managed_ms` column: the same
-kernel timed through the C# API.
+Our output is checked against the flash backend's (relative Frobenius error; varlen: against PyTorch's
+varlen output, else a per-sequence SDPA loop), so a fast but wrong kernel shows up in the table. When
+--bench-exe names the managed benchmark (bench/README.md has its contract) it runs first, in a child
+process, and its median goes to the `managed_ms` column: the same kernel timed through the C# API.
+Its interop line (host cost of one managed Forward call) is set beside bench/interop_c.c's figure for
+the same launch from C (compiled here with cc) in an extra "interop" row.
 
 Writes the TARGETS.md record ({card, date, commit, rows}) to --out and prints a table last.
+--dry-run needs no GPU and no torch: it lists the rows, their FLOP counts, and writes a record with
+null figures (to check the pure-Python parts).
 """
 import argparse
 import ctypes
@@ -23,18 +31,25 @@ import datetime
 import json
 import math
 import os
+import random
+import shutil
 import subprocess
 import sys
 import tempfile
 
-# ---- the C ABI (native/include/flash_attention.h), as ctypes ---------------------------------------
+# ---- the C ABI (native/include/flash_attention.h, version 0.2), as ctypes ----------------------------
 
 FA_MAX_RANK = 4
+FA_VERSION_CODE = 200  # the header version this ctypes mirror follows
 FA_DTYPE_FLOAT16, FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT32 = 1, 2, 3
 FA_CAUSAL_BOTTOM_RIGHT, FA_CAUSAL_TOP_LEFT = 0, 1
 # Two bf16 results of the same attention differ by a few 1e-3 (relative Frobenius norm); beyond this
 # our kernel is wrong, however fast.
 MAX_REL_ERR = 2e-2
+# TARGETS.md, aim 4: a managed Forward call within this many microseconds of the same launch from C.
+INTEROP_TARGET_US = 5.0
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
 
 
 class FaTensor(ctypes.Structure):
@@ -60,6 +75,18 @@ class FaForwardParams(ctypes.Structure):
         ("causal", ctypes.c_int32),
         ("causal_alignment", ctypes.c_int32),
         ("kernel_path", ctypes.c_int32),
+        ("window_left", ctypes.c_int32),
+        ("window_right", ctypes.c_int32),
+        ("softcap", ctypes.c_float),
+        ("reserved1", ctypes.c_int32),
+        ("cu_seqlens_q", ctypes.c_void_p),
+        ("cu_seqlens_k", ctypes.c_void_p),
+        ("cu_seqlens_q_host", ctypes.POINTER(ctypes.c_int32)),
+        ("cu_seqlens_k_host", ctypes.POINTER(ctypes.c_int32)),
+        ("varlen_batch", ctypes.c_int32),
+        ("max_seqlen_q", ctypes.c_int32),
+        ("max_seqlen_k", ctypes.c_int32),
+        ("reserved2", ctypes.c_int32),
     ]
 
 
@@ -76,7 +103,7 @@ class FaLib:
         L.fa_version.restype = ctypes.c_int32
         L.fa_context_create.argtypes = [ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p)]
         L.fa_context_destroy.argtypes = [ctypes.c_void_p]
-        L.fa_forward_params_init.argtypes = [ctypes.POINTER(FaForwardParams)]
+        L.fa_forward_params_init.argtypes = [ctypes.POINTER(FaForwardParams), ctypes.c_size_t]
         L.fa_forward.argtypes = [ctypes.c_void_p, ctypes.POINTER(FaForwardParams), ctypes.c_void_p]
         for name in ("fa_context_create", "fa_context_destroy", "fa_forward_params_init", "fa_forward"):
             getattr(L, name).restype = ctypes.c_int
@@ -102,18 +129,45 @@ def describe(t, dtype_code):
 
 # ---- shapes and FLOPs ------------------------------------------------------------------------------
 
-def foundation_grid():
+VARLEN_SEED = 2026
+VARLEN_COUNT, VARLEN_MIN, VARLEN_MAX = 16, 256, 2048
+
+
+def varlen_lengths(seed=VARLEN_SEED, count=VARLEN_COUNT, lo=VARLEN_MIN, hi=VARLEN_MAX):
+    """The varlen row's sequence lengths: fixed seed, so every run (and the managed exe) sees the same batch."""
+    rng = random.Random(seed)
+    return [rng.randint(lo, hi) for _ in range(count)]
+
+
+def fwd_row(d, causal, b, h, hkv, s):
+    return dict(pass_="fwd", dtype="bf16", d=d, causal=causal, b=b, h=h, hkv=hkv, sq=s, sk=s)
+
+
+def shapes_grid(quick=False):
+    """TARGETS.md's forward grid, then the GQA row and the varlen row."""
     rows = []
-    for d in (64, 128):
+    for d in (64, 128, 256):
         for causal in (0, 1):
             for s in (1024, 4096, 16384):
+                if quick and s > 4096:
+                    continue
                 h = 2048 // d
-                rows.append(dict(pass_="fwd", dtype="bf16", d=d, causal=causal, b=16384 // s, h=h, hkv=h, sq=s, sk=s))
+                rows.append(fwd_row(d, causal, 16384 // s, h, h, s))
+    rows.append(fwd_row(128, 1, 4, 32, 8, 4096))  # GQA: 32 q heads over 8 kv heads
+    lens = varlen_lengths()
+    rows.append(dict(pass_="fwd", dtype="bf16", d=128, causal=1, b=len(lens), h=16, hkv=16, sq=max(lens), sk=max(lens),
+                     varlen=1, lens=lens))
     return rows
 
 
 def fwd_flops(shape):
-    """4·B·H·Sq·Sk·D, halved when causal and Sq = Sk (as TARGETS.md counts)."""
+    """4·B·H·Sq·Sk·D, halved when causal and Sq = Sk (as TARGETS.md counts); varlen: the sum of that over
+    the sequences (each with B = 1 and its own Sq = Sk)."""
+    if shape.get("varlen"):
+        f = 0.0
+        for n in shape["lens"]:
+            f += 4.0 * shape["h"] * n * n * shape["d"] / (2 if shape["causal"] else 1)
+        return f
     f = 4.0 * shape["b"] * shape["h"] * shape["sq"] * shape["sk"] * shape["d"]
     if shape["causal"] and shape["sq"] == shape["sk"]:
         f /= 2
@@ -126,20 +180,61 @@ def tflops(flops, ms):
 
 def shape_key(s):
     """Identity of a shape; tolerant of a managed line that leaves out hkv or writes causal as a bool."""
-    return (str(s["dtype"]), int(s["d"]), int(bool(s["causal"])), int(s["b"]), int(s["h"]),
-            int(s.get("hkv", s["h"])), int(s["sq"]), int(s["sk"]))
+    h = int(s["h"])
+    if s.get("varlen") or s.get("kind") == "varlen":
+        return ("varlen", str(s.get("dtype", "bf16")), int(s["d"]), int(bool(s["causal"])), h, int(s.get("hkv", h)),
+                tuple(int(n) for n in s["lens"]))
+    return (str(s["dtype"]), int(s["d"]), int(bool(s["causal"])), int(s["b"]), h,
+            int(s.get("hkv", h)), int(s["sq"]), int(s["sk"]))
+
+
+def managed_spec(s):
+    """The shape object the managed exe takes (bench/README.md)."""
+    if s.get("varlen"):
+        return dict(kind="varlen", dtype=s["dtype"], d=s["d"], causal=s["causal"], h=s["h"], hkv=s["hkv"], lens=s["lens"])
+    return dict(dtype=s["dtype"], d=s["d"], causal=s["causal"], b=s["b"], h=s["h"], hkv=s["hkv"], sq=s["sq"], sk=s["sk"])
+
+
+def new_row(s):
+    """A record row for shape s with every figure null (TARGETS.md's fields, then ours)."""
+    row = {"pass": s["pass_"], "dtype": s["dtype"], "d": s["d"], "causal": int(bool(s["causal"])), "b": s["b"], "h": s["h"],
+           "hkv": s["hkv"], "sq": s["sq"], "sk": s["sk"], "paged_block": None,
+           "ours_ms": None, "flash_ms": None, "cudnn_ms": None, "ours_tflops": None, "flash_tflops": None,
+           "cudnn_tflops": None, "ours_tbps": None, "copy_tbps": None,
+           "managed_ms": None, "managed_tflops": None, "ours_rel_err": None, "note": None, "errors": {}}
+    if s.get("varlen"):
+        # b is the number of sequences; sq/sk the longest one; lens the lengths in packing order.
+        row.update(varlen=1, lens=list(s["lens"]), total_q=sum(s["lens"]), total_k=sum(s["lens"]))
+    return row
+
+
+def interop_row(managed, c, errors):
+    """The extra "interop" row: host cost of one Forward call on the tiny shape, managed (ours_us) and from C (c_us)."""
+    m_us = managed.get("call_us") if managed else None
+    c_us = c.get("call_us") if c else None
+    diff = m_us - c_us if m_us is not None and c_us is not None else None
+    row = {"pass": "interop", "dtype": "bf16", "d": 64, "causal": 0, "b": 1, "h": 1, "hkv": 1, "sq": 128, "sk": 128,
+           "paged_block": None, "ours_ms": None, "flash_ms": None, "cudnn_ms": None, "ours_tflops": None,
+           "flash_tflops": None, "cudnn_tflops": None, "ours_tbps": None, "copy_tbps": None,
+           "ours_us": m_us, "c_us": c_us, "diff_us": diff,
+           "ours_min_us": managed.get("min_call_us") if managed else None,
+           "c_min_us": c.get("min_call_us") if c else None,
+           "target_diff_us": INTEROP_TARGET_US,
+           "within_target": None if diff is None else bool(diff <= INTEROP_TARGET_US)}
+    if errors:
+        row["errors"] = dict(errors)
+    return row
 
 
 # ---- the managed benchmark (child process) ---------------------------------------------------------
 
 def run_managed(exe, shapes, lib, warmup, iters, log):
-    """Runs the C# bench once for all shapes; returns {shape_key: row} from its JSON lines."""
+    """Runs the C# bench once for all shapes; returns ({shape_key: row}, error, interop line)."""
     if not exe:
         return {}, None, None
     if not os.path.exists(exe):
         return {}, f"{exe} not found", None
-    spec = [dict(dtype=s["dtype"], d=s["d"], causal=s["causal"], b=s["b"], h=s["h"], hkv=s["hkv"],
-                 sq=s["sq"], sk=s["sk"]) for s in shapes]
+    spec = [managed_spec(s) for s in shapes]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
         spec_path = f.name
@@ -149,9 +244,11 @@ def run_managed(exe, shapes, lib, warmup, iters, log):
     cmd = [exe, "--shapes", spec_path, "--warmup", str(warmup), "--iters", str(iters), "--interop"]
     print("# managed bench:", " ".join(cmd), file=log, flush=True)
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     except Exception as e:  # noqa: BLE001 - any failure is reported, the PyTorch side still runs
         return {}, f"bench exe did not run: {e}", None
+    finally:
+        os.unlink(spec_path)
     out = {}
     interop = None
     for line in p.stdout.splitlines():
@@ -165,7 +262,7 @@ def run_managed(exe, shapes, lib, warmup, iters, log):
                 interop = r  # host cost of one managed Forward call
                 continue
             out[shape_key(r)] = r
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             print(f"# managed: unreadable line ({e}): {line}", file=log)
     for line in p.stderr.splitlines()[-20:]:
         print("# managed stderr:", line, file=log)
@@ -173,36 +270,117 @@ def run_managed(exe, shapes, lib, warmup, iters, log):
     return out, err, interop
 
 
+def run_interop_c(src, lib_path, log):
+    """Compiles bench/interop_c.c against the library and runs it; returns (its JSON line, error)."""
+    if not os.path.exists(src):
+        return None, f"{src} not found"
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        return None, "no C compiler (cc, gcc, clang) on PATH"
+    libdir = os.path.dirname(lib_path)
+    include = os.path.join(REPO, "native", "include")
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "interop_c")
+        cmd = [cc, "-O2", src, f"-I{include}", f"-L{libdir}", "-lflash_attention", f"-Wl,-rpath,{libdir}", "-o", exe]
+        print("# interop_c:", " ".join(cmd), file=log, flush=True)
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            return None, f"compile failed: {(p.stderr.strip().splitlines() or ['?'])[-1][:200]}"
+        try:
+            p = subprocess.run([exe], capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            return None, "interop_c timed out"
+    for line in p.stderr.splitlines()[-5:]:
+        print("# interop_c stderr:", line, file=log)
+    for line in p.stdout.splitlines():
+        if line.startswith("{"):
+            try:
+                return json.loads(line), None
+            except ValueError:
+                pass
+    return None, f"interop_c exit code {p.returncode}: {(p.stderr.strip().splitlines() or ['no output'])[-1][:200]}"
+
+
 # ---- main ------------------------------------------------------------------------------------------
+
+def git_commit(given):
+    if given:
+        return given
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              cwd=REPO).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def write_outputs(args, record, rows, managed_interop, c_interop, card):
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=1)
+    table = format_table(rows) + "\n" + format_interop(managed_interop, c_interop)
+    if args.table:
+        with open(args.table, "w") as f:
+            f.write(table + "\n")
+    if args.png:
+        write_png([r for r in rows if r["pass"] == "fwd"], args.png, card)
+    print(f"# wrote {args.out}")
+    print(table)
+
+
+def dry_run(args):
+    """No GPU, no torch: the row list, FLOP counts, the managed spec and a record with null figures."""
+    shapes = shapes_grid(args.quick)
+    rows = []
+    for s in shapes:
+        print(f"# {describe_shape(new_row(s)):28s} {fwd_flops(s) / 1e12:9.3f} TFLOP  managed: {json.dumps(managed_spec(s))}")
+        rows.append(new_row(s))
+    for r in rows:
+        r.pop("errors")
+    rows.append(interop_row(None, None, {}))
+    record = dict(card="dry-run", date=datetime.date.today().isoformat(), commit=git_commit(args.commit), rows=rows)
+    write_outputs(args, record, rows, None, None, "dry-run")
+    return 0
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lib", default=os.environ.get("FLASH_ATTENTION_NATIVE_PATH", "artifacts/native/libflash_attention.so"),
                     help="path of libflash_attention.so (a folder is accepted)")
     ap.add_argument("--bench-exe", default=None, help="the self-contained FlashAttention.Bench (optional)")
+    ap.add_argument("--interop-c", default=os.path.join(HERE, "interop_c.c"),
+                    help="C source of the interop baseline (compiled with cc against --lib); '' skips it")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "build/gpu-test"), "bench.json"))
     ap.add_argument("--table", default=None, help="also write the table to this file")
     ap.add_argument("--png", default=None, help="bar chart of TFLOP/s (needs matplotlib)")
     ap.add_argument("--commit", default=None)
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up time, ms")
     ap.add_argument("--rep", type=int, default=100, help="do_bench measuring time, ms")
-    ap.add_argument("--quick", action="store_true", help="only S 1k and 4k")
+    ap.add_argument("--managed-warmup", type=int, default=10, help="managed exe: untimed calls per shape")
+    ap.add_argument("--managed-iters", type=int, default=60, help="managed exe: timed calls per shape")
+    ap.add_argument("--quick", action="store_true", help="only S 1k and 4k in the grid")
+    ap.add_argument("--dry-run", action="store_true", help="no GPU: list rows and FLOPs, write a null record")
     args = ap.parse_args()
+
+    if args.dry_run:
+        return dry_run(args)
 
     lib_path = args.lib
     if os.path.isdir(lib_path):
         lib_path = os.path.join(lib_path, "libflash_attention.so")
     lib_path = os.path.abspath(lib_path)
 
-    shapes = foundation_grid()
-    if args.quick:
-        shapes = [s for s in shapes if s["sq"] <= 4096]
-
+    shapes = shapes_grid(args.quick)
     log = sys.stdout
-    # The managed bench runs first, before this process holds GPU memory.
-    managed, managed_err, interop = run_managed(args.bench_exe, shapes, lib_path, 20, 100, log)
+    # The managed bench and the C interop baseline run first, before this process holds GPU memory.
+    managed, managed_err, managed_interop = run_managed(args.bench_exe, shapes, lib_path, args.managed_warmup,
+                                                        args.managed_iters, log)
     if managed_err:
         print("# managed bench:", managed_err, flush=True)
+    c_interop, c_err = (None, "skipped (--interop-c '')") if not args.interop_c else run_interop_c(args.interop_c, lib_path, log)
+    if c_err:
+        print("# interop_c:", c_err, flush=True)
+    else:
+        print("# interop_c:", json.dumps(c_interop), flush=True)
 
     import torch
     import torch.nn.functional as F
@@ -219,15 +397,46 @@ def main():
     ctx = ctypes.c_void_p()
     fa.check(fa.lib.fa_context_create(0, ctypes.byref(ctx)), "fa_context_create")
     print(f"# fa_version={fa.lib.fa_version()}", flush=True)
+    if fa.lib.fa_version() != FA_VERSION_CODE:
+        raise SystemExit(f"the library is version code {fa.lib.fa_version()} but run.py's ctypes mirror is for "
+                         f"{FA_VERSION_CODE}: update FaForwardParams to the header")
 
     def bench(fn):
         return do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")
 
+    def stream():
+        return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+
+    def new_params(code, q2, k2, v2, o2, causal):
+        p = FaForwardParams()
+        fa.check(fa.lib.fa_forward_params_init(ctypes.byref(p), ctypes.sizeof(p)), "fa_forward_params_init")
+        p.q, p.k, p.v, p.out = (describe(t, code) for t in (q2, k2, v2, o2))
+        p.causal = int(causal)
+        p.causal_alignment = FA_CAUSAL_TOP_LEFT  # PyTorch's is_causal; equal to bottom-right when sq == sk
+        return p
+
+    def make_ours(p):
+        pp = ctypes.byref(p)
+
+        def ours():
+            st = fa.lib.fa_forward(ctx, pp, stream())
+            if st != 0:
+                fa.check(st, "fa_forward")
+        return ours
+
+    def compare(row, out, ref, against):
+        """Relative Frobenius error of our output (poisoned before the call) against ref, both [..., H, D]."""
+        r = ref.float()
+        diff = float((out.float() - r).norm() / r.norm())
+        if math.isnan(diff) or math.isinf(diff):
+            raise RuntimeError("our output holds NaN/Inf (the poison was not overwritten everywhere?)")
+        row["ours_rel_err"] = diff
+        if diff > MAX_REL_ERR:
+            row["errors"]["mismatch"] = f"relative error {diff:.2e} against {against} exceeds {MAX_REL_ERR}"
+
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
-    rows = []
-    any_error = False
-    for s in shapes:
-        torch.manual_seed(0)
+
+    def fixed_row(s, row, flops):
         b, h, hkv, sq, sk, d = s["b"], s["h"], s["hkv"], s["sq"], s["sk"], s["d"]
         causal = bool(s["causal"])
         dt = torch.bfloat16 if s["dtype"] == "bf16" else torch.float16
@@ -236,54 +445,124 @@ def main():
         q = torch.randn(b, h, sq, d, device=dev, dtype=dt)
         k = torch.randn(b, hkv, sk, d, device=dev, dtype=dt)
         v = torch.randn(b, hkv, sk, d, device=dev, dtype=dt)
-        q2, k2, v2 = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-        o2 = torch.full_like(q2, float("nan"))
-        row = dict(**{"pass": s["pass_"]}, dtype=s["dtype"], d=d, causal=int(causal), b=b, h=h, hkv=hkv, sq=sq, sk=sk,
-                   paged_block=None, ours_ms=None, flash_ms=None, cudnn_ms=None, ours_tflops=None,
-                   flash_tflops=None, cudnn_tflops=None, ours_tbps=None, copy_tbps=None,
-                   managed_ms=None, managed_tflops=None, ours_rel_err=None, errors={})
-        flops = fwd_flops(s)
-
-        ref = None
+        ref, ref_name = None, None
+        notes = []
         for name, be in backends.items():
             try:
                 with sdpa_kernel([be]):
                     f = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=(h != hkv))  # noqa: E731
-                    o = f()
+                    try:
+                        o = f()
+                    except RuntimeError:
+                        if h == hkv:
+                            raise
+                        # This backend refuses enable_gqa: give it k/v expanded to h heads (what it would read).
+                        ke, ve = (t.repeat_interleave(h // hkv, dim=1) for t in (k, v))
+                        f = lambda: F.scaled_dot_product_attention(q, ke, ve, is_causal=causal)  # noqa: E731
+                        o = f()
+                        notes.append(f"{name}: enable_gqa refused, k/v expanded to {h} heads")
                     if ref is None:
-                        ref = o
+                        ref, ref_name = o, f"the {name} backend"
                     row[f"{name}_ms"] = bench(f)
                     row[f"{name}_tflops"] = tflops(flops, row[f"{name}_ms"])
             except Exception as e:  # noqa: BLE001
                 row["errors"][name] = str(e).split("\n")[0][:200]
-
+        if notes:
+            row["note"] = "; ".join(notes)
+        q2, k2, v2 = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        o2 = torch.full_like(q2, float("nan"))
         try:
-            p = FaForwardParams()
-            fa.check(fa.lib.fa_forward_params_init(ctypes.byref(p)), "fa_forward_params_init")
-            p.q, p.k, p.v, p.out = (describe(t, code) for t in (q2, k2, v2, o2))
-            p.causal = int(causal)
-            p.causal_alignment = FA_CAUSAL_TOP_LEFT  # PyTorch's is_causal; equal to bottom-right when sq == sk
-            pp = ctypes.byref(p)
-
-            def ours():
-                st = fa.lib.fa_forward(ctx, pp, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
-                if st != 0:
-                    fa.check(st, "fa_forward")
-
+            p = new_params(code, q2, k2, v2, o2, causal)
+            ours = make_ours(p)
             ours()
             torch.cuda.synchronize()
             if ref is not None:
-                r = ref.transpose(1, 2).float()
-                diff = float((o2.float() - r).norm() / r.norm())
-                if math.isnan(diff) or math.isinf(diff):
-                    raise RuntimeError("our output holds NaN/Inf (the poison was not overwritten everywhere?)")
-                row["ours_rel_err"] = diff
-                if diff > MAX_REL_ERR:
-                    row["errors"]["mismatch"] = f"relative error {diff:.2e} against the flash backend exceeds {MAX_REL_ERR}"
+                compare(row, o2, ref.transpose(1, 2), ref_name)
             row["ours_ms"] = bench(ours)
             row["ours_tflops"] = tflops(flops, row["ours_ms"])
         except Exception as e:  # noqa: BLE001
             row["errors"]["ours"] = str(e).split("\n")[0][:300]
+
+    def varlen_row(s, row, flops):
+        lens, h, hkv, d = s["lens"], s["h"], s["hkv"], s["d"]
+        causal = bool(s["causal"])
+        dt = torch.bfloat16 if s["dtype"] == "bf16" else torch.float16
+        code = FA_DTYPE_BFLOAT16 if s["dtype"] == "bf16" else FA_DTYPE_FLOAT16
+        total, max_len = sum(lens), max(lens)
+        cu_host = [0]
+        for n in lens:
+            cu_host.append(cu_host[-1] + n)
+        cu = torch.tensor(cu_host, dtype=torch.int32, device=dev)
+        q = torch.randn(total, h, d, device=dev, dtype=dt)
+        k = torch.randn(total, hkv, d, device=dev, dtype=dt)
+        v = torch.randn(total, hkv, d, device=dev, dtype=dt)
+        ref, against = None, None
+        notes = []
+        # PyTorch's flash varlen entry point (private; its signature is checked before use).
+        try:
+            op = torch.ops.aten._flash_attention_forward
+            names = [a.name for a in op.default._schema.arguments]
+            want = ["query", "key", "value", "cum_seq_q", "cum_seq_k", "max_q", "max_k", "dropout_p", "is_causal",
+                    "return_debug_mask"]
+            if names[:len(want)] != want:
+                raise RuntimeError(f"unexpected signature {names}")
+            f = lambda: op(q, k, v, cu, cu, max_len, max_len, 0.0, causal, False)  # noqa: E731
+            ref = f()[0]
+            against = "aten._flash_attention_forward (varlen)"
+            row["flash_ms"] = bench(f)
+            row["flash_tflops"] = tflops(flops, row["flash_ms"])
+        except Exception as e:  # noqa: BLE001
+            notes.append("flash_ms null: torch.ops.aten._flash_attention_forward with cum_seq_q/cum_seq_k not usable here ("
+                         + str(e).split("\n")[0][:160] + ")")
+            ref = None
+        notes.append("cudnn_ms null: no varlen entry point timed for cuDNN")
+        if ref is None:
+            # Reference: a per-sequence SDPA loop (any backend), [1, H, L, D] per sequence.
+            try:
+                parts = []
+                for i in range(len(lens)):
+                    a, e = cu_host[i], cu_host[i + 1]
+                    qs, ks, vs = (t[a:e].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+                    o1 = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, enable_gqa=(h != hkv))
+                    parts.append(o1[0].transpose(0, 1))
+                ref = torch.cat(parts, 0)
+                against = "a per-sequence SDPA loop"
+            except Exception as e:  # noqa: BLE001
+                row["errors"]["reference"] = "per-sequence SDPA loop failed: " + str(e).split("\n")[0][:200]
+        row["note"] = "; ".join(notes)
+        o = torch.full_like(q, float("nan"))
+        try:
+            p = new_params(code, q, k, v, o, causal)
+            host_q = (ctypes.c_int32 * len(cu_host))(*cu_host)
+            host_k = (ctypes.c_int32 * len(cu_host))(*cu_host)
+            p.cu_seqlens_q = cu.data_ptr()
+            p.cu_seqlens_k = cu.data_ptr()
+            p.cu_seqlens_q_host = ctypes.cast(host_q, ctypes.POINTER(ctypes.c_int32))
+            p.cu_seqlens_k_host = ctypes.cast(host_k, ctypes.POINTER(ctypes.c_int32))
+            p.varlen_batch = len(lens)
+            p.max_seqlen_q = max_len
+            p.max_seqlen_k = max_len
+            p._keep = (host_q, host_k)  # the host copies must outlive every call
+            ours = make_ours(p)
+            ours()
+            torch.cuda.synchronize()
+            if ref is not None:
+                compare(row, o, ref, against)
+            row["ours_ms"] = bench(ours)
+            row["ours_tflops"] = tflops(flops, row["ours_ms"])
+        except Exception as e:  # noqa: BLE001
+            row["errors"]["ours"] = str(e).split("\n")[0][:300]
+
+    rows = []
+    any_error = False
+    for s in shapes:
+        torch.manual_seed(0)
+        row = new_row(s)
+        flops = fwd_flops(s)
+        if s.get("varlen"):
+            varlen_row(s, row, flops)
+        else:
+            fixed_row(s, row, flops)
 
         m = managed.get(shape_key(row))
         if m is not None:
@@ -301,34 +580,21 @@ def main():
             any_error = any_error or "ours" in row["errors"] or "mismatch" in row["errors"]
         rows.append(row)
         print("#", json.dumps(row), flush=True)
-        del q, k, v, q2, k2, v2, o2, ref
         torch.cuda.empty_cache()
 
     fa.lib.fa_context_destroy(ctx)
 
-    commit = args.commit
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip() or None
-        except OSError:
-            commit = None
-    record = dict(card=card, date=datetime.date.today().isoformat(), commit=commit or "unknown",
-                  torch=torch.__version__, cudnn=torch.backends.cudnn.version(), managed_interop=interop, rows=rows)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=1)
+    ierr = {}
+    if args.bench_exe and not managed_interop:
+        ierr["managed"] = managed_err or "no interop line from the bench exe"
+    if c_err:
+        ierr["c"] = c_err
+    rows.append(interop_row(managed_interop, c_interop, ierr))
 
-    table = format_table(rows)
-    if interop and interop.get("call_us") is not None:
-        table += (f"\nmanaged Forward call, host cost: {interop['call_us']:.2f} us median "
-                  f"(min {interop.get('min_call_us', float('nan')):.2f}; tiny shape, launches queued)")
-    if args.table:
-        with open(args.table, "w") as f:
-            f.write(table + "\n")
-    if args.png:
-        write_png(rows, args.png, card)
-    print(f"# wrote {args.out}")
-    print(table)
+    record = dict(card=card, date=datetime.date.today().isoformat(), commit=git_commit(args.commit),
+                  torch=torch.__version__, cudnn=torch.backends.cudnn.version(), managed_interop=managed_interop,
+                  c_interop=c_interop, rows=rows)
+    write_outputs(args, record, rows, managed_interop, c_interop, card)
     return 1 if any_error else 0
 
 
@@ -336,10 +602,22 @@ def fmt(x, spec="6.0f"):
     return format(x, spec) if isinstance(x, (int, float)) and x is not None and not math.isnan(x) else "-".rjust(len(format(0, spec)))
 
 
+def describe_shape(r):
+    c = "causal" if r["causal"] else "full"
+    if r.get("varlen"):
+        return f"d{r['d']} {c} varlen{r['b']} h{r['h']}"
+    name = f"d{r['d']} {c} s{r['sq'] // 1024}k" if r["sq"] % 1024 == 0 else f"d{r['d']} {c} s{r['sq']}"
+    if r["hkv"] != r["h"]:
+        name += f" gqa{r['h']}/{r['hkv']}"
+    return name
+
+
 def format_table(rows):
-    lines = ["bf16 fwd TFLOP/s     ours  C#api  flash  cudnn  ours/fl  ours/cu  rel.err"]
+    lines = ["bf16 fwd TFLOP/s              ours  C#api  flash  cudnn  ours/fl  ours/cu  rel.err"]
     for r in rows:
-        name = f"d{r['d']} {'causal' if r['causal'] else 'full  '} s{r['sq'] // 1024}k".ljust(19)
+        if r["pass"] != "fwd":
+            continue
+        name = describe_shape(r).ljust(28)
         o, fl, cu = r["ours_tflops"], r["flash_tflops"], r["cudnn_tflops"]
         ratio_f = o / fl if o and fl else None
         ratio_c = o / cu if o and cu else None
@@ -350,6 +628,17 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def format_interop(managed, c):
+    m_us = managed.get("call_us") if managed else None
+    c_us = c.get("call_us") if c else None
+    line = (f"interop (host us per Forward call, b1 s128 h1 d64, median): C#api {fmt(m_us, '.2f')}, "
+            f"C {fmt(c_us, '.2f')}")
+    if m_us is not None and c_us is not None:
+        diff = m_us - c_us
+        line += f", difference {diff:+.2f} (target <= {INTEROP_TARGET_US:.0f}: {'met' if diff <= INTEROP_TARGET_US else 'NOT met'})"
+    return line
+
+
 def write_png(rows, path, card):
     try:
         import matplotlib
@@ -358,19 +647,20 @@ def write_png(rows, path, card):
     except ImportError:
         print("# matplotlib not available; no chart")
         return
-    labels = [f"d{r['d']}{' c' if r['causal'] else ''} {r['sq'] // 1024}k" for r in rows]
+    labels = [describe_shape(r) for r in rows]
     series = [("ours", "ours_tflops"), ("flash", "flash_tflops"), ("cudnn", "cudnn_tflops")]
     width = 0.27
-    fig, ax = plt.subplots(figsize=(12, 4.5))
+    fig, ax = plt.subplots(figsize=(max(12, 0.7 * len(rows)), 5))
     for i, (name, key) in enumerate(series):
         ax.bar([x + (i - 1) * width for x in range(len(rows))], [r[key] or 0 for r in rows], width, label=name)
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, rotation=30, ha="right")
+    ax.set_xticklabels(labels, rotation=40, ha="right", fontsize=8)
     ax.set_ylabel("TFLOP/s (bf16 forward)")
     ax.set_title(f"FlashAttention.Interop vs PyTorch SDPA - {card}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
     print(f"# wrote {path}")
 
 

@@ -1,7 +1,9 @@
 // Times FlashAttention.Forward through the managed API, one JSON line per shape on stdout; the
-// contract with bench/run.py is in bench/README.md. Method: inputs random normal in [b, s, h, d],
-// output poisoned once, warm-up calls, then each timed call preceded by a 256 MiB scratch write on the
-// same stream (flushes L2, as triton's do_bench does) and timed alone with a pair of events.
+// contract with bench/run.py is in bench/README.md. Shapes are fixed-length ([b, s, h, d], GQA through
+// hkv) or variable-length ("kind": "varlen": packed [total, h, d] with per-sequence lengths, timed
+// through ForwardVarlen). Method: inputs random normal, output poisoned once, warm-up calls, then each
+// timed call preceded by a 256 MiB scratch write on the same stream (flushes L2, as triton's do_bench
+// does) and timed alone with a pair of events.
 // A second figure, "call_us", is the host-side cost of one Forward call (median over many calls
 // on a tiny shape, see --interop), for the interop-cost comparison with a launch from C.
 using System.Diagnostics;
@@ -12,6 +14,12 @@ using FlashAttn;
 internal static class Program
 {
     private const long FlushBytes = 256L << 20;
+
+    // Normal samples in the pool Random16 copies inputs from (odd, so rows do not line up with its period).
+    private const int PoolSize = (1 << 22) + 1;
+
+    private static ushort[]? s_poolBf16;
+    private static ushort[]? s_poolFp16;
 
     private static int Main(string[] args)
     {
@@ -47,7 +55,9 @@ internal static class Program
             line["pass"] = "fwd";
             try
             {
-                (double median, double min) = TimeShape(device, shape, warmup, iters);
+                (double median, double min) = (string?)shape["kind"] == "varlen"
+                    ? TimeVarlen(device, shape, warmup, iters)
+                    : TimeShape(device, shape, warmup, iters);
                 line["ours_ms"] = median;
                 line["min_ms"] = min;
                 line["path"] = "sm80";
@@ -64,7 +74,7 @@ internal static class Program
 
         if (options.ContainsKey("interop"))
         {
-            Console.WriteLine(InteropCost(device, iters: Math.Max(iters, 2000)).ToJsonString());
+            Console.WriteLine(InteropCost(device).ToJsonString());
         }
 
         return failures == 0 ? 0 : 1;
@@ -107,22 +117,16 @@ internal static class Program
 
     private static (double Median, double Min) TimeShape(DeviceScope s, JsonObject shape, int warmup, int iters)
     {
-        string dtype = (string?)shape["dtype"] ?? "bf16";
+        bool bf16 = ParseDType(shape);
         int d = (int)shape["d"]!, b = (int)shape["b"]!, h = (int)shape["h"]!;
         int hkv = (int?)shape["hkv"] ?? h;
         int sq = (int)shape["sq"]!, sk = (int)shape["sk"]!;
         bool causal = ((int?)shape["causal"] ?? 0) != 0;
-        bool bf16 = dtype == "bf16";
-        if (!bf16 && dtype != "fp16")
-        {
-            throw new ArgumentException($"dtype '{dtype}' is not bf16 or fp16");
-        }
 
-        var rng = new Random(12345);
-        using var q = Random16(s, (long)b * sq * h * d, bf16, rng);
-        using var k = Random16(s, (long)b * sk * hkv * d, bf16, rng);
-        using var v = Random16(s, (long)b * sk * hkv * d, bf16, rng);
-        using var o = Random16(s, (long)b * sq * h * d, bf16, rng);
+        using var q = Random16(s, (long)b * sq * h * d, bf16, seed: 1);
+        using var k = Random16(s, (long)b * sk * hkv * d, bf16, seed: 2);
+        using var v = Random16(s, (long)b * sk * hkv * d, bf16, seed: 3);
+        using var o = new DeviceBuffer<ushort>(s.Device, (long)b * sq * h * d);
         o.Fill(0xFF, s.Stream);
         DataType type = bf16 ? DataType.BFloat16 : DataType.Float16;
         DeviceTensor tq = DeviceTensor.FromPointer(q.Pointer, type, [b, sq, h, d]);
@@ -131,10 +135,45 @@ internal static class Program
         DeviceTensor to = DeviceTensor.FromPointer(o.Pointer, type, [b, sq, h, d]);
         // PyTorch's is_causal is top-left; equal to bottom-right when sq == sk.
         var options = new AttentionOptions { Causal = causal, CausalAlignment = CausalAlignment.TopLeft };
+        return TimeCalls(s, warmup, iters, () => s.Attention.Forward(tq, tk, tv, to, null, options, s.Stream));
+    }
 
+    // A packed variable-length batch: q, k, v [total, h|hkv, d], every sequence with sq == sk.
+    private static (double Median, double Min) TimeVarlen(DeviceScope s, JsonObject shape, int warmup, int iters)
+    {
+        bool bf16 = ParseDType(shape);
+        int d = (int)shape["d"]!, h = (int)shape["h"]!;
+        int hkv = (int?)shape["hkv"] ?? h;
+        bool causal = ((int?)shape["causal"] ?? 0) != 0;
+        int[] lens = (shape["lens"] as JsonArray ?? throw new ArgumentException("a varlen shape needs \"lens\": [...]"))
+            .Select(n => (int)n!).ToArray();
+        if (lens.Length == 0)
+        {
+            throw new ArgumentException("a varlen shape needs at least one length in \"lens\"");
+        }
+
+        long total = lens.Sum(n => (long)n);
+        using var batch = VarlenBatch.FromLengths(s.Device, lens, lens, s.Stream);
+        using var q = Random16(s, total * h * d, bf16, seed: 1);
+        using var k = Random16(s, total * hkv * d, bf16, seed: 2);
+        using var v = Random16(s, total * hkv * d, bf16, seed: 3);
+        using var o = new DeviceBuffer<ushort>(s.Device, total * h * d);
+        o.Fill(0xFF, s.Stream);
+        DataType type = bf16 ? DataType.BFloat16 : DataType.Float16;
+        DeviceTensor tq = DeviceTensor.FromPointer(q.Pointer, type, [total, h, d]);
+        DeviceTensor tk = DeviceTensor.FromPointer(k.Pointer, type, [total, hkv, d]);
+        DeviceTensor tv = DeviceTensor.FromPointer(v.Pointer, type, [total, hkv, d]);
+        DeviceTensor to = DeviceTensor.FromPointer(o.Pointer, type, [total, h, d]);
+        var options = new AttentionOptions { Causal = causal, CausalAlignment = CausalAlignment.TopLeft };
+        return TimeCalls(s, warmup, iters, () => s.Attention.ForwardVarlen(tq, tk, tv, to, batch, null, options, s.Stream));
+    }
+
+    // warmup untimed calls, then iters calls each after an L2 flush, timed alone with events.
+    private static (double Median, double Min) TimeCalls(DeviceScope s, int warmup, int iters, Action call)
+    {
         for (int i = 0; i < warmup; i++)
         {
-            s.Attention.Forward(tq, tk, tv, to, null, options, s.Stream);
+            call();
         }
 
         var samples = new double[iters];
@@ -142,7 +181,7 @@ internal static class Program
         {
             s.Flush.Fill((byte)i, s.Stream);
             s.Start.Record(s.Stream);
-            s.Attention.Forward(tq, tk, tv, to, null, options, s.Stream);
+            call();
             s.End.Record(s.Stream);
             s.End.Synchronize();
             samples[i] = CudaEvent.ElapsedMilliseconds(s.Start, s.End);
@@ -152,29 +191,52 @@ internal static class Program
         return (samples[iters / 2], samples[0]);
     }
 
-    // Host cost of one managed Forward call: many calls on a tiny shape, timed on the host with the
-    // GPU kept busy enough that launches queue (the kernel is not what is measured).
-    private static JsonObject InteropCost(DeviceScope s, int iters)
+    private static bool ParseDType(JsonObject shape)
     {
-        const int b = 1, sq = 128, h = 1, d = 64;
-        var rng = new Random(7);
-        using var q = Random16(s, (long)b * sq * h * d, true, rng);
-        using var o = Random16(s, (long)b * sq * h * d, true, rng);
+        string dtype = (string?)shape["dtype"] ?? "bf16";
+        return dtype switch
+        {
+            "bf16" => true,
+            "fp16" => false,
+            _ => throw new ArgumentException($"dtype '{dtype}' is not bf16 or fp16"),
+        };
+    }
+
+    // Host cost of one managed Forward call: many calls on a tiny shape, timed on the host in batches
+    // that each start on an idle stream, so the launches queue and the kernel is not what is measured.
+    // bench/interop_c.c measures the same launch from C the same way (warm-up, 20 batches of 100 calls).
+    private static JsonObject InteropCost(DeviceScope s)
+    {
+        const int b = 1, sq = 128, h = 1, d = 64, batches = 20, callsPerBatch = 100;
+        using var q = Random16(s, (long)b * sq * h * d, true, seed: 7);
+        using var o = new DeviceBuffer<ushort>(s.Device, (long)b * sq * h * d);
         DeviceTensor t = DeviceTensor.FromPointer(q.Pointer, DataType.BFloat16, [b, sq, h, d]);
         DeviceTensor to = DeviceTensor.FromPointer(o.Pointer, DataType.BFloat16, [b, sq, h, d]);
         var options = new AttentionOptions();
-        var perCall = new double[20];
-        for (int rep = 0; rep < perCall.Length; rep++)
+
+        // Warm-up long enough (about a second) for tiered compilation to replace the first, unoptimised code.
+        long warmEnd = Stopwatch.GetTimestamp() + Stopwatch.Frequency;
+        while (Stopwatch.GetTimestamp() < warmEnd)
+        {
+            s.Stream.Synchronize();
+            for (int i = 0; i < callsPerBatch; i++)
+            {
+                s.Attention.Forward(t, t, t, to, null, options, s.Stream);
+            }
+        }
+
+        var perCall = new double[batches];
+        for (int rep = 0; rep < batches; rep++)
         {
             s.Stream.Synchronize();
             long t0 = Stopwatch.GetTimestamp();
-            for (int i = 0; i < iters / perCall.Length; i++)
+            for (int i = 0; i < callsPerBatch; i++)
             {
                 s.Attention.Forward(t, t, t, to, null, options, s.Stream);
             }
 
             long t1 = Stopwatch.GetTimestamp();
-            perCall[rep] = (t1 - t0) * 1e6 / Stopwatch.Frequency / (iters / perCall.Length);
+            perCall[rep] = (t1 - t0) * 1e6 / Stopwatch.Frequency / callsPerBatch;
         }
 
         s.Stream.Synchronize();
@@ -182,30 +244,59 @@ internal static class Program
         return new JsonObject
         {
             ["pass"] = "interop",
+            ["dtype"] = "bf16",
             ["b"] = b,
             ["h"] = h,
             ["sq"] = sq,
             ["sk"] = sq,
             ["d"] = d,
-            ["call_us"] = perCall[perCall.Length / 2],
+            ["batches"] = batches,
+            ["calls_per_batch"] = callsPerBatch,
+            ["call_us"] = perCall[batches / 2],
             ["min_call_us"] = perCall[0],
         };
     }
 
-    private static DeviceBuffer<ushort> Random16(DeviceScope s, long count, bool bf16, Random rng)
+    // Random normal inputs, fast: one pool of PoolSize normal samples per dtype, made once, is copied over the
+    // buffer from a seed-dependent start (the pool size is odd, so rows do not line up with the period).
+    private static DeviceBuffer<ushort> Random16(DeviceScope s, long count, bool bf16, int seed)
     {
-        var host = new ushort[count];
-        for (long i = 0; i < count; i++)
+        ushort[] pool = bf16 ? (s_poolBf16 ??= MakePool(true)) : (s_poolFp16 ??= MakePool(false));
+        var buffer = new DeviceBuffer<ushort>(s.Device, count);
+        try
+        {
+            int start = (int)((seed * 104729L) % pool.Length);
+            long offset = 0;
+            while (offset < count)
+            {
+                int n = (int)Math.Min(pool.Length - start, count - offset);
+                buffer.CopyFrom(pool.AsSpan(start, n), offset, s.Stream);
+                offset += n;
+                start = 0;
+            }
+        }
+        catch
+        {
+            buffer.Dispose();
+            throw;
+        }
+
+        return buffer;
+    }
+
+    private static ushort[] MakePool(bool bf16)
+    {
+        var rng = new Random(12345);
+        var pool = new ushort[PoolSize];
+        for (int i = 0; i < pool.Length; i++)
         {
             // Box-Muller normal samples.
             double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
             float x = (float)(Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
-            host[i] = bf16 ? ((BFloat16)x).ToBits() : BitConverter.HalfToUInt16Bits((Half)x);
+            pool[i] = bf16 ? ((BFloat16)x).ToBits() : BitConverter.HalfToUInt16Bits((Half)x);
         }
 
-        var buffer = new DeviceBuffer<ushort>(s.Device, count);
-        buffer.CopyFrom(host, s.Stream);
-        return buffer;
+        return pool;
     }
 
     private static Dictionary<string, string> ParseOptions(string[] args)
