@@ -173,9 +173,16 @@ FA_API fa_status_t fa_memcpy(void* dst, const void* src, size_t bytes) {
     }
     require_non_null(dst, "dst");
     require_non_null(src, "src");
-    const cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyDefault);
+    cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyDefault);
     if (err != cudaSuccess) {
         fa::throw_cuda_error(err, "cudaMemcpy of " + bytes_string(bytes));
+    }
+    // From pageable host memory cudaMemcpy may return once the data is staged, before the DMA lands;
+    // the header promises the copy is done, and work on non-blocking streams does not wait for the
+    // legacy stream, so wait for it here.
+    err = cudaStreamSynchronize(cudaStreamLegacy);
+    if (err != cudaSuccess) {
+        fa::throw_cuda_error(err, "cudaStreamSynchronize after cudaMemcpy");
     }
     return FA_STATUS_SUCCESS;
     FA_API_END

@@ -80,6 +80,7 @@ public sealed class ForwardAccuracyTests : GpuTestBase
     [TestCase(DataType.Float16, 8)]
     [TestCase(DataType.BFloat16, 80)]
     [TestCase(DataType.Float16, 136)]
+    [TestCase(DataType.BFloat16, 200)]
     public void OtherHeadDimsMatchReference(DataType dtype, int headDim)
     {
         var dims = new AttentionDims(2, 113, 203, 8, 2, headDim);
@@ -97,6 +98,61 @@ public sealed class ForwardAccuracyTests : GpuTestBase
 
         Assert.That(status, Is.EqualTo(FlashAttentionStatus.Success), message);
         RunAndJudge(dtype, dims, Mask.CausalBottomRight, scale: null);
+    }
+
+    /// <summary>GQA ratios 4, 8 and 32 (MQA) with sequences past 2048 on one side or both.</summary>
+    public static IEnumerable<TestCaseData> GqaAndLongCases()
+    {
+        TestCaseData Case(DataType dtype, int d, int sq, int sk, int hq, int hkv, Mask mask) =>
+            new TestCaseData(dtype, new AttentionDims(1, sq, sk, hq, hkv, d), mask)
+                .SetArgDisplayNames(dtype == DataType.Float16 ? "fp16" : "bf16", $"D{d}", $"Sq{sq}", $"Sk{sk}", $"Hq{hq}", $"Hkv{hkv}", mask.ToString());
+
+        yield return Case(DataType.BFloat16, 64, 799, 2049, 32, 1, Mask.CausalBottomRight);
+        yield return Case(DataType.Float16, 128, 2049, 799, 32, 8, Mask.CausalTopLeft);
+        yield return Case(DataType.BFloat16, 64, 2049, 2049, 8, 1, Mask.None);
+        yield return Case(DataType.BFloat16, 128, 2049, 1023, 16, 2, Mask.CausalBottomRight);
+    }
+
+    [TestCaseSource(nameof(GqaAndLongCases))]
+    public void GqaAndLongSequencesMatchReference(DataType dtype, AttentionDims dims, Mask mask) =>
+        RunAndJudge(dtype, dims, mask, scale: null);
+
+    /// <summary>
+    /// A forward captured once into a CUDA graph runs only on replay, and each replay computes the attention of
+    /// whatever the captured buffers hold then.
+    /// </summary>
+    [Test]
+    public void GraphReplayWithNewInputsMatchesReference()
+    {
+        var dims = new AttentionDims(2, 300, 333, 8, 2, 64);
+        const DataType dtype = DataType.BFloat16;
+        Random random = TestRandom.ForCurrentTest(out int seed);
+        using ForwardRun run = ForwardRun.Create(Device, dims, dtype, random, seed);
+        var options = new AttentionOptions { Causal = true, WindowLeft = 100 };
+        _stream.Synchronize();
+
+        _stream.BeginCapture();
+        _attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, _stream);
+        using CudaGraph graph = _stream.EndCapture();
+        _stream.Synchronize();
+        Assert.That(run.DOut.Read().All(float.IsNaN), Is.True, "capturing must not run the forward");
+
+        for (int replay = 1; replay <= 2; replay++)
+        {
+            run.Refill(random);
+            run.PoisonOutputs();
+            graph.Launch(_stream);
+            _stream.Synchronize();
+            float[] ours = run.DOut.Read();
+            float[] lse = run.DLse.Read();
+            var (refOut, refLse) = run.Reference(options);
+            MaskSpec spec = new(true, false, Left: 100);
+            float scale = (float)(1.0 / Math.Sqrt(dims.HeadDim));
+            float[] naive = NaiveAttention.ForwardSameDtype(run.Q, run.K, run.V, dims, spec, scale, x => DeviceArray.Round(dtype, x));
+            string context = $"seed {seed}, replay {replay}, {dims}";
+            JudgeOutput(ours, naive, refOut, dtype, dims, spec, context);
+            JudgeLse(lse, refLse, context);
+        }
     }
 
     public static IEnumerable<TestCaseData> WindowCases()

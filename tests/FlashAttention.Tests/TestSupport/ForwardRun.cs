@@ -90,6 +90,17 @@ internal sealed class ForwardRun : IDisposable
         return values;
     }
 
+    /// <summary>Draws fresh inputs into the same device buffers (what a CUDA graph replay reads).</summary>
+    public void Refill(Random random)
+    {
+        Q = RoundAll(DataType, TestRandom.Normal(random, Dims.QElements));
+        K = RoundAll(DataType, TestRandom.Normal(random, Dims.KvElements));
+        V = RoundAll(DataType, TestRandom.Normal(random, Dims.KvElements));
+        DQ.Write(Q);
+        DK.Write(K);
+        DV.Write(V);
+    }
+
     public void PoisonOutputs()
     {
         DOut.Poison();
