@@ -27,6 +27,25 @@ std::string bytes_string(size_t bytes) {
     return std::to_string(bytes) + " bytes";
 }
 
+// Checks the ordinal, makes `device` current for the duration of `call` (restoring the caller's device
+// afterwards) and turns a failed cudaError_t from it into fa::Error naming `what`.
+template <typename Call>
+void call_on_device(int32_t device, const char* what, Call call) {
+    fa::check_device_ordinal(device, "device");
+    fa::DeviceGuard guard(device);
+    fa::check_cuda(call(), what);
+}
+
+// fa_stream_create / fa_event_create: *out is NULL unless `create` made a handle on `device`.
+template <typename Handle, typename Create>
+void create_on_device(int32_t device, void** out, const char* out_name, const char* what, Create create) {
+    require_non_null(out, out_name);
+    *out = nullptr;
+    Handle created = nullptr;
+    call_on_device(device, what, [&] { return create(&created); });
+    *out = created;
+}
+
 }  // namespace
 
 extern "C" {
@@ -97,9 +116,7 @@ FA_API fa_status_t fa_device_get_properties(int32_t device, fa_device_properties
 
 FA_API fa_status_t fa_device_synchronize(int32_t device) {
     FA_API_BEGIN
-    fa::check_device_ordinal(device, "device");
-    fa::DeviceGuard guard(device);
-    fa::check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    call_on_device(device, "cudaDeviceSynchronize", [] { return cudaDeviceSynchronize(); });
     return FA_STATUS_SUCCESS;
     FA_API_END
 }
@@ -130,9 +147,7 @@ FA_API fa_status_t fa_memory_free(int32_t device, void* ptr) {
     if (ptr == nullptr) {
         return FA_STATUS_SUCCESS;
     }
-    fa::check_device_ordinal(device, "device");
-    fa::DeviceGuard guard(device);
-    fa::check_cuda(cudaFree(ptr), "cudaFree");
+    call_on_device(device, "cudaFree", [ptr] { return cudaFree(ptr); });
     return FA_STATUS_SUCCESS;
     FA_API_END
 }
@@ -225,13 +240,9 @@ FA_API fa_status_t fa_memset_async(void* ptr, int32_t value, size_t bytes, void*
 
 FA_API fa_status_t fa_stream_create(int32_t device, void** stream) {
     FA_API_BEGIN
-    require_non_null(stream, "stream");
-    *stream = nullptr;
-    fa::check_device_ordinal(device, "device");
-    fa::DeviceGuard guard(device);
-    cudaStream_t created = nullptr;
-    fa::check_cuda(cudaStreamCreateWithFlags(&created, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
-    *stream = created;
+    create_on_device<cudaStream_t>(device, stream, "stream", "cudaStreamCreateWithFlags", [](cudaStream_t* created) {
+        return cudaStreamCreateWithFlags(created, cudaStreamNonBlocking);
+    });
     return FA_STATUS_SUCCESS;
     FA_API_END
 }
@@ -255,13 +266,9 @@ FA_API fa_status_t fa_stream_synchronize(void* stream) {
 
 FA_API fa_status_t fa_event_create(int32_t device, void** event) {
     FA_API_BEGIN
-    require_non_null(event, "event");
-    *event = nullptr;
-    fa::check_device_ordinal(device, "device");
-    fa::DeviceGuard guard(device);
-    cudaEvent_t created = nullptr;
-    fa::check_cuda(cudaEventCreateWithFlags(&created, cudaEventDefault), "cudaEventCreateWithFlags");
-    *event = created;
+    create_on_device<cudaEvent_t>(device, event, "event", "cudaEventCreateWithFlags", [](cudaEvent_t* created) {
+        return cudaEventCreateWithFlags(created, cudaEventDefault);
+    });
     return FA_STATUS_SUCCESS;
     FA_API_END
 }
@@ -390,15 +397,9 @@ FA_API fa_status_t fa_context_create(int32_t device, fa_context_t* context) {
     created->info.sm_count = prop.multiProcessorCount;
     created->info.smem_optin = static_cast<int64_t>(prop.sharedMemPerBlockOptin);
     created->info.l2_bytes = static_cast<int32_t>(prop.l2CacheSize);
-    try {
-        created->name = prop.name;
-    } catch (...) {
-        delete created;
-        throw;
-    }
     *context = created;
     if (fa::log_enabled()) {
-        fa::log(FA_LOG_DEBUG, "fa_context_create: device " + std::to_string(device) + " (" + created->name +
+        fa::log(FA_LOG_DEBUG, "fa_context_create: device " + std::to_string(device) + " (" + prop.name +
                                   "), compute capability " + std::to_string(prop.major) + "." +
                                   std::to_string(prop.minor) + ", " + std::to_string(prop.multiProcessorCount) +
                                   " SMs, " + std::to_string(prop.sharedMemPerBlockOptin) +

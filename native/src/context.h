@@ -2,11 +2,8 @@
 // once at creation. Immutable after creation, so one context serves many threads and streams.
 #pragma once
 
-#include <string>
-
 #include "params.h"
 
 struct fa_context {
-    fa::LaunchInfo info;  // device ordinal, compute capability, SM count, shared-memory opt-in
-    std::string name;     // device name, for messages
+    fa::LaunchInfo info;  // device ordinal, compute capability, SM count, shared-memory opt-in, L2 size
 };

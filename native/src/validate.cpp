@@ -100,18 +100,19 @@ struct Extent {
 // an empty tensor may be NULL; it then spans no bytes.
 Extent check_tensor(const TensorArg& a, bool attention_input, int32_t may_be_empty = -1) {
     const fa_tensor_t& t = a.t;
-    const std::string n = a.name;
+    // The name as a std::string, for messages: built only when a check fails (this runs on every call).
+    const auto n = [&a] { return std::string(a.name); };
     const bool empty = may_be_empty >= 0 && t.rank == a.rank && t.shape[may_be_empty] == 0;
     if (t.data == nullptr && !empty) {
-        invalid(n + ".data is NULL");
+        invalid(n() + ".data is NULL");
     }
     if (attention_input) {
         if (t.dtype != FA_DTYPE_FLOAT16 && t.dtype != FA_DTYPE_BFLOAT16) {
-            invalid(n + ".dtype is " + s(t.dtype) + " (" + dtype_name(t.dtype) + "); " + n +
+            invalid(n() + ".dtype is " + s(t.dtype) + " (" + dtype_name(t.dtype) + "); " + n() +
                     " must be FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16");
         }
     } else if (t.dtype != FA_DTYPE_FLOAT32) {
-        invalid(n + ".dtype is " + s(t.dtype) + " (" + dtype_name(t.dtype) + "); " + n +
+        invalid(n() + ".dtype is " + s(t.dtype) + " (" + dtype_name(t.dtype) + "); " + n() +
                 " must be FA_DTYPE_FLOAT32");
     }
     if (t.rank != a.rank) {
@@ -119,7 +120,7 @@ Extent check_tensor(const TensorArg& a, bool attention_input, int32_t may_be_emp
         for (int32_t i = 0; i < a.rank; ++i) {
             layout += (i > 0 ? ", " : "") + std::string(a.dim_names[i]);
         }
-        invalid(n + ".rank is " + s(t.rank) + "; " + n + " must have rank " + s(a.rank) + " " + layout + "]" +
+        invalid(n() + ".rank is " + s(t.rank) + "; " + n() + " must have rank " + s(a.rank) + " " + layout + "]" +
                 a.rank_hint);
     }
     for (int32_t i = 0; i < a.rank; ++i) {
@@ -127,18 +128,18 @@ Extent check_tensor(const TensorArg& a, bool attention_input, int32_t may_be_emp
             continue;
         }
         if (t.shape[i] < 1) {
-            invalid(n + ".shape[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.shape[i]) + "; it must be at least " +
-                    (i == may_be_empty ? "0" : "1"));
+            invalid(n() + ".shape[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.shape[i]) +
+                    "; it must be at least " + (i == may_be_empty ? "0" : "1"));
         }
     }
     const int32_t last = a.rank - 1;
     if (attention_input && t.strides[last] != 1) {
-        invalid(n + ".strides[" + s(last) + "] is " + s(t.strides[last]) + "; the last dimension (" +
+        invalid(n() + ".strides[" + s(last) + "] is " + s(t.strides[last]) + "; the last dimension (" +
                 a.dim_names[last] + ") must be contiguous (stride 1)");
     }
     for (int32_t i = 0; i < a.rank; ++i) {
         if (t.strides[i] < 1) {
-            invalid(n + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) +
+            invalid(n() + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) +
                     "; strides must be positive");
         }
     }
@@ -149,7 +150,7 @@ Extent check_tensor(const TensorArg& a, bool attention_input, int32_t may_be_emp
                 for (int32_t j = 0; j < last; ++j) {
                     others += std::string(j == 0 ? "" : (j == last - 1 ? " and " : ", ")) + a.dim_names[j];
                 }
-                invalid(n + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) + "; the " +
+                invalid(n() + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) + "; the " +
                         others + " strides must be multiples of " + s(kStrideMultiple) +
                         " elements (16 bytes) so that every row starts 16-byte aligned");
             }
@@ -159,7 +160,7 @@ Extent check_tensor(const TensorArg& a, bool attention_input, int32_t may_be_emp
     const uintptr_t address = reinterpret_cast<uintptr_t>(t.data);
     const int64_t alignment = attention_input ? FA_ALIGNMENT_BYTES : elem;
     if (address % static_cast<uintptr_t>(alignment) != 0) {
-        invalid(n + ".data (" + hex(t.data) + ") is not " + s(alignment) + "-byte aligned");
+        invalid(n() + ".data (" + hex(t.data) + ") is not " + s(alignment) + "-byte aligned");
     }
 
     if (empty) {
@@ -172,21 +173,21 @@ Extent check_tensor(const TensorArg& a, bool attention_input, int32_t may_be_emp
     for (int32_t i = 0; i < a.rank; ++i) {
         const int64_t extent = t.shape[i] - 1;  // >= 0
         if (extent != 0 && t.strides[i] > max / extent) {
-            invalid(n + " is too large: shape " + shape_string(t) + " with strides[" + s(i) + "] = " +
+            invalid(n() + " is too large: shape " + shape_string(t) + " with strides[" + s(i) + "] = " +
                     s(t.strides[i]) + " spans more than 2^63 elements");
         }
         const int64_t term = extent * t.strides[i];
         if (last_offset > max - term) {
-            invalid(n + " is too large: shape " + shape_string(t) + " and its strides span more than 2^63 elements");
+            invalid(n() + " is too large: shape " + shape_string(t) + " and its strides span more than 2^63 elements");
         }
         last_offset += term;
     }
     if (last_offset > max / elem - 1) {
-        invalid(n + " is too large: shape " + shape_string(t) + " and its strides span more than 2^63 bytes");
+        invalid(n() + " is too large: shape " + shape_string(t) + " and its strides span more than 2^63 bytes");
     }
     const uint64_t bytes = static_cast<uint64_t>((last_offset + 1) * elem);
     if (address > std::numeric_limits<uintptr_t>::max() - bytes) {
-        invalid(n + ".data (" + hex(t.data) + ") plus the " + s(static_cast<int64_t>(bytes)) +
+        invalid(n() + ".data (" + hex(t.data) + ") plus the " + s(static_cast<int64_t>(bytes)) +
                 " bytes its shape and strides span runs past the end of the address space");
     }
     return Extent{address, address + static_cast<uintptr_t>(bytes)};
@@ -252,10 +253,7 @@ std::string served_head_dims() {
     return list;
 }
 
-
 namespace {
-
-constexpr size_t kParamsV01Size = kForwardParamsMinSize;
 
 // Field `field` of *P when the caller's struct_size covers it, else `fallback` (an older caller).
 #define FA_PARAMS_FIELD_OR(P, field, fallback)                                                   \
@@ -313,24 +311,27 @@ void check_int32_pointer_alignment(const int32_t* pointer, const char* name) {
 // declared longest sequence.
 void check_host_cu_seqlens(const int32_t* cu, const char* name, int32_t batch, int64_t rows, const char* rows_what,
                            int32_t max_seqlen, const char* max_name) {
-    const std::string n = name;
+    // Built only for a message: a name such as "cu_seqlens_q_host" is too long for the small-string
+    // buffer, so a std::string made up front would allocate on every call.
+    const auto n = [name] { return std::string(name); };
     if (cu[0] != 0) {
-        invalid(n + "[0] is " + s(cu[0]) + "; cu_seqlens are prefix sums of the sequence lengths and start at 0");
+        invalid(n() + "[0] is " + s(cu[0]) + "; cu_seqlens are prefix sums of the sequence lengths and start at 0");
     }
     for (int32_t i = 1; i <= batch; ++i) {
         if (cu[i] < cu[i - 1]) {
-            invalid(n + "[" + s(i) + "] is " + s(cu[i]) + ", less than " + n + "[" + s(i - 1) + "] = " + s(cu[i - 1]) +
-                    "; cu_seqlens never decrease (sequence " + s(i - 1) + " would have a negative length)");
+            invalid(n() + "[" + s(i) + "] is " + s(cu[i]) + ", less than " + n() + "[" + s(i - 1) + "] = " +
+                    s(cu[i - 1]) + "; cu_seqlens never decrease (sequence " + s(i - 1) +
+                    " would have a negative length)");
         }
         const int64_t length = static_cast<int64_t>(cu[i]) - cu[i - 1];
         if (length > max_seqlen) {
-            invalid("sequence " + s(i - 1) + " has length " + s(length) + " (" + n + "[" + s(i) + "] - " + n + "[" +
+            invalid("sequence " + s(i - 1) + " has length " + s(length) + " (" + n() + "[" + s(i) + "] - " + n() + "[" +
                     s(i - 1) + "] = " + s(cu[i]) + " - " + s(cu[i - 1]) + "), more than " + max_name + " = " +
                     s(max_seqlen));
         }
     }
     if (cu[batch] > rows) {
-        invalid(n + "[" + s(batch) + "] is " + s(cu[batch]) + ", past the end of the " + s(rows) + " rows of " +
+        invalid(n() + "[" + s(batch) + "] is " + s(cu[batch]) + ", past the end of the " + s(rows) + " rows of " +
                 rows_what);
     }
 }
@@ -377,10 +378,11 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     }
     // Fields past the caller's struct_size are not read (they get their defaults); a larger
     // struct_size (a newer caller) is accepted and its unknown tail ignored.
-    if (params->struct_size < kParamsV01Size) {
+    if (params->struct_size < kForwardParamsMinSize) {
         invalid("params->struct_size is " + s(params->struct_size) + " but fa_forward_params_t has " +
                 s(static_cast<int64_t>(sizeof(fa_forward_params_t))) + " bytes in this library (at least " +
-                s(static_cast<int64_t>(kParamsV01Size)) + " for version 0.1): fill params with fa_forward_params_init");
+                s(static_cast<int64_t>(kForwardParamsMinSize)) +
+                " for version 0.1): fill params with fa_forward_params_init");
     }
     if (params->reserved0 != 0) {
         invalid("params->reserved0 is " + s(params->reserved0) + "; it is reserved and must be 0");
@@ -622,20 +624,32 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     p.v = P.v.data;
     p.o = P.out.data;
     p.lse = has_lse ? static_cast<float*>(P.lse.data) : nullptr;
-    if (varlen) {
-        // [total, heads, head_dim]: no batch stride (the kernels ignore it with cu_seqlens set).
-        p.q_row_stride = P.q.strides[0];
-        p.q_head_stride = P.q.strides[1];
-        p.k_row_stride = P.k.strides[0];
-        p.k_head_stride = P.k.strides[1];
-        p.v_row_stride = P.v.strides[0];
-        p.v_head_stride = P.v.strides[1];
-        p.o_row_stride = P.out.strides[0];
-        p.o_head_stride = P.out.strides[1];
-        if (has_lse) {
-            p.lse_head_stride = P.lse.strides[0];
-            p.lse_row_stride = P.lse.strides[1];
+    // q, k, v and out are [batch, rows, heads, head_dim], or [total, heads, head_dim] for a variable-length
+    // batch, which has no batch stride (the kernels ignore it with cu_seqlens set); row_dim says which.
+    p.q_row_stride = P.q.strides[row_dim];
+    p.q_head_stride = P.q.strides[row_dim + 1];
+    p.k_row_stride = P.k.strides[row_dim];
+    p.k_head_stride = P.k.strides[row_dim + 1];
+    p.v_row_stride = P.v.strides[row_dim];
+    p.v_head_stride = P.v.strides[row_dim + 1];
+    p.o_row_stride = P.out.strides[row_dim];
+    p.o_head_stride = P.out.strides[row_dim + 1];
+    if (!varlen) {
+        p.q_batch_stride = P.q.strides[0];
+        p.k_batch_stride = P.k.strides[0];
+        p.v_batch_stride = P.v.strides[0];
+        p.o_batch_stride = P.out.strides[0];
+    }
+    // The LSE is [batch, heads, rows], or [heads, total] for a variable-length batch.
+    if (has_lse) {
+        const int32_t lse_head_dim = varlen ? 0 : 1;
+        if (!varlen) {
+            p.lse_batch_stride = P.lse.strides[0];
         }
+        p.lse_head_stride = P.lse.strides[lse_head_dim];
+        p.lse_row_stride = P.lse.strides[lse_head_dim + 1];
+    }
+    if (varlen) {
         p.cu_seqlens_q = x.cu_seqlens_q;
         p.cu_seqlens_k = x.cu_seqlens_k;
         p.total_q = static_cast<int32_t>(rows_q);
@@ -643,25 +657,6 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
         p.sq = x.max_seqlen_q;
         p.sk = x.max_seqlen_k;
     } else {
-        p.q_batch_stride = P.q.strides[0];
-        p.q_row_stride = P.q.strides[1];
-        p.q_head_stride = P.q.strides[2];
-        p.k_batch_stride = P.k.strides[0];
-        p.k_row_stride = P.k.strides[1];
-        p.k_head_stride = P.k.strides[2];
-        p.v_batch_stride = P.v.strides[0];
-        p.v_row_stride = P.v.strides[1];
-        p.v_head_stride = P.v.strides[2];
-        p.o_batch_stride = P.out.strides[0];
-        p.o_row_stride = P.out.strides[1];
-        p.o_head_stride = P.out.strides[2];
-        if (has_lse) {
-            p.lse_batch_stride = P.lse.strides[0];
-            p.lse_head_stride = P.lse.strides[1];
-            p.lse_row_stride = P.lse.strides[2];
-        }
-        p.cu_seqlens_q = nullptr;
-        p.cu_seqlens_k = nullptr;
         p.sq = static_cast<int32_t>(rows_q);
         p.sk = static_cast<int32_t>(rows_k);
     }

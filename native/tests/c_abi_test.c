@@ -266,6 +266,14 @@ static fa_forward_params_t valid_params(int with_lse) {
     return p;
 }
 
+/* Gives q, k, v and out of valid_params head dim d (same addresses, contiguous layouts). */
+static void set_head_dim(fa_forward_params_t* p, int64_t d) {
+    set_tensor4(&p->q, p->q.data, FA_DTYPE_FLOAT16, VB, VSQ, VHQ, d, 0);
+    set_tensor4(&p->k, p->k.data, FA_DTYPE_FLOAT16, VB, VSK, VHKV, d, 0);
+    set_tensor4(&p->v, p->v.data, FA_DTYPE_FLOAT16, VB, VSK, VHKV, d, 0);
+    set_tensor4(&p->out, p->out.data, FA_DTYPE_FLOAT16, VB, VSQ, VHQ, d, 0);
+}
+
 static void test_versions_and_status_strings(void) {
     const char* expected[] = {"FA_STATUS_SUCCESS",     "FA_STATUS_INVALID_ARGUMENT", "FA_STATUS_UNSUPPORTED",
                               "FA_STATUS_NO_DEVICE",   "FA_STATUS_OUT_OF_MEMORY",    "FA_STATUS_CUDA_ERROR",
@@ -358,6 +366,16 @@ static void test_params_init(void) {
     }
 }
 
+/* One input case of fa_forward_check (for any GPU: compute capability 0): `base` with `field` set to
+   `value` must give status `want`, a failure's message mentioning `needle`. It works on the caller's
+   variable `p`, which holds the changed call afterwards. */
+#define EXPECT_FIELD(label, base, field, value, want, needle)           \
+    do {                                                                \
+        p = (base);                                                     \
+        p.field = (value);                                              \
+        expect((label), fa_forward_check(&p, 0), (want), (needle));     \
+    } while (0)
+
 static void test_validation(void) {
     fa_forward_params_t p;
     const int64_t d = FA_TEST_HEAD_DIM;
@@ -381,45 +399,22 @@ static void test_validation(void) {
     expect("larger struct_size accepted", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
 
     expect("params NULL", fa_forward_check(NULL, 0), FA_STATUS_INVALID_ARGUMENT, "params is NULL");
-    p = valid_params(0);
-    p.struct_size = 8;
-    expect("struct_size too small", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "struct_size is 8");
-    p = valid_params(0);
-    p.struct_size = 0;
-    expect("struct_size 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "struct_size");
-    p = valid_params(0);
-    p.reserved0 = 1;
-    expect("reserved0 != 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "reserved0");
-    p = valid_params(0);
-    p.q.data = NULL;
-    expect("q.data NULL", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "q.data is NULL");
-    p = valid_params(0);
-    p.out.data = NULL;
-    expect("out.data NULL", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "out.data is NULL");
-    p = valid_params(0);
-    p.q.dtype = FA_DTYPE_FLOAT32;
-    expect("q fp32", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "q.dtype");
-    p = valid_params(0);
-    p.k.dtype = FA_DTYPE_BFLOAT16;
-    expect("k bf16 with q fp16", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "k.dtype");
-    p = valid_params(0);
-    p.v.dtype = 99;
-    expect("v dtype 99", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "v.dtype is 99");
-    p = valid_params(0);
-    p.v.rank = 3;
-    expect("v rank 3", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "v.rank is 3");
-    p = valid_params(0);
-    p.q.shape[1] = 0;
-    expect("seqlen_q 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "q.shape[1] (seqlen_q) is 0");
-    p = valid_params(0);
-    p.k.shape[0] = -3;
-    expect("negative batch", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "k.shape[0]");
-    p = valid_params(0);
-    p.k.strides[3] = 2;
-    expect("head_dim not contiguous", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "contiguous");
-    p = valid_params(0);
-    p.q.strides[1] = 0;
-    expect("zero row stride", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "positive");
+    EXPECT_FIELD("struct_size too small", valid_params(0), struct_size, 8,
+                 FA_STATUS_INVALID_ARGUMENT, "struct_size is 8");
+    EXPECT_FIELD("struct_size 0", valid_params(0), struct_size, 0, FA_STATUS_INVALID_ARGUMENT, "struct_size");
+    EXPECT_FIELD("reserved0 != 0", valid_params(0), reserved0, 1, FA_STATUS_INVALID_ARGUMENT, "reserved0");
+    EXPECT_FIELD("q.data NULL", valid_params(0), q.data, NULL, FA_STATUS_INVALID_ARGUMENT, "q.data is NULL");
+    EXPECT_FIELD("out.data NULL", valid_params(0), out.data, NULL, FA_STATUS_INVALID_ARGUMENT, "out.data is NULL");
+    EXPECT_FIELD("q fp32", valid_params(0), q.dtype, FA_DTYPE_FLOAT32, FA_STATUS_INVALID_ARGUMENT, "q.dtype");
+    EXPECT_FIELD("k bf16 with q fp16", valid_params(0), k.dtype, FA_DTYPE_BFLOAT16,
+                 FA_STATUS_INVALID_ARGUMENT, "k.dtype");
+    EXPECT_FIELD("v dtype 99", valid_params(0), v.dtype, 99, FA_STATUS_INVALID_ARGUMENT, "v.dtype is 99");
+    EXPECT_FIELD("v rank 3", valid_params(0), v.rank, 3, FA_STATUS_INVALID_ARGUMENT, "v.rank is 3");
+    EXPECT_FIELD("seqlen_q 0", valid_params(0), q.shape[1], 0,
+                 FA_STATUS_INVALID_ARGUMENT, "q.shape[1] (seqlen_q) is 0");
+    EXPECT_FIELD("negative batch", valid_params(0), k.shape[0], -3, FA_STATUS_INVALID_ARGUMENT, "k.shape[0]");
+    EXPECT_FIELD("head_dim not contiguous", valid_params(0), k.strides[3], 2, FA_STATUS_INVALID_ARGUMENT, "contiguous");
+    EXPECT_FIELD("zero row stride", valid_params(0), q.strides[1], 0, FA_STATUS_INVALID_ARGUMENT, "positive");
     p = valid_params(0);
     p.v.strides[0] = -p.v.strides[0];
     expect("negative batch stride", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "positive");
@@ -437,12 +432,9 @@ static void test_validation(void) {
     p.v.shape[2] = 4;
     expect("GQA 6 / 4", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
            "k has 4 heads, which does not divide q's 6 heads");
-    p = valid_params(0);
-    p.v.shape[1] = VSK + 1;
-    expect("k, v seqlen differ", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "same shape");
-    p = valid_params(0);
-    p.out.shape[1] = VSQ + 1;
-    expect("out shape != q shape", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "out.shape");
+    EXPECT_FIELD("k, v seqlen differ", valid_params(0), v.shape[1], VSK + 1, FA_STATUS_INVALID_ARGUMENT, "same shape");
+    EXPECT_FIELD("out shape != q shape", valid_params(0), out.shape[1], VSQ + 1,
+                 FA_STATUS_INVALID_ARGUMENT, "out.shape");
     p = valid_params(0);
     p.k.shape[0] = VB + 1;
     p.v.shape[0] = VB + 1;
@@ -460,10 +452,7 @@ static void test_validation(void) {
 
     /* head dim 520: valid, but above every head dim the kernels serve (256 at most). */
     p = valid_params(0);
-    set_tensor4(&p.q, p.q.data, FA_DTYPE_FLOAT16, VB, VSQ, VHQ, 520, 0);
-    set_tensor4(&p.k, p.k.data, FA_DTYPE_FLOAT16, VB, VSK, VHKV, 520, 0);
-    set_tensor4(&p.v, p.v.data, FA_DTYPE_FLOAT16, VB, VSK, VHKV, 520, 0);
-    set_tensor4(&p.out, p.out.data, FA_DTYPE_FLOAT16, VB, VSQ, VHQ, 520, 0);
+    set_head_dim(&p, 520);
     expect("head_dim 520 not served", fa_forward_check(&p, 0), FA_STATUS_UNSUPPORTED, "is 520; this build serves");
 
     p = valid_params(0);
@@ -479,9 +468,7 @@ static void test_validation(void) {
     p = valid_params(1);
     p.lse.data = (char*)p.v.data + 64;
     expect("lse overlaps v", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "overlaps v");
-    p = valid_params(1);
-    p.lse.dtype = FA_DTYPE_FLOAT16;
-    expect("lse fp16", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "lse.dtype");
+    EXPECT_FIELD("lse fp16", valid_params(1), lse.dtype, FA_DTYPE_FLOAT16, FA_STATUS_INVALID_ARGUMENT, "lse.dtype");
     p = valid_params(1);
     p.lse.shape[2] = VSK;
     p.lse.strides[1] = VSK;
@@ -490,28 +477,18 @@ static void test_validation(void) {
     p = valid_params(1);
     p.lse.data = (char*)p.lse.data + 2;
     expect("lse 2-byte aligned", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "4-byte aligned");
-    p = valid_params(1);
-    p.lse.strides[2] = 0;
-    expect("lse zero stride", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "positive");
+    EXPECT_FIELD("lse zero stride", valid_params(1), lse.strides[2], 0, FA_STATUS_INVALID_ARGUMENT, "positive");
 
-    p = valid_params(0);
-    p.softmax_scale = NAN;
-    expect("softmax_scale NaN", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "softmax_scale is nan");
-    p = valid_params(0);
-    p.softmax_scale = -0.5f;
-    expect("softmax_scale < 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "softmax_scale is -0.5");
-    p = valid_params(0);
-    p.softmax_scale = INFINITY;
-    expect("softmax_scale inf", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "softmax_scale");
-    p = valid_params(0);
-    p.causal = 2;
-    expect("causal 2", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "causal is 2");
-    p = valid_params(0);
-    p.causal_alignment = 7;
-    expect("causal_alignment 7", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "causal_alignment is 7");
-    p = valid_params(0);
-    p.kernel_path = 5;
-    expect("kernel_path 5", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "kernel_path is 5");
+    EXPECT_FIELD("softmax_scale NaN", valid_params(0), softmax_scale, NAN,
+                 FA_STATUS_INVALID_ARGUMENT, "softmax_scale is nan");
+    EXPECT_FIELD("softmax_scale < 0", valid_params(0), softmax_scale, -0.5f,
+                 FA_STATUS_INVALID_ARGUMENT, "softmax_scale is -0.5");
+    EXPECT_FIELD("softmax_scale inf", valid_params(0), softmax_scale, INFINITY,
+                 FA_STATUS_INVALID_ARGUMENT, "softmax_scale");
+    EXPECT_FIELD("causal 2", valid_params(0), causal, 2, FA_STATUS_INVALID_ARGUMENT, "causal is 2");
+    EXPECT_FIELD("causal_alignment 7", valid_params(0), causal_alignment, 7,
+                 FA_STATUS_INVALID_ARGUMENT, "causal_alignment is 7");
+    EXPECT_FIELD("kernel_path 5", valid_params(0), kernel_path, 5, FA_STATUS_INVALID_ARGUMENT, "kernel_path is 5");
     p = valid_params(0);
     expect("compute capability 75", fa_forward_check(&p, 75), FA_STATUS_UNSUPPORTED, "8.0 or newer");
     expect("compute capability -1", fa_forward_check(&p, -1), FA_STATUS_INVALID_ARGUMENT, "compute_capability");
@@ -520,9 +497,8 @@ static void test_validation(void) {
     p.q.shape[0] = 8;
     p.out.data = (void*)(uintptr_t)0x600000000ull;
     expect("strides overflow int64", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "too large");
-    p = valid_params(0);
-    p.q.data = (void*)(uintptr_t)(UINTPTR_MAX - 255u);
-    expect("extent past address space", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "address space");
+    EXPECT_FIELD("extent past address space", valid_params(0), q.data, (void*)(uintptr_t)(UINTPTR_MAX - 255u),
+                 FA_STATUS_INVALID_ARGUMENT, "address space");
 
     /* fa_forward checks before touching the GPU: these fail the same way on any machine. */
     p = valid_params(0);
@@ -603,43 +579,23 @@ static void test_feature_validation(void) {
     p.window_left = 2147483647; /* INT32_MAX: as good as unbounded */
     p.window_right = 2147483647;
     expect("window INT32_MAX", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
-    p = valid_params(0);
-    p.window_left = -2;
-    expect("window_left -2", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "window_left is -2");
-    p = valid_params(0);
-    p.window_right = -100;
-    expect("window_right -100", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "window_right is -100");
-    p = valid_params(0);
-    p.softcap = NAN;
-    expect("softcap NaN", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "softcap is nan");
-    p = valid_params(0);
-    p.softcap = -1.0f;
-    expect("softcap -1", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "softcap is -1");
-    p = valid_params(0);
-    p.softcap = INFINITY;
-    expect("softcap inf", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "softcap is inf");
-    p = valid_params(0);
-    p.softcap = 3e38f;
-    expect("softcap 3e38", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "at most");
-    p = valid_params(0);
-    p.reserved1 = 1;
-    expect("reserved1 != 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "reserved1 is 1");
-    p = valid_params(0);
-    p.reserved2 = -4;
-    expect("reserved2 != 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "reserved2 is -4");
+    EXPECT_FIELD("window_left -2", valid_params(0), window_left, -2, FA_STATUS_INVALID_ARGUMENT, "window_left is -2");
+    EXPECT_FIELD("window_right -100", valid_params(0), window_right, -100,
+                 FA_STATUS_INVALID_ARGUMENT, "window_right is -100");
+    EXPECT_FIELD("softcap NaN", valid_params(0), softcap, NAN, FA_STATUS_INVALID_ARGUMENT, "softcap is nan");
+    EXPECT_FIELD("softcap -1", valid_params(0), softcap, -1.0f, FA_STATUS_INVALID_ARGUMENT, "softcap is -1");
+    EXPECT_FIELD("softcap inf", valid_params(0), softcap, INFINITY, FA_STATUS_INVALID_ARGUMENT, "softcap is inf");
+    EXPECT_FIELD("softcap 3e38", valid_params(0), softcap, 3e38f, FA_STATUS_INVALID_ARGUMENT, "at most");
+    EXPECT_FIELD("reserved1 != 0", valid_params(0), reserved1, 1, FA_STATUS_INVALID_ARGUMENT, "reserved1 is 1");
+    EXPECT_FIELD("reserved2 != 0", valid_params(0), reserved2, -4, FA_STATUS_INVALID_ARGUMENT, "reserved2 is -4");
 
     /* varlen fields on a fixed-length call */
-    p = valid_params(0);
-    p.varlen_batch = 3;
-    expect("fixed-length with varlen_batch", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
-           "varlen_batch is 3 but cu_seqlens_q is NULL");
-    p = valid_params(0);
-    p.max_seqlen_k = 17;
-    expect("fixed-length with max_seqlen_k", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "max_seqlen_k is 17");
-    p = valid_params(0);
-    p.cu_seqlens_k_host = g_vl_cu_k;
-    expect("host copy without device arrays", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
-           "cu_seqlens_k_host is set but cu_seqlens_q and cu_seqlens_k are NULL");
+    EXPECT_FIELD("fixed-length with varlen_batch", valid_params(0), varlen_batch, 3,
+                 FA_STATUS_INVALID_ARGUMENT, "varlen_batch is 3 but cu_seqlens_q is NULL");
+    EXPECT_FIELD("fixed-length with max_seqlen_k", valid_params(0), max_seqlen_k, 17,
+                 FA_STATUS_INVALID_ARGUMENT, "max_seqlen_k is 17");
+    EXPECT_FIELD("host copy without device arrays", valid_params(0), cu_seqlens_k_host, g_vl_cu_k,
+                 FA_STATUS_INVALID_ARGUMENT, "cu_seqlens_k_host is set but cu_seqlens_q and cu_seqlens_k are NULL");
 
     /* an older caller: a v0.1 struct (up to kernel_path) gets the defaults, whatever follows it */
     p = valid_params(1);
@@ -676,25 +632,21 @@ static void test_feature_validation(void) {
     p.cu_seqlens_k_host = NULL;
     expect("varlen with cu_seqlens_q only", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
            "cu_seqlens_q is set but cu_seqlens_k is NULL");
-    p = valid_varlen_params(0);
-    p.cu_seqlens_q = NULL;
-    expect("varlen with cu_seqlens_k only", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
-           "cu_seqlens_k is set but cu_seqlens_q is NULL");
+    EXPECT_FIELD("varlen with cu_seqlens_k only", valid_varlen_params(0), cu_seqlens_q, NULL,
+                 FA_STATUS_INVALID_ARGUMENT, "cu_seqlens_k is set but cu_seqlens_q is NULL");
     p = valid_varlen_params(0);
     p.cu_seqlens_k = (const int32_t*)((uintptr_t)p.cu_seqlens_k + 2);
     expect("varlen cu_seqlens_k misaligned", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
            "is not 4-byte aligned");
-    p = valid_varlen_params(0);
-    p.varlen_batch = 0;
-    expect("varlen_batch 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "varlen_batch is 0");
+    EXPECT_FIELD("varlen_batch 0", valid_varlen_params(0), varlen_batch, 0,
+                 FA_STATUS_INVALID_ARGUMENT, "varlen_batch is 0");
     p = valid_varlen_params(0);
     p.cu_seqlens_q_host = NULL;
     p.cu_seqlens_k_host = NULL;
     p.varlen_batch = 2000000000;
     expect("varlen_batch 2e9", fa_forward_check(&p, 0), FA_STATUS_UNSUPPORTED, "2^31 - 1 blocks");
-    p = valid_varlen_params(0);
-    p.max_seqlen_q = -1;
-    expect("max_seqlen_q -1", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "max_seqlen_q is -1");
+    EXPECT_FIELD("max_seqlen_q -1", valid_varlen_params(0), max_seqlen_q, -1,
+                 FA_STATUS_INVALID_ARGUMENT, "max_seqlen_q is -1");
     p = valid_varlen_params(0);
     set_tensor4(&p.q, p.q.data, FA_DTYPE_FLOAT16, 1, VL_TOTAL_Q, VHQ, d, 0);
     expect("varlen q rank 4", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
@@ -702,22 +654,17 @@ static void test_feature_validation(void) {
     p = valid_varlen_params(0);
     set_tensor4(&p.v, p.v.data, FA_DTYPE_FLOAT16, 1, VL_TOTAL_K, VHKV, d, 0);
     expect("varlen v rank 4", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "v.rank is 4");
-    p = valid_varlen_params(0);
-    p.k.strides[0] = VHKV * d + 4;
-    expect("varlen k row stride not multiple of 8", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
-           "k.strides[0] (total_k)");
-    p = valid_varlen_params(0);
-    p.out.strides[2] = 2;
-    expect("varlen out head_dim not contiguous", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "contiguous");
+    EXPECT_FIELD("varlen k row stride not multiple of 8", valid_varlen_params(0), k.strides[0], VHKV * d + 4,
+                 FA_STATUS_INVALID_ARGUMENT, "k.strides[0] (total_k)");
+    EXPECT_FIELD("varlen out head_dim not contiguous", valid_varlen_params(0), out.strides[2], 2,
+                 FA_STATUS_INVALID_ARGUMENT, "contiguous");
     p = valid_varlen_params(0);
     p.k.data = (char*)p.k.data + 8;
     expect("varlen k 8-byte aligned", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "16-byte aligned");
-    p = valid_varlen_params(0);
-    p.out.shape[0] = VL_TOTAL_Q - 1;
-    expect("varlen out rows != q rows", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "out.shape");
-    p = valid_varlen_params(0);
-    p.v.shape[0] = VL_TOTAL_K + 8;
-    expect("varlen v rows != k rows", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "same shape");
+    EXPECT_FIELD("varlen out rows != q rows", valid_varlen_params(0), out.shape[0], VL_TOTAL_Q - 1,
+                 FA_STATUS_INVALID_ARGUMENT, "out.shape");
+    EXPECT_FIELD("varlen v rows != k rows", valid_varlen_params(0), v.shape[0], VL_TOTAL_K + 8,
+                 FA_STATUS_INVALID_ARGUMENT, "same shape");
     p = valid_varlen_params(0);
     p.k.shape[1] = 4;
     p.v.shape[1] = 4;
@@ -1113,19 +1060,26 @@ static double reference_row(const ref_problem* r, int i, int sq, int sk, const u
     return m + log(sum);
 }
 
-static ref_problem problem_of(const fwd_case* c) {
+/* The reference's view of a case; window 0 means unbounded on both sides, scale 0 means 1/sqrt(d). */
+static ref_problem make_problem(int dtype, int d, int hq, int hkv, int causal, int alignment, int window,
+                                int window_left, int window_right, float scale, float softcap) {
     ref_problem r;
-    r.dtype = c->dtype;
-    r.d = c->d;
-    r.hq = c->hq;
-    r.hkv = c->hkv;
-    r.causal = c->causal;
-    r.alignment = c->alignment;
-    r.window_left = c->window ? c->window_left : -1;
-    r.window_right = c->window ? c->window_right : -1;
-    r.scale = c->scale > 0.0f ? (double)c->scale : 1.0 / sqrt((double)c->d);
-    r.softcap = (double)c->softcap;
+    r.dtype = dtype;
+    r.d = d;
+    r.hq = hq;
+    r.hkv = hkv;
+    r.causal = causal;
+    r.alignment = alignment;
+    r.window_left = window ? window_left : -1;
+    r.window_right = window ? window_right : -1;
+    r.scale = scale > 0.0f ? (double)scale : 1.0 / sqrt((double)d);
+    r.softcap = (double)softcap;
     return r;
+}
+
+static ref_problem problem_of(const fwd_case* c) {
+    return make_problem(c->dtype, c->d, c->hq, c->hkv, c->causal, c->alignment, c->window, c->window_left,
+                        c->window_right, c->scale, c->softcap);
 }
 
 /* out[b, i, h, :] and lse[b, h, i] of a fixed-length call, in double. */
@@ -1163,6 +1117,104 @@ static void fill_random(uint16_t* data, int64_t count, int dtype) {
     }
 }
 
+/* Whether an lse value matches the reference: +inf for a row without visible keys, else within 1e-3
+   relative (a NaN never matches). */
+static int lse_matches(double got, double want) {
+    if (isinf(want)) {
+        return isinf(got) && got > 0;
+    }
+    return fabs(got - want) <= 1e-3 * (fabs(want) > 1.0 ? fabs(want) : 1.0);
+}
+
+/* " window=(l,r)" and " softcap=x", appended to a case's label when the case uses them. */
+static void append_features(char* label, int window, int window_left, int window_right, float softcap) {
+    if (window) {
+        sprintf(label + strlen(label), " window=(%d,%d)", window_left, window_right);
+    }
+    if (softcap > 0.0f) {
+        sprintf(label + strlen(label), " softcap=%g", (double)softcap);
+    }
+}
+
+/* The mask and softcap fields of a call (window 0 leaves the unbounded defaults). */
+static void set_features(fa_forward_params_t* p, int causal, int alignment, int window, int window_left,
+                         int window_right, float softcap) {
+    p->causal = causal;
+    p->causal_alignment = alignment;
+    if (window) {
+        p->window_left = window_left;
+        p->window_right = window_right;
+    }
+    p->softcap = softcap;
+}
+
+/* Device memory of one call's q, k, v, out and lse, and the bytes of each (k and v: kv_bytes each).
+   Start from all zeros: free_io accepts buffers never allocated. */
+typedef struct device_io {
+    void *q, *k, *v, *out, *lse;
+    size_t q_bytes, kv_bytes, out_bytes, lse_bytes;
+} device_io;
+
+/* Allocates the five buffers on device 0; returns 0 as soon as one allocation fails (reported). */
+static int alloc_io(device_io* io) {
+    return expect("alloc q", fa_memory_alloc(0, io->q_bytes, &io->q), FA_STATUS_SUCCESS, NULL) &&
+           expect("alloc k", fa_memory_alloc(0, io->kv_bytes, &io->k), FA_STATUS_SUCCESS, NULL) &&
+           expect("alloc v", fa_memory_alloc(0, io->kv_bytes, &io->v), FA_STATUS_SUCCESS, NULL) &&
+           expect("alloc out", fa_memory_alloc(0, io->out_bytes, &io->out), FA_STATUS_SUCCESS, NULL) &&
+           expect("alloc lse", fa_memory_alloc(0, io->lse_bytes, &io->lse), FA_STATUS_SUCCESS, NULL);
+}
+
+static void free_io(device_io* io) {
+    fa_memory_free(0, io->q);
+    fa_memory_free(0, io->k);
+    fa_memory_free(0, io->v);
+    fa_memory_free(0, io->out);
+    fa_memory_free(0, io->lse);
+}
+
+/* Copies the host inputs into q, k and v; every label starts with `prefix`. */
+static void upload_inputs(const char* prefix, const device_io* io, const uint16_t* hq, const uint16_t* hk,
+                          const uint16_t* hv) {
+    char label[64];
+    sprintf(label, "%scopy q", prefix);
+    expect(label, fa_memcpy(io->q, hq, io->q_bytes), FA_STATUS_SUCCESS, NULL);
+    sprintf(label, "%scopy k", prefix);
+    expect(label, fa_memcpy(io->k, hk, io->kv_bytes), FA_STATUS_SUCCESS, NULL);
+    sprintf(label, "%scopy v", prefix);
+    expect(label, fa_memcpy(io->v, hv, io->kv_bytes), FA_STATUS_SUCCESS, NULL);
+}
+
+/* Poison: 0xFFFF is a NaN in fp16 and in bf16, 0xFFFFFFFF in fp32. */
+static void poison_outputs(const char* prefix, const device_io* io, void* stream) {
+    char label[64];
+    sprintf(label, "%spoison out", prefix);
+    expect(label, fa_memset_async(io->out, 0xFF, io->out_bytes, stream), FA_STATUS_SUCCESS, NULL);
+    sprintf(label, "%spoison lse", prefix);
+    expect(label, fa_memset_async(io->lse, 0xFF, io->lse_bytes, stream), FA_STATUS_SUCCESS, NULL);
+}
+
+static void download_outputs(const char* prefix, const device_io* io, uint16_t* ho, float* hl) {
+    char label[64];
+    sprintf(label, "%scopy out back", prefix);
+    expect(label, fa_memcpy(ho, io->out, io->out_bytes), FA_STATUS_SUCCESS, NULL);
+    sprintf(label, "%scopy lse back", prefix);
+    expect(label, fa_memcpy(hl, io->lse, io->lse_bytes), FA_STATUS_SUCCESS, NULL);
+}
+
+/* Fresh parameters whose q, k, v and out have the given layouts on io's buffers. */
+static void bind_io(fa_forward_params_t* p, const device_io* io, const fa_tensor_t* tq, const fa_tensor_t* tk,
+                    const fa_tensor_t* tv, const fa_tensor_t* to) {
+    fa_forward_params_init(p, sizeof *p);
+    p->q = *tq;
+    p->q.data = io->q;
+    p->k = *tk;
+    p->k.data = io->k;
+    p->v = *tv;
+    p->v.data = io->v;
+    p->out = *to;
+    p->out.data = io->out;
+}
+
 static int run_forward_case(fa_context_t context, void* stream, const fwd_case* c, log_record* log) {
     fa_forward_params_t p;
     fa_tensor_t tq, tk, tv, to;
@@ -1170,22 +1222,18 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
     uint16_t *hq = NULL, *hk = NULL, *hv = NULL, *ho = NULL;
     float* hl = NULL;
     double *ref = NULL, *ref_lse = NULL;
-    void *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL, *dl = NULL;
+    device_io io;
     char label[224];
     int failures_before = g_failed;
     int b, i, h, e, nan_count = 0, poison_overwritten = 0, lse_bad = 0;
-    double err2 = 0.0, ref2 = 0.0, rel, lse_max_err = 0.0;
+    double err2 = 0.0, ref2 = 0.0, rel;
     int64_t x;
 
+    memset(&io, 0, sizeof(io));
     sprintf(label, "fwd %s b=%d sq=%d sk=%d hq=%d hkv=%d d=%d causal=%d%s pad=%d",
             c->dtype == FA_DTYPE_BFLOAT16 ? "bf16" : "fp16", c->b, c->sq, c->sk, c->hq, c->hkv, c->d, c->causal,
             c->alignment == FA_CAUSAL_TOP_LEFT ? "(top-left)" : "", c->row_pad);
-    if (c->window) {
-        sprintf(label + strlen(label), " window=(%d,%d)", c->window_left, c->window_right);
-    }
-    if (c->softcap > 0.0f) {
-        sprintf(label + strlen(label), " softcap=%g", (double)c->softcap);
-    }
+    append_features(label, c->window, c->window_left, c->window_right, c->softcap);
 
     set_tensor4(&tq, NULL, c->dtype, c->b, c->sq, c->hq, c->d, c->row_pad);
     set_tensor4(&tk, NULL, c->dtype, c->b, c->sk, c->hkv, c->d, c->row_pad);
@@ -1210,43 +1258,25 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
     fill_random(hk, nk, c->dtype);
     fill_random(hv, nk, c->dtype);
 
-    if (!expect("alloc q", fa_memory_alloc(0, (size_t)nq * 2, &dq), FA_STATUS_SUCCESS, NULL) ||
-        !expect("alloc k", fa_memory_alloc(0, (size_t)nk * 2, &dk), FA_STATUS_SUCCESS, NULL) ||
-        !expect("alloc v", fa_memory_alloc(0, (size_t)nk * 2, &dv), FA_STATUS_SUCCESS, NULL) ||
-        !expect("alloc out", fa_memory_alloc(0, (size_t)no * 2, &dout), FA_STATUS_SUCCESS, NULL) ||
-        !expect("alloc lse", fa_memory_alloc(0, (size_t)nl * 4, &dl), FA_STATUS_SUCCESS, NULL)) {
+    io.q_bytes = (size_t)nq * 2;
+    io.kv_bytes = (size_t)nk * 2;
+    io.out_bytes = (size_t)no * 2;
+    io.lse_bytes = (size_t)nl * 4;
+    if (!alloc_io(&io)) {
         goto done;
     }
-    expect("copy q", fa_memcpy(dq, hq, (size_t)nq * 2), FA_STATUS_SUCCESS, NULL);
-    expect("copy k", fa_memcpy(dk, hk, (size_t)nk * 2), FA_STATUS_SUCCESS, NULL);
-    expect("copy v", fa_memcpy(dv, hv, (size_t)nk * 2), FA_STATUS_SUCCESS, NULL);
+    upload_inputs("", &io, hq, hk, hv);
     /* A copy from pageable memory may return before its DMA lands, and a non-blocking stream does not
        wait for the legacy stream: make the inputs visible to every stream first. */
     expect("device synchronize", fa_device_synchronize(0), FA_STATUS_SUCCESS, NULL);
-    /* Poison: 0xFFFF is a NaN in fp16 and in bf16, 0xFFFFFFFF in fp32. */
-    expect("poison out", fa_memset_async(dout, 0xFF, (size_t)no * 2, stream), FA_STATUS_SUCCESS, NULL);
-    expect("poison lse", fa_memset_async(dl, 0xFF, (size_t)nl * 4, stream), FA_STATUS_SUCCESS, NULL);
+    poison_outputs("", &io, stream);
 
-    fa_forward_params_init(&p, sizeof p);
-    p.q = tq;
-    p.q.data = dq;
-    p.k = tk;
-    p.k.data = dk;
-    p.v = tv;
-    p.v.data = dv;
-    p.out = to;
-    p.out.data = dout;
+    bind_io(&p, &io, &tq, &tk, &tv, &to);
     if (c->with_lse) {
-        set_tensor3_f32(&p.lse, dl, c->b, c->hq, c->sq);
+        set_tensor3_f32(&p.lse, io.lse, c->b, c->hq, c->sq);
     }
     p.softmax_scale = c->scale;
-    p.causal = c->causal;
-    p.causal_alignment = c->alignment;
-    if (c->window) {
-        p.window_left = c->window_left;
-        p.window_right = c->window_right;
-    }
-    p.softcap = c->softcap;
+    set_features(&p, c->causal, c->alignment, c->window, c->window_left, c->window_right, c->softcap);
     log->debug_calls = 0;
     if (!expect(label, fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL)) {
         goto done;
@@ -1256,8 +1286,7 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
         printf("  log %s\n", log->last);
     }
     expect("stream synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
-    expect("copy out back", fa_memcpy(ho, dout, (size_t)no * 2), FA_STATUS_SUCCESS, NULL);
-    expect("copy lse back", fa_memcpy(hl, dl, (size_t)nl * 4), FA_STATUS_SUCCESS, NULL);
+    download_outputs("", &io, ho, hl);
 
     reference_forward(c, hq, hk, hv, &tq, &tk, &tv, ref, ref_lse);
     for (b = 0; b < c->b; ++b) {
@@ -1289,16 +1318,8 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
     CHECK(poison_overwritten == 0, "%s: %d padding elements of out were written", label, poison_overwritten);
     if (c->with_lse) {
         for (x = 0; x < nl; ++x) {
-            const double got = (double)hl[x];
-            const double want = ref_lse[x];
-            if (isinf(want)) {
-                if (!(isinf(got) && got > 0)) {
-                    ++lse_bad;
-                }
-            } else if (!(fabs(got - want) <= 1e-3 * (fabs(want) > 1.0 ? fabs(want) : 1.0))) {
-                ++lse_bad; /* also catches NaN */
-            } else if (fabs(got - want) > lse_max_err) {
-                lse_max_err = fabs(got - want);
+            if (!lse_matches((double)hl[x], ref_lse[x])) {
+                ++lse_bad;
             }
         }
         CHECK(lse_bad == 0, "%s: %d of %ld lse values wrong (tolerance 1e-3 relative; +inf for rows without keys)",
@@ -1308,11 +1329,7 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
            nan_count, c->with_lse ? ", lse checked" : "");
 
 done:
-    fa_memory_free(0, dq);
-    fa_memory_free(0, dk);
-    fa_memory_free(0, dv);
-    fa_memory_free(0, dout);
-    fa_memory_free(0, dl);
+    free_io(&io);
     free(hq);
     free(hk);
     free(hv);
@@ -1365,15 +1382,9 @@ static int compare_outputs(const char* label, int dtype, int d, int64_t rows, in
         uint32_t bits;
         memset(written, 0, (size_t)n_lse);
         for (r = 0; r < rows * hq; ++r) {
-            const double got = (double)hl[lse_off[r]];
-            const double want = ref_lse[r];
             written[lse_off[r]] = 1;
-            if (isinf(want)) {
-                if (!(isinf(got) && got > 0)) {
-                    ++lse_bad;
-                }
-            } else if (!(fabs(got - want) <= 1e-3 * (fabs(want) > 1.0 ? fabs(want) : 1.0))) {
-                ++lse_bad; /* also catches NaN */
+            if (!lse_matches((double)hl[lse_off[r]], ref_lse[r])) {
+                ++lse_bad;
             }
         }
         for (x = 0; x < n_lse; ++x) {
@@ -1418,11 +1429,13 @@ static void run_varlen_case(fa_context_t context, void* stream, const varlen_cas
     float* hl = NULL;
     double *ref = NULL, *ref_lse = NULL, *scores = NULL;
     int64_t *out_off = NULL, *lse_off = NULL;
-    void *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL, *dl = NULL, *dcu_q = NULL, *dcu_k = NULL;
+    device_io io;
+    void *dcu_q = NULL, *dcu_k = NULL;
     fa_tensor_t tq, tk, tv, to;
     ref_problem rp;
     char label[256];
 
+    memset(&io, 0, sizeof(io));
     cu_q[0] = cu_k[0] = 0;
     for (n = 0; n < c->batch; ++n) {
         cu_q[n + 1] = cu_q[n] + c->len_q[n];
@@ -1436,12 +1449,7 @@ static void run_varlen_case(fa_context_t context, void* stream, const varlen_cas
             c->dtype == FA_DTYPE_BFLOAT16 ? "bf16" : "fp16", c->len_q[0], c->len_q[1], c->len_q[2], c->len_q[3],
             c->len_k[0], c->len_k[1], c->len_k[2], c->len_k[3], c->hq, c->hkv, c->d, c->causal,
             c->alignment == FA_CAUSAL_TOP_LEFT ? "(top-left)" : "");
-    if (c->window) {
-        sprintf(label + strlen(label), " window=(%d,%d)", c->window_left, c->window_right);
-    }
-    if (c->softcap > 0.0f) {
-        sprintf(label + strlen(label), " softcap=%g", (double)c->softcap);
-    }
+    append_features(label, c->window, c->window_left, c->window_right, c->softcap);
     sprintf(label + strlen(label), "%s pad=%d", c->host_copies ? " host-cu" : "", c->row_pad);
 
     set_tensor3(&tq, NULL, c->dtype, total_q, c->hq, c->d, c->row_pad);
@@ -1470,34 +1478,23 @@ static void run_varlen_case(fa_context_t context, void* stream, const varlen_cas
     fill_random(hq, n_q, c->dtype);
     fill_random(hk, n_k, c->dtype);
     fill_random(hv, n_k, c->dtype);
-    if (!expect("alloc q", fa_memory_alloc(0, (size_t)n_q * 2, &dq), FA_STATUS_SUCCESS, NULL) ||
-        !expect("alloc k", fa_memory_alloc(0, (size_t)n_k * 2, &dk), FA_STATUS_SUCCESS, NULL) ||
-        !expect("alloc v", fa_memory_alloc(0, (size_t)n_k * 2, &dv), FA_STATUS_SUCCESS, NULL) ||
-        !expect("alloc out", fa_memory_alloc(0, (size_t)n_out * 2, &dout), FA_STATUS_SUCCESS, NULL) ||
-        !expect("alloc lse", fa_memory_alloc(0, (size_t)n_lse * 4, &dl), FA_STATUS_SUCCESS, NULL) ||
+    io.q_bytes = (size_t)n_q * 2;
+    io.kv_bytes = (size_t)n_k * 2;
+    io.out_bytes = (size_t)n_out * 2;
+    io.lse_bytes = (size_t)n_lse * 4;
+    if (!alloc_io(&io) ||
         !expect("alloc cu_q", fa_memory_alloc(0, sizeof(cu_q), &dcu_q), FA_STATUS_SUCCESS, NULL) ||
         !expect("alloc cu_k", fa_memory_alloc(0, sizeof(cu_k), &dcu_k), FA_STATUS_SUCCESS, NULL)) {
         goto done;
     }
-    expect("copy q", fa_memcpy(dq, hq, (size_t)n_q * 2), FA_STATUS_SUCCESS, NULL);
-    expect("copy k", fa_memcpy(dk, hk, (size_t)n_k * 2), FA_STATUS_SUCCESS, NULL);
-    expect("copy v", fa_memcpy(dv, hv, (size_t)n_k * 2), FA_STATUS_SUCCESS, NULL);
+    upload_inputs("", &io, hq, hk, hv);
     expect("copy cu_q", fa_memcpy(dcu_q, cu_q, sizeof(cu_q)), FA_STATUS_SUCCESS, NULL);
     expect("copy cu_k", fa_memcpy(dcu_k, cu_k, sizeof(cu_k)), FA_STATUS_SUCCESS, NULL);
     expect("device synchronize", fa_device_synchronize(0), FA_STATUS_SUCCESS, NULL); /* see run_forward_case */
-    expect("poison out", fa_memset_async(dout, 0xFF, (size_t)n_out * 2, stream), FA_STATUS_SUCCESS, NULL);
-    expect("poison lse", fa_memset_async(dl, 0xFF, (size_t)n_lse * 4, stream), FA_STATUS_SUCCESS, NULL);
+    poison_outputs("", &io, stream);
 
-    fa_forward_params_init(&p, sizeof p);
-    p.q = tq;
-    p.q.data = dq;
-    p.k = tk;
-    p.k.data = dk;
-    p.v = tv;
-    p.v.data = dv;
-    p.out = to;
-    p.out.data = dout;
-    set_tensor2_f32(&p.lse, dl, c->hq, total_q);
+    bind_io(&p, &io, &tq, &tk, &tv, &to);
+    set_tensor2_f32(&p.lse, io.lse, c->hq, total_q);
     p.lse.strides[0] = lse_stride;
     p.cu_seqlens_q = (const int32_t*)dcu_q;
     p.cu_seqlens_k = (const int32_t*)dcu_k;
@@ -1508,30 +1505,15 @@ static void run_varlen_case(fa_context_t context, void* stream, const varlen_cas
     p.varlen_batch = c->batch;
     p.max_seqlen_q = max_q + c->max_extra;
     p.max_seqlen_k = max_k + c->max_extra;
-    p.causal = c->causal;
-    p.causal_alignment = c->alignment;
-    if (c->window) {
-        p.window_left = c->window_left;
-        p.window_right = c->window_right;
-    }
-    p.softcap = c->softcap;
+    set_features(&p, c->causal, c->alignment, c->window, c->window_left, c->window_right, c->softcap);
     if (!expect(label, fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL)) {
         goto done;
     }
     expect("stream synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
-    expect("copy out back", fa_memcpy(ho, dout, (size_t)n_out * 2), FA_STATUS_SUCCESS, NULL);
-    expect("copy lse back", fa_memcpy(hl, dl, (size_t)n_lse * 4), FA_STATUS_SUCCESS, NULL);
+    download_outputs("", &io, ho, hl);
 
-    rp.dtype = c->dtype;
-    rp.d = c->d;
-    rp.hq = c->hq;
-    rp.hkv = c->hkv;
-    rp.causal = c->causal;
-    rp.alignment = c->alignment;
-    rp.window_left = c->window ? c->window_left : -1;
-    rp.window_right = c->window ? c->window_right : -1;
-    rp.scale = 1.0 / sqrt((double)c->d);
-    rp.softcap = (double)c->softcap;
+    rp = make_problem(c->dtype, c->d, c->hq, c->hkv, c->causal, c->alignment, c->window, c->window_left,
+                      c->window_right, 0.0f, c->softcap); /* varlen cases use the default scale */
     for (n = 0; n < c->batch; ++n) {
         for (i = 0; i < c->len_q[n]; ++i) {
             r = cu_q[n] + i;
@@ -1550,11 +1532,7 @@ static void run_varlen_case(fa_context_t context, void* stream, const varlen_cas
     compare_outputs(label, c->dtype, c->d, total_q, c->hq, ho, n_out, out_off, ref, hl, n_lse, lse_off, ref_lse);
 
 done:
-    fa_memory_free(0, dq);
-    fa_memory_free(0, dk);
-    fa_memory_free(0, dv);
-    fa_memory_free(0, dout);
-    fa_memory_free(0, dl);
+    free_io(&io);
     fa_memory_free(0, dcu_q);
     fa_memory_free(0, dcu_k);
     free(hq);
@@ -1629,10 +1607,12 @@ static void run_graph_case(fa_context_t context, void* stream) {
     float* hl = NULL;
     double *ref = NULL, *ref_lse = NULL;
     int64_t *out_off = NULL, *lse_off = NULL;
-    void *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL, *dl = NULL, *graph = NULL;
+    device_io io;
+    void* graph = NULL;
     char label[128];
     int replay, b, i, h;
 
+    memset(&io, 0, sizeof(io));
     set_tensor4(&tq, NULL, c.dtype, c.b, c.sq, c.hq, c.d, c.row_pad);
     set_tensor4(&tk, NULL, c.dtype, c.b, c.sk, c.hkv, c.d, c.row_pad);
     set_tensor4(&tv, NULL, c.dtype, c.b, c.sk, c.hkv, c.d, c.row_pad);
@@ -1654,25 +1634,16 @@ static void run_graph_case(fa_context_t context, void* stream) {
         CHECK(0, "graph: host allocation failed");
         goto done;
     }
-    if (!expect("alloc q", fa_memory_alloc(0, (size_t)nq * 2, &dq), FA_STATUS_SUCCESS, NULL) ||
-        !expect("alloc k", fa_memory_alloc(0, (size_t)nk * 2, &dk), FA_STATUS_SUCCESS, NULL) ||
-        !expect("alloc v", fa_memory_alloc(0, (size_t)nk * 2, &dv), FA_STATUS_SUCCESS, NULL) ||
-        !expect("alloc out", fa_memory_alloc(0, (size_t)no * 2, &dout), FA_STATUS_SUCCESS, NULL) ||
-        !expect("alloc lse", fa_memory_alloc(0, (size_t)nl * 4, &dl), FA_STATUS_SUCCESS, NULL)) {
+    io.q_bytes = (size_t)nq * 2;
+    io.kv_bytes = (size_t)nk * 2;
+    io.out_bytes = (size_t)no * 2;
+    io.lse_bytes = (size_t)nl * 4;
+    if (!alloc_io(&io)) {
         goto done;
     }
-    fa_forward_params_init(&p, sizeof p);
-    p.q = tq;
-    p.q.data = dq;
-    p.k = tk;
-    p.k.data = dk;
-    p.v = tv;
-    p.v.data = dv;
-    p.out = to;
-    p.out.data = dout;
-    set_tensor3_f32(&p.lse, dl, c.b, c.hq, c.sq);
-    p.causal = c.causal;
-    p.causal_alignment = c.alignment;
+    bind_io(&p, &io, &tq, &tk, &tv, &to);
+    set_tensor3_f32(&p.lse, io.lse, c.b, c.hq, c.sq);
+    set_features(&p, c.causal, c.alignment, c.window, c.window_left, c.window_right, c.softcap);
     bad = p;
     bad.window_left = -3;
 
@@ -1702,18 +1673,14 @@ static void run_graph_case(fa_context_t context, void* stream) {
         fill_random(hq, nq, c.dtype); /* new inputs after the capture: the replay must read them */
         fill_random(hk, nk, c.dtype);
         fill_random(hv, nk, c.dtype);
-        expect("graph: copy q", fa_memcpy(dq, hq, (size_t)nq * 2), FA_STATUS_SUCCESS, NULL);
-        expect("graph: copy k", fa_memcpy(dk, hk, (size_t)nk * 2), FA_STATUS_SUCCESS, NULL);
-        expect("graph: copy v", fa_memcpy(dv, hv, (size_t)nk * 2), FA_STATUS_SUCCESS, NULL);
+        upload_inputs("graph: ", &io, hq, hk, hv);
         expect("graph: device synchronize", fa_device_synchronize(0), FA_STATUS_SUCCESS, NULL);
-        expect("graph: poison out", fa_memset_async(dout, 0xFF, (size_t)no * 2, stream), FA_STATUS_SUCCESS, NULL);
-        expect("graph: poison lse", fa_memset_async(dl, 0xFF, (size_t)nl * 4, stream), FA_STATUS_SUCCESS, NULL);
+        poison_outputs("graph: ", &io, stream);
         if (!expect("graph: launch", fa_graph_launch(graph, stream), FA_STATUS_SUCCESS, NULL)) {
             break;
         }
         expect("graph: synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
-        expect("graph: copy out back", fa_memcpy(ho, dout, (size_t)no * 2), FA_STATUS_SUCCESS, NULL);
-        expect("graph: copy lse back", fa_memcpy(hl, dl, (size_t)nl * 4), FA_STATUS_SUCCESS, NULL);
+        download_outputs("graph: ", &io, ho, hl);
         /* reference_forward writes out as [b, i, h, :] and lse as [b, h, i]; compare_outputs wants the
            lse of row (b, i, h) at index (b * sq + i) * hq + h, so reorder it. */
         reference_forward(&c, hq, hk, hv, &tq, &tk, &tv, ref, ref_lse);
@@ -1738,11 +1705,7 @@ static void run_graph_case(fa_context_t context, void* stream) {
     expect("graph: destroy", fa_graph_destroy(graph), FA_STATUS_SUCCESS, NULL);
 
 done:
-    fa_memory_free(0, dq);
-    fa_memory_free(0, dk);
-    fa_memory_free(0, dv);
-    fa_memory_free(0, dout);
-    fa_memory_free(0, dl);
+    free_io(&io);
     free(hq);
     free(hk);
     free(hv);
@@ -1757,10 +1720,7 @@ done:
 /* Whether fa_forward_check accepts head dim d (on made-up addresses). */
 static int head_dim_served(int d) {
     fa_forward_params_t p = valid_params(0);
-    set_tensor4(&p.q, p.q.data, FA_DTYPE_FLOAT16, VB, VSQ, VHQ, d, 0);
-    set_tensor4(&p.k, p.k.data, FA_DTYPE_FLOAT16, VB, VSK, VHKV, d, 0);
-    set_tensor4(&p.v, p.v.data, FA_DTYPE_FLOAT16, VB, VSK, VHKV, d, 0);
-    set_tensor4(&p.out, p.out.data, FA_DTYPE_FLOAT16, VB, VSQ, VHQ, d, 0);
+    set_head_dim(&p, d);
     return fa_forward_check(&p, 0) == FA_STATUS_SUCCESS;
 }
 
