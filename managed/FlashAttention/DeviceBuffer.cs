@@ -110,22 +110,8 @@ public sealed class DeviceBuffer<T> : SafeHandle
     /// <param name="offset">First destination element.</param>
     /// <param name="stream">Stream to order the copy on (the call waits for it), or null for the legacy default stream.</param>
     /// <exception cref="ArgumentException">The range does not fit in the buffer.</exception>
-    public unsafe void CopyFrom(ReadOnlySpan<T> source, long offset, CudaStream? stream = null)
-    {
-        RequireRange(offset, source.Length, nameof(source));
-        NativeRuntime.EnsureLoaded();
-        using var self = new HandleLease(this);
-        using var s = new HandleLease(stream);
-        if (source.IsEmpty)
-        {
-            return;
-        }
-
-        fixed (T* src = source)
-        {
-            Copy(self.Pointer + (nint)(offset * sizeof(T)), (nint)src, (nuint)source.Length * (nuint)sizeof(T), stream is not null, s.Pointer);
-        }
-    }
+    public void CopyFrom(ReadOnlySpan<T> source, long offset, CudaStream? stream = null) =>
+        CopyHost(ref MemoryMarshal.GetReference(source), source.Length, offset, stream, toDevice: true, nameof(source));
 
     /// <summary>Copies the whole buffer into <paramref name="destination"/>.</summary>
     /// <param name="destination">Host memory; its length must equal <see cref="Length"/>.</param>
@@ -145,22 +131,8 @@ public sealed class DeviceBuffer<T> : SafeHandle
     /// <param name="offset">First source element.</param>
     /// <param name="stream">Stream to order the copy on (the call waits for it), or null for the legacy default stream.</param>
     /// <exception cref="ArgumentException">The range does not fit in the buffer.</exception>
-    public unsafe void CopyTo(Span<T> destination, long offset, CudaStream? stream = null)
-    {
-        RequireRange(offset, destination.Length, nameof(destination));
-        NativeRuntime.EnsureLoaded();
-        using var self = new HandleLease(this);
-        using var s = new HandleLease(stream);
-        if (destination.IsEmpty)
-        {
-            return;
-        }
-
-        fixed (T* dst = destination)
-        {
-            Copy((nint)dst, self.Pointer + (nint)(offset * sizeof(T)), (nuint)destination.Length * (nuint)sizeof(T), stream is not null, s.Pointer);
-        }
-    }
+    public void CopyTo(Span<T> destination, long offset, CudaStream? stream = null) =>
+        CopyHost(ref MemoryMarshal.GetReference(destination), destination.Length, offset, stream, toDevice: false, nameof(destination));
 
     /// <summary>
     /// Queues a copy of <paramref name="source"/> into the whole buffer on <paramref name="stream"/> and returns at
@@ -183,19 +155,11 @@ public sealed class DeviceBuffer<T> : SafeHandle
     /// <param name="stream">The stream.</param>
     /// <returns>The pending operation.</returns>
     /// <exception cref="ArgumentException">The range does not fit in the buffer.</exception>
-    public unsafe StreamOperation CopyFromAsync(ReadOnlyMemory<T> source, long offset, CudaStream stream)
+    public StreamOperation CopyFromAsync(ReadOnlyMemory<T> source, long offset, CudaStream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
         RequireRange(offset, source.Length, nameof(source));
-        MemoryHandle pin = source.Pin();
-        return StreamOperation.Start(
-            pin,
-            this,
-            Device.Ordinal,
-            stream,
-            (dst, s) => NativeMethods.fa_memcpy_async(
-                dst + (nint)(offset * sizeof(T)), (nint)pin.Pointer, (nuint)source.Length * (nuint)sizeof(T), s),
-            "fa_memcpy_async");
+        return QueueCopy(source.Pin(), source.Length, offset, stream, toDevice: true);
     }
 
     /// <summary>
@@ -219,19 +183,11 @@ public sealed class DeviceBuffer<T> : SafeHandle
     /// <param name="stream">The stream.</param>
     /// <returns>The pending operation.</returns>
     /// <exception cref="ArgumentException">The range does not fit in the buffer.</exception>
-    public unsafe StreamOperation CopyToAsync(Memory<T> destination, long offset, CudaStream stream)
+    public StreamOperation CopyToAsync(Memory<T> destination, long offset, CudaStream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
         RequireRange(offset, destination.Length, nameof(destination));
-        MemoryHandle pin = destination.Pin();
-        return StreamOperation.Start(
-            pin,
-            this,
-            Device.Ordinal,
-            stream,
-            (src, s) => NativeMethods.fa_memcpy_async(
-                (nint)pin.Pointer, src + (nint)(offset * sizeof(T)), (nuint)destination.Length * (nuint)sizeof(T), s),
-            "fa_memcpy_async");
+        return QueueCopy(destination.Pin(), destination.Length, offset, stream, toDevice: false);
     }
 
     /// <summary>
@@ -282,6 +238,56 @@ public sealed class DeviceBuffer<T> : SafeHandle
         }
 
         return true;
+    }
+
+    /// <summary>
+    /// The synchronous copies between <paramref name="length"/> host elements at <paramref name="host"/> and elements
+    /// <c>[offset, offset + length)</c> of this buffer, in the direction <paramref name="toDevice"/> says.
+    /// </summary>
+    private unsafe void CopyHost(ref T host, int length, long offset, CudaStream? stream, bool toDevice, string paramName)
+    {
+        RequireRange(offset, length, paramName);
+        NativeRuntime.EnsureLoaded();
+        using var self = new HandleLease(this);
+        using var s = new HandleLease(stream);
+        if (length == 0)
+        {
+            return;
+        }
+
+        fixed (T* pinned = &host)
+        {
+            nint device = self.Pointer + (nint)(offset * sizeof(T));
+            nuint bytes = (nuint)length * (nuint)sizeof(T);
+            if (toDevice)
+            {
+                Copy(device, (nint)pinned, bytes, stream is not null, s.Pointer);
+            }
+            else
+            {
+                Copy((nint)pinned, device, bytes, stream is not null, s.Pointer);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The asynchronous copies: queues a copy between the pinned host memory and elements
+    /// <c>[offset, offset + length)</c> of this buffer; the returned operation owns <paramref name="pin"/>.
+    /// </summary>
+    private unsafe StreamOperation QueueCopy(MemoryHandle pin, int length, long offset, CudaStream stream, bool toDevice)
+    {
+        nint host = (nint)pin.Pointer;
+        nuint bytes = (nuint)length * (nuint)sizeof(T);
+        nint byteOffset = (nint)(offset * sizeof(T));
+        return StreamOperation.Start(
+            pin,
+            this,
+            Device.Ordinal,
+            stream,
+            toDevice
+                ? (device, s) => NativeMethods.fa_memcpy_async(device + byteOffset, host, bytes, s)
+                : (device, s) => NativeMethods.fa_memcpy_async(host, device + byteOffset, bytes, s),
+            "fa_memcpy_async");
     }
 
     private static void Copy(nint dst, nint src, nuint bytes, bool onStream, nint stream)

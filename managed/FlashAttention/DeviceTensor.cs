@@ -173,6 +173,9 @@ public sealed class DeviceTensor
         $"{DataTypes.ShortName(DataType)}[{string.Join(", ", _shape)}] strides [{string.Join(", ", _strides)}]" +
         (ElementOffset != 0 ? $" offset {ElementOffset}" : string.Empty);
 
+    /// <summary>Whether <paramref name="other"/> has this shape (compares without allocating).</summary>
+    internal bool HasShapeOf(DeviceTensor other) => _shape.AsSpan().SequenceEqual(other._shape);
+
     /// <summary>Fills a native descriptor; the caller holds a lease on <see cref="Owner"/>.</summary>
     internal unsafe FaTensor ToNative(IntPtr ownerPointer)
     {

@@ -1,10 +1,9 @@
-using FlashAttn.Internal;
 using FlashAttn.Native;
 using Microsoft.Extensions.Logging;
 
 namespace FlashAttn;
 
-/// <content>Variable-length batches and the checks shared with the fixed-length forward pass.</content>
+/// <content>Variable-length batches: their entry points and what only they need (the cu_seqlens fields and checks).</content>
 public sealed partial class FlashAttention
 {
     /// <summary>
@@ -29,7 +28,7 @@ public sealed partial class FlashAttention
     /// <exception cref="ArgumentNullException">A required tensor or the batch is null.</exception>
     /// <exception cref="ObjectDisposedException">The batch was disposed.</exception>
     /// <exception cref="FlashAttentionException">The native library cannot be loaded (status <see cref="FlashAttentionStatus.NoDevice"/>).</exception>
-    public static unsafe FlashAttentionStatus CheckVarlen(
+    public static FlashAttentionStatus CheckVarlen(
         DeviceTensor q,
         DeviceTensor k,
         DeviceTensor v,
@@ -42,36 +41,7 @@ public sealed partial class FlashAttention
     {
         ThrowIfNull(q, k, v, output);
         ArgumentNullException.ThrowIfNull(batch);
-        ObjectDisposedException.ThrowIf(batch.IsDisposed, batch);
-        options ??= AttentionOptions.Default;
-        NativeRuntime.EnsureLoaded();
-        if (ValidateVarlen(q, k, v, output, batch, logSumExp, options, device: null) is { } problem)
-        {
-            message = problem.Message;
-            return FlashAttentionStatus.InvalidArgument;
-        }
-
-        if (computeCapability < 0)
-        {
-            message = $"computeCapability must be 0 (any GPU) or major*10+minor; got {computeCapability}.";
-            return FlashAttentionStatus.InvalidArgument;
-        }
-
-        using var lq = new HandleLease(q.Owner);
-        using var lk = new HandleLease(k.Owner);
-        using var lv = new HandleLease(v.Owner);
-        using var lo = new HandleLease(output.Owner);
-        using var ll = new HandleLease(logSumExp?.Owner);
-        using var lcq = new HandleLease(batch.CuSeqlensQ.Owner);
-        using var lck = new HandleLease(batch.CuSeqlensK.Owner);
-        FaForwardParams p = BuildParams(q, lq.Pointer, k, lk.Pointer, v, lv.Pointer, output, lo.Pointer, logSumExp, ll.Pointer, options);
-        fixed (int* hostQ = batch.HostQ, hostK = batch.HostK)
-        {
-            SetVarlen(ref p, batch, lcq.Pointer, lck.Pointer, hostQ, hostK);
-            FaStatus status = NativeMethods.fa_forward_check(&p, computeCapability);
-            message = status == FaStatus.Success ? string.Empty : Errors.LastErrorMessage();
-            return (FlashAttentionStatus)status;
-        }
+        return CheckCore(q, k, v, output, batch, logSumExp, options, computeCapability, out message);
     }
 
     /// <summary>
@@ -100,7 +70,7 @@ public sealed partial class FlashAttention
     /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>
     /// <exception cref="FlashAttentionException">The native library refused or failed the call.</exception>
     /// <exception cref="ObjectDisposedException">This instance, the batch, a tensor's buffer or the stream was disposed.</exception>
-    public unsafe void ForwardVarlen(
+    public void ForwardVarlen(
         DeviceTensor q,
         DeviceTensor k,
         DeviceTensor v,
@@ -113,52 +83,8 @@ public sealed partial class FlashAttention
         ObjectDisposedException.ThrowIf(_context.IsClosed, this);
         ThrowIfNull(q, k, v, output);
         ArgumentNullException.ThrowIfNull(batch);
-        ObjectDisposedException.ThrowIf(batch.IsDisposed, batch);
-        options ??= AttentionOptions.Default;
-        if (ValidateVarlen(q, k, v, output, batch, logSumExp, options, Device) is { } problem)
-        {
-            throw new ArgumentException(problem.Message, problem.ParamName);
-        }
-
-        if (stream?.Device is { } streamDevice && streamDevice.Ordinal != Device.Ordinal)
-        {
-            throw new ArgumentException(
-                $"The stream belongs to cuda:{streamDevice.Ordinal} but this FlashAttention runs on cuda:{Device.Ordinal}.", nameof(stream));
-        }
-
-        if (_logger.IsEnabled(LogLevel.Debug))
-        {
-            LogForwardVarlen(_logger, q.ToString(), k.ToString(), batch.ToString(), logSumExp is not null, options.Causal, options.CausalAlignment,
-                options.EffectiveScale((int)q.Shape[2]), DescribeMasks(options), options.KernelPath, stream?.ToString() ?? "legacy default stream");
-        }
-
-        using var ctx = new HandleLease(_context);
-        using var s = new HandleLease(stream);
-        using var lq = new HandleLease(q.Owner);
-        using var lk = new HandleLease(k.Owner);
-        using var lv = new HandleLease(v.Owner);
-        using var lo = new HandleLease(output.Owner);
-        using var ll = new HandleLease(logSumExp?.Owner);
-        using var lcq = new HandleLease(batch.CuSeqlensQ.Owner);
-        using var lck = new HandleLease(batch.CuSeqlensK.Owner);
-        FaForwardParams p = BuildParams(q, lq.Pointer, k, lk.Pointer, v, lv.Pointer, output, lo.Pointer, logSumExp, ll.Pointer, options);
-        fixed (int* hostQ = batch.HostQ, hostK = batch.HostK)
-        {
-            SetVarlen(ref p, batch, lcq.Pointer, lck.Pointer, hostQ, hostK);
-            Errors.ThrowIfFailed(NativeMethods.fa_forward(ctx.Pointer, &p, s.Pointer));
-        }
+        ForwardCore(q, k, v, output, batch, logSumExp, options, stream);
     }
-
-    /// <summary>Why a head dim is refused by the managed side, or null.</summary>
-    private static string? HeadDimProblem(long dim) =>
-        dim >= 8 && dim % 8 == 0
-            ? null
-            : $"head_dim must be a positive multiple of 8 (the kernels serve multiples of 8 up to 256, padded; FlashAttention.QuerySupport tells what this build serves); q has head_dim {dim}.";
-
-    private static string DescribeMasks(AttentionOptions options) =>
-        $"window=({(options.WindowLeft?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-")}, " +
-        $"{(options.WindowRight?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-")}) " +
-        $"softcap={(options.Softcap?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "off")}";
 
     private static unsafe void SetVarlen(ref FaForwardParams p, VarlenBatch batch, IntPtr cuQOwner, IntPtr cuKOwner, int* hostQ, int* hostK)
     {
@@ -171,86 +97,9 @@ public sealed partial class FlashAttention
         p.max_seqlen_k = batch.MaxSeqLenK;
     }
 
-    /// <summary>The structural checks the managed side can make for a variable-length call; null when they pass.</summary>
-    private static Problem? ValidateVarlen(
-        DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor output, VarlenBatch batch, DeviceTensor? lse, AttentionOptions options, CudaDevice? device)
+    /// <summary>The checks of a variable-length batch against the packed q and k (after the tensor checks); null when they pass.</summary>
+    private static Problem? BatchProblem(VarlenBatch batch, long totalQ, long totalK, CudaDevice? device)
     {
-        if (options.Problem() is { } optionsProblem)
-        {
-            return new Problem(nameof(options), optionsProblem);
-        }
-
-        foreach ((DeviceTensor t, string name) in new[] { (q, nameof(q)), (k, nameof(k)), (v, nameof(v)), (output, nameof(output)) })
-        {
-            if (t.Rank != 3)
-            {
-                return new Problem(name, $"{name} must have rank 3 [total_tokens, heads, head_dim] in a variable-length batch; it is {t}.");
-            }
-
-            if (t.Strides[2] != 1 && t.Shape[2] > 1)
-            {
-                return new Problem(name, $"{name}'s last dimension (head_dim) must be contiguous (stride 1); it is {t}.");
-            }
-
-            if (device is not null && t.Device is not null && t.Device.Ordinal != device.Ordinal)
-            {
-                return new Problem(name, $"{name} lives on cuda:{t.Device.Ordinal} but this FlashAttention runs on cuda:{device.Ordinal}.");
-            }
-        }
-
-        foreach ((DeviceTensor t, string name) in new[] { (k, nameof(k)), (v, nameof(v)), (output, nameof(output)) })
-        {
-            if (t.DataType != q.DataType)
-            {
-                return new Problem(name, $"{name} is {t.DataType} but q is {q.DataType}; q, k, v and output share one dtype.");
-            }
-        }
-
-        long totalQ = q.Shape[0], headsQ = q.Shape[1], dim = q.Shape[2];
-        if (HeadDimProblem(dim) is { } headDimProblem)
-        {
-            return new Problem(nameof(q), headDimProblem);
-        }
-
-        if (k.Shape[2] != dim)
-        {
-            return new Problem(nameof(k), $"k must be [total_k, heads_kv, head_dim={dim}] to match q {q}; it is {k}.");
-        }
-
-        if (!k.Shape.SequenceEqual(v.Shape))
-        {
-            return new Problem(nameof(v), $"v must have k's shape [{string.Join(", ", k.Shape)}]; it is {v}.");
-        }
-
-        if (!q.Shape.SequenceEqual(output.Shape))
-        {
-            return new Problem(nameof(output), $"output must have q's shape [{string.Join(", ", q.Shape)}]; it is {output}.");
-        }
-
-        long headsKv = k.Shape[1];
-        if (headsKv == 0 || headsQ % headsKv != 0)
-        {
-            return new Problem(nameof(k), $"k has {headsKv} heads, which does not divide q's {headsQ} heads.");
-        }
-
-        if (lse is not null)
-        {
-            if (lse.DataType != DataType.Float32)
-            {
-                return new Problem("logSumExp", $"logSumExp must be Float32; it is {lse.DataType}.");
-            }
-
-            if (lse.Rank != 2 || lse.Shape[0] != headsQ || lse.Shape[1] != totalQ)
-            {
-                return new Problem("logSumExp", $"logSumExp must be [heads_q={headsQ}, total_q={totalQ}] in a variable-length batch; it is {lse}.");
-            }
-
-            if (device is not null && lse.Device is not null && lse.Device.Ordinal != device.Ordinal)
-            {
-                return new Problem("logSumExp", $"logSumExp lives on cuda:{lse.Device.Ordinal} but this FlashAttention runs on cuda:{device.Ordinal}.");
-            }
-        }
-
         if (device is not null && batch.Device is { } batchDevice && batchDevice.Ordinal != device.Ordinal)
         {
             return new Problem(nameof(batch), $"The batch's cu_seqlens live on cuda:{batchDevice.Ordinal} but this FlashAttention runs on cuda:{device.Ordinal}.");
@@ -261,9 +110,9 @@ public sealed partial class FlashAttention
             return new Problem(nameof(batch), $"The batch's cu_seqlens_q ends at {endQ} but q has only {totalQ} rows (total_q).");
         }
 
-        if (batch.TotalK is { } endK && endK > k.Shape[0])
+        if (batch.TotalK is { } endK && endK > totalK)
         {
-            return new Problem(nameof(batch), $"The batch's cu_seqlens_k ends at {endK} but k has only {k.Shape[0]} rows (total_k).");
+            return new Problem(nameof(batch), $"The batch's cu_seqlens_k ends at {endK} but k has only {totalK} rows (total_k).");
         }
 
         return null;

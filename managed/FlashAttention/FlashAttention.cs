@@ -90,7 +90,7 @@ public sealed partial class FlashAttention : IDisposable
     /// </returns>
     /// <exception cref="ArgumentNullException">A required tensor is null.</exception>
     /// <exception cref="FlashAttentionException">The native library cannot be loaded (status <see cref="FlashAttentionStatus.NoDevice"/>).</exception>
-    public static unsafe FlashAttentionStatus Check(
+    public static FlashAttentionStatus Check(
         DeviceTensor q,
         DeviceTensor k,
         DeviceTensor v,
@@ -101,29 +101,7 @@ public sealed partial class FlashAttention : IDisposable
         int computeCapability = 0)
     {
         ThrowIfNull(q, k, v, output);
-        options ??= AttentionOptions.Default;
-        NativeRuntime.EnsureLoaded();
-        if (Validate(q, k, v, output, logSumExp, options, device: null) is { } problem)
-        {
-            message = problem.Message;
-            return FlashAttentionStatus.InvalidArgument;
-        }
-
-        if (computeCapability < 0)
-        {
-            message = $"computeCapability must be 0 (any GPU) or major*10+minor; got {computeCapability}.";
-            return FlashAttentionStatus.InvalidArgument;
-        }
-
-        using var lq = new HandleLease(q.Owner);
-        using var lk = new HandleLease(k.Owner);
-        using var lv = new HandleLease(v.Owner);
-        using var lo = new HandleLease(output.Owner);
-        using var ll = new HandleLease(logSumExp?.Owner);
-        FaForwardParams p = BuildParams(q, lq.Pointer, k, lk.Pointer, v, lv.Pointer, output, lo.Pointer, logSumExp, ll.Pointer, options);
-        FaStatus status = NativeMethods.fa_forward_check(&p, computeCapability);
-        message = status == FaStatus.Success ? string.Empty : Errors.LastErrorMessage();
-        return (FlashAttentionStatus)status;
+        return CheckCore(q, k, v, output, batch: null, logSumExp, options, computeCapability, out message);
     }
 
     /// <summary>
@@ -151,7 +129,7 @@ public sealed partial class FlashAttention : IDisposable
     /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong (including a head dim that is not a multiple of 8).</exception>
     /// <exception cref="FlashAttentionException">The native library refused or failed the call.</exception>
     /// <exception cref="ObjectDisposedException">This instance, a tensor's buffer or the stream was disposed.</exception>
-    public unsafe void Forward(
+    public void Forward(
         DeviceTensor q,
         DeviceTensor k,
         DeviceTensor v,
@@ -162,33 +140,7 @@ public sealed partial class FlashAttention : IDisposable
     {
         ObjectDisposedException.ThrowIf(_context.IsClosed, this);
         ThrowIfNull(q, k, v, output);
-        options ??= AttentionOptions.Default;
-        if (Validate(q, k, v, output, logSumExp, options, Device) is { } problem)
-        {
-            throw new ArgumentException(problem.Message, problem.ParamName);
-        }
-
-        if (stream?.Device is { } streamDevice && streamDevice.Ordinal != Device.Ordinal)
-        {
-            throw new ArgumentException(
-                $"The stream belongs to cuda:{streamDevice.Ordinal} but this FlashAttention runs on cuda:{Device.Ordinal}.", nameof(stream));
-        }
-
-        if (_logger.IsEnabled(LogLevel.Debug))
-        {
-            LogForward(_logger, q.ToString(), k.ToString(), logSumExp is not null, options.Causal, options.CausalAlignment,
-                options.EffectiveScale((int)q.Shape[3]), DescribeMasks(options), options.KernelPath, stream?.ToString() ?? "legacy default stream");
-        }
-
-        using var ctx = new HandleLease(_context);
-        using var s = new HandleLease(stream);
-        using var lq = new HandleLease(q.Owner);
-        using var lk = new HandleLease(k.Owner);
-        using var lv = new HandleLease(v.Owner);
-        using var lo = new HandleLease(output.Owner);
-        using var ll = new HandleLease(logSumExp?.Owner);
-        FaForwardParams p = BuildParams(q, lq.Pointer, k, lk.Pointer, v, lv.Pointer, output, lo.Pointer, logSumExp, ll.Pointer, options);
-        Errors.ThrowIfFailed(NativeMethods.fa_forward(ctx.Pointer, &p, s.Pointer));
+        ForwardCore(q, k, v, output, batch: null, logSumExp, options, stream);
     }
 
     /// <summary>
@@ -218,63 +170,192 @@ public sealed partial class FlashAttention : IDisposable
         ArgumentNullException.ThrowIfNull(output);
     }
 
-    /// <summary>The structural checks the managed side can make; null when they pass.</summary>
+    /// <summary>
+    /// <see cref="Check"/> and <see cref="CheckVarlen"/> after their null checks; <paramref name="batch"/> is null for
+    /// a fixed-length call.
+    /// </summary>
+    private static FlashAttentionStatus CheckCore(
+        DeviceTensor q,
+        DeviceTensor k,
+        DeviceTensor v,
+        DeviceTensor output,
+        VarlenBatch? batch,
+        DeviceTensor? logSumExp,
+        AttentionOptions? options,
+        int computeCapability,
+        out string message)
+    {
+        if (batch is not null)
+        {
+            ObjectDisposedException.ThrowIf(batch.IsDisposed, batch);
+        }
+
+        options ??= AttentionOptions.Default;
+        NativeRuntime.EnsureLoaded();
+        if (Validate(q, k, v, output, batch, logSumExp, options, device: null) is { } problem)
+        {
+            message = problem.Message;
+            return FlashAttentionStatus.InvalidArgument;
+        }
+
+        if (computeCapability < 0)
+        {
+            message = $"computeCapability must be 0 (any GPU) or major*10+minor; got {computeCapability}.";
+            return FlashAttentionStatus.InvalidArgument;
+        }
+
+        return (FlashAttentionStatus)CallNative(context: null, stream: null, q, k, v, output, batch, logSumExp, options, computeCapability, out message);
+    }
+
+    /// <summary>
+    /// <see cref="Forward"/> and <see cref="ForwardVarlen"/> after their disposal and null checks;
+    /// <paramref name="batch"/> is null for a fixed-length call.
+    /// </summary>
+    private void ForwardCore(
+        DeviceTensor q,
+        DeviceTensor k,
+        DeviceTensor v,
+        DeviceTensor output,
+        VarlenBatch? batch,
+        DeviceTensor? logSumExp,
+        AttentionOptions? options,
+        CudaStream? stream)
+    {
+        if (batch is not null)
+        {
+            ObjectDisposedException.ThrowIf(batch.IsDisposed, batch);
+        }
+
+        options ??= AttentionOptions.Default;
+        if (Validate(q, k, v, output, batch, logSumExp, options, Device) is { } problem)
+        {
+            throw new ArgumentException(problem.Message, problem.ParamName);
+        }
+
+        if (stream?.Device is { } streamDevice && streamDevice.Ordinal != Device.Ordinal)
+        {
+            throw new ArgumentException(
+                $"The stream belongs to cuda:{streamDevice.Ordinal} but this FlashAttention runs on cuda:{Device.Ordinal}.", nameof(stream));
+        }
+
+        if (_logger.IsEnabled(LogLevel.Debug))
+        {
+            double scale = options.EffectiveScale((int)q.Shape[q.Rank - 1]);
+            string streamName = stream?.ToString() ?? "legacy default stream";
+            if (batch is null)
+            {
+                LogForward(_logger, q.ToString(), k.ToString(), logSumExp is not null, options.Causal, options.CausalAlignment,
+                    scale, DescribeMasks(options), options.KernelPath, streamName);
+            }
+            else
+            {
+                LogForwardVarlen(_logger, q.ToString(), k.ToString(), batch.ToString(), logSumExp is not null, options.Causal, options.CausalAlignment,
+                    scale, DescribeMasks(options), options.KernelPath, streamName);
+            }
+        }
+
+        CallNative(_context, stream, q, k, v, output, batch, logSumExp, options, computeCapability: 0, out _);
+    }
+
+    /// <summary>
+    /// Leases every handle for the duration of the native call, fills the parameters (the variable-length fields
+    /// when <paramref name="batch"/> is given, with its host copies pinned) and calls <c>fa_forward</c> on
+    /// <paramref name="context"/>, throwing on failure, or, when <paramref name="context"/> is null,
+    /// <c>fa_forward_check</c> for <paramref name="computeCapability"/>. The native error message is read before
+    /// the leases are released.
+    /// </summary>
+    private static unsafe FaStatus CallNative(
+        SafeContextHandle? context,
+        CudaStream? stream,
+        DeviceTensor q,
+        DeviceTensor k,
+        DeviceTensor v,
+        DeviceTensor output,
+        VarlenBatch? batch,
+        DeviceTensor? lse,
+        AttentionOptions options,
+        int computeCapability,
+        out string message)
+    {
+        using var ctx = new HandleLease(context);
+        using var s = new HandleLease(stream);
+        using var lq = new HandleLease(q.Owner);
+        using var lk = new HandleLease(k.Owner);
+        using var lv = new HandleLease(v.Owner);
+        using var lo = new HandleLease(output.Owner);
+        using var ll = new HandleLease(lse?.Owner);
+        using var lcq = new HandleLease(batch?.CuSeqlensQ.Owner);
+        using var lck = new HandleLease(batch?.CuSeqlensK.Owner);
+        FaForwardParams p = BuildParams(q, lq.Pointer, k, lk.Pointer, v, lv.Pointer, output, lo.Pointer, lse, ll.Pointer, options);
+        fixed (int* hostQ = batch?.HostQ, hostK = batch?.HostK)
+        {
+            if (batch is not null)
+            {
+                SetVarlen(ref p, batch, lcq.Pointer, lck.Pointer, hostQ, hostK);
+            }
+
+            if (context is null)
+            {
+                FaStatus status = NativeMethods.fa_forward_check(&p, computeCapability);
+                message = status == FaStatus.Success ? string.Empty : Errors.LastErrorMessage();
+                return status;
+            }
+
+            Errors.ThrowIfFailed(NativeMethods.fa_forward(ctx.Pointer, &p, s.Pointer));
+            message = string.Empty;
+            return FaStatus.Success;
+        }
+    }
+
+    /// <summary>
+    /// The structural checks the managed side can make, for a fixed-length call (<paramref name="batch"/> null:
+    /// rank-4 tensors) or a variable-length one (rank 3); null when they pass. Allocates nothing when they pass.
+    /// </summary>
     private static Problem? Validate(
-        DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor output, DeviceTensor? lse, AttentionOptions options, CudaDevice? device)
+        DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor output, VarlenBatch? batch, DeviceTensor? lse, AttentionOptions options, CudaDevice? device)
     {
         if (options.Problem() is { } optionsProblem)
         {
             return new Problem(nameof(options), optionsProblem);
         }
 
-        foreach ((DeviceTensor t, string name) in new[] { (q, nameof(q)), (k, nameof(k)), (v, nameof(v)), (output, nameof(output)) })
+        bool varlen = batch is not null;
+        if ((TensorProblem(q, nameof(q), varlen, device) ?? TensorProblem(k, nameof(k), varlen, device) ??
+             TensorProblem(v, nameof(v), varlen, device) ?? TensorProblem(output, nameof(output), varlen, device) ??
+             DataTypeProblem(k, nameof(k), q) ?? DataTypeProblem(v, nameof(v), q) ?? DataTypeProblem(output, nameof(output), q)) is { } tensorProblem)
         {
-            if (t.Rank != 4)
-            {
-                return new Problem(name, $"{name} must have rank 4 [batch, seqlen, heads, head_dim]; it is {t}.");
-            }
-
-            if (t.Strides[3] != 1 && t.Shape[3] > 1)
-            {
-                return new Problem(name, $"{name}'s last dimension (head_dim) must be contiguous (stride 1); it is {t}.");
-            }
-
-            if (device is not null && t.Device is not null && t.Device.Ordinal != device.Ordinal)
-            {
-                return new Problem(name, $"{name} lives on cuda:{t.Device.Ordinal} but this FlashAttention runs on cuda:{device.Ordinal}.");
-            }
+            return tensorProblem;
         }
 
-        foreach ((DeviceTensor t, string name) in new[] { (k, nameof(k)), (v, nameof(v)), (output, nameof(output)) })
-        {
-            if (t.DataType != q.DataType)
-            {
-                return new Problem(name, $"{name} is {t.DataType} but q is {q.DataType}; q, k, v and output share one dtype.");
-            }
-        }
-
-        long batch = q.Shape[0], seqQ = q.Shape[1], headsQ = q.Shape[2], dim = q.Shape[3];
+        // Fixed: q [batch, seqlen_q, heads_q, head_dim]. Varlen: q [total_q, heads_q, head_dim].
+        int last = q.Rank - 1;
+        long headsQ = q.Shape[last - 1], dim = q.Shape[last];
         if (HeadDimProblem(dim) is { } headDimProblem)
         {
             return new Problem(nameof(q), headDimProblem);
         }
 
-        if (k.Shape[0] != batch || k.Shape[3] != dim)
+        if (!varlen && (k.Shape[0] != q.Shape[0] || k.Shape[3] != dim))
         {
-            return new Problem(nameof(k), $"k must be [batch={batch}, seqlen_k, heads_kv, head_dim={dim}] to match q {q}; it is {k}.");
+            return new Problem(nameof(k), $"k must be [batch={q.Shape[0]}, seqlen_k, heads_kv, head_dim={dim}] to match q {q}; it is {k}.");
         }
 
-        if (!k.Shape.SequenceEqual(v.Shape))
+        if (varlen && k.Shape[2] != dim)
+        {
+            return new Problem(nameof(k), $"k must be [total_k, heads_kv, head_dim={dim}] to match q {q}; it is {k}.");
+        }
+
+        if (!k.HasShapeOf(v))
         {
             return new Problem(nameof(v), $"v must have k's shape [{string.Join(", ", k.Shape)}]; it is {v}.");
         }
 
-        if (!q.Shape.SequenceEqual(output.Shape))
+        if (!q.HasShapeOf(output))
         {
             return new Problem(nameof(output), $"output must have q's shape [{string.Join(", ", q.Shape)}]; it is {output}.");
         }
 
-        long headsKv = k.Shape[2];
+        long headsKv = k.Shape[last - 1];
         if (headsKv == 0 || headsQ % headsKv != 0)
         {
             return new Problem(nameof(k), $"k has {headsKv} heads, which does not divide q's {headsQ} heads.");
@@ -287,9 +368,21 @@ public sealed partial class FlashAttention : IDisposable
                 return new Problem("logSumExp", $"logSumExp must be Float32; it is {lse.DataType}.");
             }
 
-            if (lse.Rank != 3 || lse.Shape[0] != batch || lse.Shape[1] != headsQ || lse.Shape[2] != seqQ)
+            if (varlen)
             {
-                return new Problem("logSumExp", $"logSumExp must be [batch={batch}, heads_q={headsQ}, seqlen_q={seqQ}]; it is {lse}.");
+                long totalQ = q.Shape[0];
+                if (lse.Rank != 2 || lse.Shape[0] != headsQ || lse.Shape[1] != totalQ)
+                {
+                    return new Problem("logSumExp", $"logSumExp must be [heads_q={headsQ}, total_q={totalQ}] in a variable-length batch; it is {lse}.");
+                }
+            }
+            else
+            {
+                long batchSize = q.Shape[0], seqQ = q.Shape[1];
+                if (lse.Rank != 3 || lse.Shape[0] != batchSize || lse.Shape[1] != headsQ || lse.Shape[2] != seqQ)
+                {
+                    return new Problem("logSumExp", $"logSumExp must be [batch={batchSize}, heads_q={headsQ}, seqlen_q={seqQ}]; it is {lse}.");
+                }
             }
 
             if (device is not null && lse.Device is not null && lse.Device.Ordinal != device.Ordinal)
@@ -298,8 +391,48 @@ public sealed partial class FlashAttention : IDisposable
             }
         }
 
+        return batch is null ? null : BatchProblem(batch, q.Shape[0], k.Shape[0], device);
+    }
+
+    /// <summary>Rank, contiguous head_dim and device of one of q, k, v, output; null when they pass.</summary>
+    private static Problem? TensorProblem(DeviceTensor t, string name, bool varlen, CudaDevice? device)
+    {
+        int rank = varlen ? 3 : 4;
+        if (t.Rank != rank)
+        {
+            return new Problem(name, varlen
+                ? $"{name} must have rank 3 [total_tokens, heads, head_dim] in a variable-length batch; it is {t}."
+                : $"{name} must have rank 4 [batch, seqlen, heads, head_dim]; it is {t}.");
+        }
+
+        if (t.Strides[rank - 1] != 1 && t.Shape[rank - 1] > 1)
+        {
+            return new Problem(name, $"{name}'s last dimension (head_dim) must be contiguous (stride 1); it is {t}.");
+        }
+
+        if (device is not null && t.Device is not null && t.Device.Ordinal != device.Ordinal)
+        {
+            return new Problem(name, $"{name} lives on cuda:{t.Device.Ordinal} but this FlashAttention runs on cuda:{device.Ordinal}.");
+        }
+
         return null;
     }
+
+    private static Problem? DataTypeProblem(DeviceTensor t, string name, DeviceTensor q) =>
+        t.DataType == q.DataType
+            ? null
+            : new Problem(name, $"{name} is {t.DataType} but q is {q.DataType}; q, k, v and output share one dtype.");
+
+    /// <summary>Why a head dim is refused by the managed side, or null.</summary>
+    private static string? HeadDimProblem(long dim) =>
+        dim >= 8 && dim % 8 == 0
+            ? null
+            : $"head_dim must be a positive multiple of 8 (the kernels serve multiples of 8 up to 256, padded; FlashAttention.QuerySupport tells what this build serves); q has head_dim {dim}.";
+
+    private static string DescribeMasks(AttentionOptions options) =>
+        $"window=({(options.WindowLeft?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-")}, " +
+        $"{(options.WindowRight?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-")}) " +
+        $"softcap={(options.Softcap?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "off")}";
 
     private static unsafe FaForwardParams BuildParams(
         DeviceTensor q, IntPtr qBase,
