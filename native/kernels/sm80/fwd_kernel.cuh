@@ -18,6 +18,7 @@
 
 #include "common/ptx.cuh"
 #include "params.h"
+#include "sm80/fwd_schedule.h"
 #include "sm80/fwd_traits.h"
 
 namespace fa {
@@ -106,20 +107,6 @@ __device__ __forceinline__ SeqInfo seq_info(const FwdParams& p, int b) {
     return s;
 }
 
-// Fills the block-order fields of p and returns the 1-D grid size. Groups of (batch, head) pairs
-// whose K/V together take about a quarter of L2 (l2_bytes), so that every row block of a group
-// finds its keys in L2 while the group runs heaviest blocks first.
-inline unsigned schedule(FwdParams& p, int block_m, int l2_bytes) {
-    p.m_blocks = (p.sq + block_m - 1) / block_m;
-    const int64_t kv_bytes = 2ll * p.sk * p.d * 2;  // K and V of one head, 16-bit elements
-    const int64_t budget = l2_bytes > 0 ? l2_bytes / 4 : (12ll << 20);
-    const int64_t pairs = static_cast<int64_t>(p.b) * p.hq;
-    int64_t g = l2_bytes < 0 ? 1 : (kv_bytes > 0 ? budget / kv_bytes : pairs);  // < 0: one head per group
-    g = g < 1 ? 1 : (g > pairs ? pairs : g);
-    p.heads_per_group = static_cast<int32_t>(g);
-    return static_cast<unsigned>(pairs * p.m_blocks);
-}
-
 // kLocal: some key may be hidden by a causal mask or a window (else only the sequence tail masks).
 template <class Tr, bool kLocal, bool kSoftcap>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const __grid_constant__ FwdParams p) {
@@ -130,20 +117,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
 
     extern __shared__ __align__(128) unsigned char smem[];
 
-    // Block order: see FwdParams::heads_per_group.
-    int m_block, h, b;
-    {
-        const int linear = blockIdx.x;
-        const int group_size = p.heads_per_group * p.m_blocks;
-        const int group = linear / group_size;
-        const int first_bh = group * p.heads_per_group;
-        const int heads_here = min(p.heads_per_group, p.b * p.hq - first_bh);
-        const int within = linear - group * group_size;
-        m_block = p.m_blocks - 1 - within / heads_here;
-        const int bh = first_bh + within % heads_here;
-        b = bh / p.hq;
-        h = bh % p.hq;
-    }
+    // Block order: see FwdParams::heads_per_group and fwd_schedule.h.
+    const BlockCoord coord = block_coord(p, blockIdx.x);
+    const int m_block = coord.m_block, h = coord.h, b = coord.b;
     const SeqInfo seq = seq_info(p, b);
     const int row0 = m_block * BM;
     if (row0 >= seq.sq) return;  // varlen: this sequence is shorter than the longest one

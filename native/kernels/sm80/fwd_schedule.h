@@ -1,0 +1,56 @@
+// Block order of the sm80 forward: which (batch, head, row block) each block of the 1-D grid
+// computes. Pure integer code, shared by the launcher, the kernel and the host-side unit test
+// (native/tests/schedule_test.cpp), so the order can be checked without a GPU.
+#pragma once
+#include <cstdint>
+
+#include "params.h"
+
+#if defined(__CUDACC__)
+#define FA_HOST_DEVICE __host__ __device__
+#else
+#define FA_HOST_DEVICE
+#endif
+
+namespace fa {
+namespace sm80 {
+
+// Fills the block-order fields of p and returns the 1-D grid size. Groups of (batch, head) pairs
+// whose K/V together take about a quarter of L2 (l2_bytes; < 0 means one pair per group, 0 means
+// unknown: assume 48 MB), so that every row block of a group finds its keys in L2 while the group
+// runs its heaviest blocks first.
+inline unsigned schedule(FwdParams& p, int block_m, int l2_bytes) {
+    p.m_blocks = (p.sq + block_m - 1) / block_m;
+    const int64_t kv_bytes = 2ll * p.sk * p.d * 2;  // K and V of one head, 16-bit elements
+    const int64_t budget = l2_bytes > 0 ? l2_bytes / 4 : (12ll << 20);
+    const int64_t pairs = static_cast<int64_t>(p.b) * p.hq;
+    int64_t g = l2_bytes < 0 ? 1 : (kv_bytes > 0 ? budget / kv_bytes : pairs);
+    g = g < 1 ? 1 : (g > pairs ? pairs : g);
+    p.heads_per_group = static_cast<int32_t>(g);
+    return static_cast<unsigned>(pairs * p.m_blocks);
+}
+
+struct BlockCoord {
+    int m_block, h, b;
+};
+
+// Coordinates of grid block `linear`: groups of heads_per_group (batch, head) pairs in order; inside
+// a group the row blocks run from the last (heaviest under a causal mask) to the first, each for all
+// pairs of the group before the next.
+FA_HOST_DEVICE inline BlockCoord block_coord(const FwdParams& p, int linear) {
+    const int group_size = p.heads_per_group * p.m_blocks;
+    const int group = linear / group_size;
+    const int first_bh = group * p.heads_per_group;
+    const int left = p.b * p.hq - first_bh;
+    const int heads_here = p.heads_per_group < left ? p.heads_per_group : left;
+    const int within = linear - group * group_size;
+    const int bh = first_bh + within % heads_here;
+    BlockCoord c;
+    c.m_block = p.m_blocks - 1 - within / heads_here;
+    c.b = bh / p.hq;
+    c.h = bh % p.hq;
+    return c;
+}
+
+}  // namespace sm80
+}  // namespace fa

@@ -1,0 +1,92 @@
+// Host-side test of the sm80 forward's block order (native/kernels/sm80/fwd_schedule.h): for many
+// shapes, every (batch, head, row block) is computed by exactly one grid block, groups hold the
+// promised number of (batch, head) pairs, row blocks run heaviest first inside a group, and a group's
+// K/V fits the L2 budget unless a single pair is already larger. Needs no GPU; runs under ctest.
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "sm80/fwd_schedule.h"
+
+namespace {
+
+int g_failures = 0;
+int g_checks = 0;
+
+void check(bool ok, const char* what, const fa::FwdParams& p, int l2) {
+    ++g_checks;
+    if (!ok) {
+        ++g_failures;
+        std::printf("FAIL %s: b=%d hq=%d sq=%d sk=%d d=%d l2=%d (m_blocks=%d heads_per_group=%d)\n", what, p.b, p.hq,
+                    p.sq, p.sk, p.d, l2, p.m_blocks, p.heads_per_group);
+    }
+}
+
+void run_case(int b, int hq, int sq, int sk, int d, int block_m, int l2) {
+    fa::FwdParams p{};
+    p.b = b;
+    p.hq = hq;
+    p.sq = sq;
+    p.sk = sk;
+    p.d = d;
+    const unsigned blocks = fa::sm80::schedule(p, block_m, l2);
+    const int m_blocks = (sq + block_m - 1) / block_m;
+    check(p.m_blocks == m_blocks, "m_blocks", p, l2);
+    check(blocks == static_cast<unsigned>(b) * hq * m_blocks, "grid size", p, l2);
+    check(p.heads_per_group >= 1 && p.heads_per_group <= b * hq, "heads_per_group in [1, pairs]", p, l2);
+    if (l2 < 0) check(p.heads_per_group == 1, "l2 < 0 gives one pair per group", p, l2);
+    const long long kv = 4ll * sk * d;
+    const long long budget = l2 > 0 ? l2 / 4 : (12ll << 20);
+    if (l2 >= 0 && p.heads_per_group > 1) check(kv * p.heads_per_group <= budget, "group K/V within budget", p, l2);
+    if (l2 >= 0 && p.heads_per_group < b * hq) check(kv * (p.heads_per_group + 1) > budget, "group as large as fits", p, l2);
+
+    std::vector<int> seen(static_cast<size_t>(b) * hq * m_blocks, 0);
+    int prev_group = -1, prev_m = 0;
+    bool in_range = true, ordered = true;
+    for (unsigned linear = 0; linear < blocks; ++linear) {
+        const fa::sm80::BlockCoord c = fa::sm80::block_coord(p, static_cast<int>(linear));
+        if (c.b < 0 || c.b >= b || c.h < 0 || c.h >= hq || c.m_block < 0 || c.m_block >= m_blocks) {
+            in_range = false;
+            continue;
+        }
+        ++seen[(static_cast<size_t>(c.b) * hq + c.h) * m_blocks + c.m_block];
+        const int group = (c.b * hq + c.h) / p.heads_per_group;
+        if (group < prev_group) ordered = false;                        // groups in order
+        if (group == prev_group && c.m_block > prev_m) ordered = false;  // heaviest first inside a group
+        prev_group = group;
+        prev_m = c.m_block;
+    }
+    check(in_range, "coordinates in range", p, l2);
+    bool once = true;
+    for (const int n : seen) once = once && n == 1;
+    check(once, "every (batch, head, row block) exactly once", p, l2);
+    check(ordered, "groups in order, row blocks heaviest first", p, l2);
+}
+
+}  // namespace
+
+int main() {
+    // Hand-picked shapes: the TARGETS grid, tails, a single pair, more pairs than fit a group.
+    const int l2s[] = {50 << 20, 0, -1, 1 << 20};
+    for (const int l2 : l2s) {
+        for (const int s : {1, 17, 128, 129, 1024, 4096, 16384}) {
+            run_case(16384 / s > 0 ? 16384 / s : 1, 2048 / 64, s, s, 64, 128, l2);
+            run_case(4, 32, s, s + 7, 128, 128, l2);
+            run_case(1, 1, s, 3 * s, 256, 128, l2);
+        }
+        run_case(3, 5, 1000, 1000, 96, 128, l2);
+        run_case(7, 3, 129, 5000, 256, 128, l2);
+    }
+    // Random shapes.
+    std::mt19937 rng(12345);
+    for (int i = 0; i < 300; ++i) {
+        const int b = 1 + static_cast<int>(rng() % 9), hq = 1 + static_cast<int>(rng() % 40);
+        const int sq = 1 + static_cast<int>(rng() % 3000), sk = 1 + static_cast<int>(rng() % 70000);
+        const int d = 8 * (1 + static_cast<int>(rng() % 32));
+        const int l2 = (i % 3 == 0) ? -1 : static_cast<int>((1 + rng() % 64) << 20);
+        run_case(b, hq, sq, sk, d, (i % 2) ? 128 : 64, l2);
+    }
+    std::printf("%s: %d checks, %d failed\n", g_failures ? "FAILED" : "PASSED", g_checks, g_failures);
+    return g_failures ? 1 : 0;
+}
