@@ -21,7 +21,7 @@ namespace FlashAttn;
 /// output 0 and lse = +infinity, as the native library defines it. NaN in the inputs propagates to the affected rows.
 /// </para>
 /// </remarks>
-public static class AttentionReference
+public static partial class AttentionReference
 {
     /// <summary>Multiply-adds below which the computation stays on the calling thread.</summary>
     private const long ParallelThresholdMacs = 1L << 20;
