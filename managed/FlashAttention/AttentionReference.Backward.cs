@@ -147,21 +147,10 @@ public static partial class AttentionReference
         Span<double> keyGrad,
         Span<double> valueGrad)
     {
-        ArgumentNullException.ThrowIfNull(options);
-        options.Validate(nameof(options));
-        new AttentionShape(seqLensQ.Length, 0, 0, headsQ, headsKv, headDim).Validate("headsQ");
-        if (seqLensQ.Length != seqLensK.Length)
-        {
-            throw new ArgumentException(
-                $"seqLensQ has {seqLensQ.Length} sequences but seqLensK has {seqLensK.Length}.", nameof(seqLensK));
-        }
-
-        long[] cuQ = PrefixSums(seqLensQ, nameof(seqLensQ), out _);
-        long[] cuK = PrefixSums(seqLensK, nameof(seqLensK), out int maxK);
+        VarlenLayout layout = CheckVarlen(q, k, v, seqLensQ, seqLensK, headsQ, headsKv, headDim, options);
+        long[] cuQ = layout.CuQ, cuK = layout.CuK;
+        int maxK = layout.MaxK;
         long qElements = cuQ[^1] * headsQ * headDim, kvElements = cuK[^1] * headsKv * headDim;
-        RequireLength(q.Length, qElements, nameof(q));
-        RequireLength(k.Length, kvElements, nameof(k));
-        RequireLength(v.Length, kvElements, nameof(v));
         RequireLength(outputGrad.Length, qElements, nameof(outputGrad));
         RequireLength(queryGrad.Length, qElements, nameof(queryGrad));
         RequireLength(keyGrad.Length, kvElements, nameof(keyGrad));
@@ -175,12 +164,8 @@ public static partial class AttentionReference
             return;
         }
 
-        int[] lensQ = seqLensQ.ToArray(), lensK = seqLensK.ToArray();
-        long macs = 0;
-        for (int b = 0; b < lensQ.Length; b++)
-        {
-            macs += (long)lensQ[b] * lensK[b] * headsQ * headDim;
-        }
+        int[] lensQ = layout.LensQ, lensK = layout.LensK;
+        long macs = layout.Macs;
 
         var row = new BackwardRowKernel(options, headDim);
         fixed (double* pq = q, pk = k, pv = v, pdo = outputGrad, pdq = queryGrad, pdk = keyGrad, pdv = valueGrad)

@@ -120,21 +120,10 @@ public static partial class AttentionReference
         Span<double> output,
         Span<double> logSumExp)
     {
-        ArgumentNullException.ThrowIfNull(options);
-        options.Validate(nameof(options));
-        new AttentionShape(seqLensQ.Length, 0, 0, headsQ, headsKv, headDim).Validate("headsQ");
-        if (seqLensQ.Length != seqLensK.Length)
-        {
-            throw new ArgumentException(
-                $"seqLensQ has {seqLensQ.Length} sequences but seqLensK has {seqLensK.Length}.", nameof(seqLensK));
-        }
-
-        long[] cuQ = PrefixSums(seqLensQ, nameof(seqLensQ), out _);
-        long[] cuK = PrefixSums(seqLensK, nameof(seqLensK), out int maxK);
-        long totalQ = cuQ[^1], totalK = cuK[^1];
-        RequireLength(q.Length, totalQ * headsQ * headDim, nameof(q));
-        RequireLength(k.Length, totalK * headsKv * headDim, nameof(k));
-        RequireLength(v.Length, totalK * headsKv * headDim, nameof(v));
+        VarlenLayout layout = CheckVarlen(q, k, v, seqLensQ, seqLensK, headsQ, headsKv, headDim, options);
+        long[] cuQ = layout.CuQ, cuK = layout.CuK;
+        int maxK = layout.MaxK;
+        long totalQ = cuQ[^1];
         RequireLength(output.Length, totalQ * headsQ * headDim, nameof(output));
         if (!logSumExp.IsEmpty)
         {
@@ -154,12 +143,8 @@ public static partial class AttentionReference
             sequenceOf.AsSpan((int)cuQ[b], seqLensQ[b]).Fill(b);
         }
 
-        int[] lensQ = seqLensQ.ToArray(), lensK = seqLensK.ToArray();
-        long macs = 0;
-        for (int b = 0; b < lensQ.Length; b++)
-        {
-            macs += (long)lensQ[b] * lensK[b] * headsQ * headDim;
-        }
+        int[] lensQ = layout.LensQ, lensK = layout.LensK;
+        long macs = layout.Macs;
 
         var row = new RowKernel(options, headDim);
         fixed (double* pq = q, pk = k, pv = v, po = output, pl = logSumExp)
@@ -386,6 +371,49 @@ public static partial class AttentionReference
         }
 
         return norm == 0 ? Math.Sqrt(diff) : Math.Sqrt(diff / norm);
+    }
+
+    /// <summary>Prefix sums, lengths and cost of a variable-length batch, from <see cref="CheckVarlen"/>.</summary>
+    private readonly record struct VarlenLayout(long[] CuQ, long[] CuK, int MaxK, int[] LensQ, int[] LensK, long Macs);
+
+    /// <summary>
+    /// The argument checks the variable-length entry points share (options, sizes, sequence counts and lengths, and
+    /// the lengths of q, k and v), in that order; returns the prefix sums of the lengths, the longest key sequence
+    /// and the multiply-adds of one pass over the batch (for the parallel threshold).
+    /// </summary>
+    private static VarlenLayout CheckVarlen(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        ReadOnlySpan<int> seqLensQ,
+        ReadOnlySpan<int> seqLensK,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        AttentionOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate(nameof(options));
+        new AttentionShape(seqLensQ.Length, 0, 0, headsQ, headsKv, headDim).Validate("headsQ");
+        if (seqLensQ.Length != seqLensK.Length)
+        {
+            throw new ArgumentException(
+                $"seqLensQ has {seqLensQ.Length} sequences but seqLensK has {seqLensK.Length}.", nameof(seqLensK));
+        }
+
+        long[] cuQ = PrefixSums(seqLensQ, nameof(seqLensQ), out _);
+        long[] cuK = PrefixSums(seqLensK, nameof(seqLensK), out int maxK);
+        RequireLength(q.Length, cuQ[^1] * headsQ * headDim, nameof(q));
+        RequireLength(k.Length, cuK[^1] * headsKv * headDim, nameof(k));
+        RequireLength(v.Length, cuK[^1] * headsKv * headDim, nameof(v));
+        int[] lensQ = seqLensQ.ToArray(), lensK = seqLensK.ToArray();
+        long macs = 0;
+        for (int b = 0; b < lensQ.Length; b++)
+        {
+            macs += (long)lensQ[b] * lensK[b] * headsQ * headDim;
+        }
+
+        return new VarlenLayout(cuQ, cuK, maxK, lensQ, lensK, macs);
     }
 
     private static void RequireLength(int actual, long expected, string paramName)
