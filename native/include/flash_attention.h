@@ -24,7 +24,7 @@
 
 /* Version of this header. fa_version() reports the version of the loaded binary. */
 #define FA_VERSION_MAJOR 0
-#define FA_VERSION_MINOR 2
+#define FA_VERSION_MINOR 3
 #define FA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
@@ -35,6 +35,10 @@
 #define FA_DEVICE_NAME_SIZE 256
 /* Required alignment, in bytes, of every tensor's data pointer. */
 #define FA_ALIGNMENT_BYTES 16
+/* Most key splits fa_decode runs per (sequence, head). */
+#define FA_DECODE_MAX_SPLITS 128
+/* Alignment, in bytes, a caller-supplied workspace must have. */
+#define FA_WORKSPACE_ALIGNMENT 256
 
 #if defined(_WIN32)
 #  if defined(FA_BUILDING_LIBRARY)
@@ -187,6 +191,129 @@ typedef struct fa_forward_params {
     /* Reserved; must be 0. */
     int32_t reserved2;
 } fa_forward_params_t;
+
+/* Arguments of fa_backward. Fill with fa_backward_params_init, then set the fields you need. The options
+   (scale, causal, window, softcap, varlen) must be those of the forward call that produced out and lse. */
+typedef struct fa_backward_params {
+    /* sizeof(fa_backward_params_t) as the caller compiled it; set by fa_backward_params_init. */
+    uint32_t struct_size;
+    /* Reserved; must be 0. */
+    uint32_t reserved0;
+    /* Queries of the forward call [batch, seqlen_q, heads_q, head_dim], fp16 or bf16. */
+    fa_tensor_t q;
+    /* Keys of the forward call [batch, seqlen_k, heads_kv, head_dim], same dtype as q. */
+    fa_tensor_t k;
+    /* Values of the forward call [batch, seqlen_k, heads_kv, head_dim], same dtype as q. */
+    fa_tensor_t v;
+    /* Output of the forward call [batch, seqlen_q, heads_q, head_dim], same dtype as q. */
+    fa_tensor_t out;
+    /* Gradient of the loss with respect to out, shaped like out, same dtype. */
+    fa_tensor_t dout;
+    /* Log-sum-exp the forward call wrote [batch, heads_q, seqlen_q] ([heads_q, total_q] varlen), fp32. Required. */
+    fa_tensor_t lse;
+    /* Gradient of q, shaped like q, same dtype; written. */
+    fa_tensor_t dq;
+    /* Gradient of k, shaped like k, same dtype; written (summed over the query heads of each group). */
+    fa_tensor_t dk;
+    /* Gradient of v, shaped like v, same dtype; written (summed over the query heads of each group). */
+    fa_tensor_t dv;
+    /* As in fa_forward_params_t. */
+    float softmax_scale;
+    /* As in fa_forward_params_t. */
+    int32_t causal;
+    /* As in fa_forward_params_t. */
+    int32_t causal_alignment;
+    /* As in fa_forward_params_t. */
+    int32_t kernel_path;
+    /* As in fa_forward_params_t. */
+    int32_t window_left;
+    /* As in fa_forward_params_t. */
+    int32_t window_right;
+    /* As in fa_forward_params_t. */
+    float softcap;
+    /* 1: dq, dk and dv are bitwise identical run after run for the same inputs (dq is accumulated in a fixed
+       order; somewhat slower). 0 (default): dq is accumulated with atomic adds, whose order varies. */
+    int32_t deterministic;
+    /* As in fa_forward_params_t (variable-length batch). */
+    const int32_t* cu_seqlens_q;
+    /* As in fa_forward_params_t. */
+    const int32_t* cu_seqlens_k;
+    /* As in fa_forward_params_t. */
+    const int32_t* cu_seqlens_q_host;
+    /* As in fa_forward_params_t. */
+    const int32_t* cu_seqlens_k_host;
+    /* As in fa_forward_params_t. */
+    int32_t varlen_batch;
+    /* As in fa_forward_params_t. */
+    int32_t max_seqlen_q;
+    /* As in fa_forward_params_t. */
+    int32_t max_seqlen_k;
+    /* Reserved; must be 0. */
+    int32_t reserved1;
+    /* Scratch device memory of at least fa_backward_workspace_size bytes, 256-byte aligned, used only during
+       the call (stream-ordered). NULL: the library allocates and frees it on the stream itself. */
+    void* workspace;
+    /* Bytes at workspace (ignored when workspace is NULL). */
+    size_t workspace_size;
+} fa_backward_params_t;
+
+/* Arguments of fa_decode. Fill with fa_decode_params_init, then set the fields you need.
+   New queries attend over each sequence's cached keys; when k_new/v_new are given they are first written
+   into the cache at positions cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1, then attended too.
+   Sequence b then has total_b = cache_seqlens[b] (+ seqlen_new when appending) keys; the causal mask and
+   window are placed bottom-right, so new token i sees, when causal, positions <= total_b - seqlen_new + i. */
+typedef struct fa_decode_params {
+    /* sizeof(fa_decode_params_t) as the caller compiled it; set by fa_decode_params_init. */
+    uint32_t struct_size;
+    /* Reserved; must be 0. */
+    uint32_t reserved0;
+    /* New queries [batch, seqlen_new, heads_q, head_dim], fp16 or bf16. */
+    fa_tensor_t q;
+    /* Key cache, same dtype as q: contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
+       NULL, else paged [num_blocks, block_size, heads_kv, head_dim]. Written where new keys are appended. */
+    fa_tensor_t k_cache;
+    /* Value cache, shaped like k_cache. */
+    fa_tensor_t v_cache;
+    /* Optional new keys [batch, seqlen_new, heads_kv, head_dim] (data NULL: append nothing). */
+    fa_tensor_t k_new;
+    /* New values, shaped like k_new; given exactly when k_new is. */
+    fa_tensor_t v_new;
+    /* Output [batch, seqlen_new, heads_q, head_dim], same dtype as q; written. */
+    fa_tensor_t out;
+    /* Optional log-sum-exp [batch, heads_q, seqlen_new], fp32; written when data is not NULL. */
+    fa_tensor_t lse;
+    /* Tokens already in each sequence's cache, device int32 [batch] (rank 1). Not updated by the call. */
+    fa_tensor_t cache_seqlens;
+    /* Paged cache: device int32 [batch, max_blocks_per_seq] (rank 2), the physical block of each page.
+       data NULL: the cache is contiguous. Entries past a sequence's last page are never read. */
+    fa_tensor_t block_table;
+    /* As in fa_forward_params_t. */
+    float softmax_scale;
+    /* 1: causal over the new tokens (bottom-right); 0: none. */
+    int32_t causal;
+    /* As in fa_forward_params_t (bottom-right placement). */
+    int32_t window_left;
+    /* As in fa_forward_params_t. */
+    int32_t window_right;
+    /* As in fa_forward_params_t. */
+    float softcap;
+    /* An fa_kernel_path_t value. */
+    int32_t kernel_path;
+    /* Number of key splits per (sequence, head), 1..FA_DECODE_MAX_SPLITS; 0: chosen from the batch, heads,
+       cache capacity and SM count. */
+    int32_t num_splits;
+    /* Reserved; must be 0. */
+    int32_t reserved1;
+    /* Optional host copy of cache_seqlens; when given the library checks that every sequence (with its new
+       tokens) fits its capacity. When not given the device array is trusted, clamped so that no access
+       leaves the cache. */
+    const int32_t* cache_seqlens_host;
+    /* Scratch device memory of at least fa_decode_workspace_size bytes, 256-byte aligned, used only during the
+       call. NULL: the library allocates and frees it on the stream itself. */
+    void* workspace;
+    /* Bytes at workspace (ignored when workspace is NULL). */
+    size_t workspace_size;
+} fa_decode_params_t;
 
 /* A question for fa_query_support: is this kind of call served by this build on this GPU? */
 typedef struct fa_support_query {
@@ -366,6 +493,46 @@ FA_API fa_status_t fa_kernel_name(int32_t index, const char** name);
    (and the log-sum-exp to params->lse when given), ordered on `stream`. Validates everything before
    any CUDA call. Does not synchronise and does not allocate, so it may be captured into a CUDA graph. */
 FA_API fa_status_t fa_forward(fa_context_t context, const fa_forward_params_t* params, void* stream);
+
+/* ---- backward --------------------------------------------------------------------------------- */
+
+/* Fills the first struct_size bytes of *params with defaults (as fa_forward_params_init; not deterministic,
+   no workspace). Pass sizeof(fa_backward_params_t) as the caller compiled it. */
+FA_API fa_status_t fa_backward_params_init(fa_backward_params_t* params, size_t struct_size);
+
+/* Checks *params without touching the GPU (as fa_forward_check). */
+FA_API fa_status_t fa_backward_check(const fa_backward_params_t* params, int32_t compute_capability);
+
+/* Bytes of workspace fa_backward needs for *params on the context's device (the workspace fields of *params
+   are ignored). Validates *params. */
+FA_API fa_status_t fa_backward_workspace_size(fa_context_t context, const fa_backward_params_t* params, size_t* bytes);
+
+/* Gradients of attention: given q, k, v, out, dout and lse of a forward call with the same options, writes
+   dq, dk and dv, ordered on `stream`. P is recomputed from lse; nothing of size seqlen_q x seqlen_k is stored.
+   With a caller workspace nothing is allocated or synchronised, so the call may be captured into a CUDA
+   graph; with workspace NULL the library allocates it stream-ordered (capturable where the driver supports
+   stream-ordered allocation in graphs). */
+FA_API fa_status_t fa_backward(fa_context_t context, const fa_backward_params_t* params, void* stream);
+
+/* ---- decode over a KV cache --------------------------------------------------------------------- */
+
+/* Fills the first struct_size bytes of *params with defaults: scale 0 (1/sqrt(d)), not causal, no window,
+   no softcap, automatic split count, no workspace; tensors zeroed (contiguous cache, no append). */
+FA_API fa_status_t fa_decode_params_init(fa_decode_params_t* params, size_t struct_size);
+
+/* Checks *params without touching the GPU. */
+FA_API fa_status_t fa_decode_check(const fa_decode_params_t* params, int32_t compute_capability);
+
+/* Bytes of workspace fa_decode needs for *params on the context's device (the split partials). Validates
+   *params. */
+FA_API fa_status_t fa_decode_workspace_size(fa_context_t context, const fa_decode_params_t* params, size_t* bytes);
+
+/* Number of key splits fa_decode would use for *params on the context's device. */
+FA_API fa_status_t fa_decode_num_splits(fa_context_t context, const fa_decode_params_t* params, int32_t* num_splits);
+
+/* Attention of new queries over a KV cache (appending k_new/v_new first when given), ordered on `stream`.
+   Splits each sequence's keys over several blocks and combines the partial results by their log-sum-exp. */
+FA_API fa_status_t fa_decode(fa_context_t context, const fa_decode_params_t* params, void* stream);
 
 #ifdef __cplusplus
 }

@@ -24,8 +24,8 @@ public static unsafe partial class NativeMethods
     public const int FA_VERSION_MAJOR = 0;
 
     /// <summary>Version of this header. fa_version() reports the version of the loaded binary.</summary>
-    /// <remarks>C: <c>#define FA_VERSION_MINOR 2</c></remarks>
-    public const int FA_VERSION_MINOR = 2;
+    /// <remarks>C: <c>#define FA_VERSION_MINOR 3</c></remarks>
+    public const int FA_VERSION_MINOR = 3;
 
     /// <summary>Version of this header. fa_version() reports the version of the loaded binary.</summary>
     /// <remarks>C: <c>#define FA_VERSION_PATCH 0</c></remarks>
@@ -33,7 +33,7 @@ public static unsafe partial class NativeMethods
 
     /// <summary>MAJOR * 10000 + MINOR * 100 + PATCH.</summary>
     /// <remarks>C: <c>#define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)</c></remarks>
-    public const int FA_VERSION_CODE = 200;
+    public const int FA_VERSION_CODE = 300;
 
     /// <summary>Most dimensions a tensor descriptor carries.</summary>
     /// <remarks>C: <c>#define FA_MAX_RANK 4</c></remarks>
@@ -46,6 +46,14 @@ public static unsafe partial class NativeMethods
     /// <summary>Required alignment, in bytes, of every tensor's data pointer.</summary>
     /// <remarks>C: <c>#define FA_ALIGNMENT_BYTES 16</c></remarks>
     public const int FA_ALIGNMENT_BYTES = 16;
+
+    /// <summary>Most key splits fa_decode runs per (sequence, head).</summary>
+    /// <remarks>C: <c>#define FA_DECODE_MAX_SPLITS 128</c></remarks>
+    public const int FA_DECODE_MAX_SPLITS = 128;
+
+    /// <summary>Alignment, in bytes, a caller-supplied workspace must have.</summary>
+    /// <remarks>C: <c>#define FA_WORKSPACE_ALIGNMENT 256</c></remarks>
+    public const int FA_WORKSPACE_ALIGNMENT = 256;
 
     /// <summary>Constant name of a status ("FA_STATUS_INVALID_ARGUMENT"); never NULL, never freed.</summary>
     /// <remarks>
@@ -325,4 +333,93 @@ public static unsafe partial class NativeMethods
     /// </remarks>
     [LibraryImport(LibraryName)]
     public static partial FaStatus fa_forward(nint context, FaForwardParams* @params, nint stream);
+
+    /// <summary>
+    /// Fills the first struct_size bytes of *params with defaults (as fa_forward_params_init; not deterministic,
+    /// no workspace). Pass sizeof(fa_backward_params_t) as the caller compiled it.
+    /// </summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_backward_params_init(fa_backward_params_t* params, size_t struct_size)</c></para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_backward_params_init(FaBackwardParams* @params, nuint struct_size);
+
+    /// <summary>Checks *params without touching the GPU (as fa_forward_check).</summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_backward_check(const fa_backward_params_t* params, int32_t compute_capability)</c></para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_backward_check(FaBackwardParams* @params, int compute_capability);
+
+    /// <summary>
+    /// Bytes of workspace fa_backward needs for *params on the context's device (the workspace fields of *params
+    /// are ignored). Validates *params.
+    /// </summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_backward_workspace_size(fa_context_t context, const fa_backward_params_t* params, size_t* bytes)</c></para>
+    /// <para>fa_context_t: Opaque per-device state: device ordinal, cached properties.</para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_backward_workspace_size(nint context, FaBackwardParams* @params, nuint* bytes);
+
+    /// <summary>
+    /// Gradients of attention: given q, k, v, out, dout and lse of a forward call with the same options, writes
+    /// dq, dk and dv, ordered on <c>stream</c>. P is recomputed from lse; nothing of size seqlen_q x seqlen_k is stored.
+    /// With a caller workspace nothing is allocated or synchronised, so the call may be captured into a CUDA
+    /// graph; with workspace NULL the library allocates it stream-ordered (capturable where the driver supports
+    /// stream-ordered allocation in graphs).
+    /// </summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_backward(fa_context_t context, const fa_backward_params_t* params, void* stream)</c></para>
+    /// <para>fa_context_t: Opaque per-device state: device ordinal, cached properties.</para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_backward(nint context, FaBackwardParams* @params, nint stream);
+
+    /// <summary>
+    /// Fills the first struct_size bytes of *params with defaults: scale 0 (1/sqrt(d)), not causal, no window,
+    /// no softcap, automatic split count, no workspace; tensors zeroed (contiguous cache, no append).
+    /// </summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_decode_params_init(fa_decode_params_t* params, size_t struct_size)</c></para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_decode_params_init(FaDecodeParams* @params, nuint struct_size);
+
+    /// <summary>Checks *params without touching the GPU.</summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_decode_check(const fa_decode_params_t* params, int32_t compute_capability)</c></para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_decode_check(FaDecodeParams* @params, int compute_capability);
+
+    /// <summary>
+    /// Bytes of workspace fa_decode needs for *params on the context's device (the split partials). Validates
+    /// params.
+    /// </summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_decode_workspace_size(fa_context_t context, const fa_decode_params_t* params, size_t* bytes)</c></para>
+    /// <para>fa_context_t: Opaque per-device state: device ordinal, cached properties.</para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_decode_workspace_size(nint context, FaDecodeParams* @params, nuint* bytes);
+
+    /// <summary>Number of key splits fa_decode would use for *params on the context's device.</summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_decode_num_splits(fa_context_t context, const fa_decode_params_t* params, int32_t* num_splits)</c></para>
+    /// <para>fa_context_t: Opaque per-device state: device ordinal, cached properties.</para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_decode_num_splits(nint context, FaDecodeParams* @params, int* num_splits);
+
+    /// <summary>
+    /// Attention of new queries over a KV cache (appending k_new/v_new first when given), ordered on <c>stream</c>.
+    /// Splits each sequence's keys over several blocks and combines the partial results by their log-sum-exp.
+    /// </summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_decode(fa_context_t context, const fa_decode_params_t* params, void* stream)</c></para>
+    /// <para>fa_context_t: Opaque per-device state: device ordinal, cached properties.</para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_decode(nint context, FaDecodeParams* @params, nint stream);
 }

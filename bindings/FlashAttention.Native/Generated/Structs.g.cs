@@ -151,6 +151,253 @@ public unsafe partial struct FaForwardParams
     public int reserved2;
 }
 
+/// <summary>
+/// Arguments of fa_backward. Fill with fa_backward_params_init, then set the fields you need. The options
+/// (scale, causal, window, softcap, varlen) must be those of the forward call that produced out and lse.
+/// </summary>
+/// <remarks>Mirror of C <c>fa_backward_params_t</c> (<c>struct fa_backward_params</c>): 824 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe partial struct FaBackwardParams
+{
+    /// <summary>sizeof(fa_backward_params_t) as the caller compiled it; set by fa_backward_params_init.</summary>
+    /// <remarks>C: <c>uint32_t struct_size</c> at byte offset 0.</remarks>
+    public uint struct_size;
+
+    /// <summary>Reserved; must be 0.</summary>
+    /// <remarks>C: <c>uint32_t reserved0</c> at byte offset 4.</remarks>
+    public uint reserved0;
+
+    /// <summary>Queries of the forward call [batch, seqlen_q, heads_q, head_dim], fp16 or bf16.</summary>
+    /// <remarks>C: <c>fa_tensor_t q</c> at byte offset 8.</remarks>
+    public FaTensor q;
+
+    /// <summary>Keys of the forward call [batch, seqlen_k, heads_kv, head_dim], same dtype as q.</summary>
+    /// <remarks>C: <c>fa_tensor_t k</c> at byte offset 88.</remarks>
+    public FaTensor k;
+
+    /// <summary>Values of the forward call [batch, seqlen_k, heads_kv, head_dim], same dtype as q.</summary>
+    /// <remarks>C: <c>fa_tensor_t v</c> at byte offset 168.</remarks>
+    public FaTensor v;
+
+    /// <summary>Output of the forward call [batch, seqlen_q, heads_q, head_dim], same dtype as q.</summary>
+    /// <remarks>C: <c>fa_tensor_t out</c> at byte offset 248.</remarks>
+    public FaTensor @out;
+
+    /// <summary>Gradient of the loss with respect to out, shaped like out, same dtype.</summary>
+    /// <remarks>C: <c>fa_tensor_t dout</c> at byte offset 328.</remarks>
+    public FaTensor dout;
+
+    /// <summary>Log-sum-exp the forward call wrote [batch, heads_q, seqlen_q] ([heads_q, total_q] varlen), fp32. Required.</summary>
+    /// <remarks>C: <c>fa_tensor_t lse</c> at byte offset 408.</remarks>
+    public FaTensor lse;
+
+    /// <summary>Gradient of q, shaped like q, same dtype; written.</summary>
+    /// <remarks>C: <c>fa_tensor_t dq</c> at byte offset 488.</remarks>
+    public FaTensor dq;
+
+    /// <summary>Gradient of k, shaped like k, same dtype; written (summed over the query heads of each group).</summary>
+    /// <remarks>C: <c>fa_tensor_t dk</c> at byte offset 568.</remarks>
+    public FaTensor dk;
+
+    /// <summary>Gradient of v, shaped like v, same dtype; written (summed over the query heads of each group).</summary>
+    /// <remarks>C: <c>fa_tensor_t dv</c> at byte offset 648.</remarks>
+    public FaTensor dv;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>float softmax_scale</c> at byte offset 728.</remarks>
+    public float softmax_scale;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>int32_t causal</c> at byte offset 732.</remarks>
+    public int causal;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>int32_t causal_alignment</c> at byte offset 736.</remarks>
+    public int causal_alignment;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>int32_t kernel_path</c> at byte offset 740.</remarks>
+    public int kernel_path;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>int32_t window_left</c> at byte offset 744.</remarks>
+    public int window_left;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>int32_t window_right</c> at byte offset 748.</remarks>
+    public int window_right;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>float softcap</c> at byte offset 752.</remarks>
+    public float softcap;
+
+    /// <summary>
+    /// 1: dq, dk and dv are bitwise identical run after run for the same inputs (dq is accumulated in a fixed
+    /// order; somewhat slower). 0 (default): dq is accumulated with atomic adds, whose order varies.
+    /// </summary>
+    /// <remarks>C: <c>int32_t deterministic</c> at byte offset 756.</remarks>
+    public int deterministic;
+
+    /// <summary>As in fa_forward_params_t (variable-length batch).</summary>
+    /// <remarks>C: <c>const int32_t* cu_seqlens_q</c> at byte offset 760.</remarks>
+    public int* cu_seqlens_q;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>const int32_t* cu_seqlens_k</c> at byte offset 768.</remarks>
+    public int* cu_seqlens_k;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>const int32_t* cu_seqlens_q_host</c> at byte offset 776.</remarks>
+    public int* cu_seqlens_q_host;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>const int32_t* cu_seqlens_k_host</c> at byte offset 784.</remarks>
+    public int* cu_seqlens_k_host;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>int32_t varlen_batch</c> at byte offset 792.</remarks>
+    public int varlen_batch;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>int32_t max_seqlen_q</c> at byte offset 796.</remarks>
+    public int max_seqlen_q;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>int32_t max_seqlen_k</c> at byte offset 800.</remarks>
+    public int max_seqlen_k;
+
+    /// <summary>Reserved; must be 0.</summary>
+    /// <remarks>C: <c>int32_t reserved1</c> at byte offset 804.</remarks>
+    public int reserved1;
+
+    /// <summary>
+    /// Scratch device memory of at least fa_backward_workspace_size bytes, 256-byte aligned, used only during
+    /// the call (stream-ordered). NULL: the library allocates and frees it on the stream itself.
+    /// </summary>
+    /// <remarks>C: <c>void* workspace</c> at byte offset 808.</remarks>
+    public nint workspace;
+
+    /// <summary>Bytes at workspace (ignored when workspace is NULL).</summary>
+    /// <remarks>C: <c>size_t workspace_size</c> at byte offset 816.</remarks>
+    public nuint workspace_size;
+}
+
+/// <summary>
+/// Arguments of fa_decode. Fill with fa_decode_params_init, then set the fields you need.
+/// New queries attend over each sequence's cached keys; when k_new/v_new are given they are first written
+/// into the cache at positions cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1, then attended too.
+/// Sequence b then has total_b = cache_seqlens[b] (+ seqlen_new when appending) keys; the causal mask and
+/// window are placed bottom-right, so new token i sees, when causal, positions &lt;= total_b - seqlen_new + i.
+/// </summary>
+/// <remarks>Mirror of C <c>fa_decode_params_t</c> (<c>struct fa_decode_params</c>): 784 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe partial struct FaDecodeParams
+{
+    /// <summary>sizeof(fa_decode_params_t) as the caller compiled it; set by fa_decode_params_init.</summary>
+    /// <remarks>C: <c>uint32_t struct_size</c> at byte offset 0.</remarks>
+    public uint struct_size;
+
+    /// <summary>Reserved; must be 0.</summary>
+    /// <remarks>C: <c>uint32_t reserved0</c> at byte offset 4.</remarks>
+    public uint reserved0;
+
+    /// <summary>New queries [batch, seqlen_new, heads_q, head_dim], fp16 or bf16.</summary>
+    /// <remarks>C: <c>fa_tensor_t q</c> at byte offset 8.</remarks>
+    public FaTensor q;
+
+    /// <summary>
+    /// Key cache, same dtype as q: contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
+    /// NULL, else paged [num_blocks, block_size, heads_kv, head_dim]. Written where new keys are appended.
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t k_cache</c> at byte offset 88.</remarks>
+    public FaTensor k_cache;
+
+    /// <summary>Value cache, shaped like k_cache.</summary>
+    /// <remarks>C: <c>fa_tensor_t v_cache</c> at byte offset 168.</remarks>
+    public FaTensor v_cache;
+
+    /// <summary>Optional new keys [batch, seqlen_new, heads_kv, head_dim] (data NULL: append nothing).</summary>
+    /// <remarks>C: <c>fa_tensor_t k_new</c> at byte offset 248.</remarks>
+    public FaTensor k_new;
+
+    /// <summary>New values, shaped like k_new; given exactly when k_new is.</summary>
+    /// <remarks>C: <c>fa_tensor_t v_new</c> at byte offset 328.</remarks>
+    public FaTensor v_new;
+
+    /// <summary>Output [batch, seqlen_new, heads_q, head_dim], same dtype as q; written.</summary>
+    /// <remarks>C: <c>fa_tensor_t out</c> at byte offset 408.</remarks>
+    public FaTensor @out;
+
+    /// <summary>Optional log-sum-exp [batch, heads_q, seqlen_new], fp32; written when data is not NULL.</summary>
+    /// <remarks>C: <c>fa_tensor_t lse</c> at byte offset 488.</remarks>
+    public FaTensor lse;
+
+    /// <summary>Tokens already in each sequence's cache, device int32 [batch] (rank 1). Not updated by the call.</summary>
+    /// <remarks>C: <c>fa_tensor_t cache_seqlens</c> at byte offset 568.</remarks>
+    public FaTensor cache_seqlens;
+
+    /// <summary>
+    /// Paged cache: device int32 [batch, max_blocks_per_seq] (rank 2), the physical block of each page.
+    /// data NULL: the cache is contiguous. Entries past a sequence's last page are never read.
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t block_table</c> at byte offset 648.</remarks>
+    public FaTensor block_table;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>float softmax_scale</c> at byte offset 728.</remarks>
+    public float softmax_scale;
+
+    /// <summary>1: causal over the new tokens (bottom-right); 0: none.</summary>
+    /// <remarks>C: <c>int32_t causal</c> at byte offset 732.</remarks>
+    public int causal;
+
+    /// <summary>As in fa_forward_params_t (bottom-right placement).</summary>
+    /// <remarks>C: <c>int32_t window_left</c> at byte offset 736.</remarks>
+    public int window_left;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>int32_t window_right</c> at byte offset 740.</remarks>
+    public int window_right;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>float softcap</c> at byte offset 744.</remarks>
+    public float softcap;
+
+    /// <summary>An fa_kernel_path_t value.</summary>
+    /// <remarks>C: <c>int32_t kernel_path</c> at byte offset 748.</remarks>
+    public int kernel_path;
+
+    /// <summary>
+    /// Number of key splits per (sequence, head), 1..FA_DECODE_MAX_SPLITS; 0: chosen from the batch, heads,
+    /// cache capacity and SM count.
+    /// </summary>
+    /// <remarks>C: <c>int32_t num_splits</c> at byte offset 752.</remarks>
+    public int num_splits;
+
+    /// <summary>Reserved; must be 0.</summary>
+    /// <remarks>C: <c>int32_t reserved1</c> at byte offset 756.</remarks>
+    public int reserved1;
+
+    /// <summary>
+    /// Optional host copy of cache_seqlens; when given the library checks that every sequence (with its new
+    /// tokens) fits its capacity. When not given the device array is trusted, clamped so that no access
+    /// leaves the cache.
+    /// </summary>
+    /// <remarks>C: <c>const int32_t* cache_seqlens_host</c> at byte offset 760.</remarks>
+    public int* cache_seqlens_host;
+
+    /// <summary>
+    /// Scratch device memory of at least fa_decode_workspace_size bytes, 256-byte aligned, used only during the
+    /// call. NULL: the library allocates and frees it on the stream itself.
+    /// </summary>
+    /// <remarks>C: <c>void* workspace</c> at byte offset 768.</remarks>
+    public nint workspace;
+
+    /// <summary>Bytes at workspace (ignored when workspace is NULL).</summary>
+    /// <remarks>C: <c>size_t workspace_size</c> at byte offset 776.</remarks>
+    public nuint workspace_size;
+}
+
 /// <summary>A question for fa_query_support: is this kind of call served by this build on this GPU?</summary>
 /// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 40 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]

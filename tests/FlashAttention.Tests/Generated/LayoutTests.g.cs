@@ -73,6 +73,83 @@ public sealed class LayoutTests
         }
     }
 
+    /// <summary>FaBackwardParams has the size (824) and field offsets of C struct fa_backward_params.</summary>
+    [Test]
+    [Category("Cpu")]
+    public void FaBackwardParams_MatchesCLayout()
+    {
+        using (Assert.EnterMultipleScope())
+        {
+            Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaBackwardParams>(), Is.False, "FaBackwardParams must be blittable");
+            Assert.That(Unsafe.SizeOf<FaBackwardParams>(), Is.EqualTo(824), "sizeof(struct fa_backward_params)");
+            Assert.That(Marshal.SizeOf<FaBackwardParams>(), Is.EqualTo(824), "marshalled size of FaBackwardParams");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_backward_params, struct_size)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_backward_params, reserved0)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_backward_params, q)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.k)).ToInt64(), Is.EqualTo(88L), "offsetof(struct fa_backward_params, k)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.v)).ToInt64(), Is.EqualTo(168L), "offsetof(struct fa_backward_params, v)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.@out)).ToInt64(), Is.EqualTo(248L), "offsetof(struct fa_backward_params, out)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.dout)).ToInt64(), Is.EqualTo(328L), "offsetof(struct fa_backward_params, dout)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.lse)).ToInt64(), Is.EqualTo(408L), "offsetof(struct fa_backward_params, lse)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.dq)).ToInt64(), Is.EqualTo(488L), "offsetof(struct fa_backward_params, dq)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.dk)).ToInt64(), Is.EqualTo(568L), "offsetof(struct fa_backward_params, dk)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.dv)).ToInt64(), Is.EqualTo(648L), "offsetof(struct fa_backward_params, dv)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.softmax_scale)).ToInt64(), Is.EqualTo(728L), "offsetof(struct fa_backward_params, softmax_scale)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.causal)).ToInt64(), Is.EqualTo(732L), "offsetof(struct fa_backward_params, causal)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.causal_alignment)).ToInt64(), Is.EqualTo(736L), "offsetof(struct fa_backward_params, causal_alignment)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.kernel_path)).ToInt64(), Is.EqualTo(740L), "offsetof(struct fa_backward_params, kernel_path)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.window_left)).ToInt64(), Is.EqualTo(744L), "offsetof(struct fa_backward_params, window_left)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.window_right)).ToInt64(), Is.EqualTo(748L), "offsetof(struct fa_backward_params, window_right)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.softcap)).ToInt64(), Is.EqualTo(752L), "offsetof(struct fa_backward_params, softcap)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.deterministic)).ToInt64(), Is.EqualTo(756L), "offsetof(struct fa_backward_params, deterministic)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.cu_seqlens_q)).ToInt64(), Is.EqualTo(760L), "offsetof(struct fa_backward_params, cu_seqlens_q)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.cu_seqlens_k)).ToInt64(), Is.EqualTo(768L), "offsetof(struct fa_backward_params, cu_seqlens_k)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.cu_seqlens_q_host)).ToInt64(), Is.EqualTo(776L), "offsetof(struct fa_backward_params, cu_seqlens_q_host)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.cu_seqlens_k_host)).ToInt64(), Is.EqualTo(784L), "offsetof(struct fa_backward_params, cu_seqlens_k_host)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.varlen_batch)).ToInt64(), Is.EqualTo(792L), "offsetof(struct fa_backward_params, varlen_batch)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.max_seqlen_q)).ToInt64(), Is.EqualTo(796L), "offsetof(struct fa_backward_params, max_seqlen_q)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.max_seqlen_k)).ToInt64(), Is.EqualTo(800L), "offsetof(struct fa_backward_params, max_seqlen_k)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.reserved1)).ToInt64(), Is.EqualTo(804L), "offsetof(struct fa_backward_params, reserved1)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.workspace)).ToInt64(), Is.EqualTo(808L), "offsetof(struct fa_backward_params, workspace)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.workspace_size)).ToInt64(), Is.EqualTo(816L), "offsetof(struct fa_backward_params, workspace_size)");
+        }
+    }
+
+    /// <summary>FaDecodeParams has the size (784) and field offsets of C struct fa_decode_params.</summary>
+    [Test]
+    [Category("Cpu")]
+    public void FaDecodeParams_MatchesCLayout()
+    {
+        using (Assert.EnterMultipleScope())
+        {
+            Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaDecodeParams>(), Is.False, "FaDecodeParams must be blittable");
+            Assert.That(Unsafe.SizeOf<FaDecodeParams>(), Is.EqualTo(784), "sizeof(struct fa_decode_params)");
+            Assert.That(Marshal.SizeOf<FaDecodeParams>(), Is.EqualTo(784), "marshalled size of FaDecodeParams");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_decode_params, struct_size)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_decode_params, reserved0)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_decode_params, q)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.k_cache)).ToInt64(), Is.EqualTo(88L), "offsetof(struct fa_decode_params, k_cache)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.v_cache)).ToInt64(), Is.EqualTo(168L), "offsetof(struct fa_decode_params, v_cache)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.k_new)).ToInt64(), Is.EqualTo(248L), "offsetof(struct fa_decode_params, k_new)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.v_new)).ToInt64(), Is.EqualTo(328L), "offsetof(struct fa_decode_params, v_new)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.@out)).ToInt64(), Is.EqualTo(408L), "offsetof(struct fa_decode_params, out)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.lse)).ToInt64(), Is.EqualTo(488L), "offsetof(struct fa_decode_params, lse)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_seqlens)).ToInt64(), Is.EqualTo(568L), "offsetof(struct fa_decode_params, cache_seqlens)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.block_table)).ToInt64(), Is.EqualTo(648L), "offsetof(struct fa_decode_params, block_table)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.softmax_scale)).ToInt64(), Is.EqualTo(728L), "offsetof(struct fa_decode_params, softmax_scale)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.causal)).ToInt64(), Is.EqualTo(732L), "offsetof(struct fa_decode_params, causal)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.window_left)).ToInt64(), Is.EqualTo(736L), "offsetof(struct fa_decode_params, window_left)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.window_right)).ToInt64(), Is.EqualTo(740L), "offsetof(struct fa_decode_params, window_right)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.softcap)).ToInt64(), Is.EqualTo(744L), "offsetof(struct fa_decode_params, softcap)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.kernel_path)).ToInt64(), Is.EqualTo(748L), "offsetof(struct fa_decode_params, kernel_path)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.num_splits)).ToInt64(), Is.EqualTo(752L), "offsetof(struct fa_decode_params, num_splits)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved1)).ToInt64(), Is.EqualTo(756L), "offsetof(struct fa_decode_params, reserved1)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_seqlens_host)).ToInt64(), Is.EqualTo(760L), "offsetof(struct fa_decode_params, cache_seqlens_host)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.workspace)).ToInt64(), Is.EqualTo(768L), "offsetof(struct fa_decode_params, workspace)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.workspace_size)).ToInt64(), Is.EqualTo(776L), "offsetof(struct fa_decode_params, workspace_size)");
+        }
+    }
+
     /// <summary>FaSupportQuery has the size (40) and field offsets of C struct fa_support_query.</summary>
     [Test]
     [Category("Cpu")]
