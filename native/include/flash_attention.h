@@ -270,7 +270,8 @@ typedef struct fa_decode_params {
     /* New queries [batch, seqlen_new, heads_q, head_dim], fp16 or bf16. */
     fa_tensor_t q;
     /* Key cache, same dtype as q: contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
-       NULL, else paged [num_blocks, block_size, heads_kv, head_dim]. Written where new keys are appended. */
+       NULL, else paged [num_blocks, block_size, heads_kv, head_dim] with block_size a power of two from 16
+       up (16, 32, 64, 128, 256, ...). Written where new keys are appended. */
     fa_tensor_t k_cache;
     /* Value cache, shaped like k_cache. */
     fa_tensor_t v_cache;
@@ -300,7 +301,7 @@ typedef struct fa_decode_params {
     /* An fa_kernel_path_t value. */
     int32_t kernel_path;
     /* Number of key splits per (sequence, head), 1..FA_DECODE_MAX_SPLITS; 0: chosen from the batch, heads,
-       cache capacity and SM count. */
+       SM count and the longest sequence (from cache_seqlens_host when given, else the cache capacity). */
     int32_t num_splits;
     /* Reserved; must be 0. */
     int32_t reserved1;
@@ -308,8 +309,8 @@ typedef struct fa_decode_params {
        tokens) fits its capacity. When not given the device array is trusted, clamped so that no access
        leaves the cache. */
     const int32_t* cache_seqlens_host;
-    /* Scratch device memory of at least fa_decode_workspace_size bytes, 256-byte aligned, used only during the
-       call. NULL: the library allocates and frees it on the stream itself. */
+    /* Scratch device memory of at least fa_decode_workspace_size bytes (0 when the call runs one split),
+       256-byte aligned, used only during the call. NULL: the library allocates and frees it on the stream. */
     void* workspace;
     /* Bytes at workspace (ignored when workspace is NULL). */
     size_t workspace_size;

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -688,6 +689,19 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     return p;
 }
 
+namespace {
+// Largest dynamic shared memory a block may opt in to, per compute capability (CUDA programming guide,
+// "Features and Technical Specifications"); 0 where this table does not know the GPU.
+int32_t smem_optin_for(int32_t cc) {
+    switch (cc) {
+        case 80: case 87: return 163 * 1024;
+        case 86: case 89: return 99 * 1024;
+        case 90: return 227 * 1024;
+        default: return 0;
+    }
+}
+}  // namespace
+
 void check_support_query(const fa_support_query_t& query) {
     // ---- is the query well formed? ----------------------------------------------------------------
     if (query.struct_size < sizeof(fa_support_query_t)) {
@@ -727,11 +741,8 @@ void check_support_query(const fa_support_query_t& query) {
     }
 
     // ---- is it served? ------------------------------------------------------------------------
-    if (query.pass == FA_PASS_BACKWARD) {
-        unsupported("this build has no backward kernels yet");
-    }
-    if (query.pass == FA_PASS_DECODE) {
-        unsupported("this build has no decode kernels yet");
+    if (query.pass == FA_PASS_DECODE && query.varlen == 1) {
+        unsupported("decode has no variable-length batch; cache_seqlens gives every sequence its own length");
     }
     if (query.dtype != FA_DTYPE_FLOAT16 && query.dtype != FA_DTYPE_BFLOAT16) {
         unsupported(std::string("query->dtype is ") + dtype_name(query.dtype) +
@@ -745,8 +756,194 @@ void check_support_query(const fa_support_query_t& query) {
                     s(query.compute_capability / 10) + "." + s(query.compute_capability % 10) +
                     "); the kernels need compute capability 8.0 or newer");
     }
-    // Causal masks, sliding windows, softcap and variable-length batches are served by every forward
-    // kernel of this build (sm80 path, any compute capability >= 8.0).
+    if (query.pass == FA_PASS_BACKWARD && query.compute_capability != 0) {
+        // The backward kernels take more shared memory than some GPUs allow a block (fa_backward reports
+        // the same from the device's own limit).
+        const int32_t need = backward_smem_bytes(forward_kernel_head_dim(query.head_dim));
+        const int32_t allow = smem_optin_for(query.compute_capability);
+        if (allow > 0 && need > allow) {
+            unsupported("the backward kernel for head dim " + s(query.head_dim) + " needs " + s(need) +
+                        " bytes of shared memory per block, but compute capability " + s(query.compute_capability / 10) +
+                        "." + s(query.compute_capability % 10) + " allows " + s(allow));
+        }
+    }
+    // Causal masks, sliding windows, softcap and variable-length batches are served by every kernel of
+    // this build (sm80 path, any compute capability >= 8.0).
+}
+
+// ---- backward ------------------------------------------------------------------------------------
+
+BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_capability, bool check_workspace,
+                            size_t* workspace_bytes) {
+    if (params == nullptr) {
+        invalid("params is NULL");
+    }
+    if (params->struct_size < sizeof(fa_backward_params_t)) {
+        invalid("params->struct_size is " + s(params->struct_size) + " but fa_backward_params_t has " +
+                s(static_cast<int64_t>(sizeof(fa_backward_params_t))) +
+                " bytes in this library: fill params with fa_backward_params_init");
+    }
+    const fa_backward_params_t& P = *params;
+    if (P.reserved0 != 0) {
+        invalid("params->reserved0 is " + s(P.reserved0) + "; it is reserved and must be 0");
+    }
+    if (P.reserved1 != 0) {
+        invalid("params->reserved1 is " + s(P.reserved1) + "; it is reserved and must be 0");
+    }
+    if (P.lse.data == nullptr) {
+        invalid("lse.data is NULL; the backward pass needs the log-sum-exp the forward call wrote");
+    }
+
+    // The forward call's arguments, checked as fa_forward checks them. An UNSUPPORTED verdict waits
+    // until every argument of the backward call has been checked, so a wrong argument is reported first.
+    fa_forward_params_t F;
+    std::memset(&F, 0, sizeof(F));
+    F.struct_size = sizeof(F);
+    F.q = P.q;
+    F.k = P.k;
+    F.v = P.v;
+    F.out = P.out;
+    F.lse = P.lse;
+    F.softmax_scale = P.softmax_scale;
+    F.causal = P.causal;
+    F.causal_alignment = P.causal_alignment;
+    F.kernel_path = P.kernel_path;
+    F.window_left = P.window_left;
+    F.window_right = P.window_right;
+    F.softcap = P.softcap;
+    F.cu_seqlens_q = P.cu_seqlens_q;
+    F.cu_seqlens_k = P.cu_seqlens_k;
+    F.cu_seqlens_q_host = P.cu_seqlens_q_host;
+    F.cu_seqlens_k_host = P.cu_seqlens_k_host;
+    F.varlen_batch = P.varlen_batch;
+    F.max_seqlen_q = P.max_seqlen_q;
+    F.max_seqlen_k = P.max_seqlen_k;
+    FwdParams f{};
+    bool served = true;
+    std::string unserved;
+    try {
+        f = validate_forward(&F, compute_capability);
+    } catch (const Error& e) {
+        if (e.status() != FA_STATUS_UNSUPPORTED) throw;
+        served = false;
+        unserved = e.what();
+    }
+
+    // ---- the gradient tensors -----------------------------------------------------------------------
+    const bool varlen = P.cu_seqlens_q != nullptr;
+    const char* hint = varlen ? "; a variable-length batch (cu_seqlens_q set) packs the sequences along one dimension" : "";
+    const int32_t rank = varlen ? 3 : 4;
+    const int32_t empty_dim = varlen ? 0 : -1;
+    const char* q_dims[4] = {"batch", "seqlen_q", "heads_q", "head_dim"};
+    const char* k_dims[4] = {"batch", "seqlen_k", "heads_kv", "head_dim"};
+    const char* q_dims_v[4] = {"total_q", "heads_q", "head_dim", ""};
+    const char* k_dims_v[4] = {"total_k", "heads_kv", "head_dim", ""};
+    const char* const* qd = varlen ? q_dims_v : q_dims;
+    const char* const* kd = varlen ? k_dims_v : k_dims;
+    struct Grad {
+        const fa_tensor_t& t;
+        const char* name;
+        const fa_tensor_t& like;
+        const char* like_name;
+        bool query_side;
+    } grads[] = {{P.dout, "dout", P.out, "out", true},
+                 {P.dq, "dq", P.q, "q", true},
+                 {P.dk, "dk", P.k, "k", false},
+                 {P.dv, "dv", P.v, "v", false}};
+    Extent ext[4];
+    for (int i = 0; i < 4; ++i) {
+        const Grad& g = grads[i];
+        const char* const* dims = g.query_side ? qd : kd;
+        ext[i] = check_tensor({g.t, g.name, {dims[0], dims[1], dims[2], dims[3]}, rank, hint}, true, empty_dim);
+        if (g.t.dtype != P.q.dtype) {
+            invalid(std::string(g.name) + ".dtype is " + dtype_name(g.t.dtype) + " but q.dtype is " +
+                    dtype_name(P.q.dtype) + "; dout, dq, dk and dv must have the dtype of q");
+        }
+        for (int32_t dim = 0; dim < rank; ++dim) {
+            if (g.t.shape[dim] != g.like.shape[dim]) {
+                invalid(std::string(g.name) + ".shape is " + shape_string(g.t) + " but " + g.like_name + ".shape is " +
+                        shape_string(g.like) + "; " + g.name + " must have the shape of " + g.like_name);
+            }
+        }
+    }
+    if (P.deterministic != 0 && P.deterministic != 1) {
+        invalid("deterministic is " + s(P.deterministic) + "; it must be 0 or 1");
+    }
+
+    // Written tensors must not overlap each other or anything read.
+    const Extent q = check_tensor({P.q, "q", {qd[0], qd[1], qd[2], qd[3]}, rank, hint}, true, empty_dim);
+    const Extent k = check_tensor({P.k, "k", {kd[0], kd[1], kd[2], kd[3]}, rank, hint}, true, empty_dim);
+    const Extent v = check_tensor({P.v, "v", {kd[0], kd[1], kd[2], kd[3]}, rank, hint}, true, empty_dim);
+    const Extent o = check_tensor({P.out, "out", {qd[0], qd[1], qd[2], qd[3]}, rank, hint}, true, empty_dim);
+    const Extent l = varlen ? check_tensor({P.lse, "lse", {"heads_q", "total_q", "", ""}, 2, hint}, false, 1)
+                            : check_tensor({P.lse, "lse", {"batch", "heads_q", "seqlen_q", ""}, 3, ""}, false);
+    struct Named {
+        Extent e;
+        const char* name;
+    };
+    std::vector<Named> read = {{q, "q"}, {k, "k"}, {v, "v"}, {o, "out"}, {ext[0], "dout"}, {l, "lse"}};
+    if (varlen) {
+        read.push_back({cu_extent(P.cu_seqlens_q, P.varlen_batch, "cu_seqlens_q"), "cu_seqlens_q"});
+        read.push_back({cu_extent(P.cu_seqlens_k, P.varlen_batch, "cu_seqlens_k"), "cu_seqlens_k"});
+    }
+    const Named written[] = {{ext[1], "dq"}, {ext[2], "dk"}, {ext[3], "dv"}};
+    for (int i = 0; i < 3; ++i) {
+        for (const Named& r : read) check_no_overlap(written[i].e, written[i].name, r.e, r.name);
+        for (int j = 0; j < i; ++j) check_no_overlap(written[i].e, written[i].name, written[j].e, written[j].name);
+    }
+
+    if (!served) {
+        unsupported(unserved);
+    }
+
+    BwdParams p{};
+    p.f = f;
+    p.dout = P.dout.data;
+    p.dq = P.dq.data;
+    p.dk = P.dk.data;
+    p.dv = P.dv.data;
+    const int32_t row_dim = varlen ? 0 : 1;
+    p.do_row_stride = P.dout.strides[row_dim];
+    p.do_head_stride = P.dout.strides[row_dim + 1];
+    p.dq_row_stride = P.dq.strides[row_dim];
+    p.dq_head_stride = P.dq.strides[row_dim + 1];
+    p.dk_row_stride = P.dk.strides[row_dim];
+    p.dk_head_stride = P.dk.strides[row_dim + 1];
+    p.dv_row_stride = P.dv.strides[row_dim];
+    p.dv_head_stride = P.dv.strides[row_dim + 1];
+    if (!varlen) {
+        p.do_batch_stride = P.dout.strides[0];
+        p.dq_batch_stride = P.dq.strides[0];
+        p.dk_batch_stride = P.dk.strides[0];
+        p.dv_batch_stride = P.dv.strides[0];
+    }
+    p.deterministic = P.deterministic;
+    p.kernel_d = forward_kernel_head_dim(f.d);
+    p.q_slots = varlen ? static_cast<int64_t>(f.hq) * f.total_q : static_cast<int64_t>(f.b) * f.hq * f.sq;
+
+    const BwdWorkspaceLayout ws = bwd_workspace_layout(f, p.kernel_d, backward_block_m(p.kernel_d), P.deterministic != 0);
+    if (workspace_bytes != nullptr) *workspace_bytes = ws.total;
+    if (check_workspace && P.workspace != nullptr) {
+        if (reinterpret_cast<uintptr_t>(P.workspace) % FA_WORKSPACE_ALIGNMENT != 0) {
+            invalid("workspace (" + hex(P.workspace) + ") is not " + s(FA_WORKSPACE_ALIGNMENT) + "-byte aligned");
+        }
+        if (P.workspace_size < ws.total) {
+            invalid("workspace_size is " + s(static_cast<int64_t>(P.workspace_size)) + " bytes but this call needs " +
+                    s(static_cast<int64_t>(ws.total)) + " (ask fa_backward_workspace_size), or pass workspace NULL");
+        }
+        const uintptr_t begin = reinterpret_cast<uintptr_t>(P.workspace);
+        const Extent w{begin, begin + ws.total};
+        for (const Named& r : read) check_no_overlap(w, "workspace", r.e, r.name);
+        for (const Named& r : written) check_no_overlap(w, "workspace", r.e, r.name);
+    }
+    return p;
+}
+
+void check_backward_params_size(size_t struct_size) {
+    if (struct_size < sizeof(fa_backward_params_t) || struct_size > UINT32_MAX) {
+        invalid("struct_size is " + s(static_cast<int64_t>(struct_size)) + "; pass sizeof(fa_backward_params_t) (" +
+                s(static_cast<int64_t>(sizeof(fa_backward_params_t))) + " in this version)");
+    }
 }
 
 }  // namespace fa

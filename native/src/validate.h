@@ -6,6 +6,7 @@
 #include <string>
 
 #include "flash_attention.h"
+#include "bwd_params.h"
 #include "params.h"
 
 namespace fa {
@@ -17,6 +18,15 @@ constexpr size_t kForwardParamsMinSize = offsetof(fa_forward_params_t, window_le
 // GPU this build serves). Throws fa::Error (INVALID_ARGUMENT for bad input, UNSUPPORTED for valid
 // input this build or GPU does not serve). On success returns the filled kernel parameters.
 FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability);
+
+// Checks *params of fa_backward / fa_backward_check / fa_backward_workspace_size and returns the kernel
+// parameters (workspace pointers unset). *workspace_bytes (if not NULL) receives the workspace the call
+// needs; with check_workspace a caller workspace is checked against it (alignment, size, overlap).
+BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_capability, bool check_workspace,
+                            size_t* workspace_bytes);
+
+// fa_backward_params_init's struct_size: at least sizeof(fa_backward_params_t) of this version.
+void check_backward_params_size(size_t struct_size);
 
 // Answers fa_query_support: returns when this build serves the kind of call *query describes, throws
 // fa::Error (INVALID_ARGUMENT for a malformed query, UNSUPPORTED saying why otherwise).

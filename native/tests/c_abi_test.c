@@ -802,9 +802,17 @@ static void test_query_support(void) {
     expect("query compute capability 75", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "8.0 or newer");
     q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
     q.pass = FA_PASS_BACKWARD;
-    expect("query backward", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "this build has no backward kernels yet");
+    expect("query backward", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q.compute_capability = 86; /* 99 KB of shared memory per block: too little for the d128 backward tile */
+    q.head_dim = 128;
+    expect("query backward sm86 d128", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "bytes of shared memory per block");
+    q.compute_capability = 90;
+    expect("query backward sm90 d128", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
     q.pass = FA_PASS_DECODE;
-    expect("query decode", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "this build has no decode kernels yet");
+    expect("query decode", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q.varlen = 1;
+    expect("query decode varlen", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "decode has no variable-length batch");
 
     /* The query and fa_forward_check agree on every head dim. */
     for (d = 1; d <= 264; ++d) {
@@ -828,8 +836,9 @@ static void test_kernel_names(void) {
     CHECK(count > 0, "fa_kernel_count is %d", (int)count);
     for (i = 0; i < count; ++i) {
         const char* a = NULL;
-        if (fa_kernel_name(i, &a) != FA_STATUS_SUCCESS || a == NULL || strncmp(a, "sm80_fwd_", 9) != 0 ||
-            strstr(a, "hdim") == NULL) {
+        if (fa_kernel_name(i, &a) != FA_STATUS_SUCCESS || a == NULL ||
+            (strncmp(a, "sm80_fwd_", 9) != 0 && strncmp(a, "sm80_bwd_", 9) != 0 && strncmp(a, "sm80_decode_", 12) != 0) ||
+            (strstr(a, "hdim") == NULL && strncmp(a, "sm80_decode_", 12) != 0)) {
             ++bad_names;
             printf("  kernel %d: bad name \"%s\" (%s)\n", (int)i, a != NULL ? a : "(null)", fa_last_error_message());
             continue;

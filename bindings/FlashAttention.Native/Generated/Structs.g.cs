@@ -307,7 +307,8 @@ public unsafe partial struct FaDecodeParams
 
     /// <summary>
     /// Key cache, same dtype as q: contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
-    /// NULL, else paged [num_blocks, block_size, heads_kv, head_dim]. Written where new keys are appended.
+    /// NULL, else paged [num_blocks, block_size, heads_kv, head_dim] with block_size a power of two from 16
+    /// up (16, 32, 64, 128, 256, ...). Written where new keys are appended.
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t k_cache</c> at byte offset 88.</remarks>
     public FaTensor k_cache;
@@ -369,7 +370,7 @@ public unsafe partial struct FaDecodeParams
 
     /// <summary>
     /// Number of key splits per (sequence, head), 1..FA_DECODE_MAX_SPLITS; 0: chosen from the batch, heads,
-    /// cache capacity and SM count.
+    /// SM count and the longest sequence (from cache_seqlens_host when given, else the cache capacity).
     /// </summary>
     /// <remarks>C: <c>int32_t num_splits</c> at byte offset 752.</remarks>
     public int num_splits;
@@ -387,8 +388,8 @@ public unsafe partial struct FaDecodeParams
     public int* cache_seqlens_host;
 
     /// <summary>
-    /// Scratch device memory of at least fa_decode_workspace_size bytes, 256-byte aligned, used only during the
-    /// call. NULL: the library allocates and frees it on the stream itself.
+    /// Scratch device memory of at least fa_decode_workspace_size bytes (0 when the call runs one split),
+    /// 256-byte aligned, used only during the call. NULL: the library allocates and frees it on the stream.
     /// </summary>
     /// <remarks>C: <c>void* workspace</c> at byte offset 768.</remarks>
     public nint workspace;

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "bwd_params.h"
+#include "decode_params.h"
 #include "params.h"
 #include "sm80/fwd_instances.h"
 #include "sm80/fwd_names.h"
@@ -112,11 +114,19 @@ const char* kernel_name(bool bf16, int d, bool local, bool softcap) {
 }
 }  // namespace sm80
 
-int32_t kernel_count() { return static_cast<int32_t>(sm80::all_names().size()); }
+// The forward kernels, then the backward ones (bwd_dispatch.cu), then the decode ones (decode_dispatch.cu).
+int32_t kernel_count() {
+    return static_cast<int32_t>(sm80::all_names().size()) + backward_kernel_count() + decode_kernel_count();
+}
 
 const char* kernel_name_at(int32_t index) {
     const auto& names = sm80::all_names();
-    return index >= 0 && index < static_cast<int32_t>(names.size()) ? names[index].c_str() : nullptr;
+    const int32_t forward = static_cast<int32_t>(names.size());
+    const int32_t backward = backward_kernel_count();
+    if (index < 0) return nullptr;
+    if (index < forward) return names[index].c_str();
+    if (index < forward + backward) return backward_kernel_name_at(index - forward);
+    return decode_kernel_name_at(index - forward - backward);
 }
 
 int launch_forward(const FwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name) {

@@ -1,0 +1,580 @@
+// Decode over a KV cache, portable path (mma.sync m16n8k16 + ldmatrix + cp.async), sm_80 and up.
+//
+// Decode is bound by memory bandwidth: each query row does 4 FLOPs per cached K/V element it reads, so the
+// kernel is built to stream every K/V byte once, from as many SMs as there are:
+// - One CTA takes 16 packed query rows, row = new token i * g + head of the GQA group (g = hq / hkv), so
+//   all q heads that share a kv head (and all new tokens) read each K/V byte once.
+// - Split-KV: the grid has num_splits CTAs per (sequence, kv head, 16-row block), each walking its own run
+//   of key tiles; a combine kernel merges their partial results by log-sum-exp. With one split the
+//   attention kernel writes the output itself.
+// - K/V tiles stream through a ring of kStages shared-memory stages filled with 16-byte cp.async, so
+//   kStages - 1 tiles are in flight while one is computed on; one __syncthreads per tile.
+// - Each warp owns 16 keys of every tile and runs its own online softmax over them (no inter-warp traffic
+//   in the loop); the warps merge their (max, sum, O) once at the end, through the freed ring.
+// - Paged caches: the block-table entries of a tile are read one iteration before its copies are issued,
+//   so the table lookup never sits between a tile and its load.
+// Rows of the cache outside the keys a block may see (past the sequence's length, in particular) are never
+// read: their shared-memory rows are zero-filled by cp.async, since a masked probability of 0 times a NaN
+// value is still NaN.
+//
+// Also here: the append kernel (writes k_new/v_new into the cache before the attention kernel runs, on the
+// same stream) and the combine kernel.
+#pragma once
+#include <cuda_runtime.h>
+#include <math_constants.h>
+
+#include "common/ptx.cuh"
+#include "decode_params.h"
+#include "sm80/decode_traits.h"
+#include "sm80/fwd_kernel.cuh"  // swizzle, frag_addr, ceil_div: the forward's shared-memory conventions
+
+namespace fa {
+namespace sm80 {
+
+// Cache length of sequence b before and after the append. The device array is trusted but clamped so that
+// no position read or written leaves the sequence's capacity.
+struct DecodeSeq {
+    int cached;
+    int total;
+};
+
+__device__ __forceinline__ DecodeSeq decode_seq(const DecodeParams& p, int b) {
+    const int stored = __ldg(p.cache_seqlens + b * p.seqlens_stride);
+    const int cached = min(max(stored, 0), p.capacity - p.added);
+    return DecodeSeq{cached, cached + p.added};
+}
+
+// Physical block of logical page `page`, clamped into the cache so that a bad table entry cannot move an
+// access outside it.
+__device__ __forceinline__ int decode_block_id(const DecodeParams& p, const int32_t* table_row, int page) {
+    const int id = __ldg(table_row + page * p.table_page_stride);
+    return min(max(id, 0), p.num_blocks - 1);
+}
+
+// Row and column chunk of a thread's i-th 16-byte chunk of a K/V tile.
+template <class Tr>
+__device__ __forceinline__ void decode_chunk(int tid, int i, int& row, int& ch) {
+    constexpr int CPR = Tr::kChunksPerRow;
+    if constexpr (Tr::kRowMapped) {
+        row = tid / CPR + i * Tr::kRowStep;
+        ch = tid % CPR;
+    } else {
+        const int c = tid + i * Tr::kThreads;
+        row = c / CPR;
+        ch = c % CPR;
+    }
+}
+
+// Block-table entries of the pages a thread's chunks of the tile starting at key pos0 fall in, for the
+// pages holding some key of [k_lo, k_hi) (the others are never read: they may lie past the sequence).
+template <class Tr>
+__device__ __forceinline__ void decode_fetch_ids(int (&ids)[Tr::kIds], const DecodeParams& p, const int32_t* table_row,
+                                                 int pos0, int k_lo, int k_hi, int tid) {
+#pragma unroll
+    for (int k = 0; k < Tr::kIds; ++k) {
+        bool used = false;
+        int first_row = 0;
+#pragma unroll
+        for (int c = 0; c < Tr::kChunksPerId; ++c) {
+            int row, ch;
+            decode_chunk<Tr>(tid, k * Tr::kChunksPerId + c, row, ch);
+            if (c == 0) first_row = row;
+            used |= pos0 + row >= k_lo && pos0 + row < k_hi;
+        }
+        ids[k] = used ? decode_block_id(p, table_row, (pos0 + first_row) >> p.block_shift) : 0;
+    }
+}
+
+// Copies the K and V rows of the tile starting at key pos0 into one ring stage. Rows outside [k_lo, k_hi)
+// and columns at or past d are zero-filled and never read. k/v point at the sequence's (contiguous) or the
+// cache's (paged) first row of kv head hk. Where threads cover whole rows, a thread's chunks are kRowStep rows
+// apart, so the source pointer steps by a constant: one 64-bit product per tile (contiguous) or per page
+// group (paged) instead of one per chunk.
+template <class Tr, bool kPaged>
+__device__ __forceinline__ void decode_load_kv(uint32_t sK, uint32_t sV, const typename Tr::Elem* k,
+                                               const typename Tr::Elem* v, const DecodeParams& p, int pos0, int k_lo,
+                                               int k_hi, const int (&ids)[Tr::kIds], int tid) {
+    using T = typename Tr::Elem;
+    constexpr int CPR = Tr::kChunksPerRow;
+    if constexpr (Tr::kRowMapped) {
+        constexpr int RS = Tr::kRowStep, P = Tr::kChunksPerId;
+        const int r0 = tid / CPR;
+        const int ch = tid % CPR;
+        const bool col_ok = ch * 8 < p.d;
+        const int64_t k_step = RS * p.k_row_stride, v_step = RS * p.v_row_stride;
+        const T* ks = nullptr;
+        const T* vs = nullptr;
+#pragma unroll
+        for (int i = 0; i < Tr::kChunks; ++i) {
+            const int row = r0 + i * RS;
+            if (kPaged ? i % P == 0 : i == 0) {
+                // First chunk of a page group (paged) or of the tile (contiguous): where its row lives.
+                int64_t k_off, v_off;
+                if constexpr (kPaged) {
+                    const int64_t block = ids[i / P];
+                    const int64_t in_page = (pos0 + row) & (p.block_size - 1);
+                    k_off = block * p.k_batch_stride + in_page * p.k_row_stride;
+                    v_off = block * p.v_batch_stride + in_page * p.v_row_stride;
+                } else {
+                    k_off = static_cast<int64_t>(pos0 + row) * p.k_row_stride;
+                    v_off = static_cast<int64_t>(pos0 + row) * p.v_row_stride;
+                }
+                ks = k + k_off + ch * 8;
+                vs = v + v_off + ch * 8;
+            }
+            const bool valid = col_ok && pos0 + row >= k_lo && pos0 + row < k_hi;
+            const uint32_t dst = swizzle<Tr::kRowBytes>(row, ch);
+            cp_async_16(sK + dst, valid ? ks : k, valid);
+            cp_async_16(sV + dst, valid ? vs : v, valid);
+            ks += k_step;
+            vs += v_step;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < Tr::kChunks; ++i) {
+            int row, ch;
+            decode_chunk<Tr>(tid, i, row, ch);
+            const int pos = pos0 + row;
+            const bool valid = pos >= k_lo && pos < k_hi && ch * 8 < p.d;
+            int64_t k_off, v_off;
+            if constexpr (kPaged) {
+                const int64_t block = ids[i];
+                const int64_t in_page = pos & (p.block_size - 1);
+                k_off = block * p.k_batch_stride + in_page * p.k_row_stride;
+                v_off = block * p.v_batch_stride + in_page * p.v_row_stride;
+            } else {
+                k_off = static_cast<int64_t>(pos) * p.k_row_stride;
+                v_off = static_cast<int64_t>(pos) * p.v_row_stride;
+            }
+            const uint32_t dst = swizzle<Tr::kRowBytes>(row, ch);
+            cp_async_16(sK + dst, valid ? k + k_off + ch * 8 : k, valid);
+            cp_async_16(sV + dst, valid ? v + v_off + ch * 8 : v, valid);
+        }
+    }
+}
+
+template <class Tr, bool kPaged>
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(const __grid_constant__ DecodeParams p) {
+    using T = typename Tr::Elem;
+    constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, RB = Tr::kRowBytes, CPR = Tr::kChunksPerRow;
+    constexpr int NO = Tr::kHeadDim / 8, KS = Tr::kHeadDim / 16, NS = Tr::kStages, W = Tr::kWarps;
+
+    extern __shared__ __align__(128) unsigned char smem[];
+
+    // Grid order: the 16-row blocks of one split are neighbours (they read the same keys, mostly from L2),
+    // then the splits, then the kv heads and sequences.
+    int linear = blockIdx.x;
+    const int m_block = linear % p.m_blocks;
+    linear /= p.m_blocks;
+    const int split = linear % p.num_splits;
+    linear /= p.num_splits;
+    const int hk = linear % p.hkv;
+    const int b = linear / p.hkv;
+    const int tid = threadIdx.x;
+    const int warp = tid / 32;
+    const int lane = tid % 32;
+
+    const DecodeSeq seq = decode_seq(p, b);
+    const int row0 = m_block * BM;
+    const int rows_here = min(BM, p.rows - row0);
+    // New token i sits at position i + off; bottom-right masks are placed around that diagonal.
+    const int64_t off = static_cast<int64_t>(seq.total) - p.sq;
+    // Keys some row of this block may see: [k_lo, k_hi). Computed in 64 bits: windows reach 2^31.
+    const int qi_lo = row0 / p.g;
+    const int qi_hi = (row0 + rows_here - 1) / p.g;
+    int64_t lo = 0, hi = seq.total;
+    if (p.window_left >= 0) lo = max(lo, off + qi_lo - p.window_left);
+    if (p.window_right >= 0) hi = min(hi, off + qi_hi + p.window_right + 1);
+    const int k_lo = static_cast<int>(min(lo, static_cast<int64_t>(seq.total)));
+    const int k_hi = static_cast<int>(max(hi, static_cast<int64_t>(k_lo)));
+    // This split's share of the key tiles; shares differ by at most one tile.
+    const int t_lo = k_lo / BN;
+    const int n_tiles = k_hi > k_lo ? ceil_div(k_hi, BN) - t_lo : 0;
+    const int t_begin = t_lo + static_cast<int>(static_cast<int64_t>(split) * n_tiles / p.num_splits);
+    const int t_end = t_lo + static_cast<int>(static_cast<int64_t>(split + 1) * n_tiles / p.num_splits);
+
+    const bool direct = p.num_splits == 1;
+    const int64_t accum_rows = static_cast<int64_t>(p.b) * p.hq * p.sq;
+    // Packed row R of this kv head's group: new token R / g, q head hk * g + R % g.
+    const auto out_row = [&](int r) {
+        const int R = row0 + r;
+        const int qi = R / p.g;
+        const int head = hk * p.g + (R - qi * p.g);
+        return make_int2(qi, head);
+    };
+
+    if (t_begin >= t_end) {
+        // No key for this split: a partial that the combine skips (log-sum-exp -inf), or with one split the
+        // final answer for rows that see nothing: O = 0, log-sum-exp +inf.
+        for (int c = tid; c < BM * CPR; c += Tr::kThreads) {
+            const int r = c / CPR;
+            const int ch = c % CPR;
+            if (r >= rows_here) continue;
+            const int2 qh = out_row(r);
+            if (direct) {
+                if (ch * 8 < p.d) {
+                    T* o = reinterpret_cast<T*>(p.o) + b * p.o_batch_stride + qh.x * p.o_row_stride +
+                           qh.y * p.o_head_stride + ch * 8;
+                    *reinterpret_cast<uint4*>(o) = make_uint4(0, 0, 0, 0);
+                }
+                if (ch == 0 && p.lse != nullptr) {
+                    p.lse[b * p.lse_batch_stride + qh.y * p.lse_head_stride + qh.x * p.lse_row_stride] = CUDART_INF_F;
+                }
+            } else if (ch == 0) {
+                const int64_t arow = (static_cast<int64_t>(b) * p.hq + qh.y) * p.sq + qh.x;
+                p.lse_accum[split * accum_rows + arow] = -CUDART_INF_F;
+            }
+        }
+        return;
+    }
+
+    const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_batch_stride + static_cast<int64_t>(hk) * p.g * p.q_head_stride;
+    const int64_t cache_base = kPaged ? 0 : b;
+    const T* k = reinterpret_cast<const T*>(p.k_cache) + cache_base * p.k_batch_stride + hk * p.k_head_stride;
+    const T* v = reinterpret_cast<const T*>(p.v_cache) + cache_base * p.v_batch_stride + hk * p.v_head_stride;
+    const int32_t* table_row = kPaged ? p.block_table + b * p.table_batch_stride : nullptr;
+
+    const uint32_t sQ = smem_u32(smem);
+    const uint32_t ring = sQ + Tr::kSmemQ;
+
+    // Q rows past the block's rows and columns past d are zero-filled.
+    for (int c = tid; c < BM * CPR; c += Tr::kThreads) {
+        const int r = c / CPR;
+        const int ch = c % CPR;
+        const bool valid = r < rows_here && ch * 8 < p.d;
+        const T* src = q;
+        if (valid) {
+            const int R = row0 + r;
+            const int qi = R / p.g;
+            src = q + qi * p.q_row_stride + (R - qi * p.g) * p.q_head_stride + ch * 8;
+        }
+        cp_async_16(sQ + swizzle<RB>(r, ch), src, valid);
+    }
+    // Prologue: the first NS - 1 tiles (one commit group each, Q rides in the first).
+    int ids[Tr::kIds];
+#pragma unroll
+    for (int st = 0; st < NS - 1; ++st) {
+        const int t = t_begin + st;
+        if (t < t_end) {
+            if constexpr (kPaged) decode_fetch_ids<Tr>(ids, p, table_row, t * BN, k_lo, k_hi, tid);
+            decode_load_kv<Tr, kPaged>(ring + st * Tr::kSmemStage, ring + st * Tr::kSmemStage + Tr::kSmemTile, k, v,
+                                       p, t * BN, k_lo, k_hi, ids, tid);
+        }
+        cp_async_commit();
+    }
+    if constexpr (kPaged) {
+        if (t_begin + NS - 1 < t_end) decode_fetch_ids<Tr>(ids, p, table_row, (t_begin + NS - 1) * BN, k_lo, k_hi, tid);
+    }
+
+    // The two rows this thread holds of the m16 tile (lane / 4 and lane / 4 + 8) see keys
+    // [row_lo, row_hi]; rows past the block's use the last real row's bounds (their Q is zero).
+    int row_lo[2], row_hi[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int qi = (row0 + min(lane / 4 + 8 * r, rows_here - 1)) / p.g;
+        int64_t l = k_lo, h = k_hi - 1;
+        if (p.window_left >= 0) l = max(l, off + qi - p.window_left);
+        if (p.window_right >= 0) h = min(h, off + qi + p.window_right);
+        l = min(l, static_cast<int64_t>(k_hi));
+        row_lo[r] = static_cast<int>(l);
+        row_hi[r] = static_cast<int>(max(h, l - 1));
+    }
+
+    float acc[NO][4];
+#pragma unroll
+    for (int j = 0; j < NO; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
+    }
+    float row_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
+    float row_sum[2] = {0.f, 0.f};
+    uint32_t qf[Tr::kQInRegs ? KS : 1][4];
+
+    // Per-lane ldmatrix coordinates, as in the forward: Q (A operand), K ([key][d], B operand), V^T (.trans).
+    const uint32_t q_off = swizzle<RB>(lane % 16, lane / 16);
+    const uint32_t k_off = swizzle<RB>((lane / 16) * 8 + lane % 8, (lane / 8) % 2);
+    const uint32_t v_off = swizzle<RB>(((lane / 8) % 2) * 8 + lane % 8, lane / 16);
+    const int warp_key = warp * 16;
+    const float scale_log2 = p.scale_log2;
+    const bool softcap = p.softcap > 0.f;
+    const float cap_premul = softcap ? p.scale / p.softcap : 1.f;
+
+    int stage = 0;            // ring stage of tile t
+    int load_stage = NS - 1;  // ring stage the next tile goes to
+    for (int t = t_begin; t < t_end; ++t) {
+        cp_async_wait<NS - 2>();
+        __syncthreads();  // tile t (and Q) visible to all; every warp is done with the stage refilled below
+        const int tn = t + NS - 1;
+        if (tn < t_end) {
+            const uint32_t dst = ring + load_stage * Tr::kSmemStage;
+            decode_load_kv<Tr, kPaged>(dst, dst + Tr::kSmemTile, k, v, p, tn * BN, k_lo, k_hi, ids, tid);
+            if constexpr (kPaged) {
+                if (tn + 1 < t_end) decode_fetch_ids<Tr>(ids, p, table_row, (tn + 1) * BN, k_lo, k_hi, tid);
+            }
+        }
+        cp_async_commit();
+        load_stage = load_stage + 1 == NS ? 0 : load_stage + 1;
+        if constexpr (Tr::kQInRegs) {
+            if (t == t_begin) {
+#pragma unroll
+                for (int kk = 0; kk < KS; ++kk) {
+                    ldmatrix_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], frag_addr<RB>(sQ, q_off, kk, 0));
+                }
+            }
+        }
+        const uint32_t sK = ring + stage * Tr::kSmemStage;
+        const uint32_t sV = sK + Tr::kSmemTile;
+        stage = stage + 1 == NS ? 0 : stage + 1;
+
+        // S = Q K^T over this warp's 16 keys: two n8 tiles.
+        float s[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
+        }
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            uint32_t a[4];
+            if constexpr (Tr::kQInRegs) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) a[e] = qf[kk][e];
+            } else {
+                ldmatrix_x4(a[0], a[1], a[2], a[3], frag_addr<RB>(sQ, q_off, kk, 0));
+            }
+            uint32_t b0, b1, b2, b3;
+            ldmatrix_x4(b0, b1, b2, b3, frag_addr<RB>(sK, k_off, kk, warp_key));
+            mma_16816<T>(s[0], a, b0, b1);
+            mma_16816<T>(s[1], a, b2, b3);
+        }
+        if (softcap) {
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[j][e] = tanhf(s[j][e] * cap_premul);
+            }
+        }
+        // Masks (sequence end, causal diagonal, window): a handful of compares, cheaper than deciding per
+        // tile whether they are needed. Replacing the score also discards whatever a zero-filled K row gave.
+        const int key0 = t * BN + warp_key + (lane % 4) * 2;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = key0 + j * 8 + (e & 1);
+                const int r = e >> 1;
+                if (key < row_lo[r] || key > row_hi[r]) s[j][e] = -CUDART_INF_F;
+            }
+        }
+        // Online softmax of this warp's keys; a row's 4 owners are a quad.
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = fmaxf(row_max[r], fmaxf(fmaxf(s[0][2 * r], s[0][2 * r + 1]), fmaxf(s[1][2 * r], s[1][2 * r + 1])));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            // A row that has seen no key yet keeps max -inf; use 0 so -inf - -inf never makes NaN.
+            const float m_scaled = mx == -CUDART_INF_F ? 0.f : mx * scale_log2;
+            const float alpha = fast_exp2(row_max[r] * scale_log2 - m_scaled);
+            row_max[r] = mx;
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const float pv = fast_exp2(s[j][2 * r + c] * scale_log2 - m_scaled);
+                    s[j][2 * r + c] = pv;
+                    sum += pv;
+                }
+            }
+            row_sum[r] = row_sum[r] * alpha + sum;
+#pragma unroll
+            for (int j = 0; j < NO; ++j) {
+                acc[j][2 * r] *= alpha;
+                acc[j][2 * r + 1] *= alpha;
+            }
+        }
+        // O += P V: P is one k16 A fragment, re-packed from the S accumulators.
+        uint32_t pa[4];
+        pa[0] = pack2<T>(s[0][0], s[0][1]);
+        pa[1] = pack2<T>(s[0][2], s[0][3]);
+        pa[2] = pack2<T>(s[1][0], s[1][1]);
+        pa[3] = pack2<T>(s[1][2], s[1][3]);
+#pragma unroll
+        for (int dp = 0; dp < NO / 2; ++dp) {
+            uint32_t b0, b1, b2, b3;
+            ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RB>(sV, v_off, dp, warp_key));
+            mma_16816<T>(acc[2 * dp], pa, b0, b1);
+            mma_16816<T>(acc[2 * dp + 1], pa, b2, b3);
+        }
+    }
+
+    // Merge the warps: each stores its row max, row sum and unnormalised O in the (now idle) ring.
+    cp_async_wait<0>();
+    __syncthreads();
+    float* red_o = reinterpret_cast<float*>(smem + Tr::kSmemQ);
+    float* red_m = reinterpret_cast<float*>(smem + Tr::kSmemQ + Tr::kSmemRedO);
+    float* red_l = red_m + W * BM;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float sum = row_sum[r];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const int lr = lane / 4 + 8 * r;
+        if (lane % 4 == 0) {
+            red_m[warp * BM + lr] = row_max[r];
+            red_l[warp * BM + lr] = sum;
+        }
+        float* dst = red_o + (warp * BM + lr) * Tr::kRedStride + (lane % 4) * 2;
+#pragma unroll
+        for (int j = 0; j < NO; ++j) {
+            *reinterpret_cast<float2*>(dst + j * 8) = make_float2(acc[j][2 * r], acc[j][2 * r + 1]);
+        }
+    }
+    __syncthreads();
+
+    // One thread per (row, 8 columns): rescale each warp's part to the common max, sum, normalise.
+    const float lse_scale = softcap ? p.softcap : p.scale;
+    for (int c = tid; c < BM * CPR; c += Tr::kThreads) {
+        const int r = c / CPR;
+        const int ch = c % CPR;
+        if (r >= rows_here || ch * 8 >= p.d) continue;
+        float mx = -CUDART_INF_F;
+#pragma unroll
+        for (int w = 0; w < W; ++w) mx = fmaxf(mx, red_m[w * BM + r]);
+        const float m_scaled = mx == -CUDART_INF_F ? 0.f : mx * scale_log2;
+        float l = 0.f;
+        float o[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) o[e] = 0.f;
+#pragma unroll
+        for (int w = 0; w < W; ++w) {
+            const float f = fast_exp2(red_m[w * BM + r] * scale_log2 - m_scaled);
+            l += f * red_l[w * BM + r];
+            const float4* src = reinterpret_cast<const float4*>(red_o + (w * BM + r) * Tr::kRedStride + ch * 8);
+            const float4 x0 = src[0], x1 = src[1];
+            o[0] += f * x0.x;
+            o[1] += f * x0.y;
+            o[2] += f * x0.z;
+            o[3] += f * x0.w;
+            o[4] += f * x1.x;
+            o[5] += f * x1.y;
+            o[6] += f * x1.z;
+            o[7] += f * x1.w;
+        }
+        const bool seen = l > 0.f;
+        const float inv = seen ? 1.f / l : 0.f;
+        const float lse = seen ? mx * lse_scale + logf(l) : (direct ? CUDART_INF_F : -CUDART_INF_F);
+        const int2 qh = out_row(r);
+        if (direct) {
+            T* dst = reinterpret_cast<T*>(p.o) + b * p.o_batch_stride + qh.x * p.o_row_stride + qh.y * p.o_head_stride +
+                     ch * 8;
+            *reinterpret_cast<uint4*>(dst) = make_uint4(pack2<T>(o[0] * inv, o[1] * inv), pack2<T>(o[2] * inv, o[3] * inv),
+                                                        pack2<T>(o[4] * inv, o[5] * inv), pack2<T>(o[6] * inv, o[7] * inv));
+            if (ch == 0 && p.lse != nullptr) {
+                p.lse[b * p.lse_batch_stride + qh.y * p.lse_head_stride + qh.x * p.lse_row_stride] = lse;
+            }
+        } else {
+            const int64_t srow = split * accum_rows + (static_cast<int64_t>(b) * p.hq + qh.y) * p.sq + qh.x;
+            float4* dst = reinterpret_cast<float4*>(p.o_accum + srow * p.d + ch * 8);
+            dst[0] = make_float4(o[0] * inv, o[1] * inv, o[2] * inv, o[3] * inv);
+            dst[1] = make_float4(o[4] * inv, o[5] * inv, o[6] * inv, o[7] * inv);
+            if (ch == 0) p.lse_accum[srow] = lse;
+        }
+    }
+}
+
+// Merges the num_splits partial results of each output row: with L = log(sum_s exp(lse_s)),
+// O = sum_s exp(lse_s - L) O_s. Splits with lse_s = -inf saw no key and are skipped (their O_s may be
+// unwritten); a row that no split saw gets O = 0 and LSE = +inf. One thread per (row, 8 columns).
+template <typename T>
+__global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_constant__ DecodeParams p) {
+    const int cpr = p.d / 8;
+    const int rows_per_cta = blockDim.x / cpr;
+    const int local = threadIdx.x / cpr;
+    const int ch = threadIdx.x - local * cpr;
+    const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.sq;
+    const int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_cta + local;
+    if (local >= rows_per_cta || row >= rows) return;
+    // Rows fit in int32 (validated), so the index arithmetic stays 32-bit.
+    const int row32 = static_cast<int>(row);
+    const int qi = row32 % p.sq;
+    const int bh = row32 / p.sq;
+    const int head = bh % p.hq;
+    const int b = bh / p.hq;
+    T* out = reinterpret_cast<T*>(p.o) + b * p.o_batch_stride + qi * p.o_row_stride + head * p.o_head_stride + ch * 8;
+    float* lse_out = p.lse == nullptr ? nullptr
+                                      : p.lse + b * p.lse_batch_stride + head * p.lse_head_stride + qi * p.lse_row_stride;
+
+    const float* part_lse = p.lse_accum + row;
+    float mx = -CUDART_INF_F;
+    for (int s = 0; s < p.num_splits; ++s) mx = fmaxf(mx, part_lse[s * rows]);
+    if (mx == -CUDART_INF_F) {
+        *reinterpret_cast<uint4*>(out) = make_uint4(0, 0, 0, 0);
+        if (ch == 0 && lse_out != nullptr) *lse_out = CUDART_INF_F;
+        return;
+    }
+    float sum = 0.f;
+    for (int s = 0; s < p.num_splits; ++s) sum += __expf(part_lse[s * rows] - mx);
+    const float lse = mx + __logf(sum);
+    float o[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) o[e] = 0.f;
+    for (int s = 0; s < p.num_splits; ++s) {
+        const float l = part_lse[s * rows];
+        if (l == -CUDART_INF_F) continue;
+        const float w = __expf(l - lse);
+        const float4* src = reinterpret_cast<const float4*>(p.o_accum + (s * rows + row) * p.d + ch * 8);
+        const float4 x0 = src[0], x1 = src[1];
+        o[0] += w * x0.x;
+        o[1] += w * x0.y;
+        o[2] += w * x0.z;
+        o[3] += w * x0.w;
+        o[4] += w * x1.x;
+        o[5] += w * x1.y;
+        o[6] += w * x1.z;
+        o[7] += w * x1.w;
+    }
+    *reinterpret_cast<uint4*>(out) =
+        make_uint4(pack2<T>(o[0], o[1]), pack2<T>(o[2], o[3]), pack2<T>(o[4], o[5]), pack2<T>(o[6], o[7]));
+    if (ch == 0 && lse_out != nullptr) *lse_out = lse;
+}
+
+// Writes k_new / v_new into the cache at positions cached_b .. cached_b + sq - 1 of every sequence, 16 bytes
+// per thread. Launched before the attention kernel on the same stream, which orders the two.
+template <typename T>
+__global__ void __launch_bounds__(256) decode_append_kernel(const __grid_constant__ DecodeParams p) {
+    const int cpr = p.d / 8;
+    const int64_t total = static_cast<int64_t>(p.b) * p.sq * p.hkv * cpr;
+    for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+         idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        int64_t rest = idx;
+        const int ch = static_cast<int>(rest % cpr);
+        rest /= cpr;
+        const int h = static_cast<int>(rest % p.hkv);
+        rest /= p.hkv;
+        const int i = static_cast<int>(rest % p.sq);
+        const int b = static_cast<int>(rest / p.sq);
+        const int pos = decode_seq(p, b).cached + i;
+        int64_t k_dst, v_dst;
+        if (p.block_table != nullptr) {
+            const int64_t block = decode_block_id(p, p.block_table + b * p.table_batch_stride, pos >> p.block_shift);
+            const int64_t in_page = pos & (p.block_size - 1);
+            k_dst = block * p.k_batch_stride + in_page * p.k_row_stride;
+            v_dst = block * p.v_batch_stride + in_page * p.v_row_stride;
+        } else {
+            k_dst = b * p.k_batch_stride + static_cast<int64_t>(pos) * p.k_row_stride;
+            v_dst = b * p.v_batch_stride + static_cast<int64_t>(pos) * p.v_row_stride;
+        }
+        k_dst += h * p.k_head_stride + ch * 8;
+        v_dst += h * p.v_head_stride + ch * 8;
+        const T* kn = reinterpret_cast<const T*>(p.k_new) + b * p.kn_batch_stride + i * p.kn_row_stride +
+                      h * p.kn_head_stride + ch * 8;
+        const T* vn = reinterpret_cast<const T*>(p.v_new) + b * p.vn_batch_stride + i * p.vn_row_stride +
+                      h * p.vn_head_stride + ch * 8;
+        *reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.k_cache) + k_dst) = *reinterpret_cast<const uint4*>(kn);
+        *reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.v_cache) + v_dst) = *reinterpret_cast<const uint4*>(vn);
+    }
+}
+
+}  // namespace sm80
+}  // namespace fa

@@ -1,0 +1,70 @@
+// Launch templates of the sm80 decode pass: the attention kernel for a traits choice (raising its dynamic
+// shared-memory limit once per device), the append and combine kernels, and run_decode<T, D>, which the
+// per-(head dim, dtype) instantiation files compile. Header-only, so the harness can launch other tile
+// choices through the same code.
+#pragma once
+#include <atomic>
+#include <cstdint>
+
+#include "sm80/decode_kernel.cuh"
+
+namespace fa {
+namespace sm80 {
+
+template <typename T, int D>
+using DecodeTraitsFor = DecodeTraits<T, D, DecodeTile<D>::kWarps, DecodeTile<D>::kStages, DecodeTile<D>::kMinBlocks>;
+
+template <class Tr, bool kPaged>
+cudaError_t launch_decode_attention(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream) {
+    auto kernel = decode_kernel<Tr, kPaged>;
+    constexpr int smem = Tr::kSmemBytes;
+    if (smem > info.smem_optin) return cudaErrorInvalidConfiguration;
+    if (smem > 48 * 1024) {
+        // The attribute is per device; remember which devices already have it (ordinals < 64).
+        static std::atomic<uint64_t> raised{0};
+        const uint64_t bit = info.device >= 0 && info.device < 64 ? (uint64_t{1} << info.device) : 0;
+        if (bit == 0 || (raised.load(std::memory_order_relaxed) & bit) == 0) {
+            const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+            if (err != cudaSuccess) return err;
+            raised.fetch_or(bit, std::memory_order_relaxed);
+        }
+    }
+    const int64_t blocks = static_cast<int64_t>(p.b) * p.hkv * p.m_blocks * p.num_splits;
+    if (blocks == 0) return cudaSuccess;
+    kernel<<<static_cast<unsigned>(blocks), Tr::kThreads, smem, stream>>>(p);
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_decode_append(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream) {
+    const int64_t chunks = static_cast<int64_t>(p.b) * p.sq * p.hkv * (p.d / 8);
+    const int64_t wanted = (chunks + 255) / 256;
+    const int64_t most = static_cast<int64_t>(info.sm_count > 0 ? info.sm_count : 1) * 8;  // grid-stride beyond
+    const unsigned blocks = static_cast<unsigned>(wanted < most ? wanted : most);
+    if (blocks == 0) return cudaSuccess;
+    decode_append_kernel<T><<<blocks, 256, 0, stream>>>(p);
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_decode_combine(const DecodeParams& p, cudaStream_t stream) {
+    constexpr int kThreads = 128;
+    const int rows_per_cta = kThreads / (p.d / 8);
+    const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.sq;
+    const int64_t blocks = (rows + rows_per_cta - 1) / rows_per_cta;
+    if (blocks == 0) return cudaSuccess;
+    decode_combine_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+}
+
+// The attention kernel of head dim D (its DecodeTile), contiguous or paged as p says.
+template <typename T, int D>
+int run_decode(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream) {
+    using Tr = DecodeTraitsFor<T, D>;
+    const cudaError_t err = p.block_table != nullptr ? launch_decode_attention<Tr, true>(p, info, stream)
+                                                     : launch_decode_attention<Tr, false>(p, info, stream);
+    return static_cast<int>(err);
+}
+
+}  // namespace sm80
+}  // namespace fa

@@ -1,0 +1,125 @@
+// Compile-time facts of the sm80 decode kernel (tiles, warps, pipeline stages, shared-memory layout) and the
+// split-count heuristic. Plain C++ (no CUDA keywords), so host code and the harness can include it.
+#pragma once
+#include <cstdint>
+
+namespace fa {
+namespace sm80 {
+
+// Tile choice per head dim. Every CTA computes 16 packed query rows (the q heads of one GQA group times
+// the new tokens) against a run of key tiles; each warp owns 16 keys of every tile (so a tile has 16 *
+// Warps keys), keeps its own online softmax, and the warps merge their partial results once at the end.
+// Stages: K/V tiles in the cp.async ring, Stages - 1 of them in flight while one is computed on.
+// Sizes aim at about 100 KB of shared memory (two CTAs per SM on A100 and H100) with 32-64 KB of
+// K/V in flight per CTA; d 192/256 use 2 warps (32-key tiles) to keep 3-4 stages in that budget.
+template <int D>
+struct DecodeTile;
+template <>
+struct DecodeTile<32> {
+    static constexpr int kWarps = 4, kStages = 4, kMinBlocks = 4;
+};
+template <>
+struct DecodeTile<64> {
+    static constexpr int kWarps = 4, kStages = 4, kMinBlocks = 2;
+};
+template <>
+struct DecodeTile<96> {
+    static constexpr int kWarps = 4, kStages = 4, kMinBlocks = 2;
+};
+template <>
+struct DecodeTile<128> {
+    static constexpr int kWarps = 4, kStages = 3, kMinBlocks = 2;
+};
+template <>
+struct DecodeTile<192> {
+    static constexpr int kWarps = 2, kStages = 4, kMinBlocks = 2;
+};
+template <>
+struct DecodeTile<256> {
+    static constexpr int kWarps = 2, kStages = 3, kMinBlocks = 2;
+};
+
+template <typename T, int D, int Warps, int Stages, int MinBlocks>
+struct DecodeTraits {
+    using Elem = T;
+    static constexpr int kHeadDim = D;
+    static constexpr int kWarps = Warps;
+    static constexpr int kThreads = Warps * 32;
+    static constexpr int kStages = Stages;
+    static constexpr int kMinBlocks = MinBlocks;
+    static constexpr int kBlockM = 16;              // packed query rows per CTA: one m16 tile
+    static constexpr int kBlockN = 16 * Warps;      // keys per tile, 16 per warp
+    static constexpr int kRowBytes = D * 2;
+    static constexpr int kChunksPerRow = D / 8;     // 16-byte chunks in one row
+    static constexpr int kSmemQ = kBlockM * kRowBytes;
+    static constexpr int kSmemTile = kBlockN * kRowBytes;  // one K (or V) tile
+    static constexpr int kSmemStage = 2 * kSmemTile;
+    static constexpr int kSmemBytes = kSmemQ + Stages * kSmemStage;
+    // Q's A fragments stay in registers across the key loop where they fit next to the accumulators.
+    static constexpr bool kQInRegs = D <= 128;
+
+    // K/V tile loads: each thread copies kChunks 16-byte chunks of K and the same of V per tile. When the
+    // threads cover whole rows (kRowMapped) a thread keeps one column chunk and steps down by kRowStep rows.
+    static constexpr int kChunks = kBlockN * kChunksPerRow / kThreads;
+    static constexpr bool kRowMapped = kThreads % kChunksPerRow == 0;
+    static constexpr int kRowStep = kRowMapped ? kThreads / kChunksPerRow : 0;
+    // Paged cache: a thread's chunks that lie in one aligned 16-row group share a page (pages are at least
+    // 16 rows and tiles start on a multiple of 16), so they share one block-table entry.
+    static constexpr int kChunksPerId = kRowMapped && kRowStep < 16 ? 16 / kRowStep : 1;
+    static constexpr int kIds = kChunks / kChunksPerId;
+
+    // End of the key loop: each warp's unnormalised O (fp32, rows padded by 8 floats against bank
+    // conflicts), row max and row sum, in the shared memory of the K/V ring.
+    static constexpr int kRedStride = D + 8;
+    static constexpr int kSmemRedO = Warps * kBlockM * kRedStride * 4;
+    static constexpr int kSmemRed = kSmemRedO + Warps * kBlockM * 2 * 4;
+
+    static_assert(sizeof(T) == 2, "16-bit inputs only");
+    static_assert(D % 32 == 0, "the swizzle needs rows of whole 64-byte groups");
+    static_assert((kBlockN * kChunksPerRow) % kThreads == 0, "K/V tiles split evenly over threads");
+    static_assert(kChunks % kChunksPerId == 0, "block-table slots cover whole chunk groups");
+    static_assert(!kRowMapped || kRowStep >= 16 || 16 % kRowStep == 0, "row steps divide the 16-row groups");
+    static_assert(kSmemRed <= Stages * kSmemStage, "the merge buffers fit in the K/V ring");
+};
+
+// Per-SM shared memory beyond the per-block opt-in limit, and the runtime's reserve per block (sm80/sm90).
+constexpr int64_t kSmemPerSmExtra = 1024;
+constexpr int64_t kSmemPerBlockReserved = 1024;
+
+// Splits below this many key tiles each spend more on filling and draining the pipeline and on the
+// combine than they gain in parallelism.
+constexpr int64_t kMinTilesPerSplit = 4;
+
+// Key splits for `pairs` (sequence, kv head, 16-row block) work items over sequences of about `length`
+// keys: the smallest split count whose grid fills the GPU's CTA slots (SMs x resident CTAs, from shared
+// memory and the kernel's MinBlocks) within 85% of the best wave efficiency reachable, where
+// efficiency = waves / ceil(waves), and that leaves every split kMinTilesPerSplit tiles or more.
+inline int32_t choose_decode_splits(int64_t pairs, int64_t length, int block_n, int smem_bytes, int min_blocks,
+                                    int32_t sm_count, int64_t smem_optin, int32_t max_splits) {
+    if (pairs <= 0 || length <= 0 || sm_count <= 0) return 1;
+    const int64_t tiles = (length + block_n - 1) / block_n;
+    int64_t most = tiles / kMinTilesPerSplit;
+    most = most < max_splits ? most : max_splits;
+    const int64_t grid_limit = 2147483647ll / pairs;  // the 1-D grid must stay within int32
+    most = most < grid_limit ? most : grid_limit;
+    if (most <= 1) return 1;
+    int64_t per_sm = (smem_optin + kSmemPerSmExtra) / (smem_bytes + kSmemPerBlockReserved);
+    per_sm = per_sm < 1 ? 1 : (per_sm > min_blocks ? min_blocks : per_sm);
+    const int64_t slots = static_cast<int64_t>(sm_count) * per_sm;
+    const auto efficiency = [&](int64_t s) {
+        const int64_t ctas = pairs * s;
+        const int64_t waves = (ctas + slots - 1) / slots;
+        return static_cast<double>(ctas) / static_cast<double>(waves * slots);
+    };
+    double best = 0.0;
+    for (int64_t s = 1; s <= most; ++s) {
+        best = efficiency(s) > best ? efficiency(s) : best;
+    }
+    for (int64_t s = 1; s <= most; ++s) {
+        if (efficiency(s) >= 0.85 * best) return static_cast<int32_t>(s);
+    }
+    return 1;
+}
+
+}  // namespace sm80
+}  // namespace fa

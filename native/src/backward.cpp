@@ -1,0 +1,129 @@
+// The exported fa_backward* functions. Each body sits between FA_API_BEGIN and FA_API_END
+// (tools/check_abi_boundary.py enforces it).
+#include <cuda_runtime_api.h>
+
+#include <cstring>
+#include <string>
+
+#include "bwd_params.h"
+#include "context.h"
+#include "cuda_check.h"
+#include "error.h"
+#include "flash_attention.h"
+#include "validate.h"
+
+namespace {
+
+void require(const void* pointer, const char* name) {
+    if (pointer == nullptr) {
+        fa::fail(FA_STATUS_INVALID_ARGUMENT, std::string(name) + " is NULL");
+    }
+}
+
+// UNSUPPORTED when the backward kernel for this head dim needs more shared memory than the GPU allows.
+void check_smem(const fa::BwdParams& p, const fa::LaunchInfo& info) {
+    const int32_t need = fa::backward_smem_bytes(p.kernel_d);
+    if (need > info.smem_optin) {
+        fa::fail(FA_STATUS_UNSUPPORTED,
+                 "the backward kernel for head dim " + std::to_string(p.f.d) + " needs " + std::to_string(need) +
+                     " bytes of shared memory per block, but device " + std::to_string(info.device) + " allows " +
+                     std::to_string(info.smem_optin));
+    }
+}
+
+// Points the workspace parts of p into `base` (layout from bwd_workspace_layout).
+void carve(fa::BwdParams& p, char* base) {
+    const fa::BwdWorkspaceLayout w =
+        fa::bwd_workspace_layout(p.f, p.kernel_d, fa::backward_block_m(p.kernel_d), p.deterministic != 0);
+    p.dq_accum = reinterpret_cast<float*>(base);
+    p.dsum = reinterpret_cast<float*>(base + w.dq_accum);
+    p.lse_log2 = reinterpret_cast<float*>(base + w.dq_accum + w.dsum);
+    p.sem = p.deterministic ? reinterpret_cast<int32_t*>(base + w.dq_accum + w.dsum + w.lse_log2) : nullptr;
+}
+
+}  // namespace
+
+extern "C" {
+
+FA_API fa_status_t fa_backward_params_init(fa_backward_params_t* params, size_t struct_size) {
+    FA_API_BEGIN
+    require(params, "params");
+    fa::check_backward_params_size(struct_size);
+    std::memset(params, 0, struct_size);
+    params->struct_size = static_cast<uint32_t>(struct_size);
+    params->softmax_scale = 0.0f;
+    params->causal = 0;
+    params->causal_alignment = FA_CAUSAL_BOTTOM_RIGHT;
+    params->kernel_path = FA_PATH_AUTO;
+    params->window_left = -1;
+    params->window_right = -1;
+    params->softcap = 0.0f;
+    params->deterministic = 0;
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+FA_API fa_status_t fa_backward_check(const fa_backward_params_t* params, int32_t compute_capability) {
+    FA_API_BEGIN
+    (void)fa::validate_backward(params, compute_capability, true, nullptr);
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+FA_API fa_status_t fa_backward_workspace_size(fa_context_t context, const fa_backward_params_t* params, size_t* bytes) {
+    FA_API_BEGIN
+    require(context, "context");
+    require(bytes, "bytes");
+    *bytes = 0;
+    const fa::LaunchInfo& info = context->info;
+    size_t need = 0;
+    const fa::BwdParams p = fa::validate_backward(params, info.cc_major * 10 + info.cc_minor, false, &need);
+    check_smem(p, info);
+    *bytes = need;
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+FA_API fa_status_t fa_backward(fa_context_t context, const fa_backward_params_t* params, void* stream) {
+    FA_API_BEGIN
+    require(context, "context");
+    const fa::LaunchInfo& info = context->info;
+    size_t need = 0;
+    fa::BwdParams p = fa::validate_backward(params, info.cc_major * 10 + info.cc_minor, true, &need);
+    check_smem(p, info);
+    // Nothing to compute: no query rows and no keys in any sequence.
+    const bool varlen = p.f.cu_seqlens_q != nullptr;
+    if (varlen && p.f.total_q == 0 && p.f.total_k == 0) {
+        return FA_STATUS_SUCCESS;
+    }
+    fa::DeviceGuard guard(info.device);
+    const auto s = static_cast<cudaStream_t>(stream);
+    // With no caller workspace the library takes it from the stream's memory pool and gives it back
+    // after the kernels (both stream-ordered: no synchronisation).
+    void* owned = nullptr;
+    void* base = params->workspace;
+    if (base == nullptr && need > 0) {
+        fa::check_cuda(cudaMallocAsync(&owned, need, s), "cudaMallocAsync of the backward workspace");
+        base = owned;
+    }
+    carve(p, static_cast<char*>(base));
+    const char* kernel_name = nullptr;
+    const int result = fa::launch_backward(p, info, stream, &kernel_name);
+    if (owned != nullptr) {
+        const cudaError_t freed = cudaFreeAsync(owned, s);
+        if (result == 0) fa::check_cuda(freed, "cudaFreeAsync of the backward workspace");
+    }
+    if (result != 0) {
+        const std::string name = kernel_name != nullptr ? kernel_name : "the backward kernels";
+        fa::throw_cuda_error(static_cast<cudaError_t>(result),
+                             "launching " + name + " (" + fa::describe(p.f) + ") on device " + std::to_string(info.device));
+    }
+    if (fa::log_enabled()) {
+        fa::log(FA_LOG_DEBUG, std::string("fa_backward: ") + (kernel_name != nullptr ? kernel_name : "(unnamed kernel)") +
+                                  (p.deterministic ? " (deterministic)" : "") + " for " + fa::describe(p.f));
+    }
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+}  // extern "C"

@@ -1,0 +1,147 @@
+// The exported fa_decode* functions: decoding new queries over a KV cache. Each body sits between
+// FA_API_BEGIN and FA_API_END; tools/check_abi_boundary.py enforces it. Validation lives in
+// validate_decode.cpp, the kernels in native/kernels/sm80/decode_*.
+#include <cuda_runtime_api.h>
+
+#include <cstring>
+#include <string>
+
+#include "context.h"
+#include "cuda_check.h"
+#include "decode_params.h"
+#include "error.h"
+#include "flash_attention.h"
+
+namespace {
+
+using fa::fail;
+
+void require_non_null(const void* pointer, const char* name) {
+    if (pointer == nullptr) {
+        fail(FA_STATUS_INVALID_ARGUMENT, std::string(name) + " is NULL");
+    }
+}
+
+// A validated call with the split count it runs with on the context's device, and the workspace that needs.
+struct Plan {
+    fa::DecodeParams p;
+    size_t workspace_bytes;
+};
+
+Plan plan(fa_context_t context, const fa_decode_params_t* params) {
+    require_non_null(context, "context");
+    const fa::LaunchInfo& info = context->info;
+    int32_t length_hint = 0;
+    Plan out{fa::validate_decode(params, info.cc_major * 10 + info.cc_minor, &length_hint), 0};
+    out.p.num_splits = fa::decode_num_splits(out.p, info, params->num_splits, length_hint);
+    out.workspace_bytes = fa::decode_workspace_bytes(out.p, out.p.num_splits);
+    return out;
+}
+
+}  // namespace
+
+extern "C" {
+
+FA_API fa_status_t fa_decode_params_init(fa_decode_params_t* params, size_t struct_size) {
+    FA_API_BEGIN
+    require_non_null(params, "params");
+    if (struct_size < fa::kDecodeParamsMinSize || struct_size > UINT32_MAX) {
+        fail(FA_STATUS_INVALID_ARGUMENT, "struct_size is " + std::to_string(struct_size) +
+                                             "; pass sizeof(fa_decode_params_t) (" +
+                                             std::to_string(sizeof(fa_decode_params_t)) + " in this version)");
+    }
+    // Build the defaults in a full struct, then copy only what the caller's struct holds.
+    fa_decode_params_t defaults;
+    std::memset(&defaults, 0, sizeof(defaults));
+    defaults.struct_size = static_cast<uint32_t>(struct_size);
+    defaults.softmax_scale = 0.0f;
+    defaults.causal = 0;
+    defaults.window_left = -1;
+    defaults.window_right = -1;
+    defaults.softcap = 0.0f;
+    defaults.kernel_path = FA_PATH_AUTO;
+    defaults.num_splits = 0;
+    const size_t known = struct_size < sizeof(defaults) ? struct_size : sizeof(defaults);
+    std::memset(params, 0, struct_size);  // a newer caller's fields unknown here start as zero
+    std::memcpy(params, &defaults, known);
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+FA_API fa_status_t fa_decode_check(const fa_decode_params_t* params, int32_t compute_capability) {
+    FA_API_BEGIN
+    (void)fa::validate_decode(params, compute_capability, nullptr);
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+FA_API fa_status_t fa_decode_workspace_size(fa_context_t context, const fa_decode_params_t* params, size_t* bytes) {
+    FA_API_BEGIN
+    require_non_null(bytes, "bytes");
+    *bytes = 0;
+    *bytes = plan(context, params).workspace_bytes;
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+FA_API fa_status_t fa_decode_num_splits(fa_context_t context, const fa_decode_params_t* params, int32_t* num_splits) {
+    FA_API_BEGIN
+    require_non_null(num_splits, "num_splits");
+    *num_splits = 0;
+    *num_splits = plan(context, params).p.num_splits;
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+FA_API fa_status_t fa_decode(fa_context_t context, const fa_decode_params_t* params, void* stream) {
+    FA_API_BEGIN
+    Plan pl = plan(context, params);
+    fa::DecodeParams& p = pl.p;
+    const fa::LaunchInfo& info = context->info;
+    if (pl.workspace_bytes > 0 && params->workspace != nullptr && params->workspace_size < pl.workspace_bytes) {
+        fail(FA_STATUS_INVALID_ARGUMENT, "workspace_size is " + std::to_string(params->workspace_size) +
+                                             " bytes but this call needs " + std::to_string(pl.workspace_bytes) +
+                                             " (" + std::to_string(p.num_splits) +
+                                             " key splits; fa_decode_workspace_size gives the figure)");
+    }
+    // Nothing below synchronises or touches the legacy stream. With a caller workspace nothing is
+    // allocated either; without one the partials come from the stream-ordered pool (capturable in a graph
+    // where the driver supports stream-ordered allocation there).
+    fa::DeviceGuard guard(info.device);
+    const auto st = static_cast<cudaStream_t>(stream);
+    void* workspace = params->workspace;
+    bool owned = false;
+    if (pl.workspace_bytes > 0 && workspace == nullptr) {
+        const cudaError_t err = cudaMallocAsync(&workspace, pl.workspace_bytes, st);
+        if (err != cudaSuccess) {
+            fa::throw_cuda_error(err, "cudaMallocAsync of the " + std::to_string(pl.workspace_bytes) +
+                                          "-byte decode workspace (" + std::to_string(p.num_splits) + " key splits)");
+        }
+        owned = true;
+    }
+    if (pl.workspace_bytes > 0) {
+        unsigned char* base = static_cast<unsigned char*>(workspace);
+        p.o_accum = reinterpret_cast<float*>(base);
+        p.lse_accum = reinterpret_cast<float*>(base + fa::decode_accum_offset(p, p.num_splits));
+    }
+    const char* kernel_name = nullptr;
+    const int result = fa::launch_decode(p, info, stream, &kernel_name);
+    // The free is ordered after the kernels, so it is issued even when a launch failed.
+    const cudaError_t free_err = owned ? cudaFreeAsync(workspace, st) : cudaSuccess;
+    if (result != 0) {
+        const std::string name = kernel_name != nullptr ? kernel_name : "the decode kernels";
+        fa::throw_cuda_error(static_cast<cudaError_t>(result),
+                             "launching " + name + " (" + fa::describe(p) + ") on device " + std::to_string(info.device));
+    }
+    if (free_err != cudaSuccess) {
+        fa::throw_cuda_error(free_err, "cudaFreeAsync of the decode workspace");
+    }
+    if (fa::log_enabled()) {
+        fa::log(FA_LOG_DEBUG, std::string("fa_decode: ") + (kernel_name != nullptr ? kernel_name : "(unnamed kernel)") +
+                                  " for " + fa::describe(p));
+    }
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+}  // extern "C"

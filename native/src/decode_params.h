@@ -1,0 +1,103 @@
+// Internal parameters of the decode pass (fa_decode): a plain struct filled by validate_decode.cpp after
+// every argument has been checked, passed by value to the kernels. Offsets are int64 so caches past 2^31
+// elements index correctly.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "flash_attention.h"
+#include "params.h"
+
+namespace fa {
+
+struct DecodeParams {
+    const void* q;          // [b, sq, hq, d]
+    void* k_cache;          // contiguous [b, capacity, hkv, d] or paged [num_blocks, block_size, hkv, d]
+    void* v_cache;          // shaped like k_cache
+    const void* k_new;      // [b, sq, hkv, d] or nullptr (nothing appended)
+    const void* v_new;      // [b, sq, hkv, d] or nullptr
+    void* o;                // [b, sq, hq, d]
+    float* lse;             // [b, hq, sq] or nullptr
+    const int32_t* cache_seqlens;  // [b], device
+    const int32_t* block_table;    // [b, max_blocks], device; nullptr: contiguous cache
+
+    // Strides in elements (the last dimension is contiguous). For a paged cache the "batch" stride of
+    // k/v_cache is the stride between physical blocks.
+    int64_t q_batch_stride, q_row_stride, q_head_stride;
+    int64_t k_batch_stride, k_row_stride, k_head_stride;
+    int64_t v_batch_stride, v_row_stride, v_head_stride;
+    int64_t kn_batch_stride, kn_row_stride, kn_head_stride;
+    int64_t vn_batch_stride, vn_row_stride, vn_head_stride;
+    int64_t o_batch_stride, o_row_stride, o_head_stride;
+    int64_t lse_batch_stride, lse_head_stride, lse_row_stride;
+    int64_t seqlens_stride;
+    int64_t table_batch_stride, table_page_stride;
+
+    int32_t b, sq, hq, hkv, d;
+    int32_t g;               // hq / hkv: query heads per kv head, packed with the sq rows into M
+    int32_t rows;            // g * sq: packed query rows per (sequence, kv head)
+    int32_t capacity;        // positions each sequence's cache holds (S_max, or max_blocks * block_size)
+    int32_t added;           // sq when appending k_new/v_new, else 0
+    // Paged cache: block_size = 1 << block_shift; block ids are clamped to [0, num_blocks).
+    int32_t block_size, block_shift, num_blocks, max_blocks;
+
+    float scale;             // softmax scale
+    float scale_log2;        // (softcap > 0 ? softcap : scale) * log2(e)
+    float softcap;           // > 0: scores become softcap * tanh(score * scale / softcap)
+    // Bottom-right masks, with off = total_b - sq: query i sees key j iff
+    //   j >= i + off - window_left   (window_left < 0: unbounded)
+    //   j <= i + off + window_right  (window_right < 0: unbounded; a causal call has 0 or less here)
+    int32_t window_left, window_right;
+    int32_t causal;          // kept for logs; already folded into window_right
+    DType dtype;
+
+    // Split-KV: num_splits blocks per (sequence, kv head, 16-row block); m_blocks = ceil(rows / 16).
+    // With num_splits > 1 every split writes its normalised partial output and log-sum-exp to
+    // o_accum [num_splits, b, hq, sq, d] / lse_accum [num_splits, b, hq, sq] (fp32) and a combine kernel
+    // writes o and lse; with 1 the attention kernel writes them itself.
+    int32_t num_splits, m_blocks;
+    float* o_accum;
+    float* lse_accum;
+};
+
+// Smallest fa_decode_params_t accepted: version 0.3, the first with decode, has every field.
+constexpr size_t kDecodeParamsMinSize = sizeof(fa_decode_params_t);
+
+// Checks *params for a GPU of compute capability `compute_capability` (major*10+minor, or 0 for any GPU
+// this build serves). Throws fa::Error (INVALID_ARGUMENT for bad input, UNSUPPORTED for valid input this
+// build or GPU does not serve). On success returns the kernel parameters with num_splits and the workspace
+// pointers unset (num_splits 1, no workspace). *length_hint receives the longest sequence (with its new tokens) when
+// cache_seqlens_host is given, else the capacity: what the split heuristic plans for.
+DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_capability, int32_t* length_hint);
+
+// Number of key splits for p on the device `info` describes: `requested` (1..FA_DECODE_MAX_SPLITS) when
+// not 0, else the heuristic's choice for sequences of about `length_hint` keys. Host-only; no CUDA call.
+int32_t decode_num_splits(const DecodeParams& p, const LaunchInfo& info, int32_t requested, int32_t length_hint);
+
+// Workspace fa_decode needs for p split num_splits ways: fp32 partial outputs, then (at the next
+// FA_WORKSPACE_ALIGNMENT boundary) fp32 partial log-sum-exps; 0 when num_splits is 1.
+inline size_t decode_accum_offset(const DecodeParams& p, int32_t num_splits) {
+    const size_t rows = static_cast<size_t>(num_splits) * p.b * p.hq * p.sq;
+    const size_t o_bytes = rows * static_cast<size_t>(p.d) * sizeof(float);
+    return (o_bytes + FA_WORKSPACE_ALIGNMENT - 1) / FA_WORKSPACE_ALIGNMENT * FA_WORKSPACE_ALIGNMENT;
+}
+inline size_t decode_workspace_bytes(const DecodeParams& p, int32_t num_splits) {
+    if (num_splits <= 1) return 0;
+    const size_t rows = static_cast<size_t>(num_splits) * p.b * p.hq * p.sq;
+    return decode_accum_offset(p, num_splits) + rows * sizeof(float);
+}
+
+// Launches the decode pass on stream: the append kernel (when k_new is set), the attention kernel, and
+// the combine kernel (when num_splits > 1). p must be complete (splits and workspace set). Returns a
+// cudaError_t value (0 on success); *kernel_name names the attention kernel.
+int launch_decode(const DecodeParams& p, const LaunchInfo& info, void* stream, const char** kernel_name);
+
+// Decode kernels compiled into this build (listed after the forward ones by fa_kernel_name).
+int32_t decode_kernel_count();
+const char* decode_kernel_name_at(int32_t index);
+
+// Short description of a validated call for debug logs.
+std::string describe(const DecodeParams& p);
+
+}  // namespace fa

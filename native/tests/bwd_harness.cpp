@@ -1,0 +1,475 @@
+// Standalone harness of the backward pass through the C ABI, for the GPU machine without the managed
+// stack: checks fa_backward against a float64 CPU reference (fresh random inputs, NaN-poisoned
+// outputs, every element), checks the deterministic mode bit for bit across two runs, then times the
+// backward over the TARGETS.md grid (CUDA events, median) in both modes. Build after build_native:
+//   g++ -std=c++17 -O2 -I native/include native/tests/bwd_harness.cpp -L artifacts/native
+//       -lflash_attention -Wl,-rpath,$PWD/artifacts/native -o /tmp/bwd_harness
+// Usage: bwd_harness [--check-only] [--time-only] [--d 64,128,256]
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "flash_attention.h"
+
+#define CHECK(x)                                                                                       \
+    do {                                                                                               \
+        fa_status_t s_ = (x);                                                                          \
+        if (s_ != FA_STATUS_SUCCESS) {                                                                 \
+            std::fprintf(stderr, "%s:%d %s: %s: %s\n", __FILE__, __LINE__, #x, fa_status_string(s_),   \
+                         fa_last_error_message());                                                     \
+            std::exit(2);                                                                              \
+        }                                                                                              \
+    } while (0)
+
+static uint16_t to_half_bits(float f, bool bf16) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if (bf16) return static_cast<uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+    // fp16, round to nearest even (normal range only; inputs here are small normals)
+    const uint32_t sign = (u >> 16) & 0x8000;
+    int32_t exp = static_cast<int32_t>((u >> 23) & 0xFF) - 127 + 15;
+    uint32_t mant = u & 0x7FFFFF;
+    if (exp <= 0) return static_cast<uint16_t>(sign);
+    uint32_t h = sign | (static_cast<uint32_t>(exp) << 10) | (mant >> 13);
+    const uint32_t rest = mant & 0x1FFF;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;
+    return static_cast<uint16_t>(h);
+}
+
+static double from_half_bits(uint16_t x, bool bf16) {
+    if (bf16) {
+        uint32_t u = static_cast<uint32_t>(x) << 16;
+        float f;
+        std::memcpy(&f, &u, 4);
+        return f;
+    }
+    const int sign = x >> 15, exp = (x >> 10) & 0x1F, mant = x & 0x3FF;
+    double v;
+    if (exp == 0) v = std::ldexp(mant, -24);
+    else if (exp == 31) v = mant ? NAN : INFINITY;
+    else v = std::ldexp(1024 + mant, exp - 25);
+    return sign ? -v : v;
+}
+
+struct Case {
+    int b, hq, hkv, sq, sk, d;
+    bool causal = false, top_left = false;
+    int wl = -1, wr = -1;
+    float softcap = 0.f, scale = 0.f;
+    std::vector<int> lq, lk;  // varlen lengths (empty: fixed-length)
+    bool bf16 = true;
+};
+
+static std::string describe(const Case& c) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "%s b=%d hq=%d hkv=%d sq=%d sk=%d d=%d%s%s wl=%d wr=%d cap=%g%s", c.bf16 ? "bf16" : "fp16",
+                  c.b, c.hq, c.hkv, c.sq, c.sk, c.d, c.causal ? " causal" : "", c.top_left ? " top-left" : "", c.wl, c.wr,
+                  c.softcap, c.lq.empty() ? "" : " varlen");
+    return buf;
+}
+
+static fa_tensor_t tensor(void* data, int dtype, std::vector<int64_t> shape) {
+    fa_tensor_t t;
+    std::memset(&t, 0, sizeof t);
+    t.data = data;
+    t.dtype = dtype;
+    t.rank = static_cast<int32_t>(shape.size());
+    int64_t stride = 1;
+    for (int i = t.rank - 1; i >= 0; --i) {
+        t.shape[i] = shape[i];
+        t.strides[i] = stride;
+        stride *= shape[i];
+    }
+    return t;
+}
+
+struct Dev {
+    void* p = nullptr;
+    size_t bytes = 0;
+    explicit Dev(size_t n) : bytes(n) { CHECK(fa_memory_alloc(0, n == 0 ? 256 : n, &p)); }
+    ~Dev() { fa_memory_free(0, p); }
+};
+
+// Everything one case needs on the device, filled with fresh random values.
+struct Problem {
+    Case c;
+    int64_t rows_q, rows_k;  // per batch (fixed) or total (varlen)
+    int64_t nq, nk, nl;
+    std::vector<uint16_t> q, k, v, dout;
+    std::vector<int> cq, ck;
+    Dev *dq_, *dk_, *dv_, *q_, *k_, *v_, *o_, *do_, *lse_, *cuq_, *cuk_;
+    fa_context_t ctx;
+    int dtype;
+};
+
+static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, std::vector<double>& dq, std::vector<double>& dk,
+                       std::vector<double>& dv) {
+    const Case& c = P.c;
+    const bool varlen = !c.lq.empty();
+    const int B = varlen ? static_cast<int>(c.lq.size()) : c.b;
+    const double scale = c.scale > 0 ? c.scale : 1.0 / std::sqrt(double(c.d));
+    dq.assign(P.nq, 0.0);
+    dk.assign(P.nk, 0.0);
+    dv.assign(P.nk, 0.0);
+    const int d = c.d, hq = c.hq, hkv = c.hkv;
+    auto at = [&](const std::vector<uint16_t>& x, int64_t row, int h, int heads, int j) {
+        return from_half_bits(x[(row * heads + h) * d + j], c.bf16);
+    };
+    (void)o_kernel;
+    for (int b = 0; b < B; ++b) {
+        const int sq = varlen ? c.lq[b] : c.sq, sk = varlen ? c.lk[b] : c.sk;
+        const int64_t q0 = varlen ? P.cq[b] : int64_t(b) * c.sq, k0 = varlen ? P.ck[b] : int64_t(b) * c.sk;
+        const int off = c.top_left ? 0 : sk - sq;
+        for (int h = 0; h < hq; ++h) {
+            const int g = h / (hq / hkv);
+            for (int i = 0; i < sq; ++i) {
+                std::vector<double> logit(sk), t(sk), p(sk, 0.0), dp(sk);
+                double mx = -INFINITY;
+                std::vector<char> vis(sk);
+                for (int j = 0; j < sk; ++j) {
+                    int right = c.causal ? (c.wr >= 0 ? std::min(c.wr, 0) : 0) : c.wr;
+                    bool ok = true;
+                    if (right >= 0 && j > i + off + right) ok = false;
+                    if (c.wl >= 0 && j < i + off - c.wl) ok = false;
+                    vis[j] = ok;
+                    double u = 0;
+                    for (int e = 0; e < d; ++e) u += at(P.q, q0 + i, h, hq, e) * at(P.k, k0 + j, g, hkv, e);
+                    if (c.softcap > 0) {
+                        t[j] = std::tanh(u * scale / c.softcap);
+                        logit[j] = c.softcap * t[j];
+                    } else {
+                        logit[j] = u * scale;
+                    }
+                    if (ok) mx = std::max(mx, logit[j]);
+                }
+                if (mx == -INFINITY) continue;  // sees nothing: zero gradients
+                double sum = 0;
+                for (int j = 0; j < sk; ++j) {
+                    if (vis[j]) sum += (p[j] = std::exp(logit[j] - mx));
+                }
+                for (int j = 0; j < sk; ++j) p[j] /= sum;
+                std::vector<double> o(d, 0.0);
+                for (int j = 0; j < sk; ++j) {
+                    if (p[j] == 0) continue;
+                    for (int e = 0; e < d; ++e) o[e] += p[j] * at(P.v, k0 + j, g, hkv, e);
+                }
+                double D = 0;
+                for (int e = 0; e < d; ++e) D += o[e] * at(P.dout, q0 + i, h, hq, e);
+                for (int j = 0; j < sk; ++j) {
+                    if (p[j] == 0) continue;
+                    double dpj = 0;
+                    for (int e = 0; e < d; ++e) dpj += at(P.dout, q0 + i, h, hq, e) * at(P.v, k0 + j, g, hkv, e);
+                    double ds = p[j] * (dpj - D);
+                    ds *= c.softcap > 0 ? scale * (1 - t[j] * t[j]) : scale;
+                    for (int e = 0; e < d; ++e) {
+                        dq[((q0 + i) * hq + h) * d + e] += ds * at(P.k, k0 + j, g, hkv, e);
+                        dk[((k0 + j) * hkv + g) * d + e] += ds * at(P.q, q0 + i, h, hq, e);
+                        dv[((k0 + j) * hkv + g) * d + e] += p[j] * at(P.dout, q0 + i, h, hq, e);
+                    }
+                }
+            }
+        }
+    }
+    return scale;
+}
+
+static double rel_l2(const std::vector<uint16_t>& got, const std::vector<double>& ref, bool bf16, bool* nan) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        const double g = from_half_bits(got[i], bf16);
+        if (std::isnan(g)) *nan = true;
+        num += (g - ref[i]) * (g - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+static std::mt19937_64 rng(12345);
+
+static void fill(std::vector<uint16_t>& x, bool bf16) {
+    std::normal_distribution<float> nd(0.f, 1.f);
+    for (auto& e : x) {
+        float f = nd(rng);
+        if (f == 0.f) f = 0.5f;
+        e = to_half_bits(f, bf16);
+    }
+}
+
+// Runs forward + backward of a case; returns false on a failed check.
+static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
+    const bool varlen = !c.lq.empty();
+    const int B = varlen ? static_cast<int>(c.lq.size()) : c.b;
+    std::vector<int> cq(B + 1, 0), ck(B + 1, 0);
+    if (varlen) {
+        for (int i = 0; i < B; ++i) {
+            cq[i + 1] = cq[i] + c.lq[i];
+            ck[i + 1] = ck[i] + c.lk[i];
+        }
+    }
+    const int64_t rows_q = varlen ? cq[B] : int64_t(B) * c.sq, rows_k = varlen ? ck[B] : int64_t(B) * c.sk;
+    const int64_t nq = rows_q * c.hq * c.d, nk = rows_k * c.hkv * c.d, nl = rows_q * c.hq;
+    Problem P;
+    P.c = c;
+    P.nq = nq;
+    P.nk = nk;
+    P.cq = cq;
+    P.ck = ck;
+    P.q.resize(nq);
+    P.k.resize(nk);
+    P.v.resize(nk);
+    P.dout.resize(nq);
+    fill(P.q, c.bf16);
+    fill(P.k, c.bf16);
+    fill(P.v, c.bf16);
+    fill(P.dout, c.bf16);
+    const int dt = c.bf16 ? FA_DTYPE_BFLOAT16 : FA_DTYPE_FLOAT16;
+    Dev q(nq * 2), k(nk * 2), v(nk * 2), o(nq * 2), dO(nq * 2), lse(nl * 4), dq(nq * 2), dk(nk * 2), dv(nk * 2);
+    Dev cuq((B + 1) * 4), cuk((B + 1) * 4);
+    CHECK(fa_memcpy(q.p, P.q.data(), nq * 2));
+    CHECK(fa_memcpy(k.p, P.k.data(), nk * 2));
+    CHECK(fa_memcpy(v.p, P.v.data(), nk * 2));
+    CHECK(fa_memcpy(dO.p, P.dout.data(), nq * 2));
+    CHECK(fa_memcpy(cuq.p, cq.data(), (B + 1) * 4));
+    CHECK(fa_memcpy(cuk.p, ck.data(), (B + 1) * 4));
+
+    auto qshape = [&](int h) -> std::vector<int64_t> {
+        return varlen ? std::vector<int64_t>{rows_q, h, c.d} : std::vector<int64_t>{B, c.sq, h, c.d};
+    };
+    auto kshape = [&]() -> std::vector<int64_t> {
+        return varlen ? std::vector<int64_t>{rows_k, c.hkv, c.d} : std::vector<int64_t>{B, c.sk, c.hkv, c.d};
+    };
+    auto lshape = [&]() -> std::vector<int64_t> {
+        return varlen ? std::vector<int64_t>{c.hq, rows_q} : std::vector<int64_t>{B, c.hq, c.sq};
+    };
+    fa_forward_params_t fp;
+    CHECK(fa_forward_params_init(&fp, sizeof fp));
+    fp.q = tensor(q.p, dt, qshape(c.hq));
+    fp.k = tensor(k.p, dt, kshape());
+    fp.v = tensor(v.p, dt, kshape());
+    fp.out = tensor(o.p, dt, qshape(c.hq));
+    fp.lse = tensor(lse.p, FA_DTYPE_FLOAT32, lshape());
+    fp.causal = c.causal;
+    fp.causal_alignment = c.top_left ? FA_CAUSAL_TOP_LEFT : FA_CAUSAL_BOTTOM_RIGHT;
+    fp.window_left = c.wl;
+    fp.window_right = c.wr;
+    fp.softcap = c.softcap;
+    fp.softmax_scale = c.scale;
+    if (varlen) {
+        fp.cu_seqlens_q = static_cast<int32_t*>(cuq.p);
+        fp.cu_seqlens_k = static_cast<int32_t*>(cuk.p);
+        fp.varlen_batch = B;
+        fp.max_seqlen_q = *std::max_element(c.lq.begin(), c.lq.end());
+        fp.max_seqlen_k = *std::max_element(c.lk.begin(), c.lk.end());
+    }
+    CHECK(fa_forward(ctx, &fp, nullptr));
+
+    fa_backward_params_t bp;
+    CHECK(fa_backward_params_init(&bp, sizeof bp));
+    bp.q = fp.q;
+    bp.k = fp.k;
+    bp.v = fp.v;
+    bp.out = fp.out;
+    bp.lse = fp.lse;
+    bp.dout = tensor(dO.p, dt, qshape(c.hq));
+    bp.dq = tensor(dq.p, dt, qshape(c.hq));
+    bp.dk = tensor(dk.p, dt, kshape());
+    bp.dv = tensor(dv.p, dt, kshape());
+    bp.causal = fp.causal;
+    bp.causal_alignment = fp.causal_alignment;
+    bp.window_left = c.wl;
+    bp.window_right = c.wr;
+    bp.softcap = c.softcap;
+    bp.softmax_scale = c.scale;
+    bp.deterministic = deterministic;
+    bp.cu_seqlens_q = fp.cu_seqlens_q;
+    bp.cu_seqlens_k = fp.cu_seqlens_k;
+    bp.varlen_batch = fp.varlen_batch;
+    bp.max_seqlen_q = fp.max_seqlen_q;
+    bp.max_seqlen_k = fp.max_seqlen_k;
+
+    std::vector<uint16_t> gq(nq), gk(nk), gv(nk), gq2(nq), gk2(nk), gv2(nk);
+    for (int run = 0; run < (deterministic ? 2 : 1); ++run) {
+        CHECK(fa_memset_async(dq.p, 0xFF, nq * 2, nullptr));  // NaN poison
+        CHECK(fa_memset_async(dk.p, 0xFF, nk * 2, nullptr));
+        CHECK(fa_memset_async(dv.p, 0xFF, nk * 2, nullptr));
+        CHECK(fa_backward(ctx, &bp, nullptr));
+        CHECK(fa_device_synchronize(0));
+        CHECK(fa_memcpy(run == 0 ? gq.data() : gq2.data(), dq.p, nq * 2));
+        CHECK(fa_memcpy(run == 0 ? gk.data() : gk2.data(), dk.p, nk * 2));
+        CHECK(fa_memcpy(run == 0 ? gv.data() : gv2.data(), dv.p, nk * 2));
+    }
+    std::vector<double> rq, rk, rv;
+    std::vector<uint16_t> o_host(nq);
+    ref_case(P, o_host, rq, rk, rv);
+    bool nan = false;
+    const double eq = rel_l2(gq, rq, c.bf16, &nan), ek = rel_l2(gk, rk, c.bf16, &nan), ev = rel_l2(gv, rv, c.bf16, &nan);
+    const double tol = c.bf16 ? 1e-2 : 2e-3;
+    bool ok = !nan && eq < tol && ek < tol && ev < tol;
+    bool same = true;
+    if (deterministic) {
+        same = std::memcmp(gq.data(), gq2.data(), nq * 2) == 0 && std::memcmp(gk.data(), gk2.data(), nk * 2) == 0 &&
+               std::memcmp(gv.data(), gv2.data(), nk * 2) == 0;
+        ok = ok && same;
+    }
+    std::printf("%s %-70s%s  rel-L2 dq %.2e dk %.2e dv %.2e%s%s\n", ok ? "PASS" : "FAIL", describe(c).c_str(),
+                deterministic ? " det" : "", eq, ek, ev, nan ? " NaN!" : "", deterministic ? (same ? " bitwise-same" : " DIFFERS") : "");
+    std::fflush(stdout);
+    return ok;
+}
+
+static double median(std::vector<float> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+// Median backward time in ms of the TARGETS shape (bf16), deterministic or not.
+static double time_bwd(fa_context_t ctx, int b, int hq, int hkv, int s, int d, bool causal, bool det) {
+    const int64_t nq = int64_t(b) * s * hq * d, nk = int64_t(b) * s * hkv * d, nl = int64_t(b) * hq * s;
+    Dev q(nq * 2), k(nk * 2), v(nk * 2), o(nq * 2), dO(nq * 2), lse(nl * 4), dq(nq * 2), dk(nk * 2), dv(nk * 2);
+    std::vector<uint16_t> h(std::max(nq, nk));
+    fill(h, true);
+    for (Dev* t : {&q, &o, &dO}) CHECK(fa_memcpy(t->p, h.data(), nq * 2));
+    for (Dev* t : {&k, &v}) CHECK(fa_memcpy(t->p, h.data(), nk * 2));
+    const int dt = FA_DTYPE_BFLOAT16;
+    fa_forward_params_t fp;
+    CHECK(fa_forward_params_init(&fp, sizeof fp));
+    fp.q = tensor(q.p, dt, {b, s, hq, d});
+    fp.k = tensor(k.p, dt, {b, s, hkv, d});
+    fp.v = tensor(v.p, dt, {b, s, hkv, d});
+    fp.out = tensor(o.p, dt, {b, s, hq, d});
+    fp.lse = tensor(lse.p, FA_DTYPE_FLOAT32, {b, hq, s});
+    fp.causal = causal;
+    CHECK(fa_forward(ctx, &fp, nullptr));
+    fa_backward_params_t bp;
+    CHECK(fa_backward_params_init(&bp, sizeof bp));
+    bp.q = fp.q;
+    bp.k = fp.k;
+    bp.v = fp.v;
+    bp.out = fp.out;
+    bp.lse = fp.lse;
+    bp.dout = tensor(dO.p, dt, {b, s, hq, d});
+    bp.dq = tensor(dq.p, dt, {b, s, hq, d});
+    bp.dk = tensor(dk.p, dt, {b, s, hkv, d});
+    bp.dv = tensor(dv.p, dt, {b, s, hkv, d});
+    bp.causal = causal;
+    bp.deterministic = det;
+    size_t ws_bytes = 0;
+    CHECK(fa_backward_workspace_size(ctx, &bp, &ws_bytes));
+    Dev ws(ws_bytes);
+    bp.workspace = ws.p;
+    bp.workspace_size = ws_bytes;
+    void *e0, *e1;
+    CHECK(fa_event_create(0, &e0));
+    CHECK(fa_event_create(0, &e1));
+    for (int i = 0; i < 5; ++i) CHECK(fa_backward(ctx, &bp, nullptr));
+    std::vector<float> t;
+    for (int i = 0; i < 30; ++i) {
+        CHECK(fa_event_record(e0, nullptr));
+        CHECK(fa_backward(ctx, &bp, nullptr));
+        CHECK(fa_event_record(e1, nullptr));
+        CHECK(fa_event_synchronize(e1));
+        float ms;
+        CHECK(fa_event_elapsed_ms(e0, e1, &ms));
+        t.push_back(ms);
+    }
+    fa_event_destroy(e0);
+    fa_event_destroy(e1);
+    return median(t);
+}
+
+int main(int argc, char** argv) {
+    bool check = true, timing = true;
+    std::vector<int> dims = {64, 128, 256};
+    for (int i = 1; i < argc; ++i) {
+        if (!std::strcmp(argv[i], "--check-only")) timing = false;
+        else if (!std::strcmp(argv[i], "--time-only")) check = false;
+        else if (!std::strcmp(argv[i], "--d") && i + 1 < argc) {
+            dims.clear();
+            for (char* t = std::strtok(argv[++i], ","); t; t = std::strtok(nullptr, ",")) dims.push_back(std::atoi(t));
+        }
+    }
+    fa_context_t ctx;
+    CHECK(fa_context_create(0, &ctx));
+    int failed = 0, total = 0;
+    if (check) {
+        std::vector<Case> cases;
+        for (int d : {32, 64, 96, 128, 192, 256}) {
+            Case c{2, 4, 2, 131, 257, d};
+            cases.push_back(c);
+            c.causal = true;
+            cases.push_back(c);
+        }
+        {
+            Case c{1, 2, 2, 300, 177, 128};
+            c.causal = true;
+            cases.push_back(c);  // sq > sk, bottom-right: early rows see nothing
+            c.top_left = true;
+            cases.push_back(c);
+        }
+        {
+            Case c{2, 8, 1, 97, 203, 64};  // MQA
+            cases.push_back(c);
+            Case w{1, 4, 2, 250, 250, 128};
+            w.wl = 37;
+            w.wr = 11;
+            cases.push_back(w);
+            Case s{1, 4, 4, 190, 220, 128};
+            s.softcap = 30.f;
+            s.scale = 0.2f;
+            cases.push_back(s);
+            s.causal = true;
+            s.d = 80;
+            cases.push_back(s);
+            Case f16{2, 4, 2, 129, 200, 128};
+            f16.bf16 = false;
+            f16.causal = true;
+            cases.push_back(f16);
+            Case vl{0, 4, 2, 0, 0, 64};
+            vl.lq = {17, 0, 130, 64};
+            vl.lk = {40, 33, 130, 1};
+            vl.causal = true;
+            cases.push_back(vl);
+            vl.d = 256;
+            vl.causal = false;
+            cases.push_back(vl);
+        }
+        for (const Case& c : cases) {
+            ++total;
+            if (!check_case(ctx, c, false)) ++failed;
+        }
+        for (int i : {1, 3, 7, 13}) {
+            ++total;
+            if (!check_case(ctx, cases[i], true)) ++failed;
+        }
+    }
+    if (timing) {
+        std::printf("%-34s %9s %9s %9s %9s %7s\n", "shape (bf16)", "ms", "TFLOP/s", "det ms", "det TF/s", "det/x");
+        for (int d : dims) {
+            for (int causal : {0, 1}) {
+                for (int s : {1024, 4096, 16384}) {
+                    const int b = 16384 / s, h = 2048 / d;
+                    const double ms = time_bwd(ctx, b, h, h, s, d, causal, false);
+                    const double msd = time_bwd(ctx, b, h, h, s, d, causal, true);
+                    double flops = 2.5 * 4.0 * b * h * double(s) * s * d / (causal ? 2 : 1);
+                    std::printf("d=%3d causal=%d S=%5d b=%2d h=%2d    %9.3f %9.1f %9.3f %9.1f %7.2f\n", d, causal, s, b, h, ms,
+                                flops / ms / 1e9, msd, flops / msd / 1e9, msd / ms);
+                    std::fflush(stdout);
+                }
+            }
+        }
+        const double ms = time_bwd(ctx, 4, 32, 8, 4096, 128, true, false);
+        const double msd = time_bwd(ctx, 4, 32, 8, 4096, 128, true, true);
+        const double flops = 2.5 * 4.0 * 4 * 32 * 4096.0 * 4096 * 128 / 2;
+        std::printf("GQA 32/8 d=128 causal S=4096 b=4    %9.3f %9.1f %9.3f %9.1f %7.2f\n", ms, flops / ms / 1e9, msd,
+                    flops / msd / 1e9, msd / ms);
+    }
+    fa_context_destroy(ctx);
+    if (check) std::printf("%d of %d checks failed\n", failed, total);
+    return failed == 0 ? 0 : 1;
+}

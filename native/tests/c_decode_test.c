@@ -1,0 +1,765 @@
+/*
+ * c_decode_test.c - tests the decode part of the C ABI (fa_decode_params_init, fa_decode_check,
+ * fa_decode_workspace_size, fa_decode_num_splits, fa_decode) from plain C99, the way another language's
+ * binding sees it: only flash_attention.h.
+ *
+ * Everywhere: the defaults of fa_decode_params_init, argument validation through fa_decode_check (bad
+ * inputs with the expected status and a message naming the argument), the capability query and the kernel
+ * names of the decode pass.
+ * With a GPU (compute capability >= 8.0), against a float64 reference written here, outputs poisoned first
+ * and cache slots past every sequence filled with NaN: contiguous and paged caches (shuffled block tables,
+ * block sizes 16..256), ragged cache lengths with 0 and 1, appends that cross a page end, several new
+ * tokens with a causal mask, windows, softcap, GQA, forced and automatic split counts, caller and library
+ * workspaces, and a CUDA graph replay. The cache after the call must hold exactly the appended rows.
+ *
+ * Prints one line per failure, a summary, and returns nonzero if anything failed.
+ */
+#include "flash_attention.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifndef FA_TEST_HEAD_DIM
+#define FA_TEST_HEAD_DIM 64
+#endif
+
+static int g_passed = 0;
+static int g_failed = 0;
+static int g_skipped = 0;
+
+#define CHECK(cond, ...)                                \
+    do {                                                \
+        if (cond) {                                     \
+            ++g_passed;                                 \
+        } else {                                        \
+            ++g_failed;                                 \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__); \
+            printf(__VA_ARGS__);                        \
+            printf("\n");                               \
+        }                                               \
+    } while (0)
+
+/* A status and the last-error contract; `needle`, when not NULL, must occur in the message. */
+static int expect(const char* label, fa_status_t got, fa_status_t want, const char* needle) {
+    const char* message = fa_last_error_message();
+    if (got != want) {
+        CHECK(0, "%s: status %s, expected %s (message: \"%s\")", label, fa_status_string(got), fa_status_string(want),
+              message);
+        return 0;
+    }
+    if (want == FA_STATUS_SUCCESS) {
+        CHECK(message[0] == '\0', "%s: succeeded but the last error is \"%s\"", label, message);
+        return message[0] == '\0';
+    }
+    if (needle != NULL && strstr(message, needle) == NULL) {
+        CHECK(0, "%s: message \"%s\" does not mention \"%s\"", label, message, needle);
+        return 0;
+    }
+    ++g_passed;
+    printf("  ok  %-36s %s: %s\n", label, fa_status_string(got), message);
+    return 1;
+}
+
+/* ---- 16-bit floats -------------------------------------------------------------------------------- */
+
+static uint16_t float_to_half(float f) {
+    uint32_t x, sign, mantissa, half_mantissa, rest;
+    int e;
+    memcpy(&x, &f, sizeof(x));
+    sign = (x >> 16) & 0x8000u;
+    mantissa = x & 0x7fffffu;
+    if (((x >> 23) & 0xffu) == 0xffu) {
+        return (uint16_t)(sign | 0x7c00u | (mantissa != 0 ? 0x200u : 0u));
+    }
+    e = (int)((x >> 23) & 0xffu) - 127 + 15;
+    if (e >= 31) {
+        return (uint16_t)(sign | 0x7c00u);
+    }
+    if (e <= 0) { /* the test's values are far from the subnormal range: flush */
+        return (uint16_t)sign;
+    }
+    half_mantissa = mantissa >> 13;
+    rest = mantissa & 0x1fffu;
+    x = sign | ((uint32_t)e << 10) | half_mantissa;
+    if (rest > 0x1000u || (rest == 0x1000u && (half_mantissa & 1u))) {
+        ++x;
+    }
+    return (uint16_t)x;
+}
+
+static double half_to_double(uint16_t h) {
+    const int sign = (h & 0x8000u) ? -1 : 1;
+    const int exponent = (h >> 10) & 0x1f;
+    const int mantissa = h & 0x3ff;
+    if (exponent == 0) {
+        return sign * ldexp((double)mantissa, -24);
+    }
+    if (exponent == 31) {
+        return mantissa != 0 ? (double)NAN : sign * (double)INFINITY;
+    }
+    return sign * ldexp((double)(mantissa | 0x400), exponent - 25);
+}
+
+static uint16_t float_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, sizeof(x));
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+
+static double bf16_to_double(uint16_t h) {
+    const uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, sizeof(f));
+    return (double)f;
+}
+
+static double to_double(int dtype, uint16_t x) {
+    return dtype == FA_DTYPE_BFLOAT16 ? bf16_to_double(x) : half_to_double(x);
+}
+
+static uint16_t nan16(int dtype) {
+    return dtype == FA_DTYPE_BFLOAT16 ? 0x7fc0u : 0x7e00u;
+}
+
+/* ---- random numbers (fresh per run; the seed is printed) ------------------------------------------- */
+
+static uint64_t g_rng = 0;
+
+static double uniform01(void) {
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    return (double)((g_rng * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static uint16_t random16(int dtype) {
+    const float x = (float)(uniform01() * 4.0 - 2.0);
+    return dtype == FA_DTYPE_BFLOAT16 ? float_to_bf16(x) : float_to_half(x);
+}
+
+/* ---- tensors ------------------------------------------------------------------------------------------ */
+
+static void set_tensor(fa_tensor_t* t, void* data, int32_t dtype, int rank, const int64_t* shape) {
+    int i;
+    memset(t, 0, sizeof(*t));
+    t->data = data;
+    t->dtype = dtype;
+    t->rank = rank;
+    for (i = 0; i < rank; ++i) {
+        t->shape[i] = shape[i];
+    }
+    t->strides[rank - 1] = 1;
+    for (i = rank - 2; i >= 0; --i) {
+        t->strides[i] = t->strides[i + 1] * shape[i + 1];
+    }
+}
+
+static void set4(fa_tensor_t* t, void* data, int32_t dtype, int64_t n0, int64_t n1, int64_t n2, int64_t n3) {
+    const int64_t shape[4] = {n0, n1, n2, n3};
+    set_tensor(t, data, dtype, 4, shape);
+}
+
+/* ---- validation (no GPU needed) ---------------------------------------------------------------------- */
+
+enum { VB = 3, VSQ = 2, VHQ = 8, VHKV = 2, VCAP = 64, VBLOCK = 16, VPAGES = 4, VNBLOCKS = 20 };
+
+#define ADDR(n) ((void*)(uintptr_t)((uint64_t)(n) << 32))
+
+/* A valid paged call with append on made-up, aligned, disjoint addresses: fa_decode_check never
+   dereferences device pointers. */
+static fa_decode_params_t valid_params(int paged) {
+    fa_decode_params_t p;
+    const int64_t d = FA_TEST_HEAD_DIM;
+    const int64_t lens_shape[1] = {VB};
+    const int64_t table_shape[2] = {VB, VPAGES};
+    const int64_t lse_shape[3] = {VB, VHQ, VSQ};
+    fa_decode_params_init(&p, sizeof p);
+    set4(&p.q, ADDR(1), FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, d);
+    if (paged) {
+        set4(&p.k_cache, ADDR(2), FA_DTYPE_BFLOAT16, VNBLOCKS, VBLOCK, VHKV, d);
+        set4(&p.v_cache, ADDR(3), FA_DTYPE_BFLOAT16, VNBLOCKS, VBLOCK, VHKV, d);
+        set_tensor(&p.block_table, ADDR(4), FA_DTYPE_INT32, 2, table_shape);
+    } else {
+        set4(&p.k_cache, ADDR(2), FA_DTYPE_BFLOAT16, VB, VCAP, VHKV, d);
+        set4(&p.v_cache, ADDR(3), FA_DTYPE_BFLOAT16, VB, VCAP, VHKV, d);
+    }
+    set4(&p.k_new, ADDR(5), FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, d);
+    set4(&p.v_new, ADDR(6), FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, d);
+    set4(&p.out, ADDR(7), FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, d);
+    set_tensor(&p.lse, ADDR(8), FA_DTYPE_FLOAT32, 3, lse_shape);
+    set_tensor(&p.cache_seqlens, ADDR(9), FA_DTYPE_INT32, 1, lens_shape);
+    p.causal = 1;
+    return p;
+}
+
+static void test_params_init(void) {
+    fa_decode_params_t p;
+    unsigned char big[sizeof(fa_decode_params_t) + 32];
+    size_t i;
+    int tail_zero = 1;
+    memset(&p, 0xAB, sizeof p);
+    expect("decode_params_init", fa_decode_params_init(&p, sizeof p), FA_STATUS_SUCCESS, NULL);
+    CHECK(p.struct_size == sizeof p, "struct_size %u", (unsigned)p.struct_size);
+    CHECK(p.window_left == -1 && p.window_right == -1, "window defaults %d %d", (int)p.window_left, (int)p.window_right);
+    CHECK(p.num_splits == 0 && p.causal == 0 && p.softcap == 0.0f && p.softmax_scale == 0.0f,
+          "num_splits/causal/softcap/scale defaults");
+    CHECK(p.q.data == NULL && p.block_table.data == NULL && p.k_new.data == NULL && p.workspace == NULL &&
+              p.cache_seqlens_host == NULL && p.workspace_size == 0,
+          "tensors and pointers must start zeroed");
+    memset(big, 0xAB, sizeof big);
+    expect("decode_params_init(larger)", fa_decode_params_init((fa_decode_params_t*)(void*)big, sizeof big),
+           FA_STATUS_SUCCESS, NULL);
+    for (i = sizeof(fa_decode_params_t); i < sizeof big; ++i) {
+        tail_zero &= big[i] == 0;
+    }
+    CHECK(tail_zero, "a newer caller's unknown tail must be zeroed");
+    expect("decode_params_init(small)", fa_decode_params_init(&p, 16), FA_STATUS_INVALID_ARGUMENT, "struct_size is 16");
+    expect("decode_params_init(NULL)", fa_decode_params_init(NULL, sizeof p), FA_STATUS_INVALID_ARGUMENT,
+           "params is NULL");
+}
+
+/* One mutation of a valid call and what fa_decode_check must say about it. */
+static void bad(const char* label, const fa_decode_params_t* p, fa_status_t want, const char* needle) {
+    expect(label, fa_decode_check(p, 0), want, needle);
+}
+
+static void test_validation(void) {
+    fa_decode_params_t p;
+    int32_t host_lens[VB] = {10, 0, VPAGES * VBLOCK - VSQ};
+    int paged, bs;
+
+    for (paged = 0; paged <= 1; ++paged) {
+        p = valid_params(paged);
+        expect(paged ? "valid paged call" : "valid contiguous call", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+        p.k_new.data = NULL;
+        p.v_new.data = NULL;
+        expect("valid call without append", fa_decode_check(&p, 90), FA_STATUS_SUCCESS, NULL);
+    }
+    p = valid_params(1);
+    p.cache_seqlens_host = host_lens;
+    expect("host lengths that fit", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    for (bs = 16; bs <= 256; bs *= 2) {
+        char label[64];
+        p = valid_params(1);
+        p.k_cache.shape[1] = p.v_cache.shape[1] = bs;
+        p.k_cache.strides[0] = p.v_cache.strides[0] = bs * p.k_cache.strides[1];
+        sprintf(label, "paged block size %d", bs);
+        expect(label, fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    }
+
+    bad("params NULL", NULL, FA_STATUS_INVALID_ARGUMENT, "params is NULL");
+    p = valid_params(1); p.struct_size = 64;
+    bad("struct_size 64", &p, FA_STATUS_INVALID_ARGUMENT, "struct_size is 64");
+    p = valid_params(1); p.reserved0 = 1;
+    bad("reserved0", &p, FA_STATUS_INVALID_ARGUMENT, "reserved0");
+    p = valid_params(1); p.reserved1 = 3;
+    bad("reserved1", &p, FA_STATUS_INVALID_ARGUMENT, "reserved1");
+    p = valid_params(1);
+    expect("compute_capability -1", fa_decode_check(&p, -1), FA_STATUS_INVALID_ARGUMENT, "compute_capability");
+    p = valid_params(1); p.q.rank = 3;
+    bad("q rank 3", &p, FA_STATUS_INVALID_ARGUMENT, "q.rank is 3");
+    p = valid_params(1); p.q.dtype = FA_DTYPE_FLOAT32;
+    bad("q fp32", &p, FA_STATUS_INVALID_ARGUMENT, "q.dtype");
+    p = valid_params(1); p.k_cache.dtype = p.v_cache.dtype = FA_DTYPE_FLOAT16;
+    bad("k_cache fp16, q bf16", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache.dtype");
+    p = valid_params(1); p.k_cache.data = NULL;
+    bad("k_cache NULL", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache.data is NULL");
+    p = valid_params(1); p.v_cache.strides[3] = 2;
+    bad("v_cache last stride 2", &p, FA_STATUS_INVALID_ARGUMENT, "v_cache.strides[3]");
+    p = valid_params(1); p.k_cache.strides[1] += 4;
+    bad("k_cache row stride not x8", &p, FA_STATUS_INVALID_ARGUMENT, "multiple of 8");
+    p = valid_params(1); p.q.data = (void*)((uintptr_t)p.q.data + 8);
+    bad("q misaligned", &p, FA_STATUS_INVALID_ARGUMENT, "16-byte aligned");
+    p = valid_params(1); p.out.shape[2] = VHQ / 2;
+    bad("out heads", &p, FA_STATUS_INVALID_ARGUMENT, "out must have the shape of q");
+    p = valid_params(1); p.v_cache.shape[0] = VNBLOCKS - 1;
+    bad("v_cache shape", &p, FA_STATUS_INVALID_ARGUMENT, "same shape");
+    p = valid_params(1); p.k_cache.shape[2] = p.v_cache.shape[2] = 3;
+    p.k_new.shape[2] = p.v_new.shape[2] = 3;
+    bad("heads_kv 3 of 8", &p, FA_STATUS_INVALID_ARGUMENT, "does not divide");
+    p = valid_params(1); p.k_cache.shape[3] = p.v_cache.shape[3] = FA_TEST_HEAD_DIM + 8;
+    bad("cache head_dim", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache.shape[3] (head_dim)");
+    p = valid_params(0); p.k_cache.shape[0] = p.v_cache.shape[0] = VB + 1;
+    bad("contiguous cache batch", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache.shape[0] (batch)");
+    p = valid_params(1); p.cache_seqlens.dtype = FA_DTYPE_FLOAT32;
+    bad("cache_seqlens fp32", &p, FA_STATUS_INVALID_ARGUMENT, "cache_seqlens.dtype");
+    p = valid_params(1); p.cache_seqlens.shape[0] = VB + 1;
+    bad("cache_seqlens length", &p, FA_STATUS_INVALID_ARGUMENT, "cache_seqlens.shape[0]");
+    p = valid_params(1); p.cache_seqlens.rank = 2; p.cache_seqlens.shape[1] = 1; p.cache_seqlens.strides[1] = 1;
+    bad("cache_seqlens rank 2", &p, FA_STATUS_INVALID_ARGUMENT, "cache_seqlens.rank is 2");
+    p = valid_params(1); p.cache_seqlens.data = NULL;
+    bad("cache_seqlens NULL", &p, FA_STATUS_INVALID_ARGUMENT, "cache_seqlens.data is NULL");
+    p = valid_params(1); p.block_table.dtype = FA_DTYPE_FLOAT16;
+    bad("block_table fp16", &p, FA_STATUS_INVALID_ARGUMENT, "block_table.dtype");
+    p = valid_params(1); p.block_table.rank = 1;
+    bad("block_table rank 1", &p, FA_STATUS_INVALID_ARGUMENT, "block_table.rank is 1");
+    p = valid_params(1); p.block_table.shape[0] = VB - 1;
+    bad("block_table batch", &p, FA_STATUS_INVALID_ARGUMENT, "block_table.shape[0] (batch)");
+    p = valid_params(1); p.v_new.data = NULL;
+    bad("k_new without v_new", &p, FA_STATUS_INVALID_ARGUMENT, "v_new.data is NULL");
+    p = valid_params(1); p.k_new.shape[1] = VSQ + 1;
+    bad("k_new seqlen", &p, FA_STATUS_INVALID_ARGUMENT, "k_new.shape[1] (seqlen_new)");
+    p = valid_params(1); p.v_new.dtype = FA_DTYPE_FLOAT16;
+    bad("v_new fp16", &p, FA_STATUS_INVALID_ARGUMENT, "v_new.dtype");
+    p = valid_params(1); p.lse.shape[2] = VSQ + 1;
+    bad("lse shape", &p, FA_STATUS_INVALID_ARGUMENT, "lse.shape");
+    p = valid_params(1); p.lse.dtype = FA_DTYPE_BFLOAT16;
+    bad("lse bf16", &p, FA_STATUS_INVALID_ARGUMENT, "lse.dtype");
+    p = valid_params(1); p.softmax_scale = -1.0f;
+    bad("softmax_scale -1", &p, FA_STATUS_INVALID_ARGUMENT, "softmax_scale");
+    p = valid_params(1); p.causal = 2;
+    bad("causal 2", &p, FA_STATUS_INVALID_ARGUMENT, "causal is 2");
+    p = valid_params(1); p.window_left = -2;
+    bad("window_left -2", &p, FA_STATUS_INVALID_ARGUMENT, "window_left is -2");
+    p = valid_params(1); p.softcap = (float)NAN;
+    bad("softcap NaN", &p, FA_STATUS_INVALID_ARGUMENT, "softcap");
+    p = valid_params(1); p.kernel_path = 7;
+    bad("kernel_path 7", &p, FA_STATUS_INVALID_ARGUMENT, "kernel_path is 7");
+    p = valid_params(1); p.num_splits = FA_DECODE_MAX_SPLITS + 1;
+    bad("num_splits 129", &p, FA_STATUS_INVALID_ARGUMENT, "num_splits is");
+    p = valid_params(1); p.num_splits = -1;
+    bad("num_splits -1", &p, FA_STATUS_INVALID_ARGUMENT, "num_splits is -1");
+    p = valid_params(1); p.workspace = (void*)(uintptr_t)0x10000080ull;
+    bad("workspace misaligned", &p, FA_STATUS_INVALID_ARGUMENT, "workspace");
+    p = valid_params(1); host_lens[2] = VPAGES * VBLOCK - VSQ + 1; p.cache_seqlens_host = host_lens;
+    bad("host length past capacity", &p, FA_STATUS_INVALID_ARGUMENT, "cache_seqlens_host[2]");
+    host_lens[2] = VPAGES * VBLOCK - VSQ;
+    p = valid_params(1); host_lens[1] = -1; p.cache_seqlens_host = host_lens;
+    bad("host length -1", &p, FA_STATUS_INVALID_ARGUMENT, "cache_seqlens_host[1] is -1");
+    host_lens[1] = 0;
+    p = valid_params(0); p.k_cache.shape[1] = p.v_cache.shape[1] = 1; p.k_cache.strides[0] = p.v_cache.strides[0] =
+        p.k_cache.strides[1];
+    bad("append past capacity", &p, FA_STATUS_INVALID_ARGUMENT, "new tokens");
+    p = valid_params(1); p.out.data = (void*)((uintptr_t)p.q.data + 64);
+    bad("out overlaps q", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps q");
+    p = valid_params(1); p.lse.data = p.cache_seqlens.data;
+    bad("lse overlaps cache_seqlens", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps");
+    p = valid_params(1); p.k_new.data = (void*)((uintptr_t)p.k_cache.data + 256);
+    bad("k_new inside k_cache", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache");
+
+    p = valid_params(1); p.k_cache.shape[1] = p.v_cache.shape[1] = 24;
+    bad("block size 24", &p, FA_STATUS_UNSUPPORTED, "block_size) is 24");
+    p = valid_params(1); p.k_cache.shape[1] = p.v_cache.shape[1] = 8; p.block_table.shape[1] = 16;
+    bad("block size 8", &p, FA_STATUS_UNSUPPORTED, "block_size) is 8");
+    p = valid_params(1);
+    set4(&p.q, p.q.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, 264);
+    set4(&p.out, p.out.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, 264);
+    set4(&p.k_cache, p.k_cache.data, FA_DTYPE_BFLOAT16, VNBLOCKS, VBLOCK, VHKV, 264);
+    set4(&p.v_cache, p.v_cache.data, FA_DTYPE_BFLOAT16, VNBLOCKS, VBLOCK, VHKV, 264);
+    set4(&p.k_new, p.k_new.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, 264);
+    set4(&p.v_new, p.v_new.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, 264);
+    bad("head_dim 264", &p, FA_STATUS_UNSUPPORTED, "head_dim) is 264");
+    p = valid_params(1);
+    expect("compute capability 75", fa_decode_check(&p, 75), FA_STATUS_UNSUPPORTED, "8.0 or newer");
+    expect("workspace_size(NULL context)", fa_decode_workspace_size(NULL, &p, NULL), FA_STATUS_INVALID_ARGUMENT,
+           "bytes is NULL");
+    {
+        size_t bytes = 1;
+        int32_t splits = 1;
+        expect("workspace_size(NULL context)", fa_decode_workspace_size(NULL, &p, &bytes), FA_STATUS_INVALID_ARGUMENT,
+               "context is NULL");
+        CHECK(bytes == 0, "a failed fa_decode_workspace_size must set *bytes to 0");
+        expect("num_splits(NULL context)", fa_decode_num_splits(NULL, &p, &splits), FA_STATUS_INVALID_ARGUMENT,
+               "context is NULL");
+        expect("decode(NULL context)", fa_decode(NULL, &p, NULL), FA_STATUS_INVALID_ARGUMENT, "context is NULL");
+    }
+}
+
+static void test_query_and_names(void) {
+    fa_support_query_t q;
+    int32_t count = 0, i, decode_names = 0;
+    memset(&q, 0, sizeof q);
+    q.struct_size = sizeof q;
+    q.pass = FA_PASS_DECODE;
+    q.dtype = FA_DTYPE_BFLOAT16;
+    q.head_dim = FA_TEST_HEAD_DIM;
+    q.causal = q.window = q.softcap = 1;
+    expect("query decode", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q.varlen = 1;
+    expect("query decode varlen", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "variable-length");
+    expect("kernel_count", fa_kernel_count(&count), FA_STATUS_SUCCESS, NULL);
+    for (i = 0; i < count; ++i) {
+        const char* name = NULL;
+        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, "sm80_decode_", 12) == 0) {
+            ++decode_names;
+        }
+    }
+    CHECK(decode_names >= 4, "only %d of %d kernel names are decode kernels", (int)decode_names, (int)count);
+}
+
+/* ---- GPU: decode against a float64 reference ------------------------------------------------------- */
+
+typedef struct {
+    const char* label;
+    int dtype, b, sq, hq, hkv, d;
+    int block_size; /* 0: contiguous cache */
+    int capacity;   /* positions per sequence (paged: a multiple of block_size) */
+    int append, causal, window_left, window_right;
+    float softcap, scale;
+    int num_splits; /* 0: automatic */
+    int host_lens, caller_workspace;
+    int lens[6]; /* cache lengths before the append */
+} dcase;
+
+/* Where position pos of sequence b lives, in rows of hkv * d elements. */
+static int64_t cache_row(const dcase* c, const int32_t* table, int max_blocks, int b, int pos) {
+    if (c->block_size == 0) {
+        return (int64_t)b * c->capacity + pos;
+    }
+    return (int64_t)table[b * max_blocks + pos / c->block_size] * c->block_size + pos % c->block_size;
+}
+
+static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k, const uint16_t* cache_v,
+                      const int32_t* table, int max_blocks, double* out, double* lse) {
+    const int g = c->hq / c->hkv;
+    const double scale = c->scale > 0.0f ? c->scale : 1.0 / sqrt((double)c->d);
+    const int64_t row = (int64_t)c->hkv * c->d;
+    int b, i, h, j, e;
+    for (b = 0; b < c->b; ++b) {
+        const int total = c->lens[b] + (c->append ? c->sq : 0);
+        for (i = 0; i < c->sq; ++i) {
+            const long diag = (long)total - c->sq + i;
+            for (h = 0; h < c->hq; ++h) {
+                const uint16_t* qr = q + (((int64_t)b * c->sq + i) * c->hq + h) * c->d;
+                double* o = out + (((int64_t)b * c->sq + i) * c->hq + h) * c->d;
+                double mx = -INFINITY, sum = 0.0;
+                double* s = (double*)malloc(sizeof(double) * (total > 0 ? total : 1));
+                for (j = 0; j < total; ++j) {
+                    const uint16_t* kr = cache_k + cache_row(c, table, max_blocks, b, j) * row + (int64_t)(h / g) * c->d;
+                    int visible = 1;
+                    double dot = 0.0;
+                    for (e = 0; e < c->d; ++e) {
+                        dot += to_double(c->dtype, qr[e]) * to_double(c->dtype, kr[e]);
+                    }
+                    dot *= scale;
+                    if (c->softcap > 0.0f) {
+                        dot = c->softcap * tanh(dot / c->softcap);
+                    }
+                    if (c->causal && j > diag) visible = 0;
+                    if (!c->causal && c->window_right >= 0 && j > diag + c->window_right) visible = 0;
+                    if (c->window_left >= 0 && j < diag - c->window_left) visible = 0;
+                    s[j] = visible ? dot : -INFINITY;
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (e = 0; e < c->d; ++e) o[e] = 0.0;
+                if (mx == -INFINITY) {
+                    lse[((int64_t)b * c->hq + h) * c->sq + i] = INFINITY;
+                    free(s);
+                    continue;
+                }
+                for (j = 0; j < total; ++j) {
+                    const double p = exp(s[j] - mx);
+                    const uint16_t* vr = cache_v + cache_row(c, table, max_blocks, b, j) * row + (int64_t)(h / g) * c->d;
+                    if (s[j] == -INFINITY) continue;
+                    sum += p;
+                    for (e = 0; e < c->d; ++e) o[e] += p * to_double(c->dtype, vr[e]);
+                }
+                for (e = 0; e < c->d; ++e) o[e] /= sum;
+                lse[((int64_t)b * c->hq + h) * c->sq + i] = mx + log(sum);
+                free(s);
+            }
+        }
+    }
+}
+
+/* Device copies of one case's tensors. */
+typedef struct {
+    void *q, *kc, *vc, *kn, *vn, *out, *lse, *lens, *table, *ws;
+} dev_bufs;
+
+static void* dev_alloc(size_t bytes) {
+    void* p = NULL;
+    if (fa_memory_alloc(0, bytes, &p) != FA_STATUS_SUCCESS) {
+        printf("  fa_memory_alloc of %lu bytes failed: %s\n", (unsigned long)bytes, fa_last_error_message());
+        return NULL;
+    }
+    return p;
+}
+
+static void run_case(fa_context_t context, void* stream, const dcase* c, int use_graph) {
+    const int paged = c->block_size > 0;
+    const int max_blocks = paged ? c->capacity / c->block_size : 0;
+    const int num_blocks = paged ? c->b * max_blocks + 3 : 0; /* a few blocks no sequence uses */
+    const int64_t row = (int64_t)c->hkv * c->d;
+    const int64_t cache_rows = paged ? (int64_t)num_blocks * c->block_size : (int64_t)c->b * c->capacity;
+    const int64_t n_q = (int64_t)c->b * c->sq * c->hq * c->d;
+    const int64_t n_new = (int64_t)c->b * c->sq * row;
+    const int64_t n_lse = (int64_t)c->b * c->hq * c->sq;
+    const size_t cache_bytes = (size_t)(cache_rows * row * 2);
+    uint16_t *q = malloc(n_q * 2), *kc = malloc(cache_bytes), *vc = malloc(cache_bytes);
+    uint16_t *kn = malloc(n_new * 2), *vn = malloc(n_new * 2), *out = malloc(n_q * 2);
+    uint16_t *kc_after = malloc(cache_bytes), *vc_after = malloc(cache_bytes);
+    float* lse = malloc(n_lse * 4);
+    double *ref = malloc(n_q * sizeof(double)), *ref_lse = malloc(n_lse * sizeof(double));
+    int32_t* table = malloc(sizeof(int32_t) * (paged ? c->b * max_blocks : 1));
+    int32_t lens[6];
+    dev_bufs d;
+    fa_decode_params_t p;
+    int64_t i;
+    int b, pos, ok = 1, cache_ok = 1, lse_ok = 1, nan_out = 0;
+    double max_err = 0.0, num = 0.0, den = 0.0, max_lse_err = 0.0;
+    const double tol = c->dtype == FA_DTYPE_BFLOAT16 ? 2.5e-2 : 4e-3;
+    void* graph = NULL;
+    int32_t splits_used = 0;
+
+    memset(&d, 0, sizeof d);
+    for (b = 0; b < c->b; ++b) lens[b] = c->lens[b];
+    /* A shuffled block table; entries past a sequence's pages are -1 (never read). */
+    if (paged) {
+        int32_t* perm = malloc(sizeof(int32_t) * num_blocks);
+        for (i = 0; i < num_blocks; ++i) perm[i] = (int32_t)i;
+        for (i = num_blocks - 1; i > 0; --i) {
+            const int64_t j = (int64_t)(uniform01() * (double)(i + 1)) % (i + 1);
+            const int32_t t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+        for (b = 0; b < c->b; ++b) {
+            const int total = lens[b] + (c->append ? c->sq : 0);
+            for (i = 0; i < max_blocks; ++i) {
+                table[b * max_blocks + i] = i * c->block_size < total ? perm[b * max_blocks + i] : -1;
+            }
+        }
+        free(perm);
+    }
+    /* Every slot NaN; then the cached tokens. */
+    for (i = 0; i < cache_rows * row; ++i) kc[i] = vc[i] = nan16(c->dtype);
+    for (b = 0; b < c->b; ++b) {
+        for (pos = 0; pos < lens[b]; ++pos) {
+            const int64_t r = cache_row(c, table, max_blocks, b, pos) * row;
+            for (i = 0; i < row; ++i) {
+                kc[r + i] = random16(c->dtype);
+                vc[r + i] = random16(c->dtype);
+            }
+        }
+    }
+    for (i = 0; i < n_q; ++i) q[i] = random16(c->dtype);
+    for (i = 0; i < n_new; ++i) {
+        kn[i] = random16(c->dtype);
+        vn[i] = random16(c->dtype);
+    }
+
+    d.q = dev_alloc(n_q * 2);
+    d.kc = dev_alloc(cache_bytes);
+    d.vc = dev_alloc(cache_bytes);
+    d.kn = dev_alloc(n_new * 2);
+    d.vn = dev_alloc(n_new * 2);
+    d.out = dev_alloc(n_q * 2);
+    d.lse = dev_alloc(n_lse * 4);
+    d.lens = dev_alloc(sizeof(int32_t) * c->b);
+    d.table = paged ? dev_alloc(sizeof(int32_t) * c->b * max_blocks) : NULL;
+    fa_memcpy(d.q, q, n_q * 2);
+    fa_memcpy(d.kc, kc, cache_bytes);
+    fa_memcpy(d.vc, vc, cache_bytes);
+    fa_memcpy(d.kn, kn, n_new * 2);
+    fa_memcpy(d.vn, vn, n_new * 2);
+    fa_memcpy(d.lens, lens, sizeof(int32_t) * c->b);
+    if (paged) fa_memcpy(d.table, table, sizeof(int32_t) * c->b * max_blocks);
+    fa_memset_async(d.out, 0xFF, n_q * 2, stream); /* poison: NaN */
+    fa_memset_async(d.lse, 0xFF, n_lse * 4, stream);
+
+    fa_decode_params_init(&p, sizeof p);
+    set4(&p.q, d.q, c->dtype, c->b, c->sq, c->hq, c->d);
+    if (paged) {
+        const int64_t table_shape[2] = {c->b, max_blocks};
+        set4(&p.k_cache, d.kc, c->dtype, num_blocks, c->block_size, c->hkv, c->d);
+        set4(&p.v_cache, d.vc, c->dtype, num_blocks, c->block_size, c->hkv, c->d);
+        set_tensor(&p.block_table, d.table, FA_DTYPE_INT32, 2, table_shape);
+    } else {
+        set4(&p.k_cache, d.kc, c->dtype, c->b, c->capacity, c->hkv, c->d);
+        set4(&p.v_cache, d.vc, c->dtype, c->b, c->capacity, c->hkv, c->d);
+    }
+    if (c->append) {
+        set4(&p.k_new, d.kn, c->dtype, c->b, c->sq, c->hkv, c->d);
+        set4(&p.v_new, d.vn, c->dtype, c->b, c->sq, c->hkv, c->d);
+    }
+    set4(&p.out, d.out, c->dtype, c->b, c->sq, c->hq, c->d);
+    {
+        const int64_t lse_shape[3] = {c->b, c->hq, c->sq};
+        const int64_t lens_shape[1] = {c->b};
+        set_tensor(&p.lse, d.lse, FA_DTYPE_FLOAT32, 3, lse_shape);
+        set_tensor(&p.cache_seqlens, d.lens, FA_DTYPE_INT32, 1, lens_shape);
+    }
+    p.causal = c->causal;
+    p.window_left = c->window_left;
+    p.window_right = c->window_right;
+    p.softcap = c->softcap;
+    p.softmax_scale = c->scale;
+    p.num_splits = c->num_splits;
+    if (c->host_lens) p.cache_seqlens_host = lens;
+    expect(c->label, fa_decode_num_splits(context, &p, &splits_used), FA_STATUS_SUCCESS, NULL);
+    if (c->caller_workspace) {
+        size_t bytes = 0;
+        expect("decode_workspace_size", fa_decode_workspace_size(context, &p, &bytes), FA_STATUS_SUCCESS, NULL);
+        CHECK(splits_used > 1 ? bytes > 0 : bytes == 0, "%s: %d splits need %lu workspace bytes", c->label,
+              (int)splits_used, (unsigned long)bytes);
+        if (bytes > 0) {
+            d.ws = dev_alloc(bytes);
+            p.workspace = d.ws;
+            p.workspace_size = bytes - 1;
+            expect("decode, workspace one byte short", fa_decode(context, &p, stream), FA_STATUS_INVALID_ARGUMENT,
+                   "workspace_size");
+            p.workspace_size = bytes;
+        }
+    }
+    if (use_graph) {
+        expect("begin_capture", fa_stream_begin_capture(stream), FA_STATUS_SUCCESS, NULL);
+        expect("decode (captured)", fa_decode(context, &p, stream), FA_STATUS_SUCCESS, NULL);
+        expect("end_capture", fa_stream_end_capture(stream, &graph), FA_STATUS_SUCCESS, NULL);
+        ok = expect("graph_launch", fa_graph_launch(graph, stream), FA_STATUS_SUCCESS, NULL);
+    } else {
+        ok = expect(c->label, fa_decode(context, &p, stream), FA_STATUS_SUCCESS, NULL);
+    }
+    expect("stream_synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
+    fa_memcpy(out, d.out, n_q * 2);
+    fa_memcpy(lse, d.lse, n_lse * 4);
+    fa_memcpy(kc_after, d.kc, cache_bytes);
+    fa_memcpy(vc_after, d.vc, cache_bytes);
+
+    /* The expected cache: the new rows appended, nothing else touched (NaN slots compared bitwise). */
+    if (c->append) {
+        for (b = 0; b < c->b; ++b) {
+            for (pos = 0; pos < c->sq; ++pos) {
+                const int64_t r = cache_row(c, table, max_blocks, b, lens[b] + pos) * row;
+                memcpy(kc + r, kn + ((int64_t)b * c->sq + pos) * row, row * 2);
+                memcpy(vc + r, vn + ((int64_t)b * c->sq + pos) * row, row * 2);
+            }
+        }
+    }
+    cache_ok = memcmp(kc, kc_after, cache_bytes) == 0 && memcmp(vc, vc_after, cache_bytes) == 0;
+    CHECK(cache_ok, "%s: the cache after the call differs from the cache with the new rows appended", c->label);
+
+    reference(c, q, kc, vc, table, max_blocks, ref, ref_lse);
+    for (i = 0; i < n_q; ++i) {
+        const double got = to_double(c->dtype, out[i]);
+        const double err = fabs(got - ref[i]);
+        if (got != got) ++nan_out;
+        if (err > max_err || err != err) max_err = err != err ? INFINITY : err;
+        num += (got - ref[i]) * (got - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    for (i = 0; i < n_lse; ++i) {
+        const double want = ref_lse[i];
+        if (isinf(want)) {
+            lse_ok &= isinf(lse[i]) && lse[i] > 0;
+        } else {
+            const double err = fabs(lse[i] - want);
+            if (err > max_lse_err || err != err) max_lse_err = err != err ? INFINITY : err;
+        }
+    }
+    printf("  %-4s %-44s splits %3d  max|err| %.2e  rel L2 %.2e  max|lse err| %.2e\n",
+           ok && max_err <= tol && lse_ok && max_lse_err < 2e-3 && cache_ok ? "PASS" : "FAIL", c->label,
+           (int)splits_used, max_err, den > 0 ? sqrt(num / den) : sqrt(num), max_lse_err);
+    CHECK(nan_out == 0, "%s: %d output elements are NaN", c->label, nan_out);
+    CHECK(max_err <= tol, "%s: max abs error %.3e above %.1e", c->label, max_err, tol);
+    CHECK(lse_ok, "%s: rows that see no key must get log-sum-exp +inf", c->label);
+    CHECK(max_lse_err < 2e-3, "%s: log-sum-exp error %.3e", c->label, max_lse_err);
+
+    if (graph != NULL) fa_graph_destroy(graph);
+    fa_memory_free(0, d.q);
+    fa_memory_free(0, d.kc);
+    fa_memory_free(0, d.vc);
+    fa_memory_free(0, d.kn);
+    fa_memory_free(0, d.vn);
+    fa_memory_free(0, d.out);
+    fa_memory_free(0, d.lse);
+    fa_memory_free(0, d.lens);
+    fa_memory_free(0, d.table);
+    fa_memory_free(0, d.ws);
+    free(q); free(kc); free(vc); free(kn); free(vn); free(out); free(kc_after); free(vc_after);
+    free(lse); free(ref); free(ref_lse); free(table);
+}
+
+static void test_gpu(void) {
+    const int D = FA_TEST_HEAD_DIM, BF = FA_DTYPE_BFLOAT16, F16 = FA_DTYPE_FLOAT16;
+    fa_device_properties_t props;
+    fa_context_t context = NULL;
+    void* stream = NULL;
+    size_t n;
+    const dcase cases[] = {
+        /* label, dtype, b sq hq hkv d, block, capacity, append causal wl wr, softcap scale, splits, host, ws, lens */
+        {"contiguous, ragged 0/1, GQA 4, auto splits", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 0, 1, 0,
+         {0, 1, 517, 700}},
+        {"contiguous, 1 split", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 1, 0, 0, {0, 1, 517, 700}},
+        {"contiguous, 13 splits, caller workspace", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 13, 0, 1,
+         {0, 1, 517, 700}},
+        {"paged 16, shuffled, append 3 causal, fp16", F16, 3, 3, 8, 1, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
+         {13, 0, 200}},
+        {"paged 256, append across a page end", BF, 2, 4, 4, 4, D, 256, 512, 1, 1, -1, -1, 0.f, 0.f, 3, 1, 1,
+         {254, 0}},
+        {"paged 32, window 40 + softcap 10, 5 splits", F16, 2, 2, 6, 3, D, 32, 512, 1, 0, 40, 0, 10.f, 0.f, 5, 0, 0,
+         {300, 33}},
+        {"paged 64, MQA 16 q heads, scale 0.3", BF, 2, 2, 16, 1, D, 64, 640, 0, 1, -1, -1, 0.f, 0.3f, 0, 1, 0,
+         {600, 65}},
+        {"contiguous, empty cache, no append", F16, 2, 1, 4, 2, D, 0, 64, 0, 0, -1, -1, 0.f, 0.f, 4, 0, 0, {0, 10}},
+        {"paged 128, GQA 32 (two 16-row blocks)", BF, 2, 1, 32, 1, D, 128, 1024, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
+         {1000, 127}},
+    };
+    memset(&props, 0, sizeof props);
+    props.struct_size = sizeof props;
+    expect("get_properties(0)", fa_device_get_properties(0, &props), FA_STATUS_SUCCESS, NULL);
+    printf("  device 0: %s, compute capability %d.%d, %d SMs\n", props.name, (int)props.major, (int)props.minor,
+           (int)props.multiprocessor_count);
+    if (props.major < 8) {
+        printf("  SKIP decode GPU tests: compute capability below 8.0\n");
+        ++g_skipped;
+        return;
+    }
+    if (!expect("context_create", fa_context_create(0, &context), FA_STATUS_SUCCESS, NULL)) return;
+    expect("stream_create", fa_stream_create(0, &stream), FA_STATUS_SUCCESS, NULL);
+    for (n = 0; n < sizeof cases / sizeof cases[0]; ++n) {
+        run_case(context, stream, &cases[n], 0);
+    }
+    /* A graph holding the whole call (append, attention, combine, stream-ordered workspace): the same
+       case as caller-workspace case 3 but with the library's allocation. */
+    {
+        dcase c = cases[2];
+        c.label = "CUDA graph replay, 13 splits, library workspace";
+        c.caller_workspace = 0;
+        run_case(context, stream, &c, 1);
+    }
+    /* A head dim without its own kernel (zero-filled columns) when served. */
+    {
+        dcase c = cases[3];
+        fa_support_query_t q;
+        memset(&q, 0, sizeof q);
+        q.struct_size = sizeof q;
+        q.pass = FA_PASS_DECODE;
+        q.dtype = F16;
+        q.head_dim = 40;
+        if (fa_query_support(&q) == FA_STATUS_SUCCESS) {
+            c.label = "paged 16, head dim 40 (padded kernel)";
+            c.d = 40;
+            run_case(context, stream, &c, 0);
+        } else {
+            printf("  SKIP head dim 40: not served by this build\n");
+            ++g_skipped;
+        }
+    }
+    fa_stream_destroy(stream);
+    fa_context_destroy(context);
+}
+
+int main(void) {
+    int32_t count = 0;
+    g_rng = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)clock() ^ 0xD1B54A32D192ED03ull;
+    if (g_rng == 0) g_rng = 1;
+    printf("c_decode_test: libflash_attention %d, random seed %llu, head dim %d\n", (int)fa_version(),
+           (unsigned long long)g_rng, FA_TEST_HEAD_DIM);
+    test_params_init();
+    test_validation();
+    test_query_and_names();
+    if (fa_device_count(&count) != FA_STATUS_SUCCESS || count == 0) {
+        printf("  SKIP decode GPU tests: no CUDA device (%s)\n", fa_last_error_message());
+        ++g_skipped;
+    } else {
+        test_gpu();
+    }
+    printf("c_decode_test: %d checks passed, %d failed, %d skipped\n", g_passed, g_failed, g_skipped);
+    return g_failed == 0 ? 0 : 1;
+}
