@@ -51,6 +51,20 @@ public sealed record AttentionOptions
     /// </summary>
     public float? Softcap { get; init; }
 
+    /// <summary>
+    /// Backward pass only: when set, <see cref="FlashAttention.Backward"/> writes bitwise identical dq, dk and dv run
+    /// after run for the same inputs and options (on the same GPU and library build). Off by default.
+    /// </summary>
+    /// <remarks>
+    /// By default the backward pass accumulates dq in fp32 with atomic adds from every key block, in whatever order the
+    /// blocks finish, so the last bits of dq (and, through GQA head sums, of dk and dv) vary from run to run within the
+    /// same accuracy. Deterministic mode accumulates in a fixed order instead; it costs time (bench/run.py reports it
+    /// per shape as <c>ours_det_ms</c>) and may need more workspace (<see cref="FlashAttention.GetBackwardWorkspaceSize"/>
+    /// includes it). The forward pass ignores this option: it has no atomics and is always reproducible, so one
+    /// options record can serve both passes of a training step.
+    /// </remarks>
+    public bool Deterministic { get; init; }
+
     /// <summary>Whether a sliding window is set on either side (<see cref="WindowLeft"/> or <see cref="WindowRight"/>).</summary>
     public bool HasWindow => WindowLeft is not null || WindowRight is not null;
 

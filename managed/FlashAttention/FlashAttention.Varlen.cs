@@ -86,15 +86,37 @@ public sealed partial class FlashAttention
         ForwardCore(q, k, v, output, batch, logSumExp, options, stream);
     }
 
-    private static unsafe void SetVarlen(ref FaForwardParams p, VarlenBatch batch, IntPtr cuQOwner, IntPtr cuKOwner, int* hostQ, int* hostK)
+    /// <summary>
+    /// The variable-length fields <c>fa_forward_params_t</c> and <c>fa_backward_params_t</c> share. <see cref="From"/>
+    /// takes a batch whose cu_seqlens buffers the caller has leased (their owners' pointers) and whose host copies it
+    /// has pinned (null when the batch has none).
+    /// </summary>
+    private readonly unsafe struct VarlenFields
     {
-        p.cu_seqlens_q = (int*)batch.CuSeqlensQ.ToNative(cuQOwner).data;
-        p.cu_seqlens_k = (int*)batch.CuSeqlensK.ToNative(cuKOwner).data;
-        p.cu_seqlens_q_host = hostQ;
-        p.cu_seqlens_k_host = hostK;
-        p.varlen_batch = batch.BatchSize;
-        p.max_seqlen_q = batch.MaxSeqLenQ;
-        p.max_seqlen_k = batch.MaxSeqLenK;
+        public int* CuSeqlensQ { get; init; }
+
+        public int* CuSeqlensK { get; init; }
+
+        public int* HostQ { get; init; }
+
+        public int* HostK { get; init; }
+
+        public int Batch { get; init; }
+
+        public int MaxSeqLenQ { get; init; }
+
+        public int MaxSeqLenK { get; init; }
+
+        public static VarlenFields From(VarlenBatch batch, IntPtr cuQOwner, IntPtr cuKOwner, int* hostQ, int* hostK) => new()
+        {
+            CuSeqlensQ = (int*)batch.CuSeqlensQ.ToNative(cuQOwner).data,
+            CuSeqlensK = (int*)batch.CuSeqlensK.ToNative(cuKOwner).data,
+            HostQ = hostQ,
+            HostK = hostK,
+            Batch = batch.BatchSize,
+            MaxSeqLenQ = batch.MaxSeqLenQ,
+            MaxSeqLenK = batch.MaxSeqLenK,
+        };
     }
 
     /// <summary>The checks of a variable-length batch against the packed q and k (after the tensor checks); null when they pass.</summary>

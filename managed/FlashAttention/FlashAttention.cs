@@ -185,22 +185,12 @@ public sealed partial class FlashAttention : IDisposable
         int computeCapability,
         out string message)
     {
-        if (batch is not null)
-        {
-            ObjectDisposedException.ThrowIf(batch.IsDisposed, batch);
-        }
-
+        ThrowIfDisposed(batch);
         options ??= AttentionOptions.Default;
         NativeRuntime.EnsureLoaded();
-        if (Validate(q, k, v, output, batch, logSumExp, options, device: null) is { } problem)
+        if ((Validate(q, k, v, output, batch, logSumExp, options, device: null) ?? CapabilityProblem(computeCapability)) is { } problem)
         {
             message = problem.Message;
-            return FlashAttentionStatus.InvalidArgument;
-        }
-
-        if (computeCapability < 0)
-        {
-            message = $"computeCapability must be 0 (any GPU) or major*10+minor; got {computeCapability}.";
             return FlashAttentionStatus.InvalidArgument;
         }
 
@@ -221,27 +211,14 @@ public sealed partial class FlashAttention : IDisposable
         AttentionOptions? options,
         CudaStream? stream)
     {
-        if (batch is not null)
-        {
-            ObjectDisposedException.ThrowIf(batch.IsDisposed, batch);
-        }
-
+        ThrowIfDisposed(batch);
         options ??= AttentionOptions.Default;
-        if (Validate(q, k, v, output, batch, logSumExp, options, Device) is { } problem)
-        {
-            throw new ArgumentException(problem.Message, problem.ParamName);
-        }
-
-        if (stream?.Device is { } streamDevice && streamDevice.Ordinal != Device.Ordinal)
-        {
-            throw new ArgumentException(
-                $"The stream belongs to cuda:{streamDevice.Ordinal} but this FlashAttention runs on cuda:{Device.Ordinal}.", nameof(stream));
-        }
-
+        ThrowIfProblem(Validate(q, k, v, output, batch, logSumExp, options, Device));
+        ThrowIfOnAnotherDevice(stream);
         if (_logger.IsEnabled(LogLevel.Debug))
         {
             double scale = options.EffectiveScale((int)q.Shape[q.Rank - 1]);
-            string streamName = stream?.ToString() ?? "legacy default stream";
+            string streamName = DescribeStream(stream);
             if (batch is null)
             {
                 LogForward(_logger, q.ToString(), k.ToString(), logSumExp is not null, options.Causal, options.CausalAlignment,
@@ -291,7 +268,14 @@ public sealed partial class FlashAttention : IDisposable
         {
             if (batch is not null)
             {
-                SetVarlen(ref p, batch, lcq.Pointer, lck.Pointer, hostQ, hostK);
+                VarlenFields f = VarlenFields.From(batch, lcq.Pointer, lck.Pointer, hostQ, hostK);
+                p.cu_seqlens_q = f.CuSeqlensQ;
+                p.cu_seqlens_k = f.CuSeqlensK;
+                p.cu_seqlens_q_host = f.HostQ;
+                p.cu_seqlens_k_host = f.HostK;
+                p.varlen_batch = f.Batch;
+                p.max_seqlen_q = f.MaxSeqLenQ;
+                p.max_seqlen_k = f.MaxSeqLenK;
             }
 
             if (context is null)
@@ -418,10 +402,42 @@ public sealed partial class FlashAttention : IDisposable
         return null;
     }
 
-    private static Problem? DataTypeProblem(DeviceTensor t, string name, DeviceTensor q) =>
+    private static Problem? DataTypeProblem(DeviceTensor t, string name, DeviceTensor q, string group = "q, k, v and output") =>
         t.DataType == q.DataType
             ? null
-            : new Problem(name, $"{name} is {t.DataType} but q is {q.DataType}; q, k, v and output share one dtype.");
+            : new Problem(name, $"{name} is {t.DataType} but q is {q.DataType}; {group} share one dtype.");
+
+    private static Problem? CapabilityProblem(int computeCapability) =>
+        computeCapability < 0
+            ? new Problem(nameof(computeCapability), $"computeCapability must be 0 (any GPU) or major*10+minor; got {computeCapability}.")
+            : null;
+
+    private static void ThrowIfDisposed(VarlenBatch? batch)
+    {
+        if (batch is not null)
+        {
+            ObjectDisposedException.ThrowIf(batch.IsDisposed, batch);
+        }
+    }
+
+    private static void ThrowIfProblem(Problem? problem)
+    {
+        if (problem is not null)
+        {
+            throw new ArgumentException(problem.Message, problem.ParamName);
+        }
+    }
+
+    private void ThrowIfOnAnotherDevice(CudaStream? stream)
+    {
+        if (stream?.Device is { } streamDevice && streamDevice.Ordinal != Device.Ordinal)
+        {
+            throw new ArgumentException(
+                $"The stream belongs to cuda:{streamDevice.Ordinal} but this FlashAttention runs on cuda:{Device.Ordinal}.", nameof(stream));
+        }
+    }
+
+    private static string DescribeStream(CudaStream? stream) => stream?.ToString() ?? "legacy default stream";
 
     /// <summary>Why a head dim is refused by the managed side, or null.</summary>
     private static string? HeadDimProblem(long dim) =>
@@ -453,13 +469,14 @@ public sealed partial class FlashAttention : IDisposable
             p.lse = lse.ToNative(lseBase);
         }
 
-        p.softmax_scale = options.SoftmaxScale ?? 0f;
-        p.causal = options.Causal ? 1 : 0;
-        p.causal_alignment = (int)options.CausalAlignment;
-        p.kernel_path = (int)options.KernelPath;
-        p.window_left = options.WindowLeft ?? -1;
-        p.window_right = options.WindowRight ?? -1;
-        p.softcap = options.Softcap ?? 0f;
+        var o = new NativeOptionFields(options);
+        p.softmax_scale = o.SoftmaxScale;
+        p.causal = o.Causal;
+        p.causal_alignment = o.CausalAlignment;
+        p.kernel_path = o.KernelPath;
+        p.window_left = o.WindowLeft;
+        p.window_right = o.WindowRight;
+        p.softcap = o.Softcap;
         return p;
     }
 
@@ -471,4 +488,25 @@ public sealed partial class FlashAttention : IDisposable
         ILogger logger, string q, string k, bool withLse, bool causal, CausalAlignment alignment, double scale, string masks, KernelPath path, string stream);
 
     private sealed record Problem(string ParamName, string Message);
+
+    /// <summary>
+    /// The option fields <c>fa_forward_params_t</c> and <c>fa_backward_params_t</c> share, as the C ABI spells them
+    /// (0 scale and softcap mean default and off, -1 an unbounded window side).
+    /// </summary>
+    private readonly struct NativeOptionFields(AttentionOptions options)
+    {
+        public float SoftmaxScale { get; } = options.SoftmaxScale ?? 0f;
+
+        public int Causal { get; } = options.Causal ? 1 : 0;
+
+        public int CausalAlignment { get; } = (int)options.CausalAlignment;
+
+        public int KernelPath { get; } = (int)options.KernelPath;
+
+        public int WindowLeft { get; } = options.WindowLeft ?? -1;
+
+        public int WindowRight { get; } = options.WindowRight ?? -1;
+
+        public float Softcap { get; } = options.Softcap ?? 0f;
+    }
 }
