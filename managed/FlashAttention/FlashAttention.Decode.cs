@@ -1,0 +1,508 @@
+using FlashAttn.Internal;
+using FlashAttn.Native;
+using Microsoft.Extensions.Logging;
+
+namespace FlashAttn;
+
+/// <content>Decoding over a KV cache: <see cref="Decode"/>, its check and its workspace and split queries.</content>
+public sealed partial class FlashAttention
+{
+    /// <summary>Most key splits <see cref="Decode"/> runs per (sequence, head); <c>numSplits</c> may be 0 (automatic) to this.</summary>
+    public const int MaxDecodeSplits = NativeMethods.FA_DECODE_MAX_SPLITS;
+
+    private enum DecodeQuery
+    {
+        Check,
+        WorkspaceSize,
+        SplitCount,
+        Run,
+    }
+
+    /// <summary>
+    /// Validates the arguments of <see cref="Decode"/> without touching a GPU (works on a machine without one, but
+    /// needs the native library). Neither tensor memory nor the device arrays are read; the cache's host lengths are
+    /// checked against its capacity.
+    /// </summary>
+    /// <param name="q">New queries <c>[batch, seqLenNew, headsQ, headDim]</c>, the cache's dtype.</param>
+    /// <param name="cache">The KV cache.</param>
+    /// <param name="kNew">New keys <c>[batch, seqLenNew, headsKv, headDim]</c> to append, or null.</param>
+    /// <param name="vNew">New values shaped like <paramref name="kNew"/>; given exactly when it is.</param>
+    /// <param name="output">Output, q's shape and dtype.</param>
+    /// <param name="message">"" on success; otherwise why the call would be refused.</param>
+    /// <param name="logSumExp">Optional log-sum-exp <c>[batch, headsQ, seqLenNew]</c>, Float32.</param>
+    /// <param name="options">Options, or null for <see cref="AttentionOptions.Default"/> (bottom-right only).</param>
+    /// <param name="numSplits">Key splits per (sequence, head): 0 (automatic) or 1 .. <see cref="MaxDecodeSplits"/>.</param>
+    /// <param name="computeCapability">Target GPU as <c>major * 10 + minor</c>, or 0 for any GPU this build serves.</param>
+    /// <returns>
+    /// <see cref="FlashAttentionStatus.Success"/> when <see cref="Decode"/> would accept the arguments;
+    /// <see cref="FlashAttentionStatus.InvalidArgument"/> or <see cref="FlashAttentionStatus.Unsupported"/> otherwise.
+    /// Managed-side checks report <see cref="FlashAttentionStatus.InvalidArgument"/> here instead of throwing.
+    /// </returns>
+    /// <exception cref="ArgumentNullException">q, the cache or the output is null.</exception>
+    /// <exception cref="ObjectDisposedException">The cache was disposed.</exception>
+    /// <exception cref="FlashAttentionException">The native library cannot be loaded (status <see cref="FlashAttentionStatus.NoDevice"/>).</exception>
+    public static FlashAttentionStatus CheckDecode(
+        DeviceTensor q,
+        KvCache cache,
+        DeviceTensor? kNew,
+        DeviceTensor? vNew,
+        DeviceTensor output,
+        out string message,
+        DeviceTensor? logSumExp = null,
+        AttentionOptions? options = null,
+        int numSplits = 0,
+        int computeCapability = 0)
+    {
+        ThrowIfNull(q, cache, output);
+        options ??= AttentionOptions.Default;
+        NativeRuntime.EnsureLoaded();
+        if (ValidateDecode(q, cache, kNew, vNew, output, logSumExp, options, numSplits, device: null) is { } problem)
+        {
+            message = problem.Message;
+            return FlashAttentionStatus.InvalidArgument;
+        }
+
+        if (computeCapability < 0)
+        {
+            message = $"computeCapability must be 0 (any GPU) or major*10+minor; got {computeCapability}.";
+            return FlashAttentionStatus.InvalidArgument;
+        }
+
+        FaStatus status = CallDecode(
+            DecodeQuery.Check, context: null, stream: null, q, cache, kNew, vNew, output, logSumExp, options, numSplits, workspace: null,
+            computeCapability, out message, out _);
+        return (FlashAttentionStatus)status;
+    }
+
+    /// <summary>
+    /// Bytes of scratch memory <see cref="Decode"/> needs for these arguments on this device (the partial results of
+    /// the key splits); 0 when it runs unsplit. Pass a buffer of at least this size as <c>workspace</c> to keep the
+    /// call free of allocation.
+    /// </summary>
+    /// <param name="q">New queries, as for <see cref="Decode"/>.</param>
+    /// <param name="cache">The KV cache.</param>
+    /// <param name="kNew">New keys, or null.</param>
+    /// <param name="vNew">New values, or null.</param>
+    /// <param name="output">Output.</param>
+    /// <param name="logSumExp">Optional log-sum-exp.</param>
+    /// <param name="options">Options, or null.</param>
+    /// <param name="numSplits">Key splits per (sequence, head), 0 for automatic.</param>
+    /// <returns>The size in bytes.</returns>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>
+    /// <exception cref="FlashAttentionException">The native library refused the arguments.</exception>
+    /// <exception cref="ObjectDisposedException">This instance or the cache was disposed.</exception>
+    public long GetDecodeWorkspaceSize(
+        DeviceTensor q,
+        KvCache cache,
+        DeviceTensor? kNew,
+        DeviceTensor? vNew,
+        DeviceTensor output,
+        DeviceTensor? logSumExp = null,
+        AttentionOptions? options = null,
+        int numSplits = 0) =>
+        Query(DecodeQuery.WorkspaceSize, q, cache, kNew, vNew, output, logSumExp, options, numSplits);
+
+    /// <summary>
+    /// How many key splits per (sequence, head) <see cref="Decode"/> would use for these arguments on this device
+    /// (the automatic choice when <paramref name="numSplits"/> is 0; otherwise the request, possibly lowered to what the
+    /// longest sequence can use).
+    /// </summary>
+    /// <param name="q">New queries, as for <see cref="Decode"/>.</param>
+    /// <param name="cache">The KV cache.</param>
+    /// <param name="kNew">New keys, or null.</param>
+    /// <param name="vNew">New values, or null.</param>
+    /// <param name="output">Output.</param>
+    /// <param name="logSumExp">Optional log-sum-exp.</param>
+    /// <param name="options">Options, or null.</param>
+    /// <param name="numSplits">Key splits per (sequence, head), 0 for automatic.</param>
+    /// <returns>The split count, 1 .. <see cref="MaxDecodeSplits"/>.</returns>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>
+    /// <exception cref="FlashAttentionException">The native library refused the arguments.</exception>
+    /// <exception cref="ObjectDisposedException">This instance or the cache was disposed.</exception>
+    public int GetDecodeSplitCount(
+        DeviceTensor q,
+        KvCache cache,
+        DeviceTensor? kNew,
+        DeviceTensor? vNew,
+        DeviceTensor output,
+        DeviceTensor? logSumExp = null,
+        AttentionOptions? options = null,
+        int numSplits = 0) =>
+        (int)Query(DecodeQuery.SplitCount, q, cache, kNew, vNew, output, logSumExp, options, numSplits);
+
+    /// <summary>
+    /// Decoding attention over a KV cache: when <paramref name="kNew"/> and <paramref name="vNew"/> are given they are
+    /// first written into the cache at positions <c>len[b] .. len[b] + seqLenNew - 1</c> of every sequence, then the new
+    /// queries attend over positions <c>0 .. total[b] - 1</c> (<c>total[b] = len[b] + seqLenNew</c> when appending,
+    /// <c>len[b]</c> otherwise). Queued on <paramref name="stream"/>; returns without waiting. After a successful call
+    /// that appended, the cache's lengths have advanced by <c>seqLenNew</c> (host copy at once, device copy queued on
+    /// the same stream after the kernel).
+    /// </summary>
+    /// <param name="q">
+    /// New queries <c>[batch, seqLenNew, headsQ, headDim]</c>, the cache's dtype, last dimension contiguous; headsQ a
+    /// multiple of the cache's headsKv (GQA/MQA).
+    /// </param>
+    /// <param name="cache">The KV cache (its lengths say how many tokens each sequence already holds).</param>
+    /// <param name="kNew">New keys <c>[batch, seqLenNew, headsKv, headDim]</c> to append, or null to append nothing.</param>
+    /// <param name="vNew">New values, shaped like <paramref name="kNew"/>; given exactly when it is.</param>
+    /// <param name="output">Written: <c>[batch, seqLenNew, headsQ, headDim]</c>, q's dtype. A row that sees no key gets 0.</param>
+    /// <param name="logSumExp">Optional, written: <c>[batch, headsQ, seqLenNew]</c> Float32; +infinity for rows that see no key.</param>
+    /// <param name="options">
+    /// Options, or null for <see cref="AttentionOptions.Default"/>. The causal mask and window are always placed
+    /// bottom-right (new token <c>i</c> is position <c>total - seqLenNew + i</c>): <see cref="CausalAlignment.TopLeft"/>
+    /// is refused.
+    /// </param>
+    /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
+    /// <param name="numSplits">Key splits per (sequence, head): 0 lets the library choose, or 1 .. <see cref="MaxDecodeSplits"/>.</param>
+    /// <param name="workspace">
+    /// Optional scratch memory of at least <see cref="GetDecodeWorkspaceSize"/> bytes (a <see cref="DeviceBuffer{T}"/> is
+    /// 256-byte aligned); null lets the library allocate it stream-ordered for the call.
+    /// </param>
+    /// <remarks>
+    /// An owned paged cache gives blocks to the pages the new tokens need before the call (and takes them back if the
+    /// call fails). A decode that appends queues small host-to-device copies, so it cannot be captured into a CUDA graph.
+    /// </remarks>
+    /// <exception cref="ArgumentNullException">q, the cache or the output is null.</exception>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong (shapes, dtypes, lengths past the capacity, top-left alignment, numSplits out of range, too few free blocks).</exception>
+    /// <exception cref="FlashAttentionException">The native library refused or failed the call; the cache's lengths are unchanged.</exception>
+    /// <exception cref="ObjectDisposedException">This instance, the cache, a tensor's buffer or the stream was disposed.</exception>
+    public void Decode(
+        DeviceTensor q,
+        KvCache cache,
+        DeviceTensor? kNew,
+        DeviceTensor? vNew,
+        DeviceTensor output,
+        DeviceTensor? logSumExp = null,
+        AttentionOptions? options = null,
+        CudaStream? stream = null,
+        int numSplits = 0,
+        DeviceBuffer<byte>? workspace = null)
+    {
+        ObjectDisposedException.ThrowIf(_context.IsClosed, this);
+        ThrowIfNull(q, cache, output);
+        options ??= AttentionOptions.Default;
+        if (ValidateDecode(q, cache, kNew, vNew, output, logSumExp, options, numSplits, Device) is { } problem)
+        {
+            throw new ArgumentException(problem.Message, problem.ParamName);
+        }
+
+        if (stream?.Device is { } streamDevice && streamDevice.Ordinal != Device.Ordinal)
+        {
+            throw new ArgumentException(
+                $"The stream belongs to cuda:{streamDevice.Ordinal} but this FlashAttention runs on cuda:{Device.Ordinal}.", nameof(stream));
+        }
+
+        if (workspace is not null && workspace.Device.Ordinal != Device.Ordinal)
+        {
+            throw new ArgumentException(
+                $"The workspace lives on cuda:{workspace.Device.Ordinal} but this FlashAttention runs on cuda:{Device.Ordinal}.", nameof(workspace));
+        }
+
+        if (_logger.IsEnabled(LogLevel.Debug))
+        {
+            LogDecode(_logger, q.ToString(), cache.ToString(), kNew is not null, logSumExp is not null, options.Causal,
+                options.EffectiveScale((int)q.Shape[3]), DescribeMasks(options), numSplits, stream?.ToString() ?? "legacy default stream");
+        }
+
+        bool append = kNew is not null;
+        int seqLenNew = (int)q.Shape[1];
+        List<(int Sequence, int Page)>? allocated = append ? cache.PrepareAppend(seqLenNew, stream, Device.Ordinal) : null;
+        try
+        {
+            CallDecode(DecodeQuery.Run, _context, stream, q, cache, kNew, vNew, output, logSumExp, options, numSplits, workspace, 0, out _, out _);
+        }
+        catch
+        {
+            cache.UndoAppend(allocated, stream, Device.Ordinal);
+            throw;
+        }
+
+        if (append)
+        {
+            cache.Advance(seqLenNew, stream, Device.Ordinal);
+        }
+    }
+
+    private static void ThrowIfNull(DeviceTensor q, KvCache cache, DeviceTensor output)
+    {
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(cache);
+        ArgumentNullException.ThrowIfNull(output);
+    }
+
+    private long Query(
+        DecodeQuery query,
+        DeviceTensor q,
+        KvCache cache,
+        DeviceTensor? kNew,
+        DeviceTensor? vNew,
+        DeviceTensor output,
+        DeviceTensor? logSumExp,
+        AttentionOptions? options,
+        int numSplits)
+    {
+        ObjectDisposedException.ThrowIf(_context.IsClosed, this);
+        ThrowIfNull(q, cache, output);
+        options ??= AttentionOptions.Default;
+        if (ValidateDecode(q, cache, kNew, vNew, output, logSumExp, options, numSplits, Device) is { } problem)
+        {
+            throw new ArgumentException(problem.Message, problem.ParamName);
+        }
+
+        CallDecode(query, _context, stream: null, q, cache, kNew, vNew, output, logSumExp, options, numSplits, workspace: null, 0, out _, out long value);
+        return value;
+    }
+
+    /// <summary>
+    /// Leases every handle for the duration of the native call, fills the parameters (with the cache's host lengths
+    /// pinned as <c>cache_seqlens_host</c>) and makes the call <paramref name="query"/> names: <c>fa_decode_check</c>
+    /// (returning its status and message), <c>fa_decode_workspace_size</c> or <c>fa_decode_num_splits</c> (into
+    /// <paramref name="value"/>), or <c>fa_decode</c>; all but the check throw on failure.
+    /// </summary>
+    private static unsafe FaStatus CallDecode(
+        DecodeQuery query,
+        SafeContextHandle? context,
+        CudaStream? stream,
+        DeviceTensor q,
+        KvCache cache,
+        DeviceTensor? kNew,
+        DeviceTensor? vNew,
+        DeviceTensor output,
+        DeviceTensor? lse,
+        AttentionOptions options,
+        int numSplits,
+        DeviceBuffer<byte>? workspace,
+        int computeCapability,
+        out string message,
+        out long value)
+    {
+        using var ctx = new HandleLease(context);
+        using var s = new HandleLease(stream);
+        using var lq = new HandleLease(q.Owner);
+        using var lkc = new HandleLease(cache.Keys.Owner);
+        using var lvc = new HandleLease(cache.Values.Owner);
+        using var lkn = new HandleLease(kNew?.Owner);
+        using var lvn = new HandleLease(vNew?.Owner);
+        using var lo = new HandleLease(output.Owner);
+        using var ll = new HandleLease(lse?.Owner);
+        using var lsl = new HandleLease(cache.CacheSeqLens.Owner);
+        using var lbt = new HandleLease(cache.BlockTable?.Owner);
+        using var lws = new HandleLease(workspace);
+
+        FaDecodeParams p = default;
+        Errors.ThrowIfFailed(NativeMethods.fa_decode_params_init(&p, (nuint)sizeof(FaDecodeParams)));
+        p.q = q.ToNative(lq.Pointer);
+        p.k_cache = cache.Keys.ToNative(lkc.Pointer);
+        p.v_cache = cache.Values.ToNative(lvc.Pointer);
+        if (kNew is not null)
+        {
+            p.k_new = kNew.ToNative(lkn.Pointer);
+        }
+
+        if (vNew is not null)
+        {
+            p.v_new = vNew.ToNative(lvn.Pointer);
+        }
+
+        p.@out = output.ToNative(lo.Pointer);
+        if (lse is not null)
+        {
+            p.lse = lse.ToNative(ll.Pointer);
+        }
+
+        p.cache_seqlens = cache.CacheSeqLens.ToNative(lsl.Pointer);
+        if (cache.BlockTable is { } table)
+        {
+            p.block_table = table.ToNative(lbt.Pointer);
+        }
+
+        p.softmax_scale = options.SoftmaxScale ?? 0f;
+        p.causal = options.Causal ? 1 : 0;
+        p.window_left = options.WindowLeft ?? -1;
+        p.window_right = options.WindowRight ?? -1;
+        p.softcap = options.Softcap ?? 0f;
+        p.kernel_path = (int)options.KernelPath;
+        p.num_splits = numSplits;
+        if (workspace is not null)
+        {
+            p.workspace = lws.Pointer;
+            p.workspace_size = (nuint)workspace.SizeInBytes;
+        }
+
+        fixed (int* hostLengths = cache.HostLengths)
+        {
+            p.cache_seqlens_host = hostLengths;
+            value = 0;
+            message = string.Empty;
+            switch (query)
+            {
+                case DecodeQuery.Check:
+                {
+                    FaStatus status = NativeMethods.fa_decode_check(&p, computeCapability);
+                    message = status == FaStatus.Success ? string.Empty : Errors.LastErrorMessage();
+                    return status;
+                }
+
+                case DecodeQuery.WorkspaceSize:
+                {
+                    nuint bytes = 0;
+                    Errors.ThrowIfFailed(NativeMethods.fa_decode_workspace_size(ctx.Pointer, &p, &bytes));
+                    value = (long)bytes;
+                    return FaStatus.Success;
+                }
+
+                case DecodeQuery.SplitCount:
+                {
+                    int splits = 0;
+                    Errors.ThrowIfFailed(NativeMethods.fa_decode_num_splits(ctx.Pointer, &p, &splits));
+                    value = splits;
+                    return FaStatus.Success;
+                }
+
+                default:
+                    Errors.ThrowIfFailed(NativeMethods.fa_decode(ctx.Pointer, &p, s.Pointer));
+                    return FaStatus.Success;
+            }
+        }
+    }
+
+    /// <summary>The structural checks the managed side can make for a decode; null when they pass.</summary>
+    private static Problem? ValidateDecode(
+        DeviceTensor q,
+        KvCache cache,
+        DeviceTensor? kNew,
+        DeviceTensor? vNew,
+        DeviceTensor output,
+        DeviceTensor? lse,
+        AttentionOptions options,
+        int numSplits,
+        CudaDevice? device)
+    {
+        ObjectDisposedException.ThrowIf(cache.IsDisposed, cache);
+        if (options.Problem() is { } optionsProblem)
+        {
+            return new Problem(nameof(options), optionsProblem);
+        }
+
+        if (options.CausalAlignment != CausalAlignment.BottomRight)
+        {
+            return new Problem(
+                nameof(options),
+                "Decode places the causal mask and the window bottom-right (new token i is position total - seqLenNew + i of its " +
+                "sequence); CausalAlignment.TopLeft is not served by Decode. Leave CausalAlignment at BottomRight.");
+        }
+
+        if (numSplits is < 0 or > MaxDecodeSplits)
+        {
+            return new Problem(nameof(numSplits), $"numSplits (num_splits) must be 0 (automatic) or 1 .. {MaxDecodeSplits}; got {numSplits}.");
+        }
+
+        if ((TensorProblem(q, nameof(q), varlen: false, device) ?? TensorProblem(output, nameof(output), varlen: false, device)) is { } tensorProblem)
+        {
+            return tensorProblem;
+        }
+
+        if ((kNew is null) != (vNew is null))
+        {
+            return kNew is null
+                ? new Problem(nameof(kNew), "vNew (v_new) is given but kNew (k_new) is not: pass both to append new tokens, or neither.")
+                : new Problem(nameof(vNew), "kNew (k_new) is given but vNew (v_new) is not: pass both to append new tokens, or neither.");
+        }
+
+        if (q.DataType != cache.DataType)
+        {
+            return new Problem(nameof(q), $"q is {q.DataType} but the cache holds {cache.DataType} (k_cache); q, the cache, the new keys and values and output share one dtype.");
+        }
+
+        if (DataTypeProblem(output, nameof(output), q) is { } outputType)
+        {
+            return outputType;
+        }
+
+        long batch = q.Shape[0], seqLenNew = q.Shape[1], headsQ = q.Shape[2], dim = q.Shape[3];
+        if (batch != cache.BatchSize)
+        {
+            return new Problem(nameof(q), $"q has batch {batch} but the cache holds {cache.BatchSize} sequences (cache_seqlens).");
+        }
+
+        if (seqLenNew < 1 || seqLenNew > int.MaxValue)
+        {
+            return new Problem(nameof(q), $"q must hold 1 or more new tokens per sequence (seqlen_new); it is {q}.");
+        }
+
+        if (dim != cache.HeadDim)
+        {
+            return new Problem(nameof(q), $"q has head_dim {dim} but the cache has head_dim {cache.HeadDim} (k_cache).");
+        }
+
+        if (HeadDimProblem(dim) is { } headDimProblem)
+        {
+            return new Problem(nameof(q), headDimProblem);
+        }
+
+        if (headsQ % cache.HeadsKv != 0)
+        {
+            return new Problem(nameof(q), $"The cache has {cache.HeadsKv} heads (heads_kv), which does not divide q's {headsQ} heads.");
+        }
+
+        if (!q.HasShapeOf(output))
+        {
+            return new Problem(nameof(output), $"output must have q's shape [{string.Join(", ", q.Shape)}]; it is {output}.");
+        }
+
+        if (kNew is not null)
+        {
+            if ((TensorProblem(kNew, nameof(kNew), varlen: false, device) ?? TensorProblem(vNew!, nameof(vNew), varlen: false, device) ??
+                 DataTypeProblem(kNew, nameof(kNew), q) ?? DataTypeProblem(vNew!, nameof(vNew), q)) is { } newProblem)
+            {
+                return newProblem;
+            }
+
+            if (kNew.Shape[0] != batch || kNew.Shape[1] != seqLenNew || kNew.Shape[2] != cache.HeadsKv || kNew.Shape[3] != dim)
+            {
+                return new Problem(
+                    nameof(kNew),
+                    $"kNew (k_new) must be [batch={batch}, seqlen_new={seqLenNew}, heads_kv={cache.HeadsKv}, head_dim={dim}] to match q and the cache; it is {kNew}.");
+            }
+
+            if (!kNew.HasShapeOf(vNew!))
+            {
+                return new Problem(nameof(vNew), $"vNew (v_new) must have kNew's shape [{string.Join(", ", kNew.Shape)}]; it is {vNew}.");
+            }
+
+            if (cache.AppendProblem((int)seqLenNew) is { } capacityProblem)
+            {
+                return new Problem(nameof(cache), capacityProblem);
+            }
+        }
+
+        if (lse is not null)
+        {
+            if (lse.DataType != DataType.Float32)
+            {
+                return new Problem("logSumExp", $"logSumExp must be Float32; it is {lse.DataType}.");
+            }
+
+            if (lse.Rank != 3 || lse.Shape[0] != batch || lse.Shape[1] != headsQ || lse.Shape[2] != seqLenNew)
+            {
+                return new Problem("logSumExp", $"logSumExp must be [batch={batch}, heads_q={headsQ}, seqlen_new={seqLenNew}]; it is {lse}.");
+            }
+
+            if (device is not null && lse.Device is not null && lse.Device.Ordinal != device.Ordinal)
+            {
+                return new Problem("logSumExp", $"logSumExp lives on cuda:{lse.Device.Ordinal} but this FlashAttention runs on cuda:{device.Ordinal}.");
+            }
+        }
+
+        if (device is not null && cache.Device is not null && cache.Device.Ordinal != device.Ordinal)
+        {
+            return new Problem(nameof(cache), $"The cache lives on cuda:{cache.Device.Ordinal} but this FlashAttention runs on cuda:{device.Ordinal}.");
+        }
+
+        return null;
+    }
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "Decode q={Q} cache={Cache} append={Append} lse={WithLse} causal={Causal} scale={Scale} {Masks} num_splits={Splits} stream={Stream}")]
+    private static partial void LogDecode(
+        ILogger logger, string q, string cache, bool append, bool withLse, bool causal, double scale, string masks, int splits, string stream);
+}

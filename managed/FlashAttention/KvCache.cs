@@ -1,0 +1,802 @@
+using System.Collections.ObjectModel;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using FlashAttn.Internal;
+using FlashAttn.Native;
+
+namespace FlashAttn;
+
+/// <summary>
+/// A key/value cache for <see cref="FlashAttention.Decode"/>: the K and V arrays, the number of tokens each sequence
+/// holds (a host copy and a device int32 <c>[BatchSize]</c> array, kept in step), and for a paged cache the device
+/// block table. After a successful decode that appends new keys and values, the lengths advance by the number of new
+/// tokens on both sides.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Two layouts. <b>Contiguous</b>: K and V are <c>[BatchSize, Capacity, HeadsKv, HeadDim]</c> and position <c>p</c>
+/// of sequence <c>b</c> is row <c>[b, p]</c>. <b>Paged</b>: K and V are <c>[NumBlocks, BlockSize, HeadsKv, HeadDim]</c>
+/// and an int32 block table <c>[BatchSize, MaxBlocksPerSequence]</c> names the physical block of each page, so position
+/// <c>p</c> of sequence <c>b</c> is row <c>p % BlockSize</c> of block <c>blockTable[b, p / BlockSize]</c>; a sequence
+/// holds at most <c>MaxBlocksPerSequence * BlockSize</c> positions. The native library decides which block sizes it
+/// serves (powers of two from 16 up; <see cref="FlashAttention.CheckDecode"/> names <c>block_size</c> otherwise).
+/// </para>
+/// <para>
+/// A cache is either <b>owned</b> (<see cref="CreateContiguous"/>, <see cref="CreatePaged"/>: the device memory is
+/// allocated here and freed on <see cref="Dispose"/>; a paged one also allocates blocks to sequences itself, from a
+/// free list, as they grow) or a <b>view</b> (<see cref="Wrap"/>: K, V and the block table are the caller's tensors and
+/// are never freed here; the caller fills the block table, and every page a decode reads or appends into must name a
+/// valid block).
+/// </para>
+/// <para>
+/// The device copies of the lengths (and, for an owned paged cache, of changed block-table rows) are updated with
+/// asynchronous copies on the stream of the call that changed them, so queue the next decode on the same stream (or
+/// synchronise first). Those copies read host snapshots that stay pinned until the copy is done; they make a decode
+/// that appends not capturable into a CUDA graph (a decode without new keys queues no copy). Not thread-safe: use one
+/// cache from one thread at a time.
+/// </para>
+/// </remarks>
+public sealed class KvCache : IDisposable
+{
+    private readonly SafeHandle? _ownedKeys;
+    private readonly SafeHandle? _ownedValues;
+    private readonly DeviceBuffer<int>? _ownedSeqLens;
+    private readonly DeviceBuffer<int>? _ownedBlockTable;
+    private readonly int[] _lengths;
+    private readonly int[]? _hostBlockTable;
+    private readonly Stack<int>? _freeBlocks;
+    private readonly PendingUploads _uploads = new();
+    private int _disposed;
+
+    private KvCache(
+        DeviceTensor keys,
+        DeviceTensor values,
+        DeviceTensor cacheSeqLens,
+        DeviceTensor? blockTable,
+        int[] lengths,
+        CudaDevice? device,
+        SafeHandle? ownedKeys,
+        SafeHandle? ownedValues,
+        DeviceBuffer<int>? ownedSeqLens,
+        DeviceBuffer<int>? ownedBlockTable)
+    {
+        Keys = keys;
+        Values = values;
+        CacheSeqLens = cacheSeqLens;
+        BlockTable = blockTable;
+        Device = device;
+        _lengths = lengths;
+        SequenceLengths = new ReadOnlyCollection<int>(_lengths);
+        _ownedKeys = ownedKeys;
+        _ownedValues = ownedValues;
+        _ownedSeqLens = ownedSeqLens;
+        _ownedBlockTable = ownedBlockTable;
+        DataType = keys.DataType;
+        BatchSize = lengths.Length;
+        HeadsKv = (int)keys.Shape[2];
+        HeadDim = (int)keys.Shape[3];
+        if (blockTable is null)
+        {
+            Capacity = (int)keys.Shape[1];
+        }
+        else
+        {
+            BlockSize = (int)keys.Shape[1];
+            NumBlocks = (int)keys.Shape[0];
+            MaxBlocksPerSequence = (int)blockTable.Shape[1];
+            Capacity = (int)Math.Min(int.MaxValue, (long)BlockSize * MaxBlocksPerSequence);
+            if (ownedBlockTable is not null)
+            {
+                _hostBlockTable = new int[(long)BatchSize * MaxBlocksPerSequence];
+                Array.Fill(_hostBlockTable, -1);
+                HostBlockTable = new ReadOnlyCollection<int>(_hostBlockTable);
+                _freeBlocks = new Stack<int>(NumBlocks);
+                for (int block = NumBlocks - 1; block >= 0; block--)
+                {
+                    _freeBlocks.Push(block);
+                }
+            }
+        }
+    }
+
+    /// <summary>The device the cache lives on, or null when every tensor was wrapped from a raw pointer.</summary>
+    public CudaDevice? Device { get; }
+
+    /// <summary>Element type of K and V (Float16 or BFloat16).</summary>
+    public DataType DataType { get; }
+
+    /// <summary>Number of sequences.</summary>
+    public int BatchSize { get; }
+
+    /// <summary>Key/value heads.</summary>
+    public int HeadsKv { get; }
+
+    /// <summary>Head dimension.</summary>
+    public int HeadDim { get; }
+
+    /// <summary>Whether the cache is paged (has a block table).</summary>
+    public bool IsPaged => BlockTable is not null;
+
+    /// <summary>Whether this object allocated (and will free) the K and V memory.</summary>
+    public bool OwnsMemory => _ownedKeys is not null;
+
+    /// <summary>Positions one sequence can hold: the capacity of a contiguous cache, <c>MaxBlocksPerSequence * BlockSize</c> of a paged one.</summary>
+    public int Capacity { get; }
+
+    /// <summary>Positions per block of a paged cache; 0 for a contiguous one.</summary>
+    public int BlockSize { get; }
+
+    /// <summary>Physical blocks of a paged cache; 0 for a contiguous one.</summary>
+    public int NumBlocks { get; }
+
+    /// <summary>Columns of the block table (pages per sequence) of a paged cache; 0 for a contiguous one.</summary>
+    public int MaxBlocksPerSequence { get; }
+
+    /// <summary>
+    /// Blocks not given to any sequence, for an owned paged cache (which allocates blocks itself); 0 otherwise.
+    /// </summary>
+    public int FreeBlockCount => _freeBlocks?.Count ?? 0;
+
+    /// <summary>Whether this cache hands out blocks to sequences itself (owned paged caches).</summary>
+    public bool HasBlockAllocator => _freeBlocks is not null;
+
+    /// <summary>The keys: <c>[BatchSize, Capacity, HeadsKv, HeadDim]</c> or <c>[NumBlocks, BlockSize, HeadsKv, HeadDim]</c>.</summary>
+    public DeviceTensor Keys { get; }
+
+    /// <summary>The values, shaped like <see cref="Keys"/>.</summary>
+    public DeviceTensor Values { get; }
+
+    /// <summary>The device copy of the sequence lengths: int32, <c>[BatchSize]</c>.</summary>
+    public DeviceTensor CacheSeqLens { get; }
+
+    /// <summary>The device block table of a paged cache, int32 <c>[BatchSize, MaxBlocksPerSequence]</c>; null when contiguous.</summary>
+    public DeviceTensor? BlockTable { get; }
+
+    /// <summary>Tokens each sequence holds (the host copy; it changes as the cache is used).</summary>
+    public IReadOnlyList<int> SequenceLengths { get; }
+
+    /// <summary>
+    /// The host copy of the block table of an owned paged cache (row-major <c>[BatchSize, MaxBlocksPerSequence]</c>,
+    /// -1 for pages without a block); null otherwise.
+    /// </summary>
+    public IReadOnlyList<int>? HostBlockTable { get; }
+
+    /// <summary>Whether <see cref="Dispose"/> was called.</summary>
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
+    /// <summary>Host copy of the lengths, for pinning during a native call.</summary>
+    internal int[] HostLengths => _lengths;
+
+    /// <summary>
+    /// Allocates a contiguous cache <c>[batchSize, capacity, headsKv, headDim]</c> for K and for V (contents undefined),
+    /// with every sequence empty.
+    /// </summary>
+    /// <param name="device">The device.</param>
+    /// <param name="dataType">Float16 or BFloat16.</param>
+    /// <param name="batchSize">Sequences (1 or more).</param>
+    /// <param name="capacity">Positions per sequence (1 or more).</param>
+    /// <param name="headsKv">Key/value heads (1 or more).</param>
+    /// <param name="headDim">Head dimension (1 or more; the kernels need a multiple of 8).</param>
+    /// <param name="stream">Stream to order the initialisation on (the call waits for it), or null for the legacy default stream.</param>
+    /// <returns>An owned cache.</returns>
+    /// <exception cref="ArgumentException">A size is out of range, or the data type is not Float16 or BFloat16.</exception>
+    /// <exception cref="FlashAttentionException">An allocation failed.</exception>
+    public static KvCache CreateContiguous(
+        CudaDevice device, DataType dataType, int batchSize, int capacity, int headsKv, int headDim, CudaStream? stream = null)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        RequireCacheType(dataType);
+        ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(headsKv, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(headDim, 1);
+        long[] shape = [batchSize, capacity, headsKv, headDim];
+        return CreateOwned(device, dataType, shape, batchSize, blockTableColumns: 0, stream);
+    }
+
+    /// <summary>
+    /// Allocates a paged cache of <paramref name="numBlocks"/> blocks <c>[blockSize, headsKv, headDim]</c> for K and for
+    /// V (contents undefined) and a block table <c>[batchSize, maxBlocksPerSequence]</c>, with every sequence empty and
+    /// every block free. Blocks are given to sequences as they grow (by <see cref="FlashAttention.Decode"/> with new keys,
+    /// or <see cref="SetSequenceLengths"/>) and returned by <see cref="ResetSequence"/> or shorter lengths.
+    /// </summary>
+    /// <param name="device">The device.</param>
+    /// <param name="dataType">Float16 or BFloat16.</param>
+    /// <param name="batchSize">Sequences (1 or more).</param>
+    /// <param name="numBlocks">Physical blocks (1 or more).</param>
+    /// <param name="blockSize">Positions per block (1 or more; the native library serves powers of two from 16 up).</param>
+    /// <param name="headsKv">Key/value heads (1 or more).</param>
+    /// <param name="headDim">Head dimension (1 or more; the kernels need a multiple of 8).</param>
+    /// <param name="maxBlocksPerSequence">Pages one sequence may use; 0 means <paramref name="numBlocks"/>.</param>
+    /// <param name="stream">Stream to order the initialisation on (the call waits for it), or null for the legacy default stream.</param>
+    /// <returns>An owned cache with a block allocator.</returns>
+    /// <exception cref="ArgumentException">A size is out of range, or the data type is not Float16 or BFloat16.</exception>
+    /// <exception cref="FlashAttentionException">An allocation failed.</exception>
+    public static KvCache CreatePaged(
+        CudaDevice device,
+        DataType dataType,
+        int batchSize,
+        int numBlocks,
+        int blockSize,
+        int headsKv,
+        int headDim,
+        int maxBlocksPerSequence = 0,
+        CudaStream? stream = null)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        RequireCacheType(dataType);
+        ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(numBlocks, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(headsKv, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(headDim, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(maxBlocksPerSequence);
+        int columns = maxBlocksPerSequence == 0 ? numBlocks : maxBlocksPerSequence;
+        long[] shape = [numBlocks, blockSize, headsKv, headDim];
+        return CreateOwned(device, dataType, shape, batchSize, columns, stream);
+    }
+
+    /// <summary>
+    /// Views K and V tensors (and a block table) the caller owns; disposing the cache never frees them. The caller keeps
+    /// them alive and, for a paged cache, fills the block table so that every page a call reads or appends into names a
+    /// block in <c>0 .. NumBlocks - 1</c> (entries past a sequence's last page are never read).
+    /// </summary>
+    /// <param name="keys">
+    /// Key cache, Float16 or BFloat16, last dimension contiguous: <c>[batch, capacity, headsKv, headDim]</c> without a
+    /// block table, <c>[numBlocks, blockSize, headsKv, headDim]</c> with one.
+    /// </param>
+    /// <param name="values">Value cache, the shape and dtype of <paramref name="keys"/>.</param>
+    /// <param name="sequenceLengths">Tokens each sequence already holds (0 .. capacity each); its length is the batch size.</param>
+    /// <param name="blockTable">Paged cache: device int32 <c>[batch, maxBlocksPerSequence]</c>, last dimension contiguous; null for a contiguous cache.</param>
+    /// <param name="cacheSeqLens">
+    /// Optional device int32 <c>[batch]</c> array (contiguous) that already holds <paramref name="sequenceLengths"/>; the
+    /// cache then updates it in place. Null: the cache allocates its own on the tensors' device and copies the lengths
+    /// there (which needs a device, so K must not be a raw-pointer view).
+    /// </param>
+    /// <param name="stream">Stream to order the initial copy on (the call waits for it), or null for the legacy default stream.</param>
+    /// <returns>A view cache.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="keys"/> or <paramref name="values"/> is null.</exception>
+    /// <exception cref="ArgumentException">A shape, dtype or length is inconsistent, or a length is out of range.</exception>
+    /// <exception cref="FlashAttentionException">Allocating or filling the lengths array failed.</exception>
+    public static KvCache Wrap(
+        DeviceTensor keys,
+        DeviceTensor values,
+        ReadOnlySpan<int> sequenceLengths,
+        DeviceTensor? blockTable = null,
+        DeviceTensor? cacheSeqLens = null,
+        CudaStream? stream = null)
+    {
+        ArgumentNullException.ThrowIfNull(keys);
+        ArgumentNullException.ThrowIfNull(values);
+        CheckCacheTensor(keys, nameof(keys), blockTable is not null);
+        CheckCacheTensor(values, nameof(values), blockTable is not null);
+        if (values.DataType != keys.DataType)
+        {
+            throw new ArgumentException($"values is {values.DataType} but keys is {keys.DataType}; K and V share one dtype.", nameof(values));
+        }
+
+        if (!values.HasShapeOf(keys))
+        {
+            throw new ArgumentException($"values must have the shape of keys [{string.Join(", ", keys.Shape)}]; it is {values}.", nameof(values));
+        }
+
+        int batch = sequenceLengths.Length;
+        if (batch < 1)
+        {
+            throw new ArgumentException("sequenceLengths must give the length of at least one sequence.", nameof(sequenceLengths));
+        }
+
+        long capacity;
+        if (blockTable is null)
+        {
+            if (keys.Shape[0] != batch)
+            {
+                throw new ArgumentException(
+                    $"A contiguous cache is [batch, capacity, heads_kv, head_dim]: keys has batch {keys.Shape[0]} but sequenceLengths gives {batch} sequences.",
+                    nameof(sequenceLengths));
+            }
+
+            capacity = keys.Shape[1];
+        }
+        else
+        {
+            if (blockTable.DataType != DataType.Int32 || blockTable.Rank != 2)
+            {
+                throw new ArgumentException($"blockTable must be an Int32 matrix [batch, max_blocks_per_seq]; it is {blockTable}.", nameof(blockTable));
+            }
+
+            if (blockTable.Shape[0] != batch)
+            {
+                throw new ArgumentException(
+                    $"blockTable has {blockTable.Shape[0]} rows but sequenceLengths gives {batch} sequences; it is [batch, max_blocks_per_seq].",
+                    nameof(blockTable));
+            }
+
+            if (blockTable.Shape[1] < 1 || blockTable.Shape[1] > int.MaxValue || (blockTable.Strides[1] != 1 && blockTable.Shape[1] > 1))
+            {
+                throw new ArgumentException($"blockTable needs 1 or more columns and a contiguous last dimension; it is {blockTable}.", nameof(blockTable));
+            }
+
+            capacity = keys.Shape[1] * blockTable.Shape[1];
+        }
+
+        for (int b = 0; b < batch; b++)
+        {
+            if (sequenceLengths[b] < 0 || sequenceLengths[b] > capacity)
+            {
+                throw new ArgumentException(
+                    $"sequenceLengths[{b}] is {sequenceLengths[b]}; each sequence holds 0 .. {capacity} tokens in this cache.", nameof(sequenceLengths));
+            }
+        }
+
+        CudaDevice? device = keys.Device ?? values.Device ?? blockTable?.Device ?? cacheSeqLens?.Device;
+        int[] lengths = sequenceLengths.ToArray();
+        if (cacheSeqLens is not null)
+        {
+            CheckSeqLensTensor(cacheSeqLens, batch);
+            return new KvCache(keys, values, cacheSeqLens, blockTable, lengths, device, null, null, null, null);
+        }
+
+        if (device is null)
+        {
+            throw new ArgumentException(
+                "keys, values and blockTable are raw-pointer views, so the cache does not know which device to put its lengths array on; pass cacheSeqLens.",
+                nameof(cacheSeqLens));
+        }
+
+        var seqLens = new DeviceBuffer<int>(device, batch);
+        try
+        {
+            seqLens.CopyFrom(lengths, stream);
+            return new KvCache(keys, values, seqLens.AsTensor(batch), blockTable, lengths, device, null, null, seqLens, null);
+        }
+        catch
+        {
+            seqLens.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Sets the number of tokens each sequence holds (for example after filling the cache some other way, or to drop
+    /// tokens), on the host and, with a copy queued on <paramref name="stream"/>, on the device. An owned paged cache
+    /// gives blocks to sequences that grow and takes back the pages past a sequence's new end.
+    /// </summary>
+    /// <param name="lengths">One length per sequence, 0 .. <see cref="Capacity"/> each.</param>
+    /// <param name="stream">The stream later decodes use, or null for the legacy default stream.</param>
+    /// <exception cref="ArgumentException">The count differs from <see cref="BatchSize"/> or a length is out of range.</exception>
+    /// <exception cref="InvalidOperationException">An owned paged cache has too few free blocks (nothing is changed).</exception>
+    /// <exception cref="ObjectDisposedException">The cache was disposed.</exception>
+    public void SetSequenceLengths(ReadOnlySpan<int> lengths, CudaStream? stream = null)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        if (lengths.Length != BatchSize)
+        {
+            throw new ArgumentException($"lengths has {lengths.Length} entries but the cache holds {BatchSize} sequences.", nameof(lengths));
+        }
+
+        for (int b = 0; b < BatchSize; b++)
+        {
+            if (lengths[b] < 0 || lengths[b] > Capacity)
+            {
+                throw new ArgumentException($"lengths[{b}] is {lengths[b]}; each sequence holds 0 .. {Capacity} tokens in this cache.", nameof(lengths));
+            }
+        }
+
+        int ordinal = RequireDevice().Ordinal;
+        if (_freeBlocks is not null)
+        {
+            int missing = BlocksMissing(lengths), freed = BlocksFreed(lengths);
+            if (missing > _freeBlocks.Count + freed)
+            {
+                throw new InvalidOperationException(
+                    $"The cache has {_freeBlocks.Count} free blocks (and these lengths release {freed}), fewer than they need " +
+                    $"({missing} more of {BlockSize} positions).");
+            }
+
+            // Release first, so that blocks one sequence gives up can go to another.
+            int first = int.MaxValue, last = -1;
+            for (int b = 0; b < BatchSize; b++)
+            {
+                if (lengths[b] < _lengths[b] && ResizePages(b, lengths[b]))
+                {
+                    first = Math.Min(first, b);
+                    last = b;
+                }
+            }
+
+            for (int b = 0; b < BatchSize; b++)
+            {
+                if (lengths[b] >= _lengths[b] && ResizePages(b, lengths[b]))
+                {
+                    first = Math.Min(first, b);
+                    last = Math.Max(last, b);
+                }
+            }
+
+            UploadTableRows(first, last, stream, ordinal);
+        }
+
+        lengths.CopyTo(_lengths);
+        _uploads.Upload(CacheSeqLens, 0, PendingUploads.Snapshot(_lengths), stream, ordinal);
+    }
+
+    /// <summary>Empties one sequence (its length becomes 0; an owned paged cache takes back its blocks).</summary>
+    /// <param name="sequence">The sequence, 0 .. <see cref="BatchSize"/> - 1.</param>
+    /// <param name="stream">The stream later decodes use, or null for the legacy default stream.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="sequence"/> is out of range.</exception>
+    /// <exception cref="ObjectDisposedException">The cache was disposed.</exception>
+    public void ResetSequence(int sequence, CudaStream? stream = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(sequence);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(sequence, BatchSize);
+        int[] lengths = (int[])_lengths.Clone();
+        lengths[sequence] = 0;
+        SetSequenceLengths(lengths, stream);
+    }
+
+    /// <summary>
+    /// Waits until the device copies of the lengths and block table queued so far are done (they are otherwise
+    /// retired lazily). Decodes queued on the same stream never need this.
+    /// </summary>
+    /// <exception cref="FlashAttentionException">A copy failed.</exception>
+    public void Synchronize() => _uploads.WaitAll();
+
+    /// <summary>Copies the whole key cache to host memory (the cache must be a dense array: owned, or a contiguous view).</summary>
+    /// <typeparam name="T">A 2-byte element type: <see cref="Half"/> or <see cref="BFloat16"/> (or <see cref="ushort"/> for the raw bits).</typeparam>
+    /// <param name="destination">Exactly <c>Keys.ElementCount</c> elements.</param>
+    /// <param name="stream">Stream to order the copy on (the call waits for it), or null for the legacy default stream.</param>
+    /// <exception cref="ArgumentException">The element size or the length is wrong, or the tensor is not dense.</exception>
+    public void CopyKeysTo<T>(Span<T> destination, CudaStream? stream = null)
+        where T : unmanaged => CopyOut(Keys, destination, stream, nameof(destination));
+
+    /// <summary>Copies the whole value cache to host memory; see <see cref="CopyKeysTo{T}"/>.</summary>
+    /// <typeparam name="T">A 2-byte element type.</typeparam>
+    /// <param name="destination">Exactly <c>Values.ElementCount</c> elements.</param>
+    /// <param name="stream">Stream to order the copy on (the call waits for it), or null for the legacy default stream.</param>
+    /// <exception cref="ArgumentException">The element size or the length is wrong, or the tensor is not dense.</exception>
+    public void CopyValuesTo<T>(Span<T> destination, CudaStream? stream = null)
+        where T : unmanaged => CopyOut(Values, destination, stream, nameof(destination));
+
+    /// <summary>
+    /// Waits for the queued length and block-table copies, then frees what this cache allocated (the K and V memory of
+    /// an owned cache, the lengths array and block table it made). Caller tensors of a view are not touched. Idempotent.
+    /// </summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        _uploads.WaitAllQuietly();
+        _ownedKeys?.Dispose();
+        _ownedValues?.Dispose();
+        _ownedSeqLens?.Dispose();
+        _ownedBlockTable?.Dispose();
+    }
+
+    /// <inheritdoc/>
+    public override string ToString() =>
+        $"KvCache({(IsPaged ? $"paged {NumBlocks} blocks of {BlockSize}, {MaxBlocksPerSequence} pages per sequence" : $"contiguous capacity {Capacity}")}, " +
+        $"{DataTypes.ShortName(DataType)}, {BatchSize} sequences, heads_kv {HeadsKv}, head_dim {HeadDim}, " +
+        $"{(OwnsMemory ? "owned" : "view")}{(IsDisposed ? ", disposed" : string.Empty)})";
+
+    /// <summary>Why appending <paramref name="seqLenNew"/> tokens to every sequence cannot work, or null.</summary>
+    internal string? AppendProblem(int seqLenNew)
+    {
+        for (int b = 0; b < BatchSize; b++)
+        {
+            long total = (long)_lengths[b] + seqLenNew;
+            if (total > Capacity)
+            {
+                return $"Sequence {b} holds {_lengths[b]} tokens and appends {seqLenNew}, {total} in all, but the cache has room for {Capacity} per sequence (cache_seqlens).";
+            }
+        }
+
+        if (_freeBlocks is not null)
+        {
+            int[] after = new int[BatchSize];
+            for (int b = 0; b < BatchSize; b++)
+            {
+                after[b] = _lengths[b] + seqLenNew;
+            }
+
+            int missing = BlocksMissing(after);
+            if (missing > _freeBlocks.Count)
+            {
+                return $"Appending {seqLenNew} tokens needs {missing} more blocks of {BlockSize} positions but the cache has {_freeBlocks.Count} free (block_table).";
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// Before a decode that appends: gives blocks to the pages the new tokens need (owned paged caches) and queues the
+    /// changed block-table rows on <paramref name="stream"/>. Returns the (sequence, page) pairs allocated, for
+    /// <see cref="UndoAppend"/>; null when nothing was allocated.
+    /// </summary>
+    internal List<(int Sequence, int Page)>? PrepareAppend(int seqLenNew, CudaStream? stream, int deviceOrdinal)
+    {
+        if (_freeBlocks is null)
+        {
+            return null;
+        }
+
+        List<(int, int)>? allocated = null;
+        int first = int.MaxValue, last = -1;
+        for (int b = 0; b < BatchSize; b++)
+        {
+            int have = PagesFor(_lengths[b]);
+            int need = PagesFor(_lengths[b] + seqLenNew);
+            for (int page = have; page < need; page++)
+            {
+                long slot = ((long)b * MaxBlocksPerSequence) + page;
+                if (_hostBlockTable![slot] >= 0)
+                {
+                    continue;
+                }
+
+                _hostBlockTable[slot] = _freeBlocks.Pop();
+                (allocated ??= []).Add((b, page));
+                first = Math.Min(first, b);
+                last = b;
+            }
+        }
+
+        UploadTableRows(first, last, stream, deviceOrdinal);
+        return allocated;
+    }
+
+    /// <summary>After a failed decode: returns the blocks <see cref="PrepareAppend"/> gave out.</summary>
+    internal void UndoAppend(List<(int Sequence, int Page)>? allocated, CudaStream? stream, int deviceOrdinal)
+    {
+        if (allocated is null)
+        {
+            return;
+        }
+
+        int first = int.MaxValue, last = -1;
+        for (int i = allocated.Count - 1; i >= 0; i--)
+        {
+            var (b, page) = allocated[i];
+            long slot = ((long)b * MaxBlocksPerSequence) + page;
+            _freeBlocks!.Push(_hostBlockTable![slot]);
+            _hostBlockTable[slot] = -1;
+            first = Math.Min(first, b);
+            last = Math.Max(last, b);
+        }
+
+        try
+        {
+            UploadTableRows(first, last, stream, deviceOrdinal);
+        }
+        catch (FlashAttentionException)
+        {
+            // The rows past each sequence's end are never read, so a stale device copy is harmless.
+        }
+    }
+
+    /// <summary>After a successful decode that appended: advances every length on the host and queues the device copy.</summary>
+    internal void Advance(int seqLenNew, CudaStream? stream, int deviceOrdinal)
+    {
+        for (int b = 0; b < BatchSize; b++)
+        {
+            _lengths[b] += seqLenNew;
+        }
+
+        _uploads.Upload(CacheSeqLens, 0, PendingUploads.Snapshot(_lengths), stream, deviceOrdinal);
+    }
+
+    private static KvCache CreateOwned(CudaDevice device, DataType dataType, long[] shape, int batch, int blockTableColumns, CudaStream? stream)
+    {
+        long elements = shape[0] * shape[1] * shape[2] * shape[3];
+        SafeHandle? keys = null, values = null;
+        DeviceBuffer<int>? seqLens = null, table = null;
+        try
+        {
+            DeviceTensor kT, vT;
+            if (dataType == DataType.Float16)
+            {
+                var k = new DeviceBuffer<Half>(device, elements);
+                keys = k;
+                var v = new DeviceBuffer<Half>(device, elements);
+                values = v;
+                (kT, vT) = (k.AsTensor(shape), v.AsTensor(shape));
+            }
+            else
+            {
+                var k = new DeviceBuffer<BFloat16>(device, elements);
+                keys = k;
+                var v = new DeviceBuffer<BFloat16>(device, elements);
+                values = v;
+                (kT, vT) = (k.AsTensor(shape), v.AsTensor(shape));
+            }
+
+            seqLens = new DeviceBuffer<int>(device, batch);
+            seqLens.Fill(0, stream);
+            DeviceTensor? tableT = null;
+            if (blockTableColumns > 0)
+            {
+                table = new DeviceBuffer<int>(device, (long)batch * blockTableColumns);
+                table.Fill(0xFF, stream); // every entry -1: no block
+                tableT = table.AsTensor(batch, blockTableColumns);
+            }
+
+            stream?.Synchronize();
+            return new KvCache(kT, vT, seqLens.AsTensor(batch), tableT, new int[batch], device, keys, values, seqLens, table);
+        }
+        catch
+        {
+            keys?.Dispose();
+            values?.Dispose();
+            seqLens?.Dispose();
+            table?.Dispose();
+            throw;
+        }
+    }
+
+    private static void RequireCacheType(DataType dataType)
+    {
+        if (dataType is not (DataType.Float16 or DataType.BFloat16))
+        {
+            throw new ArgumentException($"A KV cache holds Float16 or BFloat16 elements; got {dataType}.", nameof(dataType));
+        }
+    }
+
+    private static void CheckCacheTensor(DeviceTensor t, string name, bool paged)
+    {
+        string layout = paged ? "[num_blocks, block_size, heads_kv, head_dim]" : "[batch, capacity, heads_kv, head_dim]";
+        if (t.Rank != 4)
+        {
+            throw new ArgumentException($"{name} must have rank 4 {layout}; it is {t}.", name);
+        }
+
+        if (t.DataType is not (DataType.Float16 or DataType.BFloat16))
+        {
+            throw new ArgumentException($"{name} must be Float16 or BFloat16; it is {t}.", name);
+        }
+
+        if (t.Strides[3] != 1 && t.Shape[3] > 1)
+        {
+            throw new ArgumentException($"{name}'s last dimension (head_dim) must be contiguous (stride 1); it is {t}.", name);
+        }
+
+        for (int i = 0; i < 4; i++)
+        {
+            if (t.Shape[i] < 1 || t.Shape[i] > int.MaxValue)
+            {
+                throw new ArgumentException($"Every extent of {name} {layout} must be 1 .. {int.MaxValue}; it is {t}.", name);
+            }
+        }
+    }
+
+    private static void CheckSeqLensTensor(DeviceTensor t, int batch)
+    {
+        if (t.DataType != DataType.Int32 || t.Rank != 1 || t.Shape[0] != batch || (t.Strides[0] != 1 && batch > 1))
+        {
+            throw new ArgumentException(
+                $"cacheSeqLens must be a contiguous Int32 vector [batch = {batch}] (cache_seqlens); it is {t}.", "cacheSeqLens");
+        }
+    }
+
+    private void CopyOut<T>(DeviceTensor tensor, Span<T> destination, CudaStream? stream, string paramName)
+        where T : unmanaged
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        if (Unsafe.SizeOf<T>() != tensor.ElementSize)
+        {
+            throw new ArgumentException($"{typeof(T).Name} has {Unsafe.SizeOf<T>()} bytes but the cache holds {tensor.ElementSize}-byte elements.", paramName);
+        }
+
+        if (!tensor.IsContiguous)
+        {
+            throw new ArgumentException($"Only a dense cache can be copied whole; this one is {tensor}.", paramName);
+        }
+
+        if (destination.Length != tensor.ElementCount)
+        {
+            throw new ArgumentException($"{paramName} has {destination.Length} elements but the cache has {tensor.ElementCount}.", paramName);
+        }
+
+        NativeRuntime.EnsureLoaded();
+        using var owner = new HandleLease(tensor.Owner);
+        using var s = new HandleLease(stream);
+        nint source = tensor.ToNative(owner.Pointer).data;
+        nuint bytes = (nuint)destination.Length * (nuint)Unsafe.SizeOf<T>();
+        unsafe
+        {
+            fixed (T* host = destination)
+            {
+                if (stream is null)
+                {
+                    Errors.ThrowIfFailed(NativeMethods.fa_memcpy((nint)host, source, bytes));
+                }
+                else
+                {
+                    Errors.ThrowIfFailed(NativeMethods.fa_memcpy_async((nint)host, source, bytes, s.Pointer));
+                    Errors.ThrowIfFailed(NativeMethods.fa_stream_synchronize(s.Pointer));
+                }
+            }
+        }
+    }
+
+    private CudaDevice RequireDevice() =>
+        Device ?? throw new InvalidOperationException("This cache wraps raw pointers only, so its device is unknown; it can be checked but not updated.");
+
+    private int PagesFor(long length) => (int)((length + BlockSize - 1) / BlockSize);
+
+    private int BlocksMissing(ReadOnlySpan<int> lengths)
+    {
+        int missing = 0;
+        for (int b = 0; b < BatchSize; b++)
+        {
+            int need = PagesFor(lengths[b]);
+            for (int page = PagesFor(_lengths[b]); page < need; page++)
+            {
+                if (_hostBlockTable![((long)b * MaxBlocksPerSequence) + page] < 0)
+                {
+                    missing++;
+                }
+            }
+        }
+
+        return missing;
+    }
+
+    private int BlocksFreed(ReadOnlySpan<int> lengths)
+    {
+        int freed = 0;
+        for (int b = 0; b < BatchSize; b++)
+        {
+            for (int page = PagesFor(lengths[b]); page < MaxBlocksPerSequence; page++)
+            {
+                if (_hostBlockTable![((long)b * MaxBlocksPerSequence) + page] >= 0)
+                {
+                    freed++;
+                }
+            }
+        }
+
+        return freed;
+    }
+
+    /// <summary>Gives sequence <paramref name="b"/> exactly the pages <paramref name="length"/> needs; true when its row changed.</summary>
+    private bool ResizePages(int b, int length)
+    {
+        int need = PagesFor(length);
+        bool changed = false;
+        for (int page = 0; page < MaxBlocksPerSequence; page++)
+        {
+            long slot = ((long)b * MaxBlocksPerSequence) + page;
+            int block = _hostBlockTable![slot];
+            if (page < need && block < 0)
+            {
+                _hostBlockTable[slot] = _freeBlocks!.Pop();
+                changed = true;
+            }
+            else if (page >= need && block >= 0)
+            {
+                _freeBlocks!.Push(block);
+                _hostBlockTable[slot] = -1;
+                changed = true;
+            }
+        }
+
+        return changed;
+    }
+
+    private void UploadTableRows(int first, int last, CudaStream? stream, int deviceOrdinal)
+    {
+        if (last < first)
+        {
+            return;
+        }
+
+        long start = (long)first * MaxBlocksPerSequence;
+        int count = (last - first + 1) * MaxBlocksPerSequence;
+        int[] rows = PendingUploads.Snapshot(_hostBlockTable.AsSpan((int)start, count));
+        _uploads.Upload(BlockTable!, start, rows, stream, deviceOrdinal);
+    }
+}

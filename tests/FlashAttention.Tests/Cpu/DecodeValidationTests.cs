@@ -1,0 +1,422 @@
+using System.Runtime.InteropServices;
+using FlashAttn.Native;
+using FlashAttn.Tests.TestSupport;
+using NUnit.Framework;
+
+namespace FlashAttn.Tests.Cpu;
+
+/// <summary>
+/// Bad decode arguments, without a GPU: straight through the real library's <c>fa_decode_check</c> (fake, aligned,
+/// never dereferenced pointers), and through <see cref="FlashAttention.CheckDecode"/> over a
+/// <see cref="KvCache.Wrap"/> of raw-pointer views, where the managed side catches what it can and passes the rest
+/// through. Each case breaks one thing and asserts the status and that the message names the argument.
+/// </summary>
+/// <remarks>
+/// The native cases need a library that exports the decode functions (C ABI 0.3); with one that does not, they
+/// report themselves as ignored with that reason instead of failing on EntryPointNotFoundException.
+/// </remarks>
+[TestFixture]
+[Category("Cpu")]
+public sealed unsafe class DecodeValidationTests
+{
+    private const nint Q = 0x1000_0000, KC = 0x2000_0000, VC = 0x3000_0000, KN = 0x4000_0000, VN = 0x5000_0000;
+    private const nint O = 0x6000_0000, L = 0x7000_0000, SL = 0x7100_0000, BT = 0x7200_0000, WS = 0x7300_0000;
+
+    // B=2, Snew=1, Hq=8, Hkv=2, D=64; paged cache of 10 blocks of 16, 5 pages per sequence (capacity 80).
+    private const int B = 2, Sn = 1, Hq = 8, Hkv = 2, D = 64, Blocks = 10, BlockSize = 16, Pages = 5;
+
+    // Host lengths handed to fa_decode_check (pinned for the whole run: the struct keeps a raw pointer).
+    private static readonly int[] s_hostLengths = GC.AllocateArray<int>(B, pinned: true);
+    private static readonly int[] s_fullLengths = GC.AllocateArray<int>(B, pinned: true);
+
+    public delegate void Breaker(ref FaDecodeParams p);
+
+    private static bool s_decodeExported;
+
+    private const FaStatus Invalid = FaStatus.InvalidArgument;
+
+    [OneTimeSetUp]
+    public void LoadLibrary()
+    {
+        NativeLib.Require();
+        s_hostLengths[0] = 3;
+        s_hostLengths[1] = 17;
+        s_fullLengths[0] = 3;
+        s_fullLengths[1] = Pages * BlockSize; // full: nothing more fits
+        nint handle = NativeLibrary.Load(NativeLibraryLoader.LoadedPath!);
+        s_decodeExported = NativeLibrary.TryGetExport(handle, "fa_decode_check", out _) &&
+            NativeLibrary.TryGetExport(handle, "fa_decode_params_init", out _);
+    }
+
+    private static void RequireDecodeExports()
+    {
+        if (!s_decodeExported)
+        {
+            Assert.Ignore($"{NativeLibraryLoader.LoadedPath} does not export fa_decode_check / fa_decode_params_init yet (the decode kernels are not built into it)");
+        }
+    }
+
+    // ---- raw fa_decode_check ------------------------------------------------------------------------------
+
+    private static FaTensor Tensor(nint data, FaDtype dtype, params long[] shape)
+    {
+        FaTensor t = default;
+        t.data = data;
+        t.dtype = (int)dtype;
+        t.rank = shape.Length;
+        long stride = 1;
+        for (int i = shape.Length - 1; i >= 0; i--)
+        {
+            t.shape[i] = shape[i];
+            t.strides[i] = stride;
+            stride *= Math.Max(1, shape[i]);
+        }
+
+        return t;
+    }
+
+    /// <summary>Valid paged decode parameters with an append and an lse; fa_decode_check accepts them.</summary>
+    private static FaDecodeParams Valid(FaDtype dtype = FaDtype.Float16)
+    {
+        FaDecodeParams p;
+        FaStatus status = NativeMethods.fa_decode_params_init(&p, (nuint)sizeof(FaDecodeParams));
+        Assert.That(status, Is.EqualTo(FaStatus.Success), NativeLib.LastError());
+        p.q = Tensor(Q, dtype, B, Sn, Hq, D);
+        p.k_cache = Tensor(KC, dtype, Blocks, BlockSize, Hkv, D);
+        p.v_cache = Tensor(VC, dtype, Blocks, BlockSize, Hkv, D);
+        p.k_new = Tensor(KN, dtype, B, Sn, Hkv, D);
+        p.v_new = Tensor(VN, dtype, B, Sn, Hkv, D);
+        p.@out = Tensor(O, dtype, B, Sn, Hq, D);
+        p.lse = Tensor(L, FaDtype.Float32, B, Hq, Sn);
+        p.cache_seqlens = Tensor(SL, FaDtype.Int32, B);
+        p.block_table = Tensor(BT, FaDtype.Int32, B, Pages);
+        p.cache_seqlens_host = (int*)Marshal.UnsafeAddrOfPinnedArrayElement(s_hostLengths, 0);
+        return p;
+    }
+
+    private static (FaStatus Status, string Message) Check(FaDecodeParams p, int cc = 0)
+    {
+        FaStatus status = NativeMethods.fa_decode_check(&p, cc);
+        return (status, NativeLib.LastError());
+    }
+
+    private static TestCaseData Case(string name, Breaker breaker, params string[] fragments) =>
+        new TestCaseData(breaker, Invalid, fragments).SetName($"fa_decode_check rejects: {name}");
+
+    private static TestCaseData CaseWith(string name, Breaker breaker, FaStatus status, params string[] fragments) =>
+        new TestCaseData(breaker, status, fragments).SetName($"fa_decode_check rejects: {name}");
+
+    private static void Contiguous(ref FaDecodeParams p, long batch, long capacity)
+    {
+        p.block_table = default;
+        p.k_cache = Tensor(KC, FaDtype.Float16, batch, capacity, Hkv, D);
+        p.v_cache = Tensor(VC, FaDtype.Float16, batch, capacity, Hkv, D);
+    }
+
+    private static void PagedBlockSize(ref FaDecodeParams p, long blockSize)
+    {
+        p.k_cache = Tensor(KC, FaDtype.Float16, Blocks, blockSize, Hkv, D);
+        p.v_cache = Tensor(VC, FaDtype.Float16, Blocks, blockSize, Hkv, D);
+    }
+
+    public static IEnumerable<TestCaseData> NativeBadInputs() => BuildNativeBadInputs();
+
+    private static List<TestCaseData> BuildNativeBadInputs()
+    {
+        var cases = new List<TestCaseData>();
+        void Y(TestCaseData c) => cases.Add(c);
+
+        // the struct
+        Y(Case("struct_size 0", (ref FaDecodeParams p) => p.struct_size = 0, "struct_size"));
+        Y(Case("reserved0 nonzero", (ref FaDecodeParams p) => p.reserved0 = 1, "reserved0"));
+        Y(Case("reserved1 nonzero", (ref FaDecodeParams p) => p.reserved1 = 3, "reserved1"));
+
+        // paging
+        // Valid but not served: the paged kernels take power-of-two block sizes from 16 up.
+        Y(CaseWith("block size 48", (ref FaDecodeParams p) => PagedBlockSize(ref p, 48), FaStatus.Unsupported, "block_size"));
+        Y(Case("block_table fp16", (ref FaDecodeParams p) => p.block_table.dtype = (int)FaDtype.Float16, "block_table"));
+        Y(Case("block_table rank 1", (ref FaDecodeParams p) => p.block_table = Tensor(BT, FaDtype.Int32, B * Pages), "block_table"));
+        Y(Case("block_table rows != batch", (ref FaDecodeParams p) => p.block_table = Tensor(BT, FaDtype.Int32, B + 1, Pages), "block_table"));
+
+        // append
+        Y(Case("k_new without v_new", (ref FaDecodeParams p) => p.v_new = default, "v_new"));
+        Y(Case("v_new without k_new", (ref FaDecodeParams p) => p.k_new = default, "k_new"));
+        Y(Case("k_new seqlen differs from q", (ref FaDecodeParams p) =>
+        {
+            p.k_new = Tensor(KN, FaDtype.Float16, B, Sn + 1, Hkv, D);
+            p.v_new = Tensor(VN, FaDtype.Float16, B, Sn + 1, Hkv, D);
+        }, "k_new"));
+        Y(Case("v_new heads differ from k_new", (ref FaDecodeParams p) => p.v_new = Tensor(VN, FaDtype.Float16, B, Sn, Hkv * 2, D), "v_new"));
+
+        // dtypes
+        Y(Case("k_cache bf16, q fp16", (ref FaDecodeParams p) => p.k_cache.dtype = (int)FaDtype.Bfloat16, "k_cache"));
+        Y(Case("v_cache bf16, q fp16", (ref FaDecodeParams p) => p.v_cache.dtype = (int)FaDtype.Bfloat16, "v_cache"));
+        Y(Case("k_new bf16, q fp16", (ref FaDecodeParams p) => p.k_new.dtype = (int)FaDtype.Bfloat16, "k_new"));
+        Y(Case("out bf16, q fp16", (ref FaDecodeParams p) => p.@out.dtype = (int)FaDtype.Bfloat16, "out"));
+        Y(Case("q fp32", (ref FaDecodeParams p) => p.q.dtype = (int)FaDtype.Float32, "q"));
+        Y(Case("lse fp16", (ref FaDecodeParams p) => p.lse.dtype = (int)FaDtype.Float16, "lse"));
+
+        // cache_seqlens
+        Y(Case("cache_seqlens wrong length", (ref FaDecodeParams p) => p.cache_seqlens = Tensor(SL, FaDtype.Int32, B + 1), "cache_seqlens"));
+        Y(Case("cache_seqlens fp32", (ref FaDecodeParams p) => p.cache_seqlens.dtype = (int)FaDtype.Float32, "cache_seqlens"));
+        Y(Case("cache_seqlens NULL", (ref FaDecodeParams p) => p.cache_seqlens.data = 0, "cache_seqlens"));
+        Y(Case("host length past the capacity", (ref FaDecodeParams p) =>
+            p.cache_seqlens_host = (int*)Marshal.UnsafeAddrOfPinnedArrayElement(s_fullLengths, 0), "cache_seqlens"));
+
+        // num_splits
+        Y(Case("num_splits -1", (ref FaDecodeParams p) => p.num_splits = -1, "num_splits"));
+        Y(Case("num_splits 129", (ref FaDecodeParams p) => p.num_splits = NativeMethods.FA_DECODE_MAX_SPLITS + 1, "num_splits"));
+
+        // shapes
+        Y(Case("v_cache shape differs from k_cache", (ref FaDecodeParams p) => p.v_cache = Tensor(VC, FaDtype.Float16, Blocks + 1, BlockSize, Hkv, D), "v_cache"));
+        Y(Case("k_cache head_dim differs from q", (ref FaDecodeParams p) =>
+        {
+            p.k_cache = Tensor(KC, FaDtype.Float16, Blocks, BlockSize, Hkv, 128);
+            p.v_cache = Tensor(VC, FaDtype.Float16, Blocks, BlockSize, Hkv, 128);
+        }, "k_cache"));
+        Y(Case("heads_kv does not divide heads_q", (ref FaDecodeParams p) =>
+        {
+            p.k_cache = Tensor(KC, FaDtype.Float16, Blocks, BlockSize, 3, D);
+            p.v_cache = Tensor(VC, FaDtype.Float16, Blocks, BlockSize, 3, D);
+            p.k_new = Tensor(KN, FaDtype.Float16, B, Sn, 3, D);
+            p.v_new = Tensor(VN, FaDtype.Float16, B, Sn, 3, D);
+        }, "heads"));
+        Y(Case("contiguous k_cache batch differs from q", (ref FaDecodeParams p) => Contiguous(ref p, B + 1, 64), "k_cache"));
+        Y(Case("out shape differs from q", (ref FaDecodeParams p) => p.@out = Tensor(O, FaDtype.Float16, B, Sn, Hq / 2, D), "out"));
+        Y(Case("lse shape wrong", (ref FaDecodeParams p) => p.lse = Tensor(L, FaDtype.Float32, B, Sn, Hq), "lse"));
+        Y(Case("q.data NULL", (ref FaDecodeParams p) => p.q.data = 0, "q.data"));
+        Y(Case("k_cache misaligned", (ref FaDecodeParams p) => p.k_cache.data = KC + 2, "k_cache"));
+        Y(Case("k_cache head_dim not contiguous", (ref FaDecodeParams p) => p.k_cache.strides[3] = 2, "k_cache"));
+        Y(CaseWith("compute capability 75", (ref FaDecodeParams p) => { }, FaStatus.Unsupported, "7.5"));
+        return cases;
+    }
+
+    [TestCaseSource(nameof(NativeBadInputs))]
+    public void NativeCheckNamesTheArgument(Breaker breaker, FaStatus expected, string[] fragments)
+    {
+        RequireDecodeExports();
+        FaDecodeParams p = Valid();
+        breaker(ref p);
+        int cc = fragments.Contains("7.5") ? 75 : 0;
+        var (status, message) = Check(p, cc);
+        Assert.Multiple(() =>
+        {
+            Assert.That(status, Is.EqualTo(expected), $"message: {message}");
+            foreach (string fragment in fragments)
+            {
+                Assert.That(message, Does.Contain(fragment));
+            }
+        });
+    }
+
+    [Test]
+    public void NativeCheckAcceptsValidParameters()
+    {
+        RequireDecodeExports();
+        foreach (FaDtype dtype in new[] { FaDtype.Float16, FaDtype.Bfloat16 })
+        {
+            FaDecodeParams p = Valid(dtype);
+            var (status, message) = Check(p);
+            Assert.That(status, Is.EqualTo(FaStatus.Success), $"{dtype}: {message}");
+
+            // Variants: no append, no lse, contiguous, forced splits, every tested block size.
+            p.k_new = default;
+            p.v_new = default;
+            p.lse = default;
+            p.num_splits = NativeMethods.FA_DECODE_MAX_SPLITS;
+            (status, message) = Check(p);
+            Assert.That(status, Is.EqualTo(FaStatus.Success), $"{dtype} no append: {message}");
+        }
+
+        foreach (long blockSize in new long[] { 16, 32, 64, 128, 256 })
+        {
+            FaDecodeParams p = Valid();
+            PagedBlockSize(ref p, blockSize);
+            p.num_splits = 1;
+            var (status, message) = Check(p);
+            Assert.That(status, Is.EqualTo(FaStatus.Success), $"block size {blockSize}: {message}");
+        }
+
+        FaDecodeParams c = Valid();
+        Contiguous(ref c, B, 64);
+        var (cs, cm) = Check(c);
+        Assert.That(cs, Is.EqualTo(FaStatus.Success), $"contiguous: {cm}");
+    }
+
+    [Test]
+    public void ParamsInitSetsTheDocumentedDefaults()
+    {
+        RequireDecodeExports();
+        FaDecodeParams init;
+        Assert.That(NativeMethods.fa_decode_params_init(&init, (nuint)sizeof(FaDecodeParams)), Is.EqualTo(FaStatus.Success));
+        FaDecodeParams p = init;
+        Assert.Multiple(() =>
+        {
+            Assert.That(p.struct_size, Is.EqualTo((uint)sizeof(FaDecodeParams)));
+            Assert.That(p.softmax_scale, Is.Zero);
+            Assert.That(p.causal, Is.Zero);
+            Assert.That(p.window_left, Is.EqualTo(-1));
+            Assert.That(p.window_right, Is.EqualTo(-1));
+            Assert.That(p.softcap, Is.Zero);
+            Assert.That(p.num_splits, Is.Zero);
+            Assert.That(p.workspace, Is.EqualTo((nint)0));
+            Assert.That(p.block_table.data, Is.EqualTo((nint)0));
+            Assert.That(p.k_new.data, Is.EqualTo((nint)0));
+        });
+    }
+
+    // ---- FlashAttention.CheckDecode over KvCache.Wrap of raw pointers ------------------------------------------
+
+    private static DeviceTensor T(long address, DataType dtype, params long[] shape) => DeviceTensor.FromPointer((IntPtr)address, dtype, shape);
+
+    /// <summary>The managed call's arguments; Lens are the host lengths the cache is wrapped with.</summary>
+    public sealed record Args(
+        DeviceTensor Q, DeviceTensor KCache, DeviceTensor VCache, DeviceTensor? BlockTable, DeviceTensor SeqLens, int[] Lens,
+        DeviceTensor? KNew, DeviceTensor? VNew, DeviceTensor Out, DeviceTensor? Lse, AttentionOptions Options, int NumSplits)
+    {
+        public FlashAttentionStatus Run(out string message)
+        {
+            using KvCache cache = KvCache.Wrap(KCache, VCache, Lens, BlockTable, SeqLens);
+            return FlashAttention.CheckDecode(Q, cache, KNew, VNew, Out, out message, Lse, Options, NumSplits);
+        }
+
+        public override string ToString() => $"q {Q}, k_cache {KCache}, k_new {KNew?.ToString() ?? "none"}, lens [{string.Join(", ", Lens)}]";
+    }
+
+    private static Args ValidArgs(DataType dtype = DataType.Float16) => new(
+        T(Q, dtype, B, Sn, Hq, D),
+        T(KC, dtype, Blocks, BlockSize, Hkv, D),
+        T(VC, dtype, Blocks, BlockSize, Hkv, D),
+        T(BT, DataType.Int32, B, Pages),
+        T(SL, DataType.Int32, B),
+        [3, 17],
+        T(KN, dtype, B, Sn, Hkv, D),
+        T(VN, dtype, B, Sn, Hkv, D),
+        T(O, dtype, B, Sn, Hq, D),
+        T(L, DataType.Float32, B, Hq, Sn),
+        new AttentionOptions { Causal = true },
+        0);
+
+    private static TestCaseData ManagedCase(string name, Args args, bool native, params string[] fragments) =>
+        new TestCaseData(args, native, FlashAttentionStatus.InvalidArgument, fragments).SetName($"CheckDecode rejects: {name}");
+
+    private static TestCaseData UnsupportedCase(string name, Args args, params string[] fragments) =>
+        new TestCaseData(args, true, FlashAttentionStatus.Unsupported, fragments).SetName($"CheckDecode rejects: {name}");
+
+    public static IEnumerable<TestCaseData> ManagedBadInputs()
+    {
+        Args ok = ValidArgs();
+
+        // caught by the managed side (no decode export needed)
+        yield return ManagedCase("top-left alignment", ok with { Options = new AttentionOptions { Causal = true, CausalAlignment = CausalAlignment.TopLeft } }, false, "bottom-right", "TopLeft");
+        yield return ManagedCase("top-left alignment without a mask", ok with { Options = new AttentionOptions { CausalAlignment = CausalAlignment.TopLeft } }, false, "TopLeft");
+        yield return ManagedCase("numSplits -1", ok with { NumSplits = -1 }, false, "num_splits");
+        yield return ManagedCase("numSplits 129", ok with { NumSplits = 129 }, false, "num_splits");
+        yield return ManagedCase("kNew without vNew", ok with { VNew = null }, false, "v_new");
+        yield return ManagedCase("vNew without kNew", ok with { KNew = null }, false, "k_new");
+        yield return ManagedCase("q bf16, cache fp16", ok with { Q = T(Q, DataType.BFloat16, B, Sn, Hq, D) }, false, "k_cache", "BFloat16");
+        yield return ManagedCase("kNew bf16", ok with { KNew = T(KN, DataType.BFloat16, B, Sn, Hkv, D) }, false, "kNew", "BFloat16");
+        yield return ManagedCase("output bf16", ok with { Out = T(O, DataType.BFloat16, B, Sn, Hq, D) }, false, "output");
+        yield return ManagedCase("q batch differs from the cache", ok with
+        {
+            Q = T(Q, DataType.Float16, B + 1, Sn, Hq, D), Out = T(O, DataType.Float16, B + 1, Sn, Hq, D),
+        }, false, "cache_seqlens");
+        yield return ManagedCase("kNew seqlen differs from q", ok with
+        {
+            KNew = T(KN, DataType.Float16, B, Sn + 1, Hkv, D), VNew = T(VN, DataType.Float16, B, Sn + 1, Hkv, D),
+        }, false, "k_new", "seqlen_new");
+        yield return ManagedCase("vNew shape differs", ok with { VNew = T(VN, DataType.Float16, B, Sn, Hkv, D / 2) }, false, "v_new");
+        yield return ManagedCase("q head_dim differs from the cache", ok with
+        {
+            Q = T(Q, DataType.Float16, B, Sn, Hq, 128), Out = T(O, DataType.Float16, B, Sn, Hq, 128),
+        }, false, "head_dim");
+        yield return ManagedCase("heads do not divide", ok with
+        {
+            Q = T(Q, DataType.Float16, B, Sn, 3, D), Out = T(O, DataType.Float16, B, Sn, 3, D), Lse = null,
+        }, false, "heads_kv", "does not divide");
+        yield return ManagedCase("append past the capacity", ok with { Lens = [3, Pages * BlockSize] }, false, "room for 80");
+        yield return ManagedCase("lse wrong shape", ok with { Lse = T(L, DataType.Float32, B, Sn, Hq) }, false, "logSumExp", "seqlen_new");
+        yield return ManagedCase("lse fp16", ok with { Lse = T(L, DataType.Float16, B, Hq, Sn) }, false, "logSumExp", "Float32");
+        yield return ManagedCase("q rank 3", ok with { Q = T(Q, DataType.Float16, B, Hq, D) }, false, "q", "rank 4");
+        yield return ManagedCase("head_dim 60", ok with
+        {
+            Q = T(Q, DataType.Float16, B, Sn, Hq, 60), Out = T(O, DataType.Float16, B, Sn, Hq, 60),
+            KCache = T(KC, DataType.Float16, Blocks, BlockSize, Hkv, 60), VCache = T(VC, DataType.Float16, Blocks, BlockSize, Hkv, 60),
+            KNew = T(KN, DataType.Float16, B, Sn, Hkv, 60), VNew = T(VN, DataType.Float16, B, Sn, Hkv, 60),
+        }, false, "head_dim", "multiple of 8");
+
+        // passed through to fa_decode_check
+        yield return UnsupportedCase("block size 48", ok with
+        {
+            KCache = T(KC, DataType.Float16, Blocks, 48, Hkv, D), VCache = T(VC, DataType.Float16, Blocks, 48, Hkv, D),
+        }, "block_size");
+        yield return ManagedCase("q misaligned", ok with { Q = T(Q + 2, DataType.Float16, B, Sn, Hq, D) }, true, "q");
+        yield return ManagedCase("output aliases q", ok with { Out = T(Q, DataType.Float16, B, Sn, Hq, D) }, true, "out");
+        yield return ManagedCase("cache_seqlens NULL", ok with { SeqLens = T(0, DataType.Int32, B) }, true, "cache_seqlens");
+    }
+
+    [TestCaseSource(nameof(ManagedBadInputs))]
+    public void CheckDecodeReportsAndNamesTheArgument(Args args, bool needsNative, FlashAttentionStatus expected, string[] fragments)
+    {
+        if (needsNative)
+        {
+            RequireDecodeExports();
+        }
+
+        FlashAttentionStatus status = args.Run(out string message);
+        Assert.Multiple(() =>
+        {
+            Assert.That(status, Is.EqualTo(expected), $"message: {message}");
+            foreach (string fragment in fragments)
+            {
+                Assert.That(message, Does.Contain(fragment));
+            }
+        });
+    }
+
+    [TestCase(DataType.Float16, 0)]
+    [TestCase(DataType.BFloat16, 1)]
+    [TestCase(DataType.BFloat16, 128)]
+    public void CheckDecodePassesValidArguments(DataType dtype, int numSplits)
+    {
+        RequireDecodeExports();
+        Args a = ValidArgs(dtype) with { NumSplits = numSplits };
+        Assert.Multiple(() =>
+        {
+            Assert.That(a.Run(out string message), Is.EqualTo(FlashAttentionStatus.Success), message);
+            Assert.That((a with { KNew = null, VNew = null, Lse = null }).Run(out message), Is.EqualTo(FlashAttentionStatus.Success), message);
+            Args contiguous = a with
+            {
+                KCache = T(KC, dtype, B, 96, Hkv, D), VCache = T(VC, dtype, B, 96, Hkv, D), BlockTable = null,
+                Options = new AttentionOptions { Causal = true, WindowLeft = 32, Softcap = 20f, SoftmaxScale = 0.2f },
+            };
+            Assert.That(contiguous.Run(out message), Is.EqualTo(FlashAttentionStatus.Success), message);
+        });
+    }
+
+    [Test]
+    public void CheckDecodeThrowsForNullArguments()
+    {
+        Args a = ValidArgs();
+        using KvCache cache = KvCache.Wrap(a.KCache, a.VCache, a.Lens, a.BlockTable, a.SeqLens);
+        Assert.Multiple(() =>
+        {
+            Assert.That(() => FlashAttention.CheckDecode(null!, cache, a.KNew, a.VNew, a.Out, out _), Throws.ArgumentNullException.With.Property("ParamName").EqualTo("q"));
+            Assert.That(() => FlashAttention.CheckDecode(a.Q, null!, a.KNew, a.VNew, a.Out, out _), Throws.ArgumentNullException.With.Property("ParamName").EqualTo("cache"));
+            Assert.That(() => FlashAttention.CheckDecode(a.Q, cache, a.KNew, a.VNew, null!, out _), Throws.ArgumentNullException.With.Property("ParamName").EqualTo("output"));
+        });
+    }
+
+    [Test]
+    public void CheckDecodeRefusesADisposedCache()
+    {
+        Args a = ValidArgs();
+        KvCache cache = KvCache.Wrap(a.KCache, a.VCache, a.Lens, a.BlockTable, a.SeqLens);
+        cache.Dispose();
+        Assert.That(() => FlashAttention.CheckDecode(a.Q, cache, a.KNew, a.VNew, a.Out, out _), Throws.TypeOf<ObjectDisposedException>());
+    }
+
+    [Test]
+    public void MaxDecodeSplitsMatchesTheHeader() =>
+        Assert.That(FlashAttention.MaxDecodeSplits, Is.EqualTo(128));
+}
