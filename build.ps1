@@ -19,6 +19,10 @@ $LibName = 'libflash_attention.so'
 $TestsProject = 'tests/FlashAttention.Tests/FlashAttention.Tests.csproj'
 $TestsDll = 'tests/FlashAttention.Tests/bin/Release/net10.0/FlashAttention.Tests.dll'
 $DemoProject = 'managed/FlashAttention.Demo/FlashAttention.Demo.csproj'
+$TrainingProject = 'managed/FlashAttention.Training/FlashAttention.Training.csproj'
+# The decode sample; bundled and run by gpu-test only where its folder exists (its project: the folder's
+# .csproj; its executable: that project's name).
+$GenerateDir = 'managed/FlashAttention.Generate'
 $BenchProject = 'bench/FlashAttention.Bench/FlashAttention.Bench.csproj'
 $GeneratorProject = 'bindings/Generator'
 $GeneratorRsp = '@bindings/generate.rsp'
@@ -47,10 +51,12 @@ Commands (the same as ./build.sh):
   bindings [--check]
                     Regenerate the P/Invoke layer from the C header (--check: fail when it is stale).
   demo [args...]    Build and run the demo (the main job).
-  bundle            Publish tests, demo and benchmark self-contained (linux-x64) into bundle/app and
-                    pack bundle/app.tar.xz for the GPU machine.
-  gpu-test          On the GPU machine: native build for sm_80 + sm_90a, ctest, bundled tests, demo and
-                    bench/run.py; logs in $OUT (else build/gpu-test); a table comes last.
+  bundle            Publish tests, demo, training sample (and the decode sample where
+                    managed/FlashAttention.Generate exists) and benchmark self-contained (linux-x64) into
+                    bundle/app and pack bundle/app.tar.xz for the GPU machine.
+  gpu-test          On the GPU machine: native build for sm_80 + sm_90a, ctest, bundled tests, demo,
+                    training sample (and decode sample), bench/run.py (fwd, bwd, decode rows); logs in
+                    $OUT (else build/gpu-test); a table comes last.
   pack              dotnet pack the managed library.
   help              Show this text.
 '@ | Write-Host
@@ -321,7 +327,9 @@ function Invoke-Bundle([string[]]$Rest = @()) {
     Invoke-NativeBuild
     Remove-Item -Recurse -Force -ErrorAction SilentlyContinue $BundleDir, $BundleTar
     New-Item -ItemType Directory -Force -Path $BundleDir | Out-Null
-    foreach ($p in $TestsProject, $DemoProject, $BenchProject) {
+    $projects = @($TestsProject, $DemoProject, $TrainingProject, $BenchProject)
+    if (Test-Path $GenerateDir -PathType Container) { $projects += Get-GenerateProject }
+    foreach ($p in $projects) {
         Step 'bundle-publish' "dotnet publish $p (self-contained linux-x64) -> $BundleDir"
         Exec 'dotnet' (@('publish', $p, '-c', 'Release', '-r', 'linux-x64', '--self-contained', 'true',
                 '-p:InvariantGlobalization=true', '-p:UseAppHost=true', '-p:SatelliteResourceLanguages=en', '-o', $BundleDir, '-nologo') + $Rest)
@@ -336,6 +344,32 @@ function Invoke-Bundle([string[]]$Rest = @()) {
     $unpacked = (Get-ChildItem -Recurse -File $BundleDir | Measure-Object -Sum Length).Sum
     $packed = (Get-Item $BundleTar).Length
     Write-Host ("    {0:N1} MiB unpacked, {1:N1} MiB packed ($BundleTar)" -f ($unpacked / 1MB), ($packed / 1MB))
+}
+
+# The decode sample's project file (the first .csproj in $GenerateDir; the expected name if there is none).
+function Get-GenerateProject {
+    $f = Get-ChildItem -Path $GenerateDir -Filter '*.csproj' -File -ErrorAction SilentlyContinue | Sort-Object Name | Select-Object -First 1
+    if ($f) { return "$GenerateDir/$($f.Name)" }
+    return "$GenerateDir/FlashAttention.Generate.csproj"
+}
+
+# Runs a bundled sample (log in $LogDir/$Name.log, its tail shown); a non-zero exit code, or a missing
+# executable, counts as one failure.
+function Invoke-BundledSample([string]$Name, [string]$Exe, [string]$What, [string]$LogDir,
+        [Collections.Generic.List[string]]$Status) {
+    Step $Name "bundled ${Exe}: $What"
+    $path = Join-Path $BundleDir $Exe
+    if (Test-Path $path) {
+        & $path *> "$LogDir/$Name.log"
+        $rc = $LASTEXITCODE
+        Get-Content "$LogDir/$Name.log" -Tail 12 | Out-Host
+    }
+    else {
+        "    $path not found: the bundle predates it (run bundle again)" | Tee-Object -FilePath "$LogDir/$Name.log" | Out-Host
+        $rc = 127
+    }
+    $Status.Add("${Name}: exit code $rc")
+    if ($rc -ne 0) { $script:Sum.Failed++ }
 }
 
 function Invoke-GpuTest {
@@ -374,6 +408,11 @@ function Invoke-GpuTest {
     Get-Content "$logDir/demo.log" -Tail 15 | Out-Host
     $status.Add("demo: exit code $rc")
     if ($rc -ne 0) { $script:Sum.Failed++ }
+
+    Invoke-BundledSample 'training' 'FlashAttention.Training' 'trains one attention layer (Forward + Backward); the loss must fall' $logDir $status
+    if (Test-Path $GenerateDir -PathType Container) {
+        Invoke-BundledSample 'generate' ([IO.Path]::GetFileNameWithoutExtension((Get-GenerateProject))) 'decodes over a KV cache' $logDir $status
+    }
 
     Step 'bench' 'python3 bench/run.py'
     $env:PYTHONUNBUFFERED = '1'

@@ -15,6 +15,10 @@ LIB_NAME="libflash_attention.so"
 TESTS_PROJECT="tests/FlashAttention.Tests/FlashAttention.Tests.csproj"
 TESTS_DLL="tests/FlashAttention.Tests/bin/Release/net10.0/FlashAttention.Tests.dll"
 DEMO_PROJECT="managed/FlashAttention.Demo/FlashAttention.Demo.csproj"
+TRAINING_PROJECT="managed/FlashAttention.Training/FlashAttention.Training.csproj"
+# The decode sample; bundled and run by gpu-test only where its folder exists (its project: the folder's
+# .csproj; its executable: that project's name).
+GENERATE_DIR="managed/FlashAttention.Generate"
 BENCH_PROJECT="bench/FlashAttention.Bench/FlashAttention.Bench.csproj"
 GENERATOR_PROJECT="bindings/Generator"
 GENERATOR_RSP="@bindings/generate.rsp"
@@ -42,11 +46,14 @@ Commands:
                     checked-in bindings are stale).
   demo [args...]    Build if needed and run the demo (the main job): one attention forward through
                     the managed API, on the GPU if there is one, otherwise on the CPU reference.
-  bundle            Publish the tests, the demo and the benchmark self-contained (linux-x64) into
-                    bundle/app and pack bundle/app.tar.xz for the GPU machine.
+  bundle            Publish the tests, the demo, the training sample (and the decode sample
+                    managed/FlashAttention.Generate where it exists) and the benchmark self-contained
+                    (linux-x64) into bundle/app and pack bundle/app.tar.xz for the GPU machine.
   gpu-test          On the GPU machine (nvcc, python3 with torch, no dotnet): build the native
                     library for sm_80 + sm_90a, run ctest, the bundled tests (GPU ones included), the
-                    demo and bench/run.py; logs go to $OUT (else build/gpu-test); a table comes last.
+                    demo, the training sample (and the decode sample where it exists) and bench/run.py
+                    (forward, backward and decode rows); logs go to $OUT (else build/gpu-test); a
+                    table comes last.
   pack              dotnet pack the managed library with runtimes/linux-x64/native/libflash_attention.so.
   help              Show this text.
 
@@ -408,8 +415,9 @@ cmd_bundle() {
     build_native
     rm -rf "$BUNDLE_DIR" "$BUNDLE_TAR"
     mkdir -p "$BUNDLE_DIR"
-    local p
-    for p in "$TESTS_PROJECT" "$DEMO_PROJECT" "$BENCH_PROJECT"; do
+    local p projects=("$TESTS_PROJECT" "$DEMO_PROJECT" "$TRAINING_PROJECT" "$BENCH_PROJECT")
+    if [[ -d "$GENERATE_DIR" ]]; then projects+=("$(generate_project)"); fi
+    for p in "${projects[@]}"; do
         step bundle-publish "dotnet publish $p (self-contained linux-x64) -> $BUNDLE_DIR"
         dotnet publish "$p" -c Release -r linux-x64 --self-contained true -p:InvariantGlobalization=true \
             -p:UseAppHost=true -p:SatelliteResourceLanguages=en -o "$BUNDLE_DIR" -nologo "$@"
@@ -424,6 +432,29 @@ cmd_bundle() {
     tar -C "$(dirname "$BUNDLE_DIR")" -cJf "$BUNDLE_TAR" "$(basename "$BUNDLE_DIR")"
     echo "    $(du -sh "$BUNDLE_DIR" | cut -f1) unpacked, $(du -h "$BUNDLE_TAR" | cut -f1) packed ($BUNDLE_TAR)"
     echo "    carry it to the GPU machine (device tool: carry [\"$BUNDLE_TAR\"]) and run ./build.sh gpu-test there"
+}
+
+# The decode sample's project file (the first .csproj in $GENERATE_DIR; the expected name if there is none).
+generate_project() {
+    local f
+    f="$(find "$GENERATE_DIR" -maxdepth 1 -name '*.csproj' 2>/dev/null | sort | head -n 1)"
+    echo "${f:-$GENERATE_DIR/FlashAttention.Generate.csproj}"
+}
+
+# run_bundled_sample STEP EXE WHAT: runs $BUNDLE_DIR/EXE (log in $logdir/STEP.log, its tail shown); a
+# non-zero exit code, or a missing executable, counts as one failure. Uses cmd_gpu_test's locals.
+run_bundled_sample() {
+    local name="$1" exe="$BUNDLE_DIR/$2" what="$3" rc=0
+    step "$name" "bundled $2: $what"
+    if [[ -x "$exe" ]]; then
+        "$exe" >"$logdir/$name.log" 2>&1 || rc=$?
+        tail -n 12 "$logdir/$name.log"
+    else
+        echo "    $exe not found: the bundle predates it (run ./build.sh bundle again)" | tee "$logdir/$name.log"
+        rc=127
+    fi
+    status_lines+=("$name: exit code $rc")
+    [[ $rc -eq 0 ]] || SUM_FAILED=$((SUM_FAILED + 1))
 }
 
 cmd_gpu_test() {
@@ -472,7 +503,12 @@ cmd_gpu_test() {
     status_lines+=("demo: exit code $rc")
     [[ $rc -eq 0 ]] || SUM_FAILED=$((SUM_FAILED + 1))
 
-    step bench "python3 bench/run.py (ours via C ABI and via the bench exe, beside PyTorch SDPA)"
+    run_bundled_sample training FlashAttention.Training "trains one attention layer (Forward + Backward); the loss must fall"
+    if [[ -d "$GENERATE_DIR" ]]; then
+        run_bundled_sample generate "$(basename "$(generate_project)" .csproj)" "decodes over a KV cache"
+    fi
+
+    step bench "python3 bench/run.py (ours via C ABI and via the bench exe, beside PyTorch SDPA; fwd, bwd, decode)"
     rc=0
     PYTHONUNBUFFERED=1 python3 bench/run.py --lib "$lib" --bench-exe "$BUNDLE_DIR/FlashAttention.Bench" \
         --out "$logdir/bench.json" --table "$logdir/bench-table.txt" --png "$logdir/bench.png" \

@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Side-by-side decode benchmark on one GPU: our fa_decode against PyTorch SDPA, in one process.
+
+Rows (the decode issue, TARGETS.md): bf16, B 16, 32 q heads over 8 kv heads, D 128, one new token, cache
+lengths 1k/4k/16k/32k/128k, for a contiguous cache [B, S, Hkv, D] and paged caches of block size 16 and 256
+([num_blocks, block, Hkv, D] with a shuffled block table); no append (every sequence holds S tokens).
+
+  ours    fa_decode through the C ABI with ctypes on torch-allocated tensors, a caller workspace sized by
+          fa_decode_workspace_size, the library's split heuristic, on torch's current stream;
+  flash   torch SDPA with the FLASH_ATTENTION backend on q [B, Hq, 1, D], k/v [B, Hkv, S, D], enable_gqa=True;
+  cudnn   the same with the CUDNN_ATTENTION backend.
+SDPA has no paged cache: the paged rows carry the contiguous SDPA figures (their note says so). A backend
+that refuses a shape gets null and the reason in the row's errors.
+
+Method as shared/tools/sdpa_anchors.py measured the TARGETS.md decode anchors: triton.testing.do_bench
+(warm-up 25 ms, 100 ms of runs, median, L2 flushed before every call); the copy ceiling is a torch device
+copy of 1 GiB, (read + write) bytes over the median time. K/V read bandwidth: 2*B*Hkv*S*D*2 bytes over the
+median. Our output is compared with the flash backend's (relative Frobenius norm), so a fast but wrong
+kernel shows up.
+
+decode_rows(lib_path, quick=False) returns the rows in TARGETS.md's record format (bench/run.py imports it);
+run alone, `python3 bench/decode.py --lib build/libflash_attention.so [--quick] [--out decode.json]` prints a
+table. Under 60 s on an H100 (about 26 GB of GPU memory at 128k).
+"""
+import argparse
+import ctypes
+import json
+import math
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+from run import FaTensor, describe  # noqa: E402  bench/run.py's fa_tensor_t mirror (importing it runs nothing)
+
+# ---- the decode part of the C ABI (native/include/flash_attention.h, version 0.3), as ctypes ----------
+
+FA_DECODE_VERSION_CODE = 300  # the header version this mirror follows
+FA_DTYPE_FLOAT16, FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT32, FA_DTYPE_INT32 = 1, 2, 3, 4
+MAX_REL_ERR = 2e-2  # two bf16 attentions of the same inputs differ by a few 1e-3; beyond this ours is wrong
+
+
+class FaDecodeParams(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("reserved0", ctypes.c_uint32),
+        ("q", FaTensor),
+        ("k_cache", FaTensor),
+        ("v_cache", FaTensor),
+        ("k_new", FaTensor),
+        ("v_new", FaTensor),
+        ("out", FaTensor),
+        ("lse", FaTensor),
+        ("cache_seqlens", FaTensor),
+        ("block_table", FaTensor),
+        ("softmax_scale", ctypes.c_float),
+        ("causal", ctypes.c_int32),
+        ("window_left", ctypes.c_int32),
+        ("window_right", ctypes.c_int32),
+        ("softcap", ctypes.c_float),
+        ("kernel_path", ctypes.c_int32),
+        ("num_splits", ctypes.c_int32),
+        ("reserved1", ctypes.c_int32),
+        ("cache_seqlens_host", ctypes.POINTER(ctypes.c_int32)),
+        ("workspace", ctypes.c_void_p),
+        ("workspace_size", ctypes.c_size_t),
+    ]
+
+
+assert ctypes.sizeof(FaDecodeParams) == 784, "FaDecodeParams no longer mirrors fa_decode_params_t"
+
+B, HQ, HKV, D, SQ = 16, 32, 8, 128, 1
+LENGTHS = (1024, 4096, 16384, 32768, 131072)
+QUICK_LENGTHS = (4096, 32768)
+LAYOUTS = (None, 16, 256)  # contiguous, then paged block sizes
+
+
+def kv_bytes(s):
+    return 2.0 * B * HKV * s * D * 2
+
+
+def decode_flops(s):
+    return 4.0 * B * HQ * SQ * s * D
+
+
+def new_row(s, block):
+    return {"pass": "decode", "dtype": "bf16", "d": D, "causal": 0, "b": B, "h": HQ, "hkv": HKV, "sq": SQ, "sk": s,
+            "paged_block": block, "ours_ms": None, "flash_ms": None, "cudnn_ms": None, "ours_tflops": None,
+            "flash_tflops": None, "cudnn_tflops": None, "ours_tbps": None, "flash_tbps": None, "cudnn_tbps": None,
+            "copy_tbps": None, "ours_splits": None, "ours_rel_err": None, "note": None, "errors": {}}
+
+
+class _Lib:
+    """The exports the decode benchmark needs."""
+
+    def __init__(self, path):
+        self.lib = ctypes.CDLL(path)
+        L = self.lib
+        L.fa_status_string.restype = ctypes.c_char_p
+        L.fa_status_string.argtypes = [ctypes.c_int]
+        L.fa_last_error_message.restype = ctypes.c_char_p
+        L.fa_version.restype = ctypes.c_int32
+        L.fa_context_create.argtypes = [ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p)]
+        L.fa_context_destroy.argtypes = [ctypes.c_void_p]
+        L.fa_decode_params_init.argtypes = [ctypes.POINTER(FaDecodeParams), ctypes.c_size_t]
+        L.fa_decode_workspace_size.argtypes = [ctypes.c_void_p, ctypes.POINTER(FaDecodeParams),
+                                               ctypes.POINTER(ctypes.c_size_t)]
+        L.fa_decode_num_splits.argtypes = [ctypes.c_void_p, ctypes.POINTER(FaDecodeParams),
+                                           ctypes.POINTER(ctypes.c_int32)]
+        L.fa_decode.argtypes = [ctypes.c_void_p, ctypes.POINTER(FaDecodeParams), ctypes.c_void_p]
+        for name in ("fa_context_create", "fa_context_destroy", "fa_decode_params_init", "fa_decode_workspace_size",
+                     "fa_decode_num_splits", "fa_decode"):
+            getattr(L, name).restype = ctypes.c_int
+
+    def check(self, status, what):
+        if status != 0:
+            name = self.lib.fa_status_string(status).decode()
+            msg = self.lib.fa_last_error_message().decode(errors="replace")
+            raise RuntimeError(f"{what}: {name}: {msg}")
+
+
+def _tensor(t, code):
+    return describe(t, code)
+
+
+def decode_rows(lib_path, quick=False):
+    """Times the decode grid for ours, flash and cuDNN; returns TARGETS.md rows (null where not measured)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    from triton.testing import do_bench
+
+    if os.path.isdir(lib_path):
+        lib_path = os.path.join(lib_path, "libflash_attention.so")
+    fa = _Lib(os.path.abspath(lib_path))
+    if fa.lib.fa_version() < FA_DECODE_VERSION_CODE:
+        raise RuntimeError(f"the library is version code {fa.lib.fa_version()}; decode needs {FA_DECODE_VERSION_CODE}")
+    dev = torch.device("cuda")
+    ctx = ctypes.c_void_p()
+    fa.check(fa.lib.fa_context_create(torch.cuda.current_device(), ctypes.byref(ctx)), "fa_context_create")
+
+    def bench(fn):
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+    x = torch.empty(2 ** 30, device=dev, dtype=torch.uint8).random_()
+    y = torch.empty_like(x)
+    copy_tbps = 2 * x.numel() / bench(lambda: y.copy_(x)) / 1e9
+    del x, y
+
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+    rows = []
+    try:
+        for s in (QUICK_LENGTHS if quick else LENGTHS):
+            torch.manual_seed(s)
+            # PyTorch's layout, as the anchors: q [B, Hq, 1, D], k/v [B, Hkv, S, D].
+            q = torch.randn(B, HQ, SQ, D, device=dev, dtype=torch.bfloat16)
+            k = torch.randn(B, HKV, s, D, device=dev, dtype=torch.bfloat16)
+            v = torch.randn(B, HKV, s, D, device=dev, dtype=torch.bfloat16)
+            sdpa = {"flash_ms": None, "cudnn_ms": None}
+            sdpa_err = {}
+            ref = None
+            for name, be in backends.items():
+                try:
+                    with sdpa_kernel([be]):
+                        f = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)  # noqa: E731
+                        o = f()
+                        if ref is None:
+                            ref = o
+                        sdpa[f"{name}_ms"] = bench(f)
+                except Exception as e:  # noqa: BLE001 - a refused shape is recorded, not fatal
+                    sdpa_err[name] = str(e).split("\n")[0][:200]
+            # Ours: [B, S, Hkv, D] cache, q/out [B, 1, Hq, D].
+            q2 = q.transpose(1, 2).contiguous()
+            kc = k.transpose(1, 2).contiguous()
+            vc = v.transpose(1, 2).contiguous()
+            del k, v
+            lens = torch.full((B,), s, dtype=torch.int32, device=dev)
+            for block in LAYOUTS:
+                row = new_row(s, block)
+                row["copy_tbps"] = copy_tbps
+                for key, val in sdpa.items():
+                    row[key] = val
+                row["errors"].update(sdpa_err)
+                if block is not None:
+                    row["note"] = "flash/cudnn: SDPA on the contiguous [B, Hkv, S, D] cache (SDPA has no paged cache)"
+                try:
+                    _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch)
+                except Exception as e:  # noqa: BLE001
+                    row["errors"]["ours"] = str(e).split("\n")[0][:300]
+                for name in ("ours", "flash", "cudnn"):
+                    ms = row[f"{name}_ms"]
+                    if ms:
+                        row[f"{name}_tflops"] = decode_flops(s) / ms / 1e9
+                        row[f"{name}_tbps"] = kv_bytes(s) / ms / 1e9
+                if not row["errors"]:
+                    row.pop("errors")
+                rows.append(row)
+                print("#", json.dumps(row), flush=True)
+            del q, q2, kc, vc, ref
+            torch.cuda.empty_cache()
+    finally:
+        fa.lib.fa_context_destroy(ctx)
+    return rows
+
+
+def _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch):
+    """Builds the cache layout for `block`, runs fa_decode once (checked against ref), then times it."""
+    dev = q2.device
+    code = FA_DTYPE_BFLOAT16
+    if block is None:
+        k_cache, v_cache, table = kc, vc, None
+    else:
+        pages = s // block
+        perm = torch.randperm(B * pages, device=dev)
+        k_cache = torch.empty(B * pages, block, HKV, D, device=dev, dtype=kc.dtype)
+        v_cache = torch.empty_like(k_cache)
+        k_cache[perm] = kc.view(B * pages, block, HKV, D)
+        v_cache[perm] = vc.view(B * pages, block, HKV, D)
+        table = perm.view(B, pages).to(torch.int32)
+    out = torch.full_like(q2, float("nan"))
+    p = FaDecodeParams()
+    fa.check(fa.lib.fa_decode_params_init(ctypes.byref(p), ctypes.sizeof(p)), "fa_decode_params_init")
+    p.q, p.k_cache, p.v_cache, p.out = (_tensor(t, code) for t in (q2, k_cache, v_cache, out))
+    p.cache_seqlens = _tensor(lens, FA_DTYPE_INT32)
+    if table is not None:
+        p.block_table = _tensor(table, FA_DTYPE_INT32)
+    host_lens = (ctypes.c_int32 * B)(*([s] * B))
+    p.cache_seqlens_host = ctypes.cast(host_lens, ctypes.POINTER(ctypes.c_int32))
+    splits = ctypes.c_int32()
+    fa.check(fa.lib.fa_decode_num_splits(ctx, ctypes.byref(p), ctypes.byref(splits)), "fa_decode_num_splits")
+    row["ours_splits"] = splits.value
+    size = ctypes.c_size_t()
+    fa.check(fa.lib.fa_decode_workspace_size(ctx, ctypes.byref(p), ctypes.byref(size)), "fa_decode_workspace_size")
+    workspace = torch.empty(max(size.value, 1), device=dev, dtype=torch.uint8) if size.value else None
+    if workspace is not None:
+        p.workspace = workspace.data_ptr()
+        p.workspace_size = size.value
+    pp = ctypes.byref(p)
+
+    def ours():
+        st = fa.lib.fa_decode(ctx, pp, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+        if st != 0:
+            fa.check(st, "fa_decode")
+
+    ours()
+    torch.cuda.synchronize()
+    if ref is not None:
+        r = ref.transpose(1, 2).float()
+        diff = float((out.float() - r).norm() / r.norm())
+        if math.isnan(diff) or math.isinf(diff):
+            raise RuntimeError("our output holds NaN/Inf (the poison was not overwritten everywhere?)")
+        row["ours_rel_err"] = diff
+        if diff > MAX_REL_ERR:
+            row["errors"]["mismatch"] = f"relative error {diff:.2e} against SDPA exceeds {MAX_REL_ERR}"
+    row["ours_ms"] = bench(ours)
+    del host_lens, workspace
+
+
+def format_table(rows):
+    lines = ["bf16 decode B16 32/8 heads D128, 1 token   ours_us  flash_us  cudnn_us  ours/fl  ours TB/s  copy%  "
+             "splits  rel.err"]
+
+    def f(x, spec):
+        return format(x, spec) if isinstance(x, (int, float)) and not (isinstance(x, float) and math.isnan(x)) else "-"
+
+    for r in rows:
+        layout = "contiguous" if r["paged_block"] is None else f"paged {r['paged_block']}"
+        o, fl, cu = r["ours_ms"], r["flash_ms"], r["cudnn_ms"]
+        ratio = fl / o if o and fl else None  # > 1: ours faster
+        pct = 100 * r["ours_tbps"] / r["copy_tbps"] if r.get("ours_tbps") and r.get("copy_tbps") else None
+        name = f"S {r['sk'] // 1024:>3}k {layout}"
+        lines.append(f"{name:41s} {f(o and o * 1e3, '8.1f'):>8} {f(fl and fl * 1e3, '9.1f'):>9} "
+                     f"{f(cu and cu * 1e3, '9.1f'):>9} {f(ratio, '8.2f'):>8} {f(r.get('ours_tbps'), '10.2f'):>10} "
+                     f"{f(pct, '6.0f'):>6} {f(r.get('ours_splits'), 'd'):>7} {f(r.get('ours_rel_err'), '8.1e'):>8}"
+                     + (f"  [{'; '.join(f'{k}: {v}' for k, v in r['errors'].items())}]" if r.get("errors") else ""))
+    if rows:
+        lines.append(f"copy ceiling {rows[0]['copy_tbps']:.2f} TB/s (read + write); goals: ours <= flash at 4k "
+                     f"(ours/fl >= 1), >= 90% of copy at 32k+")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lib", default=os.environ.get("FLASH_ATTENTION_NATIVE_PATH", "build/libflash_attention.so"))
+    ap.add_argument("--quick", action="store_true", help="only 4k and 32k")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = ap.parse_args()
+    rows = decode_rows(args.lib, args.quick)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    print(format_table(rows))
+    bad = [r for r in rows if r.get("errors", {}).get("ours") or r.get("errors", {}).get("mismatch")]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
