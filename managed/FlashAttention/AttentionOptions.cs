@@ -57,8 +57,8 @@ public sealed record AttentionOptions
     /// </summary>
     /// <remarks>
     /// By default the backward pass accumulates dq in fp32 with atomic adds from every key block, in whatever order the
-    /// blocks finish, so the last bits of dq (and, through GQA head sums, of dk and dv) vary from run to run within the
-    /// same accuracy. Deterministic mode accumulates in a fixed order instead; it costs time (bench/run.py reports it
+    /// blocks finish, so the last bits of dq vary from run to run within the same accuracy (dk and dv are summed in
+    /// registers in a fixed order, GQA groups included, and never vary). Deterministic mode accumulates in a fixed order instead; it costs time (bench/run.py reports it
     /// per shape as <c>ours_det_ms</c>) and may need more workspace (<see cref="FlashAttention.GetBackwardWorkspaceSize"/>
     /// includes it). The forward pass ignores this option: it has no atomics and is always reproducible, so one
     /// options record can serve both passes of a training step.

@@ -101,7 +101,7 @@ public sealed partial class FlashAttention
 
     /// <summary>
     /// Bytes of device workspace <see cref="Backward"/> needs for these arguments on this instance's device (an fp32
-    /// dq accumulator and, in deterministic mode, its partial sums). Pass a buffer at least this large to
+    /// dq accumulator, per-row sums and, in deterministic mode, one int32 counter per batch, head and query block). Pass a buffer at least this large to
     /// <see cref="Backward"/> to keep the call free of allocations (for CUDA graph capture or a caller-managed pool).
     /// </summary>
     /// <param name="q">As in <see cref="Backward"/>.</param>

@@ -104,8 +104,8 @@ public sealed partial class FlashAttention
 
     /// <summary>
     /// How many key splits per (sequence, head) <see cref="Decode"/> would use for these arguments on this device
-    /// (the automatic choice when <paramref name="numSplits"/> is 0; otherwise the request, possibly lowered to what the
-    /// longest sequence can use).
+    /// (the automatic choice when <paramref name="numSplits"/> is 0; otherwise the request; splits left without keys
+    /// write nothing the combine uses).
     /// </summary>
     /// <param name="q">New queries, as for <see cref="Decode"/>.</param>
     /// <param name="cache">The KV cache.</param>

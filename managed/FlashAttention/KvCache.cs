@@ -394,6 +394,47 @@ public sealed class KvCache : IDisposable
                     $"({missing} more of {BlockSize} positions).");
             }
 
+            // The block bookkeeping changes before the uploads; if one throws (a disposed stream, a failed copy),
+            // put it back so that no block is both free and in a sequence's table, and try to put the device
+            // table back too (rows already queued would otherwise disagree with the old lengths).
+            var (tableBefore, freeBefore) = SnapshotBlocks();
+            try
+            {
+                ResizeAllAndUpload(lengths, stream, ordinal);
+                UploadLengths(lengths, stream, ordinal);
+            }
+            catch
+            {
+                RestoreBlocks(tableBefore, freeBefore);
+                try
+                {
+                    UploadTableRows(0, BatchSize - 1, stream, ordinal);
+                }
+                catch (Exception)
+                {
+                    // The first failure is the one to report; the cache is then in doubt until SetSequenceLengths succeeds.
+                }
+
+                throw;
+            }
+
+            return;
+        }
+
+        UploadLengths(lengths, stream, ordinal);
+    }
+
+    // Queues the device copy of `lengths`, then makes them the host lengths (only once the copy is queued).
+    private void UploadLengths(ReadOnlySpan<int> lengths, CudaStream? stream, int ordinal)
+    {
+        int[] next = lengths.ToArray();
+        _uploads.Upload(CacheSeqLens, 0, PendingUploads.Snapshot(next), stream, ordinal);
+        next.CopyTo(_lengths, 0);
+    }
+
+    private void ResizeAllAndUpload(ReadOnlySpan<int> lengths, CudaStream? stream, int ordinal)
+    {
+        {
             // Release first, so that blocks one sequence gives up can go to another.
             int first = int.MaxValue, last = -1;
             for (int b = 0; b < BatchSize; b++)
@@ -416,9 +457,19 @@ public sealed class KvCache : IDisposable
 
             UploadTableRows(first, last, stream, ordinal);
         }
+    }
 
-        lengths.CopyTo(_lengths);
-        _uploads.Upload(CacheSeqLens, 0, PendingUploads.Snapshot(_lengths), stream, ordinal);
+    // A copy of the host block table and the free list, and putting them back.
+    private (int[] Table, int[] Free) SnapshotBlocks() => ((int[])_hostBlockTable!.Clone(), _freeBlocks!.ToArray());
+
+    private void RestoreBlocks(int[] table, int[] free)
+    {
+        table.CopyTo(_hostBlockTable!, 0);
+        _freeBlocks!.Clear();
+        for (int i = free.Length - 1; i >= 0; i--)
+        {
+            _freeBlocks.Push(free[i]);  // ToArray lists the top first
+        }
     }
 
     /// <summary>Empties one sequence (its length becomes 0; an owned paged cache takes back its blocks).</summary>
@@ -526,26 +577,38 @@ public sealed class KvCache : IDisposable
 
         List<(int, int)>? allocated = null;
         int first = int.MaxValue, last = -1;
-        for (int b = 0; b < BatchSize; b++)
+        var (tableBefore, freeBefore) = SnapshotBlocks();
+        try
         {
-            int have = PagesFor(_lengths[b]);
-            int need = PagesFor(_lengths[b] + seqLenNew);
-            for (int page = have; page < need; page++)
+            for (int b = 0; b < BatchSize; b++)
             {
-                long slot = ((long)b * MaxBlocksPerSequence) + page;
-                if (_hostBlockTable![slot] >= 0)
+                int have = PagesFor(_lengths[b]);
+                int need = PagesFor(_lengths[b] + seqLenNew);
+                for (int page = have; page < need; page++)
                 {
-                    continue;
-                }
+                    long slot = ((long)b * MaxBlocksPerSequence) + page;
+                    if (_hostBlockTable![slot] >= 0)
+                    {
+                        continue;
+                    }
 
-                _hostBlockTable[slot] = _freeBlocks.Pop();
-                (allocated ??= []).Add((b, page));
-                first = Math.Min(first, b);
-                last = b;
+                    _hostBlockTable[slot] = _freeBlocks.Pop();
+                    (allocated ??= []).Add((b, page));
+                    first = Math.Min(first, b);
+                    last = b;
+                }
             }
+
+            UploadTableRows(first, last, stream, deviceOrdinal);
+        }
+        catch
+        {
+            // Nothing reached the device (or the copy failed): the host table must not claim pages the device
+            // table lacks, or a retry would skip their upload and the kernel would read a clamped block.
+            RestoreBlocks(tableBefore, freeBefore);
+            throw;
         }
 
-        UploadTableRows(first, last, stream, deviceOrdinal);
         return allocated;
     }
 
@@ -581,12 +644,16 @@ public sealed class KvCache : IDisposable
     /// <summary>After a successful decode that appended: advances every length on the host and queues the device copy.</summary>
     internal void Advance(int seqLenNew, CudaStream? stream, int deviceOrdinal)
     {
+        // Queue the device copy first and commit the host lengths only once it is queued, so that a failed copy
+        // leaves host and device agreeing (on the old lengths: the appended tokens are then simply not counted).
+        int[] next = (int[])_lengths.Clone();
         for (int b = 0; b < BatchSize; b++)
         {
-            _lengths[b] += seqLenNew;
+            next[b] += seqLenNew;
         }
 
-        _uploads.Upload(CacheSeqLens, 0, PendingUploads.Snapshot(_lengths), stream, deviceOrdinal);
+        _uploads.Upload(CacheSeqLens, 0, PendingUploads.Snapshot(next), stream, deviceOrdinal);
+        next.CopyTo(_lengths, 0);
     }
 
     private static KvCache CreateOwned(CudaDevice device, DataType dataType, long[] shape, int batch, int blockTableColumns, CudaStream? stream)

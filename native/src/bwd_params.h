@@ -54,6 +54,7 @@ BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, in
 
 // BlockM and dynamic shared memory of the backward kernel for a compiled kernel head dim.
 int32_t backward_block_m(int32_t kernel_d);
+int32_t backward_block_n(int32_t kernel_d);
 int32_t backward_smem_bytes(int32_t kernel_d);
 
 // Names of the backward kernels compiled into this build ("sm80_bwd_bf16_hdim128_local_det_64x128_8w"):

@@ -33,6 +33,14 @@ Plan plan(fa_context_t context, const fa_decode_params_t* params) {
     const fa::LaunchInfo& info = context->info;
     int32_t length_hint = 0;
     Plan out{fa::validate_decode(params, info.cc_major * 10 + info.cc_minor, &length_hint), 0};
+    // Before anything is launched (the append kernel runs first): a GPU with too little shared memory per
+    // block for this head dim's kernel is told so, instead of failing at launch after the append.
+    const int32_t need = fa::decode_smem_bytes(fa::forward_kernel_head_dim(out.p.d));
+    if (need > info.smem_optin) {
+        fail(FA_STATUS_UNSUPPORTED, "the decode kernel for head dim " + std::to_string(out.p.d) + " needs " +
+                                        std::to_string(need) + " bytes of shared memory per block, but device " +
+                                        std::to_string(info.device) + " allows " + std::to_string(info.smem_optin));
+    }
     out.p.num_splits = fa::decode_num_splits(out.p, info, params->num_splits, length_hint);
     out.workspace_bytes = fa::decode_workspace_bytes(out.p, out.p.num_splits);
     return out;

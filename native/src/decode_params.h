@@ -75,6 +75,9 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
 // not 0, else the heuristic's choice for sequences of about `length_hint` keys. Host-only; no CUDA call.
 int32_t decode_num_splits(const DecodeParams& p, const LaunchInfo& info, int32_t requested, int32_t length_hint);
 
+// Dynamic shared memory of the decode attention kernel for a compiled kernel head dim.
+int32_t decode_smem_bytes(int32_t kernel_d);
+
 // Workspace fa_decode needs for p split num_splits ways: fp32 partial outputs, then (at the next
 // FA_WORKSPACE_ALIGNMENT boundary) fp32 partial log-sum-exps; 0 when num_splits is 1.
 inline size_t decode_accum_offset(const DecodeParams& p, int32_t num_splits) {

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "decode_params.h"
 #include "error.h"
 
 namespace fa {
@@ -756,13 +757,15 @@ void check_support_query(const fa_support_query_t& query) {
                     s(query.compute_capability / 10) + "." + s(query.compute_capability % 10) +
                     "); the kernels need compute capability 8.0 or newer");
     }
-    if (query.pass == FA_PASS_BACKWARD && query.compute_capability != 0) {
-        // The backward kernels take more shared memory than some GPUs allow a block (fa_backward reports
-        // the same from the device's own limit).
-        const int32_t need = backward_smem_bytes(forward_kernel_head_dim(query.head_dim));
+    if (query.pass != FA_PASS_FORWARD && query.compute_capability != 0) {
+        // The backward and decode kernels take more shared memory than some GPUs allow a block (fa_backward
+        // and fa_decode report the same from the device's own limit).
+        const bool backward = query.pass == FA_PASS_BACKWARD;
+        const int32_t kd = forward_kernel_head_dim(query.head_dim);
+        const int32_t need = backward ? backward_smem_bytes(kd) : decode_smem_bytes(kd);
         const int32_t allow = smem_optin_for(query.compute_capability);
         if (allow > 0 && need > allow) {
-            unsupported("the backward kernel for head dim " + s(query.head_dim) + " needs " + s(need) +
+            unsupported(std::string("the ") + (backward ? "backward" : "decode") + " kernel for head dim " + s(query.head_dim) + " needs " + s(need) +
                         " bytes of shared memory per block, but compute capability " + s(query.compute_capability / 10) +
                         "." + s(query.compute_capability % 10) + " allows " + s(allow));
         }
@@ -894,6 +897,35 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
 
     if (!served) {
         unsupported(unserved);
+    }
+    if (compute_capability != 0) {
+        const int32_t need = backward_smem_bytes(forward_kernel_head_dim(f.d));
+        const int32_t allow = smem_optin_for(compute_capability);
+        if (allow > 0 && need > allow) {
+            unsupported("the backward kernel for head dim " + s(f.d) + " needs " + s(need) +
+                        " bytes of shared memory per block, but compute capability " + s(compute_capability / 10) + "." +
+                        s(compute_capability % 10) + " allows " + s(allow));
+        }
+    }
+    // No sequence of a variable-length batch is longer than the packed rows, so larger maxima only add
+    // empty blocks (and could push the grids past 32 bits).
+    if (varlen) {
+        f.sq = f.sq < f.total_q ? f.sq : f.total_q;
+        f.sk = f.sk < f.total_k ? f.sk : f.total_k;
+    }
+    {
+        // Grids of the three kernels: key blocks x batch x kv heads; row blocks / row chunks x (batch x) heads.
+        const int32_t block_n = backward_block_n(forward_kernel_head_dim(f.d));
+        const int64_t n_blocks = (static_cast<int64_t>(f.sk) + block_n - 1) / block_n;
+        const int64_t heads = varlen ? f.hq : static_cast<int64_t>(f.b) * f.hq;
+        const int64_t rows = varlen ? f.total_q : f.sq;
+        const int64_t grids[] = {n_blocks * f.b * f.hkv, heads * ((rows + 31) / 32), heads * ((rows * (f.d / 8) + 255) / 256)};
+        for (const int64_t g : grids) {
+            if (g > kInt32Max) {
+                unsupported("this backward call needs a grid of " + s(g) +
+                            " blocks, more than 2^31 - 1; split the batch or the heads over several calls");
+            }
+        }
     }
 
     BwdParams p{};

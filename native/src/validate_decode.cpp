@@ -391,12 +391,27 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
     }
     if (has_lse) check_no_overlap(o, "out", l, "lse");
     if (append) {
-        // The caches are written where the new tokens go. (k_cache and v_cache may interleave in one buffer.)
+        // The caches are written where the new tokens go. (k_cache and v_cache may interleave in one buffer,
+        // but must not be the same memory: the values would overwrite the keys.)
+        if (P.k_cache.data == P.v_cache.data) {
+            invalid("k_cache.data and v_cache.data are the same pointer (" + hex(P.k_cache.data) +
+                    "); with k_new/v_new the values would overwrite the keys");
+        }
         for (const auto& r : read) {
-            if (!r.given || r.e.begin == kc.begin || r.e.begin == vc.begin) continue;
+            if (!r.given || &r == &read[1] || &r == &read[2]) continue;  // the caches themselves
             check_no_overlap(kc, "k_cache", r.e, r.name);
             check_no_overlap(vc, "v_cache", r.e, r.name);
         }
+    }
+    if (P.workspace != nullptr && P.workspace_size > 0) {
+        // The partials are written into the workspace the caller declares.
+        const uintptr_t begin = reinterpret_cast<uintptr_t>(P.workspace);
+        const Extent w{begin, begin + P.workspace_size};
+        for (const auto& r : read) {
+            if (r.given) check_no_overlap(w, "workspace", r.e, r.name);
+        }
+        check_no_overlap(w, "workspace", o, "out");
+        if (has_lse) check_no_overlap(w, "workspace", l, "lse");
     }
 
     // ---- valid; is it served? ------------------------------------------------------------------

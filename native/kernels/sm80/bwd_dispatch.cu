@@ -130,6 +130,17 @@ int32_t backward_block_m(int32_t kernel_d) {
     }
 }
 
+int32_t backward_block_n(int32_t kernel_d) {
+    switch (kernel_d) {
+        case 32: return sm80::BwdTile<32>::kBlockN;
+        case 64: return sm80::BwdTile<64>::kBlockN;
+        case 96: return sm80::BwdTile<96>::kBlockN;
+        case 128: return sm80::BwdTile<128>::kBlockN;
+        case 192: return sm80::BwdTile<192>::kBlockN;
+        default: return sm80::BwdTile<256>::kBlockN;
+    }
+}
+
 int32_t backward_smem_bytes(int32_t kernel_d) {
     switch (kernel_d) {
         case 32: return smem_of<32>();

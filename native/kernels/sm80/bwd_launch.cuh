@@ -2,6 +2,7 @@
 // convert, all on one stream. Included only by the per-(head dim, dtype) instantiation files.
 #pragma once
 #include <atomic>
+#include <climits>
 #include <cstdint>
 #include <type_traits>
 
@@ -25,6 +26,7 @@ cudaError_t launch_bwd_main(const BwdParams& p, const LaunchInfo& info, cudaStre
     }
     const int64_t blocks = static_cast<int64_t>(p.n_blocks) * p.f.b * p.f.hkv;
     if (blocks == 0) return cudaSuccess;
+    if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration;  // validation rejects these first
     kernel<<<static_cast<unsigned>(blocks), Tr::kThreads, smem, stream>>>(p);
     return cudaGetLastError();
 }
@@ -45,18 +47,19 @@ template <typename T, int D>
 int run_bwd(BwdParams& p, const LaunchInfo& info, cudaStream_t stream, const char** name) {
     using Tr = BwdTraits<T, D>;
     const FwdParams& f = p.f;
-    p.m_blocks = (f.sq + Tr::kBlockM - 1) / Tr::kBlockM;
-    p.n_blocks = (f.sk + Tr::kBlockN - 1) / Tr::kBlockN;
+    p.m_blocks = static_cast<int32_t>((static_cast<int64_t>(f.sq) + Tr::kBlockM - 1) / Tr::kBlockM);
+    p.n_blocks = static_cast<int32_t>((static_cast<int64_t>(f.sk) + Tr::kBlockN - 1) / Tr::kBlockN);
     const bool varlen = f.cu_seqlens_q != nullptr;
     const int64_t rows = varlen ? f.total_q : f.sq;
     const int64_t heads = varlen ? f.hq : static_cast<int64_t>(f.b) * f.hq;
 
     cudaError_t err = cudaSuccess;
-    if (p.deterministic) {
+    if (p.deterministic && p.m_blocks > 0) {
         err = cudaMemsetAsync(p.sem, 0, sizeof(int32_t) * static_cast<size_t>(f.b) * f.hq * p.m_blocks, stream);
         if (err != cudaSuccess) return static_cast<int>(err);
     }
     const int64_t pre_blocks = heads * ((rows + kPreRowsPerBlock - 1) / kPreRowsPerBlock);
+    if (pre_blocks > INT32_MAX) return static_cast<int>(cudaErrorInvalidConfiguration);
     if (pre_blocks > 0) {
         bwd_preprocess<T><<<static_cast<unsigned>(pre_blocks), 256, 0, stream>>>(p);
         if ((err = cudaGetLastError()) != cudaSuccess) return static_cast<int>(err);
@@ -74,6 +77,7 @@ int run_bwd(BwdParams& p, const LaunchInfo& info, cudaStream_t stream, const cha
     if (err != cudaSuccess) return static_cast<int>(err);
 
     const int64_t conv_blocks = heads * ((rows * (f.d / 8) + kConvertThreads - 1) / kConvertThreads);
+    if (conv_blocks > INT32_MAX) return static_cast<int>(cudaErrorInvalidConfiguration);
     if (conv_blocks > 0) {
         bwd_convert<T><<<static_cast<unsigned>(conv_blocks), kConvertThreads, 0, stream>>>(p);
         if ((err = cudaGetLastError()) != cudaSuccess) return static_cast<int>(err);

@@ -105,6 +105,8 @@ const std::vector<std::string>& all_names() {
 
 }  // namespace
 
+int32_t decode_smem_bytes(int32_t kernel_d) { return decode_shape_for(kernel_d).smem_bytes; }
+
 int32_t decode_num_splits(const DecodeParams& p, const LaunchInfo& info, int32_t requested, int32_t length_hint) {
     if (requested > 0) return requested;
     const DecodeShape s = decode_shape_for(forward_kernel_head_dim(p.d));

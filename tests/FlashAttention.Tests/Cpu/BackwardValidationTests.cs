@@ -140,6 +140,8 @@ public sealed unsafe class BackwardValidationTests
         // valid but not served
         Y(Case("head dim 264 not served", (ref FaBackwardParams p) => SetHeadDim(ref p, 264), Unsupported, "head_dim", "264"));
         Y(CaseAt("compute capability 75", 75, (ref FaBackwardParams p) => { }, Unsupported, "compute_capability"));
+        Y(CaseAt("d128 on compute capability 8.6 (99 KB of shared memory per block)", 86, (ref FaBackwardParams p) => SetHeadDim(ref p, 128),
+            Unsupported, "head dim 128", "shared memory", "8.6"));
 
         // ordering: a wrong argument is reported before something this build does not serve
         Y(CaseAt("compute capability 75 with null dq reports dq", 75, (ref FaBackwardParams p) => p.dq.data = 0, Invalid, "dq.data"));
@@ -165,7 +167,7 @@ public sealed unsafe class BackwardValidationTests
     [TestCase(64, FaDtype.Float16, 0, false)]
     [TestCase(64, FaDtype.Bfloat16, 80, true)]
     [TestCase(128, FaDtype.Bfloat16, 90, false)]
-    [TestCase(128, FaDtype.Float16, 86, true)]
+    [TestCase(32, FaDtype.Float16, 86, true)]
     [TestCase(80, FaDtype.Bfloat16, 0, false)]
     public void ValidArgumentsPass(int headDim, FaDtype dtype, int computeCapability, bool deterministic)
     {

@@ -188,6 +188,19 @@ public sealed unsafe class DecodeValidationTests
         Y(Case("k_cache misaligned", (ref FaDecodeParams p) => p.k_cache.data = KC + 2, "k_cache"));
         Y(Case("k_cache head_dim not contiguous", (ref FaDecodeParams p) => p.k_cache.strides[3] = 2, "k_cache"));
         Y(CaseWith("compute capability 75", (ref FaDecodeParams p) => { }, FaStatus.Unsupported, "7.5"));
+
+        // memory the call writes must not alias what it reads
+        Y(Case("k_cache and v_cache the same memory with an append", (ref FaDecodeParams p) => p.v_cache.data = KC, "k_cache.data and v_cache.data"));
+        Y(Case("workspace overlapping out", (ref FaDecodeParams p) =>
+        {
+            p.workspace = O;
+            p.workspace_size = 4096;
+        }, "workspace", "out"));
+        Y(Case("workspace overlapping k_cache", (ref FaDecodeParams p) =>
+        {
+            p.workspace = KC + 256;
+            p.workspace_size = 256;
+        }, "workspace", "k_cache"));
         return cases;
     }
 
