@@ -397,6 +397,9 @@ function Invoke-GpuTest {
     $lib = (Resolve-Path (Join-Path $NativeArtifacts $LibName)).Path
     $env:FLASH_ATTENTION_NATIVE_PATH = $lib
 
+    # FA_GPU_TEST_ONLY = 'tests' (ctest, NUnit, demo, samples) or 'bench' (the benchmark only); empty: both.
+    $only = "$env:FA_GPU_TEST_ONLY"
+    if ($only -ne 'bench') {
     Step 'ctest' "ctest --test-dir $NativeBuildDir (GPU)"
     Invoke-CTest "$logDir/ctest.log" "$NativeBuildDir/ctest-junit.xml" | Out-Null
     Step 'nunit' 'bundled tests (all categories, GPU included)'
@@ -413,7 +416,9 @@ function Invoke-GpuTest {
     if (Test-Path $GenerateDir -PathType Container) {
         Invoke-BundledSample 'generate' ([IO.Path]::GetFileNameWithoutExtension((Get-GenerateProject))) 'decodes over a KV cache' $logDir $status
     }
+    }
 
+    if ($only -ne 'tests') {
     Step 'bench' 'python3 bench/run.py'
     $env:PYTHONUNBUFFERED = '1'
     & python3 bench/run.py --lib $lib --bench-exe (Join-Path $BundleDir 'FlashAttention.Bench') --out "$logDir/bench.json" `
@@ -421,6 +426,7 @@ function Invoke-GpuTest {
     $rc = $LASTEXITCODE
     if ($rc -ne 0) { Get-Content "$logDir/bench.log" -Tail 30 | Out-Host; $script:Sum.Failed++ }
     $status.Add("bench: exit code $rc (json: $logDir/bench.json)")
+    }
 
     $script:CurrentStep = ''
     Write-Host "==> gpu-test summary (logs in $logDir)"
