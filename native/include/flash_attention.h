@@ -251,7 +251,9 @@ typedef struct fa_backward_params {
     /* Reserved; must be 0. */
     int32_t reserved1;
     /* Scratch device memory of at least fa_backward_workspace_size bytes, 256-byte aligned, used only during
-       the call (stream-ordered). NULL: the library allocates and frees it on the stream itself. */
+       the call (stream-ordered; two calls in flight at once must not share it: in deterministic mode its
+       counters order the dQ adds, and a shared one can stall the GPU). NULL: the library allocates and frees
+       it on the stream itself. */
     void* workspace;
     /* Bytes at workspace (ignored when workspace is NULL). */
     size_t workspace_size;

@@ -272,7 +272,9 @@ public unsafe partial struct FaBackwardParams
 
     /// <summary>
     /// Scratch device memory of at least fa_backward_workspace_size bytes, 256-byte aligned, used only during
-    /// the call (stream-ordered). NULL: the library allocates and frees it on the stream itself.
+    /// the call (stream-ordered; two calls in flight at once must not share it: in deterministic mode its
+    /// counters order the dQ adds, and a shared one can stall the GPU). NULL: the library allocates and frees
+    /// it on the stream itself.
     /// </summary>
     /// <remarks>C: <c>void* workspace</c> at byte offset 808.</remarks>
     public nint workspace;
