@@ -61,7 +61,7 @@ class FaDecodeParams(ctypes.Structure):
         ("softcap", ctypes.c_float),
         ("kernel_path", ctypes.c_int32),
         ("num_splits", ctypes.c_int32),
-        ("reserved1", ctypes.c_int32),
+        ("advance_cache_seqlens", ctypes.c_int32),
         ("cache_seqlens_host", ctypes.POINTER(ctypes.c_int32)),
         ("workspace", ctypes.c_void_p),
         ("workspace_size", ctypes.c_size_t),

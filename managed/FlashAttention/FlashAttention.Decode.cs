@@ -219,7 +219,7 @@ public sealed partial class FlashAttention
 
         if (append)
         {
-            cache.Advance(seqLenNew, stream, Device.Ordinal);
+            cache.Advance(seqLenNew);
         }
     }
 
@@ -323,6 +323,9 @@ public sealed partial class FlashAttention
         p.softcap = options.Softcap ?? 0f;
         p.kernel_path = (int)options.KernelPath;
         p.num_splits = numSplits;
+        // An append advances the device lengths inside the call (after its kernels), so the cache needs no host
+        // copy of them per step.
+        p.advance_cache_seqlens = kNew is not null ? 1 : 0;
         if (workspace is not null)
         {
             p.workspace = lws.Pointer;

@@ -641,19 +641,15 @@ public sealed class KvCache : IDisposable
         }
     }
 
-    /// <summary>After a successful decode that appended: advances every length on the host and queues the device copy.</summary>
-    internal void Advance(int seqLenNew, CudaStream? stream, int deviceOrdinal)
+    /// <summary>After a successful decode that appended (and advanced the device lengths itself): advances the host lengths.</summary>
+    internal void Advance(int seqLenNew)
     {
-        // Queue the device copy first and commit the host lengths only once it is queued, so that a failed copy
-        // leaves host and device agreeing (on the old lengths: the appended tokens are then simply not counted).
-        int[] next = (int[])_lengths.Clone();
+        // The call itself advanced the device lengths (fa_decode_params_t.advance_cache_seqlens), on its stream
+        // after its kernels; the host copy follows here.
         for (int b = 0; b < BatchSize; b++)
         {
-            next[b] += seqLenNew;
+            _lengths[b] += seqLenNew;
         }
-
-        _uploads.Upload(CacheSeqLens, 0, PendingUploads.Snapshot(next), stream, deviceOrdinal);
-        next.CopyTo(_lengths, 0);
     }
 
     private static KvCache CreateOwned(CudaDevice device, DataType dataType, long[] shape, int batch, int blockTableColumns, CudaStream? stream)

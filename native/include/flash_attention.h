@@ -285,7 +285,8 @@ typedef struct fa_decode_params {
     fa_tensor_t out;
     /* Optional log-sum-exp [batch, heads_q, seqlen_new], fp32; written when data is not NULL. */
     fa_tensor_t lse;
-    /* Tokens already in each sequence's cache, device int32 [batch] (rank 1). Not updated by the call. */
+    /* Tokens already in each sequence's cache, device int32 [batch] (rank 1). Updated only with
+       advance_cache_seqlens. */
     fa_tensor_t cache_seqlens;
     /* Paged cache: device int32 [batch, max_blocks_per_seq] (rank 2), the physical block of each page.
        data NULL: the cache is contiguous. Entries past a sequence's last page are never read. */
@@ -305,8 +306,10 @@ typedef struct fa_decode_params {
     /* Number of key splits per (sequence, head), 1..FA_DECODE_MAX_SPLITS; 0: chosen from the batch, heads,
        SM count and the longest sequence (from cache_seqlens_host when given, else the cache capacity). */
     int32_t num_splits;
-    /* Reserved; must be 0. */
-    int32_t reserved1;
+    /* 1: after attending, the call adds seqlen_new to cache_seqlens[b] on the device (stream-ordered, after the
+       kernels that read it), so a generation loop needs no host copy per step and can be captured into a CUDA
+       graph; needs k_new/v_new. 0: cache_seqlens is only read. */
+    int32_t advance_cache_seqlens;
     /* Optional host copy of cache_seqlens; when given the library checks that every sequence (with its new
        tokens) fits its capacity. When not given the device array is trusted, clamped so that no access
        leaves the cache. */

@@ -19,7 +19,7 @@ struct DecodeParams {
     const void* v_new;      // [b, sq, hkv, d] or nullptr
     void* o;                // [b, sq, hq, d]
     float* lse;             // [b, hq, sq] or nullptr
-    const int32_t* cache_seqlens;  // [b], device
+    int32_t* cache_seqlens;        // [b], device (written only when advance is 1)
     const int32_t* block_table;    // [b, max_blocks], device; nullptr: contiguous cache
 
     // Strides in elements (the last dimension is contiguous). For a paged cache the "batch" stride of
@@ -39,6 +39,7 @@ struct DecodeParams {
     int32_t rows;            // g * sq: packed query rows per (sequence, kv head)
     int32_t capacity;        // positions each sequence's cache holds (S_max, or max_blocks * block_size)
     int32_t added;           // sq when appending k_new/v_new, else 0
+    int32_t advance;         // 1: a last kernel stores the clamped length + added into cache_seqlens
     // Paged cache: block_size = 1 << block_shift; block ids are clamped to [0, num_blocks).
     int32_t block_size, block_shift, num_blocks, max_blocks;
 

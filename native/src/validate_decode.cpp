@@ -213,8 +213,11 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
     if (P.reserved0 != 0) {
         invalid("params->reserved0 is " + s(P.reserved0) + "; it is reserved and must be 0");
     }
-    if (P.reserved1 != 0) {
-        invalid("params->reserved1 is " + s(P.reserved1) + "; it is reserved and must be 0");
+    if (P.advance_cache_seqlens != 0 && P.advance_cache_seqlens != 1) {
+        invalid("advance_cache_seqlens is " + s(P.advance_cache_seqlens) + "; it must be 0 or 1");
+    }
+    if (P.advance_cache_seqlens == 1 && P.k_new.data == nullptr) {
+        invalid("advance_cache_seqlens is 1 but k_new/v_new are not given; only an append advances the lengths");
     }
     if (compute_capability < 0) {
         invalid("compute_capability is " + s(compute_capability) +
@@ -403,6 +406,12 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
             check_no_overlap(vc, "v_cache", r.e, r.name);
         }
     }
+    if (P.advance_cache_seqlens == 1) {
+        // cache_seqlens is written too (after the kernels that read it).
+        for (const auto& r : read) {
+            if (r.given && &r != &read[5]) check_no_overlap(sl, "cache_seqlens", r.e, r.name);
+        }
+    }
     if (P.workspace != nullptr && P.workspace_size > 0) {
         // The partials are written into the workspace the caller declares.
         const uintptr_t begin = reinterpret_cast<uintptr_t>(P.workspace);
@@ -466,7 +475,7 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
     p.v_new = append ? P.v_new.data : nullptr;
     p.o = P.out.data;
     p.lse = has_lse ? static_cast<float*>(P.lse.data) : nullptr;
-    p.cache_seqlens = static_cast<const int32_t*>(P.cache_seqlens.data);
+    p.cache_seqlens = static_cast<int32_t*>(P.cache_seqlens.data);
     p.block_table = paged ? static_cast<const int32_t*>(P.block_table.data) : nullptr;
     p.q_batch_stride = P.q.strides[0];
     p.q_row_stride = P.q.strides[1];
@@ -514,6 +523,7 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
     p.m_blocks = static_cast<int32_t>(m_blocks);
     p.capacity = static_cast<int32_t>(capacity);
     p.added = static_cast<int32_t>(added);
+    p.advance = P.advance_cache_seqlens;
     const double scale = P.softmax_scale > 0.0f ? static_cast<double>(P.softmax_scale)
                                                 : 1.0 / std::sqrt(static_cast<double>(d));
     p.scale = static_cast<float>(scale);

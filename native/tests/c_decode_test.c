@@ -257,8 +257,8 @@ static void test_validation(void) {
     bad("struct_size 64", &p, FA_STATUS_INVALID_ARGUMENT, "struct_size is 64");
     p = valid_params(1); p.reserved0 = 1;
     bad("reserved0", &p, FA_STATUS_INVALID_ARGUMENT, "reserved0");
-    p = valid_params(1); p.reserved1 = 3;
-    bad("reserved1", &p, FA_STATUS_INVALID_ARGUMENT, "reserved1");
+    p = valid_params(1); p.advance_cache_seqlens = 3;
+    bad("advance_cache_seqlens 3", &p, FA_STATUS_INVALID_ARGUMENT, "advance_cache_seqlens");
     p = valid_params(1);
     expect("compute_capability -1", fa_decode_check(&p, -1), FA_STATUS_INVALID_ARGUMENT, "compute_capability");
     p = valid_params(1); p.q.rank = 3;
@@ -592,6 +592,9 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     p.softmax_scale = c->scale;
     p.num_splits = c->num_splits;
     if (c->host_lens) p.cache_seqlens_host = lens;
+    /* The appending cases that pass host lengths also let the call advance cache_seqlens on the device; the
+       others must leave it as it was. */
+    p.advance_cache_seqlens = c->append && c->host_lens;
     expect(c->label, fa_decode_num_splits(context, &p, &splits_used), FA_STATUS_SUCCESS, NULL);
     if (c->caller_workspace) {
         size_t bytes = 0;
@@ -620,6 +623,14 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     fa_memcpy(lse, d.lse, n_lse * 4);
     fa_memcpy(kc_after, d.kc, cache_bytes);
     fa_memcpy(vc_after, d.vc, cache_bytes);
+    {
+        int32_t lens_after[6];
+        int same = 1;
+        fa_memcpy(lens_after, d.lens, sizeof(int32_t) * c->b);
+        for (b = 0; b < c->b; ++b) same &= lens_after[b] == lens[b] + (p.advance_cache_seqlens ? c->sq : 0);
+        CHECK(same, "%s: cache_seqlens after the call must be %s", c->label,
+              p.advance_cache_seqlens ? "the old lengths plus seqlen_new" : "unchanged");
+    }
 
     /* The expected cache: the new rows appended, nothing else touched (NaN slots compared bitwise). */
     if (c->append) {
@@ -720,6 +731,14 @@ static void test_gpu(void) {
     {
         dcase c = cases[2];
         c.label = "CUDA graph replay, 13 splits, library workspace";
+        c.caller_workspace = 0;
+        run_case(context, stream, &c, 1);
+    }
+    /* A captured generation step: append across a page end, attention, combine and the device-side length
+       advance, all in one graph (no host copy in the step). */
+    {
+        dcase c = cases[4];
+        c.label = "CUDA graph, append + advance_cache_seqlens";
         c.caller_workspace = 0;
         run_case(context, stream, &c, 1);
     }

@@ -335,7 +335,10 @@ public unsafe partial struct FaDecodeParams
     /// <remarks>C: <c>fa_tensor_t lse</c> at byte offset 488.</remarks>
     public FaTensor lse;
 
-    /// <summary>Tokens already in each sequence's cache, device int32 [batch] (rank 1). Not updated by the call.</summary>
+    /// <summary>
+    /// Tokens already in each sequence's cache, device int32 [batch] (rank 1). Updated only with
+    /// advance_cache_seqlens.
+    /// </summary>
     /// <remarks>C: <c>fa_tensor_t cache_seqlens</c> at byte offset 568.</remarks>
     public FaTensor cache_seqlens;
 
@@ -377,9 +380,13 @@ public unsafe partial struct FaDecodeParams
     /// <remarks>C: <c>int32_t num_splits</c> at byte offset 752.</remarks>
     public int num_splits;
 
-    /// <summary>Reserved; must be 0.</summary>
-    /// <remarks>C: <c>int32_t reserved1</c> at byte offset 756.</remarks>
-    public int reserved1;
+    /// <summary>
+    /// 1: after attending, the call adds seqlen_new to cache_seqlens[b] on the device (stream-ordered, after the
+    /// kernels that read it), so a generation loop needs no host copy per step and can be captured into a CUDA
+    /// graph; needs k_new/v_new. 0: cache_seqlens is only read.
+    /// </summary>
+    /// <remarks>C: <c>int32_t advance_cache_seqlens</c> at byte offset 756.</remarks>
+    public int advance_cache_seqlens;
 
     /// <summary>
     /// Optional host copy of cache_seqlens; when given the library checks that every sequence (with its new

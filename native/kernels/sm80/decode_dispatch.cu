@@ -13,6 +13,15 @@
 
 namespace fa {
 
+namespace sm80 {
+// advance_cache_seqlens: stores each sequence's length after the append (the clamped length the other kernels
+// used, plus the new tokens). Launched last on the stream, after every kernel that reads cache_seqlens.
+__global__ void __launch_bounds__(256) decode_advance_kernel(const __grid_constant__ DecodeParams p) {
+    const int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b < p.b) p.cache_seqlens[b * p.seqlens_stride] = decode_seq(p, b).total;
+}
+}  // namespace sm80
+
 namespace {
 
 // What the split heuristic and the names need to know of the attention kernel for kernel head dim D.
@@ -68,9 +77,13 @@ int launch_all(const DecodeParams& p, const LaunchInfo& info, cudaStream_t strea
         const cudaError_t err = sm80::launch_decode_append<T>(p, info, stream);
         if (err != cudaSuccess) return static_cast<int>(err);
     }
-    const int err = run_for_head_dim<T>(forward_kernel_head_dim(p.d), p, info, stream);
-    if (err != 0 || p.num_splits <= 1) return err;
-    return static_cast<int>(sm80::launch_decode_combine<T>(p, stream));
+    int err = run_for_head_dim<T>(forward_kernel_head_dim(p.d), p, info, stream);
+    if (err == 0 && p.num_splits > 1) err = static_cast<int>(sm80::launch_decode_combine<T>(p, stream));
+    if (err == 0 && p.advance) {
+        sm80::decode_advance_kernel<<<(p.b + 255) / 256, 256, 0, stream>>>(p);
+        err = static_cast<int>(cudaGetLastError());
+    }
+    return err;
 }
 
 std::string attention_name(const char* dtype, int32_t kernel_d, bool paged) {

@@ -129,7 +129,7 @@ public sealed unsafe class DecodeValidationTests
         // the struct
         Y(Case("struct_size 0", (ref FaDecodeParams p) => p.struct_size = 0, "struct_size"));
         Y(Case("reserved0 nonzero", (ref FaDecodeParams p) => p.reserved0 = 1, "reserved0"));
-        Y(Case("reserved1 nonzero", (ref FaDecodeParams p) => p.reserved1 = 3, "reserved1"));
+        Y(Case("advance_cache_seqlens 3", (ref FaDecodeParams p) => p.advance_cache_seqlens = 3, "advance_cache_seqlens"));
 
         // paging
         // Valid but not served: the paged kernels take power-of-two block sizes from 16 up.

@@ -143,7 +143,7 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.softcap)).ToInt64(), Is.EqualTo(744L), "offsetof(struct fa_decode_params, softcap)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.kernel_path)).ToInt64(), Is.EqualTo(748L), "offsetof(struct fa_decode_params, kernel_path)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.num_splits)).ToInt64(), Is.EqualTo(752L), "offsetof(struct fa_decode_params, num_splits)");
-            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved1)).ToInt64(), Is.EqualTo(756L), "offsetof(struct fa_decode_params, reserved1)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.advance_cache_seqlens)).ToInt64(), Is.EqualTo(756L), "offsetof(struct fa_decode_params, advance_cache_seqlens)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_seqlens_host)).ToInt64(), Is.EqualTo(760L), "offsetof(struct fa_decode_params, cache_seqlens_host)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.workspace)).ToInt64(), Is.EqualTo(768L), "offsetof(struct fa_decode_params, workspace)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.workspace_size)).ToInt64(), Is.EqualTo(776L), "offsetof(struct fa_decode_params, workspace_size)");
