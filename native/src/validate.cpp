@@ -22,191 +22,16 @@
 
 #include "decode_params.h"
 #include "error.h"
+#include "validate_common.h"
 
 namespace fa {
 
+using namespace validation;
+
 namespace {
 
-constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
-// Row, head and batch strides must be multiples of this many 16-bit elements (16 bytes).
-constexpr int64_t kStrideMultiple = FA_ALIGNMENT_BYTES / 2;
 // Largest head dim asked of the dispatcher when listing the served ones.
 constexpr int32_t kMaxProbedHeadDim = 1024;
-
-std::string s(int64_t value) {
-    return std::to_string(value);
-}
-
-std::string hex(const void* pointer) {
-    char buffer[32];
-    std::snprintf(buffer, sizeof(buffer), "0x%" PRIxPTR, reinterpret_cast<uintptr_t>(pointer));
-    return buffer;
-}
-
-const char* dtype_name(int32_t dtype) {
-    switch (dtype) {
-        case FA_DTYPE_FLOAT16: return "FA_DTYPE_FLOAT16";
-        case FA_DTYPE_BFLOAT16: return "FA_DTYPE_BFLOAT16";
-        case FA_DTYPE_FLOAT32: return "FA_DTYPE_FLOAT32";
-        case FA_DTYPE_INT32: return "FA_DTYPE_INT32";
-        default: return "an unknown dtype";
-    }
-}
-
-int64_t dtype_size(int32_t dtype) {
-    switch (dtype) {
-        case FA_DTYPE_FLOAT16:
-        case FA_DTYPE_BFLOAT16: return 2;
-        case FA_DTYPE_FLOAT32:
-        case FA_DTYPE_INT32: return 4;
-        default: return 0;
-    }
-}
-
-std::string shape_string(const fa_tensor_t& t) {
-    std::string out = "[";
-    for (int32_t i = 0; i < t.rank && i < FA_MAX_RANK; ++i) {
-        if (i > 0) {
-            out += ", ";
-        }
-        out += s(t.shape[i]);
-    }
-    return out + "]";
-}
-
-[[noreturn]] void invalid(const std::string& message) {
-    fail(FA_STATUS_INVALID_ARGUMENT, message);
-}
-
-[[noreturn]] void unsupported(const std::string& message) {
-    fail(FA_STATUS_UNSUPPORTED, message);
-}
-
-// One tensor argument and the names of its dimensions, for messages.
-struct TensorArg {
-    const fa_tensor_t& t;
-    const char* name;          // "q"
-    const char* dim_names[4];  // "batch", "seqlen_q", ...
-    int32_t rank;              // required rank
-    const char* rank_hint;     // why that rank ("" or a sentence starting with "; ")
-};
-
-// Byte range [begin, end) that a tensor's elements occupy, computed without overflow.
-struct Extent {
-    uintptr_t begin;
-    uintptr_t end;
-};
-
-// Checks what one tensor must satisfy on its own; returns the byte range it spans. Dimension
-// `may_be_empty` (the total rows of a variable-length batch; -1: none) may be 0, and the data of such
-// an empty tensor may be NULL; it then spans no bytes.
-Extent check_tensor(const TensorArg& a, bool attention_input, int32_t may_be_empty = -1) {
-    const fa_tensor_t& t = a.t;
-    // The name as a std::string, for messages: built only when a check fails (this runs on every call).
-    const auto n = [&a] { return std::string(a.name); };
-    const bool empty = may_be_empty >= 0 && t.rank == a.rank && t.shape[may_be_empty] == 0;
-    if (t.data == nullptr && !empty) {
-        invalid(n() + ".data is NULL");
-    }
-    if (attention_input) {
-        if (t.dtype != FA_DTYPE_FLOAT16 && t.dtype != FA_DTYPE_BFLOAT16) {
-            invalid(n() + ".dtype is " + s(t.dtype) + " (" + dtype_name(t.dtype) + "); " + n() +
-                    " must be FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16");
-        }
-    } else if (t.dtype != FA_DTYPE_FLOAT32) {
-        invalid(n() + ".dtype is " + s(t.dtype) + " (" + dtype_name(t.dtype) + "); " + n() +
-                " must be FA_DTYPE_FLOAT32");
-    }
-    if (t.rank != a.rank) {
-        std::string layout = "[";
-        for (int32_t i = 0; i < a.rank; ++i) {
-            layout += (i > 0 ? ", " : "") + std::string(a.dim_names[i]);
-        }
-        invalid(n() + ".rank is " + s(t.rank) + "; " + n() + " must have rank " + s(a.rank) + " " + layout + "]" +
-                a.rank_hint);
-    }
-    for (int32_t i = 0; i < a.rank; ++i) {
-        if (i == may_be_empty && t.shape[i] == 0) {
-            continue;
-        }
-        if (t.shape[i] < 1) {
-            invalid(n() + ".shape[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.shape[i]) +
-                    "; it must be at least " + (i == may_be_empty ? "0" : "1"));
-        }
-    }
-    const int32_t last = a.rank - 1;
-    if (attention_input && t.strides[last] != 1) {
-        invalid(n() + ".strides[" + s(last) + "] is " + s(t.strides[last]) + "; the last dimension (" +
-                a.dim_names[last] + ") must be contiguous (stride 1)");
-    }
-    for (int32_t i = 0; i < a.rank; ++i) {
-        if (t.strides[i] < 1) {
-            invalid(n() + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) +
-                    "; strides must be positive");
-        }
-    }
-    if (attention_input) {
-        for (int32_t i = 0; i < last; ++i) {
-            if (t.strides[i] % kStrideMultiple != 0) {
-                std::string others;
-                for (int32_t j = 0; j < last; ++j) {
-                    others += std::string(j == 0 ? "" : (j == last - 1 ? " and " : ", ")) + a.dim_names[j];
-                }
-                invalid(n() + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) + "; the " +
-                        others + " strides must be multiples of " + s(kStrideMultiple) +
-                        " elements (16 bytes) so that every row starts 16-byte aligned");
-            }
-        }
-    }
-    const int64_t elem = dtype_size(t.dtype);
-    const uintptr_t address = reinterpret_cast<uintptr_t>(t.data);
-    const int64_t alignment = attention_input ? FA_ALIGNMENT_BYTES : elem;
-    if (address % static_cast<uintptr_t>(alignment) != 0) {
-        invalid(n() + ".data (" + hex(t.data) + ") is not " + s(alignment) + "-byte aligned");
-    }
-
-    if (empty) {
-        return Extent{address, address};
-    }
-
-    // Offset of the last element, then the byte count, each step checked against int64 overflow.
-    const int64_t max = std::numeric_limits<int64_t>::max();
-    int64_t last_offset = 0;
-    for (int32_t i = 0; i < a.rank; ++i) {
-        const int64_t extent = t.shape[i] - 1;  // >= 0
-        if (extent != 0 && t.strides[i] > max / extent) {
-            invalid(n() + " is too large: shape " + shape_string(t) + " with strides[" + s(i) + "] = " +
-                    s(t.strides[i]) + " spans more than 2^63 elements");
-        }
-        const int64_t term = extent * t.strides[i];
-        if (last_offset > max - term) {
-            invalid(n() + " is too large: shape " + shape_string(t) + " and its strides span more than 2^63 elements");
-        }
-        last_offset += term;
-    }
-    if (last_offset > max / elem - 1) {
-        invalid(n() + " is too large: shape " + shape_string(t) + " and its strides span more than 2^63 bytes");
-    }
-    const uint64_t bytes = static_cast<uint64_t>((last_offset + 1) * elem);
-    if (address > std::numeric_limits<uintptr_t>::max() - bytes) {
-        invalid(n() + ".data (" + hex(t.data) + ") plus the " + s(static_cast<int64_t>(bytes)) +
-                " bytes its shape and strides span runs past the end of the address space");
-    }
-    return Extent{address, address + static_cast<uintptr_t>(bytes)};
-}
-
-bool overlaps(const Extent& a, const Extent& b) {
-    return a.begin < b.end && b.begin < a.end;
-}
-
-void check_no_overlap(const Extent& written, const char* written_name, const Extent& other, const char* other_name) {
-    if (overlaps(written, other)) {
-        invalid(std::string(written_name) + " (bytes " + hex(reinterpret_cast<void*>(written.begin)) + ".." +
-                hex(reinterpret_cast<void*>(written.end)) + ") overlaps " + other_name + " (bytes " +
-                hex(reinterpret_cast<void*>(other.begin)) + ".." + hex(reinterpret_cast<void*>(other.end)) +
-                "); " + written_name + " is written by the kernel, so it must not share memory with " + other_name);
-    }
-}
 
 }  // namespace
 
@@ -297,12 +122,6 @@ V02Fields read_v02_fields(const fa_forward_params_t& P) {
 
 #undef FA_PARAMS_FIELD_OR
 
-std::string float_string(float value) {
-    char buffer[32];
-    std::snprintf(buffer, sizeof(buffer), "%g", static_cast<double>(value));
-    return buffer;
-}
-
 void check_int32_pointer_alignment(const int32_t* pointer, const char* name) {
     if (reinterpret_cast<uintptr_t>(pointer) % alignof(int32_t) != 0) {
         invalid(std::string(name) + " (" + hex(pointer) + ") is not 4-byte aligned");
@@ -373,7 +192,7 @@ std::string describe(const FwdParams& p) {
     return out + (p.lse != nullptr ? " +lse" : "");
 }
 
-FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability) {
+FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability, ForwardExtents* extents) {
     // ---- the struct itself ----------------------------------------------------------------------
     if (params == nullptr) {
         invalid("params is NULL");
@@ -455,21 +274,25 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
         const char* hint = "; a variable-length batch (cu_seqlens_q set) packs the sequences along one dimension";
         // total_q or total_k may be 0 (every sequence empty); such a tensor's data may be NULL. (An lse
         // with NULL data is absent, as in a fixed-length call.)
-        q = check_tensor({P.q, "q", {"total_q", "heads_q", "head_dim", ""}, 3, hint}, true, 0);
-        k = check_tensor({P.k, "k", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, true, 0);
-        v = check_tensor({P.v, "v", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, true, 0);
-        o = check_tensor({P.out, "out", {"total_q", "heads_q", "head_dim", ""}, 3, hint}, true, 0);
+        q = check_tensor({P.q, "q", {"total_q", "heads_q", "head_dim", ""}, 3, hint}, TensorKind::Attention, 0);
+        k = check_tensor({P.k, "k", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, TensorKind::Attention, 0);
+        v = check_tensor({P.v, "v", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, TensorKind::Attention, 0);
+        o = check_tensor({P.out, "out", {"total_q", "heads_q", "head_dim", ""}, 3, hint}, TensorKind::Attention, 0);
         if (has_lse) {
-            l = check_tensor({P.lse, "lse", {"heads_q", "total_q", "", ""}, 2, hint}, false, 1);
+            l = check_tensor({P.lse, "lse", {"heads_q", "total_q", "", ""}, 2, hint}, TensorKind::Float32, 1);
         }
     } else {
-        q = check_tensor({P.q, "q", {"batch", "seqlen_q", "heads_q", "head_dim"}, 4, ""}, true);
-        k = check_tensor({P.k, "k", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4, ""}, true);
-        v = check_tensor({P.v, "v", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4, ""}, true);
-        o = check_tensor({P.out, "out", {"batch", "seqlen_q", "heads_q", "head_dim"}, 4, ""}, true);
+        q = check_tensor({P.q, "q", {"batch", "seqlen_q", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
+        k = check_tensor({P.k, "k", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
+        v = check_tensor({P.v, "v", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
+        o = check_tensor({P.out, "out", {"batch", "seqlen_q", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
         if (has_lse) {
-            l = check_tensor({P.lse, "lse", {"batch", "heads_q", "seqlen_q", ""}, 3, ""}, false);
+            l = check_tensor({P.lse, "lse", {"batch", "heads_q", "seqlen_q", ""}, 3, ""}, TensorKind::Float32);
         }
+    }
+
+    if (extents != nullptr) {
+        *extents = ForwardExtents{q, k, v, o, l};
     }
 
     // ---- tensors against each other ------------------------------------------------------------
@@ -822,10 +645,11 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     F.max_seqlen_q = P.max_seqlen_q;
     F.max_seqlen_k = P.max_seqlen_k;
     FwdParams f{};
+    ForwardExtents fe{};
     bool served = true;
     std::string unserved;
     try {
-        f = validate_forward(&F, compute_capability);
+        f = validate_forward(&F, compute_capability, &fe);
     } catch (const Error& e) {
         if (e.status() != FA_STATUS_UNSUPPORTED) throw;
         served = false;
@@ -857,7 +681,7 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     for (int i = 0; i < 4; ++i) {
         const Grad& g = grads[i];
         const char* const* dims = g.query_side ? qd : kd;
-        ext[i] = check_tensor({g.t, g.name, {dims[0], dims[1], dims[2], dims[3]}, rank, hint}, true, empty_dim);
+        ext[i] = check_tensor({g.t, g.name, {dims[0], dims[1], dims[2], dims[3]}, rank, hint}, TensorKind::Attention, empty_dim);
         if (g.t.dtype != P.q.dtype) {
             invalid(std::string(g.name) + ".dtype is " + dtype_name(g.t.dtype) + " but q.dtype is " +
                     dtype_name(P.q.dtype) + "; dout, dq, dk and dv must have the dtype of q");
@@ -874,17 +698,11 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     }
 
     // Written tensors must not overlap each other or anything read.
-    const Extent q = check_tensor({P.q, "q", {qd[0], qd[1], qd[2], qd[3]}, rank, hint}, true, empty_dim);
-    const Extent k = check_tensor({P.k, "k", {kd[0], kd[1], kd[2], kd[3]}, rank, hint}, true, empty_dim);
-    const Extent v = check_tensor({P.v, "v", {kd[0], kd[1], kd[2], kd[3]}, rank, hint}, true, empty_dim);
-    const Extent o = check_tensor({P.out, "out", {qd[0], qd[1], qd[2], qd[3]}, rank, hint}, true, empty_dim);
-    const Extent l = varlen ? check_tensor({P.lse, "lse", {"heads_q", "total_q", "", ""}, 2, hint}, false, 1)
-                            : check_tensor({P.lse, "lse", {"batch", "heads_q", "seqlen_q", ""}, 3, ""}, false);
     struct Named {
         Extent e;
         const char* name;
     };
-    std::vector<Named> read = {{q, "q"}, {k, "k"}, {v, "v"}, {o, "out"}, {ext[0], "dout"}, {l, "lse"}};
+    std::vector<Named> read = {{fe.q, "q"}, {fe.k, "k"}, {fe.v, "v"}, {fe.out, "out"}, {ext[0], "dout"}, {fe.lse, "lse"}};
     if (varlen) {
         read.push_back({cu_extent(P.cu_seqlens_q, P.varlen_batch, "cu_seqlens_q"), "cu_seqlens_q"});
         read.push_back({cu_extent(P.cu_seqlens_k, P.varlen_batch, "cu_seqlens_k"), "cu_seqlens_k"});

@@ -8,6 +8,7 @@
 #include "flash_attention.h"
 #include "bwd_params.h"
 #include "params.h"
+#include "validate_common.h"
 
 namespace fa {
 
@@ -17,7 +18,13 @@ constexpr size_t kForwardParamsMinSize = offsetof(fa_forward_params_t, window_le
 // Checks *params for a GPU of compute capability `compute_capability` (major*10+minor, or 0 for any
 // GPU this build serves). Throws fa::Error (INVALID_ARGUMENT for bad input, UNSUPPORTED for valid
 // input this build or GPU does not serve). On success returns the filled kernel parameters.
-FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability);
+// *extents (if not NULL) receives the byte ranges of q, k, v, out and lse (0..0 when lse is absent), set once
+// every tensor has been checked, so also when the call then turns out UNSUPPORTED.
+struct ForwardExtents {
+    validation::Extent q, k, v, out, lse;
+};
+FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability,
+                           ForwardExtents* extents = nullptr);
 
 // Checks *params of fa_backward / fa_backward_check / fa_backward_workspace_size and returns the kernel
 // parameters (workspace pointers unset). *workspace_bytes (if not NULL) receives the workspace the call

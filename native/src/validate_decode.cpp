@@ -4,9 +4,7 @@
 // against each other, scalars, the host copy of cache_seqlens, memory overlap), then the UNSUPPORTED checks
 // (head dim, paged block size, sizes the kernels index with 32 bits, compute capability), so a call that is
 // wrong in several ways reports a wrong argument before something this build does not serve.
-// The tensor checks repeat validate.cpp's rules (16-bit dtypes, last dimension contiguous, other strides
-// multiples of 8 elements, 16-byte aligned data) for the decode's own tensors, with int32 and fp32 tensors
-// beside them.
+// The tensor checks are validate_common.h's, shared with the forward and backward.
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -16,159 +14,18 @@
 #include "decode_params.h"
 #include "error.h"
 #include "validate.h"
+#include "validate_common.h"
 
 namespace fa {
 
+using namespace validation;
+
 namespace {
 
-constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
-// Row, head and batch strides of 16-bit tensors must be multiples of this many elements (16 bytes).
-constexpr int64_t kStrideMultiple = FA_ALIGNMENT_BYTES / 2;
 // Most positions one sequence's cache may hold: keeps positions and key-tile bounds inside int32.
 constexpr int64_t kMaxCapacity = kInt32Max - 4096;
 // Smallest page the paged kernels serve: a 16-row group of a key tile always lies in one page.
 constexpr int64_t kMinBlockSize = 16;
-
-std::string s(int64_t value) {
-    return std::to_string(value);
-}
-
-std::string hex(const void* pointer) {
-    char buffer[32];
-    std::snprintf(buffer, sizeof(buffer), "0x%" PRIxPTR, reinterpret_cast<uintptr_t>(pointer));
-    return buffer;
-}
-
-std::string float_string(float value) {
-    char buffer[32];
-    std::snprintf(buffer, sizeof(buffer), "%g", static_cast<double>(value));
-    return buffer;
-}
-
-const char* dtype_name(int32_t dtype) {
-    switch (dtype) {
-        case FA_DTYPE_FLOAT16: return "FA_DTYPE_FLOAT16";
-        case FA_DTYPE_BFLOAT16: return "FA_DTYPE_BFLOAT16";
-        case FA_DTYPE_FLOAT32: return "FA_DTYPE_FLOAT32";
-        case FA_DTYPE_INT32: return "FA_DTYPE_INT32";
-        default: return "an unknown dtype";
-    }
-}
-
-std::string shape_string(const fa_tensor_t& t) {
-    std::string out = "[";
-    for (int32_t i = 0; i < t.rank && i < FA_MAX_RANK; ++i) {
-        out += (i > 0 ? ", " : "") + s(t.shape[i]);
-    }
-    return out + "]";
-}
-
-[[noreturn]] void invalid(const std::string& message) {
-    fail(FA_STATUS_INVALID_ARGUMENT, message);
-}
-
-[[noreturn]] void unsupported(const std::string& message) {
-    fail(FA_STATUS_UNSUPPORTED, message);
-}
-
-// What a tensor holds: attention data (fp16/bf16, 16-byte rows), the fp32 log-sum-exp, or int32 indices.
-enum class Kind { Attention, Float32, Int32 };
-
-struct TensorArg {
-    const fa_tensor_t& t;
-    const char* name;          // "k_cache"
-    const char* dim_names[4];  // "num_blocks", ...
-    int32_t rank;
-    Kind kind;
-};
-
-// Byte range [begin, end) a tensor's elements occupy.
-struct Extent {
-    uintptr_t begin;
-    uintptr_t end;
-};
-
-Extent check_tensor(const TensorArg& a) {
-    const fa_tensor_t& t = a.t;
-    const auto n = [&a] { return std::string(a.name); };
-    if (t.data == nullptr) {
-        invalid(n() + ".data is NULL");
-    }
-    const int32_t want = a.kind == Kind::Float32 ? FA_DTYPE_FLOAT32 : (a.kind == Kind::Int32 ? FA_DTYPE_INT32 : 0);
-    if (a.kind == Kind::Attention && t.dtype != FA_DTYPE_FLOAT16 && t.dtype != FA_DTYPE_BFLOAT16) {
-        invalid(n() + ".dtype is " + s(t.dtype) + " (" + dtype_name(t.dtype) + "); " + n() +
-                " must be FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16");
-    }
-    if (a.kind != Kind::Attention && t.dtype != want) {
-        invalid(n() + ".dtype is " + s(t.dtype) + " (" + dtype_name(t.dtype) + "); " + n() + " must be " +
-                dtype_name(want));
-    }
-    if (t.rank != a.rank) {
-        std::string layout = "[";
-        for (int32_t i = 0; i < a.rank; ++i) layout += (i > 0 ? ", " : "") + std::string(a.dim_names[i]);
-        invalid(n() + ".rank is " + s(t.rank) + "; " + n() + " must have rank " + s(a.rank) + " " + layout + "]");
-    }
-    for (int32_t i = 0; i < a.rank; ++i) {
-        if (t.shape[i] < 1) {
-            invalid(n() + ".shape[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.shape[i]) + "; it must be at least 1");
-        }
-    }
-    const int32_t last = a.rank - 1;
-    if (a.kind == Kind::Attention && t.strides[last] != 1) {
-        invalid(n() + ".strides[" + s(last) + "] is " + s(t.strides[last]) + "; the last dimension (" +
-                a.dim_names[last] + ") must be contiguous (stride 1)");
-    }
-    for (int32_t i = 0; i < a.rank; ++i) {
-        if (t.strides[i] < 1) {
-            invalid(n() + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) +
-                    "; strides must be positive");
-        }
-        if (a.kind == Kind::Attention && i < last && t.strides[i] % kStrideMultiple != 0) {
-            invalid(n() + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) +
-                    "; every stride but the last must be a multiple of " + s(kStrideMultiple) +
-                    " elements (16 bytes) so that every row starts 16-byte aligned");
-        }
-    }
-    const int64_t elem = a.kind == Kind::Attention ? 2 : 4;
-    const int64_t alignment = a.kind == Kind::Attention ? FA_ALIGNMENT_BYTES : elem;
-    const uintptr_t address = reinterpret_cast<uintptr_t>(t.data);
-    if (address % static_cast<uintptr_t>(alignment) != 0) {
-        invalid(n() + ".data (" + hex(t.data) + ") is not " + s(alignment) + "-byte aligned");
-    }
-    // Offset of the last element, then the byte count, each step checked against int64 overflow.
-    const int64_t max = std::numeric_limits<int64_t>::max();
-    int64_t last_offset = 0;
-    for (int32_t i = 0; i < a.rank; ++i) {
-        const int64_t extent = t.shape[i] - 1;
-        if (extent != 0 && t.strides[i] > max / extent) {
-            invalid(n() + " is too large: shape " + shape_string(t) + " with strides[" + s(i) + "] = " +
-                    s(t.strides[i]) + " spans more than 2^63 elements");
-        }
-        const int64_t term = extent * t.strides[i];
-        if (last_offset > max - term) {
-            invalid(n() + " is too large: shape " + shape_string(t) + " and its strides span more than 2^63 elements");
-        }
-        last_offset += term;
-    }
-    if (last_offset > max / elem - 1) {
-        invalid(n() + " is too large: shape " + shape_string(t) + " and its strides span more than 2^63 bytes");
-    }
-    const uint64_t bytes = static_cast<uint64_t>((last_offset + 1) * elem);
-    if (address > std::numeric_limits<uintptr_t>::max() - bytes) {
-        invalid(n() + ".data (" + hex(t.data) + ") plus the " + s(static_cast<int64_t>(bytes)) +
-                " bytes its shape and strides span runs past the end of the address space");
-    }
-    return Extent{address, address + static_cast<uintptr_t>(bytes)};
-}
-
-void check_no_overlap(const Extent& written, const char* written_name, const Extent& other, const char* other_name) {
-    if (written.begin < other.end && other.begin < written.end) {
-        invalid(std::string(written_name) + " (bytes " + hex(reinterpret_cast<void*>(written.begin)) + ".." +
-                hex(reinterpret_cast<void*>(written.end)) + ") overlaps " + other_name + " (bytes " +
-                hex(reinterpret_cast<void*>(other.begin)) + ".." + hex(reinterpret_cast<void*>(other.end)) + "); " +
-                written_name + " is written by the call, so it must not share memory with " + other_name);
-    }
-}
 
 // Dimension `dim` of `t` must equal `want` (named `want_what` in the message).
 void check_dim(const fa_tensor_t& t, const char* name, int32_t dim, const char* dim_name, int64_t want,
@@ -233,24 +90,24 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
     const bool has_lse = P.lse.data != nullptr;
 
     // ---- each tensor on its own ---------------------------------------------------------------
-    const Extent q = check_tensor({P.q, "q", {"batch", "seqlen_new", "heads_q", "head_dim"}, 4, Kind::Attention});
+    const Extent q = check_tensor({P.q, "q", {"batch", "seqlen_new", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
     const char* cache_dims_contiguous[4] = {"batch", "capacity", "heads_kv", "head_dim"};
     const char* cache_dims_paged[4] = {"num_blocks", "block_size", "heads_kv", "head_dim"};
     const char* const* cd = paged ? cache_dims_paged : cache_dims_contiguous;
-    const Extent kc = check_tensor({P.k_cache, "k_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, Kind::Attention});
-    const Extent vc = check_tensor({P.v_cache, "v_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, Kind::Attention});
-    const Extent o = check_tensor({P.out, "out", {"batch", "seqlen_new", "heads_q", "head_dim"}, 4, Kind::Attention});
-    const Extent sl = check_tensor({P.cache_seqlens, "cache_seqlens", {"batch", "", "", ""}, 1, Kind::Int32});
+    const Extent kc = check_tensor({P.k_cache, "k_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, ""}, TensorKind::Attention);
+    const Extent vc = check_tensor({P.v_cache, "v_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, ""}, TensorKind::Attention);
+    const Extent o = check_tensor({P.out, "out", {"batch", "seqlen_new", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
+    const Extent sl = check_tensor({P.cache_seqlens, "cache_seqlens", {"batch", "", "", ""}, 1, ""}, TensorKind::Int32);
     Extent l{0, 0}, bt{0, 0}, kn{0, 0}, vn{0, 0};
     if (has_lse) {
-        l = check_tensor({P.lse, "lse", {"batch", "heads_q", "seqlen_new", ""}, 3, Kind::Float32});
+        l = check_tensor({P.lse, "lse", {"batch", "heads_q", "seqlen_new", ""}, 3, ""}, TensorKind::Float32);
     }
     if (paged) {
-        bt = check_tensor({P.block_table, "block_table", {"batch", "max_blocks_per_seq", "", ""}, 2, Kind::Int32});
+        bt = check_tensor({P.block_table, "block_table", {"batch", "max_blocks_per_seq", "", ""}, 2, ""}, TensorKind::Int32);
     }
     if (append) {
-        kn = check_tensor({P.k_new, "k_new", {"batch", "seqlen_new", "heads_kv", "head_dim"}, 4, Kind::Attention});
-        vn = check_tensor({P.v_new, "v_new", {"batch", "seqlen_new", "heads_kv", "head_dim"}, 4, Kind::Attention});
+        kn = check_tensor({P.k_new, "k_new", {"batch", "seqlen_new", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
+        vn = check_tensor({P.v_new, "v_new", {"batch", "seqlen_new", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
     }
 
     // ---- tensors against each other ------------------------------------------------------------

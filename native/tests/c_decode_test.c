@@ -272,7 +272,7 @@ static void test_validation(void) {
     p = valid_params(1); p.v_cache.strides[3] = 2;
     bad("v_cache last stride 2", &p, FA_STATUS_INVALID_ARGUMENT, "v_cache.strides[3]");
     p = valid_params(1); p.k_cache.strides[1] += 4;
-    bad("k_cache row stride not x8", &p, FA_STATUS_INVALID_ARGUMENT, "multiple of 8");
+    bad("k_cache row stride not x8", &p, FA_STATUS_INVALID_ARGUMENT, "multiples of 8");
     p = valid_params(1); p.q.data = (void*)((uintptr_t)p.q.data + 8);
     bad("q misaligned", &p, FA_STATUS_INVALID_ARGUMENT, "16-byte aligned");
     p = valid_params(1); p.out.shape[2] = VHQ / 2;
