@@ -10,6 +10,7 @@
 #include "decode_params.h"
 #include "sm80/decode_instances.h"
 #include "sm80/decode_launch.cuh"
+#include "sm80/head_dims.h"
 
 namespace fa {
 
@@ -36,39 +37,14 @@ DecodeShape decode_shape() {
 }
 
 DecodeShape decode_shape_for(int32_t kernel_d) {
-    switch (kernel_d) {
-        case 32: return decode_shape<32>();
-        case 64: return decode_shape<64>();
-        case 96: return decode_shape<96>();
-        case 128: return decode_shape<128>();
-        case 192: return decode_shape<192>();
-        default: return decode_shape<256>();
-    }
+    return sm80::with_head_dim(kernel_d, [](auto d) { return decode_shape<decltype(d)::value>(); });
 }
 
 template <typename T>
 int run_for_head_dim(int32_t kernel_d, const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream) {
-    switch (kernel_d) {
-#if defined(FA_HAS_HDIM32)
-        case 32: return sm80::run_decode<T, 32>(p, info, stream);
-#endif
-#if defined(FA_HAS_HDIM64)
-        case 64: return sm80::run_decode<T, 64>(p, info, stream);
-#endif
-#if defined(FA_HAS_HDIM96)
-        case 96: return sm80::run_decode<T, 96>(p, info, stream);
-#endif
-#if defined(FA_HAS_HDIM128)
-        case 128: return sm80::run_decode<T, 128>(p, info, stream);
-#endif
-#if defined(FA_HAS_HDIM192)
-        case 192: return sm80::run_decode<T, 192>(p, info, stream);
-#endif
-#if defined(FA_HAS_HDIM256)
-        case 256: return sm80::run_decode<T, 256>(p, info, stream);
-#endif
-        default: return static_cast<int>(cudaErrorInvalidValue);  // validation rejects these first
-    }
+    return sm80::with_compiled_head_dim(kernel_d, static_cast<int>(cudaErrorInvalidValue), [&](auto d) {
+        return sm80::run_decode<T, decltype(d)::value>(p, info, stream);
+    });
 }
 
 template <typename T>

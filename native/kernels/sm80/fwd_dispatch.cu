@@ -12,6 +12,7 @@
 #include "params.h"
 #include "sm80/fwd_instances.h"
 #include "sm80/fwd_names.h"
+#include "sm80/head_dims.h"
 
 namespace fa {
 
@@ -41,27 +42,9 @@ constexpr int32_t kCompiled[] = {
 template <typename T>
 int run_for_head_dim(int32_t kernel_d, const FwdParams& p, const LaunchInfo& info, cudaStream_t stream,
                      const char** name) {
-    switch (kernel_d) {
-#if defined(FA_HAS_HDIM32)
-        case 32: return sm80::run_fwd<T, 32>(p, info, stream, name);
-#endif
-#if defined(FA_HAS_HDIM64)
-        case 64: return sm80::run_fwd<T, 64>(p, info, stream, name);
-#endif
-#if defined(FA_HAS_HDIM96)
-        case 96: return sm80::run_fwd<T, 96>(p, info, stream, name);
-#endif
-#if defined(FA_HAS_HDIM128)
-        case 128: return sm80::run_fwd<T, 128>(p, info, stream, name);
-#endif
-#if defined(FA_HAS_HDIM192)
-        case 192: return sm80::run_fwd<T, 192>(p, info, stream, name);
-#endif
-#if defined(FA_HAS_HDIM256)
-        case 256: return sm80::run_fwd<T, 256>(p, info, stream, name);
-#endif
-        default: return static_cast<int>(cudaErrorInvalidValue);  // validation rejects these first
-    }
+    return sm80::with_compiled_head_dim(kernel_d, static_cast<int>(cudaErrorInvalidValue), [&](auto d) {
+        return sm80::run_fwd<T, decltype(d)::value>(p, info, stream, name);
+    });
 }
 }  // namespace
 

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "sm80/fwd_traits.h"
+#include "sm80/head_dims.h"
 
 namespace fa {
 namespace sm80 {
@@ -15,14 +16,7 @@ std::string tile_tag() {
 }
 
 inline std::string tile_tag_for(int d) {
-    switch (d) {
-        case 32: return tile_tag<32>();
-        case 64: return tile_tag<64>();
-        case 96: return tile_tag<96>();
-        case 128: return tile_tag<128>();
-        case 192: return tile_tag<192>();
-        default: return tile_tag<256>();
-    }
+    return with_head_dim(d, [](auto hd) { return tile_tag<decltype(hd)::value>(); });
 }
 
 // Returns a pointer that lives as long as the process (one interned string per variant).
