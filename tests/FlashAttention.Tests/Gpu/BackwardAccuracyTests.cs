@@ -13,25 +13,8 @@ namespace FlashAttn.Tests.Gpu;
 /// </summary>
 [TestFixture]
 [Category("Gpu")]
-public sealed class BackwardAccuracyTests : GpuTestBase
+public sealed class BackwardAccuracyTests : AttentionTestBase
 {
-    private FlashAttention _attention = null!;
-    private CudaStream _stream = null!;
-
-    [OneTimeSetUp]
-    public void CreateAttention()
-    {
-        _attention = new FlashAttention(Device);
-        _stream = CudaStream.Create(Device);
-    }
-
-    [OneTimeTearDown]
-    public void DisposeAttention()
-    {
-        _stream?.Dispose();
-        _attention?.Dispose();
-    }
-
     private static string Name(DataType dtype) => dtype == DataType.Float16 ? "fp16" : "bf16";
 
     // ---- shapes and masks ---------------------------------------------------------------------------------------------
@@ -135,12 +118,12 @@ public sealed class BackwardAccuracyTests : GpuTestBase
         Random random = TestRandom.ForCurrentTest(out int seed);
         AttentionOptions deterministic = mask.ToOptions() with { Deterministic = true };
         using BackwardRun run = BackwardRun.Create(Device, dims, dtype, random);
-        run.Forward(_attention, deterministic, _stream);
+        run.Forward(Attention, deterministic, Stream);
 
-        run.Backward(_attention, deterministic, _stream);
+        run.Backward(Attention, deterministic, Stream);
         byte[] first = run.GradientBytes();
         var (dq, dk, dv) = run.ReadGradients();
-        run.Backward(_attention, deterministic, _stream);
+        run.Backward(Attention, deterministic, Stream);
         byte[] second = run.GradientBytes();
 
         string context = $"seed {seed}, {Name(dtype)}, {dims}, {mask}";
@@ -150,7 +133,7 @@ public sealed class BackwardAccuracyTests : GpuTestBase
         Assert.That(run.Judge(dq, dk, dv, deterministic, mask, scale), Is.Empty, context + ", deterministic");
 
         AttentionOptions atomic = deterministic with { Deterministic = false };
-        run.Backward(_attention, atomic, _stream);
+        run.Backward(Attention, atomic, Stream);
         var (aq, ak, av) = run.ReadGradients();
         Assert.That(run.Judge(aq, ak, av, atomic, mask, scale), Is.Empty, context + ", default (atomic) mode");
     }
@@ -171,21 +154,21 @@ public sealed class BackwardAccuracyTests : GpuTestBase
         Random random = TestRandom.ForCurrentTest(out int seed);
         AttentionOptions options = mask.ToOptions() with { Deterministic = true };
         using BackwardRun run = BackwardRun.Create(Device, dims, dtype, random);
-        run.Forward(_attention, options, _stream);
+        run.Forward(Attention, options, Stream);
 
-        long bytes = _attention.GetBackwardWorkspaceSize(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT, options);
-        long atomicBytes = _attention.GetBackwardWorkspaceSize(
+        long bytes = Attention.GetBackwardWorkspaceSize(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT, options);
+        long atomicBytes = Attention.GetBackwardWorkspaceSize(
             run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT, options with { Deterministic = false });
         Assert.That(bytes, Is.GreaterThan(0), "the backward pass needs scratch memory (its fp32 dq accumulator)");
         TestContext.Out.WriteLine($"workspace: {bytes} bytes deterministic, {atomicBytes} bytes default");
         using var workspace = new DeviceBuffer<byte>(Device, bytes);
         workspace.Fill(0xA5);
 
-        run.Backward(_attention, options, _stream);
+        run.Backward(Attention, options, Stream);
         byte[] library = run.GradientBytes();
-        run.Backward(_attention, options, _stream, workspace);
+        run.Backward(Attention, options, Stream, workspace);
         byte[] caller = run.GradientBytes();
-        run.Backward(_attention, options, _stream, workspace);
+        run.Backward(Attention, options, Stream, workspace);
         byte[] reused = run.GradientBytes();
         string context = $"seed {seed}, {dims}, {mask}";
         Assert.Multiple(() =>
@@ -197,7 +180,7 @@ public sealed class BackwardAccuracyTests : GpuTestBase
         AttentionOptions atomic = options with { Deterministic = false };
         using var atomicWorkspace = new DeviceBuffer<byte>(Device, atomicBytes);
         atomicWorkspace.Fill(0xA5);
-        run.Backward(_attention, atomic, _stream, atomicWorkspace);
+        run.Backward(Attention, atomic, Stream, atomicWorkspace);
         var (dq, dk, dv) = run.ReadGradients();
         Assert.That(run.Judge(dq, dk, dv, atomic, mask, (float)dims.DefaultScale), Is.Empty, context + ", default mode with a caller workspace");
     }
@@ -211,15 +194,15 @@ public sealed class BackwardAccuracyTests : GpuTestBase
         AttentionOptions options = new MaskSpec(true, false).ToOptions() with { Deterministic = deterministic };
         Random random = TestRandom.ForCurrentTest(out _);
         using BackwardRun run = BackwardRun.Create(Device, dims, DataType.BFloat16, random);
-        run.Forward(_attention, options, _stream);
-        long bytes = _attention.GetBackwardWorkspaceSize(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT, options);
+        run.Forward(Attention, options, Stream);
+        long bytes = Attention.GetBackwardWorkspaceSize(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT, options);
         Assume.That(bytes, Is.GreaterThan(1), "this call needs no workspace to be too small for");
         using var workspace = new DeviceBuffer<byte>(Device, Math.Max(1, bytes - 256));
 
         run.PoisonGradients();
         var ex = Assert.Throws<FlashAttentionException>(() =>
-            _attention.Backward(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT, options, _stream, workspace));
-        _stream.Synchronize();
+            Attention.Backward(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT, options, Stream, workspace));
+        Stream.Synchronize();
         Assert.Multiple(() =>
         {
             Assert.That(ex!.Status, Is.EqualTo(FlashAttentionStatus.InvalidArgument));
@@ -239,25 +222,25 @@ public sealed class BackwardAccuracyTests : GpuTestBase
         AttentionOptions options = mask.ToOptions() with { Deterministic = true };
         Random random = TestRandom.ForCurrentTest(out int seed);
         using BackwardRun run = BackwardRun.Create(Device, dims, DataType.BFloat16, random);
-        run.Forward(_attention, options, _stream);
-        long bytes = _attention.GetBackwardWorkspaceSize(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT, options);
+        run.Forward(Attention, options, Stream);
+        long bytes = Attention.GetBackwardWorkspaceSize(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT, options);
         using var workspace = new DeviceBuffer<byte>(Device, Math.Max(bytes, 1));
         run.PoisonGradients();
-        _stream.Synchronize();
+        Stream.Synchronize();
 
-        _stream.BeginCapture();
-        _attention.Backward(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT, options, _stream, workspace);
-        using CudaGraph graph = _stream.EndCapture();
-        _stream.Synchronize();
+        Stream.BeginCapture();
+        Attention.Backward(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT, options, Stream, workspace);
+        using CudaGraph graph = Stream.EndCapture();
+        Stream.Synchronize();
         Assert.That(run.DDq.Read().All(float.IsNaN), Is.True, "capturing must not run the backward");
 
-        run.Backward(_attention, options, _stream);
+        run.Backward(Attention, options, Stream);
         byte[] direct = run.GradientBytes();
         for (int replay = 1; replay <= 2; replay++)
         {
             run.PoisonGradients();
-            graph.Launch(_stream);
-            _stream.Synchronize();
+            graph.Launch(Stream);
+            Stream.Synchronize();
             Assert.That(FirstDifference(direct, run.GradientBytes()), Is.EqualTo(-1), $"seed {seed}: replay {replay} differs from a direct call");
         }
 
@@ -275,10 +258,10 @@ public sealed class BackwardAccuracyTests : GpuTestBase
         AttentionOptions options = new MaskSpec(true, true).ToOptions();
         Random random = TestRandom.ForCurrentTest(out _);
         using BackwardRun run = BackwardRun.Create(Device, dims, DataType.Float16, random);
-        run.Forward(_attention, options, _stream);
+        run.Forward(Attention, options, Stream);
         DeviceArray[] inputs = [run.DQIn, run.DKIn, run.DVIn, run.DOutput, run.DDOut, run.DLse];
         byte[][] before = [.. inputs.Select(a => a.ReadBytes())];
-        run.Backward(_attention, options, _stream);
+        run.Backward(Attention, options, Stream);
         Assert.Multiple(() =>
         {
             string[] names = ["q", "k", "v", "out", "dOut", "lse"];
@@ -299,10 +282,10 @@ public sealed class BackwardAccuracyTests : GpuTestBase
         Assert.Multiple(() =>
         {
             Assert.That(
-                () => _attention.Backward(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, dkLikeQ, run.DvT, stream: _stream),
+                () => Attention.Backward(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, dkLikeQ, run.DvT, stream: Stream),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("dk"));
             Assert.That(
-                () => _attention.Backward(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DkT, run.DkT, run.DvT, stream: _stream),
+                () => Attention.Backward(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DkT, run.DkT, run.DvT, stream: Stream),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("dq"));
         });
     }
@@ -345,7 +328,7 @@ public sealed class BackwardAccuracyTests : GpuTestBase
         float[] dOut = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, rowsQ * qRow));
         Array.Fill(dOut, float.NaN, totalQ * qRow, padQ * qRow); // spare rows: never part of a sequence
 
-        using VarlenBatch batch = VarlenBatch.FromLengths(Device, lensQ, lensK, _stream);
+        using VarlenBatch batch = VarlenBatch.FromLengths(Device, lensQ, lensK, Stream);
         using DeviceArray dq0 = DeviceArray.Upload(Device, dtype, q), dk0 = DeviceArray.Upload(Device, dtype, k), dv0 = DeviceArray.Upload(Device, dtype, v);
         using DeviceArray dDOut = DeviceArray.Upload(Device, dtype, dOut);
         using DeviceArray dO = DeviceArray.Allocate(Device, dtype, rowsQ * qRow), dLse = DeviceArray.Allocate(Device, DataType.Float32, hq * rowsQ);
@@ -360,19 +343,19 @@ public sealed class BackwardAccuracyTests : GpuTestBase
         DeviceTensor oT = dO.Tensor([rowsQ, hq, headDim]), dOutT = dDOut.Tensor([rowsQ, hq, headDim]), lseT = dLse.Tensor([hq, rowsQ]);
         DeviceTensor gqT = gq.Tensor([rowsQ, hq, headDim]), gkT = gk.Tensor([rowsK, hkv, headDim]), gvT = gv.Tensor([rowsK, hkv, headDim]);
 
-        _attention.ForwardVarlen(qT, kT, vT, oT, batch, lseT, options, _stream);
+        Attention.ForwardVarlen(qT, kT, vT, oT, batch, lseT, options, Stream);
         DeviceBuffer<byte>? workspace = null;
         try
         {
             if (callerWorkspace)
             {
-                long bytes = _attention.GetBackwardWorkspaceSizeVarlen(qT, kT, vT, oT, dOutT, lseT, gqT, gkT, gvT, batch, options);
+                long bytes = Attention.GetBackwardWorkspaceSizeVarlen(qT, kT, vT, oT, dOutT, lseT, gqT, gkT, gvT, batch, options);
                 workspace = new DeviceBuffer<byte>(Device, Math.Max(bytes, 1));
-                workspace.Fill(0xA5, _stream);
+                workspace.Fill(0xA5, Stream);
             }
 
-            _attention.BackwardVarlen(qT, kT, vT, oT, dOutT, lseT, gqT, gkT, gvT, batch, options, _stream, workspace);
-            _stream.Synchronize();
+            Attention.BackwardVarlen(qT, kT, vT, oT, dOutT, lseT, gqT, gkT, gvT, batch, options, Stream, workspace);
+            Stream.Synchronize();
         }
         finally
         {
@@ -468,8 +451,8 @@ public sealed class BackwardAccuracyTests : GpuTestBase
         Random random = TestRandom.ForCurrentTest(out int seed);
         AttentionOptions options = mask.ToOptions(scale) with { Deterministic = deterministic };
         using BackwardRun run = BackwardRun.Create(Device, dims, dtype, random);
-        run.Forward(_attention, options, _stream);
-        run.Backward(_attention, options, _stream);
+        run.Forward(Attention, options, Stream);
+        run.Backward(Attention, options, Stream);
         var (dq, dk, dv) = run.ReadGradients();
         float effectiveScale = scale ?? (float)dims.DefaultScale;
         string context = $"seed {seed}, {Name(dtype)}, {dims}, {mask}, scale {effectiveScale}";

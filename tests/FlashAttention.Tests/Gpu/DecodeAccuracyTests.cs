@@ -302,25 +302,8 @@ internal sealed class DecodeRun : IDisposable
 /// </summary>
 [TestFixture]
 [Category("Gpu")]
-public sealed class DecodeAccuracyTests : GpuTestBase
+public sealed class DecodeAccuracyTests : AttentionTestBase
 {
-    private FlashAttention _attention = null!;
-    private CudaStream _stream = null!;
-
-    [OneTimeSetUp]
-    public void CreateAttention()
-    {
-        _attention = new FlashAttention(Device);
-        _stream = CudaStream.Create(Device);
-    }
-
-    [OneTimeTearDown]
-    public void DisposeAttention()
-    {
-        _stream?.Dispose();
-        _attention?.Dispose();
-    }
-
     private static readonly MaskSpec Full = new(false, false);
     private static readonly MaskSpec Causal = new(true, false);
 
@@ -400,14 +383,14 @@ public sealed class DecodeAccuracyTests : GpuTestBase
         float[]? baseline = null;
         foreach (int splits in new[] { 1, 2, 3, 4, 7, 16, 33, 64, 128, 0 })
         {
-            run.Reset(_stream);
-            int used = _attention.GetDecodeSplitCount(run.QT, run.Cache, run.KNewT, run.VNewT, run.OutT, run.LseT, run.Options, splits);
-            long bytes = _attention.GetDecodeWorkspaceSize(run.QT, run.Cache, run.KNewT, run.VNewT, run.OutT, run.LseT, run.Options, splits);
+            run.Reset(Stream);
+            int used = Attention.GetDecodeSplitCount(run.QT, run.Cache, run.KNewT, run.VNewT, run.OutT, run.LseT, run.Options, splits);
+            long bytes = Attention.GetDecodeWorkspaceSize(run.QT, run.Cache, run.KNewT, run.VNewT, run.OutT, run.LseT, run.Options, splits);
             Assert.That(used, splits == 0 ? Is.InRange(1, FlashAttention.MaxDecodeSplits) : Is.EqualTo(splits), $"split count for num_splits={splits}");
             Assert.That(bytes, used == 1 ? Is.Zero : Is.Positive, $"workspace for {used} splits");
             using DeviceBuffer<byte>? workspace = bytes > 0 && splits % 2 == 0 ? new DeviceBuffer<byte>(Device, bytes) : null;
-            run.Decode(_attention, _stream, splits, workspace);
-            _stream.Synchronize();
+            run.Decode(Attention, Stream, splits, workspace);
+            Stream.Synchronize();
             float[] ours = run.DOut.Read();
             string context = $"seed {seed}, {spec}, num_splits {splits} (used {used}){(workspace is null ? string.Empty : ", caller workspace")}";
             JudgeOutput(ours, naive, refOut, run.DLse.Read(), refLse, spec.Dtype, context);
@@ -445,8 +428,8 @@ public sealed class DecodeAccuracyTests : GpuTestBase
         foreach (var (garbage, minusOne) in new[] { (float.NaN, false), (big, false), (-big, true) })
         {
             using DecodeRun run = DecodeRun.Create(Device, spec, new Random(seed), garbage, minusOne);
-            run.Decode(_attention, _stream, numSplits: 3);
-            _stream.Synchronize();
+            run.Decode(Attention, Stream, numSplits: 3);
+            Stream.Synchronize();
             var (refOut, refLse, _, _) = run.Reference();
             string context = $"seed {seed}, {spec}, garbage {garbage}, unused entries {(minusOne ? "-1" : "NaN block")}";
             JudgeOutput(run.DOut.Read(), run.Naive(), refOut, run.DLse.Read(), refLse, dtype, context);
@@ -538,9 +521,9 @@ public sealed class DecodeAccuracyTests : GpuTestBase
         using KvCache cache = KvCache.Wrap(k.AsTensor(cacheShape), v.AsTensor(cacheShape), lens, dtable.AsTensor(lens.Length, maxBlocks));
         var options = new AttentionOptions { Causal = true };
         long[] qShape = [lens.Length, seqNew, hq, headDim], newShape = [lens.Length, seqNew, hkv, headDim];
-        _attention.Decode(dq.Tensor(qShape), cache, dkn.Tensor(newShape), dvn.Tensor(newShape), dout.Tensor(qShape),
-            dlse.Tensor([lens.Length, hq, seqNew]), options, _stream, numSplits: 2);
-        _stream.Synchronize();
+        Attention.Decode(dq.Tensor(qShape), cache, dkn.Tensor(newShape), dvn.Tensor(newShape), dout.Tensor(qShape),
+            dlse.Tensor([lens.Length, hq, seqNew]), options, Stream, numSplits: 2);
+        Stream.Synchronize();
 
         var refOut = new double[q.Length];
         var refLse = new double[lens.Length * hq * seqNew];
@@ -617,8 +600,8 @@ public sealed class DecodeAccuracyTests : GpuTestBase
         using KvCache cache = KvCache.Wrap(k.AsTensor(cacheShape), v.AsTensor(cacheShape), lens);
         var options = new AttentionOptions { Causal = true };
         long[] qShape = [batch, seqNew, hq, headDim], newShape = [batch, seqNew, hkv, headDim];
-        _attention.Decode(dq.Tensor(qShape), cache, dkn.Tensor(newShape), dvn.Tensor(newShape), dout.Tensor(qShape), dlse.Tensor([batch, hq, seqNew]), options, _stream);
-        _stream.Synchronize();
+        Attention.Decode(dq.Tensor(qShape), cache, dkn.Tensor(newShape), dvn.Tensor(newShape), dout.Tensor(qShape), dlse.Tensor([batch, hq, seqNew]), options, Stream);
+        Stream.Synchronize();
 
         var refOut = new double[q.Length];
         var refLse = new double[batch * hq * seqNew];
@@ -659,8 +642,8 @@ public sealed class DecodeAccuracyTests : GpuTestBase
         Random random = TestRandom.ForCurrentTest(out int seed);
         int pagesPerSeq = blockSize == 0 ? 0 : (capacity + blockSize - 1) / blockSize;
         using KvCache cache = blockSize == 0
-            ? KvCache.CreateContiguous(Device, dtype, batch, capacity, hkv, headDim, _stream)
-            : KvCache.CreatePaged(Device, dtype, batch, batch * pagesPerSeq, blockSize, hkv, headDim, pagesPerSeq, _stream);
+            ? KvCache.CreateContiguous(Device, dtype, batch, capacity, hkv, headDim, Stream)
+            : KvCache.CreatePaged(Device, dtype, batch, batch * pagesPerSeq, blockSize, hkv, headDim, pagesPerSeq, Stream);
         Assert.That(cache.OwnsMemory, Is.True);
         Assert.That(cache.HasBlockAllocator, Is.EqualTo(blockSize > 0));
         Assert.That(cache.FreeBlockCount, Is.EqualTo(blockSize > 0 ? batch * pagesPerSeq : 0));
@@ -678,7 +661,7 @@ public sealed class DecodeAccuracyTests : GpuTestBase
                 int sn = step == 0 ? prefill : 1;
                 if (step == resetAt)
                 {
-                    cache.ResetSequence(resetSeq, _stream);
+                    cache.ResetSequence(resetSeq, Stream);
                     mirrorLens[resetSeq] = 0;
                     Array.Fill(mirrorK, double.NaN, resetSeq * capacity * row, capacity * row);
                 }
@@ -723,12 +706,12 @@ public sealed class DecodeAccuracyTests : GpuTestBase
                 entry.Item4.Poison();
                 entry.Item5.Poison();
                 long[] qShape = [batch, sn, hq, headDim], newShape = [batch, sn, hkv, headDim];
-                _attention.Decode(entry.Item1.Tensor(qShape), cache, entry.Item2.Tensor(newShape), entry.Item3.Tensor(newShape),
-                    entry.Item4.Tensor(qShape), entry.Item5.Tensor([batch, hq, sn]), options, _stream);
+                Attention.Decode(entry.Item1.Tensor(qShape), cache, entry.Item2.Tensor(newShape), entry.Item3.Tensor(newShape),
+                    entry.Item4.Tensor(qShape), entry.Item5.Tensor([batch, hq, sn]), options, Stream);
                 Assert.That(cache.SequenceLengths, Is.EqualTo(mirrorLens), $"host lengths after step {step}");
             }
 
-            _stream.Synchronize();
+            Stream.Synchronize();
             for (int step = 0; step < outputs.Count; step++)
             {
                 var o = outputs[step];
@@ -737,7 +720,7 @@ public sealed class DecodeAccuracyTests : GpuTestBase
 
             Assert.That(ReadDeviceLengths(cache), Is.EqualTo(mirrorLens), "device lengths");
             var bits = new ushort[cache.Keys.ElementCount];
-            cache.CopyKeysTo(bits, _stream);
+            cache.CopyKeysTo(bits, Stream);
             for (int b = 0; b < batch; b++)
             {
                 for (int p = 0; p < mirrorLens[b]; p++)
@@ -779,7 +762,7 @@ public sealed class DecodeAccuracyTests : GpuTestBase
     [Test]
     public void OwnedPagedCacheAllocatesAndRefuses()
     {
-        using KvCache cache = KvCache.CreatePaged(Device, DataType.BFloat16, 2, numBlocks: 5, blockSize: 16, headsKv: 1, headDim: 64, maxBlocksPerSequence: 4, _stream);
+        using KvCache cache = KvCache.CreatePaged(Device, DataType.BFloat16, 2, numBlocks: 5, blockSize: 16, headsKv: 1, headDim: 64, maxBlocksPerSequence: 4, Stream);
         Assert.Multiple(() =>
         {
             Assert.That(cache.FreeBlockCount, Is.EqualTo(5));
@@ -787,28 +770,28 @@ public sealed class DecodeAccuracyTests : GpuTestBase
             Assert.That(cache.HostBlockTable, Is.All.EqualTo(-1));
         });
 
-        cache.SetSequenceLengths([17, 16], _stream);   // 2 + 1 pages
+        cache.SetSequenceLengths([17, 16], Stream);   // 2 + 1 pages
         Assert.That(cache.FreeBlockCount, Is.EqualTo(2));
         Assert.That(cache.HostBlockTable!.Where(x => x >= 0), Is.Unique);
         Assert.That(ReadDeviceLengths(cache), Is.EqualTo(new[] { 17, 16 }));
         Assert.That(ReadDeviceTable(cache), Is.EqualTo(cache.HostBlockTable), "device block table follows the host copy");
 
-        Assert.That(() => cache.SetSequenceLengths([64, 32], _stream), Throws.InvalidOperationException.With.Message.Contains("free blocks")); // needs 3 more
+        Assert.That(() => cache.SetSequenceLengths([64, 32], Stream), Throws.InvalidOperationException.With.Message.Contains("free blocks")); // needs 3 more
         Assert.That(cache.SequenceLengths, Is.EqualTo(new[] { 17, 16 }), "a refused change changes nothing");
         Assert.That(cache.FreeBlockCount, Is.EqualTo(2));
 
         // A decode whose append needs more blocks than are free is refused before the native call.
-        cache.SetSequenceLengths([48, 32], _stream); // 3 + 2 pages: all 5 blocks
+        cache.SetSequenceLengths([48, 32], Stream); // 3 + 2 pages: all 5 blocks
         Assert.That(cache.FreeBlockCount, Is.Zero);
         using var q = new DeviceBuffer<BFloat16>(Device, 2 * 4 * 64);
         using var kn = new DeviceBuffer<BFloat16>(Device, 2 * 64);
         using var vn = new DeviceBuffer<BFloat16>(Device, 2 * 64);
         using var o = new DeviceBuffer<BFloat16>(Device, 2 * 4 * 64);
-        var ex = Assert.Throws<ArgumentException>(() => _attention.Decode(q.AsTensor(2, 1, 4, 64), cache, kn.AsTensor(2, 1, 1, 64), vn.AsTensor(2, 1, 1, 64), o.AsTensor(2, 1, 4, 64), stream: _stream));
+        var ex = Assert.Throws<ArgumentException>(() => Attention.Decode(q.AsTensor(2, 1, 4, 64), cache, kn.AsTensor(2, 1, 1, 64), vn.AsTensor(2, 1, 1, 64), o.AsTensor(2, 1, 4, 64), stream: Stream));
         Assert.That(ex!.Message, Does.Contain("free"));
         Assert.That(cache.SequenceLengths, Is.EqualTo(new[] { 48, 32 }));
 
-        cache.ResetSequence(0, _stream);
+        cache.ResetSequence(0, Stream);
         Assert.That(cache.FreeBlockCount, Is.EqualTo(3));
         Assert.That(cache.HostBlockTable!.Take(4), Is.All.EqualTo(-1));
         Assert.That(ReadDeviceTable(cache), Is.EqualTo(cache.HostBlockTable));
@@ -819,15 +802,15 @@ public sealed class DecodeAccuracyTests : GpuTestBase
     [Test]
     public void RefusedDecodeChangesNothing()
     {
-        using KvCache cache = KvCache.CreatePaged(Device, DataType.Float16, 1, numBlocks: 4, blockSize: 16, headsKv: 1, headDim: 64, stream: _stream);
-        cache.SetSequenceLengths([16], _stream);
+        using KvCache cache = KvCache.CreatePaged(Device, DataType.Float16, 1, numBlocks: 4, blockSize: 16, headsKv: 1, headDim: 64, stream: Stream);
+        cache.SetSequenceLengths([16], Stream);
         using var q = new DeviceBuffer<Half>(Device, (4 * 64) + 8);
         using var kn = new DeviceBuffer<Half>(Device, 64);
         using var vn = new DeviceBuffer<Half>(Device, 64);
         using var o = new DeviceBuffer<Half>(Device, 4 * 64);
         // q one element off 16-byte alignment: only the native library can tell.
         DeviceTensor misaligned = DeviceTensor.FromBuffer(q, [1, 1, 4, 64], default, elementOffset: 1);
-        var ex = Assert.Throws<FlashAttentionException>(() => _attention.Decode(misaligned, cache, kn.AsTensor(1, 1, 1, 64), vn.AsTensor(1, 1, 1, 64), o.AsTensor(1, 1, 4, 64), stream: _stream));
+        var ex = Assert.Throws<FlashAttentionException>(() => Attention.Decode(misaligned, cache, kn.AsTensor(1, 1, 1, 64), vn.AsTensor(1, 1, 1, 64), o.AsTensor(1, 1, 4, 64), stream: Stream));
         Assert.Multiple(() =>
         {
             Assert.That(ex!.Status, Is.EqualTo(FlashAttentionStatus.InvalidArgument));
@@ -860,8 +843,8 @@ public sealed class DecodeAccuracyTests : GpuTestBase
         lengths.CopyFrom(spec.Lens);
         run.Cache.Dispose();
         using KvCache cache = KvCache.Wrap(run.DKCache.Tensor(run.CacheShape), run.DVCache.Tensor(run.CacheShape), spec.Lens, cacheSeqLens: lengths.AsTensor(2));
-        _attention.Decode(run.QT, cache, run.KNewT, run.VNewT, run.OutT, run.LseT, run.Options, _stream);
-        _stream.Synchronize();
+        Attention.Decode(run.QT, cache, run.KNewT, run.VNewT, run.OutT, run.LseT, run.Options, Stream);
+        Stream.Synchronize();
         var back = new int[2];
         lengths.CopyTo(back);
         Assert.That(back, Is.EqualTo(new[] { 5, 2 }), $"seed {seed}");
@@ -872,8 +855,8 @@ public sealed class DecodeAccuracyTests : GpuTestBase
         Random random = TestRandom.ForCurrentTest(out int seed);
         using DecodeRun run = DecodeRun.Create(Device, spec, random);
         byte[] kBefore = run.DKCache.ReadBytes(), vBefore = run.DVCache.ReadBytes();
-        run.Decode(_attention, _stream);
-        _stream.Synchronize();
+        run.Decode(Attention, Stream);
+        Stream.Synchronize();
         float[] ours = run.DOut.Read();
         float[] lse = run.DLse.Read();
         var (refOut, refLse, _, _) = run.Reference();

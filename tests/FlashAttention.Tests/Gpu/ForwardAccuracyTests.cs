@@ -9,25 +9,8 @@ namespace FlashAttn.Tests.Gpu;
 /// </summary>
 [TestFixture]
 [Category("Gpu")]
-public sealed class ForwardAccuracyTests : GpuTestBase
+public sealed class ForwardAccuracyTests : AttentionTestBase
 {
-    private FlashAttention _attention = null!;
-    private CudaStream _stream = null!;
-
-    [OneTimeSetUp]
-    public void CreateAttention()
-    {
-        _attention = new FlashAttention(Device);
-        _stream = CudaStream.Create(Device);
-    }
-
-    [OneTimeTearDown]
-    public void DisposeAttention()
-    {
-        _stream?.Dispose();
-        _attention?.Dispose();
-    }
-
     private static readonly (int Sq, int Sk)[] SeqLens =
     [
         (1, 1), (1, 17), (17, 17), (113, 203), (203, 113), (128, 217), (1, 1023), (1023, 1), (3, 799), (1023, 1023),
@@ -129,20 +112,20 @@ public sealed class ForwardAccuracyTests : GpuTestBase
         Random random = TestRandom.ForCurrentTest(out int seed);
         using ForwardRun run = ForwardRun.Create(Device, dims, dtype, random, seed);
         var options = new AttentionOptions { Causal = true, WindowLeft = 100 };
-        _stream.Synchronize();
+        Stream.Synchronize();
 
-        _stream.BeginCapture();
-        _attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, _stream);
-        using CudaGraph graph = _stream.EndCapture();
-        _stream.Synchronize();
+        Stream.BeginCapture();
+        Attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, Stream);
+        using CudaGraph graph = Stream.EndCapture();
+        Stream.Synchronize();
         Assert.That(run.DOut.Read().All(float.IsNaN), Is.True, "capturing must not run the forward");
 
         for (int replay = 1; replay <= 2; replay++)
         {
             run.Refill(random);
             run.PoisonOutputs();
-            graph.Launch(_stream);
-            _stream.Synchronize();
+            graph.Launch(Stream);
+            Stream.Synchronize();
             float[] ours = run.DOut.Read();
             float[] lse = run.DLse.Read();
             var (refOut, refLse) = run.Reference(options);
@@ -182,8 +165,8 @@ public sealed class ForwardAccuracyTests : GpuTestBase
         AttentionOptions options = mask.ToOptions(scale);
         using ForwardRun run = ForwardRun.Create(Device, dims, dtype, random, seed);
 
-        _attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, _stream);
-        _stream.Synchronize();
+        Attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, Stream);
+        Stream.Synchronize();
         float[] ours = run.DOut.Read();
         float[] lse = run.DLse.Read();
 

@@ -7,25 +7,8 @@ namespace FlashAttn.Tests.Gpu;
 /// <summary>Strided views, the optional log-sum-exp, errors through Forward, foreign streams and determinism.</summary>
 [TestFixture]
 [Category("Gpu")]
-public sealed class ForwardBehaviourTests : GpuTestBase
+public sealed class ForwardBehaviourTests : AttentionTestBase
 {
-    private FlashAttention _attention = null!;
-    private CudaStream _stream = null!;
-
-    [OneTimeSetUp]
-    public void CreateAttention()
-    {
-        _attention = new FlashAttention(Device);
-        _stream = CudaStream.Create(Device);
-    }
-
-    [OneTimeTearDown]
-    public void DisposeAttention()
-    {
-        _stream?.Dispose();
-        _attention?.Dispose();
-    }
-
     [TestCase(DataType.Float16, 64, false)]
     [TestCase(DataType.BFloat16, 128, true)]
     [TestCase(DataType.Float16, 128, true)]
@@ -68,9 +51,9 @@ public sealed class ForwardBehaviourTests : GpuTestBase
 
         var options = new AttentionOptions { Causal = causal };
         long[] lseShape = [b, h, s];
-        _attention.Forward(Slice(0), Slice(1), Slice(2), out1.Tensor(shape), lse1.Tensor(lseShape), options, _stream);
-        _attention.Forward(dq.Tensor(shape), dk.Tensor(shape), dv.Tensor(shape), out2.Tensor(shape), lse2.Tensor(lseShape), options, _stream);
-        _stream.Synchronize();
+        Attention.Forward(Slice(0), Slice(1), Slice(2), out1.Tensor(shape), lse1.Tensor(lseShape), options, Stream);
+        Attention.Forward(dq.Tensor(shape), dk.Tensor(shape), dv.Tensor(shape), out2.Tensor(shape), lse2.Tensor(lseShape), options, Stream);
+        Stream.Synchronize();
 
         float[] strided = out1.Read();
         Assert.That(Numerics.FirstNonFinite(strided), Is.EqualTo(-1), $"seed {seed}: strided output not fully written");
@@ -99,13 +82,13 @@ public sealed class ForwardBehaviourTests : GpuTestBase
         using ForwardRun run = ForwardRun.Create(Device, dims, DataType.BFloat16, random, seed);
         var options = new AttentionOptions { Causal = true };
 
-        _attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, _stream);
-        _stream.Synchronize();
+        Attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, Stream);
+        Stream.Synchronize();
         byte[] withLse = run.DOut.ReadBytes();
 
         run.PoisonOutputs();
-        _attention.Forward(run.QT, run.KT, run.VT, run.OutT, logSumExp: null, options, _stream);
-        _stream.Synchronize();
+        Attention.Forward(run.QT, run.KT, run.VT, run.OutT, logSumExp: null, options, Stream);
+        Stream.Synchronize();
         Assert.Multiple(() =>
         {
             Assert.That(run.DOut.ReadBytes(), Is.EqualTo(withLse), $"seed {seed}: output must not depend on whether lse is written");
@@ -120,16 +103,16 @@ public sealed class ForwardBehaviourTests : GpuTestBase
         var dims = new AttentionDims(2, 203, 113, 6, 1, 128);
         using ForwardRun run = ForwardRun.Create(Device, dims, DataType.Float16, random, seed);
         var options = new AttentionOptions { Causal = true, CausalAlignment = CausalAlignment.TopLeft };
-        _attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, _stream);
-        _stream.Synchronize();
+        Attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, Stream);
+        Stream.Synchronize();
         byte[] viaBuffers = run.DOut.ReadBytes();
         byte[] lseViaBuffers = run.DLse.ReadBytes();
 
         run.PoisonOutputs();
         DeviceTensor Raw(DeviceArray a, long[] shape) => DeviceTensor.FromPointer(a.Tensor([a.Length]).Pointer, a.DataType, shape);
-        _attention.Forward(Raw(run.DQ, run.QShape), Raw(run.DK, run.KvShape), Raw(run.DV, run.KvShape), Raw(run.DOut, run.QShape),
-            Raw(run.DLse, run.LseShape), options, _stream);
-        _stream.Synchronize();
+        Attention.Forward(Raw(run.DQ, run.QShape), Raw(run.DK, run.KvShape), Raw(run.DV, run.KvShape), Raw(run.DOut, run.QShape),
+            Raw(run.DLse, run.LseShape), options, Stream);
+        Stream.Synchronize();
         Assert.Multiple(() =>
         {
             Assert.That(run.DOut.ReadBytes(), Is.EqualTo(viaBuffers), $"seed {seed}");
@@ -143,7 +126,7 @@ public sealed class ForwardBehaviourTests : GpuTestBase
         Random random = TestRandom.ForCurrentTest(out int seed);
         var dims = new AttentionDims(2, 17, 17, 4, 4, 64);
         using ForwardRun run = ForwardRun.Create(Device, dims, DataType.Float16, random, seed);
-        _attention.Forward(run.QT, run.KT, run.VT, run.OutT);
+        Attention.Forward(run.QT, run.KT, run.VT, run.OutT);
         Device.Synchronize();
         float[] ours = run.DOut.Read();
         var (refOut, _) = run.Reference(AttentionOptions.Default);
@@ -159,14 +142,14 @@ public sealed class ForwardBehaviourTests : GpuTestBase
         using ForwardRun run = ForwardRun.Create(Device, dims, DataType.BFloat16, random, seed);
         var options = new AttentionOptions { Causal = true };
 
-        _attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, _stream);
-        _stream.Synchronize();
+        Attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, Stream);
+        Stream.Synchronize();
         byte[] out1 = run.DOut.ReadBytes();
         byte[] lse1 = run.DLse.ReadBytes();
 
         run.PoisonOutputs();
-        _attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, _stream);
-        _stream.Synchronize();
+        Attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, Stream);
+        Stream.Synchronize();
         Assert.Multiple(() =>
         {
             Assert.That(run.DOut.ReadBytes().SequenceEqual(out1), Is.True, $"seed {seed}: output differs between two identical calls");
@@ -186,17 +169,17 @@ public sealed class ForwardBehaviourTests : GpuTestBase
 
         Assert.Multiple(() =>
         {
-            Assert.That(() => _attention.Forward(run.DQ.Tensor([2 * 17, 8, 64]), run.KT, run.VT, run.OutT),
+            Assert.That(() => Attention.Forward(run.DQ.Tensor([2 * 17, 8, 64]), run.KT, run.VT, run.OutT),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("q"));
-            Assert.That(() => _attention.Forward(run.QT, bf16.Tensor(run.KvShape), run.VT, run.OutT),
+            Assert.That(() => Attention.Forward(run.QT, bf16.Tensor(run.KvShape), run.VT, run.OutT),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("k"));
-            Assert.That(() => _attention.Forward(run.QT, run.KT, run.VT, run.DOut.Tensor([2, 17, 4, 128])),
+            Assert.That(() => Attention.Forward(run.QT, run.KT, run.VT, run.DOut.Tensor([2, 17, 4, 128])),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("output"));
-            Assert.That(() => _attention.Forward(run.QT, run.KT, run.VT, run.OutT, lse16.Tensor(run.LseShape)),
+            Assert.That(() => Attention.Forward(run.QT, run.KT, run.VT, run.OutT, lse16.Tensor(run.LseShape)),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("logSumExp"));
-            Assert.That(() => _attention.Forward(run.QT, run.KT, run.VT, run.OutT, null, new AttentionOptions { SoftmaxScale = float.NaN }),
+            Assert.That(() => Attention.Forward(run.QT, run.KT, run.VT, run.OutT, null, new AttentionOptions { SoftmaxScale = float.NaN }),
                 Throws.ArgumentException.With.Message.Contains("SoftmaxScale"));
-            Assert.That(() => _attention.Forward(null!, run.KT, run.VT, run.OutT), Throws.ArgumentNullException);
+            Assert.That(() => Attention.Forward(null!, run.KT, run.VT, run.OutT), Throws.ArgumentNullException);
         });
     }
 
@@ -216,8 +199,8 @@ public sealed class ForwardBehaviourTests : GpuTestBase
         using ForwardRun run = ForwardRun.Create(Device, dims, DataType.Float16, random, seed);
 
         // A good call first, for a bitwise baseline.
-        _attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, null, _stream);
-        _stream.Synchronize();
+        Attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, null, Stream);
+        Stream.Synchronize();
         byte[] baseline = run.DOut.ReadBytes();
 
         using var odd = DeviceArray.Allocate(Device, DataType.Float16, 2L * 33 * 8 * 264);
@@ -250,7 +233,7 @@ public sealed class ForwardBehaviourTests : GpuTestBase
         }
 
         FlashAttentionStatus checkStatus = FlashAttention.Check(q, k, v, o, out string checkMessage, lse, options, Device.ComputeCapabilityCode);
-        var ex = Assert.Throws<FlashAttentionException>(() => _attention.Forward(q, k, v, o, lse, options, _stream));
+        var ex = Assert.Throws<FlashAttentionException>(() => Attention.Forward(q, k, v, o, lse, options, Stream));
         Assert.Multiple(() =>
         {
             Assert.That(checkStatus, Is.EqualTo(expected), checkMessage);
@@ -262,8 +245,8 @@ public sealed class ForwardBehaviourTests : GpuTestBase
 
         // No sticky error: the next good call works and gives the same bits.
         run.PoisonOutputs();
-        _attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, null, _stream);
-        _stream.Synchronize();
+        Attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, null, Stream);
+        Stream.Synchronize();
         Device.Synchronize();
         Assert.That(run.DOut.ReadBytes(), Is.EqualTo(baseline), $"seed {seed}: the call after a rejected one must succeed unchanged");
     }
@@ -281,7 +264,7 @@ public sealed class ForwardBehaviourTests : GpuTestBase
 
             var borrowed = CudaStream.FromHandle(raw);
             Assert.That(borrowed.OwnsHandle, Is.False);
-            _attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, null, borrowed);
+            Attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, null, borrowed);
             borrowed.Synchronize();
             borrowed.Dispose();
             borrowed.Dispose();
@@ -290,7 +273,7 @@ public sealed class ForwardBehaviourTests : GpuTestBase
             // The stream is still alive: queue work on it directly and wait for it.
             run.PoisonOutputs();
             using var again = CudaStream.FromHandle(raw);
-            _attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, null, again);
+            Attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, null, again);
             Assert.That(NativeMethods.fa_stream_synchronize(raw), Is.EqualTo(FaStatus.Success), NativeLib.LastError());
             Assert.That(Numerics.FirstNonFinite(run.DOut.Read()), Is.EqualTo(-1));
         }

@@ -9,27 +9,10 @@ namespace FlashAttn.Tests.Gpu;
 /// </summary>
 [TestFixture]
 [Category("Gpu")]
-public sealed class VarlenTests : GpuTestBase
+public sealed class VarlenTests : AttentionTestBase
 {
     private static readonly int[] LensQ = [113, 0, 1, 17, 203, 1, 64];
     private static readonly int[] LensK = [203, 5, 1, 0, 113, 300, 64];
-
-    private FlashAttention _attention = null!;
-    private CudaStream _stream = null!;
-
-    [OneTimeSetUp]
-    public void CreateAttention()
-    {
-        _attention = new FlashAttention(Device);
-        _stream = CudaStream.Create(Device);
-    }
-
-    [OneTimeTearDown]
-    public void DisposeAttention()
-    {
-        _stream?.Dispose();
-        _attention?.Dispose();
-    }
 
     [TestCase(DataType.BFloat16, 128, false, false)]
     [TestCase(DataType.Float16, 64, true, false)]
@@ -55,10 +38,10 @@ public sealed class VarlenTests : GpuTestBase
         dlse.Poison();
         using var batch = VarlenBatch.FromLengths(Device, LensQ, LensK);
 
-        _attention.ForwardVarlen(
+        Attention.ForwardVarlen(
             dq.Tensor([totalQ, hq, d]), dk.Tensor([totalK, hkv, d]), dv.Tensor([totalK, hkv, d]), dout.Tensor([totalQ, hq, d]),
-            batch, dlse.Tensor([hq, totalQ]), options, _stream);
-        _stream.Synchronize();
+            batch, dlse.Tensor([hq, totalQ]), options, Stream);
+        Stream.Synchronize();
         float[] ours = dout.Read();
         float[] lse = dlse.Read();
 
