@@ -1,0 +1,139 @@
+/*
+ * c_test_util.h - what the plain C99 tests of the C ABI (c_abi_test.c, c_decode_test.c) share: the check
+ * counters and CHECK, expect() for a status and the last-error contract, and fp16/bf16 conversions (round to
+ * nearest even). Include it once, after flash_attention.h and the C headers it uses.
+ */
+#ifndef FA_C_TEST_UTIL_H
+#define FA_C_TEST_UTIL_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "flash_attention.h"
+
+static int g_passed = 0;
+static int g_failed = 0;
+static int g_skipped = 0;
+
+#define CHECK(cond, ...)                                          \
+    do {                                                          \
+        if (cond) {                                               \
+            ++g_passed;                                           \
+        } else {                                                  \
+            ++g_failed;                                           \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);           \
+            printf(__VA_ARGS__);                                  \
+            printf("\n");                                         \
+        }                                                         \
+    } while (0)
+
+/* Checks a status and the last-error contract: a message after a failure, "" after a success.
+   `needle`, when not NULL, must occur in the message. Returns 1 when everything matched. */
+static int expect(const char* label, fa_status_t got, fa_status_t want, const char* needle) {
+    const char* message = fa_last_error_message();
+    int ok = 1;
+    if (message == NULL) {
+        CHECK(0, "%s: fa_last_error_message() returned NULL", label);
+        return 0;
+    }
+    if (got != want) {
+        CHECK(0, "%s: status %s, expected %s (message: \"%s\")", label, fa_status_string(got),
+              fa_status_string(want), message);
+        return 0;
+    }
+    if (want == FA_STATUS_SUCCESS) {
+        if (message[0] != '\0') {
+            ok = 0;
+            CHECK(0, "%s: succeeded but the last error is \"%s\" instead of \"\"", label, message);
+        }
+    } else {
+        if (message[0] == '\0') {
+            ok = 0;
+            CHECK(0, "%s: failed with %s but the message is empty", label, fa_status_string(got));
+        } else if (needle != NULL && strstr(message, needle) == NULL) {
+            ok = 0;
+            CHECK(0, "%s: message \"%s\" does not mention \"%s\"", label, message, needle);
+        } else {
+            printf("  ok  %-34s %s: %s\n", label, fa_status_string(got), message);
+        }
+    }
+    if (ok) {
+        ++g_passed;
+    }
+    return ok;
+}
+
+/* ---- fp16 conversion (round to nearest even) ------------------------------------------------ */
+
+static uint16_t float_to_half(float f) {
+    uint32_t x;
+    uint32_t sign, exponent, mantissa, half_mantissa, rest, halfway;
+    int e, shift;
+    memcpy(&x, &f, sizeof(x));
+    sign = (x >> 16) & 0x8000u;
+    exponent = (x >> 23) & 0xffu;
+    mantissa = x & 0x7fffffu;
+    if (exponent == 0xffu) { /* inf or NaN (NaN stays NaN) */
+        return (uint16_t)(sign | 0x7c00u | (mantissa != 0 ? 0x200u : 0u));
+    }
+    e = (int)exponent - 127 + 15;
+    if (e >= 31) {
+        return (uint16_t)(sign | 0x7c00u);
+    }
+    if (e <= 0) { /* half subnormal or zero */
+        if (e < -10) {
+            return (uint16_t)sign;
+        }
+        mantissa |= 0x800000u;
+        shift = 14 - e; /* 14..24 */
+        half_mantissa = mantissa >> shift;
+        rest = mantissa & ((1u << shift) - 1u);
+        halfway = 1u << (shift - 1);
+        if (rest > halfway || (rest == halfway && (half_mantissa & 1u))) {
+            ++half_mantissa;
+        }
+        return (uint16_t)(sign | half_mantissa);
+    }
+    half_mantissa = mantissa >> 13;
+    rest = mantissa & 0x1fffu;
+    x = sign | ((uint32_t)e << 10) | half_mantissa;
+    if (rest > 0x1000u || (rest == 0x1000u && (half_mantissa & 1u))) {
+        ++x; /* a carry moves into the exponent, and 65520 becomes infinity, as it should */
+    }
+    return (uint16_t)x;
+}
+
+static double half_to_double(uint16_t h) {
+    const int sign = (h & 0x8000u) ? -1 : 1;
+    const int exponent = (h >> 10) & 0x1f;
+    const int mantissa = h & 0x3ff;
+    if (exponent == 0) {
+        return sign * ldexp((double)mantissa, -24);
+    }
+    if (exponent == 31) {
+        return mantissa != 0 ? (double)NAN : sign * (double)INFINITY;
+    }
+    return sign * ldexp((double)(mantissa | 0x400), exponent - 25);
+}
+
+/* bfloat16: the upper 16 bits of a float, rounded to nearest even (NaN kept a NaN). */
+static uint16_t float_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, sizeof(x));
+    if ((x & 0x7fffffffu) > 0x7f800000u) {
+        return (uint16_t)((x >> 16) | 0x40u);
+    }
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+
+static double bf16_to_double(uint16_t h) {
+    const uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, sizeof(f));
+    return (double)f;
+}
+
+#endif /* FA_C_TEST_UTIL_H */
