@@ -65,6 +65,13 @@ public enum KernelPath
 
     /// <summary>The portable mma.sync path, which runs on every GPU from sm_80 on.</summary>
     Sm80 = 1,
+
+    /// <summary>
+    /// Hopper's warpgroup MMA path (a build with sm_90a code, on compute capability 9.0). It serves the backward pass
+    /// for head dims 33..64, 97..128 and 193..256; elsewhere, and for the forward and decode, asking for it is
+    /// <see cref="FlashAttentionStatus.Unsupported"/>. <see cref="Auto"/> picks it where it serves.
+    /// </summary>
+    Sm90 = 2,
 }
 
 /// <summary>Which computation a capability query asks about. The values match <c>fa_pass_t</c> in <c>flash_attention.h</c>.</summary>

@@ -24,7 +24,7 @@
 
 /* Version of this header. fa_version() reports the version of the loaded binary. */
 #define FA_VERSION_MAJOR 0
-#define FA_VERSION_MINOR 3
+#define FA_VERSION_MINOR 4
 #define FA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
@@ -98,7 +98,12 @@ typedef enum fa_kernel_path {
     /* Pick the fastest path this build has for the device. */
     FA_PATH_AUTO = 0,
     /* The portable mma.sync path (sm_80 and later). */
-    FA_PATH_SM80 = 1
+    FA_PATH_SM80 = 1,
+    /* Hopper's warpgroup MMA path (wgmma; a build with sm_90a code on compute capability 9.0). Serves
+       the backward pass for head dims 33..64, 97..128 and 193..256 (the 64, 128 and 256 kernels); elsewhere, and for
+       the forward and decode, a call that asks for it is UNSUPPORTED. FA_PATH_AUTO picks it where it
+       serves. (Since 0.4.) */
+    FA_PATH_SM90 = 2
 } fa_kernel_path_t;
 
 /* Which computation a capability query asks about. */

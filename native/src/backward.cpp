@@ -20,9 +20,23 @@ void require(const void* pointer, const char* name) {
     }
 }
 
-// UNSUPPORTED when the backward kernel for this head dim needs more shared memory than the GPU allows.
-void check_smem(const fa::BwdParams& p, const fa::LaunchInfo& info) {
-    const int32_t need = fa::backward_smem_bytes(p.kernel_d);
+// Picks the main kernel (p.sm90) for the device: the sm90 one where it serves and the call allows it
+// (kernel_path AUTO or SM90); UNSUPPORTED for kernel_path SM90 where it does not serve, or when the kernel
+// needs more shared memory than the GPU allows.
+void choose_kernel(fa::BwdParams& p, int32_t kernel_path, const fa::LaunchInfo& info) {
+    std::string why;
+    const bool serves = fa::backward_sm90_serves(p.kernel_d, info.cc_major * 10 + info.cc_minor, &why) &&
+                        fa::backward_sm90_smem_bytes(p.kernel_d) <= info.smem_optin;
+    if (kernel_path == FA_PATH_SM90 && !serves) {
+        fa::fail(FA_STATUS_UNSUPPORTED, "kernel_path is FA_PATH_SM90, but " +
+                                            (why.empty() ? std::string("device ") + std::to_string(info.device) +
+                                                               " lacks the shared memory of the sm90 backward kernel"
+                                                         : why) +
+                                            " (head dim " + std::to_string(p.f.d) + ", device " +
+                                            std::to_string(info.device) + ")");
+    }
+    p.sm90 = serves && kernel_path != FA_PATH_SM80 ? 1 : 0;
+    const int32_t need = p.sm90 ? fa::backward_sm90_smem_bytes(p.kernel_d) : fa::backward_smem_bytes(p.kernel_d);
     if (need > info.smem_optin) {
         fa::fail(FA_STATUS_UNSUPPORTED,
                  "the backward kernel for head dim " + std::to_string(p.f.d) + " needs " + std::to_string(need) +
@@ -33,8 +47,7 @@ void check_smem(const fa::BwdParams& p, const fa::LaunchInfo& info) {
 
 // Points the workspace parts of p into `base` (layout from bwd_workspace_layout).
 void carve(fa::BwdParams& p, char* base) {
-    const fa::BwdWorkspaceLayout w =
-        fa::bwd_workspace_layout(p.f, p.kernel_d, fa::backward_block_m(p.kernel_d), p.deterministic != 0);
+    const fa::BwdWorkspaceLayout w = fa::bwd_workspace_layout(p.f, p.kernel_d, p.deterministic != 0);
     p.dq_accum = reinterpret_cast<float*>(base);
     p.dsum = reinterpret_cast<float*>(base + w.dq_accum);
     p.lse_log2 = reinterpret_cast<float*>(base + w.dq_accum + w.dsum);
@@ -77,8 +90,8 @@ FA_API fa_status_t fa_backward_workspace_size(fa_context_t context, const fa_bac
     *bytes = 0;
     const fa::LaunchInfo& info = context->info;
     size_t need = 0;
-    const fa::BwdParams p = fa::validate_backward(params, info.cc_major * 10 + info.cc_minor, false, &need);
-    check_smem(p, info);
+    fa::BwdParams p = fa::validate_backward(params, info.cc_major * 10 + info.cc_minor, false, &need);
+    choose_kernel(p, params->kernel_path, info);
     *bytes = need;
     return FA_STATUS_SUCCESS;
     FA_API_END
@@ -90,7 +103,7 @@ FA_API fa_status_t fa_backward(fa_context_t context, const fa_backward_params_t*
     const fa::LaunchInfo& info = context->info;
     size_t need = 0;
     fa::BwdParams p = fa::validate_backward(params, info.cc_major * 10 + info.cc_minor, true, &need);
-    check_smem(p, info);
+    choose_kernel(p, params->kernel_path, info);
     // Nothing to compute: no query rows and no keys in any sequence.
     const bool varlen = p.f.cu_seqlens_q != nullptr;
     if (varlen && p.f.total_q == 0 && p.f.total_k == 0) {

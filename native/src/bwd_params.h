@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "params.h"
 
@@ -22,6 +23,7 @@ struct BwdParams {
 
     int32_t deterministic;  // 0 or 1
     int32_t kernel_d;       // head dim of the kernel that runs (>= f.d; extra columns are zero)
+    int32_t sm90;           // 1: the wgmma main kernel (sm_90a build, cc 9.0, kernel_d 64, 128 or 256)
 
     // Workspace, all fp32 / int32, indexed by "row slot" = (b * hq + h) * sq + row for a fixed-length batch
     // and h * total_q + row for a variable-length one (rows of the packed tensor):
@@ -45,23 +47,36 @@ inline int64_t bwd_row_slot(const BwdParams& p, int b, int h, int64_t seq_row0, 
                                        : (static_cast<int64_t>(b) * p.f.hq + h) * p.f.sq + row;
 }
 
-// Workspace layout for a call (bytes of each part, each rounded to 256). block_m is the kernel's
-// BlockM (for the semaphores); kernel_d its head dim.
+// Tile of the sm90 (wgmma) main kernel: 64 query rows x 128 keys (64 keys at head dim 256).
+constexpr int32_t kBwdSm90BlockM = 64, kBwdSm90BlockN = 128;
+// The smallest BlockM of any backward main kernel: the deterministic mode's semaphores (one per query
+// block) are sized for it, so the workspace size does not depend on the kernel path.
+constexpr int32_t kBwdMinBlockM = 64;
+
+// Workspace layout for a call (bytes of each part, each rounded to 256); kernel_d is the kernel's head dim.
 struct BwdWorkspaceLayout {
     size_t dq_accum, dsum, lse_log2, sem, total;
 };
-BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, int32_t block_m, bool deterministic);
+BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, bool deterministic);
 
-// BlockM and dynamic shared memory of the backward kernel for a compiled kernel head dim.
+// BlockM, BlockN and dynamic shared memory of the sm80 backward kernel for a compiled kernel head dim
+// (the sm90 kernel has the same BlockN, 128, where it serves).
 int32_t backward_block_m(int32_t kernel_d);
 int32_t backward_block_n(int32_t kernel_d);
 int32_t backward_smem_bytes(int32_t kernel_d);
 
-// Names of the backward kernels compiled into this build ("sm80_bwd_bf16_hdim128_local_det_64x128_8w"):
-// their count, one by index (nullptr past the end), and the one of a variant (lives as long as the process).
+// Whether this build's sm90 (wgmma) backward serves kernel head dim kernel_d on compute capability cc
+// (major * 10 + minor; 0: any device that has it); if not, *why (when given) says why in a phrase.
+bool backward_sm90_serves(int32_t kernel_d, int32_t cc, std::string* why);
+// Dynamic shared memory of the sm90 backward kernel (kernel_d 64, 128 or 256).
+int32_t backward_sm90_smem_bytes(int32_t kernel_d);
+
+// Names of the backward kernels compiled into this build ("sm80_bwd_bf16_hdim128_local_det_64x128_8w",
+// "sm90_bwd_bf16_hdim128_64x128_2wg"): their count, one by index (nullptr past the end), and the one of
+// a variant (lives as long as the process).
 int32_t backward_kernel_count();
 const char* backward_kernel_name_at(int32_t index);
-const char* backward_kernel_name(bool bf16, int32_t kernel_d, bool local, bool softcap, bool deterministic);
+const char* backward_kernel_name(bool bf16, int32_t kernel_d, bool local, bool softcap, bool deterministic, bool sm90);
 
 // Launches preprocess, main and convert kernels on stream (the workspace pointers set). Returns a
 // cudaError_t value; *kernel_name names the main kernel.

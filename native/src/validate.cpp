@@ -358,8 +358,9 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
         invalid("causal_alignment is " + s(P.causal_alignment) +
                 "; it must be FA_CAUSAL_BOTTOM_RIGHT (0) or FA_CAUSAL_TOP_LEFT (1)");
     }
-    if (P.kernel_path != FA_PATH_AUTO && P.kernel_path != FA_PATH_SM80) {
-        invalid("kernel_path is " + s(P.kernel_path) + "; it must be FA_PATH_AUTO (0) or FA_PATH_SM80 (1)");
+    if (P.kernel_path != FA_PATH_AUTO && P.kernel_path != FA_PATH_SM80 && P.kernel_path != FA_PATH_SM90) {
+        invalid("kernel_path is " + s(P.kernel_path) +
+                "; it must be FA_PATH_AUTO (0), FA_PATH_SM80 (1) or FA_PATH_SM90 (2)");
     }
     if (x.window_left < -1) {
         invalid("window_left is " + s(x.window_left) + "; it must be -1 (unbounded) or a number of keys >= 0");
@@ -440,6 +441,10 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     if (compute_capability != 0 && compute_capability < 80) {
         unsupported("compute_capability is " + s(compute_capability) + " (" + s(compute_capability / 10) + "." +
                     s(compute_capability % 10) + "); the kernels need compute capability 8.0 or newer");
+    }
+    if (P.kernel_path == FA_PATH_SM90) {
+        unsupported("kernel_path is FA_PATH_SM90, which serves the backward pass only; the forward runs on "
+                    "FA_PATH_SM80 (pass FA_PATH_AUTO or FA_PATH_SM80)");
     }
 
     // ---- kernel parameters -----------------------------------------------------------------------
@@ -559,9 +564,9 @@ void check_support_query(const fa_support_query_t& query) {
             invalid(std::string("query->") + flag.name + " is " + s(flag.value) + "; it must be 0 or 1");
         }
     }
-    if (query.kernel_path != FA_PATH_AUTO && query.kernel_path != FA_PATH_SM80) {
+    if (query.kernel_path != FA_PATH_AUTO && query.kernel_path != FA_PATH_SM80 && query.kernel_path != FA_PATH_SM90) {
         invalid("query->kernel_path is " + s(query.kernel_path) +
-                "; it must be FA_PATH_AUTO (0) or FA_PATH_SM80 (1)");
+                "; it must be FA_PATH_AUTO (0), FA_PATH_SM80 (1) or FA_PATH_SM90 (2)");
     }
 
     // ---- is it served? ------------------------------------------------------------------------
@@ -580,12 +585,22 @@ void check_support_query(const fa_support_query_t& query) {
                     s(query.compute_capability / 10) + "." + s(query.compute_capability % 10) +
                     "); the kernels need compute capability 8.0 or newer");
     }
+    if (query.kernel_path == FA_PATH_SM90) {
+        std::string why;
+        if (query.pass != FA_PASS_BACKWARD) {
+            unsupported("query->kernel_path is FA_PATH_SM90, which serves the backward pass only");
+        }
+        if (!backward_sm90_serves(forward_kernel_head_dim(query.head_dim), query.compute_capability, &why)) {
+            unsupported("query->kernel_path is FA_PATH_SM90, but " + why + " (head dim " + s(query.head_dim) + ")");
+        }
+    }
     if (query.pass != FA_PASS_FORWARD && query.compute_capability != 0) {
         // The backward and decode kernels take more shared memory than some GPUs allow a block (fa_backward
-        // and fa_decode report the same from the device's own limit).
+        // and fa_decode report the same from the device's own limit). AUTO runs the sm90 backward where it serves.
         const bool backward = query.pass == FA_PASS_BACKWARD;
         const int32_t kd = forward_kernel_head_dim(query.head_dim);
-        const int32_t need = backward ? backward_smem_bytes(kd) : decode_smem_bytes(kd);
+        const bool sm90 = backward && query.kernel_path != FA_PATH_SM80 && backward_sm90_serves(kd, query.compute_capability, nullptr);
+        const int32_t need = sm90 ? backward_sm90_smem_bytes(kd) : backward ? backward_smem_bytes(kd) : decode_smem_bytes(kd);
         const int32_t allow = smem_optin_for(query.compute_capability);
         if (allow > 0 && need > allow) {
             unsupported(std::string("the ") + (backward ? "backward" : "decode") + " kernel for head dim " + s(query.head_dim) + " needs " + s(need) +
@@ -633,7 +648,8 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     F.softmax_scale = P.softmax_scale;
     F.causal = P.causal;
     F.causal_alignment = P.causal_alignment;
-    F.kernel_path = P.kernel_path;
+    // FA_PATH_SM90 is a backward-only path: the forward's checks see AUTO; the sm90 verdict is below.
+    F.kernel_path = P.kernel_path == FA_PATH_SM90 ? FA_PATH_AUTO : P.kernel_path;
     F.window_left = P.window_left;
     F.window_right = P.window_right;
     F.softcap = P.softcap;
@@ -716,8 +732,15 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     if (!served) {
         unsupported(unserved);
     }
-    if (compute_capability != 0) {
-        const int32_t need = backward_smem_bytes(forward_kernel_head_dim(f.d));
+    std::string sm90_why;
+    if (P.kernel_path == FA_PATH_SM90 && !backward_sm90_serves(forward_kernel_head_dim(f.d), compute_capability, &sm90_why)) {
+        unsupported("kernel_path is FA_PATH_SM90, but " + sm90_why + " (head dim " + s(f.d) + ")");
+    }
+    if (compute_capability != 0 && P.kernel_path != FA_PATH_SM90) {
+        // AUTO may still pick the sm90 kernel (less shared memory than sm80's at these head dims).
+        const int32_t kernel_d = forward_kernel_head_dim(f.d);
+        const bool sm90 = P.kernel_path == FA_PATH_AUTO && backward_sm90_serves(kernel_d, compute_capability, nullptr);
+        const int32_t need = sm90 ? backward_sm90_smem_bytes(kernel_d) : backward_smem_bytes(kernel_d);
         const int32_t allow = smem_optin_for(compute_capability);
         if (allow > 0 && need > allow) {
             unsupported("the backward kernel for head dim " + s(f.d) + " needs " + s(need) +
@@ -771,7 +794,7 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     p.kernel_d = forward_kernel_head_dim(f.d);
     p.q_slots = varlen ? static_cast<int64_t>(f.hq) * f.total_q : static_cast<int64_t>(f.b) * f.hq * f.sq;
 
-    const BwdWorkspaceLayout ws = bwd_workspace_layout(f, p.kernel_d, backward_block_m(p.kernel_d), P.deterministic != 0);
+    const BwdWorkspaceLayout ws = bwd_workspace_layout(f, p.kernel_d, P.deterministic != 0);
     if (workspace_bytes != nullptr) *workspace_bytes = ws.total;
     if (check_workspace && P.workspace != nullptr) {
         if (reinterpret_cast<uintptr_t>(P.workspace) % FA_WORKSPACE_ALIGNMENT != 0) {

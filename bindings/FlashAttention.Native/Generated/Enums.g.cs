@@ -87,6 +87,15 @@ public enum FaKernelPath : int
     /// <summary>The portable mma.sync path (sm_80 and later).</summary>
     /// <remarks>C: <c>FA_PATH_SM80</c></remarks>
     Sm80 = 1,
+
+    /// <summary>
+    /// Hopper's warpgroup MMA path (wgmma; a build with sm_90a code on compute capability 9.0). Serves
+    /// the backward pass for head dims 33..64, 97..128 and 193..256 (the 64, 128 and 256 kernels); elsewhere, and for
+    /// the forward and decode, a call that asks for it is UNSUPPORTED. FA_PATH_AUTO picks it where it
+    /// serves. (Since 0.4.)
+    /// </summary>
+    /// <remarks>C: <c>FA_PATH_SM90</c></remarks>
+    Sm90 = 2,
 }
 
 /// <summary>Which computation a capability query asks about.</summary>

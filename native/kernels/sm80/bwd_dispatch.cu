@@ -10,6 +10,7 @@
 #include "sm80/bwd_instances.h"
 #include "sm80/bwd_traits.h"
 #include "sm80/head_dims.h"
+#include "sm90/bwd_kernel.cuh"
 
 namespace fa {
 
@@ -31,19 +32,32 @@ std::string tile_tag_for(int32_t d) {
     return sm80::with_head_dim(d, [](auto hd) { return tile_tag<decltype(hd)::value>(); });
 }
 
-// Every variant of every compiled head dim: per head dim, fp16 then bf16, then the eight
-// (local, softcap, deterministic) combinations in binary order. Built once.
+#ifdef FA_HAS_SM90A
+constexpr bool kHasSm90a = true;
+#else
+constexpr bool kHasSm90a = false;
+#endif
+
+// Every variant of every compiled head dim: the sm80 kernels (per head dim, fp16 then bf16, then the
+// eight (local, softcap, deterministic) combinations in binary order), then the same for the sm90
+// kernels of an sm_90a build (kernel head dims 64 and 128). Built once.
 const std::vector<std::string>& all_names() {
     static const std::vector<std::string> names = [] {
         std::vector<std::string> out;
         const int32_t* dims = nullptr;
         const int32_t count = forward_compiled_head_dims(&dims);
-        for (int32_t i = 0; i < count; ++i) {
-            const int32_t d = dims[i];
-            for (const char* dtype : {"fp16", "bf16"}) {
-                for (int v = 0; v < 8; ++v) {
-                    out.push_back(std::string("sm80_bwd_") + dtype + "_hdim" + std::to_string(d) + ((v & 4) ? "_local" : "") +
-                                  ((v & 2) ? "_softcap" : "") + ((v & 1) ? "_det" : "") + "_" + tile_tag_for(d));
+        for (const bool sm90 : {false, true}) {
+            for (int32_t i = 0; i < count; ++i) {
+                const int32_t d = dims[i];
+                if (sm90 && !(kHasSm90a && (d == 64 || d == 128 || d == 256))) continue;
+                const std::string tile = sm90 ? std::to_string(kBwdSm90BlockM) + "x" + std::to_string(d == 256 ? kBwdSm90BlockN / 2 : kBwdSm90BlockN) + "_2wg"
+                                              : tile_tag_for(d);
+                for (const char* dtype : {"fp16", "bf16"}) {
+                    for (int v = 0; v < 8; ++v) {
+                        out.push_back(std::string(sm90 ? "sm90_bwd_" : "sm80_bwd_") + dtype + "_hdim" + std::to_string(d) +
+                                      ((v & 4) ? "_local" : "") + ((v & 2) ? "_softcap" : "") + ((v & 1) ? "_det" : "") +
+                                      "_" + tile);
+                    }
                 }
             }
         }
@@ -61,14 +75,38 @@ const char* backward_kernel_name_at(int32_t index) {
     return index >= 0 && index < static_cast<int32_t>(names.size()) ? names[index].c_str() : nullptr;
 }
 
-const char* backward_kernel_name(bool bf16, int32_t kernel_d, bool local, bool softcap, bool deterministic) {
+const char* backward_kernel_name(bool bf16, int32_t kernel_d, bool local, bool softcap, bool deterministic, bool sm90) {
     const int32_t* dims = nullptr;
     const int32_t count = forward_compiled_head_dims(&dims);
     int32_t index = 0;
-    for (int32_t i = 0; i < count && dims[i] != kernel_d; ++i) index += 16;
+    if (sm90) {
+        index = 16 * count;  // past the sm80 names
+        for (int32_t i = 0; i < count && dims[i] != kernel_d; ++i) index += (dims[i] == 64 || dims[i] == 128 || dims[i] == 256) ? 16 : 0;
+    } else {
+        for (int32_t i = 0; i < count && dims[i] != kernel_d; ++i) index += 16;
+    }
     index += (bf16 ? 8 : 0) + (local ? 4 : 0) + (softcap ? 2 : 0) + (deterministic ? 1 : 0);
     const char* name = backward_kernel_name_at(index);
-    return name != nullptr ? name : "sm80_bwd_unknown";
+    return name != nullptr ? name : "bwd_unknown";
+}
+
+bool backward_sm90_serves(int32_t kernel_d, int32_t cc, std::string* why) {
+    const char* reason = nullptr;
+    if (!kHasSm90a) {
+        reason = "this build has no sm_90a code (configure with FA_CUDA_ARCHS containing 90a)";
+    } else if (cc != 0 && cc != 90) {
+        reason = "the wgmma kernels run on compute capability 9.0 only";
+    } else if (kernel_d != 64 && kernel_d != 128 && kernel_d != 256) {
+        reason = "the sm90 backward serves the head dims of the 64, 128 and 256 kernels (33..64, 97..128, 193..256)";
+    }
+    if (reason != nullptr && why != nullptr) *why = reason;
+    return reason == nullptr;
+}
+
+int32_t backward_sm90_smem_bytes(int32_t kernel_d) {
+    return kernel_d == 64    ? sm90::BwdTraits90<64>::kSmemBytes
+           : kernel_d == 128 ? sm90::BwdTraits90<128>::kSmemBytes
+                             : sm90::BwdTraits90<256>::kSmemBytes;
 }
 
 int32_t backward_block_m(int32_t kernel_d) {
@@ -83,7 +121,7 @@ int32_t backward_smem_bytes(int32_t kernel_d) {
     return sm80::with_head_dim(kernel_d, [](auto d) { return int32_t{sm80::BwdTraits<__half, decltype(d)::value>::kSmemBytes}; });
 }
 
-BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, int32_t block_m, bool deterministic) {
+BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, bool deterministic) {
     const bool varlen = f.cu_seqlens_q != nullptr;
     const size_t slots = varlen ? static_cast<size_t>(f.hq) * f.total_q : static_cast<size_t>(f.b) * f.hq * f.sq;
     const auto round = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
@@ -91,7 +129,7 @@ BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, in
     w.dq_accum = round(slots * kernel_d * sizeof(float));
     w.dsum = round(slots * sizeof(float));
     w.lse_log2 = round(slots * sizeof(float));
-    const size_t m_blocks = (static_cast<size_t>(f.sq) + block_m - 1) / block_m;
+    const size_t m_blocks = (static_cast<size_t>(f.sq) + kBwdMinBlockM - 1) / kBwdMinBlockM;
     w.sem = deterministic ? round(static_cast<size_t>(f.b) * f.hq * m_blocks * sizeof(int32_t)) : 0;
     w.total = w.dq_accum + w.dsum + w.lse_log2 + w.sem;
     return w;

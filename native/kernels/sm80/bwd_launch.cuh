@@ -1,5 +1,6 @@
-// Launch template of the sm80 backward: preprocess, main kernel (variant picked from the options),
-// convert, all on one stream. Included only by the per-(head dim, dtype) instantiation files.
+// Launch template of the backward: preprocess, main kernel (sm80 or, for kernel head dims 64 and 128 on
+// an sm_90a build, the wgmma kernel; variant picked from the options), convert, all on one stream.
+// Included only by the per-(head dim, dtype) instantiation files.
 #pragma once
 #include <atomic>
 #include <climits>
@@ -7,18 +8,17 @@
 #include <type_traits>
 
 #include "sm80/bwd_kernel.cuh"
+#include "sm90/bwd_kernel.cuh"
 
 namespace fa {
 namespace sm80 {
 
-template <typename T, int D, bool kLocal, bool kSoftcap, bool kDet>
-cudaError_t launch_bwd_main(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream) {
-    using Tr = BwdTraits<T, D>;
-    auto kernel = bwd_kernel<Tr, kLocal, kSoftcap, kDet>;
-    constexpr int smem = Tr::kSmemBytes;
+// Launches one main-kernel variant; the first launch on a device raises its dynamic shared-memory limit.
+template <class Kernel>
+cudaError_t launch_main(Kernel kernel, int smem, int threads, std::atomic<uint64_t>& raised, const BwdParams& p,
+                        const LaunchInfo& info, cudaStream_t stream) {
     if (smem > info.smem_optin) return cudaErrorInvalidConfiguration;
-    static std::atomic<uint64_t> raised{0};  // devices (ordinals < 64) whose attribute is already set
-    const uint64_t bit = info.device < 64 ? (uint64_t{1} << info.device) : 0;
+    const uint64_t bit = info.device < 64 ? (uint64_t{1} << info.device) : 0;  // devices already raised
     if (bit == 0 || (raised.load(std::memory_order_relaxed) & bit) == 0) {
         const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (err != cudaSuccess) return err;
@@ -27,17 +27,29 @@ cudaError_t launch_bwd_main(const BwdParams& p, const LaunchInfo& info, cudaStre
     const int64_t blocks = static_cast<int64_t>(p.n_blocks) * p.f.b * p.f.hkv;
     if (blocks == 0) return cudaSuccess;
     if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration;  // validation rejects these first
-    kernel<<<static_cast<unsigned>(blocks), Tr::kThreads, smem, stream>>>(p);
+    kernel<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(p);
     return cudaGetLastError();
+}
+
+template <typename T, int D, bool kLocal, bool kSoftcap, bool kDet>
+cudaError_t launch_bwd_main(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream) {
+    static std::atomic<uint64_t> raised80{0}, raised90{0};  // per kernel: each needs its own attribute
+    if constexpr (D == 64 || D == 128 || D == 256) {
+        if (p.sm90) {
+            using Tr = sm90::BwdTraits90<D>;
+            return launch_main(sm90::bwd_kernel_sm90<T, D, kLocal, kSoftcap, kDet>, Tr::kSmemBytes, Tr::kThreads,
+                               raised90, p, info, stream);
+        }
+    }
+    using Tr = BwdTraits<T, D>;
+    return launch_main(bwd_kernel<Tr, kLocal, kSoftcap, kDet>, Tr::kSmemBytes, Tr::kThreads, raised80, p, info, stream);
 }
 
 template <typename T, int D, bool kLocal, bool kSoftcap>
 cudaError_t launch_bwd_main_det(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream, const char** name) {
-    if (p.deterministic) {
-        if (name) *name = backward_kernel_name(std::is_same<T, __nv_bfloat16>::value, D, kLocal, kSoftcap, true);
-        return launch_bwd_main<T, D, kLocal, kSoftcap, true>(p, info, stream);
-    }
-    if (name) *name = backward_kernel_name(std::is_same<T, __nv_bfloat16>::value, D, kLocal, kSoftcap, false);
+    const bool bf16 = std::is_same<T, __nv_bfloat16>::value;
+    if (name) *name = backward_kernel_name(bf16, D, kLocal, kSoftcap, p.deterministic != 0, p.sm90 != 0);
+    if (p.deterministic) return launch_bwd_main<T, D, kLocal, kSoftcap, true>(p, info, stream);
     return launch_bwd_main<T, D, kLocal, kSoftcap, false>(p, info, stream);
 }
 
@@ -45,10 +57,16 @@ cudaError_t launch_bwd_main_det(const BwdParams& p, const LaunchInfo& info, cuda
 // filled here.
 template <typename T, int D>
 int run_bwd(BwdParams& p, const LaunchInfo& info, cudaStream_t stream, const char** name) {
-    using Tr = BwdTraits<T, D>;
     const FwdParams& f = p.f;
-    p.m_blocks = static_cast<int32_t>((static_cast<int64_t>(f.sq) + Tr::kBlockM - 1) / Tr::kBlockM);
-    p.n_blocks = static_cast<int32_t>((static_cast<int64_t>(f.sk) + Tr::kBlockN - 1) / Tr::kBlockN);
+    int block_m = BwdTraits<T, D>::kBlockM, block_n = BwdTraits<T, D>::kBlockN;
+    if constexpr (D == 64 || D == 128 || D == 256) {
+        if (p.sm90) {
+            block_m = sm90::BwdTraits90<D>::kBlockM;
+            block_n = sm90::BwdTraits90<D>::kBlockN;
+        }
+    }
+    p.m_blocks = static_cast<int32_t>((static_cast<int64_t>(f.sq) + block_m - 1) / block_m);
+    p.n_blocks = static_cast<int32_t>((static_cast<int64_t>(f.sk) + block_n - 1) / block_n);
     const bool varlen = f.cu_seqlens_q != nullptr;
     const int64_t rows = varlen ? f.total_q : f.sq;
     const int64_t heads = varlen ? f.hq : static_cast<int64_t>(f.b) * f.hq;

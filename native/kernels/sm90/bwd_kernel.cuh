@@ -1,0 +1,435 @@
+// FlashAttention-2 backward main kernel on Hopper's warpgroup MMA (wgmma, sm_90a). The preprocess and
+// convert kernels, the workspace, the block walk (query blocks of every q head of the GQA group, last to
+// first), the masks and the deterministic ordering are the sm80 kernel's (sm80/bwd_kernel.cuh); what
+// differs is how the five products are computed:
+//
+// One CTA = two warpgroups = 128 keys (warpgroup w owns keys [64w, 64w + 64)); query blocks of 64 rows.
+// Every tile lives in shared memory as 64-column panels of 128-byte rows with the 128-byte swizzle,
+// which wgmma reads either K-major or MN-major, so no operand is ever transposed by hand:
+//   S^T  = K Q^T      m64n64, A = K (K-major), B = Q (K-major)        } keys as rows: the accumulators
+//   dP^T = V dO^T     m64n64, A = V, B = dO                          } hold P^T and dS^T row-wise, ...
+//   dV  += P^T dO     m64nD,  A = P^T from registers, B = dO (MN-major) } ... which are the A operands
+//   dK  += dS^T Q     m64nD,  A = dS^T from registers, B = Q (MN-major) } of these two (FA3's trick)
+//   dQ   = dS K       m64n(D/2) per warpgroup (its half of the columns), A = dS (dS^T stored [key][query],
+//                     read MN-major), B = K (MN-major); added to the fp32 accumulator with red.global.add.
+// P never leaves registers; dS^T goes to shared memory once (16 KB). dK and dV (64 x D per warpgroup)
+// stay in registers for the whole walk.
+//
+// At D = 256 dK and dV of 64 keys take 256 registers a thread, so the warpgroups split the roles
+// instead (kSplit): a CTA holds 64 keys; warpgroup 0 computes S^T, P^T and dV, warpgroup 1 dP^T, dS^T
+// and dK (128 accumulator registers each). Warpgroup 1 needs P^T (times 1 - tanh^2 under softcap): it
+// takes it in fp32 through shared memory (16 KB), signalled by a named barrier that warpgroup 0 passes
+// without waiting, so its dV product starts at once. dQ is split by columns as above.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "sm80/bwd_kernel.cuh"
+#include "sm90/wgmma.cuh"
+
+namespace fa {
+namespace sm90 {
+
+template <int D>
+struct BwdTraits90 {
+    static_assert(D == 64 || D == 128 || D == 256, "the sm90 backward serves kernel head dims 64, 128 and 256");
+    static constexpr int kHeadDim = D;
+    static constexpr bool kSplit = D == 256;  // warpgroups split the roles (see above)
+    static constexpr int kBlockM = kBwdSm90BlockM;
+    static constexpr int kBlockN = kSplit ? kBwdSm90BlockN / 2 : kBwdSm90BlockN;
+    static constexpr int kThreads = 256;  // two warpgroups
+    static constexpr int kSmemQ = kBlockM * D * 2;     // one Q or dO buffer
+    static constexpr int kSmemK = kBlockN * D * 2;     // K or V
+    static constexpr int kSmemDS = kBlockN * kBlockM * 2;  // dS^T, [key][query]
+    static constexpr int kOffQ = 0;                     // 2 buffers
+    static constexpr int kOffDO = kOffQ + 2 * kSmemQ;   // 2 buffers
+    static constexpr int kOffK = kOffDO + 2 * kSmemQ;
+    static constexpr int kOffV = kOffK + kSmemK;
+    static constexpr int kOffDS = kOffV + kSmemK;
+    static constexpr int kSmemPX = kSplit ? kBlockN * kBlockM * 4 : 0;  // P^T handed over in fp32
+    static constexpr int kOffPX = kOffDS + kSmemDS;
+    static constexpr int kSmemStats = 2 * kBlockM * 4;  // lse_log2 then dsum, per buffer
+    static constexpr int kOffStats = kOffPX + kSmemPX;  // 2 buffers
+    static constexpr int kSmemBytes = kOffStats + 2 * kSmemStats;
+    static_assert(kOffK % 1024 == 0 && kOffV % 1024 == 0 && kOffDS % 1024 == 0 && kSmemQ % 1024 == 0,
+                  "wgmma tiles start on 1024-byte swizzle atoms");
+};
+
+// Byte offset of 16-byte chunk `ch` (columns 8ch..8ch+7) of row r in a panel-major tile of `Rows` rows:
+// panel ch / 8 holds columns [64p, 64p + 64) of every row, 128 bytes per row, chunks XOR-swizzled with
+// row % 8 (the layout wgmma's 128-byte swizzle mode reads).
+template <int Rows>
+__device__ __forceinline__ uint32_t panel_off(int r, int ch) {
+    return static_cast<uint32_t>((ch / 8) * Rows * 128 + r * 128 + (((ch % 8) ^ (r % 8)) << 4));
+}
+
+// cp.async of rows [0, Rows) x columns [0, D) of a row-major global tile into panel layout; rows past
+// rows_valid and columns past cols are zero-filled.
+template <typename T, int Rows, int D, int Threads>
+__device__ __forceinline__ void load_panels(uint32_t dst, const T* src, int64_t row_stride, int rows_valid, int cols,
+                                            int tid) {
+    constexpr int CPR = D / 8;
+    static_assert((Rows * CPR) % Threads == 0 && Threads % CPR == 0, "tile splits evenly over threads");
+    constexpr int kRowStep = Threads / CPR;
+    const int r0 = tid / CPR, ch = tid % CPR;
+    const bool col_ok = ch * 8 < cols;
+    const T* g = src + static_cast<int64_t>(r0) * row_stride + ch * 8;
+    const int64_t step = static_cast<int64_t>(kRowStep) * row_stride;
+#pragma unroll
+    for (int i = 0; i < Rows / kRowStep; ++i) {
+        const int r = r0 + i * kRowStep;
+        const bool valid = col_ok && r < rows_valid;
+        cp_async_16(dst + panel_off<Rows>(r, ch), valid ? g : src, valid);
+        g += step;
+        asm volatile("" : "+l"(g));  // see sm80 load_tile: keeps ptxas from precomputing every row pointer
+    }
+}
+
+template <typename T, int D, bool kLocal, bool kSoftcap, bool kDeterministic>
+__global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant__ BwdParams p) {
+#ifdef FA_SM90A_DEVICE
+    using Tr = BwdTraits90<D>;
+    using sm80::MRange;
+    constexpr bool kSplit = Tr::kSplit;
+    constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
+    constexpr int QStride = BM * 128;  // bytes between panels of a Q/dO tile
+    constexpr int KStride = BN * 128;  // ... of a K/V tile
+
+    extern __shared__ __align__(1024) unsigned char smem[];
+    const FwdParams& f = p.f;
+
+    const int n = blockIdx.x % p.n_blocks;
+    const int bhk = blockIdx.x / p.n_blocks;
+    const int hk = bhk % f.hkv;
+    const int b = bhk / f.hkv;
+    const sm80::SeqInfo seq = sm80::seq_info(f, b);
+    const bool varlen = f.cu_seqlens_q != nullptr;
+
+    const int tid = threadIdx.x, lane = tid % 32;
+    const int wg = tid / 128, wl = (tid % 128) / 32;  // warpgroup, warp within it
+    const int key0 = n * BN;
+    const int keys_here = min(BN, seq.sk - key0);
+    if (keys_here <= 0) return;
+
+    const int off = f.bottom_right ? seq.sk - seq.sq : 0;
+    const int win_right = f.causal ? (f.window_right >= 0 ? min(f.window_right, 0) : 0) : f.window_right;
+    const int win_left = f.window_left;
+    const bool has_right = kLocal && win_right >= 0, has_left = kLocal && win_left >= 0;
+    constexpr int kUnbounded = 1 << 30;
+    const int right_bound = has_right ? off + win_right : kUnbounded;
+    const int left_bound = has_left ? off - win_left : -kUnbounded;
+    const MRange mr = sm80::bwd_m_range<kLocal>(n, BM, BN, seq.sq, seq.sk, right_bound, left_bound, has_right, has_left);
+    const int group = f.hq_per_hkv;
+    const int m_count = mr.end - mr.begin;
+    const int iters = m_count * group;
+
+    const uint32_t s0 = smem_u32(smem);
+    const uint32_t sK = s0 + Tr::kOffK, sV = s0 + Tr::kOffV, sdS = s0 + Tr::kOffDS;
+
+    const T* kp = reinterpret_cast<const T*>(f.k) + (varlen ? 0 : b * f.k_batch_stride) + hk * f.k_head_stride +
+                  (seq.k_row0 + key0) * f.k_row_stride;
+    const T* vp = reinterpret_cast<const T*>(f.v) + (varlen ? 0 : b * f.v_batch_stride) + hk * f.v_head_stride +
+                  (seq.k_row0 + key0) * f.v_row_stride;
+
+    // Same walk as the sm80 kernel: each q head of the group, its query blocks from the last down.
+    auto block_of = [&](int it) { return mr.end - 1 - it % m_count; };
+    auto load_q_do = [&](int it) {
+        const int h = hk * group + it / m_count;
+        const int m = block_of(it);
+        const int rows = min(BM, seq.sq - m * BM);
+        const int64_t row = seq.q_row0 + static_cast<int64_t>(m) * BM;
+        const T* q = reinterpret_cast<const T*>(f.q) + (varlen ? 0 : b * f.q_batch_stride) + h * f.q_head_stride +
+                     row * f.q_row_stride;
+        const T* d_o = reinterpret_cast<const T*>(p.dout) + (varlen ? 0 : b * p.do_batch_stride) +
+                       h * p.do_head_stride + row * p.do_row_stride;
+        const int buf = it & 1;
+        load_panels<T, BM, D, Tr::kThreads>(s0 + Tr::kOffQ + buf * Tr::kSmemQ, q, f.q_row_stride, rows, f.d, tid);
+        load_panels<T, BM, D, Tr::kThreads>(s0 + Tr::kOffDO + buf * Tr::kSmemQ, d_o, p.do_row_stride, rows, f.d, tid);
+        if (tid < 2 * BM) {
+            const int r = tid % BM;
+            const float* src = (tid < BM ? p.lse_log2 : p.dsum) + bwd_row_slot(p, b, h, seq.q_row0, m * BM) + r;
+            cp_async_4(s0 + Tr::kOffStats + buf * Tr::kSmemStats + tid * 4, src, r < rows);
+        }
+    };
+
+    load_panels<T, BN, D, Tr::kThreads>(sK, kp, f.k_row_stride, keys_here, f.d, tid);
+    load_panels<T, BN, D, Tr::kThreads>(sV, vp, f.v_row_stride, keys_here, f.d, tid);
+    if (iters > 0) load_q_do(0);
+    cp_async_commit();
+
+    // Gradient accumulators (m64nD): both modes: acc_k/acc_v are dK/dV of this warpgroup's 64 keys;
+    // kSplit: acc_k is dV (warpgroup 0) or dK (warpgroup 1) of the CTA's 64 keys, acc_v unused.
+    float acc_k[D / 2], acc_v[kSplit ? 1 : D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) acc_k[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < (kSplit ? 1 : D / 2); ++i) acc_v[i] = 0.f;
+
+    // This thread's rows in a warpgroup's accumulators: key kr0 (+8) of the warpgroup's 64; columns 8j + qc0 (+1).
+    const int kr0 = wl * 16 + lane / 4;
+    const int qc0 = 2 * (lane % 4);
+    const int key_base = kSplit ? 0 : wg * 64;  // first key (in the CTA's block) of this warpgroup's rows
+
+    const float scale_log2 = f.scale_log2;
+    const float cap_premul = kSoftcap ? f.scale / f.softcap : 1.f;
+
+    for (int it = 0; it < iters; ++it) {
+        const int h = hk * group + it / m_count;
+        const int m = block_of(it);
+        const int row0 = m * BM;
+        const int rows_here = min(BM, seq.sq - row0);
+        const uint32_t sQ = s0 + Tr::kOffQ + (it & 1) * Tr::kSmemQ;
+        const uint32_t sdO = s0 + Tr::kOffDO + (it & 1) * Tr::kSmemQ;
+
+        cp_async_wait<0>();
+        fence_proxy_async();  // the cp.async writes, for wgmma's reads
+        __syncthreads();      // Q/dO(it) visible; every wgmma of iteration it-1 is complete
+        if (it + 1 < iters) {
+            load_q_do(it + 1);
+            cp_async_commit();
+        }
+        const int64_t slot0 = bwd_row_slot(p, b, h, seq.q_row0, row0);
+        const float* stats = reinterpret_cast<const float*>(smem + Tr::kOffStats + (it & 1) * Tr::kSmemStats);
+
+        // S^T and dP^T: [64 keys x 64 queries], K = D. Both per warpgroup, or (kSplit) S^T in warpgroup 0
+        // and dP^T in warpgroup 1.
+        float st[32], dpt[kSplit ? 1 : 32];
+#pragma unroll
+        for (int i = 0; i < 32; ++i) st[i] = 0.f;
+#pragma unroll
+        for (int i = 0; i < (kSplit ? 1 : 32); ++i) dpt[i] = 0.f;
+        fence_regs(st);
+        fence_regs(dpt);
+        wgmma_fence();
+        {
+            const uint32_t rows = static_cast<uint32_t>(key_base * 128);
+            const uint32_t a0 = kSplit && wg == 1 ? sV : sK;
+            const uint32_t b0 = kSplit && wg == 1 ? sdO : sQ;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                const uint32_t ko = (kk / 4) * KStride + rows + (kk % 4) * 32;
+                const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
+                Wgmma<T, 64, 0, 0>::ss(st, smem_desc(a0 + ko, 16, 1024), smem_desc(b0 + qo, 16, 1024), 1);
+                if constexpr (!kSplit) {
+                    Wgmma<T, 64, 0, 0>::ss(dpt, smem_desc(sV + ko, 16, 1024), smem_desc(sdO + qo, 16, 1024), 1);
+                }
+            }
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(st);
+        fence_regs(dpt);
+
+        // P^T = exp2(S^T * scale_log2 - lse_log2[query]) (0 where masked or past the sequence), dS^T =
+        // P^T (dP^T - dsum[query]) [* (1 - tanh^2)], packed to 16 bits as the A fragments of dV/dK: k-step
+        // kk covers queries [16kk, 16kk + 16) = column blocks 2kk and 2kk + 1. kSplit: warpgroup 0 makes
+        // P^T (fa: its A fragments) and hands P^T (1 - tanh^2) to warpgroup 1, which makes dS^T (fa too).
+        const bool tile_mask = key0 + BN > seq.sk ||
+                               (kLocal && ((has_right && key0 + BN - 1 - row0 > right_bound) ||
+                                           (has_left && key0 - (row0 + BM - 1) < left_bound)));
+        float4* px = reinterpret_cast<float4*>(smem + Tr::kOffPX) + (tid % 128);  // kSplit: 8 float4, 128 apart
+        uint32_t fa[BM / 16][4], fd[kSplit ? 1 : BM / 16][4];
+        if (!kSplit || wg == 0) {
+#pragma unroll
+            for (int j = 0; j < BM / 8; ++j) {
+                const float2 lse2 = *reinterpret_cast<const float2*>(stats + 8 * j + qc0);
+                const float2 dsum2 = *reinterpret_cast<const float2*>(stats + BM + 8 * j + qc0);
+                float handed[4];
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    float pv2[2], ds2[2];
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const int e = 4 * j + 2 * i + c;
+                        const int qc = 8 * j + qc0 + c;
+                        const bool ok = qc < rows_here;
+                        const float lse_c = ok ? (c ? lse2.y : lse2.x) : CUDART_INF_F;
+                        float x = st[e];
+                        if (kSoftcap) x = tanhf(x * cap_premul);
+                        float pv = fast_exp2(x * scale_log2 - lse_c);
+                        if (tile_mask) {
+                            const int key = key0 + key_base + kr0 + 8 * i;
+                            const int diff = key - (row0 + qc);
+                            bool hidden = key >= seq.sk;
+                            if (kLocal) hidden |= diff > right_bound || diff < left_bound;
+                            if (hidden) pv = 0.f;
+                        }
+                        pv2[c] = pv;
+                        const float pd = kSoftcap ? pv * (1.f - x * x) : pv;  // dS / (dP - dsum)
+                        if constexpr (kSplit) {
+                            handed[2 * i + c] = pd;
+                        } else {
+                            const float dsum_c = ok ? (c ? dsum2.y : dsum2.x) : 0.f;
+                            ds2[c] = pd * (dpt[e] - dsum_c);
+                        }
+                    }
+                    fa[j / 2][(j % 2) * 2 + i] = pack2<T>(pv2[0], pv2[1]);
+                    if constexpr (!kSplit) fd[j / 2][(j % 2) * 2 + i] = pack2<T>(ds2[0], ds2[1]);
+                }
+                if constexpr (kSplit) px[j * 128] = make_float4(handed[0], handed[1], handed[2], handed[3]);
+            }
+            if constexpr (kSplit) bar_arrive(1, 256);  // P^T handed over; warpgroup 0 goes on to dV
+        } else {
+            bar_sync(1, 256);
+#pragma unroll
+            for (int j = 0; j < BM / 8; ++j) {
+                const float2 dsum2 = *reinterpret_cast<const float2*>(stats + BM + 8 * j + qc0);
+                const float4 pd = px[j * 128];
+                const float pdv[4] = {pd.x, pd.y, pd.z, pd.w};
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    float ds2[2];
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const bool ok = 8 * j + qc0 + c < rows_here;
+                        const float dsum_c = ok ? (c ? dsum2.y : dsum2.x) : 0.f;
+                        ds2[c] = pdv[2 * i + c] * (st[4 * j + 2 * i + c] - dsum_c);  // st holds dP^T here
+                    }
+                    fa[j / 2][(j % 2) * 2 + i] = pack2<T>(ds2[0], ds2[1]);
+                }
+            }
+        }
+
+        // dV += P^T dO and dK += dS^T Q: [64 keys x D], K = the 64 queries (B MN-major, panels QStride
+        // apart). kSplit: warpgroup 0 the first (into acc_k), warpgroup 1 the second.
+        fence_regs(acc_k);
+        fence_regs(acc_v);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) {
+            if constexpr (kSplit) {
+                Wgmma<T, D, 0, 1>::rs(acc_k, fa[kk], smem_desc((wg == 0 ? sdO : sQ) + kk * 16 * 128, QStride, 1024), 1);
+            } else {
+                Wgmma<T, D, 0, 1>::rs(acc_v, fa[kk], smem_desc(sdO + kk * 16 * 128, QStride, 1024), 1);
+                Wgmma<T, D, 0, 1>::rs(acc_k, fd[kk], smem_desc(sQ + kk * 16 * 128, QStride, 1024), 1);
+            }
+        }
+        wgmma_commit();
+
+        // dS^T to shared memory as [key][query] rows of 128 bytes (one panel), for dQ.
+        if (!kSplit || wg == 1) {
+#pragma unroll
+            for (int j = 0; j < BM / 8; ++j) {
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const int kr = key_base + kr0 + 8 * i;
+                    const uint32_t byte = static_cast<uint32_t>(kr * 128 + ((j ^ (kr % 8)) << 4) + (lane % 4) * 4);
+                    // dS^T: fd, or (kSplit, warpgroup 1) fa
+                    const uint32_t v = kSplit ? fa[j / 2][(j % 2) * 2 + i] : fd[kSplit ? 0 : j / 2][(j % 2) * 2 + i];
+                    *reinterpret_cast<uint32_t*>(smem + Tr::kOffDS + byte) = v;
+                }
+            }
+            fence_proxy_async();
+        }
+        __syncthreads();  // dS^T written
+
+        // dQ (this warpgroup's D/2 columns) = dS K: A = dS (queries contiguous: MN-major), B = K rows
+        // (columns contiguous: MN-major), K = the block's keys. kSplit without masks: in two passes of D/4
+        // columns (32 accumulator registers beside dV/dK's 128): one pass spilled 124-136 bytes there and
+        // measured 5% slower at 16k; with masks one pass does not spill and two measured 6-7% slower.
+        constexpr int kDqN = kSplit && !kLocal ? D / 4 : D / 2;  // columns per pass
+        float* acc_rows = p.dq_accum + slot0 * D;
+#pragma unroll
+        for (int part = 0; part < (D / 2) / kDqN; ++part) {
+            float dq[kDqN / 2];
+#pragma unroll
+            for (int i = 0; i < kDqN / 2; ++i) dq[i] = 0.f;
+            fence_regs(dq);
+            wgmma_fence();
+            const int col0 = wg * (D / 2) + part * kDqN;  // first column of this pass
+            const uint32_t k_cols = kDqN >= 64 ? static_cast<uint32_t>((col0 / 64) * KStride) : static_cast<uint32_t>(col0 * 2);
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                Wgmma<T, kDqN, 1, 1>::ss(dq, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
+                                         smem_desc(sK + k_cols + kk * 16 * 128, KStride, 1024), 1);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();  // the first pass also retires dV/dK
+            fence_regs(dq);
+            if (part == 0) {
+                fence_regs(acc_k);
+                fence_regs(acc_v);
+#pragma unroll
+                for (int kk = 0; kk < BM / 16; ++kk) {  // the A fragments stay untouched until the products retire
+                    fence_regs(fa[kk]);
+                    if constexpr (!kSplit) fence_regs(fd[kk]);
+                }
+                if (kDeterministic) {
+                    if (tid == 0) {
+                        int lo = 0, hi = n;
+                        while (lo < hi) {
+                            const int mid = (lo + hi) / 2;
+                            const MRange r = sm80::bwd_m_range<kLocal>(mid, BM, BN, seq.sq, seq.sk, right_bound,
+                                                                       left_bound, has_right, has_left);
+                            if (r.end > m) hi = mid; else lo = mid + 1;
+                        }
+                        const int rank = n - lo;
+                        const int32_t* sem = p.sem + (static_cast<int64_t>(b) * f.hq + h) * p.m_blocks + m;
+                        while (ld_acquire_gpu(sem) != rank) {
+                        }
+                    }
+                    __syncthreads();
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int qr = wl * 16 + lane / 4 + 8 * i;
+                if (qr < rows_here) {
+                    float* dst = acc_rows + static_cast<int64_t>(qr) * D + col0 + qc0;
+#pragma unroll
+                    for (int j = 0; j < kDqN / 8; ++j) red_add_f32x2(dst + 8 * j, dq[4 * j + 2 * i], dq[4 * j + 2 * i + 1]);
+                }
+            }
+        }
+        if (kDeterministic) {
+            __syncthreads();
+            if (tid == 0) {
+                int32_t* sem = p.sem + (static_cast<int64_t>(b) * f.hq + h) * p.m_blocks + m;
+                __threadfence();
+                st_release_gpu(sem, ld_acquire_gpu(sem) + 1);
+            }
+        }
+    }
+
+    // Epilogue: dK * scale and dV to 16 bits, staged through the K and V tiles (panel layout), then
+    // 16-byte stores of the rows and columns this call has.
+    cp_async_wait<0>();
+    __syncthreads();
+    const float scale = f.scale;
+    auto stage = [&](const float (&acc)[D / 2], int tile, float mul) {
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int kr = key_base + kr0 + 8 * i;
+                const uint32_t byte = panel_off<BN>(kr, j) + (lane % 4) * 4;
+                *reinterpret_cast<uint32_t*>(smem + tile + byte) = pack2<T>(acc[4 * j + 2 * i] * mul, acc[4 * j + 2 * i + 1] * mul);
+            }
+        }
+    };
+    if constexpr (kSplit) {
+        stage(acc_k, wg == 0 ? Tr::kOffV : Tr::kOffK, wg == 0 ? 1.f : scale);
+    } else {
+        stage(acc_k, Tr::kOffK, scale);
+        stage(acc_v, Tr::kOffV, 1.f);
+    }
+    __syncthreads();
+    T* dkp = reinterpret_cast<T*>(p.dk) + (varlen ? 0 : b * p.dk_batch_stride) + hk * p.dk_head_stride +
+             (seq.k_row0 + key0) * p.dk_row_stride;
+    T* dvp = reinterpret_cast<T*>(p.dv) + (varlen ? 0 : b * p.dv_batch_stride) + hk * p.dv_head_stride +
+             (seq.k_row0 + key0) * p.dv_row_stride;
+    constexpr int CPR = D / 8;
+    for (int c = tid; c < BN * CPR; c += Tr::kThreads) {
+        const int r = c / CPR, ch = c % CPR;
+        if (r < keys_here && ch * 8 < f.d) {
+            *reinterpret_cast<uint4*>(dkp + static_cast<int64_t>(r) * p.dk_row_stride + ch * 8) =
+                *reinterpret_cast<const uint4*>(smem + Tr::kOffK + panel_off<BN>(r, ch));
+            *reinterpret_cast<uint4*>(dvp + static_cast<int64_t>(r) * p.dv_row_stride + ch * 8) =
+                *reinterpret_cast<const uint4*>(smem + Tr::kOffV + panel_off<BN>(r, ch));
+        }
+    }
+#endif  // FA_SM90A_DEVICE
+}
+
+}  // namespace sm90
+}  // namespace fa
