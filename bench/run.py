@@ -54,6 +54,7 @@ FA_MAX_RANK = 4
 FA_VERSION_CODE = 300  # the header version this ctypes mirror follows (0.3: fa_backward_params_t)
 FA_DTYPE_FLOAT16, FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT32 = 1, 2, 3
 FA_CAUSAL_BOTTOM_RIGHT, FA_CAUSAL_TOP_LEFT = 0, 1
+FA_PATH_AUTO, FA_PATH_SM80 = 0, 1
 # Two bf16 results of the same attention differ by a few 1e-3 (relative Frobenius norm); beyond this
 # our kernel is wrong, however fast.
 MAX_REL_ERR = 2e-2
@@ -275,7 +276,8 @@ def new_row(s):
         row.update(varlen=1, lens=list(s["lens"]), total_q=sum(s["lens"]), total_k=sum(s["lens"]))
     if s["pass_"] == "bwd":
         # Deterministic mode's time and its cost relative to the default mode; per-gradient errors.
-        row.update(ours_det_ms=None, ours_det_tflops=None, det_ratio=None, grad_rel_err=None, det_rel_err=None,
+        row.update(ours_det_ms=None, ours_det_tflops=None, ours_sm80_ms=None, ours_sm80_tflops=None, ours_sm80_rel_err=None,
+                   det_ratio=None, grad_rel_err=None, det_rel_err=None,
                    workspace_bytes=None, det_workspace_bytes=None)
     return row
 
@@ -707,7 +709,7 @@ def main():
         fa.check(fa.lib.fa_forward(ctx, ctypes.byref(p), stream()), "fa_forward (for the backward)")
         return o2
 
-    def new_bwd_params(code, tensors, lse, causal, deterministic, varlen=None):
+    def new_bwd_params(code, tensors, lse, causal, deterministic, varlen=None, path=0):
         """fa_backward_params_t over tensors = (q, k, v, out, dout, dq, dk, dv), with a caller workspace of the size
         fa_backward_workspace_size asks for (a torch allocation kept on the struct)."""
         p = FaBackwardParams()
@@ -717,6 +719,7 @@ def main():
         p.causal = int(causal)
         p.causal_alignment = FA_CAUSAL_TOP_LEFT  # PyTorch's is_causal
         p.deterministic = int(deterministic)
+        p.kernel_path = path
         if varlen:
             set_varlen(p, *varlen)
         n = ctypes.c_size_t(0)
@@ -750,10 +753,13 @@ def main():
         return errs
 
     def run_ours_bwd(row, flops, code, tensors, lse, causal, ref, against, varlen=None):
-        """Times our backward in the default and the deterministic mode (gradients checked against ref first)."""
+        """Times our backward in the default and the deterministic mode, then the default mode on the portable sm80
+        kernels alone (FA_PATH_SM80; on an H100 the default picks the sm90 kernels where they serve); gradients are
+        checked against ref first."""
         grads = tensors[5:]
-        for det in (False, True):
-            p = new_bwd_params(code, tensors, lse, causal, det, varlen)
+        for det, path in ((False, FA_PATH_AUTO), (True, FA_PATH_AUTO), (False, FA_PATH_SM80)):
+            key = "ours_sm80" if path == FA_PATH_SM80 else "ours_det" if det else "ours"
+            p = new_bwd_params(code, tensors, lse, causal, det, varlen, path)
             row["det_workspace_bytes" if det else "workspace_bytes"] = int(p.workspace_size)
             ours = make_ours_bwd(p)
             for t in grads:
@@ -763,16 +769,16 @@ def main():
             if ref is not None:
                 errs = grad_errors(grads, ref)
                 worst = max(errs.values())
-                row["det_rel_err" if det else "ours_rel_err"] = worst
-                if not det:
+                row[key.replace("ours_det", "det").replace("ours", "ours") + "_rel_err"] = worst
+                if key == "ours":
                     row["grad_rel_err"] = errs
                 if worst > MAX_BWD_REL_ERR:
-                    row["errors"]["mismatch"] = (f"{'deterministic ' if det else ''}gradient relative errors "
+                    row["errors"]["mismatch"] = (f"{key}: gradient relative errors "
                                                  f"{', '.join(f'{k} {v:.2e}' for k, v in errs.items())} against {against} "
                                                  f"exceed {MAX_BWD_REL_ERR}")
             ms = bwd_bench(ours)
-            row["ours_det_ms" if det else "ours_ms"] = ms
-            row["ours_det_tflops" if det else "ours_tflops"] = tflops(flops, ms)
+            row[key + "_ms"] = ms
+            row[key + "_tflops"] = tflops(flops, ms)
         if row["ours_ms"] and row["ours_det_ms"]:
             row["det_ratio"] = row["ours_det_ms"] / row["ours_ms"]
 
@@ -1021,7 +1027,7 @@ def format_table(rows):
 def format_bwd_table(rows):
     """The backward rows: TFLOP/s (2.5x the forward's FLOPs) of ours (default and deterministic mode), flash, cuDNN;
     ratios; det/ours is the deterministic mode's time over the default's; rel.err the worst of dq, dk, dv."""
-    lines = ["bf16 bwd TFLOP/s              ours    det  flash  cudnn  ours/fl  ours/cu  det/ours  rel.err"]
+    lines = ["bf16 bwd TFLOP/s              ours    det   sm80  flash  cudnn  ours/fl  ours/cu  det/ours  rel.err"]
     for r in rows:
         if r["pass"] != "bwd":
             continue
@@ -1029,7 +1035,7 @@ def format_bwd_table(rows):
         o, det, fl, cu = r["ours_tflops"], r.get("ours_det_tflops"), r["flash_tflops"], r["cudnn_tflops"]
         ratio_f = o / fl if o and fl else None
         ratio_c = o / cu if o and cu else None
-        lines.append(f"{name} {fmt(o)} {fmt(det)} {fmt(fl)} {fmt(cu)}  {fmt(ratio_f, '7.2f')}  {fmt(ratio_c, '7.2f')}  "
+        lines.append(f"{name} {fmt(o)} {fmt(det)} {fmt(r.get('ours_sm80_tflops'))} {fmt(fl)} {fmt(cu)}  {fmt(ratio_f, '7.2f')}  {fmt(ratio_c, '7.2f')}  "
                      f"{fmt(r.get('det_ratio'), '8.2f')}  {fmt(r['ours_rel_err'], '7.1e')}"
                      + (f"  [{'; '.join(f'{k}: {v}' for k, v in r['errors'].items())}]" if r.get("errors") else ""))
     return "\n".join(lines)

@@ -4,7 +4,8 @@
 // backward over the TARGETS.md grid (CUDA events, median) in both modes. Build after build_native:
 //   g++ -std=c++17 -O2 -I native/include native/tests/bwd_harness.cpp -L artifacts/native
 //       -lflash_attention -Wl,-rpath,$PWD/artifacts/native -o /tmp/bwd_harness
-// Usage: bwd_harness [--check-only] [--time-only] [--d 64,128,256] [--seed N]
+// Usage: bwd_harness [--check-only] [--time-only] [--d 64,128,256] [--paths auto,sm80,sm90] [--seed N]
+// (--paths: the kernel paths to check and time, each in turn; default auto.)
 // Under ctest (bwd_check) it runs --check-only; without a GPU it exits 77, which ctest reports as skipped.
 #include <algorithm>
 #include <cmath>
@@ -192,6 +193,7 @@ static double rel_l2(const std::vector<uint16_t>& got, const std::vector<double>
 }
 
 static std::mt19937_64 rng;
+static int g_path = FA_PATH_AUTO;  // kernel_path of every call (--paths)
 
 static void fill(std::vector<uint16_t>& x, bool bf16) {
     std::normal_distribution<float> nd(0.f, 1.f);
@@ -293,6 +295,7 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
     bp.softcap = c.softcap;
     bp.softmax_scale = c.scale;
     bp.deterministic = deterministic;
+    bp.kernel_path = g_path;
     bp.cu_seqlens_q = fp.cu_seqlens_q;
     bp.cu_seqlens_k = fp.cu_seqlens_k;
     bp.varlen_batch = fp.varlen_batch;
@@ -365,6 +368,7 @@ static double time_bwd(fa_context_t ctx, int b, int hq, int hkv, int s, int d, b
     bp.dv = tensor(dv.p, dt, {b, s, hkv, d});
     bp.causal = causal;
     bp.deterministic = det;
+    bp.kernel_path = g_path;
     size_t ws_bytes = 0;
     CHECK(fa_backward_workspace_size(ctx, &bp, &ws_bytes));
     Dev ws(ws_bytes);
@@ -392,6 +396,8 @@ static double time_bwd(fa_context_t ctx, int b, int hq, int hkv, int s, int d, b
 int main(int argc, char** argv) {
     bool check = true, timing = true;
     std::vector<int> dims = {64, 128, 256};
+    std::vector<int> paths = {FA_PATH_AUTO};
+    const char* path_names[] = {"auto", "sm80", "sm90"};
     uint64_t seed = std::random_device{}();
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--seed") && i + 1 < argc) seed = std::strtoull(argv[++i], nullptr, 10);
@@ -401,7 +407,11 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--check-only")) timing = false;
         else if (!std::strcmp(argv[i], "--time-only")) check = false;
-        else if (!std::strcmp(argv[i], "--d") && i + 1 < argc) {
+        else if (!std::strcmp(argv[i], "--paths") && i + 1 < argc) {
+            paths.clear();
+            for (char* t = std::strtok(argv[++i], ","); t; t = std::strtok(nullptr, ","))
+                paths.push_back(!std::strcmp(t, "sm80") ? FA_PATH_SM80 : !std::strcmp(t, "sm90") ? FA_PATH_SM90 : FA_PATH_AUTO);
+        } else if (!std::strcmp(argv[i], "--d") && i + 1 < argc) {
             dims.clear();
             for (char* t = std::strtok(argv[++i], ","); t; t = std::strtok(nullptr, ",")) dims.push_back(std::atoi(t));
         }
@@ -414,6 +424,11 @@ int main(int argc, char** argv) {
     }
     CHECK(created);
     int failed = 0, total = 0;
+    for (const int path : paths) {
+    g_path = path;
+    std::printf("# kernel_path %s\n", path_names[path]);
+    // The sm90 path serves the 64, 128 and 256 kernels only (head dims 33..64, 97..128, 193..256).
+    auto served = [&](int d) { return path != FA_PATH_SM90 || (d > 32 && d <= 64) || (d > 96 && d <= 128) || d > 192; };
     if (check) {
         std::vector<Case> cases;
         for (int d : {32, 64, 96, 128, 192, 256}) {
@@ -457,10 +472,12 @@ int main(int argc, char** argv) {
             cases.push_back(vl);
         }
         for (const Case& c : cases) {
+            if (!served(c.d)) continue;
             ++total;
             if (!check_case(ctx, c, false)) ++failed;
         }
         for (int i : {1, 3, 7, 13}) {
+            if (!served(cases[i].d)) continue;
             ++total;
             if (!check_case(ctx, cases[i], true)) ++failed;
         }
@@ -468,6 +485,7 @@ int main(int argc, char** argv) {
     if (timing) {
         std::printf("%-34s %9s %9s %9s %9s %7s\n", "shape (bf16)", "ms", "TFLOP/s", "det ms", "det TF/s", "det/x");
         for (int d : dims) {
+            if (!served(d)) continue;
             for (int causal : {0, 1}) {
                 for (int s : {1024, 4096, 16384}) {
                     const int b = 16384 / s, h = 2048 / d;
@@ -485,6 +503,7 @@ int main(int argc, char** argv) {
         const double flops = 2.5 * 4.0 * 4 * 32 * 4096.0 * 4096 * 128 / 2;
         std::printf("GQA 32/8 d=128 causal S=4096 b=4    %9.3f %9.1f %9.3f %9.1f %7.2f\n", ms, flops / ms / 1e9, msd,
                     flops / msd / 1e9, msd / ms);
+    }
     }
     fa_context_destroy(ctx);
     if (check) std::printf("%d of %d checks failed\n", failed, total);

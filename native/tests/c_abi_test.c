@@ -670,6 +670,16 @@ static void test_query_support(void) {
     q.kernel_path = 9;
     expect("query kernel_path 9", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "kernel_path is 9");
 
+    /* FA_PATH_SM90 (0.4) serves the backward only, on compute capability 9.0, for the 64/128/256 kernels */
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.kernel_path = FA_PATH_SM90;
+    expect("query forward on FA_PATH_SM90", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "backward pass only");
+    q.pass = FA_PASS_DECODE;
+    expect("query decode on FA_PATH_SM90", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "backward pass only");
+    q.pass = FA_PASS_BACKWARD;
+    q.compute_capability = 80;
+    expect("query backward on FA_PATH_SM90 at cc 8.0", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "FA_PATH_SM90");
+
     q = forward_query(FA_DTYPE_FLOAT32, FA_TEST_HEAD_DIM);
     expect("query fp32", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "FA_DTYPE_FLOAT32");
     q = forward_query(FA_DTYPE_FLOAT16, 520);

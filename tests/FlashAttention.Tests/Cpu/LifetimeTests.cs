@@ -108,6 +108,7 @@ public sealed class LifetimeTests
             Assert.That((int)DataType.BFloat16, Is.EqualTo((int)Native.FaDtype.Bfloat16));
             Assert.That((int)CausalAlignment.TopLeft, Is.EqualTo((int)Native.FaCausalAlignment.TopLeft));
             Assert.That((int)KernelPath.Sm80, Is.EqualTo((int)Native.FaKernelPath.Sm80));
+            Assert.That((int)KernelPath.Sm90, Is.EqualTo((int)Native.FaKernelPath.Sm90));
         });
     }
 }

@@ -71,6 +71,39 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
         RunAndJudge(dtype, dims, MaskSpec.From(Mask.CausalBottomRight), scale: null);
     }
 
+    /// <summary>
+    /// Each kernel path asked for by name. On an H100 with an sm_90a build <see cref="KernelPath.Auto"/> runs the wgmma
+    /// kernels at head dims 64, 128 and 256, so the Sm80 cases keep the portable kernels of those head dims checked
+    /// there too; the Sm90 cases are ignored (with the library's reason) where that path does not serve: other GPUs,
+    /// builds without sm_90a code, head dims outside 33..64, 97..128 and 193..256.
+    /// </summary>
+    [TestCase(KernelPath.Sm80, DataType.BFloat16, 64, Mask.CausalBottomRight, false)]
+    [TestCase(KernelPath.Sm80, DataType.Float16, 128, Mask.None, false)]
+    [TestCase(KernelPath.Sm80, DataType.BFloat16, 256, Mask.CausalTopLeft, false)]
+    [TestCase(KernelPath.Sm80, DataType.BFloat16, 128, Mask.CausalBottomRight, true)]
+    [TestCase(KernelPath.Sm90, DataType.Float16, 40, Mask.None, false)]
+    [TestCase(KernelPath.Sm90, DataType.BFloat16, 64, Mask.CausalBottomRight, false)]
+    [TestCase(KernelPath.Sm90, DataType.BFloat16, 112, Mask.CausalTopLeft, false)]
+    [TestCase(KernelPath.Sm90, DataType.Float16, 128, Mask.CausalBottomRight, true)]
+    [TestCase(KernelPath.Sm90, DataType.BFloat16, 200, Mask.None, false)]
+    [TestCase(KernelPath.Sm90, DataType.Float16, 256, Mask.CausalBottomRight, false)]
+    [TestCase(KernelPath.Sm90, DataType.BFloat16, 256, Mask.None, true)]
+    [TestCase(KernelPath.Sm90, DataType.BFloat16, 96, Mask.None, false)]
+    public void EachKernelPathMatchesReference(KernelPath path, DataType dtype, int headDim, Mask mask, bool deterministic)
+    {
+        var dims = new AttentionDims(2, 203, 331, 8, 2, headDim);
+        RequireServed(dtype, dims);
+        try
+        {
+            RunAndJudge(dtype, dims, MaskSpec.From(mask), scale: null, deterministic, path);
+        }
+        catch (FlashAttentionException ex) when (path == KernelPath.Sm90 && ex.Status == FlashAttentionStatus.Unsupported)
+        {
+            Assert.That(ex.Message, Does.Contain("FA_PATH_SM90"), "an Sm90 refusal names the path");
+            Assert.Ignore($"kernel path Sm90 does not serve this case here: {ex.Message}");
+        }
+    }
+
     /// <summary>GQA ratios 1, 2, 4, 8 and 32 (MQA): dk and dv sum the gradients of every query head of their group.</summary>
     [TestCase(DataType.BFloat16, 4, 4, Mask.CausalBottomRight)]
     [TestCase(DataType.Float16, 8, 4, Mask.None)]
@@ -446,16 +479,17 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
 
     // ---- helpers --------------------------------------------------------------------------------------------------------
 
-    private void RunAndJudge(DataType dtype, AttentionDims dims, MaskSpec mask, float? scale, bool deterministic = false)
+    private void RunAndJudge(
+        DataType dtype, AttentionDims dims, MaskSpec mask, float? scale, bool deterministic = false, KernelPath path = KernelPath.Auto)
     {
         Random random = TestRandom.ForCurrentTest(out int seed);
-        AttentionOptions options = mask.ToOptions(scale) with { Deterministic = deterministic };
+        AttentionOptions options = mask.ToOptions(scale) with { Deterministic = deterministic, KernelPath = path };
         using BackwardRun run = BackwardRun.Create(Device, dims, dtype, random);
-        run.Forward(Attention, options, Stream);
+        run.Forward(Attention, options with { KernelPath = KernelPath.Auto }, Stream); // the forward has no sm90 path
         run.Backward(Attention, options, Stream);
         var (dq, dk, dv) = run.ReadGradients();
         float effectiveScale = scale ?? (float)dims.DefaultScale;
-        string context = $"seed {seed}, {Name(dtype)}, {dims}, {mask}, scale {effectiveScale}";
+        string context = $"seed {seed}, {Name(dtype)}, {dims}, {mask}, scale {effectiveScale}, path {path}";
         Assert.That(run.Judge(dq, dk, dv, options, mask, effectiveScale), Is.Empty, context);
     }
 
