@@ -726,7 +726,8 @@ static void test_kernel_names(void) {
     for (i = 0; i < count; ++i) {
         const char* a = NULL;
         if (fa_kernel_name(i, &a) != FA_STATUS_SUCCESS || a == NULL ||
-            (strncmp(a, "sm80_fwd_", 9) != 0 && strncmp(a, "sm80_bwd_", 9) != 0 && strncmp(a, "sm80_decode_", 12) != 0) ||
+            (strncmp(a, "sm80_fwd_", 9) != 0 && strncmp(a, "sm80_bwd_", 9) != 0 && strncmp(a, "sm90_bwd_", 9) != 0 &&
+             strncmp(a, "sm80_decode_", 12) != 0) ||
             (strstr(a, "hdim") == NULL && strncmp(a, "sm80_decode_", 12) != 0)) {
             ++bad_names;
             printf("  kernel %d: bad name \"%s\" (%s)\n", (int)i, a != NULL ? a : "(null)", fa_last_error_message());
