@@ -51,7 +51,7 @@ import time
 # ---- the C ABI (native/include/flash_attention.h, version 0.2), as ctypes ----------------------------
 
 FA_MAX_RANK = 4
-FA_VERSION_CODE = 300  # the header version this ctypes mirror follows (0.3: fa_backward_params_t)
+FA_VERSION_CODE = 400  # the header version this ctypes mirror follows (0.3: fa_backward_params_t; 0.4: FA_PATH_SM90)
 FA_DTYPE_FLOAT16, FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT32 = 1, 2, 3
 FA_CAUSAL_BOTTOM_RIGHT, FA_CAUSAL_TOP_LEFT = 0, 1
 FA_PATH_AUTO, FA_PATH_SM80 = 0, 1
