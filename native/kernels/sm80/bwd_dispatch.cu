@@ -54,6 +54,7 @@ const std::vector<std::string>& all_names() {
                                               : tile_tag_for(d);
                 for (const char* dtype : {"fp16", "bf16"}) {
                     for (int v = 0; v < 8; ++v) {
+                        if (sm90 && d == 256 && !(v & 4)) continue;  // the masked kernel serves these (kBwdLocalVariant)
                         out.push_back(std::string(sm90 ? "sm90_bwd_" : "sm80_bwd_") + dtype + "_hdim" + std::to_string(d) +
                                       ((v & 4) ? "_local" : "") + ((v & 2) ? "_softcap" : "") + ((v & 1) ? "_det" : "") +
                                       "_" + tile);
@@ -80,12 +81,17 @@ const char* backward_kernel_name(bool bf16, int32_t kernel_d, bool local, bool s
     const int32_t count = forward_compiled_head_dims(&dims);
     int32_t index = 0;
     if (sm90) {
-        index = 16 * count;  // past the sm80 names
-        for (int32_t i = 0; i < count && dims[i] != kernel_d; ++i) index += (dims[i] == 64 || dims[i] == 128 || dims[i] == 256) ? 16 : 0;
+        // Past the sm80 names; per sm90 head dim 16 variants, 8 at 256 (masked only).
+        index = 16 * count;
+        for (int32_t i = 0; i < count && dims[i] != kernel_d; ++i) {
+            index += dims[i] == 256 ? 8 : (dims[i] == 64 || dims[i] == 128) ? 16 : 0;
+        }
+        index += kernel_d == 256 ? (bf16 ? 4 : 0) + (softcap ? 2 : 0) + (deterministic ? 1 : 0)
+                                 : (bf16 ? 8 : 0) + (local ? 4 : 0) + (softcap ? 2 : 0) + (deterministic ? 1 : 0);
     } else {
         for (int32_t i = 0; i < count && dims[i] != kernel_d; ++i) index += 16;
+        index += (bf16 ? 8 : 0) + (local ? 4 : 0) + (softcap ? 2 : 0) + (deterministic ? 1 : 0);
     }
-    index += (bf16 ? 8 : 0) + (local ? 4 : 0) + (softcap ? 2 : 0) + (deterministic ? 1 : 0);
     const char* name = backward_kernel_name_at(index);
     return name != nullptr ? name : "bwd_unknown";
 }

@@ -37,8 +37,8 @@ cudaError_t launch_bwd_main(const BwdParams& p, const LaunchInfo& info, cudaStre
     if constexpr (D == 64 || D == 128 || D == 256) {
         if (p.sm90) {
             using Tr = sm90::BwdTraits90<D>;
-            return launch_main(sm90::bwd_kernel_sm90<T, D, kLocal, kSoftcap, kDet>, Tr::kSmemBytes, Tr::kThreads,
-                               raised90, p, info, stream);
+            return launch_main(sm90::bwd_kernel_sm90<T, D, sm90::kBwdLocalVariant<D, kLocal>, kSoftcap, kDet>,
+                               Tr::kSmemBytes, Tr::kThreads, raised90, p, info, stream);
         }
     }
     using Tr = BwdTraits<T, D>;
@@ -48,7 +48,11 @@ cudaError_t launch_bwd_main(const BwdParams& p, const LaunchInfo& info, cudaStre
 template <typename T, int D, bool kLocal, bool kSoftcap>
 cudaError_t launch_bwd_main_det(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream, const char** name) {
     const bool bf16 = std::is_same<T, __nv_bfloat16>::value;
-    if (name) *name = backward_kernel_name(bf16, D, kLocal, kSoftcap, p.deterministic != 0, p.sm90 != 0);
+    bool local = kLocal;
+    if constexpr (D == 64 || D == 128 || D == 256) {
+        if (p.sm90) local = sm90::kBwdLocalVariant<D, kLocal>;
+    }
+    if (name) *name = backward_kernel_name(bf16, D, local, kSoftcap, p.deterministic != 0, p.sm90 != 0);
     if (p.deterministic) return launch_bwd_main<T, D, kLocal, kSoftcap, true>(p, info, stream);
     return launch_bwd_main<T, D, kLocal, kSoftcap, false>(p, info, stream);
 }

@@ -85,6 +85,13 @@ __device__ __forceinline__ void load_panels(uint32_t dst, const T* src, int64_t 
     }
 }
 
+// The mask variant (kLocal) of the kernel that serves a call: at D = 256 the masked kernel also serves the
+// calls without masks (no causal mask, no window: its tile test then only trims the last key block).
+// ptxas spills 136 bytes in the unmasked D = 256 kernel and none in the masked one, which measured 4%
+// faster on them (H100: 221/257/270 against 212/247/263 TFLOP/s at 1k/4k/16k; bench/NOTES.md).
+template <int D, bool kLocal>
+constexpr bool kBwdLocalVariant = D == 256 ? true : kLocal;
+
 template <typename T, int D, bool kLocal, bool kSoftcap, bool kDeterministic>
 __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant__ BwdParams p) {
 #ifdef FA_SM90A_DEVICE
@@ -324,10 +331,10 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         __syncthreads();  // dS^T written
 
         // dQ (this warpgroup's D/2 columns) = dS K: A = dS (queries contiguous: MN-major), B = K rows
-        // (columns contiguous: MN-major), K = the block's keys. kSplit without masks: in two passes of D/4
-        // columns (32 accumulator registers beside dV/dK's 128): one pass spilled 124-136 bytes there and
-        // measured 5% slower at 16k; with masks one pass does not spill and two measured 6-7% slower.
-        constexpr int kDqN = kSplit && !kLocal ? D / 4 : D / 2;  // columns per pass
+        // (columns contiguous: MN-major), K = the block's keys. One pass; the loop over passes of kDqN
+        // columns stays for a smaller kDqN, which keeps fewer accumulators live (D = 256 without masks
+        // spilled 136 bytes with one pass; see kBwdLocalVariant for what runs there instead).
+        constexpr int kDqN = D / 2;  // columns per pass
         float* acc_rows = p.dq_accum + slot0 * D;
 #pragma unroll
         for (int part = 0; part < (D / 2) / kDqN; ++part) {
