@@ -231,6 +231,8 @@ static void test_validation(void) {
     bad("softcap NaN", &p, FA_STATUS_INVALID_ARGUMENT, "softcap");
     p = valid_params(1); p.kernel_path = 7;
     bad("kernel_path 7", &p, FA_STATUS_INVALID_ARGUMENT, "kernel_path is 7");
+    p = valid_params(1); p.kernel_path = FA_PATH_SM90;
+    bad("kernel_path FA_PATH_SM90", &p, FA_STATUS_UNSUPPORTED, "backward pass only");
     p = valid_params(1); p.num_splits = FA_DECODE_MAX_SPLITS + 1;
     bad("num_splits 129", &p, FA_STATUS_INVALID_ARGUMENT, "num_splits is");
     p = valid_params(1); p.num_splits = -1;

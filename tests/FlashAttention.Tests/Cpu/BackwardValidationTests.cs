@@ -142,6 +142,9 @@ public sealed unsafe class BackwardValidationTests
         Y(CaseAt("compute capability 75", 75, (ref FaBackwardParams p) => { }, Unsupported, "compute_capability"));
         Y(CaseAt("d128 on compute capability 8.6 (99 KB of shared memory per block)", 86, (ref FaBackwardParams p) => SetHeadDim(ref p, 128),
             Unsupported, "head dim 128", "shared memory", "8.6"));
+        Y(CaseAt("kernel path FA_PATH_SM90 on compute capability 8.0", 80, (ref FaBackwardParams p) => p.kernel_path = (int)FaKernelPath.Sm90,
+            Unsupported, "kernel_path is FA_PATH_SM90"));
+        Y(Case("kernel path 3", (ref FaBackwardParams p) => p.kernel_path = 3, Invalid, "kernel_path is 3"));
 
         // ordering: a wrong argument is reported before something this build does not serve
         Y(CaseAt("compute capability 75 with null dq reports dq", 75, (ref FaBackwardParams p) => p.dq.data = 0, Invalid, "dq.data"));
