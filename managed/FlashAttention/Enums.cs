@@ -68,7 +68,8 @@ public enum KernelPath
 
     /// <summary>
     /// Hopper's warpgroup MMA path (a build with sm_90a code, on compute capability 9.0). It serves the backward pass
-    /// for head dims 33..64, 97..128 and 193..256; elsewhere, and for the forward and decode, asking for it is
+    /// for the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and 193..256 in a build of every head dim);
+    /// elsewhere, and for the forward and decode, asking for it is
     /// <see cref="FlashAttentionStatus.Unsupported"/>. <see cref="Auto"/> picks it where it serves.
     /// </summary>
     Sm90 = 2,

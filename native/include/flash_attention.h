@@ -100,7 +100,8 @@ typedef enum fa_kernel_path {
     /* The portable mma.sync path (sm_80 and later). */
     FA_PATH_SM80 = 1,
     /* Hopper's warpgroup MMA path (wgmma; a build with sm_90a code on compute capability 9.0). Serves
-       the backward pass for head dims 33..64, 97..128 and 193..256 (the 64, 128 and 256 kernels); elsewhere, and for
+       the backward pass for the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and 193..256 in
+       a build of every head dim); elsewhere, and for
        the forward and decode, a call that asks for it is UNSUPPORTED. FA_PATH_AUTO picks it where it
        serves. (Since 0.4.) */
     FA_PATH_SM90 = 2
@@ -228,7 +229,7 @@ typedef struct fa_backward_params {
     int32_t causal;
     /* As in fa_forward_params_t. */
     int32_t causal_alignment;
-    /* As in fa_forward_params_t. */
+    /* As in fa_forward_params_t, and FA_PATH_SM90 (which the forward refuses) where that path serves. */
     int32_t kernel_path;
     /* As in fa_forward_params_t. */
     int32_t window_left;

@@ -59,9 +59,8 @@ struct BwdWorkspaceLayout {
 };
 BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, bool deterministic);
 
-// BlockM, BlockN and dynamic shared memory of the sm80 backward kernel for a compiled kernel head dim
-// (the sm90 kernel has the same BlockN, 128, where it serves).
-int32_t backward_block_m(int32_t kernel_d);
+// BlockN and dynamic shared memory of the sm80 backward kernel for a compiled kernel head dim (the sm90
+// kernel has the same BlockN where it serves: 128, and 64 at head dim 256).
 int32_t backward_block_n(int32_t kernel_d);
 int32_t backward_smem_bytes(int32_t kernel_d);
 

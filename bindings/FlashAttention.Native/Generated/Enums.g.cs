@@ -90,7 +90,8 @@ public enum FaKernelPath : int
 
     /// <summary>
     /// Hopper's warpgroup MMA path (wgmma; a build with sm_90a code on compute capability 9.0). Serves
-    /// the backward pass for head dims 33..64, 97..128 and 193..256 (the 64, 128 and 256 kernels); elsewhere, and for
+    /// the backward pass for the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and 193..256 in
+    /// a build of every head dim); elsewhere, and for
     /// the forward and decode, a call that asks for it is UNSUPPORTED. FA_PATH_AUTO picks it where it
     /// serves. (Since 0.4.)
     /// </summary>

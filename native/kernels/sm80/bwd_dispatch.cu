@@ -40,7 +40,8 @@ constexpr bool kHasSm90a = false;
 
 // Every variant of every compiled head dim: the sm80 kernels (per head dim, fp16 then bf16, then the
 // eight (local, softcap, deterministic) combinations in binary order), then the same for the sm90
-// kernels of an sm_90a build (kernel head dims 64 and 128). Built once.
+// kernels of an sm_90a build (kernel head dims 64, 128 and 256; at 256 only the four _local variants per
+// dtype, which serve the unmasked calls too: sm90::kBwdLocalVariant). Built once.
 const std::vector<std::string>& all_names() {
     static const std::vector<std::string> names = [] {
         std::vector<std::string> out;
@@ -103,7 +104,8 @@ bool backward_sm90_serves(int32_t kernel_d, int32_t cc, std::string* why) {
     } else if (cc != 0 && cc != 90) {
         reason = "the wgmma kernels run on compute capability 9.0 only";
     } else if (kernel_d != 64 && kernel_d != 128 && kernel_d != 256) {
-        reason = "the sm90 backward serves the head dims of the 64, 128 and 256 kernels (33..64, 97..128, 193..256)";
+        reason = "the sm90 backward serves the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and "
+                 "193..256 in a build of every head dim)";
     }
     if (reason != nullptr && why != nullptr) *why = reason;
     return reason == nullptr;
@@ -113,10 +115,6 @@ int32_t backward_sm90_smem_bytes(int32_t kernel_d) {
     return kernel_d == 64    ? sm90::BwdTraits90<64>::kSmemBytes
            : kernel_d == 128 ? sm90::BwdTraits90<128>::kSmemBytes
                              : sm90::BwdTraits90<256>::kSmemBytes;
-}
-
-int32_t backward_block_m(int32_t kernel_d) {
-    return sm80::with_head_dim(kernel_d, [](auto d) { return int32_t{sm80::BwdTile<decltype(d)::value>::kBlockM}; });
 }
 
 int32_t backward_block_n(int32_t kernel_d) {

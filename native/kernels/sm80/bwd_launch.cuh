@@ -1,5 +1,5 @@
-// Launch template of the backward: preprocess, main kernel (sm80 or, for kernel head dims 64 and 128 on
-// an sm_90a build, the wgmma kernel; variant picked from the options), convert, all on one stream.
+// Launch template of the backward: preprocess, main kernel (sm80 or, for kernel head dims 64, 128 and 256
+// on an sm_90a build, the wgmma kernel; variant picked from the options), convert, all on one stream.
 // Included only by the per-(head dim, dtype) instantiation files.
 #pragma once
 #include <atomic>

@@ -1,6 +1,7 @@
 // Compile-time facts of the sm80 backward kernel: tile sizes and warp layouts per head dim, shared-
 // memory layout. Pure constexpr (host code reads it for the workspace and launch sizes).
 #pragma once
+#include "bwd_params.h"  // kBwdMinBlockM
 
 namespace fa {
 namespace sm80 {
@@ -72,6 +73,7 @@ struct BwdTraits {
     static constexpr int kSmemBytes = kOffStats + 2 * kSmemStats;
 
     static_assert(sizeof(T) == 2, "16-bit inputs only");
+    static_assert(kBlockM >= kBwdMinBlockM, "the deterministic counters are sized for BlockM >= kBwdMinBlockM");
     static_assert(kMTilesS >= 1 && kNTilesS % 2 == 0, "S warp tiles: whole m16 tiles, pairs of n8 tiles");
     static_assert(kMTilesKV >= 1 && kNTilesKV % 2 == 0, "dK/dV warp tiles: whole m16 tiles, pairs of n8 tiles");
     static_assert(kMTilesQ >= 1 && kNTilesQ % kDqChunk == 0 && kDqChunk % 2 == 0, "dQ chunks of n8-tile pairs");

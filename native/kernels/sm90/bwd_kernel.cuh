@@ -12,8 +12,8 @@
 //   dK  += dS^T Q     m64nD,  A = dS^T from registers, B = Q (MN-major) } of these two (FA3's trick)
 //   dQ   = dS K       m64n(D/2) per warpgroup (its half of the columns), A = dS (dS^T stored [key][query],
 //                     read MN-major), B = K (MN-major); added to the fp32 accumulator with red.global.add.
-// P never leaves registers; dS^T goes to shared memory once (16 KB). dK and dV (64 x D per warpgroup)
-// stay in registers for the whole walk.
+// P never leaves registers (but at D = 256, below); dS^T goes to shared memory once (16 KB). dK and dV
+// (64 x D per warpgroup) stay in registers for the whole walk.
 //
 // At D = 256 dK and dV of 64 keys take 256 registers a thread, so the warpgroups split the roles
 // instead (kSplit): a CTA holds 64 keys; warpgroup 0 computes S^T, P^T and dV, warpgroup 1 dP^T, dS^T
@@ -51,6 +51,7 @@ struct BwdTraits90 {
     static constexpr int kSmemStats = 2 * kBlockM * 4;  // lse_log2 then dsum, per buffer
     static constexpr int kOffStats = kOffPX + kSmemPX;  // 2 buffers
     static constexpr int kSmemBytes = kOffStats + 2 * kSmemStats;
+    static_assert(kBlockM >= kBwdMinBlockM, "the deterministic counters are sized for BlockM >= kBwdMinBlockM");
     static_assert(kOffK % 1024 == 0 && kOffV % 1024 == 0 && kOffDS % 1024 == 0 && kSmemQ % 1024 == 0,
                   "wgmma tiles start on 1024-byte swizzle atoms");
 };
@@ -313,7 +314,10 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         }
         wgmma_commit();
 
-        // dS^T to shared memory as [key][query] rows of 128 bytes (one panel), for dQ.
+        // dS^T to shared memory as [key][query] rows of 128 bytes (one panel), for dQ. These stores read the
+        // A fragments of the dV/dK products still in flight: only reads, and measured correct (nvcc 13.0, H100),
+        // but the PTX ISA leaves any access to those registers before wgmma.wait_group undefined. Storing
+        // before issuing the products is the conforming order (not yet measured; bench/NOTES.md).
         if (!kSplit || wg == 1) {
 #pragma unroll
             for (int j = 0; j < BM / 8; ++j) {
@@ -435,6 +439,11 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
                 *reinterpret_cast<const uint4*>(smem + Tr::kOffV + panel_off<BN>(r, ch));
         }
     }
+#elif defined(__CUDA_ARCH__)
+    // Device code for another target (the sm_80 pass, or PTX that a driver JIT-compiles, e.g. under
+    // CUDA_FORCE_PTX_JIT): the host launches this kernel only where sm_90a code exists, so reaching here
+    // means the driver chose other code; fail the launch loudly rather than leave the gradients unwritten.
+    __trap();
 #endif  // FA_SM90A_DEVICE
 }
 
