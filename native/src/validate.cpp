@@ -358,10 +358,7 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
         invalid("causal_alignment is " + s(P.causal_alignment) +
                 "; it must be FA_CAUSAL_BOTTOM_RIGHT (0) or FA_CAUSAL_TOP_LEFT (1)");
     }
-    if (P.kernel_path != FA_PATH_AUTO && P.kernel_path != FA_PATH_SM80 && P.kernel_path != FA_PATH_SM90) {
-        invalid("kernel_path is " + s(P.kernel_path) +
-                "; it must be FA_PATH_AUTO (0), FA_PATH_SM80 (1) or FA_PATH_SM90 (2)");
-    }
+    check_kernel_path(P.kernel_path, "kernel_path");
     if (x.window_left < -1) {
         invalid("window_left is " + s(x.window_left) + "; it must be -1 (unbounded) or a number of keys >= 0");
     }
@@ -442,10 +439,7 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
         unsupported("compute_capability is " + s(compute_capability) + " (" + s(compute_capability / 10) + "." +
                     s(compute_capability % 10) + "); the kernels need compute capability 8.0 or newer");
     }
-    if (P.kernel_path == FA_PATH_SM90) {
-        unsupported("kernel_path is FA_PATH_SM90, which serves the backward pass only; the forward runs on "
-                    "FA_PATH_SM80 (pass FA_PATH_AUTO or FA_PATH_SM80)");
-    }
+    refuse_sm90_path(P.kernel_path, "kernel_path", "the forward");
 
     // ---- kernel parameters -----------------------------------------------------------------------
     FwdParams p{};
@@ -529,6 +523,22 @@ int32_t smem_optin_for(int32_t cc) {
         default: return 0;
     }
 }
+
+// UNSUPPORTED when kernel_path (named `name`) asks for FA_PATH_SM90 where the sm90 backward does not serve
+// head dim d on compute capability cc (0: any).
+void require_sm90_served(int32_t kernel_path, const char* name, int64_t d, int32_t cc) {
+    std::string why;
+    if (kernel_path == FA_PATH_SM90 && !backward_sm90_serves(forward_kernel_head_dim(static_cast<int32_t>(d)), cc, &why)) {
+        unsupported(std::string(name) + " is FA_PATH_SM90, but " + why + " (head dim " + s(d) + ")");
+    }
+}
+
+// Shared memory of the backward kernel a call with kernel_path runs on compute capability cc: the sm90
+// one where the path allows it and it serves (AUTO picks it there), else the sm80 one.
+int32_t backward_smem_need(int32_t kernel_d, int32_t cc, int32_t kernel_path) {
+    const bool sm90 = kernel_path != FA_PATH_SM80 && backward_sm90_serves(kernel_d, cc, nullptr);
+    return sm90 ? backward_sm90_smem_bytes(kernel_d) : backward_smem_bytes(kernel_d);
+}
 }  // namespace
 
 void check_support_query(const fa_support_query_t& query) {
@@ -564,10 +574,7 @@ void check_support_query(const fa_support_query_t& query) {
             invalid(std::string("query->") + flag.name + " is " + s(flag.value) + "; it must be 0 or 1");
         }
     }
-    if (query.kernel_path != FA_PATH_AUTO && query.kernel_path != FA_PATH_SM80 && query.kernel_path != FA_PATH_SM90) {
-        invalid("query->kernel_path is " + s(query.kernel_path) +
-                "; it must be FA_PATH_AUTO (0), FA_PATH_SM80 (1) or FA_PATH_SM90 (2)");
-    }
+    check_kernel_path(query.kernel_path, "query->kernel_path");
 
     // ---- is it served? ------------------------------------------------------------------------
     if (query.pass == FA_PASS_DECODE && query.varlen == 1) {
@@ -585,22 +592,14 @@ void check_support_query(const fa_support_query_t& query) {
                     s(query.compute_capability / 10) + "." + s(query.compute_capability % 10) +
                     "); the kernels need compute capability 8.0 or newer");
     }
-    if (query.kernel_path == FA_PATH_SM90) {
-        std::string why;
-        if (query.pass != FA_PASS_BACKWARD) {
-            unsupported("query->kernel_path is FA_PATH_SM90, which serves the backward pass only");
-        }
-        if (!backward_sm90_serves(forward_kernel_head_dim(query.head_dim), query.compute_capability, &why)) {
-            unsupported("query->kernel_path is FA_PATH_SM90, but " + why + " (head dim " + s(query.head_dim) + ")");
-        }
-    }
+    if (query.pass != FA_PASS_BACKWARD) refuse_sm90_path(query.kernel_path, "query->kernel_path", "");
+    require_sm90_served(query.kernel_path, "query->kernel_path", query.head_dim, query.compute_capability);
     if (query.pass != FA_PASS_FORWARD && query.compute_capability != 0) {
         // The backward and decode kernels take more shared memory than some GPUs allow a block (fa_backward
         // and fa_decode report the same from the device's own limit). AUTO runs the sm90 backward where it serves.
         const bool backward = query.pass == FA_PASS_BACKWARD;
         const int32_t kd = forward_kernel_head_dim(query.head_dim);
-        const bool sm90 = backward && query.kernel_path != FA_PATH_SM80 && backward_sm90_serves(kd, query.compute_capability, nullptr);
-        const int32_t need = sm90 ? backward_sm90_smem_bytes(kd) : backward ? backward_smem_bytes(kd) : decode_smem_bytes(kd);
+        const int32_t need = backward ? backward_smem_need(kd, query.compute_capability, query.kernel_path) : decode_smem_bytes(kd);
         const int32_t allow = smem_optin_for(query.compute_capability);
         if (allow > 0 && need > allow) {
             unsupported(std::string("the ") + (backward ? "backward" : "decode") + " kernel for head dim " + s(query.head_dim) + " needs " + s(need) +
@@ -732,15 +731,9 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     if (!served) {
         unsupported(unserved);
     }
-    std::string sm90_why;
-    if (P.kernel_path == FA_PATH_SM90 && !backward_sm90_serves(forward_kernel_head_dim(f.d), compute_capability, &sm90_why)) {
-        unsupported("kernel_path is FA_PATH_SM90, but " + sm90_why + " (head dim " + s(f.d) + ")");
-    }
+    require_sm90_served(P.kernel_path, "kernel_path", f.d, compute_capability);
     if (compute_capability != 0 && P.kernel_path != FA_PATH_SM90) {
-        // AUTO may still pick the sm90 kernel (less shared memory than sm80's at these head dims).
-        const int32_t kernel_d = forward_kernel_head_dim(f.d);
-        const bool sm90 = P.kernel_path == FA_PATH_AUTO && backward_sm90_serves(kernel_d, compute_capability, nullptr);
-        const int32_t need = sm90 ? backward_sm90_smem_bytes(kernel_d) : backward_smem_bytes(kernel_d);
+        const int32_t need = backward_smem_need(forward_kernel_head_dim(f.d), compute_capability, P.kernel_path);
         const int32_t allow = smem_optin_for(compute_capability);
         if (allow > 0 && need > allow) {
             unsupported("the backward kernel for head dim " + s(f.d) + " needs " + s(need) +

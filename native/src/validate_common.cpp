@@ -176,5 +176,18 @@ void check_no_overlap(const Extent& written, const char* written_name, const Ext
     }
 }
 
+void check_kernel_path(int32_t value, const std::string& name) {
+    if (value != FA_PATH_AUTO && value != FA_PATH_SM80 && value != FA_PATH_SM90) {
+        invalid(name + " is " + s(value) + "; it must be FA_PATH_AUTO (0), FA_PATH_SM80 (1) or FA_PATH_SM90 (2)");
+    }
+}
+
+void refuse_sm90_path(int32_t value, const std::string& name, const std::string& runs_on) {
+    if (value == FA_PATH_SM90) {
+        unsupported(name + " is FA_PATH_SM90, which serves the backward pass only" +
+                    (runs_on.empty() ? "" : "; " + runs_on + " runs on FA_PATH_SM80 (pass FA_PATH_AUTO or FA_PATH_SM80)"));
+    }
+}
+
 }  // namespace validation
 }  // namespace fa

@@ -55,5 +55,12 @@ Extent check_tensor(const TensorArg& a, TensorKind kind, int32_t may_be_empty = 
 // INVALID_ARGUMENT when `written` (memory the call writes) overlaps `other`.
 void check_no_overlap(const Extent& written, const char* written_name, const Extent& other, const char* other_name);
 
+// INVALID_ARGUMENT unless `value` is an fa_kernel_path_t value; `name` is the field ("kernel_path",
+// "query->kernel_path").
+void check_kernel_path(int32_t value, const std::string& name);
+// UNSUPPORTED for FA_PATH_SM90 in a pass that has no sm90 kernels; `runs_on` (may be empty) says what the
+// pass runs on ("the forward runs on ...").
+void refuse_sm90_path(int32_t value, const std::string& name, const std::string& runs_on);
+
 }  // namespace validation
 }  // namespace fa

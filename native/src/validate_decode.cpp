@@ -201,10 +201,7 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
         invalid("softcap is " + float_string(P.softcap) + "; it must be at most " +
                 float_string(static_cast<float>(std::numeric_limits<float>::max() / kLog2e)));
     }
-    if (P.kernel_path != FA_PATH_AUTO && P.kernel_path != FA_PATH_SM80 && P.kernel_path != FA_PATH_SM90) {
-        invalid("kernel_path is " + s(P.kernel_path) +
-                "; it must be FA_PATH_AUTO (0), FA_PATH_SM80 (1) or FA_PATH_SM90 (2)");
-    }
+    check_kernel_path(P.kernel_path, "kernel_path");
     if (P.num_splits < 0 || P.num_splits > FA_DECODE_MAX_SPLITS) {
         invalid("num_splits is " + s(P.num_splits) + "; it must be 0 (chosen by the library) or 1.." +
                 s(FA_DECODE_MAX_SPLITS));
@@ -282,10 +279,7 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
     }
 
     // ---- valid; is it served? ------------------------------------------------------------------
-    if (P.kernel_path == FA_PATH_SM90) {
-        unsupported("kernel_path is FA_PATH_SM90, which serves the backward pass only; decode runs on "
-                    "FA_PATH_SM80 (pass FA_PATH_AUTO or FA_PATH_SM80)");
-    }
+    refuse_sm90_path(P.kernel_path, "kernel_path", "decode");
     if (d > kInt32Max || !forward_head_dim_compiled(static_cast<int32_t>(d))) {
         unsupported("q.shape[3] (head_dim) is " + s(d) + "; this build serves head dims " + served_head_dims());
     }
