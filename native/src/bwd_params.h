@@ -49,6 +49,8 @@ inline int64_t bwd_row_slot(const BwdParams& p, int b, int h, int64_t seq_row0, 
 
 // Tile of the sm90 (wgmma) main kernel: 64 query rows x 128 keys (64 keys at head dim 256).
 constexpr int32_t kBwdSm90BlockM = 64, kBwdSm90BlockN = 128;
+// The kernel head dims that have an sm90 main kernel (in a build with sm_90a code).
+constexpr bool bwd_sm90_head_dim(int32_t kernel_d) { return kernel_d == 64 || kernel_d == 128 || kernel_d == 256; }
 // The smallest BlockM of any backward main kernel: the deterministic mode's semaphores (one per query
 // block) are sized for it, so the workspace size does not depend on the kernel path.
 constexpr int32_t kBwdMinBlockM = 64;

@@ -38,6 +38,10 @@ constexpr bool kHasSm90a = true;
 constexpr bool kHasSm90a = false;
 #endif
 
+// Variants the sm90 kernel of kernel head dim d has per dtype in this build: 8, but 4 at 256, where the
+// masked kernel serves the unmasked calls too (sm90::kBwdLocalVariant); 0 without one.
+int sm90_variants(int32_t d) { return !(kHasSm90a && bwd_sm90_head_dim(d)) ? 0 : d == 256 ? 4 : 8; }
+
 // Every variant of every compiled head dim: the sm80 kernels (per head dim, fp16 then bf16, then the
 // eight (local, softcap, deterministic) combinations in binary order), then the same for the sm90
 // kernels of an sm_90a build (kernel head dims 64, 128 and 256; at 256 only the four _local variants per
@@ -50,12 +54,12 @@ const std::vector<std::string>& all_names() {
         for (const bool sm90 : {false, true}) {
             for (int32_t i = 0; i < count; ++i) {
                 const int32_t d = dims[i];
-                if (sm90 && !(kHasSm90a && (d == 64 || d == 128 || d == 256))) continue;
+                if (sm90 && sm90_variants(d) == 0) continue;
                 const std::string tile = sm90 ? std::to_string(kBwdSm90BlockM) + "x" + std::to_string(d == 256 ? kBwdSm90BlockN / 2 : kBwdSm90BlockN) + "_2wg"
                                               : tile_tag_for(d);
                 for (const char* dtype : {"fp16", "bf16"}) {
                     for (int v = 0; v < 8; ++v) {
-                        if (sm90 && d == 256 && !(v & 4)) continue;  // the masked kernel serves these (kBwdLocalVariant)
+                        if (sm90 && sm90_variants(d) == 4 && !(v & 4)) continue;  // masked variants only
                         out.push_back(std::string(sm90 ? "sm90_bwd_" : "sm80_bwd_") + dtype + "_hdim" + std::to_string(d) +
                                       ((v & 4) ? "_local" : "") + ((v & 2) ? "_softcap" : "") + ((v & 1) ? "_det" : "") +
                                       "_" + tile);
@@ -82,13 +86,11 @@ const char* backward_kernel_name(bool bf16, int32_t kernel_d, bool local, bool s
     const int32_t count = forward_compiled_head_dims(&dims);
     int32_t index = 0;
     if (sm90) {
-        // Past the sm80 names; per sm90 head dim 16 variants, 8 at 256 (masked only).
+        // Past the sm80 names; per sm90 head dim two dtypes of sm90_variants each.
         index = 16 * count;
-        for (int32_t i = 0; i < count && dims[i] != kernel_d; ++i) {
-            index += dims[i] == 256 ? 8 : (dims[i] == 64 || dims[i] == 128) ? 16 : 0;
-        }
-        index += kernel_d == 256 ? (bf16 ? 4 : 0) + (softcap ? 2 : 0) + (deterministic ? 1 : 0)
-                                 : (bf16 ? 8 : 0) + (local ? 4 : 0) + (softcap ? 2 : 0) + (deterministic ? 1 : 0);
+        for (int32_t i = 0; i < count && dims[i] != kernel_d; ++i) index += 2 * sm90_variants(dims[i]);
+        const int variants = sm90_variants(kernel_d);
+        index += (bf16 ? variants : 0) + (variants == 8 && local ? 4 : 0) + (softcap ? 2 : 0) + (deterministic ? 1 : 0);
     } else {
         for (int32_t i = 0; i < count && dims[i] != kernel_d; ++i) index += 16;
         index += (bf16 ? 8 : 0) + (local ? 4 : 0) + (softcap ? 2 : 0) + (deterministic ? 1 : 0);
@@ -103,7 +105,7 @@ bool backward_sm90_serves(int32_t kernel_d, int32_t cc, std::string* why) {
         reason = "this build has no sm_90a code (configure with FA_CUDA_ARCHS containing 90a)";
     } else if (cc != 0 && cc != 90) {
         reason = "the wgmma kernels run on compute capability 9.0 only";
-    } else if (kernel_d != 64 && kernel_d != 128 && kernel_d != 256) {
+    } else if (!bwd_sm90_head_dim(kernel_d)) {
         reason = "the sm90 backward serves the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and "
                  "193..256 in a build of every head dim)";
     }

@@ -34,7 +34,7 @@ cudaError_t launch_main(Kernel kernel, int smem, int threads, std::atomic<uint64
 template <typename T, int D, bool kLocal, bool kSoftcap, bool kDet>
 cudaError_t launch_bwd_main(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream) {
     static std::atomic<uint64_t> raised80{0}, raised90{0};  // per kernel: each needs its own attribute
-    if constexpr (D == 64 || D == 128 || D == 256) {
+    if constexpr (bwd_sm90_head_dim(D)) {
         if (p.sm90) {
             using Tr = sm90::BwdTraits90<D>;
             return launch_main(sm90::bwd_kernel_sm90<T, D, sm90::kBwdLocalVariant<D, kLocal>, kSoftcap, kDet>,
@@ -49,7 +49,7 @@ template <typename T, int D, bool kLocal, bool kSoftcap>
 cudaError_t launch_bwd_main_det(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream, const char** name) {
     const bool bf16 = std::is_same<T, __nv_bfloat16>::value;
     bool local = kLocal;
-    if constexpr (D == 64 || D == 128 || D == 256) {
+    if constexpr (bwd_sm90_head_dim(D)) {
         if (p.sm90) local = sm90::kBwdLocalVariant<D, kLocal>;
     }
     if (name) *name = backward_kernel_name(bf16, D, local, kSoftcap, p.deterministic != 0, p.sm90 != 0);
@@ -63,7 +63,7 @@ template <typename T, int D>
 int run_bwd(BwdParams& p, const LaunchInfo& info, cudaStream_t stream, const char** name) {
     const FwdParams& f = p.f;
     int block_m = BwdTraits<T, D>::kBlockM, block_n = BwdTraits<T, D>::kBlockN;
-    if constexpr (D == 64 || D == 128 || D == 256) {
+    if constexpr (bwd_sm90_head_dim(D)) {
         if (p.sm90) {
             block_m = sm90::BwdTraits90<D>::kBlockM;
             block_n = sm90::BwdTraits90<D>::kBlockN;

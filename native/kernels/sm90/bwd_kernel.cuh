@@ -32,7 +32,7 @@ namespace sm90 {
 
 template <int D>
 struct BwdTraits90 {
-    static_assert(D == 64 || D == 128 || D == 256, "the sm90 backward serves kernel head dims 64, 128 and 256");
+    static_assert(bwd_sm90_head_dim(D), "the sm90 backward serves kernel head dims 64, 128 and 256");
     static constexpr int kHeadDim = D;
     static constexpr bool kSplit = D == 256;  // warpgroups split the roles (see above)
     static constexpr int kBlockM = kBwdSm90BlockM;
