@@ -335,61 +335,55 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         __syncthreads();  // dS^T written
 
         // dQ (this warpgroup's D/2 columns) = dS K: A = dS (queries contiguous: MN-major), B = K rows
-        // (columns contiguous: MN-major), K = the block's keys. One pass; the loop over passes of kDqN
-        // columns stays for a smaller kDqN, which keeps fewer accumulators live (D = 256 without masks
-        // spilled 136 bytes with one pass; see kBwdLocalVariant for what runs there instead).
-        constexpr int kDqN = D / 2;  // columns per pass
+        // (columns contiguous: MN-major), K = the block's keys.
+        constexpr int kDqN = D / 2;
         float* acc_rows = p.dq_accum + slot0 * D;
+        float dq[kDqN / 2];
 #pragma unroll
-        for (int part = 0; part < (D / 2) / kDqN; ++part) {
-            float dq[kDqN / 2];
+        for (int i = 0; i < kDqN / 2; ++i) dq[i] = 0.f;
+        fence_regs(dq);
+        wgmma_fence();
+        const int col0 = wg * kDqN;  // first column of this warpgroup's half
+        const uint32_t k_cols = kDqN >= 64 ? static_cast<uint32_t>((col0 / 64) * KStride) : static_cast<uint32_t>(col0 * 2);
 #pragma unroll
-            for (int i = 0; i < kDqN / 2; ++i) dq[i] = 0.f;
-            fence_regs(dq);
-            wgmma_fence();
-            const int col0 = wg * (D / 2) + part * kDqN;  // first column of this pass
-            const uint32_t k_cols = kDqN >= 64 ? static_cast<uint32_t>((col0 / 64) * KStride) : static_cast<uint32_t>(col0 * 2);
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            Wgmma<T, kDqN, 1, 1>::ss(dq, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
+                                     smem_desc(sK + k_cols + kk * 16 * 128, KStride, 1024), 1);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();  // also retires dV/dK
+        fence_regs(dq);
+        fence_regs(acc_k);
+        fence_regs(acc_v);
 #pragma unroll
-            for (int kk = 0; kk < BN / 16; ++kk) {
-                Wgmma<T, kDqN, 1, 1>::ss(dq, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
-                                         smem_desc(sK + k_cols + kk * 16 * 128, KStride, 1024), 1);
-            }
-            wgmma_commit();
-            wgmma_wait<0>();  // the first pass also retires dV/dK
-            fence_regs(dq);
-            if (part == 0) {
-                fence_regs(acc_k);
-                fence_regs(acc_v);
-#pragma unroll
-                for (int kk = 0; kk < BM / 16; ++kk) {  // the A fragments stay untouched until the products retire
-                    fence_regs(fa[kk]);
-                    if constexpr (!kSplit) fence_regs(fd[kk]);
+        for (int kk = 0; kk < BM / 16; ++kk) {  // the A fragments stay untouched until the products retire
+            fence_regs(fa[kk]);
+            if constexpr (!kSplit) fence_regs(fd[kk]);
+        }
+
+        if (kDeterministic) {
+            if (tid == 0) {
+                int lo = 0, hi = n;
+                while (lo < hi) {
+                    const int mid = (lo + hi) / 2;
+                    const MRange r = sm80::bwd_m_range<kLocal>(mid, BM, BN, seq.sq, seq.sk, right_bound, left_bound,
+                                                               has_right, has_left);
+                    if (r.end > m) hi = mid; else lo = mid + 1;
                 }
-                if (kDeterministic) {
-                    if (tid == 0) {
-                        int lo = 0, hi = n;
-                        while (lo < hi) {
-                            const int mid = (lo + hi) / 2;
-                            const MRange r = sm80::bwd_m_range<kLocal>(mid, BM, BN, seq.sq, seq.sk, right_bound,
-                                                                       left_bound, has_right, has_left);
-                            if (r.end > m) hi = mid; else lo = mid + 1;
-                        }
-                        const int rank = n - lo;
-                        const int32_t* sem = p.sem + (static_cast<int64_t>(b) * f.hq + h) * p.m_blocks + m;
-                        while (ld_acquire_gpu(sem) != rank) {
-                        }
-                    }
-                    __syncthreads();
+                const int rank = n - lo;
+                const int32_t* sem = p.sem + (static_cast<int64_t>(b) * f.hq + h) * p.m_blocks + m;
+                while (ld_acquire_gpu(sem) != rank) {
                 }
             }
+            __syncthreads();
+        }
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int qr = wl * 16 + lane / 4 + 8 * i;
-                if (qr < rows_here) {
-                    float* dst = acc_rows + static_cast<int64_t>(qr) * D + col0 + qc0;
+        for (int i = 0; i < 2; ++i) {
+            const int qr = wl * 16 + lane / 4 + 8 * i;
+            if (qr < rows_here) {
+                float* dst = acc_rows + static_cast<int64_t>(qr) * D + col0 + qc0;
 #pragma unroll
-                    for (int j = 0; j < kDqN / 8; ++j) red_add_f32x2(dst + 8 * j, dq[4 * j + 2 * i], dq[4 * j + 2 * i + 1]);
-                }
+                for (int j = 0; j < kDqN / 8; ++j) red_add_f32x2(dst + 8 * j, dq[4 * j + 2 * i], dq[4 * j + 2 * i + 1]);
             }
         }
         if (kDeterministic) {
