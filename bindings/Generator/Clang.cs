@@ -165,6 +165,9 @@ internal static unsafe partial class Clang
     public static partial long clang_getEnumConstantDeclValue(CXCursor cursor);
 
     [LibraryImport(Lib)]
+    public static partial CXType clang_getEnumDeclIntegerType(CXCursor cursor);
+
+    [LibraryImport(Lib)]
     public static partial CXString clang_Cursor_getRawCommentText(CXCursor cursor);
 
     [LibraryImport(Lib)]

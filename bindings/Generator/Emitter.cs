@@ -17,6 +17,10 @@ internal sealed partial class Emitter(Settings settings, HeaderModel model)
             [Path.Combine(settings.OutputDir, "Structs.g.cs")] = Structs(),
             [settings.TestOutput] = LayoutTests(),
         };
+        if (settings.PythonOutput is not null)
+        {
+            files[settings.PythonOutput] = new PythonEmitter(settings, model).Module();
+        }
         return files;
     }
 

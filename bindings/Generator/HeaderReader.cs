@@ -12,7 +12,7 @@ internal sealed class GeneratorException(string message) : Exception(message);
 /// __INT32_TYPE__-style macros, so the result depends only on the header and the target triple, never on
 /// which libc headers or clang resource directory a machine has.
 /// </summary>
-internal sealed unsafe class HeaderReader
+internal sealed unsafe partial class HeaderReader
 {
     private const string StddefStandIn = """
         /* Stand-in for <stddef.h> written by bindings/Generator. */
@@ -242,7 +242,7 @@ internal sealed unsafe class HeaderReader
                     break;
             }
         }
-        return new HeaderModel(macros, enums, structs, functions);
+        return new HeaderModel(macros, enums, structs, functions, _callbackTypes);
     }
 
     private static bool IsFromMainFile(CXCursor c) =>
@@ -512,12 +512,13 @@ internal sealed unsafe class HeaderReader
                         $"{cName}.{fieldName}: arrays of {Clang.Spelling(element)} cannot be a C# fixed buffer.");
                 }
                 fields.Add(new FieldModel(fieldName, Identifier(fieldName), csElement,
-                    checked((int)Clang.clang_getArraySize(canonical)), offsetBits / 8, cType, doc));
+                    checked((int)Clang.clang_getArraySize(canonical)), offsetBits / 8, cType, doc,
+                    MapPython(fieldType, $"{cName}.{fieldName}")));
             }
             else
             {
                 fields.Add(new FieldModel(fieldName, Identifier(fieldName), MapType(fieldType, Use.Field,
-                    $"{cName}.{fieldName}"), null, offsetBits / 8, cType, doc));
+                    $"{cName}.{fieldName}"), null, offsetBits / 8, cType, doc, MapPython(fieldType, $"{cName}.{fieldName}")));
             }
         }
         _recordNames.TryGetValue(cName, out string? typedefName);
@@ -551,10 +552,11 @@ internal sealed unsafe class HeaderReader
             CXType argType = Clang.clang_getCursorType(arg);
             NoteTypedef(argType, notes);
             parameters.Add(new ParameterModel(argName, Identifier(argName),
-                MapType(argType, Use.Parameter, $"{name}({argName})"), Clang.Spelling(argType)));
+                MapType(argType, Use.Parameter, $"{name}({argName})"), Clang.Spelling(argType),
+                MapPython(argType, $"{name}({argName})")));
         }
         return new FunctionModel(name, MapType(result, Use.Return, name + " result"), Clang.Spelling(result),
-            parameters, Doc(c), notes);
+            parameters, Doc(c), notes, MapPython(result, name + " result"));
     }
 
     /// <summary>Collects the comment of a documented typedef a signature uses (fa_log_callback_t).</summary>

@@ -1,5 +1,6 @@
 // bindings/Generator: reads native/include/flash_attention.h through libclang and writes the P/Invoke layer
-// (bindings/FlashAttention.Native/Generated/*.g.cs) and the struct-layout tests.
+// (bindings/FlashAttention.Native/Generated/*.g.cs), the struct-layout tests and, with --python-output, the
+// Python ctypes mirror (bench/fa_abi.py).
 //
 //   dotnet run --project bindings/Generator -- @bindings/generate.rsp            write the files
 //   dotnet run --project bindings/Generator -- @bindings/generate.rsp --check    exit 1 if any is stale

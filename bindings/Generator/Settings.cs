@@ -18,6 +18,8 @@ internal sealed class Settings
     public required string OutputDir { get; init; }
     public required string TestOutput { get; init; }
     public required string TestNamespace { get; init; }
+    /// <summary>Full path of the generated Python (ctypes) module, or null when none is generated.</summary>
+    public required string? PythonOutput { get; init; }
     public required string Target { get; init; }
     public required bool Check { get; init; }
     public required bool Verbose { get; init; }
@@ -32,6 +34,7 @@ internal sealed class Settings
           --output DIR          folder for the generated *.g.cs bindings
           --test-output FILE    file for the generated NUnit layout tests
           --test-namespace NAME namespace of the layout tests
+          --python-output FILE  optional: the generated Python ctypes module (constants, structs, prototypes)
           --target TRIPLE       clang target triple whose layout is mirrored (default x86_64-unknown-linux-gnu)
           --check               generate in memory; exit 1 if any file on disk differs (2 on errors)
           --verbose             print which libclang was loaded
@@ -71,7 +74,7 @@ internal sealed class Settings
             values[a[2..]] = expanded[++i];
         }
         string[] allowed = ["root", "header", "namespace", "library", "prefix-strip", "output", "test-output",
-            "test-namespace", "target"];
+            "test-namespace", "target", "python-output"];
         foreach (string key in values.Keys)
         {
             if (!allowed.Contains(key))
@@ -96,6 +99,9 @@ internal sealed class Settings
             OutputDir = Path.GetFullPath(Path.Combine(root, Need("output"))),
             TestOutput = Path.GetFullPath(Path.Combine(root, Need("test-output"))),
             TestNamespace = Need("test-namespace"),
+            PythonOutput = values.TryGetValue("python-output", out string? py)
+                ? Path.GetFullPath(Path.Combine(root, py))
+                : null,
             Target = values.TryGetValue("target", out string? t) ? t : "x86_64-unknown-linux-gnu",
             Check = check,
             Verbose = verbose,
