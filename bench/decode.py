@@ -18,7 +18,8 @@ copy of 1 GiB, (read + write) bytes over the median time. K/V read bandwidth: 2*
 median. Our output is compared with the flash backend's (relative Frobenius norm), so a fast but wrong
 kernel shows up.
 
-decode_rows(lib_path, quick=False) returns the rows in TARGETS.md's record format (bench/run.py imports it);
+decode_rows(lib_path, quick=False) returns the rows in TARGETS.md's record format (bench/run.py imports it; this
+module imports bench/common.py and the generated ctypes mirror bench/fa_abi.py, never run.py);
 run alone, `python3 bench/decode.py --lib build/libflash_attention.so [--quick] [--out decode.json]` prints a
 table. Under 60 s on an H100 (about 26 GB of GPU memory at 128k).
 """
@@ -32,43 +33,10 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
-from run import FaTensor, describe  # noqa: E402  bench/run.py's fa_tensor_t mirror (importing it runs nothing)
+from common import MAX_REL_ERR, FaLib, describe, lib_file  # noqa: E402
+from fa_abi import FA_DTYPE_BFLOAT16, FA_DTYPE_INT32, FaDecodeParams  # noqa: E402
 
-# ---- the decode part of the C ABI (native/include/flash_attention.h, version 0.3), as ctypes ----------
-
-FA_DECODE_VERSION_CODE = 300  # the header version this mirror follows
-FA_DTYPE_FLOAT16, FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT32, FA_DTYPE_INT32 = 1, 2, 3, 4
-MAX_REL_ERR = 2e-2  # two bf16 attentions of the same inputs differ by a few 1e-3; beyond this ours is wrong
-
-
-class FaDecodeParams(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("reserved0", ctypes.c_uint32),
-        ("q", FaTensor),
-        ("k_cache", FaTensor),
-        ("v_cache", FaTensor),
-        ("k_new", FaTensor),
-        ("v_new", FaTensor),
-        ("out", FaTensor),
-        ("lse", FaTensor),
-        ("cache_seqlens", FaTensor),
-        ("block_table", FaTensor),
-        ("softmax_scale", ctypes.c_float),
-        ("causal", ctypes.c_int32),
-        ("window_left", ctypes.c_int32),
-        ("window_right", ctypes.c_int32),
-        ("softcap", ctypes.c_float),
-        ("kernel_path", ctypes.c_int32),
-        ("num_splits", ctypes.c_int32),
-        ("advance_cache_seqlens", ctypes.c_int32),
-        ("cache_seqlens_host", ctypes.POINTER(ctypes.c_int32)),
-        ("workspace", ctypes.c_void_p),
-        ("workspace_size", ctypes.c_size_t),
-    ]
-
-
-assert ctypes.sizeof(FaDecodeParams) == 784, "FaDecodeParams no longer mirrors fa_decode_params_t"
+FA_DECODE_VERSION_CODE = 300  # the first header version with fa_decode
 
 B, HQ, HKV, D, SQ = 16, 32, 8, 128, 1
 LENGTHS = (1024, 4096, 16384, 32768, 131072)
@@ -91,39 +59,6 @@ def new_row(s, block):
             "copy_tbps": None, "ours_splits": None, "ours_rel_err": None, "note": None, "errors": {}}
 
 
-class _Lib:
-    """The exports the decode benchmark needs."""
-
-    def __init__(self, path):
-        self.lib = ctypes.CDLL(path)
-        L = self.lib
-        L.fa_status_string.restype = ctypes.c_char_p
-        L.fa_status_string.argtypes = [ctypes.c_int]
-        L.fa_last_error_message.restype = ctypes.c_char_p
-        L.fa_version.restype = ctypes.c_int32
-        L.fa_context_create.argtypes = [ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p)]
-        L.fa_context_destroy.argtypes = [ctypes.c_void_p]
-        L.fa_decode_params_init.argtypes = [ctypes.POINTER(FaDecodeParams), ctypes.c_size_t]
-        L.fa_decode_workspace_size.argtypes = [ctypes.c_void_p, ctypes.POINTER(FaDecodeParams),
-                                               ctypes.POINTER(ctypes.c_size_t)]
-        L.fa_decode_num_splits.argtypes = [ctypes.c_void_p, ctypes.POINTER(FaDecodeParams),
-                                           ctypes.POINTER(ctypes.c_int32)]
-        L.fa_decode.argtypes = [ctypes.c_void_p, ctypes.POINTER(FaDecodeParams), ctypes.c_void_p]
-        for name in ("fa_context_create", "fa_context_destroy", "fa_decode_params_init", "fa_decode_workspace_size",
-                     "fa_decode_num_splits", "fa_decode"):
-            getattr(L, name).restype = ctypes.c_int
-
-    def check(self, status, what):
-        if status != 0:
-            name = self.lib.fa_status_string(status).decode()
-            msg = self.lib.fa_last_error_message().decode(errors="replace")
-            raise RuntimeError(f"{what}: {name}: {msg}")
-
-
-def _tensor(t, code):
-    return describe(t, code)
-
-
 def decode_rows(lib_path, quick=False):
     """Times the decode grid for ours, flash and cuDNN; returns TARGETS.md rows (null where not measured)."""
     import torch
@@ -131,14 +66,11 @@ def decode_rows(lib_path, quick=False):
     from torch.nn.attention import sdpa_kernel, SDPBackend
     from triton.testing import do_bench
 
-    if os.path.isdir(lib_path):
-        lib_path = os.path.join(lib_path, "libflash_attention.so")
-    fa = _Lib(os.path.abspath(lib_path))
-    if fa.lib.fa_version() < FA_DECODE_VERSION_CODE:
-        raise RuntimeError(f"the library is version code {fa.lib.fa_version()}; decode needs {FA_DECODE_VERSION_CODE}")
+    fa = FaLib(lib_file(lib_path))
+    if fa.version() < FA_DECODE_VERSION_CODE:
+        raise RuntimeError(f"the library is version code {fa.version()}; decode needs {FA_DECODE_VERSION_CODE}")
     dev = torch.device("cuda")
-    ctx = ctypes.c_void_p()
-    fa.check(fa.lib.fa_context_create(torch.cuda.current_device(), ctypes.byref(ctx)), "fa_context_create")
+    ctx = fa.open(torch.cuda.current_device()).ctx
 
     def bench(fn):
         return do_bench(fn, warmup=25, rep=100, return_mode="median")
@@ -200,7 +132,7 @@ def decode_rows(lib_path, quick=False):
             del q, q2, kc, vc, ref
             torch.cuda.empty_cache()
     finally:
-        fa.lib.fa_context_destroy(ctx)
+        fa.close()
     return rows
 
 
@@ -221,10 +153,10 @@ def _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch):
     out = torch.full_like(q2, float("nan"))
     p = FaDecodeParams()
     fa.check(fa.lib.fa_decode_params_init(ctypes.byref(p), ctypes.sizeof(p)), "fa_decode_params_init")
-    p.q, p.k_cache, p.v_cache, p.out = (_tensor(t, code) for t in (q2, k_cache, v_cache, out))
-    p.cache_seqlens = _tensor(lens, FA_DTYPE_INT32)
+    p.q, p.k_cache, p.v_cache, p.out = (describe(t, code) for t in (q2, k_cache, v_cache, out))
+    p.cache_seqlens = describe(lens, FA_DTYPE_INT32)
     if table is not None:
-        p.block_table = _tensor(table, FA_DTYPE_INT32)
+        p.block_table = describe(table, FA_DTYPE_INT32)
     host_lens = (ctypes.c_int32 * B)(*([s] * B))
     p.cache_seqlens_host = ctypes.cast(host_lens, ctypes.POINTER(ctypes.c_int32))
     splits = ctypes.c_int32()

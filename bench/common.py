@@ -1,0 +1,230 @@
+"""What every pass of the benchmark shares: loading libflash_attention through the generated ctypes mirror
+(bench/fa_abi.py), tensor descriptors of torch tensors, status -> error text, our forward/backward calls, the
+do_bench timer, and the thresholds a row is checked against.
+
+Imports no torch or triton at module level (the dry run needs neither); the functions that time or allocate
+import them when called.
+"""
+import ctypes
+import os
+
+import fa_abi
+from fa_abi import (FA_CAUSAL_TOP_LEFT, FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT16, FA_DTYPE_FLOAT32, FA_PATH_AUTO,
+                    FaBackwardParams, FaForwardParams, FaTensor)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+# Two bf16 results of the same attention differ by a few 1e-3 (relative Frobenius norm); beyond this
+# our kernel is wrong, however fast.
+MAX_REL_ERR = 2e-2
+# The same for each of dq, dk and dv against the flash backend's gradients: both are bf16 results of fp32
+# accumulations (a few 1e-3 apart, dq the most); beyond this our backward is wrong.
+MAX_BWD_REL_ERR = 3e-2
+# TARGETS.md, aim 4: a managed Forward call within this many microseconds of the same launch from C.
+INTEROP_TARGET_US = 5.0
+
+# Exports without which no row can run, and those the backward rows need (ABI 0.3 and later).
+FORWARD_EXPORTS = ("fa_status_string", "fa_last_error_message", "fa_version", "fa_context_create",
+                   "fa_context_destroy", "fa_forward_params_init", "fa_forward")
+BACKWARD_EXPORTS = ("fa_backward_params_init", "fa_backward", "fa_backward_workspace_size")
+
+
+def lib_file(path):
+    """The absolute path of libflash_attention.so given it or its folder."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "libflash_attention.so")
+    return os.path.abspath(path)
+
+
+def first_line(e, limit):
+    """An exception's first line, cut to limit characters (what a row's errors hold)."""
+    return str(e).split("\n")[0][:limit]
+
+
+def finish_row(row):
+    """Drops an empty errors dict; True when the row shows our kernel failed or gave a wrong result."""
+    errs = row.get("errors")
+    if not errs:
+        row.pop("errors", None)
+        return False
+    return "ours" in errs or "mismatch" in errs
+
+
+def tflops(flops, ms):
+    return None if ms is None or ms <= 0 else flops / ms / 1e9
+
+
+class Timer:
+    """triton.testing.do_bench (median, L2 flushed before every call) with one warm-up and measuring time, in ms."""
+
+    def __init__(self, warmup, rep):
+        self.warmup, self.rep = warmup, rep
+
+    def __call__(self, fn):
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=self.warmup, rep=self.rep, return_mode="median")
+
+
+def describe(t, dtype_code):
+    """An fa_tensor_t for a torch tensor (element strides, as the ABI wants)."""
+    d = FaTensor()
+    d.data = t.data_ptr()
+    d.dtype = dtype_code
+    d.rank = t.dim()
+    for i in range(t.dim()):
+        d.shape[i] = t.shape[i]
+        d.strides[i] = t.stride(i)
+    return d
+
+
+def dtype_code(name):
+    """fa_dtype_t of a row's dtype ("bf16" or "fp16")."""
+    return FA_DTYPE_BFLOAT16 if name == "bf16" else FA_DTYPE_FLOAT16
+
+
+def int32_ptr(address):
+    """A const int32_t* field value from an address (a device pointer from torch's data_ptr())."""
+    return ctypes.cast(address, ctypes.POINTER(ctypes.c_int32))
+
+
+def current_stream():
+    """torch's current CUDA stream as the void* the ABI takes."""
+    import torch
+    return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+
+
+def set_varlen(p, cu, cu_host, max_len):
+    """The variable-length fields of a forward or backward params struct (same names in both): cu is the device
+    int32 prefix sum of the lengths, cu_host the same values as a list."""
+    host_q = (ctypes.c_int32 * len(cu_host))(*cu_host)
+    host_k = (ctypes.c_int32 * len(cu_host))(*cu_host)
+    p.cu_seqlens_q = int32_ptr(cu.data_ptr())
+    p.cu_seqlens_k = int32_ptr(cu.data_ptr())
+    p.cu_seqlens_q_host = ctypes.cast(host_q, ctypes.POINTER(ctypes.c_int32))
+    p.cu_seqlens_k_host = ctypes.cast(host_k, ctypes.POINTER(ctypes.c_int32))
+    p.varlen_batch = len(cu_host) - 1
+    p.max_seqlen_q = max_len
+    p.max_seqlen_k = max_len
+    p._keep = (host_q, host_k)  # the host copies must outlive every call
+
+
+class FaLib:
+    """One loaded libflash_attention: its own ctypes.CDLL (RTLD_LOCAL, so two builds loaded side by side each
+    resolve their own symbols) with fa_abi's prototypes bound, and a context once open() is called."""
+
+    def __init__(self, path, name="library"):
+        self.path = path
+        self.name = name
+        self.lib = ctypes.CDLL(path)
+        self.missing = fa_abi.bind(self.lib)
+        lacking = [n for n in FORWARD_EXPORTS if n in self.missing]
+        if lacking:
+            raise RuntimeError(f"{path} does not export {', '.join(lacking)}")
+        # A library before ABI 0.3 has no backward; its backward rows get an error.
+        self.has_backward = not any(n in self.missing for n in BACKWARD_EXPORTS)
+        self.ctx = None
+
+    def version(self):
+        return self.lib.fa_version()
+
+    def error_text(self, status):
+        """"FA_STATUS_...: message" for a failed call (the message of the last failed call on this thread)."""
+        name = self.lib.fa_status_string(status).decode()
+        msg = self.lib.fa_last_error_message().decode(errors="replace")
+        return f"{name}: {msg}"
+
+    def check(self, status, what):
+        if status != 0:
+            raise RuntimeError(f"{what}: {self.error_text(status)}")
+
+    def open(self, device=0):
+        """Creates the context every call of this library uses."""
+        ctx = ctypes.c_void_p()
+        self.check(self.lib.fa_context_create(device, ctypes.byref(ctx)), "fa_context_create")
+        self.ctx = ctx
+        return self
+
+    def close(self):
+        if self.ctx is not None:
+            self.lib.fa_context_destroy(self.ctx)
+            self.ctx = None
+
+    # ---- forward ---------------------------------------------------------------------------------------------
+
+    def forward_params(self, code, q, k, v, out, causal, lse=None, varlen=None):
+        """fa_forward_params_t over our [B, S, H, D] (varlen: packed [total, H, D]) tensors, PyTorch's causal
+        convention; lse (fp32) when the log-sum-exp is wanted; varlen = (cu, cu_host, max_len)."""
+        p = FaForwardParams()
+        self.check(self.lib.fa_forward_params_init(ctypes.byref(p), ctypes.sizeof(p)), "fa_forward_params_init")
+        p.q, p.k, p.v, p.out = (describe(t, code) for t in (q, k, v, out))
+        p.causal = int(causal)
+        p.causal_alignment = FA_CAUSAL_TOP_LEFT  # PyTorch's is_causal; equal to bottom-right when sq == sk
+        if lse is not None:
+            p.lse = describe(lse, FA_DTYPE_FLOAT32)
+        if varlen:
+            set_varlen(p, *varlen)
+        return p
+
+    def forward_call(self, p):
+        """A no-argument function that runs fa_forward(p) on torch's current stream (what do_bench times)."""
+        pp = ctypes.byref(p)
+        fn, ctx = self.lib.fa_forward, self.ctx
+
+        def ours():
+            st = fn(ctx, pp, current_stream())
+            if st != 0:
+                self.check(st, "fa_forward")
+        return ours
+
+    # ---- backward --------------------------------------------------------------------------------------------
+
+    def backward_params(self, code, tensors, lse, causal, deterministic, varlen=None, path=FA_PATH_AUTO):
+        """fa_backward_params_t over tensors = (q, k, v, out, dout, dq, dk, dv), with a caller workspace of the size
+        fa_backward_workspace_size asks for (a torch allocation kept on the struct, so no allocation is timed)."""
+        import torch
+        if not self.has_backward:
+            raise RuntimeError("the library exports no fa_backward (C ABI before 0.3)")
+        p = FaBackwardParams()
+        self.check(self.lib.fa_backward_params_init(ctypes.byref(p), ctypes.sizeof(p)), "fa_backward_params_init")
+        p.q, p.k, p.v, p.out, p.dout, p.dq, p.dk, p.dv = (describe(t, code) for t in tensors)
+        p.lse = describe(lse, FA_DTYPE_FLOAT32)
+        p.causal = int(causal)
+        p.causal_alignment = FA_CAUSAL_TOP_LEFT  # PyTorch's is_causal
+        p.deterministic = int(deterministic)
+        p.kernel_path = path
+        if varlen:
+            set_varlen(p, *varlen)
+        n = ctypes.c_size_t(0)
+        self.check(self.lib.fa_backward_workspace_size(self.ctx, ctypes.byref(p), ctypes.byref(n)),
+                   "fa_backward_workspace_size")
+        ws = torch.empty(max(n.value, 1), dtype=torch.uint8, device=tensors[0].device)  # aligned to 512 bytes
+        p.workspace = ws.data_ptr()
+        p.workspace_size = n.value
+        p._ws = ws
+        return p
+
+    def backward_call(self, p):
+        """A no-argument function that runs fa_backward(p) on torch's current stream."""
+        pp = ctypes.byref(p)
+        fn, ctx = self.lib.fa_backward, self.ctx
+
+        def ours():
+            st = fn(ctx, pp, current_stream())
+            if st != 0:
+                self.check(st, "fa_backward")
+        return ours
+
+
+def time_baseline(row, flops, base, make_call, bench):
+    """--baseline-lib: runs the baseline build's call once (surfacing its errors), then times it into
+    ours_base_ms / ours_base_tflops. A failure goes to errors["base"]; it does not fail the run."""
+    import torch
+    try:
+        call = make_call(base)
+        call()
+        torch.cuda.synchronize()
+        row["ours_base_ms"] = bench(call)
+        row["ours_base_tflops"] = tflops(flops, row["ours_base_ms"])
+    except Exception as e:  # noqa: BLE001 - recorded on the row
+        row["errors"]["base"] = first_line(e, 300)

@@ -1,0 +1,164 @@
+"""The outputs of a run: the record (JSON), the table printed last (forward, backward and decode sections, then
+the interop line) and the optional PNG. Pure Python (matplotlib only for the PNG)."""
+import json
+import math
+import os
+
+from common import INTEROP_TARGET_US
+
+
+def write_outputs(args, record, rows, managed_interop, c_interop, card):
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=1)
+    table = format_table(rows)
+    if any(r["pass"] == "bwd" for r in rows):
+        table += "\n" + format_bwd_table(rows)
+    if any(r["pass"] == "decode" for r in rows):
+        table += "\n" + format_decode_table(rows)
+    table += "\n" + format_interop(managed_interop, c_interop)
+    if args.table:
+        with open(args.table, "w") as f:
+            f.write(table + "\n")
+    if args.png:
+        write_png(rows, args.png, card)
+    print(f"# wrote {args.out}")
+    print(table)
+
+
+def fmt(x, spec="6.0f"):
+    return format(x, spec) if isinstance(x, (int, float)) and x is not None and not math.isnan(x) else "-".rjust(len(format(0, spec)))
+
+
+def describe_shape(r):
+    c = "causal" if r["causal"] else "full"
+    if r.get("varlen"):
+        return f"d{r['d']} {c} varlen{r['b']} h{r['h']}"
+    name = f"d{r['d']} {c} s{r['sq'] // 1024}k" if r["sq"] % 1024 == 0 else f"d{r['d']} {c} s{r['sq']}"
+    if r["hkv"] != r["h"]:
+        name += f" gqa{r['h']}/{r['hkv']}"
+    return name
+
+
+def has_baseline(rows):
+    """Whether the run timed a --baseline-lib (its rows carry ours_base_ms)."""
+    return any("ours_base_ms" in r for r in rows)
+
+
+def baseline_cells(r):
+    """The base and ours/base columns (TFLOP/s of the baseline build; ours over base, > 1: ours faster)."""
+    o, b = r.get("ours_tflops"), r.get("ours_base_tflops")
+    return f"  {fmt(b)}  {fmt(o / b if o and b else None, '9.3f')}"
+
+
+def errors_cell(r):
+    return f"  [{'; '.join(f'{k}: {v}' for k, v in r['errors'].items())}]" if r.get("errors") else ""
+
+
+def format_table(rows):
+    base = has_baseline(rows)
+    lines = ["bf16 fwd TFLOP/s              ours  C#api  flash  cudnn  ours/fl  ours/cu  rel.err"
+             + ("    base  ours/base" if base else "")]
+    for r in rows:
+        if r["pass"] != "fwd":
+            continue
+        name = describe_shape(r).ljust(28)
+        o, fl, cu = r["ours_tflops"], r["flash_tflops"], r["cudnn_tflops"]
+        ratio_f = o / fl if o and fl else None
+        ratio_c = o / cu if o and cu else None
+        err = r["ours_rel_err"]
+        lines.append(f"{name} {fmt(o)} {fmt(r['managed_tflops'])} {fmt(fl)} {fmt(cu)}  {fmt(ratio_f, '7.2f')}  "
+                     f"{fmt(ratio_c, '7.2f')}  {fmt(err, '7.1e')}" + (baseline_cells(r) if base else "") + errors_cell(r))
+    return "\n".join(lines)
+
+
+def format_bwd_table(rows):
+    """The backward rows: TFLOP/s (2.5x the forward's FLOPs) of ours (default and deterministic mode), flash, cuDNN;
+    ratios; det/ours is the deterministic mode's time over the default's; rel.err the worst of dq, dk, dv; with a
+    --baseline-lib, the baseline build's default mode and ours over it."""
+    base = has_baseline(rows)
+    lines = ["bf16 bwd TFLOP/s              ours    det   sm80  flash  cudnn  ours/fl  ours/cu  det/ours  rel.err"
+             + ("    base  ours/base" if base else "")]
+    for r in rows:
+        if r["pass"] != "bwd":
+            continue
+        name = describe_shape(r).ljust(28)
+        o, det, fl, cu = r["ours_tflops"], r.get("ours_det_tflops"), r["flash_tflops"], r["cudnn_tflops"]
+        ratio_f = o / fl if o and fl else None
+        ratio_c = o / cu if o and cu else None
+        lines.append(f"{name} {fmt(o)} {fmt(det)} {fmt(r.get('ours_sm80_tflops'))} {fmt(fl)} {fmt(cu)}  {fmt(ratio_f, '7.2f')}  {fmt(ratio_c, '7.2f')}  "
+                     f"{fmt(r.get('det_ratio'), '8.2f')}  {fmt(r['ours_rel_err'], '7.1e')}"
+                     + (baseline_cells(r) if base else "") + errors_cell(r))
+    return "\n".join(lines)
+
+
+def describe_decode(r):
+    """A decode row's name from whichever of TARGETS.md's fields bench/decode.py filled in."""
+    parts = [f"d{r.get('d', '?')}", f"b{r.get('b', '?')}", f"h{r.get('h', '?')}/{r.get('hkv', r.get('h', '?'))}"]
+    sk = r.get("sk")
+    if isinstance(sk, int):
+        parts.append(f"sk{sk // 1024}k" if sk % 1024 == 0 else f"sk{sk}")
+    if r.get("paged_block"):
+        parts.append(f"paged{r['paged_block']}")
+    return "decode " + " ".join(parts)
+
+
+def format_decode_table(rows):
+    """The decode rows (bench/decode.py): times in microseconds, K/V bandwidth in TB/s, ours over flash's time."""
+    lines = ["bf16 decode                   ours_us  flash_us  cudnn_us  ours TB/s  copy TB/s  fl/ours"]
+    for r in rows:
+        if r["pass"] != "decode":
+            continue
+        us = {k: (r.get(f"{k}_ms") * 1e3 if isinstance(r.get(f"{k}_ms"), (int, float)) else None) for k in ("ours", "flash", "cudnn")}
+        speed = us["flash"] / us["ours"] if us["ours"] and us["flash"] else None
+        errs = r.get("errors")
+        lines.append(f"{describe_decode(r)[:28].ljust(28)} {fmt(us['ours'], '8.1f')}  {fmt(us['flash'], '8.1f')}  "
+                     f"{fmt(us['cudnn'], '8.1f')}  {fmt(r.get('ours_tbps'), '9.2f')}  {fmt(r.get('copy_tbps'), '9.2f')}  "
+                     f"{fmt(speed, '7.2f')}" + (f"  [{'; '.join(f'{k}: {v}' for k, v in errs.items())}]" if errs else ""))
+    return "\n".join(lines)
+
+
+def format_interop(managed, c):
+    m_us = managed.get("call_us") if managed else None
+    c_us = c.get("call_us") if c else None
+    line = (f"interop (host us per Forward call, b1 s128 h1 d64, median): C#api {fmt(m_us, '.2f')}, "
+            f"C {fmt(c_us, '.2f')}")
+    if m_us is not None and c_us is not None:
+        diff = m_us - c_us
+        line += f", difference {diff:+.2f} (target <= {INTEROP_TARGET_US:.0f}: {'met' if diff <= INTEROP_TARGET_US else 'NOT met'})"
+    return line
+
+
+def write_png(rows, path, card):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("# matplotlib not available; no chart")
+        return
+    panels = [("forward", [r for r in rows if r["pass"] == "fwd"],
+               [("ours", "ours_tflops"), ("flash", "flash_tflops"), ("cudnn", "cudnn_tflops")]),
+              ("backward", [r for r in rows if r["pass"] == "bwd"],
+               [("ours", "ours_tflops"), ("ours deterministic", "ours_det_tflops"), ("flash", "flash_tflops"),
+                ("cudnn", "cudnn_tflops")])]
+    panels = [pn for pn in panels if pn[1]]
+    if not panels:
+        print("# no forward or backward rows; no chart")
+        return
+    n = max(len(pn[1]) for pn in panels)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(12, 0.7 * n), 5 * len(panels)), squeeze=False)
+    for ax, (what, prow, series) in zip(axes[:, 0], panels):
+        width = 0.8 / len(series)
+        for i, (name, key) in enumerate(series):
+            offset = (i - (len(series) - 1) / 2) * width
+            ax.bar([x + offset for x in range(len(prow))], [r.get(key) or 0 for r in prow], width, label=name)
+        ax.set_xticks(range(len(prow)))
+        ax.set_xticklabels([describe_shape(r) for r in prow], rotation=40, ha="right", fontsize=8)
+        ax.set_ylabel(f"TFLOP/s (bf16 {what})")
+        ax.set_title(f"FlashAttention.Interop vs PyTorch SDPA, {what} - {card}")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"# wrote {path}")
