@@ -131,7 +131,7 @@ internal sealed class CpuAttention(Program.Settings settings, ToyModel model)
     }
 }
 
-/// <summary>Attention through <see cref="FlashAttention.Decode"/>, one <see cref="KvCache"/> per layer.</summary>
+/// <summary>Attention through <see cref="FlashAttention.Decode(in DecodeArguments, AttentionOptions, CudaStream)"/>, one <see cref="KvCache"/> per layer.</summary>
 internal abstract class GpuAttention(Program.Settings settings, ToyModel model, int batch, int capacity)
     : AttentionBackend(settings, model, batch, capacity)
 {

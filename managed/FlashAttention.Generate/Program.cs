@@ -5,7 +5,7 @@ namespace FlashAttn.Generate;
 
 /// <summary>
 /// Generates text from a random-weight toy transformer (2 layers, vocabulary of 64 characters, GQA 4:2 heads of 64)
-/// with attention through <see cref="FlashAttention.Decode"/> over one <see cref="KvCache"/> per layer: the prompts
+/// with attention through <see cref="FlashAttention.Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> over one <see cref="KvCache"/> per layer: the prompts
 /// are prefilled in one causal call per layer (seqLenNew = prompt length, appending to the cache), then each step
 /// appends and attends one token per sequence. Matrix products run on the CPU. Prints the tokens and the GPU time of
 /// each step's decode calls, and checks the first steps' attention outputs (and log-sum-exp) against

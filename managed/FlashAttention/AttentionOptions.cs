@@ -52,14 +52,14 @@ public sealed record AttentionOptions
     public float? Softcap { get; init; }
 
     /// <summary>
-    /// Backward pass only: when set, <see cref="FlashAttention.Backward"/> writes bitwise identical dq, dk and dv run
+    /// Backward pass only: when set, <see cref="FlashAttention.Backward(in BackwardArguments, AttentionOptions, CudaStream)"/> writes bitwise identical dq, dk and dv run
     /// after run for the same inputs and options (on the same GPU and library build). Off by default.
     /// </summary>
     /// <remarks>
     /// By default the backward pass accumulates dq in fp32 with atomic adds from every key block, in whatever order the
     /// blocks finish, so the last bits of dq vary from run to run within the same accuracy (dk and dv are summed in
     /// registers in a fixed order, GQA groups included, and never vary). Deterministic mode accumulates in a fixed order instead; it costs time (bench/run.py reports it
-    /// per shape as <c>ours_det_ms</c>) and may need more workspace (<see cref="FlashAttention.GetBackwardWorkspaceSize"/>
+    /// per shape as <c>ours_det_ms</c>) and may need more workspace (<see cref="FlashAttention.GetBackwardWorkspaceSize(in BackwardArguments, AttentionOptions)"/>
     /// includes it). The forward pass ignores this option: it has no atomics and is always reproducible, so one
     /// options record can serve both passes of a training step.
     /// </remarks>

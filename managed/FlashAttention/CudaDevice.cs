@@ -37,7 +37,7 @@ public sealed class CudaDevice
     /// <summary>Compute capability, e.g. 9.0 for H100.</summary>
     public Version ComputeCapability { get; }
 
-    /// <summary>Compute capability as <c>major * 10 + minor</c> (e.g. 90), the form <see cref="FlashAttention.Check"/> takes.</summary>
+    /// <summary>Compute capability as <c>major * 10 + minor</c> (e.g. 90), the form <see cref="FlashAttention.Check(in AttentionArguments, out string, AttentionOptions, int)"/> takes.</summary>
     public int ComputeCapabilityCode => (ComputeCapability.Major * 10) + ComputeCapability.Minor;
 
     /// <summary>Number of streaming multiprocessors.</summary>

@@ -11,14 +11,14 @@ namespace FlashAttn;
 /// <remarks>
 /// <para>
 /// A graph replays exactly the work that was queued during the capture, with the same arguments: every
-/// <see cref="FlashAttention.Forward"/> it holds reads and writes the same device pointers on every
+/// <see cref="FlashAttention.Forward(in AttentionArguments, AttentionOptions, CudaStream)"/> it holds reads and writes the same device pointers on every
 /// <see cref="Launch"/>. To run it on new inputs, write them into the same buffers (for example with
 /// <see cref="DeviceBuffer{T}.CopyFromAsync(ReadOnlyMemory{T}, CudaStream)"/> on the launch stream) before
 /// launching, and read the results from the same outputs afterwards. Every buffer the captured work touches must
 /// stay alive (not disposed) for as long as the graph may be launched; the graph does not keep them alive.
 /// </para>
 /// <para>
-/// <see cref="FlashAttention.Forward"/> and <see cref="FlashAttention.ForwardVarlen"/> are graph-safe: they neither
+/// <see cref="FlashAttention.Forward(in AttentionArguments, AttentionOptions, CudaStream)"/> and <see cref="FlashAttention.ForwardVarlen"/> are graph-safe: they neither
 /// synchronise nor allocate, so they may be called between <see cref="CudaStream.BeginCapture"/> and
 /// <see cref="CudaStream.EndCapture"/>. Calls that wait for the stream or the device (the copies without
 /// <c>Async</c>, <see cref="CudaStream.Synchronize"/>, <see cref="CudaDevice.Synchronize"/>, disposing a

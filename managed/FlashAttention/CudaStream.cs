@@ -95,7 +95,7 @@ public sealed class CudaStream : SafeHandle
     /// capture mode: other threads may keep using CUDA). End it with <see cref="EndCapture"/> on the same thread.
     /// </summary>
     /// <remarks>
-    /// Only queue work that neither waits nor allocates during the capture: <see cref="FlashAttention.Forward"/>,
+    /// Only queue work that neither waits nor allocates during the capture: <see cref="FlashAttention.Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>,
     /// <see cref="FlashAttention.ForwardVarlen"/>, <see cref="DeviceBuffer{T}.Fill(byte, CudaStream?)"/> with this
     /// stream. See <see cref="CudaGraph"/> for what a replay reads and writes.
     /// </remarks>

@@ -78,7 +78,7 @@ public enum KernelPath
 /// <summary>Which computation a capability query asks about. The values match <c>fa_pass_t</c> in <c>flash_attention.h</c>.</summary>
 public enum AttentionPass
 {
-    /// <summary>The forward pass (<see cref="FlashAttention.Forward"/>, <see cref="FlashAttention.ForwardVarlen"/>).</summary>
+    /// <summary>The forward pass (<see cref="FlashAttention.Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>, <see cref="FlashAttention.ForwardVarlen"/>).</summary>
     Forward = 0,
 
     /// <summary>The backward pass (dQ, dK, dV).</summary>

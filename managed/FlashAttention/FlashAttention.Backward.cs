@@ -9,7 +9,7 @@ namespace FlashAttn;
 /// batches, with their argument checks and the workspace-size query.
 /// </content>
 /// <remarks>
-/// Shapes and strides follow <see cref="Forward"/> and <see cref="ForwardVarlen"/>: <c>dOut</c> and <c>dq</c> are shaped
+/// Shapes and strides follow <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/> and <see cref="ForwardVarlen"/>: <c>dOut</c> and <c>dq</c> are shaped
 /// like q, <c>dk</c> and <c>dv</c> like k, all of q's dtype; the log-sum-exp the forward wrote is required. The options
 /// (scale, causal mask and alignment, window, softcap) must be the forward call's; <see cref="AttentionOptions.Deterministic"/>
 /// chooses reproducible dq accumulation.
@@ -17,7 +17,7 @@ namespace FlashAttn;
 public sealed partial class FlashAttention
 {
     /// <summary>
-    /// Validates the arguments of <see cref="Backward"/> without touching a GPU (works on a machine without one, but
+    /// Validates the arguments of <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/> without touching a GPU (works on a machine without one, but
     /// needs the native library). Tensor memory is not read; only pointers, shapes, strides and dtypes count.
     /// </summary>
     /// <param name="q">Queries of the forward call <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16 or BFloat16.</param>
@@ -33,7 +33,7 @@ public sealed partial class FlashAttention
     /// <param name="options">The forward call's options, or null for <see cref="AttentionOptions.Default"/>.</param>
     /// <param name="computeCapability">Target GPU as <c>major * 10 + minor</c> (e.g. 90), or 0 for any GPU this build serves.</param>
     /// <returns>
-    /// <see cref="FlashAttentionStatus.Success"/> when <see cref="Backward"/> would accept the arguments;
+    /// <see cref="FlashAttentionStatus.Success"/> when <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/> would accept the arguments;
     /// <see cref="FlashAttentionStatus.InvalidArgument"/> or <see cref="FlashAttentionStatus.Unsupported"/> otherwise.
     /// Managed-side checks report <see cref="FlashAttentionStatus.InvalidArgument"/> here instead of throwing. Whether a
     /// caller workspace is large enough depends on the device and is not checked here.
@@ -52,14 +52,11 @@ public sealed partial class FlashAttention
         DeviceTensor dv,
         out string message,
         AttentionOptions? options = null,
-        int computeCapability = 0)
-    {
-        var args = BackwardArgs.Create(q, k, v, output, dOut, logSumExp, dq, dk, dv);
-        return CheckBackwardCore(args, batch: null, options, computeCapability, out message);
-    }
+        int computeCapability = 0) =>
+        CheckBackward(new BackwardArguments(q, k, v, output, dOut, logSumExp, dq, dk, dv), out message, options, computeCapability);
 
     /// <summary>
-    /// Validates the arguments of <see cref="BackwardVarlen"/> without touching a GPU (as <see cref="CheckBackward"/>;
+    /// Validates the arguments of <see cref="BackwardVarlen"/> without touching a GPU (as <see cref="CheckBackward(in BackwardArguments, out string, AttentionOptions, int)"/>;
     /// the batch's host copies, when it has them, are checked).
     /// </summary>
     /// <param name="q">Packed queries of the forward call <c>[totalQ, headsQ, headDim]</c>, Float16 or BFloat16.</param>
@@ -75,7 +72,7 @@ public sealed partial class FlashAttention
     /// <param name="message">"" on success; otherwise why the call would be refused.</param>
     /// <param name="options">The forward call's options, or null for <see cref="AttentionOptions.Default"/>.</param>
     /// <param name="computeCapability">Target GPU as <c>major * 10 + minor</c>, or 0 for any GPU this build serves.</param>
-    /// <returns>As <see cref="CheckBackward"/>.</returns>
+    /// <returns>As <see cref="CheckBackward(in BackwardArguments, out string, AttentionOptions, int)"/>.</returns>
     /// <exception cref="ArgumentNullException">A tensor or the batch is null.</exception>
     /// <exception cref="ObjectDisposedException">The batch was disposed.</exception>
     /// <exception cref="FlashAttentionException">The native library cannot be loaded (status <see cref="FlashAttentionStatus.NoDevice"/>).</exception>
@@ -92,27 +89,23 @@ public sealed partial class FlashAttention
         VarlenBatch batch,
         out string message,
         AttentionOptions? options = null,
-        int computeCapability = 0)
-    {
-        var args = BackwardArgs.Create(q, k, v, output, dOut, logSumExp, dq, dk, dv);
-        ArgumentNullException.ThrowIfNull(batch);
-        return CheckBackwardCore(args, batch, options, computeCapability, out message);
-    }
+        int computeCapability = 0) =>
+        CheckBackward(new BackwardArguments(q, k, v, output, dOut, logSumExp, dq, dk, dv, RequireBatch(batch)), out message, options, computeCapability);
 
     /// <summary>
-    /// Bytes of device workspace <see cref="Backward"/> needs for these arguments on this instance's device (an fp32
+    /// Bytes of device workspace <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/> needs for these arguments on this instance's device (an fp32
     /// dq accumulator, per-row sums and, in deterministic mode, one int32 counter per batch, head and query block). Pass a buffer at least this large to
-    /// <see cref="Backward"/> to keep the call free of allocations (for CUDA graph capture or a caller-managed pool).
+    /// <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/> to keep the call free of allocations (for CUDA graph capture or a caller-managed pool).
     /// </summary>
-    /// <param name="q">As in <see cref="Backward"/>.</param>
-    /// <param name="k">As in <see cref="Backward"/>.</param>
-    /// <param name="v">As in <see cref="Backward"/>.</param>
-    /// <param name="output">As in <see cref="Backward"/>.</param>
-    /// <param name="dOut">As in <see cref="Backward"/>.</param>
-    /// <param name="logSumExp">As in <see cref="Backward"/>.</param>
-    /// <param name="dq">As in <see cref="Backward"/>.</param>
-    /// <param name="dk">As in <see cref="Backward"/>.</param>
-    /// <param name="dv">As in <see cref="Backward"/>.</param>
+    /// <param name="q">As in <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>.</param>
+    /// <param name="k">As in <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>.</param>
+    /// <param name="v">As in <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>.</param>
+    /// <param name="output">As in <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>.</param>
+    /// <param name="dOut">As in <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>.</param>
+    /// <param name="logSumExp">As in <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>.</param>
+    /// <param name="dq">As in <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>.</param>
+    /// <param name="dk">As in <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>.</param>
+    /// <param name="dv">As in <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>.</param>
     /// <param name="options">The options the call will use (<see cref="AttentionOptions.Deterministic"/> counts), or null for the defaults.</param>
     /// <returns>The size in bytes (0 when the call needs none).</returns>
     /// <exception cref="ArgumentNullException">A tensor is null.</exception>
@@ -129,16 +122,12 @@ public sealed partial class FlashAttention
         DeviceTensor dq,
         DeviceTensor dk,
         DeviceTensor dv,
-        AttentionOptions? options = null)
-    {
-        ObjectDisposedException.ThrowIf(_context.IsClosed, this);
-        var args = BackwardArgs.Create(q, k, v, output, dOut, logSumExp, dq, dk, dv);
-        return WorkspaceSizeCore(args, batch: null, options);
-    }
+        AttentionOptions? options = null) =>
+        GetBackwardWorkspaceSize(new BackwardArguments(q, k, v, output, dOut, logSumExp, dq, dk, dv), options);
 
     /// <summary>
     /// Bytes of device workspace <see cref="BackwardVarlen"/> needs for these arguments on this instance's device; see
-    /// <see cref="GetBackwardWorkspaceSize"/>.
+    /// <see cref="GetBackwardWorkspaceSize(in BackwardArguments, AttentionOptions)"/>.
     /// </summary>
     /// <param name="q">As in <see cref="BackwardVarlen"/>.</param>
     /// <param name="k">As in <see cref="BackwardVarlen"/>.</param>
@@ -167,16 +156,11 @@ public sealed partial class FlashAttention
         DeviceTensor dk,
         DeviceTensor dv,
         VarlenBatch batch,
-        AttentionOptions? options = null)
-    {
-        ObjectDisposedException.ThrowIf(_context.IsClosed, this);
-        var args = BackwardArgs.Create(q, k, v, output, dOut, logSumExp, dq, dk, dv);
-        ArgumentNullException.ThrowIfNull(batch);
-        return WorkspaceSizeCore(args, batch, options);
-    }
+        AttentionOptions? options = null) =>
+        GetBackwardWorkspaceSize(new BackwardArguments(q, k, v, output, dOut, logSumExp, dq, dk, dv, RequireBatch(batch)), options);
 
     /// <summary>
-    /// Gradients of attention: given the inputs, output and log-sum-exp of a <see cref="Forward"/> call and the gradient
+    /// Gradients of attention: given the inputs, output and log-sum-exp of a <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/> call and the gradient
     /// of the loss with respect to its output, writes the gradients of q, k and v. The attention weights are recomputed
     /// from the log-sum-exp; nothing of size seqLenQ x seqLenK is stored. Queued on <paramref name="stream"/>; returns
     /// without waiting.
@@ -187,7 +171,7 @@ public sealed partial class FlashAttention
     /// <param name="output">Output of the forward call, q's shape and dtype.</param>
     /// <param name="dOut">Gradient of the loss with respect to <paramref name="output"/>, q's shape and dtype.</param>
     /// <param name="logSumExp">
-    /// Log-sum-exp the forward call wrote (<c>logSumExp</c> of <see cref="Forward"/>), <c>[batch, headsQ, seqLenQ]</c> Float32.
+    /// Log-sum-exp the forward call wrote (<c>logSumExp</c> of <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>), <c>[batch, headsQ, seqLenQ]</c> Float32.
     /// </param>
     /// <param name="dq">Written: the gradient of q, q's shape and dtype. Rows that see no key get 0.</param>
     /// <param name="dk">
@@ -201,7 +185,7 @@ public sealed partial class FlashAttention
     /// </param>
     /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
     /// <param name="workspace">
-    /// Scratch memory of at least <see cref="GetBackwardWorkspaceSize"/> bytes on this device, used only while the call
+    /// Scratch memory of at least <see cref="GetBackwardWorkspaceSize(in BackwardArguments, AttentionOptions)"/> bytes on this device, used only while the call
     /// runs on <paramref name="stream"/> (reuse it for the next call on the same stream). Null or empty: the library
     /// allocates and frees it stream-ordered on each call.
     /// </param>
@@ -226,16 +210,12 @@ public sealed partial class FlashAttention
         DeviceTensor dv,
         AttentionOptions? options = null,
         CudaStream? stream = null,
-        DeviceBuffer<byte>? workspace = null)
-    {
-        ObjectDisposedException.ThrowIf(_context.IsClosed, this);
-        var args = BackwardArgs.Create(q, k, v, output, dOut, logSumExp, dq, dk, dv);
-        BackwardCore(args, batch: null, options, stream, workspace);
-    }
+        DeviceBuffer<byte>? workspace = null) =>
+        Backward(new BackwardArguments(q, k, v, output, dOut, logSumExp, dq, dk, dv, Workspace: workspace), options, stream);
 
     /// <summary>
     /// Gradients of attention over a variable-length batch (the packed layout of <see cref="ForwardVarlen"/>); see
-    /// <see cref="Backward"/>. Queued on <paramref name="stream"/>; returns without waiting.
+    /// <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>. Queued on <paramref name="stream"/>; returns without waiting.
     /// </summary>
     /// <param name="q">Packed queries of the forward call <c>[totalQ, headsQ, headDim]</c>, Float16 or BFloat16.</param>
     /// <param name="k">Packed keys of the forward call <c>[totalK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
@@ -251,7 +231,7 @@ public sealed partial class FlashAttention
     /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
     /// <param name="workspace">
     /// Scratch memory of at least <see cref="GetBackwardWorkspaceSizeVarlen"/> bytes, or null for a library allocation;
-    /// see <see cref="Backward"/>.
+    /// see <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>.
     /// </param>
     /// <remarks>
     /// Gradients of an empty sequence's rows are 0 (a sequence with queries but no keys gets dq 0; keys no query sees get
@@ -274,60 +254,115 @@ public sealed partial class FlashAttention
         VarlenBatch batch,
         AttentionOptions? options = null,
         CudaStream? stream = null,
-        DeviceBuffer<byte>? workspace = null)
-    {
-        ObjectDisposedException.ThrowIf(_context.IsClosed, this);
-        var args = BackwardArgs.Create(q, k, v, output, dOut, logSumExp, dq, dk, dv);
-        ArgumentNullException.ThrowIfNull(batch);
-        BackwardCore(args, batch, options, stream, workspace);
-    }
+        DeviceBuffer<byte>? workspace = null) =>
+        Backward(new BackwardArguments(q, k, v, output, dOut, logSumExp, dq, dk, dv, RequireBatch(batch), workspace), options, stream);
 
-    private static FlashAttentionStatus CheckBackwardCore(
-        BackwardArgs args, VarlenBatch? batch, AttentionOptions? options, int computeCapability, out string message)
+    /// <summary>
+    /// Validates the arguments of <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>, fixed-length
+    /// or variable-length, without touching a GPU (works on a machine without one, but needs the native library).
+    /// Tensor memory is not read; only pointers, shapes, strides and dtypes count, and the batch's host copies when it
+    /// has them.
+    /// </summary>
+    /// <param name="args">The tensors (and batch) of the call; <see cref="BackwardArguments.Workspace"/> is ignored.</param>
+    /// <param name="message">"" on success; otherwise why the call would be refused.</param>
+    /// <param name="options">The forward call's options, or null for <see cref="AttentionOptions.Default"/>.</param>
+    /// <param name="computeCapability">Target GPU as <c>major * 10 + minor</c> (e.g. 90), or 0 for any GPU this build serves.</param>
+    /// <returns>
+    /// <see cref="FlashAttentionStatus.Success"/> when the backward call would accept the arguments;
+    /// <see cref="FlashAttentionStatus.InvalidArgument"/> or <see cref="FlashAttentionStatus.Unsupported"/> otherwise.
+    /// Managed-side checks report <see cref="FlashAttentionStatus.InvalidArgument"/> here instead of throwing. Whether a
+    /// caller workspace is large enough depends on the device and is not checked here.
+    /// </returns>
+    /// <exception cref="ArgumentNullException">A tensor is null.</exception>
+    /// <exception cref="ObjectDisposedException">The batch was disposed.</exception>
+    /// <exception cref="FlashAttentionException">The native library cannot be loaded (status <see cref="FlashAttentionStatus.NoDevice"/>).</exception>
+    public static FlashAttentionStatus CheckBackward(
+        in BackwardArguments args, out string message, AttentionOptions? options = null, int computeCapability = 0)
     {
-        ThrowIfDisposed(batch);
+        args.ThrowIfIncomplete();
+        ThrowIfDisposed(args.Batch);
         options ??= AttentionOptions.Default;
         NativeRuntime.EnsureLoaded();
-        if ((ValidateBackward(args, batch, options, device: null) ?? CapabilityProblem(computeCapability)) is { } problem)
+        if ((ValidateBackward(args, options, device: null) ?? CapabilityProblem(computeCapability)) is { } problem)
         {
             message = problem.Message;
             return FlashAttentionStatus.InvalidArgument;
         }
 
         return (FlashAttentionStatus)CallBackwardNative(
-            BackwardCall.Check, context: null, stream: null, args, batch, options, workspace: null, computeCapability, out message, out _);
+            BackwardCall.Check, context: null, stream: null, args, options, computeCapability, out message, out _);
     }
 
-    private long WorkspaceSizeCore(BackwardArgs args, VarlenBatch? batch, AttentionOptions? options)
+    /// <summary>
+    /// Bytes of device workspace <see cref="Backward(in BackwardArguments, AttentionOptions, CudaStream)"/> needs for
+    /// these arguments on this instance's device (an fp32 dq accumulator, per-row sums and, in deterministic mode, one
+    /// int32 counter per batch, head and query block). Pass a buffer at least this large as
+    /// <see cref="BackwardArguments.Workspace"/> to keep the call free of allocations (for CUDA graph capture or a
+    /// caller-managed pool).
+    /// </summary>
+    /// <param name="args">The tensors (and batch) of the call; <see cref="BackwardArguments.Workspace"/> is ignored.</param>
+    /// <param name="options">The options the call will use (<see cref="AttentionOptions.Deterministic"/> counts), or null for the defaults.</param>
+    /// <returns>The size in bytes (0 when the call needs none).</returns>
+    /// <exception cref="ArgumentNullException">A tensor is null.</exception>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>
+    /// <exception cref="FlashAttentionException">The native library refused the arguments.</exception>
+    /// <exception cref="ObjectDisposedException">This instance, the batch or a tensor's buffer was disposed.</exception>
+    public long GetBackwardWorkspaceSize(in BackwardArguments args, AttentionOptions? options = null)
     {
-        ThrowIfDisposed(batch);
+        ObjectDisposedException.ThrowIf(_context.IsClosed, this);
+        args.ThrowIfIncomplete();
+        ThrowIfDisposed(args.Batch);
         options ??= AttentionOptions.Default;
-        ThrowIfProblem(ValidateBackward(args, batch, options, Device));
-        CallBackwardNative(BackwardCall.WorkspaceSize, _context, stream: null, args, batch, options, workspace: null, computeCapability: 0, out _, out long bytes);
+        ThrowIfProblem(ValidateBackward(args, options, Device));
+        CallBackwardNative(BackwardCall.WorkspaceSize, _context, stream: null, args, options, computeCapability: 0, out _, out long bytes);
         return bytes;
     }
 
-    private void BackwardCore(BackwardArgs args, VarlenBatch? batch, AttentionOptions? options, CudaStream? stream, DeviceBuffer<byte>? workspace)
+    /// <summary>
+    /// Gradients of attention over the tensors of <paramref name="args"/>: fixed-length when
+    /// <see cref="BackwardArguments.Batch"/> is null, variable-length (the packed layout of the forward call) when it is
+    /// set; see the positional
+    /// <see cref="Backward(DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, AttentionOptions, CudaStream, DeviceBuffer{byte})"/>
+    /// for what is written. Queued on <paramref name="stream"/>; returns without waiting.
+    /// </summary>
+    /// <param name="args">The tensors, batch and optional workspace of the call; see <see cref="BackwardArguments"/>.</param>
+    /// <param name="options">
+    /// The forward call's options (scale, mask, alignment, window, softcap), or null for <see cref="AttentionOptions.Default"/>;
+    /// <see cref="AttentionOptions.Deterministic"/> makes the result bitwise reproducible.
+    /// </param>
+    /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
+    /// <remarks>
+    /// The gradients must not overlap the inputs or each other. With a caller workspace the call neither allocates nor
+    /// synchronises, so it may be captured into a <see cref="CudaGraph"/>; a workspace smaller than needed is refused
+    /// (<see cref="FlashAttentionException"/> with <see cref="FlashAttentionStatus.InvalidArgument"/>) before anything runs.
+    /// </remarks>
+    /// <exception cref="ArgumentNullException">A tensor is null.</exception>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>
+    /// <exception cref="FlashAttentionException">The native library refused or failed the call.</exception>
+    /// <exception cref="ObjectDisposedException">This instance, the batch, a tensor's buffer, the workspace or the stream was disposed.</exception>
+    public void Backward(in BackwardArguments args, AttentionOptions? options = null, CudaStream? stream = null)
     {
-        ThrowIfDisposed(batch);
+        ObjectDisposedException.ThrowIf(_context.IsClosed, this);
+        args.ThrowIfIncomplete();
+        ThrowIfDisposed(args.Batch);
         options ??= AttentionOptions.Default;
-        ThrowIfProblem(ValidateBackward(args, batch, options, Device));
+        ThrowIfProblem(ValidateBackward(args, options, Device));
         ThrowIfOnAnotherDevice(stream);
-        if (workspace is not null)
+        if (args.Workspace is { } workspace)
         {
             ObjectDisposedException.ThrowIf(workspace.IsClosed, workspace);
             if (workspace.Device.Ordinal != Device.Ordinal)
             {
                 throw new ArgumentException(
-                    $"The workspace lives on cuda:{workspace.Device.Ordinal} but this FlashAttention runs on cuda:{Device.Ordinal}.", nameof(workspace));
+                    $"The workspace lives on cuda:{workspace.Device.Ordinal} but this FlashAttention runs on cuda:{Device.Ordinal}.", "workspace");
             }
         }
 
         if (_logger.IsEnabled(LogLevel.Debug))
         {
             double scale = options.EffectiveScale((int)args.Q.Shape[args.Q.Rank - 1]);
-            string space = workspace is { Length: > 0 } ? $"caller {workspace.SizeInBytes} bytes" : "library";
-            if (batch is null)
+            string space = args.Workspace is { Length: > 0 } w ? $"caller {w.SizeInBytes} bytes" : "library";
+            if (args.Batch is not { } batch)
             {
                 LogBackward(_logger, args.Q.ToString(), args.K.ToString(), options.Causal, options.CausalAlignment, scale, DescribeMasks(options),
                     options.Deterministic, space, options.KernelPath, DescribeStream(stream));
@@ -339,29 +374,29 @@ public sealed partial class FlashAttention
             }
         }
 
-        CallBackwardNative(BackwardCall.Run, _context, stream, args, batch, options, workspace, computeCapability: 0, out _, out _);
+        CallBackwardNative(BackwardCall.Run, _context, stream, args, options, computeCapability: 0, out _, out _);
     }
 
     /// <summary>
     /// The managed checks of a backward call: those of the forward call that produced its inputs (with the log-sum-exp
     /// required), then rank, layout, device, dtype and shape of the output gradient and the three gradients.
     /// </summary>
-    private static Problem? ValidateBackward(BackwardArgs a, VarlenBatch? batch, AttentionOptions options, CudaDevice? device)
+    private static Problem? ValidateBackward(in BackwardArguments a, AttentionOptions options, CudaDevice? device)
     {
-        if (Validate(a.Q, a.K, a.V, a.Output, batch, a.Lse, options, device) is { } problem)
+        if (Validate(a.ForwardArguments, options, device) is { } problem)
         {
             return problem;
         }
 
-        bool varlen = batch is not null;
-        return GradientProblem(a.DOut, "dOut", a.Q, "q", a, varlen, device) ?? GradientProblem(a.DQ, "dq", a.Q, "q", a, varlen, device) ??
-            GradientProblem(a.DK, "dk", a.K, "k", a, varlen, device) ?? GradientProblem(a.DV, "dv", a.K, "k", a, varlen, device);
+        bool varlen = a.IsVariableLength;
+        return GradientProblem(a.DOut, "dOut", a.Q, "q", a.Q, varlen, device) ?? GradientProblem(a.DQ, "dq", a.Q, "q", a.Q, varlen, device) ??
+            GradientProblem(a.DK, "dk", a.K, "k", a.Q, varlen, device) ?? GradientProblem(a.DV, "dv", a.K, "k", a.Q, varlen, device);
     }
 
     /// <summary>Rank, layout, device, dtype and shape of one gradient tensor (shaped like <paramref name="like"/>); null when they pass.</summary>
-    private static Problem? GradientProblem(DeviceTensor t, string name, DeviceTensor like, string likeName, BackwardArgs a, bool varlen, CudaDevice? device)
+    private static Problem? GradientProblem(DeviceTensor t, string name, DeviceTensor like, string likeName, DeviceTensor q, bool varlen, CudaDevice? device)
     {
-        if ((TensorProblem(t, name, varlen, device) ?? DataTypeProblem(t, name, a.Q, "q, k, v, output, dOut, dq, dk and dv")) is { } problem)
+        if ((TensorProblem(t, name, varlen, device) ?? DataTypeProblem(t, name, q, "q, k, v, output, dOut, dq, dk and dv")) is { } problem)
         {
             return problem;
         }
@@ -371,7 +406,8 @@ public sealed partial class FlashAttention
 
     /// <summary>
     /// Leases every handle for the duration of the native call, fills <c>fa_backward_params_t</c> (the variable-length
-    /// fields when <paramref name="batch"/> is given, with its host copies pinned) and makes <paramref name="call"/>:
+    /// fields when the arguments have a batch, with its host copies pinned; the caller workspace only for a run) and
+    /// makes <paramref name="call"/>:
     /// <c>fa_backward_check</c> (returns the status and message), <c>fa_backward_workspace_size</c> or <c>fa_backward</c>
     /// (both throw on failure). The native error message is read before the leases are released.
     /// </summary>
@@ -379,14 +415,14 @@ public sealed partial class FlashAttention
         BackwardCall call,
         SafeContextHandle? context,
         CudaStream? stream,
-        BackwardArgs a,
-        VarlenBatch? batch,
+        in BackwardArguments a,
         AttentionOptions options,
-        DeviceBuffer<byte>? workspace,
         int computeCapability,
         out string message,
         out long workspaceBytes)
     {
+        VarlenBatch? batch = a.Batch;
+        DeviceBuffer<byte>? workspace = call == BackwardCall.Run ? a.Workspace : null;
         using var ctx = new HandleLease(context);
         using var s = new HandleLease(stream);
         using var lq = new HandleLease(a.Q.Owner);
@@ -394,7 +430,7 @@ public sealed partial class FlashAttention
         using var lv = new HandleLease(a.V.Owner);
         using var lo = new HandleLease(a.Output.Owner);
         using var ldo = new HandleLease(a.DOut.Owner);
-        using var ll = new HandleLease(a.Lse.Owner);
+        using var ll = new HandleLease(a.LogSumExp.Owner);
         using var ldq = new HandleLease(a.DQ.Owner);
         using var ldk = new HandleLease(a.DK.Owner);
         using var ldv = new HandleLease(a.DV.Owner);
@@ -409,19 +445,11 @@ public sealed partial class FlashAttention
         p.v = a.V.ToNative(lv.Pointer);
         p.@out = a.Output.ToNative(lo.Pointer);
         p.dout = a.DOut.ToNative(ldo.Pointer);
-        p.lse = a.Lse.ToNative(ll.Pointer);
+        p.lse = a.LogSumExp.ToNative(ll.Pointer);
         p.dq = a.DQ.ToNative(ldq.Pointer);
         p.dk = a.DK.ToNative(ldk.Pointer);
         p.dv = a.DV.ToNative(ldv.Pointer);
-        var o = new NativeOptionFields(options);
-        p.softmax_scale = o.SoftmaxScale;
-        p.causal = o.Causal;
-        p.causal_alignment = o.CausalAlignment;
-        p.kernel_path = o.KernelPath;
-        p.window_left = o.WindowLeft;
-        p.window_right = o.WindowRight;
-        p.softcap = o.Softcap;
-        p.deterministic = options.Deterministic ? 1 : 0;
+        NativeOptions.Write(options, ref p);
         if (lw.Pointer != IntPtr.Zero)
         {
             p.workspace = lw.Pointer;
@@ -447,15 +475,18 @@ public sealed partial class FlashAttention
             switch (call)
             {
                 case BackwardCall.Check:
+                    NativeCallObserver.Notify("fa_backward_check", p);
                     FaStatus status = NativeMethods.fa_backward_check(&p, computeCapability);
                     message = status == FaStatus.Success ? string.Empty : Errors.LastErrorMessage();
                     return status;
                 case BackwardCall.WorkspaceSize:
                     nuint bytes = 0;
+                    NativeCallObserver.Notify("fa_backward_workspace_size", p);
                     Errors.ThrowIfFailed(NativeMethods.fa_backward_workspace_size(ctx.Pointer, &p, &bytes));
                     workspaceBytes = checked((long)bytes);
                     return FaStatus.Success;
                 default:
+                    NativeCallObserver.Notify("fa_backward", p);
                     Errors.ThrowIfFailed(NativeMethods.fa_backward(ctx.Pointer, &p, s.Pointer));
                     return FaStatus.Success;
             }
@@ -478,24 +509,5 @@ public sealed partial class FlashAttention
         Check,
         WorkspaceSize,
         Run,
-    }
-
-    /// <summary>The nine tensors of a backward call, null-checked.</summary>
-    private sealed record BackwardArgs(
-        DeviceTensor Q, DeviceTensor K, DeviceTensor V, DeviceTensor Output, DeviceTensor DOut, DeviceTensor Lse,
-        DeviceTensor DQ, DeviceTensor DK, DeviceTensor DV)
-    {
-        public static BackwardArgs Create(
-            DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor output, DeviceTensor dOut, DeviceTensor logSumExp,
-            DeviceTensor dq, DeviceTensor dk, DeviceTensor dv)
-        {
-            ThrowIfNull(q, k, v, output);
-            ArgumentNullException.ThrowIfNull(dOut);
-            ArgumentNullException.ThrowIfNull(logSumExp);
-            ArgumentNullException.ThrowIfNull(dq);
-            ArgumentNullException.ThrowIfNull(dk);
-            ArgumentNullException.ThrowIfNull(dv);
-            return new BackwardArgs(q, k, v, output, dOut, logSumExp, dq, dk, dv);
-        }
     }
 }

@@ -4,10 +4,10 @@ using Microsoft.Extensions.Logging;
 
 namespace FlashAttn;
 
-/// <content>Decoding over a KV cache: <see cref="Decode"/>, its check and its workspace and split queries.</content>
+/// <content>Decoding over a KV cache: <see cref="Decode(in DecodeArguments, AttentionOptions, CudaStream)"/>, its check and its workspace and split queries.</content>
 public sealed partial class FlashAttention
 {
-    /// <summary>Most key splits <see cref="Decode"/> runs per (sequence, head); <c>numSplits</c> may be 0 (automatic) to this.</summary>
+    /// <summary>Most key splits <see cref="Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> runs per (sequence, head); <c>numSplits</c> may be 0 (automatic) to this.</summary>
     public const int MaxDecodeSplits = NativeMethods.FA_DECODE_MAX_SPLITS;
 
     private enum DecodeQuery
@@ -19,7 +19,7 @@ public sealed partial class FlashAttention
     }
 
     /// <summary>
-    /// Validates the arguments of <see cref="Decode"/> without touching a GPU (works on a machine without one, but
+    /// Validates the arguments of <see cref="Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> without touching a GPU (works on a machine without one, but
     /// needs the native library). Neither tensor memory nor the device arrays are read; the cache's host lengths are
     /// checked against its capacity.
     /// </summary>
@@ -34,7 +34,7 @@ public sealed partial class FlashAttention
     /// <param name="numSplits">Key splits per (sequence, head): 0 (automatic) or 1 .. <see cref="MaxDecodeSplits"/>.</param>
     /// <param name="computeCapability">Target GPU as <c>major * 10 + minor</c>, or 0 for any GPU this build serves.</param>
     /// <returns>
-    /// <see cref="FlashAttentionStatus.Success"/> when <see cref="Decode"/> would accept the arguments;
+    /// <see cref="FlashAttentionStatus.Success"/> when <see cref="Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> would accept the arguments;
     /// <see cref="FlashAttentionStatus.InvalidArgument"/> or <see cref="FlashAttentionStatus.Unsupported"/> otherwise.
     /// Managed-side checks report <see cref="FlashAttentionStatus.InvalidArgument"/> here instead of throwing.
     /// </returns>
@@ -51,12 +51,32 @@ public sealed partial class FlashAttention
         DeviceTensor? logSumExp = null,
         AttentionOptions? options = null,
         int numSplits = 0,
-        int computeCapability = 0)
+        int computeCapability = 0) =>
+        CheckDecode(new DecodeArguments(q, cache, kNew, vNew, output, logSumExp, numSplits), out message, options, computeCapability);
+
+    /// <summary>
+    /// Validates the arguments of <see cref="Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> without touching
+    /// a GPU (works on a machine without one, but needs the native library). Neither tensor memory nor the device arrays
+    /// are read; the cache's host lengths are checked against its capacity.
+    /// </summary>
+    /// <param name="args">The arguments of the call; <see cref="DecodeArguments.Workspace"/> is ignored.</param>
+    /// <param name="message">"" on success; otherwise why the call would be refused.</param>
+    /// <param name="options">Options, or null for <see cref="AttentionOptions.Default"/> (bottom-right only).</param>
+    /// <param name="computeCapability">Target GPU as <c>major * 10 + minor</c>, or 0 for any GPU this build serves.</param>
+    /// <returns>
+    /// <see cref="FlashAttentionStatus.Success"/> when the decode call would accept the arguments;
+    /// <see cref="FlashAttentionStatus.InvalidArgument"/> or <see cref="FlashAttentionStatus.Unsupported"/> otherwise.
+    /// Managed-side checks report <see cref="FlashAttentionStatus.InvalidArgument"/> here instead of throwing.
+    /// </returns>
+    /// <exception cref="ArgumentNullException">q, the cache or the output is null.</exception>
+    /// <exception cref="ObjectDisposedException">The cache was disposed.</exception>
+    /// <exception cref="FlashAttentionException">The native library cannot be loaded (status <see cref="FlashAttentionStatus.NoDevice"/>).</exception>
+    public static FlashAttentionStatus CheckDecode(in DecodeArguments args, out string message, AttentionOptions? options = null, int computeCapability = 0)
     {
-        ThrowIfNull(q, cache, output);
+        args.ThrowIfIncomplete();
         options ??= AttentionOptions.Default;
         NativeRuntime.EnsureLoaded();
-        if (ValidateDecode(q, cache, kNew, vNew, output, logSumExp, options, numSplits, device: null) is { } problem)
+        if (ValidateDecode(args, options, device: null) is { } problem)
         {
             message = problem.Message;
             return FlashAttentionStatus.InvalidArgument;
@@ -68,18 +88,45 @@ public sealed partial class FlashAttention
             return FlashAttentionStatus.InvalidArgument;
         }
 
-        FaStatus status = CallDecode(
-            DecodeQuery.Check, context: null, stream: null, q, cache, kNew, vNew, output, logSumExp, options, numSplits, workspace: null,
-            computeCapability, out message, out _);
-        return (FlashAttentionStatus)status;
+        return (FlashAttentionStatus)CallDecode(DecodeQuery.Check, context: null, stream: null, args, options, computeCapability, out message, out _);
     }
 
     /// <summary>
-    /// Bytes of scratch memory <see cref="Decode"/> needs for these arguments on this device (the partial results of
+    /// Bytes of scratch memory <see cref="Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> needs for these
+    /// arguments on this device (the partial results of the key splits); 0 when it runs unsplit. Pass a buffer of at
+    /// least this size as <see cref="DecodeArguments.Workspace"/> to keep the call free of allocation.
+    /// </summary>
+    /// <param name="args">The arguments of the call; <see cref="DecodeArguments.Workspace"/> is ignored.</param>
+    /// <param name="options">Options, or null.</param>
+    /// <returns>The size in bytes.</returns>
+    /// <exception cref="ArgumentNullException">q, the cache or the output is null.</exception>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>
+    /// <exception cref="FlashAttentionException">The native library refused the arguments.</exception>
+    /// <exception cref="ObjectDisposedException">This instance or the cache was disposed.</exception>
+    public long GetDecodeWorkspaceSize(in DecodeArguments args, AttentionOptions? options = null) =>
+        Query(DecodeQuery.WorkspaceSize, args, options);
+
+    /// <summary>
+    /// How many key splits per (sequence, head) <see cref="Decode(in DecodeArguments, AttentionOptions, CudaStream)"/>
+    /// would use for these arguments on this device (the automatic choice when <see cref="DecodeArguments.NumSplits"/>
+    /// is 0; otherwise the request; splits left without keys write nothing the combine uses).
+    /// </summary>
+    /// <param name="args">The arguments of the call; <see cref="DecodeArguments.Workspace"/> is ignored.</param>
+    /// <param name="options">Options, or null.</param>
+    /// <returns>The split count, 1 .. <see cref="MaxDecodeSplits"/>.</returns>
+    /// <exception cref="ArgumentNullException">q, the cache or the output is null.</exception>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>
+    /// <exception cref="FlashAttentionException">The native library refused the arguments.</exception>
+    /// <exception cref="ObjectDisposedException">This instance or the cache was disposed.</exception>
+    public int GetDecodeSplitCount(in DecodeArguments args, AttentionOptions? options = null) =>
+        (int)Query(DecodeQuery.SplitCount, args, options);
+
+    /// <summary>
+    /// Bytes of scratch memory <see cref="Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> needs for these arguments on this device (the partial results of
     /// the key splits); 0 when it runs unsplit. Pass a buffer of at least this size as <c>workspace</c> to keep the
     /// call free of allocation.
     /// </summary>
-    /// <param name="q">New queries, as for <see cref="Decode"/>.</param>
+    /// <param name="q">New queries, as for <see cref="Decode(in DecodeArguments, AttentionOptions, CudaStream)"/>.</param>
     /// <param name="cache">The KV cache.</param>
     /// <param name="kNew">New keys, or null.</param>
     /// <param name="vNew">New values, or null.</param>
@@ -100,14 +147,14 @@ public sealed partial class FlashAttention
         DeviceTensor? logSumExp = null,
         AttentionOptions? options = null,
         int numSplits = 0) =>
-        Query(DecodeQuery.WorkspaceSize, q, cache, kNew, vNew, output, logSumExp, options, numSplits);
+        GetDecodeWorkspaceSize(new DecodeArguments(q, cache, kNew, vNew, output, logSumExp, numSplits), options);
 
     /// <summary>
-    /// How many key splits per (sequence, head) <see cref="Decode"/> would use for these arguments on this device
+    /// How many key splits per (sequence, head) <see cref="Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> would use for these arguments on this device
     /// (the automatic choice when <paramref name="numSplits"/> is 0; otherwise the request; splits left without keys
     /// write nothing the combine uses).
     /// </summary>
-    /// <param name="q">New queries, as for <see cref="Decode"/>.</param>
+    /// <param name="q">New queries, as for <see cref="Decode(in DecodeArguments, AttentionOptions, CudaStream)"/>.</param>
     /// <param name="cache">The KV cache.</param>
     /// <param name="kNew">New keys, or null.</param>
     /// <param name="vNew">New values, or null.</param>
@@ -128,7 +175,7 @@ public sealed partial class FlashAttention
         DeviceTensor? logSumExp = null,
         AttentionOptions? options = null,
         int numSplits = 0) =>
-        (int)Query(DecodeQuery.SplitCount, q, cache, kNew, vNew, output, logSumExp, options, numSplits);
+        GetDecodeSplitCount(new DecodeArguments(q, cache, kNew, vNew, output, logSumExp, numSplits), options);
 
     /// <summary>
     /// Decoding attention over a KV cache: when <paramref name="kNew"/> and <paramref name="vNew"/> are given they are
@@ -155,7 +202,7 @@ public sealed partial class FlashAttention
     /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
     /// <param name="numSplits">Key splits per (sequence, head): 0 lets the library choose, or 1 .. <see cref="MaxDecodeSplits"/>.</param>
     /// <param name="workspace">
-    /// Optional scratch memory of at least <see cref="GetDecodeWorkspaceSize"/> bytes (a <see cref="DeviceBuffer{T}"/> is
+    /// Optional scratch memory of at least <see cref="GetDecodeWorkspaceSize(in DecodeArguments, AttentionOptions)"/> bytes (a <see cref="DeviceBuffer{T}"/> is
     /// 256-byte aligned); null lets the library allocate it stream-ordered for the call.
     /// </param>
     /// <remarks>
@@ -176,40 +223,56 @@ public sealed partial class FlashAttention
         AttentionOptions? options = null,
         CudaStream? stream = null,
         int numSplits = 0,
-        DeviceBuffer<byte>? workspace = null)
+        DeviceBuffer<byte>? workspace = null) =>
+        Decode(new DecodeArguments(q, cache, kNew, vNew, output, logSumExp, numSplits, workspace), options, stream);
+
+    /// <summary>
+    /// Decoding attention over a KV cache with the arguments of <paramref name="args"/>: appends
+    /// <see cref="DecodeArguments.KNew"/> and <see cref="DecodeArguments.VNew"/> when given, then attends; see the
+    /// positional
+    /// <see cref="Decode(DeviceTensor, KvCache, DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, AttentionOptions, CudaStream, int, DeviceBuffer{byte})"/>
+    /// for the positions and what is written. Queued on <paramref name="stream"/>; returns without waiting. After a
+    /// successful call that appended, the cache's lengths have advanced by seqLenNew.
+    /// </summary>
+    /// <param name="args">The arguments of the call; see <see cref="DecodeArguments"/>.</param>
+    /// <param name="options">
+    /// Options, or null for <see cref="AttentionOptions.Default"/>. The causal mask and window are always placed
+    /// bottom-right: <see cref="CausalAlignment.TopLeft"/> is refused.
+    /// </param>
+    /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
+    /// <remarks>
+    /// An owned paged cache gives blocks to the pages the new tokens need before the call (and takes them back if the
+    /// call fails). A decode that appends queues small host-to-device copies, so it cannot be captured into a CUDA graph.
+    /// </remarks>
+    /// <exception cref="ArgumentNullException">q, the cache or the output is null.</exception>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong (shapes, dtypes, lengths past the capacity, top-left alignment, NumSplits out of range, too few free blocks).</exception>
+    /// <exception cref="FlashAttentionException">The native library refused or failed the call; the cache's lengths are unchanged.</exception>
+    /// <exception cref="ObjectDisposedException">This instance, the cache, a tensor's buffer or the stream was disposed.</exception>
+    public void Decode(in DecodeArguments args, AttentionOptions? options = null, CudaStream? stream = null)
     {
         ObjectDisposedException.ThrowIf(_context.IsClosed, this);
-        ThrowIfNull(q, cache, output);
+        args.ThrowIfIncomplete();
         options ??= AttentionOptions.Default;
-        if (ValidateDecode(q, cache, kNew, vNew, output, logSumExp, options, numSplits, Device) is { } problem)
-        {
-            throw new ArgumentException(problem.Message, problem.ParamName);
-        }
-
-        if (stream?.Device is { } streamDevice && streamDevice.Ordinal != Device.Ordinal)
+        ThrowIfProblem(ValidateDecode(args, options, Device));
+        ThrowIfOnAnotherDevice(stream);
+        if (args.Workspace is { } workspace && workspace.Device.Ordinal != Device.Ordinal)
         {
             throw new ArgumentException(
-                $"The stream belongs to cuda:{streamDevice.Ordinal} but this FlashAttention runs on cuda:{Device.Ordinal}.", nameof(stream));
-        }
-
-        if (workspace is not null && workspace.Device.Ordinal != Device.Ordinal)
-        {
-            throw new ArgumentException(
-                $"The workspace lives on cuda:{workspace.Device.Ordinal} but this FlashAttention runs on cuda:{Device.Ordinal}.", nameof(workspace));
+                $"The workspace lives on cuda:{workspace.Device.Ordinal} but this FlashAttention runs on cuda:{Device.Ordinal}.", "workspace");
         }
 
         if (_logger.IsEnabled(LogLevel.Debug))
         {
-            LogDecode(_logger, q.ToString(), cache.ToString(), kNew is not null, logSumExp is not null, options.Causal,
-                options.EffectiveScale((int)q.Shape[3]), DescribeMasks(options), numSplits, stream?.ToString() ?? "legacy default stream");
+            LogDecode(_logger, args.Q.ToString(), args.Cache.ToString(), args.Appends, args.LogSumExp is not null, options.Causal,
+                options.EffectiveScale((int)args.Q.Shape[3]), DescribeMasks(options), args.NumSplits, DescribeStream(stream));
         }
 
-        bool append = kNew is not null;
-        int seqLenNew = (int)q.Shape[1];
-        List<(int Sequence, int Page)>? allocated = append ? cache.PrepareAppend(seqLenNew, stream, Device.Ordinal) : null;
+        KvCache cache = args.Cache;
+        int seqLenNew = (int)args.Q.Shape[1];
+        List<(int Sequence, int Page)>? allocated = args.Appends ? cache.PrepareAppend(seqLenNew, stream, Device.Ordinal) : null;
         try
         {
-            CallDecode(DecodeQuery.Run, _context, stream, q, cache, kNew, vNew, output, logSumExp, options, numSplits, workspace, 0, out _, out _);
+            CallDecode(DecodeQuery.Run, _context, stream, args, options, computeCapability: 0, out _, out _);
         }
         catch
         {
@@ -217,45 +280,25 @@ public sealed partial class FlashAttention
             throw;
         }
 
-        if (append)
+        if (args.Appends)
         {
             cache.Advance(seqLenNew);
         }
     }
 
-    private static void ThrowIfNull(DeviceTensor q, KvCache cache, DeviceTensor output)
-    {
-        ArgumentNullException.ThrowIfNull(q);
-        ArgumentNullException.ThrowIfNull(cache);
-        ArgumentNullException.ThrowIfNull(output);
-    }
-
-    private long Query(
-        DecodeQuery query,
-        DeviceTensor q,
-        KvCache cache,
-        DeviceTensor? kNew,
-        DeviceTensor? vNew,
-        DeviceTensor output,
-        DeviceTensor? logSumExp,
-        AttentionOptions? options,
-        int numSplits)
+    private long Query(DecodeQuery query, in DecodeArguments args, AttentionOptions? options)
     {
         ObjectDisposedException.ThrowIf(_context.IsClosed, this);
-        ThrowIfNull(q, cache, output);
+        args.ThrowIfIncomplete();
         options ??= AttentionOptions.Default;
-        if (ValidateDecode(q, cache, kNew, vNew, output, logSumExp, options, numSplits, Device) is { } problem)
-        {
-            throw new ArgumentException(problem.Message, problem.ParamName);
-        }
-
-        CallDecode(query, _context, stream: null, q, cache, kNew, vNew, output, logSumExp, options, numSplits, workspace: null, 0, out _, out long value);
+        ThrowIfProblem(ValidateDecode(args, options, Device));
+        CallDecode(query, _context, stream: null, args, options, computeCapability: 0, out _, out long value);
         return value;
     }
 
     /// <summary>
     /// Leases every handle for the duration of the native call, fills the parameters (with the cache's host lengths
-    /// pinned as <c>cache_seqlens_host</c>) and makes the call <paramref name="query"/> names: <c>fa_decode_check</c>
+    /// pinned as <c>cache_seqlens_host</c>; the caller workspace only for a run) and makes the call <paramref name="query"/> names: <c>fa_decode_check</c>
     /// (returning its status and message), <c>fa_decode_workspace_size</c> or <c>fa_decode_num_splits</c> (into
     /// <paramref name="value"/>), or <c>fa_decode</c>; all but the check throw on failure.
     /// </summary>
@@ -263,19 +306,14 @@ public sealed partial class FlashAttention
         DecodeQuery query,
         SafeContextHandle? context,
         CudaStream? stream,
-        DeviceTensor q,
-        KvCache cache,
-        DeviceTensor? kNew,
-        DeviceTensor? vNew,
-        DeviceTensor output,
-        DeviceTensor? lse,
+        in DecodeArguments args,
         AttentionOptions options,
-        int numSplits,
-        DeviceBuffer<byte>? workspace,
         int computeCapability,
         out string message,
         out long value)
     {
+        (DeviceTensor q, KvCache cache, DeviceTensor? kNew, DeviceTensor? vNew, DeviceTensor output, DeviceTensor? lse, int numSplits, _) = args;
+        DeviceBuffer<byte>? workspace = query == DecodeQuery.Run ? args.Workspace : null;
         using var ctx = new HandleLease(context);
         using var s = new HandleLease(stream);
         using var lq = new HandleLease(q.Owner);
@@ -316,12 +354,7 @@ public sealed partial class FlashAttention
             p.block_table = table.ToNative(lbt.Pointer);
         }
 
-        p.softmax_scale = options.SoftmaxScale ?? 0f;
-        p.causal = options.Causal ? 1 : 0;
-        p.window_left = options.WindowLeft ?? -1;
-        p.window_right = options.WindowRight ?? -1;
-        p.softcap = options.Softcap ?? 0f;
-        p.kernel_path = (int)options.KernelPath;
+        NativeOptions.Write(options, ref p);
         p.num_splits = numSplits;
         // An append advances the device lengths inside the call (after its kernels), so the cache needs no host
         // copy of them per step.
@@ -341,6 +374,7 @@ public sealed partial class FlashAttention
             {
                 case DecodeQuery.Check:
                 {
+                    NativeCallObserver.Notify("fa_decode_check", p);
                     FaStatus status = NativeMethods.fa_decode_check(&p, computeCapability);
                     message = status == FaStatus.Success ? string.Empty : Errors.LastErrorMessage();
                     return status;
@@ -349,6 +383,7 @@ public sealed partial class FlashAttention
                 case DecodeQuery.WorkspaceSize:
                 {
                     nuint bytes = 0;
+                    NativeCallObserver.Notify("fa_decode_workspace_size", p);
                     Errors.ThrowIfFailed(NativeMethods.fa_decode_workspace_size(ctx.Pointer, &p, &bytes));
                     value = (long)bytes;
                     return FaStatus.Success;
@@ -357,30 +392,27 @@ public sealed partial class FlashAttention
                 case DecodeQuery.SplitCount:
                 {
                     int splits = 0;
+                    NativeCallObserver.Notify("fa_decode_num_splits", p);
                     Errors.ThrowIfFailed(NativeMethods.fa_decode_num_splits(ctx.Pointer, &p, &splits));
                     value = splits;
                     return FaStatus.Success;
                 }
 
                 default:
+                    NativeCallObserver.Notify("fa_decode", p);
                     Errors.ThrowIfFailed(NativeMethods.fa_decode(ctx.Pointer, &p, s.Pointer));
                     return FaStatus.Success;
             }
         }
     }
 
-    /// <summary>The structural checks the managed side can make for a decode; null when they pass.</summary>
-    private static Problem? ValidateDecode(
-        DeviceTensor q,
-        KvCache cache,
-        DeviceTensor? kNew,
-        DeviceTensor? vNew,
-        DeviceTensor output,
-        DeviceTensor? lse,
-        AttentionOptions options,
-        int numSplits,
-        CudaDevice? device)
+    /// <summary>
+    /// The structural checks the managed side can make on a <see cref="DecodeArguments"/> (after its null checks); null
+    /// when they pass. The one place these arguments are checked, for the run, the check and both queries.
+    /// </summary>
+    private static Problem? ValidateDecode(in DecodeArguments args, AttentionOptions options, CudaDevice? device)
     {
+        (DeviceTensor q, KvCache cache, DeviceTensor? kNew, DeviceTensor? vNew, DeviceTensor output, DeviceTensor? lse, int numSplits, _) = args;
         ObjectDisposedException.ThrowIf(cache.IsDisposed, cache);
         if (options.Problem() is { } optionsProblem)
         {

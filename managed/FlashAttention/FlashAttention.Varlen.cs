@@ -37,12 +37,8 @@ public sealed partial class FlashAttention
         out string message,
         DeviceTensor? logSumExp = null,
         AttentionOptions? options = null,
-        int computeCapability = 0)
-    {
-        ThrowIfNull(q, k, v, output);
-        ArgumentNullException.ThrowIfNull(batch);
-        return CheckCore(q, k, v, output, batch, logSumExp, options, computeCapability, out message);
-    }
+        int computeCapability = 0) =>
+        Check(new AttentionArguments(q, k, v, output, logSumExp, RequireBatch(batch)), out message, options, computeCapability);
 
     /// <summary>
     /// Attention over a variable-length batch: the sequences of <paramref name="batch"/> are packed one after another
@@ -64,7 +60,7 @@ public sealed partial class FlashAttention
     /// <param name="options">Options, or null for <see cref="AttentionOptions.Default"/>.</param>
     /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
     /// <remarks>
-    /// Graph-safe like <see cref="Forward"/>. Rows of q past the batch's last sequence are not written.
+    /// Graph-safe like <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>. Rows of q past the batch's last sequence are not written.
     /// </remarks>
     /// <exception cref="ArgumentNullException">A required tensor or the batch is null.</exception>
     /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>
@@ -78,13 +74,14 @@ public sealed partial class FlashAttention
         VarlenBatch batch,
         DeviceTensor? logSumExp = null,
         AttentionOptions? options = null,
-        CudaStream? stream = null)
-    {
-        ObjectDisposedException.ThrowIf(_context.IsClosed, this);
-        ThrowIfNull(q, k, v, output);
-        ArgumentNullException.ThrowIfNull(batch);
-        ForwardCore(q, k, v, output, batch, logSumExp, options, stream);
-    }
+        CudaStream? stream = null) =>
+        Forward(new AttentionArguments(q, k, v, output, logSumExp, RequireBatch(batch)), options, stream);
+
+    /// <summary>
+    /// The batch a positional <c>*Varlen</c> entry point was given, which must not be null (a null batch would turn the
+    /// record form into a fixed-length call).
+    /// </summary>
+    private static VarlenBatch RequireBatch(VarlenBatch batch) => batch ?? throw new ArgumentNullException(nameof(batch));
 
     /// <summary>
     /// The variable-length fields <c>fa_forward_params_t</c> and <c>fa_backward_params_t</c> share. <see cref="From"/>

@@ -72,8 +72,8 @@ public sealed partial class FlashAttention : IDisposable
     }
 
     /// <summary>
-    /// Validates the arguments of <see cref="Forward"/> without touching a GPU (works on a machine without one,
-    /// but needs the native library). Tensor memory is not read; only pointers, shapes, strides and dtypes count.
+    /// Validates the arguments of a fixed-length <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>
+    /// without touching a GPU; the positional form of <see cref="Check(in AttentionArguments, out string, AttentionOptions, int)"/>.
     /// </summary>
     /// <param name="q">Queries <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16 or BFloat16; headDim a multiple of 8.</param>
     /// <param name="k">Keys <c>[batch, seqLenK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
@@ -83,11 +83,7 @@ public sealed partial class FlashAttention : IDisposable
     /// <param name="logSumExp">Optional log-sum-exp <c>[batch, headsQ, seqLenQ]</c>, Float32.</param>
     /// <param name="options">Options, or null for <see cref="AttentionOptions.Default"/>.</param>
     /// <param name="computeCapability">Target GPU as <c>major * 10 + minor</c> (e.g. 90), or 0 for any GPU this build serves.</param>
-    /// <returns>
-    /// <see cref="FlashAttentionStatus.Success"/> when <see cref="Forward"/> would accept the arguments;
-    /// <see cref="FlashAttentionStatus.InvalidArgument"/> or <see cref="FlashAttentionStatus.Unsupported"/> otherwise.
-    /// Managed-side checks report <see cref="FlashAttentionStatus.InvalidArgument"/> here instead of throwing.
-    /// </returns>
+    /// <returns>As <see cref="Check(in AttentionArguments, out string, AttentionOptions, int)"/>.</returns>
     /// <exception cref="ArgumentNullException">A required tensor is null.</exception>
     /// <exception cref="FlashAttentionException">The native library cannot be loaded (status <see cref="FlashAttentionStatus.NoDevice"/>).</exception>
     public static FlashAttentionStatus Check(
@@ -98,10 +94,40 @@ public sealed partial class FlashAttention : IDisposable
         out string message,
         DeviceTensor? logSumExp = null,
         AttentionOptions? options = null,
-        int computeCapability = 0)
+        int computeCapability = 0) =>
+        Check(new AttentionArguments(q, k, v, output, logSumExp), out message, options, computeCapability);
+
+    /// <summary>
+    /// Validates the arguments of <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>, fixed-length
+    /// or variable-length, without touching a GPU (works on a machine without one, but needs the native library).
+    /// Tensor memory and the device prefix sums are not read; only pointers, shapes, strides and dtypes count, and the
+    /// batch's host copies when it has them.
+    /// </summary>
+    /// <param name="args">The tensors (and batch) of the call.</param>
+    /// <param name="message">"" on success; otherwise why the call would be refused.</param>
+    /// <param name="options">Options, or null for <see cref="AttentionOptions.Default"/>.</param>
+    /// <param name="computeCapability">Target GPU as <c>major * 10 + minor</c> (e.g. 90), or 0 for any GPU this build serves.</param>
+    /// <returns>
+    /// <see cref="FlashAttentionStatus.Success"/> when the forward call would accept the arguments;
+    /// <see cref="FlashAttentionStatus.InvalidArgument"/> or <see cref="FlashAttentionStatus.Unsupported"/> otherwise.
+    /// Managed-side checks report <see cref="FlashAttentionStatus.InvalidArgument"/> here instead of throwing.
+    /// </returns>
+    /// <exception cref="ArgumentNullException">A required tensor is null.</exception>
+    /// <exception cref="ObjectDisposedException">The batch was disposed.</exception>
+    /// <exception cref="FlashAttentionException">The native library cannot be loaded (status <see cref="FlashAttentionStatus.NoDevice"/>).</exception>
+    public static FlashAttentionStatus Check(in AttentionArguments args, out string message, AttentionOptions? options = null, int computeCapability = 0)
     {
-        ThrowIfNull(q, k, v, output);
-        return CheckCore(q, k, v, output, batch: null, logSumExp, options, computeCapability, out message);
+        args.ThrowIfIncomplete();
+        ThrowIfDisposed(args.Batch);
+        options ??= AttentionOptions.Default;
+        NativeRuntime.EnsureLoaded();
+        if ((Validate(args, options, device: null) ?? CapabilityProblem(computeCapability)) is { } problem)
+        {
+            message = problem.Message;
+            return FlashAttentionStatus.InvalidArgument;
+        }
+
+        return (FlashAttentionStatus)CallNative(context: null, stream: null, args, options, computeCapability, out message);
     }
 
     /// <summary>
@@ -136,11 +162,53 @@ public sealed partial class FlashAttention : IDisposable
         DeviceTensor output,
         DeviceTensor? logSumExp = null,
         AttentionOptions? options = null,
-        CudaStream? stream = null)
+        CudaStream? stream = null) =>
+        Forward(new AttentionArguments(q, k, v, output, logSumExp), options, stream);
+
+    /// <summary>
+    /// Scaled dot-product attention over the tensors of <paramref name="args"/>: fixed-length as
+    /// <see cref="Forward(DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, AttentionOptions, CudaStream)"/>
+    /// when <see cref="AttentionArguments.Batch"/> is null, variable-length as
+    /// <see cref="ForwardVarlen(DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, VarlenBatch, DeviceTensor, AttentionOptions, CudaStream)"/>
+    /// when it is set. Queued on <paramref name="stream"/>; returns without waiting.
+    /// </summary>
+    /// <param name="args">The tensors (and batch) of the call; see <see cref="AttentionArguments"/> for their shapes.</param>
+    /// <param name="options">Options, or null for <see cref="AttentionOptions.Default"/>.</param>
+    /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
+    /// <remarks>
+    /// Graph-safe: the call neither synchronises nor allocates, so it may be captured into a <see cref="CudaGraph"/>.
+    /// </remarks>
+    /// <exception cref="ArgumentNullException">A required tensor is null.</exception>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>
+    /// <exception cref="FlashAttentionException">The native library refused or failed the call.</exception>
+    /// <exception cref="ObjectDisposedException">This instance, the batch, a tensor's buffer or the stream was disposed.</exception>
+    public void Forward(in AttentionArguments args, AttentionOptions? options = null, CudaStream? stream = null)
     {
         ObjectDisposedException.ThrowIf(_context.IsClosed, this);
-        ThrowIfNull(q, k, v, output);
-        ForwardCore(q, k, v, output, batch: null, logSumExp, options, stream);
+        args.ThrowIfIncomplete();
+        ThrowIfDisposed(args.Batch);
+        options ??= AttentionOptions.Default;
+        ThrowIfProblem(Validate(args, options, Device));
+        ThrowIfOnAnotherDevice(stream);
+        if (_logger.IsEnabled(LogLevel.Debug))
+        {
+            DeviceTensor q = args.Q;
+            double scale = options.EffectiveScale((int)q.Shape[q.Rank - 1]);
+            string streamName = DescribeStream(stream);
+            bool withLse = args.LogSumExp is not null;
+            if (args.Batch is not { } batch)
+            {
+                LogForward(_logger, q.ToString(), args.K.ToString(), withLse, options.Causal, options.CausalAlignment,
+                    scale, DescribeMasks(options), options.KernelPath, streamName);
+            }
+            else
+            {
+                LogForwardVarlen(_logger, q.ToString(), args.K.ToString(), batch.ToString(), withLse, options.Causal, options.CausalAlignment,
+                    scale, DescribeMasks(options), options.KernelPath, streamName);
+            }
+        }
+
+        CallNative(_context, stream, args, options, computeCapability: 0, out _);
     }
 
     /// <summary>
@@ -162,81 +230,9 @@ public sealed partial class FlashAttention : IDisposable
         }
     }
 
-    private static void ThrowIfNull(DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor output)
-    {
-        ArgumentNullException.ThrowIfNull(q);
-        ArgumentNullException.ThrowIfNull(k);
-        ArgumentNullException.ThrowIfNull(v);
-        ArgumentNullException.ThrowIfNull(output);
-    }
-
-    /// <summary>
-    /// <see cref="Check"/> and <see cref="CheckVarlen"/> after their null checks; <paramref name="batch"/> is null for
-    /// a fixed-length call.
-    /// </summary>
-    private static FlashAttentionStatus CheckCore(
-        DeviceTensor q,
-        DeviceTensor k,
-        DeviceTensor v,
-        DeviceTensor output,
-        VarlenBatch? batch,
-        DeviceTensor? logSumExp,
-        AttentionOptions? options,
-        int computeCapability,
-        out string message)
-    {
-        ThrowIfDisposed(batch);
-        options ??= AttentionOptions.Default;
-        NativeRuntime.EnsureLoaded();
-        if ((Validate(q, k, v, output, batch, logSumExp, options, device: null) ?? CapabilityProblem(computeCapability)) is { } problem)
-        {
-            message = problem.Message;
-            return FlashAttentionStatus.InvalidArgument;
-        }
-
-        return (FlashAttentionStatus)CallNative(context: null, stream: null, q, k, v, output, batch, logSumExp, options, computeCapability, out message);
-    }
-
-    /// <summary>
-    /// <see cref="Forward"/> and <see cref="ForwardVarlen"/> after their disposal and null checks;
-    /// <paramref name="batch"/> is null for a fixed-length call.
-    /// </summary>
-    private void ForwardCore(
-        DeviceTensor q,
-        DeviceTensor k,
-        DeviceTensor v,
-        DeviceTensor output,
-        VarlenBatch? batch,
-        DeviceTensor? logSumExp,
-        AttentionOptions? options,
-        CudaStream? stream)
-    {
-        ThrowIfDisposed(batch);
-        options ??= AttentionOptions.Default;
-        ThrowIfProblem(Validate(q, k, v, output, batch, logSumExp, options, Device));
-        ThrowIfOnAnotherDevice(stream);
-        if (_logger.IsEnabled(LogLevel.Debug))
-        {
-            double scale = options.EffectiveScale((int)q.Shape[q.Rank - 1]);
-            string streamName = DescribeStream(stream);
-            if (batch is null)
-            {
-                LogForward(_logger, q.ToString(), k.ToString(), logSumExp is not null, options.Causal, options.CausalAlignment,
-                    scale, DescribeMasks(options), options.KernelPath, streamName);
-            }
-            else
-            {
-                LogForwardVarlen(_logger, q.ToString(), k.ToString(), batch.ToString(), logSumExp is not null, options.Causal, options.CausalAlignment,
-                    scale, DescribeMasks(options), options.KernelPath, streamName);
-            }
-        }
-
-        CallNative(_context, stream, q, k, v, output, batch, logSumExp, options, computeCapability: 0, out _);
-    }
-
     /// <summary>
     /// Leases every handle for the duration of the native call, fills the parameters (the variable-length fields
-    /// when <paramref name="batch"/> is given, with its host copies pinned) and calls <c>fa_forward</c> on
+    /// when the arguments have a batch, with its host copies pinned) and calls <c>fa_forward</c> on
     /// <paramref name="context"/>, throwing on failure, or, when <paramref name="context"/> is null,
     /// <c>fa_forward_check</c> for <paramref name="computeCapability"/>. The native error message is read before
     /// the leases are released.
@@ -244,16 +240,12 @@ public sealed partial class FlashAttention : IDisposable
     private static unsafe FaStatus CallNative(
         SafeContextHandle? context,
         CudaStream? stream,
-        DeviceTensor q,
-        DeviceTensor k,
-        DeviceTensor v,
-        DeviceTensor output,
-        VarlenBatch? batch,
-        DeviceTensor? lse,
+        in AttentionArguments args,
         AttentionOptions options,
         int computeCapability,
         out string message)
     {
+        (DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor output, DeviceTensor? lse, VarlenBatch? batch) = args;
         using var ctx = new HandleLease(context);
         using var s = new HandleLease(stream);
         using var lq = new HandleLease(q.Owner);
@@ -280,11 +272,13 @@ public sealed partial class FlashAttention : IDisposable
 
             if (context is null)
             {
+                NativeCallObserver.Notify("fa_forward_check", p);
                 FaStatus status = NativeMethods.fa_forward_check(&p, computeCapability);
                 message = status == FaStatus.Success ? string.Empty : Errors.LastErrorMessage();
                 return status;
             }
 
+            NativeCallObserver.Notify("fa_forward", p);
             Errors.ThrowIfFailed(NativeMethods.fa_forward(ctx.Pointer, &p, s.Pointer));
             message = string.Empty;
             return FaStatus.Success;
@@ -292,12 +286,14 @@ public sealed partial class FlashAttention : IDisposable
     }
 
     /// <summary>
-    /// The structural checks the managed side can make, for a fixed-length call (<paramref name="batch"/> null:
-    /// rank-4 tensors) or a variable-length one (rank 3); null when they pass. Allocates nothing when they pass.
+    /// The structural checks the managed side can make on an <see cref="AttentionArguments"/> (after its null checks),
+    /// for a fixed-length call (no batch: rank-4 tensors) or a variable-length one (rank 3); null when they pass.
+    /// Allocates nothing when they pass. The one place these arguments are checked, for the forward call, its check,
+    /// and (through <see cref="ValidateBackward"/>) the backward pass.
     /// </summary>
-    private static Problem? Validate(
-        DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor output, VarlenBatch? batch, DeviceTensor? lse, AttentionOptions options, CudaDevice? device)
+    private static Problem? Validate(in AttentionArguments args, AttentionOptions options, CudaDevice? device)
     {
+        (DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor output, DeviceTensor? lse, VarlenBatch? batch) = args;
         if (options.Problem() is { } optionsProblem)
         {
             return new Problem(nameof(options), optionsProblem);
@@ -469,14 +465,7 @@ public sealed partial class FlashAttention : IDisposable
             p.lse = lse.ToNative(lseBase);
         }
 
-        var o = new NativeOptionFields(options);
-        p.softmax_scale = o.SoftmaxScale;
-        p.causal = o.Causal;
-        p.causal_alignment = o.CausalAlignment;
-        p.kernel_path = o.KernelPath;
-        p.window_left = o.WindowLeft;
-        p.window_right = o.WindowRight;
-        p.softcap = o.Softcap;
+        NativeOptions.Write(options, ref p);
         return p;
     }
 
@@ -488,25 +477,4 @@ public sealed partial class FlashAttention : IDisposable
         ILogger logger, string q, string k, bool withLse, bool causal, CausalAlignment alignment, double scale, string masks, KernelPath path, string stream);
 
     private sealed record Problem(string ParamName, string Message);
-
-    /// <summary>
-    /// The option fields <c>fa_forward_params_t</c> and <c>fa_backward_params_t</c> share, as the C ABI spells them
-    /// (0 scale and softcap mean default and off, -1 an unbounded window side).
-    /// </summary>
-    private readonly struct NativeOptionFields(AttentionOptions options)
-    {
-        public float SoftmaxScale { get; } = options.SoftmaxScale ?? 0f;
-
-        public int Causal { get; } = options.Causal ? 1 : 0;
-
-        public int CausalAlignment { get; } = (int)options.CausalAlignment;
-
-        public int KernelPath { get; } = (int)options.KernelPath;
-
-        public int WindowLeft { get; } = options.WindowLeft ?? -1;
-
-        public int WindowRight { get; } = options.WindowRight ?? -1;
-
-        public float Softcap { get; } = options.Softcap ?? 0f;
-    }
 }

@@ -7,7 +7,7 @@ using FlashAttn.Native;
 namespace FlashAttn;
 
 /// <summary>
-/// A key/value cache for <see cref="FlashAttention.Decode"/>: the K and V arrays, the number of tokens each sequence
+/// A key/value cache for <see cref="FlashAttention.Decode(in DecodeArguments, AttentionOptions, CudaStream)"/>: the K and V arrays, the number of tokens each sequence
 /// holds (a host copy and a device int32 <c>[BatchSize]</c> array, kept in step), and for a paged cache the device
 /// block table. After a successful decode that appends new keys and values, the lengths advance by the number of new
 /// tokens on both sides.
@@ -19,7 +19,7 @@ namespace FlashAttn;
 /// and an int32 block table <c>[BatchSize, MaxBlocksPerSequence]</c> names the physical block of each page, so position
 /// <c>p</c> of sequence <c>b</c> is row <c>p % BlockSize</c> of block <c>blockTable[b, p / BlockSize]</c>; a sequence
 /// holds at most <c>MaxBlocksPerSequence * BlockSize</c> positions. The native library decides which block sizes it
-/// serves (powers of two from 16 up; <see cref="FlashAttention.CheckDecode"/> names <c>block_size</c> otherwise).
+/// serves (powers of two from 16 up; <see cref="FlashAttention.CheckDecode(in DecodeArguments, out string, AttentionOptions, int)"/> names <c>block_size</c> otherwise).
 /// </para>
 /// <para>
 /// A cache is either <b>owned</b> (<see cref="CreateContiguous"/>, <see cref="CreatePaged"/>: the device memory is
@@ -197,7 +197,7 @@ public sealed class KvCache : IDisposable
     /// <summary>
     /// Allocates a paged cache of <paramref name="numBlocks"/> blocks <c>[blockSize, headsKv, headDim]</c> for K and for
     /// V (contents undefined) and a block table <c>[batchSize, maxBlocksPerSequence]</c>, with every sequence empty and
-    /// every block free. Blocks are given to sequences as they grow (by <see cref="FlashAttention.Decode"/> with new keys,
+    /// every block free. Blocks are given to sequences as they grow (by <see cref="FlashAttention.Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> with new keys,
     /// or <see cref="SetSequenceLengths"/>) and returned by <see cref="ResetSequence"/> or shorter lengths.
     /// </summary>
     /// <param name="device">The device.</param>

@@ -7,7 +7,7 @@ namespace FlashAttn.Tests.Cpu;
 
 /// <summary>
 /// Bad decode arguments, without a GPU: straight through the real library's <c>fa_decode_check</c> (fake, aligned,
-/// never dereferenced pointers), and through <see cref="FlashAttention.CheckDecode"/> over a
+/// never dereferenced pointers), and through <see cref="FlashAttention.CheckDecode(in DecodeArguments, out string, AttentionOptions, int)"/> over a
 /// <see cref="KvCache.Wrap"/> of raw-pointer views, where the managed side catches what it can and passes the rest
 /// through. Each case breaks one thing and asserts the status and that the message names the argument.
 /// </summary>

@@ -293,7 +293,7 @@ internal sealed class DecodeRun : IDisposable
 }
 
 /// <summary>
-/// The decode kernels through <see cref="FlashAttention.Decode"/> against <see cref="DecodeReference"/> (float64, from
+/// The decode kernels through <see cref="FlashAttention.Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> against <see cref="DecodeReference"/> (float64, from
 /// the exact 16-bit inputs), judged like the forward kernels: every output written and finite, rows without keys
 /// exactly 0 with log-sum-exp +infinity, relative L2 error under the dtype cap (bf16 1e-2, fp16 2e-3) and no worse
 /// than twice a same-dtype naive attention, max abs error no worse than twice the naive one, log-sum-exp within 1e-4

@@ -1,0 +1,63 @@
+namespace FlashAttn;
+
+/// <summary>
+/// The tensors of a backward call (<see cref="FlashAttention.Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>,
+/// <see cref="FlashAttention.CheckBackward(in BackwardArguments, out string, AttentionOptions, int)"/> and
+/// <see cref="FlashAttention.GetBackwardWorkspaceSize(in BackwardArguments, AttentionOptions)"/>): the inputs, output
+/// and log-sum-exp of the forward call, the output gradient, the three gradients to write, and optionally the
+/// forward call's variable-length batch and a caller workspace.
+/// </summary>
+/// <param name="Q">Queries of the forward call, Float16 or BFloat16, last dimension contiguous.</param>
+/// <param name="K">Keys of the forward call, q's dtype; headsKv divides headsQ.</param>
+/// <param name="V">Values of the forward call, k's shape and q's dtype.</param>
+/// <param name="Output">Output of the forward call, q's shape and dtype.</param>
+/// <param name="DOut">Gradient of the loss with respect to <paramref name="Output"/>, q's shape and dtype.</param>
+/// <param name="LogSumExp">
+/// Log-sum-exp the forward call wrote (required): Float32 <c>[batch, headsQ, seqLenQ]</c>, or <c>[headsQ, totalQ]</c>
+/// with a <see cref="Batch"/>.
+/// </param>
+/// <param name="DQ">Written: the gradient of q, q's shape and dtype.</param>
+/// <param name="DK">Written: the gradient of k (summed over each GQA group's query heads), k's shape and q's dtype.</param>
+/// <param name="DV">Written: the gradient of v, as <paramref name="DK"/>.</param>
+/// <param name="Batch">The forward call's sequence boundaries for a variable-length batch, or null for a fixed-length call.</param>
+/// <param name="Workspace">
+/// Scratch memory of at least <see cref="FlashAttention.GetBackwardWorkspaceSize(in BackwardArguments, AttentionOptions)"/>
+/// bytes on the instance's device, or null (or empty) to let the library allocate it stream-ordered. Only the run uses
+/// it: the check and the workspace-size query ignore it.
+/// </param>
+/// <remarks>
+/// A <c>readonly record struct</c> for the reasons given on <see cref="AttentionArguments"/>: no allocation per call,
+/// passed by <see langword="in"/> reference, <c>with</c> for variants. Every required tensor is checked for null by the
+/// call (<see cref="ArgumentNullException"/> named as the positional overloads' parameters: q, k, v, output, dOut,
+/// logSumExp, dq, dk, dv) before any native call.
+/// </remarks>
+public readonly record struct BackwardArguments(
+    DeviceTensor Q,
+    DeviceTensor K,
+    DeviceTensor V,
+    DeviceTensor Output,
+    DeviceTensor DOut,
+    DeviceTensor LogSumExp,
+    DeviceTensor DQ,
+    DeviceTensor DK,
+    DeviceTensor DV,
+    VarlenBatch? Batch = null,
+    DeviceBuffer<byte>? Workspace = null)
+{
+    /// <summary>Whether these are the arguments of a variable-length call (<see cref="Batch"/> is set).</summary>
+    public bool IsVariableLength => Batch is not null;
+
+    /// <summary>The forward call's arguments these were derived from (q, k, v, output and the log-sum-exp, with the batch).</summary>
+    public AttentionArguments ForwardArguments => new(Q, K, V, Output, LogSumExp, Batch);
+
+    /// <summary>Throws <see cref="ArgumentNullException"/> for the first required tensor that is null.</summary>
+    internal void ThrowIfIncomplete()
+    {
+        ForwardArguments.ThrowIfIncomplete();
+        ArgumentNullException.ThrowIfNull(DOut, "dOut");
+        ArgumentNullException.ThrowIfNull(LogSumExp, "logSumExp");
+        ArgumentNullException.ThrowIfNull(DQ, "dq");
+        ArgumentNullException.ThrowIfNull(DK, "dk");
+        ArgumentNullException.ThrowIfNull(DV, "dv");
+    }
+}

@@ -1,0 +1,51 @@
+namespace FlashAttn;
+
+/// <summary>
+/// The arguments of a decode call over a KV cache (<see cref="FlashAttention.Decode(in DecodeArguments, AttentionOptions, CudaStream)"/>,
+/// <see cref="FlashAttention.CheckDecode(in DecodeArguments, out string, AttentionOptions, int)"/>,
+/// <see cref="FlashAttention.GetDecodeWorkspaceSize(in DecodeArguments, AttentionOptions)"/> and
+/// <see cref="FlashAttention.GetDecodeSplitCount(in DecodeArguments, AttentionOptions)"/>): the new queries, the
+/// cache, the new keys and values to append (or none), the output, and how the call is split and where its scratch lives.
+/// </summary>
+/// <param name="Q">
+/// New queries <c>[batch, seqLenNew, headsQ, headDim]</c>, the cache's dtype, last dimension contiguous; headsQ a
+/// multiple of the cache's headsKv.
+/// </param>
+/// <param name="Cache">The KV cache (its lengths say how many tokens each sequence already holds).</param>
+/// <param name="KNew">New keys <c>[batch, seqLenNew, headsKv, headDim]</c> to append, or null to append nothing.</param>
+/// <param name="VNew">New values shaped like <paramref name="KNew"/>; given exactly when it is.</param>
+/// <param name="Output">Written: <c>[batch, seqLenNew, headsQ, headDim]</c>, q's dtype.</param>
+/// <param name="LogSumExp">Optional, written: <c>[batch, headsQ, seqLenNew]</c> Float32.</param>
+/// <param name="NumSplits">
+/// Key splits per (sequence, head): 0 lets the library choose, or 1 .. <see cref="FlashAttention.MaxDecodeSplits"/>.
+/// </param>
+/// <param name="Workspace">
+/// Scratch memory of at least <see cref="FlashAttention.GetDecodeWorkspaceSize(in DecodeArguments, AttentionOptions)"/>
+/// bytes, or null to let the library allocate it stream-ordered. Only the run uses it: the check and the queries ignore it.
+/// </param>
+/// <remarks>
+/// A <c>readonly record struct</c> for the reasons given on <see cref="AttentionArguments"/>: a generation loop builds
+/// one per token without allocating (<c>with</c> derives the next step's). The call checks q, the cache and the
+/// output for null (<see cref="ArgumentNullException"/> named q, cache, output) before anything else.
+/// </remarks>
+public readonly record struct DecodeArguments(
+    DeviceTensor Q,
+    KvCache Cache,
+    DeviceTensor? KNew,
+    DeviceTensor? VNew,
+    DeviceTensor Output,
+    DeviceTensor? LogSumExp = null,
+    int NumSplits = 0,
+    DeviceBuffer<byte>? Workspace = null)
+{
+    /// <summary>Whether the call appends new keys and values to the cache (<see cref="KNew"/> is set).</summary>
+    public bool Appends => KNew is not null;
+
+    /// <summary>Throws <see cref="ArgumentNullException"/> for the first required argument that is null.</summary>
+    internal void ThrowIfIncomplete()
+    {
+        ArgumentNullException.ThrowIfNull(Q, "q");
+        ArgumentNullException.ThrowIfNull(Cache, "cache");
+        ArgumentNullException.ThrowIfNull(Output, "output");
+    }
+}
