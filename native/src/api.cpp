@@ -10,7 +10,7 @@
 #include "cuda_check.h"
 #include "error.h"
 #include "flash_attention.h"
-#include "params.h"
+#include "dispatch.h"
 #include "validate.h"
 
 namespace {
@@ -471,7 +471,7 @@ FA_API fa_status_t fa_query_support(const fa_support_query_t* query) {
 FA_API fa_status_t fa_kernel_count(int32_t* count) {
     FA_API_BEGIN
     require_non_null(count, "count");
-    *count = fa::kernel_count();
+    *count = fa::kernels::kernel_count();
     return FA_STATUS_SUCCESS;
     FA_API_END
 }
@@ -480,8 +480,8 @@ FA_API fa_status_t fa_kernel_name(int32_t index, const char** name) {
     FA_API_BEGIN
     require_non_null(name, "name");
     *name = nullptr;
-    const int32_t count = fa::kernel_count();
-    const char* found = index >= 0 && index < count ? fa::kernel_name_at(index) : nullptr;
+    const int32_t count = fa::kernels::kernel_count();
+    const char* found = index >= 0 && index < count ? fa::kernels::kernel_name_at(index) : nullptr;
     if (found == nullptr) {
         fail(FA_STATUS_INVALID_ARGUMENT, "index is " + std::to_string(index) + "; this build has " +
                                              std::to_string(count) + " kernels" +
@@ -497,6 +497,8 @@ FA_API fa_status_t fa_forward(fa_context_t context, const fa_forward_params_t* p
     require_non_null(context, "context");
     const fa::LaunchInfo& info = context->info;
     const fa::FwdParams p = fa::validate_forward(params, info.cc_major * 10 + info.cc_minor);
+    const fa::Path path = fa::choose_path(fa::Pass::Forward, params->kernel_path, p.d, info.cc_major * 10 + info.cc_minor,
+                                          info.smem_optin, "kernel_path", info.device);
     // A variable-length batch with max_seqlen_q = 0 or no query rows has nothing to compute or write.
     // (A fixed-length call always has rows: validation requires every extent >= 1.)
     if (p.cu_seqlens_q != nullptr && (p.sq == 0 || p.total_q == 0)) {
@@ -510,7 +512,7 @@ FA_API fa_status_t fa_forward(fa_context_t context, const fa_forward_params_t* p
     // one-time cudaFuncSetAttribute are not stream operations and are legal during a capture).
     fa::DeviceGuard guard(info.device);
     const char* kernel_name = nullptr;
-    const int result = fa::launch_forward(p, info, stream, &kernel_name);
+    const int result = fa::kernels::launch_forward(path, p, info, stream, &kernel_name);
     if (result != 0) {
         const std::string name = kernel_name != nullptr ? kernel_name : "the forward kernel";
         fa::throw_cuda_error(static_cast<cudaError_t>(result),

@@ -5,7 +5,6 @@
 #include <cstring>
 #include <string>
 
-#include "bwd_params.h"
 #include "context.h"
 #include "cuda_check.h"
 #include "error.h"
@@ -20,29 +19,20 @@ void require(const void* pointer, const char* name) {
     }
 }
 
-// Picks the main kernel (p.sm90) for the device: the sm90 one where it serves and the call allows it
-// (kernel_path AUTO or SM90); UNSUPPORTED for kernel_path SM90 where it does not serve, or when the kernel
-// needs more shared memory than the GPU allows.
-void choose_kernel(fa::BwdParams& p, int32_t kernel_path, const fa::LaunchInfo& info) {
-    std::string why;
-    const bool serves = fa::backward_sm90_serves(p.kernel_d, info.cc_major * 10 + info.cc_minor, &why) &&
-                        fa::backward_sm90_smem_bytes(p.kernel_d) <= info.smem_optin;
-    if (kernel_path == FA_PATH_SM90 && !serves) {
-        fa::fail(FA_STATUS_UNSUPPORTED, "kernel_path is FA_PATH_SM90, but " +
-                                            (why.empty() ? std::string("device ") + std::to_string(info.device) +
-                                                               " lacks the shared memory of the sm90 backward kernel"
-                                                         : why) +
-                                            " (head dim " + std::to_string(p.f.d) + ", device " +
-                                            std::to_string(info.device) + ")");
-    }
-    p.sm90 = serves && kernel_path != FA_PATH_SM80 ? 1 : 0;
-    const int32_t need = p.sm90 ? fa::backward_sm90_smem_bytes(p.kernel_d) : fa::backward_smem_bytes(p.kernel_d);
+// The kernel path for the device (dispatch.cpp: the sm90 kernels where they serve and the call allows them;
+// UNSUPPORTED for kernel_path SM90 where they do not), and UNSUPPORTED when its main kernel needs more shared
+// memory than the GPU allows.
+fa::Path choose_kernel(const fa::BwdParams& p, int32_t kernel_path, const fa::LaunchInfo& info) {
+    const fa::Path path = fa::choose_path(fa::Pass::Backward, kernel_path, p.f.d, info.cc_major * 10 + info.cc_minor,
+                                          info.smem_optin, "kernel_path", info.device);
+    const int32_t need = fa::kernels::smem_bytes(fa::Pass::Backward, path, p.kernel_d);
     if (need > info.smem_optin) {
         fa::fail(FA_STATUS_UNSUPPORTED,
                  "the backward kernel for head dim " + std::to_string(p.f.d) + " needs " + std::to_string(need) +
                      " bytes of shared memory per block, but device " + std::to_string(info.device) + " allows " +
                      std::to_string(info.smem_optin));
     }
+    return path;
 }
 
 // Points the workspace parts of p into `base` (layout from bwd_workspace_layout).
@@ -91,7 +81,7 @@ FA_API fa_status_t fa_backward_workspace_size(fa_context_t context, const fa_bac
     const fa::LaunchInfo& info = context->info;
     size_t need = 0;
     fa::BwdParams p = fa::validate_backward(params, info.cc_major * 10 + info.cc_minor, false, &need);
-    choose_kernel(p, params->kernel_path, info);
+    (void)choose_kernel(p, params->kernel_path, info);
     *bytes = need;
     return FA_STATUS_SUCCESS;
     FA_API_END
@@ -103,7 +93,7 @@ FA_API fa_status_t fa_backward(fa_context_t context, const fa_backward_params_t*
     const fa::LaunchInfo& info = context->info;
     size_t need = 0;
     fa::BwdParams p = fa::validate_backward(params, info.cc_major * 10 + info.cc_minor, true, &need);
-    choose_kernel(p, params->kernel_path, info);
+    const fa::Path path = choose_kernel(p, params->kernel_path, info);
     // Nothing to compute: no query rows and no keys in any sequence.
     const bool varlen = p.f.cu_seqlens_q != nullptr;
     if (varlen && p.f.total_q == 0 && p.f.total_k == 0) {
@@ -121,7 +111,7 @@ FA_API fa_status_t fa_backward(fa_context_t context, const fa_backward_params_t*
     }
     carve(p, static_cast<char*>(base));
     const char* kernel_name = nullptr;
-    const int result = fa::launch_backward(p, info, stream, &kernel_name);
+    const int result = fa::kernels::launch_backward(path, p, info, stream, &kernel_name);
     if (owned != nullptr) {
         const cudaError_t freed = cudaFreeAsync(owned, s);
         if (result == 0) fa::check_cuda(freed, "cudaFreeAsync of the backward workspace");

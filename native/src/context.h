@@ -2,7 +2,7 @@
 // once at creation. Immutable after creation, so one context serves many threads and streams.
 #pragma once
 
-#include "params.h"
+#include "params/launch_info.h"
 
 struct fa_context {
     fa::LaunchInfo info;  // device ordinal, compute capability, SM count, shared-memory opt-in, L2 size

@@ -1,6 +1,6 @@
 // The exported fa_decode* functions: decoding new queries over a KV cache. Each body sits between
 // FA_API_BEGIN and FA_API_END; tools/check_abi_boundary.py enforces it. Validation lives in
-// validate_decode.cpp, the kernels in native/kernels/sm80/decode_*.
+// validate_decode.cpp, the kernels in native/kernels/sm80/decode_* (through the registry).
 #include <cuda_runtime_api.h>
 
 #include <cstring>
@@ -8,9 +8,10 @@
 
 #include "context.h"
 #include "cuda_check.h"
-#include "decode_params.h"
+#include "dispatch.h"
 #include "error.h"
 #include "flash_attention.h"
+#include "validate.h"
 
 namespace {
 
@@ -35,13 +36,13 @@ Plan plan(fa_context_t context, const fa_decode_params_t* params) {
     Plan out{fa::validate_decode(params, info.cc_major * 10 + info.cc_minor, &length_hint), 0};
     // Before anything is launched (the append kernel runs first): a GPU with too little shared memory per
     // block for this head dim's kernel is told so, instead of failing at launch after the append.
-    const int32_t need = fa::decode_smem_bytes(fa::forward_kernel_head_dim(out.p.d));
+    const int32_t need = fa::kernels::smem_bytes(fa::Pass::Decode, fa::Path::Sm80, fa::kernel_head_dim(out.p.d));
     if (need > info.smem_optin) {
         fail(FA_STATUS_UNSUPPORTED, "the decode kernel for head dim " + std::to_string(out.p.d) + " needs " +
                                         std::to_string(need) + " bytes of shared memory per block, but device " +
                                         std::to_string(info.device) + " allows " + std::to_string(info.smem_optin));
     }
-    out.p.num_splits = fa::decode_num_splits(out.p, info, params->num_splits, length_hint);
+    out.p.num_splits = fa::kernels::decode_num_splits(out.p, info, params->num_splits, length_hint, FA_DECODE_MAX_SPLITS);
     out.workspace_bytes = fa::decode_workspace_bytes(out.p, out.p.num_splits);
     return out;
 }
@@ -133,7 +134,9 @@ FA_API fa_status_t fa_decode(fa_context_t context, const fa_decode_params_t* par
         p.lse_accum = reinterpret_cast<float*>(base + fa::decode_accum_offset(p, p.num_splits));
     }
     const char* kernel_name = nullptr;
-    const int result = fa::launch_decode(p, info, stream, &kernel_name);
+    const fa::Path path = fa::choose_path(fa::Pass::Decode, params->kernel_path, p.d, info.cc_major * 10 + info.cc_minor,
+                                          info.smem_optin, "kernel_path", info.device);
+    const int result = fa::kernels::launch_decode(path, p, info, stream, &kernel_name);
     // The free is ordered after the kernels, so it is issued even when a launch failed.
     const cudaError_t free_err = owned ? cudaFreeAsync(workspace, st) : cudaSuccess;
     if (result != 0) {

@@ -20,7 +20,6 @@
 #include <string>
 #include <vector>
 
-#include "decode_params.h"
 #include "error.h"
 #include "validate_common.h"
 
@@ -38,7 +37,7 @@ constexpr int32_t kMaxProbedHeadDim = 1024;
 std::string served_head_dims() {
     std::vector<int32_t> dims;
     for (int32_t d = 1; d <= kMaxProbedHeadDim; ++d) {
-        if (forward_head_dim_compiled(d)) {
+        if (head_dim_served(d)) {
             dims.push_back(d);
         }
     }
@@ -68,12 +67,12 @@ std::string served_head_dims() {
         }
         i = j + 1;
     }
-    const int32_t* kernels = nullptr;
-    const int32_t count = forward_compiled_head_dims(&kernels);
-    if (count > 0 && kernels != nullptr) {
+    const int32_t* compiled = nullptr;
+    const int32_t count = kernels::compiled_head_dims(&compiled);
+    if (count > 0 && compiled != nullptr) {
         list += " (kernels for ";
         for (int32_t k = 0; k < count; ++k) {
-            list += (k > 0 ? ", " : "") + s(kernels[k]);
+            list += (k > 0 ? ", " : "") + s(compiled[k]);
         }
         list += "; FA_HEAD_DIMS picks them at build time)";
     }
@@ -182,7 +181,7 @@ std::string describe(const FwdParams& p) {
     } else {
         out += " non-causal";
     }
-    if (p.window_left >= 0 || p.window_right >= 0) {
+    if (p.window_left >= 0 || (p.window_right >= 0 && p.causal == 0)) {
         out += " window(" + s(p.window_left) + ", " + s(p.window_right) +
                (p.bottom_right != 0 ? ", bottom-right)" : ", top-left)");
     }
@@ -406,7 +405,7 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     }
 
     // ---- valid; is it served? ------------------------------------------------------------------
-    if (d > kInt32Max || !forward_head_dim_compiled(static_cast<int32_t>(d))) {
+    if (d > kInt32Max || !head_dim_served(static_cast<int32_t>(d))) {
         unsupported("q.shape[" + s(head_dim_index) + "] (head_dim) is " + s(d) + "; this build serves head dims " +
                     served_head_dims());
     }
@@ -507,7 +506,9 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     // non-causal call run the kernel without the local masks.
     const int32_t no_op_window = p.sq > p.sk ? p.sq : p.sk;
     p.window_left = x.window_left >= no_op_window ? -1 : x.window_left;
-    p.window_right = x.window_right >= no_op_window ? -1 : x.window_right;
+    // A causal call sees no key right of the diagonal: causal is folded into window_right here, once, so
+    // that every kernel reads one right bound (native/kernels/common/mask.cuh).
+    p.window_right = P.causal == 1 ? 0 : x.window_right >= no_op_window ? -1 : x.window_right;
     p.dtype = P.q.dtype == FA_DTYPE_BFLOAT16 ? DType::BFloat16 : DType::Float16;
     return p;
 }
@@ -524,21 +525,6 @@ int32_t smem_optin_for(int32_t cc) {
     }
 }
 
-// UNSUPPORTED when kernel_path (named `name`) asks for FA_PATH_SM90 where the sm90 backward does not serve
-// head dim d on compute capability cc (0: any).
-void require_sm90_served(int32_t kernel_path, const char* name, int64_t d, int32_t cc) {
-    std::string why;
-    if (kernel_path == FA_PATH_SM90 && !backward_sm90_serves(forward_kernel_head_dim(static_cast<int32_t>(d)), cc, &why)) {
-        unsupported(std::string(name) + " is FA_PATH_SM90, but " + why + " (head dim " + s(d) + ")");
-    }
-}
-
-// Shared memory of the backward kernel a call with kernel_path runs on compute capability cc: the sm90
-// one where the path allows it and it serves (AUTO picks it there), else the sm80 one.
-int32_t backward_smem_need(int32_t kernel_d, int32_t cc, int32_t kernel_path) {
-    const bool sm90 = kernel_path != FA_PATH_SM80 && backward_sm90_serves(kernel_d, cc, nullptr);
-    return sm90 ? backward_sm90_smem_bytes(kernel_d) : backward_smem_bytes(kernel_d);
-}
 }  // namespace
 
 void check_support_query(const fa_support_query_t& query) {
@@ -584,7 +570,7 @@ void check_support_query(const fa_support_query_t& query) {
         unsupported(std::string("query->dtype is ") + dtype_name(query.dtype) +
                     "; the forward serves FA_DTYPE_FLOAT16 and FA_DTYPE_BFLOAT16 for q, k and v");
     }
-    if (!forward_head_dim_compiled(query.head_dim)) {
+    if (!head_dim_served(query.head_dim)) {
         unsupported("query->head_dim is " + s(query.head_dim) + "; this build serves head dims " + served_head_dims());
     }
     if (query.compute_capability != 0 && query.compute_capability < 80) {
@@ -593,13 +579,14 @@ void check_support_query(const fa_support_query_t& query) {
                     "); the kernels need compute capability 8.0 or newer");
     }
     if (query.pass != FA_PASS_BACKWARD) refuse_sm90_path(query.kernel_path, "query->kernel_path", "");
-    require_sm90_served(query.kernel_path, "query->kernel_path", query.head_dim, query.compute_capability);
+    // FA_PATH_SM90 where it does not serve: UNSUPPORTED, saying why (dispatch.cpp chooses the path).
+    const Pass pass = query.pass == FA_PASS_FORWARD ? Pass::Forward : query.pass == FA_PASS_BACKWARD ? Pass::Backward : Pass::Decode;
+    (void)choose_path(pass, query.kernel_path, query.head_dim, query.compute_capability, -1, "query->kernel_path");
     if (query.pass != FA_PASS_FORWARD && query.compute_capability != 0) {
         // The backward and decode kernels take more shared memory than some GPUs allow a block (fa_backward
         // and fa_decode report the same from the device's own limit). AUTO runs the sm90 backward where it serves.
         const bool backward = query.pass == FA_PASS_BACKWARD;
-        const int32_t kd = forward_kernel_head_dim(query.head_dim);
-        const int32_t need = backward ? backward_smem_need(kd, query.compute_capability, query.kernel_path) : decode_smem_bytes(kd);
+        const int32_t need = smem_need(pass, query.kernel_path, kernel_head_dim(query.head_dim), query.compute_capability);
         const int32_t allow = smem_optin_for(query.compute_capability);
         if (allow > 0 && need > allow) {
             unsupported(std::string("the ") + (backward ? "backward" : "decode") + " kernel for head dim " + s(query.head_dim) + " needs " + s(need) +
@@ -731,9 +718,9 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     if (!served) {
         unsupported(unserved);
     }
-    require_sm90_served(P.kernel_path, "kernel_path", f.d, compute_capability);
+    (void)choose_path(Pass::Backward, P.kernel_path, f.d, compute_capability, -1, "kernel_path");
     if (compute_capability != 0 && P.kernel_path != FA_PATH_SM90) {
-        const int32_t need = backward_smem_need(forward_kernel_head_dim(f.d), compute_capability, P.kernel_path);
+        const int32_t need = smem_need(Pass::Backward, P.kernel_path, kernel_head_dim(f.d), compute_capability);
         const int32_t allow = smem_optin_for(compute_capability);
         if (allow > 0 && need > allow) {
             unsupported("the backward kernel for head dim " + s(f.d) + " needs " + s(need) +
@@ -749,7 +736,7 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     }
     {
         // Grids of the three kernels: key blocks x batch x kv heads; row blocks / row chunks x (batch x) heads.
-        const int32_t block_n = backward_block_n(forward_kernel_head_dim(f.d));
+        const int32_t block_n = kernels::bwd_block_n(Path::Sm80, kernel_head_dim(f.d));  // the same on sm90
         const int64_t n_blocks = (static_cast<int64_t>(f.sk) + block_n - 1) / block_n;
         const int64_t heads = varlen ? f.hq : static_cast<int64_t>(f.b) * f.hq;
         const int64_t rows = varlen ? f.total_q : f.sq;
@@ -784,7 +771,7 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
         p.dv_batch_stride = P.dv.strides[0];
     }
     p.deterministic = P.deterministic;
-    p.kernel_d = forward_kernel_head_dim(f.d);
+    p.kernel_d = kernel_head_dim(f.d);
     p.q_slots = varlen ? static_cast<int64_t>(f.hq) * f.total_q : static_cast<int64_t>(f.b) * f.hq * f.sq;
 
     const BwdWorkspaceLayout ws = bwd_workspace_layout(f, p.kernel_d, P.deterministic != 0);

@@ -5,9 +5,11 @@
 
 #include <string>
 
+#include "dispatch.h"
 #include "flash_attention.h"
-#include "bwd_params.h"
-#include "params.h"
+#include "params/bwd_params.h"
+#include "params/decode_params.h"
+#include "params/fwd_params.h"
 #include "validate_common.h"
 
 namespace fa {
@@ -44,5 +46,18 @@ std::string served_head_dims();
 
 // Short description of a validated call for debug logs: "b=2 sq=17 sk=33 hq=6 hkv=2 d=64 fp16 causal".
 std::string describe(const FwdParams& p);
+
+// Smallest fa_decode_params_t accepted: version 0.3, the first with decode, has every field.
+constexpr size_t kDecodeParamsMinSize = sizeof(fa_decode_params_t);
+
+// Checks *params for a GPU of compute capability `compute_capability` (major*10+minor, or 0 for any GPU
+// this build serves). Throws fa::Error (INVALID_ARGUMENT for bad input, UNSUPPORTED for valid input this
+// build or GPU does not serve). On success returns the kernel parameters with num_splits and the workspace
+// pointers unset (num_splits 1, no workspace). *length_hint receives the longest sequence (with its new tokens) when
+// cache_seqlens_host is given, else the capacity: what the split heuristic plans for.
+DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_capability, int32_t* length_hint);
+
+// Short description of a validated decode call for debug logs.
+std::string describe(const DecodeParams& p);
 
 }  // namespace fa

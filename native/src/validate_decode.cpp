@@ -11,7 +11,7 @@
 #include <limits>
 #include <string>
 
-#include "decode_params.h"
+#include "dispatch.h"
 #include "error.h"
 #include "validate.h"
 #include "validate_common.h"
@@ -280,7 +280,7 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
 
     // ---- valid; is it served? ------------------------------------------------------------------
     refuse_sm90_path(P.kernel_path, "kernel_path", "decode");
-    if (d > kInt32Max || !forward_head_dim_compiled(static_cast<int32_t>(d))) {
+    if (d > kInt32Max || !head_dim_served(static_cast<int32_t>(d))) {
         unsupported("q.shape[3] (head_dim) is " + s(d) + "; this build serves head dims " + served_head_dims());
     }
     if (paged && (block_size < kMinBlockSize || !is_power_of_two(block_size))) {

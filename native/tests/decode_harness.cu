@@ -252,7 +252,7 @@ static DecodeParams make_params(const Case& c, const Device& dv) {
     return p;
 }
 
-// Append, attention, combine: the library's launch order (decode_dispatch.cu).
+// Append, attention, combine: the library's launch order (registry.cu).
 template <class Tr, bool kPaged>
 static cudaError_t run(const DecodeParams& p, cudaStream_t s) {
     using T = typename Tr::Elem;

@@ -97,7 +97,7 @@ static Variant make_variant(bool production) {
     v.bf16 = !std::is_same<T, __half>::value;
     v.production = production;
     v.run = [](const FwdParams& p, cudaStream_t s) {
-        const bool local = p.causal || p.window_left >= 0 || p.window_right >= 0;
+        const bool local = is_local(p);
         const bool cap = p.softcap > 0.f;
         if (local) return cap ? launch3<Tr, true, true>(p, s) : launch3<Tr, true, false>(p, s);
         return cap ? launch3<Tr, false, true>(p, s) : launch3<Tr, false, false>(p, s);
@@ -195,7 +195,7 @@ static bool check_case(const Variant& var, const Case& c, uint64_t seed) {
     p.causal = c.causal;
     p.bottom_right = !c.top_left;
     p.window_left = c.wl;
-    p.window_right = c.wr;
+    p.window_right = c.causal ? 0 : c.wr;  // the host folds causal into window_right (FwdParams)
     p.dtype = var.bf16 ? DType::BFloat16 : DType::Float16;
     bool ok = true;
     if (maxq > 0) CHECK_CUDA(var.run(p, nullptr));
@@ -265,6 +265,7 @@ static double time_case(const Variant& var, int b, int h, int s, bool causal) {
     p.b = b; p.sq = s; p.sk = s; p.hq = h; p.hkv = h; p.d = d; p.hq_per_hkv = 1;
     set_scale(p, d, 0.f);
     p.causal = causal;
+    p.window_right = causal ? 0 : -1;  // the host folds causal into window_right (FwdParams)
     p.dtype = var.bf16 ? DType::BFloat16 : DType::Float16;
     cudaEvent_t e0, e1;
     CHECK_CUDA(cudaEventCreate(&e0));

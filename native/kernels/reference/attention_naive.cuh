@@ -5,7 +5,7 @@
 #include <cuda_runtime.h>
 #include <math_constants.h>
 
-#include "params.h"
+#include "params/fwd_params.h"
 
 namespace fa {
 namespace reference {
@@ -14,7 +14,7 @@ namespace reference {
 __device__ inline bool visible(const FwdParams& p, int i, int j, int sq, int sk) {
     const int off = p.bottom_right ? sk - sq : 0;
     if (j >= sk) return false;
-    const int right = p.causal ? (p.window_right >= 0 ? min(p.window_right, 0) : 0) : p.window_right;
+    const int right = p.window_right;  // causal folded in by the host (FwdParams)
     if (right >= 0 && j > i + off + right) return false;
     if (p.window_left >= 0 && j < i + off - p.window_left) return false;
     return true;

@@ -2,7 +2,5 @@
 #include "sm80/bwd_launch.cuh"
 
 namespace fa {
-namespace sm80 {
-template int run_bwd<__half, 256>(BwdParams&, const LaunchInfo&, cudaStream_t, const char**);
-}  // namespace sm80
+template int run_bwd_main<sm80::BwdFamily<__half, 256>>(const BwdParams&, const LaunchInfo&, cudaStream_t, uint32_t*);
 }  // namespace fa

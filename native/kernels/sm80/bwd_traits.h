@@ -1,7 +1,7 @@
 // Compile-time facts of the sm80 backward kernel: tile sizes and warp layouts per head dim, shared-
 // memory layout. Pure constexpr (host code reads it for the workspace and launch sizes).
 #pragma once
-#include "bwd_params.h"  // kBwdMinBlockM
+#include "params/bwd_params.h"  // kBwdMinBlockM
 
 namespace fa {
 namespace sm80 {

@@ -24,9 +24,10 @@
 #include <math_constants.h>
 
 #include "common/ptx.cuh"
-#include "decode_params.h"
+#include "common/seq.cuh"      // ceil_div
+#include "common/tile_io.cuh"  // swizzle, frag_addr: the forward's shared-memory conventions
+#include "params/decode_params.h"
 #include "sm80/decode_traits.h"
-#include "sm80/fwd_kernel.cuh"  // swizzle, frag_addr, ceil_div: the forward's shared-memory conventions
 
 namespace fa {
 namespace sm80 {
@@ -574,6 +575,15 @@ __global__ void __launch_bounds__(256) decode_append_kernel(const __grid_constan
         *reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.k_cache) + k_dst) = *reinterpret_cast<const uint4*>(kn);
         *reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.v_cache) + v_dst) = *reinterpret_cast<const uint4*>(vn);
     }
+}
+
+// advance_cache_seqlens: stores each sequence's length after the append (the clamped length the other kernels
+// used, plus the new tokens). Launched last on the stream, after every kernel that reads cache_seqlens.
+// (A template, like its neighbours, so that every translation unit that includes this header may define it.)
+template <typename T>
+__global__ void __launch_bounds__(256) decode_advance_kernel(const __grid_constant__ DecodeParams p) {
+    const int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b < p.b) p.cache_seqlens[b * p.seqlens_stride] = decode_seq(p, b).total;
 }
 
 }  // namespace sm80

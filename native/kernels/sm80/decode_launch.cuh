@@ -6,6 +6,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "common/features.h"
+#include "common/launch.h"
 #include "sm80/decode_kernel.cuh"
 
 namespace fa {
@@ -18,17 +20,9 @@ template <class Tr, bool kPaged>
 cudaError_t launch_decode_attention(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream) {
     auto kernel = decode_kernel<Tr, kPaged>;
     constexpr int smem = Tr::kSmemBytes;
-    if (smem > info.smem_optin) return cudaErrorInvalidConfiguration;
-    if (smem > 48 * 1024) {
-        // The attribute is per device; remember which devices already have it (ordinals < 64).
-        static std::atomic<uint64_t> raised{0};
-        const uint64_t bit = info.device >= 0 && info.device < 64 ? (uint64_t{1} << info.device) : 0;
-        if (bit == 0 || (raised.load(std::memory_order_relaxed) & bit) == 0) {
-            const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-            if (err != cudaSuccess) return err;
-            raised.fetch_or(bit, std::memory_order_relaxed);
-        }
-    }
+    static std::atomic<uint64_t> raised{0};
+    const cudaError_t err = raise_smem_once(kernel, smem, info, raised);
+    if (err != cudaSuccess) return err;
     const int64_t blocks = static_cast<int64_t>(p.b) * p.hkv * p.m_blocks * p.num_splits;
     if (blocks == 0) return cudaSuccess;
     kernel<<<static_cast<unsigned>(blocks), Tr::kThreads, smem, stream>>>(p);
@@ -57,13 +51,22 @@ cudaError_t launch_decode_combine(const DecodeParams& p, cudaStream_t stream) {
     return cudaGetLastError();
 }
 
-// The attention kernel of head dim D (its DecodeTile), contiguous or paged as p says.
+// The attention kernel of head dim D (its DecodeTile), contiguous or paged as p says; *features gets the
+// variant (common/features.h).
 template <typename T, int D>
-int run_decode(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream) {
+int run_decode(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
     using Tr = DecodeTraitsFor<T, D>;
+    *features = p.block_table != nullptr ? feature::kPaged : 0u;
     const cudaError_t err = p.block_table != nullptr ? launch_decode_attention<Tr, true>(p, info, stream)
                                                      : launch_decode_attention<Tr, false>(p, info, stream);
     return static_cast<int>(err);
+}
+
+// advance_cache_seqlens, after every other kernel of the call.
+template <typename T>
+cudaError_t launch_decode_advance(const DecodeParams& p, cudaStream_t stream) {
+    decode_advance_kernel<T><<<(p.b + 255) / 256, 256, 0, stream>>>(p);
+    return cudaGetLastError();
 }
 
 }  // namespace sm80

@@ -3,6 +3,6 @@
 
 namespace fa {
 namespace sm80 {
-template int run_fwd<__half, 64>(const FwdParams&, const LaunchInfo&, cudaStream_t, const char**);
+template int run_fwd<__half, 64>(const FwdParams&, const LaunchInfo&, cudaStream_t, uint32_t*);
 }  // namespace sm80
 }  // namespace fa

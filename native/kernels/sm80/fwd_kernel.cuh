@@ -16,96 +16,16 @@
 
 #include <type_traits>
 
+#include "common/mask.cuh"
 #include "common/ptx.cuh"
-#include "params.h"
+#include "common/seq.cuh"
+#include "common/tile_io.cuh"
+#include "params/fwd_params.h"
 #include "sm80/fwd_schedule.h"
 #include "sm80/fwd_traits.h"
 
 namespace fa {
 namespace sm80 {
-
-__device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
-
-// Floor division that rounds toward -infinity (window bounds may be negative).
-__device__ __forceinline__ int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
-// Copies `Rows` rows of a [rows, D] tile from global memory (row stride in elements) into a
-// swizzled shared tile with cp.async. Rows at or past `rows_valid`, and columns at or past `cols`
-// (the caller's head dim, a multiple of 8, when it is below the kernel's D), are zero-filled and
-// never read.
-template <class Tr, int Rows>
-__device__ __forceinline__ void load_tile(uint32_t smem, const typename Tr::Elem* gmem, int64_t row_stride,
-                                          int rows_valid, int cols, int tid) {
-    constexpr int CPR = Tr::kChunksPerRow;
-    if constexpr (Tr::kThreads % CPR == 0) {
-        // Each thread keeps one column chunk and steps down the rows by a constant.
-        constexpr int kRowStep = Tr::kThreads / CPR;
-        const int r0 = tid / CPR;
-        const int ch = tid % CPR;
-        const bool col_ok = ch * 8 < cols;
-        const typename Tr::Elem* src = gmem + static_cast<int64_t>(r0) * row_stride + ch * 8;
-        const int64_t src_step = static_cast<int64_t>(kRowStep) * row_stride;
-#pragma unroll
-        for (int i = 0; i < Rows / kRowStep; ++i) {
-            const int r = r0 + i * kRowStep;
-            const bool valid = col_ok && r < rows_valid;
-            cp_async_16(smem + swizzle<Tr::kRowBytes>(r, ch), valid ? src : gmem, valid);
-            src += src_step;
-            // Hide the pointer's history from the compiler: otherwise it precomputes every
-            // i * src_step once per kernel and keeps them all live, which spills registers.
-            asm volatile("" : "+l"(src));
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < Rows * CPR / Tr::kThreads; ++i) {
-            const int c = tid + i * Tr::kThreads;
-            const int r = c / CPR;
-            const int ch = c % CPR;
-            const bool valid = r < rows_valid && ch * 8 < cols;
-            cp_async_16(smem + swizzle<Tr::kRowBytes>(r, ch),
-                        valid ? gmem + static_cast<int64_t>(r) * row_stride + ch * 8 : gmem, valid);
-        }
-    }
-}
-
-// Address of the ldmatrix row a lane supplies, at k16 step `kk` (two 16-byte chunks per step) and
-// `rows` rows further down. `lane_off` = swizzle(row, lane_chunk) of the lane's first row; since the
-// rows added are multiples of 8 and the chunk pairs even, the swizzle becomes one XOR with a
-// constant, so only a few distinct per-lane values stay live instead of one per (step, tile).
-template <int RowBytes>
-__device__ __forceinline__ uint32_t frag_addr(uint32_t base, uint32_t lane_off, int kk, int rows) {
-    constexpr int M = Swizzle<RowBytes>::kMask;
-    return base + (lane_off ^ (((kk * 2) & M) << 4)) + (((kk * 2) & ~M) << 4) + rows * RowBytes;
-}
-
-// Where one CTA's sequence lives: per-batch offsets for variable-length batches, plain strides
-// otherwise.
-struct SeqInfo {
-    int sq, sk;           // this sequence's lengths
-    int64_t q_row0;       // row of this sequence's first query in q/o (varlen) or 0
-    int64_t k_row0;       // likewise for k/v
-};
-
-__device__ __forceinline__ SeqInfo seq_info(const FwdParams& p, int b) {
-    SeqInfo s;
-    if (p.cu_seqlens_q != nullptr) {
-        // Clamped so that a malformed device array can never move an access outside the tensors.
-        const int q0 = min(max(p.cu_seqlens_q[b], 0), p.total_q);
-        const int q1 = min(max(p.cu_seqlens_q[b + 1], q0), p.total_q);
-        const int k0 = min(max(p.cu_seqlens_k[b], 0), p.total_k);
-        const int k1 = min(max(p.cu_seqlens_k[b + 1], k0), p.total_k);
-        s.sq = min(q1 - q0, p.sq);
-        s.sk = min(k1 - k0, p.sk);
-        s.q_row0 = q0;
-        s.k_row0 = k0;
-    } else {
-        s.sq = p.sq;
-        s.sk = p.sk;
-        s.q_row0 = 0;
-        s.k_row0 = 0;
-    }
-    return s;
-}
 
 // kLocal: some key may be hidden by a causal mask or a window (else only the sequence tail masks).
 template <class Tr, bool kLocal, bool kSoftcap>
@@ -143,24 +63,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
                                         (seq.q_row0 + row0) * p.lse_row_stride;
 
     const int rows_here = min(BM, seq.sq - row0);
-    const int off = p.bottom_right ? seq.sk - seq.sq : 0;
-    const int win_right = p.causal ? (p.window_right >= 0 ? min(p.window_right, 0) : 0) : p.window_right;
-    const int win_left = p.window_left;
-    // Visible keys satisfy left_bound <= col - row <= right_bound (see FwdParams).
-    constexpr int kUnbounded = 1 << 30;
-    const int right_bound = kLocal && win_right >= 0 ? off + win_right : kUnbounded;
-    const int left_bound = kLocal && win_left >= 0 ? off - win_left : -kUnbounded;
+    // Visible keys satisfy left_bound <= col - row <= right_bound (common/mask.cuh).
+    const MaskBounds mask = mask_bounds<kLocal>(p, seq);
+    const int right_bound = mask.right, left_bound = mask.left;
 
     // Key tiles some row of this block can see: [n_begin, n_end).
-    const int n_tiles = ceil_div(seq.sk, BN);
-    int n_begin = 0, n_end = n_tiles;
-    if (kLocal) {
-        if (win_right >= 0) {
-            const int last_key = row0 + rows_here - 1 + off + win_right;
-            n_end = last_key < 0 ? 0 : min(n_tiles, last_key / BN + 1);
-        }
-        if (win_left >= 0) n_begin = max(0, floor_div(row0 + off - win_left, BN));
-    }
+    const BlockRange tiles = key_block_range<kLocal>(mask, row0, rows_here, seq.sk, BN);
+    const int n_begin = tiles.begin, n_end = tiles.end;
 
     if (n_end <= n_begin) {
         // No row of this block sees any key: O = 0 and LSE = +inf (the backward pass then recomputes P = 0).
@@ -347,12 +256,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
     // Walk the key tiles from the last down: the first tiles may need the right/tail masks, then
     // a run without masks, then (left window only) masked tiles again. (One loop with a per-tile
     // branch measured faster than three separate loops: ptxas spilled more with the latter.)
-    auto needs_mask = [&](int t) {
-        if ((t + 1) * BN > seq.sk) return true;
-        if (!kLocal) return false;
-        return (right_bound < kUnbounded && (t + 1) * BN - 1 - row0 > right_bound) ||
-               (left_bound > -kUnbounded && t * BN - (row0 + rows_here - 1) < left_bound);
-    };
+    auto needs_mask = [&](int t) { return tile_masked<kLocal>(mask, row0, rows_here, t * BN, BN, seq.sk); };
     for (; n >= n_begin; --n) {
         if (needs_mask(n)) {
             step(n, std::true_type{});

@@ -4,7 +4,7 @@
 #pragma once
 #include <cstdint>
 
-#include "params.h"
+#include "params/fwd_params.h"
 
 #if defined(__CUDACC__)
 #define FA_HOST_DEVICE __host__ __device__

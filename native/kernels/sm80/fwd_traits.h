@@ -70,24 +70,5 @@ struct FwdTraits {
     static_assert((BlockN * kChunksPerRow) % kThreads == 0, "K/V tiles split evenly over threads");
 };
 
-// Swizzle of a tile with `RowBytes` bytes per row, in 16-byte chunks. The 8 rows one ldmatrix phase
-// reads (same logical chunk, 8 consecutive rows) must fall on distinct banks:
-// - rows of a multiple of 128 bytes: XOR the chunk's low 3 bits with row % 8 (8 chunks per group);
-// - rows of 64 bytes mod 128 (d 32, 96): consecutive row pairs already sit on opposite bank halves,
-//   so XOR the chunk's low 2 bits with (row / 2) % 4.
-// Readers and writers both go through swizzle(); frag_addr relies on SwizzleMask.
-template <int RowBytes>
-struct Swizzle {
-    static_assert(RowBytes % 64 == 0, "rows of whole 64-byte groups");
-    static constexpr int kMask = RowBytes % 128 == 0 ? 7 : 3;
-    static constexpr int kRowShift = RowBytes % 128 == 0 ? 0 : 1;
-};
-
-template <int RowBytes>
-__host__ __device__ constexpr int swizzle(int row, int chunk) {
-    constexpr int M = Swizzle<RowBytes>::kMask;
-    return row * RowBytes + (((chunk & ~M) | ((chunk ^ (row >> Swizzle<RowBytes>::kRowShift)) & M)) << 4);
-}
-
 }  // namespace sm80
 }  // namespace fa

@@ -1,7 +1,7 @@
 // FlashAttention-2 backward main kernel on Hopper's warpgroup MMA (wgmma, sm_90a). The preprocess and
-// convert kernels, the workspace, the block walk (query blocks of every q head of the GQA group, last to
-// first), the masks and the deterministic ordering are the sm80 kernel's (sm80/bwd_kernel.cuh); what
-// differs is how the five products are computed:
+// convert kernels (common/bwd_prepost.cuh), the workspace, the block walk (query blocks of every q head of
+// the GQA group, last to first), the masks and the deterministic ordering (common/bwd_block.cuh) are the
+// sm80 kernel's; what differs is how the five products are computed:
 //
 // One CTA = two warpgroups = 128 keys (warpgroup w owns keys [64w, 64w + 64)); query blocks of 64 rows.
 // Every tile lives in shared memory as 64-column panels of 128-byte rows with the 128-byte swizzle,
@@ -24,80 +24,20 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "sm80/bwd_kernel.cuh"
+#include "common/bwd_block.cuh"
+#include "common/ptx.cuh"
+#include "common/tile_io.cuh"
+#include "params/bwd_params.h"
+#include "sm90/bwd_traits.h"
 #include "sm90/wgmma.cuh"
 
 namespace fa {
 namespace sm90 {
 
-template <int D>
-struct BwdTraits90 {
-    static_assert(bwd_sm90_head_dim(D), "the sm90 backward serves kernel head dims 64, 128 and 256");
-    static constexpr int kHeadDim = D;
-    static constexpr bool kSplit = D == 256;  // warpgroups split the roles (see above)
-    static constexpr int kBlockM = kBwdSm90BlockM;
-    static constexpr int kBlockN = kSplit ? kBwdSm90BlockN / 2 : kBwdSm90BlockN;
-    static constexpr int kThreads = 256;  // two warpgroups
-    static constexpr int kSmemQ = kBlockM * D * 2;     // one Q or dO buffer
-    static constexpr int kSmemK = kBlockN * D * 2;     // K or V
-    static constexpr int kSmemDS = kBlockN * kBlockM * 2;  // dS^T, [key][query]
-    static constexpr int kOffQ = 0;                     // 2 buffers
-    static constexpr int kOffDO = kOffQ + 2 * kSmemQ;   // 2 buffers
-    static constexpr int kOffK = kOffDO + 2 * kSmemQ;
-    static constexpr int kOffV = kOffK + kSmemK;
-    static constexpr int kOffDS = kOffV + kSmemK;
-    static constexpr int kSmemPX = kSplit ? kBlockN * kBlockM * 4 : 0;  // P^T handed over in fp32
-    static constexpr int kOffPX = kOffDS + kSmemDS;
-    static constexpr int kSmemStats = 2 * kBlockM * 4;  // lse_log2 then dsum, per buffer
-    static constexpr int kOffStats = kOffPX + kSmemPX;  // 2 buffers
-    static constexpr int kSmemBytes = kOffStats + 2 * kSmemStats;
-    static_assert(kBlockM >= kBwdMinBlockM, "the deterministic counters are sized for BlockM >= kBwdMinBlockM");
-    static_assert(kOffK % 1024 == 0 && kOffV % 1024 == 0 && kOffDS % 1024 == 0 && kSmemQ % 1024 == 0,
-                  "wgmma tiles start on 1024-byte swizzle atoms");
-};
-
-// Byte offset of 16-byte chunk `ch` (columns 8ch..8ch+7) of row r in a panel-major tile of `Rows` rows:
-// panel ch / 8 holds columns [64p, 64p + 64) of every row, 128 bytes per row, chunks XOR-swizzled with
-// row % 8 (the layout wgmma's 128-byte swizzle mode reads).
-template <int Rows>
-__device__ __forceinline__ uint32_t panel_off(int r, int ch) {
-    return static_cast<uint32_t>((ch / 8) * Rows * 128 + r * 128 + (((ch % 8) ^ (r % 8)) << 4));
-}
-
-// cp.async of rows [0, Rows) x columns [0, D) of a row-major global tile into panel layout; rows past
-// rows_valid and columns past cols are zero-filled.
-template <typename T, int Rows, int D, int Threads>
-__device__ __forceinline__ void load_panels(uint32_t dst, const T* src, int64_t row_stride, int rows_valid, int cols,
-                                            int tid) {
-    constexpr int CPR = D / 8;
-    static_assert((Rows * CPR) % Threads == 0 && Threads % CPR == 0, "tile splits evenly over threads");
-    constexpr int kRowStep = Threads / CPR;
-    const int r0 = tid / CPR, ch = tid % CPR;
-    const bool col_ok = ch * 8 < cols;
-    const T* g = src + static_cast<int64_t>(r0) * row_stride + ch * 8;
-    const int64_t step = static_cast<int64_t>(kRowStep) * row_stride;
-#pragma unroll
-    for (int i = 0; i < Rows / kRowStep; ++i) {
-        const int r = r0 + i * kRowStep;
-        const bool valid = col_ok && r < rows_valid;
-        cp_async_16(dst + panel_off<Rows>(r, ch), valid ? g : src, valid);
-        g += step;
-        asm volatile("" : "+l"(g));  // see sm80 load_tile: keeps ptxas from precomputing every row pointer
-    }
-}
-
-// The mask variant (kLocal) of the kernel that serves a call: at D = 256 the masked kernel also serves the
-// calls without masks (no causal mask, no window: its tile test then only trims the last key block).
-// ptxas spills 136 bytes in the unmasked D = 256 kernel and none in the masked one, which measured 4%
-// faster on them (H100: 221/257/270 against 212/247/263 TFLOP/s at 1k/4k/16k; bench/NOTES.md).
-template <int D, bool kLocal>
-constexpr bool kBwdLocalVariant = D == 256 ? true : kLocal;
-
 template <typename T, int D, bool kLocal, bool kSoftcap, bool kDeterministic>
 __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant__ BwdParams p) {
 #ifdef FA_SM90A_DEVICE
     using Tr = BwdTraits90<D>;
-    using sm80::MRange;
     constexpr bool kSplit = Tr::kSplit;
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
     constexpr int QStride = BM * 128;  // bytes between panels of a Q/dO tile
@@ -106,50 +46,30 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
     extern __shared__ __align__(1024) unsigned char smem[];
     const FwdParams& f = p.f;
 
-    const int n = blockIdx.x % p.n_blocks;
-    const int bhk = blockIdx.x / p.n_blocks;
-    const int hk = bhk % f.hkv;
-    const int b = bhk / f.hkv;
-    const sm80::SeqInfo seq = sm80::seq_info(f, b);
-    const bool varlen = f.cu_seqlens_q != nullptr;
-
+    const BwdBlock blk = bwd_block<kLocal, BM, BN>(p);
+    const int hk = blk.hk, b = blk.b, key0 = blk.key0, keys_here = blk.keys_here;
+    const SeqInfo& seq = blk.seq;
+    const bool varlen = blk.varlen;
     const int tid = threadIdx.x, lane = tid % 32;
     const int wg = tid / 128, wl = (tid % 128) / 32;  // warpgroup, warp within it
-    const int key0 = n * BN;
-    const int keys_here = min(BN, seq.sk - key0);
     if (keys_here <= 0) return;
-
-    const int off = f.bottom_right ? seq.sk - seq.sq : 0;
-    const int win_right = f.causal ? (f.window_right >= 0 ? min(f.window_right, 0) : 0) : f.window_right;
-    const int win_left = f.window_left;
-    const bool has_right = kLocal && win_right >= 0, has_left = kLocal && win_left >= 0;
-    constexpr int kUnbounded = 1 << 30;
-    const int right_bound = has_right ? off + win_right : kUnbounded;
-    const int left_bound = has_left ? off - win_left : -kUnbounded;
-    const MRange mr = sm80::bwd_m_range<kLocal>(n, BM, BN, seq.sq, seq.sk, right_bound, left_bound, has_right, has_left);
-    const int group = f.hq_per_hkv;
-    const int m_count = mr.end - mr.begin;
-    const int iters = m_count * group;
+    const int right_bound = blk.mask.right, left_bound = blk.mask.left;
+    const int iters = blk.iters;
 
     const uint32_t s0 = smem_u32(smem);
     const uint32_t sK = s0 + Tr::kOffK, sV = s0 + Tr::kOffV, sdS = s0 + Tr::kOffDS;
 
-    const T* kp = reinterpret_cast<const T*>(f.k) + (varlen ? 0 : b * f.k_batch_stride) + hk * f.k_head_stride +
-                  (seq.k_row0 + key0) * f.k_row_stride;
-    const T* vp = reinterpret_cast<const T*>(f.v) + (varlen ? 0 : b * f.v_batch_stride) + hk * f.v_head_stride +
-                  (seq.k_row0 + key0) * f.v_row_stride;
+    const T* kp = rows_at<const T>(f.k, f.k_batch_stride, f.k_head_stride, f.k_row_stride, varlen, b, hk, seq.k_row0 + key0);
+    const T* vp = rows_at<const T>(f.v, f.v_batch_stride, f.v_head_stride, f.v_row_stride, varlen, b, hk, seq.k_row0 + key0);
 
-    // Same walk as the sm80 kernel: each q head of the group, its query blocks from the last down.
-    auto block_of = [&](int it) { return mr.end - 1 - it % m_count; };
+    // The walk (BwdBlock): each q head of the group, its query blocks from the last down.
     auto load_q_do = [&](int it) {
-        const int h = hk * group + it / m_count;
-        const int m = block_of(it);
+        const int h = blk.head(it);
+        const int m = blk.block(it);
         const int rows = min(BM, seq.sq - m * BM);
         const int64_t row = seq.q_row0 + static_cast<int64_t>(m) * BM;
-        const T* q = reinterpret_cast<const T*>(f.q) + (varlen ? 0 : b * f.q_batch_stride) + h * f.q_head_stride +
-                     row * f.q_row_stride;
-        const T* d_o = reinterpret_cast<const T*>(p.dout) + (varlen ? 0 : b * p.do_batch_stride) +
-                       h * p.do_head_stride + row * p.do_row_stride;
+        const T* q = rows_at<const T>(f.q, f.q_batch_stride, f.q_head_stride, f.q_row_stride, varlen, b, h, row);
+        const T* d_o = rows_at<const T>(p.dout, p.do_batch_stride, p.do_head_stride, p.do_row_stride, varlen, b, h, row);
         const int buf = it & 1;
         load_panels<T, BM, D, Tr::kThreads>(s0 + Tr::kOffQ + buf * Tr::kSmemQ, q, f.q_row_stride, rows, f.d, tid);
         load_panels<T, BM, D, Tr::kThreads>(s0 + Tr::kOffDO + buf * Tr::kSmemQ, d_o, p.do_row_stride, rows, f.d, tid);
@@ -182,8 +102,8 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
     const float cap_premul = kSoftcap ? f.scale / f.softcap : 1.f;
 
     for (int it = 0; it < iters; ++it) {
-        const int h = hk * group + it / m_count;
-        const int m = block_of(it);
+        const int h = blk.head(it);
+        const int m = blk.block(it);
         const int row0 = m * BM;
         const int rows_here = min(BM, seq.sq - row0);
         const uint32_t sQ = s0 + Tr::kOffQ + (it & 1) * Tr::kSmemQ;
@@ -232,9 +152,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         // P^T (dP^T - dsum[query]) [* (1 - tanh^2)], packed to 16 bits as the A fragments of dV/dK: k-step
         // kk covers queries [16kk, 16kk + 16) = column blocks 2kk and 2kk + 1. kSplit: warpgroup 0 makes
         // P^T (fa: its A fragments) and hands P^T (1 - tanh^2) to warpgroup 1, which makes dS^T (fa too).
-        const bool tile_mask = key0 + BN > seq.sk ||
-                               (kLocal && ((has_right && key0 + BN - 1 - row0 > right_bound) ||
-                                           (has_left && key0 - (row0 + BM - 1) < left_bound)));
+        const bool tile_mask = tile_masked<kLocal>(blk.mask, row0, BM, key0, BN, seq.sk);
         float4* px = reinterpret_cast<float4*>(smem + Tr::kOffPX) + (tid % 128);  // kSplit: 8 float4, 128 apart
         uint32_t fa[BM / 16][4], fd[kSplit ? 1 : BM / 16][4];
         if (!kSplit || wg == 0) {
@@ -361,22 +279,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
             if constexpr (!kSplit) fence_regs(fd[kk]);
         }
 
-        if (kDeterministic) {
-            if (tid == 0) {
-                int lo = 0, hi = n;
-                while (lo < hi) {
-                    const int mid = (lo + hi) / 2;
-                    const MRange r = sm80::bwd_m_range<kLocal>(mid, BM, BN, seq.sq, seq.sk, right_bound, left_bound,
-                                                               has_right, has_left);
-                    if (r.end > m) hi = mid; else lo = mid + 1;
-                }
-                const int rank = n - lo;
-                const int32_t* sem = p.sem + (static_cast<int64_t>(b) * f.hq + h) * p.m_blocks + m;
-                while (ld_acquire_gpu(sem) != rank) {
-                }
-            }
-            __syncthreads();
-        }
+        if (kDeterministic) bwd_wait_turn<kLocal, BM, BN>(p, blk, h, m);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int qr = wl * 16 + lane / 4 + 8 * i;
@@ -386,14 +289,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
                 for (int j = 0; j < kDqN / 8; ++j) red_add_f32x2(dst + 8 * j, dq[4 * j + 2 * i], dq[4 * j + 2 * i + 1]);
             }
         }
-        if (kDeterministic) {
-            __syncthreads();
-            if (tid == 0) {
-                int32_t* sem = p.sem + (static_cast<int64_t>(b) * f.hq + h) * p.m_blocks + m;
-                __threadfence();
-                st_release_gpu(sem, ld_acquire_gpu(sem) + 1);
-            }
-        }
+        if (kDeterministic) bwd_pass_turn(p, blk, h, m);
     }
 
     // Epilogue: dK * scale and dV to 16 bits, staged through the K and V tiles (panel layout), then
@@ -419,10 +315,8 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         stage(acc_v, Tr::kOffV, 1.f);
     }
     __syncthreads();
-    T* dkp = reinterpret_cast<T*>(p.dk) + (varlen ? 0 : b * p.dk_batch_stride) + hk * p.dk_head_stride +
-             (seq.k_row0 + key0) * p.dk_row_stride;
-    T* dvp = reinterpret_cast<T*>(p.dv) + (varlen ? 0 : b * p.dv_batch_stride) + hk * p.dv_head_stride +
-             (seq.k_row0 + key0) * p.dv_row_stride;
+    T* dkp = rows_at<T>(p.dk, p.dk_batch_stride, p.dk_head_stride, p.dk_row_stride, varlen, b, hk, seq.k_row0 + key0);
+    T* dvp = rows_at<T>(p.dv, p.dv_batch_stride, p.dv_head_stride, p.dv_row_stride, varlen, b, hk, seq.k_row0 + key0);
     constexpr int CPR = D / 8;
     for (int c = tid; c < BN * CPR; c += Tr::kThreads) {
         const int r = c / CPR, ch = c % CPR;

@@ -1,11 +1,10 @@
-// From a runtime kernel head dim (32, 64, 96, 128, 192 or 256) to a compile-time one, for the dispatchers
-// of every pass (fwd_dispatch.cu, bwd_dispatch.cu, decode_dispatch.cu): f is called with HeadDim<D>{}.
+// From a runtime kernel head dim (32, 64, 96, 128, 192 or 256) to a compile-time one, for the registry
+// (registry.cu) of every pass and path: f is called with HeadDim<D>{}.
 #pragma once
 #include <cstdint>
 #include <type_traits>
 
 namespace fa {
-namespace sm80 {
 
 template <int D>
 using HeadDim = std::integral_constant<int, D>;
@@ -51,5 +50,4 @@ R with_compiled_head_dim(int32_t kernel_d, R otherwise, F&& f) {
     }
 }
 
-}  // namespace sm80
 }  // namespace fa

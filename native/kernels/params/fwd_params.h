@@ -1,6 +1,7 @@
-// Internal kernel parameters: a plain struct filled by the host side (validate.cpp) after every
-// argument has been checked, passed by value to the kernels. Offsets are int64 so tensors past
-// 2^31 elements index correctly.
+// The forward pass's kernel parameters: a plain struct the host (native/src/validate_forward.cpp) fills
+// after every argument has been checked, passed by value to the kernels. This folder (native/kernels/params)
+// is the whole contract between the host and the kernels: plain data, no ABI header, no std types.
+// Offsets are int64 so tensors past 2^31 elements index correctly.
 #pragma once
 #include <cstdint>
 
@@ -26,14 +27,14 @@ struct FwdParams {
     int32_t hq_per_hkv;      // hq / hkv
     float scale;             // softmax scale
     float scale_log2;        // scale * log2(e)
-    int32_t causal;          // 0 or 1
+    int32_t causal;          // 0 or 1; already folded into window_right (kept for names and logs)
     int32_t causal_offset;   // unused by the kernels (kept for logging): see bottom_right
     DType dtype;
 
     // Masks. Query i of a sequence sees key j iff j < sk_seq and
-    //   j <= i + off + right   (right = 0 when causal, else window_right; unbounded if < 0)
-    //   j >= i + off - window_left                                    (unbounded if < 0)
-    // where off = sk_seq - sq_seq when bottom_right, else 0.
+    //   j <= i + off + window_right   (unbounded if < 0; a causal call has 0 here)
+    //   j >= i + off - window_left    (unbounded if < 0)
+    // where off = sk_seq - sq_seq when bottom_right, else 0. common/mask.h turns these into bounds.
     int32_t window_left = -1;
     int32_t window_right = -1;
     int32_t bottom_right = 1;
@@ -50,36 +51,12 @@ struct FwdParams {
     int32_t total_q = 0;
     int32_t total_k = 0;
 
-    // Block order (set by the launcher, see sm80::schedule): the 1-D grid walks groups of
+    // Block order (set by the sm80 launcher, see sm80/fwd_schedule.h): the 1-D grid walks groups of
     // `heads_per_group` (batch, head) pairs; inside a group the row blocks go heaviest first (for a
     // causal mask the last row blocks see the most keys), so the final wave holds the lightest blocks,
     // while the group's K/V stays small enough to be reused from L2.
     int32_t m_blocks = 0;
     int32_t heads_per_group = 0;
 };
-
-struct LaunchInfo {
-    int32_t device;
-    int32_t cc_major, cc_minor;
-    int32_t sm_count;
-    int64_t smem_optin;
-    int32_t l2_bytes;  // L2 cache size (0 if unknown)
-};
-
-// Whether this build serves head dim d: a multiple of 8 no larger than the largest compiled kernel
-// head dim (a smaller d runs the next larger kernel with zero-filled columns).
-bool forward_head_dim_compiled(int32_t d);
-// The kernel head dim that serves d, or 0.
-int32_t forward_kernel_head_dim(int32_t d);
-// The compiled kernel head dims, ascending; returns their count.
-int32_t forward_compiled_head_dims(const int32_t** dims);
-
-// Kernels compiled into this build: their count, and the name of one (nullptr past the end).
-int32_t kernel_count();
-const char* kernel_name_at(int32_t index);
-
-// Launches the forward kernel on stream. Returns a cudaError_t value (0 on success) so that this
-// header needs no CUDA include; the caller turns it into a status and message.
-int launch_forward(const FwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name);
 
 }  // namespace fa

@@ -1,0 +1,92 @@
+// What the backward main kernels of every path share: which key block a CTA owns and which query blocks
+// it walks (with the masks), the row pointers of its tiles, and the deterministic mode's ordered turns
+// on dQ. sm80/bwd_kernel.cuh and sm90/bwd_kernel.cuh differ only in how they compute the five products.
+#pragma once
+#include <cstdint>
+
+#include "common/mask.cuh"
+#include "common/ptx.cuh"
+#include "common/seq.cuh"
+#include "params/bwd_params.h"
+
+namespace fa {
+
+// One CTA: key block n (BN keys from key0) of (batch b, kv head hk). It walks every query head of the GQA
+// group and, per head, the query blocks that see its keys from the last down (iteration it: head
+// head(it), block block(it)). Under a causal mask every key block then reaches a given query block at
+// about the same time, which keeps the deterministic mode's ordered adds from queueing behind each other.
+struct BwdBlock {
+    int n, hk, b;
+    SeqInfo seq;
+    bool varlen;
+    int key0, keys_here;  // keys_here <= 0: this sequence has no keys in the block (varlen); nothing to do
+    MaskBounds mask;
+    BlockRange mr;        // query blocks that see some key of the block
+    int group, m_count, iters;
+
+    __device__ __forceinline__ int head(int it) const { return hk * group + it / m_count; }
+    __device__ __forceinline__ int block(int it) const { return mr.end - 1 - it % m_count; }
+};
+
+// Block order of the grid: key blocks fastest, so that in deterministic mode every CTA a key block waits
+// on (a smaller n of the same batch and kv head) was launched before it.
+template <bool kLocal, int BM, int BN>
+__device__ __forceinline__ BwdBlock bwd_block(const BwdParams& p) {
+    const FwdParams& f = p.f;
+    BwdBlock c;
+    c.n = blockIdx.x % p.n_blocks;
+    const int bhk = blockIdx.x / p.n_blocks;
+    c.hk = bhk % f.hkv;
+    c.b = bhk / f.hkv;
+    c.seq = seq_info(f, c.b);
+    c.varlen = f.cu_seqlens_q != nullptr;
+    c.key0 = c.n * BN;
+    c.keys_here = min(BN, c.seq.sk - c.key0);
+    c.mask = mask_bounds<kLocal>(f, c.seq);
+    c.mr = query_block_range<kLocal>(c.mask, c.n, BM, BN, c.seq.sq, c.seq.sk);
+    c.group = f.hq_per_hkv;
+    c.m_count = c.mr.end - c.mr.begin;
+    c.iters = c.m_count * c.group;
+    return c;
+}
+
+// Rows from `row` of head h of batch b's tensor (base, strides in elements): batch strides are unused in a
+// variable-length batch, whose rows are packed.
+template <typename T, typename Base>
+__device__ __forceinline__ T* rows_at(Base* base, int64_t batch_stride, int64_t head_stride, int64_t row_stride,
+                                      bool varlen, int b, int h, int64_t row) {
+    return reinterpret_cast<T*>(base) + (varlen ? 0 : b * batch_stride) + h * head_stride + row * row_stride;
+}
+
+// Deterministic mode, before block m of head h takes its turn on dQ: waits until every key block before
+// this one (of those that see block m) has added its part. rank = n - (first key block whose query range
+// reaches m), found by a binary search over the same monotone ranges the blocks walk. Every thread calls it.
+template <bool kLocal, int BM, int BN>
+__device__ __forceinline__ void bwd_wait_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
+    if (threadIdx.x == 0) {
+        int lo = 0, hi = c.n;
+        while (lo < hi) {
+            const int mid = (lo + hi) / 2;
+            const BlockRange r = query_block_range<kLocal>(c.mask, mid, BM, BN, c.seq.sq, c.seq.sk);
+            if (r.end > m) hi = mid; else lo = mid + 1;
+        }
+        const int rank = c.n - lo;
+        const int32_t* sem = p.sem + (static_cast<int64_t>(c.b) * p.f.hq + h) * p.m_blocks + m;
+        while (ld_acquire_gpu(sem) != rank) {
+        }
+    }
+    __syncthreads();
+}
+
+// ... and after its adds: the barrier orders every warp's adds before thread 0's release (cumulative, as in
+// CUTLASS's semaphore), so the next key block sees them all. Every thread calls it.
+__device__ __forceinline__ void bwd_pass_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int32_t* sem = p.sem + (static_cast<int64_t>(c.b) * p.f.hq + h) * p.m_blocks + m;
+        __threadfence();
+        st_release_gpu(sem, ld_acquire_gpu(sem) + 1);
+    }
+}
+
+}  // namespace fa

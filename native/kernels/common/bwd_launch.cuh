@@ -1,0 +1,57 @@
+// Launch of a backward main kernel, for every kernel family: picks the template variant (local, softcap,
+// deterministic) from the call's options, raises the kernel's dynamic shared memory once per device and
+// launches one CTA per (key block, batch, kv head). A family (sm80::BwdFamily, sm90::BwdFamily) says
+// which kernel a variant is and its launch shape:
+//   template <bool kLocal, bool kSoftcap, bool kDet> static auto kernel();   // the __global__ function
+//   static constexpr int kSmemBytes, kThreads;
+//   static constexpr bool local_variant(bool local);                          // the mask variant that runs
+#pragma once
+#include <atomic>
+#include <climits>
+#include <cstdint>
+
+#include "common/features.h"
+#include "common/launch.h"
+#include "common/mask.cuh"
+#include "params/bwd_params.h"
+#include "params/launch_info.h"
+
+namespace fa {
+
+template <class Family, bool kLocal, bool kSoftcap, bool kDet>
+cudaError_t launch_bwd_variant(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream) {
+    auto kernel = Family::template kernel<Family::local_variant(kLocal), kSoftcap, kDet>();
+    static std::atomic<uint64_t> raised{0};  // per instantiation, i.e. per kernel
+    const cudaError_t err = raise_smem_once(kernel, Family::kSmemBytes, info, raised);
+    if (err != cudaSuccess) return err;
+    const int64_t blocks = static_cast<int64_t>(p.n_blocks) * p.f.b * p.f.hkv;
+    if (blocks == 0) return cudaSuccess;
+    if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration;  // validation rejects these first
+    kernel<<<static_cast<unsigned>(blocks), Family::kThreads, Family::kSmemBytes, stream>>>(p);
+    return cudaGetLastError();
+}
+
+template <class Family, bool kLocal, bool kSoftcap>
+cudaError_t launch_bwd_det(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream) {
+    return p.deterministic ? launch_bwd_variant<Family, kLocal, kSoftcap, true>(p, info, stream)
+                           : launch_bwd_variant<Family, kLocal, kSoftcap, false>(p, info, stream);
+}
+
+// The main kernel of one family for one (dtype, head dim); p.m_blocks/n_blocks are set with the family's
+// tile. *features gets the variant that ran (common/features.h). Returns a cudaError_t value.
+template <class Family>
+int run_bwd_main(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
+    const bool local = is_local(p.f);
+    const bool softcap = p.f.softcap > 0.f;
+    *features = (Family::local_variant(local) ? feature::kLocal : 0u) | (softcap ? feature::kSoftcap : 0u) |
+                (p.deterministic ? feature::kDeterministic : 0u);
+    cudaError_t err;
+    if (local) {
+        err = softcap ? launch_bwd_det<Family, true, true>(p, info, stream) : launch_bwd_det<Family, true, false>(p, info, stream);
+    } else {
+        err = softcap ? launch_bwd_det<Family, false, true>(p, info, stream) : launch_bwd_det<Family, false, false>(p, info, stream);
+    }
+    return static_cast<int>(err);
+}
+
+}  // namespace fa

@@ -1,0 +1,104 @@
+// The backward's preprocess and convert kernels (KERNELS.md section 2), the same for every kernel path:
+//  1. bwd_preprocess: per query row, dsum = rowsum(dO * O) and lse * log2(e) into the workspace, and the fp32
+//     dQ accumulator rows zeroed;
+//  3. bwd_convert: dQ = scale * dQ_accum in the caller's dtype and layout.
+// (2, the main kernel, is sm80/bwd_kernel.cuh or sm90/bwd_kernel.cuh.)
+#pragma once
+#include <cuda_runtime.h>
+#include <math_constants.h>
+
+#include "common/ptx.cuh"
+#include "common/seq.cuh"
+#include "params/bwd_params.h"
+
+namespace fa {
+
+constexpr float kLog2e = 1.4426950408889634074f;
+
+// ---- 1. preprocess ----------------------------------------------------------------------------
+
+// Query rows bwd_preprocess and bwd_convert walk per (batch, head): sq, or for a variable-length batch
+// every packed row (total_q) under each head alone (the batch index is then 0).
+__device__ __forceinline__ int bwd_rows(const FwdParams& f) { return f.cu_seqlens_q != nullptr ? f.total_q : f.sq; }
+__device__ __forceinline__ int bwd_heads(const FwdParams& f) { return f.cu_seqlens_q != nullptr ? f.hq : f.b * f.hq; }
+
+constexpr int kPreRowsPerBlock = 32;
+
+// 1-D grid: ceil(rows / 32) blocks for each (batch, head) pair; 256 threads, one warp per row at a time.
+template <typename T>
+__global__ void __launch_bounds__(256) bwd_preprocess(const __grid_constant__ BwdParams p) {
+    const FwdParams& f = p.f;
+    const bool varlen = f.cu_seqlens_q != nullptr;
+    const int rows = bwd_rows(f);
+    const int row_blocks = ceil_div(rows, kPreRowsPerBlock);
+    const int bh = blockIdx.x / row_blocks;
+    const int rb = blockIdx.x % row_blocks;
+    const int b = varlen ? 0 : bh / f.hq;
+    const int h = bh % f.hq;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const T* o = reinterpret_cast<const T*>(f.o) + (varlen ? 0 : b * f.o_batch_stride) + h * f.o_head_stride;
+    const T* dO = reinterpret_cast<const T*>(p.dout) + (varlen ? 0 : b * p.do_batch_stride) + h * p.do_head_stride;
+    const float* lse = f.lse + (varlen ? 0 : b * f.lse_batch_stride) + h * f.lse_head_stride;
+    const int r_end = min(rows, (rb + 1) * kPreRowsPerBlock);
+    for (int r = rb * kPreRowsPerBlock + warp; r < r_end; r += 8) {
+        float dot = 0.f;
+        for (int c = lane; c * 8 < f.d; c += 32) {
+            const uint4 ov = *reinterpret_cast<const uint4*>(o + r * f.o_row_stride + c * 8);
+            const uint4 dv = *reinterpret_cast<const uint4*>(dO + r * p.do_row_stride + c * 8);
+            const T* oe = reinterpret_cast<const T*>(&ov);
+            const T* de = reinterpret_cast<const T*>(&dv);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) dot += static_cast<float>(oe[e]) * static_cast<float>(de[e]);
+        }
+#pragma unroll
+        for (int s = 16; s >= 1; s /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, s);
+        // Varlen: r is the packed row, so the slot is h * total_q + r (sequence start 0, row r).
+        const int64_t slot = bwd_row_slot(p, b, h, 0, r);
+        if (lane == 0) {
+            const float l = lse[r * f.lse_row_stride];
+            p.dsum[slot] = dot;
+            p.lse_log2[slot] = l == CUDART_INF_F ? CUDART_INF_F : l * kLog2e;
+        }
+        float4* acc = reinterpret_cast<float4*>(p.dq_accum + slot * p.kernel_d);
+        for (int c = lane; c * 4 < p.kernel_d; c += 32) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+}
+
+// ---- 3. convert ---------------------------------------------------------------------------------
+
+constexpr int kConvertThreads = 256;
+
+// 1-D grid: ceil(rows * d/8 / 256) blocks for each (batch, head) pair, one thread per 8 columns of a row.
+// Varlen rows outside every sequence ([cu_seqlens_q[0], cu_seqlens_q[batch]), clamped) stay untouched.
+template <typename T>
+__global__ void __launch_bounds__(kConvertThreads) bwd_convert(const __grid_constant__ BwdParams p) {
+    const FwdParams& f = p.f;
+    const bool varlen = f.cu_seqlens_q != nullptr;
+    const int chunks = f.d / 8;
+    const int64_t blocks_per_head = (static_cast<int64_t>(bwd_rows(f)) * chunks + kConvertThreads - 1) / kConvertThreads;
+    const int bh = static_cast<int>(blockIdx.x / blocks_per_head);
+    const int b = varlen ? 0 : bh / f.hq;
+    const int h = bh % f.hq;
+    int row_begin = 0, row_end = f.sq;
+    if (varlen) {
+        row_begin = min(max(f.cu_seqlens_q[0], 0), f.total_q);
+        row_end = min(max(f.cu_seqlens_q[f.b], row_begin), f.total_q);
+    }
+    const int64_t item = (blockIdx.x % blocks_per_head) * kConvertThreads + threadIdx.x;
+    const int r = static_cast<int>(item / chunks);
+    const int c = item % chunks;
+    if (r < row_begin || r >= row_end) return;
+    const int64_t slot = bwd_row_slot(p, b, h, 0, r);
+    const float4* src = reinterpret_cast<const float4*>(p.dq_accum + slot * p.kernel_d + c * 8);
+    const float4 a = src[0], bb = src[1];
+    const float s = f.scale;
+    uint4 out;
+    out.x = pack2<T>(a.x * s, a.y * s);
+    out.y = pack2<T>(a.z * s, a.w * s);
+    out.z = pack2<T>(bb.x * s, bb.y * s);
+    out.w = pack2<T>(bb.z * s, bb.w * s);
+    T* dq = reinterpret_cast<T*>(p.dq) + (varlen ? 0 : b * p.dq_batch_stride) + h * p.dq_head_stride;
+    *reinterpret_cast<uint4*>(dq + r * p.dq_row_stride + c * 8) = out;
+}
+
+}  // namespace fa

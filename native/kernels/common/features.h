@@ -1,0 +1,13 @@
+// Kernel variant features: each launcher reports which variant it ran as a set of these bits, and the
+// registry turns (path, pass, dtype, head dim, features) into the kernel's name. Plain constants.
+#pragma once
+#include <cstdint>
+
+namespace fa {
+namespace feature {
+constexpr uint32_t kLocal = 1;          // causal or window masks (else only the sequence tail masks)
+constexpr uint32_t kSoftcap = 2;        // softcap on the scores
+constexpr uint32_t kDeterministic = 4;  // ordered dQ adds (backward)
+constexpr uint32_t kPaged = 8;          // paged KV cache (decode)
+}  // namespace feature
+}  // namespace fa

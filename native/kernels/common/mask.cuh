@@ -1,0 +1,93 @@
+// Causal and sliding-window masks, written once for every kernel of the forward and backward passes.
+// The host has folded causal into window_right (FwdParams), so a query row i of a sequence sees key j iff
+// j < sk and  left <= j - i <= right,  with right = off + window_right and left = off - window_left
+// (each unbounded when its window is < 0) and off = sk - sq for bottom-right alignment, else 0.
+#pragma once
+#include "common/seq.cuh"
+#include "params/fwd_params.h"
+
+namespace fa {
+
+// Whether a call needs the masked ("local") kernel variant: some key other than the sequence tail may be
+// hidden. Host and device (the launchers pick the variant with it, the registry names it).
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline bool is_local(const FwdParams& p) {
+    return p.window_left >= 0 || p.window_right >= 0;
+}
+
+constexpr int kUnbounded = 1 << 30;
+
+struct MaskBounds {
+    int right, left;          // visible iff left <= key - row <= right
+    bool has_right, has_left;  // whether each bound hides anything (kLocal kernels only)
+};
+
+template <bool kLocal>
+__device__ __forceinline__ MaskBounds mask_bounds(const FwdParams& p, const SeqInfo& seq) {
+    const int off = p.bottom_right ? seq.sk - seq.sq : 0;
+    MaskBounds m;
+    m.has_right = kLocal && p.window_right >= 0;
+    m.has_left = kLocal && p.window_left >= 0;
+    m.right = m.has_right ? off + p.window_right : kUnbounded;
+    m.left = m.has_left ? off - p.window_left : -kUnbounded;
+    return m;
+}
+
+// Whether key `key` is hidden from query row `row` (both within the sequence).
+template <bool kLocal>
+__device__ __forceinline__ bool key_hidden(const MaskBounds& m, int key, int row, int sk) {
+    bool hidden = key >= sk;
+    if (kLocal) {
+        const int diff = key - row;
+        hidden |= diff > m.right || diff < m.left;
+    }
+    return hidden;
+}
+
+// Whether a tile of rows [row0, row0 + rows) x keys [key0, key0 + keys) needs the per-element mask: it
+// reaches past the sequence's keys or across a bound.
+template <bool kLocal>
+__device__ __forceinline__ bool tile_masked(const MaskBounds& m, int row0, int rows, int key0, int keys, int sk) {
+    return key0 + keys > sk ||
+           (kLocal && ((m.has_right && key0 + keys - 1 - row0 > m.right) || (m.has_left && key0 - (row0 + rows - 1) < m.left)));
+}
+
+// Key blocks of BN keys that some row of [row0, row0 + rows) sees: [begin, end) (forward walk).
+struct BlockRange {
+    int begin, end;
+};
+template <bool kLocal>
+__device__ __forceinline__ BlockRange key_block_range(const MaskBounds& m, int row0, int rows, int sk, int BN) {
+    const int n_blocks = ceil_div(sk, BN);
+    BlockRange r{0, n_blocks};
+    if (kLocal) {
+        if (m.has_right) {
+            const int last_key = row0 + rows - 1 + m.right;
+            r.end = last_key < 0 ? 0 : min(n_blocks, last_key / BN + 1);
+        }
+        if (m.has_left) r.begin = max(0, floor_div(row0 + m.left, BN));
+    }
+    return r;
+}
+
+// Query blocks of BM rows that see some key of key block n (BN keys): [begin, end) (backward walk);
+// monotone in n, which the deterministic ordering relies on.
+template <bool kLocal>
+__device__ __forceinline__ BlockRange query_block_range(const MaskBounds& m, int n, int BM, int BN, int sq, int sk) {
+    BlockRange r{0, ceil_div(sq, BM)};
+    if (n * BN >= sk) return BlockRange{0, 0};
+    if (kLocal) {
+        if (m.has_right) r.begin = max(0, floor_div(n * BN - m.right, BM));
+        if (m.has_left) {
+            const int last_key = min((n + 1) * BN, sk) - 1;
+            const int last_row = last_key - m.left;
+            r.end = last_row < 0 ? 0 : min(r.end, last_row / BM + 1);
+        }
+    }
+    if (r.end < r.begin) r.end = r.begin;
+    return r;
+}
+
+}  // namespace fa

@@ -1,0 +1,51 @@
+// The backward pass's kernel parameters: the forward's (same tensors, strides, masks, varlen), the
+// gradient tensors, and the workspace the host (native/src/backward.cpp) carves into its parts. Plain data.
+#pragma once
+#include <cstdint>
+
+#include "params/fwd_params.h"
+
+namespace fa {
+
+struct BwdParams {
+    FwdParams f;  // q, k, v, o (= out), lse and every option of the forward call
+
+    const void* dout;  // shaped like o
+    void* dq;          // shaped like q
+    void* dk;          // shaped like k
+    void* dv;          // shaped like v
+    int64_t do_batch_stride, do_row_stride, do_head_stride;
+    int64_t dq_batch_stride, dq_row_stride, dq_head_stride;
+    int64_t dk_batch_stride, dk_row_stride, dk_head_stride;
+    int64_t dv_batch_stride, dv_row_stride, dv_head_stride;
+
+    int32_t deterministic;  // 0 or 1
+    int32_t kernel_d;       // head dim of the kernel that runs (>= f.d; extra columns are zero)
+
+    // Workspace, all fp32 / int32, indexed by "row slot" = (b * hq + h) * sq + row for a fixed-length batch
+    // and h * total_q + row for a variable-length one (rows of the packed tensor):
+    float* dq_accum;  // [slots, kernel_d]: dQ / scale, accumulated by the main kernel
+    float* dsum;      // [slots]: rowsum(dO * O)
+    float* lse_log2;  // [slots]: lse * log2(e) (+inf for rows that saw no key)
+    int32_t* sem;     // deterministic: [b * hq * m_blocks] arrival counters, else nullptr
+    int64_t q_slots;  // number of row slots
+
+    // Set by the launcher.
+    int32_t m_blocks = 0;  // ceil(sq / BlockM)
+    int32_t n_blocks = 0;  // ceil(sk / BlockN)
+};
+
+// The smallest BlockM of any backward main kernel: the deterministic mode's counters (one per query
+// block) are sized for it, so the workspace size does not depend on the kernel path.
+constexpr int32_t kBwdMinBlockM = 64;
+
+// Row slot of query row `row` (0-based in its sequence) of (b, h): see BwdParams.
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline int64_t bwd_row_slot(const BwdParams& p, int b, int h, int64_t seq_row0, int row) {
+    return p.f.cu_seqlens_q != nullptr ? static_cast<int64_t>(h) * p.f.total_q + seq_row0 + row
+                                       : (static_cast<int64_t>(b) * p.f.hq + h) * p.f.sq + row;
+}
+
+}  // namespace fa

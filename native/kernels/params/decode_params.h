@@ -1,0 +1,62 @@
+// The decode pass's kernel parameters (fa_decode): a plain struct the host (native/src/validate_decode.cpp)
+// fills after every argument has been checked, passed by value to the kernels. Offsets are int64 so caches
+// past 2^31 elements index correctly. Plain data.
+#pragma once
+#include <cstdint>
+
+#include "params/fwd_params.h"  // DType
+
+namespace fa {
+
+struct DecodeParams {
+    const void* q;          // [b, sq, hq, d]
+    void* k_cache;          // contiguous [b, capacity, hkv, d] or paged [num_blocks, block_size, hkv, d]
+    void* v_cache;          // shaped like k_cache
+    const void* k_new;      // [b, sq, hkv, d] or nullptr (nothing appended)
+    const void* v_new;      // [b, sq, hkv, d] or nullptr
+    void* o;                // [b, sq, hq, d]
+    float* lse;             // [b, hq, sq] or nullptr
+    int32_t* cache_seqlens;        // [b], device (written only when advance is 1)
+    const int32_t* block_table;    // [b, max_blocks], device; nullptr: contiguous cache
+
+    // Strides in elements (the last dimension is contiguous). For a paged cache the "batch" stride of
+    // k/v_cache is the stride between physical blocks.
+    int64_t q_batch_stride, q_row_stride, q_head_stride;
+    int64_t k_batch_stride, k_row_stride, k_head_stride;
+    int64_t v_batch_stride, v_row_stride, v_head_stride;
+    int64_t kn_batch_stride, kn_row_stride, kn_head_stride;
+    int64_t vn_batch_stride, vn_row_stride, vn_head_stride;
+    int64_t o_batch_stride, o_row_stride, o_head_stride;
+    int64_t lse_batch_stride, lse_head_stride, lse_row_stride;
+    int64_t seqlens_stride;
+    int64_t table_batch_stride, table_page_stride;
+
+    int32_t b, sq, hq, hkv, d;
+    int32_t g;               // hq / hkv: query heads per kv head, packed with the sq rows into M
+    int32_t rows;            // g * sq: packed query rows per (sequence, kv head)
+    int32_t capacity;        // positions each sequence's cache holds (S_max, or max_blocks * block_size)
+    int32_t added;           // sq when appending k_new/v_new, else 0
+    int32_t advance;         // 1: a last kernel stores the clamped length + added into cache_seqlens
+    // Paged cache: block_size = 1 << block_shift; block ids are clamped to [0, num_blocks).
+    int32_t block_size, block_shift, num_blocks, max_blocks;
+
+    float scale;             // softmax scale
+    float scale_log2;        // (softcap > 0 ? softcap : scale) * log2(e)
+    float softcap;           // > 0: scores become softcap * tanh(score * scale / softcap)
+    // Bottom-right masks, with off = total_b - sq: query i sees key j iff
+    //   j >= i + off - window_left   (window_left < 0: unbounded)
+    //   j <= i + off + window_right  (window_right < 0: unbounded; a causal call has 0 here)
+    int32_t window_left, window_right;
+    int32_t causal;          // kept for logs; already folded into window_right
+    DType dtype;
+
+    // Split-KV: num_splits blocks per (sequence, kv head, 16-row block); m_blocks = ceil(rows / 16).
+    // With num_splits > 1 every split writes its normalised partial output and log-sum-exp to
+    // o_accum [num_splits, b, hq, sq, d] / lse_accum [num_splits, b, hq, sq] (fp32) and a combine kernel
+    // writes o and lse; with 1 the attention kernel writes them itself.
+    int32_t num_splits, m_blocks;
+    float* o_accum;
+    float* lse_accum;
+};
+
+}  // namespace fa

@@ -1,0 +1,16 @@
+// What a launcher needs to know of the device it launches on: filled once per context by the host
+// (native/src/api.cpp, fa_context_create) and passed to every launch. Plain data.
+#pragma once
+#include <cstdint>
+
+namespace fa {
+
+struct LaunchInfo {
+    int32_t device;
+    int32_t cc_major, cc_minor;
+    int32_t sm_count;
+    int64_t smem_optin;  // dynamic shared memory a block may opt in to, bytes
+    int32_t l2_bytes;    // L2 cache size (0 if unknown)
+};
+
+}  // namespace fa

@@ -1,0 +1,338 @@
+// The kernel registry (registry.h): from (path, pass, dtype, head dim, features) to a compiled kernel, its
+// name and its compile-time facts. The only place that knows which families exist: a new path adds its
+// rows to has_kernel / smem_bytes / tile_tag and its branch to a launch; the rest is shared.
+#include "registry.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <string>
+#include <vector>
+
+#include "common/bwd_prepost.cuh"
+#include "common/features.h"
+#include "common/head_dims.h"
+#include "instances.h"
+#include "sm80/bwd_traits.h"
+#include "sm80/decode_launch.cuh"  // the append, combine and advance kernels around the attention kernel
+#include "sm80/decode_traits.h"
+#include "sm80/fwd_traits.h"
+#include "sm90/bwd_traits.h"
+
+namespace fa {
+namespace kernels {
+
+namespace {
+
+// Head dims compiled into this build (CMake's FA_HEAD_DIMS), ascending.
+constexpr int32_t kCompiled[] = {
+#if defined(FA_HAS_HDIM32)
+    32,
+#endif
+#if defined(FA_HAS_HDIM64)
+    64,
+#endif
+#if defined(FA_HAS_HDIM96)
+    96,
+#endif
+#if defined(FA_HAS_HDIM128)
+    128,
+#endif
+#if defined(FA_HAS_HDIM192)
+    192,
+#endif
+#if defined(FA_HAS_HDIM256)
+    256,
+#endif
+    0};  // sentinel, keeps the array non-empty
+constexpr int32_t kCompiledCount = static_cast<int32_t>(sizeof(kCompiled) / sizeof(kCompiled[0])) - 1;
+
+#ifdef FA_HAS_SM90A
+constexpr bool kHasSm90a = true;
+#else
+constexpr bool kHasSm90a = false;
+#endif
+
+int32_t compiled_index(int32_t kernel_d) {
+    for (int32_t i = 0; i < kCompiledCount; ++i) {
+        if (kCompiled[i] == kernel_d) return i;
+    }
+    return -1;
+}
+
+const char* pass_tag(Pass pass) { return pass == Pass::Forward ? "fwd" : pass == Pass::Backward ? "bwd" : "decode"; }
+const char* path_tag(Path path) { return path == Path::Sm90 ? "sm90" : "sm80"; }
+
+// The feature bits a (pass, path, head dim) has variants for, and whether a combination is compiled.
+uint32_t feature_axes(Pass pass) {
+    switch (pass) {
+        case Pass::Forward: return feature::kLocal | feature::kSoftcap;
+        case Pass::Backward: return feature::kLocal | feature::kSoftcap | feature::kDeterministic;
+        default: return feature::kPaged;
+    }
+}
+bool variant_compiled(Pass pass, Path path, int32_t kernel_d, uint32_t features) {
+    // The sm90 backward at 256 has only masked kernels (they serve the unmasked calls too).
+    return !(pass == Pass::Backward && path == Path::Sm90 && kernel_d == 256 && !(features & feature::kLocal));
+}
+
+template <int D>
+std::string tile_tag(Pass pass, Path path) {
+    const auto s = [](int v) { return std::to_string(v); };
+    switch (pass) {
+        case Pass::Forward: {
+            using Tile = sm80::FwdTile<D>;
+            return s(Tile::kBlockM) + "x" + s(Tile::kBlockN) + "_" + s(Tile::kWarps) + "w";
+        }
+        case Pass::Backward: {
+            if (path == Path::Sm90) {
+                if constexpr (sm90::bwd_head_dim(D)) {
+                    using Tr = sm90::BwdTraits90<D>;
+                    return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg";
+                }
+                return "none";
+            }
+            using Tr = sm80::BwdTraits<__half, D>;
+            return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kWarps) + "w";
+        }
+        default: {
+            using Tr = sm80::DecodeTraitsFor<__half, D>;
+            return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kWarps) + "w" + s(Tr::kStages) + "s";
+        }
+    }
+}
+
+std::string name_of(Pass pass, Path path, bool bf16, int32_t kernel_d, uint32_t features) {
+    return std::string(path_tag(path)) + "_" + pass_tag(pass) + (bf16 ? "_bf16" : "_fp16") + "_hdim" +
+           std::to_string(kernel_d) + ((features & feature::kLocal) ? "_local" : "") +
+           ((features & feature::kSoftcap) ? "_softcap" : "") + ((features & feature::kDeterministic) ? "_det" : "") +
+           ((features & feature::kPaged) ? "_paged" : "") + "_" +
+           with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path); });
+}
+
+// Every kernel of the build, and the index of each (pass, path, dtype, head dim, features).
+struct Registry {
+    std::vector<std::string> names;
+    int32_t index[3][2][2][6][16];  // pass, path, bf16, compiled head dim, features -> name index (-1: none)
+};
+
+const Registry& registry() {
+    static const Registry r = [] {
+        Registry out;
+        for (auto& a : out.index) for (auto& b : a) for (auto& c : b) for (auto& d : c) for (int32_t& e : d) e = -1;
+        for (const Pass pass : {Pass::Forward, Pass::Backward, Pass::Decode}) {
+            const uint32_t axes = feature_axes(pass);
+            for (const Path path : {Path::Sm80, Path::Sm90}) {
+                for (int32_t i = 0; i < kCompiledCount; ++i) {
+                    const int32_t d = kCompiled[i];
+                    if (!has_kernel(pass, path, d)) continue;
+                    for (const bool bf16 : {false, true}) {
+                        // Variants in binary order of (local, softcap, deterministic, paged), the first the highest bit.
+                        for (uint32_t v = 0; v < 16; ++v) {
+                            const uint32_t features = ((v & 8) ? feature::kLocal : 0u) | ((v & 4) ? feature::kSoftcap : 0u) |
+                                                      ((v & 2) ? feature::kDeterministic : 0u) | ((v & 1) ? feature::kPaged : 0u);
+                            if ((features & ~axes) != 0 || !variant_compiled(pass, path, d, features)) continue;
+                            out.index[static_cast<int>(pass)][static_cast<int>(path)][bf16][i][features] =
+                                static_cast<int32_t>(out.names.size());
+                            out.names.push_back(name_of(pass, path, bf16, d, features));
+                        }
+                    }
+                }
+            }
+            // The decode pass's kernels around the attention kernel.
+            if (pass == Pass::Decode && kCompiledCount > 0) {
+                for (const char* dtype : {"fp16", "bf16"}) {
+                    out.names.push_back(std::string("sm80_decode_append_") + dtype);
+                    out.names.push_back(std::string("sm80_decode_combine_") + dtype);
+                }
+            }
+        }
+        return out;
+    }();
+    return r;
+}
+
+const char* name_for(Pass pass, Path path, bool bf16, int32_t kernel_d, uint32_t features) {
+    const int32_t i = compiled_index(kernel_d);
+    const int32_t at = i < 0 ? -1 : registry().index[static_cast<int>(pass)][static_cast<int>(path)][bf16][i][features & 15u];
+    return at < 0 ? "unknown_kernel" : registry().names[at].c_str();
+}
+
+// The kernel block sizes of the backward main kernel of a path: (BlockM, BlockN).
+struct BlockShape {
+    int32_t m, n;
+};
+BlockShape bwd_block(Path path, int32_t kernel_d) {
+    return with_head_dim(kernel_d, [&](auto hd) {
+        constexpr int D = decltype(hd)::value;
+        if constexpr (sm90::bwd_head_dim(D)) {
+            if (path == Path::Sm90) return BlockShape{sm90::BwdTraits90<D>::kBlockM, sm90::BwdTraits90<D>::kBlockN};
+        }
+        return BlockShape{sm80::BwdTraits<__half, D>::kBlockM, sm80::BwdTraits<__half, D>::kBlockN};
+    });
+}
+
+// The main kernel of the backward: sm80 or sm90 family for (T, kernel head dim).
+template <typename T>
+int run_bwd_main_for(Path path, int32_t kernel_d, const BwdParams& p, const LaunchInfo& info, cudaStream_t stream,
+                     uint32_t* features) {
+    return with_compiled_head_dim(kernel_d, static_cast<int>(cudaErrorInvalidValue), [&](auto hd) {
+        constexpr int D = decltype(hd)::value;
+#ifdef FA_HAS_SM90A
+        if constexpr (sm90::bwd_head_dim(D)) {
+            if (path == Path::Sm90) return run_bwd_main<sm90::BwdFamily<T, D>>(p, info, stream, features);
+        }
+#endif
+        if (path != Path::Sm80) return static_cast<int>(cudaErrorInvalidValue);
+        return run_bwd_main<sm80::BwdFamily<T, D>>(p, info, stream, features);
+    });
+}
+
+// The whole backward: preprocess, main kernel, convert, on one stream. p's workspace pointers are set.
+template <typename T>
+int launch_backward_t(Path path, BwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
+    const FwdParams& f = p.f;
+    const BlockShape block = bwd_block(path, p.kernel_d);
+    p.m_blocks = static_cast<int32_t>((static_cast<int64_t>(f.sq) + block.m - 1) / block.m);
+    p.n_blocks = static_cast<int32_t>((static_cast<int64_t>(f.sk) + block.n - 1) / block.n);
+    const bool varlen = f.cu_seqlens_q != nullptr;
+    const int64_t rows = varlen ? f.total_q : f.sq;
+    const int64_t heads = varlen ? f.hq : static_cast<int64_t>(f.b) * f.hq;
+
+    cudaError_t err = cudaSuccess;
+    if (p.deterministic && p.m_blocks > 0) {
+        err = cudaMemsetAsync(p.sem, 0, sizeof(int32_t) * static_cast<size_t>(f.b) * f.hq * p.m_blocks, stream);
+        if (err != cudaSuccess) return static_cast<int>(err);
+    }
+    const int64_t pre_blocks = heads * ((rows + kPreRowsPerBlock - 1) / kPreRowsPerBlock);
+    if (pre_blocks > INT32_MAX) return static_cast<int>(cudaErrorInvalidConfiguration);
+    if (pre_blocks > 0) {
+        bwd_preprocess<T><<<static_cast<unsigned>(pre_blocks), 256, 0, stream>>>(p);
+        if ((err = cudaGetLastError()) != cudaSuccess) return static_cast<int>(err);
+    }
+    const int main = run_bwd_main_for<T>(path, p.kernel_d, p, info, stream, features);
+    if (main != 0) return main;
+    const int64_t conv_blocks = heads * ((rows * (f.d / 8) + kConvertThreads - 1) / kConvertThreads);
+    if (conv_blocks > INT32_MAX) return static_cast<int>(cudaErrorInvalidConfiguration);
+    if (conv_blocks > 0) {
+        bwd_convert<T><<<static_cast<unsigned>(conv_blocks), kConvertThreads, 0, stream>>>(p);
+        if ((err = cudaGetLastError()) != cudaSuccess) return static_cast<int>(err);
+    }
+    return 0;
+}
+
+// The whole decode: the append kernel (when k_new is set), the attention kernel, the combine kernel (when
+// split) and the length advance (when asked), on one stream.
+template <typename T>
+int launch_decode_t(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
+    if (p.k_new != nullptr) {
+        const cudaError_t err = sm80::launch_decode_append<T>(p, info, stream);
+        if (err != cudaSuccess) return static_cast<int>(err);
+    }
+    int err = with_compiled_head_dim(kernel_head_dim(p.d), static_cast<int>(cudaErrorInvalidValue), [&](auto hd) {
+        return sm80::run_decode<T, decltype(hd)::value>(p, info, stream, features);
+    });
+    if (err == 0 && p.num_splits > 1) err = static_cast<int>(sm80::launch_decode_combine<T>(p, stream));
+    if (err == 0 && p.advance) err = static_cast<int>(sm80::launch_decode_advance<T>(p, stream));
+    return err;
+}
+
+}  // namespace
+
+int32_t kernel_head_dim(int32_t d) {
+    if (d <= 0 || d % 8 != 0) return 0;
+    for (int32_t i = 0; i < kCompiledCount; ++i) {
+        if (kCompiled[i] >= d) return kCompiled[i];
+    }
+    return 0;
+}
+
+int32_t compiled_head_dims(const int32_t** dims) {
+    if (dims) *dims = kCompiled;
+    return kCompiledCount;
+}
+
+bool has_sm90_code() { return kHasSm90a; }
+
+bool has_kernel(Pass pass, Path path, int32_t kernel_d) {
+    if (compiled_index(kernel_d) < 0) return false;
+    if (path == Path::Sm80) return true;
+    return kHasSm90a && pass == Pass::Backward && sm90::bwd_head_dim(kernel_d);
+}
+
+int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d) {
+    return with_head_dim(kernel_d, [&](auto hd) -> int32_t {
+        constexpr int D = decltype(hd)::value;
+        switch (pass) {
+            case Pass::Forward: {
+                using Tile = sm80::FwdTile<D>;
+                return sm80::FwdTraits<__half, D, Tile::kBlockM, Tile::kBlockN, Tile::kWarps, Tile::kMinBlocks>::kSmemBytes;
+            }
+            case Pass::Backward:
+                if constexpr (sm90::bwd_head_dim(D)) {
+                    if (path == Path::Sm90) return sm90::BwdTraits90<D>::kSmemBytes;
+                }
+                return sm80::BwdTraits<__half, D>::kSmemBytes;
+            default: return sm80::DecodeTraitsFor<__half, D>::kSmemBytes;
+        }
+    });
+}
+
+int32_t bwd_block_n(Path path, int32_t kernel_d) { return bwd_block(path, kernel_d).n; }
+
+int32_t decode_num_splits(const DecodeParams& p, const LaunchInfo& info, int32_t requested, int32_t length_hint,
+                          int32_t max_splits) {
+    if (requested > 0) return requested;
+    return with_head_dim(kernel_head_dim(p.d), [&](auto hd) {
+        using Tr = sm80::DecodeTraitsFor<__half, decltype(hd)::value>;
+        const int64_t pairs = static_cast<int64_t>(p.b) * p.hkv * p.m_blocks;
+        return sm80::choose_decode_splits(pairs, length_hint, Tr::kBlockN, Tr::kSmemBytes, Tr::kMinBlocks,
+                                          info.sm_count, info.smem_optin, max_splits);
+    });
+}
+
+int32_t kernel_count() { return static_cast<int32_t>(registry().names.size()); }
+
+const char* kernel_name_at(int32_t index) {
+    const auto& names = registry().names;
+    return index >= 0 && index < static_cast<int32_t>(names.size()) ? names[index].c_str() : nullptr;
+}
+
+int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name) {
+    if (path != Path::Sm80) return static_cast<int>(cudaErrorInvalidValue);  // the host refuses others first
+    const auto s = static_cast<cudaStream_t>(stream);
+    const int32_t kd = kernel_head_dim(p.d);
+    const bool bf16 = p.dtype == DType::BFloat16;
+    uint32_t features = 0;
+    const int err = with_compiled_head_dim(kd, static_cast<int>(cudaErrorInvalidValue), [&](auto hd) {
+        constexpr int D = decltype(hd)::value;
+        return bf16 ? sm80::run_fwd<__nv_bfloat16, D>(p, info, s, &features) : sm80::run_fwd<__half, D>(p, info, s, &features);
+    });
+    if (kernel_name) *kernel_name = name_for(Pass::Forward, path, bf16, kd, features);
+    return err;
+}
+
+int launch_backward(Path path, BwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name) {
+    const auto s = static_cast<cudaStream_t>(stream);
+    const bool bf16 = p.f.dtype == DType::BFloat16;
+    uint32_t features = 0;
+    const int err = bf16 ? launch_backward_t<__nv_bfloat16>(path, p, info, s, &features)
+                         : launch_backward_t<__half>(path, p, info, s, &features);
+    if (kernel_name) *kernel_name = name_for(Pass::Backward, path, bf16, p.kernel_d, features);
+    return err;
+}
+
+int launch_decode(Path path, const DecodeParams& p, const LaunchInfo& info, void* stream, const char** kernel_name) {
+    if (path != Path::Sm80) return static_cast<int>(cudaErrorInvalidValue);  // the host refuses others first
+    const auto s = static_cast<cudaStream_t>(stream);
+    const bool bf16 = p.dtype == DType::BFloat16;
+    uint32_t features = p.block_table != nullptr ? feature::kPaged : 0u;
+    const int err = bf16 ? launch_decode_t<__nv_bfloat16>(p, info, s, &features) : launch_decode_t<__half>(p, info, s, &features);
+    if (kernel_name) *kernel_name = name_for(Pass::Decode, path, bf16, kernel_head_dim(p.d), features);
+    return err;
+}
+
+}  // namespace kernels
+}  // namespace fa

@@ -1,0 +1,54 @@
+// The kernel registry: the one header of native/kernels/ that the host includes. It maps (path, pass,
+// dtype, head dim, features) to a compiled kernel, launches it, and lists every kernel of the build by
+// name; it also answers the compile-time facts the host validates against (shared memory per block,
+// tile sizes). Everything it takes and returns is plain data (native/kernels/params/), so kernels never
+// see the C ABI or host code; the host (native/src/dispatch.cpp) chooses the path, once per call.
+#pragma once
+#include <cstdint>
+
+#include "params/bwd_params.h"
+#include "params/decode_params.h"
+#include "params/fwd_params.h"
+#include "params/launch_info.h"
+
+namespace fa {
+
+// Kernel families, a folder each: sm80 (mma.sync, every GPU from sm_80) and sm90 (wgmma, sm_90a).
+enum class Path : int32_t { Sm80 = 0, Sm90 = 1 };
+enum class Pass : int32_t { Forward = 0, Backward = 1, Decode = 2 };
+
+namespace kernels {
+
+// Head dims. Kernels exist for a few head dims (the build's FA_HEAD_DIMS: 32, 64, 96, 128, 192, 256); a
+// smaller multiple of 8 runs the next larger kernel with zero-filled columns.
+int32_t kernel_head_dim(int32_t d);                 // the compiled kernel head dim that serves d, or 0
+int32_t compiled_head_dims(const int32_t** dims);   // the compiled kernel head dims, ascending; their count
+
+// Whether this build holds sm_90a code at all (FA_CUDA_ARCHS with 90a).
+bool has_sm90_code();
+// Whether this build has a `pass` kernel on `path` for kernel head dim kernel_d (no device check).
+bool has_kernel(Pass pass, Path path, int32_t kernel_d);
+// Dynamic shared memory per block of the main kernel of (pass, path, kernel_d), where has_kernel says so.
+int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d);
+// Keys per block of the backward main kernel (the grid is keyed by these blocks).
+int32_t bwd_block_n(Path path, int32_t kernel_d);
+// Number of key splits of a decode call: `requested` (1..max_splits) when not 0, else the heuristic's
+// choice for sequences of about `length_hint` keys on the device `info` describes. No CUDA call.
+int32_t decode_num_splits(const DecodeParams& p, const LaunchInfo& info, int32_t requested, int32_t length_hint,
+                          int32_t max_splits);
+
+// Every kernel compiled into this build: the forward ones, then the backward ones, then the decode ones
+// (per pass: sm80, then sm90; per path: head dims ascending, fp16 then bf16, variants in binary order of
+// local, softcap, deterministic, paged). Names live as long as the process; nullptr past the end.
+int32_t kernel_count();
+const char* kernel_name_at(int32_t index);
+
+// Launches: return a cudaError_t value (0 on success) so that callers need no CUDA header; *kernel_name
+// (when given) names the main kernel that ran. The params are validated and complete (decode: splits and
+// workspace set; backward: workspace set, m_blocks/n_blocks filled here).
+int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name);
+int launch_backward(Path path, BwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name);
+int launch_decode(Path path, const DecodeParams& p, const LaunchInfo& info, void* stream, const char** kernel_name);
+
+}  // namespace kernels
+}  // namespace fa

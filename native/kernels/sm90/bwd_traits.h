@@ -1,0 +1,45 @@
+// Compile-time facts of the sm90 (wgmma) backward main kernel: tile, warpgroups, shared-memory layout.
+// Plain constexpr, so the registry reads them for names, launch sizes and the host's shared-memory checks.
+#pragma once
+
+#include "params/bwd_params.h"  // kBwdMinBlockM
+
+namespace fa {
+namespace sm90 {
+
+// The kernel head dims that have an sm90 main kernel (in a build with sm_90a code).
+constexpr bool bwd_head_dim(int D) { return D == 64 || D == 128 || D == 256; }
+
+// Tile: 64 query rows x 128 keys (64 keys at head dim 256, where the warpgroups split the roles).
+// At head dim 256 the masked kernel also serves the calls without masks (sm90::BwdFamily::local_variant;
+// no causal mask, no window: its tile test then only trims the last key block): ptxas spills 136 bytes in
+// the unmasked D = 256 kernel and none in the masked one, which measured 4% faster on them (H100: 221/257/270
+// against 212/247/263 TFLOP/s at 1k/4k/16k; bench/NOTES.md).
+template <int D>
+struct BwdTraits90 {
+    static_assert(bwd_head_dim(D), "the sm90 backward serves kernel head dims 64, 128 and 256");
+    static constexpr int kHeadDim = D;
+    static constexpr bool kSplit = D == 256;  // warpgroups split the roles (see above)
+    static constexpr int kBlockM = 64;
+    static constexpr int kBlockN = kSplit ? 64 : 128;
+    static constexpr int kThreads = 256;  // two warpgroups
+    static constexpr int kSmemQ = kBlockM * D * 2;     // one Q or dO buffer
+    static constexpr int kSmemK = kBlockN * D * 2;     // K or V
+    static constexpr int kSmemDS = kBlockN * kBlockM * 2;  // dS^T, [key][query]
+    static constexpr int kOffQ = 0;                     // 2 buffers
+    static constexpr int kOffDO = kOffQ + 2 * kSmemQ;   // 2 buffers
+    static constexpr int kOffK = kOffDO + 2 * kSmemQ;
+    static constexpr int kOffV = kOffK + kSmemK;
+    static constexpr int kOffDS = kOffV + kSmemK;
+    static constexpr int kSmemPX = kSplit ? kBlockN * kBlockM * 4 : 0;  // P^T handed over in fp32
+    static constexpr int kOffPX = kOffDS + kSmemDS;
+    static constexpr int kSmemStats = 2 * kBlockM * 4;  // lse_log2 then dsum, per buffer
+    static constexpr int kOffStats = kOffPX + kSmemPX;  // 2 buffers
+    static constexpr int kSmemBytes = kOffStats + 2 * kSmemStats;
+    static_assert(kBlockM >= kBwdMinBlockM, "the deterministic counters are sized for BlockM >= kBwdMinBlockM");
+    static_assert(kOffK % 1024 == 0 && kOffV % 1024 == 0 && kOffDS % 1024 == 0 && kSmemQ % 1024 == 0,
+                  "wgmma tiles start on 1024-byte swizzle atoms");
+};
+
+}  // namespace sm90
+}  // namespace fa

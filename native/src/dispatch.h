@@ -1,0 +1,42 @@
+// Path choice and kernel facts for the host: the one place that decides which kernel family (sm80 or sm90)
+// a call runs, and the host-side views of the kernels' needs (head dims served, shared memory, workspace
+// layouts). Everything below it is the kernel registry (native/kernels/registry.h).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "registry.h"
+
+namespace fa {
+
+// Head dims: served when a multiple of 8 no larger than the largest compiled kernel head dim.
+inline int32_t kernel_head_dim(int32_t d) { return kernels::kernel_head_dim(d); }
+inline bool head_dim_served(int32_t d) { return kernels::kernel_head_dim(d) != 0; }
+
+// Whether `path` serves `pass` at kernel head dim kernel_d on compute capability cc (major * 10 + minor;
+// 0: any GPU this build serves), ignoring shared memory; if not, *why (when given) says why in a phrase.
+bool path_serves(Pass pass, Path path, int32_t kernel_d, int32_t cc, std::string* why);
+
+// The path a call runs, from its kernel_path field (FA_PATH_AUTO: sm90 where it serves and the device's
+// shared memory allows it, else sm80; FA_PATH_SM80; FA_PATH_SM90: sm90, or UNSUPPORTED saying why where it
+// does not serve). smem_optin < 0: not known (validation without a device), so not checked. `field` names
+// the field in messages ("kernel_path", "query->kernel_path"); device >= 0 is named in them too.
+Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, int32_t cc, int64_t smem_optin,
+                 const std::string& field, int32_t device = -1);
+
+// Shared memory per block of the main kernel the call would run (the path choose_path makes, on cc).
+int32_t smem_need(Pass pass, int32_t kernel_path, int32_t kernel_d, int32_t cc);
+
+// Backward workspace of a call (bytes of each part, each rounded to 256); kernel_d is the kernel's head dim.
+struct BwdWorkspaceLayout {
+    size_t dq_accum, dsum, lse_log2, sem, total;
+};
+BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, bool deterministic);
+
+// Decode workspace for p split num_splits ways: fp32 partial outputs, then (at the next
+// FA_WORKSPACE_ALIGNMENT boundary) fp32 partial log-sum-exps; 0 when num_splits is 1.
+size_t decode_accum_offset(const DecodeParams& p, int32_t num_splits);
+size_t decode_workspace_bytes(const DecodeParams& p, int32_t num_splits);
+
+}  // namespace fa
