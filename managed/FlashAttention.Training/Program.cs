@@ -6,8 +6,9 @@ using Microsoft.Extensions.Logging;
 namespace FlashAttn.Training;
 
 /// <summary>
-/// Sample: trains one causal self-attention layer for a few steps with <see cref="FlashAttention.Forward"/> and
-/// <see cref="FlashAttention.Backward"/>. A fixed input X [tokens, model] is projected by learned weights Wq, Wk, Wv into
+/// Sample: trains one causal self-attention layer for a few steps with
+/// <see cref="FlashAttention.Forward(in AttentionArguments, AttentionOptions, CudaStream)"/> and
+/// <see cref="FlashAttention.Backward(in BackwardArguments, AttentionOptions, CudaStream)"/>. A fixed input X [tokens, model] is projected by learned weights Wq, Wk, Wv into
 /// q, k, v [batch, seq, heads, headDim]; the layer's output is pulled by plain SGD towards the output of a "teacher"
 /// layer (same shape, other weights). Attention runs on the GPU in bf16; the projections, the loss and the weight
 /// update run on the CPU (the library has no elementwise or matmul kernels): each step uploads q, k, v and dO and
@@ -248,7 +249,7 @@ internal interface IAttentionEngine : IDisposable
 
 /// <summary>
 /// The GPU: bf16 device buffers allocated once; Forward writes O and the log-sum-exp, Backward reads them with dO and
-/// writes dq, dk, dv, using a caller workspace sized once with <see cref="FlashAttention.GetBackwardWorkspaceSize"/>.
+/// writes dq, dk, dv, using a caller workspace sized once with <see cref="FlashAttention.GetBackwardWorkspaceSize(in BackwardArguments, AttentionOptions)"/>.
 /// </summary>
 internal sealed class GpuEngine : IAttentionEngine
 {
@@ -257,7 +258,11 @@ internal sealed class GpuEngine : IAttentionEngine
     private readonly DeviceBuffer<BFloat16> _q, _k, _v, _o, _dO, _dq, _dk, _dv;
     private readonly DeviceBuffer<float> _lse;
     private readonly DeviceBuffer<byte> _workspace;
-    private readonly DeviceTensor _qT, _kT, _vT, _oT, _dOT, _dqT, _dkT, _dvT, _lseT;
+
+    // The tensors of both passes, described once: the backward record carries the forward one's tensors, the
+    // gradients and the workspace.
+    private readonly AttentionArguments _forward;
+    private readonly BackwardArguments _backward;
     private readonly BFloat16[] _host;
 
     public GpuEngine(CudaDevice device, LayerConfig c, ILogger logger)
@@ -269,11 +274,13 @@ internal sealed class GpuEngine : IAttentionEngine
         (_q, _k, _v, _o, _dO, _dq, _dk, _dv) = (Buffer(), Buffer(), Buffer(), Buffer(), Buffer(), Buffer(), Buffer(), Buffer());
         _lse = new DeviceBuffer<float>(device, s.LseElementCount);
         long[] shape = [s.Batch, s.SeqLenQ, s.HeadsQ, s.HeadDim];
-        (_qT, _kT, _vT, _oT) = (_q.AsTensor(shape), _k.AsTensor(shape), _v.AsTensor(shape), _o.AsTensor(shape));
-        (_dOT, _dqT, _dkT, _dvT) = (_dO.AsTensor(shape), _dq.AsTensor(shape), _dk.AsTensor(shape), _dv.AsTensor(shape));
-        _lseT = _lse.AsTensor(s.Batch, s.HeadsQ, s.SeqLenQ);
-        long bytes = _attention.GetBackwardWorkspaceSize(_qT, _kT, _vT, _oT, _dOT, _lseT, _dqT, _dkT, _dvT, LayerConfig.Options);
+        _forward = new AttentionArguments(_q.AsTensor(shape), _k.AsTensor(shape), _v.AsTensor(shape), _o.AsTensor(shape),
+            LogSumExp: _lse.AsTensor(s.Batch, s.HeadsQ, s.SeqLenQ));
+        var backward = new BackwardArguments(_forward.Q, _forward.K, _forward.V, _forward.Output, _dO.AsTensor(shape), _forward.LogSumExp!,
+            _dq.AsTensor(shape), _dk.AsTensor(shape), _dv.AsTensor(shape));
+        long bytes = _attention.GetBackwardWorkspaceSize(backward, LayerConfig.Options);
         _workspace = new DeviceBuffer<byte>(device, bytes);
+        _backward = backward with { Workspace = _workspace };
         _host = new BFloat16[s.QElementCount];
         Name = $"{device.Name} (backward workspace {bytes / 1024.0:F0} KiB, allocated once)";
     }
@@ -285,14 +292,14 @@ internal sealed class GpuEngine : IAttentionEngine
         Upload(_q, q);
         Upload(_k, k);
         Upload(_v, v);
-        _attention.Forward(_qT, _kT, _vT, _oT, _lseT, LayerConfig.Options, _stream);
+        _attention.Forward(_forward, LayerConfig.Options, _stream);
         return Download(_o);
     }
 
     public (float[] Dq, float[] Dk, float[] Dv) Backward(float[] dOut)
     {
         Upload(_dO, dOut);
-        _attention.Backward(_qT, _kT, _vT, _oT, _dOT, _lseT, _dqT, _dkT, _dvT, LayerConfig.Options, _stream, _workspace);
+        _attention.Backward(_backward, LayerConfig.Options, _stream);
         return (Download(_dq), Download(_dk), Download(_dv));
     }
 

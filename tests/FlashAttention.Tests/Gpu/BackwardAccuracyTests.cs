@@ -256,13 +256,15 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
         Random random = TestRandom.ForCurrentTest(out int seed);
         using BackwardRun run = BackwardRun.Create(Device, dims, DataType.BFloat16, random);
         run.Forward(Attention, options, Stream);
-        long bytes = Attention.GetBackwardWorkspaceSize(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT, options);
+        var args = new BackwardArguments(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT);
+        long bytes = Attention.GetBackwardWorkspaceSize(args, options);
         using var workspace = new DeviceBuffer<byte>(Device, Math.Max(bytes, 1));
         run.PoisonGradients();
         Stream.Synchronize();
 
+        // Captured through the record form; the direct call it is compared with below is the positional one.
         Stream.BeginCapture();
-        Attention.Backward(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT, options, Stream, workspace);
+        Attention.Backward(args with { Workspace = workspace }, options, Stream);
         using CudaGraph graph = Stream.EndCapture();
         Stream.Synchronize();
         Assert.That(run.DDq.Read().All(float.IsNaN), Is.True, "capturing must not run the backward");
@@ -320,6 +322,17 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
             Assert.That(
                 () => Attention.Backward(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DkT, run.DkT, run.DvT, stream: Stream),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("dq"));
+
+            // The record forms check the same things in the same place.
+            var args = new BackwardArguments(run.QT, run.KT, run.VT, run.OutT, run.DOutT, run.LseT, run.DqT, run.DkT, run.DvT);
+            Assert.That(() => Attention.Backward(args with { DK = dkLikeQ }, stream: Stream),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("dk"));
+            Assert.That(() => Attention.GetBackwardWorkspaceSize(args with { DQ = run.DkT }),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("dq"));
+            Assert.That(() => Attention.Backward(args with { DOut = null! }, stream: Stream),
+                Throws.ArgumentNullException.With.Property("ParamName").EqualTo("dOut"));
+            Assert.That(() => Attention.Backward(default(BackwardArguments), stream: Stream),
+                Throws.ArgumentNullException.With.Property("ParamName").EqualTo("q"));
         });
     }
 
@@ -376,18 +389,27 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
         DeviceTensor oT = dO.Tensor([rowsQ, hq, headDim]), dOutT = dDOut.Tensor([rowsQ, hq, headDim]), lseT = dLse.Tensor([hq, rowsQ]);
         DeviceTensor gqT = gq.Tensor([rowsQ, hq, headDim]), gkT = gk.Tensor([rowsK, hkv, headDim]), gvT = gv.Tensor([rowsK, hkv, headDim]);
 
-        Attention.ForwardVarlen(qT, kT, vT, oT, batch, lseT, options, Stream);
         DeviceBuffer<byte>? workspace = null;
         try
         {
             if (callerWorkspace)
             {
-                long bytes = Attention.GetBackwardWorkspaceSizeVarlen(qT, kT, vT, oT, dOutT, lseT, gqT, gkT, gvT, batch, options);
+                // The record forms (the cases without a caller workspace use the positional *Varlen methods).
+                Attention.Forward(new AttentionArguments(qT, kT, vT, oT, lseT, batch), options, Stream);
+                var args = new BackwardArguments(qT, kT, vT, oT, dOutT, lseT, gqT, gkT, gvT, batch);
+                long bytes = Attention.GetBackwardWorkspaceSize(args, options);
+                Assert.That(Attention.GetBackwardWorkspaceSizeVarlen(qT, kT, vT, oT, dOutT, lseT, gqT, gkT, gvT, batch, options), Is.EqualTo(bytes),
+                    "the positional and record forms size the same workspace");
                 workspace = new DeviceBuffer<byte>(Device, Math.Max(bytes, 1));
                 workspace.Fill(0xA5, Stream);
+                Attention.Backward(args with { Workspace = workspace }, options, Stream);
+            }
+            else
+            {
+                Attention.ForwardVarlen(qT, kT, vT, oT, batch, lseT, options, Stream);
+                Attention.BackwardVarlen(qT, kT, vT, oT, dOutT, lseT, gqT, gkT, gvT, batch, options, Stream, workspace);
             }
 
-            Attention.BackwardVarlen(qT, kT, vT, oT, dOutT, lseT, gqT, gkT, gvT, batch, options, Stream, workspace);
             Stream.Synchronize();
         }
         finally

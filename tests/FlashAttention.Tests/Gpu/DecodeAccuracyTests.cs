@@ -384,15 +384,29 @@ public sealed class DecodeAccuracyTests : AttentionTestBase
         foreach (int splits in new[] { 1, 2, 3, 4, 7, 16, 33, 64, 128, 0 })
         {
             run.Reset(Stream);
-            int used = Attention.GetDecodeSplitCount(run.QT, run.Cache, run.KNewT, run.VNewT, run.OutT, run.LseT, run.Options, splits);
-            long bytes = Attention.GetDecodeWorkspaceSize(run.QT, run.Cache, run.KNewT, run.VNewT, run.OutT, run.LseT, run.Options, splits);
+            var args = new DecodeArguments(run.QT, run.Cache, run.KNewT, run.VNewT, run.OutT, run.LseT, splits);
+            int used = Attention.GetDecodeSplitCount(args, run.Options);
+            long bytes = Attention.GetDecodeWorkspaceSize(args, run.Options);
+            Assert.That(Attention.GetDecodeSplitCount(run.QT, run.Cache, run.KNewT, run.VNewT, run.OutT, run.LseT, run.Options, splits), Is.EqualTo(used),
+                "the positional and record forms choose the same split count");
+            Assert.That(Attention.GetDecodeWorkspaceSize(run.QT, run.Cache, run.KNewT, run.VNewT, run.OutT, run.LseT, run.Options, splits), Is.EqualTo(bytes),
+                "the positional and record forms size the same workspace");
             Assert.That(used, splits == 0 ? Is.InRange(1, FlashAttention.MaxDecodeSplits) : Is.EqualTo(splits), $"split count for num_splits={splits}");
             Assert.That(bytes, used == 1 ? Is.Zero : Is.Positive, $"workspace for {used} splits");
             using DeviceBuffer<byte>? workspace = bytes > 0 && splits % 2 == 0 ? new DeviceBuffer<byte>(Device, bytes) : null;
-            run.Decode(Attention, Stream, splits, workspace);
+            bool record = splits % 4 == 0;
+            if (record)
+            {
+                Attention.Decode(args with { Workspace = workspace }, run.Options, Stream);
+            }
+            else
+            {
+                run.Decode(Attention, Stream, splits, workspace);
+            }
+
             Stream.Synchronize();
             float[] ours = run.DOut.Read();
-            string context = $"seed {seed}, {spec}, num_splits {splits} (used {used}){(workspace is null ? string.Empty : ", caller workspace")}";
+            string context = $"seed {seed}, {spec}, num_splits {splits} (used {used}){(workspace is null ? string.Empty : ", caller workspace")}{(record ? ", record form" : string.Empty)}";
             JudgeOutput(ours, naive, refOut, run.DLse.Read(), refLse, spec.Dtype, context);
             if (baseline is null)
             {
@@ -789,6 +803,8 @@ public sealed class DecodeAccuracyTests : AttentionTestBase
         using var o = new DeviceBuffer<BFloat16>(Device, 2 * 4 * 64);
         var ex = Assert.Throws<ArgumentException>(() => Attention.Decode(q.AsTensor(2, 1, 4, 64), cache, kn.AsTensor(2, 1, 1, 64), vn.AsTensor(2, 1, 1, 64), o.AsTensor(2, 1, 4, 64), stream: Stream));
         Assert.That(ex!.Message, Does.Contain("free"));
+        var record = new DecodeArguments(q.AsTensor(2, 1, 4, 64), cache, kn.AsTensor(2, 1, 1, 64), vn.AsTensor(2, 1, 1, 64), o.AsTensor(2, 1, 4, 64));
+        Assert.That(() => Attention.Decode(record, stream: Stream), Throws.ArgumentException.With.Message.Contains("free"), "the record form");
         Assert.That(cache.SequenceLengths, Is.EqualTo(new[] { 48, 32 }));
 
         cache.ResetSequence(0, Stream);

@@ -180,6 +180,40 @@ public sealed class ForwardBehaviourTests : AttentionTestBase
             Assert.That(() => Attention.Forward(run.QT, run.KT, run.VT, run.OutT, null, new AttentionOptions { SoftmaxScale = float.NaN }),
                 Throws.ArgumentException.With.Message.Contains("SoftmaxScale"));
             Assert.That(() => Attention.Forward(null!, run.KT, run.VT, run.OutT), Throws.ArgumentNullException);
+
+            // The record form checks the same things, with the same parameter names.
+            var args = new AttentionArguments(run.QT, run.KT, run.VT, run.OutT);
+            Assert.That(() => Attention.Forward(args with { K = bf16.Tensor(run.KvShape) }),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("k"));
+            Assert.That(() => Attention.Forward(args with { LogSumExp = lse16.Tensor(run.LseShape) }),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("logSumExp"));
+            Assert.That(() => Attention.Forward(default(AttentionArguments)),
+                Throws.ArgumentNullException.With.Property("ParamName").EqualTo("q"));
+        });
+    }
+
+    /// <summary>The record form and the positional form are the same call: the same bits, output and log-sum-exp.</summary>
+    [Test]
+    public void RecordFormGivesTheSameBitsAsThePositionalForm()
+    {
+        Random random = TestRandom.ForCurrentTest(out int seed);
+        var dims = new AttentionDims(2, 203, 113, 8, 2, 64);
+        using ForwardRun run = ForwardRun.Create(Device, dims, DataType.BFloat16, random, seed);
+        var options = new AttentionOptions { Causal = true, WindowLeft = 40, Softcap = 20f, SoftmaxScale = 0.1f };
+
+        Attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, Stream);
+        Stream.Synchronize();
+        byte[] positionalOut = run.DOut.ReadBytes();
+        byte[] positionalLse = run.DLse.ReadBytes();
+
+        run.PoisonOutputs();
+        Attention.Forward(new AttentionArguments(run.QT, run.KT, run.VT, run.OutT, run.LseT), options, Stream);
+        Stream.Synchronize();
+        Assert.Multiple(() =>
+        {
+            Assert.That(run.DOut.ReadBytes(), Is.EqualTo(positionalOut), $"seed {seed}: output");
+            Assert.That(run.DLse.ReadBytes(), Is.EqualTo(positionalLse), $"seed {seed}: log-sum-exp");
+            Assert.That(Numerics.FirstNonFinite(run.DOut.Read()), Is.EqualTo(-1), "the record form wrote the output");
         });
     }
 
