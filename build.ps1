@@ -421,8 +421,10 @@ function Invoke-GpuTest {
     if ($only -ne 'tests') {
     Step 'bench' 'python3 bench/run.py'
     $env:PYTHONUNBUFFERED = '1'
+    # FA_BENCH_ARGS: extra arguments of bench/run.py (e.g. "--baseline-lib build/base/libflash_attention.so").
+    $benchExtra = @(if ($env:FA_BENCH_ARGS) { $env:FA_BENCH_ARGS -split '\s+' | Where-Object { $_ } })
     & python3 bench/run.py --lib $lib --bench-exe (Join-Path $BundleDir 'FlashAttention.Bench') --out "$logDir/bench.json" `
-        --table "$logDir/bench-table.txt" --png "$logDir/bench.png" --commit $commit *> "$logDir/bench.log"
+        --table "$logDir/bench-table.txt" --png "$logDir/bench.png" --commit $commit @benchExtra *> "$logDir/bench.log"
     $rc = $LASTEXITCODE
     if ($rc -ne 0) { Get-Content "$logDir/bench.log" -Tail 30 | Out-Host; $script:Sum.Failed++ }
     $status.Add("bench: exit code $rc (json: $logDir/bench.json)")

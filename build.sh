@@ -62,6 +62,7 @@ Environment:
                     "80" otherwise).
   FA_NATIVE_BUILD_DIR  CMake build folder (default build/native).
   FA_GPU_TEST_ONLY  gpu-test: "tests" (ctest, NUnit, demo, samples) or "bench" (the benchmark only).
+  FA_BENCH_ARGS     gpu-test: extra arguments of bench/run.py (e.g. --baseline-lib DIR, --only fwd,bwd).
 EOF
 }
 
@@ -517,9 +518,12 @@ cmd_gpu_test() {
     if [[ "$only" != "tests" ]]; then
     step bench "python3 bench/run.py (ours via C ABI and via the bench exe, beside PyTorch SDPA; fwd, bwd, decode)"
     rc=0
+    # FA_BENCH_ARGS: extra arguments of bench/run.py (e.g. "--baseline-lib build/base/libflash_attention.so").
+    local bench_extra=()
+    read -r -a bench_extra <<<"${FA_BENCH_ARGS:-}"
     PYTHONUNBUFFERED=1 python3 bench/run.py --lib "$lib" --bench-exe "$BUNDLE_DIR/FlashAttention.Bench" \
         --out "$logdir/bench.json" --table "$logdir/bench-table.txt" --png "$logdir/bench.png" \
-        --commit "$commit" >"$logdir/bench.log" 2>&1 || rc=$?
+        --commit "$commit" ${bench_extra[@]+"${bench_extra[@]}"} >"$logdir/bench.log" 2>&1 || rc=$?
     [[ $rc -eq 0 ]] || { tail -n 30 "$logdir/bench.log"; SUM_FAILED=$((SUM_FAILED + 1)); }
     status_lines+=("bench: exit code $rc (json: $logdir/bench.json)")
     fi

@@ -59,8 +59,9 @@ def new_row(s, block):
             "copy_tbps": None, "ours_splits": None, "ours_rel_err": None, "note": None, "errors": {}}
 
 
-def decode_rows(lib_path, quick=False):
-    """Times the decode grid for ours, flash and cuDNN; returns TARGETS.md rows (null where not measured)."""
+def decode_rows(lib_path, quick=False, baseline_path=None):
+    """Times the decode grid for ours, flash and cuDNN; returns TARGETS.md rows (null where not measured).
+    baseline_path: a second build of the library, timed beside ours on the same cache (ours_base_ms)."""
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel, SDPBackend
@@ -71,6 +72,8 @@ def decode_rows(lib_path, quick=False):
         raise RuntimeError(f"the library is version code {fa.version()}; decode needs {FA_DECODE_VERSION_CODE}")
     dev = torch.device("cuda")
     ctx = fa.open(torch.cuda.current_device()).ctx
+    fb = FaLib(lib_file(baseline_path)) if baseline_path else None
+    bctx = fb.open(torch.cuda.current_device()).ctx if fb else None
 
     def bench(fn):
         return do_bench(fn, warmup=25, rep=100, return_mode="median")
@@ -120,6 +123,14 @@ def decode_rows(lib_path, quick=False):
                     _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch)
                 except Exception as e:  # noqa: BLE001
                     row["errors"]["ours"] = str(e).split("\n")[0][:300]
+                if fb is not None:
+                    base_row = new_row(s, block)
+                    try:
+                        _ours(fb, bctx, base_row, q2, kc, vc, lens, s, block, ref, bench, torch)
+                        row["ours_base_ms"] = base_row["ours_ms"]
+                        row["ours_base_tflops"] = decode_flops(s) / base_row["ours_ms"] / 1e9
+                    except Exception as e:  # noqa: BLE001 - the baseline's failure is reported, not fatal
+                        row["errors"]["base"] = str(e).split("\n")[0][:300]
                 for name in ("ours", "flash", "cudnn"):
                     ms = row[f"{name}_ms"]
                     if ms:
@@ -133,6 +144,8 @@ def decode_rows(lib_path, quick=False):
             torch.cuda.empty_cache()
     finally:
         fa.close()
+        if fb is not None:
+            fb.close()
     return rows
 
 

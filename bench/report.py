@@ -105,7 +105,9 @@ def describe_decode(r):
 
 def format_decode_table(rows):
     """The decode rows (bench/decode.py): times in microseconds, K/V bandwidth in TB/s, ours over flash's time."""
-    lines = ["bf16 decode                   ours_us  flash_us  cudnn_us  ours TB/s  copy TB/s  fl/ours"]
+    base = any("ours_base_ms" in r for r in rows if r["pass"] == "decode")
+    lines = ["bf16 decode                   ours_us  flash_us  cudnn_us  ours TB/s  copy TB/s  fl/ours"
+             + ("   base_us  base/ours" if base else "")]
     for r in rows:
         if r["pass"] != "decode":
             continue
@@ -114,7 +116,11 @@ def format_decode_table(rows):
         errs = r.get("errors")
         lines.append(f"{describe_decode(r)[:28].ljust(28)} {fmt(us['ours'], '8.1f')}  {fmt(us['flash'], '8.1f')}  "
                      f"{fmt(us['cudnn'], '8.1f')}  {fmt(r.get('ours_tbps'), '9.2f')}  {fmt(r.get('copy_tbps'), '9.2f')}  "
-                     f"{fmt(speed, '7.2f')}" + (f"  [{'; '.join(f'{k}: {v}' for k, v in errs.items())}]" if errs else ""))
+                     f"{fmt(speed, '7.2f')}"
+                     + (f"  {fmt(r.get('ours_base_ms') and r['ours_base_ms'] * 1e3, '8.1f')}  "
+                        f"{fmt(r.get('ours_base_ms') and us['ours'] and r['ours_base_ms'] * 1e3 / us['ours'], '9.3f')}"
+                        if base else "")
+                     + (f"  [{'; '.join(f'{k}: {v}' for k, v in errs.items())}]" if errs else ""))
     return "\n".join(lines)
 
 

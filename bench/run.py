@@ -100,7 +100,7 @@ def run_decode(args, lib_path, log):
             print("# decode: bench/decode.py not present; no decode rows", file=log, flush=True)
         return [], err
     try:
-        got = mod.decode_rows(lib_path, quick=args.quick)
+        got = mod.decode_rows(lib_path, quick=args.quick, baseline_path=args.baseline_lib)
     except Exception as e:  # noqa: BLE001
         return [], f"decode_rows raised {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     rows = []
