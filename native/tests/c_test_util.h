@@ -1,15 +1,20 @@
 /*
  * c_test_util.h - what the plain C99 tests of the C ABI (c_abi_test.c, c_decode_test.c) share: the check
- * counters and CHECK, expect() for a status and the last-error contract, and fp16/bf16 conversions (round to
- * nearest even). Include it once, after flash_attention.h and the C headers it uses.
+ * counters and CHECK, expect() for a status and the last-error contract, fp16/bf16 conversions (round to
+ * nearest even), the random seed (clock, --seed N or FA_TEST_SEED, printed either way, so a failure can be
+ * replayed) and the accuracy cap shared with the NUnit tests. Include it once, after flash_attention.h and the
+ * C headers it uses.
  */
 #ifndef FA_C_TEST_UTIL_H
 #define FA_C_TEST_UTIL_H
 
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "flash_attention.h"
 
@@ -134,6 +139,95 @@ static double bf16_to_double(uint16_t h) {
     float f;
     memcpy(&f, &x, sizeof(f));
     return (double)f;
+}
+
+/* ---- accuracy cap (the same rule as the NUnit tests) ------------------------------------------ */
+
+/* Cap on the relative L2 error ||out - ref||_2 / ||ref||_2 of a forward output against the float64 reference:
+   the values of AcceptanceRule.Bf16Cap and AcceptanceRule.Fp16Cap in
+   tests/FlashAttention.Tests/TestSupport/AcceptanceRule.cs (DESIGN.md), applied the same way: the error must be
+   at most the cap (a NaN error never is). Change both places together. */
+#define FA_TEST_BF16_REL_L2_CAP 1e-2
+#define FA_TEST_FP16_REL_L2_CAP 2e-3
+
+static double rel_l2_cap(int dtype) {
+    return dtype == FA_DTYPE_BFLOAT16 ? FA_TEST_BF16_REL_L2_CAP : FA_TEST_FP16_REL_L2_CAP;
+}
+
+/* 1 when a relative L2 error meets the dtype's cap. */
+static int rel_l2_within_cap(double rel, int dtype) {
+    return rel <= rel_l2_cap(dtype);
+}
+
+/* ---- random seed -------------------------------------------------------------------------------- */
+
+/* The seed comes from `--seed N` (or `--seed=N`) on the command line, else from the environment variable
+   FA_TEST_SEED, else from the clock; N is a decimal number from 0 to 2^64-1. The seed is printed either way,
+   with how to replay it. Returns 1 and sets *seed, or prints a usage message and returns 0 (bad or unknown
+   arguments: the caller exits with status 2). */
+static int parse_seed_text(const char* text, uint64_t* seed) {
+    char* end = NULL;
+    unsigned long long value;
+    if (text == NULL || text[0] < '0' || text[0] > '9') {
+        return 0; /* strtoull would accept a sign or spaces */
+    }
+    errno = 0;
+    value = strtoull(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0') {
+        return 0;
+    }
+    *seed = (uint64_t)value;
+    return 1;
+}
+
+static int test_seed_from_args(int argc, char** argv, const char* program, uint64_t* seed) {
+    const char* text = NULL;
+    const char* source = NULL;
+    int i;
+    for (i = 1; i < argc; ++i) {
+        if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
+            text = argv[++i];
+            source = "--seed";
+        } else if (strncmp(argv[i], "--seed=", 7) == 0) {
+            text = argv[i] + 7;
+            source = "--seed";
+        } else {
+            fprintf(stderr, "%s: unknown or incomplete argument '%s'\nusage: %s [--seed N]   (or FA_TEST_SEED=N)\n",
+                    program, argv[i], program);
+            return 0;
+        }
+    }
+    if (text == NULL) {
+        text = getenv("FA_TEST_SEED");
+        if (text != NULL && text[0] != '\0') {
+            source = "FA_TEST_SEED";
+        } else {
+            text = NULL;
+        }
+    }
+    if (text != NULL) {
+        if (!parse_seed_text(text, seed)) {
+            fprintf(stderr, "%s: %s '%s' is not a decimal seed from 0 to 18446744073709551615\n", program, source,
+                    text);
+            return 0;
+        }
+    } else {
+        source = "clock";
+        *seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)clock() ^ 0xD1B54A32D192ED03ull;
+    }
+    printf("%s: random seed %llu (from %s; replay with --seed %llu or FA_TEST_SEED=%llu)\n", program,
+           (unsigned long long)*seed, source, (unsigned long long)*seed, (unsigned long long)*seed);
+    return 1;
+}
+
+/* The xorshift state for a seed: splitmix64 of it, so that every seed (0 and small ones too) starts a
+   well-mixed, nonzero state. */
+static uint64_t rng_state_from_seed(uint64_t seed) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return z != 0 ? z : 1;
 }
 
 #endif /* FA_C_TEST_UTIL_H */
