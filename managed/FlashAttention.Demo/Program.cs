@@ -10,7 +10,8 @@ namespace FlashAttn.Demo;
 /// float64 CPU reference and timed; then the forward features (a variable-length batch with a sliding window and
 /// softcap, and a CUDA graph replayed on new inputs), each checked the same way. Without a GPU (or without the
 /// native library) it says why and runs the same computations, smaller, on the CPU reference. Exit code 0 on
-/// success, 1 when a result is wrong, 2 on an unexpected error.
+/// success, 1 when a result is wrong, 2 on an unexpected error or an unknown argument; --cpu runs the CPU reference
+/// even where a GPU is available.
 /// </summary>
 internal static class Program
 {
@@ -19,13 +20,31 @@ internal static class Program
 
     private static int Main(string[] args)
     {
-        bool forceCpu = args.Contains("--cpu");
-        bool verbose = args.Contains("--verbose") || args.Contains("-v");
-        if (args.Contains("--help") || args.Contains("-h"))
+        bool forceCpu = false, verbose = false, help = false;
+        foreach (string arg in args)
         {
-            Console.WriteLine("usage: FlashAttention.Demo [--cpu] [--verbose]");
-            Console.WriteLine("  --cpu      use the CPU reference even where a GPU is available");
-            Console.WriteLine("  --verbose  log at Debug (library path, call path, native log)");
+            switch (arg)
+            {
+                case "--cpu":
+                    forceCpu = true;
+                    break;
+                case "--verbose" or "-v":
+                    verbose = true;
+                    break;
+                case "--help" or "-h":
+                    help = true;
+                    break;
+                default:
+                    // A mistyped flag (say --cpus) must not silently run the GPU path the caller meant to avoid.
+                    Console.Error.WriteLine($"FlashAttention.Demo: unknown argument '{arg}'");
+                    PrintUsage(Console.Error);
+                    return 2;
+            }
+        }
+
+        if (help)
+        {
+            PrintUsage(Console.Out);
             return 0;
         }
 
@@ -41,13 +60,20 @@ internal static class Program
             Console.WriteLine(FlashAttention.TryGetNativeLibrary(out string libPath, out string libVersion)
                 ? $"native library: {libPath} (version {libVersion})"
                 : "native library: not loaded");
-            if (!forceCpu && CudaDevice.TryGetAvailability(out string reason))
+            if (!forceCpu && CudaDevice.TryGetAvailability(out _))
             {
                 return RunGpu(loggerFactory.CreateLogger<FlashAttention>());
             }
 
-            reason = forceCpu ? "--cpu was given" : Reason();
-            Console.WriteLine($"no GPU: {reason}");
+            if (forceCpu)
+            {
+                Console.WriteLine("CPU reference (--cpu): the GPU path is not tried");
+            }
+            else
+            {
+                Console.WriteLine($"no GPU: {Reason()}");
+            }
+
             Console.WriteLine("running the same call on the CPU reference");
             Console.WriteLine();
             return RunCpu();
@@ -62,6 +88,14 @@ internal static class Program
             Console.Error.WriteLine($"FAILED: {ex}");
             return 2;
         }
+    }
+
+    private static void PrintUsage(TextWriter to)
+    {
+        to.WriteLine("usage: FlashAttention.Demo [--cpu] [--verbose] [--help]");
+        to.WriteLine("  --cpu          use the CPU reference even where a GPU is available");
+        to.WriteLine("  --verbose, -v  log at Debug (library path, call path, native log)");
+        to.WriteLine("  --help, -h     print this and exit");
     }
 
     private static string Reason()
