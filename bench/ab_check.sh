@@ -11,7 +11,7 @@
 #                                      this one in one process on every forward, backward and decode row)
 #
 # FA_CUDA_ARCHS defaults to 90a here (on a Hopper GPU the sm_80 code of an "80;90a" build never runs, and one
-# architecture halves the build). Logs go to $OUT (else build/ab); a summary comes last.
+# architecture halves the build). A summary comes last.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,9 +22,14 @@ base_src="${2:-}"
     exit 2
 }
 export FA_CUDA_ARCHS="${FA_CUDA_ARCHS:-90a}"
-out="${OUT:-build/ab}"
+# Logs go to build/ab-<mode> (gpu-test's too); with $OUT set (the device tool's folder, which returns at most 8
+# files), they come back packed as $OUT/ab-<mode>-logs.tgz, with the bench record and table beside it.
+dest="${OUT:-}"
+out="build/ab-$mode"
+rm -rf "$out"
 mkdir -p "$out"
 out="$(realpath "$out")"
+export OUT="$out"
 base_build=build/base
 base_lib="$base_build/libflash_attention.so"
 
@@ -139,5 +144,11 @@ else
     tail -n 70 "$out/gpu-test.log"
 fi
 
-echo "==> ab_check $mode summary (logs in $out)"
+printf '%s\n' "${summary[@]}" >"$out/summary.txt"
+if [[ -n "$dest" ]]; then
+    mkdir -p "$dest"
+    tar -czf "$dest/ab-$mode-logs.tgz" -C "$out" .
+    for f in bench.json bench-table.txt summary.txt; do [[ -f "$out/$f" ]] && cp "$out/$f" "$dest/$mode-$f"; done
+fi
+echo "==> ab_check $mode summary (logs in $out${dest:+, packed in $dest/ab-$mode-logs.tgz})"
 printf '    %s\n' "${summary[@]}"
