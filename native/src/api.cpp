@@ -11,6 +11,7 @@
 #include "error.h"
 #include "flash_attention.h"
 #include "dispatch.h"
+#include "params_defaults.h"
 #include "validate.h"
 
 namespace {
@@ -435,20 +436,7 @@ FA_API fa_status_t fa_forward_params_init(fa_forward_params_t* params, size_t st
                              std::to_string(sizeof(fa_forward_params_t)) + " in this version, at least " +
                              std::to_string(fa::kForwardParamsMinSize) + ")");
     }
-    // Build the defaults in a full struct, then copy only what the caller's struct holds.
-    fa_forward_params_t defaults;
-    std::memset(&defaults, 0, sizeof(defaults));
-    defaults.struct_size = static_cast<uint32_t>(struct_size);
-    defaults.softmax_scale = 0.0f;
-    defaults.causal = 0;
-    defaults.causal_alignment = FA_CAUSAL_BOTTOM_RIGHT;
-    defaults.kernel_path = FA_PATH_AUTO;
-    defaults.window_left = -1;
-    defaults.window_right = -1;
-    defaults.softcap = 0.0f;
-    const size_t known = struct_size < sizeof(defaults) ? struct_size : sizeof(defaults);
-    std::memset(params, 0, struct_size);  // a newer caller's fields unknown here start as zero
-    std::memcpy(params, &defaults, known);
+    fa::init_params(params, struct_size);  // params_defaults.h: the defaults of every pass, written once
     return FA_STATUS_SUCCESS;
     FA_API_END
 }

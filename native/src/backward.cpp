@@ -2,13 +2,13 @@
 // (tools/check_abi_boundary.py enforces it).
 #include <cuda_runtime_api.h>
 
-#include <cstring>
 #include <string>
 
 #include "context.h"
 #include "cuda_check.h"
 #include "error.h"
 #include "flash_attention.h"
+#include "params_defaults.h"
 #include "validate.h"
 
 namespace {
@@ -52,16 +52,7 @@ FA_API fa_status_t fa_backward_params_init(fa_backward_params_t* params, size_t 
     FA_API_BEGIN
     require(params, "params");
     fa::check_backward_params_size(struct_size);
-    std::memset(params, 0, struct_size);
-    params->struct_size = static_cast<uint32_t>(struct_size);
-    params->softmax_scale = 0.0f;
-    params->causal = 0;
-    params->causal_alignment = FA_CAUSAL_BOTTOM_RIGHT;
-    params->kernel_path = FA_PATH_AUTO;
-    params->window_left = -1;
-    params->window_right = -1;
-    params->softcap = 0.0f;
-    params->deterministic = 0;
+    fa::init_params(params, struct_size);  // params_defaults.h: the defaults of every pass, written once
     return FA_STATUS_SUCCESS;
     FA_API_END
 }

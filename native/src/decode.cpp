@@ -3,7 +3,6 @@
 // validate_decode.cpp, the kernels in native/kernels/sm80/decode_* (through the registry).
 #include <cuda_runtime_api.h>
 
-#include <cstring>
 #include <string>
 
 #include "context.h"
@@ -11,6 +10,7 @@
 #include "dispatch.h"
 #include "error.h"
 #include "flash_attention.h"
+#include "params_defaults.h"
 #include "validate.h"
 
 namespace {
@@ -59,20 +59,7 @@ FA_API fa_status_t fa_decode_params_init(fa_decode_params_t* params, size_t stru
                                              "; pass sizeof(fa_decode_params_t) (" +
                                              std::to_string(sizeof(fa_decode_params_t)) + " in this version)");
     }
-    // Build the defaults in a full struct, then copy only what the caller's struct holds.
-    fa_decode_params_t defaults;
-    std::memset(&defaults, 0, sizeof(defaults));
-    defaults.struct_size = static_cast<uint32_t>(struct_size);
-    defaults.softmax_scale = 0.0f;
-    defaults.causal = 0;
-    defaults.window_left = -1;
-    defaults.window_right = -1;
-    defaults.softcap = 0.0f;
-    defaults.kernel_path = FA_PATH_AUTO;
-    defaults.num_splits = 0;
-    const size_t known = struct_size < sizeof(defaults) ? struct_size : sizeof(defaults);
-    std::memset(params, 0, struct_size);  // a newer caller's fields unknown here start as zero
-    std::memcpy(params, &defaults, known);
+    fa::init_params(params, struct_size);  // params_defaults.h: the defaults of every pass, written once
     return FA_STATUS_SUCCESS;
     FA_API_END
 }

@@ -1,5 +1,7 @@
-// Argument checking of fa_forward / fa_forward_check. Runs before any CUDA call and touches no
-// device memory: it reads only the descriptors.
+// Argument checking of every pass, as the exports (api.cpp, backward.cpp, decode.cpp) call it: one file per
+// pass (validate_forward.cpp, validate_backward.cpp, validate_decode.cpp, validate_query.cpp) over the shared
+// core (validate_common.h, validate_attention.h). Runs before any CUDA call and touches no device memory: it
+// reads only the descriptors (and the host copies of lengths the caller gives).
 #pragma once
 #include <cstddef>
 
@@ -20,17 +22,13 @@ constexpr size_t kForwardParamsMinSize = offsetof(fa_forward_params_t, window_le
 // Checks *params for a GPU of compute capability `compute_capability` (major*10+minor, or 0 for any
 // GPU this build serves). Throws fa::Error (INVALID_ARGUMENT for bad input, UNSUPPORTED for valid
 // input this build or GPU does not serve). On success returns the filled kernel parameters.
-// *extents (if not NULL) receives the byte ranges of q, k, v, out and lse (0..0 when lse is absent), set once
-// every tensor has been checked, so also when the call then turns out UNSUPPORTED.
-struct ForwardExtents {
-    validation::Extent q, k, v, out, lse;
-};
-FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability,
-                           ForwardExtents* extents = nullptr);
+// (validate_forward.cpp)
+FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability);
 
 // Checks *params of fa_backward / fa_backward_check / fa_backward_workspace_size and returns the kernel
 // parameters (workspace pointers unset). *workspace_bytes (if not NULL) receives the workspace the call
 // needs; with check_workspace a caller workspace is checked against it (alignment, size, overlap).
+// (validate_backward.cpp)
 BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_capability, bool check_workspace,
                             size_t* workspace_bytes);
 
@@ -38,11 +36,13 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
 void check_backward_params_size(size_t struct_size);
 
 // Answers fa_query_support: returns when this build serves the kind of call *query describes, throws
-// fa::Error (INVALID_ARGUMENT for a malformed query, UNSUPPORTED saying why otherwise).
+// fa::Error (INVALID_ARGUMENT for a malformed query, UNSUPPORTED saying why otherwise). (validate_query.cpp)
 void check_support_query(const fa_support_query_t& query);
 
-// "64, 128": the head dims this build has a forward kernel for.
-std::string served_head_dims();
+// UNSUPPORTED when the main kernel of `pass` (backward or decode) for `head_dim`, on the path kernel_path
+// chooses, needs more shared memory per block than compute capability `cc` (not 0) allows; silent for a GPU
+// the table does not know. (validate_query.cpp: the table)
+void check_block_smem(Pass pass, int32_t kernel_path, int32_t head_dim, int32_t cc);
 
 // Short description of a validated call for debug logs: "b=2 sq=17 sk=33 hq=6 hkv=2 d=64 fp16 causal".
 std::string describe(const FwdParams& p);
@@ -54,7 +54,7 @@ constexpr size_t kDecodeParamsMinSize = sizeof(fa_decode_params_t);
 // this build serves). Throws fa::Error (INVALID_ARGUMENT for bad input, UNSUPPORTED for valid input this
 // build or GPU does not serve). On success returns the kernel parameters with num_splits and the workspace
 // pointers unset (num_splits 1, no workspace). *length_hint receives the longest sequence (with its new tokens) when
-// cache_seqlens_host is given, else the capacity: what the split heuristic plans for.
+// cache_seqlens_host is given, else the capacity: what the split heuristic plans for. (validate_decode.cpp)
 DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_capability, int32_t* length_hint);
 
 // Short description of a validated decode call for debug logs.

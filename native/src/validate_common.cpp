@@ -2,8 +2,11 @@
 #include "validate_common.h"
 
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
+#include <vector>
 
+#include "dispatch.h"
 #include "error.h"
 
 namespace fa {
@@ -187,6 +190,184 @@ void refuse_sm90_path(int32_t value, const std::string& name, const std::string&
         unsupported(name + " is FA_PATH_SM90, which serves the backward pass only" +
                     (runs_on.empty() ? "" : "; " + runs_on + " runs on FA_PATH_SM80 (pass FA_PATH_AUTO or FA_PATH_SM80)"));
     }
+}
+
+// ---- fields every pass has -----------------------------------------------------------------------------
+
+void check_reserved(int64_t value, const char* name) {
+    if (value != 0) {
+        invalid(std::string(name) + " is " + s(value) + "; it is reserved and must be 0");
+    }
+}
+
+void check_flag(int32_t value, const char* name) {
+    if (value != 0 && value != 1) {
+        invalid(std::string(name) + " is " + s(value) + "; it must be 0 or 1");
+    }
+}
+
+void check_compute_capability_arg(int32_t cc, const char* name) {
+    if (cc < 0) {
+        invalid(std::string(name) + " is " + s(cc) + "; pass major*10+minor of the target GPU (e.g. 90) or 0 for any GPU");
+    }
+}
+
+void check_compute_capability_served(int32_t cc, const char* name) {
+    if (cc != 0 && cc < 80) {
+        unsupported(std::string(name) + " is " + s(cc) + " (" + s(cc / 10) + "." + s(cc % 10) +
+                    "); the kernels need compute capability 8.0 or newer");
+    }
+}
+
+void check_int32_aligned(const int32_t* pointer, const char* name) {
+    if (reinterpret_cast<uintptr_t>(pointer) % alignof(int32_t) != 0) {
+        invalid(std::string(name) + " (" + hex(pointer) + ") is not 4-byte aligned");
+    }
+}
+
+void check_softmax_scale(float scale) {
+    if (!std::isfinite(scale) || scale < 0.0f) {
+        invalid("softmax_scale is " + float_string(scale) + "; it must be finite and >= 0 (0 means 1/sqrt(head_dim))");
+    }
+}
+
+void check_causal_alignment(int32_t alignment) {
+    if (alignment != FA_CAUSAL_BOTTOM_RIGHT && alignment != FA_CAUSAL_TOP_LEFT) {
+        invalid("causal_alignment is " + s(alignment) +
+                "; it must be FA_CAUSAL_BOTTOM_RIGHT (0) or FA_CAUSAL_TOP_LEFT (1)");
+    }
+}
+
+void check_window(int32_t left, int32_t right) {
+    if (left < -1) {
+        invalid("window_left is " + s(left) + "; it must be -1 (unbounded) or a number of keys >= 0");
+    }
+    if (right < -1) {
+        invalid("window_right is " + s(right) + "; it must be -1 (unbounded) or a number of keys >= 0");
+    }
+}
+
+void check_softcap(float softcap) {
+    if (!std::isfinite(softcap) || softcap < 0.0f) {
+        invalid("softcap is " + float_string(softcap) + "; it must be finite and >= 0 (0 turns it off)");
+    }
+    // The kernels multiply softcap by log2(e); the product must stay a finite float.
+    if (static_cast<double>(softcap) * kLog2e > static_cast<double>(std::numeric_limits<float>::max())) {
+        invalid("softcap is " + float_string(softcap) + "; it must be at most " +
+                float_string(static_cast<float>(std::numeric_limits<float>::max() / kLog2e)));
+    }
+}
+
+void check_gqa(int64_t heads_q, int64_t heads_kv, const char* k_name) {
+    if (heads_q % heads_kv != 0) {
+        invalid(std::string(k_name) + " has " + s(heads_kv) + " heads, which does not divide q's " + s(heads_q) +
+                " heads; heads_q must be a multiple of heads_kv (GQA/MQA)");
+    }
+}
+
+void check_head_dim_served(int64_t d, int32_t index) {
+    if (d > kInt32Max || !head_dim_served(static_cast<int32_t>(d))) {
+        unsupported("q.shape[" + s(index) + "] (head_dim) is " + s(d) + "; this build serves head dims " +
+                    served_head_dims());
+    }
+}
+
+namespace {
+// Largest head dim asked of the dispatcher when listing the served ones.
+constexpr int32_t kMaxProbedHeadDim = 1024;
+}  // namespace
+
+std::string served_head_dims() {
+    std::vector<int32_t> dims;
+    for (int32_t d = 1; d <= kMaxProbedHeadDim; ++d) {
+        if (head_dim_served(d)) {
+            dims.push_back(d);
+        }
+    }
+    if (dims.empty()) {
+        return "none";
+    }
+    // Runs of three or more equally spaced dims are written "8 to 128 in steps of 8".
+    std::string list;
+    size_t i = 0;
+    while (i < dims.size()) {
+        size_t j = i;
+        if (i + 2 < dims.size()) {
+            const int32_t step = dims[i + 1] - dims[i];
+            j = i + 1;
+            while (j + 1 < dims.size() && dims[j + 1] - dims[j] == step) {
+                ++j;
+            }
+            if (j - i < 2) {
+                j = i;
+            }
+        }
+        list += list.empty() ? "" : ", ";
+        if (j > i) {
+            list += s(dims[i]) + " to " + s(dims[j]) + " in steps of " + s(dims[i + 1] - dims[i]);
+        } else {
+            list += s(dims[i]);
+        }
+        i = j + 1;
+    }
+    const int32_t* compiled = nullptr;
+    const int32_t count = kernels::compiled_head_dims(&compiled);
+    if (count > 0 && compiled != nullptr) {
+        list += " (kernels for ";
+        for (int32_t k = 0; k < count; ++k) {
+            list += (k > 0 ? ", " : "") + s(compiled[k]);
+        }
+        list += "; FA_HEAD_DIMS picks them at build time)";
+    }
+    return list;
+}
+
+void check_int32_sizes(std::initializer_list<SizeArg> sizes) {
+    for (const SizeArg& size : sizes) {
+        if (size.value > kInt32Max) {
+            unsupported(std::string(size.what) + " is " + s(size.value) + "; the largest this build serves is " +
+                        s(kInt32Max));
+        }
+    }
+}
+
+// ---- variable-length batches ----------------------------------------------------------------------------
+
+void check_host_cu_seqlens(const int32_t* cu, const char* name, int32_t batch, int64_t rows, const char* rows_what,
+                           int32_t max_seqlen, const char* max_name) {
+    // Built only for a message: a name such as "cu_seqlens_q_host" is too long for the small-string
+    // buffer, so a std::string made up front would allocate on every call.
+    const auto n = [name] { return std::string(name); };
+    if (cu[0] != 0) {
+        invalid(n() + "[0] is " + s(cu[0]) + "; cu_seqlens are prefix sums of the sequence lengths and start at 0");
+    }
+    for (int32_t i = 1; i <= batch; ++i) {
+        if (cu[i] < cu[i - 1]) {
+            invalid(n() + "[" + s(i) + "] is " + s(cu[i]) + ", less than " + n() + "[" + s(i - 1) + "] = " +
+                    s(cu[i - 1]) + "; cu_seqlens never decrease (sequence " + s(i - 1) +
+                    " would have a negative length)");
+        }
+        const int64_t length = static_cast<int64_t>(cu[i]) - cu[i - 1];
+        if (length > max_seqlen) {
+            invalid("sequence " + s(i - 1) + " has length " + s(length) + " (" + n() + "[" + s(i) + "] - " + n() + "[" +
+                    s(i - 1) + "] = " + s(cu[i]) + " - " + s(cu[i - 1]) + "), more than " + max_name + " = " +
+                    s(max_seqlen));
+        }
+    }
+    if (cu[batch] > rows) {
+        invalid(n() + "[" + s(batch) + "] is " + s(cu[batch]) + ", past the end of the " + s(rows) + " rows of " +
+                rows_what);
+    }
+}
+
+Extent cu_extent(const int32_t* cu, int32_t batch, const char* name) {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(cu);
+    const uintptr_t bytes = (static_cast<uintptr_t>(batch) + 1) * sizeof(int32_t);
+    if (address > std::numeric_limits<uintptr_t>::max() - bytes) {
+        invalid(std::string(name) + " (" + hex(cu) + ") plus its " + s(static_cast<int64_t>(bytes)) +
+                " bytes runs past the end of the address space");
+    }
+    return Extent{address, address + bytes};
 }
 
 }  // namespace validation

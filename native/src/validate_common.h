@@ -1,8 +1,12 @@
-// Argument-checking helpers shared by the validation of every pass (validate.cpp: forward and backward;
-// validate_decode.cpp: decode): message formatting, and the checks of one tensor descriptor on its own and of
-// two tensors' memory against each other. Host-only; they throw fa::Error and touch no device memory.
+// Argument-checking helpers shared by the validation of every pass (validate_forward.cpp, validate_backward.cpp,
+// validate_decode.cpp, validate_query.cpp): message formatting, the checks of one tensor descriptor on its own
+// and of two tensors' memory against each other, and the checks of the fields every pass has (reserved fields,
+// flags, compute capability, the scale/causal/window/softcap/kernel_path options, GQA, head dims, 32-bit
+// sizes, host copies of cu_seqlens). Each message is written here once. Host-only; they throw fa::Error and
+// touch no device memory. The q/k/v/out/lse core of the forward and backward is validate_attention.h.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <string>
 
@@ -61,6 +65,53 @@ void check_kernel_path(int32_t value, const std::string& name);
 // UNSUPPORTED for FA_PATH_SM90 in a pass that has no sm90 kernels; `runs_on` (may be empty) says what the
 // pass runs on ("the forward runs on ...").
 void refuse_sm90_path(int32_t value, const std::string& name, const std::string& runs_on);
+
+// ---- fields every pass has -----------------------------------------------------------------------------
+// `name` is the field as the message names it ("params->reserved0", "causal", "query->compute_capability").
+
+// INVALID_ARGUMENT unless a reserved field is 0.
+void check_reserved(int64_t value, const char* name);
+// INVALID_ARGUMENT unless a flag is 0 or 1.
+void check_flag(int32_t value, const char* name);
+// INVALID_ARGUMENT for a negative compute capability (0 means any GPU).
+void check_compute_capability_arg(int32_t cc, const char* name);
+// UNSUPPORTED for a compute capability below 8.0 (0 passes).
+void check_compute_capability_served(int32_t cc, const char* name);
+// INVALID_ARGUMENT unless a host or device int32 array is 4-byte aligned.
+void check_int32_aligned(const int32_t* pointer, const char* name);
+
+// The options: softmax_scale, causal_alignment, window_left/right, softcap (causal is check_flag's, kernel_path
+// check_kernel_path's). Each pass calls them in its own order.
+void check_softmax_scale(float scale);
+void check_causal_alignment(int32_t alignment);
+void check_window(int32_t left, int32_t right);
+void check_softcap(float softcap);
+// log2(e): the kernels' softmax runs on exp2, so scale and softcap are multiplied by it.
+constexpr double kLog2e = 1.4426950408889634074;
+
+// INVALID_ARGUMENT unless q's heads are a multiple of the key heads (`k_name` names that tensor).
+void check_gqa(int64_t heads_q, int64_t heads_kv, const char* k_name);
+// UNSUPPORTED unless this build has a kernel for head dim `d`, read from q.shape[index].
+void check_head_dim_served(int64_t d, int32_t index);
+// "64, 128": the head dims this build has a forward kernel for.
+std::string served_head_dims();
+
+// One size the kernels index with 32 bits, with what it is ("q.shape[0] (batch)").
+struct SizeArg {
+    int64_t value;
+    const char* what;
+};
+// UNSUPPORTED for the first size above INT32_MAX.
+void check_int32_sizes(std::initializer_list<SizeArg> sizes);
+
+// ---- variable-length batches ----------------------------------------------------------------------------
+
+// Checks a host copy of cu_seqlens (batch + 1 prefix sums) against the rows of its tensors (`rows_what` names
+// them) and the declared longest sequence `max_seqlen` (named `max_name`).
+void check_host_cu_seqlens(const int32_t* cu, const char* name, int32_t batch, int64_t rows, const char* rows_what,
+                           int32_t max_seqlen, const char* max_name);
+// Byte range of a device cu_seqlens array (batch + 1 int32 values).
+Extent cu_extent(const int32_t* cu, int32_t batch, const char* name);
 
 }  // namespace validation
 }  // namespace fa

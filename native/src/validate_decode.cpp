@@ -4,10 +4,9 @@
 // against each other, scalars, the host copy of cache_seqlens, memory overlap), then the UNSUPPORTED checks
 // (head dim, paged block size, sizes the kernels index with 32 bits, compute capability), so a call that is
 // wrong in several ways reports a wrong argument before something this build does not serve.
-// The tensor checks are validate_common.h's, shared with the forward and backward.
-#include <cinttypes>
+// The tensor checks and the option checks are validate_common.h's, shared with the forward and backward; each
+// step is a function (check_decode_struct, then DecodeCheck's steps in order).
 #include <cmath>
-#include <cstdio>
 #include <limits>
 #include <string>
 
@@ -56,8 +55,11 @@ std::string describe(const DecodeParams& p) {
     return out + (p.lse != nullptr ? " +lse" : "");
 }
 
-DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_capability, int32_t* length_hint) {
-    // ---- the struct itself ----------------------------------------------------------------------
+namespace {
+
+// The struct itself (INVALID_ARGUMENT): present, large enough, reserved field zero, flags, the compute
+// capability argument, new keys and values given together.
+void check_decode_struct(const fa_decode_params_t* params, int32_t compute_capability) {
     if (params == nullptr) {
         invalid("params is NULL");
     }
@@ -66,340 +68,342 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
                 s(static_cast<int64_t>(sizeof(fa_decode_params_t))) +
                 " bytes in this library: fill params with fa_decode_params_init");
     }
-    const fa_decode_params_t& P = *params;
-    if (P.reserved0 != 0) {
-        invalid("params->reserved0 is " + s(P.reserved0) + "; it is reserved and must be 0");
-    }
-    if (P.advance_cache_seqlens != 0 && P.advance_cache_seqlens != 1) {
-        invalid("advance_cache_seqlens is " + s(P.advance_cache_seqlens) + "; it must be 0 or 1");
-    }
-    if (P.advance_cache_seqlens == 1 && P.k_new.data == nullptr) {
+    check_reserved(params->reserved0, "params->reserved0");
+    check_flag(params->advance_cache_seqlens, "advance_cache_seqlens");
+    if (params->advance_cache_seqlens == 1 && params->k_new.data == nullptr) {
         invalid("advance_cache_seqlens is 1 but k_new/v_new are not given; only an append advances the lengths");
     }
-    if (compute_capability < 0) {
-        invalid("compute_capability is " + s(compute_capability) +
-                "; pass major*10+minor of the target GPU (e.g. 90) or 0 for any GPU");
-    }
-    const bool paged = P.block_table.data != nullptr;
-    const bool append = P.k_new.data != nullptr || P.v_new.data != nullptr;
-    if (append && (P.k_new.data == nullptr || P.v_new.data == nullptr)) {
-        invalid(std::string(P.k_new.data != nullptr ? "k_new.data is set but v_new.data is NULL"
-                                                    : "v_new.data is set but k_new.data is NULL") +
+    check_compute_capability_arg(compute_capability, "compute_capability");
+    const bool append = params->k_new.data != nullptr || params->v_new.data != nullptr;
+    if (append && (params->k_new.data == nullptr || params->v_new.data == nullptr)) {
+        invalid(std::string(params->k_new.data != nullptr ? "k_new.data is set but v_new.data is NULL"
+                                                          : "v_new.data is set but k_new.data is NULL") +
                 "; give both new keys and new values (to append them) or neither");
     }
-    const bool has_lse = P.lse.data != nullptr;
+}
 
-    // ---- each tensor on its own ---------------------------------------------------------------
-    const Extent q = check_tensor({P.q, "q", {"batch", "seqlen_new", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
-    const char* cache_dims_contiguous[4] = {"batch", "capacity", "heads_kv", "head_dim"};
-    const char* cache_dims_paged[4] = {"num_blocks", "block_size", "heads_kv", "head_dim"};
-    const char* const* cd = paged ? cache_dims_paged : cache_dims_contiguous;
-    const Extent kc = check_tensor({P.k_cache, "k_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, ""}, TensorKind::Attention);
-    const Extent vc = check_tensor({P.v_cache, "v_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, ""}, TensorKind::Attention);
-    const Extent o = check_tensor({P.out, "out", {"batch", "seqlen_new", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
-    const Extent sl = check_tensor({P.cache_seqlens, "cache_seqlens", {"batch", "", "", ""}, 1, ""}, TensorKind::Int32);
-    Extent l{0, 0}, bt{0, 0}, kn{0, 0}, vn{0, 0};
-    if (has_lse) {
-        l = check_tensor({P.lse, "lse", {"batch", "heads_q", "seqlen_new", ""}, 3, ""}, TensorKind::Float32);
-    }
-    if (paged) {
-        bt = check_tensor({P.block_table, "block_table", {"batch", "max_blocks_per_seq", "", ""}, 2, ""}, TensorKind::Int32);
-    }
-    if (append) {
-        kn = check_tensor({P.k_new, "k_new", {"batch", "seqlen_new", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
-        vn = check_tensor({P.v_new, "v_new", {"batch", "seqlen_new", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
+// One call's checks, step by step in the order validate_decode runs them; each step reads what the earlier
+// ones found.
+struct DecodeCheck {
+    const fa_decode_params_t& P;
+    bool paged = false, append = false, has_lse = false;
+    Extent q{0, 0}, kc{0, 0}, vc{0, 0}, o{0, 0}, sl{0, 0}, l{0, 0}, bt{0, 0}, kn{0, 0}, vn{0, 0};
+    int64_t b = 0, sq = 0, hq = 0, d = 0, hkv = 0;
+    int64_t block_size = 0, max_blocks = 0, capacity = 0, added = 0;
+    int64_t longest = 0;            // longest sequence with its new tokens (the capacity without a host copy)
+    int64_t rows = 0, m_blocks = 0;  // packed rows per kv head and their 16-row blocks
+
+    explicit DecodeCheck(const fa_decode_params_t& params)
+        : P(params),
+          paged(params.block_table.data != nullptr),
+          append(params.k_new.data != nullptr || params.v_new.data != nullptr),
+          has_lse(params.lse.data != nullptr) {}
+
+    // Each tensor on its own.
+    void each_tensor() {
+        q = check_tensor({P.q, "q", {"batch", "seqlen_new", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
+        const char* cache_dims_contiguous[4] = {"batch", "capacity", "heads_kv", "head_dim"};
+        const char* cache_dims_paged[4] = {"num_blocks", "block_size", "heads_kv", "head_dim"};
+        const char* const* cd = paged ? cache_dims_paged : cache_dims_contiguous;
+        kc = check_tensor({P.k_cache, "k_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, ""}, TensorKind::Attention);
+        vc = check_tensor({P.v_cache, "v_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, ""}, TensorKind::Attention);
+        o = check_tensor({P.out, "out", {"batch", "seqlen_new", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
+        sl = check_tensor({P.cache_seqlens, "cache_seqlens", {"batch", "", "", ""}, 1, ""}, TensorKind::Int32);
+        if (has_lse) {
+            l = check_tensor({P.lse, "lse", {"batch", "heads_q", "seqlen_new", ""}, 3, ""}, TensorKind::Float32);
+        }
+        if (paged) {
+            bt = check_tensor({P.block_table, "block_table", {"batch", "max_blocks_per_seq", "", ""}, 2, ""}, TensorKind::Int32);
+        }
+        if (append) {
+            kn = check_tensor({P.k_new, "k_new", {"batch", "seqlen_new", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
+            vn = check_tensor({P.v_new, "v_new", {"batch", "seqlen_new", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
+        }
     }
 
-    // ---- tensors against each other ------------------------------------------------------------
-    const struct {
-        const fa_tensor_t& t;
-        const char* name;
-        bool given;
-    } same_dtype[] = {{P.k_cache, "k_cache", true}, {P.v_cache, "v_cache", true}, {P.out, "out", true},
-                      {P.k_new, "k_new", append}, {P.v_new, "v_new", append}};
-    for (const auto& other : same_dtype) {
-        if (other.given && other.t.dtype != P.q.dtype) {
-            invalid(std::string(other.name) + ".dtype is " + dtype_name(other.t.dtype) + " but q.dtype is " +
-                    dtype_name(P.q.dtype) + "; q, the caches, the new keys/values and out must share one dtype");
-        }
-    }
-    const int64_t b = P.q.shape[0], sq = P.q.shape[1], hq = P.q.shape[2], d = P.q.shape[3];
-    const int64_t hkv = P.k_cache.shape[2];
-    for (int32_t i = 0; i < 4; ++i) {
-        if (P.out.shape[i] != P.q.shape[i]) {
-            invalid("out.shape is " + shape_string(P.out) + " but q.shape is " + shape_string(P.q) +
-                    "; out must have the shape of q");
-        }
-        if (P.v_cache.shape[i] != P.k_cache.shape[i]) {
-            invalid("v_cache.shape is " + shape_string(P.v_cache) + " but k_cache.shape is " + shape_string(P.k_cache) +
-                    "; the key and value caches must have the same shape");
-        }
-    }
-    check_dim(P.k_cache, "k_cache", 3, "head_dim", d, "q.shape[3] (head_dim)");
-    if (paged) {
-        check_dim(P.block_table, "block_table", 0, "batch", b, "q.shape[0] (batch)");
-    } else {
-        check_dim(P.k_cache, "k_cache", 0, "batch", b, "q.shape[0] (batch)");
-    }
-    check_dim(P.cache_seqlens, "cache_seqlens", 0, "batch", b, "q.shape[0] (batch)");
-    if (append) {
+    // Tensors against each other: one dtype, shapes that agree, GQA, room for the new tokens.
+    void tensors_agree() {
         const struct {
             const fa_tensor_t& t;
             const char* name;
-        } news[] = {{P.k_new, "k_new"}, {P.v_new, "v_new"}};
-        for (const auto& nw : news) {
-            check_dim(nw.t, nw.name, 0, "batch", b, "q.shape[0] (batch)");
-            check_dim(nw.t, nw.name, 1, "seqlen_new", sq, "q.shape[1] (seqlen_new)");
-            check_dim(nw.t, nw.name, 2, "heads_kv", hkv, "k_cache.shape[2] (heads_kv)");
-            check_dim(nw.t, nw.name, 3, "head_dim", d, "q.shape[3] (head_dim)");
-        }
-    }
-    if (hq % hkv != 0) {
-        invalid("k_cache has " + s(hkv) + " heads, which does not divide q's " + s(hq) +
-                " heads; heads_q must be a multiple of heads_kv (GQA/MQA)");
-    }
-    if (has_lse) {
-        if (P.lse.shape[0] != b || P.lse.shape[1] != hq || P.lse.shape[2] != sq) {
-            invalid("lse.shape is " + shape_string(P.lse) + " but must be [batch, heads_q, seqlen_new] = [" + s(b) + ", " +
-                    s(hq) + ", " + s(sq) + "]");
-        }
-    }
-    const int64_t block_size = paged ? P.k_cache.shape[1] : 0;
-    const int64_t max_blocks = paged ? P.block_table.shape[1] : 0;
-    // Positions a sequence's cache holds (max_blocks * block_size cannot overflow: both are below 2^63 / 2^31
-    // or rejected as too large by the UNSUPPORTED checks below, which look at each first).
-    const int64_t capacity = paged ? (block_size <= kInt32Max && max_blocks <= kInt32Max ? max_blocks * block_size
-                                                                                         : std::numeric_limits<int64_t>::max())
-                                   : P.k_cache.shape[1];
-    const int64_t added = append ? sq : 0;
-    if (append && capacity < sq) {
-        invalid(std::string(paged ? "block_table.shape[1] (max_blocks_per_seq) x k_cache.shape[1] (block_size)"
-                                  : "k_cache.shape[1] (capacity)") +
-                " is " + s(capacity) + " positions per sequence, fewer than the " + s(sq) +
-                " new tokens k_new appends (k_new.shape[1])");
-    }
-
-    // ---- scalars -------------------------------------------------------------------------------
-    if (!std::isfinite(P.softmax_scale) || P.softmax_scale < 0.0f) {
-        invalid("softmax_scale is " + float_string(P.softmax_scale) +
-                "; it must be finite and >= 0 (0 means 1/sqrt(head_dim))");
-    }
-    if (P.causal != 0 && P.causal != 1) {
-        invalid("causal is " + s(P.causal) + "; it must be 0 or 1");
-    }
-    if (P.window_left < -1) {
-        invalid("window_left is " + s(P.window_left) + "; it must be -1 (unbounded) or a number of keys >= 0");
-    }
-    if (P.window_right < -1) {
-        invalid("window_right is " + s(P.window_right) + "; it must be -1 (unbounded) or a number of keys >= 0");
-    }
-    constexpr double kLog2e = 1.4426950408889634074;
-    if (!std::isfinite(P.softcap) || P.softcap < 0.0f) {
-        invalid("softcap is " + float_string(P.softcap) + "; it must be finite and >= 0 (0 turns it off)");
-    }
-    if (static_cast<double>(P.softcap) * kLog2e > static_cast<double>(std::numeric_limits<float>::max())) {
-        invalid("softcap is " + float_string(P.softcap) + "; it must be at most " +
-                float_string(static_cast<float>(std::numeric_limits<float>::max() / kLog2e)));
-    }
-    check_kernel_path(P.kernel_path, "kernel_path");
-    if (P.num_splits < 0 || P.num_splits > FA_DECODE_MAX_SPLITS) {
-        invalid("num_splits is " + s(P.num_splits) + "; it must be 0 (chosen by the library) or 1.." +
-                s(FA_DECODE_MAX_SPLITS));
-    }
-    if (P.workspace != nullptr && reinterpret_cast<uintptr_t>(P.workspace) % FA_WORKSPACE_ALIGNMENT != 0) {
-        invalid("workspace (" + hex(P.workspace) + ") is not " + s(FA_WORKSPACE_ALIGNMENT) +
-                "-byte aligned (FA_WORKSPACE_ALIGNMENT)");
-    }
-
-    // ---- the host copy of cache_seqlens --------------------------------------------------------------
-    int64_t longest = capacity;
-    if (P.cache_seqlens_host != nullptr) {
-        if (reinterpret_cast<uintptr_t>(P.cache_seqlens_host) % alignof(int32_t) != 0) {
-            invalid("cache_seqlens_host (" + hex(P.cache_seqlens_host) + ") is not 4-byte aligned");
-        }
-        longest = 0;
-        for (int64_t i = 0; i < b; ++i) {
-            const int64_t cached = P.cache_seqlens_host[i];
-            if (cached < 0) {
-                invalid("cache_seqlens_host[" + s(i) + "] is " + s(cached) + "; cache lengths must be 0 or more");
+            bool given;
+        } same_dtype[] = {{P.k_cache, "k_cache", true}, {P.v_cache, "v_cache", true}, {P.out, "out", true},
+                          {P.k_new, "k_new", append}, {P.v_new, "v_new", append}};
+        for (const auto& other : same_dtype) {
+            if (other.given && other.t.dtype != P.q.dtype) {
+                invalid(std::string(other.name) + ".dtype is " + dtype_name(other.t.dtype) + " but q.dtype is " +
+                        dtype_name(P.q.dtype) + "; q, the caches, the new keys/values and out must share one dtype");
             }
-            if (cached + added > capacity) {
-                invalid(append ? "sequence " + s(i) + " holds " + s(cached) + " tokens (cache_seqlens_host[" + s(i) +
-                                     "]) and appends " + s(sq) + ", " + s(cached + added) +
-                                     " in all, but its cache has room for " + s(capacity)
-                               : "cache_seqlens_host[" + s(i) + "] is " + s(cached) + ", more than the " + s(capacity) +
-                                     " positions its cache has");
+        }
+        b = P.q.shape[0];
+        sq = P.q.shape[1];
+        hq = P.q.shape[2];
+        d = P.q.shape[3];
+        hkv = P.k_cache.shape[2];
+        for (int32_t i = 0; i < 4; ++i) {
+            if (P.out.shape[i] != P.q.shape[i]) {
+                invalid("out.shape is " + shape_string(P.out) + " but q.shape is " + shape_string(P.q) +
+                        "; out must have the shape of q");
             }
-            longest = cached + added > longest ? cached + added : longest;
+            if (P.v_cache.shape[i] != P.k_cache.shape[i]) {
+                invalid("v_cache.shape is " + shape_string(P.v_cache) + " but k_cache.shape is " + shape_string(P.k_cache) +
+                        "; the key and value caches must have the same shape");
+            }
+        }
+        check_dim(P.k_cache, "k_cache", 3, "head_dim", d, "q.shape[3] (head_dim)");
+        if (paged) {
+            check_dim(P.block_table, "block_table", 0, "batch", b, "q.shape[0] (batch)");
+        } else {
+            check_dim(P.k_cache, "k_cache", 0, "batch", b, "q.shape[0] (batch)");
+        }
+        check_dim(P.cache_seqlens, "cache_seqlens", 0, "batch", b, "q.shape[0] (batch)");
+        if (append) {
+            const struct {
+                const fa_tensor_t& t;
+                const char* name;
+            } news[] = {{P.k_new, "k_new"}, {P.v_new, "v_new"}};
+            for (const auto& nw : news) {
+                check_dim(nw.t, nw.name, 0, "batch", b, "q.shape[0] (batch)");
+                check_dim(nw.t, nw.name, 1, "seqlen_new", sq, "q.shape[1] (seqlen_new)");
+                check_dim(nw.t, nw.name, 2, "heads_kv", hkv, "k_cache.shape[2] (heads_kv)");
+                check_dim(nw.t, nw.name, 3, "head_dim", d, "q.shape[3] (head_dim)");
+            }
+        }
+        check_gqa(hq, hkv, "k_cache");
+        if (has_lse) {
+            if (P.lse.shape[0] != b || P.lse.shape[1] != hq || P.lse.shape[2] != sq) {
+                invalid("lse.shape is " + shape_string(P.lse) + " but must be [batch, heads_q, seqlen_new] = [" + s(b) + ", " +
+                        s(hq) + ", " + s(sq) + "]");
+            }
+        }
+        block_size = paged ? P.k_cache.shape[1] : 0;
+        max_blocks = paged ? P.block_table.shape[1] : 0;
+        // Positions a sequence's cache holds (max_blocks * block_size cannot overflow: both are below 2^63 / 2^31
+        // or rejected as too large by the UNSUPPORTED checks below, which look at each first).
+        capacity = paged ? (block_size <= kInt32Max && max_blocks <= kInt32Max ? max_blocks * block_size
+                                                                               : std::numeric_limits<int64_t>::max())
+                         : P.k_cache.shape[1];
+        added = append ? sq : 0;
+        if (append && capacity < sq) {
+            invalid(std::string(paged ? "block_table.shape[1] (max_blocks_per_seq) x k_cache.shape[1] (block_size)"
+                                      : "k_cache.shape[1] (capacity)") +
+                    " is " + s(capacity) + " positions per sequence, fewer than the " + s(sq) +
+                    " new tokens k_new appends (k_new.shape[1])");
         }
     }
 
-    // ---- written memory must not overlap anything else ---------------------------------------------
-    const struct {
-        Extent e;
-        const char* name;
-        bool given;
-    } read[] = {{q, "q", true},          {kc, "k_cache", true}, {vc, "v_cache", true},
-                {kn, "k_new", append},   {vn, "v_new", append}, {sl, "cache_seqlens", true},
-                {bt, "block_table", paged}};
-    for (const auto& r : read) {
-        if (!r.given) continue;
-        check_no_overlap(o, "out", r.e, r.name);
-        if (has_lse) check_no_overlap(l, "lse", r.e, r.name);
-    }
-    if (has_lse) check_no_overlap(o, "out", l, "lse");
-    if (append) {
-        // The caches are written where the new tokens go. (k_cache and v_cache may interleave in one buffer,
-        // but must not be the same memory: the values would overwrite the keys.)
-        if (P.k_cache.data == P.v_cache.data) {
-            invalid("k_cache.data and v_cache.data are the same pointer (" + hex(P.k_cache.data) +
-                    "); with k_new/v_new the values would overwrite the keys");
+    // The options and the split count, and the workspace's alignment.
+    void scalars() {
+        check_softmax_scale(P.softmax_scale);
+        check_flag(P.causal, "causal");
+        check_window(P.window_left, P.window_right);
+        check_softcap(P.softcap);
+        check_kernel_path(P.kernel_path, "kernel_path");
+        if (P.num_splits < 0 || P.num_splits > FA_DECODE_MAX_SPLITS) {
+            invalid("num_splits is " + s(P.num_splits) + "; it must be 0 (chosen by the library) or 1.." +
+                    s(FA_DECODE_MAX_SPLITS));
         }
+        if (P.workspace != nullptr && reinterpret_cast<uintptr_t>(P.workspace) % FA_WORKSPACE_ALIGNMENT != 0) {
+            invalid("workspace (" + hex(P.workspace) + ") is not " + s(FA_WORKSPACE_ALIGNMENT) +
+                    "-byte aligned (FA_WORKSPACE_ALIGNMENT)");
+        }
+    }
+
+    // The host copy of cache_seqlens: lengths that fit the cache.
+    void host_lengths() {
+        longest = capacity;
+        if (P.cache_seqlens_host != nullptr) {
+            check_int32_aligned(P.cache_seqlens_host, "cache_seqlens_host");
+            longest = 0;
+            for (int64_t i = 0; i < b; ++i) {
+                const int64_t cached = P.cache_seqlens_host[i];
+                if (cached < 0) {
+                    invalid("cache_seqlens_host[" + s(i) + "] is " + s(cached) + "; cache lengths must be 0 or more");
+                }
+                if (cached + added > capacity) {
+                    invalid(append ? "sequence " + s(i) + " holds " + s(cached) + " tokens (cache_seqlens_host[" + s(i) +
+                                         "]) and appends " + s(sq) + ", " + s(cached + added) +
+                                         " in all, but its cache has room for " + s(capacity)
+                                   : "cache_seqlens_host[" + s(i) + "] is " + s(cached) + ", more than the " + s(capacity) +
+                                         " positions its cache has");
+                }
+                longest = cached + added > longest ? cached + added : longest;
+            }
+        }
+    }
+
+    // Written memory (out, lse; the caches with an append; cache_seqlens when advanced; the workspace) must not
+    // overlap anything else.
+    void apart() {
+        const struct {
+            Extent e;
+            const char* name;
+            bool given;
+        } read[] = {{q, "q", true},          {kc, "k_cache", true}, {vc, "v_cache", true},
+                    {kn, "k_new", append},   {vn, "v_new", append}, {sl, "cache_seqlens", true},
+                    {bt, "block_table", paged}};
         for (const auto& r : read) {
-            if (!r.given || &r == &read[1] || &r == &read[2]) continue;  // the caches themselves
-            check_no_overlap(kc, "k_cache", r.e, r.name);
-            check_no_overlap(vc, "v_cache", r.e, r.name);
+            if (!r.given) continue;
+            check_no_overlap(o, "out", r.e, r.name);
+            if (has_lse) check_no_overlap(l, "lse", r.e, r.name);
         }
-    }
-    if (P.advance_cache_seqlens == 1) {
-        // cache_seqlens is written too (after the kernels that read it).
-        for (const auto& r : read) {
-            if (r.given && &r != &read[5]) check_no_overlap(sl, "cache_seqlens", r.e, r.name);
+        if (has_lse) check_no_overlap(o, "out", l, "lse");
+        if (append) {
+            // The caches are written where the new tokens go. (k_cache and v_cache may interleave in one buffer,
+            // but must not be the same memory: the values would overwrite the keys.)
+            if (P.k_cache.data == P.v_cache.data) {
+                invalid("k_cache.data and v_cache.data are the same pointer (" + hex(P.k_cache.data) +
+                        "); with k_new/v_new the values would overwrite the keys");
+            }
+            for (const auto& r : read) {
+                if (!r.given || &r == &read[1] || &r == &read[2]) continue;  // the caches themselves
+                check_no_overlap(kc, "k_cache", r.e, r.name);
+                check_no_overlap(vc, "v_cache", r.e, r.name);
+            }
         }
-    }
-    if (P.workspace != nullptr && P.workspace_size > 0) {
-        // The partials are written into the workspace the caller declares.
-        const uintptr_t begin = reinterpret_cast<uintptr_t>(P.workspace);
-        const Extent w{begin, begin + P.workspace_size};
-        for (const auto& r : read) {
-            if (r.given) check_no_overlap(w, "workspace", r.e, r.name);
+        if (P.advance_cache_seqlens == 1) {
+            // cache_seqlens is written too (after the kernels that read it).
+            for (const auto& r : read) {
+                if (r.given && &r != &read[5]) check_no_overlap(sl, "cache_seqlens", r.e, r.name);
+            }
         }
-        check_no_overlap(w, "workspace", o, "out");
-        if (has_lse) check_no_overlap(w, "workspace", l, "lse");
+        if (P.workspace != nullptr && P.workspace_size > 0) {
+            // The partials are written into the workspace the caller declares.
+            const uintptr_t begin = reinterpret_cast<uintptr_t>(P.workspace);
+            const Extent w{begin, begin + P.workspace_size};
+            for (const auto& r : read) {
+                if (r.given) check_no_overlap(w, "workspace", r.e, r.name);
+            }
+            check_no_overlap(w, "workspace", o, "out");
+            if (has_lse) check_no_overlap(w, "workspace", l, "lse");
+        }
     }
 
-    // ---- valid; is it served? ------------------------------------------------------------------
-    refuse_sm90_path(P.kernel_path, "kernel_path", "decode");
-    if (d > kInt32Max || !head_dim_served(static_cast<int32_t>(d))) {
-        unsupported("q.shape[3] (head_dim) is " + s(d) + "; this build serves head dims " + served_head_dims());
-    }
-    if (paged && (block_size < kMinBlockSize || !is_power_of_two(block_size))) {
-        unsupported("k_cache.shape[1] (block_size) is " + s(block_size) +
-                    "; the paged cache is served for block sizes that are powers of two from " + s(kMinBlockSize) +
-                    " up (16, 32, 64, 128, 256, ...)");
-    }
-    const struct {
-        int64_t value;
-        const char* what;
-    } sizes[] = {{b, "q.shape[0] (batch)"},
-                 {sq, "q.shape[1] (seqlen_new)"},
-                 {hq, "q.shape[2] (heads_q)"},
-                 {hkv, "k_cache.shape[2] (heads_kv)"},
-                 {paged ? P.k_cache.shape[0] : 0, "k_cache.shape[0] (num_blocks)"},
-                 {max_blocks, "block_table.shape[1] (max_blocks_per_seq)"}};
-    for (const auto& size : sizes) {
-        if (size.value > kInt32Max) {
-            unsupported(std::string(size.what) + " is " + s(size.value) + "; the largest this build serves is " +
-                        s(kInt32Max));
+    // Valid; is it served? (UNSUPPORTED)
+    void served(int32_t compute_capability) {
+        refuse_sm90_path(P.kernel_path, "kernel_path", "decode");
+        check_head_dim_served(d, 3);
+        if (paged && (block_size < kMinBlockSize || !is_power_of_two(block_size))) {
+            unsupported("k_cache.shape[1] (block_size) is " + s(block_size) +
+                        "; the paged cache is served for block sizes that are powers of two from " + s(kMinBlockSize) +
+                        " up (16, 32, 64, 128, 256, ...)");
         }
-    }
-    if (capacity > kMaxCapacity) {
-        unsupported("the cache holds " + s(capacity) + " positions per sequence; the largest this build serves is " +
-                    s(kMaxCapacity));
-    }
-    // Packed rows (q heads per kv head x new tokens), and the grid of one block per (sequence, kv head,
-    // 16 rows) per split, stay within int32; a forced split count multiplies the grid.
-    const int64_t rows = hq / hkv * sq;
-    const int64_t m_blocks = (rows + 15) / 16;
-    const int64_t splits = P.num_splits > 0 ? P.num_splits : 1;
-    if (rows > kInt32Max || b * hq > kInt32Max / sq || b * hkv > kInt32Max / (m_blocks * splits)) {
-        unsupported("batch " + s(b) + " x heads_q " + s(hq) + " x seqlen_new " + s(sq) +
-                    (P.num_splits > 1 ? " x num_splits " + s(P.num_splits) : std::string()) +
-                    " is too large for one decode launch (the grid and row indices are 32-bit); split the call");
-    }
-    if (compute_capability != 0 && compute_capability < 80) {
-        unsupported("compute_capability is " + s(compute_capability) + " (" + s(compute_capability / 10) + "." +
-                    s(compute_capability % 10) + "); the kernels need compute capability 8.0 or newer");
+        check_int32_sizes({{b, "q.shape[0] (batch)"},
+                           {sq, "q.shape[1] (seqlen_new)"},
+                           {hq, "q.shape[2] (heads_q)"},
+                           {hkv, "k_cache.shape[2] (heads_kv)"},
+                           {paged ? P.k_cache.shape[0] : 0, "k_cache.shape[0] (num_blocks)"},
+                           {max_blocks, "block_table.shape[1] (max_blocks_per_seq)"}});
+        if (capacity > kMaxCapacity) {
+            unsupported("the cache holds " + s(capacity) + " positions per sequence; the largest this build serves is " +
+                        s(kMaxCapacity));
+        }
+        // Packed rows (q heads per kv head x new tokens), and the grid of one block per (sequence, kv head,
+        // 16 rows) per split, stay within int32; a forced split count multiplies the grid.
+        rows = hq / hkv * sq;
+        m_blocks = (rows + 15) / 16;
+        const int64_t splits = P.num_splits > 0 ? P.num_splits : 1;
+        if (rows > kInt32Max || b * hq > kInt32Max / sq || b * hkv > kInt32Max / (m_blocks * splits)) {
+            unsupported("batch " + s(b) + " x heads_q " + s(hq) + " x seqlen_new " + s(sq) +
+                        (P.num_splits > 1 ? " x num_splits " + s(P.num_splits) : std::string()) +
+                        " is too large for one decode launch (the grid and row indices are 32-bit); split the call");
+        }
+        check_compute_capability_served(compute_capability, "compute_capability");
     }
 
-    // ---- kernel parameters -----------------------------------------------------------------------
-    DecodeParams p{};
-    p.q = P.q.data;
-    p.k_cache = P.k_cache.data;
-    p.v_cache = P.v_cache.data;
-    p.k_new = append ? P.k_new.data : nullptr;
-    p.v_new = append ? P.v_new.data : nullptr;
-    p.o = P.out.data;
-    p.lse = has_lse ? static_cast<float*>(P.lse.data) : nullptr;
-    p.cache_seqlens = static_cast<int32_t*>(P.cache_seqlens.data);
-    p.block_table = paged ? static_cast<const int32_t*>(P.block_table.data) : nullptr;
-    p.q_batch_stride = P.q.strides[0];
-    p.q_row_stride = P.q.strides[1];
-    p.q_head_stride = P.q.strides[2];
-    p.k_batch_stride = P.k_cache.strides[0];
-    p.k_row_stride = P.k_cache.strides[1];
-    p.k_head_stride = P.k_cache.strides[2];
-    p.v_batch_stride = P.v_cache.strides[0];
-    p.v_row_stride = P.v_cache.strides[1];
-    p.v_head_stride = P.v_cache.strides[2];
-    if (append) {
-        p.kn_batch_stride = P.k_new.strides[0];
-        p.kn_row_stride = P.k_new.strides[1];
-        p.kn_head_stride = P.k_new.strides[2];
-        p.vn_batch_stride = P.v_new.strides[0];
-        p.vn_row_stride = P.v_new.strides[1];
-        p.vn_head_stride = P.v_new.strides[2];
+    DecodeParams params() const {
+        DecodeParams p{};
+        p.q = P.q.data;
+        p.k_cache = P.k_cache.data;
+        p.v_cache = P.v_cache.data;
+        p.k_new = append ? P.k_new.data : nullptr;
+        p.v_new = append ? P.v_new.data : nullptr;
+        p.o = P.out.data;
+        p.lse = has_lse ? static_cast<float*>(P.lse.data) : nullptr;
+        p.cache_seqlens = static_cast<int32_t*>(P.cache_seqlens.data);
+        p.block_table = paged ? static_cast<const int32_t*>(P.block_table.data) : nullptr;
+        p.q_batch_stride = P.q.strides[0];
+        p.q_row_stride = P.q.strides[1];
+        p.q_head_stride = P.q.strides[2];
+        p.k_batch_stride = P.k_cache.strides[0];
+        p.k_row_stride = P.k_cache.strides[1];
+        p.k_head_stride = P.k_cache.strides[2];
+        p.v_batch_stride = P.v_cache.strides[0];
+        p.v_row_stride = P.v_cache.strides[1];
+        p.v_head_stride = P.v_cache.strides[2];
+        if (append) {
+            p.kn_batch_stride = P.k_new.strides[0];
+            p.kn_row_stride = P.k_new.strides[1];
+            p.kn_head_stride = P.k_new.strides[2];
+            p.vn_batch_stride = P.v_new.strides[0];
+            p.vn_row_stride = P.v_new.strides[1];
+            p.vn_head_stride = P.v_new.strides[2];
+        }
+        p.o_batch_stride = P.out.strides[0];
+        p.o_row_stride = P.out.strides[1];
+        p.o_head_stride = P.out.strides[2];
+        if (has_lse) {
+            p.lse_batch_stride = P.lse.strides[0];
+            p.lse_head_stride = P.lse.strides[1];
+            p.lse_row_stride = P.lse.strides[2];
+        }
+        p.seqlens_stride = P.cache_seqlens.strides[0];
+        if (paged) {
+            p.table_batch_stride = P.block_table.strides[0];
+            p.table_page_stride = P.block_table.strides[1];
+            p.block_size = static_cast<int32_t>(block_size);
+            int32_t shift = 0;
+            while ((int64_t{1} << shift) < block_size) ++shift;
+            p.block_shift = shift;
+            p.num_blocks = static_cast<int32_t>(P.k_cache.shape[0]);
+            p.max_blocks = static_cast<int32_t>(max_blocks);
+        }
+        p.b = static_cast<int32_t>(b);
+        p.sq = static_cast<int32_t>(sq);
+        p.hq = static_cast<int32_t>(hq);
+        p.hkv = static_cast<int32_t>(hkv);
+        p.d = static_cast<int32_t>(d);
+        p.g = static_cast<int32_t>(hq / hkv);
+        p.rows = static_cast<int32_t>(rows);
+        p.m_blocks = static_cast<int32_t>(m_blocks);
+        p.capacity = static_cast<int32_t>(capacity);
+        p.added = static_cast<int32_t>(added);
+        p.advance = P.advance_cache_seqlens;
+        const double scale = P.softmax_scale > 0.0f ? static_cast<double>(P.softmax_scale)
+                                                    : 1.0 / std::sqrt(static_cast<double>(d));
+        p.scale = static_cast<float>(scale);
+        p.softcap = P.softcap;
+        // With softcap the kernel computes tanh(s * scale / softcap) and runs the softmax on softcap times that.
+        p.scale_log2 = static_cast<float>((P.softcap > 0.0f ? static_cast<double>(P.softcap) : scale) * kLog2e);
+        p.causal = P.causal;
+        // A left window of capacity or more hides nothing (new token i sits at position total - sq + i, below
+        // capacity), nor does a right window of seqlen_new or more; -1 lets the kernel skip them. Causal caps the
+        // right side at the diagonal.
+        p.window_left = P.window_left >= capacity ? -1 : P.window_left;
+        const int32_t right = P.window_right >= sq ? -1 : P.window_right;
+        p.window_right = P.causal == 1 ? 0 : right;
+        p.dtype = P.q.dtype == FA_DTYPE_BFLOAT16 ? DType::BFloat16 : DType::Float16;
+        p.num_splits = 1;
+        return p;
     }
-    p.o_batch_stride = P.out.strides[0];
-    p.o_row_stride = P.out.strides[1];
-    p.o_head_stride = P.out.strides[2];
-    if (has_lse) {
-        p.lse_batch_stride = P.lse.strides[0];
-        p.lse_head_stride = P.lse.strides[1];
-        p.lse_row_stride = P.lse.strides[2];
-    }
-    p.seqlens_stride = P.cache_seqlens.strides[0];
-    if (paged) {
-        p.table_batch_stride = P.block_table.strides[0];
-        p.table_page_stride = P.block_table.strides[1];
-        p.block_size = static_cast<int32_t>(block_size);
-        int32_t shift = 0;
-        while ((int64_t{1} << shift) < block_size) ++shift;
-        p.block_shift = shift;
-        p.num_blocks = static_cast<int32_t>(P.k_cache.shape[0]);
-        p.max_blocks = static_cast<int32_t>(max_blocks);
-    }
-    p.b = static_cast<int32_t>(b);
-    p.sq = static_cast<int32_t>(sq);
-    p.hq = static_cast<int32_t>(hq);
-    p.hkv = static_cast<int32_t>(hkv);
-    p.d = static_cast<int32_t>(d);
-    p.g = static_cast<int32_t>(hq / hkv);
-    p.rows = static_cast<int32_t>(rows);
-    p.m_blocks = static_cast<int32_t>(m_blocks);
-    p.capacity = static_cast<int32_t>(capacity);
-    p.added = static_cast<int32_t>(added);
-    p.advance = P.advance_cache_seqlens;
-    const double scale = P.softmax_scale > 0.0f ? static_cast<double>(P.softmax_scale)
-                                                : 1.0 / std::sqrt(static_cast<double>(d));
-    p.scale = static_cast<float>(scale);
-    p.softcap = P.softcap;
-    // With softcap the kernel computes tanh(s * scale / softcap) and runs the softmax on softcap times that.
-    p.scale_log2 = static_cast<float>((P.softcap > 0.0f ? static_cast<double>(P.softcap) : scale) * kLog2e);
-    p.causal = P.causal;
-    // A left window of capacity or more hides nothing (new token i sits at position total - sq + i, below
-    // capacity), nor does a right window of seqlen_new or more; -1 lets the kernel skip them. Causal caps the
-    // right side at the diagonal.
-    p.window_left = P.window_left >= capacity ? -1 : P.window_left;
-    const int32_t right = P.window_right >= sq ? -1 : P.window_right;
-    p.window_right = P.causal == 1 ? 0 : right;
-    p.dtype = P.q.dtype == FA_DTYPE_BFLOAT16 ? DType::BFloat16 : DType::Float16;
-    p.num_splits = 1;
+};
 
+}  // namespace
+
+DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_capability, int32_t* length_hint) {
+    check_decode_struct(params, compute_capability);
+    DecodeCheck c(*params);
+    c.each_tensor();
+    c.tensors_agree();
+    c.scalars();
+    c.host_lengths();
+    c.apart();
+    c.served(compute_capability);
+    const DecodeParams p = c.params();
     if (length_hint != nullptr) {
         // The keys a 16-row block can see are fewer with a left window.
-        int64_t hint = longest;
-        if (p.window_left >= 0 && p.window_left + sq < hint) hint = p.window_left + sq;
+        int64_t hint = c.longest;
+        if (p.window_left >= 0 && p.window_left + c.sq < hint) hint = p.window_left + c.sq;
         *length_hint = static_cast<int32_t>(hint < 1 ? 1 : hint);
     }
     return p;

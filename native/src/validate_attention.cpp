@@ -1,0 +1,304 @@
+// See validate_attention.h. The checks run in the order the header lists, each step a function, so a call
+// that is wrong in several ways reports the same first fault from fa_forward and fa_backward.
+#include "validate_attention.h"
+
+#include <cmath>
+#include <string>
+
+#include "dispatch.h"
+#include "error.h"
+
+namespace fa {
+namespace validation {
+
+namespace {
+
+// cu_seqlens_q/k set (a variable-length batch) or not: the fields that go with each.
+void check_batch_fields(const AttentionArgs& a, bool varlen) {
+    if (varlen) {
+        if (a.cu_seqlens_q == nullptr) {
+            invalid("cu_seqlens_k is set but cu_seqlens_q is NULL; a variable-length batch needs both");
+        }
+        if (a.cu_seqlens_k == nullptr) {
+            invalid("cu_seqlens_q is set but cu_seqlens_k is NULL; a variable-length batch needs both");
+        }
+        check_int32_aligned(a.cu_seqlens_q, "cu_seqlens_q");
+        check_int32_aligned(a.cu_seqlens_k, "cu_seqlens_k");
+        if (a.cu_seqlens_q_host != nullptr) {
+            check_int32_aligned(a.cu_seqlens_q_host, "cu_seqlens_q_host");
+        }
+        if (a.cu_seqlens_k_host != nullptr) {
+            check_int32_aligned(a.cu_seqlens_k_host, "cu_seqlens_k_host");
+        }
+        if (a.varlen_batch < 1) {
+            invalid("varlen_batch is " + s(a.varlen_batch) +
+                    "; a variable-length batch (cu_seqlens_q set) needs at least 1 sequence");
+        }
+        if (a.max_seqlen_q < 0) {
+            invalid("max_seqlen_q is " + s(a.max_seqlen_q) + "; it must be >= 0");
+        }
+        if (a.max_seqlen_k < 0) {
+            invalid("max_seqlen_k is " + s(a.max_seqlen_k) + "; it must be >= 0");
+        }
+        return;
+    }
+    if (a.cu_seqlens_q_host != nullptr || a.cu_seqlens_k_host != nullptr) {
+        invalid(std::string(a.cu_seqlens_q_host != nullptr ? "cu_seqlens_q_host" : "cu_seqlens_k_host") +
+                " is set but cu_seqlens_q and cu_seqlens_k are NULL; host copies go with the device arrays "
+                "of a variable-length batch");
+    }
+    const SizeArg zeros[] = {{a.varlen_batch, "varlen_batch"}, {a.max_seqlen_q, "max_seqlen_q"}, {a.max_seqlen_k, "max_seqlen_k"}};
+    for (const SizeArg& z : zeros) {
+        if (z.value != 0) {
+            invalid(std::string(z.what) + " is " + s(z.value) +
+                    " but cu_seqlens_q is NULL; varlen_batch, max_seqlen_q and max_seqlen_k must be 0 for a "
+                    "fixed-length batch (set cu_seqlens_q and cu_seqlens_k for a variable-length one)");
+        }
+    }
+}
+
+// Each tensor on its own; fills the extents.
+void check_each_tensor(const AttentionArgs& a, AttentionShape& sh) {
+    if (sh.varlen) {
+        const char* hint = "; a variable-length batch (cu_seqlens_q set) packs the sequences along one dimension";
+        // total_q or total_k may be 0 (every sequence empty); such a tensor's data may be NULL. (An lse
+        // with NULL data is absent, as in a fixed-length call.)
+        sh.q = check_tensor({*a.q, "q", {"total_q", "heads_q", "head_dim", ""}, 3, hint}, TensorKind::Attention, 0);
+        sh.k = check_tensor({*a.k, "k", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, TensorKind::Attention, 0);
+        sh.v = check_tensor({*a.v, "v", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, TensorKind::Attention, 0);
+        sh.out = check_tensor({*a.out, "out", {"total_q", "heads_q", "head_dim", ""}, 3, hint}, TensorKind::Attention, 0);
+        if (sh.has_lse) {
+            sh.lse = check_tensor({*a.lse, "lse", {"heads_q", "total_q", "", ""}, 2, hint}, TensorKind::Float32, 1);
+        }
+        return;
+    }
+    sh.q = check_tensor({*a.q, "q", {"batch", "seqlen_q", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
+    sh.k = check_tensor({*a.k, "k", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
+    sh.v = check_tensor({*a.v, "v", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
+    sh.out = check_tensor({*a.out, "out", {"batch", "seqlen_q", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
+    if (sh.has_lse) {
+        sh.lse = check_tensor({*a.lse, "lse", {"batch", "heads_q", "seqlen_q", ""}, 3, ""}, TensorKind::Float32);
+    }
+}
+
+// The tensors against each other: one dtype, one head dim and batch, k like v, out like q, GQA, lse's shape.
+// Fills the sizes.
+void check_tensors_agree(const AttentionArgs& a, AttentionShape& sh) {
+    const fa_tensor_t& q = *a.q;
+    const fa_tensor_t& k = *a.k;
+    const fa_tensor_t& v = *a.v;
+    const fa_tensor_t& out = *a.out;
+    if (k.dtype != q.dtype || v.dtype != q.dtype || out.dtype != q.dtype) {
+        const bool k_odd = k.dtype != q.dtype;
+        const bool v_odd = !k_odd && v.dtype != q.dtype;
+        const fa_tensor_t& odd = k_odd ? k : (v_odd ? v : out);
+        invalid(std::string(k_odd ? "k" : (v_odd ? "v" : "out")) + ".dtype is " + dtype_name(odd.dtype) +
+                " but q.dtype is " + dtype_name(q.dtype) + "; q, k, v and out must share one dtype");
+    }
+    const int32_t row_dim = sh.row_dim;
+    const int32_t head_dim_index = row_dim + 2;
+    sh.b = sh.varlen ? a.varlen_batch : q.shape[0];
+    sh.rows_q = q.shape[row_dim];
+    sh.hq = q.shape[row_dim + 1];
+    sh.d = q.shape[head_dim_index];
+    sh.rows_k = k.shape[row_dim];
+    sh.hkv = k.shape[row_dim + 1];
+    const struct {
+        const fa_tensor_t& t;
+        const char* name;
+    } others[] = {{k, "k"}, {v, "v"}, {out, "out"}};
+    for (const auto& other : others) {
+        if (other.t.shape[head_dim_index] != sh.d) {
+            invalid(std::string(other.name) + ".shape[" + s(head_dim_index) + "] (head_dim) is " +
+                    s(other.t.shape[head_dim_index]) + " but q.shape[" + s(head_dim_index) + "] is " + s(sh.d) +
+                    "; q, k, v and out must have the same head_dim");
+        }
+        if (!sh.varlen && other.t.shape[0] != sh.b) {
+            invalid(std::string(other.name) + ".shape[0] (batch) is " + s(other.t.shape[0]) + " but q.shape[0] is " +
+                    s(sh.b) + "; q, k, v and out must have the same batch");
+        }
+    }
+    if (v.shape[row_dim] != sh.rows_k || v.shape[row_dim + 1] != sh.hkv) {
+        invalid("v.shape is " + shape_string(v) + " but k.shape is " + shape_string(k) +
+                "; k and v must have the same shape");
+    }
+    if (out.shape[row_dim] != sh.rows_q || out.shape[row_dim + 1] != sh.hq) {
+        invalid("out.shape is " + shape_string(out) + " but q.shape is " + shape_string(q) +
+                "; out must have the shape of q");
+    }
+    check_gqa(sh.hq, sh.hkv, "k");
+    if (!sh.has_lse) {
+        return;
+    }
+    const fa_tensor_t& lse = *a.lse;
+    if (sh.varlen && (lse.shape[0] != sh.hq || lse.shape[1] != sh.rows_q)) {
+        invalid("lse.shape is " + shape_string(lse) + " but must be [heads_q, total_q] = [" + s(sh.hq) + ", " +
+                s(sh.rows_q) + "] for a variable-length batch");
+    }
+    if (!sh.varlen && (lse.shape[0] != sh.b || lse.shape[1] != sh.hq || lse.shape[2] != sh.rows_q)) {
+        invalid("lse.shape is " + shape_string(lse) + " but must be [batch, heads_q, seqlen_q] = [" + s(sh.b) + ", " +
+                s(sh.hq) + ", " + s(sh.rows_q) + "]");
+    }
+}
+
+void check_options(const AttentionArgs& a) {
+    check_softmax_scale(a.softmax_scale);
+    check_flag(a.causal, "causal");
+    check_causal_alignment(a.causal_alignment);
+    check_kernel_path(a.kernel_path, "kernel_path");
+    check_window(a.window_left, a.window_right);
+    check_softcap(a.softcap);
+}
+
+void check_host_copies(const AttentionArgs& a, const AttentionShape& sh) {
+    if (sh.varlen && a.cu_seqlens_q_host != nullptr) {
+        check_host_cu_seqlens(a.cu_seqlens_q_host, "cu_seqlens_q_host", a.varlen_batch, sh.rows_q,
+                              "q (q.shape[0], total_q)", a.max_seqlen_q, "max_seqlen_q");
+    }
+    if (sh.varlen && a.cu_seqlens_k_host != nullptr) {
+        check_host_cu_seqlens(a.cu_seqlens_k_host, "cu_seqlens_k_host", a.varlen_batch, sh.rows_k,
+                              "k (k.shape[0], total_k)", a.max_seqlen_k, "max_seqlen_k");
+    }
+}
+
+// out and lse (what the forward writes) against q, k, v and cu_seqlens. The backward reads out and lse,
+// but runs the same checks (a forward call that wrote them had to pass them).
+void check_outputs_apart(const AttentionArgs& a, const AttentionShape& sh) {
+    check_no_overlap(sh.out, "out", sh.q, "q");
+    check_no_overlap(sh.out, "out", sh.k, "k");
+    check_no_overlap(sh.out, "out", sh.v, "v");
+    if (sh.has_lse) {
+        check_no_overlap(sh.out, "out", sh.lse, "lse");
+        check_no_overlap(sh.lse, "lse", sh.q, "q");
+        check_no_overlap(sh.lse, "lse", sh.k, "k");
+        check_no_overlap(sh.lse, "lse", sh.v, "v");
+    }
+    if (sh.varlen) {
+        const Extent cq = cu_extent(a.cu_seqlens_q, a.varlen_batch, "cu_seqlens_q");
+        const Extent ck = cu_extent(a.cu_seqlens_k, a.varlen_batch, "cu_seqlens_k");
+        check_no_overlap(sh.out, "out", cq, "cu_seqlens_q");
+        check_no_overlap(sh.out, "out", ck, "cu_seqlens_k");
+        if (sh.has_lse) {
+            check_no_overlap(sh.lse, "lse", cq, "cu_seqlens_q");
+            check_no_overlap(sh.lse, "lse", ck, "cu_seqlens_k");
+        }
+    }
+}
+
+}  // namespace
+
+AttentionShape check_attention(const AttentionArgs& a) {
+    AttentionShape sh{};
+    sh.varlen = a.cu_seqlens_q != nullptr || a.cu_seqlens_k != nullptr;
+    sh.has_lse = a.lse->data != nullptr;
+    sh.row_dim = sh.varlen ? 0 : 1;
+    check_batch_fields(a, sh.varlen);
+    check_each_tensor(a, sh);
+    check_tensors_agree(a, sh);
+    check_options(a);
+    check_host_copies(a, sh);
+    check_outputs_apart(a, sh);
+    return sh;
+}
+
+void check_attention_served(const AttentionArgs& a, const AttentionShape& sh, int32_t compute_capability) {
+    const bool varlen = sh.varlen;
+    check_head_dim_served(sh.d, sh.row_dim + 2);
+    check_int32_sizes({{sh.b, varlen ? "varlen_batch" : "q.shape[0] (batch)"},
+                       {sh.rows_q, varlen ? "q.shape[0] (total_q)" : "q.shape[1] (seqlen_q)"},
+                       {sh.rows_k, varlen ? "k.shape[0] (total_k)" : "k.shape[1] (seqlen_k)"},
+                       {sh.hq, varlen ? "q.shape[1] (heads_q)" : "q.shape[2] (heads_q)"},
+                       {sh.hkv, varlen ? "k.shape[1] (heads_kv)" : "k.shape[2] (heads_kv)"}});
+    // The kernels walk a 1-D grid of one block per (sequence, head, 64-row block or more): its size
+    // and the block index must stay within int32.
+    const int64_t sq = varlen ? static_cast<int64_t>(a.max_seqlen_q) : sh.rows_q;
+    const int64_t row_blocks = (sq + 63) / 64;
+    if (sh.b * sh.hq > kInt32Max || sh.b * sh.hq * row_blocks > kInt32Max) {
+        unsupported(std::string(varlen ? "varlen_batch" : "q.shape[0] (batch)") + " " + s(sh.b) + " x heads_q " +
+                    s(sh.hq) + " x " + s(row_blocks) + " row blocks of seqlen_q " + s(sq) +
+                    " needs more than 2^31 - 1 blocks; split the call");
+    }
+    check_compute_capability_served(compute_capability, "compute_capability");
+}
+
+FwdParams attention_params(const AttentionArgs& a, const AttentionShape& sh) {
+    const fa_tensor_t& q = *a.q;
+    const fa_tensor_t& k = *a.k;
+    const fa_tensor_t& v = *a.v;
+    const fa_tensor_t& out = *a.out;
+    const bool varlen = sh.varlen;
+    const int32_t row_dim = sh.row_dim;
+    FwdParams p{};
+    p.q = q.data;
+    p.k = k.data;
+    p.v = v.data;
+    p.o = out.data;
+    p.lse = sh.has_lse ? static_cast<float*>(a.lse->data) : nullptr;
+    // q, k, v and out are [batch, rows, heads, head_dim], or [total, heads, head_dim] for a variable-length
+    // batch, which has no batch stride (the kernels ignore it with cu_seqlens set); row_dim says which.
+    p.q_row_stride = q.strides[row_dim];
+    p.q_head_stride = q.strides[row_dim + 1];
+    p.k_row_stride = k.strides[row_dim];
+    p.k_head_stride = k.strides[row_dim + 1];
+    p.v_row_stride = v.strides[row_dim];
+    p.v_head_stride = v.strides[row_dim + 1];
+    p.o_row_stride = out.strides[row_dim];
+    p.o_head_stride = out.strides[row_dim + 1];
+    if (!varlen) {
+        p.q_batch_stride = q.strides[0];
+        p.k_batch_stride = k.strides[0];
+        p.v_batch_stride = v.strides[0];
+        p.o_batch_stride = out.strides[0];
+    }
+    // The LSE is [batch, heads, rows], or [heads, total] for a variable-length batch.
+    if (sh.has_lse) {
+        const int32_t lse_head_dim = varlen ? 0 : 1;
+        if (!varlen) {
+            p.lse_batch_stride = a.lse->strides[0];
+        }
+        p.lse_head_stride = a.lse->strides[lse_head_dim];
+        p.lse_row_stride = a.lse->strides[lse_head_dim + 1];
+    }
+    if (varlen) {
+        p.cu_seqlens_q = a.cu_seqlens_q;
+        p.cu_seqlens_k = a.cu_seqlens_k;
+        p.total_q = static_cast<int32_t>(sh.rows_q);
+        p.total_k = static_cast<int32_t>(sh.rows_k);
+        p.sq = a.max_seqlen_q;
+        p.sk = a.max_seqlen_k;
+    } else {
+        p.sq = static_cast<int32_t>(sh.rows_q);
+        p.sk = static_cast<int32_t>(sh.rows_k);
+    }
+    p.b = static_cast<int32_t>(sh.b);
+    p.hq = static_cast<int32_t>(sh.hq);
+    p.hkv = static_cast<int32_t>(sh.hkv);
+    p.d = static_cast<int32_t>(sh.d);
+    p.hq_per_hkv = static_cast<int32_t>(sh.hq / sh.hkv);
+    const double scale = a.softmax_scale > 0.0f ? static_cast<double>(a.softmax_scale)
+                                                : 1.0 / std::sqrt(static_cast<double>(sh.d));
+    p.scale = static_cast<float>(scale);
+    // With softcap the kernels compute tanh(s * scale / softcap) and run the softmax on softcap times
+    // that, so the exp2 multiplier is softcap * log2(e) instead of scale * log2(e).
+    p.softcap = a.softcap;
+    p.scale_log2 = static_cast<float>((a.softcap > 0.0f ? static_cast<double>(a.softcap) : scale) * kLog2e);
+    p.causal = a.causal;
+    // The kernels read bottom_right (per sequence); causal_offset is kept for logs (fixed-length only).
+    const bool bottom_right = a.causal_alignment == FA_CAUSAL_BOTTOM_RIGHT;
+    p.bottom_right = bottom_right ? 1 : 0;
+    p.causal_offset = !varlen && a.causal == 1 && bottom_right ? p.sk - p.sq : 0;
+    // A window side at least max(seqlen_q, seqlen_k) hides no key of any sequence (every
+    // |key - query - offset| is below it), so it is the same as unbounded; passing -1 keeps the kernels'
+    // 32-bit bound arithmetic far from overflow (INT32_MAX is a common "no window" value) and lets a
+    // non-causal call run the kernel without the local masks.
+    const int32_t no_op_window = p.sq > p.sk ? p.sq : p.sk;
+    p.window_left = a.window_left >= no_op_window ? -1 : a.window_left;
+    // A causal call sees no key right of the diagonal: causal is folded into window_right here, once, so
+    // that every kernel reads one right bound (native/kernels/common/mask.cuh).
+    p.window_right = a.causal == 1 ? 0 : a.window_right >= no_op_window ? -1 : a.window_right;
+    p.dtype = q.dtype == FA_DTYPE_BFLOAT16 ? DType::BFloat16 : DType::Float16;
+    return p;
+}
+
+}  // namespace validation
+}  // namespace fa

@@ -1,0 +1,62 @@
+// The shared core of the forward and backward validation: the arguments fa_forward_params_t and
+// fa_backward_params_t both carry (q, k, v, out, lse, the options, the variable-length fields), checked once
+// here. validate_forward.cpp and validate_backward.cpp map their struct onto AttentionArgs, check what only
+// their pass has, and call these in order:
+//   check_attention (INVALID_ARGUMENT) -> check_attention_served (UNSUPPORTED) -> attention_params.
+#pragma once
+#include <cstdint>
+
+#include "params/fwd_params.h"
+#include "flash_attention.h"
+#include "validate_common.h"
+
+namespace fa {
+namespace validation {
+
+// The attention arguments of one call: views of the caller's struct (the tensors are not copied, so the
+// struct must outlive this).
+struct AttentionArgs {
+    const fa_tensor_t* q;
+    const fa_tensor_t* k;
+    const fa_tensor_t* v;
+    const fa_tensor_t* out;
+    const fa_tensor_t* lse;  // data NULL: absent (the backward requires it before calling here)
+    float softmax_scale;
+    int32_t causal;
+    int32_t causal_alignment;
+    int32_t kernel_path;
+    int32_t window_left;
+    int32_t window_right;
+    float softcap;
+    const int32_t* cu_seqlens_q;
+    const int32_t* cu_seqlens_k;
+    const int32_t* cu_seqlens_q_host;
+    const int32_t* cu_seqlens_k_host;
+    int32_t varlen_batch;
+    int32_t max_seqlen_q;
+    int32_t max_seqlen_k;
+};
+
+// What check_attention found: the layout's sizes and the byte range of every tensor.
+struct AttentionShape {
+    bool varlen;   // cu_seqlens set: q, k, v and out are [total, heads, head_dim]
+    bool has_lse;  // lse.data set
+    int32_t row_dim;  // index of the rows dimension: 0 (variable-length) or 1; heads and head_dim follow it
+    int64_t b, rows_q, rows_k, hq, hkv, d;
+    Extent q, k, v, out, lse;  // lse 0..0 when absent
+};
+
+// Every INVALID_ARGUMENT check of the attention arguments, in this order: the fixed- or variable-length
+// fields, each tensor on its own, the tensors against each other, the options, the host copies of
+// cu_seqlens, then out and lse against the memory they must not overlap.
+AttentionShape check_attention(const AttentionArgs& a);
+
+// The UNSUPPORTED checks: head dim, the sizes the kernels index with 32 bits, the forward grid, compute
+// capability (kernel_path is the caller's: which paths serve differs by pass).
+void check_attention_served(const AttentionArgs& a, const AttentionShape& shape, int32_t compute_capability);
+
+// The forward kernel parameters of a checked call (the backward's BwdParams::f).
+FwdParams attention_params(const AttentionArgs& a, const AttentionShape& shape);
+
+}  // namespace validation
+}  // namespace fa

@@ -1,0 +1,241 @@
+// Validation of fa_backward_params_t and translation into fa::BwdParams.
+//
+// The forward call's arguments (q, k, v, out, lse and the options) go through validate_attention.cpp's core,
+// as fa_forward checks them; then come the gradient tensors, the memory they must not overlap, and the
+// workspace. An UNSUPPORTED verdict of the core waits until every argument of the backward call has been
+// checked, so a wrong argument is reported first.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dispatch.h"
+#include "error.h"
+#include "validate.h"
+#include "validate_attention.h"
+#include "validate_common.h"
+
+namespace fa {
+
+using namespace validation;
+
+namespace {
+
+void check_backward_struct(const fa_backward_params_t* params, int32_t compute_capability) {
+    if (params == nullptr) {
+        invalid("params is NULL");
+    }
+    if (params->struct_size < sizeof(fa_backward_params_t)) {
+        invalid("params->struct_size is " + s(params->struct_size) + " but fa_backward_params_t has " +
+                s(static_cast<int64_t>(sizeof(fa_backward_params_t))) +
+                " bytes in this library: fill params with fa_backward_params_init");
+    }
+    check_reserved(params->reserved0, "params->reserved0");
+    check_reserved(params->reserved1, "params->reserved1");
+    if (params->lse.data == nullptr) {
+        invalid("lse.data is NULL; the backward pass needs the log-sum-exp the forward call wrote");
+    }
+    check_compute_capability_arg(compute_capability, "compute_capability");
+}
+
+AttentionArgs backward_args(const fa_backward_params_t& P) {
+    AttentionArgs a{};
+    a.q = &P.q;
+    a.k = &P.k;
+    a.v = &P.v;
+    a.out = &P.out;
+    a.lse = &P.lse;
+    a.softmax_scale = P.softmax_scale;
+    a.causal = P.causal;
+    a.causal_alignment = P.causal_alignment;
+    a.kernel_path = P.kernel_path;
+    a.window_left = P.window_left;
+    a.window_right = P.window_right;
+    a.softcap = P.softcap;
+    a.cu_seqlens_q = P.cu_seqlens_q;
+    a.cu_seqlens_k = P.cu_seqlens_k;
+    a.cu_seqlens_q_host = P.cu_seqlens_q_host;
+    a.cu_seqlens_k_host = P.cu_seqlens_k_host;
+    a.varlen_batch = P.varlen_batch;
+    a.max_seqlen_q = P.max_seqlen_q;
+    a.max_seqlen_k = P.max_seqlen_k;
+    return a;
+}
+
+// A byte range and the argument's name, for the overlap checks.
+struct Named {
+    Extent e;
+    const char* name;
+};
+
+// dout, dq, dk, dv: each on its own, with q's dtype and the shape of the tensor it goes with. Returns their
+// extents in that order.
+std::vector<Named> check_gradients(const fa_backward_params_t& P, const AttentionShape& sh) {
+    const bool varlen = sh.varlen;
+    const char* hint = varlen ? "; a variable-length batch (cu_seqlens_q set) packs the sequences along one dimension" : "";
+    const int32_t rank = varlen ? 3 : 4;
+    const int32_t empty_dim = varlen ? 0 : -1;
+    const char* q_dims[4] = {"batch", "seqlen_q", "heads_q", "head_dim"};
+    const char* k_dims[4] = {"batch", "seqlen_k", "heads_kv", "head_dim"};
+    const char* q_dims_v[4] = {"total_q", "heads_q", "head_dim", ""};
+    const char* k_dims_v[4] = {"total_k", "heads_kv", "head_dim", ""};
+    const char* const* qd = varlen ? q_dims_v : q_dims;
+    const char* const* kd = varlen ? k_dims_v : k_dims;
+    const struct {
+        const fa_tensor_t& t;
+        const char* name;
+        const fa_tensor_t& like;
+        const char* like_name;
+        bool query_side;
+    } grads[] = {{P.dout, "dout", P.out, "out", true},
+                 {P.dq, "dq", P.q, "q", true},
+                 {P.dk, "dk", P.k, "k", false},
+                 {P.dv, "dv", P.v, "v", false}};
+    std::vector<Named> out;
+    for (const auto& g : grads) {
+        const char* const* dims = g.query_side ? qd : kd;
+        out.push_back({check_tensor({g.t, g.name, {dims[0], dims[1], dims[2], dims[3]}, rank, hint},
+                                    TensorKind::Attention, empty_dim),
+                       g.name});
+        if (g.t.dtype != P.q.dtype) {
+            invalid(std::string(g.name) + ".dtype is " + dtype_name(g.t.dtype) + " but q.dtype is " +
+                    dtype_name(P.q.dtype) + "; dout, dq, dk and dv must have the dtype of q");
+        }
+        for (int32_t dim = 0; dim < rank; ++dim) {
+            if (g.t.shape[dim] != g.like.shape[dim]) {
+                invalid(std::string(g.name) + ".shape is " + shape_string(g.t) + " but " + g.like_name + ".shape is " +
+                        shape_string(g.like) + "; " + g.name + " must have the shape of " + g.like_name);
+            }
+        }
+    }
+    return out;
+}
+
+// The (UNSUPPORTED) checks of the backward kernels themselves: the path, shared memory, the grids.
+void check_backward_served(const fa_backward_params_t& P, const FwdParams& f, int32_t compute_capability) {
+    (void)choose_path(Pass::Backward, P.kernel_path, f.d, compute_capability, -1, "kernel_path");
+    if (compute_capability != 0 && P.kernel_path != FA_PATH_SM90) {
+        check_block_smem(Pass::Backward, P.kernel_path, f.d, compute_capability);
+    }
+    // Grids of the three kernels: key blocks x batch x kv heads; row blocks / row chunks x (batch x) heads.
+    const bool varlen = f.cu_seqlens_q != nullptr;
+    const int32_t block_n = kernels::bwd_block_n(Path::Sm80, kernel_head_dim(f.d));  // the same on sm90
+    const int64_t n_blocks = (static_cast<int64_t>(f.sk) + block_n - 1) / block_n;
+    const int64_t heads = varlen ? f.hq : static_cast<int64_t>(f.b) * f.hq;
+    const int64_t rows = varlen ? f.total_q : f.sq;
+    const int64_t grids[] = {n_blocks * f.b * f.hkv, heads * ((rows + 31) / 32), heads * ((rows * (f.d / 8) + 255) / 256)};
+    for (const int64_t g : grids) {
+        if (g > kInt32Max) {
+            unsupported("this backward call needs a grid of " + s(g) +
+                        " blocks, more than 2^31 - 1; split the batch or the heads over several calls");
+        }
+    }
+}
+
+BwdParams backward_params(const fa_backward_params_t& P, const FwdParams& f) {
+    const bool varlen = f.cu_seqlens_q != nullptr;
+    BwdParams p{};
+    p.f = f;
+    p.dout = P.dout.data;
+    p.dq = P.dq.data;
+    p.dk = P.dk.data;
+    p.dv = P.dv.data;
+    const int32_t row_dim = varlen ? 0 : 1;
+    p.do_row_stride = P.dout.strides[row_dim];
+    p.do_head_stride = P.dout.strides[row_dim + 1];
+    p.dq_row_stride = P.dq.strides[row_dim];
+    p.dq_head_stride = P.dq.strides[row_dim + 1];
+    p.dk_row_stride = P.dk.strides[row_dim];
+    p.dk_head_stride = P.dk.strides[row_dim + 1];
+    p.dv_row_stride = P.dv.strides[row_dim];
+    p.dv_head_stride = P.dv.strides[row_dim + 1];
+    if (!varlen) {
+        p.do_batch_stride = P.dout.strides[0];
+        p.dq_batch_stride = P.dq.strides[0];
+        p.dk_batch_stride = P.dk.strides[0];
+        p.dv_batch_stride = P.dv.strides[0];
+    }
+    p.deterministic = P.deterministic;
+    p.kernel_d = kernel_head_dim(f.d);
+    p.q_slots = varlen ? static_cast<int64_t>(f.hq) * f.total_q : static_cast<int64_t>(f.b) * f.hq * f.sq;
+    return p;
+}
+
+// A caller workspace: aligned, large enough, apart from every tensor of the call.
+void check_workspace(const fa_backward_params_t& P, size_t need, const std::vector<Named>& read,
+                     const std::vector<Named>& written) {
+    if (reinterpret_cast<uintptr_t>(P.workspace) % FA_WORKSPACE_ALIGNMENT != 0) {
+        invalid("workspace (" + hex(P.workspace) + ") is not " + s(FA_WORKSPACE_ALIGNMENT) + "-byte aligned");
+    }
+    if (P.workspace_size < need) {
+        invalid("workspace_size is " + s(static_cast<int64_t>(P.workspace_size)) + " bytes but this call needs " +
+                s(static_cast<int64_t>(need)) + " (ask fa_backward_workspace_size), or pass workspace NULL");
+    }
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(P.workspace);
+    const Extent w{begin, begin + need};
+    for (const Named& r : read) check_no_overlap(w, "workspace", r.e, r.name);
+    for (const Named& r : written) check_no_overlap(w, "workspace", r.e, r.name);
+}
+
+}  // namespace
+
+BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_capability, bool check_workspace_arg,
+                            size_t* workspace_bytes) {
+    check_backward_struct(params, compute_capability);
+    const fa_backward_params_t& P = *params;
+    const AttentionArgs a = backward_args(P);
+    const AttentionShape sh = check_attention(a);
+    // The forward's UNSUPPORTED verdict waits until every argument has been checked.
+    bool served = true;
+    std::string unserved;
+    try {
+        check_attention_served(a, sh, compute_capability);
+    } catch (const Error& e) {
+        if (e.status() != FA_STATUS_UNSUPPORTED) throw;
+        served = false;
+        unserved = e.what();
+    }
+
+    const std::vector<Named> grads = check_gradients(P, sh);
+    check_flag(P.deterministic, "deterministic");
+
+    // Written tensors must not overlap each other or anything read.
+    std::vector<Named> read = {{sh.q, "q"}, {sh.k, "k"}, {sh.v, "v"}, {sh.out, "out"}, grads[0], {sh.lse, "lse"}};
+    if (sh.varlen) {
+        read.push_back({cu_extent(P.cu_seqlens_q, P.varlen_batch, "cu_seqlens_q"), "cu_seqlens_q"});
+        read.push_back({cu_extent(P.cu_seqlens_k, P.varlen_batch, "cu_seqlens_k"), "cu_seqlens_k"});
+    }
+    const std::vector<Named> written(grads.begin() + 1, grads.end());  // dq, dk, dv
+    for (size_t i = 0; i < written.size(); ++i) {
+        for (const Named& r : read) check_no_overlap(written[i].e, written[i].name, r.e, r.name);
+        for (size_t j = 0; j < i; ++j) check_no_overlap(written[i].e, written[i].name, written[j].e, written[j].name);
+    }
+
+    if (!served) {
+        unsupported(unserved);
+    }
+    FwdParams f = attention_params(a, sh);
+    // No sequence of a variable-length batch is longer than the packed rows, so larger maxima only add
+    // empty blocks (and could push the grids past 32 bits).
+    if (sh.varlen) {
+        f.sq = f.sq < f.total_q ? f.sq : f.total_q;
+        f.sk = f.sk < f.total_k ? f.sk : f.total_k;
+    }
+    check_backward_served(P, f, compute_capability);
+
+    BwdParams p = backward_params(P, f);
+    const BwdWorkspaceLayout ws = bwd_workspace_layout(f, p.kernel_d, P.deterministic != 0);
+    if (workspace_bytes != nullptr) *workspace_bytes = ws.total;
+    if (check_workspace_arg && P.workspace != nullptr) {
+        check_workspace(P, ws.total, read, written);
+    }
+    return p;
+}
+
+void check_backward_params_size(size_t struct_size) {
+    if (struct_size < sizeof(fa_backward_params_t) || struct_size > UINT32_MAX) {
+        invalid("struct_size is " + s(static_cast<int64_t>(struct_size)) + "; pass sizeof(fa_backward_params_t) (" +
+                s(static_cast<int64_t>(sizeof(fa_backward_params_t))) + " in this version)");
+    }
+}
+
+}  // namespace fa

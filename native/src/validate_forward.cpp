@@ -1,0 +1,118 @@
+// Validation of fa_forward_params_t and translation into fa::FwdParams.
+//
+// Order: every INVALID_ARGUMENT check first (the struct itself here, then validate_attention.cpp's core: the
+// fields of a fixed-length or variable-length call, each tensor on its own, then tensors against each other,
+// then scalars, then the host copies of cu_seqlens, then memory overlap), then the UNSUPPORTED checks (head
+// dim, sizes the kernels index with 32 bits, compute capability, the sm90 path). So a call that is wrong in
+// several ways reports a wrong argument before it reports something this build does not serve.
+//
+// Versions of fa_forward_params_t: v0.1 ends after kernel_path; v0.2 appends the window, softcap and
+// variable-length fields. A field is read only when the caller's struct_size covers it, so an older
+// caller's smaller struct gets the defaults fa_forward_params_init writes (params_defaults.h).
+#include <cstddef>
+#include <string>
+
+#include "params_defaults.h"
+#include "validate.h"
+#include "validate_attention.h"
+#include "validate_common.h"
+
+namespace fa {
+
+using namespace validation;
+
+namespace {
+
+// What fa_forward_params_init writes: the values of the fields an older caller's struct lacks.
+const fa_forward_params_t& forward_defaults() {
+    static const fa_forward_params_t defaults = default_params<fa_forward_params_t>(sizeof(fa_forward_params_t));
+    return defaults;
+}
+
+// Field `field` of *P when the caller's struct_size covers it, else the default (an older caller).
+#define FA_FIELD_OR_DEFAULT(P, D, field) \
+    ((P).struct_size >= offsetof(fa_forward_params_t, field) + sizeof((P).field) ? (P).field : (D).field)
+
+// The call's attention arguments, with the defaults for the fields past the caller's struct_size.
+AttentionArgs forward_args(const fa_forward_params_t& P) {
+    const fa_forward_params_t& D = forward_defaults();
+    AttentionArgs a{};
+    a.q = &P.q;
+    a.k = &P.k;
+    a.v = &P.v;
+    a.out = &P.out;
+    a.lse = &P.lse;
+    a.softmax_scale = P.softmax_scale;
+    a.causal = P.causal;
+    a.causal_alignment = P.causal_alignment;
+    a.kernel_path = P.kernel_path;
+    a.window_left = FA_FIELD_OR_DEFAULT(P, D, window_left);
+    a.window_right = FA_FIELD_OR_DEFAULT(P, D, window_right);
+    a.softcap = FA_FIELD_OR_DEFAULT(P, D, softcap);
+    a.cu_seqlens_q = FA_FIELD_OR_DEFAULT(P, D, cu_seqlens_q);
+    a.cu_seqlens_k = FA_FIELD_OR_DEFAULT(P, D, cu_seqlens_k);
+    a.cu_seqlens_q_host = FA_FIELD_OR_DEFAULT(P, D, cu_seqlens_q_host);
+    a.cu_seqlens_k_host = FA_FIELD_OR_DEFAULT(P, D, cu_seqlens_k_host);
+    a.varlen_batch = FA_FIELD_OR_DEFAULT(P, D, varlen_batch);
+    a.max_seqlen_q = FA_FIELD_OR_DEFAULT(P, D, max_seqlen_q);
+    a.max_seqlen_k = FA_FIELD_OR_DEFAULT(P, D, max_seqlen_k);
+    return a;
+}
+
+// The struct itself: present, large enough, reserved fields zero; and the compute capability argument.
+void check_forward_struct(const fa_forward_params_t* params, int32_t compute_capability) {
+    if (params == nullptr) {
+        invalid("params is NULL");
+    }
+    // Fields past the caller's struct_size are not read (they get their defaults); a larger
+    // struct_size (a newer caller) is accepted and its unknown tail ignored.
+    if (params->struct_size < kForwardParamsMinSize) {
+        invalid("params->struct_size is " + s(params->struct_size) + " but fa_forward_params_t has " +
+                s(static_cast<int64_t>(sizeof(fa_forward_params_t))) + " bytes in this library (at least " +
+                s(static_cast<int64_t>(kForwardParamsMinSize)) +
+                " for version 0.1): fill params with fa_forward_params_init");
+    }
+    const fa_forward_params_t& P = *params;
+    const fa_forward_params_t& D = forward_defaults();
+    check_reserved(P.reserved0, "params->reserved0");
+    check_compute_capability_arg(compute_capability, "compute_capability");
+    check_reserved(FA_FIELD_OR_DEFAULT(P, D, reserved1), "params->reserved1");
+    check_reserved(FA_FIELD_OR_DEFAULT(P, D, reserved2), "params->reserved2");
+}
+
+#undef FA_FIELD_OR_DEFAULT
+
+}  // namespace
+
+std::string describe(const FwdParams& p) {
+    const bool varlen = p.cu_seqlens_q != nullptr;
+    std::string out = varlen ? "varlen b=" + s(p.b) + " max_sq=" + s(p.sq) + " max_sk=" + s(p.sk) + " total_q=" +
+                                   s(p.total_q) + " total_k=" + s(p.total_k)
+                             : "b=" + s(p.b) + " sq=" + s(p.sq) + " sk=" + s(p.sk);
+    out += " hq=" + s(p.hq) + " hkv=" + s(p.hkv) + " d=" + s(p.d) + (p.dtype == DType::BFloat16 ? " bf16" : " fp16");
+    if (p.causal != 0) {
+        out += varlen ? std::string(p.bottom_right != 0 ? " causal(bottom-right)" : " causal(top-left)")
+                      : " causal(offset " + s(p.causal_offset) + ")";
+    } else {
+        out += " non-causal";
+    }
+    if (p.window_left >= 0 || (p.window_right >= 0 && p.causal == 0)) {
+        out += " window(" + s(p.window_left) + ", " + s(p.window_right) +
+               (p.bottom_right != 0 ? ", bottom-right)" : ", top-left)");
+    }
+    if (p.softcap > 0.0f) {
+        out += " softcap=" + float_string(p.softcap);
+    }
+    return out + (p.lse != nullptr ? " +lse" : "");
+}
+
+FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability) {
+    check_forward_struct(params, compute_capability);
+    const AttentionArgs a = forward_args(*params);
+    const AttentionShape shape = check_attention(a);
+    check_attention_served(a, shape, compute_capability);
+    refuse_sm90_path(a.kernel_path, "kernel_path", "the forward");
+    return attention_params(a, shape);
+}
+
+}  // namespace fa

@@ -1,0 +1,94 @@
+// fa_query_support: whether this build serves a kind of call, without tensors. The path choice is
+// dispatch.cpp's (choose_path); the shared-memory table here is the one the backward's validation checks
+// its kernel against too (check_block_smem).
+#include <string>
+
+#include "dispatch.h"
+#include "validate.h"
+#include "validate_common.h"
+
+namespace fa {
+
+using namespace validation;
+
+namespace {
+
+// Largest dynamic shared memory a block may opt in to, per compute capability (CUDA programming guide,
+// "Features and Technical Specifications"); 0 where this table does not know the GPU.
+int32_t smem_optin_for(int32_t cc) {
+    switch (cc) {
+        case 80: case 87: return 163 * 1024;
+        case 86: case 89: return 99 * 1024;
+        case 90: return 227 * 1024;
+        default: return 0;
+    }
+}
+
+// Is the query well formed? (INVALID_ARGUMENT)
+void check_query_fields(const fa_support_query_t& query) {
+    if (query.struct_size < sizeof(fa_support_query_t)) {
+        invalid("query->struct_size is " + s(query.struct_size) + " but fa_support_query_t has " +
+                s(static_cast<int64_t>(sizeof(fa_support_query_t))) +
+                " bytes in this library: set it to sizeof(fa_support_query_t)");
+    }
+    if (query.pass != FA_PASS_FORWARD && query.pass != FA_PASS_BACKWARD && query.pass != FA_PASS_DECODE) {
+        invalid("query->pass is " + s(query.pass) +
+                "; it must be FA_PASS_FORWARD (0), FA_PASS_BACKWARD (1) or FA_PASS_DECODE (2)");
+    }
+    check_compute_capability_arg(query.compute_capability, "query->compute_capability");
+    if (dtype_size(query.dtype) == 0) {
+        invalid("query->dtype is " + s(query.dtype) + "; it must be an fa_dtype_t value");
+    }
+    if (query.head_dim < 1) {
+        invalid("query->head_dim is " + s(query.head_dim) + "; it must be at least 1");
+    }
+    check_flag(query.causal, "query->causal");
+    check_flag(query.window, "query->window");
+    check_flag(query.softcap, "query->softcap");
+    check_flag(query.varlen, "query->varlen");
+    check_kernel_path(query.kernel_path, "query->kernel_path");
+}
+
+}  // namespace
+
+void check_block_smem(Pass pass, int32_t kernel_path, int32_t head_dim, int32_t cc) {
+    const int32_t need = smem_need(pass, kernel_path, kernel_head_dim(head_dim), cc);
+    const int32_t allow = smem_optin_for(cc);
+    if (allow > 0 && need > allow) {
+        unsupported(std::string("the ") + (pass == Pass::Backward ? "backward" : "decode") + " kernel for head dim " +
+                    s(head_dim) + " needs " + s(need) + " bytes of shared memory per block, but compute capability " +
+                    s(cc / 10) + "." + s(cc % 10) + " allows " + s(allow));
+    }
+}
+
+void check_support_query(const fa_support_query_t& query) {
+    check_query_fields(query);
+
+    // ---- is it served? ------------------------------------------------------------------------
+    if (query.pass == FA_PASS_DECODE && query.varlen == 1) {
+        unsupported("decode has no variable-length batch; cache_seqlens gives every sequence its own length");
+    }
+    if (query.dtype != FA_DTYPE_FLOAT16 && query.dtype != FA_DTYPE_BFLOAT16) {
+        unsupported(std::string("query->dtype is ") + dtype_name(query.dtype) +
+                    "; the forward serves FA_DTYPE_FLOAT16 and FA_DTYPE_BFLOAT16 for q, k and v");
+    }
+    if (!head_dim_served(query.head_dim)) {
+        unsupported("query->head_dim is " + s(query.head_dim) + "; this build serves head dims " + served_head_dims());
+    }
+    check_compute_capability_served(query.compute_capability, "query->compute_capability");
+    if (query.pass != FA_PASS_BACKWARD) refuse_sm90_path(query.kernel_path, "query->kernel_path", "");
+    // FA_PATH_SM90 where it does not serve: UNSUPPORTED, saying why (dispatch.cpp chooses the path).
+    const Pass pass = query.pass == FA_PASS_FORWARD ? Pass::Forward
+                      : query.pass == FA_PASS_BACKWARD ? Pass::Backward
+                                                       : Pass::Decode;
+    (void)choose_path(pass, query.kernel_path, query.head_dim, query.compute_capability, -1, "query->kernel_path");
+    if (query.pass != FA_PASS_FORWARD && query.compute_capability != 0) {
+        // The backward and decode kernels take more shared memory than some GPUs allow a block (fa_backward
+        // and fa_decode report the same from the device's own limit). AUTO runs the sm90 backward where it serves.
+        check_block_smem(pass, query.kernel_path, query.head_dim, query.compute_capability);
+    }
+    // Causal masks, sliding windows, softcap and variable-length batches are served by every kernel of
+    // this build (sm80 path, any compute capability >= 8.0).
+}
+
+}  // namespace fa
