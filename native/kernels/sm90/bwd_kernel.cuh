@@ -23,6 +23,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <math_constants.h>
 
 #include "common/bwd_block.cuh"
 #include "common/ptx.cuh"
