@@ -4,9 +4,9 @@ using NUnit.Framework;
 namespace FlashAttn.Tests.Cpu;
 
 /// <summary>
-/// The rule the Gpu forward tests apply, checked on the CPU: a faithful emulation of the FlashAttention-2
-/// algorithm (with the kernel's precision choices) passes it, and subtly broken variants fail it. This guards
-/// against a rule so tight that a correct kernel fails, or so loose that a wrong one passes.
+/// The rules the Gpu forward and backward tests apply, checked on the CPU: a faithful emulation of the
+/// FlashAttention-2 algorithm (with the kernel's precision choices) passes each, and subtly broken variants fail it.
+/// This guards against a rule so tight that a correct kernel fails, or so loose that a wrong one passes.
 /// </summary>
 [TestFixture]
 [Category("Cpu")]
@@ -78,6 +78,96 @@ public sealed class AcceptanceRuleTests
             {
                 Assert.That(lse, Is.Not.Empty, $"{dtype}: the lse check let {defect} through (seed {seed})");
             }
+        }
+    }
+
+    // ---- the backward rule (BackwardAcceptance) ---------------------------------------------------------------------
+
+    private static List<string> JudgeBackward(DataType dtype, AttentionDims dims, Mask mask, BackwardEmulation.Defect defect, out int seed)
+    {
+        Random random = TestRandom.ForCurrentTest(out seed);
+        float[] q = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, dims.QElements));
+        float[] k = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, dims.KvElements));
+        float[] v = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, dims.KvElements));
+        float[] dOut = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, dims.QElements));
+        float scale = (float)dims.DefaultScale;
+        Func<float, float> round = x => DeviceArray.Round(dtype, x);
+        MaskSpec spec = MaskSpec.From(mask);
+
+        var refQ = new double[dims.QElements];
+        var refK = new double[dims.KvElements];
+        var refV = new double[dims.KvElements];
+        AttentionReference.Backward(
+            AttentionReference.ToDouble(q), AttentionReference.ToDouble(k), AttentionReference.ToDouble(v), AttentionReference.ToDouble(dOut),
+            new AttentionShape(dims.Batch, dims.SeqQ, dims.SeqK, dims.HeadsQ, dims.HeadsKv, dims.HeadDim), spec.ToOptions(), refQ, refK, refV);
+        var (nq, nk, nv) = NaiveBackward.SameDtype(q, k, v, dOut, dims, spec, scale, round);
+        var (eq, ek, ev) = BackwardEmulation.Backward(q, k, v, dOut, dims, spec, scale, round, defect);
+        var (zq, zkv) = ZeroRows(dims, spec);
+        List<string> problems = BackwardAcceptance.Judge("dq", eq, nq, refQ, dtype, dims.HeadDim, zq);
+        problems.AddRange(BackwardAcceptance.Judge("dk", ek, nk, refK, dtype, dims.HeadDim, zkv));
+        problems.AddRange(BackwardAcceptance.Judge("dv", ev, nv, refV, dtype, dims.HeadDim, zkv));
+        return problems;
+    }
+
+    /// <summary>Rows that must be exactly 0: dq of queries that see no key, dk and dv of keys no query sees.</summary>
+    private static (bool[] Dq, bool[] Dkv) ZeroRows(AttentionDims d, MaskSpec mask)
+    {
+        var rowSees = new bool[d.SeqQ];
+        var keySeen = new bool[d.SeqK];
+        for (int i = 0; i < d.SeqQ; i++)
+        {
+            for (int j = 0; j < d.SeqK; j++)
+            {
+                if (mask.Visible(i, j, d.SeqQ, d.SeqK))
+                {
+                    rowSees[i] = keySeen[j] = true;
+                }
+            }
+        }
+
+        var dq = new bool[d.Batch * d.SeqQ * d.HeadsQ];
+        var dkv = new bool[d.Batch * d.SeqK * d.HeadsKv];
+        for (int r = 0; r < dq.Length; r++)
+        {
+            dq[r] = !rowSees[r / d.HeadsQ % d.SeqQ];
+        }
+
+        for (int r = 0; r < dkv.Length; r++)
+        {
+            dkv[r] = !keySeen[r / d.HeadsKv % d.SeqK];
+        }
+
+        return (dq, dkv);
+    }
+
+    [TestCaseSource(nameof(Shapes))]
+    public void FaithfulFlashBackwardPasses(DataType dtype, AttentionDims dims, Mask mask)
+    {
+        List<string> problems = JudgeBackward(dtype, dims, mask, BackwardEmulation.Defect.None, out int seed);
+        Assert.That(problems, Is.Empty, $"seed {seed}");
+    }
+
+    /// <summary>
+    /// Each broken backward fails the rule in both dtypes, on a GQA shape (4 query heads per kv head) whose first
+    /// 90 query rows see no key (causal bottom-right, seqlen_q 203 > seqlen_k 113), so the structural zeros count too.
+    /// </summary>
+    [TestCase(BackwardEmulation.Defect.ScaleOffByOnePercent)]
+    [TestCase(BackwardEmulation.Defect.NoDeltaTerm)]
+    [TestCase(BackwardEmulation.Defect.DropLastKeyOfEachRow)]
+    [TestCase(BackwardEmulation.Defect.DkDvFromFirstHeadOfGroupOnly)]
+    [TestCase(BackwardEmulation.Defect.SoftmaxDerivativeWithoutP)]
+    [TestCase(BackwardEmulation.Defect.OneUnwrittenElement)]
+    [TestCase(BackwardEmulation.Defect.MaskedRowNotZero)]
+    public void BackwardDefectsFail(BackwardEmulation.Defect defect)
+    {
+        var dims = new AttentionDims(2, 203, 113, 8, 2, 64);
+        foreach (DataType dtype in new[] { DataType.Float16, DataType.BFloat16 })
+        {
+            List<string> faithful = JudgeBackward(dtype, dims, Mask.CausalBottomRight, BackwardEmulation.Defect.None, out int seed);
+            Assert.That(faithful, Is.Empty, $"{dtype}: the faithful backward fails on this shape, so the defect proves nothing (seed {seed})");
+            List<string> problems = JudgeBackward(dtype, dims, Mask.CausalBottomRight, defect, out seed);
+            Assert.That(problems, Is.Not.Empty, $"{dtype}: the backward rule let {defect} through (seed {seed})");
+            TestContext.Out.WriteLine($"{dtype} {defect}: {string.Join(" | ", problems)}");
         }
     }
 }
