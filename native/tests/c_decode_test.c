@@ -691,9 +691,16 @@ int main(int argc, char** argv) {
     test_params_init();
     test_validation();
     test_query_and_names();
-    if (fa_device_count(&count) != FA_STATUS_SUCCESS || count == 0) {
+    /* Only "no device" (FA_STATUS_NO_DEVICE: no driver or no GPU) skips the GPU half; any other status is a
+       broken CUDA setup and fails, so that a GPU machine never passes with its GPU tests skipped. */
+    const fa_status_t count_status = fa_device_count(&count);
+    if (count_status == FA_STATUS_NO_DEVICE) {
         printf("  SKIP decode GPU tests: no CUDA device (%s)\n", fa_last_error_message());
         ++g_skipped;
+    } else if (count_status != FA_STATUS_SUCCESS || count <= 0) {
+        printf("  FAIL fa_device_count returned %s with count %d (%s): the CUDA setup is broken\n",
+               fa_status_string(count_status), (int)count, fa_last_error_message());
+        ++g_failed;
     } else {
         test_gpu();
     }

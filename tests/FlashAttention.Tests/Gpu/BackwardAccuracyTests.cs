@@ -75,7 +75,8 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
     /// Each kernel path asked for by name. On an H100 with an sm_90a build <see cref="KernelPath.Auto"/> runs the wgmma
     /// kernels at head dims 64, 128 and 256, so the Sm80 cases keep the portable kernels of those head dims checked
     /// there too; the Sm90 cases are ignored (with the library's reason) where that path does not serve: other GPUs,
-    /// builds without sm_90a code, head dims outside 33..64, 97..128 and 193..256.
+    /// builds without sm_90a code, head dims outside 33..64, 97..128 and 193..256. On a compute capability 9.0 GPU whose
+    /// library lists the sm90 kernel of the case, an UNSUPPORTED is a failure, never an ignore.
     /// </summary>
     [TestCase(KernelPath.Sm80, DataType.BFloat16, 64, Mask.CausalBottomRight, false)]
     [TestCase(KernelPath.Sm80, DataType.Float16, 128, Mask.None, false)]
@@ -100,8 +101,45 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
         catch (FlashAttentionException ex) when (path == KernelPath.Sm90 && ex.Status == FlashAttentionStatus.Unsupported)
         {
             Assert.That(ex.Message, Does.Contain("FA_PATH_SM90"), "an Sm90 refusal names the path");
+            if (Sm90KernelFor(dtype, headDim, deterministic) is { } kernel)
+            {
+                Assert.Fail($"kernel path Sm90 refused a case it serves: {Device} is compute capability 9.0 and the library has " +
+                    $"{kernel} for head dim {headDim}, yet the call came back UNSUPPORTED: {ex.Message}");
+            }
+
             Assert.Ignore($"kernel path Sm90 does not serve this case here: {ex.Message}");
         }
+    }
+
+    /// <summary>
+    /// On a compute capability 9.0 device, the library's sm90 backward kernel that serves <paramref name="headDim"/>
+    /// (the smallest compiled head dim at or above it, as the library pads; a deterministic one when asked), read from
+    /// <see cref="FlashAttention.CompiledKernels"/> (names <c>sm90_bwd_bf16_hdim128_...</c>); null where there is none
+    /// (another GPU, a build without sm_90a code, a head dim the path does not serve), the only places an Sm90
+    /// UNSUPPORTED may be ignored.
+    /// </summary>
+    private string? Sm90KernelFor(DataType dtype, int headDim, bool deterministic)
+    {
+        IReadOnlyList<string> kernels = FlashAttention.CompiledKernels;
+        if (Device.ComputeCapabilityCode != 90 || !kernels.Any(n => n.StartsWith("sm90_", StringComparison.Ordinal)))
+        {
+            return null;
+        }
+
+        string dt = Name(dtype);
+        string sm80Prefix = $"sm80_bwd_{dt}_hdim";
+        int[] compiled = kernels
+            .Where(n => n.StartsWith(sm80Prefix, StringComparison.Ordinal))
+            .Select(n => int.Parse(n.AsSpan(sm80Prefix.Length, n.IndexOf('_', sm80Prefix.Length) - sm80Prefix.Length), System.Globalization.CultureInfo.InvariantCulture))
+            .Where(d => d >= headDim)
+            .ToArray();
+        if (compiled.Length == 0)
+        {
+            return null;
+        }
+
+        string prefix = $"sm90_bwd_{dt}_hdim{compiled.Min()}_";
+        return kernels.FirstOrDefault(n => n.StartsWith(prefix, StringComparison.Ordinal) && (!deterministic || n.Contains("_det_", StringComparison.Ordinal)));
     }
 
     /// <summary>GQA ratios 1, 2, 4, 8 and 32 (MQA): dk and dv sum the gradients of every query head of their group.</summary>
