@@ -259,14 +259,58 @@ function Invoke-CTest([string]$Log, [string]$Junit) {
     Add-Counts 'ctest' ([Math]::Max(0, $tests - $failures - $skipped)) $failures $skipped
 }
 
+# The skipped tests of an NUnit log written with --show-test-results failed,skipped, grouped by reason (Count,
+# Reason; the most frequent first). A skipped test's block is "skipped NAME (TIME)", then its reason indented by two
+# spaces (NUnit's "OneTimeSetUp: SetUp : " prefix dropped), then its output indented further.
+function Get-SkipReasons([string]$Log) {
+    $counts = [ordered]@{}
+    $state = @{ Want = $false }
+    $add = { param($reason) if ($counts.Contains($reason)) { $counts[$reason] += 1 } else { $counts[$reason] = 1 } }
+    foreach ($line in @(Get-Content $Log)) {
+        if ($line -match '^skipped ') {
+            if ($state.Want) { & $add '(no reason given)' }
+            $state.Want = $true
+        }
+        elseif ($state.Want -and $line -match '^  [^ ]' -and $line -notmatch '^  Standard (output|error)$') {
+            & $add (($line.Substring(2) -replace '^OneTimeSetUp: ', '') -replace '^SetUp : ', '')
+            $state.Want = $false
+        }
+        elseif ($line -match '^[^ ]') {
+            if ($state.Want) { & $add '(no reason given)' }
+            $state.Want = $false
+        }
+    }
+    if ($state.Want) { & $add '(no reason given)' }
+    $counts.GetEnumerator() | ForEach-Object { [pscustomobject]@{ Count = [int]$_.Value; Reason = [string]$_.Key } } |
+        Sort-Object -Property @{ Expression = 'Count'; Descending = $true }, @{ Expression = 'Reason'; Descending = $false }
+}
+
+# Prints each distinct skip reason of an NUnit log once, with its count.
+function Write-SkipReasons([string]$Log) {
+    foreach ($r in @(Get-SkipReasons $Log)) {
+        Write-Host "    $($r.Count) test$(if ($r.Count -ne 1) { 's' }) skipped: $($r.Reason)"
+    }
+}
+
+# Runs the test executable; the log gets every failed and skipped test's result block (the skip reasons), the
+# console the same without the skipped blocks, then one line per distinct skip reason.
 function Invoke-Mtp([string]$Log, [string]$File, [string[]]$Arguments) {
-    $rc = Invoke-Tee $File ($Arguments + @('--no-ansi', '--progress', 'off')) $Log
+    $state = @{ Skip = $false }
+    & $File @($Arguments + @('--show-test-results', 'failed,skipped', '--no-ansi', '--progress', 'off')) 2>&1 | ForEach-Object { "$_" } |
+        Tee-Object -FilePath $Log | Where-Object {
+            if ($_ -match '^skipped ') { $state.Skip = $true; return $false }
+            if ($state.Skip -and $_ -match '^ ') { return $false }
+            $state.Skip = $false
+            return $true
+        } | Out-Host
+    $rc = $LASTEXITCODE
     $text = Get-Content $Log
     $get = { param($key) $m = $text | Select-String -Pattern "^\s*${key}:\s*(\d+)" | Select-Object -Last 1; if ($m) { [int]$m.Matches[0].Groups[1].Value } else { 0 } }
     $passed = & $get 'succeeded'; $failed = & $get 'failed'; $skipped = & $get 'skipped'
     # The runner failed without a failing test (crash, no tests, bad option): one failure.
     if ($rc -ne 0 -and $failed -eq 0) { $failed = 1 }
     Add-Counts 'nunit' $passed $failed $skipped
+    Write-SkipReasons $Log
 }
 
 function Write-Summary {
@@ -295,7 +339,7 @@ function Invoke-Test([string[]]$Rest = @()) {
 
     Step 'nunit' "dotnet $TestsDll"
     if (-not (Test-Path $TestsDll)) { throw "$TestsDll not found (did the build produce it?)" }
-    # Minimal: failures in full, skips (GPU tests without a GPU) only counted.
+    # Minimal: failures in full; skips counted, and each distinct skip reason printed once with its count.
     Invoke-Mtp "$logDir/nunit.log" 'dotnet' @($TestsDll, '--output', 'Minimal', '--settings', (Join-Path (Split-Path $TestsDll) 'FlashAttention.Tests.runsettings'))
 
     if ($script:Sum.Failed -ne 0) { Write-Host "FAILED: test ($($script:Sum.Failed) failed; logs in $logDir/)" }
@@ -404,6 +448,17 @@ function Invoke-GpuTest {
     Invoke-CTest "$logDir/ctest.log" "$NativeBuildDir/ctest-junit.xml" | Out-Null
     Step 'nunit' 'bundled tests (all categories, GPU included)'
     Invoke-Mtp "$logDir/tests.log" $testsExe @('--output', 'Minimal', '--settings', (Join-Path $BundleDir 'FlashAttention.Tests.runsettings')) | Out-Null
+    # Only "no device" lets the Gpu tests skip (GpuTestBase: "no CUDA device: ..."); the by-design skips (a head
+    # dim or path this build does not serve, no SDK in the bundle, ...) give other reasons. Where the driver lists
+    # a GPU, a no-device skip means the tests did not see it: a failure.
+    $noDevice = [int](@(Get-SkipReasons "$logDir/tests.log" | Where-Object { $_.Reason -like '*no CUDA device*' }) |
+        Measure-Object -Property Count -Sum).Sum
+    $gpuListed = (Test-Command 'nvidia-smi') -and @(& nvidia-smi -L 2>$null | Where-Object { "$_" -match '^GPU ' }).Count -gt 0
+    if ($noDevice -gt 0 -and $gpuListed) {
+        Write-Host "    FAILED: $noDevice Gpu tests skipped for 'no CUDA device' but nvidia-smi -L lists a GPU (see $logDir/tests.log)"
+        $script:Sum.Failed++
+        $status.Add("nunit: $noDevice Gpu tests skipped for no device on a machine with a GPU: 1 failure")
+    }
 
     Step 'demo' 'bundled demo'
     & (Join-Path $BundleDir 'FlashAttention.Demo') *> "$logDir/demo.log"

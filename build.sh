@@ -339,12 +339,39 @@ run_ctest() {
 }
 
 # Runs the NUnit test executable ($@ = command to start it), the log going to $LOG as well.
+# The skipped tests of an NUnit log written with --show-test-results failed,skipped, grouped by reason: one line
+# "COUNT<TAB>REASON" per reason, the most frequent first. A skipped test's block is "skipped NAME (TIME)", then its
+# reason indented by two spaces (NUnit's "OneTimeSetUp: SetUp : " prefix dropped), then its output indented further.
+skip_reasons() {
+    awk '
+        function none() { if (want) n["(no reason given)"]++; want = 0 }
+        /^skipped / { none(); want = 1; next }
+        want && /^  [^ ]/ && $0 !~ /^  Standard (output|error)$/ {
+            r = substr($0, 3); sub(/^OneTimeSetUp: /, "", r); sub(/^SetUp : /, "", r); n[r]++; want = 0; next
+        }
+        /^[^ ]/ { none() }
+        END { none(); for (r in n) printf "%d\t%s\n", n[r], r }
+    ' "$1" | sort -t $'\t' -k1,1nr -k2
+}
+
+# Prints each distinct skip reason of an NUnit log once, with its count.
+print_skip_reasons() {
+    local count reason
+    while IFS=$'\t' read -r count reason; do
+        echo "    $count test$([[ $count -eq 1 ]] || echo s) skipped: $reason"
+    done < <(skip_reasons "$1")
+}
+
+# Runs the test executable; the log gets every failed and skipped test's result block (the skip reasons), the
+# console the same without the skipped blocks, then one line per distinct skip reason.
 run_mtp() {
     local log="$1" rc=0
     shift
-    "$@" --no-ansi --progress off 2>&1 | tee "$log" || rc=$?
+    "$@" --show-test-results failed,skipped --no-ansi --progress off 2>&1 | tee "$log" |
+        awk '/^skipped / { s = 1; next } s && /^ / { next } { s = 0; print; fflush() }' || rc=$?
     count_mtp "$log" "$rc"
     add_counts nunit
+    print_skip_reasons "$log"
 }
 
 print_summary() {
@@ -377,7 +404,7 @@ cmd_test() {
 
     step nunit "dotnet $TESTS_DLL"
     [[ -f "$TESTS_DLL" ]] || die "$TESTS_DLL not found (did the build produce it?)"
-    # Minimal: failures in full, skips (GPU tests without a GPU) only counted.
+    # Minimal: failures in full; skips counted, and each distinct skip reason printed once with its count.
     run_mtp "$logdir/nunit.log" dotnet "$TESTS_DLL" --output Minimal --settings "$(dirname "$TESTS_DLL")/FlashAttention.Tests.runsettings"
 
     if [[ $SUM_FAILED -ne 0 ]]; then
@@ -500,7 +527,18 @@ cmd_gpu_test() {
     step nunit "bundled tests (all categories, GPU included) with FLASH_ATTENTION_NATIVE_PATH=$lib"
     run_mtp "$logdir/tests.log" "$BUNDLE_DIR/FlashAttention.Tests" --output Minimal --settings "$BUNDLE_DIR/FlashAttention.Tests.runsettings" >/dev/null
     grep -E '^(failed|skipped) ' "$logdir/tests.log" | head -n 40 || true
+    print_skip_reasons "$logdir/tests.log"
     status_lines+=("nunit: $T_PASSED passed, $T_FAILED failed, $T_SKIPPED skipped")
+    # Only "no device" lets the Gpu tests skip (GpuTestBase: "no CUDA device: ..."); the by-design skips (a head
+    # dim or path this build does not serve, no SDK in the bundle, ...) give other reasons. Where the driver lists
+    # a GPU, a no-device skip means the tests did not see it: a failure.
+    local no_device
+    no_device="$(skip_reasons "$logdir/tests.log" | awk -F '\t' 'index($2, "no CUDA device") { n += $1 } END { print n + 0 }')"
+    if [[ "$no_device" -gt 0 ]] && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+        echo "    FAILED: $no_device Gpu tests skipped for 'no CUDA device' but nvidia-smi -L lists a GPU (see $logdir/tests.log)" >&2
+        SUM_FAILED=$((SUM_FAILED + 1))
+        status_lines+=("nunit: $no_device Gpu tests skipped for no device on a machine with a GPU: 1 failure")
+    fi
 
     step demo "bundled demo"
     rc=0
