@@ -30,7 +30,7 @@ rm -rf "$out"
 mkdir -p "$out"
 out="$(realpath "$out")"
 export OUT="$out"
-base_build=build/base
+base_build="${AB_BASE_BUILD:-build/base}"
 base_lib="$base_build/libflash_attention.so"
 
 # The baseline library, in the background while gpu-test builds this tree.
