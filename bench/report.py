@@ -17,6 +17,8 @@ def write_outputs(args, record, rows, managed_interop, c_interop, card):
     if any(r["pass"] == "decode" for r in rows):
         table += "\n" + format_decode_table(rows)
     table += "\n" + format_interop(managed_interop, c_interop)
+    if record.get("matmul_tflops"):
+        table += f"\nceiling (same run): bf16 matmul 8192^3 {record['matmul_tflops']:.0f} TFLOP/s (cuBLAS through torch)"
     if args.table:
         with open(args.table, "w") as f:
             f.write(table + "\n")

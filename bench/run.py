@@ -266,6 +266,20 @@ def interop_pass(args, managed_interop, managed_err, c_interop, c_err):
     return interop_row(managed_interop, c_interop, ierr)
 
 
+def matmul_ceiling():
+    """The bf16 matrix-multiply ceiling of this card, measured in this process (cuBLAS through torch, 8192 cubed,
+    do_bench median on random inputs): what TARGETS.md's goals are relative to. Returns TFLOP/s."""
+    import torch
+    from triton.testing import do_bench
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = do_bench(lambda: a @ b, warmup=25, rep=100, return_mode="median")
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n ** 3 / ms / 1e9
+
+
 def gpu_run(args):
     """The passes on the GPU, in order (managed bench and interop_c, forward, backward, decode, interop row), then
     the record, the table and the PNG. Exit code 1 when our kernel failed or mismatched on any row."""
@@ -304,7 +318,14 @@ def gpu_run(args):
         rows, failed, elapsed["decode"] = rows + got, failed or bad, time.monotonic() - started
 
     rows.append(interop_pass(args, managed_interop, managed_err, c_interop, c_err))
-    record = dict(card=card, date=datetime.date.today().isoformat(), commit=git_commit(args.commit),
+    started = time.monotonic()
+    matmul = matmul_ceiling()
+    elapsed["matmul"] = time.monotonic() - started
+    print(f"# ceiling: bf16 matmul 8192^3 {matmul:.0f} TFLOP/s", flush=True)
+    for r in rows:
+        if r.get("pass") in ("fwd", "bwd"):
+            r["matmul_tflops"] = matmul
+    record = dict(matmul_tflops=matmul, card=card, date=datetime.date.today().isoformat(), commit=git_commit(args.commit),
                   torch=torch.__version__, cudnn=torch.backends.cudnn.version(), managed_interop=managed_interop,
                   c_interop=c_interop, elapsed_s={k: round(v, 1) for k, v in elapsed.items()}, rows=rows)
     if base is not None:
