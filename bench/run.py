@@ -111,26 +111,6 @@ def run_decode(args, lib_path, log):
     return rows, None
 
 
-def dry_run(args):
-    """No GPU, no torch: the row list, FLOP counts, the managed spec and a record with null figures."""
-    shapes = shapes_grid(args.quick) + ([] if args.skip_bwd else shapes_grid(args.quick, "bwd"))
-    rows = []
-    for s in shapes:
-        managed = f"  managed: {json.dumps(managed_spec(s))}" if s["pass_"] == "fwd" else ""
-        print(f"# {s['pass_']} {describe_shape(new_row(s)):28s} {pass_flops(s) / 1e12:9.3f} TFLOP{managed}")
-        rows.append(new_row(s))
-    for r in rows:
-        r.pop("errors")
-    if not args.skip_decode:
-        present = os.path.exists(os.path.join(HERE, "decode.py"))
-        print("# decode rows: " + ("from bench/decode.py's decode_rows() at run time (needs the GPU)" if present
-                                   else "none (bench/decode.py not present)"))
-    rows.append(interop_row(None, None, {}))
-    record = dict(card="dry-run", date=datetime.date.today().isoformat(), commit=git_commit(args.commit), rows=rows)
-    write_outputs(args, record, rows, None, None, "dry-run")
-    return 0
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lib", default=os.environ.get("FLASH_ATTENTION_NATIVE_PATH", "artifacts/native/libflash_attention.so"),
