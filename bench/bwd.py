@@ -14,6 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common import MAX_BWD_REL_ERR, current_stream, dtype_code, finish_row, first_line, tflops, time_baseline
 from fa_abi import FA_PATH_AUTO, FA_PATH_SM80
+from inputs import torch_dtype, varlen_inputs
 from shapes import new_row, pass_flops
 
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
@@ -23,10 +24,6 @@ NO_BACKWARD = "the library exports no fa_backward (C ABI before 0.3)"
 OUR_MODES = ((False, FA_PATH_AUTO, "ours", "ours_rel_err"),
              (True, FA_PATH_AUTO, "ours_det", "det_rel_err"),
              (False, FA_PATH_SM80, "ours_sm80", "ours_sm80_rel_err"))
-
-
-def torch_dtype(name):
-    return torch.bfloat16 if name == "bf16" else torch.float16
 
 
 def grad_errors(grads, ref):
@@ -159,19 +156,9 @@ def fixed_bwd_row(s, row, flops, fa, base, bench):
 
 
 def varlen_bwd_row(s, row, flops, fa, base, bench):
-    lens, h, hkv, d = s["lens"], s["h"], s["hkv"], s["d"]
-    causal = bool(s["causal"])
-    dt, code = torch_dtype(s["dtype"]), dtype_code(s["dtype"])
-    dev = torch.device("cuda")
-    total, max_len = sum(lens), max(lens)
-    cu_host = [0]
-    for n in lens:
-        cu_host.append(cu_host[-1] + n)
-    cu = torch.tensor(cu_host, dtype=torch.int32, device=dev)
-    q = torch.randn(total, h, d, device=dev, dtype=dt)
-    k = torch.randn(total, hkv, d, device=dev, dtype=dt)
-    v = torch.randn(total, hkv, d, device=dev, dtype=dt)
-    do = torch.randn(total, h, d, device=dev, dtype=dt)
+    x = varlen_inputs(s, with_dout=True)
+    lens, h, hkv, causal, code = x["lens"], x["h"], x["hkv"], x["causal"], x["code"]
+    total, max_len, cu_host, cu, q, k, v, do = (x[n] for n in ("total", "max_len", "cu_host", "cu", "q", "k", "v", "do"))
     ref, against, notes = None, None, []
     # PyTorch's flash varlen entry points (private; their signatures are checked before use).
     try:

@@ -10,13 +10,10 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common import MAX_REL_ERR, dtype_code, finish_row, first_line, tflops, time_baseline
+from inputs import torch_dtype, varlen_inputs
 from shapes import fwd_flops, new_row, shape_key
 
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
-
-
-def torch_dtype(name):
-    return torch.bfloat16 if name == "bf16" else torch.float16
 
 
 def compare(row, out, ref, against):
@@ -87,18 +84,9 @@ def fixed_row(s, row, flops, fa, base, bench):
 
 
 def varlen_row(s, row, flops, fa, base, bench):
-    lens, h, hkv, d = s["lens"], s["h"], s["hkv"], s["d"]
-    causal = bool(s["causal"])
-    dt, code = torch_dtype(s["dtype"]), dtype_code(s["dtype"])
-    dev = torch.device("cuda")
-    total, max_len = sum(lens), max(lens)
-    cu_host = [0]
-    for n in lens:
-        cu_host.append(cu_host[-1] + n)
-    cu = torch.tensor(cu_host, dtype=torch.int32, device=dev)
-    q = torch.randn(total, h, d, device=dev, dtype=dt)
-    k = torch.randn(total, hkv, d, device=dev, dtype=dt)
-    v = torch.randn(total, hkv, d, device=dev, dtype=dt)
+    x = varlen_inputs(s)
+    lens, h, hkv, causal, code = x["lens"], x["h"], x["hkv"], x["causal"], x["code"]
+    max_len, cu_host, cu, q, k, v = x["max_len"], x["cu_host"], x["cu"], x["q"], x["k"], x["v"]
     ref, against = None, None
     notes = []
     # PyTorch's flash varlen entry point (private; its signature is checked before use).
