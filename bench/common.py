@@ -1,5 +1,5 @@
 """What every pass of the benchmark shares: loading libflash_attention through the generated ctypes mirror
-(bench/fa_abi.py), tensor descriptors of torch tensors, status -> error text, our forward/backward calls, the
+(python/src/flash_attn_interop/_abi.py, imported as fa_abi through the bench/fa_abi.py shim), tensor descriptors of torch tensors, status -> error text, our forward/backward calls, the
 do_bench timer, and the thresholds a row is checked against.
 
 Imports no torch or triton at module level (the dry run needs neither); the functions that time or allocate
