@@ -119,6 +119,16 @@ Extent check_tensor(const TensorArg& a, TensorKind kind, int32_t may_be_empty) {
     if (attention_input) {
         for (int32_t i = 0; i < last; ++i) {
             if (t.strides[i] % kStrideMultiple != 0) {
+                // A head dim that is not a multiple of 8 is the root cause of a contiguous tensor's stride
+                // fault: say that first (the same sentence check_head_dim_served gives padded strides).
+                if (t.shape[last] % kHeadDimMultiple != 0) {
+                    invalid(n() + ".shape[" + s(last) + "] (" + a.dim_names[last] + ") is " + s(t.shape[last]) +
+                            "; head dims must be multiples of " + s(kHeadDimMultiple) + " (this build serves head dims " +
+                            served_head_dims() + "), and so " + n() + ".strides[" + s(i) + "] (" + a.dim_names[i] +
+                            ") is " + s(t.strides[i]) + ", not a multiple of " + s(kStrideMultiple) +
+                            " elements (16 bytes); pad the head dim to a multiple of 8 with zeros (q, k and v) and "
+                            "slice the output");
+                }
                 std::string others;
                 for (int32_t j = 0; j < last; ++j) {
                     others += std::string(j == 0 ? "" : (j == last - 1 ? " and " : ", ")) + a.dim_names[j];
@@ -266,6 +276,10 @@ void check_gqa(int64_t heads_q, int64_t heads_kv, const char* k_name) {
 }
 
 void check_head_dim_served(int64_t d, int32_t index) {
+    if (d % kHeadDimMultiple != 0) {
+        unsupported("q.shape[" + s(index) + "] (head_dim) is " + s(d) + "; head dims must be multiples of " +
+                    s(kHeadDimMultiple) + " (this build serves head dims " + served_head_dims() + ")");
+    }
     if (d > kInt32Max || !head_dim_served(static_cast<int32_t>(d))) {
         unsupported("q.shape[" + s(index) + "] (head_dim) is " + s(d) + "; this build serves head dims " +
                     served_head_dims());

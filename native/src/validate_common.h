@@ -18,6 +18,8 @@ namespace validation {
 constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 // Row, head and batch strides of 16-bit tensors must be multiples of this many elements (16 bytes).
 constexpr int64_t kStrideMultiple = FA_ALIGNMENT_BYTES / 2;
+// Head dims the kernels serve are multiples of this (a row of 16-bit elements is then whole 16-byte vectors).
+constexpr int64_t kHeadDimMultiple = 8;
 
 std::string s(int64_t value);
 std::string hex(const void* pointer);

@@ -72,6 +72,10 @@ void check_support_query(const fa_support_query_t& query) {
         unsupported(std::string("query->dtype is ") + dtype_name(query.dtype) +
                     "; the forward serves FA_DTYPE_FLOAT16 and FA_DTYPE_BFLOAT16 for q, k and v");
     }
+    if (query.head_dim > 0 && query.head_dim % kHeadDimMultiple != 0) {
+        unsupported("query->head_dim is " + s(query.head_dim) + "; head dims must be multiples of " +
+                    s(kHeadDimMultiple) + " (this build serves head dims " + served_head_dims() + ")");
+    }
     if (!head_dim_served(query.head_dim)) {
         unsupported("query->head_dim is " + s(query.head_dim) + "; this build serves head dims " + served_head_dims());
     }
