@@ -8,6 +8,7 @@
 
 #include "context.h"
 #include "cuda_check.h"
+#include "device_memory.h"
 #include "error.h"
 #include "flash_attention.h"
 #include "dispatch.h"
@@ -484,7 +485,8 @@ FA_API fa_status_t fa_forward(fa_context_t context, const fa_forward_params_t* p
     FA_API_BEGIN
     require_non_null(context, "context");
     const fa::LaunchInfo& info = context->info;
-    const fa::FwdParams p = fa::validate_forward(params, info.cc_major * 10 + info.cc_minor);
+    fa::MemoryArgs memory;
+    const fa::FwdParams p = fa::validate_forward(params, info.cc_major * 10 + info.cc_minor, &memory);
     const fa::Path path = fa::choose_path(fa::Pass::Forward, params->kernel_path, p.d, info.cc_major * 10 + info.cc_minor,
                                           info.smem_optin, "kernel_path", info.device);
     // A variable-length batch with max_seqlen_q = 0 or no query rows has nothing to compute or write.
@@ -499,6 +501,8 @@ FA_API fa_status_t fa_forward(fa_context_t context, const fa_forward_params_t* p
     // captured into a CUDA graph (the device guard's cudaGetDevice/cudaSetDevice and the kernel's
     // one-time cudaFuncSetAttribute are not stream operations and are legal during a capture).
     fa::DeviceGuard guard(info.device);
+    // Every pointer the kernel dereferences is memory this GPU can use (never a fault that loses the context).
+    fa::check_device_memory(memory, info.device);
     const char* kernel_name = nullptr;
     const int result = fa::kernels::launch_forward(path, p, info, stream, &kernel_name);
     if (result != 0) {

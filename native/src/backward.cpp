@@ -6,6 +6,7 @@
 
 #include "context.h"
 #include "cuda_check.h"
+#include "device_memory.h"
 #include "error.h"
 #include "flash_attention.h"
 #include "params_defaults.h"
@@ -83,7 +84,8 @@ FA_API fa_status_t fa_backward(fa_context_t context, const fa_backward_params_t*
     require(context, "context");
     const fa::LaunchInfo& info = context->info;
     size_t need = 0;
-    fa::BwdParams p = fa::validate_backward(params, info.cc_major * 10 + info.cc_minor, true, &need);
+    fa::MemoryArgs memory;
+    fa::BwdParams p = fa::validate_backward(params, info.cc_major * 10 + info.cc_minor, true, &need, &memory);
     const fa::Path path = choose_kernel(p, params->kernel_path, info);
     // Nothing to compute: no query rows and no keys in any sequence.
     const bool varlen = p.f.cu_seqlens_q != nullptr;
@@ -91,6 +93,8 @@ FA_API fa_status_t fa_backward(fa_context_t context, const fa_backward_params_t*
         return FA_STATUS_SUCCESS;
     }
     fa::DeviceGuard guard(info.device);
+    // Every pointer the kernels dereference is memory this GPU can use (never a fault that loses the context).
+    fa::check_device_memory(memory, info.device);
     const auto s = static_cast<cudaStream_t>(stream);
     // With no caller workspace the library takes it from the stream's memory pool and gives it back
     // after the kernels (both stream-ordered: no synchronisation).

@@ -7,6 +7,7 @@
 
 #include "context.h"
 #include "cuda_check.h"
+#include "device_memory.h"
 #include "dispatch.h"
 #include "error.h"
 #include "flash_attention.h"
@@ -29,11 +30,12 @@ struct Plan {
     size_t workspace_bytes;
 };
 
-Plan plan(fa_context_t context, const fa_decode_params_t* params) {
+// *memory (when given) receives the device pointers of the call (validate_decode's list).
+Plan plan(fa_context_t context, const fa_decode_params_t* params, fa::MemoryArgs* memory = nullptr) {
     require_non_null(context, "context");
     const fa::LaunchInfo& info = context->info;
     int32_t length_hint = 0;
-    Plan out{fa::validate_decode(params, info.cc_major * 10 + info.cc_minor, &length_hint), 0};
+    Plan out{fa::validate_decode(params, info.cc_major * 10 + info.cc_minor, &length_hint, memory), 0};
     // Before anything is launched (the append kernel runs first): a GPU with too little shared memory per
     // block for this head dim's kernel is told so, instead of failing at launch after the append.
     const int32_t need = fa::kernels::smem_bytes(fa::Pass::Decode, fa::Path::Sm80, fa::kernel_head_dim(out.p.d));
@@ -91,7 +93,8 @@ FA_API fa_status_t fa_decode_num_splits(fa_context_t context, const fa_decode_pa
 
 FA_API fa_status_t fa_decode(fa_context_t context, const fa_decode_params_t* params, void* stream) {
     FA_API_BEGIN
-    Plan pl = plan(context, params);
+    fa::MemoryArgs memory;
+    Plan pl = plan(context, params, &memory);
     fa::DecodeParams& p = pl.p;
     const fa::LaunchInfo& info = context->info;
     if (pl.workspace_bytes > 0 && params->workspace != nullptr && params->workspace_size < pl.workspace_bytes) {
@@ -103,7 +106,14 @@ FA_API fa_status_t fa_decode(fa_context_t context, const fa_decode_params_t* par
     // Nothing below synchronises or touches the legacy stream. With a caller workspace nothing is
     // allocated either; without one the partials come from the stream-ordered pool (capturable in a graph
     // where the driver supports stream-ordered allocation there).
+    if (pl.workspace_bytes > 0 && params->workspace != nullptr) {
+        const uintptr_t begin = reinterpret_cast<uintptr_t>(params->workspace);
+        memory.add("workspace", "the workspace this call needs (fa_decode_workspace_size)",
+                   fa::validation::Extent{begin, begin + pl.workspace_bytes});
+    }
     fa::DeviceGuard guard(info.device);
+    // Every pointer the kernels dereference is memory this GPU can use (never a fault that loses the context).
+    fa::check_device_memory(memory, info.device);
     const auto st = static_cast<cudaStream_t>(stream);
     void* workspace = params->workspace;
     bool owned = false;

@@ -16,21 +16,25 @@
 
 namespace fa {
 
+class MemoryArgs;  // device_memory.h
+
 // Smallest fa_forward_params_t accepted: version 0.1's fields, up to kernel_path.
 constexpr size_t kForwardParamsMinSize = offsetof(fa_forward_params_t, window_left);
 
 // Checks *params for a GPU of compute capability `compute_capability` (major*10+minor, or 0 for any
 // GPU this build serves). Throws fa::Error (INVALID_ARGUMENT for bad input, UNSUPPORTED for valid
-// input this build or GPU does not serve). On success returns the filled kernel parameters.
+// input this build or GPU does not serve). On success returns the filled kernel parameters, and *memory (when
+// given) receives every device pointer the kernels dereference with its byte range, for check_device_memory.
 // (validate_forward.cpp)
-FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability);
+FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability,
+                           MemoryArgs* memory = nullptr);
 
 // Checks *params of fa_backward / fa_backward_check / fa_backward_workspace_size and returns the kernel
 // parameters (workspace pointers unset). *workspace_bytes (if not NULL) receives the workspace the call
-// needs; with check_workspace a caller workspace is checked against it (alignment, size, overlap).
-// (validate_backward.cpp)
+// needs; with check_workspace a caller workspace is checked against it (alignment, size, overlap). *memory (when
+// given) receives the device pointers and their byte ranges, the workspace's included. (validate_backward.cpp)
 BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_capability, bool check_workspace,
-                            size_t* workspace_bytes);
+                            size_t* workspace_bytes, MemoryArgs* memory = nullptr);
 
 // fa_backward_params_init's struct_size: at least sizeof(fa_backward_params_t) of this version.
 void check_backward_params_size(size_t struct_size);
@@ -54,8 +58,11 @@ constexpr size_t kDecodeParamsMinSize = sizeof(fa_decode_params_t);
 // this build serves). Throws fa::Error (INVALID_ARGUMENT for bad input, UNSUPPORTED for valid input this
 // build or GPU does not serve). On success returns the kernel parameters with num_splits and the workspace
 // pointers unset (num_splits 1, no workspace). *length_hint receives the longest sequence (with its new tokens) when
-// cache_seqlens_host is given, else the capacity: what the split heuristic plans for. (validate_decode.cpp)
-DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_capability, int32_t* length_hint);
+// cache_seqlens_host is given, else the capacity: what the split heuristic plans for. *memory (when given)
+// receives the device pointers and their byte ranges, the workspace not included (its size depends on the split
+// count, which fa_decode adds). (validate_decode.cpp)
+DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_capability, int32_t* length_hint,
+                             MemoryArgs* memory = nullptr);
 
 // Short description of a validated decode call for debug logs.
 std::string describe(const DecodeParams& p);

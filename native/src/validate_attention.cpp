@@ -5,6 +5,7 @@
 #include <cmath>
 #include <string>
 
+#include "device_memory.h"
 #include "dispatch.h"
 #include "error.h"
 
@@ -219,6 +220,22 @@ void check_attention_served(const AttentionArgs& a, const AttentionShape& sh, in
                     " needs more than 2^31 - 1 blocks; split the call");
     }
     check_compute_capability_served(compute_capability, "compute_capability");
+}
+
+void add_attention_memory(const AttentionArgs& a, const AttentionShape& sh, MemoryArgs& memory) {
+    memory.add("q.data", "q's shape and strides", sh.q);
+    memory.add("k.data", "k's shape and strides", sh.k);
+    memory.add("v.data", "v's shape and strides", sh.v);
+    memory.add("out.data", "out's shape and strides", sh.out);
+    if (sh.has_lse) {
+        memory.add("lse.data", "lse's shape and strides", sh.lse);
+    }
+    if (sh.varlen) {
+        memory.add("cu_seqlens_q", "its varlen_batch + 1 int32 values",
+                   cu_extent(a.cu_seqlens_q, a.varlen_batch, "cu_seqlens_q"));
+        memory.add("cu_seqlens_k", "its varlen_batch + 1 int32 values",
+                   cu_extent(a.cu_seqlens_k, a.varlen_batch, "cu_seqlens_k"));
+    }
 }
 
 FwdParams attention_params(const AttentionArgs& a, const AttentionShape& sh) {

@@ -11,6 +11,9 @@
 #include "validate_common.h"
 
 namespace fa {
+
+class MemoryArgs;  // device_memory.h
+
 namespace validation {
 
 // The attention arguments of one call: views of the caller's struct (the tensors are not copied, so the
@@ -54,6 +57,9 @@ AttentionShape check_attention(const AttentionArgs& a);
 // The UNSUPPORTED checks: head dim, the sizes the kernels index with 32 bits, the forward grid, compute
 // capability (kernel_path is the caller's: which paths serve differs by pass).
 void check_attention_served(const AttentionArgs& a, const AttentionShape& shape, int32_t compute_capability);
+
+// The device memory of a checked call (q, k, v, out, lse, cu_seqlens_q/k) with the byte range of each.
+void add_attention_memory(const AttentionArgs& a, const AttentionShape& shape, MemoryArgs& memory);
 
 // The forward kernel parameters of a checked call (the backward's BwdParams::f).
 FwdParams attention_params(const AttentionArgs& a, const AttentionShape& shape);

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "device_memory.h"
 #include "dispatch.h"
 #include "error.h"
 #include "validate.h"
@@ -179,7 +180,7 @@ void check_workspace(const fa_backward_params_t& P, size_t need, const std::vect
 }  // namespace
 
 BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_capability, bool check_workspace_arg,
-                            size_t* workspace_bytes) {
+                            size_t* workspace_bytes, MemoryArgs* memory) {
     check_backward_struct(params, compute_capability);
     const fa_backward_params_t& P = *params;
     const AttentionArgs a = backward_args(P);
@@ -227,6 +228,18 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     if (workspace_bytes != nullptr) *workspace_bytes = ws.total;
     if (check_workspace_arg && P.workspace != nullptr) {
         check_workspace(P, ws.total, read, written);
+    }
+    if (memory != nullptr) {
+        add_attention_memory(a, sh, *memory);
+        memory->add("dout.data", "dout's shape and strides", grads[0].e);
+        memory->add("dq.data", "dq's shape and strides", grads[1].e);
+        memory->add("dk.data", "dk's shape and strides", grads[2].e);
+        memory->add("dv.data", "dv's shape and strides", grads[3].e);
+        if (P.workspace != nullptr) {
+            const uintptr_t begin = reinterpret_cast<uintptr_t>(P.workspace);
+            memory->add("workspace", "the workspace this call needs (fa_backward_workspace_size)",
+                        Extent{begin, begin + ws.total});
+        }
     }
     return p;
 }

@@ -10,6 +10,7 @@
 #include <limits>
 #include <string>
 
+#include "device_memory.h"
 #include "dispatch.h"
 #include "error.h"
 #include "validate.h"
@@ -390,7 +391,8 @@ struct DecodeCheck {
 
 }  // namespace
 
-DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_capability, int32_t* length_hint) {
+DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_capability, int32_t* length_hint,
+                             MemoryArgs* memory) {
     check_decode_struct(params, compute_capability);
     DecodeCheck c(*params);
     c.each_tensor();
@@ -400,6 +402,19 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
     c.apart();
     c.served(compute_capability);
     const DecodeParams p = c.params();
+    if (memory != nullptr) {
+        memory->add("q.data", "q's shape and strides", c.q);
+        memory->add("k_cache.data", "k_cache's shape and strides", c.kc);
+        memory->add("v_cache.data", "v_cache's shape and strides", c.vc);
+        if (c.append) {
+            memory->add("k_new.data", "k_new's shape and strides", c.kn);
+            memory->add("v_new.data", "v_new's shape and strides", c.vn);
+        }
+        memory->add("out.data", "out's shape and strides", c.o);
+        if (c.has_lse) memory->add("lse.data", "lse's shape and strides", c.l);
+        memory->add("cache_seqlens.data", "cache_seqlens' shape and strides", c.sl);
+        if (c.paged) memory->add("block_table.data", "block_table's shape and strides", c.bt);
+    }
     if (length_hint != nullptr) {
         // The keys a 16-row block can see are fewer with a left window.
         int64_t hint = c.longest;

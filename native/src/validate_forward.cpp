@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <string>
 
+#include "device_memory.h"
 #include "params_defaults.h"
 #include "validate.h"
 #include "validate_attention.h"
@@ -106,12 +107,15 @@ std::string describe(const FwdParams& p) {
     return out + (p.lse != nullptr ? " +lse" : "");
 }
 
-FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability) {
+FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability, MemoryArgs* memory) {
     check_forward_struct(params, compute_capability);
     const AttentionArgs a = forward_args(*params);
     const AttentionShape shape = check_attention(a);
     check_attention_served(a, shape, compute_capability);
     refuse_sm90_path(a.kernel_path, "kernel_path", "the forward");
+    if (memory != nullptr) {
+        add_attention_memory(a, shape, *memory);
+    }
     return attention_params(a, shape);
 }
 
