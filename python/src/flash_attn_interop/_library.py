@@ -56,13 +56,15 @@ class LibraryNotFoundError(FlashAttentionError, OSError):
 
 def candidate_paths(environ=None):
     """Where the library is looked for, in order, as (where it comes from, path): FLASH_ATTENTION_NATIVE_PATH (a file,
-    or a folder holding libflash_attention.so), the copy inside the installed package (a wheel), then the build
-    tree's artifacts/native/ (this package run from a checkout, python/src/)."""
+    or a folder holding libflash_attention.so) when set, and then nothing else (a library asked for by name that
+    does not load is an error, never replaced by another one); otherwise the copy inside the installed package (a
+    wheel), then the build tree's artifacts/native/ (this package run from a checkout, python/src/)."""
     env = os.environ if environ is None else environ
-    out = []
     p = env.get(ENV_PATH)
     if p:
-        out.append((ENV_PATH, os.path.join(p, LIB_NAME) if os.path.isdir(p) else p))
+        p = os.path.abspath(p)
+        return [(ENV_PATH, os.path.join(p, LIB_NAME) if os.path.isdir(p) else p)]
+    out = []
     out.append(("the package", os.path.join(_PKG_DIR, LIB_NAME)))
     repo = os.path.dirname(os.path.dirname(os.path.dirname(_PKG_DIR)))  # python/src/flash_attn_interop -> repo
     out.append(("the build tree", os.path.join(repo, "artifacts", "native", LIB_NAME)))

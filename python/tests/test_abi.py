@@ -1,0 +1,58 @@
+"""The generated ctypes mirror (flash_attn_interop/_abi.py) against the C header, read here independently of the
+generator: every struct's fields in order, every integer macro and enum value, every export."""
+import ctypes
+import os
+import re
+
+from conftest import REPO
+from flash_attn_interop import _abi
+
+HEADER = os.path.join(REPO, "native", "include", "flash_attention.h")
+
+
+def header_text():
+    with open(HEADER) as f:
+        return f.read()
+
+
+def strip_comments(text):
+    return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+
+
+def test_layout_matches_libclang():
+    _abi.check_layout()
+    assert ctypes.sizeof(_abi.FaTensor) == 80
+    assert ctypes.sizeof(_abi.FaForwardParams) == _abi.LAYOUT[_abi.FaForwardParams][0]
+    assert ctypes.sizeof(_abi.FaBackwardParams) == 824
+    assert ctypes.sizeof(_abi.FaDecodeParams) == 784
+
+
+def test_struct_fields_follow_the_header():
+    text = strip_comments(header_text())
+    structs = re.findall(r"typedef struct (\w+) \{(.*?)\}\s*(\w+);", text, flags=re.S)
+    assert len(structs) >= 6
+    for _, body, typedef in structs:
+        cls = getattr(_abi, typedef)
+        names = re.findall(r"(\w+)(?:\[\w+\])?\s*;", body)
+        assert [f[0] for f in cls._fields_] == names, typedef
+
+
+def test_macros_and_enums_match():
+    text = header_text()
+    for name, value in re.findall(r"#define (FA_[A-Z_]+) (\d+)\s", text):
+        assert getattr(_abi, name) == int(value), name
+    for name, value in re.findall(r"^\s+(FA_[A-Z0-9_]+) = (\d+)", text, flags=re.M):
+        assert getattr(_abi, name) == int(value), name
+    assert _abi.FA_VERSION_CODE == _abi.FA_VERSION_MAJOR * 10000 + _abi.FA_VERSION_MINOR * 100 + _abi.FA_VERSION_PATCH
+
+
+def test_every_export_has_a_prototype():
+    exports = set(re.findall(r"FA_API\s+[^;(]*?\b(fa_\w+)\s*\(", header_text()))
+    assert exports and exports == set(_abi.PROTOTYPES)
+
+
+def test_the_package_version_is_the_abi_version():
+    import flash_attn_interop
+    assert flash_attn_interop.__version__ == f"{_abi.FA_VERSION_MAJOR}.{_abi.FA_VERSION_MINOR}.{_abi.FA_VERSION_PATCH}"
+    with open(os.path.join(REPO, "python", "pyproject.toml")) as f:
+        assert f'version = "{flash_attn_interop.__version__}"' in f.read()

@@ -1,0 +1,298 @@
+"""The flash-attn 2.x surface without a GPU: names, argument names and defaults; every unserved option refused with a
+message that says so, before torch is touched; argument mapping into the params structs; and the library's own
+validation (fa_forward_check, fa_backward_check, fa_decode_check) of what the mapping produces, on host-side
+descriptors with fake device pointers that are never dereferenced."""
+import inspect
+import os
+import subprocess
+import sys
+
+import pytest
+
+import flash_attn_interop as fai
+from conftest import SRC
+from flash_attn_interop import FlashAttentionError, UnsupportedArgumentError, _abi, _args
+
+# flash-attn 2.x (flash_attn/flash_attn_interface.py, 2.6+): positional names and defaults, in order.
+W = (-1, -1)
+FLASH_ATTN_SIGNATURES = {
+    "flash_attn_func": [("q",), ("k",), ("v",), ("dropout_p", 0.0), ("softmax_scale", None), ("causal", False),
+                        ("window_size", W), ("softcap", 0.0), ("alibi_slopes", None), ("deterministic", False),
+                        ("return_attn_probs", False)],
+    "flash_attn_qkvpacked_func": [("qkv",), ("dropout_p", 0.0), ("softmax_scale", None), ("causal", False),
+                                  ("window_size", W), ("softcap", 0.0), ("alibi_slopes", None),
+                                  ("deterministic", False), ("return_attn_probs", False)],
+    "flash_attn_kvpacked_func": [("q",), ("kv",), ("dropout_p", 0.0), ("softmax_scale", None), ("causal", False),
+                                 ("window_size", W), ("softcap", 0.0), ("alibi_slopes", None),
+                                 ("deterministic", False), ("return_attn_probs", False)],
+    "flash_attn_varlen_func": [("q",), ("k",), ("v",), ("cu_seqlens_q",), ("cu_seqlens_k",), ("max_seqlen_q",),
+                               ("max_seqlen_k",), ("dropout_p", 0.0), ("softmax_scale", None), ("causal", False),
+                               ("window_size", W), ("softcap", 0.0), ("alibi_slopes", None), ("deterministic", False),
+                               ("return_attn_probs", False), ("block_table", None)],
+    "flash_attn_varlen_qkvpacked_func": [("qkv",), ("cu_seqlens",), ("max_seqlen",), ("dropout_p", 0.0),
+                                         ("softmax_scale", None), ("causal", False), ("window_size", W),
+                                         ("softcap", 0.0), ("alibi_slopes", None), ("deterministic", False),
+                                         ("return_attn_probs", False)],
+    "flash_attn_varlen_kvpacked_func": [("q",), ("kv",), ("cu_seqlens_q",), ("cu_seqlens_k",), ("max_seqlen_q",),
+                                        ("max_seqlen_k",), ("dropout_p", 0.0), ("softmax_scale", None),
+                                        ("causal", False), ("window_size", W), ("softcap", 0.0),
+                                        ("alibi_slopes", None), ("deterministic", False),
+                                        ("return_attn_probs", False)],
+    "flash_attn_with_kvcache": [("q",), ("k_cache",), ("v_cache",), ("k", None), ("v", None), ("rotary_cos", None),
+                                ("rotary_sin", None), ("cache_seqlens", None), ("cache_batch_idx", None),
+                                ("cache_leftpad", None), ("block_table", None), ("softmax_scale", None),
+                                ("causal", False), ("window_size", W), ("softcap", 0.0),
+                                ("rotary_interleaved", True), ("alibi_slopes", None), ("num_splits", 0),
+                                ("return_softmax_lse", False)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLASH_ATTN_SIGNATURES))
+def test_signature_is_flash_attn(name):
+    params = [p for p in inspect.signature(getattr(fai, name)).parameters.values()
+              if p.kind is p.POSITIONAL_OR_KEYWORD]
+    got = [(p.name,) if p.default is p.empty else (p.name, p.default) for p in params]
+    assert got == FLASH_ATTN_SIGNATURES[name]
+    # Extensions are keyword-only, so flash-attn's positional calls mean the same here.
+    extra = [p.name for p in inspect.signature(getattr(fai, name)).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    assert extra in ([], ["causal_alignment"])
+
+
+# ---- refusals: raised before torch is imported (these run with torch absent or present) --------------------------
+
+X = object()  # stands for a tensor: the refusal comes before any tensor is looked at
+
+REFUSED = [
+    ("flash_attn_func", (X, X, X), {"dropout_p": 0.1}, "dropout_p=0.1"),
+    ("flash_attn_func", (X, X, X), {"alibi_slopes": X}, "alibi_slopes"),
+    ("flash_attn_func", (X, X, X), {"softmax_scale": 0.0}, "softmax_scale=0.0"),
+    ("flash_attn_qkvpacked_func", (X,), {"dropout_p": 0.5}, "dropout_p"),
+    ("flash_attn_kvpacked_func", (X, X), {"alibi_slopes": X}, "alibi_slopes"),
+    ("flash_attn_varlen_func", (X, X, X, X, X, 8, 8), {"block_table": X}, "block_table"),
+    ("flash_attn_varlen_func", (X, X, X, X, X, 8, 8), {"dropout_p": 0.2}, "dropout_p"),
+    ("flash_attn_varlen_qkvpacked_func", (X, X, 8), {"alibi_slopes": X}, "alibi_slopes"),
+    ("flash_attn_varlen_kvpacked_func", (X, X, X, X, 8, 8), {"dropout_p": 0.2}, "dropout_p"),
+    ("flash_attn_with_kvcache", (X, X, X), {"rotary_cos": X, "rotary_sin": X}, "rotary_cos"),
+    ("flash_attn_with_kvcache", (X, X, X), {"cache_batch_idx": X}, "cache_batch_idx"),
+    ("flash_attn_with_kvcache", (X, X, X), {"cache_leftpad": X}, "cache_leftpad"),
+    ("flash_attn_with_kvcache", (X, X, X), {"alibi_slopes": X}, "alibi_slopes"),
+]
+
+
+@pytest.mark.parametrize("name,args,kwargs,what", REFUSED, ids=[f"{r[0]}-{r[3]}" for r in REFUSED])
+def test_unserved_arguments_are_refused(name, args, kwargs, what):
+    with pytest.raises(UnsupportedArgumentError) as ei:
+        getattr(fai, name)(*args, **kwargs)
+    msg = str(ei.value)
+    assert msg.startswith(name + ":") and what in msg and "not served" in msg
+    assert isinstance(ei.value, NotImplementedError)
+
+
+INVALID = [
+    ("flash_attn_func", {"window_size": (-2, 0)}, "window_size left must be >= -1"),
+    ("flash_attn_func", {"window_size": 5}, "window_size must be a pair"),
+    ("flash_attn_func", {"window_size": (1.5, 0)}, "must be an int"),
+    ("flash_attn_func", {"softcap": float("nan")}, "softcap must be finite"),
+    ("flash_attn_func", {"softmax_scale": float("inf")}, "softmax_scale must be finite"),
+    ("flash_attn_func", {"causal_alignment": "middle"}, "causal_alignment must be one of"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,what", INVALID, ids=[i[2] for i in INVALID])
+def test_invalid_arguments(name, kwargs, what):
+    with pytest.raises(ValueError, match=what):
+        getattr(fai, name)(X, X, X, **kwargs)
+
+
+def test_kvcache_argument_checks():
+    with pytest.raises(ValueError, match="num_splits must be 0"):
+        fai.flash_attn_with_kvcache(X, X, X, num_splits=_abi.FA_DECODE_MAX_SPLITS + 1)
+    with pytest.raises(ValueError, match="k and v are given together"):
+        fai.flash_attn_with_kvcache(X, X, X, k=X)
+    with pytest.raises(ValueError, match="needs cache_seqlens"):
+        fai.flash_attn_with_kvcache(X, X, X, k=X, v=X)
+
+
+def test_mapping_helpers():
+    assert _args.softmax_scale_arg("f", None) == 0.0
+    assert _args.softmax_scale_arg("f", 0.125) == 0.125
+    assert _args.softcap_arg("f", 0.0) == 0.0 and _args.softcap_arg("f", -3.0) == 0.0  # <= 0 is off (flash-attn)
+    assert _args.softcap_arg("f", 30) == 30.0
+    assert _args.window_arg("f", (-1, -1)) == (-1, -1)
+    assert _args.window_arg("f", [128, 0]) == (128, 0)
+    assert _args.window_arg("f", (2**40, 3)) == (-1, 3)  # wider than any sequence: unbounded
+    assert _args.causal_alignment_arg("f", "bottom_right") == _abi.FA_CAUSAL_BOTTOM_RIGHT
+    assert _args.causal_alignment_arg("f", "top_left") == _abi.FA_CAUSAL_TOP_LEFT
+    assert _args.num_splits_arg("f", 0) == 0 and _args.num_splits_arg("f", 1) == 1
+
+
+def test_a_call_without_torch_says_torch_is_needed():
+    code = ("import sys; sys.modules['torch'] = None\nimport flash_attn_interop as f\n"
+            "try:\n    f.flash_attn_func(1, 2, 3)\nexcept ImportError as e:\n    print(e)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=SRC))
+    assert p.returncode == 0, p.stderr
+    assert "flash_attn_interop needs PyTorch" in p.stdout
+
+
+def test_a_call_on_cpu_tensors_says_cuda_is_needed():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    q = torch.zeros(1, 8, 2, 64, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
+        fai.flash_attn_func(q, q, q)
+
+
+# ---- the library's checks of what the mapping builds (fake device pointers, never dereferenced) --------------------
+
+class Fake:
+    """Contiguous TensorDescs at distinct, aligned, fake device addresses."""
+
+    def __init__(self):
+        self.next = 0x7F0000000000
+
+    def __call__(self, shape, dtype=_abi.FA_DTYPE_FLOAT16):
+        strides = [1] * len(shape)
+        for i in range(len(shape) - 2, -1, -1):
+            strides[i] = strides[i + 1] * shape[i + 1]
+        self.next += 1 << 32
+        return _args.TensorDesc(self.next, dtype, tuple(shape), tuple(strides))
+
+
+F32, I32, BF16 = _abi.FA_DTYPE_FLOAT32, _abi.FA_DTYPE_INT32, _abi.FA_DTYPE_BFLOAT16
+
+
+def fwd(lib, fake, b=2, sq=128, sk=256, h=8, hkv=2, d=64, **kw):
+    return _args.forward_params(lib, fake((b, sq, h, d)), fake((b, sk, hkv, d)), fake((b, sk, hkv, d)),
+                                fake((b, sq, h, d)), fake((b, h, sq), F32), **kw)
+
+
+def check_status(lib, kind, params, cc=80):
+    try:
+        _args.check(lib, kind, params, cc)
+        return 0, ""
+    except FlashAttentionError as e:
+        return e.status, e.message
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"causal": True}, {"causal": True, "causal_alignment": _abi.FA_CAUSAL_TOP_LEFT},
+    {"window": (16, 0)}, {"window": (32, 8), "softcap": 30.0}, {"softmax_scale": 0.1},
+], ids=["plain", "causal", "causal-top-left", "window", "window-softcap", "scale"])
+def test_forward_options_pass_the_library_check(lib, options):
+    fake = Fake()
+    p = fwd(lib, fake, **options)
+    assert check_status(lib, "forward", p) == (0, "")
+    for k, v in options.items():
+        if k == "window":
+            assert (p.window_left, p.window_right) == v
+        elif k == "causal":
+            assert p.causal == 1
+        else:
+            assert getattr(p, k) == pytest.approx(v)
+
+
+def test_forward_descriptor_fields(lib):
+    fake = Fake()
+    q = fake((2, 128, 8, 64))
+    p = _args.forward_params(lib, q, fake((2, 256, 2, 64)), fake((2, 256, 2, 64)), fake((2, 128, 8, 64)))
+    assert p.q.data == q.data and p.q.rank == 4 and list(p.q.shape) == [2, 128, 8, 64]
+    assert list(p.q.strides) == list(q.strides)
+    assert p.lse.data is None and p.lse.rank == 0  # not given: a zeroed descriptor
+
+
+def test_strided_views_of_a_packed_buffer_pass(lib):
+    fake = Fake()
+    b, s, h, d = 2, 64, 4, 64
+    base = fake((b, s, 3, h, d))
+    strides = (s * 3 * h * d, 3 * h * d, d, 1)  # qkv[:, :, i] of a contiguous [b, s, 3, h, d] buffer
+    q, k, v = (_args.TensorDesc(base.data + i * h * d * 2, base.dtype, (b, s, h, d), strides) for i in range(3))
+    p = _args.forward_params(lib, q, k, v, fake((b, s, h, d)))
+    assert check_status(lib, "forward", p) == (0, "")
+
+
+@pytest.mark.parametrize("case,status,words", [
+    ("gqa-not-dividing", _abi.FA_STATUS_INVALID_ARGUMENT, "heads"),
+    ("lse-fp16", _abi.FA_STATUS_INVALID_ARGUMENT, "lse"),
+    ("misaligned", _abi.FA_STATUS_INVALID_ARGUMENT, "aligned"),
+    ("last-dim-strided", _abi.FA_STATUS_INVALID_ARGUMENT, "stride"),
+    ("dtype-mismatch", _abi.FA_STATUS_INVALID_ARGUMENT, "dtype"),
+    ("head-dim-512", _abi.FA_STATUS_UNSUPPORTED, "head"),
+    ("sm75", _abi.FA_STATUS_UNSUPPORTED, "compute capability"),
+])
+def test_forward_errors_carry_the_library_message(lib, case, status, words):
+    fake = Fake()
+    cc = 80
+    q, k, v, o, lse = fake((2, 64, 8, 64)), fake((2, 64, 2, 64)), fake((2, 64, 2, 64)), fake((2, 64, 8, 64)), None
+    if case == "gqa-not-dividing":
+        k, v = fake((2, 64, 3, 64)), fake((2, 64, 3, 64))
+    elif case == "lse-fp16":
+        lse = fake((2, 8, 64))
+    elif case == "misaligned":
+        q = q._replace(data=q.data + 2)
+    elif case == "last-dim-strided":
+        q = q._replace(strides=q.strides[:3] + (2,))
+    elif case == "dtype-mismatch":
+        q = q._replace(dtype=BF16)
+    elif case == "head-dim-512":
+        q, k, v, o = fake((2, 64, 8, 512)), fake((2, 64, 2, 512)), fake((2, 64, 2, 512)), fake((2, 64, 8, 512))
+    elif case == "sm75":
+        cc = 75
+    got, msg = check_status(lib, "forward", _args.forward_params(lib, q, k, v, o, lse), cc)
+    assert got == status, msg
+    assert words in msg.lower()
+
+
+def test_varlen_forward_and_backward_pass(lib):
+    fake = Fake()
+    cu_q, cu_k = 0x7E0000000000, 0x7E0000001000
+    varlen = (cu_q, cu_k, 3, 128, 200)
+    q, k, v, o = fake((300, 8, 64)), fake((400, 2, 64)), fake((400, 2, 64)), fake((300, 8, 64))
+    lse = fake((8, 300), F32)
+    p = _args.forward_params(lib, q, k, v, o, lse, causal=True, varlen=varlen)
+    assert check_status(lib, "forward", p) == (0, "")
+    assert (p.varlen_batch, p.max_seqlen_q, p.max_seqlen_k) == (3, 128, 200)
+    assert ctypes_addr(p.cu_seqlens_q) == cu_q and ctypes_addr(p.cu_seqlens_k) == cu_k
+    assert not p.cu_seqlens_q_host  # no host copies: no synchronisation
+    b = _args.backward_params(lib, q, k, v, o, fake((300, 8, 64)), lse, fake((300, 8, 64)), fake((400, 2, 64)),
+                              fake((400, 2, 64)), causal=True, deterministic=True, varlen=varlen)
+    assert check_status(lib, "backward", b) == (0, "")
+    assert b.deterministic == 1
+
+
+def ctypes_addr(ptr):
+    import ctypes
+    return ctypes.cast(ptr, ctypes.c_void_p).value
+
+
+def test_backward_check(lib):
+    fake = Fake()
+    shapes = [(2, 128, 8, 64), (2, 256, 2, 64), (2, 256, 2, 64), (2, 128, 8, 64), (2, 128, 8, 64)]
+    q, k, v, o, do = (fake(s) for s in shapes)
+    grads = [fake(s) for s in shapes[:3]]
+    lse = fake((2, 8, 128), F32)
+    p = _args.backward_params(lib, q, k, v, o, do, lse, *grads, causal=True, window=(64, 0), softcap=20.0)
+    assert check_status(lib, "backward", p) == (0, "")
+    p = _args.backward_params(lib, q, k, v, o, do, None, *grads)
+    status, msg = check_status(lib, "backward", p)
+    assert status == _abi.FA_STATUS_INVALID_ARGUMENT and "lse" in msg
+
+
+def test_decode_check(lib):
+    fake = Fake()
+    q, out = fake((4, 1, 8, 64)), fake((4, 1, 8, 64))
+    cache_seqlens = fake((4,), I32)
+    # Paged, block 16.
+    p = _args.decode_params(lib, q, fake((64, 16, 2, 64)), fake((64, 16, 2, 64)), out, cache_seqlens,
+                            block_table=fake((4, 16), I32), lse=fake((4, 8, 1), F32), num_splits=4)
+    assert check_status(lib, "decode", p) == (0, "")
+    assert p.advance_cache_seqlens == 0  # flash-attn's convention: cache_seqlens is only read
+    # Contiguous, appending one token, causal, window, softcap.
+    p = _args.decode_params(lib, q, fake((4, 1024, 2, 64)), fake((4, 1024, 2, 64)), out, cache_seqlens,
+                            k_new=fake((4, 1, 2, 64)), v_new=fake((4, 1, 2, 64)), causal=True, window=(256, 0),
+                            softcap=10.0)
+    assert check_status(lib, "decode", p) == (0, "")
+    # Block size 24 is not served.
+    p = _args.decode_params(lib, q, fake((64, 24, 2, 64)), fake((64, 24, 2, 64)), out, cache_seqlens,
+                            block_table=fake((4, 16), I32))
+    status, msg = check_status(lib, "decode", p)
+    assert status == _abi.FA_STATUS_UNSUPPORTED and "block" in msg
