@@ -39,8 +39,9 @@ Commands:
                     clang-14 where missing, restore NuGet packages and the local dotnet tools.
   build [-DX=Y...]  Build the native library (CMake, build/native), copy it to artifacts/native/,
                     then build the solution (Release). -D options go to CMake, others to dotnet build.
-  test              Build, then run ctest, the bindings check and the NUnit tests; the last line is
-                    "N passed, N failed, N skipped". GPU tests skip themselves where there is no GPU.
+  test              Build, then run ctest, the bindings check, the NUnit tests and the Python package's
+                    CPU tests (pytest -m "not gpu"); the last line is "N passed, N failed, N skipped".
+                    GPU tests skip themselves where there is no GPU.
   bindings [--check]
                     Regenerate the P/Invoke layer from the C header (or, with --check, fail when the
                     checked-in bindings are stale).
@@ -51,10 +52,14 @@ Commands:
                     (linux-x64) into bundle/app and pack bundle/app.tar.xz for the GPU machine.
   gpu-test          On the GPU machine (nvcc, python3 with torch, no dotnet): build the native
                     library for sm_80 + sm_90a, run ctest, the bundled tests (GPU ones included), the
-                    demo, the training sample (and the decode sample where it exists) and bench/run.py
+                    demo, the training sample (and the decode sample where it exists), the Python
+                    package's GPU tests (pytest -m gpu) and bench/run.py
                     (forward, backward and decode rows); logs go to $OUT (else build/gpu-test); a
                     table comes last.
   pack              dotnet pack the managed library with runtimes/linux-x64/native/libflash_attention.so.
+  wheel             Build the Python package (python/, import flash_attn_interop) as a wheel with
+                    libflash_attention.so inside -> artifacts/python/ (pip wheel --no-deps
+                    --no-build-isolation; builds the native library first if artifacts/native lacks it).
   help              Show this text.
 
 Environment:
@@ -90,6 +95,20 @@ die() {
 }
 
 have() { command -v "$1" >/dev/null 2>&1; }
+
+# The first Python 3 (python3 on PATH, then Debian's /usr/bin/python3) that imports every module named; "" if none.
+# A python3 from pyenv or a venv may lack what Debian's packages put into /usr/bin/python3 (pytest, wheel).
+python_with() {
+    local py mods
+    mods="$(IFS=,; echo "$*")"
+    for py in python3 /usr/bin/python3; do
+        if have "$py" && "$py" -c "import $mods" >/dev/null 2>&1; then
+            command -v "$py"
+            return 0
+        fi
+    done
+    echo ""
+}
 
 as_root() {
     if [[ $(id -u) -eq 0 ]]; then
@@ -190,6 +209,9 @@ EOF
     have make || apt_packages+=(make)
     # ctest's ABI-boundary check (tools/check_abi_boundary.py) runs under Python 3.
     have python3 || apt_packages+=(python3)
+    # The Python package's tests (pytest) and its wheel (setuptools, wheel, pip).
+    [[ -n "$(python_with pytest)" ]] || apt_packages+=(python3-pytest)
+    [[ -n "$(python_with setuptools wheel pip)" ]] || apt_packages+=(python3-setuptools python3-wheel python3-pip)
     # CUDA 11.x rejects g++ 12 as host compiler; clang-14 is the one it accepts on Debian 12.
     have clang-14 || apt_packages+=(clang-14)
     if [[ ${#apt_packages[@]} -gt 0 ]]; then
@@ -374,6 +396,35 @@ run_mtp() {
     print_skip_reasons "$log"
 }
 
+# Runs the Python package's tests (python/tests) with pytest; $1 the log, $2 the marker expression, $3 the library.
+# Counts from pytest's -q summary line ("3 passed, 1 failed, 2 skipped, 1 error in 0.4s"; errors count as failed).
+# pytest missing is one failure naming the fix.
+run_pytest() {
+    local log="$1" marker="$2" lib="$3" py rc=0
+    py="$(python_with pytest)"
+    if [[ -z "$py" ]]; then
+        echo "    pytest not found for python3 or /usr/bin/python3 (./build.sh deps installs python3-pytest)" | tee "$log" >&2
+        T_PASSED=0 T_FAILED=1 T_SKIPPED=0
+        add_counts pytest
+        return 0
+    fi
+    FLASH_ATTENTION_NATIVE_PATH="$lib" PYTHONDONTWRITEBYTECODE=1 "$py" -m pytest python/tests -q -rs -m "$marker" \
+        -p no:cacheprovider 2>&1 | tee "$log" || rc=$?
+    local summary
+    summary="$(grep -E '^=*[ ]*[0-9]+ (passed|failed|skipped|error|errors|deselected)' "$log" | tail -n 1 || true)"
+    local passed failed skipped errors
+    passed="$(sed -n 's/.*\b\([0-9][0-9]*\) passed.*/\1/p' <<<"$summary")"
+    failed="$(sed -n 's/.*\b\([0-9][0-9]*\) failed.*/\1/p' <<<"$summary")"
+    skipped="$(sed -n 's/.*\b\([0-9][0-9]*\) skipped.*/\1/p' <<<"$summary")"
+    errors="$(sed -n 's/.*\b\([0-9][0-9]*\) errors\{0,1\}\b.*/\1/p' <<<"$summary")"
+    T_PASSED="${passed:-0}"
+    T_FAILED=$(( ${failed:-0} + ${errors:-0} ))
+    T_SKIPPED="${skipped:-0}"
+    # pytest failed without a failing test (usage error, collection crash; 5 = nothing collected is not a failure).
+    if [[ "$rc" -ne 0 && "$rc" -ne 5 && "$T_FAILED" -eq 0 ]]; then T_FAILED=1; fi
+    add_counts pytest
+}
+
 print_summary() {
     CURRENT_STEP=""
     echo "$SUM_PASSED passed, $SUM_FAILED failed, $SUM_SKIPPED skipped"
@@ -406,6 +457,9 @@ cmd_test() {
     [[ -f "$TESTS_DLL" ]] || die "$TESTS_DLL not found (did the build produce it?)"
     # Minimal: failures in full; skips counted, and each distinct skip reason printed once with its count.
     run_mtp "$logdir/nunit.log" dotnet "$TESTS_DLL" --output Minimal --settings "$(dirname "$TESTS_DLL")/FlashAttention.Tests.runsettings"
+
+    step pytest "python3 -m pytest python/tests -m 'not gpu' (the Python package's CPU tests)"
+    run_pytest "$logdir/pytest.log" "not gpu" "$ROOT/$NATIVE_ARTIFACTS/$LIB_NAME"
 
     if [[ $SUM_FAILED -ne 0 ]]; then
         echo "FAILED: test ($SUM_FAILED failed; logs in $logdir/)" >&2
@@ -547,6 +601,12 @@ cmd_gpu_test() {
     status_lines+=("demo: exit code $rc")
     [[ $rc -eq 0 ]] || SUM_FAILED=$((SUM_FAILED + 1))
 
+    step pytest-gpu "python3 -m pytest python/tests -m gpu (the Python package on the GPU) with $lib"
+    run_pytest "$logdir/pytest-gpu.log" gpu "$lib" >/dev/null
+    grep -E '^(FAILED|ERROR|SKIPPED)' "$logdir/pytest-gpu.log" | head -n 20 || true
+    tail -n 1 "$logdir/pytest-gpu.log"
+    status_lines+=("pytest-gpu: $T_PASSED passed, $T_FAILED failed, $T_SKIPPED skipped")
+
     run_bundled_sample training FlashAttention.Training "trains one attention layer (Forward + Backward); the loss must fall"
     if [[ -d "$GENERATE_DIR" ]]; then
         run_bundled_sample generate "$(basename "$(generate_project)" .csproj)" "decodes over a KV cache"
@@ -599,6 +659,42 @@ cmd_pack() {
     ls -la "$out"
 }
 
+# ---- wheel ----------------------------------------------------------------------------------------
+
+cmd_wheel() {
+    local out="artifacts/python" pkg="python/src/flash_attn_interop" py
+    if [[ ! -f "$NATIVE_ARTIFACTS/$LIB_NAME" ]]; then
+        ensure_deps
+        build_native
+    fi
+    step wheel-tools "find a python3 with setuptools, wheel and pip"
+    py="$(python_with setuptools wheel pip)"
+    [[ -n "$py" ]] || die "no python3 with setuptools, wheel and pip (./build.sh deps installs python3-setuptools python3-wheel python3-pip)"
+    echo "    $py ($("$py" --version 2>&1))"
+    step wheel "pip wheel python/ with $LIB_NAME inside -> $out"
+    cp -fL "$NATIVE_ARTIFACTS/$LIB_NAME" "$pkg/$LIB_NAME"
+    mkdir -p "$out"
+    local rc=0
+    rm -rf python/build "$pkg.egg-info" python/src/*.egg-info
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$py" -m pip wheel --no-deps --no-build-isolation --no-cache-dir -w "$out" ./python || rc=$?
+    rm -f "$pkg/$LIB_NAME"
+    rm -rf python/build python/src/*.egg-info
+    [[ $rc -eq 0 ]] || die "pip wheel failed (exit code $rc)"
+    step wheel-check "the wheel holds the package and $LIB_NAME"
+    local whl
+    whl="$(ls -t "$out"/flash_attn_interop-*.whl | head -n 1)"
+    "$py" - "$whl" "$LIB_NAME" <<'PYEOF'
+import sys, zipfile
+whl, lib = sys.argv[1], sys.argv[2]
+names = zipfile.ZipFile(whl).namelist()
+need = ["flash_attn_interop/__init__.py", "flash_attn_interop/_abi.py", "flash_attn_interop/" + lib]
+missing = [n for n in need if n not in names]
+if missing:
+    sys.exit(f"{whl} lacks {', '.join(missing)}")
+print(f"    {whl}: {len(names)} files, {lib} inside")
+PYEOF
+}
+
 # ---- main -----------------------------------------------------------------------------------------
 
 if [[ $# -lt 1 ]]; then
@@ -616,6 +712,7 @@ case "$command" in
     bundle) cmd_bundle "$@" ;;
     gpu-test) cmd_gpu_test "$@" ;;
     pack) cmd_pack "$@" ;;
+    wheel) cmd_wheel "$@" ;;
     help | -h | --help) usage ;;
     *)
         echo "error: unknown command '$command'" >&2

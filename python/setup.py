@@ -2,6 +2,7 @@
 package by ./build.sh wheel), so it is tagged for the platform (linux_x86_64) but for any Python 3 (py3-none): the
 package itself is pure Python and calls the library through ctypes, so no interpreter ABI is involved."""
 from setuptools import setup
+from setuptools.dist import Distribution
 
 try:
     from setuptools.command.bdist_wheel import bdist_wheel as _bdist_wheel
@@ -9,14 +10,17 @@ except ImportError:  # setuptools < 70.1: the wheel package's command
     from wheel.bdist_wheel import bdist_wheel as _bdist_wheel
 
 
-class bdist_wheel(_bdist_wheel):
-    def finalize_options(self):
-        super().finalize_options()
-        self.root_is_pure = False
+class BinaryDistribution(Distribution):
+    """Installs the package into platlib (the wheel's root), as a package with a native library must be."""
 
+    def has_ext_modules(self):
+        return True
+
+
+class bdist_wheel(_bdist_wheel):
     def get_tag(self):
         _, _, plat = super().get_tag()
         return "py3", "none", plat
 
 
-setup(cmdclass={"bdist_wheel": bdist_wheel})
+setup(distclass=BinaryDistribution, cmdclass={"bdist_wheel": bdist_wheel})

@@ -1,0 +1,340 @@
+"""GPU tests of the package (marked gpu; run with `python3 -m pytest python/tests -m gpu`, about 1-3 minutes on an
+H200): outputs and gradients against a float64 reference and PyTorch's SDPA for every option the library serves,
+varlen, kvcache (contiguous and paged), CUDA-graph capture, torch.compile, and a tiny GPT trained with
+flash_attn_func in place of SDPA whose loss curve matches SDPA's. They skip, with the reason, without PyTorch, CUDA
+or the library (conftest.py)."""
+import math
+
+import pytest
+
+import flash_attn_interop as fai
+
+pytestmark = pytest.mark.gpu
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+F = torch.nn.functional
+DEV = "cuda"
+
+
+def reference(q, k, v, causal=False, window=(-1, -1), softcap=0.0, scale=None, top_left=False, upcast=True):
+    """Attention in float64 (upcast) or in the inputs' dtype, [B, S, H, D]; masks as flash-attn defines them."""
+    if upcast:
+        q, k, v = q.double(), k.double(), v.double()
+    b, sq, h, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    k = k.repeat_interleave(h // hkv, dim=2)
+    v = v.repeat_interleave(h // hkv, dim=2)
+    scale = scale or 1.0 / math.sqrt(d)
+    s = torch.einsum("bqhd,bkhd->bhqk", q * scale, k)
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    off = 0 if top_left else sk - sq
+    i = torch.arange(sq, device=q.device)[:, None] + off
+    j = torch.arange(sk, device=q.device)[None, :]
+    left, right = window
+    if causal:
+        right = 0
+    mask = torch.zeros(sq, sk, dtype=torch.bool, device=q.device)
+    if right >= 0:
+        mask |= j > i + right
+    if left >= 0:
+        mask |= j < i - left
+    s = s.masked_fill(mask, float("-inf"))
+    p = torch.softmax(s.float() if not upcast else s, dim=-1).nan_to_num(0.0).to(v.dtype)
+    return torch.einsum("bhqk,bkhd->bqhd", p, v)
+
+
+def max_err(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+def rand(*shape, dtype=torch.bfloat16, grad=False):
+    return torch.randn(*shape, device=DEV, dtype=dtype).requires_grad_(grad)
+
+
+CASES = [
+    # (name, sq, sk, h, hkv, d, kwargs)
+    ("plain", 128, 128, 4, 4, 64, {}),
+    ("causal-bottom-right", 96, 160, 4, 4, 64, {"causal": True}),
+    ("causal-top-left", 96, 160, 4, 4, 64, {"causal": True, "causal_alignment": "top_left"}),
+    ("window", 128, 128, 4, 4, 128, {"window_size": (32, 16)}),
+    ("causal-window", 128, 192, 4, 2, 64, {"causal": True, "window_size": (48, -1)}),
+    ("softcap", 128, 128, 4, 4, 64, {"softcap": 5.0}),
+    ("gqa", 128, 128, 8, 2, 128, {"causal": True}),
+    ("mqa-scale", 64, 256, 8, 1, 96, {"softmax_scale": 0.05}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name,sq,sk,h,hkv,d,kw", CASES, ids=[c[0] for c in CASES])
+def test_forward_backward_against_float64(name, sq, sk, h, hkv, d, kw, dtype):
+    torch.manual_seed(0)
+    b = 2
+    q, k, v = rand(b, sq, h, d, dtype=dtype, grad=True), rand(b, sk, hkv, d, dtype=dtype, grad=True), \
+        rand(b, sk, hkv, d, dtype=dtype, grad=True)
+    ref_kw = dict(causal=kw.get("causal", False), window=kw.get("window_size", (-1, -1)),
+                  softcap=kw.get("softcap", 0.0), scale=kw.get("softmax_scale"),
+                  top_left=kw.get("causal_alignment") == "top_left")
+    out, lse, _ = fai.flash_attn_func(q, k, v, return_attn_probs=True, **kw)
+    assert out.shape == q.shape and out.dtype == dtype
+    assert lse.shape == (b, h, sq) and lse.dtype == torch.float32
+    dout = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+    ref = reference(q, k, v, **ref_kw)
+    rq, rk, rv = torch.autograd.grad(ref, (q, k, v), dout.double())
+    pt = reference(q, k, v, upcast=False, **ref_kw)
+    pq, pk, pv = torch.autograd.grad(pt, (q, k, v), dout)
+    # As flash-attn's tests: our error against float64 within a small multiple of PyTorch's in the same dtype.
+    assert max_err(out, ref) <= 2 * max_err(pt, ref) + 1e-3
+    for ours, exact, torch_low in ((dq, rq, pq), (dk, rk, pk), (dv, rv, pv)):
+        assert max_err(ours, exact) <= 3 * max_err(torch_low, exact) + 1e-3
+
+
+def test_against_sdpa_is_causal():
+    torch.manual_seed(1)
+    q, k, v = (rand(2, 256, 8, 64, grad=True) for _ in range(3))
+    out = fai.flash_attn_func(q, k, v, causal=True)
+    ref = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True).transpose(1, 2)
+    assert max_err(out, ref) < 2e-2
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (q, k, v), g)
+    theirs = torch.autograd.grad(ref, (q, k, v), g)
+    for a, r in zip(ours, theirs):
+        assert ((a.float() - r.float()).norm() / r.float().norm()).item() < 3e-2
+
+
+def test_deterministic_backward_is_bitwise_repeatable():
+    torch.manual_seed(2)
+    q, k, v = (rand(2, 256, 4, 64, grad=True) for _ in range(3))
+    g = torch.randn(2, 256, 4, 64, device=DEV, dtype=torch.bfloat16)
+    runs = [torch.autograd.grad(fai.flash_attn_func(q, k, v, causal=True, deterministic=True), (q, k, v), g)
+            for _ in range(3)]
+    for r in runs[1:]:
+        for a, b in zip(r, runs[0]):
+            assert torch.equal(a, b)
+
+
+def test_packed_functions_match_unpacked():
+    torch.manual_seed(3)
+    qkv = rand(2, 128, 3, 4, 64, grad=True)
+    out = fai.flash_attn_qkvpacked_func(qkv, causal=True)
+    ref = fai.flash_attn_func(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=True)
+    assert torch.equal(out, ref)
+    out.sum().backward()
+    assert qkv.grad is not None and qkv.grad.shape == qkv.shape
+    q, kv = rand(2, 64, 4, 64), rand(2, 128, 2, 2, 64)
+    assert torch.equal(fai.flash_attn_kvpacked_func(q, kv), fai.flash_attn_func(q, kv[:, :, 0], kv[:, :, 1]))
+
+
+def _varlen_batch(lens, h, hkv, d):
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device=DEV, dtype=torch.int32)
+    total = sum(lens)
+    return cu, rand(total, h, d, grad=True), rand(total, hkv, d, grad=True), rand(total, hkv, d, grad=True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen_matches_per_sequence(causal):
+    torch.manual_seed(4)
+    lens = [37, 128, 5, 90]
+    cu, q, k, v = _varlen_batch(lens, 4, 2, 64)
+    out, lse, _ = fai.flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens), causal=causal,
+                                             window_size=(24, -1), return_attn_probs=True)
+    assert lse.shape == (4, sum(lens))
+    g = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), g)
+    for i, n in enumerate(lens):
+        a, e = cu[i].item(), cu[i + 1].item()
+        sl = slice(a, e)
+        ref = reference(q[sl][None], k[sl][None], v[sl][None], causal=causal, window=(24, -1))[0]
+        assert max_err(out[sl], ref) < 2e-2
+        rq, rk, rv = torch.autograd.grad(ref, (q, k, v), g[sl].double())
+        assert max_err(dq[sl], rq[sl]) < 5e-2 and max_err(dk[sl], rk[sl]) < 5e-2 and max_err(dv[sl], rv[sl]) < 5e-2
+    qkv = torch.stack([q.detach(), q.detach(), q.detach()], 1)
+    o2 = fai.flash_attn_varlen_qkvpacked_func(qkv, cu, max(lens), causal=causal)
+    assert torch.equal(o2, fai.flash_attn_varlen_func(q.detach(), q.detach(), q.detach(), cu, cu, max(lens),
+                                                      max(lens), causal=causal))
+
+
+@pytest.mark.parametrize("block", [None, 16, 256])
+def test_kvcache_contiguous_and_paged(block):
+    torch.manual_seed(5)
+    b, h, hkv, d, cap, snew = 3, 8, 2, 128, 512, 2
+    seqlens = torch.tensor([100, 1, 300], dtype=torch.int32, device=DEV)
+    k_cache, v_cache = rand(b, cap, hkv, d), rand(b, cap, hkv, d)
+    q, k_new, v_new = rand(b, snew, h, d), rand(b, snew, hkv, d), rand(b, snew, hkv, d)
+    expect_k, expect_v = k_cache.clone(), v_cache.clone()
+    for i in range(b):
+        n = seqlens[i].item()
+        expect_k[i, n:n + snew], expect_v[i, n:n + snew] = k_new[i], v_new[i]
+    if block is None:
+        kc, vc, table = k_cache, v_cache, None
+    else:
+        per = cap // block
+        perm = torch.randperm(b * per, device=DEV)
+        table = perm.view(b, per).to(torch.int32)
+        kc = torch.empty(b * per, block, hkv, d, device=DEV, dtype=k_cache.dtype)
+        vc = torch.empty_like(kc)
+        kc[perm] = k_cache.view(b * per, block, hkv, d)
+        vc[perm] = v_cache.view(b * per, block, hkv, d)
+    out, lse = fai.flash_attn_with_kvcache(q, kc, vc, k_new, v_new, cache_seqlens=seqlens, block_table=table,
+                                           causal=True, return_softmax_lse=True)
+    assert lse.shape == (b, h, snew)
+    if table is not None:
+        got_k = kc[table.long()].view(b, cap, hkv, d)
+    else:
+        got_k = kc
+    for i in range(b):
+        n = seqlens[i].item() + snew
+        assert torch.equal(got_k[i, :n], expect_k[i, :n])  # appended in place
+        ref = reference(q[i:i + 1], expect_k[i:i + 1, :n], expect_v[i:i + 1, :n], causal=True)
+        assert max_err(out[i:i + 1], ref) < 2e-2
+    assert seqlens.tolist() == [100, 1, 300]  # only read, as flash-attn
+
+
+def test_kvcache_int_seqlens_and_num_splits():
+    torch.manual_seed(6)
+    q, kc, vc = rand(2, 1, 4, 64), rand(2, 256, 4, 64), rand(2, 256, 4, 64)
+    a = fai.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=200, num_splits=1)
+    b = fai.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=200, num_splits=4)
+    ref = reference(q, kc[:, :200], vc[:, :200])
+    assert max_err(a, ref) < 2e-2 and max_err(b, ref) < 2e-2
+
+
+def test_library_error_becomes_python_exception():
+    q = rand(1, 16, 4, 512)  # head dim above what the library serves
+    with pytest.raises(fai.FlashAttentionError) as ei:
+        fai.flash_attn_func(q, q, q)
+    assert ei.value.status == 2 and "head" in ei.value.message
+
+
+def test_runs_on_the_current_stream():
+    s = torch.cuda.Stream()
+    q, k, v = (rand(2, 512, 8, 128) for _ in range(3))
+    ref = fai.flash_attn_func(q, k, v)
+    torch.cuda.synchronize()
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(10_000_000)  # keeps the side stream busy: a wrong stream would read early or race
+        out = fai.flash_attn_func(q, k, v)
+    torch.cuda.current_stream().wait_stream(s)
+    assert torch.equal(out, ref)
+
+
+def test_cuda_graph_capture_forward_and_backward():
+    torch.manual_seed(7)
+    q, k, v = (rand(2, 128, 4, 64, grad=True) for _ in range(3))
+    g = torch.randn(2, 128, 4, 64, device=DEV, dtype=torch.bfloat16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up (contexts, allocator) outside the capture
+        for _ in range(2):
+            o = fai.flash_attn_func(q, k, v, causal=True)
+            o.backward(g)
+            q.grad = k.grad = v.grad = None
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fai.flash_attn_func(q, k, v, causal=True)
+        static_out.backward(g)
+    for _ in range(2):
+        with torch.no_grad():
+            for t in (q, k, v):
+                t.copy_(torch.randn_like(t))
+        graph.replay()
+        torch.cuda.synchronize()
+        qe, ke, ve = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        eager = fai.flash_attn_func(qe, ke, ve, causal=True)
+        eager.backward(g)
+        assert torch.equal(static_out, eager)
+        assert max_err(q.grad, qe.grad) < 1e-2 and max_err(v.grad, ve.grad) < 1e-2
+
+
+class Block(torch.nn.Module):
+    """One causal self-attention layer; attn="flash" calls flash_attn_func, "sdpa" PyTorch's SDPA."""
+
+    def __init__(self, dim, heads, attn):
+        super().__init__()
+        self.heads, self.attn = heads, attn
+        self.qkv = torch.nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = torch.nn.Linear(dim, dim, bias=False)
+        self.ln1, self.ln2 = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(), torch.nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        b, s, c = x.shape
+        qkv = self.qkv(self.ln1(x)).view(b, s, 3, self.heads, c // self.heads)
+        if self.attn == "flash":
+            y = fai.flash_attn_qkvpacked_func(qkv, causal=True)
+        else:
+            q, k, v = qkv.unbind(2)
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=True).transpose(1, 2)
+        x = x + self.proj(y.reshape(b, s, c))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(torch.nn.Module):
+    def __init__(self, attn, vocab=64, dim=128, heads=4, layers=2, seq=128):
+        super().__init__()
+        self.tok = torch.nn.Embedding(vocab, dim)
+        self.pos = torch.nn.Parameter(torch.zeros(seq, dim))
+        self.blocks = torch.nn.ModuleList(Block(dim, heads, attn) for _ in range(layers))
+        self.head = torch.nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, idx):
+        x = self.tok(idx) + self.pos[: idx.shape[1]]
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(x)
+
+
+def test_torch_compile_of_a_module_using_flash_attn_func():
+    if not hasattr(torch, "compile"):
+        pytest.skip("this PyTorch has no torch.compile")
+    torch.manual_seed(8)
+    blk = Block(128, 4, "flash").to(DEV, torch.bfloat16)
+    x = rand(2, 64, 128, grad=True)
+    eager = blk(x)
+    compiled = torch.compile(blk, fullgraph=True)
+    out = compiled(x)
+    assert max_err(out, eager) < 5e-2
+    out.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad.float()).all()
+
+
+def _train(attn, steps, data):
+    torch.manual_seed(9)
+    model = GPT(attn).to(DEV)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(steps):
+        x, y = data[step % len(data)]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_tiny_gpt_trains_like_sdpa():
+    g = torch.Generator(device=DEV).manual_seed(10)
+    # A learnable sequence task: each token is the previous one plus a per-sequence stride (mod 64).
+    data = []
+    for _ in range(16):
+        start = torch.randint(0, 64, (32, 1), device=DEV, generator=g)
+        stride = torch.randint(1, 8, (32, 1), device=DEV, generator=g)
+        seq = (start + stride * torch.arange(129, device=DEV)) % 64
+        data.append((seq[:, :-1], seq[:, 1:]))
+    steps = 300
+    flash = _train("flash", steps, data)
+    sdpa = _train("sdpa", steps, data)
+    head = sum(flash[:10]) / 10
+    f_tail, s_tail = sum(flash[-30:]) / 30, sum(sdpa[-30:]) / 30
+    assert f_tail < 0.5 * head, (head, f_tail)  # it learned
+    # The two curves agree within bf16 noise along the way, not only at the end.
+    for a, b in ((flash[i:i + 30], sdpa[i:i + 30]) for i in range(0, steps, 60)):
+        ma, mb = sum(a) / len(a), sum(b) / len(b)
+        assert abs(ma - mb) <= 0.1 * mb + 0.05, (ma, mb)
+    assert abs(f_tail - s_tail) <= 0.1 * s_tail + 0.05, (f_tail, s_tail)
