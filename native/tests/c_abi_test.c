@@ -261,6 +261,31 @@ static void test_validation(void) {
     int64_t q_bytes;
     char needle[160];
 
+    /* Head dim 59, contiguous: the root cause (not a multiple of 8) comes first, then the stride it breaks. */
+    p = valid_params(1);
+    set_head_dim(&p, 59);
+    expect("head dim 59 (forward)", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "q.shape[3] (head_dim) is 59; head dims must be multiples of 8");
+    {
+        fa_backward_params_t bw;
+        fa_backward_params_init(&bw, sizeof bw);
+        bw.q = p.q;
+        bw.k = p.k;
+        bw.v = p.v;
+        bw.out = p.out;
+        bw.lse = p.lse;
+        bw.dout = p.out;
+        bw.dout.data = (void*)(uintptr_t)0x600000000ull;
+        bw.dq = p.q;
+        bw.dq.data = (void*)(uintptr_t)0x700000000ull;
+        bw.dk = p.k;
+        bw.dk.data = (void*)(uintptr_t)0x800000000ull;
+        bw.dv = p.v;
+        bw.dv.data = (void*)(uintptr_t)0x900000000ull;
+        expect("head dim 59 (backward)", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
+               "q.shape[3] (head_dim) is 59; head dims must be multiples of 8");
+    }
+
     p = valid_params(0);
     expect("valid (cc 0)", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
     expect("valid (cc 80)", fa_forward_check(&p, 80), FA_STATUS_SUCCESS, NULL);
@@ -1625,6 +1650,219 @@ static int head_dim_served(int d) {
     return fa_forward_check(&p, 0) == FA_STATUS_SUCCESS;
 }
 
+/* ---- device pointers (issue 16): host, freed and too-small memory refused before any launch ------------------ */
+
+enum { DP_HOST, DP_FREED, DP_SMALL, DP_KINDS };
+static const char* const g_dp_kind[DP_KINDS] = {"host memory", "freed memory", "a too-small allocation"};
+#define DP_SMALL_BYTES 4096
+#define DP_POISON 0x5A
+
+typedef struct {
+    void* host;   /* malloc'd, rounded up to 256 bytes */
+    void* freed;  /* fa_memory_alloc'd, then freed */
+    void* small;  /* DP_SMALL_BYTES of device memory */
+} bad_memory;
+
+/* The bad pointer of `kind` for an argument whose good pointer needs `bytes` (>= DP_SMALL_BYTES for DP_SMALL to
+   be too small); `tail` bytes from the end of the small block (int arrays: a pointer near its end). */
+static void* bad_pointer(const bad_memory* m, int kind, size_t tail) {
+    if (kind == DP_HOST) return m->host;
+    if (kind == DP_FREED) return m->freed;
+    return tail > 0 ? (unsigned char*)m->small + DP_SMALL_BYTES - tail : m->small;
+}
+
+/* Poisons `n` device buffers (bytes each) and waits. */
+static void poison(void* stream, void* const* buffers, const size_t* bytes, int n) {
+    int i;
+    for (i = 0; i < n; ++i) fa_memset_async(buffers[i], DP_POISON, bytes[i], stream);
+    fa_stream_synchronize(stream);
+}
+
+/* 1 when every byte of the n buffers is still DP_POISON. */
+static int untouched(void* const* buffers, const size_t* bytes, int n) {
+    int i;
+    size_t j;
+    for (i = 0; i < n; ++i) {
+        unsigned char* h = (unsigned char*)malloc(bytes[i]);
+        int same = h != NULL && fa_memcpy(h, buffers[i], bytes[i]) == FA_STATUS_SUCCESS;
+        for (j = 0; same && j < bytes[i]; ++j) same = h[j] == DP_POISON;
+        free(h);
+        if (!same) return 0;
+    }
+    return 1;
+}
+
+static void test_device_pointers(fa_context_t context, void* stream) {
+    enum { B = 2, SQ = 17, SK = 33, HQ = 4, HKV = 2, VBATCH = 2 };
+    const int64_t d = FA_TEST_HEAD_DIM;
+    const size_t q_bytes = (size_t)B * SQ * HQ * d * 2, k_bytes = (size_t)B * SK * HKV * d * 2;
+    const size_t lse_bytes = (size_t)B * HQ * SQ * 4;
+    const int32_t cu_q[VBATCH + 1] = {0, 10, 17}, cu_k[VBATCH + 1] = {0, 20, 33};
+    void *q = NULL, *k = NULL, *v = NULL, *o = NULL, *lse = NULL, *dout = NULL, *dq = NULL, *dk = NULL, *dv = NULL;
+    void *cuq = NULL, *cuk = NULL, *ws = NULL, *host_block = NULL;
+    bad_memory m;
+    fa_forward_params_t base, p;
+    fa_backward_params_t bbase, bp;
+    size_t ws_bytes = 0;
+    int kind, arg;
+    char label[128], needle[64];
+
+    memset(&m, 0, sizeof m);
+    host_block = malloc(1 << 20);
+    m.host = (void*)(((uintptr_t)host_block + 255) & ~(uintptr_t)255);
+    fa_memory_alloc(0, q_bytes, &q);
+    fa_memory_alloc(0, k_bytes, &k);
+    fa_memory_alloc(0, k_bytes, &v);
+    fa_memory_alloc(0, q_bytes, &o);
+    fa_memory_alloc(0, lse_bytes, &lse);
+    fa_memory_alloc(0, q_bytes, &dout);
+    fa_memory_alloc(0, q_bytes, &dq);
+    fa_memory_alloc(0, k_bytes, &dk);
+    fa_memory_alloc(0, k_bytes, &dv);
+    fa_memory_alloc(0, 256, &cuq);
+    fa_memory_alloc(0, 256, &cuk);
+    fa_memory_alloc(0, DP_SMALL_BYTES, &m.small);
+    fa_memory_alloc(0, 1 << 20, &ws); /* before the freed block, so that it cannot take the freed address */
+    fa_memory_alloc(0, 1 << 20, &m.freed);
+    fa_memory_free(0, m.freed);
+    if (host_block == NULL || !q || !k || !v || !o || !lse || !dout || !dq || !dk || !dv || !cuq || !cuk || !m.small) {
+        CHECK(0, "device pointers: allocation failed: %s", fa_last_error_message());
+        goto done;
+    }
+    CHECK(q_bytes > DP_SMALL_BYTES, "q must not fit the small block");
+    memset(host_block, 0, 1 << 20);
+    fa_memset_async(q, 0, q_bytes, stream);
+    fa_memset_async(k, 0, k_bytes, stream);
+    fa_memset_async(v, 0, k_bytes, stream);
+    fa_memset_async(dout, 0, q_bytes, stream);
+    fa_memcpy(cuq, cu_q, sizeof cu_q);
+    fa_memcpy(cuk, cu_k, sizeof cu_k);
+
+    fa_forward_params_init(&base, sizeof base);
+    set_tensor4(&base.q, q, FA_DTYPE_FLOAT16, B, SQ, HQ, d, 0);
+    set_tensor4(&base.k, k, FA_DTYPE_FLOAT16, B, SK, HKV, d, 0);
+    set_tensor4(&base.v, v, FA_DTYPE_FLOAT16, B, SK, HKV, d, 0);
+    set_tensor4(&base.out, o, FA_DTYPE_FLOAT16, B, SQ, HQ, d, 0);
+    set_tensor3_f32(&base.lse, lse, B, HQ, SQ);
+    base.causal = 1;
+    expect("device pointers: valid forward", fa_forward(context, &base, stream), FA_STATUS_SUCCESS, NULL);
+
+    /* The forward: q (read), out (written), cu_seqlens_q of a variable-length call. */
+    for (arg = 0; arg < 3; ++arg) {
+        for (kind = 0; kind < DP_KINDS; ++kind) {
+            void* outs[2];
+            size_t out_bytes[2];
+            const char* field = arg == 0 ? "q.data" : arg == 1 ? "out.data" : "cu_seqlens_q";
+            p = base;
+            if (arg == 0) p.q.data = bad_pointer(&m, kind, 0);
+            if (arg == 1) p.out.data = bad_pointer(&m, kind, 0);
+            if (arg == 2) {
+                /* [total, heads, head_dim]: the first 17 rows of q and out, as one variable-length batch */
+                set_tensor3(&p.q, q, FA_DTYPE_FLOAT16, SQ, HQ, d, 0);
+                set_tensor3(&p.k, k, FA_DTYPE_FLOAT16, SK, HKV, d, 0);
+                set_tensor3(&p.v, v, FA_DTYPE_FLOAT16, SK, HKV, d, 0);
+                set_tensor3(&p.out, o, FA_DTYPE_FLOAT16, SQ, HQ, d, 0);
+                memset(&p.lse, 0, sizeof p.lse);
+                p.varlen_batch = VBATCH;
+                p.max_seqlen_q = SQ;
+                p.max_seqlen_k = SK;
+                p.cu_seqlens_k = (const int32_t*)cuk;
+                p.cu_seqlens_q = (const int32_t*)bad_pointer(&m, kind, 4);  /* small: 4 bytes of its 12 */
+            }
+            outs[0] = arg == 1 ? lse : o;  /* a bad out.data is not read back */
+            out_bytes[0] = arg == 1 ? lse_bytes : q_bytes;
+            outs[1] = lse;
+            out_bytes[1] = lse_bytes;
+            poison(stream, outs, out_bytes, arg == 1 ? 1 : 2);
+            sprintf(label, "forward, %s in %s", field, g_dp_kind[kind]);
+            sprintf(needle, "%s (0x", field);
+            expect(label, fa_forward(context, &p, stream), FA_STATUS_INVALID_ARGUMENT, needle);
+            CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "%s: the stream failed after the refusal: %s", label,
+                  fa_last_error_message());
+            CHECK(untouched(outs, out_bytes, arg == 1 ? 1 : 2), "%s: the outputs were written", label);
+            sprintf(label, "forward after %s in %s", field, g_dp_kind[kind]);
+            expect(label, fa_forward(context, &base, stream), FA_STATUS_SUCCESS, NULL);
+            CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "%s: %s", label, fa_last_error_message());
+        }
+    }
+    /* Another device's memory, where there are two. */
+    {
+        int32_t count = 0;
+        void* other = NULL;
+        if (fa_device_count(&count) == FA_STATUS_SUCCESS && count > 1 &&
+            fa_memory_alloc(1, q_bytes, &other) == FA_STATUS_SUCCESS) {
+            p = base;
+            p.q.data = other;
+            expect("forward, q.data on device 1", fa_forward(context, &p, stream), FA_STATUS_INVALID_ARGUMENT,
+                   "q.data (0x");
+            fa_memory_free(1, other);
+        }
+    }
+
+    /* The backward: dq (written) and a caller workspace. */
+    fa_backward_params_init(&bbase, sizeof bbase);
+    bbase.q = base.q;
+    bbase.k = base.k;
+    bbase.v = base.v;
+    bbase.out = base.out;
+    bbase.lse = base.lse;
+    bbase.causal = 1;
+    bbase.dout = base.out;
+    bbase.dout.data = dout;
+    bbase.dq = base.q;
+    bbase.dq.data = dq;
+    bbase.dk = base.k;
+    bbase.dk.data = dk;
+    bbase.dv = base.v;
+    bbase.dv.data = dv;
+    if (expect("device pointers: backward workspace size", fa_backward_workspace_size(context, &bbase, &ws_bytes),
+               FA_STATUS_SUCCESS, NULL) &&
+        ws != NULL && ws_bytes <= (size_t)1 << 20) {
+        bbase.workspace = ws;
+        bbase.workspace_size = ws_bytes;
+        CHECK(ws_bytes > DP_SMALL_BYTES, "the backward workspace (%zu bytes) must not fit the small block", ws_bytes);
+        expect("device pointers: valid backward", fa_backward(context, &bbase, stream), FA_STATUS_SUCCESS, NULL);
+        for (arg = 0; arg < 2; ++arg) {
+            for (kind = 0; kind < DP_KINDS; ++kind) {
+                void* outs[3];
+                size_t out_bytes[3];
+                const char* field = arg == 0 ? "dq.data" : "workspace";
+                bp = bbase;
+                if (arg == 0) bp.dq.data = bad_pointer(&m, kind, 0);
+                else bp.workspace = bad_pointer(&m, kind, 0);
+                outs[0] = dk;
+                outs[1] = dv;
+                outs[2] = dq;
+                out_bytes[0] = out_bytes[1] = k_bytes;
+                out_bytes[2] = q_bytes;
+                poison(stream, outs, out_bytes, 3);
+                sprintf(label, "backward, %s in %s", field, g_dp_kind[kind]);
+                sprintf(needle, "%s (0x", field);
+                expect(label, fa_backward(context, &bp, stream), FA_STATUS_INVALID_ARGUMENT, needle);
+                CHECK(untouched(outs, out_bytes, 3), "%s: the gradients were written", label);
+                sprintf(label, "backward after %s in %s", field, g_dp_kind[kind]);
+                expect(label, fa_backward(context, &bbase, stream), FA_STATUS_SUCCESS, NULL);
+                CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "%s: %s", label, fa_last_error_message());
+            }
+        }
+    }
+done:
+    fa_memory_free(0, q);
+    fa_memory_free(0, k);
+    fa_memory_free(0, v);
+    fa_memory_free(0, o);
+    fa_memory_free(0, lse);
+    fa_memory_free(0, dout);
+    fa_memory_free(0, dq);
+    fa_memory_free(0, dk);
+    fa_memory_free(0, dv);
+    fa_memory_free(0, cuq);
+    fa_memory_free(0, cuk);
+    fa_memory_free(0, ws);
+    fa_memory_free(0, m.small);
+    free(host_block);
+}
+
 static void test_gpu(int32_t count) {
     fa_device_properties_t props;
     fa_context_t context = NULL, bad = NULL;
@@ -1702,6 +1940,7 @@ static void test_gpu(int32_t count) {
 
     /* First, so that the capture contains the first launch of its kernel (any one-time setup included). */
     run_graph_case(context, stream);
+    test_device_pointers(context, stream);
     for (n = 0; n < (int)(sizeof(cases) / sizeof(cases[0])); ++n) {
         run_forward_case(context, stream, &cases[n], &log);
     }

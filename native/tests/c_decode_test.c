@@ -267,6 +267,15 @@ static void test_validation(void) {
     set4(&p.k_new, p.k_new.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, 264);
     set4(&p.v_new, p.v_new.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, 264);
     bad("head_dim 264", &p, FA_STATUS_UNSUPPORTED, "head_dim) is 264");
+    /* Head dim 59, contiguous: the root cause (not a multiple of 8) first, then the stride it breaks. */
+    p = valid_params(1);
+    set4(&p.q, p.q.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, 59);
+    set4(&p.out, p.out.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, 59);
+    set4(&p.k_cache, p.k_cache.data, FA_DTYPE_BFLOAT16, VNBLOCKS, VBLOCK, VHKV, 59);
+    set4(&p.v_cache, p.v_cache.data, FA_DTYPE_BFLOAT16, VNBLOCKS, VBLOCK, VHKV, 59);
+    set4(&p.k_new, p.k_new.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, 59);
+    set4(&p.v_new, p.v_new.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, 59);
+    bad("head_dim 59", &p, FA_STATUS_INVALID_ARGUMENT, "q.shape[3] (head_dim) is 59; head dims must be multiples of 8");
     p = valid_params(1);
     expect("compute capability 75", fa_decode_check(&p, 75), FA_STATUS_UNSUPPORTED, "8.0 or newer");
     expect("workspace_size(NULL context)", fa_decode_workspace_size(NULL, &p, NULL), FA_STATUS_INVALID_ARGUMENT,
@@ -604,6 +613,119 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     free(lse); free(ref); free(ref_lse); free(table);
 }
 
+/* ---- device pointers (issue 16): host, freed and too-small memory refused before any launch ------------------ */
+
+#define DP_SMALL_BYTES 4096
+#define DP_POISON 0x5A
+
+static int all_poison(void* device, size_t bytes) {
+    unsigned char* h = (unsigned char*)malloc(bytes);
+    size_t i;
+    int same = h != NULL && fa_memcpy(h, device, bytes) == FA_STATUS_SUCCESS;
+    for (i = 0; same && i < bytes; ++i) same = h[i] == DP_POISON;
+    free(h);
+    return same;
+}
+
+static void test_device_pointers(fa_context_t context, void* stream) {
+    enum { B = 2, SQ = 1, HQ = 4, HKV = 2, BLOCK = 16, PAGES = 4, NBLOCKS = 8, SPLITS = 4 };
+    const int64_t d = FA_TEST_HEAD_DIM;
+    const size_t q_bytes = (size_t)B * SQ * HQ * d * 2, cache_bytes = (size_t)NBLOCKS * BLOCK * HKV * d * 2;
+    const size_t lse_bytes = (size_t)B * HQ * SQ * 4;
+    const int32_t lens[B] = {20, 50}, table[B * PAGES] = {0, 1, 2, 3, 4, 5, 6, 7};
+    const int64_t lens_shape[1] = {B}, table_shape[2] = {B, PAGES}, lse_shape[3] = {B, HQ, SQ};
+    void *q = NULL, *kc = NULL, *vc = NULL, *o = NULL, *lse = NULL, *seq = NULL, *bt = NULL, *ws = NULL;
+    void *small = NULL, *freed = NULL, *host_block = NULL, *host = NULL;
+    fa_decode_params_t base, p;
+    size_t ws_bytes = 0;
+    int arg, kind;
+    char label[128], needle[64];
+    static const char* const kinds[3] = {"host memory", "freed memory", "a too-small allocation"};
+    static const char* const fields[4] = {"block_table.data", "cache_seqlens.data", "workspace", "out.data"};
+
+    host_block = malloc(1 << 20);
+    host = (void*)(((uintptr_t)host_block + 255) & ~(uintptr_t)255);
+    fa_memory_alloc(0, q_bytes, &q);
+    fa_memory_alloc(0, cache_bytes, &kc);
+    fa_memory_alloc(0, cache_bytes, &vc);
+    fa_memory_alloc(0, q_bytes, &o);
+    fa_memory_alloc(0, lse_bytes, &lse);
+    fa_memory_alloc(0, 256, &seq);
+    fa_memory_alloc(0, 256, &bt);
+    fa_memory_alloc(0, 1 << 20, &ws);
+    fa_memory_alloc(0, DP_SMALL_BYTES, &small);
+    fa_memory_alloc(0, 1 << 20, &freed);
+    fa_memory_free(0, freed); /* allocated last, so that nothing after takes its address */
+    if (host_block == NULL || !q || !kc || !vc || !o || !lse || !seq || !bt || !ws || !small) {
+        CHECK(0, "device pointers: allocation failed: %s", fa_last_error_message());
+        goto done;
+    }
+    memset(host_block, 0, 1 << 20);
+    fa_memset_async(q, 0, q_bytes, stream);
+    fa_memset_async(kc, 0, cache_bytes, stream);
+    fa_memset_async(vc, 0, cache_bytes, stream);
+    fa_memcpy(seq, lens, sizeof lens);
+    fa_memcpy(bt, table, sizeof table);
+
+    fa_decode_params_init(&base, sizeof base);
+    set4(&base.q, q, FA_DTYPE_FLOAT16, B, SQ, HQ, d);
+    set4(&base.out, o, FA_DTYPE_FLOAT16, B, SQ, HQ, d);
+    set4(&base.k_cache, kc, FA_DTYPE_FLOAT16, NBLOCKS, BLOCK, HKV, d);
+    set4(&base.v_cache, vc, FA_DTYPE_FLOAT16, NBLOCKS, BLOCK, HKV, d);
+    set_tensor(&base.block_table, bt, FA_DTYPE_INT32, 2, table_shape);
+    set_tensor(&base.cache_seqlens, seq, FA_DTYPE_INT32, 1, lens_shape);
+    set_tensor(&base.lse, lse, FA_DTYPE_FLOAT32, 3, lse_shape);
+    base.num_splits = SPLITS;
+    if (!expect("device pointers: decode workspace size", fa_decode_workspace_size(context, &base, &ws_bytes),
+                FA_STATUS_SUCCESS, NULL)) {
+        goto done;
+    }
+    CHECK(ws_bytes > DP_SMALL_BYTES && ws_bytes <= (size_t)1 << 20, "workspace of %zu bytes", ws_bytes);
+    base.workspace = ws;
+    base.workspace_size = ws_bytes;
+    expect("device pointers: valid decode", fa_decode(context, &base, stream), FA_STATUS_SUCCESS, NULL);
+
+    for (arg = 0; arg < 4; ++arg) {
+        for (kind = 0; kind < 3; ++kind) {
+            /* int arrays: the small block's last 4 bytes (the array needs 8 or 32) */
+            void* bad_ptr = kind == 0 ? host : kind == 1 ? freed
+                                                         : (arg < 2 ? (unsigned char*)small + DP_SMALL_BYTES - 4 : small);
+            p = base;
+            if (arg == 0) p.block_table.data = bad_ptr;
+            if (arg == 1) p.cache_seqlens.data = bad_ptr;
+            if (arg == 2) p.workspace = bad_ptr;
+            if (arg == 3) p.out.data = bad_ptr;
+            if (arg == 3 && kind == 2) {
+                /* out is 1 KiB at head dim 64: a pointer 512 bytes before the small block's end is short of it */
+                p.out.data = (unsigned char*)small + DP_SMALL_BYTES - 512;
+            }
+            fa_memset_async(o, DP_POISON, q_bytes, stream);
+            fa_memset_async(lse, DP_POISON, lse_bytes, stream);
+            fa_stream_synchronize(stream);
+            sprintf(label, "decode, %s in %s", fields[arg], kinds[kind]);
+            sprintf(needle, "%s (0x", fields[arg]);
+            expect(label, fa_decode(context, &p, stream), FA_STATUS_INVALID_ARGUMENT, needle);
+            CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "%s: the stream failed: %s", label,
+                  fa_last_error_message());
+            CHECK((arg == 3 || all_poison(o, q_bytes)) && all_poison(lse, lse_bytes), "%s: the outputs were written", label);
+            sprintf(label, "decode after %s in %s", fields[arg], kinds[kind]);
+            expect(label, fa_decode(context, &base, stream), FA_STATUS_SUCCESS, NULL);
+            CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "%s: %s", label, fa_last_error_message());
+        }
+    }
+done:
+    fa_memory_free(0, q);
+    fa_memory_free(0, kc);
+    fa_memory_free(0, vc);
+    fa_memory_free(0, o);
+    fa_memory_free(0, lse);
+    fa_memory_free(0, seq);
+    fa_memory_free(0, bt);
+    fa_memory_free(0, ws);
+    fa_memory_free(0, small);
+    free(host_block);
+}
+
 static void test_gpu(void) {
     const int D = FA_TEST_HEAD_DIM, BF = FA_DTYPE_BFLOAT16, F16 = FA_DTYPE_FLOAT16;
     fa_device_properties_t props;
@@ -641,6 +763,7 @@ static void test_gpu(void) {
     }
     if (!expect("context_create", fa_context_create(0, &context), FA_STATUS_SUCCESS, NULL)) return;
     expect("stream_create", fa_stream_create(0, &stream), FA_STATUS_SUCCESS, NULL);
+    test_device_pointers(context, stream);
     for (n = 0; n < sizeof cases / sizeof cases[0]; ++n) {
         run_case(context, stream, &cases[n], 0);
     }
