@@ -58,6 +58,8 @@ Commands (the same as ./build.sh):
                     training sample (and decode sample), bench/run.py (fwd, bwd, decode rows); logs in
                     $OUT (else build/gpu-test); a table comes last.
   pack              dotnet pack the managed library.
+  wheel             Build the Python package (python/, import flash_attn_interop) as a wheel with
+                    libflash_attention.so inside -> artifacts/python/.
   help              Show this text.
 '@ | Write-Host
 }
@@ -163,6 +165,9 @@ function Invoke-Deps {
     foreach ($tool in 'cmake', 'make', 'python3', 'clang-14') {
         if (-not (Test-Command $tool)) { $packages.Add($tool) }
     }
+    # The Python package's tests (pytest) and its wheel (setuptools, wheel, pip).
+    if (-not (Get-PythonWith @('pytest'))) { $packages.Add('python3-pytest') }
+    if (-not (Get-PythonWith @('setuptools', 'wheel', 'pip'))) { $packages.AddRange([string[]]@('python3-setuptools', 'python3-wheel', 'python3-pip')) }
     if ($packages.Count -gt 0) {
         if (-not $isDebian) { throw "missing: $($packages -join ' '); install them with your package manager" }
         Step 'deps-apt' "apt-get install $($packages -join ' ')"
@@ -237,6 +242,38 @@ function Invoke-Build([string[]]$Rest = @()) {
 }
 
 # ---- test -----------------------------------------------------------------------------------------
+
+# The first Python 3 (python3 on PATH, then Debian's /usr/bin/python3) that imports every module named; $null if none.
+function Get-PythonWith([string[]]$Modules) {
+    foreach ($py in 'python3', '/usr/bin/python3') {
+        $cmd = Get-Command $py -CommandType Application -ErrorAction SilentlyContinue | Select-Object -First 1
+        if ($null -eq $cmd) { continue }
+        & $cmd.Source -c "import $($Modules -join ',')" *> $null
+        if ($LASTEXITCODE -eq 0) { return $cmd.Source }
+    }
+    return $null
+}
+
+# Runs the Python package's tests (python/tests) with pytest -m $Marker against $Lib; counts from pytest's -q summary
+# line (errors count as failed); pytest missing is one failure naming the fix.
+function Invoke-Pytest([string]$Log, [string]$Marker, [string]$Lib) {
+    $py = Get-PythonWith @('pytest')
+    if (-not $py) {
+        "    pytest not found for python3 or /usr/bin/python3 (./build.ps1 deps installs python3-pytest)" | Tee-Object -FilePath $Log | Out-Host
+        Add-Counts 'pytest' 0 1 0
+        return
+    }
+    $env:FLASH_ATTENTION_NATIVE_PATH = $Lib
+    $rc = Invoke-Tee $py @('-m', 'pytest', 'python/tests', '-q', '-rs', '-m', $Marker, '-p', 'no:cacheprovider') $Log
+    $summary = @(Get-Content $Log | Where-Object { $_ -match '^=*\s*\d+ (passed|failed|skipped|errors?|deselected)' } | Select-Object -Last 1)
+    $n = @{ passed = 0; failed = 0; skipped = 0; error = 0 }
+    if ($summary.Count -gt 0) {
+        foreach ($m in [regex]::Matches($summary[0], '(\d+) (passed|failed|skipped|error)')) { $n[$m.Groups[2].Value] = [int]$m.Groups[1].Value }
+    }
+    $failed = $n.failed + $n.error
+    if ($rc -ne 0 -and $rc -ne 5 -and $failed -eq 0) { $failed = 1 }
+    Add-Counts 'pytest' $n.passed $failed $n.skipped
+}
 
 function Add-Counts([string]$What, [int]$Passed, [int]$Failed, [int]$Skipped) {
     Write-Host "    ${What}: $Passed passed, $Failed failed, $Skipped skipped"
@@ -341,6 +378,9 @@ function Invoke-Test([string[]]$Rest = @()) {
     if (-not (Test-Path $TestsDll)) { throw "$TestsDll not found (did the build produce it?)" }
     # Minimal: failures in full; skips counted, and each distinct skip reason printed once with its count.
     Invoke-Mtp "$logDir/nunit.log" 'dotnet' @($TestsDll, '--output', 'Minimal', '--settings', (Join-Path (Split-Path $TestsDll) 'FlashAttention.Tests.runsettings'))
+
+    Step 'pytest' "python3 -m pytest python/tests -m 'not gpu' (the Python package's CPU tests)"
+    Invoke-Pytest "$logDir/pytest.log" 'not gpu' ([IO.Path]::GetFullPath((Join-Path $NativeArtifacts $LibName)))
 
     if ($script:Sum.Failed -ne 0) { Write-Host "FAILED: test ($($script:Sum.Failed) failed; logs in $logDir/)" }
     Write-Summary
@@ -467,6 +507,11 @@ function Invoke-GpuTest {
     $status.Add("demo: exit code $rc")
     if ($rc -ne 0) { $script:Sum.Failed++ }
 
+    Step 'pytest-gpu' "python3 -m pytest python/tests -m gpu (the Python package on the GPU) with $lib"
+    $before = $script:Sum.Failed
+    Invoke-Pytest "$logDir/pytest-gpu.log" 'gpu' $lib | Out-Null
+    $status.Add("pytest-gpu: see $logDir/pytest-gpu.log (failed: $($script:Sum.Failed - $before))")
+
     Invoke-BundledSample 'training' 'FlashAttention.Training' 'trains one attention layer (Forward + Backward); the loss must fall' $logDir $status
     if (Test-Path $GenerateDir -PathType Container) {
         Invoke-BundledSample 'generate' ([IO.Path]::GetFileNameWithoutExtension((Get-GenerateProject))) 'decodes over a KV cache' $logDir $status
@@ -515,6 +560,34 @@ function Invoke-Pack([string[]]$Rest = @()) {
     Exec 'python3' @('tools/add_native_to_nupkg.py', $nupkg.FullName, (Join-Path $NativeArtifacts $LibName), '--rid', 'linux-x64')
 }
 
+# ---- wheel ----------------------------------------------------------------------------------------
+
+function Invoke-Wheel {
+    $out = 'artifacts/python'; $pkg = 'python/src/flash_attn_interop'
+    if (-not (Test-Path (Join-Path $NativeArtifacts $LibName))) { Invoke-EnsureDeps; Invoke-NativeBuild }
+    Step 'wheel-tools' 'find a python3 with setuptools, wheel and pip'
+    $py = Get-PythonWith @('setuptools', 'wheel', 'pip')
+    if (-not $py) { throw 'no python3 with setuptools, wheel and pip (./build.ps1 deps installs python3-setuptools python3-wheel python3-pip)' }
+    Step 'wheel' "pip wheel python/ with $LibName inside -> $out"
+    Copy-Item -Force (Join-Path $NativeArtifacts $LibName) (Join-Path $pkg $LibName)
+    New-Item -ItemType Directory -Force -Path $out | Out-Null
+    Remove-Item -Recurse -Force -ErrorAction SilentlyContinue 'python/build', 'python/src/flash_attn_interop.egg-info'
+    $env:PIP_DISABLE_PIP_VERSION_CHECK = '1'
+    try { & $py -m pip wheel --no-deps --no-build-isolation --no-cache-dir -w $out ./python | Out-Host; $rc = $LASTEXITCODE }
+    finally {
+        Remove-Item -Force -ErrorAction SilentlyContinue (Join-Path $pkg $LibName)
+        Remove-Item -Recurse -Force -ErrorAction SilentlyContinue 'python/build', 'python/src/flash_attn_interop.egg-info'
+    }
+    if ($rc -ne 0) { throw "pip wheel failed (exit code $rc)" }
+    Step 'wheel-check' "the wheel holds the package and $LibName"
+    $whl = Get-ChildItem "$out/flash_attn_interop-*.whl" | Sort-Object LastWriteTime | Select-Object -Last 1
+    $names = & $py -c "import sys, zipfile; print('\n'.join(zipfile.ZipFile(sys.argv[1]).namelist()))" $whl.FullName
+    foreach ($need in 'flash_attn_interop/__init__.py', 'flash_attn_interop/_abi.py', "flash_attn_interop/$LibName") {
+        if ($names -notcontains $need) { throw "$($whl.FullName) lacks $need" }
+    }
+    Write-Host "    $($whl.FullName): $($names.Count) files, $LibName inside"
+}
+
 # ---- main -----------------------------------------------------------------------------------------
 
 if ($args.Count -lt 1) { Show-Usage; exit 2 }
@@ -531,6 +604,7 @@ try {
         'bundle' { Invoke-Bundle $rest }
         'gpu-test' { Invoke-GpuTest }
         'pack' { Invoke-Pack $rest }
+        'wheel' { Invoke-Wheel }
         { $_ -in 'help', '-h', '--help' } { Show-Usage }
         default { Write-Host "error: unknown command '$command'"; Show-Usage; exit 2 }
     }
