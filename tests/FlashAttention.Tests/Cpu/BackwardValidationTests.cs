@@ -138,6 +138,8 @@ public sealed unsafe class BackwardValidationTests
         Y(Case("varlen_batch without cu_seqlens", (ref FaBackwardParams p) => p.varlen_batch = 3, Invalid, "varlen_batch"));
 
         // valid but not served
+        Y(Case("head dim 59 with dense strides names the root cause first", (ref FaBackwardParams p) => SetHeadDim(ref p, 59), Invalid,
+            "q.shape[3] (head_dim) is 59; head dims must be multiples of 8", "q.strides["));
         Y(Case("head dim 264 not served", (ref FaBackwardParams p) => SetHeadDim(ref p, 264), Unsupported, "head_dim", "264"));
         Y(CaseAt("compute capability 75", 75, (ref FaBackwardParams p) => { }, Unsupported, "compute_capability"));
         Y(CaseAt("d128 on compute capability 8.6 (99 KB of shared memory per block)", 86, (ref FaBackwardParams p) => SetHeadDim(ref p, 128),

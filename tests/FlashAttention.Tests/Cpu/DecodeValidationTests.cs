@@ -174,6 +174,16 @@ public sealed unsafe class DecodeValidationTests
             p.k_cache = Tensor(KC, FaDtype.Float16, Blocks, BlockSize, Hkv, 128);
             p.v_cache = Tensor(VC, FaDtype.Float16, Blocks, BlockSize, Hkv, 128);
         }, "k_cache"));
+        Y(Case("head dim 59 with dense strides names the root cause first", (ref FaDecodeParams p) =>
+        {
+            p.q = Tensor(Q, FaDtype.Float16, p.q.shape[0], p.q.shape[1], p.q.shape[2], 59);
+            p.@out = Tensor(O, FaDtype.Float16, p.@out.shape[0], p.@out.shape[1], p.@out.shape[2], 59);
+            p.k_cache = Tensor(KC, FaDtype.Float16, Blocks, BlockSize, Hkv, 59);
+            p.v_cache = Tensor(VC, FaDtype.Float16, Blocks, BlockSize, Hkv, 59);
+            p.k_new = default;
+            p.v_new = default;
+            p.advance_cache_seqlens = 0;
+        }, "q.shape[3] (head_dim) is 59; head dims must be multiples of 8", "q.strides["));
         Y(Case("heads_kv does not divide heads_q", (ref FaDecodeParams p) =>
         {
             p.k_cache = Tensor(KC, FaDtype.Float16, Blocks, BlockSize, 3, D);

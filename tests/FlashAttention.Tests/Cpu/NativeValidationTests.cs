@@ -161,6 +161,8 @@ public sealed unsafe class NativeValidationTests
             PadHeadStride(ref p.k, 104);
             PadHeadStride(ref p.v, 104);
         }, Unsupported, "q.shape[3]", "100"));
+        Y(Case("head dim 59 with dense strides names the root cause first", (ref FaForwardParams p) => SetHeadDim(ref p, 59), Invalid,
+            "q.shape[3] (head_dim) is 59; head dims must be multiples of 8", "q.strides["));
         Y(Case("head dim 100 with dense strides is a stride error", (ref FaForwardParams p) => SetHeadDim(ref p, 100), Invalid, "q.strides[2]", "multiples of 8"));
         Y(Case("head dim 512 not served", (ref FaForwardParams p) => SetHeadDim(ref p, 512), Unsupported, "q.shape[3]", "512"));
         Y(Case("seqlen_q beyond int32", (ref FaForwardParams p) =>
