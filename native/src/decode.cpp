@@ -107,9 +107,8 @@ FA_API fa_status_t fa_decode(fa_context_t context, const fa_decode_params_t* par
     // allocated either; without one the partials come from the stream-ordered pool (capturable in a graph
     // where the driver supports stream-ordered allocation there).
     if (pl.workspace_bytes > 0 && params->workspace != nullptr) {
-        const uintptr_t begin = reinterpret_cast<uintptr_t>(params->workspace);
         memory.add("workspace", "the workspace this call needs (fa_decode_workspace_size)",
-                   fa::validation::Extent{begin, begin + pl.workspace_bytes});
+                   fa::validation::buffer_extent(params->workspace, pl.workspace_bytes, "workspace"));
     }
     fa::DeviceGuard guard(info.device);
     // Every pointer the kernels dereference is memory this GPU can use (never a fault that loses the context).

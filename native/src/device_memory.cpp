@@ -15,8 +15,12 @@ using validation::hex;
 using validation::s;
 
 void MemoryArgs::add(const char* field, const char* span, validation::Extent extent) {
-    if (extent.end <= extent.begin) {
-        return;
+    if (extent.end < extent.begin) {
+        // Validation builds every range without wrapping; one that wraps is a bug here, never a buffer to trust.
+        fail(FA_STATUS_INTERNAL, std::string("the byte range of ") + field + " wraps the address space");
+    }
+    if (extent.end == extent.begin) {
+        return;  // nothing is read or written through it
     }
     if (count_ >= kMaxMemoryArgs) {
         fail(FA_STATUS_INTERNAL, "too many memory arguments for the device-memory check");

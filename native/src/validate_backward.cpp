@@ -171,8 +171,7 @@ void check_workspace(const fa_backward_params_t& P, size_t need, const std::vect
         invalid("workspace_size is " + s(static_cast<int64_t>(P.workspace_size)) + " bytes but this call needs " +
                 s(static_cast<int64_t>(need)) + " (ask fa_backward_workspace_size), or pass workspace NULL");
     }
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(P.workspace);
-    const Extent w{begin, begin + need};
+    const Extent w = buffer_extent(P.workspace, need, "workspace");
     for (const Named& r : read) check_no_overlap(w, "workspace", r.e, r.name);
     for (const Named& r : written) check_no_overlap(w, "workspace", r.e, r.name);
 }
@@ -236,9 +235,8 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
         memory->add("dk.data", "dk's shape and strides", grads[2].e);
         memory->add("dv.data", "dv's shape and strides", grads[3].e);
         if (P.workspace != nullptr) {
-            const uintptr_t begin = reinterpret_cast<uintptr_t>(P.workspace);
             memory->add("workspace", "the workspace this call needs (fa_backward_workspace_size)",
-                        Extent{begin, begin + ws.total});
+                        buffer_extent(P.workspace, ws.total, "workspace"));
         }
     }
     return p;

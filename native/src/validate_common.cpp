@@ -180,6 +180,15 @@ static bool overlaps(const Extent& a, const Extent& b) {
     return a.begin < b.end && b.begin < a.end;
 }
 
+Extent buffer_extent(const void* pointer, size_t bytes, const char* name) {
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(pointer);
+    if (bytes > UINTPTR_MAX - begin) {
+        invalid(std::string(name) + " (" + hex(pointer) + ") with " + s(static_cast<int64_t>(bytes)) +
+                " bytes runs past the end of the address space: not a buffer");
+    }
+    return Extent{begin, begin + bytes};
+}
+
 void check_no_overlap(const Extent& written, const char* written_name, const Extent& other, const char* other_name) {
     if (overlaps(written, other)) {
         invalid(std::string(written_name) + " (bytes " + hex(reinterpret_cast<void*>(written.begin)) + ".." +

@@ -270,8 +270,7 @@ struct DecodeCheck {
         }
         if (P.workspace != nullptr && P.workspace_size > 0) {
             // The partials are written into the workspace the caller declares.
-            const uintptr_t begin = reinterpret_cast<uintptr_t>(P.workspace);
-            const Extent w{begin, begin + P.workspace_size};
+            const Extent w = buffer_extent(P.workspace, P.workspace_size, "workspace");
             for (const auto& r : read) {
                 if (r.given) check_no_overlap(w, "workspace", r.e, r.name);
             }

@@ -284,6 +284,29 @@ static void test_validation(void) {
         bw.dv.data = (void*)(uintptr_t)0x900000000ull;
         expect("head dim 59 (backward)", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
                "q.shape[3] (head_dim) is 59; head dims must be multiples of 8");
+        /* A workspace whose range runs past the end of the address space (found by fuzz_abi on the GPU: the
+           wrapped range passed the overlap checks and the kernels wrote through it) is refused. */
+        {
+            const fa_forward_params_t f = valid_params(1);
+            bw.q = f.q;
+            bw.k = f.k;
+            bw.v = f.v;
+            bw.out = f.out;
+            bw.lse = f.lse;
+        }
+        bw.dout = bw.out;
+        bw.dout.data = (void*)(uintptr_t)0x600000000ull;
+        bw.dq = bw.q;
+        bw.dq.data = (void*)(uintptr_t)0x700000000ull;
+        bw.dk = bw.k;
+        bw.dk.data = (void*)(uintptr_t)0x800000000ull;
+        bw.dv = bw.v;
+        bw.dv.data = (void*)(uintptr_t)0x900000000ull;
+        expect("backward with a valid workspace-free call", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
+        bw.workspace = (void*)(uintptr_t)0xFFFFFFFFFFFFF000ull;
+        bw.workspace_size = (size_t)1 << 40;
+        expect("backward workspace wrapping the address space", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
+               "runs past the end of the address space");
     }
 
     p = valid_params(0);
