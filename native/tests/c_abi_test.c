@@ -1744,8 +1744,11 @@ static void test_device_pointers(fa_context_t context, void* stream) {
     fa_memory_alloc(0, k_bytes, &dv);
     fa_memory_alloc(0, 256, &cuq);
     fa_memory_alloc(0, 256, &cuk);
+    /* The workspace before the small block: a too-small dq reaches past the small block's end, and must not reach
+       into the workspace (the host's overlap check would refuse that first, with another message). Both come
+       before the freed block, so that neither can take the freed address. */
+    fa_memory_alloc(0, 1 << 20, &ws);
     fa_memory_alloc(0, DP_SMALL_BYTES, &m.small);
-    fa_memory_alloc(0, 1 << 20, &ws); /* before the freed block, so that it cannot take the freed address */
     fa_memory_alloc(0, 1 << 20, &m.freed);
     fa_memory_free(0, m.freed);
     if (host_block == NULL || !q || !k || !v || !o || !lse || !dout || !dq || !dk || !dv || !cuq || !cuk || !m.small) {
