@@ -310,7 +310,7 @@ def _train(attn, steps, data):
         x, y = data[step % len(data)]
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1))
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -44,14 +44,28 @@ def require_cuda(function, **tensors):
                                f"only ({why})")
 
 
+def _compiling():
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()
+
+
+def aligned(t):
+    """t itself when its last dim is contiguous and its data 16-byte aligned (what the library needs), else a copy.
+    Called on real tensors inside the ops (a traced graph has no data pointers)."""
+    if t.stride(-1) != 1 or t.data_ptr() % _abi.FA_ALIGNMENT_BYTES:
+        return t.contiguous()
+    return t
+
+
 def attn_input(function, name, t):
-    """q/k/v as the library takes them: fp16/bf16 CUDA, last dim contiguous, 16-byte aligned (else copied)."""
+    """q/k/v as the library takes them: fp16/bf16 CUDA, last dim contiguous, 16-byte aligned (else copied; under
+    torch.compile the alignment is settled inside the op, where the tensors are real)."""
     if t.dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"{function}: {name} is {t.dtype}; FlashAttention.Interop serves torch.float16 and "
                         "torch.bfloat16")
-    if t.stride(-1) != 1 or t.data_ptr() % _abi.FA_ALIGNMENT_BYTES:
-        t = t.contiguous()
-    return t
+    if _compiling():
+        return t.contiguous() if t.stride(-1) != 1 else t
+    return aligned(t)
 
 
 def int32_input(function, name, t):
@@ -78,6 +92,7 @@ def _varlen(cu_q, cu_k, max_q, max_k):
 def forward_impl(q, k, v, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
                  cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
     lib = load_library()
+    q, k, v = aligned(q), aligned(k), aligned(v)
     varlen = cu_seqlens_q is not None
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(_lse_shape(q, varlen), dtype=torch.float32, device=q.device)
@@ -93,8 +108,7 @@ def forward_impl(q, k, v, softmax_scale, causal, causal_alignment, window_left, 
 def backward_impl(dout, q, k, v, out, lse, softmax_scale, causal, causal_alignment, window_left, window_right,
                   softcap, deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
     lib = load_library()
-    if dout.stride(-1) != 1 or dout.data_ptr() % _abi.FA_ALIGNMENT_BYTES:
-        dout = dout.contiguous()
+    dout, q, k, v = aligned(dout), aligned(q), aligned(k), aligned(v)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
