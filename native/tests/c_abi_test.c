@@ -255,6 +255,27 @@ static void test_params_init(void) {
         expect((label), fa_forward_check(&p, 0), (want), (needle));     \
     } while (0)
 
+/* The backward of forward params p: the same tensors and options, gradients at made-up addresses apart from
+   everything (checks only, never dereferenced). */
+static fa_backward_params_t backward_of(const fa_forward_params_t* p) {
+    fa_backward_params_t bw;
+    fa_backward_params_init(&bw, sizeof bw);
+    bw.q = p->q;
+    bw.k = p->k;
+    bw.v = p->v;
+    bw.out = p->out;
+    bw.lse = p->lse;
+    bw.dout = p->out;
+    bw.dout.data = (void*)(uintptr_t)0x600000000ull;
+    bw.dq = p->q;
+    bw.dq.data = (void*)(uintptr_t)0x700000000ull;
+    bw.dk = p->k;
+    bw.dk.data = (void*)(uintptr_t)0x800000000ull;
+    bw.dv = p->v;
+    bw.dv.data = (void*)(uintptr_t)0x900000000ull;
+    return bw;
+}
+
 static void test_validation(void) {
     fa_forward_params_t p;
     const int64_t d = FA_TEST_HEAD_DIM;
@@ -267,41 +288,13 @@ static void test_validation(void) {
     expect("head dim 59 (forward)", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
            "q.shape[3] (head_dim) is 59; head dims must be multiples of 8");
     {
-        fa_backward_params_t bw;
-        fa_backward_params_init(&bw, sizeof bw);
-        bw.q = p.q;
-        bw.k = p.k;
-        bw.v = p.v;
-        bw.out = p.out;
-        bw.lse = p.lse;
-        bw.dout = p.out;
-        bw.dout.data = (void*)(uintptr_t)0x600000000ull;
-        bw.dq = p.q;
-        bw.dq.data = (void*)(uintptr_t)0x700000000ull;
-        bw.dk = p.k;
-        bw.dk.data = (void*)(uintptr_t)0x800000000ull;
-        bw.dv = p.v;
-        bw.dv.data = (void*)(uintptr_t)0x900000000ull;
+        fa_backward_params_t bw = backward_of(&p);
         expect("head dim 59 (backward)", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
                "q.shape[3] (head_dim) is 59; head dims must be multiples of 8");
         /* A workspace whose range runs past the end of the address space (found by fuzz_abi on the GPU: the
            wrapped range passed the overlap checks and the kernels wrote through it) is refused. */
-        {
-            const fa_forward_params_t f = valid_params(1);
-            bw.q = f.q;
-            bw.k = f.k;
-            bw.v = f.v;
-            bw.out = f.out;
-            bw.lse = f.lse;
-        }
-        bw.dout = bw.out;
-        bw.dout.data = (void*)(uintptr_t)0x600000000ull;
-        bw.dq = bw.q;
-        bw.dq.data = (void*)(uintptr_t)0x700000000ull;
-        bw.dk = bw.k;
-        bw.dk.data = (void*)(uintptr_t)0x800000000ull;
-        bw.dv = bw.v;
-        bw.dv.data = (void*)(uintptr_t)0x900000000ull;
+        p = valid_params(1);
+        bw = backward_of(&p);
         expect("backward with a valid workspace-free call", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
         bw.workspace = (void*)(uintptr_t)0xFFFFFFFFFFFFF000ull;
         bw.workspace_size = (size_t)1 << 40;
