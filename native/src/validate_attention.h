@@ -4,7 +4,9 @@
 // their pass has, and call these in order:
 //   check_attention (INVALID_ARGUMENT) -> check_attention_served (UNSUPPORTED) -> attention_params.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "params/fwd_params.h"
 #include "flash_attention.h"
@@ -39,6 +41,38 @@ struct AttentionArgs {
     int32_t max_seqlen_q;
     int32_t max_seqlen_k;
 };
+
+// Field `field` of the caller's params P when its struct_size covers it, else the default D's (an older, smaller
+// struct: the forward accepts one; the backward's struct_size always covers every field).
+#define FA_FIELD_OR_DEFAULT(P, D, field)                                                                       \
+    ((P).struct_size >= offsetof(std::decay_t<decltype(P)>, field) + sizeof((P).field) ? (P).field : (D).field)
+
+// The attention arguments of an fa_forward_params_t or fa_backward_params_t (D: the struct's defaults). The
+// tensors and the options up to kernel_path are in every version of both structs.
+template <class Params>
+AttentionArgs attention_args(const Params& P, const Params& D) {
+    AttentionArgs a{};
+    a.q = &P.q;
+    a.k = &P.k;
+    a.v = &P.v;
+    a.out = &P.out;
+    a.lse = &P.lse;
+    a.softmax_scale = P.softmax_scale;
+    a.causal = P.causal;
+    a.causal_alignment = P.causal_alignment;
+    a.kernel_path = P.kernel_path;
+    a.window_left = FA_FIELD_OR_DEFAULT(P, D, window_left);
+    a.window_right = FA_FIELD_OR_DEFAULT(P, D, window_right);
+    a.softcap = FA_FIELD_OR_DEFAULT(P, D, softcap);
+    a.cu_seqlens_q = FA_FIELD_OR_DEFAULT(P, D, cu_seqlens_q);
+    a.cu_seqlens_k = FA_FIELD_OR_DEFAULT(P, D, cu_seqlens_k);
+    a.cu_seqlens_q_host = FA_FIELD_OR_DEFAULT(P, D, cu_seqlens_q_host);
+    a.cu_seqlens_k_host = FA_FIELD_OR_DEFAULT(P, D, cu_seqlens_k_host);
+    a.varlen_batch = FA_FIELD_OR_DEFAULT(P, D, varlen_batch);
+    a.max_seqlen_q = FA_FIELD_OR_DEFAULT(P, D, max_seqlen_q);
+    a.max_seqlen_k = FA_FIELD_OR_DEFAULT(P, D, max_seqlen_k);
+    return a;
+}
 
 // What check_attention found: the layout's sizes and the byte range of every tensor.
 struct AttentionShape {

@@ -11,6 +11,7 @@
 #include "device_memory.h"
 #include "dispatch.h"
 #include "error.h"
+#include "params_defaults.h"
 #include "validate.h"
 #include "validate_attention.h"
 #include "validate_common.h"
@@ -38,28 +39,10 @@ void check_backward_struct(const fa_backward_params_t* params, int32_t compute_c
     check_compute_capability_arg(compute_capability, "compute_capability");
 }
 
-AttentionArgs backward_args(const fa_backward_params_t& P) {
-    AttentionArgs a{};
-    a.q = &P.q;
-    a.k = &P.k;
-    a.v = &P.v;
-    a.out = &P.out;
-    a.lse = &P.lse;
-    a.softmax_scale = P.softmax_scale;
-    a.causal = P.causal;
-    a.causal_alignment = P.causal_alignment;
-    a.kernel_path = P.kernel_path;
-    a.window_left = P.window_left;
-    a.window_right = P.window_right;
-    a.softcap = P.softcap;
-    a.cu_seqlens_q = P.cu_seqlens_q;
-    a.cu_seqlens_k = P.cu_seqlens_k;
-    a.cu_seqlens_q_host = P.cu_seqlens_q_host;
-    a.cu_seqlens_k_host = P.cu_seqlens_k_host;
-    a.varlen_batch = P.varlen_batch;
-    a.max_seqlen_q = P.max_seqlen_q;
-    a.max_seqlen_k = P.max_seqlen_k;
-    return a;
+// What fa_backward_params_init writes (check_backward_struct has made sure the caller's struct holds every field).
+const fa_backward_params_t& backward_defaults() {
+    static const fa_backward_params_t defaults = default_params<fa_backward_params_t>(sizeof(fa_backward_params_t));
+    return defaults;
 }
 
 // A byte range and the argument's name, for the overlap checks.
@@ -182,7 +165,7 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
                             size_t* workspace_bytes, MemoryArgs* memory) {
     check_backward_struct(params, compute_capability);
     const fa_backward_params_t& P = *params;
-    const AttentionArgs a = backward_args(P);
+    const AttentionArgs a = attention_args(P, backward_defaults());
     const AttentionShape sh = check_attention(a);
     // The forward's UNSUPPORTED verdict waits until every argument has been checked.
     bool served = true;

@@ -30,36 +30,6 @@ const fa_forward_params_t& forward_defaults() {
     return defaults;
 }
 
-// Field `field` of *P when the caller's struct_size covers it, else the default (an older caller).
-#define FA_FIELD_OR_DEFAULT(P, D, field) \
-    ((P).struct_size >= offsetof(fa_forward_params_t, field) + sizeof((P).field) ? (P).field : (D).field)
-
-// The call's attention arguments, with the defaults for the fields past the caller's struct_size.
-AttentionArgs forward_args(const fa_forward_params_t& P) {
-    const fa_forward_params_t& D = forward_defaults();
-    AttentionArgs a{};
-    a.q = &P.q;
-    a.k = &P.k;
-    a.v = &P.v;
-    a.out = &P.out;
-    a.lse = &P.lse;
-    a.softmax_scale = P.softmax_scale;
-    a.causal = P.causal;
-    a.causal_alignment = P.causal_alignment;
-    a.kernel_path = P.kernel_path;
-    a.window_left = FA_FIELD_OR_DEFAULT(P, D, window_left);
-    a.window_right = FA_FIELD_OR_DEFAULT(P, D, window_right);
-    a.softcap = FA_FIELD_OR_DEFAULT(P, D, softcap);
-    a.cu_seqlens_q = FA_FIELD_OR_DEFAULT(P, D, cu_seqlens_q);
-    a.cu_seqlens_k = FA_FIELD_OR_DEFAULT(P, D, cu_seqlens_k);
-    a.cu_seqlens_q_host = FA_FIELD_OR_DEFAULT(P, D, cu_seqlens_q_host);
-    a.cu_seqlens_k_host = FA_FIELD_OR_DEFAULT(P, D, cu_seqlens_k_host);
-    a.varlen_batch = FA_FIELD_OR_DEFAULT(P, D, varlen_batch);
-    a.max_seqlen_q = FA_FIELD_OR_DEFAULT(P, D, max_seqlen_q);
-    a.max_seqlen_k = FA_FIELD_OR_DEFAULT(P, D, max_seqlen_k);
-    return a;
-}
-
 // The struct itself: present, large enough, reserved fields zero; and the compute capability argument.
 void check_forward_struct(const fa_forward_params_t* params, int32_t compute_capability) {
     if (params == nullptr) {
@@ -81,7 +51,6 @@ void check_forward_struct(const fa_forward_params_t* params, int32_t compute_cap
     check_reserved(FA_FIELD_OR_DEFAULT(P, D, reserved2), "params->reserved2");
 }
 
-#undef FA_FIELD_OR_DEFAULT
 
 }  // namespace
 
@@ -109,7 +78,7 @@ std::string describe(const FwdParams& p) {
 
 FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability, MemoryArgs* memory) {
     check_forward_struct(params, compute_capability);
-    const AttentionArgs a = forward_args(*params);
+    const AttentionArgs a = attention_args(*params, forward_defaults());
     const AttentionShape shape = check_attention(a);
     check_attention_served(a, shape, compute_capability);
     refuse_sm90_path(a.kernel_path, "kernel_path", "the forward");
