@@ -181,12 +181,12 @@ static bool overlaps(const Extent& a, const Extent& b) {
 }
 
 Extent buffer_extent(const void* pointer, size_t bytes, const char* name) {
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(pointer);
-    if (bytes > UINTPTR_MAX - begin) {
-        invalid(std::string(name) + " (" + hex(pointer) + ") with " + s(static_cast<int64_t>(bytes)) +
-                " bytes runs past the end of the address space: not a buffer");
+    const uintptr_t address = reinterpret_cast<uintptr_t>(pointer);
+    if (address > std::numeric_limits<uintptr_t>::max() - bytes) {
+        invalid(std::string(name) + " (" + hex(pointer) + ") plus its " + s(static_cast<int64_t>(bytes)) +
+                " bytes runs past the end of the address space");
     }
-    return Extent{begin, begin + bytes};
+    return Extent{address, address + bytes};
 }
 
 void check_no_overlap(const Extent& written, const char* written_name, const Extent& other, const char* other_name) {
@@ -384,13 +384,7 @@ void check_host_cu_seqlens(const int32_t* cu, const char* name, int32_t batch, i
 }
 
 Extent cu_extent(const int32_t* cu, int32_t batch, const char* name) {
-    const uintptr_t address = reinterpret_cast<uintptr_t>(cu);
-    const uintptr_t bytes = (static_cast<uintptr_t>(batch) + 1) * sizeof(int32_t);
-    if (address > std::numeric_limits<uintptr_t>::max() - bytes) {
-        invalid(std::string(name) + " (" + hex(cu) + ") plus its " + s(static_cast<int64_t>(bytes)) +
-                " bytes runs past the end of the address space");
-    }
-    return Extent{address, address + bytes};
+    return buffer_extent(cu, (static_cast<size_t>(batch) + 1) * sizeof(int32_t), name);
 }
 
 }  // namespace validation

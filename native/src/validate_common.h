@@ -61,8 +61,8 @@ Extent check_tensor(const TensorArg& a, TensorKind kind, int32_t may_be_empty = 
 // INVALID_ARGUMENT when `written` (memory the call writes) overlaps `other`.
 void check_no_overlap(const Extent& written, const char* written_name, const Extent& other, const char* other_name);
 
-// The byte range [pointer, pointer + bytes) of a caller buffer (a workspace); INVALID_ARGUMENT when it runs past
-// the end of the address space (a wild pointer that would otherwise wrap and pass every range check).
+// The byte range [pointer, pointer + bytes) of a caller buffer (a workspace, cu_seqlens); INVALID_ARGUMENT when it
+// runs past the end of the address space (a wild pointer that would otherwise wrap and pass every range check).
 Extent buffer_extent(const void* pointer, size_t bytes, const char* name);
 
 // INVALID_ARGUMENT unless `value` is an fa_kernel_path_t value; `name` is the field ("kernel_path",
