@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -121,7 +122,7 @@ struct Registry {
 const Registry& registry() {
     static const Registry r = [] {
         Registry out;
-        for (auto& a : out.index) for (auto& b : a) for (auto& c : b) for (auto& d : c) for (int32_t& e : d) e = -1;
+        std::memset(out.index, 0xff, sizeof(out.index));  // every entry -1: no kernel
         for (const Pass pass : {Pass::Forward, Pass::Backward, Pass::Decode}) {
             const uint32_t axes = feature_axes(pass);
             for (const Path path : {Path::Sm80, Path::Sm90}) {
