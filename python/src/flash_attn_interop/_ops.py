@@ -105,6 +105,23 @@ def forward_impl(q, k, v, softmax_scale, causal, causal_alignment, window_left, 
     return out, lse
 
 
+def _run_with_workspace(lib, kind, p, device):
+    """fa_<kind>_workspace_size, then fa_<kind> (backward or decode) on PyTorch's current stream with a workspace from
+    PyTorch's allocator: its blocks are 512-byte aligned (the ABI wants 256) and stream-ordered with the call, and a
+    caller workspace keeps the call free of allocations of its own, hence capturable."""
+    ctx = lib.context(device.index)
+    n = ctypes.c_size_t(0)
+    st = getattr(lib.lib, f"fa_{kind}_workspace_size")(ctx, ctypes.byref(p), ctypes.byref(n))
+    if st:
+        raise lib.error(f"fa_{kind}_workspace_size", st)
+    ws = torch.empty(max(n.value, _abi.FA_WORKSPACE_ALIGNMENT), dtype=torch.uint8, device=device)
+    p.workspace = ws.data_ptr()
+    p.workspace_size = ws.numel()
+    st = getattr(lib.lib, f"fa_{kind}")(ctx, ctypes.byref(p), _stream(device))
+    if st:
+        raise lib.error(f"fa_{kind}", st)
+
+
 def backward_impl(dout, q, k, v, out, lse, softmax_scale, causal, causal_alignment, window_left, window_right,
                   softcap, deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
     lib = load_library()
@@ -116,19 +133,7 @@ def backward_impl(dout, q, k, v, out, lse, softmax_scale, causal, causal_alignme
                               desc(dv), softmax_scale=softmax_scale, causal=causal, causal_alignment=causal_alignment,
                               window=(window_left, window_right), softcap=softcap, deterministic=deterministic,
                               varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
-    ctx = lib.context(q.device.index)
-    n = ctypes.c_size_t(0)
-    st = lib.lib.fa_backward_workspace_size(ctx, ctypes.byref(p), ctypes.byref(n))
-    if st:
-        raise lib.error("fa_backward_workspace_size", st)
-    # The caching allocator's blocks are 512-byte aligned (the ABI wants 256); a caller workspace keeps the call
-    # free of allocations of its own, hence capturable.
-    ws = torch.empty(max(n.value, _abi.FA_WORKSPACE_ALIGNMENT), dtype=torch.uint8, device=q.device)
-    p.workspace = ws.data_ptr()
-    p.workspace_size = ws.numel()
-    st = lib.lib.fa_backward(ctx, ctypes.byref(p), _stream(q.device))
-    if st:
-        raise lib.error("fa_backward", st)
+    _run_with_workspace(lib, "backward", p, q.device)
     return dq, dk, dv
 
 
@@ -140,17 +145,7 @@ def decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, softmax_s
     p = _args.decode_params(lib, desc(q), desc(k_cache), desc(v_cache), desc(out), desc(cache_seqlens), k_new=desc(k),
                             v_new=desc(v), lse=desc(lse), block_table=desc(block_table), softmax_scale=softmax_scale,
                             causal=causal, window=(window_left, window_right), softcap=softcap, num_splits=num_splits)
-    ctx = lib.context(q.device.index)
-    n = ctypes.c_size_t(0)
-    st = lib.lib.fa_decode_workspace_size(ctx, ctypes.byref(p), ctypes.byref(n))
-    if st:
-        raise lib.error("fa_decode_workspace_size", st)
-    ws = torch.empty(max(n.value, _abi.FA_WORKSPACE_ALIGNMENT), dtype=torch.uint8, device=q.device)
-    p.workspace = ws.data_ptr()
-    p.workspace_size = ws.numel()
-    st = lib.lib.fa_decode(ctx, ctypes.byref(p), _stream(q.device))
-    if st:
-        raise lib.error("fa_decode", st)
+    _run_with_workspace(lib, "decode", p, q.device)
     return out, lse
 
 
