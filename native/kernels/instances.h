@@ -1,6 +1,6 @@
 // The entry points of every kernel family, declared for the registry (registry.cu). Each is defined, per
 // (dtype, head dim), in its own generated instantiation file (native/tools/generate_kernels.py:
-// sm80/{fwd,bwd,decode}_hdim<D>_<dtype>_sm80.cu, sm90/bwd_hdim<D>_<dtype>_sm90.cu), so families compile in
+// sm80/{fwd,bwd,decode}_hdim<D>_<dtype>_sm80.cu, sm90/{fwd,bwd}_hdim<D>_<dtype>_sm90.cu), so families compile in
 // parallel and CMake's FA_HEAD_DIMS / FA_CUDA_ARCHS leave some out. Each returns a cudaError_t value and
 // sets *features to the variant it ran (common/features.h).
 #pragma once
@@ -29,6 +29,8 @@ struct BwdFamily;
 }  // namespace sm80
 
 namespace sm90 {
+template <typename T, int D>
+int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features);
 template <typename T, int D>
 struct BwdFamily;
 }  // namespace sm90

@@ -21,6 +21,7 @@
 #include "sm80/decode_traits.h"
 #include "sm80/fwd_traits.h"
 #include "sm90/bwd_traits.h"
+#include "sm90/fwd_traits.h"
 
 namespace fa {
 namespace kernels {
@@ -56,6 +57,20 @@ constexpr bool kHasSm90a = true;
 constexpr bool kHasSm90a = false;
 #endif
 
+// The sm90 forward's kernel head dim ("class") for head dim d: the smallest compiled 64, 128 or 256 at least d;
+// 0 when none is.
+int32_t sm90_fwd_class(int32_t d) {
+    for (int32_t i = 0; i < kCompiledCount; ++i) {
+        if (sm90::fwd_head_dim(kCompiled[i]) && kCompiled[i] >= d) return kCompiled[i];
+    }
+    return 0;
+}
+
+// The kernel head dim a (pass, path) runs for a head dim whose sm80 kernel head dim is kernel_d.
+int32_t path_kernel_d(Pass pass, Path path, int32_t kernel_d) {
+    return pass == Pass::Forward && path == Path::Sm90 ? sm90_fwd_class(kernel_d) : kernel_d;
+}
+
 int32_t compiled_index(int32_t kernel_d) {
     for (int32_t i = 0; i < kCompiledCount; ++i) {
         if (kCompiled[i] == kernel_d) return i;
@@ -84,6 +99,13 @@ std::string tile_tag(Pass pass, Path path) {
     const auto s = [](int v) { return std::to_string(v); };
     switch (pass) {
         case Pass::Forward: {
+            if (path == Path::Sm90) {
+                if constexpr (sm90::fwd_head_dim(D)) {
+                    using Tr = sm90::FwdTraits90<D>;
+                    return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s";
+                }
+                return "none";
+            }
             using Tile = sm80::FwdTile<D>;
             return s(Tile::kBlockM) + "x" + s(Tile::kBlockN) + "_" + s(Tile::kWarps) + "w";
         }
@@ -128,7 +150,7 @@ const Registry& registry() {
             for (const Path path : {Path::Sm80, Path::Sm90}) {
                 for (int32_t i = 0; i < kCompiledCount; ++i) {
                     const int32_t d = kCompiled[i];
-                    if (!has_kernel(pass, path, d)) continue;
+                    if (!has_kernel(pass, path, d) || path_kernel_d(pass, path, d) != d) continue;
                     for (const bool bf16 : {false, true}) {
                         // Variants in binary order of (local, softcap, deterministic, paged), the first the highest bit.
                         for (uint32_t v = 0; v < 16; ++v) {
@@ -156,7 +178,7 @@ const Registry& registry() {
 }
 
 const char* name_for(Pass pass, Path path, bool bf16, int32_t kernel_d, uint32_t features) {
-    const int32_t i = compiled_index(kernel_d);
+    const int32_t i = compiled_index(path_kernel_d(pass, path, kernel_d));
     const int32_t at = i < 0 ? -1 : registry().index[static_cast<int>(pass)][static_cast<int>(path)][bf16][i][features & 15u];
     return at < 0 ? "unknown_kernel" : registry().names[at].c_str();
 }
@@ -260,14 +282,19 @@ bool has_sm90_code() { return kHasSm90a; }
 bool has_kernel(Pass pass, Path path, int32_t kernel_d) {
     if (compiled_index(kernel_d) < 0) return false;
     if (path == Path::Sm80) return true;
-    return kHasSm90a && pass == Pass::Backward && sm90::bwd_head_dim(kernel_d);
+    if (!kHasSm90a) return false;
+    if (pass == Pass::Forward) return sm90_fwd_class(kernel_d) != 0;
+    return pass == Pass::Backward && sm90::bwd_head_dim(kernel_d);
 }
 
 int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d) {
-    return with_head_dim(kernel_d, [&](auto hd) -> int32_t {
+    return with_head_dim(path_kernel_d(pass, path, kernel_d), [&](auto hd) -> int32_t {
         constexpr int D = decltype(hd)::value;
         switch (pass) {
             case Pass::Forward: {
+                if constexpr (sm90::fwd_head_dim(D)) {
+                    if (path == Path::Sm90) return sm90::FwdTraits90<D>::kSmemBytes;
+                }
                 using Tile = sm80::FwdTile<D>;
                 return sm80::FwdTraits<__half, D, Tile::kBlockM, Tile::kBlockN, Tile::kWarps, Tile::kMinBlocks>::kSmemBytes;
             }
@@ -302,13 +329,22 @@ const char* kernel_name_at(int32_t index) {
 }
 
 int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name) {
-    if (path != Path::Sm80) return static_cast<int>(cudaErrorInvalidValue);  // the host refuses others first
     const auto s = static_cast<cudaStream_t>(stream);
     const int32_t kd = kernel_head_dim(p.d);
     const bool bf16 = p.dtype == DType::BFloat16;
     uint32_t features = 0;
-    const int err = with_compiled_head_dim(kd, static_cast<int>(cudaErrorInvalidValue), [&](auto hd) {
+    const int err = with_compiled_head_dim(path_kernel_d(Pass::Forward, path, kd), static_cast<int>(cudaErrorInvalidValue),
+                                           [&](auto hd) {
         constexpr int D = decltype(hd)::value;
+#ifdef FA_HAS_SM90A
+        if constexpr (sm90::fwd_head_dim(D)) {
+            if (path == Path::Sm90) {
+                return bf16 ? sm90::run_fwd<__nv_bfloat16, D>(p, info, s, &features)
+                            : sm90::run_fwd<__half, D>(p, info, s, &features);
+            }
+        }
+#endif
+        if (path != Path::Sm80) return static_cast<int>(cudaErrorInvalidValue);  // the host refuses others first
         return bf16 ? sm80::run_fwd<__nv_bfloat16, D>(p, info, s, &features) : sm80::run_fwd<__half, D>(p, info, s, &features);
     });
     if (kernel_name) *kernel_name = name_for(Pass::Forward, path, bf16, kd, features);

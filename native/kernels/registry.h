@@ -26,7 +26,9 @@ int32_t compiled_head_dims(const int32_t** dims);   // the compiled kernel head 
 
 // Whether this build holds sm_90a code at all (FA_CUDA_ARCHS with 90a).
 bool has_sm90_code();
-// Whether this build has a `pass` kernel on `path` for kernel head dim kernel_d (no device check).
+// Whether this build has a `pass` kernel on `path` for kernel head dim kernel_d (no device check). kernel_d is
+// always kernel_head_dim(d), the sm80 kernel's; the sm90 forward runs the smallest of its kernels (64, 128,
+// 256) at least that large, which names, shared memory and launches account for.
 bool has_kernel(Pass pass, Path path, int32_t kernel_d);
 // Dynamic shared memory per block of the main kernel of (pass, path, kernel_d), where has_kernel says so.
 int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d);

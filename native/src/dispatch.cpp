@@ -13,14 +13,16 @@ const char* pass_name(Pass pass) { return pass == Pass::Forward ? "forward" : pa
 bool path_serves(Pass pass, Path path, int32_t kernel_d, int32_t cc, std::string* why) {
     const char* reason = nullptr;
     if (path == Path::Sm90) {
-        if (pass != Pass::Backward) {
-            reason = "the sm90 kernels serve the backward pass only";
+        if (pass == Pass::Decode) {
+            reason = "the sm90 kernels serve the forward and backward passes; decode runs on the sm80 path";
         } else if (!kernels::has_sm90_code()) {
             reason = "this build has no sm_90a code (configure with FA_CUDA_ARCHS containing 90a)";
         } else if (cc != 0 && cc != 90) {
             reason = "the wgmma kernels run on compute capability 9.0 only";
         } else if (!kernels::has_kernel(pass, path, kernel_d)) {
-            reason = "the sm90 backward serves the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and "
+            reason = pass == Pass::Forward ? "this build has no sm90 forward kernel for that head dim (the 64, 128 and 256 "
+                                             "kernels serve head dims up to 64, 128 and 256)"
+                                           : "the sm90 backward serves the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and "
                      "193..256 in a build of every head dim)";
         }
     } else if (!kernels::has_kernel(pass, path, kernel_d)) {

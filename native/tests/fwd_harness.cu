@@ -72,7 +72,7 @@ static cudaError_t launch3(FwdParams p, cudaStream_t s) {
     auto kern = sm80::fwd_kernel<Tr, Local, Cap>;
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
     if (e != cudaSuccess) return e;
-    const unsigned blocks = sm80::schedule(p, Tr::kBlockM, g_l2_bytes);
+    const unsigned blocks = schedule(p, Tr::kBlockM, g_l2_bytes);
     if (blocks == 0) return cudaSuccess;
     kern<<<blocks, Tr::kThreads, Tr::kSmemBytes, s>>>(p);
     return cudaGetLastError();

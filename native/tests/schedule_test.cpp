@@ -1,4 +1,4 @@
-// Host-side test of the sm80 forward's block order (native/kernels/sm80/fwd_schedule.h): for many
+// Host-side test of the forward's block order (native/kernels/common/fwd_schedule.h): for many
 // shapes, every (batch, head, row block) is computed by exactly one grid block, groups hold the
 // promised number of (batch, head) pairs, row blocks run heaviest first inside a group, and a group's
 // K/V fits the L2 budget unless a single pair is already larger. Needs no GPU; runs under ctest.
@@ -7,7 +7,7 @@
 #include <random>
 #include <vector>
 
-#include "sm80/fwd_schedule.h"
+#include "common/fwd_schedule.h"
 
 namespace {
 
@@ -30,7 +30,7 @@ void run_case(int b, int hq, int sq, int sk, int d, int block_m, int l2) {
     p.sq = sq;
     p.sk = sk;
     p.d = d;
-    const unsigned blocks = fa::sm80::schedule(p, block_m, l2);
+    const unsigned blocks = fa::schedule(p, block_m, l2);
     const int m_blocks = (sq + block_m - 1) / block_m;
     check(p.m_blocks == m_blocks, "m_blocks", p, l2);
     check(blocks == static_cast<unsigned>(b) * hq * m_blocks, "grid size", p, l2);
@@ -45,7 +45,7 @@ void run_case(int b, int hq, int sq, int sk, int d, int block_m, int l2) {
     int prev_group = -1, prev_m = 0;
     bool in_range = true, ordered = true;
     for (unsigned linear = 0; linear < blocks; ++linear) {
-        const fa::sm80::BlockCoord c = fa::sm80::block_coord(p, static_cast<int>(linear));
+        const fa::BlockCoord c = fa::block_coord(p, static_cast<int>(linear));
         if (c.b < 0 || c.b >= b || c.h < 0 || c.h >= hq || c.m_block < 0 || c.m_block >= m_blocks) {
             in_range = false;
             continue;

@@ -51,7 +51,7 @@ struct FwdParams {
     int32_t total_q = 0;
     int32_t total_k = 0;
 
-    // Block order (set by the sm80 launcher, see sm80/fwd_schedule.h): the 1-D grid walks groups of
+    // Block order (set by the launchers, see common/fwd_schedule.h): the grid walks groups of
     // `heads_per_group` (batch, head) pairs; inside a group the row blocks go heaviest first (for a
     // causal mask the last row blocks see the most keys), so the final wave holds the lightest blocks,
     // while the group's K/V stays small enough to be reused from L2.

@@ -21,7 +21,7 @@
 #include "common/seq.cuh"
 #include "common/tile_io.cuh"
 #include "params/fwd_params.h"
-#include "sm80/fwd_schedule.h"
+#include "common/fwd_schedule.h"
 #include "sm80/fwd_traits.h"
 
 namespace fa {

@@ -6,7 +6,7 @@
 #include <atomic>
 #include <cstdint>
 
-#include "common/features.h"
+#include "common/fwd_variant.h"
 #include "common/launch.h"
 #include "common/mask.cuh"
 #include "sm80/fwd_kernel.cuh"
@@ -29,20 +29,12 @@ cudaError_t launch_fwd(FwdParams p, const LaunchInfo& info, cudaStream_t stream)
     return cudaGetLastError();
 }
 
-// Masks that can hide keys other than the sequence tail (causal, windows) pick the local variant;
-// softcap its own, so the plain kernel carries neither. *features gets the variant (common/features.h).
+// The variant for the call's options (common/fwd_variant.h).
 template <typename T, int D>
 int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
-    const bool local = is_local(p);
-    const bool softcap = p.softcap > 0.f;
-    *features = (local ? feature::kLocal : 0u) | (softcap ? feature::kSoftcap : 0u);
-    cudaError_t err;
-    if (local) {
-        err = softcap ? launch_fwd<T, D, true, true>(p, info, stream) : launch_fwd<T, D, true, false>(p, info, stream);
-    } else {
-        err = softcap ? launch_fwd<T, D, false, true>(p, info, stream) : launch_fwd<T, D, false, false>(p, info, stream);
-    }
-    return static_cast<int>(err);
+    return run_fwd_variant(p, features, [&](auto local, auto softcap) {
+        return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value>(p, info, stream);
+    });
 }
 
 }  // namespace sm80

@@ -1,5 +1,6 @@
-// Block order of the sm80 forward: which (batch, head, row block) each block of the 1-D grid
-// computes. Pure integer code, shared by the launcher, the kernel and the host-side unit test
+// Block order of the forward, both paths: which (batch, head, row block) each block of the 1-D grid (sm80)
+// or each tile of the persistent grid (sm90, which walks the same order with a stride of its grid size)
+// computes. Pure integer code, shared by the launchers, the kernels and the host-side unit test
 // (native/tests/schedule_test.cpp), so the order can be checked without a GPU.
 #pragma once
 #include <cstdint>
@@ -13,7 +14,6 @@
 #endif
 
 namespace fa {
-namespace sm80 {
 
 // Fills the block-order fields of p and returns the 1-D grid size. Groups of (batch, head) pairs
 // whose K/V together take about a quarter of L2 (l2_bytes; < 0 means one pair per group, 0 means
@@ -52,5 +52,4 @@ FA_HOST_DEVICE inline BlockCoord block_coord(const FwdParams& p, int linear) {
     return c;
 }
 
-}  // namespace sm80
 }  // namespace fa

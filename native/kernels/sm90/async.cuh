@@ -1,0 +1,90 @@
+// Hopper's asynchronous machinery as thin PTX wrappers, one instruction each: shared-memory mbarriers
+// (init, arrive, arrive with an expected transaction count, parity wait), the tensor-memory accelerator's
+// tiled 4-D load (cp.async.bulk.tensor) that completes on an mbarrier, and setmaxnreg. Like wgmma.cuh the
+// bodies exist only in sm_90a device code (FA_SM90A_DEVICE); layout and protocol knowledge lives in the
+// kernels.
+#pragma once
+#include <cstdint>
+
+#include "sm90/wgmma.cuh"  // FA_SM90A_DEVICE
+
+namespace fa {
+namespace sm90 {
+
+// A TMA descriptor (CUtensorMap: 128 opaque bytes, 64-byte aligned) as plain data, so kernel parameters
+// need no driver header. The launchers fill it with cuTensorMapEncodeTiled (sm90/tma_host.h).
+struct alignas(64) TmaMap {
+    uint64_t raw[16];
+};
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+// Makes the initialised barriers visible to the other threads and to the async proxy (TMA).
+__device__ __forceinline__ void mbar_init_fence() {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+// One arrival that also expects `bytes` more of transactions (the TMA loads that complete on `bar`).
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+// Waits until the phase of parity `parity` has completed (a fresh barrier is in phase 0, so waiting for
+// parity 1 returns at once: how a producer passes its first round of "empty" barriers).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+#ifdef FA_SM90A_DEVICE
+    uint32_t done = 0;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+#endif
+}
+
+__device__ __forceinline__ void tma_prefetch_map(const TmaMap& map) {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map)) : "memory");
+#endif
+}
+// Box at coordinates (c0 innermost .. c3) of the 4-D tensor `map` (a __grid_constant__ parameter) into
+// shared memory at dst; completes `bar`'s transaction count with the box's bytes (out-of-bounds elements
+// arrive as zeros and count too).
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const TmaMap& map, uint32_t bar, int c0, int c1, int c2, int c3) {
+#ifdef FA_SM90A_DEVICE
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+        "[%6];\n" ::"r"(dst),
+        "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+        : "memory");
+#endif
+}
+
+// Register budget of the calling warpgroup (every warp of it executes the same one).
+template <int N>
+__device__ __forceinline__ void regs_dealloc() {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void regs_alloc() {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+}  // namespace sm90
+}  // namespace fa

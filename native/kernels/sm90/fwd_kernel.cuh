@@ -1,0 +1,372 @@
+// FlashAttention forward on Hopper (sm_90a): TMA loads, wgmma, warp specialisation, a persistent grid.
+//
+// One CTA = three warpgroups. Warpgroup 0 is the producer: it gives most of its registers back
+// (setmaxnreg) and one of its threads issues every load, a 128-row Q tile and kStages-deep rings of K and
+// V tiles, each a TMA box per 64-column panel with the 128-byte swizzle (the layout wgmma reads), each
+// completing on an mbarrier ("full"); the consumers free a slot with one arrival per warp ("empty").
+// Warpgroups 1 and 2 are consumers of 64 query rows each (registers raised to 240):
+//   S = Q K^T   wgmma m64nBN, A = Q and B = K from shared memory (both K-major)
+//   O += P V    wgmma m64nD,  A = P from registers (the S accumulators, rescaled and packed to 16 bits),
+//               B = V from shared memory (MN-major: V needs no transpose)
+// Inside a warpgroup the softmax of key block n overlaps the P V product of block n+1 (FA3's intra-
+// warpgroup pipelining): issue S(n) = Q K(n)^T, issue O += P(n+1) V(n+1), wait for S(n) only, mask and
+// softmax it while the P V product runs, then wait for that, rescale O and pack P(n).
+// Key blocks run from the last visible one down, so only the first blocks (and, with a left window, the
+// last) need the per-element mask. Tiles come from the forward's block order (common/fwd_schedule.h),
+// each CTA taking every gridDim.x-th: heavy row blocks first, a group of heads' K/V reused from L2. The
+// epilogue stages O through the warpgroup's own rows of the Q tile for 16-byte coalesced stores (any
+// strides, varlen tails), writes the LSE from registers, then frees the Q tile for the next one.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math_constants.h>
+
+#include "common/fwd_schedule.h"
+#include "common/mask.cuh"
+#include "common/ptx.cuh"
+#include "common/seq.cuh"
+#include "common/tile_io.cuh"
+#include "params/fwd_params.h"
+#include "sm90/async.cuh"
+#include "sm90/fwd_traits.h"
+#include "sm90/wgmma.cuh"
+
+namespace fa {
+namespace sm90 {
+
+// The kernel's parameter: the call's params and the TMA descriptors of q, k and v ([b][rows][heads][d],
+// rows = total rows when varlen, with b = 1), built per call by the launcher.
+struct FwdArgs90 {
+    FwdParams p;
+    TmaMap q, k, v;
+};
+
+// What both roles compute of a tile: its place, its rows and the key blocks any of its rows sees.
+struct FwdTile90 {
+    int m_block, h, b;
+    SeqInfo seq;
+    MaskBounds mask;
+    int row0, rows;   // rows = 0: no rows of this sequence here (varlen)
+    BlockRange keys;  // empty: every row is fully masked
+};
+
+template <bool kLocal, int BM, int BN>
+__device__ __forceinline__ FwdTile90 fwd_tile90(const FwdParams& p, int tile) {
+    FwdTile90 t;
+    const BlockCoord c = block_coord(p, tile);
+    t.m_block = c.m_block;
+    t.h = c.h;
+    t.b = c.b;
+    t.seq = seq_info(p, c.b);
+    t.row0 = c.m_block * BM;
+    t.rows = t.row0 < t.seq.sq ? min(BM, t.seq.sq - t.row0) : 0;
+    t.mask = mask_bounds<kLocal>(p, t.seq);
+    t.keys = t.rows > 0 ? key_block_range<kLocal>(t.mask, t.row0, t.rows, t.seq.sk, BN) : BlockRange{0, 0};
+    return t;
+}
+
+template <typename T, int D, bool kLocal, bool kSoftcap>
+__global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(const __grid_constant__ FwdArgs90 a) {
+#ifdef FA_SM90A_DEVICE
+    using Tr = FwdTraits90<D>;
+    constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, S = Tr::kStages;
+    constexpr int QPanel = BM * 128, KVPanel = BN * 128;  // bytes between the 64-column panels of a tile
+    constexpr uint32_t kConsumerWarps = 4 * Tr::kConsumers;
+
+    extern __shared__ __align__(1024) unsigned char smem[];
+    const FwdParams& p = a.p;
+    const uint32_t s0 = smem_u32(smem);
+    const uint32_t sQ = s0 + Tr::kOffQ;
+    const uint32_t bar = s0 + Tr::kOffBar;
+    const uint32_t q_full = bar, q_empty = bar + 8;
+    const auto k_full = [&](int s) { return bar + 16 + 32 * s; };
+    const auto k_empty = [&](int s) { return bar + 24 + 32 * s; };
+    const auto v_full = [&](int s) { return bar + 32 + 32 * s; };
+    const auto v_empty = [&](int s) { return bar + 40 + 32 * s; };
+    const auto k_tile = [&](int s) { return s0 + Tr::kOffK + s * Tr::kSmemKV; };
+    const auto v_tile = [&](int s) { return s0 + Tr::kOffV + s * Tr::kSmemKV; };
+
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    if (tid == 0) {
+        mbar_init(q_full, 1);
+        mbar_init(q_empty, kConsumerWarps);
+        for (int s = 0; s < S; ++s) {
+            mbar_init(k_full(s), 1);
+            mbar_init(k_empty(s), kConsumerWarps);
+            mbar_init(v_full(s), 1);
+            mbar_init(v_empty(s), kConsumerWarps);
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();
+
+    const bool varlen = p.cu_seqlens_q != nullptr;
+    const int num_tiles = p.m_blocks * p.b * p.hq;
+
+    if (tid < 128) {
+        // ---- producer ----
+        regs_dealloc<Tr::kProducerRegs>();
+        if (tid == 0) {
+            tma_prefetch_map(a.q);
+            tma_prefetch_map(a.k);
+            tma_prefetch_map(a.v);
+            int kv = 0, qn = 0;  // K/V blocks and Q tiles loaded so far (ring slot and phase)
+            for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+                const FwdTile90 t = fwd_tile90<kLocal, BM, BN>(p, tile);
+                if (t.keys.end <= t.keys.begin) continue;  // no rows, or all masked: the consumers write zeros
+                const int hk = t.h / p.hq_per_hkv;
+                const int bb = varlen ? 0 : t.b;
+                const int q_row = static_cast<int>(t.seq.q_row0) + t.row0;
+                const int k_row = static_cast<int>(t.seq.k_row0);
+                for (int n = t.keys.end - 1; n >= t.keys.begin; --n) {
+                    const int s = kv % S;
+                    const uint32_t ph = (kv / S) & 1;
+                    mbar_wait(k_empty(s), ph ^ 1);
+                    mbar_arrive_expect_tx(k_full(s), Tr::kSmemKV);
+#pragma unroll
+                    for (int pn = 0; pn < Tr::kPanels; ++pn) {
+                        tma_load_4d(k_tile(s) + pn * KVPanel, a.k, k_full(s), pn * 64, k_row + n * BN, hk, bb);
+                    }
+                    if (n == t.keys.end - 1) {
+                        // Q after the tile's first K: that K slot frees as soon as the consumers' last Q K^T
+                        // of the previous tile retires, the Q tile only after their epilogue.
+                        mbar_wait(q_empty, (qn & 1) ^ 1);
+                        mbar_arrive_expect_tx(q_full, Tr::kSmemQ);
+#pragma unroll
+                        for (int pn = 0; pn < Tr::kPanels; ++pn) {
+                            tma_load_4d(sQ + pn * QPanel, a.q, q_full, pn * 64, q_row, t.h, bb);
+                        }
+                        ++qn;
+                    }
+                    mbar_wait(v_empty(s), ph ^ 1);
+                    mbar_arrive_expect_tx(v_full(s), Tr::kSmemKV);
+#pragma unroll
+                    for (int pn = 0; pn < Tr::kPanels; ++pn) {
+                        tma_load_4d(v_tile(s) + pn * KVPanel, a.v, v_full(s), pn * 64, k_row + n * BN, hk, bb);
+                    }
+                    ++kv;
+                }
+            }
+        }
+    } else {
+        // ---- consumers ----
+        regs_alloc<Tr::kConsumerRegs>();
+        const int cw = tid / 128 - 1;                     // rows [64 cw, 64 cw + 64) of each tile
+        const int wl = (tid % 128) / 32;                  // warp within the warpgroup
+        const int rl = cw * 64 + wl * 16 + lane / 4;      // this thread's first row in the tile (and rl + 8)
+        const int t4 = lane % 4;
+        const float scale_log2 = p.scale_log2;
+        const float cap_premul = kSoftcap ? p.scale / p.softcap : 1.f;
+        const float lse_scale = kSoftcap ? p.softcap : p.scale;
+        constexpr int CPR = D / 8;  // 16-byte chunks per row
+        int kv = 0, qn = 0;
+
+        for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+            const FwdTile90 t = fwd_tile90<kLocal, BM, BN>(p, tile);
+            if (t.rows <= 0) continue;
+            const int my_rows = t.rows - cw * 64;  // rows of this warpgroup in the sequence (may be <= 0)
+            const int64_t row_g = t.seq.q_row0 + t.row0;
+            T* o = reinterpret_cast<T*>(p.o) + (varlen ? 0 : t.b * p.o_batch_stride) + t.h * p.o_head_stride +
+                   row_g * p.o_row_stride;
+            float* lse = p.lse == nullptr ? nullptr
+                                          : p.lse + (varlen ? 0 : t.b * p.lse_batch_stride) + t.h * p.lse_head_stride +
+                                                row_g * p.lse_row_stride;
+
+            if (t.keys.end <= t.keys.begin) {
+                // No row of the tile sees a key: O = 0, LSE = +inf (the backward then recomputes P = 0).
+                for (int c = tid % 128; c < 64 * CPR; c += 128) {
+                    const int r = c / CPR, ch = c % CPR;
+                    if (r < my_rows && ch * 8 < p.d) {
+                        *reinterpret_cast<uint4*>(o + static_cast<int64_t>(cw * 64 + r) * p.o_row_stride + ch * 8) =
+                            make_uint4(0, 0, 0, 0);
+                    }
+                }
+                if (lse != nullptr) {
+                    for (int r = tid % 128; r < my_rows && r < 64; r += 128) {
+                        lse[static_cast<int64_t>(cw * 64 + r) * p.lse_row_stride] = CUDART_INF_F;
+                    }
+                }
+                continue;
+            }
+
+            float acc[D / 2];
+#pragma unroll
+            for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
+            float s[BN / 2];
+            uint32_t pa[BN / 16][4];
+            float row_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
+            float row_sum[2] = {0.f, 0.f};
+
+            const auto release = [&](uint32_t b) {
+                __syncwarp();
+                if (lane == 0) mbar_arrive(b);
+            };
+            const auto issue_qk = [&](int st) {
+                wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < D / 16; ++kk) {
+                    const uint32_t qa = sQ + (kk / 4) * QPanel + cw * 64 * 128 + (kk % 4) * 32;
+                    const uint32_t kb = k_tile(st) + (kk / 4) * KVPanel + (kk % 4) * 32;
+                    Wgmma<T, BN, 0, 0>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024), kk > 0 ? 1 : 0);
+                }
+                wgmma_commit();
+            };
+            const auto issue_pv = [&](int st) {
+                wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; ++kk) {
+                    Wgmma<T, D, 0, 1>::rs(acc, pa[kk], smem_desc(v_tile(st) + kk * 16 * 128, KVPanel, 1024), 1);
+                }
+                wgmma_commit();
+            };
+            // Softcap and masks on S(n), then the online softmax: S becomes P (fp32), alpha rescales O.
+            const auto softmax = [&](int n, float (&alpha)[2]) {
+                if (kSoftcap) {
+#pragma unroll
+                    for (int i = 0; i < BN / 2; ++i) s[i] = tanhf(s[i] * cap_premul);
+                }
+                if (tile_masked<kLocal>(t.mask, t.row0 + cw * 64, 64, n * BN, BN, t.seq.sk)) {
+                    const int col0 = n * BN + 2 * t4;
+                    const int row = t.row0 + rl;
+#pragma unroll
+                    for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const int col = col0 + 8 * j + (e & 1);
+                            const int diff = col - (row + (e >= 2 ? 8 : 0));
+                            bool hidden = col >= t.seq.sk;
+                            if (kLocal) hidden |= diff > t.mask.right || diff < t.mask.left;
+                            if (hidden) s[4 * j + e] = -CUDART_INF_F;
+                        }
+                    }
+                }
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    float mx = row_max[r];
+#pragma unroll
+                    for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    // A row that has seen no key yet keeps max -inf; use 0 so -inf - -inf never makes NaN.
+                    const float m_scaled = mx == -CUDART_INF_F ? 0.f : mx * scale_log2;
+                    alpha[r] = fast_exp2(row_max[r] * scale_log2 - m_scaled);
+                    row_max[r] = mx;
+                    float sum = 0.f;
+#pragma unroll
+                    for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+                        for (int c = 0; c < 2; ++c) {
+                            const float pv = fast_exp2(s[4 * j + 2 * r + c] * scale_log2 - m_scaled);
+                            s[4 * j + 2 * r + c] = pv;
+                            sum += pv;
+                        }
+                    }
+                    row_sum[r] = row_sum[r] * alpha[r] + sum;
+                }
+            };
+            const auto pack_p = [&]() {
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; ++kk) {
+                    pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+                    pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+                    pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+                    pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+                }
+            };
+
+            mbar_wait(q_full, qn & 1);
+            ++qn;
+
+            // The first (last visible) key block: S, softmax, P; its P V waits for the next block's S.
+            int n = t.keys.end - 1;
+            int st = kv % S;
+            uint32_t ph = (kv / S) & 1;
+            mbar_wait(k_full(st), ph);
+            issue_qk(st);
+            wgmma_wait<0>();
+            fence_regs(s);
+            release(k_empty(st));
+            {
+                float alpha[2];
+                softmax(n, alpha);
+            }
+            pack_p();
+            int v_st = st;
+            uint32_t v_ph = ph;
+            ++kv;
+
+            for (n = t.keys.end - 2; n >= t.keys.begin; --n) {
+                st = kv % S;
+                ph = (kv / S) & 1;
+                mbar_wait(k_full(st), ph);
+                issue_qk(st);
+                mbar_wait(v_full(v_st), v_ph);
+                issue_pv(v_st);
+                wgmma_wait<1>();  // S(n) is in; P(n+1) V(n+1) still runs
+                fence_regs(s);
+                release(k_empty(st));
+                float alpha[2];
+                softmax(n, alpha);
+                wgmma_wait<0>();
+                fence_regs(acc);
+                release(v_empty(v_st));
+#pragma unroll
+                for (int j = 0; j < D / 8; ++j) {
+                    acc[4 * j + 0] *= alpha[0];
+                    acc[4 * j + 1] *= alpha[0];
+                    acc[4 * j + 2] *= alpha[1];
+                    acc[4 * j + 3] *= alpha[1];
+                }
+                pack_p();
+                v_st = st;
+                v_ph = ph;
+                ++kv;
+            }
+            mbar_wait(v_full(v_st), v_ph);
+            issue_pv(v_st);
+            wgmma_wait<0>();
+            fence_regs(acc);
+            release(v_empty(v_st));
+
+            // Epilogue: row sums across the quad, LSE, O normalised and staged in this warpgroup's rows of
+            // the Q tile (panel layout), then 16-byte stores of the rows and columns the call has.
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float sum = row_sum[r];
+                sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+                sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+                const bool seen = sum > 0.f;
+                const float inv = seen ? 1.f / sum : 0.f;
+                const int lrow = rl + 8 * r;
+                if (lse != nullptr && t4 == 0 && lrow < t.rows) {
+                    lse[static_cast<int64_t>(lrow) * p.lse_row_stride] =
+                        seen ? row_max[r] * lse_scale + logf(sum) : CUDART_INF_F;
+                }
+#pragma unroll
+                for (int j = 0; j < D / 8; ++j) {
+                    const uint32_t packed = pack2<T>(acc[4 * j + 2 * r] * inv, acc[4 * j + 2 * r + 1] * inv);
+                    *reinterpret_cast<uint32_t*>(smem + Tr::kOffQ + panel_off<BM>(lrow, j) + t4 * 4) = packed;
+                }
+            }
+            bar_sync(1 + cw, 128);  // this warpgroup's O rows staged
+            for (int c = tid % 128; c < 64 * CPR; c += 128) {
+                const int r = c / CPR, ch = c % CPR;
+                if (r < my_rows && ch * 8 < p.d) {
+                    *reinterpret_cast<uint4*>(o + static_cast<int64_t>(cw * 64 + r) * p.o_row_stride + ch * 8) =
+                        *reinterpret_cast<const uint4*>(smem + Tr::kOffQ + panel_off<BM>(cw * 64 + r, ch));
+                }
+            }
+            fence_proxy_async();  // these reads of the Q tile before the next TMA writes of it
+            release(q_empty);
+        }
+    }
+#elif defined(__CUDA_ARCH__)
+    // Device code for another target: the host launches this kernel only where sm_90a code exists (see
+    // sm90/bwd_kernel.cuh), so reaching here means the driver chose other code; fail loudly.
+    __trap();
+#endif  // FA_SM90A_DEVICE
+}
+
+}  // namespace sm90
+}  // namespace fa

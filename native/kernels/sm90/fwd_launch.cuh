@@ -1,0 +1,66 @@
+// Launch template of the sm90 forward: the block order (common/fwd_schedule.h), the TMA descriptors of q, k
+// and v built for this call (host-only encoding, no allocation: graph-safe), a persistent grid of at most
+// one CTA per SM, the variant for the call's options. Included only by the per-(head dim, dtype)
+// instantiation files (sm90/fwd_hdim<D>_<dtype>_sm90.cu, built where FA_CUDA_ARCHS has 90a).
+#pragma once
+#include <atomic>
+#include <cstdint>
+
+#include "common/fwd_variant.h"
+#include "common/fwd_schedule.h"
+#include "common/launch.h"
+#include "common/mask.cuh"
+#include "sm90/fwd_kernel.cuh"
+#include "sm90/tma_host.h"
+
+namespace fa {
+namespace sm90 {
+
+// The descriptor of q, k or v: [b][rows][heads][d] with the call's strides (varlen: one batch of the
+// packed rows), read in boxes of 64 columns x box_rows rows.
+inline cudaError_t encode_qkv(TmaMap* map, const void* data, bool bf16, int d, int64_t rows, int heads, int batches,
+                              int64_t row_stride, int64_t head_stride, int64_t batch_stride, int box_rows) {
+    const int64_t dims[4] = {d, rows, heads, batches};
+    const int64_t strides[3] = {row_stride * 2, head_stride * 2, batch_stride * 2};
+    return encode_4d(map, data, bf16, dims, strides, 64, box_rows);
+}
+
+template <typename T, int D, bool kLocal, bool kSoftcap>
+cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStream_t stream) {
+    using Tr = FwdTraits90<D>;
+    auto kernel = fwd_kernel_sm90<T, D, kLocal, kSoftcap>;
+    static std::atomic<uint64_t> raised{0};
+    cudaError_t err = raise_smem_once(kernel, Tr::kSmemBytes, info, raised);
+    if (err != cudaSuccess) return err;
+    FwdArgs90 a;
+    a.p = params;
+    const unsigned tiles = schedule(a.p, Tr::kBlockM, info.l2_bytes);
+    if (tiles == 0) return cudaSuccess;
+    const FwdParams& p = a.p;
+    const bool bf16 = p.dtype == DType::BFloat16;
+    const bool varlen = p.cu_seqlens_q != nullptr;
+    const int batches = varlen ? 1 : p.b;
+    if ((err = encode_qkv(&a.q, p.q, bf16, p.d, varlen ? p.total_q : p.sq, p.hq, batches, p.q_row_stride, p.q_head_stride,
+                          p.q_batch_stride, Tr::kBlockM)) != cudaSuccess ||
+        (err = encode_qkv(&a.k, p.k, bf16, p.d, varlen ? p.total_k : p.sk, p.hkv, batches, p.k_row_stride,
+                          p.k_head_stride, p.k_batch_stride, Tr::kBlockN)) != cudaSuccess ||
+        (err = encode_qkv(&a.v, p.v, bf16, p.d, varlen ? p.total_k : p.sk, p.hkv, batches, p.v_row_stride,
+                          p.v_head_stride, p.v_batch_stride, Tr::kBlockN)) != cudaSuccess) {
+        return err;
+    }
+    const int sms = info.sm_count > 0 ? info.sm_count : 132;
+    const unsigned grid = tiles < static_cast<unsigned>(sms) ? tiles : static_cast<unsigned>(sms);
+    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
+    return cudaGetLastError();
+}
+
+// The variant for the call's options (common/fwd_variant.h).
+template <typename T, int D>
+int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
+    return run_fwd_variant(p, features, [&](auto local, auto softcap) {
+        return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value>(p, info, stream);
+    });
+}
+
+}  // namespace sm90
+}  // namespace fa

@@ -1,0 +1,40 @@
+// Compile-time facts of the sm90 (wgmma + TMA, warp-specialised) forward kernel: tile, warpgroups, stages,
+// shared-memory layout. Plain constexpr, so the registry reads them for names, launch sizes and the host's
+// shared-memory checks.
+#pragma once
+
+namespace fa {
+namespace sm90 {
+
+// The kernel head dims ("classes") of the sm90 forward; any head dim a multiple of 8 up to 256 runs the
+// smallest class at least as large, its columns past d read as zeros by the TMA.
+constexpr bool fwd_head_dim(int D) { return D == 64 || D == 128 || D == 256; }
+
+// One CTA: a producer warpgroup (one thread issues every TMA load) and two consumer warpgroups of 64 query
+// rows each, so 128 query rows per tile; K and V stream through kStages-deep rings of BlockN keys.
+template <int D>
+struct FwdTraits90 {
+    static_assert(fwd_head_dim(D), "the sm90 forward has kernels for head dims 64, 128 and 256");
+    static constexpr int kHeadDim = D;
+    static constexpr int kBlockM = 128;
+    static constexpr int kBlockN = D == 256 ? 64 : 128;
+    static constexpr int kStages = D == 64 ? 3 : 2;
+    static constexpr int kConsumers = 2;                        // consumer warpgroups
+    static constexpr int kThreads = 128 * (kConsumers + 1);
+    static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // setmaxnreg: 128*24 + 256*240 <= 64K
+    static constexpr int kPanels = D / 64;                     // 64-column panels of 128-byte rows
+    static constexpr int kSmemQ = kBlockM * D * 2;
+    static constexpr int kSmemKV = kBlockN * D * 2;             // one K or V stage
+    static constexpr int kOffQ = 0;
+    static constexpr int kOffK = kOffQ + kSmemQ;
+    static constexpr int kOffV = kOffK + kStages * kSmemKV;
+    static constexpr int kOffBar = kOffV + kStages * kSmemKV;
+    // Barriers (8 bytes each): q_full, q_empty, then per stage k_full, k_empty, v_full, v_empty.
+    static constexpr int kBarriers = 2 + 4 * kStages;
+    static constexpr int kSmemBytes = kOffBar + kBarriers * 8;
+    static_assert(kSmemQ % 1024 == 0 && kSmemKV % 1024 == 0, "tiles start on 1024-byte swizzle atoms");
+    static_assert(kSmemBytes <= 227 * 1024, "fits an H100/H200 block's shared memory");
+};
+
+}  // namespace sm90
+}  // namespace fa
