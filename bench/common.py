@@ -7,6 +7,7 @@ import them when called.
 """
 import ctypes
 import os
+import re
 
 import fa_abi
 from fa_abi import (FA_CAUSAL_TOP_LEFT, FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT16, FA_DTYPE_FLOAT32, FA_PATH_AUTO,
@@ -42,13 +43,39 @@ def first_line(e, limit):
     return str(e).split("\n")[0][:limit]
 
 
+def is_failure(key):
+    """Whether an errors key names a failure of our own kernels: "ours" (the default path), "ours_<x>" (another
+    of our timings, e.g. ours_sm80), "mismatch" or "mismatch_<x>" (a wrong result), or "row" (the row could not be
+    measured at all). Other keys (flash, cudnn, base, managed, reference) are recorded without failing the run."""
+    return key in ("ours", "mismatch", "row") or key.startswith(("ours_", "mismatch_"))
+
+
 def finish_row(row):
     """Drops an empty errors dict; True when the row shows our kernel failed or gave a wrong result."""
     errs = row.get("errors")
     if not errs:
         row.pop("errors", None)
         return False
-    return "ours" in errs or "mismatch" in errs
+    return any(is_failure(k) for k in errs)
+
+
+# The DEBUG message fa_forward / fa_backward / fa_decode log after a launch: "fa_forward: <kernel name> for <shape>"
+# (native/src/api.cpp). A name has no spaces, so "nothing to launch for ..." and "(unnamed kernel)" do not match.
+KERNEL_LOG = re.compile(r"^(fa_forward|fa_backward|fa_decode): (\S+) for ")
+
+
+def kernel_from_log(message):
+    """(entry point, kernel name) of a launch message of the library's log, or None."""
+    m = KERNEL_LOG.match(message)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def kernel_path_of(name):
+    """"sm80" or "sm90" from a kernel name ("sm80_fwd_bf16_hdim128_...", "sm90_bwd_..."), else None."""
+    if not name:
+        return None
+    head = name.split("_", 1)[0]
+    return head if re.fullmatch(r"sm\d+", head) else None
 
 
 def tflops(flops, ms):
@@ -152,14 +179,39 @@ class FaLib:
 
     # ---- forward ---------------------------------------------------------------------------------------------
 
-    def forward_params(self, code, q, k, v, out, causal, lse=None, varlen=None):
+    def launched_kernels(self, call, entry="fa_forward"):
+        """Runs call() once with a log callback on this library and returns the names of the kernels its `entry`
+        calls reported launching (the DEBUG message "fa_forward: <kernel> for ..."), in order; None when this
+        build exports no fa_set_log_callback (call() still runs). The callback is removed afterwards, so the timed
+        calls build no log messages. Process-wide for this copy of the library: not for concurrent callers."""
+        if "fa_set_log_callback" in self.missing:
+            call()
+            return None
+        names = []
+
+        def sink(level, message, user_data):
+            got = kernel_from_log((message or b"").decode(errors="replace"))
+            if got is not None and got[0] == entry:
+                names.append(got[1])
+
+        callback = fa_abi.fa_log_callback_t(sink)  # kept alive by this frame until the callback is removed
+        self.check(self.lib.fa_set_log_callback(callback, None), "fa_set_log_callback")
+        try:
+            call()
+        finally:
+            self.lib.fa_set_log_callback(fa_abi.fa_log_callback_t(), None)  # NULL: logging off
+        return names
+
+    def forward_params(self, code, q, k, v, out, causal, lse=None, varlen=None, path=FA_PATH_AUTO):
         """fa_forward_params_t over our [B, S, H, D] (varlen: packed [total, H, D]) tensors, PyTorch's causal
-        convention; lse (fp32) when the log-sum-exp is wanted; varlen = (cu, cu_host, max_len)."""
+        convention; lse (fp32) when the log-sum-exp is wanted; varlen = (cu, cu_host, max_len); path an
+        fa_kernel_path_t (FA_PATH_SM80 forces the portable mma.sync kernels)."""
         p = FaForwardParams()
         self.check(self.lib.fa_forward_params_init(ctypes.byref(p), ctypes.sizeof(p)), "fa_forward_params_init")
         p.q, p.k, p.v, p.out = (describe(t, code) for t in (q, k, v, out))
         p.causal = int(causal)
         p.causal_alignment = FA_CAUSAL_TOP_LEFT  # PyTorch's is_causal; equal to bottom-right when sq == sk
+        p.kernel_path = path
         if lse is not None:
             p.lse = describe(lse, FA_DTYPE_FLOAT32)
         if varlen:

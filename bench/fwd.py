@@ -1,7 +1,9 @@
 """The forward rows (pass "fwd"): for each shape, PyTorch SDPA's flash and cuDNN backends, then our fa_forward on
-the same inputs (checked against the first backend's output), then, with --baseline-lib, the baseline build on
-the same tensors; the managed exe's figure for the shape is merged in. Needs torch and a GPU (run.py imports this
-module only when it runs the pass)."""
+the same inputs twice, with the default path (FA_PATH_AUTO: the Hopper kernels where they serve) and forced onto
+the portable mma.sync kernels (FA_PATH_SM80), each checked against the first backend's output and named by the
+kernel the library reports launching, then, with --baseline-lib, the baseline build on the same tensors; the
+managed exe's figure for the shape is merged in. Each column's failure is recorded in the row's errors under its
+own key; nothing stops the pass. Needs torch and a GPU (run.py imports this module only when it runs the pass)."""
 import json
 import math
 
@@ -9,39 +11,67 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from common import MAX_REL_ERR, dtype_code, finish_row, first_line, tflops, time_baseline
+from common import MAX_REL_ERR, dtype_code, finish_row, first_line, kernel_path_of, tflops, time_baseline
+from fa_abi import FA_PATH_AUTO, FA_PATH_SM80
 from inputs import torch_dtype, varlen_inputs
 from shapes import fwd_flops, new_row, shape_key
 
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
 
+# Our two timings of each row: (kernel path, row key of the figures; its failure is errors[key], a wrong result
+# errors["mismatch" + suffix]). The default path's figures go in ours_*, the forced path's in ours_sm80_*.
+OUR_PATHS = ((FA_PATH_AUTO, "ours"), (FA_PATH_SM80, "ours_sm80"))
 
-def compare(row, out, ref, against):
-    """Relative Frobenius error of our output (poisoned before the call) against ref, both [..., H, D]."""
+
+def mismatch_key(key):
+    """errors key of a wrong result of our timing `key`: "mismatch" for ours, "mismatch_sm80" for ours_sm80."""
+    return "mismatch" + key[len("ours"):]
+
+
+def compare(row, out, ref, against, key="ours"):
+    """Relative Frobenius error of our output (poisoned before the call) against ref, both [..., H, D], into
+    row[key + "_rel_err"]; above MAX_REL_ERR the row gets errors[mismatch_key(key)]."""
     r = ref.float()
     diff = float((out.float() - r).norm() / r.norm())
     if math.isnan(diff) or math.isinf(diff):
         raise RuntimeError("our output holds NaN/Inf (the poison was not overwritten everywhere?)")
-    row["ours_rel_err"] = diff
+    row[key + "_rel_err"] = diff
     if diff > MAX_REL_ERR:
-        row["errors"]["mismatch"] = f"relative error {diff:.2e} against {against} exceeds {MAX_REL_ERR}"
+        row["errors"][mismatch_key(key)] = f"relative error {diff:.2e} against {against} exceeds {MAX_REL_ERR}"
+
+
+def time_path(row, key, path, flops, fa, bench, make_params, ref, against, out):
+    """One of our timings: poisons out, runs fa_forward once on `path` with the library's launch log on (the
+    kernel it names goes to row[key + "_kernel"], and for the default path its family to row["path"]), checks the
+    output against ref, then times the call. A forced sm80 call that reports another family is an error."""
+    try:
+        ours = fa.forward_call(make_params(fa, path))
+        out.fill_(float("nan"))
+        kernels = fa.launched_kernels(ours)
+        torch.cuda.synchronize()
+        kernel = kernels[-1] if kernels else None
+        row[key + "_kernel"] = kernel
+        family = kernel_path_of(kernel)
+        if key == "ours":
+            row["path"] = family
+        elif path == FA_PATH_SM80 and family not in (None, "sm80"):
+            raise RuntimeError(f"kernel_path FA_PATH_SM80 launched {kernel}, not an sm80 kernel")
+        if ref is not None:
+            compare(row, out, ref, against, key)
+        row[key + "_ms"] = bench(ours)
+        row[key + "_tflops"] = tflops(flops, row[key + "_ms"])
+    except Exception as e:  # noqa: BLE001 - recorded on the row, under this timing's own key
+        row["errors"][key] = first_line(e, 300)
 
 
 def time_ours(row, flops, fa, base, bench, make_params, ref, against, out):
-    """Runs our forward once (checked against ref), times it, then the baseline build's on the same tensors.
-    make_params(lib) builds the params struct for one loaded library."""
-    try:
-        ours = fa.forward_call(make_params(fa))
-        ours()
-        torch.cuda.synchronize()
-        if ref is not None:
-            compare(row, out, ref, against)
-        row["ours_ms"] = bench(ours)
-        row["ours_tflops"] = tflops(flops, row["ours_ms"])
-    except Exception as e:  # noqa: BLE001
-        row["errors"]["ours"] = first_line(e, 300)
+    """Our forward on the default path and forced onto sm80 (each checked against ref, then timed), then the
+    baseline build's default path on the same tensors. make_params(lib, path) builds the params struct for one
+    loaded library."""
+    for path, key in OUR_PATHS:
+        time_path(row, key, path, flops, fa, bench, make_params, ref, against, out)
     if base is not None:
-        time_baseline(row, flops, base, lambda lib: lib.forward_call(make_params(lib)), bench)
+        time_baseline(row, flops, base, lambda lib: lib.forward_call(make_params(lib, FA_PATH_AUTO)), bench)
 
 
 def fixed_row(s, row, flops, fa, base, bench):
@@ -79,7 +109,8 @@ def fixed_row(s, row, flops, fa, base, bench):
         row["note"] = "; ".join(notes)
     q2, k2, v2 = (t.transpose(1, 2).contiguous() for t in (q, k, v))
     o2 = torch.full_like(q2, float("nan"))
-    time_ours(row, flops, fa, base, bench, lambda lib: lib.forward_params(code, q2, k2, v2, o2, causal),
+    time_ours(row, flops, fa, base, bench,
+              lambda lib, path: lib.forward_params(code, q2, k2, v2, o2, causal, path=path),
               None if ref is None else ref.transpose(1, 2), ref_name, o2)
 
 
@@ -123,8 +154,8 @@ def varlen_row(s, row, flops, fa, base, bench):
     row["note"] = "; ".join(notes)
     o = torch.full_like(q, float("nan"))
     varlen = (cu, cu_host, max_len)
-    time_ours(row, flops, fa, base, bench, lambda lib: lib.forward_params(code, q, k, v, o, causal, varlen=varlen),
-              ref, against, o)
+    time_ours(row, flops, fa, base, bench,
+              lambda lib, path: lib.forward_params(code, q, k, v, o, causal, varlen=varlen, path=path), ref, against, o)
 
 
 def merge_managed(row, flops, managed, managed_missing):
@@ -148,7 +179,10 @@ def forward_rows(shapes, fa, base, bench, managed, managed_missing):
         torch.manual_seed(0)
         row = new_row(s, baseline=base is not None)
         flops = fwd_flops(s)
-        (varlen_row if s.get("varlen") else fixed_row)(s, row, flops, fa, base, bench)
+        try:
+            (varlen_row if s.get("varlen") else fixed_row)(s, row, flops, fa, base, bench)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory making the inputs: this row only
+            row["errors"]["row"] = f"{type(e).__name__}: {first_line(e, 300)}"
         merge_managed(row, flops, managed, managed_missing)
         failed = finish_row(row) or failed
         rows.append(row)

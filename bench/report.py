@@ -1,5 +1,6 @@
-"""The outputs of a run: the record (JSON), the table printed last (forward, backward and decode sections, then
-the interop line) and the optional PNG. Pure Python (matplotlib only for the PNG)."""
+"""The outputs of a run: the record (JSON), the table printed last (forward sections per dtype, the skipped groups,
+backward and decode sections, the ceilings, then the interop line last) and the optional PNG. Pure Python (matplotlib
+only for the PNG)."""
 import json
 import math
 import os
@@ -12,13 +13,16 @@ def write_outputs(args, record, rows, managed_interop, c_interop, card):
     with open(args.out, "w") as f:
         json.dump(record, f, indent=1)
     table = format_table(rows)
+    for g in record.get("skipped_groups") or []:
+        table += f"\n{g['pass']} {g['dtype']}: skipped ({g['reason']})"
     if any(r["pass"] == "bwd" for r in rows):
         table += "\n" + format_bwd_table(rows)
     if any(r["pass"] == "decode" for r in rows):
         table += "\n" + format_decode_table(rows)
+    ceilings = format_ceilings(rows, record)
+    if ceilings:
+        table += "\n" + ceilings
     table += "\n" + format_interop(managed_interop, c_interop)
-    if record.get("matmul_tflops"):
-        table += f"\nceiling (same run): bf16 matmul 8192^3 {record['matmul_tflops']:.0f} TFLOP/s (cuBLAS through torch)"
     if args.table:
         with open(args.table, "w") as f:
             f.write(table + "\n")
@@ -57,20 +61,66 @@ def errors_cell(r):
     return f"  [{'; '.join(f'{k}: {v}' for k, v in r['errors'].items())}]" if r.get("errors") else ""
 
 
+def ratio(a, b):
+    """a / b where both are positive figures, else None."""
+    return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0 and b > 0 else None
+
+
+def worst(*xs):
+    """The largest of the figures given (None when there is none)."""
+    xs = [x for x in xs if isinstance(x, (int, float))]
+    return max(xs) if xs else None
+
+
+# The forward table's columns: (header, format, value of a row). TFLOP/s of ours (default path), ours forced onto
+# the sm80 kernels, the managed API, flash and cuDNN; ours over flash, ours and sm80 over cuDNN; ours as a fraction
+# of the bf16 matmul rate measured in the same run; the kernel family ours ran; the worst relative error of our two
+# paths against the reference.
+FWD_COLUMNS = (
+    ("ours", "6.0f", lambda r: r.get("ours_tflops")),
+    ("sm80", "6.0f", lambda r: r.get("ours_sm80_tflops")),
+    ("C#api", "6.0f", lambda r: r.get("managed_tflops")),
+    ("flash", "6.0f", lambda r: r.get("flash_tflops")),
+    ("cudnn", "6.0f", lambda r: r.get("cudnn_tflops")),
+    ("ours/fl", "7.2f", lambda r: ratio(r.get("ours_tflops"), r.get("flash_tflops"))),
+    ("ours/cu", "7.2f", lambda r: ratio(r.get("ours_tflops"), r.get("cudnn_tflops"))),
+    ("sm80/cu", "7.2f", lambda r: ratio(r.get("ours_sm80_tflops"), r.get("cudnn_tflops"))),
+    ("ours/mm", "7.2f", lambda r: ratio(r.get("ours_tflops"), r.get("matmul_tflops"))),
+    ("path", "4s", lambda r: r.get("path")),
+    ("rel.err", "7.1e", lambda r: worst(r.get("ours_rel_err"), r.get("ours_sm80_rel_err"))),
+)
+BASE_COLUMNS = (
+    ("base", "6.0f", lambda r: r.get("ours_base_tflops")),
+    ("ours/base", "9.3f", lambda r: ratio(r.get("ours_tflops"), r.get("ours_base_tflops"))),
+)
+
+
+def cell(value, spec):
+    """One table cell: the value in spec's width ("4s": text), or "-" right-aligned in it."""
+    if spec.endswith("s"):
+        return (str(value) if value else "-").rjust(int(spec[:-1]))
+    return fmt(value, spec)
+
+
 def format_table(rows):
-    base = has_baseline(rows)
-    lines = ["bf16 fwd TFLOP/s              ours  C#api  flash  cudnn  ours/fl  ours/cu  rel.err"
-             + ("    base  ours/base" if base else "")]
-    for r in rows:
-        if r["pass"] != "fwd":
-            continue
-        name = describe_shape(r).ljust(28)
-        o, fl, cu = r["ours_tflops"], r["flash_tflops"], r["cudnn_tflops"]
-        ratio_f = o / fl if o and fl else None
-        ratio_c = o / cu if o and cu else None
-        err = r["ours_rel_err"]
-        lines.append(f"{name} {fmt(o)} {fmt(r['managed_tflops'])} {fmt(fl)} {fmt(cu)}  {fmt(ratio_f, '7.2f')}  "
-                     f"{fmt(ratio_c, '7.2f')}  {fmt(err, '7.1e')}" + (baseline_cells(r) if base else "") + errors_cell(r))
+    """The forward rows, one section per dtype (bf16, then fp16), columns as FWD_COLUMNS (with a --baseline-lib,
+    BASE_COLUMNS too), errors last; a legend line under them."""
+    fwd = [r for r in rows if r["pass"] == "fwd"]
+    columns = FWD_COLUMNS + (BASE_COLUMNS if has_baseline(rows) else ())
+    dtypes = list(dict.fromkeys(r["dtype"] for r in fwd)) or ["bf16"]
+    lines = []
+    for dtype in dtypes:
+        lines.append(f"{dtype} fwd TFLOP/s".ljust(28) + "".join("  " + h.rjust(len(cell(None, spec)))
+                                                             for h, spec, _ in columns))
+        for r in fwd:
+            if r["dtype"] != dtype:
+                continue
+            lines.append(describe_shape(r).ljust(28) + "".join("  " + cell(get(r), spec) for _, spec, get in columns)
+                         + errors_cell(r))
+    mm = next((r.get("matmul_tflops") for r in fwd if r.get("matmul_tflops")), None)
+    lines.append("fwd: ours = default path (FA_PATH_AUTO), sm80 = forced FA_PATH_SM80, path = kernels ours ran; "
+                 "ours/mm = ours over the bf16 matmul rate of this run"
+                 + (f" ({mm:.0f} TFLOP/s)" if mm else " (not measured)"))
     return "\n".join(lines)
 
 
@@ -126,6 +176,25 @@ def format_decode_table(rows):
     return "\n".join(lines)
 
 
+def format_ceilings(rows, record=None):
+    """The ceiling lines: each matmul row's TFLOP/s (or why it is missing); from the record's matmul_tflops when the
+    rows have none (a record written before the matmul rows)."""
+    parts = []
+    for r in rows:
+        if r.get("pass") != "matmul":
+            continue
+        how = r.get("op") + (", unit scales, bf16 out" if r["dtype"] == "e4m3" else "")
+        what = f"{r['dtype']} matmul {r['n']}^3 ({how})"
+        if r.get("matmul_tflops"):
+            parts.append(f"{what} {r['matmul_tflops']:.0f} TFLOP/s")
+        else:
+            why = "; ".join(f"{v}" for v in (r.get("errors") or {}).values()) or "not measured"
+            parts.append(f"{what} - [{why}]")
+    if not parts and record and record.get("matmul_tflops"):
+        parts.append(f"bf16 matmul 8192^3 {record['matmul_tflops']:.0f} TFLOP/s (cuBLAS through torch)")
+    return "\n".join(f"ceiling (same run): {p}" for p in parts)
+
+
 def format_interop(managed, c):
     m_us = managed.get("call_us") if managed else None
     c_us = c.get("call_us") if c else None
@@ -145,11 +214,14 @@ def write_png(rows, path, card):
     except ImportError:
         print("# matplotlib not available; no chart")
         return
-    panels = [("forward", [r for r in rows if r["pass"] == "fwd"],
-               [("ours", "ours_tflops"), ("flash", "flash_tflops"), ("cudnn", "cudnn_tflops")]),
-              ("backward", [r for r in rows if r["pass"] == "bwd"],
-               [("ours", "ours_tflops"), ("ours deterministic", "ours_det_tflops"), ("flash", "flash_tflops"),
-                ("cudnn", "cudnn_tflops")])]
+    fwd = [r for r in rows if r["pass"] == "fwd"]
+    panels = [(f"{dtype} forward", [r for r in fwd if r["dtype"] == dtype],
+               [("ours", "ours_tflops"), ("ours sm80", "ours_sm80_tflops"), ("flash", "flash_tflops"),
+                ("cudnn", "cudnn_tflops")])
+              for dtype in dict.fromkeys(r["dtype"] for r in fwd)]
+    panels.append(("bf16 backward", [r for r in rows if r["pass"] == "bwd"],
+                   [("ours", "ours_tflops"), ("ours deterministic", "ours_det_tflops"), ("flash", "flash_tflops"),
+                    ("cudnn", "cudnn_tflops")]))
     panels = [pn for pn in panels if pn[1]]
     if not panels:
         print("# no forward or backward rows; no chart")
@@ -163,7 +235,7 @@ def write_png(rows, path, card):
             ax.bar([x + offset for x in range(len(prow))], [r.get(key) or 0 for r in prow], width, label=name)
         ax.set_xticks(range(len(prow)))
         ax.set_xticklabels([describe_shape(r) for r in prow], rotation=40, ha="right", fontsize=8)
-        ax.set_ylabel(f"TFLOP/s (bf16 {what})")
+        ax.set_ylabel(f"TFLOP/s ({what})")
         ax.set_title(f"FlashAttention.Interop vs PyTorch SDPA, {what} - {card}")
         ax.legend()
     fig.tight_layout()

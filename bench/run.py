@@ -9,12 +9,16 @@ L2 flushed before every call, as shared/tools/sdpa_anchors.py):
 
   ours    fa_forward called through the C ABI with ctypes on torch-allocated tensors
           ([B, S, H, D] contiguous; varlen: packed [total, H, D] with cu_seqlens and host copies),
-          on torch's current stream;
+          on torch's current stream, with the default path (FA_PATH_AUTO: the Hopper kernels where they
+          serve); the kernel it ran (from the library's launch log) in ours_kernel, its family in path;
+  sm80    the same call forced onto the portable mma.sync kernels (kernel_path = FA_PATH_SM80): ours_sm80_*;
   flash   torch SDPA with the FLASH_ATTENTION backend (FlashAttention-2 kernels); for varlen,
           torch.ops.aten._flash_attention_forward with cum_seq_q / cum_seq_k when this PyTorch has it;
   cudnn   torch SDPA with the CUDNN_ATTENTION backend (null for varlen).
 
-Our output is checked against the flash backend's (relative Frobenius error; varlen: against PyTorch's
+The grid, GQA and varlen rows are run in bf16 and in fp16 (--fwd-dtypes); an fp8 (e4m3) group is declared but
+skipped (the C ABI has no fp8 dtype yet): the record's skipped_groups says so, and no row is made up.
+Our outputs (both paths) are checked against the flash backend's (relative Frobenius error; varlen: against PyTorch's
 varlen output, else a per-sequence SDPA loop), so a fast but wrong kernel shows up in the table. When
 --bench-exe names the managed benchmark (bench/README.md has its contract) it runs first, in a child
 process, and its median goes to the `managed_ms` column: the same kernel timed through the C# API.
@@ -36,14 +40,18 @@ own ctypes.CDLL and timed on the same tensors right after ours in every forward 
 ours_base_ms / ours_base_tflops, and a base and ours/base column in the table. --only picks a subset of the passes
 (fwd, which includes the managed bench and the interop row's measurements; bwd; decode).
 
+Ceilings, measured in the same run (ceilings.py; pass "matmul" rows): an 8192^3 bf16 matmul (torch.matmul) and an
+8192^3 fp8 e4m3 matmul (torch._scaled_mm, unit scales, bf16 output); one that cannot be measured keeps null figures
+and its error. Every forward and backward row gets the bf16 figure as matmul_tflops.
+
 Writes the TARGETS.md record ({card, date, commit, rows}) to --out and prints a table last.
 --dry-run needs no GPU and no torch: it lists the rows, their FLOP counts, and writes a record with
 null figures (to check the pure-Python parts).
 
 Modules: run.py (arguments, the order of the passes, the record) -> fwd.py, bwd.py (GPU passes, imported only when
-they run), decode.py (optional), external.py (managed exe, interop_c), report.py (table, PNG), shapes.py (rows,
-FLOPs) -> common.py (library loading, descriptors, timing) -> fa_abi.py (the ctypes mirror bench/fa_abi.py,
-generated from the header by bindings/Generator).
+they run), decode.py (optional), ceilings.py (matmul rows), external.py (managed exe, interop_c), report.py (table,
+PNG), shapes.py (rows, FLOPs) -> common.py (library loading, descriptors, timing) -> fa_abi.py (the ctypes mirror
+bench/fa_abi.py, generated from the header by bindings/Generator).
 """
 import argparse
 import datetime
@@ -53,11 +61,13 @@ import subprocess
 import sys
 import time
 
+from ceilings import CEILING_DTYPES, ceiling_rows, rate
 from common import HERE, REPO, FaLib, Timer, lib_file
 from external import run_interop_c, run_managed
 from fa_abi import FA_VERSION_CODE
 from report import describe_shape, write_outputs
-from shapes import interop_row, managed_spec, new_row, pass_flops, shapes_grid
+from shapes import (DECLARED_FWD_DTYPES, FWD_DTYPES, interop_row, managed_spec, matmul_row, new_row, pass_flops,
+                    shapes_grid, skip_reason)
 
 PASSES = ("fwd", "bwd", "decode")
 
@@ -137,6 +147,9 @@ def parse_args(argv=None):
     ap.add_argument("--skip-bwd", action="store_true", help="no backward rows")
     ap.add_argument("--skip-decode", action="store_true", help="no decode rows (bench/decode.py is not called)")
     ap.add_argument("--quick", action="store_true", help="only S 1k and 4k in the grid (also passed to decode_rows)")
+    ap.add_argument("--fwd-dtypes", default=",".join(FWD_DTYPES + DECLARED_FWD_DTYPES),
+                    help="comma-separated dtypes of the forward rows, of " + ",".join(FWD_DTYPES + DECLARED_FWD_DTYPES)
+                         + " (default: all; e4m3 is declared but skipped while the C ABI has no fp8 dtype)")
     ap.add_argument("--dry-run", action="store_true", help="no GPU: list rows and FLOPs, write a null record")
     args = ap.parse_args(argv)
     only = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -148,21 +161,38 @@ def parse_args(argv=None):
                    and not (p == "decode" and args.skip_decode)]
     args.skip_bwd = "bwd" not in args.passes
     args.skip_decode = "decode" not in args.passes
+    dtypes = [d.strip() for d in args.fwd_dtypes.split(",") if d.strip()]
+    known = FWD_DTYPES + DECLARED_FWD_DTYPES
+    if not dtypes or any(d not in known for d in dtypes):
+        ap.error(f"--fwd-dtypes takes a comma-separated subset of {','.join(known)}; got {args.fwd_dtypes!r}")
+    # The forward dtypes measured, and the declared groups skipped (with the reason the record gives).
+    args.fwd_dtypes = [d for d in known if d in dtypes and skip_reason(d) is None]
+    args.skipped_groups = ([{"pass": "fwd", "dtype": d, "reason": skip_reason(d)} for d in known
+                            if d in dtypes and skip_reason(d) is not None] if "fwd" in args.passes else [])
     return args
+
+
+def fwd_shapes(args):
+    """The forward rows' shapes of this run (every measured dtype of --fwd-dtypes)."""
+    return shapes_grid(args.quick, "fwd", args.fwd_dtypes)
 
 
 def dry_run(args):
     """No GPU, no torch: the row list, FLOP counts, the managed spec and a record with null figures."""
     baseline = args.baseline_lib is not None
-    shapes = (shapes_grid(args.quick) if "fwd" in args.passes else []) + \
+    shapes = (fwd_shapes(args) if "fwd" in args.passes else []) + \
         (shapes_grid(args.quick, "bwd") if "bwd" in args.passes else [])
     rows = []
     for s in shapes:
         managed = f"  managed: {json.dumps(managed_spec(s))}" if s["pass_"] == "fwd" else ""
-        print(f"# {s['pass_']} {describe_shape(new_row(s)):28s} {pass_flops(s) / 1e12:9.3f} TFLOP{managed}")
+        name = describe_shape(new_row(s))
+        print(f"# {s['pass_']} {s['dtype']:4s} {name:28s} {pass_flops(s) / 1e12:9.3f} TFLOP{managed}")
         rows.append(new_row(s, baseline))
     for r in rows:
         r.pop("errors")
+    for g in args.skipped_groups:
+        print(f"# {g['pass']} {g['dtype']}: skipped ({g['reason']})")
+    rows += [matmul_row(d) for d in CEILING_DTYPES]
     if not args.skip_decode:
         present = os.path.exists(os.path.join(HERE, "decode.py"))
         print("# decode rows: " + ("from bench/decode.py's decode_rows() at run time (needs the GPU)" if present
@@ -170,7 +200,8 @@ def dry_run(args):
     if baseline:
         print(f"# baseline: {lib_file(args.baseline_lib)} timed beside --lib in every forward and backward row")
     rows.append(interop_row(None, None, {}))
-    record = dict(card="dry-run", date=datetime.date.today().isoformat(), commit=git_commit(args.commit), rows=rows)
+    record = dict(card="dry-run", date=datetime.date.today().isoformat(), commit=git_commit(args.commit),
+                  skipped_groups=args.skipped_groups, rows=rows)
     write_outputs(args, record, rows, None, None, "dry-run")
     return 0
 
@@ -246,25 +277,11 @@ def interop_pass(args, managed_interop, managed_err, c_interop, c_err):
     return interop_row(managed_interop, c_interop, ierr)
 
 
-def matmul_ceiling():
-    """The bf16 matrix-multiply ceiling of this card, measured in this process (cuBLAS through torch, 8192 cubed,
-    do_bench median on random inputs): what TARGETS.md's goals are relative to. Returns TFLOP/s."""
-    import torch
-    from triton.testing import do_bench
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    ms = do_bench(lambda: a @ b, warmup=25, rep=100, return_mode="median")
-    del a, b
-    torch.cuda.empty_cache()
-    return 2 * n ** 3 / ms / 1e9
-
-
 def gpu_run(args):
     """The passes on the GPU, in order (managed bench and interop_c, forward, backward, decode, interop row), then
     the record, the table and the PNG. Exit code 1 when our kernel failed or mismatched on any row."""
     lib_path = lib_file(args.lib)
-    shapes = shapes_grid(args.quick)
+    shapes = fwd_shapes(args)
     log = sys.stdout
     run_started = time.monotonic()
     managed, managed_err, managed_interop, c_interop, c_err = child_processes(args, shapes, lib_path, log)
@@ -297,17 +314,20 @@ def gpu_run(args):
         got, decode_error, bad = decode_pass(args, lib_path)
         rows, failed, elapsed["decode"] = rows + got, failed or bad, time.monotonic() - started
 
-    rows.append(interop_pass(args, managed_interop, managed_err, c_interop, c_err))
+    # The ceilings (bf16 and fp8 matmul), measured in this process; a failure stays on its row.
     started = time.monotonic()
-    matmul = matmul_ceiling()
+    ceilings = ceiling_rows(Timer(args.warmup, args.rep))
     elapsed["matmul"] = time.monotonic() - started
-    print(f"# ceiling: bf16 matmul 8192^3 {matmul:.0f} TFLOP/s", flush=True)
+    matmul, fp8_matmul = rate(ceilings, "bf16"), rate(ceilings, "e4m3")
     for r in rows:
         if r.get("pass") in ("fwd", "bwd"):
             r["matmul_tflops"] = matmul
-    record = dict(matmul_tflops=matmul, card=card, date=datetime.date.today().isoformat(), commit=git_commit(args.commit),
-                  torch=torch.__version__, cudnn=torch.backends.cudnn.version(), managed_interop=managed_interop,
-                  c_interop=c_interop, elapsed_s={k: round(v, 1) for k, v in elapsed.items()}, rows=rows)
+    rows += ceilings
+    rows.append(interop_pass(args, managed_interop, managed_err, c_interop, c_err))
+    record = dict(matmul_tflops=matmul, fp8_matmul_tflops=fp8_matmul, card=card, date=datetime.date.today().isoformat(),
+                  commit=git_commit(args.commit), skipped_groups=args.skipped_groups, torch=torch.__version__,
+                  cudnn=torch.backends.cudnn.version(), managed_interop=managed_interop, c_interop=c_interop,
+                  elapsed_s={k: round(v, 1) for k, v in elapsed.items()}, rows=rows)
     if base is not None:
         record["baseline_lib"] = base.path
     if decode_error:

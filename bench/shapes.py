@@ -2,10 +2,31 @@
 (TARGETS.md's fields, then ours). Pure Python, so the dry run and the table need neither torch nor the library."""
 import random
 
+import fa_abi
 from common import INTEROP_TARGET_US
 
 VARLEN_SEED = 2026
 VARLEN_COUNT, VARLEN_MIN, VARLEN_MAX = 16, 256, 2048
+
+# The dtypes each pass times by default: the forward grid (with its GQA and varlen rows) in bf16 and fp16, the
+# backward in bf16.
+FWD_DTYPES = ("bf16", "fp16")
+BWD_DTYPES = ("bf16",)
+# Declared forward groups that no run measures yet: they get no rows (no figure is faked), only an entry in the
+# record's skipped_groups and a line under the table. TARGETS.md aim 2 names an fp8 (e4m3) forward.
+DECLARED_FWD_DTYPES = ("e4m3",)
+MATMUL_N = 8192  # the ceilings: one n x n x n matmul per dtype
+
+
+def skip_reason(dtype):
+    """Why a declared forward dtype is skipped (None: it is measured)."""
+    if dtype in FWD_DTYPES:
+        return None
+    abi = [n for n in dir(fa_abi) if n.startswith("FA_DTYPE_") and any(t in n for t in ("E4M3", "FP8", "FLOAT8"))]
+    if not abi:
+        return (f"declared, not measured: the C ABI ({fa_abi.FA_VERSION_MAJOR}.{fa_abi.FA_VERSION_MINOR}) has no "
+                f"fp8 dtype, so there is no {dtype} forward of ours to time")
+    return f"declared, not measured: the C ABI has {', '.join(abi)} but bench/fwd.py does not time {dtype} rows yet"
 
 
 def varlen_lengths(seed=VARLEN_SEED, count=VARLEN_COUNT, lo=VARLEN_MIN, hi=VARLEN_MAX):
@@ -14,24 +35,31 @@ def varlen_lengths(seed=VARLEN_SEED, count=VARLEN_COUNT, lo=VARLEN_MIN, hi=VARLE
     return [rng.randint(lo, hi) for _ in range(count)]
 
 
-def fwd_row(d, causal, b, h, hkv, s, pass_="fwd"):
-    return dict(pass_=pass_, dtype="bf16", d=d, causal=causal, b=b, h=h, hkv=hkv, sq=s, sk=s)
+def fwd_row(d, causal, b, h, hkv, s, pass_="fwd", dtype="bf16"):
+    return dict(pass_=pass_, dtype=dtype, d=d, causal=causal, b=b, h=h, hkv=hkv, sq=s, sk=s)
 
 
-def shapes_grid(quick=False, pass_="fwd"):
-    """TARGETS.md's grid, then the GQA row and the varlen row, for the forward ("fwd") or backward ("bwd") pass."""
+def shapes_grid(quick=False, pass_="fwd", dtypes=None):
+    """TARGETS.md's grid, then the GQA row and the varlen row, once per dtype (default: FWD_DTYPES for the forward
+    pass, BWD_DTYPES for the backward), for the forward ("fwd") or backward ("bwd") pass. Only measured dtypes
+    (bf16, fp16) make rows; a declared one (e4m3) is left out (see skip_reason)."""
+    if dtypes is None:
+        dtypes = FWD_DTYPES if pass_ == "fwd" else BWD_DTYPES
     rows = []
-    for d in (64, 128, 256):
-        for causal in (0, 1):
-            for s in (1024, 4096, 16384):
-                if quick and s > 4096:
-                    continue
-                h = 2048 // d
-                rows.append(fwd_row(d, causal, 16384 // s, h, h, s, pass_))
-    rows.append(fwd_row(128, 1, 4, 32, 8, 4096, pass_))  # GQA: 32 q heads over 8 kv heads
-    lens = varlen_lengths()
-    rows.append(dict(pass_=pass_, dtype="bf16", d=128, causal=1, b=len(lens), h=16, hkv=16, sq=max(lens), sk=max(lens),
-                     varlen=1, lens=lens))
+    for dtype in dtypes:
+        if skip_reason(dtype) is not None:
+            continue
+        for d in (64, 128, 256):
+            for causal in (0, 1):
+                for s in (1024, 4096, 16384):
+                    if quick and s > 4096:
+                        continue
+                    h = 2048 // d
+                    rows.append(fwd_row(d, causal, 16384 // s, h, h, s, pass_, dtype))
+        rows.append(fwd_row(128, 1, 4, 32, 8, 4096, pass_, dtype))  # GQA: 32 q heads over 8 kv heads
+        lens = varlen_lengths()
+        rows.append(dict(pass_=pass_, dtype=dtype, d=128, causal=1, b=len(lens), h=16, hkv=16, sq=max(lens),
+                         sk=max(lens), varlen=1, lens=lens))
     return rows
 
 
@@ -82,6 +110,11 @@ def new_row(s, baseline=False):
     if s.get("varlen"):
         # b is the number of sequences; sq/sk the longest one; lens the lengths in packing order.
         row.update(varlen=1, lens=list(s["lens"]), total_q=sum(s["lens"]), total_k=sum(s["lens"]))
+    if s["pass_"] == "fwd":
+        # The same forward forced onto the portable kernels (FA_PATH_SM80), and the kernels each of ours ran where
+        # the library names them (its launch log); path: "sm80" or "sm90", from ours_kernel (TARGETS.md).
+        row.update(ours_sm80_ms=None, ours_sm80_tflops=None, ours_sm80_rel_err=None, path=None, ours_kernel=None,
+                   ours_sm80_kernel=None)
     if s["pass_"] == "bwd":
         # Deterministic mode's time and its cost relative to the default mode; per-gradient errors.
         row.update(ours_det_ms=None, ours_det_tflops=None, ours_sm80_ms=None, ours_sm80_tflops=None, ours_sm80_rel_err=None,
@@ -108,3 +141,24 @@ def interop_row(managed, c, errors):
     if errors:
         row["errors"] = dict(errors)
     return row
+
+
+def matmul_row(dtype, n=MATMUL_N):
+    """A ceiling row (pass "matmul"): one n x n x n matrix multiply on this card in the same run, bf16 through
+    torch.matmul (cuBLAS) or e4m3 through torch._scaled_mm (unit scales, bf16 output); figures null until measured
+    (matmul_ms, matmul_tflops = 2 n^3 / time); a failure goes to errors and leaves them null."""
+    fp8 = dtype == "e4m3"
+    row = {"pass": "matmul", "dtype": dtype, "m": n, "n": n, "k": n, "out_dtype": "bf16",
+           "op": "torch._scaled_mm" if fp8 else "torch.matmul",
+           "matmul_ms": None, "matmul_tflops": None,
+           # TARGETS.md's row fields, which do not apply to a matmul.
+           "d": None, "causal": None, "b": None, "h": None, "hkv": None, "sq": None, "sk": None, "paged_block": None,
+           "ours_ms": None, "flash_ms": None, "cudnn_ms": None, "ours_tflops": None, "flash_tflops": None,
+           "cudnn_tflops": None, "ours_tbps": None, "copy_tbps": None}
+    if fp8:
+        row.update(scale_a=1.0, scale_b=1.0, use_fast_accum=False)
+    return row
+
+
+def matmul_flops(row):
+    return 2.0 * row["m"] * row["n"] * row["k"]

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """CPU-only checks of the benchmark (no GPU, no torch, no library): the generated ctypes mirror bench/fa_abi.py
 imports (its layout check against libclang's offsets runs at import), notices a drifted layout, covers every
-export and struct of the header, binds to a library object; and `run.py --dry-run` runs with torch and triton
-made unimportable and writes a record of the expected shape.
+export and struct of the header, binds to a library object; `run.py --dry-run` runs with torch and triton
+made unimportable and writes a record of the expected shape; the forward's per-path timings, kernel names and
+per-column errors, the matmul ceilings and the table are checked against fakes of torch and of the library.
 
     python3 bench/test_bench.py        (exit 0 when every check passes; ctest runs it as bench_cpu)
 """
 import ctypes
+import importlib
 import json
 import os
 import re
@@ -15,6 +17,7 @@ import sys
 import tempfile
 import types
 import unittest
+from unittest import mock
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -79,11 +82,30 @@ class DryRunTests(unittest.TestCase):
 
     def test_dry_run_without_torch(self):
         record, stdout = self.dry_run()
-        passes = [r["pass"] for r in record["rows"]]
-        self.assertEqual(passes.count("fwd"), 20)
-        self.assertEqual(passes.count("bwd"), 20)
-        self.assertEqual(passes[-1], "interop")
-        self.assertNotIn("ours_base_ms", record["rows"][0])
+        rows = record["rows"]
+        passes = [r["pass"] for r in rows]
+        fwd = [r for r in rows if r["pass"] == "fwd"]
+        # The forward grid, GQA and varlen rows in bf16 and fp16; the backward in bf16.
+        self.assertEqual([r["dtype"] for r in fwd], ["bf16"] * 20 + ["fp16"] * 20)
+        self.assertEqual(sum(1 for r in fwd if r.get("varlen")), 2)
+        self.assertEqual(sum(1 for r in fwd if r["hkv"] != r["h"]), 2)
+        self.assertEqual([r["dtype"] for r in rows if r["pass"] == "bwd"], ["bf16"] * 20)
+        # Both ceilings, null, before the interop row (still last).
+        self.assertEqual(passes[-3:], ["matmul", "matmul", "interop"])
+        self.assertEqual([(r["dtype"], r["op"], r["matmul_tflops"]) for r in rows if r["pass"] == "matmul"],
+                         [("bf16", "torch.matmul", None), ("e4m3", "torch._scaled_mm", None)])
+        for key in ("ours_ms", "ours_sm80_ms", "ours_sm80_tflops", "ours_sm80_rel_err", "path", "ours_kernel",
+                    "ours_sm80_kernel"):
+            self.assertIn(key, fwd[0])
+            self.assertIsNone(fwd[0][key])
+        # fp8 is declared and skipped: no row, a reason in the record and under the table.
+        self.assertNotIn("e4m3", {r["dtype"] for r in rows if r["pass"] in ("fwd", "bwd")})
+        self.assertEqual([(g["pass"], g["dtype"]) for g in record["skipped_groups"]], [("fwd", "e4m3")])
+        self.assertIn("no fp8 dtype", record["skipped_groups"][0]["reason"])
+        self.assertNotIn("ours_base_ms", rows[0])
+        for text in ("bf16 fwd TFLOP/s", "fp16 fwd TFLOP/s", "sm80/cu", "ours/mm", "fwd e4m3: skipped",
+                     "ceiling (same run): e4m3 matmul 8192^3"):
+            self.assertIn(text, stdout)
         self.assertIn("interop (host us per Forward call", stdout.splitlines()[-1])
 
     def test_dry_run_baseline_and_only(self):
@@ -91,9 +113,324 @@ class DryRunTests(unittest.TestCase):
         passes = [r["pass"] for r in record["rows"]]
         self.assertEqual(passes.count("fwd"), 0)
         self.assertEqual(passes.count("bwd"), 14)
+        self.assertEqual(record["skipped_groups"], [])  # no forward pass, nothing skipped in it
         self.assertIn("ours_base_ms", record["rows"][0])
         self.assertIn("ours/base", stdout)
 
+    def test_dry_run_fwd_dtypes(self):
+        record, stdout = self.dry_run("--quick", "--only", "fwd", "--fwd-dtypes", "fp16")
+        fwd = [r for r in record["rows"] if r["pass"] == "fwd"]
+        self.assertEqual(len(fwd), 14)
+        self.assertEqual({r["dtype"] for r in fwd}, {"fp16"})
+        self.assertEqual(record["skipped_groups"], [])
+        self.assertNotIn("bf16 fwd TFLOP/s", stdout)
+        record, _ = self.dry_run("--only", "fwd", "--fwd-dtypes", "e4m3")
+        self.assertEqual([r["pass"] for r in record["rows"]], ["matmul", "matmul", "interop"])
+        self.assertEqual(record["skipped_groups"][0]["dtype"], "e4m3")
+
+    def test_bad_fwd_dtypes_are_refused(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            p = subprocess.run([sys.executable, "-c", NO_TORCH, os.path.join(HERE, "run.py"), "--dry-run", "--out",
+                                os.path.join(tmp, "b.json"), "--fwd-dtypes", "bf16,fp32"],
+                               capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--fwd-dtypes", p.stderr)
+
+
+# ---- fakes of torch and of a loaded library, for the GPU code paths --------------------------------------------
+
+class FakeTensor:
+    """A scalar standing in for a tensor: enough for fwd.compare (float, -, norm) and fill_."""
+
+    def __init__(self, value=0.0):
+        self.value = value
+
+    def float(self):
+        return self
+
+    def __sub__(self, other):
+        return FakeTensor(self.value - other.value)
+
+    def norm(self):
+        return abs(self.value)
+
+    def fill_(self, value):
+        self.value = value
+        return self
+
+    def transpose(self, *dims):
+        return self
+
+
+def fake_torch(scaled_mm=True, float8=True, matmul_error=None):
+    """Modules torch, torch.nn, torch.nn.functional and torch.nn.attention with what fwd.py, common.py and
+    ceilings.py touch; matmul_error: an exception the bf16 matmul raises."""
+    torch = types.ModuleType("torch")
+    torch.__version__ = "0.0-fake"
+    torch.bfloat16, torch.float16, torch.float32 = "bfloat16", "float16", "float32"
+    torch.calls = []
+    torch.cuda = types.SimpleNamespace(synchronize=lambda: None, empty_cache=lambda: None)
+
+    class Matrix:
+        def __init__(self, n, dtype):
+            self.shape, self.dtype = (n, n), dtype
+
+        def to(self, dtype):
+            return Matrix(self.shape[0], dtype)
+
+        def t(self):
+            return self
+
+        def __matmul__(self, other):
+            if matmul_error:
+                raise matmul_error
+            torch.calls.append("matmul")
+            return Matrix(self.shape[0], self.dtype)
+
+    torch.randn = lambda *shape, device=None, dtype=None: Matrix(shape[0], dtype)
+    torch.ones = lambda *shape, device=None, dtype=None: FakeTensor(1.0)
+    if float8:
+        torch.float8_e4m3fn = "float8_e4m3fn"
+    if scaled_mm:
+        def _scaled_mm(a, b, scale_a=None, scale_b=None, out_dtype=None, use_fast_accum=None):
+            torch.calls.append(("scaled_mm", a.dtype, scale_a.value, out_dtype, use_fast_accum))
+            return Matrix(a.shape[0], out_dtype)
+        torch._scaled_mm = _scaled_mm
+    nn = types.ModuleType("torch.nn")
+    functional = types.ModuleType("torch.nn.functional")
+    attention = types.ModuleType("torch.nn.attention")
+    attention.SDPBackend = types.SimpleNamespace(FLASH_ATTENTION="flash", CUDNN_ATTENTION="cudnn")
+    attention.sdpa_kernel = lambda backends: None
+    torch.nn, nn.functional, nn.attention = nn, functional, attention
+    return {"torch": torch, "torch.nn": nn, "torch.nn.functional": functional, "torch.nn.attention": attention,
+            "triton": None}
+
+
+class FakeLib:
+    """A loaded library as fwd.py sees it (FaLib's forward_params/forward_call/launched_kernels): each kernel path
+    writes `value` into the output and reports `kernel`, or raises `error`."""
+
+    def __init__(self, out, paths, log=True):
+        self.out, self.paths, self.log = out, paths, log
+
+    def forward_call(self, path):
+        spec = self.paths[path]
+
+        def call():
+            if spec.get("error"):
+                raise RuntimeError(f"fa_forward: {spec['error']}")
+            self.out.value = spec["value"]
+        call.kernel = spec.get("kernel")
+        return call
+
+    def launched_kernels(self, call):
+        call()
+        return [call.kernel] if self.log and call.kernel else ([] if self.log else None)
+
+
+class ForwardPathTests(unittest.TestCase):
+    """fwd.time_ours: our two paths side by side, each with its kernel name and its own errors."""
+
+    def run_ours(self, paths, base_paths=None, ref=1.0, log=True):
+        with mock.patch.dict(sys.modules, fake_torch()):  # restores sys.modules (fwd, inputs gone) on exit
+            for name in ("fwd", "inputs"):
+                sys.modules.pop(name, None)
+            fwd = importlib.import_module("fwd")
+            from common import finish_row
+            from fa_abi import FA_PATH_AUTO, FA_PATH_SM80
+            out = FakeTensor(float("nan"))
+            paths = {FA_PATH_AUTO: paths[0], FA_PATH_SM80: paths[1]}
+            fa = FakeLib(out, paths, log)
+            base = FakeLib(out, {FA_PATH_AUTO: base_paths}) if base_paths else None
+            row = {"errors": {}, "path": None}
+            timed = []
+
+            def bench(fn):
+                fn()
+                timed.append(out.value)
+                return 2.0
+            fwd.time_ours(row, 4e12, fa, base, bench, lambda lib, path: path,
+                          None if ref is None else FakeTensor(ref), "the reference", out)
+            failed = finish_row(row)
+        return row, failed, timed
+
+    def test_both_paths_timed_with_their_kernels(self):
+        row, failed, timed = self.run_ours([{"value": 1.0, "kernel": "sm90_fwd_bf16_hdim128_128x128_2wg"},
+                                            {"value": 1.001, "kernel": "sm80_fwd_bf16_hdim128_128x64_4w"}])
+        self.assertFalse(failed)
+        self.assertNotIn("errors", row)
+        self.assertEqual(timed, [1.0, 1.001])
+        self.assertEqual((row["ours_ms"], row["ours_sm80_ms"]), (2.0, 2.0))
+        self.assertAlmostEqual(row["ours_tflops"], 2000.0)
+        self.assertAlmostEqual(row["ours_sm80_tflops"], 2000.0)
+        self.assertEqual(row["path"], "sm90")
+        self.assertEqual(row["ours_kernel"], "sm90_fwd_bf16_hdim128_128x128_2wg")
+        self.assertEqual(row["ours_sm80_kernel"], "sm80_fwd_bf16_hdim128_128x64_4w")
+        self.assertEqual(row["ours_rel_err"], 0.0)
+        self.assertAlmostEqual(row["ours_sm80_rel_err"], 1e-3)
+
+    def test_a_failing_sm80_path_is_its_own_error(self):
+        row, failed, _ = self.run_ours([{"value": 1.0, "kernel": "sm90_fwd_x"},
+                                        {"error": "FA_STATUS_UNSUPPORTED: no"}])
+        self.assertTrue(failed)
+        self.assertEqual(list(row["errors"]), ["ours_sm80"])
+        self.assertIn("FA_STATUS_UNSUPPORTED", row["errors"]["ours_sm80"])
+        self.assertEqual(row["ours_ms"], 2.0)
+        self.assertNotIn("ours_sm80_ms", row)
+
+    def test_a_failing_default_path_leaves_sm80_measured(self):
+        row, failed, _ = self.run_ours([{"error": "boom"}, {"value": 1.0, "kernel": "sm80_fwd_x"}])
+        self.assertTrue(failed)
+        self.assertEqual(list(row["errors"]), ["ours"])
+        self.assertIsNone(row["path"])
+        self.assertEqual(row["ours_sm80_ms"], 2.0)
+
+    def test_wrong_results_are_named_per_path(self):
+        row, failed, _ = self.run_ours([{"value": 1.0, "kernel": "sm80_fwd_x"}, {"value": 1.5, "kernel": "sm80_fwd_x"}])
+        self.assertTrue(failed)
+        self.assertEqual(list(row["errors"]), ["mismatch_sm80"])
+        self.assertEqual(row["ours_sm80_ms"], 2.0)  # still timed, as the default path always was
+
+    def test_forced_sm80_running_another_family_is_an_error(self):
+        row, failed, _ = self.run_ours([{"value": 1.0, "kernel": "sm90_fwd_x"}, {"value": 1.0, "kernel": "sm90_fwd_x"}])
+        self.assertTrue(failed)
+        self.assertIn("not an sm80 kernel", row["errors"]["ours_sm80"])
+
+    def test_no_launch_log_leaves_kernel_and_path_null(self):
+        row, failed, _ = self.run_ours([{"value": 1.0}, {"value": 1.0}], ref=None, log=False)
+        self.assertFalse(failed)
+        self.assertIsNone(row["path"])
+        self.assertIsNone(row["ours_kernel"])
+        self.assertIsNone(row["ours_sm80_kernel"])
+        self.assertNotIn("ours_rel_err", row)  # no reference, no check
+
+    def test_baseline_failure_does_not_fail_the_row(self):
+        row, failed, _ = self.run_ours([{"value": 1.0, "kernel": "sm80_fwd_x"}, {"value": 1.0, "kernel": "sm80_fwd_x"}],
+                                       base_paths={"error": "old build"})
+        self.assertFalse(failed)
+        self.assertEqual(list(row["errors"]), ["base"])
+
+
+class KernelLogTests(unittest.TestCase):
+    def test_launch_messages(self):
+        from common import kernel_from_log, kernel_path_of
+        self.assertEqual(kernel_from_log("fa_forward: sm80_fwd_bf16_hdim128_local_128x64_4w for b=1 ..."),
+                         ("fa_forward", "sm80_fwd_bf16_hdim128_local_128x64_4w"))
+        self.assertEqual(kernel_from_log("fa_backward: sm90_bwd_bf16_hdim128_64x128_2wg for x")[0], "fa_backward")
+        self.assertIsNone(kernel_from_log("fa_forward: nothing to launch for varlen ..."))
+        self.assertIsNone(kernel_from_log("fa_forward: (unnamed kernel) for x"))
+        self.assertIsNone(kernel_from_log("fa_context_create: device 0 (NVIDIA H200)"))
+        self.assertEqual(kernel_path_of("sm90_fwd_bf16_hdim128_128x128_2wg"), "sm90")
+        self.assertEqual(kernel_path_of("sm80_fwd_fp16_hdim64_128x64_4w"), "sm80")
+        self.assertIsNone(kernel_path_of("hopper_fwd"))
+        self.assertIsNone(kernel_path_of(None))
+
+    def test_launched_kernels_sets_and_clears_the_callback(self):
+        from common import FaLib
+        state = {}
+
+        class Lib:
+            def fa_set_log_callback(self, callback, user_data):
+                state["callback"] = callback
+                return 0
+
+        fa = object.__new__(FaLib)
+        fa.lib, fa.missing, fa.name = Lib(), [], "fake"
+
+        def call():
+            cb = state["callback"]
+            cb(0, b"fa_context_create: device 0", None)
+            cb(0, b"fa_backward: sm90_bwd_x for y", None)
+            cb(0, b"fa_forward: sm90_fwd_bf16_hdim256_128x80_2wg for b=2", None)
+        self.assertEqual(fa.launched_kernels(call), ["sm90_fwd_bf16_hdim256_128x80_2wg"])
+        self.assertFalse(state["callback"])  # a NULL callback: logging off for the timed calls
+        fa.missing = ["fa_set_log_callback"]
+        ran = []
+        self.assertIsNone(fa.launched_kernels(lambda: ran.append(1)))
+        self.assertEqual(ran, [1])
+
+
+class CeilingTests(unittest.TestCase):
+    def measure(self, dtype, **fake):
+        import ceilings
+        with mock.patch.dict(sys.modules, fake_torch(**fake)):
+            torch = sys.modules["torch"]
+            row = ceilings.measure(dtype, lambda fn: (fn(), 2.0)[1])
+        return row, torch.calls
+
+    def test_bf16_and_fp8(self):
+        row, calls = self.measure("bf16")
+        self.assertEqual(calls, ["matmul"])
+        self.assertEqual((row["pass"], row["dtype"], row["matmul_ms"]), ("matmul", "bf16", 2.0))
+        self.assertAlmostEqual(row["matmul_tflops"], 2 * 8192 ** 3 / 2.0 / 1e9)
+        self.assertNotIn("errors", row)
+        row, calls = self.measure("e4m3")
+        self.assertEqual(calls[0], ("scaled_mm", "float8_e4m3fn", 1.0, "bfloat16", False))
+        self.assertEqual(len(calls), 2)  # the check call, then the timed one
+        self.assertEqual((row["op"], row["out_dtype"], row["scale_a"], row["scale_b"]),
+                         ("torch._scaled_mm", "bf16", 1.0, 1.0))
+        self.assertAlmostEqual(row["matmul_tflops"], 2 * 8192 ** 3 / 2.0 / 1e9)
+
+    def test_failures_are_recorded_not_raised(self):
+        row, _ = self.measure("e4m3", scaled_mm=False)
+        self.assertIsNone(row["matmul_tflops"])
+        self.assertIn("torch._scaled_mm is not available", row["errors"]["matmul"])
+        row, _ = self.measure("e4m3", float8=False)
+        self.assertIn("float8_e4m3fn", row["errors"]["matmul"])
+        row, _ = self.measure("bf16", matmul_error=RuntimeError("CUDA out of memory.\nmore"))
+        self.assertEqual(row["errors"]["matmul"], "RuntimeError: CUDA out of memory.")
+        import ceilings
+        with mock.patch.dict(sys.modules, {"torch": None}):
+            row = ceilings.measure("bf16", lambda fn: 1.0)
+        self.assertIn("torch", row["errors"]["matmul"])
+        self.assertEqual(ceilings.rate([row], "bf16"), None)
+
+
+class ReportTests(unittest.TestCase):
+    def rows(self):
+        from shapes import matmul_row
+        fwd = {"pass": "fwd", "dtype": "fp16", "d": 128, "causal": 1, "b": 4, "h": 16, "hkv": 16, "sq": 4096,
+               "sk": 4096,
+               "ours_tflops": 540.0, "ours_sm80_tflops": 300.0, "managed_tflops": 530.0, "flash_tflops": 300.0,
+               "cudnn_tflops": 600.0, "matmul_tflops": 700.0, "path": "sm90", "ours_rel_err": 1e-3,
+               "ours_sm80_rel_err": 4e-3, "errors": {"cudnn": "late"}}
+        mm, fp8 = matmul_row("bf16"), matmul_row("e4m3")
+        mm["matmul_tflops"] = 700.0
+        fp8["errors"] = {"matmul": "RuntimeError: torch._scaled_mm is not available in torch 2.0"}
+        return [fwd, mm, fp8]
+
+    def test_forward_ratios_and_matmul_fraction(self):
+        import report
+        table = report.format_table(self.rows())
+        header, line = table.splitlines()[:2]
+        self.assertTrue(header.startswith("fp16 fwd TFLOP/s"))
+        cells = dict(zip(header[28:].split(), line[28:].split()))
+        self.assertEqual(cells["ours"], "540")
+        self.assertEqual(cells["sm80"], "300")
+        self.assertEqual(cells["ours/cu"], "0.90")
+        self.assertEqual(cells["sm80/cu"], "0.50")
+        self.assertEqual(cells["ours/fl"], "1.80")
+        self.assertEqual(cells["ours/mm"], "0.77")
+        self.assertEqual(cells["path"], "sm90")
+        self.assertEqual(cells["rel.err"], "4.0e-03")  # the worse of the two paths
+        self.assertIn("[cudnn: late]", line)
+        self.assertIn("(700 TFLOP/s)", table)
+
+    def test_ceiling_lines_show_rates_and_errors(self):
+        import report
+        lines = report.format_ceilings(self.rows()).splitlines()
+        self.assertEqual(len(lines), 2)
+        self.assertIn("bf16 matmul 8192^3 (torch.matmul) 700 TFLOP/s", lines[0])
+        self.assertIn("e4m3 matmul 8192^3", lines[1])
+        self.assertIn("torch._scaled_mm is not available", lines[1])
+        self.assertEqual(report.format_ceilings([], {"matmul_tflops": 694.0}),
+                         "ceiling (same run): bf16 matmul 8192^3 694 TFLOP/s (cuBLAS through torch)")
+
+    def test_missing_figures_are_dashes(self):
+        import report
+        from shapes import new_row, shapes_grid
+        line = report.format_table([new_row(shapes_grid(True, "fwd", ["bf16"])[0])]).splitlines()[1]
+        self.assertEqual(set(line[28:].split()), {"-"})
 
 if __name__ == "__main__":
     unittest.main()
