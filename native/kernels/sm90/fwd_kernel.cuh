@@ -11,6 +11,8 @@
 // Inside a warpgroup the softmax of key block n overlaps the P V product of block n+1 (FA3's intra-
 // warpgroup pipelining): issue S(n) = Q K(n)^T, issue O += P(n+1) V(n+1), wait for S(n) only, mask and
 // softmax it while the P V product runs, then wait for that, rescale O and pack P(n).
+// With kPingPong the two consumers also take turns to issue their products (named barriers 3 and 4, a
+// token passed after each issue), so one warpgroup's softmax runs under the other's GEMMs (FA3's ping-pong).
 // Key blocks run from the last visible one down, so only the first blocks (and, with a left window, the
 // last) need the per-element mask. Tiles come from the forward's block order (common/fwd_schedule.h),
 // each CTA taking every gridDim.x-th: heavy row blocks first, a group of heads' K/V reused from L2. The
@@ -161,6 +163,16 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
         const float lse_scale = kSoftcap ? p.softcap : p.scale;
         constexpr int CPR = D / 8;  // 16-byte chunks per row
         int kv = 0, qn = 0;
+        // Ping-pong turns: consumer c issues after bar.sync on barrier 3 + c and then hands the turn over with
+        // bar.arrive on the other's; consumer 1 gives consumer 0 the first turn, and consumer 0 takes the
+        // last hand-over after its final tile, so no arrival is left pending at exit.
+        const auto my_turn = [&]() {
+            if (Tr::kPingPong) bar_sync(3 + cw, 256);
+        };
+        const auto pass_turn = [&]() {
+            if (Tr::kPingPong) bar_arrive(3 + (1 - cw), 256);
+        };
+        if (cw == 1) pass_turn();
 
         for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
             const FwdTile90 t = fwd_tile90<kLocal, BM, BN>(p, tile);
@@ -283,7 +295,9 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
             int st = kv % S;
             uint32_t ph = (kv / S) & 1;
             mbar_wait(k_full(st), ph);
+            my_turn();
             issue_qk(st);
+            pass_turn();
             wgmma_wait<0>();
             fence_regs(s);
             release(k_empty(st));
@@ -300,9 +314,11 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
                 st = kv % S;
                 ph = (kv / S) & 1;
                 mbar_wait(k_full(st), ph);
-                issue_qk(st);
                 mbar_wait(v_full(v_st), v_ph);
+                my_turn();
+                issue_qk(st);
                 issue_pv(v_st);
+                pass_turn();
                 wgmma_wait<1>();  // S(n) is in; P(n+1) V(n+1) still runs
                 fence_regs(s);
                 release(k_empty(st));
@@ -324,7 +340,9 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
                 ++kv;
             }
             mbar_wait(v_full(v_st), v_ph);
+            my_turn();
             issue_pv(v_st);
+            pass_turn();
             wgmma_wait<0>();
             fence_regs(acc);
             release(v_empty(v_st));
@@ -360,6 +378,7 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
             fence_proxy_async();  // these reads of the Q tile before the next TMA writes of it
             release(q_empty);
         }
+        if (cw == 0) my_turn();  // consumer 1's last hand-over
     }
 #elif defined(__CUDA_ARCH__)
     // Device code for another target: the host launches this kernel only where sm_90a code exists (see

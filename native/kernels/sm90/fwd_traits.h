@@ -3,6 +3,11 @@
 // shared-memory checks.
 #pragma once
 
+// The largest head dim whose kernel ping-pongs (below); a build may override it for experiments.
+#ifndef FA_SM90_FWD_PINGPONG_MAX_D
+#define FA_SM90_FWD_PINGPONG_MAX_D 256
+#endif
+
 namespace fa {
 namespace sm90 {
 
@@ -22,6 +27,9 @@ struct FwdTraits90 {
     static constexpr int kConsumers = 2;                        // consumer warpgroups
     static constexpr int kThreads = 128 * (kConsumers + 1);
     static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // setmaxnreg: 128*24 + 256*240 <= 64K
+    // Ping-pong: the consumers take turns to issue their products (named barriers), so one's softmax runs
+    // under the other's GEMMs instead of both competing for the tensor cores at once.
+    static constexpr bool kPingPong = D <= FA_SM90_FWD_PINGPONG_MAX_D;
     static constexpr int kPanels = D / 64;                     // 64-column panels of 128-byte rows
     static constexpr int kSmemQ = kBlockM * D * 2;
     static constexpr int kSmemKV = kBlockN * D * 2;             // one K or V stage
