@@ -346,9 +346,11 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
             wgmma_wait<0>();
             fence_regs(acc);
             release(v_empty(v_st));
+            if (Tr::kSeparateO) release(q_empty);  // every Q K^T of the tile has retired
 
             // Epilogue: row sums across the quad, LSE, O normalised and staged in this warpgroup's rows of
-            // the Q tile (panel layout), then 16-byte stores of the rows and columns the call has.
+            // the O tile (or of the Q tile), panel layout, then 16-byte stores of the rows and columns the call has.
+            constexpr int kOffO = Tr::kSeparateO ? Tr::kOffO : Tr::kOffQ;
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
                 float sum = row_sum[r];
@@ -364,7 +366,7 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
 #pragma unroll
                 for (int j = 0; j < D / 8; ++j) {
                     const uint32_t packed = pack2<T>(acc[4 * j + 2 * r] * inv, acc[4 * j + 2 * r + 1] * inv);
-                    *reinterpret_cast<uint32_t*>(smem + Tr::kOffQ + panel_off<BM>(lrow, j) + t4 * 4) = packed;
+                    *reinterpret_cast<uint32_t*>(smem + kOffO + panel_off<BM>(lrow, j) + t4 * 4) = packed;
                 }
             }
             bar_sync(1 + cw, 128);  // this warpgroup's O rows staged
@@ -372,11 +374,15 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
                 const int r = c / CPR, ch = c % CPR;
                 if (r < my_rows && ch * 8 < p.d) {
                     *reinterpret_cast<uint4*>(o + static_cast<int64_t>(cw * 64 + r) * p.o_row_stride + ch * 8) =
-                        *reinterpret_cast<const uint4*>(smem + Tr::kOffQ + panel_off<BM>(cw * 64 + r, ch));
+                        *reinterpret_cast<const uint4*>(smem + kOffO + panel_off<BM>(cw * 64 + r, ch));
                 }
             }
-            fence_proxy_async();  // these reads of the Q tile before the next TMA writes of it
-            release(q_empty);
+            if (!Tr::kSeparateO) {
+                fence_proxy_async();  // these reads of the Q tile before the next TMA writes of it
+                release(q_empty);
+            } else {
+                bar_sync(1 + cw, 128);  // the O tile's rows read before the next tile's epilogue writes them
+            }
         }
         if (cw == 0) my_turn();  // consumer 1's last hand-over
     }

@@ -5,7 +5,11 @@
 
 // The largest head dim whose kernel ping-pongs (below); a build may override it for experiments.
 #ifndef FA_SM90_FWD_PINGPONG_MAX_D
-#define FA_SM90_FWD_PINGPONG_MAX_D 256
+#define FA_SM90_FWD_PINGPONG_MAX_D 64
+#endif
+// Keys per K/V block of the head-dim-128 kernel (128, or 176 as FA3 picks; overridable for experiments).
+#ifndef FA_SM90_FWD_BN128
+#define FA_SM90_FWD_BN128 128
 #endif
 
 namespace fa {
@@ -22,7 +26,7 @@ struct FwdTraits90 {
     static_assert(fwd_head_dim(D), "the sm90 forward has kernels for head dims 64, 128 and 256");
     static constexpr int kHeadDim = D;
     static constexpr int kBlockM = 128;
-    static constexpr int kBlockN = D == 256 ? 64 : 128;
+    static constexpr int kBlockN = D == 256 ? 64 : D == 128 ? FA_SM90_FWD_BN128 : 128;
     static constexpr int kStages = D == 64 ? 3 : 2;
     static constexpr int kConsumers = 2;                        // consumer warpgroups
     static constexpr int kThreads = 128 * (kConsumers + 1);
@@ -36,7 +40,12 @@ struct FwdTraits90 {
     static constexpr int kOffQ = 0;
     static constexpr int kOffK = kOffQ + kSmemQ;
     static constexpr int kOffV = kOffK + kStages * kSmemKV;
-    static constexpr int kOffBar = kOffV + kStages * kSmemKV;
+    // O is staged in its own tile where shared memory allows, so the next tile's Q loads during the
+    // epilogue; otherwise in the consumer's own rows of the Q tile, which frees only after it.
+    static constexpr int kSmemO = kOffV + kStages * kSmemKV + kBlockM * D * 2 + 256 <= 227 * 1024 ? kBlockM * D * 2 : 0;
+    static constexpr bool kSeparateO = kSmemO > 0;
+    static constexpr int kOffO = kOffV + kStages * kSmemKV;
+    static constexpr int kOffBar = kOffO + kSmemO;
     // Barriers (8 bytes each): q_full, q_empty, then per stage k_full, k_empty, v_full, v_empty.
     static constexpr int kBarriers = 2 + 4 * kStages;
     static constexpr int kSmemBytes = kOffBar + kBarriers * 8;

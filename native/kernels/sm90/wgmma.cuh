@@ -1,5 +1,5 @@
 // Hopper warpgroup MMA (wgmma, sm_90a): shared-memory matrix descriptors, the async fences, and
-// m64nNk16 (N = 32, 64, 128, 256) with fp32 accumulators for bf16/fp16 inputs, A from shared memory (SS) or
+// m64nNk16 (N = 32, 64, 128, 176, 256) with fp32 accumulators for bf16/fp16 inputs, A from shared memory (SS) or
 // from registers (RS). Only compiled into sm_90a code (FA_SM90A_DEVICE); elsewhere the bodies are empty
 // and the kernels that use them are never launched (the host picks the sm90 path only on cc 9.0 in a
 // build with 90a). FA_SM90A_SYNTAX_CHECK compiles the bodies to PTX on an older nvcc/arch (-ptx only), to
@@ -83,6 +83,7 @@ struct Wgmma;
 #define FA_WGMMA_D32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
 #define FA_WGMMA_D64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
 #define FA_WGMMA_D128 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define FA_WGMMA_D176 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87}"
 #define FA_WGMMA_D256 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
 // The accumulators' output operands: FA_WGMMA_O<R> lists "+f"(d[0]) .. "+f"(d[R - 1]).
 #define FA_WGMMA_Q4(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
@@ -90,6 +91,7 @@ struct Wgmma;
 #define FA_WGMMA_O16 FA_WGMMA_Q16(0)
 #define FA_WGMMA_O32 FA_WGMMA_O16, FA_WGMMA_Q16(16)
 #define FA_WGMMA_O64 FA_WGMMA_O32, FA_WGMMA_Q16(32), FA_WGMMA_Q16(48)
+#define FA_WGMMA_O88 FA_WGMMA_O64, FA_WGMMA_Q16(64), FA_WGMMA_Q4(80), FA_WGMMA_Q4(84)
 #define FA_WGMMA_O128 FA_WGMMA_O64, FA_WGMMA_Q16(64), FA_WGMMA_Q16(80), FA_WGMMA_Q16(96), FA_WGMMA_Q16(112)
 #define FA_WGMMA_O(R) FA_WGMMA_O##R
 
@@ -120,22 +122,26 @@ struct Wgmma;
 FA_WGMMA(__nv_bfloat16, "bf16", 32, 16, "16", "17", "18", "19", "20", "21", "22")
 FA_WGMMA(__nv_bfloat16, "bf16", 64, 32, "32", "33", "34", "35", "36", "37", "38")
 FA_WGMMA(__nv_bfloat16, "bf16", 128, 64, "64", "65", "66", "67", "68", "69", "70")
+FA_WGMMA(__nv_bfloat16, "bf16", 176, 88, "88", "89", "90", "91", "92", "93", "94")
 FA_WGMMA(__nv_bfloat16, "bf16", 256, 128, "128", "129", "130", "131", "132", "133", "134")
 FA_WGMMA(__half, "f16", 32, 16, "16", "17", "18", "19", "20", "21", "22")
 FA_WGMMA(__half, "f16", 64, 32, "32", "33", "34", "35", "36", "37", "38")
 FA_WGMMA(__half, "f16", 128, 64, "64", "65", "66", "67", "68", "69", "70")
+FA_WGMMA(__half, "f16", 176, 88, "88", "89", "90", "91", "92", "93", "94")
 FA_WGMMA(__half, "f16", 256, 128, "128", "129", "130", "131", "132", "133", "134")
 
 #undef FA_WGMMA
 #undef FA_WGMMA_ASM
 #undef FA_WGMMA_O
 #undef FA_WGMMA_O128
+#undef FA_WGMMA_O88
 #undef FA_WGMMA_O64
 #undef FA_WGMMA_O32
 #undef FA_WGMMA_O16
 #undef FA_WGMMA_Q16
 #undef FA_WGMMA_Q4
 #undef FA_WGMMA_D256
+#undef FA_WGMMA_D176
 #undef FA_WGMMA_D128
 #undef FA_WGMMA_D64
 #undef FA_WGMMA_D32
