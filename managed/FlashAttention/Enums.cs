@@ -67,10 +67,11 @@ public enum KernelPath
     Sm80 = 1,
 
     /// <summary>
-    /// Hopper's warpgroup MMA path (a build with sm_90a code, on compute capability 9.0). It serves the backward pass
+    /// Hopper's path (wgmma, and TMA with warp specialisation in the forward; a build with sm_90a code, on compute
+    /// capability 9.0). It serves the forward pass at every head dim (kernels at 64, 128 and 256) and the backward pass
     /// for the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and 193..256 in a build of every head dim);
-    /// elsewhere, and for the forward and decode, asking for it is
-    /// <see cref="FlashAttentionStatus.Unsupported"/>. <see cref="Auto"/> picks it where it serves.
+    /// elsewhere, and for decode, asking for it is <see cref="FlashAttentionStatus.Unsupported"/>.
+    /// <see cref="Auto"/> picks it where it serves.
     /// </summary>
     Sm90 = 2,
 }

@@ -99,11 +99,11 @@ typedef enum fa_kernel_path {
     FA_PATH_AUTO = 0,
     /* The portable mma.sync path (sm_80 and later). */
     FA_PATH_SM80 = 1,
-    /* Hopper's warpgroup MMA path (wgmma; a build with sm_90a code on compute capability 9.0). Serves
+    /* Hopper's path (wgmma, and TMA with warp specialisation in the forward; a build with sm_90a code on
+       compute capability 9.0). Serves the forward pass for every head dim (kernels at 64, 128 and 256) and
        the backward pass for the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and 193..256 in
-       a build of every head dim); elsewhere, and for
-       the forward and decode, a call that asks for it is UNSUPPORTED. FA_PATH_AUTO picks it where it
-       serves. (Since 0.4.) */
+       a build of every head dim); elsewhere, and for decode, a call that asks for it is UNSUPPORTED.
+       FA_PATH_AUTO picks it where it serves; fa_query_support says where. (Since 0.4.) */
     FA_PATH_SM90 = 2
 } fa_kernel_path_t;
 
@@ -229,7 +229,7 @@ typedef struct fa_backward_params {
     int32_t causal;
     /* As in fa_forward_params_t. */
     int32_t causal_alignment;
-    /* As in fa_forward_params_t, and FA_PATH_SM90 (which the forward refuses) where that path serves. */
+    /* As in fa_forward_params_t (FA_PATH_SM90 where that path serves the backward). */
     int32_t kernel_path;
     /* As in fa_forward_params_t. */
     int32_t window_left;
@@ -497,8 +497,8 @@ FA_API fa_status_t fa_query_support(const fa_support_query_t* query);
 /* Number of kernels compiled into this binary. */
 FA_API fa_status_t fa_kernel_count(int32_t* count);
 
-/* Name of compiled kernel `index` (0 <= index < count), e.g. "sm80_fwd_bf16_hdim128_local_128x64_4w" or
-   "sm90_bwd_bf16_hdim128_64x128_2wg".
+/* Name of compiled kernel `index` (0 <= index < count), e.g. "sm80_fwd_bf16_hdim128_local_128x64_4w",
+   "sm90_fwd_bf16_hdim128_local_128x128_3wg2s" or "sm90_bwd_bf16_hdim128_64x128_2wg".
    The string is owned by the library and lives as long as the process. */
 FA_API fa_status_t fa_kernel_name(int32_t index, const char** name);
 

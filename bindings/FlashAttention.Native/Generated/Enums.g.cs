@@ -89,11 +89,11 @@ public enum FaKernelPath : int
     Sm80 = 1,
 
     /// <summary>
-    /// Hopper's warpgroup MMA path (wgmma; a build with sm_90a code on compute capability 9.0). Serves
+    /// Hopper's path (wgmma, and TMA with warp specialisation in the forward; a build with sm_90a code on
+    /// compute capability 9.0). Serves the forward pass for every head dim (kernels at 64, 128 and 256) and
     /// the backward pass for the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and 193..256 in
-    /// a build of every head dim); elsewhere, and for
-    /// the forward and decode, a call that asks for it is UNSUPPORTED. FA_PATH_AUTO picks it where it
-    /// serves. (Since 0.4.)
+    /// a build of every head dim); elsewhere, and for decode, a call that asks for it is UNSUPPORTED.
+    /// FA_PATH_AUTO picks it where it serves; fa_query_support says where. (Since 0.4.)
     /// </summary>
     /// <remarks>C: <c>FA_PATH_SM90</c></remarks>
     Sm90 = 2,

@@ -313,8 +313,8 @@ public static unsafe partial class NativeMethods
     public static partial FaStatus fa_kernel_count(int* count);
 
     /// <summary>
-    /// Name of compiled kernel <c>index</c> (0 &lt;= index &lt; count), e.g. "sm80_fwd_bf16_hdim128_local_128x64_4w" or
-    /// "sm90_bwd_bf16_hdim128_64x128_2wg".
+    /// Name of compiled kernel <c>index</c> (0 &lt;= index &lt; count), e.g. "sm80_fwd_bf16_hdim128_local_128x64_4w",
+    /// "sm90_fwd_bf16_hdim128_local_128x128_3wg2s" or "sm90_bwd_bf16_hdim128_64x128_2wg".
     /// The string is owned by the library and lives as long as the process.
     /// </summary>
     /// <remarks>

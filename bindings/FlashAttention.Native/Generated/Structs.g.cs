@@ -215,7 +215,7 @@ public unsafe partial struct FaBackwardParams
     /// <remarks>C: <c>int32_t causal_alignment</c> at byte offset 736.</remarks>
     public int causal_alignment;
 
-    /// <summary>As in fa_forward_params_t, and FA_PATH_SM90 (which the forward refuses) where that path serves.</summary>
+    /// <summary>As in fa_forward_params_t (FA_PATH_SM90 where that path serves the backward).</summary>
     /// <remarks>C: <c>int32_t kernel_path</c> at byte offset 740.</remarks>
     public int kernel_path;
 

@@ -99,11 +99,11 @@ FA_CAUSAL_TOP_LEFT = 1
 FA_PATH_AUTO = 0
 # The portable mma.sync path (sm_80 and later).
 FA_PATH_SM80 = 1
-# Hopper's warpgroup MMA path (wgmma; a build with sm_90a code on compute capability 9.0). Serves
+# Hopper's path (wgmma, and TMA with warp specialisation in the forward; a build with sm_90a code on
+# compute capability 9.0). Serves the forward pass for every head dim (kernels at 64, 128 and 256) and
 # the backward pass for the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and 193..256 in
-# a build of every head dim); elsewhere, and for
-# the forward and decode, a call that asks for it is UNSUPPORTED. FA_PATH_AUTO picks it where it
-# serves. (Since 0.4.)
+# a build of every head dim); elsewhere, and for decode, a call that asks for it is UNSUPPORTED.
+# FA_PATH_AUTO picks it where it serves; fa_query_support says where. (Since 0.4.)
 FA_PATH_SM90 = 2
 
 # fa_pass_t (enum fa_pass)
@@ -248,7 +248,7 @@ class FaBackwardParams(ctypes.Structure):
         ("causal", ctypes.c_int32),  # C: int32_t, offset 732
         # As in fa_forward_params_t.
         ("causal_alignment", ctypes.c_int32),  # C: int32_t, offset 736
-        # As in fa_forward_params_t, and FA_PATH_SM90 (which the forward refuses) where that path serves.
+        # As in fa_forward_params_t (FA_PATH_SM90 where that path serves the backward).
         ("kernel_path", ctypes.c_int32),  # C: int32_t, offset 740
         # As in fa_forward_params_t.
         ("window_left", ctypes.c_int32),  # C: int32_t, offset 744
