@@ -4,15 +4,15 @@
 // (setmaxnreg) and one of its threads issues every load, a 128-row Q tile and kStages-deep rings of K and
 // V tiles, each a TMA box per 64-column panel with the 128-byte swizzle (the layout wgmma reads), each
 // completing on an mbarrier ("full"); the consumers free a slot with one arrival per warp ("empty").
-// Warpgroups 1 and 2 are consumers of 64 query rows each (registers raised to 240):
+// Warpgroups 1.. are consumers of 64 query rows each (registers raised to 240 with two of them):
 //   S = Q K^T   wgmma m64nBN, A = Q and B = K from shared memory (both K-major)
 //   O += P V    wgmma m64nD,  A = P from registers (the S accumulators, rescaled and packed to 16 bits),
 //               B = V from shared memory (MN-major: V needs no transpose)
 // Inside a warpgroup the softmax of key block n overlaps the P V product of block n+1 (FA3's intra-
 // warpgroup pipelining): issue S(n) = Q K(n)^T, issue O += P(n+1) V(n+1), wait for S(n) only, mask and
 // softmax it while the P V product runs, then wait for that, rescale O and pack P(n).
-// With kPingPong the two consumers also take turns to issue their products (named barriers 3 and 4, a
-// token passed after each issue), so one warpgroup's softmax runs under the other's GEMMs (FA3's ping-pong).
+// With kPingPong the consumers also take turns to issue their products (named barriers 4.., a token
+// passed round after each issue), so one warpgroup's softmax runs under the other's GEMMs (FA3's ping-pong).
 // Key blocks run from the last visible one down, so only the first blocks (and, with a left window, the
 // last) need the per-element mask. Tiles come from the forward's block order (common/fwd_schedule.h),
 // each CTA taking every gridDim.x-th: heavy row blocks first, a group of heads' K/V reused from L2. The
@@ -163,16 +163,17 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
         const float lse_scale = kSoftcap ? p.softcap : p.scale;
         constexpr int CPR = D / 8;  // 16-byte chunks per row
         int kv = 0, qn = 0;
-        // Ping-pong turns: consumer c issues after bar.sync on barrier 3 + c and then hands the turn over with
-        // bar.arrive on the other's; consumer 1 gives consumer 0 the first turn, and consumer 0 takes the
-        // last hand-over after its final tile, so no arrival is left pending at exit.
+        // Ping-pong turns: consumer c issues after bar.sync on barrier 4 + c and then hands the turn to the
+        // next consumer with bar.arrive on its barrier; the last consumer gives consumer 0 the first turn, and
+        // consumer 0 takes the last hand-over after its final tile, so no arrival is left pending at exit.
+        constexpr int C = Tr::kConsumers;
         const auto my_turn = [&]() {
-            if (Tr::kPingPong) bar_sync(3 + cw, 256);
+            if (Tr::kPingPong) bar_sync(4 + cw, 256);
         };
         const auto pass_turn = [&]() {
-            if (Tr::kPingPong) bar_arrive(3 + (1 - cw), 256);
+            if (Tr::kPingPong) bar_arrive(4 + (cw + 1) % C, 256);
         };
-        if (cw == 1) pass_turn();
+        if (cw == C - 1) pass_turn();
 
         for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
             const FwdTile90 t = fwd_tile90<kLocal, BM, BN>(p, tile);

@@ -8,6 +8,10 @@
 #define FA_SM90_FWD_PINGPONG_MAX_D 64
 #endif
 // Keys per K/V block of the head-dim-128 kernel (128, or 176 as FA3 picks; overridable for experiments).
+// Consumer warpgroups of the head-dim-64 kernel (2, or 3 as FA3's 192-row tile; overridable for experiments).
+#ifndef FA_SM90_FWD_D64_CONSUMERS
+#define FA_SM90_FWD_D64_CONSUMERS 2
+#endif
 #ifndef FA_SM90_FWD_BN128
 #define FA_SM90_FWD_BN128 128
 #endif
@@ -19,18 +23,20 @@ namespace sm90 {
 // smallest class at least as large, its columns past d read as zeros by the TMA.
 constexpr bool fwd_head_dim(int D) { return D == 64 || D == 128 || D == 256; }
 
-// One CTA: a producer warpgroup (one thread issues every TMA load) and two consumer warpgroups of 64 query
-// rows each, so 128 query rows per tile; K and V stream through kStages-deep rings of BlockN keys.
+// One CTA: a producer warpgroup (one thread issues every TMA load) and kConsumers consumer warpgroups of 64
+// query rows each, so 64 * kConsumers query rows per tile; K and V stream through kStages-deep rings of BlockN keys.
 template <int D>
 struct FwdTraits90 {
     static_assert(fwd_head_dim(D), "the sm90 forward has kernels for head dims 64, 128 and 256");
     static constexpr int kHeadDim = D;
-    static constexpr int kBlockM = 128;
+    static constexpr int kConsumers = D == 64 ? FA_SM90_FWD_D64_CONSUMERS : 2;  // consumer warpgroups
+    static constexpr int kBlockM = 64 * kConsumers;
     static constexpr int kBlockN = D == 256 ? 64 : D == 128 ? FA_SM90_FWD_BN128 : 128;
     static constexpr int kStages = D == 64 ? 3 : 2;
-    static constexpr int kConsumers = 2;                        // consumer warpgroups
     static constexpr int kThreads = 128 * (kConsumers + 1);
-    static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // setmaxnreg: 128*24 + 256*240 <= 64K
+    // setmaxnreg budgets: 128*24 + 256*240 and 128*32 + 384*160 fit the 64K registers of an SM.
+    static constexpr int kProducerRegs = kConsumers == 3 ? 32 : 24;
+    static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : 240;
     // Ping-pong: the consumers take turns to issue their products (named barriers), so one's softmax runs
     // under the other's GEMMs instead of both competing for the tensor cores at once.
     static constexpr bool kPingPong = D <= FA_SM90_FWD_PINGPONG_MAX_D;
