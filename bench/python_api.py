@@ -2,11 +2,18 @@
 """The Python package's benchmark rows (issue 13): flash_attn_interop.flash_attn_func against the same fa_forward
 called directly through ctypes (a params struct built once, the call alone: what C pays, plus ctypes' own ~1 us).
 
-  host_us   host time per call, tiny shape (the GPU idles, so the loop is host-bound): the direct call, the package
-            under torch.no_grad(), and the package with autograd recording (q requires grad). Target: the package
-            within 10 us of the direct call.
-  tflops    one large shape (bf16, B 4, S 4096, H 32, D 128, causal), triton's do_bench median: the package and the
-            direct call, which should be equal within noise (the package adds host time only).
+  host_us     host time per call, tiny shape (the GPU idles, so the loop is host-bound): the direct call (the stream
+              asked for with torch.cuda.current_stream() per call, as before, and with the one-C-call raw stream the
+              package uses), the package under torch.no_grad() (entered once around the loop), the package with
+              autograd recording (q requires grad; forward only, and forward + backward), and the custom op called
+              as torch.compile's graph (or any TorchDispatchMode) calls it. Target: the package within 10 us of the
+              direct call.
+  host_split  where the package's no-grad call spends its host time, each piece timed alone in the same loop:
+              argument mapping and the eager/custom-op decision, the params struct (descriptors of q, k, v, out and
+              the packing), the output allocation, the stream query, the ctypes + C call; "rest" is the package's
+              time less those (Python call layers).
+  tflops      one large shape (bf16, B 4, S 4096, H 32, D 128, causal), triton's do_bench median: the package and the
+              direct call, which should be equal within noise (the package adds host time only).
 
     python3 bench/python_api.py [--lib build/libflash_attention.so] [--out python_api.json]
 
@@ -14,6 +21,7 @@ Needs torch, triton and a GPU. The package is imported from python/src (no insta
 FLASH_ATTENTION_NATIVE_PATH, else the package's own lookup) picks the library both paths use.
 """
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -28,15 +36,17 @@ sys.path.insert(0, os.path.join(REPO, "python", "src"))
 HOST_TARGET_US = 10.0
 
 
-def host_us(fn, sync, n=3000, repeats=5):
-    """Best of `repeats` loops of n calls: wall time per call in us (calls only queue work; the GPU keeps up)."""
+def host_us(fn, sync, n=3000, repeats=5, ctx=None):
+    """Best of `repeats` loops of n calls: wall time per call in us (calls only queue work; the GPU keeps up). ctx: a
+    context manager (torch.no_grad) entered once around each loop, not per call."""
     best = float("inf")
     for _ in range(repeats):
         sync()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        t1 = time.perf_counter()
+        with ctx() if ctx is not None else contextlib.nullcontext():
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            t1 = time.perf_counter()
         sync()
         best = min(best, (t1 - t0) / n * 1e6)
     return best
@@ -54,7 +64,7 @@ def main():
     from triton.testing import do_bench
 
     import flash_attn_interop as fai
-    from flash_attn_interop import _abi, _args
+    from flash_attn_interop import _args, _interface, _ops
     from flash_attn_interop._ops import desc
 
     lib = fai.load_library()
@@ -79,24 +89,89 @@ def main():
     # Host overhead: a tiny shape.
     q, k, v = (torch.randn(1, 128, 1, 64, device=dev, dtype=torch.bfloat16) for _ in range(3))
     direct = direct_call(q, k, v, True)
+    index = q.get_device()
+    pp_direct = ctypes.byref(direct._keep[0])
+    fa_forward, stream = lib.lib.fa_forward, _ops._stream(index)
 
-    def pkg_nograd():
-        with torch.no_grad():
-            fai.flash_attn_func(q, k, v, causal=True)
+    def direct_raw():
+        st = fa_forward(ctx, pp_direct, _ops._stream(index))
+        if st:
+            raise lib.error("fa_forward", st)
+
+    def pkg():
+        fai.flash_attn_func(q, k, v, causal=True)
     qg = q.clone().requires_grad_()
 
     def pkg_grad():
         fai.flash_attn_func(qg, k, v, causal=True)
-    for f in (direct, pkg_nograd, pkg_grad):
+    g = torch.randn_like(q)
+
+    def pkg_fwd_bwd():
+        qg.grad = None  # the backward then hands dq over as the grad, no accumulation kernel
+        fai.flash_attn_func(qg, k, v, causal=True).backward(g)
+    opts = _interface._options("flash_attn_func", 0.0, None, True, (-1, -1), 0.0, None, "bottom_right")
+    custom_op = getattr(_ops, "fwd_op", None)
+
+    def pkg_custom_op():
+        custom_op(q, k, v, *opts, False, None, None, 0, 0)
+    no_grad = torch.no_grad
+    for f in (direct, direct_raw, pkg, pkg_grad, pkg_fwd_bwd) + ((pkg_custom_op,) if custom_op else ()):
         f()
     sync()
     row = {"pass": "python_api", "what": "host_us", "shape": "bf16 B1 S128 H1 D64 causal",
-           "direct_us": host_us(direct, sync), "package_nograd_us": host_us(pkg_nograd, sync),
-           "package_grad_us": host_us(pkg_grad, sync, n=1000), "target_us": HOST_TARGET_US}
+           "direct_us": host_us(direct, sync), "direct_raw_stream_us": host_us(direct_raw, sync),
+           "package_nograd_us": host_us(pkg, sync, ctx=no_grad), "package_grad_us": host_us(pkg_grad, sync, n=1000),
+           "package_fwd_bwd_us": host_us(pkg_fwd_bwd, sync, n=1000),
+           "custom_op_nograd_us": host_us(pkg_custom_op, sync, ctx=no_grad) if custom_op else None,
+           "target_us": HOST_TARGET_US, "torch": torch.__version__}
     row["overhead_us"] = row["package_nograd_us"] - row["direct_us"]
+    row["overhead_vs_raw_stream_us"] = row["package_nograd_us"] - row["direct_raw_stream_us"]
     row["within_target"] = row["overhead_us"] <= HOST_TARGET_US
     rows.append(row)
     print("#", json.dumps(row), flush=True)
+
+    # Where the package's no-grad call spends it: each piece alone, in the same loop as above.
+
+    def args_part():
+        _interface._options("flash_attn_func", 0.0, None, True, (-1, -1), 0.0, None, "bottom_right")
+        _ops.plain_eager(q, k, v)
+
+    fq = _ops._ready(q, 4)
+    fo = _ops._outputs(q, fq, False, False)[1]
+
+    def params_part():  # the descriptors of q, k, v (with their checks) and the packing, as the package's call
+        fq, fk, fv = _ops._ready(q, 4), _ops._ready(k, 4), _ops._ready(v, 4)
+        _args.pack_forward(lib.new_forward_params(), fq, fk, fv, fo, _args.NO_TENSOR, *opts)
+
+    def alloc_part():  # out and its descriptor, as the package's no-grad call
+        _ops._outputs(q, fq, False, False)
+
+    def alloc_lse_part():  # out and lse, as a call with autograd or return_attn_probs
+        _ops._outputs(q, fq, True, False)
+
+    def stream_part():
+        _ops._stream(index)
+
+    def stream_current_part():
+        torch.cuda.current_stream().cuda_stream
+
+    def c_call_part():
+        fa_forward(ctx, pp_direct, stream)
+    with no_grad():
+        for f in (args_part, params_part, alloc_part, alloc_lse_part, stream_part, stream_current_part, c_call_part):
+            f()
+    sync()
+    split = {"pass": "python_api", "what": "host_split", "shape": row["shape"],
+             "args_us": host_us(args_part, sync, ctx=no_grad), "params_us": host_us(params_part, sync, ctx=no_grad),
+             "alloc_out_us": host_us(alloc_part, sync, ctx=no_grad),
+             "alloc_out_lse_us": host_us(alloc_lse_part, sync, ctx=no_grad),
+             "stream_raw_us": host_us(stream_part, sync, ctx=no_grad),
+             "stream_current_stream_us": host_us(stream_current_part, sync, ctx=no_grad),
+             "c_call_us": host_us(c_call_part, sync, ctx=no_grad)}
+    split["rest_us"] = row["package_nograd_us"] - sum(split[x] for x in ("args_us", "params_us", "alloc_out_us",
+                                                                          "stream_raw_us", "c_call_us"))
+    rows.append(split)
+    print("#", json.dumps(split), flush=True)
 
     # Throughput: one large shape.
     b, s, h, d = 4, 4096, 32, 128
@@ -120,11 +195,22 @@ def main():
     rows.append(row)
     print("#", json.dumps(row), flush=True)
 
-    print(f"host overhead: package {rows[0]['package_nograd_us']:.1f} us (grad {rows[0]['package_grad_us']:.1f} us) vs "
-          f"direct {rows[0]['direct_us']:.1f} us per call: +{rows[0]['overhead_us']:.1f} us "
-          f"({'within' if rows[0]['within_target'] else 'ABOVE'} the {HOST_TARGET_US:.0f} us target)")
-    print(f"throughput: package {row['package_tflops']:.1f} TFLOP/s vs direct {row['direct_tflops']:.1f} TFLOP/s "
-          f"(ratio of times {row['package_over_direct']:.3f})")
+    hr, sp, tp = rows
+    print(f"host overhead: package {hr['package_nograd_us']:.1f} us (grad {hr['package_grad_us']:.1f} us, fwd+bwd "
+          f"{hr['package_fwd_bwd_us']:.1f} us) vs direct {hr['direct_us']:.1f} us per call: "
+          f"+{hr['overhead_us']:.1f} us ({'within' if hr['within_target'] else 'ABOVE'} the {HOST_TARGET_US:.0f} us "
+          f"target); against the direct call with the raw stream ({hr['direct_raw_stream_us']:.1f} us) "
+          f"+{hr['overhead_vs_raw_stream_us']:.1f} us")
+    if hr["custom_op_nograd_us"] is not None:
+        print(f"  the custom op (the torch.compile / dispatch-mode path) called eagerly: "
+              f"{hr['custom_op_nograd_us']:.1f} us")
+    print("  split of the no-grad call: " + ", ".join(
+        f"{name} {sp[key]:.1f}" for name, key in (("args", "args_us"), ("params", "params_us"),
+                                                  ("alloc out", "alloc_out_us"), ("stream", "stream_raw_us"),
+                                                  ("C call", "c_call_us"), ("rest", "rest_us")))
+          + f" us (out and lse {sp['alloc_out_lse_us']:.1f}, current_stream() {sp['stream_current_stream_us']:.1f})")
+    print(f"throughput: package {tp['package_tflops']:.1f} TFLOP/s vs direct {tp['direct_tflops']:.1f} TFLOP/s "
+          f"(ratio of times {tp['package_over_direct']:.3f})")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"rows": rows, "abi_version": lib.version, "library": lib.path}, f, indent=1)

@@ -296,3 +296,101 @@ def test_decode_check(lib):
                             block_table=fake((4, 16), I32))
     status, msg = check_status(lib, "decode", p)
     assert status == _abi.FA_STATUS_UNSUPPORTED and "block" in msg
+
+
+# ---- the params structs are packed (struct.pack_into over runs of fields): byte for byte the field-by-field build ----
+
+def _patterned(cls):
+    """A params struct full of 0xA5 bytes: a field the packing should leave alone keeps them."""
+    import ctypes
+    return cls.from_buffer_copy(b"\xa5" * ctypes.sizeof(cls))
+
+
+def _by_field(desc):
+    t = _abi.FaTensor()
+    if desc is not None:
+        r = len(desc.shape)
+        t.data, t.dtype, t.rank = desc.data or None, desc.dtype, r
+        t.shape[:r], t.strides[:r] = desc.shape, desc.strides
+    return t
+
+
+def _by_field_options(p, scale, causal, window, softcap):
+    p.softmax_scale, p.causal, (p.window_left, p.window_right), p.softcap = scale, int(causal), window, softcap
+
+
+def _by_field_varlen(p, varlen):
+    import ctypes
+    if varlen is not None:
+        cu_q, cu_k, p.varlen_batch, p.max_seqlen_q, p.max_seqlen_k = varlen
+        p.cu_seqlens_q = ctypes.cast(cu_q, ctypes.POINTER(ctypes.c_int32))
+        p.cu_seqlens_k = ctypes.cast(cu_k, ctypes.POINTER(ctypes.c_int32))
+
+
+PACK_CASES = [
+    ({}, False), ({"causal": True, "softmax_scale": 0.125, "softcap": 30.0}, False),
+    ({"causal": True, "causal_alignment": _abi.FA_CAUSAL_TOP_LEFT, "window": (64, 0)}, False),
+    ({"window": (2**31 - 1, 7), "softmax_scale": 1e-3}, True),
+]
+
+
+@pytest.mark.parametrize("kw,varlen", PACK_CASES, ids=["defaults", "causal-scale-softcap", "top-left-window", "varlen"])
+def test_forward_params_are_packed_like_field_by_field(kw, varlen):
+    fake = Fake()
+    if varlen:
+        q, k, v, o, lse = fake((300, 8, 64)), fake((400, 2, 64)), fake((400, 2, 64)), fake((300, 8, 64)), \
+            fake((8, 300), F32)
+        vl = (0x7E0000000000, 0x7E0000001000, 3, 128, 200)
+    else:
+        q, k, v, o, lse, vl = fake((2, 128, 8, 64)), fake((2, 256, 2, 64)), fake((2, 256, 2, 64)), \
+            fake((2, 128, 8, 64)), None, None
+    packed = _patterned(_abi.FaForwardParams)
+    _args.pack_forward(packed, *(_args.desc_fields(t) for t in (q, k, v, o, lse)), kw.get("softmax_scale", 0.0),
+                       kw.get("causal", False), kw.get("causal_alignment", 0), *kw.get("window", (-1, -1)),
+                       kw.get("softcap", 0.0), vl)
+    ref = _patterned(_abi.FaForwardParams)
+    ref.q, ref.k, ref.v, ref.out, ref.lse = (_by_field(t) for t in (q, k, v, o, lse))
+    _by_field_options(ref, kw.get("softmax_scale", 0.0), kw.get("causal", False), kw.get("window", (-1, -1)),
+                      kw.get("softcap", 0.0))
+    ref.causal_alignment = kw.get("causal_alignment", 0)
+    _by_field_varlen(ref, vl)
+    assert bytes(packed) == bytes(ref)
+
+
+def test_backward_and_decode_params_are_packed_like_field_by_field():
+    fake = Fake()
+    shapes = [(2, 128, 8, 64), (2, 256, 2, 64), (2, 256, 2, 64), (2, 128, 8, 64), (2, 128, 8, 64)]
+    q, k, v, o, do = (fake(s) for s in shapes)
+    dq, dk, dv = (fake(s) for s in shapes[:3])
+    lse = fake((2, 8, 128), F32)
+    packed = _patterned(_abi.FaBackwardParams)
+    _args.pack_backward(packed, *(_args.desc_fields(t) for t in (q, k, v, o, do, lse, dq, dk, dv)), 0.5, True,
+                        _abi.FA_CAUSAL_TOP_LEFT, 32, 0, 10.0, True, (0x7E0000000000, 0x7E0000001000, 2, 128, 256))
+    ref = _patterned(_abi.FaBackwardParams)
+    ref.q, ref.k, ref.v, ref.out, ref.dout, ref.lse, ref.dq, ref.dk, ref.dv = (
+        _by_field(t) for t in (q, k, v, o, do, lse, dq, dk, dv))
+    _by_field_options(ref, 0.5, True, (32, 0), 10.0)
+    ref.causal_alignment, ref.deterministic = _abi.FA_CAUSAL_TOP_LEFT, 1
+    _by_field_varlen(ref, (0x7E0000000000, 0x7E0000001000, 2, 128, 256))
+    assert bytes(packed) == bytes(ref)
+
+    q, out, kc, vc = fake((4, 1, 8, 64)), fake((4, 1, 8, 64)), fake((64, 16, 2, 64)), fake((64, 16, 2, 64))
+    seqlens, table, kn, vn = fake((4,), I32), fake((4, 16), I32), fake((4, 1, 2, 64)), fake((4, 1, 2, 64))
+    packed = _patterned(_abi.FaDecodeParams)
+    _args.pack_decode(packed, *(_args.desc_fields(t) for t in (q, kc, vc, kn, vn, out, None, seqlens, table)), 0.25,
+                      True, 128, 0, 5.0, 7)
+    ref = _patterned(_abi.FaDecodeParams)
+    ref.q, ref.k_cache, ref.v_cache, ref.k_new, ref.v_new, ref.out, ref.lse, ref.cache_seqlens, ref.block_table = (
+        _by_field(t) for t in (q, kc, vc, kn, vn, out, None, seqlens, table))
+    _by_field_options(ref, 0.25, True, (128, 0), 5.0)
+    ref.num_splits, ref.advance_cache_seqlens = 7, 0
+    assert bytes(packed) == bytes(ref)
+
+
+def test_a_value_that_does_not_fit_its_field_is_an_error():
+    fake = Fake()
+    t = _args.desc_fields(fake((2, 64, 8, 64)))
+    with pytest.raises(ValueError, match="does not fit its C field"):
+        _args.pack_forward(_abi.FaForwardParams(), t, t, t, t, _args.NO_TENSOR, 0.0, False, 0, 2**31, -1, 0.0)
+    with pytest.raises(ValueError, match="cannot be described"):
+        _args.tensor_fields(0x7F0000000000, F32, (1, 2, 3, 4, 5), (120, 60, 20, 5, 1))

@@ -248,6 +248,56 @@ def test_cuda_graph_capture_forward_and_backward():
         assert max_err(q.grad, qe.grad) < 1e-2 and max_err(v.grad, ve.grad) < 1e-2
 
 
+def _custom_ops():
+    from flash_attn_interop import _ops
+    if not _ops.HAS_CUSTOM_OP:
+        pytest.skip("this PyTorch has no torch.library.custom_op (before 2.4): the autograd.Function is all there is")
+    return _ops
+
+
+def test_eager_path_and_custom_op_agree_bitwise():
+    # A plain eager call skips the custom op (host time); what torch.compile's graph calls is the op: same bits.
+    ops = _custom_ops()
+    torch.manual_seed(11)
+    q, k, v = (rand(2, 128, 4, 64, grad=True) for _ in range(3))
+    g = torch.randn(2, 128, 4, 64, device=DEV, dtype=torch.bfloat16)
+    out, lse, _ = fai.flash_attn_func(q, k, v, causal=True, deterministic=True, return_attn_probs=True)
+    assert type(out.grad_fn).__name__ == "_EagerAttentionBackward"
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    out2, lse2 = ops.fwd_op(q, k, v, 0.0, True, 0, -1, -1, 0.0, True, None, None, 0, 0)
+    assert type(out2.grad_fn).__name__ != "_EagerAttentionBackward"
+    grads2 = torch.autograd.grad(out2, (q, k, v), g)
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+    for a, b in zip(grads, grads2):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        assert torch.equal(fai.flash_attn_func(q, k, v, causal=True), out)  # no lse computed there
+
+
+def test_modes_see_the_custom_op_and_a_device_context_does_not_need_it():
+    _custom_ops()
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    q = rand(1, 64, 2, 64, grad=True)
+    ref = fai.flash_attn_func(q, q, q, causal=True)
+    with Record() as mode:
+        out = fai.flash_attn_func(q, q, q, causal=True)
+    assert any("flash_attn_interop.fwd" in o for o in mode.ops), mode.ops
+    assert torch.equal(out, ref)
+    with torch.device(DEV):  # a TorchFunctionMode that changes factory defaults only: still the eager path
+        out = fai.flash_attn_func(q, q, q, causal=True)
+    assert type(out.grad_fn).__name__ == "_EagerAttentionBackward" and torch.equal(out, ref)
+
+
 class Block(torch.nn.Module):
     """One causal self-attention layer; attn="flash" calls flash_attn_func, "sdpa" PyTorch's SDPA."""
 

@@ -1,11 +1,13 @@
 """flash-attn arguments -> the C ABI's params structs, without torch.
 
-Tensors arrive here as TensorDesc (a data pointer, an fa_dtype_t code, a shape and element strides); the torch side
-(_ops.py) makes them from torch tensors, the CPU tests from fake pointers that fa_*_check never dereferences. Every
-refusal of an argument the library does not serve is raised here, before any tensor is touched.
+Tensors arrive here as TensorDesc (a data pointer, an fa_dtype_t code, a shape and element strides), the CPU tests'
+fake pointers that fa_*_check never dereferences, or, from the torch side (_ops.py), directly as the fa_tensor_t
+field values (tensor_fields) that pack_forward, pack_backward and pack_decode write. Every refusal of an argument the
+library does not serve is raised here, before any tensor is touched.
 """
 import ctypes
 import math
+import struct
 from collections import namedtuple
 
 from . import _abi
@@ -19,23 +21,6 @@ TensorDesc = namedtuple("TensorDesc", "data dtype shape strides")
 TensorDesc.__doc__ = "A tensor as the C ABI sees it: device address, fa_dtype_t code, shape, element strides."
 
 CAUSAL_ALIGNMENTS = {"bottom_right": _abi.FA_CAUSAL_BOTTOM_RIGHT, "top_left": _abi.FA_CAUSAL_TOP_LEFT}
-
-
-def fa_tensor(desc):
-    """The fa_tensor_t of a TensorDesc (None: a zeroed descriptor, the ABI's "not given")."""
-    t = _abi.FaTensor()
-    if desc is None:
-        return t
-    if len(desc.shape) != len(desc.strides) or not 1 <= len(desc.shape) <= _abi.FA_MAX_RANK:
-        raise ValueError(f"a tensor of rank {len(desc.shape)} (shape {tuple(desc.shape)}) cannot be described: the "
-                         f"C ABI takes rank 1..{_abi.FA_MAX_RANK}")
-    rank = len(desc.shape)
-    t.data = desc.data or None
-    t.dtype = desc.dtype
-    t.rank = rank
-    t.shape[:rank] = desc.shape
-    t.strides[:rank] = desc.strides
-    return t
 
 
 # ---- argument mapping (flash-attn 2.x semantics) --------------------------------------------------------------
@@ -73,8 +58,13 @@ def softcap_arg(function, softcap):
     return c if c > 0.0 else 0.0
 
 
+_UNBOUNDED = (-1, -1)
+
+
 def window_arg(function, window_size):
     """window_size=(left, right): -1 is unbounded on that side; each side an int >= -1."""
+    if type(window_size) is tuple and window_size == _UNBOUNDED:  # the default, without the loop below
+        return _UNBOUNDED
     try:
         left, right = window_size
     except (TypeError, ValueError):
@@ -109,39 +99,160 @@ def num_splits_arg(function, num_splits):
 
 
 # ---- params structs -------------------------------------------------------------------------------------------
+#
+# A params struct is a copy of its fa_*_params_init template (Library.new_params) whose fields are then written by a
+# few struct.pack_into calls, one per run of adjacent fields, instead of one ctypes attribute set (and one FaTensor
+# object) per field: this is the per-call host cost of every attention call, about 1 us this way against 5-7 us field
+# by field. The formats come from the ctypes mirror at import, which also checks that each run's fields are adjacent
+# (a header change that breaks that fails the import, never a call). A tensor is passed as its fa_tensor_t field
+# values (tensor_fields), so the torch side never builds a TensorDesc or an FaTensor per call.
 
-def _i32_ptr(address):
-    return ctypes.cast(int(address), ctypes.POINTER(ctypes.c_int32)) if address else None
+_SCALAR_FORMATS = {ctypes.c_int32: "i", ctypes.c_uint32: "I", ctypes.c_int64: "q", ctypes.c_uint64: "Q",
+                   ctypes.c_float: "f", ctypes.c_double: "d", ctypes.c_void_p: "Q"}
 
 
-def _set_options(p, softmax_scale, causal, causal_alignment, window, softcap):
-    p.softmax_scale = softmax_scale
-    p.causal = 1 if causal else 0
-    p.causal_alignment = causal_alignment
-    p.window_left, p.window_right = window
-    p.softcap = softcap
+def _format_of(ctype):
+    """struct format (standard sizes, no padding) of a ctypes type of the mirror."""
+    if issubclass(ctype, ctypes.Structure):
+        return _run_format(ctype, [f[0] for f in ctype._fields_], whole=True)
+    if issubclass(ctype, ctypes.Array):
+        return str(ctype._length_) + _format_of(ctype._type_)
+    if issubclass(ctype, ctypes._Pointer):
+        return "Q"
+    return _SCALAR_FORMATS[ctype]
 
 
-def _set_varlen(p, varlen):
-    """varlen = (cu_seqlens_q address, cu_seqlens_k address, batch, max_seqlen_q, max_seqlen_k); no host copies (the
-    device arrays are trusted, as flash-attn does: no host synchronisation)."""
-    if varlen is None:
-        return
+def _run_format(cls, names, whole=False):
+    types = dict(cls._fields_)
+    start = end = getattr(cls, names[0]).offset
+    fmt = ""
+    for name in names:
+        field = getattr(cls, name)
+        if field.offset != end:
+            raise ImportError(f"{cls.__name__}.{name} is not right after {names[0]}..: the packing runs of _args.py "
+                              "no longer match the ctypes mirror")
+        fmt += _format_of(types[name])
+        end += field.size
+    if struct.calcsize("<" + fmt) != end - start or (whole and end != ctypes.sizeof(cls)):
+        raise ImportError(f"{cls.__name__}: struct format {fmt!r} does not cover its fields {names}")
+    return fmt
+
+
+def _run(cls, *names):
+    """(offset, struct.Struct) writing the adjacent fields `names` of params struct `cls` in one pack_into."""
+    return getattr(cls, names[0]).offset, struct.Struct("<" + _run_format(cls, names))
+
+
+_RANK_PAD = {r: (0,) * (_abi.FA_MAX_RANK - r) for r in range(1, _abi.FA_MAX_RANK + 1)}
+NO_TENSOR = (0,) * (3 + 2 * _abi.FA_MAX_RANK)  # a zeroed fa_tensor_t: the ABI's "not given"
+
+
+def tensor_fields(data, dtype, shape, strides):
+    """The fa_tensor_t field values (data, dtype, rank, shape[4], strides[4]) of a tensor, what pack_* take."""
+    pad = _RANK_PAD.get(len(shape))
+    if pad is None or len(strides) != len(shape):
+        raise ValueError(f"a tensor of rank {len(shape)} (shape {tuple(shape)}) cannot be described: the "
+                         f"C ABI takes rank 1..{_abi.FA_MAX_RANK}")
+    return (data or 0, dtype, len(shape), *shape, *pad, *strides, *pad)
+
+
+def desc_fields(desc):
+    """tensor_fields of a TensorDesc (None: NO_TENSOR)."""
+    return NO_TENSOR if desc is None else tensor_fields(*desc)
+
+
+def fa_tensor(desc):
+    """The fa_tensor_t of a TensorDesc (None: a zeroed descriptor, the ABI's "not given")."""
+    return _abi.FaTensor.from_buffer_copy(_TENSOR.pack(*desc_fields(desc)))
+
+
+_TENSOR = struct.Struct("<" + _format_of(_abi.FaTensor))
+_F = _abi.FaForwardParams
+_FWD_MAIN = _run(_F, "q", "k", "v", "out", "lse", "softmax_scale", "causal", "causal_alignment")
+_FWD_WINDOW = _run(_F, "window_left", "window_right", "softcap")
+_FWD_CU = _run(_F, "cu_seqlens_q", "cu_seqlens_k")
+_FWD_LENS = _run(_F, "varlen_batch", "max_seqlen_q", "max_seqlen_k")
+_B = _abi.FaBackwardParams
+_BWD_MAIN = _run(_B, "q", "k", "v", "out", "dout", "lse", "dq", "dk", "dv", "softmax_scale", "causal",
+                 "causal_alignment")
+_BWD_WINDOW = _run(_B, "window_left", "window_right", "softcap", "deterministic")
+_BWD_CU = _run(_B, "cu_seqlens_q", "cu_seqlens_k")
+_BWD_LENS = _run(_B, "varlen_batch", "max_seqlen_q", "max_seqlen_k")
+_D = _abi.FaDecodeParams
+_DEC_MAIN = _run(_D, "q", "k_cache", "v_cache", "k_new", "v_new", "out", "lse", "cache_seqlens", "block_table",
+                 "softmax_scale", "causal", "window_left", "window_right", "softcap")
+_DEC_SPLITS = _run(_D, "num_splits", "advance_cache_seqlens")
+del _F, _B, _D
+
+
+def _unfit(kind, e):
+    return ValueError(f"fa_{kind}_params_t: an argument does not fit its C field ({e})")
+
+
+def _pack_varlen(p, cu_run, lens_run, varlen):
     cu_q, cu_k, batch, max_q, max_k = varlen
-    p.cu_seqlens_q = _i32_ptr(cu_q)
-    p.cu_seqlens_k = _i32_ptr(cu_k)
-    p.varlen_batch = int(batch)
-    p.max_seqlen_q = int(max_q)
-    p.max_seqlen_k = int(max_k)
+    cu_run[1].pack_into(p, cu_run[0], cu_q or 0, cu_k or 0)
+    lens_run[1].pack_into(p, lens_run[0], batch, max_q, max_k)
+
+
+def pack_forward(p, q, k, v, out, lse, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
+                 varlen=None):
+    """Writes the fields of fa_forward_params_t p (a copy of the init template) that a call sets. q..lse: tensor_fields
+    tuples (NO_TENSOR: not given). varlen: None, or (cu_seqlens_q address, cu_seqlens_k address, batch, max_seqlen_q,
+    max_seqlen_k) with no host copies (the device arrays are trusted, as flash-attn does: no host synchronisation)."""
+    try:
+        off, s = _FWD_MAIN
+        s.pack_into(p, off, *q, *k, *v, *out, *lse, softmax_scale, 1 if causal else 0, causal_alignment)
+        off, s = _FWD_WINDOW
+        s.pack_into(p, off, window_left, window_right, softcap)
+        if varlen is not None:
+            _pack_varlen(p, _FWD_CU, _FWD_LENS, varlen)
+    except (struct.error, OverflowError) as e:
+        raise _unfit("forward", e) from None
+
+
+def pack_backward(p, q, k, v, out, dout, lse, dq, dk, dv, softmax_scale, causal, causal_alignment, window_left,
+                  window_right, softcap, deterministic, varlen=None):
+    """pack_forward's counterpart for fa_backward_params_t (the workspace is set by the caller)."""
+    try:
+        off, s = _BWD_MAIN
+        s.pack_into(p, off, *q, *k, *v, *out, *dout, *lse, *dq, *dk, *dv, softmax_scale, 1 if causal else 0,
+                    causal_alignment)
+        off, s = _BWD_WINDOW
+        s.pack_into(p, off, window_left, window_right, softcap, 1 if deterministic else 0)
+        if varlen is not None:
+            _pack_varlen(p, _BWD_CU, _BWD_LENS, varlen)
+    except (struct.error, OverflowError) as e:
+        raise _unfit("backward", e) from None
+
+
+def pack_decode(p, q, k_cache, v_cache, k_new, v_new, out, lse, cache_seqlens, block_table, softmax_scale, causal,
+                window_left, window_right, softcap, num_splits):
+    """pack_forward's counterpart for fa_decode_params_t (tensors in struct order; advance_cache_seqlens 0: the cache
+    lengths are only read, flash-attn's convention)."""
+    try:
+        off, s = _DEC_MAIN
+        s.pack_into(p, off, *q, *k_cache, *v_cache, *k_new, *v_new, *out, *lse, *cache_seqlens, *block_table,
+                    softmax_scale, 1 if causal else 0, window_left, window_right, softcap)
+        off, s = _DEC_SPLITS
+        s.pack_into(p, off, num_splits, 0)
+    except (struct.error, OverflowError) as e:
+        raise _unfit("decode", e) from None
+
+
+def _int_varlen(varlen):
+    if varlen is None:
+        return None
+    cu_q, cu_k, batch, max_q, max_k = varlen
+    return int(cu_q or 0), int(cu_k or 0), int(batch), int(max_q), int(max_k)
 
 
 def forward_params(lib, q, k, v, out, lse=None, *, softmax_scale=0.0, causal=False,
                    causal_alignment=_abi.FA_CAUSAL_BOTTOM_RIGHT, window=(-1, -1), softcap=0.0, varlen=None):
     """fa_forward_params_t over TensorDescs (lse None: not written). lib: a loaded _library.Library."""
     p = lib.new_params("forward")
-    p.q, p.k, p.v, p.out, p.lse = (fa_tensor(t) for t in (q, k, v, out, lse))
-    _set_options(p, softmax_scale, causal, causal_alignment, window, softcap)
-    _set_varlen(p, varlen)
+    pack_forward(p, desc_fields(q), desc_fields(k), desc_fields(v), desc_fields(out), desc_fields(lse), softmax_scale,
+                 causal, causal_alignment, window[0], window[1], softcap, _int_varlen(varlen))
     return p
 
 
@@ -150,10 +261,8 @@ def backward_params(lib, q, k, v, out, dout, lse, dq, dk, dv, *, softmax_scale=0
                     varlen=None):
     """fa_backward_params_t over TensorDescs, no workspace yet (the caller sizes and sets it)."""
     p = lib.new_params("backward")
-    p.q, p.k, p.v, p.out, p.dout, p.lse, p.dq, p.dk, p.dv = (fa_tensor(t) for t in (q, k, v, out, dout, lse, dq, dk, dv))
-    _set_options(p, softmax_scale, causal, causal_alignment, window, softcap)
-    p.deterministic = 1 if deterministic else 0
-    _set_varlen(p, varlen)
+    pack_backward(p, *(desc_fields(t) for t in (q, k, v, out, dout, lse, dq, dk, dv)), softmax_scale, causal,
+                  causal_alignment, window[0], window[1], softcap, deterministic, _int_varlen(varlen))
     return p
 
 
@@ -162,14 +271,8 @@ def decode_params(lib, q, k_cache, v_cache, out, cache_seqlens, *, k_new=None, v
     """fa_decode_params_t over TensorDescs (k_new/v_new None: append nothing; block_table None: contiguous cache).
     cache_seqlens is only read (flash-attn's convention: the caller advances it)."""
     p = lib.new_params("decode")
-    p.q, p.k_cache, p.v_cache, p.out, p.cache_seqlens = (fa_tensor(t) for t in (q, k_cache, v_cache, out, cache_seqlens))
-    p.k_new, p.v_new, p.lse, p.block_table = (fa_tensor(t) for t in (k_new, v_new, lse, block_table))
-    p.softmax_scale = softmax_scale
-    p.causal = 1 if causal else 0
-    p.window_left, p.window_right = window
-    p.softcap = softcap
-    p.num_splits = num_splits
-    p.advance_cache_seqlens = 0
+    pack_decode(p, *(desc_fields(t) for t in (q, k_cache, v_cache, k_new, v_new, out, lse, cache_seqlens, block_table)),
+                softmax_scale, causal, window[0], window[1], softcap, num_splits)
     return p
 
 

@@ -47,31 +47,44 @@ def _finish(out, lse, return_attn_probs, q):
     return out, lse, q.new_empty((0,))
 
 
+def _attn_inputs(ops, function, q, k, v, plain, rank, layout):
+    """q, k, v checked (CUDA tensors, dtype, rank) and made what the library takes (attn_input)."""
+    if not (plain and q.is_cuda and k.is_cuda and v.is_cuda):
+        ops.require_cuda(function, q=q, k=k, v=v)
+    q, k, v = ops.attn_input(function, "q", q, plain), ops.attn_input(function, "k", k, plain), \
+        ops.attn_input(function, "v", v, plain)
+    for n, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != rank:
+            raise ValueError(f"{function}: {n} must be {layout}, got shape {tuple(t.shape)}")
+    return q, k, v
+
+
 def _dense(function, q, k, v, opts, deterministic, return_attn_probs):
     ops = _torch_ops()
-    ops.require_cuda(function, q=q, k=k, v=v)
-    q, k, v = (ops.attn_input(function, n, t) for n, t in (("q", q), ("k", k), ("v", v)))
-    for n, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4:
-            raise ValueError(f"{function}: {n} must be [batch, seqlen, heads, head_dim], got shape {tuple(t.shape)}")
-    out, lse = ops.attention(q, k, v, *opts, bool(deterministic), None, None, 0, 0)
+    plain = ops.plain_eager(q, k, v)  # False under torch.compile: the custom op
+    if plain:
+        r = ops.plain_attention(q, k, v, opts, deterministic, return_attn_probs)
+        if r is not None:
+            return _finish(r[0], r[1], return_attn_probs, q)
+    q, k, v = _attn_inputs(ops, function, q, k, v, plain, 4, "[batch, seqlen, heads, head_dim]")
+    out, lse = ops.attention(q, k, v, opts, bool(deterministic), None, None, 0, 0, plain, return_attn_probs)
     return _finish(out, lse, return_attn_probs, q)
 
 
 def _varlen(function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
             return_attn_probs):
     ops = _torch_ops()
-    ops.require_cuda(function, q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
-    q, k, v = (ops.attn_input(function, n, t) for n, t in (("q", q), ("k", k), ("v", v)))
-    for n, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 3:
-            raise ValueError(f"{function}: {n} must be [total, heads, head_dim], got shape {tuple(t.shape)}")
+    plain = ops.plain_eager(q, k, v, cu_seqlens_q, cu_seqlens_k)
+    if not (plain and cu_seqlens_q.is_cuda and cu_seqlens_k.is_cuda):
+        ops.require_cuda(function, q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+    q, k, v = _attn_inputs(ops, function, q, k, v, plain, 3, "[total, heads, head_dim]")
     cu_q = ops.int32_input(function, "cu_seqlens_q", cu_seqlens_q)
     cu_k = ops.int32_input(function, "cu_seqlens_k", cu_seqlens_k)
     if cu_q.dim() != 1 or cu_k.dim() != 1 or cu_q.shape[0] != cu_k.shape[0] or cu_q.shape[0] < 2:
         raise ValueError(f"{function}: cu_seqlens_q and cu_seqlens_k must both be [batch + 1] (batch >= 1), got "
                          f"{tuple(cu_q.shape)} and {tuple(cu_k.shape)}")
-    out, lse = ops.attention(q, k, v, *opts, bool(deterministic), cu_q, cu_k, int(max_seqlen_q), int(max_seqlen_k))
+    out, lse = ops.attention(q, k, v, opts, bool(deterministic), cu_q, cu_k, int(max_seqlen_q), int(max_seqlen_k),
+                             plain, return_attn_probs)
     return _finish(out, lse, return_attn_probs, q)
 
 

@@ -4,6 +4,7 @@ Nothing here imports torch or touches a GPU: loading the library only dlopens it
 fa_context_create, when a call needs a context).
 """
 import ctypes
+import functools
 import os
 import threading
 
@@ -97,6 +98,8 @@ class Library:
             self.check(f"fa_{kind}_params_init",
                        getattr(self.lib, f"fa_{kind}_params_init")(ctypes.byref(p), ctypes.sizeof(p)))
             self._templates[kind] = (cls, bytes(p))
+        cls, raw = self._templates["forward"]
+        self.new_forward_params = functools.partial(cls.from_buffer_copy, raw)  # new_params("forward"), per call
 
     def new_params(self, kind):
         """A fresh params struct of kind "forward", "backward" or "decode" holding fa_*_params_init's defaults."""

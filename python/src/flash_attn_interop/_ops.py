@@ -1,22 +1,30 @@
-"""The torch side: torch tensors -> TensorDescs, the library calls on PyTorch's current stream, the custom ops
-(torch.library.custom_op where this PyTorch has it, so torch.compile and CUDA graphs see opaque ops with fake
-implementations) and their autograd. Imported on the first attention call, never at package import.
+"""The torch side: torch tensors -> the C ABI's tensor descriptors, the library calls on PyTorch's current stream,
+the custom ops (torch.library.custom_op where this PyTorch has it, so torch.compile and CUDA graphs see opaque ops
+with fake implementations) and their autograd, and the eager path that skips the custom op where nothing needs it
+(plain_eager). Imported on the first attention call, never at package import.
 
 No host synchronisation: varlen lengths and cache_seqlens stay on the device (the library trusts the device arrays,
 as flash-attn does), workspaces come from PyTorch's caching allocator, nothing is copied to the host.
+
+Host time per call is the point of most of the structure here (issue 13: within 10 us of a direct C call): a plain
+eager call looks at each tensor once (_ready gives both the checks and the descriptor fields), packs the params
+struct with a few struct.pack_into calls (_args.pack_*), allocates only what it returns (no log-sum-exp unless asked
+for or needed by autograd) and asks for the stream with one C call.
 """
 import ctypes
 from typing import Optional, Tuple
 
 import torch
 
-from . import _abi, _args
+from . import _abi, _args, _library
 from ._library import load_library
 
 NAMESPACE = "flash_attn_interop"
 
 _DTYPE_CODES = {torch.float16: _abi.FA_DTYPE_FLOAT16, torch.bfloat16: _abi.FA_DTYPE_BFLOAT16,
                 torch.float32: _abi.FA_DTYPE_FLOAT32, torch.int32: _abi.FA_DTYPE_INT32}
+_ATTN_DTYPES = (torch.float16, torch.bfloat16)
+_empty_like = torch.empty_like
 
 
 def desc(t):
@@ -26,8 +34,28 @@ def desc(t):
     return _args.TensorDesc(t.data_ptr(), _DTYPE_CODES[t.dtype], tuple(t.shape), t.stride())
 
 
-def _stream(device):
-    return torch.cuda.current_stream(device).cuda_stream
+def fields(t):
+    """The fa_tensor_t field values of a torch tensor (None: not given), as _args.pack_* take them."""
+    if t is None:
+        return _args.NO_TENSOR
+    return _args.tensor_fields(t.data_ptr(), _DTYPE_CODES[t.dtype], t.shape, t.stride())
+
+
+# PyTorch's current stream as a cudaStream_t: _cuda_getCurrentRawStream (what inductor's generated code calls) is one
+# C call, torch.cuda.current_stream(i).cuda_stream builds a Stream object first (a few us).
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _stream(index):
+    """cudaStream_t (an int) of PyTorch's current stream on CUDA device ordinal `index`."""
+    if _raw_stream is not None:
+        return _raw_stream(index)
+    return torch.cuda.current_stream(index).cuda_stream
+
+
+def _lib():
+    """The loaded Library (load_library() without its lock once loaded)."""
+    return _library._library or load_library()
 
 
 def require_cuda(function, **tensors):
@@ -49,6 +77,57 @@ def _compiling():
     return compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()
 
 
+# ---- plain eager calls skip the custom op ----------------------------------------------------------------------
+#
+# A torch.library.custom_op call costs tens of us of host time in eager mode (schema parsing of 14 arguments, the
+# dispatcher's Python kernels, its autograd wrapper); the op is needed only where something must see it as one opaque
+# op: torch.compile (dynamo, AOT autograd, export), a TorchDispatchMode (FakeTensorMode, make_fx, selective
+# checkpointing, FlopCounterMode, ...), a TorchFunctionMode, functorch transforms, jit tracing, tensor subclasses.
+# Everywhere else (plain tensors, eager mode) the call goes straight to the implementation, through a plain
+# torch.autograd.Function when autograd records it: same results, same errors, same stream, no host synchronisation.
+
+_function_modes_on = getattr(torch._C, "_is_torch_function_mode_enabled", None)
+_dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_functorch_on = getattr(torch._C, "_are_functorch_transforms_active", None)
+_jit_tracing = getattr(torch._C, "_get_tracing_state", None)
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+try:
+    from torch.utils._device import DeviceContext as _DeviceContext  # torch.set_default_device / with torch.device
+except ImportError:  # pragma: no cover - older PyTorch
+    _DeviceContext = None
+
+
+def _only_device_modes():
+    """The active TorchFunctionModes are only torch.device contexts (torch.set_default_device, `with
+    torch.device(...)`), which change factory functions' default device and nothing this package calls."""
+    if _DeviceContext is None or not hasattr(torch._C, "_len_torch_function_stack"):
+        return False
+    return all(type(torch._C._get_function_stack_at(i)) is _DeviceContext
+               for i in range(torch._C._len_torch_function_stack()))
+
+
+def plain_eager(*tensors):
+    """True when a call on these tensors (None entries ignored) may skip the custom op: not compiling or tracing, no
+    mode or transform active, only plain torch.Tensor (or nn.Parameter) arguments. Always True on a PyTorch without
+    custom ops (before 2.4) unless compiling: the autograd.Function is all there is."""
+    if _compiling():
+        return False
+    for t in tensors:
+        if t is not None and type(t) not in _PLAIN_TYPES:
+            return False
+    if not HAS_CUSTOM_OP:
+        return True
+    if _dispatch_stack_len is not None and _dispatch_stack_len():
+        return False
+    if _function_modes_on is not None and _function_modes_on() and not _only_device_modes():
+        return False
+    if _functorch_on is not None and _functorch_on():
+        return False
+    if _jit_tracing is not None and _jit_tracing() is not None:
+        return False
+    return True
+
+
 def aligned(t):
     """t itself when its last dim is contiguous and its data 16-byte aligned (what the library needs), else a copy.
     Called on real tensors inside the ops (a traced graph has no data pointers)."""
@@ -57,13 +136,16 @@ def aligned(t):
     return t
 
 
-def attn_input(function, name, t):
-    """q/k/v as the library takes them: fp16/bf16 CUDA, last dim contiguous, 16-byte aligned (else copied; under
-    torch.compile the alignment is settled inside the op, where the tensors are real)."""
-    if t.dtype not in (torch.float16, torch.bfloat16):
+def attn_input(function, name, t, eager=None):
+    """q/k/v as the library takes them: fp16/bf16 CUDA, last dim contiguous, 16-byte aligned (else copied). eager:
+    the call runs on these real tensors here (plain_eager); else (under torch.compile, or through the custom op) only
+    the last dim is settled here and the alignment inside the op, where the tensors are real. None: not compiling."""
+    if t.dtype not in _ATTN_DTYPES:
         raise TypeError(f"{function}: {name} is {t.dtype}; FlashAttention.Interop serves torch.float16 and "
                         "torch.bfloat16")
-    if _compiling():
+    if eager is None:
+        eager = not _compiling()
+    if not eager:
         return t.contiguous() if t.stride(-1) != 1 else t
     return aligned(t)
 
@@ -87,65 +169,95 @@ def _varlen(cu_q, cu_k, max_q, max_k):
     return (cu_q.data_ptr(), cu_k.data_ptr(), cu_q.shape[0] - 1, max_q, max_k)
 
 
-# ---- eager implementations ---------------------------------------------------------------------------------
+# ---- implementations (real tensors; the eager path and the custom ops both end here) --------------------------
 
-def forward_impl(q, k, v, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
-                 cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-    lib = load_library()
-    q, k, v = aligned(q), aligned(k), aligned(v)
-    varlen = cu_seqlens_q is not None
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty(_lse_shape(q, varlen), dtype=torch.float32, device=q.device)
-    p = _args.forward_params(lib, desc(q), desc(k), desc(v), desc(out), desc(lse), softmax_scale=softmax_scale,
-                             causal=causal, causal_alignment=causal_alignment, window=(window_left, window_right),
-                             softcap=softcap, varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
-    st = lib.lib.fa_forward(lib.context(q.device.index), ctypes.byref(p), _stream(q.device))
+def _outputs(q, fq, want_lse, varlen):
+    """(out, its fields, lse or None, its fields) of a forward on q (fq: q's fields): out contiguous like q, lse
+    (fp32, flash-attn's layout; varlen: the [heads, total_q] one) only when wanted (else not written)."""
+    if q.is_contiguous():
+        # empty_like then gives q's very strides (and is cheaper than new_empty's size parsing): out's descriptor is
+        # q's with out's address.
+        out = _empty_like(q)
+        fo = (out.data_ptr(), *fq[1:])
+    else:
+        out = q.new_empty(q.shape)  # contiguous, whatever q's strides
+        fo = fields(out)
+    if not want_lse:
+        return out, fo, None, _args.NO_TENSOR
+    lse = q.new_empty(_lse_shape(q, varlen), dtype=torch.float32)
+    return out, fo, lse, fields(lse)
+
+
+def _run_forward(q, fq, fk, fv, opts, varlen, want_lse):
+    """fa_forward on q, k, v given as their fa_tensor_t fields (fq, fk, fv; q itself gives the outputs' shape, dtype
+    and device) with opts (softmax_scale, causal, causal_alignment, window_left, window_right, softcap) and varlen
+    (_varlen). Returns (out, lse), lse None when not wanted (not written: one allocation less)."""
+    lib = _lib()
+    device = q.get_device()
+    out, fo, lse, fl = _outputs(q, fq, want_lse, varlen is not None)
+    p = lib.new_forward_params()
+    _args.pack_forward(p, fq, fk, fv, fo, fl, *opts, varlen)
+    st = lib.lib.fa_forward(lib.context(device), p, _stream(device))
     if st:
         raise lib.error("fa_forward", st)
     return out, lse
 
 
-def _run_with_workspace(lib, kind, p, device):
-    """fa_<kind>_workspace_size, then fa_<kind> (backward or decode) on PyTorch's current stream with a workspace from
-    PyTorch's allocator: its blocks are 512-byte aligned (the ABI wants 256) and stream-ordered with the call, and a
-    caller workspace keeps the call free of allocations of its own, hence capturable."""
-    ctx = lib.context(device.index)
+def _forward(q, k, v, softmax_scale, causal, causal_alignment, window_left, window_right, softcap, cu_seqlens_q,
+             cu_seqlens_k, max_seqlen_q, max_seqlen_k, want_lse=True):
+    """fa_forward on aligned q, k, v: (out, lse) as _run_forward."""
+    return _run_forward(q, fields(q), fields(k), fields(v),
+                        (softmax_scale, causal, causal_alignment, window_left, window_right, softcap),
+                        _varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k), want_lse)
+
+
+def forward_impl(q, k, v, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
+                 cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    return _forward(aligned(q), aligned(k), aligned(v), softmax_scale, causal, causal_alignment, window_left,
+                    window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+
+
+def _run_with_workspace(lib, kind, p, q):
+    """fa_<kind>_workspace_size, then fa_<kind> (backward or decode) on PyTorch's current stream of q's device with a
+    workspace from PyTorch's allocator: its blocks are 512-byte aligned (the ABI wants 256) and stream-ordered with
+    the call, and a caller workspace keeps the call free of allocations of its own, hence capturable."""
+    device = q.get_device()
+    ctx = lib.context(device)
     n = ctypes.c_size_t(0)
-    st = getattr(lib.lib, f"fa_{kind}_workspace_size")(ctx, ctypes.byref(p), ctypes.byref(n))
+    st = getattr(lib.lib, f"fa_{kind}_workspace_size")(ctx, p, ctypes.byref(n))
     if st:
         raise lib.error(f"fa_{kind}_workspace_size", st)
-    ws = torch.empty(max(n.value, _abi.FA_WORKSPACE_ALIGNMENT), dtype=torch.uint8, device=device)
+    ws = q.new_empty((max(n.value, _abi.FA_WORKSPACE_ALIGNMENT),), dtype=torch.uint8)
     p.workspace = ws.data_ptr()
     p.workspace_size = ws.numel()
-    st = getattr(lib.lib, f"fa_{kind}")(ctx, ctypes.byref(p), _stream(device))
+    st = getattr(lib.lib, f"fa_{kind}")(ctx, p, _stream(device))
     if st:
         raise lib.error(f"fa_{kind}", st)
 
 
 def backward_impl(dout, q, k, v, out, lse, softmax_scale, causal, causal_alignment, window_left, window_right,
                   softcap, deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-    lib = load_library()
+    lib = _lib()
     dout, q, k, v = aligned(dout), aligned(q), aligned(k), aligned(v)
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    p = _args.backward_params(lib, desc(q), desc(k), desc(v), desc(out), desc(dout), desc(lse), desc(dq), desc(dk),
-                              desc(dv), softmax_scale=softmax_scale, causal=causal, causal_alignment=causal_alignment,
-                              window=(window_left, window_right), softcap=softcap, deterministic=deterministic,
-                              varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
-    _run_with_workspace(lib, "backward", p, q.device)
+    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    p = lib.new_params("backward")
+    _args.pack_backward(p, fields(q), fields(k), fields(v), fields(out), fields(dout), fields(lse), fields(dq),
+                        fields(dk), fields(dv), softmax_scale, causal, causal_alignment, window_left, window_right,
+                        softcap, deterministic, _varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+    _run_with_workspace(lib, "backward", p, q)
     return dq, dk, dv
 
 
 def decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, softmax_scale, causal, window_left,
                 window_right, softcap, num_splits):
-    lib = load_library()
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=q.device)
-    p = _args.decode_params(lib, desc(q), desc(k_cache), desc(v_cache), desc(out), desc(cache_seqlens), k_new=desc(k),
-                            v_new=desc(v), lse=desc(lse), block_table=desc(block_table), softmax_scale=softmax_scale,
-                            causal=causal, window=(window_left, window_right), softcap=softcap, num_splits=num_splits)
-    _run_with_workspace(lib, "decode", p, q.device)
+    lib = _lib()
+    out = q.new_empty(q.shape)
+    lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+    p = lib.new_params("decode")
+    _args.pack_decode(p, fields(q), fields(k_cache), fields(v_cache), fields(k), fields(v), fields(out), fields(lse),
+                      fields(cache_seqlens), fields(block_table), softmax_scale, causal, window_left, window_right,
+                      softcap, num_splits)
+    _run_with_workspace(lib, "decode", p, q)
     return out, lse
 
 
@@ -211,34 +323,122 @@ if HAS_CUSTOM_OP:
     def _decode_fake(q, k_cache, v_cache, k, v, cache_seqlens, block_table, *rest):
         return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
 
-    def attention(*args):
-        return fwd_op(*args)
 
-    def decode(*args):
-        return decode_op(*args)
-else:
-    class _Attention(torch.autograd.Function):
-        """PyTorch before 2.4: a plain autograd.Function (eager and autograd; no torch.compile integration)."""
+# ---- the entry points _interface calls ----------------------------------------------------------------------------
 
-        @staticmethod
-        def forward(ctx, q, k, v, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
-                    deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-            out, lse = forward_impl(q, k, v, softmax_scale, causal, causal_alignment, window_left, window_right,
-                                    softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-            ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
-            ctx.options = (softmax_scale, causal, causal_alignment, window_left, window_right, softcap, deterministic)
-            ctx.max_seqlens = (max_seqlen_q, max_seqlen_k)
-            ctx.mark_non_differentiable(lse)
-            return out, lse
+class _Call:
+    """The non-tensor arguments of an eager autograd call, one opaque object (Function.apply walks its arguments as a
+    pytree; a plain object is one leaf). fields: q, k, v's fa_tensor_t fields when already made (plain_attention)."""
+    __slots__ = ("opts", "deterministic", "cu_q", "cu_k", "max_q", "max_k", "plain", "fields")
 
-        @staticmethod
-        def backward(ctx, dout, dlse):
-            q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
-            dq, dk, dv = backward_impl(dout, q, k, v, out, lse, *ctx.options, cu_q, cu_k, *ctx.max_seqlens)
-            return (dq, dk, dv) + (None,) * 11
+    def __init__(self, opts, deterministic, cu_q, cu_k, max_q, max_k, plain, fields=None):
+        self.opts, self.deterministic, self.cu_q, self.cu_k = opts, deterministic, cu_q, cu_k
+        self.max_q, self.max_k, self.plain, self.fields = max_q, max_k, plain, fields
 
-    def attention(*args):
-        return _Attention.apply(*args)
 
-    def decode(*args):
-        return decode_impl(*args)
+class _EagerAttention(torch.autograd.Function):
+    """The forward and backward of an eager call that autograd records, without the custom op (see plain_eager); on
+    a PyTorch without custom ops, every recorded call."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, call):
+        if call.fields is not None:
+            out, lse = _run_forward(q, *call.fields, call.opts, None, True)
+        else:
+            if not call.plain:  # PyTorch < 2.4 under torch.compile: alignment settled here, as the op would
+                q, k, v = aligned(q), aligned(k), aligned(v)
+            out, lse = _forward(q, k, v, *call.opts, call.cu_q, call.cu_k, call.max_q, call.max_k)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.call = call
+        # The log-sum-exp output is not differentiable (as in flash-attn): no gradient flows into it, and none is
+        # materialised for it.
+        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        if dout is None:
+            return None, None, None, None
+        q, k, v, out, lse = ctx.saved_tensors
+        c = ctx.call
+        args = (dout, q, k, v, out, lse, *c.opts, c.deterministic, c.cu_q, c.cu_k, c.max_q, c.max_k)
+        # Through the backward op where the forward's op would be needed (compiled autograd traces this backward),
+        # and under create_graph (grad enabled here), where the op, which has no derivative, says so if a second
+        # backward goes through it, as the custom op path does.
+        if HAS_CUSTOM_OP and (torch.is_grad_enabled() or not plain_eager(dout)):
+            dq, dk, dv = bwd_op(*args)
+        else:
+            dq, dk, dv = backward_impl(*args)
+        return dq, dk, dv, None
+
+
+_ATTN_CODES = {torch.float16: _abi.FA_DTYPE_FLOAT16, torch.bfloat16: _abi.FA_DTYPE_BFLOAT16}
+
+
+def _ready(t, rank):
+    """The fa_tensor_t fields of t when the library takes it as it is (a CUDA tensor of rank `rank`, fp16 or bf16,
+    last dim contiguous, 16-byte aligned start), else None. One look at the tensor for both the checks and the
+    descriptor."""
+    shape = t.shape
+    if len(shape) != rank or not t.is_cuda:
+        return None
+    code = _ATTN_CODES.get(t.dtype)
+    strides = t.stride()
+    data = t.data_ptr()
+    if code is None or strides[-1] != 1 or data % _abi.FA_ALIGNMENT_BYTES:
+        return None
+    if rank == _abi.FA_MAX_RANK:
+        return (data, code, rank, *shape, *strides)  # _args.tensor_fields without padding
+    return _args.tensor_fields(data, code, shape, strides)
+
+
+def plain_attention(q, k, v, opts, deterministic, want_lse):
+    """The fixed-length forward of a plain_eager call whose q, k and v need nothing done ([batch, seqlen, heads,
+    head_dim] CUDA tensors the library takes as they are): (out, lse) as attention. None when one needs a check's
+    error or a copy: the caller then takes the general path (_interface._attn_inputs, attention)."""
+    fq = _ready(q, 4)
+    if fq is None:
+        return None
+    fk = _ready(k, 4)
+    if fk is None:
+        return None
+    fv = _ready(v, 4)
+    if fv is None:
+        return None
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _EagerAttention.apply(q, k, v, _Call(opts, bool(deterministic), None, None, 0, 0, True,
+                                                    (fq, fk, fv)))
+    return _run_forward(q, fq, fk, fv, opts, None, want_lse)
+
+
+def attention(q, k, v, opts, deterministic, cu_q, cu_k, max_q, max_k, plain, want_lse=True):
+    """(out, lse) of flash attention on q, k, v as attn_input made them (plain: plain_eager of the call's tensors).
+    opts: (softmax_scale, causal, causal_alignment, window_left, window_right, softcap). want_lse False: lse may come
+    back None (a plain call that autograd does not record does not compute it)."""
+    if HAS_CUSTOM_OP and not plain:
+        return fwd_op(q, k, v, *opts, deterministic, cu_q, cu_k, max_q, max_k)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _EagerAttention.apply(q, k, v, _Call(opts, deterministic, cu_q, cu_k, max_q, max_k, plain))
+    if not plain:
+        q, k, v = aligned(q), aligned(k), aligned(v)
+    return _forward(q, k, v, *opts, cu_q, cu_k, max_q, max_k, want_lse)
+
+
+_increment_version = getattr(getattr(torch.autograd, "graph", None), "increment_version", None)
+
+
+def decode(q, k_cache, v_cache, k, v, cache_seqlens, block_table, *options):
+    """(out, lse) of decode_impl; options: (softmax_scale, causal, window_left, window_right, softcap, num_splits).
+    Through the custom op unless plain_eager and no input requires grad (the op's autograd handling stays theirs);
+    directly otherwise, the caches' version counters moved as the op moves them when k/v are appended (the caches
+    are written in place)."""
+    tensors = (q, k_cache, v_cache, k, v, cache_seqlens, block_table)
+    if HAS_CUSTOM_OP and (not plain_eager(*tensors) or (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in tensors))):
+        return decode_op(*tensors, *options)
+    out, lse = decode_impl(*tensors, *options)
+    if HAS_CUSTOM_OP and k is not None and _increment_version is not None:
+        _increment_version(k_cache)
+        _increment_version(v_cache)
+    return out, lse
