@@ -55,8 +55,10 @@ Commands (the same as ./build.sh):
                     managed/FlashAttention.Generate exists) and benchmark self-contained (linux-x64) into
                     bundle/app and pack bundle/app.tar.xz for the GPU machine.
   gpu-test          On the GPU machine: native build for sm_80 + sm_90a, ctest, bundled tests, demo,
-                    training sample (and decode sample), bench/run.py (fwd, bwd, decode rows); logs in
-                    $OUT (else build/gpu-test); a table comes last.
+                    training sample (and decode sample), compute-sanitizer (memcheck, racecheck,
+                    synccheck, initcheck over every kernel: tools/run_sanitizers.py), bench/run.py (fwd,
+                    bwd, decode rows); logs in $OUT (else build/gpu-test); a table comes last.
+                    FA_GPU_TEST_ONLY: tests, sanitize, bench or a comma list (default: all three).
   pack              dotnet pack the managed library.
   wheel             Build the Python package (python/, import flash_attn_interop) as a wheel with
                     libflash_attention.so inside -> artifacts/python/.
@@ -456,20 +458,67 @@ function Invoke-BundledSample([string]$Name, [string]$Exe, [string]$What, [strin
     if ($rc -ne 0) { $script:Sum.Failed++ }
 }
 
+# tools/run_sanitizers.py over the native build's sanitize_driver (as build.sh's run_sanitize_step): its counts go
+# into $script:Sum, its status lines into $Status, the per-run logs into $LogDir/sanitize-logs.tgz.
+function Invoke-Sanitize([string]$LogDir, [Collections.Generic.List[string]]$Status) {
+    Step 'sanitize' "compute-sanitizer memcheck, racecheck, synccheck, initcheck over $NativeBuildDir/sanitize_driver"
+    $sanDir = 'build/sanitize'
+    $summary = "$LogDir/sanitize-summary.txt"
+    Remove-Item -Recurse -Force -ErrorAction SilentlyContinue $sanDir, $summary
+    $sanArgs = @('tools/run_sanitizers.py', '--driver', "$NativeBuildDir/sanitize_driver", '--logdir', $sanDir,
+        '--summary', $summary, '--json', "$LogDir/sanitize.json")
+    foreach ($pair in @(@('FA_SAN_TOOLS', '--tools'), @('FA_SAN_SHARDS', '--shards'), @('FA_SAN_JOBS', '--jobs'),
+            @('FA_SAN_TIMEOUT', '--timeout'), @('FA_SAN_CONFIRM', '--confirm'))) {
+        $value = [Environment]::GetEnvironmentVariable($pair[0])
+        if ($value) { $sanArgs += @($pair[1], $value) }
+    }
+    $env:PYTHONUNBUFFERED = '1'
+    & python3 @sanArgs *> "$LogDir/sanitize.log"
+    $rc = $LASTEXITCODE
+    $log = Get-Content "$LogDir/sanitize.log"
+    $at = [array]::FindIndex([string[]]$log, [Predicate[string]] { param($l) $l -like '==> sanitize summary*' })
+    if ($at -ge 0) { $log[$at..($log.Count - 1)] | Select-Object -Last 40 | Out-Host }
+    if (Test-Path $sanDir) { & tar -czf "$LogDir/sanitize-logs.tgz" -C $sanDir . }
+    $lines = @(if (Test-Path $summary) { Get-Content $summary })
+    if ($lines.Count -gt 0 -and $lines[0] -match '^passed=(\d+) failed=(\d+) skipped=(\d+)$') {
+        $script:Sum.Passed += [int]$Matches[1]
+        $script:Sum.Failed += [int]$Matches[2]
+        $script:Sum.Skipped += [int]$Matches[3]
+        $lines | Select-Object -Skip 1 | ForEach-Object { $Status.Add($_) }
+    }
+    else {
+        $log | Select-Object -Last 20 | Out-Host
+        $script:Sum.Failed++
+        $Status.Add("sanitize: tools/run_sanitizers.py wrote no summary (exit code $rc; see $LogDir/sanitize.log)")
+    }
+}
+
 function Invoke-GpuTest {
     $logDir = if ($env:OUT) { $env:OUT } else { 'build/gpu-test' }
     New-Item -ItemType Directory -Force -Path $logDir | Out-Null
     $logDir = (Resolve-Path $logDir).Path
     $status = [Collections.Generic.List[string]]::new()
 
-    Step 'gpu-unpack' "unpack $BundleTar"
+    # FA_GPU_TEST_ONLY: 'tests' (ctest, NUnit, demo, samples), 'sanitize' (compute-sanitizer), 'bench' (the
+    # benchmark), or a comma list of them; empty: all three.
+    $parts = @($(if ($env:FA_GPU_TEST_ONLY) { $env:FA_GPU_TEST_ONLY } else { 'tests,sanitize,bench' }) -split ',' |
+        Where-Object { $_ })
+    foreach ($part in $parts) {
+        if ($part -notin @('tests', 'sanitize', 'bench')) {
+            throw "FA_GPU_TEST_ONLY: unknown part '$part' (expected tests, sanitize, bench, or a comma list of them)"
+        }
+    }
     $testsExe = Join-Path $BundleDir 'FlashAttention.Tests'
     $info = Join-Path $BundleDir 'BUILD_INFO'
+    # The bundle (the published .NET programs) is needed by the tests and the benchmark, not by the sanitizers.
+    if ($parts -contains 'tests' -or $parts -contains 'bench') {
+    Step 'gpu-unpack' "unpack $BundleTar"
     if (-not (Test-Path $testsExe) -or ((Test-Path $BundleTar) -and (Test-Path $info) -and
             (Get-Item $BundleTar).LastWriteTime -gt (Get-Item $info).LastWriteTime)) {
         if (-not (Test-Path $BundleTar)) { throw "$BundleTar not found: run 'bundle' on the development machine and carry it" }
         Remove-Item -Recurse -Force -ErrorAction SilentlyContinue $BundleDir
         Exec 'tar' @('-C', (Split-Path $BundleDir), '-xJf', $BundleTar)
+    }
     }
     $commit = 'unknown'
     if (Test-Path $info) {
@@ -481,9 +530,7 @@ function Invoke-GpuTest {
     $lib = (Resolve-Path (Join-Path $NativeArtifacts $LibName)).Path
     $env:FLASH_ATTENTION_NATIVE_PATH = $lib
 
-    # FA_GPU_TEST_ONLY = 'tests' (ctest, NUnit, demo, samples) or 'bench' (the benchmark only); empty: both.
-    $only = "$env:FA_GPU_TEST_ONLY"
-    if ($only -ne 'bench') {
+    if ($parts -contains 'tests') {
     Step 'ctest' "ctest --test-dir $NativeBuildDir (GPU)"
     Invoke-CTest "$logDir/ctest.log" "$NativeBuildDir/ctest-junit.xml" | Out-Null
     Step 'nunit' 'bundled tests (all categories, GPU included)'
@@ -518,7 +565,9 @@ function Invoke-GpuTest {
     }
     }
 
-    if ($only -ne 'tests') {
+    if ($parts -contains 'sanitize') { Invoke-Sanitize $logDir $status }
+
+    if ($parts -contains 'bench') {
     Step 'bench' 'python3 bench/run.py'
     $env:PYTHONUNBUFFERED = '1'
     # FA_BENCH_ARGS: extra arguments of bench/run.py (e.g. "--baseline-lib build/base/libflash_attention.so").

@@ -53,7 +53,8 @@ Commands:
   gpu-test          On the GPU machine (nvcc, python3 with torch, no dotnet): build the native
                     library for sm_80 + sm_90a, run ctest, the bundled tests (GPU ones included), the
                     demo, the training sample (and the decode sample where it exists), the Python
-                    package's GPU tests (pytest -m gpu) and bench/run.py
+                    package's GPU tests (pytest -m gpu), compute-sanitizer (memcheck, racecheck,
+                    synccheck, initcheck) over small calls of every kernel, and bench/run.py
                     (forward, backward and decode rows); logs go to $OUT (else build/gpu-test); a
                     table comes last.
   pack              dotnet pack the managed library with runtimes/linux-x64/native/libflash_attention.so.
@@ -66,8 +67,13 @@ Environment:
   FA_CUDA_ARCHS     CUDA architectures for the native build (default: "80;90a" where nvcc >= 12.3,
                     "80" otherwise).
   FA_NATIVE_BUILD_DIR  CMake build folder (default build/native).
-  FA_GPU_TEST_ONLY  gpu-test: "tests" (ctest, NUnit, demo, samples) or "bench" (the benchmark only).
+  FA_GPU_TEST_ONLY  gpu-test: "tests" (ctest, NUnit, demo, samples), "sanitize" (compute-sanitizer),
+                    "bench" (the benchmark), or a comma list of them (default: all three).
   FA_BENCH_ARGS     gpu-test: extra arguments of bench/run.py (e.g. --baseline-lib DIR, --only fwd,bwd).
+  FA_SAN_TOOLS, FA_SAN_SHARDS, FA_SAN_JOBS, FA_SAN_TIMEOUT, FA_SAN_CONFIRM
+                    gpu-test's sanitize part: the tools (default memcheck,racecheck,synccheck,initcheck),
+                    shards per tool (e.g. racecheck=4,memcheck=2), runs at once, seconds per run (300),
+                    calls with errors re-run alone per tool (3); see tools/run_sanitizers.py.
 EOF
 }
 
@@ -540,17 +546,64 @@ run_bundled_sample() {
     [[ $rc -eq 0 ]] || SUM_FAILED=$((SUM_FAILED + 1))
 }
 
+# Runs tools/run_sanitizers.py over $NATIVE_BUILD_DIR/sanitize_driver: every sanitizer tool over small calls of
+# every kernel, each run under a time limit. Its counts go into SUM_*, its status lines into status_lines, the
+# per-run logs into $logdir/sanitize-logs.tgz. Uses cmd_gpu_test's locals.
+run_sanitize_step() {
+    local rc=0 san_dir="build/sanitize" summary="$logdir/sanitize-summary.txt" args=()
+    [[ -n "${FA_SAN_TOOLS:-}" ]] && args+=(--tools "$FA_SAN_TOOLS")
+    [[ -n "${FA_SAN_SHARDS:-}" ]] && args+=(--shards "$FA_SAN_SHARDS")
+    [[ -n "${FA_SAN_JOBS:-}" ]] && args+=(--jobs "$FA_SAN_JOBS")
+    [[ -n "${FA_SAN_TIMEOUT:-}" ]] && args+=(--timeout "$FA_SAN_TIMEOUT")
+    [[ -n "${FA_SAN_CONFIRM:-}" ]] && args+=(--confirm "$FA_SAN_CONFIRM")
+    step sanitize "compute-sanitizer memcheck, racecheck, synccheck, initcheck over $NATIVE_BUILD_DIR/sanitize_driver"
+    rm -rf "$san_dir" "$summary"
+    PYTHONUNBUFFERED=1 python3 tools/run_sanitizers.py --driver "$NATIVE_BUILD_DIR/sanitize_driver" --logdir "$san_dir" \
+        --summary "$summary" --json "$logdir/sanitize.json" ${args[@]+"${args[@]}"} >"$logdir/sanitize.log" 2>&1 || rc=$?
+    sed -n '/^==> sanitize summary/,$p' "$logdir/sanitize.log" | tail -n 40
+    [[ -d "$san_dir" ]] && tar -czf "$logdir/sanitize-logs.tgz" -C "$san_dir" . 2>/dev/null || true
+    local counts passed failed skipped line
+    counts="$(head -n 1 "$summary" 2>/dev/null || true)"
+    if [[ "$counts" =~ ^passed=([0-9]+)\ failed=([0-9]+)\ skipped=([0-9]+)$ ]]; then
+        passed="${BASH_REMATCH[1]}" failed="${BASH_REMATCH[2]}" skipped="${BASH_REMATCH[3]}"
+        while IFS= read -r line; do status_lines+=("$line"); done < <(tail -n +2 "$summary")
+    else
+        tail -n 20 "$logdir/sanitize.log"
+        passed=0 failed=1 skipped=0
+        status_lines+=("sanitize: tools/run_sanitizers.py wrote no summary (exit code $rc; see $logdir/sanitize.log)")
+    fi
+    SUM_PASSED=$((SUM_PASSED + passed))
+    SUM_FAILED=$((SUM_FAILED + failed))
+    SUM_SKIPPED=$((SUM_SKIPPED + skipped))
+}
+
 cmd_gpu_test() {
     local logdir="${OUT:-build/gpu-test}"
     mkdir -p "$logdir"
     logdir="$(realpath "$logdir")"
     local status_lines=()
 
+    # FA_GPU_TEST_ONLY: "tests" (ctest, NUnit, demo, samples), "sanitize" (compute-sanitizer over every kernel
+    # family), "bench" (the benchmark only), or a comma list of them; empty: all three. A device call is limited
+    # to 10 minutes, and each part fits one (with the native build).
+    local part want_tests=0 want_sanitize=0 want_bench=0
+    for part in $(tr ',' ' ' <<<"${FA_GPU_TEST_ONLY:-tests,sanitize,bench}"); do
+        case "$part" in
+            tests) want_tests=1 ;;
+            sanitize) want_sanitize=1 ;;
+            bench) want_bench=1 ;;
+            *) die "FA_GPU_TEST_ONLY: unknown part '$part' (expected tests, sanitize, bench, or a comma list of them)" ;;
+        esac
+    done
+
+    # The bundle (the published .NET programs) is needed by the tests and the benchmark, not by the sanitizers.
+    if [[ $want_tests -eq 1 || $want_bench -eq 1 ]]; then
     step gpu-unpack "unpack $BUNDLE_TAR"
     if [[ ! -x "$BUNDLE_DIR/FlashAttention.Tests" ]] || [[ -f "$BUNDLE_TAR" && "$BUNDLE_TAR" -nt "$BUNDLE_DIR/BUILD_INFO" ]]; then
         [[ -f "$BUNDLE_TAR" ]] || die "$BUNDLE_TAR not found: run ./build.sh bundle on the development machine and carry it"
         rm -rf "$BUNDLE_DIR"
         tar -C "$(dirname "$BUNDLE_DIR")" -xJf "$BUNDLE_TAR"
+    fi
     fi
     cat "$BUNDLE_DIR/BUILD_INFO" 2>/dev/null | sed 's/^/    /' || true
     local commit
@@ -568,11 +621,8 @@ cmd_gpu_test() {
     lib="$(realpath "$NATIVE_ARTIFACTS/$LIB_NAME")"
     export FLASH_ATTENTION_NATIVE_PATH="$lib"
 
-    # FA_GPU_TEST_ONLY="tests" runs ctest, NUnit, demo and samples; "bench" only the benchmark (a device
-    # call is limited to 10 minutes, and the two halves each fit); empty: everything.
-    local only="${FA_GPU_TEST_ONLY:-}"
     local rc
-    if [[ "$only" != "bench" ]]; then
+    if [[ $want_tests -eq 1 ]]; then
     step ctest "ctest --test-dir $NATIVE_BUILD_DIR (GPU)"
     run_ctest "$logdir/ctest.log" "$NATIVE_BUILD_DIR/ctest-junit.xml" >/dev/null
     tail -n 5 "$logdir/ctest.log"
@@ -613,7 +663,11 @@ cmd_gpu_test() {
     fi
     fi
 
-    if [[ "$only" != "tests" ]]; then
+    if [[ $want_sanitize -eq 1 ]]; then
+        run_sanitize_step
+    fi
+
+    if [[ $want_bench -eq 1 ]]; then
     step bench "python3 bench/run.py (ours via C ABI and via the bench exe, beside PyTorch SDPA; fwd, bwd, decode)"
     rc=0
     # FA_BENCH_ARGS: extra arguments of bench/run.py (e.g. "--baseline-lib build/base/libflash_attention.so").

@@ -4,9 +4,10 @@
 #
 #   bench/ab_check.sh tests BASE_SRC   builds this tree (gpu-test's native build) and BASE_SRC (a source tree of
 #                                      the earlier commit, e.g. `git archive <commit> | tar -x -C gpu-baseline`),
-#                                      runs gpu-test's tests half (ctest, NUnit, demo, samples), compares the two
-#                                      builds' kernel names and ptxas registers/spills, and runs compute-sanitizer
-#                                      (memcheck, racecheck) over small calls of every kernel family
+#                                      runs gpu-test's tests and sanitize parts (ctest, NUnit, demo, samples;
+#                                      compute-sanitizer memcheck, racecheck, synccheck and initcheck over small
+#                                      calls of every kernel: tools/run_sanitizers.py), and compares the two
+#                                      builds' kernel names and ptxas registers/spills
 #   bench/ab_check.sh bench BASE_SRC   gpu-test's bench half with --baseline-lib (the earlier build timed beside
 #                                      this one in one process on every forward, backward and decode row)
 #
@@ -49,9 +50,17 @@ base_pid=$!
 summary=()
 if [[ "$mode" == tests ]]; then
     rc=0
-    FA_GPU_TEST_ONLY=tests ./build.sh gpu-test >"$out/gpu-test.log" 2>&1 || rc=$?
+    # gpu-test's sanitize part (AB_SANITIZE=0 leaves it out; FA_SAN_* tune it, see build.sh help).
+    parts=tests,sanitize
+    [[ "${AB_SANITIZE:-1}" == 0 ]] && parts=tests
+    FA_GPU_TEST_ONLY=$parts ./build.sh gpu-test >"$out/gpu-test.log" 2>&1 || rc=$?
     tail -n 25 "$out/gpu-test.log"
-    summary+=("gpu-test tests: exit code $rc; $(tail -n 1 "$out/gpu-test.log" | grep -E 'passed' || echo 'no summary line')")
+    summary+=("gpu-test $parts: exit code $rc; $(tail -n 1 "$out/gpu-test.log" | grep -E 'passed' || echo 'no summary line')")
+    if [[ "$parts" == *sanitize* ]]; then
+        while IFS= read -r line; do summary+=("$line"); done < <(sed -n '2,$p' "$out/sanitize-summary.txt" 2>/dev/null)
+    else
+        summary+=("compute-sanitizer: skipped (AB_SANITIZE=0)")
+    fi
     wait "$base_pid" || { summary+=("baseline build FAILED (see base-build.log)"); }
 
     # Kernel names of both builds (the registry must list the same kernels in the same order).
@@ -116,28 +125,6 @@ EOF
     grep -E '^DIFF' "$out/ptxas-diff.txt" | head -n 20
     summary+=("$(grep '^SUMMARY' "$out/ptxas-diff.txt" || echo 'ptxas: no report')")
 
-    # compute-sanitizer over small calls of every kernel family: the backward harness's reference cases on both
-    # paths (deterministic mode included), the C ABI test's forward calls and the decode test's calls.
-    # (AB_SANITIZE=0 skips it; AB_SAN_TIMEOUT bounds each run, default 60 s.)
-    if [[ "${AB_SANITIZE:-1}" == 0 ]]; then
-        summary+=("compute-sanitizer: skipped (AB_SANITIZE=0)")
-    elif command -v compute-sanitizer >/dev/null 2>&1; then
-        bwd=/tmp/fa_bwd_harness
-        g++ -std=c++17 -O2 -I native/include native/tests/bwd_harness.cpp -L build/native -lflash_attention \
-            -Wl,-rpath,"$(realpath build/native)" -o "$bwd"
-        for tool in memcheck racecheck; do
-            for prog in "$bwd --check-only --paths sm80,sm90" build/native/c_decode_test build/native/c_abi_test; do
-                tag="$tool-$(basename "${prog%% *}")"
-                timeout "${AB_SAN_TIMEOUT:-60}" compute-sanitizer --tool "$tool" --print-limit 20 $prog >"$out/san-$tag.log" 2>&1
-                src=$?
-                verdict="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/san-$tag.log" | tail -n 1)"
-                [[ $src -eq 124 ]] && verdict="timed out after ${AB_SAN_TIMEOUT:-60} s; $verdict"
-                summary+=("sanitizer $tag: exit $src; ${verdict:-no summary}")
-            done
-        done
-    else
-        summary+=("compute-sanitizer: not found")
-    fi
 else
     wait "$base_pid" || { summary+=("baseline build FAILED (see base-build.log)"); }
     rc=0
