@@ -7,14 +7,23 @@ namespace FlashAttn.Tests.Gpu;
 /// <summary>Strided views, the optional log-sum-exp, errors through Forward, foreign streams and determinism.</summary>
 [TestFixture]
 [Category("Gpu")]
-public sealed class ForwardBehaviourTests : AttentionTestBase
+public sealed class ForwardBehaviourTests : ForwardPathTestBase
 {
-    [TestCase(DataType.Float16, 64, false)]
-    [TestCase(DataType.BFloat16, 128, true)]
-    [TestCase(DataType.Float16, 128, true)]
-    public void PackedQkvSlicesMatchContiguousCopiesBitForBit(DataType dtype, int d, bool causal)
+    /// <summary>
+    /// q, k and v as strided slices of one packed [B, S, 3, H, D] buffer give bit for bit what dense copies give, on each
+    /// kernel path by name (the sm90 forward where it serves; elsewhere Sm90 is refused and nothing is written).
+    /// </summary>
+    [TestCase(KernelPath.Sm80, DataType.Float16, 64, false)]
+    [TestCase(KernelPath.Sm80, DataType.BFloat16, 128, true)]
+    [TestCase(KernelPath.Sm80, DataType.Float16, 128, true)]
+    [TestCase(KernelPath.Sm90, DataType.Float16, 64, false)]
+    [TestCase(KernelPath.Sm90, DataType.BFloat16, 128, true)]
+    [TestCase(KernelPath.Sm90, DataType.Float16, 256, true)]
+    [TestCase(KernelPath.Sm90, DataType.BFloat16, 40, false)]
+    public void PackedQkvSlicesMatchContiguousCopiesBitForBit(KernelPath path, DataType dtype, int d, bool causal)
     {
         const int b = 2, s = 203, h = 4;
+        RequireServed(dtype, new AttentionDims(b, s, s, h, h, d));
         Random random = TestRandom.ForCurrentTest(out int seed);
         float[] packed = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, b * s * 3 * h * d));
         using var dPacked = DeviceArray.Upload(Device, dtype, packed);
@@ -49,11 +58,17 @@ public sealed class ForwardBehaviourTests : AttentionTestBase
             a.Poison();
         }
 
-        var options = new AttentionOptions { Causal = causal };
+        var options = new AttentionOptions { Causal = causal, KernelPath = path };
         long[] lseShape = [b, h, s];
-        Attention.Forward(Slice(0), Slice(1), Slice(2), out1.Tensor(shape), lse1.Tensor(lseShape), options, Stream);
-        Attention.Forward(dq.Tensor(shape), dk.Tensor(shape), dv.Tensor(shape), out2.Tensor(shape), lse2.Tensor(lseShape), options, Stream);
-        Stream.Synchronize();
+        if (!ForwardOnPath(options, dtype, d, varlen: false, () =>
+            {
+                Attention.Forward(Slice(0), Slice(1), Slice(2), out1.Tensor(shape), lse1.Tensor(lseShape), options, Stream);
+                Attention.Forward(dq.Tensor(shape), dk.Tensor(shape), dv.Tensor(shape), out2.Tensor(shape), lse2.Tensor(lseShape), options, Stream);
+                Stream.Synchronize();
+            }, [out1, out2, lse1, lse2], $"seed {seed}, packed QKV {dtype} D{d} causal {causal}"))
+        {
+            return; // a refusal, checked
+        }
 
         float[] strided = out1.Read();
         Assert.That(Numerics.FirstNonFinite(strided), Is.EqualTo(-1), $"seed {seed}: strided output not fully written");

@@ -5,29 +5,36 @@ namespace FlashAttn.Tests.Gpu;
 
 /// <summary>
 /// Variable-length batches (packed [total, heads, head_dim] with cu_seqlens), including empty and length-1
-/// sequences on both sides, judged per sequence by the same rule as the fixed-length tests.
+/// sequences on both sides, judged per sequence by the same rule as the fixed-length tests, on each kernel path by
+/// name (<see cref="ForwardPathTestBase"/>: Sm90 runs the sm90 forward where it serves and is refused elsewhere).
 /// </summary>
 [TestFixture]
 [Category("Gpu")]
-public sealed class VarlenTests : AttentionTestBase
+public sealed class VarlenTests : ForwardPathTestBase
 {
     private static readonly int[] LensQ = [113, 0, 1, 17, 203, 1, 64];
     private static readonly int[] LensK = [203, 5, 1, 0, 113, 300, 64];
 
-    [TestCase(DataType.BFloat16, 128, false, false)]
-    [TestCase(DataType.Float16, 64, true, false)]
-    [TestCase(DataType.BFloat16, 64, true, true)]
-    [TestCase(DataType.Float16, 128, false, true)]
-    public void VarlenMatchesReferencePerSequence(DataType dtype, int d, bool causal, bool topLeft)
+    [TestCase(KernelPath.Sm80, DataType.BFloat16, 128, false, false)]
+    [TestCase(KernelPath.Sm80, DataType.Float16, 64, true, false)]
+    [TestCase(KernelPath.Sm80, DataType.BFloat16, 64, true, true)]
+    [TestCase(KernelPath.Sm80, DataType.Float16, 128, false, true)]
+    [TestCase(KernelPath.Sm90, DataType.BFloat16, 128, false, false)]
+    [TestCase(KernelPath.Sm90, DataType.Float16, 64, true, false)]
+    [TestCase(KernelPath.Sm90, DataType.BFloat16, 256, true, true)]
+    [TestCase(KernelPath.Sm90, DataType.Float16, 40, false, true)]
+    [TestCase(KernelPath.Auto, DataType.BFloat16, 128, true, false)]
+    public void VarlenMatchesReferencePerSequence(KernelPath path, DataType dtype, int d, bool causal, bool topLeft)
     {
         const int hq = 8, hkv = 2;
+        RequireServed(dtype, new AttentionDims(1, 1, 1, hq, hkv, d));
         Random random = TestRandom.ForCurrentTest(out int seed);
         int totalQ = LensQ.Sum(), totalK = LensK.Sum();
         float[] q = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, totalQ * hq * d));
         float[] k = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, totalK * hkv * d));
         float[] v = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, totalK * hkv * d));
         var spec = new MaskSpec(causal, topLeft);
-        AttentionOptions options = spec.ToOptions();
+        AttentionOptions options = spec.ToOptions() with { KernelPath = path };
 
         using var dq = DeviceArray.Upload(Device, dtype, q);
         using var dk = DeviceArray.Upload(Device, dtype, k);
@@ -38,10 +45,17 @@ public sealed class VarlenTests : AttentionTestBase
         dlse.Poison();
         using var batch = VarlenBatch.FromLengths(Device, LensQ, LensK);
 
-        Attention.ForwardVarlen(
-            dq.Tensor([totalQ, hq, d]), dk.Tensor([totalK, hkv, d]), dv.Tensor([totalK, hkv, d]), dout.Tensor([totalQ, hq, d]),
-            batch, dlse.Tensor([hq, totalQ]), options, Stream);
-        Stream.Synchronize();
+        if (!ForwardOnPath(options, dtype, d, varlen: true, () =>
+            {
+                Attention.ForwardVarlen(
+                    dq.Tensor([totalQ, hq, d]), dk.Tensor([totalK, hkv, d]), dv.Tensor([totalK, hkv, d]), dout.Tensor([totalQ, hq, d]),
+                    batch, dlse.Tensor([hq, totalQ]), options, Stream);
+                Stream.Synchronize();
+            }, [dout, dlse], $"seed {seed}, varlen {dtype} D{d} {spec}"))
+        {
+            return; // a refusal, checked
+        }
+
         float[] ours = dout.Read();
         float[] lse = dlse.Read();
 
@@ -56,7 +70,7 @@ public sealed class VarlenTests : AttentionTestBase
         {
             int lq = LensQ[b], lk = LensK[b];
             var dims = new AttentionDims(1, lq, lk, hq, hkv, d);
-            string context = $"seed {seed}, {dtype}, sequence {b} (Sq {lq}, Sk {lk}), {spec}";
+            string context = $"seed {seed}, {dtype}, D{d}, path {path}, sequence {b} (Sq {lq}, Sk {lk}), {spec}";
             if (lq > 0)
             {
                 float[] qs = q.AsSpan(rowQ * hq * d, lq * hq * d).ToArray();

@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using NUnit.Framework;
 
 namespace FlashAttn.Tests.TestSupport;
@@ -14,10 +15,13 @@ public abstract class AttentionTestBase : GpuTestBase
     /// <summary>A stream of the device under test (valid after the one-time set-up).</summary>
     protected CudaStream Stream { get; private set; } = null!;
 
+    /// <summary>The logger the fixture's instance gets; null (no logging) unless a fixture needs one.</summary>
+    private protected virtual ILogger? CreateLogger() => null;
+
     [OneTimeSetUp]
     public void CreateAttention()
     {
-        Attention = new FlashAttention(Device);
+        Attention = new FlashAttention(Device, CreateLogger());
         Stream = CudaStream.Create(Device);
     }
 

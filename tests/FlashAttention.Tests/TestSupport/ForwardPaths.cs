@@ -1,0 +1,116 @@
+using System.Globalization;
+using NUnit.Framework;
+
+namespace FlashAttn.Tests.TestSupport;
+
+/// <summary>
+/// The forward's kernel-path contract, as the Gpu tests check it. <see cref="KernelPath.Sm80"/> serves the forward on
+/// every GPU the library runs on. <see cref="KernelPath.Sm90"/> serves it, for every head dim the build serves, exactly
+/// where the build has sm_90a code (FA_CUDA_ARCHS contains 90a; the library then lists <c>sm90_</c> kernels) and the GPU
+/// is compute capability 9.0; anywhere else it is UNSUPPORTED with a reason that names FA_PATH_SM90.
+/// <see cref="KernelPath.Auto"/> takes Sm90 where it serves and Sm80 elsewhere. Kernel names are
+/// <c>&lt;path&gt;_fwd_&lt;dtype&gt;_hdim&lt;kernel head dim&gt;_...</c>; a head dim without its own kernel runs the
+/// smallest larger one of its path (the sm90 forward has kernel classes 64, 128 and 256).
+/// </summary>
+internal static class ForwardPaths
+{
+    /// <summary>Whether the loaded library has sm_90a code (any <c>sm90_</c> kernel: the backward's exist in every such build).</summary>
+    public static bool BuildHasSm90a => FlashAttention.CompiledKernels.Any(n => n.StartsWith("sm90_", StringComparison.Ordinal));
+
+    /// <summary>Whether <see cref="KernelPath.Sm90"/> must serve the forward on <paramref name="device"/>.</summary>
+    public static bool Sm90ServesForward(CudaDevice device) => device.ComputeCapabilityCode == 90 && BuildHasSm90a;
+
+    /// <summary>Whether a forward asked for on <paramref name="path"/> must run on <paramref name="device"/> (else UNSUPPORTED).</summary>
+    public static bool Serves(KernelPath path, CudaDevice device) => path != KernelPath.Sm90 || Sm90ServesForward(device);
+
+    /// <summary>The path whose kernels a call on <paramref name="path"/> must run: Auto resolved for the device.</summary>
+    public static KernelPath Resolve(KernelPath path, CudaDevice device) =>
+        path != KernelPath.Auto ? path : Sm90ServesForward(device) ? KernelPath.Sm90 : KernelPath.Sm80;
+
+    public static string Tag(KernelPath path) => path == KernelPath.Sm90 ? "sm90" : "sm80";
+
+    public static string DtypeTag(DataType dtype) => dtype == DataType.Float16 ? "fp16" : "bf16";
+
+    /// <summary>
+    /// The kernel head dim that serves <paramref name="headDim"/> on <paramref name="path"/> (Auto resolved first): the
+    /// smallest <c>hdimN</c>, N &gt;= head dim, among the library's forward kernels of that path and dtype; null when
+    /// the library has none.
+    /// </summary>
+    public static int? KernelHeadDim(KernelPath path, DataType dtype, int headDim)
+    {
+        string prefix = $"{Tag(path)}_fwd_";
+        string dt = $"_{DtypeTag(dtype)}_";
+        int? best = null;
+        foreach (string name in FlashAttention.CompiledKernels)
+        {
+            if (!name.StartsWith(prefix, StringComparison.Ordinal) || !name.Contains(dt, StringComparison.Ordinal) ||
+                HeadDimOf(name) is not { } n || n < headDim)
+            {
+                continue;
+            }
+
+            best = best is { } b ? Math.Min(b, n) : n;
+        }
+
+        return best;
+    }
+
+    /// <summary>The N of a kernel name's <c>_hdimN_</c>, or null.</summary>
+    public static int? HeadDimOf(string kernel)
+    {
+        int at = kernel.IndexOf("_hdim", StringComparison.Ordinal);
+        if (at < 0)
+        {
+            return null;
+        }
+
+        int start = at + "_hdim".Length, end = start;
+        while (end < kernel.Length && char.IsAsciiDigit(kernel[end]))
+        {
+            end++;
+        }
+
+        return end > start ? int.Parse(kernel.AsSpan(start, end - start), CultureInfo.InvariantCulture) : null;
+    }
+
+    /// <summary>
+    /// Asserts that the forward kernels <paramref name="ran"/> (at least one) are all of the family a call on
+    /// <paramref name="path"/> must run on <paramref name="device"/>: compiled kernels named
+    /// <c>&lt;path&gt;_fwd_</c> with the call's dtype and the kernel head dim that serves <paramref name="headDim"/>.
+    /// </summary>
+    public static void AssertRan(IReadOnlyList<string> ran, KernelPath path, CudaDevice device, DataType dtype, int headDim, string context)
+    {
+        KernelPath resolved = Resolve(path, device);
+        int? kernelDim = KernelHeadDim(resolved, dtype, headDim);
+        string want = $"{Tag(resolved)}_fwd_ {DtypeTag(dtype)} hdim{kernelDim?.ToString(CultureInfo.InvariantCulture) ?? "?"}";
+        string where = $"{context}: path {path} on {device} (build has sm_90a code: {BuildHasSm90a}) must run {want} kernels";
+        Assert.That(kernelDim, Is.Not.Null,
+            $"{where}, but the library lists no {Tag(resolved)}_fwd_ {DtypeTag(dtype)} kernel for head dim {headDim} or larger");
+        Assert.That(ran, Is.Not.Empty, $"{where}; no FA_LOG_DEBUG line named a forward kernel");
+        foreach (string kernel in ran)
+        {
+            Assert.That(FlashAttention.CompiledKernels, Does.Contain(kernel), $"{where}; the log named {kernel}, which the library does not list");
+            Assert.That(
+                kernel.StartsWith($"{Tag(resolved)}_fwd_", StringComparison.Ordinal) &&
+                kernel.Contains($"_{DtypeTag(dtype)}_", StringComparison.Ordinal) && HeadDimOf(kernel) == kernelDim,
+                Is.True, $"{where}; {kernel} ran");
+        }
+    }
+
+    /// <summary>
+    /// Asserts that a refusal of <see cref="KernelPath.Sm90"/> is the contract's: UNSUPPORTED, naming FA_PATH_SM90, and
+    /// on a compute capability 9.0 device (so the build lacks sm_90a code) naming 90a.
+    /// </summary>
+    public static void AssertSm90Refusal(FlashAttentionStatus status, string message, CudaDevice device, string context)
+    {
+        using (Assert.EnterMultipleScope())
+        {
+            Assert.That(status, Is.EqualTo(FlashAttentionStatus.Unsupported), $"{context}: {message}");
+            Assert.That(message, Does.Contain("FA_PATH_SM90"), $"{context}: an Sm90 refusal names the path");
+            if (device.ComputeCapabilityCode == 90)
+            {
+                Assert.That(message, Does.Contain("90a"), $"{context}: on {device} the build lacks sm_90a code, and the refusal says so");
+            }
+        }
+    }
+}
