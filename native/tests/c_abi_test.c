@@ -676,6 +676,22 @@ static fa_support_query_t forward_query(int dtype, int head_dim) {
 
 static int head_dim_served(int d);
 
+/* Whether the library has sm_90a code (FA_CUDA_ARCHS had 90a): it lists an sm90_ kernel (the backward's are in
+   every such build). */
+static int build_has_sm90a(void) {
+    int32_t count = 0, i;
+    const char* name = NULL;
+    if (fa_kernel_count(&count) != FA_STATUS_SUCCESS) {
+        return 0;
+    }
+    for (i = 0; i < count; ++i) {
+        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, "sm90_", 5) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void test_query_support(void) {
     fa_support_query_t q;
     int d, disagreements = 0;
@@ -761,18 +777,27 @@ static void test_query_support(void) {
 static void test_kernel_names(void) {
     int32_t count = -1, i, j;
     const char* name = (const char*)(uintptr_t)1;
-    int bad_names = 0, duplicates = 0;
+    int bad_names = 0, duplicates = 0, sm90_fwd_fp16 = 0, sm90_fwd_bf16 = 0, sm90_fwd_bad_class = 0;
     expect("kernel_count", fa_kernel_count(&count), FA_STATUS_SUCCESS, NULL);
     CHECK(count > 0, "fa_kernel_count is %d", (int)count);
     for (i = 0; i < count; ++i) {
         const char* a = NULL;
         if (fa_kernel_name(i, &a) != FA_STATUS_SUCCESS || a == NULL ||
-            (strncmp(a, "sm80_fwd_", 9) != 0 && strncmp(a, "sm80_bwd_", 9) != 0 && strncmp(a, "sm90_bwd_", 9) != 0 &&
-             strncmp(a, "sm80_decode_", 12) != 0) ||
+            (strncmp(a, "sm80_fwd_", 9) != 0 && strncmp(a, "sm80_bwd_", 9) != 0 && strncmp(a, "sm90_fwd_", 9) != 0 &&
+             strncmp(a, "sm90_bwd_", 9) != 0 && strncmp(a, "sm80_decode_", 12) != 0) ||
             (strstr(a, "hdim") == NULL && strncmp(a, "sm80_decode_", 12) != 0)) {
             ++bad_names;
             printf("  kernel %d: bad name \"%s\" (%s)\n", (int)i, a != NULL ? a : "(null)", fa_last_error_message());
             continue;
+        }
+        if (strncmp(a, "sm90_fwd_", 9) == 0) { /* kernel classes 64, 128 and 256 */
+            const int kd = atoi(strstr(a, "hdim") + 4);
+            sm90_fwd_fp16 += strstr(a, "_fp16_") != NULL;
+            sm90_fwd_bf16 += strstr(a, "_bf16_") != NULL;
+            if (kd != 64 && kd != 128 && kd != 256) {
+                ++sm90_fwd_bad_class;
+                printf("  kernel %d: \"%s\" is not of an sm90 forward kernel class (64, 128, 256)\n", (int)i, a);
+            }
         }
         for (j = 0; j < i; ++j) {
             const char* b = NULL;
@@ -783,6 +808,13 @@ static void test_kernel_names(void) {
     }
     CHECK(bad_names == 0, "%d kernel names are missing or malformed", bad_names);
     CHECK(duplicates == 0, "%d kernel names repeat", duplicates);
+    CHECK(sm90_fwd_bad_class == 0, "%d sm90 forward kernels of a head dim other than 64, 128 and 256", sm90_fwd_bad_class);
+    if (build_has_sm90a()) { /* a build with sm_90a code serves the forward on FA_PATH_SM90 */
+        CHECK(sm90_fwd_fp16 > 0 && sm90_fwd_bf16 > 0, "a build with sm_90a code lists %d fp16 and %d bf16 sm90_fwd_ kernels",
+              sm90_fwd_fp16, sm90_fwd_bf16);
+    } else {
+        CHECK(sm90_fwd_fp16 + sm90_fwd_bf16 == 0, "a build without sm_90a code lists sm90_fwd_ kernels");
+    }
     if (count > 0 && fa_kernel_name(0, &name) == FA_STATUS_SUCCESS) {
         printf("  %d kernels, the first \"%s\"\n", (int)count, name);
     }
@@ -868,6 +900,7 @@ static void test_last_error_is_per_thread(void) {
 typedef struct log_record {
     int calls;
     int debug_calls;
+    int forward_launches; /* "fa_forward: <kernel> for ..." lines */
     char last[512];
 } log_record;
 
@@ -876,6 +909,9 @@ static void on_log(int32_t level, const char* message, void* user_data) {
     ++r->calls;
     if (level == FA_LOG_DEBUG) {
         ++r->debug_calls;
+    }
+    if (message != NULL && strncmp(message, "fa_forward: ", 12) == 0 && strncmp(message + 12, "nothing", 7) != 0) {
+        ++r->forward_launches;
     }
     strncpy(r->last, message != NULL ? message : "", sizeof(r->last) - 1);
     r->last[sizeof(r->last) - 1] = '\0';
@@ -1155,7 +1191,109 @@ static void bind_io(fa_forward_params_t* p, const device_io* io, const fa_tensor
     p->out.data = io->out;
 }
 
-static int run_forward_case(fa_context_t context, void* stream, const fwd_case* c, log_record* log) {
+/* ---- GPU: the forward's kernel paths ------------------------------------------------------------------------ */
+
+static int g_device_cc = 0; /* device 0's compute capability, major*10+minor (test_gpu sets it) */
+static int g_has_sm90a = 0; /* build_has_sm90a() (test_gpu sets it) */
+
+static const char* path_name(int path) {
+    return path == FA_PATH_SM90 ? "sm90" : path == FA_PATH_SM80 ? "sm80" : "auto";
+}
+
+/* Whether a forward on `path` must run on device 0, else be refused: FA_PATH_SM90 serves the forward on compute
+   capability 9.0 in a build with sm_90a code only; FA_PATH_SM80 and FA_PATH_AUTO serve it on every GPU. */
+static int forward_served(int path) {
+    return path != FA_PATH_SM90 || (g_device_cc == 90 && g_has_sm90a);
+}
+
+/* The kernel-name prefix of the family a served forward on `path` runs (AUTO takes sm90 where that serves). */
+static const char* forward_family(int path) {
+    return path == FA_PATH_SM90 || (path == FA_PATH_AUTO && forward_served(FA_PATH_SM90)) ? "sm90_fwd_" : "sm80_fwd_";
+}
+
+static const char* dtype_tag(int dtype) {
+    return dtype == FA_DTYPE_BFLOAT16 ? "_bf16_" : "_fp16_";
+}
+
+/* The kernel head dim of `family` forward kernels of `dtype` that serves head dim d: the smallest hdimN >= d the
+   library lists (a head dim without its own kernel runs the next larger one); 0 when there is none. */
+static int forward_kernel_dim(const char* family, int dtype, int d) {
+    int32_t count = 0, i;
+    int best = 0;
+    const char* name = NULL;
+    if (fa_kernel_count(&count) != FA_STATUS_SUCCESS) {
+        return 0;
+    }
+    for (i = 0; i < count; ++i) {
+        const char* h;
+        int kd;
+        if (fa_kernel_name(i, &name) != FA_STATUS_SUCCESS || name == NULL || strncmp(name, family, strlen(family)) != 0 ||
+            strstr(name, dtype_tag(dtype)) == NULL || (h = strstr(name, "_hdim")) == NULL) {
+            continue;
+        }
+        kd = atoi(h + 5);
+        if (kd >= d && (best == 0 || kd < best)) {
+            best = kd;
+        }
+    }
+    return best;
+}
+
+/* After a served fa_forward: its FA_LOG_DEBUG line ("fa_forward: <kernel> for ...", the last message) names a kernel
+   of the path's family with the call's dtype and the kernel head dim that serves d. */
+static void check_forward_kernel(const char* label, const log_record* log, int path, int dtype, int d) {
+    const char* family = forward_family(path);
+    const int kd = forward_kernel_dim(family, dtype, d);
+    char kernel[160], hdim[24];
+    size_t n = 0;
+    if (strncmp(log->last, "fa_forward: ", 12) == 0) {
+        const char* k = log->last + 12;
+        while (k[n] != '\0' && k[n] != ' ' && n + 1 < sizeof(kernel)) {
+            kernel[n] = k[n];
+            ++n;
+        }
+    }
+    kernel[n] = '\0';
+    sprintf(hdim, "_hdim%d_", kd);
+    CHECK(kd > 0, "%s: the library lists no %s%s kernel for head dim %d or larger", label, family, dtype_tag(dtype) + 1, d);
+    CHECK(kd > 0 && strncmp(kernel, family, strlen(family)) == 0 && strstr(kernel, dtype_tag(dtype)) != NULL &&
+              strstr(kernel, hdim) != NULL,
+          "%s: path %s (cc %d, sm_90a code %s) must run a %s kernel %s hdim%d; the log says \"%s\"", label,
+          path_name(path), g_device_cc, g_has_sm90a ? "yes" : "no", family, dtype_tag(dtype) + 1, kd, log->last);
+}
+
+/* A refusal of FA_PATH_SM90 is the contract's: UNSUPPORTED naming the path, and 90a on a cc 9.0 GPU (whose build
+   then lacks sm_90a code). */
+static void check_sm90_refusal(const char* label, fa_status_t status) {
+    if (expect(label, status, FA_STATUS_UNSUPPORTED, "FA_PATH_SM90") && g_device_cc == 90) {
+        CHECK(strstr(fa_last_error_message(), "90a") != NULL, "%s: on compute capability 9.0 the refusal names 90a: \"%s\"",
+              label, fa_last_error_message());
+    }
+}
+
+/* Every element of `bytes` bytes at `host` is 0xFF (the poison, untouched). */
+static int64_t count_unpoisoned(const void* host, size_t bytes) {
+    const unsigned char* b = (const unsigned char*)host;
+    int64_t changed = 0;
+    size_t x;
+    for (x = 0; x < bytes; ++x) {
+        changed += b[x] != 0xFF;
+    }
+    return changed;
+}
+
+/* After a refused call: nothing launched, and out and lse still hold the poison. */
+static void check_refusal_wrote_nothing(const char* label, const device_io* io, void* stream, uint16_t* ho, float* hl,
+                                        const log_record* log, int launches_before) {
+    int64_t changed;
+    expect("stream synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
+    download_outputs("refused: ", io, ho, hl);
+    changed = count_unpoisoned(ho, io->out_bytes) + count_unpoisoned(hl, io->lse_bytes);
+    CHECK(changed == 0, "%s: a refused call wrote %ld bytes of out and lse", label, (long)changed);
+    CHECK(log->forward_launches == launches_before, "%s: a refused call launched a kernel", label);
+}
+
+static int run_forward_case(fa_context_t context, void* stream, const fwd_case* c, int path, log_record* log) {
     fa_forward_params_t p;
     fa_tensor_t tq, tk, tv, to;
     int64_t nq, nk, no, nl;
@@ -1174,6 +1312,9 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
             c->dtype == FA_DTYPE_BFLOAT16 ? "bf16" : "fp16", c->b, c->sq, c->sk, c->hq, c->hkv, c->d, c->causal,
             c->alignment == FA_CAUSAL_TOP_LEFT ? "(top-left)" : "", c->row_pad);
     append_features(label, c->window, c->window_left, c->window_right, c->softcap);
+    if (path != FA_PATH_AUTO) {
+        sprintf(label + strlen(label), " path=%s", path_name(path));
+    }
 
     set_tensor4(&tq, NULL, c->dtype, c->b, c->sq, c->hq, c->d, c->row_pad);
     set_tensor4(&tk, NULL, c->dtype, c->b, c->sk, c->hkv, c->d, c->row_pad);
@@ -1216,8 +1357,15 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
         set_tensor3_f32(&p.lse, io.lse, c->b, c->hq, c->sq);
     }
     p.softmax_scale = c->scale;
+    p.kernel_path = path;
     set_features(&p, c->causal, c->alignment, c->window, c->window_left, c->window_right, c->softcap);
     log->debug_calls = 0;
+    if (!forward_served(path)) {
+        const int launches = log->forward_launches;
+        check_sm90_refusal(label, fa_forward(context, &p, stream));
+        check_refusal_wrote_nothing(label, &io, stream, ho, hl, log, launches);
+        goto done;
+    }
     if (!expect(label, fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL)) {
         goto done;
     }
@@ -1225,6 +1373,7 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
     if (log->debug_calls >= 1) {
         printf("  log %s\n", log->last);
     }
+    check_forward_kernel(label, log, path, c->dtype, c->d);
     expect("stream synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
     download_outputs("", &io, ho, hl);
 
@@ -1361,7 +1510,7 @@ typedef struct varlen_case {
     int max_extra;    /* max_seqlen_q/k are the longest lengths plus this */
 } varlen_case;
 
-static void run_varlen_case(fa_context_t context, void* stream, const varlen_case* c) {
+static void run_varlen_case(fa_context_t context, void* stream, const varlen_case* c, int path, log_record* log) {
     enum { TAIL_ROWS = 2, LSE_PAD = 3 };
     fa_forward_params_t p;
     int32_t cu_q[5], cu_k[5];
@@ -1393,6 +1542,9 @@ static void run_varlen_case(fa_context_t context, void* stream, const varlen_cas
             c->alignment == FA_CAUSAL_TOP_LEFT ? "(top-left)" : "");
     append_features(label, c->window, c->window_left, c->window_right, c->softcap);
     sprintf(label + strlen(label), "%s pad=%d", c->host_copies ? " host-cu" : "", c->row_pad);
+    if (path != FA_PATH_AUTO) {
+        sprintf(label + strlen(label), " path=%s", path_name(path));
+    }
 
     set_tensor3(&tq, NULL, c->dtype, total_q, c->hq, c->d, c->row_pad);
     set_tensor3(&tk, NULL, c->dtype, total_k, c->hkv, c->d, c->row_pad);
@@ -1447,10 +1599,18 @@ static void run_varlen_case(fa_context_t context, void* stream, const varlen_cas
     p.varlen_batch = c->batch;
     p.max_seqlen_q = max_q + c->max_extra;
     p.max_seqlen_k = max_k + c->max_extra;
+    p.kernel_path = path;
     set_features(&p, c->causal, c->alignment, c->window, c->window_left, c->window_right, c->softcap);
+    if (!forward_served(path)) {
+        const int launches = log->forward_launches;
+        check_sm90_refusal(label, fa_forward(context, &p, stream));
+        check_refusal_wrote_nothing(label, &io, stream, ho, hl, log, launches);
+        goto done;
+    }
     if (!expect(label, fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL)) {
         goto done;
     }
+    check_forward_kernel(label, log, path, c->dtype, c->d);
     expect("stream synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
     download_outputs("", &io, ho, hl);
 
@@ -1539,7 +1699,7 @@ done:
 /* Captures one fa_forward on a non-blocking stream, then replays the graph twice, each time after
    overwriting q, k and v with fresh random values, and checks each replay against the reference for
    the values it saw. */
-static void run_graph_case(fa_context_t context, void* stream) {
+static void run_graph_case(fa_context_t context, void* stream, int path, log_record* log) {
     const fwd_case c = {2, 70, 90, 4, 2, FA_TEST_HEAD_DIM, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 8, 1, FA_DTYPE_FLOAT16,
                         0.0f, 0, -1, -1};
     fa_forward_params_t p, bad;
@@ -1586,8 +1746,15 @@ static void run_graph_case(fa_context_t context, void* stream) {
     bind_io(&p, &io, &tq, &tk, &tv, &to);
     set_tensor3_f32(&p.lse, io.lse, c.b, c.hq, c.sq);
     set_features(&p, c.causal, c.alignment, c.window, c.window_left, c.window_right, c.softcap);
+    p.kernel_path = path;
     bad = p;
     bad.window_left = -3;
+    sprintf(label, "graph: fa_forward path=%s while capturing", path_name(path));
+    if (!forward_served(path)) { /* refused before anything is captured */
+        sprintf(label, "graph: fa_forward path=%s", path_name(path));
+        check_sm90_refusal(label, fa_forward(context, &p, stream));
+        goto done;
+    }
 
     if (!expect("graph: begin_capture", fa_stream_begin_capture(stream), FA_STATUS_SUCCESS, NULL)) {
         goto done;
@@ -1595,7 +1762,8 @@ static void run_graph_case(fa_context_t context, void* stream) {
     /* A rejected call inside the capture touches no CUDA state, so the capture stays valid. */
     expect("graph: invalid fa_forward while capturing", fa_forward(context, &bad, stream), FA_STATUS_INVALID_ARGUMENT,
            "window_left is -3");
-    expect("graph: fa_forward while capturing", fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL);
+    expect(label, fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL);
+    check_forward_kernel(label, log, path, c.dtype, c.d); /* named when captured */
     if (!expect("graph: end_capture", fa_stream_end_capture(stream, &graph), FA_STATUS_SUCCESS, NULL)) {
         goto done;
     }
@@ -1638,8 +1806,8 @@ static void run_graph_case(fa_context_t context, void* stream) {
                 }
             }
         }
-        sprintf(label, "graph replay %d: fwd fp16 b=%d sq=%d sk=%d hq=%d hkv=%d d=%d causal pad=%d", replay, c.b, c.sq,
-                c.sk, c.hq, c.hkv, c.d, c.row_pad);
+        sprintf(label, "graph replay %d: fwd fp16 b=%d sq=%d sk=%d hq=%d hkv=%d d=%d causal pad=%d path=%s", replay, c.b,
+                c.sq, c.sk, c.hq, c.hkv, c.d, c.row_pad, path_name(path));
         compare_outputs(label, c.dtype, c.d, (int64_t)c.b * c.sq, c.hq, ho, no, out_off, ref, hl, nl, lse_off,
                         lse_by_row);
         free(lse_by_row);
@@ -1891,7 +2059,7 @@ static void test_gpu(int32_t count) {
     float ms = -1.0f;
     log_record log;
     const int d = FA_TEST_HEAD_DIM;
-    int n;
+    int n, i;
     const int F16 = FA_DTYPE_FLOAT16, BF16 = FA_DTYPE_BFLOAT16;
     const fwd_case cases[] = {
         /* b sq  sk  hq hkv d  causal alignment           scale pad lse dtype softcap window left right */
@@ -1930,6 +2098,33 @@ static void test_gpu(int32_t count) {
         {4, {17, 0, 1, 300}, {17, 3, 1, 300}, 4, 4, d, 0, FA_CAUSAL_TOP_LEFT, 1, 24, 8, 20.0f, BF16, 0, 0, 5},
         {4, {17, 0, 1, 300}, {40, 0, 7, 128}, 4, 1, d, 1, FA_CAUSAL_TOP_LEFT, 1, 48, -1, 0.0f, F16, 0, 1, 0},
     };
+    /* Each kernel path by name: FA_PATH_SM80 everywhere (the portable kernels stay checked on Hopper, where AUTO
+       takes the sm90 ones); FA_PATH_SM90 runs the sm90 forward on compute capability 9.0 in a build with sm_90a code
+       and is refused (UNSUPPORTED, nothing written) elsewhere. Every sm90 kernel class (64, 128, 256) and head dims
+       that run a larger one (8, 40, 96, 200); both causal alignments with Sq < Sk and Sq > Sk (rows that see no key:
+       zeros, lse +inf); windows; softcap; GQA 1, 2, 4, 8, 16 and 32; rows 3 * H * D apart, as in a packed QKV
+       buffer. A head dim the build does not serve is skipped. */
+    const int paths[2] = {FA_PATH_SM80, FA_PATH_SM90};
+    const fwd_case path_cases[] = {
+        /* b sq  sk  hq hkv d  causal alignment           scale pad lse dtype softcap window left right */
+        {2, 77, 150, 4, 4, 64, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1},
+        {2, 150, 77, 4, 2, 64, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1}, /* rows 0..72 see no key */
+        {1, 77, 150, 8, 1, 128, 1, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1},
+        {1, 150, 77, 8, 2, 128, 1, FA_CAUSAL_TOP_LEFT, 0.3f, 8, 1, BF16, 0.0f, 0, -1, -1},
+        {1, 65, 130, 4, 2, 256, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 8, 1, F16, 0.0f, 1, 32, 8},
+        {1, 130, 65, 4, 4, 256, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1}, /* rows 0..64 see no key */
+        {1, 100, 100, 32, 1, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 20.0f, 0, -1, -1},  /* MQA, softcap */
+        {1, 96, 160, 16, 1, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 1, 48, -1},   /* causal window */
+        {1, 45, 70, 4, 2, 40, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1},
+        {1, 70, 45, 4, 2, 200, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 8, 1, BF16, 15.0f, 1, 10, 10}, /* rows 55.. see no key */
+        {1, 33, 91, 8, 4, 96, 1, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1},
+        {1, 33, 17, 2, 2, 8, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, BF16, 0.0f, 1, 3, 3},
+        {2, 90, 90, 4, 4, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 2 * 4 * 128, 1, F16, 0.0f, 0, -1, -1}, /* packed QKV */
+    };
+    const varlen_case path_varlen_cases[] = {
+        {4, {17, 0, 1, 300}, {33, 5, 0, 260}, 8, 2, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 8, 1, 0},
+        {4, {1, 0, 130, 64}, {1, 9, 70, 0}, 4, 1, 256, 1, FA_CAUSAL_TOP_LEFT, 1, 24, -1, 10.0f, F16, 0, 1, 3},
+    };
 
     memset(&log, 0, sizeof(log));
     memset(&props, 0, sizeof(props));
@@ -1956,30 +2151,60 @@ static void test_gpu(int32_t count) {
     expect("context_get_device", fa_context_get_device(context, &device), FA_STATUS_SUCCESS, NULL);
     CHECK(device == 0, "context device is %d", (int)device);
     expect("stream_create(0)", fa_stream_create(0, &stream), FA_STATUS_SUCCESS, NULL);
+    g_device_cc = props.major * 10 + props.minor;
+    g_has_sm90a = build_has_sm90a();
+    printf("  forward paths: sm90 %s on this device (compute capability %d, sm_90a code %s); auto runs %s kernels\n",
+           forward_served(FA_PATH_SM90) ? "serves" : "is refused", g_device_cc, g_has_sm90a ? "yes" : "no",
+           forward_family(FA_PATH_AUTO));
 
-    /* First, so that the capture contains the first launch of its kernel (any one-time setup included). */
-    run_graph_case(context, stream);
+    /* First, so that each capture contains the first launch of its kernel (any one-time setup included). */
+    run_graph_case(context, stream, FA_PATH_AUTO, &log);
+    for (i = 0; i < 2; ++i) {
+        run_graph_case(context, stream, paths[i], &log);
+    }
     test_device_pointers(context, stream);
     for (n = 0; n < (int)(sizeof(cases) / sizeof(cases[0])); ++n) {
-        run_forward_case(context, stream, &cases[n], &log);
+        run_forward_case(context, stream, &cases[n], FA_PATH_AUTO, &log);
     }
     for (n = 0; n < (int)(sizeof(feature_cases) / sizeof(feature_cases[0])); ++n) {
-        run_forward_case(context, stream, &feature_cases[n], &log);
+        run_forward_case(context, stream, &feature_cases[n], FA_PATH_AUTO, &log);
     }
     for (n = 0; n < (int)(sizeof(varlen_cases) / sizeof(varlen_cases[0])); ++n) {
-        run_varlen_case(context, stream, &varlen_cases[n]);
+        run_varlen_case(context, stream, &varlen_cases[n], FA_PATH_AUTO, &log);
     }
     run_varlen_nothing_to_do(context, stream);
     for (n = 0; n < (int)(sizeof(padded_cases) / sizeof(padded_cases[0])); ++n) {
         if (head_dim_served(padded_cases[n].d)) {
-            run_forward_case(context, stream, &padded_cases[n], &log);
+            run_forward_case(context, stream, &padded_cases[n], FA_PATH_AUTO, &log);
         } else {
             printf("  SKIP head dim %d: not served by this build\n", padded_cases[n].d);
             ++g_skipped;
         }
     }
+    for (i = 0; i < 2; ++i) {
+        for (n = 0; n < (int)(sizeof(path_cases) / sizeof(path_cases[0])); ++n) {
+            if (head_dim_served(path_cases[n].d)) {
+                run_forward_case(context, stream, &path_cases[n], paths[i], &log);
+            } else {
+                printf("  SKIP head dim %d on path %s: not served by this build\n", path_cases[n].d, path_name(paths[i]));
+                ++g_skipped;
+            }
+        }
+        for (n = 0; n < (int)(sizeof(varlen_cases) / sizeof(varlen_cases[0])); ++n) {
+            run_varlen_case(context, stream, &varlen_cases[n], paths[i], &log);
+        }
+        for (n = 0; n < (int)(sizeof(path_varlen_cases) / sizeof(path_varlen_cases[0])); ++n) {
+            if (head_dim_served(path_varlen_cases[n].d)) {
+                run_varlen_case(context, stream, &path_varlen_cases[n], paths[i], &log);
+            } else {
+                printf("  SKIP varlen head dim %d on path %s: not served by this build\n", path_varlen_cases[n].d,
+                       path_name(paths[i]));
+                ++g_skipped;
+            }
+        }
+    }
     /* The same call on the legacy default stream (NULL). */
-    run_forward_case(context, NULL, &cases[0], &log);
+    run_forward_case(context, NULL, &cases[0], FA_PATH_AUTO, &log);
 
     /* Events and stream-ordered memory. */
     expect("event_create start", fa_event_create(0, &start), FA_STATUS_SUCCESS, NULL);
