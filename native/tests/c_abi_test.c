@@ -692,6 +692,86 @@ static int build_has_sm90a(void) {
     return 0;
 }
 
+/* FA_PATH_SM90 and the forward: served on compute capability 9.0 (and 0, any GPU) for every head dim the build
+   serves, with every option, in a build with sm_90a code; refused naming FA_PATH_SM90 on other compute
+   capabilities, and naming 90a in a build without that code. fa_forward_check agrees with the query. Decode stays
+   on the sm80 path. */
+static void test_query_sm90_forward(void) {
+    const int has90a = build_has_sm90a();
+    const int ccs[2] = {90, 0};
+    fa_support_query_t q;
+    fa_forward_params_t p;
+    int d, c, everything, checked = 0, wrong = 0;
+    printf("  build has sm_90a code: %s\n", has90a ? "yes" : "no");
+
+    q = forward_query(FA_DTYPE_BFLOAT16, FA_TEST_HEAD_DIM);
+    q.kernel_path = FA_PATH_SM90;
+    q.compute_capability = 80;
+    expect("query forward on FA_PATH_SM90 at cc 8.0", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "FA_PATH_SM90");
+    p = valid_params(1);
+    p.kernel_path = FA_PATH_SM90;
+    expect("forward_check FA_PATH_SM90 at cc 8.0", fa_forward_check(&p, 80), FA_STATUS_UNSUPPORTED, "FA_PATH_SM90");
+    q.compute_capability = 90;
+    if (has90a) {
+        expect("query forward on FA_PATH_SM90 at cc 9.0 (build with 90a)", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    } else {
+        expect("query forward on FA_PATH_SM90 at cc 9.0 (build without 90a)", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+               "90a");
+    }
+
+    /* Every head dim the build serves, plain and with causal + window + softcap + varlen, at 9.0 and 0. */
+    for (d = 8; d <= 256; d += 8) {
+        if (!head_dim_served(d)) {
+            continue;
+        }
+        for (c = 0; c < 2; ++c) {
+            for (everything = 0; everything <= 1; ++everything) {
+                fa_status_t st;
+                const char* msg;
+                q = forward_query(everything ? FA_DTYPE_BFLOAT16 : FA_DTYPE_FLOAT16, d);
+                q.kernel_path = FA_PATH_SM90;
+                q.compute_capability = ccs[c];
+                q.causal = q.window = q.softcap = q.varlen = everything;
+                st = fa_query_support(&q);
+                msg = fa_last_error_message();
+                ++checked;
+                if (has90a ? st != FA_STATUS_SUCCESS
+                           : st != FA_STATUS_UNSUPPORTED || strstr(msg, "FA_PATH_SM90") == NULL || strstr(msg, "90a") == NULL) {
+                    if (++wrong <= 5) {
+                        printf("  query forward FA_PATH_SM90 d=%d cc=%d%s: %s \"%s\"\n", d, ccs[c],
+                               everything ? " causal+window+softcap+varlen" : "", fa_status_string(st), msg);
+                    }
+                }
+            }
+            p = valid_params(1);
+            set_head_dim(&p, d);
+            p.kernel_path = FA_PATH_SM90;
+            {
+                const fa_status_t st = fa_forward_check(&p, ccs[c]);
+                const char* msg = fa_last_error_message();
+                ++checked;
+                if (has90a ? st != FA_STATUS_SUCCESS
+                           : st != FA_STATUS_UNSUPPORTED || strstr(msg, "FA_PATH_SM90") == NULL || strstr(msg, "90a") == NULL) {
+                    if (++wrong <= 5) {
+                        printf("  forward_check FA_PATH_SM90 d=%d cc=%d: %s \"%s\"\n", d, ccs[c], fa_status_string(st), msg);
+                    }
+                }
+            }
+        }
+    }
+    CHECK(wrong == 0, "FA_PATH_SM90 forward: %d of %d queries and checks at cc 9.0 / 0 did not %s", wrong, checked,
+          has90a ? "succeed (a build with sm_90a code serves every head dim)"
+                 : "fail with UNSUPPORTED naming FA_PATH_SM90 and 90a (a build without sm_90a code)");
+
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.kernel_path = FA_PATH_SM90;
+    q.pass = FA_PASS_DECODE;
+    expect("query decode on FA_PATH_SM90", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "decode runs on the sm80 path");
+    q.compute_capability = 90;
+    expect("query decode on FA_PATH_SM90 at cc 9.0", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+           "decode runs on the sm80 path");
+}
+
 static void test_query_support(void) {
     fa_support_query_t q;
     int d, disagreements = 0;
@@ -727,12 +807,11 @@ static void test_query_support(void) {
     q.kernel_path = 9;
     expect("query kernel_path 9", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "kernel_path is 9");
 
-    /* FA_PATH_SM90 (0.4) serves the backward only, on compute capability 9.0, for the 64/128/256 kernels */
+    /* FA_PATH_SM90: the forward (test_query_sm90_forward) and, on compute capability 9.0, the backward of the
+       64/128/256 kernels; decode stays on the sm80 path */
+    test_query_sm90_forward();
     q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
     q.kernel_path = FA_PATH_SM90;
-    expect("query forward on FA_PATH_SM90", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "backward pass only");
-    q.pass = FA_PASS_DECODE;
-    expect("query decode on FA_PATH_SM90", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "backward pass only");
     q.pass = FA_PASS_BACKWARD;
     q.compute_capability = 80;
     expect("query backward on FA_PATH_SM90 at cc 8.0", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "FA_PATH_SM90");

@@ -231,8 +231,10 @@ static void test_validation(void) {
     bad("softcap NaN", &p, FA_STATUS_INVALID_ARGUMENT, "softcap");
     p = valid_params(1); p.kernel_path = 7;
     bad("kernel_path 7", &p, FA_STATUS_INVALID_ARGUMENT, "kernel_path is 7");
-    p = valid_params(1); p.kernel_path = FA_PATH_SM90;
-    bad("kernel_path FA_PATH_SM90", &p, FA_STATUS_UNSUPPORTED, "backward pass only");
+    p = valid_params(1); p.kernel_path = FA_PATH_SM90; /* the sm90 kernels serve the forward and backward */
+    bad("kernel_path FA_PATH_SM90", &p, FA_STATUS_UNSUPPORTED, "decode runs on the sm80 path");
+    expect("kernel_path FA_PATH_SM90 at cc 9.0", fa_decode_check(&p, 90), FA_STATUS_UNSUPPORTED,
+           "decode runs on the sm80 path");
     p = valid_params(1); p.num_splits = FA_DECODE_MAX_SPLITS + 1;
     bad("num_splits 129", &p, FA_STATUS_INVALID_ARGUMENT, "num_splits is");
     p = valid_params(1); p.num_splits = -1;
