@@ -281,7 +281,7 @@ struct DecodeCheck {
 
     // Valid; is it served? (UNSUPPORTED)
     void served(int32_t compute_capability) {
-        refuse_sm90_path(P.kernel_path, "kernel_path", "decode");
+        refuse_sm90_path(P.kernel_path, "kernel_path");
         check_head_dim_served(d, 3);
         if (paged && (block_size < kMinBlockSize || !is_power_of_two(block_size))) {
             unsupported("k_cache.shape[1] (block_size) is " + s(block_size) +

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "device_memory.h"
+#include "dispatch.h"
 #include "params_defaults.h"
 #include "validate.h"
 #include "validate_attention.h"
@@ -81,7 +82,8 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     const AttentionArgs a = attention_args(*params, forward_defaults());
     const AttentionShape shape = check_attention(a);
     check_attention_served(a, shape, compute_capability);
-    refuse_sm90_path(a.kernel_path, "kernel_path", "the forward");
+    // FA_PATH_SM90 where it does not serve: UNSUPPORTED, saying why (dispatch.cpp chooses the path).
+    (void)choose_path(Pass::Forward, a.kernel_path, static_cast<int32_t>(shape.d), compute_capability, -1, "kernel_path");
     if (memory != nullptr) {
         add_attention_memory(a, shape, *memory);
     }

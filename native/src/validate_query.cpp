@@ -80,7 +80,6 @@ void check_support_query(const fa_support_query_t& query) {
         unsupported("query->head_dim is " + s(query.head_dim) + "; this build serves head dims " + served_head_dims());
     }
     check_compute_capability_served(query.compute_capability, "query->compute_capability");
-    if (query.pass != FA_PASS_BACKWARD) refuse_sm90_path(query.kernel_path, "query->kernel_path", "");
     // FA_PATH_SM90 where it does not serve: UNSUPPORTED, saying why (dispatch.cpp chooses the path).
     const Pass pass = query.pass == FA_PASS_FORWARD ? Pass::Forward
                       : query.pass == FA_PASS_BACKWARD ? Pass::Backward

@@ -545,7 +545,7 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
         Random random = TestRandom.ForCurrentTest(out int seed);
         AttentionOptions options = mask.ToOptions(scale) with { Deterministic = deterministic, KernelPath = path };
         using BackwardRun run = BackwardRun.Create(Device, dims, dtype, random);
-        run.Forward(Attention, options with { KernelPath = KernelPath.Auto }, Stream); // the forward has no sm90 path
+        run.Forward(Attention, options with { KernelPath = KernelPath.Auto }, Stream); // the forward on its default path
         run.Backward(Attention, options, Stream);
         var (dq, dk, dv) = run.ReadGradients();
         float effectiveScale = scale ?? (float)dims.DefaultScale;
