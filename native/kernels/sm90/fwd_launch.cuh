@@ -13,6 +13,12 @@
 #include "sm90/fwd_kernel.cuh"
 #include "sm90/tma_host.h"
 
+// Masked calls with more keys than this run one CTA per tile instead of a persistent grid (see launch_fwd);
+// overridable for experiments.
+#ifndef FA_SM90_FWD_PERSISTENT_MAX_KEYS
+#define FA_SM90_FWD_PERSISTENT_MAX_KEYS 8192
+#endif
+
 namespace fa {
 namespace sm90 {
 
@@ -48,8 +54,13 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
                           p.v_head_stride, p.v_batch_stride, Tr::kBlockN)) != cudaSuccess) {
         return err;
     }
+    // Persistent (one CTA per SM striding over the block order) where tiles cost about the same; one CTA per
+    // tile where a causal mask or window makes them unequal and long, so the hardware's block dispatch, in the
+    // heaviest-first order, balances the SMs as a dynamic scheduler would (a static stride left the heaviest
+    // tiles on the same SMs: 0.63-0.77x cuDNN at 16k causal; bench/NOTES.md).
     const int sms = info.sm_count > 0 ? info.sm_count : 132;
-    const unsigned grid = tiles < static_cast<unsigned>(sms) ? tiles : static_cast<unsigned>(sms);
+    const bool per_tile = kLocal && p.sk > FA_SM90_FWD_PERSISTENT_MAX_KEYS;
+    const unsigned grid = per_tile || tiles < static_cast<unsigned>(sms) ? tiles : static_cast<unsigned>(sms);
     kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
     return cudaGetLastError();
 }
