@@ -1,5 +1,7 @@
+using System.Reflection;
 using System.Runtime.CompilerServices;
 using FlashAttn.Internal;
+using Microsoft.Extensions.Logging.Abstractions;
 using NUnit.Framework;
 
 namespace FlashAttn.Tests.Cpu;
@@ -11,8 +13,11 @@ namespace FlashAttn.Tests.Cpu;
 /// the check sends the call to the native library (or to a later check with another message) and the case fails,
 /// even where the native library would refuse the same input with a similar message. The argument types
 /// (AttentionOptions, AttentionShape, DeviceTensor, DeviceBuffer, VarlenBatch, KvCache, the argument records,
-/// QuerySupport) are held to the exact exception type and parameter name. Checks against another device's
-/// tensors, streams and workspaces need a FlashAttention instance, hence a GPU; they are not here.
+/// QuerySupport) are held to the exact exception type and parameter name. The instance calls (Forward, Backward,
+/// Decode and their size queries) throw ArgumentException for the same checks; they run here on an instance whose
+/// native context was never created (see <see cref="OfflineInstance"/>), held to the exact exception type, parameter
+/// name and no native call. Checks against another device's tensors, streams and workspaces need two devices; they
+/// are not here.
 /// </summary>
 [TestFixture]
 [Category("Cpu")]
@@ -495,6 +500,164 @@ public sealed class ManagedRefusalTests
             if (t.Fragment is not null)
             {
                 Assert.That(thrown?.Message, Does.Contain(t.Fragment));
+            }
+        });
+    }
+
+    // ---- instance calls: ArgumentException before any native call ---------------------------------------------------
+
+    /// <summary>Thrown by the observer of the instance tests, so a call that gets past the managed checks stops there.</summary>
+    private sealed class NativeCallReached(string function) : Exception($"the call reached {function}");
+
+    /// <summary>
+    /// A FlashAttention on a CudaDevice that was never opened, with a context handle that was never created (zero,
+    /// not closed): every managed check of the instance calls runs as on a GPU, and a call that passes them reaches
+    /// the observer with a native function's name (<see cref="ValidInstanceCallsReachTheNativeLibrary"/>), which
+    /// throws <see cref="NativeCallReached"/> so the native call itself is never made. The zero handle is invalid, so
+    /// nothing is ever released.
+    /// </summary>
+    private static FlashAttention OfflineInstance()
+    {
+        var fa = (FlashAttention)RuntimeHelpers.GetUninitializedObject(typeof(FlashAttention));
+        SetField(fa, "_context", new SafeContextHandle());
+        SetField(fa, "_logger", NullLogger.Instance);
+        SetField(fa, "<Device>k__BackingField", FakeDevice());
+        return fa;
+    }
+
+    private static void SetField(object target, string name, object value)
+    {
+        FieldInfo field = typeof(FlashAttention).GetField(name, BindingFlags.Instance | BindingFlags.NonPublic)
+            ?? throw new InvalidOperationException($"FlashAttention has no field {name}: update OfflineInstance() to the class's fields");
+        field.SetValue(target, value);
+    }
+
+    public static IEnumerable<Throwing> InstanceThrows()
+    {
+        FlashAttention fa = OfflineInstance();
+        AttentionArguments f = Fwd();
+        AttentionArguments kBatch3 = f with { K = T(K, 3, 33, 2, 64), V = T(V, 3, 33, 2, 64) };
+        const string batchFragment = "k must be [batch=2, seqlen_k";
+        yield return Th<ArgumentException>("Forward: k batch 3", () => fa.Forward(kBatch3), "k", batchFragment);
+        yield return Th<ArgumentException>("Forward positional: k batch 3", () => fa.Forward(f.Q, kBatch3.K, kBatch3.V, f.Output, f.LogSumExp), "k", batchFragment);
+
+        var badOptions = new (string Name, AttentionOptions Options, string Fragment)[]
+        {
+            ("WindowLeft -1", new AttentionOptions { WindowLeft = -1 }, "WindowLeft and WindowRight must be 0 or more"),
+            ("WindowRight -1", new AttentionOptions { WindowRight = -1 }, "WindowLeft and WindowRight must be 0 or more"),
+            ("causal, WindowLeft -1", new AttentionOptions { Causal = true, WindowLeft = -1, WindowRight = 0 }, "WindowLeft and WindowRight must be 0 or more"),
+            ("Softcap 0", new AttentionOptions { Softcap = 0f }, "Softcap must be finite and greater than 0"),
+            ("Softcap -0", new AttentionOptions { Softcap = -0f }, "Softcap must be finite and greater than 0"),
+            ("Softcap -1", new AttentionOptions { Softcap = -1f }, "Softcap must be finite and greater than 0"),
+            ("Softcap NaN", new AttentionOptions { Softcap = float.NaN }, "Softcap must be finite and greater than 0"),
+            ("Softcap +infinity", new AttentionOptions { Softcap = float.PositiveInfinity }, "Softcap must be finite and greater than 0"),
+        };
+        foreach ((string name, AttentionOptions options, string fragment) in badOptions)
+        {
+            yield return Th<ArgumentException>($"Forward: {name}", () => fa.Forward(f, options), "options", fragment);
+        }
+
+        BackwardArguments b = Bwd();
+        BackwardArguments bBatch3 = b with { K = T(K, 3, 33, 2, 64), V = T(V, 3, 33, 2, 64) };
+        yield return Th<ArgumentException>("Backward: k batch 3", () => fa.Backward(bBatch3), "k", batchFragment);
+        yield return Th<ArgumentException>("GetBackwardWorkspaceSize: k batch 3", () => fa.GetBackwardWorkspaceSize(bBatch3), "k", batchFragment);
+        foreach ((string name, AttentionOptions options, string fragment) in badOptions)
+        {
+            yield return Th<ArgumentException>($"Backward: {name}", () => fa.Backward(b, options), "options", fragment);
+        }
+
+        yield return Th<ArgumentException>("GetBackwardWorkspaceSize: Softcap 0", () => fa.GetBackwardWorkspaceSize(b, new AttentionOptions { Softcap = 0f }),
+            "options", "Softcap must be finite and greater than 0");
+
+        DecodeArguments d = Dec() with { KNew = null, VNew = null };
+        foreach ((string name, AttentionOptions options, string fragment) in badOptions)
+        {
+            yield return Th<ArgumentException>($"Decode: {name}", () => fa.Decode(d, options), "options", fragment);
+        }
+
+        yield return Th<ArgumentException>("Decode: q batch 3", () =>
+            fa.Decode(d with { Q = T(Q, 3, 1, 8, 64), Output = T(O, 3, 1, 8, 64), LogSumExp = null }), "q", "q has batch 3 but the cache holds 2 sequences");
+        yield return Th<ArgumentException>("GetDecodeWorkspaceSize: WindowRight -1", () => fa.GetDecodeWorkspaceSize(d, new AttentionOptions { WindowRight = -1 }),
+            "options", "WindowLeft and WindowRight must be 0 or more");
+        yield return Th<ArgumentException>("GetDecodeSplitCount: Softcap 0", () => fa.GetDecodeSplitCount(d, new AttentionOptions { Softcap = 0f }),
+            "options", "Softcap must be finite and greater than 0");
+    }
+
+    public static IEnumerable<TestCaseData> InstanceCases() =>
+        InstanceThrows().Select(t => new TestCaseData(t).SetName($"Managed instance throw: {t.Name}"));
+
+    /// <summary>
+    /// The instance calls throw exactly ArgumentException naming the parameter, with the managed message, and make no
+    /// native call: removing or loosening the check lets the call reach the observer, which stops it with another
+    /// exception type, so the case fails.
+    /// </summary>
+    [TestCaseSource(nameof(InstanceCases))]
+    public void InstanceCallThrowsBeforeAnyNativeCall(Throwing t)
+    {
+        var calls = new List<string>();
+        Exception? thrown = null;
+        using (NativeCallObserver.Observe((function, _) =>
+        {
+            calls.Add(function);
+            throw new NativeCallReached(function);
+        }))
+        {
+            try
+            {
+                t.Run();
+            }
+            catch (Exception ex)
+            {
+                thrown = ex;
+            }
+        }
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(calls, Is.Empty, "no native attention call may be made");
+            Assert.That(thrown, Is.Not.Null.And.TypeOf(t.Exception), thrown?.ToString());
+            Assert.That((thrown as ArgumentException)?.ParamName, Is.EqualTo(t.ParamName), thrown?.Message);
+            Assert.That(thrown?.Message, Does.Contain(t.Fragment));
+        });
+    }
+
+    /// <summary>
+    /// The valid inputs the instance cases are derived from pass every managed check of the offline instance and
+    /// reach the observer with the native function each call makes, so the cases above test the managed checks and
+    /// not the offline instance.
+    /// </summary>
+    [Test]
+    public void ValidInstanceCallsReachTheNativeLibrary()
+    {
+        FlashAttention fa = OfflineInstance();
+        DecodeArguments d = Dec() with { KNew = null, VNew = null };
+        var cases = new (string Expected, Action Run)[]
+        {
+            ("fa_forward", () => fa.Forward(Fwd())),
+            ("fa_forward", () => fa.Forward(Fwd(), new AttentionOptions { Causal = true, WindowLeft = 0, WindowRight = 0, Softcap = 1e-3f })),
+            ("fa_backward", () => fa.Backward(Bwd())),
+            ("fa_backward", () => fa.Backward(Bwd(), new AttentionOptions { WindowLeft = 5, WindowRight = 0, Softcap = 30f })),
+            ("fa_backward_workspace_size", () => fa.GetBackwardWorkspaceSize(Bwd())),
+            ("fa_decode", () => fa.Decode(d)),
+            ("fa_decode", () => fa.Decode(d, new AttentionOptions { WindowLeft = 0, Softcap = 30f })),
+            ("fa_decode_workspace_size", () => fa.GetDecodeWorkspaceSize(d)),
+            ("fa_decode_num_splits", () => fa.GetDecodeSplitCount(d)),
+        };
+        Assert.Multiple(() =>
+        {
+            foreach ((string expected, Action run) in cases)
+            {
+                var calls = new List<string>();
+                using (NativeCallObserver.Observe((function, _) =>
+                {
+                    calls.Add(function);
+                    throw new NativeCallReached(function);
+                }))
+                {
+                    Assert.That(() => run(), Throws.TypeOf<NativeCallReached>(), expected);
+                }
+
+                Assert.That(calls, Is.EqualTo(new[] { expected }));
             }
         });
     }
