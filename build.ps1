@@ -46,8 +46,9 @@ Commands (the same as ./build.sh):
                     python3 and clang-14 where missing, restore NuGet packages and the local dotnet tools.
   build [-DX=Y...]  Build the native library (build/native), copy it to artifacts/native/, then build the
                     solution (Release). -D options go to CMake, others to dotnet build.
-  test              Build, then run ctest, the bindings check and the NUnit tests; the last line is
-                    "N passed, N failed, N skipped".
+  test              Build, then run ctest, the bindings check, the NUnit tests and the Python package's
+                    CPU tests; each distinct skip reason is printed once with its count; the last line
+                    is "N passed, N failed, N skipped".
   bindings [--check]
                     Regenerate the P/Invoke layer from the C header (--check: fail when it is stale).
   demo [args...]    Build and run the demo (the main job).
@@ -59,7 +60,9 @@ Commands (the same as ./build.sh):
                     synccheck, initcheck over every kernel: tools/run_sanitizers.py), bench/run.py (fwd,
                     bwd, decode rows); logs in $OUT (else build/gpu-test); a table comes last.
                     FA_GPU_TEST_ONLY: tests, sanitize, bench or a comma list (default: all three).
-  pack              dotnet pack the managed library.
+  pack              dotnet pack the managed library with runtimes/linux-x64/native/libflash_attention.so,
+                    then check each package's description, license, readme and tags (the repository
+                    URL comes from git remote origin, or FA_REPOSITORY_URL).
   wheel             Build the Python package (python/, import flash_attn_interop) as a wheel with
                     libflash_attention.so inside -> artifacts/python/.
   help              Show this text.
@@ -275,6 +278,7 @@ function Invoke-Pytest([string]$Log, [string]$Marker, [string]$Lib) {
     $failed = $n.failed + $n.error
     if ($rc -ne 0 -and $rc -ne 5 -and $failed -eq 0) { $failed = 1 }
     Add-Counts 'pytest' $n.passed $failed $n.skipped
+    Write-PytestSkipReasons $Log
 }
 
 function Add-Counts([string]$What, [int]$Passed, [int]$Failed, [int]$Skipped) {
@@ -296,6 +300,36 @@ function Invoke-CTest([string]$Log, [string]$Junit) {
     # ctest failed without a failing test (no tests, configuration error): one failure.
     if ($rc -ne 0 -and $failures -eq 0) { $failures = 1 }
     Add-Counts 'ctest' ([Math]::Max(0, $tests - $failures - $skipped)) $failures $skipped
+    if (Test-Path $Junit) { Write-CTestSkipReasons $Junit }
+}
+
+# Prints each distinct skip reason of a ctest JUnit file once, with its count and the tests: a skipped test's reason is
+# the last line it printed, without a "skipped:" or "SAN-SKIP" prefix.
+function Write-CTestSkipReasons([string]$Junit) {
+    $reasons = [ordered]@{}
+    foreach ($tc in ([xml](Get-Content -Raw $Junit)).SelectNodes('//testcase')) {
+        if ($tc.GetAttribute('status') -ne 'notrun' -and -not $tc.SelectSingleNode('skipped')) { continue }
+        $out = $tc.SelectSingleNode('system-out')
+        $lines = @(if ($out) { $out.InnerText -split "`n" | ForEach-Object { $_.Trim() } | Where-Object { $_ } })
+        $reason = if ($lines.Count -gt 0) { $lines[-1] -replace '^(SAN-SKIP|skipped:|SKIP:?)\s*', '' } else { '(no reason printed)' }
+        if (-not $reasons.Contains($reason)) { $reasons[$reason] = [Collections.Generic.List[string]]::new() }
+        $reasons[$reason].Add($tc.GetAttribute('name'))
+    }
+    foreach ($r in @($reasons.GetEnumerator() | Sort-Object { -$_.Value.Count })) {
+        $count = $r.Value.Count
+        Write-Host "    $count test$(if ($count -ne 1) { 's' }) skipped ($($r.Value -join ', ')): $($r.Key)"
+    }
+}
+
+# Prints each distinct skip reason of a pytest -rs log ("SKIPPED [N] FILE:LINE: REASON") once, with its count.
+function Write-PytestSkipReasons([string]$Log) {
+    $counts = @{}
+    foreach ($line in Get-Content $Log) {
+        if ($line -match '^SKIPPED \[(\d+)\] \S+: (.*)$') { $counts[$Matches[2]] = [int]$counts[$Matches[2]] + [int]$Matches[1] }
+    }
+    foreach ($r in @($counts.GetEnumerator() | Sort-Object { -$_.Value })) {
+        Write-Host "    $($r.Value) test$(if ($r.Value -ne 1) { 's' }) skipped: $($r.Key)"
+    }
 }
 
 # The skipped tests of an NUnit log written with --show-test-results failed,skipped, grouped by reason (Count,
@@ -598,6 +632,9 @@ function Invoke-Pack([string[]]$Rest = @()) {
         $m.Matches[0].Groups[1].Value
     }
     $version = $parts -join '.'
+    # dotnet pack skips a package that is newer than its inputs, whatever the properties given (Version,
+    # FA_REPOSITORY_URL): remove this version's packages so that both are written again.
+    Remove-Item -Force -ErrorAction SilentlyContinue (Join-Path $out "FlashAttention.Native.$version.nupkg"), (Join-Path $out "FlashAttention.$version.nupkg")
     # The bindings package carries the native library (runtimes/linux-x64/native/); the API package depends on it.
     foreach ($p in 'bindings/FlashAttention.Native/FlashAttention.Native.csproj', 'managed/FlashAttention/FlashAttention.csproj') {
         Step 'pack' "dotnet pack $p (version $version) -> $out"
@@ -607,6 +644,29 @@ function Invoke-Pack([string[]]$Rest = @()) {
     $nupkg = Get-Item -ErrorAction SilentlyContinue (Join-Path $out "FlashAttention.Native.$version.nupkg")
     if (-not $nupkg) { throw "no FlashAttention.Native package in $out" }
     Exec 'python3' @('tools/add_native_to_nupkg.py', $nupkg.FullName, (Join-Path $NativeArtifacts $LibName), '--rid', 'linux-x64')
+    Step 'pack-check' "each package's description, license, readme, tags and repository URL"
+    Add-Type -AssemblyName System.IO.Compression.FileSystem
+    $lacking = @()
+    foreach ($name in "FlashAttention.Native.$version.nupkg", "FlashAttention.$version.nupkg") {
+        $path = Join-Path $out $name
+        $zip = [IO.Compression.ZipFile]::OpenRead((Resolve-Path $path).Path)
+        try {
+            $entry = $zip.Entries | Where-Object { $_.FullName -like '*.nuspec' } | Select-Object -First 1
+            $reader = [IO.StreamReader]::new($entry.Open())
+            try { [xml]$spec = $reader.ReadToEnd() } finally { $reader.Dispose() }
+            $meta = $spec.package.metadata
+            $get = { param($tag) $n = $meta.SelectSingleNode("*[local-name()='$tag']"); if ($n) { $n.InnerText } else { '' } }
+            $missing = @('description', 'license', 'readme', 'tags' | Where-Object { -not (& $get $_).Trim() })
+            $readme = & $get 'readme'
+            if ($readme -and -not ($zip.Entries | Where-Object { $_.FullName -eq $readme })) { $missing += "the readme file $readme" }
+            $r = $meta.SelectSingleNode("*[local-name()='repository']")
+            $repo = if ($r -and $r.GetAttribute('url')) { $r.GetAttribute('url') } else { "none (no git remote 'origin'; set FA_REPOSITORY_URL=https://...)" }
+            Write-Host "    ${path}: license $(& $get 'license'), readme $readme, repository $repo"
+            if ($missing.Count -gt 0) { $lacking += "$path lacks: $($missing -join ', ')" }
+        }
+        finally { $zip.Dispose() }
+    }
+    if ($lacking.Count -gt 0) { throw ($lacking -join '; ') }
 }
 
 # ---- wheel ----------------------------------------------------------------------------------------

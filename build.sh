@@ -41,7 +41,8 @@ Commands:
                     then build the solution (Release). -D options go to CMake, others to dotnet build.
   test              Build, then run ctest, the bindings check, the NUnit tests and the Python package's
                     CPU tests (pytest -m "not gpu"); the last line is "N passed, N failed, N skipped".
-                    GPU tests skip themselves where there is no GPU.
+                    GPU tests skip themselves where there is no GPU; each distinct skip reason is
+                    printed once with its count.
   bindings [--check]
                     Regenerate the P/Invoke layer from the C header (or, with --check, fail when the
                     checked-in bindings are stale).
@@ -57,7 +58,9 @@ Commands:
                     synccheck, initcheck) over small calls of every kernel, and bench/run.py
                     (forward, backward and decode rows); logs go to $OUT (else build/gpu-test); a
                     table comes last.
-  pack              dotnet pack the managed library with runtimes/linux-x64/native/libflash_attention.so.
+  pack              dotnet pack the managed library with runtimes/linux-x64/native/libflash_attention.so,
+                    then check each package's description, license, readme and tags (the repository
+                    URL comes from git remote origin, or FA_REPOSITORY_URL).
   wheel             Build the Python package (python/, import flash_attn_interop) as a wheel with
                     libflash_attention.so inside -> artifacts/python/ (pip wheel --no-deps
                     --no-build-isolation; builds the native library first if artifacts/native lacks it).
@@ -364,6 +367,36 @@ run_ctest() {
     ctest --test-dir "$NATIVE_BUILD_DIR" --output-on-failure --output-junit "$(realpath -m "$junit")" 2>&1 | tee "$log" || rc=$?
     count_ctest "$junit" "$rc"
     add_counts ctest
+    print_ctest_skip_reasons "$junit"
+}
+
+# Prints each distinct skip reason of a ctest JUnit file once, with its count and the tests: a skipped test's reason is
+# the last line it printed, without a "skipped:" or "SAN-SKIP" prefix.
+print_ctest_skip_reasons() {
+    [[ -f "$1" ]] || return 0
+    python3 - "$1" <<'PYEOF' || true
+import re, sys, xml.etree.ElementTree as ET
+reasons = {}
+for tc in ET.parse(sys.argv[1]).getroot().iter("testcase"):
+    if tc.get("status") != "notrun" and tc.find("skipped") is None:
+        continue
+    out = tc.find("system-out")
+    lines = [l.strip() for l in ((out.text or "") if out is not None else "").splitlines() if l.strip()]
+    reason = re.sub(r"^(SAN-SKIP|skipped:|SKIP:?)\s*", "", lines[-1]) if lines else "(no reason printed)"
+    reasons.setdefault(reason, []).append(tc.get("name"))
+for reason, names in sorted(reasons.items(), key=lambda r: -len(r[1])):
+    print(f"    {len(names)} test{'' if len(names) == 1 else 's'} skipped ({', '.join(names)}): {reason}")
+PYEOF
+}
+
+# Prints each distinct skip reason of a pytest -rs log ("SKIPPED [N] FILE:LINE: REASON") once, with its count.
+print_pytest_skip_reasons() {
+    awk '
+        match($0, /^SKIPPED \[[0-9]+\] [^ ]+: /) {
+            n = substr($0, 10) + 0; r = substr($0, RLENGTH + 1); c[r] += n
+        }
+        END { for (r in c) printf "    %d test%s skipped: %s\n", c[r], c[r] == 1 ? "" : "s", r }
+    ' "$1" | sort -k1,1nr
 }
 
 # Runs the NUnit test executable ($@ = command to start it), the log going to $LOG as well.
@@ -429,6 +462,7 @@ run_pytest() {
     # pytest failed without a failing test (usage error, collection crash; 5 = nothing collected is not a failure).
     if [[ "$rc" -ne 0 && "$rc" -ne 5 && "$T_FAILED" -eq 0 ]]; then T_FAILED=1; fi
     add_counts pytest
+    print_pytest_skip_reasons "$log"
 }
 
 print_summary() {
@@ -698,6 +732,9 @@ cmd_pack() {
     local out="artifacts/packages" p version
     # The package version is the C ABI's version (FA_VERSION_* in the header).
     version="$(awk '/#define FA_VERSION_(MAJOR|MINOR|PATCH) / { v = v (v == "" ? "" : ".") $3 } END { print v }' native/include/flash_attention.h)"
+    # dotnet pack skips a package that is newer than its inputs, whatever the properties given (Version,
+    # FA_REPOSITORY_URL): remove this version's packages so that both are written again.
+    rm -f "$out/FlashAttention.Native.$version.nupkg" "$out/FlashAttention.$version.nupkg"
     # The bindings package carries the native library (runtimes/linux-x64/native/), the API package
     # depends on it.
     for p in bindings/FlashAttention.Native/FlashAttention.Native.csproj managed/FlashAttention/FlashAttention.csproj; do
@@ -710,6 +747,25 @@ cmd_pack() {
     [[ -f "$nupkg" ]] || nupkg=""
     [[ -n "$nupkg" ]] || die "no FlashAttention.Native package in $out"
     python3 tools/add_native_to_nupkg.py "$nupkg" "$NATIVE_ARTIFACTS/$LIB_NAME" --rid linux-x64
+    step pack-check "each package's description, license, readme, tags and repository URL"
+    python3 - "$out/FlashAttention.Native.$version.nupkg" "$out/FlashAttention.$version.nupkg" <<'PYEOF'
+import re, sys, zipfile
+bad = False
+for path in sys.argv[1:]:
+    z = zipfile.ZipFile(path)
+    spec = z.read(next(n for n in z.namelist() if n.endswith(".nuspec"))).decode("utf-8-sig")
+    get = lambda tag: (re.search(rf"<{tag}[^>]*>([^<]*)</{tag}>", spec) or [None, ""])[1].strip()
+    repo = re.search(r'<repository [^>]*url="([^"]+)"', spec)
+    missing = [t for t in ("description", "license", "readme", "tags") if not get(t)]
+    if get("readme") and get("readme") not in z.namelist():
+        missing.append(f"the readme file {get('readme')}")
+    print(f"    {path}: license {get('license') or '-'}, readme {get('readme') or '-'}, repository "
+          + (repo[1] if repo else "none (no git remote 'origin'; set FA_REPOSITORY_URL=https://...)"))
+    if missing:
+        print(f"    {path} lacks: {', '.join(missing)}", file=sys.stderr)
+        bad = True
+sys.exit(1 if bad else 0)
+PYEOF
     ls -la "$out"
 }
 
