@@ -44,7 +44,7 @@ public static partial class AttentionReference
     /// <param name="valueGrad">Receives the gradient of v, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
     /// <exception cref="ArgumentException">A span length does not match <paramref name="shape"/>, or the shape is invalid.</exception>
     /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
-    public static unsafe void Backward(
+    public static void Backward(
         ReadOnlySpan<double> q,
         ReadOnlySpan<double> k,
         ReadOnlySpan<double> v,
@@ -53,54 +53,91 @@ public static partial class AttentionReference
         AttentionOptions options,
         Span<double> queryGrad,
         Span<double> keyGrad,
-        Span<double> valueGrad)
+        Span<double> valueGrad) =>
+        BackwardWithExtras(q, k, v, outputGrad, shape, options, ReferenceExtras.None, queryGrad, keyGrad, valueGrad, default);
+
+    /// <summary>
+    /// Runs the attention backward pass in float64 with the options of <see cref="ReferenceExtras"/>: v, the output
+    /// gradient and dV have <c>ValueHeadDim</c> columns; <paramref name="sinkGrad"/> (<c>[HeadsQ]</c>, or empty to skip
+    /// it) receives the sinks' gradient summed over batches and rows (0 without sinks); dropout regenerates the
+    /// forward pass's mask from the same seed and offset.
+    /// </summary>
+    internal static unsafe void BackwardWithExtras(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        ReadOnlySpan<double> outputGrad,
+        AttentionShape shape,
+        AttentionOptions options,
+        ReferenceExtras extras,
+        Span<double> queryGrad,
+        Span<double> keyGrad,
+        Span<double> valueGrad,
+        Span<double> sinkGrad)
     {
         ArgumentNullException.ThrowIfNull(options);
         shape.Validate(nameof(shape));
         options.Validate(nameof(options));
+        var plan = new ExtrasPlan(extras, options, shape.Batch, shape.HeadsQ, shape.HeadDim, shape.SeqLenK);
+        int dvDim = plan.ValueHeadDim;
+        long vElements = (long)shape.Batch * shape.SeqLenK * shape.HeadsKv * dvDim;
+        long oElements = (long)shape.Batch * shape.SeqLenQ * shape.HeadsQ * dvDim;
         RequireLength(q.Length, shape.QElementCount, nameof(q));
         RequireLength(k.Length, shape.KvElementCount, nameof(k));
-        RequireLength(v.Length, shape.KvElementCount, nameof(v));
-        RequireLength(outputGrad.Length, shape.QElementCount, nameof(outputGrad));
+        RequireLength(v.Length, vElements, nameof(v));
+        RequireLength(outputGrad.Length, oElements, nameof(outputGrad));
         RequireLength(queryGrad.Length, shape.QElementCount, nameof(queryGrad));
         RequireLength(keyGrad.Length, shape.KvElementCount, nameof(keyGrad));
-        RequireLength(valueGrad.Length, shape.KvElementCount, nameof(valueGrad));
+        RequireLength(valueGrad.Length, vElements, nameof(valueGrad));
+        if (!sinkGrad.IsEmpty)
+        {
+            RequireLength(sinkGrad.Length, shape.HeadsQ, nameof(sinkGrad));
+        }
 
         // Every gradient starts at 0: rows that see no key and keys no row sees stay there.
         queryGrad.Clear();
         keyGrad.Clear();
         valueGrad.Clear();
+        sinkGrad.Clear();
         long units = (long)shape.Batch * shape.HeadsKv;
         if (units == 0 || shape.SeqLenQ == 0 || shape.SeqLenK == 0)
         {
             return;
         }
 
-        var row = new BackwardRowKernel(options, shape.HeadDim);
-        long macs = (long)shape.Batch * shape.HeadsQ * shape.SeqLenQ * shape.SeqLenK * shape.HeadDim;
+        // Each unit writes the sink gradient of its (batch, query head)s here; summed over batches in order below.
+        var sinkParts = new double[shape.Batch * shape.HeadsQ];
+        var row = new BackwardRowKernel(options, shape.HeadDim, plan);
+        long macs = (long)shape.Batch * shape.HeadsQ * shape.SeqLenQ * shape.SeqLenK * (shape.HeadDim + dvDim) / 2;
         fixed (double* pq = q, pk = k, pv = v, pdo = outputGrad, pdq = queryGrad, pdk = keyGrad, pdv = valueGrad)
         {
             nint qp = (nint)pq, kp = (nint)pk, vp = (nint)pv, dop = (nint)pdo, dqp = (nint)pdq, dkp = (nint)pdk, dvp = (nint)pdv;
-            int sq = shape.SeqLenQ, sk = shape.SeqLenK, hq = shape.HeadsQ, hkv = shape.HeadsKv, d = shape.HeadDim;
+            int sq = shape.SeqLenQ, sk = shape.SeqLenK, hq = shape.HeadsQ, hkv = shape.HeadsKv, d = shape.HeadDim, dv = dvDim;
             int group = hq / hkv;
             RunRows(units, BackwardScratchLength(sk), macs, (u, scratch) =>
             {
                 // u runs over [B, Hkv]; the unit alone writes dK/dV of its key/value head and dQ of its query heads.
                 int kvHead = (int)(u % hkv);
                 long b = u / hkv;
-                long kvOffset = ((b * sk * hkv) + kvHead) * d;
+                long kvRow = (b * sk * hkv) + kvHead;
                 for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
                 {
+                    double sinkPart = 0;
                     for (int i = 0; i < sq; i++)
                     {
-                        long qOffset = (((b * sq) + i) * hq + h) * d;
-                        row.Compute(
-                            (double*)qp + qOffset, (double*)dop + qOffset, (double*)kp + kvOffset, (double*)vp + kvOffset,
-                            (long)hkv * d, i, sq, sk, (double*)dqp + qOffset, (double*)dkp + kvOffset, (double*)dvp + kvOffset, scratch);
+                        long qRow = ((b * sq) + i) * hq + h;
+                        sinkPart += row.Compute(
+                            (double*)qp + (qRow * d), (double*)dop + (qRow * dv), (double*)kp + (kvRow * d), (double*)vp + (kvRow * dv),
+                            (long)hkv * d, (long)hkv * dv, (int)b, h, i, sq, sk, (double*)dqp + (qRow * d), (double*)dkp + (kvRow * d),
+                            (double*)dvp + (kvRow * dv), scratch);
                     }
+
+                    sinkParts[(b * hq) + h] = sinkPart;
                 }
             });
         }
+
+        SumSinkParts(sinkParts, shape.HeadsQ, sinkGrad);
     }
 
     /// <summary>
@@ -132,7 +169,7 @@ public static partial class AttentionReference
     /// a span length does not match the sizes.
     /// </exception>
     /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
-    public static unsafe void BackwardVarlen(
+    public static void BackwardVarlen(
         ReadOnlySpan<double> q,
         ReadOnlySpan<double> k,
         ReadOnlySpan<double> v,
@@ -145,20 +182,52 @@ public static partial class AttentionReference
         AttentionOptions options,
         Span<double> queryGrad,
         Span<double> keyGrad,
-        Span<double> valueGrad)
+        Span<double> valueGrad) =>
+        BackwardVarlenWithExtras(
+            q, k, v, outputGrad, seqLensQ, seqLensK, headsQ, headsKv, headDim, options, ReferenceExtras.None, queryGrad, keyGrad,
+            valueGrad, default);
+
+    /// <summary>
+    /// Runs the attention backward pass in float64 over a variable-length batch with the options of
+    /// <see cref="ReferenceExtras"/> (the sequence's index is the batch index of the slopes and the dropout stream);
+    /// <paramref name="sinkGrad"/> is as in the fixed-length overload.
+    /// </summary>
+    internal static unsafe void BackwardVarlenWithExtras(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        ReadOnlySpan<double> outputGrad,
+        ReadOnlySpan<int> seqLensQ,
+        ReadOnlySpan<int> seqLensK,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        AttentionOptions options,
+        ReferenceExtras extras,
+        Span<double> queryGrad,
+        Span<double> keyGrad,
+        Span<double> valueGrad,
+        Span<double> sinkGrad)
     {
-        VarlenLayout layout = CheckVarlen(q, k, v, seqLensQ, seqLensK, headsQ, headsKv, headDim, options);
+        VarlenLayout layout = CheckVarlen(q, k, v, seqLensQ, seqLensK, headsQ, headsKv, headDim, options, extras, out ExtrasPlan plan);
+        int dvDim = plan.ValueHeadDim;
         long[] cuQ = layout.CuQ, cuK = layout.CuK;
         int maxK = layout.MaxK;
         long qElements = cuQ[^1] * headsQ * headDim, kvElements = cuK[^1] * headsKv * headDim;
-        RequireLength(outputGrad.Length, qElements, nameof(outputGrad));
+        long oElements = cuQ[^1] * headsQ * dvDim, vElements = cuK[^1] * headsKv * dvDim;
+        RequireLength(outputGrad.Length, oElements, nameof(outputGrad));
         RequireLength(queryGrad.Length, qElements, nameof(queryGrad));
         RequireLength(keyGrad.Length, kvElements, nameof(keyGrad));
-        RequireLength(valueGrad.Length, kvElements, nameof(valueGrad));
+        RequireLength(valueGrad.Length, vElements, nameof(valueGrad));
+        if (!sinkGrad.IsEmpty)
+        {
+            RequireLength(sinkGrad.Length, headsQ, nameof(sinkGrad));
+        }
 
         queryGrad.Clear();
         keyGrad.Clear();
         valueGrad.Clear();
+        sinkGrad.Clear();
         if (qElements == 0 || kvElements == 0)
         {
             return;
@@ -167,11 +236,12 @@ public static partial class AttentionReference
         int[] lensQ = layout.LensQ, lensK = layout.LensK;
         long macs = layout.Macs;
 
-        var row = new BackwardRowKernel(options, headDim);
+        var sinkParts = new double[(long)lensQ.Length * headsQ];
+        var row = new BackwardRowKernel(options, headDim, plan);
         fixed (double* pq = q, pk = k, pv = v, pdo = outputGrad, pdq = queryGrad, pdk = keyGrad, pdv = valueGrad)
         {
             nint qp = (nint)pq, kp = (nint)pk, vp = (nint)pv, dop = (nint)pdo, dqp = (nint)pdq, dkp = (nint)pdk, dvp = (nint)pdv;
-            int hq = headsQ, hkv = headsKv, d = headDim;
+            int hq = headsQ, hkv = headsKv, d = headDim, dv = dvDim;
             int group = hq / hkv;
             RunRows((long)lensQ.Length * hkv, BackwardScratchLength(maxK), macs, (u, scratch) =>
             {
@@ -185,18 +255,38 @@ public static partial class AttentionReference
                     return;
                 }
 
-                long kvOffset = ((cuK[b] * hkv) + kvHead) * d;
+                long kvRow = (cuK[b] * hkv) + kvHead;
                 for (int h = kvHead * group; h < (kvHead + 1) * group; h++)
                 {
+                    double sinkPart = 0;
                     for (int i = 0; i < sq; i++)
                     {
-                        long qOffset = (((cuQ[b] + i) * hq) + h) * d;
-                        row.Compute(
-                            (double*)qp + qOffset, (double*)dop + qOffset, (double*)kp + kvOffset, (double*)vp + kvOffset,
-                            (long)hkv * d, i, sq, sk, (double*)dqp + qOffset, (double*)dkp + kvOffset, (double*)dvp + kvOffset, scratch);
+                        long qRow = ((cuQ[b] + i) * hq) + h;
+                        sinkPart += row.Compute(
+                            (double*)qp + (qRow * d), (double*)dop + (qRow * dv), (double*)kp + (kvRow * d), (double*)vp + (kvRow * dv),
+                            (long)hkv * d, (long)hkv * dv, b, h, i, sq, sk, (double*)dqp + (qRow * d), (double*)dkp + (kvRow * d),
+                            (double*)dvp + (kvRow * dv), scratch);
                     }
+
+                    sinkParts[((long)b * hq) + h] = sinkPart;
                 }
             });
+        }
+
+        SumSinkParts(sinkParts, headsQ, sinkGrad);
+    }
+
+    /// <summary>Sums the per-(batch, head) sink gradients <c>[batches, heads]</c> over batches, in order, into <paramref name="sinkGrad"/>.</summary>
+    private static void SumSinkParts(double[] parts, int heads, Span<double> sinkGrad)
+    {
+        if (sinkGrad.IsEmpty)
+        {
+            return;
+        }
+
+        for (long bh = 0; bh < parts.LongLength; bh++)
+        {
+            sinkGrad[(int)(bh % heads)] += parts[bh];
         }
     }
 
@@ -213,25 +303,31 @@ public static partial class AttentionReference
     }
 
     /// <summary>One query row of the backward pass: recomputes the row's weights and adds its share of dQ, dK and dV.</summary>
-    private sealed class BackwardRowKernel(AttentionOptions options, int headDim)
+    private sealed class BackwardRowKernel(AttentionOptions options, int headDim, ExtrasPlan plan)
     {
         private readonly AttentionOptions _options = options;
+        private readonly ExtrasPlan _plan = plan;
         private readonly double _scale = options.EffectiveScale(headDim);
         private readonly double _cap = options.Softcap ?? 0;
         private readonly int _d = headDim;
 
         /// <summary>
-        /// Handles query row <paramref name="i"/> of a sequence. <paramref name="kBase"/>, <paramref name="vBase"/>,
-        /// <paramref name="dkBase"/> and <paramref name="dvBase"/> point at key 0 of the row's key/value head,
-        /// <paramref name="kvRowStride"/> elements apart. <paramref name="dqRow"/> must start at 0; it and the dK/dV
-        /// rows of the visible keys are added to.
+        /// Handles query row <paramref name="i"/> of query head <paramref name="h"/> in batch (or sequence)
+        /// <paramref name="b"/>. <paramref name="kBase"/> and <paramref name="dkBase"/> point at key 0 of the row's
+        /// key/value head, <paramref name="kRowStride"/> elements apart; <paramref name="vBase"/> and
+        /// <paramref name="dvBase"/> likewise, <paramref name="vRowStride"/> apart. <paramref name="dqRow"/> must start at
+        /// 0; it and the dK/dV rows of the visible keys are added to. Returns the row's share of the sink's gradient
+        /// (0 without sinks).
         /// </summary>
-        public unsafe void Compute(
+        public unsafe double Compute(
             double* qRow,
             double* doRow,
             double* kBase,
             double* vBase,
-            long kvRowStride,
+            long kRowStride,
+            long vRowStride,
+            int b,
+            int h,
             int i,
             int seqLenQ,
             int seqLenK,
@@ -240,22 +336,25 @@ public static partial class AttentionReference
             double* dvBase,
             double[] scratch)
         {
-            int d = _d;
+            int d = _d, dvDim = _plan.ValueHeadDim;
+            ExtrasPlan plan = _plan;
             (int first, int end) = VisibleKeys(_options, i, seqLenQ, seqLenK);
             int n = end - first;
             if (n <= 0)
             {
-                return; // the output is 0 whatever the inputs: no gradient flows.
+                return 0; // the output is 0 whatever the inputs (the sink's too): no gradient flows.
             }
 
             Span<double> p = scratch.AsSpan(0, n);          // scores, then weights P_j
             Span<double> slope = scratch.AsSpan(n, n);      // d s_j / d t_j
-            Span<double> dp = scratch.AsSpan(2 * n, n);     // dP_j = dO·v_j
+            Span<double> dp = scratch.AsSpan(2 * n, n);     // dP_j = dO·v_j (times Z_j / (1 - p) with dropout)
 
+            double alibiSlope = plan.HasAlibi ? plan.Slope(b, h) : 0;
+            long diagonal = i + DiagonalOffset(_options, seqLenQ, seqLenK);
             double max = double.NegativeInfinity;
             for (int j = 0; j < n; j++)
             {
-                double* kRow = kBase + ((first + j) * kvRowStride);
+                double* kRow = kBase + ((first + j) * kRowStride);
                 double dot = 0;
                 for (int x = 0; x < d; x++)
                 {
@@ -271,12 +370,23 @@ public static partial class AttentionReference
                     ds = 1 - (th * th);
                 }
 
+                if (plan.HasAlibi)
+                {
+                    s += plan.Bias(alibiSlope, diagonal, first + j); // a constant of q and k: no chain factor
+                }
+
                 p[j] = s;
                 slope[j] = ds;
                 if (double.IsNaN(s) || s > max)
                 {
                     max = s; // NaN sticks, as in the forward pass.
                 }
+            }
+
+            double sink = plan.HasSinks ? plan.Sink(h) : 0;
+            if (plan.HasSinks && (double.IsNaN(sink) || sink > max))
+            {
+                max = sink;
             }
 
             double sum = 0;
@@ -286,20 +396,41 @@ public static partial class AttentionReference
                 sum += p[j];
             }
 
-            // P_j, dV_j += P_j dO, dP_j and Δ = Σ P_j dP_j (= dO·O).
+            double sinkWeight = 0;
+            if (plan.HasSinks)
+            {
+                sinkWeight = Math.Exp(sink - max);
+                sum += sinkWeight;
+            }
+
+            // P_j, dV_j += P_j dO, dP_j and Δ = Σ P_j dP_j (= dO·O); with dropout the kept P_j and dP_j carry 1/(1-p)
+            // and the dropped ones are 0 in dV and dP.
             double inv = 1.0 / sum;
             double delta = 0;
             for (int j = 0; j < n; j++)
             {
                 double w = p[j] * inv;
                 p[j] = w;
-                double* vRow = vBase + ((first + j) * kvRowStride);
-                double* dvRow = dvBase + ((first + j) * kvRowStride);
+                double wv = w;
+                double keep = 1;
+                if (plan.HasDropout)
+                {
+                    keep = plan.Keep(b, h, i, first + j) ? plan.DropoutScale : 0;
+                    wv = w * keep;
+                }
+
+                double* vRow = vBase + ((first + j) * vRowStride);
+                double* dvRow = dvBase + ((first + j) * vRowStride);
                 double dot = 0;
-                for (int x = 0; x < d; x++)
+                for (int x = 0; x < dvDim; x++)
                 {
                     dot += doRow[x] * vRow[x];
-                    dvRow[x] += w * doRow[x];
+                    dvRow[x] += wv * doRow[x];
+                }
+
+                if (plan.HasDropout)
+                {
+                    dot *= keep;
                 }
 
                 dp[j] = dot;
@@ -310,14 +441,17 @@ public static partial class AttentionReference
             for (int j = 0; j < n; j++)
             {
                 double g = _scale * p[j] * (dp[j] - delta) * slope[j];
-                double* kRow = kBase + ((first + j) * kvRowStride);
-                double* dkRow = dkBase + ((first + j) * kvRowStride);
+                double* kRow = kBase + ((first + j) * kRowStride);
+                double* dkRow = dkBase + ((first + j) * kRowStride);
                 for (int x = 0; x < d; x++)
                 {
                     dqRow[x] += g * kRow[x];
                     dkRow[x] += g * qRow[x];
                 }
             }
+
+            // ∂L/∂σ = Σ_j dP_j ∂P_j/∂σ = -P_σ Δ, with P_σ = e^{σ - LSE}.
+            return plan.HasSinks ? -(sinkWeight * inv) * delta : 0;
         }
     }
 }

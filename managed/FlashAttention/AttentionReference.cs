@@ -38,22 +38,41 @@ public static partial class AttentionReference
     /// </param>
     /// <exception cref="ArgumentException">A span length does not match <paramref name="shape"/>, or the shape is invalid.</exception>
     /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
-    public static unsafe void Forward(
+    public static void Forward(
         ReadOnlySpan<double> q,
         ReadOnlySpan<double> k,
         ReadOnlySpan<double> v,
         AttentionShape shape,
         AttentionOptions options,
         Span<double> output,
+        Span<double> logSumExp) =>
+        ForwardWithExtras(q, k, v, shape, options, ReferenceExtras.None, output, logSumExp);
+
+    /// <summary>
+    /// Runs attention forward in float64 with the options of <see cref="ReferenceExtras"/> (ALiBi, sinks, a V head
+    /// dim, dropout); v and the output have <c>ValueHeadDim</c> columns.
+    /// </summary>
+    internal static unsafe void ForwardWithExtras(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        AttentionShape shape,
+        AttentionOptions options,
+        ReferenceExtras extras,
+        Span<double> output,
         Span<double> logSumExp)
     {
         ArgumentNullException.ThrowIfNull(options);
         shape.Validate(nameof(shape));
         options.Validate(nameof(options));
+        var plan = new ExtrasPlan(extras, options, shape.Batch, shape.HeadsQ, shape.HeadDim, shape.SeqLenK);
+        int dv = plan.ValueHeadDim;
+        long vElements = (long)shape.Batch * shape.SeqLenK * shape.HeadsKv * dv;
+        long oElements = (long)shape.Batch * shape.SeqLenQ * shape.HeadsQ * dv;
         RequireLength(q.Length, shape.QElementCount, nameof(q));
         RequireLength(k.Length, shape.KvElementCount, nameof(k));
-        RequireLength(v.Length, shape.KvElementCount, nameof(v));
-        RequireLength(output.Length, shape.QElementCount, nameof(output));
+        RequireLength(v.Length, vElements, nameof(v));
+        RequireLength(output.Length, oElements, nameof(output));
         if (!logSumExp.IsEmpty)
         {
             RequireLength(logSumExp.Length, shape.LseElementCount, nameof(logSumExp));
@@ -65,12 +84,12 @@ public static partial class AttentionReference
             return;
         }
 
-        var row = new RowKernel(options, shape.HeadDim);
+        var row = new RowKernel(options, shape.HeadDim, plan);
         fixed (double* pq = q, pk = k, pv = v, po = output, pl = logSumExp)
         {
             nint qp = (nint)pq, kp = (nint)pk, vp = (nint)pv, op = (nint)po, lp = logSumExp.IsEmpty ? 0 : (nint)pl;
             int sq = shape.SeqLenQ, sk = shape.SeqLenK, hq = shape.HeadsQ, hkv = shape.HeadsKv, d = shape.HeadDim;
-            RunRows(rows, sk, rows * sk * d, (r, scores) =>
+            RunRows(rows, sk, rows * sk * (d + dv) / 2, (r, scores) =>
             {
                 // r runs over [B, Hq, Sq], the log-sum-exp layout.
                 int i = (int)(r % sq);
@@ -78,11 +97,11 @@ public static partial class AttentionReference
                 int h = (int)(bh % hq);
                 long b = bh / hq;
                 int kvHead = h / (hq / hkv);
-                long qOffset = (((b * sq) + i) * hq + h) * d;
-                long kvOffset = ((b * sk * hkv) + kvHead) * d;
+                long qRow = ((b * sq) + i) * hq + h;
+                long kvRow = (b * sk * hkv) + kvHead;
                 row.Compute(
-                    (double*)qp + qOffset, (double*)kp + kvOffset, (double*)vp + kvOffset, (long)hkv * d, i, sq, sk,
-                    (double*)op + qOffset, lp == 0 ? null : (double*)lp + r, scores);
+                    (double*)qp + (qRow * d), (double*)kp + (kvRow * d), (double*)vp + (kvRow * dv), (long)hkv * d, (long)hkv * dv,
+                    (int)b, h, i, sq, sk, (double*)op + (qRow * dv), lp == 0 ? null : (double*)lp + r, scores);
             });
         }
     }
@@ -107,7 +126,7 @@ public static partial class AttentionReference
     /// a span length does not match the sizes.
     /// </exception>
     /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
-    public static unsafe void ForwardVarlen(
+    public static void ForwardVarlen(
         ReadOnlySpan<double> q,
         ReadOnlySpan<double> k,
         ReadOnlySpan<double> v,
@@ -118,13 +137,34 @@ public static partial class AttentionReference
         int headDim,
         AttentionOptions options,
         Span<double> output,
+        Span<double> logSumExp) =>
+        ForwardVarlenWithExtras(q, k, v, seqLensQ, seqLensK, headsQ, headsKv, headDim, options, ReferenceExtras.None, output, logSumExp);
+
+    /// <summary>
+    /// Runs attention forward in float64 over a variable-length batch with the options of
+    /// <see cref="ReferenceExtras"/>; ALiBi's <c>[batch, headsQ]</c> slopes and the dropout stream take the sequence's
+    /// index as the batch index, and rows and columns within the sequence.
+    /// </summary>
+    internal static unsafe void ForwardVarlenWithExtras(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        ReadOnlySpan<int> seqLensQ,
+        ReadOnlySpan<int> seqLensK,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        AttentionOptions options,
+        ReferenceExtras extras,
+        Span<double> output,
         Span<double> logSumExp)
     {
-        VarlenLayout layout = CheckVarlen(q, k, v, seqLensQ, seqLensK, headsQ, headsKv, headDim, options);
+        VarlenLayout layout = CheckVarlen(q, k, v, seqLensQ, seqLensK, headsQ, headsKv, headDim, options, extras, out ExtrasPlan plan);
+        int dv = plan.ValueHeadDim;
         long[] cuQ = layout.CuQ, cuK = layout.CuK;
         int maxK = layout.MaxK;
         long totalQ = cuQ[^1];
-        RequireLength(output.Length, totalQ * headsQ * headDim, nameof(output));
+        RequireLength(output.Length, totalQ * headsQ * dv, nameof(output));
         if (!logSumExp.IsEmpty)
         {
             RequireLength(logSumExp.Length, totalQ * headsQ, nameof(logSumExp));
@@ -146,7 +186,7 @@ public static partial class AttentionReference
         int[] lensQ = layout.LensQ, lensK = layout.LensK;
         long macs = layout.Macs;
 
-        var row = new RowKernel(options, headDim);
+        var row = new RowKernel(options, headDim, plan);
         fixed (double* pq = q, pk = k, pv = v, po = output, pl = logSumExp)
         {
             nint qp = (nint)pq, kp = (nint)pk, vp = (nint)pv, op = (nint)po, lp = logSumExp.IsEmpty ? 0 : (nint)pl;
@@ -159,11 +199,11 @@ public static partial class AttentionReference
                 int b = sequenceOf[t];
                 int i = (int)(t - cuQ[b]);
                 int kvHead = h / (hq / hkv);
-                long qOffset = ((t * hq) + h) * d;
-                long kvOffset = ((cuK[b] * hkv) + kvHead) * d;
+                long qRow = (t * hq) + h;
+                long kvRow = (cuK[b] * hkv) + kvHead;
                 row.Compute(
-                    (double*)qp + qOffset, (double*)kp + kvOffset, (double*)vp + kvOffset, (long)hkv * d, i, lensQ[b], lensK[b],
-                    (double*)op + qOffset, lp == 0 ? null : (double*)lp + r, scores);
+                    (double*)qp + (qRow * d), (double*)kp + (kvRow * d), (double*)vp + (kvRow * dv), (long)hkv * d, (long)hkv * dv,
+                    b, h, i, lensQ[b], lensK[b], (double*)op + (qRow * dv), lp == 0 ? null : (double*)lp + r, scores);
             });
         }
     }
@@ -377,8 +417,8 @@ public static partial class AttentionReference
     private readonly record struct VarlenLayout(long[] CuQ, long[] CuK, int MaxK, int[] LensQ, int[] LensK, long Macs);
 
     /// <summary>
-    /// The argument checks the variable-length entry points share (options, sizes, sequence counts and lengths, and
-    /// the lengths of q, k and v), in that order; returns the prefix sums of the lengths, the longest key sequence
+    /// The argument checks the variable-length entry points share (options, sizes, sequence counts and lengths, the
+    /// extras, and the lengths of q, k and v), in that order; returns the prefix sums of the lengths, the longest key sequence
     /// and the multiply-adds of one pass over the batch (for the parallel threshold).
     /// </summary>
     private static VarlenLayout CheckVarlen(
@@ -390,7 +430,9 @@ public static partial class AttentionReference
         int headsQ,
         int headsKv,
         int headDim,
-        AttentionOptions options)
+        AttentionOptions options,
+        ReferenceExtras extras,
+        out ExtrasPlan plan)
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate(nameof(options));
@@ -403,14 +445,16 @@ public static partial class AttentionReference
 
         long[] cuQ = PrefixSums(seqLensQ, nameof(seqLensQ), out _);
         long[] cuK = PrefixSums(seqLensK, nameof(seqLensK), out int maxK);
+        plan = new ExtrasPlan(extras, options, seqLensQ.Length, headsQ, headDim, maxK);
+        int dv = plan.ValueHeadDim;
         RequireLength(q.Length, cuQ[^1] * headsQ * headDim, nameof(q));
         RequireLength(k.Length, cuK[^1] * headsKv * headDim, nameof(k));
-        RequireLength(v.Length, cuK[^1] * headsKv * headDim, nameof(v));
+        RequireLength(v.Length, cuK[^1] * headsKv * dv, nameof(v));
         int[] lensQ = seqLensQ.ToArray(), lensK = seqLensK.ToArray();
         long macs = 0;
         for (int b = 0; b < lensQ.Length; b++)
         {
-            macs += (long)lensQ[b] * lensK[b] * headsQ * headDim;
+            macs += (long)lensQ[b] * lensK[b] * headsQ * (headDim + dv) / 2;
         }
 
         return new VarlenLayout(cuQ, cuK, maxK, lensQ, lensK, macs);
@@ -475,39 +519,60 @@ public static partial class AttentionReference
             _ => { });
     }
 
-    /// <summary>One query row of attention: masks, window, softcap, softmax and the weighted sum of values.</summary>
-    private sealed class RowKernel(AttentionOptions options, int headDim)
+    /// <summary>
+    /// One query row of attention: masks, window, softcap, ALiBi, softmax (with the sink), dropout and the weighted sum
+    /// of values.
+    /// </summary>
+    private sealed class RowKernel(AttentionOptions options, int headDim, ExtrasPlan plan)
     {
         private readonly AttentionOptions _options = options;
+        private readonly ExtrasPlan _plan = plan;
         private readonly double _scale = options.EffectiveScale(headDim);
         private readonly double _cap = options.Softcap ?? 0;
         private readonly int _d = headDim;
 
         /// <summary>
-        /// Computes query row <paramref name="i"/> of a sequence; <paramref name="kBase"/>/<paramref name="vBase"/> point
-        /// at key 0 of the row's key/value head, <paramref name="kvRowStride"/> elements apart.
+        /// Computes query row <paramref name="i"/> of query head <paramref name="h"/> in batch (or sequence)
+        /// <paramref name="b"/>; <paramref name="kBase"/>/<paramref name="vBase"/> point at key 0 of the row's key/value
+        /// head, <paramref name="kRowStride"/>/<paramref name="vRowStride"/> elements apart.
         /// </summary>
         public unsafe void Compute(
-            double* qRow, double* kBase, double* vBase, long kvRowStride, int i, int seqLenQ, int seqLenK, double* outRow, double* lse, double[] scores)
+            double* qRow,
+            double* kBase,
+            double* vBase,
+            long kRowStride,
+            long vRowStride,
+            int b,
+            int h,
+            int i,
+            int seqLenQ,
+            int seqLenK,
+            double* outRow,
+            double* lse,
+            double[] scores)
         {
-            int d = _d;
+            int d = _d, dv = _plan.ValueHeadDim;
+            ExtrasPlan plan = _plan;
             (int first, int end) = VisibleKeys(_options, i, seqLenQ, seqLenK);
-            var acc = new Span<double>(outRow, d);
+            var acc = new Span<double>(outRow, dv);
             acc.Clear();
             if (end <= first)
             {
                 if (lse != null)
                 {
-                    *lse = double.PositiveInfinity;
+                    // FA2's +infinity; with a sink the denominator is e^σ alone (FA4).
+                    *lse = plan.HasSinks ? plan.Sink(h) : double.PositiveInfinity;
                 }
 
                 return;
             }
 
+            double slope = plan.HasAlibi ? plan.Slope(b, h) : 0;
+            long diagonal = i + DiagonalOffset(_options, seqLenQ, seqLenK);
             double max = double.NegativeInfinity;
             for (int j = first; j < end; j++)
             {
-                double* kRow = kBase + (j * kvRowStride);
+                double* kRow = kBase + (j * kRowStride);
                 double dot = 0;
                 for (int x = 0; x < d; x++)
                 {
@@ -520,6 +585,11 @@ public static partial class AttentionReference
                     s = _cap * Math.Tanh(s / _cap);
                 }
 
+                if (plan.HasAlibi)
+                {
+                    s += plan.Bias(slope, diagonal, j);
+                }
+
                 scores[j - first] = s;
                 if (double.IsNaN(s) || s > max)
                 {
@@ -527,22 +597,46 @@ public static partial class AttentionReference
                 }
             }
 
+            double sink = plan.HasSinks ? plan.Sink(h) : 0;
+            if (plan.HasSinks && (double.IsNaN(sink) || sink > max))
+            {
+                max = sink;
+            }
+
             double sum = 0;
             for (int j = first; j < end; j++)
             {
                 double w = Math.Exp(scores[j - first] - max);
-                sum += w;
-                double* vRow = vBase + (j * kvRowStride);
-                for (int x = 0; x < d; x++)
+                sum += w; // the denominator sums the weights before dropout
+                if (plan.HasDropout && !plan.Keep(b, h, i, j))
+                {
+                    continue;
+                }
+
+                double* vRow = vBase + (j * vRowStride);
+                for (int x = 0; x < dv; x++)
                 {
                     acc[x] += w * vRow[x];
                 }
             }
 
+            if (plan.HasSinks)
+            {
+                sum += Math.Exp(sink - max);
+            }
+
             double inv = 1.0 / sum;
-            for (int x = 0; x < d; x++)
+            for (int x = 0; x < dv; x++)
             {
                 acc[x] *= inv;
+            }
+
+            if (plan.HasDropout)
+            {
+                for (int x = 0; x < dv; x++)
+                {
+                    acc[x] *= plan.DropoutScale;
+                }
             }
 
             if (lse != null)
