@@ -9,9 +9,9 @@ namespace FlashAttn;
 /// Layouts (dense, row-major): q and output <c>[batch, seqLenNew, headsQ, headDim]</c>; the optional new keys and
 /// values <c>[batch, seqLenNew, headsKv, headDim]</c>; log-sum-exp <c>[batch, headsQ, seqLenNew]</c>;
 /// <c>cacheSeqLens[b]</c> is the number of tokens already in sequence <c>b</c>'s cache (not cumulative). The cache is
-/// either contiguous, <c>[batch, cacheCapacity, headsKv, headDim]</c> (<see cref="ForwardContiguous"/>), or paged,
+/// either contiguous, <c>[batch, cacheCapacity, headsKv, headDim]</c> (<see cref="ForwardContiguous(ReadOnlySpan{double}, Span{double}, Span{double}, ReadOnlySpan{int}, ReadOnlySpan{double}, ReadOnlySpan{double}, int, int, int, int, int, AttentionOptions, Span{double}, Span{double})"/>), or paged,
 /// <c>[numBlocks, blockSize, headsKv, headDim]</c> with an int32 block table <c>[batch, maxBlocksPerSequence]</c>
-/// (<see cref="ForwardPaged"/>): logical position <c>p</c> of sequence <c>b</c> lives in physical block
+/// (<see cref="ForwardPaged(ReadOnlySpan{double}, Span{double}, Span{double}, ReadOnlySpan{int}, ReadOnlySpan{int}, ReadOnlySpan{double}, ReadOnlySpan{double}, int, int, int, int, int, AttentionOptions, Span{double}, Span{double})"/>): logical position <c>p</c> of sequence <c>b</c> lives in physical block
 /// <c>blockTable[b, p / blockSize]</c>, row <c>p % blockSize</c>.
 /// </para>
 /// <para>
@@ -29,6 +29,11 @@ namespace FlashAttn;
 /// last one a sequence uses (they may hold anything, -1 for example). Several sequences may share a physical block
 /// for reading (a common prefix), but a slot the call appends into must belong to exactly one (sequence, position):
 /// otherwise the result would depend on the order of the writes, and the call throws.
+/// </para>
+/// <para>
+/// Internal overloads taking a <see cref="DecodeServingOptions"/> add <c>flash_attn_with_kvcache</c>'s serving options
+/// (shared/FEATURES.md §4 and §5, issue 15): rotary embedding on append, a cache batch index, left padding, and a
+/// query count other than the appended one. They stay internal until the kernels take them.
 /// </para>
 /// </remarks>
 public static class DecodeReference
@@ -72,20 +77,10 @@ public static class DecodeReference
         AttentionOptions options,
         Span<double> output,
         Span<double> logSumExp)
-    {
-        int batch = cacheSeqLens.Length;
-        ValidateSizes(options, batch, seqLenNew, headsQ, headsKv, headDim);
-        if (cacheCapacity < 0)
-        {
-            throw new ArgumentException($"cacheCapacity must be 0 or more (got {cacheCapacity}).", nameof(cacheCapacity));
-        }
-
-        long cacheRows = (long)batch * cacheCapacity;
-        RequireLength(kCache.Length, cacheRows * headsKv * headDim, nameof(kCache), "[batch, cacheCapacity, headsKv, headDim]");
-        RequireLength(vCache.Length, cacheRows * headsKv * headDim, nameof(vCache), "[batch, cacheCapacity, headsKv, headDim]");
-        var map = new CacheMap(null, 0, cacheCapacity);
-        Run(q, kCache, vCache, cacheSeqLens, kNew, vNew, seqLenNew, headsQ, headsKv, headDim, map, 0, options, output, logSumExp);
-    }
+        =>
+        ForwardContiguous(
+            q, kCache, vCache, cacheSeqLens, kNew, vNew, seqLenNew, headsQ, headsKv, headDim, cacheCapacity, options,
+            DecodeServingOptions.None, output, logSumExp);
 
     /// <summary>Decodes over a paged KV cache in float64, appending the new keys and values first when given.</summary>
     /// <param name="q">New queries, <c>[batch, seqLenNew, headsQ, headDim]</c>.</param>
@@ -133,9 +128,78 @@ public static class DecodeReference
         AttentionOptions options,
         Span<double> output,
         Span<double> logSumExp)
+        =>
+        ForwardPaged(
+            q, kCache, vCache, blockTable, cacheSeqLens, kNew, vNew, seqLenNew, headsQ, headsKv, headDim, blockSize, options,
+            DecodeServingOptions.None, output, logSumExp);
+
+    /// <summary>
+    /// <see cref="ForwardContiguous(ReadOnlySpan{double}, Span{double}, Span{double}, ReadOnlySpan{int}, ReadOnlySpan{double}, ReadOnlySpan{double}, int, int, int, int, int, AttentionOptions, Span{double}, Span{double})"/>
+    /// with the serving options of <c>flash_attn_with_kvcache</c> (see <see cref="Run"/> for the formulas). With
+    /// <see cref="DecodeServingOptions.CacheBatchIndex"/> the caches are <c>[cacheRows, cacheCapacity, headsKv, headDim]</c>.
+    /// </summary>
+    internal static void ForwardContiguous(
+        ReadOnlySpan<double> q,
+        Span<double> kCache,
+        Span<double> vCache,
+        ReadOnlySpan<int> cacheSeqLens,
+        ReadOnlySpan<double> kNew,
+        ReadOnlySpan<double> vNew,
+        int seqLenNew,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        int cacheCapacity,
+        AttentionOptions options,
+        DecodeServingOptions serving,
+        Span<double> output,
+        Span<double> logSumExp)
     {
         int batch = cacheSeqLens.Length;
-        ValidateSizes(options, batch, seqLenNew, headsQ, headsKv, headDim);
+        int seqLenQ = ValidateSizes(options, serving, batch, seqLenNew, !kNew.IsEmpty || !vNew.IsEmpty, headsQ, headsKv, headDim);
+        if (cacheCapacity < 0)
+        {
+            throw new ArgumentException($"cacheCapacity must be 0 or more (got {cacheCapacity}).", nameof(cacheCapacity));
+        }
+
+        int cacheRows = CacheRowCount(serving, batch);
+        long cacheElements = (long)cacheRows * cacheCapacity * headsKv * headDim;
+        string layout = serving.CacheBatchIndex is null
+            ? "[batch, cacheCapacity, headsKv, headDim]"
+            : "[cacheRows, cacheCapacity, headsKv, headDim]";
+        RequireLength(kCache.Length, cacheElements, nameof(kCache), layout);
+        RequireLength(vCache.Length, cacheElements, nameof(vCache), layout);
+        var map = new CacheMap(null, 0, cacheCapacity, cacheRows);
+        Run(q, kCache, vCache, cacheSeqLens, kNew, vNew, seqLenQ, seqLenNew, headsQ, headsKv, headDim, map, 0, options, serving, output, logSumExp);
+    }
+
+    /// <summary>
+    /// <see cref="ForwardPaged(ReadOnlySpan{double}, Span{double}, Span{double}, ReadOnlySpan{int}, ReadOnlySpan{int}, ReadOnlySpan{double}, ReadOnlySpan{double}, int, int, int, int, int, AttentionOptions, Span{double}, Span{double})"/>
+    /// with the serving options of <c>flash_attn_with_kvcache</c> (see <see cref="Run"/> for the formulas). With
+    /// <see cref="DecodeServingOptions.CacheBatchIndex"/> the block table is <c>[cacheRows, maxBlocksPerSequence]</c>
+    /// and sequence <c>b</c> uses its row <c>CacheBatchIndex[b]</c> (FA3; FA2 rejects the pair, and left padding
+    /// with paging, which FA3 allows).
+    /// </summary>
+    internal static void ForwardPaged(
+        ReadOnlySpan<double> q,
+        Span<double> kCache,
+        Span<double> vCache,
+        ReadOnlySpan<int> blockTable,
+        ReadOnlySpan<int> cacheSeqLens,
+        ReadOnlySpan<double> kNew,
+        ReadOnlySpan<double> vNew,
+        int seqLenNew,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        int blockSize,
+        AttentionOptions options,
+        DecodeServingOptions serving,
+        Span<double> output,
+        Span<double> logSumExp)
+    {
+        int batch = cacheSeqLens.Length;
+        int seqLenQ = ValidateSizes(options, serving, batch, seqLenNew, !kNew.IsEmpty || !vNew.IsEmpty, headsQ, headsKv, headDim);
         if (blockSize < 1)
         {
             throw new ArgumentException($"blockSize must be 1 or more (got {blockSize}).", nameof(blockSize));
@@ -151,30 +215,55 @@ public static class DecodeReference
 
         RequireLength(vCache.Length, kCache.Length, nameof(vCache), "the length of kCache");
         long numBlocks = kCache.Length / blockElements;
+        int cacheRows = CacheRowCount(serving, batch);
+        string rows = serving.CacheBatchIndex is null ? "batch" : "cacheRows";
         int maxBlocks = 0;
-        if (batch == 0)
+        if (cacheRows == 0)
         {
-            RequireLength(blockTable.Length, 0, nameof(blockTable), "[batch, maxBlocksPerSequence] with batch 0");
+            RequireLength(blockTable.Length, 0, nameof(blockTable), $"[{rows}, maxBlocksPerSequence] with {rows} 0");
         }
         else
         {
-            if (blockTable.Length % batch != 0)
+            if (blockTable.Length % cacheRows != 0)
             {
                 throw new ArgumentException(
-                    $"blockTable has {blockTable.Length} entries, not a whole row of [batch = {batch}, maxBlocksPerSequence].",
+                    $"blockTable has {blockTable.Length} entries, not a whole row of [{rows} = {cacheRows}, maxBlocksPerSequence].",
                     nameof(blockTable));
             }
 
-            maxBlocks = blockTable.Length / batch;
+            maxBlocks = blockTable.Length / cacheRows;
         }
 
-        var map = new CacheMap(blockTable.ToArray(), maxBlocks, blockSize);
-        Run(q, kCache, vCache, cacheSeqLens, kNew, vNew, seqLenNew, headsQ, headsKv, headDim, map, numBlocks, options, output, logSumExp);
+        var map = new CacheMap(blockTable.ToArray(), maxBlocks, blockSize, cacheRows);
+        Run(q, kCache, vCache, cacheSeqLens, kNew, vNew, seqLenQ, seqLenNew, headsQ, headsKv, headDim, map, numBlocks, options, serving, output, logSumExp);
     }
 
-    private static void ValidateSizes(AttentionOptions options, int batch, int seqLenNew, int headsQ, int headsKv, int headDim)
+    /// <summary>
+    /// Rotates the first <paramref name="rotaryDim"/> elements of one head's vector <paramref name="x"/> in place at
+    /// one position, whose table rows are <paramref name="cos"/> and <paramref name="sin"/> (<c>rotaryDim / 2</c>
+    /// each); the rest pass through (FEATURES.md §4 "Math", in float64 where the kernels compute in fp32 and round
+    /// back to the input dtype). Interleaved: <c>(x[2t], x[2t+1]) -> (x[2t] c_t - x[2t+1] s_t, x[2t] s_t + x[2t+1] c_t)</c>;
+    /// otherwise (GPT-NeoX): <c>(x[t], x[t+rd/2]) -> (x[t] c_t - x[t+rd/2] s_t, x[t] s_t + x[t+rd/2] c_t)</c>.
+    /// </summary>
+    internal static void Rotate(Span<double> x, ReadOnlySpan<double> cos, ReadOnlySpan<double> sin, int rotaryDim, bool interleaved)
+    {
+        int half = rotaryDim / 2;
+        for (int t = 0; t < half; t++)
+        {
+            int first = interleaved ? 2 * t : t;
+            int second = interleaved ? (2 * t) + 1 : t + half;
+            double x0 = x[first], x1 = x[second], c = cos[t], s = sin[t];
+            x[first] = (x0 * c) - (x1 * s);
+            x[second] = (x0 * s) + (x1 * c);
+        }
+    }
+
+    /// <summary>Returns the query count per sequence.</summary>
+    private static int ValidateSizes(
+        AttentionOptions options, DecodeServingOptions serving, int batch, int seqLenNew, bool appends, int headsQ, int headsKv, int headDim)
     {
         ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(serving);
         options.Validate(nameof(options));
         if ((options.Causal || options.HasWindow) && options.CausalAlignment != CausalAlignment.BottomRight)
         {
@@ -184,14 +273,73 @@ public static class DecodeReference
                 nameof(options));
         }
 
-        if (seqLenNew < 1)
+        int seqLenQ;
+        if (serving.SeqLenQ is { } sq)
         {
-            throw new ArgumentException($"seqLenNew must be 1 or more (got {seqLenNew}).", nameof(seqLenNew));
+            if (sq < 1)
+            {
+                throw new ArgumentException($"SeqLenQ must be 1 or more when set (got {sq}).", nameof(serving));
+            }
+
+            if (appends ? seqLenNew < 1 : seqLenNew != 0)
+            {
+                throw new ArgumentException(
+                    $"With SeqLenQ set, seqLenNew counts the appended tokens: 1 or more with new keys, 0 without (got {seqLenNew}, " +
+                    (appends ? "with" : "without") + " new keys).",
+                    nameof(seqLenNew));
+            }
+
+            seqLenQ = sq;
+        }
+        else
+        {
+            if (seqLenNew < 1)
+            {
+                throw new ArgumentException($"seqLenNew must be 1 or more (got {seqLenNew}).", nameof(seqLenNew));
+            }
+
+            seqLenQ = seqLenNew;
         }
 
-        new AttentionShape(batch, seqLenNew, 0, headsQ, headsKv, headDim).Validate(nameof(headsQ));
+        new AttentionShape(batch, seqLenQ, 0, headsQ, headsKv, headDim).Validate(nameof(headsQ));
+        return seqLenQ;
     }
 
+    private static int CacheRowCount(DecodeServingOptions serving, int batch)
+    {
+        if (serving.CacheRows is { } rows)
+        {
+            if (serving.CacheBatchIndex is null)
+            {
+                throw new ArgumentException("CacheRows is only meaningful with CacheBatchIndex.", nameof(serving));
+            }
+
+            if (rows < 0)
+            {
+                throw new ArgumentException($"CacheRows must be 0 or more (got {rows}).", nameof(serving));
+            }
+
+            return rows;
+        }
+
+        return batch;
+    }
+
+    /// <summary>
+    /// The decode with its serving options. Notation of FEATURES.md: <c>P0 = cacheSeqLens[b]</c> (absolute, left pad
+    /// included), <c>lp = leftpad[b]</c>, <c>n = seqLenNew</c> appended (0 without new keys), <c>sq</c> queries,
+    /// <c>r = cacheBatchIndex[b]</c> (or <c>b</c>).
+    /// <list type="number">
+    /// <item>Append (§5 "Append"): new key and value <c>j</c> go to position <c>P0 + j</c> of cache row <c>r</c>, the key
+    /// rotated at position <c>P0 + j</c> first when rotary is on (§4 "Positions": the rotated key is what is stored).</item>
+    /// <item>Queries (§4 "Positions"): query <c>i</c> is rotated at <c>P0 + i</c> when causal or windowed, at <c>P0</c>
+    /// otherwise (every row the same position).</item>
+    /// <item>Attention (§5 "Valid keys and alignment"): over positions <c>lp .. P0 + n - 1</c> of row <c>r</c>, that is
+    /// <c>sk = P0 + n - lp</c> keys numbered from <c>lp</c>, as the forward reference with <c>SeqLenQ = sq</c>,
+    /// <c>SeqLenK = sk</c>: masks bottom-right, query <c>i</c>'s diagonal at key <c>sk - sq + i</c>.</item>
+    /// </list>
+    /// Everything is checked before anything is written.
+    /// </summary>
     private static void Run(
         ReadOnlySpan<double> q,
         Span<double> kCache,
@@ -199,6 +347,7 @@ public static class DecodeReference
         ReadOnlySpan<int> cacheSeqLens,
         ReadOnlySpan<double> kNew,
         ReadOnlySpan<double> vNew,
+        int seqLenQ,
         int seqLenNew,
         int headsQ,
         int headsKv,
@@ -206,17 +355,21 @@ public static class DecodeReference
         CacheMap map,
         long numBlocks,
         AttentionOptions options,
+        DecodeServingOptions serving,
         Span<double> output,
         Span<double> logSumExp)
     {
         int batch = cacheSeqLens.Length;
-        long qElements = (long)batch * seqLenNew * headsQ * headDim;
+        long qElements = (long)batch * seqLenQ * headsQ * headDim;
         long newElements = (long)batch * seqLenNew * headsKv * headDim;
-        RequireLength(q.Length, qElements, nameof(q), "[batch, seqLenNew, headsQ, headDim]");
-        RequireLength(output.Length, qElements, nameof(output), "[batch, seqLenNew, headsQ, headDim]");
+        string qLayout = serving.SeqLenQ is null ? "[batch, seqLenNew, headsQ, headDim]" : "[batch, SeqLenQ, headsQ, headDim]";
+        RequireLength(q.Length, qElements, nameof(q), qLayout);
+        RequireLength(output.Length, qElements, nameof(output), qLayout);
         if (!logSumExp.IsEmpty)
         {
-            RequireLength(logSumExp.Length, (long)batch * headsQ * seqLenNew, nameof(logSumExp), "[batch, headsQ, seqLenNew]");
+            RequireLength(
+                logSumExp.Length, (long)batch * headsQ * seqLenQ, nameof(logSumExp),
+                serving.SeqLenQ is null ? "[batch, headsQ, seqLenNew]" : "[batch, headsQ, SeqLenQ]");
         }
 
         if (kNew.IsEmpty != vNew.IsEmpty)
@@ -231,6 +384,34 @@ public static class DecodeReference
         {
             RequireLength(kNew.Length, newElements, nameof(kNew), "[batch, seqLenNew, headsKv, headDim]");
             RequireLength(vNew.Length, newElements, nameof(vNew), "[batch, seqLenNew, headsKv, headDim]");
+        }
+
+        var cacheRow = new int[batch];
+        for (int b = 0; b < batch; b++)
+        {
+            cacheRow[b] = b;
+        }
+
+        if (serving.CacheBatchIndex is { } index)
+        {
+            RequireLength(index.Length, batch, "CacheBatchIndex", "[batch]");
+            for (int b = 0; b < batch; b++)
+            {
+                if (index[b] < 0 || index[b] >= map.CacheRows)
+                {
+                    throw new ArgumentException(
+                        $"CacheBatchIndex[{b}] is {index[b]}, but the cache has rows 0..{map.CacheRows - 1}.", nameof(serving));
+                }
+
+                cacheRow[b] = index[b];
+            }
+        }
+
+        var leftPad = new int[batch];
+        if (serving.CacheLeftPad is { } pads)
+        {
+            RequireLength(pads.Length, batch, "CacheLeftPad", "[batch]");
+            pads.CopyTo(leftPad, 0);
         }
 
         int added = append ? seqLenNew : 0;
@@ -253,71 +434,173 @@ public static class DecodeReference
                     nameof(cacheSeqLens));
             }
 
+            if (leftPad[b] < 0 || leftPad[b] > cached)
+            {
+                throw new ArgumentException(
+                    $"CacheLeftPad[{b}] is {leftPad[b]}; it must lie in 0..cacheSeqLens[{b}] = {cached} (the valid keys are " +
+                    "positions leftpad .. cacheSeqLens + seqLenNew - 1).",
+                    nameof(serving));
+            }
+
             totals[b] = (int)total;
+        }
+
+        bool perRowQueryPositions = options.Causal || options.HasWindow;
+        if (serving.HasRotary)
+        {
+            CheckRotary(serving, append, headDim, map.Capacity, cacheSeqLens, perRowQueryPositions ? seqLenQ : 1);
         }
 
         if (map.IsPaged)
         {
-            CheckBlockTable(map, totals, numBlocks);
-            if (append)
-            {
-                CheckAppendSlotsAreOwned(map, cacheSeqLens, totals);
-            }
+            CheckBlockTable(map, cacheRow, totals, numBlocks);
+        }
+
+        if (append && (map.IsPaged || serving.CacheBatchIndex is not null))
+        {
+            CheckAppendSlotsAreOwned(map, cacheRow, leftPad, cacheSeqLens, totals);
         }
 
         int rowElements = headsKv * headDim;
+        int half = serving.RotaryDim / 2;
         if (append)
         {
+            var rotated = new double[rowElements];
             for (int b = 0; b < batch; b++)
             {
                 for (int i = 0; i < seqLenNew; i++)
                 {
-                    long destination = map.Row(b, cacheSeqLens[b] + i) * rowElements;
+                    int position = cacheSeqLens[b] + i;
+                    long destination = map.Row(cacheRow[b], position) * rowElements;
                     long source = ((long)b * seqLenNew + i) * rowElements;
-                    kNew.Slice((int)source, rowElements).CopyTo(kCache.Slice((int)destination, rowElements));
+                    kNew.Slice((int)source, rowElements).CopyTo(rotated);
+                    if (serving.HasRotary)
+                    {
+                        for (int h = 0; h < headsKv; h++)
+                        {
+                            Rotate(
+                                rotated.AsSpan(h * headDim, headDim), serving.RotaryCos.AsSpan(position * half, half),
+                                serving.RotarySin.AsSpan(position * half, half), serving.RotaryDim, serving.RotaryInterleaved);
+                        }
+                    }
+
+                    rotated.CopyTo(kCache.Slice((int)destination, rowElements));
                     vNew.Slice((int)source, rowElements).CopyTo(vCache.Slice((int)destination, rowElements));
                 }
             }
         }
 
-        int qPerSequence = seqLenNew * headsQ * headDim;
-        int lsePerSequence = headsQ * seqLenNew;
+        int qPerSequence = seqLenQ * headsQ * headDim;
+        int lsePerSequence = headsQ * seqLenQ;
+        var queries = new double[qPerSequence];
         for (int b = 0; b < batch; b++)
         {
-            int total = totals[b];
-            var keys = new double[(long)total * rowElements];
-            var values = new double[keys.Length];
-            for (int p = 0; p < total; p++)
+            q.Slice(b * qPerSequence, qPerSequence).CopyTo(queries);
+            if (serving.HasRotary)
             {
-                int source = (int)(map.Row(b, p) * rowElements);
-                kCache.Slice(source, rowElements).CopyTo(keys.AsSpan(p * rowElements, rowElements));
-                vCache.Slice(source, rowElements).CopyTo(values.AsSpan(p * rowElements, rowElements));
+                for (int i = 0; i < seqLenQ; i++)
+                {
+                    int position = cacheSeqLens[b] + (perRowQueryPositions ? i : 0);
+                    for (int h = 0; h < headsQ; h++)
+                    {
+                        Rotate(
+                            queries.AsSpan(((i * headsQ) + h) * headDim, headDim), serving.RotaryCos.AsSpan(position * half, half),
+                            serving.RotarySin.AsSpan(position * half, half), serving.RotaryDim, serving.RotaryInterleaved);
+                    }
+                }
+            }
+
+            int first = leftPad[b];
+            int keyCount = totals[b] - first;
+            var keys = new double[(long)keyCount * rowElements];
+            var values = new double[keys.Length];
+            for (int j = 0; j < keyCount; j++)
+            {
+                int source = (int)(map.Row(cacheRow[b], first + j) * rowElements);
+                kCache.Slice(source, rowElements).CopyTo(keys.AsSpan(j * rowElements, rowElements));
+                vCache.Slice(source, rowElements).CopyTo(values.AsSpan(j * rowElements, rowElements));
             }
 
             AttentionReference.Forward(
-                q.Slice(b * qPerSequence, qPerSequence),
+                queries,
                 keys,
                 values,
-                new AttentionShape(1, seqLenNew, total, headsQ, headsKv, headDim),
+                new AttentionShape(1, seqLenQ, keyCount, headsQ, headsKv, headDim),
                 options,
                 output.Slice(b * qPerSequence, qPerSequence),
                 logSumExp.IsEmpty ? Span<double>.Empty : logSumExp.Slice(b * lsePerSequence, lsePerSequence));
         }
     }
 
+    /// <summary>
+    /// FEATURES.md §4 "Arguments": tables only with new keys, both of <c>[seqlenRo, rotaryDim / 2]</c>, rotary dim even
+    /// and at most the head dim, <c>seqlenRo</c> at least the cache capacity (FA2's check), and every position a
+    /// query is rotated at inside the table.
+    /// </summary>
+    private static void CheckRotary(
+        DecodeServingOptions serving, bool append, int headDim, long capacity, ReadOnlySpan<int> cacheSeqLens, int queryPositions)
+    {
+        if (serving.RotaryCos is null || serving.RotarySin is null)
+        {
+            throw new ArgumentException("Give both RotaryCos and RotarySin, or neither.", nameof(serving));
+        }
+
+        if (!append)
+        {
+            throw new ArgumentException(
+                "Rotary tables are only allowed when new keys and values are appended (flash_attn_with_kvcache raises otherwise).",
+                nameof(serving));
+        }
+
+        int rotaryDim = serving.RotaryDim;
+        if (rotaryDim < 2 || rotaryDim % 2 != 0 || rotaryDim > headDim)
+        {
+            throw new ArgumentException(
+                $"RotaryDim is {rotaryDim}; it must be even, 2 or more and at most the head dim {headDim}.", nameof(serving));
+        }
+
+        int half = rotaryDim / 2;
+        if (serving.RotaryCos.Length != serving.RotarySin.Length || serving.RotaryCos.Length % half != 0)
+        {
+            throw new ArgumentException(
+                $"RotaryCos has {serving.RotaryCos.Length} elements and RotarySin {serving.RotarySin.Length}: both must be " +
+                $"[seqlenRo, RotaryDim / 2 = {half}].",
+                nameof(serving));
+        }
+
+        long seqLenRo = serving.RotaryCos.Length / half;
+        if (seqLenRo < capacity)
+        {
+            throw new ArgumentException(
+                $"The rotary tables have {seqLenRo} positions, fewer than the cache's {capacity} (seqlen_ro must be at least the capacity).",
+                nameof(serving));
+        }
+
+        for (int b = 0; b < cacheSeqLens.Length; b++)
+        {
+            long last = (long)cacheSeqLens[b] + queryPositions - 1;
+            if (last >= seqLenRo)
+            {
+                throw new ArgumentException(
+                    $"Sequence {b}'s queries are rotated up to position {last}, past the rotary tables' {seqLenRo} positions.",
+                    nameof(serving));
+            }
+        }
+    }
+
     /// <summary>Every block-table entry of a page a sequence uses must name an existing block.</summary>
-    private static void CheckBlockTable(CacheMap map, int[] totals, long numBlocks)
+    private static void CheckBlockTable(CacheMap map, int[] cacheRow, int[] totals, long numBlocks)
     {
         for (int b = 0; b < totals.Length; b++)
         {
             int pages = (int)((totals[b] + (long)map.BlockSize - 1) / map.BlockSize);
             for (int page = 0; page < pages; page++)
             {
-                int block = map.Table![(long)b * map.MaxBlocks + page];
+                int block = map.Table![(long)cacheRow[b] * map.MaxBlocks + page];
                 if (block < 0 || block >= numBlocks)
                 {
                     throw new ArgumentException(
-                        $"blockTable[{b}, {page}] is {block}, but the cache has blocks 0..{numBlocks - 1} " +
+                        $"blockTable[{cacheRow[b]}, {page}] is {block}, but the cache has blocks 0..{numBlocks - 1} " +
                         $"(sequence {b} uses pages 0..{pages - 1} for its {totals[b]} positions).",
                         "blockTable");
                 }
@@ -325,16 +608,19 @@ public static class DecodeReference
         }
     }
 
-    /// <summary>A slot the call writes must not be read or written as any other (sequence, position).</summary>
-    private static void CheckAppendSlotsAreOwned(CacheMap map, ReadOnlySpan<int> cacheSeqLens, int[] totals)
+    /// <summary>
+    /// A slot the call writes must not be read or written as any other (sequence, position); a sequence uses its
+    /// positions <c>leftpad .. total - 1</c>.
+    /// </summary>
+    private static void CheckAppendSlotsAreOwned(CacheMap map, int[] cacheRow, int[] leftPad, ReadOnlySpan<int> cacheSeqLens, int[] totals)
     {
         var firstUser = new Dictionary<long, (int B, int P)>();
         var secondUser = new Dictionary<long, (int B, int P)>();
         for (int b = 0; b < totals.Length; b++)
         {
-            for (int p = 0; p < totals[b]; p++)
+            for (int p = leftPad[b]; p < totals[b]; p++)
             {
-                long slot = map.Row(b, p);
+                long slot = map.Row(cacheRow[b], p);
                 if (!firstUser.TryAdd(slot, (b, p)))
                 {
                     secondUser.TryAdd(slot, (b, p));
@@ -346,14 +632,17 @@ public static class DecodeReference
         {
             for (int p = cacheSeqLens[b]; p < totals[b]; p++)
             {
-                long slot = map.Row(b, p);
+                long slot = map.Row(cacheRow[b], p);
                 if (secondUser.TryGetValue(slot, out var second))
                 {
                     var other = firstUser[slot] == (b, p) ? second : firstUser[slot];
+                    string where = map.IsPaged
+                        ? $"block {slot / map.BlockSize}, row {slot % map.BlockSize}"
+                        : $"cache row {cacheRow[b]}";
                     throw new ArgumentException(
-                        $"Sequence {b} appends position {p} into block {slot / map.BlockSize}, row {slot % map.BlockSize}, " +
+                        $"Sequence {b} appends position {p} into {where}, " +
                         $"which also holds position {other.P} of sequence {other.B}; appended slots must not be shared.",
-                        "blockTable");
+                        map.IsPaged ? "blockTable" : "CacheBatchIndex");
                 }
             }
         }
@@ -368,10 +657,11 @@ public static class DecodeReference
     }
 
     /// <summary>
-    /// Where a logical (sequence, position) lives, in rows of <c>headsKv * headDim</c> elements. Contiguous:
-    /// no table, <see cref="BlockSize"/> is the capacity per sequence.
+    /// Where a logical (cache row, position) lives, in rows of <c>headsKv * headDim</c> elements. Contiguous:
+    /// no table, <see cref="BlockSize"/> is the capacity per cache row. <see cref="CacheRows"/>: rows of the
+    /// contiguous cache or of the block table.
     /// </summary>
-    private readonly struct CacheMap(int[]? table, int maxBlocks, int blockSize)
+    private readonly struct CacheMap(int[]? table, int maxBlocks, int blockSize, int cacheRows)
     {
         public int[]? Table { get; } = table;
 
@@ -379,12 +669,14 @@ public static class DecodeReference
 
         public int BlockSize { get; } = blockSize;
 
+        public int CacheRows { get; } = cacheRows;
+
         public bool IsPaged => Table is not null;
 
         public long Capacity => IsPaged ? (long)MaxBlocks * BlockSize : BlockSize;
 
-        public long Row(int b, int p) => IsPaged
-            ? ((long)Table![((long)b * MaxBlocks) + (p / BlockSize)] * BlockSize) + (p % BlockSize)
-            : ((long)b * BlockSize) + p;
+        public long Row(int row, int p) => IsPaged
+            ? ((long)Table![((long)row * MaxBlocks) + (p / BlockSize)] * BlockSize) + (p % BlockSize)
+            : ((long)row * BlockSize) + p;
     }
 }

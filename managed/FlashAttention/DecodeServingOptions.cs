@@ -1,0 +1,57 @@
+namespace FlashAttn;
+
+/// <summary>
+/// The serving options of <c>flash_attn_with_kvcache</c> (issue 15) for the float64 decode reference only:
+/// multi-token queries whose count differs from the appended one, rotary embedding applied in the call, a cache
+/// batch index and left padding. Internal until the kernels and the public decode API take them; the public
+/// <see cref="DecodeReference"/> methods behave as with <see cref="None"/>. Semantics: shared/FEATURES.md §4
+/// (rotary) and §5 (cache plumbing); <see cref="DecodeReference"/>'s internal overloads state the formulas.
+/// </summary>
+internal sealed record DecodeServingOptions
+{
+    /// <summary>No serving option: the public reference's behaviour.</summary>
+    public static DecodeServingOptions None { get; } = new();
+
+    /// <summary>
+    /// Queries per sequence (<c>sq</c>, 1 or more) when it is not the appended count; null: <c>seqLenNew</c> is both.
+    /// When set, <c>seqLenNew</c> counts only the appended tokens: 0 exactly when no new keys are given.
+    /// </summary>
+    public int? SeqLenQ { get; init; }
+
+    /// <summary>
+    /// <c>cache_batch_idx</c>, <c>[batch]</c>: sequence <c>b</c> reads and appends cache row <c>CacheBatchIndex[b]</c>
+    /// (contiguous: the row of <c>[cacheRows, capacity, headsKv, headDim]</c>; paged: the block-table row, FA3's
+    /// <c>page_table[cache_batch_idx]</c>). Lengths and left pads stay indexed by <c>b</c>. Null: row <c>b</c>.
+    /// </summary>
+    public int[]? CacheBatchIndex { get; init; }
+
+    /// <summary>
+    /// Rows of the contiguous cache (or of the block table) that <see cref="CacheBatchIndex"/> picks from; null means
+    /// the batch. Only with <see cref="CacheBatchIndex"/>.
+    /// </summary>
+    public int? CacheRows { get; init; }
+
+    /// <summary>
+    /// <c>cache_leftpad</c>, <c>[batch]</c>: the first valid cache position of each sequence, 0 .. <c>cacheSeqLens[b]</c>.
+    /// Null: 0 everywhere.
+    /// </summary>
+    public int[]? CacheLeftPad { get; init; }
+
+    /// <summary><c>rotary_cos</c>, <c>[seqlenRo, RotaryDim / 2]</c>; given exactly when <see cref="RotarySin"/> is, and only with new keys.</summary>
+    public double[]? RotaryCos { get; init; }
+
+    /// <summary><c>rotary_sin</c>, <c>[seqlenRo, RotaryDim / 2]</c>.</summary>
+    public double[]? RotarySin { get; init; }
+
+    /// <summary>Dimensions rotated (even, 2 .. headDim); the rest pass through. FA2's kernels also need a multiple of 16.</summary>
+    public int RotaryDim { get; init; }
+
+    /// <summary>
+    /// <c>rotary_interleaved</c>: true (the kvcache APIs' default, GPT-J) rotates pairs <c>(2t, 2t+1)</c>; false
+    /// (GPT-NeoX, Llama) rotates <c>(t, t + RotaryDim/2)</c>.
+    /// </summary>
+    public bool RotaryInterleaved { get; init; } = true;
+
+    /// <summary>Whether rotary tables are given.</summary>
+    public bool HasRotary => RotaryCos is not null || RotarySin is not null;
+}
