@@ -338,7 +338,15 @@ public static class DecodeReference
     /// <c>sk = P0 + n - lp</c> keys numbered from <c>lp</c>, as the forward reference with <c>SeqLenQ = sq</c>,
     /// <c>SeqLenK = sk</c>: masks bottom-right, query <c>i</c>'s diagonal at key <c>sk - sq + i</c>.</item>
     /// </list>
-    /// Everything is checked before anything is written.
+    /// Everything is checked before anything is written. Where this differs from FA2/FA3: rotary is exact float64
+    /// (the kernels compute in fp32 and round to the input dtype); any even rotary dim up to the head dim is accepted
+    /// (FA2's kernels want a multiple of 16); "windowed" means a window is set, taken literally as everywhere in this
+    /// library (FA2 first drops a side that reaches the cache capacity, and a call left with neither side rotates every
+    /// query at <c>P0</c>); a repeated cache row whose appended slots another sequence uses is refused (FEATURES.md:
+    /// unspecified which write wins); the batch index and left padding work with paging as in FA3 (FA2 rejects
+    /// both pairings); the tables must cover the capacity (FA2's check) and every query position. No FP8 cache: §6
+    /// defines descales for FA3's all-e4m3 forward, not the quantisation of appended bf16/fp16 keys nor which index
+    /// (sequence or cache row) a descale follows under a batch index.
     /// </summary>
     private static void Run(
         ReadOnlySpan<double> q,
