@@ -1,6 +1,6 @@
 // Launch template of the sm90 forward: the block order (common/fwd_schedule.h), the TMA descriptors of q, k
 // and v built for this call (host-only encoding, no allocation: graph-safe), a persistent grid of at most
-// one CTA per SM, the variant for the call's options. Included only by the per-(head dim, dtype)
+// one CTA per SM (or one CTA per tile for long masked calls, see launch_fwd), the variant for the call's options. Included only by the per-(head dim, dtype)
 // instantiation files (sm90/fwd_hdim<D>_<dtype>_sm90.cu, built where FA_CUDA_ARCHS has 90a).
 #pragma once
 #include <atomic>
