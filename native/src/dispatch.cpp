@@ -14,7 +14,8 @@ bool path_serves(Pass pass, Path path, int32_t kernel_d, int32_t cc, std::string
     const char* reason = nullptr;
     if (path == Path::Sm90) {
         if (pass == Pass::Decode) {
-            reason = "the sm90 kernels serve the forward and backward passes; decode runs on the sm80 path";
+            reason = "the sm90 kernels serve the forward and backward passes; decode runs on the sm80 path "
+                     "(pass FA_PATH_AUTO or FA_PATH_SM80)";
         } else if (!kernels::has_sm90_code()) {
             reason = "this build has no sm_90a code (configure with FA_CUDA_ARCHS containing 90a)";
         } else if (cc != 0 && cc != 90) {

@@ -204,13 +204,6 @@ void check_kernel_path(int32_t value, const std::string& name) {
     }
 }
 
-void refuse_sm90_path(int32_t value, const std::string& name) {
-    if (value == FA_PATH_SM90) {
-        unsupported(name + " is FA_PATH_SM90, which serves the forward and backward passes; decode runs on the sm80 "
-                           "path (pass FA_PATH_AUTO or FA_PATH_SM80)");
-    }
-}
-
 // ---- fields every pass has -----------------------------------------------------------------------------
 
 void check_reserved(int64_t value, const char* name) {

@@ -68,9 +68,6 @@ Extent buffer_extent(const void* pointer, size_t bytes, const char* name);
 // INVALID_ARGUMENT unless `value` is an fa_kernel_path_t value; `name` is the field ("kernel_path",
 // "query->kernel_path").
 void check_kernel_path(int32_t value, const std::string& name);
-// UNSUPPORTED for FA_PATH_SM90 in decode, the pass without sm90 kernels (the forward and backward ask
-// dispatch.cpp's choose_path, which knows where their sm90 kernels serve).
-void refuse_sm90_path(int32_t value, const std::string& name);
 
 // ---- fields every pass has -----------------------------------------------------------------------------
 // `name` is the field as the message names it ("params->reserved0", "causal", "query->compute_capability").

@@ -281,7 +281,8 @@ struct DecodeCheck {
 
     // Valid; is it served? (UNSUPPORTED)
     void served(int32_t compute_capability) {
-        refuse_sm90_path(P.kernel_path, "kernel_path");
+        // FA_PATH_SM90: UNSUPPORTED, saying why (dispatch.cpp's choose_path, as for the other passes).
+        (void)choose_path(Pass::Decode, P.kernel_path, static_cast<int32_t>(d), compute_capability, -1, "kernel_path");
         check_head_dim_served(d, 3);
         if (paged && (block_size < kMinBlockSize || !is_power_of_two(block_size))) {
             unsupported("k_cache.shape[1] (block_size) is " + s(block_size) +
