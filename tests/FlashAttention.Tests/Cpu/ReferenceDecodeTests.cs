@@ -247,31 +247,11 @@ public sealed class ReferenceDecodeTests
         return (output.ToArray(), lse.ToArray());
     }
 
-    private static void AssertBitwiseEqual(double[] actual, double[] expected, string what, string context)
-    {
-        Assert.That(actual, Has.Length.EqualTo(expected.Length), $"{what} ({context})");
-        for (int i = 0; i < actual.Length; i++)
-        {
-            if (BitConverter.DoubleToInt64Bits(actual[i]) != BitConverter.DoubleToInt64Bits(expected[i]))
-            {
-                Assert.Fail($"{what}[{i}] = {actual[i]}, expected exactly {expected[i]} ({context})");
-            }
-        }
-    }
+    private static void AssertBitwiseEqual(ReadOnlySpan<double> actual, ReadOnlySpan<double> expected, string what, string context) =>
+        ElementAsserts.BitwiseEqual(actual, expected, what, context);
 
-    private static void AssertClose(double[] actual, double[] expected, string what, string context)
-    {
-        Assert.That(actual, Has.Length.EqualTo(expected.Length), $"{what} ({context})");
-        for (int i = 0; i < actual.Length; i++)
-        {
-            double a = actual[i], e = expected[i];
-            bool ok = double.IsInfinity(e) ? a == e : Math.Abs(a - e) <= Tolerance * (1 + Math.Abs(e));
-            if (!ok)
-            {
-                Assert.Fail($"{what}[{i}] = {a}, expected {e} ({context})");
-            }
-        }
-    }
+    private static void AssertClose(ReadOnlySpan<double> actual, ReadOnlySpan<double> expected, string what, string context) =>
+        ElementAsserts.Close(actual, expected, Tolerance, what, context);
 
     private static void AssertNoNaN(double[] values, string what, string context)
     {

@@ -15,19 +15,8 @@ public sealed class ReferenceExtensionsTests
 
     private static double[] Normal(Random random, int n) => TestRandom.Normal(random, n).Select(x => (double)x).ToArray();
 
-    private static void AssertClose(ReadOnlySpan<double> actual, ReadOnlySpan<double> expected, string what, string context)
-    {
-        Assert.That(actual.Length, Is.EqualTo(expected.Length), what);
-        for (int i = 0; i < actual.Length; i++)
-        {
-            double a = actual[i], e = expected[i];
-            bool ok = double.IsInfinity(e) ? a == e : Math.Abs(a - e) <= Tolerance * (1 + Math.Abs(e));
-            if (!ok)
-            {
-                Assert.Fail($"{what}[{i}] = {a}, naive formula gives {e} ({context})");
-            }
-        }
-    }
+    private static void AssertClose(ReadOnlySpan<double> actual, ReadOnlySpan<double> expected, string what, string context) =>
+        ElementAsserts.Close(actual, expected, Tolerance, what, context);
 
     public static IEnumerable<TestCaseData> WindowCases()
     {

@@ -217,19 +217,8 @@ public sealed class ReferenceExtrasTests
         return (output, lse);
     }
 
-    private static void AssertClose(ReadOnlySpan<double> actual, ReadOnlySpan<double> expected, string what, string context)
-    {
-        Assert.That(actual.Length, Is.EqualTo(expected.Length), what);
-        for (int i = 0; i < actual.Length; i++)
-        {
-            double a = actual[i], e = expected[i];
-            bool ok = double.IsInfinity(e) ? a == e : Math.Abs(a - e) <= ForwardTolerance * (1 + Math.Abs(e));
-            if (!ok)
-            {
-                Assert.Fail($"{what}[{i}] = {a:R}, naive formula gives {e:R} ({context})");
-            }
-        }
-    }
+    private static void AssertClose(ReadOnlySpan<double> actual, ReadOnlySpan<double> expected, string what, string context) =>
+        ElementAsserts.Close(actual, expected, ForwardTolerance, what, context);
 
     private static Dims RandomDims(Random random, string lengths, int hq, int hkv, int maxLen, Func<int, int> dvOf)
     {

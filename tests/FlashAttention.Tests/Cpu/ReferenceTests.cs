@@ -28,19 +28,8 @@ public sealed class ReferenceTests
         return (output, lse);
     }
 
-    private static void AssertClose(double[] actual, double[] expected, string what, string context)
-    {
-        Assert.That(actual, Has.Length.EqualTo(expected.Length));
-        for (int i = 0; i < actual.Length; i++)
-        {
-            double a = actual[i], e = expected[i];
-            bool ok = double.IsInfinity(e) ? a == e : Math.Abs(a - e) <= Tolerance * (1 + Math.Abs(e));
-            if (!ok)
-            {
-                Assert.Fail($"{what}[{i}] = {a}, naive formula gives {e} ({context})");
-            }
-        }
-    }
+    private static void AssertClose(ReadOnlySpan<double> actual, ReadOnlySpan<double> expected, string what, string context) =>
+        ElementAsserts.Close(actual, expected, Tolerance, what, context);
 
     private static IEnumerable<TestCaseData> RandomCases()
     {
