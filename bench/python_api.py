@@ -7,11 +7,14 @@ called directly through ctypes (a params struct built once, the call alone: what
               package uses), the package under torch.no_grad() (entered once around the loop), the package with
               autograd recording (q requires grad; forward only, and forward + backward), and the custom op called
               as torch.compile's graph (or any TorchDispatchMode) calls it. Target: the package within 10 us of the
-              direct call.
+              direct call; within_target reads it against the current_stream() direct call (the issue's baseline,
+              which itself pays ~5 us for the Stream object), within_target_vs_raw_stream against the raw-stream one
+              (the package's own Python work alone): both are reported.
   host_split  where the package's no-grad call spends its host time, each piece timed alone in the same loop:
               argument mapping and the eager/custom-op decision, the params struct (descriptors of q, k, v, out and
-              the packing), the output allocation, the stream query, the ctypes + C call; "rest" is the package's
-              time less those (Python call layers).
+              the packing), the output allocation, the stream query, the grad-mode check with the device and context
+              lookups, the ctypes + C call; "rest" is the package's time less those (its Python call layers: the
+              entry point, _options, dense_eager).
   tflops      one large shape (bf16, B 4, S 4096, H 32, D 128, causal), triton's do_bench median: the package and the
               direct call, which should be equal within noise (the package adds host time only).
 
@@ -127,6 +130,9 @@ def main():
     row["overhead_us"] = row["package_nograd_us"] - row["direct_us"]
     row["overhead_vs_raw_stream_us"] = row["package_nograd_us"] - row["direct_raw_stream_us"]
     row["within_target"] = row["overhead_us"] <= HOST_TARGET_US
+    # The stricter reading: the direct call that asks for the stream as the package does (one C call), so the
+    # difference is the package's own Python work alone.
+    row["within_target_vs_raw_stream"] = row["overhead_vs_raw_stream_us"] <= HOST_TARGET_US
     rows.append(row)
     print("#", json.dumps(row), flush=True)
 
@@ -136,11 +142,11 @@ def main():
         _interface._options("flash_attn_func", 0.0, None, True, (-1, -1), 0.0, None, "bottom_right")
         _ops.plain_eager(q, k, v)
 
-    fq = _ops._ready(q, 4)
+    fq = _ops._ready4(q)
     fo = _ops._outputs(q, fq, False, False)[1]
 
     def params_part():  # the descriptors of q, k, v (with their checks) and the packing, as the package's call
-        fq, fk, fv = _ops._ready(q, 4), _ops._ready(k, 4), _ops._ready(v, 4)
+        fq, fk, fv = _ops._ready4(q), _ops._ready4(k), _ops._ready4(v)
         _args.pack_forward(lib.new_forward_params(), fq, fk, fv, fo, _args.NO_TENSOR, *opts)
 
     def alloc_part():  # out and its descriptor, as the package's no-grad call
@@ -152,13 +158,18 @@ def main():
     def stream_part():
         _ops._stream(index)
 
+    def lookups_part():  # the grad-mode check, the device and the context, as dense_eager
+        torch.is_grad_enabled()
+        lib._contexts.get(q.get_device())
+
     def stream_current_part():
         torch.cuda.current_stream().cuda_stream
 
     def c_call_part():
         fa_forward(ctx, pp_direct, stream)
     with no_grad():
-        for f in (args_part, params_part, alloc_part, alloc_lse_part, stream_part, stream_current_part, c_call_part):
+        for f in (args_part, params_part, alloc_part, alloc_lse_part, stream_part, stream_current_part, lookups_part,
+                  c_call_part):
             f()
     sync()
     split = {"pass": "python_api", "what": "host_split", "shape": row["shape"],
@@ -167,9 +178,10 @@ def main():
              "alloc_out_lse_us": host_us(alloc_lse_part, sync, ctx=no_grad),
              "stream_raw_us": host_us(stream_part, sync, ctx=no_grad),
              "stream_current_stream_us": host_us(stream_current_part, sync, ctx=no_grad),
+             "lookups_us": host_us(lookups_part, sync, ctx=no_grad),
              "c_call_us": host_us(c_call_part, sync, ctx=no_grad)}
     split["rest_us"] = row["package_nograd_us"] - sum(split[x] for x in ("args_us", "params_us", "alloc_out_us",
-                                                                          "stream_raw_us", "c_call_us"))
+                                                                          "stream_raw_us", "lookups_us", "c_call_us"))
     rows.append(split)
     print("#", json.dumps(split), flush=True)
 
@@ -200,13 +212,15 @@ def main():
           f"{hr['package_fwd_bwd_us']:.1f} us) vs direct {hr['direct_us']:.1f} us per call: "
           f"+{hr['overhead_us']:.1f} us ({'within' if hr['within_target'] else 'ABOVE'} the {HOST_TARGET_US:.0f} us "
           f"target); against the direct call with the raw stream ({hr['direct_raw_stream_us']:.1f} us) "
-          f"+{hr['overhead_vs_raw_stream_us']:.1f} us")
+          f"+{hr['overhead_vs_raw_stream_us']:.1f} us ({'within' if hr['within_target_vs_raw_stream'] else 'ABOVE'} "
+          f"it)")
     if hr["custom_op_nograd_us"] is not None:
         print(f"  the custom op (the torch.compile / dispatch-mode path) called eagerly: "
               f"{hr['custom_op_nograd_us']:.1f} us")
     print("  split of the no-grad call: " + ", ".join(
         f"{name} {sp[key]:.1f}" for name, key in (("args", "args_us"), ("params", "params_us"),
                                                   ("alloc out", "alloc_out_us"), ("stream", "stream_raw_us"),
+                                                  ("grad mode, device, context", "lookups_us"),
                                                   ("C call", "c_call_us"), ("rest", "rest_us")))
           + f" us (out and lse {sp['alloc_out_lse_us']:.1f}, current_stream() {sp['stream_current_stream_us']:.1f})")
     print(f"throughput: package {tp['package_tflops']:.1f} TFLOP/s vs direct {tp['direct_tflops']:.1f} TFLOP/s "

@@ -30,8 +30,18 @@ def _torch_ops():
     return _ops
 
 
+# _options of the defaults (no scale, window, softcap, dropout or ALiBi; bottom-right), without or with causal.
+_DEFAULT_OPTIONS = (0.0, False, _args.CAUSAL_ALIGNMENTS["bottom_right"], -1, -1, 0.0)
+_DEFAULT_CAUSAL_OPTIONS = (0.0, True) + _DEFAULT_OPTIONS[2:]
+
+
 def _options(function, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment):
     """(softmax_scale, causal, causal_alignment, window_left, window_right, softcap), the custom op's option args."""
+    if (softmax_scale is None and alibi_slopes is None and type(dropout_p) is float and dropout_p == 0.0
+            and type(softcap) is float and softcap == 0.0 and type(window_size) is tuple and window_size == (-1, -1)
+            and type(causal_alignment) is str and causal_alignment == "bottom_right"):
+        # Every option at its default (what the checks below would return, without their calls).
+        return _DEFAULT_CAUSAL_OPTIONS if causal else _DEFAULT_OPTIONS
     _args.common_refusals(function, dropout_p, alibi_slopes)
     scale = _args.softmax_scale_arg(function, softmax_scale)
     left, right = _args.window_arg(function, window_size)
@@ -60,12 +70,15 @@ def _attn_inputs(ops, function, q, k, v, plain, rank, layout):
 
 
 def _dense(function, q, k, v, opts, deterministic, return_attn_probs):
-    ops = _torch_ops()
+    ops = _ops or _torch_ops()
+    r = ops.dense_eager(q, k, v, opts, deterministic, return_attn_probs)  # the whole call, when it is plain
+    if r is not None:
+        return r
+    return _dense_general(ops, function, q, k, v, opts, deterministic, return_attn_probs)
+
+
+def _dense_general(ops, function, q, k, v, opts, deterministic, return_attn_probs):
     plain = ops.plain_eager(q, k, v)  # False under torch.compile: the custom op
-    if plain:
-        r = ops.plain_attention(q, k, v, opts, deterministic, return_attn_probs)
-        if r is not None:
-            return _finish(r[0], r[1], return_attn_probs, q)
     q, k, v = _attn_inputs(ops, function, q, k, v, plain, 4, "[batch, seqlen, heads, head_dim]")
     out, lse = ops.attention(q, k, v, opts, bool(deterministic), None, None, 0, 0, plain, return_attn_probs)
     return _finish(out, lse, return_attn_probs, q)
@@ -103,7 +116,11 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     [batch, heads, seqlen_q] fp32, an empty S_dmask). Differentiable in q, k and v."""
     f = "flash_attn_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
-    return _dense(f, q, k, v, opts, deterministic, return_attn_probs)
+    ops = _ops or _torch_ops()
+    r = ops.dense_eager(q, k, v, opts, deterministic, return_attn_probs)  # _dense, inlined (host time)
+    if r is not None:
+        return r
+    return _dense_general(ops, f, q, k, v, opts, deterministic, return_attn_probs)
 
 
 def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),

@@ -7,9 +7,10 @@ No host synchronisation: varlen lengths and cache_seqlens stay on the device (th
 as flash-attn does), workspaces come from PyTorch's caching allocator, nothing is copied to the host.
 
 Host time per call is the point of most of the structure here (issue 13: within 10 us of a direct C call): a plain
-eager call looks at each tensor once (_ready gives both the checks and the descriptor fields), packs the params
-struct with a few struct.pack_into calls (_args.pack_*), allocates only what it returns (no log-sum-exp unless asked
-for or needed by autograd) and asks for the stream with one C call.
+eager call runs in one frame (dense_eager: no layer of helpers between the entry point and the C call), looks at each
+tensor once (_ready4 gives both the checks and the descriptor fields), packs the params struct with a few
+struct.pack_into calls (_args.pack_*), allocates only what it returns (no log-sum-exp unless asked for or needed by
+autograd) and asks for the stream with one C call.
 """
 import ctypes
 from typing import Optional, Tuple
@@ -46,11 +47,13 @@ def fields(t):
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
-def _stream(index):
-    """cudaStream_t (an int) of PyTorch's current stream on CUDA device ordinal `index`."""
-    if _raw_stream is not None:
-        return _raw_stream(index)
+def _stream_of_current_stream(index):
     return torch.cuda.current_stream(index).cuda_stream
+
+
+# _stream(index): cudaStream_t (an int) of PyTorch's current stream on CUDA device ordinal `index`; the C function
+# itself where this PyTorch has it (no Python frame in between).
+_stream = _raw_stream if _raw_stream is not None else _stream_of_current_stream
 
 
 def _lib():
@@ -72,9 +75,13 @@ def require_cuda(function, **tensors):
                                f"only ({why})")
 
 
+# torch.compiler.is_compiling, looked up once (dynamo knows the function itself, however it is reached, and folds it to
+# True while it traces).
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
 def _compiling():
-    compiler = getattr(torch, "compiler", None)
-    return compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()
+    return _is_compiling is not None and _is_compiling()
 
 
 # ---- plain eager calls skip the custom op ----------------------------------------------------------------------
@@ -115,17 +122,16 @@ def plain_eager(*tensors):
     for t in tensors:
         if t is not None and type(t) not in _PLAIN_TYPES:
             return False
-    if not HAS_CUSTOM_OP:
-        return True
-    if _dispatch_stack_len is not None and _dispatch_stack_len():
-        return False
-    if _function_modes_on is not None and _function_modes_on() and not _only_device_modes():
-        return False
-    if _functorch_on is not None and _functorch_on():
-        return False
-    if _jit_tracing is not None and _jit_tracing() is not None:
-        return False
-    return True
+    return not HAS_CUSTOM_OP or not _modes_active()
+
+
+def _modes_active():
+    """Something is active that must see the custom op: a TorchDispatchMode, a TorchFunctionMode other than
+    torch.device, a functorch transform, jit tracing."""
+    return bool((_dispatch_stack_len is not None and _dispatch_stack_len())
+                or (_function_modes_on is not None and _function_modes_on() and not _only_device_modes())
+                or (_functorch_on is not None and _functorch_on())
+                or (_jit_tracing is not None and _jit_tracing() is not None))
 
 
 def aligned(t):
@@ -328,7 +334,7 @@ if HAS_CUSTOM_OP:
 
 class _Call:
     """The non-tensor arguments of an eager autograd call, one opaque object (Function.apply walks its arguments as a
-    pytree; a plain object is one leaf). fields: q, k, v's fa_tensor_t fields when already made (plain_attention)."""
+    pytree; a plain object is one leaf). fields: q, k, v's fa_tensor_t fields when already made (dense_eager)."""
     __slots__ = ("opts", "deterministic", "cu_q", "cu_k", "max_q", "max_k", "plain", "fields")
 
     def __init__(self, opts, deterministic, cu_q, cu_k, max_q, max_k, plain, fields=None):
@@ -376,40 +382,71 @@ class _EagerAttention(torch.autograd.Function):
 _ATTN_CODES = {torch.float16: _abi.FA_DTYPE_FLOAT16, torch.bfloat16: _abi.FA_DTYPE_BFLOAT16}
 
 
-def _ready(t, rank):
-    """The fa_tensor_t fields of t when the library takes it as it is (a CUDA tensor of rank `rank`, fp16 or bf16,
-    last dim contiguous, 16-byte aligned start), else None. One look at the tensor for both the checks and the
-    descriptor."""
+_grad_enabled = torch.is_grad_enabled
+_ALIGNMENT = _abi.FA_ALIGNMENT_BYTES
+_NO_TENSOR = _args.NO_TENSOR
+
+
+def _ready4(t):
+    """The fa_tensor_t fields of t when the library takes it as it is as fixed-length q, k or v (a CUDA tensor of rank
+    4, fp16 or bf16, last dim contiguous, 16-byte aligned start), else None. One look at the tensor for both the
+    checks and the descriptor."""
     shape = t.shape
-    if len(shape) != rank or not t.is_cuda:
+    if len(shape) != 4 or not t.is_cuda:
         return None
     code = _ATTN_CODES.get(t.dtype)
     strides = t.stride()
     data = t.data_ptr()
-    if code is None or strides[-1] != 1 or data % _abi.FA_ALIGNMENT_BYTES:
+    if code is None or strides[-1] != 1 or data % _ALIGNMENT:
         return None
-    if rank == _abi.FA_MAX_RANK:
-        return (data, code, rank, *shape, *strides)  # _args.tensor_fields without padding
-    return _args.tensor_fields(data, code, shape, strides)
+    return (data, code, 4, *shape, *strides)
 
 
-def plain_attention(q, k, v, opts, deterministic, want_lse):
-    """The fixed-length forward of a plain_eager call whose q, k and v need nothing done ([batch, seqlen, heads,
-    head_dim] CUDA tensors the library takes as they are): (out, lse) as attention. None when one needs a check's
-    error or a copy: the caller then takes the general path (_interface._attn_inputs, attention)."""
-    fq = _ready(q, 4)
+def dense_eager(q, k, v, opts, deterministic, return_attn_probs):
+    """The whole fixed-length call (flash_attn_func and the packed ones) where it takes the eager path with q, k and v
+    as they are: plain_eager, the autograd decision, _run_forward and _interface._finish in one frame, each piece once
+    (host time, issue 13). None when it does not apply (compiling, a mode, a subclass, a tensor that needs a check's
+    error or a copy): _interface._dense_general then runs the call, with every check and error as before."""
+    if _is_compiling is not None and _is_compiling():  # first: dynamo traces nothing below while compiling
+        return None
+    if type(q) not in _PLAIN_TYPES or type(k) not in _PLAIN_TYPES or type(v) not in _PLAIN_TYPES:
+        return None
+    if HAS_CUSTOM_OP and _modes_active():
+        return None
+    fq = _ready4(q)
     if fq is None:
         return None
-    fk = _ready(k, 4)
+    fk = _ready4(k)
     if fk is None:
         return None
-    fv = _ready(v, 4)
+    fv = _ready4(v)
     if fv is None:
         return None
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return _EagerAttention.apply(q, k, v, _Call(opts, bool(deterministic), None, None, 0, 0, True,
-                                                    (fq, fk, fv)))
-    return _run_forward(q, fq, fk, fv, opts, None, want_lse)
+    if _grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        out, lse = _EagerAttention.apply(q, k, v, _Call(opts, bool(deterministic), None, None, 0, 0, True,
+                                                        (fq, fk, fv)))
+    else:
+        # _run_forward, inlined
+        lib = _library._library
+        if lib is None:
+            lib = load_library()
+        device = q.get_device()
+        if not return_attn_probs and q.is_contiguous():  # _outputs, inlined for the common case
+            out = _empty_like(q)
+            fo, lse, fl = (out.data_ptr(), *fq[1:]), None, _NO_TENSOR
+        else:
+            out, fo, lse, fl = _outputs(q, fq, return_attn_probs, False)
+        p = lib.new_forward_params()
+        _args.pack_forward(p, fq, fk, fv, fo, fl, *opts)
+        ctx = lib._contexts.get(device)
+        if ctx is None:
+            ctx = lib.context(device)
+        st = lib.lib.fa_forward(ctx, p, _stream(device))
+        if st:
+            raise lib.error("fa_forward", st)
+    if not return_attn_probs:
+        return out
+    return out, lse, q.new_empty((0,))  # _interface._finish
 
 
 def attention(q, k, v, opts, deterministic, cu_q, cu_k, max_q, max_k, plain, want_lse=True):

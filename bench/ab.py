@@ -1,0 +1,166 @@
+"""Forward or backward A/B/C...: several builds of libflash_attention timed on the same tensors in one process, with
+cuDNN's SDPA as the anchor, the order of the builds rotated between rounds (so none is always timed first), the median of
+the rounds kept. For kernel experiments: build the variants side by side (e.g. with -DCMAKE_CUDA_FLAGS=-D...),
+then
+
+    python3 bench/ab.py --lib base=build/a --lib try=build/b [--pass bwd [--det]] [--dtype bf16] [--quick]
+
+prints TFLOP/s per build and cuDNN, and each build over the first. Outputs (backward: dq, dk, dv) are checked
+against cuDNN's (relative Frobenius error above common.MAX_REL_ERR / MAX_BWD_REL_ERR marks the row); a build that
+fails a shape shows "-". The backward rows time fa_backward alone (O and the log-sum-exp from the first build's
+forward; --det: deterministic mode) against cuDNN's SDPA backward. Needs torch and a GPU."""
+import argparse
+import math
+import os
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+from common import MAX_BWD_REL_ERR, MAX_REL_ERR, FaLib, Timer, dtype_code, first_line, lib_file, tflops  # noqa: E402
+from inputs import torch_dtype  # noqa: E402
+from shapes import pass_flops, shapes_grid  # noqa: E402
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lib", action="append", required=True, help="NAME=PATH of a build (a folder is accepted)")
+    ap.add_argument("--pass", dest="pass_", default="fwd", choices=("fwd", "bwd"))
+    ap.add_argument("--det", action="store_true", help="backward: the deterministic mode")
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    ap.add_argument("--quick", action="store_true", help="S 1k and 4k only")
+    ap.add_argument("--d", default="", help="comma-separated head dims to keep (default: all of the grid)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--rep", type=int, default=30)
+    args = ap.parse_args(argv)
+    args.libs = []
+    for spec in args.lib:
+        name, _, path = spec.partition("=")
+        if not path:
+            ap.error(f"--lib takes NAME=PATH, got {spec!r}")
+        args.libs.append((name, lib_file(path)))
+    return args
+
+
+def rel_err(a, ref):
+    ref = ref.float()
+    return float((a.float() - ref).norm() / ref.norm())
+
+
+def fwd_setup(args, libs, q, k, v, h, hkv, causal, code):
+    """The forward: cuDNN's SDPA on expanded k/v as the anchor; each build's fa_forward into a NaN-poisoned O."""
+    ke, ve = (t.repeat_interleave(h // hkv, dim=1) for t in (k, v))
+
+    def anchor():
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            return F.scaled_dot_product_attention(q, ke, ve, is_causal=causal)
+    ref = anchor().transpose(1, 2)
+    q2, k2, v2 = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+
+    def make_call(lib):
+        o = torch.full_like(q2, float("nan"))
+        params = lib.forward_params(code, q2, k2, v2, o, causal)
+        return lib.forward_call(params), (params, o), (o,)
+
+    def check(outs):
+        err = rel_err(outs[0], ref)
+        return f"rel.err {err:.2e}" if math.isnan(err) or err > MAX_REL_ERR else None
+    return anchor, make_call, check
+
+
+def bwd_setup(args, libs, q, k, v, h, hkv, causal, code):
+    """The backward: cuDNN's SDPA backward (autograd.grad over one forward, expanded k/v, gradients summed back to
+    the kv heads) as the anchor; each build's fa_backward (O and LSE from the first build's forward) into poisoned
+    gradients."""
+    from bwd import our_forward_for_bwd
+    do = torch.randn_like(q)
+    ql, kl, vl = (t.detach().repeat_interleave(h // hkv, dim=1) if t is not q else t.detach() for t in (q, k, v))
+    ql, kl, vl = (t.requires_grad_() for t in (ql, kl, vl))
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        o = F.scaled_dot_product_attention(ql, kl, vl, is_causal=causal)
+
+    def anchor():
+        return torch.autograd.grad(o, (ql, kl, vl), do, retain_graph=True)
+    gq, gk, gv = anchor()
+    b_, _, s_, d_ = gk.shape
+    gk, gv = (g.view(b_, hkv, h // hkv, s_, d_).sum(2) for g in (gk, gv))
+    ref = tuple(t.transpose(1, 2) for t in (gq, gk, gv))
+    q2, k2, v2, do2 = (t.transpose(1, 2).contiguous() for t in (q, k, v, do))
+    lse = torch.full((q.shape[0], h, q.shape[2]), float("nan"), device=q.device, dtype=torch.float32)
+    o2 = our_forward_for_bwd(libs[0][1], code, q2, k2, v2, causal, lse)
+
+    def make_call(lib):
+        grads = tuple(torch.full_like(t, float("nan")) for t in (q2, k2, v2))
+        params = lib.backward_params(code, (q2, k2, v2, o2, do2) + grads, lse, causal, args.det)
+        return lib.backward_call(params), (params, grads), grads
+
+    def check(outs):
+        errs = [rel_err(a, r) for a, r in zip(outs, ref)]
+        worst = max(errs)
+        return f"grad rel.err {worst:.2e}" if math.isnan(worst) or worst > MAX_BWD_REL_ERR else None
+    return anchor, make_call, check
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    bench = Timer(args.warmup, args.rep)
+    libs = [(name, FaLib(path, name).open()) for name, path in args.libs]
+    keep = {int(x) for x in args.d.split(",") if x}
+    shapes = [s for s in shapes_grid(args.quick, args.pass_, (args.dtype,)) if not s.get("varlen")]
+    shapes = [s for s in shapes if not keep or s["d"] in keep]
+    names = [n for n, _ in libs]
+    print(f"{'row':26s} " + " ".join(f"{n:>8s}" for n in names) + f" {'cudnn':>7s} " +
+          " ".join(f"{n + '/' + names[0]:>10s}" for n in names[1:]) + " " + " ".join(f"{n + '/cu':>9s}" for n in names))
+    for s in shapes:
+        torch.manual_seed(0)
+        b, h, hkv, sq, sk, d, causal = s["b"], s["h"], s["hkv"], s["sq"], s["sk"], s["d"], bool(s["causal"])
+        dt, code = torch_dtype(s["dtype"]), dtype_code(s["dtype"])
+        q = torch.randn(b, h, sq, d, device="cuda", dtype=dt)
+        k = torch.randn(b, hkv, sk, d, device="cuda", dtype=dt)
+        v = torch.randn(b, hkv, sk, d, device="cuda", dtype=dt)
+        flops = pass_flops(s)
+        setup = fwd_setup if args.pass_ == "fwd" else bwd_setup
+        anchor, make_call, check = setup(args, libs, q, k, v, h, hkv, causal, code)
+        times = {"cudnn": [bench(anchor)]}
+        calls, notes = {}, []
+        for name, lib in libs:
+            try:
+                call, keep_alive, outs = make_call(lib)
+                call()
+                torch.cuda.synchronize()
+                err = check(outs)
+                if err is not None:
+                    notes.append(f"{name}: {err}")
+                calls[name] = (call, keep_alive)  # the params and outputs stay alive with the call
+                times[name] = []
+            except Exception as e:  # noqa: BLE001
+                notes.append(f"{name}: {first_line(e, 120)}")
+        order = [n for n in names if n in calls]
+        for r in range(args.rounds):
+            rot = order[r % len(order):] + order[:r % len(order)] if order else []
+            for name in rot:
+                times[name].append(bench(calls[name][0]))
+        times["cudnn"].append(bench(anchor))
+        tf = {n: tflops(flops, statistics.median(t)) for n, t in times.items() if t}
+        cu = tf.get("cudnn")
+        key = f"d{d} {'causal' if causal else 'full'} s{sq} h{h}/{hkv}"
+        cells = [f"{tf[n]:8.0f}" if n in tf else f"{'-':>8s}" for n in names]
+        ratios = [f"{tf[n] / tf[names[0]]:10.3f}" if n in tf and names[0] in tf else f"{'-':>10s}" for n in names[1:]]
+        vs_cu = [f"{tf[n] / cu:9.3f}" if n in tf and cu else f"{'-':>9s}" for n in names]
+        print(f"{key:26s} " + " ".join(cells) + f" {cu or 0:7.0f} " + " ".join(ratios) + " " + " ".join(vs_cu) +
+              (("  # " + "; ".join(notes)) if notes else ""), flush=True)
+        del calls
+        torch.cuda.empty_cache()
+    for _, lib in libs:
+        lib.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
