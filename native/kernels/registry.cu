@@ -287,6 +287,16 @@ bool has_kernel(Pass pass, Path path, int32_t kernel_d) {
     return pass == Pass::Backward && sm90::bwd_head_dim(kernel_d);
 }
 
+bool has_kernel(Pass pass, Path path, int32_t kernel_d, DType dtype) {
+    if (dtype == DType::Float16 || dtype == DType::BFloat16) return has_kernel(pass, path, kernel_d);
+    return false;  // fp8: no kernel yet (issue 12)
+}
+
+int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d, DType dtype) {
+    (void)dtype;
+    return smem_bytes(pass, path, kernel_d);
+}
+
 int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d) {
     return with_head_dim(path_kernel_d(pass, path, kernel_d), [&](auto hd) -> int32_t {
         constexpr int D = decltype(hd)::value;

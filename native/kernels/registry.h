@@ -30,8 +30,13 @@ bool has_sm90_code();
 // always kernel_head_dim(d), the sm80 kernel's; the sm90 forward runs the smallest of its kernels (64, 128,
 // 256) at least that large, which names, shared memory and launches account for.
 bool has_kernel(Pass pass, Path path, int32_t kernel_d);
+// The same for one input dtype: fp16 and bf16 wherever has_kernel says so; fp8 (e4m3) only for the sm90
+// forward, at the kernel head dims its fp8 kernels were built for.
+bool has_kernel(Pass pass, Path path, int32_t kernel_d, DType dtype);
 // Dynamic shared memory per block of the main kernel of (pass, path, kernel_d), where has_kernel says so.
 int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d);
+// The same for one input dtype (the fp8 forward kernels have their own layout); has_kernel(..., dtype) must hold.
+int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d, DType dtype);
 // Keys per block of the backward main kernel (the grid is keyed by these blocks).
 int32_t bwd_block_n(Path path, int32_t kernel_d);
 // Number of key splits of a decode call: `requested` (1..max_splits) when not 0, else the heuristic's

@@ -7,7 +7,17 @@
 
 namespace fa {
 
-enum class DType : int32_t { Float16 = 1, BFloat16 = 2 };
+// Element types of q/k/v (the C ABI's fa_dtype_t values). Float8E4M3 (OCP e4m3, PyTorch's float8_e4m3fn) is an
+// input type of the sm90 forward only; its output is bf16.
+enum class DType : int32_t { Float16 = 1, BFloat16 = 2, Float8E4M3 = 5 };
+
+// An fp8 descale factor table: fp32 on the device, the factor of (sequence b, KV head hk) at
+// data[b * batch_stride + hk * head_stride] (strides in elements, 0 broadcasts); data nullptr means 1.
+struct FwdDescale {
+    const float* data = nullptr;
+    int64_t batch_stride = 0;
+    int64_t head_stride = 0;
+};
 
 struct FwdParams {
     const void* q;  // [b, sq, hq, d]
@@ -57,6 +67,11 @@ struct FwdParams {
     // while the group's K/V stays small enough to be reused from L2.
     int32_t m_blocks = 0;
     int32_t heads_per_group = 0;
+
+    // fp8 (dtype Float8E4M3): q, k and v hold values that the factors of their KV head (FlashAttention-3's
+    // convention, even for q) scale back: true q = q * q_descale[b, h / hq_per_hkv], likewise k and v. The
+    // output o is then bf16. Unused (all data nullptr) for the 16-bit types.
+    FwdDescale q_descale, k_descale, v_descale;
 };
 
 }  // namespace fa
