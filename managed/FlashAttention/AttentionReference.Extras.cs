@@ -58,6 +58,13 @@ internal sealed record ReferenceExtras
 
     /// <summary>Philox base offset of the dropout mask.</summary>
     public ulong DropoutOffset { get; init; }
+
+    /// <summary>
+    /// Forward only: round each unnormalised weight to e4m3 before <c>P·V</c> as the fp8 kernels do (FEATURES.md §6,
+    /// FlashAttention-3's max offset 8): <c>P̃_j = e4m3(256 · e^{x_j - m})</c> with m the row's final maximum, the
+    /// denominator summed from the unrounded weights, <c>O = Σ P̃_j v_j / (256 · Σ e^{x_j - m})</c>. The LSE is unchanged.
+    /// </summary>
+    public bool RoundProbabilitiesToFloat8 { get; init; }
 }
 
 /// <content>The extras' per-call plan, shared by the forward and backward row kernels.</content>
@@ -112,6 +119,7 @@ public static partial class AttentionReference
                 _sinks = sinks;
             }
 
+            RoundsProbabilitiesToFloat8 = extras.RoundProbabilitiesToFloat8;
             float p = extras.DropoutP;
             if (!(p >= 0f && p < 1f))
             {
@@ -140,6 +148,9 @@ public static partial class AttentionReference
         public bool HasSinks => _sinks is not null;
 
         public bool HasDropout { get; }
+
+        /// <summary>Whether the forward rounds <c>256 · e^{x - m}</c> to e4m3 before <c>P·V</c> (<see cref="ReferenceExtras.RoundProbabilitiesToFloat8"/>).</summary>
+        public bool RoundsProbabilitiesToFloat8 { get; }
 
         /// <summary><c>1 / (1 - p)</c>.</summary>
         public double DropoutScale { get; } = 1;

@@ -613,10 +613,13 @@ public static partial class AttentionReference
                     continue;
                 }
 
+                // The fp8 kernels' P: 256 * e^(x - m) (FlashAttention-3's max offset 8, in [0, 256]) rounded to e4m3,
+                // scaled back by the exact 1/256 (the denominator keeps the unrounded w).
+                double pw = plan.RoundsProbabilitiesToFloat8 ? (double)(Float8E4M3)(w * Float8ProbabilityScale) / Float8ProbabilityScale : w;
                 double* vRow = vBase + (j * vRowStride);
                 for (int x = 0; x < dv; x++)
                 {
-                    acc[x] += w * vRow[x];
+                    acc[x] += pw * vRow[x];
                 }
             }
 
