@@ -593,6 +593,7 @@ run_sanitize_step() {
     step sanitize "compute-sanitizer memcheck, racecheck, synccheck, initcheck over $NATIVE_BUILD_DIR/sanitize_driver"
     rm -rf "$san_dir" "$summary"
     PYTHONUNBUFFERED=1 python3 tools/run_sanitizers.py --driver "$NATIVE_BUILD_DIR/sanitize_driver" --logdir "$san_dir" \
+        --handover "$NATIVE_BUILD_DIR/racecheck_handover" \
         --summary "$summary" --json "$logdir/sanitize.json" ${args[@]+"${args[@]}"} >"$logdir/sanitize.log" 2>&1 || rc=$?
     sed -n '/^==> sanitize summary/,$p' "$logdir/sanitize.log" | tail -n 40
     [[ -d "$san_dir" ]] && tar -czf "$logdir/sanitize-logs.tgz" -C "$san_dir" . 2>/dev/null || true

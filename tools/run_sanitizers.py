@@ -411,6 +411,8 @@ def main(argv=None):
     ap.add_argument("--logdir", default="build/sanitize")
     ap.add_argument("--summary", help="file for the counts and status lines (default LOGDIR/sanitize-summary.txt)")
     ap.add_argument("--json", help="file for everything (default LOGDIR/sanitize.json)")
+    ap.add_argument("--handover", help="native/tests/racecheck_handover, run under racecheck in its three modes: the "
+                    "positive control (a real race must be reported, a bar.sync hand-over must not; issue 17)")
     ap.add_argument("--self-test", action="store_true")
     a = ap.parse_args(argv)
     if a.self_test:
@@ -545,6 +547,14 @@ def main(argv=None):
                 p = parse_log(f.read())
             confirmed[job.key] = p["errors"] if p["errors"] is not None and not job.timed_out else -1
 
+    if a.handover and "racecheck" in tools:
+        ok, hand_lines, report["handover"] = handover_proof(a.handover, sanitizer, opts, slot, a.logdir, env)
+        lines.extend(hand_lines)
+        if ok:
+            passed += 1
+        else:
+            failed += 1
+
     for tool in tools:
         t = results[tool]
         lines.extend(tool_lines(t, labels, confirmed))
@@ -560,6 +570,53 @@ def main(argv=None):
                       "timed_out": j.timed_out} for j in jobs_by_tool[tool]]
         report["tools"][tool] = t
     return finish()
+
+
+# ---- the racecheck control ---------------------------------------------------------------------------------------
+
+HANDOVER_MODES = ("none", "sync", "arrive")
+
+
+def handover_verdict(counts):
+    """counts: mode -> (racecheck errors or None, program exit code, timed out). The control passes when the real
+    race (none) is reported, the bar.sync hand-over is clean, and both correct modes read what was written (exit 0);
+    what racecheck says of the bar.arrive hand-over is reported, not judged (a correct pattern by the PTX ISA)."""
+    problems = []
+    none_err, _, none_to = counts["none"]
+    if none_to or none_err is None:
+        problems.append("no racecheck verdict on the real race")
+    elif none_err == 0:
+        problems.append("racecheck reported nothing on a real race")
+    for mode in ("sync", "arrive"):
+        err, rc, to = counts[mode]
+        if to or err is None:
+            problems.append("no racecheck verdict on the %s hand-over" % mode)
+        elif rc != 0:
+            problems.append("the %s hand-over read wrong data (exit code %s)" % (mode, rc))
+    if counts["sync"][0]:
+        problems.append("racecheck reported %d errors on the bar.sync hand-over" % counts["sync"][0])
+    return problems
+
+
+def handover_proof(program, sanitizer, opts, slot, logdir, env):
+    jobs = []
+    for i, mode in enumerate(HANDOVER_MODES):
+        cmd = sanitizer_cmd(sanitizer, opts, "racecheck", slot + i, [program, mode])
+        jobs.append(Job("racecheck handover %s" % mode, cmd, os.path.join(logdir, "san-handover-%s.log" % mode),
+                        120, env))
+    run_jobs(jobs, len(jobs))
+    counts = {}
+    for mode, j in zip(HANDOVER_MODES, jobs):
+        with open(j.log, errors="replace") as f:
+            counts[mode] = (parse_log(f.read())["errors"], j.rc, j.timed_out)
+    problems = handover_verdict(counts)
+
+    def n(mode):
+        return "?" if counts[mode][0] is None else str(counts[mode][0])
+    line = ("racecheck control (native/tests/racecheck_handover): real race %s errors, bar.sync hand-over %s, "
+            "bar.arrive/bar.sync hand-over %s" % (n("none"), n("sync"), n("arrive")))
+    lines = [line + (": FAILED (%s)" % "; ".join(problems) if problems else ": ok")]
+    return not problems, lines, {m: {"errors": c[0], "rc": c[1], "timed_out": c[2]} for m, c in counts.items()}
 
 
 # ---- self-test ----------------------------------------------------------------------------------------------------
@@ -700,6 +757,19 @@ def self_test():
     expect(p["errors"] is None, "a log without a sanitizer summary has no verdict")
     p = parse_log("========= ERROR SUMMARY: 0 errors\n")
     expect(p["errors"] == 0 and not p["records"], "a clean summary")
+
+    # The racecheck control's verdict: each way it can fail, and the expected outcome passing.
+    good = {"none": (12, 0, False), "sync": (0, 0, False), "arrive": (3, 0, False)}
+    expect(handover_verdict(good) == [], "handover: a reported real race and a clean bar.sync pass (%r)" %
+           handover_verdict(good))
+    for mode, bad, want in (("none", (0, 0, False), "nothing on a real race"),
+                            ("none", (None, 0, True), "no racecheck verdict on the real race"),
+                            ("sync", (2, 0, False), "2 errors on the bar.sync"),
+                            ("sync", (0, 1, False), "sync hand-over read wrong data"),
+                            ("arrive", (0, 1, False), "arrive hand-over read wrong data"),
+                            ("arrive", (None, 0, False), "no racecheck verdict on the arrive")):
+        got = handover_verdict(dict(good, **{mode: bad}))
+        expect(any(want in g for g in got), "handover: %s %r gives '%s' (%r)" % (mode, bad, want, got))
 
     # End to end with a fake driver and a fake compute-sanitizer: shards, timeouts, attribution, confirmation.
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,8 +18,8 @@
 // At D = 256 dK and dV of 64 keys take 256 registers a thread, so the warpgroups split the roles
 // instead (kSplit): a CTA holds 64 keys; warpgroup 0 computes S^T, P^T and dV, warpgroup 1 dP^T, dS^T
 // and dK (128 accumulator registers each). Warpgroup 1 needs P^T (times 1 - tanh^2 under softcap): it
-// takes it in fp32 through shared memory (16 KB), signalled by a named barrier that warpgroup 0 passes
-// without waiting, so its dV product starts at once. dQ is split by columns as above.
+// takes it in fp32 through shared memory (16 KB) across a CTA barrier, which warpgroup 1 reaches first (its
+// dP^T product needs no exponentials), so warpgroup 0's dV product starts at once. dQ is split by columns as above.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -195,9 +195,17 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
                 }
                 if constexpr (kSplit) px[j * 128] = make_float4(handed[0], handed[1], handed[2], handed[3]);
             }
-            if constexpr (kSplit) bar_arrive(1, 256);  // P^T handed over; warpgroup 0 goes on to dV
-        } else {
-            bar_sync(1, 256);
+        }
+        if constexpr (kSplit) {
+            // P^T handed over by one barrier of the whole CTA, executed by both warpgroups at this one
+            // instruction. Warpgroup 1 arrives from the end of its dP^T product, long before warpgroup 0 has
+            // its exponentials, so warpgroup 0 does not wait (measured: bench/NOTES.md). The earlier hand-over
+            // (warpgroup 0 bar.arrive, warpgroup 1 bar.sync, at two instructions, with the CTA's thread count)
+            // drew racecheck hazards on these stores and reads, and bar.sync at two instructions draws synccheck's
+            // "divergent threads in block" (PTX: an aligned barrier is one instruction for all threads).
+            __syncthreads();
+        }
+        if (kSplit && wg == 1) {
 #pragma unroll
             for (int j = 0; j < BM / 8; ++j) {
                 const float2 dsum2 = *reinterpret_cast<const float2*>(stats + BM + 8 * j + qc0);
@@ -217,6 +225,26 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
             }
         }
 
+        // dS^T to shared memory as [key][query] rows of 128 bytes (one panel), for dQ. The stores read the
+        // registers that are also the A fragments of the dK product (fd, or fa in warpgroup 1 at D = 256).
+        // They are stored before that product is issued: the PTX ISA leaves any access to a wgmma's register
+        // operands undefined until wgmma.wait_group retires it. (Storing after the issue, so that the products
+        // start a few instructions earlier, measured no faster: bench/NOTES.md.)
+        if (!kSplit || wg == 1) {
+#pragma unroll
+            for (int j = 0; j < BM / 8; ++j) {
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const int kr = key_base + kr0 + 8 * i;
+                    const uint32_t byte = static_cast<uint32_t>(kr * 128 + ((j ^ (kr % 8)) << 4) + (lane % 4) * 4);
+                    // dS^T: fd, or (kSplit, warpgroup 1) fa
+                    const uint32_t v = kSplit ? fa[j / 2][(j % 2) * 2 + i] : fd[kSplit ? 0 : j / 2][(j % 2) * 2 + i];
+                    *reinterpret_cast<uint32_t*>(smem + Tr::kOffDS + byte) = v;
+                }
+            }
+            fence_proxy_async();
+        }
+
         // dV += P^T dO and dK += dS^T Q: [64 keys x D], K = the 64 queries (B MN-major, panels QStride
         // apart). kSplit: warpgroup 0 the first (into acc_k), warpgroup 1 the second.
         fence_regs(acc_k);
@@ -233,24 +261,6 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         }
         wgmma_commit();
 
-        // dS^T to shared memory as [key][query] rows of 128 bytes (one panel), for dQ. These stores read the
-        // A fragments of the dV/dK products still in flight: only reads, and measured correct (nvcc 13.0, H100),
-        // but the PTX ISA leaves any access to those registers before wgmma.wait_group undefined. Storing
-        // before issuing the products is the conforming order (not yet measured; bench/NOTES.md).
-        if (!kSplit || wg == 1) {
-#pragma unroll
-            for (int j = 0; j < BM / 8; ++j) {
-#pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    const int kr = key_base + kr0 + 8 * i;
-                    const uint32_t byte = static_cast<uint32_t>(kr * 128 + ((j ^ (kr % 8)) << 4) + (lane % 4) * 4);
-                    // dS^T: fd, or (kSplit, warpgroup 1) fa
-                    const uint32_t v = kSplit ? fa[j / 2][(j % 2) * 2 + i] : fd[kSplit ? 0 : j / 2][(j % 2) * 2 + i];
-                    *reinterpret_cast<uint32_t*>(smem + Tr::kOffDS + byte) = v;
-                }
-            }
-            fence_proxy_async();
-        }
         __syncthreads();  // dS^T written
 
         // dQ (this warpgroup's D/2 columns) = dS K: A = dS (queries contiguous: MN-major), B = K rows
