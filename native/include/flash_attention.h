@@ -24,7 +24,7 @@
 
 /* Version of this header. fa_version() reports the version of the loaded binary. */
 #define FA_VERSION_MAJOR 0
-#define FA_VERSION_MINOR 4
+#define FA_VERSION_MINOR 5
 #define FA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
@@ -81,7 +81,12 @@ typedef enum fa_dtype {
     /* IEEE 754 binary32; used for the log-sum-exp output. */
     FA_DTYPE_FLOAT32 = 3,
     /* 32-bit signed integer. */
-    FA_DTYPE_INT32 = 4
+    FA_DTYPE_INT32 = 4,
+    /* OCP FP8 E4M3 (PyTorch's float8_e4m3fn): 4 exponent bits (bias 7), 3 mantissa bits, no infinities
+       (exponent and mantissa all ones is NaN), largest finite value 448. Accepted for q, k and v of fa_forward on the sm90 path only
+       (compute capability 9.0, a build with sm_90a code); out is then bf16, and q_descale, k_descale and
+       v_descale of fa_forward_params_t give the factors that scale the values back. (Since 0.5.) */
+    FA_DTYPE_FLOAT8_E4M3 = 5
 } fa_dtype_t;
 
 /* Where the causal diagonal sits when seqlen_q != seqlen_k. */
@@ -103,7 +108,8 @@ typedef enum fa_kernel_path {
        compute capability 9.0). Serves the forward pass for every head dim (kernels at 64, 128 and 256) and
        the backward pass for the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and 193..256 in
        a build of every head dim); elsewhere, and for decode, a call that asks for it is UNSUPPORTED.
-       FA_PATH_AUTO picks it where it serves; fa_query_support says where. (Since 0.4.) */
+       FA_PATH_AUTO picks it where it serves; fa_query_support says where. (Since 0.4.) The fp8 (e4m3) forward
+       runs on this path only: FA_PATH_AUTO takes it, FA_PATH_SM80 refuses it. (Since 0.5.) */
     FA_PATH_SM90 = 2
 } fa_kernel_path_t;
 
@@ -146,13 +152,15 @@ typedef struct fa_forward_params {
     uint32_t struct_size;
     /* Reserved; must be 0. */
     uint32_t reserved0;
-    /* Queries [batch, seqlen_q, heads_q, head_dim], fp16 or bf16. */
+    /* Queries [batch, seqlen_q, heads_q, head_dim], fp16, bf16 or fp8 (FA_DTYPE_FLOAT8_E4M3: sm90 path only; the
+       head dim is then a multiple of 16 and the strides other than the last multiples of 16 elements). */
     fa_tensor_t q;
     /* Keys [batch, seqlen_k, heads_kv, head_dim], same dtype as q; heads_kv must divide heads_q. */
     fa_tensor_t k;
     /* Values [batch, seqlen_k, heads_kv, head_dim], same dtype as q. */
     fa_tensor_t v;
-    /* Output [batch, seqlen_q, heads_q, head_dim], same dtype as q; written. Must not overlap q, k or v. */
+    /* Output [batch, seqlen_q, heads_q, head_dim], same dtype as q, but bf16 when q is fp8; written. Must not
+       overlap q, k, v or the descales. */
     fa_tensor_t out;
     /* Optional log-sum-exp [batch, heads_q, seqlen_q], fp32 (natural log of the softmax denominator,
        scale included); written when data is not NULL. Rows that see no key get +infinity. */
@@ -196,6 +204,18 @@ typedef struct fa_forward_params {
     int32_t max_seqlen_k;
     /* Reserved; must be 0. */
     int32_t reserved2;
+    /* fp8 only (q, k and v FA_DTYPE_FLOAT8_E4M3); data must be NULL otherwise. Optional factors that scale the fp8
+       values back, as FlashAttention-3 takes them: fp32 device tensors of rank 2, [batch, heads_kv]
+       ([varlen_batch, heads_kv] for a variable-length batch), one factor per (sequence, KV head), even for q.
+       Strides in elements, >= 0: 0 broadcasts, so strides {0, 0} give one factor for the whole tensor. data NULL
+       means 1.0. The values attended are q[b, i, h, :] * q_descale[b, h / (heads_q / heads_kv)],
+       k[b, j, hk, :] * k_descale[b, hk] and v[b, j, hk, :] * v_descale[b, hk]; lse is that of these values.
+       (Since 0.5: an older caller's smaller struct gets data NULL.) */
+    fa_tensor_t q_descale;
+    /* See q_descale. */
+    fa_tensor_t k_descale;
+    /* See q_descale. */
+    fa_tensor_t v_descale;
 } fa_forward_params_t;
 
 /* Arguments of fa_backward. Fill with fa_backward_params_init, then set the fields you need. The options
@@ -205,7 +225,8 @@ typedef struct fa_backward_params {
     uint32_t struct_size;
     /* Reserved; must be 0. */
     uint32_t reserved0;
-    /* Queries of the forward call [batch, seqlen_q, heads_q, head_dim], fp16 or bf16. */
+    /* Queries of the forward call [batch, seqlen_q, heads_q, head_dim], fp16 or bf16 (the fp8 forward has no
+       backward, as in FlashAttention-3: FA_STATUS_UNSUPPORTED). */
     fa_tensor_t q;
     /* Keys of the forward call [batch, seqlen_k, heads_kv, head_dim], same dtype as q. */
     fa_tensor_t k;
@@ -275,7 +296,8 @@ typedef struct fa_decode_params {
     uint32_t struct_size;
     /* Reserved; must be 0. */
     uint32_t reserved0;
-    /* New queries [batch, seqlen_new, heads_q, head_dim], fp16 or bf16. */
+    /* New queries [batch, seqlen_new, heads_q, head_dim], fp16 or bf16 (an fp8 query or cache is
+       FA_STATUS_UNSUPPORTED: not served yet). */
     fa_tensor_t q;
     /* Key cache, same dtype as q: contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
        NULL, else paged [num_blocks, block_size, heads_kv, head_dim] with block_size a power of two from 16
@@ -479,7 +501,8 @@ FA_API fa_status_t fa_context_get_device(fa_context_t context, int32_t* device);
 /* ---- attention -------------------------------------------------------------------------------- */
 
 /* Fills the first struct_size bytes of *params with defaults: struct_size, scale 0 (1/sqrt(d)), not
-   causal, bottom-right, auto path, no window (-1, -1), no softcap, fixed-length batch; tensors zeroed.
+   causal, bottom-right, auto path, no window (-1, -1), no softcap, fixed-length batch; tensors zeroed (so no
+   lse and no fp8 descales).
    Pass sizeof(fa_forward_params_t) as the caller compiled it: the library never writes past it, so a
    program built against an older, smaller struct stays safe with a newer library. */
 FA_API fa_status_t fa_forward_params_init(fa_forward_params_t* params, size_t struct_size);
@@ -503,7 +526,8 @@ FA_API fa_status_t fa_kernel_count(int32_t* count);
 FA_API fa_status_t fa_kernel_name(int32_t index, const char** name);
 
 /* Scaled dot-product attention forward: out = softmax(scale * q k^T + mask) v, written to params->out
-   (and the log-sum-exp to params->lse when given), ordered on `stream`. Validates everything before
+   (and the log-sum-exp to params->lse when given), ordered on `stream`. With fp8 inputs the attention runs on
+   the descaled values (see q_descale). Validates everything before
    any CUDA call. Does not synchronise and does not allocate, so it may be captured into a CUDA graph. */
 FA_API fa_status_t fa_forward(fa_context_t context, const fa_forward_params_t* params, void* stream);
 

@@ -130,8 +130,8 @@ FA_API fa_status_t fa_decode(fa_context_t context, const fa_decode_params_t* par
         p.lse_accum = reinterpret_cast<float*>(base + fa::decode_accum_offset(p, p.num_splits));
     }
     const char* kernel_name = nullptr;
-    const fa::Path path = fa::choose_path(fa::Pass::Decode, params->kernel_path, p.d, info.cc_major * 10 + info.cc_minor,
-                                          info.smem_optin, "kernel_path", info.device);
+    const fa::Path path = fa::choose_path(fa::Pass::Decode, params->kernel_path, p.d, p.dtype,
+                                          info.cc_major * 10 + info.cc_minor, info.smem_optin, "kernel_path", info.device);
     const int result = fa::kernels::launch_decode(path, p, info, stream, &kernel_name);
     // The free is ordered after the kernels, so it is issued even when a launch failed.
     const cudaError_t free_err = owned ? cudaFreeAsync(workspace, st) : cudaSuccess;

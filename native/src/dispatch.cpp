@@ -8,11 +8,22 @@ namespace fa {
 
 namespace {
 const char* pass_name(Pass pass) { return pass == Pass::Forward ? "forward" : pass == Pass::Backward ? "backward" : "decode"; }
+
+// Where the fp8 forward runs, for messages.
+constexpr const char* kFp8Sm90Only =
+    "fp8 (e4m3) is served by the sm90 forward only (compute capability 9.0 and a build with sm_90a code)";
 }  // namespace
 
-bool path_serves(Pass pass, Path path, int32_t kernel_d, int32_t cc, std::string* why) {
-    const char* reason = nullptr;
-    if (path == Path::Sm90) {
+const char* dtype_refusal(Pass pass, DType dtype) {
+    if (dtype != DType::Float8E4M3 || pass == Pass::Forward) return nullptr;
+    return pass == Pass::Backward ? "the fp8 forward has no backward (as FlashAttention-3); use bf16/fp16 for training"
+                                  : "an fp8 KV cache is not served yet; decode takes fp16 or bf16";
+}
+
+bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc, std::string* why) {
+    const bool fp8 = dtype == DType::Float8E4M3;
+    const char* reason = dtype_refusal(pass, dtype);  // not served on any path
+    if (reason == nullptr && path == Path::Sm90) {
         if (pass == Pass::Decode) {
             reason = "the sm90 kernels serve the forward and backward passes; decode runs on the sm80 path "
                      "(pass FA_PATH_AUTO or FA_PATH_SM80)";
@@ -20,38 +31,54 @@ bool path_serves(Pass pass, Path path, int32_t kernel_d, int32_t cc, std::string
             reason = "this build has no sm_90a code (configure with FA_CUDA_ARCHS containing 90a)";
         } else if (cc != 0 && cc != 90) {
             reason = "the wgmma kernels run on compute capability 9.0 only";
-        } else if (!kernels::has_kernel(pass, path, kernel_d)) {
-            reason = pass == Pass::Forward ? "this build has no sm90 forward kernel for that head dim (the 64, 128 and 256 "
-                                             "kernels serve head dims up to 64, 128 and 256)"
-                                           : "the sm90 backward serves the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and "
+        } else if (!kernels::has_kernel(pass, path, kernel_d, dtype)) {
+            reason = fp8 ? "this build has no sm90 fp8 forward kernel for that head dim"
+                     : pass == Pass::Forward ? "this build has no sm90 forward kernel for that head dim (the 64, 128 and 256 "
+                                               "kernels serve head dims up to 64, 128 and 256)"
+                                             : "the sm90 backward serves the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and "
                      "193..256 in a build of every head dim)";
         }
-    } else if (!kernels::has_kernel(pass, path, kernel_d)) {
+    } else if (reason == nullptr && fp8) {
+        reason = kFp8Sm90Only;
+    } else if (reason == nullptr && !kernels::has_kernel(pass, path, kernel_d, dtype)) {
         reason = "this build has no kernel for that head dim";
     }
     if (reason != nullptr && why != nullptr) *why = reason;
     return reason == nullptr;
 }
 
-Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, int32_t cc, int64_t smem_optin,
+Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, int32_t cc, int64_t smem_optin,
                  const std::string& field, int32_t device) {
     const int32_t kd = kernels::kernel_head_dim(head_dim);
+    // Built only for a message (this runs on every call).
+    const auto where = [&] {
+        return " (head dim " + std::to_string(head_dim) + (device >= 0 ? ", device " + std::to_string(device) : std::string()) + ")";
+    };
+    if (const char* refusal = dtype_refusal(pass, dtype)) {
+        fail(FA_STATUS_UNSUPPORTED, std::string("q is ") + dtype_tag(dtype) + ": " + refusal);
+    }
+    const bool fp8 = dtype == DType::Float8E4M3;
+    if (fp8 && kernel_path == FA_PATH_SM80) {
+        fail(FA_STATUS_UNSUPPORTED, field + " is FA_PATH_SM80, but " + kFp8Sm90Only + "; pass FA_PATH_AUTO or FA_PATH_SM90");
+    }
     std::string why;
-    bool sm90 = path_serves(pass, Path::Sm90, kd, cc, &why);
-    if (sm90 && smem_optin >= 0 && kernels::smem_bytes(pass, Path::Sm90, kd) > smem_optin) {
+    bool sm90 = path_serves(pass, Path::Sm90, kd, dtype, cc, &why);
+    if (sm90 && smem_optin >= 0 && kernels::smem_bytes(pass, Path::Sm90, kd, dtype) > smem_optin) {
         sm90 = false;
         why = (device >= 0 ? "device " + std::to_string(device) : std::string("the GPU")) +
-              " lacks the shared memory of the sm90 " + pass_name(pass) + " kernel";
+              " lacks the shared memory of the sm90 " + (fp8 ? "fp8 " : "") + pass_name(pass) + " kernel";
     }
     if (kernel_path == FA_PATH_SM90 && !sm90) {
-        fail(FA_STATUS_UNSUPPORTED, field + " is FA_PATH_SM90, but " + why + " (head dim " + std::to_string(head_dim) +
-                                        (device >= 0 ? ", device " + std::to_string(device) : std::string()) + ")");
+        fail(FA_STATUS_UNSUPPORTED, field + " is FA_PATH_SM90, but " + why + where());
+    }
+    if (fp8 && !sm90) {
+        fail(FA_STATUS_UNSUPPORTED, std::string(kFp8Sm90Only) + ", but " + why + where());
     }
     return sm90 && kernel_path != FA_PATH_SM80 ? Path::Sm90 : Path::Sm80;
 }
 
 int32_t smem_need(Pass pass, int32_t kernel_path, int32_t kernel_d, int32_t cc) {
-    const bool sm90 = kernel_path != FA_PATH_SM80 && path_serves(pass, Path::Sm90, kernel_d, cc, nullptr);
+    const bool sm90 = kernel_path != FA_PATH_SM80 && path_serves(pass, Path::Sm90, kernel_d, DType::Float16, cc, nullptr);
     return kernels::smem_bytes(pass, sm90 ? Path::Sm90 : Path::Sm80, kernel_d);
 }
 

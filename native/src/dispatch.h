@@ -6,26 +6,44 @@
 #include <cstdint>
 #include <string>
 
+#include "flash_attention.h"
 #include "registry.h"
 
 namespace fa {
+
+// The kernels' element type of a validated q/k/v dtype (an fa_dtype_t value: FA_DTYPE_FLOAT16, FA_DTYPE_BFLOAT16
+// or FA_DTYPE_FLOAT8_E4M3; anything else is a bug of the caller's validation and maps to Float16).
+inline DType kernel_dtype(int32_t dtype) {
+    return dtype == FA_DTYPE_BFLOAT16 ? DType::BFloat16 : dtype == FA_DTYPE_FLOAT8_E4M3 ? DType::Float8E4M3 : DType::Float16;
+}
+// "fp16", "bf16" or "e4m3", for logs and messages.
+inline const char* dtype_tag(DType dtype) {
+    return dtype == DType::BFloat16 ? "bf16" : dtype == DType::Float8E4M3 ? "e4m3" : "fp16";
+}
+// Why `pass` does not take q/k/v of `dtype` at all (on any path, any GPU), or nullptr when it does: fp8 (e4m3) is
+// an input of the forward only (FEATURES.md 6).
+const char* dtype_refusal(Pass pass, DType dtype);
 
 // Head dims: served when a multiple of 8 no larger than the largest compiled kernel head dim.
 inline int32_t kernel_head_dim(int32_t d) { return kernels::kernel_head_dim(d); }
 inline bool head_dim_served(int32_t d) { return kernels::kernel_head_dim(d) != 0; }
 
-// Whether `path` serves `pass` at kernel head dim kernel_d on compute capability cc (major * 10 + minor;
-// 0: any GPU this build serves), ignoring shared memory; if not, *why (when given) says why in a phrase.
-bool path_serves(Pass pass, Path path, int32_t kernel_d, int32_t cc, std::string* why);
+// Whether `path` serves `pass` for q/k/v of `dtype` at kernel head dim kernel_d on compute capability cc
+// (major * 10 + minor; 0: any GPU this build serves), ignoring shared memory; if not, *why (when given) says why
+// in a phrase.
+bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc, std::string* why);
 
-// The path a call runs, from its kernel_path field (FA_PATH_AUTO: sm90 where it serves and the device's
-// shared memory allows it, else sm80; FA_PATH_SM80; FA_PATH_SM90: sm90, or UNSUPPORTED saying why where it
-// does not serve). smem_optin < 0: not known (validation without a device), so not checked. `field` names
-// the field in messages ("kernel_path", "query->kernel_path"); device >= 0 is named in them too.
-Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, int32_t cc, int64_t smem_optin,
+// The path a call with q/k/v of `dtype` runs, from its kernel_path field (FA_PATH_AUTO: sm90 where it serves and
+// the device's shared memory allows it, else sm80; FA_PATH_SM80; FA_PATH_SM90: sm90, or UNSUPPORTED saying why
+// where it does not serve). fp8 (e4m3) has no sm80 kernels: FA_PATH_SM80 is UNSUPPORTED for it, and so is
+// FA_PATH_AUTO where the sm90 forward does not serve it. smem_optin < 0: not known (validation without a device),
+// so not checked. `field` names the field in messages ("kernel_path", "query->kernel_path"); device >= 0 is named
+// in them too.
+Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, int32_t cc, int64_t smem_optin,
                  const std::string& field, int32_t device = -1);
 
-// Shared memory per block of the main kernel the call would run (the path choose_path makes, on cc).
+// Shared memory per block of the main kernel a backward or decode call would run (the path choose_path makes, on
+// cc; these passes take fp16 and bf16 only, whose kernels share one layout).
 int32_t smem_need(Pass pass, int32_t kernel_path, int32_t kernel_d, int32_t cc);
 
 // Backward workspace of a call (bytes of each part, each rounded to 256); kernel_d is the kernel's head dim.

@@ -44,7 +44,12 @@ void set_option_defaults(Params& p) {
 }
 
 // The fields of one pass only (everything else, the variable-length fields included, starts as zero).
-inline void set_pass_defaults(fa_forward_params_t&) {}
+inline void set_pass_defaults(fa_forward_params_t& p) {
+    // No fp8 descale tables (data NULL: a factor of 1); the rest of each descriptor stays zero.
+    p.q_descale.data = nullptr;
+    p.k_descale.data = nullptr;
+    p.v_descale.data = nullptr;
+}
 inline void set_pass_defaults(fa_backward_params_t& p) {
     p.deterministic = 0;  // dq accumulated with atomic adds
 }

@@ -64,31 +64,48 @@ void check_each_tensor(const AttentionArgs& a, AttentionShape& sh) {
         const char* hint = "; a variable-length batch (cu_seqlens_q set) packs the sequences along one dimension";
         // total_q or total_k may be 0 (every sequence empty); such a tensor's data may be NULL. (An lse
         // with NULL data is absent, as in a fixed-length call.)
-        sh.q = check_tensor({*a.q, "q", {"total_q", "heads_q", "head_dim", ""}, 3, hint}, TensorKind::Attention, 0);
-        sh.k = check_tensor({*a.k, "k", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, TensorKind::Attention, 0);
-        sh.v = check_tensor({*a.v, "v", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, TensorKind::Attention, 0);
+        sh.q = check_tensor({*a.q, "q", {"total_q", "heads_q", "head_dim", ""}, 3, hint}, TensorKind::AttentionInput, 0);
+        sh.k = check_tensor({*a.k, "k", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, TensorKind::AttentionInput, 0);
+        sh.v = check_tensor({*a.v, "v", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, TensorKind::AttentionInput, 0);
         sh.out = check_tensor({*a.out, "out", {"total_q", "heads_q", "head_dim", ""}, 3, hint}, TensorKind::Attention, 0);
         if (sh.has_lse) {
             sh.lse = check_tensor({*a.lse, "lse", {"heads_q", "total_q", "", ""}, 2, hint}, TensorKind::Float32, 1);
         }
         return;
     }
-    sh.q = check_tensor({*a.q, "q", {"batch", "seqlen_q", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
-    sh.k = check_tensor({*a.k, "k", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
-    sh.v = check_tensor({*a.v, "v", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
+    sh.q = check_tensor({*a.q, "q", {"batch", "seqlen_q", "heads_q", "head_dim"}, 4, ""}, TensorKind::AttentionInput);
+    sh.k = check_tensor({*a.k, "k", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4, ""}, TensorKind::AttentionInput);
+    sh.v = check_tensor({*a.v, "v", {"batch", "seqlen_k", "heads_kv", "head_dim"}, 4, ""}, TensorKind::AttentionInput);
     sh.out = check_tensor({*a.out, "out", {"batch", "seqlen_q", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
     if (sh.has_lse) {
         sh.lse = check_tensor({*a.lse, "lse", {"batch", "heads_q", "seqlen_q", ""}, 3, ""}, TensorKind::Float32);
     }
 }
 
-// The tensors against each other: one dtype, one head dim and batch, k like v, out like q, GQA, lse's shape.
-// Fills the sizes.
-void check_tensors_agree(const AttentionArgs& a, AttentionShape& sh) {
+// The dtypes: q, k and v all fp8 (e4m3) with a bf16 out, or none fp8 and all four of one dtype. Fills sh.fp8.
+void check_dtypes_agree(const AttentionArgs& a, AttentionShape& sh) {
     const fa_tensor_t& q = *a.q;
     const fa_tensor_t& k = *a.k;
     const fa_tensor_t& v = *a.v;
     const fa_tensor_t& out = *a.out;
+    const bool q8 = q.dtype == FA_DTYPE_FLOAT8_E4M3;
+    const bool k8 = k.dtype == FA_DTYPE_FLOAT8_E4M3;
+    const bool v8 = v.dtype == FA_DTYPE_FLOAT8_E4M3;
+    if (q8 || k8 || v8) {
+        if (!(q8 && k8 && v8)) {
+            // The first tensor that breaks the rule: with q fp8 the first of k, v that is not; else the fp8 one.
+            const bool k_odd = q8 ? !k8 : k8;
+            const fa_tensor_t& odd = k_odd ? k : v;
+            invalid(std::string(k_odd ? "k" : "v") + ".dtype is " + dtype_name(odd.dtype) + " but q.dtype is " +
+                    dtype_name(q.dtype) + "; q, k and v must all be fp8 (FA_DTYPE_FLOAT8_E4M3) or none");
+        }
+        if (out.dtype != FA_DTYPE_BFLOAT16) {
+            invalid("out.dtype is " + std::string(dtype_name(out.dtype)) +
+                    "; out must be bf16 when q is fp8 (e4m3): FA_DTYPE_BFLOAT16, as in FlashAttention-3");
+        }
+        sh.fp8 = true;
+        return;
+    }
     if (k.dtype != q.dtype || v.dtype != q.dtype || out.dtype != q.dtype) {
         const bool k_odd = k.dtype != q.dtype;
         const bool v_odd = !k_odd && v.dtype != q.dtype;
@@ -96,6 +113,16 @@ void check_tensors_agree(const AttentionArgs& a, AttentionShape& sh) {
         invalid(std::string(k_odd ? "k" : (v_odd ? "v" : "out")) + ".dtype is " + dtype_name(odd.dtype) +
                 " but q.dtype is " + dtype_name(q.dtype) + "; q, k, v and out must share one dtype");
     }
+}
+
+// The tensors against each other: dtypes, one head dim and batch, k like v, out like q, GQA, lse's shape.
+// Fills the sizes.
+void check_tensors_agree(const AttentionArgs& a, AttentionShape& sh) {
+    const fa_tensor_t& q = *a.q;
+    const fa_tensor_t& k = *a.k;
+    const fa_tensor_t& v = *a.v;
+    const fa_tensor_t& out = *a.out;
+    check_dtypes_agree(a, sh);
     const int32_t row_dim = sh.row_dim;
     const int32_t head_dim_index = row_dim + 2;
     sh.b = sh.varlen ? a.varlen_batch : q.shape[0];
@@ -142,6 +169,35 @@ void check_tensors_agree(const AttentionArgs& a, AttentionShape& sh) {
     }
 }
 
+// The fp8 descale tables (absent: nullptr or data NULL): fp8 calls only; each fp32, [batch, heads_kv] (varlen_batch
+// for a variable-length batch), strides >= 0. Fills their extents.
+void check_descales(const AttentionArgs& a, AttentionShape& sh) {
+    const struct {
+        const fa_tensor_t* t;
+        const char* name;
+    } tables[3] = {{a.q_descale, "q_descale"}, {a.k_descale, "k_descale"}, {a.v_descale, "v_descale"}};
+    for (int i = 0; i < 3; ++i) {
+        sh.descale[i] = Extent{0, 0};
+        if (tables[i].t == nullptr || tables[i].t->data == nullptr) {
+            continue;
+        }
+        const fa_tensor_t& t = *tables[i].t;
+        const std::string name = tables[i].name;
+        if (!sh.fp8) {
+            invalid(name + ".data is set but q.dtype is " + dtype_name(a.q->dtype) + "; " + name +
+                    " scales fp8 inputs only: leave its data NULL unless q, k and v are FA_DTYPE_FLOAT8_E4M3");
+        }
+        const char* batch_name = sh.varlen ? "varlen_batch" : "batch";
+        sh.descale[i] = check_tensor({t, tables[i].name, {batch_name, "heads_kv", "", ""}, 2,
+                                      "; descales are per (sequence, KV head), even q_descale (as FlashAttention-3)"},
+                                     TensorKind::Float32Broadcast);
+        if (t.shape[0] != sh.b || t.shape[1] != sh.hkv) {
+            invalid(name + ".shape is " + shape_string(t) + " but must be [" + batch_name + ", heads_kv] = [" + s(sh.b) +
+                    ", " + s(sh.hkv) + "] (per KV head, even for q, as FlashAttention-3; strides 0 broadcast one factor)");
+        }
+    }
+}
+
 void check_options(const AttentionArgs& a) {
     check_softmax_scale(a.softmax_scale);
     check_flag(a.causal, "causal");
@@ -174,6 +230,12 @@ void check_outputs_apart(const AttentionArgs& a, const AttentionShape& sh) {
         check_no_overlap(sh.lse, "lse", sh.k, "k");
         check_no_overlap(sh.lse, "lse", sh.v, "v");
     }
+    static const char* const descale_names[3] = {"q_descale", "k_descale", "v_descale"};
+    for (int i = 0; i < 3; ++i) {
+        if (sh.descale[i].end == sh.descale[i].begin) continue;  // absent
+        check_no_overlap(sh.out, "out", sh.descale[i], descale_names[i]);
+        if (sh.has_lse) check_no_overlap(sh.lse, "lse", sh.descale[i], descale_names[i]);
+    }
     if (sh.varlen) {
         const Extent cq = cu_extent(a.cu_seqlens_q, a.varlen_batch, "cu_seqlens_q");
         const Extent ck = cu_extent(a.cu_seqlens_k, a.varlen_batch, "cu_seqlens_k");
@@ -196,6 +258,7 @@ AttentionShape check_attention(const AttentionArgs& a) {
     check_batch_fields(a, sh.varlen);
     check_each_tensor(a, sh);
     check_tensors_agree(a, sh);
+    check_descales(a, sh);
     check_options(a);
     check_host_copies(a, sh);
     check_outputs_apart(a, sh);
@@ -205,6 +268,12 @@ AttentionShape check_attention(const AttentionArgs& a) {
 void check_attention_served(const AttentionArgs& a, const AttentionShape& sh, int32_t compute_capability) {
     const bool varlen = sh.varlen;
     check_head_dim_served(sh.d, sh.row_dim + 2);
+    if (sh.fp8 && sh.d % kFp8HeadDimMultiple != 0) {
+        unsupported("q.shape[" + s(sh.row_dim + 2) + "] (head_dim) is " + s(sh.d) +
+                    "; fp8 (e4m3) head dims must be multiples of " + s(kFp8HeadDimMultiple) +
+                    " (as in FlashAttention-3): pad q, k and v with zeros to the next multiple of " +
+                    s(kFp8HeadDimMultiple) + " and slice the output");
+    }
     check_int32_sizes({{sh.b, varlen ? "varlen_batch" : "q.shape[0] (batch)"},
                        {sh.rows_q, varlen ? "q.shape[0] (total_q)" : "q.shape[1] (seqlen_q)"},
                        {sh.rows_k, varlen ? "k.shape[0] (total_k)" : "k.shape[1] (seqlen_k)"},
@@ -236,6 +305,9 @@ void add_attention_memory(const AttentionArgs& a, const AttentionShape& sh, Memo
         memory.add("cu_seqlens_k", "its varlen_batch + 1 int32 values",
                    cu_extent(a.cu_seqlens_k, a.varlen_batch, "cu_seqlens_k"));
     }
+    memory.add("q_descale.data", "q_descale's shape and strides", sh.descale[0]);  // absent: empty, skipped
+    memory.add("k_descale.data", "k_descale's shape and strides", sh.descale[1]);
+    memory.add("v_descale.data", "v_descale's shape and strides", sh.descale[2]);
 }
 
 FwdParams attention_params(const AttentionArgs& a, const AttentionShape& sh) {
@@ -313,7 +385,18 @@ FwdParams attention_params(const AttentionArgs& a, const AttentionShape& sh) {
     // A causal call sees no key right of the diagonal: causal is folded into window_right here, once, so
     // that every kernel reads one right bound (native/kernels/common/mask.cuh).
     p.window_right = a.causal == 1 ? 0 : a.window_right >= no_op_window ? -1 : a.window_right;
-    p.dtype = q.dtype == FA_DTYPE_BFLOAT16 ? DType::BFloat16 : DType::Float16;
+    p.dtype = kernel_dtype(q.dtype);
+    // fp8: the descale tables as given ([batch, heads_kv], strides in elements, 0 broadcasting); absent ones keep
+    // data nullptr (factor 1). check_descales has made sure they are absent for the 16-bit types.
+    const fa_tensor_t* const tables[3] = {a.q_descale, a.k_descale, a.v_descale};
+    FwdDescale* const fields[3] = {&p.q_descale, &p.k_descale, &p.v_descale};
+    for (int i = 0; i < 3; ++i) {
+        if (sh.fp8 && tables[i] != nullptr && tables[i]->data != nullptr) {
+            fields[i]->data = static_cast<const float*>(tables[i]->data);
+            fields[i]->batch_stride = tables[i]->strides[0];
+            fields[i]->head_stride = tables[i]->strides[1];
+        }
+    }
     return p;
 }
 

@@ -40,6 +40,11 @@ struct AttentionArgs {
     int32_t varlen_batch;
     int32_t max_seqlen_q;
     int32_t max_seqlen_k;
+    // The fp8 descale tables (the forward's q_descale, k_descale, v_descale); nullptr in the backward, which has
+    // none. A table with data NULL is absent (factor 1).
+    const fa_tensor_t* q_descale = nullptr;
+    const fa_tensor_t* k_descale = nullptr;
+    const fa_tensor_t* v_descale = nullptr;
 };
 
 // Field `field` of the caller's params P when its struct_size covers it, else the default D's (an older, smaller
@@ -78,24 +83,28 @@ AttentionArgs attention_args(const Params& P, const Params& D) {
 struct AttentionShape {
     bool varlen;   // cu_seqlens set: q, k, v and out are [total, heads, head_dim]
     bool has_lse;  // lse.data set
+    bool fp8;      // q, k and v are FA_DTYPE_FLOAT8_E4M3 (out is then bf16)
     int32_t row_dim;  // index of the rows dimension: 0 (variable-length) or 1; heads and head_dim follow it
     int64_t b, rows_q, rows_k, hq, hkv, d;
     Extent q, k, v, out, lse;  // lse 0..0 when absent
+    Extent descale[3];         // q_descale, k_descale, v_descale; 0..0 when absent
 };
 
 // Every INVALID_ARGUMENT check of the attention arguments, in this order: the fixed- or variable-length
-// fields, each tensor on its own, the tensors against each other, the options, the host copies of
-// cu_seqlens, then out and lse against the memory they must not overlap.
+// fields, each tensor on its own, the tensors against each other (dtypes: one 16-bit dtype for all four, or fp8
+// q, k and v with a bf16 out), the fp8 descales, the options, the host copies of cu_seqlens, then out and lse
+// against the memory they must not overlap.
 AttentionShape check_attention(const AttentionArgs& a);
 
-// The UNSUPPORTED checks: head dim, the sizes the kernels index with 32 bits, the forward grid, compute
-// capability (kernel_path is the caller's: which paths serve differs by pass).
+// The UNSUPPORTED checks: head dim (a multiple of 16 for fp8), the sizes the kernels index with 32 bits, the
+// forward grid, compute capability (kernel_path is the caller's: which paths serve differs by pass, and by dtype).
 void check_attention_served(const AttentionArgs& a, const AttentionShape& shape, int32_t compute_capability);
 
-// The device memory of a checked call (q, k, v, out, lse, cu_seqlens_q/k) with the byte range of each.
+// The device memory of a checked call (q, k, v, out, lse, cu_seqlens_q/k, the descales) with the byte range of each.
 void add_attention_memory(const AttentionArgs& a, const AttentionShape& shape, MemoryArgs& memory);
 
-// The forward kernel parameters of a checked call (the backward's BwdParams::f).
+// The forward kernel parameters of a checked call (the backward's BwdParams::f): dtype, and for fp8 the descale
+// tables (data, batch and head strides in elements, as the caller gave them: 0 broadcasts).
 FwdParams attention_params(const AttentionArgs& a, const AttentionShape& shape);
 
 }  // namespace validation

@@ -3,7 +3,9 @@
 // The forward call's arguments (q, k, v, out, lse and the options) go through validate_attention.cpp's core,
 // as fa_forward checks them; then come the gradient tensors, the memory they must not overlap, and the
 // workspace. An UNSUPPORTED verdict of the core waits until every argument of the backward call has been
-// checked, so a wrong argument is reported first.
+// checked, so a wrong argument is reported first. The one exception is fp8 (e4m3) inputs: the fp8 forward has no
+// backward, so there is no contract to check the other arguments against; that is UNSUPPORTED right after the
+// struct itself.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -37,6 +39,21 @@ void check_backward_struct(const fa_backward_params_t* params, int32_t compute_c
         invalid("lse.data is NULL; the backward pass needs the log-sum-exp the forward call wrote");
     }
     check_compute_capability_arg(compute_capability, "compute_capability");
+}
+
+// fp8 (e4m3) q, k or v (the inputs of an fp8 forward): UNSUPPORTED, naming the first such tensor. Other tensors
+// of that dtype are INVALID_ARGUMENT in their own checks (no pass writes or takes an fp8 out or gradient).
+void refuse_fp8(const fa_backward_params_t& P) {
+    const struct {
+        const fa_tensor_t& t;
+        const char* name;
+    } inputs[] = {{P.q, "q"}, {P.k, "k"}, {P.v, "v"}};
+    for (const auto& in : inputs) {
+        if (in.t.dtype == FA_DTYPE_FLOAT8_E4M3) {
+            unsupported(std::string(in.name) + ".dtype is FA_DTYPE_FLOAT8_E4M3: " +
+                        dtype_refusal(Pass::Backward, DType::Float8E4M3));
+        }
+    }
 }
 
 // What fa_backward_params_init writes (check_backward_struct has made sure the caller's struct holds every field).
@@ -96,7 +113,7 @@ std::vector<Named> check_gradients(const fa_backward_params_t& P, const Attentio
 
 // The (UNSUPPORTED) checks of the backward kernels themselves: the path, shared memory, the grids.
 void check_backward_served(const fa_backward_params_t& P, const FwdParams& f, int32_t compute_capability) {
-    (void)choose_path(Pass::Backward, P.kernel_path, f.d, compute_capability, -1, "kernel_path");
+    (void)choose_path(Pass::Backward, P.kernel_path, f.d, f.dtype, compute_capability, -1, "kernel_path");
     if (compute_capability != 0 && P.kernel_path != FA_PATH_SM90) {
         check_block_smem(Pass::Backward, P.kernel_path, f.d, compute_capability);
     }
@@ -165,6 +182,7 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
                             size_t* workspace_bytes, MemoryArgs* memory) {
     check_backward_struct(params, compute_capability);
     const fa_backward_params_t& P = *params;
+    refuse_fp8(P);
     const AttentionArgs a = attention_args(P, backward_defaults());
     const AttentionShape sh = check_attention(a);
     // The forward's UNSUPPORTED verdict waits until every argument has been checked.

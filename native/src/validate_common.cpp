@@ -28,18 +28,29 @@ const char* dtype_name(int32_t dtype) {
         case FA_DTYPE_BFLOAT16: return "FA_DTYPE_BFLOAT16";
         case FA_DTYPE_FLOAT32: return "FA_DTYPE_FLOAT32";
         case FA_DTYPE_INT32: return "FA_DTYPE_INT32";
+        case FA_DTYPE_FLOAT8_E4M3: return "FA_DTYPE_FLOAT8_E4M3";
         default: return "an unknown dtype";
     }
 }
 
 int64_t dtype_size(int32_t dtype) {
     switch (dtype) {
+        case FA_DTYPE_FLOAT8_E4M3: return 1;
         case FA_DTYPE_FLOAT16:
         case FA_DTYPE_BFLOAT16: return 2;
         case FA_DTYPE_FLOAT32:
         case FA_DTYPE_INT32: return 4;
         default: return 0;
     }
+}
+
+int64_t stride_multiple(int32_t dtype) {
+    const int64_t elem = dtype_size(dtype);
+    return elem > 0 ? FA_ALIGNMENT_BYTES / elem : kStrideMultiple;
+}
+
+int64_t head_dim_multiple(int32_t dtype) {
+    return dtype == FA_DTYPE_FLOAT8_E4M3 ? kFp8HeadDimMultiple : kHeadDimMultiple;
 }
 
 std::string shape_string(const fa_tensor_t& t) {
@@ -68,7 +79,8 @@ std::string float_string(float value) {
 }
 
 Extent check_tensor(const TensorArg& a, TensorKind kind, int32_t may_be_empty) {
-    const bool attention_input = kind == TensorKind::Attention;
+    // Attention data: fp16/bf16 (and fp8 for AttentionInput), last dimension contiguous, 16-byte rows.
+    const bool attention_input = kind == TensorKind::Attention || kind == TensorKind::AttentionInput;
     const fa_tensor_t& t = a.t;
     // The name as a std::string, for messages: built only when a check fails (this runs on every call).
     const auto n = [&a] { return std::string(a.name); };
@@ -76,13 +88,18 @@ Extent check_tensor(const TensorArg& a, TensorKind kind, int32_t may_be_empty) {
     if (t.data == nullptr && !empty) {
         invalid(n() + ".data is NULL");
     }
-    if (attention_input) {
+    if (kind == TensorKind::AttentionInput) {
+        if (t.dtype != FA_DTYPE_FLOAT16 && t.dtype != FA_DTYPE_BFLOAT16 && t.dtype != FA_DTYPE_FLOAT8_E4M3) {
+            invalid(n() + ".dtype is " + s(t.dtype) + " (" + dtype_name(t.dtype) + "); " + n() +
+                    " must be FA_DTYPE_FLOAT16, FA_DTYPE_BFLOAT16 or (forward only) FA_DTYPE_FLOAT8_E4M3");
+        }
+    } else if (attention_input) {
         if (t.dtype != FA_DTYPE_FLOAT16 && t.dtype != FA_DTYPE_BFLOAT16) {
             invalid(n() + ".dtype is " + s(t.dtype) + " (" + dtype_name(t.dtype) + "); " + n() +
                     " must be FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16");
         }
     } else {
-        const int32_t want = kind == TensorKind::Float32 ? FA_DTYPE_FLOAT32 : FA_DTYPE_INT32;
+        const int32_t want = kind == TensorKind::Int32 ? FA_DTYPE_INT32 : FA_DTYPE_FLOAT32;
         if (t.dtype != want) {
             invalid(n() + ".dtype is " + s(t.dtype) + " (" + dtype_name(t.dtype) + "); " + n() + " must be " +
                     dtype_name(want));
@@ -110,31 +127,44 @@ Extent check_tensor(const TensorArg& a, TensorKind kind, int32_t may_be_empty) {
         invalid(n() + ".strides[" + s(last) + "] is " + s(t.strides[last]) + "; the last dimension (" +
                 a.dim_names[last] + ") must be contiguous (stride 1)");
     }
-    for (int32_t i = 0; i < a.rank; ++i) {
-        if (t.strides[i] < 1) {
-            invalid(n() + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) +
-                    "; strides must be positive");
+    if (kind == TensorKind::Float32Broadcast) {
+        for (int32_t i = 0; i < a.rank; ++i) {
+            if (t.strides[i] < 0) {
+                invalid(n() + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) +
+                        "; strides must be >= 0 (0 broadcasts one factor along that dimension)");
+            }
+        }
+    } else {
+        for (int32_t i = 0; i < a.rank; ++i) {
+            if (t.strides[i] < 1) {
+                invalid(n() + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) +
+                        "; strides must be positive");
+            }
         }
     }
     if (attention_input) {
+        const int64_t stride_mult = stride_multiple(t.dtype);
+        const int64_t d_mult = head_dim_multiple(t.dtype);
         for (int32_t i = 0; i < last; ++i) {
-            if (t.strides[i] % kStrideMultiple != 0) {
-                // A head dim that is not a multiple of 8 is the root cause of a contiguous tensor's stride
-                // fault: say that first (the same sentence check_head_dim_served gives padded strides).
-                if (t.shape[last] % kHeadDimMultiple != 0) {
-                    invalid(n() + ".shape[" + s(last) + "] (" + a.dim_names[last] + ") is " + s(t.shape[last]) +
-                            "; head dims must be multiples of " + s(kHeadDimMultiple) + " (this build serves head dims " +
-                            served_head_dims() + "), and so " + n() + ".strides[" + s(i) + "] (" + a.dim_names[i] +
-                            ") is " + s(t.strides[i]) + ", not a multiple of " + s(kStrideMultiple) +
-                            " elements (16 bytes); pad the head dim to a multiple of 8 with zeros (q, k and v) and "
-                            "slice the output");
+            if (t.strides[i] % stride_mult != 0) {
+                // A head dim that is not a multiple of 8 (16 for fp8) is the root cause of a contiguous tensor's
+                // stride fault: say that first (the same sentence check_head_dim_served gives padded strides).
+                if (t.shape[last] % d_mult != 0) {
+                    const bool fp8 = t.dtype == FA_DTYPE_FLOAT8_E4M3;
+                    invalid(n() + ".shape[" + s(last) + "] (" + a.dim_names[last] + ") is " + s(t.shape[last]) + "; " +
+                            (fp8 ? "fp8 (e4m3) head dims must be multiples of " + s(d_mult) + " (as in FlashAttention-3)"
+                                 : "head dims must be multiples of " + s(d_mult) + " (this build serves head dims " +
+                                       served_head_dims() + ")") +
+                            ", and so " + n() + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) +
+                            ", not a multiple of " + s(stride_mult) + " elements (16 bytes); pad the head dim to a multiple of " +
+                            s(d_mult) + " with zeros (q, k and v) and slice the output");
                 }
                 std::string others;
                 for (int32_t j = 0; j < last; ++j) {
                     others += std::string(j == 0 ? "" : (j == last - 1 ? " and " : ", ")) + a.dim_names[j];
                 }
                 invalid(n() + ".strides[" + s(i) + "] (" + a.dim_names[i] + ") is " + s(t.strides[i]) + "; the " +
-                        others + " strides must be multiples of " + s(kStrideMultiple) +
+                        others + " strides must be multiples of " + s(stride_mult) +
                         " elements (16 bytes) so that every row starts 16-byte aligned");
             }
         }

@@ -20,11 +20,19 @@ constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 constexpr int64_t kStrideMultiple = FA_ALIGNMENT_BYTES / 2;
 // Head dims the kernels serve are multiples of this (a row of 16-bit elements is then whole 16-byte vectors).
 constexpr int64_t kHeadDimMultiple = 8;
+// fp8 (e4m3) head dims are multiples of this (FlashAttention-3's fp8 kernels: whole 16-byte rows, and the k-steps
+// of the fp8 wgmma).
+constexpr int64_t kFp8HeadDimMultiple = 16;
+// Row, head and batch strides of an attention tensor must be multiples of this many elements: 16 bytes (TMA rows
+// and 16-byte vector loads), 8 elements of fp16/bf16, 16 of fp8.
+int64_t stride_multiple(int32_t dtype);
+// Head dims of q/k/v of this dtype are multiples of this: 8 (fp16, bf16) or 16 (fp8).
+int64_t head_dim_multiple(int32_t dtype);
 
 std::string s(int64_t value);
 std::string hex(const void* pointer);
 std::string float_string(float value);
-// "FA_DTYPE_FLOAT16", or "an unknown dtype".
+// "FA_DTYPE_FLOAT16", "FA_DTYPE_FLOAT8_E4M3", or "an unknown dtype".
 const char* dtype_name(int32_t dtype);
 // Bytes of one element, or 0 for an unknown dtype.
 int64_t dtype_size(int32_t dtype);
@@ -34,9 +42,11 @@ std::string shape_string(const fa_tensor_t& t);
 [[noreturn]] void invalid(const std::string& message);
 [[noreturn]] void unsupported(const std::string& message);
 
-// What a tensor holds: attention data (fp16/bf16, last dimension contiguous, 16-byte rows), the fp32
-// log-sum-exp, or int32 indices (cache lengths, block tables).
-enum class TensorKind { Attention, Float32, Int32 };
+// What a tensor holds: attention data (fp16/bf16, last dimension contiguous, 16-byte rows), attention inputs that
+// may also be fp8 (q, k and v of the forward and backward core; the backward refuses fp8 before it gets here), the
+// fp32 log-sum-exp, fp32 factors whose strides may be 0 (the fp8 descales: broadcast), or int32 indices (cache
+// lengths, block tables).
+enum class TensorKind { Attention, AttentionInput, Float32, Float32Broadcast, Int32 };
 
 // One tensor argument and the names of its dimensions, for messages.
 struct TensorArg {

@@ -5,7 +5,9 @@
 // (head dim, paged block size, sizes the kernels index with 32 bits, compute capability), so a call that is
 // wrong in several ways reports a wrong argument before something this build does not serve.
 // The tensor checks and the option checks are validate_common.h's, shared with the forward and backward; each
-// step is a function (check_decode_struct, then DecodeCheck's steps in order).
+// step is a function (check_decode_struct, then DecodeCheck's steps in order). fp8 (e4m3) queries or caches are
+// UNSUPPORTED right after the struct (refuse_fp8): an fp8 KV cache is not served yet, so there is no contract to
+// check the other arguments against.
 #include <cmath>
 #include <limits>
 #include <string>
@@ -44,7 +46,7 @@ bool is_power_of_two(int64_t x) {
 
 std::string describe(const DecodeParams& p) {
     std::string out = "decode b=" + s(p.b) + " sq=" + s(p.sq) + " hq=" + s(p.hq) + " hkv=" + s(p.hkv) + " d=" + s(p.d) +
-                      (p.dtype == DType::BFloat16 ? " bf16" : " fp16") + " capacity=" + s(p.capacity);
+                      " " + dtype_tag(p.dtype) + " capacity=" + s(p.capacity);
     out += p.block_table != nullptr ? " paged(block " + s(p.block_size) + ")" : " contiguous";
     if (p.added > 0) out += " append";
     if (p.causal != 0) out += " causal";
@@ -80,6 +82,24 @@ void check_decode_struct(const fa_decode_params_t* params, int32_t compute_capab
         invalid(std::string(params->k_new.data != nullptr ? "k_new.data is set but v_new.data is NULL"
                                                           : "v_new.data is set but k_new.data is NULL") +
                 "; give both new keys and new values (to append them) or neither");
+    }
+}
+
+// fp8 (e4m3) q, caches or new keys/values: UNSUPPORTED naming the first such tensor (an fp8 out is
+// INVALID_ARGUMENT in its own check: no pass writes fp8).
+void refuse_fp8(const fa_decode_params_t& P) {
+    const bool append = P.k_new.data != nullptr;
+    const struct {
+        const fa_tensor_t& t;
+        const char* name;
+        bool given;
+    } inputs[] = {{P.q, "q", true}, {P.k_cache, "k_cache", true}, {P.v_cache, "v_cache", true},
+                  {P.k_new, "k_new", append}, {P.v_new, "v_new", append}};
+    for (const auto& in : inputs) {
+        if (in.given && in.t.dtype == FA_DTYPE_FLOAT8_E4M3) {
+            unsupported(std::string(in.name) + ".dtype is FA_DTYPE_FLOAT8_E4M3: " +
+                        dtype_refusal(Pass::Decode, DType::Float8E4M3));
+        }
     }
 }
 
@@ -282,7 +302,8 @@ struct DecodeCheck {
     // Valid; is it served? (UNSUPPORTED)
     void served(int32_t compute_capability) {
         // FA_PATH_SM90: UNSUPPORTED, saying why (dispatch.cpp's choose_path, as for the other passes).
-        (void)choose_path(Pass::Decode, P.kernel_path, static_cast<int32_t>(d), compute_capability, -1, "kernel_path");
+        (void)choose_path(Pass::Decode, P.kernel_path, static_cast<int32_t>(d), kernel_dtype(P.q.dtype), compute_capability,
+                          -1, "kernel_path");
         check_head_dim_served(d, 3);
         if (paged && (block_size < kMinBlockSize || !is_power_of_two(block_size))) {
             unsupported("k_cache.shape[1] (block_size) is " + s(block_size) +
@@ -383,7 +404,7 @@ struct DecodeCheck {
         p.window_left = P.window_left >= capacity ? -1 : P.window_left;
         const int32_t right = P.window_right >= sq ? -1 : P.window_right;
         p.window_right = P.causal == 1 ? 0 : right;
-        p.dtype = P.q.dtype == FA_DTYPE_BFLOAT16 ? DType::BFloat16 : DType::Float16;
+        p.dtype = kernel_dtype(P.q.dtype);
         p.num_splits = 1;
         return p;
     }
@@ -394,6 +415,7 @@ struct DecodeCheck {
 DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_capability, int32_t* length_hint,
                              MemoryArgs* memory) {
     check_decode_struct(params, compute_capability);
+    refuse_fp8(*params);
     DecodeCheck c(*params);
     c.each_tensor();
     c.tensors_agree();

@@ -7,8 +7,9 @@
 // several ways reports a wrong argument before it reports something this build does not serve.
 //
 // Versions of fa_forward_params_t: v0.1 ends after kernel_path; v0.2 appends the window, softcap and
-// variable-length fields. A field is read only when the caller's struct_size covers it, so an older
-// caller's smaller struct gets the defaults fa_forward_params_init writes (params_defaults.h).
+// variable-length fields; v0.5 the fp8 descale tables (q_descale, k_descale, v_descale). A field is read only when
+// the caller's struct_size covers it, so an older caller's smaller struct gets the defaults fa_forward_params_init
+// writes (params_defaults.h): for the descales data NULL, a factor of 1.
 #include <cstddef>
 #include <string>
 
@@ -60,7 +61,18 @@ std::string describe(const FwdParams& p) {
     std::string out = varlen ? "varlen b=" + s(p.b) + " max_sq=" + s(p.sq) + " max_sk=" + s(p.sk) + " total_q=" +
                                    s(p.total_q) + " total_k=" + s(p.total_k)
                              : "b=" + s(p.b) + " sq=" + s(p.sq) + " sk=" + s(p.sk);
-    out += " hq=" + s(p.hq) + " hkv=" + s(p.hkv) + " d=" + s(p.d) + (p.dtype == DType::BFloat16 ? " bf16" : " fp16");
+    out += " hq=" + s(p.hq) + " hkv=" + s(p.hkv) + " d=" + s(p.d) + " " + dtype_tag(p.dtype);
+    if (p.dtype == DType::Float8E4M3) {
+        const FwdDescale* const tables[3] = {&p.q_descale, &p.k_descale, &p.v_descale};
+        static const char* const names[3] = {"q", "k", "v"};
+        std::string given;
+        for (int i = 0; i < 3; ++i) {
+            if (tables[i]->data == nullptr) continue;
+            given += std::string(given.empty() ? "" : ",") + names[i] +
+                     (tables[i]->batch_stride == 0 && tables[i]->head_stride == 0 ? "(per tensor)" : "");
+        }
+        out += given.empty() ? " descale(none)" : " descale(" + given + ")";
+    }
     if (p.causal != 0) {
         out += varlen ? std::string(p.bottom_right != 0 ? " causal(bottom-right)" : " causal(top-left)")
                       : " causal(offset " + s(p.causal_offset) + ")";
@@ -79,11 +91,19 @@ std::string describe(const FwdParams& p) {
 
 FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_capability, MemoryArgs* memory) {
     check_forward_struct(params, compute_capability);
-    const AttentionArgs a = attention_args(*params, forward_defaults());
+    const fa_forward_params_t& P = *params;
+    const fa_forward_params_t& D = forward_defaults();
+    AttentionArgs a = attention_args(P, D);
+    // The fp8 descales (since 0.5): an older caller's struct ends before them and gets D's (data NULL).
+    a.q_descale = &FA_FIELD_OR_DEFAULT(P, D, q_descale);
+    a.k_descale = &FA_FIELD_OR_DEFAULT(P, D, k_descale);
+    a.v_descale = &FA_FIELD_OR_DEFAULT(P, D, v_descale);
     const AttentionShape shape = check_attention(a);
     check_attention_served(a, shape, compute_capability);
-    // FA_PATH_SM90 where it does not serve: UNSUPPORTED, saying why (dispatch.cpp chooses the path).
-    (void)choose_path(Pass::Forward, a.kernel_path, static_cast<int32_t>(shape.d), compute_capability, -1, "kernel_path");
+    // FA_PATH_SM90 where it does not serve, and fp8 anywhere but on the sm90 forward: UNSUPPORTED, saying why
+    // (dispatch.cpp chooses the path).
+    (void)choose_path(Pass::Forward, a.kernel_path, static_cast<int32_t>(shape.d), kernel_dtype(a.q->dtype),
+                      compute_capability, -1, "kernel_path");
     if (memory != nullptr) {
         add_attention_memory(a, shape, *memory);
     }

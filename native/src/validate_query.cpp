@@ -68,9 +68,18 @@ void check_support_query(const fa_support_query_t& query) {
     if (query.pass == FA_PASS_DECODE && query.varlen == 1) {
         unsupported("decode has no variable-length batch; cache_seqlens gives every sequence its own length");
     }
-    if (query.dtype != FA_DTYPE_FLOAT16 && query.dtype != FA_DTYPE_BFLOAT16) {
+    const Pass pass = query.pass == FA_PASS_FORWARD ? Pass::Forward
+                      : query.pass == FA_PASS_BACKWARD ? Pass::Backward
+                                                       : Pass::Decode;
+    const bool fp8 = query.dtype == FA_DTYPE_FLOAT8_E4M3;
+    if (query.dtype != FA_DTYPE_FLOAT16 && query.dtype != FA_DTYPE_BFLOAT16 && !fp8) {
         unsupported(std::string("query->dtype is ") + dtype_name(query.dtype) +
-                    "; the forward serves FA_DTYPE_FLOAT16 and FA_DTYPE_BFLOAT16 for q, k and v");
+                    "; the forward serves FA_DTYPE_FLOAT16 and FA_DTYPE_BFLOAT16 for q, k and v (and "
+                    "FA_DTYPE_FLOAT8_E4M3 on the sm90 path)");
+    }
+    if (fp8 && pass != Pass::Forward) {
+        unsupported(std::string("query->dtype is FA_DTYPE_FLOAT8_E4M3 with query->pass ") +
+                    (pass == Pass::Backward ? "FA_PASS_BACKWARD: " : "FA_PASS_DECODE: ") + dtype_refusal(pass, DType::Float8E4M3));
     }
     if (query.head_dim > 0 && query.head_dim % kHeadDimMultiple != 0) {
         unsupported("query->head_dim is " + s(query.head_dim) + "; head dims must be multiples of " +
@@ -79,12 +88,15 @@ void check_support_query(const fa_support_query_t& query) {
     if (!head_dim_served(query.head_dim)) {
         unsupported("query->head_dim is " + s(query.head_dim) + "; this build serves head dims " + served_head_dims());
     }
+    if (fp8 && query.head_dim % kFp8HeadDimMultiple != 0) {
+        unsupported("query->head_dim is " + s(query.head_dim) + "; fp8 (e4m3) head dims must be multiples of " +
+                    s(kFp8HeadDimMultiple) + " (as in FlashAttention-3)");
+    }
     check_compute_capability_served(query.compute_capability, "query->compute_capability");
-    // FA_PATH_SM90 where it does not serve: UNSUPPORTED, saying why (dispatch.cpp chooses the path).
-    const Pass pass = query.pass == FA_PASS_FORWARD ? Pass::Forward
-                      : query.pass == FA_PASS_BACKWARD ? Pass::Backward
-                                                       : Pass::Decode;
-    (void)choose_path(pass, query.kernel_path, query.head_dim, query.compute_capability, -1, "query->kernel_path");
+    // FA_PATH_SM90 where it does not serve, fp8 anywhere but on the sm90 forward: UNSUPPORTED, saying why
+    // (dispatch.cpp chooses the path).
+    (void)choose_path(pass, query.kernel_path, query.head_dim, kernel_dtype(query.dtype), query.compute_capability, -1,
+                      "query->kernel_path");
     if (query.pass != FA_PASS_FORWARD && query.compute_capability != 0) {
         // The backward and decode kernels take more shared memory than some GPUs allow a block (fa_backward
         // and fa_decode report the same from the device's own limit). AUTO runs the sm90 backward where it serves.

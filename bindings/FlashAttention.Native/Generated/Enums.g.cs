@@ -58,6 +58,15 @@ public enum FaDtype : int
     /// <summary>32-bit signed integer.</summary>
     /// <remarks>C: <c>FA_DTYPE_INT32</c></remarks>
     Int32 = 4,
+
+    /// <summary>
+    /// OCP FP8 E4M3 (PyTorch's float8_e4m3fn): 4 exponent bits (bias 7), 3 mantissa bits, no infinities
+    /// (exponent and mantissa all ones is NaN), largest finite value 448. Accepted for q, k and v of fa_forward on the sm90 path only
+    /// (compute capability 9.0, a build with sm_90a code); out is then bf16, and q_descale, k_descale and
+    /// v_descale of fa_forward_params_t give the factors that scale the values back. (Since 0.5.)
+    /// </summary>
+    /// <remarks>C: <c>FA_DTYPE_FLOAT8_E4M3</c></remarks>
+    Float8E4m3 = 5,
 }
 
 /// <summary>Where the causal diagonal sits when seqlen_q != seqlen_k.</summary>
@@ -93,7 +102,8 @@ public enum FaKernelPath : int
     /// compute capability 9.0). Serves the forward pass for every head dim (kernels at 64, 128 and 256) and
     /// the backward pass for the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and 193..256 in
     /// a build of every head dim); elsewhere, and for decode, a call that asks for it is UNSUPPORTED.
-    /// FA_PATH_AUTO picks it where it serves; fa_query_support says where. (Since 0.4.)
+    /// FA_PATH_AUTO picks it where it serves; fa_query_support says where. (Since 0.4.) The fp8 (e4m3) forward
+    /// runs on this path only: FA_PATH_AUTO takes it, FA_PATH_SM80 refuses it. (Since 0.5.)
     /// </summary>
     /// <remarks>C: <c>FA_PATH_SM90</c></remarks>
     Sm90 = 2,

@@ -24,8 +24,8 @@ public static unsafe partial class NativeMethods
     public const int FA_VERSION_MAJOR = 0;
 
     /// <summary>Version of this header. fa_version() reports the version of the loaded binary.</summary>
-    /// <remarks>C: <c>#define FA_VERSION_MINOR 4</c></remarks>
-    public const int FA_VERSION_MINOR = 4;
+    /// <remarks>C: <c>#define FA_VERSION_MINOR 5</c></remarks>
+    public const int FA_VERSION_MINOR = 5;
 
     /// <summary>Version of this header. fa_version() reports the version of the loaded binary.</summary>
     /// <remarks>C: <c>#define FA_VERSION_PATCH 0</c></remarks>
@@ -33,7 +33,7 @@ public static unsafe partial class NativeMethods
 
     /// <summary>MAJOR * 10000 + MINOR * 100 + PATCH.</summary>
     /// <remarks>C: <c>#define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)</c></remarks>
-    public const int FA_VERSION_CODE = 400;
+    public const int FA_VERSION_CODE = 500;
 
     /// <summary>Most dimensions a tensor descriptor carries.</summary>
     /// <remarks>C: <c>#define FA_MAX_RANK 4</c></remarks>
@@ -273,7 +273,8 @@ public static unsafe partial class NativeMethods
 
     /// <summary>
     /// Fills the first struct_size bytes of *params with defaults: struct_size, scale 0 (1/sqrt(d)), not
-    /// causal, bottom-right, auto path, no window (-1, -1), no softcap, fixed-length batch; tensors zeroed.
+    /// causal, bottom-right, auto path, no window (-1, -1), no softcap, fixed-length batch; tensors zeroed (so no
+    /// lse and no fp8 descales).
     /// Pass sizeof(fa_forward_params_t) as the caller compiled it: the library never writes past it, so a
     /// program built against an older, smaller struct stays safe with a newer library.
     /// </summary>
@@ -325,7 +326,8 @@ public static unsafe partial class NativeMethods
 
     /// <summary>
     /// Scaled dot-product attention forward: out = softmax(scale * q k^T + mask) v, written to params-&gt;out
-    /// (and the log-sum-exp to params-&gt;lse when given), ordered on <c>stream</c>. Validates everything before
+    /// (and the log-sum-exp to params-&gt;lse when given), ordered on <c>stream</c>. With fp8 inputs the attention runs on
+    /// the descaled values (see q_descale). Validates everything before
     /// any CUDA call. Does not synchronise and does not allocate, so it may be captured into a CUDA graph.
     /// </summary>
     /// <remarks>

@@ -35,7 +35,7 @@ public unsafe partial struct FaTensor
 }
 
 /// <summary>Arguments of fa_forward. Fill with fa_forward_params_init, then set the fields you need.</summary>
-/// <remarks>Mirror of C <c>fa_forward_params_t</c> (<c>struct fa_forward_params</c>): 488 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_forward_params_t</c> (<c>struct fa_forward_params</c>): 728 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaForwardParams
 {
@@ -50,7 +50,10 @@ public unsafe partial struct FaForwardParams
     /// <remarks>C: <c>uint32_t reserved0</c> at byte offset 4.</remarks>
     public uint reserved0;
 
-    /// <summary>Queries [batch, seqlen_q, heads_q, head_dim], fp16 or bf16.</summary>
+    /// <summary>
+    /// Queries [batch, seqlen_q, heads_q, head_dim], fp16, bf16 or fp8 (FA_DTYPE_FLOAT8_E4M3: sm90 path only; the
+    /// head dim is then a multiple of 16 and the strides other than the last multiples of 16 elements).
+    /// </summary>
     /// <remarks>C: <c>fa_tensor_t q</c> at byte offset 8.</remarks>
     public FaTensor q;
 
@@ -62,7 +65,10 @@ public unsafe partial struct FaForwardParams
     /// <remarks>C: <c>fa_tensor_t v</c> at byte offset 168.</remarks>
     public FaTensor v;
 
-    /// <summary>Output [batch, seqlen_q, heads_q, head_dim], same dtype as q; written. Must not overlap q, k or v.</summary>
+    /// <summary>
+    /// Output [batch, seqlen_q, heads_q, head_dim], same dtype as q, but bf16 when q is fp8; written. Must not
+    /// overlap q, k, v or the descales.
+    /// </summary>
     /// <remarks>C: <c>fa_tensor_t out</c> at byte offset 248.</remarks>
     public FaTensor @out;
 
@@ -149,6 +155,26 @@ public unsafe partial struct FaForwardParams
     /// <summary>Reserved; must be 0.</summary>
     /// <remarks>C: <c>int32_t reserved2</c> at byte offset 484.</remarks>
     public int reserved2;
+
+    /// <summary>
+    /// fp8 only (q, k and v FA_DTYPE_FLOAT8_E4M3); data must be NULL otherwise. Optional factors that scale the fp8
+    /// values back, as FlashAttention-3 takes them: fp32 device tensors of rank 2, [batch, heads_kv]
+    /// ([varlen_batch, heads_kv] for a variable-length batch), one factor per (sequence, KV head), even for q.
+    /// Strides in elements, &gt;= 0: 0 broadcasts, so strides {0, 0} give one factor for the whole tensor. data NULL
+    /// means 1.0. The values attended are q[b, i, h, :] * q_descale[b, h / (heads_q / heads_kv)],
+    /// k[b, j, hk, :] * k_descale[b, hk] and v[b, j, hk, :] * v_descale[b, hk]; lse is that of these values.
+    /// (Since 0.5: an older caller's smaller struct gets data NULL.)
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t q_descale</c> at byte offset 488.</remarks>
+    public FaTensor q_descale;
+
+    /// <summary>See q_descale.</summary>
+    /// <remarks>C: <c>fa_tensor_t k_descale</c> at byte offset 568.</remarks>
+    public FaTensor k_descale;
+
+    /// <summary>See q_descale.</summary>
+    /// <remarks>C: <c>fa_tensor_t v_descale</c> at byte offset 648.</remarks>
+    public FaTensor v_descale;
 }
 
 /// <summary>
@@ -167,7 +193,10 @@ public unsafe partial struct FaBackwardParams
     /// <remarks>C: <c>uint32_t reserved0</c> at byte offset 4.</remarks>
     public uint reserved0;
 
-    /// <summary>Queries of the forward call [batch, seqlen_q, heads_q, head_dim], fp16 or bf16.</summary>
+    /// <summary>
+    /// Queries of the forward call [batch, seqlen_q, heads_q, head_dim], fp16 or bf16 (the fp8 forward has no
+    /// backward, as in FlashAttention-3: FA_STATUS_UNSUPPORTED).
+    /// </summary>
     /// <remarks>C: <c>fa_tensor_t q</c> at byte offset 8.</remarks>
     public FaTensor q;
 
@@ -303,7 +332,10 @@ public unsafe partial struct FaDecodeParams
     /// <remarks>C: <c>uint32_t reserved0</c> at byte offset 4.</remarks>
     public uint reserved0;
 
-    /// <summary>New queries [batch, seqlen_new, heads_q, head_dim], fp16 or bf16.</summary>
+    /// <summary>
+    /// New queries [batch, seqlen_new, heads_q, head_dim], fp16 or bf16 (an fp8 query or cache is
+    /// FA_STATUS_UNSUPPORTED: not served yet).
+    /// </summary>
     /// <remarks>C: <c>fa_tensor_t q</c> at byte offset 8.</remarks>
     public FaTensor q;
 

@@ -23,8 +23,8 @@ TARGET = "x86_64-unknown-linux-gnu"
 FA_VERSION_MAJOR = 0
 
 # Version of this header. fa_version() reports the version of the loaded binary.
-# C: #define FA_VERSION_MINOR 4
-FA_VERSION_MINOR = 4
+# C: #define FA_VERSION_MINOR 5
+FA_VERSION_MINOR = 5
 
 # Version of this header. fa_version() reports the version of the loaded binary.
 # C: #define FA_VERSION_PATCH 0
@@ -32,7 +32,7 @@ FA_VERSION_PATCH = 0
 
 # MAJOR * 10000 + MINOR * 100 + PATCH.
 # C: #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
-FA_VERSION_CODE = 400
+FA_VERSION_CODE = 500
 
 # Most dimensions a tensor descriptor carries.
 # C: #define FA_MAX_RANK 4
@@ -84,6 +84,11 @@ FA_DTYPE_BFLOAT16 = 2
 FA_DTYPE_FLOAT32 = 3
 # 32-bit signed integer.
 FA_DTYPE_INT32 = 4
+# OCP FP8 E4M3 (PyTorch's float8_e4m3fn): 4 exponent bits (bias 7), 3 mantissa bits, no infinities
+# (exponent and mantissa all ones is NaN), largest finite value 448. Accepted for q, k and v of fa_forward on the sm90 path only
+# (compute capability 9.0, a build with sm_90a code); out is then bf16, and q_descale, k_descale and
+# v_descale of fa_forward_params_t give the factors that scale the values back. (Since 0.5.)
+FA_DTYPE_FLOAT8_E4M3 = 5
 
 # fa_causal_alignment_t (enum fa_causal_alignment)
 # Where the causal diagonal sits when seqlen_q != seqlen_k.
@@ -103,7 +108,8 @@ FA_PATH_SM80 = 1
 # compute capability 9.0). Serves the forward pass for every head dim (kernels at 64, 128 and 256) and
 # the backward pass for the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and 193..256 in
 # a build of every head dim); elsewhere, and for decode, a call that asks for it is UNSUPPORTED.
-# FA_PATH_AUTO picks it where it serves; fa_query_support says where. (Since 0.4.)
+# FA_PATH_AUTO picks it where it serves; fa_query_support says where. (Since 0.4.) The fp8 (e4m3) forward
+# runs on this path only: FA_PATH_AUTO takes it, FA_PATH_SM80 refuses it. (Since 0.5.)
 FA_PATH_SM90 = 2
 
 # fa_pass_t (enum fa_pass)
@@ -152,7 +158,7 @@ class FaTensor(ctypes.Structure):
 
 
 class FaForwardParams(ctypes.Structure):
-    """C fa_forward_params_t (struct fa_forward_params): 488 bytes, aligned to 8."""
+    """C fa_forward_params_t (struct fa_forward_params): 728 bytes, aligned to 8."""
 
     # Arguments of fa_forward. Fill with fa_forward_params_init, then set the fields you need.
     _fields_ = [
@@ -161,13 +167,15 @@ class FaForwardParams(ctypes.Structure):
         ("struct_size", ctypes.c_uint32),  # C: uint32_t, offset 0
         # Reserved; must be 0.
         ("reserved0", ctypes.c_uint32),  # C: uint32_t, offset 4
-        # Queries [batch, seqlen_q, heads_q, head_dim], fp16 or bf16.
+        # Queries [batch, seqlen_q, heads_q, head_dim], fp16, bf16 or fp8 (FA_DTYPE_FLOAT8_E4M3: sm90 path only; the
+        # head dim is then a multiple of 16 and the strides other than the last multiples of 16 elements).
         ("q", FaTensor),  # C: fa_tensor_t, offset 8
         # Keys [batch, seqlen_k, heads_kv, head_dim], same dtype as q; heads_kv must divide heads_q.
         ("k", FaTensor),  # C: fa_tensor_t, offset 88
         # Values [batch, seqlen_k, heads_kv, head_dim], same dtype as q.
         ("v", FaTensor),  # C: fa_tensor_t, offset 168
-        # Output [batch, seqlen_q, heads_q, head_dim], same dtype as q; written. Must not overlap q, k or v.
+        # Output [batch, seqlen_q, heads_q, head_dim], same dtype as q, but bf16 when q is fp8; written. Must not
+        # overlap q, k, v or the descales.
         ("out", FaTensor),  # C: fa_tensor_t, offset 248
         # Optional log-sum-exp [batch, heads_q, seqlen_q], fp32 (natural log of the softmax denominator,
         # scale included); written when data is not NULL. Rows that see no key get +infinity.
@@ -211,6 +219,18 @@ class FaForwardParams(ctypes.Structure):
         ("max_seqlen_k", ctypes.c_int32),  # C: int32_t, offset 480
         # Reserved; must be 0.
         ("reserved2", ctypes.c_int32),  # C: int32_t, offset 484
+        # fp8 only (q, k and v FA_DTYPE_FLOAT8_E4M3); data must be NULL otherwise. Optional factors that scale the fp8
+        # values back, as FlashAttention-3 takes them: fp32 device tensors of rank 2, [batch, heads_kv]
+        # ([varlen_batch, heads_kv] for a variable-length batch), one factor per (sequence, KV head), even for q.
+        # Strides in elements, >= 0: 0 broadcasts, so strides {0, 0} give one factor for the whole tensor. data NULL
+        # means 1.0. The values attended are q[b, i, h, :] * q_descale[b, h / (heads_q / heads_kv)],
+        # k[b, j, hk, :] * k_descale[b, hk] and v[b, j, hk, :] * v_descale[b, hk]; lse is that of these values.
+        # (Since 0.5: an older caller's smaller struct gets data NULL.)
+        ("q_descale", FaTensor),  # C: fa_tensor_t, offset 488
+        # See q_descale.
+        ("k_descale", FaTensor),  # C: fa_tensor_t, offset 568
+        # See q_descale.
+        ("v_descale", FaTensor),  # C: fa_tensor_t, offset 648
     ]
 
 
@@ -224,7 +244,8 @@ class FaBackwardParams(ctypes.Structure):
         ("struct_size", ctypes.c_uint32),  # C: uint32_t, offset 0
         # Reserved; must be 0.
         ("reserved0", ctypes.c_uint32),  # C: uint32_t, offset 4
-        # Queries of the forward call [batch, seqlen_q, heads_q, head_dim], fp16 or bf16.
+        # Queries of the forward call [batch, seqlen_q, heads_q, head_dim], fp16 or bf16 (the fp8 forward has no
+        # backward, as in FlashAttention-3: FA_STATUS_UNSUPPORTED).
         ("q", FaTensor),  # C: fa_tensor_t, offset 8
         # Keys of the forward call [batch, seqlen_k, heads_kv, head_dim], same dtype as q.
         ("k", FaTensor),  # C: fa_tensor_t, offset 88
@@ -298,7 +319,8 @@ class FaDecodeParams(ctypes.Structure):
         ("struct_size", ctypes.c_uint32),  # C: uint32_t, offset 0
         # Reserved; must be 0.
         ("reserved0", ctypes.c_uint32),  # C: uint32_t, offset 4
-        # New queries [batch, seqlen_new, heads_q, head_dim], fp16 or bf16.
+        # New queries [batch, seqlen_new, heads_q, head_dim], fp16 or bf16 (an fp8 query or cache is
+        # FA_STATUS_UNSUPPORTED: not served yet).
         ("q", FaTensor),  # C: fa_tensor_t, offset 8
         # Key cache, same dtype as q: contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
         # NULL, else paged [num_blocks, block_size, heads_kv, head_dim] with block_size a power of two from 16
@@ -421,7 +443,7 @@ LAYOUT = {
         ("shape", 16),
         ("strides", 48),
     )),
-    FaForwardParams: (488, 8, (
+    FaForwardParams: (728, 8, (
         ("struct_size", 0),
         ("reserved0", 4),
         ("q", 8),
@@ -445,6 +467,9 @@ LAYOUT = {
         ("max_seqlen_q", 476),
         ("max_seqlen_k", 480),
         ("reserved2", 484),
+        ("q_descale", 488),
+        ("k_descale", 568),
+        ("v_descale", 648),
     )),
     FaBackwardParams: (824, 8, (
         ("struct_size", 0),

@@ -37,7 +37,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaForwardParams has the size (488) and field offsets of C struct fa_forward_params.</summary>
+    /// <summary>FaForwardParams has the size (728) and field offsets of C struct fa_forward_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaForwardParams_MatchesCLayout()
@@ -45,8 +45,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaForwardParams>(), Is.False, "FaForwardParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaForwardParams>(), Is.EqualTo(488), "sizeof(struct fa_forward_params)");
-            Assert.That(Marshal.SizeOf<FaForwardParams>(), Is.EqualTo(488), "marshalled size of FaForwardParams");
+            Assert.That(Unsafe.SizeOf<FaForwardParams>(), Is.EqualTo(728), "sizeof(struct fa_forward_params)");
+            Assert.That(Marshal.SizeOf<FaForwardParams>(), Is.EqualTo(728), "marshalled size of FaForwardParams");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_forward_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_forward_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_forward_params, q)");
@@ -70,6 +70,9 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.max_seqlen_q)).ToInt64(), Is.EqualTo(476L), "offsetof(struct fa_forward_params, max_seqlen_q)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.max_seqlen_k)).ToInt64(), Is.EqualTo(480L), "offsetof(struct fa_forward_params, max_seqlen_k)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.reserved2)).ToInt64(), Is.EqualTo(484L), "offsetof(struct fa_forward_params, reserved2)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.q_descale)).ToInt64(), Is.EqualTo(488L), "offsetof(struct fa_forward_params, q_descale)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.k_descale)).ToInt64(), Is.EqualTo(568L), "offsetof(struct fa_forward_params, k_descale)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.v_descale)).ToInt64(), Is.EqualTo(648L), "offsetof(struct fa_forward_params, v_descale)");
         }
     }
 
