@@ -4,14 +4,16 @@
  *
  * Everywhere: version, status strings, last-error behaviour, fa_forward_params_init, argument
  * validation through fa_forward_check (bad inputs with expected statuses and messages, including
- * windows, softcap, variable-length batches, host cu_seqlens and older struct sizes), fa_query_support,
+ * windows, softcap, variable-length batches, host cu_seqlens, older struct sizes, and the fp8 (e4m3)
+ * forward's dtypes, strides, head dims, descales and path), fa_query_support,
  * the kernel names, the graph helpers' argument checks, the log callback, that the last error is per
  * thread, and what the device functions say when there is no GPU.
  * With a GPU (compute capability >= 8.0), against a float64 reference written here (masks, windows,
  * softcap and varlen as the header documents them), outputs poisoned first: a CUDA graph holding one
  * captured fa_forward, replayed on new inputs; fp16/bf16 forwards (causal, GQA/MQA, padded strides);
  * sliding windows and softcap; variable-length batches (empty sequences, sequences without keys);
- * head dims without their own kernel.
+ * head dims without their own kernel; an fp8 forward with a known output where the build and device serve it
+ * (refused, writing nothing, elsewhere).
  *
  * Prints one line per failure, a summary, and returns nonzero if anything failed.
  */
@@ -851,6 +853,464 @@ static void test_query_support(void) {
     CHECK(disagreements == 0, "fa_query_support and fa_forward_check disagree on %d head dims", disagreements);
     CHECK(head_dim_served(FA_TEST_HEAD_DIM) && !head_dim_served(FA_TEST_HEAD_DIM + 4) && !head_dim_served(264),
           "served head dims: %d must be served, %d and 264 not", FA_TEST_HEAD_DIM, FA_TEST_HEAD_DIM + 4);
+}
+
+/* ---- fp8 (e4m3) forward (issue 12; no GPU needed) --------------------------------------------------------- */
+
+/* Whether the library lists an fp8 kernel ("_e4m3_" or "_fp8_" in a name): the sm90 fp8 forward is compiled in. */
+static int build_has_fp8_kernels(void) {
+    int32_t count = 0, i;
+    const char* name = NULL;
+    if (fa_kernel_count(&count) != FA_STATUS_SUCCESS) {
+        return 0;
+    }
+    for (i = 0; i < count; ++i) {
+        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL &&
+            (strstr(name, "_e4m3_") != NULL || strstr(name, "_fp8_") != NULL)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* What the build holds (fp8_build_facts sets them before the fp8 tests: asking the library later would clear the
+   last error of the call under test). */
+static int g_fp8_sm90a = 0, g_fp8_kernels = 0;
+
+static void fp8_build_facts(void) {
+    g_fp8_sm90a = build_has_sm90a();
+    g_fp8_kernels = build_has_fp8_kernels();
+}
+
+/* What a valid fp8 forward at compute capability cc (FA_PATH_AUTO) must get from this build: success where the sm90
+   fp8 forward is compiled in and cc is 9.0 or 0 (any GPU), else UNSUPPORTED saying that fp8 needs the sm90 forward
+   and, in words, why not here. Returns 1 when `status` and the message are that. */
+static int fp8_verdict_ok(const char* label, fa_status_t status, int cc) {
+    static const char* const sm90_only = "fp8 (e4m3) is served by the sm90 forward only";
+    const char* why;
+    if (!g_fp8_sm90a) {
+        why = "this build has no sm_90a code";
+    } else if (cc != 0 && cc != 90) {
+        why = "compute capability 9.0 only";
+    } else if (!g_fp8_kernels) {
+        why = "this build has no sm90 fp8 forward kernel for that head dim";
+    } else {
+        return expect(label, status, FA_STATUS_SUCCESS, NULL);
+    }
+    if (!expect(label, status, FA_STATUS_UNSUPPORTED, sm90_only)) {
+        return 0;
+    }
+    CHECK(strstr(fa_last_error_message(), why) != NULL, "%s: message \"%s\" does not say why (\"%s\")", label,
+          fa_last_error_message(), why);
+    return strstr(fa_last_error_message(), why) != NULL;
+}
+
+/* valid_params(with_lse) made an fp8 call: q, k and v e4m3 (1 byte, so the contiguous strides of head dim
+   FA_TEST_HEAD_DIM stay multiples of 16 elements), out bf16. No descales. */
+static fa_forward_params_t valid_fp8_params(int with_lse) {
+    fa_forward_params_t p = valid_params(with_lse);
+    p.q.dtype = FA_DTYPE_FLOAT8_E4M3;
+    p.k.dtype = FA_DTYPE_FLOAT8_E4M3;
+    p.v.dtype = FA_DTYPE_FLOAT8_E4M3;
+    p.out.dtype = FA_DTYPE_BFLOAT16;
+    return p;
+}
+
+/* A [rows, cols] fp32 descale table at `data` with the given strides (0 broadcasts). */
+static void set_descale(fa_tensor_t* t, void* data, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {
+    memset(t, 0, sizeof(*t));
+    t->data = data;
+    t->dtype = FA_DTYPE_FLOAT32;
+    t->rank = 2;
+    t->shape[0] = rows;
+    t->shape[1] = cols;
+    t->strides[0] = row_stride;
+    t->strides[1] = col_stride;
+}
+
+#define DESCALE_Q ((void*)(uintptr_t)0xA00000000ull)
+#define DESCALE_K ((void*)(uintptr_t)0xA00001000ull)
+#define DESCALE_V ((void*)(uintptr_t)0xA00002000ull)
+
+/* valid_fp8_params with all three descales: q one factor for the tensor (strides 0, 0), k dense [batch, heads_kv],
+   v one factor per sequence (head stride 0). */
+static fa_forward_params_t valid_fp8_descaled(int with_lse) {
+    fa_forward_params_t p = valid_fp8_params(with_lse);
+    set_descale(&p.q_descale, DESCALE_Q, VB, VHKV, 0, 0);
+    set_descale(&p.k_descale, DESCALE_K, VB, VHKV, VHKV, 1);
+    set_descale(&p.v_descale, DESCALE_V, VB, VHKV, 1, 0);
+    return p;
+}
+
+static void test_fp8_validation(void) {
+    fa_forward_params_t p;
+    const int64_t d = FA_TEST_HEAD_DIM;
+    const int ccs[3] = {0, 90, 80};
+    char needle[200], label[96];
+    int i;
+
+    fp8_build_facts();
+    printf("  build has sm90 fp8 forward kernels: %s\n", g_fp8_kernels ? "yes" : "no");
+    CHECK(FA_DTYPE_FLOAT8_E4M3 == 5, "FA_DTYPE_FLOAT8_E4M3 is %d, the ABI fixes it at 5", (int)FA_DTYPE_FLOAT8_E4M3);
+    CHECK(d % 16 == 0, "the tests' head dim %d must be a multiple of 16 for the fp8 cases", (int)d);
+
+    /* Valid fp8 calls (descales absent, given, broadcast; lse; varlen): what the build serves, at cc 0, 9.0, 8.0. */
+    for (i = 0; i < 3; ++i) {
+        sprintf(label, "fp8 valid, no descales (cc %d)", ccs[i]);
+        p = valid_fp8_params(1);
+        fp8_verdict_ok(label, fa_forward_check(&p, ccs[i]), ccs[i]);
+        sprintf(label, "fp8 valid, descales (cc %d)", ccs[i]);
+        p = valid_fp8_descaled(1);
+        fp8_verdict_ok(label, fa_forward_check(&p, ccs[i]), ccs[i]);
+    }
+    p = valid_fp8_descaled(0);
+    p.causal = 0;
+    p.window_left = 16;
+    p.softcap = 30.0f;
+    p.kernel_path = FA_PATH_SM90;
+    if (g_fp8_sm90a && g_fp8_kernels) {
+        expect("fp8 on FA_PATH_SM90, window, softcap", fa_forward_check(&p, 90), FA_STATUS_SUCCESS, NULL);
+    } else {
+        expect("fp8 on FA_PATH_SM90 without the kernels", fa_forward_check(&p, 90), FA_STATUS_UNSUPPORTED,
+               "kernel_path is FA_PATH_SM90, but");
+    }
+    p = valid_fp8_descaled(1);
+    p.kernel_path = FA_PATH_SM90;
+    expect("fp8 on FA_PATH_SM90 at cc 8.0", fa_forward_check(&p, 80), FA_STATUS_UNSUPPORTED, "FA_PATH_SM90");
+    /* the path: never sm80 */
+    p = valid_fp8_descaled(1);
+    p.kernel_path = FA_PATH_SM80;
+    for (i = 0; i < 3; ++i) {
+        sprintf(label, "fp8 on FA_PATH_SM80 (cc %d)", ccs[i]);
+        expect(label, fa_forward_check(&p, ccs[i]), FA_STATUS_UNSUPPORTED,
+               "kernel_path is FA_PATH_SM80, but fp8 (e4m3) is served by the sm90 forward only");
+    }
+    /* the 16-bit twin of the same call runs on sm80 anywhere */
+    p = valid_params(1);
+    p.kernel_path = FA_PATH_SM80;
+    expect("bf16 twin on FA_PATH_SM80", fa_forward_check(&p, 80), FA_STATUS_SUCCESS, NULL);
+
+    /* q, k and v all fp8 or none; the mismatching tensor is named */
+    p = valid_fp8_params(0);
+    p.k.dtype = FA_DTYPE_BFLOAT16;
+    expect("fp8 q, bf16 k", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "k.dtype is FA_DTYPE_BFLOAT16 but q.dtype is FA_DTYPE_FLOAT8_E4M3; q, k and v must all be fp8");
+    p = valid_fp8_params(0);
+    p.v.dtype = FA_DTYPE_FLOAT16;
+    expect("fp8 q and k, fp16 v", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "v.dtype is FA_DTYPE_FLOAT16 but q.dtype is FA_DTYPE_FLOAT8_E4M3; q, k and v must all be fp8");
+    p = valid_params(0);
+    p.k.dtype = FA_DTYPE_FLOAT8_E4M3;
+    p.v.dtype = FA_DTYPE_FLOAT8_E4M3;
+    expect("fp16 q, fp8 k and v", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "k.dtype is FA_DTYPE_FLOAT8_E4M3 but q.dtype is FA_DTYPE_FLOAT16; q, k and v must all be fp8");
+    p = valid_params(0);
+    p.v.dtype = FA_DTYPE_FLOAT8_E4M3;
+    expect("fp16 q and k, fp8 v", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "v.dtype is FA_DTYPE_FLOAT8_E4M3 but q.dtype is FA_DTYPE_FLOAT16; q, k and v must all be fp8");
+    EXPECT_FIELD("dtype 6 (no e5m2 in the ABI)", valid_fp8_params(0), k.dtype, 6, FA_STATUS_INVALID_ARGUMENT,
+                 "k.dtype is 6 (an unknown dtype)");
+
+    /* out is bf16 with fp8 inputs (and never fp8); lse stays fp32 */
+    EXPECT_FIELD("fp8 with fp16 out", valid_fp8_params(0), out.dtype, FA_DTYPE_FLOAT16, FA_STATUS_INVALID_ARGUMENT,
+                 "out.dtype is FA_DTYPE_FLOAT16; out must be bf16 when q is fp8 (e4m3)");
+    EXPECT_FIELD("fp8 with fp8 out", valid_fp8_params(0), out.dtype, FA_DTYPE_FLOAT8_E4M3, FA_STATUS_INVALID_ARGUMENT,
+                 "out.dtype is 5 (FA_DTYPE_FLOAT8_E4M3); out must be FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16");
+    EXPECT_FIELD("fp16 call with fp8 out", valid_params(0), out.dtype, FA_DTYPE_FLOAT8_E4M3, FA_STATUS_INVALID_ARGUMENT,
+                 "out.dtype is 5 (FA_DTYPE_FLOAT8_E4M3)");
+    EXPECT_FIELD("fp8 with bf16 lse", valid_fp8_params(1), lse.dtype, FA_DTYPE_BFLOAT16, FA_STATUS_INVALID_ARGUMENT,
+                 "lse.dtype is 2 (FA_DTYPE_BFLOAT16); lse must be FA_DTYPE_FLOAT32");
+    /* out is 2 bytes an element, q 1: out right after q's 1-byte elements touches, one byte less overlaps */
+    p = valid_fp8_params(0);
+    p.out.data = (char*)p.q.data + span(&p.q);
+    fp8_verdict_ok("out right after fp8 q (1-byte elements)", fa_forward_check(&p, 0), 0);
+    p.out.data = (char*)p.q.data + span(&p.q) - 16;
+    expect("out over fp8 q's last 16 bytes", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "overlaps q");
+    p = valid_fp8_params(0);
+    p.q.data = (char*)p.out.data + 2 * span(&p.out) - 16; /* q starts inside out's last 16 bytes (bf16: 2 each) */
+    expect("fp8 q inside bf16 out's tail", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "overlaps q");
+
+    /* strides: 16 bytes are 16 fp8 elements (8 of fp16/bf16) */
+    p = valid_fp8_params(0);
+    p.q.strides[1] = VHQ * d + 8;
+    p.q.strides[0] = VSQ * (VHQ * d + 16);
+    sprintf(needle, "q.strides[1] (seqlen_q) is %d; the batch, seqlen_q and heads_q strides must be multiples of 16 "
+                    "elements (16 bytes)", (int)(VHQ * d + 8));
+    expect("fp8 row stride a multiple of 8, not 16", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, needle);
+    p.q.dtype = p.k.dtype = p.v.dtype = FA_DTYPE_BFLOAT16;
+    expect("the same strides in bf16 (16 bytes)", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = valid_fp8_params(0);
+    p.v.strides[2] = d + 8;
+    p.v.strides[1] = VHKV * (d + 16);
+    p.v.strides[0] = VSK * p.v.strides[1];
+    expect("fp8 v head stride d + 8", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "the batch, seqlen_k and heads_kv strides must be multiples of 16 elements");
+    p = valid_fp8_params(0);
+    p.k.strides[0] += 8;
+    expect("fp8 k batch stride + 8", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "k.strides[0] (batch)");
+    EXPECT_FIELD("fp8 head_dim not contiguous", valid_fp8_params(0), k.strides[3], 2, FA_STATUS_INVALID_ARGUMENT,
+                 "k.strides[3] is 2; the last dimension (head_dim) must be contiguous");
+    p = valid_fp8_params(0);
+    p.v.data = (char*)p.v.data + 8;
+    expect("fp8 v 8-byte aligned only", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "v.data (0x300000008) is not 16-byte aligned");
+
+    /* head dims: multiples of 16 (FlashAttention-3). Contiguous 24 breaks the 16-element strides first (the root
+       cause named); 40 with padded strides is valid input but not served; both fine in bf16. */
+    p = valid_fp8_params(0);
+    set_tensor4(&p.q, p.q.data, FA_DTYPE_FLOAT8_E4M3, VB, VSQ, VHQ, 24, 0);
+    set_tensor4(&p.k, p.k.data, FA_DTYPE_FLOAT8_E4M3, VB, VSK, VHKV, 24, 0);
+    set_tensor4(&p.v, p.v.data, FA_DTYPE_FLOAT8_E4M3, VB, VSK, VHKV, 24, 0);
+    set_tensor4(&p.out, p.out.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, 24, 0);
+    expect("fp8 head dim 24, contiguous", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "q.shape[3] (head_dim) is 24; fp8 (e4m3) head dims must be multiples of 16");
+    p = valid_fp8_params(0);
+    {
+        fa_tensor_t* ts[3] = {&p.q, &p.k, &p.v};
+        const int64_t heads[3] = {VHQ, VHKV, VHKV}, rows[3] = {VSQ, VSK, VSK};
+        int t;
+        for (t = 0; t < 3; ++t) {
+            set_tensor4(ts[t], ts[t]->data, FA_DTYPE_FLOAT8_E4M3, VB, rows[t], heads[t], 40, 0);
+            ts[t]->strides[2] = 48;
+            ts[t]->strides[1] = heads[t] * 48;
+            ts[t]->strides[0] = rows[t] * heads[t] * 48;
+        }
+        set_tensor4(&p.out, p.out.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, 40, 0);
+        if (head_dim_served(40)) {
+            expect("fp8 head dim 40, strides of 48", fa_forward_check(&p, 0), FA_STATUS_UNSUPPORTED,
+                   "q.shape[3] (head_dim) is 40; fp8 (e4m3) head dims must be multiples of 16");
+            for (t = 0; t < 3; ++t) ts[t]->dtype = FA_DTYPE_BFLOAT16;
+            expect("bf16 head dim 40, strides of 48", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+        }
+    }
+
+    /* descales: fp8 only, naming the field */
+    EXPECT_FIELD("q_descale with fp16 q", valid_params(0), q_descale.data, DESCALE_Q, FA_STATUS_INVALID_ARGUMENT,
+                 "q_descale.data is set but q.dtype is FA_DTYPE_FLOAT16");
+    EXPECT_FIELD("k_descale with fp16 q", valid_params(0), k_descale.data, DESCALE_K, FA_STATUS_INVALID_ARGUMENT,
+                 "k_descale.data is set but q.dtype is FA_DTYPE_FLOAT16");
+    p = valid_params(0);
+    p.q.dtype = p.k.dtype = p.v.dtype = p.out.dtype = FA_DTYPE_BFLOAT16;
+    set_descale(&p.v_descale, DESCALE_V, VB, VHKV, VHKV, 1);
+    expect("v_descale with bf16 q", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "v_descale.data is set but q.dtype is FA_DTYPE_BFLOAT16");
+    /* absent: data NULL, whatever else the descriptor holds */
+    p = valid_params(0);
+    p.k_descale.dtype = 77;
+    p.k_descale.rank = -3;
+    expect("fp16 call, k_descale data NULL, garbage descriptor", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    /* each descale on its own */
+    EXPECT_FIELD("q_descale bf16", valid_fp8_descaled(0), q_descale.dtype, FA_DTYPE_BFLOAT16, FA_STATUS_INVALID_ARGUMENT,
+                 "q_descale.dtype is 2 (FA_DTYPE_BFLOAT16); q_descale must be FA_DTYPE_FLOAT32");
+    EXPECT_FIELD("k_descale rank 1", valid_fp8_descaled(0), k_descale.rank, 1, FA_STATUS_INVALID_ARGUMENT,
+                 "k_descale.rank is 1; k_descale must have rank 2 [batch, heads_kv]");
+    EXPECT_FIELD("k_descale rank 3", valid_fp8_descaled(0), k_descale.rank, 3, FA_STATUS_INVALID_ARGUMENT,
+                 "k_descale.rank is 3");
+    EXPECT_FIELD("v_descale negative batch stride", valid_fp8_descaled(0), v_descale.strides[0], -1,
+                 FA_STATUS_INVALID_ARGUMENT, "v_descale.strides[0] (batch) is -1; strides must be >= 0");
+    EXPECT_FIELD("q_descale negative head stride", valid_fp8_descaled(0), q_descale.strides[1], -4,
+                 FA_STATUS_INVALID_ARGUMENT, "q_descale.strides[1] (heads_kv) is -4");
+    EXPECT_FIELD("k_descale 2-byte aligned", valid_fp8_descaled(0), k_descale.data, (char*)DESCALE_K + 2,
+                 FA_STATUS_INVALID_ARGUMENT, "k_descale.data (0xa00001002) is not 4-byte aligned");
+    EXPECT_FIELD("v_descale 0 sequences", valid_fp8_descaled(0), v_descale.shape[0], 0, FA_STATUS_INVALID_ARGUMENT,
+                 "v_descale.shape[0] (batch) is 0; it must be at least 1");
+    EXPECT_FIELD("q_descale past the address space", valid_fp8_descaled(0), q_descale.data,
+                 (void*)(uintptr_t)(UINTPTR_MAX - 3u), FA_STATUS_INVALID_ARGUMENT, "runs past the end of the address space");
+    p = valid_fp8_descaled(0);
+    p.k_descale.strides[0] = (int64_t)1 << 62;
+    expect("k_descale strides overflowing", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "k_descale is too large");
+    /* the shape: [batch, heads_kv], per KV head even for q */
+    p = valid_fp8_descaled(0);
+    set_descale(&p.q_descale, DESCALE_Q, VB, VHQ, VHQ, 1);
+    sprintf(needle, "q_descale.shape is [%d, %d] but must be [batch, heads_kv] = [%d, %d]", VB, VHQ, VB, VHKV);
+    expect("q_descale per q head", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, needle);
+    p = valid_fp8_descaled(0);
+    set_descale(&p.v_descale, DESCALE_V, 1, VHKV, 0, 1);
+    expect("v_descale one row for batch 2", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "v_descale.shape is [1, 2] but must be [batch, heads_kv] = [2, 2]");
+    /* the descales are read: out and lse (written) must keep apart from them */
+    p = valid_fp8_descaled(1);
+    p.q_descale.data = (char*)p.out.data + 64;
+    expect("q_descale inside out", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "out (bytes");
+    expect("q_descale inside out: named", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "overlaps q_descale");
+    p = valid_fp8_descaled(1);
+    p.v_descale.data = p.lse.data;
+    expect("v_descale on lse", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "lse (bytes");
+    expect("v_descale on lse: named", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "overlaps v_descale");
+    p = valid_fp8_descaled(1);
+    p.k_descale.data = (char*)p.k.data + 64; /* read only: may share memory with an input */
+    p.q_descale.data = p.k_descale.data;
+    fp8_verdict_ok("descales inside k (read only)", fa_forward_check(&p, 0), 0);
+
+    /* variable-length batches: [varlen_batch, heads_kv] */
+    p = valid_varlen_params(1);
+    p.q.dtype = p.k.dtype = p.v.dtype = FA_DTYPE_FLOAT8_E4M3;
+    p.out.dtype = FA_DTYPE_BFLOAT16;
+    set_descale(&p.q_descale, DESCALE_Q, VL_BATCH, VHKV, VHKV, 1);
+    set_descale(&p.k_descale, DESCALE_K, VL_BATCH, VHKV, 0, 1);
+    fp8_verdict_ok("fp8 varlen with descales", fa_forward_check(&p, 0), 0);
+    set_descale(&p.k_descale, DESCALE_K, VB, VHKV, 0, 1);
+    sprintf(needle, "k_descale.shape is [%d, %d] but must be [varlen_batch, heads_kv] = [%d, %d]", VB, VHKV, VL_BATCH,
+            VHKV);
+    expect("fp8 varlen k_descale of the wrong batch", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, needle);
+    p.k_descale.rank = 3;
+    expect("fp8 varlen k_descale rank 3", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "k_descale must have rank 2 [varlen_batch, heads_kv]");
+
+    /* an INVALID_ARGUMENT fault is reported before fp8's UNSUPPORTED verdicts */
+    p = valid_fp8_descaled(0);
+    p.kernel_path = FA_PATH_SM80;
+    p.causal = 3;
+    expect("fp8 on FA_PATH_SM80 with causal 3", fa_forward_check(&p, 80), FA_STATUS_INVALID_ARGUMENT, "causal is 3");
+
+    /* the backward: no fp8 (as FlashAttention-3) */
+    {
+        fa_backward_params_t bw;
+        p = valid_fp8_params(1);
+        bw = backward_of(&p);
+        expect("backward of an fp8 call", fa_backward_check(&bw, 0), FA_STATUS_UNSUPPORTED,
+               "q.dtype is FA_DTYPE_FLOAT8_E4M3: the fp8 forward has no backward (as FlashAttention-3); use bf16/fp16 "
+               "for training");
+        expect("backward of an fp8 call (cc 9.0)", fa_backward_check(&bw, 90), FA_STATUS_UNSUPPORTED,
+               "the fp8 forward has no backward");
+        p = valid_params(1);
+        bw = backward_of(&p);
+        bw.v.dtype = FA_DTYPE_FLOAT8_E4M3;
+        expect("backward with an fp8 v", fa_backward_check(&bw, 0), FA_STATUS_UNSUPPORTED,
+               "v.dtype is FA_DTYPE_FLOAT8_E4M3: the fp8 forward has no backward");
+        bw = backward_of(&p);
+        bw.dq.dtype = FA_DTYPE_FLOAT8_E4M3;
+        expect("backward with an fp8 dq", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
+               "dq.dtype is 5 (FA_DTYPE_FLOAT8_E4M3); dq must be FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16");
+        bw = backward_of(&p);
+        expect("backward of the fp16 twin", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
+    }
+
+    /* An older caller (0.4: the struct ends where q_descale begins, 488 bytes on LP64) gets no descales, whatever
+       lies past its struct; a 0.5 caller's fields are read. */
+    CHECK(sizeof(void*) != 8 || offsetof(fa_forward_params_t, q_descale) == 488,
+          "q_descale is at offset %u: the 0.5 fields must be appended after reserved2 (0.4's fa_forward_params_t had "
+          "488 bytes)", (unsigned)offsetof(fa_forward_params_t, q_descale));
+    CHECK(offsetof(fa_forward_params_t, q_descale) == offsetof(fa_forward_params_t, reserved2) + sizeof(int32_t) &&
+              offsetof(fa_forward_params_t, v_descale) + sizeof(fa_tensor_t) == sizeof(fa_forward_params_t),
+          "q_descale, k_descale and v_descale must follow reserved2 and end the struct");
+    p = valid_params(1);
+    set_descale(&p.q_descale, DESCALE_Q, 7, 7, -1, -1); /* garbage a 0.4 caller never wrote */
+    p.k_descale.data = (void*)(uintptr_t)3;
+    p.struct_size = (uint32_t)offsetof(fa_forward_params_t, q_descale);
+    expect("0.4 struct_size: descales ignored", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.struct_size = (uint32_t)offsetof(fa_forward_params_t, k_descale); /* covers q_descale only */
+    expect("struct_size up to q_descale reads it", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "q_descale.data is set but q.dtype is FA_DTYPE_FLOAT16");
+    p.q_descale.data = NULL;
+    expect("struct_size up to q_descale: k_descale ignored", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.struct_size = (uint32_t)sizeof(fa_forward_params_t);
+    expect("0.5 struct_size reads k_descale", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "k_descale.data is set but q.dtype is FA_DTYPE_FLOAT16");
+    /* an fp8 call from a 0.4-sized struct: the fp8 dtype alone, descales 1 */
+    p = valid_fp8_params(1);
+    p.v_descale.data = (void*)(uintptr_t)3;
+    p.struct_size = (uint32_t)offsetof(fa_forward_params_t, q_descale);
+    fp8_verdict_ok("fp8 call in a 0.4-sized struct", fa_forward_check(&p, 0), 0);
+    {
+        unsigned char buffer[sizeof(fa_forward_params_t) + 16];
+        const size_t old_size = offsetof(fa_forward_params_t, q_descale);
+        fa_forward_params_t* old = (fa_forward_params_t*)(void*)buffer;
+        size_t j;
+        int untouched = 1, zeroed = 1;
+        memset(buffer, 0xAB, sizeof(buffer));
+        expect("params_init with the 0.4 size", fa_forward_params_init(old, old_size), FA_STATUS_SUCCESS, NULL);
+        for (j = old_size; j < sizeof(buffer); ++j) untouched &= buffer[j] == 0xAB;
+        CHECK(untouched, "fa_forward_params_init with the 0.4 size wrote past offsetof(q_descale)");
+        CHECK(old->struct_size == old_size && old->window_left == -1 && old->reserved2 == 0,
+              "0.4-sized init must set the 0.4 defaults");
+        memset(buffer, 0xAB, sizeof(buffer));
+        expect("params_init with the 0.5 size", fa_forward_params_init(old, sizeof(fa_forward_params_t)),
+               FA_STATUS_SUCCESS, NULL);
+        for (j = offsetof(fa_forward_params_t, q_descale); j < sizeof(fa_forward_params_t); ++j) zeroed &= buffer[j] == 0;
+        CHECK(zeroed, "fa_forward_params_init must zero q_descale, k_descale and v_descale (data NULL: factor 1)");
+    }
+}
+
+/* fa_query_support for e4m3: the forward on the sm90 path only, head dims multiples of 16; agrees with
+   fa_forward_check on every head dim and compute capability. */
+static void test_query_fp8(void) {
+    const int ccs[4] = {0, 80, 90, 89};
+    fa_support_query_t q;
+    int c, d, checked = 0, disagreements = 0;
+
+    fp8_build_facts();
+    for (c = 0; c < 4; ++c) {
+        char label[64];
+        q = forward_query(FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
+        q.compute_capability = ccs[c];
+        sprintf(label, "query fp8 forward (cc %d)", ccs[c]);
+        fp8_verdict_ok(label, fa_query_support(&q), ccs[c]);
+        q.causal = q.window = q.softcap = q.varlen = 1;
+        sprintf(label, "query fp8 forward, every option (cc %d)", ccs[c]);
+        fp8_verdict_ok(label, fa_query_support(&q), ccs[c]);
+    }
+    q = forward_query(FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
+    q.kernel_path = FA_PATH_SM80;
+    q.compute_capability = 90;
+    expect("query fp8 on FA_PATH_SM80", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+           "query->kernel_path is FA_PATH_SM80, but fp8 (e4m3) is served by the sm90 forward only");
+    q = forward_query(FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
+    q.kernel_path = FA_PATH_SM90;
+    q.compute_capability = 80;
+    expect("query fp8 on FA_PATH_SM90 at cc 8.0", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+           "query->kernel_path is FA_PATH_SM90, but");
+    q = forward_query(FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
+    q.pass = FA_PASS_BACKWARD;
+    q.compute_capability = 90;
+    expect("query fp8 backward", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+           "query->dtype is FA_DTYPE_FLOAT8_E4M3 with query->pass FA_PASS_BACKWARD: the fp8 forward has no backward "
+           "(as FlashAttention-3); use bf16/fp16 for training");
+    q.pass = FA_PASS_DECODE;
+    q.compute_capability = 0;
+    expect("query fp8 decode", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+           "query->dtype is FA_DTYPE_FLOAT8_E4M3 with query->pass FA_PASS_DECODE: an fp8 KV cache is not served yet");
+    if (head_dim_served(40)) {
+        q = forward_query(FA_DTYPE_FLOAT8_E4M3, 40);
+        q.compute_capability = 90;
+        expect("query fp8 head dim 40", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+               "query->head_dim is 40; fp8 (e4m3) head dims must be multiples of 16");
+        q.dtype = FA_DTYPE_BFLOAT16;
+        expect("query bf16 head dim 40", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    }
+    q = forward_query(6, FA_TEST_HEAD_DIM);
+    expect("query dtype 6", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "query->dtype is 6");
+
+    /* The query and fa_forward_check agree on fp8 head dims 16..272 (step 16; contiguous strides stay multiples
+       of 16) at cc 0, 8.0 and 9.0. */
+    for (c = 0; c < 3; ++c) {
+        for (d = 16; d <= 272; d += 16) {
+            fa_forward_params_t p = valid_params(1);
+            fa_status_t by_query, by_check;
+            set_tensor4(&p.q, p.q.data, FA_DTYPE_FLOAT8_E4M3, VB, VSQ, VHQ, d, 0);
+            set_tensor4(&p.k, p.k.data, FA_DTYPE_FLOAT8_E4M3, VB, VSK, VHKV, d, 0);
+            set_tensor4(&p.v, p.v.data, FA_DTYPE_FLOAT8_E4M3, VB, VSK, VHKV, d, 0);
+            set_tensor4(&p.out, p.out.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, d, 0);
+            q = forward_query(FA_DTYPE_FLOAT8_E4M3, d);
+            q.compute_capability = ccs[c];
+            q.causal = 1;
+            by_query = fa_query_support(&q);
+            by_check = fa_forward_check(&p, ccs[c]);
+            ++checked;
+            if (by_query != by_check) {
+                if (++disagreements <= 5) {
+                    printf("  fp8 head dim %d cc %d: fa_query_support says %s, fa_forward_check %s (%s)\n", d, ccs[c],
+                           fa_status_string(by_query), fa_status_string(by_check), fa_last_error_message());
+                }
+            }
+            if (by_query == FA_STATUS_SUCCESS && ccs[c] == 80) {
+                ++disagreements;
+                printf("  fp8 head dim %d served at cc 8.0\n", d);
+            }
+        }
+    }
+    CHECK(disagreements == 0, "fp8: fa_query_support and fa_forward_check disagree (or serve cc 8.0) on %d of %d",
+          disagreements, checked);
 }
 
 static void test_kernel_names(void) {
@@ -1913,6 +2373,114 @@ static int head_dim_served(int d) {
     return fa_forward_check(&p, 0) == FA_STATUS_SUCCESS;
 }
 
+/* ---- GPU: an fp8 (e4m3) forward (issue 12) ------------------------------------------------------------------------ */
+
+/* Where this build and device serve the fp8 forward: a call whose exact output is known (q and k zero, so every key
+   weighs the same; v all 1.0 with v_descale 2.0 per sequence and head: out is 2.0 in bf16 and lse ln(seqlen_k)), and
+   the descale pointers through the device-memory checks (host and freed memory refused, out untouched). Elsewhere:
+   fa_forward refuses it with UNSUPPORTED, as fa_forward_check does for this compute capability, and writes nothing. */
+static void test_fp8_gpu(fa_context_t context, void* stream, int cc, log_record* logs) {
+    enum { B = 2, SQ = 17, SK = 33, HQ = 4, HKV = 2, POISON = 0xFF };
+    const int64_t d = FA_TEST_HEAD_DIM;
+    const size_t q_bytes = (size_t)B * SQ * HQ * d, kv_bytes = (size_t)B * SK * HKV * d;
+    const size_t out_bytes = q_bytes * 2, lse_bytes = (size_t)B * HQ * SQ * 4;
+    const float factors[B * HKV] = {2.0f, 2.0f, 2.0f, 2.0f};
+    void *q = NULL, *k = NULL, *v = NULL, *o = NULL, *lse = NULL, *qd = NULL, *vd = NULL, *freed = NULL;
+    void* host_block = malloc(4096);
+    uint16_t* ho = (uint16_t*)malloc(out_bytes);
+    float* hl = (float*)malloc(lse_bytes);
+    fa_forward_params_t p;
+    fa_support_query_t query = forward_query(FA_DTYPE_FLOAT8_E4M3, (int)d);
+    int served, wrong = 0;
+    size_t i;
+
+    query.compute_capability = cc;
+    served = fa_query_support(&query) == FA_STATUS_SUCCESS;
+    printf("  fp8 (e4m3) forward on this device (cc %d): %s\n", cc, served ? "served" : fa_last_error_message());
+    fa_memory_alloc(0, q_bytes, &q);
+    fa_memory_alloc(0, kv_bytes, &k);
+    fa_memory_alloc(0, kv_bytes, &v);
+    fa_memory_alloc(0, out_bytes, &o);
+    fa_memory_alloc(0, lse_bytes, &lse);
+    fa_memory_alloc(0, 256, &qd);
+    fa_memory_alloc(0, 256, &vd);
+    fa_memory_alloc(0, 256, &freed);
+    fa_memory_free(0, freed);
+    if (!q || !k || !v || !o || !lse || !qd || !vd || host_block == NULL || ho == NULL || hl == NULL) {
+        CHECK(0, "fp8 GPU test: allocation failed: %s", fa_last_error_message());
+        goto done;
+    }
+    memset(host_block, 0, 4096);
+    fa_memset_async(q, 0x00, q_bytes, stream);   /* e4m3 0.0 */
+    fa_memset_async(k, 0x00, kv_bytes, stream);
+    fa_memset_async(v, 0x38, kv_bytes, stream);  /* e4m3 1.0: sign 0, exponent 7 (bias 7), mantissa 0 */
+    fa_memcpy(qd, factors, sizeof factors);
+    fa_memcpy(vd, factors, sizeof factors);
+    fa_memset_async(o, POISON, out_bytes, stream);
+    fa_memset_async(lse, POISON, lse_bytes, stream);
+    fa_stream_synchronize(stream);
+
+    fa_forward_params_init(&p, sizeof p);
+    set_tensor4(&p.q, q, FA_DTYPE_FLOAT8_E4M3, B, SQ, HQ, d, 0);
+    set_tensor4(&p.k, k, FA_DTYPE_FLOAT8_E4M3, B, SK, HKV, d, 0);
+    set_tensor4(&p.v, v, FA_DTYPE_FLOAT8_E4M3, B, SK, HKV, d, 0);
+    set_tensor4(&p.out, o, FA_DTYPE_BFLOAT16, B, SQ, HQ, d, 0);
+    set_tensor3_f32(&p.lse, lse, B, HQ, SQ);
+    set_descale(&p.q_descale, qd, B, HKV, 0, 0);     /* one factor for q (broadcast) */
+    set_descale(&p.v_descale, vd, B, HKV, HKV, 1);   /* one per (sequence, KV head) */
+
+    if (!served) {
+        expect("fa_forward fp8 where not served", fa_forward(context, &p, stream), FA_STATUS_UNSUPPORTED,
+               "fp8 (e4m3) is served by the sm90 forward only");
+        expect("fa_forward_check agrees", fa_forward_check(&p, cc), FA_STATUS_UNSUPPORTED, "fp8 (e4m3)");
+        fa_stream_synchronize(stream);
+        fa_memcpy(ho, o, out_bytes);
+        CHECK(count_unpoisoned(ho, out_bytes) == 0, "a refused fp8 forward wrote %lld bytes of out",
+              (long long)count_unpoisoned(ho, out_bytes));
+        goto done;
+    }
+    if (expect("fa_forward fp8 (q, k zero; v 1.0 x v_descale 2.0)", fa_forward(context, &p, stream), FA_STATUS_SUCCESS,
+               NULL)) {
+        CHECK(strncmp(logs->last, "fa_forward: ", 12) == 0 && strstr(logs->last, " e4m3 descale(q(per tensor),v)") != NULL,
+              "fp8 forward: the debug log line \"%s\" must name the dtype e4m3 and the descales", logs->last);
+        expect("fp8 forward: stream", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
+        fa_memcpy(ho, o, out_bytes);
+        fa_memcpy(hl, lse, lse_bytes);
+        for (i = 0; i < out_bytes / 2; ++i) wrong += ho[i] != 0x4000; /* bf16 2.0 */
+        CHECK(wrong == 0, "fp8 forward: %d of %d outputs are not 2.0 in bf16 (out[0] = 0x%04x)", wrong,
+              (int)(out_bytes / 2), (unsigned)ho[0]);
+        wrong = 0;
+        for (i = 0; i < lse_bytes / 4; ++i) wrong += !(fabs((double)hl[i] - log((double)SK)) <= 1e-3);
+        CHECK(wrong == 0, "fp8 forward: %d lse values differ from ln(%d) (lse[0] = %g)", wrong, SK, (double)hl[0]);
+    }
+    /* the descale pointers go through the device-memory checks; a refusal writes nothing */
+    fa_memset_async(o, POISON, out_bytes, stream);
+    fa_stream_synchronize(stream);
+    p.q_descale.data = host_block;
+    expect("fp8 q_descale in host memory", fa_forward(context, &p, stream), FA_STATUS_INVALID_ARGUMENT,
+           "q_descale.data");
+    p.q_descale.data = qd;
+    p.k_descale = p.v_descale;
+    p.k_descale.data = freed;
+    expect("fp8 k_descale in freed memory", fa_forward(context, &p, stream), FA_STATUS_INVALID_ARGUMENT,
+           "k_descale.data");
+    fa_stream_synchronize(stream);
+    fa_memcpy(ho, o, out_bytes);
+    CHECK(count_unpoisoned(ho, out_bytes) == 0, "refused fp8 forwards wrote %lld bytes of out",
+          (long long)count_unpoisoned(ho, out_bytes));
+done:
+    fa_memory_free(0, q);
+    fa_memory_free(0, k);
+    fa_memory_free(0, v);
+    fa_memory_free(0, o);
+    fa_memory_free(0, lse);
+    fa_memory_free(0, qd);
+    fa_memory_free(0, vd);
+    free(host_block);
+    free(ho);
+    free(hl);
+}
+
 /* ---- device pointers (issue 16): host, freed and too-small memory refused before any launch ------------------ */
 
 enum { DP_HOST, DP_FREED, DP_SMALL, DP_KINDS };
@@ -2242,6 +2810,7 @@ static void test_gpu(int32_t count) {
         run_graph_case(context, stream, paths[i], &log);
     }
     test_device_pointers(context, stream);
+    test_fp8_gpu(context, stream, g_device_cc, &log);
     for (n = 0; n < (int)(sizeof(cases) / sizeof(cases[0])); ++n) {
         run_forward_case(context, stream, &cases[n], FA_PATH_AUTO, &log);
     }
@@ -2323,6 +2892,8 @@ int main(int argc, char** argv) {
     test_validation();
     test_feature_validation();
     test_query_support();
+    test_fp8_validation();
+    test_query_fp8();
     test_kernel_names();
     test_graph_arguments();
 #if defined(FA_TEST_HAVE_PTHREADS)

@@ -257,6 +257,21 @@ static void test_validation(void) {
     p = valid_params(1); p.k_new.data = (void*)((uintptr_t)p.k_cache.data + 256);
     bad("k_new inside k_cache", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache");
 
+    /* fp8 (e4m3): an fp8 query, cache or append is not served yet (UNSUPPORTED, naming the tensor); an fp8 out is
+       no dtype any pass writes (INVALID_ARGUMENT); a k_new/v_new descriptor without data is not looked at. */
+    p = valid_params(1); p.q.dtype = FA_DTYPE_FLOAT8_E4M3;
+    bad("q fp8", &p, FA_STATUS_UNSUPPORTED, "q.dtype is FA_DTYPE_FLOAT8_E4M3: an fp8 KV cache is not served yet");
+    expect("q fp8 at cc 9.0", fa_decode_check(&p, 90), FA_STATUS_UNSUPPORTED, "an fp8 KV cache is not served yet");
+    p = valid_params(0); p.k_cache.dtype = p.v_cache.dtype = FA_DTYPE_FLOAT8_E4M3;
+    bad("fp8 cache", &p, FA_STATUS_UNSUPPORTED, "k_cache.dtype is FA_DTYPE_FLOAT8_E4M3: an fp8 KV cache is not served");
+    p = valid_params(1); p.v_new.dtype = FA_DTYPE_FLOAT8_E4M3;
+    bad("v_new fp8", &p, FA_STATUS_UNSUPPORTED, "v_new.dtype is FA_DTYPE_FLOAT8_E4M3: an fp8 KV cache is not served");
+    p = valid_params(1); p.out.dtype = FA_DTYPE_FLOAT8_E4M3;
+    bad("out fp8", &p, FA_STATUS_INVALID_ARGUMENT,
+        "out.dtype is 5 (FA_DTYPE_FLOAT8_E4M3); out must be FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16");
+    p = valid_params(1); p.k_new.data = p.v_new.data = NULL; p.k_new.dtype = p.v_new.dtype = FA_DTYPE_FLOAT8_E4M3;
+    expect("no append, fp8 in the unused k_new/v_new", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+
     p = valid_params(1); p.k_cache.shape[1] = p.v_cache.shape[1] = 24;
     bad("block size 24", &p, FA_STATUS_UNSUPPORTED, "block_size) is 24");
     p = valid_params(1); p.k_cache.shape[1] = p.v_cache.shape[1] = 8; p.block_table.shape[1] = 16;
