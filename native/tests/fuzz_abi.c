@@ -3,10 +3,11 @@
  *
  * For each pass (forward, backward, decode, capability query) it builds FUZZ_CASES (default 2000; env
  * FA_FUZZ_CASES) random calls: a valid-ish call (small shapes, random options, variable-length batches, paged
- * caches, host copies of lengths) with 0 to 4 faults added: dtypes, ranks, shapes and strides (0, negative, odd,
- * huge), struct_size, reserved fields, enum values, NaN/inf/negative scales and softcaps, windows, NULL, host,
- * freed, misaligned, overlapping and too-small pointers, cu_seqlens / cache_seqlens / block table contents
- * (host copies and device arrays), workspaces. The seed is printed (--seed N or FA_TEST_SEED replays it); a
+ * caches, host copies of lengths, fp8 (e4m3) forwards with bf16 out and descale tables, broadcast or not) with 0
+ * to 4 faults added: dtypes (fp8 on one tensor of a 16-bit call and the reverse), ranks, shapes and strides (0,
+ * negative, odd, huge), struct_size (0.4's too), reserved fields, enum values, NaN/inf/negative scales and softcaps,
+ * windows, NULL, host, freed, misaligned, overlapping and too-small pointers, descales on 16-bit calls,
+ * cu_seqlens / cache_seqlens / block table contents (host copies and device arrays), workspaces. The seed is printed (--seed N or FA_TEST_SEED replays it); a
  * failure names the pass and case number.
  *
  * Everywhere: fa_*_check and fa_query_support; a call must return a status of the enum, a refusal a non-empty
@@ -67,7 +68,9 @@ static float wild_float(void) {
 
 /* ---- the arena: where the tensors live (device memory with a GPU; made-up addresses without) -------------- */
 
-enum { S_Q, S_K, S_V, S_OUT, S_LSE, S_DOUT, S_DQ, S_DK, S_DV, S_KN, S_VN, S_CUQ, S_CUK, S_SEQ, S_BT, S_WS, S_COUNT };
+enum { S_Q, S_K, S_V, S_OUT, S_LSE, S_DOUT, S_DQ, S_DK, S_DV, S_KN, S_VN, S_CUQ, S_CUK, S_SEQ, S_BT, S_DESC, S_WS, S_COUNT };
+/* The three descale tables share slot S_DESC, DESC_BYTES apart; the image holds 1.0f there. */
+#define DESC_BYTES ((size_t)4096)
 #define SLOT_BYTES ((size_t)64 * 1024)
 #define WS_BYTES ((size_t)256 * 1024)
 #define ARENA_BYTES (SLOT_BYTES * (S_COUNT - 1) + WS_BYTES)
@@ -80,6 +83,7 @@ static void* g_host_block = NULL;      /* ordinary host memory (malloc) */
 static void* g_freed = NULL;           /* device memory that was freed (a made-up address without a GPU) */
 
 static unsigned char* slot(int s) { return g_arena + SLOT_BYTES * (size_t)s; }
+static unsigned char* descale_slot(int i) { return slot(S_DESC) + DESC_BYTES * (size_t)i; }
 static int32_t* image_ints(int s) { return (int32_t*)(g_image + SLOT_BYTES * (size_t)s); }
 
 /* A pointer fault: NULL, misaligned, host, freed, another tensor's, near the arena's end, far away. */
@@ -144,6 +148,20 @@ static void break_tensor(fa_tensor_t* t) {
 static int64_t pick_head_dim(void) {
     if (!chance(4)) return FA_TEST_HEAD_DIM;
     return chance(4) ? 1 + r(300) : 8 * (1 + r(32));
+}
+
+/* One fp8 descale table ([batch, heads_kv] fp32 at descale slot i): dense, broadcast along one dimension or both
+   (strides 0), or absent (data NULL). */
+static void random_descale(fa_tensor_t* t, int i, int64_t batch, int64_t heads_kv) {
+    static const int64_t strides[4][2] = {{-1, 1}, {0, 0}, {1, 0}, {0, 1}}; /* -1: heads_kv (dense) */
+    const int kind = (int)r(5);
+    if (kind == 4) {
+        memset(t, 0, sizeof(*t));
+        return;
+    }
+    t2(t, descale_slot(i), FA_DTYPE_FLOAT32, batch, heads_kv);
+    t->strides[0] = strides[kind][0] < 0 ? heads_kv : strides[kind][0];
+    t->strides[1] = strides[kind][1];
 }
 
 /* Shrinks the rows so that rows * heads * d 16-bit elements fit a slot. */
@@ -238,12 +256,16 @@ static void after_call(const char* what, fa_status_t status, void* stream) {
 /* ---- forward --------------------------------------------------------------------------------------------------- */
 
 static void build_forward(fa_forward_params_t* p, int faults) {
-    const int64_t d = pick_head_dim();
+    int64_t d = pick_head_dim();
     const int64_t hkv = 1 + r(2), hq = hkv * (1 + r(2));
     const int64_t b = 1 + r(2);
     const int64_t sq = fit_rows(1 + r(40), 3 * hq * d), sk = fit_rows(1 + r(40), 3 * hkv * d);  /* x3: batch */
-    const int32_t dtype = chance(2) ? FA_DTYPE_FLOAT16 : FA_DTYPE_BFLOAT16;
+    /* fp8 one call in four: q, k and v e4m3, out bf16 (head dims of 16-element rows mostly) */
+    const int fp8 = chance(4);
+    const int32_t dtype = fp8 ? FA_DTYPE_FLOAT8_E4M3 : chance(2) ? FA_DTYPE_FLOAT16 : FA_DTYPE_BFLOAT16;
+    const int32_t out_dtype = fp8 ? FA_DTYPE_BFLOAT16 : dtype;
     int f;
+    if (fp8 && d % 16 != 0 && !chance(4)) d = (d + 15) / 16 * 16;
     fa_forward_params_init(p, sizeof(*p));
     p->causal = (int32_t)r(2);
     p->causal_alignment = (int32_t)r(2);
@@ -262,7 +284,7 @@ static void build_forward(fa_forward_params_t* p, int faults) {
         t3(&p->q, slot(S_Q), dtype, total_q, hq, d);
         t3(&p->k, slot(S_K), dtype, total_k, hkv, d);
         t3(&p->v, slot(S_V), dtype, total_k, hkv, d);
-        t3(&p->out, slot(S_OUT), dtype, total_q, hq, d);
+        t3(&p->out, slot(S_OUT), out_dtype, total_q, hq, d);
         if (chance(2)) t2(&p->lse, slot(S_LSE), FA_DTYPE_FLOAT32, hq, total_q);
         p->cu_seqlens_q = (const int32_t*)slot(S_CUQ);
         p->cu_seqlens_k = (const int32_t*)slot(S_CUK);
@@ -277,11 +299,17 @@ static void build_forward(fa_forward_params_t* p, int faults) {
         t4(&p->q, slot(S_Q), dtype, b, sq, hq, d);
         t4(&p->k, slot(S_K), dtype, b, sk, hkv, d);
         t4(&p->v, slot(S_V), dtype, b, sk, hkv, d);
-        t4(&p->out, slot(S_OUT), dtype, b, sq, hq, d);
+        t4(&p->out, slot(S_OUT), out_dtype, b, sq, hq, d);
         if (chance(2)) t3(&p->lse, slot(S_LSE), FA_DTYPE_FLOAT32, b, hq, sq);
     }
+    if (fp8) {
+        const int64_t batch = p->cu_seqlens_q != NULL ? p->varlen_batch : b;
+        random_descale(&p->q_descale, 0, batch, hkv);
+        random_descale(&p->k_descale, 1, batch, hkv);
+        random_descale(&p->v_descale, 2, batch, hkv);
+    }
     for (f = 0; f < faults; ++f) {
-        switch (r(16)) {
+        switch (r(19)) {
             case 0: break_tensor(&p->q); break;
             case 1: break_tensor(&p->k); break;
             case 2: break_tensor(&p->v); break;
@@ -310,6 +338,29 @@ static void build_forward(fa_forward_params_t* p, int faults) {
                 break;
             }
             case 14: if (chance(2)) p->max_seqlen_q = (int32_t)wild_int(); else p->max_seqlen_k = (int32_t)wild_int(); break;
+            case 15: {
+                /* A descale table: broken, or given where it must not be (a 16-bit call), or the 0.4 struct size
+                   (which drops them). */
+                fa_tensor_t* t = r(3) == 0 ? &p->q_descale : chance(2) ? &p->k_descale : &p->v_descale;
+                const int i = t == &p->q_descale ? 0 : t == &p->k_descale ? 1 : 2;
+                if (t->data == NULL || chance(3)) random_descale(t, i, p->cu_seqlens_q != NULL ? p->varlen_batch : b, hkv);
+                if (chance(3)) p->struct_size = (uint32_t)offsetof(fa_forward_params_t, q_descale);
+                else break_tensor(t);
+                break;
+            }
+            case 16: {
+                /* fp8 where it does not belong (one of q/k/v/out of a 16-bit call), or a 16-bit dtype in an fp8 call */
+                fa_tensor_t* t = r(4) == 0 ? &p->q : chance(3) ? &p->k : chance(2) ? &p->v : &p->out;
+                t->dtype = t->dtype == FA_DTYPE_FLOAT8_E4M3 ? (chance(2) ? FA_DTYPE_FLOAT16 : FA_DTYPE_BFLOAT16)
+                                                            : FA_DTYPE_FLOAT8_E4M3;
+                break;
+            }
+            case 17: {
+                /* out of an fp8 call in another dtype, or every input fp8 with the output left as it was */
+                if (p->q.dtype == FA_DTYPE_FLOAT8_E4M3) p->out.dtype = chance(2) ? FA_DTYPE_FLOAT16 : FA_DTYPE_FLOAT8_E4M3;
+                else p->q.dtype = p->k.dtype = p->v.dtype = FA_DTYPE_FLOAT8_E4M3;
+                break;
+            }
             default:
                 /* Contents of the lengths: the host copies, or only the device arrays (then trusted). */
                 if (chance(2)) break_ints(g_cu_q_host, HOST_CAP + 1); else break_ints(g_cu_k_host, HOST_CAP + 1);
@@ -484,7 +535,7 @@ static void build_query(fa_support_query_t* q) {
     q->struct_size = chance(8) ? (uint32_t)r((int64_t)sizeof(*q) + 16) : (uint32_t)sizeof(*q);
     q->pass = (int32_t)(chance(6) ? wild_int() : r(3));
     q->compute_capability = (int32_t)(chance(4) ? wild_int() : (chance(2) ? 0 : 80 + r(21)));
-    q->dtype = (int32_t)(chance(6) ? wild_int() : 1 + r(4));
+    q->dtype = (int32_t)(chance(6) ? wild_int() : 1 + r(5));  /* 5: FA_DTYPE_FLOAT8_E4M3 */
     q->head_dim = (int32_t)(chance(3) ? wild_int() : 8 * (1 + r(40)));
     q->causal = (int32_t)(chance(8) ? wild_int() : r(2));
     q->window = (int32_t)(chance(8) ? wild_int() : r(2));
@@ -502,7 +553,10 @@ static int wild_cc(void) {
 
 /* Resets the image (poison, then the int arrays a builder writes). */
 static void reset_image(void) {
+    const float one = 1.0f;
+    size_t i;
     memset(g_image, POISON, ARENA_BYTES);
+    for (i = 0; i < 3 * DESC_BYTES; i += sizeof one) memcpy(g_image + SLOT_BYTES * S_DESC + i, &one, sizeof one);
     memset(image_ints(S_CUQ), 0, SLOT_BYTES);
     memset(image_ints(S_CUK), 0, SLOT_BYTES);
     memset(image_ints(S_SEQ), 0, SLOT_BYTES);

@@ -8,7 +8,9 @@
  *     softcap, deterministic and paged variants each get their own call, and the calls aimed at one family rotate
  *     over the options (causal both alignments, windows, fully masked rows, GQA/MQA, varlen with empty sequences,
  *     packed-QKV strides, LSE on and off, head dims between the kernel classes, splits, appends, ...);
- *   - a list of feature calls per served pass and path at one head dim, naming each option once.
+ *   - a list of feature calls per served pass and path at one head dim, naming each option once; the fp8 (e4m3)
+ *     forward gets its own short list (descales broadcast, dense and absent; causal, window, softcap, varlen, GQA),
+ *     planned only where fa_query_support says the build and GPU serve it (the sm90 path; issue 12).
  * Every call is small (sequences of at most 256 tokens, at most 8 heads), so that racecheck stays affordable.
  * Inputs are fully initialised (random values); outputs are left as allocated, so that initcheck sees a kernel
  * that reads memory nothing wrote. After each call the driver synchronises and checks every status; it never
@@ -67,6 +69,7 @@ typedef struct {
     int caller_ws; /* bwd, decode: a caller-supplied workspace */
     int block_size, append, splits, advance, host_lens; /* decode; block_size 0: contiguous cache */
     int lens[MAX_SEQ];                                    /* decode: cache lengths before the append */
+    int descale;  /* fp8 forward: 0 none; 1 q per tensor (strides 0), k dense, v per sequence; 2 all dense */
 } scase;
 
 static scase g_cases[MAX_CASES];
@@ -167,12 +170,19 @@ static int parse_kernel_name(const char* name, kinfo* k) {
     }
     if (strncmp(s, "fp16_", 5) == 0) {
         k->dtype = FA_DTYPE_FLOAT16;
+        s += 5;
     } else if (strncmp(s, "bf16_", 5) == 0) {
         k->dtype = FA_DTYPE_BFLOAT16;
+        s += 5;
+    } else if (strncmp(s, "e4m3_", 5) == 0) {
+        k->dtype = FA_DTYPE_FLOAT8_E4M3;
+        s += 5;
+    } else if (strncmp(s, "fp8_", 4) == 0) {
+        k->dtype = FA_DTYPE_FLOAT8_E4M3;
+        s += 4;
     } else {
         return 0; /* the decode helpers (append, combine) and dtypes this driver does not feed */
     }
-    s += 5;
     if (strncmp(s, "hdim", 4) != 0 || s[4] < '0' || s[4] > '9') return 0;
     k->d = (int)strtol(s + 4, (char**)&s, 10);
     while (*s == '_') {
@@ -243,7 +253,7 @@ static void describe(scase* c, const char* what) {
     size_t cap = sizeof c->label, n;
     int i;
     n = (size_t)snprintf(s, cap, "%s %s %s d%d", k_pass_tag[c->pass], k_path_tag[c->path],
-                         c->dtype == FA_DTYPE_BFLOAT16 ? "bf16" : "fp16", c->d);
+                         c->dtype == FA_DTYPE_BFLOAT16 ? "bf16" : c->dtype == FA_DTYPE_FLOAT8_E4M3 ? "e4m3" : "fp16", c->d);
 #define ADD(...)                                                            \
     do {                                                                    \
         if (n < cap) n += (size_t)snprintf(s + n, cap - n, __VA_ARGS__);    \
@@ -273,6 +283,7 @@ static void describe(scase* c, const char* what) {
     if (c->det) ADD(" deterministic");
     if (c->caller_ws) ADD(" caller-ws");
     if (c->pass == PASS_DEC && c->host_lens) ADD(" host-lens");
+    if (c->descale) ADD(" descale=%s", c->descale == 1 ? "broadcast" : "dense");
     if (what != NULL && what[0] != '\0') ADD(" [%s]", what);
     if (c->target[0] != '\0') ADD(" -> %s", c->target);
 #undef ADD
@@ -349,6 +360,10 @@ static void add_aimed_case(const kinfo* k, const char* name, int r, int n) {
         c->lse = 1;
         c->det = k->det;
         c->caller_ws = (n >> 1) % 2; /* the deterministic variants alternate with n's lowest bit */
+    }
+    if (k->dtype == FA_DTYPE_FLOAT8_E4M3) {
+        c->descale = n % 3; /* none, broadcast, dense in turn */
+        if (c->d % 16 != 0) c->d = k->d; /* fp8 head dims are multiples of 16 */
     }
     describe(c, NULL);
 }
@@ -427,6 +442,27 @@ static const dfeature k_dfeatures[] = {
      {31, 7}},
 };
 
+/* The fp8 (e4m3) forward's options, where it is served (out bf16; descale 0 none, 1 broadcast, 2 dense). */
+typedef struct {
+    const char* what;
+    int b, sq, sk, hq, hkv, d; /* d 0: the path's main head dim */
+    int causal, top_left, wl, wr;
+    float softcap;
+    int no_lse, descale, nseq;
+    int lq[MAX_SEQ], lk[MAX_SEQ];
+} f8feature;
+
+static const f8feature k_f8features[] = {
+    {"fp8, no descales", 1, 128, 192, 2, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, {0}, {0}},
+    {"fp8, descales broadcast, causal, GQA 4:2", 2, 100, 140, 4, 2, 0, 1, 0, -1, -1, 0, 0, 1, 0, {0}, {0}},
+    {"fp8, dense descales, causal top-left, sq > sk", 1, 150, 90, 2, 1, 0, 1, 1, -1, -1, 0, 0, 2, 0, {0}, {0}},
+    {"fp8, window + softcap, no LSE", 1, 140, 140, 2, 2, 0, 0, 0, 24, 8, 20.0f, 1, 1, 0, {0}, {0}},
+    {"fp8, varlen with empty sequences, dense descales", 0, 0, 0, 2, 1, 0, 1, 0, -1, -1, 0, 0, 2, 4,
+     {17, 0, 130, 64}, {40, 33, 0, 129}},
+    {"fp8, head dim 64", 1, 77, 131, 2, 2, 64, 0, 0, -1, -1, 0, 0, 1, 0, {0}, {0}},
+    {"fp8, head dim 256, causal", 1, 130, 190, 2, 1, 256, 1, 0, -1, -1, 0, 0, 2, 0, {0}, {0}},
+};
+
 /* The head dim the feature calls of a pass and path use: 128 where served, else the first served class. */
 static int main_head_dim(int pass, int path, int cc) {
     int i;
@@ -437,9 +473,30 @@ static int main_head_dim(int pass, int path, int cc) {
     return 0;
 }
 
+static void add_fp8_feature_cases(int path, int cc) {
+    const int dmain = served(PASS_FWD, path, FA_DTYPE_FLOAT8_E4M3, 128, cc) ? 128 : 64;
+    size_t i;
+    for (i = 0; i < sizeof k_f8features / sizeof k_f8features[0]; ++i) {
+        const f8feature* f = &k_f8features[i];
+        const int d = f->d ? f->d : dmain;
+        scase* c;
+        if (!served(PASS_FWD, path, FA_DTYPE_FLOAT8_E4M3, d, cc)) continue;
+        c = new_case(PASS_FWD, path, FA_DTYPE_FLOAT8_E4M3, d);
+        if (f->nseq > 0) {
+            set_varlen(c, f->nseq, f->lq, f->lk);
+        } else {
+            c->b = f->b, c->sq = f->sq, c->sk = f->sk;
+        }
+        c->hq = f->hq, c->hkv = f->hkv, c->causal = f->causal, c->top_left = f->top_left, c->wl = f->wl;
+        c->wr = f->wr, c->softcap = f->softcap, c->lse = !f->no_lse, c->descale = f->descale;
+        describe(c, f->what);
+    }
+}
+
 static void add_feature_cases(int pass, int path, int cc) {
     const int dmain = main_head_dim(pass, path, cc);
     size_t i;
+    if (pass == PASS_FWD) add_fp8_feature_cases(path, cc);
     if (dmain == 0) return;
     if (pass == PASS_DEC) {
         for (i = 0; i < sizeof k_dfeatures / sizeof k_dfeatures[0]; ++i) {
@@ -560,24 +617,51 @@ static void* dalloc(bufs* B, size_t bytes, const void* host) {
     return p;
 }
 
-/* n random fp16/bf16 values in device memory. */
+/* Bytes of one element of q/k/v of `dtype` (fp8: 1) and of out (fp8 calls write bf16: 2). */
+static size_t elem_bytes(int dtype) { return dtype == FA_DTYPE_FLOAT8_E4M3 ? 1 : 2; }
+static int out_dtype(int dtype) { return dtype == FA_DTYPE_FLOAT8_E4M3 ? FA_DTYPE_BFLOAT16 : dtype; }
+
+/* n random fp16/bf16 values (or e4m3 ones: random sign, exponent 1..7, mantissa; |x| in [2^-6, 1.875], never
+   NaN) in device memory. */
 static void* drandom(bufs* B, int dtype, int64_t n) {
-    uint16_t* h;
+    const size_t elem = elem_bytes(dtype);
+    unsigned char* h;
     void* p;
     int64_t i;
-    if (g_fake) return dalloc(B, (size_t)n * 2, NULL);
-    h = (uint16_t*)malloc((size_t)(n > 0 ? n : 1) * 2);
+    if (g_fake) return dalloc(B, (size_t)n * elem, NULL);
+    h = (unsigned char*)malloc((size_t)(n > 0 ? n : 1) * elem);
     if (h == NULL) {
         B->failed = 1;
         return NULL;
     }
     for (i = 0; i < n; ++i) {
         const float f = uniform_pm1();
-        h[i] = dtype == FA_DTYPE_BFLOAT16 ? float_to_bf16(f) : float_to_half(f);
+        if (dtype == FA_DTYPE_FLOAT8_E4M3) {
+            const unsigned bits = (unsigned)((f + 1.0f) * 1024.0f);
+            h[i] = (unsigned char)((f < 0.0f ? 0x80u : 0u) | ((1u + bits % 7u) << 3) | ((bits >> 3) & 7u));
+        } else {
+            const uint16_t x = dtype == FA_DTYPE_BFLOAT16 ? float_to_bf16(f) : float_to_half(f);
+            memcpy(h + (size_t)i * 2, &x, 2);
+        }
     }
-    p = dalloc(B, (size_t)n * 2, h);
+    p = dalloc(B, (size_t)n * elem, h);
     free(h);
     return p;
+}
+
+/* An fp32 descale table [batch, heads_kv] with the given strides (0 broadcasts), factors in [0.5, 2.5]. */
+static void descale_table(bufs* B, fa_tensor_t* t, int batch, int heads_kv, int64_t batch_stride, int64_t head_stride) {
+    float h[64];
+    int i;
+    for (i = 0; i < 64; ++i) h[i] = 1.5f + uniform_pm1();
+    memset(t, 0, sizeof *t);
+    t->data = dalloc(B, sizeof h, h); /* covers batch * heads_kv <= 64 factors */
+    t->dtype = FA_DTYPE_FLOAT32;
+    t->rank = 2;
+    t->shape[0] = batch;
+    t->shape[1] = heads_kv;
+    t->strides[0] = batch_stride;
+    t->strides[1] = head_stride;
 }
 
 static void free_bufs(bufs* B) {
@@ -628,7 +712,8 @@ static void forward_params(const scase* c, bufs* B, fa_forward_params_t* fp, int
         tensor(&fp->q, drandom(B, c->dtype, rows_q * c->hq * c->d), c->dtype, 3, rows_q, c->hq, c->d, 0);
         tensor(&fp->k, drandom(B, c->dtype, rows_k * c->hkv * c->d), c->dtype, 3, rows_k, c->hkv, c->d, 0);
         tensor(&fp->v, drandom(B, c->dtype, rows_k * c->hkv * c->d), c->dtype, 3, rows_k, c->hkv, c->d, 0);
-        tensor(&fp->out, dalloc(B, (size_t)(rows_q * c->hq * c->d * 2), NULL), c->dtype, 3, rows_q, c->hq, c->d, 0);
+        tensor(&fp->out, dalloc(B, (size_t)(rows_q * c->hq * c->d * 2), NULL), out_dtype(c->dtype), 3, rows_q, c->hq,
+               c->d, 0);
         if (c->lse) {
             tensor(&fp->lse, dalloc(B, (size_t)(rows_q * c->hq * 4), NULL), FA_DTYPE_FLOAT32, 2, c->hq, rows_q, 0, 0);
         }
@@ -648,8 +733,8 @@ static void forward_params(const scase* c, bufs* B, fa_forward_params_t* fp, int
         int t;
         fa_tensor_t* qkv[3] = {&fp->q, &fp->k, &fp->v};
         for (t = 0; t < 3; ++t) {
-            tensor(qkv[t], base == NULL ? NULL : base + (size_t)t * c->hq * c->d * 2, c->dtype, 4, c->b, c->sq, c->hq,
-                   c->d);
+            tensor(qkv[t], base == NULL ? NULL : base + (size_t)t * c->hq * c->d * elem_bytes(c->dtype), c->dtype, 4, c->b,
+                   c->sq, c->hq, c->d);
             qkv[t]->strides[0] = (int64_t)c->sq * row;
             qkv[t]->strides[1] = row;
         }
@@ -659,10 +744,18 @@ static void forward_params(const scase* c, bufs* B, fa_forward_params_t* fp, int
         tensor(&fp->v, drandom(B, c->dtype, rows_k * c->hkv * c->d), c->dtype, 4, c->b, c->sk, c->hkv, c->d);
     }
     if (!varlen) {
-        tensor(&fp->out, dalloc(B, (size_t)(rows_q * c->hq * c->d * 2), NULL), c->dtype, 4, c->b, c->sq, c->hq, c->d);
+        tensor(&fp->out, dalloc(B, (size_t)(rows_q * c->hq * c->d * 2), NULL), out_dtype(c->dtype), 4, c->b, c->sq,
+               c->hq, c->d);
         if (c->lse) {
             tensor(&fp->lse, dalloc(B, (size_t)(rows_q * c->hq * 4), NULL), FA_DTYPE_FLOAT32, 3, c->b, c->hq, c->sq, 0);
         }
+    }
+    if (c->descale > 0) {
+        const int batch = varlen ? c->nseq : c->b;
+        const int dense = c->descale == 2;
+        descale_table(B, &fp->q_descale, batch, c->hkv, dense ? c->hkv : 0, dense ? 1 : 0);
+        descale_table(B, &fp->k_descale, batch, c->hkv, c->hkv, 1);
+        descale_table(B, &fp->v_descale, batch, c->hkv, dense ? c->hkv : 1, dense ? 1 : 0);
     }
     fp->softmax_scale = c->scale;
     fp->causal = c->causal;
