@@ -309,7 +309,7 @@ static void build_forward(fa_forward_params_t* p, int faults) {
         random_descale(&p->v_descale, 2, batch, hkv);
     }
     for (f = 0; f < faults; ++f) {
-        switch (r(19)) {
+        switch (r(20)) {
             case 0: break_tensor(&p->q); break;
             case 1: break_tensor(&p->k); break;
             case 2: break_tensor(&p->v); break;
@@ -338,13 +338,19 @@ static void build_forward(fa_forward_params_t* p, int faults) {
                 break;
             }
             case 14: if (chance(2)) p->max_seqlen_q = (int32_t)wild_int(); else p->max_seqlen_k = (int32_t)wild_int(); break;
-            case 15: {
-                /* A descale table: broken, or given where it must not be (a 16-bit call), or the 0.4 struct size
-                   (which drops them). */
+            case 15:
+            case 18: {
+                /* A descale table, given (on an fp8 call, or one turned fp8 here, or where it must not be: a 16-bit
+                   call), then broken, or dropped by the 0.4 struct size. */
                 fa_tensor_t* t = r(3) == 0 ? &p->q_descale : chance(2) ? &p->k_descale : &p->v_descale;
                 const int i = t == &p->q_descale ? 0 : t == &p->k_descale ? 1 : 2;
+                if (!fp8 && chance(2)) {
+                    p->q.dtype = p->k.dtype = p->v.dtype = FA_DTYPE_FLOAT8_E4M3;
+                    p->out.dtype = FA_DTYPE_BFLOAT16;
+                }
                 if (t->data == NULL || chance(3)) random_descale(t, i, p->cu_seqlens_q != NULL ? p->varlen_batch : b, hkv);
-                if (chance(3)) p->struct_size = (uint32_t)offsetof(fa_forward_params_t, q_descale);
+                if (t->data != NULL && chance(4)) p->struct_size = (uint32_t)offsetof(fa_forward_params_t, q_descale);
+                else if (chance(4)) t->data = descale_slot(i) + 4 * r(8);  /* elsewhere in its table (aligned or not) */
                 else break_tensor(t);
                 break;
             }
