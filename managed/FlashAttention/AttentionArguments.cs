@@ -7,11 +7,14 @@ namespace FlashAttn;
 /// </summary>
 /// <param name="Q">
 /// Queries: <c>[batch, seqLenQ, headsQ, headDim]</c>, or <c>[totalQ, headsQ, headDim]</c> with a <see cref="Batch"/>;
-/// Float16 or BFloat16, last dimension contiguous, headDim a multiple of 8.
+/// Float16, BFloat16 or Float8E4M3, last dimension contiguous, headDim a multiple of 8 (of 16 for Float8E4M3).
 /// </param>
 /// <param name="K">Keys: <c>[batch, seqLenK, headsKv, headDim]</c> or <c>[totalK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
 /// <param name="V">Values, k's shape and q's dtype.</param>
-/// <param name="Output">Written: q's shape and dtype; must not overlap the inputs.</param>
+/// <param name="Output">
+/// Written: q's shape; q's dtype, or BFloat16 when q is Float8E4M3 (the fp8 forward writes bf16). Must not overlap the
+/// inputs.
+/// </param>
 /// <param name="LogSumExp">
 /// Optional, written: Float32 <c>[batch, headsQ, seqLenQ]</c>, or <c>[headsQ, totalQ]</c> with a <see cref="Batch"/>.
 /// </param>
@@ -27,6 +30,14 @@ namespace FlashAttn;
 /// <para>
 /// The shapes are checked by the call, not by the constructor, so the same arguments can be checked first and run later.
 /// </para>
+/// <para>
+/// fp8 (FlashAttention-3's fp8 forward, FEATURES.md §6): q, k and v all <see cref="DataType.Float8E4M3"/>, the output
+/// <see cref="DataType.BFloat16"/>, and optionally the descale factors <see cref="QDescale"/>, <see cref="KDescale"/>
+/// and <see cref="VDescale"/> set with an object initializer or <c>with</c>:
+/// <c>new AttentionArguments(q8, k8, v8, outBf16) { QDescale = qd, KDescale = kd, VDescale = vd }</c>. Served by the
+/// sm90 forward (compute capability 9.0, a build with sm_90a code); <see cref="KernelPath.Sm80"/>, the backward pass
+/// and decode refuse it (<see cref="FlashAttentionStatus.Unsupported"/>).
+/// </para>
 /// </remarks>
 public readonly record struct AttentionArguments(
     DeviceTensor Q,
@@ -38,6 +49,23 @@ public readonly record struct AttentionArguments(
 {
     /// <summary>Whether these are the arguments of a variable-length call (<see cref="Batch"/> is set).</summary>
     public bool IsVariableLength => Batch is not null;
+
+    /// <summary>
+    /// fp8 only: q's descale factors, or null for 1. Float32, rank 2 <c>[batch, headsKv]</c> (<c>[sequences, headsKv]</c>
+    /// with a <see cref="Batch"/>), strides in elements, 0 broadcasts (a <c>[batch, headsKv]</c> view with strides
+    /// <c>[0, 0]</c> of one value is a per-tensor factor). Per KV head even for q, as FlashAttention-3's
+    /// <c>q_descale</c>: query head h of batch b is <c>Q * QDescale[b, h / (headsQ / headsKv)]</c>.
+    /// </summary>
+    public DeviceTensor? QDescale { get; init; }
+
+    /// <summary>fp8 only: k's descale factors, or null for 1: key head hk of batch b is <c>K * KDescale[b, hk]</c>. As <see cref="QDescale"/>.</summary>
+    public DeviceTensor? KDescale { get; init; }
+
+    /// <summary>fp8 only: v's descale factors, or null for 1: value head hk of batch b is <c>V * VDescale[b, hk]</c>. As <see cref="QDescale"/>.</summary>
+    public DeviceTensor? VDescale { get; init; }
+
+    /// <summary>Whether any descale factor table is set.</summary>
+    internal bool HasDescale => QDescale is not null || KDescale is not null || VDescale is not null;
 
     /// <summary>Throws <see cref="ArgumentNullException"/> for the first required tensor that is null.</summary>
     internal void ThrowIfIncomplete()

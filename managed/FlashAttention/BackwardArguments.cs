@@ -7,7 +7,10 @@ namespace FlashAttn;
 /// and log-sum-exp of the forward call, the output gradient, the three gradients to write, and optionally the
 /// forward call's variable-length batch and a caller workspace.
 /// </summary>
-/// <param name="Q">Queries of the forward call, Float16 or BFloat16, last dimension contiguous.</param>
+/// <param name="Q">
+/// Queries of the forward call, Float16 or BFloat16, last dimension contiguous (the fp8 forward has no backward, as in
+/// FlashAttention-3: Float8E4M3 inputs are <see cref="FlashAttentionStatus.Unsupported"/>).
+/// </param>
 /// <param name="K">Keys of the forward call, q's dtype; headsKv divides headsQ.</param>
 /// <param name="V">Values of the forward call, k's shape and q's dtype.</param>
 /// <param name="Output">Output of the forward call, q's shape and dtype.</param>

@@ -11,8 +11,9 @@ namespace FlashAttn;
 /// (256-byte aligned). Freed on <see cref="SafeHandle.Dispose()"/>, or by the finalizer if it is forgotten.
 /// </summary>
 /// <typeparam name="T">
-/// The element type. <see cref="Half"/>, <see cref="BFloat16"/>, <see cref="float"/> and <see cref="int"/> map
-/// to a <see cref="DataType"/> and can back a <see cref="DeviceTensor"/>; any unmanaged type can be stored.
+/// The element type. <see cref="Half"/>, <see cref="BFloat16"/>, <see cref="Float8E4M3"/>, <see cref="float"/> and
+/// <see cref="int"/> map to a <see cref="DataType"/> and can back a <see cref="DeviceTensor"/>; any unmanaged type can
+/// be stored.
 /// </typeparam>
 /// <remarks>
 /// <para>

@@ -83,7 +83,7 @@ public sealed class DeviceTensor
     internal SafeHandle? Owner { get; }
 
     /// <summary>Views a <see cref="DeviceBuffer{T}"/>, checking that every addressed element lies inside it.</summary>
-    /// <typeparam name="T"><see cref="Half"/>, <see cref="BFloat16"/>, <see cref="float"/> or <see cref="int"/>.</typeparam>
+    /// <typeparam name="T"><see cref="Half"/>, <see cref="BFloat16"/>, <see cref="Float8E4M3"/>, <see cref="float"/> or <see cref="int"/>.</typeparam>
     /// <param name="buffer">The buffer.</param>
     /// <param name="shape">The shape (rank 1 to 4, every extent 0 or more).</param>
     /// <param name="strides">Strides in elements (0 or more each), or empty for contiguous row-major.</param>
@@ -101,7 +101,7 @@ public sealed class DeviceTensor
         ArgumentNullException.ThrowIfNull(buffer);
         ObjectDisposedException.ThrowIf(buffer.IsClosed, buffer);
         DataType dataType = DataTypes.Of<T>() ?? throw new ArgumentException(
-            $"DeviceBuffer<{typeof(T).Name}> cannot back a tensor: use Half, BFloat16, float or int elements.", nameof(buffer));
+            $"DeviceBuffer<{typeof(T).Name}> cannot back a tensor: use Half, BFloat16, Float8E4M3, float or int elements.", nameof(buffer));
         long[] shapeArray = CheckShape(shape);
         long[] strideArray = CheckStrides(shapeArray, strides);
         if (elementOffset < 0)

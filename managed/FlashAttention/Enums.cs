@@ -14,6 +14,14 @@ public enum DataType
 
     /// <summary>32-bit signed integer (<see cref="int"/>).</summary>
     Int32 = 4,
+
+    /// <summary>
+    /// 8-bit float, OCP FP8 E4M3 "FN" (<see cref="FlashAttn.Float8E4M3"/>, PyTorch's <c>torch.float8_e4m3fn</c>).
+    /// An input type of the forward pass only (q, k and v together, output <see cref="BFloat16"/>, optional fp32
+    /// descale factors: <see cref="AttentionArguments.QDescale"/>), served by the sm90 (Hopper) kernels; the backward
+    /// pass and decode refuse it.
+    /// </summary>
+    Float8E4M3 = 5,
 }
 
 /// <summary>Result of a native call. The values match <c>fa_status_t</c> in <c>flash_attention.h</c>.</summary>
@@ -71,7 +79,8 @@ public enum KernelPath
     /// capability 9.0). It serves the forward pass at every head dim (kernels at 64, 128 and 256) and the backward pass
     /// for the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and 193..256 in a build of every head dim);
     /// elsewhere, and for decode, asking for it is <see cref="FlashAttentionStatus.Unsupported"/>.
-    /// <see cref="Auto"/> picks it where it serves.
+    /// <see cref="Auto"/> picks it where it serves. The fp8 (<see cref="DataType.Float8E4M3"/>) forward runs on this path
+    /// only: <see cref="Auto"/> takes it, <see cref="Sm80"/> refuses it, and where it does not serve no path does.
     /// </summary>
     Sm90 = 2,
 }

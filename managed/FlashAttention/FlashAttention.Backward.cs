@@ -383,6 +383,13 @@ public sealed partial class FlashAttention
     /// </summary>
     private static Problem? ValidateBackward(in BackwardArguments a, AttentionOptions options, CudaDevice? device)
     {
+        if (IsFloat8Input(a.Q, a.K, a.V))
+        {
+            // The fp8 forward has no backward (FlashAttention-3's neither): the native library answers UNSUPPORTED,
+            // with the reason, before it checks anything else, since there is no contract to check the rest against.
+            return null;
+        }
+
         if (Validate(a.ForwardArguments, options, device) is { } problem)
         {
             return problem;

@@ -414,6 +414,13 @@ public sealed partial class FlashAttention
     {
         (DeviceTensor q, KvCache cache, DeviceTensor? kNew, DeviceTensor? vNew, DeviceTensor output, DeviceTensor? lse, int numSplits, _) = args;
         ObjectDisposedException.ThrowIf(cache.IsDisposed, cache);
+        if (IsFloat8Input(q, kNew, vNew))
+        {
+            // Decode has no fp8 (an fp8 KV cache is not served): the native library answers UNSUPPORTED, with the
+            // reason, before it checks anything else.
+            return null;
+        }
+
         if (options.Problem() is { } optionsProblem)
         {
             return new Problem(nameof(options), optionsProblem);

@@ -11,10 +11,10 @@ public sealed partial class FlashAttention
     /// but needs the native library). Neither tensor memory nor the device prefix sums are read; the batch's host
     /// copies, when it has them, are checked.
     /// </summary>
-    /// <param name="q">Packed queries <c>[totalQ, headsQ, headDim]</c>, Float16 or BFloat16; headDim a multiple of 8.</param>
+    /// <param name="q">Packed queries <c>[totalQ, headsQ, headDim]</c>, Float16, BFloat16 or Float8E4M3; headDim a multiple of 8 (16 for Float8E4M3).</param>
     /// <param name="k">Packed keys <c>[totalK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
     /// <param name="v">Packed values, k's shape and q's dtype.</param>
-    /// <param name="output">Output, q's shape and dtype.</param>
+    /// <param name="output">Output, q's shape and dtype (BFloat16 when q is Float8E4M3).</param>
     /// <param name="batch">The sequence boundaries.</param>
     /// <param name="message">"" on success; otherwise why the call would be refused.</param>
     /// <param name="logSumExp">Optional log-sum-exp <c>[headsQ, totalQ]</c>, Float32.</param>
@@ -46,12 +46,14 @@ public sealed partial class FlashAttention
     /// placed per sequence). Queued on <paramref name="stream"/>; returns without waiting.
     /// </summary>
     /// <param name="q">
-    /// Packed queries <c>[totalQ, headsQ, headDim]</c>, Float16 or BFloat16, last dimension contiguous; headDim a
-    /// multiple of 8. Sequence <c>b</c> is rows <c>CuSeqlensQ[b] .. CuSeqlensQ[b + 1] - 1</c>.
+    /// Packed queries <c>[totalQ, headsQ, headDim]</c>, Float16, BFloat16 or Float8E4M3, last dimension contiguous;
+    /// headDim a multiple of 8 (16 for Float8E4M3). Sequence <c>b</c> is rows <c>CuSeqlensQ[b] .. CuSeqlensQ[b + 1] - 1</c>.
     /// </param>
     /// <param name="k">Packed keys <c>[totalK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
     /// <param name="v">Packed values, k's shape and q's dtype.</param>
-    /// <param name="output">Written: <c>[totalQ, headsQ, headDim]</c>, q's dtype; must not overlap the inputs.</param>
+    /// <param name="output">
+    /// Written: <c>[totalQ, headsQ, headDim]</c>, q's dtype (BFloat16 when q is Float8E4M3); must not overlap the inputs.
+    /// </param>
     /// <param name="batch">The sequence boundaries; keep it undisposed until the work is done.</param>
     /// <param name="logSumExp">
     /// Optional, written: <c>[headsQ, totalQ]</c> Float32, natural log with the scale included; +infinity for rows that
@@ -61,6 +63,8 @@ public sealed partial class FlashAttention
     /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
     /// <remarks>
     /// Graph-safe like <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>. Rows of q past the batch's last sequence are not written.
+    /// fp8 descale factors (<c>[sequences, headsKv]</c>) go in <see cref="AttentionArguments.QDescale"/> and its
+    /// siblings, with <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>.
     /// </remarks>
     /// <exception cref="ArgumentNullException">A required tensor or the batch is null.</exception>
     /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>

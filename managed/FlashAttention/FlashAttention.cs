@@ -75,10 +75,10 @@ public sealed partial class FlashAttention : IDisposable
     /// Validates the arguments of a fixed-length <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>
     /// without touching a GPU; the positional form of <see cref="Check(in AttentionArguments, out string, AttentionOptions, int)"/>.
     /// </summary>
-    /// <param name="q">Queries <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16 or BFloat16; headDim a multiple of 8.</param>
+    /// <param name="q">Queries <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16, BFloat16 or Float8E4M3; headDim a multiple of 8 (16 for Float8E4M3).</param>
     /// <param name="k">Keys <c>[batch, seqLenK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
     /// <param name="v">Values, k's shape and q's dtype.</param>
-    /// <param name="output">Output, q's shape and dtype.</param>
+    /// <param name="output">Output, q's shape and dtype (BFloat16 when q is Float8E4M3).</param>
     /// <param name="message">"" on success; otherwise why the call would be refused.</param>
     /// <param name="logSumExp">Optional log-sum-exp <c>[batch, headsQ, seqLenQ]</c>, Float32.</param>
     /// <param name="options">Options, or null for <see cref="AttentionOptions.Default"/>.</param>
@@ -135,12 +135,16 @@ public sealed partial class FlashAttention : IDisposable
     /// row when <paramref name="logSumExp"/> is given. Queued on <paramref name="stream"/>; returns without waiting.
     /// </summary>
     /// <param name="q">
-    /// Queries <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16 or BFloat16, last dimension contiguous; headDim a
-    /// multiple of 8 (every multiple of 8 up to 256 is served; <see cref="QuerySupport(SupportQuery)"/> tells for a build).
+    /// Queries <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16, BFloat16 or Float8E4M3, last dimension contiguous;
+    /// headDim a multiple of 8 (every multiple of 8 up to 256 is served; <see cref="QuerySupport(SupportQuery)"/> tells
+    /// for a build), of 16 for Float8E4M3.
     /// </param>
     /// <param name="k">Keys <c>[batch, seqLenK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ (GQA/MQA).</param>
     /// <param name="v">Values, k's shape and q's dtype.</param>
-    /// <param name="output">Written: <c>[batch, seqLenQ, headsQ, headDim]</c>, q's dtype; must not overlap the inputs.</param>
+    /// <param name="output">
+    /// Written: <c>[batch, seqLenQ, headsQ, headDim]</c>, q's dtype (BFloat16 when q is Float8E4M3); must not overlap the
+    /// inputs.
+    /// </param>
     /// <param name="logSumExp">
     /// Optional, written: <c>[batch, headsQ, seqLenQ]</c> Float32, natural log with the scale included; +infinity for
     /// rows that see no key.
@@ -148,8 +152,16 @@ public sealed partial class FlashAttention : IDisposable
     /// <param name="options">Options, or null for <see cref="AttentionOptions.Default"/>.</param>
     /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
     /// <remarks>
+    /// <para>
     /// Graph-safe: the call neither synchronises nor allocates, so it may be captured into a <see cref="CudaGraph"/>
     /// (<see cref="CudaStream.BeginCapture"/>); each replay then reads and writes the same device pointers.
+    /// </para>
+    /// <para>
+    /// fp8 (Float8E4M3 q, k and v, BFloat16 output) without descale factors; for per-(batch, KV head) factors use
+    /// <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/> with
+    /// <see cref="AttentionArguments.QDescale"/>, <see cref="AttentionArguments.KDescale"/> and
+    /// <see cref="AttentionArguments.VDescale"/>.
+    /// </para>
     /// </remarks>
     /// <exception cref="ArgumentNullException">A required tensor is null.</exception>
     /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong (including a head dim that is not a multiple of 8).</exception>
@@ -172,11 +184,28 @@ public sealed partial class FlashAttention : IDisposable
     /// <see cref="ForwardVarlen(DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, VarlenBatch, DeviceTensor, AttentionOptions, CudaStream)"/>
     /// when it is set. Queued on <paramref name="stream"/>; returns without waiting.
     /// </summary>
-    /// <param name="args">The tensors (and batch) of the call; see <see cref="AttentionArguments"/> for their shapes.</param>
+    /// <param name="args">
+    /// The tensors (and batch) of the call; see <see cref="AttentionArguments"/> for their shapes. fp8: q, k and v
+    /// Float8E4M3, the output BFloat16, and the optional descale factors <see cref="AttentionArguments.QDescale"/>,
+    /// <see cref="AttentionArguments.KDescale"/> and <see cref="AttentionArguments.VDescale"/>.
+    /// </param>
     /// <param name="options">Options, or null for <see cref="AttentionOptions.Default"/>.</param>
     /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
     /// <remarks>
+    /// <para>
     /// Graph-safe: the call neither synchronises nor allocates, so it may be captured into a <see cref="CudaGraph"/>.
+    /// </para>
+    /// <para>
+    /// fp8 (FlashAttention-3's fp8 forward): the attention of the true values <c>q · QDescale[b, h / (headsQ / headsKv)]</c>,
+    /// <c>k · KDescale[b, hk]</c> and <c>v · VDescale[b, hk]</c> (a missing table is 1), the log-sum-exp that of their
+    /// logits; the kernels round the softmax weights to e4m3 before <c>P·V</c> (FEATURES.md §6), so expect fp8 accuracy
+    /// (<see cref="AttentionReference.ForwardFloat8"/> is the float64 reference). Served by the sm90 kernels only (compute
+    /// capability 9.0, a build with sm_90a code): <see cref="KernelPath.Auto"/> or <see cref="KernelPath.Sm90"/>;
+    /// <see cref="KernelPath.Sm80"/>, and any path where the sm90 fp8 forward does not serve, throw
+    /// <see cref="FlashAttentionException"/> with <see cref="FlashAttentionStatus.Unsupported"/> and the reason
+    /// (there is no fallback). <see cref="QuerySupport(SupportQuery)"/> with <see cref="DataType.Float8E4M3"/> tells
+    /// beforehand.
+    /// </para>
     /// </remarks>
     /// <exception cref="ArgumentNullException">A required tensor is null.</exception>
     /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>
@@ -255,7 +284,24 @@ public sealed partial class FlashAttention : IDisposable
         using var ll = new HandleLease(lse?.Owner);
         using var lcq = new HandleLease(batch?.CuSeqlensQ.Owner);
         using var lck = new HandleLease(batch?.CuSeqlensK.Owner);
+        using var lqd = new HandleLease(args.QDescale?.Owner);
+        using var lkd = new HandleLease(args.KDescale?.Owner);
+        using var lvd = new HandleLease(args.VDescale?.Owner);
         FaForwardParams p = BuildParams(q, lq.Pointer, k, lk.Pointer, v, lv.Pointer, output, lo.Pointer, lse, ll.Pointer, options);
+        if (args.QDescale is { } qd)
+        {
+            p.q_descale = qd.ToNative(lqd.Pointer);
+        }
+
+        if (args.KDescale is { } kd)
+        {
+            p.k_descale = kd.ToNative(lkd.Pointer);
+        }
+
+        if (args.VDescale is { } vd)
+        {
+            p.v_descale = vd.ToNative(lvd.Pointer);
+        }
         fixed (int* hostQ = batch?.HostQ, hostK = batch?.HostK)
         {
             if (batch is not null)
@@ -302,7 +348,8 @@ public sealed partial class FlashAttention : IDisposable
         bool varlen = batch is not null;
         if ((TensorProblem(q, nameof(q), varlen, device) ?? TensorProblem(k, nameof(k), varlen, device) ??
              TensorProblem(v, nameof(v), varlen, device) ?? TensorProblem(output, nameof(output), varlen, device) ??
-             DataTypeProblem(k, nameof(k), q) ?? DataTypeProblem(v, nameof(v), q) ?? DataTypeProblem(output, nameof(output), q)) is { } tensorProblem)
+             DataTypeProblem(k, nameof(k), q, "q, k and v") ?? DataTypeProblem(v, nameof(v), q, "q, k and v") ??
+             OutputDataTypeProblem(output, q)) is { } tensorProblem)
         {
             return tensorProblem;
         }
@@ -310,7 +357,7 @@ public sealed partial class FlashAttention : IDisposable
         // Fixed: q [batch, seqlen_q, heads_q, head_dim]. Varlen: q [total_q, heads_q, head_dim].
         int last = q.Rank - 1;
         long headsQ = q.Shape[last - 1], dim = q.Shape[last];
-        if (HeadDimProblem(dim) is { } headDimProblem)
+        if ((HeadDimProblem(dim) ?? Float8HeadDimProblem(q.DataType, dim)) is { } headDimProblem)
         {
             return new Problem(nameof(q), headDimProblem);
         }
@@ -371,7 +418,8 @@ public sealed partial class FlashAttention : IDisposable
             }
         }
 
-        return batch is null ? null : BatchProblem(batch, q.Shape[0], k.Shape[0], device);
+        return (batch is null ? null : BatchProblem(batch, q.Shape[0], k.Shape[0], device)) ??
+            DescaleProblems(args, batch?.BatchSize ?? q.Shape[0], headsKv, device);
     }
 
     /// <summary>Rank, contiguous head_dim and device of one of q, k, v, output; null when they pass.</summary>

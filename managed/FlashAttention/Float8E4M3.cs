@@ -23,8 +23,10 @@ namespace FlashAttn;
 /// <para>
 /// Conversion to <see cref="float"/> and <see cref="double"/> is exact and implicit. Equality follows
 /// <see cref="Half"/> as <see cref="BFloat16"/> does: <see cref="Equals(Float8E4M3)"/> treats every NaN as equal to
-/// every NaN and +0 as equal to -0, while <c>==</c> is IEEE (NaN != NaN). No attention call takes this type yet
-/// (the C ABI has no 8-bit dtype); it is for preparing and checking FP8 data on the host.
+/// every NaN and +0 as equal to -0, while <c>==</c> is IEEE (NaN != NaN). A <see cref="DeviceBuffer{T}"/> of this type
+/// backs <see cref="DataType.Float8E4M3"/> tensors, the q, k and v of the fp8 forward
+/// (<see cref="FlashAttention.Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>, bf16 output); on the
+/// host it prepares and checks fp8 data (<see cref="AttentionReference.ForwardFloat8"/> is the float64 reference).
 /// </para>
 /// </remarks>
 public readonly struct Float8E4M3 : IEquatable<Float8E4M3>, IComparable<Float8E4M3>, IComparable, IFormattable

@@ -704,7 +704,10 @@ public sealed class KvCache : IDisposable
     {
         if (dataType is not (DataType.Float16 or DataType.BFloat16))
         {
-            throw new ArgumentException($"A KV cache holds Float16 or BFloat16 elements; got {dataType}.", nameof(dataType));
+            throw new ArgumentException(
+                $"A KV cache holds Float16 or BFloat16 elements; got {dataType}" +
+                (dataType == DataType.Float8E4M3 ? " (an fp8 KV cache is not served: Float8E4M3 is an input type of the forward pass only)." : "."),
+                nameof(dataType));
         }
     }
 
@@ -718,7 +721,10 @@ public sealed class KvCache : IDisposable
 
         if (t.DataType is not (DataType.Float16 or DataType.BFloat16))
         {
-            throw new ArgumentException($"{name} must be Float16 or BFloat16; it is {t}.", name);
+            throw new ArgumentException(
+                $"{name} must be Float16 or BFloat16; it is {t}" +
+                (t.DataType == DataType.Float8E4M3 ? " (an fp8 KV cache is not served: Float8E4M3 is an input type of the forward pass only)." : "."),
+                name);
         }
 
         if (t.Strides[3] != 1 && t.Shape[3] > 1)

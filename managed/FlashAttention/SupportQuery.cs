@@ -5,7 +5,12 @@ namespace FlashAttn;
 /// serve this kind of call (on this GPU architecture)? Describes the call, not its tensors.
 /// </summary>
 /// <param name="Pass">The computation.</param>
-/// <param name="DataType">The element type of q, k and v (<see cref="FlashAttn.DataType.Float16"/> or <see cref="FlashAttn.DataType.BFloat16"/> are the ones served).</param>
+/// <param name="DataType">
+/// The element type of q, k and v: <see cref="FlashAttn.DataType.Float16"/> and <see cref="FlashAttn.DataType.BFloat16"/>
+/// are served by every pass; <see cref="FlashAttn.DataType.Float8E4M3"/> by the forward pass on the sm90 path only (compute
+/// capability 9.0 or 0, <see cref="KernelPath.Auto"/> or <see cref="KernelPath.Sm90"/>, head dims that are multiples of
+/// 16, a build with the sm90 fp8 kernels).
+/// </param>
 /// <param name="HeadDim">The head dimension (1 or more).</param>
 /// <param name="Causal">Whether the call is causal.</param>
 /// <param name="Window">Whether the call has a sliding window (<see cref="AttentionOptions.HasWindow"/>).</param>

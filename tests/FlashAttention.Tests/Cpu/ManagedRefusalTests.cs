@@ -27,7 +27,10 @@ public sealed class ManagedRefusalTests
     private const long DO = 0x6000_0000, DQ = 0x6800_0000, DK = 0x7000_0000, DV = 0x7800_0000;
     private const long CQ = 0x7C00_0000, CK = 0x7D00_0000, SL = 0x7E00_0000, KN = 0x7E80_0000, VN = 0x7F00_0000;
 
+    private const long QD = 0x7F40_0000, KD = 0x7F50_0000, VD = 0x7F60_0000;
+
     private const DataType F16 = DataType.Float16, BF16 = DataType.BFloat16, F32 = DataType.Float32, I32 = DataType.Int32;
+    private const DataType E4M3 = DataType.Float8E4M3;
 
     /// <summary>A call of one of the static checks.</summary>
     public delegate FlashAttentionStatus CheckCall(out string message);
@@ -67,6 +70,23 @@ public sealed class ManagedRefusalTests
 
     private static AttentionArguments Varlen(VarlenBatch? batch = null) =>
         new(T(Q, 30, 8, 64), T(K, 50, 2, 64), T(V, 50, 2, 64), T(O, 30, 8, 64), T(L, F32, 8, 30), batch ?? Batch());
+
+    // the fp8 forward: e4m3 q, k, v, a bf16 output, per-(batch, kv head) descales (the kDescale one broadcast: strides 0)
+    private static AttentionArguments Fp8() =>
+        new(T(Q, E4M3, 2, 17, 8, 64), T(K, E4M3, 2, 33, 2, 64), T(V, E4M3, 2, 33, 2, 64), T(O, BF16, 2, 17, 8, 64), T(L, F32, 2, 8, 17))
+        {
+            QDescale = T(QD, F32, 2, 2),
+            KDescale = DeviceTensor.FromPointer((IntPtr)KD, F32, [2, 2], [0, 0]),
+            VDescale = T(VD, F32, 2, 2),
+        };
+
+    private static AttentionArguments Fp8Varlen() =>
+        new(T(Q, E4M3, 30, 8, 64), T(K, E4M3, 50, 2, 64), T(V, E4M3, 50, 2, 64), T(O, BF16, 30, 8, 64), T(L, F32, 8, 30), Batch())
+        {
+            QDescale = T(QD, F32, 2, 2),
+            KDescale = T(KD, F32, 2, 2),
+            VDescale = T(VD, F32, 2, 2),
+        };
 
     private static BackwardArguments Bwd() =>
         new(T(Q, 2, 17, 8, 64), T(K, 2, 33, 2, 64), T(V, 2, 33, 2, 64), T(O, 2, 17, 8, 64), T(DO, 2, 17, 8, 64), T(L, F32, 2, 8, 17),
@@ -140,6 +160,25 @@ public sealed class ManagedRefusalTests
         yield return F("lse heads 4", ok with { LogSumExp = T(L, F32, 2, 4, 17) }, "logSumExp must be [batch=2, heads_q=8, seqlen_q=17]");
         yield return F("lse seqlen 16", ok with { LogSumExp = T(L, F32, 2, 8, 16) }, "logSumExp must be [batch=2, heads_q=8, seqlen_q=17]");
         yield return F("compute capability -5", ok, "computeCapability must be 0", cc: -5);
+
+        // fp8 (e4m3): q, k and v together, a bf16 output, head dims of 16, descales Float32 [batch, heads_kv] for fp8 only
+        AttentionArguments f8 = Fp8();
+        yield return F("fp8 output fp16", f8 with { Output = T(O, F16, 2, 17, 8, 64) }, "output must be BFloat16 when q, k and v are Float8E4M3");
+        yield return F("fp8 output fp8", f8 with { Output = T(O, E4M3, 2, 17, 8, 64) }, "output must be BFloat16 when q, k and v are Float8E4M3");
+        yield return F("fp8 q, k bf16", f8 with { K = T(K, BF16, 2, 33, 2, 64) }, "k is BFloat16 but q is Float8E4M3; q, k and v share one dtype");
+        yield return F("fp8 q, v fp16", f8 with { V = T(V, F16, 2, 33, 2, 64) }, "v is Float16 but q is Float8E4M3");
+        yield return F("fp16 q, k fp8", ok with { K = T(K, E4M3, 2, 33, 2, 64) }, "k is Float8E4M3 but q is Float16");
+        yield return F("fp8 head_dim 24", new AttentionArguments(T(Q, E4M3, 2, 17, 8, 24), T(K, E4M3, 2, 33, 2, 24), T(V, E4M3, 2, 33, 2, 24), T(O, BF16, 2, 17, 8, 24)),
+            "head_dim must be a multiple of 16 for Float8E4M3");
+        yield return F("qDescale on an fp16 call", ok with { QDescale = T(QD, F32, 2, 2) }, "qDescale is given but q is Float16");
+        yield return F("vDescale on an fp16 call", ok with { VDescale = T(VD, F32, 2, 2) }, "vDescale is given but q is Float16");
+        yield return F("kDescale fp16", f8 with { KDescale = T(KD, F16, 2, 2) }, "kDescale must be Float32");
+        yield return F("vDescale rank 1", f8 with { VDescale = T(VD, F32, 4) }, "vDescale must be [batch=2, heads_kv=2]");
+        yield return F("qDescale per query head", f8 with { QDescale = T(QD, F32, 2, 8) }, "qDescale must be [batch=2, heads_kv=2]");
+        yield return F("kDescale batch 3", f8 with { KDescale = T(KD, F32, 3, 2) }, "kDescale must be [batch=2, heads_kv=2]");
+        AttentionArguments f8v = Fp8Varlen();
+        yield return F("varlen fp8 kDescale of 3 sequences", f8v with { KDescale = T(KD, F32, 3, 2) }, "kDescale must be [sequences=2, heads_kv=2]");
+        yield return F("varlen fp8 output fp16", f8v with { Output = T(O, F16, 30, 8, 64) }, "output must be BFloat16 when q, k and v are Float8E4M3");
 
         AttentionArguments vl = Varlen();
         yield return F("varlen q rank 4", vl with { Q = T(Q, 1, 30, 8, 64) }, "q must have rank 3");
@@ -440,6 +479,8 @@ public sealed class ManagedRefusalTests
         yield return Th<ArgumentException>("KvCache.Wrap: keys extent 0", () => KvCache.Wrap(T(K, 2, 0, 2, 64), T(V, 2, 0, 2, 64), [0, 0], cacheSeqLens: sl), "keys", "Every extent of keys");
         yield return Th<ArgumentException>("KvCache.Wrap: values rank 3", () => KvCache.Wrap(k, T(V, 2, 64, 128), [0, 0], cacheSeqLens: sl), "values", "values must have rank 4");
         yield return Th<ArgumentException>("KvCache.Wrap: values fp32", () => KvCache.Wrap(T(K, F32, 2, 64, 2, 64), T(V, F32, 2, 64, 2, 64), [0, 0], cacheSeqLens: sl), "keys", "Float16 or BFloat16");
+        yield return Th<ArgumentException>("KvCache.Wrap: fp8 keys and values", () => KvCache.Wrap(T(K, E4M3, 2, 64, 2, 64), T(V, E4M3, 2, 64, 2, 64), [0, 0], cacheSeqLens: sl),
+            "keys", "an fp8 KV cache is not served");
         yield return Th<ArgumentException>("KvCache.Wrap: block table of 0 columns", () => KvCache.Wrap(kp, vp, [0, 0], T(0x7E90_0000, I32, 2, 0), sl), "blockTable", "1 or more columns");
         yield return Th<ArgumentException>("KvCache.Wrap: block table strided", () =>
             KvCache.Wrap(kp, vp, [0, 0], DeviceTensor.FromPointer((IntPtr)0x7E90_0000, I32, [2, 4], [8, 2]), sl), "blockTable", "contiguous last dimension");
@@ -453,6 +494,7 @@ public sealed class ManagedRefusalTests
         }, "destination", "Only a dense cache");
         yield return Th<ArgumentNullException>("KvCache.CreateContiguous: null device", () => KvCache.CreateContiguous(null!, F16, 1, 16, 1, 64), "device");
         yield return Th<ArgumentException>("KvCache.CreateContiguous: fp32", () => KvCache.CreateContiguous(FakeDevice(), F32, 1, 16, 1, 64), "dataType", "Float16 or BFloat16");
+        yield return Th<ArgumentException>("KvCache.CreateContiguous: fp8", () => KvCache.CreateContiguous(FakeDevice(), E4M3, 1, 16, 1, 64), "dataType", "an fp8 KV cache is not served");
         yield return Th<ArgumentOutOfRangeException>("KvCache.CreateContiguous: batch 0", () => KvCache.CreateContiguous(FakeDevice(), F16, 0, 16, 1, 64), "batchSize");
         yield return Th<ArgumentOutOfRangeException>("KvCache.CreateContiguous: capacity 0", () => KvCache.CreateContiguous(FakeDevice(), F16, 1, 0, 1, 64), "capacity");
         yield return Th<ArgumentOutOfRangeException>("KvCache.CreateContiguous: heads 0", () => KvCache.CreateContiguous(FakeDevice(), F16, 1, 16, 0, 64), "headsKv");
