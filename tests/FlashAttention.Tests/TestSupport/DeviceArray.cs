@@ -3,14 +3,15 @@ using System.Runtime.InteropServices;
 namespace FlashAttn.Tests.TestSupport;
 
 /// <summary>
-/// A device buffer of Float16, BFloat16 or Float32 elements handled through float values on the host, so one
-/// test body serves every dtype. Values uploaded must already be representable in the dtype.
+/// A device buffer of Float16, BFloat16, Float32 or Float8E4M3 elements handled through float values on the host, so
+/// one test body serves every dtype. Values uploaded must already be representable in the dtype.
 /// </summary>
 internal sealed class DeviceArray : IDisposable
 {
     private readonly DeviceBuffer<Half>? _half;
     private readonly DeviceBuffer<BFloat16>? _bf16;
     private readonly DeviceBuffer<float>? _f32;
+    private readonly DeviceBuffer<Float8E4M3>? _f8;
 
     private DeviceArray(CudaDevice device, DataType dtype, long length)
     {
@@ -21,6 +22,7 @@ internal sealed class DeviceArray : IDisposable
             case DataType.Float16: _half = new DeviceBuffer<Half>(device, length); break;
             case DataType.BFloat16: _bf16 = new DeviceBuffer<BFloat16>(device, length); break;
             case DataType.Float32: _f32 = new DeviceBuffer<float>(device, length); break;
+            case DataType.Float8E4M3: _f8 = new DeviceBuffer<Float8E4M3>(device, length); break;
             default: throw new ArgumentOutOfRangeException(nameof(dtype));
         }
     }
@@ -29,7 +31,7 @@ internal sealed class DeviceArray : IDisposable
 
     public long Length { get; }
 
-    public SafeHandle Buffer => (SafeHandle?)_half ?? (SafeHandle?)_bf16 ?? _f32!;
+    public SafeHandle Buffer => (SafeHandle?)_half ?? (SafeHandle?)_bf16 ?? (SafeHandle?)_f8 ?? _f32!;
 
     public static DeviceArray Allocate(CudaDevice device, DataType dtype, long length) => new(device, dtype, length);
 
@@ -45,6 +47,7 @@ internal sealed class DeviceArray : IDisposable
     {
         DataType.Float16 => Numerics.RoundToHalf(value),
         DataType.BFloat16 => Numerics.RoundToBf16(value),
+        DataType.Float8E4M3 => (Float8E4M3)value,
         _ => value,
     };
 
@@ -57,6 +60,10 @@ internal sealed class DeviceArray : IDisposable
         else if (_bf16 is not null)
         {
             _bf16.CopyFrom(values.Select(x => (BFloat16)x).ToArray());
+        }
+        else if (_f8 is not null)
+        {
+            _f8.CopyFrom(values.Select(x => (Float8E4M3)x).ToArray());
         }
         else
         {
@@ -80,6 +87,13 @@ internal sealed class DeviceArray : IDisposable
             return b.Select(x => (float)x).ToArray();
         }
 
+        if (_f8 is not null)
+        {
+            var e = new Float8E4M3[Length];
+            _f8.CopyTo(e);
+            return e.Select(x => (float)x).ToArray();
+        }
+
         var f = new float[Length];
         _f32!.CopyTo(f);
         return f;
@@ -88,7 +102,7 @@ internal sealed class DeviceArray : IDisposable
     /// <summary>The raw bytes, for bit-for-bit comparisons.</summary>
     public byte[] ReadBytes()
     {
-        var bytes = new byte[Length * (DataType == DataType.Float32 ? 4 : 2)];
+        var bytes = new byte[Length * DeviceTensor.FromPointer(IntPtr.Zero, DataType, [1]).ElementSize];
         if (_half is not null)
         {
             _half.CopyTo(MemoryMarshal.Cast<byte, Half>(bytes.AsSpan()));
@@ -96,6 +110,10 @@ internal sealed class DeviceArray : IDisposable
         else if (_bf16 is not null)
         {
             _bf16.CopyTo(MemoryMarshal.Cast<byte, BFloat16>(bytes.AsSpan()));
+        }
+        else if (_f8 is not null)
+        {
+            _f8.CopyTo(MemoryMarshal.Cast<byte, Float8E4M3>(bytes.AsSpan()));
         }
         else
         {
@@ -105,12 +123,13 @@ internal sealed class DeviceArray : IDisposable
         return bytes;
     }
 
-    /// <summary>Sets every byte to 0xFF: a NaN in each of fp16, bf16 and fp32.</summary>
+    /// <summary>Sets every byte to 0xFF: a NaN in each of fp16, bf16, fp32 and e4m3.</summary>
     public void Poison()
     {
         _half?.Fill(0xFF);
         _bf16?.Fill(0xFF);
         _f32?.Fill(0xFF);
+        _f8?.Fill(0xFF);
     }
 
     public DeviceTensor Tensor(long[] shape, long[]? strides = null, long elementOffset = 0)
@@ -125,6 +144,11 @@ internal sealed class DeviceArray : IDisposable
             return DeviceTensor.FromBuffer(_bf16, shape, strides ?? default(ReadOnlySpan<long>), elementOffset);
         }
 
+        if (_f8 is not null)
+        {
+            return DeviceTensor.FromBuffer(_f8, shape, strides ?? default(ReadOnlySpan<long>), elementOffset);
+        }
+
         return DeviceTensor.FromBuffer(_f32!, shape, strides ?? default(ReadOnlySpan<long>), elementOffset);
     }
 
@@ -133,5 +157,6 @@ internal sealed class DeviceArray : IDisposable
         _half?.Dispose();
         _bf16?.Dispose();
         _f32?.Dispose();
+        _f8?.Dispose();
     }
 }

@@ -29,7 +29,12 @@ internal static class ForwardPaths
 
     public static string Tag(KernelPath path) => path == KernelPath.Sm90 ? "sm90" : "sm80";
 
-    public static string DtypeTag(DataType dtype) => dtype == DataType.Float16 ? "fp16" : "bf16";
+    public static string DtypeTag(DataType dtype) => dtype switch
+    {
+        DataType.Float16 => "fp16",
+        DataType.Float8E4M3 => "e4m3",
+        _ => "bf16",
+    };
 
     /// <summary>
     /// The kernel head dim that serves <paramref name="headDim"/> on <paramref name="path"/> (Auto resolved first): the
