@@ -53,9 +53,14 @@ def test_signature_is_flash_attn(name):
               if p.kind is p.POSITIONAL_OR_KEYWORD]
     got = [(p.name,) if p.default is p.empty else (p.name, p.default) for p in params]
     assert got == FLASH_ATTN_SIGNATURES[name]
-    # Extensions are keyword-only, so flash-attn's positional calls mean the same here.
-    extra = [p.name for p in inspect.signature(getattr(fai, name)).parameters.values() if p.kind is p.KEYWORD_ONLY]
-    assert extra in ([], ["causal_alignment"])
+    # Extensions are keyword-only, so flash-attn's positional calls mean the same here: causal_alignment, and
+    # FlashAttention-3's fp8 descales (default None) on every function with an fp8 forward.
+    kw = {p.name: p.default for p in inspect.signature(getattr(fai, name)).parameters.values()
+          if p.kind is p.KEYWORD_ONLY}
+    if name == "flash_attn_with_kvcache":
+        assert kw == {}
+    else:
+        assert kw == {"causal_alignment": "bottom_right", "q_descale": None, "k_descale": None, "v_descale": None}
 
 
 # ---- refusals: raised before torch is imported (these run with torch absent or present) --------------------------
@@ -394,3 +399,213 @@ def test_a_value_that_does_not_fit_its_field_is_an_error():
         _args.pack_forward(_abi.FaForwardParams(), t, t, t, t, _args.NO_TENSOR, 0.0, False, 0, 2**31, -1, 0.0)
     with pytest.raises(ValueError, match="cannot be described"):
         _args.tensor_fields(0x7F0000000000, F32, (1, 2, 3, 4, 5), (120, 60, 20, 5, 1))
+
+
+# ---- fp8 (e4m3): FlashAttention-3's fp8 forward ---------------------------------------------------------------------
+
+E4M3 = _abi.FA_DTYPE_FLOAT8_E4M3
+
+
+def fp8_fwd(fake, b=2, sq=128, sk=256, h=8, hkv=2, d=64, out_dtype=BF16, descale_shape=None, descale_dtype=F32,
+            varlen=None, broadcast=False, **kw):
+    """fa_forward_params_t of an fp8 call over fake descriptors, with the three descale tables (shape
+    (b, hkv) unless descale_shape; broadcast: strides (0, 0) over one value)."""
+    shape = descale_shape or (b, hkv)
+    def table():
+        t = fake(shape, descale_dtype)
+        return t._replace(strides=(0, 0)) if broadcast else t
+    if varlen:
+        q, k, v, o = fake((300, h, d), E4M3), fake((400, hkv, d), E4M3), fake((400, hkv, d), E4M3), \
+            fake((300, h, d), out_dtype)
+    else:
+        q, k, v, o = fake((b, sq, h, d), E4M3), fake((b, sk, hkv, d), E4M3), fake((b, sk, hkv, d), E4M3), \
+            fake((b, sq, h, d), out_dtype)
+    return _args.forward_params(lib_of(fake), q, k, v, o, kw.pop("lse", None), descales=(table(), table(), table()),
+                                varlen=varlen, **kw)
+
+
+def lib_of(fake):
+    return fake.lib
+
+
+class FakeWithLib(Fake):
+    def __init__(self, lib):
+        super().__init__()
+        self.lib = lib
+
+
+def fp8_kernels(lib):
+    """Whether this build lists sm90 fp8 forward kernels (the fp8 forward is then served at compute capability 9.0)."""
+    import ctypes
+    n = ctypes.c_int32(0)
+    lib.lib.fa_kernel_count(ctypes.byref(n))
+    names = []
+    for i in range(n.value):
+        p = ctypes.c_char_p()
+        lib.lib.fa_kernel_name(i, ctypes.byref(p))
+        names.append(p.value.decode())
+    return any(x.startswith("sm90_fwd_e4m3") for x in names)
+
+
+def test_fp8_descales_are_packed_like_field_by_field():
+    fake = Fake()
+    q, k, v, o = fake((2, 128, 8, 64), E4M3), fake((2, 256, 2, 64), E4M3), fake((2, 256, 2, 64), E4M3), \
+        fake((2, 128, 8, 64), BF16)
+    qd, kd = fake((2, 2), F32), fake((2, 2), F32)._replace(strides=(0, 0))  # per (batch, kv head); per tensor
+    packed = _patterned(_abi.FaForwardParams)
+    _args.pack_forward(packed, *(_args.desc_fields(t) for t in (q, k, v, o, None)), 0.0, True, 0, -1, -1, 0.0, None,
+                       (_args.desc_fields(qd), _args.desc_fields(kd), _args.NO_TENSOR))
+    ref = _patterned(_abi.FaForwardParams)
+    ref.q, ref.k, ref.v, ref.out, ref.lse = (_by_field(t) for t in (q, k, v, o, None))
+    _by_field_options(ref, 0.0, True, (-1, -1), 0.0)
+    ref.causal_alignment = 0
+    ref.q_descale, ref.k_descale, ref.v_descale = _by_field(qd), _by_field(kd), _by_field(None)
+    assert bytes(packed) == bytes(ref)
+    assert list(packed.k_descale.strides)[:2] == [0, 0] and packed.v_descale.data is None
+
+
+def test_forward_params_have_no_descales_unless_given(lib):
+    fake = Fake()
+    p = fwd(lib, fake)
+    for t in (p.q_descale, p.k_descale, p.v_descale):
+        assert t.data is None and t.rank == 0  # the init template's zeroed descriptors: factor 1
+
+
+def test_fp8_forward_is_served_by_the_sm90_path_only(lib):
+    # Valid fp8 arguments (per-(batch, kv head) and per-tensor descales, fixed and variable length): at compute
+    # capability 8.0 the library refuses them as UNSUPPORTED, naming fp8 and sm90; at 9.0 it serves them exactly
+    # when this build has the sm90 fp8 kernels.
+    fake = FakeWithLib(lib)
+    served = fp8_kernels(lib)
+    for p in (fp8_fwd(fake, causal=True), fp8_fwd(fake, broadcast=True, window=(64, 0), softcap=30.0),
+              fp8_fwd(fake, varlen=(0x7E0000000000, 0x7E0000001000, 3, 128, 200), descale_shape=(3, 2))):
+        status, msg = check_status(lib, "forward", p, 80)
+        assert status == _abi.FA_STATUS_UNSUPPORTED and "fp8" in msg and "sm90" in msg, msg
+        status, msg = check_status(lib, "forward", p, 90)
+        assert (status, msg) == (0, "") if served else (status == _abi.FA_STATUS_UNSUPPORTED and "fp8" in msg), msg
+    p = fp8_fwd(fake)
+    p.kernel_path = _abi.FA_PATH_SM80
+    status, msg = check_status(lib, "forward", p, 90)
+    assert status == _abi.FA_STATUS_UNSUPPORTED and "FA_PATH_SM80" in msg, msg
+
+
+@pytest.mark.parametrize("case,words", [
+    ("out-fp16", "bf16"),
+    ("k-bf16", "fp8"),
+    ("descale-per-q-head", "heads_kv"),
+    ("descale-fp16", "q_descale"),
+    ("descale-on-bf16-call", "q_descale"),
+    ("varlen-descale-per-fixed-batch", "varlen_batch"),
+    ("head-dim-24", "multiples of 16"),
+])
+def test_fp8_argument_errors_carry_the_library_message(lib, case, words):
+    fake = FakeWithLib(lib)
+    if case == "out-fp16":
+        p = fp8_fwd(fake, out_dtype=_abi.FA_DTYPE_FLOAT16)
+    elif case == "k-bf16":
+        p = fp8_fwd(fake)
+        p.k.dtype = BF16
+    elif case == "descale-per-q-head":
+        p = fp8_fwd(fake, descale_shape=(2, 8))
+    elif case == "descale-fp16":
+        p = fp8_fwd(fake, descale_dtype=_abi.FA_DTYPE_FLOAT16)
+    elif case == "descale-on-bf16-call":
+        p = fp8_fwd(fake)
+        for t in (p.q, p.k, p.v):
+            t.dtype = BF16
+    elif case == "varlen-descale-per-fixed-batch":
+        p = fp8_fwd(fake, varlen=(0x7E0000000000, 0x7E0000001000, 3, 128, 200), descale_shape=(2, 2))
+    else:
+        p = fp8_fwd(fake, d=24)
+    status, msg = check_status(lib, "forward", p, 90)
+    assert status == _abi.FA_STATUS_INVALID_ARGUMENT, msg
+    assert words in msg
+
+
+def test_fp8_decode_is_refused(lib):
+    fake = Fake()
+    q, out = fake((4, 1, 8, 64), E4M3), fake((4, 1, 8, 64), BF16)
+    p = _args.decode_params(lib, q, fake((4, 1024, 2, 64), E4M3), fake((4, 1024, 2, 64), E4M3), out,
+                            fake((4,), I32))
+    status, msg = check_status(lib, "decode", p, 90)
+    assert status in (_abi.FA_STATUS_INVALID_ARGUMENT, _abi.FA_STATUS_UNSUPPORTED) and "fp8" in msg.lower(), msg
+
+
+# The argument checks of the fp8 path in Python (CPU tensors: every check comes before the device check).
+
+def _torch_fp8():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    return torch
+
+
+def _cpu_fp8(torch, *shape):
+    return torch.randn(*shape).to(torch.float8_e4m3fn)
+
+
+def test_fp8_descales_need_fp8_inputs():
+    torch = _torch_fp8()
+    q = torch.zeros(1, 16, 2, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="k_descale is given but q is torch.bfloat16"):
+        fai.flash_attn_func(q, q, q, k_descale=torch.ones(1, 2))
+
+
+def test_fp8_inputs_that_require_grad_are_refused():
+    torch = _torch_fp8()
+    q = _cpu_fp8(torch, 1, 16, 2, 64)
+    try:
+        q.requires_grad_()
+    except RuntimeError as e:
+        pytest.skip(f"this PyTorch does not let an fp8 tensor require grad ({e})")
+    with pytest.raises(UnsupportedArgumentError, match="no backward pass"):
+        fai.flash_attn_func(q, q.detach(), q.detach())
+    with torch.no_grad():  # grad mode off: not refused for that reason (the device check comes next)
+        with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
+            fai.flash_attn_func(q, q.detach(), q.detach())
+
+
+@pytest.mark.parametrize("case,error,words", [
+    ("k-bf16", TypeError, "k is torch.bfloat16 but q is torch.float8_e4m3fn"),
+    ("descale-per-q-head", ValueError, r"v_descale must be \(batch, nheads_k\) = \(2, 2\)"),
+    ("descale-fp16", TypeError, "q_descale must be torch.float32"),
+    ("rank-3", ValueError, r"q must be \[batch, seqlen, heads, head_dim\]"),
+    ("varlen-descale-rows", ValueError, r"k_descale must be \(batch, nheads_k\) = \(3, 2\)"),
+    ("valid-on-cpu", RuntimeError, "runs on CUDA tensors only"),
+])
+def test_fp8_argument_checks(case, error, words):
+    torch = _torch_fp8()
+    q, k, v = _cpu_fp8(torch, 2, 16, 8, 64), _cpu_fp8(torch, 2, 32, 2, 64), _cpu_fp8(torch, 2, 32, 2, 64)
+    d = {"q_descale": torch.rand(2, 2) * 2, "k_descale": torch.ones(1, 1).expand(2, 2), "v_descale": None}
+    if case == "k-bf16":
+        k = k.to(torch.bfloat16)
+    elif case == "descale-per-q-head":
+        d["v_descale"] = torch.ones(2, 8)
+    elif case == "descale-fp16":
+        d["q_descale"] = d["q_descale"].half()
+    elif case == "rank-3":
+        q = q[0]
+    if case == "varlen-descale-rows":  # 3 sequences: q's table has 3 rows, k's the fixed batch's 2
+        d["q_descale"] = torch.rand(3, 2) * 2
+        cu = torch.tensor([0, 5, 5, 16], dtype=torch.int32)
+        with pytest.raises(error, match=words):
+            fai.flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, 11, 11, **d)
+        return
+    with pytest.raises(error, match=words):
+        fai.flash_attn_func(q, k, v, causal=True, **d)
+
+
+def test_fp8_packed_functions_take_descales():
+    torch = _torch_fp8()
+    qkv = _cpu_fp8(torch, 2, 16, 3, 4, 64)
+    with pytest.raises(ValueError, match=r"q_descale must be \(batch, nheads_k\) = \(2, 4\)"):
+        fai.flash_attn_qkvpacked_func(qkv, q_descale=torch.ones(2, 2))
+    with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):  # every check passed: the device is next
+        fai.flash_attn_kvpacked_func(qkv[:, :, 0], qkv[:, :, 1:], v_descale=torch.ones(2, 4))
+
+
+def test_fp8_kvcache_is_refused():
+    torch = _torch_fp8()
+    q, cache = _cpu_fp8(torch, 1, 1, 4, 64), _cpu_fp8(torch, 1, 64, 4, 64)
+    with pytest.raises(UnsupportedArgumentError, match="float8_e4m3fn"):
+        fai.flash_attn_with_kvcache(q, cache, cache)

@@ -388,3 +388,246 @@ def test_tiny_gpt_trains_like_sdpa():
         ma, mb = sum(a) / len(a), sum(b) / len(b)
         assert abs(ma - mb) <= 0.1 * mb + 0.05, (ma, mb)
     assert abs(f_tail - s_tail) <= 0.1 * s_tail + 0.05, (f_tail, s_tail)
+
+
+# ---- fp8 (e4m3) forward: FlashAttention-3's fp8 forward, against a float64 reference with FA3's tolerance rule -------
+
+FP8 = getattr(torch, "float8_e4m3fn", None)
+
+
+def fp8_served():
+    """The library's fp8 forward runs on the sm90 kernels: compute capability 9.0 (H100/H200). Elsewhere every fp8
+    call must be refused with FA_STATUS_UNSUPPORTED (asserted, not skipped)."""
+    return torch.cuda.get_device_capability() == (9, 0)
+
+
+def fp8_call(fn):
+    """fn()'s result where the fp8 forward is served; None after checking the refusal where it is not."""
+    if FP8 is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    if fp8_served():
+        return fn()
+    with pytest.raises(fai.FlashAttentionError) as ei:
+        fn()
+    assert ei.value.status == 2 and "fp8" in ei.value.message, ei.value.message
+    return None
+
+
+def fp8_rand(*shape, scale=1.0):
+    """FA3's fp8 inputs: bf16 normal values (times scale) converted to e4m3."""
+    return (torch.randn(*shape, device=DEV, dtype=torch.bfloat16) * scale).to(FP8)
+
+
+def fp8_descale(kind, b, hkv):
+    """None (factor 1), one factor for the whole tensor (strides 0), or FA3's rand(b, hkv) * 2."""
+    if kind == "none":
+        return None
+    if kind == "tensor":
+        return (torch.rand(1, 1, device=DEV) * 2).expand(b, hkv)
+    return torch.rand(b, hkv, device=DEV) * 2
+
+
+def reference_fp8(q8, k8, v8, qd=None, kd=None, vd=None, causal=False, window=(-1, -1), softcap=0.0, scale=None,
+                  top_left=False, round_p=False):
+    """(out, lse) in float64 on the dequantized values (q by its KV head's factor); round_p: each weight
+    256 * e^(x - max) rounded to e4m3 before P.V as the kernel rounds it (the row sum unrounded), FA3's pt."""
+    b, sq, h, d = q8.shape
+    sk, hkv = k8.shape[1], k8.shape[2]
+    if sk == 0:  # no key at all: every row sees none
+        return (torch.zeros(b, sq, h, d, dtype=torch.float64, device=DEV),
+                torch.full((b, h, sq), float("inf"), dtype=torch.float64, device=DEV))
+    g = h // hkv
+    q, k, v = q8.double(), k8.double(), v8.double()
+    if qd is not None:
+        q = q * qd.double().repeat_interleave(g, dim=1)[:, None, :, None]
+    if kd is not None:
+        k = k * kd.double()[:, None, :, None]
+    if vd is not None:
+        v = v * vd.double()[:, None, :, None]
+    k, v = k.repeat_interleave(g, dim=2), v.repeat_interleave(g, dim=2)
+    scale = scale or 1.0 / math.sqrt(d)
+    s = torch.einsum("bqhd,bkhd->bhqk", q * scale, k)
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    off = 0 if top_left else sk - sq
+    i = torch.arange(sq, device=DEV)[:, None] + off
+    j = torch.arange(sk, device=DEV)[None, :]
+    left, right = window
+    if causal:
+        right = 0
+    mask = torch.zeros(sq, sk, dtype=torch.bool, device=DEV)
+    if right >= 0:
+        mask |= j > i + right
+    if left >= 0:
+        mask |= j < i - left
+    s = s.masked_fill(mask, float("-inf"))
+    m = s.amax(-1, keepdim=True)
+    empty = torch.isinf(m) & (m < 0)
+    m = m.masked_fill(empty, 0.0)
+    w = torch.exp(s - m)
+    total = w.sum(-1, keepdim=True)
+    p = (w * 256).to(FP8).double() / 256 if round_p else w
+    out = torch.einsum("bhqk,bkhd->bqhd", p / total.clamp_min(1e-300), v)
+    lse = (m + torch.log(total)).squeeze(-1).masked_fill(empty.squeeze(-1), float("inf"))
+    return out, lse
+
+
+def lse_bound(q8, k8, qd, kd, scale):
+    """Our LSE bound (tests/.../Float8Testing.cs): 1e-4 * max(1, |ref|) is added by the caller; this is
+    2^-10 * scale * sum_x |q_x| * max_j |k_jx| on the true values, per (b, h, i)."""
+    b, sq, h, d = q8.shape
+    g = h // k8.shape[2]
+    if k8.shape[1] == 0:
+        return torch.zeros(b, h, sq, dtype=torch.float64, device=DEV)
+    q, k = q8.double(), k8.double()
+    if qd is not None:
+        q = q * qd.double().repeat_interleave(g, dim=1)[:, None, :, None]
+    if kd is not None:
+        k = k * kd.double()[:, None, :, None]
+    kmax = k.abs().amax(dim=1).repeat_interleave(g, dim=1)  # [b, h, d]
+    return (q.abs() * kmax[:, None]).sum(-1).transpose(1, 2) * scale / 1024  # [b, h, sq]
+
+
+def assert_fp8_close(out, ref, pt, softcap, what=""):
+    """FA3's rule: every element finite, max|out - ref| <= rtol * max|pt - ref| + 2 * max|(ref + 0.3 - 0.3) - ref|
+    with the last term in bf16 arithmetic on the bf16 ref (as FA3 evaluates it), rtol 2 (3 with softcap)."""
+    assert out.dtype == torch.bfloat16
+    assert torch.isfinite(out).all(), what
+    rb = ref.bfloat16()
+    noise = ((rb + 0.3) - 0.3 - rb).abs().max().item()
+    rtol = 3 if softcap > 0 else 2
+    err, pt_err = max_err(out, ref), max_err(pt.bfloat16(), ref)
+    assert err <= rtol * pt_err + 2 * noise, f"{what}: max|out-ref| {err:.3e} > {rtol} * {pt_err:.3e} + 2 * {noise:.3e}"
+
+
+def assert_lse_close(lse, ref_lse, bound, what=""):
+    inf = torch.isinf(ref_lse)
+    assert torch.equal(torch.isposinf(lse), inf), f"{what}: +inf exactly where a row sees no key"
+    tol = 1e-4 * ref_lse[~inf].abs().clamp_min(1.0) + bound[~inf]
+    diff = (lse[~inf].double() - ref_lse[~inf]).abs()
+    assert (diff <= tol).all(), f"{what}: lse off by {diff.max().item():.3e}"
+
+
+FP8_CASES = [
+    # (name, sq, sk, h, hkv, d, kwargs)
+    ("plain-d64", 128, 128, 4, 4, 64, {}),
+    ("causal-d128", 113, 203, 8, 2, 128, {"causal": True}),
+    ("causal-top-left-d256", 203, 113, 4, 4, 256, {"causal": True, "causal_alignment": "top_left"}),
+    ("window-d80", 150, 301, 4, 2, 80, {"window_size": (40, 16)}),
+    ("softcap-d144", 128, 217, 6, 1, 144, {"softcap": 15.0}),
+    ("causal-window-softcap-d128", 217, 128, 8, 8, 128, {"causal": True, "window_size": (7, -1), "softcap": 30.0}),
+    ("mqa-scale-d64", 1, 1023, 16, 1, 64, {"softmax_scale": 0.05}),
+    ("long-gqa-d128", 1023, 1023, 32, 8, 128, {"causal": True}),
+]
+
+
+@pytest.mark.parametrize("descales", ["none", "tensor", "head"])
+@pytest.mark.parametrize("name,sq,sk,h,hkv,d,kw", FP8_CASES, ids=[c[0] for c in FP8_CASES])
+def test_fp8_forward_against_float64(name, sq, sk, h, hkv, d, kw, descales):
+    if FP8 is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    torch.manual_seed(100)
+    b = 2
+    softcap = kw.get("softcap", 0.0)
+    q = fp8_rand(b, sq, h, d, scale=softcap / 4 if softcap > 0 else 1.0)  # FA3: q * softcap / 4
+    k, v = fp8_rand(b, sk, hkv, d), fp8_rand(b, sk, hkv, d)
+    qd, kd, vd = (fp8_descale(descales, b, hkv) for _ in range(3))
+    got = fp8_call(lambda: fai.flash_attn_func(q, k, v, return_attn_probs=True, q_descale=qd, k_descale=kd,
+                                               v_descale=vd, **kw))
+    if got is None:
+        return
+    out, lse, _ = got
+    assert out.shape == q.shape and out.dtype == torch.bfloat16
+    assert lse.shape == (b, h, sq) and lse.dtype == torch.float32
+    ref_kw = dict(causal=kw.get("causal", False), window=kw.get("window_size", (-1, -1)), softcap=softcap,
+                  scale=kw.get("softmax_scale"), top_left=kw.get("causal_alignment") == "top_left")
+    ref, ref_lse = reference_fp8(q, k, v, qd, kd, vd, **ref_kw)
+    pt, _ = reference_fp8(q, k, v, qd, kd, vd, round_p=True, **ref_kw)
+    assert_fp8_close(out, ref, pt, softcap, name)
+    assert_lse_close(lse, ref_lse, lse_bound(q, k, qd, kd, kw.get("softmax_scale") or 1 / math.sqrt(d)), name)
+    # Rows that see no key: exactly 0 (FA3's pt and ref are 0 there too, so the rule alone would not see it).
+    empty = torch.isinf(ref_lse).transpose(1, 2)[..., None].expand_as(out)
+    assert (out[empty] == 0).all()
+
+
+def test_fp8_varlen_with_empty_sequences():
+    if FP8 is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    torch.manual_seed(101)
+    lens_q, lens_k = [37, 0, 1, 128, 90, 5], [50, 3, 0, 128, 1, 0]
+    h, hkv, d = 8, 2, 128
+    cu_q = torch.tensor([0] + list(torch.tensor(lens_q).cumsum(0)), device=DEV, dtype=torch.int32)
+    cu_k = torch.tensor([0] + list(torch.tensor(lens_k).cumsum(0)), device=DEV, dtype=torch.int32)
+    q, k, v = fp8_rand(sum(lens_q), h, d), fp8_rand(sum(lens_k), hkv, d), fp8_rand(sum(lens_k), hkv, d)
+    qd, kd, vd = (fp8_descale("head", len(lens_q), hkv) for _ in range(3))
+    got = fp8_call(lambda: fai.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=True,
+                                                      return_attn_probs=True, q_descale=qd, k_descale=kd,
+                                                      v_descale=vd))
+    if got is None:
+        return
+    out, lse, _ = got
+    assert out.dtype == torch.bfloat16 and lse.shape == (h, sum(lens_q))
+    for i in range(len(lens_q)):
+        a, e, ka, ke = cu_q[i].item(), cu_q[i + 1].item(), cu_k[i].item(), cu_k[i + 1].item()
+        if e == a:
+            continue
+        one = (q[a:e][None], k[ka:ke][None], v[ka:ke][None], qd[i:i + 1], kd[i:i + 1], vd[i:i + 1])
+        ref, ref_lse = reference_fp8(*one, causal=True)
+        pt, _ = reference_fp8(*one, causal=True, round_p=True)
+        what = f"sequence {i} (sq {e - a}, sk {ke - ka})"
+        assert_fp8_close(out[a:e][None], ref, pt, 0.0, what)
+        assert_lse_close(lse[:, a:e][None], ref_lse, lse_bound(q[a:e][None], k[ka:ke][None], qd[i:i + 1],
+                                                                kd[i:i + 1], 1 / math.sqrt(d)), what)
+
+
+def test_fp8_packed_and_strided_inputs_match_contiguous_copies():
+    if FP8 is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    torch.manual_seed(102)
+    qkv = fp8_rand(2, 160, 3, 4, 64)
+    qd, kd, vd = (fp8_descale("head", 2, 4) for _ in range(3))
+    packed = fp8_call(lambda: fai.flash_attn_qkvpacked_func(qkv, causal=True, q_descale=qd, k_descale=kd,
+                                                             v_descale=vd))
+    if packed is None:
+        return
+    q, k, v = (qkv[:, :, i].contiguous() for i in range(3))
+    plain = fai.flash_attn_func(q, k, v, causal=True, q_descale=qd, k_descale=kd, v_descale=vd)
+    assert torch.equal(packed, plain)  # the strided views read in place give the same bits
+    kv = torch.stack([k, v], 2)
+    assert torch.equal(fai.flash_attn_kvpacked_func(q, kv, causal=True, q_descale=qd, k_descale=kd, v_descale=vd),
+                       plain)
+    # A transposed (non-contiguous) descale table reads the same factors.
+    kd_t = kd.t().contiguous().t()
+    assert kd_t.stride() != kd.stride()
+    assert torch.equal(fai.flash_attn_func(q, k, v, causal=True, q_descale=qd, k_descale=kd_t, v_descale=vd), plain)
+    # Bitwise repeatable.
+    assert torch.equal(fai.flash_attn_func(q, k, v, causal=True, q_descale=qd, k_descale=kd, v_descale=vd), plain)
+
+
+def test_fp8_custom_op_matches_the_eager_call():
+    ops = _custom_ops()
+    if FP8 is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    torch.manual_seed(103)
+    q, k, v = fp8_rand(2, 128, 4, 128), fp8_rand(2, 128, 2, 128), fp8_rand(2, 128, 2, 128)
+    kd = fp8_descale("head", 2, 2)
+    got = fp8_call(lambda: fai.flash_attn_func(q, k, v, causal=True, return_attn_probs=True, k_descale=kd))
+    if got is None:
+        return
+    out, lse, _ = got
+    out2, lse2 = ops.fwd_fp8_op(q, k, v, None, kd, None, 0.0, True, 0, -1, -1, 0.0, None, None, 0, 0)
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+
+
+def test_fp8_refusals_on_the_gpu():
+    if FP8 is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    q = fp8_rand(1, 64, 2, 64)
+    with pytest.raises(fai.UnsupportedArgumentError, match="no backward pass"):
+        fai.flash_attn_func(q.float().requires_grad_().to(FP8), q, q)  # a non-leaf that requires grad
+    with pytest.raises(fai.UnsupportedArgumentError, match="float8_e4m3fn"):
+        fai.flash_attn_with_kvcache(q, q, q)
+    with pytest.raises(fai.FlashAttentionError) as ei:  # the d % 16 rule, from the library
+        q24 = fp8_rand(1, 64, 2, 32)[..., :24]
+        fai.flash_attn_func(q24, q24, q24)
+    assert ei.value.status in (1, 2) and "16" in ei.value.message

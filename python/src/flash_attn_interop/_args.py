@@ -90,6 +90,22 @@ def causal_alignment_arg(function, causal_alignment):
                          f"got {causal_alignment!r}") from None
 
 
+DESCALE_NAMES = ("q_descale", "k_descale", "v_descale")
+
+
+def no_descales(q_descale, k_descale, v_descale):
+    """True when no fp8 descale factor is given (the 16-bit calls' fast test)."""
+    return q_descale is None and k_descale is None and v_descale is None
+
+
+def refuse_fp8_grad(function):
+    """fp8 inputs that require grad: FlashAttention-3 has no fp8 backward, and neither has the library."""
+    raise UnsupportedArgumentError(
+        f"{function}: fp8 (torch.float8_e4m3fn) q, k and v have no backward pass (as in FlashAttention-3, the fp8 "
+        "forward is inference-only): they must not require grad; call it under torch.no_grad() or on detached "
+        "tensors, or use bf16/fp16 inputs for training")
+
+
 def num_splits_arg(function, num_splits):
     n = int(num_splits)
     if n < 0 or n > _abi.FA_DECODE_MAX_SPLITS:
@@ -172,6 +188,7 @@ _FWD_MAIN = _run(_F, "q", "k", "v", "out", "lse", "softmax_scale", "causal", "ca
 _FWD_WINDOW = _run(_F, "window_left", "window_right", "softcap")
 _FWD_CU = _run(_F, "cu_seqlens_q", "cu_seqlens_k")
 _FWD_LENS = _run(_F, "varlen_batch", "max_seqlen_q", "max_seqlen_k")
+_FWD_DESCALE = _run(_F, "q_descale", "k_descale", "v_descale")
 _B = _abi.FaBackwardParams
 _BWD_MAIN = _run(_B, "q", "k", "v", "out", "dout", "lse", "dq", "dk", "dv", "softmax_scale", "causal",
                  "causal_alignment")
@@ -196,10 +213,12 @@ def _pack_varlen(p, cu_run, lens_run, varlen):
 
 
 def pack_forward(p, q, k, v, out, lse, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
-                 varlen=None):
+                 varlen=None, descales=None):
     """Writes the fields of fa_forward_params_t p (a copy of the init template) that a call sets. q..lse: tensor_fields
     tuples (NO_TENSOR: not given). varlen: None, or (cu_seqlens_q address, cu_seqlens_k address, batch, max_seqlen_q,
-    max_seqlen_k) with no host copies (the device arrays are trusted, as flash-attn does: no host synchronisation)."""
+    max_seqlen_k) with no host copies (the device arrays are trusted, as flash-attn does: no host synchronisation).
+    descales: None (the template's: none), or the tensor_fields of q_descale, k_descale and v_descale (NO_TENSOR: a
+    factor of 1), the fp8 forward's."""
     try:
         off, s = _FWD_MAIN
         s.pack_into(p, off, *q, *k, *v, *out, *lse, softmax_scale, 1 if causal else 0, causal_alignment)
@@ -207,6 +226,10 @@ def pack_forward(p, q, k, v, out, lse, softmax_scale, causal, causal_alignment, 
         s.pack_into(p, off, window_left, window_right, softcap)
         if varlen is not None:
             _pack_varlen(p, _FWD_CU, _FWD_LENS, varlen)
+        if descales is not None:
+            qd, kd, vd = descales
+            off, s = _FWD_DESCALE
+            s.pack_into(p, off, *qd, *kd, *vd)
     except (struct.error, OverflowError) as e:
         raise _unfit("forward", e) from None
 
@@ -248,11 +271,14 @@ def _int_varlen(varlen):
 
 
 def forward_params(lib, q, k, v, out, lse=None, *, softmax_scale=0.0, causal=False,
-                   causal_alignment=_abi.FA_CAUSAL_BOTTOM_RIGHT, window=(-1, -1), softcap=0.0, varlen=None):
-    """fa_forward_params_t over TensorDescs (lse None: not written). lib: a loaded _library.Library."""
+                   causal_alignment=_abi.FA_CAUSAL_BOTTOM_RIGHT, window=(-1, -1), softcap=0.0, varlen=None,
+                   descales=None):
+    """fa_forward_params_t over TensorDescs (lse None: not written). lib: a loaded _library.Library. descales: None,
+    or (q_descale, k_descale, v_descale) TensorDescs (None: a factor of 1), the fp8 forward's."""
     p = lib.new_params("forward")
     pack_forward(p, desc_fields(q), desc_fields(k), desc_fields(v), desc_fields(out), desc_fields(lse), softmax_scale,
-                 causal, causal_alignment, window[0], window[1], softcap, _int_varlen(varlen))
+                 causal, causal_alignment, window[0], window[1], softcap, _int_varlen(varlen),
+                 None if descales is None else tuple(desc_fields(t) for t in descales))
     return p
 
 

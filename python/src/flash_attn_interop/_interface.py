@@ -8,8 +8,15 @@ Semantics (flash-attn >= 2.1): tensors [batch, seqlen, heads, head_dim] (varlen:
 causal is aligned bottom-right (query i sees keys j <= i + seqlen_k - seqlen_q); window_size=(left, right) with -1
 unbounded, applied on the same diagonal, causal forcing right to 0; softcap > 0 caps the scaled scores with
 softcap * tanh(s / softcap); k/v may have fewer heads than q (GQA/MQA: heads_q divisible by heads_kv); the
-log-sum-exp is [batch, heads, seqlen_q] fp32 ([heads, total_q] varlen). One extension, keyword-only:
-causal_alignment="top_left" places the causal diagonal as PyTorch's is_causal does.
+log-sum-exp is [batch, heads, seqlen_q] fp32 ([heads, total_q] varlen). Extensions, keyword-only:
+causal_alignment="top_left" places the causal diagonal as PyTorch's is_causal does; q_descale, k_descale and v_descale
+are FlashAttention-3's fp8 forward arguments.
+
+fp8 (FlashAttention-3's fp8 forward): q, k and v all torch.float8_e4m3fn give a torch.bfloat16 output; q_descale,
+k_descale and v_descale (float32 (batch, nheads_k), even for q; None: 1.0) scale the values back: the attention is
+that of q * q_descale[b, h // (nheads // nheads_k)], k * k_descale[b, hk] and v * v_descale[b, hk], the log-sum-exp
+that of these logits. Forward only (no autograd: inputs that require grad are refused), head dims multiples of 16,
+served by the library's sm90 kernels (compute capability 9.0; elsewhere the library says FA_STATUS_UNSUPPORTED).
 """
 from . import _args
 
@@ -69,8 +76,15 @@ def _attn_inputs(ops, function, q, k, v, plain, rank, layout):
     return q, k, v
 
 
-def _dense(function, q, k, v, opts, deterministic, return_attn_probs):
+_NO_DESCALES = (None, None, None)
+_DENSE_LAYOUT = "[batch, seqlen, heads, head_dim]"
+_VARLEN_LAYOUT = "[total, heads, head_dim]"
+
+
+def _dense(function, q, k, v, opts, deterministic, return_attn_probs, descales=_NO_DESCALES):
     ops = _ops or _torch_ops()
+    if descales is not _NO_DESCALES:
+        return _fp8(ops, function, q, k, v, None, None, 0, 0, opts, descales, return_attn_probs)
     r = ops.dense_eager(q, k, v, opts, deterministic, return_attn_probs)  # the whole call, when it is plain
     if r is not None:
         return r
@@ -78,26 +92,73 @@ def _dense(function, q, k, v, opts, deterministic, return_attn_probs):
 
 
 def _dense_general(ops, function, q, k, v, opts, deterministic, return_attn_probs):
+    if ops.is_fp8(q):
+        return _fp8(ops, function, q, k, v, None, None, 0, 0, opts, _NO_DESCALES, return_attn_probs)
     plain = ops.plain_eager(q, k, v)  # False under torch.compile: the custom op
-    q, k, v = _attn_inputs(ops, function, q, k, v, plain, 4, "[batch, seqlen, heads, head_dim]")
+    q, k, v = _attn_inputs(ops, function, q, k, v, plain, 4, _DENSE_LAYOUT)
     out, lse = ops.attention(q, k, v, opts, bool(deterministic), None, None, 0, 0, plain, return_attn_probs)
     return _finish(out, lse, return_attn_probs, q)
 
 
-def _varlen(function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
-            return_attn_probs):
-    ops = _torch_ops()
-    plain = ops.plain_eager(q, k, v, cu_seqlens_q, cu_seqlens_k)
-    if not (plain and cu_seqlens_q.is_cuda and cu_seqlens_k.is_cuda):
-        ops.require_cuda(function, q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
-    q, k, v = _attn_inputs(ops, function, q, k, v, plain, 3, "[total, heads, head_dim]")
+def _cu_seqlens(ops, function, cu_seqlens_q, cu_seqlens_k):
     cu_q = ops.int32_input(function, "cu_seqlens_q", cu_seqlens_q)
     cu_k = ops.int32_input(function, "cu_seqlens_k", cu_seqlens_k)
     if cu_q.dim() != 1 or cu_k.dim() != 1 or cu_q.shape[0] != cu_k.shape[0] or cu_q.shape[0] < 2:
         raise ValueError(f"{function}: cu_seqlens_q and cu_seqlens_k must both be [batch + 1] (batch >= 1), got "
                          f"{tuple(cu_q.shape)} and {tuple(cu_k.shape)}")
+    return cu_q, cu_k
+
+
+def _varlen(function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
+            return_attn_probs, descales=_NO_DESCALES):
+    ops = _torch_ops()
+    if descales is not _NO_DESCALES or ops.is_fp8(q):
+        return _fp8(ops, function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, descales,
+                    return_attn_probs)
+    plain = ops.plain_eager(q, k, v, cu_seqlens_q, cu_seqlens_k)
+    if not (plain and cu_seqlens_q.is_cuda and cu_seqlens_k.is_cuda):
+        ops.require_cuda(function, q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+    q, k, v = _attn_inputs(ops, function, q, k, v, plain, 3, _VARLEN_LAYOUT)
+    cu_q, cu_k = _cu_seqlens(ops, function, cu_seqlens_q, cu_seqlens_k)
     out, lse = ops.attention(q, k, v, opts, bool(deterministic), cu_q, cu_k, int(max_seqlen_q), int(max_seqlen_k),
                              plain, return_attn_probs)
+    return _finish(out, lse, return_attn_probs, q)
+
+
+def _descales(q_descale, k_descale, v_descale):
+    """The descale arguments as one tuple (_NO_DESCALES itself when none is given: the 16-bit calls' test)."""
+    if q_descale is None and k_descale is None and v_descale is None:
+        return _NO_DESCALES
+    return q_descale, k_descale, v_descale
+
+
+def _fp8(ops, function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, descales,
+         return_attn_probs):
+    """The fp8 forward (FlashAttention-3's): q, k and v torch.float8_e4m3fn, out bf16, descales float32
+    (batch, nheads_k) or None; fixed-length when cu_seqlens_q is None. Never recorded by autograd."""
+    if not ops.is_fp8(q):
+        given = next(n for n, t in zip(_args.DESCALE_NAMES, descales) if t is not None)
+        raise ValueError(f"{function}: {given} is given but q is {getattr(q, 'dtype', type(q).__name__)}; descale "
+                         "factors scale torch.float8_e4m3fn inputs only (as in FlashAttention-3)")
+    varlen = cu_seqlens_q is not None
+    if ops.requires_grad(q, k, v):
+        _args.refuse_fp8_grad(function)
+    # The argument checks first, then the device (so that they can be tested on CPU tensors).
+    plain = ops.plain_eager(q, k, v, cu_seqlens_q, cu_seqlens_k, *descales)
+    rank, layout = (3, _VARLEN_LAYOUT) if varlen else (4, _DENSE_LAYOUT)
+    q, k, v = (ops.attn_input(function, n, t, plain, fp8=True) for n, t in (("q", q), ("k", k), ("v", v)))
+    for n, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != rank:
+            raise ValueError(f"{function}: {n} must be {layout}, got shape {tuple(t.shape)}")
+    cu_q = cu_k = None
+    if varlen:
+        cu_q, cu_k = _cu_seqlens(ops, function, cu_seqlens_q, cu_seqlens_k)
+    batch = cu_q.shape[0] - 1 if varlen else q.shape[0]
+    checked = tuple(ops.fp8_descale(function, n, t, batch, k.shape[-2]) for n, t in zip(_args.DESCALE_NAMES, descales))
+    ops.require_cuda(function, q=q, k=k, v=v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                     **dict(zip(_args.DESCALE_NAMES, checked)))
+    out, lse = ops.attention_fp8(q, k, v, checked, opts, cu_q, cu_k, int(max_seqlen_q), int(max_seqlen_k), plain,
+                                 return_attn_probs)
     return _finish(out, lse, return_attn_probs, q)
 
 
@@ -110,12 +171,17 @@ def _no_block_table(function, block_table):
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                     alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                    causal_alignment="bottom_right"):
+                    causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None):
     """Attention over q [batch, seqlen_q, heads, head_dim], k and v [batch, seqlen_k, heads_kv, head_dim] (fp16 or
     bf16, CUDA). Returns out [batch, seqlen_q, heads, head_dim]; with return_attn_probs, (out, softmax_lse
-    [batch, heads, seqlen_q] fp32, an empty S_dmask). Differentiable in q, k and v."""
+    [batch, heads, seqlen_q] fp32, an empty S_dmask). Differentiable in q, k and v.
+
+    fp8: q, k and v torch.float8_e4m3fn give a bf16 out; q_descale, k_descale, v_descale: float32
+    (batch, nheads_k) factors (None: 1.0), as FlashAttention-3's. Not differentiable (see the module's notes)."""
     f = "flash_attn_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
+    if q_descale is not None or k_descale is not None or v_descale is not None:
+        return _dense(f, q, k, v, opts, deterministic, return_attn_probs, (q_descale, k_descale, v_descale))
     ops = _ops or _torch_ops()
     r = ops.dense_eager(q, k, v, opts, deterministic, return_attn_probs)  # _dense, inlined (host time)
     if r is not None:
@@ -125,63 +191,69 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
 
 def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                               softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                              causal_alignment="bottom_right"):
-    """flash_attn_func on qkv [batch, seqlen, 3, heads, head_dim] (the three read in place, as strided views)."""
+                              causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None):
+    """flash_attn_func on qkv [batch, seqlen, 3, heads, head_dim] (the three read in place, as strided views); fp8
+    qkv with its descales as flash_attn_func's."""
     f = "flash_attn_qkvpacked_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(qkv, "dim", None) is None or qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"{f}: qkv must be [batch, seqlen, 3, heads, head_dim], got {_shape(qkv)}")
-    return _dense(f, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], opts, deterministic, return_attn_probs)
+    return _dense(f, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], opts, deterministic, return_attn_probs,
+                  _descales(q_descale, k_descale, v_descale))
 
 
 def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                             causal_alignment="bottom_right"):
-    """flash_attn_func on q and kv [batch, seqlen_k, 2, heads_kv, head_dim]."""
+                             causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None):
+    """flash_attn_func on q and kv [batch, seqlen_k, 2, heads_kv, head_dim]; fp8 as flash_attn_func's."""
     f = "flash_attn_kvpacked_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(kv, "dim", None) is None or kv.dim() != 5 or kv.shape[2] != 2:
         raise ValueError(f"{f}: kv must be [batch, seqlen_k, 2, heads_kv, head_dim], got {_shape(kv)}")
-    return _dense(f, q, kv[:, :, 0], kv[:, :, 1], opts, deterministic, return_attn_probs)
+    return _dense(f, q, kv[:, :, 0], kv[:, :, 1], opts, deterministic, return_attn_probs,
+                  _descales(q_descale, k_descale, v_descale))
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None, *,
-                           causal_alignment="bottom_right"):
+                           causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None):
     """Variable-length batch: q [total_q, heads, head_dim], k and v [total_k, heads_kv, head_dim], cu_seqlens_q/k
     int32 [batch + 1] prefix sums on the GPU, max_seqlen_q/k the longest lengths (host ints; no host copy of the
-    lengths is made). softmax_lse is [heads, total_q]."""
+    lengths is made). softmax_lse is [heads, total_q]. fp8 as flash_attn_func's, the descales (batch, nheads_k) with
+    one row per sequence."""
     f = "flash_attn_varlen_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     _no_block_table(f, block_table)
     return _varlen(f, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
-                   return_attn_probs)
+                   return_attn_probs, _descales(q_descale, k_descale, v_descale))
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
                                      window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
-                                     return_attn_probs=False, *, causal_alignment="bottom_right"):
-    """flash_attn_varlen_func on qkv [total, 3, heads, head_dim]."""
+                                     return_attn_probs=False, *, causal_alignment="bottom_right", q_descale=None,
+                                     k_descale=None, v_descale=None):
+    """flash_attn_varlen_func on qkv [total, 3, heads, head_dim]; fp8 as flash_attn_varlen_func's."""
     f = "flash_attn_varlen_qkvpacked_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(qkv, "dim", None) is None or qkv.dim() != 4 or qkv.shape[1] != 3:
         raise ValueError(f"{f}: qkv must be [total, 3, heads, head_dim], got {_shape(qkv)}")
     return _varlen(f, qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, opts,
-                   deterministic, return_attn_probs)
+                   deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale))
 
 
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                                     softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                                     alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                                    causal_alignment="bottom_right"):
-    """flash_attn_varlen_func on q [total_q, heads, head_dim] and kv [total_k, 2, heads_kv, head_dim]."""
+                                    causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None):
+    """flash_attn_varlen_func on q [total_q, heads, head_dim] and kv [total_k, 2, heads_kv, head_dim]; fp8 as
+    flash_attn_varlen_func's."""
     f = "flash_attn_varlen_kvpacked_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(kv, "dim", None) is None or kv.dim() != 4 or kv.shape[1] != 2:
         raise ValueError(f"{f}: kv must be [total_k, 2, heads_kv, head_dim], got {_shape(kv)}")
     return _varlen(f, q, kv[:, 0], kv[:, 1], cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts,
-                   deterministic, return_attn_probs)
+                   deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale))
 
 
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
@@ -213,6 +285,9 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     # rotary_interleaved only matters with rotary_cos/rotary_sin, refused above.
     ops = _torch_ops()
     import torch
+    if any(ops.is_fp8(t) for t in (q, k_cache, v_cache, k, v)):
+        _args.refuse(f, "dtype", "torch.float8_e4m3fn", "the library's fp8 is the forward of flash_attn_func and "
+                     "flash_attn_varlen_func; decode over a KV cache takes fp16 or bf16")
     ops.require_cuda(f, q=q, k_cache=k_cache, v_cache=v_cache, k=k, v=v, block_table=block_table,
                      cache_seqlens=cache_seqlens if isinstance(cache_seqlens, torch.Tensor) else None)
     q = ops.attn_input(f, "q", q)

@@ -25,6 +25,10 @@ NAMESPACE = "flash_attn_interop"
 _DTYPE_CODES = {torch.float16: _abi.FA_DTYPE_FLOAT16, torch.bfloat16: _abi.FA_DTYPE_BFLOAT16,
                 torch.float32: _abi.FA_DTYPE_FLOAT32, torch.int32: _abi.FA_DTYPE_INT32}
 _ATTN_DTYPES = (torch.float16, torch.bfloat16)
+# fp8 e4m3 (FlashAttention-3's fp8 forward: q, k and v together, bf16 out); None on a PyTorch without float8 (< 2.1).
+FP8 = getattr(torch, "float8_e4m3fn", None)
+if FP8 is not None:
+    _DTYPE_CODES[FP8] = _abi.FA_DTYPE_FLOAT8_E4M3
 _empty_like = torch.empty_like
 
 
@@ -142,13 +146,25 @@ def aligned(t):
     return t
 
 
-def attn_input(function, name, t, eager=None):
-    """q/k/v as the library takes them: fp16/bf16 CUDA, last dim contiguous, 16-byte aligned (else copied). eager:
-    the call runs on these real tensors here (plain_eager); else (under torch.compile, or through the custom op) only
-    the last dim is settled here and the alignment inside the op, where the tensors are real. None: not compiling."""
-    if t.dtype not in _ATTN_DTYPES:
+def is_fp8(t):
+    """Whether t is a torch.float8_e4m3fn tensor (the fp8 forward's inputs)."""
+    return FP8 is not None and getattr(t, "dtype", None) is FP8
+
+
+def attn_input(function, name, t, eager=None, fp8=False):
+    """q/k/v as the library takes them: fp16/bf16 (fp8: torch.float8_e4m3fn) CUDA, last dim contiguous, 16-byte
+    aligned (else copied). eager: the call runs on these real tensors here (plain_eager); else (under torch.compile,
+    or through the custom op) only the last dim is settled here and the alignment inside the op, where the tensors are
+    real. None: not compiling."""
+    if fp8:
+        if t.dtype is not FP8:
+            raise TypeError(f"{function}: {name} is {t.dtype} but q is torch.float8_e4m3fn; the fp8 forward takes q, "
+                            "k and v all in torch.float8_e4m3fn (as FlashAttention-3)")
+    elif t.dtype not in _ATTN_DTYPES:
         raise TypeError(f"{function}: {name} is {t.dtype}; FlashAttention.Interop serves torch.float16 and "
-                        "torch.bfloat16")
+                        "torch.bfloat16" + (", and torch.float8_e4m3fn for q, k and v together in the forward "
+                                            "(flash_attn_func, flash_attn_varlen_func and their packed forms)"
+                                            if FP8 is not None else ""))
     if eager is None:
         eager = not _compiling()
     if not eager:
@@ -221,6 +237,41 @@ def forward_impl(q, k, v, softmax_scale, causal, causal_alignment, window_left, 
                  cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
     return _forward(aligned(q), aligned(k), aligned(v), softmax_scale, causal, causal_alignment, window_left,
                     window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+
+
+def fp8_descale(function, name, t, batch, heads_kv):
+    """A descale factor table of the fp8 forward checked: a float32 CUDA tensor (batch, heads_kv) (FlashAttention-3's
+    shape: per KV head, even q_descale); any strides, 0 broadcasting (t.expand(batch, heads_kv) of one value)."""
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{function}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
+    if t.dtype != torch.float32:
+        raise TypeError(f"{function}: {name} must be torch.float32 (as FlashAttention-3 takes it), got {t.dtype}")
+    if tuple(t.shape) != (batch, heads_kv):
+        raise ValueError(f"{function}: {name} must be (batch, nheads_k) = ({batch}, {heads_kv}) (one factor per "
+                         f"sequence and KV head, even for q, as FlashAttention-3), got {tuple(t.shape)}")
+    return t
+
+
+def forward_fp8_impl(q, k, v, q_descale, k_descale, v_descale, softmax_scale, causal, causal_alignment, window_left,
+                     window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, want_lse=True):
+    """fa_forward on fp8 q, k, v with their descale tables (None: 1): (out bf16, contiguous like q; lse fp32 or None
+    when not wanted)."""
+    q, k, v = aligned(q), aligned(k), aligned(v)
+    lib = _lib()
+    device = q.get_device()
+    varlen = _varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    out = torch.empty(q.shape, dtype=torch.bfloat16, device=q.device)
+    lse = q.new_empty(_lse_shape(q, varlen is not None), dtype=torch.float32) if want_lse else None
+    p = lib.new_forward_params()
+    _args.pack_forward(p, fields(q), fields(k), fields(v), fields(out), fields(lse), softmax_scale, causal,
+                       causal_alignment, window_left, window_right, softcap, varlen,
+                       (fields(q_descale), fields(k_descale), fields(v_descale)))
+    st = lib.lib.fa_forward(lib.context(device), p, _stream(device))
+    if st:
+        raise lib.error("fa_forward", st)
+    return out, lse
 
 
 def _run_with_workspace(lib, kind, p, q):
@@ -317,6 +368,24 @@ if HAS_CUSTOM_OP:
         return (dq, dk, dv) + (None,) * 11
 
     torch.library.register_autograd(f"{NAMESPACE}::fwd", _backward, setup_context=_setup_context)
+
+    # The fp8 forward: no autograd is registered (there is no fp8 backward, as in FlashAttention-3; the entry points
+    # refuse inputs that require grad before they get here).
+    @torch.library.custom_op(f"{NAMESPACE}::fwd_fp8", mutates_args=(), device_types="cuda")
+    def fwd_fp8_op(q: T, k: T, v: T, q_descale: Optional[T], k_descale: Optional[T], v_descale: Optional[T],
+                   softmax_scale: float, causal: bool, causal_alignment: int, window_left: int, window_right: int,
+                   softcap: float, cu_seqlens_q: Optional[T], cu_seqlens_k: Optional[T], max_seqlen_q: int,
+                   max_seqlen_k: int) -> Tuple[T, T]:
+        return forward_fp8_impl(q, k, v, q_descale, k_descale, v_descale, softmax_scale, causal, causal_alignment,
+                                window_left, window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                max_seqlen_k)
+
+    @fwd_fp8_op.register_fake
+    def _fwd_fp8_fake(q, k, v, q_descale, k_descale, v_descale, softmax_scale, causal, causal_alignment, window_left,
+                      window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+        out = q.new_empty(q.shape, dtype=torch.bfloat16)
+        lse = q.new_empty(_lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
+        return out, lse
 
     @torch.library.custom_op(f"{NAMESPACE}::decode", mutates_args=("k_cache", "v_cache"), device_types="cuda")
     def decode_op(q: T, k_cache: T, v_cache: T, k: Optional[T], v: Optional[T], cache_seqlens: T,
@@ -460,6 +529,20 @@ def attention(q, k, v, opts, deterministic, cu_q, cu_k, max_q, max_k, plain, wan
     if not plain:
         q, k, v = aligned(q), aligned(k), aligned(v)
     return _forward(q, k, v, *opts, cu_q, cu_k, max_q, max_k, want_lse)
+
+
+def attention_fp8(q, k, v, descales, opts, cu_q, cu_k, max_q, max_k, plain, want_lse=True):
+    """(out bf16, lse) of the fp8 forward on q, k, v as attn_input made them, with descales (q_descale, k_descale,
+    v_descale; None entries: 1) checked by fp8_descale. Through the custom op unless plain (plain_eager of the call's
+    tensors); never recorded by autograd (the entry points refuse inputs that require grad)."""
+    if HAS_CUSTOM_OP and not plain:
+        return fwd_fp8_op(q, k, v, *descales, *opts, cu_q, cu_k, max_q, max_k)
+    return forward_fp8_impl(q, k, v, *descales, *opts, cu_q, cu_k, max_q, max_k, want_lse)
+
+
+def requires_grad(*tensors):
+    """Whether autograd would record a call on these tensors (grad mode on and one of them requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 _increment_version = getattr(getattr(torch.autograd, "graph", None), "increment_version", None)
