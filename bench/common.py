@@ -19,6 +19,10 @@ REPO = os.path.dirname(HERE)
 # Two bf16 results of the same attention differ by a few 1e-3 (relative Frobenius norm); beyond this
 # our kernel is wrong, however fast.
 MAX_REL_ERR = 2e-2
+# The fp8 forward against bf16 SDPA on the same (e4m3) values: the kernel rounds each softmax weight to e4m3 (3
+# mantissa bits) before P.V, which alone costs about 2.5e-2 relative (a CPU emulation on random normal inputs, S 512,
+# D 64); beyond this our fp8 kernel is wrong (a lost descale or rescale is off by 1e-1 or more).
+MAX_FP8_REL_ERR = 6e-2
 # The same for each of dq, dk and dv against the flash backend's gradients: both are bf16 results of fp32
 # accumulations (a few 1e-3 apart, dq the most); beyond this our backward is wrong.
 MAX_BWD_REL_ERR = 3e-2
@@ -106,7 +110,9 @@ def describe(t, dtype_code):
 
 
 def dtype_code(name):
-    """fa_dtype_t of a row's dtype ("bf16" or "fp16")."""
+    """fa_dtype_t of a row's dtype ("bf16", "fp16" or "e4m3")."""
+    if name == "e4m3":
+        return fa_abi.FA_DTYPE_FLOAT8_E4M3
     return FA_DTYPE_BFLOAT16 if name == "bf16" else FA_DTYPE_FLOAT16
 
 
@@ -202,13 +208,19 @@ class FaLib:
             self.lib.fa_set_log_callback(fa_abi.fa_log_callback_t(), None)  # NULL: logging off
         return names
 
-    def forward_params(self, code, q, k, v, out, causal, lse=None, varlen=None, path=FA_PATH_AUTO):
+    def forward_params(self, code, q, k, v, out, causal, lse=None, varlen=None, path=FA_PATH_AUTO, out_code=None,
+                       descales=None):
         """fa_forward_params_t over our [B, S, H, D] (varlen: packed [total, H, D]) tensors, PyTorch's causal
         convention; lse (fp32) when the log-sum-exp is wanted; varlen = (cu, cu_host, max_len); path an
-        fa_kernel_path_t (FA_PATH_SM80 forces the portable mma.sync kernels)."""
+        fa_kernel_path_t (FA_PATH_SM80 forces the portable mma.sync kernels). fp8: code FA_DTYPE_FLOAT8_E4M3,
+        out_code the output's dtype (bf16), descales (q_descale, k_descale, v_descale) fp32 tensors (None: 1)."""
         p = FaForwardParams()
         self.check(self.lib.fa_forward_params_init(ctypes.byref(p), ctypes.sizeof(p)), "fa_forward_params_init")
-        p.q, p.k, p.v, p.out = (describe(t, code) for t in (q, k, v, out))
+        p.q, p.k, p.v = (describe(t, code) for t in (q, k, v))
+        p.out = describe(out, code if out_code is None else out_code)
+        if descales is not None:
+            p.q_descale, p.k_descale, p.v_descale = (FaTensor() if t is None else describe(t, FA_DTYPE_FLOAT32)
+                                                     for t in descales)
         p.causal = int(causal)
         p.causal_alignment = FA_CAUSAL_TOP_LEFT  # PyTorch's is_causal; equal to bottom-right when sq == sk
         p.kernel_path = path

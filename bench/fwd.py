@@ -3,7 +3,14 @@ the same inputs twice, with the default path (FA_PATH_AUTO: the Hopper kernels w
 the portable mma.sync kernels (FA_PATH_SM80), each checked against the first backend's output and named by the
 kernel the library reports launching, then, with --baseline-lib, the baseline build on the same tensors; the
 managed exe's figure for the shape is merged in. Each column's failure is recorded in the row's errors under its
-own key; nothing stops the pass. Needs torch and a GPU (run.py imports this module only when it runs the pass)."""
+own key; nothing stops the pass. Needs torch and a GPU (run.py imports this module only when it runs the pass).
+
+e4m3 rows (the fp8 forward, TARGETS.md aim 2): FA3's inputs (bf16 normals rounded to e4m3), our fp8 forward on the
+default path with descales of 1 per (batch, kv head) (ours_*), our bf16 forward on the same values (ours_bf16_*),
+and PyTorch SDPA's flash and cuDNN backends in bf16 on the same values (PyTorch has no fp8 attention), the flash
+output the reference of both of ours (the fp8 one within MAX_FP8_REL_ERR). Where the GPU is not compute capability
+9.0 the library refuses fp8 (the sm90 kernels are its only ones): that is a note on the row, not a failure; on 9.0
+it is a failure."""
 import json
 import math
 
@@ -11,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from common import MAX_REL_ERR, dtype_code, finish_row, first_line, kernel_path_of, tflops, time_baseline
-from fa_abi import FA_PATH_AUTO, FA_PATH_SM80
+from common import (MAX_FP8_REL_ERR, MAX_REL_ERR, dtype_code, finish_row, first_line, kernel_path_of, tflops,
+                    time_baseline)
+from fa_abi import FA_DTYPE_BFLOAT16, FA_PATH_AUTO, FA_PATH_SM80
 from inputs import torch_dtype, varlen_inputs
 from shapes import fwd_flops, new_row, shape_key
 
@@ -28,22 +36,23 @@ def mismatch_key(key):
     return "mismatch" + key[len("ours"):]
 
 
-def compare(row, out, ref, against, key="ours"):
+def compare(row, out, ref, against, key="ours", limit=MAX_REL_ERR):
     """Relative Frobenius error of our output (poisoned before the call) against ref, both [..., H, D], into
-    row[key + "_rel_err"]; above MAX_REL_ERR the row gets errors[mismatch_key(key)]."""
+    row[key + "_rel_err"]; above limit the row gets errors[mismatch_key(key)]."""
     r = ref.float()
     diff = float((out.float() - r).norm() / r.norm())
     if math.isnan(diff) or math.isinf(diff):
         raise RuntimeError("our output holds NaN/Inf (the poison was not overwritten everywhere?)")
     row[key + "_rel_err"] = diff
-    if diff > MAX_REL_ERR:
-        row["errors"][mismatch_key(key)] = f"relative error {diff:.2e} against {against} exceeds {MAX_REL_ERR}"
+    if diff > limit:
+        row["errors"][mismatch_key(key)] = f"relative error {diff:.2e} against {against} exceeds {limit}"
 
 
-def time_path(row, key, path, flops, fa, bench, make_params, ref, against, out):
+def time_path(row, key, path, flops, fa, bench, make_params, ref, against, out, limit=MAX_REL_ERR):
     """One of our timings: poisons out, runs fa_forward once on `path` with the library's launch log on (the
     kernel it names goes to row[key + "_kernel"], and for the default path its family to row["path"]), checks the
-    output against ref, then times the call. A forced sm80 call that reports another family is an error."""
+    output against ref (relative error up to limit), then times the call. A forced sm80 call that reports another
+    family is an error."""
     try:
         ours = fa.forward_call(make_params(fa, path))
         out.fill_(float("nan"))
@@ -57,7 +66,7 @@ def time_path(row, key, path, flops, fa, bench, make_params, ref, against, out):
         elif path == FA_PATH_SM80 and family not in (None, "sm80"):
             raise RuntimeError(f"kernel_path FA_PATH_SM80 launched {kernel}, not an sm80 kernel")
         if ref is not None:
-            compare(row, out, ref, against, key)
+            compare(row, out, ref, against, key, limit)
         row[key + "_ms"] = bench(ours)
         row[key + "_tflops"] = tflops(flops, row[key + "_ms"])
     except Exception as e:  # noqa: BLE001 - recorded on the row, under this timing's own key
@@ -74,15 +83,24 @@ def time_ours(row, flops, fa, base, bench, make_params, ref, against, out):
         time_baseline(row, flops, base, lambda lib: lib.forward_call(make_params(lib, FA_PATH_AUTO)), bench)
 
 
-def fixed_row(s, row, flops, fa, base, bench):
-    b, h, hkv, sq, sk, d = s["b"], s["h"], s["hkv"], s["sq"], s["sk"], s["d"]
-    causal = bool(s["causal"])
-    dt, code = torch_dtype(s["dtype"]), dtype_code(s["dtype"])
-    dev = torch.device("cuda")
-    # PyTorch's natural layout [B, H, S, D] for SDPA (as the anchors); ours [B, S, H, D] contiguous.
-    q = torch.randn(b, h, sq, d, device=dev, dtype=dt)
-    k = torch.randn(b, hkv, sk, d, device=dev, dtype=dt)
-    v = torch.randn(b, hkv, sk, d, device=dev, dtype=dt)
+def time_fp8(row, flops, fa, base, bench, make_fp8, make_bf16, ref, against, out8, out16, served_here):
+    """An e4m3 row's timings of ours: the fp8 forward on the default path (ours_*, checked against ref within
+    MAX_FP8_REL_ERR), then our bf16 forward on the same values (ours_bf16_*, within MAX_REL_ERR), then, with
+    --baseline-lib, the baseline build's fp8 forward. served_here: whether this GPU should serve fp8 (compute
+    capability 9.0); where it should not, the library's refusal of the fp8 call is a note, not a failure."""
+    time_path(row, "ours", FA_PATH_AUTO, flops, fa, bench, make_fp8, ref, against, out8, MAX_FP8_REL_ERR)
+    if not served_here and "ours" in row["errors"]:
+        why = row["errors"].pop("ours")
+        row["note"] = "; ".join(n for n in (row.get("note"), "fp8 not timed: the library serves it on compute "
+                                            f"capability 9.0 only ({why})") if n)
+    time_path(row, "ours_bf16", FA_PATH_AUTO, flops, fa, bench, make_bf16, ref, against, out16)
+    if base is not None:
+        time_baseline(row, flops, base, lambda lib: lib.forward_call(make_fp8(lib, FA_PATH_AUTO)), bench)
+
+
+def sdpa_columns(row, flops, bench, q, k, v, causal, h, hkv):
+    """PyTorch SDPA's flash and cuDNN backends on q, k, v ([B, H, S, D]) into row's flash_* and cudnn_* (each
+    failure under its own errors key): (the first backend's output or None, its name, notes)."""
     ref, ref_name = None, None
     notes = []
     for name, be in BACKENDS.items():
@@ -105,6 +123,19 @@ def fixed_row(s, row, flops, fa, base, bench):
                 row[f"{name}_tflops"] = tflops(flops, row[f"{name}_ms"])
         except Exception as e:  # noqa: BLE001
             row["errors"][name] = first_line(e, 200)
+    return ref, ref_name, notes
+
+
+def fixed_row(s, row, flops, fa, base, bench):
+    b, h, hkv, sq, sk, d = s["b"], s["h"], s["hkv"], s["sq"], s["sk"], s["d"]
+    causal = bool(s["causal"])
+    dt, code = torch_dtype(s["dtype"]), dtype_code(s["dtype"])
+    dev = torch.device("cuda")
+    # PyTorch's natural layout [B, H, S, D] for SDPA (as the anchors); ours [B, S, H, D] contiguous.
+    q = torch.randn(b, h, sq, d, device=dev, dtype=dt)
+    k = torch.randn(b, hkv, sk, d, device=dev, dtype=dt)
+    v = torch.randn(b, hkv, sk, d, device=dev, dtype=dt)
+    ref, ref_name, notes = sdpa_columns(row, flops, bench, q, k, v, causal, h, hkv)
     if notes:
         row["note"] = "; ".join(notes)
     q2, k2, v2 = (t.transpose(1, 2).contiguous() for t in (q, k, v))
@@ -112,6 +143,32 @@ def fixed_row(s, row, flops, fa, base, bench):
     time_ours(row, flops, fa, base, bench,
               lambda lib, path: lib.forward_params(code, q2, k2, v2, o2, causal, path=path),
               None if ref is None else ref.transpose(1, 2), ref_name, o2)
+
+
+def fp8_row(s, row, flops, fa, base, bench):
+    """An e4m3 row (see the module's notes): ours fp8, ours bf16, flash and cuDNN bf16 on the same values."""
+    b, h, hkv, sq, sk, d = s["b"], s["h"], s["hkv"], s["sq"], s["sk"], s["d"]
+    causal = bool(s["causal"])
+    dev = torch.device("cuda")
+    fp8 = torch.float8_e4m3fn
+    # FA3's fp8 inputs: bf16 normals rounded to e4m3, ours [B, S, H, D]; the same values in bf16 (exact) for the rest.
+    q8 = torch.randn(b, sq, h, d, device=dev, dtype=torch.bfloat16).to(fp8)
+    k8 = torch.randn(b, sk, hkv, d, device=dev, dtype=torch.bfloat16).to(fp8)
+    v8 = torch.randn(b, sk, hkv, d, device=dev, dtype=torch.bfloat16).to(fp8)
+    qb, kb, vb = (t.to(torch.bfloat16) for t in (q8, k8, v8))
+    ref, ref_name, notes = sdpa_columns(row, flops, bench, *(t.transpose(1, 2).contiguous() for t in (qb, kb, vb)),
+                                        causal, h, hkv)
+    if notes:
+        row["note"] = "; ".join(notes)
+    ones = torch.ones(b, hkv, device=dev, dtype=torch.float32)  # descales per (batch, kv head), as a real caller's
+    o8 = torch.full((b, sq, h, d), float("nan"), device=dev, dtype=torch.bfloat16)
+    o16 = torch.full_like(qb, float("nan"))
+    time_fp8(row, flops, fa, base, bench,
+             lambda lib, path: lib.forward_params(dtype_code("e4m3"), q8, k8, v8, o8, causal, path=path,
+                                                  out_code=FA_DTYPE_BFLOAT16, descales=(ones, ones, ones)),
+             lambda lib, path: lib.forward_params(FA_DTYPE_BFLOAT16, qb, kb, vb, o16, causal, path=path),
+             None if ref is None else ref.transpose(1, 2), ref_name, o8, o16,
+             torch.cuda.get_device_capability() == (9, 0))
 
 
 def varlen_row(s, row, flops, fa, base, bench):
@@ -179,11 +236,13 @@ def forward_rows(shapes, fa, base, bench, managed, managed_missing):
         torch.manual_seed(0)
         row = new_row(s, baseline=base is not None)
         flops = fwd_flops(s)
+        fp8 = s["dtype"] == "e4m3"
         try:
-            (varlen_row if s.get("varlen") else fixed_row)(s, row, flops, fa, base, bench)
+            (fp8_row if fp8 else varlen_row if s.get("varlen") else fixed_row)(s, row, flops, fa, base, bench)
         except Exception as e:  # noqa: BLE001 - e.g. out of memory making the inputs: this row only
             row["errors"]["row"] = f"{type(e).__name__}: {first_line(e, 300)}"
-        merge_managed(row, flops, managed, managed_missing)
+        if not fp8:  # the managed exe times the 16-bit rows only
+            merge_managed(row, flops, managed, managed_missing)
         failed = finish_row(row) or failed
         rows.append(row)
         print("#", json.dumps(row), flush=True)

@@ -89,6 +89,21 @@ FWD_COLUMNS = (
     ("path", "4s", lambda r: r.get("path")),
     ("rel.err", "7.1e", lambda r: worst(r.get("ours_rel_err"), r.get("ours_sm80_rel_err"))),
 )
+# The e4m3 rows' columns: TFLOP/s of our fp8 forward, of our bf16 forward on the same shape and values, and of flash
+# and cuDNN in bf16 (PyTorch has no fp8 attention); ours over our bf16 and over cuDNN; ours as a fraction of the e4m3
+# matmul rate of this run (the row's matmul_tflops); the kernel family ours ran; the worse relative error of our two
+# forwards against flash's bf16 output.
+FP8_COLUMNS = (
+    ("ours", "6.0f", lambda r: r.get("ours_tflops")),
+    ("bf16", "6.0f", lambda r: r.get("ours_bf16_tflops")),
+    ("flash", "6.0f", lambda r: r.get("flash_tflops")),
+    ("cudnn", "6.0f", lambda r: r.get("cudnn_tflops")),
+    ("ours/bf16", "9.2f", lambda r: ratio(r.get("ours_tflops"), r.get("ours_bf16_tflops"))),
+    ("ours/cu", "7.2f", lambda r: ratio(r.get("ours_tflops"), r.get("cudnn_tflops"))),
+    ("ours/mm", "7.2f", lambda r: ratio(r.get("ours_tflops"), r.get("matmul_tflops"))),
+    ("path", "4s", lambda r: r.get("path")),
+    ("rel.err", "7.1e", lambda r: worst(r.get("ours_rel_err"), r.get("ours_bf16_rel_err"))),
+)
 BASE_COLUMNS = (
     ("base", "6.0f", lambda r: r.get("ours_base_tflops")),
     ("ours/base", "9.3f", lambda r: ratio(r.get("ours_tflops"), r.get("ours_base_tflops"))),
@@ -103,24 +118,30 @@ def cell(value, spec):
 
 
 def format_table(rows):
-    """The forward rows, one section per dtype (bf16, then fp16), columns as FWD_COLUMNS (with a --baseline-lib,
-    BASE_COLUMNS too), errors last; a legend line under them."""
+    """The forward rows, one section per dtype (bf16, fp16, then e4m3), columns as FWD_COLUMNS (e4m3: FP8_COLUMNS; with
+    a --baseline-lib, BASE_COLUMNS too), errors and notes last; a legend line under them."""
     fwd = [r for r in rows if r["pass"] == "fwd"]
-    columns = FWD_COLUMNS + (BASE_COLUMNS if has_baseline(rows) else ())
+    base = BASE_COLUMNS if has_baseline(rows) else ()
     dtypes = list(dict.fromkeys(r["dtype"] for r in fwd)) or ["bf16"]
     lines = []
     for dtype in dtypes:
+        columns = (FP8_COLUMNS if dtype == "e4m3" else FWD_COLUMNS) + base
         lines.append(f"{dtype} fwd TFLOP/s".ljust(28) + "".join("  " + h.rjust(len(cell(None, spec)))
                                                              for h, spec, _ in columns))
         for r in fwd:
             if r["dtype"] != dtype:
                 continue
             lines.append(describe_shape(r).ljust(28) + "".join("  " + cell(get(r), spec) for _, spec, get in columns)
-                         + errors_cell(r))
-    mm = next((r.get("matmul_tflops") for r in fwd if r.get("matmul_tflops")), None)
+                         + errors_cell(r) + (f"  ({r['note']})" if dtype == "e4m3" and r.get("note") else ""))
+    mm = next((r.get("matmul_tflops") for r in fwd if r.get("matmul_tflops") and r["dtype"] != "e4m3"), None)
     lines.append("fwd: ours = default path (FA_PATH_AUTO), sm80 = forced FA_PATH_SM80, path = kernels ours ran; "
                  "ours/mm = ours over the bf16 matmul rate of this run"
                  + (f" ({mm:.0f} TFLOP/s)" if mm else " (not measured)"))
+    if "e4m3" in dtypes:
+        mm8 = next((r.get("matmul_tflops") for r in fwd if r.get("matmul_tflops") and r["dtype"] == "e4m3"), None)
+        lines.append("e4m3 fwd: ours = our fp8 forward (descales of 1), bf16 = our bf16 forward on the same values, "
+                     "flash and cudnn = PyTorch SDPA in bf16 (PyTorch has no fp8 attention); ours/mm = ours over the "
+                     "e4m3 matmul rate of this run" + (f" ({mm8:.0f} TFLOP/s)" if mm8 else " (not measured)"))
     return "\n".join(lines)
 
 
@@ -216,6 +237,8 @@ def write_png(rows, path, card):
         return
     fwd = [r for r in rows if r["pass"] == "fwd"]
     panels = [(f"{dtype} forward", [r for r in fwd if r["dtype"] == dtype],
+               [("ours", "ours_tflops"), ("ours bf16", "ours_bf16_tflops"), ("flash bf16", "flash_tflops"),
+                ("cudnn bf16", "cudnn_tflops")] if dtype == "e4m3" else
                [("ours", "ours_tflops"), ("ours sm80", "ours_sm80_tflops"), ("flash", "flash_tflops"),
                 ("cudnn", "cudnn_tflops")])
               for dtype in dict.fromkeys(r["dtype"] for r in fwd)]

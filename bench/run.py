@@ -16,8 +16,12 @@ L2 flushed before every call, as shared/tools/sdpa_anchors.py):
           torch.ops.aten._flash_attention_forward with cum_seq_q / cum_seq_k when this PyTorch has it;
   cudnn   torch SDPA with the CUDNN_ATTENTION backend (null for varlen).
 
-The grid, GQA and varlen rows are run in bf16 and in fp16 (--fwd-dtypes); an fp8 (e4m3) group is declared but
-skipped (the C ABI has no fp8 dtype yet): the record's skipped_groups says so, and no row is made up.
+The grid, GQA and varlen rows are run in bf16 and in fp16, and the grid in e4m3 (--fwd-dtypes): the fp8 forward
+(ours, descales of 1 per (batch, kv head)) beside our bf16 forward on the same shape and values (ours_bf16_*) and
+PyTorch SDPA's flash and cuDNN backends in bf16 (PyTorch has no fp8 attention), with the e4m3 matmul ceiling as the
+row's matmul_tflops; a GPU that the library's fp8 kernels do not serve (compute capability other than 9.0) gets a note
+instead of fp8 figures. With a C ABI mirror that has no fp8 dtype the e4m3 group is declared and skipped (the
+record's skipped_groups says so), and no row is made up.
 Our outputs (both paths) are checked against the flash backend's (relative Frobenius error; varlen: against PyTorch's
 varlen output, else a per-sequence SDPA loop), so a fast but wrong kernel shows up in the table. When
 --bench-exe names the managed benchmark (bench/README.md has its contract) it runs first, in a child
@@ -42,7 +46,7 @@ ours_base_ms / ours_base_tflops, and a base and ours/base column in the table. -
 
 Ceilings, measured in the same run (ceilings.py; pass "matmul" rows): an 8192^3 bf16 matmul (torch.matmul) and an
 8192^3 fp8 e4m3 matmul (torch._scaled_mm, unit scales, bf16 output); one that cannot be measured keeps null figures
-and its error. Every forward and backward row gets the bf16 figure as matmul_tflops.
+and its error. Every forward and backward row gets the bf16 figure as matmul_tflops, the e4m3 rows the e4m3 one.
 
 Writes the TARGETS.md record ({card, date, commit, rows}) to --out and prints a table last.
 --dry-run needs no GPU and no torch: it lists the rows, their FLOP counts, and writes a record with
@@ -66,7 +70,7 @@ from common import HERE, REPO, FaLib, Timer, lib_file
 from external import run_interop_c, run_managed
 from fa_abi import FA_VERSION_CODE
 from report import describe_shape, write_outputs
-from shapes import (DECLARED_FWD_DTYPES, FWD_DTYPES, interop_row, managed_spec, matmul_row, new_row, pass_flops,
+from shapes import (FP8_FWD_DTYPES, FWD_DTYPES, interop_row, managed_spec, matmul_row, new_row, pass_flops,
                     shapes_grid, skip_reason)
 
 PASSES = ("fwd", "bwd", "decode")
@@ -147,9 +151,10 @@ def parse_args(argv=None):
     ap.add_argument("--skip-bwd", action="store_true", help="no backward rows")
     ap.add_argument("--skip-decode", action="store_true", help="no decode rows (bench/decode.py is not called)")
     ap.add_argument("--quick", action="store_true", help="only S 1k and 4k in the grid (also passed to decode_rows)")
-    ap.add_argument("--fwd-dtypes", default=",".join(FWD_DTYPES + DECLARED_FWD_DTYPES),
-                    help="comma-separated dtypes of the forward rows, of " + ",".join(FWD_DTYPES + DECLARED_FWD_DTYPES)
-                         + " (default: all; e4m3 is declared but skipped while the C ABI has no fp8 dtype)")
+    ap.add_argument("--fwd-dtypes", default=",".join(FWD_DTYPES + FP8_FWD_DTYPES),
+                    help="comma-separated dtypes of the forward rows, of " + ",".join(FWD_DTYPES + FP8_FWD_DTYPES)
+                         + " (default: all; e4m3 times the grid only, and is skipped with a C ABI mirror that has no "
+                           "fp8 dtype)")
     ap.add_argument("--dry-run", action="store_true", help="no GPU: list rows and FLOPs, write a null record")
     args = ap.parse_args(argv)
     only = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -162,7 +167,7 @@ def parse_args(argv=None):
     args.skip_bwd = "bwd" not in args.passes
     args.skip_decode = "decode" not in args.passes
     dtypes = [d.strip() for d in args.fwd_dtypes.split(",") if d.strip()]
-    known = FWD_DTYPES + DECLARED_FWD_DTYPES
+    known = FWD_DTYPES + FP8_FWD_DTYPES
     if not dtypes or any(d not in known for d in dtypes):
         ap.error(f"--fwd-dtypes takes a comma-separated subset of {','.join(known)}; got {args.fwd_dtypes!r}")
     # The forward dtypes measured, and the declared groups skipped (with the reason the record gives).
@@ -184,7 +189,8 @@ def dry_run(args):
         (shapes_grid(args.quick, "bwd") if "bwd" in args.passes else [])
     rows = []
     for s in shapes:
-        managed = f"  managed: {json.dumps(managed_spec(s))}" if s["pass_"] == "fwd" else ""
+        timed_managed = s["pass_"] == "fwd" and s["dtype"] not in FP8_FWD_DTYPES
+        managed = f"  managed: {json.dumps(managed_spec(s))}" if timed_managed else ""
         name = describe_shape(new_row(s))
         print(f"# {s['pass_']} {s['dtype']:4s} {name:28s} {pass_flops(s) / 1e12:9.3f} TFLOP{managed}")
         rows.append(new_row(s, baseline))
@@ -214,7 +220,9 @@ def child_processes(args, shapes, lib_path, log):
     if "fwd" not in args.passes:
         why = "skipped (--only without fwd)"
         return {}, (why if args.bench_exe else None), None, None, why
-    managed, managed_err, managed_interop = run_managed(args.bench_exe, shapes, lib_path, args.managed_warmup,
+    # The managed exe times the 16-bit rows (its contract has no fp8).
+    managed_shapes = [s for s in shapes if s["dtype"] not in FP8_FWD_DTYPES]
+    managed, managed_err, managed_interop = run_managed(args.bench_exe, managed_shapes, lib_path, args.managed_warmup,
                                                         args.managed_iters, log)
     if managed_err:
         print("# managed bench:", managed_err, flush=True)
@@ -321,7 +329,7 @@ def gpu_run(args):
     matmul, fp8_matmul = rate(ceilings, "bf16"), rate(ceilings, "e4m3")
     for r in rows:
         if r.get("pass") in ("fwd", "bwd"):
-            r["matmul_tflops"] = matmul
+            r["matmul_tflops"] = fp8_matmul if r.get("dtype") in FP8_FWD_DTYPES else matmul
     rows += ceilings
     rows.append(interop_pass(args, managed_interop, managed_err, c_interop, c_err))
     record = dict(matmul_tflops=matmul, fp8_matmul_tflops=fp8_matmul, card=card, date=datetime.date.today().isoformat(),

@@ -12,21 +12,21 @@ VARLEN_COUNT, VARLEN_MIN, VARLEN_MAX = 16, 256, 2048
 # backward in bf16.
 FWD_DTYPES = ("bf16", "fp16")
 BWD_DTYPES = ("bf16",)
-# Declared forward groups that no run measures yet: they get no rows (no figure is faked), only an entry in the
-# record's skipped_groups and a line under the table. TARGETS.md aim 2 names an fp8 (e4m3) forward.
-DECLARED_FWD_DTYPES = ("e4m3",)
+# The fp8 forward's dtype (TARGETS.md aim 2): its grid rows (no GQA or varlen row) are measured where the C ABI mirror
+# has FA_DTYPE_FLOAT8_E4M3 (0.5 on); with an older mirror the group is declared and skipped: no rows (no figure is
+# faked), an entry in the record's skipped_groups and a line under the table.
+FP8_FWD_DTYPES = ("e4m3",)
 MATMUL_N = 8192  # the ceilings: one n x n x n matmul per dtype
 
 
 def skip_reason(dtype):
-    """Why a declared forward dtype is skipped (None: it is measured)."""
+    """Why a forward dtype is skipped (None: it is measured): e4m3 when the C ABI mirror has no fp8 dtype."""
     if dtype in FWD_DTYPES:
         return None
-    abi = [n for n in dir(fa_abi) if n.startswith("FA_DTYPE_") and any(t in n for t in ("E4M3", "FP8", "FLOAT8"))]
-    if not abi:
-        return (f"declared, not measured: the C ABI ({fa_abi.FA_VERSION_MAJOR}.{fa_abi.FA_VERSION_MINOR}) has no "
-                f"fp8 dtype, so there is no {dtype} forward of ours to time")
-    return f"declared, not measured: the C ABI has {', '.join(abi)} but bench/fwd.py does not time {dtype} rows yet"
+    if hasattr(fa_abi, "FA_DTYPE_FLOAT8_E4M3"):
+        return None
+    return (f"declared, not measured: the C ABI ({fa_abi.FA_VERSION_MAJOR}.{fa_abi.FA_VERSION_MINOR}) has no "
+            f"fp8 dtype, so there is no {dtype} forward of ours to time")
 
 
 def varlen_lengths(seed=VARLEN_SEED, count=VARLEN_COUNT, lo=VARLEN_MIN, hi=VARLEN_MAX):
@@ -41,8 +41,8 @@ def fwd_row(d, causal, b, h, hkv, s, pass_="fwd", dtype="bf16"):
 
 def shapes_grid(quick=False, pass_="fwd", dtypes=None):
     """TARGETS.md's grid, then the GQA row and the varlen row, once per dtype (default: FWD_DTYPES for the forward
-    pass, BWD_DTYPES for the backward), for the forward ("fwd") or backward ("bwd") pass. Only measured dtypes
-    (bf16, fp16) make rows; a declared one (e4m3) is left out (see skip_reason)."""
+    pass, BWD_DTYPES for the backward), for the forward ("fwd") or backward ("bwd") pass. e4m3 makes the grid only
+    (TARGETS.md's fp8 rows), and only where it is measured (see skip_reason)."""
     if dtypes is None:
         dtypes = FWD_DTYPES if pass_ == "fwd" else BWD_DTYPES
     rows = []
@@ -56,6 +56,8 @@ def shapes_grid(quick=False, pass_="fwd", dtypes=None):
                         continue
                     h = 2048 // d
                     rows.append(fwd_row(d, causal, 16384 // s, h, h, s, pass_, dtype))
+        if dtype in FP8_FWD_DTYPES:
+            continue
         rows.append(fwd_row(128, 1, 4, 32, 8, 4096, pass_, dtype))  # GQA: 32 q heads over 8 kv heads
         lens = varlen_lengths()
         rows.append(dict(pass_=pass_, dtype=dtype, d=128, causal=1, b=len(lens), h=16, hkv=16, sq=max(lens),
@@ -110,7 +112,13 @@ def new_row(s, baseline=False):
     if s.get("varlen"):
         # b is the number of sequences; sq/sk the longest one; lens the lengths in packing order.
         row.update(varlen=1, lens=list(s["lens"]), total_q=sum(s["lens"]), total_k=sum(s["lens"]))
-    if s["pass_"] == "fwd":
+    if s["pass_"] == "fwd" and s["dtype"] in FP8_FWD_DTYPES:
+        # fp8: ours is the e4m3 forward (default path, descales of 1 per (batch, kv head)); ours_bf16_* our bf16 forward
+        # on the same shape and values; flash and cudnn are PyTorch SDPA in bf16 (sdpa_dtype: PyTorch has no fp8
+        # attention); matmul_tflops is the e4m3 matmul ceiling. No sm80 timing: the sm80 path has no fp8 kernels.
+        row.update(path=None, ours_kernel=None, ours_bf16_ms=None, ours_bf16_tflops=None, ours_bf16_rel_err=None,
+                   ours_bf16_kernel=None, sdpa_dtype="bf16")
+    elif s["pass_"] == "fwd":
         # The same forward forced onto the portable kernels (FA_PATH_SM80), and the kernels each of ours ran where
         # the library names them (its launch log); path: "sm80" or "sm90", from ours_kernel (TARGETS.md).
         row.update(ours_sm80_ms=None, ours_sm80_tflops=None, ours_sm80_rel_err=None, path=None, ours_kernel=None,

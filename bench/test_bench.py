@@ -3,7 +3,8 @@
 imports (its layout check against libclang's offsets runs at import), notices a drifted layout, covers every
 export and struct of the header, binds to a library object; `run.py --dry-run` runs with torch and triton
 made unimportable and writes a record of the expected shape; the forward's per-path timings, kernel names and
-per-column errors, the matmul ceilings and the table are checked against fakes of torch and of the library.
+per-column errors, the e4m3 rows' fp8 and bf16 timings (and a GPU that does not serve fp8), the matmul ceilings and
+the table are checked against fakes of torch and of the library.
 
     python3 bench/test_bench.py        (exit 0 when every check passes; ctest runs it as bench_cpu)
 """
@@ -85,8 +86,8 @@ class DryRunTests(unittest.TestCase):
         rows = record["rows"]
         passes = [r["pass"] for r in rows]
         fwd = [r for r in rows if r["pass"] == "fwd"]
-        # The forward grid, GQA and varlen rows in bf16 and fp16; the backward in bf16.
-        self.assertEqual([r["dtype"] for r in fwd], ["bf16"] * 20 + ["fp16"] * 20)
+        # The forward grid, GQA and varlen rows in bf16 and fp16, the grid in e4m3; the backward in bf16.
+        self.assertEqual([r["dtype"] for r in fwd], ["bf16"] * 20 + ["fp16"] * 20 + ["e4m3"] * 18)
         self.assertEqual(sum(1 for r in fwd if r.get("varlen")), 2)
         self.assertEqual(sum(1 for r in fwd if r["hkv"] != r["h"]), 2)
         self.assertEqual([r["dtype"] for r in rows if r["pass"] == "bwd"], ["bf16"] * 20)
@@ -98,13 +99,24 @@ class DryRunTests(unittest.TestCase):
                     "ours_sm80_kernel"):
             self.assertIn(key, fwd[0])
             self.assertIsNone(fwd[0][key])
-        # fp8 is declared and skipped: no row, a reason in the record and under the table.
-        self.assertNotIn("e4m3", {r["dtype"] for r in rows if r["pass"] in ("fwd", "bwd")})
-        self.assertEqual([(g["pass"], g["dtype"]) for g in record["skipped_groups"]], [("fwd", "e4m3")])
-        self.assertIn("no fp8 dtype", record["skipped_groups"][0]["reason"])
+        # e4m3: TARGETS.md's grid (D 64/128/256, causal or not, S 1k/4k/16k; no GQA or varlen row), measured (the C
+        # ABI has an fp8 dtype): ours, our bf16 beside it, SDPA in bf16; no sm80 timing; not sent to the managed exe.
+        e4m3 = [r for r in fwd if r["dtype"] == "e4m3"]
+        self.assertEqual(sorted({(r["d"], r["causal"], r["sq"]) for r in e4m3}),
+                         sorted((d, c, s) for d in (64, 128, 256) for c in (0, 1) for s in (1024, 4096, 16384)))
+        self.assertTrue(all(r["h"] == r["hkv"] == 2048 // r["d"] and r["b"] == 16384 // r["sq"] for r in e4m3))
+        for key in ("ours_ms", "ours_tflops", "ours_bf16_ms", "ours_bf16_tflops", "ours_bf16_rel_err", "ours_kernel",
+                    "path", "flash_ms", "cudnn_ms"):
+            self.assertIsNone(e4m3[0][key], key)
+        self.assertEqual(e4m3[0]["sdpa_dtype"], "bf16")
+        self.assertNotIn("ours_sm80_ms", e4m3[0])
+        self.assertEqual(record["skipped_groups"], [])
+        managed_lines = [line for line in stdout.splitlines() if line.startswith("# fwd e4m3")]
+        self.assertEqual(len(managed_lines), 18)
+        self.assertTrue(all("managed:" not in line for line in managed_lines))
         self.assertNotIn("ours_base_ms", rows[0])
-        for text in ("bf16 fwd TFLOP/s", "fp16 fwd TFLOP/s", "sm80/cu", "ours/mm", "fwd e4m3: skipped",
-                     "ceiling (same run): e4m3 matmul 8192^3"):
+        for text in ("bf16 fwd TFLOP/s", "fp16 fwd TFLOP/s", "e4m3 fwd TFLOP/s", "ours/bf16", "sm80/cu", "ours/mm",
+                     "ceiling (same run): e4m3 matmul 8192^3", "PyTorch has no fp8 attention"):
             self.assertIn(text, stdout)
         self.assertIn("interop (host us per Forward call", stdout.splitlines()[-1])
 
@@ -124,9 +136,21 @@ class DryRunTests(unittest.TestCase):
         self.assertEqual({r["dtype"] for r in fwd}, {"fp16"})
         self.assertEqual(record["skipped_groups"], [])
         self.assertNotIn("bf16 fwd TFLOP/s", stdout)
-        record, _ = self.dry_run("--only", "fwd", "--fwd-dtypes", "e4m3")
-        self.assertEqual([r["pass"] for r in record["rows"]], ["matmul", "matmul", "interop"])
-        self.assertEqual(record["skipped_groups"][0]["dtype"], "e4m3")
+        record, _ = self.dry_run("--quick", "--only", "fwd", "--fwd-dtypes", "e4m3")
+        fwd = [r for r in record["rows"] if r["pass"] == "fwd"]
+        self.assertEqual(len(fwd), 12)  # the grid without S 16k
+        self.assertEqual({r["dtype"] for r in fwd}, {"e4m3"})
+        self.assertEqual(record["skipped_groups"], [])
+
+    def test_e4m3_is_skipped_with_a_mirror_without_fp8(self):
+        import shapes
+        with mock.patch.dict(fa_abi.__dict__):
+            del fa_abi.__dict__["FA_DTYPE_FLOAT8_E4M3"]
+            self.assertIn("no fp8 dtype", shapes.skip_reason("e4m3"))
+            self.assertEqual(shapes.shapes_grid(True, "fwd", ["e4m3"]), [])
+            self.assertIsNone(shapes.skip_reason("bf16"))
+        self.assertIsNone(shapes.skip_reason("e4m3"))
+        self.assertEqual(len(shapes.shapes_grid(False, "fwd", ["e4m3"])), 18)
 
     def test_bad_fwd_dtypes_are_refused(self):
         with tempfile.TemporaryDirectory() as tmp:
@@ -311,6 +335,90 @@ class ForwardPathTests(unittest.TestCase):
         self.assertEqual(list(row["errors"]), ["base"])
 
 
+class Fp8RowTests(unittest.TestCase):
+    """fwd.time_fp8: an e4m3 row's fp8 forward (checked with the fp8 limit), our bf16 forward beside it, and what a GPU
+    without the fp8 kernels does to the row."""
+
+    class Lib:
+        """A loaded library whose calls are keyed by what make_params returns: each writes its value into its own
+        output and reports its kernel, or raises its error."""
+
+        def __init__(self, specs, outs):
+            self.specs, self.outs = specs, outs
+
+        def forward_call(self, key):
+            spec = self.specs[key]
+
+            def call():
+                if spec.get("error"):
+                    raise RuntimeError(f"fa_forward: {spec['error']}")
+                self.outs[key].value = spec["value"]
+            call.kernel = spec.get("kernel")
+            return call
+
+        def launched_kernels(self, call):
+            call()
+            return [call.kernel] if call.kernel else []
+
+    def run_fp8(self, fp8, bf16, served_here=True, base=None):
+        with mock.patch.dict(sys.modules, fake_torch()):
+            for name in ("fwd", "inputs"):
+                sys.modules.pop(name, None)
+            fwd = importlib.import_module("fwd")
+            from common import finish_row
+            outs = {"fp8": FakeTensor(float("nan")), "bf16": FakeTensor(float("nan"))}
+            lib = self.Lib({"fp8": fp8, "bf16": bf16}, outs)
+            base_lib = self.Lib({"fp8": base, "bf16": bf16}, outs) if base else None
+            row = {"errors": {}, "path": None, "note": None}
+            fwd.time_fp8(row, 4e12, lib, base_lib, lambda fn: (fn(), 2.0)[1], lambda lib, path: "fp8",
+                         lambda lib, path: "bf16", FakeTensor(1.0), "the flash backend", outs["fp8"], outs["bf16"],
+                         served_here)
+            failed = finish_row(row)
+        return row, failed
+
+    def test_fp8_and_bf16_timed_side_by_side(self):
+        row, failed = self.run_fp8({"value": 1.03, "kernel": "sm90_fwd_e4m3_hdim128_128x128_2wg"},
+                                   {"value": 1.001, "kernel": "sm90_fwd_bf16_hdim128_128x128_2wg"})
+        self.assertFalse(failed)
+        self.assertNotIn("errors", row)
+        self.assertEqual((row["ours_ms"], row["ours_bf16_ms"]), (2.0, 2.0))
+        self.assertAlmostEqual(row["ours_tflops"], 2000.0)
+        self.assertEqual(row["path"], "sm90")
+        self.assertEqual(row["ours_kernel"], "sm90_fwd_e4m3_hdim128_128x128_2wg")
+        self.assertEqual(row["ours_bf16_kernel"], "sm90_fwd_bf16_hdim128_128x128_2wg")
+        # 3e-2 off: beyond the bf16 limit, within fp8's (the rounded weights cost about that).
+        self.assertAlmostEqual(row["ours_rel_err"], 3e-2)
+        self.assertAlmostEqual(row["ours_bf16_rel_err"], 1e-3)
+
+    def test_a_wrong_fp8_result_is_a_failure(self):
+        row, failed = self.run_fp8({"value": 1.1, "kernel": "sm90_fwd_e4m3_x"}, {"value": 1.0, "kernel": "sm90_fwd_bf16_x"})
+        self.assertTrue(failed)
+        self.assertEqual(list(row["errors"]), ["mismatch"])
+        self.assertIn("exceeds 0.06", row["errors"]["mismatch"])
+        row, failed = self.run_fp8({"value": 1.0, "kernel": "sm90_fwd_e4m3_x"}, {"value": 1.03, "kernel": "sm90_fwd_bf16_x"})
+        self.assertTrue(failed)  # the bf16 forward keeps the bf16 limit
+        self.assertEqual(list(row["errors"]), ["mismatch_bf16"])
+
+    def test_refused_fp8_is_a_note_off_hopper_and_a_failure_on_it(self):
+        refused = {"error": "FA_STATUS_UNSUPPORTED: fp8 (e4m3) is served by the sm90 forward only"}
+        row, failed = self.run_fp8(refused, {"value": 1.0, "kernel": "sm80_fwd_bf16_x"}, served_here=False)
+        self.assertFalse(failed)
+        self.assertNotIn("errors", row)
+        self.assertIn("compute capability 9.0 only", row["note"])
+        self.assertIn("FA_STATUS_UNSUPPORTED", row["note"])
+        self.assertIsNone(row.get("ours_ms"))
+        self.assertEqual(row["ours_bf16_ms"], 2.0)
+        row, failed = self.run_fp8(refused, {"value": 1.0, "kernel": "sm90_fwd_bf16_x"}, served_here=True)
+        self.assertTrue(failed)
+        self.assertEqual(list(row["errors"]), ["ours"])
+
+    def test_baseline_times_its_fp8_forward(self):
+        row, failed = self.run_fp8({"value": 1.0, "kernel": "sm90_fwd_e4m3_x"}, {"value": 1.0, "kernel": "sm90_fwd_bf16_x"},
+                                   base={"error": "FA_STATUS_UNSUPPORTED: an older build"})
+        self.assertFalse(failed)
+        self.assertEqual(list(row["errors"]), ["base"])
+
+
 class KernelLogTests(unittest.TestCase):
     def test_launch_messages(self):
         from common import kernel_from_log, kernel_path_of
@@ -425,6 +533,29 @@ class ReportTests(unittest.TestCase):
         self.assertIn("torch._scaled_mm is not available", lines[1])
         self.assertEqual(report.format_ceilings([], {"matmul_tflops": 694.0}),
                          "ceiling (same run): bf16 matmul 8192^3 694 TFLOP/s (cuBLAS through torch)")
+
+    def test_e4m3_section(self):
+        import report
+        from shapes import new_row, shapes_grid
+        r = new_row(shapes_grid(True, "fwd", ["e4m3"])[0])
+        r.update(ours_tflops=900.0, ours_bf16_tflops=450.0, flash_tflops=300.0, cudnn_tflops=600.0,
+                 matmul_tflops=1200.0, path="sm90", ours_rel_err=2.5e-2, ours_bf16_rel_err=1e-3,
+                 note="fp8 not timed here")
+        bf = {"pass": "fwd", "dtype": "bf16", "d": 64, "causal": 0, "b": 16, "h": 32, "hkv": 32, "sq": 1024,
+              "sk": 1024, "ours_tflops": 300.0, "matmul_tflops": 700.0}
+        lines = report.format_table([bf, r]).splitlines()
+        header = next(line for line in lines if line.startswith("e4m3 fwd TFLOP/s"))
+        line = lines[lines.index(header) + 1]
+        cells = dict(zip(header[28:].split(), line[28:].split()))
+        self.assertEqual((cells["ours"], cells["bf16"], cells["flash"], cells["cudnn"]), ("900", "450", "300", "600"))
+        self.assertEqual(cells["ours/bf16"], "2.00")
+        self.assertEqual(cells["ours/cu"], "1.50")
+        self.assertEqual(cells["ours/mm"], "0.75")  # over the e4m3 matmul rate
+        self.assertEqual(cells["rel.err"], "2.5e-02")
+        self.assertNotIn("sm80", header)
+        self.assertIn("(fp8 not timed here)", line)
+        self.assertIn("(700 TFLOP/s)", lines[-2])  # the bf16 legend keeps the bf16 rate
+        self.assertIn("e4m3 matmul rate of this run (1200 TFLOP/s)", lines[-1])
 
     def test_missing_figures_are_dashes(self):
         import report
