@@ -83,9 +83,9 @@ typedef enum fa_dtype {
     /* 32-bit signed integer. */
     FA_DTYPE_INT32 = 4,
     /* OCP FP8 E4M3 (PyTorch's float8_e4m3fn): 4 exponent bits (bias 7), 3 mantissa bits, no infinities
-       (exponent and mantissa all ones is NaN), largest finite value 448. Accepted for q, k and v of fa_forward on the sm90 path only
-       (compute capability 9.0, a build with sm_90a code); out is then bf16, and q_descale, k_descale and
-       v_descale of fa_forward_params_t give the factors that scale the values back. (Since 0.5.) */
+       (exponent and mantissa all ones is NaN), largest finite value 448. Accepted for q, k and v of fa_forward
+       on the sm90 path only (compute capability 9.0, a build with sm_90a code); out is then bf16, and q_descale,
+       k_descale and v_descale of fa_forward_params_t give the factors that scale the values back. (Since 0.5.) */
     FA_DTYPE_FLOAT8_E4M3 = 5
 } fa_dtype_t;
 
