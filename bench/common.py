@@ -161,6 +161,20 @@ class FaLib:
     def version(self):
         return self.lib.fa_version()
 
+    def serves(self, pass_, dtype, head_dim, causal, compute_capability):
+        """fa_query_support's answer: whether this build serves the kind of call on a GPU of that compute capability
+        (major * 10 + minor). A library without the function (before 0.4) answers no."""
+        fn = getattr(self.lib, "fa_query_support", None)
+        if fn is None:
+            return False
+        q = fa_abi.FaSupportQuery()
+        q.struct_size = ctypes.sizeof(q)
+        setattr(q, "pass", pass_)
+        q.compute_capability = compute_capability
+        q.dtype, q.head_dim, q.causal = dtype, head_dim, int(causal)
+        q.kernel_path = fa_abi.FA_PATH_AUTO
+        return fn(ctypes.byref(q)) == 0
+
     def error_text(self, status):
         """"FA_STATUS_...: message" for a failed call (the message of the last failed call on this thread)."""
         name = self.lib.fa_status_string(status).decode()

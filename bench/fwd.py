@@ -20,7 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common import (MAX_FP8_REL_ERR, MAX_REL_ERR, dtype_code, finish_row, first_line, kernel_path_of, tflops,
                     time_baseline)
-from fa_abi import FA_DTYPE_BFLOAT16, FA_PATH_AUTO, FA_PATH_SM80
+from fa_abi import FA_DTYPE_BFLOAT16, FA_PASS_FORWARD, FA_PATH_AUTO, FA_PATH_SM80
 from inputs import torch_dtype, varlen_inputs
 from shapes import fwd_flops, new_row, shape_key
 
@@ -86,13 +86,13 @@ def time_ours(row, flops, fa, base, bench, make_params, ref, against, out):
 def time_fp8(row, flops, fa, base, bench, make_fp8, make_bf16, ref, against, out8, out16, served_here):
     """An e4m3 row's timings of ours: the fp8 forward on the default path (ours_*, checked against ref within
     MAX_FP8_REL_ERR), then our bf16 forward on the same values (ours_bf16_*, within MAX_REL_ERR), then, with
-    --baseline-lib, the baseline build's fp8 forward. served_here: whether this GPU should serve fp8 (compute
-    capability 9.0); where it should not, the library's refusal of the fp8 call is a note, not a failure."""
+    --baseline-lib, the baseline build's fp8 forward. served_here: whether this GPU and build should serve fp8
+    (fp8_served_here); where they should not, the library's refusal of the fp8 call is a note, not a failure."""
     time_path(row, "ours", FA_PATH_AUTO, flops, fa, bench, make_fp8, ref, against, out8, MAX_FP8_REL_ERR)
     if not served_here and "ours" in row["errors"]:
         why = row["errors"].pop("ours")
-        row["note"] = "; ".join(n for n in (row.get("note"), "fp8 not timed: the library serves it on compute "
-                                            f"capability 9.0 only ({why})") if n)
+        row["note"] = "; ".join(n for n in (row.get("note"), "fp8 not timed: this GPU or this build does not serve "
+                                            f"it ({why})") if n)
     time_path(row, "ours_bf16", FA_PATH_AUTO, flops, fa, bench, make_bf16, ref, against, out16)
     if base is not None:
         time_baseline(row, flops, base, lambda lib: lib.forward_call(make_fp8(lib, FA_PATH_AUTO)), bench)
@@ -167,8 +167,14 @@ def fp8_row(s, row, flops, fa, base, bench):
              lambda lib, path: lib.forward_params(dtype_code("e4m3"), q8, k8, v8, o8, causal, path=path,
                                                   out_code=FA_DTYPE_BFLOAT16, descales=(ones, ones, ones)),
              lambda lib, path: lib.forward_params(FA_DTYPE_BFLOAT16, qb, kb, vb, o16, causal, path=path),
-             None if ref is None else ref.transpose(1, 2), ref_name, o8, o16,
-             torch.cuda.get_device_capability() == (9, 0))
+             None if ref is None else ref.transpose(1, 2), ref_name, o8, o16, fp8_served_here(fa, d, causal))
+
+
+def fp8_served_here(fa, d, causal):
+    """Whether this GPU and this build should serve the fp8 forward: compute capability 9.0 and the library's own
+    answer (fa_query_support), so that a build without the fp8 kernels is a note, not a failure."""
+    major, minor = torch.cuda.get_device_capability()
+    return (major, minor) == (9, 0) and fa.serves(FA_PASS_FORWARD, dtype_code("e4m3"), d, causal, 90)
 
 
 def varlen_row(s, row, flops, fa, base, bench):

@@ -404,13 +404,38 @@ class Fp8RowTests(unittest.TestCase):
         row, failed = self.run_fp8(refused, {"value": 1.0, "kernel": "sm80_fwd_bf16_x"}, served_here=False)
         self.assertFalse(failed)
         self.assertNotIn("errors", row)
-        self.assertIn("compute capability 9.0 only", row["note"])
+        self.assertIn("does not serve it", row["note"])
         self.assertIn("FA_STATUS_UNSUPPORTED", row["note"])
         self.assertIsNone(row.get("ours_ms"))
         self.assertEqual(row["ours_bf16_ms"], 2.0)
         row, failed = self.run_fp8(refused, {"value": 1.0, "kernel": "sm90_fwd_bf16_x"}, served_here=True)
         self.assertTrue(failed)
         self.assertEqual(list(row["errors"]), ["ours"])
+
+    def test_fp8_is_expected_where_the_library_says_it_serves_it(self):
+        """fwd.fp8_served_here asks fa_query_support (common.FaLib.serves) for the fp8 forward on cc 9.0, so that a
+        Hopper build without the fp8 kernels makes a note, not a failure; another GPU never expects fp8."""
+        asked = []
+
+        def query(ptr):
+            q = ctypes.cast(ptr, ctypes.POINTER(fa_abi.FaSupportQuery)).contents
+            asked.append((getattr(q, "pass"), q.dtype, q.head_dim, q.causal, q.compute_capability, q.struct_size))
+            return 0 if q.head_dim == 128 else fa_abi.FA_STATUS_UNSUPPORTED
+        with mock.patch.dict(sys.modules, fake_torch()):
+            for name in ("fwd", "inputs"):
+                sys.modules.pop(name, None)
+            fwd = importlib.import_module("fwd")
+            import common
+            lib = common.FaLib.__new__(common.FaLib)
+            lib.lib = types.SimpleNamespace(fa_query_support=lambda ptr: query(ptr))
+            for cc, d, want in (((9, 0), 128, True), ((9, 0), 256, False), ((8, 0), 128, False)):
+                sys.modules["torch"].cuda.get_device_capability = lambda cc=cc: cc
+                self.assertEqual(fwd.fp8_served_here(lib, d, True), want, (cc, d))
+        self.assertEqual(asked[0], (fa_abi.FA_PASS_FORWARD, fa_abi.FA_DTYPE_FLOAT8_E4M3, 128, 1, 90,
+                                    ctypes.sizeof(fa_abi.FaSupportQuery)))
+        self.assertEqual(len(asked), 2)  # cc 8.0 is answered without asking
+        lib.lib = types.SimpleNamespace()
+        self.assertFalse(lib.serves(fa_abi.FA_PASS_FORWARD, fa_abi.FA_DTYPE_FLOAT8_E4M3, 128, True, 90))
 
     def test_baseline_times_its_fp8_forward(self):
         row, failed = self.run_fp8({"value": 1.0, "kernel": "sm90_fwd_e4m3_x"}, {"value": 1.0, "kernel": "sm90_fwd_bf16_x"},
