@@ -10,7 +10,7 @@ namespace FlashAttn.Tests.Gpu;
 /// bound). Inputs as FA3's tests make them (bf16 normals rounded to e4m3, descales rand * 2, per tensor and per
 /// (batch, KV head)), outputs poisoned before each call. Every case runs on each kernel path by name: fp8 is served by
 /// the sm90 forward only, so <see cref="KernelPath.Sm90"/> (and <see cref="KernelPath.Auto"/>) must run an
-/// <c>sm90_fwd_e4m3_</c> kernel on a compute capability 9.0 GPU with a build that has sm_90a code, and must be refused
+/// <c>sm90_fwd_e4m3_</c> kernel on a compute capability 9.0 GPU with a build that lists such kernels, and must be refused
 /// (UNSUPPORTED, with the reason, nothing written) anywhere else; <see cref="KernelPath.Sm80"/> must be refused
 /// everywhere. Refusals are asserted, never ignored. The backward pass and decode refuse fp8.
 /// </summary>
@@ -21,7 +21,8 @@ public sealed class Float8ForwardTests : ForwardPathTestBase
     private static readonly KernelPath[] Paths = [KernelPath.Sm80, KernelPath.Sm90];
 
     /// <summary>Whether the fp8 forward must serve a call on <paramref name="path"/> on this device.</summary>
-    private bool Serves(KernelPath path) => path != KernelPath.Sm80 && ForwardPaths.Sm90ServesForward(Device);
+    private bool Serves(KernelPath path) =>
+        path != KernelPath.Sm80 && ForwardPaths.Sm90ServesForward(Device) && ForwardPaths.BuildHasFp8Forward;
 
     /// <summary>
     /// Runs <paramref name="forward"/> (the call and a synchronise) and checks the fp8 path contract: where it must serve,
@@ -67,7 +68,7 @@ public sealed class Float8ForwardTests : ForwardPathTestBase
         }
         catch (FlashAttentionException ex) when (ex.Status == FlashAttentionStatus.Unsupported)
         {
-            Assert.Fail($"{context}: {Device}, a build with sm_90a code: the sm90 fp8 forward must serve head dim {headDim} on path " +
+            Assert.Fail($"{context}: {Device}, a build that lists sm90_fwd_e4m3_ kernels: the sm90 fp8 forward must serve head dim {headDim} on path " +
                 $"{path}, yet the call came back UNSUPPORTED: {ex.NativeMessage}");
         }
 

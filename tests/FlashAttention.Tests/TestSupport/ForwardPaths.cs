@@ -17,6 +17,13 @@ internal static class ForwardPaths
     /// <summary>Whether the loaded library has sm_90a code (any <c>sm90_</c> kernel: the backward's exist in every such build).</summary>
     public static bool BuildHasSm90a => FlashAttention.CompiledKernels.Any(n => n.StartsWith("sm90_", StringComparison.Ordinal));
 
+    /// <summary>
+    /// Whether the loaded library has the sm90 fp8 (e4m3) forward kernels (any <c>sm90_fwd_e4m3_</c> kernel): a build
+    /// with sm_90a code may still lack them (a build from before they were verified on the GPU), and then refuses fp8.
+    /// </summary>
+    public static bool BuildHasFp8Forward =>
+        FlashAttention.CompiledKernels.Any(n => n.StartsWith("sm90_fwd_e4m3_", StringComparison.Ordinal));
+
     /// <summary>Whether <see cref="KernelPath.Sm90"/> must serve the forward on <paramref name="device"/>.</summary>
     public static bool Sm90ServesForward(CudaDevice device) => device.ComputeCapabilityCode == 90 && BuildHasSm90a;
 
