@@ -916,18 +916,6 @@ static fa_forward_params_t valid_fp8_params(int with_lse) {
     return p;
 }
 
-/* A [rows, cols] fp32 descale table at `data` with the given strides (0 broadcasts). */
-static void set_descale(fa_tensor_t* t, void* data, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {
-    memset(t, 0, sizeof(*t));
-    t->data = data;
-    t->dtype = FA_DTYPE_FLOAT32;
-    t->rank = 2;
-    t->shape[0] = rows;
-    t->shape[1] = cols;
-    t->strides[0] = row_stride;
-    t->strides[1] = col_stride;
-}
-
 #define DESCALE_Q ((void*)(uintptr_t)0xA00000000ull)
 #define DESCALE_K ((void*)(uintptr_t)0xA00001000ull)
 #define DESCALE_V ((void*)(uintptr_t)0xA00002000ull)

@@ -1,9 +1,9 @@
 /*
- * c_test_util.h - what the plain C99 tests of the C ABI (c_abi_test.c, c_decode_test.c) share: the check
- * counters and CHECK, expect() for a status and the last-error contract, fp16/bf16 conversions (round to
- * nearest even), the random seed (clock, --seed N or FA_TEST_SEED, printed either way, so a failure can be
- * replayed) and the accuracy cap shared with the NUnit tests. Include it once, after flash_attention.h and the
- * C headers it uses.
+ * c_test_util.h - what the plain C99 tests of the C ABI (c_abi_test.c, c_decode_test.c; fuzz_abi.c and
+ * sanitize_driver.c use parts) share: the check counters and CHECK, expect() for a status and the last-error
+ * contract, fp16/bf16 conversions (round to nearest even), the fp8 forward's descale tables, the random seed
+ * (clock, --seed N or FA_TEST_SEED, printed either way, so a failure can be replayed) and the accuracy cap
+ * shared with the NUnit tests. Include it once, after flash_attention.h and the C headers it uses.
  */
 #ifndef FA_C_TEST_UTIL_H
 #define FA_C_TEST_UTIL_H
@@ -139,6 +139,23 @@ static double bf16_to_double(uint16_t h) {
     float f;
     memcpy(&f, &x, sizeof(f));
     return (double)f;
+}
+
+/* ---- fp8 (e4m3) descale tables ---------------------------------------------------------------- */
+
+/* A [rows, cols] fp32 descale table at `data` with the given strides (0 broadcasts), as the fp8 forward's
+   q_descale, k_descale and v_descale take it ([batch, heads_kv]). Inline, so that a test without fp8 calls
+   (c_decode_test) does not warn that it is unused. */
+static inline void set_descale(fa_tensor_t* t, void* data, int64_t rows, int64_t cols, int64_t row_stride,
+                               int64_t col_stride) {
+    memset(t, 0, sizeof(*t));
+    t->data = data;
+    t->dtype = FA_DTYPE_FLOAT32;
+    t->rank = 2;
+    t->shape[0] = rows;
+    t->shape[1] = cols;
+    t->strides[0] = row_stride;
+    t->strides[1] = col_stride;
 }
 
 /* ---- accuracy cap (the same rule as the NUnit tests) ------------------------------------------ */

@@ -654,14 +654,8 @@ static void descale_table(bufs* B, fa_tensor_t* t, int batch, int heads_kv, int6
     float h[64];
     int i;
     for (i = 0; i < 64; ++i) h[i] = 1.5f + uniform_pm1();
-    memset(t, 0, sizeof *t);
-    t->data = dalloc(B, sizeof h, h); /* covers batch * heads_kv <= 64 factors */
-    t->dtype = FA_DTYPE_FLOAT32;
-    t->rank = 2;
-    t->shape[0] = batch;
-    t->shape[1] = heads_kv;
-    t->strides[0] = batch_stride;
-    t->strides[1] = head_stride;
+    /* the device copy covers batch * heads_kv <= 64 factors */
+    set_descale(t, dalloc(B, sizeof h, h), batch, heads_kv, batch_stride, head_stride);
 }
 
 static void free_bufs(bufs* B) {
