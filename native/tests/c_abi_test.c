@@ -678,21 +678,26 @@ static fa_support_query_t forward_query(int dtype, int head_dim) {
 
 static int head_dim_served(int d);
 
-/* Whether the library has sm_90a code (FA_CUDA_ARCHS had 90a): it lists an sm90_ kernel (the backward's are in
-   every such build). */
-static int build_has_sm90a(void) {
+/* Whether the library lists a kernel whose name `matches`. */
+static int build_lists_kernel(int (*matches)(const char* name)) {
     int32_t count = 0, i;
     const char* name = NULL;
     if (fa_kernel_count(&count) != FA_STATUS_SUCCESS) {
         return 0;
     }
     for (i = 0; i < count; ++i) {
-        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, "sm90_", 5) == 0) {
+        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && matches(name)) {
             return 1;
         }
     }
     return 0;
 }
+
+static int is_sm90_kernel(const char* name) { return strncmp(name, "sm90_", 5) == 0; }
+
+/* Whether the library has sm_90a code (FA_CUDA_ARCHS had 90a): it lists an sm90_ kernel (the backward's are in
+   every such build). */
+static int build_has_sm90a(void) { return build_lists_kernel(is_sm90_kernel); }
 
 /* FA_PATH_SM90 and the forward: served on compute capability 9.0 (and 0, any GPU) for every head dim the build
    serves, with every option, in a build with sm_90a code; refused naming FA_PATH_SM90 on other compute
@@ -857,21 +862,10 @@ static void test_query_support(void) {
 
 /* ---- fp8 (e4m3) forward (issue 12; no GPU needed) --------------------------------------------------------- */
 
+static int is_fp8_kernel(const char* name) { return strstr(name, "_e4m3_") != NULL || strstr(name, "_fp8_") != NULL; }
+
 /* Whether the library lists an fp8 kernel ("_e4m3_" or "_fp8_" in a name): the sm90 fp8 forward is compiled in. */
-static int build_has_fp8_kernels(void) {
-    int32_t count = 0, i;
-    const char* name = NULL;
-    if (fa_kernel_count(&count) != FA_STATUS_SUCCESS) {
-        return 0;
-    }
-    for (i = 0; i < count; ++i) {
-        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL &&
-            (strstr(name, "_e4m3_") != NULL || strstr(name, "_fp8_") != NULL)) {
-            return 1;
-        }
-    }
-    return 0;
-}
+static int build_has_fp8_kernels(void) { return build_lists_kernel(is_fp8_kernel); }
 
 /* What the build holds (fp8_build_facts sets them before the fp8 tests: asking the library later would clear the
    last error of the call under test). */
