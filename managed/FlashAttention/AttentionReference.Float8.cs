@@ -61,18 +61,11 @@ public static partial class AttentionReference
     {
         ArgumentNullException.ThrowIfNull(options);
         shape.Validate(nameof(shape));
-        RequireLength(q.Length, shape.QElementCount, nameof(q));
-        RequireLength(k.Length, shape.KvElementCount, nameof(k));
-        RequireLength(v.Length, shape.KvElementCount, nameof(v));
-        RequireDescale(qDescale, shape.Batch, shape.HeadsKv, nameof(qDescale));
-        RequireDescale(kDescale, shape.Batch, shape.HeadsKv, nameof(kDescale));
-        RequireDescale(vDescale, shape.Batch, shape.HeadsKv, nameof(vDescale));
+        RequireFloat8Inputs(q, k, v, shape.QElementCount, shape.KvElementCount, qDescale, kDescale, vDescale, shape.Batch, shape.HeadsKv);
         int seqQ = shape.SeqLenQ, seqK = shape.SeqLenK;
-        ForwardWithExtras(
-            Dequantize(q, qDescale, t => (int)(t / seqQ), shape.HeadsQ, shape.GroupSize, shape.HeadDim),
-            Dequantize(k, kDescale, t => (int)(t / seqK), shape.HeadsKv, 1, shape.HeadDim),
-            Dequantize(v, vDescale, t => (int)(t / seqK), shape.HeadsKv, 1, shape.HeadDim),
-            shape, options, Float8Extras(roundProbabilities), output, logSumExp);
+        var (tq, tk, tv) = Dequantize(
+            q, k, v, qDescale, kDescale, vDescale, t => (int)(t / seqQ), t => (int)(t / seqK), shape.HeadsQ, shape.HeadsKv, shape.HeadDim);
+        ForwardWithExtras(tq, tk, tv, shape, options, Float8Extras(roundProbabilities), output, logSumExp);
     }
 
     /// <summary>
@@ -118,32 +111,42 @@ public static partial class AttentionReference
         bool roundProbabilities = false)
     {
         ArgumentNullException.ThrowIfNull(options);
-        new AttentionShape(seqLensQ.Length, 0, 0, headsQ, headsKv, headDim).Validate(nameof(headsQ));
-        if (seqLensQ.Length != seqLensK.Length)
-        {
-            throw new ArgumentException(
-                $"seqLensQ has {seqLensQ.Length} sequences but seqLensK has {seqLensK.Length}.", nameof(seqLensK));
-        }
-
-        long[] cuQ = PrefixSums(seqLensQ, nameof(seqLensQ), out _);
-        long[] cuK = PrefixSums(seqLensK, nameof(seqLensK), out _);
-        RequireLength(q.Length, cuQ[^1] * headsQ * headDim, nameof(q));
-        RequireLength(k.Length, cuK[^1] * headsKv * headDim, nameof(k));
-        RequireLength(v.Length, cuK[^1] * headsKv * headDim, nameof(v));
-        int sequences = seqLensQ.Length;
-        RequireDescale(qDescale, sequences, headsKv, nameof(qDescale));
-        RequireDescale(kDescale, sequences, headsKv, nameof(kDescale));
-        RequireDescale(vDescale, sequences, headsKv, nameof(vDescale));
+        (long[] cuQ, long[] cuK, _) = CheckVarlenSizes(seqLensQ, seqLensK, headsQ, headsKv, headDim);
+        RequireFloat8Inputs(
+            q, k, v, cuQ[^1] * headsQ * headDim, cuK[^1] * headsKv * headDim, qDescale, kDescale, vDescale, seqLensQ.Length, headsKv);
         int[] sequenceOfQ = SequenceOfToken(cuQ), sequenceOfK = SequenceOfToken(cuK);
+        var (tq, tk, tv) = Dequantize(
+            q, k, v, qDescale, kDescale, vDescale, t => sequenceOfQ[t], t => sequenceOfK[t], headsQ, headsKv, headDim);
         ForwardVarlenWithExtras(
-            Dequantize(q, qDescale, t => sequenceOfQ[t], headsQ, headsQ / headsKv, headDim),
-            Dequantize(k, kDescale, t => sequenceOfK[t], headsKv, 1, headDim),
-            Dequantize(v, vDescale, t => sequenceOfK[t], headsKv, 1, headDim),
-            seqLensQ, seqLensK, headsQ, headsKv, headDim, options, Float8Extras(roundProbabilities), output, logSumExp);
+            tq, tk, tv, seqLensQ, seqLensK, headsQ, headsKv, headDim, options, Float8Extras(roundProbabilities), output, logSumExp);
     }
 
     private static ReferenceExtras Float8Extras(bool roundProbabilities) =>
         roundProbabilities ? new ReferenceExtras { RoundProbabilitiesToFloat8 = true } : ReferenceExtras.None;
+
+    /// <summary>
+    /// The length checks both fp8 entry points make, in this order: q against <paramref name="qElements"/>, k and v
+    /// against <paramref name="kvElements"/>, then each descale table (empty, or dense <c>[batch, headsKv]</c>).
+    /// </summary>
+    private static void RequireFloat8Inputs(
+        ReadOnlySpan<Float8E4M3> q,
+        ReadOnlySpan<Float8E4M3> k,
+        ReadOnlySpan<Float8E4M3> v,
+        long qElements,
+        long kvElements,
+        ReadOnlySpan<float> qDescale,
+        ReadOnlySpan<float> kDescale,
+        ReadOnlySpan<float> vDescale,
+        int batch,
+        int headsKv)
+    {
+        RequireLength(q.Length, qElements, nameof(q));
+        RequireLength(k.Length, kvElements, nameof(k));
+        RequireLength(v.Length, kvElements, nameof(v));
+        RequireDescale(qDescale, batch, headsKv, nameof(qDescale));
+        RequireDescale(kDescale, batch, headsKv, nameof(kDescale));
+        RequireDescale(vDescale, batch, headsKv, nameof(vDescale));
+    }
 
     private static void RequireDescale(ReadOnlySpan<float> descale, int batch, int headsKv, string paramName)
     {
@@ -166,6 +169,27 @@ public static partial class AttentionReference
 
         return sequenceOf;
     }
+
+    /// <summary>
+    /// q, k and v dequantized (<see cref="Dequantize(ReadOnlySpan{Float8E4M3}, ReadOnlySpan{float}, Func{long, int}, int, int, int)"/>):
+    /// q's factor is that of its KV head, <paramref name="batchOfQ"/> and <paramref name="batchOfK"/> give the batch
+    /// (or sequence) of a q and a k/v token.
+    /// </summary>
+    private static (double[] Q, double[] K, double[] V) Dequantize(
+        ReadOnlySpan<Float8E4M3> q,
+        ReadOnlySpan<Float8E4M3> k,
+        ReadOnlySpan<Float8E4M3> v,
+        ReadOnlySpan<float> qDescale,
+        ReadOnlySpan<float> kDescale,
+        ReadOnlySpan<float> vDescale,
+        Func<long, int> batchOfQ,
+        Func<long, int> batchOfK,
+        int headsQ,
+        int headsKv,
+        int headDim) =>
+        (Dequantize(q, qDescale, batchOfQ, headsQ, headsQ / headsKv, headDim),
+            Dequantize(k, kDescale, batchOfK, headsKv, 1, headDim),
+            Dequantize(v, vDescale, batchOfK, headsKv, 1, headDim));
 
     /// <summary>
     /// <c>values</c>, tokens of <paramref name="heads"/> heads of <paramref name="headDim"/> elements, widened to float64

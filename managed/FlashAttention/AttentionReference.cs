@@ -436,15 +436,7 @@ public static partial class AttentionReference
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate(nameof(options));
-        new AttentionShape(seqLensQ.Length, 0, 0, headsQ, headsKv, headDim).Validate("headsQ");
-        if (seqLensQ.Length != seqLensK.Length)
-        {
-            throw new ArgumentException(
-                $"seqLensQ has {seqLensQ.Length} sequences but seqLensK has {seqLensK.Length}.", nameof(seqLensK));
-        }
-
-        long[] cuQ = PrefixSums(seqLensQ, nameof(seqLensQ), out _);
-        long[] cuK = PrefixSums(seqLensK, nameof(seqLensK), out int maxK);
+        (long[] cuQ, long[] cuK, int maxK) = CheckVarlenSizes(seqLensQ, seqLensK, headsQ, headsKv, headDim);
         plan = new ExtrasPlan(extras, options, seqLensQ.Length, headsQ, headDim, maxK);
         int dv = plan.ValueHeadDim;
         RequireLength(q.Length, cuQ[^1] * headsQ * headDim, nameof(q));
@@ -458,6 +450,25 @@ public static partial class AttentionReference
         }
 
         return new VarlenLayout(cuQ, cuK, maxK, lensQ, lensK, macs);
+    }
+
+    /// <summary>
+    /// The size and length checks of a variable-length batch (sizes, sequence counts, then each list's lengths), in
+    /// that order; returns the prefix sums of the query and key lengths and the longest key sequence.
+    /// </summary>
+    private static (long[] CuQ, long[] CuK, int MaxK) CheckVarlenSizes(
+        ReadOnlySpan<int> seqLensQ, ReadOnlySpan<int> seqLensK, int headsQ, int headsKv, int headDim)
+    {
+        new AttentionShape(seqLensQ.Length, 0, 0, headsQ, headsKv, headDim).Validate("headsQ");
+        if (seqLensQ.Length != seqLensK.Length)
+        {
+            throw new ArgumentException(
+                $"seqLensQ has {seqLensQ.Length} sequences but seqLensK has {seqLensK.Length}.", nameof(seqLensK));
+        }
+
+        long[] cuQ = PrefixSums(seqLensQ, nameof(seqLensQ), out _);
+        long[] cuK = PrefixSums(seqLensK, nameof(seqLensK), out int maxK);
+        return (cuQ, cuK, maxK);
     }
 
     private static void RequireLength(int actual, long expected, string paramName)
