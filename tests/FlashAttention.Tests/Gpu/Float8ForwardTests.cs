@@ -33,48 +33,23 @@ public sealed class Float8ForwardTests : ForwardPathTestBase
     private bool Float8OnPath(AttentionOptions options, int headDim, bool varlen, Action forward, IReadOnlyList<DeviceArray> outputs, string context)
     {
         KernelPath path = options.KernelPath;
-        context = $"{context}, path {path}";
-        SupportResult query = FlashAttention.QuerySupport(
-            SupportQuery.For(AttentionPass.Forward, DataType.Float8E4M3, headDim, options, varlen, Device.ComputeCapabilityCode));
-        Kernels.Clear();
-        if (!Serves(path))
+        string expected = path switch
         {
-            var ex = Assert.Throws<FlashAttentionException>(() => forward(), $"{context}: {Device} must refuse the fp8 forward on {path}");
-            Stream.Synchronize();
-            string expected = path switch
+            KernelPath.Sm80 => "FA_PATH_SM80",
+            KernelPath.Sm90 => "FA_PATH_SM90",
+            _ => "fp8",
+        };
+        var contract = new PathContract(
+            Serves(path),
+            $"the fp8 forward on {path}",
+            $"a build that lists sm90_fwd_e4m3_ kernels: the sm90 fp8 forward must serve head dim {headDim} on path {path}",
+            null,
+            (ex, _, where) =>
             {
-                KernelPath.Sm80 => "FA_PATH_SM80",
-                KernelPath.Sm90 => "FA_PATH_SM90",
-                _ => "fp8",
-            };
-            using (Assert.EnterMultipleScope())
-            {
-                Assert.That(ex!.Status, Is.EqualTo(FlashAttentionStatus.Unsupported), $"{context}: {ex.NativeMessage}");
-                Assert.That(ex.NativeMessage, Does.Contain(expected), context);
-                Assert.That(query.IsSupported, Is.False, $"{context}: the capability query for {Device} must refuse what the call refuses");
-                Assert.That(Kernels.ForwardKernels, Is.Empty, $"{context}: a refused call launched a kernel");
-                for (int i = 0; i < outputs.Count; i++)
-                {
-                    Assert.That(outputs[i].ReadBytes().All(b => b == 0xFF), Is.True, $"{context}: a refused call wrote output {i}");
-                }
-            }
-
-            return false;
-        }
-
-        try
-        {
-            forward();
-        }
-        catch (FlashAttentionException ex) when (ex.Status == FlashAttentionStatus.Unsupported)
-        {
-            Assert.Fail($"{context}: {Device}, a build that lists sm90_fwd_e4m3_ kernels: the sm90 fp8 forward must serve head dim {headDim} on path " +
-                $"{path}, yet the call came back UNSUPPORTED: {ex.NativeMessage}");
-        }
-
-        Assert.That(query.IsSupported, Is.True, $"{context}: the capability query refuses what the call served: {query.Reason}");
-        ForwardPaths.AssertRan(Kernels.ForwardKernels, path, Device, DataType.Float8E4M3, headDim, context);
-        return true;
+                Assert.That(ex.Status, Is.EqualTo(FlashAttentionStatus.Unsupported), $"{where}: {ex.NativeMessage}");
+                Assert.That(ex.NativeMessage, Does.Contain(expected), where);
+            });
+        return ForwardOnPath(options, DataType.Float8E4M3, headDim, varlen, forward, outputs, context, contract);
     }
 
     public static IEnumerable<TestCaseData> Cases()

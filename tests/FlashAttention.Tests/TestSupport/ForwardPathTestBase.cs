@@ -5,10 +5,10 @@ namespace FlashAttn.Tests.TestSupport;
 
 /// <summary>
 /// An <see cref="AttentionTestBase"/> whose instance logs the forward kernels it launches (<see cref="KernelLog"/>), with
-/// <see cref="ForwardOnPath"/> to run a forward on a chosen <see cref="KernelPath"/> and hold it to
-/// <see cref="ForwardPaths"/>' contract: where the path serves, the call succeeds on the expected kernel family; where
-/// it does not (Sm90 on another GPU or a build without sm_90a code), the call is refused as the contract says and
-/// writes nothing. A refusal is asserted, never ignored.
+/// <see cref="ForwardOnPath(AttentionOptions, DataType, int, bool, Action, IReadOnlyList{DeviceArray}, string)"/> to run
+/// a forward on a chosen <see cref="KernelPath"/> and hold it to <see cref="ForwardPaths"/>' contract: where the path
+/// serves, the call succeeds on the expected kernel family; where it does not (Sm90 on another GPU or a build without
+/// sm_90a code), the call is refused as the contract says and writes nothing. A refusal is asserted, never ignored.
 /// </summary>
 public abstract class ForwardPathTestBase : AttentionTestBase
 {
@@ -27,19 +27,46 @@ public abstract class ForwardPathTestBase : AttentionTestBase
         AttentionOptions options, DataType dtype, int headDim, bool varlen, Action forward, IReadOnlyList<DeviceArray> outputs, string context)
     {
         KernelPath path = options.KernelPath;
+        var contract = new PathContract(
+            ForwardPaths.Serves(path, Device),
+            "FA_PATH_SM90",
+            $"a build with sm_90a code: {ForwardPaths.BuildHasSm90a}; path {path} must serve the forward at head dim {headDim}",
+            (ex, where) => ForwardPaths.AssertSm90Refusal(ex.Status, ex.NativeMessage, Device, where),
+            (_, query, where) => Assert.That(query.Reason, Does.Contain("FA_PATH_SM90"), where));
+        return ForwardOnPath(options, dtype, headDim, varlen, forward, outputs, context, contract);
+    }
+
+    /// <summary>
+    /// <see cref="ForwardOnPath(AttentionOptions, DataType, int, bool, Action, IReadOnlyList{DeviceArray}, string)"/> under
+    /// the given <paramref name="contract"/> (the fp8 forward has its own): where the contract serves the call, it must run
+    /// (UNSUPPORTED fails the test) on the kernel family <see cref="ForwardPaths.AssertRan"/> expects, and the capability
+    /// query must agree; elsewhere it must be refused as the contract says, the query must refuse too, no kernel may run
+    /// and every byte of <paramref name="outputs"/> must still be 0xFF.
+    /// </summary>
+    private protected bool ForwardOnPath(
+        AttentionOptions options,
+        DataType dtype,
+        int headDim,
+        bool varlen,
+        Action forward,
+        IReadOnlyList<DeviceArray> outputs,
+        string context,
+        PathContract contract)
+    {
+        KernelPath path = options.KernelPath;
         context = $"{context}, path {path}";
         SupportResult query = FlashAttention.QuerySupport(
             SupportQuery.For(AttentionPass.Forward, dtype, headDim, options, varlen, Device.ComputeCapabilityCode));
         Kernels.Clear();
-        if (!ForwardPaths.Serves(path, Device))
+        if (!contract.Serves)
         {
-            var ex = Assert.Throws<FlashAttentionException>(() => forward(), $"{context}: {Device} must refuse FA_PATH_SM90");
+            var ex = Assert.Throws<FlashAttentionException>(() => forward(), $"{context}: {Device} must refuse {contract.Refuses}");
             Stream.Synchronize();
-            ForwardPaths.AssertSm90Refusal(ex!.Status, ex.NativeMessage, Device, context);
+            contract.AssertRefusal?.Invoke(ex!, context);
             using (Assert.EnterMultipleScope())
             {
+                contract.AssertRefusalAmongChecks(ex!, query, context);
                 Assert.That(query.IsSupported, Is.False, $"{context}: the capability query for {Device} must refuse what the call refuses");
-                Assert.That(query.Reason, Does.Contain("FA_PATH_SM90"), context);
                 Assert.That(Kernels.ForwardKernels, Is.Empty, $"{context}: a refused call launched a kernel");
                 for (int i = 0; i < outputs.Count; i++)
                 {
@@ -56,8 +83,7 @@ public abstract class ForwardPathTestBase : AttentionTestBase
         }
         catch (FlashAttentionException ex) when (ex.Status == FlashAttentionStatus.Unsupported)
         {
-            Assert.Fail($"{context}: {Device}, a build with sm_90a code: {ForwardPaths.BuildHasSm90a}; path {path} must serve the " +
-                $"forward at head dim {headDim}, yet the call came back UNSUPPORTED: {ex.NativeMessage}");
+            Assert.Fail($"{context}: {Device}, {contract.MustServe}, yet the call came back UNSUPPORTED: {ex.NativeMessage}");
         }
 
         Assert.That(query.IsSupported, Is.True, $"{context}: the capability query refuses what the call served: {query.Reason}");
@@ -85,4 +111,25 @@ public abstract class ForwardPathTestBase : AttentionTestBase
 
         Assert.That(status, Is.EqualTo(FlashAttentionStatus.Success), message);
     }
+
+    /// <summary>
+    /// What a kernel path promises one forward call, as
+    /// <see cref="ForwardOnPath(AttentionOptions, DataType, int, bool, Action, IReadOnlyList{DeviceArray}, string, PathContract)"/>
+    /// checks it.
+    /// </summary>
+    /// <param name="Serves">Whether the call must run on this device and build.</param>
+    /// <param name="Refuses">What the device must refuse otherwise, for the message of a call that ran anyway.</param>
+    /// <param name="MustServe">Why the call must run, for the message of one that came back UNSUPPORTED.</param>
+    /// <param name="AssertRefusal">
+    /// Checks the refusal (its status and message; the context) on its own, before the other checks; null: nothing.
+    /// </param>
+    /// <param name="AssertRefusalAmongChecks">
+    /// Checks the refusal (with the capability query's answer; the context) among the other checks of a refused call.
+    /// </param>
+    private protected sealed record PathContract(
+        bool Serves,
+        string Refuses,
+        string MustServe,
+        Action<FlashAttentionException, string>? AssertRefusal,
+        Action<FlashAttentionException, SupportResult, string> AssertRefusalAmongChecks);
 }
