@@ -92,10 +92,22 @@ internal static class AcceptanceRule
         return problems;
     }
 
-    public static List<string> JudgeLse(float[] lse, double[] reference)
+    public static List<string> JudgeLse(float[] lse, double[] reference) =>
+        JudgeLse(lse, reference, (i, a, e) =>
+            !float.IsFinite(a) || Math.Abs(a - e) > LseTolerance * Math.Max(1.0, Math.Abs(e))
+                ? $"lse[{i}] = {a:G9}, reference {e:G12}, |diff| {Math.Abs(a - e):E3} > {LseTolerance:E0} * max(1, |ref|)"
+                : null);
+
+    /// <summary>
+    /// The log-sum-exp rules' frame (this one's and <see cref="Float8Testing.JudgeLse"/>): up to three problems, in
+    /// element order; where the reference is +infinity (the row sees no key) the value must be +infinity too; elsewhere
+    /// <paramref name="judge"/> (index, value, reference) gives the problem with the value, or null when it is within
+    /// the rule's tolerance.
+    /// </summary>
+    public static List<string> JudgeLse(float[] lse, double[] reference, Func<long, float, double, string?> judge)
     {
         var problems = new List<string>();
-        for (int i = 0; i < lse.Length && problems.Count < 3; i++)
+        for (long i = 0; i < lse.Length && problems.Count < 3; i++)
         {
             double e = reference[i];
             float a = lse[i];
@@ -109,9 +121,9 @@ internal static class AcceptanceRule
                 continue;
             }
 
-            if (!float.IsFinite(a) || Math.Abs(a - e) > LseTolerance * Math.Max(1.0, Math.Abs(e)))
+            if (judge(i, a, e) is { } problem)
             {
-                problems.Add($"lse[{i}] = {a:G9}, reference {e:G12}, |diff| {Math.Abs(a - e):E3} > {LseTolerance:E0} * max(1, |ref|)");
+                problems.Add(problem);
             }
         }
 

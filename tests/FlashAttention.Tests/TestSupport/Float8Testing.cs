@@ -244,32 +244,14 @@ internal static class Float8Testing
     }
 
     /// <summary>The LSE rule: +infinity where the reference is, else within <c>1e-4 * max(1, |ref|) + bound</c>.</summary>
-    public static List<string> JudgeLse(float[] lse, double[] reference, double[] bounds)
-    {
-        var problems = new List<string>();
-        for (long i = 0; i < lse.Length && problems.Count < 3; i++)
+    public static List<string> JudgeLse(float[] lse, double[] reference, double[] bounds) =>
+        AcceptanceRule.JudgeLse(lse, reference, (i, a, e) =>
         {
-            double e = reference[i];
-            float a = lse[i];
-            if (double.IsPositiveInfinity(e))
-            {
-                if (!float.IsPositiveInfinity(a))
-                {
-                    problems.Add($"lse[{i}] = {a} for a row that sees no key; expected +infinity");
-                }
-
-                continue;
-            }
-
             double tolerance = (LseRelative * Math.Max(1.0, Math.Abs(e))) + bounds[i];
-            if (!float.IsFinite(a) || !(Math.Abs(a - e) <= tolerance))
-            {
-                problems.Add($"lse[{i}] = {a:G9}, reference {e:G12}, |diff| {Math.Abs(a - e):E3} > {tolerance:E3}");
-            }
-        }
-
-        return problems;
-    }
+            return !float.IsFinite(a) || !(Math.Abs(a - e) <= tolerance)
+                ? $"lse[{i}] = {a:G9}, reference {e:G12}, |diff| {Math.Abs(a - e):E3} > {tolerance:E3}"
+                : null;
+        });
 
     /// <summary>max_j |k[j, hk, x]| over the <paramref name="count"/> tokens from <paramref name="start"/>.</summary>
     private static double[] ColumnMax(double[] k, int start, int count, int headsKv, int hk, int headDim)
