@@ -73,6 +73,8 @@ Environment:
   FA_GPU_TEST_ONLY  gpu-test: "tests" (ctest, NUnit, demo, samples), "sanitize" (compute-sanitizer),
                     "bench" (the benchmark), or a comma list of them (default: all three).
   FA_BENCH_ARGS     gpu-test: extra arguments of bench/run.py (e.g. --baseline-lib DIR, --only fwd,bwd).
+  FA_STEP_TIMEOUT   gpu-test: seconds each test program (ctest, NUnit, demo, pytest, samples) may run (240); one
+                    that runs longer (a hung kernel) is stopped and its step counts as failed, saying so.
   FA_SAN_TOOLS, FA_SAN_SHARDS, FA_SAN_JOBS, FA_SAN_TIMEOUT, FA_SAN_CONFIRM
                     gpu-test's sanitize part: the tools (default memcheck,racecheck,synccheck,initcheck),
                     shards per tool (e.g. racecheck=4,memcheck=2), runs at once, seconds per run (300),
@@ -353,6 +355,16 @@ count_mtp() {
 SUM_PASSED=0
 SUM_FAILED=0
 SUM_SKIPPED=0
+# gpu-test runs each test program under a time limit (FA_STEP_TIMEOUT seconds): a hung kernel then costs one step,
+# counted as failed and named, instead of the whole device call. Empty (no limit) for the CPU test command.
+STEP_LIMIT=()
+# Says so in $2 (a log) when exit code $1 is timeout's.
+note_timeout() {
+    if [[ "$1" -eq 124 || "$1" -eq 137 ]]; then
+        echo "    TIMED OUT after ${FA_STEP_TIMEOUT:-?} s (FA_STEP_TIMEOUT): a hung kernel or test; the step counts as failed" |
+            tee -a "$2" >&2
+    fi
+}
 add_counts() {
     echo "    $1: $T_PASSED passed, $T_FAILED failed, $T_SKIPPED skipped"
     SUM_PASSED=$((SUM_PASSED + T_PASSED))
@@ -364,7 +376,9 @@ add_counts() {
 run_ctest() {
     local log="$1" junit="$2" rc=0
     rm -f "$junit"
-    ctest --test-dir "$NATIVE_BUILD_DIR" --output-on-failure --output-junit "$(realpath -m "$junit")" 2>&1 | tee "$log" || rc=$?
+    ${STEP_LIMIT[@]+"${STEP_LIMIT[@]}"} ctest --test-dir "$NATIVE_BUILD_DIR" --output-on-failure \
+        --output-junit "$(realpath -m "$junit")" 2>&1 | tee "$log" || rc=$?
+    note_timeout "$rc" "$log"
     count_ctest "$junit" "$rc"
     add_counts ctest
     print_ctest_skip_reasons "$junit"
@@ -428,8 +442,9 @@ print_skip_reasons() {
 run_mtp() {
     local log="$1" rc=0
     shift
-    "$@" --show-test-results failed,skipped --no-ansi --progress off 2>&1 | tee "$log" |
+    ${STEP_LIMIT[@]+"${STEP_LIMIT[@]}"} "$@" --show-test-results failed,skipped --no-ansi --progress off 2>&1 | tee "$log" |
         awk '/^skipped / { s = 1; next } s && /^ / { next } { s = 0; print; fflush() }' || rc=$?
+    note_timeout "$rc" "$log"
     count_mtp "$log" "$rc"
     add_counts nunit
     print_skip_reasons "$log"
@@ -447,8 +462,9 @@ run_pytest() {
         add_counts pytest
         return 0
     fi
-    FLASH_ATTENTION_NATIVE_PATH="$lib" PYTHONDONTWRITEBYTECODE=1 "$py" -m pytest python/tests -q -rs -m "$marker" \
+    FLASH_ATTENTION_NATIVE_PATH="$lib" PYTHONDONTWRITEBYTECODE=1 ${STEP_LIMIT[@]+"${STEP_LIMIT[@]}"} "$py" -m pytest python/tests -q -rs -m "$marker" \
         -p no:cacheprovider 2>&1 | tee "$log" || rc=$?
+    note_timeout "$rc" "$log"
     local summary
     summary="$(grep -E '^=*[ ]*[0-9]+ (passed|failed|skipped|error|errors|deselected)' "$log" | tail -n 1 || true)"
     local passed failed skipped errors
@@ -570,7 +586,8 @@ run_bundled_sample() {
     local name="$1" exe="$BUNDLE_DIR/$2" what="$3" rc=0
     step "$name" "bundled $2: $what"
     if [[ -x "$exe" ]]; then
-        "$exe" >"$logdir/$name.log" 2>&1 || rc=$?
+        ${STEP_LIMIT[@]+"${STEP_LIMIT[@]}"} "$exe" >"$logdir/$name.log" 2>&1 || rc=$?
+        note_timeout "$rc" "$logdir/$name.log"
         tail -n 12 "$logdir/$name.log"
     else
         echo "    $exe not found: the bundle predates it (run ./build.sh bundle again)" | tee "$logdir/$name.log"
@@ -622,6 +639,7 @@ cmd_gpu_test() {
     # family), "bench" (the benchmark only), or a comma list of them; empty: all three. A device call is limited
     # to 10 minutes, and each part fits one (with the native build).
     local part want_tests=0 want_sanitize=0 want_bench=0
+    command -v timeout >/dev/null && STEP_LIMIT=(timeout -k 15 "${FA_STEP_TIMEOUT:=240}")
     for part in $(tr ',' ' ' <<<"${FA_GPU_TEST_ONLY:-tests,sanitize,bench}"); do
         case "$part" in
             tests) want_tests=1 ;;
@@ -681,7 +699,8 @@ cmd_gpu_test() {
 
     step demo "bundled demo"
     rc=0
-    "$BUNDLE_DIR/FlashAttention.Demo" >"$logdir/demo.log" 2>&1 || rc=$?
+    ${STEP_LIMIT[@]+"${STEP_LIMIT[@]}"} "$BUNDLE_DIR/FlashAttention.Demo" >"$logdir/demo.log" 2>&1 || rc=$?
+    note_timeout "$rc" "$logdir/demo.log"
     tail -n 15 "$logdir/demo.log"
     status_lines+=("demo: exit code $rc")
     [[ $rc -eq 0 ]] || SUM_FAILED=$((SUM_FAILED + 1))

@@ -32,9 +32,7 @@ public sealed class Float8AcceptanceRuleTests
         AttentionDims dims, MaskSpec spec, bool descales, Float8Emulation.Defect defect, int blockK, out int seed)
     {
         Random random = TestRandom.ForCurrentTest(out seed);
-        Float8E4M3[] q = Float8Testing.RandomInputs(random, dims.QElements, spec.Softcap > 0 ? spec.Softcap / 4 : 1);
-        Float8E4M3[] k = Float8Testing.RandomInputs(random, dims.KvElements);
-        Float8E4M3[] v = Float8Testing.RandomInputs(random, dims.KvElements);
+        var (q, k, v) = Float8Testing.RandomQkv(random, dims, spec.Softcap);
         int n = dims.Batch * dims.HeadsKv;
         float[] qd = descales ? Float8Testing.RandomDescales(random, n) : [];
         float[] kd = descales ? Float8Testing.RandomDescales(random, n) : [];

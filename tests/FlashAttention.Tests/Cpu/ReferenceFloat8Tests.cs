@@ -168,9 +168,7 @@ public sealed class ReferenceFloat8Tests
             int hkv = random.Next(1, 4);
             var dims = new AttentionDims(random.Next(1, 4), random.Next(1, 30), random.Next(1, 30), hkv * random.Next(1, 5), hkv, random.Next(1, 41));
             string context = $"seed {seed}, iteration {iteration}, {dims}, {spec}, descales {descales}";
-            Float8E4M3[] q = Float8Testing.RandomInputs(random, dims.QElements, spec.Softcap > 0 ? spec.Softcap / 4 : 1);
-            Float8E4M3[] k = Float8Testing.RandomInputs(random, dims.KvElements);
-            Float8E4M3[] v = Float8Testing.RandomInputs(random, dims.KvElements);
+            var (q, k, v) = Float8Testing.RandomQkv(random, dims, spec.Softcap);
             int n = dims.Batch * dims.HeadsKv;
             float[] qd = descales is "all" or "q-and-v" ? Float8Testing.RandomDescales(random, n) : [];
             float[] kd = descales is "all" or "k-only" ? Float8Testing.RandomDescales(random, n) : [];
@@ -203,12 +201,7 @@ public sealed class ReferenceFloat8Tests
         int[] lensK = [7, 3, 0, 17, 1, 0];
         const int Hq = 4, Hkv = 2, D = 32;
         int totalQ = lensQ.Sum(), totalK = lensK.Sum(), sequences = lensQ.Length;
-        Float8E4M3[] q = Float8Testing.RandomInputs(random, totalQ * Hq * D);
-        Float8E4M3[] k = Float8Testing.RandomInputs(random, totalK * Hkv * D);
-        Float8E4M3[] v = Float8Testing.RandomInputs(random, totalK * Hkv * D);
-        float[] qd = Float8Testing.RandomDescales(random, sequences * Hkv);
-        float[] kd = Float8Testing.RandomDescales(random, sequences * Hkv);
-        float[] vd = Float8Testing.RandomDescales(random, sequences * Hkv);
+        var (q, k, v, qd, kd, vd) = Float8Testing.RandomVarlenInputs(random, totalQ, totalK, sequences, Hq, Hkv, D);
         var options = new AttentionOptions { Causal = true, WindowLeft = 6 };
         var output = new double[totalQ * Hq * D];
         var lse = new double[Hq * totalQ];
@@ -246,9 +239,7 @@ public sealed class ReferenceFloat8Tests
         Random random = TestRandom.ForCurrentTest(out int seed);
         var dims = new AttentionDims(2, 37, 301, 4, 2, 64);
         var shape = new AttentionShape(dims.Batch, dims.SeqQ, dims.SeqK, dims.HeadsQ, dims.HeadsKv, dims.HeadDim);
-        Float8E4M3[] q = Float8Testing.RandomInputs(random, dims.QElements);
-        Float8E4M3[] k = Float8Testing.RandomInputs(random, dims.KvElements);
-        Float8E4M3[] v = Float8Testing.RandomInputs(random, dims.KvElements);
+        var (q, k, v) = Float8Testing.RandomQkv(random, dims);
         float[] vd = Float8Testing.RandomDescales(random, dims.Batch * dims.HeadsKv);
         var options = new AttentionOptions { Causal = true };
         var (exact, lse) = Run(q, k, v, shape, options, [], [], vd, round: false);

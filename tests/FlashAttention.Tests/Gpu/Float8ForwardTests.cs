@@ -132,12 +132,7 @@ public sealed class Float8ForwardTests : ForwardPathTestBase
         const int Hq = 8, Hkv = 2;
         int totalQ = lensQ.Sum(), totalK = lensK.Sum(), sequences = lensQ.Length;
         Random random = TestRandom.ForCurrentTest(out int seed);
-        Float8E4M3[] q = Float8Testing.RandomInputs(random, totalQ * Hq * d);
-        Float8E4M3[] k = Float8Testing.RandomInputs(random, totalK * Hkv * d);
-        Float8E4M3[] v = Float8Testing.RandomInputs(random, totalK * Hkv * d);
-        float[] qd = Float8Testing.RandomDescales(random, sequences * Hkv);
-        float[] kd = Float8Testing.RandomDescales(random, sequences * Hkv);
-        float[] vd = Float8Testing.RandomDescales(random, sequences * Hkv);
+        var (q, k, v, qd, kd, vd) = Float8Testing.RandomVarlenInputs(random, totalQ, totalK, sequences, Hq, Hkv, d);
         AttentionOptions options = new MaskSpec(causal, topLeft).ToOptions() with { KernelPath = path };
 
         using var dq = DeviceArray.Upload(Device, DataType.Float8E4M3, Float8Testing.ToFloat(q));

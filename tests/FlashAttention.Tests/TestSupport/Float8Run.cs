@@ -76,9 +76,7 @@ internal sealed class Float8Run : IDisposable
         var run = new Float8Run(dims);
         try
         {
-            run.Q = Float8Testing.RandomInputs(random, dims.QElements, softcap > 0 ? softcap / 4 : 1);
-            run.K = Float8Testing.RandomInputs(random, dims.KvElements);
-            run.V = Float8Testing.RandomInputs(random, dims.KvElements);
+            (run.Q, run.K, run.V) = Float8Testing.RandomQkv(random, dims, softcap);
             run.DQ = run.Own(DeviceArray.Upload(device, DataType.Float8E4M3, Float8Testing.ToFloat(run.Q)));
             run.DK = run.Own(DeviceArray.Upload(device, DataType.Float8E4M3, Float8Testing.ToFloat(run.K)));
             run.DV = run.Own(DeviceArray.Upload(device, DataType.Float8E4M3, Float8Testing.ToFloat(run.V)));

@@ -57,6 +57,32 @@ internal static class Float8Testing
         return result;
     }
 
+    /// <summary>
+    /// FA3's q, k and v of a fixed-length problem (<see cref="RandomInputs"/>, drawn in that order): q with std
+    /// <c>softcap / 4</c> where <paramref name="softcap"/> is set (FA3: "so that qk reaches the softcap range"), else 1;
+    /// k and v with std 1.
+    /// </summary>
+    public static (Float8E4M3[] Q, Float8E4M3[] K, Float8E4M3[] V) RandomQkv(Random random, AttentionDims dims, float softcap = 0f) =>
+        (RandomInputs(random, dims.QElements, softcap > 0 ? softcap / 4 : 1), RandomInputs(random, dims.KvElements),
+            RandomInputs(random, dims.KvElements));
+
+    /// <summary>
+    /// FA3's inputs of a packed variable-length problem, drawn in this order: q <c>[totalQ, headsQ, headDim]</c>, k and v
+    /// <c>[totalK, headsKv, headDim]</c> (<see cref="RandomInputs"/>, std 1), then q's, k's and v's descale tables
+    /// <c>[sequences, headsKv]</c> (<see cref="RandomDescales"/>).
+    /// </summary>
+    public static (Float8E4M3[] Q, Float8E4M3[] K, Float8E4M3[] V, float[] QDescale, float[] KDescale, float[] VDescale) RandomVarlenInputs(
+        Random random, int totalQ, int totalK, int sequences, int headsQ, int headsKv, int headDim)
+    {
+        Float8E4M3[] q = RandomInputs(random, totalQ * headsQ * headDim);
+        Float8E4M3[] k = RandomInputs(random, totalK * headsKv * headDim);
+        Float8E4M3[] v = RandomInputs(random, totalK * headsKv * headDim);
+        float[] qd = RandomDescales(random, sequences * headsKv);
+        float[] kd = RandomDescales(random, sequences * headsKv);
+        float[] vd = RandomDescales(random, sequences * headsKv);
+        return (q, k, v, qd, kd, vd);
+    }
+
     /// <summary>FA3's descale factors: <c>rand(count) * 2</c>, uniform in [0, 2), as fp32.</summary>
     public static float[] RandomDescales(Random random, int count)
     {
