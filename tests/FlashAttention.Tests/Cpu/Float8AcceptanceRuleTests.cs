@@ -38,29 +38,9 @@ public sealed class Float8AcceptanceRuleTests
         float[] kd = descales ? Float8Testing.RandomDescales(random, n) : [];
         float[] vd = descales ? Float8Testing.RandomDescales(random, n) : [];
         float scale = (float)dims.DefaultScale;
-        AttentionOptions options = spec.ToOptions();
-        var shape = new AttentionShape(dims.Batch, dims.SeqQ, dims.SeqK, dims.HeadsQ, dims.HeadsKv, dims.HeadDim);
-
-        var refOut = new double[dims.QElements];
-        var refLse = new double[dims.LseElements];
-        var pt = new double[dims.QElements];
-        AttentionReference.ForwardFloat8(q, k, v, shape, options, qd, kd, vd, refOut, refLse);
-        AttentionReference.ForwardFloat8(q, k, v, shape, options, qd, kd, vd, pt, default, roundProbabilities: true);
         var (ours, lse) = Float8Emulation.Forward(
             Float8Testing.ToFloat(q), Float8Testing.ToFloat(k), Float8Testing.ToFloat(v), qd, kd, vd, dims, spec, scale, blockK, defect);
-
-        int group = dims.HeadsQ / dims.HeadsKv;
-        double[] qt = Float8Testing.Dequantize(q, qd, t => t / dims.SeqQ, dims.HeadsQ, group, dims.HeadDim, dims.HeadsKv);
-        double[] kt = Float8Testing.Dequantize(k, kd, t => t / dims.SeqK, dims.HeadsKv, 1, dims.HeadDim, dims.HeadsKv);
-        double[] bounds = Float8Testing.LseBounds(qt, kt, dims, scale);
-        Func<long, bool> empty = row =>
-        {
-            long t = row / dims.HeadsQ;
-            int h = (int)(row % dims.HeadsQ), b = (int)(t / dims.SeqQ), i = (int)(t % dims.SeqQ);
-            return double.IsPositiveInfinity(refLse[((long)b * dims.HeadsQ + h) * dims.SeqQ + i]);
-        };
-        return (Float8Testing.JudgeOutput(ours, refOut, pt, spec.Softcap > 0, dims.HeadDim, empty),
-            Float8Testing.JudgeLse(lse, refLse, bounds));
+        return new Float8Problem(dims, q, k, v, qd, kd, vd).Judge(ours, lse, spec.ToOptions(), scale, spec.Softcap > 0);
     }
 
     [TestCaseSource(nameof(Shapes))]

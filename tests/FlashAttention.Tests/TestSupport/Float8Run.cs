@@ -117,34 +117,14 @@ internal sealed class Float8Run : IDisposable
         DLse.Poison();
     }
 
-    /// <summary>The float64 reference output and LSE, and the P-rounded variant (FA3's pt before its bf16 rounding).</summary>
-    public (double[] Out, double[] Lse, double[] RoundedP) Reference(AttentionOptions options)
-    {
-        var shape = new AttentionShape(Dims.Batch, Dims.SeqQ, Dims.SeqK, Dims.HeadsQ, Dims.HeadsKv, Dims.HeadDim);
-        var output = new double[Dims.QElements];
-        var lse = new double[Dims.LseElements];
-        var pt = new double[Dims.QElements];
-        AttentionReference.ForwardFloat8(Q, K, V, shape, options, QDescale, KDescale, VDescale, output, lse);
-        AttentionReference.ForwardFloat8(Q, K, V, shape, options, QDescale, KDescale, VDescale, pt, default, roundProbabilities: true);
-        return (output, lse, pt);
-    }
+    /// <summary>The host side of the problem (inputs and dense descale factors), for the reference and the rule.</summary>
+    public Float8Problem Problem => new(Dims, Q, K, V, QDescale, KDescale, VDescale);
 
     /// <summary>FA3's output rule and our LSE bound on what the call wrote; empty when accepted.</summary>
     public List<string> Judge(float[] ours, float[] lse, AttentionOptions options)
     {
-        var (reference, refLse, pt) = Reference(options);
-        AttentionDims d = Dims;
-        int group = d.HeadsQ / d.HeadsKv;
-        double[] qt = Float8Testing.Dequantize(Q, QDescale, t => t / d.SeqQ, d.HeadsQ, group, d.HeadDim, d.HeadsKv);
-        double[] kt = Float8Testing.Dequantize(K, KDescale, t => t / d.SeqK, d.HeadsKv, 1, d.HeadDim, d.HeadsKv);
-        double[] bounds = Float8Testing.LseBounds(qt, kt, d, options.EffectiveScale(d.HeadDim));
-        List<string> problems = Float8Testing.JudgeOutput(ours, reference, pt, options.Softcap is not null, d.HeadDim, row =>
-        {
-            long t = row / d.HeadsQ;
-            int h = (int)(row % d.HeadsQ), b = (int)(t / d.SeqQ), i = (int)(t % d.SeqQ);
-            return double.IsPositiveInfinity(refLse[((long)b * d.HeadsQ + h) * d.SeqQ + i]);
-        });
-        problems.AddRange(Float8Testing.JudgeLse(lse, refLse, bounds));
+        var (problems, lseProblems) = Problem.Judge(ours, lse, options, options.EffectiveScale(Dims.HeadDim), options.Softcap is not null);
+        problems.AddRange(lseProblems);
         return problems;
     }
 
