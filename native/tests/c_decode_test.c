@@ -55,24 +55,9 @@ static uint16_t random16(int dtype) {
 
 /* ---- tensors ------------------------------------------------------------------------------------------ */
 
-static void set_tensor(fa_tensor_t* t, void* data, int32_t dtype, int rank, const int64_t* shape) {
-    int i;
-    memset(t, 0, sizeof(*t));
-    t->data = data;
-    t->dtype = dtype;
-    t->rank = rank;
-    for (i = 0; i < rank; ++i) {
-        t->shape[i] = shape[i];
-    }
-    t->strides[rank - 1] = 1;
-    for (i = rank - 2; i >= 0; --i) {
-        t->strides[i] = t->strides[i + 1] * shape[i + 1];
-    }
-}
-
 static void set4(fa_tensor_t* t, void* data, int32_t dtype, int64_t n0, int64_t n1, int64_t n2, int64_t n3) {
     const int64_t shape[4] = {n0, n1, n2, n3};
-    set_tensor(t, data, dtype, 4, shape);
+    set_dense(t, data, dtype, 4, shape);
 }
 
 /* ---- validation (no GPU needed) ---------------------------------------------------------------------- */
@@ -94,7 +79,7 @@ static fa_decode_params_t valid_params(int paged) {
     if (paged) {
         set4(&p.k_cache, ADDR(2), FA_DTYPE_BFLOAT16, VNBLOCKS, VBLOCK, VHKV, d);
         set4(&p.v_cache, ADDR(3), FA_DTYPE_BFLOAT16, VNBLOCKS, VBLOCK, VHKV, d);
-        set_tensor(&p.block_table, ADDR(4), FA_DTYPE_INT32, 2, table_shape);
+        set_dense(&p.block_table, ADDR(4), FA_DTYPE_INT32, 2, table_shape);
     } else {
         set4(&p.k_cache, ADDR(2), FA_DTYPE_BFLOAT16, VB, VCAP, VHKV, d);
         set4(&p.v_cache, ADDR(3), FA_DTYPE_BFLOAT16, VB, VCAP, VHKV, d);
@@ -102,8 +87,8 @@ static fa_decode_params_t valid_params(int paged) {
     set4(&p.k_new, ADDR(5), FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, d);
     set4(&p.v_new, ADDR(6), FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, d);
     set4(&p.out, ADDR(7), FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, d);
-    set_tensor(&p.lse, ADDR(8), FA_DTYPE_FLOAT32, 3, lse_shape);
-    set_tensor(&p.cache_seqlens, ADDR(9), FA_DTYPE_INT32, 1, lens_shape);
+    set_dense(&p.lse, ADDR(8), FA_DTYPE_FLOAT32, 3, lse_shape);
+    set_dense(&p.cache_seqlens, ADDR(9), FA_DTYPE_INT32, 1, lens_shape);
     p.causal = 1;
     return p;
 }
@@ -508,7 +493,7 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         const int64_t table_shape[2] = {c->b, max_blocks};
         set4(&p.k_cache, d.kc, c->dtype, num_blocks, c->block_size, c->hkv, c->d);
         set4(&p.v_cache, d.vc, c->dtype, num_blocks, c->block_size, c->hkv, c->d);
-        set_tensor(&p.block_table, d.table, FA_DTYPE_INT32, 2, table_shape);
+        set_dense(&p.block_table, d.table, FA_DTYPE_INT32, 2, table_shape);
     } else {
         set4(&p.k_cache, d.kc, c->dtype, c->b, c->capacity, c->hkv, c->d);
         set4(&p.v_cache, d.vc, c->dtype, c->b, c->capacity, c->hkv, c->d);
@@ -521,8 +506,8 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     {
         const int64_t lse_shape[3] = {c->b, c->hq, c->sq};
         const int64_t lens_shape[1] = {c->b};
-        set_tensor(&p.lse, d.lse, FA_DTYPE_FLOAT32, 3, lse_shape);
-        set_tensor(&p.cache_seqlens, d.lens, FA_DTYPE_INT32, 1, lens_shape);
+        set_dense(&p.lse, d.lse, FA_DTYPE_FLOAT32, 3, lse_shape);
+        set_dense(&p.cache_seqlens, d.lens, FA_DTYPE_INT32, 1, lens_shape);
     }
     p.causal = c->causal;
     p.window_left = c->window_left;
@@ -689,9 +674,9 @@ static void test_device_pointers(fa_context_t context, void* stream) {
     set4(&base.out, o, FA_DTYPE_FLOAT16, B, SQ, HQ, d);
     set4(&base.k_cache, kc, FA_DTYPE_FLOAT16, NBLOCKS, BLOCK, HKV, d);
     set4(&base.v_cache, vc, FA_DTYPE_FLOAT16, NBLOCKS, BLOCK, HKV, d);
-    set_tensor(&base.block_table, bt, FA_DTYPE_INT32, 2, table_shape);
-    set_tensor(&base.cache_seqlens, seq, FA_DTYPE_INT32, 1, lens_shape);
-    set_tensor(&base.lse, lse, FA_DTYPE_FLOAT32, 3, lse_shape);
+    set_dense(&base.block_table, bt, FA_DTYPE_INT32, 2, table_shape);
+    set_dense(&base.cache_seqlens, seq, FA_DTYPE_INT32, 1, lens_shape);
+    set_dense(&base.lse, lse, FA_DTYPE_FLOAT32, 3, lse_shape);
     base.num_splits = SPLITS;
     if (!expect("device pointers: decode workspace size", fa_decode_workspace_size(context, &base, &ws_bytes),
                 FA_STATUS_SUCCESS, NULL)) {

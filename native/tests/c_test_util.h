@@ -143,6 +143,21 @@ static double bf16_to_double(uint16_t h) {
 
 /* ---- fp8 (e4m3) descale tables ---------------------------------------------------------------- */
 
+/* A dense tensor of `rank` dimensions (row-major, the last one contiguous) at `data`. Inline, like set_descale. */
+static inline void set_dense(fa_tensor_t* t, void* data, int32_t dtype, int rank, const int64_t* shape) {
+    int64_t stride = 1;
+    int i;
+    memset(t, 0, sizeof(*t));
+    t->data = data;
+    t->dtype = dtype;
+    t->rank = rank;
+    for (i = rank - 1; i >= 0; --i) {
+        t->shape[i] = shape[i];
+        t->strides[i] = stride;
+        stride *= shape[i];
+    }
+}
+
 /* A [rows, cols] fp32 descale table at `data` with the given strides (0 broadcasts), as the fp8 forward's
    q_descale, k_descale and v_descale take it ([batch, heads_kv]). Inline, so that a test without fp8 calls
    (c_decode_test) does not warn that it is unused. */

@@ -103,32 +103,19 @@ static void* wild_pointer(void* current) {
 
 /* ---- tensors --------------------------------------------------------------------------------------------- */
 
-static void dense(fa_tensor_t* t, void* data, int32_t dtype, int rank, const int64_t* shape) {
-    int64_t stride = 1;
-    int i;
-    memset(t, 0, sizeof(*t));
-    t->data = data;
-    t->dtype = dtype;
-    t->rank = rank;
-    for (i = rank - 1; i >= 0; --i) {
-        t->shape[i] = shape[i];
-        t->strides[i] = stride;
-        stride *= shape[i];
-    }
-}
 static void t4(fa_tensor_t* t, void* data, int32_t dtype, int64_t a, int64_t b, int64_t c, int64_t d) {
     const int64_t shape[4] = {a, b, c, d};
-    dense(t, data, dtype, 4, shape);
+    set_dense(t, data, dtype, 4, shape);
 }
 static void t3(fa_tensor_t* t, void* data, int32_t dtype, int64_t a, int64_t b, int64_t c) {
     const int64_t shape[3] = {a, b, c};
-    dense(t, data, dtype, 3, shape);
+    set_dense(t, data, dtype, 3, shape);
 }
 static void t2(fa_tensor_t* t, void* data, int32_t dtype, int64_t a, int64_t b) {
     const int64_t shape[2] = {a, b};
-    dense(t, data, dtype, 2, shape);
+    set_dense(t, data, dtype, 2, shape);
 }
-static void t1(fa_tensor_t* t, void* data, int32_t dtype, int64_t a) { dense(t, data, dtype, 1, &a); }
+static void t1(fa_tensor_t* t, void* data, int32_t dtype, int64_t a) { set_dense(t, data, dtype, 1, &a); }
 
 /* One fault in a tensor descriptor. */
 static void break_tensor(fa_tensor_t* t) {

@@ -666,17 +666,7 @@ static void free_bufs(bufs* B) {
 
 static void tensor(fa_tensor_t* t, void* data, int dtype, int rank, int64_t n0, int64_t n1, int64_t n2, int64_t n3) {
     const int64_t shape[4] = {n0, n1, n2, n3};
-    int64_t stride = 1;
-    int i;
-    memset(t, 0, sizeof *t);
-    t->data = data;
-    t->dtype = dtype;
-    t->rank = rank;
-    for (i = rank - 1; i >= 0; --i) {
-        t->shape[i] = shape[i];
-        t->strides[i] = stride;
-        stride *= shape[i];
-    }
+    set_dense(t, data, dtype, rank, shape);
 }
 
 /* ---- one call ------------------------------------------------------------------------------------------- */
