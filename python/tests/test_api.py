@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import flash_attn_interop as fai
+from _support import fp8_kernels
 from conftest import SRC
 from flash_attn_interop import FlashAttentionError, UnsupportedArgumentError, _abi, _args
 
@@ -432,19 +433,6 @@ class FakeWithLib(Fake):
     def __init__(self, lib):
         super().__init__()
         self.lib = lib
-
-
-def fp8_kernels(lib):
-    """Whether this build lists sm90 fp8 forward kernels (the fp8 forward is then served at compute capability 9.0)."""
-    import ctypes
-    n = ctypes.c_int32(0)
-    lib.lib.fa_kernel_count(ctypes.byref(n))
-    names = []
-    for i in range(n.value):
-        p = ctypes.c_char_p()
-        lib.lib.fa_kernel_name(i, ctypes.byref(p))
-        names.append(p.value.decode())
-    return any(x.startswith("sm90_fwd_e4m3") for x in names)
 
 
 def test_fp8_descales_are_packed_like_field_by_field():

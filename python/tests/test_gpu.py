@@ -3,12 +3,13 @@ H200): outputs and gradients against a float64 reference and PyTorch's SDPA for 
 varlen, kvcache (contiguous and paged), CUDA-graph capture, torch.compile, and a tiny GPT trained with
 flash_attn_func in place of SDPA whose loss curve matches SDPA's. They skip, with the reason, without PyTorch, CUDA
 or the library (conftest.py)."""
-import ctypes
 import math
 
 import pytest
 
 import flash_attn_interop as fai
+from _support import fp8_kernels
+from flash_attn_interop import _library
 
 pytestmark = pytest.mark.gpu
 
@@ -396,25 +397,10 @@ def test_tiny_gpt_trains_like_sdpa():
 FP8 = getattr(torch, "float8_e4m3fn", None)
 
 
-def build_has_fp8_kernels():
-    """Whether the loaded library lists the sm90 fp8 forward kernels (sm90_fwd_e4m3_*): a build with sm_90a code may
-    still lack them (one from before they were verified on the GPU), and then refuses fp8."""
-    from flash_attn_interop import _library
-    lib = _library.load_library().lib
-    count = ctypes.c_int32(0)
-    assert lib.fa_kernel_count(ctypes.byref(count)) == 0
-    name = ctypes.c_char_p()
-    names = []
-    for i in range(count.value):
-        assert lib.fa_kernel_name(i, ctypes.byref(name)) == 0
-        names.append(name.value.decode())
-    return any(n.startswith("sm90_fwd_e4m3_") for n in names)
-
-
 def fp8_served():
     """The library's fp8 forward runs on the sm90 kernels: compute capability 9.0 (H100/H200) in a build that lists
     them. Elsewhere every fp8 call must be refused with FA_STATUS_UNSUPPORTED (asserted, not skipped)."""
-    return torch.cuda.get_device_capability() == (9, 0) and build_has_fp8_kernels()
+    return torch.cuda.get_device_capability() == (9, 0) and fp8_kernels(_library.load_library())
 
 
 def fp8_call(fn):
