@@ -75,22 +75,16 @@ def fwd_setup(args, libs, q, k, v, h, hkv, causal, code):
 
 
 def bwd_setup(args, libs, q, k, v, h, hkv, causal, code):
-    """The backward: cuDNN's SDPA backward (autograd.grad over one forward, expanded k/v, gradients summed back to
-    the kv heads) as the anchor; each build's fa_backward (O and LSE from the first build's forward) into poisoned
+    """The backward: cuDNN's SDPA backward (bwd.torch_bwd_call: autograd.grad over one forward, as the benchmark
+    times it) as the anchor; each build's fa_backward (O and LSE from the first build's forward) into poisoned
     gradients."""
-    from bwd import our_forward_for_bwd
+    from bwd import our_forward_for_bwd, torch_bwd_call
     do = torch.randn_like(q)
-    ql, kl, vl = (t.detach().repeat_interleave(h // hkv, dim=1) if t is not q else t.detach() for t in (q, k, v))
-    ql, kl, vl = (t.requires_grad_() for t in (ql, kl, vl))
-    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-        o = F.scaled_dot_product_attention(ql, kl, vl, is_causal=causal)
-
-    def anchor():
-        return torch.autograd.grad(o, (ql, kl, vl), do, retain_graph=True)
-    gq, gk, gv = anchor()
-    b_, _, s_, d_ = gk.shape
-    gk, gv = (g.view(b_, hkv, h // hkv, s_, d_).sum(2) for g in (gk, gv))
-    ref = tuple(t.transpose(1, 2) for t in (gq, gk, gv))
+    notes = []
+    anchor, gradients = torch_bwd_call("cudnn", SDPBackend.CUDNN_ATTENTION, q, k, v, do, h, hkv, causal, notes)
+    for note in notes:
+        print("#", note, flush=True)
+    ref = tuple(t.transpose(1, 2) for t in gradients(anchor()))
     q2, k2, v2, do2 = (t.transpose(1, 2).contiguous() for t in (q, k, v, do))
     lse = torch.full((q.shape[0], h, q.shape[2]), float("nan"), device=q.device, dtype=torch.float32)
     o2 = our_forward_for_bwd(libs[0][1], code, q2, k2, v2, causal, lse)

@@ -99,10 +99,10 @@ def ours_and_base(row, flops, fa, base, bench, code, q, k, v, do, lse_shape, cau
                           bench)
 
 
-def torch_bwd(name, be, q, k, v, do, h, hkv, causal, notes, bench):
-    """Times PyTorch's SDPA backward alone for one backend ([B, H, S, D] tensors): one forward with requires_grad,
-    then torch.autograd.grad(out, (q, k, v), dO, retain_graph=True) under do_bench. Returns (ms, (dq, dk, dv)),
-    dk and dv at hkv heads."""
+def torch_bwd_call(name, be, q, k, v, do, h, hkv, causal, notes):
+    """PyTorch's SDPA backward for one backend ([B, H, S, D] tensors): one forward with requires_grad under the
+    backend, then (f, gradients) where f() runs torch.autograd.grad(out, (q, k, v), dO, retain_graph=True) and
+    gradients(f()) gives (dq, dk, dv) with dk and dv at hkv heads."""
     ql, kl, vl = (t.detach().requires_grad_() for t in (q, k, v))
     expanded = False
     with sdpa_kernel([be]):
@@ -116,14 +116,26 @@ def torch_bwd(name, be, q, k, v, do, h, hkv, causal, notes, bench):
             o = F.scaled_dot_product_attention(ql, kl, vl, is_causal=causal)
             expanded = True
             notes.append(f"{name}: enable_gqa refused, k/v expanded to {h} heads")
-        inputs = (ql, kl, vl)
-        f = lambda: torch.autograd.grad(o, inputs, do, retain_graph=True)  # noqa: E731
-        gq, gk, gv = f()
-        ms = bench(f)
-    if expanded:
-        b_, _, s_, d_ = gk.shape
-        gk, gv = (g.view(b_, hkv, h // hkv, s_, d_).sum(2) for g in (gk, gv))
-    return ms, (gq, gk, gv)
+    inputs = (ql, kl, vl)
+
+    def f():
+        return torch.autograd.grad(o, inputs, do, retain_graph=True)
+
+    def gradients(g):
+        gq, gk, gv = g
+        if expanded:
+            b_, _, s_, d_ = gk.shape
+            gk, gv = (x.view(b_, hkv, h // hkv, s_, d_).sum(2) for x in (gk, gv))
+        return gq, gk, gv
+    return f, gradients
+
+
+def torch_bwd(name, be, q, k, v, do, h, hkv, causal, notes, bench):
+    """Times PyTorch's SDPA backward alone for one backend (torch_bwd_call) under do_bench. Returns (ms, (dq, dk,
+    dv)), dk and dv at hkv heads."""
+    f, gradients = torch_bwd_call(name, be, q, k, v, do, h, hkv, causal, notes)
+    g = f()
+    return bench(f), gradients(g)
 
 
 def fixed_bwd_row(s, row, flops, fa, base, bench):
