@@ -50,6 +50,15 @@ public enum FlashAttentionStatus
 
     /// <summary>A bug in the library: an exception or state it did not expect.</summary>
     Internal = 6,
+
+    /// <summary>
+    /// A check only the GPU can make failed during an earlier call on this instance (the message names the call and
+    /// the cause, e.g. a deterministic backward that gave up waiting for its turn because two calls in flight shared
+    /// one workspace); that call's outputs are not valid. Reported once: by
+    /// <see cref="FlashAttention.CheckDeviceErrors"/> or, failing that, by the next forward, backward or decode call,
+    /// which then launches nothing. The CUDA context is intact.
+    /// </summary>
+    DeviceCheckFailed = 7,
 }
 
 /// <summary>Where the causal diagonal sits when the query and key sequence lengths differ.</summary>

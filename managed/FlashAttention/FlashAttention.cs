@@ -241,6 +241,22 @@ public sealed partial class FlashAttention : IDisposable
     }
 
     /// <summary>
+    /// Throws what the GPU found during earlier calls on this instance that no check before the launch could see
+    /// (<see cref="FlashAttentionStatus.DeviceCheckFailed"/>, with the cause), and forgets it; returns when there is
+    /// nothing. Does not synchronise: it covers the calls that have finished, so call it after waiting for their
+    /// stream (or graph launch). Forward, backward and decode calls make the same check first. The deterministic
+    /// backward waits for its turn on dQ at most <c>FLASH_ATTENTION_DETERMINISTIC_WAIT_MS</c> milliseconds (read
+    /// when the instance is created; default 10000, 0 for no bound).
+    /// </summary>
+    /// <exception cref="FlashAttentionException">A device check failed.</exception>
+    /// <exception cref="ObjectDisposedException">The instance is disposed.</exception>
+    public void CheckDeviceErrors()
+    {
+        using var ctx = new HandleLease(_context);
+        Errors.ThrowIfFailed(NativeMethods.fa_context_check(ctx.Pointer));
+    }
+
+    /// <summary>
     /// Destroys the native context (work already queued is not waited for) and stops routing the native log to
     /// this instance's logger. Idempotent and thread-safe. An instance that is never disposed has its context
     /// released by the finalizer of its handle, but keeps its logger registered.

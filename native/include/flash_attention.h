@@ -24,7 +24,7 @@
 
 /* Version of this header. fa_version() reports the version of the loaded binary. */
 #define FA_VERSION_MAJOR 0
-#define FA_VERSION_MINOR 5
+#define FA_VERSION_MINOR 6
 #define FA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
@@ -69,7 +69,13 @@ typedef enum fa_status {
     /* A CUDA call failed; the message carries CUDA's own error name and text. */
     FA_STATUS_CUDA_ERROR = 5,
     /* A bug in the library: an exception or state it did not expect. Please report it. */
-    FA_STATUS_INTERNAL = 6
+    FA_STATUS_INTERNAL = 6,
+    /* A check only the GPU can make failed during an earlier call on this context (the message names the call
+       and the cause, e.g. a deterministic backward that gave up waiting because two calls in flight shared one
+       workspace); that call's outputs are not valid. Reported once: by fa_context_check or, failing that, by the
+       next fa_forward, fa_backward or fa_decode on the context, which then launches nothing. The CUDA context
+       itself is intact. */
+    FA_STATUS_DEVICE_CHECK_FAILED = 7
 } fa_status_t;
 
 /* Element types of tensors. Values are fixed and only ever appended. */
@@ -497,6 +503,14 @@ FA_API fa_status_t fa_context_destroy(fa_context_t context);
 
 /* Device ordinal of a context. */
 FA_API fa_status_t fa_context_get_device(fa_context_t context, int32_t* device);
+
+/* Reports, and clears, what the GPU found during earlier calls on this context that no check before the launch
+   could see: FA_STATUS_SUCCESS, or FA_STATUS_DEVICE_CHECK_FAILED with fa_last_error_message() naming the cause.
+   Does not synchronise: it sees the calls that have finished, so call it after waiting for the stream (or the
+   graph launch) whose calls it should cover. fa_forward, fa_backward and fa_decode make the same check first.
+   The deterministic backward waits at most FLASH_ATTENTION_DETERMINISTIC_WAIT_MS milliseconds (an environment
+   variable read when the context is created; default 10000, 0 waits without a bound) for its turn on dQ. */
+FA_API fa_status_t fa_context_check(fa_context_t context);
 
 /* ---- attention -------------------------------------------------------------------------------- */
 

@@ -226,7 +226,11 @@ int launch_backward_t(Path path, BwdParams& p, const LaunchInfo& info, cudaStrea
 
     cudaError_t err = cudaSuccess;
     if (p.deterministic && p.m_blocks > 0) {
-        err = cudaMemsetAsync(p.sem, 0, sizeof(int32_t) * static_cast<size_t>(f.b) * f.hq * p.m_blocks, stream);
+        const size_t counters = static_cast<size_t>(f.b) * f.hq * p.m_blocks;
+        p.sem_gave_up = p.sem + counters;
+        p.device_flags = info.device_flags;
+        p.turn_wait_ns = info.turn_wait_ns;
+        err = cudaMemsetAsync(p.sem, 0, sizeof(int32_t) * (counters + 1), stream);
         if (err != cudaSuccess) return static_cast<int>(err);
     }
     const int64_t pre_blocks = heads * ((rows + kPreRowsPerBlock - 1) / kPreRowsPerBlock);

@@ -8,6 +8,7 @@
 
 #include "context.h"
 #include "cuda_check.h"
+#include "device_flags.h"
 #include "device_memory.h"
 #include "error.h"
 #include "flash_attention.h"
@@ -392,7 +393,15 @@ FA_API fa_status_t fa_context_create(int32_t device, fa_context_t* context) {
                                         std::to_string(prop.minor) +
                                         "; FlashAttention needs compute capability 8.0 or newer");
     }
+    const int64_t turn_wait_ns = fa::turn_wait_ns_from_environment();
     fa_context* created = new fa_context();  // std::bad_alloc becomes FA_STATUS_OUT_OF_MEMORY
+    try {
+        created->info.device_flags = fa::acquire_device_flag_word(device);
+    } catch (...) {
+        delete created;
+        throw;
+    }
+    created->info.turn_wait_ns = turn_wait_ns;
     created->info.device = device;
     created->info.cc_major = prop.major;
     created->info.cc_minor = prop.minor;
@@ -413,6 +422,7 @@ FA_API fa_status_t fa_context_create(int32_t device, fa_context_t* context) {
 
 FA_API fa_status_t fa_context_destroy(fa_context_t context) {
     FA_API_BEGIN
+    if (context != nullptr) fa::release_device_flag_word(context->info.device_flags);
     delete context;
     return FA_STATUS_SUCCESS;
     FA_API_END
@@ -423,6 +433,14 @@ FA_API fa_status_t fa_context_get_device(fa_context_t context, int32_t* device) 
     require_non_null(context, "context");
     require_non_null(device, "device");
     *device = context->info.device;
+    return FA_STATUS_SUCCESS;
+    FA_API_END
+}
+
+FA_API fa_status_t fa_context_check(fa_context_t context) {
+    FA_API_BEGIN
+    require_non_null(context, "context");
+    fa::report_device_flags(context->info.device_flags, context->info.turn_wait_ns, false);
     return FA_STATUS_SUCCESS;
     FA_API_END
 }
@@ -485,6 +503,7 @@ FA_API fa_status_t fa_forward(fa_context_t context, const fa_forward_params_t* p
     FA_API_BEGIN
     require_non_null(context, "context");
     const fa::LaunchInfo& info = context->info;
+    fa::report_device_flags(info.device_flags, info.turn_wait_ns, true);
     fa::MemoryArgs memory;
     const fa::FwdParams p = fa::validate_forward(params, info.cc_major * 10 + info.cc_minor, &memory);
     const fa::Path path = fa::choose_path(fa::Pass::Forward, params->kernel_path, p.d, p.dtype,

@@ -7,6 +7,7 @@
 
 #include "context.h"
 #include "cuda_check.h"
+#include "device_flags.h"
 #include "device_memory.h"
 #include "dispatch.h"
 #include "error.h"
@@ -93,6 +94,7 @@ FA_API fa_status_t fa_decode_num_splits(fa_context_t context, const fa_decode_pa
 
 FA_API fa_status_t fa_decode(fa_context_t context, const fa_decode_params_t* params, void* stream) {
     FA_API_BEGIN
+    if (context != nullptr) fa::report_device_flags(context->info.device_flags, context->info.turn_wait_ns, true);
     fa::MemoryArgs memory;
     Plan pl = plan(context, params, &memory);
     fa::DecodeParams& p = pl.p;

@@ -91,7 +91,8 @@ BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, bo
     w.dsum = round(slots * sizeof(float));
     w.lse_log2 = round(slots * sizeof(float));
     const size_t m_blocks = (static_cast<size_t>(f.sq) + kBwdMinBlockM - 1) / kBwdMinBlockM;
-    w.sem = deterministic ? round(static_cast<size_t>(f.b) * f.hq * m_blocks * sizeof(int32_t)) : 0;
+    // One counter per (sequence, head, query block), and the word a block sets when it gives up waiting.
+    w.sem = deterministic ? round((static_cast<size_t>(f.b) * f.hq * m_blocks + 1) * sizeof(int32_t)) : 0;
     w.total = w.dq_accum + w.dsum + w.lse_log2 + w.sem;
     return w;
 }

@@ -101,6 +101,7 @@ const char* status_name(fa_status_t status) noexcept {
         case FA_STATUS_OUT_OF_MEMORY: return "FA_STATUS_OUT_OF_MEMORY";
         case FA_STATUS_CUDA_ERROR: return "FA_STATUS_CUDA_ERROR";
         case FA_STATUS_INTERNAL: return "FA_STATUS_INTERNAL";
+        case FA_STATUS_DEVICE_CHECK_FAILED: return "FA_STATUS_DEVICE_CHECK_FAILED";
     }
     return "FA_STATUS_UNKNOWN";
 }

@@ -158,12 +158,12 @@ static void set_head_dim(fa_forward_params_t* p, int64_t d) {
 static void test_versions_and_status_strings(void) {
     const char* expected[] = {"FA_STATUS_SUCCESS",     "FA_STATUS_INVALID_ARGUMENT", "FA_STATUS_UNSUPPORTED",
                               "FA_STATUS_NO_DEVICE",   "FA_STATUS_OUT_OF_MEMORY",    "FA_STATUS_CUDA_ERROR",
-                              "FA_STATUS_INTERNAL"};
+                              "FA_STATUS_INTERNAL",    "FA_STATUS_DEVICE_CHECK_FAILED"};
     int i;
     CHECK(fa_version() == FA_VERSION_CODE, "fa_version() is %d, header says %d", (int)fa_version(), FA_VERSION_CODE);
     CHECK(FA_VERSION_CODE == FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH,
           "FA_VERSION_CODE formula");
-    for (i = 0; i < 7; ++i) {
+    for (i = 0; i < 8; ++i) {
         const char* name = fa_status_string((fa_status_t)i);
         CHECK(name != NULL && strcmp(name, expected[i]) == 0, "fa_status_string(%d) is \"%s\", expected \"%s\"", i,
               name != NULL ? name : "(null)", expected[i]);
@@ -1465,6 +1465,7 @@ static void test_null_outputs(void) {
     expect("memory_alloc(ptr NULL)", fa_memory_alloc(0, 16, NULL), FA_STATUS_INVALID_ARGUMENT, "ptr is NULL");
     expect("context_create(NULL)", fa_context_create(0, NULL), FA_STATUS_INVALID_ARGUMENT, "context is NULL");
     expect("context_get_device(NULL)", fa_context_get_device(NULL, NULL), FA_STATUS_INVALID_ARGUMENT, "context");
+    expect("context_check(NULL)", fa_context_check(NULL), FA_STATUS_INVALID_ARGUMENT, "context is NULL");
     expect("event_elapsed_ms(NULL)", fa_event_elapsed_ms(NULL, NULL, NULL), FA_STATUS_INVALID_ARGUMENT, "NULL");
     expect("memset value 300", fa_memset_async((void*)(uintptr_t)256, 300, 16, NULL), FA_STATUS_INVALID_ARGUMENT,
            "0..255");
@@ -2779,6 +2780,7 @@ static void test_gpu(int32_t count) {
     }
     expect("context_get_device", fa_context_get_device(context, &device), FA_STATUS_SUCCESS, NULL);
     CHECK(device == 0, "context device is %d", (int)device);
+    expect("context_check on a new context", fa_context_check(context), FA_STATUS_SUCCESS, NULL);
     expect("stream_create(0)", fa_stream_create(0, &stream), FA_STATUS_SUCCESS, NULL);
     g_device_cc = props.major * 10 + props.minor;
     g_has_sm90a = build_has_sm90a();

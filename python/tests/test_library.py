@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from conftest import SRC
+import flash_attn_interop
 from flash_attn_interop import FlashAttentionError, LibraryNotFoundError, _abi, _library
 
 
@@ -71,6 +72,16 @@ def test_status_becomes_exception_with_message(lib):
 def test_every_status_has_its_c_name(lib):
     for code, name in _library.STATUS_NAMES.items():
         assert lib.lib.fa_status_string(code).decode() == name
+
+
+def test_check_device_errors_is_exported_and_quiet_before_any_context(lib):
+    assert "check_device_errors" in flash_attn_interop.__all__
+    assert "fa_context_check" in _library.REQUIRED_EXPORTS
+    if not lib._contexts:  # a device never used has no context and so nothing to report (no GPU touched)
+        assert flash_attn_interop.check_device_errors(0) is None
+    with pytest.raises(FlashAttentionError) as ei:
+        lib.check("fa_context_check", lib.lib.fa_context_check(None))
+    assert ei.value.status == _abi.FA_STATUS_INVALID_ARGUMENT and "context" in ei.value.message
 
 
 def test_an_unknown_status_uses_the_library_name(lib):

@@ -37,6 +37,16 @@ public enum FaStatus : int
     /// <summary>A bug in the library: an exception or state it did not expect. Please report it.</summary>
     /// <remarks>C: <c>FA_STATUS_INTERNAL</c></remarks>
     Internal = 6,
+
+    /// <summary>
+    /// A check only the GPU can make failed during an earlier call on this context (the message names the call
+    /// and the cause, e.g. a deterministic backward that gave up waiting because two calls in flight shared one
+    /// workspace); that call's outputs are not valid. Reported once: by fa_context_check or, failing that, by the
+    /// next fa_forward, fa_backward or fa_decode on the context, which then launches nothing. The CUDA context
+    /// itself is intact.
+    /// </summary>
+    /// <remarks>C: <c>FA_STATUS_DEVICE_CHECK_FAILED</c></remarks>
+    DeviceCheckFailed = 7,
 }
 
 /// <summary>Element types of tensors. Values are fixed and only ever appended.</summary>

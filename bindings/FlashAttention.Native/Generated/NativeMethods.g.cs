@@ -24,8 +24,8 @@ public static unsafe partial class NativeMethods
     public const int FA_VERSION_MAJOR = 0;
 
     /// <summary>Version of this header. fa_version() reports the version of the loaded binary.</summary>
-    /// <remarks>C: <c>#define FA_VERSION_MINOR 5</c></remarks>
-    public const int FA_VERSION_MINOR = 5;
+    /// <remarks>C: <c>#define FA_VERSION_MINOR 6</c></remarks>
+    public const int FA_VERSION_MINOR = 6;
 
     /// <summary>Version of this header. fa_version() reports the version of the loaded binary.</summary>
     /// <remarks>C: <c>#define FA_VERSION_PATCH 0</c></remarks>
@@ -33,7 +33,7 @@ public static unsafe partial class NativeMethods
 
     /// <summary>MAJOR * 10000 + MINOR * 100 + PATCH.</summary>
     /// <remarks>C: <c>#define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)</c></remarks>
-    public const int FA_VERSION_CODE = 500;
+    public const int FA_VERSION_CODE = 600;
 
     /// <summary>Most dimensions a tensor descriptor carries.</summary>
     /// <remarks>C: <c>#define FA_MAX_RANK 4</c></remarks>
@@ -270,6 +270,21 @@ public static unsafe partial class NativeMethods
     /// </remarks>
     [LibraryImport(LibraryName)]
     public static partial FaStatus fa_context_get_device(nint context, int* device);
+
+    /// <summary>
+    /// Reports, and clears, what the GPU found during earlier calls on this context that no check before the launch
+    /// could see: FA_STATUS_SUCCESS, or FA_STATUS_DEVICE_CHECK_FAILED with fa_last_error_message() naming the cause.
+    /// Does not synchronise: it sees the calls that have finished, so call it after waiting for the stream (or the
+    /// graph launch) whose calls it should cover. fa_forward, fa_backward and fa_decode make the same check first.
+    /// The deterministic backward waits at most FLASH_ATTENTION_DETERMINISTIC_WAIT_MS milliseconds (an environment
+    /// variable read when the context is created; default 10000, 0 waits without a bound) for its turn on dQ.
+    /// </summary>
+    /// <remarks>
+    /// <para>C: <c>fa_status_t fa_context_check(fa_context_t context)</c></para>
+    /// <para>fa_context_t: Opaque per-device state: device ordinal, cached properties.</para>
+    /// </remarks>
+    [LibraryImport(LibraryName)]
+    public static partial FaStatus fa_context_check(nint context);
 
     /// <summary>
     /// Fills the first struct_size bytes of *params with defaults: struct_size, scale 0 (1/sqrt(d)), not

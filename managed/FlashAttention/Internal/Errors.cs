@@ -59,6 +59,7 @@ internal static class Errors
         FlashAttentionStatus.OutOfMemory => "FA_STATUS_OUT_OF_MEMORY",
         FlashAttentionStatus.CudaError => "FA_STATUS_CUDA_ERROR",
         FlashAttentionStatus.Internal => "FA_STATUS_INTERNAL",
+        FlashAttentionStatus.DeviceCheckFailed => "FA_STATUS_DEVICE_CHECK_FAILED",
         _ => $"status {(int)status}",
     };
 

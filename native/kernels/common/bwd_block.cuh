@@ -8,6 +8,7 @@
 #include "common/ptx.cuh"
 #include "common/seq.cuh"
 #include "params/bwd_params.h"
+#include "params/device_flags.h"
 
 namespace fa {
 
@@ -72,7 +73,23 @@ __device__ __forceinline__ void bwd_wait_turn(const BwdParams& p, const BwdBlock
         }
         const int rank = c.n - lo;
         const int32_t* sem = p.sem + (static_cast<int64_t>(c.b) * p.f.hq + h) * p.m_blocks + m;
-        while (ld_acquire_gpu(sem) != rank) {
+        // Bounded (p.turn_wait_ns of the global timer, 0: unbounded): a turn that never comes (another call in
+        // flight reset or advanced this workspace's counters) ends the wait instead of hanging the stream. The
+        // first block to give up marks the call (sem_gave_up: the other blocks then stop waiting at once); every
+        // block that leaves without its turn marks the context (device_flags: the host reports
+        // FA_STATUS_DEVICE_CHECK_FAILED), since the give-up word lives in the same, possibly shared, workspace.
+        // This call's dQ is then wrong.
+        if (ld_acquire_gpu(sem) != rank) {
+            const uint64_t start = global_timer_ns();
+            while (ld_acquire_gpu(sem) != rank) {
+                if (p.turn_wait_ns <= 0) continue;
+                const bool timed_out = global_timer_ns() - start > static_cast<uint64_t>(p.turn_wait_ns);
+                if (timed_out || ld_relaxed_gpu(p.sem_gave_up) != 0) {
+                    st_relaxed_gpu(p.sem_gave_up, 1);
+                    if (p.device_flags != nullptr) set_host_flag(p.device_flags, kDeviceFlagTurnTimeout);
+                    break;
+                }
+            }
         }
     }
     __syncthreads();

@@ -47,6 +47,32 @@ __device__ __forceinline__ void st_release_gpu(int32_t* p, int32_t v) {
     asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
+// Relaxed load / store of an int at gpu scope (a flag read in a loop; no ordering needed).
+__device__ __forceinline__ int32_t ld_relaxed_gpu(const int32_t* p) {
+    int32_t v;
+    asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void st_relaxed_gpu(int32_t* p, int32_t v) {
+    asm volatile("st.relaxed.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+// The GPU's global timer, in nanoseconds.
+__device__ __forceinline__ uint64_t global_timer_ns() {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+// Sets `bits` in a word of pinned, mapped host memory that the host reads without a copy (the context's
+// device-flag word): a volatile store, which needs no atomics over the bus (every writer stores the same bits
+// of one cause; the host clears the word).
+__device__ __forceinline__ void set_host_flag(uint32_t* word, uint32_t bits) {
+    asm volatile("st.volatile.global.u32 [%0], %1;\n" ::"l"(word), "r"(bits) : "memory");
+    __threadfence_system();
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 template <int N>

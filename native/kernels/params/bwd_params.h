@@ -27,16 +27,21 @@ struct BwdParams {
     float* dq_accum;  // [slots, kernel_d]: dQ / scale, accumulated by the main kernel
     float* dsum;      // [slots]: rowsum(dO * O)
     float* lse_log2;  // [slots]: lse * log2(e) (+inf for rows that saw no key)
-    int32_t* sem;     // deterministic: [b * hq * m_blocks] arrival counters, else nullptr
+    int32_t* sem;     // deterministic: [b * hq * m_blocks] arrival counters and one more word, else nullptr
     int64_t q_slots;  // number of row slots
 
     // Set by the launcher.
     int32_t m_blocks = 0;  // ceil(sq / BlockM)
     int32_t n_blocks = 0;  // ceil(sk / BlockN)
+    // Deterministic mode's bounded wait (bwd_wait_turn): the word after the counters, set once a block of this
+    // call gave up waiting (the others then stop waiting too); the context's device-flag word and the bound.
+    int32_t* sem_gave_up = nullptr;
+    uint32_t* device_flags = nullptr;
+    int64_t turn_wait_ns = 0;
 };
 
 // The smallest BlockM of any backward main kernel: the deterministic mode's counters (one per query
-// block) are sized for it, so the workspace size does not depend on the kernel path.
+// block, plus the give-up word) are sized for it, so the workspace size does not depend on the kernel path.
 constexpr int32_t kBwdMinBlockM = 64;
 
 // Row slot of query row `row` (0-based in its sequence) of (b, h): see BwdParams.

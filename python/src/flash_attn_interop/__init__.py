@@ -13,15 +13,32 @@ from ._interface import (flash_attn_func, flash_attn_kvpacked_func, flash_attn_q
                          flash_attn_with_kvcache)
 from ._library import FlashAttentionError, LibraryNotFoundError, load_library
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = ["flash_attn_func", "flash_attn_qkvpacked_func", "flash_attn_kvpacked_func", "flash_attn_varlen_func",
            "flash_attn_varlen_qkvpacked_func", "flash_attn_varlen_kvpacked_func", "flash_attn_with_kvcache",
            "FlashAttentionError", "LibraryNotFoundError", "UnsupportedArgumentError", "load_library",
-           "library_version"]
+           "library_version", "check_device_errors"]
 
 
 def library_version():
     """(major, minor, patch) of the loaded libflash_attention (loading it if needed)."""
     v = load_library().version
     return v // 10000, v // 100 % 100, v % 100
+
+
+def check_device_errors(device=None):
+    """Raises FlashAttentionError (FA_STATUS_DEVICE_CHECK_FAILED, naming the cause) for what the GPU found during
+    earlier calls on `device` (an ordinal or torch.device; default: torch's current device) that no check before the
+    launch could see, e.g. a deterministic backward that gave up waiting for its turn because two calls in flight
+    shared a workspace; forgets it once raised. Does not synchronise: call it after the work it should cover is
+    done. The next call on the device makes the same check. A device the package has not used yet has nothing."""
+    lib = load_library()
+    if device is None:
+        import torch
+        device = torch.cuda.current_device()
+    elif not isinstance(device, int):
+        device = device.index if device.index is not None else 0
+    ctx = lib._contexts.get(int(device))
+    if ctx is not None:
+        lib.check("fa_context_check", lib.lib.fa_context_check(ctx))

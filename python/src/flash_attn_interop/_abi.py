@@ -23,8 +23,8 @@ TARGET = "x86_64-unknown-linux-gnu"
 FA_VERSION_MAJOR = 0
 
 # Version of this header. fa_version() reports the version of the loaded binary.
-# C: #define FA_VERSION_MINOR 5
-FA_VERSION_MINOR = 5
+# C: #define FA_VERSION_MINOR 6
+FA_VERSION_MINOR = 6
 
 # Version of this header. fa_version() reports the version of the loaded binary.
 # C: #define FA_VERSION_PATCH 0
@@ -32,7 +32,7 @@ FA_VERSION_PATCH = 0
 
 # MAJOR * 10000 + MINOR * 100 + PATCH.
 # C: #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
-FA_VERSION_CODE = 500
+FA_VERSION_CODE = 600
 
 # Most dimensions a tensor descriptor carries.
 # C: #define FA_MAX_RANK 4
@@ -73,6 +73,12 @@ FA_STATUS_OUT_OF_MEMORY = 4
 FA_STATUS_CUDA_ERROR = 5
 # A bug in the library: an exception or state it did not expect. Please report it.
 FA_STATUS_INTERNAL = 6
+# A check only the GPU can make failed during an earlier call on this context (the message names the call
+# and the cause, e.g. a deterministic backward that gave up waiting because two calls in flight shared one
+# workspace); that call's outputs are not valid. Reported once: by fa_context_check or, failing that, by the
+# next fa_forward, fa_backward or fa_decode on the context, which then launches nothing. The CUDA context
+# itself is intact.
+FA_STATUS_DEVICE_CHECK_FAILED = 7
 
 # fa_dtype_t (enum fa_dtype)
 # Element types of tensors. Values are fixed and only ever appended.
@@ -636,6 +642,8 @@ PROTOTYPES = {
     "fa_context_destroy": (ctypes.c_uint, (ctypes.c_void_p,)),
     # fa_status_t fa_context_get_device(fa_context_t context, int32_t* device)
     "fa_context_get_device": (ctypes.c_uint, (ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32))),
+    # fa_status_t fa_context_check(fa_context_t context)
+    "fa_context_check": (ctypes.c_uint, (ctypes.c_void_p,)),
     # fa_status_t fa_forward_params_init(fa_forward_params_t* params, size_t struct_size)
     "fa_forward_params_init": (ctypes.c_uint, (ctypes.POINTER(FaForwardParams), ctypes.c_size_t)),
     # fa_status_t fa_forward_check(const fa_forward_params_t* params, int32_t compute_capability)

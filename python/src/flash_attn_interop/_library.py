@@ -16,7 +16,7 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # Exports the package calls; a library that lacks one is refused at load (it predates the ABI the mirror describes).
 REQUIRED_EXPORTS = ("fa_status_string", "fa_last_error_message", "fa_version", "fa_device_count",
-                    "fa_context_create", "fa_context_destroy", "fa_forward_params_init", "fa_forward_check",
+                    "fa_context_create", "fa_context_destroy", "fa_context_check", "fa_forward_params_init", "fa_forward_check",
                     "fa_forward", "fa_backward_params_init", "fa_backward_check", "fa_backward_workspace_size",
                     "fa_backward", "fa_decode_params_init", "fa_decode_check", "fa_decode_workspace_size",
                     "fa_decode")
@@ -29,6 +29,7 @@ STATUS_NAMES = {
     _abi.FA_STATUS_OUT_OF_MEMORY: "FA_STATUS_OUT_OF_MEMORY",
     _abi.FA_STATUS_CUDA_ERROR: "FA_STATUS_CUDA_ERROR",
     _abi.FA_STATUS_INTERNAL: "FA_STATUS_INTERNAL",
+    _abi.FA_STATUS_DEVICE_CHECK_FAILED: "FA_STATUS_DEVICE_CHECK_FAILED",
 }
 
 

@@ -105,6 +105,7 @@ public sealed class LifetimeTests
             Assert.That(ex.Message, Is.EqualTo("full text"));
             Assert.That(new FlashAttentionException("x").NativeMessage, Is.Empty);
             Assert.That((int)FlashAttentionStatus.Internal, Is.EqualTo((int)Native.FaStatus.Internal), "managed and native status values agree");
+            Assert.That((int)FlashAttentionStatus.DeviceCheckFailed, Is.EqualTo((int)Native.FaStatus.DeviceCheckFailed));
             Assert.That((int)DataType.BFloat16, Is.EqualTo((int)Native.FaDtype.Bfloat16));
             Assert.That((int)CausalAlignment.TopLeft, Is.EqualTo((int)Native.FaCausalAlignment.TopLeft));
             Assert.That((int)KernelPath.Sm80, Is.EqualTo((int)Native.FaKernelPath.Sm80));

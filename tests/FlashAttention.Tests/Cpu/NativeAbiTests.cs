@@ -19,6 +19,7 @@ public sealed unsafe class NativeAbiTests
     [TestCase(FaStatus.OutOfMemory, "FA_STATUS_OUT_OF_MEMORY")]
     [TestCase(FaStatus.CudaError, "FA_STATUS_CUDA_ERROR")]
     [TestCase(FaStatus.Internal, "FA_STATUS_INTERNAL")]
+    [TestCase(FaStatus.DeviceCheckFailed, "FA_STATUS_DEVICE_CHECK_FAILED")]
     public void StatusStringNamesEveryStatus(FaStatus status, string expected)
     {
         Assert.Multiple(() =>
@@ -28,7 +29,7 @@ public sealed unsafe class NativeAbiTests
         });
     }
 
-    [TestCase(7)]
+    [TestCase(8)]
     [TestCase(-1)]
     [TestCase(int.MaxValue)]
     public void StatusStringOfAnUnknownValueIsNotNull(int value)

@@ -88,9 +88,11 @@ public sealed class LifetimeGpuTests : GpuTestBase
         run.DQ.Dispose(); // the view q now points at freed memory
         Assert.That(() => attention.Forward(q, run.KT, run.VT, run.OutT), Throws.TypeOf<ObjectDisposedException>());
 
+        Assert.That(() => attention.CheckDeviceErrors(), Throws.Nothing, "calls that found nothing leave nothing to report");
         attention.Dispose();
         Assert.That(() => attention.Dispose(), Throws.Nothing);
         Assert.That(() => attention.Forward(run.KT, run.KT, run.VT, run.OutT), Throws.TypeOf<ObjectDisposedException>());
+        Assert.That(() => attention.CheckDeviceErrors(), Throws.TypeOf<ObjectDisposedException>());
     }
 
     [Test]

@@ -1,0 +1,15 @@
+// What a kernel found that no check before its launch could see, as bits of the context's device-flag word
+// (LaunchInfo::device_flags). A kernel that finds one sets its bit, leaves the work it cannot do undone (never
+// a trap: that would lose the caller's CUDA context) and returns; the host (native/src/api.cpp,
+// report_device_flags) turns the bits into FA_STATUS_DEVICE_CHECK_FAILED, names the cause and clears them.
+// Plain data, shared by host and device code; values only ever appended.
+#pragma once
+#include <cstdint>
+
+namespace fa {
+
+// The deterministic backward gave up waiting for its turn on dQ (bwd_wait_turn): another call changed the
+// turn counters of its workspace (two calls in flight sharing one), or the wait outlived the bound.
+constexpr uint32_t kDeviceFlagTurnTimeout = 1u << 0;
+
+}  // namespace fa

@@ -1,0 +1,113 @@
+// The context's device-flag word: see device_flags.h.
+#include "device_flags.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cuda_check.h"
+#include "error.h"
+#include "params/device_flags.h"
+
+namespace fa {
+
+namespace {
+
+constexpr size_t kPageBytes = 4096;
+constexpr int64_t kDefaultTurnWaitMs = 10000;
+
+struct WordPool {
+    std::mutex mutex;
+    std::vector<uint32_t*> free_words;
+};
+
+WordPool& pool() {
+    static WordPool* p = new WordPool();  // never destroyed: contexts may outlive static destruction
+    return *p;
+}
+
+}  // namespace
+
+uint32_t* acquire_device_flag_word(int device) {
+    WordPool& p = pool();
+    std::lock_guard<std::mutex> lock(p.mutex);
+    if (p.free_words.empty()) {
+        // On `device`, so that the allocation does not create a CUDA context on another GPU; portable, so
+        // that every device's kernels may write it (one address everywhere under unified addressing).
+        DeviceGuard guard(device);
+        void* page = nullptr;
+        check_cuda(cudaHostAlloc(&page, kPageBytes, cudaHostAllocMapped | cudaHostAllocPortable),
+                   "cudaHostAlloc of the device-flag page (4096 bytes of pinned, mapped host memory)");
+        void* device_view = nullptr;
+        const cudaError_t err = cudaHostGetDevicePointer(&device_view, page, 0);
+        if (err != cudaSuccess || device_view != page) {
+            cudaFreeHost(page);
+            if (err != cudaSuccess) throw_cuda_error(err, "cudaHostGetDevicePointer of the device-flag page");
+            fail(FA_STATUS_UNSUPPORTED, "the device-flag page has a device address other than its host address "
+                                        "(no unified addressing); FlashAttention needs a 64-bit platform with it");
+        }
+        auto* words = static_cast<uint32_t*>(page);
+        for (size_t i = kPageBytes / sizeof(uint32_t); i-- > 0;) p.free_words.push_back(words + i);
+    }
+    uint32_t* word = p.free_words.back();
+    p.free_words.pop_back();
+    __atomic_store_n(word, 0u, __ATOMIC_RELEASE);
+    return word;
+}
+
+void release_device_flag_word(uint32_t* word) noexcept {
+    if (word == nullptr) return;
+    try {
+        WordPool& p = pool();
+        std::lock_guard<std::mutex> lock(p.mutex);
+        p.free_words.push_back(word);
+    } catch (...) {
+        // A word not returned is 4 bytes of a page that lives as long as the process anyway.
+    }
+}
+
+void report_device_flags(uint32_t* word, int64_t turn_wait_ns, bool launching) {
+    if (word == nullptr || __atomic_load_n(word, __ATOMIC_ACQUIRE) == 0) return;
+    const uint32_t bits = __atomic_exchange_n(word, 0u, __ATOMIC_ACQ_REL);
+    if (bits == 0) return;  // another thread reported them first
+    std::string message;
+    if (bits & kDeviceFlagTurnTimeout) {
+        message += "an earlier deterministic fa_backward on this context gave up waiting for its turn on dQ after " +
+                   std::to_string(turn_wait_ns / 1000000) +
+                   " ms, so its dq is not valid: two calls in flight shared one workspace (give each stream its "
+                   "own), or a legitimate wait outlived FLASH_ATTENTION_DETERMINISTIC_WAIT_MS (set when the "
+                   "context is created; 0 waits without a bound)";
+    }
+    const uint32_t unknown = bits & ~kDeviceFlagTurnTimeout;
+    if (unknown != 0) {
+        message += std::string(message.empty() ? "" : "; ") + "an earlier call on this context reported device flags 0x" +
+                   [&] {
+                       char hex[16];
+                       std::snprintf(hex, sizeof(hex), "%x", unknown);
+                       return std::string(hex);
+                   }();
+    }
+    if (launching) message += "; this call launched nothing (call fa_context_check after a stream's work to see it there)";
+    fail(FA_STATUS_DEVICE_CHECK_FAILED, message);
+}
+
+int64_t turn_wait_ns_from_environment() {
+    const char* text = std::getenv("FLASH_ATTENTION_DETERMINISTIC_WAIT_MS");
+    if (text == nullptr || *text == '\0') return kDefaultTurnWaitMs * 1000000;
+    errno = 0;
+    char* end = nullptr;
+    const long long ms = std::strtoll(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || ms < 0 || ms > 86400000LL) {
+        fail(FA_STATUS_INVALID_ARGUMENT, std::string("FLASH_ATTENTION_DETERMINISTIC_WAIT_MS is '") + text +
+                                             "'; it must be a whole number of milliseconds from 0 (no bound) to "
+                                             "86400000 (a day)");
+    }
+    return static_cast<int64_t>(ms) * 1000000;
+}
+
+}  // namespace fa

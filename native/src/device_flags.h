@@ -1,0 +1,24 @@
+// The context's device-flag word (kernels/params/device_flags.h): where it lives, the wait bound the
+// deterministic backward reads with it, and how the host turns its bits into FA_STATUS_DEVICE_CHECK_FAILED.
+#pragma once
+
+#include <cstdint>
+
+namespace fa {
+
+// A zeroed word for a new context on `device`: pinned, mapped and portable host memory (kernels write it, the
+// host reads it without a copy or a synchronisation). Words come from process-wide pages that are never freed,
+// so a kernel still in flight after its context was destroyed writes to memory that stays valid.
+uint32_t* acquire_device_flag_word(int device);
+// Gives the word of a destroyed context back for reuse.
+void release_device_flag_word(uint32_t* word) noexcept;
+
+// If the word has bits set: clears them and throws fa::Error(FA_STATUS_DEVICE_CHECK_FAILED) naming each cause.
+// `launching`: the caller is a pass that would launch (its message adds that it launched nothing).
+void report_device_flags(uint32_t* word, int64_t turn_wait_ns, bool launching);
+
+// The deterministic backward's bound on a wait for its turn, in ns: FLASH_ATTENTION_DETERMINISTIC_WAIT_MS
+// (milliseconds; 0 = no bound) or 10 s. Throws INVALID_ARGUMENT for a value that is not a number in range.
+int64_t turn_wait_ns_from_environment();
+
+}  // namespace fa
