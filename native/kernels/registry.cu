@@ -324,6 +324,7 @@ bool has_kernel(Pass pass, Path path, int32_t kernel_d, DType dtype) {
 
 int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d, DType dtype) {
     if (dtype != DType::Float8E4M3) return smem_bytes(pass, path, kernel_d);
+    if (pass != Pass::Forward || path != Path::Sm90) return 0;  // no such kernel (has_kernel says no)
     return with_head_dim(path_kernel_d(pass, path, kernel_d, kE4m3), [&](auto hd) -> int32_t {
         constexpr int D = decltype(hd)::value;
         if constexpr (sm90::fwd_fp8_head_dim(D)) return sm90::FwdTraits90<D, true>::kSmemBytes;

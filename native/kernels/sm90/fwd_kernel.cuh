@@ -19,6 +19,14 @@
 // blocks first, a group of heads' K/V reused from L2. The epilogue stages O in shared memory (its own tile
 // at d64/d128, which frees the Q tile for the next one at once; else the warpgroup's own rows of the Q
 // tile) for 16-byte coalesced stores (any strides, varlen tails) and writes the LSE from registers.
+//
+// fp8 (e4m3 q/k/v, bf16 O; FwdTraits90<D, true>, D 128/256): the same roles and pipeline with 1-byte tiles
+// (128-column panels), wgmma m64nNk32 e4m3, and V transposed: fp8 wgmma reads both operands K-major, so V lands
+// in a raw ring and producer warps 1..3 (registers 40, consumers 232) transpose each stage into a V^T ring that
+// the consumers read (transpose_v_fp8, whose key order makes the S accumulators the A fragment of P with no
+// shuffles). The descales of the tile's (sequence, KV head) scale the scores (inside tanh under softcap) and
+// O; P = exp2(x - max + 8) in [0, 256] (FlashAttention-3's offset, taken back out of the LSE); O is stored from
+// registers. Descales are taken as given: 0, negative or non-finite factors give NaN rows, as in FA3.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -73,10 +81,19 @@ struct FwdIo90<__nv_fp8_e4m3> {
 // holds key 16h + 2t + (e & 1) + 8 (e >> 1), the order of a thread's columns {2t, 2t+1, 2t+8, 2t+9} in the
 // accumulator layout. So a 16-byte chunk of a V^T row holds 16 consecutive keys: a work item reads 16 key
 // rows x 4 columns (16-key group kg, columns 4cq..4cq+3) and writes 4 V^T rows x 16 bytes (two 8-byte
-// halves). A warp takes two key groups x 16 column groups (2-way bank conflicts on both sides); D/16 such
-// blocks per stage.
+// halves). A warp takes two key groups x 16 column groups; D/16 such blocks per stage. (A CPU simulation of
+// every lane, with TMA's swizzle and wgmma's reads of the V^T stage, checked P V exact, each byte written once,
+// and the bank conflicts: loads 1-way, stores 2 wavefronts.)
 template <int D, int BN>
 __device__ __forceinline__ void transpose_v_fp8(unsigned char* smem, int src, int dst, int warp, int nwarps, int lane) {
+    // Bank conflicts: the 16 lanes of a half-warp share kg and store 4 consecutive V^T rows each, so without
+    // more care their 8-byte stores would fall on 4 banks (8-way). Each lane therefore starts its 4 rows at its
+    // own rotation rot (a byte rotation of the loaded words, so out[j] is column c + ((j + rot) & 3)), takes
+    // the two halves in an order set by lane bit 3 and the two words of a half in an order set by lane bit 4:
+    // loads stay conflict-free and a store takes 2 wavefronts, the minimum for 256 bytes.
+    const int rot = (lane >> 1) & 3;
+    const uint32_t rsel = (0x32103210u >> (4 * rot)) & 0xffffu;
+    const int flip = (lane >> 4) & 1;
 #pragma unroll 1
     for (int wb = warp; wb < D / 16; wb += nwarps) {
         const int kg = 2 * (wb % 4) + lane / 16;
@@ -85,17 +102,19 @@ __device__ __forceinline__ void transpose_v_fp8(unsigned char* smem, int src, in
         // Two words of each of the 4 output rows at a time (8-byte stores), which keeps the transposers within
         // the producer's 40 registers.
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            uint32_t out[4][2];  // [column j][word t - 2 half]
+        for (int hh = 0; hh < 2; ++hh) {
+            const int half = hh ^ ((lane >> 3) & 1);
+            uint32_t out[4][2];  // [row j][word (t - 2 half) ^ flip]
 #pragma unroll
             for (int tt = 0; tt < 2; ++tt) {
-                const int t = 2 * half + tt;
+                const int t = 2 * half + (tt ^ flip);
                 uint32_t w[4];
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
                     const int r = 16 * kg + 2 * t + (i & 1) + 8 * (i >> 1);
-                    w[i] = *reinterpret_cast<const uint32_t*>(smem + panel + r * 128 + (((cb >> 4) ^ (r & 7)) << 4) +
-                                                              (cb & 15));
+                    const uint32_t x = *reinterpret_cast<const uint32_t*>(smem + panel + r * 128 +
+                                                                          (((cb >> 4) ^ (r & 7)) << 4) + (cb & 15));
+                    w[i] = __byte_perm(x, 0, rsel);  // byte j: column c + ((j + rot) & 3)
                 }
                 // 4 x 4 byte transpose: out[j] = byte j of w[0], w[1], w[2], w[3].
                 const uint32_t a = __byte_perm(w[0], w[1], 0x5140), b = __byte_perm(w[0], w[1], 0x7362);
@@ -107,9 +126,9 @@ __device__ __forceinline__ void transpose_v_fp8(unsigned char* smem, int src, in
             }
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                const int dr = c + j;
+                const int dr = c + ((j + rot) & 3);
                 *reinterpret_cast<uint2*>(smem + dst + dr * 128 + ((kg ^ (dr & 7)) << 4) + 8 * half) =
-                    make_uint2(out[j][0], out[j][1]);
+                    flip ? make_uint2(out[j][1], out[j][0]) : make_uint2(out[j][0], out[j][1]);
             }
         }
     }
@@ -142,7 +161,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
     // fp8: P = exp2(x - max + 8) lies in [0, 256], the upper range of e4m3 (FlashAttention-3's offset); the
     // row sum carries the same 2^8, which O's normalisation cancels and the LSE takes back out.
     constexpr float kPOffset = kFp8 ? 8.f : 0.f;
-    constexpr int QPanel = BM * 128, KVPanel = BN * 128;  // bytes between the 64-column panels of a tile
+    constexpr int QPanel = BM * 128, KVPanel = BN * 128;  // bytes between the panels (128-byte rows) of a tile
     constexpr uint32_t kConsumerWarps = 4 * Tr::kConsumers;
 
     extern __shared__ __align__(1024) unsigned char smem[];
@@ -160,8 +179,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
     const auto k_tile = [&](int s) { return s0 + Tr::kOffK + s * Tr::kSmemKV; };
     const auto v_tile = [&](int s) { return s0 + Tr::kOffV + s * Tr::kSmemKV; };
     const auto vt_tile = [&](int s) { return s0 + Tr::kOffVt + s * Tr::kSmemVt; };
-    // The V stage the consumers read, and its barriers: V itself, or (fp8) its transpose.
-    const auto pv_tile = [&](int s) { return kFp8 ? vt_tile(s) : v_tile(s); };
+    // The barriers of the V stage the consumers read: V itself, or (fp8) its transpose.
     const auto pv_full = [&](int s) { return kFp8 ? vt_full(s) : v_full(s); };
     const auto pv_empty = [&](int s) { return kFp8 ? vt_empty(s) : v_empty(s); };
     constexpr uint32_t kTransposeWarps = 3;  // fp8: producer warps 1..3

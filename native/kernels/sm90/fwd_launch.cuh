@@ -39,6 +39,15 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     static std::atomic<uint64_t> raised{0};
     cudaError_t err = raise_smem_once(kernel, Tr::kSmemBytes, info, raised);
     if (err != cudaSuccess) return err;
+    // The setmaxnreg budget (FwdTraits90) assumes kLaunchRegs registers a thread at launch; with fewer the
+    // consumers' setmaxnreg.inc would wait forever. Checked once per kernel: a refusal, never a hang.
+    static std::atomic<int> regs_checked{0};  // 0 unknown, 1 enough, 2 too few
+    if (regs_checked.load(std::memory_order_relaxed) == 0) {
+        cudaFuncAttributes attr{};
+        if ((err = cudaFuncGetAttributes(&attr, kernel)) != cudaSuccess) return err;
+        regs_checked.store(attr.numRegs >= Tr::kLaunchRegs ? 1 : 2, std::memory_order_relaxed);
+    }
+    if (regs_checked.load(std::memory_order_relaxed) != 1) return cudaErrorInvalidConfiguration;
     FwdArgs90 a;
     a.p = params;
     const unsigned tiles = schedule(a.p, Tr::kBlockM, info.l2_bytes);
