@@ -5,6 +5,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -66,9 +67,25 @@ int32_t sm90_fwd_class(int32_t d) {
     return 0;
 }
 
-// The kernel head dim a (pass, path) runs for a head dim whose sm80 kernel head dim is kernel_d.
-int32_t path_kernel_d(Pass pass, Path path, int32_t kernel_d) {
-    return pass == Pass::Forward && path == Path::Sm90 ? sm90_fwd_class(kernel_d) : kernel_d;
+// The same for the fp8 forward, whose classes are 128 and 256.
+int32_t sm90_fwd_fp8_class(int32_t d) {
+    for (int32_t i = 0; i < kCompiledCount; ++i) {
+        if (sm90::fwd_fp8_head_dim(kCompiled[i]) && kCompiled[i] >= d) return kCompiled[i];
+    }
+    return 0;
+}
+
+// Input dtypes as registry indices, in listing order: fp16, bf16, e4m3.
+constexpr int kDtypes = 3;
+constexpr int kE4m3 = 2;
+int dtype_index(DType t) { return t == DType::BFloat16 ? 1 : t == DType::Float8E4M3 ? kE4m3 : 0; }
+DType dtype_at(int i) { return i == 1 ? DType::BFloat16 : i == kE4m3 ? DType::Float8E4M3 : DType::Float16; }
+const char* dtype_tag(int i) { return i == 1 ? "bf16" : i == kE4m3 ? "e4m3" : "fp16"; }
+
+// The kernel head dim a (pass, path, dtype index) runs for a head dim whose sm80 kernel head dim is kernel_d.
+int32_t path_kernel_d(Pass pass, Path path, int32_t kernel_d, int dt = 0) {
+    if (pass != Pass::Forward || path != Path::Sm90) return kernel_d;
+    return dt == kE4m3 ? sm90_fwd_fp8_class(kernel_d) : sm90_fwd_class(kernel_d);
 }
 
 int32_t compiled_index(int32_t kernel_d) {
@@ -95,10 +112,17 @@ bool variant_compiled(Pass pass, Path path, int32_t kernel_d, uint32_t features)
 }
 
 template <int D>
-std::string tile_tag(Pass pass, Path path) {
+std::string tile_tag(Pass pass, Path path, int dt) {
     const auto s = [](int v) { return std::to_string(v); };
     switch (pass) {
         case Pass::Forward: {
+            if (path == Path::Sm90 && dt == kE4m3) {
+                if constexpr (sm90::fwd_fp8_head_dim(D)) {
+                    using Tr = sm90::FwdTraits90<D, true>;
+                    return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s";
+                }
+                return "none";
+            }
             if (path == Path::Sm90) {
                 if constexpr (sm90::fwd_head_dim(D)) {
                     using Tr = sm90::FwdTraits90<D>;
@@ -127,18 +151,18 @@ std::string tile_tag(Pass pass, Path path) {
     }
 }
 
-std::string name_of(Pass pass, Path path, bool bf16, int32_t kernel_d, uint32_t features) {
-    return std::string(path_tag(path)) + "_" + pass_tag(pass) + (bf16 ? "_bf16" : "_fp16") + "_hdim" +
+std::string name_of(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t features) {
+    return std::string(path_tag(path)) + "_" + pass_tag(pass) + "_" + dtype_tag(dt) + "_hdim" +
            std::to_string(kernel_d) + ((features & feature::kLocal) ? "_local" : "") +
            ((features & feature::kSoftcap) ? "_softcap" : "") + ((features & feature::kDeterministic) ? "_det" : "") +
            ((features & feature::kPaged) ? "_paged" : "") + "_" +
-           with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path); });
+           with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path, dt); });
 }
 
 // Every kernel of the build, and the index of each (pass, path, dtype, head dim, features).
 struct Registry {
     std::vector<std::string> names;
-    int32_t index[3][2][2][6][16];  // pass, path, bf16, compiled head dim, features -> name index (-1: none)
+    int32_t index[3][2][kDtypes][6][16];  // pass, path, dtype, compiled head dim, features -> name index (-1: none)
 };
 
 const Registry& registry() {
@@ -150,16 +174,16 @@ const Registry& registry() {
             for (const Path path : {Path::Sm80, Path::Sm90}) {
                 for (int32_t i = 0; i < kCompiledCount; ++i) {
                     const int32_t d = kCompiled[i];
-                    if (!has_kernel(pass, path, d) || path_kernel_d(pass, path, d) != d) continue;
-                    for (const bool bf16 : {false, true}) {
+                    for (int dt = 0; dt < kDtypes; ++dt) {
+                        if (!has_kernel(pass, path, d, dtype_at(dt)) || path_kernel_d(pass, path, d, dt) != d) continue;
                         // Variants in binary order of (local, softcap, deterministic, paged), the first the highest bit.
                         for (uint32_t v = 0; v < 16; ++v) {
                             const uint32_t features = ((v & 8) ? feature::kLocal : 0u) | ((v & 4) ? feature::kSoftcap : 0u) |
                                                       ((v & 2) ? feature::kDeterministic : 0u) | ((v & 1) ? feature::kPaged : 0u);
                             if ((features & ~axes) != 0 || !variant_compiled(pass, path, d, features)) continue;
-                            out.index[static_cast<int>(pass)][static_cast<int>(path)][bf16][i][features] =
+                            out.index[static_cast<int>(pass)][static_cast<int>(path)][dt][i][features] =
                                 static_cast<int32_t>(out.names.size());
-                            out.names.push_back(name_of(pass, path, bf16, d, features));
+                            out.names.push_back(name_of(pass, path, dt, d, features));
                         }
                     }
                 }
@@ -177,9 +201,9 @@ const Registry& registry() {
     return r;
 }
 
-const char* name_for(Pass pass, Path path, bool bf16, int32_t kernel_d, uint32_t features) {
-    const int32_t i = compiled_index(path_kernel_d(pass, path, kernel_d));
-    const int32_t at = i < 0 ? -1 : registry().index[static_cast<int>(pass)][static_cast<int>(path)][bf16][i][features & 15u];
+const char* name_for(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t features) {
+    const int32_t i = compiled_index(path_kernel_d(pass, path, kernel_d, dt));
+    const int32_t at = i < 0 ? -1 : registry().index[static_cast<int>(pass)][static_cast<int>(path)][dt][i][features & 15u];
     return at < 0 ? "unknown_kernel" : registry().names[at].c_str();
 }
 
@@ -293,12 +317,23 @@ bool has_kernel(Pass pass, Path path, int32_t kernel_d) {
 
 bool has_kernel(Pass pass, Path path, int32_t kernel_d, DType dtype) {
     if (dtype == DType::Float16 || dtype == DType::BFloat16) return has_kernel(pass, path, kernel_d);
-    return false;  // fp8: no kernel yet (issue 12)
+    // fp8 (e4m3): the sm90 forward only (none in a build compiled with -DFA_NO_FP8).
+#ifdef FA_NO_FP8
+    return false;
+#else
+    return dtype == DType::Float8E4M3 && kHasSm90a && pass == Pass::Forward && path == Path::Sm90 &&
+           compiled_index(kernel_d) >= 0 && sm90_fwd_fp8_class(kernel_d) != 0;
+#endif
 }
 
 int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d, DType dtype) {
-    (void)dtype;
-    return smem_bytes(pass, path, kernel_d);
+    if (dtype != DType::Float8E4M3) return smem_bytes(pass, path, kernel_d);
+    if (pass != Pass::Forward || path != Path::Sm90) return 0;  // no such kernel (has_kernel says no)
+    return with_head_dim(path_kernel_d(pass, path, kernel_d, kE4m3), [&](auto hd) -> int32_t {
+        constexpr int D = decltype(hd)::value;
+        if constexpr (sm90::fwd_fp8_head_dim(D)) return sm90::FwdTraits90<D, true>::kSmemBytes;
+        return 0;
+    });
 }
 
 int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d) {
@@ -345,11 +380,18 @@ const char* kernel_name_at(int32_t index) {
 int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name) {
     const auto s = static_cast<cudaStream_t>(stream);
     const int32_t kd = kernel_head_dim(p.d);
-    const bool bf16 = p.dtype == DType::BFloat16;
+    const int dt = dtype_index(p.dtype);
+    const bool bf16 = dt == 1;
     uint32_t features = 0;
-    const int err = with_compiled_head_dim(path_kernel_d(Pass::Forward, path, kd), static_cast<int>(cudaErrorInvalidValue),
+    const int err = with_compiled_head_dim(path_kernel_d(Pass::Forward, path, kd, dt), static_cast<int>(cudaErrorInvalidValue),
                                            [&](auto hd) {
         constexpr int D = decltype(hd)::value;
+#ifdef FA_HAS_SM90A
+        if constexpr (sm90::fwd_fp8_head_dim(D)) {
+            if (path == Path::Sm90 && dt == kE4m3) return sm90::run_fwd<__nv_fp8_e4m3, D>(p, info, s, &features);
+        }
+#endif
+        if (dt == kE4m3) return static_cast<int>(cudaErrorInvalidValue);  // the host refuses others first
 #ifdef FA_HAS_SM90A
         if constexpr (sm90::fwd_head_dim(D)) {
             if (path == Path::Sm90) {
@@ -361,7 +403,7 @@ int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* 
         if (path != Path::Sm80) return static_cast<int>(cudaErrorInvalidValue);  // the host refuses others first
         return bf16 ? sm80::run_fwd<__nv_bfloat16, D>(p, info, s, &features) : sm80::run_fwd<__half, D>(p, info, s, &features);
     });
-    if (kernel_name) *kernel_name = name_for(Pass::Forward, path, bf16, kd, features);
+    if (kernel_name) *kernel_name = name_for(Pass::Forward, path, dt, kd, features);
     return err;
 }
 
@@ -371,7 +413,7 @@ int launch_backward(Path path, BwdParams& p, const LaunchInfo& info, void* strea
     uint32_t features = 0;
     const int err = bf16 ? launch_backward_t<__nv_bfloat16>(path, p, info, s, &features)
                          : launch_backward_t<__half>(path, p, info, s, &features);
-    if (kernel_name) *kernel_name = name_for(Pass::Backward, path, bf16, p.kernel_d, features);
+    if (kernel_name) *kernel_name = name_for(Pass::Backward, path, bf16 ? 1 : 0, p.kernel_d, features);
     return err;
 }
 
@@ -381,7 +423,7 @@ int launch_decode(Path path, const DecodeParams& p, const LaunchInfo& info, void
     const bool bf16 = p.dtype == DType::BFloat16;
     uint32_t features = p.block_table != nullptr ? feature::kPaged : 0u;
     const int err = bf16 ? launch_decode_t<__nv_bfloat16>(p, info, s, &features) : launch_decode_t<__half>(p, info, s, &features);
-    if (kernel_name) *kernel_name = name_for(Pass::Decode, path, bf16, kernel_head_dim(p.d), features);
+    if (kernel_name) *kernel_name = name_for(Pass::Decode, path, bf16 ? 1 : 0, kernel_head_dim(p.d), features);
     return err;
 }
 

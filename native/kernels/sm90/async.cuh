@@ -5,6 +5,7 @@
 // kernels.
 #pragma once
 #include <cstdint>
+#include <cstdio>
 
 #include "sm90/wgmma.cuh"  // FA_SM90A_DEVICE
 
@@ -41,15 +42,30 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t byt
 }
 // Waits until the phase of parity `parity` has completed (a fresh barrier is in phase 0, so waiting for
 // parity 1 returns at once: how a producer passes its first round of "empty" barriers).
+// FA_SM90_DEBUG_HANG (a debugging build only): a wait still incomplete after 2 s (the global timer) prints the
+// barrier's shared-memory address, the parity and the thread, then traps, so a protocol error shows up as a
+// launch failure with its place instead of a hang.
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 #ifdef FA_SM90A_DEVICE
     uint32_t done = 0;
+#ifdef FA_SM90_DEBUG_HANG
+    uint64_t t0 = 0, now = 0;
+#endif
     do {
         asm volatile(
             "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
             : "=r"(done)
             : "r"(bar), "r"(parity)
             : "memory");
+#ifdef FA_SM90_DEBUG_HANG
+        if (!done) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        if (!done && t0 == 0) t0 = now;
+        if (!done && now - t0 > 2000000000ull) {
+            printf("mbar_wait hang: barrier smem 0x%x parity %u thread %d block %d\n", bar, parity,
+                   static_cast<int>(threadIdx.x), static_cast<int>(blockIdx.x));
+            __trap();
+        }
+#endif
     } while (!done);
 #endif
 }

@@ -19,9 +19,18 @@
 // blocks first, a group of heads' K/V reused from L2. The epilogue stages O in shared memory (its own tile
 // at d64/d128, which frees the Q tile for the next one at once; else the warpgroup's own rows of the Q
 // tile) for 16-byte coalesced stores (any strides, varlen tails) and writes the LSE from registers.
+//
+// fp8 (e4m3 q/k/v, bf16 O; FwdTraits90<D, true>, D 128/256): the same roles and pipeline with 1-byte tiles
+// (128-column panels), wgmma m64nNk32 e4m3, and V transposed: fp8 wgmma reads both operands K-major, so V lands
+// in a raw ring and producer warps 1..3 (registers 40, consumers 232) transpose each stage into a V^T ring that
+// the consumers read (transpose_v_fp8, whose key order makes the S accumulators the A fragment of P with no
+// shuffles). The descales of the tile's (sequence, KV head) scale the scores (inside tanh under softcap) and
+// O; P = exp2(x - max + 8) in [0, 256] (FlashAttention-3's offset, taken back out of the LSE); O is stored from
+// registers. Descales are taken as given: 0, negative or non-finite factors give NaN rows, as in FA3.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <math_constants.h>
 
 #include "common/fwd_schedule.h"
@@ -53,6 +62,78 @@ struct FwdTile90 {
     BlockRange keys;  // empty: every row is fully masked
 };
 
+// The input element type's facts: fp8 (e4m3) q/k/v give a bf16 output.
+template <typename T>
+struct FwdIo90 {
+    static constexpr bool kFp8 = false;
+    using Out = T;
+};
+template <>
+struct FwdIo90<__nv_fp8_e4m3> {
+    static constexpr bool kFp8 = true;
+    using Out = __nv_bfloat16;
+};
+
+// fp8: the producer's warps 1..3 transpose a V stage ([BN keys][D bytes], TMA's panels of 128-byte rows,
+// 128-byte swizzle) into a V^T stage ([D rows][128 key bytes], the same swizzle), the K-major B operand of
+// O += P V. The keys of each 32-key k-step are stored permuted, so that the S accumulators a thread holds
+// are already the fp8 A fragment of P (pack_p): k position 16h + 4t + e (h, e in 0..1 and 0..3, t in 0..3)
+// holds key 16h + 2t + (e & 1) + 8 (e >> 1), the order of a thread's columns {2t, 2t+1, 2t+8, 2t+9} in the
+// accumulator layout. So a 16-byte chunk of a V^T row holds 16 consecutive keys: a work item reads 16 key
+// rows x 4 columns (16-key group kg, columns 4cq..4cq+3) and writes 4 V^T rows x 16 bytes (two 8-byte
+// halves). A warp takes two key groups x 16 column groups; D/16 such blocks per stage. (A CPU simulation of
+// every lane, with TMA's swizzle and wgmma's reads of the V^T stage, checked P V exact, each byte written once,
+// and the bank conflicts: loads 1-way, stores 2 wavefronts.)
+template <int D, int BN>
+__device__ __forceinline__ void transpose_v_fp8(unsigned char* smem, int src, int dst, int warp, int nwarps, int lane) {
+    // Bank conflicts: the 16 lanes of a half-warp share kg and store 4 consecutive V^T rows each, so without
+    // more care their 8-byte stores would fall on 4 banks (8-way). Each lane therefore starts its 4 rows at its
+    // own rotation rot (a byte rotation of the loaded words, so out[j] is column c + ((j + rot) & 3)), takes
+    // the two halves in an order set by lane bit 3 and the two words of a half in an order set by lane bit 4:
+    // loads stay conflict-free and a store takes 2 wavefronts, the minimum for 256 bytes.
+    const int rot = (lane >> 1) & 3;
+    const uint32_t rsel = (0x32103210u >> (4 * rot)) & 0xffffu;
+    const int flip = (lane >> 4) & 1;
+#pragma unroll 1
+    for (int wb = warp; wb < D / 16; wb += nwarps) {
+        const int kg = 2 * (wb % 4) + lane / 16;
+        const int c = 4 * (16 * (wb / 4) + lane % 16);  // first of the 4 columns
+        const int panel = src + (c / 128) * BN * 128, cb = c % 128;
+        // Two words of each of the 4 output rows at a time (8-byte stores), which keeps the transposers within
+        // the producer's 40 registers.
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            const int half = hh ^ ((lane >> 3) & 1);
+            uint32_t out[4][2];  // [row j][word (t - 2 half) ^ flip]
+#pragma unroll
+            for (int tt = 0; tt < 2; ++tt) {
+                const int t = 2 * half + (tt ^ flip);
+                uint32_t w[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const int r = 16 * kg + 2 * t + (i & 1) + 8 * (i >> 1);
+                    const uint32_t x = *reinterpret_cast<const uint32_t*>(smem + panel + r * 128 +
+                                                                          (((cb >> 4) ^ (r & 7)) << 4) + (cb & 15));
+                    w[i] = __byte_perm(x, 0, rsel);  // byte j: column c + ((j + rot) & 3)
+                }
+                // 4 x 4 byte transpose: out[j] = byte j of w[0], w[1], w[2], w[3].
+                const uint32_t a = __byte_perm(w[0], w[1], 0x5140), b = __byte_perm(w[0], w[1], 0x7362);
+                const uint32_t e = __byte_perm(w[2], w[3], 0x5140), f = __byte_perm(w[2], w[3], 0x7362);
+                out[0][tt] = __byte_perm(a, e, 0x5410);
+                out[1][tt] = __byte_perm(a, e, 0x7632);
+                out[2][tt] = __byte_perm(b, f, 0x5410);
+                out[3][tt] = __byte_perm(b, f, 0x7632);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int dr = c + ((j + rot) & 3);
+                *reinterpret_cast<uint2*>(smem + dst + dr * 128 + ((kg ^ (dr & 7)) << 4) + 8 * half) =
+                    flip ? make_uint2(out[j][1], out[j][0]) : make_uint2(out[j][0], out[j][1]);
+            }
+        }
+    }
+}
+
 template <bool kLocal, int BM, int BN>
 __device__ __forceinline__ FwdTile90 fwd_tile90(const FwdParams& p, int tile) {
     FwdTile90 t;
@@ -69,11 +150,18 @@ __device__ __forceinline__ FwdTile90 fwd_tile90(const FwdParams& p, int tile) {
 }
 
 template <typename T, int D, bool kLocal, bool kSoftcap>
-__global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(const __grid_constant__ FwdArgs90 a) {
+__global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
+    fwd_kernel_sm90(const __grid_constant__ FwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
-    using Tr = FwdTraits90<D>;
+    constexpr bool kFp8 = FwdIo90<T>::kFp8;
+    using TO = typename FwdIo90<T>::Out;  // the output's element type
+    using Tr = FwdTraits90<D, kFp8>;
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, S = Tr::kStages;
-    constexpr int QPanel = BM * 128, KVPanel = BN * 128;  // bytes between the 64-column panels of a tile
+    constexpr int PC = Tr::kPanelCols, KS = Tr::kKStep;
+    // fp8: P = exp2(x - max + 8) lies in [0, 256], the upper range of e4m3 (FlashAttention-3's offset); the
+    // row sum carries the same 2^8, which O's normalisation cancels and the LSE takes back out.
+    constexpr float kPOffset = kFp8 ? 8.f : 0.f;
+    constexpr int QPanel = BM * 128, KVPanel = BN * 128;  // bytes between the panels (128-byte rows) of a tile
     constexpr uint32_t kConsumerWarps = 4 * Tr::kConsumers;
 
     extern __shared__ __align__(1024) unsigned char smem[];
@@ -86,8 +174,15 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
     const auto k_empty = [&](int s) { return bar + 24 + 32 * s; };
     const auto v_full = [&](int s) { return bar + 32 + 32 * s; };
     const auto v_empty = [&](int s) { return bar + 40 + 32 * s; };
+    const auto vt_full = [&](int s) { return bar + 16 + 32 * S + 16 * s; };  // fp8
+    const auto vt_empty = [&](int s) { return bar + 24 + 32 * S + 16 * s; };
     const auto k_tile = [&](int s) { return s0 + Tr::kOffK + s * Tr::kSmemKV; };
     const auto v_tile = [&](int s) { return s0 + Tr::kOffV + s * Tr::kSmemKV; };
+    const auto vt_tile = [&](int s) { return s0 + Tr::kOffVt + s * Tr::kSmemVt; };
+    // The barriers of the V stage the consumers read: V itself, or (fp8) its transpose.
+    const auto pv_full = [&](int s) { return kFp8 ? vt_full(s) : v_full(s); };
+    const auto pv_empty = [&](int s) { return kFp8 ? vt_empty(s) : v_empty(s); };
+    constexpr uint32_t kTransposeWarps = 3;  // fp8: producer warps 1..3
 
     const int tid = threadIdx.x;
     const int lane = tid % 32;
@@ -98,7 +193,11 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
             mbar_init(k_full(s), 1);
             mbar_init(k_empty(s), kConsumerWarps);
             mbar_init(v_full(s), 1);
-            mbar_init(v_empty(s), kConsumerWarps);
+            mbar_init(v_empty(s), kFp8 ? kTransposeWarps : kConsumerWarps);  // fp8: the transposers read V
+            if (kFp8) {
+                mbar_init(vt_full(s), kTransposeWarps);
+                mbar_init(vt_empty(s), kConsumerWarps);
+            }
         }
         mbar_init_fence();
     }
@@ -129,7 +228,7 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
                     mbar_arrive_expect_tx(k_full(s), Tr::kSmemKV);
 #pragma unroll
                     for (int pn = 0; pn < Tr::kPanels; ++pn) {
-                        tma_load_4d(k_tile(s) + pn * KVPanel, a.k, k_full(s), pn * 64, k_row + n * BN, hk, bb);
+                        tma_load_4d(k_tile(s) + pn * KVPanel, a.k, k_full(s), pn * PC, k_row + n * BN, hk, bb);
                     }
                     if (n == t.keys.end - 1) {
                         // Q after the tile's first K: that K slot frees as soon as the consumers' last Q K^T
@@ -138,7 +237,7 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
                         mbar_arrive_expect_tx(q_full, Tr::kSmemQ);
 #pragma unroll
                         for (int pn = 0; pn < Tr::kPanels; ++pn) {
-                            tma_load_4d(sQ + pn * QPanel, a.q, q_full, pn * 64, q_row, t.h, bb);
+                            tma_load_4d(sQ + pn * QPanel, a.q, q_full, pn * PC, q_row, t.h, bb);
                         }
                         ++qn;
                     }
@@ -146,7 +245,30 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
                     mbar_arrive_expect_tx(v_full(s), Tr::kSmemKV);
 #pragma unroll
                     for (int pn = 0; pn < Tr::kPanels; ++pn) {
-                        tma_load_4d(v_tile(s) + pn * KVPanel, a.v, v_full(s), pn * 64, k_row + n * BN, hk, bb);
+                        tma_load_4d(v_tile(s) + pn * KVPanel, a.v, v_full(s), pn * PC, k_row + n * BN, hk, bb);
+                    }
+                    ++kv;
+                }
+            }
+        } else if (kFp8 && tid >= 32) {
+            // fp8: warps 1..3 transpose each V stage into the V^T ring, in the producer's block order.
+            const int tw = tid / 32 - 1;
+            int kv = 0;
+            for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+                const FwdTile90 t = fwd_tile90<kLocal, BM, BN>(p, tile);
+                if (t.keys.end <= t.keys.begin) continue;
+                for (int n = t.keys.end - 1; n >= t.keys.begin; --n) {
+                    const int s = kv % S;
+                    const uint32_t ph = (kv / S) & 1;
+                    mbar_wait(v_full(s), ph);
+                    mbar_wait(vt_empty(s), ph ^ 1);
+                    transpose_v_fp8<D, BN>(smem, Tr::kOffV + s * Tr::kSmemKV, Tr::kOffVt + s * Tr::kSmemVt, tw,
+                                           kTransposeWarps, lane);
+                    fence_proxy_async();  // the V^T writes, for wgmma's reads
+                    __syncwarp();
+                    if (lane == 0) {
+                        mbar_arrive(vt_full(s));
+                        mbar_arrive(v_empty(s));  // every read of the V stage is done
                     }
                     ++kv;
                 }
@@ -159,9 +281,9 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
         const int wl = (tid % 128) / 32;                  // warp within the warpgroup
         const int rl = cw * 64 + wl * 16 + lane / 4;      // this thread's first row in the tile (and rl + 8)
         const int t4 = lane % 4;
-        const float scale_log2 = p.scale_log2;
-        const float cap_premul = kSoftcap ? p.scale / p.softcap : 1.f;
-        const float lse_scale = kSoftcap ? p.softcap : p.scale;
+        const float base_scale_log2 = p.scale_log2;
+        const float base_cap_premul = kSoftcap ? p.scale / p.softcap : 1.f;
+        const float base_lse_scale = kSoftcap ? p.softcap : p.scale;
         constexpr int CPR = D / 8;  // 16-byte chunks per row
         int kv = 0, qn = 0;
         // Ping-pong turns: consumer c issues after bar.sync on barrier 4 + c and then hands the turn to the
@@ -181,7 +303,25 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
             if (t.rows <= 0) continue;
             const int my_rows = t.rows - cw * 64;  // rows of this warpgroup in the sequence (may be <= 0)
             const int64_t row_g = t.seq.q_row0 + t.row0;
-            T* o = reinterpret_cast<T*>(p.o) + (varlen ? 0 : t.b * p.o_batch_stride) + t.h * p.o_head_stride +
+            // The score scales of this tile: fp8 multiplies in the descales of its (sequence, KV head) (inside
+            // tanh under softcap, FlashAttention-3's order); v's descale joins O's normalisation.
+            float scale_log2 = base_scale_log2, cap_premul = base_cap_premul, lse_scale = base_lse_scale;
+            float o_scale = 1.f;
+            if constexpr (kFp8) {
+                const int hk = t.h / p.hq_per_hkv;
+                const auto factor = [&](const FwdDescale& ds) {
+                    return ds.data == nullptr ? 1.f : ds.data[t.b * ds.batch_stride + hk * ds.head_stride];
+                };
+                const float qk = factor(p.q_descale) * factor(p.k_descale);
+                if (kSoftcap) {
+                    cap_premul *= qk;
+                } else {
+                    scale_log2 *= qk;
+                    lse_scale *= qk;
+                }
+                o_scale = factor(p.v_descale);
+            }
+            TO* o = reinterpret_cast<TO*>(p.o) + (varlen ? 0 : t.b * p.o_batch_stride) + t.h * p.o_head_stride +
                    row_g * p.o_row_stride;
             float* lse = p.lse == nullptr ? nullptr
                                           : p.lse + (varlen ? 0 : t.b * p.lse_batch_stride) + t.h * p.lse_head_stride +
@@ -208,7 +348,7 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
 #pragma unroll
             for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
             float s[BN / 2];
-            uint32_t pa[BN / 16][4];
+            uint32_t pa[BN / KS][4];
             float row_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
             float row_sum[2] = {0.f, 0.f};
 
@@ -219,18 +359,26 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
             const auto issue_qk = [&](int st) {
                 wgmma_fence();
 #pragma unroll
-                for (int kk = 0; kk < D / 16; ++kk) {
+                for (int kk = 0; kk < D / KS; ++kk) {  // K steps of 32 bytes, four per 128-byte panel row
                     const uint32_t qa = sQ + (kk / 4) * QPanel + cw * 64 * 128 + (kk % 4) * 32;
                     const uint32_t kb = k_tile(st) + (kk / 4) * KVPanel + (kk % 4) * 32;
-                    Wgmma<T, BN, 0, 0>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024), kk > 0 ? 1 : 0);
+                    if constexpr (kFp8) {
+                        WgmmaF8<BN>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024), kk > 0 ? 1 : 0);
+                    } else {
+                        Wgmma<T, BN, 0, 0>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024), kk > 0 ? 1 : 0);
+                    }
                 }
                 wgmma_commit();
             };
             const auto issue_pv = [&](int st) {
                 wgmma_fence();
 #pragma unroll
-                for (int kk = 0; kk < BN / 16; ++kk) {
-                    Wgmma<T, D, 0, 1>::rs(acc, pa[kk], smem_desc(v_tile(st) + kk * 16 * 128, KVPanel, 1024), 1);
+                for (int kk = 0; kk < BN / KS; ++kk) {
+                    if constexpr (kFp8) {  // V^T: K-major, 32 key bytes per step
+                        WgmmaF8<D>::rs(acc, pa[kk], smem_desc(vt_tile(st) + kk * 32, 16, 1024), 1);
+                    } else {               // V: MN-major, 16 key rows per step
+                        Wgmma<T, D, 0, 1>::rs(acc, pa[kk], smem_desc(v_tile(st) + kk * 16 * 128, KVPanel, 1024), 1);
+                    }
                 }
                 wgmma_commit();
             };
@@ -271,7 +419,7 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
                     for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
                         for (int c = 0; c < 2; ++c) {
-                            const float pv = fast_exp2(s[4 * j + 2 * r + c] * scale_log2 - m_scaled);
+                            const float pv = fast_exp2(s[4 * j + 2 * r + c] * scale_log2 - (m_scaled - kPOffset));
                             s[4 * j + 2 * r + c] = pv;
                             sum += pv;
                         }
@@ -280,12 +428,23 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
                 }
             };
             const auto pack_p = [&]() {
+                if constexpr (kFp8) {  // the permuted key order of the V^T stage (transpose_v_fp8)
 #pragma unroll
-                for (int kk = 0; kk < BN / 16; ++kk) {
-                    pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
-                    pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-                    pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-                    pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+                    for (int kk = 0; kk < BN / 32; ++kk) {
+                        const float* x = s + 16 * kk;
+                        pa[kk][0] = pack4_e4m3(x[0], x[1], x[4], x[5]);
+                        pa[kk][1] = pack4_e4m3(x[2], x[3], x[6], x[7]);
+                        pa[kk][2] = pack4_e4m3(x[8], x[9], x[12], x[13]);
+                        pa[kk][3] = pack4_e4m3(x[10], x[11], x[14], x[15]);
+                    }
+                } else {
+#pragma unroll
+                    for (int kk = 0; kk < BN / 16; ++kk) {
+                        pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+                        pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+                        pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+                        pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+                    }
                 }
             };
 
@@ -316,7 +475,7 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
                 st = kv % S;
                 ph = (kv / S) & 1;
                 mbar_wait(k_full(st), ph);
-                mbar_wait(v_full(v_st), v_ph);
+                mbar_wait(pv_full(v_st), v_ph);
                 my_turn();
                 issue_qk(st);
                 issue_pv(v_st);
@@ -328,7 +487,7 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
                 softmax(n, alpha);
                 wgmma_wait<0>();
                 fence_regs(acc);
-                release(v_empty(v_st));
+                release(pv_empty(v_st));
 #pragma unroll
                 for (int j = 0; j < D / 8; ++j) {
                     acc[4 * j + 0] *= alpha[0];
@@ -341,17 +500,18 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
                 v_ph = ph;
                 ++kv;
             }
-            mbar_wait(v_full(v_st), v_ph);
+            mbar_wait(pv_full(v_st), v_ph);
             my_turn();
             issue_pv(v_st);
             pass_turn();
             wgmma_wait<0>();
             fence_regs(acc);
-            release(v_empty(v_st));
-            if (Tr::kSeparateO) release(q_empty);  // every Q K^T of the tile has retired
+            release(pv_empty(v_st));
+            if (Tr::kSeparateO || !Tr::kStageO) release(q_empty);  // every Q K^T of the tile has retired
 
             // Epilogue: row sums across the quad, LSE, O normalised and staged in this warpgroup's rows of
-            // the O tile (or of the Q tile), panel layout, then 16-byte stores of the rows and columns the call has.
+            // the O tile (or of the Q tile), panel layout, then 16-byte stores of the rows and columns the call
+            // has; fp8 stores its bf16 O from registers (4 bytes a thread, a quad's 16 bytes contiguous).
             constexpr int kOffO = Tr::kSeparateO ? Tr::kOffO : Tr::kOffQ;
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
@@ -359,18 +519,31 @@ __global__ void __launch_bounds__(FwdTraits90<D>::kThreads, 1) fwd_kernel_sm90(c
                 sum += __shfl_xor_sync(0xffffffffu, sum, 1);
                 sum += __shfl_xor_sync(0xffffffffu, sum, 2);
                 const bool seen = sum > 0.f;
-                const float inv = seen ? 1.f / sum : 0.f;
+                const float inv = seen ? o_scale / sum : 0.f;
                 const int lrow = rl + 8 * r;
                 if (lse != nullptr && t4 == 0 && lrow < t.rows) {
+                    constexpr float kLn2 = 0.6931471805599453f;
                     lse[static_cast<int64_t>(lrow) * p.lse_row_stride] =
-                        seen ? row_max[r] * lse_scale + logf(sum) : CUDART_INF_F;
+                        seen ? row_max[r] * lse_scale + logf(sum) - kPOffset * kLn2 : CUDART_INF_F;
                 }
+                if constexpr (Tr::kStageO) {
 #pragma unroll
-                for (int j = 0; j < D / 8; ++j) {
-                    const uint32_t packed = pack2<T>(acc[4 * j + 2 * r] * inv, acc[4 * j + 2 * r + 1] * inv);
-                    *reinterpret_cast<uint32_t*>(smem + kOffO + panel_off<BM>(lrow, j) + t4 * 4) = packed;
+                    for (int j = 0; j < D / 8; ++j) {
+                        const uint32_t packed = pack2<TO>(acc[4 * j + 2 * r] * inv, acc[4 * j + 2 * r + 1] * inv);
+                        *reinterpret_cast<uint32_t*>(smem + kOffO + panel_off<BM>(lrow, j) + t4 * 4) = packed;
+                    }
+                } else if (lrow < t.rows) {
+                    TO* orow = o + static_cast<int64_t>(lrow) * p.o_row_stride + 2 * t4;
+#pragma unroll
+                    for (int j = 0; j < D / 8; ++j) {
+                        if (8 * j + 2 * t4 < p.d) {
+                            *reinterpret_cast<uint32_t*>(orow + 8 * j) =
+                                pack2<TO>(acc[4 * j + 2 * r] * inv, acc[4 * j + 2 * r + 1] * inv);
+                        }
+                    }
                 }
             }
+            if constexpr (!Tr::kStageO) continue;
             bar_sync(1 + cw, 128);  // this warpgroup's O rows staged
             for (int c = tid % 128; c < 64 * CPR; c += 128) {
                 const int r = c / CPR, ch = c % CPR;

@@ -22,35 +22,45 @@
 namespace fa {
 namespace sm90 {
 
-// The descriptor of q, k or v: [b][rows][heads][d] with the call's strides (varlen: one batch of the
-// packed rows), read in boxes of 64 columns x box_rows rows.
-inline cudaError_t encode_qkv(TmaMap* map, const void* data, bool bf16, int d, int64_t rows, int heads, int batches,
+// The descriptor of q, k or v: [b][rows][heads][d] with the call's strides (in elements; varlen: one batch
+// of the packed rows), read in boxes of 128 bytes of columns x box_rows rows.
+inline cudaError_t encode_qkv(TmaMap* map, const void* data, TmaElem elem, int d, int64_t rows, int heads, int batches,
                               int64_t row_stride, int64_t head_stride, int64_t batch_stride, int box_rows) {
+    const int64_t eb = elem == TmaElem::U8 ? 1 : 2;
     const int64_t dims[4] = {d, rows, heads, batches};
-    const int64_t strides[3] = {row_stride * 2, head_stride * 2, batch_stride * 2};
-    return encode_4d(map, data, bf16, dims, strides, 64, box_rows);
+    const int64_t strides[3] = {row_stride * eb, head_stride * eb, batch_stride * eb};
+    return encode_4d(map, data, elem, dims, strides, static_cast<int>(128 / eb), box_rows);
 }
 
 template <typename T, int D, bool kLocal, bool kSoftcap>
 cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStream_t stream) {
-    using Tr = FwdTraits90<D>;
+    using Tr = FwdTraits90<D, FwdIo90<T>::kFp8>;
     auto kernel = fwd_kernel_sm90<T, D, kLocal, kSoftcap>;
     static std::atomic<uint64_t> raised{0};
     cudaError_t err = raise_smem_once(kernel, Tr::kSmemBytes, info, raised);
     if (err != cudaSuccess) return err;
+    // The setmaxnreg budget (FwdTraits90) assumes kLaunchRegs registers a thread at launch; with fewer the
+    // consumers' setmaxnreg.inc would wait forever. Checked once per kernel: a refusal, never a hang.
+    static std::atomic<int> regs_checked{0};  // 0 unknown, 1 enough, 2 too few
+    if (regs_checked.load(std::memory_order_relaxed) == 0) {
+        cudaFuncAttributes attr{};
+        if ((err = cudaFuncGetAttributes(&attr, kernel)) != cudaSuccess) return err;
+        regs_checked.store(attr.numRegs >= Tr::kLaunchRegs ? 1 : 2, std::memory_order_relaxed);
+    }
+    if (regs_checked.load(std::memory_order_relaxed) != 1) return cudaErrorInvalidConfiguration;
     FwdArgs90 a;
     a.p = params;
     const unsigned tiles = schedule(a.p, Tr::kBlockM, info.l2_bytes);
     if (tiles == 0) return cudaSuccess;
     const FwdParams& p = a.p;
-    const bool bf16 = p.dtype == DType::BFloat16;
+    const TmaElem elem = FwdIo90<T>::kFp8 ? TmaElem::U8 : p.dtype == DType::BFloat16 ? TmaElem::BF16 : TmaElem::F16;
     const bool varlen = p.cu_seqlens_q != nullptr;
     const int batches = varlen ? 1 : p.b;
-    if ((err = encode_qkv(&a.q, p.q, bf16, p.d, varlen ? p.total_q : p.sq, p.hq, batches, p.q_row_stride, p.q_head_stride,
+    if ((err = encode_qkv(&a.q, p.q, elem, p.d, varlen ? p.total_q : p.sq, p.hq, batches, p.q_row_stride, p.q_head_stride,
                           p.q_batch_stride, Tr::kBlockM)) != cudaSuccess ||
-        (err = encode_qkv(&a.k, p.k, bf16, p.d, varlen ? p.total_k : p.sk, p.hkv, batches, p.k_row_stride,
+        (err = encode_qkv(&a.k, p.k, elem, p.d, varlen ? p.total_k : p.sk, p.hkv, batches, p.k_row_stride,
                           p.k_head_stride, p.k_batch_stride, Tr::kBlockN)) != cudaSuccess ||
-        (err = encode_qkv(&a.v, p.v, bf16, p.d, varlen ? p.total_k : p.sk, p.hkv, batches, p.v_row_stride,
+        (err = encode_qkv(&a.v, p.v, elem, p.d, varlen ? p.total_k : p.sk, p.hkv, batches, p.v_row_stride,
                           p.v_head_stride, p.v_batch_stride, Tr::kBlockN)) != cudaSuccess) {
         return err;
     }

@@ -22,40 +22,65 @@ namespace sm90 {
 // The kernel head dims ("classes") of the sm90 forward; any head dim a multiple of 8 up to 256 runs the
 // smallest class at least as large, its columns past d read as zeros by the TMA.
 constexpr bool fwd_head_dim(int D) { return D == 64 || D == 128 || D == 256; }
+// The classes of the fp8 (e4m3) forward: a 128-byte panel row holds 128 fp8 columns, so head dims up to 128
+// run the 128 kernel (FlashAttention-3's fp8 head dims are multiples of 16).
+constexpr bool fwd_fp8_head_dim(int D) { return D == 128 || D == 256; }
 
 // One CTA: a producer warpgroup (one thread issues every TMA load) and kConsumers consumer warpgroups of 64
 // query rows each, so 64 * kConsumers query rows per tile; K and V stream through kStages-deep rings of BlockN keys.
-template <int D>
+// kFp8: q/k/v in e4m3 (1 byte), output bf16. fp8 wgmma reads both operands K-major, so V (keys x d, MN-major
+// for the P V product) lands in a raw ring and warps 1..3 of the producer warpgroup transpose it into a V^T
+// ring (d rows of BlockN key bytes) that the consumers read; O goes from registers straight to global memory.
+template <int D, bool kFp8 = false>
 struct FwdTraits90 {
-    static_assert(fwd_head_dim(D), "the sm90 forward has kernels for head dims 64, 128 and 256");
+    static_assert(kFp8 ? fwd_fp8_head_dim(D) : fwd_head_dim(D),
+                  "the sm90 forward has kernels for head dims 64, 128 and 256 (fp8: 128 and 256)");
     static constexpr int kHeadDim = D;
-    static constexpr int kConsumers = D == 64 ? FA_SM90_FWD_D64_CONSUMERS : 2;  // consumer warpgroups
+    static constexpr int kElemBytes = kFp8 ? 1 : 2;
+    static constexpr int kPanelCols = 128 / kElemBytes;  // elements per 128-byte row of a panel
+    static constexpr int kKStep = 32 / kElemBytes;       // K of one wgmma: k16 (16-bit), k32 (fp8): 32 bytes
+    static constexpr int kConsumers = !kFp8 && D == 64 ? FA_SM90_FWD_D64_CONSUMERS : 2;  // consumer warpgroups
     static constexpr int kBlockM = 64 * kConsumers;
-    static constexpr int kBlockN = D == 256 ? 64 : D == 128 ? FA_SM90_FWD_BN128 : 128;
-    static constexpr int kStages = D == 64 ? 3 : 2;
+    static constexpr int kBlockN = kFp8 ? 128 : D == 256 ? 64 : D == 128 ? FA_SM90_FWD_BN128 : 128;
+    static constexpr int kStages = !kFp8 && D == 64 ? 3 : 2;
     static constexpr int kThreads = 128 * (kConsumers + 1);
-    // setmaxnreg budgets: 128*24 + 256*240 and 128*32 + 384*160 fit the 64K registers of an SM.
-    static constexpr int kProducerRegs = kConsumers == 3 ? 32 : 24;
-    static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : 240;
+    // setmaxnreg budgets. The launch gives every thread kLaunchRegs (65536 / threads, a multiple of 8); the
+    // consumers' setmaxnreg.inc can only take what the producer's setmaxnreg.dec gave back in the same CTA
+    // (and waits for it forever otherwise: a hang, not an error), so (kLaunchRegs - producer) * 128 must cover
+    // (consumer - kLaunchRegs) * 128 * kConsumers: 24/240 and 32/160 exactly, as FlashAttention-3's, and 40/232
+    // for fp8, whose producer transposes V (FA3's budget for a producer that works).
+    static constexpr int kLaunchRegs = (65536 / kThreads) / 8 * 8 > 255 ? 248 : (65536 / kThreads) / 8 * 8;
+    static constexpr int kProducerRegs = kFp8 ? 40 : kConsumers == 3 ? 32 : 24;
+    static constexpr int kConsumerRegs = kFp8 ? 232 : kConsumers == 3 ? 160 : 240;
+    static_assert((kLaunchRegs - kProducerRegs) * 128 >= (kConsumerRegs - kLaunchRegs) * 128 * kConsumers,
+                  "the consumers' setmaxnreg.inc needs the registers the producer gives back");
     // Ping-pong: the consumers take turns to issue their products (named barriers), so one's softmax runs
     // under the other's GEMMs instead of both competing for the tensor cores at once.
-    static constexpr bool kPingPong = D <= FA_SM90_FWD_PINGPONG_MAX_D;
-    static constexpr int kPanels = D / 64;                     // 64-column panels of 128-byte rows
-    static constexpr int kSmemQ = kBlockM * D * 2;
-    static constexpr int kSmemKV = kBlockN * D * 2;             // one K or V stage
+    static constexpr bool kPingPong = !kFp8 && D <= FA_SM90_FWD_PINGPONG_MAX_D;
+    static constexpr int kPanels = D / kPanelCols;             // panels of 128-byte rows
+    static constexpr int kSmemQ = kBlockM * D * kElemBytes;
+    static constexpr int kSmemKV = kBlockN * D * kElemBytes;   // one K or V stage
+    static constexpr int kSmemVt = kFp8 ? kSmemKV : 0;         // one V^T stage (fp8)
     static constexpr int kOffQ = 0;
     static constexpr int kOffK = kOffQ + kSmemQ;
     static constexpr int kOffV = kOffK + kStages * kSmemKV;
-    // O is staged in its own tile where shared memory allows, so the next tile's Q loads during the
-    // epilogue; otherwise in the consumer's own rows of the Q tile, which frees only after it.
-    static constexpr int kSmemO = kOffV + kStages * kSmemKV + kBlockM * D * 2 + 256 <= 227 * 1024 ? kBlockM * D * 2 : 0;
+    static constexpr int kOffVt = kOffV + kStages * kSmemKV;
+    static constexpr int kEndKV = kOffVt + kStages * kSmemVt;
+    // O (16-bit) is staged in its own tile where shared memory allows, so the next tile's Q loads during the
+    // epilogue; otherwise in the consumer's own rows of the Q tile, which frees only after it. fp8 stores
+    // O from registers (its bf16 O is twice the fp8 Q tile).
+    static constexpr bool kStageO = !kFp8;
+    static constexpr int kSmemO =
+        kStageO && kEndKV + kBlockM * D * 2 + 256 <= 227 * 1024 ? kBlockM * D * 2 : 0;
     static constexpr bool kSeparateO = kSmemO > 0;
-    static constexpr int kOffO = kOffV + kStages * kSmemKV;
+    static constexpr int kOffO = kEndKV;
     static constexpr int kOffBar = kOffO + kSmemO;
-    // Barriers (8 bytes each): q_full, q_empty, then per stage k_full, k_empty, v_full, v_empty.
-    static constexpr int kBarriers = 2 + 4 * kStages;
+    // Barriers (8 bytes each): q_full, q_empty, then per stage k_full, k_empty, v_full, v_empty (and, fp8,
+    // vt_full, vt_empty).
+    static constexpr int kBarriers = 2 + (kFp8 ? 6 : 4) * kStages;
     static constexpr int kSmemBytes = kOffBar + kBarriers * 8;
     static_assert(kSmemQ % 1024 == 0 && kSmemKV % 1024 == 0, "tiles start on 1024-byte swizzle atoms");
+    static_assert(!kFp8 || kBlockN == 128, "an fp8 V^T row is one 128-byte panel row of keys");
     static_assert(kSmemBytes <= 227 * 1024, "fits an H100/H200 block's shared memory");
 };
 

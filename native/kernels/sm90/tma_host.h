@@ -1,4 +1,4 @@
-// Host side of the TMA: builds the descriptor of a 4-D 16-bit tensor with cuTensorMapEncodeTiled, reached
+// Host side of the TMA: builds the descriptor of a 4-D tensor of 16-bit or 8-bit elements with cuTensorMapEncodeTiled, reached
 // through the runtime's driver entry point (the library links no libcuda). Pure host code, no allocation, so
 // a launch that builds its descriptors stays graph-capturable. Included by the sm90 launchers only.
 #pragma once
@@ -37,17 +37,20 @@ inline EncodeTiled encode_tiled_fn() {
     return fn;
 }
 
-// A [dims[3]][dims[2]][dims[1]][dims[0]] tensor of 16-bit elements (dims[0] contiguous) with byte strides
-// strides[0..2] for dims 1..3, read in boxes of box[0] x box[1] (x 1 x 1) with the 128-byte swizzle (box[0]
-// is 64 elements: one 128-byte row per box row). Elements outside the dims read as zeros. A dim of extent 1
+// Element types of a tensor map: fp16, bf16, or 8-bit (fp8 e4m3, loaded as bytes).
+enum class TmaElem { F16, BF16, U8 };
+
+// A [dims[3]][dims[2]][dims[1]][dims[0]] tensor (dims[0] contiguous) with byte strides strides[0..2] for
+// dims 1..3, read in boxes of box[0] x box[1] (x 1 x 1) with the 128-byte swizzle (box[0] is 128 bytes of
+// elements: one 128-byte row per box row). Elements outside the dims read as zeros. A dim of extent 1
 // may carry any stride: it is replaced by one the driver accepts. Returns cudaErrorInvalidValue where the
 // driver refuses the tensor (or offers no encoder).
-inline cudaError_t encode_4d(TmaMap* out, const void* base, bool bf16, const int64_t (&dims)[4],
+inline cudaError_t encode_4d(TmaMap* out, const void* base, TmaElem elem, const int64_t (&dims)[4],
                              const int64_t (&strides)[3], int box0, int box1) {
     const EncodeTiled encode = encode_tiled_fn();
     if (encode == nullptr) return cudaErrorInvalidValue;
     cuuint64_t d[4], s[3];
-    int64_t span = dims[0] * 2;  // bytes the dims so far cover
+    int64_t span = dims[0] * (elem == TmaElem::U8 ? 1 : 2);  // bytes the dims so far cover
     for (int i = 0; i < 4; ++i) d[i] = static_cast<cuuint64_t>(dims[i] < 1 ? 1 : dims[i]);
     for (int i = 0; i < 3; ++i) {
         int64_t st = strides[i];
@@ -59,7 +62,10 @@ inline cudaError_t encode_4d(TmaMap* out, const void* base, bool bf16, const int
     const cuuint32_t boxes[4] = {static_cast<cuuint32_t>(box0), static_cast<cuuint32_t>(box1), 1, 1};
     const cuuint32_t unit[4] = {1, 1, 1, 1};
     CUtensorMap map;
-    const CUresult r = encode(&map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+    const CUtensorMapDataType type = elem == TmaElem::U8     ? CU_TENSOR_MAP_DATA_TYPE_UINT8
+                                     : elem == TmaElem::BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                             : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    const CUresult r = encode(&map, type, 4,
                               const_cast<void*>(base), d, s, boxes, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
                               CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);

@@ -1,6 +1,6 @@
 // Hopper warpgroup MMA (wgmma, sm_90a): shared-memory matrix descriptors, the async fences, and
-// m64nNk16 (N = 32, 64, 128, 176, 256) with fp32 accumulators for bf16/fp16 inputs, A from shared memory (SS) or
-// from registers (RS). Only compiled into sm_90a code (FA_SM90A_DEVICE); elsewhere the bodies are empty
+// m64nNk16 (N = 32, 64, 128, 176, 256) with fp32 accumulators for bf16/fp16 inputs and m64nNk32 (N = 64, 128,
+// 256) for e4m3 inputs, A from shared memory (SS) or from registers (RS). Only compiled into sm_90a code (FA_SM90A_DEVICE); elsewhere the bodies are empty
 // and the kernels that use them are never launched (the host picks the sm90 path only on cc 9.0 in a
 // build with 90a). FA_SM90A_SYNTAX_CHECK compiles the bodies to PTX on an older nvcc/arch (-ptx only), to
 // check the C++ without a Hopper toolchain.
@@ -130,6 +130,49 @@ FA_WGMMA(__half, "f16", 128, 64, "64", "65", "66", "67", "68", "69", "70")
 FA_WGMMA(__half, "f16", 176, 88, "88", "89", "90", "91", "92", "93", "94")
 FA_WGMMA(__half, "f16", 256, 128, "128", "129", "130", "131", "132", "133", "134")
 
+// fp8: d (+)= A B with A and B in e4m3, m64nNk32 (both operands K-major: fp8 wgmma has no transpose). rs takes
+// A from registers in the 8-bit fragment layout: for the warp's 16 rows, register 0 holds row lane/4 at
+// k = 4 (lane % 4) + 0..3 (byte 0 the lowest k), register 1 the same 8 rows down, registers 2 and 3 the same
+// at k + 16. Operands: ss a, b, scale_d; rs a[0..3], b, scale_d, after the N/2 accumulators.
+template <int N>
+struct WgmmaF8;
+#define FA_WGMMA8(N, R, I0, I1, I2, I3, I4, I5)                                                                      \
+    template <>                                                                                                     \
+    struct WgmmaF8<N> {                                                                                             \
+        __device__ __forceinline__ static void ss(float (&d)[R], uint64_t a, uint64_t b, int scale_d) {             \
+            FA_WGMMA_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, %" I2 ", 0;\n"                                           \
+                         "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 " FA_WGMMA_D##N                 \
+                         ", %" I0 ", %" I1 ", p, 1, 1;\n}\n"                                                       \
+                         : FA_WGMMA_O(R)                                                                           \
+                         : "l"(a), "l"(b), "r"(scale_d));                                                          \
+        }                                                                                                           \
+        __device__ __forceinline__ static void rs(float (&d)[R], const uint32_t (&a)[4], uint64_t b, int scale_d) { \
+            FA_WGMMA_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, %" I5 ", 0;\n"                                           \
+                         "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 " FA_WGMMA_D##N                 \
+                         ", {%" I0 ", %" I1 ", %" I2 ", %" I3 "}, %" I4 ", p, 1, 1;\n}\n"                          \
+                         : FA_WGMMA_O(R)                                                                           \
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));                      \
+        }                                                                                                           \
+    };
+FA_WGMMA8(64, 32, "32", "33", "34", "35", "36", "37")
+FA_WGMMA8(128, 64, "64", "65", "66", "67", "68", "69")
+FA_WGMMA8(256, 128, "128", "129", "130", "131", "132", "133")
+
+#undef FA_WGMMA8
+
+// Four floats to e4m3 (round to nearest, saturating to +-448), x0 in the lowest byte: one register of an fp8
+// A fragment.
+__device__ __forceinline__ uint32_t pack4_e4m3(float x0, float x1, float x2, float x3) {
+#ifdef FA_SM90A_DEVICE
+    uint16_t lo, hi;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(lo) : "f"(x1), "f"(x0));  // x1 high byte, x0 low
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(hi) : "f"(x3), "f"(x2));
+    return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+#else
+    (void)x0, (void)x1, (void)x2, (void)x3;
+    return 0;
+#endif
+}
 #undef FA_WGMMA
 #undef FA_WGMMA_ASM
 #undef FA_WGMMA_O
