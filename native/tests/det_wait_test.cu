@@ -53,7 +53,8 @@ __global__ void fill_bf16(uint16_t* x, int64_t n, uint32_t seed) {
     }
 }
 
-__global__ void poison(int32_t* ws, int64_t n, int32_t value, volatile int32_t* started, long long ns) {
+// Writes `value` over ints [first, n) of the workspace again and again for `ns` nanoseconds.
+__global__ void poison(int32_t* ws, int64_t first, int64_t n, int32_t value, volatile int32_t* started, long long ns) {
     long long t0;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
     if (threadIdx.x == 0) {
@@ -64,7 +65,7 @@ __global__ void poison(int32_t* ws, int64_t n, int32_t value, volatile int32_t* 
         long long now;
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
         if (now - t0 > ns) break;
-        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) reinterpret_cast<volatile int32_t*>(ws)[i] = value;
+        for (int64_t i = first + threadIdx.x; i < n; i += blockDim.x) reinterpret_cast<volatile int32_t*>(ws)[i] = value;
     }
 }
 
@@ -122,15 +123,20 @@ std::vector<uint16_t> to_host(const void* dev, int64_t n) {
     return h;
 }
 
-// A deterministic backward on `stream` while the poison kernel overwrites the workspace on `other` with `value`
-// (kNoTurn: counters no turn ever matches and a set give-up word, so blocks leave at their first wait; 0: the
-// counters reset over and over, as by another call sharing the workspace, so each wait runs into the bound);
-// returns the seconds until `stream` was done (the poison may still run), or a negative number when a call failed.
+// A deterministic backward on `stream` while the poison kernel overwrites the workspace on `other` with `value`.
+// kNoTurn, over the whole workspace: counters no turn ever matches and a set give-up word, so blocks leave at their
+// first wait. 0, over the workspace's last 512 bytes only (white-box: the turn counters and the give-up word are
+// the layout's last part, 512 bytes for this problem, dispatch.cpp bwd_workspace_layout), each int rewritten every
+// few hundred ns: the counters reset over and over, as by another call sharing the workspace, so a block whose
+// turn is 2 or later never sees it and waits out the bound. Returns the seconds until `stream` was done (the
+// poison may still run), or a negative number when a call failed.
 double poisoned_backward(fa_context_t ctx, const Problem& P, int32_t path, cudaStream_t stream, cudaStream_t other,
                          volatile int32_t* started, int32_t value, double poison_seconds) {
     *started = 0;
-    poison<<<1, 1024, 0, other>>>(static_cast<int32_t*>(P.ws), static_cast<int64_t>(P.ws_bytes / 4), value, started,
-                                  static_cast<long long>(poison_seconds * 1e9));
+    const int64_t n = static_cast<int64_t>(P.ws_bytes / 4);
+    const int64_t first = value == kNoTurn ? 0 : n - 512 / 4;
+    poison<<<1, value == kNoTurn ? 1024 : 128, 0, other>>>(static_cast<int32_t*>(P.ws), first, n, value, started,
+                                                           static_cast<long long>(poison_seconds * 1e9));
     if (!cuda_ok(cudaGetLastError(), "launching the poison kernel")) return -1;
     const auto t0 = std::chrono::steady_clock::now();
     while (*started == 0) {
