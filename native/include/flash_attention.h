@@ -71,8 +71,9 @@ typedef enum fa_status {
     /* A bug in the library: an exception or state it did not expect. Please report it. */
     FA_STATUS_INTERNAL = 6,
     /* A check only the GPU can make failed during an earlier call on this context (the message names the call
-       and the cause, e.g. a deterministic backward that gave up waiting because two calls in flight shared one
-       workspace); that call's outputs are not valid. Reported once: by fa_context_check or, failing that, by the
+       and the cause: a deterministic backward that gave up waiting because two calls in flight shared one
+       workspace, or a decode whose device-only cache_seqlens or block_table did not fit the cache); that call's
+       outputs are not valid. Reported once: by fa_context_check or, failing that, by the
        next fa_forward, fa_backward or fa_decode on the context, which then launches nothing. The CUDA context
        itself is intact. */
     FA_STATUS_DEVICE_CHECK_FAILED = 7
@@ -345,8 +346,10 @@ typedef struct fa_decode_params {
        graph; needs k_new/v_new. 0: cache_seqlens is only read. */
     int32_t advance_cache_seqlens;
     /* Optional host copy of cache_seqlens; when given the library checks that every sequence (with its new
-       tokens) fits its capacity. When not given the device array is trusted, clamped so that no access
-       leaves the cache. */
+       tokens) fits its capacity. When not given the kernels clamp a device length that does not fit (and a
+       block_table entry outside the cache), so that no access leaves the cache, and report it: the context
+       then returns FA_STATUS_DEVICE_CHECK_FAILED naming cache_seqlens (or block_table) from fa_context_check
+       or the next call. */
     const int32_t* cache_seqlens_host;
     /* Scratch device memory of at least fa_decode_workspace_size bytes (0 when the call runs one split),
        256-byte aligned, used only during the call. NULL: the library allocates and frees it on the stream. */

@@ -83,7 +83,18 @@ void report_device_flags(uint32_t* word, int64_t turn_wait_ns, bool launching) {
                    "own), or a legitimate wait outlived FLASH_ATTENTION_DETERMINISTIC_WAIT_MS (set when the "
                    "context is created; 0 waits without a bound)";
     }
-    const uint32_t unknown = bits & ~kDeviceFlagTurnTimeout;
+    const auto add = [&](const std::string& text) { message += (message.empty() ? "" : "; ") + text; };
+    if (bits & kDeviceFlagDecodeLength) {
+        add("an earlier fa_decode on this context read a cache_seqlens entry that was negative or, with the call's new "
+            "tokens, beyond the cache's capacity (k_cache's length, or the block table's pages times the block "
+            "size); the kernels clamped it, so that sequence's output, lse and append are not valid (pass "
+            "cache_seqlens_host too and such a length is refused before the launch)");
+    }
+    if (bits & kDeviceFlagDecodeBlockId) {
+        add("an earlier fa_decode on this context read a block_table entry outside [0, num_blocks) (num_blocks = "
+            "k_cache.shape[0]); the kernels clamped it, so that sequence's output, lse and append are not valid");
+    }
+    const uint32_t unknown = bits & ~kDeviceFlagsKnown;
     if (unknown != 0) {
         message += std::string(message.empty() ? "" : "; ") + "an earlier call on this context reported device flags 0x" +
                    [&] {

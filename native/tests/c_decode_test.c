@@ -615,7 +615,8 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     free(lse); free(ref); free(ref_lse); free(table);
 }
 
-/* ---- device pointers (issue 16): host, freed and too-small memory refused before any launch ------------------ */
+/* ---- device pointers (issue 16): host, freed and too-small memory refused before any launch; device-only ----
+   lengths and block ids that do not fit the cache reported by the context (issue 15) */
 
 #define DP_SMALL_BYTES 4096
 #define DP_POISON 0x5A
@@ -714,6 +715,52 @@ static void test_device_pointers(fa_context_t context, void* stream) {
             expect(label, fa_decode(context, &base, stream), FA_STATUS_SUCCESS, NULL);
             CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "%s: %s", label, fa_last_error_message());
         }
+    }
+    expect("device lengths: nothing reported after valid calls", fa_context_check(context), FA_STATUS_SUCCESS, NULL);
+    {
+        /* Device-only lengths and block ids that do not fit the cache (capacity PAGES * BLOCK = 64 per sequence):
+           the kernels clamp them (no access outside the cache) and the context reports them once. */
+        const int32_t too_long[B] = {20, PAGES * BLOCK + 1}, negative[B] = {-3, 50}, at_capacity[B] = {PAGES * BLOCK, 0};
+        const int32_t bad_table[B * PAGES] = {0, 1, 2, 3, 4, 5, NBLOCKS, 7}, neg_table[B * PAGES] = {0, -1, 2, 3, 4, 5, 6, 7};
+        const struct { const char* what; const int32_t* lens; const int32_t* table; const char* needle; } cases[4] = {
+            {"a length beyond the capacity", too_long, table, "cache_seqlens"},
+            {"a negative length", negative, table, "cache_seqlens"},
+            {"a block id = num_blocks", lens, bad_table, "block_table entry outside"},
+            {"a negative block id", at_capacity, neg_table, "block_table entry outside"},
+        };
+        int c;
+        for (c = 0; c < 4; ++c) {
+            fa_memcpy(seq, cases[c].lens, sizeof lens);
+            fa_memcpy(bt, cases[c].table, sizeof table);
+            sprintf(label, "device lengths, %s: the launch", cases[c].what);
+            expect(label, fa_decode(context, &base, stream), FA_STATUS_SUCCESS, NULL);
+            CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "%s: %s", label, fa_last_error_message());
+            sprintf(label, "device lengths, %s: fa_context_check", cases[c].what);
+            expect(label, fa_context_check(context), FA_STATUS_DEVICE_CHECK_FAILED, cases[c].needle);
+            sprintf(label, "device lengths, %s: reported once", cases[c].what);
+            expect(label, fa_context_check(context), FA_STATUS_SUCCESS, NULL);
+        }
+        /* A length exactly at the capacity is valid: nothing reported. */
+        fa_memcpy(seq, at_capacity, sizeof lens);
+        fa_memcpy(bt, table, sizeof table);
+        expect("device lengths at the capacity", fa_decode(context, &base, stream), FA_STATUS_SUCCESS, NULL);
+        fa_stream_synchronize(stream);
+        expect("device lengths at the capacity: nothing reported", fa_context_check(context), FA_STATUS_SUCCESS, NULL);
+        /* Not checked explicitly: the next call reports it, launches nothing and leaves its outputs alone. */
+        fa_memcpy(seq, too_long, sizeof lens);
+        expect("device lengths: a call that overflows", fa_decode(context, &base, stream), FA_STATUS_SUCCESS, NULL);
+        fa_stream_synchronize(stream);
+        fa_memcpy(seq, lens, sizeof lens);
+        fa_memset_async(o, DP_POISON, q_bytes, stream);
+        fa_memset_async(lse, DP_POISON, lse_bytes, stream);
+        fa_stream_synchronize(stream);
+        expect("device lengths: the next fa_decode reports it", fa_decode(context, &base, stream),
+               FA_STATUS_DEVICE_CHECK_FAILED, "launched nothing");
+        fa_stream_synchronize(stream);
+        CHECK(all_poison(o, q_bytes) && all_poison(lse, lse_bytes), "device lengths: the refused call wrote its outputs");
+        expect("device lengths: the call after that", fa_decode(context, &base, stream), FA_STATUS_SUCCESS, NULL);
+        CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "device lengths: %s", fa_last_error_message());
+        expect("device lengths: nothing left", fa_context_check(context), FA_STATUS_SUCCESS, NULL);
     }
 done:
     fa_memory_free(0, q);

@@ -189,7 +189,7 @@ static void break_ints(int32_t* a, int n) {
 
 static const char* g_pass = "";
 static int g_case = 0;
-static int64_t g_refused = 0, g_accepted = 0, g_calls = 0;
+static int64_t g_refused = 0, g_accepted = 0, g_calls = 0, g_device_reports = 0;
 
 /* The status contract of every call. Returns the status. */
 static fa_status_t judge(const char* what, fa_status_t status) {
@@ -222,10 +222,21 @@ static void load_arena(void) {
 }
 
 /* GPU, after a real call: a refusal left every byte as it was; a success synchronises. */
-static void after_call(const char* what, fa_status_t status, void* stream) {
+static void after_call(fa_context_t context, const char* what, fa_status_t status, void* stream) {
     if (status == FA_STATUS_SUCCESS) {
+        fa_status_t found;
         CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "%s case %d: %s succeeded, then the stream failed: %s",
               g_pass, g_case, what, fa_last_error_message());
+        /* What only the GPU could see: a decode's device lengths or block ids that do not fit the cache (the fuzz
+           breaks them on purpose) are reported, with a message; the forward and backward have nothing to report. */
+        found = fa_context_check(context);
+        if (found == FA_STATUS_DEVICE_CHECK_FAILED && strcmp(what, "fa_decode") == 0) {
+            CHECK(fa_last_error_message()[0] != '\0', "%s case %d: a device check failed without a message", g_pass, g_case);
+            ++g_device_reports;
+        } else {
+            CHECK(found == FA_STATUS_SUCCESS, "%s case %d: fa_context_check after %s: %s (%s)", g_pass, g_case, what,
+                  fa_status_string(found), fa_last_error_message());
+        }
         return;
     }
     if (fa_memcpy(g_readback, g_arena, ARENA_BYTES) != FA_STATUS_SUCCESS) {
@@ -606,7 +617,7 @@ static void fuzz(fa_context_t context, void* stream, int cases) {
     int pass;
     for (pass = 0; pass < 4; ++pass) {
         static const char* names[] = {"forward", "backward", "decode", "query"};
-        const int64_t calls_before = g_calls, refused_before = g_refused;
+        const int64_t calls_before = g_calls, refused_before = g_refused, reports_before = g_device_reports;
         g_pass = names[pass];
         for (g_case = 0; g_case < cases; ++g_case) {
             const int cc = wild_cc();
@@ -619,7 +630,7 @@ static void fuzz(fa_context_t context, void* stream, int cases) {
                 if (context != NULL) {
                     load_arena();
                     st = judge("fa_forward", fa_forward(context, &p, stream));
-                    after_call("fa_forward", st, stream);
+                    after_call(context, "fa_forward", st, stream);
                 }
             } else if (pass == 1) {
                 fa_backward_params_t p;
@@ -630,7 +641,7 @@ static void fuzz(fa_context_t context, void* stream, int cases) {
                     judge("fa_backward_workspace_size", fa_backward_workspace_size(context, &p, &bytes));
                     load_arena();
                     st = judge("fa_backward", fa_backward(context, &p, stream));
-                    after_call("fa_backward", st, stream);
+                    after_call(context, "fa_backward", st, stream);
                 }
             } else if (pass == 2) {
                 fa_decode_params_t p;
@@ -643,7 +654,7 @@ static void fuzz(fa_context_t context, void* stream, int cases) {
                     judge("fa_decode_num_splits", fa_decode_num_splits(context, &p, &splits));
                     load_arena();
                     st = judge("fa_decode", fa_decode(context, &p, stream));
-                    after_call("fa_decode", st, stream);
+                    after_call(context, "fa_decode", st, stream);
                 }
             } else {
                 fa_support_query_t q;
@@ -652,8 +663,9 @@ static void fuzz(fa_context_t context, void* stream, int cases) {
             }
             if ((g_case + 1) % VALID_EVERY == 0) valid_calls(context, stream);
         }
-        printf("  %-8s %d cases, %lld calls, %lld refused\n", g_pass, cases, (long long)(g_calls - calls_before),
-               (long long)(g_refused - refused_before));
+        printf("  %-8s %d cases, %lld calls, %lld refused, %lld device reports\n", g_pass, cases,
+               (long long)(g_calls - calls_before), (long long)(g_refused - refused_before),
+               (long long)(g_device_reports - reports_before));
     }
 }
 

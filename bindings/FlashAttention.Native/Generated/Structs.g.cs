@@ -422,8 +422,10 @@ public unsafe partial struct FaDecodeParams
 
     /// <summary>
     /// Optional host copy of cache_seqlens; when given the library checks that every sequence (with its new
-    /// tokens) fits its capacity. When not given the device array is trusted, clamped so that no access
-    /// leaves the cache.
+    /// tokens) fits its capacity. When not given the kernels clamp a device length that does not fit (and a
+    /// block_table entry outside the cache), so that no access leaves the cache, and report it: the context
+    /// then returns FA_STATUS_DEVICE_CHECK_FAILED naming cache_seqlens (or block_table) from fa_context_check
+    /// or the next call.
     /// </summary>
     /// <remarks>C: <c>const int32_t* cache_seqlens_host</c> at byte offset 760.</remarks>
     public int* cache_seqlens_host;

@@ -37,7 +37,7 @@ struct DecodeParams {
     int32_t capacity;        // positions each sequence's cache holds (S_max, or max_blocks * block_size)
     int32_t added;           // sq when appending k_new/v_new, else 0
     int32_t advance;         // 1: a last kernel stores the clamped length + added into cache_seqlens
-    // Paged cache: block_size = 1 << block_shift; block ids are clamped to [0, num_blocks).
+    // Paged cache: block_size = 1 << block_shift; block ids are clamped to [0, num_blocks) (and reported).
     int32_t block_size, block_shift, num_blocks, max_blocks;
 
     float scale;             // softmax scale
@@ -57,6 +57,10 @@ struct DecodeParams {
     int32_t num_splits, m_blocks;
     float* o_accum;
     float* lse_accum;
+
+    // The context's device-flag word (params/device_flags.h): a length or block id the kernels had to clamp is
+    // reported there. nullptr: not reported (a harness without a context).
+    uint32_t* device_flags = nullptr;
 };
 
 }  // namespace fa

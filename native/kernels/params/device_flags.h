@@ -11,5 +11,12 @@ namespace fa {
 // The deterministic backward gave up waiting for its turn on dQ (bwd_wait_turn): another call changed the
 // turn counters of its workspace (two calls in flight sharing one), or the wait outlived the bound.
 constexpr uint32_t kDeviceFlagTurnTimeout = 1u << 0;
+// fa_decode with device-only lengths: a sequence's cache_seqlens was negative, or with its new tokens exceeded the
+// cache's capacity (k_cache's length, or the block table's pages times the block size); the kernels clamped it.
+constexpr uint32_t kDeviceFlagDecodeLength = 1u << 1;
+// fa_decode over a paged cache: a block_table entry a sequence used was outside [0, num_blocks); clamped.
+constexpr uint32_t kDeviceFlagDecodeBlockId = 1u << 2;
+// Every bit this build knows (the host names each; others it reports as numbers).
+constexpr uint32_t kDeviceFlagsKnown = kDeviceFlagTurnTimeout | kDeviceFlagDecodeLength | kDeviceFlagDecodeBlockId;
 
 }  // namespace fa

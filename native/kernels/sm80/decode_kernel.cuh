@@ -27,13 +27,15 @@
 #include "common/seq.cuh"      // ceil_div
 #include "common/tile_io.cuh"  // swizzle, frag_addr: the forward's shared-memory conventions
 #include "params/decode_params.h"
+#include "params/device_flags.h"
 #include "sm80/decode_traits.h"
 
 namespace fa {
 namespace sm80 {
 
-// Cache length of sequence b before and after the append. The device array is trusted but clamped so that
-// no position read or written leaves the sequence's capacity.
+// Cache length of sequence b before and after the append. The device array is clamped so that no position
+// read or written leaves the sequence's capacity; a length that needed it is reported in the context's
+// device-flag word (the host then raises FA_STATUS_DEVICE_CHECK_FAILED), never silently used.
 struct DecodeSeq {
     int cached;
     int total;
@@ -42,14 +44,17 @@ struct DecodeSeq {
 __device__ __forceinline__ DecodeSeq decode_seq(const DecodeParams& p, int b) {
     const int stored = __ldg(p.cache_seqlens + b * p.seqlens_stride);
     const int cached = min(max(stored, 0), p.capacity - p.added);
+    if (cached != stored && p.device_flags != nullptr) set_host_flag(p.device_flags, kDeviceFlagDecodeLength);
     return DecodeSeq{cached, cached + p.added};
 }
 
 // Physical block of logical page `page`, clamped into the cache so that a bad table entry cannot move an
-// access outside it.
+// access outside it (and reported, as decode_seq's lengths).
 __device__ __forceinline__ int decode_block_id(const DecodeParams& p, const int32_t* table_row, int page) {
     const int id = __ldg(table_row + page * p.table_page_stride);
-    return min(max(id, 0), p.num_blocks - 1);
+    const int clamped = min(max(id, 0), p.num_blocks - 1);
+    if (clamped != id && p.device_flags != nullptr) set_host_flag(p.device_flags, kDeviceFlagDecodeBlockId);
+    return clamped;
 }
 
 // Row and column chunk of a thread's i-th 16-byte chunk of a K/V tile.
