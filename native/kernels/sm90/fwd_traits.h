@@ -15,6 +15,11 @@
 #ifndef FA_SM90_FWD_BN128
 #define FA_SM90_FWD_BN128 128
 #endif
+// setmaxnreg budget of the fp8 kernels' producer warpgroup, which transposes V (40, FA3's for a working producer;
+// 24 leaves the consumers 240; overridable for experiments). The consumers get what it gives back.
+#ifndef FA_SM90_FWD_FP8_PRODUCER_REGS
+#define FA_SM90_FWD_FP8_PRODUCER_REGS 40
+#endif
 
 namespace fa {
 namespace sm90 {
@@ -47,11 +52,12 @@ struct FwdTraits90 {
     // setmaxnreg budgets. The launch gives every thread kLaunchRegs (65536 / threads, a multiple of 8); the
     // consumers' setmaxnreg.inc can only take what the producer's setmaxnreg.dec gave back in the same CTA
     // (and waits for it forever otherwise: a hang, not an error), so (kLaunchRegs - producer) * 128 must cover
-    // (consumer - kLaunchRegs) * 128 * kConsumers: 24/240 and 32/160 exactly, as FlashAttention-3's, and 40/232
-    // for fp8, whose producer transposes V (FA3's budget for a producer that works).
+    // (consumer - kLaunchRegs) * 128 * kConsumers: 24/240 and 32/160 exactly, as FlashAttention-3's, and for fp8,
+    // whose producer transposes V, FA_SM90_FWD_FP8_PRODUCER_REGS (40: 40/232) and all it gives back.
     static constexpr int kLaunchRegs = (65536 / kThreads) / 8 * 8 > 255 ? 248 : (65536 / kThreads) / 8 * 8;
-    static constexpr int kProducerRegs = kFp8 ? 40 : kConsumers == 3 ? 32 : 24;
-    static constexpr int kConsumerRegs = kFp8 ? 232 : kConsumers == 3 ? 160 : 240;
+    static constexpr int kProducerRegs = kFp8 ? FA_SM90_FWD_FP8_PRODUCER_REGS : kConsumers == 3 ? 32 : 24;
+    static constexpr int kConsumerRegs =
+        kFp8 ? kLaunchRegs + (kLaunchRegs - kProducerRegs) / kConsumers / 8 * 8 : kConsumers == 3 ? 160 : 240;
     static_assert((kLaunchRegs - kProducerRegs) * 128 >= (kConsumerRegs - kLaunchRegs) * 128 * kConsumers,
                   "the consumers' setmaxnreg.inc needs the registers the producer gives back");
     // Ping-pong: the consumers take turns to issue their products (named barriers), so one's softmax runs
