@@ -15,6 +15,10 @@
 #ifndef FA_SM90_FWD_BN128
 #define FA_SM90_FWD_BN128 128
 #endif
+// Whether the fp8 kernels ping-pong their consumers as the 16-bit head-dim-64 one does (0: no; an experiment).
+#ifndef FA_SM90_FWD_FP8_PINGPONG
+#define FA_SM90_FWD_FP8_PINGPONG 0
+#endif
 // setmaxnreg budget of the fp8 kernels' producer warpgroup, which transposes V (40, FA3's for a working producer;
 // 24 leaves the consumers 240; overridable for experiments). The consumers get what it gives back.
 #ifndef FA_SM90_FWD_FP8_PRODUCER_REGS
@@ -62,7 +66,7 @@ struct FwdTraits90 {
                   "the consumers' setmaxnreg.inc needs the registers the producer gives back");
     // Ping-pong: the consumers take turns to issue their products (named barriers), so one's softmax runs
     // under the other's GEMMs instead of both competing for the tensor cores at once.
-    static constexpr bool kPingPong = !kFp8 && D <= FA_SM90_FWD_PINGPONG_MAX_D;
+    static constexpr bool kPingPong = kFp8 ? FA_SM90_FWD_FP8_PINGPONG != 0 : D <= FA_SM90_FWD_PINGPONG_MAX_D;
     static constexpr int kPanels = D / kPanelCols;             // panels of 128-byte rows
     static constexpr int kSmemQ = kBlockM * D * kElemBytes;
     static constexpr int kSmemKV = kBlockN * D * kElemBytes;   // one K or V stage
