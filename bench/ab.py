@@ -8,7 +8,9 @@ then
 prints TFLOP/s per build and cuDNN, and each build over the first. Outputs (backward: dq, dk, dv) are checked
 against cuDNN's (relative Frobenius error above common.MAX_REL_ERR / MAX_BWD_REL_ERR marks the row); a build that
 fails a shape shows "-". The backward rows time fa_backward alone (O and the log-sum-exp from the first build's
-forward; --det: deterministic mode) against cuDNN's SDPA backward. Needs torch and a GPU."""
+forward; --det: deterministic mode) against cuDNN's SDPA backward. --dtype e4m3 (forward only): each build's fp8
+forward (bf16 out, descales of 1) on bf16 normals rounded to e4m3, cuDNN's bf16 SDPA on the same values as the
+anchor, outputs within common.MAX_FP8_REL_ERR of it. Needs torch and a GPU."""
 import argparse
 import math
 import os
@@ -22,7 +24,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
-from common import MAX_BWD_REL_ERR, MAX_REL_ERR, FaLib, Timer, dtype_code, first_line, lib_file, tflops  # noqa: E402
+from common import (MAX_BWD_REL_ERR, MAX_FP8_REL_ERR, MAX_REL_ERR, FaLib, Timer, dtype_code, first_line,  # noqa: E402
+                    lib_file, tflops)
 from inputs import torch_dtype  # noqa: E402
 from shapes import pass_flops, shapes_grid  # noqa: E402
 
@@ -32,13 +35,15 @@ def parse_args(argv=None):
     ap.add_argument("--lib", action="append", required=True, help="NAME=PATH of a build (a folder is accepted)")
     ap.add_argument("--pass", dest="pass_", default="fwd", choices=("fwd", "bwd"))
     ap.add_argument("--det", action="store_true", help="backward: the deterministic mode")
-    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "e4m3"), help="e4m3: the forward only")
     ap.add_argument("--quick", action="store_true", help="S 1k and 4k only")
     ap.add_argument("--d", default="", help="comma-separated head dims to keep (default: all of the grid)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--rep", type=int, default=30)
     args = ap.parse_args(argv)
+    if args.dtype == "e4m3" and args.pass_ != "fwd":
+        ap.error("--dtype e4m3 times the forward only (the library has no fp8 backward)")
     args.libs = []
     for spec in args.lib:
         name, _, path = spec.partition("=")
@@ -54,23 +59,29 @@ def rel_err(a, ref):
 
 
 def fwd_setup(args, libs, q, k, v, h, hkv, causal, code):
-    """The forward: cuDNN's SDPA on expanded k/v as the anchor; each build's fa_forward into a NaN-poisoned O."""
+    """The forward: cuDNN's SDPA on expanded k/v as the anchor; each build's fa_forward into a NaN-poisoned O.
+    e4m3: q, k, v are rounded to e4m3 for ours, the anchor runs on the same values in bf16 (exact)."""
+    fp8 = args.dtype == "e4m3"
+    if fp8:
+        q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
+        q, k, v = (t.to(torch.bfloat16) for t in (q8, k8, v8))
     ke, ve = (t.repeat_interleave(h // hkv, dim=1) for t in (k, v))
 
     def anchor():
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             return F.scaled_dot_product_attention(q, ke, ve, is_causal=causal)
     ref = anchor().transpose(1, 2)
-    q2, k2, v2 = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    q2, k2, v2 = (t.transpose(1, 2).contiguous() for t in ((q8, k8, v8) if fp8 else (q, k, v)))
+    cap = MAX_FP8_REL_ERR if fp8 else MAX_REL_ERR
 
     def make_call(lib):
-        o = torch.full_like(q2, float("nan"))
-        params = lib.forward_params(code, q2, k2, v2, o, causal)
+        o = torch.full(q2.shape, float("nan"), device=q2.device, dtype=torch.bfloat16 if fp8 else q2.dtype)
+        params = lib.forward_params(code, q2, k2, v2, o, causal, out_code=dtype_code("bf16") if fp8 else None)
         return lib.forward_call(params), (params, o), (o,)
 
     def check(outs):
         err = rel_err(outs[0], ref)
-        return f"rel.err {err:.2e}" if math.isnan(err) or err > MAX_REL_ERR else None
+        return f"rel.err {err:.2e}" if math.isnan(err) or err > cap else None
     return anchor, make_call, check
 
 
@@ -114,7 +125,7 @@ def main(argv=None):
     for s in shapes:
         torch.manual_seed(0)
         b, h, hkv, sq, sk, d, causal = s["b"], s["h"], s["hkv"], s["sq"], s["sk"], s["d"], bool(s["causal"])
-        dt, code = torch_dtype(s["dtype"]), dtype_code(s["dtype"])
+        dt, code = torch_dtype("bf16" if s["dtype"] == "e4m3" else s["dtype"]), dtype_code(s["dtype"])
         q = torch.randn(b, h, sq, d, device="cuda", dtype=dt)
         k = torch.randn(b, hkv, sk, d, device="cuda", dtype=dt)
         v = torch.randn(b, hkv, sk, d, device="cuda", dtype=dt)
