@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -20,10 +21,15 @@ namespace {
 
 constexpr size_t kPageBytes = 4096;
 constexpr int64_t kDefaultTurnWaitMs = 10000;
+// A destroyed context's word is reused only after this many other words were given back since: a kernel of the
+// destroyed context still in flight (fa_context_destroy does not wait for work) would otherwise set bits that a
+// new context reports as its own. Bounds the pinned memory at about 16 KiB beyond the live contexts' words.
+constexpr size_t kQuarantine = 4096;
 
 struct WordPool {
     std::mutex mutex;
-    std::vector<uint32_t*> free_words;
+    std::vector<uint32_t*> fresh;      // never handed out
+    std::deque<uint32_t*> released;    // given back, oldest first
 };
 
 WordPool& pool() {
@@ -36,7 +42,7 @@ WordPool& pool() {
 uint32_t* acquire_device_flag_word(int device) {
     WordPool& p = pool();
     std::lock_guard<std::mutex> lock(p.mutex);
-    if (p.free_words.empty()) {
+    if (p.fresh.empty() && p.released.size() <= kQuarantine) {
         // On `device`, so that the allocation does not create a CUDA context on another GPU; portable, so
         // that every device's kernels may write it (one address everywhere under unified addressing).
         DeviceGuard guard(device);
@@ -52,10 +58,16 @@ uint32_t* acquire_device_flag_word(int device) {
                                         "(no unified addressing); FlashAttention needs a 64-bit platform with it");
         }
         auto* words = static_cast<uint32_t*>(page);
-        for (size_t i = kPageBytes / sizeof(uint32_t); i-- > 0;) p.free_words.push_back(words + i);
+        for (size_t i = kPageBytes / sizeof(uint32_t); i-- > 0;) p.fresh.push_back(words + i);
     }
-    uint32_t* word = p.free_words.back();
-    p.free_words.pop_back();
+    uint32_t* word = nullptr;
+    if (!p.fresh.empty()) {
+        word = p.fresh.back();
+        p.fresh.pop_back();
+    } else {
+        word = p.released.front();
+        p.released.pop_front();
+    }
     __atomic_store_n(word, 0u, __ATOMIC_RELEASE);
     return word;
 }
@@ -65,7 +77,7 @@ void release_device_flag_word(uint32_t* word) noexcept {
     try {
         WordPool& p = pool();
         std::lock_guard<std::mutex> lock(p.mutex);
-        p.free_words.push_back(word);
+        p.released.push_back(word);
     } catch (...) {
         // A word not returned is 4 bytes of a page that lives as long as the process anyway.
     }

@@ -8,9 +8,12 @@ namespace fa {
 
 // A zeroed word for a new context on `device`: pinned, mapped and portable host memory (kernels write it, the
 // host reads it without a copy or a synchronisation). Words come from process-wide pages that are never freed,
-// so a kernel still in flight after its context was destroyed writes to memory that stays valid.
+// so a kernel still in flight after its context was destroyed writes to memory that stays valid (unless the
+// caller resets the device the first page was allocated on: cudaDeviceReset frees every pinned allocation).
+// Kernels store whole words (no atomics over the bus), so two causes found at once on one context may be reported
+// as the later one only; the status is right either way.
 uint32_t* acquire_device_flag_word(int device);
-// Gives the word of a destroyed context back for reuse.
+// Gives the word of a destroyed context back; it is reused only after kQuarantine others (device_flags.cpp).
 void release_device_flag_word(uint32_t* word) noexcept;
 
 // If the word has bits set: clears them and throws fa::Error(FA_STATUS_DEVICE_CHECK_FAILED) naming each cause.

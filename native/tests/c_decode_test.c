@@ -729,9 +729,10 @@ static void test_device_pointers(fa_context_t context, void* stream) {
             {"a negative block id", at_capacity, neg_table, "block_table entry outside"},
         };
         int c;
+        /* Copies ordered on the call's stream (a pageable fa_memcpy may still be in flight when it returns). */
         for (c = 0; c < 4; ++c) {
-            fa_memcpy(seq, cases[c].lens, sizeof lens);
-            fa_memcpy(bt, cases[c].table, sizeof table);
+            fa_memcpy_async(seq, cases[c].lens, sizeof lens, stream);
+            fa_memcpy_async(bt, cases[c].table, sizeof table, stream);
             sprintf(label, "device lengths, %s: the launch", cases[c].what);
             expect(label, fa_decode(context, &base, stream), FA_STATUS_SUCCESS, NULL);
             CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "%s: %s", label, fa_last_error_message());
@@ -741,16 +742,16 @@ static void test_device_pointers(fa_context_t context, void* stream) {
             expect(label, fa_context_check(context), FA_STATUS_SUCCESS, NULL);
         }
         /* A length exactly at the capacity is valid: nothing reported. */
-        fa_memcpy(seq, at_capacity, sizeof lens);
-        fa_memcpy(bt, table, sizeof table);
+        fa_memcpy_async(seq, at_capacity, sizeof lens, stream);
+        fa_memcpy_async(bt, table, sizeof table, stream);
         expect("device lengths at the capacity", fa_decode(context, &base, stream), FA_STATUS_SUCCESS, NULL);
         fa_stream_synchronize(stream);
         expect("device lengths at the capacity: nothing reported", fa_context_check(context), FA_STATUS_SUCCESS, NULL);
         /* Not checked explicitly: the next call reports it, launches nothing and leaves its outputs alone. */
-        fa_memcpy(seq, too_long, sizeof lens);
+        fa_memcpy_async(seq, too_long, sizeof lens, stream);
         expect("device lengths: a call that overflows", fa_decode(context, &base, stream), FA_STATUS_SUCCESS, NULL);
         fa_stream_synchronize(stream);
-        fa_memcpy(seq, lens, sizeof lens);
+        fa_memcpy_async(seq, lens, sizeof lens, stream);
         fa_memset_async(o, DP_POISON, q_bytes, stream);
         fa_memset_async(lse, DP_POISON, lse_bytes, stream);
         fa_stream_synchronize(stream);
@@ -773,6 +774,16 @@ done:
     fa_memory_free(0, ws);
     fa_memory_free(0, small);
     free(host_block);
+}
+
+/* run_case, then nothing may be left for fa_context_check: valid lengths and block tables are never clamped (a
+   false report would otherwise surface only at the next case's call, or never after the last). */
+static void run_checked(fa_context_t context, void* stream, const dcase* c, int use_graph) {
+    char label[200];
+    run_case(context, stream, c, use_graph);
+    fa_stream_synchronize(stream);
+    snprintf(label, sizeof label, "%s: nothing for fa_context_check", c->label);
+    expect(label, fa_context_check(context), FA_STATUS_SUCCESS, NULL);
 }
 
 static void test_gpu(void) {
@@ -814,7 +825,7 @@ static void test_gpu(void) {
     expect("stream_create", fa_stream_create(0, &stream), FA_STATUS_SUCCESS, NULL);
     test_device_pointers(context, stream);
     for (n = 0; n < sizeof cases / sizeof cases[0]; ++n) {
-        run_case(context, stream, &cases[n], 0);
+        run_checked(context, stream, &cases[n], 0);
     }
     /* A graph holding the whole call (append, attention, combine, stream-ordered workspace): the same
        case as caller-workspace case 3 but with the library's allocation. */
@@ -822,7 +833,7 @@ static void test_gpu(void) {
         dcase c = cases[2];
         c.label = "CUDA graph replay, 13 splits, library workspace";
         c.caller_workspace = 0;
-        run_case(context, stream, &c, 1);
+        run_checked(context, stream, &c, 1);
     }
     /* A captured generation step: append across a page end, attention, combine and the device-side length
        advance, all in one graph (no host copy in the step). */
@@ -830,7 +841,7 @@ static void test_gpu(void) {
         dcase c = cases[4];
         c.label = "CUDA graph, append + advance_cache_seqlens";
         c.caller_workspace = 0;
-        run_case(context, stream, &c, 1);
+        run_checked(context, stream, &c, 1);
     }
     /* A head dim without its own kernel (zero-filled columns) when served. */
     {
@@ -844,7 +855,7 @@ static void test_gpu(void) {
         if (fa_query_support(&q) == FA_STATUS_SUCCESS) {
             c.label = "paged 16, head dim 40 (padded kernel)";
             c.d = 40;
-            run_case(context, stream, &c, 0);
+            run_checked(context, stream, &c, 0);
         } else {
             printf("  SKIP head dim 40: not served by this build\n");
             ++g_skipped;

@@ -4,8 +4,8 @@
 // then wait for a turn that never comes. The kernel bounds the wait (FLASH_ATTENTION_DETERMINISTIC_WAIT_MS,
 // read when the context is created), gives up, and marks the context; the host reports
 // FA_STATUS_DEVICE_CHECK_FAILED once, from fa_context_check or from the next launching call, which then
-// launches nothing. This program makes the lost turn certain: a "poison" kernel on a second stream keeps
-// overwriting the whole workspace (the counters included) with a value no turn ever has, while a deterministic
+// launches nothing. This program makes the lost turn (nearly) certain: a "poison" kernel on a second stream keeps
+// overwriting the workspace's turn counters with a value no turn ever has (or with 0), while a deterministic
 // backward runs on the first stream. Without the bound the backward never ends (ctest's time limit fails it).
 //
 // Checked, per kernel path the GPU serves (sm80; sm90 on a Hopper GPU with a 90a build):
@@ -123,20 +123,19 @@ std::vector<uint16_t> to_host(const void* dev, int64_t n) {
     return h;
 }
 
-// A deterministic backward on `stream` while the poison kernel overwrites the workspace on `other` with `value`.
-// kNoTurn, over the whole workspace: counters no turn ever matches and a set give-up word, so blocks leave at their
-// first wait. 0, over the workspace's last 512 bytes only (white-box: the turn counters and the give-up word are
-// the layout's last part, 512 bytes for this problem, dispatch.cpp bwd_workspace_layout), each int rewritten every
-// few hundred ns: the counters reset over and over, as by another call sharing the workspace, so a block whose
-// turn is 2 or later never sees it and waits out the bound. Returns the seconds until `stream` was done (the
-// poison may still run), or a negative number when a call failed.
+// A deterministic backward on `stream` while the poison kernel overwrites, on `other`, the workspace's last 512 bytes
+// (white-box: the turn counters and the give-up word are the layout's last part, 512 bytes for this problem,
+// dispatch.cpp bwd_workspace_layout), each int rewritten every few hundred ns, with `value`. kNoTurn: counters no
+// turn ever matches and a set give-up word, so blocks leave at their first wait. 0: the counters reset over and
+// over, as by another call sharing the workspace, so a block whose turn is 2 or later is very unlikely to see it
+// and waits out the bound. Returns the seconds until `stream` was done (the poison may still run), or a negative
+// number when a call failed.
 double poisoned_backward(fa_context_t ctx, const Problem& P, int32_t path, cudaStream_t stream, cudaStream_t other,
                          volatile int32_t* started, int32_t value, double poison_seconds) {
     *started = 0;
     const int64_t n = static_cast<int64_t>(P.ws_bytes / 4);
-    const int64_t first = value == kNoTurn ? 0 : n - 512 / 4;
-    poison<<<1, value == kNoTurn ? 1024 : 128, 0, other>>>(static_cast<int32_t*>(P.ws), first, n, value, started,
-                                                           static_cast<long long>(poison_seconds * 1e9));
+    poison<<<1, 128, 0, other>>>(static_cast<int32_t*>(P.ws), n - 512 / 4, n, value, started,
+                                 static_cast<long long>(poison_seconds * 1e9));
     if (!cuda_ok(cudaGetLastError(), "launching the poison kernel")) return -1;
     const auto t0 = std::chrono::steady_clock::now();
     while (*started == 0) {

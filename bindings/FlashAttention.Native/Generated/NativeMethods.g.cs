@@ -275,7 +275,8 @@ public static unsafe partial class NativeMethods
     /// Reports, and clears, what the GPU found during earlier calls on this context that no check before the launch
     /// could see: FA_STATUS_SUCCESS, or FA_STATUS_DEVICE_CHECK_FAILED with fa_last_error_message() naming the cause.
     /// Does not synchronise: it sees the calls that have finished, so call it after waiting for the stream (or the
-    /// graph launch) whose calls it should cover. fa_forward, fa_backward and fa_decode make the same check first.
+    /// graph launch) whose calls it should cover. fa_forward, fa_backward and fa_decode make the same check first, and
+    /// a report goes to whichever call on the context (from any thread) comes first.
     /// The deterministic backward waits at most FLASH_ATTENTION_DETERMINISTIC_WAIT_MS milliseconds (an environment
     /// variable read when the context is created; default 10000, 0 waits without a bound) for its turn on dQ.
     /// </summary>
