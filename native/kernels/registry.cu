@@ -413,17 +413,19 @@ int launch_backward(Path path, BwdParams& p, const LaunchInfo& info, void* strea
     uint32_t features = 0;
     const int err = bf16 ? launch_backward_t<__nv_bfloat16>(path, p, info, s, &features)
                          : launch_backward_t<__half>(path, p, info, s, &features);
-    if (kernel_name) *kernel_name = name_for(Pass::Backward, path, bf16 ? 1 : 0, p.kernel_d, features);
+    if (kernel_name) *kernel_name = name_for(Pass::Backward, path, dtype_index(p.f.dtype), p.kernel_d, features);
     return err;
 }
 
 int launch_decode(Path path, const DecodeParams& p, const LaunchInfo& info, void* stream, const char** kernel_name) {
     if (path != Path::Sm80) return static_cast<int>(cudaErrorInvalidValue);  // the host refuses others first
     const auto s = static_cast<cudaStream_t>(stream);
-    const bool bf16 = p.dtype == DType::BFloat16;
-    uint32_t features = p.block_table != nullptr ? feature::kPaged : 0u;
-    const int err = bf16 ? launch_decode_t<__nv_bfloat16>(p, info, s, &features) : launch_decode_t<__half>(p, info, s, &features);
-    if (kernel_name) *kernel_name = name_for(Pass::Decode, path, bf16 ? 1 : 0, kernel_head_dim(p.d), features);
+    DecodeParams q = p;
+    q.device_flags = info.device_flags;  // lengths or block ids the kernels clamp are reported to the context
+    uint32_t features = q.block_table != nullptr ? feature::kPaged : 0u;
+    const int err = q.dtype == DType::BFloat16 ? launch_decode_t<__nv_bfloat16>(q, info, s, &features)
+                                               : launch_decode_t<__half>(q, info, s, &features);
+    if (kernel_name) *kernel_name = name_for(Pass::Decode, path, dtype_index(q.dtype), kernel_head_dim(q.d), features);
     return err;
 }
 

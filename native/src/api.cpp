@@ -440,7 +440,7 @@ FA_API fa_status_t fa_context_get_device(fa_context_t context, int32_t* device) 
 FA_API fa_status_t fa_context_check(fa_context_t context) {
     FA_API_BEGIN
     require_non_null(context, "context");
-    fa::report_device_flags(context->info.device_flags, context->info.turn_wait_ns, false);
+    fa::report_device_flags(context->info, false);
     return FA_STATUS_SUCCESS;
     FA_API_END
 }
@@ -503,7 +503,7 @@ FA_API fa_status_t fa_forward(fa_context_t context, const fa_forward_params_t* p
     FA_API_BEGIN
     require_non_null(context, "context");
     const fa::LaunchInfo& info = context->info;
-    fa::report_device_flags(info.device_flags, info.turn_wait_ns, true);
+    fa::report_device_flags(info, true);
     fa::MemoryArgs memory;
     const fa::FwdParams p = fa::validate_forward(params, info.cc_major * 10 + info.cc_minor, &memory);
     const fa::Path path = fa::choose_path(fa::Pass::Forward, params->kernel_path, p.d, p.dtype,

@@ -84,7 +84,7 @@ FA_API fa_status_t fa_backward(fa_context_t context, const fa_backward_params_t*
     FA_API_BEGIN
     require(context, "context");
     const fa::LaunchInfo& info = context->info;
-    fa::report_device_flags(info.device_flags, info.turn_wait_ns, true);
+    fa::report_device_flags(info, true);
     size_t need = 0;
     fa::MemoryArgs memory;
     fa::BwdParams p = fa::validate_backward(params, info.cc_major * 10 + info.cc_minor, true, &need, &memory);

@@ -94,12 +94,11 @@ FA_API fa_status_t fa_decode_num_splits(fa_context_t context, const fa_decode_pa
 
 FA_API fa_status_t fa_decode(fa_context_t context, const fa_decode_params_t* params, void* stream) {
     FA_API_BEGIN
-    if (context != nullptr) fa::report_device_flags(context->info.device_flags, context->info.turn_wait_ns, true);
+    if (context != nullptr) fa::report_device_flags(context->info, true);
     fa::MemoryArgs memory;
     Plan pl = plan(context, params, &memory);
     fa::DecodeParams& p = pl.p;
     const fa::LaunchInfo& info = context->info;
-    p.device_flags = info.device_flags;  // device-only lengths or block ids the kernels clamp are reported there
     if (pl.workspace_bytes > 0 && params->workspace != nullptr && params->workspace_size < pl.workspace_bytes) {
         fail(FA_STATUS_INVALID_ARGUMENT, "workspace_size is " + std::to_string(params->workspace_size) +
                                              " bytes but this call needs " + std::to_string(pl.workspace_bytes) +

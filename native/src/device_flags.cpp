@@ -83,19 +83,20 @@ void release_device_flag_word(uint32_t* word) noexcept {
     }
 }
 
-void report_device_flags(uint32_t* word, int64_t turn_wait_ns, bool launching) {
+void report_device_flags(const LaunchInfo& info, bool launching) {
+    uint32_t* word = info.device_flags;
     if (word == nullptr || __atomic_load_n(word, __ATOMIC_ACQUIRE) == 0) return;
     const uint32_t bits = __atomic_exchange_n(word, 0u, __ATOMIC_ACQ_REL);
     if (bits == 0) return;  // another thread reported them first
     std::string message;
-    if (bits & kDeviceFlagTurnTimeout) {
-        message += "an earlier deterministic fa_backward on this context gave up waiting for its turn on dQ after " +
-                   std::to_string(turn_wait_ns / 1000000) +
-                   " ms, so its dq is not valid: two calls in flight shared one workspace (give each stream its "
-                   "own), or a legitimate wait outlived FLASH_ATTENTION_DETERMINISTIC_WAIT_MS (set when the "
-                   "context is created; 0 waits without a bound)";
-    }
     const auto add = [&](const std::string& text) { message += (message.empty() ? "" : "; ") + text; };
+    if (bits & kDeviceFlagTurnTimeout) {
+        add("an earlier deterministic fa_backward on this context gave up waiting for its turn on dQ after " +
+            std::to_string(info.turn_wait_ns / 1000000) +
+            " ms, so its dq is not valid: two calls in flight shared one workspace (give each stream its own), or a "
+            "legitimate wait outlived FLASH_ATTENTION_DETERMINISTIC_WAIT_MS (set when the context is created; 0 waits "
+            "without a bound)");
+    }
     if (bits & kDeviceFlagDecodeLength) {
         add("an earlier fa_decode on this context read a cache_seqlens entry that was negative or, with the call's new "
             "tokens, beyond the cache's capacity (k_cache's length, or the block table's pages times the block "
@@ -106,14 +107,10 @@ void report_device_flags(uint32_t* word, int64_t turn_wait_ns, bool launching) {
         add("an earlier fa_decode on this context read a block_table entry outside [0, num_blocks) (num_blocks = "
             "k_cache.shape[0]); the kernels clamped it, so that sequence's output, lse and append are not valid");
     }
-    const uint32_t unknown = bits & ~kDeviceFlagsKnown;
-    if (unknown != 0) {
-        message += std::string(message.empty() ? "" : "; ") + "an earlier call on this context reported device flags 0x" +
-                   [&] {
-                       char hex[16];
-                       std::snprintf(hex, sizeof(hex), "%x", unknown);
-                       return std::string(hex);
-                   }();
+    if (const uint32_t unknown = bits & ~kDeviceFlagsKnown) {
+        char hex[16];
+        std::snprintf(hex, sizeof(hex), "%x", unknown);
+        add(std::string("an earlier call on this context reported device flags 0x") + hex);
     }
     if (launching) message += "; this call launched nothing (call fa_context_check after a stream's work to see it there)";
     fail(FA_STATUS_DEVICE_CHECK_FAILED, message);

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "params/launch_info.h"
+
 namespace fa {
 
 // A zeroed word for a new context on `device`: pinned, mapped and portable host memory (kernels write it, the
@@ -16,9 +18,10 @@ uint32_t* acquire_device_flag_word(int device);
 // Gives the word of a destroyed context back; it is reused only after kQuarantine others (device_flags.cpp).
 void release_device_flag_word(uint32_t* word) noexcept;
 
-// If the word has bits set: clears them and throws fa::Error(FA_STATUS_DEVICE_CHECK_FAILED) naming each cause.
+// If the context's word (info.device_flags) has bits set: clears them and throws
+// fa::Error(FA_STATUS_DEVICE_CHECK_FAILED) naming each cause (the wait bound from info.turn_wait_ns).
 // `launching`: the caller is a pass that would launch (its message adds that it launched nothing).
-void report_device_flags(uint32_t* word, int64_t turn_wait_ns, bool launching);
+void report_device_flags(const LaunchInfo& info, bool launching);
 
 // The deterministic backward's bound on a wait for its turn, in ns: FLASH_ATTENTION_DETERMINISTIC_WAIT_MS
 // (milliseconds; 0 = no bound) or 10 s. Throws INVALID_ARGUMENT for a value that is not a number in range.

@@ -58,8 +58,8 @@ struct DecodeParams {
     float* o_accum;
     float* lse_accum;
 
-    // The context's device-flag word (params/device_flags.h): a length or block id the kernels had to clamp is
-    // reported there. nullptr: not reported (a harness without a context).
+    // The context's device-flag word (params/device_flags.h), set by the launcher from LaunchInfo as the
+    // backward's: a length or block id the kernels had to clamp is reported there. nullptr: not reported.
     uint32_t* device_flags = nullptr;
 };
 
