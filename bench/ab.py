@@ -26,7 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from common import (MAX_BWD_REL_ERR, MAX_FP8_REL_ERR, MAX_REL_ERR, FaLib, Timer, dtype_code, first_line,  # noqa: E402
                     lib_file, tflops)
-from inputs import torch_dtype  # noqa: E402
+from inputs import sdpa_inputs, torch_dtype  # noqa: E402
 from shapes import pass_flops, shapes_grid  # noqa: E402
 
 
@@ -124,11 +124,9 @@ def main(argv=None):
           " ".join(f"{n + '/' + names[0]:>10s}" for n in names[1:]) + " " + " ".join(f"{n + '/cu':>9s}" for n in names))
     for s in shapes:
         torch.manual_seed(0)
-        b, h, hkv, sq, sk, d, causal = s["b"], s["h"], s["hkv"], s["sq"], s["sk"], s["d"], bool(s["causal"])
-        dt, code = torch_dtype("bf16" if s["dtype"] == "e4m3" else s["dtype"]), dtype_code(s["dtype"])
-        q = torch.randn(b, h, sq, d, device="cuda", dtype=dt)
-        k = torch.randn(b, hkv, sk, d, device="cuda", dtype=dt)
-        v = torch.randn(b, hkv, sk, d, device="cuda", dtype=dt)
+        h, hkv, sq, d, causal = s["h"], s["hkv"], s["sq"], s["d"], bool(s["causal"])
+        code = dtype_code(s["dtype"])
+        q, k, v = sdpa_inputs(s, torch_dtype("bf16" if s["dtype"] == "e4m3" else s["dtype"]))
         flops = pass_flops(s)
         setup = fwd_setup if args.pass_ == "fwd" else bwd_setup
         anchor, make_call, check = setup(args, libs, q, k, v, h, hkv, causal, code)

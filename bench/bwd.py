@@ -14,7 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common import MAX_BWD_REL_ERR, current_stream, dtype_code, finish_row, first_line, tflops, time_baseline
 from fa_abi import FA_PATH_AUTO, FA_PATH_SM80
-from inputs import torch_dtype, varlen_inputs
+from inputs import sdpa_inputs, varlen_inputs
 from shapes import new_row, pass_flops
 
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
@@ -139,14 +139,11 @@ def torch_bwd(name, be, q, k, v, do, h, hkv, causal, notes, bench):
 
 
 def fixed_bwd_row(s, row, flops, fa, base, bench):
-    b, h, hkv, sq, sk, d = s["b"], s["h"], s["hkv"], s["sq"], s["sk"], s["d"]
+    b, h, hkv, sq = s["b"], s["h"], s["hkv"], s["sq"]
     causal = bool(s["causal"])
-    dt, code = torch_dtype(s["dtype"]), dtype_code(s["dtype"])
-    dev = torch.device("cuda")
-    q = torch.randn(b, h, sq, d, device=dev, dtype=dt)
-    k = torch.randn(b, hkv, sk, d, device=dev, dtype=dt)
-    v = torch.randn(b, hkv, sk, d, device=dev, dtype=dt)
-    do = torch.randn(b, h, sq, d, device=dev, dtype=dt)
+    code = dtype_code(s["dtype"])
+    q, k, v = sdpa_inputs(s)
+    do = torch.randn_like(q)
     ref, against, notes = None, None, []
     for name, be in BACKENDS.items():
         try:

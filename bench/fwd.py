@@ -21,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from common import (MAX_FP8_REL_ERR, MAX_REL_ERR, dtype_code, finish_row, first_line, kernel_path_of, tflops,
                     time_baseline)
 from fa_abi import FA_DTYPE_BFLOAT16, FA_PASS_FORWARD, FA_PATH_AUTO, FA_PATH_SM80
-from inputs import torch_dtype, varlen_inputs
+from inputs import sdpa_inputs, varlen_inputs
 from shapes import fwd_flops, new_row, shape_key
 
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
@@ -127,14 +127,11 @@ def sdpa_columns(row, flops, bench, q, k, v, causal, h, hkv):
 
 
 def fixed_row(s, row, flops, fa, base, bench):
-    b, h, hkv, sq, sk, d = s["b"], s["h"], s["hkv"], s["sq"], s["sk"], s["d"]
+    h, hkv = s["h"], s["hkv"]
     causal = bool(s["causal"])
-    dt, code = torch_dtype(s["dtype"]), dtype_code(s["dtype"])
-    dev = torch.device("cuda")
+    code = dtype_code(s["dtype"])
     # PyTorch's natural layout [B, H, S, D] for SDPA (as the anchors); ours [B, S, H, D] contiguous.
-    q = torch.randn(b, h, sq, d, device=dev, dtype=dt)
-    k = torch.randn(b, hkv, sk, d, device=dev, dtype=dt)
-    v = torch.randn(b, hkv, sk, d, device=dev, dtype=dt)
+    q, k, v = sdpa_inputs(s)
     ref, ref_name, notes = sdpa_columns(row, flops, bench, q, k, v, causal, h, hkv)
     if notes:
         row["note"] = "; ".join(notes)

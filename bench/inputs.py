@@ -8,6 +8,17 @@ def torch_dtype(name):
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
+def sdpa_inputs(s, dt=None):
+    """A fixed-length row's q [b, h, sq, d], k and v [b, hkv, sk, d], random normal in PyTorch SDPA's layout, of the
+    row's dtype or `dt` (a torch dtype), on the GPU."""
+    dt = torch_dtype(s["dtype"]) if dt is None else dt
+    b, h, hkv, sq, sk, d = s["b"], s["h"], s["hkv"], s["sq"], s["sk"], s["d"]
+    q = torch.randn(b, h, sq, d, device="cuda", dtype=dt)
+    k = torch.randn(b, hkv, sk, d, device="cuda", dtype=dt)
+    v = torch.randn(b, hkv, sk, d, device="cuda", dtype=dt)
+    return q, k, v
+
+
 def varlen_inputs(s, with_dout=False):
     """A varlen row's packed q [total, h, d], k and v [total, hkv, d] (and dO like q when with_dout), random normal,
     with cu_seqlens on the device and on the host. Returns a dict of those and the row's facts."""
