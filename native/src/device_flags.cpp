@@ -23,7 +23,7 @@ constexpr size_t kPageBytes = 4096;
 constexpr int64_t kDefaultTurnWaitMs = 10000;
 // A destroyed context's word is reused only after this many other words were given back since: a kernel of the
 // destroyed context still in flight (fa_context_destroy does not wait for work) would otherwise set bits that a
-// new context reports as its own. Bounds the pinned memory at about 16 KiB beyond the live contexts' words.
+// new context reports as its own. Bounds the pinned memory at about 128 KiB beyond the live contexts' slots.
 constexpr size_t kQuarantine = 4096;
 
 struct WordPool {
@@ -58,7 +58,9 @@ uint32_t* acquire_device_flag_word(int device) {
                                         "(no unified addressing); FlashAttention needs a 64-bit platform with it");
         }
         auto* words = static_cast<uint32_t*>(page);
-        for (size_t i = kPageBytes / sizeof(uint32_t); i-- > 0;) p.fresh.push_back(words + i);
+        for (size_t i = kPageBytes / sizeof(uint32_t) / kDeviceFlagSlots; i-- > 0;) {
+            p.fresh.push_back(words + i * kDeviceFlagSlots);
+        }
     }
     uint32_t* word = nullptr;
     if (!p.fresh.empty()) {
@@ -68,7 +70,7 @@ uint32_t* acquire_device_flag_word(int device) {
         word = p.released.front();
         p.released.pop_front();
     }
-    __atomic_store_n(word, 0u, __ATOMIC_RELEASE);
+    for (int i = 0; i < kDeviceFlagSlots; ++i) __atomic_store_n(word + i, 0u, __ATOMIC_RELEASE);
     return word;
 }
 
@@ -85,9 +87,14 @@ void release_device_flag_word(uint32_t* word) noexcept {
 
 void report_device_flags(const LaunchInfo& info, bool launching) {
     uint32_t* word = info.device_flags;
-    if (word == nullptr || __atomic_load_n(word, __ATOMIC_ACQUIRE) == 0) return;
-    const uint32_t bits = __atomic_exchange_n(word, 0u, __ATOMIC_ACQ_REL);
-    if (bits == 0) return;  // another thread reported them first
+    if (word == nullptr) return;
+    uint32_t bits = 0;
+    for (int i = 0; i < kDeviceFlagSlots; ++i) {
+        if (__atomic_load_n(word + i, __ATOMIC_ACQUIRE) != 0 && __atomic_exchange_n(word + i, 0u, __ATOMIC_ACQ_REL) != 0) {
+            bits |= 1u << i;  // (an exchange that finds 0: another thread reported it first)
+        }
+    }
+    if (bits == 0) return;
     std::string message;
     const auto add = [&](const std::string& text) { message += (message.empty() ? "" : "; ") + text; };
     if (bits & kDeviceFlagTurnTimeout) {

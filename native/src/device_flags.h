@@ -12,13 +12,12 @@ namespace fa {
 // host reads it without a copy or a synchronisation). Words come from process-wide pages that are never freed,
 // so a kernel still in flight after its context was destroyed writes to memory that stays valid (unless the
 // caller resets the device the first page was allocated on: cudaDeviceReset frees every pinned allocation).
-// Kernels store whole words (no atomics over the bus), so two causes found at once on one context may be reported
-// as the later one only; the status is right either way.
+// The "word" is kDeviceFlagSlots consecutive words, one per cause, so causes found at once are all reported.
 uint32_t* acquire_device_flag_word(int device);
 // Gives the word of a destroyed context back; it is reused only after kQuarantine others (device_flags.cpp).
 void release_device_flag_word(uint32_t* word) noexcept;
 
-// If the context's word (info.device_flags) has bits set: clears them and throws
+// If any of the context's slots (info.device_flags) is set: clears those and throws
 // fa::Error(FA_STATUS_DEVICE_CHECK_FAILED) naming each cause (the wait bound from info.turn_wait_ns).
 // `launching`: the caller is a pass that would launch (its message adds that it launched nothing).
 void report_device_flags(const LaunchInfo& info, bool launching);

@@ -65,11 +65,11 @@ __device__ __forceinline__ uint64_t global_timer_ns() {
     return t;
 }
 
-// Sets `bits` in a word of pinned, mapped host memory that the host reads without a copy (the context's
-// device-flag word): a volatile store, which needs no atomics over the bus (every writer stores the same bits
-// of one cause; the host clears the word).
-__device__ __forceinline__ void set_host_flag(uint32_t* word, uint32_t bits) {
-    asm volatile("st.volatile.global.u32 [%0], %1;\n" ::"l"(word), "r"(bits) : "memory");
+// Reports cause `bit` (one bit of params/device_flags.h) in the context's device-flag slots, pinned, mapped host
+// memory that the host reads without a copy: a volatile store of 1 into the cause's own slot, so no atomics over
+// the bus are needed and two causes found at once are both kept (the host clears each slot it reports).
+__device__ __forceinline__ void set_host_flag(uint32_t* slots, uint32_t bit) {
+    asm volatile("st.volatile.global.u32 [%0], %1;\n" ::"l"(slots + (__ffs(bit) - 1)), "r"(1u) : "memory");
     __threadfence_system();
 }
 

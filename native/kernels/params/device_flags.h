@@ -1,5 +1,5 @@
-// What a kernel found that no check before its launch could see, as bits of the context's device-flag word
-// (LaunchInfo::device_flags). A kernel that finds one sets its bit, leaves the work it cannot do undone (never
+// What a kernel found that no check before its launch could see, as causes (bits) with one slot each among the
+// context's device-flag words (LaunchInfo::device_flags, kDeviceFlagSlots of them). A kernel that finds one sets its bit, leaves the work it cannot do undone (never
 // a trap: that would lose the caller's CUDA context) and returns; the host (native/src/api.cpp,
 // report_device_flags) turns the bits into FA_STATUS_DEVICE_CHECK_FAILED, names the cause and clears them.
 // Plain data, shared by host and device code; values only ever appended.
@@ -18,5 +18,7 @@ constexpr uint32_t kDeviceFlagDecodeLength = 1u << 1;
 constexpr uint32_t kDeviceFlagDecodeBlockId = 1u << 2;
 // Every bit this build knows (the host names each; others it reports as numbers).
 constexpr uint32_t kDeviceFlagsKnown = kDeviceFlagTurnTimeout | kDeviceFlagDecodeLength | kDeviceFlagDecodeBlockId;
+// Each cause has its own 32-bit slot (slot i for bit 1 << i): kDeviceFlagSlots consecutive words per context.
+constexpr int kDeviceFlagSlots = 8;
 
 }  // namespace fa
