@@ -67,6 +67,16 @@ int32_t sm90_fwd_class(int32_t d) {
     return 0;
 }
 
+// The sm90 backward's kernel head dim for head dim d: the smallest compiled 64, 128 or 256 at least d; 0 when
+// none is. Head dims between its kernels (96, 192, ...) run the next one up with zero-filled columns, as the
+// forward's do.
+int32_t sm90_bwd_class(int32_t d) {
+    for (int32_t i = 0; i < kCompiledCount; ++i) {
+        if (sm90::bwd_head_dim(kCompiled[i]) && kCompiled[i] >= d) return kCompiled[i];
+    }
+    return 0;
+}
+
 // The same for the fp8 forward, whose classes are 128 and 256.
 int32_t sm90_fwd_fp8_class(int32_t d) {
     for (int32_t i = 0; i < kCompiledCount; ++i) {
@@ -84,7 +94,8 @@ const char* dtype_tag(int i) { return i == 1 ? "bf16" : i == kE4m3 ? "e4m3" : "f
 
 // The kernel head dim a (pass, path, dtype index) runs for a head dim whose sm80 kernel head dim is kernel_d.
 int32_t path_kernel_d(Pass pass, Path path, int32_t kernel_d, int dt = 0) {
-    if (pass != Pass::Forward || path != Path::Sm90) return kernel_d;
+    if (path != Path::Sm90 || pass == Pass::Decode) return kernel_d;
+    if (pass == Pass::Backward) return sm90_bwd_class(kernel_d);
     return dt == kE4m3 ? sm90_fwd_fp8_class(kernel_d) : sm90_fwd_class(kernel_d);
 }
 
@@ -212,7 +223,7 @@ struct BlockShape {
     int32_t m, n;
 };
 BlockShape bwd_block(Path path, int32_t kernel_d) {
-    return with_head_dim(kernel_d, [&](auto hd) {
+    return with_head_dim(path_kernel_d(Pass::Backward, path, kernel_d), [&](auto hd) {
         constexpr int D = decltype(hd)::value;
         if constexpr (sm90::bwd_head_dim(D)) {
             if (path == Path::Sm90) return BlockShape{sm90::BwdTraits90<D>::kBlockM, sm90::BwdTraits90<D>::kBlockN};
@@ -312,7 +323,7 @@ bool has_kernel(Pass pass, Path path, int32_t kernel_d) {
     if (path == Path::Sm80) return true;
     if (!kHasSm90a) return false;
     if (pass == Pass::Forward) return sm90_fwd_class(kernel_d) != 0;
-    return pass == Pass::Backward && sm90::bwd_head_dim(kernel_d);
+    return pass == Pass::Backward && sm90_bwd_class(kernel_d) != 0;
 }
 
 bool has_kernel(Pass pass, Path path, int32_t kernel_d, DType dtype) {
@@ -358,6 +369,13 @@ int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d) {
 }
 
 int32_t bwd_block_n(Path path, int32_t kernel_d) { return bwd_block(path, kernel_d).n; }
+
+int32_t run_kernel_d(Pass pass, Path path, int32_t kernel_d) { return path_kernel_d(pass, path, kernel_d); }
+
+int32_t bwd_accum_d(int32_t kernel_d) {
+    const int32_t sm90 = kHasSm90a ? sm90_bwd_class(kernel_d) : 0;
+    return sm90 > kernel_d ? sm90 : kernel_d;
+}
 
 int32_t decode_num_splits(const DecodeParams& p, const LaunchInfo& info, int32_t requested, int32_t length_hint,
                           int32_t max_splits) {

@@ -27,8 +27,8 @@ int32_t compiled_head_dims(const int32_t** dims);   // the compiled kernel head 
 // Whether this build holds sm_90a code at all (FA_CUDA_ARCHS with 90a).
 bool has_sm90_code();
 // Whether this build has a `pass` kernel on `path` for kernel head dim kernel_d (no device check). kernel_d is
-// always kernel_head_dim(d), the sm80 kernel's; the sm90 forward runs the smallest of its kernels (64, 128,
-// 256) at least that large, which names, shared memory and launches account for.
+// always kernel_head_dim(d), the sm80 kernel's; the sm90 forward and backward run the smallest of their kernels
+// (64, 128, 256) at least that large, which names, shared memory and launches account for (run_kernel_d).
 bool has_kernel(Pass pass, Path path, int32_t kernel_d);
 // The same for one input dtype: fp16 and bf16 wherever has_kernel says so; fp8 (e4m3) only for the sm90
 // forward, at the kernel head dims its fp8 kernels were built for.
@@ -39,6 +39,11 @@ int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d);
 int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d, DType dtype);
 // Keys per block of the backward main kernel (the grid is keyed by these blocks).
 int32_t bwd_block_n(Path path, int32_t kernel_d);
+// The kernel head dim that (pass, path) runs for kernel_head_dim(d) == kernel_d (where has_kernel says so).
+int32_t run_kernel_d(Pass pass, Path path, int32_t kernel_d);
+// Columns per row of the backward's fp32 dQ accumulator that the workspace is sized for: the widest kernel head
+// dim any path of this build runs for kernel_d, so one workspace size fits whichever path the call takes.
+int32_t bwd_accum_d(int32_t kernel_d);
 // Number of key splits of a decode call: `requested` (1..max_splits) when not 0, else the heuristic's
 // choice for sequences of about `length_hint` keys on the device `info` describes. No CUDA call.
 int32_t decode_num_splits(const DecodeParams& p, const LaunchInfo& info, int32_t requested, int32_t length_hint,

@@ -37,9 +37,12 @@ fa::Path choose_kernel(const fa::BwdParams& p, int32_t kernel_path, const fa::La
     return path;
 }
 
-// Points the workspace parts of p into `base` (layout from bwd_workspace_layout).
-void carve(fa::BwdParams& p, char* base) {
-    const fa::BwdWorkspaceLayout w = fa::bwd_workspace_layout(p.f, p.kernel_d, p.deterministic != 0);
+// Points the workspace parts of p into `base` (layout from bwd_workspace_layout, sized for the widest dQ
+// accumulator of any path, as validate_backward sized it), then sets p.kernel_d to the head dim of the kernel
+// that `path` runs (the accumulator's row stride).
+void carve(fa::BwdParams& p, fa::Path path, char* base) {
+    const fa::BwdWorkspaceLayout w = fa::bwd_workspace_layout(p.f, fa::kernels::bwd_accum_d(p.kernel_d), p.deterministic != 0);
+    p.kernel_d = fa::kernels::run_kernel_d(fa::Pass::Backward, path, p.kernel_d);
     p.dq_accum = reinterpret_cast<float*>(base);
     p.dsum = reinterpret_cast<float*>(base + w.dq_accum);
     p.lse_log2 = reinterpret_cast<float*>(base + w.dq_accum + w.dsum);
@@ -106,7 +109,7 @@ FA_API fa_status_t fa_backward(fa_context_t context, const fa_backward_params_t*
         fa::check_cuda(cudaMallocAsync(&owned, need, s), "cudaMallocAsync of the backward workspace");
         base = owned;
     }
-    carve(p, static_cast<char*>(base));
+    carve(p, path, static_cast<char*>(base));
     const char* kernel_name = nullptr;
     const int result = fa::kernels::launch_backward(path, p, info, stream, &kernel_name);
     if (owned != nullptr) {

@@ -35,8 +35,8 @@ bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc
             reason = fp8 ? "this build has no sm90 fp8 forward kernel for that head dim"
                      : pass == Pass::Forward ? "this build has no sm90 forward kernel for that head dim (the 64, 128 and 256 "
                                                "kernels serve head dims up to 64, 128 and 256)"
-                                             : "the sm90 backward serves the head dims of the 64, 128 and 256 kernels (33..64, 97..128 and "
-                     "193..256 in a build of every head dim)";
+                                             : "this build has no sm90 backward kernel for that head dim (the 64, 128 and 256 "
+                                               "kernels serve head dims up to 64, 128 and 256)";
         }
     } else if (reason == nullptr && fp8) {
         reason = kFp8Sm90Only;

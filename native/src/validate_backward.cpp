@@ -6,6 +6,7 @@
 // checked, so a wrong argument is reported first. The one exception is fp8 (e4m3) inputs: the fp8 forward has no
 // backward, so there is no contract to check the other arguments against; that is UNSUPPORTED right after the
 // struct itself.
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -119,7 +120,10 @@ void check_backward_served(const fa_backward_params_t& P, const FwdParams& f, in
     }
     // Grids of the three kernels: key blocks x batch x kv heads; row blocks / row chunks x (batch x) heads.
     const bool varlen = f.cu_seqlens_q != nullptr;
-    const int32_t block_n = kernels::bwd_block_n(Path::Sm80, kernel_head_dim(f.d));  // the same on sm90
+    const int32_t kd = kernel_head_dim(f.d);
+    const int32_t block_n = kernels::has_kernel(Pass::Backward, Path::Sm90, kd)
+                                ? std::min(kernels::bwd_block_n(Path::Sm80, kd), kernels::bwd_block_n(Path::Sm90, kd))
+                                : kernels::bwd_block_n(Path::Sm80, kd);  // the smaller block: the larger grid
     const int64_t n_blocks = (static_cast<int64_t>(f.sk) + block_n - 1) / block_n;
     const int64_t heads = varlen ? f.hq : static_cast<int64_t>(f.b) * f.hq;
     const int64_t rows = varlen ? f.total_q : f.sq;
@@ -224,7 +228,9 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     check_backward_served(P, f, compute_capability);
 
     BwdParams p = backward_params(P, f);
-    const BwdWorkspaceLayout ws = bwd_workspace_layout(f, p.kernel_d, P.deterministic != 0);
+    // Sized for the widest dQ accumulator of any path (fa_backward carves it the same way), so that the size
+    // fa_backward_workspace_size gives serves whichever path the call takes.
+    const BwdWorkspaceLayout ws = bwd_workspace_layout(f, kernels::bwd_accum_d(p.kernel_d), P.deterministic != 0);
     if (workspace_bytes != nullptr) *workspace_bytes = ws.total;
     if (check_workspace_arg && P.workspace != nullptr) {
         check_workspace(P, ws.total, read, written);

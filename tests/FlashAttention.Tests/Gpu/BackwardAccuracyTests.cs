@@ -75,7 +75,8 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
     /// Each kernel path asked for by name. On an H100 with an sm_90a build <see cref="KernelPath.Auto"/> runs the wgmma
     /// kernels at head dims 64, 128 and 256, so the Sm80 cases keep the portable kernels of those head dims checked
     /// there too; the Sm90 cases are ignored (with the library's reason) where that path does not serve: other GPUs,
-    /// builds without sm_90a code, head dims outside 33..64, 97..128 and 193..256. On a compute capability 9.0 GPU whose
+    /// builds without sm_90a code. Head dims between its kernels (96, 160, 192) run the next one up with zero-filled
+    /// columns. On a compute capability 9.0 GPU whose
     /// library lists the sm90 kernel of the case, an UNSUPPORTED is a failure, never an ignore.
     /// </summary>
     [TestCase(KernelPath.Sm80, DataType.BFloat16, 64, Mask.CausalBottomRight, false)]
@@ -90,6 +91,10 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
     [TestCase(KernelPath.Sm90, DataType.Float16, 256, Mask.CausalBottomRight, false)]
     [TestCase(KernelPath.Sm90, DataType.BFloat16, 256, Mask.None, true)]
     [TestCase(KernelPath.Sm90, DataType.BFloat16, 96, Mask.None, false)]
+    [TestCase(KernelPath.Sm90, DataType.Float16, 96, Mask.CausalTopLeft, true)]
+    [TestCase(KernelPath.Sm90, DataType.BFloat16, 160, Mask.CausalBottomRight, false)]
+    [TestCase(KernelPath.Sm90, DataType.BFloat16, 192, Mask.None, false)]
+    [TestCase(KernelPath.Sm90, DataType.Float16, 192, Mask.CausalBottomRight, true)]
     public void EachKernelPathMatchesReference(KernelPath path, DataType dtype, int headDim, Mask mask, bool deterministic)
     {
         var dims = new AttentionDims(2, 203, 331, 8, 2, headDim);
@@ -138,7 +143,20 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
             return null;
         }
 
-        string prefix = $"sm90_bwd_{dt}_hdim{compiled.Min()}_";
+        // The sm90 backward runs the smallest of its kernels at least as wide as the sm80 kernel head dim (96 on the
+        // 128 kernel, 192 on the 256 one).
+        string sm90Prefix = $"sm90_bwd_{dt}_hdim";
+        int[] sm90 = kernels
+            .Where(n => n.StartsWith(sm90Prefix, StringComparison.Ordinal))
+            .Select(n => int.Parse(n.AsSpan(sm90Prefix.Length, n.IndexOf('_', sm90Prefix.Length) - sm90Prefix.Length), System.Globalization.CultureInfo.InvariantCulture))
+            .Where(d => d >= compiled.Min())
+            .ToArray();
+        if (sm90.Length == 0)
+        {
+            return null;
+        }
+
+        string prefix = $"{sm90Prefix}{sm90.Min()}_";
         return kernels.FirstOrDefault(n => n.StartsWith(prefix, StringComparison.Ordinal) && (!deterministic || n.Contains("_det_", StringComparison.Ordinal)));
     }
 
