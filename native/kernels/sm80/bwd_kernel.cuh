@@ -90,8 +90,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
     const T* kp = rows_at<const T>(f.k, f.k_batch_stride, f.k_head_stride, f.k_row_stride, varlen, b, hk, seq.k_row0 + key0);
     const T* vp = rows_at<const T>(f.v, f.v_batch_stride, f.v_head_stride, f.v_row_stride, varlen, b, hk, seq.k_row0 + key0);
 
-    // The walk (BwdBlock): each q head of the group, its query blocks from the last down (the deterministic
-    // mode's ordered adds queue less this way, and the atomic mode measured 0-7% faster too; bench/NOTES.md).
+    // The walk (BwdBlock): each q head of the group, its query blocks from the last down in the default mode (it
+    // measured 0-7% faster than the other direction; bench/NOTES.md), and in the order that lets every key block
+    // find its turn on dQ ready in the deterministic mode (BwdWalk).
     // Issues the cp.async loads of Q and dO for iteration `it` (head blk.head(it), block blk.block(it)) into
     // buffer it % 2.
     auto load_q_do = [&](int it) {

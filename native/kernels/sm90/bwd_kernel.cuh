@@ -1,6 +1,6 @@
 // FlashAttention-2 backward main kernel on Hopper's warpgroup MMA (wgmma, sm_90a). The preprocess and
 // convert kernels (common/bwd_prepost.cuh), the workspace, the block walk (query blocks of every q head of
-// the GQA group, last to first), the masks and the deterministic ordering (common/bwd_block.cuh) are the
+// the GQA group, in the order BwdWalk says), the masks and the deterministic ordering (common/bwd_block.cuh) are the
 // sm80 kernel's; what differs is how the five products are computed:
 //
 // One CTA = two warpgroups = 128 keys (warpgroup w owns keys [64w, 64w + 64)); query blocks of 64 rows.
