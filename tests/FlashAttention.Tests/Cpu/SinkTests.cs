@@ -208,6 +208,45 @@ public sealed class SinkTests
         }
     }
 
+    /// <summary>
+    /// The GPU tests' same-dtype bar (Gpu/SinkGpuTests' NaiveSink) is sink attention: with no rounding it agrees with the
+    /// float64 reference to float32 precision, forward and backward (dsinks included), on rows that see no key too.
+    /// </summary>
+    [Test]
+    public void TheGpuTestsNaiveSinkBarIsSinkAttention()
+    {
+        var random = TestRandom.ForCurrentTest(out int seed);
+        var d = new AttentionDims(2, 23, 11, 4, 2, 16);  // causal Sq > Sk: rows 0..11 see no key
+        var mask = new MaskSpec(true, false, null, null, 5f);
+        float[] q = TestRandom.Normal(random, d.QElements), k = TestRandom.Normal(random, d.KvElements);
+        float[] v = TestRandom.Normal(random, d.KvElements), dOut = TestRandom.Normal(random, d.QElements);
+        float[] sinks = TestRandom.Normal(random, d.HeadsQ, 2.0);
+        float scale = (float)d.DefaultScale;
+        var shape = new AttentionShape(d.Batch, d.SeqQ, d.SeqK, d.HeadsQ, d.HeadsKv, d.HeadDim);
+        AttentionOptions options = mask.ToOptions();
+        double[] s64 = sinks.Select(x => (double)x).ToArray();
+        var refOut = new double[d.QElements];
+        AttentionReference.Forward(AttentionReference.ToDouble(q), AttentionReference.ToDouble(k), AttentionReference.ToDouble(v), shape, options,
+            s64, refOut, Span<double>.Empty);
+        float[] naive = FlashAttn.Tests.Gpu.NaiveSink.ForwardSameDtype(q, k, v, sinks, d, mask, scale, x => x);
+        Assert.That(Numerics.RelativeL2(naive, refOut), Is.LessThan(1e-5), $"forward (seed {seed})");
+
+        var rdq = new double[d.QElements];
+        var rdk = new double[d.KvElements];
+        var rdv = new double[d.KvElements];
+        var rds = new double[d.HeadsQ];
+        AttentionReference.Backward(AttentionReference.ToDouble(q), AttentionReference.ToDouble(k), AttentionReference.ToDouble(v),
+            AttentionReference.ToDouble(dOut), shape, options, s64, rdq, rdk, rdv, rds);
+        (float[] ndq, float[] ndk, float[] ndv, float[] nds) = FlashAttn.Tests.Gpu.NaiveSink.BackwardSameDtype(q, k, v, sinks, dOut, d, mask, scale, x => x);
+        Assert.Multiple(() =>
+        {
+            Assert.That(Numerics.RelativeL2(ndq, rdq), Is.LessThan(1e-5), $"dq (seed {seed})");
+            Assert.That(Numerics.RelativeL2(ndk, rdk), Is.LessThan(1e-5), $"dk (seed {seed})");
+            Assert.That(Numerics.RelativeL2(ndv, rdv), Is.LessThan(1e-5), $"dv (seed {seed})");
+            Assert.That(Numerics.RelativeL2(nds, rds), Is.LessThan(1e-5), $"dsinks (seed {seed})");
+        });
+    }
+
     [Test]
     public void ReferenceRefusesSinksOfTheWrongLength()
     {
