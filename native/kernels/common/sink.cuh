@@ -8,8 +8,7 @@
 // O = 0, LSE = +inf. With a sink sigma the denominator gains e^sigma: relative to M' = max(M, sigma),
 //   total = sum * e^(M - M') + e^(sigma - M' + c),  O = acc * e^(M - M') / total,  LSE = M' + log(total) - c,
 // which neither overflows for a sigma far above the row's logits nor loses the row for one far below; a row with
-// no key gets M' = sigma, so O = 0 and LSE = sigma. A NaN sigma gives NaN (never a quiet "no sink"); -inf is no
-// sink. The row max in the exp2 domain the main loops use (row_max * scale_log2) stays as it was: the sink only
+// no key gets O = 0 and LSE = sigma exactly. A NaN sigma gives NaN (never a quiet "no sink"); -inf is no sink. The row max in the exp2 domain the main loops use (row_max * scale_log2) stays as it was: the sink only
 // changes the normalisation, once per row.
 #pragma once
 #include <cuda_runtime.h>
@@ -40,17 +39,20 @@ __device__ __forceinline__ RowFinish finish_row(float sum, float m, float c, Row
         return RowFinish{seen ? 1.f / sum : 0.f, seen ? m + logf(sum) - c : CUDART_INF_F};
     }
     const float sigma = sink.sigma;
-    // A NaN sigma makes the sink term NaN whichever M' is taken, and with it O and LSE.
-    const float mm = seen && !(sigma >= m) ? m : sigma;
-    if (mm == -CUDART_INF_F) {  // no key and a -inf sink: no sink at all
-        return RowFinish{0.f, CUDART_INF_F};
+    if (!seen) {  // exactly the sink (as the kernels' early exits write it), or +inf for a -inf sink: no sink at all
+        return RowFinish{0.f, sigma == -CUDART_INF_F ? CUDART_INF_F : sigma};
     }
-    const float a = seen ? expf(m - mm) : 0.f;
+    // m is finite here. A NaN sigma makes the sink term NaN whichever M' is taken, and with it O and LSE.
+    const float mm = !(sigma >= m) ? m : sigma;
+    const float a = expf(m - mm);
     const float total = sum * a + expf(sigma - mm + c);
     return RowFinish{a / total, mm + logf(total) - c};
 }
 
 // The log-sum-exp of a row that sees no key (the kernels' early exit for blocks with no visible key).
-__device__ __forceinline__ float empty_row_lse(RowSink sink) { return sink.on ? sink.sigma : CUDART_INF_F; }
+// Agrees with finish_row on such a row: the sink itself, +inf without one (or for a -inf sink).
+__device__ __forceinline__ float empty_row_lse(RowSink sink) {
+    return sink.on && sink.sigma != -CUDART_INF_F ? sink.sigma : CUDART_INF_F;
+}
 
 }  // namespace fa
