@@ -262,6 +262,140 @@ public sealed class SinkGpuTests : ForwardPathTestBase
         Assert.That(BackwardAcceptance.Judge("dsinks", dsOurs, ndsTotal, rds, dtype, 1, null), Is.Empty, context);
     }
 
+    /// <summary>
+    /// The exact relation between a call with sinks and the plain call on the same inputs and path (FEATURES.md §7):
+    /// lse_s = log(e^lse + e^σ) and out_s = out · sigmoid(lse - σ), since the sink changes only each row's denominator;
+    /// rows that see no key give out_s = 0 and lse_s = σ exactly. Checked on the fp8 (e4m3) forward too, which shares
+    /// the sm90 epilogue (its P offset and descales enter the normalisation the sink joins). Bounds: the relation holds
+    /// in fp32 up to the two outputs' roundings to their dtype (2 ulp of the dtype, relative), the LSE to 1e-5.
+    /// </summary>
+    [TestCase(KernelPath.Sm80, DataType.BFloat16, 64)]
+    [TestCase(KernelPath.Sm80, DataType.Float16, 128)]
+    [TestCase(KernelPath.Sm90, DataType.BFloat16, 128)]
+    [TestCase(KernelPath.Sm90, DataType.Float8E4M3, 128)]
+    [TestCase(KernelPath.Sm90, DataType.Float8E4M3, 256)]
+    public void SinksRescaleThePlainCall(KernelPath path, DataType dtype, int dim)
+    {
+        bool fp8 = dtype == DataType.Float8E4M3;
+        var d = new AttentionDims(2, 203, 113, 8, 2, dim);  // causal Sq > Sk: rows 0..89 see no key
+        if (fp8 && !(ForwardPaths.Sm90ServesForward(Device) && ForwardPaths.BuildHasFp8Forward))
+        {
+            Assert.Ignore($"the fp8 forward is served by the sm90 kernels only (compute capability 9.0, a build with sm90 fp8 kernels); {Device}");
+        }
+
+        if (!fp8)
+        {
+            RequireServed(dtype, d);
+        }
+
+        Random random = TestRandom.ForCurrentTest(out int seed);
+        string context = $"seed {seed}, {path} {dtype} {d}";
+        float[] Values(int n) => ForwardRun.RoundAll(dtype, TestRandom.Normal(random, n));
+        float[] q = Values(d.QElements), k = Values(d.KvElements), v = Values(d.KvElements);
+        // Sinks around the rows' log-sum-exps (log of ~100 keys), so the weights sigmoid(lse - σ) spread over (0, 1).
+        float[] sinks = TestRandom.Normal(random, d.HeadsQ, 2.0).Select(x => x + 4f).ToArray();
+        DataType outType = fp8 ? DataType.BFloat16 : dtype;
+        var options = new AttentionOptions { Causal = true, KernelPath = path };
+
+        using var gq = DeviceArray.Upload(Device, dtype, q);
+        using var gk = DeviceArray.Upload(Device, dtype, k);
+        using var gv = DeviceArray.Upload(Device, dtype, v);
+        using var gs = DeviceArray.Upload(Device, DataType.Float32, sinks);
+        using var o1 = DeviceArray.Allocate(Device, outType, d.QElements);
+        using var l1 = DeviceArray.Allocate(Device, DataType.Float32, d.LseElements);
+        using var o2 = DeviceArray.Allocate(Device, outType, d.QElements);
+        using var l2 = DeviceArray.Allocate(Device, DataType.Float32, d.LseElements);
+        foreach (DeviceArray a in new[] { o1, l1, o2, l2 })
+        {
+            a.Poison();
+        }
+
+        long[] qShape = [d.Batch, d.SeqQ, d.HeadsQ, d.HeadDim], kShape = [d.Batch, d.SeqK, d.HeadsKv, d.HeadDim], lShape = [d.Batch, d.HeadsQ, d.SeqQ];
+        var plain = new AttentionArguments(gq.Tensor(qShape), gk.Tensor(kShape), gv.Tensor(kShape), o1.Tensor(qShape), l1.Tensor(lShape));
+        var withSinks = new AttentionArguments(gq.Tensor(qShape), gk.Tensor(kShape), gv.Tensor(kShape), o2.Tensor(qShape), l2.Tensor(lShape))
+        { Sinks = gs.Tensor([d.HeadsQ]) };
+        void Run()
+        {
+            Attention.Forward(plain, options, Stream);
+            Attention.Forward(withSinks, options, Stream);
+            Stream.Synchronize();
+        }
+
+        if (fp8)
+        {
+            Run();  // must be served here (checked above)
+        }
+        else if (!ForwardOnPath(options, dtype, dim, varlen: false, Run, [o1, l1, o2, l2], context))
+        {
+            return; // a refusal, checked
+        }
+
+        float[] out1 = o1.Read(), lse1 = l1.Read(), out2 = o2.Read(), lse2 = l2.Read();
+        double rel = outType == DataType.Float16 ? 2.0 * Math.Pow(2, -11) : 2.0 * Math.Pow(2, -8);
+        var problems = new List<string>();
+        int emptyRows = 0;
+        double minWeight = 1, maxWeight = 0;
+        for (int b = 0; b < d.Batch && problems.Count < 5; b++)
+        {
+            for (int h = 0; h < d.HeadsQ && problems.Count < 5; h++)
+            {
+                for (int i = 0; i < d.SeqQ && problems.Count < 5; i++)
+                {
+                    long at = (((long)b * d.HeadsQ) + h) * d.SeqQ + i;
+                    long row = ((((long)b * d.SeqQ) + i) * d.HeadsQ + h) * d.HeadDim;
+                    double sigma = sinks[h];
+                    if (float.IsPositiveInfinity(lse1[at]))
+                    {
+                        ++emptyRows;
+                        if (lse2[at] != sinks[h])
+                        {
+                            problems.Add($"lse of empty row b{b} h{h} i{i} is {lse2[at]}, not the sink {sinks[h]}");
+                        }
+
+                        for (int x = 0; x < d.HeadDim; x++)
+                        {
+                            if (out2[row + x] != 0f)
+                            {
+                                problems.Add($"output of empty row b{b} h{h} i{i} [{x}] = {out2[row + x]}, not 0");
+                                break;
+                            }
+                        }
+
+                        continue;
+                    }
+
+                    double hi = Math.Max(lse1[at], sigma);
+                    double want = hi + Math.Log(Math.Exp(lse1[at] - hi) + Math.Exp(sigma - hi));
+                    if (!(Math.Abs(lse2[at] - want) <= 1e-5 * Math.Max(1.0, Math.Abs(want))))
+                    {
+                        problems.Add($"lse b{b} h{h} i{i}: {lse2[at]:G9} with the sink, {lse1[at]:G9} without, sink {sigma}: expected {want:G9}");
+                    }
+
+                    double w = 1.0 / (1.0 + Math.Exp(sigma - lse1[at]));
+                    minWeight = Math.Min(minWeight, w);
+                    maxWeight = Math.Max(maxWeight, w);
+                    for (int x = 0; x < d.HeadDim; x++)
+                    {
+                        double expected = out1[row + x] * w, got = out2[row + x];
+                        if (!(Math.Abs(got - expected) <= rel * Math.Max(Math.Abs(got), Math.Abs(expected)) + 1e-30))
+                        {
+                            problems.Add($"output b{b} h{h} i{i} [{x}] = {got:G9} with the sink; without it {out1[row + x]:G9} times weight {w:G6} = {expected:G9}");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(problems, Is.Empty, context);
+            Assert.That(emptyRows, Is.EqualTo(d.Batch * d.HeadsQ * (d.SeqQ - d.SeqK)), $"rows that see no key, {context}");
+            Assert.That(minWeight, Is.LessThan(0.5), $"some sink must dominate its row ({context})");
+            Assert.That(maxWeight, Is.GreaterThan(0.5), $"some row must dominate its sink ({context})");
+        });
+    }
+
     /// <summary>Rows that see no key: LSE exactly σ_h (the kernels write the sink itself there).</summary>
     private static void AssertEmptyRows(float[] lse, float[] sinks, AttentionDims d, MaskSpec mask, string context)
     {
