@@ -396,6 +396,73 @@ public sealed class SinkGpuTests : ForwardPathTestBase
         });
     }
 
+    /// <summary>
+    /// The backward with sinks and dsinks captured into a CUDA graph (caller workspace): capturing runs nothing, and every
+    /// replay writes the same dq, dk, dv and dsinks bits as a direct call, also when replayed without re-poisoning
+    /// (dsinks is written by the call's own kernels, never accumulated across replays).
+    /// </summary>
+    [Test]
+    public void BackwardWithSinksReplaysFromAGraph()
+    {
+        var d = new AttentionDims(2, 150, 97, 4, 2, 64);  // causal Sq > Sk: empty rows too
+        RequireServed(DataType.BFloat16, d);
+        Random random = TestRandom.ForCurrentTest(out int seed);
+        float[] Values(int n) => ForwardRun.RoundAll(DataType.BFloat16, TestRandom.Normal(random, n));
+        // Deterministic: dq's bits are then comparable across calls (dsinks' are in either mode).
+        var options = new AttentionOptions { Causal = true, Deterministic = true };
+        long[] qShape = [d.Batch, d.SeqQ, d.HeadsQ, d.HeadDim], kShape = [d.Batch, d.SeqK, d.HeadsKv, d.HeadDim], lShape = [d.Batch, d.HeadsQ, d.SeqQ];
+        using var gq = DeviceArray.Upload(Device, DataType.BFloat16, Values(d.QElements));
+        using var gk = DeviceArray.Upload(Device, DataType.BFloat16, Values(d.KvElements));
+        using var gv = DeviceArray.Upload(Device, DataType.BFloat16, Values(d.KvElements));
+        using var gdo = DeviceArray.Upload(Device, DataType.BFloat16, Values(d.QElements));
+        using var gs = DeviceArray.Upload(Device, DataType.Float32, TestRandom.Normal(random, d.HeadsQ, 2.0));
+        using var go = DeviceArray.Allocate(Device, DataType.BFloat16, d.QElements);
+        using var gl = DeviceArray.Allocate(Device, DataType.Float32, d.LseElements);
+        using var gdq = DeviceArray.Allocate(Device, DataType.BFloat16, d.QElements);
+        using var gdk = DeviceArray.Allocate(Device, DataType.BFloat16, d.KvElements);
+        using var gdv = DeviceArray.Allocate(Device, DataType.BFloat16, d.KvElements);
+        using var gds = DeviceArray.Allocate(Device, DataType.Float32, d.HeadsQ);
+        DeviceArray[] grads = [gdq, gdk, gdv, gds];
+        Attention.Forward(new AttentionArguments(gq.Tensor(qShape), gk.Tensor(kShape), gv.Tensor(kShape), go.Tensor(qShape), gl.Tensor(lShape))
+        { Sinks = gs.Tensor([d.HeadsQ]) }, options, Stream);
+        var args = new BackwardArguments(gq.Tensor(qShape), gk.Tensor(kShape), gv.Tensor(kShape), go.Tensor(qShape), gdo.Tensor(qShape),
+            gl.Tensor(lShape), gdq.Tensor(qShape), gdk.Tensor(kShape), gdv.Tensor(kShape))
+        { Sinks = gs.Tensor([d.HeadsQ]), DSinks = gds.Tensor([d.HeadsQ]) };
+        long bytes = Attention.GetBackwardWorkspaceSize(args, options);
+        using var workspace = new DeviceBuffer<byte>(Device, Math.Max(bytes, 1));
+        byte[] Bytes() => grads.SelectMany(a => a.ReadBytes()).ToArray();
+        foreach (DeviceArray a in grads)
+        {
+            a.Poison();
+        }
+
+        Stream.Synchronize();
+        Stream.BeginCapture();
+        Attention.Backward(args with { Workspace = workspace }, options, Stream);
+        using CudaGraph graph = Stream.EndCapture();
+        Stream.Synchronize();
+        Assert.That(gds.Read().All(float.IsNaN), Is.True, "capturing must not run the backward");
+
+        Attention.Backward(args, options, Stream);
+        Stream.Synchronize();
+        byte[] direct = Bytes();
+        Assert.That(gds.Read().All(float.IsFinite), Is.True, $"seed {seed}: dsinks of the direct call");
+        for (int replay = 1; replay <= 3; replay++)
+        {
+            if (replay == 1)
+            {
+                foreach (DeviceArray a in grads)
+                {
+                    a.Poison();
+                }
+            }
+
+            graph.Launch(Stream);
+            Stream.Synchronize();
+            Assert.That(Bytes(), Is.EqualTo(direct), $"seed {seed}: replay {replay} (re-poisoned only before the first) differs from a direct call");
+        }
+    }
+
     /// <summary>Rows that see no key: LSE exactly σ_h (the kernels write the sink itself there).</summary>
     private static void AssertEmptyRows(float[] lse, float[] sinks, AttentionDims d, MaskSpec mask, string context)
     {
