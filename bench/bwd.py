@@ -2,7 +2,8 @@
 requires_grad, then torch.autograd.grad(out, (q, k, v), dO, retain_graph=True) (flash and cuDNN backends; varlen:
 aten._flash_attention_backward after aten._flash_attention_forward). Ours: fa_backward with O and the log-sum-exp
 from our own fa_forward and a caller workspace, in the default (atomic dq) mode, in deterministic mode and on the
-portable sm80 kernels, each checked against PyTorch's gradients; with --baseline-lib, the baseline build's default
+portable sm80 kernels, each checked against PyTorch's gradients; fixed-length rows also with learnable sinks and
+their gradient on the default path (ours_sinks_*, sinks_ratio); with --baseline-lib, the baseline build's default
 mode on the same tensors. Needs torch and a GPU (run.py imports this module only when it runs the pass)."""
 import ctypes
 import json
@@ -78,6 +79,38 @@ def run_ours_bwd(row, flops, fa, bench, code, tensors, lse, causal, ref, against
         row["det_ratio"] = row["ours_det_ms"] / row["ours_ms"]
 
 
+def run_sinks_bwd(row, flops, fa, bench, code, q, k, v, do, lse_shape, causal):
+    """Our backward on the default path with learnable sinks and their gradient (ours_sinks_*; sinks_ratio =
+    ours_sinks_ms / ours_ms), O and the log-sum-exp from our forward with the same sinks. Checked: dsinks against
+    -sum_i e^(sink - lse_i) * rowsum(dO * O)_i computed here by torch from the same O and lse (ours_sinks_rel_err),
+    dq, dk, dv finite (their values are the tests' business: the sink only changes P through the lse)."""
+    h = q.shape[2]
+    sinks = torch.randn(h, device=q.device, dtype=torch.float32)
+    lse = torch.full(lse_shape, float("nan"), device=q.device, dtype=torch.float32)
+    o = torch.full_like(q, float("nan"))
+    p = fa.forward_params(code, q, k, v, o, causal, lse=lse, sinks=sinks)
+    fa.check(fa.lib.fa_forward(fa.ctx, ctypes.byref(p), current_stream()), "fa_forward (with sinks, for the backward)")
+    grads = tuple(torch.full_like(t, float("nan")) for t in (q, k, v))
+    dsinks = torch.full((h,), float("nan"), device=q.device, dtype=torch.float32)
+    pb = fa.backward_params(code, (q, k, v, o, do) + grads, lse, causal, False, sinks=sinks, dsinks=dsinks)
+    ours = fa.backward_call(pb)
+    ours()
+    torch.cuda.synchronize()
+    for name, g in zip(("dq", "dk", "dv"), grads):
+        if not bool(torch.isfinite(g).all()):
+            raise RuntimeError(f"our {name} with sinks holds NaN/Inf (the poison was not overwritten everywhere?)")
+    dsum = (do.float() * o.float()).sum(-1).transpose(1, 2)  # [B, H, S]
+    want = -(torch.exp(sinks.view(1, h, 1) - lse) * dsum).sum((0, 2))
+    err = float((dsinks - want).norm() / want.norm().clamp_min(1e-30))
+    row["ours_sinks_rel_err"] = err
+    if not math.isfinite(err) or err > MAX_BWD_REL_ERR:
+        row["errors"]["mismatch_sinks"] = f"dsinks relative error {err:.2e} against torch's formula exceeds {MAX_BWD_REL_ERR}"
+    row["ours_sinks_ms"] = bench(ours)
+    row["ours_sinks_tflops"] = tflops(flops, row["ours_sinks_ms"])
+    if row.get("ours_ms"):
+        row["sinks_ratio"] = row["ours_sinks_ms"] / row["ours_ms"]
+
+
 def ours_and_base(row, flops, fa, base, bench, code, q, k, v, do, lse_shape, causal, ref, against, varlen=None):
     """Our forward (O, lse), then our three backward timings on q, k, v, do in our layout, then the baseline build's
     default mode on the same tensors."""
@@ -90,6 +123,11 @@ def ours_and_base(row, flops, fa, base, bench, code, q, k, v, do, lse_shape, cau
         run_ours_bwd(row, flops, fa, bench, code, tensors, lse, causal, ref, against, varlen)
     except Exception as e:  # noqa: BLE001
         row["errors"]["ours"] = first_line(e, 300)
+    if "ours_sinks_ms" in row and varlen is None:  # fixed-length rows, C ABI 0.7 on
+        try:
+            run_sinks_bwd(row, flops, fa, bench, code, q, k, v, do, lse_shape, causal)
+        except Exception as e:  # noqa: BLE001
+            row["errors"]["ours_sinks"] = first_line(e, 300)
     if base is not None:
         if tensors is None:
             row["errors"]["base"] = "not timed: our forward, which makes its inputs, failed"

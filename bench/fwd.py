@@ -2,7 +2,8 @@
 the same inputs twice, with the default path (FA_PATH_AUTO: the Hopper kernels where they serve) and forced onto
 the portable mma.sync kernels (FA_PATH_SM80), each checked against the first backend's output and named by the
 kernel the library reports launching, then, with --baseline-lib, the baseline build on the same tensors; the
-managed exe's figure for the shape is merged in. Each column's failure is recorded in the row's errors under its
+managed exe's figure for the shape is merged in. Fixed-length 16-bit rows also time our default path with learnable
+sinks on the same tensors (ours_sinks_*, sinks_ratio: their cost). Each column's failure is recorded in the row's errors under its
 own key; nothing stops the pass. Needs torch and a GPU (run.py imports this module only when it runs the pass).
 
 e4m3 rows (the fp8 forward, TARGETS.md aim 2): FA3's inputs (bf16 normals rounded to e4m3), our fp8 forward on the
@@ -83,6 +84,30 @@ def time_ours(row, flops, fa, base, bench, make_params, ref, against, out):
         time_baseline(row, flops, base, lambda lib: lib.forward_call(make_params(lib, FA_PATH_AUTO)), bench)
 
 
+def time_sinks(row, flops, fa, bench, code, q2, k2, v2, causal, ref, against):
+    """Our forward on the default path with learnable sinks (one fp32 logit per query head, randn), on the row's
+    tensors (ours_sinks_*; sinks_ratio = ours_sinks_ms / ours_ms). Its reference: with a sink sigma_h the output is the
+    plain one times sigmoid(lse - sigma_h) (FEATURES.md section 7), lse from our own plain forward."""
+    b, sq, h, d = q2.shape
+    sinks = torch.randn(h, device=q2.device, dtype=torch.float32)
+    ref_s = None
+    if ref is not None:
+        try:
+            lse = torch.empty(b, h, sq, device=q2.device, dtype=torch.float32)
+            o_plain = torch.empty_like(q2)
+            fa.forward_call(fa.forward_params(code, q2, k2, v2, o_plain, causal, lse=lse))()
+            weight = torch.sigmoid(lse - sinks.view(1, h, 1)).transpose(1, 2).unsqueeze(-1)  # [B, S, H, 1]
+            ref_s = (ref.float() * weight).to(ref.dtype)
+        except Exception as e:  # noqa: BLE001 - the sinks' timing below still runs, unchecked
+            row["errors"]["reference"] = "sinks reference: " + first_line(e, 200)
+    out = torch.full_like(q2, float("nan"))
+    time_path(row, "ours_sinks", FA_PATH_AUTO, flops, fa, bench,
+              lambda lib, path: lib.forward_params(code, q2, k2, v2, out, causal, path=path, sinks=sinks), ref_s,
+              None if against is None else against + " times sigmoid(lse - sink)", out)
+    if row.get("ours_ms") and row.get("ours_sinks_ms"):
+        row["sinks_ratio"] = row["ours_sinks_ms"] / row["ours_ms"]
+
+
 def time_fp8(row, flops, fa, base, bench, make_fp8, make_bf16, ref, against, out8, out16, served_here):
     """An e4m3 row's timings of ours: the fp8 forward on the default path (ours_*, checked against ref within
     MAX_FP8_REL_ERR), then our bf16 forward on the same values (ours_bf16_*, within MAX_REL_ERR), then, with
@@ -140,6 +165,9 @@ def fixed_row(s, row, flops, fa, base, bench):
     time_ours(row, flops, fa, base, bench,
               lambda lib, path: lib.forward_params(code, q2, k2, v2, o2, causal, path=path),
               None if ref is None else ref.transpose(1, 2), ref_name, o2)
+    if "ours_sinks_ms" in row:  # the C ABI has sinks (0.7 on)
+        time_sinks(row, flops, fa, bench, code, q2, k2, v2, causal, None if ref is None else ref.transpose(1, 2),
+                   ref_name)
 
 
 def fp8_row(s, row, flops, fa, base, bench):

@@ -123,6 +123,12 @@ def new_row(s, baseline=False):
         # the library names them (its launch log); path: "sm80" or "sm90", from ours_kernel (TARGETS.md).
         row.update(ours_sm80_ms=None, ours_sm80_tflops=None, ours_sm80_rel_err=None, path=None, ours_kernel=None,
                    ours_sm80_kernel=None)
+    if s["pass_"] in ("fwd", "bwd") and s["dtype"] not in FP8_FWD_DTYPES and not s.get("varlen"):
+        # Learnable sinks (C ABI 0.7): the same call on the same path and tensors with one fp32 sink per query head;
+        # sinks_ratio = ours_sinks_ms / ours_ms is their cost (issue 14's aim: at most 1.05).
+        row.update(ours_sinks_ms=None, ours_sinks_tflops=None, ours_sinks_rel_err=None, sinks_ratio=None)
+        if s["pass_"] == "fwd":
+            row.update(ours_sinks_kernel=None)
     if s["pass_"] == "bwd":
         # Deterministic mode's time and its cost relative to the default mode; per-gradient errors.
         row.update(ours_det_ms=None, ours_det_tflops=None, ours_sm80_ms=None, ours_sm80_tflops=None, ours_sm80_rel_err=None,

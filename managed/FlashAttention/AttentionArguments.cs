@@ -64,6 +64,19 @@ public readonly record struct AttentionArguments(
     /// <summary>fp8 only: v's descale factors, or null for 1: value head hk of batch b is <c>V * VDescale[b, hk]</c>. As <see cref="QDescale"/>.</summary>
     public DeviceTensor? VDescale { get; init; }
 
+    /// <summary>
+    /// Optional learnable attention sinks (FlashAttention-4's <c>learnable_sink</c>, gpt-oss's <c>sinks</c>, ONNX
+    /// Runtime's <c>head_sink</c>): Float32, rank 1 <c>[headsQ]</c>, one logit per query head (any positive stride). The
+    /// sink <c>σ_h</c> joins each row's softmax denominator only, with no value row:
+    /// <c>O_i = Σ_j e^{x_ij} v_j / (e^{σ_h} + Σ_j e^{x_ij})</c> and <c>LSE_i = log(e^{σ_h} + Σ_j e^{x_ij})</c>, where
+    /// <c>x_ij</c> is the final logit (scaled, soft-capped, masked). <c>σ</c> is in those final-logit units (not
+    /// multiplied by the scale, not capped) and present whatever the mask or window; a row that sees no key gets output
+    /// 0 and log-sum-exp <c>σ_h</c>. Null: no sinks. The backward pass takes the same tensor
+    /// (<see cref="BackwardArguments.Sinks"/>) and can write its gradient (<see cref="BackwardArguments.DSinks"/>).
+    /// Served by every forward path and dtype (C ABI 0.7).
+    /// </summary>
+    public DeviceTensor? Sinks { get; init; }
+
     /// <summary>Whether any descale factor table is set.</summary>
     internal bool HasDescale => QDescale is not null || KDescale is not null || VDescale is not null;
 

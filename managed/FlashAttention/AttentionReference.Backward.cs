@@ -57,6 +57,82 @@ public static partial class AttentionReference
         BackwardWithExtras(q, k, v, outputGrad, shape, options, ReferenceExtras.None, queryGrad, keyGrad, valueGrad, default);
 
     /// <summary>
+    /// Runs the attention backward pass in float64 with learnable sinks (as
+    /// <see cref="Forward(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, AttentionShape, AttentionOptions, ReadOnlySpan{double}, Span{double}, Span{double})"/>):
+    /// the gradients of q, k and v, and the sinks' gradient <c>dσ_h = -Σ_{b,i} e^{σ_h - LSE_{b,h,i}} (dO_{b,i,h} · O_{b,i,h})</c>
+    /// (no incoming log-sum-exp gradient), summed over batches and rows in a fixed order.
+    /// </summary>
+    /// <param name="q">Queries, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="outputGrad">Gradient of the loss with respect to the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="shape">The sizes.</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale.</param>
+    /// <param name="sinks">The forward call's sink logits, <c>[HeadsQ]</c>.</param>
+    /// <param name="queryGrad">Receives the gradient of q.</param>
+    /// <param name="keyGrad">Receives the gradient of k.</param>
+    /// <param name="valueGrad">Receives the gradient of v.</param>
+    /// <param name="sinkGrad">Receives the gradient of the sinks, <c>[HeadsQ]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">A span length does not match <paramref name="shape"/>, or the shape is invalid.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
+    public static void Backward(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        ReadOnlySpan<double> outputGrad,
+        AttentionShape shape,
+        AttentionOptions options,
+        ReadOnlySpan<double> sinks,
+        Span<double> queryGrad,
+        Span<double> keyGrad,
+        Span<double> valueGrad,
+        Span<double> sinkGrad) =>
+        BackwardWithExtras(
+            q, k, v, outputGrad, shape, options, new ReferenceExtras { Sinks = sinks.ToArray() }, queryGrad, keyGrad, valueGrad, sinkGrad);
+
+    /// <summary>
+    /// Runs the attention backward pass in float64 over a variable-length batch with learnable sinks (as
+    /// <see cref="Backward(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, AttentionShape, AttentionOptions, ReadOnlySpan{double}, Span{double}, Span{double}, Span{double}, Span{double})"/>,
+    /// sequences packed as in <see cref="BackwardVarlen(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{int}, ReadOnlySpan{int}, int, int, int, AttentionOptions, Span{double}, Span{double}, Span{double})"/>).
+    /// </summary>
+    /// <param name="q">Packed queries, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="k">Packed keys, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="v">Packed values, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="outputGrad">Gradient of the loss with respect to the packed output, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="seqLensQ">Query length of each sequence (0 or more).</param>
+    /// <param name="seqLensK">Key length of each sequence (0 or more).</param>
+    /// <param name="headsQ">Query heads.</param>
+    /// <param name="headsKv">Key/value heads.</param>
+    /// <param name="headDim">Head dimension.</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale.</param>
+    /// <param name="sinks">The forward call's sink logits, <c>[headsQ]</c>.</param>
+    /// <param name="queryGrad">Receives the gradient of q.</param>
+    /// <param name="keyGrad">Receives the gradient of k.</param>
+    /// <param name="valueGrad">Receives the gradient of v.</param>
+    /// <param name="sinkGrad">Receives the gradient of the sinks, <c>[headsQ]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">The sizes or span lengths are inconsistent.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
+    public static void BackwardVarlen(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        ReadOnlySpan<double> outputGrad,
+        ReadOnlySpan<int> seqLensQ,
+        ReadOnlySpan<int> seqLensK,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        AttentionOptions options,
+        ReadOnlySpan<double> sinks,
+        Span<double> queryGrad,
+        Span<double> keyGrad,
+        Span<double> valueGrad,
+        Span<double> sinkGrad) =>
+        BackwardVarlenWithExtras(
+            q, k, v, outputGrad, seqLensQ, seqLensK, headsQ, headsKv, headDim, options, new ReferenceExtras { Sinks = sinks.ToArray() },
+            queryGrad, keyGrad, valueGrad, sinkGrad);
+
+    /// <summary>
     /// Runs the attention backward pass in float64 with the options of <see cref="ReferenceExtras"/>: v, the output
     /// gradient and dV have <c>ValueHeadDim</c> columns; <paramref name="sinkGrad"/> (<c>[HeadsQ]</c>, or empty to skip
     /// it) receives the sinks' gradient summed over batches and rows (0 without sinks); dropout regenerates the

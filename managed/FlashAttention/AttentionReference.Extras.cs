@@ -5,7 +5,8 @@ namespace FlashAttn;
 /// <summary>
 /// The issue-14 options of the float64 reference (ALiBi, attention sinks, a V head dim different from the QK head
 /// dim, dropout), with the meanings of <c>../shared/FEATURES.md</c>. Internal: only the reference and its tests use
-/// it, until the C ABI and <see cref="AttentionOptions"/> grow the same options and map onto it.
+/// it, until the C ABI and <see cref="AttentionOptions"/> grow the same options and map onto it. The sinks have (C ABI
+/// 0.7): the public reference overloads that take <c>sinks</c> map onto <see cref="Sinks"/>.
 /// </summary>
 /// <remarks>
 /// <para>

@@ -49,6 +49,70 @@ public static partial class AttentionReference
         ForwardWithExtras(q, k, v, shape, options, ReferenceExtras.None, output, logSumExp);
 
     /// <summary>
+    /// Runs attention forward in float64 with learnable sinks (<see cref="AttentionArguments.Sinks"/>, FEATURES.md §7):
+    /// <c>out_i = Σ_j e^{x_ij} v_j / (e^{σ_h} + Σ_j e^{x_ij})</c> and <c>lse_i = log(e^{σ_h} + Σ_j e^{x_ij})</c> with
+    /// <c>x_ij</c> the final (scaled, soft-capped) logits of the visible keys; a row that sees no key gets output 0 and
+    /// lse <c>σ_h</c>.
+    /// </summary>
+    /// <param name="q">Queries, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="shape">The sizes.</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale (<see cref="AttentionOptions.KernelPath"/> is ignored).</param>
+    /// <param name="sinks">One sink logit per query head, <c>[HeadsQ]</c>, in final-logit units.</param>
+    /// <param name="output">Receives the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="logSumExp">Receives the log-sum-exp, <c>[Batch, HeadsQ, SeqLenQ]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">A span length does not match <paramref name="shape"/>, or the shape is invalid.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
+    public static void Forward(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        AttentionShape shape,
+        AttentionOptions options,
+        ReadOnlySpan<double> sinks,
+        Span<double> output,
+        Span<double> logSumExp) =>
+        ForwardWithExtras(q, k, v, shape, options, new ReferenceExtras { Sinks = sinks.ToArray() }, output, logSumExp);
+
+    /// <summary>
+    /// Runs attention forward in float64 over a variable-length batch with learnable sinks (as
+    /// <see cref="Forward(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, AttentionShape, AttentionOptions, ReadOnlySpan{double}, Span{double}, Span{double})"/>,
+    /// sequences packed as in
+    /// <see cref="ForwardVarlen(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{int}, ReadOnlySpan{int}, int, int, int, AttentionOptions, Span{double}, Span{double})"/>).
+    /// </summary>
+    /// <param name="q">Packed queries, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="k">Packed keys, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="v">Packed values, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="seqLensQ">Query length of each sequence (0 or more).</param>
+    /// <param name="seqLensK">Key length of each sequence (0 or more).</param>
+    /// <param name="headsQ">Query heads.</param>
+    /// <param name="headsKv">Key/value heads.</param>
+    /// <param name="headDim">Head dimension.</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale.</param>
+    /// <param name="sinks">One sink logit per query head, <c>[headsQ]</c>.</param>
+    /// <param name="output">Receives the output, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="logSumExp">Receives the log-sum-exp, <c>[headsQ, totalQ]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">The sizes or span lengths are inconsistent.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
+    public static void ForwardVarlen(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        ReadOnlySpan<int> seqLensQ,
+        ReadOnlySpan<int> seqLensK,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        AttentionOptions options,
+        ReadOnlySpan<double> sinks,
+        Span<double> output,
+        Span<double> logSumExp) =>
+        ForwardVarlenWithExtras(
+            q, k, v, seqLensQ, seqLensK, headsQ, headsKv, headDim, options, new ReferenceExtras { Sinks = sinks.ToArray() }, output,
+            logSumExp);
+
+    /// <summary>
     /// Runs attention forward in float64 with the options of <see cref="ReferenceExtras"/> (ALiBi, sinks, a V head
     /// dim, dropout); v and the output have <c>ValueHeadDim</c> columns.
     /// </summary>

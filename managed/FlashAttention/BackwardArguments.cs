@@ -50,8 +50,22 @@ public readonly record struct BackwardArguments(
     /// <summary>Whether these are the arguments of a variable-length call (<see cref="Batch"/> is set).</summary>
     public bool IsVariableLength => Batch is not null;
 
-    /// <summary>The forward call's arguments these were derived from (q, k, v, output and the log-sum-exp, with the batch).</summary>
-    public AttentionArguments ForwardArguments => new(Q, K, V, Output, LogSumExp, Batch);
+    /// <summary>
+    /// The learnable sinks of the forward call (<see cref="AttentionArguments.Sinks"/>: Float32 <c>[headsQ]</c>), or null
+    /// when it had none. dq, dk and dv need nothing else for them: the forward's log-sum-exp includes each sink.
+    /// </summary>
+    public DeviceTensor? Sinks { get; init; }
+
+    /// <summary>
+    /// Optional, written (overwritten, not accumulated): the gradient of <see cref="Sinks"/>, Float32 <c>[headsQ]</c>:
+    /// <c>dσ_h = -Σ_{b,i} e^{σ_h - LSE_{b,h,i}} · rowsum(dOut ∘ Output)_{b,h,i}</c> (FlashAttention-4's
+    /// <c>learnable_sink</c> gradient with no incoming log-sum-exp gradient). Needs <see cref="Sinks"/>. Summed in a fixed
+    /// order, so it is bitwise reproducible with or without <see cref="AttentionOptions.Deterministic"/>.
+    /// </summary>
+    public DeviceTensor? DSinks { get; init; }
+
+    /// <summary>The forward call's arguments these were derived from (q, k, v, output and the log-sum-exp, with the batch and sinks).</summary>
+    public AttentionArguments ForwardArguments => new(Q, K, V, Output, LogSumExp, Batch) { Sinks = Sinks };
 
     /// <summary>Throws <see cref="ArgumentNullException"/> for the first required tensor that is null.</summary>
     internal void ThrowIfIncomplete()

@@ -11,8 +11,9 @@ namespace FlashAttn;
 /// <remarks>
 /// Shapes and strides follow <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/> and <see cref="ForwardVarlen"/>: <c>dOut</c> and <c>dq</c> are shaped
 /// like q, <c>dk</c> and <c>dv</c> like k, all of q's dtype; the log-sum-exp the forward wrote is required. The options
-/// (scale, causal mask and alignment, window, softcap) must be the forward call's; <see cref="AttentionOptions.Deterministic"/>
-/// chooses reproducible dq accumulation.
+/// (scale, causal mask and alignment, window, softcap) must be the forward call's, and so must the learnable sinks
+/// (<see cref="BackwardArguments.Sinks"/>, whose gradient <see cref="BackwardArguments.DSinks"/> receives);
+/// <see cref="AttentionOptions.Deterministic"/> chooses reproducible dq accumulation.
 /// </remarks>
 public sealed partial class FlashAttention
 {
@@ -396,8 +397,14 @@ public sealed partial class FlashAttention
         }
 
         bool varlen = a.IsVariableLength;
+        if (a.DSinks is not null && a.Sinks is null)
+        {
+            return new Problem("dSinks", "dSinks is the gradient of the sinks but Sinks is null; pass the forward call's sinks, or leave dSinks null.");
+        }
+
         return GradientProblem(a.DOut, "dOut", a.Q, "q", a.Q, varlen, device) ?? GradientProblem(a.DQ, "dq", a.Q, "q", a.Q, varlen, device) ??
-            GradientProblem(a.DK, "dk", a.K, "k", a.Q, varlen, device) ?? GradientProblem(a.DV, "dv", a.K, "k", a.Q, varlen, device);
+            GradientProblem(a.DK, "dk", a.K, "k", a.Q, varlen, device) ?? GradientProblem(a.DV, "dv", a.K, "k", a.Q, varlen, device) ??
+            SinksProblem(a.DSinks, "dSinks", a.Q.Shape[a.Q.Rank - 2], device);
     }
 
     /// <summary>Rank, layout, device, dtype and shape of one gradient tensor (shaped like <paramref name="like"/>); null when they pass.</summary>
@@ -444,6 +451,8 @@ public sealed partial class FlashAttention
         using var lw = new HandleLease(workspace is { Length: > 0 } ? workspace : null);
         using var lcq = new HandleLease(batch?.CuSeqlensQ.Owner);
         using var lck = new HandleLease(batch?.CuSeqlensK.Owner);
+        using var lsk = new HandleLease(a.Sinks?.Owner);
+        using var ldsk = new HandleLease(a.DSinks?.Owner);
 
         FaBackwardParams p = default;
         Errors.ThrowIfFailed(NativeMethods.fa_backward_params_init(&p, (nuint)sizeof(FaBackwardParams)));
@@ -456,6 +465,16 @@ public sealed partial class FlashAttention
         p.dq = a.DQ.ToNative(ldq.Pointer);
         p.dk = a.DK.ToNative(ldk.Pointer);
         p.dv = a.DV.ToNative(ldv.Pointer);
+        if (a.Sinks is { } sinks)
+        {
+            p.sinks = sinks.ToNative(lsk.Pointer);
+        }
+
+        if (a.DSinks is { } dsinks)
+        {
+            p.dsinks = dsinks.ToNative(ldsk.Pointer);
+        }
+
         NativeOptions.Write(options, ref p);
         if (lw.Pointer != IntPtr.Zero)
         {

@@ -303,7 +303,13 @@ public sealed partial class FlashAttention : IDisposable
         using var lqd = new HandleLease(args.QDescale?.Owner);
         using var lkd = new HandleLease(args.KDescale?.Owner);
         using var lvd = new HandleLease(args.VDescale?.Owner);
+        using var lsk = new HandleLease(args.Sinks?.Owner);
         FaForwardParams p = BuildParams(q, lq.Pointer, k, lk.Pointer, v, lv.Pointer, output, lo.Pointer, lse, ll.Pointer, options);
+        if (args.Sinks is { } sinks)
+        {
+            p.sinks = sinks.ToNative(lsk.Pointer);
+        }
+
         if (args.QDescale is { } qd)
         {
             p.q_descale = qd.ToNative(lqd.Pointer);
@@ -435,7 +441,34 @@ public sealed partial class FlashAttention : IDisposable
         }
 
         return (batch is null ? null : BatchProblem(batch, q.Shape[0], k.Shape[0], device)) ??
-            DescaleProblems(args, batch?.BatchSize ?? q.Shape[0], headsKv, device);
+            DescaleProblems(args, batch?.BatchSize ?? q.Shape[0], headsKv, device) ??
+            SinksProblem(args.Sinks, "sinks", headsQ, device);
+    }
+
+    /// <summary>
+    /// Dtype, rank, shape and device of the sinks or their gradient (Float32 <c>[headsQ]</c>); null when absent or
+    /// when they pass. Strides and alignment are the native library's checks.
+    /// </summary>
+    private static Problem? SinksProblem(DeviceTensor? t, string name, long headsQ, CudaDevice? device)
+    {
+        if (t is null)
+        {
+            return null;
+        }
+
+        if (t.DataType != DataType.Float32)
+        {
+            return new Problem(name, $"{name} must be Float32 (one logit per query head); it is {t.DataType}.");
+        }
+
+        if (t.Rank != 1 || t.Shape[0] != headsQ)
+        {
+            return new Problem(name, $"{name} must be [heads_q={headsQ}] (one value per query head); it is {t}.");
+        }
+
+        return device is not null && t.Device is not null && t.Device.Ordinal != device.Ordinal
+            ? new Problem(name, $"{name} lives on cuda:{t.Device.Ordinal} but this FlashAttention runs on cuda:{device.Ordinal}.")
+            : null;
     }
 
     /// <summary>Rank, contiguous head_dim and device of one of q, k, v, output; null when they pass.</summary>

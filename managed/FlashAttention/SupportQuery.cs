@@ -18,6 +18,10 @@ namespace FlashAttn;
 /// <param name="Varlen">Whether the batch is variable-length (<see cref="FlashAttention.ForwardVarlen"/>).</param>
 /// <param name="ComputeCapability">Target GPU as <c>major * 10 + minor</c> (e.g. 90), or 0 for any GPU this build serves.</param>
 /// <param name="KernelPath">The kernel family the call may use.</param>
+/// <param name="Sinks">
+/// Whether the call has learnable sinks (<see cref="AttentionArguments.Sinks"/>; for the backward pass also their gradient
+/// <see cref="BackwardArguments.DSinks"/>): served by the forward and backward passes on every path; decode has none.
+/// </param>
 public sealed record SupportQuery(
     AttentionPass Pass,
     DataType DataType,
@@ -27,7 +31,8 @@ public sealed record SupportQuery(
     bool Softcap = false,
     bool Varlen = false,
     int ComputeCapability = 0,
-    KernelPath KernelPath = KernelPath.Auto)
+    KernelPath KernelPath = KernelPath.Auto,
+    bool Sinks = false)
 {
     /// <summary>The query that describes a call with these options.</summary>
     /// <param name="pass">The computation.</param>

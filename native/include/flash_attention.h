@@ -24,7 +24,7 @@
 
 /* Version of this header. fa_version() reports the version of the loaded binary. */
 #define FA_VERSION_MAJOR 0
-#define FA_VERSION_MINOR 6
+#define FA_VERSION_MINOR 7
 #define FA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
@@ -170,7 +170,8 @@ typedef struct fa_forward_params {
        overlap q, k, v or the descales. */
     fa_tensor_t out;
     /* Optional log-sum-exp [batch, heads_q, seqlen_q], fp32 (natural log of the softmax denominator,
-       scale included); written when data is not NULL. Rows that see no key get +infinity. */
+       scale included); written when data is not NULL. Rows that see no key get +infinity (the sink's value when
+       sinks are given). */
     fa_tensor_t lse;
     /* Multiplier of q.k before the softmax; 0 means 1/sqrt(head_dim). */
     float softmax_scale;
@@ -223,6 +224,16 @@ typedef struct fa_forward_params {
     fa_tensor_t k_descale;
     /* See q_descale. */
     fa_tensor_t v_descale;
+    /* Optional learnable attention sinks (as FlashAttention-4's learnable_sink, gpt-oss's sinks, ONNX Runtime's
+       head_sink): an fp32 device tensor of rank 1, [heads_q], one logit per query head (stride in elements, >= 1;
+       4-byte aligned). The sink sigma_h joins the softmax denominator only, with no value row: out_i =
+       sum_j e^(x_ij) v_j / (e^(sigma_h) + sum_j e^(x_ij)) and lse_i = log(e^(sigma_h) + sum_j e^(x_ij)), where
+       x_ij is the final logit (scaled, softcapped, masked). sigma is in those final-logit units: not multiplied by
+       softmax_scale, not capped, present whatever the mask or window. A row that sees no key gets out 0 and lse
+       sigma_h (instead of +infinity). A sink of -infinity is no sink. data NULL: no sinks. Every path and dtype
+       of the forward serves it (fp8 too: sigma is then in the units of the descaled logits).
+       (Since 0.7: an older caller's smaller struct gets data NULL.) */
+    fa_tensor_t sinks;
 } fa_forward_params_t;
 
 /* Arguments of fa_backward. Fill with fa_backward_params_init, then set the fields you need. The options
@@ -291,6 +302,15 @@ typedef struct fa_backward_params {
     void* workspace;
     /* Bytes at workspace (ignored when workspace is NULL). */
     size_t workspace_size;
+    /* The sinks of the forward call (see fa_forward_params_t; data NULL: none). dq, dk and dv need no change with
+       them: the forward's lse already holds each sink. (Since 0.7: an older caller's smaller struct gets data
+       NULL.) */
+    fa_tensor_t sinks;
+    /* Optional gradient of the sinks, fp32 [heads_q] (stride >= 1, 4-byte aligned); written (not accumulated)
+       when data is not NULL, which needs sinks: dsinks[h] = -sum over sequences b and rows i of
+       e^(sinks[h] - lse[b, h, i]) * rowsum(dout * out)[b, h, i]. The sum runs in a fixed order, so it is
+       bitwise identical run after run whatever deterministic says. (Since 0.7.) */
+    fa_tensor_t dsinks;
 } fa_backward_params_t;
 
 /* Arguments of fa_decode. Fill with fa_decode_params_init, then set the fields you need.
@@ -380,6 +400,9 @@ typedef struct fa_support_query {
     int32_t varlen;
     /* An fa_kernel_path_t value. */
     int32_t kernel_path;
+    /* 1 if the call has learnable sinks (fa_forward_params_t.sinks; with FA_PASS_BACKWARD also dsinks). Served by
+       the forward and the backward on every path; fa_decode has none. (Since 0.7: a 0.6-sized query gets 0.) */
+    int32_t sinks;
 } fa_support_query_t;
 
 /* Properties of one CUDA device. */
@@ -520,7 +543,7 @@ FA_API fa_status_t fa_context_check(fa_context_t context);
 
 /* Fills the first struct_size bytes of *params with defaults: struct_size, scale 0 (1/sqrt(d)), not
    causal, bottom-right, auto path, no window (-1, -1), no softcap, fixed-length batch; tensors zeroed (so no
-   lse and no fp8 descales).
+   lse, no fp8 descales and no sinks).
    Pass sizeof(fa_forward_params_t) as the caller compiled it: the library never writes past it, so a
    program built against an older, smaller struct stays safe with a newer library. */
 FA_API fa_status_t fa_forward_params_init(fa_forward_params_t* params, size_t struct_size);
@@ -552,7 +575,8 @@ FA_API fa_status_t fa_forward(fa_context_t context, const fa_forward_params_t* p
 /* ---- backward --------------------------------------------------------------------------------- */
 
 /* Fills the first struct_size bytes of *params with defaults (as fa_forward_params_init; not deterministic,
-   no workspace). Pass sizeof(fa_backward_params_t) as the caller compiled it. */
+   no workspace, no sinks and no dsinks). Pass sizeof(fa_backward_params_t) as the caller compiled it (at least
+   version 0.6's size, which ends after workspace_size). */
 FA_API fa_status_t fa_backward_params_init(fa_backward_params_t* params, size_t struct_size);
 
 /* Checks *params without touching the GPU (as fa_forward_check). */
@@ -563,7 +587,7 @@ FA_API fa_status_t fa_backward_check(const fa_backward_params_t* params, int32_t
 FA_API fa_status_t fa_backward_workspace_size(fa_context_t context, const fa_backward_params_t* params, size_t* bytes);
 
 /* Gradients of attention: given q, k, v, out, dout and lse of a forward call with the same options, writes
-   dq, dk and dv, ordered on `stream`. P is recomputed from lse; nothing of size seqlen_q x seqlen_k is stored.
+   dq, dk and dv (and dsinks when given), ordered on `stream`. P is recomputed from lse; nothing of size seqlen_q x seqlen_k is stored.
    With a caller workspace nothing is allocated or synchronised, so the call may be captured into a CUDA
    graph; with workspace NULL the library allocates it stream-ordered (capturable where the driver supports
    stream-ordered allocation in graphs). */

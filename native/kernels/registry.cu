@@ -248,7 +248,8 @@ int run_bwd_main_for(Path path, int32_t kernel_d, const BwdParams& p, const Laun
     });
 }
 
-// The whole backward: preprocess, main kernel, convert, on one stream. p's workspace pointers are set.
+// The whole backward: preprocess (and the sinks' gradient), main kernel, convert, on one stream. p's workspace
+// pointers are set.
 template <typename T>
 int launch_backward_t(Path path, BwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
     const FwdParams& f = p.f;
@@ -272,6 +273,10 @@ int launch_backward_t(Path path, BwdParams& p, const LaunchInfo& info, cudaStrea
     if (pre_blocks > INT32_MAX) return static_cast<int>(cudaErrorInvalidConfiguration);
     if (pre_blocks > 0) {
         bwd_preprocess<T><<<static_cast<unsigned>(pre_blocks), 256, 0, stream>>>(p);
+        if ((err = cudaGetLastError()) != cudaSuccess) return static_cast<int>(err);
+    }
+    if (p.dsinks != nullptr) {  // the sinks' gradient from the preprocess partials (0 when there are no rows)
+        bwd_sink_reduce<<<static_cast<unsigned>(f.hq), kSinkReduceThreads, 0, stream>>>(p);
         if ((err = cudaGetLastError()) != cudaSuccess) return static_cast<int>(err);
     }
     const int main = run_bwd_main_for<T>(path, p.kernel_d, p, info, stream, features);

@@ -41,12 +41,16 @@ fa::Path choose_kernel(const fa::BwdParams& p, int32_t kernel_path, const fa::La
 // accumulator of any path, as validate_backward sized it), then sets p.kernel_d to the head dim of the kernel
 // that `path` runs (the accumulator's row stride).
 void carve(fa::BwdParams& p, fa::Path path, char* base) {
-    const fa::BwdWorkspaceLayout w = fa::bwd_workspace_layout(p.f, fa::kernels::bwd_accum_d(p.kernel_d), p.deterministic != 0);
+    const fa::BwdWorkspaceLayout w =
+        fa::bwd_workspace_layout(p.f, fa::kernels::bwd_accum_d(p.kernel_d), p.deterministic != 0, p.dsinks != nullptr);
     p.kernel_d = fa::kernels::run_kernel_d(fa::Pass::Backward, path, p.kernel_d);
     p.dq_accum = reinterpret_cast<float*>(base);
     p.dsum = reinterpret_cast<float*>(base + w.dq_accum);
     p.lse_log2 = reinterpret_cast<float*>(base + w.dq_accum + w.dsum);
     p.sem = p.deterministic ? reinterpret_cast<int32_t*>(base + w.dq_accum + w.dsum + w.lse_log2) : nullptr;
+    p.sink_partial = p.dsinks != nullptr
+                         ? reinterpret_cast<float*>(base + w.dq_accum + w.dsum + w.lse_log2 + w.sem)
+                         : nullptr;
 }
 
 }  // namespace
@@ -95,6 +99,14 @@ FA_API fa_status_t fa_backward(fa_context_t context, const fa_backward_params_t*
     // Nothing to compute: no query rows and no keys in any sequence.
     const bool varlen = p.f.cu_seqlens_q != nullptr;
     if (varlen && p.f.total_q == 0 && p.f.total_k == 0) {
+        if (p.dsinks != nullptr) {  // no rows: the sinks' gradient is 0, written all the same (stream-ordered)
+            fa::DeviceGuard guard(info.device);
+            fa::check_device_memory(memory, info.device);
+            const size_t pitch = static_cast<size_t>(p.dsinks_stride) * sizeof(float);
+            fa::check_cuda(cudaMemset2DAsync(p.dsinks, pitch, 0, sizeof(float), static_cast<size_t>(p.f.hq),
+                                             static_cast<cudaStream_t>(stream)),
+                           "cudaMemset2DAsync of dsinks");
+        }
         return FA_STATUS_SUCCESS;
     }
     fa::DeviceGuard guard(info.device);

@@ -82,7 +82,7 @@ int32_t smem_need(Pass pass, int32_t kernel_path, int32_t kernel_d, int32_t cc) 
     return kernels::smem_bytes(pass, sm90 ? Path::Sm90 : Path::Sm80, kernel_d);
 }
 
-BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, bool deterministic) {
+BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, bool deterministic, bool dsinks) {
     const bool varlen = f.cu_seqlens_q != nullptr;
     const size_t slots = varlen ? static_cast<size_t>(f.hq) * f.total_q : static_cast<size_t>(f.b) * f.hq * f.sq;
     const auto round = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
@@ -93,7 +93,11 @@ BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, bo
     const size_t m_blocks = (static_cast<size_t>(f.sq) + kBwdMinBlockM - 1) / kBwdMinBlockM;
     // One counter per (sequence, head, query block), and the word a block sets when it gives up waiting.
     w.sem = deterministic ? round((static_cast<size_t>(f.b) * f.hq * m_blocks + 1) * sizeof(int32_t)) : 0;
-    w.total = w.dq_accum + w.dsum + w.lse_log2 + w.sem;
+    // dsinks: one partial per bwd_preprocess block (32 rows of one (sequence, head), or of one head's packed rows).
+    const size_t pre_rows = varlen ? static_cast<size_t>(f.total_q) : static_cast<size_t>(f.sq);
+    const size_t pre_heads = varlen ? static_cast<size_t>(f.hq) : static_cast<size_t>(f.b) * f.hq;
+    w.sink_partial = dsinks ? round(pre_heads * ((pre_rows + 31) / 32) * sizeof(float)) : 0;
+    w.total = w.dq_accum + w.dsum + w.lse_log2 + w.sem + w.sink_partial;
     return w;
 }
 

@@ -46,11 +46,12 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
 // cc; these passes take fp16 and bf16 only, whose kernels share one layout).
 int32_t smem_need(Pass pass, int32_t kernel_path, int32_t kernel_d, int32_t cc);
 
-// Backward workspace of a call (bytes of each part, each rounded to 256); kernel_d is the kernel's head dim.
+// Backward workspace of a call (bytes of each part, each rounded to 256); kernel_d is the kernel's head dim;
+// dsinks: the call asks for the sinks' gradient (one fp32 partial per preprocess block).
 struct BwdWorkspaceLayout {
-    size_t dq_accum, dsum, lse_log2, sem, total;
+    size_t dq_accum, dsum, lse_log2, sem, sink_partial, total;
 };
-BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, bool deterministic);
+BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, bool deterministic, bool dsinks);
 
 // Decode workspace for p split num_splits ways: fp32 partial outputs, then (at the next
 // FA_WORKSPACE_ALIGNMENT boundary) fp32 partial log-sum-exps; 0 when num_splits is 1.

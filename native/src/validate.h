@@ -36,8 +36,15 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
 BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_capability, bool check_workspace,
                             size_t* workspace_bytes, MemoryArgs* memory = nullptr);
 
-// fa_backward_params_init's struct_size: at least sizeof(fa_backward_params_t) of this version.
+// Smallest fa_backward_params_t accepted: version 0.6's fields, up to workspace_size (0.7 appends sinks and dsinks,
+// which an older caller's struct then lacks: no sinks). Versions 0.3 to 0.6 have the same layout.
+constexpr size_t kBackwardParamsMinSize = offsetof(fa_backward_params_t, sinks);
+
+// fa_backward_params_init's struct_size: at least kBackwardParamsMinSize.
 void check_backward_params_size(size_t struct_size);
+
+// Smallest fa_support_query_t accepted: version 0.6's fields, up to kernel_path (0.7 appends sinks).
+constexpr size_t kSupportQueryMinSize = offsetof(fa_support_query_t, sinks);
 
 // Answers fa_query_support: returns when this build serves the kind of call *query describes, throws
 // fa::Error (INVALID_ARGUMENT for a malformed query, UNSUPPORTED saying why otherwise). (validate_query.cpp)

@@ -198,6 +198,23 @@ void check_descales(const AttentionArgs& a, AttentionShape& sh) {
     }
 }
 
+// The learnable sinks (absent: nullptr or data NULL): fp32, rank 1, one per query head, any positive stride,
+// 4-byte aligned. Fills their extent.
+void check_sinks(const AttentionArgs& a, AttentionShape& sh) {
+    sh.sinks = Extent{0, 0};
+    sh.has_sinks = a.sinks != nullptr && a.sinks->data != nullptr;
+    if (!sh.has_sinks) {
+        return;
+    }
+    const fa_tensor_t& t = *a.sinks;
+    sh.sinks = check_tensor({t, "sinks", {"heads_q", "", "", ""}, 1, "; one fp32 sink logit per query head"},
+                            TensorKind::Float32);
+    if (t.shape[0] != sh.hq) {
+        invalid("sinks.shape is " + shape_string(t) + " but must be [heads_q] = [" + s(sh.hq) +
+                "]: one sink logit per query head (not per KV head)");
+    }
+}
+
 void check_options(const AttentionArgs& a) {
     check_softmax_scale(a.softmax_scale);
     check_flag(a.causal, "causal");
@@ -236,6 +253,10 @@ void check_outputs_apart(const AttentionArgs& a, const AttentionShape& sh) {
         check_no_overlap(sh.out, "out", sh.descale[i], descale_names[i]);
         if (sh.has_lse) check_no_overlap(sh.lse, "lse", sh.descale[i], descale_names[i]);
     }
+    if (sh.has_sinks) {
+        check_no_overlap(sh.out, "out", sh.sinks, "sinks");
+        if (sh.has_lse) check_no_overlap(sh.lse, "lse", sh.sinks, "sinks");
+    }
     if (sh.varlen) {
         const Extent cq = cu_extent(a.cu_seqlens_q, a.varlen_batch, "cu_seqlens_q");
         const Extent ck = cu_extent(a.cu_seqlens_k, a.varlen_batch, "cu_seqlens_k");
@@ -259,6 +280,7 @@ AttentionShape check_attention(const AttentionArgs& a) {
     check_each_tensor(a, sh);
     check_tensors_agree(a, sh);
     check_descales(a, sh);
+    check_sinks(a, sh);
     check_options(a);
     check_host_copies(a, sh);
     check_outputs_apart(a, sh);
@@ -308,6 +330,7 @@ void add_attention_memory(const AttentionArgs& a, const AttentionShape& sh, Memo
     memory.add("q_descale.data", "q_descale's shape and strides", sh.descale[0]);  // absent: empty, skipped
     memory.add("k_descale.data", "k_descale's shape and strides", sh.descale[1]);
     memory.add("v_descale.data", "v_descale's shape and strides", sh.descale[2]);
+    memory.add("sinks.data", "sinks' shape and strides", sh.sinks);  // absent: empty, skipped
 }
 
 FwdParams attention_params(const AttentionArgs& a, const AttentionShape& sh) {
@@ -396,6 +419,10 @@ FwdParams attention_params(const AttentionArgs& a, const AttentionShape& sh) {
             fields[i]->batch_stride = tables[i]->strides[0];
             fields[i]->head_stride = tables[i]->strides[1];
         }
+    }
+    if (sh.has_sinks) {
+        p.sinks = static_cast<const float*>(a.sinks->data);
+        p.sinks_stride = a.sinks->strides[0];
     }
     return p;
 }

@@ -45,10 +45,12 @@ struct AttentionArgs {
     const fa_tensor_t* q_descale = nullptr;
     const fa_tensor_t* k_descale = nullptr;
     const fa_tensor_t* v_descale = nullptr;
+    // The learnable sinks ([heads_q] fp32; since 0.7); nullptr or data NULL: none.
+    const fa_tensor_t* sinks = nullptr;
 };
 
 // Field `field` of the caller's params P when its struct_size covers it, else the default D's (an older, smaller
-// struct: the forward accepts one; the backward's struct_size always covers every field).
+// struct: the forward accepts one from 0.1 on, the backward from 0.6 on).
 #define FA_FIELD_OR_DEFAULT(P, D, field)                                                                       \
     ((P).struct_size >= offsetof(std::decay_t<decltype(P)>, field) + sizeof((P).field) ? (P).field : (D).field)
 
@@ -88,19 +90,22 @@ struct AttentionShape {
     int64_t b, rows_q, rows_k, hq, hkv, d;
     Extent q, k, v, out, lse;  // lse 0..0 when absent
     Extent descale[3];         // q_descale, k_descale, v_descale; 0..0 when absent
+    bool has_sinks;            // sinks given
+    Extent sinks;              // 0..0 when absent
 };
 
 // Every INVALID_ARGUMENT check of the attention arguments, in this order: the fixed- or variable-length
 // fields, each tensor on its own, the tensors against each other (dtypes: one 16-bit dtype for all four, or fp8
-// q, k and v with a bf16 out), the fp8 descales, the options, the host copies of cu_seqlens, then out and lse
-// against the memory they must not overlap.
+// q, k and v with a bf16 out), the fp8 descales, the sinks, the options, the host copies of cu_seqlens, then out
+// and lse against the memory they must not overlap.
 AttentionShape check_attention(const AttentionArgs& a);
 
 // The UNSUPPORTED checks: head dim (a multiple of 16 for fp8), the sizes the kernels index with 32 bits, the
 // forward grid, compute capability (kernel_path is the caller's: which paths serve differs by pass, and by dtype).
 void check_attention_served(const AttentionArgs& a, const AttentionShape& shape, int32_t compute_capability);
 
-// The device memory of a checked call (q, k, v, out, lse, cu_seqlens_q/k, the descales) with the byte range of each.
+// The device memory of a checked call (q, k, v, out, lse, cu_seqlens_q/k, the descales, the sinks) with the byte
+// range of each.
 void add_attention_memory(const AttentionArgs& a, const AttentionShape& shape, MemoryArgs& memory);
 
 // The forward kernel parameters of a checked call (the backward's BwdParams::f): dtype, and for fp8 the descale

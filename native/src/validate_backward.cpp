@@ -6,6 +6,9 @@
 // checked, so a wrong argument is reported first. The one exception is fp8 (e4m3) inputs: the fp8 forward has no
 // backward, so there is no contract to check the other arguments against; that is UNSUPPORTED right after the
 // struct itself.
+//
+// Versions of fa_backward_params_t: 0.3 to 0.6 end after workspace_size; 0.7 appends the learnable sinks and their
+// gradient dsinks, which an older caller's smaller struct lacks (read as data NULL: none).
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -29,10 +32,13 @@ void check_backward_struct(const fa_backward_params_t* params, int32_t compute_c
     if (params == nullptr) {
         invalid("params is NULL");
     }
-    if (params->struct_size < sizeof(fa_backward_params_t)) {
+    // Fields past the caller's struct_size are not read (they get their defaults); a larger struct_size (a newer
+    // caller) is accepted and its unknown tail ignored.
+    if (params->struct_size < kBackwardParamsMinSize) {
         invalid("params->struct_size is " + s(params->struct_size) + " but fa_backward_params_t has " +
-                s(static_cast<int64_t>(sizeof(fa_backward_params_t))) +
-                " bytes in this library: fill params with fa_backward_params_init");
+                s(static_cast<int64_t>(sizeof(fa_backward_params_t))) + " bytes in this library (at least " +
+                s(static_cast<int64_t>(kBackwardParamsMinSize)) +
+                " for version 0.6): fill params with fa_backward_params_init");
     }
     check_reserved(params->reserved0, "params->reserved0");
     check_reserved(params->reserved1, "params->reserved1");
@@ -57,7 +63,7 @@ void refuse_fp8(const fa_backward_params_t& P) {
     }
 }
 
-// What fa_backward_params_init writes (check_backward_struct has made sure the caller's struct holds every field).
+// What fa_backward_params_init writes: the values of the fields an older caller's struct lacks.
 const fa_backward_params_t& backward_defaults() {
     static const fa_backward_params_t defaults = default_params<fa_backward_params_t>(sizeof(fa_backward_params_t));
     return defaults;
@@ -136,7 +142,26 @@ void check_backward_served(const fa_backward_params_t& P, const FwdParams& f, in
     }
 }
 
-BwdParams backward_params(const fa_backward_params_t& P, const FwdParams& f) {
+// dsinks (absent: data NULL): needs sinks; fp32 [heads_q], any positive stride, 4-byte aligned. Returns its extent
+// (0..0 when absent).
+Extent check_dsinks(const fa_tensor_t& dsinks, const AttentionShape& sh) {
+    if (dsinks.data == nullptr) {
+        return Extent{0, 0};
+    }
+    if (!sh.has_sinks) {
+        invalid("dsinks.data is set but sinks.data is NULL; dsinks is the gradient of the sinks: pass the sinks of "
+                "the forward call, or leave dsinks.data NULL");
+    }
+    const Extent e = check_tensor({dsinks, "dsinks", {"heads_q", "", "", ""}, 1, "; one fp32 value per query head"},
+                                  TensorKind::Float32);
+    if (dsinks.shape[0] != sh.hq) {
+        invalid("dsinks.shape is " + shape_string(dsinks) + " but must be [heads_q] = [" + s(sh.hq) +
+                "], the shape of sinks");
+    }
+    return e;
+}
+
+BwdParams backward_params(const fa_backward_params_t& P, const fa_tensor_t& dsinks, const FwdParams& f) {
     const bool varlen = f.cu_seqlens_q != nullptr;
     BwdParams p{};
     p.f = f;
@@ -160,6 +185,10 @@ BwdParams backward_params(const fa_backward_params_t& P, const FwdParams& f) {
         p.dv_batch_stride = P.dv.strides[0];
     }
     p.deterministic = P.deterministic;
+    if (dsinks.data != nullptr) {
+        p.dsinks = static_cast<float*>(dsinks.data);
+        p.dsinks_stride = dsinks.strides[0];
+    }
     p.kernel_d = kernel_head_dim(f.d);
     p.q_slots = varlen ? static_cast<int64_t>(f.hq) * f.total_q : static_cast<int64_t>(f.b) * f.hq * f.sq;
     return p;
@@ -187,7 +216,11 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     check_backward_struct(params, compute_capability);
     const fa_backward_params_t& P = *params;
     refuse_fp8(P);
-    const AttentionArgs a = attention_args(P, backward_defaults());
+    const fa_backward_params_t& D = backward_defaults();
+    AttentionArgs a = attention_args(P, D);
+    // The sinks and their gradient (since 0.7): an older caller's struct ends before them and gets D's (data NULL).
+    a.sinks = &FA_FIELD_OR_DEFAULT(P, D, sinks);
+    const fa_tensor_t& dsinks = FA_FIELD_OR_DEFAULT(P, D, dsinks);
     const AttentionShape sh = check_attention(a);
     // The forward's UNSUPPORTED verdict waits until every argument has been checked.
     bool served = true;
@@ -201,6 +234,7 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     }
 
     const std::vector<Named> grads = check_gradients(P, sh);
+    const Extent dsinks_extent = check_dsinks(dsinks, sh);
     check_flag(P.deterministic, "deterministic");
 
     // Written tensors must not overlap each other or anything read.
@@ -209,7 +243,9 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
         read.push_back({cu_extent(P.cu_seqlens_q, P.varlen_batch, "cu_seqlens_q"), "cu_seqlens_q"});
         read.push_back({cu_extent(P.cu_seqlens_k, P.varlen_batch, "cu_seqlens_k"), "cu_seqlens_k"});
     }
-    const std::vector<Named> written(grads.begin() + 1, grads.end());  // dq, dk, dv
+    if (sh.has_sinks) read.push_back({sh.sinks, "sinks"});
+    std::vector<Named> written(grads.begin() + 1, grads.end());  // dq, dk, dv (and dsinks)
+    if (dsinks.data != nullptr) written.push_back({dsinks_extent, "dsinks"});
     for (size_t i = 0; i < written.size(); ++i) {
         for (const Named& r : read) check_no_overlap(written[i].e, written[i].name, r.e, r.name);
         for (size_t j = 0; j < i; ++j) check_no_overlap(written[i].e, written[i].name, written[j].e, written[j].name);
@@ -227,10 +263,11 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     }
     check_backward_served(P, f, compute_capability);
 
-    BwdParams p = backward_params(P, f);
+    BwdParams p = backward_params(P, dsinks, f);
     // Sized for the widest dQ accumulator of any path (fa_backward carves it the same way), so that the size
     // fa_backward_workspace_size gives serves whichever path the call takes.
-    const BwdWorkspaceLayout ws = bwd_workspace_layout(f, kernels::bwd_accum_d(p.kernel_d), P.deterministic != 0);
+    const BwdWorkspaceLayout ws =
+        bwd_workspace_layout(f, kernels::bwd_accum_d(p.kernel_d), P.deterministic != 0, p.dsinks != nullptr);
     if (workspace_bytes != nullptr) *workspace_bytes = ws.total;
     if (check_workspace_arg && P.workspace != nullptr) {
         check_workspace(P, ws.total, read, written);
@@ -241,6 +278,7 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
         memory->add("dq.data", "dq's shape and strides", grads[1].e);
         memory->add("dk.data", "dk's shape and strides", grads[2].e);
         memory->add("dv.data", "dv's shape and strides", grads[3].e);
+        memory->add("dsinks.data", "dsinks' shape and strides", dsinks_extent);  // absent: empty, skipped
         if (P.workspace != nullptr) {
             memory->add("workspace", "the workspace this call needs (fa_backward_workspace_size)",
                         buffer_extent(P.workspace, ws.total, "workspace"));
@@ -250,9 +288,10 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
 }
 
 void check_backward_params_size(size_t struct_size) {
-    if (struct_size < sizeof(fa_backward_params_t) || struct_size > UINT32_MAX) {
+    if (struct_size < kBackwardParamsMinSize || struct_size > UINT32_MAX) {
         invalid("struct_size is " + s(static_cast<int64_t>(struct_size)) + "; pass sizeof(fa_backward_params_t) (" +
-                s(static_cast<int64_t>(sizeof(fa_backward_params_t))) + " in this version)");
+                s(static_cast<int64_t>(sizeof(fa_backward_params_t))) + " in this version, at least " +
+                s(static_cast<int64_t>(kBackwardParamsMinSize)) + ")");
     }
 }
 

@@ -7,9 +7,10 @@
 // several ways reports a wrong argument before it reports something this build does not serve.
 //
 // Versions of fa_forward_params_t: v0.1 ends after kernel_path; v0.2 appends the window, softcap and
-// variable-length fields; v0.5 the fp8 descale tables (q_descale, k_descale, v_descale). A field is read only when
+// variable-length fields; v0.5 the fp8 descale tables (q_descale, k_descale, v_descale); v0.7 the learnable
+// sinks. A field is read only when
 // the caller's struct_size covers it, so an older caller's smaller struct gets the defaults fa_forward_params_init
-// writes (params_defaults.h): for the descales data NULL, a factor of 1.
+// writes (params_defaults.h): for the descales data NULL, a factor of 1; for the sinks data NULL, none.
 #include <cstddef>
 #include <string>
 
@@ -86,6 +87,9 @@ std::string describe(const FwdParams& p) {
     if (p.softcap > 0.0f) {
         out += " softcap=" + float_string(p.softcap);
     }
+    if (p.sinks != nullptr) {
+        out += " +sinks";
+    }
     return out + (p.lse != nullptr ? " +lse" : "");
 }
 
@@ -98,6 +102,8 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     a.q_descale = &FA_FIELD_OR_DEFAULT(P, D, q_descale);
     a.k_descale = &FA_FIELD_OR_DEFAULT(P, D, k_descale);
     a.v_descale = &FA_FIELD_OR_DEFAULT(P, D, v_descale);
+    // The sinks (since 0.7): likewise.
+    a.sinks = &FA_FIELD_OR_DEFAULT(P, D, sinks);
     const AttentionShape shape = check_attention(a);
     check_attention_served(a, shape, compute_capability);
     // FA_PATH_SM90 where it does not serve, and fp8 anywhere but on the sm90 forward: UNSUPPORTED, saying why

@@ -1,6 +1,7 @@
 // fa_query_support: whether this build serves a kind of call, without tensors. The path choice is
 // dispatch.cpp's (choose_path); the shared-memory table here is the one the backward's validation checks
 // its kernel against too (check_block_smem).
+#include <cstddef>
 #include <string>
 
 #include "dispatch.h"
@@ -24,12 +25,19 @@ int32_t smem_optin_for(int32_t cc) {
     }
 }
 
+// The sinks flag of a query (0.7), 0 for an older caller's 0.6-sized one.
+int32_t query_sinks(const fa_support_query_t& query) {
+    return query.struct_size >= offsetof(fa_support_query_t, sinks) + sizeof(query.sinks) ? query.sinks : 0;
+}
+
 // Is the query well formed? (INVALID_ARGUMENT)
 void check_query_fields(const fa_support_query_t& query) {
-    if (query.struct_size < sizeof(fa_support_query_t)) {
+    // A 0.6-sized query (no sinks field) is accepted and asks about a call without sinks.
+    if (query.struct_size < kSupportQueryMinSize) {
         invalid("query->struct_size is " + s(query.struct_size) + " but fa_support_query_t has " +
-                s(static_cast<int64_t>(sizeof(fa_support_query_t))) +
-                " bytes in this library: set it to sizeof(fa_support_query_t)");
+                s(static_cast<int64_t>(sizeof(fa_support_query_t))) + " bytes in this library (at least " +
+                s(static_cast<int64_t>(kSupportQueryMinSize)) +
+                " for version 0.6): set it to sizeof(fa_support_query_t)");
     }
     if (query.pass != FA_PASS_FORWARD && query.pass != FA_PASS_BACKWARD && query.pass != FA_PASS_DECODE) {
         invalid("query->pass is " + s(query.pass) +
@@ -47,6 +55,7 @@ void check_query_fields(const fa_support_query_t& query) {
     check_flag(query.softcap, "query->softcap");
     check_flag(query.varlen, "query->varlen");
     check_kernel_path(query.kernel_path, "query->kernel_path");
+    check_flag(query_sinks(query), "query->sinks");
 }
 
 }  // namespace
@@ -67,6 +76,10 @@ void check_support_query(const fa_support_query_t& query) {
     // ---- is it served? ------------------------------------------------------------------------
     if (query.pass == FA_PASS_DECODE && query.varlen == 1) {
         unsupported("decode has no variable-length batch; cache_seqlens gives every sequence its own length");
+    }
+    if (query.pass == FA_PASS_DECODE && query_sinks(query) == 1) {
+        unsupported("fa_decode has no learnable sinks (fa_decode_params_t has no sinks field); fa_forward and "
+                    "fa_backward take them");
     }
     const Pass pass = query.pass == FA_PASS_FORWARD ? Pass::Forward
                       : query.pass == FA_PASS_BACKWARD ? Pass::Backward
@@ -102,8 +115,10 @@ void check_support_query(const fa_support_query_t& query) {
         // and fa_decode report the same from the device's own limit). AUTO runs the sm90 backward where it serves.
         check_block_smem(pass, query.kernel_path, query.head_dim, query.compute_capability);
     }
-    // Causal masks, sliding windows, softcap and variable-length batches are served by every kernel of
-    // this build (sm80 path, any compute capability >= 8.0).
+    // Causal masks, sliding windows, softcap, variable-length batches and learnable sinks (forward, fp8 included,
+    // and backward) are served by every kernel of this build (sm80 path, any compute capability >= 8.0; sm90 where
+    // it serves the pass): the sinks change only the forward's epilogue and the backward's preprocess, which every
+    // kernel family shares.
 }
 
 }  // namespace fa

@@ -66,6 +66,7 @@ struct Case {
     float softcap = 0.f, scale = 0.f;
     std::vector<int> lq, lk;  // varlen lengths (empty: fixed-length)
     bool bf16 = true;
+    bool sinks = false;  // learnable sinks (C ABI 0.7): one fp32 logit per query head, and their gradient dsinks
 };
 
 static std::string describe(const Case& c) {
@@ -73,6 +74,7 @@ static std::string describe(const Case& c) {
     std::snprintf(buf, sizeof buf, "%s b=%d hq=%d hkv=%d sq=%d sk=%d d=%d%s%s wl=%d wr=%d cap=%g%s", c.bf16 ? "bf16" : "fp16",
                   c.b, c.hq, c.hkv, c.sq, c.sk, c.d, c.causal ? " causal" : "", c.top_left ? " top-left" : "", c.wl, c.wr,
                   c.softcap, c.lq.empty() ? "" : " varlen");
+    if (c.sinks) std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " sinks");
     return buf;
 }
 
@@ -104,14 +106,19 @@ struct Problem {
     int64_t rows_q, rows_k;  // per batch (fixed) or total (varlen)
     int64_t nq, nk, nl;
     std::vector<uint16_t> q, k, v, dout;
+    std::vector<float> sinks;  // [hq] when c.sinks
     std::vector<int> cq, ck;
     Dev *dq_, *dk_, *dv_, *q_, *k_, *v_, *o_, *do_, *lse_, *cuq_, *cuk_;
     fa_context_t ctx;
     int dtype;
 };
 
+// The float64 reference of a case: dq, dk, dv; with sinks also dsinks [hq] and the forward's lse (layout of the call:
+// [b, hq, sq] or [hq, total_q]), where a sink joins every row's denominator (FEATURES.md section 7) and a row that sees
+// no key has lse = the sink.
 static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, std::vector<double>& dq, std::vector<double>& dk,
-                       std::vector<double>& dv) {
+                       std::vector<double>& dv, std::vector<double>& dsinks, std::vector<double>& lse_ref,
+                       std::vector<char>& lse_empty) {
     const Case& c = P.c;
     const bool varlen = !c.lq.empty();
     const int B = varlen ? static_cast<int>(c.lq.size()) : c.b;
@@ -119,6 +126,9 @@ static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, 
     dq.assign(P.nq, 0.0);
     dk.assign(P.nk, 0.0);
     dv.assign(P.nk, 0.0);
+    dsinks.assign(c.hq, 0.0);
+    lse_ref.assign(varlen ? size_t(c.hq) * P.cq.back() : size_t(c.b) * c.hq * c.sq, INFINITY);
+    lse_empty.assign(lse_ref.size(), 0);
     const int d = c.d, hq = c.hq, hkv = c.hkv;
     auto at = [&](const std::vector<uint16_t>& x, int64_t row, int h, int heads, int j) {
         return from_half_bits(x[(row * heads + h) * d + j], c.bf16);
@@ -150,12 +160,18 @@ static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, 
                     }
                     if (ok) mx = std::max(mx, logit[j]);
                 }
+                const size_t lse_at = varlen ? size_t(h) * P.cq.back() + q0 + i : (size_t(b) * hq + h) * c.sq + i;
+                const double sigma = c.sinks ? double(P.sinks[h]) : -INFINITY;
+                lse_empty[lse_at] = mx == -INFINITY;
+                if (c.sinks) mx = std::max(mx, sigma);
                 if (mx == -INFINITY) continue;  // sees nothing: zero gradients
-                double sum = 0;
+                double sum = c.sinks ? std::exp(sigma - mx) : 0.0;
                 for (int j = 0; j < sk; ++j) {
                     if (vis[j]) sum += (p[j] = std::exp(logit[j] - mx));
                 }
                 for (int j = 0; j < sk; ++j) p[j] /= sum;
+                const double lse_i = mx + std::log(sum);
+                lse_ref[lse_at] = lse_i;
                 std::vector<double> o(d, 0.0);
                 for (int j = 0; j < sk; ++j) {
                     if (p[j] == 0) continue;
@@ -163,6 +179,7 @@ static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, 
                 }
                 double D = 0;
                 for (int e = 0; e < d; ++e) D += o[e] * at(P.dout, q0 + i, h, hq, e);
+                if (c.sinks) dsinks[h] -= std::exp(sigma - lse_i) * D;
                 for (int j = 0; j < sk; ++j) {
                     if (p[j] == 0) continue;
                     double dpj = 0;
@@ -231,9 +248,15 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
     fill(P.k, c.bf16);
     fill(P.v, c.bf16);
     fill(P.dout, c.bf16);
+    if (c.sinks) {
+        std::normal_distribution<float> nd(0.f, 2.f);
+        P.sinks.resize(c.hq);
+        for (float& s : P.sinks) s = nd(rng);
+    }
     const int dt = c.bf16 ? FA_DTYPE_BFLOAT16 : FA_DTYPE_FLOAT16;
     Dev q(nq * 2), k(nk * 2), v(nk * 2), o(nq * 2), dO(nq * 2), lse(nl * 4), dq(nq * 2), dk(nk * 2), dv(nk * 2);
-    Dev cuq((B + 1) * 4), cuk((B + 1) * 4);
+    Dev cuq((B + 1) * 4), cuk((B + 1) * 4), sinks(c.hq * 4), dsinks(c.hq * 4);
+    if (c.sinks) CHECK(fa_memcpy(sinks.p, P.sinks.data(), c.hq * 4));
     CHECK(fa_memcpy(q.p, P.q.data(), nq * 2));
     CHECK(fa_memcpy(k.p, P.k.data(), nk * 2));
     CHECK(fa_memcpy(v.p, P.v.data(), nk * 2));
@@ -263,6 +286,8 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
     fp.window_right = c.wr;
     fp.softcap = c.softcap;
     fp.softmax_scale = c.scale;
+    if (c.sinks) fp.sinks = tensor(sinks.p, FA_DTYPE_FLOAT32, {c.hq});
+    CHECK(fa_memset_async(lse.p, 0xFF, nl * 4, nullptr));  // NaN poison
     if (varlen) {
         fp.cu_seqlens_q = static_cast<int32_t*>(cuq.p);
         fp.cu_seqlens_k = static_cast<int32_t*>(cuk.p);
@@ -301,33 +326,68 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
     bp.varlen_batch = fp.varlen_batch;
     bp.max_seqlen_q = fp.max_seqlen_q;
     bp.max_seqlen_k = fp.max_seqlen_k;
+    if (c.sinks) {
+        bp.sinks = fp.sinks;
+        bp.dsinks = tensor(dsinks.p, FA_DTYPE_FLOAT32, {c.hq});
+    }
 
     std::vector<uint16_t> gq(nq), gk(nk), gv(nk), gq2(nq), gk2(nk), gv2(nk);
+    std::vector<float> gs(c.hq), gs2(c.hq), lse_host(nl);
+    CHECK(fa_memcpy(lse_host.data(), lse.p, nl * 4));
     for (int run = 0; run < (deterministic ? 2 : 1); ++run) {
         CHECK(fa_memset_async(dq.p, 0xFF, nq * 2, nullptr));  // NaN poison
         CHECK(fa_memset_async(dk.p, 0xFF, nk * 2, nullptr));
         CHECK(fa_memset_async(dv.p, 0xFF, nk * 2, nullptr));
+        CHECK(fa_memset_async(dsinks.p, 0xFF, c.hq * 4, nullptr));
         CHECK(fa_backward(ctx, &bp, nullptr));
         CHECK(fa_device_synchronize(0));
         CHECK(fa_memcpy(run == 0 ? gq.data() : gq2.data(), dq.p, nq * 2));
         CHECK(fa_memcpy(run == 0 ? gk.data() : gk2.data(), dk.p, nk * 2));
         CHECK(fa_memcpy(run == 0 ? gv.data() : gv2.data(), dv.p, nk * 2));
+        CHECK(fa_memcpy(run == 0 ? gs.data() : gs2.data(), dsinks.p, c.hq * 4));
     }
-    std::vector<double> rq, rk, rv;
+    std::vector<double> rq, rk, rv, rs, rl;
+    std::vector<char> empty;
     std::vector<uint16_t> o_host(nq);
-    ref_case(P, o_host, rq, rk, rv);
+    ref_case(P, o_host, rq, rk, rv, rs, rl, empty);
     bool nan = false;
     const double eq = rel_l2(gq, rq, c.bf16, &nan), ek = rel_l2(gk, rk, c.bf16, &nan), ev = rel_l2(gv, rv, c.bf16, &nan);
     const double tol = c.bf16 ? 1e-2 : 2e-3;
     bool ok = !nan && eq < tol && ek < tol && ev < tol;
+    // Sinks: dsinks by the gradients' rule; every lse within 1e-4 * max(1, |ref|), and exactly the sink on rows that
+    // see no key (the kernels write the sink itself there).
+    double es = 0.0, worst_lse = 0.0;
+    int64_t lse_bad = -1;
+    if (c.sinks) {
+        double num = 0, den = 0;
+        for (int h = 0; h < c.hq; ++h) {
+            if (std::isnan(gs[h])) nan = true;
+            num += (gs[h] - rs[h]) * (gs[h] - rs[h]);
+            den += rs[h] * rs[h];
+        }
+        es = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+        for (size_t r = 0; r < rl.size(); ++r) {
+            const double want = rl[r], got = lse_host[r];
+            const double d = std::fabs(got - want) / std::max(1.0, std::fabs(want));
+            const bool bad = empty[r] ? got != static_cast<float>(want) : !(d <= 1e-4);  // NaN fails too
+            if (bad && lse_bad < 0) lse_bad = static_cast<int64_t>(r);
+            worst_lse = std::max(worst_lse, std::isfinite(d) ? d : INFINITY);
+        }
+        ok = ok && !nan && es < tol && lse_bad < 0;
+    }
     bool same = true;
     if (deterministic) {
         same = std::memcmp(gq.data(), gq2.data(), nq * 2) == 0 && std::memcmp(gk.data(), gk2.data(), nk * 2) == 0 &&
-               std::memcmp(gv.data(), gv2.data(), nk * 2) == 0;
+               std::memcmp(gv.data(), gv2.data(), nk * 2) == 0 && std::memcmp(gs.data(), gs2.data(), c.hq * 4) == 0;
         ok = ok && same;
     }
-    std::printf("%s %-70s%s  rel-L2 dq %.2e dk %.2e dv %.2e%s%s\n", ok ? "PASS" : "FAIL", describe(c).c_str(),
+    std::printf("%s %-70s%s  rel-L2 dq %.2e dk %.2e dv %.2e%s%s", ok ? "PASS" : "FAIL", describe(c).c_str(),
                 deterministic ? " det" : "", eq, ek, ev, nan ? " NaN!" : "", deterministic ? (same ? " bitwise-same" : " DIFFERS") : "");
+    if (c.sinks) {
+        std::printf("  dsinks %.2e, lse worst %.1e%s", es, worst_lse,
+                    lse_bad >= 0 ? (" (lse[" + std::to_string(lse_bad) + "] wrong)").c_str() : "");
+    }
+    std::printf("\n");
     std::fflush(stdout);
     return ok;
 }
@@ -472,13 +532,22 @@ int main(int argc, char** argv) {
             vl.causal = false;
             cases.push_back(vl);
         }
+        // Learnable sinks (C ABI 0.7): the same kinds of case with one fp32 sink per query head; dsinks and the
+        // forward's lse checked too (rows that see no key: lse exactly the sink).
+        const size_t plain_cases = cases.size();
+        for (size_t i : {size_t(3), size_t(12), size_t(13), size_t(14), size_t(15), size_t(16), size_t(18), size_t(19)}) {
+            if (i >= plain_cases) continue;
+            Case c = cases[i];
+            c.sinks = true;
+            cases.push_back(c);
+        }
         for (const Case& c : cases) {
             if (!served(c.d)) continue;
             ++total;
             if (!check_case(ctx, c, false)) ++failed;
         }
-        for (int i : {1, 3, 7, 13}) {
-            if (!served(cases[i].d)) continue;
+        for (size_t i : {size_t(1), size_t(3), size_t(7), size_t(13), plain_cases, plain_cases + 1}) {
+            if (i >= cases.size() || !served(cases[i].d)) continue;
             ++total;
             if (!check_case(ctx, cases[i], true)) ++failed;
         }

@@ -1174,8 +1174,8 @@ static void test_fp8_validation(void) {
           "q_descale is at offset %u: the 0.5 fields must be appended after reserved2 (0.4's fa_forward_params_t had "
           "488 bytes)", (unsigned)offsetof(fa_forward_params_t, q_descale));
     CHECK(offsetof(fa_forward_params_t, q_descale) == offsetof(fa_forward_params_t, reserved2) + sizeof(int32_t) &&
-              offsetof(fa_forward_params_t, v_descale) + sizeof(fa_tensor_t) == sizeof(fa_forward_params_t),
-          "q_descale, k_descale and v_descale must follow reserved2 and end the struct");
+              offsetof(fa_forward_params_t, v_descale) + sizeof(fa_tensor_t) == offsetof(fa_forward_params_t, sinks),
+          "q_descale, k_descale and v_descale must follow reserved2 and end the 0.5/0.6 struct (0.7's sinks follow)");
     p = valid_params(1);
     set_descale(&p.q_descale, DESCALE_Q, 7, 7, -1, -1); /* garbage a 0.4 caller never wrote */
     p.k_descale.data = (void*)(uintptr_t)3;
@@ -1207,11 +1207,212 @@ static void test_fp8_validation(void) {
         CHECK(old->struct_size == old_size && old->window_left == -1 && old->reserved2 == 0,
               "0.4-sized init must set the 0.4 defaults");
         memset(buffer, 0xAB, sizeof(buffer));
-        expect("params_init with the 0.5 size", fa_forward_params_init(old, sizeof(fa_forward_params_t)),
+        expect("params_init with the 0.5 size", fa_forward_params_init(old, offsetof(fa_forward_params_t, sinks)),
                FA_STATUS_SUCCESS, NULL);
-        for (j = offsetof(fa_forward_params_t, q_descale); j < sizeof(fa_forward_params_t); ++j) zeroed &= buffer[j] == 0;
+        for (j = offsetof(fa_forward_params_t, q_descale); j < offsetof(fa_forward_params_t, sinks); ++j) {
+            zeroed &= buffer[j] == 0;
+        }
         CHECK(zeroed, "fa_forward_params_init must zero q_descale, k_descale and v_descale (data NULL: factor 1)");
     }
+}
+
+/* A rank-1 fp32 [n] tensor with stride `stride`. */
+static void set_tensor1_f32(fa_tensor_t* t, void* data, int64_t n, int64_t stride) {
+    memset(t, 0, sizeof(*t));
+    t->data = data;
+    t->dtype = FA_DTYPE_FLOAT32;
+    t->rank = 1;
+    t->shape[0] = n;
+    t->strides[0] = stride;
+}
+
+/* Learnable sinks (0.7): fa_forward_params_t.sinks and fa_backward_params_t.sinks/dsinks, every refusal with its
+   message before any CUDA call; older (0.6-sized) structs and queries still accepted, their missing fields read as
+   "no sinks"; fa_query_support knows the option. */
+static void test_sinks_validation(void) {
+    fa_forward_params_t p;
+    fa_backward_params_t bw;
+    fa_support_query_t q;
+    void* const sinks_at = (void*)(uintptr_t)0xA00000000ull;
+    void* const dsinks_at = (void*)(uintptr_t)0xB00000000ull;
+
+    /* the layout: appended after the 0.6 structs (728, 824 and 40 bytes on LP64) */
+    CHECK(sizeof(void*) != 8 || (offsetof(fa_forward_params_t, sinks) == 728 &&
+                                 offsetof(fa_backward_params_t, sinks) == 824 &&
+                                 offsetof(fa_support_query_t, sinks) == 40),
+          "sinks must be appended to the 0.6 structs (forward 728, backward 824, query 40 bytes)");
+    CHECK(offsetof(fa_forward_params_t, sinks) + sizeof(fa_tensor_t) == sizeof(fa_forward_params_t) &&
+              offsetof(fa_backward_params_t, dsinks) + sizeof(fa_tensor_t) == sizeof(fa_backward_params_t) &&
+              offsetof(fa_backward_params_t, dsinks) == offsetof(fa_backward_params_t, sinks) + sizeof(fa_tensor_t),
+          "sinks end the forward struct; sinks then dsinks end the backward struct");
+    CHECK(FA_VERSION_CODE == 700, "FA_VERSION_CODE is %d; sinks came with 0.7.0", FA_VERSION_CODE);
+
+    /* forward: valid, then each refusal */
+    p = valid_params(1);
+    set_tensor1_f32(&p.sinks, sinks_at, VHQ, 1);
+    expect("sinks: valid", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.sinks.strides[0] = 3;
+    expect("sinks: strided", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = valid_params(1);
+    set_tensor1_f32(&p.sinks, sinks_at, VHQ, 1);
+    p.sinks.dtype = FA_DTYPE_BFLOAT16;
+    expect("sinks: bf16", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "sinks.dtype is 2 (FA_DTYPE_BFLOAT16); sinks must be FA_DTYPE_FLOAT32");
+    p.sinks.dtype = FA_DTYPE_FLOAT16;
+    expect("sinks: fp16", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "sinks must be FA_DTYPE_FLOAT32");
+    set_tensor1_f32(&p.sinks, sinks_at, VHQ, 1);
+    p.sinks.rank = 2;
+    p.sinks.shape[1] = 1;
+    p.sinks.strides[1] = 1;
+    expect("sinks: rank 2", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "sinks.rank is 2; sinks must have rank 1 [heads_q]; one fp32 sink logit per query head");
+    set_tensor1_f32(&p.sinks, sinks_at, VHKV, 1);
+    expect("sinks: per KV head", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "sinks.shape is [2] but must be [heads_q] = [6]: one sink logit per query head (not per KV head)");
+    set_tensor1_f32(&p.sinks, sinks_at, 0, 1);
+    expect("sinks: empty", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "sinks.shape[0] (heads_q) is 0");
+    set_tensor1_f32(&p.sinks, (void*)((uintptr_t)sinks_at + 2), VHQ, 1);
+    expect("sinks: misaligned", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "sinks.data (0xa00000002) is not 4-byte aligned");
+    set_tensor1_f32(&p.sinks, sinks_at, VHQ, 0);
+    expect("sinks: stride 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "sinks.strides[0] (heads_q) is 0; strides must be positive");
+    set_tensor1_f32(&p.sinks, sinks_at, VHQ, -1);
+    expect("sinks: negative stride", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "strides must be positive");
+    /* sinks inside out or lse: out/lse would overwrite them */
+    set_tensor1_f32(&p.sinks, (void*)((uintptr_t)p.out.data + 64), VHQ, 1);
+    expect("sinks: inside out", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "out");
+    CHECK(strstr(fa_last_error_message(), "sinks") != NULL, "overlap message names sinks: %s", fa_last_error_message());
+    set_tensor1_f32(&p.sinks, (void*)((uintptr_t)p.lse.data + 64), VHQ, 1);
+    expect("sinks: inside lse", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "lse");
+    CHECK(strstr(fa_last_error_message(), "sinks") != NULL, "overlap message names sinks: %s", fa_last_error_message());
+    /* data NULL is "no sinks", whatever the rest of the descriptor holds */
+    set_tensor1_f32(&p.sinks, NULL, 999, -5);
+    p.sinks.dtype = 77;
+    expect("sinks: data NULL is none", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    /* varlen: [heads_q] all the same */
+    p = valid_varlen_params(1);
+    set_tensor1_f32(&p.sinks, sinks_at, VHQ, 1);
+    expect("sinks: varlen", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.sinks.shape[0] = VHQ + 1;
+    expect("sinks: varlen wrong heads", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "must be [heads_q] = [6]");
+
+    /* an older (0.6) caller: the struct ends before sinks; garbage past it is never read */
+    p = valid_params(1);
+    set_tensor1_f32(&p.sinks, (void*)(uintptr_t)3, -1, -1); /* garbage a 0.6 caller never wrote */
+    p.sinks.dtype = 99;
+    p.struct_size = (uint32_t)offsetof(fa_forward_params_t, sinks);
+    expect("0.6 struct_size: sinks ignored", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.struct_size = (uint32_t)sizeof(fa_forward_params_t);
+    expect("0.7 struct_size reads sinks", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "sinks.dtype is 99");
+    {
+        unsigned char buffer[sizeof(fa_forward_params_t) + 16];
+        const size_t old_size = offsetof(fa_forward_params_t, sinks);
+        fa_forward_params_t* old = (fa_forward_params_t*)(void*)buffer;
+        size_t j;
+        int untouched = 1, zeroed = 1;
+        memset(buffer, 0xAB, sizeof(buffer));
+        expect("params_init with the 0.6 size", fa_forward_params_init(old, old_size), FA_STATUS_SUCCESS, NULL);
+        for (j = old_size; j < sizeof(buffer); ++j) untouched &= buffer[j] == 0xAB;
+        CHECK(untouched, "fa_forward_params_init with the 0.6 size wrote past offsetof(sinks)");
+        memset(buffer, 0xAB, sizeof(buffer));
+        expect("params_init with the 0.7 size", fa_forward_params_init(old, sizeof(fa_forward_params_t)),
+               FA_STATUS_SUCCESS, NULL);
+        for (j = old_size; j < sizeof(fa_forward_params_t); ++j) zeroed &= buffer[j] == 0;
+        CHECK(zeroed, "fa_forward_params_init must zero sinks (data NULL: none)");
+    }
+
+    /* backward: sinks as the forward's, dsinks [heads_q] fp32, needs sinks, apart from everything */
+    p = valid_params(1);
+    bw = backward_of(&p);
+    set_tensor1_f32(&bw.sinks, sinks_at, VHQ, 1);
+    expect("backward sinks: valid", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
+    set_tensor1_f32(&bw.dsinks, dsinks_at, VHQ, 1);
+    expect("backward sinks + dsinks: valid", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
+    bw.dsinks.strides[0] = 2;
+    expect("backward dsinks strided", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
+    bw.sinks.data = NULL;
+    expect("backward dsinks without sinks", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
+           "dsinks.data is set but sinks.data is NULL; dsinks is the gradient of the sinks");
+    bw = backward_of(&p);
+    set_tensor1_f32(&bw.sinks, sinks_at, VHQ, 1);
+    set_tensor1_f32(&bw.dsinks, dsinks_at, VHQ, 1);
+    bw.dsinks.dtype = FA_DTYPE_FLOAT16;
+    expect("backward dsinks fp16", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
+           "dsinks.dtype is 1 (FA_DTYPE_FLOAT16); dsinks must be FA_DTYPE_FLOAT32");
+    set_tensor1_f32(&bw.dsinks, dsinks_at, VHQ - 1, 1);
+    expect("backward dsinks wrong shape", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
+           "dsinks.shape is [5] but must be [heads_q] = [6], the shape of sinks");
+    set_tensor1_f32(&bw.dsinks, (void*)((uintptr_t)dsinks_at + 1), VHQ, 1);
+    expect("backward dsinks misaligned", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT, "is not 4-byte aligned");
+    set_tensor1_f32(&bw.dsinks, sinks_at, VHQ, 1); /* dsinks over sinks */
+    expect("backward dsinks over sinks", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT, "dsinks");
+    CHECK(strstr(fa_last_error_message(), "sinks") != NULL, "names sinks: %s", fa_last_error_message());
+    set_tensor1_f32(&bw.dsinks, (void*)((uintptr_t)bw.dq.data + 16), VHQ, 1); /* dsinks inside dq */
+    expect("backward dsinks inside dq", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT, "dq");
+    set_tensor1_f32(&bw.dsinks, (void*)((uintptr_t)bw.lse.data + 16), VHQ, 1); /* dsinks inside lse */
+    expect("backward dsinks inside lse", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT, "lse");
+    set_tensor1_f32(&bw.dsinks, dsinks_at, VHQ, 1);
+    bw.sinks.dtype = FA_DTYPE_INT32;
+    expect("backward sinks int32", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
+           "sinks.dtype is 4 (FA_DTYPE_INT32); sinks must be FA_DTYPE_FLOAT32");
+    /* a caller workspace over dsinks */
+    bw = backward_of(&p);
+    set_tensor1_f32(&bw.sinks, sinks_at, VHQ, 1);
+    set_tensor1_f32(&bw.dsinks, dsinks_at, VHQ, 1);
+    bw.workspace = (void*)((uintptr_t)dsinks_at - 256);
+    bw.workspace_size = (size_t)1 << 30;
+    expect("backward workspace over dsinks", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT, "workspace");
+
+    /* an older (0.6) backward caller: sinks and dsinks are past its struct and never read */
+    bw = backward_of(&p);
+    set_tensor1_f32(&bw.sinks, (void*)(uintptr_t)3, -1, -1);
+    set_tensor1_f32(&bw.dsinks, (void*)(uintptr_t)5, -1, -1);
+    bw.struct_size = (uint32_t)offsetof(fa_backward_params_t, sinks);
+    expect("backward 0.6 struct_size: sinks ignored", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
+    bw.struct_size = (uint32_t)offsetof(fa_backward_params_t, sinks) - 8;
+    expect("backward struct_size below 0.6", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
+           "(at least 824 for version 0.6)");
+    bw.struct_size = (uint32_t)offsetof(fa_backward_params_t, dsinks); /* covers sinks only */
+    expect("backward struct_size up to sinks reads it", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
+           "sinks.shape[0] (heads_q) is -1");
+    bw.sinks.data = NULL;
+    expect("backward struct_size up to sinks: dsinks ignored", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
+    {
+        unsigned char buffer[sizeof(fa_backward_params_t) + 16];
+        const size_t old_size = offsetof(fa_backward_params_t, sinks);
+        fa_backward_params_t* old = (fa_backward_params_t*)(void*)buffer;
+        size_t j;
+        int untouched = 1;
+        memset(buffer, 0xAB, sizeof(buffer));
+        expect("backward params_init with the 0.6 size", fa_backward_params_init(old, old_size), FA_STATUS_SUCCESS, NULL);
+        for (j = old_size; j < sizeof(buffer); ++j) untouched &= buffer[j] == 0xAB;
+        CHECK(untouched, "fa_backward_params_init with the 0.6 size wrote past offsetof(sinks)");
+        CHECK(old->struct_size == old_size && old->window_left == -1 && old->deterministic == 0,
+              "0.6-sized backward init must set the 0.6 defaults");
+        expect("backward params_init below the 0.6 size", fa_backward_params_init(old, old_size - 8),
+               FA_STATUS_INVALID_ARGUMENT, "struct_size is");
+    }
+
+    /* fa_query_support: sinks served by the forward and backward, not by decode; a 0.6-sized query works */
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.sinks = 1;
+    q.causal = q.window = q.softcap = q.varlen = 1;
+    expect("query forward sinks", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q.kernel_path = FA_PATH_SM80;
+    expect("query forward sinks sm80", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q.pass = FA_PASS_BACKWARD;
+    expect("query backward sinks sm80", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.pass = FA_PASS_DECODE;
+    q.sinks = 1;
+    expect("query decode sinks", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "fa_decode has no learnable sinks");
+    q.sinks = 2;
+    expect("query sinks 2", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "query->sinks");
+    q.struct_size = (uint32_t)offsetof(fa_support_query_t, sinks); /* 0.6: the 2 is past the struct */
+    expect("query 0.6 size: sinks ignored", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q.struct_size = (uint32_t)offsetof(fa_support_query_t, sinks) - 4;
+    expect("query below the 0.6 size", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "(at least 40 for version 0.6)");
 }
 
 /* fa_query_support for e4m3: the forward on the sm90 path only, head dims multiples of 16; agrees with
@@ -2878,6 +3079,7 @@ int main(int argc, char** argv) {
     test_query_support();
     test_fp8_validation();
     test_query_fp8();
+    test_sinks_validation();
     test_kernel_names();
     test_graph_arguments();
 #if defined(FA_TEST_HAVE_PTHREADS)

@@ -70,6 +70,7 @@ typedef struct {
     int block_size, append, splits, advance, host_lens; /* decode; block_size 0: contiguous cache */
     int lens[MAX_SEQ];                                    /* decode: cache lengths before the append */
     int descale;  /* fp8 forward: 0 none; 1 q per tensor (strides 0), k dense, v per sequence; 2 all dense */
+    int sinks;    /* fwd, bwd: learnable sinks (C ABI 0.7); the backward then writes dsinks too */
 } scase;
 
 static scase g_cases[MAX_CASES];
@@ -284,6 +285,7 @@ static void describe(scase* c, const char* what) {
     if (c->caller_ws) ADD(" caller-ws");
     if (c->pass == PASS_DEC && c->host_lens) ADD(" host-lens");
     if (c->descale) ADD(" descale=%s", c->descale == 1 ? "broadcast" : "dense");
+    if (c->sinks) ADD(" sinks");
     if (what != NULL && what[0] != '\0') ADD(" [%s]", what);
     if (c->target[0] != '\0') ADD(" -> %s", c->target);
 #undef ADD
@@ -377,45 +379,52 @@ typedef struct {
     float softcap, scale;
     int no_lse, packed, fp16, det, caller_ws, host_cu, nseq;
     int lq[MAX_SEQ], lk[MAX_SEQ];
+    int sinks; /* learnable sinks (and dsinks in the backward); 0 where an entry leaves it out */
 } feature;
 
 static const feature k_features[] = {
-    {"causal bottom-right, sq < sk", 0, 1, 100, 200, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}},
+    {"causal bottom-right, sq < sk", 0, 1, 100, 200, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
     {"causal bottom-right, sq > sk: fully masked rows", 0, 1, 200, 70, 2, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0,
-     0, {0}, {0}},
-    {"causal top-left, sq < sk", 0, 2, 90, 180, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}},
-    {"causal top-left, sq > sk", 0, 1, 180, 90, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}},
-    {"sliding window both sides", 0, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}},
-    {"causal top-left + window left", 0, 1, 130, 130, 2, 1, 0, 1, 1, 16, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}},
-    {"window right only", 0, 1, 120, 160, 1, 1, 0, 0, 0, -1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}},
+     0, {0}, {0}, 0},
+    {"causal top-left, sq < sk", 0, 2, 90, 180, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
+    {"causal top-left, sq > sk", 0, 1, 180, 90, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
+    {"sliding window both sides", 0, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
+    {"causal top-left + window left", 0, 1, 130, 130, 2, 1, 0, 1, 1, 16, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
+    {"window right only", 0, 1, 120, 160, 1, 1, 0, 0, 0, -1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
     {"window 0/0 with sq > sk: fully masked rows", 0, 1, 150, 40, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-     {0}, {0}},
-    {"softcap + causal + scale", 0, 1, 128, 192, 2, 2, 0, 1, 0, -1, -1, 30.0f, 0.2f, 0, 0, 0, 0, 0, 0, 0, {0}, {0}},
-    {"GQA 4:2", 0, 2, 96, 144, 4, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}},
-    {"MQA 8:1, causal", 0, 1, 64, 64, 8, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}},
+     {0}, {0}, 0},
+    {"softcap + causal + scale", 0, 1, 128, 192, 2, 2, 0, 1, 0, -1, -1, 30.0f, 0.2f, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
+    {"GQA 4:2", 0, 2, 96, 144, 4, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
+    {"MQA 8:1, causal", 0, 1, 64, 64, 8, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
     {"varlen with empty sequences (q, k, both), causal", 0, 0, 0, 0, 2, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 5,
-     {0, 33, 0, 128, 5}, {12, 0, 0, 128, 77}},
+     {0, 33, 0, 128, 5}, {12, 0, 0, 128, 77}, 0},
     {"varlen, window, host cu_seqlens", 0, 0, 0, 0, 2, 2, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3, {1, 64, 200},
-     {50, 64, 180}},
+     {50, 64, 180}, 0},
     {"varlen without LSE", 1, 0, 0, 0, 2, 1, 0, 0, 0, -1, -1, 0, 0, 1, 0, 0, 0, 0, 0, 4, {17, 0, 130, 64},
-     {40, 33, 130, 1}},
-    {"packed QKV strides, causal", 0, 2, 100, 100, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, {0}, {0}},
-    {"fp16, batch 3", 0, 3, 77, 131, 2, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 1, 0, 0, 0, 0, {0}, {0}},
-    {"one query, one key", 0, 1, 1, 1, 1, 1, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}},
+     {40, 33, 130, 1}, 0},
+    {"packed QKV strides, causal", 0, 2, 100, 100, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, {0}, {0}, 0},
+    {"fp16, batch 3", 0, 3, 77, 131, 2, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 1, 0, 0, 0, 0, {0}, {0}, 0},
+    {"one query, one key", 0, 1, 1, 1, 1, 1, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
     {"head dim 40 (the 64 kernel), causal", 0, 1, 100, 140, 2, 2, 40, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0},
-     {0}},
+     {0}, 0},
     {"head dim 200 (the 256 kernel), causal", 0, 1, 100, 140, 2, 2, 200, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0},
-     {0}},
-    {"head dim 256, no mask", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}},
+     {0}, 0},
+    {"head dim 256, no mask", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
     {"head dim 256, causal, GQA (issue 17's shape)", 0, 1, 130, 190, 4, 2, 256, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-     {0}, {0}},
+     {0}, {0}, 0},
     {"deterministic, varlen with empty sequences, GQA", 2, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 1, 0, 0, 4,
-     {0, 70, 33, 129}, {20, 0, 90, 129}},
+     {0, 70, 33, 129}, {20, 0, 90, 129}, 0},
     {"deterministic, causal top-left, caller workspace", 2, 2, 130, 100, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 1, 1, 0,
-     0, {0}, {0}},
+     0, {0}, {0}, 0},
     {"deterministic, head dim 256, causal", 2, 1, 130, 190, 4, 2, 256, 1, 0, -1, -1, 0, 0, 0, 0, 0, 1, 0, 0, 0, {0},
-     {0}},
-    {"caller workspace, window", 2, 1, 140, 140, 2, 2, 0, 0, 0, 30, 30, 0, 0, 0, 0, 0, 0, 1, 0, 0, {0}, {0}},
+     {0}, 0},
+    {"caller workspace, window", 2, 1, 140, 140, 2, 2, 0, 0, 0, 30, 30, 0, 0, 0, 0, 0, 0, 1, 0, 0, {0}, {0}, 0},
+    {"learnable sinks, causal sq > sk: fully masked rows, GQA", 0, 2, 200, 70, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0,
+     0, 0, 0, 0, {0}, {0}, 1},
+    {"learnable sinks, window + softcap, no LSE", 1, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 30.0f, 0, 1, 0, 0, 0, 0, 0, 0,
+     {0}, {0}, 1},
+    {"learnable sinks, varlen with empty sequences, deterministic", 2, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0,
+     1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 1},
 };
 
 /* The decode options (contiguous and paged caches, splits, appends). */
@@ -531,7 +540,7 @@ static void add_feature_cases(int pass, int path, int cc) {
         c->hq = f->hq, c->hkv = f->hkv, c->causal = f->causal, c->top_left = f->top_left, c->wl = f->wl;
         c->wr = f->wr, c->softcap = f->softcap, c->scale = f->scale, c->packed = f->packed, c->host_cu = f->host_cu;
         c->lse = pass == PASS_BWD ? 1 : !f->no_lse;
-        c->det = f->det, c->caller_ws = f->caller_ws;
+        c->det = f->det, c->caller_ws = f->caller_ws, c->sinks = f->sinks;
         describe(c, f->what);
     }
 }
@@ -748,6 +757,11 @@ static void forward_params(const scase* c, bufs* B, fa_forward_params_t* fp, int
     fp->window_right = c->wr;
     fp->softcap = c->softcap;
     fp->kernel_path = c->pass == PASS_FWD ? c->path : FA_PATH_AUTO;
+    if (c->sinks) {
+        float sinks[64];
+        for (i = 0; i < c->hq && i < 64; ++i) sinks[i] = 2.0f * uniform_pm1();
+        tensor(&fp->sinks, dalloc(B, sizeof(float) * (size_t)c->hq, sinks), FA_DTYPE_FLOAT32, 1, c->hq, 0, 0, 0);
+    }
 }
 
 static void backward_params(const scase* c, bufs* B, const fa_forward_params_t* fp, fa_backward_params_t* bp) {
@@ -786,6 +800,10 @@ static void backward_params(const scase* c, bufs* B, const fa_forward_params_t* 
     bp->varlen_batch = fp->varlen_batch;
     bp->max_seqlen_q = fp->max_seqlen_q;
     bp->max_seqlen_k = fp->max_seqlen_k;
+    if (c->sinks) {
+        bp->sinks = fp->sinks;
+        tensor(&bp->dsinks, dalloc(B, sizeof(float) * (size_t)c->hq, NULL), FA_DTYPE_FLOAT32, 1, c->hq, 0, 0, 0);
+    }
 }
 
 /* Decode params; lens (MAX_SEQ) and the block table (host) are filled here and must outlive the call. */

@@ -23,7 +23,7 @@ def test_layout_matches_libclang():
     _abi.check_layout()
     assert ctypes.sizeof(_abi.FaTensor) == 80
     assert ctypes.sizeof(_abi.FaForwardParams) == _abi.LAYOUT[_abi.FaForwardParams][0]
-    assert ctypes.sizeof(_abi.FaBackwardParams) == 824
+    assert ctypes.sizeof(_abi.FaBackwardParams) == 824 + 2 * 80  # 0.7 appended sinks and dsinks
     assert ctypes.sizeof(_abi.FaDecodeParams) == 784
 
 

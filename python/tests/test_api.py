@@ -54,14 +54,16 @@ def test_signature_is_flash_attn(name):
               if p.kind is p.POSITIONAL_OR_KEYWORD]
     got = [(p.name,) if p.default is p.empty else (p.name, p.default) for p in params]
     assert got == FLASH_ATTN_SIGNATURES[name]
-    # Extensions are keyword-only, so flash-attn's positional calls mean the same here: causal_alignment, and
-    # FlashAttention-3's fp8 descales (default None) on every function with an fp8 forward.
+    # Extensions are keyword-only, so flash-attn's positional calls mean the same here: causal_alignment,
+    # FlashAttention-3's fp8 descales (default None) on every function with an fp8 forward, and the learnable sinks
+    # (sinks, or FlashAttention-4's name learnable_sink).
     kw = {p.name: p.default for p in inspect.signature(getattr(fai, name)).parameters.values()
           if p.kind is p.KEYWORD_ONLY}
     if name == "flash_attn_with_kvcache":
         assert kw == {}
     else:
-        assert kw == {"causal_alignment": "bottom_right", "q_descale": None, "k_descale": None, "v_descale": None}
+        assert kw == {"causal_alignment": "bottom_right", "q_descale": None, "k_descale": None, "v_descale": None,
+                      "sinks": None, "learnable_sink": None}
 
 
 # ---- refusals: raised before torch is imported (these run with torch absent or present) --------------------------
@@ -597,3 +599,79 @@ def test_fp8_kvcache_is_refused():
     q, cache = _cpu_fp8(torch, 1, 1, 4, 64), _cpu_fp8(torch, 1, 64, 4, 64)
     with pytest.raises(UnsupportedArgumentError, match="float8_e4m3fn"):
         fai.flash_attn_with_kvcache(q, cache, cache)
+
+
+# ---- learnable sinks (C ABI 0.7) ----------------------------------------------------------------------------------
+
+def test_sinks_are_packed_and_checked_by_the_library(lib):
+    fake = Fake()
+    sinks = fake((8,), F32)
+    p = fwd(lib, fake, causal=True, sinks=sinks)
+    assert check_status(lib, "forward", p) == (0, "")
+    assert (p.sinks.data, p.sinks.dtype, p.sinks.rank, p.sinks.shape[0], p.sinks.strides[0]) == (sinks.data, F32, 1, 8, 1)
+    assert not fwd(lib, fake).sinks.data  # none unless given
+    status, msg = check_status(lib, "forward", fwd(lib, fake, sinks=fake((2,), F32)))
+    assert status == _abi.FA_STATUS_INVALID_ARGUMENT and "sinks.shape is [2] but must be [heads_q] = [8]" in msg
+    status, msg = check_status(lib, "forward", fwd(lib, fake, sinks=fake((8,), BF16)))
+    assert status == _abi.FA_STATUS_INVALID_ARGUMENT and "sinks must be FA_DTYPE_FLOAT32" in msg
+
+    shapes = [(2, 128, 8, 64), (2, 256, 2, 64), (2, 256, 2, 64), (2, 128, 8, 64), (2, 128, 8, 64)]
+    q, k, v, o, do = (fake(s) for s in shapes)
+    grads = [fake(s) for s in shapes[:3]]
+    lse = fake((2, 8, 128), F32)
+    dsinks = fake((8,), F32)
+    b = _args.backward_params(lib, q, k, v, o, do, lse, *grads, causal=True, sinks=sinks, dsinks=dsinks)
+    assert check_status(lib, "backward", b) == (0, "")
+    assert (b.sinks.data, b.dsinks.data) == (sinks.data, dsinks.data)
+    b = _args.backward_params(lib, q, k, v, o, do, lse, *grads, dsinks=dsinks)
+    status, msg = check_status(lib, "backward", b)
+    assert status == _abi.FA_STATUS_INVALID_ARGUMENT and "dsinks.data is set but sinks.data is NULL" in msg
+
+
+def test_the_library_serves_sinks_in_the_forward_and_backward_not_decode(lib):
+    import ctypes
+    q = _abi.FaSupportQuery()
+    q.struct_size = ctypes.sizeof(q)
+    q.dtype, q.head_dim, q.sinks = _abi.FA_DTYPE_BFLOAT16, 64, 1
+    for pass_, want in ((_abi.FA_PASS_FORWARD, 0), (_abi.FA_PASS_BACKWARD, 0),
+                        (_abi.FA_PASS_DECODE, _abi.FA_STATUS_UNSUPPORTED)):
+        setattr(q, "pass", pass_)  # "pass" is a Python keyword
+        assert lib.lib.fa_query_support(ctypes.byref(q)) == want, pass_
+
+
+def test_sinks_and_learnable_sink_are_one_argument():
+    # Raised before torch is imported or a tensor is looked at.
+    with pytest.raises(ValueError, match="sinks and learnable_sink are the same argument"):
+        fai.flash_attn_func(X, X, X, sinks=X, learnable_sink=X)
+    with pytest.raises(ValueError, match="give one of them"):
+        fai.flash_attn_varlen_func(X, X, X, X, X, 1, 1, sinks=X, learnable_sink=X)
+
+
+SINK_CHECKS = [
+    ("list", TypeError, "sinks must be a torch.Tensor or None"),
+    ("int32", TypeError, "sinks must be torch.float32, torch.float16 or torch.bfloat16"),
+    ("per-kv-head", ValueError, r"sinks must be \(nheads,\) = \(4,\)"),
+    ("rank-2", ValueError, r"sinks must be \(nheads,\) = \(4,\)"),
+    ("cpu", RuntimeError, "runs on CUDA tensors only"),
+]
+
+
+@pytest.mark.parametrize("case,error,words", SINK_CHECKS, ids=[c[0] for c in SINK_CHECKS])
+def test_sink_argument_checks(case, error, words):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    q, k = torch.randn(2, 8, 4, 64).half(), torch.randn(2, 8, 2, 64).half()
+    sinks = {"list": [0.0] * 4, "int32": torch.zeros(4, dtype=torch.int32), "per-kv-head": torch.randn(2),
+             "rank-2": torch.randn(4, 1), "cpu": torch.randn(4)}[case]
+    with pytest.raises(error, match=words):
+        fai.flash_attn_func(q, k, k, sinks=sinks)
+    with pytest.raises(error, match=words):  # FlashAttention-4's name, the same checks
+        fai.flash_attn_func(q, k, k, learnable_sink=sinks)
+
+
+def test_sinks_with_fp8_inputs_are_refused():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    if getattr(torch, "float8_e4m3fn", None) is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    q = torch.randn(2, 8, 4, 64).to(torch.float8_e4m3fn)
+    with pytest.raises(UnsupportedArgumentError, match="learnable sinks with fp8 inputs"):
+        fai.flash_attn_func(q, q, q, sinks=torch.randn(4))

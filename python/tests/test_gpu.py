@@ -3,6 +3,7 @@ H200): outputs and gradients against a float64 reference and PyTorch's SDPA for 
 varlen, kvcache (contiguous and paged), CUDA-graph capture, torch.compile, and a tiny GPT trained with
 flash_attn_func in place of SDPA whose loss curve matches SDPA's. They skip, with the reason, without PyTorch, CUDA
 or the library (conftest.py)."""
+import itertools
 import math
 
 import pytest
@@ -633,3 +634,162 @@ def test_fp8_refusals_on_the_gpu():
         q24 = fp8_rand(1, 64, 2, 32)[..., :24]
         fai.flash_attn_func(q24, q24, q24)
     assert ei.value.status in (1, 2) and "16" in ei.value.message
+
+
+# ---- learnable sinks (C ABI 0.7; FlashAttention-4's learnable_sink) -------------------------------------------------
+
+def reference_sink(q, k, v, sinks, causal=False, window=(-1, -1), softcap=0.0, scale=None, top_left=False,
+                   upcast=True):
+    """Attention with a sink logit per query head (gpt-oss's reference: the sink as an extra softmax column, dropped
+    after the softmax), [B, S, H, D], in float64 (upcast) or in the inputs' dtype; returns (out, lse [B, H, Sq])."""
+    if upcast:
+        q, k, v, sinks = q.double(), k.double(), v.double(), sinks.double()
+    b, sq, h, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    k = k.repeat_interleave(h // hkv, dim=2)
+    v = v.repeat_interleave(h // hkv, dim=2)
+    scale = scale or 1.0 / math.sqrt(d)
+    s = torch.einsum("bqhd,bkhd->bhqk", q * scale, k)
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    off = 0 if top_left else sk - sq
+    i = torch.arange(sq, device=q.device)[:, None] + off
+    j = torch.arange(sk, device=q.device)[None, :]
+    left, right = window
+    if causal:
+        right = 0
+    mask = torch.zeros(sq, sk, dtype=torch.bool, device=q.device)
+    if right >= 0:
+        mask |= j > i + right
+    if left >= 0:
+        mask |= j < i - left
+    s = s.masked_fill(mask, float("-inf"))
+    if not upcast:
+        s = s.float()
+    col = sinks.to(s.dtype).view(1, h, 1, 1).expand(b, h, sq, 1)
+    full = torch.cat([s, col], dim=-1)
+    lse = torch.logsumexp(full, dim=-1)
+    p = torch.softmax(full, dim=-1)[..., :-1].to(v.dtype)
+    return torch.einsum("bhqk,bkhd->bqhd", p, v), lse
+
+
+SINK_CASES = [
+    # (name, sq, sk, h, hkv, d, kwargs)
+    ("plain", 128, 128, 4, 4, 64, {}),
+    ("causal-sq-gt-sk", 160, 96, 4, 2, 64, {"causal": True}),  # rows that see no key: out 0, lse = the sink
+    ("causal-top-left", 96, 160, 4, 4, 128, {"causal": True, "causal_alignment": "top_left"}),
+    ("window-softcap", 128, 192, 8, 2, 64, {"window_size": (32, 8), "softcap": 20.0}),
+    ("gqa-scale", 64, 256, 8, 1, 128, {"softmax_scale": 0.07}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name,sq,sk,h,hkv,d,kw", SINK_CASES, ids=[c[0] for c in SINK_CASES])
+def test_sinks_forward_backward_against_float64(name, sq, sk, h, hkv, d, kw, dtype):
+    torch.manual_seed(11)
+    b = 2
+    q, k, v = rand(b, sq, h, d, dtype=dtype, grad=True), rand(b, sk, hkv, d, dtype=dtype, grad=True), \
+        rand(b, sk, hkv, d, dtype=dtype, grad=True)
+    sinks = (torch.randn(h, device=DEV) * 2).requires_grad_(True)
+    ref_kw = dict(causal=kw.get("causal", False), window=kw.get("window_size", (-1, -1)),
+                  softcap=kw.get("softcap", 0.0), scale=kw.get("softmax_scale"),
+                  top_left=kw.get("causal_alignment") == "top_left")
+    out, lse, _ = fai.flash_attn_func(q, k, v, return_attn_probs=True, sinks=sinks, **kw)
+    dout = torch.randn_like(out)
+    dq, dk, dv, ds = torch.autograd.grad(out, (q, k, v, sinks), dout)
+    ref, ref_lse = reference_sink(q, k, v, sinks, **ref_kw)
+    rq, rk, rv, rs = torch.autograd.grad(ref, (q, k, v, sinks), dout.double())
+    pt, _ = reference_sink(q, k, v, sinks, upcast=False, **ref_kw)
+    pq, pk, pv, ps = torch.autograd.grad(pt, (q, k, v, sinks), dout)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    assert max_err(out, ref) <= 2 * max_err(pt, ref) + 1e-3
+    assert max_err(lse, ref_lse) <= 1e-4 * max(1.0, ref_lse.abs().max().item())
+    for ours, exact, torch_low in ((dq, rq, pq), (dk, rk, pk), (dv, rv, pv)):
+        assert max_err(ours, exact) <= 3 * max_err(torch_low, exact) + 1e-3
+    # FlashAttention-4's rule for the sink gradient (check_dsink_vs_ref): within twice PyTorch's own error in the
+    # inputs' dtype, plus 2 ulp (of float32, the gradient's dtype, at the largest reference value).
+    assert ds.dtype == torch.float32 and ds.shape == (h,)
+    ulp = rs.abs().max().item() * 2.0 ** -23
+    assert max_err(ds, rs) <= 2 * max_err(ps, rs) + 2 * ulp
+    if name == "causal-sq-gt-sk":
+        empty = sq - sk  # rows 0 .. sq - sk - 1 see no key
+        assert torch.equal(out[:, :empty], torch.zeros_like(out[:, :empty]))
+        assert torch.equal(lse[:, :, :empty], sinks.detach().view(1, h, 1).expand(b, h, empty))
+
+
+def test_sinks_learnable_sink_alias_and_low_precision_sinks():
+    torch.manual_seed(12)
+    q, k, v = rand(1, 64, 4, 64), rand(1, 64, 4, 64), rand(1, 64, 4, 64)
+    s32 = torch.randn(4, device=DEV)
+    a = fai.flash_attn_func(q, k, v, causal=True, sinks=s32)
+    assert torch.equal(a, fai.flash_attn_func(q, k, v, causal=True, learnable_sink=s32))
+    assert not torch.equal(a, fai.flash_attn_func(q, k, v, causal=True))  # the sinks change the output
+    # bf16 sinks (FlashAttention-4 takes them): computed as their float32 values, gradient back in bf16.
+    sbf = s32.bfloat16().requires_grad_(True)
+    qg = q.clone().requires_grad_(True)
+    out = fai.flash_attn_func(qg, k, v, causal=True, sinks=sbf)
+    assert torch.equal(out, fai.flash_attn_func(q, k, v, causal=True, sinks=sbf.detach().float()))
+    (g,) = torch.autograd.grad(out.float().sum(), (sbf,))
+    assert g.dtype == torch.bfloat16 and g.shape == (4,) and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_sinks_varlen_with_empty_sequences():
+    torch.manual_seed(13)
+    lens_q, lens_k = [37, 0, 1, 20], [50, 7, 1, 0]  # an empty query and an empty key sequence
+    h, hkv, d = 4, 2, 64
+    cu_q = torch.tensor([0] + list(itertools.accumulate(lens_q)), dtype=torch.int32, device=DEV)
+    cu_k = torch.tensor([0] + list(itertools.accumulate(lens_k)), dtype=torch.int32, device=DEV)
+    q = rand(sum(lens_q), h, d, grad=True)
+    k, v = rand(sum(lens_k), hkv, d, grad=True), rand(sum(lens_k), hkv, d, grad=True)
+    sinks = torch.randn(h, device=DEV).requires_grad_(True)
+    out, lse, _ = fai.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=True,
+                                             sinks=sinks, return_attn_probs=True)
+    g = torch.randn_like(out)
+    dq, dk, dv, ds = torch.autograd.grad(out, (q, k, v, sinks), g)
+    ref_ds = torch.zeros(h, dtype=torch.float64, device=DEV)
+    for i in range(len(lens_q)):
+        a, e = cu_q[i].item(), cu_q[i + 1].item()
+        ka, ke = cu_k[i].item(), cu_k[i + 1].item()
+        if e == a:
+            continue
+        if ke == ka:  # no key: out 0, lse = the sink, no gradient
+            assert torch.equal(out[a:e], torch.zeros_like(out[a:e]))
+            assert torch.equal(lse[:, a:e], sinks.detach()[:, None].expand(h, e - a))
+            assert torch.equal(dq[a:e], torch.zeros_like(dq[a:e]))
+            continue
+        ref, ref_lse = reference_sink(q[a:e][None], k[ka:ke][None], v[ka:ke][None], sinks, causal=True)
+        assert max_err(out[a:e], ref[0]) < 2e-2
+        assert max_err(lse[:, a:e], ref_lse[0]) < 1e-4 * max(1.0, ref_lse.abs().max().item())
+        rq, rk, rv, rs = torch.autograd.grad(ref, (q, k, v, sinks), g[a:e][None].double())
+        assert max_err(dq[a:e], rq[a:e]) < 5e-2 and max_err(dk[ka:ke], rk[ka:ke]) < 5e-2
+        assert max_err(dv[ka:ke], rv[ka:ke]) < 5e-2
+        ref_ds += rs
+    assert max_err(ds, ref_ds) < 1e-2 * max(1.0, ref_ds.abs().max().item())
+
+
+def test_sinks_custom_op_matches_the_eager_call():
+    _custom_ops()
+    torch.manual_seed(14)
+    q, k, v = rand(2, 96, 4, 64, grad=True), rand(2, 96, 2, 64, grad=True), rand(2, 96, 2, 64, grad=True)
+    sinks = torch.randn(4, device=DEV).requires_grad_(True)
+    eager = fai.flash_attn_func(q, k, v, causal=True, sinks=sinks)
+    ge = torch.autograd.grad(eager.float().sum(), (q, k, v, sinks))
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):  # a mode makes the call go through the custom ops
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record() as mode:
+        op = fai.flash_attn_func(q, k, v, causal=True, sinks=sinks)
+        go = torch.autograd.grad(op.float().sum(), (q, k, v, sinks))
+    assert any("flash_attn_interop.fwd_sink" in o for o in mode.ops), mode.ops
+    assert any("flash_attn_interop.bwd_sink" in o for o in mode.ops), mode.ops
+    assert torch.equal(eager, op)
+    for a, b in zip(ge, go):
+        assert torch.equal(a, b)

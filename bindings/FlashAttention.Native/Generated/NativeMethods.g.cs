@@ -24,8 +24,8 @@ public static unsafe partial class NativeMethods
     public const int FA_VERSION_MAJOR = 0;
 
     /// <summary>Version of this header. fa_version() reports the version of the loaded binary.</summary>
-    /// <remarks>C: <c>#define FA_VERSION_MINOR 6</c></remarks>
-    public const int FA_VERSION_MINOR = 6;
+    /// <remarks>C: <c>#define FA_VERSION_MINOR 7</c></remarks>
+    public const int FA_VERSION_MINOR = 7;
 
     /// <summary>Version of this header. fa_version() reports the version of the loaded binary.</summary>
     /// <remarks>C: <c>#define FA_VERSION_PATCH 0</c></remarks>
@@ -33,7 +33,7 @@ public static unsafe partial class NativeMethods
 
     /// <summary>MAJOR * 10000 + MINOR * 100 + PATCH.</summary>
     /// <remarks>C: <c>#define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)</c></remarks>
-    public const int FA_VERSION_CODE = 600;
+    public const int FA_VERSION_CODE = 700;
 
     /// <summary>Most dimensions a tensor descriptor carries.</summary>
     /// <remarks>C: <c>#define FA_MAX_RANK 4</c></remarks>
@@ -290,7 +290,7 @@ public static unsafe partial class NativeMethods
     /// <summary>
     /// Fills the first struct_size bytes of *params with defaults: struct_size, scale 0 (1/sqrt(d)), not
     /// causal, bottom-right, auto path, no window (-1, -1), no softcap, fixed-length batch; tensors zeroed (so no
-    /// lse and no fp8 descales).
+    /// lse, no fp8 descales and no sinks).
     /// Pass sizeof(fa_forward_params_t) as the caller compiled it: the library never writes past it, so a
     /// program built against an older, smaller struct stays safe with a newer library.
     /// </summary>
@@ -355,7 +355,8 @@ public static unsafe partial class NativeMethods
 
     /// <summary>
     /// Fills the first struct_size bytes of *params with defaults (as fa_forward_params_init; not deterministic,
-    /// no workspace). Pass sizeof(fa_backward_params_t) as the caller compiled it.
+    /// no workspace, no sinks and no dsinks). Pass sizeof(fa_backward_params_t) as the caller compiled it (at least
+    /// version 0.6's size, which ends after workspace_size).
     /// </summary>
     /// <remarks>
     /// <para>C: <c>fa_status_t fa_backward_params_init(fa_backward_params_t* params, size_t struct_size)</c></para>
@@ -383,7 +384,7 @@ public static unsafe partial class NativeMethods
 
     /// <summary>
     /// Gradients of attention: given q, k, v, out, dout and lse of a forward call with the same options, writes
-    /// dq, dk and dv, ordered on <c>stream</c>. P is recomputed from lse; nothing of size seqlen_q x seqlen_k is stored.
+    /// dq, dk and dv (and dsinks when given), ordered on <c>stream</c>. P is recomputed from lse; nothing of size seqlen_q x seqlen_k is stored.
     /// With a caller workspace nothing is allocated or synchronised, so the call may be captured into a CUDA
     /// graph; with workspace NULL the library allocates it stream-ordered (capturable where the driver supports
     /// stream-ordered allocation in graphs).

@@ -35,7 +35,7 @@ public unsafe partial struct FaTensor
 }
 
 /// <summary>Arguments of fa_forward. Fill with fa_forward_params_init, then set the fields you need.</summary>
-/// <remarks>Mirror of C <c>fa_forward_params_t</c> (<c>struct fa_forward_params</c>): 728 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_forward_params_t</c> (<c>struct fa_forward_params</c>): 808 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaForwardParams
 {
@@ -74,7 +74,8 @@ public unsafe partial struct FaForwardParams
 
     /// <summary>
     /// Optional log-sum-exp [batch, heads_q, seqlen_q], fp32 (natural log of the softmax denominator,
-    /// scale included); written when data is not NULL. Rows that see no key get +infinity.
+    /// scale included); written when data is not NULL. Rows that see no key get +infinity (the sink's value when
+    /// sinks are given).
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t lse</c> at byte offset 328.</remarks>
     public FaTensor lse;
@@ -175,13 +176,27 @@ public unsafe partial struct FaForwardParams
     /// <summary>See q_descale.</summary>
     /// <remarks>C: <c>fa_tensor_t v_descale</c> at byte offset 648.</remarks>
     public FaTensor v_descale;
+
+    /// <summary>
+    /// Optional learnable attention sinks (as FlashAttention-4's learnable_sink, gpt-oss's sinks, ONNX Runtime's
+    /// head_sink): an fp32 device tensor of rank 1, [heads_q], one logit per query head (stride in elements, &gt;= 1;
+    /// 4-byte aligned). The sink sigma_h joins the softmax denominator only, with no value row: out_i =
+    /// sum_j e^(x_ij) v_j / (e^(sigma_h) + sum_j e^(x_ij)) and lse_i = log(e^(sigma_h) + sum_j e^(x_ij)), where
+    /// x_ij is the final logit (scaled, softcapped, masked). sigma is in those final-logit units: not multiplied by
+    /// softmax_scale, not capped, present whatever the mask or window. A row that sees no key gets out 0 and lse
+    /// sigma_h (instead of +infinity). A sink of -infinity is no sink. data NULL: no sinks. Every path and dtype
+    /// of the forward serves it (fp8 too: sigma is then in the units of the descaled logits).
+    /// (Since 0.7: an older caller's smaller struct gets data NULL.)
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t sinks</c> at byte offset 728.</remarks>
+    public FaTensor sinks;
 }
 
 /// <summary>
 /// Arguments of fa_backward. Fill with fa_backward_params_init, then set the fields you need. The options
 /// (scale, causal, window, softcap, varlen) must be those of the forward call that produced out and lse.
 /// </summary>
-/// <remarks>Mirror of C <c>fa_backward_params_t</c> (<c>struct fa_backward_params</c>): 824 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_backward_params_t</c> (<c>struct fa_backward_params</c>): 984 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaBackwardParams
 {
@@ -311,6 +326,23 @@ public unsafe partial struct FaBackwardParams
     /// <summary>Bytes at workspace (ignored when workspace is NULL).</summary>
     /// <remarks>C: <c>size_t workspace_size</c> at byte offset 816.</remarks>
     public nuint workspace_size;
+
+    /// <summary>
+    /// The sinks of the forward call (see fa_forward_params_t; data NULL: none). dq, dk and dv need no change with
+    /// them: the forward's lse already holds each sink. (Since 0.7: an older caller's smaller struct gets data
+    /// NULL.)
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t sinks</c> at byte offset 824.</remarks>
+    public FaTensor sinks;
+
+    /// <summary>
+    /// Optional gradient of the sinks, fp32 [heads_q] (stride &gt;= 1, 4-byte aligned); written (not accumulated)
+    /// when data is not NULL, which needs sinks: dsinks[h] = -sum over sequences b and rows i of
+    /// e^(sinks[h] - lse[b, h, i]) * rowsum(dout * out)[b, h, i]. The sum runs in a fixed order, so it is
+    /// bitwise identical run after run whatever deterministic says. (Since 0.7.)
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t dsinks</c> at byte offset 904.</remarks>
+    public FaTensor dsinks;
 }
 
 /// <summary>
@@ -443,7 +475,7 @@ public unsafe partial struct FaDecodeParams
 }
 
 /// <summary>A question for fa_query_support: is this kind of call served by this build on this GPU?</summary>
-/// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 40 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 44 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaSupportQuery
 {
@@ -486,6 +518,13 @@ public unsafe partial struct FaSupportQuery
     /// <summary>An fa_kernel_path_t value.</summary>
     /// <remarks>C: <c>int32_t kernel_path</c> at byte offset 36.</remarks>
     public int kernel_path;
+
+    /// <summary>
+    /// 1 if the call has learnable sinks (fa_forward_params_t.sinks; with FA_PASS_BACKWARD also dsinks). Served by
+    /// the forward and the backward on every path; fa_decode has none. (Since 0.7: a 0.6-sized query gets 0.)
+    /// </summary>
+    /// <remarks>C: <c>int32_t sinks</c> at byte offset 40.</remarks>
+    public int sinks;
 }
 
 /// <summary>Properties of one CUDA device.</summary>

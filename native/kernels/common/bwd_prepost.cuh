@@ -1,7 +1,10 @@
 // The backward's preprocess and convert kernels (KERNELS.md section 2), the same for every kernel path:
 //  1. bwd_preprocess: per query row, dsum = rowsum(dO * O) and lse * log2(e) into the workspace, and the fp32
-//     dQ accumulator rows zeroed;
+//     dQ accumulator rows zeroed; with learnable sinks and dsinks, each block's share of
+//     dsinks[h] = -sum_{b,i} e^(sink_h - LSE_i) * dsum_i into sink_partial;
+//  1b. bwd_sink_reduce (dsinks only): dsinks[h] = the sum of head h's partials, in a fixed order;
 //  3. bwd_convert: dQ = scale * dQ_accum in the caller's dtype and layout.
+// dQ, dK and dV need nothing for the sinks: the forward's LSE holds them, so P = e^(x - LSE) is already right.
 // (2, the main kernel, is sm80/bwd_kernel.cuh or sm90/bwd_kernel.cuh.)
 #pragma once
 #include <cuda_runtime.h>
@@ -40,6 +43,19 @@ __global__ void __launch_bounds__(256) bwd_preprocess(const __grid_constant__ Bw
     const T* dO = reinterpret_cast<const T*>(p.dout) + (varlen ? 0 : b * p.do_batch_stride) + h * p.do_head_stride;
     const float* lse = f.lse + (varlen ? 0 : b * f.lse_batch_stride) + h * f.lse_head_stride;
     const int r_end = min(rows, (rb + 1) * kPreRowsPerBlock);
+    // dsinks: this warp's rows' -e^(sink - LSE) * dsum, summed by lane 0 in row order. Varlen rows outside every
+    // sequence ([cu_seqlens_q[0], cu_seqlens_q[batch]), clamped as bwd_convert does) hold no forward output.
+    const bool want_sink = p.dsinks != nullptr;
+    float sink_acc = 0.f;
+    float sigma = 0.f;
+    int seq_begin = 0, seq_end = rows;
+    if (want_sink) {
+        sigma = f.sinks[h * f.sinks_stride];
+        if (varlen) {
+            seq_begin = min(max(f.cu_seqlens_q[0], 0), f.total_q);
+            seq_end = min(max(f.cu_seqlens_q[f.b], seq_begin), f.total_q);
+        }
+    }
     for (int r = rb * kPreRowsPerBlock + warp; r < r_end; r += 8) {
         float dot = 0.f;
         for (int c = lane; c * 8 < f.d; c += 32) {
@@ -58,10 +74,57 @@ __global__ void __launch_bounds__(256) bwd_preprocess(const __grid_constant__ Bw
             const float l = lse[r * f.lse_row_stride];
             p.dsum[slot] = dot;
             p.lse_log2[slot] = l == CUDART_INF_F ? CUDART_INF_F : l * kLog2e;
+            // A row that saw no key has O = 0, so dot = 0 and it adds nothing (LSE = sink there).
+            if (want_sink && r >= seq_begin && r < seq_end) sink_acc -= expf(sigma - l) * dot;
         }
         float4* acc = reinterpret_cast<float4*>(p.dq_accum + slot * p.kernel_d);
         for (int c = lane; c * 4 < p.kernel_d; c += 32) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
     }
+    if (want_sink) {
+        // The block's partial: the 8 warps' sums added in warp order by thread 0 (a fixed order).
+        __shared__ float warp_sums[8];
+        if (lane == 0) warp_sums[warp] = sink_acc;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            float total = 0.f;
+#pragma unroll
+            for (int w = 0; w < 8; ++w) total += warp_sums[w];
+            p.sink_partial[blockIdx.x] = total;
+        }
+    }
+}
+
+// ---- 1b. the sinks' gradient --------------------------------------------------------------------
+
+constexpr int kSinkReduceThreads = 256;
+
+// One block per query head h: dsinks[h] = the sum of bwd_preprocess's partials of h (every batch entry and row
+// block; partial index bh * row_blocks + rb with bh = b * hq + h, or h for a variable-length batch). Thread t
+// adds partials t, t + 256, ... in order, then a tree in shared memory: the order is fixed, so the result is
+// bitwise the same on every run. It overwrites dsinks (no zeroing before, nothing accumulated across calls), and
+// writes 0 when there are no rows.
+__global__ void __launch_bounds__(kSinkReduceThreads) bwd_sink_reduce(const __grid_constant__ BwdParams p) {
+    const FwdParams& f = p.f;
+    const bool varlen = f.cu_seqlens_q != nullptr;
+    const int h = blockIdx.x;
+    const int row_blocks = ceil_div(bwd_rows(f), kPreRowsPerBlock);
+    const int batches = varlen ? 1 : f.b;
+    const int64_t items = static_cast<int64_t>(batches) * row_blocks;
+    float acc = 0.f;
+    for (int64_t i = threadIdx.x; i < items; i += kSinkReduceThreads) {
+        const int64_t bb = i / row_blocks, rb = i % row_blocks;
+        const int64_t bh = varlen ? h : bb * f.hq + h;
+        acc += p.sink_partial[bh * row_blocks + rb];
+    }
+    __shared__ float part[kSinkReduceThreads];
+    part[threadIdx.x] = acc;
+    __syncthreads();
+#pragma unroll
+    for (int s = kSinkReduceThreads / 2; s > 0; s /= 2) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) p.dsinks[h * p.dsinks_stride] = part[0];
 }
 
 // ---- 3. convert ---------------------------------------------------------------------------------

@@ -30,6 +30,13 @@ struct BwdParams {
     int32_t* sem;     // deterministic: [b * hq * m_blocks] arrival counters and one more word, else nullptr
     int64_t q_slots;  // number of row slots
 
+    // Gradient of the sinks (f.sinks set): dsinks[h * dsinks_stride] = -sum_{b,i} e^(sink_h - LSE) * dsum, written
+    // by bwd_sink_reduce from sink_partial (workspace, [pre blocks]: one partial sum per bwd_preprocess block,
+    // each block's rows summed in a fixed order), so the result does not depend on scheduling. nullptr: none.
+    float* dsinks = nullptr;
+    int64_t dsinks_stride = 0;
+    float* sink_partial = nullptr;
+
     // Set by the launcher.
     int32_t m_blocks = 0;  // ceil(sq / BlockM)
     int32_t n_blocks = 0;  // ceil(sk / BlockN)

@@ -72,6 +72,13 @@ struct FwdParams {
     // convention, even for q) scale back: true q = q * q_descale[b, h / hq_per_hkv], likewise k and v. The
     // output o is then bf16. Unused (all data nullptr) for the 16-bit types.
     FwdDescale q_descale, k_descale, v_descale;
+
+    // Learnable sinks (FEATURES.md section 7): one fp32 logit per query head h at sinks[h * sinks_stride], in
+    // final-logit units (natural log, not scaled, not capped), joining each row's softmax denominator only:
+    // O = sum_j e^x_j V_j / (e^sink + sum_j e^x_j), LSE = log(e^sink + sum_j e^x_j); a row that sees no key
+    // gets O = 0 and LSE = sink. nullptr: none (common/sink.cuh finishes a row either way).
+    const float* sinks = nullptr;
+    int64_t sinks_stride = 0;
 };
 
 }  // namespace fa

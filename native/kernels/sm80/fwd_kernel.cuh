@@ -4,8 +4,8 @@
 // K/V tiles of BlockN keys stream through one K and one V buffer, walking the visible key range from
 // the last tile down so that only the first tiles (and, with a left window, the last ones) need
 // masks. Scores stay in registers: online softmax with exp2 and the scale folded in, P re-packed in
-// registers as the A operand of P.V, O normalised once at the end, the log-sum-exp written for the
-// backward pass.
+// registers as the A operand of P.V, O normalised once at the end (with the learnable sink in the
+// denominator when the call has one, common/sink.cuh), the log-sum-exp written for the backward pass.
 //
 // Pipeline per key tile n (one K and one V buffer):
 //   wait K(n) | issue V(n) | S = Q K(n)^T, mask | wait V(n) | issue K(n-1) | softmax, O += P V(n)
@@ -19,6 +19,7 @@
 #include "common/mask.cuh"
 #include "common/ptx.cuh"
 #include "common/seq.cuh"
+#include "common/sink.cuh"
 #include "common/tile_io.cuh"
 #include "params/fwd_params.h"
 #include "common/fwd_schedule.h"
@@ -72,7 +73,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
     const int n_begin = tiles.begin, n_end = tiles.end;
 
     if (n_end <= n_begin) {
-        // No row of this block sees any key: O = 0 and LSE = +inf (the backward pass then recomputes P = 0).
+        // No row of this block sees any key: O = 0 and LSE = +inf, or the sink (the backward pass then recomputes
+        // P = 0).
         for (int c = tid; c < BM * Tr::kChunksPerRow; c += Tr::kThreads) {
             const int r = c / Tr::kChunksPerRow;
             const int ch = c % Tr::kChunksPerRow;
@@ -81,7 +83,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
             }
         }
         if (lse != nullptr) {
-            for (int r = tid; r < rows_here; r += Tr::kThreads) lse[static_cast<int64_t>(r) * p.lse_row_stride] = CUDART_INF_F;
+            const float empty = empty_row_lse(row_sink(p.sinks, p.sinks_stride, h));  // common/sink.cuh
+            for (int r = tid; r < rows_here; r += Tr::kThreads) lse[static_cast<int64_t>(r) * p.lse_row_stride] = empty;
         }
         return;
     }
@@ -268,6 +271,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
     // Epilogue: finish the row sums across the quad, normalise, write the LSE, stage O through the
     // (now unused) Q tile for 16-byte coalesced stores. Each warp overwrites only its own Q rows.
     const float lse_scale = kSoftcap ? p.softcap : p.scale;
+    const RowSink sink = row_sink(p.sinks, p.sinks_stride, h);  // read here, not kept live through the main loop
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -275,12 +279,12 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
             float sum = row_sum[mt][r];
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
             sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-            const bool seen = sum > 0.f;
-            const float inv = seen ? 1.f / sum : 0.f;
+            // O = acc * inv and the LSE, with the sink in the denominator when there is one (common/sink.cuh).
+            const RowFinish fin = finish_row(sum, row_max[mt][r] * lse_scale, 0.f, sink);
+            const float inv = fin.inv;
             const int lrow = warp_row + mt * 16 + lane / 4 + r * 8;
             if (lse != nullptr && lane % 4 == 0 && lrow < rows_here) {
-                lse[static_cast<int64_t>(lrow) * p.lse_row_stride] =
-                    seen ? row_max[mt][r] * lse_scale + logf(sum) : CUDART_INF_F;
+                lse[static_cast<int64_t>(lrow) * p.lse_row_stride] = fin.lse;
             }
 #pragma unroll
             for (int j = 0; j < NO; ++j) {

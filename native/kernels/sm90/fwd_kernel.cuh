@@ -18,7 +18,8 @@
 // each CTA taking every gridDim.x-th (one tile each when the launcher gives one CTA per tile): heavy row
 // blocks first, a group of heads' K/V reused from L2. The epilogue stages O in shared memory (its own tile
 // at d64/d128, which frees the Q tile for the next one at once; else the warpgroup's own rows of the Q
-// tile) for 16-byte coalesced stores (any strides, varlen tails) and writes the LSE from registers.
+// tile) for 16-byte coalesced stores (any strides, varlen tails) and writes the LSE from registers; a learnable
+// sink joins the row's denominator there (common/sink.cuh), the main loop does not change.
 //
 // fp8 (e4m3 q/k/v, bf16 O; FwdTraits90<D, true>, D 128/256): the same roles and pipeline with 1-byte tiles
 // (128-column panels), wgmma m64nNk32 e4m3, and V transposed: fp8 wgmma reads both operands K-major, so V lands
@@ -37,6 +38,7 @@
 #include "common/mask.cuh"
 #include "common/ptx.cuh"
 #include "common/seq.cuh"
+#include "common/sink.cuh"
 #include "common/tile_io.cuh"
 #include "params/fwd_params.h"
 #include "sm90/async.cuh"
@@ -328,7 +330,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
                                                 row_g * p.lse_row_stride;
 
             if (t.keys.end <= t.keys.begin) {
-                // No row of the tile sees a key: O = 0, LSE = +inf (the backward then recomputes P = 0).
+                // No row of the tile sees a key: O = 0, LSE = +inf or the sink (the backward then recomputes P = 0).
                 for (int c = tid % 128; c < 64 * CPR; c += 128) {
                     const int r = c / CPR, ch = c % CPR;
                     if (r < my_rows && ch * 8 < p.d) {
@@ -337,8 +339,9 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
                     }
                 }
                 if (lse != nullptr) {
+                    const float empty = empty_row_lse(row_sink(p.sinks, p.sinks_stride, t.h));  // common/sink.cuh
                     for (int r = tid % 128; r < my_rows && r < 64; r += 128) {
-                        lse[static_cast<int64_t>(cw * 64 + r) * p.lse_row_stride] = CUDART_INF_F;
+                        lse[static_cast<int64_t>(cw * 64 + r) * p.lse_row_stride] = empty;
                     }
                 }
                 continue;
@@ -513,18 +516,20 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
             // the O tile (or of the Q tile), panel layout, then 16-byte stores of the rows and columns the call
             // has; fp8 stores its bf16 O from registers (4 bytes a thread, a quad's 16 bytes contiguous).
             constexpr int kOffO = Tr::kSeparateO ? Tr::kOffO : Tr::kOffQ;
+            const RowSink sink = row_sink(p.sinks, p.sinks_stride, t.h);  // read here, not kept live in the main loop
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
                 float sum = row_sum[r];
                 sum += __shfl_xor_sync(0xffffffffu, sum, 1);
                 sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-                const bool seen = sum > 0.f;
-                const float inv = seen ? o_scale / sum : 0.f;
+                // O = acc * inv and the LSE, with the sink in the denominator when there is one (common/sink.cuh);
+                // P carries e^(kPOffset ln 2), which finish_row takes back out of the LSE.
+                constexpr float kLn2 = 0.6931471805599453f;
+                const RowFinish fin = finish_row(sum, row_max[r] * lse_scale, kPOffset * kLn2, sink);
+                const float inv = o_scale * fin.inv;
                 const int lrow = rl + 8 * r;
                 if (lse != nullptr && t4 == 0 && lrow < t.rows) {
-                    constexpr float kLn2 = 0.6931471805599453f;
-                    lse[static_cast<int64_t>(lrow) * p.lse_row_stride] =
-                        seen ? row_max[r] * lse_scale + logf(sum) - kPOffset * kLn2 : CUDART_INF_F;
+                    lse[static_cast<int64_t>(lrow) * p.lse_row_stride] = fin.lse;
                 }
                 if constexpr (Tr::kStageO) {
 #pragma unroll

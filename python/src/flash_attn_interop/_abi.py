@@ -23,8 +23,8 @@ TARGET = "x86_64-unknown-linux-gnu"
 FA_VERSION_MAJOR = 0
 
 # Version of this header. fa_version() reports the version of the loaded binary.
-# C: #define FA_VERSION_MINOR 6
-FA_VERSION_MINOR = 6
+# C: #define FA_VERSION_MINOR 7
+FA_VERSION_MINOR = 7
 
 # Version of this header. fa_version() reports the version of the loaded binary.
 # C: #define FA_VERSION_PATCH 0
@@ -32,7 +32,7 @@ FA_VERSION_PATCH = 0
 
 # MAJOR * 10000 + MINOR * 100 + PATCH.
 # C: #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
-FA_VERSION_CODE = 600
+FA_VERSION_CODE = 700
 
 # Most dimensions a tensor descriptor carries.
 # C: #define FA_MAX_RANK 4
@@ -165,7 +165,7 @@ class FaTensor(ctypes.Structure):
 
 
 class FaForwardParams(ctypes.Structure):
-    """C fa_forward_params_t (struct fa_forward_params): 728 bytes, aligned to 8."""
+    """C fa_forward_params_t (struct fa_forward_params): 808 bytes, aligned to 8."""
 
     # Arguments of fa_forward. Fill with fa_forward_params_init, then set the fields you need.
     _fields_ = [
@@ -185,7 +185,8 @@ class FaForwardParams(ctypes.Structure):
         # overlap q, k, v or the descales.
         ("out", FaTensor),  # C: fa_tensor_t, offset 248
         # Optional log-sum-exp [batch, heads_q, seqlen_q], fp32 (natural log of the softmax denominator,
-        # scale included); written when data is not NULL. Rows that see no key get +infinity.
+        # scale included); written when data is not NULL. Rows that see no key get +infinity (the sink's value when
+        # sinks are given).
         ("lse", FaTensor),  # C: fa_tensor_t, offset 328
         # Multiplier of q.k before the softmax; 0 means 1/sqrt(head_dim).
         ("softmax_scale", ctypes.c_float),  # C: float, offset 408
@@ -238,11 +239,21 @@ class FaForwardParams(ctypes.Structure):
         ("k_descale", FaTensor),  # C: fa_tensor_t, offset 568
         # See q_descale.
         ("v_descale", FaTensor),  # C: fa_tensor_t, offset 648
+        # Optional learnable attention sinks (as FlashAttention-4's learnable_sink, gpt-oss's sinks, ONNX Runtime's
+        # head_sink): an fp32 device tensor of rank 1, [heads_q], one logit per query head (stride in elements, >= 1;
+        # 4-byte aligned). The sink sigma_h joins the softmax denominator only, with no value row: out_i =
+        # sum_j e^(x_ij) v_j / (e^(sigma_h) + sum_j e^(x_ij)) and lse_i = log(e^(sigma_h) + sum_j e^(x_ij)), where
+        # x_ij is the final logit (scaled, softcapped, masked). sigma is in those final-logit units: not multiplied by
+        # softmax_scale, not capped, present whatever the mask or window. A row that sees no key gets out 0 and lse
+        # sigma_h (instead of +infinity). A sink of -infinity is no sink. data NULL: no sinks. Every path and dtype
+        # of the forward serves it (fp8 too: sigma is then in the units of the descaled logits).
+        # (Since 0.7: an older caller's smaller struct gets data NULL.)
+        ("sinks", FaTensor),  # C: fa_tensor_t, offset 728
     ]
 
 
 class FaBackwardParams(ctypes.Structure):
-    """C fa_backward_params_t (struct fa_backward_params): 824 bytes, aligned to 8."""
+    """C fa_backward_params_t (struct fa_backward_params): 984 bytes, aligned to 8."""
 
     # Arguments of fa_backward. Fill with fa_backward_params_init, then set the fields you need. The options
     # (scale, causal, window, softcap, varlen) must be those of the forward call that produced out and lse.
@@ -310,6 +321,15 @@ class FaBackwardParams(ctypes.Structure):
         ("workspace", ctypes.c_void_p),  # C: void*, offset 808
         # Bytes at workspace (ignored when workspace is NULL).
         ("workspace_size", ctypes.c_size_t),  # C: size_t, offset 816
+        # The sinks of the forward call (see fa_forward_params_t; data NULL: none). dq, dk and dv need no change with
+        # them: the forward's lse already holds each sink. (Since 0.7: an older caller's smaller struct gets data
+        # NULL.)
+        ("sinks", FaTensor),  # C: fa_tensor_t, offset 824
+        # Optional gradient of the sinks, fp32 [heads_q] (stride >= 1, 4-byte aligned); written (not accumulated)
+        # when data is not NULL, which needs sinks: dsinks[h] = -sum over sequences b and rows i of
+        # e^(sinks[h] - lse[b, h, i]) * rowsum(dout * out)[b, h, i]. The sum runs in a fixed order, so it is
+        # bitwise identical run after run whatever deterministic says. (Since 0.7.)
+        ("dsinks", FaTensor),  # C: fa_tensor_t, offset 904
     ]
 
 
@@ -383,7 +403,7 @@ class FaDecodeParams(ctypes.Structure):
 
 
 class FaSupportQuery(ctypes.Structure):
-    """C fa_support_query_t (struct fa_support_query): 40 bytes, aligned to 4."""
+    """C fa_support_query_t (struct fa_support_query): 44 bytes, aligned to 4."""
 
     # A question for fa_query_support: is this kind of call served by this build on this GPU?
     _fields_ = [
@@ -407,6 +427,9 @@ class FaSupportQuery(ctypes.Structure):
         ("varlen", ctypes.c_int32),  # C: int32_t, offset 32
         # An fa_kernel_path_t value.
         ("kernel_path", ctypes.c_int32),  # C: int32_t, offset 36
+        # 1 if the call has learnable sinks (fa_forward_params_t.sinks; with FA_PASS_BACKWARD also dsinks). Served by
+        # the forward and the backward on every path; fa_decode has none. (Since 0.7: a 0.6-sized query gets 0.)
+        ("sinks", ctypes.c_int32),  # C: int32_t, offset 40
     ]
 
 
@@ -452,7 +475,7 @@ LAYOUT = {
         ("shape", 16),
         ("strides", 48),
     )),
-    FaForwardParams: (728, 8, (
+    FaForwardParams: (808, 8, (
         ("struct_size", 0),
         ("reserved0", 4),
         ("q", 8),
@@ -479,8 +502,9 @@ LAYOUT = {
         ("q_descale", 488),
         ("k_descale", 568),
         ("v_descale", 648),
+        ("sinks", 728),
     )),
-    FaBackwardParams: (824, 8, (
+    FaBackwardParams: (984, 8, (
         ("struct_size", 0),
         ("reserved0", 4),
         ("q", 8),
@@ -510,6 +534,8 @@ LAYOUT = {
         ("reserved1", 804),
         ("workspace", 808),
         ("workspace_size", 816),
+        ("sinks", 824),
+        ("dsinks", 904),
     )),
     FaDecodeParams: (784, 8, (
         ("struct_size", 0),
@@ -535,7 +561,7 @@ LAYOUT = {
         ("workspace", 768),
         ("workspace_size", 776),
     )),
-    FaSupportQuery: (40, 4, (
+    FaSupportQuery: (44, 4, (
         ("struct_size", 0),
         ("pass", 4),
         ("compute_capability", 8),
@@ -546,6 +572,7 @@ LAYOUT = {
         ("softcap", 28),
         ("varlen", 32),
         ("kernel_path", 36),
+        ("sinks", 40),
     )),
     FaDeviceProperties: (288, 8, (
         ("struct_size", 0),

@@ -189,12 +189,14 @@ _FWD_WINDOW = _run(_F, "window_left", "window_right", "softcap")
 _FWD_CU = _run(_F, "cu_seqlens_q", "cu_seqlens_k")
 _FWD_LENS = _run(_F, "varlen_batch", "max_seqlen_q", "max_seqlen_k")
 _FWD_DESCALE = _run(_F, "q_descale", "k_descale", "v_descale")
+_FWD_SINKS = _run(_F, "sinks")
 _B = _abi.FaBackwardParams
 _BWD_MAIN = _run(_B, "q", "k", "v", "out", "dout", "lse", "dq", "dk", "dv", "softmax_scale", "causal",
                  "causal_alignment")
 _BWD_WINDOW = _run(_B, "window_left", "window_right", "softcap", "deterministic")
 _BWD_CU = _run(_B, "cu_seqlens_q", "cu_seqlens_k")
 _BWD_LENS = _run(_B, "varlen_batch", "max_seqlen_q", "max_seqlen_k")
+_BWD_SINKS = _run(_B, "sinks", "dsinks")
 _D = _abi.FaDecodeParams
 _DEC_MAIN = _run(_D, "q", "k_cache", "v_cache", "k_new", "v_new", "out", "lse", "cache_seqlens", "block_table",
                  "softmax_scale", "causal", "window_left", "window_right", "softcap")
@@ -210,6 +212,35 @@ def _pack_varlen(p, cu_run, lens_run, varlen):
     cu_q, cu_k, batch, max_q, max_k = varlen
     cu_run[1].pack_into(p, cu_run[0], cu_q or 0, cu_k or 0)
     lens_run[1].pack_into(p, lens_run[0], batch, max_q, max_k)
+
+
+def pack_sinks(p, sinks):
+    """Writes fa_forward_params_t p's sinks (tensor_fields of a float32 [heads_q] tensor; C ABI 0.7)."""
+    try:
+        off, s = _FWD_SINKS
+        s.pack_into(p, off, *sinks)
+    except (struct.error, OverflowError) as e:
+        raise _unfit("forward", e) from None
+
+
+def pack_backward_sinks(p, sinks, dsinks):
+    """Writes fa_backward_params_t p's sinks and dsinks (tensor_fields; NO_TENSOR: not given)."""
+    try:
+        off, s = _BWD_SINKS
+        s.pack_into(p, off, *sinks, *dsinks)
+    except (struct.error, OverflowError) as e:
+        raise _unfit("backward", e) from None
+
+
+def sinks_arg(function, sinks, learnable_sink):
+    """The sinks of a call: `sinks` (this package's name, the C ABI's) or `learnable_sink` (FlashAttention-4's name for
+    the same tensor), not both; None when neither is given."""
+    if learnable_sink is not None:
+        if sinks is not None:
+            raise ValueError(f"{function}: sinks and learnable_sink are the same argument (FlashAttention-4 calls it "
+                             "learnable_sink); give one of them")
+        return learnable_sink
+    return sinks
 
 
 def pack_forward(p, q, k, v, out, lse, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
@@ -272,23 +303,29 @@ def _int_varlen(varlen):
 
 def forward_params(lib, q, k, v, out, lse=None, *, softmax_scale=0.0, causal=False,
                    causal_alignment=_abi.FA_CAUSAL_BOTTOM_RIGHT, window=(-1, -1), softcap=0.0, varlen=None,
-                   descales=None):
+                   descales=None, sinks=None):
     """fa_forward_params_t over TensorDescs (lse None: not written). lib: a loaded _library.Library. descales: None,
-    or (q_descale, k_descale, v_descale) TensorDescs (None: a factor of 1), the fp8 forward's."""
+    or (q_descale, k_descale, v_descale) TensorDescs (None: a factor of 1), the fp8 forward's. sinks: None or the
+    TensorDesc of the learnable sinks."""
     p = lib.new_params("forward")
     pack_forward(p, desc_fields(q), desc_fields(k), desc_fields(v), desc_fields(out), desc_fields(lse), softmax_scale,
                  causal, causal_alignment, window[0], window[1], softcap, _int_varlen(varlen),
                  None if descales is None else tuple(desc_fields(t) for t in descales))
+    if sinks is not None:
+        pack_sinks(p, desc_fields(sinks))
     return p
 
 
 def backward_params(lib, q, k, v, out, dout, lse, dq, dk, dv, *, softmax_scale=0.0, causal=False,
                     causal_alignment=_abi.FA_CAUSAL_BOTTOM_RIGHT, window=(-1, -1), softcap=0.0, deterministic=False,
-                    varlen=None):
-    """fa_backward_params_t over TensorDescs, no workspace yet (the caller sizes and sets it)."""
+                    varlen=None, sinks=None, dsinks=None):
+    """fa_backward_params_t over TensorDescs, no workspace yet (the caller sizes and sets it). sinks, dsinks: None or
+    TensorDescs (the learnable sinks of the forward call and their gradient, written)."""
     p = lib.new_params("backward")
     pack_backward(p, *(desc_fields(t) for t in (q, k, v, out, dout, lse, dq, dk, dv)), softmax_scale, causal,
                   causal_alignment, window[0], window[1], softcap, deterministic, _int_varlen(varlen))
+    if sinks is not None or dsinks is not None:
+        pack_backward_sinks(p, desc_fields(sinks), desc_fields(dsinks))
     return p
 
 

@@ -10,7 +10,16 @@ unbounded, applied on the same diagonal, causal forcing right to 0; softcap > 0 
 softcap * tanh(s / softcap); k/v may have fewer heads than q (GQA/MQA: heads_q divisible by heads_kv); the
 log-sum-exp is [batch, heads, seqlen_q] fp32 ([heads, total_q] varlen). Extensions, keyword-only:
 causal_alignment="top_left" places the causal diagonal as PyTorch's is_causal does; q_descale, k_descale and v_descale
-are FlashAttention-3's fp8 forward arguments.
+are FlashAttention-3's fp8 forward arguments; sinks (alias learnable_sink, FlashAttention-4's name) are learnable
+attention sinks.
+
+Learnable sinks (C ABI 0.7; FlashAttention-4's learnable_sink, gpt-oss's sinks): a tensor (nheads,) of fp32, fp16 or
+bf16 on the GPU, one logit sigma_h per query head that joins the softmax denominator only:
+out_i = sum_j e^{x_ij} v_j / (e^{sigma_h} + sum_j e^{x_ij}), lse_i = log(e^{sigma_h} + sum_j e^{x_ij}), x the final
+(scaled, soft-capped, masked) logits; sigma is in those units and present whatever the mask; a row that sees no key
+gets out 0 and lse sigma_h. Differentiable in the sinks too (dsigma_h = -sum_{b,i} e^{sigma_h - lse} rowsum(dout *
+out); no gradient flows through the returned lse, as everywhere here). The library computes in fp32 (a 16-bit sinks
+tensor is converted, and its gradient converted back). Not with fp8 inputs in this package yet.
 
 fp8 (FlashAttention-3's fp8 forward): q, k and v all torch.float8_e4m3fn give a torch.bfloat16 output; q_descale,
 k_descale and v_descale (float32 (batch, nheads_k), even for q; None: 1.0) scale the values back: the attention is
@@ -162,6 +171,31 @@ def _fp8(ops, function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_s
     return _finish(out, lse, return_attn_probs, q)
 
 
+def _with_sinks(function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
+                return_attn_probs, descales, sinks):
+    """A call with learnable sinks (fixed-length when cu_seqlens_q is None): the sinks checked first (on any device),
+    then q, k, v as every call checks them, then the devices; through the sink ops (differentiable in the sinks)."""
+    ops = _ops or _torch_ops()
+    if descales is not _NO_DESCALES or ops.is_fp8(q):
+        _args.refuse(function, "sinks", "<tensor>", "learnable sinks with fp8 inputs are served by the C ABI (0.7) but "
+                     "not wired into this package yet; use fp16/bf16 inputs")
+    varlen = cu_seqlens_q is not None
+    rank, layout = (3, _VARLEN_LAYOUT) if varlen else (4, _DENSE_LAYOUT)
+    if getattr(q, "dim", None) is None or q.dim() != rank:
+        raise ValueError(f"{function}: q must be {layout}, got shape {_shape(q)}")
+    sinks = ops.sink_input(function, sinks, q.shape[-2])
+    plain = ops.plain_eager(q, k, v, cu_seqlens_q, cu_seqlens_k, sinks)
+    q, k, v = _attn_inputs(ops, function, q, k, v, plain, rank, layout)
+    cu_q = cu_k = None
+    if varlen:
+        ops.require_cuda(function, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+        cu_q, cu_k = _cu_seqlens(ops, function, cu_seqlens_q, cu_seqlens_k)
+    ops.require_cuda(function, sinks=sinks)
+    out, lse = ops.attention_sink(q, k, v, sinks, opts, bool(deterministic), cu_q, cu_k, int(max_seqlen_q),
+                                  int(max_seqlen_k), plain)
+    return _finish(out, lse, return_attn_probs, q)
+
+
 def _no_block_table(function, block_table):
     if block_table is not None:
         _args.refuse(function, "block_table", "<tensor>", "a paged KV cache is served by flash_attn_with_kvcache only")
@@ -171,15 +205,22 @@ def _no_block_table(function, block_table):
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                     alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                    causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None):
+                    causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None,
+                    sinks=None, learnable_sink=None):
     """Attention over q [batch, seqlen_q, heads, head_dim], k and v [batch, seqlen_k, heads_kv, head_dim] (fp16 or
     bf16, CUDA). Returns out [batch, seqlen_q, heads, head_dim]; with return_attn_probs, (out, softmax_lse
     [batch, heads, seqlen_q] fp32, an empty S_dmask). Differentiable in q, k and v.
 
     fp8: q, k and v torch.float8_e4m3fn give a bf16 out; q_descale, k_descale, v_descale: float32
-    (batch, nheads_k) factors (None: 1.0), as FlashAttention-3's. Not differentiable (see the module's notes)."""
+    (batch, nheads_k) factors (None: 1.0), as FlashAttention-3's. Not differentiable (see the module's notes).
+
+    sinks (or learnable_sink, FlashAttention-4's name): (nheads,) fp32/fp16/bf16 learnable attention sinks, one logit
+    per query head in the softmax denominator (see the module's notes); differentiable."""
     f = "flash_attn_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
+    if sinks is not None or learnable_sink is not None:
+        return _with_sinks(f, q, k, v, None, None, 0, 0, opts, deterministic, return_attn_probs,
+                           _descales(q_descale, k_descale, v_descale), _args.sinks_arg(f, sinks, learnable_sink))
     if q_descale is not None or k_descale is not None or v_descale is not None:
         return _dense(f, q, k, v, opts, deterministic, return_attn_probs, (q_descale, k_descale, v_descale))
     ops = _ops or _torch_ops()
@@ -191,25 +232,34 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
 
 def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                               softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                              causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None):
+                              causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None,
+                              sinks=None, learnable_sink=None):
     """flash_attn_func on qkv [batch, seqlen, 3, heads, head_dim] (the three read in place, as strided views); fp8
     qkv with its descales as flash_attn_func's."""
     f = "flash_attn_qkvpacked_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(qkv, "dim", None) is None or qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"{f}: qkv must be [batch, seqlen, 3, heads, head_dim], got {_shape(qkv)}")
+    if sinks is not None or learnable_sink is not None:
+        return _with_sinks(f, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], None, None, 0, 0, opts, deterministic,
+                           return_attn_probs, _descales(q_descale, k_descale, v_descale),
+                           _args.sinks_arg(f, sinks, learnable_sink))
     return _dense(f, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], opts, deterministic, return_attn_probs,
                   _descales(q_descale, k_descale, v_descale))
 
 
 def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                             causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None):
+                             causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None,
+                             sinks=None, learnable_sink=None):
     """flash_attn_func on q and kv [batch, seqlen_k, 2, heads_kv, head_dim]; fp8 as flash_attn_func's."""
     f = "flash_attn_kvpacked_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(kv, "dim", None) is None or kv.dim() != 5 or kv.shape[2] != 2:
         raise ValueError(f"{f}: kv must be [batch, seqlen_k, 2, heads_kv, head_dim], got {_shape(kv)}")
+    if sinks is not None or learnable_sink is not None:
+        return _with_sinks(f, q, kv[:, :, 0], kv[:, :, 1], None, None, 0, 0, opts, deterministic, return_attn_probs,
+                           _descales(q_descale, k_descale, v_descale), _args.sinks_arg(f, sinks, learnable_sink))
     return _dense(f, q, kv[:, :, 0], kv[:, :, 1], opts, deterministic, return_attn_probs,
                   _descales(q_descale, k_descale, v_descale))
 
@@ -217,7 +267,8 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None, *,
-                           causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None):
+                           causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None,
+                           sinks=None, learnable_sink=None):
     """Variable-length batch: q [total_q, heads, head_dim], k and v [total_k, heads_kv, head_dim], cu_seqlens_q/k
     int32 [batch + 1] prefix sums on the GPU, max_seqlen_q/k the longest lengths (host ints; no host copy of the
     lengths is made). softmax_lse is [heads, total_q]. fp8 as flash_attn_func's, the descales (batch, nheads_k) with
@@ -225,6 +276,10 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     f = "flash_attn_varlen_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     _no_block_table(f, block_table)
+    if sinks is not None or learnable_sink is not None:
+        return _with_sinks(f, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
+                           return_attn_probs, _descales(q_descale, k_descale, v_descale),
+                           _args.sinks_arg(f, sinks, learnable_sink))
     return _varlen(f, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
                    return_attn_probs, _descales(q_descale, k_descale, v_descale))
 
@@ -232,12 +287,16 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
                                      window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
                                      return_attn_probs=False, *, causal_alignment="bottom_right", q_descale=None,
-                                     k_descale=None, v_descale=None):
+                                     k_descale=None, v_descale=None, sinks=None, learnable_sink=None):
     """flash_attn_varlen_func on qkv [total, 3, heads, head_dim]; fp8 as flash_attn_varlen_func's."""
     f = "flash_attn_varlen_qkvpacked_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(qkv, "dim", None) is None or qkv.dim() != 4 or qkv.shape[1] != 3:
         raise ValueError(f"{f}: qkv must be [total, 3, heads, head_dim], got {_shape(qkv)}")
+    if sinks is not None or learnable_sink is not None:
+        return _with_sinks(f, qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, opts,
+                           deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale),
+                           _args.sinks_arg(f, sinks, learnable_sink))
     return _varlen(f, qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, opts,
                    deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale))
 
@@ -245,13 +304,18 @@ def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                                     softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                                     alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                                    causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None):
+                                    causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None,
+                                    sinks=None, learnable_sink=None):
     """flash_attn_varlen_func on q [total_q, heads, head_dim] and kv [total_k, 2, heads_kv, head_dim]; fp8 as
     flash_attn_varlen_func's."""
     f = "flash_attn_varlen_kvpacked_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(kv, "dim", None) is None or kv.dim() != 4 or kv.shape[1] != 2:
         raise ValueError(f"{f}: kv must be [total_k, 2, heads_kv, head_dim], got {_shape(kv)}")
+    if sinks is not None or learnable_sink is not None:
+        return _with_sinks(f, q, kv[:, 0], kv[:, 1], cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts,
+                           deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale),
+                           _args.sinks_arg(f, sinks, learnable_sink))
     return _varlen(f, q, kv[:, 0], kv[:, 1], cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts,
                    deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale))
 

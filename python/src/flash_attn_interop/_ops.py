@@ -305,6 +305,66 @@ def backward_impl(dout, q, k, v, out, lse, softmax_scale, causal, causal_alignme
     return dq, dk, dv
 
 
+# ---- learnable sinks (C ABI 0.7): a float32 [heads_q] tensor, one logit per query head -----------------------------
+
+_SINK_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # FlashAttention-4's _LEARNABLE_SINK_DTYPES
+
+
+def sink_input(function, sinks, heads_q):
+    """The sinks checked (a torch.Tensor of shape (nheads,), fp16, bf16 or fp32, as FlashAttention-4's learnable_sink)
+    before any device check, so the checks hold on CPU tensors too. The library takes float32: the caller converts
+    (sinks.float(), which autograd differentiates back into the sinks' own dtype)."""
+    if not isinstance(sinks, torch.Tensor):
+        raise TypeError(f"{function}: sinks must be a torch.Tensor or None, got {type(sinks).__name__}")
+    if sinks.dtype not in _SINK_DTYPES:
+        raise TypeError(f"{function}: sinks must be torch.float32, torch.float16 or torch.bfloat16 (as "
+                        f"FlashAttention-4's learnable_sink), got {sinks.dtype}")
+    if sinks.dim() != 1 or sinks.shape[0] != heads_q:
+        raise ValueError(f"{function}: sinks must be (nheads,) = ({heads_q},), one logit per query head, got "
+                         f"{tuple(sinks.shape)}")
+    return sinks
+
+
+def _sinks32(sinks):
+    """The float32, unit-stride sinks the library reads (the tensor itself when it already is one)."""
+    s = sinks if sinks.dtype == torch.float32 else sinks.float()
+    return s if s.stride(0) == 1 else s.contiguous()
+
+
+def forward_sink_impl(q, k, v, sinks, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
+                      cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    """fa_forward with learnable sinks (float32 [heads_q]): (out, lse), lse always written (the backward needs it)."""
+    q, k, v = aligned(q), aligned(k), aligned(v)
+    lib = _lib()
+    device = q.get_device()
+    varlen = _varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    out, fo, lse, fl = _outputs(q, fields(q), True, varlen is not None)
+    p = lib.new_forward_params()
+    _args.pack_forward(p, fields(q), fields(k), fields(v), fo, fl, softmax_scale, causal, causal_alignment, window_left,
+                       window_right, softcap, varlen)
+    _args.pack_sinks(p, fields(sinks))
+    st = lib.lib.fa_forward(lib.context(device), p, _stream(device))
+    if st:
+        raise lib.error("fa_forward", st)
+    return out, lse
+
+
+def backward_sink_impl(dout, q, k, v, out, lse, sinks, softmax_scale, causal, causal_alignment, window_left,
+                       window_right, softcap, deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    """fa_backward with learnable sinks: (dq, dk, dv, dsinks float32 [heads_q], written by the call)."""
+    lib = _lib()
+    dout, q, k, v = aligned(dout), aligned(q), aligned(k), aligned(v)
+    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    dsinks = torch.empty_like(sinks, memory_format=torch.contiguous_format)
+    p = lib.new_params("backward")
+    _args.pack_backward(p, fields(q), fields(k), fields(v), fields(out), fields(dout), fields(lse), fields(dq),
+                        fields(dk), fields(dv), softmax_scale, causal, causal_alignment, window_left, window_right,
+                        softcap, deterministic, _varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+    _args.pack_backward_sinks(p, fields(sinks), fields(dsinks))
+    _run_with_workspace(lib, "backward", p, q)
+    return dq, dk, dv, dsinks
+
+
 def decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, softmax_scale, causal, window_left,
                 window_right, softcap, num_splits):
     lib = _lib()
@@ -397,6 +457,92 @@ if HAS_CUSTOM_OP:
     @decode_op.register_fake
     def _decode_fake(q, k_cache, v_cache, k, v, cache_seqlens, block_table, *rest):
         return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+
+
+if HAS_CUSTOM_OP:
+    # Learnable sinks: their own ops (the plain fwd/bwd ops keep their schema), differentiable in q, k, v and sinks.
+    @torch.library.custom_op(f"{NAMESPACE}::fwd_sink", mutates_args=(), device_types="cuda")
+    def fwd_sink_op(q: T, k: T, v: T, sinks: T, softmax_scale: float, causal: bool, causal_alignment: int,
+                    window_left: int, window_right: int, softcap: float, deterministic: bool,
+                    cu_seqlens_q: Optional[T], cu_seqlens_k: Optional[T], max_seqlen_q: int,
+                    max_seqlen_k: int) -> Tuple[T, T]:
+        return forward_sink_impl(q, k, v, sinks, softmax_scale, causal, causal_alignment, window_left, window_right,
+                                 softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+
+    @fwd_sink_op.register_fake
+    def _fwd_sink_fake(q, k, v, sinks, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
+                       deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+        return q.new_empty(q.shape), q.new_empty(_lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
+
+    @torch.library.custom_op(f"{NAMESPACE}::bwd_sink", mutates_args=(), device_types="cuda")
+    def bwd_sink_op(dout: T, q: T, k: T, v: T, out: T, lse: T, sinks: T, softmax_scale: float, causal: bool,
+                    causal_alignment: int, window_left: int, window_right: int, softcap: float, deterministic: bool,
+                    cu_seqlens_q: Optional[T], cu_seqlens_k: Optional[T], max_seqlen_q: int,
+                    max_seqlen_k: int) -> Tuple[T, T, T, T]:
+        return backward_sink_impl(dout, q, k, v, out, lse, sinks, softmax_scale, causal, causal_alignment,
+                                  window_left, window_right, softcap, deterministic, cu_seqlens_q, cu_seqlens_k,
+                                  max_seqlen_q, max_seqlen_k)
+
+    @bwd_sink_op.register_fake
+    def _bwd_sink_fake(dout, q, k, v, out, lse, sinks, *rest):
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), sinks.new_empty(sinks.shape)
+
+    def _setup_sink_context(ctx, inputs, output):
+        (q, k, v, sinks, softmax_scale, causal, causal_alignment, window_left, window_right, softcap, deterministic,
+         cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, sinks, out, lse, cu_seqlens_q, cu_seqlens_k)
+        ctx.options = (softmax_scale, causal, causal_alignment, window_left, window_right, softcap, deterministic)
+        ctx.max_seqlens = (max_seqlen_q, max_seqlen_k)
+
+    def _sink_backward(ctx, dout, dlse):
+        # As the plain op: no gradient flows into the log-sum-exp output (FlashAttention-4's dLSE term is 0 here).
+        q, k, v, sinks, out, lse, cu_q, cu_k = ctx.saved_tensors
+        dq, dk, dv, dsinks = bwd_sink_op(dout, q, k, v, out, lse, sinks, *ctx.options, cu_q, cu_k, *ctx.max_seqlens)
+        return (dq, dk, dv, dsinks) + (None,) * 11
+
+    torch.library.register_autograd(f"{NAMESPACE}::fwd_sink", _sink_backward, setup_context=_setup_sink_context)
+
+
+class _EagerSinkAttention(torch.autograd.Function):
+    """_EagerAttention's counterpart with learnable sinks (float32 [heads_q]): gradients for q, k, v and the sinks."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, sinks, call):
+        if not call.plain:
+            q, k, v = aligned(q), aligned(k), aligned(v)
+        out, lse = forward_sink_impl(q, k, v, sinks, *call.opts, call.cu_q, call.cu_k, call.max_q, call.max_k)
+        ctx.save_for_backward(q, k, v, sinks, out, lse)
+        ctx.call = call
+        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        if dout is None:
+            return None, None, None, None, None
+        q, k, v, sinks, out, lse = ctx.saved_tensors
+        c = ctx.call
+        args = (dout, q, k, v, out, lse, sinks, *c.opts, c.deterministic, c.cu_q, c.cu_k, c.max_q, c.max_k)
+        if HAS_CUSTOM_OP and (torch.is_grad_enabled() or not plain_eager(dout)):
+            dq, dk, dv, dsinks = bwd_sink_op(*args)
+        else:
+            dq, dk, dv, dsinks = backward_sink_impl(*args)
+        return dq, dk, dv, dsinks, None
+
+
+def attention_sink(q, k, v, sinks, opts, deterministic, cu_q, cu_k, max_q, max_k, plain):
+    """(out, lse) of flash attention with learnable sinks (checked by sink_input, any of its dtypes) on q, k, v as
+    attn_input made them; differentiable in q, k, v and the sinks."""
+    s32 = _sinks32(sinks)
+    if HAS_CUSTOM_OP and not plain:
+        return fwd_sink_op(q, k, v, s32, *opts, deterministic, cu_q, cu_k, max_q, max_k)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or s32.requires_grad):
+        return _EagerSinkAttention.apply(q, k, v, s32, _Call(opts, deterministic, cu_q, cu_k, max_q, max_k, plain))
+    if not plain:
+        q, k, v = aligned(q), aligned(k), aligned(v)
+    return forward_sink_impl(q, k, v, s32, *opts, cu_q, cu_k, max_q, max_k)
 
 
 # ---- the entry points _interface calls ----------------------------------------------------------------------------

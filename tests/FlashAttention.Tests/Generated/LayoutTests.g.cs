@@ -37,7 +37,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaForwardParams has the size (728) and field offsets of C struct fa_forward_params.</summary>
+    /// <summary>FaForwardParams has the size (808) and field offsets of C struct fa_forward_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaForwardParams_MatchesCLayout()
@@ -45,8 +45,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaForwardParams>(), Is.False, "FaForwardParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaForwardParams>(), Is.EqualTo(728), "sizeof(struct fa_forward_params)");
-            Assert.That(Marshal.SizeOf<FaForwardParams>(), Is.EqualTo(728), "marshalled size of FaForwardParams");
+            Assert.That(Unsafe.SizeOf<FaForwardParams>(), Is.EqualTo(808), "sizeof(struct fa_forward_params)");
+            Assert.That(Marshal.SizeOf<FaForwardParams>(), Is.EqualTo(808), "marshalled size of FaForwardParams");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_forward_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_forward_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_forward_params, q)");
@@ -73,10 +73,11 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.q_descale)).ToInt64(), Is.EqualTo(488L), "offsetof(struct fa_forward_params, q_descale)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.k_descale)).ToInt64(), Is.EqualTo(568L), "offsetof(struct fa_forward_params, k_descale)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.v_descale)).ToInt64(), Is.EqualTo(648L), "offsetof(struct fa_forward_params, v_descale)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.sinks)).ToInt64(), Is.EqualTo(728L), "offsetof(struct fa_forward_params, sinks)");
         }
     }
 
-    /// <summary>FaBackwardParams has the size (824) and field offsets of C struct fa_backward_params.</summary>
+    /// <summary>FaBackwardParams has the size (984) and field offsets of C struct fa_backward_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaBackwardParams_MatchesCLayout()
@@ -84,8 +85,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaBackwardParams>(), Is.False, "FaBackwardParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaBackwardParams>(), Is.EqualTo(824), "sizeof(struct fa_backward_params)");
-            Assert.That(Marshal.SizeOf<FaBackwardParams>(), Is.EqualTo(824), "marshalled size of FaBackwardParams");
+            Assert.That(Unsafe.SizeOf<FaBackwardParams>(), Is.EqualTo(984), "sizeof(struct fa_backward_params)");
+            Assert.That(Marshal.SizeOf<FaBackwardParams>(), Is.EqualTo(984), "marshalled size of FaBackwardParams");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_backward_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_backward_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_backward_params, q)");
@@ -115,6 +116,8 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.reserved1)).ToInt64(), Is.EqualTo(804L), "offsetof(struct fa_backward_params, reserved1)");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.workspace)).ToInt64(), Is.EqualTo(808L), "offsetof(struct fa_backward_params, workspace)");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.workspace_size)).ToInt64(), Is.EqualTo(816L), "offsetof(struct fa_backward_params, workspace_size)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.sinks)).ToInt64(), Is.EqualTo(824L), "offsetof(struct fa_backward_params, sinks)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.dsinks)).ToInt64(), Is.EqualTo(904L), "offsetof(struct fa_backward_params, dsinks)");
         }
     }
 
@@ -153,7 +156,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaSupportQuery has the size (40) and field offsets of C struct fa_support_query.</summary>
+    /// <summary>FaSupportQuery has the size (44) and field offsets of C struct fa_support_query.</summary>
     [Test]
     [Category("Cpu")]
     public void FaSupportQuery_MatchesCLayout()
@@ -161,8 +164,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaSupportQuery>(), Is.False, "FaSupportQuery must be blittable");
-            Assert.That(Unsafe.SizeOf<FaSupportQuery>(), Is.EqualTo(40), "sizeof(struct fa_support_query)");
-            Assert.That(Marshal.SizeOf<FaSupportQuery>(), Is.EqualTo(40), "marshalled size of FaSupportQuery");
+            Assert.That(Unsafe.SizeOf<FaSupportQuery>(), Is.EqualTo(44), "sizeof(struct fa_support_query)");
+            Assert.That(Marshal.SizeOf<FaSupportQuery>(), Is.EqualTo(44), "marshalled size of FaSupportQuery");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_support_query, struct_size)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.pass)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_support_query, pass)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.compute_capability)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_support_query, compute_capability)");
@@ -173,6 +176,7 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.softcap)).ToInt64(), Is.EqualTo(28L), "offsetof(struct fa_support_query, softcap)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.varlen)).ToInt64(), Is.EqualTo(32L), "offsetof(struct fa_support_query, varlen)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.kernel_path)).ToInt64(), Is.EqualTo(36L), "offsetof(struct fa_support_query, kernel_path)");
+            Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.sinks)).ToInt64(), Is.EqualTo(40L), "offsetof(struct fa_support_query, sinks)");
         }
     }
 

@@ -4,8 +4,8 @@ using NUnit.Framework;
 namespace FlashAttn.Tests.Gpu;
 
 /// <summary>
-/// The backward kernel against the float64 reference (<see cref="AttentionReference.Backward"/> and
-/// <see cref="AttentionReference.BackwardVarlen"/>), judged by <see cref="BackwardAcceptance"/>: per gradient, relative
+/// The backward kernel against the float64 reference (<see cref="AttentionReference.Backward(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, AttentionShape, AttentionOptions, Span{double}, Span{double}, Span{double})"/>
+/// and <see cref="AttentionReference.BackwardVarlen(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{int}, ReadOnlySpan{int}, int, int, int, AttentionOptions, Span{double}, Span{double}, Span{double})"/>), judged by <see cref="BackwardAcceptance"/>: per gradient, relative
 /// L2 error no more than twice that of a same-dtype naive backward and under 2e-2 (bf16) / 4e-3 (fp16), every element
 /// written and finite, structural zeros exact. O and the log-sum-exp fed to the backward come from our own forward;
 /// the reference's q, k, v and dO are the exact 16-bit values given to the kernel; every case draws fresh random
