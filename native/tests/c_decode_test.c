@@ -124,6 +124,125 @@ static void bad(const char* label, const fa_decode_params_t* p, fa_status_t want
     expect(label, fa_decode_check(p, 0), want, needle);
 }
 
+/* cache_batch_idx, cache_leftpad and seqlen_knew != seqlen_q (C ABI 0.7): what is accepted, every refusal with the
+   argument it names, and a 0.6-sized struct (the serving fields unread). */
+static void set_serving(fa_decode_params_t* p, int batch_idx, int leftpad) {
+    const int64_t shape[1] = {VB};
+    if (batch_idx) set_dense(&p->cache_batch_idx, ADDR(10), FA_DTYPE_INT32, 1, shape);
+    if (leftpad) set_dense(&p->cache_leftpad, ADDR(11), FA_DTYPE_INT32, 1, shape);
+}
+
+static void test_serving_validation(void) {
+    fa_decode_params_t p;
+    int32_t idx[VB] = {4, 0, 2}, pads[VB] = {0, 0, 0};
+    int32_t lens[VB] = {10, 0, VPAGES * VBLOCK - VSQ};
+    int paged, sk;
+    char label[96];
+
+    /* Appended counts other than q's (more and fewer), with and without the options. */
+    for (paged = 0; paged <= 1; ++paged) {
+        for (sk = 1; sk <= 5; sk += 2) {
+            p = valid_params(paged);
+            p.k_new.shape[1] = p.v_new.shape[1] = sk;
+            sprintf(label, "%s, seqlen_knew %d, seqlen_q %d", paged ? "paged" : "contiguous", sk, VSQ);
+            expect(label, fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+        }
+    }
+    p = valid_params(0); p.k_new.shape[1] = p.v_new.shape[1] = VCAP + 1;
+    bad("seqlen_knew past the capacity", &p, FA_STATUS_INVALID_ARGUMENT, "fewer than the 65 new tokens k_new appends");
+    p = valid_params(0); p.k_new.shape[1] = p.v_new.shape[1] = 0;
+    bad("seqlen_knew 0", &p, FA_STATUS_INVALID_ARGUMENT, "k_new.shape[1] (seqlen_knew) is 0");
+
+    /* A pool larger than the batch (contiguous: k_cache rows; paged: block_table rows), host copies inside it. */
+    p = valid_params(0); set_serving(&p, 1, 1);
+    p.k_cache.shape[0] = p.v_cache.shape[0] = 5;
+    expect("contiguous pool of 5 rows, batch 3", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.cache_batch_idx_host = idx;
+    p.cache_leftpad_host = pads;
+    expect("contiguous pool, host copies", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = valid_params(1); set_serving(&p, 1, 1);
+    p.block_table.shape[0] = 5;
+    p.cache_batch_idx_host = idx;
+    expect("paged pool of 5 table rows, batch 3", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.block_table.shape[0] = 1; idx[0] = 0; idx[2] = 0;
+    expect("paged pool of 1 table row (every sequence reads it)", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    idx[0] = 4; idx[2] = 2;
+    p = valid_params(0); p.k_cache.shape[0] = p.v_cache.shape[0] = 5;
+    bad("pool without cache_batch_idx", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache.shape[0] (batch) is 5");
+
+    /* The device arrays. */
+    p = valid_params(0); set_serving(&p, 1, 0); p.cache_batch_idx.dtype = FA_DTYPE_FLOAT32;
+    bad("cache_batch_idx fp32", &p, FA_STATUS_INVALID_ARGUMENT, "cache_batch_idx.dtype");
+    p = valid_params(0); set_serving(&p, 1, 0);
+    p.cache_batch_idx.rank = 2; p.cache_batch_idx.shape[1] = 1; p.cache_batch_idx.strides[1] = 1;
+    bad("cache_batch_idx rank 2", &p, FA_STATUS_INVALID_ARGUMENT, "cache_batch_idx.rank is 2");
+    p = valid_params(1); set_serving(&p, 1, 0); p.cache_batch_idx.shape[0] = VB + 1;
+    bad("cache_batch_idx length", &p, FA_STATUS_INVALID_ARGUMENT, "cache_batch_idx.shape[0] (batch) is 4");
+    p = valid_params(0); set_serving(&p, 1, 0); p.cache_batch_idx.data = (void*)((uintptr_t)p.cache_batch_idx.data + 2);
+    bad("cache_batch_idx misaligned", &p, FA_STATUS_INVALID_ARGUMENT, "cache_batch_idx");
+    p = valid_params(0); set_serving(&p, 0, 1); p.cache_leftpad.dtype = FA_DTYPE_FLOAT16;
+    bad("cache_leftpad fp16", &p, FA_STATUS_INVALID_ARGUMENT, "cache_leftpad.dtype");
+    p = valid_params(1); set_serving(&p, 0, 1); p.cache_leftpad.shape[0] = VB - 1;
+    bad("cache_leftpad length", &p, FA_STATUS_INVALID_ARGUMENT, "cache_leftpad.shape[0] (batch) is 2");
+    p = valid_params(0); set_serving(&p, 1, 0); p.out.data = p.cache_batch_idx.data;
+    bad("out over cache_batch_idx", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps cache_batch_idx");
+    p = valid_params(1); set_serving(&p, 0, 1); p.k_cache.data = p.cache_leftpad.data;
+    bad("appended k_cache over cache_leftpad", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps cache_leftpad");
+
+    /* Host copies: only with their device arrays, and inside the pool / the sequence. */
+    p = valid_params(0); p.cache_batch_idx_host = idx;
+    bad("cache_batch_idx_host alone", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_batch_idx_host is given but cache_batch_idx.data is NULL");
+    p = valid_params(1); p.cache_leftpad_host = pads;
+    bad("cache_leftpad_host alone", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_leftpad_host is given but cache_leftpad.data is NULL");
+    p = valid_params(0); set_serving(&p, 1, 0); p.cache_batch_idx_host = idx;
+    bad("host index = pool", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_batch_idx_host[0] is 4 but the pool of cache rows is k_cache.shape[0] (pool) = 3");
+    p = valid_params(1); set_serving(&p, 1, 0); idx[1] = -1; p.cache_batch_idx_host = idx;
+    p.block_table.shape[0] = 5;
+    bad("host index -1", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_batch_idx_host[1] is -1 but the pool of cache rows is block_table.shape[0] (pool) = 5");
+    idx[1] = 0;
+    p = valid_params(0); set_serving(&p, 0, 1); pads[2] = -1; p.cache_leftpad_host = pads;
+    bad("host leftpad -1", &p, FA_STATUS_INVALID_ARGUMENT, "cache_leftpad_host[2] is -1; a left pad must be 0 or more");
+    p = valid_params(0); set_serving(&p, 0, 1); pads[2] = VCAP + 1; p.cache_leftpad_host = pads;
+    bad("host leftpad past the capacity", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_leftpad_host[2] is 65, more than the 64 positions its cache has");
+    /* With host lengths: up to the length with the new tokens (a pad at the very end leaves no key). */
+    p = valid_params(1); set_serving(&p, 0, 1); pads[0] = 10 + VSQ; pads[1] = 0; pads[2] = 3;
+    p.cache_leftpad_host = pads; p.cache_seqlens_host = lens;
+    expect("host leftpad at the end of the appended keys", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    pads[0] = 10 + VSQ + 1;
+    bad("host leftpad past the appended keys", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_leftpad_host[0] is 13 but sequence 0 ends at 12 (cache_seqlens_host[0] = 10 plus 2 new tokens)");
+    p.k_new.data = p.v_new.data = NULL; pads[0] = 11;
+    bad("host leftpad past the cache, no append", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_leftpad_host[0] is 11 but sequence 0 ends at 10 (cache_seqlens_host[0] = 10)");
+    pads[0] = 0;
+
+    /* A caller compiled against 0.6: its struct ends at workspace_size; whatever lies after it is not read. */
+    {
+        unsigned char buf[sizeof(fa_decode_params_t)];
+        fa_decode_params_t* old = (fa_decode_params_t*)(void*)buf;
+        const size_t size_06 = offsetof(fa_decode_params_t, cache_batch_idx);
+        size_t i;
+        int tail_untouched = 1;
+        memset(buf, 0xAB, sizeof buf);
+        expect("decode_params_init(0.6 size)", fa_decode_params_init(old, size_06), FA_STATUS_SUCCESS, NULL);
+        for (i = size_06; i < sizeof buf; ++i) tail_untouched &= buf[i] == 0xAB;
+        CHECK(tail_untouched, "fa_decode_params_init(0.6 size) wrote past the caller's struct");
+        p = valid_params(1);
+        memcpy(buf, &p, size_06);
+        old->struct_size = (uint32_t)size_06;
+        expect("0.6-sized struct, garbage after it", fa_decode_check(old, 0), FA_STATUS_SUCCESS, NULL);
+        old->k_new.shape[1] = old->v_new.shape[1] = 1;
+        expect("0.6-sized struct, one appended key for two queries", fa_decode_check(old, 0), FA_STATUS_SUCCESS, NULL);
+        old->struct_size = (uint32_t)size_06 - 8;
+        expect("struct smaller than 0.6", fa_decode_check(old, 0), FA_STATUS_INVALID_ARGUMENT, "for version 0.6");
+    }
+}
+
 static void test_validation(void) {
     fa_decode_params_t p;
     int32_t host_lens[VB] = {10, 0, VPAGES * VBLOCK - VSQ};
@@ -199,7 +318,8 @@ static void test_validation(void) {
     p = valid_params(1); p.v_new.data = NULL;
     bad("k_new without v_new", &p, FA_STATUS_INVALID_ARGUMENT, "v_new.data is NULL");
     p = valid_params(1); p.k_new.shape[1] = VSQ + 1;
-    bad("k_new seqlen", &p, FA_STATUS_INVALID_ARGUMENT, "k_new.shape[1] (seqlen_new)");
+    bad("v_new seqlen other than k_new's", &p, FA_STATUS_INVALID_ARGUMENT,
+        "v_new.shape[1] (seqlen_knew) is 2 but k_new.shape[1] (seqlen_knew) is 3");
     p = valid_params(1); p.v_new.dtype = FA_DTYPE_FLOAT16;
     bad("v_new fp16", &p, FA_STATUS_INVALID_ARGUMENT, "v_new.dtype");
     p = valid_params(1); p.lse.shape[2] = VSQ + 1;
@@ -241,6 +361,7 @@ static void test_validation(void) {
     bad("lse overlaps cache_seqlens", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps");
     p = valid_params(1); p.k_new.data = (void*)((uintptr_t)p.k_cache.data + 256);
     bad("k_new inside k_cache", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache");
+    test_serving_validation();
 
     /* fp8 (e4m3): an fp8 query, cache or append is not served yet (UNSUPPORTED, naming the tensor); an fp8 out is
        no dtype any pass writes (INVALID_ARGUMENT); a k_new/v_new descriptor without data is not looked at. */
