@@ -442,10 +442,12 @@ public static class DecodeReference
                     nameof(cacheSeqLens));
             }
 
-            if (leftPad[b] < 0 || leftPad[b] > cached)
+            // fa_decode's rule (C ABI 0.7): a pad may reach the end of the appended keys (a pad past cacheSeqLens hides
+            // some of them; one at the end leaves the sequence no key).
+            if (leftPad[b] < 0 || leftPad[b] > total)
             {
                 throw new ArgumentException(
-                    $"CacheLeftPad[{b}] is {leftPad[b]}; it must lie in 0..cacheSeqLens[{b}] = {cached} (the valid keys are " +
+                    $"CacheLeftPad[{b}] is {leftPad[b]}; it must lie in 0..cacheSeqLens[{b}] + seqLenNew = {total} (the valid keys are " +
                     "positions leftpad .. cacheSeqLens + seqLenNew - 1).",
                     nameof(serving));
             }

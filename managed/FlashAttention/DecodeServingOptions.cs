@@ -3,7 +3,9 @@ namespace FlashAttn;
 /// <summary>
 /// The serving options of <c>flash_attn_with_kvcache</c> (issue 15) for the float64 decode reference only:
 /// multi-token queries whose count differs from the appended one, rotary embedding applied in the call, a cache
-/// batch index and left padding. Internal until the kernels and the public decode API take them; the public
+/// batch index and left padding. Internal until the kernels take rotary (the batch index, left padding and the query count
+/// reach the kernels through <see cref="DecodeArguments.CacheRows"/>, <see cref="KvCache.SetLeftPadding"/> and the
+/// appended count of <see cref="DecodeArguments.KNew"/> since C ABI 0.7); the public
 /// <see cref="DecodeReference"/> methods behave as with <see cref="None"/>. Semantics: shared/FEATURES.md §4
 /// (rotary) and §5 (cache plumbing); <see cref="DecodeReference"/>'s internal overloads state the formulas.
 /// </summary>
@@ -32,8 +34,8 @@ internal sealed record DecodeServingOptions
     public int? CacheRows { get; init; }
 
     /// <summary>
-    /// <c>cache_leftpad</c>, <c>[batch]</c>: the first valid cache position of each sequence, 0 .. <c>cacheSeqLens[b]</c>.
-    /// Null: 0 everywhere.
+    /// <c>cache_leftpad</c>, <c>[batch]</c>: the first valid cache position of each sequence, 0 .. <c>cacheSeqLens[b]</c> plus
+    /// the appended count (fa_decode's bound). Null: 0 everywhere.
     /// </summary>
     public int[]? CacheLeftPad { get; init; }
 
