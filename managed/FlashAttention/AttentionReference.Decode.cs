@@ -463,7 +463,7 @@ public static class DecodeReference
 
         if (map.IsPaged)
         {
-            CheckBlockTable(map, cacheRow, totals, numBlocks);
+            CheckBlockTable(map, cacheRow, leftPad, totals, numBlocks);
         }
 
         if (append && (map.IsPaged || serving.CacheBatchIndex is not null))
@@ -598,13 +598,16 @@ public static class DecodeReference
         }
     }
 
-    /// <summary>Every block-table entry of a page a sequence uses must name an existing block.</summary>
-    private static void CheckBlockTable(CacheMap map, int[] cacheRow, int[] totals, long numBlocks)
+    /// <summary>
+    /// Every block-table entry of a page a sequence uses (from its left pad's page to its last) must name an existing
+    /// block; the entries before the pad's page are never read, as in fa_decode.
+    /// </summary>
+    private static void CheckBlockTable(CacheMap map, int[] cacheRow, int[] leftPad, int[] totals, long numBlocks)
     {
         for (int b = 0; b < totals.Length; b++)
         {
             int pages = (int)((totals[b] + (long)map.BlockSize - 1) / map.BlockSize);
-            for (int page = 0; page < pages; page++)
+            for (int page = leftPad[b] / map.BlockSize; page < pages; page++)
             {
                 int block = map.Table![(long)cacheRow[b] * map.MaxBlocks + page];
                 if (block < 0 || block >= numBlocks)
