@@ -302,7 +302,9 @@ typedef struct fa_backward_params {
    total_b = cache_seqlens[b] + seqlen_knew (seqlen_knew = 0 without an append). Positions are absolute (a left
    pad is counted in cache_seqlens). The effective key length is sk_b = total_b - lp_b, keys numbered from lp_b;
    the causal mask and window are placed bottom-right over it, so query i sees, when causal, positions
-   lp_b .. total_b - seqlen_q + i (a query with no such position gets output 0 and log-sum-exp +inf). */
+   lp_b .. total_b - seqlen_q + i (a query with no such position gets output 0 and log-sum-exp +inf).
+   cache_batch_idx, cache_leftpad and seqlen_knew != seqlen_q are served by every decode kernel, so
+   fa_query_support has no field for them. */
 typedef struct fa_decode_params {
     /* sizeof(fa_decode_params_t) as the caller compiled it; set by fa_decode_params_init. */
     uint32_t struct_size;

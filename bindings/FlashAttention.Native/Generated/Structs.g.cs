@@ -324,6 +324,8 @@ public unsafe partial struct FaBackwardParams
 /// pad is counted in cache_seqlens). The effective key length is sk_b = total_b - lp_b, keys numbered from lp_b;
 /// the causal mask and window are placed bottom-right over it, so query i sees, when causal, positions
 /// lp_b .. total_b - seqlen_q + i (a query with no such position gets output 0 and log-sum-exp +inf).
+/// cache_batch_idx, cache_leftpad and seqlen_knew != seqlen_q are served by every decode kernel, so
+/// fa_query_support has no field for them.
 /// </summary>
 /// <remarks>Mirror of C <c>fa_decode_params_t</c> (<c>struct fa_decode_params</c>): 960 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]

@@ -326,6 +326,8 @@ class FaDecodeParams(ctypes.Structure):
     # pad is counted in cache_seqlens). The effective key length is sk_b = total_b - lp_b, keys numbered from lp_b;
     # the causal mask and window are placed bottom-right over it, so query i sees, when causal, positions
     # lp_b .. total_b - seqlen_q + i (a query with no such position gets output 0 and log-sum-exp +inf).
+    # cache_batch_idx, cache_leftpad and seqlen_knew != seqlen_q are served by every decode kernel, so
+    # fa_query_support has no field for them.
     _fields_ = [
         # sizeof(fa_decode_params_t) as the caller compiled it; set by fa_decode_params_init.
         ("struct_size", ctypes.c_uint32),  # C: uint32_t, offset 0
