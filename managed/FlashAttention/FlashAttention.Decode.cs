@@ -179,12 +179,14 @@ public sealed partial class FlashAttention
         GetDecodeSplitCount(new DecodeArguments(q, cache, kNew, vNew, output, logSumExp, numSplits), options);
 
     /// <summary>
-    /// Decoding attention over a KV cache: when <paramref name="kNew"/> and <paramref name="vNew"/> are given they are
-    /// first written into the cache at positions <c>len[b] .. len[b] + seqLenNew - 1</c> of every sequence, then the new
-    /// queries attend over positions <c>0 .. total[b] - 1</c> (<c>total[b] = len[b] + seqLenNew</c> when appending,
-    /// <c>len[b]</c> otherwise). Queued on <paramref name="stream"/>; returns without waiting. After a successful call
-    /// that appended, the cache's lengths have advanced by <c>seqLenNew</c> (host copy at once, device copy queued on
-    /// the same stream after the kernel).
+    /// Decoding attention over a KV cache: when <paramref name="kNew"/> and <paramref name="vNew"/> are given their
+    /// <c>seqLenKNew</c> tokens (any count, not tied to q's) are first written into the cache at positions
+    /// <c>len[b] .. len[b] + seqLenKNew - 1</c> of every sequence, then the new queries attend over positions
+    /// <c>pad[b] .. total[b] - 1</c> (<c>total[b] = len[b] + seqLenKNew</c> when appending, <c>len[b]</c> otherwise;
+    /// <c>pad[b]</c> the row's <see cref="KvCache.LeftPadding"/>). Queued on <paramref name="stream"/>; returns without
+    /// waiting. After a successful call that appended, the cache's lengths have advanced by <c>seqLenKNew</c> (host copy
+    /// at once, device copy queued on the same stream after the kernel). <see cref="DecodeArguments.CacheRows"/> (through
+    /// <see cref="Decode(in DecodeArguments, AttentionOptions, CudaStream)"/>) runs a step over some of the cache's rows.
     /// </summary>
     /// <param name="q">
     /// New queries <c>[batch, seqLenNew, headsQ, headDim]</c>, the cache's dtype, last dimension contiguous; headsQ a
@@ -233,7 +235,8 @@ public sealed partial class FlashAttention
     /// positional
     /// <see cref="Decode(DeviceTensor, KvCache, DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, AttentionOptions, CudaStream, int, DeviceBuffer{byte})"/>
     /// for the positions and what is written. Queued on <paramref name="stream"/>; returns without waiting. After a
-    /// successful call that appended, the cache's lengths have advanced by seqLenNew.
+    /// successful call that appended, the lengths of the rows it used (<see cref="DecodeArguments.CacheRows"/>, or every
+    /// row) have advanced by kNew's token count.
     /// </summary>
     /// <param name="args">The arguments of the call; see <see cref="DecodeArguments"/>.</param>
     /// <param name="options">
