@@ -12,6 +12,12 @@ lengths 1k/4k/16k/32k/128k, for a contiguous cache [B, S, Hkv, D] and paged cach
 SDPA has no paged cache: the paged rows carry the contiguous SDPA figures (their note says so). A backend
 that refuses a shape gets null and the reason in the row's errors.
 
+Serving rows (issue 15, C ABI 0.7), the contiguous shape again with one option each, so their cost shows beside the
+plain contiguous row ("serving" names the option; SDPA's figures are the plain row's):
+  batch_idx  cache_batch_idx over a pool of 2*B rows, the sequences' rows shuffled (the same K/V at those rows);
+  leftpad    cache_leftpad: each sequence's S keys start at a pad of 0..255 positions (cache_seqlens = pad + S),
+             so the same S keys are attended.
+
 Method as shared/tools/sdpa_anchors.py measured the TARGETS.md decode anchors: triton.testing.do_bench
 (warm-up 25 ms, 100 ms of runs, median, L2 flushed before every call); the copy ceiling is a torch device
 copy of 1 GiB, (read + write) bytes over the median time. K/V read bandwidth: 2*B*Hkv*S*D*2 bytes over the
@@ -37,6 +43,7 @@ from common import MAX_REL_ERR, FaLib, describe, lib_file  # noqa: E402
 from fa_abi import FA_DTYPE_BFLOAT16, FA_DTYPE_INT32, FaDecodeParams  # noqa: E402
 
 FA_DECODE_VERSION_CODE = 300  # the first header version with fa_decode
+FA_SERVING_VERSION_CODE = 700  # the first with cache_batch_idx / cache_leftpad
 
 B, HQ, HKV, D, SQ = 16, 32, 8, 128, 1
 LENGTHS = (1024, 4096, 16384, 32768, 131072)
@@ -52,9 +59,13 @@ def decode_flops(s):
     return 4.0 * B * HQ * SQ * s * D
 
 
-def new_row(s, block):
+SERVING = ("batch_idx", "leftpad")  # the serving rows, contiguous
+MAX_PAD = 256
+
+
+def new_row(s, block, serving=None):
     return {"pass": "decode", "dtype": "bf16", "d": D, "causal": 0, "b": B, "h": HQ, "hkv": HKV, "sq": SQ, "sk": s,
-            "paged_block": block, "ours_ms": None, "flash_ms": None, "cudnn_ms": None, "ours_tflops": None,
+            "paged_block": block, "serving": serving, "ours_ms": None, "flash_ms": None, "cudnn_ms": None, "ours_tflops": None,
             "flash_tflops": None, "cudnn_tflops": None, "ours_tbps": None, "flash_tbps": None, "cudnn_tbps": None,
             "copy_tbps": None, "ours_splits": None, "ours_rel_err": None, "note": None, "errors": {}}
 
@@ -111,22 +122,25 @@ def decode_rows(lib_path, quick=False, baseline_path=None):
             vc = v.transpose(1, 2).contiguous()
             del k, v
             lens = torch.full((B,), s, dtype=torch.int32, device=dev)
-            for block in LAYOUTS:
-                row = new_row(s, block)
+            for block, serving in [(b, None) for b in LAYOUTS] + [(None, sv) for sv in SERVING]:
+                row = new_row(s, block, serving)
                 row["copy_tbps"] = copy_tbps
                 for key, val in sdpa.items():
                     row[key] = val
                 row["errors"].update(sdpa_err)
                 if block is not None:
                     row["note"] = "flash/cudnn: SDPA on the contiguous [B, Hkv, S, D] cache (SDPA has no paged cache)"
+                if serving is not None:
+                    row["note"] = f"serving {serving}: flash/cudnn are the plain contiguous row's figures"
                 try:
-                    _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch)
+                    _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch, serving)
                 except Exception as e:  # noqa: BLE001
                     row["errors"]["ours"] = str(e).split("\n")[0][:300]
-                if fb is not None:
-                    base_row = new_row(s, block)
+                # A baseline older than 0.7 would ignore the serving fields (and time another computation).
+                if fb is not None and (serving is None or fb.version() >= FA_SERVING_VERSION_CODE):
+                    base_row = new_row(s, block, serving)
                     try:
-                        _ours(fb, bctx, base_row, q2, kc, vc, lens, s, block, ref, bench, torch)
+                        _ours(fb, bctx, base_row, q2, kc, vc, lens, s, block, ref, bench, torch, serving)
                         row["ours_base_ms"] = base_row["ours_ms"]
                         row["ours_base_tflops"] = decode_flops(s) / base_row["ours_ms"] / 1e9
                     except Exception as e:  # noqa: BLE001 - the baseline's failure is reported, not fatal
@@ -149,11 +163,34 @@ def decode_rows(lib_path, quick=False, baseline_path=None):
     return rows
 
 
-def _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch):
-    """Builds the cache layout for `block`, runs fa_decode once (checked against ref), then times it."""
+def _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch, serving=None):
+    """Builds the cache layout for `block` (and the serving option's, contiguous), runs fa_decode once (checked
+    against ref), then times it."""
     dev = q2.device
     code = FA_DTYPE_BFLOAT16
-    if block is None:
+    batch_idx = leftpad = None
+    host_lens_list = [s] * B
+    if serving == "batch_idx":
+        # A pool of 2B rows; sequence b reads row batch_idx[b] (shuffled), which holds its K/V.
+        batch_idx = torch.randperm(2 * B, device=dev)[:B].to(torch.int32)
+        k_cache = torch.zeros(2 * B, s, HKV, D, device=dev, dtype=kc.dtype)
+        v_cache = torch.zeros_like(k_cache)
+        k_cache[batch_idx.long()] = kc
+        v_cache[batch_idx.long()] = vc
+        table = None
+    elif serving == "leftpad":
+        # Sequence b's S keys at positions pad_b .. pad_b + S - 1 (cache_seqlens = pad_b + S).
+        pads = torch.randint(0, MAX_PAD, (B,), device=dev, dtype=torch.int32)
+        k_cache = torch.zeros(B, s + MAX_PAD, HKV, D, device=dev, dtype=kc.dtype)
+        v_cache = torch.zeros_like(k_cache)
+        for b, pad in enumerate(pads.tolist()):
+            k_cache[b, pad:pad + s] = kc[b]
+            v_cache[b, pad:pad + s] = vc[b]
+        leftpad = pads
+        host_lens_list = [pad + s for pad in pads.tolist()]
+        lens = (pads + s).to(torch.int32)
+        table = None
+    elif block is None:
         k_cache, v_cache, table = kc, vc, None
     else:
         pages = s // block
@@ -170,8 +207,12 @@ def _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch):
     p.cache_seqlens = describe(lens, FA_DTYPE_INT32)
     if table is not None:
         p.block_table = describe(table, FA_DTYPE_INT32)
-    host_lens = (ctypes.c_int32 * B)(*([s] * B))
+    host_lens = (ctypes.c_int32 * B)(*host_lens_list)
     p.cache_seqlens_host = ctypes.cast(host_lens, ctypes.POINTER(ctypes.c_int32))
+    if batch_idx is not None:
+        p.cache_batch_idx = describe(batch_idx, FA_DTYPE_INT32)
+    if leftpad is not None:
+        p.cache_leftpad = describe(leftpad, FA_DTYPE_INT32)
     splits = ctypes.c_int32()
     fa.check(fa.lib.fa_decode_num_splits(ctx, ctypes.byref(p), ctypes.byref(splits)), "fa_decode_num_splits")
     row["ours_splits"] = splits.value
@@ -199,7 +240,7 @@ def _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch):
         if diff > MAX_REL_ERR:
             row["errors"]["mismatch"] = f"relative error {diff:.2e} against SDPA exceeds {MAX_REL_ERR}"
     row["ours_ms"] = bench(ours)
-    del host_lens, workspace
+    del host_lens, workspace, k_cache, v_cache
 
 
 def format_table(rows):
@@ -211,6 +252,8 @@ def format_table(rows):
 
     for r in rows:
         layout = "contiguous" if r["paged_block"] is None else f"paged {r['paged_block']}"
+        if r.get("serving"):
+            layout += f" +{r['serving']}"
         o, fl, cu = r["ours_ms"], r["flash_ms"], r["cudnn_ms"]
         ratio = fl / o if o and fl else None  # > 1: ours faster
         pct = 100 * r["ours_tbps"] / r["copy_tbps"] if r.get("ours_tbps") and r.get("copy_tbps") else None

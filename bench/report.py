@@ -173,6 +173,8 @@ def describe_decode(r):
         parts.append(f"sk{sk // 1024}k" if sk % 1024 == 0 else f"sk{sk}")
     if r.get("paged_block"):
         parts.append(f"paged{r['paged_block']}")
+    if r.get("serving"):
+        parts.append(f"+{r['serving']}")
     return "decode " + " ".join(parts)
 
 

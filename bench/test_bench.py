@@ -40,7 +40,9 @@ class MirrorTests(unittest.TestCase):
         self.assertEqual(ctypes.sizeof(fa_abi.FaTensor), 80)
         # 0.7 appended sinks and dsinks (two fa_tensor_t) to the backward's 824 bytes.
         self.assertEqual(ctypes.sizeof(fa_abi.FaBackwardParams), 824 + 2 * 80)
-        self.assertEqual(ctypes.sizeof(fa_abi.FaDecodeParams), 784)
+        # 784 through 0.6; 0.7 appended cache_batch_idx, cache_leftpad and their host copies at offset 784.
+        self.assertEqual(ctypes.sizeof(fa_abi.FaDecodeParams), 960)
+        self.assertEqual(fa_abi.FaDecodeParams.cache_batch_idx.offset, 784)
 
     def test_layout_check_catches_a_drifted_field(self):
         with open(fa_abi.__file__) as f:

@@ -31,9 +31,10 @@ namespace FlashAttn;
 /// otherwise the result would depend on the order of the writes, and the call throws.
 /// </para>
 /// <para>
-/// Internal overloads taking a <see cref="DecodeServingOptions"/> add <c>flash_attn_with_kvcache</c>'s serving options
-/// (shared/FEATURES.md §4 and §5, issue 15): rotary embedding on append, a cache batch index, left padding, and a
-/// query count other than the appended one. They stay internal until the kernels take them.
+/// Overloads taking a <see cref="DecodeServingOptions"/> add <c>flash_attn_with_kvcache</c>'s serving options
+/// (shared/FEATURES.md §5, issue 15): a cache batch index, left padding, and a query count other than the appended
+/// one, as <see cref="FlashAttention.Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> serves them since C ABI
+/// 0.7 (rotary embedding on append, §4, is modelled internally only).
 /// </para>
 /// </remarks>
 public static class DecodeReference
@@ -138,7 +139,24 @@ public static class DecodeReference
     /// with the serving options of <c>flash_attn_with_kvcache</c> (see <see cref="Run"/> for the formulas). With
     /// <see cref="DecodeServingOptions.CacheBatchIndex"/> the caches are <c>[cacheRows, cacheCapacity, headsKv, headDim]</c>.
     /// </summary>
-    internal static void ForwardContiguous(
+    /// <param name="q">New queries, <c>[batch, sq, headsQ, headDim]</c> (<c>sq</c> = <see cref="DecodeServingOptions.SeqLenQ"/>, or <paramref name="seqLenNew"/> when that is null).</param>
+    /// <param name="kCache">Key cache; receives the appended keys.</param>
+    /// <param name="vCache">Value cache; receives the appended values.</param>
+    /// <param name="cacheSeqLens">Tokens already in each sequence's cache (absolute: a left pad counts), <c>[batch]</c>; its length sets the batch.</param>
+    /// <param name="kNew">New keys, <c>[batch, seqLenNew, headsKv, headDim]</c>, or empty to append nothing.</param>
+    /// <param name="vNew">New values, shaped like <paramref name="kNew"/>; empty exactly when it is.</param>
+    /// <param name="seqLenNew">New tokens per sequence; with <see cref="DecodeServingOptions.SeqLenQ"/> set, the appended count only (0 without new keys).</param>
+    /// <param name="headsQ">Query heads (1 or more), a multiple of <paramref name="headsKv"/>.</param>
+    /// <param name="headsKv">Key/value heads (1 or more).</param>
+    /// <param name="headDim">Head dimension (1 or more).</param>
+    /// <param name="cacheCapacity">Positions each cache row holds.</param>
+    /// <param name="options">Mask, window, softcap and scale; bottom-right only.</param>
+    /// <param name="serving">The serving options (<see cref="DecodeServingOptions.None"/>: none).</param>
+    /// <param name="output">Receives the output, <c>[batch, sq, headsQ, headDim]</c>.</param>
+    /// <param name="logSumExp">Receives the log-sum-exp, <c>[batch, headsQ, sq]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">A size, span length, length, index or pad is out of range, or an appended slot is shared.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> or <paramref name="serving"/> is null.</exception>
+    public static void ForwardContiguous(
         ReadOnlySpan<double> q,
         Span<double> kCache,
         Span<double> vCache,
@@ -180,7 +198,25 @@ public static class DecodeReference
     /// and sequence <c>b</c> uses its row <c>CacheBatchIndex[b]</c> (FA3; FA2 rejects the pair, and left padding
     /// with paging, which FA3 allows).
     /// </summary>
-    internal static void ForwardPaged(
+    /// <param name="q">New queries, <c>[batch, sq, headsQ, headDim]</c> (<c>sq</c> = <see cref="DecodeServingOptions.SeqLenQ"/>, or <paramref name="seqLenNew"/> when that is null).</param>
+    /// <param name="kCache">Key cache; receives the appended keys.</param>
+    /// <param name="vCache">Value cache; receives the appended values.</param>
+    /// <param name="blockTable">Physical block of each page, <c>[batch or CacheRows, maxBlocksPerSequence]</c>.</param>
+    /// <param name="cacheSeqLens">Tokens already in each sequence's cache (absolute: a left pad counts), <c>[batch]</c>; its length sets the batch.</param>
+    /// <param name="kNew">New keys, <c>[batch, seqLenNew, headsKv, headDim]</c>, or empty to append nothing.</param>
+    /// <param name="vNew">New values, shaped like <paramref name="kNew"/>; empty exactly when it is.</param>
+    /// <param name="seqLenNew">New tokens per sequence; with <see cref="DecodeServingOptions.SeqLenQ"/> set, the appended count only (0 without new keys).</param>
+    /// <param name="headsQ">Query heads (1 or more), a multiple of <paramref name="headsKv"/>.</param>
+    /// <param name="headsKv">Key/value heads (1 or more).</param>
+    /// <param name="headDim">Head dimension (1 or more).</param>
+    /// <param name="blockSize">Positions per block.</param>
+    /// <param name="options">Mask, window, softcap and scale; bottom-right only.</param>
+    /// <param name="serving">The serving options (<see cref="DecodeServingOptions.None"/>: none).</param>
+    /// <param name="output">Receives the output, <c>[batch, sq, headsQ, headDim]</c>.</param>
+    /// <param name="logSumExp">Receives the log-sum-exp, <c>[batch, headsQ, sq]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">A size, span length, length, index or pad is out of range, or an appended slot is shared.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> or <paramref name="serving"/> is null.</exception>
+    public static void ForwardPaged(
         ReadOnlySpan<double> q,
         Span<double> kCache,
         Span<double> vCache,
@@ -442,10 +478,12 @@ public static class DecodeReference
                     nameof(cacheSeqLens));
             }
 
-            if (leftPad[b] < 0 || leftPad[b] > cached)
+            // fa_decode's rule (C ABI 0.7): a pad may reach the end of the appended keys (a pad past cacheSeqLens hides
+            // some of them; one at the end leaves the sequence no key).
+            if (leftPad[b] < 0 || leftPad[b] > total)
             {
                 throw new ArgumentException(
-                    $"CacheLeftPad[{b}] is {leftPad[b]}; it must lie in 0..cacheSeqLens[{b}] = {cached} (the valid keys are " +
+                    $"CacheLeftPad[{b}] is {leftPad[b]}; it must lie in 0..cacheSeqLens[{b}] + seqLenNew = {total} (the valid keys are " +
                     "positions leftpad .. cacheSeqLens + seqLenNew - 1).",
                     nameof(serving));
             }
@@ -461,7 +499,7 @@ public static class DecodeReference
 
         if (map.IsPaged)
         {
-            CheckBlockTable(map, cacheRow, totals, numBlocks);
+            CheckBlockTable(map, cacheRow, leftPad, totals, numBlocks);
         }
 
         if (append && (map.IsPaged || serving.CacheBatchIndex is not null))
@@ -596,13 +634,16 @@ public static class DecodeReference
         }
     }
 
-    /// <summary>Every block-table entry of a page a sequence uses must name an existing block.</summary>
-    private static void CheckBlockTable(CacheMap map, int[] cacheRow, int[] totals, long numBlocks)
+    /// <summary>
+    /// Every block-table entry of a page a sequence uses (from its left pad's page to its last) must name an existing
+    /// block; the entries before the pad's page are never read, as in fa_decode.
+    /// </summary>
+    private static void CheckBlockTable(CacheMap map, int[] cacheRow, int[] leftPad, int[] totals, long numBlocks)
     {
         for (int b = 0; b < totals.Length; b++)
         {
             int pages = (int)((totals[b] + (long)map.BlockSize - 1) / map.BlockSize);
-            for (int page = 0; page < pages; page++)
+            for (int page = leftPad[b] / map.BlockSize; page < pages; page++)
             {
                 int block = map.Table![(long)cacheRow[b] * map.MaxBlocks + page];
                 if (block < 0 || block >= numBlocks)

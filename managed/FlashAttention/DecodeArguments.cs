@@ -8,14 +8,19 @@ namespace FlashAttn;
 /// cache, the new keys and values to append (or none), the output, and how the call is split and where its scratch lives.
 /// </summary>
 /// <param name="Q">
-/// New queries <c>[batch, seqLenNew, headsQ, headDim]</c>, the cache's dtype, last dimension contiguous; headsQ a
-/// multiple of the cache's headsKv.
+/// New queries <c>[batch, seqLenQ, headsQ, headDim]</c>, the cache's dtype, last dimension contiguous; headsQ a
+/// multiple of the cache's headsKv. <c>batch</c> is the cache's <see cref="KvCache.BatchSize"/>, or the length of
+/// <see cref="CacheRows"/> when that is set.
 /// </param>
 /// <param name="Cache">The KV cache (its lengths say how many tokens each sequence already holds).</param>
-/// <param name="KNew">New keys <c>[batch, seqLenNew, headsKv, headDim]</c> to append, or null to append nothing.</param>
+/// <param name="KNew">
+/// New keys <c>[batch, seqLenKNew, headsKv, headDim]</c> to append, or null to append nothing. <c>seqLenKNew</c> may
+/// differ from q's <c>seqLenQ</c> (more or fewer): the keys are appended first, then the causal diagonal sits
+/// bottom-right over each sequence's final length.
+/// </param>
 /// <param name="VNew">New values shaped like <paramref name="KNew"/>; given exactly when it is.</param>
-/// <param name="Output">Written: <c>[batch, seqLenNew, headsQ, headDim]</c>, q's dtype.</param>
-/// <param name="LogSumExp">Optional, written: <c>[batch, headsQ, seqLenNew]</c> Float32.</param>
+/// <param name="Output">Written: <c>[batch, seqLenQ, headsQ, headDim]</c>, q's dtype.</param>
+/// <param name="LogSumExp">Optional, written: <c>[batch, headsQ, seqLenQ]</c> Float32.</param>
 /// <param name="NumSplits">
 /// Key splits per (sequence, head): 0 lets the library choose, or 1 .. <see cref="FlashAttention.MaxDecodeSplits"/>.
 /// </param>
@@ -40,6 +45,14 @@ public readonly record struct DecodeArguments(
 {
     /// <summary>Whether the call appends new keys and values to the cache (<see cref="KNew"/> is set).</summary>
     public bool Appends => KNew is not null;
+
+    /// <summary>
+    /// The cache rows of this step (flash-attn's <c>cache_batch_idx</c>; continuous batching over the cache as a pool):
+    /// sequence <c>b</c> of q reads and appends row <c>CacheRows[b]</c>, with that row's length and left padding, and only
+    /// those rows' lengths advance. Distinct rows in <c>0 .. Cache.BatchSize - 1</c>, any order, any count from 1. Null
+    /// (the default): every row, in order. The array must not change while a call that uses it runs.
+    /// </summary>
+    public int[]? CacheRows { get; init; }
 
     /// <summary>Throws <see cref="ArgumentNullException"/> for the first required argument that is null.</summary>
     internal void ThrowIfIncomplete()

@@ -1,13 +1,13 @@
 namespace FlashAttn;
 
 /// <summary>
-/// The serving options of <c>flash_attn_with_kvcache</c> (issue 15) for the float64 decode reference only:
-/// multi-token queries whose count differs from the appended one, rotary embedding applied in the call, a cache
-/// batch index and left padding. Internal until the kernels and the public decode API take them; the public
-/// <see cref="DecodeReference"/> methods behave as with <see cref="None"/>. Semantics: shared/FEATURES.md §4
-/// (rotary) and §5 (cache plumbing); <see cref="DecodeReference"/>'s internal overloads state the formulas.
+/// The serving options of <c>flash_attn_with_kvcache</c> (issue 15) for the float64 decode reference
+/// (<see cref="DecodeReference"/>'s overloads that take one): a query count other than the appended one, a cache
+/// batch index and left padding, which the kernels serve since C ABI 0.7 (<see cref="DecodeArguments.CacheRows"/>,
+/// <see cref="KvCache.SetLeftPadding"/> and the token count of <see cref="DecodeArguments.KNew"/>). Rotary embedding in
+/// the call is modelled too but stays internal until the kernels take it. Semantics: shared/FEATURES.md §5.
 /// </summary>
-internal sealed record DecodeServingOptions
+public sealed record DecodeServingOptions
 {
     /// <summary>No serving option: the public reference's behaviour.</summary>
     public static DecodeServingOptions None { get; } = new();
@@ -32,26 +32,26 @@ internal sealed record DecodeServingOptions
     public int? CacheRows { get; init; }
 
     /// <summary>
-    /// <c>cache_leftpad</c>, <c>[batch]</c>: the first valid cache position of each sequence, 0 .. <c>cacheSeqLens[b]</c>.
-    /// Null: 0 everywhere.
+    /// <c>cache_leftpad</c>, <c>[batch]</c>: the first valid cache position of each sequence, 0 .. <c>cacheSeqLens[b]</c> plus
+    /// the appended count (fa_decode's bound). Null: 0 everywhere.
     /// </summary>
     public int[]? CacheLeftPad { get; init; }
 
     /// <summary><c>rotary_cos</c>, <c>[seqlenRo, RotaryDim / 2]</c>; given exactly when <see cref="RotarySin"/> is, and only with new keys.</summary>
-    public double[]? RotaryCos { get; init; }
+    internal double[]? RotaryCos { get; init; }
 
     /// <summary><c>rotary_sin</c>, <c>[seqlenRo, RotaryDim / 2]</c>.</summary>
-    public double[]? RotarySin { get; init; }
+    internal double[]? RotarySin { get; init; }
 
     /// <summary>Dimensions rotated (even, 2 .. headDim); the rest pass through. FA2's kernels also need a multiple of 16.</summary>
-    public int RotaryDim { get; init; }
+    internal int RotaryDim { get; init; }
 
     /// <summary>
     /// <c>rotary_interleaved</c>: true (the kvcache APIs' default, GPT-J) rotates pairs <c>(2t, 2t+1)</c>; false
     /// (GPT-NeoX, Llama) rotates <c>(t, t + RotaryDim/2)</c>.
     /// </summary>
-    public bool RotaryInterleaved { get; init; } = true;
+    internal bool RotaryInterleaved { get; init; } = true;
 
     /// <summary>Whether rotary tables are given.</summary>
-    public bool HasRotary => RotaryCos is not null || RotarySin is not null;
+    internal bool HasRotary => RotaryCos is not null || RotarySin is not null;
 }

@@ -88,7 +88,8 @@ public sealed partial class FlashAttention
             return FlashAttentionStatus.InvalidArgument;
         }
 
-        return (FlashAttentionStatus)CallDecode(DecodeQuery.Check, context: null, stream: null, args, options, computeCapability, out message, out _);
+        DecodeStep step = args.Cache.PrepareStep(args.CacheRows, upload: false, stream: null, deviceOrdinal: 0);
+        return (FlashAttentionStatus)CallDecode(DecodeQuery.Check, context: null, stream: null, args, step, options, computeCapability, out message, out _);
     }
 
     /// <summary>
@@ -178,12 +179,14 @@ public sealed partial class FlashAttention
         GetDecodeSplitCount(new DecodeArguments(q, cache, kNew, vNew, output, logSumExp, numSplits), options);
 
     /// <summary>
-    /// Decoding attention over a KV cache: when <paramref name="kNew"/> and <paramref name="vNew"/> are given they are
-    /// first written into the cache at positions <c>len[b] .. len[b] + seqLenNew - 1</c> of every sequence, then the new
-    /// queries attend over positions <c>0 .. total[b] - 1</c> (<c>total[b] = len[b] + seqLenNew</c> when appending,
-    /// <c>len[b]</c> otherwise). Queued on <paramref name="stream"/>; returns without waiting. After a successful call
-    /// that appended, the cache's lengths have advanced by <c>seqLenNew</c> (host copy at once, device copy queued on
-    /// the same stream after the kernel).
+    /// Decoding attention over a KV cache: when <paramref name="kNew"/> and <paramref name="vNew"/> are given their
+    /// <c>seqLenKNew</c> tokens (any count, not tied to q's) are first written into the cache at positions
+    /// <c>len[b] .. len[b] + seqLenKNew - 1</c> of every sequence, then the new queries attend over positions
+    /// <c>pad[b] .. total[b] - 1</c> (<c>total[b] = len[b] + seqLenKNew</c> when appending, <c>len[b]</c> otherwise;
+    /// <c>pad[b]</c> the row's <see cref="KvCache.LeftPadding"/>). Queued on <paramref name="stream"/>; returns without
+    /// waiting. After a successful call that appended, the cache's lengths have advanced by <c>seqLenKNew</c> (host copy
+    /// at once, device copy queued on the same stream after the kernel). <see cref="DecodeArguments.CacheRows"/> (through
+    /// <see cref="Decode(in DecodeArguments, AttentionOptions, CudaStream)"/>) runs a step over some of the cache's rows.
     /// </summary>
     /// <param name="q">
     /// New queries <c>[batch, seqLenNew, headsQ, headDim]</c>, the cache's dtype, last dimension contiguous; headsQ a
@@ -232,7 +235,8 @@ public sealed partial class FlashAttention
     /// positional
     /// <see cref="Decode(DeviceTensor, KvCache, DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, AttentionOptions, CudaStream, int, DeviceBuffer{byte})"/>
     /// for the positions and what is written. Queued on <paramref name="stream"/>; returns without waiting. After a
-    /// successful call that appended, the cache's lengths have advanced by seqLenNew.
+    /// successful call that appended, the lengths of the rows it used (<see cref="DecodeArguments.CacheRows"/>, or every
+    /// row) have advanced by kNew's token count.
     /// </summary>
     /// <param name="args">The arguments of the call; see <see cref="DecodeArguments"/>.</param>
     /// <param name="options">
@@ -268,11 +272,12 @@ public sealed partial class FlashAttention
         }
 
         KvCache cache = args.Cache;
-        int seqLenNew = (int)args.Q.Shape[1];
-        List<(int Sequence, int Page)>? allocated = args.Appends ? cache.PrepareAppend(seqLenNew, stream, Device.Ordinal) : null;
+        int added = args.KNew is { } kNew ? (int)kNew.Shape[1] : 0;
+        List<(int Sequence, int Page)>? allocated = args.Appends ? cache.PrepareAppend(added, args.CacheRows, stream, Device.Ordinal) : null;
         try
         {
-            CallDecode(DecodeQuery.Run, _context, stream, args, options, computeCapability: 0, out _, out _);
+            DecodeStep step = cache.PrepareStep(args.CacheRows, upload: true, stream, Device.Ordinal);
+            CallDecode(DecodeQuery.Run, _context, stream, args, step, options, computeCapability: 0, out _, out _);
         }
         catch
         {
@@ -282,7 +287,7 @@ public sealed partial class FlashAttention
 
         if (args.Appends)
         {
-            cache.Advance(seqLenNew);
+            cache.Advance(added, args.CacheRows, stream, Device.Ordinal);
         }
     }
 
@@ -292,13 +297,15 @@ public sealed partial class FlashAttention
         args.ThrowIfIncomplete();
         options ??= AttentionOptions.Default;
         ThrowIfProblem(ValidateDecode(args, options, Device));
-        CallDecode(query, _context, stream: null, args, options, computeCapability: 0, out _, out long value);
+        DecodeStep step = args.Cache.PrepareStep(args.CacheRows, upload: false, stream: null, Device.Ordinal);
+        CallDecode(query, _context, stream: null, args, step, options, computeCapability: 0, out _, out long value);
         return value;
     }
 
     /// <summary>
-    /// Leases every handle for the duration of the native call, fills the parameters (with the cache's host lengths
-    /// pinned as <c>cache_seqlens_host</c>; the caller workspace only for a run) and makes the call <paramref name="query"/> names: <c>fa_decode_check</c>
+    /// Leases every handle for the duration of the native call, fills the parameters (with <paramref name="step"/>'s host
+    /// lengths, rows and pads pinned as <c>cache_seqlens_host</c>, <c>cache_batch_idx_host</c> and
+    /// <c>cache_leftpad_host</c>; the caller workspace only for a run) and makes the call <paramref name="query"/> names: <c>fa_decode_check</c>
     /// (returning its status and message), <c>fa_decode_workspace_size</c> or <c>fa_decode_num_splits</c> (into
     /// <paramref name="value"/>), or <c>fa_decode</c>; all but the check throw on failure.
     /// </summary>
@@ -307,6 +314,7 @@ public sealed partial class FlashAttention
         SafeContextHandle? context,
         CudaStream? stream,
         in DecodeArguments args,
+        DecodeStep step,
         AttentionOptions options,
         int computeCapability,
         out string message,
@@ -323,7 +331,9 @@ public sealed partial class FlashAttention
         using var lvn = new HandleLease(vNew?.Owner);
         using var lo = new HandleLease(output.Owner);
         using var ll = new HandleLease(lse?.Owner);
-        using var lsl = new HandleLease(cache.CacheSeqLens.Owner);
+        using var lsl = new HandleLease(step.SeqLens.Owner);
+        using var lrows = new HandleLease(step.Rows?.Owner);
+        using var lpads = new HandleLease(step.Pads?.Owner);
         using var lbt = new HandleLease(cache.BlockTable?.Owner);
         using var lws = new HandleLease(workspace);
 
@@ -348,7 +358,16 @@ public sealed partial class FlashAttention
             p.lse = lse.ToNative(ll.Pointer);
         }
 
-        p.cache_seqlens = cache.CacheSeqLens.ToNative(lsl.Pointer);
+        p.cache_seqlens = step.SeqLens.ToNative(lsl.Pointer);
+        if (step.Rows is { } rows)
+        {
+            p.cache_batch_idx = rows.ToNative(lrows.Pointer);
+        }
+
+        if (step.Pads is { } pads)
+        {
+            p.cache_leftpad = pads.ToNative(lpads.Pointer);
+        }
         if (cache.BlockTable is { } table)
         {
             p.block_table = table.ToNative(lbt.Pointer);
@@ -357,17 +376,21 @@ public sealed partial class FlashAttention
         NativeOptions.Write(options, ref p);
         p.num_splits = numSplits;
         // An append advances the device lengths inside the call (after its kernels), so the cache needs no host
-        // copy of them per step.
-        p.advance_cache_seqlens = kNew is not null ? 1 : 0;
+        // copy of them per step. (A step over CacheRows passes gathered lengths; the cache uploads the pool's after.)
+        p.advance_cache_seqlens = kNew is not null && step.Rows is null ? 1 : 0;
         if (workspace is not null)
         {
             p.workspace = lws.Pointer;
             p.workspace_size = (nuint)workspace.SizeInBytes;
         }
 
-        fixed (int* hostLengths = cache.HostLengths)
+        fixed (int* hostLengths = step.HostLengths)
+        fixed (int* hostRows = step.HostRows)
+        fixed (int* hostPads = step.HostPads)
         {
             p.cache_seqlens_host = hostLengths;
+            p.cache_batch_idx_host = hostRows;
+            p.cache_leftpad_host = hostPads;
             value = 0;
             message = string.Empty;
             switch (query)
@@ -462,9 +485,23 @@ public sealed partial class FlashAttention
         }
 
         long batch = q.Shape[0], seqLenNew = q.Shape[1], headsQ = q.Shape[2], dim = q.Shape[3];
-        if (batch != cache.BatchSize)
+        int[]? rows = args.CacheRows;
+        if (rows is null && batch != cache.BatchSize)
         {
             return new Problem(nameof(q), $"q has batch {batch} but the cache holds {cache.BatchSize} sequences (cache_seqlens).");
+        }
+
+        if (rows is not null)
+        {
+            if (batch != rows.Length)
+            {
+                return new Problem(nameof(q), $"q has batch {batch} but CacheRows picks {rows.Length} rows of the cache (cache_batch_idx).");
+            }
+
+            if (cache.RowsProblem(rows) is { } rowsProblem)
+            {
+                return new Problem("CacheRows", rowsProblem);
+            }
         }
 
         if (seqLenNew < 1 || seqLenNew > int.MaxValue)
@@ -500,11 +537,12 @@ public sealed partial class FlashAttention
                 return newProblem;
             }
 
-            if (kNew.Shape[0] != batch || kNew.Shape[1] != seqLenNew || kNew.Shape[2] != cache.HeadsKv || kNew.Shape[3] != dim)
+            // The appended count (seqlen_knew) is free: more or fewer than q's new tokens.
+            if (kNew.Shape[0] != batch || kNew.Shape[1] < 1 || kNew.Shape[1] > int.MaxValue || kNew.Shape[2] != cache.HeadsKv || kNew.Shape[3] != dim)
             {
                 return new Problem(
                     nameof(kNew),
-                    $"kNew (k_new) must be [batch={batch}, seqlen_new={seqLenNew}, heads_kv={cache.HeadsKv}, head_dim={dim}] to match q and the cache; it is {kNew}.");
+                    $"kNew (k_new) must be [batch={batch}, seqlen_knew (1 or more), heads_kv={cache.HeadsKv}, head_dim={dim}] to match q and the cache; it is {kNew}.");
             }
 
             if (!kNew.HasShapeOf(vNew!))
@@ -512,7 +550,7 @@ public sealed partial class FlashAttention
                 return new Problem(nameof(vNew), $"vNew (v_new) must have kNew's shape [{string.Join(", ", kNew.Shape)}]; it is {vNew}.");
             }
 
-            if (cache.AppendProblem((int)seqLenNew) is { } capacityProblem)
+            if (cache.AppendProblem((int)kNew.Shape[1], rows) is { } capacityProblem)
             {
                 return new Problem(nameof(cache), capacityProblem);
             }

@@ -35,6 +35,15 @@ namespace FlashAttn;
 /// that appends not capturable into a CUDA graph (a decode without new keys queues no copy). Not thread-safe: use one
 /// cache from one thread at a time.
 /// </para>
+/// <para>
+/// <b>Serving</b> (C ABI 0.7, flash-attn's <c>cache_batch_idx</c> and <c>cache_leftpad</c>): the cache's
+/// <see cref="BatchSize"/> rows are a pool. A decode with <see cref="DecodeArguments.CacheRows"/> runs a step for a
+/// subset or permutation of them (sequence <c>b</c> of q uses row <c>CacheRows[b]</c>; continuous batching), and
+/// <see cref="SetLeftPadding"/> gives each row a first valid position (keys before it are never read, the masks are
+/// bottom-right over the rest). A step with <see cref="DecodeArguments.CacheRows"/> queues one small copy of the step's
+/// lengths, row indices and pads before the call and, when it appends, one of the pool's lengths after it; such a step
+/// is not capturable into a CUDA graph either.
+/// </para>
 /// </remarks>
 public sealed class KvCache : IDisposable
 {
@@ -46,6 +55,12 @@ public sealed class KvCache : IDisposable
     private readonly int[]? _hostBlockTable;
     private readonly Stack<int>? _freeBlocks;
     private readonly PendingUploads _uploads = new();
+    private readonly int[] _pads;
+    private bool _hasPads;
+
+    // Device int32 [4 * BatchSize], allocated on first use: the rows' left pads [0, B), then one step's gathered
+    // lengths, row indices and pads (3 x its batch) from B.
+    private DeviceBuffer<int>? _serving;
     private int _disposed;
 
     private KvCache(
@@ -67,6 +82,8 @@ public sealed class KvCache : IDisposable
         Device = device;
         _lengths = lengths;
         SequenceLengths = new ReadOnlyCollection<int>(_lengths);
+        _pads = new int[lengths.Length];
+        LeftPadding = new ReadOnlyCollection<int>(_pads);
         _ownedKeys = ownedKeys;
         _ownedValues = ownedValues;
         _ownedSeqLens = ownedSeqLens;
@@ -98,6 +115,13 @@ public sealed class KvCache : IDisposable
             }
         }
     }
+
+    /// <summary>
+    /// The first valid position of each row (flash-attn's <c>cache_leftpad</c>), 0 unless <see cref="SetLeftPadding"/>
+    /// set it: a decode over row <c>r</c> attends to positions <c>LeftPadding[r] .. length - 1</c> only, with the causal
+    /// mask and window bottom-right over those keys.
+    /// </summary>
+    public IReadOnlyList<int> LeftPadding { get; }
 
     /// <summary>The device the cache lives on, or null when every tensor was wrapped from a raw pointer.</summary>
     public CudaDevice? Device { get; }
@@ -381,6 +405,14 @@ public sealed class KvCache : IDisposable
             {
                 throw new ArgumentException($"lengths[{b}] is {lengths[b]}; each sequence holds 0 .. {Capacity} tokens in this cache.", nameof(lengths));
             }
+
+            if (lengths[b] < _pads[b])
+            {
+                throw new ArgumentException(
+                    $"lengths[{b}] is {lengths[b]}, below the row's left padding {_pads[b]} (LeftPadding); lower the padding first " +
+                    "(SetLeftPadding) or reset the row (ResetSequence).",
+                    nameof(lengths));
+            }
         }
 
         int ordinal = RequireDevice().Ordinal;
@@ -481,9 +513,106 @@ public sealed class KvCache : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegative(sequence);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(sequence, BatchSize);
+        if (_pads[sequence] != 0)
+        {
+            int[] pads = (int[])_pads.Clone();
+            pads[sequence] = 0;
+            SetLeftPadding(pads, stream);
+        }
+
         int[] lengths = (int[])_lengths.Clone();
         lengths[sequence] = 0;
         SetSequenceLengths(lengths, stream);
+    }
+
+    /// <summary>
+    /// Sets each row's first valid position (flash-attn's <c>cache_leftpad</c>: a prompt left-padded to a common length
+    /// keeps its padding out of attention), on the host and, with a copy queued on <paramref name="stream"/>, on the
+    /// device. Later decodes over row <c>r</c> attend to positions <c>pads[r] .. length - 1</c>; the causal mask and
+    /// window are placed bottom-right over those keys. <see cref="ResetSequence"/> sets a row's padding back to 0.
+    /// </summary>
+    /// <param name="pads">One pad per row, 0 .. the row's current length (<see cref="SequenceLengths"/>).</param>
+    /// <param name="stream">The stream later decodes use, or null for the legacy default stream.</param>
+    /// <exception cref="ArgumentException">The count differs from <see cref="BatchSize"/> or a pad is out of range.</exception>
+    /// <exception cref="InvalidOperationException">The cache has no device to keep the pads on (a raw-pointer view).</exception>
+    /// <exception cref="ObjectDisposedException">The cache was disposed.</exception>
+    public void SetLeftPadding(ReadOnlySpan<int> pads, CudaStream? stream = null)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        if (pads.Length != BatchSize)
+        {
+            throw new ArgumentException($"pads has {pads.Length} entries but the cache holds {BatchSize} rows.", nameof(pads));
+        }
+
+        for (int b = 0; b < BatchSize; b++)
+        {
+            if (pads[b] < 0 || pads[b] > _lengths[b])
+            {
+                throw new ArgumentException(
+                    $"pads[{b}] is {pads[b]}; a row's left padding is 0 .. its length ({_lengths[b]} tokens; cache_leftpad).", nameof(pads));
+            }
+        }
+
+        int ordinal = RequireDevice().Ordinal;
+        DeviceBuffer<int> serving = ServingBuffer();
+        int[] next = pads.ToArray();
+        _uploads.Upload(serving.AsTensor(4L * BatchSize), 0, PendingUploads.Snapshot(next), stream, ordinal);
+        next.CopyTo(_pads, 0);
+        _hasPads = Array.Exists(_pads, x => x != 0) || _hasPads;
+    }
+
+    // The serving arrays' device buffer, allocated on first use on the cache's device.
+    private DeviceBuffer<int> ServingBuffer() =>
+        _serving ??= new DeviceBuffer<int>(
+            Device ?? throw new InvalidOperationException(
+                "This cache wraps raw pointers only, so it has no device for its left pads and row indices (cache_leftpad, cache_batch_idx)."),
+            4L * BatchSize);
+
+    /// <summary>
+    /// The lengths, row indices and pads one decode passes (fa_decode's cache_seqlens, cache_batch_idx and cache_leftpad
+    /// with their host copies). Without <paramref name="rows"/>: the cache's own lengths, and its pads when any was
+    /// set. With rows: the step's gathered values, copied to the device on <paramref name="stream"/> when
+    /// <paramref name="upload"/> (a run); for a check or a query (which never read device memory) the descriptors
+    /// point at the device arrays the cache already has.
+    /// </summary>
+    internal DecodeStep PrepareStep(int[]? rows, bool upload, CudaStream? stream, int deviceOrdinal)
+    {
+        DeviceTensor? rowPads = _hasPads ? (_serving?.AsTensor(BatchSize) ?? CacheSeqLens) : null;
+        if (rows is null)
+        {
+            return new DecodeStep(_lengths, CacheSeqLens, null, null, _hasPads ? _pads : null, rowPads);
+        }
+
+        int n = rows.Length;
+        var gathered = new int[3 * n];
+        for (int b = 0; b < n; b++)
+        {
+            gathered[b] = _lengths[rows[b]];
+            gathered[n + b] = rows[b];
+            gathered[(2 * n) + b] = _pads[rows[b]];
+        }
+
+        int[] hostLengths = gathered[..n], hostRows = gathered[n..(2 * n)], hostPads = gathered[(2 * n)..];
+        DeviceTensor lengthsT, rowsT, padsT;
+        if (upload || _serving is not null)
+        {
+            DeviceBuffer<int> serving = ServingBuffer();
+            lengthsT = DeviceTensor.FromBuffer(serving, [n], elementOffset: BatchSize);
+            rowsT = DeviceTensor.FromBuffer(serving, [n], elementOffset: BatchSize + n);
+            padsT = DeviceTensor.FromBuffer(serving, [n], elementOffset: BatchSize + (2L * n));
+            if (upload)
+            {
+                _uploads.Upload(serving.AsTensor(4L * BatchSize), BatchSize, PendingUploads.Snapshot(gathered), stream, deviceOrdinal);
+            }
+        }
+        else
+        {
+            // Only described, never read (fa_decode_check and the queries): the pool's lengths array has room for n.
+            DeviceTensor pool = CacheSeqLens;
+            lengthsT = rowsT = padsT = pool.Owner is DeviceBuffer<int> buffer ? DeviceTensor.FromBuffer(buffer, [n]) : DeviceTensor.FromPointer(pool.Pointer, DataType.Int32, [n]);
+        }
+
+        return new DecodeStep(hostLengths, lengthsT, hostRows, rowsT, _hasPads ? hostPads : null, _hasPads ? padsT : null);
     }
 
     /// <summary>
@@ -525,6 +654,7 @@ public sealed class KvCache : IDisposable
         _ownedValues?.Dispose();
         _ownedSeqLens?.Dispose();
         _ownedBlockTable?.Dispose();
+        _serving?.Dispose();
     }
 
     /// <inheritdoc/>
@@ -533,10 +663,10 @@ public sealed class KvCache : IDisposable
         $"{DataTypes.ShortName(DataType)}, {BatchSize} sequences, heads_kv {HeadsKv}, head_dim {HeadDim}, " +
         $"{(OwnsMemory ? "owned" : "view")}{(IsDisposed ? ", disposed" : string.Empty)})";
 
-    /// <summary>Why appending <paramref name="seqLenNew"/> tokens to every sequence cannot work, or null.</summary>
-    internal string? AppendProblem(int seqLenNew)
+    /// <summary>Why appending <paramref name="seqLenNew"/> tokens to every sequence (or to <paramref name="rows"/>) cannot work, or null.</summary>
+    internal string? AppendProblem(int seqLenNew, int[]? rows = null)
     {
-        for (int b = 0; b < BatchSize; b++)
+        foreach (int b in RowsOf(rows))
         {
             long total = (long)_lengths[b] + seqLenNew;
             if (total > Capacity)
@@ -547,8 +677,8 @@ public sealed class KvCache : IDisposable
 
         if (_freeBlocks is not null)
         {
-            int[] after = new int[BatchSize];
-            for (int b = 0; b < BatchSize; b++)
+            int[] after = (int[])_lengths.Clone();
+            foreach (int b in RowsOf(rows))
             {
                 after[b] = _lengths[b] + seqLenNew;
             }
@@ -568,7 +698,7 @@ public sealed class KvCache : IDisposable
     /// changed block-table rows on <paramref name="stream"/>. Returns the (sequence, page) pairs allocated, for
     /// <see cref="UndoAppend"/>; null when nothing was allocated.
     /// </summary>
-    internal List<(int Sequence, int Page)>? PrepareAppend(int seqLenNew, CudaStream? stream, int deviceOrdinal)
+    internal List<(int Sequence, int Page)>? PrepareAppend(int seqLenNew, int[]? rows, CudaStream? stream, int deviceOrdinal)
     {
         if (_freeBlocks is null)
         {
@@ -580,7 +710,7 @@ public sealed class KvCache : IDisposable
         var (tableBefore, freeBefore) = SnapshotBlocks();
         try
         {
-            for (int b = 0; b < BatchSize; b++)
+            foreach (int b in RowsOf(rows))
             {
                 int have = PagesFor(_lengths[b]);
                 int need = PagesFor(_lengths[b] + seqLenNew);
@@ -595,7 +725,7 @@ public sealed class KvCache : IDisposable
                     _hostBlockTable[slot] = _freeBlocks.Pop();
                     (allocated ??= []).Add((b, page));
                     first = Math.Min(first, b);
-                    last = b;
+                    last = Math.Max(last, b);
                 }
             }
 
@@ -641,15 +771,54 @@ public sealed class KvCache : IDisposable
         }
     }
 
-    /// <summary>After a successful decode that appended (and advanced the device lengths itself): advances the host lengths.</summary>
-    internal void Advance(int seqLenNew)
+    /// <summary>
+    /// After a successful decode that appended: advances the host lengths. Without <paramref name="rows"/> the call
+    /// itself advanced the device lengths; with them it advanced only the step's gathered copy, so the pool's device
+    /// lengths are uploaded here (on the call's stream, after it).
+    /// </summary>
+    internal void Advance(int seqLenNew, int[]? rows, CudaStream? stream, int deviceOrdinal)
     {
-        // The call itself advanced the device lengths (fa_decode_params_t.advance_cache_seqlens), on its stream
-        // after its kernels; the host copy follows here.
-        for (int b = 0; b < BatchSize; b++)
+        if (rows is null)
         {
-            _lengths[b] += seqLenNew;
+            // fa_decode_params_t.advance_cache_seqlens advanced the device copy, on the call's stream after its kernels.
+            for (int b = 0; b < BatchSize; b++)
+            {
+                _lengths[b] += seqLenNew;
+            }
+
+            return;
         }
+
+        int[] next = (int[])_lengths.Clone();
+        foreach (int b in rows)
+        {
+            next[b] += seqLenNew;
+        }
+
+        UploadLengths(next, stream, deviceOrdinal);
+    }
+
+    /// <summary>The rows a step touches: <paramref name="rows"/>, or every row.</summary>
+    private IEnumerable<int> RowsOf(int[]? rows) => rows ?? Enumerable.Range(0, BatchSize);
+
+    /// <summary>Why <paramref name="rows"/> cannot pick the rows of a step over this cache, or null.</summary>
+    internal string? RowsProblem(int[] rows)
+    {
+        var seen = new HashSet<int>();
+        for (int b = 0; b < rows.Length; b++)
+        {
+            if (rows[b] < 0 || rows[b] >= BatchSize)
+            {
+                return $"CacheRows[{b}] is {rows[b]}, but the cache has rows 0 .. {BatchSize - 1} (cache_batch_idx).";
+            }
+
+            if (!seen.Add(rows[b]))
+            {
+                return $"CacheRows[{b}] is {rows[b]}, which an earlier sequence of the step already uses; each row serves one sequence (cache_batch_idx).";
+            }
+        }
+
+        return null;
     }
 
     private static KvCache CreateOwned(CudaDevice device, DataType dataType, long[] shape, int batch, int blockTableColumns, CudaStream? stream)
@@ -869,3 +1038,10 @@ public sealed class KvCache : IDisposable
         _uploads.Upload(BlockTable!, start, rows, stream, deviceOrdinal);
     }
 }
+
+/// <summary>
+/// What one decode passes for fa_decode's <c>cache_seqlens</c>, <c>cache_batch_idx</c> and <c>cache_leftpad</c>: the
+/// host copies (checked by the native library before it launches) and the device arrays the kernels read.
+/// </summary>
+internal readonly record struct DecodeStep(
+    int[] HostLengths, DeviceTensor SeqLens, int[]? HostRows, DeviceTensor? Rows, int[]? HostPads, DeviceTensor? Pads);

@@ -72,8 +72,8 @@ typedef enum fa_status {
     FA_STATUS_INTERNAL = 6,
     /* A check only the GPU can make failed during an earlier call on this context (the message names the call
        and the cause: a deterministic backward that gave up waiting because two calls in flight shared one
-       workspace, or a decode whose device-only cache_seqlens or block_table did not fit the cache); that call's
-       outputs are not valid. Reported once: by fa_context_check or, failing that, by the
+       workspace, or a decode whose device-only cache_seqlens, block_table, cache_batch_idx or cache_leftpad did not
+       fit the cache); that call's outputs are not valid. Reported once: by fa_context_check or, failing that, by the
        next fa_forward, fa_backward or fa_decode on the context, which then launches nothing. The CUDA context
        itself is intact. */
     FA_STATUS_DEVICE_CHECK_FAILED = 7
@@ -314,16 +314,23 @@ typedef struct fa_backward_params {
 } fa_backward_params_t;
 
 /* Arguments of fa_decode. Fill with fa_decode_params_init, then set the fields you need.
-   New queries attend over each sequence's cached keys; when k_new/v_new are given they are first written
-   into the cache at positions cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1, then attended too.
-   Sequence b then has total_b = cache_seqlens[b] (+ seqlen_new when appending) keys; the causal mask and
-   window are placed bottom-right, so new token i sees, when causal, positions <= total_b - seqlen_new + i. */
+   seqlen_q (q.shape[1]) new queries per sequence attend over its cached keys; when k_new/v_new are given,
+   their seqlen_knew (k_new.shape[1], independent of seqlen_q since 0.7: more or fewer) keys are first written
+   into the cache at positions cache_seqlens[b] .. cache_seqlens[b] + seqlen_knew - 1, then attended too.
+   Sequence b reads and appends cache row r_b = cache_batch_idx[b] (b without cache_batch_idx); its valid keys
+   are positions lp_b .. total_b - 1, where lp_b = cache_leftpad[b] (0 without cache_leftpad) and
+   total_b = cache_seqlens[b] + seqlen_knew (seqlen_knew = 0 without an append). Positions are absolute (a left
+   pad is counted in cache_seqlens). The effective key length is sk_b = total_b - lp_b, keys numbered from lp_b;
+   the causal mask and window are placed bottom-right over it, so query i sees, when causal, positions
+   lp_b .. total_b - seqlen_q + i (a query with no such position gets output 0 and log-sum-exp +inf).
+   cache_batch_idx, cache_leftpad and seqlen_knew != seqlen_q are served by every decode kernel, so
+   fa_query_support has no field for them. */
 typedef struct fa_decode_params {
     /* sizeof(fa_decode_params_t) as the caller compiled it; set by fa_decode_params_init. */
     uint32_t struct_size;
     /* Reserved; must be 0. */
     uint32_t reserved0;
-    /* New queries [batch, seqlen_new, heads_q, head_dim], fp16 or bf16 (an fp8 query or cache is
+    /* New queries [batch, seqlen_q, heads_q, head_dim], fp16 or bf16 (an fp8 query or cache is
        FA_STATUS_UNSUPPORTED: not served yet). */
     fa_tensor_t q;
     /* Key cache, same dtype as q: contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
@@ -332,19 +339,21 @@ typedef struct fa_decode_params {
     fa_tensor_t k_cache;
     /* Value cache, shaped like k_cache. */
     fa_tensor_t v_cache;
-    /* Optional new keys [batch, seqlen_new, heads_kv, head_dim] (data NULL: append nothing). */
+    /* Optional new keys [batch, seqlen_knew, heads_kv, head_dim] (data NULL: append nothing); seqlen_knew may
+       differ from q's seqlen_q (since 0.7; 0.6 required them equal). */
     fa_tensor_t k_new;
     /* New values, shaped like k_new; given exactly when k_new is. */
     fa_tensor_t v_new;
-    /* Output [batch, seqlen_new, heads_q, head_dim], same dtype as q; written. */
+    /* Output [batch, seqlen_q, heads_q, head_dim], same dtype as q; written. */
     fa_tensor_t out;
-    /* Optional log-sum-exp [batch, heads_q, seqlen_new], fp32; written when data is not NULL. */
+    /* Optional log-sum-exp [batch, heads_q, seqlen_q], fp32; written when data is not NULL. */
     fa_tensor_t lse;
-    /* Tokens already in each sequence's cache, device int32 [batch] (rank 1). Updated only with
-       advance_cache_seqlens. */
+    /* Tokens already in each sequence's cache (absolute: a left pad counts), device int32 [batch] (rank 1).
+       Updated only with advance_cache_seqlens. */
     fa_tensor_t cache_seqlens;
-    /* Paged cache: device int32 [batch, max_blocks_per_seq] (rank 2), the physical block of each page.
-       data NULL: the cache is contiguous. Entries past a sequence's last page are never read. */
+    /* Paged cache: device int32 [batch, max_blocks_per_seq] (rank 2), the physical block of each page
+       ([pool size, max_blocks_per_seq] with cache_batch_idx). data NULL: the cache is contiguous. Entries past
+       a sequence's last page, and before the page of its left pad, are never read. */
     fa_tensor_t block_table;
     /* As in fa_forward_params_t. */
     float softmax_scale;
@@ -361,7 +370,7 @@ typedef struct fa_decode_params {
     /* Number of key splits per (sequence, head), 1..FA_DECODE_MAX_SPLITS; 0: chosen from the batch, heads,
        SM count and the longest sequence (from cache_seqlens_host when given, else the cache capacity). */
     int32_t num_splits;
-    /* 1: after attending, the call adds seqlen_new to cache_seqlens[b] on the device (stream-ordered, after the
+    /* 1: after attending, the call adds seqlen_knew to cache_seqlens[b] on the device (stream-ordered, after the
        kernels that read it), so a generation loop needs no host copy per step and can be captured into a CUDA
        graph; needs k_new/v_new. 0: cache_seqlens is only read. */
     int32_t advance_cache_seqlens;
@@ -376,6 +385,29 @@ typedef struct fa_decode_params {
     void* workspace;
     /* Bytes at workspace (ignored when workspace is NULL). */
     size_t workspace_size;
+    /* Since 0.7 (a caller compiled against 0.6 passes a smaller struct_size and gets none of the fields below).
+       Optional device int32 [batch] (rank 1), flash-attn's cache_batch_idx: sequence b reads and appends cache
+       row cache_batch_idx[b] (continuous batching over a pool of rows). Contiguous cache: a row of k_cache,
+       whose shape[0] is then the pool size (any size from 1, not tied to batch). Paged cache: a row of
+       block_table (FlashAttention-3's page_table[cache_batch_idx]), whose shape[0] is then the pool size.
+       cache_seqlens, cache_leftpad, q, k_new, out and lse stay indexed by b. Rows may repeat; when two sequences
+       append into one row it is unspecified which write wins. data NULL: sequence b uses row b. */
+    fa_tensor_t cache_batch_idx;
+    /* Since 0.7. Optional device int32 [batch] (rank 1), flash-attn's cache_leftpad: the first valid position
+       of each sequence's cache (0 .. cache_seqlens[b] + seqlen_knew); positions before it are never read
+       (their block_table entries neither). Allowed with a paged cache (as FlashAttention-3; FlashAttention-2
+       refuses the pair). data NULL: 0 for every sequence. */
+    fa_tensor_t cache_leftpad;
+    /* Since 0.7. Optional host copy of cache_batch_idx (batch entries); when given every entry is checked to lie
+       in [0, pool size) before anything is launched. Without it the kernels clamp an entry outside the pool (so
+       no access leaves the cache) and report it: FA_STATUS_DEVICE_CHECK_FAILED naming cache_batch_idx from
+       fa_context_check or the next call. Only with cache_batch_idx.data. */
+    const int32_t* cache_batch_idx_host;
+    /* Since 0.7. Optional host copy of cache_leftpad (batch entries); each must be 0 or more and at most the
+       capacity, and, when cache_seqlens_host is given too, at most cache_seqlens_host[b] + seqlen_knew; refused
+       before anything is launched otherwise. Without it the kernels clamp a pad outside 0 .. total_b and report
+       it (FA_STATUS_DEVICE_CHECK_FAILED naming cache_leftpad). Only with cache_leftpad.data. */
+    const int32_t* cache_leftpad_host;
 } fa_decode_params_t;
 
 /* A question for fa_query_support: is this kind of call served by this build on this GPU? */

@@ -114,6 +114,18 @@ void report_device_flags(const LaunchInfo& info, bool launching) {
         add("an earlier fa_decode on this context read a block_table entry outside [0, num_blocks) (num_blocks = "
             "k_cache.shape[0]); the kernels clamped it, so that sequence's output, lse and append are not valid");
     }
+    if (bits & kDeviceFlagDecodeBatchIndex) {
+        add("an earlier fa_decode on this context read a cache_batch_idx entry outside the pool of cache rows "
+            "[0, k_cache.shape[0]) (block_table.shape[0] when paged); the kernels clamped it, so that sequence's "
+            "output, lse and append are not valid (pass cache_batch_idx_host too and such an entry is refused before "
+            "the launch)");
+    }
+    if (bits & kDeviceFlagDecodeLeftpad) {
+        add("an earlier fa_decode on this context read a cache_leftpad entry that was negative or past the sequence's "
+            "length with the call's new tokens (cache_seqlens + seqlen_knew); the kernels clamped it, so that "
+            "sequence's output and lse are not valid (pass cache_leftpad_host too and such a pad is refused before the "
+            "launch)");
+    }
     if (const uint32_t unknown = bits & ~kDeviceFlagsKnown) {
         char hex[16];
         std::snprintf(hex, sizeof(hex), "%x", unknown);

@@ -58,8 +58,10 @@ void check_block_smem(Pass pass, int32_t kernel_path, int32_t head_dim, int32_t 
 // Short description of a validated call for debug logs: "b=2 sq=17 sk=33 hq=6 hkv=2 d=64 fp16 causal".
 std::string describe(const FwdParams& p);
 
-// Smallest fa_decode_params_t accepted: version 0.3, the first with decode, has every field.
-constexpr size_t kDecodeParamsMinSize = sizeof(fa_decode_params_t);
+// Smallest fa_decode_params_t accepted: version 0.6's fields, up to workspace_size (0.3, the first with decode,
+// through 0.6 had the same struct). The serving fields of 0.7 (cache_batch_idx on) get their defaults when the
+// caller's struct_size does not cover them.
+constexpr size_t kDecodeParamsMinSize = offsetof(fa_decode_params_t, cache_batch_idx);
 
 // Checks *params for a GPU of compute capability `compute_capability` (major*10+minor, or 0 for any GPU
 // this build serves). Throws fa::Error (INVALID_ARGUMENT for bad input, UNSUPPORTED for valid input this

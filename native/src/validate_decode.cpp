@@ -15,7 +15,9 @@
 #include "device_memory.h"
 #include "dispatch.h"
 #include "error.h"
+#include "params_defaults.h"
 #include "validate.h"
+#include "validate_attention.h"  // FA_FIELD_OR_DEFAULT
 #include "validate_common.h"
 
 namespace fa {
@@ -48,7 +50,9 @@ std::string describe(const DecodeParams& p) {
     std::string out = "decode b=" + s(p.b) + " sq=" + s(p.sq) + " hq=" + s(p.hq) + " hkv=" + s(p.hkv) + " d=" + s(p.d) +
                       " " + dtype_tag(p.dtype) + " capacity=" + s(p.capacity);
     out += p.block_table != nullptr ? " paged(block " + s(p.block_size) + ")" : " contiguous";
-    if (p.added > 0) out += " append";
+    if (p.added > 0) out += p.added == p.sq ? " append" : " append=" + s(p.added);
+    if (p.cache_batch_idx != nullptr) out += " batch_idx(pool " + s(p.cache_rows) + ")";
+    if (p.cache_leftpad != nullptr) out += " leftpad";
     if (p.causal != 0) out += " causal";
     if (p.window_left >= 0 || (p.window_right >= 0 && p.causal == 0)) {
         out += " window(" + s(p.window_left) + ", " + s(p.window_right) + ")";
@@ -60,6 +64,11 @@ std::string describe(const DecodeParams& p) {
 
 namespace {
 
+const fa_decode_params_t& decode_defaults() {
+    static const fa_decode_params_t defaults = default_params<fa_decode_params_t>(sizeof(fa_decode_params_t));
+    return defaults;
+}
+
 // The struct itself (INVALID_ARGUMENT): present, large enough, reserved field zero, flags, the compute
 // capability argument, new keys and values given together.
 void check_decode_struct(const fa_decode_params_t* params, int32_t compute_capability) {
@@ -68,8 +77,9 @@ void check_decode_struct(const fa_decode_params_t* params, int32_t compute_capab
     }
     if (params->struct_size < kDecodeParamsMinSize) {
         invalid("params->struct_size is " + s(params->struct_size) + " but fa_decode_params_t has " +
-                s(static_cast<int64_t>(sizeof(fa_decode_params_t))) +
-                " bytes in this library: fill params with fa_decode_params_init");
+                s(static_cast<int64_t>(sizeof(fa_decode_params_t))) + " bytes in this library (at least " +
+                s(static_cast<int64_t>(kDecodeParamsMinSize)) +
+                " for version 0.6): fill params with fa_decode_params_init");
     }
     check_reserved(params->reserved0, "params->reserved0");
     check_flag(params->advance_cache_seqlens, "advance_cache_seqlens");
@@ -107,18 +117,41 @@ void refuse_fp8(const fa_decode_params_t& P) {
 // ones found.
 struct DecodeCheck {
     const fa_decode_params_t& P;
-    bool paged = false, append = false, has_lse = false;
-    Extent q{0, 0}, kc{0, 0}, vc{0, 0}, o{0, 0}, sl{0, 0}, l{0, 0}, bt{0, 0}, kn{0, 0}, vn{0, 0};
+    // The 0.7 fields, or their defaults for an older caller's smaller struct (never read past struct_size).
+    fa_tensor_t batch_idx, leftpad;
+    const int32_t* batch_idx_host;
+    const int32_t* leftpad_host;
+    bool paged = false, append = false, has_lse = false, has_batch_idx = false, has_leftpad = false;
+    Extent q{0, 0}, kc{0, 0}, vc{0, 0}, o{0, 0}, sl{0, 0}, l{0, 0}, bt{0, 0}, kn{0, 0}, vn{0, 0}, bi{0, 0}, lp{0, 0};
     int64_t b = 0, sq = 0, hq = 0, d = 0, hkv = 0;
     int64_t block_size = 0, max_blocks = 0, capacity = 0, added = 0;
-    int64_t longest = 0;            // longest sequence with its new tokens (the capacity without a host copy)
+    int64_t cache_rows = 0;          // rows cache_batch_idx picks from (k_cache.shape[0] or block_table.shape[0])
+    int64_t longest = 0;            // most keys a sequence sees (the capacity without host copies)
     int64_t rows = 0, m_blocks = 0;  // packed rows per kv head and their 16-row blocks
 
     explicit DecodeCheck(const fa_decode_params_t& params)
         : P(params),
+          batch_idx(FA_FIELD_OR_DEFAULT(params, decode_defaults(), cache_batch_idx)),
+          leftpad(FA_FIELD_OR_DEFAULT(params, decode_defaults(), cache_leftpad)),
+          batch_idx_host(FA_FIELD_OR_DEFAULT(params, decode_defaults(), cache_batch_idx_host)),
+          leftpad_host(FA_FIELD_OR_DEFAULT(params, decode_defaults(), cache_leftpad_host)),
           paged(params.block_table.data != nullptr),
           append(params.k_new.data != nullptr || params.v_new.data != nullptr),
-          has_lse(params.lse.data != nullptr) {}
+          has_lse(params.lse.data != nullptr),
+          has_batch_idx(batch_idx.data != nullptr),
+          has_leftpad(leftpad.data != nullptr) {}
+
+    // The host copies go with their device arrays.
+    void host_copies_paired() const {
+        if (batch_idx_host != nullptr && !has_batch_idx) {
+            invalid("cache_batch_idx_host is given but cache_batch_idx.data is NULL; the host copy only accompanies the "
+                    "device array the kernels read");
+        }
+        if (leftpad_host != nullptr && !has_leftpad) {
+            invalid("cache_leftpad_host is given but cache_leftpad.data is NULL; the host copy only accompanies the "
+                    "device array the kernels read");
+        }
+    }
 
     // Each tensor on its own.
     void each_tensor() {
@@ -134,11 +167,19 @@ struct DecodeCheck {
             l = check_tensor({P.lse, "lse", {"batch", "heads_q", "seqlen_new", ""}, 3, ""}, TensorKind::Float32);
         }
         if (paged) {
-            bt = check_tensor({P.block_table, "block_table", {"batch", "max_blocks_per_seq", "", ""}, 2, ""}, TensorKind::Int32);
+            bt = check_tensor({P.block_table, "block_table", {has_batch_idx ? "pool" : "batch", "max_blocks_per_seq", "", ""},
+                               2, ""},
+                              TensorKind::Int32);
         }
         if (append) {
-            kn = check_tensor({P.k_new, "k_new", {"batch", "seqlen_new", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
-            vn = check_tensor({P.v_new, "v_new", {"batch", "seqlen_new", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
+            kn = check_tensor({P.k_new, "k_new", {"batch", "seqlen_knew", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
+            vn = check_tensor({P.v_new, "v_new", {"batch", "seqlen_knew", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
+        }
+        if (has_batch_idx) {
+            bi = check_tensor({batch_idx, "cache_batch_idx", {"batch", "", "", ""}, 1, ""}, TensorKind::Int32);
+        }
+        if (has_leftpad) {
+            lp = check_tensor({leftpad, "cache_leftpad", {"batch", "", "", ""}, 1, ""}, TensorKind::Int32);
         }
     }
 
@@ -172,12 +213,19 @@ struct DecodeCheck {
             }
         }
         check_dim(P.k_cache, "k_cache", 3, "head_dim", d, "q.shape[3] (head_dim)");
-        if (paged) {
-            check_dim(P.block_table, "block_table", 0, "batch", b, "q.shape[0] (batch)");
-        } else {
-            check_dim(P.k_cache, "k_cache", 0, "batch", b, "q.shape[0] (batch)");
+        // With cache_batch_idx the cache (contiguous) or the block table (paged) is a pool of rows of any size;
+        // without it, one row per sequence.
+        if (!has_batch_idx) {
+            if (paged) {
+                check_dim(P.block_table, "block_table", 0, "batch", b, "q.shape[0] (batch)");
+            } else {
+                check_dim(P.k_cache, "k_cache", 0, "batch", b, "q.shape[0] (batch)");
+            }
         }
+        cache_rows = paged ? P.block_table.shape[0] : P.k_cache.shape[0];
         check_dim(P.cache_seqlens, "cache_seqlens", 0, "batch", b, "q.shape[0] (batch)");
+        if (has_batch_idx) check_dim(batch_idx, "cache_batch_idx", 0, "batch", b, "q.shape[0] (batch)");
+        if (has_leftpad) check_dim(leftpad, "cache_leftpad", 0, "batch", b, "q.shape[0] (batch)");
         if (append) {
             const struct {
                 const fa_tensor_t& t;
@@ -185,10 +233,11 @@ struct DecodeCheck {
             } news[] = {{P.k_new, "k_new"}, {P.v_new, "v_new"}};
             for (const auto& nw : news) {
                 check_dim(nw.t, nw.name, 0, "batch", b, "q.shape[0] (batch)");
-                check_dim(nw.t, nw.name, 1, "seqlen_new", sq, "q.shape[1] (seqlen_new)");
                 check_dim(nw.t, nw.name, 2, "heads_kv", hkv, "k_cache.shape[2] (heads_kv)");
                 check_dim(nw.t, nw.name, 3, "head_dim", d, "q.shape[3] (head_dim)");
             }
+            // The appended count may differ from q's seqlen_q (more or fewer); v_new must match k_new.
+            check_dim(P.v_new, "v_new", 1, "seqlen_knew", P.k_new.shape[1], "k_new.shape[1] (seqlen_knew)");
         }
         check_gqa(hq, hkv, "k_cache");
         if (has_lse) {
@@ -204,11 +253,11 @@ struct DecodeCheck {
         capacity = paged ? (block_size <= kInt32Max && max_blocks <= kInt32Max ? max_blocks * block_size
                                                                                : std::numeric_limits<int64_t>::max())
                          : P.k_cache.shape[1];
-        added = append ? sq : 0;
-        if (append && capacity < sq) {
+        added = append ? P.k_new.shape[1] : 0;
+        if (append && capacity < added) {
             invalid(std::string(paged ? "block_table.shape[1] (max_blocks_per_seq) x k_cache.shape[1] (block_size)"
                                       : "k_cache.shape[1] (capacity)") +
-                    " is " + s(capacity) + " positions per sequence, fewer than the " + s(sq) +
+                    " is " + s(capacity) + " positions per sequence, fewer than the " + s(added) +
                     " new tokens k_new appends (k_new.shape[1])");
         }
     }
@@ -230,9 +279,39 @@ struct DecodeCheck {
         }
     }
 
-    // The host copy of cache_seqlens: lengths that fit the cache.
+    // The host copies: lengths that fit the cache, batch indices inside the pool, left pads inside the sequences.
     void host_lengths() {
         longest = capacity;
+        if (batch_idx_host != nullptr) {
+            check_int32_aligned(batch_idx_host, "cache_batch_idx_host");
+            for (int64_t i = 0; i < b; ++i) {
+                const int64_t row = batch_idx_host[i];
+                if (row < 0 || row >= cache_rows) {
+                    invalid("cache_batch_idx_host[" + s(i) + "] is " + s(row) + " but the pool of cache rows is " +
+                            (paged ? "block_table.shape[0] (pool) = " : "k_cache.shape[0] (pool) = ") + s(cache_rows) +
+                            "; an index must lie in [0, " + s(cache_rows) + ")");
+                }
+            }
+        }
+        if (leftpad_host != nullptr) {
+            check_int32_aligned(leftpad_host, "cache_leftpad_host");
+            for (int64_t i = 0; i < b; ++i) {
+                const int64_t pad = leftpad_host[i];
+                if (pad < 0) {
+                    invalid("cache_leftpad_host[" + s(i) + "] is " + s(pad) + "; a left pad must be 0 or more");
+                }
+                if (pad > capacity) {
+                    invalid("cache_leftpad_host[" + s(i) + "] is " + s(pad) + ", more than the " + s(capacity) +
+                            " positions its cache has");
+                }
+                if (P.cache_seqlens_host != nullptr && pad > int64_t{P.cache_seqlens_host[i]} + added) {
+                    invalid("cache_leftpad_host[" + s(i) + "] is " + s(pad) + " but sequence " + s(i) + " ends at " +
+                            s(int64_t{P.cache_seqlens_host[i]} + added) + " (cache_seqlens_host[" + s(i) + "] = " +
+                            s(P.cache_seqlens_host[i]) + (append ? " plus " + s(added) + " new tokens" : std::string()) +
+                            "); its valid keys are positions cache_leftpad .. cache_seqlens + seqlen_knew - 1");
+                }
+            }
+        }
         if (P.cache_seqlens_host != nullptr) {
             check_int32_aligned(P.cache_seqlens_host, "cache_seqlens_host");
             longest = 0;
@@ -248,7 +327,9 @@ struct DecodeCheck {
                                    : "cache_seqlens_host[" + s(i) + "] is " + s(cached) + ", more than the " + s(capacity) +
                                          " positions its cache has");
                 }
-                longest = cached + added > longest ? cached + added : longest;
+                // Keys the sequence sees: from its left pad (when known) to its end.
+                const int64_t seen = cached + added - (leftpad_host != nullptr ? int64_t{leftpad_host[i]} : 0);
+                longest = seen > longest ? seen : longest;
             }
         }
     }
@@ -262,7 +343,8 @@ struct DecodeCheck {
             bool given;
         } read[] = {{q, "q", true},          {kc, "k_cache", true}, {vc, "v_cache", true},
                     {kn, "k_new", append},   {vn, "v_new", append}, {sl, "cache_seqlens", true},
-                    {bt, "block_table", paged}};
+                    {bt, "block_table", paged}, {bi, "cache_batch_idx", has_batch_idx},
+                    {lp, "cache_leftpad", has_leftpad}};
         for (const auto& r : read) {
             if (!r.given) continue;
             check_no_overlap(o, "out", r.e, r.name);
@@ -311,7 +393,9 @@ struct DecodeCheck {
                         " up (16, 32, 64, 128, 256, ...)");
         }
         check_int32_sizes({{b, "q.shape[0] (batch)"},
-                           {sq, "q.shape[1] (seqlen_new)"},
+                           {sq, "q.shape[1] (seqlen_q)"},
+                           {added, "k_new.shape[1] (seqlen_knew)"},
+                           {cache_rows, paged ? "block_table.shape[0] (pool)" : "k_cache.shape[0] (pool)"},
                            {hq, "q.shape[2] (heads_q)"},
                            {hkv, "k_cache.shape[2] (heads_kv)"},
                            {paged ? P.k_cache.shape[0] : 0, "k_cache.shape[0] (num_blocks)"},
@@ -391,6 +475,15 @@ struct DecodeCheck {
         p.capacity = static_cast<int32_t>(capacity);
         p.added = static_cast<int32_t>(added);
         p.advance = P.advance_cache_seqlens;
+        if (has_batch_idx) {
+            p.cache_batch_idx = static_cast<const int32_t*>(batch_idx.data);
+            p.batch_idx_stride = batch_idx.strides[0];
+        }
+        if (has_leftpad) {
+            p.cache_leftpad = static_cast<const int32_t*>(leftpad.data);
+            p.leftpad_stride = leftpad.strides[0];
+        }
+        p.cache_rows = static_cast<int32_t>(cache_rows);
         const double scale = P.softmax_scale > 0.0f ? static_cast<double>(P.softmax_scale)
                                                     : 1.0 / std::sqrt(static_cast<double>(d));
         p.scale = static_cast<float>(scale);
@@ -417,6 +510,7 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
     check_decode_struct(params, compute_capability);
     refuse_fp8(*params);
     DecodeCheck c(*params);
+    c.host_copies_paired();
     c.each_tensor();
     c.tensors_agree();
     c.scalars();
@@ -436,6 +530,8 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
         if (c.has_lse) memory->add("lse.data", "lse's shape and strides", c.l);
         memory->add("cache_seqlens.data", "cache_seqlens' shape and strides", c.sl);
         if (c.paged) memory->add("block_table.data", "block_table's shape and strides", c.bt);
+        if (c.has_batch_idx) memory->add("cache_batch_idx.data", "cache_batch_idx' shape and strides", c.bi);
+        if (c.has_leftpad) memory->add("cache_leftpad.data", "cache_leftpad's shape and strides", c.lp);
     }
     if (length_hint != nullptr) {
         // The keys a 16-row block can see are fewer with a left window.

@@ -11,6 +11,11 @@
  * block sizes 16..256), ragged cache lengths with 0 and 1, appends that cross a page end, several new
  * tokens with a causal mask, windows, softcap, GQA, forced and automatic split counts, caller and library
  * workspaces, and a CUDA graph replay. The cache after the call must hold exactly the appended rows.
+ * Serving options (C ABI 0.7): cache_batch_idx over a shuffled pool (contiguous rows and block-table rows, rows no
+ * sequence uses all NaN and untouched), cache_leftpad (0, mid, all cached keys, the whole sequence; NaN before each
+ * pad), appended counts above and below seqlen_q, with masks, GQA, paging and forced splits; every refusal of
+ * their host copies; device-only values outside the pool or the sequence reported by fa_context_check; a
+ * 0.6-sized struct.
  *
  * Prints one line per failure, a summary, and returns nonzero if anything failed.
  */
@@ -124,6 +129,125 @@ static void bad(const char* label, const fa_decode_params_t* p, fa_status_t want
     expect(label, fa_decode_check(p, 0), want, needle);
 }
 
+/* cache_batch_idx, cache_leftpad and seqlen_knew != seqlen_q (C ABI 0.7): what is accepted, every refusal with the
+   argument it names, and a 0.6-sized struct (the serving fields unread). */
+static void set_serving(fa_decode_params_t* p, int batch_idx, int leftpad) {
+    const int64_t shape[1] = {VB};
+    if (batch_idx) set_dense(&p->cache_batch_idx, ADDR(10), FA_DTYPE_INT32, 1, shape);
+    if (leftpad) set_dense(&p->cache_leftpad, ADDR(11), FA_DTYPE_INT32, 1, shape);
+}
+
+static void test_serving_validation(void) {
+    fa_decode_params_t p;
+    int32_t idx[VB] = {4, 0, 2}, pads[VB] = {0, 0, 0};
+    int32_t lens[VB] = {10, 0, VPAGES * VBLOCK - VSQ};
+    int paged, sk;
+    char label[96];
+
+    /* Appended counts other than q's (more and fewer), with and without the options. */
+    for (paged = 0; paged <= 1; ++paged) {
+        for (sk = 1; sk <= 5; sk += 2) {
+            p = valid_params(paged);
+            p.k_new.shape[1] = p.v_new.shape[1] = sk;
+            sprintf(label, "%s, seqlen_knew %d, seqlen_q %d", paged ? "paged" : "contiguous", sk, VSQ);
+            expect(label, fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+        }
+    }
+    p = valid_params(0); p.k_new.shape[1] = p.v_new.shape[1] = VCAP + 1;
+    bad("seqlen_knew past the capacity", &p, FA_STATUS_INVALID_ARGUMENT, "fewer than the 65 new tokens k_new appends");
+    p = valid_params(0); p.k_new.shape[1] = p.v_new.shape[1] = 0;
+    bad("seqlen_knew 0", &p, FA_STATUS_INVALID_ARGUMENT, "k_new.shape[1] (seqlen_knew) is 0");
+
+    /* A pool larger than the batch (contiguous: k_cache rows; paged: block_table rows), host copies inside it. */
+    p = valid_params(0); set_serving(&p, 1, 1);
+    p.k_cache.shape[0] = p.v_cache.shape[0] = 5;
+    expect("contiguous pool of 5 rows, batch 3", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.cache_batch_idx_host = idx;
+    p.cache_leftpad_host = pads;
+    expect("contiguous pool, host copies", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = valid_params(1); set_serving(&p, 1, 1);
+    p.block_table.shape[0] = 5;
+    p.cache_batch_idx_host = idx;
+    expect("paged pool of 5 table rows, batch 3", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.block_table.shape[0] = 1; idx[0] = 0; idx[2] = 0;
+    expect("paged pool of 1 table row (every sequence reads it)", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    idx[0] = 4; idx[2] = 2;
+    p = valid_params(0); p.k_cache.shape[0] = p.v_cache.shape[0] = 5;
+    bad("pool without cache_batch_idx", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache.shape[0] (batch) is 5");
+
+    /* The device arrays. */
+    p = valid_params(0); set_serving(&p, 1, 0); p.cache_batch_idx.dtype = FA_DTYPE_FLOAT32;
+    bad("cache_batch_idx fp32", &p, FA_STATUS_INVALID_ARGUMENT, "cache_batch_idx.dtype");
+    p = valid_params(0); set_serving(&p, 1, 0);
+    p.cache_batch_idx.rank = 2; p.cache_batch_idx.shape[1] = 1; p.cache_batch_idx.strides[1] = 1;
+    bad("cache_batch_idx rank 2", &p, FA_STATUS_INVALID_ARGUMENT, "cache_batch_idx.rank is 2");
+    p = valid_params(1); set_serving(&p, 1, 0); p.cache_batch_idx.shape[0] = VB + 1;
+    bad("cache_batch_idx length", &p, FA_STATUS_INVALID_ARGUMENT, "cache_batch_idx.shape[0] (batch) is 4");
+    p = valid_params(0); set_serving(&p, 1, 0); p.cache_batch_idx.data = (void*)((uintptr_t)p.cache_batch_idx.data + 2);
+    bad("cache_batch_idx misaligned", &p, FA_STATUS_INVALID_ARGUMENT, "cache_batch_idx");
+    p = valid_params(0); set_serving(&p, 0, 1); p.cache_leftpad.dtype = FA_DTYPE_FLOAT16;
+    bad("cache_leftpad fp16", &p, FA_STATUS_INVALID_ARGUMENT, "cache_leftpad.dtype");
+    p = valid_params(1); set_serving(&p, 0, 1); p.cache_leftpad.shape[0] = VB - 1;
+    bad("cache_leftpad length", &p, FA_STATUS_INVALID_ARGUMENT, "cache_leftpad.shape[0] (batch) is 2");
+    p = valid_params(0); set_serving(&p, 1, 0); p.out.data = p.cache_batch_idx.data;
+    bad("out over cache_batch_idx", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps cache_batch_idx");
+    p = valid_params(1); set_serving(&p, 0, 1); p.k_cache.data = p.cache_leftpad.data;
+    bad("appended k_cache over cache_leftpad", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps cache_leftpad");
+
+    /* Host copies: only with their device arrays, and inside the pool / the sequence. */
+    p = valid_params(0); p.cache_batch_idx_host = idx;
+    bad("cache_batch_idx_host alone", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_batch_idx_host is given but cache_batch_idx.data is NULL");
+    p = valid_params(1); p.cache_leftpad_host = pads;
+    bad("cache_leftpad_host alone", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_leftpad_host is given but cache_leftpad.data is NULL");
+    p = valid_params(0); set_serving(&p, 1, 0); p.cache_batch_idx_host = idx;
+    bad("host index = pool", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_batch_idx_host[0] is 4 but the pool of cache rows is k_cache.shape[0] (pool) = 3");
+    p = valid_params(1); set_serving(&p, 1, 0); idx[1] = -1; p.cache_batch_idx_host = idx;
+    p.block_table.shape[0] = 5;
+    bad("host index -1", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_batch_idx_host[1] is -1 but the pool of cache rows is block_table.shape[0] (pool) = 5");
+    idx[1] = 0;
+    p = valid_params(0); set_serving(&p, 0, 1); pads[2] = -1; p.cache_leftpad_host = pads;
+    bad("host leftpad -1", &p, FA_STATUS_INVALID_ARGUMENT, "cache_leftpad_host[2] is -1; a left pad must be 0 or more");
+    p = valid_params(0); set_serving(&p, 0, 1); pads[2] = VCAP + 1; p.cache_leftpad_host = pads;
+    bad("host leftpad past the capacity", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_leftpad_host[2] is 65, more than the 64 positions its cache has");
+    /* With host lengths: up to the length with the new tokens (a pad at the very end leaves no key). */
+    p = valid_params(1); set_serving(&p, 0, 1); pads[0] = 10 + VSQ; pads[1] = 0; pads[2] = 3;
+    p.cache_leftpad_host = pads; p.cache_seqlens_host = lens;
+    expect("host leftpad at the end of the appended keys", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    pads[0] = 10 + VSQ + 1;
+    bad("host leftpad past the appended keys", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_leftpad_host[0] is 13 but sequence 0 ends at 12 (cache_seqlens_host[0] = 10 plus 2 new tokens)");
+    p.k_new.data = p.v_new.data = NULL; pads[0] = 11;
+    bad("host leftpad past the cache, no append", &p, FA_STATUS_INVALID_ARGUMENT,
+        "cache_leftpad_host[0] is 11 but sequence 0 ends at 10 (cache_seqlens_host[0] = 10)");
+    pads[0] = 0;
+
+    /* A caller compiled against 0.6: its struct ends at workspace_size; whatever lies after it is not read. */
+    {
+        unsigned char buf[sizeof(fa_decode_params_t)];
+        fa_decode_params_t* old = (fa_decode_params_t*)(void*)buf;
+        const size_t size_06 = offsetof(fa_decode_params_t, cache_batch_idx);
+        size_t i;
+        int tail_untouched = 1;
+        memset(buf, 0xAB, sizeof buf);
+        expect("decode_params_init(0.6 size)", fa_decode_params_init(old, size_06), FA_STATUS_SUCCESS, NULL);
+        for (i = size_06; i < sizeof buf; ++i) tail_untouched &= buf[i] == 0xAB;
+        CHECK(tail_untouched, "fa_decode_params_init(0.6 size) wrote past the caller's struct");
+        p = valid_params(1);
+        memcpy(buf, &p, size_06);
+        old->struct_size = (uint32_t)size_06;
+        expect("0.6-sized struct, garbage after it", fa_decode_check(old, 0), FA_STATUS_SUCCESS, NULL);
+        old->k_new.shape[1] = old->v_new.shape[1] = 1;
+        expect("0.6-sized struct, one appended key for two queries", fa_decode_check(old, 0), FA_STATUS_SUCCESS, NULL);
+        old->struct_size = (uint32_t)size_06 - 8;
+        expect("struct smaller than 0.6", fa_decode_check(old, 0), FA_STATUS_INVALID_ARGUMENT, "for version 0.6");
+    }
+}
+
 static void test_validation(void) {
     fa_decode_params_t p;
     int32_t host_lens[VB] = {10, 0, VPAGES * VBLOCK - VSQ};
@@ -199,7 +323,8 @@ static void test_validation(void) {
     p = valid_params(1); p.v_new.data = NULL;
     bad("k_new without v_new", &p, FA_STATUS_INVALID_ARGUMENT, "v_new.data is NULL");
     p = valid_params(1); p.k_new.shape[1] = VSQ + 1;
-    bad("k_new seqlen", &p, FA_STATUS_INVALID_ARGUMENT, "k_new.shape[1] (seqlen_new)");
+    bad("v_new seqlen other than k_new's", &p, FA_STATUS_INVALID_ARGUMENT,
+        "v_new.shape[1] (seqlen_knew) is 2 but k_new.shape[1] (seqlen_knew) is 3");
     p = valid_params(1); p.v_new.dtype = FA_DTYPE_FLOAT16;
     bad("v_new fp16", &p, FA_STATUS_INVALID_ARGUMENT, "v_new.dtype");
     p = valid_params(1); p.lse.shape[2] = VSQ + 1;
@@ -241,6 +366,7 @@ static void test_validation(void) {
     bad("lse overlaps cache_seqlens", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps");
     p = valid_params(1); p.k_new.data = (void*)((uintptr_t)p.k_cache.data + 256);
     bad("k_new inside k_cache", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache");
+    test_serving_validation();
 
     /* fp8 (e4m3): an fp8 query, cache or append is not served yet (UNSUPPORTED, naming the tensor); an fp8 out is
        no dtype any pass writes (INVALID_ARGUMENT); a k_new/v_new descriptor without data is not looked at. */
@@ -328,24 +454,45 @@ typedef struct {
     int num_splits; /* 0: automatic */
     int host_lens, caller_workspace;
     int lens[6]; /* cache lengths before the append */
+    /* Serving options (C ABI 0.7); zero: none. */
+    int sk_new;  /* appended tokens when append (0: sq, as before 0.7) */
+    int pool;    /* > 0: cache_batch_idx over a shuffled pool of this many cache (or block-table) rows */
+    int use_pads;
+    int pads[6]; /* cache_leftpad when use_pads */
 } dcase;
 
-/* Where position pos of sequence b lives, in rows of hkv * d elements. */
-static int64_t cache_row(const dcase* c, const int32_t* table, int max_blocks, int b, int pos) {
-    if (c->block_size == 0) {
-        return (int64_t)b * c->capacity + pos;
-    }
-    return (int64_t)table[b * max_blocks + pos / c->block_size] * c->block_size + pos % c->block_size;
+static int case_added(const dcase* c) {
+    return c->append ? (c->sk_new > 0 ? c->sk_new : c->sq) : 0;
 }
 
+/* Rows of the contiguous cache or of the block table: the pool, or one per sequence. */
+static int case_rows(const dcase* c) {
+    return c->pool > 0 ? c->pool : c->b;
+}
+
+static int case_pad(const dcase* c, int b) {
+    return c->use_pads ? c->pads[b] : 0;
+}
+
+/* Where position pos of cache row r (cache_batch_idx[b], or b) lives, in rows of hkv * d elements. */
+static int64_t cache_row(const dcase* c, const int32_t* table, int max_blocks, int r, int pos) {
+    if (c->block_size == 0) {
+        return (int64_t)r * c->capacity + pos;
+    }
+    return (int64_t)table[r * max_blocks + pos / c->block_size] * c->block_size + pos % c->block_size;
+}
+
+/* Sequence b reads cache row idx[b], keys pads[b] .. total - 1 (FEATURES.md section 5: sk = total - pad keys
+   numbered from the pad, the diagonal bottom-right over them, which in absolute positions is total - sq + i). */
 static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k, const uint16_t* cache_v,
-                      const int32_t* table, int max_blocks, double* out, double* lse) {
+                      const int32_t* table, int max_blocks, const int32_t* idx, double* out, double* lse) {
     const int g = c->hq / c->hkv;
     const double scale = c->scale > 0.0f ? c->scale : 1.0 / sqrt((double)c->d);
     const int64_t row = (int64_t)c->hkv * c->d;
     int b, i, h, j, e;
     for (b = 0; b < c->b; ++b) {
-        const int total = c->lens[b] + (c->append ? c->sq : 0);
+        const int total = c->lens[b] + case_added(c);
+        const int pad = case_pad(c, b);
         for (i = 0; i < c->sq; ++i) {
             const long diag = (long)total - c->sq + i;
             for (h = 0; h < c->hq; ++h) {
@@ -354,8 +501,13 @@ static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k
                 double mx = -INFINITY, sum = 0.0;
                 double* s = (double*)malloc(sizeof(double) * (total > 0 ? total : 1));
                 for (j = 0; j < total; ++j) {
-                    const uint16_t* kr = cache_k + cache_row(c, table, max_blocks, b, j) * row + (int64_t)(h / g) * c->d;
+                    const uint16_t* kr;
                     int visible = 1;
+                    if (j < pad) {
+                        s[j] = -INFINITY; /* before the left pad: never read (NaN there) */
+                        continue;
+                    }
+                    kr = cache_k + cache_row(c, table, max_blocks, idx[b], j) * row + (int64_t)(h / g) * c->d;
                     double dot = 0.0;
                     for (e = 0; e < c->d; ++e) {
                         dot += to_double(c->dtype, qr[e]) * to_double(c->dtype, kr[e]);
@@ -378,8 +530,9 @@ static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k
                 }
                 for (j = 0; j < total; ++j) {
                     const double p = exp(s[j] - mx);
-                    const uint16_t* vr = cache_v + cache_row(c, table, max_blocks, b, j) * row + (int64_t)(h / g) * c->d;
+                    const uint16_t* vr;
                     if (s[j] == -INFINITY) continue;
+                    vr = cache_v + cache_row(c, table, max_blocks, idx[b], j) * row + (int64_t)(h / g) * c->d;
                     sum += p;
                     for (e = 0; e < c->d; ++e) o[e] += p * to_double(c->dtype, vr[e]);
                 }
@@ -393,7 +546,7 @@ static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k
 
 /* Device copies of one case's tensors. */
 typedef struct {
-    void *q, *kc, *vc, *kn, *vn, *out, *lse, *lens, *table, *ws;
+    void *q, *kc, *vc, *kn, *vn, *out, *lse, *lens, *table, *ws, *idx, *pads;
 } dev_bufs;
 
 static void* dev_alloc(size_t bytes) {
@@ -408,11 +561,12 @@ static void* dev_alloc(size_t bytes) {
 static void run_case(fa_context_t context, void* stream, const dcase* c, int use_graph) {
     const int paged = c->block_size > 0;
     const int max_blocks = paged ? c->capacity / c->block_size : 0;
-    const int num_blocks = paged ? c->b * max_blocks + 3 : 0; /* a few blocks no sequence uses */
+    const int rows = case_rows(c), added = case_added(c);
+    const int num_blocks = paged ? rows * max_blocks + 3 : 0; /* a few blocks no sequence uses */
     const int64_t row = (int64_t)c->hkv * c->d;
-    const int64_t cache_rows = paged ? (int64_t)num_blocks * c->block_size : (int64_t)c->b * c->capacity;
+    const int64_t cache_rows = paged ? (int64_t)num_blocks * c->block_size : (int64_t)rows * c->capacity;
     const int64_t n_q = (int64_t)c->b * c->sq * c->hq * c->d;
-    const int64_t n_new = (int64_t)c->b * c->sq * row;
+    const int64_t n_new = (int64_t)c->b * (added > 0 ? added : 1) * row;
     const int64_t n_lse = (int64_t)c->b * c->hq * c->sq;
     const size_t cache_bytes = (size_t)(cache_rows * row * 2);
     uint16_t *q = malloc(n_q * 2), *kc = malloc(cache_bytes), *vc = malloc(cache_bytes);
@@ -420,8 +574,8 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     uint16_t *kc_after = malloc(cache_bytes), *vc_after = malloc(cache_bytes);
     float* lse = malloc(n_lse * 4);
     double *ref = malloc(n_q * sizeof(double)), *ref_lse = malloc(n_lse * sizeof(double));
-    int32_t* table = malloc(sizeof(int32_t) * (paged ? c->b * max_blocks : 1));
-    int32_t lens[6];
+    int32_t* table = malloc(sizeof(int32_t) * (paged ? rows * max_blocks : 1));
+    int32_t lens[6], idx[6], pads[6];
     dev_bufs d;
     fa_decode_params_t p;
     int64_t i;
@@ -432,8 +586,25 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     int32_t splits_used = 0;
 
     memset(&d, 0, sizeof d);
-    for (b = 0; b < c->b; ++b) lens[b] = c->lens[b];
-    /* A shuffled block table; entries past a sequence's pages are -1 (never read). */
+    for (b = 0; b < c->b; ++b) {
+        lens[b] = c->lens[b];
+        pads[b] = case_pad(c, b);
+        idx[b] = b;
+    }
+    /* cache_batch_idx: the first b entries of a shuffled pool (rows no sequence uses stay NaN and untouched). */
+    if (c->pool > 0) {
+        int32_t perm[64];
+        for (i = 0; i < c->pool; ++i) perm[i] = (int32_t)i;
+        for (i = c->pool - 1; i > 0; --i) {
+            const int64_t j = (int64_t)(uniform01() * (double)(i + 1)) % (i + 1);
+            const int32_t t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+        for (b = 0; b < c->b; ++b) idx[b] = perm[b];
+    }
+    /* A shuffled block table; entries past a sequence's pages, before its left pad's page and of pool rows no
+       sequence uses are -1 (never read). */
     if (paged) {
         int32_t* perm = malloc(sizeof(int32_t) * num_blocks);
         for (i = 0; i < num_blocks; ++i) perm[i] = (int32_t)i;
@@ -443,19 +614,21 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
             perm[i] = perm[j];
             perm[j] = t;
         }
+        for (i = 0; i < (int64_t)rows * max_blocks; ++i) table[i] = -1;
         for (b = 0; b < c->b; ++b) {
-            const int total = lens[b] + (c->append ? c->sq : 0);
+            const int total = lens[b] + added;
             for (i = 0; i < max_blocks; ++i) {
-                table[b * max_blocks + i] = i * c->block_size < total ? perm[b * max_blocks + i] : -1;
+                const int used = i * c->block_size < total && (i + 1) * c->block_size > pads[b];
+                table[idx[b] * max_blocks + i] = used ? perm[idx[b] * max_blocks + i] : -1;
             }
         }
         free(perm);
     }
-    /* Every slot NaN; then the cached tokens. */
+    /* Every slot NaN; then the cached tokens from the left pad on (the slots before it stay NaN). */
     for (i = 0; i < cache_rows * row; ++i) kc[i] = vc[i] = nan16(c->dtype);
     for (b = 0; b < c->b; ++b) {
-        for (pos = 0; pos < lens[b]; ++pos) {
-            const int64_t r = cache_row(c, table, max_blocks, b, pos) * row;
+        for (pos = pads[b]; pos < lens[b]; ++pos) {
+            const int64_t r = cache_row(c, table, max_blocks, idx[b], pos) * row;
             for (i = 0; i < row; ++i) {
                 kc[r + i] = random16(c->dtype);
                 vc[r + i] = random16(c->dtype);
@@ -476,31 +649,43 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     d.out = dev_alloc(n_q * 2);
     d.lse = dev_alloc(n_lse * 4);
     d.lens = dev_alloc(sizeof(int32_t) * c->b);
-    d.table = paged ? dev_alloc(sizeof(int32_t) * c->b * max_blocks) : NULL;
+    d.table = paged ? dev_alloc(sizeof(int32_t) * rows * max_blocks) : NULL;
+    d.idx = c->pool > 0 ? dev_alloc(sizeof(int32_t) * c->b) : NULL;
+    d.pads = c->use_pads ? dev_alloc(sizeof(int32_t) * c->b) : NULL;
+    if (d.idx) fa_memcpy(d.idx, idx, sizeof(int32_t) * c->b);
+    if (d.pads) fa_memcpy(d.pads, pads, sizeof(int32_t) * c->b);
     fa_memcpy(d.q, q, n_q * 2);
     fa_memcpy(d.kc, kc, cache_bytes);
     fa_memcpy(d.vc, vc, cache_bytes);
     fa_memcpy(d.kn, kn, n_new * 2);
     fa_memcpy(d.vn, vn, n_new * 2);
     fa_memcpy(d.lens, lens, sizeof(int32_t) * c->b);
-    if (paged) fa_memcpy(d.table, table, sizeof(int32_t) * c->b * max_blocks);
+    if (paged) fa_memcpy(d.table, table, sizeof(int32_t) * rows * max_blocks);
     fa_memset_async(d.out, 0xFF, n_q * 2, stream); /* poison: NaN */
     fa_memset_async(d.lse, 0xFF, n_lse * 4, stream);
 
     fa_decode_params_init(&p, sizeof p);
     set4(&p.q, d.q, c->dtype, c->b, c->sq, c->hq, c->d);
     if (paged) {
-        const int64_t table_shape[2] = {c->b, max_blocks};
+        const int64_t table_shape[2] = {rows, max_blocks};
         set4(&p.k_cache, d.kc, c->dtype, num_blocks, c->block_size, c->hkv, c->d);
         set4(&p.v_cache, d.vc, c->dtype, num_blocks, c->block_size, c->hkv, c->d);
         set_dense(&p.block_table, d.table, FA_DTYPE_INT32, 2, table_shape);
     } else {
-        set4(&p.k_cache, d.kc, c->dtype, c->b, c->capacity, c->hkv, c->d);
-        set4(&p.v_cache, d.vc, c->dtype, c->b, c->capacity, c->hkv, c->d);
+        set4(&p.k_cache, d.kc, c->dtype, rows, c->capacity, c->hkv, c->d);
+        set4(&p.v_cache, d.vc, c->dtype, rows, c->capacity, c->hkv, c->d);
     }
     if (c->append) {
-        set4(&p.k_new, d.kn, c->dtype, c->b, c->sq, c->hkv, c->d);
-        set4(&p.v_new, d.vn, c->dtype, c->b, c->sq, c->hkv, c->d);
+        set4(&p.k_new, d.kn, c->dtype, c->b, added, c->hkv, c->d);
+        set4(&p.v_new, d.vn, c->dtype, c->b, added, c->hkv, c->d);
+    }
+    {
+        const int64_t shape[1] = {c->b};
+        if (d.idx) set_dense(&p.cache_batch_idx, d.idx, FA_DTYPE_INT32, 1, shape);
+        if (d.pads) set_dense(&p.cache_leftpad, d.pads, FA_DTYPE_INT32, 1, shape);
+        /* The host copies go with the host lengths (the other cases leave the kernels to trust the devices'). */
+        if (c->host_lens && d.idx) p.cache_batch_idx_host = idx;
+        if (c->host_lens && d.pads) p.cache_leftpad_host = pads;
     }
     set4(&p.out, d.out, c->dtype, c->b, c->sq, c->hq, c->d);
     {
@@ -551,25 +736,25 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         int32_t lens_after[6];
         int same = 1;
         fa_memcpy(lens_after, d.lens, sizeof(int32_t) * c->b);
-        for (b = 0; b < c->b; ++b) same &= lens_after[b] == lens[b] + (p.advance_cache_seqlens ? c->sq : 0);
+        for (b = 0; b < c->b; ++b) same &= lens_after[b] == lens[b] + (p.advance_cache_seqlens ? added : 0);
         CHECK(same, "%s: cache_seqlens after the call must be %s", c->label,
-              p.advance_cache_seqlens ? "the old lengths plus seqlen_new" : "unchanged");
+              p.advance_cache_seqlens ? "the old lengths plus seqlen_knew" : "unchanged");
     }
 
     /* The expected cache: the new rows appended, nothing else touched (NaN slots compared bitwise). */
     if (c->append) {
         for (b = 0; b < c->b; ++b) {
-            for (pos = 0; pos < c->sq; ++pos) {
-                const int64_t r = cache_row(c, table, max_blocks, b, lens[b] + pos) * row;
-                memcpy(kc + r, kn + ((int64_t)b * c->sq + pos) * row, row * 2);
-                memcpy(vc + r, vn + ((int64_t)b * c->sq + pos) * row, row * 2);
+            for (pos = 0; pos < added; ++pos) {
+                const int64_t r = cache_row(c, table, max_blocks, idx[b], lens[b] + pos) * row;
+                memcpy(kc + r, kn + ((int64_t)b * added + pos) * row, row * 2);
+                memcpy(vc + r, vn + ((int64_t)b * added + pos) * row, row * 2);
             }
         }
     }
     cache_ok = memcmp(kc, kc_after, cache_bytes) == 0 && memcmp(vc, vc_after, cache_bytes) == 0;
     CHECK(cache_ok, "%s: the cache after the call differs from the cache with the new rows appended", c->label);
 
-    reference(c, q, kc, vc, table, max_blocks, ref, ref_lse);
+    reference(c, q, kc, vc, table, max_blocks, idx, ref, ref_lse);
     for (i = 0; i < n_q; ++i) {
         const double got = to_double(c->dtype, out[i]);
         const double err = fabs(got - ref[i]);
@@ -611,6 +796,8 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     fa_memory_free(0, d.lens);
     fa_memory_free(0, d.table);
     fa_memory_free(0, d.ws);
+    fa_memory_free(0, d.idx);
+    fa_memory_free(0, d.pads);
     free(q); free(kc); free(vc); free(kn); free(vn); free(out); free(kc_after); free(vc_after);
     free(lse); free(ref); free(ref_lse); free(table);
 }
@@ -763,6 +950,52 @@ static void test_device_pointers(fa_context_t context, void* stream) {
         CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "device lengths: %s", fa_last_error_message());
         expect("device lengths: nothing left", fa_context_check(context), FA_STATUS_SUCCESS, NULL);
     }
+    {
+        /* Device-only cache_batch_idx and cache_leftpad (C ABI 0.7) outside the pool / past the sequence (lengths
+           20 and 50, no append): clamped by the kernels, reported once by fa_context_check naming the tensor; the
+           same call with values that fit reports nothing. */
+        const int32_t idx_ok[B] = {1, 0}, idx_pool[B] = {0, B}, idx_neg[B] = {-1, 1};
+        const int32_t pad_ok[B] = {20, 50}, pad_past[B] = {0, 51}, pad_neg[B] = {-1, 0};
+        const struct { const char* what; const int32_t* idx; const int32_t* pads; const char* needle; } cases[5] = {
+            {"values that fit (a pad at the end)", idx_ok, pad_ok, NULL},
+            {"a batch index = the pool size", idx_pool, pad_ok, "cache_batch_idx entry outside the pool"},
+            {"a negative batch index", idx_neg, pad_ok, "cache_batch_idx entry outside the pool"},
+            {"a left pad past the sequence", idx_ok, pad_past, "cache_leftpad entry"},
+            {"a negative left pad", idx_ok, pad_neg, "cache_leftpad entry"},
+        };
+        void *didx = NULL, *dpad = NULL;
+        int c;
+        fa_memory_alloc(0, 256, &didx);
+        fa_memory_alloc(0, 256, &dpad);
+        fa_memcpy_async(seq, lens, sizeof lens, stream);
+        fa_memcpy_async(bt, table, sizeof table, stream);
+        p = base;
+        set_dense(&p.cache_batch_idx, didx, FA_DTYPE_INT32, 1, lens_shape);
+        set_dense(&p.cache_leftpad, dpad, FA_DTYPE_INT32, 1, lens_shape);
+        for (c = 0; c < 5 && didx != NULL && dpad != NULL; ++c) {
+            fa_memcpy_async(didx, cases[c].idx, sizeof lens, stream);
+            fa_memcpy_async(dpad, cases[c].pads, sizeof lens, stream);
+            sprintf(label, "device serving values, %s: the launch", cases[c].what);
+            expect(label, fa_decode(context, &p, stream), FA_STATUS_SUCCESS, NULL);
+            CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "%s: %s", label, fa_last_error_message());
+            sprintf(label, "device serving values, %s: fa_context_check", cases[c].what);
+            expect(label, fa_context_check(context), cases[c].needle ? FA_STATUS_DEVICE_CHECK_FAILED : FA_STATUS_SUCCESS,
+                   cases[c].needle);
+            sprintf(label, "device serving values, %s: reported once", cases[c].what);
+            expect(label, fa_context_check(context), FA_STATUS_SUCCESS, NULL);
+        }
+        /* Not checked explicitly: the next fa_decode reports it and launches nothing. */
+        fa_memcpy_async(didx, idx_pool, sizeof lens, stream);
+        expect("device batch index: a call that overflows", fa_decode(context, &p, stream), FA_STATUS_SUCCESS, NULL);
+        fa_stream_synchronize(stream);
+        fa_memcpy_async(didx, idx_ok, sizeof lens, stream);
+        expect("device batch index: the next fa_decode reports it", fa_decode(context, &p, stream),
+               FA_STATUS_DEVICE_CHECK_FAILED, "cache_batch_idx");
+        fa_stream_synchronize(stream);
+        expect("device serving values: nothing left", fa_context_check(context), FA_STATUS_SUCCESS, NULL);
+        fa_memory_free(0, didx);
+        fa_memory_free(0, dpad);
+    }
 done:
     fa_memory_free(0, q);
     fa_memory_free(0, kc);
@@ -795,21 +1028,40 @@ static void test_gpu(void) {
     const dcase cases[] = {
         /* label, dtype, b sq hq hkv d, block, capacity, append causal wl wr, softcap scale, splits, host, ws, lens */
         {"contiguous, ragged 0/1, GQA 4, auto splits", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {0, 1, 517, 700}},
-        {"contiguous, 1 split", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 1, 0, 0, {0, 1, 517, 700}},
+         {0, 1, 517, 700}, 0, 0, 0, {0}},
+        {"contiguous, 1 split", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 1, 0, 0, {0, 1, 517, 700}, 0, 0, 0, {0}},
         {"contiguous, 13 splits, caller workspace", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 13, 0, 1,
-         {0, 1, 517, 700}},
+         {0, 1, 517, 700}, 0, 0, 0, {0}},
         {"paged 16, shuffled, append 3 causal, fp16", F16, 3, 3, 8, 1, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {13, 0, 200}},
+         {13, 0, 200}, 0, 0, 0, {0}},
         {"paged 256, append across a page end", BF, 2, 4, 4, 4, D, 256, 512, 1, 1, -1, -1, 0.f, 0.f, 3, 1, 1,
-         {254, 0}},
+         {254, 0}, 0, 0, 0, {0}},
         {"paged 32, window 40 + softcap 10, 5 splits", F16, 2, 2, 6, 3, D, 32, 512, 1, 0, 40, 0, 10.f, 0.f, 5, 0, 0,
-         {300, 33}},
+         {300, 33}, 0, 0, 0, {0}},
         {"paged 64, MQA 16 q heads, scale 0.3", BF, 2, 2, 16, 1, D, 64, 640, 0, 1, -1, -1, 0.f, 0.3f, 0, 1, 0,
-         {600, 65}},
-        {"contiguous, empty cache, no append", F16, 2, 1, 4, 2, D, 0, 64, 0, 0, -1, -1, 0.f, 0.f, 4, 0, 0, {0, 10}},
+         {600, 65}, 0, 0, 0, {0}},
+        {"contiguous, empty cache, no append", F16, 2, 1, 4, 2, D, 0, 64, 0, 0, -1, -1, 0.f, 0.f, 4, 0, 0, {0, 10}, 0, 0, 0, {0}},
         {"paged 128, GQA 32 (two 16-row blocks)", BF, 2, 1, 32, 1, D, 128, 1024, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {1000, 127}},
+         {1000, 127}, 0, 0, 0, {0}},
+        /* Serving options (C ABI 0.7), then: sk_new, pool, use_pads, pads. */
+        {"contiguous, batch index over a shuffled pool of 7", BF, 4, 1, 8, 2, D, 0, 300, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
+         {0, 1, 150, 299}, 0, 7, 0, {0}},
+        {"contiguous, device-only batch index, 5 splits, fp16", F16, 4, 1, 8, 2, D, 0, 300, 1, 1, -1, -1, 0.f, 0.f, 5, 0,
+         0, {0, 1, 150, 299}, 0, 7, 0, {0}},
+        {"paged 16, batch index, pool of 6 table rows, 3 splits", F16, 3, 3, 8, 2, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 3,
+         1, 0, {13, 0, 200}, 0, 6, 0, {0}},
+        {"contiguous, left pads 17 / full / 0 / all cached", BF, 4, 2, 4, 2, D, 0, 300, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
+         {100, 37, 0, 250}, 0, 0, 1, {17, 39, 0, 250}},
+        {"paged 32, device-only left pads, window 20, softcap, 4 splits", F16, 3, 2, 6, 3, D, 32, 512, 0, 0, 20, 0, 10.f,
+         0.f, 4, 0, 0, {100, 33, 400}, 0, 0, 1, {40, 0, 300}},
+        {"seqlen_knew 1 < seqlen_q 4, causal (rows before the keys)", BF, 3, 4, 4, 2, D, 0, 200, 1, 1, -1, -1, 0.f, 0.f, 0,
+         1, 0, {0, 2, 150}, 1, 0, 0, {0}},
+        {"seqlen_knew 5 > seqlen_q 2, paged 64, MQA, 7 splits", F16, 2, 2, 8, 1, D, 64, 512, 1, 1, -1, -1, 0.f, 0.f, 7, 1,
+         0, {60, 300}, 5, 0, 0, {0}},
+        {"paged 16, pool 5 + pads + seqlen_knew 3 > sq 1, window 50", BF, 3, 1, 8, 2, D, 16, 256, 1, 0, 50, -1, 0.f, 0.f, 2,
+         1, 0, {20, 10, 180}, 3, 5, 1, {0, 10, 100}},
+        {"contiguous, pool 6 + pads, no append, causal sq 2", F16, 3, 2, 4, 1, D, 0, 128, 0, 1, -1, -1, 0.f, 0.f, 0, 0, 0,
+         {128, 5, 77}, 0, 6, 1, {3, 5, 0}},
     };
     memset(&props, 0, sizeof props);
     props.struct_size = sizeof props;
@@ -842,6 +1094,18 @@ static void test_gpu(void) {
         c.label = "CUDA graph, append + advance_cache_seqlens";
         c.caller_workspace = 0;
         run_checked(context, stream, &c, 1);
+    }
+    /* A captured step with every serving option: batch index, left pads, more keys appended than queries, and the
+       device-side length advance. */
+    {
+        size_t k;
+        for (k = 0; k < sizeof cases / sizeof cases[0]; ++k) {
+            if (cases[k].pool == 5) {
+                dcase c = cases[k];
+                c.label = "CUDA graph, pool + pads + seqlen_knew 3 + advance";
+                run_checked(context, stream, &c, 1);
+            }
+        }
     }
     /* A head dim without its own kernel (zero-filled columns) when served. */
     {

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "flash_attention.h"  // FA_DECODE_MAX_SPLITS
 #include "sm80/decode_launch.cuh"
 
 using namespace fa;

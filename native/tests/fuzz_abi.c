@@ -160,6 +160,7 @@ static int64_t fit_rows(int64_t rows, int64_t other) {
 /* ---- host arrays the library reads ------------------------------------------------------------------------ */
 
 static int32_t g_cu_q_host[HOST_CAP + 1], g_cu_k_host[HOST_CAP + 1], g_seq_host[HOST_CAP];
+static int32_t g_idx_host[HOST_CAP], g_pad_host[HOST_CAP]; /* fa_decode's cache_batch_idx_host, cache_leftpad_host */
 
 /* Prefix sums of `batch` random lengths (0..max_len) into cu; returns the total. */
 static int32_t random_cu(int32_t* cu, int batch, int max_len, int32_t* longest) {
@@ -464,6 +465,11 @@ static void build_decode(fa_decode_params_t* p, int faults) {
     const int32_t dtype = chance(2) ? FA_DTYPE_FLOAT16 : FA_DTYPE_BFLOAT16;
     const int paged = chance(2);
     const int append = chance(2);
+    /* C ABI 0.7: appended count independent of sq, cache_batch_idx over a pool of rows, cache_leftpad. Their
+       device arrays live in the varlen slots S_CUQ / S_CUK, which a decode does not otherwise use. */
+    const int64_t added = append ? 1 + r(4) : 0;
+    const int use_idx = chance(3), use_pad = chance(3);
+    const int64_t rows = use_idx ? b + r(3) : b;
     int64_t capacity, i;
     int f;
     fa_decode_params_init(p, sizeof(*p));
@@ -472,28 +478,40 @@ static void build_decode(fa_decode_params_t* p, int faults) {
     if (paged) {
         const int64_t block = chance(2) ? 16 : 32;
         const int64_t max_blocks = 1 + r(3);
-        int64_t blocks = b * max_blocks + r(2);
+        int64_t blocks = rows * max_blocks + r(2);
         while (blocks > 1 && blocks * block * hkv * d * 2 > (int64_t)SLOT_BYTES) --blocks;
         t4(&p->k_cache, slot(S_K), dtype, blocks, block, hkv, d);
         t4(&p->v_cache, slot(S_V), dtype, blocks, block, hkv, d);
-        t2(&p->block_table, slot(S_BT), FA_DTYPE_INT32, b, max_blocks);
-        for (i = 0; i < b * max_blocks; ++i) image_ints(S_BT)[i] = (int32_t)r(blocks);
+        t2(&p->block_table, slot(S_BT), FA_DTYPE_INT32, rows, max_blocks);
+        for (i = 0; i < rows * max_blocks; ++i) image_ints(S_BT)[i] = (int32_t)r(blocks);
         capacity = max_blocks * block;
     } else {
-        capacity = fit_rows(sq + r(40), 2 * b * hkv * d);
-        t4(&p->k_cache, slot(S_K), dtype, b, capacity, hkv, d);
-        t4(&p->v_cache, slot(S_V), dtype, b, capacity, hkv, d);
+        capacity = fit_rows(sq + added + r(40), 2 * rows * hkv * d);
+        t4(&p->k_cache, slot(S_K), dtype, rows, capacity, hkv, d);
+        t4(&p->v_cache, slot(S_V), dtype, rows, capacity, hkv, d);
     }
     for (i = 0; i < b; ++i) {
-        const int64_t room = capacity - (append ? sq : 0);
+        const int64_t room = capacity - added;
         g_seq_host[i] = (int32_t)(room > 0 ? r(room + 1) : 0);
         image_ints(S_SEQ)[i] = g_seq_host[i];
+        g_idx_host[i] = (int32_t)r(rows);
+        image_ints(S_CUQ)[i] = g_idx_host[i];
+        g_pad_host[i] = (int32_t)r(g_seq_host[i] + added + 1);
+        image_ints(S_CUK)[i] = g_pad_host[i];
     }
     t1(&p->cache_seqlens, slot(S_SEQ), FA_DTYPE_INT32, b);
     if (chance(2)) p->cache_seqlens_host = g_seq_host;
+    if (use_idx) {
+        t1(&p->cache_batch_idx, slot(S_CUQ), FA_DTYPE_INT32, b);
+        if (chance(2)) p->cache_batch_idx_host = g_idx_host;
+    }
+    if (use_pad) {
+        t1(&p->cache_leftpad, slot(S_CUK), FA_DTYPE_INT32, b);
+        if (chance(2)) p->cache_leftpad_host = g_pad_host;
+    }
     if (append) {
-        t4(&p->k_new, slot(S_KN), dtype, b, sq, hkv, d);
-        t4(&p->v_new, slot(S_VN), dtype, b, sq, hkv, d);
+        t4(&p->k_new, slot(S_KN), dtype, b, added, hkv, d);
+        t4(&p->v_new, slot(S_VN), dtype, b, added, hkv, d);
         p->advance_cache_seqlens = (int32_t)r(2);
     }
     if (chance(2)) t3(&p->lse, slot(S_LSE), FA_DTYPE_FLOAT32, b, hq, sq);
@@ -508,7 +526,7 @@ static void build_decode(fa_decode_params_t* p, int faults) {
         p->workspace_size = WS_BYTES;
     }
     for (f = 0; f < faults; ++f) {
-        switch (r(17)) {
+        switch (r(20)) {
             case 0: break_tensor(&p->q); break;
             case 1: break_tensor(&p->k_cache); break;
             case 2: break_tensor(&p->v_cache); break;
@@ -525,6 +543,16 @@ static void build_decode(fa_decode_params_t* p, int faults) {
             case 13: if (chance(2)) p->num_splits = (int32_t)wild_int(); else p->advance_cache_seqlens = (int32_t)wild_int(); break;
             case 14: p->workspace = wild_pointer(p->workspace != NULL ? p->workspace : slot(S_WS)); break;
             case 15: p->workspace_size = (size_t)r(2 * WS_BYTES); break;
+            case 17: break_tensor(&p->cache_batch_idx); break;
+            case 18: break_tensor(&p->cache_leftpad); break;
+            case 19:
+                /* The serving arrays' contents: host copies (checked) or device arrays (trusted, clamped), or a host
+                   copy without its device array. */
+                if (chance(4)) p->cache_batch_idx_host = g_idx_host;
+                else if (chance(3)) p->cache_leftpad_host = g_pad_host;
+                else if (chance(2)) break_ints(chance(2) ? g_idx_host : g_pad_host, (int)b);
+                else break_ints(image_ints(chance(2) ? S_CUQ : S_CUK), (int)b);
+                break;
             default:
                 /* Contents: the host copy (checked), the device lengths and block table (trusted, clamped). */
                 if (chance(2)) break_ints(g_seq_host, (int)b);
@@ -534,7 +562,10 @@ static void build_decode(fa_decode_params_t* p, int faults) {
         }
     }
     /* The host copy is read for q.shape[0] sequences: a caller's array holds that many. */
-    if (p->q.shape[0] > HOST_CAP || p->q.shape[0] < 0) p->cache_seqlens_host = NULL;
+    if (p->q.shape[0] > HOST_CAP || p->q.shape[0] < 0) {
+        p->cache_seqlens_host = NULL;
+        p->cache_batch_idx_host = p->cache_leftpad_host = NULL;
+    }
 }
 
 /* ---- the capability query ------------------------------------------------------------------------------------------- */

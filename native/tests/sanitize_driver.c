@@ -69,6 +69,10 @@ typedef struct {
     int caller_ws; /* bwd, decode: a caller-supplied workspace */
     int block_size, append, splits, advance, host_lens; /* decode; block_size 0: contiguous cache */
     int lens[MAX_SEQ];                                    /* decode: cache lengths before the append */
+    /* decode serving (C ABI 0.7): sk_new appended tokens (0: sq); pool > 0: cache_batch_idx over that many rows
+       (sequence b uses row idx[b]); use_pads: cache_leftpad pads[]; host copies with host_lens */
+    int sk_new, pool, use_pads;
+    int32_t idx[MAX_SEQ], pads[MAX_SEQ];
     int descale;  /* fp8 forward: 0 none; 1 q per tensor (strides 0), k dense, v per sequence; 2 all dense */
     int sinks;    /* fwd, bwd: learnable sinks (C ABI 0.7); the backward then writes dsinks too */
 } scase;
@@ -434,21 +438,27 @@ typedef struct {
     float softcap, scale;
     int splits, host_lens, caller_ws, no_lse;
     int lens[MAX_SEQ];
+    int sk_new, pool, use_pads; /* serving (0.7): appended count (0: sq), pool rows (0: none; rows reversed), pads */
+    int pads[MAX_SEQ];
 } dfeature;
 
 static const dfeature k_dfeatures[] = {
     {"contiguous, ragged 0/1, GQA 4:2, auto splits", 0, 4, 1, 4, 2, 0, 0, 0, 0, 0, -1, -1, 0, 0, 0, 1, 0, 0,
-     {0, 1, 150, 255}},
-    {"contiguous, 13 splits, caller workspace", 0, 2, 1, 2, 2, 0, 0, 0, 0, 0, -1, -1, 0, 0, 13, 0, 1, 0, {255, 100}},
-    {"paged 16, append 3, causal, fp16", 1, 3, 3, 4, 1, 0, 16, 1, 0, 1, -1, -1, 0, 0, 0, 1, 0, 0, {13, 0, 200}},
+     {0, 1, 150, 255}, 0, 0, 0, {0}},
+    {"contiguous, 13 splits, caller workspace", 0, 2, 1, 2, 2, 0, 0, 0, 0, 0, -1, -1, 0, 0, 13, 0, 1, 0, {255, 100}, 0, 0, 0, {0}},
+    {"paged 16, append 3, causal, fp16", 1, 3, 3, 4, 1, 0, 16, 1, 0, 1, -1, -1, 0, 0, 0, 1, 0, 0, {13, 0, 200}, 0, 0, 0, {0}},
     {"paged 256, append across a page end, advance, 3 splits", 0, 2, 4, 2, 2, 0, 256, 1, 1, 1, -1, -1, 0, 0, 3, 1, 1,
-     0, {254, 0}},
-    {"paged 32, window + softcap, 5 splits", 1, 2, 2, 4, 2, 0, 32, 1, 0, 0, 40, 0, 10.0f, 0, 5, 0, 0, 0, {200, 33}},
+     0, {254, 0}, 0, 0, 0, {0}},
+    {"paged 32, window + softcap, 5 splits", 1, 2, 2, 4, 2, 0, 32, 1, 0, 0, 40, 0, 10.0f, 0, 5, 0, 0, 0, {200, 33}, 0, 0, 0, {0}},
     {"contiguous, empty cache without append: fully masked rows", 0, 2, 1, 2, 1, 0, 0, 0, 0, 0, -1, -1, 0, 0, 4, 0, 0,
-     0, {0, 10}},
-    {"paged 64, MQA 8:1, scale, no LSE", 0, 2, 1, 8, 1, 0, 64, 0, 0, 0, -1, -1, 0, 0.3f, 0, 1, 0, 1, {130, 65}},
+     0, {0, 10}, 0, 0, 0, {0}},
+    {"paged 64, MQA 8:1, scale, no LSE", 0, 2, 1, 8, 1, 0, 64, 0, 0, 0, -1, -1, 0, 0.3f, 0, 1, 0, 1, {130, 65}, 0, 0, 0, {0}},
     {"head dim 40 (the 64 kernel), paged 16, append", 1, 2, 2, 2, 2, 40, 16, 1, 0, 1, -1, -1, 0, 0, 2, 1, 0, 0,
-     {31, 7}},
+     {31, 7}, 0, 0, 0, {0}},
+    {"contiguous pool of 5 (cache_batch_idx), pads, append 3 > sq 1, advance", 0, 3, 1, 4, 2, 0, 0, 1, 1, 1, -1, -1, 0, 0,
+     0, 1, 0, 0, {40, 0, 100}, 3, 5, 1, {7, 0, 100}},
+    {"paged 16 pool of 4 table rows, device-only pads, append 1 < sq 3, 4 splits", 1, 3, 3, 4, 1, 0, 16, 1, 0, 1, -1,
+     -1, 0, 0, 4, 0, 0, 0, {33, 2, 70}, 1, 4, 1, {20, 0, 64}},
 };
 
 /* The fp8 (e4m3) forward's options, where it is served (out bf16; descale 0 none, 1 broadcast, 2 dense). */
@@ -520,6 +530,14 @@ static void add_feature_cases(int pass, int path, int cc) {
             c->advance = f->advance, c->causal = f->causal, c->wl = f->wl, c->wr = f->wr, c->softcap = f->softcap;
             c->scale = f->scale, c->splits = f->splits, c->host_lens = f->host_lens, c->caller_ws = f->caller_ws;
             c->lse = !f->no_lse;
+            c->sk_new = f->sk_new, c->pool = f->pool, c->use_pads = f->use_pads;
+            {
+                int b;
+                for (b = 0; b < f->b; ++b) {
+                    c->idx[b] = f->pool > 0 ? f->pool - 1 - b : b;
+                    c->pads[b] = f->pads[b];
+                }
+            }
             describe(c, f->what);
         }
         return;
@@ -809,22 +827,25 @@ static void backward_params(const scase* c, bufs* B, const fa_forward_params_t* 
 /* Decode params; lens (MAX_SEQ) and the block table (host) are filled here and must outlive the call. */
 static void decode_params(const scase* c, bufs* B, fa_decode_params_t* p, int32_t* lens, int32_t** table_out) {
     const int paged = c->block_size > 0;
+    const int added = c->append ? (c->sk_new > 0 ? c->sk_new : c->sq) : 0;
+    const int rows = c->pool > 0 ? c->pool : c->b; /* cache (or block-table) rows */
     int capacity = 0, max_blocks = 0, num_blocks = 0, b, i;
     int64_t cache_rows;
     const int64_t row = (int64_t)c->hkv * c->d;
     int32_t* table = NULL;
     for (b = 0; b < c->b; ++b) {
-        const int total = c->lens[b] + (c->append ? c->sq : 0);
+        const int total = c->lens[b] + added;
         lens[b] = c->lens[b];
         if (total > capacity) capacity = total;
     }
     if (paged) {
         max_blocks = (capacity + c->block_size - 1) / c->block_size;
         if (max_blocks < 1) max_blocks = 1;
-        num_blocks = c->b * max_blocks + 2; /* two blocks no sequence uses */
+        num_blocks = rows * max_blocks + 2; /* two blocks no sequence uses */
         cache_rows = (int64_t)num_blocks * c->block_size;
-        /* A shuffled table; entries past a sequence's pages are -1 (never read). */
-        table = (int32_t*)malloc(sizeof(int32_t) * (size_t)(c->b * max_blocks));
+        /* A shuffled table; entries past a sequence's pages, before its pad's page and of rows no sequence uses
+           are -1 (never read). */
+        table = (int32_t*)malloc(sizeof(int32_t) * (size_t)(rows * max_blocks));
         {
             int32_t* perm = (int32_t*)malloc(sizeof(int32_t) * (size_t)num_blocks);
             if (table == NULL || perm == NULL) {
@@ -840,17 +861,20 @@ static void decode_params(const scase* c, bufs* B, fa_decode_params_t* p, int32_
                 perm[i] = perm[j];
                 perm[j] = t;
             }
+            for (i = 0; i < rows * max_blocks; ++i) table[i] = -1;
             for (b = 0; b < c->b; ++b) {
-                const int total = c->lens[b] + (c->append ? c->sq : 0);
+                const int total = c->lens[b] + added, r = c->pool > 0 ? c->idx[b] : b;
+                const int pad = c->use_pads ? c->pads[b] : 0;
                 for (i = 0; i < max_blocks; ++i) {
-                    table[b * max_blocks + i] = i * c->block_size < total ? perm[b * max_blocks + i] : -1;
+                    const int used = i * c->block_size < total && (i + 1) * c->block_size > pad;
+                    table[r * max_blocks + i] = used ? perm[r * max_blocks + i] : -1;
                 }
             }
             free(perm);
         }
     } else {
         capacity += 3; /* a little room past the longest sequence */
-        cache_rows = (int64_t)c->b * capacity;
+        cache_rows = (int64_t)rows * capacity;
     }
     *table_out = table;
     fa_decode_params_init(p, sizeof *p);
@@ -860,15 +884,23 @@ static void decode_params(const scase* c, bufs* B, fa_decode_params_t* p, int32_
                c->d);
         tensor(&p->v_cache, drandom(B, c->dtype, cache_rows * row), c->dtype, 4, num_blocks, c->block_size, c->hkv,
                c->d);
-        tensor(&p->block_table, dalloc(B, sizeof(int32_t) * (size_t)(c->b * max_blocks), table), FA_DTYPE_INT32, 2,
-               c->b, max_blocks, 0, 0);
+        tensor(&p->block_table, dalloc(B, sizeof(int32_t) * (size_t)(rows * max_blocks), table), FA_DTYPE_INT32, 2,
+               rows, max_blocks, 0, 0);
     } else {
-        tensor(&p->k_cache, drandom(B, c->dtype, cache_rows * row), c->dtype, 4, c->b, capacity, c->hkv, c->d);
-        tensor(&p->v_cache, drandom(B, c->dtype, cache_rows * row), c->dtype, 4, c->b, capacity, c->hkv, c->d);
+        tensor(&p->k_cache, drandom(B, c->dtype, cache_rows * row), c->dtype, 4, rows, capacity, c->hkv, c->d);
+        tensor(&p->v_cache, drandom(B, c->dtype, cache_rows * row), c->dtype, 4, rows, capacity, c->hkv, c->d);
     }
     if (c->append) {
-        tensor(&p->k_new, drandom(B, c->dtype, (int64_t)c->b * c->sq * row), c->dtype, 4, c->b, c->sq, c->hkv, c->d);
-        tensor(&p->v_new, drandom(B, c->dtype, (int64_t)c->b * c->sq * row), c->dtype, 4, c->b, c->sq, c->hkv, c->d);
+        tensor(&p->k_new, drandom(B, c->dtype, (int64_t)c->b * added * row), c->dtype, 4, c->b, added, c->hkv, c->d);
+        tensor(&p->v_new, drandom(B, c->dtype, (int64_t)c->b * added * row), c->dtype, 4, c->b, added, c->hkv, c->d);
+    }
+    if (c->pool > 0) {
+        tensor(&p->cache_batch_idx, dalloc(B, sizeof(int32_t) * (size_t)c->b, c->idx), FA_DTYPE_INT32, 1, c->b, 0, 0, 0);
+        if (c->host_lens) p->cache_batch_idx_host = c->idx;
+    }
+    if (c->use_pads) {
+        tensor(&p->cache_leftpad, dalloc(B, sizeof(int32_t) * (size_t)c->b, c->pads), FA_DTYPE_INT32, 1, c->b, 0, 0, 0);
+        if (c->host_lens) p->cache_leftpad_host = c->pads;
     }
     tensor(&p->out, dalloc(B, (size_t)c->b * c->sq * c->hq * c->d * 2, NULL), c->dtype, 4, c->b, c->sq, c->hq, c->d);
     if (c->lse) {

@@ -24,7 +24,9 @@ def test_layout_matches_libclang():
     assert ctypes.sizeof(_abi.FaTensor) == 80
     assert ctypes.sizeof(_abi.FaForwardParams) == _abi.LAYOUT[_abi.FaForwardParams][0]
     assert ctypes.sizeof(_abi.FaBackwardParams) == 824 + 2 * 80  # 0.7 appended sinks and dsinks
-    assert ctypes.sizeof(_abi.FaDecodeParams) == 784
+    # 784 bytes through 0.6; 0.7 appended the serving fields (cache_batch_idx on) there.
+    assert ctypes.sizeof(_abi.FaDecodeParams) == 960
+    assert _abi.FaDecodeParams.cache_batch_idx.offset == 784
 
 
 def test_struct_fields_follow_the_header():

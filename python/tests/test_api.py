@@ -81,8 +81,6 @@ REFUSED = [
     ("flash_attn_varlen_qkvpacked_func", (X, X, 8), {"alibi_slopes": X}, "alibi_slopes"),
     ("flash_attn_varlen_kvpacked_func", (X, X, X, X, 8, 8), {"dropout_p": 0.2}, "dropout_p"),
     ("flash_attn_with_kvcache", (X, X, X), {"rotary_cos": X, "rotary_sin": X}, "rotary_cos"),
-    ("flash_attn_with_kvcache", (X, X, X), {"cache_batch_idx": X}, "cache_batch_idx"),
-    ("flash_attn_with_kvcache", (X, X, X), {"cache_leftpad": X}, "cache_leftpad"),
     ("flash_attn_with_kvcache", (X, X, X), {"alibi_slopes": X}, "alibi_slopes"),
 ]
 
@@ -306,6 +304,41 @@ def test_decode_check(lib):
     assert status == _abi.FA_STATUS_UNSUPPORTED and "block" in msg
 
 
+def test_decode_check_serving_options(lib):
+    """cache_batch_idx over a larger pool (contiguous rows, block-table rows), cache_leftpad (with paging too), and
+    k/v of another seqlen than q are accepted (C ABI 0.7); bad descriptors of the new arrays are refused by name."""
+    fake = Fake()
+    q, out = fake((4, 2, 8, 64)), fake((4, 2, 8, 64))
+    seqlens, idx, pads = fake((4,), I32), fake((4,), I32), fake((4,), I32)
+    for snew in (1, 2, 5):
+        p = _args.decode_params(lib, q, fake((9, 256, 2, 64)), fake((9, 256, 2, 64)), out, seqlens,
+                                k_new=fake((4, snew, 2, 64)), v_new=fake((4, snew, 2, 64)), causal=True,
+                                cache_batch_idx=idx, cache_leftpad=pads)
+        assert check_status(lib, "decode", p) == (0, ""), snew
+    p = _args.decode_params(lib, q, fake((64, 16, 2, 64)), fake((64, 16, 2, 64)), out, seqlens,
+                            block_table=fake((7, 16), I32), cache_batch_idx=idx, cache_leftpad=pads, num_splits=3)
+    assert check_status(lib, "decode", p) == (0, "")
+    bad = [
+        ({"cache_batch_idx": fake((4,), F32)}, "cache_batch_idx.dtype"),
+        ({"cache_batch_idx": fake((5,), I32)}, "cache_batch_idx.shape[0] (batch) is 5"),
+        ({"cache_leftpad": fake((4, 1), I32)}, "cache_leftpad.rank is 2"),
+        ({"cache_leftpad": fake((3,), I32)}, "cache_leftpad.shape[0] (batch) is 3"),
+    ]
+    for kw, what in bad:
+        p = _args.decode_params(lib, q, fake((4, 256, 2, 64)), fake((4, 256, 2, 64)), out, seqlens, **kw)
+        status, msg = check_status(lib, "decode", p)
+        assert status == _abi.FA_STATUS_INVALID_ARGUMENT and what in msg, (kw, msg)
+    # Without cache_batch_idx the contiguous cache still has one row per sequence.
+    p = _args.decode_params(lib, q, fake((9, 256, 2, 64)), fake((9, 256, 2, 64)), out, seqlens)
+    status, msg = check_status(lib, "decode", p)
+    assert status == _abi.FA_STATUS_INVALID_ARGUMENT and "k_cache.shape[0] (batch) is 9" in msg
+    # v of another seqlen than k is refused.
+    p = _args.decode_params(lib, q, fake((4, 256, 2, 64)), fake((4, 256, 2, 64)), out, seqlens,
+                            k_new=fake((4, 3, 2, 64)), v_new=fake((4, 2, 2, 64)))
+    status, msg = check_status(lib, "decode", p)
+    assert status == _abi.FA_STATUS_INVALID_ARGUMENT and "v_new.shape[1] (seqlen_knew)" in msg
+
+
 # ---- the params structs are packed (struct.pack_into over runs of fields): byte for byte the field-by-field build ----
 
 def _patterned(cls):
@@ -392,6 +425,14 @@ def test_backward_and_decode_params_are_packed_like_field_by_field():
         _by_field(t) for t in (q, kc, vc, kn, vn, out, None, seqlens, table))
     _by_field_options(ref, 0.25, True, (128, 0), 5.0)
     ref.num_splits, ref.advance_cache_seqlens = 7, 0
+    ref.cache_batch_idx, ref.cache_leftpad = _by_field(None), _by_field(None)
+    assert bytes(packed) == bytes(ref)
+
+    idx, pads = fake((4,), I32), fake((4,), I32)
+    packed = _patterned(_abi.FaDecodeParams)
+    _args.pack_decode(packed, *(_args.desc_fields(t) for t in (q, kc, vc, kn, vn, out, None, seqlens, table)), 0.25,
+                      True, 128, 0, 5.0, 7, _args.desc_fields(idx), _args.desc_fields(pads))
+    ref.cache_batch_idx, ref.cache_leftpad = _by_field(idx), _by_field(pads)
     assert bytes(packed) == bytes(ref)
 
 

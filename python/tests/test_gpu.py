@@ -194,6 +194,75 @@ def test_kvcache_contiguous_and_paged(block):
     assert seqlens.tolist() == [100, 1, 300]  # only read, as flash-attn
 
 
+@pytest.mark.parametrize("block", [None, 16])
+@pytest.mark.parametrize("sq,snew", [(1, 1), (3, 1), (1, 4), (2, 0)], ids=["1q1k", "3q1k", "1q4k", "2q-no-append"])
+@pytest.mark.parametrize("splits", [0, 5])
+def test_kvcache_batch_idx_leftpad_and_seqlen_new(block, sq, snew, splits):
+    """cache_batch_idx over a shuffled pool of 6 rows (paged: block-table rows), cache_leftpad (0, mid, all cached
+    keys), k/v of another seqlen than q; NaN in every slot no sequence may read (before its pad, past its end, rows
+    outside the step). Against the float64 reference over positions pad .. len + snew - 1 of each sequence's row."""
+    torch.manual_seed(7 + sq * 10 + snew + (block or 0) + splits)
+    b, pool, h, hkv, d, cap = 3, 6, 8, 2, 64, 256
+    idx = torch.randperm(pool, device=DEV)[:b].to(torch.int32)
+    seqlens = torch.tensor([100, 37, 200], dtype=torch.int32, device=DEV)
+    pads = torch.tensor([17, 37, 0], dtype=torch.int32, device=DEV)
+    k_pool = torch.full((pool, cap, hkv, d), float("nan"), device=DEV, dtype=torch.bfloat16)
+    v_pool = torch.full_like(k_pool, float("nan"))
+    for i in range(b):
+        r, lo, hi = idx[i].item(), pads[i].item(), seqlens[i].item()
+        k_pool[r, lo:hi], v_pool[r, lo:hi] = rand(hi - lo, hkv, d), rand(hi - lo, hkv, d)
+    q = rand(b, sq, h, d)
+    k_new, v_new = (rand(b, snew, hkv, d), rand(b, snew, hkv, d)) if snew else (None, None)
+    expect_k, expect_v = k_pool.clone(), v_pool.clone()
+    for i in range(b):
+        if snew:
+            r, n = idx[i].item(), seqlens[i].item()
+            expect_k[r, n:n + snew], expect_v[r, n:n + snew] = k_new[i], v_new[i]
+    if block is None:
+        kc, vc, table = k_pool, v_pool, None
+    else:
+        per = cap // block
+        perm = torch.randperm(pool * per, device=DEV)
+        table = perm.view(pool, per).to(torch.int32)
+        kc = torch.empty(pool * per, block, hkv, d, device=DEV, dtype=k_pool.dtype)
+        vc = torch.empty_like(kc)
+        kc[perm] = k_pool.view(pool * per, block, hkv, d)
+        vc[perm] = v_pool.view(pool * per, block, hkv, d)
+    out, lse = fai.flash_attn_with_kvcache(q, kc, vc, k_new, v_new, cache_seqlens=seqlens, cache_batch_idx=idx,
+                                           cache_leftpad=pads, block_table=table, causal=True, num_splits=splits,
+                                           return_softmax_lse=True)
+    torch.cuda.synchronize()
+    got_k = kc if table is None else kc[table.long()].view(pool, cap, hkv, d)
+    got_v = vc if table is None else vc[table.long()].view(pool, cap, hkv, d)
+    # The cache: appended rows in the picked pool rows, every other slot (NaN included) unchanged.
+    assert torch.equal(got_k.isnan(), expect_k.isnan()) and torch.equal(got_v.isnan(), expect_v.isnan())
+    assert torch.equal(got_k.nan_to_num(7.0), expect_k.nan_to_num(7.0))
+    assert torch.equal(got_v.nan_to_num(7.0), expect_v.nan_to_num(7.0))
+    assert not out.isnan().any()
+    for i in range(b):
+        r, lo, hi = idx[i].item(), pads[i].item(), seqlens[i].item() + snew
+        ref = reference(q[i:i + 1], expect_k[r:r + 1, lo:hi], expect_v[r:r + 1, lo:hi], causal=True)
+        assert max_err(out[i:i + 1], ref) < 2e-2, i
+        if hi == lo:
+            assert (out[i] == 0).all() and torch.isinf(lse[i]).all() and (lse[i] > 0).all()
+    assert seqlens.tolist() == [100, 37, 200]  # only read, as flash-attn
+
+
+def test_kvcache_device_only_bad_batch_idx_is_reported():
+    """A cache_batch_idx entry outside the pool: the kernels clamp it (no access outside the cache) and the next call
+    on the context raises FlashAttentionError with FA_STATUS_DEVICE_CHECK_FAILED naming cache_batch_idx."""
+    q, kc, vc = rand(2, 1, 4, 64), rand(3, 128, 4, 64), rand(3, 128, 4, 64)
+    idx = torch.tensor([0, 3], dtype=torch.int32, device=DEV)
+    fai.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=50, cache_batch_idx=idx)
+    torch.cuda.synchronize()
+    with pytest.raises(fai.FlashAttentionError) as ei:
+        fai.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=50, cache_batch_idx=idx.clamp(max=2))
+    assert ei.value.status == 7 and "cache_batch_idx" in ei.value.message
+    out = fai.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=50, cache_batch_idx=idx.clamp(max=2))
+    ref = reference(q, kc[[0, 2], :50], vc[[0, 2], :50])
+    assert max_err(out, ref) < 2e-2
+
+
 def test_kvcache_int_seqlens_and_num_splits():
     torch.manual_seed(6)
     q, kc, vc = rand(2, 1, 4, 64), rand(2, 256, 4, 64), rand(2, 256, 4, 64)

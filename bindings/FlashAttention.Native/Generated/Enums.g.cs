@@ -41,8 +41,8 @@ public enum FaStatus : int
     /// <summary>
     /// A check only the GPU can make failed during an earlier call on this context (the message names the call
     /// and the cause: a deterministic backward that gave up waiting because two calls in flight shared one
-    /// workspace, or a decode whose device-only cache_seqlens or block_table did not fit the cache); that call's
-    /// outputs are not valid. Reported once: by fa_context_check or, failing that, by the
+    /// workspace, or a decode whose device-only cache_seqlens, block_table, cache_batch_idx or cache_leftpad did not
+    /// fit the cache); that call's outputs are not valid. Reported once: by fa_context_check or, failing that, by the
     /// next fa_forward, fa_backward or fa_decode on the context, which then launches nothing. The CUDA context
     /// itself is intact.
     /// </summary>

@@ -347,12 +347,19 @@ public unsafe partial struct FaBackwardParams
 
 /// <summary>
 /// Arguments of fa_decode. Fill with fa_decode_params_init, then set the fields you need.
-/// New queries attend over each sequence's cached keys; when k_new/v_new are given they are first written
-/// into the cache at positions cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1, then attended too.
-/// Sequence b then has total_b = cache_seqlens[b] (+ seqlen_new when appending) keys; the causal mask and
-/// window are placed bottom-right, so new token i sees, when causal, positions &lt;= total_b - seqlen_new + i.
+/// seqlen_q (q.shape[1]) new queries per sequence attend over its cached keys; when k_new/v_new are given,
+/// their seqlen_knew (k_new.shape[1], independent of seqlen_q since 0.7: more or fewer) keys are first written
+/// into the cache at positions cache_seqlens[b] .. cache_seqlens[b] + seqlen_knew - 1, then attended too.
+/// Sequence b reads and appends cache row r_b = cache_batch_idx[b] (b without cache_batch_idx); its valid keys
+/// are positions lp_b .. total_b - 1, where lp_b = cache_leftpad[b] (0 without cache_leftpad) and
+/// total_b = cache_seqlens[b] + seqlen_knew (seqlen_knew = 0 without an append). Positions are absolute (a left
+/// pad is counted in cache_seqlens). The effective key length is sk_b = total_b - lp_b, keys numbered from lp_b;
+/// the causal mask and window are placed bottom-right over it, so query i sees, when causal, positions
+/// lp_b .. total_b - seqlen_q + i (a query with no such position gets output 0 and log-sum-exp +inf).
+/// cache_batch_idx, cache_leftpad and seqlen_knew != seqlen_q are served by every decode kernel, so
+/// fa_query_support has no field for them.
 /// </summary>
-/// <remarks>Mirror of C <c>fa_decode_params_t</c> (<c>struct fa_decode_params</c>): 784 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_decode_params_t</c> (<c>struct fa_decode_params</c>): 960 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaDecodeParams
 {
@@ -365,7 +372,7 @@ public unsafe partial struct FaDecodeParams
     public uint reserved0;
 
     /// <summary>
-    /// New queries [batch, seqlen_new, heads_q, head_dim], fp16 or bf16 (an fp8 query or cache is
+    /// New queries [batch, seqlen_q, heads_q, head_dim], fp16 or bf16 (an fp8 query or cache is
     /// FA_STATUS_UNSUPPORTED: not served yet).
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t q</c> at byte offset 8.</remarks>
@@ -383,7 +390,10 @@ public unsafe partial struct FaDecodeParams
     /// <remarks>C: <c>fa_tensor_t v_cache</c> at byte offset 168.</remarks>
     public FaTensor v_cache;
 
-    /// <summary>Optional new keys [batch, seqlen_new, heads_kv, head_dim] (data NULL: append nothing).</summary>
+    /// <summary>
+    /// Optional new keys [batch, seqlen_knew, heads_kv, head_dim] (data NULL: append nothing); seqlen_knew may
+    /// differ from q's seqlen_q (since 0.7; 0.6 required them equal).
+    /// </summary>
     /// <remarks>C: <c>fa_tensor_t k_new</c> at byte offset 248.</remarks>
     public FaTensor k_new;
 
@@ -391,24 +401,25 @@ public unsafe partial struct FaDecodeParams
     /// <remarks>C: <c>fa_tensor_t v_new</c> at byte offset 328.</remarks>
     public FaTensor v_new;
 
-    /// <summary>Output [batch, seqlen_new, heads_q, head_dim], same dtype as q; written.</summary>
+    /// <summary>Output [batch, seqlen_q, heads_q, head_dim], same dtype as q; written.</summary>
     /// <remarks>C: <c>fa_tensor_t out</c> at byte offset 408.</remarks>
     public FaTensor @out;
 
-    /// <summary>Optional log-sum-exp [batch, heads_q, seqlen_new], fp32; written when data is not NULL.</summary>
+    /// <summary>Optional log-sum-exp [batch, heads_q, seqlen_q], fp32; written when data is not NULL.</summary>
     /// <remarks>C: <c>fa_tensor_t lse</c> at byte offset 488.</remarks>
     public FaTensor lse;
 
     /// <summary>
-    /// Tokens already in each sequence's cache, device int32 [batch] (rank 1). Updated only with
-    /// advance_cache_seqlens.
+    /// Tokens already in each sequence's cache (absolute: a left pad counts), device int32 [batch] (rank 1).
+    /// Updated only with advance_cache_seqlens.
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t cache_seqlens</c> at byte offset 568.</remarks>
     public FaTensor cache_seqlens;
 
     /// <summary>
-    /// Paged cache: device int32 [batch, max_blocks_per_seq] (rank 2), the physical block of each page.
-    /// data NULL: the cache is contiguous. Entries past a sequence's last page are never read.
+    /// Paged cache: device int32 [batch, max_blocks_per_seq] (rank 2), the physical block of each page
+    /// ([pool size, max_blocks_per_seq] with cache_batch_idx). data NULL: the cache is contiguous. Entries past
+    /// a sequence's last page, and before the page of its left pad, are never read.
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t block_table</c> at byte offset 648.</remarks>
     public FaTensor block_table;
@@ -445,7 +456,7 @@ public unsafe partial struct FaDecodeParams
     public int num_splits;
 
     /// <summary>
-    /// 1: after attending, the call adds seqlen_new to cache_seqlens[b] on the device (stream-ordered, after the
+    /// 1: after attending, the call adds seqlen_knew to cache_seqlens[b] on the device (stream-ordered, after the
     /// kernels that read it), so a generation loop needs no host copy per step and can be captured into a CUDA
     /// graph; needs k_new/v_new. 0: cache_seqlens is only read.
     /// </summary>
@@ -472,6 +483,45 @@ public unsafe partial struct FaDecodeParams
     /// <summary>Bytes at workspace (ignored when workspace is NULL).</summary>
     /// <remarks>C: <c>size_t workspace_size</c> at byte offset 776.</remarks>
     public nuint workspace_size;
+
+    /// <summary>
+    /// Since 0.7 (a caller compiled against 0.6 passes a smaller struct_size and gets none of the fields below).
+    /// Optional device int32 [batch] (rank 1), flash-attn's cache_batch_idx: sequence b reads and appends cache
+    /// row cache_batch_idx[b] (continuous batching over a pool of rows). Contiguous cache: a row of k_cache,
+    /// whose shape[0] is then the pool size (any size from 1, not tied to batch). Paged cache: a row of
+    /// block_table (FlashAttention-3's page_table[cache_batch_idx]), whose shape[0] is then the pool size.
+    /// cache_seqlens, cache_leftpad, q, k_new, out and lse stay indexed by b. Rows may repeat; when two sequences
+    /// append into one row it is unspecified which write wins. data NULL: sequence b uses row b.
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t cache_batch_idx</c> at byte offset 784.</remarks>
+    public FaTensor cache_batch_idx;
+
+    /// <summary>
+    /// Since 0.7. Optional device int32 [batch] (rank 1), flash-attn's cache_leftpad: the first valid position
+    /// of each sequence's cache (0 .. cache_seqlens[b] + seqlen_knew); positions before it are never read
+    /// (their block_table entries neither). Allowed with a paged cache (as FlashAttention-3; FlashAttention-2
+    /// refuses the pair). data NULL: 0 for every sequence.
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t cache_leftpad</c> at byte offset 864.</remarks>
+    public FaTensor cache_leftpad;
+
+    /// <summary>
+    /// Since 0.7. Optional host copy of cache_batch_idx (batch entries); when given every entry is checked to lie
+    /// in [0, pool size) before anything is launched. Without it the kernels clamp an entry outside the pool (so
+    /// no access leaves the cache) and report it: FA_STATUS_DEVICE_CHECK_FAILED naming cache_batch_idx from
+    /// fa_context_check or the next call. Only with cache_batch_idx.data.
+    /// </summary>
+    /// <remarks>C: <c>const int32_t* cache_batch_idx_host</c> at byte offset 944.</remarks>
+    public int* cache_batch_idx_host;
+
+    /// <summary>
+    /// Since 0.7. Optional host copy of cache_leftpad (batch entries); each must be 0 or more and at most the
+    /// capacity, and, when cache_seqlens_host is given too, at most cache_seqlens_host[b] + seqlen_knew; refused
+    /// before anything is launched otherwise. Without it the kernels clamp a pad outside 0 .. total_b and report
+    /// it (FA_STATUS_DEVICE_CHECK_FAILED naming cache_leftpad). Only with cache_leftpad.data.
+    /// </summary>
+    /// <remarks>C: <c>const int32_t* cache_leftpad_host</c> at byte offset 952.</remarks>
+    public int* cache_leftpad_host;
 }
 
 /// <summary>A question for fa_query_support: is this kind of call served by this build on this GPU?</summary>

@@ -12,8 +12,8 @@ struct DecodeParams {
     const void* q;          // [b, sq, hq, d]
     void* k_cache;          // contiguous [b, capacity, hkv, d] or paged [num_blocks, block_size, hkv, d]
     void* v_cache;          // shaped like k_cache
-    const void* k_new;      // [b, sq, hkv, d] or nullptr (nothing appended)
-    const void* v_new;      // [b, sq, hkv, d] or nullptr
+    const void* k_new;      // [b, added, hkv, d] or nullptr (nothing appended)
+    const void* v_new;      // [b, added, hkv, d] or nullptr
     void* o;                // [b, sq, hq, d]
     float* lse;             // [b, hq, sq] or nullptr
     int32_t* cache_seqlens;        // [b], device (written only when advance is 1)
@@ -35,7 +35,7 @@ struct DecodeParams {
     int32_t g;               // hq / hkv: query heads per kv head, packed with the sq rows into M
     int32_t rows;            // g * sq: packed query rows per (sequence, kv head)
     int32_t capacity;        // positions each sequence's cache holds (S_max, or max_blocks * block_size)
-    int32_t added;           // sq when appending k_new/v_new, else 0
+    int32_t added;           // k_new's rows when appending (any count, not tied to sq), else 0
     int32_t advance;         // 1: a last kernel stores the clamped length + added into cache_seqlens
     // Paged cache: block_size = 1 << block_shift; block ids are clamped to [0, num_blocks) (and reported).
     int32_t block_size, block_shift, num_blocks, max_blocks;
@@ -43,9 +43,12 @@ struct DecodeParams {
     float scale;             // softmax scale
     float scale_log2;        // (softcap > 0 ? softcap : scale) * log2(e)
     float softcap;           // > 0: scores become softcap * tanh(score * scale / softcap)
-    // Bottom-right masks, with off = total_b - sq: query i sees key j iff
+    // Bottom-right masks, with off = total_b - sq (total_b = cache_seqlens[b] + added, absolute positions): query i
+    // sees key j iff j >= leftpad_b and
     //   j >= i + off - window_left   (window_left < 0: unbounded)
     //   j <= i + off + window_right  (window_right < 0: unbounded; a causal call has 0 here)
+    // (FEATURES.md §5: sk = total_b - leftpad_b keys numbered from leftpad_b, the diagonal bottom-right over them,
+    // which in absolute positions is the same diagonal.)
     int32_t window_left, window_right;
     int32_t causal;          // kept for logs; already folded into window_right
     DType dtype;
@@ -61,6 +64,15 @@ struct DecodeParams {
     // The context's device-flag word (params/device_flags.h), set by the launcher from LaunchInfo as the
     // backward's: a length or block id the kernels had to clamp is reported there. nullptr: not reported.
     uint32_t* device_flags = nullptr;
+
+    // Serving options (C ABI 0.7). cache_batch_idx [b] (device, or nullptr: sequence b uses row b): the cache row
+    // (contiguous: k/v_cache's batch index; paged: block_table's row) of sequence b, clamped to [0, cache_rows)
+    // and reported (kDeviceFlagDecodeBatchIndex). cache_leftpad [b] (device, or nullptr: 0): the first valid
+    // position, clamped to [0, total_b] and reported (kDeviceFlagDecodeLeftpad).
+    const int32_t* cache_batch_idx = nullptr;
+    const int32_t* cache_leftpad = nullptr;
+    int64_t batch_idx_stride = 0, leftpad_stride = 0;
+    int32_t cache_rows = 0;  // rows cache_batch_idx picks from: k_cache.shape[0] (contiguous) or block_table.shape[0]
 };
 
 }  // namespace fa

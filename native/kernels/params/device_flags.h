@@ -16,8 +16,15 @@ constexpr uint32_t kDeviceFlagTurnTimeout = 1u << 0;
 constexpr uint32_t kDeviceFlagDecodeLength = 1u << 1;
 // fa_decode over a paged cache: a block_table entry a sequence used was outside [0, num_blocks); clamped.
 constexpr uint32_t kDeviceFlagDecodeBlockId = 1u << 2;
+// fa_decode with a device-only cache_batch_idx: an entry was outside [0, pool size) (k_cache.shape[0], or
+// block_table.shape[0] when paged); the kernels clamped it.
+constexpr uint32_t kDeviceFlagDecodeBatchIndex = 1u << 3;
+// fa_decode with a device-only cache_leftpad: an entry was negative or past the sequence's length with its new
+// tokens (cache_seqlens + seqlen_knew); the kernels clamped it.
+constexpr uint32_t kDeviceFlagDecodeLeftpad = 1u << 4;
 // Every bit this build knows (the host names each; others it reports as numbers).
-constexpr uint32_t kDeviceFlagsKnown = kDeviceFlagTurnTimeout | kDeviceFlagDecodeLength | kDeviceFlagDecodeBlockId;
+constexpr uint32_t kDeviceFlagsKnown = kDeviceFlagTurnTimeout | kDeviceFlagDecodeLength | kDeviceFlagDecodeBlockId |
+                                       kDeviceFlagDecodeBatchIndex | kDeviceFlagDecodeLeftpad;
 // Each cause has its own 32-bit slot (slot i for bit 1 << i): kDeviceFlagSlots consecutive words per context.
 constexpr int kDeviceFlagSlots = 8;
 

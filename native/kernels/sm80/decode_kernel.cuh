@@ -13,8 +13,10 @@
 //   in the loop); the warps merge their (max, sum, O) once at the end, through the freed ring.
 // - Paged caches: the block-table entries of a tile are read one iteration before its copies are issued,
 //   so the table lookup never sits between a tile and its load.
-// Rows of the cache outside the keys a block may see (past the sequence's length, in particular) are never
-// read: their shared-memory rows are zero-filled by cp.async, since a masked probability of 0 times a NaN
+// Serving options: sequence b reads (and appends) cache row cache_batch_idx[b], and its keys start at its left
+// pad; both only move where the walk starts and which row it reads.
+// Rows of the cache outside the keys a block may see (past the sequence's length or before its left pad, in
+// particular) are never read: their shared-memory rows are zero-filled by cp.async, since a masked probability of 0 times a NaN
 // value is still NaN.
 //
 // Also here: the append kernel (writes k_new/v_new into the cache before the attention kernel runs, on the
@@ -46,6 +48,26 @@ __device__ __forceinline__ DecodeSeq decode_seq(const DecodeParams& p, int b) {
     const int cached = min(max(stored, 0), p.capacity - p.added);
     if (cached != stored && p.device_flags != nullptr) set_host_flag(p.device_flags, kDeviceFlagDecodeLength);
     return DecodeSeq{cached, cached + p.added};
+}
+
+// First valid position of sequence b (cache_leftpad, 0 without it), given its length with the new tokens: clamped
+// to [0, total] and reported as decode_seq's lengths. Keys before it are never read.
+__device__ __forceinline__ int decode_leftpad(const DecodeParams& p, int b, int total) {
+    if (p.cache_leftpad == nullptr) return 0;
+    const int stored = __ldg(p.cache_leftpad + b * p.leftpad_stride);
+    const int pad = min(max(stored, 0), total);
+    if (pad != stored && p.device_flags != nullptr) set_host_flag(p.device_flags, kDeviceFlagDecodeLeftpad);
+    return pad;
+}
+
+// Cache row of sequence b (cache_batch_idx, b without it): the contiguous cache's batch index or the block table's
+// row, clamped into the pool and reported as decode_seq's lengths.
+__device__ __forceinline__ int decode_cache_row(const DecodeParams& p, int b) {
+    if (p.cache_batch_idx == nullptr) return b;
+    const int stored = __ldg(p.cache_batch_idx + b * p.batch_idx_stride);
+    const int row = min(max(stored, 0), p.cache_rows - 1);
+    if (row != stored && p.device_flags != nullptr) set_host_flag(p.device_flags, kDeviceFlagDecodeBatchIndex);
+    return row;
 }
 
 // Physical block of logical page `page`, clamped into the cache so that a bad table entry cannot move an
@@ -183,12 +205,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     const DecodeSeq seq = decode_seq(p, b);
     const int row0 = m_block * BM;
     const int rows_here = min(BM, p.rows - row0);
-    // New token i sits at position i + off; bottom-right masks are placed around that diagonal.
+    // Query i sits at position i + off (positions absolute, a left pad included); bottom-right masks are placed
+    // around that diagonal, and no key before the left pad is seen.
     const int64_t off = static_cast<int64_t>(seq.total) - p.sq;
     // Keys some row of this block may see: [k_lo, k_hi). Computed in 64 bits: windows reach 2^31.
     const int qi_lo = row0 / p.g;
     const int qi_hi = (row0 + rows_here - 1) / p.g;
-    int64_t lo = 0, hi = seq.total;
+    int64_t lo = decode_leftpad(p, b, seq.total), hi = seq.total;
     if (p.window_left >= 0) lo = max(lo, off + qi_lo - p.window_left);
     if (p.window_right >= 0) hi = min(hi, off + qi_hi + p.window_right + 1);
     const int k_lo = static_cast<int>(min(lo, static_cast<int64_t>(seq.total)));
@@ -235,10 +258,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     }
 
     const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_batch_stride + static_cast<int64_t>(hk) * p.g * p.q_head_stride;
-    const int64_t cache_base = kPaged ? 0 : b;
+    const int64_t cache_row = decode_cache_row(p, b);  // the pool row (contiguous) or block-table row (paged)
+    const int64_t cache_base = kPaged ? 0 : cache_row;
     const T* k = reinterpret_cast<const T*>(p.k_cache) + cache_base * p.k_batch_stride + hk * p.k_head_stride;
     const T* v = reinterpret_cast<const T*>(p.v_cache) + cache_base * p.v_batch_stride + hk * p.v_head_stride;
-    const int32_t* table_row = kPaged ? p.block_table + b * p.table_batch_stride : nullptr;
+    const int32_t* table_row = kPaged ? p.block_table + cache_row * p.table_batch_stride : nullptr;
 
     const uint32_t sQ = smem_u32(smem);
     const uint32_t ring = sQ + Tr::kSmemQ;
@@ -545,12 +569,13 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_consta
     if (ch == 0 && lse_out != nullptr) *lse_out = lse;
 }
 
-// Writes k_new / v_new into the cache at positions cached_b .. cached_b + sq - 1 of every sequence, 16 bytes
-// per thread. Launched before the attention kernel on the same stream, which orders the two.
+// Writes k_new / v_new into the cache at positions cached_b .. cached_b + added - 1 of every sequence's cache row
+// (cache_batch_idx), 16 bytes per thread. Launched before the attention kernel on the same stream, which orders the
+// two.
 template <typename T>
 __global__ void __launch_bounds__(256) decode_append_kernel(const __grid_constant__ DecodeParams p) {
     const int cpr = p.d / 8;
-    const int64_t total = static_cast<int64_t>(p.b) * p.sq * p.hkv * cpr;
+    const int64_t total = static_cast<int64_t>(p.b) * p.added * p.hkv * cpr;
     for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
          idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
         int64_t rest = idx;
@@ -558,18 +583,19 @@ __global__ void __launch_bounds__(256) decode_append_kernel(const __grid_constan
         rest /= cpr;
         const int h = static_cast<int>(rest % p.hkv);
         rest /= p.hkv;
-        const int i = static_cast<int>(rest % p.sq);
-        const int b = static_cast<int>(rest / p.sq);
+        const int i = static_cast<int>(rest % p.added);
+        const int b = static_cast<int>(rest / p.added);
         const int pos = decode_seq(p, b).cached + i;
+        const int64_t row = decode_cache_row(p, b);
         int64_t k_dst, v_dst;
         if (p.block_table != nullptr) {
-            const int64_t block = decode_block_id(p, p.block_table + b * p.table_batch_stride, pos >> p.block_shift);
+            const int64_t block = decode_block_id(p, p.block_table + row * p.table_batch_stride, pos >> p.block_shift);
             const int64_t in_page = pos & (p.block_size - 1);
             k_dst = block * p.k_batch_stride + in_page * p.k_row_stride;
             v_dst = block * p.v_batch_stride + in_page * p.v_row_stride;
         } else {
-            k_dst = b * p.k_batch_stride + static_cast<int64_t>(pos) * p.k_row_stride;
-            v_dst = b * p.v_batch_stride + static_cast<int64_t>(pos) * p.v_row_stride;
+            k_dst = row * p.k_batch_stride + static_cast<int64_t>(pos) * p.k_row_stride;
+            v_dst = row * p.v_batch_stride + static_cast<int64_t>(pos) * p.v_row_stride;
         }
         k_dst += h * p.k_head_stride + ch * 8;
         v_dst += h * p.v_head_stride + ch * 8;

@@ -31,7 +31,7 @@ cudaError_t launch_decode_attention(const DecodeParams& p, const LaunchInfo& inf
 
 template <typename T>
 cudaError_t launch_decode_append(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream) {
-    const int64_t chunks = static_cast<int64_t>(p.b) * p.sq * p.hkv * (p.d / 8);
+    const int64_t chunks = static_cast<int64_t>(p.b) * p.added * p.hkv * (p.d / 8);
     const int64_t wanted = (chunks + 255) / 256;
     const int64_t most = static_cast<int64_t>(info.sm_count > 0 ? info.sm_count : 1) * 8;  // grid-stride beyond
     const unsigned blocks = static_cast<unsigned>(wanted < most ? wanted : most);

@@ -75,8 +75,8 @@ FA_STATUS_CUDA_ERROR = 5
 FA_STATUS_INTERNAL = 6
 # A check only the GPU can make failed during an earlier call on this context (the message names the call
 # and the cause: a deterministic backward that gave up waiting because two calls in flight shared one
-# workspace, or a decode whose device-only cache_seqlens or block_table did not fit the cache); that call's
-# outputs are not valid. Reported once: by fa_context_check or, failing that, by the
+# workspace, or a decode whose device-only cache_seqlens, block_table, cache_batch_idx or cache_leftpad did not
+# fit the cache); that call's outputs are not valid. Reported once: by fa_context_check or, failing that, by the
 # next fa_forward, fa_backward or fa_decode on the context, which then launches nothing. The CUDA context
 # itself is intact.
 FA_STATUS_DEVICE_CHECK_FAILED = 7
@@ -334,19 +334,26 @@ class FaBackwardParams(ctypes.Structure):
 
 
 class FaDecodeParams(ctypes.Structure):
-    """C fa_decode_params_t (struct fa_decode_params): 784 bytes, aligned to 8."""
+    """C fa_decode_params_t (struct fa_decode_params): 960 bytes, aligned to 8."""
 
     # Arguments of fa_decode. Fill with fa_decode_params_init, then set the fields you need.
-    # New queries attend over each sequence's cached keys; when k_new/v_new are given they are first written
-    # into the cache at positions cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1, then attended too.
-    # Sequence b then has total_b = cache_seqlens[b] (+ seqlen_new when appending) keys; the causal mask and
-    # window are placed bottom-right, so new token i sees, when causal, positions <= total_b - seqlen_new + i.
+    # seqlen_q (q.shape[1]) new queries per sequence attend over its cached keys; when k_new/v_new are given,
+    # their seqlen_knew (k_new.shape[1], independent of seqlen_q since 0.7: more or fewer) keys are first written
+    # into the cache at positions cache_seqlens[b] .. cache_seqlens[b] + seqlen_knew - 1, then attended too.
+    # Sequence b reads and appends cache row r_b = cache_batch_idx[b] (b without cache_batch_idx); its valid keys
+    # are positions lp_b .. total_b - 1, where lp_b = cache_leftpad[b] (0 without cache_leftpad) and
+    # total_b = cache_seqlens[b] + seqlen_knew (seqlen_knew = 0 without an append). Positions are absolute (a left
+    # pad is counted in cache_seqlens). The effective key length is sk_b = total_b - lp_b, keys numbered from lp_b;
+    # the causal mask and window are placed bottom-right over it, so query i sees, when causal, positions
+    # lp_b .. total_b - seqlen_q + i (a query with no such position gets output 0 and log-sum-exp +inf).
+    # cache_batch_idx, cache_leftpad and seqlen_knew != seqlen_q are served by every decode kernel, so
+    # fa_query_support has no field for them.
     _fields_ = [
         # sizeof(fa_decode_params_t) as the caller compiled it; set by fa_decode_params_init.
         ("struct_size", ctypes.c_uint32),  # C: uint32_t, offset 0
         # Reserved; must be 0.
         ("reserved0", ctypes.c_uint32),  # C: uint32_t, offset 4
-        # New queries [batch, seqlen_new, heads_q, head_dim], fp16 or bf16 (an fp8 query or cache is
+        # New queries [batch, seqlen_q, heads_q, head_dim], fp16 or bf16 (an fp8 query or cache is
         # FA_STATUS_UNSUPPORTED: not served yet).
         ("q", FaTensor),  # C: fa_tensor_t, offset 8
         # Key cache, same dtype as q: contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
@@ -355,19 +362,21 @@ class FaDecodeParams(ctypes.Structure):
         ("k_cache", FaTensor),  # C: fa_tensor_t, offset 88
         # Value cache, shaped like k_cache.
         ("v_cache", FaTensor),  # C: fa_tensor_t, offset 168
-        # Optional new keys [batch, seqlen_new, heads_kv, head_dim] (data NULL: append nothing).
+        # Optional new keys [batch, seqlen_knew, heads_kv, head_dim] (data NULL: append nothing); seqlen_knew may
+        # differ from q's seqlen_q (since 0.7; 0.6 required them equal).
         ("k_new", FaTensor),  # C: fa_tensor_t, offset 248
         # New values, shaped like k_new; given exactly when k_new is.
         ("v_new", FaTensor),  # C: fa_tensor_t, offset 328
-        # Output [batch, seqlen_new, heads_q, head_dim], same dtype as q; written.
+        # Output [batch, seqlen_q, heads_q, head_dim], same dtype as q; written.
         ("out", FaTensor),  # C: fa_tensor_t, offset 408
-        # Optional log-sum-exp [batch, heads_q, seqlen_new], fp32; written when data is not NULL.
+        # Optional log-sum-exp [batch, heads_q, seqlen_q], fp32; written when data is not NULL.
         ("lse", FaTensor),  # C: fa_tensor_t, offset 488
-        # Tokens already in each sequence's cache, device int32 [batch] (rank 1). Updated only with
-        # advance_cache_seqlens.
+        # Tokens already in each sequence's cache (absolute: a left pad counts), device int32 [batch] (rank 1).
+        # Updated only with advance_cache_seqlens.
         ("cache_seqlens", FaTensor),  # C: fa_tensor_t, offset 568
-        # Paged cache: device int32 [batch, max_blocks_per_seq] (rank 2), the physical block of each page.
-        # data NULL: the cache is contiguous. Entries past a sequence's last page are never read.
+        # Paged cache: device int32 [batch, max_blocks_per_seq] (rank 2), the physical block of each page
+        # ([pool size, max_blocks_per_seq] with cache_batch_idx). data NULL: the cache is contiguous. Entries past
+        # a sequence's last page, and before the page of its left pad, are never read.
         ("block_table", FaTensor),  # C: fa_tensor_t, offset 648
         # As in fa_forward_params_t.
         ("softmax_scale", ctypes.c_float),  # C: float, offset 728
@@ -384,7 +393,7 @@ class FaDecodeParams(ctypes.Structure):
         # Number of key splits per (sequence, head), 1..FA_DECODE_MAX_SPLITS; 0: chosen from the batch, heads,
         # SM count and the longest sequence (from cache_seqlens_host when given, else the cache capacity).
         ("num_splits", ctypes.c_int32),  # C: int32_t, offset 752
-        # 1: after attending, the call adds seqlen_new to cache_seqlens[b] on the device (stream-ordered, after the
+        # 1: after attending, the call adds seqlen_knew to cache_seqlens[b] on the device (stream-ordered, after the
         # kernels that read it), so a generation loop needs no host copy per step and can be captured into a CUDA
         # graph; needs k_new/v_new. 0: cache_seqlens is only read.
         ("advance_cache_seqlens", ctypes.c_int32),  # C: int32_t, offset 756
@@ -399,6 +408,29 @@ class FaDecodeParams(ctypes.Structure):
         ("workspace", ctypes.c_void_p),  # C: void*, offset 768
         # Bytes at workspace (ignored when workspace is NULL).
         ("workspace_size", ctypes.c_size_t),  # C: size_t, offset 776
+        # Since 0.7 (a caller compiled against 0.6 passes a smaller struct_size and gets none of the fields below).
+        # Optional device int32 [batch] (rank 1), flash-attn's cache_batch_idx: sequence b reads and appends cache
+        # row cache_batch_idx[b] (continuous batching over a pool of rows). Contiguous cache: a row of k_cache,
+        # whose shape[0] is then the pool size (any size from 1, not tied to batch). Paged cache: a row of
+        # block_table (FlashAttention-3's page_table[cache_batch_idx]), whose shape[0] is then the pool size.
+        # cache_seqlens, cache_leftpad, q, k_new, out and lse stay indexed by b. Rows may repeat; when two sequences
+        # append into one row it is unspecified which write wins. data NULL: sequence b uses row b.
+        ("cache_batch_idx", FaTensor),  # C: fa_tensor_t, offset 784
+        # Since 0.7. Optional device int32 [batch] (rank 1), flash-attn's cache_leftpad: the first valid position
+        # of each sequence's cache (0 .. cache_seqlens[b] + seqlen_knew); positions before it are never read
+        # (their block_table entries neither). Allowed with a paged cache (as FlashAttention-3; FlashAttention-2
+        # refuses the pair). data NULL: 0 for every sequence.
+        ("cache_leftpad", FaTensor),  # C: fa_tensor_t, offset 864
+        # Since 0.7. Optional host copy of cache_batch_idx (batch entries); when given every entry is checked to lie
+        # in [0, pool size) before anything is launched. Without it the kernels clamp an entry outside the pool (so
+        # no access leaves the cache) and report it: FA_STATUS_DEVICE_CHECK_FAILED naming cache_batch_idx from
+        # fa_context_check or the next call. Only with cache_batch_idx.data.
+        ("cache_batch_idx_host", ctypes.POINTER(ctypes.c_int32)),  # C: const int32_t*, offset 944
+        # Since 0.7. Optional host copy of cache_leftpad (batch entries); each must be 0 or more and at most the
+        # capacity, and, when cache_seqlens_host is given too, at most cache_seqlens_host[b] + seqlen_knew; refused
+        # before anything is launched otherwise. Without it the kernels clamp a pad outside 0 .. total_b and report
+        # it (FA_STATUS_DEVICE_CHECK_FAILED naming cache_leftpad). Only with cache_leftpad.data.
+        ("cache_leftpad_host", ctypes.POINTER(ctypes.c_int32)),  # C: const int32_t*, offset 952
     ]
 
 
@@ -537,7 +569,7 @@ LAYOUT = {
         ("sinks", 824),
         ("dsinks", 904),
     )),
-    FaDecodeParams: (784, 8, (
+    FaDecodeParams: (960, 8, (
         ("struct_size", 0),
         ("reserved0", 4),
         ("q", 8),
@@ -560,6 +592,10 @@ LAYOUT = {
         ("cache_seqlens_host", 760),
         ("workspace", 768),
         ("workspace_size", 776),
+        ("cache_batch_idx", 784),
+        ("cache_leftpad", 864),
+        ("cache_batch_idx_host", 944),
+        ("cache_leftpad_host", 952),
     )),
     FaSupportQuery: (44, 4, (
         ("struct_size", 0),

@@ -324,17 +324,20 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                             cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                             rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False):
-    """Attention of q [batch, seqlen_new, heads, head_dim] over a KV cache: k_cache/v_cache [batch, capacity,
+    """Attention of q [batch, seqlen_q, heads, head_dim] over a KV cache: k_cache/v_cache [batch_cache, capacity,
     heads_kv, head_dim], or paged [num_blocks, block_size, heads_kv, head_dim] with block_table int32
-    [batch, max_blocks_per_seq]. k/v [batch, seqlen_new, heads_kv, head_dim], when given, are first written into the
-    cache at cache_seqlens (in place); cache_seqlens (int or int32 [batch]) is only read, as in flash-attn. Causal
-    and window are placed bottom-right. Returns out, or (out, softmax_lse [batch, heads, seqlen_new]). Not
-    differentiable."""
+    [batch_cache, max_blocks_per_seq]. k/v [batch, seqlen_new, heads_kv, head_dim] (seqlen_new may differ from
+    seqlen_q), when given, are first written into the cache at cache_seqlens (in place); cache_seqlens (int or int32
+    [batch]) is only read, as in flash-attn. cache_batch_idx (int32 [batch]): sequence b reads and appends cache row
+    cache_batch_idx[b] (paged: block_table row, as FlashAttention-3; batch_cache is then any pool size). cache_leftpad
+    (int32 [batch]): the first valid cache position of each sequence (allowed with paging, as FlashAttention-3); keys
+    are positions cache_leftpad .. cache_seqlens + seqlen_new - 1. Causal and window are placed bottom-right over
+    those keys. A device value outside the pool or past the sequence is clamped by the kernels and reported by the
+    next call (FlashAttentionError, FA_STATUS_DEVICE_CHECK_FAILED). Returns out, or (out, softmax_lse
+    [batch, heads, seqlen_q]). Not differentiable."""
     f = "flash_attn_with_kvcache"
     for name, val, why in (("rotary_cos", rotary_cos, "no rotary embedding in the library; apply it to q/k first"),
                            ("rotary_sin", rotary_sin, "no rotary embedding in the library; apply it to q/k first"),
-                           ("cache_batch_idx", cache_batch_idx, "the cache is indexed by batch position only"),
-                           ("cache_leftpad", cache_leftpad, "no left padding of the cache"),
                            ("alibi_slopes", alibi_slopes, "the library has no ALiBi bias")):
         if val is not None:
             _args.refuse(f, name, "<tensor>", why)
@@ -353,7 +356,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         _args.refuse(f, "dtype", "torch.float8_e4m3fn", "the library's fp8 is the forward of flash_attn_func and "
                      "flash_attn_varlen_func; decode over a KV cache takes fp16 or bf16")
     ops.require_cuda(f, q=q, k_cache=k_cache, v_cache=v_cache, k=k, v=v, block_table=block_table,
-                     cache_seqlens=cache_seqlens if isinstance(cache_seqlens, torch.Tensor) else None)
+                     cache_seqlens=cache_seqlens if isinstance(cache_seqlens, torch.Tensor) else None,
+                     cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad)
     q = ops.attn_input(f, "q", q)
     for n, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         # Written in place when k/v are appended: never replaced by a copy.
@@ -374,8 +378,12 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
     else:
         cache_seqlens = ops.int32_input(f, "cache_seqlens", cache_seqlens)
-    out, lse = ops.decode(q, k_cache, v_cache, k, v, cache_seqlens, block_table, scale, bool(causal), left, right,
-                          cap, splits)
+    if cache_batch_idx is not None:
+        cache_batch_idx = ops.int32_input(f, "cache_batch_idx", cache_batch_idx)
+    if cache_leftpad is not None:
+        cache_leftpad = ops.int32_input(f, "cache_leftpad", cache_leftpad)
+    out, lse = ops.decode(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, scale,
+                          bool(causal), left, right, cap, splits)
     return (out, lse) if return_softmax_lse else out
 
 

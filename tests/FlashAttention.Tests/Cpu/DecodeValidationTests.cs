@@ -29,6 +29,17 @@ public sealed unsafe class DecodeValidationTests
     private static readonly int[] s_hostLengths = GC.AllocateArray<int>(B, pinned: true);
     private static readonly int[] s_fullLengths = GC.AllocateArray<int>(B, pinned: true);
 
+    // Host copies of cache_batch_idx / cache_leftpad (C ABI 0.7): [pool row 4, pool row 0], and pads that fit the host
+    // lengths above; then ones that do not.
+    private static readonly int[] s_rows = GC.AllocateArray<int>(B, pinned: true);
+    private static readonly int[] s_rowsOutside = GC.AllocateArray<int>(B, pinned: true);
+    private static readonly int[] s_rowsNegative = GC.AllocateArray<int>(B, pinned: true);
+    private static readonly int[] s_pads = GC.AllocateArray<int>(B, pinned: true);
+    private static readonly int[] s_padsNegative = GC.AllocateArray<int>(B, pinned: true);
+    private static readonly int[] s_padsPastLength = GC.AllocateArray<int>(B, pinned: true);
+    private static readonly int[] s_padsPastCapacity = GC.AllocateArray<int>(B, pinned: true);
+    private const nint BI = 0x7400_0000, LP = 0x7500_0000;
+
     public delegate void Breaker(ref FaDecodeParams p);
 
     private static bool s_decodeExported;
@@ -43,6 +54,13 @@ public sealed unsafe class DecodeValidationTests
         s_hostLengths[1] = 17;
         s_fullLengths[0] = 3;
         s_fullLengths[1] = Pages * BlockSize; // full: nothing more fits
+        (s_rows[0], s_rows[1]) = (4, 0);
+        (s_rowsOutside[0], s_rowsOutside[1]) = (0, 5);     // a pool of 5 rows: 0 .. 4
+        (s_rowsNegative[0], s_rowsNegative[1]) = (-1, 1);
+        (s_pads[0], s_pads[1]) = (3 + Sn, 0);              // a pad at the very end of sequence 0 (3 cached + 1 new)
+        (s_padsNegative[0], s_padsNegative[1]) = (0, -2);
+        (s_padsPastLength[0], s_padsPastLength[1]) = (0, 17 + Sn + 1);
+        (s_padsPastCapacity[0], s_padsPastCapacity[1]) = (0, (Pages * BlockSize) + 1);
         nint handle = NativeLibrary.Load(NativeLibraryLoader.LoadedPath!);
         s_decodeExported = NativeLibrary.TryGetExport(handle, "fa_decode_check", out _) &&
             NativeLibrary.TryGetExport(handle, "fa_decode_params_init", out _);
@@ -113,6 +131,22 @@ public sealed unsafe class DecodeValidationTests
         p.v_cache = Tensor(VC, FaDtype.Float16, batch, capacity, Hkv, D);
     }
 
+    private static int* Pin(int[] pinned) => (int*)Marshal.UnsafeAddrOfPinnedArrayElement(pinned, 0);
+
+    // A pool of 5 block-table rows picked by cache_batch_idx (with the given host copy).
+    private static void Pool(ref FaDecodeParams p, int[] rows)
+    {
+        p.block_table = Tensor(BT, FaDtype.Int32, 5, Pages);
+        p.cache_batch_idx = Tensor(BI, FaDtype.Int32, B);
+        p.cache_batch_idx_host = Pin(rows);
+    }
+
+    private static void Pads(ref FaDecodeParams p, int[] pads)
+    {
+        p.cache_leftpad = Tensor(LP, FaDtype.Int32, B);
+        p.cache_leftpad_host = Pin(pads);
+    }
+
     private static void PagedBlockSize(ref FaDecodeParams p, long blockSize)
     {
         p.k_cache = Tensor(KC, FaDtype.Float16, Blocks, blockSize, Hkv, D);
@@ -141,11 +175,46 @@ public sealed unsafe class DecodeValidationTests
         // append
         Y(Case("k_new without v_new", (ref FaDecodeParams p) => p.v_new = default, "v_new"));
         Y(Case("v_new without k_new", (ref FaDecodeParams p) => p.k_new = default, "k_new"));
-        Y(Case("k_new seqlen differs from q", (ref FaDecodeParams p) =>
+        // (k_new's seqlen may differ from q's since 0.7; v_new's must match k_new's.)
+        Y(Case("v_new seqlen differs from k_new", (ref FaDecodeParams p) => p.k_new = Tensor(KN, FaDtype.Float16, B, Sn + 1, Hkv, D),
+            "v_new.shape[1] (seqlen_knew) is 1 but k_new.shape[1] (seqlen_knew) is 2"));
+        Y(Case("seqlen_knew past the capacity", (ref FaDecodeParams p) =>
         {
-            p.k_new = Tensor(KN, FaDtype.Float16, B, Sn + 1, Hkv, D);
-            p.v_new = Tensor(VN, FaDtype.Float16, B, Sn + 1, Hkv, D);
-        }, "k_new"));
+            p.k_new = Tensor(KN, FaDtype.Float16, B, (Pages * BlockSize) + 1, Hkv, D);
+            p.v_new = Tensor(VN, FaDtype.Float16, B, (Pages * BlockSize) + 1, Hkv, D);
+        }, "fewer than the 81 new tokens k_new appends"));
+
+        // cache_batch_idx / cache_leftpad (C ABI 0.7)
+        Y(Case("cache_batch_idx fp32", (ref FaDecodeParams p) => p.cache_batch_idx = Tensor(BI, FaDtype.Float32, B), "cache_batch_idx.dtype"));
+        Y(Case("cache_batch_idx rank 2", (ref FaDecodeParams p) => p.cache_batch_idx = Tensor(BI, FaDtype.Int32, B, 1), "cache_batch_idx.rank is 2"));
+        Y(Case("cache_batch_idx length != batch", (ref FaDecodeParams p) => p.cache_batch_idx = Tensor(BI, FaDtype.Int32, B + 1),
+            "cache_batch_idx.shape[0] (batch) is 3 but q.shape[0] (batch) is 2"));
+        Y(Case("cache_batch_idx misaligned", (ref FaDecodeParams p) => p.cache_batch_idx = Tensor(BI + 2, FaDtype.Int32, B), "cache_batch_idx"));
+        Y(Case("cache_leftpad fp16", (ref FaDecodeParams p) => p.cache_leftpad = Tensor(LP, FaDtype.Float16, B), "cache_leftpad.dtype"));
+        Y(Case("cache_leftpad length != batch", (ref FaDecodeParams p) => p.cache_leftpad = Tensor(LP, FaDtype.Int32, B - 1),
+            "cache_leftpad.shape[0] (batch) is 1"));
+        Y(Case("out overlapping cache_batch_idx", (ref FaDecodeParams p) => p.cache_batch_idx = Tensor(O, FaDtype.Int32, B), "overlaps cache_batch_idx"));
+        Y(Case("k_cache (appended into) overlapping cache_leftpad", (ref FaDecodeParams p) => p.cache_leftpad = Tensor(KC + 64, FaDtype.Int32, B),
+            "overlaps cache_leftpad"));
+        Y(Case("cache_batch_idx_host without cache_batch_idx", (ref FaDecodeParams p) => p.cache_batch_idx_host = Pin(s_rows),
+            "cache_batch_idx_host is given but cache_batch_idx.data is NULL"));
+        Y(Case("cache_leftpad_host without cache_leftpad", (ref FaDecodeParams p) => p.cache_leftpad_host = Pin(s_pads),
+            "cache_leftpad_host is given but cache_leftpad.data is NULL"));
+        Y(Case("host batch index = the pool size", (ref FaDecodeParams p) => Pool(ref p, s_rowsOutside),
+            "cache_batch_idx_host[1] is 5 but the pool of cache rows is block_table.shape[0] (pool) = 5"));
+        Y(Case("host batch index negative", (ref FaDecodeParams p) => Pool(ref p, s_rowsNegative), "cache_batch_idx_host[0] is -1"));
+        Y(Case("host batch index past a contiguous pool", (ref FaDecodeParams p) =>
+        {
+            Contiguous(ref p, 3, 64);
+            p.cache_batch_idx = Tensor(BI, FaDtype.Int32, B);
+            p.cache_batch_idx_host = Pin(s_rows);
+        }, "cache_batch_idx_host[0] is 4 but the pool of cache rows is k_cache.shape[0] (pool) = 3"));
+        Y(Case("host left pad negative", (ref FaDecodeParams p) => Pads(ref p, s_padsNegative),
+            "cache_leftpad_host[1] is -2; a left pad must be 0 or more"));
+        Y(Case("host left pad past the sequence", (ref FaDecodeParams p) => Pads(ref p, s_padsPastLength),
+            "cache_leftpad_host[1] is 19 but sequence 1 ends at 18 (cache_seqlens_host[1] = 17 plus 1 new tokens)"));
+        Y(Case("host left pad past the capacity", (ref FaDecodeParams p) => Pads(ref p, s_padsPastCapacity),
+            "cache_leftpad_host[1] is 81, more than the 80 positions its cache has"));
         Y(Case("v_new heads differ from k_new", (ref FaDecodeParams p) => p.v_new = Tensor(VN, FaDtype.Float16, B, Sn, Hkv * 2, D), "v_new"));
 
         // dtypes
@@ -297,10 +366,14 @@ public sealed unsafe class DecodeValidationTests
         DeviceTensor Q, DeviceTensor KCache, DeviceTensor VCache, DeviceTensor? BlockTable, DeviceTensor SeqLens, int[] Lens,
         DeviceTensor? KNew, DeviceTensor? VNew, DeviceTensor Out, DeviceTensor? Lse, AttentionOptions Options, int NumSplits)
     {
+        /// <summary><see cref="DecodeArguments.CacheRows"/> of the call (null: every row).</summary>
+        public int[]? Rows { get; init; }
+
         public FlashAttentionStatus Run(out string message)
         {
             using KvCache cache = KvCache.Wrap(KCache, VCache, Lens, BlockTable, SeqLens);
-            return FlashAttention.CheckDecode(Q, cache, KNew, VNew, Out, out message, Lse, Options, NumSplits);
+            return FlashAttention.CheckDecode(
+                new DecodeArguments(Q, cache, KNew, VNew, Out, Lse, NumSplits) { CacheRows = Rows }, out message, Options);
         }
 
         public override string ToString() => $"q {Q}, k_cache {KCache}, k_new {KNew?.ToString() ?? "none"}, lens [{string.Join(", ", Lens)}]";
@@ -344,10 +417,22 @@ public sealed unsafe class DecodeValidationTests
         {
             Q = T(Q, DataType.Float16, B + 1, Sn, Hq, D), Out = T(O, DataType.Float16, B + 1, Sn, Hq, D),
         }, false, "cache_seqlens");
-        yield return ManagedCase("kNew seqlen differs from q", ok with
+        yield return ManagedCase("vNew seqlen differs from kNew", ok with
         {
-            KNew = T(KN, DataType.Float16, B, Sn + 1, Hkv, D), VNew = T(VN, DataType.Float16, B, Sn + 1, Hkv, D),
-        }, false, "k_new", "seqlen_new");
+            KNew = T(KN, DataType.Float16, B, Sn + 1, Hkv, D), VNew = T(VN, DataType.Float16, B, Sn, Hkv, D),
+        }, false, "v_new", "kNew's shape");
+        yield return ManagedCase("kNew batch differs from q", ok with
+        {
+            KNew = T(KN, DataType.Float16, B + 1, Sn, Hkv, D), VNew = T(VN, DataType.Float16, B + 1, Sn, Hkv, D),
+        }, false, "k_new", "seqlen_knew");
+        yield return ManagedCase("append of 3 past the capacity", ok with
+        {
+            Lens = [3, (Pages * BlockSize) - 2], KNew = T(KN, DataType.Float16, B, 3, Hkv, D), VNew = T(VN, DataType.Float16, B, 3, Hkv, D),
+        }, false, "appends 3", "room for 80");
+        yield return ManagedCase("CacheRows row past the pool", ok with { Rows = [0, 2] }, false, "CacheRows[1] is 2", "cache_batch_idx");
+        yield return ManagedCase("CacheRows negative row", ok with { Rows = [-1, 0] }, false, "CacheRows[0] is -1");
+        yield return ManagedCase("CacheRows repeats a row", ok with { Rows = [1, 1] }, false, "CacheRows[1] is 1", "already uses");
+        yield return ManagedCase("CacheRows count differs from q's batch", ok with { Rows = [1] }, false, "CacheRows picks 1 rows");
         yield return ManagedCase("vNew shape differs", ok with { VNew = T(VN, DataType.Float16, B, Sn, Hkv, D / 2) }, false, "v_new");
         yield return ManagedCase("q head_dim differs from the cache", ok with
         {
@@ -394,6 +479,65 @@ public sealed unsafe class DecodeValidationTests
             {
                 Assert.That(message, Does.Contain(fragment));
             }
+        });
+    }
+
+    [Test]
+    public void CheckDecodePassesTheServingOptions()
+    {
+        RequireDecodeExports();
+        Args ok = ValidArgs();
+        Assert.Multiple(() =>
+        {
+            // More and fewer appended keys than queries.
+            foreach (int sk in new[] { 1, 3, 7 })
+            {
+                Args a = ok with { Q = T(Q, DataType.Float16, B, 2, Hq, D), Out = T(O, DataType.Float16, B, 2, Hq, D),
+                    Lse = T(L, DataType.Float32, B, Hq, 2), KNew = T(KN, DataType.Float16, B, sk, Hkv, D), VNew = T(VN, DataType.Float16, B, sk, Hkv, D) };
+                Assert.That(a.Run(out string message), Is.EqualTo(FlashAttentionStatus.Success), $"seqlen_knew {sk}: {message}");
+            }
+
+            // A step over a subset (one row of two) and a permutation of the pool's rows.
+            Args one = ok with
+            {
+                Q = T(Q, DataType.Float16, 1, Sn, Hq, D), Out = T(O, DataType.Float16, 1, Sn, Hq, D), Lse = null,
+                KNew = T(KN, DataType.Float16, 1, Sn, Hkv, D), VNew = T(VN, DataType.Float16, 1, Sn, Hkv, D), Rows = [1],
+            };
+            Assert.That(one.Run(out string m1), Is.EqualTo(FlashAttentionStatus.Success), m1);
+            Assert.That((ok with { Rows = [1, 0] }).Run(out string m2), Is.EqualTo(FlashAttentionStatus.Success), m2);
+            Args contiguousPool = ok with { KCache = T(KC, DataType.Float16, B, 96, Hkv, D), VCache = T(VC, DataType.Float16, B, 96, Hkv, D), BlockTable = null, Rows = [1, 0] };
+            Assert.That(contiguousPool.Run(out string m3), Is.EqualTo(FlashAttentionStatus.Success), m3);
+        });
+    }
+
+    [Test]
+    public void NativeCheckAcceptsTheServingFieldsAndA06SizedStruct()
+    {
+        RequireDecodeExports();
+        FaDecodeParams p = Valid();
+        p.block_table = Tensor(BT, FaDtype.Int32, 5, Pages);
+        p.cache_batch_idx = Tensor(BI, FaDtype.Int32, B);
+        p.cache_batch_idx_host = Pin(s_rows);
+        p.cache_leftpad = Tensor(LP, FaDtype.Int32, B);
+        p.cache_leftpad_host = Pin(s_pads);
+        p.k_new = Tensor(KN, FaDtype.Float16, B, 3, Hkv, D);
+        p.v_new = Tensor(VN, FaDtype.Float16, B, 3, Hkv, D);
+        var (status, message) = Check(p);
+        Assert.That(status, Is.EqualTo(FaStatus.Success), message);
+
+        // A caller compiled against 0.6 passes 784 bytes: whatever follows is not read (here: garbage).
+        FaDecodeParams old = Valid();
+        old.struct_size = 784;
+        old.cache_batch_idx = Tensor(O, FaDtype.Float32, 7);
+        old.cache_leftpad_host = Pin(s_padsNegative);
+        (status, message) = Check(old);
+        Assert.That(status, Is.EqualTo(FaStatus.Success), message);
+        old.struct_size = 776;
+        (status, message) = Check(old);
+        Assert.Multiple(() =>
+        {
+            Assert.That(status, Is.EqualTo(FaStatus.InvalidArgument));
+            Assert.That(message, Does.Contain("for version 0.6"));
         });
     }
 

@@ -261,10 +261,11 @@ public sealed class ManagedRefusalTests
         yield return D("vNew rank 3", ok with { VNew = T(VN, 2, 2, 64) }, "vNew must have rank 4");
         yield return D("kNew bf16", ok with { KNew = T(KN, BF16, 2, 1, 2, 64) }, "kNew is BFloat16 but q is Float16");
         yield return D("vNew bf16", ok with { VNew = T(VN, BF16, 2, 1, 2, 64) }, "vNew is BFloat16 but q is Float16");
-        yield return D("kNew batch 3", ok with { KNew = T(KN, 3, 1, 2, 64), VNew = T(VN, 3, 1, 2, 64) }, "kNew (k_new) must be [batch=2, seqlen_new=1");
-        yield return D("kNew 2 tokens", ok with { KNew = T(KN, 2, 2, 2, 64), VNew = T(VN, 2, 2, 2, 64) }, "kNew (k_new) must be [batch=2, seqlen_new=1");
-        yield return D("kNew 1 head", ok with { KNew = T(KN, 2, 1, 1, 64), VNew = T(VN, 2, 1, 1, 64) }, "kNew (k_new) must be [batch=2, seqlen_new=1");
-        yield return D("kNew head_dim 128", ok with { KNew = T(KN, 2, 1, 2, 128), VNew = T(VN, 2, 1, 2, 128) }, "kNew (k_new) must be [batch=2, seqlen_new=1");
+        // (kNew's token count is free since C ABI 0.7: more or fewer than q's.)
+        yield return D("kNew batch 3", ok with { KNew = T(KN, 3, 1, 2, 64), VNew = T(VN, 3, 1, 2, 64) }, "kNew (k_new) must be [batch=2, seqlen_knew (1 or more)");
+        yield return D("kNew 2 tokens, vNew 1", ok with { KNew = T(KN, 2, 2, 2, 64), VNew = T(VN, 2, 1, 2, 64) }, "vNew (v_new) must have kNew's shape");
+        yield return D("kNew 1 head", ok with { KNew = T(KN, 2, 1, 1, 64), VNew = T(VN, 2, 1, 1, 64) }, "kNew (k_new) must be [batch=2, seqlen_knew (1 or more)");
+        yield return D("kNew head_dim 128", ok with { KNew = T(KN, 2, 1, 2, 128), VNew = T(VN, 2, 1, 2, 128) }, "kNew (k_new) must be [batch=2, seqlen_knew (1 or more)");
         yield return D("vNew shape differs from kNew", ok with { VNew = T(VN, 2, 1, 2, 56) }, "vNew (v_new) must have kNew's shape");
         yield return D("append past the capacity", Dec(Cache([3, 64])), "but the cache has room for 64 per sequence");
         yield return D("lse fp16", ok with { LogSumExp = T(L, F16, 2, 8, 1) }, "logSumExp must be Float32");

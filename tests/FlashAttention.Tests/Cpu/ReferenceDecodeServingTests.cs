@@ -610,7 +610,7 @@ public sealed class ReferenceDecodeServingTests
         // Both in row 1: sequence 0 appends positions 3 and 4, which sequence 1 (valid from 3) reads.
         Refused(good with { CacheBatchIndex = [1, 1], CacheLeftPad = [1, 3] }, "appended slots must not be shared");
         Refused(good with { CacheBatchIndex = null }, "CacheRows is only meaningful with CacheBatchIndex");
-        Refused(good with { CacheLeftPad = [4, 0] }, "CacheLeftPad[0] is 4; it must lie in 0..cacheSeqLens[0] = 3");
+        Refused(good with { CacheLeftPad = [6, 0] }, "CacheLeftPad[0] is 6; it must lie in 0..cacheSeqLens[0] + seqLenNew = 5");
         Refused(good with { CacheLeftPad = [0, -1] }, "CacheLeftPad[1] is -1");
         Refused(good with { CacheLeftPad = [0] }, "CacheLeftPad has 1 elements");
         Refused(good with { RotaryDim = 3 }, "RotaryDim is 3; it must be even");

@@ -121,7 +121,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaDecodeParams has the size (784) and field offsets of C struct fa_decode_params.</summary>
+    /// <summary>FaDecodeParams has the size (960) and field offsets of C struct fa_decode_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaDecodeParams_MatchesCLayout()
@@ -129,8 +129,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaDecodeParams>(), Is.False, "FaDecodeParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaDecodeParams>(), Is.EqualTo(784), "sizeof(struct fa_decode_params)");
-            Assert.That(Marshal.SizeOf<FaDecodeParams>(), Is.EqualTo(784), "marshalled size of FaDecodeParams");
+            Assert.That(Unsafe.SizeOf<FaDecodeParams>(), Is.EqualTo(960), "sizeof(struct fa_decode_params)");
+            Assert.That(Marshal.SizeOf<FaDecodeParams>(), Is.EqualTo(960), "marshalled size of FaDecodeParams");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_decode_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_decode_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_decode_params, q)");
@@ -153,6 +153,10 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_seqlens_host)).ToInt64(), Is.EqualTo(760L), "offsetof(struct fa_decode_params, cache_seqlens_host)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.workspace)).ToInt64(), Is.EqualTo(768L), "offsetof(struct fa_decode_params, workspace)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.workspace_size)).ToInt64(), Is.EqualTo(776L), "offsetof(struct fa_decode_params, workspace_size)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_batch_idx)).ToInt64(), Is.EqualTo(784L), "offsetof(struct fa_decode_params, cache_batch_idx)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_leftpad)).ToInt64(), Is.EqualTo(864L), "offsetof(struct fa_decode_params, cache_leftpad)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_batch_idx_host)).ToInt64(), Is.EqualTo(944L), "offsetof(struct fa_decode_params, cache_batch_idx_host)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_leftpad_host)).ToInt64(), Is.EqualTo(952L), "offsetof(struct fa_decode_params, cache_leftpad_host)");
         }
     }
 

@@ -1,0 +1,391 @@
+using FlashAttn.Tests.TestSupport;
+using NUnit.Framework;
+
+namespace FlashAttn.Tests.Gpu;
+
+/// <summary>
+/// One serving decode problem (C ABI 0.7, flash-attn's cache plumbing): a cache of <see cref="PoolLens"/>.Length rows
+/// (the pool) holding those lengths, a step over <see cref="Rows"/> (cache_batch_idx; null: every row in order), the
+/// rows' left pads (cache_leftpad; null: none), <see cref="SeqQ"/> queries and <see cref="SeqKNew"/> appended keys per
+/// sequence (0: no append), contiguous or paged (<see cref="BlockSize"/> &gt; 0, shuffled table), a mask and a forced
+/// split count (0: automatic).
+/// </summary>
+public sealed record ServingSpec(
+    DataType Dtype, int HeadDim, int HeadsQ, int HeadsKv, int SeqQ, int SeqKNew, int[] PoolLens, int[]? Rows, int[]? Pads, int BlockSize,
+    MaskSpec Mask, int NumSplits = 0)
+{
+    public int Pool => PoolLens.Length;
+
+    public int[] StepRows => Rows ?? [.. Enumerable.Range(0, Pool)];
+
+    public int Batch => StepRows.Length;
+
+    public bool Paged => BlockSize > 0;
+
+    public override string ToString() =>
+        $"{(Dtype == DataType.Float16 ? "fp16" : "bf16")} D{HeadDim} Hq{HeadsQ} Hkv{HeadsKv} Sq{SeqQ} Sknew{SeqKNew} pool[{string.Join(",", PoolLens)}] " +
+        $"rows[{(Rows is null ? "all" : string.Join(",", Rows))}] pads[{(Pads is null ? "none" : string.Join(",", Pads))}] " +
+        $"{(Paged ? $"paged bs{BlockSize}" : "contiguous")} {Mask} splits {NumSplits}";
+}
+
+/// <summary>
+/// fa_decode's serving options through <see cref="FlashAttention.Decode(in DecodeArguments, AttentionOptions, CudaStream)"/>
+/// (<see cref="DecodeArguments.CacheRows"/>, <see cref="KvCache.SetLeftPadding"/>, a kNew token count other than q's)
+/// against the float64 <see cref="DecodeReference"/> with the matching <see cref="DecodeServingOptions"/>, judged as
+/// <see cref="DecodeAccuracyTests"/> judges decode (same acceptance rule, no tolerance widened): fresh random inputs,
+/// NaN in every cache slot no call may read (past each row's length, before its pad, whole rows outside the step),
+/// poisoned outputs, every output element checked, the cache read back (appended rows in their slots of the right
+/// pool rows, every other element unchanged, NaN included) and the lengths on host and device advanced for the step's
+/// rows only.
+/// </summary>
+[TestFixture]
+[Category("Gpu")]
+public sealed class DecodeServingTests : AttentionTestBase
+{
+    private const DataType F16 = DataType.Float16, Bf16 = DataType.BFloat16;
+    private static readonly MaskSpec Full = new(false, false);
+    private static readonly MaskSpec Causal = new(true, false);
+
+    private static TestCaseData Case(ServingSpec spec) => new TestCaseData(spec).SetArgDisplayNames(spec.ToString());
+
+    public static IEnumerable<TestCaseData> Cases()
+    {
+        // cache_batch_idx: a shuffled subset / permutation of a larger pool, contiguous and paged, GQA, forced splits
+        yield return Case(new(F16, 64, 8, 2, 1, 1, [0, 1, 150, 299, 40, 7, 77], [5, 2, 0, 3], null, 0, Causal));
+        yield return Case(new(Bf16, 128, 8, 2, 3, 3, [13, 0, 200, 64, 31, 90], [4, 1, 2], null, 16, Causal, 5));
+        yield return Case(new(F16, 64, 4, 4, 1, 1, [300, 17, 5], [2, 0, 1], null, 0, Full, 13));
+        yield return Case(new(Bf16, 64, 16, 1, 2, 2, [500, 1, 129], [1, 2], null, 64, Causal));
+
+        // cache_leftpad: none, mid, every cached key (only the new ones seen; without an append nothing: O 0, lse +inf)
+        yield return Case(new(Bf16, 64, 4, 2, 2, 2, [100, 37, 0, 250], null, [17, 37, 0, 1], 0, Causal));
+        yield return Case(new(F16, 128, 6, 3, 2, 0, [100, 33, 400], null, [40, 33, 0], 32, new MaskSpec(false, false, 20, 0, 10f), 4));
+        yield return Case(new(F16, 64, 8, 2, 1, 1, [700, 517, 3], null, [650, 0, 3], 128, Causal, 7));
+
+        // seqlen_knew != seqlen_q: fewer keys than queries (first rows see nothing when the cache is empty), and more
+        yield return Case(new(Bf16, 64, 4, 2, 4, 1, [0, 2, 150], null, null, 0, Causal));
+        yield return Case(new(F16, 128, 8, 1, 2, 5, [60, 300], null, null, 64, Causal, 7));
+        yield return Case(new(Bf16, 64, 8, 2, 1, 6, [33, 0, 100], null, null, 16, new MaskSpec(true, false, 12, null)));
+
+        // everything at once, and without an append
+        yield return Case(new(Bf16, 64, 8, 2, 1, 3, [20, 10, 180, 55, 1], [3, 0, 4], [0, 10, 100, 30, 0], 16, new MaskSpec(false, false, 50, null), 2));
+        yield return Case(new(F16, 64, 4, 1, 2, 0, [128, 5, 77, 60, 9, 1], [4, 1, 2], [3, 5, 0, 0, 2, 0], 0, Causal, 4));
+        yield return Case(new(F16, 128, 16, 2, 3, 2, [257, 33, 1000, 64], [2, 3, 0], [0, 30, 513, 0], 32, Causal));
+    }
+
+    [TestCaseSource(nameof(Cases))]
+    public void MatchesTheReference(ServingSpec spec)
+    {
+        RequireHeadDim(spec.HeadDim, spec.Dtype);
+        Random random = TestRandom.ForCurrentTest(out int seed);
+        using var run = ServingRun.Create(Device, Stream, spec, random);
+        run.Step(Attention, Stream, spec.Rows, spec.SeqQ, spec.SeqKNew, spec.NumSplits, $"seed {seed}, {spec}");
+    }
+
+    [Test]
+    public void SplitCountsAgreeWithTheReference([Values(1, 3, 16, 64)] int splits)
+    {
+        var spec = new ServingSpec(Bf16, 64, 8, 2, 2, 3, [700, 400, 33, 900, 0], [3, 0, 1], [100, 0, 10, 450, 0], 32, Causal, splits);
+        RequireHeadDim(spec.HeadDim, spec.Dtype);
+        Random random = TestRandom.ForCurrentTest(out int seed);
+        using var run = ServingRun.Create(Device, Stream, spec, random);
+        run.Step(Attention, Stream, spec.Rows, spec.SeqQ, spec.SeqKNew, splits, $"seed {seed}, {spec}");
+    }
+
+    [Test]
+    public void StepsOverDifferentRowsAdvanceOnlyTheirRows([Values(0, 16)] int blockSize)
+    {
+        // Three steps queued on one stream over one cache: rows [2, 0], then [1, 2] (row 2 again, now longer), then every
+        // row; a different token count each time. Each is judged against the reference run over the host state the
+        // previous steps left.
+        var spec = new ServingSpec(F16, 64, 8, 2, 1, 1, [30, 0, 65, 12], null, [5, 0, 0, 12], blockSize, Causal);
+        RequireHeadDim(spec.HeadDim, spec.Dtype);
+        Random random = TestRandom.ForCurrentTest(out int seed);
+        using var run = ServingRun.Create(Device, Stream, spec, random, extraCapacity: 16);
+        string context = $"seed {seed}, {spec}";
+        run.Step(Attention, Stream, [2, 0], seqQ: 2, seqKNew: 3, numSplits: 0, context + ", step 1");
+        run.Step(Attention, Stream, [1, 2], seqQ: 1, seqKNew: 1, numSplits: 3, context + ", step 2");
+        run.Step(Attention, Stream, null, seqQ: 3, seqKNew: 2, numSplits: 0, context + ", step 3");
+    }
+
+    [Test]
+    public void OwnedPagedCacheAllocatesBlocksOnlyForTheStepsRows()
+    {
+        RequireHeadDim(64, F16);
+        Random random = TestRandom.ForCurrentTest(out int seed);
+        using KvCache cache = KvCache.CreatePaged(Device, F16, batchSize: 4, numBlocks: 8, blockSize: 16, headsKv: 1, headDim: 64, maxBlocksPerSequence: 4, Stream);
+        using var q = DeviceArray.Upload(Device, F16, ForwardRun.RoundAll(F16, TestRandom.Normal(random, 2 * 1 * 2 * 64)));
+        using var kn = DeviceArray.Upload(Device, F16, ForwardRun.RoundAll(F16, TestRandom.Normal(random, 2 * 17 * 64)));
+        using var vn = DeviceArray.Upload(Device, F16, ForwardRun.RoundAll(F16, TestRandom.Normal(random, 2 * 17 * 64)));
+        using var o = DeviceArray.Allocate(Device, F16, 2 * 1 * 2 * 64);
+        var args = new DecodeArguments(q.Tensor([2, 1, 2, 64]), cache, kn.Tensor([2, 17, 1, 64]), vn.Tensor([2, 17, 1, 64]), o.Tensor([2, 1, 2, 64]))
+        {
+            CacheRows = [3, 1],
+        };
+        Attention.Decode(args, new AttentionOptions { Causal = true }, Stream);
+        Stream.Synchronize();
+        cache.Synchronize();
+        Assert.Multiple(() =>
+        {
+            Assert.That(cache.SequenceLengths, Is.EqualTo(new[] { 0, 17, 0, 17 }), $"seed {seed}");
+            Assert.That(cache.FreeBlockCount, Is.EqualTo(8 - 4), "17 tokens take 2 pages in each of the two rows");
+            Assert.That(cache.HostBlockTable![0], Is.EqualTo(-1));
+            Assert.That(cache.HostBlockTable![8], Is.EqualTo(-1));
+            Assert.That(cache.HostBlockTable![4], Is.Not.EqualTo(-1));
+            Assert.That(cache.HostBlockTable![12], Is.Not.EqualTo(-1));
+        });
+    }
+
+    private void RequireHeadDim(int headDim, DataType dtype)
+    {
+        SupportResult result = FlashAttention.QuerySupport(new SupportQuery(AttentionPass.Decode, dtype, headDim, ComputeCapability: Device.ComputeCapabilityCode));
+        if (!result.IsSupported)
+        {
+            Assert.Ignore($"this build does not serve decode with head dim {headDim}: {result.Reason}");
+        }
+    }
+}
+
+/// <summary>
+/// A serving cache on the GPU and its host mirror: NaN everywhere a call may not read, random rounded values in each
+/// row's valid positions, a <see cref="KvCache"/> view over it with the left pads set. <see cref="Step"/> runs one decode
+/// and judges it; the host mirror (cache, lengths) then holds what the GPU must hold.
+/// </summary>
+internal sealed class ServingRun : IDisposable
+{
+    private readonly CudaDevice _device;
+    private readonly ServingSpec _spec;
+    private readonly List<IDisposable> _owned = [];
+    private Random _random = null!;
+    private double[] _k = [], _v = [];
+    private int[] _table = [];
+    private int[] _lens = [];
+    private int _capacity, _maxBlocks, _numBlocks;
+    private DeviceArray _dk = null!, _dv = null!;
+
+    private ServingRun(CudaDevice device, ServingSpec spec)
+    {
+        _device = device;
+        _spec = spec;
+    }
+
+    public KvCache Cache { get; private set; } = null!;
+
+    private int Row => _spec.HeadsKv * _spec.HeadDim;
+
+    private long[] CacheShape => _spec.Paged
+        ? [_numBlocks, _spec.BlockSize, _spec.HeadsKv, _spec.HeadDim]
+        : [_spec.Pool, _capacity, _spec.HeadsKv, _spec.HeadDim];
+
+    public static ServingRun Create(CudaDevice device, CudaStream stream, ServingSpec spec, Random random, int extraCapacity = 0)
+    {
+        var run = new ServingRun(device, spec);
+        try
+        {
+            run._random = random;
+            run.Build(stream, random, extraCapacity);
+            return run;
+        }
+        catch
+        {
+            run.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Row (in units of Hkv*D elements) of position p of pool row r.</summary>
+    private long RowOf(int r, int p) => _spec.Paged
+        ? ((long)_table[(r * _maxBlocks) + (p / _spec.BlockSize)] * _spec.BlockSize) + (p % _spec.BlockSize)
+        : ((long)r * _capacity) + p;
+
+    private void Build(CudaStream stream, Random random, int extraCapacity)
+    {
+        ServingSpec s = _spec;
+        _lens = (int[])s.PoolLens.Clone();
+        int[] pads = s.Pads ?? new int[s.Pool];
+        int growth = Math.Max(s.SeqKNew, 1) + extraCapacity;
+        if (s.Paged)
+        {
+            // Pages for each row's length plus what the steps may append; pages before a row's pad and past its end are -1.
+            int[] pages = _lens.Select(l => (l + growth + s.BlockSize - 1) / s.BlockSize).ToArray();
+            _maxBlocks = pages.Max() + 1;
+            _numBlocks = pages.Sum() + 2;
+            int[] order = Enumerable.Range(0, _numBlocks).ToArray();
+            random.Shuffle(order);
+            int next = 0;
+            _table = new int[s.Pool * _maxBlocks];
+            for (int r = 0; r < s.Pool; r++)
+            {
+                for (int p = 0; p < _maxBlocks; p++)
+                {
+                    bool beforePad = (p + 1) * s.BlockSize <= pads[r] && pads[r] > 0;
+                    _table[(r * _maxBlocks) + p] = p < pages[r] && !beforePad ? order[next++] : -1;
+                }
+            }
+
+            _capacity = _maxBlocks * s.BlockSize;
+        }
+        else
+        {
+            _capacity = _lens.Max() + growth + 7;
+        }
+
+        long elements = CacheShape.Aggregate(1L, (a, x) => a * x);
+        var k = new float[elements];
+        var v = new float[elements];
+        Array.Fill(k, float.NaN);
+        Array.Fill(v, float.NaN);
+        for (int r = 0; r < s.Pool; r++)
+        {
+            for (int p = pads[r]; p < _lens[r]; p++)
+            {
+                ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, Row)).CopyTo(k, RowOf(r, p) * Row);
+                ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, Row)).CopyTo(v, RowOf(r, p) * Row);
+            }
+        }
+
+        _k = AttentionReference.ToDouble(k);
+        _v = AttentionReference.ToDouble(v);
+        _dk = Own(DeviceArray.Upload(_device, s.Dtype, k));
+        _dv = Own(DeviceArray.Upload(_device, s.Dtype, v));
+        DeviceTensor? table = null;
+        if (s.Paged)
+        {
+            var dt = Own(new DeviceBuffer<int>(_device, _table.Length));
+            dt.CopyFrom(_table);
+            table = dt.AsTensor(s.Pool, _maxBlocks);
+        }
+
+        Cache = KvCache.Wrap(_dk.Tensor(CacheShape), _dv.Tensor(CacheShape), _lens, table, stream: stream);
+        if (s.Pads is not null)
+        {
+            Cache.SetLeftPadding(s.Pads, stream);
+        }
+    }
+
+    private T Own<T>(T disposable)
+        where T : IDisposable
+    {
+        _owned.Add(disposable);
+        return disposable;
+    }
+
+    /// <summary>One decode over <paramref name="rows"/> (null: every row), judged; then the host mirror holds the new state.</summary>
+    public void Step(FlashAttention attention, CudaStream stream, int[]? rows, int seqQ, int seqKNew, int numSplits, string context)
+    {
+        ServingSpec s = _spec;
+        int[] stepRows = rows ?? [.. Enumerable.Range(0, s.Pool)];
+        int batch = stepRows.Length, d = s.HeadDim;
+        Random random = _random;
+        float[] q = ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, batch * seqQ * s.HeadsQ * d));
+        float[] kn = ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, Math.Max(1, batch * seqKNew * Row)));
+        float[] vn = ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, Math.Max(1, batch * seqKNew * Row)));
+        using var dq = DeviceArray.Upload(_device, s.Dtype, q);
+        using var dkn = DeviceArray.Upload(_device, s.Dtype, kn);
+        using var dvn = DeviceArray.Upload(_device, s.Dtype, vn);
+        using var dout = DeviceArray.Allocate(_device, s.Dtype, q.Length);
+        using var dlse = DeviceArray.Allocate(_device, DataType.Float32, batch * s.HeadsQ * seqQ);
+        dout.Poison();
+        dlse.Poison();
+        bool append = seqKNew > 0;
+        long[] newShape = [batch, seqKNew, s.HeadsKv, d];
+        var args = new DecodeArguments(
+            dq.Tensor([batch, seqQ, s.HeadsQ, d]), Cache, append ? dkn.Tensor(newShape) : null, append ? dvn.Tensor(newShape) : null,
+            dout.Tensor([batch, seqQ, s.HeadsQ, d]), dlse.Tensor([batch, s.HeadsQ, seqQ]), numSplits)
+        {
+            CacheRows = rows,
+        };
+        AttentionOptions options = s.Mask.ToOptions();
+        attention.Decode(args, options, stream);
+        stream.Synchronize();
+        float[] ours = dout.Read(), lse = dlse.Read();
+
+        // The reference, over the host mirror (it appends into _k/_v itself).
+        int[] lens = stepRows.Select(r => _lens[r]).ToArray();
+        int[] pads = stepRows.Select(r => Cache.LeftPadding[r]).ToArray();
+        var serving = new DecodeServingOptions { SeqLenQ = seqQ, CacheBatchIndex = stepRows, CacheRows = s.Pool, CacheLeftPad = pads };
+        var refOut = new double[q.Length];
+        var refLse = new double[lse.Length];
+        double[] qd = AttentionReference.ToDouble(q);
+        double[] knd = append ? AttentionReference.ToDouble(kn) : [], vnd = append ? AttentionReference.ToDouble(vn) : [];
+        if (s.Paged)
+        {
+            DecodeReference.ForwardPaged(qd, _k, _v, _table, lens, knd, vnd, seqKNew, s.HeadsQ, s.HeadsKv, d, s.BlockSize, options, serving, refOut, refLse);
+        }
+        else
+        {
+            DecodeReference.ForwardContiguous(qd, _k, _v, lens, knd, vnd, seqKNew, s.HeadsQ, s.HeadsKv, d, _capacity, options, serving, refOut, refLse);
+        }
+
+        DecodeAccuracyTests.JudgeOutput(ours, Naive(q, stepRows, lens, pads, seqQ, seqKNew), refOut, lse, refLse, s.Dtype, context);
+
+        // The cache: exactly the mirror (appended rows in their pool rows' slots, NaN everywhere else unchanged).
+        foreach (var (device, host, name) in new[] { (_dk, _k, "k"), (_dv, _v, "v") })
+        {
+            float[] back = device.Read();
+            int wrong = 0;
+            string first = string.Empty;
+            for (long e = 0; e < back.Length; e++)
+            {
+                bool same = double.IsNaN(host[e]) ? float.IsNaN(back[e]) : back[e] == host[e];
+                if (!same && wrong++ == 0)
+                {
+                    first = $"{name} element {e} (cache row {e / Row}) is {back[e]}, expected {host[e]}";
+                }
+            }
+
+            Assert.That(wrong, Is.Zero, $"{context}: {wrong} wrong {name} cache elements; first: {first}");
+        }
+
+        foreach (int r in stepRows)
+        {
+            _lens[r] += seqKNew;
+        }
+
+        Cache.Synchronize();
+        var deviceLengths = new int[s.Pool];
+        ((DeviceBuffer<int>)Cache.CacheSeqLens.Owner!).CopyTo(deviceLengths);
+        Assert.Multiple(() =>
+        {
+            Assert.That(Cache.SequenceLengths, Is.EqualTo(_lens), $"{context}: host lengths");
+            Assert.That(deviceLengths, Is.EqualTo(_lens), $"{context}: device lengths");
+        });
+    }
+
+    /// <summary>Same-dtype naive attention per sequence over its keys pad .. total - 1 (from the mirror after the append).</summary>
+    private float[] Naive(float[] q, int[] rows, int[] lens, int[] pads, int seqQ, int seqKNew)
+    {
+        ServingSpec s = _spec;
+        int qPer = seqQ * s.HeadsQ * s.HeadDim;
+        var result = new float[q.Length];
+        for (int b = 0; b < rows.Length; b++)
+        {
+            int total = lens[b] + seqKNew, sk = total - pads[b];
+            var k = new float[Math.Max(1, sk * Row)];
+            var v = new float[k.Length];
+            for (int j = 0; j < sk; j++)
+            {
+                long at = RowOf(rows[b], pads[b] + j) * Row;
+                for (int x = 0; x < Row; x++)
+                {
+                    k[(j * Row) + x] = (float)_k[at + x];
+                    v[(j * Row) + x] = (float)_v[at + x];
+                }
+            }
+
+            var dims = new AttentionDims(1, seqQ, sk, s.HeadsQ, s.HeadsKv, s.HeadDim);
+            NaiveAttention.ForwardSameDtype(q[(b * qPer)..((b + 1) * qPer)], k, v, dims, s.Mask, (float)(1.0 / Math.Sqrt(s.HeadDim)),
+                x => DeviceArray.Round(s.Dtype, x)).CopyTo(result, b * qPer);
+        }
+
+        return result;
+    }
+
+    public void Dispose()
+    {
+        Cache?.Dispose();
+        foreach (IDisposable d in _owned)
+        {
+            d.Dispose();
+        }
+    }
+}
