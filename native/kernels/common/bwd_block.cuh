@@ -13,17 +13,19 @@
 namespace fa {
 
 // The order in which a CTA walks its query blocks, and with it the order of the deterministic mode's dQ adds to
-// each block (every key block adds in the order the key blocks arrive there when they run at the same pace, so
-// none waits for its turn; the walk of the others is what makes a turn come):
-// - LastFirst: from the last block down; key blocks take their turns in ascending n. The default mode's walk
-//   (and the deterministic one where neither below applies). In the deterministic mode it makes key block n wait
-//   about n steps at the first block (all arrive there at once), which cost 1.4-2.1x the default mode's time.
-// - FirstUp (deterministic, a mask with a right bound, e.g. causal): from the first block up; turns in descending
-//   n. Key block n + 1's first block is at or after n's, so it reaches every block at or before n does.
-// - Rotated (deterministic, no mask (also in a masked kernel whose call has none), no more key blocks N than query
-//   blocks M): key block n walks n, n + 1, ..., M - 1, 0, ..., n - 1, so at block m the key blocks arrive m,
-//   m - 1, ..., 0, then N - 1, ..., m + 1 (the turn order), one step apart.
-enum class BwdWalk : int { LastFirst = 0, FirstUp = 1, Rotated = 2 };
+// each block (the key blocks add in the order they arrive there when they run at the same pace, so that none waits
+// long for its turn). A key block only ever waits for key blocks launched before it, so the wait cannot deadlock
+// however few CTAs fit on the GPU at once (another kernel may hold SMs).
+// - LastFirst: from the last block down; key blocks take their turns in ascending n, in grid order. The default
+//   mode's walk, and the deterministic one without a right mask bound. There every key block of a head reaches
+//   the first block together, so key block n waits about n steps once: (M + N - 1) / M the default mode's time for
+//   M query and N key blocks (1.5x at Sq = Sk with BlockN = 2 BlockM).
+// - FirstUp (deterministic, a mask with a right bound: causal, windows): from the first block up; turns in
+//   descending n, and the grid launches the key blocks from the last (bwd_block), so the blocks waited for were
+//   launched first. Key block n + 1's range starts at or after n's, so it reaches every block at or before n does.
+// An unmasked walk that rotates the start (key block n from block n) would make every turn come without a wait,
+// but its waits form a cycle, which deadlocks when a head's key blocks do not all fit on the GPU at once.
+enum class BwdWalk : int { LastFirst = 0, FirstUp = 1 };
 
 // One CTA: key block n (BN keys from key0) of (batch b, kv head hk). It walks every query head of the GQA
 // group and, per head, the query blocks that see its keys in the order `walk` (iteration it: head head(it),
@@ -42,21 +44,20 @@ struct BwdBlock {
     __device__ __forceinline__ int head(int it) const { return hk * group + it / m_count; }
     __device__ __forceinline__ int block(int it) const {
         const int i = it % m_count;
-        switch (walk) {
-            case BwdWalk::FirstUp: return mr.begin + i;
-            case BwdWalk::Rotated: return mr.begin + (i + n) % m_count;
-            default: return mr.end - 1 - i;
-        }
+        return walk == BwdWalk::FirstUp ? mr.begin + i : mr.end - 1 - i;
     }
 };
 
 // Block order of the grid: key blocks fastest, so that in deterministic mode every CTA a key block waits
-// on (a smaller n of the same batch and kv head) was launched before it.
+// on (of the same batch and kv head) was launched before it: a smaller n (LastFirst), or under FirstUp a larger
+// n, whose key blocks the grid then takes from the last. The choice depends on the call only, so every CTA agrees.
 template <bool kLocal, int BM, int BN>
 __device__ __forceinline__ BwdBlock bwd_block(const BwdParams& p) {
     const FwdParams& f = p.f;
     BwdBlock c;
-    c.n = blockIdx.x % p.n_blocks;
+    const bool first_up = p.deterministic && kLocal && f.window_right >= 0;  // mask_bounds' has_right
+    const int nb = blockIdx.x % p.n_blocks;
+    c.n = first_up ? p.n_blocks - 1 - nb : nb;
     const int bhk = blockIdx.x / p.n_blocks;
     c.hk = bhk % f.hkv;
     c.b = bhk / f.hkv;
@@ -70,14 +71,7 @@ __device__ __forceinline__ BwdBlock bwd_block(const BwdParams& p) {
     c.m_count = c.mr.end - c.mr.begin;
     c.iters = c.m_count * c.group;
     c.n_seq = ceil_div(c.seq.sk, BN);
-    c.walk = BwdWalk::LastFirst;
-    if (p.deterministic) {
-        if (c.mask.has_right) {
-            c.walk = BwdWalk::FirstUp;
-        } else if (!c.mask.has_left && c.n_seq <= c.m_count) {  // unmasked: every key block sees every query block
-            c.walk = BwdWalk::Rotated;
-        }
-    }
+    c.walk = first_up ? BwdWalk::FirstUp : BwdWalk::LastFirst;
     return c;
 }
 
@@ -91,14 +85,9 @@ __device__ __forceinline__ T* rows_at(Base* base, int64_t batch_stride, int64_t 
 
 // This key block's place in the order of the dQ adds to query block m (BwdWalk), among the key blocks that see m.
 // LastFirst: n - (the first key block whose range reaches m); FirstUp: (the last key block whose range starts at or
-// before m) - n; both by a binary search over the ranges, which are monotone in n. Rotated: every key block sees
-// every block, in the order m, m - 1, ..., 0, N - 1, ..., m + 1.
+// before m) - n; both by a binary search over the ranges, which are monotone in n.
 template <bool kLocal, int BM, int BN>
 __device__ __forceinline__ int bwd_turn_rank(const BwdBlock& c, int m) {
-    if (c.walk == BwdWalk::Rotated) {
-        const int top = min(m, c.n_seq - 1);
-        return c.n <= top ? top - c.n : top + c.n_seq - c.n;
-    }
     if (c.walk == BwdWalk::FirstUp) {
         int lo = c.n, hi = c.n_seq - 1;  // the last key block with begin <= m, in [n, n_seq)
         while (lo < hi) {

@@ -8,8 +8,9 @@
 // O = 0, LSE = +inf. With a sink sigma the denominator gains e^sigma: relative to M' = max(M, sigma),
 //   total = sum * e^(M - M') + e^(sigma - M' + c),  O = acc * e^(M - M') / total,  LSE = M' + log(total) - c,
 // which neither overflows for a sigma far above the row's logits nor loses the row for one far below; a row with
-// no key gets O = 0 and LSE = sigma exactly. A NaN sigma gives NaN (never a quiet "no sink"); -inf is no sink. The row max in the exp2 domain the main loops use (row_max * scale_log2) stays as it was: the sink only
-// changes the normalisation, once per row.
+// no key gets O = 0 and LSE = sigma exactly. A NaN sigma gives NaN (never a quiet "no sink"); -inf is no sink; +inf
+// takes the whole row (O = 0, LSE = +inf, the limit). The row max in the exp2 domain the main loops use
+// (row_max * scale_log2) stays as it was: the sink only changes the normalisation, once per row.
 #pragma once
 #include <cuda_runtime.h>
 #include <math_constants.h>
@@ -42,6 +43,7 @@ __device__ __forceinline__ RowFinish finish_row(float sum, float m, float c, Row
     if (!seen) {  // exactly the sink (as the kernels' early exits write it), or +inf for a -inf sink: no sink at all
         return RowFinish{0.f, sigma == -CUDART_INF_F ? CUDART_INF_F : sigma};
     }
+    if (sigma == CUDART_INF_F) return RowFinish{0.f, CUDART_INF_F};  // e^sigma outweighs every key: the limit
     // m is finite here. A NaN sigma makes the sink term NaN whichever M' is taken, and with it O and LSE.
     const float mm = !(sigma >= m) ? m : sigma;
     const float a = expf(m - mm);

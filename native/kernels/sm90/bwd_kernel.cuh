@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
     const T* kp = rows_at<const T>(f.k, f.k_batch_stride, f.k_head_stride, f.k_row_stride, varlen, b, hk, seq.k_row0 + key0);
     const T* vp = rows_at<const T>(f.v, f.v_batch_stride, f.v_head_stride, f.v_row_stride, varlen, b, hk, seq.k_row0 + key0);
 
-    // The walk (BwdBlock): each q head of the group, its query blocks from the last down.
+    // The walk (BwdBlock): each q head of the group, its query blocks in the order BwdWalk says.
     auto load_q_do = [&](int it) {
         const int h = blk.head(it);
         const int m = blk.block(it);
