@@ -953,13 +953,18 @@ static void test_device_pointers(fa_context_t context, void* stream) {
     {
         /* Device-only cache_batch_idx and cache_leftpad (C ABI 0.7) outside the pool / past the sequence (lengths
            20 and 50, no append): clamped by the kernels, reported once by fa_context_check naming the tensor; the
-           same call with values that fit reports nothing. */
+           same call with values that fit reports nothing. A batch index outside the pool is reported whether the
+           sequence has keys to read (pads 0 / 10) or none (pads at the end: every CTA takes the no-key path, which
+           once returned before reading cache_batch_idx, so nothing was reported). */
         const int32_t idx_ok[B] = {1, 0}, idx_pool[B] = {0, B}, idx_neg[B] = {-1, 1};
-        const int32_t pad_ok[B] = {20, 50}, pad_past[B] = {0, 51}, pad_neg[B] = {-1, 0};
-        const struct { const char* what; const int32_t* idx; const int32_t* pads; const char* needle; } cases[5] = {
+        const int32_t pad_ok[B] = {20, 50}, pad_keys[B] = {0, 10}, pad_past[B] = {0, 51}, pad_neg[B] = {-1, 0};
+        const struct { const char* what; const int32_t* idx; const int32_t* pads; const char* needle; } cases[8] = {
             {"values that fit (a pad at the end)", idx_ok, pad_ok, NULL},
-            {"a batch index = the pool size", idx_pool, pad_ok, "cache_batch_idx entry outside the pool"},
-            {"a negative batch index", idx_neg, pad_ok, "cache_batch_idx entry outside the pool"},
+            {"values that fit (keys left)", idx_ok, pad_keys, NULL},
+            {"a batch index = the pool size", idx_pool, pad_keys, "cache_batch_idx entry outside the pool"},
+            {"a negative batch index", idx_neg, pad_keys, "cache_batch_idx entry outside the pool"},
+            {"a batch index = the pool size, no key read", idx_pool, pad_ok, "cache_batch_idx entry outside the pool"},
+            {"a negative batch index, no key read", idx_neg, pad_ok, "cache_batch_idx entry outside the pool"},
             {"a left pad past the sequence", idx_ok, pad_past, "cache_leftpad entry"},
             {"a negative left pad", idx_ok, pad_neg, "cache_leftpad entry"},
         };
@@ -972,7 +977,7 @@ static void test_device_pointers(fa_context_t context, void* stream) {
         p = base;
         set_dense(&p.cache_batch_idx, didx, FA_DTYPE_INT32, 1, lens_shape);
         set_dense(&p.cache_leftpad, dpad, FA_DTYPE_INT32, 1, lens_shape);
-        for (c = 0; c < 5 && didx != NULL && dpad != NULL; ++c) {
+        for (c = 0; c < 8 && didx != NULL && dpad != NULL; ++c) {
             fa_memcpy_async(didx, cases[c].idx, sizeof lens, stream);
             fa_memcpy_async(dpad, cases[c].pads, sizeof lens, stream);
             sprintf(label, "device serving values, %s: the launch", cases[c].what);
@@ -981,16 +986,26 @@ static void test_device_pointers(fa_context_t context, void* stream) {
             sprintf(label, "device serving values, %s: fa_context_check", cases[c].what);
             expect(label, fa_context_check(context), cases[c].needle ? FA_STATUS_DEVICE_CHECK_FAILED : FA_STATUS_SUCCESS,
                    cases[c].needle);
+            if (cases[c].needle != NULL) {
+                /* Only this case's cause: a batch index is not reported as a pad, nor the other way round. */
+                const char* other = strstr(cases[c].needle, "cache_batch_idx") ? "cache_leftpad" : "cache_batch_idx";
+                CHECK(strstr(fa_last_error_message(), other) == NULL, "%s: the report also names %s: %s", label, other,
+                      fa_last_error_message());
+            }
             sprintf(label, "device serving values, %s: reported once", cases[c].what);
             expect(label, fa_context_check(context), FA_STATUS_SUCCESS, NULL);
         }
-        /* Not checked explicitly: the next fa_decode reports it and launches nothing. */
+        /* Not checked explicitly: the next fa_decode reports it and launches nothing. Pads that fit (the last case
+           left a negative one, which would be reported beside the batch index) and leave no key to read. */
+        fa_memcpy_async(dpad, pad_ok, sizeof lens, stream);
         fa_memcpy_async(didx, idx_pool, sizeof lens, stream);
         expect("device batch index: a call that overflows", fa_decode(context, &p, stream), FA_STATUS_SUCCESS, NULL);
         fa_stream_synchronize(stream);
         fa_memcpy_async(didx, idx_ok, sizeof lens, stream);
         expect("device batch index: the next fa_decode reports it", fa_decode(context, &p, stream),
                FA_STATUS_DEVICE_CHECK_FAILED, "cache_batch_idx");
+        CHECK(strstr(fa_last_error_message(), "cache_leftpad") == NULL,
+              "device batch index: the next fa_decode also reports a pad: %s", fa_last_error_message());
         fa_stream_synchronize(stream);
         expect("device serving values: nothing left", fa_context_check(context), FA_STATUS_SUCCESS, NULL);
         fa_memory_free(0, didx);

@@ -203,6 +203,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     const int lane = tid % 32;
 
     const DecodeSeq seq = decode_seq(p, b);
+    // Read (and checked) before any early return, as the length and the left pad are: a sequence with no key to
+    // read (a pad at its end, an empty cache, a window that hides everything) still reports a device-only
+    // cache_batch_idx entry outside the pool, as the host check of cache_batch_idx_host refuses it whatever the
+    // sequence reads. The pool row (contiguous) or block-table row (paged).
+    const int64_t cache_row = decode_cache_row(p, b);
     const int row0 = m_block * BM;
     const int rows_here = min(BM, p.rows - row0);
     // Query i sits at position i + off (positions absolute, a left pad included); bottom-right masks are placed
@@ -258,7 +263,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     }
 
     const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_batch_stride + static_cast<int64_t>(hk) * p.g * p.q_head_stride;
-    const int64_t cache_row = decode_cache_row(p, b);  // the pool row (contiguous) or block-table row (paged)
     const int64_t cache_base = kPaged ? 0 : cache_row;
     const T* k = reinterpret_cast<const T*>(p.k_cache) + cache_base * p.k_batch_stride + hk * p.k_head_stride;
     const T* v = reinterpret_cast<const T*>(p.v_cache) + cache_base * p.v_batch_stride + hk * p.v_head_stride;
