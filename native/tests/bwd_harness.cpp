@@ -113,12 +113,13 @@ struct Problem {
     int dtype;
 };
 
-// The float64 reference of a case: dq, dk, dv; with sinks also dsinks [hq] and the forward's lse (layout of the call:
+// The float64 reference of a case: dq, dk, dv; with sinks also dsinks [hq], per head the sum of its terms' magnitudes
+// sum_i e^(sigma - lse_i) |D_i| (the condition of dsinks), and the forward's lse (layout of the call:
 // [b, hq, sq] or [hq, total_q]), where a sink joins every row's denominator (FEATURES.md section 7) and a row that sees
 // no key has lse = the sink.
 static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, std::vector<double>& dq, std::vector<double>& dk,
-                       std::vector<double>& dv, std::vector<double>& dsinks, std::vector<double>& lse_ref,
-                       std::vector<char>& lse_empty) {
+                       std::vector<double>& dv, std::vector<double>& dsinks, std::vector<double>& dsinks_abs,
+                       std::vector<double>& lse_ref, std::vector<char>& lse_empty) {
     const Case& c = P.c;
     const bool varlen = !c.lq.empty();
     const int B = varlen ? static_cast<int>(c.lq.size()) : c.b;
@@ -127,6 +128,7 @@ static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, 
     dk.assign(P.nk, 0.0);
     dv.assign(P.nk, 0.0);
     dsinks.assign(c.hq, 0.0);
+    dsinks_abs.assign(c.hq, 0.0);
     lse_ref.assign(varlen ? size_t(c.hq) * P.cq.back() : size_t(c.b) * c.hq * c.sq, INFINITY);
     lse_empty.assign(lse_ref.size(), 0);
     const int d = c.d, hq = c.hq, hkv = c.hkv;
@@ -179,7 +181,10 @@ static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, 
                 }
                 double D = 0;
                 for (int e = 0; e < d; ++e) D += o[e] * at(P.dout, q0 + i, h, hq, e);
-                if (c.sinks) dsinks[h] -= std::exp(sigma - lse_i) * D;
+                if (c.sinks) {
+                    dsinks[h] -= std::exp(sigma - lse_i) * D;
+                    dsinks_abs[h] += std::exp(sigma - lse_i) * std::fabs(D);
+                }
                 for (int j = 0; j < sk; ++j) {
                     if (p[j] == 0) continue;
                     double dpj = 0;
@@ -346,10 +351,11 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
         CHECK(fa_memcpy(run == 0 ? gv.data() : gv2.data(), dv.p, nk * 2));
         CHECK(fa_memcpy(run == 0 ? gs.data() : gs2.data(), dsinks.p, c.hq * 4));
     }
-    std::vector<double> rq, rk, rv, rs, rl;
+    std::vector<double> rq, rk, rv, rs, rs_abs, rl;
     std::vector<char> empty;
     std::vector<uint16_t> o_host(nq);
-    ref_case(P, o_host, rq, rk, rv, rs, rl, empty);
+    CHECK(fa_memcpy(o_host.data(), o.p, nq * 2));  // the forward's stored output, which the backward's D is read from
+    ref_case(P, o_host, rq, rk, rv, rs, rs_abs, rl, empty);
     bool nan = false;
     const double eq = rel_l2(gq, rq, c.bf16, &nan), ek = rel_l2(gk, rk, c.bf16, &nan), ev = rel_l2(gv, rv, c.bf16, &nan);
     const double tol = c.bf16 ? 1e-2 : 2e-3;
@@ -359,13 +365,58 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
     double es = 0.0, worst_lse = 0.0;
     int64_t lse_bad = -1;
     if (c.sinks) {
-        double num = 0, den = 0;
+        // dsinks[h] = -sum_i t_i, t_i = e^(sigma - LSE_i) * D_i, D_i = rowsum(dO * O): a sum of mixed-sign terms, so an
+        // error relative to |dsinks| is ill-conditioned (the H200 run: 2.11e-2 on sq=300 sk=177 top-left bf16, with
+        // dq/dk/dv at 2.4e-3, from the bf16 rounding of the stored O that D is read from, as in FlashAttention 2/3/4).
+        // Two checks instead:
+        //  1. the kernels' reduction: dsinks[h] against the float64 sum of the terms formed from the same stored O (the
+        //     bf16/fp16 output of the forward) and stored fp32 LSE the kernels read, within the float32 bound
+        //     u * sum_i e^(sigma - LSE_i) * sum_e |dO_e O_e| * (d + n + |sigma - LSE_i| + 4), u = 2^-24 (d products
+        //     summed per row, expf within 2 ulp of an argument rounded with error u * |sigma - LSE|, n rows added): a
+        //     sign error, a lost, doubled or misplaced row, another head's sink or an LSE in the wrong units fails it;
+        //  2. end to end against the float64 reference, the error normalised by sum_i |t_i| (the sum's condition) under
+        //     the gradients' tolerance: each term's error is then at most the relative error of its D, which the
+        //     stored O's rounding sets (the same order as dq/dk/dv's), so the bound is the gradients' own.
+        // es reports the worse of the two ratios (error / allowed), so es < 1 passes.
+        std::vector<double> sum_stored(c.hq, 0.0), bound(c.hq, 0.0), cond(c.hq, 0.0);
+        const int Bn = varlen ? 1 : B;
+        const int64_t rows = varlen ? rows_q : c.sq;
+        for (int b = 0; b < Bn; ++b) {
+            for (int h = 0; h < c.hq; ++h) {
+                const double sigma = P.sinks[h];
+                for (int64_t i = 0; i < rows; ++i) {
+                    const int64_t row = ((int64_t(b) * rows + i) * c.hq + h) * c.d;
+                    const size_t lat = (size_t(b) * c.hq + h) * rows + i;  // [b, hq, sq] or [hq, total_q]
+                    double dot = 0, adot = 0;
+                    for (int e = 0; e < c.d; ++e) {
+                        const double g = from_half_bits(P.dout[row + e], c.bf16);
+                        const double pr = g * from_half_bits(o_host[row + e], c.bf16);
+                        dot += pr;
+                        adot += std::fabs(pr);
+                    }
+                    if (adot == 0) continue;  // a row that sees no key: O = 0
+                    const double arg = sigma - double(lse_host[lat]);
+                    const double w = std::exp(arg);
+                    sum_stored[h] -= w * dot;
+                    bound[h] += std::ldexp(1.0, -24) * w * adot * (c.d + double(Bn) * rows + std::fabs(arg) + 4);
+                }
+            }
+        }
+        cond = rs_abs;  // sum_i |t_i| of the float64 reference (ref_case)
+        double worst = 0.0;
         for (int h = 0; h < c.hq; ++h) {
             if (std::isnan(gs[h])) nan = true;
-            num += (gs[h] - rs[h]) * (gs[h] - rs[h]);
-            den += rs[h] * rs[h];
+            const double r1 = std::fabs(gs[h] - sum_stored[h]) / std::max(bound[h], 1e-300);
+            const double r2 = std::fabs(gs[h] - rs[h]) / std::max(tol * cond[h], 1e-300);
+            worst = std::max(worst, std::max(r1, r2));
+            if (!(r1 <= 1.0) || !(r2 <= 1.0)) {
+                std::printf("  dsinks[%d] = %.9g: stored-O sum %.9g (|diff| %.2e, bound %.2e), float64 %.9g (|diff| %.2e, "
+                            "tol x sum|t| %.2e)\n",
+                            h, gs[h], sum_stored[h], std::fabs(gs[h] - sum_stored[h]), bound[h], rs[h],
+                            std::fabs(gs[h] - rs[h]), tol * cond[h]);
+            }
         }
-        es = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+        es = std::isfinite(worst) ? worst : INFINITY;
         for (size_t r = 0; r < rl.size(); ++r) {
             const double want = rl[r], got = lse_host[r];
             const double d = std::fabs(got - want) / std::max(1.0, std::fabs(want));
@@ -373,7 +424,7 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
             if (bad && lse_bad < 0) lse_bad = static_cast<int64_t>(r);
             worst_lse = std::max(worst_lse, std::isfinite(d) ? d : INFINITY);
         }
-        ok = ok && !nan && es < tol && lse_bad < 0;
+        ok = ok && !nan && es <= 1.0 && lse_bad < 0;
     }
     bool same = true;
     if (deterministic) {
@@ -384,7 +435,7 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
     std::printf("%s %-70s%s  rel-L2 dq %.2e dk %.2e dv %.2e%s%s", ok ? "PASS" : "FAIL", describe(c).c_str(),
                 deterministic ? " det" : "", eq, ek, ev, nan ? " NaN!" : "", deterministic ? (same ? " bitwise-same" : " DIFFERS") : "");
     if (c.sinks) {
-        std::printf("  dsinks %.2e, lse worst %.1e%s", es, worst_lse,
+        std::printf("  dsinks err/allowed %.2f, lse worst %.1e%s", es, worst_lse,
                     lse_bad >= 0 ? (" (lse[" + std::to_string(lse_bad) + "] wrong)").c_str() : "");
     }
     std::printf("\n");

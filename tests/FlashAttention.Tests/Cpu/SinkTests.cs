@@ -237,14 +237,91 @@ public sealed class SinkTests
         var rds = new double[d.HeadsQ];
         AttentionReference.Backward(AttentionReference.ToDouble(q), AttentionReference.ToDouble(k), AttentionReference.ToDouble(v),
             AttentionReference.ToDouble(dOut), shape, options, s64, rdq, rdk, rdv, rds);
-        (float[] ndq, float[] ndk, float[] ndv, float[] nds) = FlashAttn.Tests.Gpu.NaiveSink.BackwardSameDtype(q, k, v, sinks, dOut, d, mask, scale, x => x);
+        (float[] ndq, float[] ndk, float[] ndv, float[] nds, float[] nTerms) =
+            FlashAttn.Tests.Gpu.NaiveSink.BackwardSameDtype(q, k, v, sinks, dOut, d, mask, scale, x => x);
+        var termSums = new double[d.HeadsQ];
+        for (int t = 0; t < nTerms.Length; t++)
+        {
+            termSums[t / d.SeqQ % d.HeadsQ] += nTerms[t];  // [B, Hq, Sq]
+        }
         Assert.Multiple(() =>
         {
             Assert.That(Numerics.RelativeL2(ndq, rdq), Is.LessThan(1e-5), $"dq (seed {seed})");
             Assert.That(Numerics.RelativeL2(ndk, rdk), Is.LessThan(1e-5), $"dk (seed {seed})");
             Assert.That(Numerics.RelativeL2(ndv, rdv), Is.LessThan(1e-5), $"dv (seed {seed})");
             Assert.That(Numerics.RelativeL2(nds, rds), Is.LessThan(1e-5), $"dsinks (seed {seed})");
+            Assert.That(Numerics.RelativeL2(termSums, rds), Is.LessThan(1e-5), $"dsinks from the per-row terms (seed {seed})");
         });
+    }
+
+    /// <summary>
+    /// SinkGradientCheck (the GPU tests' dsinks rule) accepts dsinks reduced in float32 from an accurate stored output and
+    /// LSE, and rejects a sign error, a lost row, another head's sink and a log2-unit LSE.
+    /// </summary>
+    [Test]
+    public void SinkGradientCheckAcceptsAFloat32ReductionAndRejectsDefects()
+    {
+        var random = TestRandom.ForCurrentTest(out int seed);
+        var d = new AttentionDims(2, 40, 29, 4, 2, 32);  // causal Sq > Sk: rows 0..10 see no key
+        var mask = new MaskSpec(true, false);
+        Func<float, float> round = x => DeviceArray.Round(DataType.BFloat16, x);
+        float[] Values(int n) => TestRandom.Normal(random, n).Select(round).ToArray();
+        float[] q = Values(d.QElements), k = Values(d.KvElements), v = Values(d.KvElements), dOut = Values(d.QElements);
+        float[] sinks = TestRandom.Normal(random, d.HeadsQ, 2.0);
+        var shape = new AttentionShape(d.Batch, d.SeqQ, d.SeqK, d.HeadsQ, d.HeadsKv, d.HeadDim);
+        AttentionOptions options = mask.ToOptions();
+        double[] s64 = sinks.Select(x => (double)x).ToArray();
+        var refOut = new double[d.QElements];
+        var refLse = new double[d.LseElements];
+        AttentionReference.Forward(AttentionReference.ToDouble(q), AttentionReference.ToDouble(k), AttentionReference.ToDouble(v), shape, options,
+            s64, refOut, refLse);
+        var rdq = new double[d.QElements];
+        var rdk = new double[d.KvElements];
+        var rdv = new double[d.KvElements];
+        var rds = new double[d.HeadsQ];
+        AttentionReference.Backward(AttentionReference.ToDouble(q), AttentionReference.ToDouble(k), AttentionReference.ToDouble(v),
+            AttentionReference.ToDouble(dOut), shape, options, s64, rdq, rdk, rdv, rds);
+        (_, _, _, _, float[] nTerms) = FlashAttn.Tests.Gpu.NaiveSink.BackwardSameDtype(q, k, v, sinks, dOut, d, mask, (float)d.DefaultScale, round);
+        float[] o = refOut.Select(x => (float)x).ToArray();
+        float[] lse = refLse.Select(x => (float)x).ToArray();
+
+        // What bwd_preprocess + bwd_sink_reduce do, in float32: per row -expf(σ - lse)·(dO·O), summed in row order.
+        float[] Reduce(Func<int, float> sigmaOf, Func<float, float> lseOf, int skipB = -1, int skipI = -1, float sign = 1f)
+        {
+            var ds = new float[d.HeadsQ];
+            for (int b = 0; b < d.Batch; b++)
+            {
+                for (int h = 0; h < d.HeadsQ; h++)
+                {
+                    for (int i = 0; i < d.SeqQ; i++)
+                    {
+                        float dot = 0;
+                        for (int x = 0; x < d.HeadDim; x++)
+                        {
+                            long at = ((((long)b * d.SeqQ) + i) * d.HeadsQ + h) * d.HeadDim + x;
+                            dot += o[at] * dOut[at];
+                        }
+
+                        if ((b, i) != (skipB, skipI))
+                        {
+                            ds[h] -= sign * MathF.Exp(sigmaOf(h) - lseOf(lse[(((long)b * d.HeadsQ) + h) * d.SeqQ + i])) * dot;
+                        }
+                    }
+                }
+            }
+
+            return ds;
+        }
+
+        List<string> Judge(float[] ds) =>
+            SinkGradientCheck.Judge(ds, o, lse, nTerms, refOut, refLse, rds, dOut, sinks, d.Batch, d.SeqQ, d.HeadsQ, d.HeadDim, DataType.BFloat16);
+
+        string context = $"seed {seed}";
+        Assert.That(Judge(Reduce(h => sinks[h], l => l)), Is.Empty, $"the faithful float32 reduction, {context}");
+        Assert.That(Judge(Reduce(h => sinks[h], l => l, sign: -1f)), Is.Not.Empty, $"a sign error, {context}");
+        Assert.That(Judge(Reduce(h => sinks[h], l => l, skipB: 1, skipI: d.SeqQ - 1)), Is.Not.Empty, $"the last row of batch entry 1 left out, {context}");
+        Assert.That(Judge(Reduce(h => sinks[(h + 1) % d.HeadsQ], l => l)), Is.Not.Empty, $"the next head's sink, {context}");
+        Assert.That(Judge(Reduce(h => sinks[h], l => l * 1.44269504f)), Is.Not.Empty, $"the LSE in log2 units, {context}");
     }
 
     [Test]
