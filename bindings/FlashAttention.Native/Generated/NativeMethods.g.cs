@@ -28,12 +28,12 @@ public static unsafe partial class NativeMethods
     public const int FA_VERSION_MINOR = 6;
 
     /// <summary>Version of this header. fa_version() reports the version of the loaded binary.</summary>
-    /// <remarks>C: <c>#define FA_VERSION_PATCH 0</c></remarks>
-    public const int FA_VERSION_PATCH = 0;
+    /// <remarks>C: <c>#define FA_VERSION_PATCH 1</c></remarks>
+    public const int FA_VERSION_PATCH = 1;
 
     /// <summary>MAJOR * 10000 + MINOR * 100 + PATCH.</summary>
     /// <remarks>C: <c>#define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)</c></remarks>
-    public const int FA_VERSION_CODE = 600;
+    public const int FA_VERSION_CODE = 601;
 
     /// <summary>Most dimensions a tensor descriptor carries.</summary>
     /// <remarks>C: <c>#define FA_MAX_RANK 4</c></remarks>
