@@ -1,7 +1,8 @@
 // What a kernel found that no check before its launch could see, as causes (bits) with one slot each among the
-// context's device-flag words (LaunchInfo::device_flags, kDeviceFlagSlots of them). A kernel that finds one sets its bit, leaves the work it cannot do undone (never
-// a trap: that would lose the caller's CUDA context) and returns; the host (native/src/api.cpp,
-// report_device_flags) turns the bits into FA_STATUS_DEVICE_CHECK_FAILED, names the cause and clears them.
+// context's device-flag words (LaunchInfo::device_flags, kDeviceFlagSlots of them). A kernel that finds one sets
+// its cause's slot, leaves the work it cannot do undone (never a trap: that would lose the caller's CUDA context)
+// and returns; the host (native/src/device_flags.cpp, report_device_flags) turns the slots into
+// FA_STATUS_DEVICE_CHECK_FAILED, names the causes and clears them.
 // Plain data, shared by host and device code; values only ever appended.
 #pragma once
 #include <cstdint>
