@@ -116,9 +116,9 @@ void report_device_flags(const LaunchInfo& info, bool launching) {
     }
     if (bits & kDeviceFlagDecodeBatchIndex) {
         add("an earlier fa_decode on this context read a cache_batch_idx entry outside the pool of cache rows "
-            "[0, k_cache.shape[0]) (block_table.shape[0] when paged); the kernels clamped it, so that sequence's "
-            "output, lse and append are not valid (pass cache_batch_idx_host too and such an entry is refused before "
-            "the launch)");
+            "[0, k_cache.shape[0]) (block_table.shape[0] when paged); the kernels clamped it for reading and appended "
+            "nothing for that sequence, so its output and lse are not valid (pass cache_batch_idx_host too and such an "
+            "entry is refused before the launch)");
     }
     if (bits & kDeviceFlagDecodeLeftpad) {
         add("an earlier fa_decode on this context read a cache_leftpad entry that was negative or past the sequence's "

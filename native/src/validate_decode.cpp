@@ -304,7 +304,9 @@ struct DecodeCheck {
                     invalid("cache_leftpad_host[" + s(i) + "] is " + s(pad) + ", more than the " + s(capacity) +
                             " positions its cache has");
                 }
-                if (P.cache_seqlens_host != nullptr && pad > int64_t{P.cache_seqlens_host[i]} + added) {
+                // (A negative length is cache_seqlens_host's own refusal, below.)
+                if (P.cache_seqlens_host != nullptr && P.cache_seqlens_host[i] >= 0 &&
+                    pad > int64_t{P.cache_seqlens_host[i]} + added) {
                     invalid("cache_leftpad_host[" + s(i) + "] is " + s(pad) + " but sequence " + s(i) + " ends at " +
                             s(int64_t{P.cache_seqlens_host[i]} + added) + " (cache_seqlens_host[" + s(i) + "] = " +
                             s(P.cache_seqlens_host[i]) + (append ? " plus " + s(added) + " new tokens" : std::string()) +
@@ -322,7 +324,7 @@ struct DecodeCheck {
                 }
                 if (cached + added > capacity) {
                     invalid(append ? "sequence " + s(i) + " holds " + s(cached) + " tokens (cache_seqlens_host[" + s(i) +
-                                         "]) and appends " + s(sq) + ", " + s(cached + added) +
+                                         "]) and appends " + s(added) + ", " + s(cached + added) +
                                          " in all, but its cache has room for " + s(capacity)
                                    : "cache_seqlens_host[" + s(i) + "] is " + s(cached) + ", more than the " + s(capacity) +
                                          " positions its cache has");

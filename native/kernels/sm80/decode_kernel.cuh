@@ -591,6 +591,9 @@ __global__ void __launch_bounds__(256) decode_append_kernel(const __grid_constan
         const int b = static_cast<int>(rest / p.added);
         const int pos = decode_seq(p, b).cached + i;
         const int64_t row = decode_cache_row(p, b);
+        // An index outside the pool (clamped and reported by decode_cache_row) appends nothing: the clamped row is
+        // another sequence's, whose cache must not change.
+        if (p.cache_batch_idx != nullptr && __ldg(p.cache_batch_idx + b * p.batch_idx_stride) != row) continue;
         int64_t k_dst, v_dst;
         if (p.block_table != nullptr) {
             const int64_t block = decode_block_id(p, p.block_table + row * p.table_batch_stride, pos >> p.block_shift);
