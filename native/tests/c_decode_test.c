@@ -1008,6 +1008,55 @@ static void test_device_pointers(fa_context_t context, void* stream) {
               "device batch index: the next fa_decode also reports a pad: %s", fa_last_error_message());
         fa_stream_synchronize(stream);
         expect("device serving values: nothing left", fa_context_check(context), FA_STATUS_SUCCESS, NULL);
+        if (didx != NULL && dpad != NULL) {
+            /* An append with a device-only index outside the pool: sequence 1's index B is clamped to row 1, which
+               sequence 0 uses here (indices {1, B}); sequence 1 must append nothing, so the cache changes only at
+               sequence 0's new slot (row 1's page lens[0] / BLOCK, slot lens[0] % BLOCK), and the call is reported. */
+            const int32_t idx_clash[B] = {1, B};
+            const size_t kn_bytes = (size_t)B * 1 * HKV * d * 2, row_bytes = (size_t)HKV * d * 2;
+            const size_t at = ((size_t)table[1 * PAGES + lens[0] / BLOCK] * BLOCK + lens[0] % BLOCK) * row_bytes;
+            unsigned char* before = (unsigned char*)malloc(cache_bytes);
+            unsigned char* after = (unsigned char*)malloc(cache_bytes);
+            void *kn = NULL, *vn = NULL;
+            fa_memory_alloc(0, kn_bytes, &kn);
+            fa_memory_alloc(0, kn_bytes, &vn);
+            if (kn != NULL && vn != NULL && before != NULL && after != NULL) {
+                fa_decode_params_t a = p;
+                size_t i, elsewhere = 0, in_slot = 0;
+                fa_memset_async(kn, 0x3C, kn_bytes, stream); /* fp16 0x3C3C, not the cache's zeros */
+                fa_memset_async(vn, 0x3C, kn_bytes, stream);
+                set4(&a.k_new, kn, FA_DTYPE_FLOAT16, B, 1, HKV, d);
+                set4(&a.v_new, vn, FA_DTYPE_FLOAT16, B, 1, HKV, d);
+                fa_memcpy_async(didx, idx_clash, sizeof lens, stream);
+                fa_memcpy_async(dpad, pad_keys, sizeof lens, stream);
+                fa_memcpy_async(seq, lens, sizeof lens, stream);
+                fa_stream_synchronize(stream);
+                fa_memcpy(before, kc, cache_bytes);
+                expect("device batch index with an append: the launch", fa_decode(context, &a, stream), FA_STATUS_SUCCESS,
+                       NULL);
+                CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "device batch index with an append: %s",
+                      fa_last_error_message());
+                expect("device batch index with an append: fa_context_check", fa_context_check(context),
+                       FA_STATUS_DEVICE_CHECK_FAILED, "cache_batch_idx entry outside the pool");
+                fa_memcpy(after, kc, cache_bytes);
+                for (i = 0; i < cache_bytes; ++i) {
+                    if (before[i] != after[i]) {
+                        if (i >= at && i < at + row_bytes) ++in_slot; else ++elsewhere;
+                    }
+                }
+                CHECK(elsewhere == 0, "device batch index with an append: %zu k_cache bytes changed outside sequence 0's "
+                      "new slot (the out-of-pool sequence wrote into the clamped row)", elsewhere);
+                CHECK(in_slot > 0, "device batch index with an append: sequence 0's new key was not appended");
+                expect("device batch index with an append: nothing left", fa_context_check(context), FA_STATUS_SUCCESS,
+                       NULL);
+            } else {
+                CHECK(0, "device batch index with an append: allocation failed");
+            }
+            fa_memory_free(0, kn);
+            fa_memory_free(0, vn);
+            free(before);
+            free(after);
+        }
         fa_memory_free(0, didx);
         fa_memory_free(0, dpad);
     }
