@@ -37,12 +37,11 @@ fa::Path choose_kernel(const fa::BwdParams& p, int32_t kernel_path, const fa::La
     return path;
 }
 
-// Points the workspace parts of p into `base` (layout from bwd_workspace_layout, sized for the widest dQ
-// accumulator of any path, as validate_backward sized it), then sets p.kernel_d to the head dim of the kernel
-// that `path` runs (the accumulator's row stride).
+// Points the workspace parts of p into `base` (layout from bwd_workspace_layout, as validate_backward sized it),
+// then sets p.kernel_d to the head dim of the kernel that `path` runs (the dQ accumulator's row stride).
 void carve(fa::BwdParams& p, fa::Path path, char* base) {
     const fa::BwdWorkspaceLayout w =
-        fa::bwd_workspace_layout(p.f, fa::kernels::bwd_accum_d(p.kernel_d), p.deterministic != 0, p.dsinks != nullptr);
+        fa::bwd_workspace_layout(p.f, p.kernel_d, p.deterministic != 0, p.dsinks != nullptr);
     p.kernel_d = fa::kernels::run_kernel_d(fa::Pass::Backward, path, p.kernel_d);
     p.dq_accum = reinterpret_cast<float*>(base);
     p.dsum = reinterpret_cast<float*>(base + w.dq_accum);

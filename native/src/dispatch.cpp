@@ -87,7 +87,8 @@ BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, bo
     const size_t slots = varlen ? static_cast<size_t>(f.hq) * f.total_q : static_cast<size_t>(f.b) * f.hq * f.sq;
     const auto round = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
     BwdWorkspaceLayout w{};
-    w.dq_accum = round(slots * kernel_d * sizeof(float));
+    // The widest dQ accumulator any path of the build runs for kernel_d, so one size serves whichever path runs.
+    w.dq_accum = round(slots * kernels::bwd_accum_d(kernel_d) * sizeof(float));
     w.dsum = round(slots * sizeof(float));
     w.lse_log2 = round(slots * sizeof(float));
     const size_t m_blocks = (static_cast<size_t>(f.sq) + kBwdMinBlockM - 1) / kBwdMinBlockM;

@@ -46,8 +46,9 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
 // cc; these passes take fp16 and bf16 only, whose kernels share one layout).
 int32_t smem_need(Pass pass, int32_t kernel_path, int32_t kernel_d, int32_t cc);
 
-// Backward workspace of a call (bytes of each part, each rounded to 256); kernel_d is the kernel's head dim;
-// dsinks: the call asks for the sinks' gradient (one fp32 partial per preprocess block).
+// Backward workspace of a call (bytes of each part, each rounded to 256); kernel_d is kernel_head_dim(d), and the dQ
+// accumulator is sized for the widest kernel any path runs for it (kernels::bwd_accum_d), so the size does not
+// depend on the path; dsinks: the call asks for the sinks' gradient (one fp32 partial per preprocess block).
 struct BwdWorkspaceLayout {
     size_t dq_accum, dsum, lse_log2, sem, sink_partial, total;
 };

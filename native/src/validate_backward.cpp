@@ -264,10 +264,7 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     check_backward_served(P, f, compute_capability);
 
     BwdParams p = backward_params(P, dsinks, f);
-    // Sized for the widest dQ accumulator of any path (fa_backward carves it the same way), so that the size
-    // fa_backward_workspace_size gives serves whichever path the call takes.
-    const BwdWorkspaceLayout ws =
-        bwd_workspace_layout(f, kernels::bwd_accum_d(p.kernel_d), P.deterministic != 0, p.dsinks != nullptr);
+    const BwdWorkspaceLayout ws = bwd_workspace_layout(f, p.kernel_d, P.deterministic != 0, p.dsinks != nullptr);
     if (workspace_bytes != nullptr) *workspace_bytes = ws.total;
     if (check_workspace_arg && P.workspace != nullptr) {
         check_workspace(P, ws.total, read, written);

@@ -132,12 +132,9 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
         }
 
         string dt = Name(dtype);
-        string sm80Prefix = $"sm80_bwd_{dt}_hdim";
-        int[] compiled = kernels
-            .Where(n => n.StartsWith(sm80Prefix, StringComparison.Ordinal))
-            .Select(n => int.Parse(n.AsSpan(sm80Prefix.Length, n.IndexOf('_', sm80Prefix.Length) - sm80Prefix.Length), System.Globalization.CultureInfo.InvariantCulture))
-            .Where(d => d >= headDim)
-            .ToArray();
+        int[] HeadDims(string prefix) =>
+            kernels.Where(n => n.StartsWith(prefix, StringComparison.Ordinal)).Select(ForwardPaths.HeadDimOf).OfType<int>().ToArray();
+        int[] compiled = HeadDims($"sm80_bwd_{dt}_hdim").Where(d => d >= headDim).ToArray();
         if (compiled.Length == 0)
         {
             return null;
@@ -145,18 +142,13 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
 
         // The sm90 backward runs the smallest of its kernels at least as wide as the sm80 kernel head dim (96 on the
         // 128 kernel, 192 on the 256 one).
-        string sm90Prefix = $"sm90_bwd_{dt}_hdim";
-        int[] sm90 = kernels
-            .Where(n => n.StartsWith(sm90Prefix, StringComparison.Ordinal))
-            .Select(n => int.Parse(n.AsSpan(sm90Prefix.Length, n.IndexOf('_', sm90Prefix.Length) - sm90Prefix.Length), System.Globalization.CultureInfo.InvariantCulture))
-            .Where(d => d >= compiled.Min())
-            .ToArray();
+        int[] sm90 = HeadDims($"sm90_bwd_{dt}_hdim").Where(d => d >= compiled.Min()).ToArray();
         if (sm90.Length == 0)
         {
             return null;
         }
 
-        string prefix = $"{sm90Prefix}{sm90.Min()}_";
+        string prefix = $"sm90_bwd_{dt}_hdim{sm90.Min()}_";
         return kernels.FirstOrDefault(n => n.StartsWith(prefix, StringComparison.Ordinal) && (!deterministic || n.Contains("_det_", StringComparison.Ordinal)));
     }
 
