@@ -27,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from common import (MAX_BWD_REL_ERR, MAX_FP8_REL_ERR, MAX_REL_ERR, FaLib, Timer, dtype_code, first_line,  # noqa: E402
                     lib_file, tflops)
 from inputs import sdpa_inputs, torch_dtype  # noqa: E402
-from shapes import fwd_row, pass_flops, shapes_grid  # noqa: E402
+from shapes import pass_flops, shapes_grid  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -118,13 +118,10 @@ def main(argv=None):
     bench = Timer(args.warmup, args.rep)
     libs = [(name, FaLib(path, name).open()) for name, path in args.libs]
     keep = {int(x) for x in args.d.split(",") if x}
-    shapes = [s for s in shapes_grid(args.quick, args.pass_, (args.dtype,)) if not s.get("varlen")]
-    shapes = [s for s in shapes if not keep or s["d"] in keep]
     # A head dim outside the grid (e.g. 96 or 192, which run a larger kernel with zero-filled columns) gets the grid's
-    # rows for it: full and causal, S 1k/4k/16k (1k/4k with --quick), B = 16384 / S, H = 2048 // d.
-    for d in sorted(keep - {s["d"] for s in shapes}):
-        shapes += [fwd_row(d, causal, 16384 // n, 2048 // d, 2048 // d, n, args.pass_, args.dtype)
-                   for causal in (0, 1) for n in (1024, 4096, 16384) if not (args.quick and n > 4096)]
+    # rows for it.
+    grid = shapes_grid(args.quick, args.pass_, (args.dtype,), sorted(keep) if keep else (64, 128, 256))
+    shapes = [s for s in grid if not s.get("varlen") and (not keep or s["d"] in keep)]
     names = [n for n, _ in libs]
     print(f"{'row':26s} " + " ".join(f"{n:>8s}" for n in names) + f" {'cudnn':>7s} " +
           " ".join(f"{n + '/' + names[0]:>10s}" for n in names[1:]) + " " + " ".join(f"{n + '/cu':>9s}" for n in names))

@@ -39,17 +39,18 @@ def fwd_row(d, causal, b, h, hkv, s, pass_="fwd", dtype="bf16"):
     return dict(pass_=pass_, dtype=dtype, d=d, causal=causal, b=b, h=h, hkv=hkv, sq=s, sk=s)
 
 
-def shapes_grid(quick=False, pass_="fwd", dtypes=None):
+def shapes_grid(quick=False, pass_="fwd", dtypes=None, head_dims=(64, 128, 256)):
     """TARGETS.md's grid, then the GQA row and the varlen row, once per dtype (default: FWD_DTYPES for the forward
     pass, BWD_DTYPES for the backward), for the forward ("fwd") or backward ("bwd") pass. e4m3 makes the grid only
-    (TARGETS.md's fp8 rows), and only where it is measured (see skip_reason)."""
+    (TARGETS.md's fp8 rows), and only where it is measured (see skip_reason). head_dims: the grid's head dims
+    (TARGETS.md's 64, 128, 256; others, e.g. 96 or 192, get the same rows)."""
     if dtypes is None:
         dtypes = FWD_DTYPES if pass_ == "fwd" else BWD_DTYPES
     rows = []
     for dtype in dtypes:
         if skip_reason(dtype) is not None:
             continue
-        for d in (64, 128, 256):
+        for d in head_dims:
             for causal in (0, 1):
                 for s in (1024, 4096, 16384):
                     if quick and s > 4096:
