@@ -262,7 +262,7 @@ int launch_backward_t(Path path, BwdParams& p, const LaunchInfo& info, cudaStrea
 
     cudaError_t err = cudaSuccess;
     if (p.deterministic && p.m_blocks > 0) {
-        const size_t counters = static_cast<size_t>(f.b) * f.hq * p.m_blocks;
+        const size_t counters = static_cast<size_t>(p.dq_copies) * f.b * f.hq * p.m_blocks;
         p.sem_gave_up = p.sem + counters;
         p.device_flags = info.device_flags;
         p.turn_wait_ns = info.turn_wait_ns;

@@ -44,6 +44,8 @@ void carve(fa::BwdParams& p, fa::Path path, char* base) {
         fa::bwd_workspace_layout(p.f, p.kernel_d, p.deterministic != 0, p.dsinks != nullptr);
     p.kernel_d = fa::kernels::run_kernel_d(fa::Pass::Backward, path, p.kernel_d);
     p.dq_accum = reinterpret_cast<float*>(base);
+    p.dq_copies = w.dq_copies;
+    p.dq_copy_stride = static_cast<int64_t>(w.dq_copy / sizeof(float));
     p.dsum = reinterpret_cast<float*>(base + w.dq_accum);
     p.lse_log2 = reinterpret_cast<float*>(base + w.dq_accum + w.dsum);
     p.sem = p.deterministic ? reinterpret_cast<int32_t*>(base + w.dq_accum + w.dsum + w.lse_log2) : nullptr;

@@ -88,12 +88,15 @@ BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, bo
     const auto round = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
     BwdWorkspaceLayout w{};
     // The widest dQ accumulator any path of the build runs for kernel_d, so one size serves whichever path runs.
-    w.dq_accum = round(slots * kernels::bwd_accum_d(kernel_d) * sizeof(float));
+    // Deterministic: kBwdDetDqCopies of it (BwdParams::dq_copies), each dq_copy bytes.
+    w.dq_copy = round(slots * kernels::bwd_accum_d(kernel_d) * sizeof(float));
+    w.dq_copies = deterministic ? kBwdDetDqCopies : 1;
+    w.dq_accum = w.dq_copy * w.dq_copies;
     w.dsum = round(slots * sizeof(float));
     w.lse_log2 = round(slots * sizeof(float));
     const size_t m_blocks = (static_cast<size_t>(f.sq) + kBwdMinBlockM - 1) / kBwdMinBlockM;
-    // One counter per (sequence, head, query block), and the word a block sets when it gives up waiting.
-    w.sem = deterministic ? round((static_cast<size_t>(f.b) * f.hq * m_blocks + 1) * sizeof(int32_t)) : 0;
+    // One counter per (dQ copy, sequence, head, query block), and the word a block sets when it gives up waiting.
+    w.sem = deterministic ? round((w.dq_copies * static_cast<size_t>(f.b) * f.hq * m_blocks + 1) * sizeof(int32_t)) : 0;
     // dsinks: one partial per bwd_preprocess block (32 rows of one (sequence, head), or of one head's packed rows).
     const size_t pre_rows = varlen ? static_cast<size_t>(f.total_q) : static_cast<size_t>(f.sq);
     const size_t pre_heads = varlen ? static_cast<size_t>(f.hq) : static_cast<size_t>(f.b) * f.hq;

@@ -51,6 +51,8 @@ int32_t smem_need(Pass pass, int32_t kernel_path, int32_t kernel_d, int32_t cc);
 // depend on the path; dsinks: the call asks for the sinks' gradient (one fp32 partial per preprocess block).
 struct BwdWorkspaceLayout {
     size_t dq_accum, dsum, lse_log2, sem, sink_partial, total;
+    size_t dq_copy;      // bytes of one dQ accumulator copy (dq_accum = dq_copies of them)
+    int32_t dq_copies;   // deterministic: kBwdDetDqCopies, else 1
 };
 BwdWorkspaceLayout bwd_workspace_layout(const FwdParams& f, int32_t kernel_d, bool deterministic, bool dsinks);
 

@@ -38,6 +38,7 @@ namespace {
 constexpr int32_t kNoTurn = 0x3fffffff;  // never a turn count; as a float about 2.0 (finite)
 constexpr int kWaitMs = 300;             // the bound this test sets
 constexpr double kPoisonSeconds = 2.0;   // how long the poison kernel overwrites the workspace
+constexpr int64_t kTurnBytes = 768;      // the workspace's turn counters and give-up word (Problem)
 
 __global__ void fill_bf16(uint16_t* x, int64_t n, uint32_t seed) {
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -79,6 +80,9 @@ bool cuda_ok(cudaError_t e, const char* what) {
 
 struct Problem {
     int64_t b = 2, s = 512, h = 4, d = 64;
+    // White-box (dispatch.cpp bwd_workspace_layout): the deterministic workspace ends with one turn counter per (dQ
+    // copy (kBwdDetDqCopies, 2), batch, head, 64-row query block) and the give-up word, rounded up to 256 bytes:
+    // (2 * 2 * 4 * 8 + 1) * 4 = 516 -> 768 bytes.
     void *q, *k, *v, *o, *dout, *lse, *dq, *dk, *dv, *ws;
     size_t ws_bytes = 0;
     int64_t elems() const { return b * s * h * d; }
@@ -123,8 +127,8 @@ std::vector<uint16_t> to_host(const void* dev, int64_t n) {
     return h;
 }
 
-// A deterministic backward on `stream` while the poison kernel overwrites, on `other`, the workspace's last 512 bytes
-// (white-box: the turn counters and the give-up word are the layout's last part, 512 bytes for this problem,
+// A deterministic backward on `stream` while the poison kernel overwrites, on `other`, the workspace's last kTurnBytes
+// (white-box: the turn counters and the give-up word are the layout's last part, kTurnBytes for this problem,
 // dispatch.cpp bwd_workspace_layout), each int rewritten every few hundred ns, with `value`. kNoTurn: counters no
 // turn ever matches and a set give-up word, so blocks leave at their first wait. 0: the counters reset over and
 // over, as by another call sharing the workspace, so a block whose turn is 2 or later is very unlikely to see it
@@ -134,7 +138,7 @@ double poisoned_backward(fa_context_t ctx, const Problem& P, int32_t path, cudaS
                          volatile int32_t* started, int32_t value, double poison_seconds) {
     *started = 0;
     const int64_t n = static_cast<int64_t>(P.ws_bytes / 4);
-    poison<<<1, 128, 0, other>>>(static_cast<int32_t*>(P.ws), n - 512 / 4, n, value, started,
+    poison<<<1, 128, 0, other>>>(static_cast<int32_t*>(P.ws), n - kTurnBytes / 4, n, value, started,
                                  static_cast<long long>(poison_seconds * 1e9));
     if (!cuda_ok(cudaGetLastError(), "launching the poison kernel")) return -1;
     const auto t0 = std::chrono::steady_clock::now();

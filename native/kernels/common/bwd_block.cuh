@@ -40,6 +40,7 @@ struct BwdBlock {
     int group, m_count, iters;
     int n_seq;            // key blocks of this sequence (those with keys)
     BwdWalk walk;
+    int copy;             // the dQ accumulator copy (and turn counters) this key block adds into: n % p.dq_copies
 
     __device__ __forceinline__ int head(int it) const { return hk * group + it / m_count; }
     __device__ __forceinline__ int block(int it) const {
@@ -72,6 +73,7 @@ __device__ __forceinline__ BwdBlock bwd_block(const BwdParams& p) {
     c.iters = c.m_count * c.group;
     c.n_seq = ceil_div(c.seq.sk, BN);
     c.walk = first_up ? BwdWalk::FirstUp : BwdWalk::LastFirst;
+    c.copy = c.n % p.dq_copies;
     return c;
 }
 
@@ -83,11 +85,13 @@ __device__ __forceinline__ T* rows_at(Base* base, int64_t batch_stride, int64_t 
     return reinterpret_cast<T*>(base) + (varlen ? 0 : b * batch_stride) + h * head_stride + row * row_stride;
 }
 
-// This key block's place in the order of the dQ adds to query block m (BwdWalk), among the key blocks that see m.
-// LastFirst: n - (the first key block whose range reaches m); FirstUp: (the last key block whose range starts at or
-// before m) - n; both by a binary search over the ranges, which are monotone in n.
+// This key block's place in the order of the dQ adds to query block m (BwdWalk), among the key blocks that see m
+// and add into the same dQ copy (n mod p.dq_copies). LastFirst: the key blocks of its copy in [first, n), first the
+// first key block whose range reaches m; FirstUp: those in (n, last], last the last key block whose range starts at
+// or before m; both found by a binary search over the ranges, which are monotone in n. Either way a key block waits
+// only for key blocks launched before it (bwd_block's grid order).
 template <bool kLocal, int BM, int BN>
-__device__ __forceinline__ int bwd_turn_rank(const BwdBlock& c, int m) {
+__device__ __forceinline__ int bwd_turn_rank(const BwdBlock& c, int m, int p_copies) {
     if (c.walk == BwdWalk::FirstUp) {
         int lo = c.n, hi = c.n_seq - 1;  // the last key block with begin <= m, in [n, n_seq)
         while (lo < hi) {
@@ -95,7 +99,7 @@ __device__ __forceinline__ int bwd_turn_rank(const BwdBlock& c, int m) {
             const BlockRange r = query_block_range<kLocal>(c.mask, mid, BM, BN, c.seq.sq, c.seq.sk);
             if (r.begin <= m) lo = mid; else hi = mid - 1;
         }
-        return lo - c.n;
+        return (lo - c.n) / p_copies;
     }
     int lo = 0, hi = c.n;
     while (lo < hi) {
@@ -103,7 +107,17 @@ __device__ __forceinline__ int bwd_turn_rank(const BwdBlock& c, int m) {
         const BlockRange r = query_block_range<kLocal>(c.mask, mid, BM, BN, c.seq.sq, c.seq.sk);
         if (r.end > m) hi = mid; else lo = mid + 1;
     }
-    return c.n - lo;
+    return (c.n - lo) / p_copies;
+}
+
+// The turn counter of query block m of head h in this key block's dQ copy.
+__device__ __forceinline__ int32_t* bwd_turn_counter(const BwdParams& p, const BwdBlock& c, int h, int m) {
+    return p.sem + ((static_cast<int64_t>(c.copy) * p.f.b + c.b) * p.f.hq + h) * p.m_blocks + m;
+}
+
+// This key block's rows of its dQ accumulator copy, from row slot `slot` (bwd_row_slot), kernel_d columns each.
+__device__ __forceinline__ float* bwd_dq_rows(const BwdParams& p, const BwdBlock& c, int64_t slot) {
+    return p.dq_accum + c.copy * p.dq_copy_stride + slot * p.kernel_d;
 }
 
 // Deterministic mode, before block m of head h takes its turn on dQ: waits until every key block ahead of this
@@ -111,8 +125,8 @@ __device__ __forceinline__ int bwd_turn_rank(const BwdBlock& c, int m) {
 template <bool kLocal, int BM, int BN>
 __device__ __forceinline__ void bwd_wait_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
     if (threadIdx.x == 0) {
-        const int rank = bwd_turn_rank<kLocal, BM, BN>(c, m);
-        const int32_t* sem = p.sem + (static_cast<int64_t>(c.b) * p.f.hq + h) * p.m_blocks + m;
+        const int rank = bwd_turn_rank<kLocal, BM, BN>(c, m, p.dq_copies);
+        const int32_t* sem = bwd_turn_counter(p, c, h, m);
         // Bounded (p.turn_wait_ns of the global timer, 0: unbounded): a turn that never comes (another call in
         // flight reset or advanced this workspace's counters) ends the wait instead of hanging the stream. The
         // first block to give up marks the call (sem_gave_up: the other blocks then stop waiting at once); every
@@ -140,7 +154,7 @@ __device__ __forceinline__ void bwd_wait_turn(const BwdParams& p, const BwdBlock
 __device__ __forceinline__ void bwd_pass_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        int32_t* sem = p.sem + (static_cast<int64_t>(c.b) * p.f.hq + h) * p.m_blocks + m;
+        int32_t* sem = bwd_turn_counter(p, c, h, m);
         __threadfence();
         st_release_gpu(sem, ld_acquire_gpu(sem) + 1);
     }

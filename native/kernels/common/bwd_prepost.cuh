@@ -77,8 +77,10 @@ __global__ void __launch_bounds__(256) bwd_preprocess(const __grid_constant__ Bw
             // A row that saw no key has O = 0, so dot = 0 and it adds nothing (LSE = sink there).
             if (want_sink && r >= seq_begin && r < seq_end) sink_acc -= expf(sigma - l) * dot;
         }
-        float4* acc = reinterpret_cast<float4*>(p.dq_accum + slot * p.kernel_d);
-        for (int c = lane; c * 4 < p.kernel_d; c += 32) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int copy = 0; copy < p.dq_copies; ++copy) {
+            float4* acc = reinterpret_cast<float4*>(p.dq_accum + copy * p.dq_copy_stride + slot * p.kernel_d);
+            for (int c = lane; c * 4 < p.kernel_d; c += 32) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+        }
     }
     if (want_sink) {
         // The block's partial: the 8 warps' sums added in warp order by thread 0 (a fixed order).
@@ -153,7 +155,13 @@ __global__ void __launch_bounds__(kConvertThreads) bwd_convert(const __grid_cons
     if (r < row_begin || r >= row_end) return;
     const int64_t slot = bwd_row_slot(p, b, h, 0, r);
     const float4* src = reinterpret_cast<const float4*>(p.dq_accum + slot * p.kernel_d + c * 8);
-    const float4 a = src[0], bb = src[1];
+    float4 a = src[0], bb = src[1];
+    for (int copy = 1; copy < p.dq_copies; ++copy) {  // deterministic: the copies added in order
+        const float4* more = reinterpret_cast<const float4*>(p.dq_accum + copy * p.dq_copy_stride + slot * p.kernel_d + c * 8);
+        const float4 x = more[0], y = more[1];
+        a = make_float4(a.x + x.x, a.y + x.y, a.z + x.z, a.w + x.w);
+        bb = make_float4(bb.x + y.x, bb.y + y.y, bb.z + y.z, bb.w + y.w);
+    }
     const float s = f.scale;
     uint4 out;
     out.x = pack2<T>(a.x * s, a.y * s);

@@ -27,8 +27,13 @@ struct BwdParams {
     float* dq_accum;  // [slots, kernel_d]: dQ / scale, accumulated by the main kernel
     float* dsum;      // [slots]: rowsum(dO * O)
     float* lse_log2;  // [slots]: lse * log2(e) (+inf for rows that saw no key)
-    int32_t* sem;     // deterministic: [b * hq * m_blocks] arrival counters and one more word, else nullptr
+    int32_t* sem;     // deterministic: [dq_copies][b * hq * m_blocks] arrival counters and one more word, else nullptr
     int64_t q_slots;  // number of row slots
+    // Deterministic mode: key block n adds into dQ accumulator copy n % dq_copies (copies dq_copy_stride floats
+    // apart, each with its own turn counters), so a key block waits only on those of its copy; bwd_convert adds the
+    // copies in a fixed order. 1 in the default mode.
+    int32_t dq_copies = 1;
+    int64_t dq_copy_stride = 0;
 
     // Gradient of the sinks (f.sinks set): dsinks[h * dsinks_stride] = -sum_{b,i} e^(sink_h - LSE) * dsum, written
     // by bwd_sink_reduce from sink_partial (workspace, [pre blocks]: one partial sum per bwd_preprocess block,
@@ -50,6 +55,15 @@ struct BwdParams {
 // The smallest BlockM of any backward main kernel: the deterministic mode's counters (one per query
 // block, plus the give-up word) are sized for it, so the workspace size does not depend on the kernel path.
 constexpr int32_t kBwdMinBlockM = 64;
+
+// dQ accumulator copies of the deterministic mode (BwdParams::dq_copies): with c copies key block n waits for
+// about n / c turns instead of n, so an unmasked call takes about (M + (N - 1) / c) / M the default mode's steps
+// (M query, N key blocks) for c times the accumulator's memory. Overridable for experiments.
+#ifndef FA_BWD_DET_DQ_COPIES
+#define FA_BWD_DET_DQ_COPIES 2
+#endif
+constexpr int32_t kBwdDetDqCopies = FA_BWD_DET_DQ_COPIES;
+static_assert(kBwdDetDqCopies >= 1, "at least one dQ accumulator");
 
 // Row slot of query row `row` (0-based in its sequence) of (b, h): see BwdParams.
 #if defined(__CUDACC__)

@@ -255,7 +255,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
         }
 
         // dQ_accum += dS K: [BM x D], reduction over the BN keys, QC n8 tiles of columns at a time.
-        float* acc_rows = p.dq_accum + slot0 * D;
+        float* acc_rows = bwd_dq_rows(p, blk, slot0);
         if (kDeterministic) bwd_wait_turn<kLocal, BM, BN>(p, blk, h, m);
 #pragma unroll
         for (int c0 = 0; c0 < NQ; c0 += QC) {

@@ -266,7 +266,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         // dQ (this warpgroup's D/2 columns) = dS K: A = dS (queries contiguous: MN-major), B = K rows
         // (columns contiguous: MN-major), K = the block's keys.
         constexpr int kDqN = D / 2;
-        float* acc_rows = p.dq_accum + slot0 * D;
+        float* acc_rows = bwd_dq_rows(p, blk, slot0);
         float dq[kDqN / 2];
 #pragma unroll
         for (int i = 0; i < kDqN / 2; ++i) dq[i] = 0.f;
