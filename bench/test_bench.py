@@ -38,10 +38,10 @@ class MirrorTests(unittest.TestCase):
         fa_abi.check_layout()
         # What the hand-written mirrors asserted before the generator wrote them.
         self.assertEqual(ctypes.sizeof(fa_abi.FaTensor), 80)
-        # 0.7 appended sinks and dsinks (two fa_tensor_t) to the backward's 824 bytes.
-        self.assertEqual(ctypes.sizeof(fa_abi.FaBackwardParams), 824 + 2 * 80)
+        # 0.7 appended sinks and dsinks (two fa_tensor_t) to the backward's 824 bytes, 0.8 alibi_slopes.
+        self.assertEqual(ctypes.sizeof(fa_abi.FaBackwardParams), 824 + 3 * 80)
         # 784 through 0.6; 0.7 appended cache_batch_idx, cache_leftpad and their host copies at offset 784.
-        self.assertEqual(ctypes.sizeof(fa_abi.FaDecodeParams), 960)
+        self.assertEqual(ctypes.sizeof(fa_abi.FaDecodeParams), 960 + 80)  # 0.8 appended alibi_slopes
         self.assertEqual(fa_abi.FaDecodeParams.cache_batch_idx.offset, 784)
 
     def test_layout_check_catches_a_drifted_field(self):

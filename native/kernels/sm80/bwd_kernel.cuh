@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 #include <math_constants.h>
 
+#include "common/alibi.cuh"
 #include "common/bwd_block.cuh"
 #include "common/ptx.cuh"
 #include "common/tile_io.cuh"
@@ -174,9 +175,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
 
         // P = exp2(S * scale_log2 - lse_log2), 0 for masked keys (past the sequence, outside causal/window);
         // dS = P * (dP - dsum), times 1 - tanh^2 with softcap. P stays in s, dS goes to dp.
+        // With ALiBi (kLocal variant only, common/alibi.cuh) the exponent is that of s + bias, as in the forward;
+        // the softcap factor 1 - tanh^2 takes s without it (the bias does not depend on q or k).
         const bool tile_mask = tile_masked<kLocal>(blk.mask, row0, BM, key0, BN, seq.sk);
         const int col_base = key0 + s_col0 + (lane % 4) * 2;
         const int diff_base = col_base - (row0 + s_row0 + lane / 4);
+        const AlibiRow alibi = kLocal ? alibi_row(f.alibi_slopes, f.alibi_batch_stride, f.alibi_head_stride,
+                                                  f.alibi_causal, b, h, kSoftcap ? f.softcap : f.scale,
+                                                  f.bottom_right ? seq.sk - seq.sq : 0)
+                                      : AlibiRow{false, false, 0.f, 0};
 #pragma unroll
         for (int mt = 0; mt < MS; ++mt) {
 #pragma unroll
@@ -192,7 +199,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
                         const int e = 2 * r + c;
                         float x = s[mt][j][e];
                         if (kSoftcap) x = tanhf(x * cap_premul);
-                        float pv = fast_exp2(x * scale_log2 - lse_r);
+                        float xb = x;
+                        if constexpr (kLocal) {
+                            if (alibi.on) {
+                                xb += alibi_bias(alibi, row0 + s_row0 + mt * 16 + lane / 4 + r * 8, col_base + j * 8 + c);
+                            }
+                        }
+                        float pv = fast_exp2(xb * scale_log2 - lse_r);
                         if (tile_mask) {
                             const int dc = j * 8 + c;
                             const int diff = diff_base + dc - mt * 16 - r * 8;

@@ -25,6 +25,7 @@
 #include <cuda_fp16.h>
 #include <math_constants.h>
 
+#include "common/alibi.cuh"
 #include "common/bwd_block.cuh"
 #include "common/ptx.cuh"
 #include "common/tile_io.cuh"
@@ -154,6 +155,12 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         // kk covers queries [16kk, 16kk + 16) = column blocks 2kk and 2kk + 1. kSplit: warpgroup 0 makes
         // P^T (fa: its A fragments) and hands P^T (1 - tanh^2) to warpgroup 1, which makes dS^T (fa too).
         const bool tile_mask = tile_masked<kLocal>(blk.mask, row0, BM, key0, BN, seq.sk);
+        // ALiBi (kLocal variant only, common/alibi.cuh): the exponent is that of s + bias, as in the forward; the
+        // softcap factor 1 - tanh^2 takes s without it.
+        const AlibiRow alibi = kLocal ? alibi_row(f.alibi_slopes, f.alibi_batch_stride, f.alibi_head_stride,
+                                                  f.alibi_causal, b, h, kSoftcap ? f.softcap : f.scale,
+                                                  f.bottom_right ? seq.sk - seq.sq : 0)
+                                      : AlibiRow{false, false, 0.f, 0};
         float4* px = reinterpret_cast<float4*>(smem + Tr::kOffPX) + (tid % 128);  // kSplit: 8 float4, 128 apart
         uint32_t fa[BM / 16][4], fd[kSplit ? 1 : BM / 16][4];
         if (!kSplit || wg == 0) {
@@ -173,7 +180,11 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
                         const float lse_c = ok ? (c ? lse2.y : lse2.x) : CUDART_INF_F;
                         float x = st[e];
                         if (kSoftcap) x = tanhf(x * cap_premul);
-                        float pv = fast_exp2(x * scale_log2 - lse_c);
+                        float xb = x;
+                        if constexpr (kLocal) {
+                            if (alibi.on) xb += alibi_bias(alibi, row0 + qc, key0 + key_base + kr0 + 8 * i);
+                        }
+                        float pv = fast_exp2(xb * scale_log2 - lse_c);
                         if (tile_mask) {
                             const int key = key0 + key_base + kr0 + 8 * i;
                             const int diff = key - (row0 + qc);

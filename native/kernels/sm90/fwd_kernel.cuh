@@ -34,6 +34,7 @@
 #include <cuda_fp8.h>
 #include <math_constants.h>
 
+#include "common/alibi.cuh"
 #include "common/fwd_schedule.h"
 #include "common/mask.cuh"
 #include "common/ptx.cuh"
@@ -323,6 +324,12 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
                 }
                 o_scale = factor(p.v_descale);
             }
+            // ALiBi (kLocal variant only, common/alibi.cuh): the slope divided by the multiplier of s in the final
+            // logit, lse_scale (with fp8 the descales' product is in it, or inside tanh under softcap).
+            const AlibiRow alibi = kLocal ? alibi_row(p.alibi_slopes, p.alibi_batch_stride, p.alibi_head_stride,
+                                                      p.alibi_causal, t.b, t.h, lse_scale,
+                                                      p.bottom_right ? t.seq.sk - t.seq.sq : 0)
+                                          : AlibiRow{false, false, 0.f, 0};
             TO* o = reinterpret_cast<TO*>(p.o) + (varlen ? 0 : t.b * p.o_batch_stride) + t.h * p.o_head_stride +
                    row_g * p.o_row_stride;
             float* lse = p.lse == nullptr ? nullptr
@@ -390,6 +397,20 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
                 if (kSoftcap) {
 #pragma unroll
                     for (int i = 0; i < BN / 2; ++i) s[i] = tanhf(s[i] * cap_premul);
+                }
+                // ALiBi after softcap, before the masks (a uniform branch).
+                if constexpr (kLocal) {
+                    if (alibi.on) {
+                        const int col0 = n * BN + 2 * t4;
+                        const int row = t.row0 + rl;
+#pragma unroll
+                        for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+                            for (int e = 0; e < 4; ++e) {
+                                s[4 * j + e] += alibi_bias(alibi, row + (e >= 2 ? 8 : 0), col0 + 8 * j + (e & 1));
+                            }
+                        }
+                    }
                 }
                 if (tile_masked<kLocal>(t.mask, t.row0 + cw * 64, 64, n * BN, BN, t.seq.sk)) {
                     const int col0 = n * BN + 2 * t4;
