@@ -42,4 +42,12 @@ __device__ __forceinline__ float alibi_bias(const AlibiRow& a, int row, int key)
     return a.causal ? a.slope * static_cast<float>(key) : -a.slope * static_cast<float>(abs(row + a.off - key));
 }
 
+// The same for the keys key0 + dk of one row, dk a compile-time constant of an unrolled loop, from two floats the
+// caller converts once: key0f = key0 and rel = row + off - key0 (exact: every index is below 2^24). Converting each
+// key index instead made the compiler hoist one conversion per unrolled key out of the backward's loop and spill them.
+__device__ __forceinline__ float alibi_bias_from(const AlibiRow& a, float rel, float key0f, int dk) {
+    const float k = static_cast<float>(dk);
+    return a.causal ? a.slope * (key0f + k) : -a.slope * fabsf(rel - k);
+}
+
 }  // namespace fa

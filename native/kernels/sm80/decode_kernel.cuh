@@ -406,12 +406,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
         const int key0 = t * BN + warp_key + (lane % 4) * 2;
         // ALiBi after softcap, before the masks (which then replace the biased score of a hidden key).
         if (alibi_on) {
+            const float key0f = static_cast<float>(key0 - pad);  // keys count from the left pad
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int r = 0; r < 2; ++r) {
+                const float rel = static_cast<float>(alibi_qi[r] + alibi[r].off - (key0 - pad));
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int r = e >> 1;
-                    s[j][e] += alibi_bias(alibi[r], alibi_qi[r], key0 + j * 8 + (e & 1) - pad);
+                for (int j = 0; j < 2; ++j) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) s[j][2 * r + c] += alibi_bias_from(alibi[r], rel, key0f, j * 8 + c);
                 }
             }
         }

@@ -122,11 +122,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
     // Softcap: s' = tanh(s * scale / cap) and the softmax runs on cap * s' (p.scale_log2 = cap * log2 e).
     const float scale_log2 = p.scale_log2;
     const float cap_premul = kSoftcap ? p.scale / p.softcap : 1.f;
-    // ALiBi (common/alibi.cuh): the slope in units of s (divided by the multiplier that scale_log2 folds in).
-    const AlibiRow alibi = kLocal ? alibi_row(p.alibi_slopes, p.alibi_batch_stride, p.alibi_head_stride,
-                                              p.alibi_causal, b, h, kSoftcap ? p.softcap : p.scale,
-                                              p.bottom_right ? seq.sk - seq.sq : 0)
-                                  : AlibiRow{false, false, 0.f, 0};
 
     // One key tile: kMask says whether some key of it may be hidden (decided per tile below).
     auto step = [&](const int n, auto mask_tag) {
@@ -177,19 +172,24 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
             }
         }
 
-        // ALiBi bias, after softcap and before the masks (a uniform branch, in the kLocal variant only).
+        // ALiBi bias, after softcap and before the masks (a uniform branch, in the kLocal variant only;
+        // common/alibi.cuh): the slope in units of s, divided by the multiplier that scale_log2 folds in. Formed
+        // here, per tile, so nothing of it stays live through the rest of the loop.
         if constexpr (kLocal) {
-            if (alibi.on) {
+            if (p.alibi_slopes != nullptr) {
+                const AlibiRow alibi = alibi_row(p.alibi_slopes, p.alibi_batch_stride, p.alibi_head_stride,
+                                                 p.alibi_causal, b, h, kSoftcap ? p.softcap : p.scale,
+                                                 p.bottom_right ? seq.sk - seq.sq : 0);
                 const int col0 = n * BN + (lane % 4) * 2;
-                const int grow0 = row0 + warp_row + lane / 4;
+                const float key0f = static_cast<float>(col0);
+                const int rel0 = row0 + warp_row + lane / 4 + alibi.off - col0;
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-                    for (int j = 0; j < NS; ++j) {
+                    for (int e = 0; e < 4; ++e) {
+                        const float rel = static_cast<float>(rel0 + mt * 16 + (e >= 2 ? 8 : 0));
 #pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            s[mt][j][e] += alibi_bias(alibi, grow0 + mt * 16 + (e >= 2 ? 8 : 0), col0 + j * 8 + (e & 1));
-                        }
+                        for (int j = 0; j < NS; ++j) s[mt][j][e] += alibi_bias_from(alibi, rel, key0f, j * 8 + (e & 1));
                     }
                 }
             }
