@@ -3,7 +3,8 @@ requires_grad, then torch.autograd.grad(out, (q, k, v), dO, retain_graph=True) (
 aten._flash_attention_backward after aten._flash_attention_forward). Ours: fa_backward with O and the log-sum-exp
 from our own fa_forward and a caller workspace, in the default (atomic dq) mode, in deterministic mode and on the
 portable sm80 kernels, each checked against PyTorch's gradients; fixed-length rows also with learnable sinks and
-their gradient on the default path (ours_sinks_*, sinks_ratio); with --baseline-lib, the baseline build's default
+their gradient on the default path (ours_sinks_*, sinks_ratio) and with ALiBi (ours_alibi_*, alibi_ratio); with
+--baseline-lib, the baseline build's default
 mode on the same tensors. Needs torch and a GPU (run.py imports this module only when it runs the pass)."""
 import ctypes
 import json
@@ -111,6 +112,30 @@ def run_sinks_bwd(row, flops, fa, bench, code, q, k, v, do, lse_shape, causal):
         row["sinks_ratio"] = row["ours_sinks_ms"] / row["ours_ms"]
 
 
+def run_alibi_bwd(row, flops, fa, bench, code, q, k, v, do, lse_shape, causal):
+    """Our backward on the default path with ALiBi (standard slopes 2^(-8 (i + 1) / H), [H]; ours_alibi_*;
+    alibi_ratio = ours_alibi_ms / ours_ms), O and the log-sum-exp from our forward with the same slopes. Checked: dq,
+    dk, dv finite (their values are the tests' business)."""
+    h = q.shape[2]
+    slopes = torch.tensor([2.0 ** (-8.0 * (i + 1) / h) for i in range(h)], device=q.device, dtype=torch.float32)
+    lse = torch.full(lse_shape, float("nan"), device=q.device, dtype=torch.float32)
+    o = torch.full_like(q, float("nan"))
+    p = fa.forward_params(code, q, k, v, o, causal, lse=lse, alibi_slopes=slopes)
+    fa.check(fa.lib.fa_forward(fa.ctx, ctypes.byref(p), current_stream()), "fa_forward (with ALiBi, for the backward)")
+    grads = tuple(torch.full_like(t, float("nan")) for t in (q, k, v))
+    pb = fa.backward_params(code, (q, k, v, o, do) + grads, lse, causal, False, alibi_slopes=slopes)
+    ours = fa.backward_call(pb)
+    ours()
+    torch.cuda.synchronize()
+    for name, g in zip(("dq", "dk", "dv"), grads):
+        if not bool(torch.isfinite(g).all()):
+            raise RuntimeError(f"our {name} with ALiBi holds NaN/Inf (the poison was not overwritten everywhere?)")
+    row["ours_alibi_ms"] = bench(ours)
+    row["ours_alibi_tflops"] = tflops(flops, row["ours_alibi_ms"])
+    if row.get("ours_ms"):
+        row["alibi_ratio"] = row["ours_alibi_ms"] / row["ours_ms"]
+
+
 def ours_and_base(row, flops, fa, base, bench, code, q, k, v, do, lse_shape, causal, ref, against, varlen=None):
     """Our forward (O, lse), then our three backward timings on q, k, v, do in our layout, then the baseline build's
     default mode on the same tensors."""
@@ -128,6 +153,11 @@ def ours_and_base(row, flops, fa, base, bench, code, q, k, v, do, lse_shape, cau
             run_sinks_bwd(row, flops, fa, bench, code, q, k, v, do, lse_shape, causal)
         except Exception as e:  # noqa: BLE001
             row["errors"]["ours_sinks"] = first_line(e, 300)
+    if "ours_alibi_ms" in row and varlen is None:  # fixed-length rows, C ABI 0.8 on
+        try:
+            run_alibi_bwd(row, flops, fa, bench, code, q, k, v, do, lse_shape, causal)
+        except Exception as e:  # noqa: BLE001
+            row["errors"]["ours_alibi"] = first_line(e, 300)
     if base is not None:
         if tensors is None:
             row["errors"]["base"] = "not timed: our forward, which makes its inputs, failed"

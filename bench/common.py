@@ -223,12 +223,13 @@ class FaLib:
         return names
 
     def forward_params(self, code, q, k, v, out, causal, lse=None, varlen=None, path=FA_PATH_AUTO, out_code=None,
-                       descales=None, sinks=None):
+                       descales=None, sinks=None, alibi_slopes=None):
         """fa_forward_params_t over our [B, S, H, D] (varlen: packed [total, H, D]) tensors, PyTorch's causal
         convention; lse (fp32) when the log-sum-exp is wanted; varlen = (cu, cu_host, max_len); path an
         fa_kernel_path_t (FA_PATH_SM80 forces the portable mma.sync kernels). fp8: code FA_DTYPE_FLOAT8_E4M3,
         out_code the output's dtype (bf16), descales (q_descale, k_descale, v_descale) fp32 tensors (None: 1). sinks:
-        the learnable sinks, an fp32 [H] tensor (C ABI 0.7), or None."""
+        the learnable sinks, an fp32 [H] tensor (C ABI 0.7), or None. alibi_slopes: fp32 [H] or [B, H] (C ABI 0.8),
+        or None."""
         p = FaForwardParams()
         self.check(self.lib.fa_forward_params_init(ctypes.byref(p), ctypes.sizeof(p)), "fa_forward_params_init")
         p.q, p.k, p.v = (describe(t, code) for t in (q, k, v))
@@ -245,6 +246,8 @@ class FaLib:
             set_varlen(p, *varlen)
         if sinks is not None:
             p.sinks = describe(sinks, FA_DTYPE_FLOAT32)
+        if alibi_slopes is not None:
+            p.alibi_slopes = describe(alibi_slopes, FA_DTYPE_FLOAT32)
         return p
 
     def forward_call(self, p):
@@ -261,10 +264,10 @@ class FaLib:
     # ---- backward --------------------------------------------------------------------------------------------
 
     def backward_params(self, code, tensors, lse, causal, deterministic, varlen=None, path=FA_PATH_AUTO, sinks=None,
-                        dsinks=None):
+                        dsinks=None, alibi_slopes=None):
         """fa_backward_params_t over tensors = (q, k, v, out, dout, dq, dk, dv), with a caller workspace of the size
         fa_backward_workspace_size asks for (a torch allocation kept on the struct, so no allocation is timed); sinks
-        and dsinks (fp32 [H], C ABI 0.7) when given."""
+        and dsinks (fp32 [H], C ABI 0.7) and the ALiBi slopes (fp32 [H] or [B, H], C ABI 0.8) when given."""
         import torch
         if not self.has_backward:
             raise RuntimeError("the library exports no fa_backward (C ABI before 0.3)")
@@ -282,6 +285,8 @@ class FaLib:
             p.sinks = describe(sinks, FA_DTYPE_FLOAT32)
         if dsinks is not None:
             p.dsinks = describe(dsinks, FA_DTYPE_FLOAT32)
+        if alibi_slopes is not None:
+            p.alibi_slopes = describe(alibi_slopes, FA_DTYPE_FLOAT32)
         n = ctypes.c_size_t(0)
         self.check(self.lib.fa_backward_workspace_size(self.ctx, ctypes.byref(p), ctypes.byref(n)),
                    "fa_backward_workspace_size")

@@ -3,7 +3,7 @@ the same inputs twice, with the default path (FA_PATH_AUTO: the Hopper kernels w
 the portable mma.sync kernels (FA_PATH_SM80), each checked against the first backend's output and named by the
 kernel the library reports launching, then, with --baseline-lib, the baseline build on the same tensors; the
 managed exe's figure for the shape is merged in. Fixed-length 16-bit rows also time our default path with learnable
-sinks on the same tensors (ours_sinks_*, sinks_ratio: their cost). Each column's failure is recorded in the row's errors under its
+sinks on the same tensors (ours_sinks_*, sinks_ratio: their cost) and with ALiBi (ours_alibi_*, alibi_ratio). Each column's failure is recorded in the row's errors under its
 own key; nothing stops the pass. Needs torch and a GPU (run.py imports this module only when it runs the pass).
 
 e4m3 rows (the fp8 forward, TARGETS.md aim 2): FA3's inputs (bf16 normals rounded to e4m3), our fp8 forward on the
@@ -108,6 +108,50 @@ def time_sinks(row, flops, fa, bench, code, q2, k2, v2, causal, ref, against):
         row["sinks_ratio"] = row["ours_sinks_ms"] / row["ours_ms"]
 
 
+def alibi_slopes(h, device):
+    """ALiBi's standard slopes for h heads (the geometric sequence 2^(-8 (i + 1) / h), BLOOM's for a power of 2)."""
+    return torch.tensor([2.0 ** (-8.0 * (i + 1) / h) for i in range(h)], device=device, dtype=torch.float32)
+
+
+def alibi_reference(q, k, v, slopes, causal):
+    """[B, S, H, D] attention with FlashAttention-2's ALiBi bias, bottom-right, in float32 one head at a time (SDPA
+    with a float32 bias; the distance form -slope |i + sk - sq - j| for causal too: the same output as FA2's +slope j
+    form). Memory: one [sq, sk] fp32 bias at a time."""
+    b, sq, h, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    out = torch.empty_like(q)
+    i = torch.arange(sq, device=q.device).view(sq, 1) + (sk - sq)
+    j = torch.arange(sk, device=q.device).view(1, sk)
+    dist = (i - j).abs().float()
+    for hh in range(h):
+        bias = -slopes[hh] * dist
+        if causal:
+            bias = bias.masked_fill(j > i, float("-inf"))
+        hk = hh // (h // hkv)
+        qh, kh, vh = (t.float().transpose(1, 2) for t in (q[:, :, hh:hh + 1], k[:, :, hk:hk + 1], v[:, :, hk:hk + 1]))
+        out[:, :, hh:hh + 1] = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias).transpose(1, 2).to(q.dtype)
+        del bias
+    return out
+
+
+def time_alibi(row, flops, fa, bench, code, q2, k2, v2, causal):
+    """Our forward on the default path with ALiBi (standard slopes, [H]) on the row's tensors (ours_alibi_*;
+    alibi_ratio = ours_alibi_ms / ours_ms), checked against alibi_reference (float32, one head at a time)."""
+    h = q2.shape[2]
+    slopes = alibi_slopes(h, q2.device)
+    ref = None
+    try:
+        ref = alibi_reference(q2, k2, v2, slopes, causal)
+    except Exception as e:  # noqa: BLE001 - the timing below still runs, unchecked
+        row["errors"]["reference"] = "alibi reference: " + first_line(e, 200)
+    out = torch.full_like(q2, float("nan"))
+    time_path(row, "ours_alibi", FA_PATH_AUTO, flops, fa, bench,
+              lambda lib, path: lib.forward_params(code, q2, k2, v2, out, causal, path=path, alibi_slopes=slopes), ref,
+              None if ref is None else "float32 SDPA with the ALiBi bias", out)
+    if row.get("ours_ms") and row.get("ours_alibi_ms"):
+        row["alibi_ratio"] = row["ours_alibi_ms"] / row["ours_ms"]
+
+
 def time_fp8(row, flops, fa, base, bench, make_fp8, make_bf16, ref, against, out8, out16, served_here):
     """An e4m3 row's timings of ours: the fp8 forward on the default path (ours_*, checked against ref within
     MAX_FP8_REL_ERR), then our bf16 forward on the same values (ours_bf16_*, within MAX_REL_ERR), then, with
@@ -168,6 +212,8 @@ def fixed_row(s, row, flops, fa, base, bench):
     if "ours_sinks_ms" in row:  # the C ABI has sinks (0.7 on)
         time_sinks(row, flops, fa, bench, code, q2, k2, v2, causal, None if ref is None else ref.transpose(1, 2),
                    ref_name)
+    if "ours_alibi_ms" in row:  # the C ABI has ALiBi (0.8 on)
+        time_alibi(row, flops, fa, bench, code, q2, k2, v2, causal)
 
 
 def fp8_row(s, row, flops, fa, base, bench):

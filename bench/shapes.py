@@ -130,6 +130,11 @@ def new_row(s, baseline=False):
         row.update(ours_sinks_ms=None, ours_sinks_tflops=None, ours_sinks_rel_err=None, sinks_ratio=None)
         if s["pass_"] == "fwd":
             row.update(ours_sinks_kernel=None)
+        # ALiBi (C ABI 0.8): the same call with ALiBi's standard slopes (2^(-8 (h + 1) / H)); alibi_ratio =
+        # ours_alibi_ms / ours_ms is its cost (issue 14's aim: at most 1.05).
+        row.update(ours_alibi_ms=None, ours_alibi_tflops=None, ours_alibi_rel_err=None, alibi_ratio=None)
+        if s["pass_"] == "fwd":
+            row.update(ours_alibi_kernel=None)
     if s["pass_"] == "bwd":
         # Deterministic mode's time and its cost relative to the default mode; per-gradient errors.
         row.update(ours_det_ms=None, ours_det_tflops=None, ours_sm80_ms=None, ours_sm80_tflops=None, ours_sm80_rel_err=None,

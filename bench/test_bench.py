@@ -38,10 +38,10 @@ class MirrorTests(unittest.TestCase):
         fa_abi.check_layout()
         # What the hand-written mirrors asserted before the generator wrote them.
         self.assertEqual(ctypes.sizeof(fa_abi.FaTensor), 80)
-        # 0.7 appended sinks and dsinks (two fa_tensor_t) to the backward's 824 bytes.
-        self.assertEqual(ctypes.sizeof(fa_abi.FaBackwardParams), 824 + 2 * 80)
+        # 0.7 appended sinks and dsinks (two fa_tensor_t) to the backward's 824 bytes, 0.8 alibi_slopes.
+        self.assertEqual(ctypes.sizeof(fa_abi.FaBackwardParams), 824 + 3 * 80)
         # 784 through 0.6; 0.7 appended cache_batch_idx, cache_leftpad and their host copies at offset 784.
-        self.assertEqual(ctypes.sizeof(fa_abi.FaDecodeParams), 960)
+        self.assertEqual(ctypes.sizeof(fa_abi.FaDecodeParams), 960 + 80)  # 0.8 appended alibi_slopes
         self.assertEqual(fa_abi.FaDecodeParams.cache_batch_idx.offset, 784)
 
     def test_layout_check_catches_a_drifted_field(self):
@@ -100,13 +100,15 @@ class DryRunTests(unittest.TestCase):
                          [("bf16", "torch.matmul", None), ("e4m3", "torch._scaled_mm", None)])
         for key in ("ours_ms", "ours_sm80_ms", "ours_sm80_tflops", "ours_sm80_rel_err", "path", "ours_kernel",
                     "ours_sm80_kernel", "ours_sinks_ms", "ours_sinks_tflops", "ours_sinks_rel_err", "ours_sinks_kernel",
-                    "sinks_ratio"):
+                    "sinks_ratio", "ours_alibi_ms", "ours_alibi_tflops", "ours_alibi_rel_err", "ours_alibi_kernel",
+                    "alibi_ratio"):
             self.assertIn(key, fwd[0])
             self.assertIsNone(fwd[0][key])
         # The learnable sinks' timing (C ABI 0.7): on every fixed-length 16-bit row of both passes, not on varlen or e4m3.
         for r in rows:
             if r["pass"] in ("fwd", "bwd"):
                 self.assertEqual("sinks_ratio" in r, r["dtype"] != "e4m3" and not r.get("varlen"), r)
+                self.assertEqual("alibi_ratio" in r, r["dtype"] != "e4m3" and not r.get("varlen"), r)
         # e4m3: TARGETS.md's grid (D 64/128/256, causal or not, S 1k/4k/16k; no GQA or varlen row), measured (the C
         # ABI has an fp8 dtype): ours, our bf16 beside it, SDPA in bf16; no sm80 timing; not sent to the managed exe.
         e4m3 = [r for r in fwd if r["dtype"] == "e4m3"]

@@ -77,6 +77,18 @@ public readonly record struct AttentionArguments(
     /// </summary>
     public DeviceTensor? Sinks { get; init; }
 
+    /// <summary>
+    /// Optional ALiBi slopes (FlashAttention-2's <c>alibi_slopes</c>): Float32, rank 1 <c>[headsQ]</c> (one slope per
+    /// query head) or rank 2 <c>[batch, headsQ]</c> (per sequence; a variable-length batch's sequence count). The bias
+    /// added to each final logit (after the scale and softcap: not scaled, not capped; before the masks) is
+    /// <c>-slope · |i + sk - sq - j|</c>, or FlashAttention-2's causal form <c>+slope · j</c> for a causal call without a
+    /// left window (the same output; the log-sum-exp larger by <c>slope · (i + sk - sq)</c>). With
+    /// <see cref="CausalAlignment.TopLeft"/> the offset <c>sk - sq</c> is 0. Null: no ALiBi. The backward pass takes the
+    /// same slopes (<see cref="BackwardArguments.AlibiSlopes"/>); they get no gradient. Served by every path and dtype
+    /// (C ABI 0.8).
+    /// </summary>
+    public DeviceTensor? AlibiSlopes { get; init; }
+
     /// <summary>Whether any descale factor table is set.</summary>
     internal bool HasDescale => QDescale is not null || KDescale is not null || VDescale is not null;
 

@@ -133,6 +133,91 @@ public static partial class AttentionReference
             queryGrad, keyGrad, valueGrad, sinkGrad);
 
     /// <summary>
+    /// Runs the attention backward pass in float64 with learnable sinks and ALiBi slopes (each optional: an empty span is
+    /// none); the slopes get no gradient.
+    /// </summary>
+    /// <param name="q">Queries, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="outputGrad">Gradient of the loss with respect to the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="shape">The sizes.</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale.</param>
+    /// <param name="sinks">The forward call's sink logits, <c>[HeadsQ]</c>, or empty for none.</param>
+    /// <param name="alibiSlopes">
+    /// ALiBi slopes, <c>[headsQ]</c> or <c>[batch, headsQ]</c> (batch: the sequences of a variable-length batch), or empty for
+    /// none: FlashAttention-2's bias (<c>-slope · |i + off - j|</c>, or <c>+slope · j</c> for a causal mask without a left
+    /// window; see <see cref="AttentionArguments.AlibiSlopes"/>), added after the scale and softcap.
+    /// </param>
+    /// <param name="queryGrad">Receives the gradient of q.</param>
+    /// <param name="keyGrad">Receives the gradient of k.</param>
+    /// <param name="valueGrad">Receives the gradient of v.</param>
+    /// <param name="sinkGrad">Receives the gradient of the sinks, <c>[HeadsQ]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">A span length does not match <paramref name="shape"/>, or the shape is invalid.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
+    public static void Backward(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        ReadOnlySpan<double> outputGrad,
+        AttentionShape shape,
+        AttentionOptions options,
+        ReadOnlySpan<double> sinks,
+        ReadOnlySpan<double> alibiSlopes,
+        Span<double> queryGrad,
+        Span<double> keyGrad,
+        Span<double> valueGrad,
+        Span<double> sinkGrad) =>
+        BackwardWithExtras(
+            q, k, v, outputGrad, shape, options, SinksAndAlibi(sinks, alibiSlopes), queryGrad, keyGrad, valueGrad, sinkGrad);
+
+    /// <summary>
+    /// Runs the attention backward pass in float64 over a variable-length batch with learnable sinks and ALiBi slopes (each
+    /// optional: an empty span is none); the slopes get no gradient.
+    /// </summary>
+    /// <param name="q">Packed queries, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="k">Packed keys, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="v">Packed values, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="outputGrad">Gradient of the loss with respect to the packed output, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="seqLensQ">Query length of each sequence (0 or more).</param>
+    /// <param name="seqLensK">Key length of each sequence (0 or more).</param>
+    /// <param name="headsQ">Query heads.</param>
+    /// <param name="headsKv">Key/value heads.</param>
+    /// <param name="headDim">Head dimension.</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale.</param>
+    /// <param name="sinks">The forward call's sink logits, <c>[headsQ]</c>, or empty for none.</param>
+    /// <param name="alibiSlopes">
+    /// ALiBi slopes, <c>[headsQ]</c> or <c>[batch, headsQ]</c> (batch: the sequences of a variable-length batch), or empty for
+    /// none: FlashAttention-2's bias (<c>-slope · |i + off - j|</c>, or <c>+slope · j</c> for a causal mask without a left
+    /// window; see <see cref="AttentionArguments.AlibiSlopes"/>), added after the scale and softcap.
+    /// </param>
+    /// <param name="queryGrad">Receives the gradient of q.</param>
+    /// <param name="keyGrad">Receives the gradient of k.</param>
+    /// <param name="valueGrad">Receives the gradient of v.</param>
+    /// <param name="sinkGrad">Receives the gradient of the sinks, <c>[headsQ]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">The sizes or span lengths are inconsistent.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
+    public static void BackwardVarlen(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        ReadOnlySpan<double> outputGrad,
+        ReadOnlySpan<int> seqLensQ,
+        ReadOnlySpan<int> seqLensK,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        AttentionOptions options,
+        ReadOnlySpan<double> sinks,
+        ReadOnlySpan<double> alibiSlopes,
+        Span<double> queryGrad,
+        Span<double> keyGrad,
+        Span<double> valueGrad,
+        Span<double> sinkGrad) =>
+        BackwardVarlenWithExtras(
+            q, k, v, outputGrad, seqLensQ, seqLensK, headsQ, headsKv, headDim, options, SinksAndAlibi(sinks, alibiSlopes),
+            queryGrad, keyGrad, valueGrad, sinkGrad);
+
+    /// <summary>
     /// Runs the attention backward pass in float64 with the options of <see cref="ReferenceExtras"/>: v, the output
     /// gradient and dV have <c>ValueHeadDim</c> columns; <paramref name="sinkGrad"/> (<c>[HeadsQ]</c>, or empty to skip
     /// it) receives the sinks' gradient summed over batches and rows (0 without sinks); dropout regenerates the

@@ -452,6 +452,13 @@ public static class DecodeReference
         }
 
         var leftPad = new int[batch];
+        if (serving.AlibiSlopes is { } alibiSlopes && alibiSlopes.Length != headsQ && alibiSlopes.LongLength != (long)batch * headsQ)
+        {
+            throw new ArgumentException(
+                $"AlibiSlopes has {alibiSlopes.Length} values; it must be [headsQ] ({headsQ}) or [batch, headsQ] ({(long)batch * headsQ}).",
+                nameof(serving));
+        }
+
         if (serving.CacheLeftPad is { } pads)
         {
             RequireLength(pads.Length, batch, "CacheLeftPad", "[batch]");
@@ -567,12 +574,21 @@ public static class DecodeReference
                 vCache.Slice(source, rowElements).CopyTo(values.AsSpan(j * rowElements, rowElements));
             }
 
-            AttentionReference.Forward(
+            // ALiBi: this sequence's slopes, with FA2's kvcache seqlen_k (the capacity) deciding the causal form.
+            ReferenceExtras extras = serving.AlibiSlopes is { } slopes
+                ? new ReferenceExtras
+                {
+                    AlibiSlopes = slopes.Length == headsQ ? slopes : slopes.AsSpan(b * headsQ, headsQ).ToArray(),
+                    AlibiSeqLenK = (int)Math.Min(map.Capacity, int.MaxValue),
+                }
+                : ReferenceExtras.None;
+            AttentionReference.ForwardWithExtras(
                 queries,
                 keys,
                 values,
                 new AttentionShape(1, seqLenQ, keyCount, headsQ, headsKv, headDim),
                 options,
+                extras,
                 output.Slice(b * qPerSequence, qPerSequence),
                 logSumExp.IsEmpty ? Span<double>.Empty : logSumExp.Slice(b * lsePerSequence, lsePerSequence));
         }

@@ -6,7 +6,8 @@ namespace FlashAttn;
 /// The issue-14 options of the float64 reference (ALiBi, attention sinks, a V head dim different from the QK head
 /// dim, dropout), with the meanings of <c>../shared/FEATURES.md</c>. Internal: only the reference and its tests use
 /// it, until the C ABI and <see cref="AttentionOptions"/> grow the same options and map onto it. The sinks have (C ABI
-/// 0.7): the public reference overloads that take <c>sinks</c> map onto <see cref="Sinks"/>.
+/// 0.7): the public reference overloads that take <c>sinks</c> map onto <see cref="Sinks"/>; so have the ALiBi slopes
+/// (0.8): the overloads that take <c>alibiSlopes</c>, and <see cref="DecodeServingOptions.AlibiSlopes"/>.
 /// </summary>
 /// <remarks>
 /// <para>
@@ -44,6 +45,13 @@ internal sealed record ReferenceExtras
 
     /// <summary>ALiBi slopes, <c>[headsQ]</c> or <c>[batch, headsQ]</c> (batch: sequences for varlen); null for none.</summary>
     public double[]? AlibiSlopes { get; init; }
+
+    /// <summary>
+    /// The key length FA2 compares <c>WindowLeft</c> with when it decides the causal ALiBi form (a left window of at
+    /// least it is unbounded); null: the call's longest key sequence. The decode reference passes the cache capacity,
+    /// as <c>flash_attn_with_kvcache</c> (whose seqlen_k is <c>k_cache.shape[1]</c>) and fa_decode do.
+    /// </summary>
+    public int? AlibiSeqLenK { get; init; }
 
     /// <summary>Attention-sink logits, <c>[headsQ]</c>; null for none.</summary>
     public double[]? Sinks { get; init; }
@@ -106,7 +114,7 @@ public static partial class AttentionReference
 
                 // FA2 adds +slope*j when its mask is causal: window (-1, 0) after window_left >= seqlen_k became -1.
                 bool rightZero = options.Causal || options.WindowRight == 0;
-                bool leftOpen = options.WindowLeft is not { } left || left >= maxSeqLenK;
+                bool leftOpen = options.WindowLeft is not { } left || left >= (extras.AlibiSeqLenK ?? maxSeqLenK);
                 AlibiColumnForm = rightZero && leftOpen;
             }
 
@@ -167,6 +175,13 @@ public static partial class AttentionReference
         public bool Keep(int b, int h, int i, int j) =>
             Philox.DropoutKeep(_seed, _offset, b, h, HeadsQ, (uint)i, (uint)j, _threshold);
     }
+
+    /// <summary>The extras of the public overloads: an empty span is "none".</summary>
+    private static ReferenceExtras SinksAndAlibi(ReadOnlySpan<double> sinks, ReadOnlySpan<double> alibiSlopes) => new()
+    {
+        Sinks = sinks.IsEmpty ? null : sinks.ToArray(),
+        AlibiSlopes = alibiSlopes.IsEmpty ? null : alibiSlopes.ToArray(),
+    };
 
     /// <summary>The diagonal offset of <paramref name="options"/>' alignment: <c>sk - sq</c> bottom-right, 0 top-left.</summary>
     private static long DiagonalOffset(AttentionOptions options, int seqLenQ, int seqLenK) =>

@@ -57,7 +57,26 @@ public static partial class AttentionReference
         ReadOnlySpan<float> vDescale,
         Span<double> output,
         Span<double> logSumExp,
-        bool roundProbabilities = false)
+        bool roundProbabilities = false) =>
+        ForwardFloat8WithAlibi(q, k, v, shape, options, qDescale, kDescale, vDescale, output, logSumExp, roundProbabilities, null);
+
+    /// <summary>
+    /// <see cref="ForwardFloat8(ReadOnlySpan{Float8E4M3}, ReadOnlySpan{Float8E4M3}, ReadOnlySpan{Float8E4M3}, AttentionShape, AttentionOptions, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, Span{double}, Span{double}, bool)"/>
+    /// with ALiBi slopes (<c>[headsQ]</c> or <c>[batch, headsQ]</c>; null: none), added to the true (descaled) logits.
+    /// </summary>
+    internal static void ForwardFloat8WithAlibi(
+        ReadOnlySpan<Float8E4M3> q,
+        ReadOnlySpan<Float8E4M3> k,
+        ReadOnlySpan<Float8E4M3> v,
+        AttentionShape shape,
+        AttentionOptions options,
+        ReadOnlySpan<float> qDescale,
+        ReadOnlySpan<float> kDescale,
+        ReadOnlySpan<float> vDescale,
+        Span<double> output,
+        Span<double> logSumExp,
+        bool roundProbabilities,
+        double[]? alibiSlopes)
     {
         ArgumentNullException.ThrowIfNull(options);
         shape.Validate(nameof(shape));
@@ -65,7 +84,9 @@ public static partial class AttentionReference
         int seqQ = shape.SeqLenQ, seqK = shape.SeqLenK;
         var (tq, tk, tv) = Dequantize(
             q, k, v, qDescale, kDescale, vDescale, t => (int)(t / seqQ), t => (int)(t / seqK), shape.HeadsQ, shape.HeadsKv, shape.HeadDim);
-        ForwardWithExtras(tq, tk, tv, shape, options, Float8Extras(roundProbabilities), output, logSumExp);
+        ReferenceExtras extras = Float8Extras(roundProbabilities);
+        ForwardWithExtras(tq, tk, tv, shape, options, alibiSlopes is null ? extras : extras with { AlibiSlopes = alibiSlopes }, output,
+            logSumExp);
     }
 
     /// <summary>

@@ -113,6 +113,77 @@ public static partial class AttentionReference
             logSumExp);
 
     /// <summary>
+    /// Runs attention forward in float64 with learnable sinks and ALiBi slopes (each optional: an empty span is none), as
+    /// <see cref="Forward(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, AttentionShape, AttentionOptions, ReadOnlySpan{double}, Span{double}, Span{double})"/>.
+    /// </summary>
+    /// <param name="q">Queries, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="shape">The sizes.</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale.</param>
+    /// <param name="sinks">One sink logit per query head, <c>[HeadsQ]</c>, or empty for none.</param>
+    /// <param name="alibiSlopes">
+    /// ALiBi slopes, <c>[headsQ]</c> or <c>[batch, headsQ]</c> (batch: the sequences of a variable-length batch), or empty for
+    /// none: FlashAttention-2's bias (<c>-slope · |i + off - j|</c>, or <c>+slope · j</c> for a causal mask without a left
+    /// window; see <see cref="AttentionArguments.AlibiSlopes"/>), added after the scale and softcap.
+    /// </param>
+    /// <param name="output">Receives the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="logSumExp">Receives the log-sum-exp, <c>[Batch, HeadsQ, SeqLenQ]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">A span length does not match <paramref name="shape"/>, or the shape is invalid.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
+    public static void Forward(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        AttentionShape shape,
+        AttentionOptions options,
+        ReadOnlySpan<double> sinks,
+        ReadOnlySpan<double> alibiSlopes,
+        Span<double> output,
+        Span<double> logSumExp) =>
+        ForwardWithExtras(q, k, v, shape, options, SinksAndAlibi(sinks, alibiSlopes), output, logSumExp);
+
+    /// <summary>
+    /// Runs attention forward in float64 over a variable-length batch with learnable sinks and ALiBi slopes (each optional:
+    /// an empty span is none).
+    /// </summary>
+    /// <param name="q">Packed queries, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="k">Packed keys, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="v">Packed values, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="seqLensQ">Query length of each sequence (0 or more).</param>
+    /// <param name="seqLensK">Key length of each sequence (0 or more).</param>
+    /// <param name="headsQ">Query heads.</param>
+    /// <param name="headsKv">Key/value heads.</param>
+    /// <param name="headDim">Head dimension.</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale.</param>
+    /// <param name="sinks">One sink logit per query head, <c>[headsQ]</c>, or empty for none.</param>
+    /// <param name="alibiSlopes">
+    /// ALiBi slopes, <c>[headsQ]</c> or <c>[batch, headsQ]</c> (batch: the sequences of a variable-length batch), or empty for
+    /// none: FlashAttention-2's bias (<c>-slope · |i + off - j|</c>, or <c>+slope · j</c> for a causal mask without a left
+    /// window; see <see cref="AttentionArguments.AlibiSlopes"/>), added after the scale and softcap.
+    /// </param>
+    /// <param name="output">Receives the output, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="logSumExp">Receives the log-sum-exp, <c>[headsQ, totalQ]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">The sizes or span lengths are inconsistent.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
+    public static void ForwardVarlen(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        ReadOnlySpan<int> seqLensQ,
+        ReadOnlySpan<int> seqLensK,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        AttentionOptions options,
+        ReadOnlySpan<double> sinks,
+        ReadOnlySpan<double> alibiSlopes,
+        Span<double> output,
+        Span<double> logSumExp) =>
+        ForwardVarlenWithExtras(
+            q, k, v, seqLensQ, seqLensK, headsQ, headsKv, headDim, options, SinksAndAlibi(sinks, alibiSlopes), output, logSumExp);
+
+    /// <summary>
     /// Runs attention forward in float64 with the options of <see cref="ReferenceExtras"/> (ALiBi, sinks, a V head
     /// dim, dropout); v and the output have <c>ValueHeadDim</c> columns.
     /// </summary>

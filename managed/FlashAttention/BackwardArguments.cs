@@ -64,8 +64,14 @@ public readonly record struct BackwardArguments(
     /// </summary>
     public DeviceTensor? DSinks { get; init; }
 
-    /// <summary>The forward call's arguments these were derived from (q, k, v, output and the log-sum-exp, with the batch and sinks).</summary>
-    public AttentionArguments ForwardArguments => new(Q, K, V, Output, LogSumExp, Batch) { Sinks = Sinks };
+    /// <summary>
+    /// The ALiBi slopes of the forward call (<see cref="AttentionArguments.AlibiSlopes"/>: Float32 <c>[headsQ]</c> or
+    /// <c>[batch, headsQ]</c>), or null when it had none. The backward recomputes the same bias; the slopes get no gradient.
+    /// </summary>
+    public DeviceTensor? AlibiSlopes { get; init; }
+
+    /// <summary>The forward call's arguments these were derived from (q, k, v, output and the log-sum-exp, with the batch, sinks and ALiBi slopes).</summary>
+    public AttentionArguments ForwardArguments => new(Q, K, V, Output, LogSumExp, Batch) { Sinks = Sinks, AlibiSlopes = AlibiSlopes };
 
     /// <summary>Throws <see cref="ArgumentNullException"/> for the first required tensor that is null.</summary>
     internal void ThrowIfIncomplete()

@@ -54,6 +54,15 @@ public readonly record struct DecodeArguments(
     /// </summary>
     public int[]? CacheRows { get; init; }
 
+    /// <summary>
+    /// Optional ALiBi slopes (flash-attn's <c>alibi_slopes</c>), Float32 <c>[headsQ]</c> or <c>[batch, headsQ]</c> (as
+    /// <see cref="AttentionArguments.AlibiSlopes"/>). Distances count keys from the row's left padding: with
+    /// <c>sk = length + appended - pad</c>, new token <c>i</c> and key position <c>p</c> get <c>-slope · |i + sk - sq - (p - pad)|</c>,
+    /// or, causal (FlashAttention-2 keeps the causal form with ALiBi even for one new token), <c>+slope · (p - pad)</c>,
+    /// whose log-sum-exp is larger by <c>slope · (i + sk - sq)</c>. Null: no ALiBi (C ABI 0.8).
+    /// </summary>
+    public DeviceTensor? AlibiSlopes { get; init; }
+
     /// <summary>Throws <see cref="ArgumentNullException"/> for the first required argument that is null.</summary>
     internal void ThrowIfIncomplete()
     {

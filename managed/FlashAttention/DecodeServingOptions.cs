@@ -37,6 +37,14 @@ public sealed record DecodeServingOptions
     /// </summary>
     public int[]? CacheLeftPad { get; init; }
 
+    /// <summary>
+    /// <c>alibi_slopes</c>, <c>[headsQ]</c> or <c>[batch, headsQ]</c> (C ABI 0.8, <see cref="DecodeArguments.AlibiSlopes"/>):
+    /// FlashAttention-2's bias over each sequence's keys counted from its left pad (<c>sk = total - pad</c>), the causal
+    /// form <c>+slope · (p - pad)</c> for a causal call without a left window shorter than the capacity (kept for one
+    /// new token), else <c>-slope · |i + sk - sq - (p - pad)|</c>. Null: none.
+    /// </summary>
+    public double[]? AlibiSlopes { get; init; }
+
     /// <summary><c>rotary_cos</c>, <c>[seqlenRo, RotaryDim / 2]</c>; given exactly when <see cref="RotarySin"/> is, and only with new keys.</summary>
     internal double[]? RotaryCos { get; init; }
 

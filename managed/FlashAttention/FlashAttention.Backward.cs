@@ -453,6 +453,7 @@ public sealed partial class FlashAttention
         using var lck = new HandleLease(batch?.CuSeqlensK.Owner);
         using var lsk = new HandleLease(a.Sinks?.Owner);
         using var ldsk = new HandleLease(a.DSinks?.Owner);
+        using var lal = new HandleLease(a.AlibiSlopes?.Owner);
 
         FaBackwardParams p = default;
         Errors.ThrowIfFailed(NativeMethods.fa_backward_params_init(&p, (nuint)sizeof(FaBackwardParams)));
@@ -473,6 +474,11 @@ public sealed partial class FlashAttention
         if (a.DSinks is { } dsinks)
         {
             p.dsinks = dsinks.ToNative(ldsk.Pointer);
+        }
+
+        if (a.AlibiSlopes is { } slopes)
+        {
+            p.alibi_slopes = slopes.ToNative(lal.Pointer);
         }
 
         NativeOptions.Write(options, ref p);

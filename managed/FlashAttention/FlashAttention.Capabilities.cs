@@ -105,6 +105,7 @@ public sealed partial class FlashAttention
         q.window = query.Window ? 1 : 0;
         q.softcap = query.Softcap ? 1 : 0;
         q.sinks = query.Sinks ? 1 : 0;
+        q.alibi = query.Alibi ? 1 : 0;
         q.varlen = query.Varlen ? 1 : 0;
         q.kernel_path = (int)query.KernelPath;
         FaStatus status = NativeMethods.fa_query_support(&q);

@@ -329,6 +329,7 @@ public sealed partial class FlashAttention
         using var lvc = new HandleLease(cache.Values.Owner);
         using var lkn = new HandleLease(kNew?.Owner);
         using var lvn = new HandleLease(vNew?.Owner);
+        using var lal = new HandleLease(args.AlibiSlopes?.Owner);
         using var lo = new HandleLease(output.Owner);
         using var ll = new HandleLease(lse?.Owner);
         using var lsl = new HandleLease(step.SeqLens.Owner);
@@ -367,6 +368,11 @@ public sealed partial class FlashAttention
         if (step.Pads is { } pads)
         {
             p.cache_leftpad = pads.ToNative(lpads.Pointer);
+        }
+
+        if (args.AlibiSlopes is { } slopes)
+        {
+            p.alibi_slopes = slopes.ToNative(lal.Pointer);
         }
         if (cache.BlockTable is { } table)
         {
@@ -577,6 +583,11 @@ public sealed partial class FlashAttention
         if (device is not null && cache.Device is not null && cache.Device.Ordinal != device.Ordinal)
         {
             return new Problem(nameof(cache), $"The cache lives on cuda:{cache.Device.Ordinal} but this FlashAttention runs on cuda:{device.Ordinal}.");
+        }
+
+        if (AlibiProblem(args.AlibiSlopes, batch, headsQ, device) is { } alibiProblem)
+        {
+            return alibiProblem;
         }
 
         return null;

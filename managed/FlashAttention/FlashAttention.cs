@@ -304,10 +304,16 @@ public sealed partial class FlashAttention : IDisposable
         using var lkd = new HandleLease(args.KDescale?.Owner);
         using var lvd = new HandleLease(args.VDescale?.Owner);
         using var lsk = new HandleLease(args.Sinks?.Owner);
+        using var lal = new HandleLease(args.AlibiSlopes?.Owner);
         FaForwardParams p = BuildParams(q, lq.Pointer, k, lk.Pointer, v, lv.Pointer, output, lo.Pointer, lse, ll.Pointer, options);
         if (args.Sinks is { } sinks)
         {
             p.sinks = sinks.ToNative(lsk.Pointer);
+        }
+
+        if (args.AlibiSlopes is { } slopes)
+        {
+            p.alibi_slopes = slopes.ToNative(lal.Pointer);
         }
 
         if (args.QDescale is { } qd)
@@ -442,7 +448,38 @@ public sealed partial class FlashAttention : IDisposable
 
         return (batch is null ? null : BatchProblem(batch, q.Shape[0], k.Shape[0], device)) ??
             DescaleProblems(args, batch?.BatchSize ?? q.Shape[0], headsKv, device) ??
-            SinksProblem(args.Sinks, "sinks", headsQ, device);
+            SinksProblem(args.Sinks, "sinks", headsQ, device) ??
+            AlibiProblem(args.AlibiSlopes, batch?.BatchSize ?? q.Shape[0], headsQ, device);
+    }
+
+    /// <summary>
+    /// Dtype, rank, shape and device of ALiBi slopes (Float32 <c>[headsQ]</c> or <c>[batch, headsQ]</c>); null when absent
+    /// or when they pass. Strides and alignment are the native library's checks.
+    /// </summary>
+    private static Problem? AlibiProblem(DeviceTensor? t, long batch, long headsQ, CudaDevice? device)
+    {
+        const string name = "alibiSlopes";
+        if (t is null)
+        {
+            return null;
+        }
+
+        if (t.DataType != DataType.Float32)
+        {
+            return new Problem(name, $"alibiSlopes (alibi_slopes) must be Float32; it is {t.DataType}.");
+        }
+
+        bool perHead = t.Rank == 1 && t.Shape[0] == headsQ;
+        bool perBatch = t.Rank == 2 && t.Shape[0] == batch && t.Shape[1] == headsQ;
+        if (!perHead && !perBatch)
+        {
+            return new Problem(
+                name, $"alibiSlopes (alibi_slopes) must be [heads_q={headsQ}] or [batch={batch}, heads_q={headsQ}] (one slope per query head); it is {t}.");
+        }
+
+        return device is not null && t.Device is not null && t.Device.Ordinal != device.Ordinal
+            ? new Problem(name, $"alibiSlopes lives on cuda:{t.Device.Ordinal} but this FlashAttention runs on cuda:{device.Ordinal}.")
+            : null;
     }
 
     /// <summary>

@@ -22,6 +22,10 @@ namespace FlashAttn;
 /// Whether the call has learnable sinks (<see cref="AttentionArguments.Sinks"/>; for the backward pass also their gradient
 /// <see cref="BackwardArguments.DSinks"/>): served by the forward and backward passes on every path; decode has none.
 /// </param>
+/// <param name="Alibi">
+/// Whether the call has ALiBi slopes (<see cref="AttentionArguments.AlibiSlopes"/>, <see cref="BackwardArguments.AlibiSlopes"/>,
+/// <see cref="DecodeArguments.AlibiSlopes"/>): served by every pass on every path and dtype (C ABI 0.8).
+/// </param>
 public sealed record SupportQuery(
     AttentionPass Pass,
     DataType DataType,
@@ -32,7 +36,8 @@ public sealed record SupportQuery(
     bool Varlen = false,
     int ComputeCapability = 0,
     KernelPath KernelPath = KernelPath.Auto,
-    bool Sinks = false)
+    bool Sinks = false,
+    bool Alibi = false)
 {
     /// <summary>The query that describes a call with these options.</summary>
     /// <param name="pass">The computation.</param>

@@ -24,7 +24,7 @@
 
 /* Version of this header. fa_version() reports the version of the loaded binary. */
 #define FA_VERSION_MAJOR 0
-#define FA_VERSION_MINOR 7
+#define FA_VERSION_MINOR 8
 #define FA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
@@ -234,6 +234,18 @@ typedef struct fa_forward_params {
        of the forward serves it (fp8 too: sigma is then in the units of the descaled logits).
        (Since 0.7: an older caller's smaller struct gets data NULL.) */
     fa_tensor_t sinks;
+    /* Optional ALiBi slopes (FlashAttention-2's alibi_slopes): an fp32 device tensor, rank 1 [heads_q] (one slope
+       per query head, every sequence) or rank 2 [batch, heads_q] (per sequence and query head; with a
+       variable-length batch batch is varlen_batch); strides in elements, >= 1; 4-byte aligned. Adds to the final
+       logit x_ij (after scale and softcap: the bias is not multiplied by softmax_scale and not capped) the bias
+         -slope * |i + sk - sq - j|   (not causal, sliding windows included; sk, sq: the sequence's lengths), or
+         +slope * j                   (causal without a left window: window (-1, 0) after the causal fold),
+       i and j counted within the sequence. The causal form is FlashAttention-2's: on the visible keys it differs
+       from the first by the row constant slope * (i + sk - sq), so out is the same but lse is larger by that
+       constant. With FA_CAUSAL_TOP_LEFT, sk - sq is replaced by 0 (the offset of the mask's diagonal). A
+       positive slope decays with distance; masked keys stay hidden. data NULL: no ALiBi.
+       (Since 0.8: an older caller's smaller struct gets data NULL.) */
+    fa_tensor_t alibi_slopes;
 } fa_forward_params_t;
 
 /* Arguments of fa_backward. Fill with fa_backward_params_init, then set the fields you need. The options
@@ -311,6 +323,9 @@ typedef struct fa_backward_params {
        e^(sinks[h] - lse[b, h, i]) * rowsum(dout * out)[b, h, i]. The sum runs in a fixed order, so it is
        bitwise identical run after run whatever deterministic says. (Since 0.7.) */
     fa_tensor_t dsinks;
+    /* The ALiBi slopes of the forward call (see fa_forward_params_t; data NULL: none). The backward recomputes the
+       same bias; the slopes get no gradient. (Since 0.8: an older caller's smaller struct gets data NULL.) */
+    fa_tensor_t alibi_slopes;
 } fa_backward_params_t;
 
 /* Arguments of fa_decode. Fill with fa_decode_params_init, then set the fields you need.
@@ -408,6 +423,12 @@ typedef struct fa_decode_params {
        before anything is launched otherwise. Without it the kernels clamp a pad outside 0 .. total_b and report
        it (FA_STATUS_DEVICE_CHECK_FAILED naming cache_leftpad). Only with cache_leftpad.data. */
     const int32_t* cache_leftpad_host;
+    /* Since 0.8. Optional ALiBi slopes, fp32 [heads_q] or [batch, heads_q] (see fa_forward_params_t). Distances
+       count keys from the left pad: sk = cache_seqlens[b] + seqlen_knew - cache_leftpad[b], so a new token i sees
+       key position p (absolute, p >= pad) with bias -slope * |i + sk - seqlen_q - (p - pad)|, or, causal (as
+       FlashAttention-2, which keeps causal on with ALiBi even for seqlen_q = 1), +slope * (p - pad), whose lse
+       is larger by slope * (i + sk - seqlen_q). data NULL: no ALiBi. */
+    fa_tensor_t alibi_slopes;
 } fa_decode_params_t;
 
 /* A question for fa_query_support: is this kind of call served by this build on this GPU? */
@@ -435,6 +456,10 @@ typedef struct fa_support_query {
     /* 1 if the call has learnable sinks (fa_forward_params_t.sinks; with FA_PASS_BACKWARD also dsinks). Served by
        the forward and the backward on every path; fa_decode has none. (Since 0.7: a 0.6-sized query gets 0.) */
     int32_t sinks;
+    /* 1 if the call has ALiBi slopes (alibi_slopes of fa_forward_params_t, fa_backward_params_t or
+       fa_decode_params_t). Served by every pass on every path and dtype (fp8 included). (Since 0.8: a 0.7-sized
+       query gets 0.) */
+    int32_t alibi;
 } fa_support_query_t;
 
 /* Properties of one CUDA device. */

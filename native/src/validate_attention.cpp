@@ -215,6 +215,13 @@ void check_sinks(const AttentionArgs& a, AttentionShape& sh) {
     }
 }
 
+// The ALiBi slopes (absent: nullptr or data NULL): [heads_q] or [batch, heads_q] fp32 (validate_common.cpp).
+void check_alibi(const AttentionArgs& a, AttentionShape& sh) {
+    static const fa_tensor_t kNone{};
+    sh.alibi = check_alibi_slopes(a.alibi_slopes != nullptr ? *a.alibi_slopes : kNone, sh.b,
+                                  sh.varlen ? "varlen_batch" : "q.shape[0]", sh.hq);
+}
+
 void check_options(const AttentionArgs& a) {
     check_softmax_scale(a.softmax_scale);
     check_flag(a.causal, "causal");
@@ -257,6 +264,10 @@ void check_outputs_apart(const AttentionArgs& a, const AttentionShape& sh) {
         check_no_overlap(sh.out, "out", sh.sinks, "sinks");
         if (sh.has_lse) check_no_overlap(sh.lse, "lse", sh.sinks, "sinks");
     }
+    if (sh.alibi.on) {
+        check_no_overlap(sh.out, "out", sh.alibi.extent, "alibi_slopes");
+        if (sh.has_lse) check_no_overlap(sh.lse, "lse", sh.alibi.extent, "alibi_slopes");
+    }
     if (sh.varlen) {
         const Extent cq = cu_extent(a.cu_seqlens_q, a.varlen_batch, "cu_seqlens_q");
         const Extent ck = cu_extent(a.cu_seqlens_k, a.varlen_batch, "cu_seqlens_k");
@@ -281,6 +292,7 @@ AttentionShape check_attention(const AttentionArgs& a) {
     check_tensors_agree(a, sh);
     check_descales(a, sh);
     check_sinks(a, sh);
+    check_alibi(a, sh);
     check_options(a);
     check_host_copies(a, sh);
     check_outputs_apart(a, sh);
@@ -331,6 +343,7 @@ void add_attention_memory(const AttentionArgs& a, const AttentionShape& sh, Memo
     memory.add("k_descale.data", "k_descale's shape and strides", sh.descale[1]);
     memory.add("v_descale.data", "v_descale's shape and strides", sh.descale[2]);
     memory.add("sinks.data", "sinks' shape and strides", sh.sinks);  // absent: empty, skipped
+    memory.add("alibi_slopes.data", "alibi_slopes' shape and strides", sh.alibi.extent);  // likewise
 }
 
 FwdParams attention_params(const AttentionArgs& a, const AttentionShape& sh) {
@@ -423,6 +436,15 @@ FwdParams attention_params(const AttentionArgs& a, const AttentionShape& sh) {
     if (sh.has_sinks) {
         p.sinks = static_cast<const float*>(a.sinks->data);
         p.sinks_stride = a.sinks->strides[0];
+    }
+    if (sh.alibi.on) {
+        p.alibi_slopes = static_cast<const float*>(a.alibi_slopes->data);
+        p.alibi_batch_stride = sh.alibi.batch_stride;
+        p.alibi_head_stride = sh.alibi.head_stride;
+        // FlashAttention-2's causal form (+slope * j) is for its "causal" calls: window (-1, 0) once a left side of
+        // at least seqlen_k (the longest, for a variable-length batch) has become -1; a causal call with a left
+        // window, or any other window, takes -slope * |i + off - j|.
+        p.alibi_causal = p.window_right == 0 && (a.window_left < 0 || a.window_left >= p.sk) ? 1 : 0;
     }
     return p;
 }

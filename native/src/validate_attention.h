@@ -47,6 +47,8 @@ struct AttentionArgs {
     const fa_tensor_t* v_descale = nullptr;
     // The learnable sinks ([heads_q] fp32; since 0.7); nullptr or data NULL: none.
     const fa_tensor_t* sinks = nullptr;
+    // The ALiBi slopes ([heads_q] or [batch, heads_q] fp32; since 0.8); nullptr or data NULL: none.
+    const fa_tensor_t* alibi_slopes = nullptr;
 };
 
 // Field `field` of the caller's params P when its struct_size covers it, else the default D's (an older, smaller
@@ -92,11 +94,12 @@ struct AttentionShape {
     Extent descale[3];         // q_descale, k_descale, v_descale; 0..0 when absent
     bool has_sinks;            // sinks given
     Extent sinks;              // 0..0 when absent
+    AlibiSlopes alibi;         // on false when absent (extent 0..0)
 };
 
 // Every INVALID_ARGUMENT check of the attention arguments, in this order: the fixed- or variable-length
 // fields, each tensor on its own, the tensors against each other (dtypes: one 16-bit dtype for all four, or fp8
-// q, k and v with a bf16 out), the fp8 descales, the sinks, the options, the host copies of cu_seqlens, then out
+// q, k and v with a bf16 out), the fp8 descales, the sinks, the ALiBi slopes, the options, the host copies of cu_seqlens, then out
 // and lse against the memory they must not overlap.
 AttentionShape check_attention(const AttentionArgs& a);
 

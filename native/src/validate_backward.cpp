@@ -8,7 +8,7 @@
 // struct itself.
 //
 // Versions of fa_backward_params_t: 0.3 to 0.6 end after workspace_size; 0.7 appends the learnable sinks and their
-// gradient dsinks, which an older caller's smaller struct lacks (read as data NULL: none).
+// gradient dsinks, 0.8 the ALiBi slopes, which an older caller's smaller struct lacks (read as data NULL: none).
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -221,6 +221,8 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     // The sinks and their gradient (since 0.7): an older caller's struct ends before them and gets D's (data NULL).
     a.sinks = &FA_FIELD_OR_DEFAULT(P, D, sinks);
     const fa_tensor_t& dsinks = FA_FIELD_OR_DEFAULT(P, D, dsinks);
+    // The ALiBi slopes (since 0.8): likewise (data NULL: none).
+    a.alibi_slopes = &FA_FIELD_OR_DEFAULT(P, D, alibi_slopes);
     const AttentionShape sh = check_attention(a);
     // The forward's UNSUPPORTED verdict waits until every argument has been checked.
     bool served = true;
@@ -244,6 +246,7 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
         read.push_back({cu_extent(P.cu_seqlens_k, P.varlen_batch, "cu_seqlens_k"), "cu_seqlens_k"});
     }
     if (sh.has_sinks) read.push_back({sh.sinks, "sinks"});
+    if (sh.alibi.on) read.push_back({sh.alibi.extent, "alibi_slopes"});
     std::vector<Named> written(grads.begin() + 1, grads.end());  // dq, dk, dv (and dsinks)
     if (dsinks.data != nullptr) written.push_back({dsinks_extent, "dsinks"});
     for (size_t i = 0; i < written.size(); ++i) {

@@ -410,5 +410,32 @@ Extent cu_extent(const int32_t* cu, int32_t batch, const char* name) {
     return buffer_extent(cu, (static_cast<size_t>(batch) + 1) * sizeof(int32_t), name);
 }
 
+AlibiSlopes check_alibi_slopes(const fa_tensor_t& t, int64_t batch, const char* batch_what, int64_t heads_q) {
+    if (t.data == nullptr) {
+        return AlibiSlopes{false, Extent{0, 0}, 0, 0};
+    }
+    if (t.rank != 1 && t.rank != 2) {
+        invalid("alibi_slopes.rank is " + s(t.rank) + "; alibi_slopes must be [heads_q] (one slope per query head) or "
+                "[batch, heads_q] (per sequence and query head), fp32");
+    }
+    const bool per_batch = t.rank == 2;
+    const Extent e = per_batch ? check_tensor({t, "alibi_slopes", {"batch", "heads_q", "", ""}, 2,
+                                               "; or [heads_q], one fp32 slope per query head"},
+                                              TensorKind::Float32)
+                               : check_tensor({t, "alibi_slopes", {"heads_q", "", "", ""}, 1,
+                                               "; or [batch, heads_q]"},
+                                              TensorKind::Float32);
+    const int64_t heads = t.shape[per_batch ? 1 : 0];
+    if (heads != heads_q) {
+        invalid("alibi_slopes.shape is " + shape_string(t) + " but its last dimension must be heads_q = " + s(heads_q) +
+                ": one slope per query head (not per KV head)");
+    }
+    if (per_batch && t.shape[0] != batch) {
+        invalid("alibi_slopes.shape is " + shape_string(t) + " but its first dimension must be the batch, " +
+                batch_what + " = " + s(batch) + " (or pass the [heads_q] form, shared by every sequence)");
+    }
+    return AlibiSlopes{true, e, per_batch ? t.strides[0] : 0, t.strides[per_batch ? 1 : 0]};
+}
+
 }  // namespace validation
 }  // namespace fa

@@ -117,6 +117,18 @@ struct SizeArg {
 // UNSUPPORTED for the first size above INT32_MAX.
 void check_int32_sizes(std::initializer_list<SizeArg> sizes);
 
+// ---- ALiBi (every pass) ---------------------------------------------------------------------------------
+
+// A call's ALiBi slopes, checked (absent: data NULL): fp32, rank 1 [heads_q] or rank 2 [batch, heads_q], positive
+// strides, 4-byte aligned. `batch` is the number of sequences (varlen_batch for a variable-length batch, named
+// `batch_what` in messages). Returns the extent (empty when absent); *batch_stride gets 0 for the rank-1 form.
+struct AlibiSlopes {
+    bool on;
+    Extent extent;
+    int64_t batch_stride, head_stride;
+};
+AlibiSlopes check_alibi_slopes(const fa_tensor_t& t, int64_t batch, const char* batch_what, int64_t heads_q);
+
 // ---- variable-length batches ----------------------------------------------------------------------------
 
 // Checks a host copy of cu_seqlens (batch + 1 prefix sums) against the rows of its tensors (`rows_what` names

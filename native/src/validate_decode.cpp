@@ -53,6 +53,7 @@ std::string describe(const DecodeParams& p) {
     if (p.added > 0) out += p.added == p.sq ? " append" : " append=" + s(p.added);
     if (p.cache_batch_idx != nullptr) out += " batch_idx(pool " + s(p.cache_rows) + ")";
     if (p.cache_leftpad != nullptr) out += " leftpad";
+    if (p.alibi_slopes != nullptr) out += p.alibi_causal ? " alibi(causal form)" : " alibi";
     if (p.causal != 0) out += " causal";
     if (p.window_left >= 0 || (p.window_right >= 0 && p.causal == 0)) {
         out += " window(" + s(p.window_left) + ", " + s(p.window_right) + ")";
@@ -121,6 +122,8 @@ struct DecodeCheck {
     fa_tensor_t batch_idx, leftpad;
     const int32_t* batch_idx_host;
     const int32_t* leftpad_host;
+    fa_tensor_t alibi_t;  // the 0.8 field, or its default (data NULL)
+    AlibiSlopes alibi{false, Extent{0, 0}, 0, 0};
     bool paged = false, append = false, has_lse = false, has_batch_idx = false, has_leftpad = false;
     Extent q{0, 0}, kc{0, 0}, vc{0, 0}, o{0, 0}, sl{0, 0}, l{0, 0}, bt{0, 0}, kn{0, 0}, vn{0, 0}, bi{0, 0}, lp{0, 0};
     int64_t b = 0, sq = 0, hq = 0, d = 0, hkv = 0;
@@ -135,11 +138,15 @@ struct DecodeCheck {
           leftpad(FA_FIELD_OR_DEFAULT(params, decode_defaults(), cache_leftpad)),
           batch_idx_host(FA_FIELD_OR_DEFAULT(params, decode_defaults(), cache_batch_idx_host)),
           leftpad_host(FA_FIELD_OR_DEFAULT(params, decode_defaults(), cache_leftpad_host)),
+          alibi_t(FA_FIELD_OR_DEFAULT(params, decode_defaults(), alibi_slopes)),
           paged(params.block_table.data != nullptr),
           append(params.k_new.data != nullptr || params.v_new.data != nullptr),
           has_lse(params.lse.data != nullptr),
           has_batch_idx(batch_idx.data != nullptr),
           has_leftpad(leftpad.data != nullptr) {}
+
+    // The ALiBi slopes (since 0.8): [heads_q] or [batch, heads_q] fp32, once b and hq are known.
+    void alibi_slopes() { alibi = check_alibi_slopes(alibi_t, b, "q.shape[0] (batch)", hq); }
 
     // The host copies go with their device arrays.
     void host_copies_paired() const {
@@ -346,7 +353,7 @@ struct DecodeCheck {
         } read[] = {{q, "q", true},          {kc, "k_cache", true}, {vc, "v_cache", true},
                     {kn, "k_new", append},   {vn, "v_new", append}, {sl, "cache_seqlens", true},
                     {bt, "block_table", paged}, {bi, "cache_batch_idx", has_batch_idx},
-                    {lp, "cache_leftpad", has_leftpad}};
+                    {lp, "cache_leftpad", has_leftpad}, {alibi.extent, "alibi_slopes", alibi.on}};
         for (const auto& r : read) {
             if (!r.given) continue;
             check_no_overlap(o, "out", r.e, r.name);
@@ -500,6 +507,14 @@ struct DecodeCheck {
         const int32_t right = P.window_right >= sq ? -1 : P.window_right;
         p.window_right = P.causal == 1 ? 0 : right;
         p.dtype = kernel_dtype(P.q.dtype);
+        if (alibi.on) {
+            p.alibi_slopes = static_cast<const float*>(alibi_t.data);
+            p.alibi_batch_stride = alibi.batch_stride;
+            p.alibi_head_stride = alibi.head_stride;
+            // FlashAttention-2's causal form for a window (-1, 0) (a left side of capacity or more is -1 above; with
+            // ALiBi it keeps causal even for seqlen_q = 1): +slope * (p - pad).
+            p.alibi_causal = p.window_right == 0 && p.window_left < 0 ? 1 : 0;
+        }
         p.num_splits = 1;
         return p;
     }
@@ -515,6 +530,7 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
     c.host_copies_paired();
     c.each_tensor();
     c.tensors_agree();
+    c.alibi_slopes();
     c.scalars();
     c.host_lengths();
     c.apart();
@@ -534,6 +550,7 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
         if (c.paged) memory->add("block_table.data", "block_table's shape and strides", c.bt);
         if (c.has_batch_idx) memory->add("cache_batch_idx.data", "cache_batch_idx' shape and strides", c.bi);
         if (c.has_leftpad) memory->add("cache_leftpad.data", "cache_leftpad's shape and strides", c.lp);
+        if (c.alibi.on) memory->add("alibi_slopes.data", "alibi_slopes' shape and strides", c.alibi.extent);
     }
     if (length_hint != nullptr) {
         // The keys a 16-row block can see are fewer with a left window.

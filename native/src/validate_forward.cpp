@@ -8,7 +8,7 @@
 //
 // Versions of fa_forward_params_t: v0.1 ends after kernel_path; v0.2 appends the window, softcap and
 // variable-length fields; v0.5 the fp8 descale tables (q_descale, k_descale, v_descale); v0.7 the learnable
-// sinks. A field is read only when
+// sinks; v0.8 the ALiBi slopes. A field is read only when
 // the caller's struct_size covers it, so an older caller's smaller struct gets the defaults fa_forward_params_init
 // writes (params_defaults.h): for the descales data NULL, a factor of 1; for the sinks data NULL, none.
 #include <cstddef>
@@ -90,6 +90,9 @@ std::string describe(const FwdParams& p) {
     if (p.sinks != nullptr) {
         out += " +sinks";
     }
+    if (p.alibi_slopes != nullptr) {
+        out += p.alibi_causal ? " +alibi(causal form)" : " +alibi";
+    }
     return out + (p.lse != nullptr ? " +lse" : "");
 }
 
@@ -104,6 +107,8 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     a.v_descale = &FA_FIELD_OR_DEFAULT(P, D, v_descale);
     // The sinks (since 0.7): likewise.
     a.sinks = &FA_FIELD_OR_DEFAULT(P, D, sinks);
+    // The ALiBi slopes (since 0.8): likewise.
+    a.alibi_slopes = &FA_FIELD_OR_DEFAULT(P, D, alibi_slopes);
     const AttentionShape shape = check_attention(a);
     check_attention_served(a, shape, compute_capability);
     // FA_PATH_SM90 where it does not serve, and fp8 anywhere but on the sm90 forward: UNSUPPORTED, saying why

@@ -30,6 +30,11 @@ int32_t query_sinks(const fa_support_query_t& query) {
     return query.struct_size >= offsetof(fa_support_query_t, sinks) + sizeof(query.sinks) ? query.sinks : 0;
 }
 
+// The alibi flag of a query (0.8), 0 for an older caller's smaller one.
+int32_t query_alibi(const fa_support_query_t& query) {
+    return query.struct_size >= offsetof(fa_support_query_t, alibi) + sizeof(query.alibi) ? query.alibi : 0;
+}
+
 // Is the query well formed? (INVALID_ARGUMENT)
 void check_query_fields(const fa_support_query_t& query) {
     // A 0.6-sized query (no sinks field) is accepted and asks about a call without sinks.
@@ -56,6 +61,7 @@ void check_query_fields(const fa_support_query_t& query) {
     check_flag(query.varlen, "query->varlen");
     check_kernel_path(query.kernel_path, "query->kernel_path");
     check_flag(query_sinks(query), "query->sinks");
+    check_flag(query_alibi(query), "query->alibi");
 }
 
 }  // namespace
@@ -118,7 +124,8 @@ void check_support_query(const fa_support_query_t& query) {
     // Causal masks, sliding windows, softcap, variable-length batches and learnable sinks (forward, fp8 included,
     // and backward) are served by every kernel of this build (sm80 path, any compute capability >= 8.0; sm90 where
     // it serves the pass): the sinks change only the forward's epilogue and the backward's preprocess, which every
-    // kernel family shares.
+    // kernel family shares. ALiBi slopes are served by every pass, path and dtype too: the masked ("local") variant
+    // of every forward and backward kernel adds the bias (common/alibi.cuh), and the decode kernel a runtime branch.
 }
 
 }  // namespace fa

@@ -67,6 +67,7 @@ struct Case {
     std::vector<int> lq, lk;  // varlen lengths (empty: fixed-length)
     bool bf16 = true;
     bool sinks = false;  // learnable sinks (C ABI 0.7): one fp32 logit per query head, and their gradient dsinks
+    int alibi = 0;       // ALiBi slopes (C ABI 0.8): 1 [hq], 2 [b, hq] (b: the sequences of a varlen batch)
 };
 
 static std::string describe(const Case& c) {
@@ -75,6 +76,7 @@ static std::string describe(const Case& c) {
                   c.b, c.hq, c.hkv, c.sq, c.sk, c.d, c.causal ? " causal" : "", c.top_left ? " top-left" : "", c.wl, c.wr,
                   c.softcap, c.lq.empty() ? "" : " varlen");
     if (c.sinks) std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " sinks");
+    if (c.alibi) std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " alibi%s", c.alibi == 2 ? "[b,hq]" : "[hq]");
     return buf;
 }
 
@@ -107,6 +109,7 @@ struct Problem {
     int64_t nq, nk, nl;
     std::vector<uint16_t> q, k, v, dout;
     std::vector<float> sinks;  // [hq] when c.sinks
+    std::vector<float> slopes;  // [hq] or [b, hq] when c.alibi
     std::vector<int> cq, ck;
     Dev *dq_, *dk_, *dv_, *q_, *k_, *v_, *o_, *do_, *lse_, *cuq_, *cuk_;
     fa_context_t ctx;
@@ -116,7 +119,9 @@ struct Problem {
 // The float64 reference of a case: dq, dk, dv; with sinks also dsinks [hq], per head the sum of its terms' magnitudes
 // sum_i e^(sigma - lse_i) |D_i| (the condition of dsinks), and the forward's lse (layout of the call:
 // [b, hq, sq] or [hq, total_q]), where a sink joins every row's denominator (FEATURES.md section 7) and a row that sees
-// no key has lse = the sink.
+// no key has lse = the sink. ALiBi (FEATURES.md section 2) adds slope * j (FlashAttention-2's causal form: causal or
+// window right 0, with no left window or one of at least the longest key sequence) or -slope * |i + off - j| to each
+// final logit, after softcap; it changes P and the lse, not the chain rule.
 static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, std::vector<double>& dq, std::vector<double>& dk,
                        std::vector<double>& dv, std::vector<double>& dsinks, std::vector<double>& dsinks_abs,
                        std::vector<double>& lse_ref, std::vector<char>& lse_empty) {
@@ -136,6 +141,8 @@ static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, 
         return from_half_bits(x[(row * heads + h) * d + j], c.bf16);
     };
     (void)o_kernel;
+    const int max_sk = varlen ? *std::max_element(c.lk.begin(), c.lk.end()) : c.sk;
+    const bool column_form = (c.causal || c.wr == 0) && (c.wl < 0 || c.wl >= max_sk);
     for (int b = 0; b < B; ++b) {
         const int sq = varlen ? c.lq[b] : c.sq, sk = varlen ? c.lk[b] : c.sk;
         const int64_t q0 = varlen ? P.cq[b] : int64_t(b) * c.sq, k0 = varlen ? P.ck[b] : int64_t(b) * c.sk;
@@ -159,6 +166,10 @@ static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, 
                         logit[j] = c.softcap * t[j];
                     } else {
                         logit[j] = u * scale;
+                    }
+                    if (c.alibi) {
+                        const double m = P.slopes[(c.alibi == 2 ? size_t(b) * hq : 0) + h];
+                        logit[j] += column_form ? m * j : -m * std::abs(i + off - j);
                     }
                     if (ok) mx = std::max(mx, logit[j]);
                 }
@@ -258,10 +269,16 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
         P.sinks.resize(c.hq);
         for (float& s : P.sinks) s = nd(rng);
     }
+    if (c.alibi) {  // FlashAttention-2's tests' draw: uniform [0, 0.3)
+        std::uniform_real_distribution<float> ud(0.f, 0.3f);
+        P.slopes.resize(size_t(c.alibi == 2 ? B : 1) * c.hq);
+        for (float& s : P.slopes) s = ud(rng);
+    }
     const int dt = c.bf16 ? FA_DTYPE_BFLOAT16 : FA_DTYPE_FLOAT16;
     Dev q(nq * 2), k(nk * 2), v(nk * 2), o(nq * 2), dO(nq * 2), lse(nl * 4), dq(nq * 2), dk(nk * 2), dv(nk * 2);
-    Dev cuq((B + 1) * 4), cuk((B + 1) * 4), sinks(c.hq * 4), dsinks(c.hq * 4);
+    Dev cuq((B + 1) * 4), cuk((B + 1) * 4), sinks(c.hq * 4), dsinks(c.hq * 4), slopes(size_t(B) * c.hq * 4);
     if (c.sinks) CHECK(fa_memcpy(sinks.p, P.sinks.data(), c.hq * 4));
+    if (c.alibi) CHECK(fa_memcpy(slopes.p, P.slopes.data(), P.slopes.size() * 4));
     CHECK(fa_memcpy(q.p, P.q.data(), nq * 2));
     CHECK(fa_memcpy(k.p, P.k.data(), nk * 2));
     CHECK(fa_memcpy(v.p, P.v.data(), nk * 2));
@@ -292,6 +309,8 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
     fp.softcap = c.softcap;
     fp.softmax_scale = c.scale;
     if (c.sinks) fp.sinks = tensor(sinks.p, FA_DTYPE_FLOAT32, {c.hq});
+    if (c.alibi == 1) fp.alibi_slopes = tensor(slopes.p, FA_DTYPE_FLOAT32, {c.hq});
+    if (c.alibi == 2) fp.alibi_slopes = tensor(slopes.p, FA_DTYPE_FLOAT32, {B, c.hq});
     CHECK(fa_memset_async(lse.p, 0xFF, nl * 4, nullptr));  // NaN poison
     if (varlen) {
         fp.cu_seqlens_q = static_cast<int32_t*>(cuq.p);
@@ -331,6 +350,7 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
     bp.varlen_batch = fp.varlen_batch;
     bp.max_seqlen_q = fp.max_seqlen_q;
     bp.max_seqlen_k = fp.max_seqlen_k;
+    bp.alibi_slopes = fp.alibi_slopes;
     if (c.sinks) {
         bp.sinks = fp.sinks;
         bp.dsinks = tensor(dsinks.p, FA_DTYPE_FLOAT32, {c.hq});
@@ -417,6 +437,9 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
             }
         }
         es = std::isfinite(worst) ? worst : INFINITY;
+        ok = ok && !nan && es <= 1.0;
+    }
+    if (c.sinks || c.alibi) {  // the forward's lse (ALiBi: FlashAttention-2's causal form shifts it)
         for (size_t r = 0; r < rl.size(); ++r) {
             const double want = rl[r], got = lse_host[r];
             const double d = std::fabs(got - want) / std::max(1.0, std::fabs(want));
@@ -424,7 +447,7 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
             if (bad && lse_bad < 0) lse_bad = static_cast<int64_t>(r);
             worst_lse = std::max(worst_lse, std::isfinite(d) ? d : INFINITY);
         }
-        ok = ok && !nan && es <= 1.0 && lse_bad < 0;
+        ok = ok && lse_bad < 0;
     }
     bool same = true;
     if (deterministic) {
@@ -436,6 +459,9 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
                 deterministic ? " det" : "", eq, ek, ev, nan ? " NaN!" : "", deterministic ? (same ? " bitwise-same" : " DIFFERS") : "");
     if (c.sinks) {
         std::printf("  dsinks err/allowed %.2f, lse worst %.1e%s", es, worst_lse,
+                    lse_bad >= 0 ? (" (lse[" + std::to_string(lse_bad) + "] wrong)").c_str() : "");
+    } else if (c.alibi) {
+        std::printf("  lse worst %.1e%s", worst_lse,
                     lse_bad >= 0 ? (" (lse[" + std::to_string(lse_bad) + "] wrong)").c_str() : "");
     }
     std::printf("\n");
@@ -590,11 +616,28 @@ int main(int argc, char** argv) {
             c.sinks = true;
             cases.push_back(c);
         }
+        // ALiBi (C ABI 0.8): the same kinds of case with slopes, [hq] and [b, hq] alternately (FA2's causal form on
+        // the causal ones without a left window); one with sinks too. The forward's lse is checked as well.
+        const size_t sink_cases = cases.size();
+        int form = 1;
+        for (size_t i : {size_t(3), size_t(12), size_t(13), size_t(14), size_t(15), size_t(16), size_t(18), size_t(19)}) {
+            if (i >= plain_cases) continue;
+            Case c = cases[i];
+            c.alibi = form;
+            form = 3 - form;
+            cases.push_back(c);
+        }
+        if (sink_cases > plain_cases) {
+            Case c = cases[plain_cases];
+            c.alibi = 2;
+            cases.push_back(c);
+        }
         for (const Case& c : cases) {
             ++total;
             if (!check_case(ctx, c, false)) ++failed;
         }
-        for (size_t i : {size_t(1), size_t(3), size_t(7), size_t(13), plain_cases, plain_cases + 1}) {
+        for (size_t i : {size_t(1), size_t(3), size_t(7), size_t(13), plain_cases, plain_cases + 1, sink_cases,
+                         sink_cases + 1}) {
             if (i >= cases.size()) continue;
             ++total;
             if (!check_case(ctx, cases[i], true)) ++failed;

@@ -1241,11 +1241,12 @@ static void test_sinks_validation(void) {
                                  offsetof(fa_backward_params_t, sinks) == 824 &&
                                  offsetof(fa_support_query_t, sinks) == 40),
           "sinks must be appended to the 0.6 structs (forward 728, backward 824, query 40 bytes)");
-    CHECK(offsetof(fa_forward_params_t, sinks) + sizeof(fa_tensor_t) == sizeof(fa_forward_params_t) &&
-              offsetof(fa_backward_params_t, dsinks) + sizeof(fa_tensor_t) == sizeof(fa_backward_params_t) &&
+    CHECK(offsetof(fa_forward_params_t, sinks) + sizeof(fa_tensor_t) == offsetof(fa_forward_params_t, alibi_slopes) &&
+              offsetof(fa_backward_params_t, dsinks) + sizeof(fa_tensor_t) ==
+                  offsetof(fa_backward_params_t, alibi_slopes) &&
               offsetof(fa_backward_params_t, dsinks) == offsetof(fa_backward_params_t, sinks) + sizeof(fa_tensor_t),
-          "sinks end the forward struct; sinks then dsinks end the backward struct");
-    CHECK(FA_VERSION_CODE == 700, "FA_VERSION_CODE is %d; sinks came with 0.7.0", FA_VERSION_CODE);
+          "sinks end the 0.7 forward struct; sinks then dsinks end the 0.7 backward struct (0.8's alibi_slopes follow)");
+    CHECK(FA_VERSION_CODE >= 700, "FA_VERSION_CODE is %d; sinks came with 0.7.0", FA_VERSION_CODE);
 
     /* forward: valid, then each refusal */
     p = valid_params(1);
@@ -1413,6 +1414,165 @@ static void test_sinks_validation(void) {
     expect("query 0.6 size: sinks ignored", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
     q.struct_size = (uint32_t)offsetof(fa_support_query_t, sinks) - 4;
     expect("query below the 0.6 size", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "(at least 40 for version 0.6)");
+}
+
+/* ALiBi (0.8): alibi_slopes appended to fa_forward_params_t, fa_backward_params_t and fa_decode_params_t, and
+   fa_support_query_t.alibi; every refusal with its message before any CUDA call; 0.7-sized structs and queries still
+   accepted, their missing fields read as "no ALiBi". */
+static void test_alibi_validation(void) {
+    fa_forward_params_t p;
+    fa_backward_params_t bw;
+    fa_support_query_t q;
+    void* const slopes_at = (void*)(uintptr_t)0xC00000000ull;
+
+    /* the layout: appended after the 0.7 structs */
+    CHECK(offsetof(fa_forward_params_t, alibi_slopes) == offsetof(fa_forward_params_t, sinks) + sizeof(fa_tensor_t) &&
+              offsetof(fa_forward_params_t, alibi_slopes) + sizeof(fa_tensor_t) == sizeof(fa_forward_params_t),
+          "alibi_slopes must follow sinks and end the forward struct");
+    CHECK(offsetof(fa_backward_params_t, alibi_slopes) == offsetof(fa_backward_params_t, dsinks) + sizeof(fa_tensor_t) &&
+              offsetof(fa_backward_params_t, alibi_slopes) + sizeof(fa_tensor_t) == sizeof(fa_backward_params_t),
+          "alibi_slopes must follow dsinks and end the backward struct");
+    CHECK(offsetof(fa_decode_params_t, alibi_slopes) + sizeof(fa_tensor_t) == sizeof(fa_decode_params_t) &&
+              (sizeof(void*) != 8 || offsetof(fa_decode_params_t, alibi_slopes) == 960),
+          "alibi_slopes must end the decode struct (after the 0.7 struct's 960 bytes)");
+    CHECK(offsetof(fa_support_query_t, alibi) == offsetof(fa_support_query_t, sinks) + sizeof(int32_t) &&
+              offsetof(fa_support_query_t, alibi) + sizeof(int32_t) == sizeof(fa_support_query_t),
+          "alibi must follow sinks and end the query struct");
+    CHECK(FA_VERSION_CODE >= 800, "FA_VERSION_CODE is %d; ALiBi came with 0.8.0", FA_VERSION_CODE);
+
+    /* forward: [heads_q], [batch, heads_q], strided */
+    p = valid_params(1);
+    set_tensor1_f32(&p.alibi_slopes, slopes_at, VHQ, 1);
+    expect("alibi: [heads_q]", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.alibi_slopes.strides[0] = 3;
+    expect("alibi: strided", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    set_tensor2_f32(&p.alibi_slopes, slopes_at, VB, VHQ);
+    expect("alibi: [batch, heads_q]", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.causal = 1;
+    p.softcap = 30.0f;
+    expect("alibi: causal + softcap", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = valid_params(1);
+    set_tensor2_f32(&p.alibi_slopes, slopes_at, VB + 1, VHQ);
+    expect("alibi: wrong batch", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "alibi_slopes.shape is [3, 6] but its first dimension must be the batch, q.shape[0] = 2");
+    set_tensor2_f32(&p.alibi_slopes, slopes_at, VB, VHKV);
+    expect("alibi: per KV head", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "alibi_slopes.shape is [2, 2] but its last dimension must be heads_q = 6: one slope per query head");
+    set_tensor1_f32(&p.alibi_slopes, slopes_at, VHKV, 1);
+    expect("alibi: [heads_kv]", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "alibi_slopes.shape is [2] but its last dimension must be heads_q = 6");
+    set_tensor1_f32(&p.alibi_slopes, slopes_at, VHQ, 1);
+    p.alibi_slopes.rank = 3;
+    expect("alibi: rank 3", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "alibi_slopes.rank is 3; alibi_slopes must be [heads_q] (one slope per query head) or [batch, heads_q]");
+    set_tensor1_f32(&p.alibi_slopes, slopes_at, VHQ, 1);
+    p.alibi_slopes.dtype = FA_DTYPE_BFLOAT16;
+    expect("alibi: bf16", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "alibi_slopes.dtype is 2 (FA_DTYPE_BFLOAT16); alibi_slopes must be FA_DTYPE_FLOAT32");
+    set_tensor1_f32(&p.alibi_slopes, (void*)((uintptr_t)slopes_at + 2), VHQ, 1);
+    expect("alibi: misaligned", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "alibi_slopes.data (0xc00000002) is not 4-byte aligned");
+    set_tensor1_f32(&p.alibi_slopes, slopes_at, VHQ, 0);
+    expect("alibi: stride 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "alibi_slopes.strides[0] (heads_q) is 0; strides must be positive");
+    set_tensor1_f32(&p.alibi_slopes, slopes_at, 0, 1);
+    expect("alibi: empty", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "alibi_slopes.shape[0] (heads_q) is 0");
+    set_tensor1_f32(&p.alibi_slopes, (void*)((uintptr_t)p.out.data + 64), VHQ, 1);
+    expect("alibi: inside out", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "out");
+    CHECK(strstr(fa_last_error_message(), "alibi_slopes") != NULL, "overlap names alibi_slopes: %s",
+          fa_last_error_message());
+    set_tensor1_f32(&p.alibi_slopes, (void*)((uintptr_t)p.lse.data + 64), VHQ, 1);
+    expect("alibi: inside lse", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "lse");
+    set_tensor1_f32(&p.alibi_slopes, NULL, 999, -5);
+    p.alibi_slopes.dtype = 77;
+    expect("alibi: data NULL is none", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    /* varlen: [heads_q], or [varlen_batch, heads_q] */
+    p = valid_varlen_params(1);
+    set_tensor1_f32(&p.alibi_slopes, slopes_at, VHQ, 1);
+    expect("alibi: varlen [heads_q]", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    set_tensor2_f32(&p.alibi_slopes, slopes_at, VL_BATCH, VHQ);
+    expect("alibi: varlen [varlen_batch, heads_q]", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    set_tensor2_f32(&p.alibi_slopes, slopes_at, VL_TOTAL_Q, VHQ);
+    expect("alibi: varlen per token", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "its first dimension must be the batch, varlen_batch = 4");
+
+    /* an older (0.7) caller: the struct ends before alibi_slopes; garbage past it is never read */
+    p = valid_params(1);
+    set_tensor1_f32(&p.alibi_slopes, (void*)(uintptr_t)3, -1, -1);
+    p.alibi_slopes.dtype = 99;
+    p.struct_size = (uint32_t)offsetof(fa_forward_params_t, alibi_slopes);
+    expect("0.7 struct_size: alibi ignored", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.struct_size = (uint32_t)sizeof(fa_forward_params_t);
+    expect("0.8 struct_size reads alibi", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "alibi_slopes.dtype is 99");
+    {
+        unsigned char buffer[sizeof(fa_forward_params_t) + 16];
+        const size_t old_size = offsetof(fa_forward_params_t, alibi_slopes);
+        fa_forward_params_t* old = (fa_forward_params_t*)(void*)buffer;
+        size_t j;
+        int untouched = 1, zeroed = 1;
+        memset(buffer, 0xAB, sizeof(buffer));
+        expect("params_init with the 0.7 size", fa_forward_params_init(old, old_size), FA_STATUS_SUCCESS, NULL);
+        for (j = old_size; j < sizeof(buffer); ++j) untouched &= buffer[j] == 0xAB;
+        CHECK(untouched, "fa_forward_params_init with the 0.7 size wrote past offsetof(alibi_slopes)");
+        memset(buffer, 0xAB, sizeof(buffer));
+        expect("params_init with the 0.8 size", fa_forward_params_init(old, sizeof(fa_forward_params_t)),
+               FA_STATUS_SUCCESS, NULL);
+        for (j = old_size; j < sizeof(fa_forward_params_t); ++j) zeroed &= buffer[j] == 0;
+        CHECK(zeroed, "fa_forward_params_init must zero alibi_slopes (data NULL: none)");
+    }
+
+    /* backward: the forward's slopes; read-only, so gradients must not overlap them */
+    p = valid_params(1);
+    bw = backward_of(&p);
+    set_tensor1_f32(&bw.alibi_slopes, slopes_at, VHQ, 1);
+    expect("backward alibi: valid", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
+    set_tensor2_f32(&bw.alibi_slopes, slopes_at, VB, VHQ);
+    expect("backward alibi [batch, heads_q]: valid", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
+    set_tensor2_f32(&bw.alibi_slopes, slopes_at, VB, VHQ + 1);
+    expect("backward alibi wrong heads", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
+           "its last dimension must be heads_q = 6");
+    set_tensor1_f32(&bw.alibi_slopes, (void*)((uintptr_t)bw.dq.data + 16), VHQ, 1);
+    expect("backward alibi inside dq", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT, "dq");
+    CHECK(strstr(fa_last_error_message(), "alibi_slopes") != NULL, "overlap names alibi_slopes: %s",
+          fa_last_error_message());
+    bw = backward_of(&p);
+    set_tensor1_f32(&bw.alibi_slopes, (void*)(uintptr_t)3, -1, -1);
+    bw.struct_size = (uint32_t)offsetof(fa_backward_params_t, alibi_slopes);
+    expect("backward 0.7 struct_size: alibi ignored", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
+    bw.struct_size = (uint32_t)sizeof(fa_backward_params_t);
+    expect("backward 0.8 struct_size reads alibi", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
+           "alibi_slopes.shape[0] (heads_q) is -1");
+    {
+        unsigned char buffer[sizeof(fa_backward_params_t) + 16];
+        const size_t old_size = offsetof(fa_backward_params_t, alibi_slopes);
+        fa_backward_params_t* old = (fa_backward_params_t*)(void*)buffer;
+        size_t j;
+        int untouched = 1;
+        memset(buffer, 0xAB, sizeof(buffer));
+        expect("backward params_init with the 0.7 size", fa_backward_params_init(old, old_size), FA_STATUS_SUCCESS, NULL);
+        for (j = old_size; j < sizeof(buffer); ++j) untouched &= buffer[j] == 0xAB;
+        CHECK(untouched, "fa_backward_params_init with the 0.7 size wrote past offsetof(alibi_slopes)");
+    }
+
+    /* fa_query_support: alibi served by every pass, with every option; a 0.7-sized query works */
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.alibi = 1;
+    q.causal = q.window = q.softcap = q.varlen = q.sinks = 1;
+    expect("query forward alibi", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q.kernel_path = FA_PATH_SM80;
+    expect("query forward alibi sm80", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q.pass = FA_PASS_BACKWARD;
+    expect("query backward alibi sm80", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.pass = FA_PASS_DECODE;
+    q.alibi = 1;
+    q.causal = 1;
+    expect("query decode alibi", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q.alibi = 2;
+    expect("query alibi 2", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "query->alibi");
+    q.struct_size = (uint32_t)offsetof(fa_support_query_t, alibi); /* 0.7: the 2 is past the struct */
+    expect("query 0.7 size: alibi ignored", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
 }
 
 /* fa_query_support for e4m3: the forward on the sm90 path only, head dims multiples of 16; agrees with
@@ -3080,6 +3240,7 @@ int main(int argc, char** argv) {
     test_fp8_validation();
     test_query_fp8();
     test_sinks_validation();
+    test_alibi_validation();
     test_kernel_names();
     test_graph_arguments();
 #if defined(FA_TEST_HAVE_PTHREADS)

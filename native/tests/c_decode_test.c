@@ -248,6 +248,41 @@ static void test_serving_validation(void) {
     }
 }
 
+/* ALiBi (0.8): fa_decode_params_t.alibi_slopes, [heads_q] or [batch, heads_q] fp32; a 0.7-sized struct reads none. */
+static void test_alibi_validation(void) {
+    fa_decode_params_t p = valid_params(0);
+    const int64_t per_head[1] = {VHQ};
+    const int64_t per_batch[2] = {VB, VHQ};
+    const int64_t wrong_batch[2] = {VB + 1, VHQ};
+    const int64_t per_kv_head[1] = {VHKV};
+    set_dense(&p.alibi_slopes, ADDR(12), FA_DTYPE_FLOAT32, 1, per_head);
+    expect("decode alibi [heads_q]", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    set_dense(&p.alibi_slopes, ADDR(12), FA_DTYPE_FLOAT32, 2, per_batch);
+    expect("decode alibi [batch, heads_q]", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    set_serving(&p, 0, 1);
+    expect("decode alibi with leftpad", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = valid_params(1);
+    set_dense(&p.alibi_slopes, ADDR(12), FA_DTYPE_FLOAT32, 1, per_head);
+    expect("decode alibi paged", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    set_dense(&p.alibi_slopes, ADDR(12), FA_DTYPE_FLOAT32, 2, wrong_batch);
+    bad("decode alibi wrong batch", &p, FA_STATUS_INVALID_ARGUMENT,
+        "its first dimension must be the batch, q.shape[0] (batch) = 3");
+    set_dense(&p.alibi_slopes, ADDR(12), FA_DTYPE_FLOAT32, 1, per_kv_head);
+    bad("decode alibi per kv head", &p, FA_STATUS_INVALID_ARGUMENT, "its last dimension must be heads_q");
+    set_dense(&p.alibi_slopes, ADDR(12), FA_DTYPE_BFLOAT16, 1, per_head);
+    bad("decode alibi bf16", &p, FA_STATUS_INVALID_ARGUMENT, "alibi_slopes must be FA_DTYPE_FLOAT32");
+    set_dense(&p.alibi_slopes, (void*)((uintptr_t)ADDR(12) + 2), FA_DTYPE_FLOAT32, 1, per_head);
+    bad("decode alibi misaligned", &p, FA_STATUS_INVALID_ARGUMENT, "is not 4-byte aligned");
+    set_dense(&p.alibi_slopes, (void*)((uintptr_t)p.out.data + 64), FA_DTYPE_FLOAT32, 1, per_head);
+    bad("decode alibi inside out", &p, FA_STATUS_INVALID_ARGUMENT, "alibi_slopes");
+    /* a 0.7 caller: its struct ends before alibi_slopes, which is then never read */
+    set_dense(&p.alibi_slopes, (void*)(uintptr_t)3, 99, 1, per_head);
+    p.struct_size = (uint32_t)offsetof(fa_decode_params_t, alibi_slopes);
+    expect("decode 0.7 struct_size: alibi ignored", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.struct_size = (uint32_t)sizeof(fa_decode_params_t);
+    bad("decode 0.8 struct_size reads alibi", &p, FA_STATUS_INVALID_ARGUMENT, "alibi_slopes");
+}
+
 static void test_validation(void) {
     fa_decode_params_t p;
     int32_t host_lens[VB] = {10, 0, VPAGES * VBLOCK - VSQ};
@@ -367,6 +402,7 @@ static void test_validation(void) {
     p = valid_params(1); p.k_new.data = (void*)((uintptr_t)p.k_cache.data + 256);
     bad("k_new inside k_cache", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache");
     test_serving_validation();
+    test_alibi_validation();
 
     /* fp8 (e4m3): an fp8 query, cache or append is not served yet (UNSUPPORTED, naming the tensor); an fp8 out is
        no dtype any pass writes (INVALID_ARGUMENT); a k_new/v_new descriptor without data is not looked at. */

@@ -75,6 +75,7 @@ typedef struct {
     int32_t idx[MAX_SEQ], pads[MAX_SEQ];
     int descale;  /* fp8 forward: 0 none; 1 q per tensor (strides 0), k dense, v per sequence; 2 all dense */
     int sinks;    /* fwd, bwd: learnable sinks (C ABI 0.7); the backward then writes dsinks too */
+    int alibi;    /* fwd, bwd, decode: ALiBi slopes (C ABI 0.8): 1 [hq], 2 [b, hq] */
 } scase;
 
 static scase g_cases[MAX_CASES];
@@ -290,6 +291,7 @@ static void describe(scase* c, const char* what) {
     if (c->pass == PASS_DEC && c->host_lens) ADD(" host-lens");
     if (c->descale) ADD(" descale=%s", c->descale == 1 ? "broadcast" : "dense");
     if (c->sinks) ADD(" sinks");
+    if (c->alibi) ADD(" alibi=%s", c->alibi == 1 ? "[hq]" : "[b,hq]");
     if (what != NULL && what[0] != '\0') ADD(" [%s]", what);
     if (c->target[0] != '\0') ADD(" -> %s", c->target);
 #undef ADD
@@ -384,51 +386,60 @@ typedef struct {
     int no_lse, packed, fp16, det, caller_ws, host_cu, nseq;
     int lq[MAX_SEQ], lk[MAX_SEQ];
     int sinks; /* learnable sinks (and dsinks in the backward); 0 where an entry leaves it out */
+    int alibi; /* ALiBi slopes: 1 [hq], 2 [b, hq] (the sequences of a varlen batch) */
 } feature;
 
 static const feature k_features[] = {
-    {"causal bottom-right, sq < sk", 0, 1, 100, 200, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
+    {"causal bottom-right, sq < sk", 0, 1, 100, 200, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
     {"causal bottom-right, sq > sk: fully masked rows", 0, 1, 200, 70, 2, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0,
-     0, {0}, {0}, 0},
-    {"causal top-left, sq < sk", 0, 2, 90, 180, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
-    {"causal top-left, sq > sk", 0, 1, 180, 90, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
-    {"sliding window both sides", 0, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
-    {"causal top-left + window left", 0, 1, 130, 130, 2, 1, 0, 1, 1, 16, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
-    {"window right only", 0, 1, 120, 160, 1, 1, 0, 0, 0, -1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
+     0, {0}, {0}, 0, 0},
+    {"causal top-left, sq < sk", 0, 2, 90, 180, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
+    {"causal top-left, sq > sk", 0, 1, 180, 90, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
+    {"sliding window both sides", 0, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
+    {"causal top-left + window left", 0, 1, 130, 130, 2, 1, 0, 1, 1, 16, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
+    {"window right only", 0, 1, 120, 160, 1, 1, 0, 0, 0, -1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
     {"window 0/0 with sq > sk: fully masked rows", 0, 1, 150, 40, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-     {0}, {0}, 0},
-    {"softcap + causal + scale", 0, 1, 128, 192, 2, 2, 0, 1, 0, -1, -1, 30.0f, 0.2f, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
-    {"GQA 4:2", 0, 2, 96, 144, 4, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
-    {"MQA 8:1, causal", 0, 1, 64, 64, 8, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
+     {0}, {0}, 0, 0},
+    {"softcap + causal + scale", 0, 1, 128, 192, 2, 2, 0, 1, 0, -1, -1, 30.0f, 0.2f, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
+    {"GQA 4:2", 0, 2, 96, 144, 4, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
+    {"MQA 8:1, causal", 0, 1, 64, 64, 8, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
     {"varlen with empty sequences (q, k, both), causal", 0, 0, 0, 0, 2, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 5,
-     {0, 33, 0, 128, 5}, {12, 0, 0, 128, 77}, 0},
+     {0, 33, 0, 128, 5}, {12, 0, 0, 128, 77}, 0, 0},
     {"varlen, window, host cu_seqlens", 0, 0, 0, 0, 2, 2, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3, {1, 64, 200},
-     {50, 64, 180}, 0},
+     {50, 64, 180}, 0, 0},
     {"varlen without LSE", 1, 0, 0, 0, 2, 1, 0, 0, 0, -1, -1, 0, 0, 1, 0, 0, 0, 0, 0, 4, {17, 0, 130, 64},
-     {40, 33, 130, 1}, 0},
-    {"packed QKV strides, causal", 0, 2, 100, 100, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, {0}, {0}, 0},
-    {"fp16, batch 3", 0, 3, 77, 131, 2, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 1, 0, 0, 0, 0, {0}, {0}, 0},
-    {"one query, one key", 0, 1, 1, 1, 1, 1, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
+     {40, 33, 130, 1}, 0, 0},
+    {"packed QKV strides, causal", 0, 2, 100, 100, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
+    {"fp16, batch 3", 0, 3, 77, 131, 2, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 1, 0, 0, 0, 0, {0}, {0}, 0, 0},
+    {"one query, one key", 0, 1, 1, 1, 1, 1, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
     {"head dim 40 (the 64 kernel), causal", 0, 1, 100, 140, 2, 2, 40, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0},
-     {0}, 0},
+     {0}, 0, 0},
     {"head dim 200 (the 256 kernel), causal", 0, 1, 100, 140, 2, 2, 200, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0},
-     {0}, 0},
-    {"head dim 256, no mask", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0},
+     {0}, 0, 0},
+    {"head dim 256, no mask", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
     {"head dim 256, causal, GQA (issue 17's shape)", 0, 1, 130, 190, 4, 2, 256, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-     {0}, {0}, 0},
+     {0}, {0}, 0, 0},
     {"deterministic, varlen with empty sequences, GQA", 2, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 1, 0, 0, 4,
-     {0, 70, 33, 129}, {20, 0, 90, 129}, 0},
+     {0, 70, 33, 129}, {20, 0, 90, 129}, 0, 0},
     {"deterministic, causal top-left, caller workspace", 2, 2, 130, 100, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 1, 1, 0,
-     0, {0}, {0}, 0},
+     0, {0}, {0}, 0, 0},
     {"deterministic, head dim 256, causal", 2, 1, 130, 190, 4, 2, 256, 1, 0, -1, -1, 0, 0, 0, 0, 0, 1, 0, 0, 0, {0},
-     {0}, 0},
-    {"caller workspace, window", 2, 1, 140, 140, 2, 2, 0, 0, 0, 30, 30, 0, 0, 0, 0, 0, 0, 1, 0, 0, {0}, {0}, 0},
+     {0}, 0, 0},
+    {"caller workspace, window", 2, 1, 140, 140, 2, 2, 0, 0, 0, 30, 30, 0, 0, 0, 0, 0, 0, 1, 0, 0, {0}, {0}, 0, 0},
     {"learnable sinks, causal sq > sk: fully masked rows, GQA", 0, 2, 200, 70, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0,
-     0, 0, 0, 0, {0}, {0}, 1},
+     0, 0, 0, 0, {0}, {0}, 1, 0},
     {"learnable sinks, window + softcap, no LSE", 1, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 30.0f, 0, 1, 0, 0, 0, 0, 0, 0,
-     {0}, {0}, 1},
+     {0}, {0}, 1, 0},
     {"learnable sinks, varlen with empty sequences, deterministic", 2, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0,
-     1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 1},
+     1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 1, 0},
+    {"alibi [hq], causal sq > sk: fully masked rows, GQA (FA2's causal form)", 0, 2, 200, 70, 4, 2, 0, 1, 0, -1, -1,
+     0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 1},
+    {"alibi [b, hq], window + softcap, no LSE", 1, 2, 150, 150, 2, 2, 0, 0, 0, 20, 30, 30.0f, 0, 1, 0, 0, 0, 0, 0, 0,
+     {0}, {0}, 0, 2},
+    {"alibi [b, hq] + sinks, varlen with empty sequences, deterministic", 2, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0,
+     0, 1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 1, 2},
+    {"alibi [hq], no mask, head dim 256 (local variant without a window)", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0,
+     0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 1},
 };
 
 /* The decode options (contiguous and paged caches, splits, appends). */
@@ -440,25 +451,30 @@ typedef struct {
     int lens[MAX_SEQ];
     int sk_new, pool, use_pads; /* serving (0.7): appended count (0: sq), pool rows (0: none; rows reversed), pads */
     int pads[MAX_SEQ];
+    int alibi; /* ALiBi slopes (0.8): 1 [hq], 2 [b, hq] */
 } dfeature;
 
 static const dfeature k_dfeatures[] = {
     {"contiguous, ragged 0/1, GQA 4:2, auto splits", 0, 4, 1, 4, 2, 0, 0, 0, 0, 0, -1, -1, 0, 0, 0, 1, 0, 0,
-     {0, 1, 150, 255}, 0, 0, 0, {0}},
-    {"contiguous, 13 splits, caller workspace", 0, 2, 1, 2, 2, 0, 0, 0, 0, 0, -1, -1, 0, 0, 13, 0, 1, 0, {255, 100}, 0, 0, 0, {0}},
-    {"paged 16, append 3, causal, fp16", 1, 3, 3, 4, 1, 0, 16, 1, 0, 1, -1, -1, 0, 0, 0, 1, 0, 0, {13, 0, 200}, 0, 0, 0, {0}},
+     {0, 1, 150, 255}, 0, 0, 0, {0}, 0},
+    {"contiguous, 13 splits, caller workspace", 0, 2, 1, 2, 2, 0, 0, 0, 0, 0, -1, -1, 0, 0, 13, 0, 1, 0, {255, 100}, 0, 0, 0, {0}, 0},
+    {"paged 16, append 3, causal, fp16", 1, 3, 3, 4, 1, 0, 16, 1, 0, 1, -1, -1, 0, 0, 0, 1, 0, 0, {13, 0, 200}, 0, 0, 0, {0}, 0},
     {"paged 256, append across a page end, advance, 3 splits", 0, 2, 4, 2, 2, 0, 256, 1, 1, 1, -1, -1, 0, 0, 3, 1, 1,
-     0, {254, 0}, 0, 0, 0, {0}},
-    {"paged 32, window + softcap, 5 splits", 1, 2, 2, 4, 2, 0, 32, 1, 0, 0, 40, 0, 10.0f, 0, 5, 0, 0, 0, {200, 33}, 0, 0, 0, {0}},
+     0, {254, 0}, 0, 0, 0, {0}, 0},
+    {"paged 32, window + softcap, 5 splits", 1, 2, 2, 4, 2, 0, 32, 1, 0, 0, 40, 0, 10.0f, 0, 5, 0, 0, 0, {200, 33}, 0, 0, 0, {0}, 0},
     {"contiguous, empty cache without append: fully masked rows", 0, 2, 1, 2, 1, 0, 0, 0, 0, 0, -1, -1, 0, 0, 4, 0, 0,
-     0, {0, 10}, 0, 0, 0, {0}},
-    {"paged 64, MQA 8:1, scale, no LSE", 0, 2, 1, 8, 1, 0, 64, 0, 0, 0, -1, -1, 0, 0.3f, 0, 1, 0, 1, {130, 65}, 0, 0, 0, {0}},
+     0, {0, 10}, 0, 0, 0, {0}, 0},
+    {"paged 64, MQA 8:1, scale, no LSE", 0, 2, 1, 8, 1, 0, 64, 0, 0, 0, -1, -1, 0, 0.3f, 0, 1, 0, 1, {130, 65}, 0, 0, 0, {0}, 0},
     {"head dim 40 (the 64 kernel), paged 16, append", 1, 2, 2, 2, 2, 40, 16, 1, 0, 1, -1, -1, 0, 0, 2, 1, 0, 0,
-     {31, 7}, 0, 0, 0, {0}},
+     {31, 7}, 0, 0, 0, {0}, 0},
     {"contiguous pool of 5 (cache_batch_idx), pads, append 3 > sq 1, advance", 0, 3, 1, 4, 2, 0, 0, 1, 1, 1, -1, -1, 0, 0,
-     0, 1, 0, 0, {40, 0, 100}, 3, 5, 1, {7, 0, 100}},
+     0, 1, 0, 0, {40, 0, 100}, 3, 5, 1, {7, 0, 100}, 0},
     {"paged 16 pool of 4 table rows, device-only pads, append 1 < sq 3, 4 splits", 1, 3, 3, 4, 1, 0, 16, 1, 0, 1, -1,
-     -1, 0, 0, 4, 0, 0, 0, {33, 2, 70}, 1, 4, 1, {20, 0, 64}},
+     -1, 0, 0, 4, 0, 0, 0, {33, 2, 70}, 1, 4, 1, {20, 0, 64}, 0},
+    {"alibi [hq], contiguous pool of 5, pads, causal (FA2's causal form at sq 1), append, advance", 0, 3, 1, 4, 2, 0, 0,
+     1, 1, 1, -1, -1, 0, 0, 0, 1, 0, 0, {40, 0, 100}, 1, 5, 1, {7, 0, 100}, 1},
+    {"alibi [b, hq], paged 16, window + softcap, device-only pads, 4 splits", 1, 3, 2, 4, 1, 0, 16, 1, 0, 0, 30, 0,
+     10.0f, 0, 4, 0, 0, 0, {33, 2, 70}, 0, 0, 1, {20, 0, 64}, 2},
 };
 
 /* The fp8 (e4m3) forward's options, where it is served (out bf16; descale 0 none, 1 broadcast, 2 dense). */
@@ -530,7 +546,7 @@ static void add_feature_cases(int pass, int path, int cc) {
             c->advance = f->advance, c->causal = f->causal, c->wl = f->wl, c->wr = f->wr, c->softcap = f->softcap;
             c->scale = f->scale, c->splits = f->splits, c->host_lens = f->host_lens, c->caller_ws = f->caller_ws;
             c->lse = !f->no_lse;
-            c->sk_new = f->sk_new, c->pool = f->pool, c->use_pads = f->use_pads;
+            c->sk_new = f->sk_new, c->pool = f->pool, c->use_pads = f->use_pads, c->alibi = f->alibi;
             {
                 int b;
                 for (b = 0; b < f->b; ++b) {
@@ -558,7 +574,7 @@ static void add_feature_cases(int pass, int path, int cc) {
         c->hq = f->hq, c->hkv = f->hkv, c->causal = f->causal, c->top_left = f->top_left, c->wl = f->wl;
         c->wr = f->wr, c->softcap = f->softcap, c->scale = f->scale, c->packed = f->packed, c->host_cu = f->host_cu;
         c->lse = pass == PASS_BWD ? 1 : !f->no_lse;
-        c->det = f->det, c->caller_ws = f->caller_ws, c->sinks = f->sinks;
+        c->det = f->det, c->caller_ws = f->caller_ws, c->sinks = f->sinks, c->alibi = f->alibi;
         describe(c, f->what);
     }
 }
@@ -705,6 +721,20 @@ typedef struct {
 } runner;
 
 /* The forward params of a forward or backward call; the host cu_seqlens live in cu (2 * (MAX_SEQ + 1)). */
+/* ALiBi slopes of a case (C ABI 0.8): [hq] (alibi 1) or [batch, hq] (alibi 2; batch: the sequences), in [0, 0.3)
+   as FlashAttention-2's tests draw them. */
+static void alibi_slopes(const scase* c, bufs* B, fa_tensor_t* t, int batch) {
+    float slopes[MAX_SEQ * 64];
+    const int n = c->alibi == 2 ? batch * c->hq : c->hq;
+    int i;
+    for (i = 0; i < n && i < MAX_SEQ * 64; ++i) slopes[i] = 0.15f * (1.0f + uniform_pm1());
+    if (c->alibi == 2) {
+        tensor(t, dalloc(B, sizeof(float) * (size_t)n, slopes), FA_DTYPE_FLOAT32, 2, batch, c->hq, 0, 0);
+    } else {
+        tensor(t, dalloc(B, sizeof(float) * (size_t)n, slopes), FA_DTYPE_FLOAT32, 1, c->hq, 0, 0, 0);
+    }
+}
+
 static void forward_params(const scase* c, bufs* B, fa_forward_params_t* fp, int32_t* cu) {
     const int varlen = c->nseq > 0;
     int64_t rows_q = (int64_t)c->b * c->sq, rows_k = (int64_t)c->b * c->sk;
@@ -780,6 +810,7 @@ static void forward_params(const scase* c, bufs* B, fa_forward_params_t* fp, int
         for (i = 0; i < c->hq && i < 64; ++i) sinks[i] = 2.0f * uniform_pm1();
         tensor(&fp->sinks, dalloc(B, sizeof(float) * (size_t)c->hq, sinks), FA_DTYPE_FLOAT32, 1, c->hq, 0, 0, 0);
     }
+    if (c->alibi) alibi_slopes(c, B, &fp->alibi_slopes, c->nseq > 0 ? c->nseq : c->b);
 }
 
 static void backward_params(const scase* c, bufs* B, const fa_forward_params_t* fp, fa_backward_params_t* bp) {
@@ -818,6 +849,7 @@ static void backward_params(const scase* c, bufs* B, const fa_forward_params_t* 
     bp->varlen_batch = fp->varlen_batch;
     bp->max_seqlen_q = fp->max_seqlen_q;
     bp->max_seqlen_k = fp->max_seqlen_k;
+    bp->alibi_slopes = fp->alibi_slopes;
     if (c->sinks) {
         bp->sinks = fp->sinks;
         tensor(&bp->dsinks, dalloc(B, sizeof(float) * (size_t)c->hq, NULL), FA_DTYPE_FLOAT32, 1, c->hq, 0, 0, 0);
@@ -902,6 +934,7 @@ static void decode_params(const scase* c, bufs* B, fa_decode_params_t* p, int32_
         tensor(&p->cache_leftpad, dalloc(B, sizeof(int32_t) * (size_t)c->b, c->pads), FA_DTYPE_INT32, 1, c->b, 0, 0, 0);
         if (c->host_lens) p->cache_leftpad_host = c->pads;
     }
+    if (c->alibi) alibi_slopes(c, B, &p->alibi_slopes, c->b);
     tensor(&p->out, dalloc(B, (size_t)c->b * c->sq * c->hq * c->d * 2, NULL), c->dtype, 4, c->b, c->sq, c->hq, c->d);
     if (c->lse) {
         tensor(&p->lse, dalloc(B, (size_t)c->b * c->hq * c->sq * 4, NULL), FA_DTYPE_FLOAT32, 3, c->b, c->hq, c->sq, 0);

@@ -23,10 +23,13 @@ def test_layout_matches_libclang():
     _abi.check_layout()
     assert ctypes.sizeof(_abi.FaTensor) == 80
     assert ctypes.sizeof(_abi.FaForwardParams) == _abi.LAYOUT[_abi.FaForwardParams][0]
-    assert ctypes.sizeof(_abi.FaBackwardParams) == 824 + 2 * 80  # 0.7 appended sinks and dsinks
-    # 784 bytes through 0.6; 0.7 appended the serving fields (cache_batch_idx on) there.
-    assert ctypes.sizeof(_abi.FaDecodeParams) == 960
+    # 0.7 appended sinks and dsinks, 0.8 alibi_slopes
+    assert ctypes.sizeof(_abi.FaBackwardParams) == 824 + 3 * 80
+    assert _abi.FaBackwardParams.alibi_slopes.offset == 824 + 2 * 80
+    # 784 bytes through 0.6; 0.7 appended the serving fields (cache_batch_idx on) there (960 bytes), 0.8 alibi_slopes.
+    assert ctypes.sizeof(_abi.FaDecodeParams) == 960 + 80
     assert _abi.FaDecodeParams.cache_batch_idx.offset == 784
+    assert _abi.FaDecodeParams.alibi_slopes.offset == 960
 
 
 def test_struct_fields_follow_the_header():

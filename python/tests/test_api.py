@@ -72,16 +72,12 @@ X = object()  # stands for a tensor: the refusal comes before any tensor is look
 
 REFUSED = [
     ("flash_attn_func", (X, X, X), {"dropout_p": 0.1}, "dropout_p=0.1"),
-    ("flash_attn_func", (X, X, X), {"alibi_slopes": X}, "alibi_slopes"),
     ("flash_attn_func", (X, X, X), {"softmax_scale": 0.0}, "softmax_scale=0.0"),
     ("flash_attn_qkvpacked_func", (X,), {"dropout_p": 0.5}, "dropout_p"),
-    ("flash_attn_kvpacked_func", (X, X), {"alibi_slopes": X}, "alibi_slopes"),
     ("flash_attn_varlen_func", (X, X, X, X, X, 8, 8), {"block_table": X}, "block_table"),
     ("flash_attn_varlen_func", (X, X, X, X, X, 8, 8), {"dropout_p": 0.2}, "dropout_p"),
-    ("flash_attn_varlen_qkvpacked_func", (X, X, 8), {"alibi_slopes": X}, "alibi_slopes"),
     ("flash_attn_varlen_kvpacked_func", (X, X, X, X, 8, 8), {"dropout_p": 0.2}, "dropout_p"),
     ("flash_attn_with_kvcache", (X, X, X), {"rotary_cos": X, "rotary_sin": X}, "rotary_cos"),
-    ("flash_attn_with_kvcache", (X, X, X), {"alibi_slopes": X}, "alibi_slopes"),
 ]
 
 
@@ -716,3 +712,84 @@ def test_sinks_with_fp8_inputs_are_refused():
     q = torch.randn(2, 8, 4, 64).to(torch.float8_e4m3fn)
     with pytest.raises(UnsupportedArgumentError, match="learnable sinks with fp8 inputs"):
         fai.flash_attn_func(q, q, q, sinks=torch.randn(4))
+
+
+# ---- ALiBi (C ABI 0.8) --------------------------------------------------------------------------------------------
+
+def test_alibi_slopes_are_packed_and_checked_by_the_library(lib):
+    fake = Fake()
+    slopes = fake((8,), F32)
+    p = _args.forward_params(lib, fake((2, 128, 8, 64)), fake((2, 256, 2, 64)), fake((2, 256, 2, 64)),
+                             fake((2, 128, 8, 64)), causal=True, alibi_slopes=slopes)
+    assert check_status(lib, "forward", p) == (0, "")
+    a = p.alibi_slopes
+    assert (a.data, a.dtype, a.rank, a.shape[0], a.strides[0]) == (slopes.data, F32, 1, 8, 1)
+    assert not fwd(lib, fake).alibi_slopes.data  # none unless given
+    per_batch = fake((2, 8), F32)
+    p = _args.forward_params(lib, fake((2, 128, 8, 64)), fake((2, 256, 2, 64)), fake((2, 256, 2, 64)),
+                             fake((2, 128, 8, 64)), alibi_slopes=per_batch)
+    assert check_status(lib, "forward", p) == (0, "")
+    p = _args.forward_params(lib, fake((2, 128, 8, 64)), fake((2, 256, 2, 64)), fake((2, 256, 2, 64)),
+                             fake((2, 128, 8, 64)), alibi_slopes=fake((2,), F32))
+    status, msg = check_status(lib, "forward", p)
+    assert status == _abi.FA_STATUS_INVALID_ARGUMENT and "its last dimension must be heads_q = 8" in msg
+    p = _args.forward_params(lib, fake((2, 128, 8, 64)), fake((2, 256, 2, 64)), fake((2, 256, 2, 64)),
+                             fake((2, 128, 8, 64)), alibi_slopes=fake((8,), BF16))
+    status, msg = check_status(lib, "forward", p)
+    assert status == _abi.FA_STATUS_INVALID_ARGUMENT and "alibi_slopes must be FA_DTYPE_FLOAT32" in msg
+
+    shapes = [(2, 128, 8, 64), (2, 256, 2, 64), (2, 256, 2, 64), (2, 128, 8, 64), (2, 128, 8, 64)]
+    q, k, v, o, do = (fake(s) for s in shapes)
+    grads = [fake(s) for s in shapes[:3]]
+    lse = fake((2, 8, 128), F32)
+    b = _args.backward_params(lib, q, k, v, o, do, lse, *grads, causal=True, alibi_slopes=per_batch)
+    assert check_status(lib, "backward", b) == (0, "")
+    assert b.alibi_slopes.data == per_batch.data
+
+
+def test_the_library_serves_alibi_on_every_pass(lib):
+    import ctypes
+    q = _abi.FaSupportQuery()
+    q.struct_size = ctypes.sizeof(q)
+    q.dtype, q.head_dim, q.alibi, q.causal = _abi.FA_DTYPE_BFLOAT16, 64, 1, 1
+    for pass_ in (_abi.FA_PASS_FORWARD, _abi.FA_PASS_BACKWARD, _abi.FA_PASS_DECODE):
+        setattr(q, "pass", pass_)  # "pass" is a Python keyword
+        assert lib.lib.fa_query_support(ctypes.byref(q)) == 0, pass_
+
+
+def test_alibi_slopes_are_no_longer_refused_before_torch():
+    # alibi_slopes goes to the tensor checks now: a stand-in object is refused as a tensor, not as an option.
+    with pytest.raises(Exception) as ei:
+        fai.flash_attn_func(X, X, X, alibi_slopes=X)
+    assert not isinstance(ei.value, UnsupportedArgumentError)
+
+
+ALIBI_CHECKS = [
+    ("list", TypeError, "alibi_slopes must be a torch.Tensor or None"),
+    ("fp16", TypeError, "alibi_slopes must be torch.float32"),
+    ("per-kv-head", ValueError, r"alibi_slopes must be \(nheads,\) = \(4,\) or \(batch, nheads\) = \(2, 4\)"),
+    ("wrong-batch", ValueError, r"alibi_slopes must be \(nheads,\)"),
+    ("strided", ValueError, "contiguous last dimension"),
+    ("cpu", RuntimeError, "runs on CUDA tensors only"),
+]
+
+
+@pytest.mark.parametrize("case,error,words", ALIBI_CHECKS, ids=[c[0] for c in ALIBI_CHECKS])
+def test_alibi_argument_checks(case, error, words):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    q, k = torch.randn(2, 8, 4, 64).half(), torch.randn(2, 8, 2, 64).half()
+    slopes = {"list": [0.0] * 4, "fp16": torch.zeros(4, dtype=torch.float16), "per-kv-head": torch.rand(2),
+              "wrong-batch": torch.rand(3, 4), "strided": torch.rand(2, 8)[:, ::2], "cpu": torch.rand(2, 4)}[case]
+    with pytest.raises(error, match=words):
+        fai.flash_attn_func(q, k, k, alibi_slopes=slopes)
+    with pytest.raises(error, match=words):
+        fai.flash_attn_with_kvcache(q, k, k, alibi_slopes=slopes)
+
+
+def test_alibi_with_fp8_inputs_is_refused():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    if getattr(torch, "float8_e4m3fn", None) is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    q = torch.randn(2, 8, 4, 64).to(torch.float8_e4m3fn)
+    with pytest.raises(UnsupportedArgumentError, match="ALiBi with fp8 inputs"):
+        fai.flash_attn_func(q, q, q, alibi_slopes=torch.rand(4))

@@ -862,3 +862,176 @@ def test_sinks_custom_op_matches_the_eager_call():
     assert torch.equal(eager, op)
     for a, b in zip(ge, go):
         assert torch.equal(a, b)
+
+
+# ---- ALiBi (C ABI 0.8; FlashAttention-2's alibi_slopes) -------------------------------------------------------------
+
+def reference_alibi(q, k, v, slopes, causal=False, window=(-1, -1), softcap=0.0, scale=None, top_left=False,
+                    upcast=True):
+    """Attention with FlashAttention-2's ALiBi bias, [B, S, H, D], in float64 (upcast) or in the inputs' dtype; slopes
+    (H,) or (B, H). The bias is added after scale and softcap: +slope * j for a causal call without a left window
+    (FA2's kernel form, whose lse is larger by slope * (i + sk - sq)), else -slope * |i + sk - sq - j| (FA2's tests'
+    attn_bias_from_alibi_slopes, up to that row constant); masked keys -inf. Returns (out, lse [B, H, Sq])."""
+    if upcast:
+        q, k, v = q.double(), k.double(), v.double()
+    b, sq, h, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    k = k.repeat_interleave(h // hkv, dim=2)
+    v = v.repeat_interleave(h // hkv, dim=2)
+    scale = scale or 1.0 / math.sqrt(d)
+    s = torch.einsum("bqhd,bkhd->bhqk", q * scale, k)
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    off = 0 if top_left else sk - sq
+    i = torch.arange(sq, device=q.device)[:, None] + off
+    j = torch.arange(sk, device=q.device)[None, :]
+    left, right = window
+    if causal:
+        right = 0
+    column = right == 0 and (left < 0 or left >= sk)
+    m = slopes.to(s.dtype).expand(b, h) if slopes.dim() == 1 else slopes.to(s.dtype)
+    dist = j.to(s.dtype).expand(sq, sk) if column else -(i - j).abs().to(s.dtype)
+    s = s + m.view(b, h, 1, 1) * dist
+    mask = torch.zeros(sq, sk, dtype=torch.bool, device=q.device)
+    if right >= 0:
+        mask |= j > i + right
+    if left >= 0:
+        mask |= j < i - left
+    s = s.masked_fill(mask, float("-inf"))
+    if not upcast:
+        s = s.float()
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0).to(v.dtype)
+    return torch.einsum("bhqk,bkhd->bqhd", p, v), lse
+
+
+ALIBI_CASES = [
+    # (name, sq, sk, h, hkv, d, per_batch, kwargs)
+    ("plain", 128, 128, 4, 4, 64, False, {}),
+    ("causal", 113, 203, 8, 2, 64, True, {"causal": True}),
+    ("causal-sq-gt-sk", 160, 96, 4, 2, 64, False, {"causal": True}),
+    ("causal-top-left", 96, 160, 4, 4, 128, True, {"causal": True, "causal_alignment": "top_left"}),
+    ("causal-window", 128, 128, 4, 2, 64, False, {"causal": True, "window_size": (17, -1)}),
+    ("window-softcap", 128, 192, 8, 2, 64, True, {"window_size": (32, 8), "softcap": 20.0}),
+    ("gqa-scale", 64, 256, 8, 1, 128, False, {"softmax_scale": 0.07}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name,sq,sk,h,hkv,d,per_batch,kw", ALIBI_CASES, ids=[c[0] for c in ALIBI_CASES])
+def test_alibi_forward_backward_against_float64(name, sq, sk, h, hkv, d, per_batch, kw, dtype):
+    """flash-attn's rules: out within 2x PyTorch's own error in the dtype, gradients within 3x; lse to 1e-4."""
+    torch.manual_seed(21)
+    b = 2
+    q, k, v = rand(b, sq, h, d, dtype=dtype, grad=True), rand(b, sk, hkv, d, dtype=dtype, grad=True), \
+        rand(b, sk, hkv, d, dtype=dtype, grad=True)
+    slopes = torch.rand(b, h, device=DEV) * 0.3 if per_batch else torch.rand(h, device=DEV) * 0.3
+    ref_kw = dict(causal=kw.get("causal", False), window=kw.get("window_size", (-1, -1)),
+                  softcap=kw.get("softcap", 0.0), scale=kw.get("softmax_scale"),
+                  top_left=kw.get("causal_alignment") == "top_left")
+    out, lse, _ = fai.flash_attn_func(q, k, v, return_attn_probs=True, alibi_slopes=slopes, **kw)
+    dout = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+    ref, ref_lse = reference_alibi(q, k, v, slopes, **ref_kw)
+    rq, rk, rv = torch.autograd.grad(ref, (q, k, v), dout.double())
+    pt, _ = reference_alibi(q, k, v, slopes, upcast=False, **ref_kw)
+    pq, pk, pv = torch.autograd.grad(pt, (q, k, v), dout)
+    assert torch.isfinite(out).all()
+    assert max_err(out, ref) <= 2 * max_err(pt, ref) + 1e-3
+    seen = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), seen)  # rows that see no key: +inf (ours) where the reference has -inf
+    assert max_err(lse[seen], ref_lse[seen]) <= 1e-4 * max(1.0, ref_lse[seen].abs().max().item())
+    for ours, exact, torch_low in ((dq, rq, pq), (dk, rk, pk), (dv, rv, pv)):
+        assert max_err(ours, exact) <= 3 * max_err(torch_low, exact) + 1e-3
+
+
+def test_alibi_causal_form_shifts_only_the_lse():
+    """FA2's causal form (+slope * j) against the distance form of the same mask (causal with a left window of
+    sk - 1, which hides nothing more): the same output, lse larger by slope * (i + sk - sq)."""
+    torch.manual_seed(22)
+    b, sq, sk, h = 2, 77, 130, 4
+    q, k, v = rand(b, sq, h, 64), rand(b, sk, h, 64), rand(b, sk, h, 64)
+    slopes = torch.rand(b, h, device=DEV) * 0.3
+    o1, l1, _ = fai.flash_attn_func(q, k, v, causal=True, alibi_slopes=slopes, return_attn_probs=True)
+    o2, l2, _ = fai.flash_attn_func(q, k, v, causal=True, window_size=(sk - 1, -1), alibi_slopes=slopes,
+                                    return_attn_probs=True)
+    assert max_err(o1, o2) < 1e-2
+    shift = slopes.view(b, h, 1) * (torch.arange(sq, device=DEV) + sk - sq).view(1, 1, sq)
+    assert max_err(l1 - l2, shift) <= 1e-4 * max(1.0, l1.abs().max().item())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_alibi_varlen_matches_per_sequence(causal):
+    torch.manual_seed(23)
+    lens_q, lens_k, h, hkv, d = [37, 0, 1, 64], [50, 5, 1, 64], 4, 2, 64
+    cu_q = torch.tensor([0] + list(itertools.accumulate(lens_q)), dtype=torch.int32, device=DEV)
+    cu_k = torch.tensor([0] + list(itertools.accumulate(lens_k)), dtype=torch.int32, device=DEV)
+    q, k, v = rand(sum(lens_q), h, d), rand(sum(lens_k), hkv, d), rand(sum(lens_k), hkv, d)
+    slopes = torch.rand(len(lens_q), h, device=DEV) * 0.3
+    out = fai.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal,
+                                     alibi_slopes=slopes)
+    for i in range(len(lens_q)):
+        a, e, c, f = cu_q[i].item(), cu_q[i + 1].item(), cu_k[i].item(), cu_k[i + 1].item()
+        if e == a:
+            continue
+        if f == c:
+            assert (out[a:e] == 0).all()
+            continue
+        ref, _ = reference_alibi(q[None, a:e], k[None, c:f], v[None, c:f], slopes[i], causal=causal)
+        assert max_err(out[None, a:e], ref) < 2e-2, i
+
+
+@pytest.mark.parametrize("block", [None, 16])
+def test_alibi_kvcache_with_leftpad(block):
+    """flash_attn_with_kvcache with alibi_slopes: keys counted from cache_leftpad; causal keeps FA2's column form at
+    seqlen_q 1 (its lse larger by slope * (sk - 1))."""
+    torch.manual_seed(24)
+    b, h, hkv, d, cap = 3, 8, 2, 64, 256
+    seqlens = torch.tensor([100, 37, 200], dtype=torch.int32, device=DEV)
+    pads = torch.tensor([17, 0, 150], dtype=torch.int32, device=DEV)
+    k_cache, v_cache = rand(b, cap, hkv, d), rand(b, cap, hkv, d)
+    q = rand(b, 1, h, d)
+    slopes = torch.rand(b, h, device=DEV) * 0.3
+    if block is None:
+        kc, vc, table = k_cache, v_cache, None
+    else:
+        per = cap // block
+        perm = torch.randperm(b * per, device=DEV)
+        table = perm.view(b, per).to(torch.int32)
+        kc = torch.empty(b * per, block, hkv, d, device=DEV, dtype=k_cache.dtype)
+        vc = torch.empty_like(kc)
+        kc[perm] = k_cache.view(b * per, block, hkv, d)
+        vc[perm] = v_cache.view(b * per, block, hkv, d)
+    results = {}
+    for causal in (False, True):
+        out, lse = fai.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, cache_leftpad=pads,
+                                               block_table=table, causal=causal, alibi_slopes=slopes,
+                                               return_softmax_lse=True)
+        results[causal] = (out, lse)
+        for i in range(b):
+            lo, hi = pads[i].item(), seqlens[i].item()
+            ref, ref_lse = reference_alibi(q[i:i + 1], k_cache[i:i + 1, lo:hi], v_cache[i:i + 1, lo:hi], slopes[i],
+                                           causal=causal)
+            assert max_err(out[i:i + 1], ref) < 2e-2, (causal, i)
+            assert max_err(lse[i:i + 1], ref_lse) <= 1e-4 * max(1.0, ref_lse.abs().max().item()), (causal, i)
+    (o0, l0), (o1, l1) = results[False], results[True]
+    assert max_err(o0, o1) < 1e-2
+    sk = (seqlens - pads).float()
+    assert max_err(l1 - l0, slopes.view(b, h, 1) * (sk - 1).view(b, 1, 1)) <= 1e-3
+
+
+def test_alibi_custom_op_matches_the_eager_call():
+    """A plain eager call with slopes skips the custom op; the op (what torch.compile's graph calls) gives the same
+    bits, forward and backward (the slopes get no gradient)."""
+    ops = _custom_ops()
+    from flash_attn_interop import _args
+    torch.manual_seed(25)
+    q, k, v = rand(2, 64, 4, 64, grad=True), rand(2, 96, 2, 64, grad=True), rand(2, 96, 2, 64, grad=True)
+    slopes = torch.rand(4, device=DEV) * 0.3
+    eager, lse, _ = fai.flash_attn_func(q, k, v, causal=True, alibi_slopes=slopes, return_attn_probs=True)
+    align = _args.CAUSAL_ALIGNMENTS["bottom_right"]
+    out, op_lse = ops.fwd_sink_op(q, k, v, None, slopes, 0.0, True, align, -1, -1, 0.0, False, None, None, 0, 0)
+    assert torch.equal(eager, out) and torch.equal(lse, op_lse)
+    g = torch.randn_like(out)
+    assert all(torch.equal(a, b_) for a, b_ in zip(torch.autograd.grad(eager, (q, k, v), g),
+                                                   torch.autograd.grad(out, (q, k, v), g)))

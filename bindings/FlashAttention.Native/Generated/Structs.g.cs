@@ -35,7 +35,7 @@ public unsafe partial struct FaTensor
 }
 
 /// <summary>Arguments of fa_forward. Fill with fa_forward_params_init, then set the fields you need.</summary>
-/// <remarks>Mirror of C <c>fa_forward_params_t</c> (<c>struct fa_forward_params</c>): 808 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_forward_params_t</c> (<c>struct fa_forward_params</c>): 888 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaForwardParams
 {
@@ -190,13 +190,29 @@ public unsafe partial struct FaForwardParams
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t sinks</c> at byte offset 728.</remarks>
     public FaTensor sinks;
+
+    /// <summary>
+    /// Optional ALiBi slopes (FlashAttention-2's alibi_slopes): an fp32 device tensor, rank 1 [heads_q] (one slope
+    /// per query head, every sequence) or rank 2 [batch, heads_q] (per sequence and query head; with a
+    /// variable-length batch batch is varlen_batch); strides in elements, &gt;= 1; 4-byte aligned. Adds to the final
+    /// logit x_ij (after scale and softcap: the bias is not multiplied by softmax_scale and not capped) the bias
+    /// -slope * |i + sk - sq - j|   (not causal, sliding windows included; sk, sq: the sequence's lengths), or
+    /// +slope * j                   (causal without a left window: window (-1, 0) after the causal fold),
+    /// i and j counted within the sequence. The causal form is FlashAttention-2's: on the visible keys it differs
+    /// from the first by the row constant slope * (i + sk - sq), so out is the same but lse is larger by that
+    /// constant. With FA_CAUSAL_TOP_LEFT, sk - sq is replaced by 0 (the offset of the mask's diagonal). A
+    /// positive slope decays with distance; masked keys stay hidden. data NULL: no ALiBi.
+    /// (Since 0.8: an older caller's smaller struct gets data NULL.)
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t alibi_slopes</c> at byte offset 808.</remarks>
+    public FaTensor alibi_slopes;
 }
 
 /// <summary>
 /// Arguments of fa_backward. Fill with fa_backward_params_init, then set the fields you need. The options
 /// (scale, causal, window, softcap, varlen) must be those of the forward call that produced out and lse.
 /// </summary>
-/// <remarks>Mirror of C <c>fa_backward_params_t</c> (<c>struct fa_backward_params</c>): 984 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_backward_params_t</c> (<c>struct fa_backward_params</c>): 1064 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaBackwardParams
 {
@@ -343,6 +359,13 @@ public unsafe partial struct FaBackwardParams
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t dsinks</c> at byte offset 904.</remarks>
     public FaTensor dsinks;
+
+    /// <summary>
+    /// The ALiBi slopes of the forward call (see fa_forward_params_t; data NULL: none). The backward recomputes the
+    /// same bias; the slopes get no gradient. (Since 0.8: an older caller's smaller struct gets data NULL.)
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t alibi_slopes</c> at byte offset 984.</remarks>
+    public FaTensor alibi_slopes;
 }
 
 /// <summary>
@@ -359,7 +382,7 @@ public unsafe partial struct FaBackwardParams
 /// cache_batch_idx, cache_leftpad and seqlen_knew != seqlen_q are served by every decode kernel, so
 /// fa_query_support has no field for them.
 /// </summary>
-/// <remarks>Mirror of C <c>fa_decode_params_t</c> (<c>struct fa_decode_params</c>): 960 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_decode_params_t</c> (<c>struct fa_decode_params</c>): 1040 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaDecodeParams
 {
@@ -522,10 +545,20 @@ public unsafe partial struct FaDecodeParams
     /// </summary>
     /// <remarks>C: <c>const int32_t* cache_leftpad_host</c> at byte offset 952.</remarks>
     public int* cache_leftpad_host;
+
+    /// <summary>
+    /// Since 0.8. Optional ALiBi slopes, fp32 [heads_q] or [batch, heads_q] (see fa_forward_params_t). Distances
+    /// count keys from the left pad: sk = cache_seqlens[b] + seqlen_knew - cache_leftpad[b], so a new token i sees
+    /// key position p (absolute, p &gt;= pad) with bias -slope * |i + sk - seqlen_q - (p - pad)|, or, causal (as
+    /// FlashAttention-2, which keeps causal on with ALiBi even for seqlen_q = 1), +slope * (p - pad), whose lse
+    /// is larger by slope * (i + sk - seqlen_q). data NULL: no ALiBi.
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t alibi_slopes</c> at byte offset 960.</remarks>
+    public FaTensor alibi_slopes;
 }
 
 /// <summary>A question for fa_query_support: is this kind of call served by this build on this GPU?</summary>
-/// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 44 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 48 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaSupportQuery
 {
@@ -575,6 +608,14 @@ public unsafe partial struct FaSupportQuery
     /// </summary>
     /// <remarks>C: <c>int32_t sinks</c> at byte offset 40.</remarks>
     public int sinks;
+
+    /// <summary>
+    /// 1 if the call has ALiBi slopes (alibi_slopes of fa_forward_params_t, fa_backward_params_t or
+    /// fa_decode_params_t). Served by every pass on every path and dtype (fp8 included). (Since 0.8: a 0.7-sized
+    /// query gets 0.)
+    /// </summary>
+    /// <remarks>C: <c>int32_t alibi</c> at byte offset 44.</remarks>
+    public int alibi;
 }
 
 /// <summary>Properties of one CUDA device.</summary>

@@ -9,12 +9,14 @@
 namespace fa {
 
 // Whether a call needs the masked ("local") kernel variant: some key other than the sequence tail may be
-// hidden. Host and device (the launchers pick the variant with it, the registry names it).
+// hidden, or the call has ALiBi slopes, whose bias only the local variant adds (common/alibi.cuh): ALiBi costs no
+// extra kernel and leaves the plain kernel untouched. Host and device (the launchers pick the variant with it, the
+// registry names it).
 #if defined(__CUDACC__)
 __host__ __device__
 #endif
 inline bool is_local(const FwdParams& p) {
-    return p.window_left >= 0 || p.window_right >= 0;
+    return p.window_left >= 0 || p.window_right >= 0 || p.alibi_slopes != nullptr;
 }
 
 constexpr int kUnbounded = 1 << 30;

@@ -73,6 +73,14 @@ struct DecodeParams {
     const int32_t* cache_leftpad = nullptr;
     int64_t batch_idx_stride = 0, leftpad_stride = 0;
     int32_t cache_rows = 0;  // rows cache_batch_idx picks from: k_cache.shape[0] (contiguous) or block_table.shape[0]
+
+    // ALiBi (C ABI 0.8; FwdParams::alibi_slopes, common/alibi.cuh): slope of (sequence b, query head h) at
+    // alibi_slopes[b * alibi_batch_stride + h * alibi_head_stride]; distances count from the left pad. nullptr:
+    // none (a uniform runtime branch: the decode kernel has no template variants for its options).
+    const float* alibi_slopes = nullptr;
+    int64_t alibi_batch_stride = 0;
+    int64_t alibi_head_stride = 0;
+    int32_t alibi_causal = 0;
 };
 
 }  // namespace fa

@@ -79,6 +79,16 @@ struct FwdParams {
     // gets O = 0 and LSE = sink. nullptr: none (common/sink.cuh finishes a row either way).
     const float* sinks = nullptr;
     int64_t sinks_stride = 0;
+
+    // ALiBi (FEATURES.md section 2): the slope of (sequence b, query head h) is
+    // alibi_slopes[b * alibi_batch_stride + h * alibi_head_stride] (batch stride 0: one slope per head), fp32, in
+    // final-logit units. alibi_causal: the bias is +slope * j (FlashAttention-2's causal form, for a causal call
+    // without a left window), else -slope * |i + off - j| with the mask's off (common/alibi.cuh). nullptr: none.
+    // Calls with slopes run the kLocal variant (common/mask.cuh is_local), which alone carries the bias.
+    const float* alibi_slopes = nullptr;
+    int64_t alibi_batch_stride = 0;
+    int64_t alibi_head_stride = 0;
+    int32_t alibi_causal = 0;
 };
 
 }  // namespace fa

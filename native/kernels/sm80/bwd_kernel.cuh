@@ -19,6 +19,9 @@
 #include <cuda_runtime.h>
 #include <math_constants.h>
 
+#include <type_traits>
+
+#include "common/alibi.cuh"
 #include "common/bwd_block.cuh"
 #include "common/ptx.cuh"
 #include "common/tile_io.cuh"
@@ -174,39 +177,89 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
 
         // P = exp2(S * scale_log2 - lse_log2), 0 for masked keys (past the sequence, outside causal/window);
         // dS = P * (dP - dsum), times 1 - tanh^2 with softcap. P stays in s, dS goes to dp.
+        // With ALiBi (kLocal variant only, common/alibi.cuh) the exponent is that of s + bias, as in the forward;
+        // the softcap factor 1 - tanh^2 takes s without it (the bias does not depend on q or k).
         const bool tile_mask = tile_masked<kLocal>(blk.mask, row0, BM, key0, BN, seq.sk);
         const int col_base = key0 + s_col0 + (lane % 4) * 2;
         const int diff_base = col_base - (row0 + s_row0 + lane / 4);
+        // The element loop. kAlibi (softcap kernels only, where the bias must follow tanh): a copy with the bias,
+        // chosen by one uniform branch per iteration, outside the loop, everything it needs formed inside it. Without
+        // softcap the bias is added to S before the loop (below), which then runs unchanged. Static local-memory
+        // traffic (SASS LDL/STL, sm_80) against the kernels before ALiBi: no-softcap local kernels d64 2-4 -> 4-6,
+        // d128 14-18 -> 8-16; softcap local kernels d64 2-4 -> 35-38, d128 14 -> 22 (unmeasured on a GPU).
+        const auto p_and_ds = [&](auto alibi_tag) {
+            constexpr bool kAlibi = decltype(alibi_tag)::value;
+            const AlibiRow alibi = kAlibi ? alibi_row(f.alibi_slopes, f.alibi_batch_stride, f.alibi_head_stride,
+                                                      f.alibi_causal, b, h, kSoftcap ? f.softcap : f.scale,
+                                                      f.bottom_right ? seq.sk - seq.sq : 0)
+                                          : AlibiRow{false, false, 0.f, 0};
+            const float key0f = kAlibi ? static_cast<float>(col_base) : 0.f;
 #pragma unroll
-        for (int mt = 0; mt < MS; ++mt) {
+            for (int mt = 0; mt < MS; ++mt) {
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const int lr = s_row0 + mt * 16 + lane / 4 + r * 8;
-                const bool ok = lr < rows_here;
-                const float lse_r = ok ? stats[lr] : CUDART_INF_F;
-                const float dsum_r = ok ? stats[BM + lr] : 0.f;
+                for (int r = 0; r < 2; ++r) {
+                    const int lr = s_row0 + mt * 16 + lane / 4 + r * 8;
+                    const float rel = kAlibi ? static_cast<float>(row0 + lr + alibi.off - col_base) : 0.f;
+                    const bool ok = lr < rows_here;
+                    const float lse_r = ok ? stats[lr] : CUDART_INF_F;
+                    const float dsum_r = ok ? stats[BM + lr] : 0.f;
 #pragma unroll
-                for (int j = 0; j < NS; ++j) {
+                    for (int j = 0; j < NS; ++j) {
 #pragma unroll
-                    for (int c = 0; c < 2; ++c) {
-                        const int e = 2 * r + c;
-                        float x = s[mt][j][e];
-                        if (kSoftcap) x = tanhf(x * cap_premul);
-                        float pv = fast_exp2(x * scale_log2 - lse_r);
-                        if (tile_mask) {
-                            const int dc = j * 8 + c;
-                            const int diff = diff_base + dc - mt * 16 - r * 8;
-                            bool hidden = col_base + dc >= seq.sk;
-                            if (kLocal) hidden |= diff > right_bound || diff < left_bound;
-                            if (hidden) pv = 0.f;
+                        for (int c = 0; c < 2; ++c) {
+                            const int e = 2 * r + c;
+                            float x = s[mt][j][e];
+                            if (kSoftcap) x = tanhf(x * cap_premul);
+                            float xb = x;
+                            if constexpr (kAlibi) xb += alibi_bias_from(alibi, rel, key0f, j * 8 + c);
+                            float pv = fast_exp2(xb * scale_log2 - lse_r);
+                            if (tile_mask) {
+                                const int dc = j * 8 + c;
+                                const int diff = diff_base + dc - mt * 16 - r * 8;
+                                bool hidden = col_base + dc >= seq.sk;
+                                if (kLocal) hidden |= diff > right_bound || diff < left_bound;
+                                if (hidden) pv = 0.f;
+                            }
+                            float ds = pv * (dp[mt][j][e] - dsum_r);
+                            if (kSoftcap) ds *= 1.f - x * x;
+                            s[mt][j][e] = pv;
+                            dp[mt][j][e] = ds;
                         }
-                        float ds = pv * (dp[mt][j][e] - dsum_r);
-                        if (kSoftcap) ds *= 1.f - x * x;
-                        s[mt][j][e] = pv;
-                        dp[mt][j][e] = ds;
                     }
                 }
             }
+        };
+        if constexpr (kLocal && !kSoftcap) {
+            // Without softcap the bias goes into S first, in a short loop of its own, and the main loop runs unchanged
+            // (one call site: a copy of the main loop with the bias made the compiler spill in the common code).
+            if (f.alibi_slopes != nullptr) {
+                const AlibiRow alibi = alibi_row(f.alibi_slopes, f.alibi_batch_stride, f.alibi_head_stride,
+                                                 f.alibi_causal, b, h, f.scale, f.bottom_right ? seq.sk - seq.sq : 0);
+                const float key0f = static_cast<float>(col_base);
+#pragma unroll
+                for (int mt = 0; mt < MS; ++mt) {
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        const float rel =
+                            static_cast<float>(row0 + s_row0 + mt * 16 + lane / 4 + r * 8 + alibi.off - col_base);
+#pragma unroll
+                        for (int j = 0; j < NS; ++j) {
+#pragma unroll
+                            for (int c = 0; c < 2; ++c) s[mt][j][2 * r + c] += alibi_bias_from(alibi, rel, key0f, j * 8 + c);
+                        }
+                    }
+                }
+            }
+        }
+        if constexpr (kLocal && kSoftcap) {
+            // With softcap the bias goes after tanh, which the main loop applies: its own copy of the loop.
+            if (f.alibi_slopes != nullptr) {
+                p_and_ds(std::true_type{});
+            } else {
+                p_and_ds(std::false_type{});
+            }
+        } else {
+            p_and_ds(std::false_type{});
         }
         // P and dS to shared memory (16-bit), [BM][BN] row-major.
 #pragma unroll

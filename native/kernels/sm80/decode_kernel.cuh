@@ -25,6 +25,7 @@
 #include <cuda_runtime.h>
 #include <math_constants.h>
 
+#include "common/alibi.cuh"
 #include "common/ptx.cuh"
 #include "common/seq.cuh"      // ceil_div
 #include "common/tile_io.cuh"  // swizzle, frag_addr: the forward's shared-memory conventions
@@ -216,7 +217,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     // Keys some row of this block may see: [k_lo, k_hi). Computed in 64 bits: windows reach 2^31.
     const int qi_lo = row0 / p.g;
     const int qi_hi = (row0 + rows_here - 1) / p.g;
-    int64_t lo = decode_leftpad(p, b, seq.total), hi = seq.total;
+    const int pad = decode_leftpad(p, b, seq.total);
+    int64_t lo = pad, hi = seq.total;
     if (p.window_left >= 0) lo = max(lo, off + qi_lo - p.window_left);
     if (p.window_right >= 0) hi = min(hi, off + qi_hi + p.window_right + 1);
     const int k_lo = static_cast<int>(min(lo, static_cast<int64_t>(seq.total)));
@@ -332,6 +334,19 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     const float scale_log2 = p.scale_log2;
     const bool softcap = p.softcap > 0.f;
     const float cap_premul = softcap ? p.scale / p.softcap : 1.f;
+    // ALiBi (common/alibi.cuh) of the thread's two rows, each of its own query head: keys count from the left pad,
+    // so the diagonal offset is sk - sq with sk = total - pad. A uniform branch per tile when there are slopes.
+    const bool alibi_on = p.alibi_slopes != nullptr;
+    AlibiRow alibi[2];
+    int alibi_qi[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int R = row0 + min(lane / 4 + 8 * r, rows_here - 1);
+        alibi_qi[r] = R / p.g;
+        alibi[r] = alibi_row(p.alibi_slopes, p.alibi_batch_stride, p.alibi_head_stride, p.alibi_causal, b,
+                             hk * p.g + (R - alibi_qi[r] * p.g), softcap ? p.softcap : p.scale,
+                             seq.total - pad - p.sq);
+    }
 
     int stage = 0;            // ring stage of tile t
     int load_stage = NS - 1;  // ring stage the next tile goes to
@@ -388,9 +403,22 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
                 for (int e = 0; e < 4; ++e) s[j][e] = tanhf(s[j][e] * cap_premul);
             }
         }
+        const int key0 = t * BN + warp_key + (lane % 4) * 2;
+        // ALiBi after softcap, before the masks (which then replace the biased score of a hidden key).
+        if (alibi_on) {
+            const float key0f = static_cast<float>(key0 - pad);  // keys count from the left pad
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const float rel = static_cast<float>(alibi_qi[r] + alibi[r].off - (key0 - pad));
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) s[j][2 * r + c] += alibi_bias_from(alibi[r], rel, key0f, j * 8 + c);
+                }
+            }
+        }
         // Masks (sequence end, causal diagonal, window): a handful of compares, cheaper than deciding per
         // tile whether they are needed. Replacing the score also discards whatever a zero-filled K row gave.
-        const int key0 = t * BN + warp_key + (lane % 4) * 2;
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
 #pragma unroll

@@ -16,6 +16,7 @@
 
 #include <type_traits>
 
+#include "common/alibi.cuh"
 #include "common/mask.cuh"
 #include "common/ptx.cuh"
 #include "common/seq.cuh"
@@ -28,7 +29,8 @@
 namespace fa {
 namespace sm80 {
 
-// kLocal: some key may be hidden by a causal mask or a window (else only the sequence tail masks).
+// kLocal: some key may be hidden by a causal mask or a window (else only the sequence tail masks), or the call has
+// ALiBi slopes (added here only: the plain kernel carries no ALiBi code).
 template <class Tr, bool kLocal, bool kSoftcap>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const __grid_constant__ FwdParams p) {
     using T = typename Tr::Elem;
@@ -166,6 +168,29 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
                 for (int j = 0; j < NS; ++j) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) s[mt][j][e] = tanhf(s[mt][j][e] * cap_premul);
+                }
+            }
+        }
+
+        // ALiBi bias, after softcap and before the masks (a uniform branch, in the kLocal variant only;
+        // common/alibi.cuh): the slope in units of s, divided by the multiplier that scale_log2 folds in. Formed
+        // here, per tile, so nothing of it stays live through the rest of the loop.
+        if constexpr (kLocal) {
+            if (p.alibi_slopes != nullptr) {
+                const AlibiRow alibi = alibi_row(p.alibi_slopes, p.alibi_batch_stride, p.alibi_head_stride,
+                                                 p.alibi_causal, b, h, kSoftcap ? p.softcap : p.scale,
+                                                 p.bottom_right ? seq.sk - seq.sq : 0);
+                const int col0 = n * BN + (lane % 4) * 2;
+                const float key0f = static_cast<float>(col0);
+                const int rel0 = row0 + warp_row + lane / 4 + alibi.off - col0;
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const float rel = static_cast<float>(rel0 + mt * 16 + (e >= 2 ? 8 : 0));
+#pragma unroll
+                        for (int j = 0; j < NS; ++j) s[mt][j][e] += alibi_bias_from(alibi, rel, key0f, j * 8 + (e & 1));
+                    }
                 }
             }
         }

@@ -25,6 +25,7 @@
 #include <cuda_fp16.h>
 #include <math_constants.h>
 
+#include "common/alibi.cuh"
 #include "common/bwd_block.cuh"
 #include "common/ptx.cuh"
 #include "common/tile_io.cuh"
@@ -154,6 +155,35 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         // kk covers queries [16kk, 16kk + 16) = column blocks 2kk and 2kk + 1. kSplit: warpgroup 0 makes
         // P^T (fa: its A fragments) and hands P^T (1 - tanh^2) to warpgroup 1, which makes dS^T (fa too).
         const bool tile_mask = tile_masked<kLocal>(blk.mask, row0, BM, key0, BN, seq.sk);
+        // ALiBi (kLocal variant only, common/alibi.cuh): the exponent is that of s + bias, as in the forward; the
+        // softcap factor 1 - tanh^2 takes s without it. This thread's query row0 + qc0 + (8j + c) and key
+        // key0 + key_base + kr0 + 8i, the unrolled offsets constants (alibi_bias_from). Without softcap the bias is
+        // added to S^T here, before the loop, which then runs unchanged (as sm80/bwd_kernel.cuh); with softcap it
+        // follows tanh inside the loop.
+        const bool alibi_on = kLocal && f.alibi_slopes != nullptr && (!kSplit || wg == 0);
+        const AlibiRow alibi = kLocal && kSoftcap && alibi_on
+                                   ? alibi_row(f.alibi_slopes, f.alibi_batch_stride, f.alibi_head_stride,
+                                               f.alibi_causal, b, h, f.softcap, f.bottom_right ? seq.sk - seq.sq : 0)
+                                   : AlibiRow{false, false, 0.f, 0};
+        const float key_tf = static_cast<float>(key0 + key_base + kr0);
+        const float alibi_rel = static_cast<float>(row0 + qc0 + alibi.off - (key0 + key_base + kr0));
+        if constexpr (kLocal && !kSoftcap) {
+            if (alibi_on) {
+                const AlibiRow a = alibi_row(f.alibi_slopes, f.alibi_batch_stride, f.alibi_head_stride, f.alibi_causal,
+                                             b, h, f.scale, f.bottom_right ? seq.sk - seq.sq : 0);
+                const float rel0 = static_cast<float>(row0 + qc0 + a.off - (key0 + key_base + kr0));
+#pragma unroll
+                for (int j = 0; j < BM / 8; ++j) {
+#pragma unroll
+                    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+                        for (int c = 0; c < 2; ++c) {
+                            st[4 * j + 2 * i + c] += alibi_bias_from(a, rel0 + static_cast<float>(8 * j + c), key_tf, 8 * i);
+                        }
+                    }
+                }
+            }
+        }
         float4* px = reinterpret_cast<float4*>(smem + Tr::kOffPX) + (tid % 128);  // kSplit: 8 float4, 128 apart
         uint32_t fa[BM / 16][4], fd[kSplit ? 1 : BM / 16][4];
         if (!kSplit || wg == 0) {
@@ -173,7 +203,11 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
                         const float lse_c = ok ? (c ? lse2.y : lse2.x) : CUDART_INF_F;
                         float x = st[e];
                         if (kSoftcap) x = tanhf(x * cap_premul);
-                        float pv = fast_exp2(x * scale_log2 - lse_c);
+                        float xb = x;
+                        if constexpr (kLocal && kSoftcap) {
+                            if (alibi.on) xb += alibi_bias_from(alibi, alibi_rel + static_cast<float>(8 * j + c), key_tf, 8 * i);
+                        }
+                        float pv = fast_exp2(xb * scale_log2 - lse_c);
                         if (tile_mask) {
                             const int key = key0 + key_base + kr0 + 8 * i;
                             const int diff = key - (row0 + qc);

@@ -34,6 +34,7 @@
 #include <cuda_fp8.h>
 #include <math_constants.h>
 
+#include "common/alibi.cuh"
 #include "common/fwd_schedule.h"
 #include "common/mask.cuh"
 #include "common/ptx.cuh"
@@ -390,6 +391,26 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
                 if (kSoftcap) {
 #pragma unroll
                     for (int i = 0; i < BN / 2; ++i) s[i] = tanhf(s[i] * cap_premul);
+                }
+                // ALiBi after softcap, before the masks (a uniform branch; kLocal variant only; common/alibi.cuh):
+                // the slope divided by the multiplier of s in the final logit, lse_scale (with fp8 the descales'
+                // product is in it, or inside tanh under softcap). Formed here, so nothing of it stays live.
+                if constexpr (kLocal) {
+                    if (p.alibi_slopes != nullptr) {
+                        const AlibiRow alibi = alibi_row(p.alibi_slopes, p.alibi_batch_stride, p.alibi_head_stride,
+                                                         p.alibi_causal, t.b, t.h, lse_scale,
+                                                         p.bottom_right ? t.seq.sk - t.seq.sq : 0);
+                        const int col0 = n * BN + 2 * t4;
+                        const float key0f = static_cast<float>(col0);
+                        const float rel_lo = static_cast<float>(t.row0 + rl + alibi.off - col0);
+#pragma unroll
+                        for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+                            for (int e = 0; e < 4; ++e) {
+                                s[4 * j + e] += alibi_bias_from(alibi, rel_lo + (e >= 2 ? 8.f : 0.f), key0f, 8 * j + (e & 1));
+                            }
+                        }
+                    }
                 }
                 if (tile_masked<kLocal>(t.mask, t.row0 + cw * 64, 64, n * BN, BN, t.seq.sk)) {
                     const int col0 = n * BN + 2 * t4;

@@ -69,7 +69,9 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     // heaviest-first order, balances the SMs as a dynamic scheduler would (a static stride left the heaviest
     // tiles on the same SMs: 0.63-0.77x cuDNN at 16k causal; bench/NOTES.md).
     const int sms = info.sm_count > 0 ? info.sm_count : 132;
-    const bool per_tile = kLocal && p.sk > FA_SM90_FWD_PERSISTENT_MAX_KEYS;
+    // (ALiBi alone also runs the kLocal variant, common/mask.cuh, but its tiles cost the same: persistent.)
+    const bool masked = p.window_left >= 0 || p.window_right >= 0;
+    const bool per_tile = kLocal && masked && p.sk > FA_SM90_FWD_PERSISTENT_MAX_KEYS;
     const unsigned grid = per_tile || tiles < static_cast<unsigned>(sms) ? tiles : static_cast<unsigned>(sms);
     kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
     return cudaGetLastError();

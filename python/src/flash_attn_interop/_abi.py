@@ -23,8 +23,8 @@ TARGET = "x86_64-unknown-linux-gnu"
 FA_VERSION_MAJOR = 0
 
 # Version of this header. fa_version() reports the version of the loaded binary.
-# C: #define FA_VERSION_MINOR 7
-FA_VERSION_MINOR = 7
+# C: #define FA_VERSION_MINOR 8
+FA_VERSION_MINOR = 8
 
 # Version of this header. fa_version() reports the version of the loaded binary.
 # C: #define FA_VERSION_PATCH 0
@@ -32,7 +32,7 @@ FA_VERSION_PATCH = 0
 
 # MAJOR * 10000 + MINOR * 100 + PATCH.
 # C: #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
-FA_VERSION_CODE = 700
+FA_VERSION_CODE = 800
 
 # Most dimensions a tensor descriptor carries.
 # C: #define FA_MAX_RANK 4
@@ -165,7 +165,7 @@ class FaTensor(ctypes.Structure):
 
 
 class FaForwardParams(ctypes.Structure):
-    """C fa_forward_params_t (struct fa_forward_params): 808 bytes, aligned to 8."""
+    """C fa_forward_params_t (struct fa_forward_params): 888 bytes, aligned to 8."""
 
     # Arguments of fa_forward. Fill with fa_forward_params_init, then set the fields you need.
     _fields_ = [
@@ -249,11 +249,23 @@ class FaForwardParams(ctypes.Structure):
         # of the forward serves it (fp8 too: sigma is then in the units of the descaled logits).
         # (Since 0.7: an older caller's smaller struct gets data NULL.)
         ("sinks", FaTensor),  # C: fa_tensor_t, offset 728
+        # Optional ALiBi slopes (FlashAttention-2's alibi_slopes): an fp32 device tensor, rank 1 [heads_q] (one slope
+        # per query head, every sequence) or rank 2 [batch, heads_q] (per sequence and query head; with a
+        # variable-length batch batch is varlen_batch); strides in elements, >= 1; 4-byte aligned. Adds to the final
+        # logit x_ij (after scale and softcap: the bias is not multiplied by softmax_scale and not capped) the bias
+        # -slope * |i + sk - sq - j|   (not causal, sliding windows included; sk, sq: the sequence's lengths), or
+        # +slope * j                   (causal without a left window: window (-1, 0) after the causal fold),
+        # i and j counted within the sequence. The causal form is FlashAttention-2's: on the visible keys it differs
+        # from the first by the row constant slope * (i + sk - sq), so out is the same but lse is larger by that
+        # constant. With FA_CAUSAL_TOP_LEFT, sk - sq is replaced by 0 (the offset of the mask's diagonal). A
+        # positive slope decays with distance; masked keys stay hidden. data NULL: no ALiBi.
+        # (Since 0.8: an older caller's smaller struct gets data NULL.)
+        ("alibi_slopes", FaTensor),  # C: fa_tensor_t, offset 808
     ]
 
 
 class FaBackwardParams(ctypes.Structure):
-    """C fa_backward_params_t (struct fa_backward_params): 984 bytes, aligned to 8."""
+    """C fa_backward_params_t (struct fa_backward_params): 1064 bytes, aligned to 8."""
 
     # Arguments of fa_backward. Fill with fa_backward_params_init, then set the fields you need. The options
     # (scale, causal, window, softcap, varlen) must be those of the forward call that produced out and lse.
@@ -330,11 +342,14 @@ class FaBackwardParams(ctypes.Structure):
         # e^(sinks[h] - lse[b, h, i]) * rowsum(dout * out)[b, h, i]. The sum runs in a fixed order, so it is
         # bitwise identical run after run whatever deterministic says. (Since 0.7.)
         ("dsinks", FaTensor),  # C: fa_tensor_t, offset 904
+        # The ALiBi slopes of the forward call (see fa_forward_params_t; data NULL: none). The backward recomputes the
+        # same bias; the slopes get no gradient. (Since 0.8: an older caller's smaller struct gets data NULL.)
+        ("alibi_slopes", FaTensor),  # C: fa_tensor_t, offset 984
     ]
 
 
 class FaDecodeParams(ctypes.Structure):
-    """C fa_decode_params_t (struct fa_decode_params): 960 bytes, aligned to 8."""
+    """C fa_decode_params_t (struct fa_decode_params): 1040 bytes, aligned to 8."""
 
     # Arguments of fa_decode. Fill with fa_decode_params_init, then set the fields you need.
     # seqlen_q (q.shape[1]) new queries per sequence attend over its cached keys; when k_new/v_new are given,
@@ -431,11 +446,17 @@ class FaDecodeParams(ctypes.Structure):
         # before anything is launched otherwise. Without it the kernels clamp a pad outside 0 .. total_b and report
         # it (FA_STATUS_DEVICE_CHECK_FAILED naming cache_leftpad). Only with cache_leftpad.data.
         ("cache_leftpad_host", ctypes.POINTER(ctypes.c_int32)),  # C: const int32_t*, offset 952
+        # Since 0.8. Optional ALiBi slopes, fp32 [heads_q] or [batch, heads_q] (see fa_forward_params_t). Distances
+        # count keys from the left pad: sk = cache_seqlens[b] + seqlen_knew - cache_leftpad[b], so a new token i sees
+        # key position p (absolute, p >= pad) with bias -slope * |i + sk - seqlen_q - (p - pad)|, or, causal (as
+        # FlashAttention-2, which keeps causal on with ALiBi even for seqlen_q = 1), +slope * (p - pad), whose lse
+        # is larger by slope * (i + sk - seqlen_q). data NULL: no ALiBi.
+        ("alibi_slopes", FaTensor),  # C: fa_tensor_t, offset 960
     ]
 
 
 class FaSupportQuery(ctypes.Structure):
-    """C fa_support_query_t (struct fa_support_query): 44 bytes, aligned to 4."""
+    """C fa_support_query_t (struct fa_support_query): 48 bytes, aligned to 4."""
 
     # A question for fa_query_support: is this kind of call served by this build on this GPU?
     _fields_ = [
@@ -462,6 +483,10 @@ class FaSupportQuery(ctypes.Structure):
         # 1 if the call has learnable sinks (fa_forward_params_t.sinks; with FA_PASS_BACKWARD also dsinks). Served by
         # the forward and the backward on every path; fa_decode has none. (Since 0.7: a 0.6-sized query gets 0.)
         ("sinks", ctypes.c_int32),  # C: int32_t, offset 40
+        # 1 if the call has ALiBi slopes (alibi_slopes of fa_forward_params_t, fa_backward_params_t or
+        # fa_decode_params_t). Served by every pass on every path and dtype (fp8 included). (Since 0.8: a 0.7-sized
+        # query gets 0.)
+        ("alibi", ctypes.c_int32),  # C: int32_t, offset 44
     ]
 
 
@@ -507,7 +532,7 @@ LAYOUT = {
         ("shape", 16),
         ("strides", 48),
     )),
-    FaForwardParams: (808, 8, (
+    FaForwardParams: (888, 8, (
         ("struct_size", 0),
         ("reserved0", 4),
         ("q", 8),
@@ -535,8 +560,9 @@ LAYOUT = {
         ("k_descale", 568),
         ("v_descale", 648),
         ("sinks", 728),
+        ("alibi_slopes", 808),
     )),
-    FaBackwardParams: (984, 8, (
+    FaBackwardParams: (1064, 8, (
         ("struct_size", 0),
         ("reserved0", 4),
         ("q", 8),
@@ -568,8 +594,9 @@ LAYOUT = {
         ("workspace_size", 816),
         ("sinks", 824),
         ("dsinks", 904),
+        ("alibi_slopes", 984),
     )),
-    FaDecodeParams: (960, 8, (
+    FaDecodeParams: (1040, 8, (
         ("struct_size", 0),
         ("reserved0", 4),
         ("q", 8),
@@ -596,8 +623,9 @@ LAYOUT = {
         ("cache_leftpad", 864),
         ("cache_batch_idx_host", 944),
         ("cache_leftpad_host", 952),
+        ("alibi_slopes", 960),
     )),
-    FaSupportQuery: (44, 4, (
+    FaSupportQuery: (48, 4, (
         ("struct_size", 0),
         ("pass", 4),
         ("compute_capability", 8),
@@ -609,6 +637,7 @@ LAYOUT = {
         ("varlen", 32),
         ("kernel_path", 36),
         ("sinks", 40),
+        ("alibi", 44),
     )),
     FaDeviceProperties: (288, 8, (
         ("struct_size", 0),

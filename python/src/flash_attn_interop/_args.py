@@ -29,12 +29,11 @@ def refuse(function, name, value, why):
     raise UnsupportedArgumentError(f"{function}: {name}={value!r} is not served by FlashAttention.Interop yet ({why})")
 
 
-def common_refusals(function, dropout_p=0.0, alibi_slopes=None):
-    """The options every entry point takes that the library does not serve: dropout and ALiBi."""
+def common_refusals(function, dropout_p=0.0):
+    """The options every entry point takes that the library does not serve: dropout. (ALiBi is served since C ABI
+    0.8: alibi_slopes goes through the extras path of _interface.)"""
     if dropout_p is None or float(dropout_p) != 0.0:
         refuse(function, "dropout_p", dropout_p, "the library has no dropout; pass dropout_p=0.0")
-    if alibi_slopes is not None:
-        refuse(function, "alibi_slopes", "<tensor>", "the library has no ALiBi bias; pass alibi_slopes=None")
 
 
 def softmax_scale_arg(function, softmax_scale):
@@ -190,6 +189,7 @@ _FWD_CU = _run(_F, "cu_seqlens_q", "cu_seqlens_k")
 _FWD_LENS = _run(_F, "varlen_batch", "max_seqlen_q", "max_seqlen_k")
 _FWD_DESCALE = _run(_F, "q_descale", "k_descale", "v_descale")
 _FWD_SINKS = _run(_F, "sinks")
+_FWD_ALIBI = _run(_F, "alibi_slopes")
 _B = _abi.FaBackwardParams
 _BWD_MAIN = _run(_B, "q", "k", "v", "out", "dout", "lse", "dq", "dk", "dv", "softmax_scale", "causal",
                  "causal_alignment")
@@ -197,11 +197,14 @@ _BWD_WINDOW = _run(_B, "window_left", "window_right", "softcap", "deterministic"
 _BWD_CU = _run(_B, "cu_seqlens_q", "cu_seqlens_k")
 _BWD_LENS = _run(_B, "varlen_batch", "max_seqlen_q", "max_seqlen_k")
 _BWD_SINKS = _run(_B, "sinks", "dsinks")
+_BWD_ALIBI = _run(_B, "alibi_slopes")
 _D = _abi.FaDecodeParams
 _DEC_MAIN = _run(_D, "q", "k_cache", "v_cache", "k_new", "v_new", "out", "lse", "cache_seqlens", "block_table",
                  "softmax_scale", "causal", "window_left", "window_right", "softcap")
 _DEC_SPLITS = _run(_D, "num_splits", "advance_cache_seqlens")
 _DEC_SERVING = _run(_D, "cache_batch_idx", "cache_leftpad")  # C ABI 0.7
+_DEC_ALIBI = _run(_D, "alibi_slopes")  # C ABI 0.8
+_ALIBI_RUNS = {"forward": _FWD_ALIBI, "backward": _BWD_ALIBI, "decode": _DEC_ALIBI}
 del _F, _B, _D
 
 
@@ -231,6 +234,16 @@ def pack_backward_sinks(p, sinks, dsinks):
         s.pack_into(p, off, *sinks, *dsinks)
     except (struct.error, OverflowError) as e:
         raise _unfit("backward", e) from None
+
+
+def pack_alibi(p, kind, slopes):
+    """Writes the alibi_slopes field (tensor_fields of a float32 [heads_q] or [batch, heads_q] tensor; C ABI 0.8) of
+    the params of `kind` ("forward", "backward" or "decode")."""
+    try:
+        off, s = _ALIBI_RUNS[kind]
+        s.pack_into(p, off, *slopes)
+    except (struct.error, OverflowError) as e:
+        raise _unfit(kind, e) from None
 
 
 def sinks_arg(function, sinks, learnable_sink):
@@ -308,22 +321,24 @@ def _int_varlen(varlen):
 
 def forward_params(lib, q, k, v, out, lse=None, *, softmax_scale=0.0, causal=False,
                    causal_alignment=_abi.FA_CAUSAL_BOTTOM_RIGHT, window=(-1, -1), softcap=0.0, varlen=None,
-                   descales=None, sinks=None):
+                   descales=None, sinks=None, alibi_slopes=None):
     """fa_forward_params_t over TensorDescs (lse None: not written). lib: a loaded _library.Library. descales: None,
     or (q_descale, k_descale, v_descale) TensorDescs (None: a factor of 1), the fp8 forward's. sinks: None or the
-    TensorDesc of the learnable sinks."""
+    TensorDesc of the learnable sinks; alibi_slopes: None or the TensorDesc of the ALiBi slopes."""
     p = lib.new_params("forward")
     pack_forward(p, desc_fields(q), desc_fields(k), desc_fields(v), desc_fields(out), desc_fields(lse), softmax_scale,
                  causal, causal_alignment, window[0], window[1], softcap, _int_varlen(varlen),
                  None if descales is None else tuple(desc_fields(t) for t in descales))
     if sinks is not None:
         pack_sinks(p, desc_fields(sinks))
+    if alibi_slopes is not None:
+        pack_alibi(p, "forward", desc_fields(alibi_slopes))
     return p
 
 
 def backward_params(lib, q, k, v, out, dout, lse, dq, dk, dv, *, softmax_scale=0.0, causal=False,
                     causal_alignment=_abi.FA_CAUSAL_BOTTOM_RIGHT, window=(-1, -1), softcap=0.0, deterministic=False,
-                    varlen=None, sinks=None, dsinks=None):
+                    varlen=None, sinks=None, dsinks=None, alibi_slopes=None):
     """fa_backward_params_t over TensorDescs, no workspace yet (the caller sizes and sets it). sinks, dsinks: None or
     TensorDescs (the learnable sinks of the forward call and their gradient, written)."""
     p = lib.new_params("backward")
@@ -331,12 +346,14 @@ def backward_params(lib, q, k, v, out, dout, lse, dq, dk, dv, *, softmax_scale=0
                   causal_alignment, window[0], window[1], softcap, deterministic, _int_varlen(varlen))
     if sinks is not None or dsinks is not None:
         pack_backward_sinks(p, desc_fields(sinks), desc_fields(dsinks))
+    if alibi_slopes is not None:
+        pack_alibi(p, "backward", desc_fields(alibi_slopes))
     return p
 
 
 def decode_params(lib, q, k_cache, v_cache, out, cache_seqlens, *, k_new=None, v_new=None, lse=None,
                   block_table=None, softmax_scale=0.0, causal=False, window=(-1, -1), softcap=0.0, num_splits=0,
-                  cache_batch_idx=None, cache_leftpad=None):
+                  cache_batch_idx=None, cache_leftpad=None, alibi_slopes=None):
     """fa_decode_params_t over TensorDescs (k_new/v_new None: append nothing; block_table None: contiguous cache;
     cache_batch_idx / cache_leftpad None: not given). cache_seqlens is only read (flash-attn's convention: the caller
     advances it)."""
@@ -344,6 +361,8 @@ def decode_params(lib, q, k_cache, v_cache, out, cache_seqlens, *, k_new=None, v
     pack_decode(p, *(desc_fields(t) for t in (q, k_cache, v_cache, k_new, v_new, out, lse, cache_seqlens, block_table)),
                 softmax_scale, causal, window[0], window[1], softcap, num_splits, desc_fields(cache_batch_idx),
                 desc_fields(cache_leftpad))
+    if alibi_slopes is not None:
+        pack_alibi(p, "decode", desc_fields(alibi_slopes))
     return p
 
 

@@ -21,6 +21,13 @@ gets out 0 and lse sigma_h. Differentiable in the sinks too (dsigma_h = -sum_{b,
 out); no gradient flows through the returned lse, as everywhere here). The library computes in fp32 (a 16-bit sinks
 tensor is converted, and its gradient converted back). Not with fp8 inputs in this package yet.
 
+ALiBi (C ABI 0.8; FlashAttention-2's alibi_slopes, on every function including flash_attn_with_kvcache): a float32
+tensor (nheads,) or (batch, nheads) on the GPU, last dimension contiguous. The bias added to each final logit (after
+softmax_scale and softcap: not scaled, not capped; before the masks) is -slope * |i + seqlen_k - seqlen_q - j|, or,
+for a causal call without a left window, FlashAttention-2's +slope * j (the same output; the returned lse is larger
+by slope * (i + seqlen_k - seqlen_q)). kvcache: keys counted from cache_leftpad, the causal form kept for seqlen_q 1.
+The slopes get no gradient. Not with fp8 inputs in this package yet.
+
 fp8 (FlashAttention-3's fp8 forward): q, k and v all torch.float8_e4m3fn give a torch.bfloat16 output; q_descale,
 k_descale and v_descale (float32 (batch, nheads_k), even for q; None: 1.0) scale the values back: the attention is
 that of q * q_descale[b, h // (nheads // nheads_k)], k * k_descale[b, hk] and v * v_descale[b, hk], the log-sum-exp
@@ -58,7 +65,7 @@ def _options(function, dropout_p, softmax_scale, causal, window_size, softcap, a
             and type(causal_alignment) is str and causal_alignment == "bottom_right"):
         # Every option at its default (what the checks below would return, without their calls).
         return _DEFAULT_CAUSAL_OPTIONS if causal else _DEFAULT_OPTIONS
-    _args.common_refusals(function, dropout_p, alibi_slopes)
+    _args.common_refusals(function, dropout_p)
     scale = _args.softmax_scale_arg(function, softmax_scale)
     left, right = _args.window_arg(function, window_size)
     align = _args.causal_alignment_arg(function, causal_alignment)
@@ -172,27 +179,37 @@ def _fp8(ops, function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_s
 
 
 def _with_sinks(function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
-                return_attn_probs, descales, sinks):
-    """A call with learnable sinks (fixed-length when cu_seqlens_q is None): the sinks checked first (on any device),
-    then q, k, v as every call checks them, then the devices; through the sink ops (differentiable in the sinks)."""
+                return_attn_probs, descales, sinks, alibi_slopes=None):
+    """A call with the extras, learnable sinks and/or ALiBi slopes (each None when absent; fixed-length when
+    cu_seqlens_q is None): the extras checked first (on any device), then q, k, v as every call checks them, then the
+    devices; through the extras ops (differentiable in the sinks; the slopes get no gradient, as in
+    FlashAttention-2)."""
     ops = _ops or _torch_ops()
     if descales is not _NO_DESCALES or ops.is_fp8(q):
-        _args.refuse(function, "sinks", "<tensor>", "learnable sinks with fp8 inputs are served by the C ABI (0.7) but "
-                     "not wired into this package yet; use fp16/bf16 inputs")
+        if sinks is not None:
+            _args.refuse(function, "sinks", "<tensor>", "learnable sinks with fp8 inputs are served by the C ABI (0.7) "
+                         "but not wired into this package yet; use fp16/bf16 inputs")
+        _args.refuse(function, "alibi_slopes", "<tensor>", "ALiBi with fp8 inputs is served by the C ABI (0.8) but not "
+                     "wired into this package yet; use fp16/bf16 inputs")
     varlen = cu_seqlens_q is not None
     rank, layout = (3, _VARLEN_LAYOUT) if varlen else (4, _DENSE_LAYOUT)
     if getattr(q, "dim", None) is None or q.dim() != rank:
         raise ValueError(f"{function}: q must be {layout}, got shape {_shape(q)}")
-    sinks = ops.sink_input(function, sinks, q.shape[-2])
-    plain = ops.plain_eager(q, k, v, cu_seqlens_q, cu_seqlens_k, sinks)
+    if sinks is not None:
+        sinks = ops.sink_input(function, sinks, q.shape[-2])
+    if alibi_slopes is not None:
+        # The batch of the (batch, nheads) form: the sequences of a variable-length batch.
+        batch = (cu_seqlens_q.shape[0] - 1 if hasattr(cu_seqlens_q, "shape") else -1) if varlen else q.shape[0]
+        alibi_slopes = ops.alibi_input(function, alibi_slopes, batch, q.shape[-2])
+    plain = ops.plain_eager(q, k, v, cu_seqlens_q, cu_seqlens_k, sinks, alibi_slopes)
     q, k, v = _attn_inputs(ops, function, q, k, v, plain, rank, layout)
     cu_q = cu_k = None
     if varlen:
         ops.require_cuda(function, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
         cu_q, cu_k = _cu_seqlens(ops, function, cu_seqlens_q, cu_seqlens_k)
-    ops.require_cuda(function, sinks=sinks)
-    out, lse = ops.attention_sink(q, k, v, sinks, opts, bool(deterministic), cu_q, cu_k, int(max_seqlen_q),
-                                  int(max_seqlen_k), plain)
+    ops.require_cuda(function, sinks=sinks, alibi_slopes=alibi_slopes)
+    out, lse = ops.attention_sink(q, k, v, sinks, alibi_slopes, opts, bool(deterministic), cu_q, cu_k,
+                                  int(max_seqlen_q), int(max_seqlen_k), plain)
     return _finish(out, lse, return_attn_probs, q)
 
 
@@ -218,9 +235,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     per query head in the softmax denominator (see the module's notes); differentiable."""
     f = "flash_attn_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
-    if sinks is not None or learnable_sink is not None:
+    if sinks is not None or learnable_sink is not None or alibi_slopes is not None:
         return _with_sinks(f, q, k, v, None, None, 0, 0, opts, deterministic, return_attn_probs,
-                           _descales(q_descale, k_descale, v_descale), _args.sinks_arg(f, sinks, learnable_sink))
+                           _descales(q_descale, k_descale, v_descale), _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes)
     if q_descale is not None or k_descale is not None or v_descale is not None:
         return _dense(f, q, k, v, opts, deterministic, return_attn_probs, (q_descale, k_descale, v_descale))
     ops = _ops or _torch_ops()
@@ -240,10 +257,10 @@ def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=Fal
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(qkv, "dim", None) is None or qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"{f}: qkv must be [batch, seqlen, 3, heads, head_dim], got {_shape(qkv)}")
-    if sinks is not None or learnable_sink is not None:
+    if sinks is not None or learnable_sink is not None or alibi_slopes is not None:
         return _with_sinks(f, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], None, None, 0, 0, opts, deterministic,
                            return_attn_probs, _descales(q_descale, k_descale, v_descale),
-                           _args.sinks_arg(f, sinks, learnable_sink))
+                           _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes)
     return _dense(f, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], opts, deterministic, return_attn_probs,
                   _descales(q_descale, k_descale, v_descale))
 
@@ -257,9 +274,9 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(kv, "dim", None) is None or kv.dim() != 5 or kv.shape[2] != 2:
         raise ValueError(f"{f}: kv must be [batch, seqlen_k, 2, heads_kv, head_dim], got {_shape(kv)}")
-    if sinks is not None or learnable_sink is not None:
+    if sinks is not None or learnable_sink is not None or alibi_slopes is not None:
         return _with_sinks(f, q, kv[:, :, 0], kv[:, :, 1], None, None, 0, 0, opts, deterministic, return_attn_probs,
-                           _descales(q_descale, k_descale, v_descale), _args.sinks_arg(f, sinks, learnable_sink))
+                           _descales(q_descale, k_descale, v_descale), _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes)
     return _dense(f, q, kv[:, :, 0], kv[:, :, 1], opts, deterministic, return_attn_probs,
                   _descales(q_descale, k_descale, v_descale))
 
@@ -276,10 +293,10 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     f = "flash_attn_varlen_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     _no_block_table(f, block_table)
-    if sinks is not None or learnable_sink is not None:
+    if sinks is not None or learnable_sink is not None or alibi_slopes is not None:
         return _with_sinks(f, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
                            return_attn_probs, _descales(q_descale, k_descale, v_descale),
-                           _args.sinks_arg(f, sinks, learnable_sink))
+                           _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes)
     return _varlen(f, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
                    return_attn_probs, _descales(q_descale, k_descale, v_descale))
 
@@ -293,10 +310,10 @@ def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(qkv, "dim", None) is None or qkv.dim() != 4 or qkv.shape[1] != 3:
         raise ValueError(f"{f}: qkv must be [total, 3, heads, head_dim], got {_shape(qkv)}")
-    if sinks is not None or learnable_sink is not None:
+    if sinks is not None or learnable_sink is not None or alibi_slopes is not None:
         return _with_sinks(f, qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, opts,
                            deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale),
-                           _args.sinks_arg(f, sinks, learnable_sink))
+                           _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes)
     return _varlen(f, qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, opts,
                    deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale))
 
@@ -312,10 +329,10 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(kv, "dim", None) is None or kv.dim() != 4 or kv.shape[1] != 2:
         raise ValueError(f"{f}: kv must be [total_k, 2, heads_kv, head_dim], got {_shape(kv)}")
-    if sinks is not None or learnable_sink is not None:
+    if sinks is not None or learnable_sink is not None or alibi_slopes is not None:
         return _with_sinks(f, q, kv[:, 0], kv[:, 1], cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts,
                            deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale),
-                           _args.sinks_arg(f, sinks, learnable_sink))
+                           _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes)
     return _varlen(f, q, kv[:, 0], kv[:, 1], cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts,
                    deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale))
 
@@ -337,8 +354,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     [batch, heads, seqlen_q]). Not differentiable."""
     f = "flash_attn_with_kvcache"
     for name, val, why in (("rotary_cos", rotary_cos, "no rotary embedding in the library; apply it to q/k first"),
-                           ("rotary_sin", rotary_sin, "no rotary embedding in the library; apply it to q/k first"),
-                           ("alibi_slopes", alibi_slopes, "the library has no ALiBi bias")):
+                           ("rotary_sin", rotary_sin, "no rotary embedding in the library; apply it to q/k first")):
         if val is not None:
             _args.refuse(f, name, "<tensor>", why)
     scale = _args.softmax_scale_arg(f, softmax_scale)
@@ -355,9 +371,13 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     if any(ops.is_fp8(t) for t in (q, k_cache, v_cache, k, v)):
         _args.refuse(f, "dtype", "torch.float8_e4m3fn", "the library's fp8 is the forward of flash_attn_func and "
                      "flash_attn_varlen_func; decode over a KV cache takes fp16 or bf16")
+    if alibi_slopes is not None:
+        if getattr(q, "dim", None) is None or q.dim() != 4:
+            raise ValueError(f"{f}: q must be [batch, seqlen_q, heads, head_dim], got {_shape(q)}")
+        alibi_slopes = ops.alibi_input(f, alibi_slopes, q.shape[0], q.shape[2])
     ops.require_cuda(f, q=q, k_cache=k_cache, v_cache=v_cache, k=k, v=v, block_table=block_table,
                      cache_seqlens=cache_seqlens if isinstance(cache_seqlens, torch.Tensor) else None,
-                     cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad)
+                     cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, alibi_slopes=alibi_slopes)
     q = ops.attn_input(f, "q", q)
     for n, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         # Written in place when k/v are appended: never replaced by a copy.
@@ -382,8 +402,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         cache_batch_idx = ops.int32_input(f, "cache_batch_idx", cache_batch_idx)
     if cache_leftpad is not None:
         cache_leftpad = ops.int32_input(f, "cache_leftpad", cache_leftpad)
-    out, lse = ops.decode(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, scale,
-                          bool(causal), left, right, cap, splits)
+    out, lse = ops.decode(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad,
+                          alibi_slopes, scale, bool(causal), left, right, cap, splits)
     return (out, lse) if return_softmax_lse else out
 
 

@@ -325,15 +325,34 @@ def sink_input(function, sinks, heads_q):
     return sinks
 
 
+def alibi_input(function, alibi_slopes, batch, heads_q):
+    """ALiBi slopes checked as FlashAttention-2 checks them (a torch.float32 tensor of shape (nheads,) or
+    (batch, nheads), last dimension contiguous), before any device check. Not differentiable (FA2 has no slope
+    gradient): a slopes tensor that requires grad is read as it is, and no gradient flows into it."""
+    if not isinstance(alibi_slopes, torch.Tensor):
+        raise TypeError(f"{function}: alibi_slopes must be a torch.Tensor or None, got {type(alibi_slopes).__name__}")
+    if alibi_slopes.dtype != torch.float32:
+        raise TypeError(f"{function}: alibi_slopes must be torch.float32 (as FlashAttention-2's), got "
+                        f"{alibi_slopes.dtype}")
+    shape = tuple(alibi_slopes.shape)
+    if shape != (heads_q,) and shape != (batch, heads_q):
+        raise ValueError(f"{function}: alibi_slopes must be (nheads,) = ({heads_q},) or (batch, nheads) = "
+                         f"({batch}, {heads_q}), one slope per query head, got {shape}")
+    if alibi_slopes.stride(-1) != 1:
+        raise ValueError(f"{function}: alibi_slopes must have a contiguous last dimension (as FlashAttention-2's)")
+    return alibi_slopes.detach()
+
+
 def _sinks32(sinks):
     """The float32, unit-stride sinks the library reads (the tensor itself when it already is one)."""
     s = sinks if sinks.dtype == torch.float32 else sinks.float()
     return s if s.stride(0) == 1 else s.contiguous()
 
 
-def forward_sink_impl(q, k, v, sinks, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
-                      cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-    """fa_forward with learnable sinks (float32 [heads_q]): (out, lse), lse always written (the backward needs it)."""
+def forward_sink_impl(q, k, v, sinks, alibi_slopes, softmax_scale, causal, causal_alignment, window_left,
+                      window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    """fa_forward with the extras: learnable sinks (float32 [heads_q]) and/or ALiBi slopes (float32 [heads_q] or
+    [batch, heads_q]), each None when absent: (out, lse), lse always written (the backward needs it)."""
     q, k, v = aligned(q), aligned(k), aligned(v)
     lib = _lib()
     device = q.get_device()
@@ -342,31 +361,40 @@ def forward_sink_impl(q, k, v, sinks, softmax_scale, causal, causal_alignment, w
     p = lib.new_forward_params()
     _args.pack_forward(p, fields(q), fields(k), fields(v), fo, fl, softmax_scale, causal, causal_alignment, window_left,
                        window_right, softcap, varlen)
-    _args.pack_sinks(p, fields(sinks))
+    if sinks is not None:
+        _args.pack_sinks(p, fields(sinks))
+    if alibi_slopes is not None:
+        _args.pack_alibi(p, "forward", fields(alibi_slopes))
     st = lib.lib.fa_forward(lib.context(device), p, _stream(device))
     if st:
         raise lib.error("fa_forward", st)
     return out, lse
 
 
-def backward_sink_impl(dout, q, k, v, out, lse, sinks, softmax_scale, causal, causal_alignment, window_left,
-                       window_right, softcap, deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-    """fa_backward with learnable sinks: (dq, dk, dv, dsinks float32 [heads_q], written by the call)."""
+def backward_sink_impl(dout, q, k, v, out, lse, sinks, alibi_slopes, softmax_scale, causal, causal_alignment,
+                       window_left, window_right, softcap, deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                       max_seqlen_k):
+    """fa_backward with the extras: (dq, dk, dv, dsinks float32 [heads_q], written by the call; an empty tensor
+    without sinks). ALiBi slopes get no gradient."""
     lib = _lib()
     dout, q, k, v = aligned(dout), aligned(q), aligned(k), aligned(v)
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-    dsinks = torch.empty_like(sinks, memory_format=torch.contiguous_format)
+    dsinks = torch.empty_like(sinks, memory_format=torch.contiguous_format) if sinks is not None \
+        else q.new_empty((0,), dtype=torch.float32)
     p = lib.new_params("backward")
     _args.pack_backward(p, fields(q), fields(k), fields(v), fields(out), fields(dout), fields(lse), fields(dq),
                         fields(dk), fields(dv), softmax_scale, causal, causal_alignment, window_left, window_right,
                         softcap, deterministic, _varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
-    _args.pack_backward_sinks(p, fields(sinks), fields(dsinks))
+    if sinks is not None:
+        _args.pack_backward_sinks(p, fields(sinks), fields(dsinks))
+    if alibi_slopes is not None:
+        _args.pack_alibi(p, "backward", fields(alibi_slopes))
     _run_with_workspace(lib, "backward", p, q)
     return dq, dk, dv, dsinks
 
 
-def decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, softmax_scale,
-                causal, window_left, window_right, softcap, num_splits):
+def decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes,
+                softmax_scale, causal, window_left, window_right, softcap, num_splits):
     lib = _lib()
     out = q.new_empty(q.shape)
     lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
@@ -374,6 +402,8 @@ def decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_bat
     _args.pack_decode(p, fields(q), fields(k_cache), fields(v_cache), fields(k), fields(v), fields(out), fields(lse),
                       fields(cache_seqlens), fields(block_table), softmax_scale, causal, window_left, window_right,
                       softcap, num_splits, fields(cache_batch_idx), fields(cache_leftpad))
+    if alibi_slopes is not None:
+        _args.pack_alibi(p, "decode", fields(alibi_slopes))
     _run_with_workspace(lib, "decode", p, q)
     return out, lse
 
@@ -450,10 +480,10 @@ if HAS_CUSTOM_OP:
     @torch.library.custom_op(f"{NAMESPACE}::decode", mutates_args=("k_cache", "v_cache"), device_types="cuda")
     def decode_op(q: T, k_cache: T, v_cache: T, k: Optional[T], v: Optional[T], cache_seqlens: T,
                   block_table: Optional[T], cache_batch_idx: Optional[T], cache_leftpad: Optional[T],
-                  softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float,
-                  num_splits: int) -> Tuple[T, T]:
+                  alibi_slopes: Optional[T], softmax_scale: float, causal: bool, window_left: int, window_right: int,
+                  softcap: float, num_splits: int) -> Tuple[T, T]:
         return decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad,
-                           softmax_scale, causal, window_left, window_right, softcap, num_splits)
+                           alibi_slopes, softmax_scale, causal, window_left, window_right, softcap, num_splits)
 
     @decode_op.register_fake
     def _decode_fake(q, k_cache, v_cache, k, v, cache_seqlens, block_table, *rest):
@@ -461,46 +491,49 @@ if HAS_CUSTOM_OP:
 
 
 if HAS_CUSTOM_OP:
-    # Learnable sinks: their own ops (the plain fwd/bwd ops keep their schema), differentiable in q, k, v and sinks.
+    # The extras (learnable sinks, ALiBi slopes; each optional): their own ops (the plain fwd/bwd ops keep their
+    # schema), differentiable in q, k, v and the sinks (the slopes get no gradient, as in FlashAttention-2).
     @torch.library.custom_op(f"{NAMESPACE}::fwd_sink", mutates_args=(), device_types="cuda")
-    def fwd_sink_op(q: T, k: T, v: T, sinks: T, softmax_scale: float, causal: bool, causal_alignment: int,
-                    window_left: int, window_right: int, softcap: float, deterministic: bool,
-                    cu_seqlens_q: Optional[T], cu_seqlens_k: Optional[T], max_seqlen_q: int,
+    def fwd_sink_op(q: T, k: T, v: T, sinks: Optional[T], alibi_slopes: Optional[T], softmax_scale: float,
+                    causal: bool, causal_alignment: int, window_left: int, window_right: int, softcap: float,
+                    deterministic: bool, cu_seqlens_q: Optional[T], cu_seqlens_k: Optional[T], max_seqlen_q: int,
                     max_seqlen_k: int) -> Tuple[T, T]:
-        return forward_sink_impl(q, k, v, sinks, softmax_scale, causal, causal_alignment, window_left, window_right,
-                                 softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+        return forward_sink_impl(q, k, v, sinks, alibi_slopes, softmax_scale, causal, causal_alignment, window_left,
+                                 window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
     @fwd_sink_op.register_fake
-    def _fwd_sink_fake(q, k, v, sinks, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
-                       deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    def _fwd_sink_fake(q, k, v, sinks, alibi_slopes, softmax_scale, causal, causal_alignment, window_left,
+                       window_right, softcap, deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
         return q.new_empty(q.shape), q.new_empty(_lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
 
     @torch.library.custom_op(f"{NAMESPACE}::bwd_sink", mutates_args=(), device_types="cuda")
-    def bwd_sink_op(dout: T, q: T, k: T, v: T, out: T, lse: T, sinks: T, softmax_scale: float, causal: bool,
-                    causal_alignment: int, window_left: int, window_right: int, softcap: float, deterministic: bool,
-                    cu_seqlens_q: Optional[T], cu_seqlens_k: Optional[T], max_seqlen_q: int,
-                    max_seqlen_k: int) -> Tuple[T, T, T, T]:
-        return backward_sink_impl(dout, q, k, v, out, lse, sinks, softmax_scale, causal, causal_alignment,
-                                  window_left, window_right, softcap, deterministic, cu_seqlens_q, cu_seqlens_k,
-                                  max_seqlen_q, max_seqlen_k)
+    def bwd_sink_op(dout: T, q: T, k: T, v: T, out: T, lse: T, sinks: Optional[T], alibi_slopes: Optional[T],
+                    softmax_scale: float, causal: bool, causal_alignment: int, window_left: int, window_right: int,
+                    softcap: float, deterministic: bool, cu_seqlens_q: Optional[T], cu_seqlens_k: Optional[T],
+                    max_seqlen_q: int, max_seqlen_k: int) -> Tuple[T, T, T, T]:
+        return backward_sink_impl(dout, q, k, v, out, lse, sinks, alibi_slopes, softmax_scale, causal,
+                                  causal_alignment, window_left, window_right, softcap, deterministic, cu_seqlens_q,
+                                  cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
     @bwd_sink_op.register_fake
     def _bwd_sink_fake(dout, q, k, v, out, lse, sinks, *rest):
-        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), sinks.new_empty(sinks.shape)
+        ds = sinks.new_empty(sinks.shape) if sinks is not None else q.new_empty((0,), dtype=torch.float32)
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), ds
 
     def _setup_sink_context(ctx, inputs, output):
-        (q, k, v, sinks, softmax_scale, causal, causal_alignment, window_left, window_right, softcap, deterministic,
-         cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) = inputs
+        (q, k, v, sinks, alibi_slopes, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
+         deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) = inputs
         out, lse = output
-        ctx.save_for_backward(q, k, v, sinks, out, lse, cu_seqlens_q, cu_seqlens_k)
+        ctx.save_for_backward(q, k, v, sinks, alibi_slopes, out, lse, cu_seqlens_q, cu_seqlens_k)
         ctx.options = (softmax_scale, causal, causal_alignment, window_left, window_right, softcap, deterministic)
         ctx.max_seqlens = (max_seqlen_q, max_seqlen_k)
 
     def _sink_backward(ctx, dout, dlse):
         # As the plain op: no gradient flows into the log-sum-exp output (FlashAttention-4's dLSE term is 0 here).
-        q, k, v, sinks, out, lse, cu_q, cu_k = ctx.saved_tensors
-        dq, dk, dv, dsinks = bwd_sink_op(dout, q, k, v, out, lse, sinks, *ctx.options, cu_q, cu_k, *ctx.max_seqlens)
-        return (dq, dk, dv, dsinks) + (None,) * 11
+        q, k, v, sinks, alibi_slopes, out, lse, cu_q, cu_k = ctx.saved_tensors
+        dq, dk, dv, dsinks = bwd_sink_op(dout, q, k, v, out, lse, sinks, alibi_slopes, *ctx.options, cu_q, cu_k,
+                                         *ctx.max_seqlens)
+        return (dq, dk, dv, dsinks if sinks is not None else None) + (None,) * 12
 
     torch.library.register_autograd(f"{NAMESPACE}::fwd_sink", _sink_backward, setup_context=_setup_sink_context)
 
@@ -509,11 +542,12 @@ class _EagerSinkAttention(torch.autograd.Function):
     """_EagerAttention's counterpart with learnable sinks (float32 [heads_q]): gradients for q, k, v and the sinks."""
 
     @staticmethod
-    def forward(ctx, q, k, v, sinks, call):
+    def forward(ctx, q, k, v, sinks, alibi_slopes, call):
         if not call.plain:
             q, k, v = aligned(q), aligned(k), aligned(v)
-        out, lse = forward_sink_impl(q, k, v, sinks, *call.opts, call.cu_q, call.cu_k, call.max_q, call.max_k)
-        ctx.save_for_backward(q, k, v, sinks, out, lse)
+        out, lse = forward_sink_impl(q, k, v, sinks, alibi_slopes, *call.opts, call.cu_q, call.cu_k, call.max_q,
+                                     call.max_k)
+        ctx.save_for_backward(q, k, v, sinks, alibi_slopes, out, lse)
         ctx.call = call
         ctx.mark_non_differentiable(lse)
         ctx.set_materialize_grads(False)
@@ -522,28 +556,32 @@ class _EagerSinkAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlse):
         if dout is None:
-            return None, None, None, None, None
-        q, k, v, sinks, out, lse = ctx.saved_tensors
+            return None, None, None, None, None, None
+        q, k, v, sinks, alibi_slopes, out, lse = ctx.saved_tensors
         c = ctx.call
-        args = (dout, q, k, v, out, lse, sinks, *c.opts, c.deterministic, c.cu_q, c.cu_k, c.max_q, c.max_k)
+        args = (dout, q, k, v, out, lse, sinks, alibi_slopes, *c.opts, c.deterministic, c.cu_q, c.cu_k, c.max_q,
+                c.max_k)
         if HAS_CUSTOM_OP and (torch.is_grad_enabled() or not plain_eager(dout)):
             dq, dk, dv, dsinks = bwd_sink_op(*args)
         else:
             dq, dk, dv, dsinks = backward_sink_impl(*args)
-        return dq, dk, dv, dsinks, None
+        return dq, dk, dv, dsinks if sinks is not None else None, None, None
 
 
-def attention_sink(q, k, v, sinks, opts, deterministic, cu_q, cu_k, max_q, max_k, plain):
-    """(out, lse) of flash attention with learnable sinks (checked by sink_input, any of its dtypes) on q, k, v as
-    attn_input made them; differentiable in q, k, v and the sinks."""
-    s32 = _sinks32(sinks)
+def attention_sink(q, k, v, sinks, alibi_slopes, opts, deterministic, cu_q, cu_k, max_q, max_k, plain):
+    """(out, lse) of flash attention with the extras on q, k, v as attn_input made them: learnable sinks (checked by
+    sink_input, any of its dtypes) and/or ALiBi slopes (checked by alibi_input), each None when absent;
+    differentiable in q, k, v and the sinks."""
+    s32 = _sinks32(sinks) if sinks is not None else None
     if HAS_CUSTOM_OP and not plain:
-        return fwd_sink_op(q, k, v, s32, *opts, deterministic, cu_q, cu_k, max_q, max_k)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or s32.requires_grad):
-        return _EagerSinkAttention.apply(q, k, v, s32, _Call(opts, deterministic, cu_q, cu_k, max_q, max_k, plain))
+        return fwd_sink_op(q, k, v, s32, alibi_slopes, *opts, deterministic, cu_q, cu_k, max_q, max_k)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                    or (s32 is not None and s32.requires_grad)):
+        return _EagerSinkAttention.apply(q, k, v, s32, alibi_slopes,
+                                         _Call(opts, deterministic, cu_q, cu_k, max_q, max_k, plain))
     if not plain:
         q, k, v = aligned(q), aligned(k), aligned(v)
-    return forward_sink_impl(q, k, v, s32, *opts, cu_q, cu_k, max_q, max_k)
+    return forward_sink_impl(q, k, v, s32, alibi_slopes, *opts, cu_q, cu_k, max_q, max_k)
 
 
 # ---- the entry points _interface calls ----------------------------------------------------------------------------
@@ -695,12 +733,13 @@ def requires_grad(*tensors):
 _increment_version = getattr(getattr(torch.autograd, "graph", None), "increment_version", None)
 
 
-def decode(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, *options):
+def decode(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes,
+           *options):
     """(out, lse) of decode_impl; options: (softmax_scale, causal, window_left, window_right, softcap, num_splits).
     Through the custom op unless plain_eager and no input requires grad (the op's autograd handling stays theirs);
     directly otherwise, the caches' version counters moved as the op moves them when k/v are appended (the caches
     are written in place)."""
-    tensors = (q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad)
+    tensors = (q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes)
     if HAS_CUSTOM_OP and (not plain_eager(*tensors) or (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in tensors))):
         return decode_op(*tensors, *options)

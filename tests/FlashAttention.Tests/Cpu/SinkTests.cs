@@ -436,9 +436,11 @@ public sealed class SinkTests
     public unsafe void OlderStructSizesAreStillAccepted()
     {
         const uint forward06 = 728, backward06 = 824, query06 = 40;
-        Assert.That(sizeof(FaForwardParams), Is.EqualTo(forward06 + sizeof(FaTensor)), "0.7 appends one tensor to the forward");
-        Assert.That(sizeof(FaBackwardParams), Is.EqualTo(backward06 + (2 * sizeof(FaTensor))), "0.7 appends two tensors to the backward");
-        Assert.That(sizeof(FaSupportQuery), Is.EqualTo(query06 + 4), "0.7 appends one int32 to the query");
+        // 0.7 appends the sinks (one tensor to the forward, two to the backward, one int32 to the query); 0.8 the ALiBi
+        // slopes (one tensor each, one int32 to the query; AlibiTests checks those).
+        Assert.That(sizeof(FaForwardParams), Is.EqualTo(forward06 + (2 * sizeof(FaTensor))), "0.7 and 0.8 append one tensor each to the forward");
+        Assert.That(sizeof(FaBackwardParams), Is.EqualTo(backward06 + (3 * sizeof(FaTensor))), "0.7 appends two tensors to the backward, 0.8 one");
+        Assert.That(sizeof(FaSupportQuery), Is.EqualTo(query06 + 8), "0.7 and 0.8 append one int32 each to the query");
 
         FaForwardParams f = ForwardParamsFactory.Valid();
         f.sinks = ForwardParamsFactory.Dense(3, (FaDtype)99, 1, 1, 1, 1);  // garbage a 0.6 caller never wrote

@@ -37,7 +37,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaForwardParams has the size (808) and field offsets of C struct fa_forward_params.</summary>
+    /// <summary>FaForwardParams has the size (888) and field offsets of C struct fa_forward_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaForwardParams_MatchesCLayout()
@@ -45,8 +45,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaForwardParams>(), Is.False, "FaForwardParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaForwardParams>(), Is.EqualTo(808), "sizeof(struct fa_forward_params)");
-            Assert.That(Marshal.SizeOf<FaForwardParams>(), Is.EqualTo(808), "marshalled size of FaForwardParams");
+            Assert.That(Unsafe.SizeOf<FaForwardParams>(), Is.EqualTo(888), "sizeof(struct fa_forward_params)");
+            Assert.That(Marshal.SizeOf<FaForwardParams>(), Is.EqualTo(888), "marshalled size of FaForwardParams");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_forward_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_forward_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_forward_params, q)");
@@ -74,10 +74,11 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.k_descale)).ToInt64(), Is.EqualTo(568L), "offsetof(struct fa_forward_params, k_descale)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.v_descale)).ToInt64(), Is.EqualTo(648L), "offsetof(struct fa_forward_params, v_descale)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.sinks)).ToInt64(), Is.EqualTo(728L), "offsetof(struct fa_forward_params, sinks)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.alibi_slopes)).ToInt64(), Is.EqualTo(808L), "offsetof(struct fa_forward_params, alibi_slopes)");
         }
     }
 
-    /// <summary>FaBackwardParams has the size (984) and field offsets of C struct fa_backward_params.</summary>
+    /// <summary>FaBackwardParams has the size (1064) and field offsets of C struct fa_backward_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaBackwardParams_MatchesCLayout()
@@ -85,8 +86,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaBackwardParams>(), Is.False, "FaBackwardParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaBackwardParams>(), Is.EqualTo(984), "sizeof(struct fa_backward_params)");
-            Assert.That(Marshal.SizeOf<FaBackwardParams>(), Is.EqualTo(984), "marshalled size of FaBackwardParams");
+            Assert.That(Unsafe.SizeOf<FaBackwardParams>(), Is.EqualTo(1064), "sizeof(struct fa_backward_params)");
+            Assert.That(Marshal.SizeOf<FaBackwardParams>(), Is.EqualTo(1064), "marshalled size of FaBackwardParams");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_backward_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_backward_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_backward_params, q)");
@@ -118,10 +119,11 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.workspace_size)).ToInt64(), Is.EqualTo(816L), "offsetof(struct fa_backward_params, workspace_size)");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.sinks)).ToInt64(), Is.EqualTo(824L), "offsetof(struct fa_backward_params, sinks)");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.dsinks)).ToInt64(), Is.EqualTo(904L), "offsetof(struct fa_backward_params, dsinks)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.alibi_slopes)).ToInt64(), Is.EqualTo(984L), "offsetof(struct fa_backward_params, alibi_slopes)");
         }
     }
 
-    /// <summary>FaDecodeParams has the size (960) and field offsets of C struct fa_decode_params.</summary>
+    /// <summary>FaDecodeParams has the size (1040) and field offsets of C struct fa_decode_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaDecodeParams_MatchesCLayout()
@@ -129,8 +131,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaDecodeParams>(), Is.False, "FaDecodeParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaDecodeParams>(), Is.EqualTo(960), "sizeof(struct fa_decode_params)");
-            Assert.That(Marshal.SizeOf<FaDecodeParams>(), Is.EqualTo(960), "marshalled size of FaDecodeParams");
+            Assert.That(Unsafe.SizeOf<FaDecodeParams>(), Is.EqualTo(1040), "sizeof(struct fa_decode_params)");
+            Assert.That(Marshal.SizeOf<FaDecodeParams>(), Is.EqualTo(1040), "marshalled size of FaDecodeParams");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_decode_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_decode_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_decode_params, q)");
@@ -157,10 +159,11 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_leftpad)).ToInt64(), Is.EqualTo(864L), "offsetof(struct fa_decode_params, cache_leftpad)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_batch_idx_host)).ToInt64(), Is.EqualTo(944L), "offsetof(struct fa_decode_params, cache_batch_idx_host)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_leftpad_host)).ToInt64(), Is.EqualTo(952L), "offsetof(struct fa_decode_params, cache_leftpad_host)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.alibi_slopes)).ToInt64(), Is.EqualTo(960L), "offsetof(struct fa_decode_params, alibi_slopes)");
         }
     }
 
-    /// <summary>FaSupportQuery has the size (44) and field offsets of C struct fa_support_query.</summary>
+    /// <summary>FaSupportQuery has the size (48) and field offsets of C struct fa_support_query.</summary>
     [Test]
     [Category("Cpu")]
     public void FaSupportQuery_MatchesCLayout()
@@ -168,8 +171,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaSupportQuery>(), Is.False, "FaSupportQuery must be blittable");
-            Assert.That(Unsafe.SizeOf<FaSupportQuery>(), Is.EqualTo(44), "sizeof(struct fa_support_query)");
-            Assert.That(Marshal.SizeOf<FaSupportQuery>(), Is.EqualTo(44), "marshalled size of FaSupportQuery");
+            Assert.That(Unsafe.SizeOf<FaSupportQuery>(), Is.EqualTo(48), "sizeof(struct fa_support_query)");
+            Assert.That(Marshal.SizeOf<FaSupportQuery>(), Is.EqualTo(48), "marshalled size of FaSupportQuery");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_support_query, struct_size)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.pass)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_support_query, pass)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.compute_capability)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_support_query, compute_capability)");
@@ -181,6 +184,7 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.varlen)).ToInt64(), Is.EqualTo(32L), "offsetof(struct fa_support_query, varlen)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.kernel_path)).ToInt64(), Is.EqualTo(36L), "offsetof(struct fa_support_query, kernel_path)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.sinks)).ToInt64(), Is.EqualTo(40L), "offsetof(struct fa_support_query, sinks)");
+            Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.alibi)).ToInt64(), Is.EqualTo(44L), "offsetof(struct fa_support_query, alibi)");
         }
     }
 

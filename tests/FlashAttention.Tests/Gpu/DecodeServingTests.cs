@@ -12,8 +12,11 @@ namespace FlashAttn.Tests.Gpu;
 /// </summary>
 public sealed record ServingSpec(
     DataType Dtype, int HeadDim, int HeadsQ, int HeadsKv, int SeqQ, int SeqKNew, int[] PoolLens, int[]? Rows, int[]? Pads, int BlockSize,
-    MaskSpec Mask, int NumSplits = 0)
+    MaskSpec Mask, int NumSplits = 0, string Alibi = "none")
 {
+    /// <summary>Whether the step passes ALiBi slopes: "head" ([headsQ]), "batch" ([batch, headsQ]) or "none".</summary>
+    public bool HasAlibi => Alibi != "none";
+
     public int Pool => PoolLens.Length;
 
     public int[] StepRows => Rows ?? [.. Enumerable.Range(0, Pool)];
@@ -25,7 +28,7 @@ public sealed record ServingSpec(
     public override string ToString() =>
         $"{(Dtype == DataType.Float16 ? "fp16" : "bf16")} D{HeadDim} Hq{HeadsQ} Hkv{HeadsKv} Sq{SeqQ} Sknew{SeqKNew} pool[{string.Join(",", PoolLens)}] " +
         $"rows[{(Rows is null ? "all" : string.Join(",", Rows))}] pads[{(Pads is null ? "none" : string.Join(",", Pads))}] " +
-        $"{(Paged ? $"paged bs{BlockSize}" : "contiguous")} {Mask} splits {NumSplits}";
+        $"{(Paged ? $"paged bs{BlockSize}" : "contiguous")} {Mask} splits {NumSplits}" + (HasAlibi ? $" alibi {Alibi}" : string.Empty);
 }
 
 /// <summary>
@@ -70,6 +73,13 @@ public sealed class DecodeServingTests : AttentionTestBase
         yield return Case(new(Bf16, 64, 8, 2, 1, 3, [20, 10, 180, 55, 1], [3, 0, 4], [0, 10, 100, 30, 0], 16, new MaskSpec(false, false, 50, null), 2));
         yield return Case(new(F16, 64, 4, 1, 2, 0, [128, 5, 77, 60, 9, 1], [4, 1, 2], [3, 5, 0, 0, 2, 0], 0, Causal, 4));
         yield return Case(new(F16, 128, 16, 2, 3, 2, [257, 33, 1000, 64], [2, 3, 0], [0, 30, 513, 0], 32, Causal));
+
+        // ALiBi (C ABI 0.8): distances from the left pad; causal keeps FA2's column form (its LSE) even for one token
+        yield return Case(new(Bf16, 64, 8, 2, 1, 1, [100, 37, 0, 250], null, [17, 37, 0, 1], 0, Causal, 0, "head"));
+        yield return Case(new(F16, 128, 8, 2, 1, 1, [300, 17, 5], [2, 0, 1], [40, 0, 2], 16, Causal, 7, "batch"));
+        yield return Case(new(F16, 64, 4, 2, 2, 2, [100, 37, 0, 250], null, [17, 37, 0, 1], 0, Full, 0, "batch"));
+        yield return Case(new(Bf16, 64, 8, 2, 3, 3, [60, 300, 1], null, [5, 0, 1], 32, new MaskSpec(true, false, 20, null, 10f), 3, "head"));
+        yield return Case(new(F16, 128, 6, 3, 2, 0, [100, 33, 400], null, [40, 33, 0], 0, new MaskSpec(false, false, 20, 0, 10f), 4, "head"));
     }
 
     [TestCaseSource(nameof(Cases))]
@@ -286,6 +296,11 @@ internal sealed class ServingRun : IDisposable
         using var dlse = DeviceArray.Allocate(_device, DataType.Float32, batch * s.HeadsQ * seqQ);
         dout.Poison();
         dlse.Poison();
+        // ALiBi slopes (FA2's test draw, rand * 0.3), [Hq] or [batch, Hq]; fp32 on the device, exactly these in the reference.
+        float[]? slopes = s.HasAlibi
+            ? TestRandom.Uniform(random, s.Alibi == "batch" ? batch * s.HeadsQ : s.HeadsQ, 0, 0.3).Select(x => (float)x).ToArray()
+            : null;
+        using var dslopes = slopes is null ? null : DeviceArray.Upload(_device, DataType.Float32, slopes);
         bool append = seqKNew > 0;
         long[] newShape = [batch, seqKNew, s.HeadsKv, d];
         var args = new DecodeArguments(
@@ -293,6 +308,7 @@ internal sealed class ServingRun : IDisposable
             dout.Tensor([batch, seqQ, s.HeadsQ, d]), dlse.Tensor([batch, s.HeadsQ, seqQ]), numSplits)
         {
             CacheRows = rows,
+            AlibiSlopes = dslopes?.Tensor(s.Alibi == "batch" ? [batch, s.HeadsQ] : [s.HeadsQ]),
         };
         AttentionOptions options = s.Mask.ToOptions();
         attention.Decode(args, options, stream);
@@ -302,7 +318,11 @@ internal sealed class ServingRun : IDisposable
         // The reference, over the host mirror (it appends into _k/_v itself).
         int[] lens = stepRows.Select(r => _lens[r]).ToArray();
         int[] pads = stepRows.Select(r => Cache.LeftPadding[r]).ToArray();
-        var serving = new DecodeServingOptions { SeqLenQ = seqQ, CacheBatchIndex = stepRows, CacheRows = s.Pool, CacheLeftPad = pads };
+        var serving = new DecodeServingOptions
+        {
+            SeqLenQ = seqQ, CacheBatchIndex = stepRows, CacheRows = s.Pool, CacheLeftPad = pads,
+            AlibiSlopes = slopes?.Select(x => (double)x).ToArray(),
+        };
         var refOut = new double[q.Length];
         var refLse = new double[lse.Length];
         double[] qd = AttentionReference.ToDouble(q);
@@ -316,7 +336,7 @@ internal sealed class ServingRun : IDisposable
             DecodeReference.ForwardContiguous(qd, _k, _v, lens, knd, vnd, seqKNew, s.HeadsQ, s.HeadsKv, d, _capacity, options, serving, refOut, refLse);
         }
 
-        DecodeAccuracyTests.JudgeOutput(ours, Naive(q, stepRows, lens, pads, seqQ, seqKNew), refOut, lse, refLse, s.Dtype, context);
+        DecodeAccuracyTests.JudgeOutput(ours, Naive(q, stepRows, lens, pads, seqQ, seqKNew, slopes), refOut, lse, refLse, s.Dtype, context);
 
         // The cache: exactly the mirror (appended rows in their pool rows' slots, NaN everywhere else unchanged).
         foreach (var (device, host, name) in new[] { (_dk, _k, "k"), (_dv, _v, "v") })
@@ -351,8 +371,13 @@ internal sealed class ServingRun : IDisposable
         });
     }
 
-    /// <summary>Same-dtype naive attention per sequence over its keys pad .. total - 1 (from the mirror after the append).</summary>
-    private float[] Naive(float[] q, int[] rows, int[] lens, int[] pads, int seqQ, int seqKNew)
+    /// <summary>
+    /// Same-dtype naive attention per sequence over its keys pad .. total - 1 (from the mirror after the append), with
+    /// FlashAttention-2's ALiBi bias when <paramref name="slopes"/> is given: keys counted from the pad, the causal column
+    /// form +m·j for a causal mask without a left window shorter than the capacity (kept for one new token), else
+    /// -m·|i + sk - sq - j| (written out here, independently of the reference).
+    /// </summary>
+    private float[] Naive(float[] q, int[] rows, int[] lens, int[] pads, int seqQ, int seqKNew, float[]? slopes = null)
     {
         ServingSpec s = _spec;
         int qPer = seqQ * s.HeadsQ * s.HeadDim;
@@ -373,8 +398,17 @@ internal sealed class ServingRun : IDisposable
             }
 
             var dims = new AttentionDims(1, seqQ, sk, s.HeadsQ, s.HeadsKv, s.HeadDim);
+            Func<int, int, int, int, float>? bias = null;
+            if (slopes is not null)
+            {
+                bool columnForm = (s.Mask.Causal || s.Mask.Right == 0) && (s.Mask.Left is not { } left || left >= _capacity);
+                int seq = b;
+                float Slope(int h) => slopes.Length == s.HeadsQ ? slopes[h] : slopes[(seq * s.HeadsQ) + h];
+                bias = (_, h, i, j) => columnForm ? Slope(h) * j : -Slope(h) * Math.Abs(i + sk - seqQ - j);
+            }
+
             NaiveAttention.ForwardSameDtype(q[(b * qPer)..((b + 1) * qPer)], k, v, dims, s.Mask, (float)(1.0 / Math.Sqrt(s.HeadDim)),
-                x => DeviceArray.Round(s.Dtype, x)).CopyTo(result, b * qPer);
+                x => DeviceArray.Round(s.Dtype, x), bias).CopyTo(result, b * qPer);
         }
 
         return result;

@@ -301,6 +301,45 @@ public sealed class Float8ForwardTests : ForwardPathTestBase
         Assert.That(output.ReadBytes().All(b => b == 0xFF), Is.True, "a refused decode wrote its output");
     }
 
+    /// <summary>
+    /// ALiBi (C ABI 0.8) on the fp8 forward, which shares the sm90 consumer's score path: the bias is added to the true
+    /// (descaled) logits, the slope divided by scale * q_descale * k_descale (or by the cap under softcap, the descales
+    /// then being inside tanh). Judged by the same rule against the float64 reference with FA2's bias.
+    /// </summary>
+    [TestCase(KernelPath.Sm90, 128, true, false, Float8Descales.PerHead, false)]
+    [TestCase(KernelPath.Sm90, 256, false, true, Float8Descales.Mixed, true)]
+    [TestCase(KernelPath.Auto, 128, false, false, Float8Descales.PerTensor, true)]
+    [TestCase(KernelPath.Sm80, 128, true, false, Float8Descales.PerHead, false)]
+    public void Fp8AlibiMatchesReference(KernelPath path, int d, bool causal, bool softcap, Float8Descales descales, bool perBatch)
+    {
+        var dims = new AttentionDims(2, 150, 231, 8, 2, d);
+        var spec = new MaskSpec(causal, false, Softcap: softcap ? 20f : 0f);
+        RequireServed(DataType.BFloat16, dims);
+        Random random = TestRandom.ForCurrentTest(out int seed);
+        AttentionOptions options = spec.ToOptions() with { KernelPath = path };
+        using Float8Run run = Float8Run.Create(Device, dims, spec.Softcap, descales, random);
+        float[] slopes = TestRandom.Uniform(random, perBatch ? dims.Batch * dims.HeadsQ : dims.HeadsQ, 0, 0.3).Select(x => (float)x).ToArray();
+        using var ga = DeviceArray.Upload(Device, DataType.Float32, slopes);
+        AttentionArguments args = run.Arguments with { AlibiSlopes = ga.Tensor(perBatch ? [dims.Batch, dims.HeadsQ] : [dims.HeadsQ]) };
+        string context = $"seed {seed}, e4m3 alibi, {dims}, {spec}, descales {descales}, slopes {(perBatch ? "[b, Hq]" : "[Hq]")}";
+        if (!Float8OnPath(options, d, varlen: false, () =>
+            {
+                Attention.Forward(args, options, Stream);
+                Stream.Synchronize();
+            }, [run.DOut, run.DLse], context))
+        {
+            return;
+        }
+
+        Float8Problem problem = run.Problem with { AlibiSlopes = slopes.Select(x => (double)x).ToArray() };
+        var (output, lse) = problem.Judge(run.DOut.Read(), run.DLse.Read(), options, options.EffectiveScale(d), softcap);
+        Assert.Multiple(() =>
+        {
+            Assert.That(output, Is.Empty, $"output, {context}");
+            Assert.That(lse, Is.Empty, $"lse, {context}");
+        });
+    }
+
     private void RunAndJudge(KernelPath path, AttentionDims dims, MaskSpec spec, Float8Descales descales, float? scale)
     {
         RequireServed(DataType.BFloat16, dims); // a head dim this build has no kernel for at all (FA_HEAD_DIMS) is ignored, never passed

@@ -9,6 +9,9 @@ namespace FlashAttn.Tests.TestSupport;
 internal sealed record Float8Problem(
     AttentionDims Dims, Float8E4M3[] Q, Float8E4M3[] K, Float8E4M3[] V, float[] QDescale, float[] KDescale, float[] VDescale)
 {
+    /// <summary>ALiBi slopes (<c>[Hq]</c> or <c>[B, Hq]</c>) of the call, or null: the reference adds FA2's bias.</summary>
+    public double[]? AlibiSlopes { get; init; }
+
     /// <summary>The float64 reference output and LSE, and the P-rounded variant (FA3's pt before its bf16 rounding).</summary>
     public (double[] Out, double[] Lse, double[] RoundedP) Reference(AttentionOptions options)
     {
@@ -16,8 +19,8 @@ internal sealed record Float8Problem(
         var output = new double[Dims.QElements];
         var lse = new double[Dims.LseElements];
         var pt = new double[Dims.QElements];
-        AttentionReference.ForwardFloat8(Q, K, V, shape, options, QDescale, KDescale, VDescale, output, lse);
-        AttentionReference.ForwardFloat8(Q, K, V, shape, options, QDescale, KDescale, VDescale, pt, default, roundProbabilities: true);
+        AttentionReference.ForwardFloat8WithAlibi(Q, K, V, shape, options, QDescale, KDescale, VDescale, output, lse, false, AlibiSlopes);
+        AttentionReference.ForwardFloat8WithAlibi(Q, K, V, shape, options, QDescale, KDescale, VDescale, pt, default, true, AlibiSlopes);
         return (output, lse, pt);
     }
 

@@ -126,9 +126,13 @@ internal static class NaiveAttention
         float[] q, float[] k, float[] v, AttentionDims d, Mask mask, float scale, Func<float, float> round) =>
         ForwardSameDtype(q, k, v, d, MaskSpec.From(mask), scale, round);
 
-    /// <summary>Same as the <see cref="Mask"/> overload, with window and soft-cap (applied in float32).</summary>
+    /// <summary>
+    /// Same as the <see cref="Mask"/> overload, with window and soft-cap (applied in float32), and an optional additive
+    /// bias <c>bias(b, h, i, j)</c> (ALiBi) added in float32 after the soft-cap.
+    /// </summary>
     public static float[] ForwardSameDtype(
-        float[] q, float[] k, float[] v, AttentionDims d, MaskSpec mask, float scale, Func<float, float> round)
+        float[] q, float[] k, float[] v, AttentionDims d, MaskSpec mask, float scale, Func<float, float> round,
+        Func<int, int, int, int, float>? bias = null)
     {
         var output = new float[d.QElements];
         int group = d.HeadsQ / d.HeadsKv;
@@ -160,6 +164,11 @@ internal static class NaiveAttention
                     }
 
                     scores[j] = mask.Softcap > 0 ? mask.Softcap * MathF.Tanh(scale * dot / mask.Softcap) : scale * dot;
+                    if (bias is not null)
+                    {
+                        scores[j] += bias(b, h, i, j);
+                    }
+
                     max = MathF.Max(max, scores[j]);
                 }
 

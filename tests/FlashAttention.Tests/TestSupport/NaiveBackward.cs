@@ -11,10 +11,12 @@ internal static class NaiveBackward
 {
     /// <summary>
     /// Gradients of q, k and v (dense [B, S, H, D] layouts of <paramref name="d"/>) for the output gradient
-    /// <paramref name="dOut"/>; under GQA each kv head sums its query heads in float32 before the final rounding.
+    /// <paramref name="dOut"/>; under GQA each kv head sums its query heads in float32 before the final rounding. An
+    /// optional additive bias <c>bias(b, h, i, j)</c> (ALiBi) is added after the soft-cap; it gets no gradient.
     /// </summary>
     public static (float[] Dq, float[] Dk, float[] Dv) SameDtype(
-        float[] q, float[] k, float[] v, float[] dOut, AttentionDims d, MaskSpec mask, float scale, Func<float, float> round)
+        float[] q, float[] k, float[] v, float[] dOut, AttentionDims d, MaskSpec mask, float scale, Func<float, float> round,
+        Func<int, int, int, int, float>? bias = null)
     {
         var dq = new float[d.QElements];
         var dk = new float[d.KvElements];
@@ -64,6 +66,11 @@ internal static class NaiveBackward
                         {
                             p[j] = t;
                             capFactor[j] = 1f;
+                        }
+
+                        if (bias is not null)
+                        {
+                            p[j] += bias(b, h, i, j);
                         }
 
                         max = MathF.Max(max, p[j]);
