@@ -25,8 +25,10 @@ def test_layout_matches_libclang():
     assert ctypes.sizeof(_abi.FaForwardParams) == _abi.LAYOUT[_abi.FaForwardParams][0]
     assert ctypes.sizeof(_abi.FaBackwardParams) == 824 + 2 * 80  # 0.7 appended sinks and dsinks
     # 784 bytes through 0.6; 0.7 appended the serving fields (cache_batch_idx on) there.
-    assert ctypes.sizeof(_abi.FaDecodeParams) == 960
+    # 0.8 appended the rotary block (rotary_cos .. reserved1, 32 bytes) at 960.
+    assert ctypes.sizeof(_abi.FaDecodeParams) == 992
     assert _abi.FaDecodeParams.cache_batch_idx.offset == 784
+    assert _abi.FaDecodeParams.rotary_cos.offset == 960
 
 
 def test_struct_fields_follow_the_header():

@@ -121,7 +121,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaDecodeParams has the size (960) and field offsets of C struct fa_decode_params.</summary>
+    /// <summary>FaDecodeParams has the size (992) and field offsets of C struct fa_decode_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaDecodeParams_MatchesCLayout()
@@ -129,8 +129,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaDecodeParams>(), Is.False, "FaDecodeParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaDecodeParams>(), Is.EqualTo(960), "sizeof(struct fa_decode_params)");
-            Assert.That(Marshal.SizeOf<FaDecodeParams>(), Is.EqualTo(960), "marshalled size of FaDecodeParams");
+            Assert.That(Unsafe.SizeOf<FaDecodeParams>(), Is.EqualTo(992), "sizeof(struct fa_decode_params)");
+            Assert.That(Marshal.SizeOf<FaDecodeParams>(), Is.EqualTo(992), "marshalled size of FaDecodeParams");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_decode_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_decode_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_decode_params, q)");
@@ -157,6 +157,12 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_leftpad)).ToInt64(), Is.EqualTo(864L), "offsetof(struct fa_decode_params, cache_leftpad)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_batch_idx_host)).ToInt64(), Is.EqualTo(944L), "offsetof(struct fa_decode_params, cache_batch_idx_host)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_leftpad_host)).ToInt64(), Is.EqualTo(952L), "offsetof(struct fa_decode_params, cache_leftpad_host)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_cos)).ToInt64(), Is.EqualTo(960L), "offsetof(struct fa_decode_params, rotary_cos)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_sin)).ToInt64(), Is.EqualTo(968L), "offsetof(struct fa_decode_params, rotary_sin)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_dim)).ToInt64(), Is.EqualTo(976L), "offsetof(struct fa_decode_params, rotary_dim)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_seqlen)).ToInt64(), Is.EqualTo(980L), "offsetof(struct fa_decode_params, rotary_seqlen)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_interleaved)).ToInt64(), Is.EqualTo(984L), "offsetof(struct fa_decode_params, rotary_interleaved)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved1)).ToInt64(), Is.EqualTo(988L), "offsetof(struct fa_decode_params, reserved1)");
         }
     }
 
