@@ -75,6 +75,7 @@ typedef struct {
     int32_t idx[MAX_SEQ], pads[MAX_SEQ];
     int descale;  /* fp8 forward: 0 none; 1 q per tensor (strides 0), k dense, v per sequence; 2 all dense */
     int sinks;    /* fwd, bwd: learnable sinks (C ABI 0.7); the backward then writes dsinks too */
+    int rotary;   /* decode (C ABI 0.8): 0 none; 1 interleaved over the whole head; 2 half-split over 32 elements */
 } scase;
 
 static scase g_cases[MAX_CASES];
@@ -440,25 +441,32 @@ typedef struct {
     int lens[MAX_SEQ];
     int sk_new, pool, use_pads; /* serving (0.7): appended count (0: sq), pool rows (0: none; rows reversed), pads */
     int pads[MAX_SEQ];
+    int rotary; /* 0.8: 0 none, 1 interleaved (whole head), 2 half-split (32 elements, the rest passed through) */
 } dfeature;
 
 static const dfeature k_dfeatures[] = {
     {"contiguous, ragged 0/1, GQA 4:2, auto splits", 0, 4, 1, 4, 2, 0, 0, 0, 0, 0, -1, -1, 0, 0, 0, 1, 0, 0,
-     {0, 1, 150, 255}, 0, 0, 0, {0}},
-    {"contiguous, 13 splits, caller workspace", 0, 2, 1, 2, 2, 0, 0, 0, 0, 0, -1, -1, 0, 0, 13, 0, 1, 0, {255, 100}, 0, 0, 0, {0}},
-    {"paged 16, append 3, causal, fp16", 1, 3, 3, 4, 1, 0, 16, 1, 0, 1, -1, -1, 0, 0, 0, 1, 0, 0, {13, 0, 200}, 0, 0, 0, {0}},
+     {0, 1, 150, 255}, 0, 0, 0, {0}, 0},
+    {"contiguous, 13 splits, caller workspace", 0, 2, 1, 2, 2, 0, 0, 0, 0, 0, -1, -1, 0, 0, 13, 0, 1, 0, {255, 100}, 0, 0, 0, {0}, 0},
+    {"paged 16, append 3, causal, fp16", 1, 3, 3, 4, 1, 0, 16, 1, 0, 1, -1, -1, 0, 0, 0, 1, 0, 0, {13, 0, 200}, 0, 0, 0, {0}, 0},
     {"paged 256, append across a page end, advance, 3 splits", 0, 2, 4, 2, 2, 0, 256, 1, 1, 1, -1, -1, 0, 0, 3, 1, 1,
-     0, {254, 0}, 0, 0, 0, {0}},
-    {"paged 32, window + softcap, 5 splits", 1, 2, 2, 4, 2, 0, 32, 1, 0, 0, 40, 0, 10.0f, 0, 5, 0, 0, 0, {200, 33}, 0, 0, 0, {0}},
+     0, {254, 0}, 0, 0, 0, {0}, 0},
+    {"paged 32, window + softcap, 5 splits", 1, 2, 2, 4, 2, 0, 32, 1, 0, 0, 40, 0, 10.0f, 0, 5, 0, 0, 0, {200, 33}, 0, 0, 0, {0}, 0},
     {"contiguous, empty cache without append: fully masked rows", 0, 2, 1, 2, 1, 0, 0, 0, 0, 0, -1, -1, 0, 0, 4, 0, 0,
-     0, {0, 10}, 0, 0, 0, {0}},
-    {"paged 64, MQA 8:1, scale, no LSE", 0, 2, 1, 8, 1, 0, 64, 0, 0, 0, -1, -1, 0, 0.3f, 0, 1, 0, 1, {130, 65}, 0, 0, 0, {0}},
+     0, {0, 10}, 0, 0, 0, {0}, 0},
+    {"paged 64, MQA 8:1, scale, no LSE", 0, 2, 1, 8, 1, 0, 64, 0, 0, 0, -1, -1, 0, 0.3f, 0, 1, 0, 1, {130, 65}, 0, 0, 0, {0}, 0},
     {"head dim 40 (the 64 kernel), paged 16, append", 1, 2, 2, 2, 2, 40, 16, 1, 0, 1, -1, -1, 0, 0, 2, 1, 0, 0,
-     {31, 7}, 0, 0, 0, {0}},
+     {31, 7}, 0, 0, 0, {0}, 0},
     {"contiguous pool of 5 (cache_batch_idx), pads, append 3 > sq 1, advance", 0, 3, 1, 4, 2, 0, 0, 1, 1, 1, -1, -1, 0, 0,
-     0, 1, 0, 0, {40, 0, 100}, 3, 5, 1, {7, 0, 100}},
+     0, 1, 0, 0, {40, 0, 100}, 3, 5, 1, {7, 0, 100}, 0},
     {"paged 16 pool of 4 table rows, device-only pads, append 1 < sq 3, 4 splits", 1, 3, 3, 4, 1, 0, 16, 1, 0, 1, -1,
-     -1, 0, 0, 4, 0, 0, 0, {33, 2, 70}, 1, 4, 1, {20, 0, 64}},
+     -1, 0, 0, 4, 0, 0, 0, {33, 2, 70}, 1, 4, 1, {20, 0, 64}, 0},
+    {"rotary interleaved on append, paged 16 pool of 4 + pads, causal sq 2 > append 1", 0, 3, 2, 4, 2, 0, 16, 1, 0, 1,
+     -1, -1, 0, 0, 0, 1, 0, 0, {33, 2, 70}, 1, 4, 1, {20, 0, 64}, 1},
+    {"rotary half-split (32 of the head), contiguous, append 3, not causal, 3 splits, advance", 1, 2, 3, 4, 1, 0, 0, 1,
+     1, 0, -1, -1, 0, 0, 3, 1, 0, 0, {100, 0}, 0, 0, 0, {0}, 2},
+    {"rotary half-split, paged 32, device-only lengths, window, 4 splits", 0, 2, 2, 4, 2, 0, 32, 1, 0, 0, 20, 0, 0, 0, 4,
+     0, 0, 0, {150, 7}, 0, 0, 0, {0}, 2},
 };
 
 /* The fp8 (e4m3) forward's options, where it is served (out bf16; descale 0 none, 1 broadcast, 2 dense). */
@@ -531,6 +539,7 @@ static void add_feature_cases(int pass, int path, int cc) {
             c->scale = f->scale, c->splits = f->splits, c->host_lens = f->host_lens, c->caller_ws = f->caller_ws;
             c->lse = !f->no_lse;
             c->sk_new = f->sk_new, c->pool = f->pool, c->use_pads = f->use_pads;
+            c->rotary = f->rotary;
             {
                 int b;
                 for (b = 0; b < f->b; ++b) {
@@ -916,6 +925,16 @@ static void decode_params(const scase* c, bufs* B, fa_decode_params_t* p, int32_
     p->num_splits = c->splits;
     p->advance_cache_seqlens = c->advance;
     if (c->host_lens) p->cache_seqlens_host = lens;
+    if (c->rotary) {
+        /* Tables of every position the call may rotate at (the capacity plus the queries), random values. */
+        const int rows_ro = (paged ? max_blocks * c->block_size : capacity) + c->sq;
+        const int dim = c->rotary == 1 ? c->d / 16 * 16 : 32;
+        p->rotary_cos = drandom(B, c->dtype, (int64_t)rows_ro * (dim / 2));
+        p->rotary_sin = drandom(B, c->dtype, (int64_t)rows_ro * (dim / 2));
+        p->rotary_dim = dim;
+        p->rotary_seqlen = rows_ro;
+        p->rotary_interleaved = c->rotary == 1;
+    }
 }
 
 /* Records a failed status; returns 1 when the status is a CUDA error (the context may be lost). */
