@@ -44,6 +44,7 @@ from fa_abi import FA_DTYPE_BFLOAT16, FA_DTYPE_INT32, FaDecodeParams  # noqa: E4
 
 FA_DECODE_VERSION_CODE = 300  # the first header version with fa_decode
 FA_SERVING_VERSION_CODE = 700  # the first with cache_batch_idx / cache_leftpad
+FA_ROTARY_VERSION_CODE = 800  # the first with rotary_cos / rotary_sin
 
 B, HQ, HKV, D, SQ = 16, 32, 8, 128, 1
 LENGTHS = (1024, 4096, 16384, 32768, 131072)
@@ -61,6 +62,20 @@ def decode_flops(s):
 
 SERVING = ("batch_idx", "leftpad")  # the serving rows, contiguous
 MAX_PAD = 256
+# The paged row with rotary on append (issue 15): S - 1 cached keys and one new token appended in the call, the new key
+# rotated at S - 1 before it is stored and the query rotated there too (half-split over the whole head, as Llama), in a
+# paged cache of this block size; beside the plain "paged 16" row, which appends nothing.
+ROTARY_BLOCK = 16
+ROTARY_ROWS = [(ROTARY_BLOCK, "rotary_append")]
+
+
+def rotate_half_split(x, cos, sin):
+    """NeoX rotary of x [..., D] with cos/sin [..., D / 2] (broadcast), in fp32: the reference of the rotary row."""
+    import torch
+    h = x.shape[-1] // 2
+    x0, x1 = x[..., :h].float(), x[..., h:].float()
+    c, s = cos.float(), sin.float()
+    return torch.cat((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).to(x.dtype)
 
 
 def new_row(s, block, serving=None):
@@ -122,7 +137,7 @@ def decode_rows(lib_path, quick=False, baseline_path=None):
             vc = v.transpose(1, 2).contiguous()
             del k, v
             lens = torch.full((B,), s, dtype=torch.int32, device=dev)
-            for block, serving in [(b, None) for b in LAYOUTS] + [(None, sv) for sv in SERVING]:
+            for block, serving in [(b, None) for b in LAYOUTS] + [(None, sv) for sv in SERVING] + ROTARY_ROWS:
                 row = new_row(s, block, serving)
                 row["copy_tbps"] = copy_tbps
                 for key, val in sdpa.items():
@@ -132,12 +147,17 @@ def decode_rows(lib_path, quick=False, baseline_path=None):
                     row["note"] = "flash/cudnn: SDPA on the contiguous [B, Hkv, S, D] cache (SDPA has no paged cache)"
                 if serving is not None:
                     row["note"] = f"serving {serving}: flash/cudnn are the plain contiguous row's figures"
+                if serving == "rotary_append":
+                    row["note"] = (f"paged {block}, 1 token appended at S-1 with rotary (half-split, D {D}) and the query "
+                                   "rotated: the append, rotation and attention of one generation step; flash/cudnn are "
+                                   "the plain contiguous row's figures (SDPA has no cache)")
                 try:
                     _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch, serving)
                 except Exception as e:  # noqa: BLE001
                     row["errors"]["ours"] = str(e).split("\n")[0][:300]
-                # A baseline older than 0.7 would ignore the serving fields (and time another computation).
-                if fb is not None and (serving is None or fb.version() >= FA_SERVING_VERSION_CODE):
+                # A baseline older than 0.7 (0.8 for rotary) would ignore the serving fields (and time another computation).
+                need = FA_ROTARY_VERSION_CODE if serving == "rotary_append" else FA_SERVING_VERSION_CODE
+                if fb is not None and (serving is None or fb.version() >= need):
                     base_row = new_row(s, block, serving)
                     try:
                         _ours(fb, bctx, base_row, q2, kc, vc, lens, s, block, ref, bench, torch, serving)
@@ -170,6 +190,7 @@ def _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch, serving=N
     code = FA_DTYPE_BFLOAT16
     batch_idx = leftpad = None
     host_lens_list = [s] * B
+    rotary = serving == "rotary_append"
     if serving == "batch_idx":
         # A pool of 2B rows; sequence b reads row batch_idx[b] (shuffled), which holds its K/V.
         batch_idx = torch.randperm(2 * B, device=dev)[:B].to(torch.int32)
@@ -200,6 +221,23 @@ def _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch, serving=N
         k_cache[perm] = kc.view(B * pages, block, HKV, D)
         v_cache[perm] = vc.view(B * pages, block, HKV, D)
         table = perm.view(B, pages).to(torch.int32)
+    k_new = v_new = cos = sin = None
+    if rotary:
+        # Position S - 1 is the new token: cached length S - 1, k/v_new the (unrotated) key and value of S - 1. The
+        # reference is SDPA over the cache with that key rotated at S - 1 and the query rotated there (sq 1: every
+        # query at cache_seqlens).
+        pos = torch.arange(s, device=dev, dtype=torch.float32)[:, None]
+        theta = pos * 10000.0 ** (-2.0 * torch.arange(D // 2, device=dev, dtype=torch.float32) / D)
+        cos, sin = theta.cos().to(kc.dtype), theta.sin().to(kc.dtype)
+        k_new, v_new = kc[:, s - 1:s].clone(), vc[:, s - 1:s].clone()
+        lens = torch.full((B,), s - 1, dtype=torch.int32, device=dev)
+        host_lens_list = [s - 1] * B
+        k_ref = kc.clone()
+        k_ref[:, s - 1] = rotate_half_split(k_new[:, 0], cos[s - 1], sin[s - 1])
+        q_ref = rotate_half_split(q2, cos[s - 1], sin[s - 1])
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q_ref.transpose(1, 2), k_ref.transpose(1, 2), vc.transpose(1, 2), enable_gqa=True)
+        del k_ref, q_ref
     out = torch.full_like(q2, float("nan"))
     p = FaDecodeParams()
     fa.check(fa.lib.fa_decode_params_init(ctypes.byref(p), ctypes.sizeof(p)), "fa_decode_params_init")
@@ -213,6 +251,10 @@ def _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch, serving=N
         p.cache_batch_idx = describe(batch_idx, FA_DTYPE_INT32)
     if leftpad is not None:
         p.cache_leftpad = describe(leftpad, FA_DTYPE_INT32)
+    if rotary:
+        p.k_new, p.v_new = describe(k_new, code), describe(v_new, code)
+        p.rotary_cos, p.rotary_sin = cos.data_ptr(), sin.data_ptr()
+        p.rotary_dim, p.rotary_seqlen, p.rotary_interleaved = D, s, 0
     splits = ctypes.c_int32()
     fa.check(fa.lib.fa_decode_num_splits(ctx, ctypes.byref(p), ctypes.byref(splits)), "fa_decode_num_splits")
     row["ours_splits"] = splits.value
@@ -240,7 +282,7 @@ def _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch, serving=N
         if diff > MAX_REL_ERR:
             row["errors"]["mismatch"] = f"relative error {diff:.2e} against SDPA exceeds {MAX_REL_ERR}"
     row["ours_ms"] = bench(ours)
-    del host_lens, workspace, k_cache, v_cache
+    del host_lens, workspace, k_cache, v_cache, k_new, v_new, cos, sin
 
 
 def format_table(rows):

@@ -41,8 +41,11 @@ class MirrorTests(unittest.TestCase):
         # 0.7 appended sinks and dsinks (two fa_tensor_t) to the backward's 824 bytes, 0.8 alibi_slopes.
         self.assertEqual(ctypes.sizeof(fa_abi.FaBackwardParams), 824 + 3 * 80)
         # 784 through 0.6; 0.7 appended cache_batch_idx, cache_leftpad and their host copies at offset 784.
-        self.assertEqual(ctypes.sizeof(fa_abi.FaDecodeParams), 960 + 80)  # 0.8 appended alibi_slopes
+        # 0.8 appended alibi_slopes (an 80-byte fa_tensor_t) at 960, then the rotary block (two table pointers,
+        # rotary_dim, rotary_seqlen, rotary_interleaved, reserved1: 32 bytes).
+        self.assertEqual(ctypes.sizeof(fa_abi.FaDecodeParams), 960 + 80 + 32)
         self.assertEqual(fa_abi.FaDecodeParams.cache_batch_idx.offset, 784)
+        self.assertEqual(fa_abi.FaDecodeParams.rotary_cos.offset, 960 + 80)
 
     def test_layout_check_catches_a_drifted_field(self):
         with open(fa_abi.__file__) as f:

@@ -34,7 +34,7 @@ namespace FlashAttn;
 /// Overloads taking a <see cref="DecodeServingOptions"/> add <c>flash_attn_with_kvcache</c>'s serving options
 /// (shared/FEATURES.md §5, issue 15): a cache batch index, left padding, and a query count other than the appended
 /// one, as <see cref="FlashAttention.Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> serves them since C ABI
-/// 0.7 (rotary embedding on append, §4, is modelled internally only).
+/// 0.7, and rotary embedding on append (§4; <see cref="DecodeServingOptions.RotaryCos"/>), which it serves since 0.8.
 /// </para>
 /// </remarks>
 public static class DecodeReference
@@ -281,7 +281,12 @@ public static class DecodeReference
     /// back to the input dtype). Interleaved: <c>(x[2t], x[2t+1]) -> (x[2t] c_t - x[2t+1] s_t, x[2t] s_t + x[2t+1] c_t)</c>;
     /// otherwise (GPT-NeoX): <c>(x[t], x[t+rd/2]) -> (x[t] c_t - x[t+rd/2] s_t, x[t] s_t + x[t+rd/2] c_t)</c>.
     /// </summary>
-    internal static void Rotate(Span<double> x, ReadOnlySpan<double> cos, ReadOnlySpan<double> sin, int rotaryDim, bool interleaved)
+    /// <param name="x">One head's vector (at least <paramref name="rotaryDim"/> elements); rotated in place.</param>
+    /// <param name="cos">The cos table's row of the position, <c>rotaryDim / 2</c> elements.</param>
+    /// <param name="sin">The sin table's row of the position, <c>rotaryDim / 2</c> elements.</param>
+    /// <param name="rotaryDim">Elements rotated (even).</param>
+    /// <param name="interleaved">True: pairs <c>(2t, 2t+1)</c> (GPT-J); false: <c>(t, t + rotaryDim/2)</c> (GPT-NeoX).</param>
+    public static void Rotate(Span<double> x, ReadOnlySpan<double> cos, ReadOnlySpan<double> sin, int rotaryDim, bool interleaved)
     {
         int half = rotaryDim / 2;
         for (int t = 0; t < half; t++)

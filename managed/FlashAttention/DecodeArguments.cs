@@ -63,6 +63,14 @@ public readonly record struct DecodeArguments(
     /// </summary>
     public DeviceTensor? AlibiSlopes { get; init; }
 
+    /// <summary>
+    /// Rotary embedding applied in this call (flash-attn's <c>rotary_cos</c> / <c>rotary_sin</c> /
+    /// <c>rotary_interleaved</c>): new keys rotated at their positions before they are stored, queries at theirs. Only
+    /// with <see cref="KNew"/>. Null (the default): no rotation. A per-call argument as in flash-attn (not state of the
+    /// <see cref="KvCache"/>): it is allowed only in calls that append, and a step derived with <c>with</c> keeps it.
+    /// </summary>
+    public RotaryEmbedding? Rotary { get; init; }
+
     /// <summary>Throws <see cref="ArgumentNullException"/> for the first required argument that is null.</summary>
     internal void ThrowIfIncomplete()
     {

@@ -4,8 +4,9 @@ namespace FlashAttn;
 /// The serving options of <c>flash_attn_with_kvcache</c> (issue 15) for the float64 decode reference
 /// (<see cref="DecodeReference"/>'s overloads that take one): a query count other than the appended one, a cache
 /// batch index and left padding, which the kernels serve since C ABI 0.7 (<see cref="DecodeArguments.CacheRows"/>,
-/// <see cref="KvCache.SetLeftPadding"/> and the token count of <see cref="DecodeArguments.KNew"/>). Rotary embedding in
-/// the call is modelled too but stays internal until the kernels take it. Semantics: shared/FEATURES.md §5.
+/// <see cref="KvCache.SetLeftPadding"/> and the token count of <see cref="DecodeArguments.KNew"/>), and rotary embedding
+/// on append, which they serve since C ABI 0.8 (<see cref="DecodeArguments.Rotary"/>). Semantics: shared/FEATURES.md §4
+/// and §5.
 /// </summary>
 public sealed record DecodeServingOptions
 {
@@ -46,20 +47,23 @@ public sealed record DecodeServingOptions
     public double[]? AlibiSlopes { get; init; }
 
     /// <summary><c>rotary_cos</c>, <c>[seqlenRo, RotaryDim / 2]</c>; given exactly when <see cref="RotarySin"/> is, and only with new keys.</summary>
-    internal double[]? RotaryCos { get; init; }
+    public double[]? RotaryCos { get; init; }
 
     /// <summary><c>rotary_sin</c>, <c>[seqlenRo, RotaryDim / 2]</c>.</summary>
-    internal double[]? RotarySin { get; init; }
+    public double[]? RotarySin { get; init; }
 
-    /// <summary>Dimensions rotated (even, 2 .. headDim); the rest pass through. FA2's kernels also need a multiple of 16.</summary>
-    internal int RotaryDim { get; init; }
+    /// <summary>
+    /// Dimensions rotated (even, 2 .. headDim; fa_decode and FA2's kernels need a multiple of 16); the rest pass through.
+    /// The tables are read as double: give the values the kernels see (rounded to the cache's dtype) to compare with them.
+    /// </summary>
+    public int RotaryDim { get; init; }
 
     /// <summary>
     /// <c>rotary_interleaved</c>: true (the kvcache APIs' default, GPT-J) rotates pairs <c>(2t, 2t+1)</c>; false
     /// (GPT-NeoX, Llama) rotates <c>(t, t + RotaryDim/2)</c>.
     /// </summary>
-    internal bool RotaryInterleaved { get; init; } = true;
+    public bool RotaryInterleaved { get; init; } = true;
 
     /// <summary>Whether rotary tables are given.</summary>
-    internal bool HasRotary => RotaryCos is not null || RotarySin is not null;
+    public bool HasRotary => RotaryCos is not null || RotarySin is not null;
 }

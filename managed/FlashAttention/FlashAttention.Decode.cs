@@ -337,6 +337,9 @@ public sealed partial class FlashAttention
         using var lpads = new HandleLease(step.Pads?.Owner);
         using var lbt = new HandleLease(cache.BlockTable?.Owner);
         using var lws = new HandleLease(workspace);
+        RotaryEmbedding? rotary = args.Rotary;
+        using var lrc = new HandleLease(rotary?.Cos?.Owner);
+        using var lrs = new HandleLease(rotary?.Sin?.Owner);
 
         FaDecodeParams p = default;
         Errors.ThrowIfFailed(NativeMethods.fa_decode_params_init(&p, (nuint)sizeof(FaDecodeParams)));
@@ -377,6 +380,16 @@ public sealed partial class FlashAttention
         if (cache.BlockTable is { } table)
         {
             p.block_table = table.ToNative(lbt.Pointer);
+        }
+
+        if (rotary is not null)
+        {
+            // Checked by ValidateDecode: both tables, rank 2, the cache's dtype.
+            p.rotary_cos = rotary.Cos.ToNative(lrc.Pointer).data;
+            p.rotary_sin = rotary.Sin.ToNative(lrs.Pointer).data;
+            p.rotary_dim = rotary.RotaryDim;
+            p.rotary_seqlen = rotary.Positions;
+            p.rotary_interleaved = rotary.Interleaved ? 1 : 0;
         }
 
         NativeOptions.Write(options, ref p);
@@ -559,6 +572,27 @@ public sealed partial class FlashAttention
             if (cache.AppendProblem((int)kNew.Shape[1], rows) is { } capacityProblem)
             {
                 return new Problem(nameof(cache), capacityProblem);
+            }
+        }
+
+        if (args.Rotary is { } rotary)
+        {
+            if (kNew is null)
+            {
+                return new Problem(
+                    "Rotary",
+                    "Rotary embedding is applied only in a call that appends (kNew and vNew), as flash-attn raises otherwise: " +
+                    "rotate the queries yourself or pass the new tokens.");
+            }
+
+            if (rotary.Problem(cache.DataType, dim) is { } rotaryProblem)
+            {
+                return new Problem("Rotary", rotaryProblem);
+            }
+
+            if (device is not null && ((rotary.Cos.Device is { } cd && cd.Ordinal != device.Ordinal) || (rotary.Sin.Device is { } sd && sd.Ordinal != device.Ordinal)))
+            {
+                return new Problem("Rotary", $"The rotary tables must live on cuda:{device.Ordinal}, where this FlashAttention runs.");
             }
         }
 

@@ -338,8 +338,8 @@ typedef struct fa_backward_params {
    pad is counted in cache_seqlens). The effective key length is sk_b = total_b - lp_b, keys numbered from lp_b;
    the causal mask and window are placed bottom-right over it, so query i sees, when causal, positions
    lp_b .. total_b - seqlen_q + i (a query with no such position gets output 0 and log-sum-exp +inf).
-   cache_batch_idx, cache_leftpad and seqlen_knew != seqlen_q are served by every decode kernel, so
-   fa_query_support has no field for them. */
+   cache_batch_idx, cache_leftpad, seqlen_knew != seqlen_q and rotary embedding (since 0.8) are served by every
+   decode kernel, so fa_query_support has no field for them. */
 typedef struct fa_decode_params {
     /* sizeof(fa_decode_params_t) as the caller compiled it; set by fa_decode_params_init. */
     uint32_t struct_size;
@@ -429,6 +429,37 @@ typedef struct fa_decode_params {
        FlashAttention-2, which keeps causal on with ALiBi even for seqlen_q = 1), +slope * (p - pad), whose lse
        is larger by slope * (i + sk - seqlen_q). data NULL: no ALiBi. */
     fa_tensor_t alibi_slopes;
+    /* ---- Rotary embedding (since 0.8; a caller compiled against 0.7 passes a smaller struct_size and gets none:
+       no rotation). flash-attn's rotary_cos / rotary_sin / rotary_interleaved of flash_attn_with_kvcache. Only
+       with k_new/v_new (refused otherwise, as flash-attn raises). The first rotary_dim elements of each new key
+       and each query head are rotated, the rest pass through; the math is fp32, rounded to the dtype of q:
+         interleaved (GPT-J):   (x[2t], x[2t+1])      -> (x[2t] c - x[2t+1] s, x[2t] s + x[2t+1] c)
+         half-split (GPT-NeoX): (x[t], x[t + rd/2])   -> (x[t] c - x[t+rd/2] s, x[t] s + x[t+rd/2] c)
+       with c = rotary_cos[p, t], s = rotary_sin[p, t], t < rotary_dim / 2, at position p:
+       - new key j of sequence b at p = cache_seqlens[b] + j (absolute: a left pad counts); the ROTATED key is
+         what is stored in the cache;
+       - query i at p = cache_seqlens[b] + i when causal or a window is set (window_left or window_right >= 0, as
+         given), else every query of the sequence at p = cache_seqlens[b]. (So with seqlen_knew != seqlen_q the
+         rotary positions of the queries are not aligned with the bottom-right causal diagonal, as in flash-attn.)
+       Cached keys are read as stored (rotated when they were appended). */
+    /* Device table [rotary_seqlen, rotary_dim / 2], dtype of q, contiguous rows, 16-byte aligned: cos of each
+       (position, pair). NULL (with rotary_sin NULL): no rotary embedding. */
+    const void* rotary_cos;
+    /* Device table shaped like rotary_cos: sin of each (position, pair); given exactly when rotary_cos is. */
+    const void* rotary_sin;
+    /* Rotated elements per head: a multiple of 16, at most the head dim (flash-attn's 2 * rotary_cos.shape[1]).
+       Ignored (may be 0) without tables. */
+    int32_t rotary_dim;
+    /* Rows (positions) of the tables: at least the cache capacity (flash-attn's seqlen_ro >= seqlen_k), and, when
+       causal or windowed with seqlen_q > seqlen_knew, at least every query position (checked exactly against
+       cache_seqlens_host when it is given, else against the largest position the capacity allows). */
+    int32_t rotary_seqlen;
+    /* 1: interleaved pairs (2t, 2t+1), GPT-J, flash-attn's default (rotary_interleaved=True), and what
+       fa_decode_params_init sets; 0: half-split pairs (t, t + rotary_dim/2), GPT-NeoX / Llama. A struct zeroed
+       by the caller instead of fa_decode_params_init gets 0 (half-split): set it explicitly in that case. */
+    int32_t rotary_interleaved;
+    /* Reserved; must be 0 (keeps the rotary block 8-byte sized). */
+    int32_t reserved1;
 } fa_decode_params_t;
 
 /* A question for fa_query_support: is this kind of call served by this build on this GPU? */

@@ -56,6 +56,7 @@ inline void set_pass_defaults(fa_backward_params_t& p) {
 inline void set_pass_defaults(fa_decode_params_t& p) {
     p.num_splits = 0;             // chosen by the library
     p.advance_cache_seqlens = 0;  // cache_seqlens is only read
+    p.rotary_interleaved = 1;     // flash-attn's default (GPT-J pairs); no tables: no rotation
 }
 
 // A whole struct of this version holding the defaults, its struct_size set to `struct_size`.

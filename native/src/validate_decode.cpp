@@ -54,6 +54,10 @@ std::string describe(const DecodeParams& p) {
     if (p.cache_batch_idx != nullptr) out += " batch_idx(pool " + s(p.cache_rows) + ")";
     if (p.cache_leftpad != nullptr) out += " leftpad";
     if (p.alibi_slopes != nullptr) out += p.alibi_causal ? " alibi(causal form)" : " alibi";
+    if (p.rotary_cos != nullptr) {
+        out += " rotary(" + s(p.rotary_dim) + (p.rotary_interleaved != 0 ? ", interleaved" : ", half-split") +
+               (p.rotary_per_row != 0 ? ", per row)" : ")");
+    }
     if (p.causal != 0) out += " causal";
     if (p.window_left >= 0 || (p.window_right >= 0 && p.causal == 0)) {
         out += " window(" + s(p.window_left) + ", " + s(p.window_right) + ")";
@@ -124,6 +128,12 @@ struct DecodeCheck {
     const int32_t* leftpad_host;
     fa_tensor_t alibi_t;  // the 0.8 field, or its default (data NULL)
     AlibiSlopes alibi{false, Extent{0, 0}, 0, 0};
+    // The 0.8 rotary block, or its defaults (no tables) for an older caller's smaller struct.
+    const void* rotary_cos;
+    const void* rotary_sin;
+    int32_t rotary_dim, rotary_seqlen, rotary_interleaved, rotary_reserved;
+    bool has_rotary = false;
+    Extent rc{0, 0}, rs{0, 0};
     bool paged = false, append = false, has_lse = false, has_batch_idx = false, has_leftpad = false;
     Extent q{0, 0}, kc{0, 0}, vc{0, 0}, o{0, 0}, sl{0, 0}, l{0, 0}, bt{0, 0}, kn{0, 0}, vn{0, 0}, bi{0, 0}, lp{0, 0};
     int64_t b = 0, sq = 0, hq = 0, d = 0, hkv = 0;
@@ -139,6 +149,13 @@ struct DecodeCheck {
           batch_idx_host(FA_FIELD_OR_DEFAULT(params, decode_defaults(), cache_batch_idx_host)),
           leftpad_host(FA_FIELD_OR_DEFAULT(params, decode_defaults(), cache_leftpad_host)),
           alibi_t(FA_FIELD_OR_DEFAULT(params, decode_defaults(), alibi_slopes)),
+          rotary_cos(FA_FIELD_OR_DEFAULT(params, decode_defaults(), rotary_cos)),
+          rotary_sin(FA_FIELD_OR_DEFAULT(params, decode_defaults(), rotary_sin)),
+          rotary_dim(FA_FIELD_OR_DEFAULT(params, decode_defaults(), rotary_dim)),
+          rotary_seqlen(FA_FIELD_OR_DEFAULT(params, decode_defaults(), rotary_seqlen)),
+          rotary_interleaved(FA_FIELD_OR_DEFAULT(params, decode_defaults(), rotary_interleaved)),
+          rotary_reserved(FA_FIELD_OR_DEFAULT(params, decode_defaults(), reserved1)),
+          has_rotary(rotary_cos != nullptr || rotary_sin != nullptr),
           paged(params.block_table.data != nullptr),
           append(params.k_new.data != nullptr || params.v_new.data != nullptr),
           has_lse(params.lse.data != nullptr),
@@ -286,6 +303,64 @@ struct DecodeCheck {
         }
     }
 
+    // Rotary embedding (0.8): both tables, only with an append, rotary_dim a multiple of 16 up to the head dim, a
+    // table of at least the capacity's rows (flash-attn's seqlen_ro >= seqlen_k) and of every query position.
+    // Every position a query or a new key is rotated at is below cache_seqlens + max(seqlen_q, seqlen_knew);
+    // the keys' stay below the capacity, the queries' may pass it when seqlen_q > seqlen_knew and the rows are
+    // rotated per query (causal or windowed): then the table must cover capacity - seqlen_knew + seqlen_q rows
+    // (cache_seqlens_host, when given, makes the check exact; host_lengths).
+    bool rotary_per_row() const { return P.causal == 1 || P.window_left >= 0 || P.window_right >= 0; }
+
+    void rotary() {
+        check_reserved(rotary_reserved, "reserved1");
+        check_flag(rotary_interleaved, "rotary_interleaved");
+        if (!has_rotary) return;
+        if (rotary_cos == nullptr || rotary_sin == nullptr) {
+            invalid(std::string(rotary_cos != nullptr ? "rotary_cos is set but rotary_sin is NULL"
+                                                      : "rotary_sin is set but rotary_cos is NULL") +
+                    "; give both rotary tables (to rotate) or neither");
+        }
+        if (!append) {
+            invalid("rotary_cos/rotary_sin are given but k_new/v_new are not; the rotary embedding is applied only in a "
+                    "call that appends new keys (flash_attn_with_kvcache raises too): rotate the queries and keys "
+                    "yourself, or pass the new tokens");
+        }
+        if (rotary_dim % 2 != 0) {
+            invalid("rotary_dim is " + s(rotary_dim) + ", which is odd; elements are rotated in pairs, and rotary_dim "
+                    "must be a multiple of 16 (2 * rotary_cos.shape[1] in flash-attn)");
+        }
+        if (rotary_dim <= 0 || rotary_dim % 16 != 0) {
+            invalid("rotary_dim is " + s(rotary_dim) + "; it must be a positive multiple of 16 (as flash-attn requires)");
+        }
+        if (rotary_dim > d) {
+            invalid("rotary_dim is " + s(rotary_dim) + " but the head dim (q.shape[3]) is " + s(d) +
+                    "; at most the head dim is rotated");
+        }
+        if (rotary_seqlen < capacity) {
+            invalid("rotary table too short: rotary_seqlen is " + s(rotary_seqlen) + " rows but the cache holds " +
+                    s(capacity) + " positions per sequence; the cos/sin tables need a row for every cache position");
+        }
+        if (rotary_per_row() && sq > added && P.cache_seqlens_host == nullptr && rotary_seqlen < capacity - added + sq) {
+            invalid("rotary table too short: rotary_seqlen is " + s(rotary_seqlen) + " rows, but with causal or a window "
+                    "query i is rotated at cache_seqlens + i, and with seqlen_q " + s(sq) + " above seqlen_knew " +
+                    s(added) + " that reaches position " + s(capacity - added + sq - 1) +
+                    " for a full cache; give cache_seqlens_host (checked exactly) or a table of " +
+                    s(capacity - added + sq) + " rows");
+        }
+        const int64_t bytes = int64_t{rotary_seqlen} * (rotary_dim / 2) * dtype_size(P.q.dtype);
+        const struct {
+            const void* ptr;
+            const char* name;
+            Extent* e;
+        } tables[] = {{rotary_cos, "rotary_cos", &rc}, {rotary_sin, "rotary_sin", &rs}};
+        for (const auto& t : tables) {
+            if (reinterpret_cast<uintptr_t>(t.ptr) % 16 != 0) {
+                invalid(std::string(t.name) + " (" + hex(t.ptr) + ") is not 16-byte aligned");
+            }
+            *t.e = buffer_extent(t.ptr, static_cast<size_t>(bytes), t.name);
+        }
+    }
+
     // The host copies: lengths that fit the cache, batch indices inside the pool, left pads inside the sequences.
     void host_lengths() {
         longest = capacity;
@@ -336,6 +411,12 @@ struct DecodeCheck {
                                    : "cache_seqlens_host[" + s(i) + "] is " + s(cached) + ", more than the " + s(capacity) +
                                          " positions its cache has");
                 }
+                if (has_rotary && rotary_per_row() && cached + sq > rotary_seqlen) {
+                    invalid("rotary table too short: sequence " + s(i) + " holds " + s(cached) +
+                            " tokens (cache_seqlens_host[" + s(i) + "]) and its query " + s(sq - 1) +
+                            " is rotated at position " + s(cached + sq - 1) + ", past the " + s(rotary_seqlen) +
+                            " rows of the rotary tables (rotary_seqlen)");
+                }
                 // Keys the sequence sees: from its left pad (when known) to its end.
                 const int64_t seen = cached + added - (leftpad_host != nullptr ? int64_t{leftpad_host[i]} : 0);
                 longest = seen > longest ? seen : longest;
@@ -353,7 +434,8 @@ struct DecodeCheck {
         } read[] = {{q, "q", true},          {kc, "k_cache", true}, {vc, "v_cache", true},
                     {kn, "k_new", append},   {vn, "v_new", append}, {sl, "cache_seqlens", true},
                     {bt, "block_table", paged}, {bi, "cache_batch_idx", has_batch_idx},
-                    {lp, "cache_leftpad", has_leftpad}, {alibi.extent, "alibi_slopes", alibi.on}};
+                    {lp, "cache_leftpad", has_leftpad}, {alibi.extent, "alibi_slopes", alibi.on},
+                    {rc, "rotary_cos", has_rotary}, {rs, "rotary_sin", has_rotary}};
         for (const auto& r : read) {
             if (!r.given) continue;
             check_no_overlap(o, "out", r.e, r.name);
@@ -493,6 +575,14 @@ struct DecodeCheck {
             p.leftpad_stride = leftpad.strides[0];
         }
         p.cache_rows = static_cast<int32_t>(cache_rows);
+        if (has_rotary) {
+            p.rotary_cos = rotary_cos;
+            p.rotary_sin = rotary_sin;
+            p.rotary_dim = rotary_dim;
+            p.rotary_seqlen = rotary_seqlen;
+            p.rotary_interleaved = rotary_interleaved;
+            p.rotary_per_row = rotary_per_row() ? 1 : 0;
+        }
         const double scale = P.softmax_scale > 0.0f ? static_cast<double>(P.softmax_scale)
                                                     : 1.0 / std::sqrt(static_cast<double>(d));
         p.scale = static_cast<float>(scale);
@@ -532,6 +622,7 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
     c.tensors_agree();
     c.alibi_slopes();
     c.scalars();
+    c.rotary();
     c.host_lengths();
     c.apart();
     c.served(compute_capability);
@@ -551,6 +642,10 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
         if (c.has_batch_idx) memory->add("cache_batch_idx.data", "cache_batch_idx' shape and strides", c.bi);
         if (c.has_leftpad) memory->add("cache_leftpad.data", "cache_leftpad's shape and strides", c.lp);
         if (c.alibi.on) memory->add("alibi_slopes.data", "alibi_slopes' shape and strides", c.alibi.extent);
+        if (c.has_rotary) {
+            memory->add("rotary_cos", "rotary_seqlen x rotary_dim / 2 elements", c.rc);
+            memory->add("rotary_sin", "rotary_seqlen x rotary_dim / 2 elements", c.rs);
+        }
     }
     if (length_hint != nullptr) {
         // The keys a 16-row block can see are fewer with a left window.

@@ -1432,9 +1432,9 @@ static void test_alibi_validation(void) {
     CHECK(offsetof(fa_backward_params_t, alibi_slopes) == offsetof(fa_backward_params_t, dsinks) + sizeof(fa_tensor_t) &&
               offsetof(fa_backward_params_t, alibi_slopes) + sizeof(fa_tensor_t) == sizeof(fa_backward_params_t),
           "alibi_slopes must follow dsinks and end the backward struct");
-    CHECK(offsetof(fa_decode_params_t, alibi_slopes) + sizeof(fa_tensor_t) == sizeof(fa_decode_params_t) &&
+    CHECK(offsetof(fa_decode_params_t, alibi_slopes) + sizeof(fa_tensor_t) == offsetof(fa_decode_params_t, rotary_cos) &&
               (sizeof(void*) != 8 || offsetof(fa_decode_params_t, alibi_slopes) == 960),
-          "alibi_slopes must end the decode struct (after the 0.7 struct's 960 bytes)");
+          "alibi_slopes must follow the 0.7 decode struct's 960 bytes, the rotary block after it");
     CHECK(offsetof(fa_support_query_t, alibi) == offsetof(fa_support_query_t, sinks) + sizeof(int32_t) &&
               offsetof(fa_support_query_t, alibi) + sizeof(int32_t) == sizeof(fa_support_query_t),
           "alibi must follow sinks and end the query struct");

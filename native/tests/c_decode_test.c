@@ -16,6 +16,10 @@
  * pad), appended counts above and below seqlen_q, with masks, GQA, paging and forced splits; every refusal of
  * their host copies; device-only values outside the pool or the sequence reported by fa_context_check; a
  * 0.6-sized struct.
+ * Rotary embedding (C ABI 0.8): every refusal of the rotary block (odd, non-multiple-of-16 or too large rotary_dim,
+ * a table too short, rotary without an append, a missing table) and a 0.7-sized struct; with a GPU, both layouts,
+ * partial rotary_dim, with a batch index, pads and paging, causal (queries at their own positions) and not, more
+ * queries than appended keys, the stored keys checked against the float64 rotation, and a captured step.
  *
  * Prints one line per failure, a summary, and returns nonzero if anything failed.
  */
@@ -283,6 +287,117 @@ static void test_alibi_validation(void) {
     bad("decode 0.8 struct_size reads alibi", &p, FA_STATUS_INVALID_ARGUMENT, "alibi_slopes");
 }
 
+/* Rotary embedding (C ABI 0.8): the defaults, what is accepted, every refusal (before anything is written: these
+   run through fa_decode_check, which launches nothing), and a 0.7-sized struct (the rotary block unread). */
+static void set_rotary(fa_decode_params_t* p, int32_t dim, int32_t rows) {
+    p->rotary_cos = ADDR(12);
+    p->rotary_sin = ADDR(13);
+    p->rotary_dim = dim;
+    p->rotary_seqlen = rows;
+}
+
+static void test_rotary_validation(void) {
+    fa_decode_params_t p;
+    const int32_t d = FA_TEST_HEAD_DIM;
+    int32_t lens[VB] = {10, 0, VPAGES * VBLOCK - VSQ};
+    int paged, inter, dim;
+    char label[96];
+
+    fa_decode_params_init(&p, sizeof p);
+    CHECK(p.rotary_cos == NULL && p.rotary_sin == NULL && p.rotary_dim == 0 && p.rotary_seqlen == 0 &&
+              p.rotary_interleaved == 1 && p.reserved1 == 0,
+          "rotary defaults: no tables, interleaved 1 (flash-attn's default)");
+    for (paged = 0; paged <= 1; ++paged) {
+        for (inter = 0; inter <= 1; ++inter) {
+            for (dim = 16; dim <= d; dim += 16) {
+                p = valid_params(paged); set_rotary(&p, dim, VCAP); p.rotary_interleaved = inter;
+                sprintf(label, "rotary %s, %s, dim %d", paged ? "paged" : "contiguous", inter ? "interleaved" : "half-split", dim);
+                expect(label, fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+            }
+        }
+    }
+    /* Leftover fields without tables are ignored. */
+    p = valid_params(0); p.rotary_dim = 7; p.rotary_seqlen = 1;
+    expect("rotary_dim without tables", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+
+    p = valid_params(0); set_rotary(&p, 15, VCAP);
+    bad("rotary_dim odd", &p, FA_STATUS_INVALID_ARGUMENT, "rotary_dim is 15, which is odd");
+    p = valid_params(1); set_rotary(&p, 24, VCAP);
+    bad("rotary_dim 24", &p, FA_STATUS_INVALID_ARGUMENT, "rotary_dim is 24; it must be a positive multiple of 16");
+    p = valid_params(0); set_rotary(&p, 0, VCAP);
+    bad("rotary_dim 0", &p, FA_STATUS_INVALID_ARGUMENT, "rotary_dim is 0; it must be a positive multiple of 16");
+    p = valid_params(0); set_rotary(&p, d + 16, VCAP);
+    sprintf(label, "rotary_dim is %d but the head dim (q.shape[3]) is %d", (int)(d + 16), (int)d);
+    bad("rotary_dim above the head dim", &p, FA_STATUS_INVALID_ARGUMENT, label);
+    p = valid_params(1); set_rotary(&p, 16, VCAP - 1);
+    bad("rotary table too short (paged)", &p, FA_STATUS_INVALID_ARGUMENT,
+        "rotary table too short: rotary_seqlen is 63 rows but the cache holds 64 positions");
+    p = valid_params(0); set_rotary(&p, 16, VCAP - 1);
+    bad("rotary table too short (contiguous)", &p, FA_STATUS_INVALID_ARGUMENT, "rotary table too short");
+    p = valid_params(0); set_rotary(&p, 16, VCAP); p.k_new.data = p.v_new.data = NULL;
+    bad("rotary without k_new", &p, FA_STATUS_INVALID_ARGUMENT, "rotary_cos/rotary_sin are given but k_new/v_new are not");
+    p = valid_params(0); set_rotary(&p, 16, VCAP); p.rotary_cos = NULL;
+    bad("rotary_cos NULL", &p, FA_STATUS_INVALID_ARGUMENT, "rotary_sin is set but rotary_cos is NULL");
+    p = valid_params(1); set_rotary(&p, 16, VCAP); p.rotary_sin = NULL;
+    bad("rotary_sin NULL", &p, FA_STATUS_INVALID_ARGUMENT, "rotary_cos is set but rotary_sin is NULL");
+    p = valid_params(0); set_rotary(&p, 16, VCAP); p.rotary_interleaved = 2;
+    bad("rotary_interleaved 2", &p, FA_STATUS_INVALID_ARGUMENT, "rotary_interleaved is 2; it must be 0 or 1");
+    p = valid_params(0); p.reserved1 = 3;
+    bad("reserved1", &p, FA_STATUS_INVALID_ARGUMENT, "reserved1 is 3; it is reserved and must be 0");
+    p = valid_params(0); set_rotary(&p, 16, VCAP); p.rotary_sin = (const void*)((uintptr_t)p.rotary_sin + 8);
+    bad("rotary_sin misaligned", &p, FA_STATUS_INVALID_ARGUMENT, "rotary_sin (");
+    p = valid_params(0); set_rotary(&p, 16, VCAP); p.out.data = (void*)(uintptr_t)p.rotary_cos;
+    bad("out over rotary_cos", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps rotary_cos");
+    p = valid_params(1); set_rotary(&p, 16, VCAP); p.k_cache.data = (void*)(uintptr_t)p.rotary_sin;
+    bad("appended k_cache over rotary_sin", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps rotary_sin");
+
+    /* More queries than appended keys, per-row positions (causal): query i at cache_seqlens + i may pass the
+       capacity; without host lengths the table must cover capacity - seqlen_knew + seqlen_q rows. */
+    p = valid_params(0); set_rotary(&p, 16, VCAP); p.k_new.shape[1] = p.v_new.shape[1] = 1;
+    bad("causal, seqlen_q 2 > seqlen_knew 1, table of the capacity", &p, FA_STATUS_INVALID_ARGUMENT,
+        "reaches position 64 for a full cache; give cache_seqlens_host (checked exactly) or a table of 65 rows");
+    p.rotary_seqlen = VCAP + 1;
+    expect("causal, seqlen_q > seqlen_knew, a longer table", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.rotary_seqlen = VCAP; p.causal = 0;
+    expect("not causal: every query at cache_seqlens", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.window_left = 8;
+    bad("windowed: per-row positions again", &p, FA_STATUS_INVALID_ARGUMENT, "rotary table too short");
+    p.window_left = -1; p.causal = 1; lens[2] = VCAP - 2; p.cache_seqlens_host = lens;
+    expect("host lengths: the last query at 63", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    lens[2] = VCAP - 1;
+    bad("host lengths: a query at 64", &p, FA_STATUS_INVALID_ARGUMENT,
+        "rotary table too short: sequence 2 holds 63 tokens (cache_seqlens_host[2]) and its query 1 is rotated at "
+        "position 64, past the 64 rows");
+
+    /* A caller compiled against 0.7: its struct ends at cache_leftpad_host; what follows is not read. */
+    {
+        unsigned char buf[sizeof(fa_decode_params_t)];
+        fa_decode_params_t* old = (fa_decode_params_t*)(void*)buf;
+        const size_t size_07 = offsetof(fa_decode_params_t, alibi_slopes);
+        size_t i;
+        int tail_untouched = 1;
+        CHECK(size_07 == offsetof(fa_decode_params_t, cache_leftpad_host) + sizeof(const int32_t*),
+              "0.8's fields (alibi_slopes, then the rotary block) follow cache_leftpad_host directly");
+        CHECK(offsetof(fa_decode_params_t, rotary_cos) == offsetof(fa_decode_params_t, alibi_slopes) + sizeof(fa_tensor_t),
+              "the rotary block follows alibi_slopes");
+        CHECK(sizeof(void*) != 8 || (size_07 == 960 && sizeof(fa_decode_params_t) == 960 + sizeof(fa_tensor_t) + 32),
+              "0.8 appends alibi_slopes and the 32-byte rotary block to the 0.7 struct's 960");
+        CHECK(offsetof(fa_decode_params_t, reserved1) + sizeof(int32_t) == sizeof(fa_decode_params_t),
+              "reserved1 ends the 0.8 struct");
+        memset(buf, 0xAB, sizeof buf);
+        expect("decode_params_init(0.7 size)", fa_decode_params_init(old, size_07), FA_STATUS_SUCCESS, NULL);
+        for (i = size_07; i < sizeof buf; ++i) tail_untouched &= buf[i] == 0xAB;
+        CHECK(tail_untouched, "fa_decode_params_init(0.7 size) wrote past the caller's struct");
+        p = valid_params(1);
+        memcpy(buf, &p, size_07);
+        old->struct_size = (uint32_t)size_07;
+        expect("0.7-sized struct, garbage where the rotary block would be", fa_decode_check(old, 0), FA_STATUS_SUCCESS,
+               NULL);
+        old->k_new.data = old->v_new.data = NULL;
+        expect("0.7-sized struct without an append (no rotary read)", fa_decode_check(old, 0), FA_STATUS_SUCCESS, NULL);
+    }
+}
+
 static void test_validation(void) {
     fa_decode_params_t p;
     int32_t host_lens[VB] = {10, 0, VPAGES * VBLOCK - VSQ};
@@ -403,6 +518,7 @@ static void test_validation(void) {
     bad("k_new inside k_cache", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache");
     test_serving_validation();
     test_alibi_validation();
+    test_rotary_validation();
 
     /* fp8 (e4m3): an fp8 query, cache or append is not served yet (UNSUPPORTED, naming the tensor); an fp8 out is
        no dtype any pass writes (INVALID_ARGUMENT); a k_new/v_new descriptor without data is not looked at. */
@@ -495,6 +611,9 @@ typedef struct {
     int pool;    /* > 0: cache_batch_idx over a shuffled pool of this many cache (or block-table) rows */
     int use_pads;
     int pads[6]; /* cache_leftpad when use_pads */
+    /* Rotary embedding (C ABI 0.8); zero: none. */
+    int rotary_dim;   /* rotated elements per head (a multiple of 16), 0: no rotary */
+    int rotary_neox;  /* 1: half-split pairs (t, t + rd/2); 0: interleaved (2t, 2t+1), flash-attn's default */
 } dcase;
 
 static int case_added(const dcase* c) {
@@ -508,6 +627,27 @@ static int case_rows(const dcase* c) {
 
 static int case_pad(const dcase* c, int b) {
     return c->use_pads ? c->pads[b] : 0;
+}
+
+/* Rotary (FEATURES.md section 4): whether the queries are rotated at their own positions (causal or windowed). */
+static int rotary_per_row(const dcase* c) {
+    return c->causal || c->window_left >= 0 || c->window_right >= 0;
+}
+
+/* Rotates x (d doubles) in place at the table rows cr / sr (rd / 2 entries of the case's dtype), in float64. */
+static void rotate(const dcase* c, double* x, const uint16_t* cr, const uint16_t* sr) {
+    const int half = c->rotary_dim / 2;
+    int t;
+    for (t = 0; t < half; ++t) {
+        const int a = c->rotary_neox ? t : 2 * t, b = c->rotary_neox ? t + half : 2 * t + 1;
+        const double x0 = x[a], x1 = x[b], co = to_double(c->dtype, cr[t]), si = to_double(c->dtype, sr[t]);
+        x[a] = x0 * co - x1 * si;
+        x[b] = x0 * si + x1 * co;
+    }
+}
+
+static uint16_t to16(int dtype, double x) {
+    return dtype == FA_DTYPE_BFLOAT16 ? float_to_bf16((float)x) : float_to_half((float)x);
 }
 
 /* Where position pos of cache row r (cache_batch_idx[b], or b) lives, in rows of hkv * d elements. */
@@ -582,7 +722,7 @@ static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k
 
 /* Device copies of one case's tensors. */
 typedef struct {
-    void *q, *kc, *vc, *kn, *vn, *out, *lse, *lens, *table, *ws, *idx, *pads;
+    void *q, *kc, *vc, *kn, *vn, *out, *lse, *lens, *table, *ws, *idx, *pads, *rcos, *rsin;
 } dev_bufs;
 
 static void* dev_alloc(size_t bytes) {
@@ -618,6 +758,13 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     int b, pos, ok = 1, cache_ok = 1, lse_ok = 1, nan_out = 0;
     double max_err = 0.0, num = 0.0, den = 0.0, max_lse_err = 0.0, rel;
     const double tol = c->dtype == FA_DTYPE_BFLOAT16 ? 2.5e-2 : 4e-3;
+    /* Rotary tables of capacity + sq rows (every query position fits), angles pos / 10000^(2t / rd) as models
+       build them, rounded to the dtype; NULL without rotary. */
+    const int rot_rows = c->capacity + c->sq, rot_half = c->rotary_dim / 2;
+    uint16_t* rcos = c->rotary_dim > 0 ? malloc(sizeof(uint16_t) * rot_rows * rot_half) : NULL;
+    uint16_t* rsin = c->rotary_dim > 0 ? malloc(sizeof(uint16_t) * rot_rows * rot_half) : NULL;
+    uint16_t* q_rot = malloc(n_q * 2);
+    double* tmp = malloc(sizeof(double) * c->d);
     void* graph = NULL;
     int32_t splits_used = 0;
 
@@ -672,6 +819,11 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         }
     }
     for (i = 0; i < n_q; ++i) q[i] = random16(c->dtype);
+    for (i = 0; c->rotary_dim > 0 && i < (int64_t)rot_rows * rot_half; ++i) {
+        const double theta = (double)(i / rot_half) * pow(10000.0, -2.0 * (double)(i % rot_half) / c->rotary_dim);
+        rcos[i] = to16(c->dtype, cos(theta));
+        rsin[i] = to16(c->dtype, sin(theta));
+    }
     for (i = 0; i < n_new; ++i) {
         kn[i] = random16(c->dtype);
         vn[i] = random16(c->dtype);
@@ -688,6 +840,12 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     d.table = paged ? dev_alloc(sizeof(int32_t) * rows * max_blocks) : NULL;
     d.idx = c->pool > 0 ? dev_alloc(sizeof(int32_t) * c->b) : NULL;
     d.pads = c->use_pads ? dev_alloc(sizeof(int32_t) * c->b) : NULL;
+    if (c->rotary_dim > 0) {
+        d.rcos = dev_alloc(sizeof(uint16_t) * rot_rows * rot_half);
+        d.rsin = dev_alloc(sizeof(uint16_t) * rot_rows * rot_half);
+        fa_memcpy(d.rcos, rcos, sizeof(uint16_t) * rot_rows * rot_half);
+        fa_memcpy(d.rsin, rsin, sizeof(uint16_t) * rot_rows * rot_half);
+    }
     if (d.idx) fa_memcpy(d.idx, idx, sizeof(int32_t) * c->b);
     if (d.pads) fa_memcpy(d.pads, pads, sizeof(int32_t) * c->b);
     fa_memcpy(d.q, q, n_q * 2);
@@ -729,6 +887,13 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         const int64_t lens_shape[1] = {c->b};
         set_dense(&p.lse, d.lse, FA_DTYPE_FLOAT32, 3, lse_shape);
         set_dense(&p.cache_seqlens, d.lens, FA_DTYPE_INT32, 1, lens_shape);
+    }
+    if (c->rotary_dim > 0) {
+        p.rotary_cos = d.rcos;
+        p.rotary_sin = d.rsin;
+        p.rotary_dim = c->rotary_dim;
+        p.rotary_seqlen = rot_rows;
+        p.rotary_interleaved = !c->rotary_neox;
     }
     p.causal = c->causal;
     p.window_left = c->window_left;
@@ -777,20 +942,57 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
               p.advance_cache_seqlens ? "the old lengths plus seqlen_knew" : "unchanged");
     }
 
-    /* The expected cache: the new rows appended, nothing else touched (NaN slots compared bitwise). */
+    /* The expected cache: the new rows appended, nothing else touched (NaN slots compared bitwise). With rotary the
+       appended keys are the new keys rotated at their positions (fp32 on the GPU, one rounding): each within one
+       unit in the last place of the float64 rotation, then taken as stored so the rest compares bitwise. */
     if (c->append) {
+        const double ulp = c->dtype == FA_DTYPE_BFLOAT16 ? 1.0 / 128 : 1.0 / 1024;
+        int rot_bad = 0;
         for (b = 0; b < c->b; ++b) {
             for (pos = 0; pos < added; ++pos) {
                 const int64_t r = cache_row(c, table, max_blocks, idx[b], lens[b] + pos) * row;
-                memcpy(kc + r, kn + ((int64_t)b * added + pos) * row, row * 2);
+                const uint16_t* src = kn + ((int64_t)b * added + pos) * row;
+                memcpy(kc + r, src, row * 2);
                 memcpy(vc + r, vn + ((int64_t)b * added + pos) * row, row * 2);
+                if (c->rotary_dim > 0) {
+                    const int64_t tr = (int64_t)(lens[b] + pos) * rot_half;
+                    int h, e;
+                    for (h = 0; h < c->hkv; ++h) {
+                        for (e = 0; e < c->d; ++e) tmp[e] = to_double(c->dtype, src[h * c->d + e]);
+                        rotate(c, tmp, rcos + tr, rsin + tr);
+                        for (e = 0; e < c->d; ++e) {
+                            const uint16_t got = kc_after[r + h * c->d + e];
+                            const double g = to_double(c->dtype, got);
+                            if (!(fabs(g - tmp[e]) <= ulp * fabs(tmp[e]) + 1e-6)) ++rot_bad;
+                            kc[r + h * c->d + e] = got;
+                        }
+                    }
+                }
             }
         }
+        CHECK(rot_bad == 0, "%s: %d appended key elements are not the rotated new keys (within 1 ulp)", c->label, rot_bad);
     }
     cache_ok = memcmp(kc, kc_after, cache_bytes) == 0 && memcmp(vc, vc_after, cache_bytes) == 0;
     CHECK(cache_ok, "%s: the cache after the call differs from the cache with the new rows appended", c->label);
 
-    reference(c, q, kc, vc, table, max_blocks, idx, ref, ref_lse);
+    /* The queries as the kernel sees them: rotated at cache_seqlens + i (causal or windowed) or cache_seqlens, in
+       float64 and rounded to the dtype, as the kernel rounds its fp32 rotation. */
+    memcpy(q_rot, q, n_q * 2);
+    if (c->rotary_dim > 0) {
+        int qi, h, e;
+        for (b = 0; b < c->b; ++b) {
+            for (qi = 0; qi < c->sq; ++qi) {
+                const int64_t tr = (int64_t)(lens[b] + (rotary_per_row(c) ? qi : 0)) * rot_half;
+                for (h = 0; h < c->hq; ++h) {
+                    uint16_t* x = q_rot + (((int64_t)b * c->sq + qi) * c->hq + h) * c->d;
+                    for (e = 0; e < c->d; ++e) tmp[e] = to_double(c->dtype, x[e]);
+                    rotate(c, tmp, rcos + tr, rsin + tr);
+                    for (e = 0; e < c->d; ++e) x[e] = to16(c->dtype, tmp[e]);
+                }
+            }
+        }
+    }
+    reference(c, q_rot, kc, vc, table, max_blocks, idx, ref, ref_lse);
     for (i = 0; i < n_q; ++i) {
         const double got = to_double(c->dtype, out[i]);
         const double err = fabs(got - ref[i]);
@@ -834,6 +1036,9 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     fa_memory_free(0, d.ws);
     fa_memory_free(0, d.idx);
     fa_memory_free(0, d.pads);
+    fa_memory_free(0, d.rcos);
+    fa_memory_free(0, d.rsin);
+    free(rcos); free(rsin); free(q_rot); free(tmp);
     free(q); free(kc); free(vc); free(kn); free(vn); free(out); free(kc_after); free(vc_after);
     free(lse); free(ref); free(ref_lse); free(table);
 }
@@ -1128,40 +1333,51 @@ static void test_gpu(void) {
     const dcase cases[] = {
         /* label, dtype, b sq hq hkv d, block, capacity, append causal wl wr, softcap scale, splits, host, ws, lens */
         {"contiguous, ragged 0/1, GQA 4, auto splits", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {0, 1, 517, 700}, 0, 0, 0, {0}},
-        {"contiguous, 1 split", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 1, 0, 0, {0, 1, 517, 700}, 0, 0, 0, {0}},
+         {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0},
+        {"contiguous, 1 split", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 1, 0, 0, {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0},
         {"contiguous, 13 splits, caller workspace", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 13, 0, 1,
-         {0, 1, 517, 700}, 0, 0, 0, {0}},
+         {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0},
         {"paged 16, shuffled, append 3 causal, fp16", F16, 3, 3, 8, 1, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {13, 0, 200}, 0, 0, 0, {0}},
+         {13, 0, 200}, 0, 0, 0, {0}, 0, 0},
         {"paged 256, append across a page end", BF, 2, 4, 4, 4, D, 256, 512, 1, 1, -1, -1, 0.f, 0.f, 3, 1, 1,
-         {254, 0}, 0, 0, 0, {0}},
+         {254, 0}, 0, 0, 0, {0}, 0, 0},
         {"paged 32, window 40 + softcap 10, 5 splits", F16, 2, 2, 6, 3, D, 32, 512, 1, 0, 40, 0, 10.f, 0.f, 5, 0, 0,
-         {300, 33}, 0, 0, 0, {0}},
+         {300, 33}, 0, 0, 0, {0}, 0, 0},
         {"paged 64, MQA 16 q heads, scale 0.3", BF, 2, 2, 16, 1, D, 64, 640, 0, 1, -1, -1, 0.f, 0.3f, 0, 1, 0,
-         {600, 65}, 0, 0, 0, {0}},
-        {"contiguous, empty cache, no append", F16, 2, 1, 4, 2, D, 0, 64, 0, 0, -1, -1, 0.f, 0.f, 4, 0, 0, {0, 10}, 0, 0, 0, {0}},
+         {600, 65}, 0, 0, 0, {0}, 0, 0},
+        {"contiguous, empty cache, no append", F16, 2, 1, 4, 2, D, 0, 64, 0, 0, -1, -1, 0.f, 0.f, 4, 0, 0, {0, 10}, 0, 0, 0, {0}, 0, 0},
         {"paged 128, GQA 32 (two 16-row blocks)", BF, 2, 1, 32, 1, D, 128, 1024, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {1000, 127}, 0, 0, 0, {0}},
+         {1000, 127}, 0, 0, 0, {0}, 0, 0},
         /* Serving options (C ABI 0.7), then: sk_new, pool, use_pads, pads. */
         {"contiguous, batch index over a shuffled pool of 7", BF, 4, 1, 8, 2, D, 0, 300, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {0, 1, 150, 299}, 0, 7, 0, {0}},
+         {0, 1, 150, 299}, 0, 7, 0, {0}, 0, 0},
         {"contiguous, device-only batch index, 5 splits, fp16", F16, 4, 1, 8, 2, D, 0, 300, 1, 1, -1, -1, 0.f, 0.f, 5, 0,
-         0, {0, 1, 150, 299}, 0, 7, 0, {0}},
+         0, {0, 1, 150, 299}, 0, 7, 0, {0}, 0, 0},
         {"paged 16, batch index, pool of 6 table rows, 3 splits", F16, 3, 3, 8, 2, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 3,
-         1, 0, {13, 0, 200}, 0, 6, 0, {0}},
+         1, 0, {13, 0, 200}, 0, 6, 0, {0}, 0, 0},
         {"contiguous, left pads 17 / full / 0 / all cached", BF, 4, 2, 4, 2, D, 0, 300, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {100, 37, 0, 250}, 0, 0, 1, {17, 39, 0, 250}},
+         {100, 37, 0, 250}, 0, 0, 1, {17, 39, 0, 250}, 0, 0},
         {"paged 32, device-only left pads, window 20, softcap, 4 splits", F16, 3, 2, 6, 3, D, 32, 512, 0, 0, 20, 0, 10.f,
-         0.f, 4, 0, 0, {100, 33, 400}, 0, 0, 1, {40, 0, 300}},
+         0.f, 4, 0, 0, {100, 33, 400}, 0, 0, 1, {40, 0, 300}, 0, 0},
         {"seqlen_knew 1 < seqlen_q 4, causal (rows before the keys)", BF, 3, 4, 4, 2, D, 0, 200, 1, 1, -1, -1, 0.f, 0.f, 0,
-         1, 0, {0, 2, 150}, 1, 0, 0, {0}},
+         1, 0, {0, 2, 150}, 1, 0, 0, {0}, 0, 0},
         {"seqlen_knew 5 > seqlen_q 2, paged 64, MQA, 7 splits", F16, 2, 2, 8, 1, D, 64, 512, 1, 1, -1, -1, 0.f, 0.f, 7, 1,
-         0, {60, 300}, 5, 0, 0, {0}},
+         0, {60, 300}, 5, 0, 0, {0}, 0, 0},
         {"paged 16, pool 5 + pads + seqlen_knew 3 > sq 1, window 50", BF, 3, 1, 8, 2, D, 16, 256, 1, 0, 50, -1, 0.f, 0.f, 2,
-         1, 0, {20, 10, 180}, 3, 5, 1, {0, 10, 100}},
+         1, 0, {20, 10, 180}, 3, 5, 1, {0, 10, 100}, 0, 0},
         {"contiguous, pool 6 + pads, no append, causal sq 2", F16, 3, 2, 4, 1, D, 0, 128, 0, 1, -1, -1, 0.f, 0.f, 0, 0, 0,
-         {128, 5, 77}, 0, 6, 1, {3, 5, 0}},
+         {128, 5, 77}, 0, 6, 1, {3, 5, 0}, 0, 0},
+        /* Rotary (C ABI 0.8), then: rotary_dim, rotary_neox. */
+        {"rotary interleaved, contiguous, sq 1, GQA 4", BF, 4, 1, 8, 2, D, 0, 300, 1, 0, -1, -1, 0.f, 0.f, 0, 1, 0,
+         {0, 1, 150, 299}, 0, 0, 0, {0}, D, 0},
+        {"rotary half-split, paged 16, append 3 causal, fp16", F16, 3, 3, 8, 1, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 0, 1,
+         0, {13, 0, 200}, 0, 0, 0, {0}, D, 1},
+        {"rotary half-split dim 16 (partial), not causal sq 2", BF, 2, 2, 4, 2, D, 0, 128, 1, 0, -1, -1, 0.f, 0.f, 3, 0, 0,
+         {40, 7}, 0, 0, 0, {0}, 16, 1},
+        {"rotary interleaved dim 32, pool 5 + pads, paged 32", F16, 3, 1, 8, 2, D, 32, 256, 1, 1, -1, -1, 0.f, 0.f, 2, 1,
+         0, {20, 40, 180}, 2, 5, 1, {0, 10, 100}, 32, 0},
+        {"rotary half-split, sq 4 > seqlen_knew 2, causal, window", BF, 2, 4, 4, 1, D, 0, 200, 1, 1, 30, -1, 0.f, 0.f, 0,
+         1, 0, {50, 3}, 2, 0, 0, {0}, D, 1},
     };
     memset(&props, 0, sizeof props);
     props.struct_size = sizeof props;
@@ -1203,6 +1419,18 @@ static void test_gpu(void) {
             if (cases[k].pool == 5) {
                 dcase c = cases[k];
                 c.label = "CUDA graph, pool + pads + seqlen_knew 3 + advance";
+                run_checked(context, stream, &c, 1);
+            }
+        }
+    }
+    /* A captured generation step with rotary and append: new keys rotated and stored, queries rotated, the device
+       lengths advanced, all in one graph. */
+    {
+        size_t k;
+        for (k = 0; k < sizeof cases / sizeof cases[0]; ++k) {
+            if (cases[k].rotary_dim > 0 && cases[k].block_size == 16) {
+                dcase c = cases[k];
+                c.label = "CUDA graph, rotary half-split + append + advance";
                 run_checked(context, stream, &c, 1);
             }
         }

@@ -514,6 +514,19 @@ static void build_decode(fa_decode_params_t* p, int faults) {
         t4(&p->v_new, slot(S_VN), dtype, b, added, hkv, d);
         p->advance_cache_seqlens = (int32_t)r(2);
     }
+    if (append && chance(3)) {
+        /* C ABI 0.8: rotary tables (in the backward's dq / dk slots, unused by a decode) of a multiple of 16 up to the
+           head dim, rows for the capacity and the queries; any contents (the call only reads them). */
+        const int64_t rd = d >= 16 ? 16 * (1 + r(d / 16)) : 16;
+        const int64_t rows_ro = capacity + sq;
+        if (rows_ro * rd <= (int64_t)SLOT_BYTES) {
+            p->rotary_cos = slot(S_DQ);
+            p->rotary_sin = slot(S_DK);
+            p->rotary_dim = (int32_t)rd;
+            p->rotary_seqlen = (int32_t)rows_ro;
+            p->rotary_interleaved = (int32_t)r(2);
+        }
+    }
     if (chance(2)) t3(&p->lse, slot(S_LSE), FA_DTYPE_FLOAT32, b, hq, sq);
     p->causal = (int32_t)r(2);
     p->window_left = chance(2) ? -1 : (int32_t)r(24);
@@ -543,6 +556,17 @@ static void build_decode(fa_decode_params_t* p, int faults) {
             case 13: if (chance(2)) p->num_splits = (int32_t)wild_int(); else p->advance_cache_seqlens = (int32_t)wild_int(); break;
             case 14: p->workspace = wild_pointer(p->workspace != NULL ? p->workspace : slot(S_WS)); break;
             case 15: p->workspace_size = (size_t)r(2 * WS_BYTES); break;
+            case 16:
+                /* The rotary block (0.8): its sizes, its flag, its reserved field, a table missing or elsewhere. */
+                switch (r(6)) {
+                    case 0: p->rotary_dim = (int32_t)wild_int(); break;
+                    case 1: p->rotary_seqlen = (int32_t)wild_int(); break;
+                    case 2: p->rotary_interleaved = (int32_t)wild_int(); break;
+                    case 3: p->reserved1 = (int32_t)wild_int(); break;
+                    case 4: p->rotary_cos = wild_pointer(p->rotary_cos != NULL ? (void*)(uintptr_t)p->rotary_cos : slot(S_DQ)); break;
+                    default: p->rotary_sin = chance(2) ? NULL : slot(S_DK); break;
+                }
+                break;
             case 17: break_tensor(&p->cache_batch_idx); break;
             case 18: break_tensor(&p->cache_leftpad); break;
             case 19:

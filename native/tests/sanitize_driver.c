@@ -76,6 +76,7 @@ typedef struct {
     int descale;  /* fp8 forward: 0 none; 1 q per tensor (strides 0), k dense, v per sequence; 2 all dense */
     int sinks;    /* fwd, bwd: learnable sinks (C ABI 0.7); the backward then writes dsinks too */
     int alibi;    /* fwd, bwd, decode: ALiBi slopes (C ABI 0.8): 1 [hq], 2 [b, hq] */
+    int rotary;   /* decode (C ABI 0.8): 0 none; 1 interleaved over the whole head; 2 half-split over 32 elements */
 } scase;
 
 static scase g_cases[MAX_CASES];
@@ -452,6 +453,7 @@ typedef struct {
     int sk_new, pool, use_pads; /* serving (0.7): appended count (0: sq), pool rows (0: none; rows reversed), pads */
     int pads[MAX_SEQ];
     int alibi; /* ALiBi slopes (0.8): 1 [hq], 2 [b, hq] */
+    int rotary; /* 0.8: 0 none, 1 interleaved (whole head), 2 half-split (32 elements, the rest passed through) */
 } dfeature;
 
 static const dfeature k_dfeatures[] = {
@@ -475,6 +477,12 @@ static const dfeature k_dfeatures[] = {
      1, 1, 1, -1, -1, 0, 0, 0, 1, 0, 0, {40, 0, 100}, 1, 5, 1, {7, 0, 100}, 1},
     {"alibi [b, hq], paged 16, window + softcap, device-only pads, 4 splits", 1, 3, 2, 4, 1, 0, 16, 1, 0, 0, 30, 0,
      10.0f, 0, 4, 0, 0, 0, {33, 2, 70}, 0, 0, 1, {20, 0, 64}, 2},
+    {"rotary interleaved on append, paged 16 pool of 4 + pads, causal sq 2 > append 1", 0, 3, 2, 4, 2, 0, 16, 1, 0, 1,
+     -1, -1, 0, 0, 0, 1, 0, 0, {33, 2, 70}, 1, 4, 1, {20, 0, 64}, 0, 1},
+    {"rotary half-split (32 of the head), contiguous, append 3, not causal, 3 splits, advance", 1, 2, 3, 4, 1, 0, 0, 1,
+     1, 0, -1, -1, 0, 0, 3, 1, 0, 0, {100, 0}, 0, 0, 0, {0}, 0, 2},
+    {"rotary half-split, paged 32, device-only lengths, window, 4 splits", 0, 2, 2, 4, 2, 0, 32, 1, 0, 0, 20, 0, 0, 0, 4,
+     0, 0, 0, {150, 7}, 0, 0, 0, {0}, 0, 2},
 };
 
 /* The fp8 (e4m3) forward's options, where it is served (out bf16; descale 0 none, 1 broadcast, 2 dense). */
@@ -547,6 +555,7 @@ static void add_feature_cases(int pass, int path, int cc) {
             c->scale = f->scale, c->splits = f->splits, c->host_lens = f->host_lens, c->caller_ws = f->caller_ws;
             c->lse = !f->no_lse;
             c->sk_new = f->sk_new, c->pool = f->pool, c->use_pads = f->use_pads, c->alibi = f->alibi;
+            c->rotary = f->rotary;
             {
                 int b;
                 for (b = 0; b < f->b; ++b) {
@@ -949,6 +958,16 @@ static void decode_params(const scase* c, bufs* B, fa_decode_params_t* p, int32_
     p->num_splits = c->splits;
     p->advance_cache_seqlens = c->advance;
     if (c->host_lens) p->cache_seqlens_host = lens;
+    if (c->rotary) {
+        /* Tables of every position the call may rotate at (the capacity plus the queries), random values. */
+        const int rows_ro = (paged ? max_blocks * c->block_size : capacity) + c->sq;
+        const int dim = c->rotary == 1 ? c->d / 16 * 16 : 32;
+        p->rotary_cos = drandom(B, c->dtype, (int64_t)rows_ro * (dim / 2));
+        p->rotary_sin = drandom(B, c->dtype, (int64_t)rows_ro * (dim / 2));
+        p->rotary_dim = dim;
+        p->rotary_seqlen = rows_ro;
+        p->rotary_interleaved = c->rotary == 1;
+    }
 }
 
 /* Records a failed status; returns 1 when the status is a CUDA error (the context may be lost). */

@@ -26,10 +26,12 @@ def test_layout_matches_libclang():
     # 0.7 appended sinks and dsinks, 0.8 alibi_slopes
     assert ctypes.sizeof(_abi.FaBackwardParams) == 824 + 3 * 80
     assert _abi.FaBackwardParams.alibi_slopes.offset == 824 + 2 * 80
-    # 784 bytes through 0.6; 0.7 appended the serving fields (cache_batch_idx on) there (960 bytes), 0.8 alibi_slopes.
-    assert ctypes.sizeof(_abi.FaDecodeParams) == 960 + 80
+    # 784 bytes through 0.6; 0.7 appended the serving fields (cache_batch_idx on) there (960 bytes); 0.8 alibi_slopes
+    # (80 bytes), then the rotary block (rotary_cos .. reserved1, 32 bytes).
+    assert ctypes.sizeof(_abi.FaDecodeParams) == 960 + 80 + 32
     assert _abi.FaDecodeParams.cache_batch_idx.offset == 784
     assert _abi.FaDecodeParams.alibi_slopes.offset == 960
+    assert _abi.FaDecodeParams.rotary_cos.offset == 960 + 80
 
 
 def test_struct_fields_follow_the_header():

@@ -77,7 +77,6 @@ REFUSED = [
     ("flash_attn_varlen_func", (X, X, X, X, X, 8, 8), {"block_table": X}, "block_table"),
     ("flash_attn_varlen_func", (X, X, X, X, X, 8, 8), {"dropout_p": 0.2}, "dropout_p"),
     ("flash_attn_varlen_kvpacked_func", (X, X, X, X, 8, 8), {"dropout_p": 0.2}, "dropout_p"),
-    ("flash_attn_with_kvcache", (X, X, X), {"rotary_cos": X, "rotary_sin": X}, "rotary_cos"),
 ]
 
 
@@ -113,6 +112,11 @@ def test_kvcache_argument_checks():
         fai.flash_attn_with_kvcache(X, X, X, k=X)
     with pytest.raises(ValueError, match="needs cache_seqlens"):
         fai.flash_attn_with_kvcache(X, X, X, k=X, v=X)
+    # Rotary (0.8): both tables, and only with k/v (flash-attn raises too); checked before any tensor is looked at.
+    with pytest.raises(ValueError, match="rotary_cos and rotary_sin are given together"):
+        fai.flash_attn_with_kvcache(X, X, X, rotary_cos=X)
+    with pytest.raises(ValueError, match="rotary_cos/rotary_sin need k and v"):
+        fai.flash_attn_with_kvcache(X, X, X, rotary_cos=X, rotary_sin=X, cache_seqlens=X)
 
 
 def test_mapping_helpers():

@@ -248,6 +248,140 @@ def test_kvcache_batch_idx_leftpad_and_seqlen_new(block, sq, snew, splits):
     assert seqlens.tolist() == [100, 37, 200]  # only read, as flash-attn
 
 
+def rotate(x, cos, sin, positions, interleaved):
+    """flash-attn's rotary in float64: x [n, heads, d] at positions [n] (long); tables [seqlen_ro, rotary_dim / 2]; the
+    first rotary_dim elements rotated in pairs (2t, 2t+1) when interleaved, else (t, t + rotary_dim/2)."""
+    x = x.double().clone()
+    rd = 2 * cos.shape[1]
+    c, s = cos.double()[positions][:, None, :], sin.double()[positions][:, None, :]
+    if interleaved:
+        x0, x1 = x[..., 0:rd:2].clone(), x[..., 1:rd:2].clone()
+        x[..., 0:rd:2], x[..., 1:rd:2] = x0 * c - x1 * s, x0 * s + x1 * c
+    else:
+        x0, x1 = x[..., :rd // 2].clone(), x[..., rd // 2:rd].clone()
+        x[..., :rd // 2], x[..., rd // 2:rd] = x0 * c - x1 * s, x0 * s + x1 * c
+    return x
+
+
+def rotary_tables(rows, rd, dtype=torch.bfloat16):
+    pos = torch.arange(rows, device=DEV, dtype=torch.float64)[:, None]
+    theta = pos * 10000.0 ** (-2.0 * torch.arange(rd // 2, device=DEV, dtype=torch.float64) / rd)
+    return theta.cos().to(dtype), theta.sin().to(dtype)
+
+
+@pytest.mark.parametrize("block", [None, 16])
+@pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "half-split"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("rd", [32, 128])
+@pytest.mark.parametrize("sq,snew", [(1, 1), (3, 3), (4, 2)], ids=["1q1k", "3q3k", "4q2k"])
+def test_kvcache_rotary(block, interleaved, causal, rd, sq, snew):
+    """rotary_cos / rotary_sin / rotary_interleaved (flash-attn's names and default) with cache_batch_idx over a
+    shuffled pool, cache_leftpad and paging: the new keys rotated at cache_seqlens + j and stored so (within one bf16
+    unit of the float64 rotation; every other slot, NaN included, unchanged), the queries at cache_seqlens + i when
+    causal, else all at cache_seqlens; the output against the float64 reference over the rotated keys."""
+    torch.manual_seed(11 + sq * 10 + snew + (block or 0) + rd + 2 * interleaved + causal)
+    b, pool, h, hkv, d, cap = 3, 5, 8, 2, 128, 256
+    idx = torch.randperm(pool, device=DEV)[:b].to(torch.int32)
+    seqlens = torch.tensor([100, 37, 200], dtype=torch.int32, device=DEV)
+    pads = torch.tensor([17, 0, 5], dtype=torch.int32, device=DEV)
+    cos, sin = rotary_tables(cap + 8, rd)
+    k_pool = torch.full((pool, cap, hkv, d), float("nan"), device=DEV, dtype=torch.bfloat16)
+    v_pool = torch.full_like(k_pool, float("nan"))
+    for i in range(b):
+        r, lo, hi = idx[i].item(), pads[i].item(), seqlens[i].item()
+        k_pool[r, lo:hi], v_pool[r, lo:hi] = rand(hi - lo, hkv, d), rand(hi - lo, hkv, d)
+    q, k_new, v_new = rand(b, sq, h, d), rand(b, snew, hkv, d), rand(b, snew, hkv, d)
+    expect_k, expect_v = k_pool.double(), v_pool.double()
+    for i in range(b):
+        r, n = idx[i].item(), seqlens[i].item()
+        pos = torch.arange(n, n + snew, device=DEV)
+        expect_k[r, n:n + snew] = rotate(k_new[i], cos, sin, pos, interleaved)
+        expect_v[r, n:n + snew] = v_new[i].double()
+    if block is None:
+        kc, vc, table = k_pool, v_pool, None
+    else:
+        per = cap // block
+        perm = torch.randperm(pool * per, device=DEV)
+        table = perm.view(pool, per).to(torch.int32)
+        kc = torch.empty(pool * per, block, hkv, d, device=DEV, dtype=k_pool.dtype)
+        vc = torch.empty_like(kc)
+        kc[perm] = k_pool.view(pool * per, block, hkv, d)
+        vc[perm] = v_pool.view(pool * per, block, hkv, d)
+    out = fai.flash_attn_with_kvcache(q, kc, vc, k_new, v_new, rotary_cos=cos, rotary_sin=sin, cache_seqlens=seqlens,
+                                      cache_batch_idx=idx, cache_leftpad=pads, block_table=table, causal=causal,
+                                      rotary_interleaved=interleaved)
+    torch.cuda.synchronize()
+    got_k = (kc if table is None else kc[table.long()].view(pool, cap, hkv, d)).double()
+    got_v = (vc if table is None else vc[table.long()].view(pool, cap, hkv, d)).double()
+    assert torch.equal(got_k.isnan(), expect_k.isnan()) and torch.equal(got_v.isnan(), expect_v.isnan())
+    assert torch.equal(got_v.nan_to_num(7.0), expect_v.nan_to_num(7.0))
+    k_err = (got_k - expect_k).nan_to_num(0.0).abs()
+    assert (k_err <= expect_k.nan_to_num(0.0).abs() / 128 + 1e-6).all(), k_err.max().item()
+    assert not out.isnan().any()
+    for i in range(b):
+        r, lo, hi, n = idx[i].item(), pads[i].item(), seqlens[i].item() + snew, seqlens[i].item()
+        pos = n + torch.arange(sq, device=DEV) if causal else torch.full((sq,), n, device=DEV)
+        q_rot = rotate(q[i], cos, sin, pos, interleaved)[None]
+        ref = reference(q_rot, expect_k[r:r + 1, lo:hi], expect_v[r:r + 1, lo:hi], causal=causal)
+        assert max_err(out[i:i + 1], ref) < 2e-2, i
+    assert seqlens.tolist() == [100, 37, 200]  # only read, as flash-attn
+
+
+def test_kvcache_rotary_argument_errors():
+    q, kc, vc = rand(1, 1, 4, 64), rand(1, 64, 2, 64), rand(1, 64, 2, 64)
+    kn, vn = rand(1, 1, 2, 64), rand(1, 1, 2, 64)
+    cos, sin = rotary_tables(64, 32)
+    before = kc.clone()
+    with pytest.raises(ValueError, match="q's dtype"):
+        fai.flash_attn_with_kvcache(q, kc, vc, kn, vn, rotary_cos=cos.half(), rotary_sin=sin.half(), cache_seqlens=3)
+    with pytest.raises(fai.FlashAttentionError, match="rotary table too short"):
+        fai.flash_attn_with_kvcache(q, kc, vc, kn, vn, rotary_cos=cos[:63], rotary_sin=sin[:63], cache_seqlens=3)
+    c24, s24 = rotary_tables(64, 24)
+    with pytest.raises(fai.FlashAttentionError, match="multiple of 16"):
+        fai.flash_attn_with_kvcache(q, kc, vc, kn, vn, rotary_cos=c24, rotary_sin=s24, cache_seqlens=3)
+    torch.cuda.synchronize()
+    assert torch.equal(kc, before)  # refused before anything was written
+
+
+def test_cuda_graph_capture_of_a_rotary_generation_step():
+    """A whole generation step (rotate and append k/v, rotate q, attend; paged) captured in a CUDA graph: a replay
+    writes the bits of an eager call on the same inputs, cache included."""
+    torch.manual_seed(13)
+    b, h, hkv, d, cap, block = 2, 8, 2, 128, 256, 16
+    per = cap // block
+    table = torch.randperm(b * per, device=DEV).view(b, per).to(torch.int32)
+    kc0, vc0 = rand(b * per, block, hkv, d), rand(b * per, block, hkv, d)
+    kc, vc = kc0.clone(), vc0.clone()
+    seqlens = torch.tensor([70, 201], dtype=torch.int32, device=DEV)
+    cos, sin = rotary_tables(cap, 64)
+    q, kn, vn = rand(b, 1, h, d), rand(b, 1, hkv, d), rand(b, 1, hkv, d)
+
+    def step(kc_, vc_):
+        return fai.flash_attn_with_kvcache(q, kc_, vc_, kn, vn, rotary_cos=cos, rotary_sin=sin, cache_seqlens=seqlens,
+                                           block_table=table, causal=True, rotary_interleaved=False)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step(kc, vc)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = step(kc, vc)
+    for _ in range(2):
+        with torch.no_grad():
+            kc.copy_(kc0)
+            vc.copy_(vc0)
+            for t in (q, kn, vn):
+                t.copy_(torch.randn_like(t))
+        graph.replay()
+        torch.cuda.synchronize()
+        kce, vce = kc0.clone(), vc0.clone()
+        eager = step(kce, vce)
+        assert torch.equal(static_out, eager)
+        assert torch.equal(kc, kce) and torch.equal(vc, vce)
+
+
 def test_kvcache_device_only_bad_batch_idx_is_reported():
     """A cache_batch_idx entry outside the pool: the kernels clamp it (no access outside the cache) and the next call
     on the context raises FlashAttentionError with FA_STATUS_DEVICE_CHECK_FAILED naming cache_batch_idx."""

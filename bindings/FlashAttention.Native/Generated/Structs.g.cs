@@ -379,10 +379,10 @@ public unsafe partial struct FaBackwardParams
 /// pad is counted in cache_seqlens). The effective key length is sk_b = total_b - lp_b, keys numbered from lp_b;
 /// the causal mask and window are placed bottom-right over it, so query i sees, when causal, positions
 /// lp_b .. total_b - seqlen_q + i (a query with no such position gets output 0 and log-sum-exp +inf).
-/// cache_batch_idx, cache_leftpad and seqlen_knew != seqlen_q are served by every decode kernel, so
-/// fa_query_support has no field for them.
+/// cache_batch_idx, cache_leftpad, seqlen_knew != seqlen_q and rotary embedding (since 0.8) are served by every
+/// decode kernel, so fa_query_support has no field for them.
 /// </summary>
-/// <remarks>Mirror of C <c>fa_decode_params_t</c> (<c>struct fa_decode_params</c>): 1040 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_decode_params_t</c> (<c>struct fa_decode_params</c>): 1072 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaDecodeParams
 {
@@ -555,6 +555,57 @@ public unsafe partial struct FaDecodeParams
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t alibi_slopes</c> at byte offset 960.</remarks>
     public FaTensor alibi_slopes;
+
+    /// <summary>
+    /// ---- Rotary embedding (since 0.8; a caller compiled against 0.7 passes a smaller struct_size and gets none:
+    /// no rotation). flash-attn's rotary_cos / rotary_sin / rotary_interleaved of flash_attn_with_kvcache. Only
+    /// with k_new/v_new (refused otherwise, as flash-attn raises). The first rotary_dim elements of each new key
+    /// and each query head are rotated, the rest pass through; the math is fp32, rounded to the dtype of q:
+    /// interleaved (GPT-J):   (x[2t], x[2t+1])      -&gt; (x[2t] c - x[2t+1] s, x[2t] s + x[2t+1] c)
+    /// half-split (GPT-NeoX): (x[t], x[t + rd/2])   -&gt; (x[t] c - x[t+rd/2] s, x[t] s + x[t+rd/2] c)
+    /// with c = rotary_cos[p, t], s = rotary_sin[p, t], t &lt; rotary_dim / 2, at position p:
+    /// - new key j of sequence b at p = cache_seqlens[b] + j (absolute: a left pad counts); the ROTATED key is
+    /// what is stored in the cache;
+    /// - query i at p = cache_seqlens[b] + i when causal or a window is set (window_left or window_right &gt;= 0, as
+    /// given), else every query of the sequence at p = cache_seqlens[b]. (So with seqlen_knew != seqlen_q the
+    /// rotary positions of the queries are not aligned with the bottom-right causal diagonal, as in flash-attn.)
+    /// Cached keys are read as stored (rotated when they were appended).
+    /// Device table [rotary_seqlen, rotary_dim / 2], dtype of q, contiguous rows, 16-byte aligned: cos of each
+    /// (position, pair). NULL (with rotary_sin NULL): no rotary embedding.
+    /// </summary>
+    /// <remarks>C: <c>const void* rotary_cos</c> at byte offset 1040.</remarks>
+    public nint rotary_cos;
+
+    /// <summary>Device table shaped like rotary_cos: sin of each (position, pair); given exactly when rotary_cos is.</summary>
+    /// <remarks>C: <c>const void* rotary_sin</c> at byte offset 1048.</remarks>
+    public nint rotary_sin;
+
+    /// <summary>
+    /// Rotated elements per head: a multiple of 16, at most the head dim (flash-attn's 2 * rotary_cos.shape[1]).
+    /// Ignored (may be 0) without tables.
+    /// </summary>
+    /// <remarks>C: <c>int32_t rotary_dim</c> at byte offset 1056.</remarks>
+    public int rotary_dim;
+
+    /// <summary>
+    /// Rows (positions) of the tables: at least the cache capacity (flash-attn's seqlen_ro &gt;= seqlen_k), and, when
+    /// causal or windowed with seqlen_q &gt; seqlen_knew, at least every query position (checked exactly against
+    /// cache_seqlens_host when it is given, else against the largest position the capacity allows).
+    /// </summary>
+    /// <remarks>C: <c>int32_t rotary_seqlen</c> at byte offset 1060.</remarks>
+    public int rotary_seqlen;
+
+    /// <summary>
+    /// 1: interleaved pairs (2t, 2t+1), GPT-J, flash-attn's default (rotary_interleaved=True), and what
+    /// fa_decode_params_init sets; 0: half-split pairs (t, t + rotary_dim/2), GPT-NeoX / Llama. A struct zeroed
+    /// by the caller instead of fa_decode_params_init gets 0 (half-split): set it explicitly in that case.
+    /// </summary>
+    /// <remarks>C: <c>int32_t rotary_interleaved</c> at byte offset 1064.</remarks>
+    public int rotary_interleaved;
+
+    /// <summary>Reserved; must be 0 (keeps the rotary block 8-byte sized).</summary>
+    /// <remarks>C: <c>int32_t reserved1</c> at byte offset 1068.</remarks>
+    public int reserved1;
 }
 
 /// <summary>A question for fa_query_support: is this kind of call served by this build on this GPU?</summary>

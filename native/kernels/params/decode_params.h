@@ -81,6 +81,16 @@ struct DecodeParams {
     int64_t alibi_batch_stride = 0;
     int64_t alibi_head_stride = 0;
     int32_t alibi_causal = 0;
+    // Rotary embedding (C ABI 0.8; common/rotary.cuh). rotary_cos / rotary_sin [rotary_seqlen, rotary_dim / 2] (dtype
+    // of q, contiguous), or nullptr: none. New key j of sequence b is rotated at cache_seqlens[b] + j in the append
+    // kernel before it is stored; query i at cache_seqlens[b] + i when rotary_per_row (causal or a window given),
+    // else at cache_seqlens[b], as the attention kernel loads Q. rotary_dim is a multiple of 16 (a 16-byte chunk of
+    // 8 elements is wholly rotated or wholly passed through, and a half-split pair's partner chunk is a whole chunk).
+    // Positions past the table are clamped to its last row (the host refuses every call that could reach them).
+    const void* rotary_cos = nullptr;
+    const void* rotary_sin = nullptr;
+    int32_t rotary_dim = 0, rotary_seqlen = 0;
+    int32_t rotary_interleaved = 1, rotary_per_row = 0;
 };
 
 }  // namespace fa

@@ -14,7 +14,8 @@
 // - Paged caches: the block-table entries of a tile are read one iteration before its copies are issued,
 //   so the table lookup never sits between a tile and its load.
 // Serving options: sequence b reads (and appends) cache row cache_batch_idx[b], and its keys start at its left
-// pad; both only move where the walk starts and which row it reads.
+// pad; both only move where the walk starts and which row it reads. Rotary embedding: the append kernel stores
+// rotated keys, and the attention kernel rotates Q as it loads it (common/rotary.cuh); cached keys are read as stored.
 // Rows of the cache outside the keys a block may see (past the sequence's length or before its left pad, in
 // particular) are never read: their shared-memory rows are zero-filled by cp.async, since a masked probability of 0 times a NaN
 // value is still NaN.
@@ -27,6 +28,7 @@
 
 #include "common/alibi.cuh"
 #include "common/ptx.cuh"
+#include "common/rotary.cuh"  // rotary_chunk: new keys before they are stored, queries as they are loaded
 #include "common/seq.cuh"      // ceil_div
 #include "common/tile_io.cuh"  // swizzle, frag_addr: the forward's shared-memory conventions
 #include "params/decode_params.h"
@@ -273,18 +275,22 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     const uint32_t sQ = smem_u32(smem);
     const uint32_t ring = sQ + Tr::kSmemQ;
 
-    // Q rows past the block's rows and columns past d are zero-filled.
-    for (int c = tid; c < BM * CPR; c += Tr::kThreads) {
-        const int r = c / CPR;
-        const int ch = c % CPR;
-        const bool valid = r < rows_here && ch * 8 < p.d;
-        const T* src = q;
-        if (valid) {
-            const int R = row0 + r;
-            const int qi = R / p.g;
-            src = q + qi * p.q_row_stride + (R - qi * p.g) * p.q_head_stride + ch * 8;
+    // Q rows past the block's rows and columns past d are zero-filled. Without rotary Q rides in the first
+    // commit group; with it, Q is rotated as it is loaded, after the prologue's copies are issued (below).
+    const bool rotary = p.rotary_cos != nullptr;
+    if (!rotary) {
+        for (int c = tid; c < BM * CPR; c += Tr::kThreads) {
+            const int r = c / CPR;
+            const int ch = c % CPR;
+            const bool valid = r < rows_here && ch * 8 < p.d;
+            const T* src = q;
+            if (valid) {
+                const int R = row0 + r;
+                const int qi = R / p.g;
+                src = q + qi * p.q_row_stride + (R - qi * p.g) * p.q_head_stride + ch * 8;
+            }
+            cp_async_16(sQ + swizzle<RB>(r, ch), src, valid);
         }
-        cp_async_16(sQ + swizzle<RB>(r, ch), src, valid);
     }
     // Prologue: the first NS - 1 tiles (one commit group each, Q rides in the first).
     int ids[Tr::kIds];
@@ -300,6 +306,28 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     }
     if constexpr (kPaged) {
         if (t_begin + NS - 1 < t_end) decode_fetch_ids<Tr>(ids, p, table_row, (t_begin + NS - 1) * BN, k_lo, k_hi, tid);
+    }
+    if (rotary) {
+        // Rotary: query i of the sequence at position cached + i (causal or windowed) or cached (otherwise), rotated
+        // in fp32 and rounded to T as it is loaded, then stored into sQ with plain shared stores; the first loop
+        // iteration's __syncthreads makes them visible to ldmatrix. This runs while the prologue's K/V copies are
+        // in flight, once per CTA (16 rows), so the key walk keeps its copy bandwidth; fusing it here spares a
+        // pre-pass kernel and a rotated-Q buffer (one more launch per step, which short decodes would feel).
+        for (int c = tid; c < BM * CPR; c += Tr::kThreads) {
+            const int r = c / CPR;
+            const int ch = c % CPR;
+            uint4 val = make_uint4(0, 0, 0, 0);
+            if (r < rows_here && ch * 8 < p.d) {
+                const int R = row0 + r;
+                const int qi = R / p.g;
+                const int pos = seq.cached + (p.rotary_per_row != 0 ? qi : 0);
+                val = rotary_chunk<T>(q + qi * p.q_row_stride + (R - qi * p.g) * p.q_head_stride, ch,
+                                      rotary_row<T>(p.rotary_cos, pos, p.rotary_seqlen, p.rotary_dim),
+                                      rotary_row<T>(p.rotary_sin, pos, p.rotary_seqlen, p.rotary_dim), p.rotary_dim,
+                                      p.rotary_interleaved != 0);
+            }
+            *reinterpret_cast<uint4*>(smem + swizzle<RB>(r, ch)) = val;
+        }
     }
 
     // The two rows this thread holds of the m16 tile (lane / 4 and lane / 4 + 8) see keys
@@ -602,7 +630,7 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_consta
 }
 
 // Writes k_new / v_new into the cache at positions cached_b .. cached_b + added - 1 of every sequence's cache row
-// (cache_batch_idx), 16 bytes per thread. Launched before the attention kernel on the same stream, which orders the
+// (cache_batch_idx), 16 bytes per thread, each key chunk rotated at its position first when rotary is on. Launched before the attention kernel on the same stream, which orders the
 // two.
 template <typename T>
 __global__ void __launch_bounds__(256) decode_append_kernel(const __grid_constant__ DecodeParams p) {
@@ -635,10 +663,17 @@ __global__ void __launch_bounds__(256) decode_append_kernel(const __grid_constan
         k_dst += h * p.k_head_stride + ch * 8;
         v_dst += h * p.v_head_stride + ch * 8;
         const T* kn = reinterpret_cast<const T*>(p.k_new) + b * p.kn_batch_stride + i * p.kn_row_stride +
-                      h * p.kn_head_stride + ch * 8;
+                      h * p.kn_head_stride;
         const T* vn = reinterpret_cast<const T*>(p.v_new) + b * p.vn_batch_stride + i * p.vn_row_stride +
                       h * p.vn_head_stride + ch * 8;
-        *reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.k_cache) + k_dst) = *reinterpret_cast<const uint4*>(kn);
+        // With rotary the key is rotated at its own cache position before it is stored (FEATURES.md section 4: the
+        // cache holds rotated keys); the partner chunk of a half-split pair is read from k_new, never the cache.
+        const uint4 key = p.rotary_cos != nullptr
+                              ? rotary_chunk<T>(kn, ch, rotary_row<T>(p.rotary_cos, pos, p.rotary_seqlen, p.rotary_dim),
+                                                rotary_row<T>(p.rotary_sin, pos, p.rotary_seqlen, p.rotary_dim),
+                                                p.rotary_dim, p.rotary_interleaved != 0)
+                              : *reinterpret_cast<const uint4*>(kn + ch * 8);
+        *reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.k_cache) + k_dst) = key;
         *reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.v_cache) + v_dst) = *reinterpret_cast<const uint4*>(vn);
     }
 }

@@ -349,7 +349,7 @@ class FaBackwardParams(ctypes.Structure):
 
 
 class FaDecodeParams(ctypes.Structure):
-    """C fa_decode_params_t (struct fa_decode_params): 1040 bytes, aligned to 8."""
+    """C fa_decode_params_t (struct fa_decode_params): 1072 bytes, aligned to 8."""
 
     # Arguments of fa_decode. Fill with fa_decode_params_init, then set the fields you need.
     # seqlen_q (q.shape[1]) new queries per sequence attend over its cached keys; when k_new/v_new are given,
@@ -361,8 +361,8 @@ class FaDecodeParams(ctypes.Structure):
     # pad is counted in cache_seqlens). The effective key length is sk_b = total_b - lp_b, keys numbered from lp_b;
     # the causal mask and window are placed bottom-right over it, so query i sees, when causal, positions
     # lp_b .. total_b - seqlen_q + i (a query with no such position gets output 0 and log-sum-exp +inf).
-    # cache_batch_idx, cache_leftpad and seqlen_knew != seqlen_q are served by every decode kernel, so
-    # fa_query_support has no field for them.
+    # cache_batch_idx, cache_leftpad, seqlen_knew != seqlen_q and rotary embedding (since 0.8) are served by every
+    # decode kernel, so fa_query_support has no field for them.
     _fields_ = [
         # sizeof(fa_decode_params_t) as the caller compiled it; set by fa_decode_params_init.
         ("struct_size", ctypes.c_uint32),  # C: uint32_t, offset 0
@@ -452,6 +452,37 @@ class FaDecodeParams(ctypes.Structure):
         # FlashAttention-2, which keeps causal on with ALiBi even for seqlen_q = 1), +slope * (p - pad), whose lse
         # is larger by slope * (i + sk - seqlen_q). data NULL: no ALiBi.
         ("alibi_slopes", FaTensor),  # C: fa_tensor_t, offset 960
+        # ---- Rotary embedding (since 0.8; a caller compiled against 0.7 passes a smaller struct_size and gets none:
+        # no rotation). flash-attn's rotary_cos / rotary_sin / rotary_interleaved of flash_attn_with_kvcache. Only
+        # with k_new/v_new (refused otherwise, as flash-attn raises). The first rotary_dim elements of each new key
+        # and each query head are rotated, the rest pass through; the math is fp32, rounded to the dtype of q:
+        # interleaved (GPT-J):   (x[2t], x[2t+1])      -> (x[2t] c - x[2t+1] s, x[2t] s + x[2t+1] c)
+        # half-split (GPT-NeoX): (x[t], x[t + rd/2])   -> (x[t] c - x[t+rd/2] s, x[t] s + x[t+rd/2] c)
+        # with c = rotary_cos[p, t], s = rotary_sin[p, t], t < rotary_dim / 2, at position p:
+        # - new key j of sequence b at p = cache_seqlens[b] + j (absolute: a left pad counts); the ROTATED key is
+        # what is stored in the cache;
+        # - query i at p = cache_seqlens[b] + i when causal or a window is set (window_left or window_right >= 0, as
+        # given), else every query of the sequence at p = cache_seqlens[b]. (So with seqlen_knew != seqlen_q the
+        # rotary positions of the queries are not aligned with the bottom-right causal diagonal, as in flash-attn.)
+        # Cached keys are read as stored (rotated when they were appended).
+        # Device table [rotary_seqlen, rotary_dim / 2], dtype of q, contiguous rows, 16-byte aligned: cos of each
+        # (position, pair). NULL (with rotary_sin NULL): no rotary embedding.
+        ("rotary_cos", ctypes.c_void_p),  # C: const void*, offset 1040
+        # Device table shaped like rotary_cos: sin of each (position, pair); given exactly when rotary_cos is.
+        ("rotary_sin", ctypes.c_void_p),  # C: const void*, offset 1048
+        # Rotated elements per head: a multiple of 16, at most the head dim (flash-attn's 2 * rotary_cos.shape[1]).
+        # Ignored (may be 0) without tables.
+        ("rotary_dim", ctypes.c_int32),  # C: int32_t, offset 1056
+        # Rows (positions) of the tables: at least the cache capacity (flash-attn's seqlen_ro >= seqlen_k), and, when
+        # causal or windowed with seqlen_q > seqlen_knew, at least every query position (checked exactly against
+        # cache_seqlens_host when it is given, else against the largest position the capacity allows).
+        ("rotary_seqlen", ctypes.c_int32),  # C: int32_t, offset 1060
+        # 1: interleaved pairs (2t, 2t+1), GPT-J, flash-attn's default (rotary_interleaved=True), and what
+        # fa_decode_params_init sets; 0: half-split pairs (t, t + rotary_dim/2), GPT-NeoX / Llama. A struct zeroed
+        # by the caller instead of fa_decode_params_init gets 0 (half-split): set it explicitly in that case.
+        ("rotary_interleaved", ctypes.c_int32),  # C: int32_t, offset 1064
+        # Reserved; must be 0 (keeps the rotary block 8-byte sized).
+        ("reserved1", ctypes.c_int32),  # C: int32_t, offset 1068
     ]
 
 
@@ -596,7 +627,7 @@ LAYOUT = {
         ("dsinks", 904),
         ("alibi_slopes", 984),
     )),
-    FaDecodeParams: (1040, 8, (
+    FaDecodeParams: (1072, 8, (
         ("struct_size", 0),
         ("reserved0", 4),
         ("q", 8),
@@ -624,6 +655,12 @@ LAYOUT = {
         ("cache_batch_idx_host", 944),
         ("cache_leftpad_host", 952),
         ("alibi_slopes", 960),
+        ("rotary_cos", 1040),
+        ("rotary_sin", 1048),
+        ("rotary_dim", 1056),
+        ("rotary_seqlen", 1060),
+        ("rotary_interleaved", 1064),
+        ("reserved1", 1068),
     )),
     FaSupportQuery: (48, 4, (
         ("struct_size", 0),

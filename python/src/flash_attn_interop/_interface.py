@@ -350,13 +350,13 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     (int32 [batch]): the first valid cache position of each sequence (allowed with paging, as FlashAttention-3); keys
     are positions cache_leftpad .. cache_seqlens + seqlen_new - 1. Causal and window are placed bottom-right over
     those keys. A device value outside the pool or past the sequence is clamped by the kernels and reported by the
-    next call (FlashAttentionError, FA_STATUS_DEVICE_CHECK_FAILED). Returns out, or (out, softmax_lse
-    [batch, heads, seqlen_q]). Not differentiable."""
+    next call (FlashAttentionError, FA_STATUS_DEVICE_CHECK_FAILED). rotary_cos / rotary_sin ([seqlen_ro,
+    rotary_dim / 2], q's dtype; only with k/v): the new keys are rotated at positions cache_seqlens + j before they
+    are stored, and the queries at cache_seqlens + i (causal or windowed) or cache_seqlens (otherwise);
+    rotary_interleaved=True (flash-attn's default) rotates pairs (2t, 2t+1) (GPT-J), False pairs (t, t + rotary_dim/2)
+    (GPT-NeoX). rotary_dim = 2 * rotary_cos.shape[1], a multiple of 16 up to head_dim; seqlen_ro at least the cache
+    capacity. Returns out, or (out, softmax_lse [batch, heads, seqlen_q]). Not differentiable."""
     f = "flash_attn_with_kvcache"
-    for name, val, why in (("rotary_cos", rotary_cos, "no rotary embedding in the library; apply it to q/k first"),
-                           ("rotary_sin", rotary_sin, "no rotary embedding in the library; apply it to q/k first")):
-        if val is not None:
-            _args.refuse(f, name, "<tensor>", why)
     scale = _args.softmax_scale_arg(f, softmax_scale)
     left, right = _args.window_arg(f, window_size)
     cap = _args.softcap_arg(f, softcap)
@@ -365,7 +365,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         raise ValueError(f"{f}: k and v are given together or not at all")
     if cache_seqlens is None and k is not None:
         raise ValueError(f"{f}: appending k/v needs cache_seqlens (where to write them)")
-    # rotary_interleaved only matters with rotary_cos/rotary_sin, refused above.
+    if (rotary_cos is None) != (rotary_sin is None):
+        raise ValueError(f"{f}: rotary_cos and rotary_sin are given together or not at all")
+    if rotary_cos is not None and k is None:
+        raise ValueError(f"{f}: rotary_cos/rotary_sin need k and v: the rotary embedding is applied only to keys "
+                         "appended in the call (as flash-attn requires)")
     ops = _torch_ops()
     import torch
     if any(ops.is_fp8(t) for t in (q, k_cache, v_cache, k, v)):
@@ -377,7 +381,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         alibi_slopes = ops.alibi_input(f, alibi_slopes, q.shape[0], q.shape[2])
     ops.require_cuda(f, q=q, k_cache=k_cache, v_cache=v_cache, k=k, v=v, block_table=block_table,
                      cache_seqlens=cache_seqlens if isinstance(cache_seqlens, torch.Tensor) else None,
-                     cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, alibi_slopes=alibi_slopes)
+                     cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, alibi_slopes=alibi_slopes,
+                     rotary_cos=rotary_cos, rotary_sin=rotary_sin)
     q = ops.attn_input(f, "q", q)
     for n, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         # Written in place when k/v are appended: never replaced by a copy.
@@ -402,9 +407,27 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         cache_batch_idx = ops.int32_input(f, "cache_batch_idx", cache_batch_idx)
     if cache_leftpad is not None:
         cache_leftpad = ops.int32_input(f, "cache_leftpad", cache_leftpad)
+    if rotary_cos is not None:
+        rotary_cos, rotary_sin = (_rotary_table(f, n, t, q) for n, t in (("rotary_cos", rotary_cos),
+                                                                           ("rotary_sin", rotary_sin)))
+        if rotary_cos.shape != rotary_sin.shape:
+            raise ValueError(f"{f}: rotary_sin has shape {tuple(rotary_sin.shape)} but rotary_cos "
+                             f"{tuple(rotary_cos.shape)}; both are [seqlen_ro, rotary_dim / 2]")
     out, lse = ops.decode(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad,
-                          alibi_slopes, scale, bool(causal), left, right, cap, splits)
+                          alibi_slopes, rotary_cos, rotary_sin, scale, bool(causal), left, right, cap, splits,
+                          bool(rotary_interleaved))
     return (out, lse) if return_softmax_lse else out
+
+
+def _rotary_table(f, name, t, q):
+    """A rotary table as the C ABI reads it: 2-D, q's dtype, contiguous and 16-byte aligned (a copy where it is not:
+    the tables are only read)."""
+    if t.dim() != 2:
+        raise ValueError(f"{f}: {name} must be [seqlen_ro, rotary_dim / 2]; it has shape {tuple(t.shape)}")
+    if t.dtype != q.dtype:
+        raise ValueError(f"{f}: {name} is {t.dtype} but q is {q.dtype}; the rotary tables have q's dtype")
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 def _shape(t):

@@ -394,14 +394,20 @@ def backward_sink_impl(dout, q, k, v, out, lse, sinks, alibi_slopes, softmax_sca
 
 
 def decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes,
-                softmax_scale, causal, window_left, window_right, softcap, num_splits):
+                rotary_cos, rotary_sin, softmax_scale, causal, window_left, window_right, softcap, num_splits,
+                rotary_interleaved):
     lib = _lib()
     out = q.new_empty(q.shape)
     lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
     p = lib.new_params("decode")
+    rotary = None
+    if rotary_cos is not None:
+        # Checked by flash_attn_with_kvcache: 2-D, contiguous, aligned, q's dtype, sin shaped like cos.
+        rotary = (rotary_cos.data_ptr(), rotary_sin.data_ptr(), 2 * rotary_cos.shape[1], rotary_cos.shape[0],
+                  rotary_interleaved)
     _args.pack_decode(p, fields(q), fields(k_cache), fields(v_cache), fields(k), fields(v), fields(out), fields(lse),
                       fields(cache_seqlens), fields(block_table), softmax_scale, causal, window_left, window_right,
-                      softcap, num_splits, fields(cache_batch_idx), fields(cache_leftpad))
+                      softcap, num_splits, fields(cache_batch_idx), fields(cache_leftpad), rotary)
     if alibi_slopes is not None:
         _args.pack_alibi(p, "decode", fields(alibi_slopes))
     _run_with_workspace(lib, "decode", p, q)
@@ -480,10 +486,12 @@ if HAS_CUSTOM_OP:
     @torch.library.custom_op(f"{NAMESPACE}::decode", mutates_args=("k_cache", "v_cache"), device_types="cuda")
     def decode_op(q: T, k_cache: T, v_cache: T, k: Optional[T], v: Optional[T], cache_seqlens: T,
                   block_table: Optional[T], cache_batch_idx: Optional[T], cache_leftpad: Optional[T],
-                  alibi_slopes: Optional[T], softmax_scale: float, causal: bool, window_left: int, window_right: int,
-                  softcap: float, num_splits: int) -> Tuple[T, T]:
+                  alibi_slopes: Optional[T], rotary_cos: Optional[T], rotary_sin: Optional[T], softmax_scale: float,
+                  causal: bool, window_left: int, window_right: int, softcap: float, num_splits: int,
+                  rotary_interleaved: bool) -> Tuple[T, T]:
         return decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad,
-                           alibi_slopes, softmax_scale, causal, window_left, window_right, softcap, num_splits)
+                           alibi_slopes, rotary_cos, rotary_sin, softmax_scale, causal, window_left, window_right,
+                           softcap, num_splits, rotary_interleaved)
 
     @decode_op.register_fake
     def _decode_fake(q, k_cache, v_cache, k, v, cache_seqlens, block_table, *rest):
@@ -734,12 +742,14 @@ _increment_version = getattr(getattr(torch.autograd, "graph", None), "increment_
 
 
 def decode(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes,
-           *options):
-    """(out, lse) of decode_impl; options: (softmax_scale, causal, window_left, window_right, softcap, num_splits).
+           rotary_cos, rotary_sin, *options):
+    """(out, lse) of decode_impl; options: (softmax_scale, causal, window_left, window_right, softcap, num_splits,
+    rotary_interleaved).
     Through the custom op unless plain_eager and no input requires grad (the op's autograd handling stays theirs);
     directly otherwise, the caches' version counters moved as the op moves them when k/v are appended (the caches
     are written in place)."""
-    tensors = (q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes)
+    tensors = (q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes,
+               rotary_cos, rotary_sin)
     if HAS_CUSTOM_OP and (not plain_eager(*tensors) or (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in tensors))):
         return decode_op(*tensors, *options)

@@ -1,4 +1,5 @@
 using FlashAttn.Internal;
+using System.Runtime.InteropServices;
 using FlashAttn.Native;
 using FlashAttn.Tests.TestSupport;
 using NUnit.Framework;
@@ -317,7 +318,8 @@ public sealed class AlibiTests
             Assert.That(forward07, Is.EqualTo(728 + 80), "0.7's forward: 0.6's 728 bytes and the sinks");
             Assert.That(backward07, Is.EqualTo(824 + 160), "0.7's backward: 0.6's 824 bytes, sinks and dsinks");
             Assert.That(query07, Is.EqualTo(44), "0.7's query");
-            Assert.That(sizeof(FaDecodeParams), Is.EqualTo(960 + 80), "0.8 appends alibi_slopes to the decode's 960 bytes");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.alibi_slopes)).ToInt64(), Is.EqualTo(960),
+                "0.8 appends alibi_slopes to the decode's 960 bytes (the rotary block follows)");
         });
 
         FaForwardParams f = ForwardParamsFactory.Valid();

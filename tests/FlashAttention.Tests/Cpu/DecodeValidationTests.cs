@@ -40,6 +40,9 @@ public sealed unsafe class DecodeValidationTests
     private static readonly int[] s_padsPastCapacity = GC.AllocateArray<int>(B, pinned: true);
     private const nint BI = 0x7400_0000, LP = 0x7500_0000;
 
+    // Rotary tables (C ABI 0.8): [capacity 80, rotary_dim / 2].
+    private const nint RC = 0x7600_0000, RS = 0x7700_0000;
+
     public delegate void Breaker(ref FaDecodeParams p);
 
     private static bool s_decodeExported;
@@ -354,6 +357,10 @@ public sealed unsafe class DecodeValidationTests
             Assert.That(p.workspace, Is.EqualTo((nint)0));
             Assert.That(p.block_table.data, Is.EqualTo((nint)0));
             Assert.That(p.k_new.data, Is.EqualTo((nint)0));
+            Assert.That(p.rotary_cos, Is.EqualTo((nint)0));
+            Assert.That(p.rotary_sin, Is.EqualTo((nint)0));
+            Assert.That(p.rotary_interleaved, Is.EqualTo(1), "flash-attn's default: interleaved");
+            Assert.That(p.reserved1, Is.Zero);
         });
     }
 
@@ -369,11 +376,14 @@ public sealed unsafe class DecodeValidationTests
         /// <summary><see cref="DecodeArguments.CacheRows"/> of the call (null: every row).</summary>
         public int[]? Rows { get; init; }
 
+        /// <summary><see cref="DecodeArguments.Rotary"/> of the call (null: none).</summary>
+        public RotaryEmbedding? Rotary { get; init; }
+
         public FlashAttentionStatus Run(out string message)
         {
             using KvCache cache = KvCache.Wrap(KCache, VCache, Lens, BlockTable, SeqLens);
             return FlashAttention.CheckDecode(
-                new DecodeArguments(Q, cache, KNew, VNew, Out, Lse, NumSplits) { CacheRows = Rows }, out message, Options);
+                new DecodeArguments(Q, cache, KNew, VNew, Out, Lse, NumSplits) { CacheRows = Rows, Rotary = Rotary }, out message, Options);
         }
 
         public override string ToString() => $"q {Q}, k_cache {KCache}, k_new {KNew?.ToString() ?? "none"}, lens [{string.Join(", ", Lens)}]";
@@ -392,6 +402,9 @@ public sealed unsafe class DecodeValidationTests
         T(L, DataType.Float32, B, Hq, Sn),
         new AttentionOptions { Causal = true },
         0);
+
+    private static RotaryEmbedding Rot(long rows, long columns, DataType dtype = DataType.Float16, bool interleaved = true) =>
+        new(T(RC, dtype, rows, columns), T(RS, dtype, rows, columns), interleaved);
 
     private static TestCaseData ManagedCase(string name, Args args, bool native, params string[] fragments) =>
         new TestCaseData(args, native, FlashAttentionStatus.InvalidArgument, fragments).SetName($"CheckDecode rejects: {name}");
@@ -453,7 +466,22 @@ public sealed unsafe class DecodeValidationTests
             KNew = T(KN, DataType.Float16, B, Sn, Hkv, 60), VNew = T(VN, DataType.Float16, B, Sn, Hkv, 60),
         }, false, "head_dim", "multiple of 8");
 
+        // Rotary (C ABI 0.8): what the managed side can tell from the tables' descriptors.
+        yield return ManagedCase("rotary without kNew", ok with { KNew = null, VNew = null, Rotary = Rot(80, 32) }, false, "Rotary", "appends");
+        yield return ManagedCase("rotary tables bf16 over an fp16 cache", ok with { Rotary = Rot(80, 32, DataType.BFloat16) }, false, "Rotary", "dtype");
+        yield return ManagedCase("rotary cos and sin shapes differ", ok with
+        {
+            Rotary = new RotaryEmbedding(T(RC, DataType.Float16, 80, 32), T(RS, DataType.Float16, 80, 16)),
+        }, false, "Rotary.Cos and Rotary.Sin");
+        yield return ManagedCase("rotary table rank 1", ok with
+        {
+            Rotary = new RotaryEmbedding(T(RC, DataType.Float16, 80 * 32), T(RS, DataType.Float16, 80 * 32)),
+        }, false, "[seqlenRo, rotaryDim / 2]");
+        yield return ManagedCase("rotary dim 24", ok with { Rotary = Rot(80, 12) }, false, "rotaryDim 24", "multiple of 16");
+        yield return ManagedCase("rotary dim above the head dim", ok with { Rotary = Rot(80, 40) }, false, "rotaryDim 80", "at most the head dim 64");
+
         // passed through to fa_decode_check
+        yield return ManagedCase("rotary table too short", ok with { Rotary = Rot(79, 32) }, true, "rotary table too short", "79 rows", "80 positions");
         yield return UnsupportedCase("block size 48", ok with
         {
             KCache = T(KC, DataType.Float16, Blocks, 48, Hkv, D), VCache = T(VC, DataType.Float16, Blocks, 48, Hkv, D),
@@ -508,6 +536,88 @@ public sealed unsafe class DecodeValidationTests
             Args contiguousPool = ok with { KCache = T(KC, DataType.Float16, B, 96, Hkv, D), VCache = T(VC, DataType.Float16, B, 96, Hkv, D), BlockTable = null, Rows = [1, 0] };
             Assert.That(contiguousPool.Run(out string m3), Is.EqualTo(FlashAttentionStatus.Success), m3);
         });
+    }
+
+    [Test]
+    public void CheckDecodePassesRotary()
+    {
+        RequireDecodeExports();
+        Args ok = ValidArgs();
+        Assert.Multiple(() =>
+        {
+            foreach (bool interleaved in new[] { true, false })
+            {
+                foreach (long columns in new long[] { 8, 16, 32 })
+                {
+                    Args a = ok with { Rotary = Rot(80, columns, interleaved: interleaved) };
+                    Assert.That(a.Run(out string message), Is.EqualTo(FlashAttentionStatus.Success), $"interleaved {interleaved}, dim {2 * columns}: {message}");
+                }
+            }
+
+            // Not causal, a longer table, and with a pool of rows.
+            Args plain = ok with { Options = new AttentionOptions(), Rotary = Rot(4096, 32) };
+            Assert.That(plain.Run(out string m1), Is.EqualTo(FlashAttentionStatus.Success), m1);
+            Assert.That((ok with { Rows = [1, 0], Rotary = Rot(80, 32, interleaved: false) }).Run(out string m2), Is.EqualTo(FlashAttentionStatus.Success), m2);
+        });
+    }
+
+    [Test]
+    public void RotaryEmbeddingReportsItsDimAndPositions()
+    {
+        RotaryEmbedding r = Rot(80, 32, interleaved: false);
+        Assert.Multiple(() =>
+        {
+            Assert.That(r.RotaryDim, Is.EqualTo(64));
+            Assert.That(r.Positions, Is.EqualTo(80));
+            Assert.That(r.Interleaved, Is.False);
+            Assert.That(new RotaryEmbedding(r.Cos, r.Sin).Interleaved, Is.True, "flash-attn's default: interleaved");
+        });
+    }
+
+    [Test]
+    public void NativeCheckTakesTheRotaryBlockAndA07SizedStruct()
+    {
+        RequireDecodeExports();
+        Assert.Multiple(() =>
+        {
+            Assert.That(sizeof(FaDecodeParams), Is.EqualTo(960 + 80 + 32), "0.8 appends alibi_slopes (80 bytes) and the 32-byte rotary block to 0.7's 960");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_cos)).ToInt64(), Is.EqualTo(960 + 80));
+        });
+
+        FaDecodeParams p = Valid();
+        p.rotary_cos = RC;
+        p.rotary_sin = RS;
+        p.rotary_dim = 32;
+        p.rotary_seqlen = Pages * BlockSize;
+        p.rotary_interleaved = 0;
+        var (status, message) = Check(p);
+        Assert.That(status, Is.EqualTo(FaStatus.Success), message);
+
+        (FaDecodeParams Params, string Fragment)[] refused =
+        [
+            (p with { rotary_dim = 31 }, "rotary_dim is 31, which is odd"),
+            (p with { rotary_dim = 40 }, "rotary_dim is 40; it must be a positive multiple of 16"),
+            (p with { rotary_dim = 80 }, "rotary_dim is 80 but the head dim (q.shape[3]) is 64"),
+            (p with { rotary_seqlen = 79 }, "rotary table too short: rotary_seqlen is 79 rows but the cache holds 80 positions"),
+            (p with { rotary_sin = 0 }, "rotary_cos is set but rotary_sin is NULL"),
+            (p with { rotary_interleaved = 5 }, "rotary_interleaved is 5; it must be 0 or 1"),
+            (p with { k_new = default, v_new = default }, "rotary_cos/rotary_sin are given but k_new/v_new are not"),
+        ];
+        foreach (var (bad, fragment) in refused)
+        {
+            (status, message) = Check(bad);
+            Assert.Multiple(() =>
+            {
+                Assert.That(status, Is.EqualTo(FaStatus.InvalidArgument), fragment);
+                Assert.That(message, Does.Contain(fragment));
+            });
+        }
+
+        // A caller compiled against 0.7 passes 960 bytes: the rotary block is not read (here: garbage).
+        FaDecodeParams old = p with { rotary_dim = 3, rotary_interleaved = 9, reserved1 = 7 };
+        old.struct_size = 960;
+        (status, message) = Check(old);
+        Assert.That(status, Is.EqualTo(FaStatus.Success), message);
     }
 
     [Test]

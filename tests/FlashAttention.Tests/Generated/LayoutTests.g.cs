@@ -123,7 +123,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaDecodeParams has the size (1040) and field offsets of C struct fa_decode_params.</summary>
+    /// <summary>FaDecodeParams has the size (1072) and field offsets of C struct fa_decode_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaDecodeParams_MatchesCLayout()
@@ -131,8 +131,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaDecodeParams>(), Is.False, "FaDecodeParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaDecodeParams>(), Is.EqualTo(1040), "sizeof(struct fa_decode_params)");
-            Assert.That(Marshal.SizeOf<FaDecodeParams>(), Is.EqualTo(1040), "marshalled size of FaDecodeParams");
+            Assert.That(Unsafe.SizeOf<FaDecodeParams>(), Is.EqualTo(1072), "sizeof(struct fa_decode_params)");
+            Assert.That(Marshal.SizeOf<FaDecodeParams>(), Is.EqualTo(1072), "marshalled size of FaDecodeParams");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_decode_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_decode_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_decode_params, q)");
@@ -160,6 +160,12 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_batch_idx_host)).ToInt64(), Is.EqualTo(944L), "offsetof(struct fa_decode_params, cache_batch_idx_host)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cache_leftpad_host)).ToInt64(), Is.EqualTo(952L), "offsetof(struct fa_decode_params, cache_leftpad_host)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.alibi_slopes)).ToInt64(), Is.EqualTo(960L), "offsetof(struct fa_decode_params, alibi_slopes)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_cos)).ToInt64(), Is.EqualTo(1040L), "offsetof(struct fa_decode_params, rotary_cos)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_sin)).ToInt64(), Is.EqualTo(1048L), "offsetof(struct fa_decode_params, rotary_sin)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_dim)).ToInt64(), Is.EqualTo(1056L), "offsetof(struct fa_decode_params, rotary_dim)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_seqlen)).ToInt64(), Is.EqualTo(1060L), "offsetof(struct fa_decode_params, rotary_seqlen)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_interleaved)).ToInt64(), Is.EqualTo(1064L), "offsetof(struct fa_decode_params, rotary_interleaved)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved1)).ToInt64(), Is.EqualTo(1068L), "offsetof(struct fa_decode_params, reserved1)");
         }
     }
 

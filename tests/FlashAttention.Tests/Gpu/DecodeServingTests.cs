@@ -19,6 +19,12 @@ public sealed record ServingSpec(
 
     public int Pool => PoolLens.Length;
 
+    /// <summary>Rotary embedding on append (C ABI 0.8): elements rotated per head (a multiple of 16), 0: none.</summary>
+    public int RotaryDim { get; init; }
+
+    /// <summary>Rotary pairs: true (flash-attn's default) interleaved (2t, 2t+1), false half-split (t, t + RotaryDim/2).</summary>
+    public bool RotaryInterleaved { get; init; } = true;
+
     public int[] StepRows => Rows ?? [.. Enumerable.Range(0, Pool)];
 
     public int Batch => StepRows.Length;
@@ -28,7 +34,8 @@ public sealed record ServingSpec(
     public override string ToString() =>
         $"{(Dtype == DataType.Float16 ? "fp16" : "bf16")} D{HeadDim} Hq{HeadsQ} Hkv{HeadsKv} Sq{SeqQ} Sknew{SeqKNew} pool[{string.Join(",", PoolLens)}] " +
         $"rows[{(Rows is null ? "all" : string.Join(",", Rows))}] pads[{(Pads is null ? "none" : string.Join(",", Pads))}] " +
-        $"{(Paged ? $"paged bs{BlockSize}" : "contiguous")} {Mask} splits {NumSplits}" + (HasAlibi ? $" alibi {Alibi}" : string.Empty);
+        $"{(Paged ? $"paged bs{BlockSize}" : "contiguous")} {Mask} splits {NumSplits}" + (HasAlibi ? $" alibi {Alibi}" : string.Empty) +
+        (RotaryDim > 0 ? $" rotary {RotaryDim} {(RotaryInterleaved ? "interleaved" : "half-split")}" : string.Empty);
 }
 
 /// <summary>
@@ -171,6 +178,10 @@ internal sealed class ServingRun : IDisposable
     private int[] _lens = [];
     private int _capacity, _maxBlocks, _numBlocks;
     private DeviceArray _dk = null!, _dv = null!;
+    // Rotary tables (spec.RotaryDim > 0): [rows, RotaryDim / 2], rounded to the dtype, as the GPU reads them.
+    private double[] _cos = [], _sin = [];
+    private int _rotaryRows;
+    private DeviceArray? _dcos, _dsin;
 
     private ServingRun(CudaDevice device, ServingSpec spec)
     {
@@ -265,6 +276,31 @@ internal sealed class ServingRun : IDisposable
             table = dt.AsTensor(s.Pool, _maxBlocks);
         }
 
+        if (s.RotaryDim > 0)
+        {
+            // Angles p / 10000^(2t / rd), as models build them; rows past the capacity so every query position fits.
+            int half = s.RotaryDim / 2;
+            _rotaryRows = _capacity + 16;
+            var cos = new float[_rotaryRows * half];
+            var sin = new float[cos.Length];
+            for (int p = 0; p < _rotaryRows; p++)
+            {
+                for (int t = 0; t < half; t++)
+                {
+                    double theta = p * Math.Pow(10000.0, -2.0 * t / s.RotaryDim);
+                    cos[(p * half) + t] = (float)Math.Cos(theta);
+                    sin[(p * half) + t] = (float)Math.Sin(theta);
+                }
+            }
+
+            cos = ForwardRun.RoundAll(s.Dtype, cos);
+            sin = ForwardRun.RoundAll(s.Dtype, sin);
+            _cos = AttentionReference.ToDouble(cos);
+            _sin = AttentionReference.ToDouble(sin);
+            _dcos = Own(DeviceArray.Upload(_device, s.Dtype, cos));
+            _dsin = Own(DeviceArray.Upload(_device, s.Dtype, sin));
+        }
+
         Cache = KvCache.Wrap(_dk.Tensor(CacheShape), _dv.Tensor(CacheShape), _lens, table, stream: stream);
         if (s.Pads is not null)
         {
@@ -309,7 +345,11 @@ internal sealed class ServingRun : IDisposable
         {
             CacheRows = rows,
             AlibiSlopes = dslopes?.Tensor(s.Alibi == "batch" ? [batch, s.HeadsQ] : [s.HeadsQ]),
+            Rotary = s.RotaryDim > 0 && append
+                ? new RotaryEmbedding(_dcos!.Tensor([_rotaryRows, s.RotaryDim / 2]), _dsin!.Tensor([_rotaryRows, s.RotaryDim / 2]), s.RotaryInterleaved)
+                : null,
         };
+        bool rotary = args.Rotary is not null;
         AttentionOptions options = s.Mask.ToOptions();
         attention.Decode(args, options, stream);
         stream.Synchronize();
@@ -322,6 +362,8 @@ internal sealed class ServingRun : IDisposable
         {
             SeqLenQ = seqQ, CacheBatchIndex = stepRows, CacheRows = s.Pool, CacheLeftPad = pads,
             AlibiSlopes = slopes?.Select(x => (double)x).ToArray(),
+            RotaryCos = rotary ? _cos : null, RotarySin = rotary ? _sin : null, RotaryDim = rotary ? s.RotaryDim : 0,
+            RotaryInterleaved = s.RotaryInterleaved,
         };
         var refOut = new double[q.Length];
         var refLse = new double[lse.Length];
@@ -336,9 +378,23 @@ internal sealed class ServingRun : IDisposable
             DecodeReference.ForwardContiguous(qd, _k, _v, lens, knd, vnd, seqKNew, s.HeadsQ, s.HeadsKv, d, _capacity, options, serving, refOut, refLse);
         }
 
-        DecodeAccuracyTests.JudgeOutput(ours, Naive(q, stepRows, lens, pads, seqQ, seqKNew, slopes), refOut, lse, refLse, s.Dtype, context);
+        // The cache: exactly the mirror (appended rows in their pool rows' slots, NaN everywhere else unchanged). With
+        // rotary the appended keys are the float64 rotation in the mirror and the GPU's fp32 rotation rounded once to the
+        // dtype: within one unit in the last place, after which the mirror takes the stored value (what later steps and
+        // the same-dtype naive attention read).
+        var rotatedSlots = new HashSet<long>();
+        if (rotary)
+        {
+            for (int b = 0; b < batch; b++)
+            {
+                for (int j = 0; j < seqKNew; j++)
+                {
+                    rotatedSlots.Add(RowOf(stepRows[b], lens[b] + j));
+                }
+            }
+        }
 
-        // The cache: exactly the mirror (appended rows in their pool rows' slots, NaN everywhere else unchanged).
+        double ulp = s.Dtype == DataType.BFloat16 ? 1.0 / 128 : 1.0 / 1024;
         foreach (var (device, host, name) in new[] { (_dk, _k, "k"), (_dv, _v, "v") })
         {
             float[] back = device.Read();
@@ -346,15 +402,55 @@ internal sealed class ServingRun : IDisposable
             string first = string.Empty;
             for (long e = 0; e < back.Length; e++)
             {
-                bool same = double.IsNaN(host[e]) ? float.IsNaN(back[e]) : back[e] == host[e];
+                bool rotated = name == "k" && rotatedSlots.Contains(e / Row);
+                bool same = double.IsNaN(host[e]) ? float.IsNaN(back[e])
+                    : rotated ? Math.Abs(back[e] - host[e]) <= (ulp * Math.Abs(host[e])) + 1e-6 : back[e] == host[e];
                 if (!same && wrong++ == 0)
                 {
-                    first = $"{name} element {e} (cache row {e / Row}) is {back[e]}, expected {host[e]}";
+                    first = $"{name} element {e} (cache row {e / Row}) is {back[e]}, expected {host[e]}{(rotated ? " (rotated key)" : string.Empty)}";
+                }
+
+                if (rotated)
+                {
+                    host[e] = back[e];
                 }
             }
 
             Assert.That(wrong, Is.Zero, $"{context}: {wrong} wrong {name} cache elements; first: {first}");
         }
+
+        // The same-dtype naive attention sees the queries as the kernel does: rotated and rounded to the dtype.
+        float[] qNaive = q;
+        if (rotary)
+        {
+            qNaive = (float[])q.Clone();
+            bool perRow = options.Causal || options.HasWindow;
+            int half = s.RotaryDim / 2;
+            var x = new double[d];
+            for (int b = 0; b < batch; b++)
+            {
+                for (int i = 0; i < seqQ; i++)
+                {
+                    int position = lens[b] + (perRow ? i : 0);
+                    for (int h = 0; h < s.HeadsQ; h++)
+                    {
+                        int at = (((b * seqQ) + i) * s.HeadsQ * d) + (h * d);
+                        for (int e = 0; e < d; e++)
+                        {
+                            x[e] = q[at + e];
+                        }
+
+                        DecodeReference.Rotate(x, _cos.AsSpan(position * half, half), _sin.AsSpan(position * half, half), s.RotaryDim, s.RotaryInterleaved);
+                        for (int e = 0; e < d; e++)
+                        {
+                            qNaive[at + e] = DeviceArray.Round(s.Dtype, (float)x[e]);
+                        }
+                    }
+                }
+            }
+        }
+
+        DecodeAccuracyTests.JudgeOutput(ours, Naive(qNaive, stepRows, lens, pads, seqQ, seqKNew, slopes), refOut, lse, refLse, s.Dtype, context);
 
         foreach (int r in stepRows)
         {
