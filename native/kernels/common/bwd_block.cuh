@@ -149,10 +149,13 @@ __device__ __forceinline__ void bwd_wait_turn(const BwdParams& p, const BwdBlock
     __syncthreads();
 }
 
-// ... and after its adds: the barrier orders every warp's adds before thread 0's release (cumulative, as in
-// CUTLASS's semaphore), so the next key block sees them all. Every thread calls it.
-__device__ __forceinline__ void bwd_pass_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
-    __syncthreads();
+// ... and after its adds, once a barrier of the whole CTA has followed them: the barrier orders every warp's adds
+// before thread 0's fence and release (cumulative, as in CUTLASS's semaphore), so the next key block sees them all.
+// Every thread calls it. The fence waits until the adds are performed at the GPU, so the kernels pass the turn of an
+// iteration's block at a barrier in the middle of the next iteration (and after the walk for the last one), where the
+// adds have had half an iteration of products to complete: the fence then rarely waits, and the next key block in
+// the order gets its turn that much later (FA_BWD_DET_DEFER_RELEASE 0: at once, behind a barrier of its own).
+__device__ __forceinline__ void bwd_release_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
     if (threadIdx.x == 0) {
         int32_t* sem = bwd_turn_counter(p, c, h, m);
         __threadfence();

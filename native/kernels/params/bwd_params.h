@@ -63,6 +63,12 @@ constexpr int32_t kBwdMinBlockM = 64;
 #define FA_BWD_DET_DQ_COPIES 2
 #endif
 constexpr int32_t kBwdDetDqCopies = FA_BWD_DET_DQ_COPIES;
+// Whether the deterministic mode passes a query block's turn in the middle of the next iteration (1) or right after
+// its adds (0; common/bwd_block.cuh bwd_release_turn). Overridable for experiments.
+#ifndef FA_BWD_DET_DEFER_RELEASE
+#define FA_BWD_DET_DEFER_RELEASE 1
+#endif
+constexpr bool kBwdDetDeferRelease = FA_BWD_DET_DEFER_RELEASE != 0;
 static_assert(kBwdDetDqCopies >= 1, "at least one dQ accumulator");
 
 // Row slot of query row `row` (0-based in its sequence) of (b, h): see BwdParams.

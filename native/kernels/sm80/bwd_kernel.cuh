@@ -277,6 +277,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
             }
         }
         __syncthreads();  // P and dS visible to all warps
+        // Deterministic: the previous iteration's turn, its adds issued before this iteration's first barrier.
+        if (kDeterministic && kBwdDetDeferRelease && it > 0) bwd_release_turn(p, blk, blk.head(it - 1), blk.block(it - 1));
 
         // dV += P^T dO and dK += dS^T Q: [BN x D], reduction over the BM query rows.
 #pragma unroll
@@ -352,13 +354,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
                 }
             }
         }
-        if (kDeterministic) bwd_pass_turn(p, blk, h, m);
+        if (kDeterministic && !kBwdDetDeferRelease) {
+            __syncthreads();
+            bwd_release_turn(p, blk, h, m);
+        }
     }
 
     // Epilogue: dK *= scale; dK and dV -> 16-bit, staged through the (now free) K and V tiles for
     // 16-byte stores of the rows this sequence has.
     cp_async_wait<0>();
     __syncthreads();
+    if (kDeterministic && kBwdDetDeferRelease && iters > 0) bwd_release_turn(p, blk, blk.head(iters - 1), blk.block(iters - 1));
     const float scale = f.scale;
 #pragma unroll
     for (int mt = 0; mt < MKV; ++mt) {

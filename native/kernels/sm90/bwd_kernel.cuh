@@ -296,6 +296,8 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         wgmma_commit();
 
         __syncthreads();  // dS^T written
+        // Deterministic: the previous iteration's turn, its adds issued before this iteration's first barrier.
+        if (kDeterministic && kBwdDetDeferRelease && it > 0) bwd_release_turn(p, blk, blk.head(it - 1), blk.block(it - 1));
 
         // dQ (this warpgroup's D/2 columns) = dS K: A = dS (queries contiguous: MN-major), B = K rows
         // (columns contiguous: MN-major), K = the block's keys.
@@ -334,13 +336,17 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
                 for (int j = 0; j < kDqN / 8; ++j) red_add_f32x2(dst + 8 * j, dq[4 * j + 2 * i], dq[4 * j + 2 * i + 1]);
             }
         }
-        if (kDeterministic) bwd_pass_turn(p, blk, h, m);
+        if (kDeterministic && !kBwdDetDeferRelease) {
+            __syncthreads();
+            bwd_release_turn(p, blk, h, m);
+        }
     }
 
     // Epilogue: dK * scale and dV to 16 bits, staged through the K and V tiles (panel layout), then
     // 16-byte stores of the rows and columns this call has.
     cp_async_wait<0>();
     __syncthreads();
+    if (kDeterministic && kBwdDetDeferRelease && iters > 0) bwd_release_turn(p, blk, blk.head(iters - 1), blk.block(iters - 1));
     const float scale = f.scale;
     auto stage = [&](const float (&acc)[D / 2], int tile, float mul) {
 #pragma unroll
