@@ -450,7 +450,31 @@ internal sealed class ServingRun : IDisposable
             }
         }
 
-        DecodeAccuracyTests.JudgeOutput(ours, Naive(qNaive, stepRows, lens, pads, seqQ, seqKNew, slopes), refOut, lse, refLse, s.Dtype, context);
+        // With rotary the kernel rotates q in fp32 and rounds it to the dtype before the products (as FlashAttention
+        // does), so the output and the LSE are judged against the float64 attention of that q (qNaive) over the cache as
+        // stored (the mirror now holds the kernel's rotated keys), not of the unrounded float64 rotation, whose LSE
+        // differs by the rounding of q (about 1e-3 in bf16, past the LSE bar of 1e-4 that assumes exact inputs). The
+        // rotation itself is judged on the appended keys above (one unit in the last place of the float64 rotation),
+        // and a wrong rotation of q fails this judgement (qNaive is rotated here, from the tables, independently).
+        double[] judgeOut = refOut, judgeLse = refLse;
+        if (rotary)
+        {
+            int[] after = lens.Select(l => l + seqKNew).ToArray();
+            DecodeServingOptions plain = serving with { RotaryCos = null, RotarySin = null, RotaryDim = 0 };
+            judgeOut = new double[q.Length];
+            judgeLse = new double[lse.Length];
+            double[] qr = AttentionReference.ToDouble(qNaive);
+            if (s.Paged)
+            {
+                DecodeReference.ForwardPaged(qr, _k, _v, _table, after, [], [], 0, s.HeadsQ, s.HeadsKv, d, s.BlockSize, options, plain, judgeOut, judgeLse);
+            }
+            else
+            {
+                DecodeReference.ForwardContiguous(qr, _k, _v, after, [], [], 0, s.HeadsQ, s.HeadsKv, d, _capacity, options, plain, judgeOut, judgeLse);
+            }
+        }
+
+        DecodeAccuracyTests.JudgeOutput(ours, Naive(qNaive, stepRows, lens, pads, seqQ, seqKNew, slopes), judgeOut, lse, judgeLse, s.Dtype, context);
 
         foreach (int r in stepRows)
         {
