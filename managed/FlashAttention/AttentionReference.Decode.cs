@@ -503,7 +503,9 @@ public static class DecodeReference
             totals[b] = (int)total;
         }
 
-        bool perRowQueryPositions = options.Causal || options.HasWindow;
+        // Rotary: queries at their own positions when causal or windowed, after FlashAttention-2's normalisation (a
+        // window side of the capacity or more is no window), else all at the cached length.
+        bool perRowQueryPositions = options.Causal || options.WindowLeft < map.Capacity || options.WindowRight < map.Capacity;
         if (serving.HasRotary)
         {
             CheckRotary(serving, append, headDim, map.Capacity, cacheSeqLens, perRowQueryPositions ? seqLenQ : 1);

@@ -243,7 +243,10 @@ typedef struct fa_forward_params {
        i and j counted within the sequence. The causal form is FlashAttention-2's: on the visible keys it differs
        from the first by the row constant slope * (i + sk - sq), so out is the same but lse is larger by that
        constant. With FA_CAUSAL_TOP_LEFT, sk - sq is replaced by 0 (the offset of the mask's diagonal). A
-       positive slope decays with distance; masked keys stay hidden. data NULL: no ALiBi.
+       positive slope decays with distance; masked keys stay hidden. With learnable sinks the causal form is kept
+       (no library defines ALiBi with sinks): the sink's logit then competes with +slope * j, which is the distance
+       form with the sink lowered by slope * (i + sk - sq) on row i, so out differs from the distance form's on
+       later rows; give a window (e.g. a left side of sk - 1) to get the distance form. data NULL: no ALiBi.
        (Since 0.8: an older caller's smaller struct gets data NULL.) */
     fa_tensor_t alibi_slopes;
 } fa_forward_params_t;
@@ -438,8 +441,9 @@ typedef struct fa_decode_params {
        with c = rotary_cos[p, t], s = rotary_sin[p, t], t < rotary_dim / 2, at position p:
        - new key j of sequence b at p = cache_seqlens[b] + j (absolute: a left pad counts); the ROTATED key is
          what is stored in the cache;
-       - query i at p = cache_seqlens[b] + i when causal or a window is set (window_left or window_right >= 0, as
-         given), else every query of the sequence at p = cache_seqlens[b]. (So with seqlen_knew != seqlen_q the
+       - query i at p = cache_seqlens[b] + i when causal or windowed (window_left or window_right in [0, capacity):
+         a side of the cache capacity or more is no window, as flash-attn normalises it), else every query of the
+         sequence at p = cache_seqlens[b]. (So with seqlen_knew != seqlen_q the
          rotary positions of the queries are not aligned with the bottom-right causal diagonal, as in flash-attn.)
        Cached keys are read as stored (rotated when they were appended). */
     /* Device table [rotary_seqlen, rotary_dim / 2], dtype of q, contiguous rows, 16-byte aligned: cos of each

@@ -308,8 +308,13 @@ struct DecodeCheck {
     // Every position a query or a new key is rotated at is below cache_seqlens + max(seqlen_q, seqlen_knew);
     // the keys' stay below the capacity, the queries' may pass it when seqlen_q > seqlen_knew and the rows are
     // rotated per query (causal or windowed): then the table must cover capacity - seqlen_knew + seqlen_q rows
-    // (cache_seqlens_host, when given, makes the check exact; host_lengths).
-    bool rotary_per_row() const { return P.causal == 1 || P.window_left >= 0 || P.window_right >= 0; }
+    // (cache_seqlens_host, when given, makes the check exact; host_lengths). "Windowed" after FlashAttention-2's
+    // normalisation: a window side of the capacity or more is no window (flash-attn sets it to -1 before it decides
+    // where the queries are rotated), so (INT32_MAX, -1) rotates every query at cache_seqlens, as no window does.
+    bool rotary_per_row() const {
+        return P.causal == 1 || (P.window_left >= 0 && P.window_left < capacity) ||
+               (P.window_right >= 0 && P.window_right < capacity);
+    }
 
     void rotary() {
         check_reserved(rotary_reserved, "reserved1");

@@ -362,6 +362,15 @@ static void test_rotary_validation(void) {
     expect("not causal: every query at cache_seqlens", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
     p.window_left = 8;
     bad("windowed: per-row positions again", &p, FA_STATUS_INVALID_ARGUMENT, "rotary table too short");
+    p.window_left = VCAP;  /* a side of the capacity or more is no window (flash-attn): every query at cache_seqlens */
+    expect("window_left = capacity: not per row", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.window_left = 0x7fffffff;
+    expect("window_left = INT32_MAX: not per row", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.window_left = -1; p.window_right = VCAP;
+    expect("window_right = capacity: not per row", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.window_right = VCAP - 1;
+    bad("window_right below the capacity: per row", &p, FA_STATUS_INVALID_ARGUMENT, "rotary table too short");
+    p.window_right = -1;
     p.window_left = -1; p.causal = 1; lens[2] = VCAP - 2; p.cache_seqlens_host = lens;
     expect("host lengths: the last query at 63", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
     lens[2] = VCAP - 1;

@@ -82,7 +82,8 @@ struct Problem {
     int64_t b = 2, s = 512, h = 4, d = 64;
     // White-box (dispatch.cpp bwd_workspace_layout): the deterministic workspace ends with one turn counter per (dQ
     // copy (kBwdDetDqCopies, 2), batch, head, 64-row query block) and the give-up word, rounded up to 256 bytes:
-    // (2 * 2 * 4 * 8 + 1) * 4 = 516 -> 768 bytes.
+    // (2 * 2 * 4 * 8 + 1) * 4 = 516 -> 768 bytes. A build with another FA_BWD_DET_DQ_COPIES (an experiment; the A/B
+    // builds turn the tests off) changes it: 1 copy 512 bytes (the poison would reach lse_log2), 3 copies 1792.
     void *q, *k, *v, *o, *dout, *lse, *dq, *dk, *dv, *ws;
     size_t ws_bytes = 0;
     int64_t elems() const { return b * s * h * d; }

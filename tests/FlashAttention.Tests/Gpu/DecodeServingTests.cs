@@ -424,7 +424,7 @@ internal sealed class ServingRun : IDisposable
         if (rotary)
         {
             qNaive = (float[])q.Clone();
-            bool perRow = options.Causal || options.HasWindow;
+            bool perRow = options.Causal || options.WindowLeft < _capacity || options.WindowRight < _capacity;  // FA2: a side >= capacity is no window
             int half = s.RotaryDim / 2;
             var x = new double[d];
             for (int b = 0; b < batch; b++)
