@@ -19,10 +19,10 @@ F = torch.nn.functional
 DEV = "cuda"
 
 
-def reference(q, k, v, causal=False, window=(-1, -1), softcap=0.0, scale=None, top_left=False, upcast=True):
-    """Attention in float64 (upcast) or in the inputs' dtype, [B, S, H, D]; masks as flash-attn defines them."""
-    if upcast:
-        q, k, v = q.double(), k.double(), v.double()
+def masked_scores(q, k, v, causal, window, softcap, scale, top_left, slopes=None):
+    """The scores of reference and its sink/ALiBi variants, [B, H, Sq, Sk] in q's dtype: scale, softcap, FlashAttention-2's
+    ALiBi bias when slopes ((H,) or (B, H)) are given (+slope * j for a causal call without a left window, else
+    -slope * |i + sk - sq - j|), then the masks as flash-attn defines them (-inf); and v with its heads repeated to q's."""
     b, sq, h, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
     k = k.repeat_interleave(h // hkv, dim=2)
@@ -37,12 +37,25 @@ def reference(q, k, v, causal=False, window=(-1, -1), softcap=0.0, scale=None, t
     left, right = window
     if causal:
         right = 0
+    if slopes is not None:
+        column = right == 0 and (left < 0 or left >= sk)
+        m = slopes.to(s.dtype).expand(b, h) if slopes.dim() == 1 else slopes.to(s.dtype)
+        dist = j.to(s.dtype).expand(sq, sk) if column else -(i - j).abs().to(s.dtype)
+        s = s + m.view(b, h, 1, 1) * dist
     mask = torch.zeros(sq, sk, dtype=torch.bool, device=q.device)
     if right >= 0:
         mask |= j > i + right
     if left >= 0:
         mask |= j < i - left
     s = s.masked_fill(mask, float("-inf"))
+    return s, v
+
+
+def reference(q, k, v, causal=False, window=(-1, -1), softcap=0.0, scale=None, top_left=False, upcast=True):
+    """Attention in float64 (upcast) or in the inputs' dtype, [B, S, H, D]; masks as flash-attn defines them."""
+    if upcast:
+        q, k, v = q.double(), k.double(), v.double()
+    s, v = masked_scores(q, k, v, causal, window, softcap, scale, top_left)
     p = torch.softmax(s.float() if not upcast else s, dim=-1).nan_to_num(0.0).to(v.dtype)
     return torch.einsum("bhqk,bkhd->bqhd", p, v)
 
@@ -847,26 +860,8 @@ def reference_sink(q, k, v, sinks, causal=False, window=(-1, -1), softcap=0.0, s
     after the softmax), [B, S, H, D], in float64 (upcast) or in the inputs' dtype; returns (out, lse [B, H, Sq])."""
     if upcast:
         q, k, v, sinks = q.double(), k.double(), v.double(), sinks.double()
-    b, sq, h, d = q.shape
-    sk, hkv = k.shape[1], k.shape[2]
-    k = k.repeat_interleave(h // hkv, dim=2)
-    v = v.repeat_interleave(h // hkv, dim=2)
-    scale = scale or 1.0 / math.sqrt(d)
-    s = torch.einsum("bqhd,bkhd->bhqk", q * scale, k)
-    if softcap > 0:
-        s = softcap * torch.tanh(s / softcap)
-    off = 0 if top_left else sk - sq
-    i = torch.arange(sq, device=q.device)[:, None] + off
-    j = torch.arange(sk, device=q.device)[None, :]
-    left, right = window
-    if causal:
-        right = 0
-    mask = torch.zeros(sq, sk, dtype=torch.bool, device=q.device)
-    if right >= 0:
-        mask |= j > i + right
-    if left >= 0:
-        mask |= j < i - left
-    s = s.masked_fill(mask, float("-inf"))
+    b, sq, h = q.shape[:3]
+    s, v = masked_scores(q, k, v, causal, window, softcap, scale, top_left)
     if not upcast:
         s = s.float()
     col = sinks.to(s.dtype).view(1, h, 1, 1).expand(b, h, sq, 1)
@@ -1025,30 +1020,7 @@ def reference_alibi(q, k, v, slopes, causal=False, window=(-1, -1), softcap=0.0,
     attn_bias_from_alibi_slopes, up to that row constant); masked keys -inf. Returns (out, lse [B, H, Sq])."""
     if upcast:
         q, k, v = q.double(), k.double(), v.double()
-    b, sq, h, d = q.shape
-    sk, hkv = k.shape[1], k.shape[2]
-    k = k.repeat_interleave(h // hkv, dim=2)
-    v = v.repeat_interleave(h // hkv, dim=2)
-    scale = scale or 1.0 / math.sqrt(d)
-    s = torch.einsum("bqhd,bkhd->bhqk", q * scale, k)
-    if softcap > 0:
-        s = softcap * torch.tanh(s / softcap)
-    off = 0 if top_left else sk - sq
-    i = torch.arange(sq, device=q.device)[:, None] + off
-    j = torch.arange(sk, device=q.device)[None, :]
-    left, right = window
-    if causal:
-        right = 0
-    column = right == 0 and (left < 0 or left >= sk)
-    m = slopes.to(s.dtype).expand(b, h) if slopes.dim() == 1 else slopes.to(s.dtype)
-    dist = j.to(s.dtype).expand(sq, sk) if column else -(i - j).abs().to(s.dtype)
-    s = s + m.view(b, h, 1, 1) * dist
-    mask = torch.zeros(sq, sk, dtype=torch.bool, device=q.device)
-    if right >= 0:
-        mask |= j > i + right
-    if left >= 0:
-        mask |= j < i - left
-    s = s.masked_fill(mask, float("-inf"))
+    s, v = masked_scores(q, k, v, causal, window, softcap, scale, top_left, slopes)
     if not upcast:
         s = s.float()
     lse = torch.logsumexp(s, dim=-1)

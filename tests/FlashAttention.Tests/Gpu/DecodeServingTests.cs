@@ -369,14 +369,20 @@ internal sealed class ServingRun : IDisposable
         var refLse = new double[lse.Length];
         double[] qd = AttentionReference.ToDouble(q);
         double[] knd = append ? AttentionReference.ToDouble(kn) : [], vnd = append ? AttentionReference.ToDouble(vn) : [];
-        if (s.Paged)
+        // The float64 reference over the host mirror (it appends into _k/_v itself when given new keys).
+        void Reference(double[] queries, int[] lengths, double[] keysNew, double[] valuesNew, int appended, DecodeServingOptions opts, double[] o, double[] l)
         {
-            DecodeReference.ForwardPaged(qd, _k, _v, _table, lens, knd, vnd, seqKNew, s.HeadsQ, s.HeadsKv, d, s.BlockSize, options, serving, refOut, refLse);
+            if (s.Paged)
+            {
+                DecodeReference.ForwardPaged(queries, _k, _v, _table, lengths, keysNew, valuesNew, appended, s.HeadsQ, s.HeadsKv, d, s.BlockSize, options, opts, o, l);
+            }
+            else
+            {
+                DecodeReference.ForwardContiguous(queries, _k, _v, lengths, keysNew, valuesNew, appended, s.HeadsQ, s.HeadsKv, d, _capacity, options, opts, o, l);
+            }
         }
-        else
-        {
-            DecodeReference.ForwardContiguous(qd, _k, _v, lens, knd, vnd, seqKNew, s.HeadsQ, s.HeadsKv, d, _capacity, options, serving, refOut, refLse);
-        }
+
+        Reference(qd, lens, knd, vnd, seqKNew, serving, refOut, refLse);
 
         // The cache: exactly the mirror (appended rows in their pool rows' slots, NaN everywhere else unchanged). With
         // rotary the appended keys are the float64 rotation in the mirror and the GPU's fp32 rotation rounded once to the
@@ -463,15 +469,7 @@ internal sealed class ServingRun : IDisposable
             DecodeServingOptions plain = serving with { RotaryCos = null, RotarySin = null, RotaryDim = 0 };
             judgeOut = new double[q.Length];
             judgeLse = new double[lse.Length];
-            double[] qr = AttentionReference.ToDouble(qNaive);
-            if (s.Paged)
-            {
-                DecodeReference.ForwardPaged(qr, _k, _v, _table, after, [], [], 0, s.HeadsQ, s.HeadsKv, d, s.BlockSize, options, plain, judgeOut, judgeLse);
-            }
-            else
-            {
-                DecodeReference.ForwardContiguous(qr, _k, _v, after, [], [], 0, s.HeadsQ, s.HeadsKv, d, _capacity, options, plain, judgeOut, judgeLse);
-            }
+            Reference(AttentionReference.ToDouble(qNaive), after, [], [], 0, plain, judgeOut, judgeLse);
         }
 
         DecodeAccuracyTests.JudgeOutput(ours, Naive(qNaive, stepRows, lens, pads, seqQ, seqKNew, slopes), judgeOut, lse, judgeLse, s.Dtype, context);
