@@ -38,8 +38,9 @@ class MirrorTests(unittest.TestCase):
         fa_abi.check_layout()
         # What the hand-written mirrors asserted before the generator wrote them.
         self.assertEqual(ctypes.sizeof(fa_abi.FaTensor), 80)
-        # 0.7 appended sinks and dsinks (two fa_tensor_t) to the backward's 824 bytes, 0.8 alibi_slopes.
-        self.assertEqual(ctypes.sizeof(fa_abi.FaBackwardParams), 824 + 3 * 80)
+        # 0.7 appended sinks and dsinks (two fa_tensor_t) to the backward's 824 bytes, 0.8 alibi_slopes, 0.9 the
+        # dropout block (p, reserved2, seed, offset, two device pointers: 40 bytes).
+        self.assertEqual(ctypes.sizeof(fa_abi.FaBackwardParams), 824 + 3 * 80 + 40)
         # 784 through 0.6; 0.7 appended cache_batch_idx, cache_leftpad and their host copies at offset 784.
         # 0.8 appended alibi_slopes (an 80-byte fa_tensor_t) at 960, then the rotary block (two table pointers,
         # rotary_dim, rotary_seqlen, rotary_interleaved, reserved1: 32 bytes).

@@ -24,7 +24,7 @@
 
 /* Version of this header. fa_version() reports the version of the loaded binary. */
 #define FA_VERSION_MAJOR 0
-#define FA_VERSION_MINOR 8
+#define FA_VERSION_MINOR 9
 #define FA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
@@ -93,7 +93,9 @@ typedef enum fa_dtype {
        (exponent and mantissa all ones is NaN), largest finite value 448. Accepted for q, k and v of fa_forward
        on the sm90 path only (compute capability 9.0, a build with sm_90a code); out is then bf16, and q_descale,
        k_descale and v_descale of fa_forward_params_t give the factors that scale the values back. (Since 0.5.) */
-    FA_DTYPE_FLOAT8_E4M3 = 5
+    FA_DTYPE_FLOAT8_E4M3 = 5,
+    /* 8-bit unsigned integer; used for the dropout keep mask (fa_forward_params_t.dropout_mask). (Since 0.9.) */
+    FA_DTYPE_UINT8 = 6
 } fa_dtype_t;
 
 /* Where the causal diagonal sits when seqlen_q != seqlen_k. */
@@ -249,6 +251,50 @@ typedef struct fa_forward_params {
        later rows; give a window (e.g. a left side of sk - 1) to get the distance form. data NULL: no ALiBi.
        (Since 0.8: an older caller's smaller struct gets data NULL.) */
     fa_tensor_t alibi_slopes;
+    /* ---- Dropout (since 0.9; a caller compiled against 0.8 passes a smaller struct_size and gets none).
+       FlashAttention-2's dropout_p: each element P_ij of the softmax (P computed before dropout, rounded to the
+       dtype of q) is kept with its random bit Z_ij or set to 0, and out_i = (1 / (1 - p)) * sum_j Z_ij P_ij v_j;
+       the softmax denominator and lse are those of the undropped P (lse is unchanged by dropout).
+       The mask is FlashAttention-2's exactly (so a call reproduces flash-attn's mask for the same seed and
+       offset): one random byte u_ij per element from Philox4x32 with 7 rounds, key = seed, counter =
+       (lo32(o), hi32(o), i / 16, j / 32) with o = offset + (b * heads_q + h) * 32 + 4 * (i % 8) + (j % 8) / 2,
+       byte 8 * (nt / 2) + 4 * (nt % 2) + 2 * ((i % 16) / 8) + (j % 2) of its 16 output bytes (nt = (j % 32) / 8),
+       i and j counted within the sequence (b is the sequence's index in a variable-length batch); kept iff
+       u_ij <= floor(float(1 - p) * 255), so the true keep rate is (that + 1) / 256, not exactly 1 - p.
+       A call consumes heads_q * batch * 32 offsets (varlen: varlen_batch): advance the offset by at least that
+       between calls that must draw different masks (PyTorch's generator rounds it up to a multiple of 4).
+       Served by the sm80 path only (FlashAttention-3 has no dropout): FA_PATH_AUTO takes the sm80 kernels for a
+       dropout call on any GPU, FA_PATH_SM90 and fp8 are UNSUPPORTED; softcap is served with it (FlashAttention-2
+       refuses the pair; the order of operations is the same). */
+    /* Drop probability, in [0, 1); 0 (default): no dropout; the seed and offset fields below are then ignored, and
+       dropout_rng_state and dropout_mask must be unset (there is nothing to write). */
+    float dropout_p;
+    /* Reserved; must be 0. */
+    int32_t reserved3;
+    /* The Philox key, when dropout_seed_device is NULL. */
+    uint64_t dropout_seed;
+    /* The Philox base offset is dropout_offset plus *dropout_offset_device when that is given (PyTorch's
+       offset_intragraph added to the graph's offset), else dropout_offset alone. */
+    uint64_t dropout_offset;
+    /* Optional device pointer to the seed (uint64), read by the kernels when they run, instead of dropout_seed.
+       With dropout_offset_device this lets a captured CUDA graph draw a new mask on each replay: the caller
+       advances the device offset between replays (as PyTorch's philox_cuda_state under capture). */
+    const uint64_t* dropout_seed_device;
+    /* Optional device pointer to a base offset (uint64), read by the kernels when they run; added to
+       dropout_offset. */
+    const uint64_t* dropout_offset_device;
+    /* Optional device uint64[2], 8-byte aligned, written with the (seed, offset) the call used (FlashAttention-2's
+       rng_state): pass it as the backward's dropout_seed_device and dropout_offset_device (with the backward's
+       dropout_offset 0) and the backward regenerates the same mask, also under graph replay. NULL: not written. */
+    uint64_t* dropout_rng_state;
+    /* Optional keep mask, written for tests and debugging (data NULL: not written): FA_DTYPE_UINT8, rank 4
+       [batch, heads_q, seqlen_q, seqlen_k] ([varlen_batch, heads_q, max_seqlen_q, max_seqlen_k] for a
+       variable-length batch, row i and key j of sequence b at [b, h, i, j]); strides in elements, the last 1.
+       Element [b, h, i, j] is 1 if Z_ij keeps P_ij, 0 if it drops it, for every key j visible to row i (causal
+       mask, window); entries of hidden keys and past a sequence's lengths are unspecified (the kernels may leave
+       them as they were). Only with dropout_p > 0 (FlashAttention-2 has S_dmask only with dropout). Must not
+       overlap any other tensor. */
+    fa_tensor_t dropout_mask;
 } fa_forward_params_t;
 
 /* Arguments of fa_backward. Fill with fa_backward_params_init, then set the fields you need. The options
@@ -329,6 +375,23 @@ typedef struct fa_backward_params {
     /* The ALiBi slopes of the forward call (see fa_forward_params_t; data NULL: none). The backward recomputes the
        same bias; the slopes get no gradient. (Since 0.8: an older caller's smaller struct gets data NULL.) */
     fa_tensor_t alibi_slopes;
+    /* ---- Dropout (since 0.9; a 0.8-sized struct gets dropout_p 0). The forward call's dropout: the same p, seed
+       and offset (see fa_forward_params_t), from which the backward regenerates the same keep mask Z. As
+       FlashAttention-2: with P = exp(logit - lse) (undropped), dv = (1 / (1 - p)) (Z o P)^T dout,
+       dP = (1 / (1 - p)) Z o (dout v^T), dS = P o (dP - D) with D_i = dout_i . out_i (so a dropped element gets
+       dS = -P D), and no gradient for p. Served by the sm80 path only, as the forward. */
+    /* As in fa_forward_params_t. */
+    float dropout_p;
+    /* Reserved; must be 0. */
+    int32_t reserved2;
+    /* As in fa_forward_params_t. */
+    uint64_t dropout_seed;
+    /* As in fa_forward_params_t (0 when the offset comes from the forward's dropout_rng_state). */
+    uint64_t dropout_offset;
+    /* As in fa_forward_params_t; the forward's dropout_rng_state (element 0) replays its seed. */
+    const uint64_t* dropout_seed_device;
+    /* As in fa_forward_params_t; the forward's dropout_rng_state + 1 replays its offset. */
+    const uint64_t* dropout_offset_device;
 } fa_backward_params_t;
 
 /* Arguments of fa_decode. Fill with fa_decode_params_init, then set the fields you need.
@@ -495,6 +558,10 @@ typedef struct fa_support_query {
        fa_decode_params_t). Served by every pass on every path and dtype (fp8 included). (Since 0.8: a 0.7-sized
        query gets 0.) */
     int32_t alibi;
+    /* 1 if the call has dropout (dropout_p > 0 in fa_forward_params_t or fa_backward_params_t). Served by the
+       forward and backward of the sm80 path (fp16, bf16); the sm90 path, fp8 and decode have none. (Since 0.9: a
+       0.8-sized query gets 0.) */
+    int32_t dropout;
 } fa_support_query_t;
 
 /* Properties of one CUDA device. */

@@ -9,6 +9,10 @@ namespace fa {
 namespace {
 const char* pass_name(Pass pass) { return pass == Pass::Forward ? "forward" : pass == Pass::Backward ? "backward" : "decode"; }
 
+// Whether the sm80 forward and backward kernels of this build apply dropout. The C ABI takes dropout since 0.9;
+// until the kernels do (issue 14), every dropout call is UNSUPPORTED with the reason rather than run undropped.
+constexpr bool kSm80DropoutKernels = false;
+
 // Where the fp8 forward runs, for messages.
 constexpr const char* kFp8Sm90Only =
     "fp8 (e4m3) is served by the sm90 forward only (compute capability 9.0 and a build with sm_90a code)";
@@ -20,9 +24,28 @@ const char* dtype_refusal(Pass pass, DType dtype) {
                                   : "an fp8 KV cache is not served yet; decode takes fp16 or bf16";
 }
 
-bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc, std::string* why) {
+const char* dropout_refusal(Pass pass, Path path, DType dtype) {
+    if (pass == Pass::Decode) {
+        return "fa_decode has no dropout (flash_attn_with_kvcache fixes dropout_p at 0)";
+    }
+    if (dtype == DType::Float8E4M3) {
+        return "the fp8 (e4m3) forward has no dropout (FlashAttention-3 has none); use bf16/fp16 for training";
+    }
+    if (path == Path::Sm90) {
+        return "the sm90 kernels have no dropout (FlashAttention-3 has none); the sm80 path serves it on every GPU "
+               "(pass FA_PATH_AUTO or FA_PATH_SM80)";
+    }
+    if (!kSm80DropoutKernels) {
+        return "this build's sm80 kernels do not apply dropout yet (issue 14: the C ABI takes it since 0.9, the "
+               "kernels follow)";
+    }
+    return nullptr;
+}
+
+bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc, std::string* why, bool dropout) {
     const bool fp8 = dtype == DType::Float8E4M3;
     const char* reason = dtype_refusal(pass, dtype);  // not served on any path
+    if (reason == nullptr && dropout) reason = dropout_refusal(pass, path, dtype);
     if (reason == nullptr && path == Path::Sm90) {
         if (pass == Pass::Decode) {
             reason = "the sm90 kernels serve the forward and backward passes; decode runs on the sm80 path "
@@ -48,7 +71,7 @@ bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc
 }
 
 Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, int32_t cc, int64_t smem_optin,
-                 const std::string& field, int32_t device) {
+                 const std::string& field, int32_t device, bool dropout) {
     const int32_t kd = kernels::kernel_head_dim(head_dim);
     // Built only for a message (this runs on every call).
     const auto where = [&] {
@@ -58,11 +81,14 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
         fail(FA_STATUS_UNSUPPORTED, std::string("q is ") + dtype_tag(dtype) + ": " + refusal);
     }
     const bool fp8 = dtype == DType::Float8E4M3;
+    if (dropout && (pass == Pass::Decode || fp8)) {
+        fail(FA_STATUS_UNSUPPORTED, std::string("dropout_p > 0, but ") + dropout_refusal(pass, Path::Sm80, dtype));
+    }
     if (fp8 && kernel_path == FA_PATH_SM80) {
         fail(FA_STATUS_UNSUPPORTED, field + " is FA_PATH_SM80, but " + kFp8Sm90Only + "; pass FA_PATH_AUTO or FA_PATH_SM90");
     }
     std::string why;
-    bool sm90 = path_serves(pass, Path::Sm90, kd, dtype, cc, &why);
+    bool sm90 = path_serves(pass, Path::Sm90, kd, dtype, cc, &why, dropout);
     if (sm90 && smem_optin >= 0 && kernels::smem_bytes(pass, Path::Sm90, kd, dtype) > smem_optin) {
         sm90 = false;
         why = (device >= 0 ? "device " + std::to_string(device) : std::string("the GPU")) +
@@ -73,6 +99,11 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
     }
     if (fp8 && !sm90) {
         fail(FA_STATUS_UNSUPPORTED, std::string(kFp8Sm90Only) + ", but " + why + where());
+    }
+    if (dropout && (!sm90 || kernel_path == FA_PATH_SM80)) {
+        if (const char* refusal = dropout_refusal(pass, Path::Sm80, dtype)) {
+            fail(FA_STATUS_UNSUPPORTED, std::string("dropout_p > 0, but ") + refusal + where());
+        }
     }
     return sm90 && kernel_path != FA_PATH_SM80 ? Path::Sm90 : Path::Sm80;
 }

@@ -31,16 +31,24 @@ inline bool head_dim_served(int32_t d) { return kernels::kernel_head_dim(d) != 0
 // Whether `path` serves `pass` for q/k/v of `dtype` at kernel head dim kernel_d on compute capability cc
 // (major * 10 + minor; 0: any GPU this build serves), ignoring shared memory; if not, *why (when given) says why
 // in a phrase.
-bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc, std::string* why);
+// dropout: the call has dropout (dropout_p > 0), which only the sm80 forward and backward serve (FEATURES.md 1:
+// FlashAttention-3 has none), and those only where this build's kernels apply it.
+bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc, std::string* why,
+                 bool dropout = false);
 
 // The path a call with q/k/v of `dtype` runs, from its kernel_path field (FA_PATH_AUTO: sm90 where it serves and
 // the device's shared memory allows it, else sm80; FA_PATH_SM80; FA_PATH_SM90: sm90, or UNSUPPORTED saying why
 // where it does not serve). fp8 (e4m3) has no sm80 kernels: FA_PATH_SM80 is UNSUPPORTED for it, and so is
 // FA_PATH_AUTO where the sm90 forward does not serve it. smem_optin < 0: not known (validation without a device),
 // so not checked. `field` names the field in messages ("kernel_path", "query->kernel_path"); device >= 0 is named
-// in them too.
+// in them too. A dropout call runs on the sm80 path: FA_PATH_AUTO takes it on any GPU, FA_PATH_SM90 is
+// UNSUPPORTED saying so.
 Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, int32_t cc, int64_t smem_optin,
-                 const std::string& field, int32_t device = -1);
+                 const std::string& field, int32_t device = -1, bool dropout = false);
+
+// Why this build does not serve dropout on `path` for `pass` (on any GPU), or nullptr when it does: the sm90
+// kernels, fp8 and decode have none (FlashAttention-3 and flash_attn_with_kvcache have none).
+const char* dropout_refusal(Pass pass, Path path, DType dtype);
 
 // Shared memory per block of the main kernel a backward or decode call would run (the path choose_path makes, on
 // cc; these passes take fp16 and bf16 only, whose kernels share one layout).

@@ -222,6 +222,73 @@ void check_alibi(const AttentionArgs& a, AttentionShape& sh) {
                                   sh.varlen ? "varlen_batch" : "q.shape[0]", sh.hq);
 }
 
+// A byte range and its argument's name, for the dropout outputs' overlap checks.
+struct DropoutNamed {
+    Extent e;
+    const char* name;
+};
+
+// Dropout (since 0.9): p in [0, 1); with p > 0 the device seed/offset pointers 8-byte aligned, the forward's
+// rng_state (16 bytes) and keep mask (uint8 [batch, heads_q, seqlen_q, seqlen_k], last stride 1). A mask or
+// rng_state without dropout is refused: there is nothing to write (FlashAttention-2 refuses return_attn_probs
+// with p = 0 in C++).
+void check_dropout(const AttentionArgs& a, AttentionShape& sh) {
+    sh.dropout_mask = Extent{0, 0};
+    sh.dropout_rng_state = Extent{0, 0};
+    const float p = a.dropout_p;
+    if (!(p >= 0.0f && p < 1.0f)) {  // NaN fails both
+        invalid("dropout_p is " + float_string(p) +
+                "; it must be in [0, 1): the probability of dropping each attention weight (0: no dropout; "
+                "1 would drop everything and scale by 1/0)");
+    }
+    sh.dropout = p > 0.0f;
+    const bool has_mask = a.dropout_mask != nullptr && a.dropout_mask->data != nullptr;
+    if (!sh.dropout) {
+        if (has_mask) {
+            invalid("dropout_mask.data is set but dropout_p is 0: the keep mask exists only for a dropout call "
+                    "(set dropout_p > 0 or leave dropout_mask.data NULL)");
+        }
+        if (a.dropout_rng_state != nullptr) {
+            invalid("dropout_rng_state is set but dropout_p is 0: there is no seed or offset to record "
+                    "(set dropout_p > 0 or leave dropout_rng_state NULL)");
+        }
+        return;
+    }
+    const auto aligned8 = [](const void* ptr, const char* name) {
+        if (reinterpret_cast<uintptr_t>(ptr) % 8 != 0) {
+            invalid(std::string(name) + " (" + hex(ptr) + ") is not 8-byte aligned; it points to a uint64");
+        }
+    };
+    if (a.dropout_seed_device != nullptr) aligned8(a.dropout_seed_device, "dropout_seed_device");
+    if (a.dropout_offset_device != nullptr) aligned8(a.dropout_offset_device, "dropout_offset_device");
+    if (a.dropout_rng_state != nullptr) {
+        aligned8(a.dropout_rng_state, "dropout_rng_state");
+        sh.dropout_rng_state = buffer_extent(a.dropout_rng_state, 2 * sizeof(uint64_t), "dropout_rng_state");
+    }
+    if (!has_mask) {
+        return;
+    }
+    const fa_tensor_t& t = *a.dropout_mask;
+    sh.dropout_mask = check_tensor({t, "dropout_mask", {"batch", "heads_q", "seqlen_q", "seqlen_k"}, 4,
+                                    "; one uint8 keep flag per (sequence, query head, row, key)"},
+                                   TensorKind::UInt8);
+    if (t.strides[3] != 1) {
+        invalid("dropout_mask.strides[3] is " + s(t.strides[3]) + "; the last dimension (seqlen_k) must be "
+                "contiguous (stride 1)");
+    }
+    const int64_t sq = sh.varlen ? static_cast<int64_t>(a.max_seqlen_q) : sh.rows_q;
+    const int64_t sk = sh.varlen ? static_cast<int64_t>(a.max_seqlen_k) : sh.rows_k;
+    const int64_t want[4] = {sh.b, sh.hq, sq, sk};
+    for (int i = 0; i < 4; ++i) {
+        if (t.shape[i] != want[i]) {
+            invalid("dropout_mask.shape is " + shape_string(t) + " but must be [" + s(want[0]) + ", " + s(want[1]) +
+                    ", " + s(want[2]) + ", " + s(want[3]) + "]: " +
+                    (sh.varlen ? "[varlen_batch, heads_q, max_seqlen_q, max_seqlen_k]"
+                               : "[batch, heads_q, seqlen_q, seqlen_k]"));
+        }
+    }
+}
+
 void check_options(const AttentionArgs& a) {
     check_softmax_scale(a.softmax_scale);
     check_flag(a.causal, "causal");
@@ -268,9 +335,34 @@ void check_outputs_apart(const AttentionArgs& a, const AttentionShape& sh) {
         check_no_overlap(sh.out, "out", sh.alibi.extent, "alibi_slopes");
         if (sh.has_lse) check_no_overlap(sh.lse, "lse", sh.alibi.extent, "alibi_slopes");
     }
+    // The dropout outputs (forward only) against everything else of the call.
+    const DropoutNamed dropout_out[2] = {{sh.dropout_mask, "dropout_mask"}, {sh.dropout_rng_state, "dropout_rng_state"}};
+    for (const DropoutNamed& w : dropout_out) {
+        if (w.e.begin == w.e.end) continue;  // absent
+        const DropoutNamed others[] = {{sh.q, "q"},          {sh.k, "k"},
+                                {sh.v, "v"},          {sh.out, "out"},
+                                {sh.lse, "lse"},      {sh.sinks, "sinks"},
+                                {sh.alibi.extent, "alibi_slopes"},
+                                {buffer_extent(a.dropout_seed_device, a.dropout_seed_device ? 8 : 0, "dropout_seed_device"),
+                                 "dropout_seed_device"},
+                                {buffer_extent(a.dropout_offset_device, a.dropout_offset_device ? 8 : 0,
+                                               "dropout_offset_device"),
+                                 "dropout_offset_device"}};
+        for (const DropoutNamed& o : others) {
+            if (o.e.begin != o.e.end) check_no_overlap(w.e, w.name, o.e, o.name);
+        }
+    }
+    if (sh.dropout_mask.begin != sh.dropout_mask.end && sh.dropout_rng_state.begin != sh.dropout_rng_state.end) {
+        check_no_overlap(sh.dropout_mask, "dropout_mask", sh.dropout_rng_state, "dropout_rng_state");
+    }
     if (sh.varlen) {
         const Extent cq = cu_extent(a.cu_seqlens_q, a.varlen_batch, "cu_seqlens_q");
         const Extent ck = cu_extent(a.cu_seqlens_k, a.varlen_batch, "cu_seqlens_k");
+        for (const DropoutNamed& w : dropout_out) {
+            if (w.e.begin == w.e.end) continue;
+            check_no_overlap(w.e, w.name, cq, "cu_seqlens_q");
+            check_no_overlap(w.e, w.name, ck, "cu_seqlens_k");
+        }
         check_no_overlap(sh.out, "out", cq, "cu_seqlens_q");
         check_no_overlap(sh.out, "out", ck, "cu_seqlens_k");
         if (sh.has_lse) {
@@ -293,6 +385,7 @@ AttentionShape check_attention(const AttentionArgs& a) {
     check_descales(a, sh);
     check_sinks(a, sh);
     check_alibi(a, sh);
+    check_dropout(a, sh);
     check_options(a);
     check_host_copies(a, sh);
     check_outputs_apart(a, sh);

@@ -49,6 +49,13 @@ struct AttentionArgs {
     const fa_tensor_t* sinks = nullptr;
     // The ALiBi slopes ([heads_q] or [batch, heads_q] fp32; since 0.8); nullptr or data NULL: none.
     const fa_tensor_t* alibi_slopes = nullptr;
+    // Dropout (since 0.9): the drop probability (0: none), the seed and offset as host values and device
+    // pointers, and the forward's optional outputs (rng_state and the keep mask; nullptr in the backward).
+    float dropout_p = 0.0f;
+    const uint64_t* dropout_seed_device = nullptr;
+    const uint64_t* dropout_offset_device = nullptr;
+    uint64_t* dropout_rng_state = nullptr;
+    const fa_tensor_t* dropout_mask = nullptr;  // nullptr or data NULL: not written
 };
 
 // Field `field` of the caller's params P when its struct_size covers it, else the default D's (an older, smaller
@@ -95,11 +102,14 @@ struct AttentionShape {
     bool has_sinks;            // sinks given
     Extent sinks;              // 0..0 when absent
     AlibiSlopes alibi;         // on false when absent (extent 0..0)
+    bool dropout;              // dropout_p > 0
+    Extent dropout_mask;       // 0..0 when absent
+    Extent dropout_rng_state;  // 0..0 when absent (16 bytes otherwise)
 };
 
 // Every INVALID_ARGUMENT check of the attention arguments, in this order: the fixed- or variable-length
 // fields, each tensor on its own, the tensors against each other (dtypes: one 16-bit dtype for all four, or fp8
-// q, k and v with a bf16 out), the fp8 descales, the sinks, the ALiBi slopes, the options, the host copies of cu_seqlens, then out
+// q, k and v with a bf16 out), the fp8 descales, the sinks, the ALiBi slopes, dropout, the options, the host copies of cu_seqlens, then out
 // and lse against the memory they must not overlap.
 AttentionShape check_attention(const AttentionArgs& a);
 

@@ -8,7 +8,8 @@
 // struct itself.
 //
 // Versions of fa_backward_params_t: 0.3 to 0.6 end after workspace_size; 0.7 appends the learnable sinks and their
-// gradient dsinks, 0.8 the ALiBi slopes, which an older caller's smaller struct lacks (read as data NULL: none).
+// gradient dsinks, 0.8 the ALiBi slopes, 0.9 dropout (p, seed, offset), which an older caller's smaller struct
+// lacks (read as data NULL, dropout_p 0: none).
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -42,6 +43,10 @@ void check_backward_struct(const fa_backward_params_t* params, int32_t compute_c
     }
     check_reserved(params->reserved0, "params->reserved0");
     check_reserved(params->reserved1, "params->reserved1");
+    {
+        static const fa_backward_params_t defaults = default_params<fa_backward_params_t>(sizeof(fa_backward_params_t));
+        check_reserved(FA_FIELD_OR_DEFAULT(*params, defaults, reserved2), "params->reserved2");
+    }
     if (params->lse.data == nullptr) {
         invalid("lse.data is NULL; the backward pass needs the log-sum-exp the forward call wrote");
     }
@@ -120,7 +125,8 @@ std::vector<Named> check_gradients(const fa_backward_params_t& P, const Attentio
 
 // The (UNSUPPORTED) checks of the backward kernels themselves: the path, shared memory, the grids.
 void check_backward_served(const fa_backward_params_t& P, const FwdParams& f, int32_t compute_capability) {
-    (void)choose_path(Pass::Backward, P.kernel_path, f.d, f.dtype, compute_capability, -1, "kernel_path");
+    const bool dropout = FA_FIELD_OR_DEFAULT(P, backward_defaults(), dropout_p) > 0.0f;
+    (void)choose_path(Pass::Backward, P.kernel_path, f.d, f.dtype, compute_capability, -1, "kernel_path", -1, dropout);
     if (compute_capability != 0 && P.kernel_path != FA_PATH_SM90) {
         check_block_smem(Pass::Backward, P.kernel_path, f.d, compute_capability);
     }
@@ -223,6 +229,10 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     const fa_tensor_t& dsinks = FA_FIELD_OR_DEFAULT(P, D, dsinks);
     // The ALiBi slopes (since 0.8): likewise (data NULL: none).
     a.alibi_slopes = &FA_FIELD_OR_DEFAULT(P, D, alibi_slopes);
+    // Dropout (since 0.9): likewise (dropout_p 0: none). The backward writes no mask and no rng_state.
+    a.dropout_p = FA_FIELD_OR_DEFAULT(P, D, dropout_p);
+    a.dropout_seed_device = FA_FIELD_OR_DEFAULT(P, D, dropout_seed_device);
+    a.dropout_offset_device = FA_FIELD_OR_DEFAULT(P, D, dropout_offset_device);
     const AttentionShape sh = check_attention(a);
     // The forward's UNSUPPORTED verdict waits until every argument has been checked.
     bool served = true;

@@ -29,13 +29,15 @@ const char* dtype_name(int32_t dtype) {
         case FA_DTYPE_FLOAT32: return "FA_DTYPE_FLOAT32";
         case FA_DTYPE_INT32: return "FA_DTYPE_INT32";
         case FA_DTYPE_FLOAT8_E4M3: return "FA_DTYPE_FLOAT8_E4M3";
+        case FA_DTYPE_UINT8: return "FA_DTYPE_UINT8";
         default: return "an unknown dtype";
     }
 }
 
 int64_t dtype_size(int32_t dtype) {
     switch (dtype) {
-        case FA_DTYPE_FLOAT8_E4M3: return 1;
+        case FA_DTYPE_FLOAT8_E4M3:
+        case FA_DTYPE_UINT8: return 1;
         case FA_DTYPE_FLOAT16:
         case FA_DTYPE_BFLOAT16: return 2;
         case FA_DTYPE_FLOAT32:
@@ -99,7 +101,9 @@ Extent check_tensor(const TensorArg& a, TensorKind kind, int32_t may_be_empty) {
                     " must be FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16");
         }
     } else {
-        const int32_t want = kind == TensorKind::Int32 ? FA_DTYPE_INT32 : FA_DTYPE_FLOAT32;
+        const int32_t want = kind == TensorKind::Int32   ? FA_DTYPE_INT32
+                             : kind == TensorKind::UInt8 ? FA_DTYPE_UINT8
+                                                         : FA_DTYPE_FLOAT32;
         if (t.dtype != want) {
             invalid(n() + ".dtype is " + s(t.dtype) + " (" + dtype_name(t.dtype) + "); " + n() + " must be " +
                     dtype_name(want));

@@ -46,7 +46,7 @@ std::string shape_string(const fa_tensor_t& t);
 // may also be fp8 (q, k and v of the forward and backward core; the backward refuses fp8 before it gets here), the
 // fp32 log-sum-exp, fp32 factors whose strides may be 0 (the fp8 descales: broadcast), or int32 indices (cache
 // lengths, block tables).
-enum class TensorKind { Attention, AttentionInput, Float32, Float32Broadcast, Int32 };
+enum class TensorKind { Attention, AttentionInput, Float32, Float32Broadcast, Int32, UInt8 };
 
 // One tensor argument and the names of its dimensions, for messages.
 struct TensorArg {

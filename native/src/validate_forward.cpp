@@ -8,7 +8,7 @@
 //
 // Versions of fa_forward_params_t: v0.1 ends after kernel_path; v0.2 appends the window, softcap and
 // variable-length fields; v0.5 the fp8 descale tables (q_descale, k_descale, v_descale); v0.7 the learnable
-// sinks; v0.8 the ALiBi slopes. A field is read only when
+// sinks; v0.8 the ALiBi slopes; v0.9 dropout (p, seed and offset, rng_state, the keep mask). A field is read only when
 // the caller's struct_size covers it, so an older caller's smaller struct gets the defaults fa_forward_params_init
 // writes (params_defaults.h): for the descales data NULL, a factor of 1; for the sinks data NULL, none.
 #include <cstddef>
@@ -52,6 +52,7 @@ void check_forward_struct(const fa_forward_params_t* params, int32_t compute_cap
     check_compute_capability_arg(compute_capability, "compute_capability");
     check_reserved(FA_FIELD_OR_DEFAULT(P, D, reserved1), "params->reserved1");
     check_reserved(FA_FIELD_OR_DEFAULT(P, D, reserved2), "params->reserved2");
+    check_reserved(FA_FIELD_OR_DEFAULT(P, D, reserved3), "params->reserved3");
 }
 
 
@@ -109,12 +110,18 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     a.sinks = &FA_FIELD_OR_DEFAULT(P, D, sinks);
     // The ALiBi slopes (since 0.8): likewise.
     a.alibi_slopes = &FA_FIELD_OR_DEFAULT(P, D, alibi_slopes);
+    // Dropout (since 0.9): likewise (dropout_p 0: none).
+    a.dropout_p = FA_FIELD_OR_DEFAULT(P, D, dropout_p);
+    a.dropout_seed_device = FA_FIELD_OR_DEFAULT(P, D, dropout_seed_device);
+    a.dropout_offset_device = FA_FIELD_OR_DEFAULT(P, D, dropout_offset_device);
+    a.dropout_rng_state = FA_FIELD_OR_DEFAULT(P, D, dropout_rng_state);
+    a.dropout_mask = &FA_FIELD_OR_DEFAULT(P, D, dropout_mask);
     const AttentionShape shape = check_attention(a);
     check_attention_served(a, shape, compute_capability);
-    // FA_PATH_SM90 where it does not serve, and fp8 anywhere but on the sm90 forward: UNSUPPORTED, saying why
-    // (dispatch.cpp chooses the path).
+    // FA_PATH_SM90 where it does not serve, fp8 anywhere but on the sm90 forward, and dropout anywhere but on the
+    // sm80 path: UNSUPPORTED, saying why (dispatch.cpp chooses the path).
     (void)choose_path(Pass::Forward, a.kernel_path, static_cast<int32_t>(shape.d), kernel_dtype(a.q->dtype),
-                      compute_capability, -1, "kernel_path");
+                      compute_capability, -1, "kernel_path", -1, shape.dropout);
     if (memory != nullptr) {
         add_attention_memory(a, shape, *memory);
     }

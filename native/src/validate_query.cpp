@@ -30,6 +30,11 @@ int32_t query_sinks(const fa_support_query_t& query) {
     return query.struct_size >= offsetof(fa_support_query_t, sinks) + sizeof(query.sinks) ? query.sinks : 0;
 }
 
+// The dropout flag of a query (0.9), 0 for an older caller's smaller one.
+int32_t query_dropout(const fa_support_query_t& query) {
+    return query.struct_size >= offsetof(fa_support_query_t, dropout) + sizeof(query.dropout) ? query.dropout : 0;
+}
+
 // The alibi flag of a query (0.8), 0 for an older caller's smaller one.
 int32_t query_alibi(const fa_support_query_t& query) {
     return query.struct_size >= offsetof(fa_support_query_t, alibi) + sizeof(query.alibi) ? query.alibi : 0;
@@ -62,6 +67,7 @@ void check_query_fields(const fa_support_query_t& query) {
     check_kernel_path(query.kernel_path, "query->kernel_path");
     check_flag(query_sinks(query), "query->sinks");
     check_flag(query_alibi(query), "query->alibi");
+    check_flag(query_dropout(query), "query->dropout");
 }
 
 }  // namespace
@@ -114,8 +120,10 @@ void check_support_query(const fa_support_query_t& query) {
     check_compute_capability_served(query.compute_capability, "query->compute_capability");
     // FA_PATH_SM90 where it does not serve, fp8 anywhere but on the sm90 forward: UNSUPPORTED, saying why
     // (dispatch.cpp chooses the path).
+    // Dropout: the sm80 forward and backward only (FA_PATH_AUTO takes sm80 for it; FA_PATH_SM90, fp8 and decode
+    // are UNSUPPORTED, saying why).
     (void)choose_path(pass, query.kernel_path, query.head_dim, kernel_dtype(query.dtype), query.compute_capability, -1,
-                      "query->kernel_path");
+                      "query->kernel_path", -1, query_dropout(query) == 1);
     if (query.pass != FA_PASS_FORWARD && query.compute_capability != 0) {
         // The backward and decode kernels take more shared memory than some GPUs allow a block (fa_backward
         // and fa_decode report the same from the device's own limit). AUTO runs the sm90 backward where it serves.

@@ -990,8 +990,10 @@ static void test_fp8_validation(void) {
     p.v.dtype = FA_DTYPE_FLOAT8_E4M3;
     expect("fp16 q and k, fp8 v", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
            "v.dtype is FA_DTYPE_FLOAT8_E4M3 but q.dtype is FA_DTYPE_FLOAT16; q, k and v must all be fp8");
-    EXPECT_FIELD("dtype 6 (no e5m2 in the ABI)", valid_fp8_params(0), k.dtype, 6, FA_STATUS_INVALID_ARGUMENT,
-                 "k.dtype is 6 (an unknown dtype)");
+    EXPECT_FIELD("dtype 7 (no e5m2 in the ABI; 6 is uint8 since 0.9)", valid_fp8_params(0), k.dtype, 7,
+                 FA_STATUS_INVALID_ARGUMENT, "k.dtype is 7 (an unknown dtype)");
+    EXPECT_FIELD("dtype 6 (uint8, the dropout mask's)", valid_fp8_params(0), k.dtype, FA_DTYPE_UINT8,
+                 FA_STATUS_INVALID_ARGUMENT, "k.dtype is 6 (FA_DTYPE_UINT8); k must be FA_DTYPE_FLOAT16");
 
     /* out is bf16 with fp8 inputs (and never fp8); lse stays fp32 */
     EXPECT_FIELD("fp8 with fp16 out", valid_fp8_params(0), out.dtype, FA_DTYPE_FLOAT16, FA_STATUS_INVALID_ARGUMENT,
@@ -1427,17 +1429,17 @@ static void test_alibi_validation(void) {
 
     /* the layout: appended after the 0.7 structs */
     CHECK(offsetof(fa_forward_params_t, alibi_slopes) == offsetof(fa_forward_params_t, sinks) + sizeof(fa_tensor_t) &&
-              offsetof(fa_forward_params_t, alibi_slopes) + sizeof(fa_tensor_t) == sizeof(fa_forward_params_t),
-          "alibi_slopes must follow sinks and end the forward struct");
+              offsetof(fa_forward_params_t, alibi_slopes) + sizeof(fa_tensor_t) == offsetof(fa_forward_params_t, dropout_p),
+          "alibi_slopes must follow sinks and end the 0.8 forward struct (0.9's dropout block after it)");
     CHECK(offsetof(fa_backward_params_t, alibi_slopes) == offsetof(fa_backward_params_t, dsinks) + sizeof(fa_tensor_t) &&
-              offsetof(fa_backward_params_t, alibi_slopes) + sizeof(fa_tensor_t) == sizeof(fa_backward_params_t),
-          "alibi_slopes must follow dsinks and end the backward struct");
+              offsetof(fa_backward_params_t, alibi_slopes) + sizeof(fa_tensor_t) == offsetof(fa_backward_params_t, dropout_p),
+          "alibi_slopes must follow dsinks and end the 0.8 backward struct (0.9's dropout block after it)");
     CHECK(offsetof(fa_decode_params_t, alibi_slopes) + sizeof(fa_tensor_t) == offsetof(fa_decode_params_t, rotary_cos) &&
               (sizeof(void*) != 8 || offsetof(fa_decode_params_t, alibi_slopes) == 960),
           "alibi_slopes must follow the 0.7 decode struct's 960 bytes, the rotary block after it");
     CHECK(offsetof(fa_support_query_t, alibi) == offsetof(fa_support_query_t, sinks) + sizeof(int32_t) &&
-              offsetof(fa_support_query_t, alibi) + sizeof(int32_t) == sizeof(fa_support_query_t),
-          "alibi must follow sinks and end the query struct");
+              offsetof(fa_support_query_t, alibi) + sizeof(int32_t) == offsetof(fa_support_query_t, dropout),
+          "alibi must follow sinks and end the 0.8 query struct");
     CHECK(FA_VERSION_CODE >= 800, "FA_VERSION_CODE is %d; ALiBi came with 0.8.0", FA_VERSION_CODE);
 
     /* forward: [heads_q], [batch, heads_q], strided */
@@ -1575,6 +1577,235 @@ static void test_alibi_validation(void) {
     expect("query 0.7 size: alibi ignored", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
 }
 
+/* Whether this build's sm80 kernels apply dropout (dispatch.cpp's kSm80DropoutKernels): until they do, a valid
+   dropout call is UNSUPPORTED with that reason. Flip both together. */
+enum { DROPOUT_KERNELS = 0 };
+
+/* A valid dropout call's verdict: SUCCESS once the kernels apply dropout, else UNSUPPORTED saying so. */
+static void expect_dropout_served(const char* what, fa_status_t status) {
+    if (DROPOUT_KERNELS) {
+        expect(what, status, FA_STATUS_SUCCESS, NULL);
+    } else {
+        expect(what, status, FA_STATUS_UNSUPPORTED, "do not apply dropout yet");
+    }
+}
+
+/* A uint8 keep mask [n0, n1, n2, n3], contiguous. */
+static void set_mask4(fa_tensor_t* t, void* data, int64_t n0, int64_t n1, int64_t n2, int64_t n3) {
+    set_tensor4(t, data, FA_DTYPE_UINT8, n0, n1, n2, n3, 0);
+}
+
+/* Dropout (0.9): dropout_p, seed and offset (host values, device pointers), rng_state and the keep mask appended to
+   fa_forward_params_t, the same but the outputs to fa_backward_params_t, fa_support_query_t.dropout; every refusal
+   with its message before any CUDA call; 0.8-sized structs and queries still accepted as "no dropout". */
+static void test_dropout_validation(void) {
+    fa_forward_params_t p;
+    fa_backward_params_t bw;
+    fa_support_query_t q;
+    void* const mask_at = (void*)(uintptr_t)0xD00000000ull;
+    uint64_t* const state_at = (uint64_t*)(uintptr_t)0xD80000000ull;
+
+    /* the layout: appended after the 0.8 structs, 8-byte fields aligned without padding */
+    CHECK(offsetof(fa_forward_params_t, dropout_p) == offsetof(fa_forward_params_t, alibi_slopes) + sizeof(fa_tensor_t) &&
+              offsetof(fa_forward_params_t, reserved3) == offsetof(fa_forward_params_t, dropout_p) + 4 &&
+              offsetof(fa_forward_params_t, dropout_seed) == offsetof(fa_forward_params_t, dropout_p) + 8 &&
+              offsetof(fa_forward_params_t, dropout_offset) == offsetof(fa_forward_params_t, dropout_p) + 16 &&
+              offsetof(fa_forward_params_t, dropout_mask) + sizeof(fa_tensor_t) == sizeof(fa_forward_params_t),
+          "the forward's dropout block must follow alibi_slopes and end the struct");
+    CHECK(sizeof(void*) != 8 || sizeof(fa_forward_params_t) - offsetof(fa_forward_params_t, dropout_p) == 128,
+          "the forward's 0.9 block is 128 bytes (p, reserved3, seed, offset, 3 pointers, the mask)");
+    CHECK(offsetof(fa_backward_params_t, dropout_p) == offsetof(fa_backward_params_t, alibi_slopes) + sizeof(fa_tensor_t) &&
+              offsetof(fa_backward_params_t, dropout_offset_device) + sizeof(void*) == sizeof(fa_backward_params_t),
+          "the backward's dropout block must follow alibi_slopes and end the struct");
+    CHECK(offsetof(fa_support_query_t, dropout) + sizeof(int32_t) == sizeof(fa_support_query_t),
+          "dropout must end the query struct");
+    CHECK(FA_VERSION_CODE >= 900, "FA_VERSION_CODE is %d; dropout came with 0.9.0", FA_VERSION_CODE);
+    CHECK(FA_DTYPE_UINT8 == 6, "FA_DTYPE_UINT8 is %d, expected 6", (int)FA_DTYPE_UINT8);
+
+    /* forward: host seed/offset, device pointers, rng_state, mask, with every option the sm80 path has */
+    p = valid_params(1);
+    expect("dropout: p = 0 is none", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.dropout_p = 0.17f;
+    p.dropout_seed = 0x123456789ABCDEFull;
+    p.dropout_offset = 96;
+    expect_dropout_served("dropout: host seed and offset", fa_forward_check(&p, 0));
+    p.dropout_seed_device = (const uint64_t*)(uintptr_t)0xD40000000ull;
+    p.dropout_offset_device = (const uint64_t*)(uintptr_t)0xD40000008ull;
+    p.dropout_rng_state = state_at;
+    set_mask4(&p.dropout_mask, mask_at, VB, VHQ, VSQ, VSK);
+    p.softcap = 30.0f;
+    p.window_left = 4;
+    expect_dropout_served("dropout: device seed/offset, rng_state, mask, softcap, window", fa_forward_check(&p, 80));
+    expect_dropout_served("dropout on cc 9.0 (AUTO takes sm80)", fa_forward_check(&p, 90));
+    p.kernel_path = FA_PATH_SM80;
+    expect_dropout_served("dropout on FA_PATH_SM80", fa_forward_check(&p, 90));
+    p.kernel_path = FA_PATH_SM90;
+    expect("dropout on FA_PATH_SM90", fa_forward_check(&p, 90), FA_STATUS_UNSUPPORTED,
+           "kernel_path is FA_PATH_SM90, but the sm90 kernels have no dropout (FlashAttention-3 has none)");
+    p = valid_params(1);
+    p.dropout_p = 0.999f;
+    expect_dropout_served("dropout: p = 0.999", fa_forward_check(&p, 0));
+    p.dropout_p = 1.0f;
+    expect("dropout: p = 1", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "dropout_p is 1; it must be in [0, 1)");
+    p.dropout_p = -0.1f;
+    expect("dropout: p < 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "; it must be in [0, 1)");
+    p.dropout_p = (float)NAN;
+    expect("dropout: p NaN", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "; it must be in [0, 1)");
+    p.dropout_p = 0.1f;
+    p.reserved3 = 1;
+    expect("dropout: reserved3", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "params->reserved3 is 1");
+    p.reserved3 = 0;
+    p.dropout_seed_device = (const uint64_t*)(uintptr_t)0xD40000004ull;
+    expect("dropout: seed pointer misaligned", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "dropout_seed_device (0xd40000004) is not 8-byte aligned");
+    p.dropout_seed_device = NULL;
+    p.dropout_offset_device = (const uint64_t*)(uintptr_t)0xD40000002ull;
+    expect("dropout: offset pointer misaligned", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "dropout_offset_device");
+    p.dropout_offset_device = NULL;
+    p.dropout_rng_state = (uint64_t*)(uintptr_t)((uintptr_t)p.out.data + 64);
+    expect("dropout: rng_state inside out", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "dropout_rng_state");
+    CHECK(strstr(fa_last_error_message(), "overlaps out") != NULL, "overlap names out: %s", fa_last_error_message());
+    p.dropout_rng_state = NULL;
+    /* the mask: dtype, rank, shape, last stride, overlaps */
+    set_mask4(&p.dropout_mask, mask_at, VB, VHQ, VSQ, VSK);
+    expect_dropout_served("dropout: mask", fa_forward_check(&p, 0));
+    p.dropout_mask.dtype = FA_DTYPE_INT32;
+    expect("dropout: mask int32", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "dropout_mask.dtype is 4 (FA_DTYPE_INT32); dropout_mask must be FA_DTYPE_UINT8");
+    set_mask4(&p.dropout_mask, mask_at, VB, VHQ, VSQ, VSK);
+    p.dropout_mask.rank = 3;
+    expect("dropout: mask rank 3", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "dropout_mask.rank is 3; dropout_mask must have rank 4 [batch, heads_q, seqlen_q, seqlen_k]");
+    set_mask4(&p.dropout_mask, mask_at, VB, VHKV, VSQ, VSK);
+    expect("dropout: mask per KV head", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "dropout_mask.shape is [2, 2, 17, 33] but must be [2, 6, 17, 33]");
+    set_mask4(&p.dropout_mask, mask_at, VB, VHQ, VSK, VSQ);
+    expect("dropout: mask transposed", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "but must be [2, 6, 17, 33]: [batch, heads_q, seqlen_q, seqlen_k]");
+    set_mask4(&p.dropout_mask, mask_at, VB, VHQ, VSQ, VSK);
+    p.dropout_mask.strides[3] = 2;
+    expect("dropout: mask last stride 2", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "dropout_mask.strides[3] is 2; the last dimension (seqlen_k) must be contiguous");
+    set_mask4(&p.dropout_mask, p.q.data, VB, VHQ, VSQ, VSK);
+    expect("dropout: mask over q", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "dropout_mask");
+    CHECK(strstr(fa_last_error_message(), "overlaps q") != NULL, "overlap names q: %s", fa_last_error_message());
+    set_mask4(&p.dropout_mask, mask_at, VB, VHQ, VSQ, VSK);
+    p.dropout_rng_state = (uint64_t*)(uintptr_t)((uintptr_t)mask_at + 64);
+    expect("dropout: rng_state inside the mask", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "dropout_mask");
+    p.dropout_rng_state = NULL;
+    /* outputs without dropout: nothing to write */
+    p.dropout_p = 0.0f;
+    expect("dropout: mask with p = 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "dropout_mask.data is set but dropout_p is 0");
+    set_mask4(&p.dropout_mask, NULL, 0, 0, 0, 0);
+    p.dropout_rng_state = state_at;
+    expect("dropout: rng_state with p = 0", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "dropout_rng_state is set but dropout_p is 0");
+    p.dropout_rng_state = NULL;
+    p.dropout_seed_device = (const uint64_t*)(uintptr_t)3; /* ignored without dropout */
+    expect("dropout: p = 0 ignores the seed", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    /* varlen: the mask is [varlen_batch, heads_q, max_seqlen_q, max_seqlen_k] */
+    p = valid_varlen_params(1);
+    p.dropout_p = 0.25f;
+    set_mask4(&p.dropout_mask, mask_at, VL_BATCH, VHQ, VL_MAX_Q, VL_MAX_K);
+    expect_dropout_served("dropout: varlen mask", fa_forward_check(&p, 0));
+    set_mask4(&p.dropout_mask, mask_at, 1, VHQ, VL_TOTAL_Q, VL_MAX_K);
+    expect("dropout: varlen mask over total_q", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "[varlen_batch, heads_q, max_seqlen_q, max_seqlen_k]");
+    /* fp8: no dropout (the fp8 forward is FlashAttention-3's, which has none) */
+    p = valid_fp8_params(1);
+    p.dropout_p = 0.1f;
+    expect("dropout with fp8", fa_forward_check(&p, 90), FA_STATUS_UNSUPPORTED, "the fp8 (e4m3) forward has no dropout");
+
+    /* an older (0.8) caller: the struct ends before dropout_p; garbage past it is never read */
+    p = valid_params(1);
+    p.dropout_p = 7.0f;
+    p.reserved3 = 5;
+    p.struct_size = (uint32_t)offsetof(fa_forward_params_t, dropout_p);
+    expect("0.8 struct_size: dropout ignored", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.struct_size = (uint32_t)sizeof(fa_forward_params_t);
+    expect("0.9 struct_size reads dropout", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "params->reserved3 is 5");
+    {
+        unsigned char buffer[sizeof(fa_forward_params_t) + 16];
+        const size_t old_size = offsetof(fa_forward_params_t, dropout_p);
+        fa_forward_params_t* old = (fa_forward_params_t*)(void*)buffer;
+        size_t j;
+        int untouched = 1, zeroed = 1;
+        memset(buffer, 0xAB, sizeof(buffer));
+        expect("params_init with the 0.8 size", fa_forward_params_init(old, old_size), FA_STATUS_SUCCESS, NULL);
+        for (j = old_size; j < sizeof(buffer); ++j) untouched &= buffer[j] == 0xAB;
+        CHECK(untouched, "fa_forward_params_init with the 0.8 size wrote past offsetof(dropout_p)");
+        memset(buffer, 0xAB, sizeof(buffer));
+        expect("params_init with the 0.9 size", fa_forward_params_init(old, sizeof(fa_forward_params_t)),
+               FA_STATUS_SUCCESS, NULL);
+        for (j = old_size; j < sizeof(fa_forward_params_t); ++j) zeroed &= buffer[j] == 0;
+        CHECK(zeroed, "fa_forward_params_init must zero the dropout block (p 0: none)");
+    }
+
+    /* backward: the forward's p, seed and offset; no outputs of its own */
+    p = valid_params(1);
+    bw = backward_of(&p);
+    bw.dropout_p = 0.17f;
+    bw.dropout_seed_device = state_at;
+    bw.dropout_offset_device = state_at + 1;
+    expect_dropout_served("backward dropout from the forward's rng_state", fa_backward_check(&bw, 0));
+    bw.kernel_path = FA_PATH_SM90;
+    expect("backward dropout on FA_PATH_SM90", fa_backward_check(&bw, 90), FA_STATUS_UNSUPPORTED,
+           "the sm90 kernels have no dropout");
+    bw.kernel_path = FA_PATH_AUTO;
+    bw.dropout_p = 1.5f;
+    expect("backward dropout p = 1.5", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT, "dropout_p is 1.5");
+    bw.dropout_p = 0.17f;
+    bw.reserved2 = 1;
+    expect("backward reserved2", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT, "params->reserved2 is 1");
+    bw.struct_size = (uint32_t)offsetof(fa_backward_params_t, dropout_p);
+    expect("backward 0.8 struct_size: dropout ignored", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
+    bw = backward_of(&p);
+    bw.dropout_p = 0.5f;
+    bw.dropout_seed_device = (const uint64_t*)(uintptr_t)0xD40000001ull;
+    expect("backward seed pointer misaligned", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
+           "dropout_seed_device");
+    {
+        unsigned char buffer[sizeof(fa_backward_params_t) + 16];
+        const size_t old_size = offsetof(fa_backward_params_t, dropout_p);
+        fa_backward_params_t* old = (fa_backward_params_t*)(void*)buffer;
+        size_t j;
+        int untouched = 1;
+        memset(buffer, 0xAB, sizeof(buffer));
+        expect("backward params_init with the 0.8 size", fa_backward_params_init(old, old_size), FA_STATUS_SUCCESS, NULL);
+        for (j = old_size; j < sizeof(buffer); ++j) untouched &= buffer[j] == 0xAB;
+        CHECK(untouched, "fa_backward_params_init with the 0.8 size wrote past offsetof(dropout_p)");
+    }
+
+    /* fa_query_support: the sm80 forward and backward; not sm90, fp8 or decode; a 0.8-sized query works */
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.dropout = 1;
+    q.causal = q.window = q.softcap = q.varlen = q.sinks = q.alibi = 1;
+    expect_dropout_served("query forward dropout", fa_query_support(&q));
+    q.compute_capability = 90;
+    expect_dropout_served("query forward dropout on cc 9.0 (AUTO)", fa_query_support(&q));
+    q.pass = FA_PASS_BACKWARD;
+    q.compute_capability = 0;
+    expect_dropout_served("query backward dropout", fa_query_support(&q));
+    q.pass = FA_PASS_FORWARD;
+    q.kernel_path = FA_PATH_SM90;
+    q.compute_capability = 90;
+    expect("query forward dropout sm90", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "the sm90 kernels have no dropout");
+    q = forward_query(FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
+    q.dropout = 1;
+    expect("query fp8 dropout", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "the fp8 (e4m3) forward has no dropout");
+    q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    q.pass = FA_PASS_DECODE;
+    q.dropout = 1;
+    expect("query decode dropout", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "fa_decode has no dropout");
+    q.dropout = 2;
+    expect("query dropout 2", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "query->dropout");
+    q.struct_size = (uint32_t)offsetof(fa_support_query_t, dropout); /* 0.8: the 2 is past the struct */
+    expect("query 0.8 size: dropout ignored", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+}
+
 /* fa_query_support for e4m3: the forward on the sm90 path only, head dims multiples of 16; agrees with
    fa_forward_check on every head dim and compute capability. */
 static void test_query_fp8(void) {
@@ -1621,8 +1852,10 @@ static void test_query_fp8(void) {
         q.dtype = FA_DTYPE_BFLOAT16;
         expect("query bf16 head dim 40", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
     }
-    q = forward_query(6, FA_TEST_HEAD_DIM);
-    expect("query dtype 6", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "query->dtype is 6");
+    q = forward_query(7, FA_TEST_HEAD_DIM);
+    expect("query dtype 7", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "query->dtype is 7");
+    q = forward_query(FA_DTYPE_UINT8, FA_TEST_HEAD_DIM); /* a known dtype (the dropout mask's), not one q takes */
+    expect("query dtype uint8", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "query->dtype is FA_DTYPE_UINT8");
 
     /* The query and fa_forward_check agree on fp8 head dims 16..272 (step 16; contiguous strides stay multiples
        of 16) at cc 0, 8.0 and 9.0. */
@@ -3241,6 +3474,7 @@ int main(int argc, char** argv) {
     test_query_fp8();
     test_sinks_validation();
     test_alibi_validation();
+    test_dropout_validation();
     test_kernel_names();
     test_graph_arguments();
 #if defined(FA_TEST_HAVE_PTHREADS)

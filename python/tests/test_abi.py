@@ -23,9 +23,13 @@ def test_layout_matches_libclang():
     _abi.check_layout()
     assert ctypes.sizeof(_abi.FaTensor) == 80
     assert ctypes.sizeof(_abi.FaForwardParams) == _abi.LAYOUT[_abi.FaForwardParams][0]
-    # 0.7 appended sinks and dsinks, 0.8 alibi_slopes
-    assert ctypes.sizeof(_abi.FaBackwardParams) == 824 + 3 * 80
+    # 0.7 appended sinks and dsinks, 0.8 alibi_slopes, 0.9 the dropout block (p, reserved2, seed, offset, two pointers)
+    assert ctypes.sizeof(_abi.FaBackwardParams) == 824 + 3 * 80 + 40
     assert _abi.FaBackwardParams.alibi_slopes.offset == 824 + 2 * 80
+    assert _abi.FaBackwardParams.dropout_p.offset == 824 + 3 * 80
+    # the forward's 0.9 block: p, reserved3, seed, offset, three pointers and the keep mask (128 bytes) after 888
+    assert _abi.FaForwardParams.dropout_p.offset == 888
+    assert ctypes.sizeof(_abi.FaForwardParams) == 888 + 128
     # 784 bytes through 0.6; 0.7 appended the serving fields (cache_batch_idx on) there (960 bytes); 0.8 alibi_slopes
     # (80 bytes), then the rotary block (rotary_cos .. reserved1, 32 bytes).
     assert ctypes.sizeof(_abi.FaDecodeParams) == 960 + 80 + 32

@@ -78,6 +78,10 @@ public enum FaDtype : int
     /// </summary>
     /// <remarks>C: <c>FA_DTYPE_FLOAT8_E4M3</c></remarks>
     Float8E4m3 = 5,
+
+    /// <summary>8-bit unsigned integer; used for the dropout keep mask (fa_forward_params_t.dropout_mask). (Since 0.9.)</summary>
+    /// <remarks>C: <c>FA_DTYPE_UINT8</c></remarks>
+    Uint8 = 6,
 }
 
 /// <summary>Where the causal diagonal sits when seqlen_q != seqlen_k.</summary>

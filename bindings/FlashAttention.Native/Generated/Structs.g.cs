@@ -35,7 +35,7 @@ public unsafe partial struct FaTensor
 }
 
 /// <summary>Arguments of fa_forward. Fill with fa_forward_params_init, then set the fields you need.</summary>
-/// <remarks>Mirror of C <c>fa_forward_params_t</c> (<c>struct fa_forward_params</c>): 888 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_forward_params_t</c> (<c>struct fa_forward_params</c>): 1016 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaForwardParams
 {
@@ -209,13 +209,85 @@ public unsafe partial struct FaForwardParams
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t alibi_slopes</c> at byte offset 808.</remarks>
     public FaTensor alibi_slopes;
+
+    /// <summary>
+    /// ---- Dropout (since 0.9; a caller compiled against 0.8 passes a smaller struct_size and gets none).
+    /// FlashAttention-2's dropout_p: each element P_ij of the softmax (P computed before dropout, rounded to the
+    /// dtype of q) is kept with its random bit Z_ij or set to 0, and out_i = (1 / (1 - p)) * sum_j Z_ij P_ij v_j;
+    /// the softmax denominator and lse are those of the undropped P (lse is unchanged by dropout).
+    /// The mask is FlashAttention-2's exactly (so a call reproduces flash-attn's mask for the same seed and
+    /// offset): one random byte u_ij per element from Philox4x32 with 7 rounds, key = seed, counter =
+    /// (lo32(o), hi32(o), i / 16, j / 32) with o = offset + (b * heads_q + h) * 32 + 4 * (i % 8) + (j % 8) / 2,
+    /// byte 8 * (nt / 2) + 4 * (nt % 2) + 2 * ((i % 16) / 8) + (j % 2) of its 16 output bytes (nt = (j % 32) / 8),
+    /// i and j counted within the sequence (b is the sequence's index in a variable-length batch); kept iff
+    /// u_ij &lt;= floor(float(1 - p) * 255), so the true keep rate is (that + 1) / 256, not exactly 1 - p.
+    /// A call consumes heads_q * batch * 32 offsets (varlen: varlen_batch): advance the offset by at least that
+    /// between calls that must draw different masks (PyTorch's generator rounds it up to a multiple of 4).
+    /// Served by the sm80 path only (FlashAttention-3 has no dropout): FA_PATH_AUTO takes the sm80 kernels for a
+    /// dropout call on any GPU, FA_PATH_SM90 and fp8 are UNSUPPORTED; softcap is served with it (FlashAttention-2
+    /// refuses the pair; the order of operations is the same).
+    /// Drop probability, in [0, 1); 0 (default): no dropout; the seed and offset fields below are then ignored, and
+    /// dropout_rng_state and dropout_mask must be unset (there is nothing to write).
+    /// </summary>
+    /// <remarks>C: <c>float dropout_p</c> at byte offset 888.</remarks>
+    public float dropout_p;
+
+    /// <summary>Reserved; must be 0.</summary>
+    /// <remarks>C: <c>int32_t reserved3</c> at byte offset 892.</remarks>
+    public int reserved3;
+
+    /// <summary>The Philox key, when dropout_seed_device is NULL.</summary>
+    /// <remarks>C: <c>uint64_t dropout_seed</c> at byte offset 896.</remarks>
+    public ulong dropout_seed;
+
+    /// <summary>
+    /// The Philox base offset is dropout_offset plus *dropout_offset_device when that is given (PyTorch's
+    /// offset_intragraph added to the graph's offset), else dropout_offset alone.
+    /// </summary>
+    /// <remarks>C: <c>uint64_t dropout_offset</c> at byte offset 904.</remarks>
+    public ulong dropout_offset;
+
+    /// <summary>
+    /// Optional device pointer to the seed (uint64), read by the kernels when they run, instead of dropout_seed.
+    /// With dropout_offset_device this lets a captured CUDA graph draw a new mask on each replay: the caller
+    /// advances the device offset between replays (as PyTorch's philox_cuda_state under capture).
+    /// </summary>
+    /// <remarks>C: <c>const uint64_t* dropout_seed_device</c> at byte offset 912.</remarks>
+    public ulong* dropout_seed_device;
+
+    /// <summary>
+    /// Optional device pointer to a base offset (uint64), read by the kernels when they run; added to
+    /// dropout_offset.
+    /// </summary>
+    /// <remarks>C: <c>const uint64_t* dropout_offset_device</c> at byte offset 920.</remarks>
+    public ulong* dropout_offset_device;
+
+    /// <summary>
+    /// Optional device uint64[2], 8-byte aligned, written with the (seed, offset) the call used (FlashAttention-2's
+    /// rng_state): pass it as the backward's dropout_seed_device and dropout_offset_device (with the backward's
+    /// dropout_offset 0) and the backward regenerates the same mask, also under graph replay. NULL: not written.
+    /// </summary>
+    /// <remarks>C: <c>uint64_t* dropout_rng_state</c> at byte offset 928.</remarks>
+    public ulong* dropout_rng_state;
+
+    /// <summary>
+    /// Optional keep mask, written for tests and debugging (data NULL: not written): FA_DTYPE_UINT8, rank 4
+    /// [batch, heads_q, seqlen_q, seqlen_k] ([varlen_batch, heads_q, max_seqlen_q, max_seqlen_k] for a
+    /// variable-length batch, row i and key j of sequence b at [b, h, i, j]); strides in elements, the last 1.
+    /// Element [b, h, i, j] is 1 if Z_ij keeps P_ij, 0 if it drops it, for every key j visible to row i (causal
+    /// mask, window); entries of hidden keys and past a sequence's lengths are unspecified (the kernels may leave
+    /// them as they were). Only with dropout_p &gt; 0 (FlashAttention-2 has S_dmask only with dropout). Must not
+    /// overlap any other tensor.
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t dropout_mask</c> at byte offset 936.</remarks>
+    public FaTensor dropout_mask;
 }
 
 /// <summary>
 /// Arguments of fa_backward. Fill with fa_backward_params_init, then set the fields you need. The options
 /// (scale, causal, window, softcap, varlen) must be those of the forward call that produced out and lse.
 /// </summary>
-/// <remarks>Mirror of C <c>fa_backward_params_t</c> (<c>struct fa_backward_params</c>): 1064 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_backward_params_t</c> (<c>struct fa_backward_params</c>): 1104 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaBackwardParams
 {
@@ -369,6 +441,37 @@ public unsafe partial struct FaBackwardParams
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t alibi_slopes</c> at byte offset 984.</remarks>
     public FaTensor alibi_slopes;
+
+    /// <summary>
+    /// ---- Dropout (since 0.9; a 0.8-sized struct gets dropout_p 0). The forward call's dropout: the same p, seed
+    /// and offset (see fa_forward_params_t), from which the backward regenerates the same keep mask Z. As
+    /// FlashAttention-2: with P = exp(logit - lse) (undropped), dv = (1 / (1 - p)) (Z o P)^T dout,
+    /// dP = (1 / (1 - p)) Z o (dout v^T), dS = P o (dP - D) with D_i = dout_i . out_i (so a dropped element gets
+    /// dS = -P D), and no gradient for p. Served by the sm80 path only, as the forward.
+    /// As in fa_forward_params_t.
+    /// </summary>
+    /// <remarks>C: <c>float dropout_p</c> at byte offset 1064.</remarks>
+    public float dropout_p;
+
+    /// <summary>Reserved; must be 0.</summary>
+    /// <remarks>C: <c>int32_t reserved2</c> at byte offset 1068.</remarks>
+    public int reserved2;
+
+    /// <summary>As in fa_forward_params_t.</summary>
+    /// <remarks>C: <c>uint64_t dropout_seed</c> at byte offset 1072.</remarks>
+    public ulong dropout_seed;
+
+    /// <summary>As in fa_forward_params_t (0 when the offset comes from the forward's dropout_rng_state).</summary>
+    /// <remarks>C: <c>uint64_t dropout_offset</c> at byte offset 1080.</remarks>
+    public ulong dropout_offset;
+
+    /// <summary>As in fa_forward_params_t; the forward's dropout_rng_state (element 0) replays its seed.</summary>
+    /// <remarks>C: <c>const uint64_t* dropout_seed_device</c> at byte offset 1088.</remarks>
+    public ulong* dropout_seed_device;
+
+    /// <summary>As in fa_forward_params_t; the forward's dropout_rng_state + 1 replays its offset.</summary>
+    /// <remarks>C: <c>const uint64_t* dropout_offset_device</c> at byte offset 1096.</remarks>
+    public ulong* dropout_offset_device;
 }
 
 /// <summary>
@@ -613,7 +716,7 @@ public unsafe partial struct FaDecodeParams
 }
 
 /// <summary>A question for fa_query_support: is this kind of call served by this build on this GPU?</summary>
-/// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 48 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 52 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaSupportQuery
 {
@@ -671,6 +774,14 @@ public unsafe partial struct FaSupportQuery
     /// </summary>
     /// <remarks>C: <c>int32_t alibi</c> at byte offset 44.</remarks>
     public int alibi;
+
+    /// <summary>
+    /// 1 if the call has dropout (dropout_p &gt; 0 in fa_forward_params_t or fa_backward_params_t). Served by the
+    /// forward and backward of the sm80 path (fp16, bf16); the sm90 path, fp8 and decode have none. (Since 0.9: a
+    /// 0.8-sized query gets 0.)
+    /// </summary>
+    /// <remarks>C: <c>int32_t dropout</c> at byte offset 48.</remarks>
+    public int dropout;
 }
 
 /// <summary>Properties of one CUDA device.</summary>

@@ -310,9 +310,10 @@ public sealed class AlibiTests
     [Test]
     public unsafe void Version07StructSizesAreStillAccepted()
     {
-        uint forward07 = (uint)(sizeof(FaForwardParams) - sizeof(FaTensor));
-        uint backward07 = (uint)(sizeof(FaBackwardParams) - sizeof(FaTensor));
-        uint query07 = (uint)(sizeof(FaSupportQuery) - sizeof(int));
+        // 0.9 appends the dropout block after the slopes (DropoutAbiTests checks it): the 0.7 sizes are the offsets.
+        uint forward07 = (uint)Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.alibi_slopes)).ToInt64();
+        uint backward07 = (uint)Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.alibi_slopes)).ToInt64();
+        uint query07 = (uint)Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.alibi)).ToInt64();
         Assert.Multiple(() =>
         {
             Assert.That(forward07, Is.EqualTo(728 + 80), "0.7's forward: 0.6's 728 bytes and the sinks");

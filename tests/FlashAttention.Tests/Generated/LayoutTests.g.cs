@@ -37,7 +37,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaForwardParams has the size (888) and field offsets of C struct fa_forward_params.</summary>
+    /// <summary>FaForwardParams has the size (1016) and field offsets of C struct fa_forward_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaForwardParams_MatchesCLayout()
@@ -45,8 +45,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaForwardParams>(), Is.False, "FaForwardParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaForwardParams>(), Is.EqualTo(888), "sizeof(struct fa_forward_params)");
-            Assert.That(Marshal.SizeOf<FaForwardParams>(), Is.EqualTo(888), "marshalled size of FaForwardParams");
+            Assert.That(Unsafe.SizeOf<FaForwardParams>(), Is.EqualTo(1016), "sizeof(struct fa_forward_params)");
+            Assert.That(Marshal.SizeOf<FaForwardParams>(), Is.EqualTo(1016), "marshalled size of FaForwardParams");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_forward_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_forward_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_forward_params, q)");
@@ -75,10 +75,18 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.v_descale)).ToInt64(), Is.EqualTo(648L), "offsetof(struct fa_forward_params, v_descale)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.sinks)).ToInt64(), Is.EqualTo(728L), "offsetof(struct fa_forward_params, sinks)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.alibi_slopes)).ToInt64(), Is.EqualTo(808L), "offsetof(struct fa_forward_params, alibi_slopes)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.dropout_p)).ToInt64(), Is.EqualTo(888L), "offsetof(struct fa_forward_params, dropout_p)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.reserved3)).ToInt64(), Is.EqualTo(892L), "offsetof(struct fa_forward_params, reserved3)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.dropout_seed)).ToInt64(), Is.EqualTo(896L), "offsetof(struct fa_forward_params, dropout_seed)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.dropout_offset)).ToInt64(), Is.EqualTo(904L), "offsetof(struct fa_forward_params, dropout_offset)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.dropout_seed_device)).ToInt64(), Is.EqualTo(912L), "offsetof(struct fa_forward_params, dropout_seed_device)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.dropout_offset_device)).ToInt64(), Is.EqualTo(920L), "offsetof(struct fa_forward_params, dropout_offset_device)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.dropout_rng_state)).ToInt64(), Is.EqualTo(928L), "offsetof(struct fa_forward_params, dropout_rng_state)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.dropout_mask)).ToInt64(), Is.EqualTo(936L), "offsetof(struct fa_forward_params, dropout_mask)");
         }
     }
 
-    /// <summary>FaBackwardParams has the size (1064) and field offsets of C struct fa_backward_params.</summary>
+    /// <summary>FaBackwardParams has the size (1104) and field offsets of C struct fa_backward_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaBackwardParams_MatchesCLayout()
@@ -86,8 +94,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaBackwardParams>(), Is.False, "FaBackwardParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaBackwardParams>(), Is.EqualTo(1064), "sizeof(struct fa_backward_params)");
-            Assert.That(Marshal.SizeOf<FaBackwardParams>(), Is.EqualTo(1064), "marshalled size of FaBackwardParams");
+            Assert.That(Unsafe.SizeOf<FaBackwardParams>(), Is.EqualTo(1104), "sizeof(struct fa_backward_params)");
+            Assert.That(Marshal.SizeOf<FaBackwardParams>(), Is.EqualTo(1104), "marshalled size of FaBackwardParams");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_backward_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_backward_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_backward_params, q)");
@@ -120,6 +128,12 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.sinks)).ToInt64(), Is.EqualTo(824L), "offsetof(struct fa_backward_params, sinks)");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.dsinks)).ToInt64(), Is.EqualTo(904L), "offsetof(struct fa_backward_params, dsinks)");
             Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.alibi_slopes)).ToInt64(), Is.EqualTo(984L), "offsetof(struct fa_backward_params, alibi_slopes)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.dropout_p)).ToInt64(), Is.EqualTo(1064L), "offsetof(struct fa_backward_params, dropout_p)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.reserved2)).ToInt64(), Is.EqualTo(1068L), "offsetof(struct fa_backward_params, reserved2)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.dropout_seed)).ToInt64(), Is.EqualTo(1072L), "offsetof(struct fa_backward_params, dropout_seed)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.dropout_offset)).ToInt64(), Is.EqualTo(1080L), "offsetof(struct fa_backward_params, dropout_offset)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.dropout_seed_device)).ToInt64(), Is.EqualTo(1088L), "offsetof(struct fa_backward_params, dropout_seed_device)");
+            Assert.That(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.dropout_offset_device)).ToInt64(), Is.EqualTo(1096L), "offsetof(struct fa_backward_params, dropout_offset_device)");
         }
     }
 
@@ -169,7 +183,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaSupportQuery has the size (48) and field offsets of C struct fa_support_query.</summary>
+    /// <summary>FaSupportQuery has the size (52) and field offsets of C struct fa_support_query.</summary>
     [Test]
     [Category("Cpu")]
     public void FaSupportQuery_MatchesCLayout()
@@ -177,8 +191,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaSupportQuery>(), Is.False, "FaSupportQuery must be blittable");
-            Assert.That(Unsafe.SizeOf<FaSupportQuery>(), Is.EqualTo(48), "sizeof(struct fa_support_query)");
-            Assert.That(Marshal.SizeOf<FaSupportQuery>(), Is.EqualTo(48), "marshalled size of FaSupportQuery");
+            Assert.That(Unsafe.SizeOf<FaSupportQuery>(), Is.EqualTo(52), "sizeof(struct fa_support_query)");
+            Assert.That(Marshal.SizeOf<FaSupportQuery>(), Is.EqualTo(52), "marshalled size of FaSupportQuery");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_support_query, struct_size)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.pass)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_support_query, pass)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.compute_capability)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_support_query, compute_capability)");
@@ -191,6 +205,7 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.kernel_path)).ToInt64(), Is.EqualTo(36L), "offsetof(struct fa_support_query, kernel_path)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.sinks)).ToInt64(), Is.EqualTo(40L), "offsetof(struct fa_support_query, sinks)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.alibi)).ToInt64(), Is.EqualTo(44L), "offsetof(struct fa_support_query, alibi)");
+            Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.dropout)).ToInt64(), Is.EqualTo(48L), "offsetof(struct fa_support_query, dropout)");
         }
     }
 
