@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/bwd_prepost.cuh"
+#include "common/dropout_mask.cuh"  // the keep-mask kernel a dropout call may ask for after the forward
 #include "common/features.h"
 #include "common/head_dims.h"
 #include "instances.h"
@@ -427,6 +428,8 @@ int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* 
         return bf16 ? sm80::run_fwd<__nv_bfloat16, D>(p, info, s, &features) : sm80::run_fwd<__half, D>(p, info, s, &features);
     });
     if (kernel_name) *kernel_name = name_for(Pass::Forward, path, dt, kd, features);
+    // The keep mask, when a dropout call asks for it (common/dropout.cuh says why it is not the attention kernel's).
+    if (err == 0 && p.dropout != 0 && p.dropout_mask != nullptr) return launch_dropout_mask(p, s);
     return err;
 }
 

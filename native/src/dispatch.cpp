@@ -9,9 +9,9 @@ namespace fa {
 namespace {
 const char* pass_name(Pass pass) { return pass == Pass::Forward ? "forward" : pass == Pass::Backward ? "backward" : "decode"; }
 
-// Whether the sm80 forward and backward kernels of this build apply dropout. The C ABI takes dropout since 0.9;
-// until the kernels do (issue 14), every dropout call is UNSUPPORTED with the reason rather than run undropped.
-constexpr bool kSm80DropoutKernels = false;
+// Whether the sm80 forward and backward kernels of this build apply dropout (common/dropout.cuh, in their kLocal
+// variants). false makes every dropout call UNSUPPORTED with the reason instead of running it undropped.
+constexpr bool kSm80DropoutKernels = true;
 
 // Where the fp8 forward runs, for messages.
 constexpr const char* kFp8Sm90Only =

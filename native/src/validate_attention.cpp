@@ -5,6 +5,7 @@
 #include <cmath>
 #include <string>
 
+#include "common/philox.cuh"  // dropout_threshold: the kernels' own quantisation (plain integer code)
 #include "device_memory.h"
 #include "dispatch.h"
 #include "error.h"
@@ -538,6 +539,22 @@ FwdParams attention_params(const AttentionArgs& a, const AttentionShape& sh) {
         // at least seqlen_k (the longest, for a variable-length batch) has become -1; a causal call with a left
         // window, or any other window, takes -slope * |i + off - j|.
         p.alibi_causal = p.window_right == 0 && (a.window_left < 0 || a.window_left >= p.sk) ? 1 : 0;
+    }
+    if (sh.dropout) {
+        p.dropout = 1;
+        p.dropout_threshold = dropout_threshold(a.dropout_p);
+        p.dropout_rp = 1.0f / (1.0f - a.dropout_p);  // FlashAttention-2's rp_dropout, in float
+        p.dropout_seed = a.dropout_seed;
+        p.dropout_offset = a.dropout_offset;
+        p.dropout_seed_ptr = a.dropout_seed_device;
+        p.dropout_offset_ptr = a.dropout_offset_device;
+        p.dropout_rng_state = a.dropout_rng_state;
+        if (a.dropout_mask != nullptr && a.dropout_mask->data != nullptr) {
+            p.dropout_mask = static_cast<uint8_t*>(a.dropout_mask->data);
+            p.dropout_mask_batch_stride = a.dropout_mask->strides[0];
+            p.dropout_mask_head_stride = a.dropout_mask->strides[1];
+            p.dropout_mask_row_stride = a.dropout_mask->strides[2];
+        }
     }
     return p;
 }

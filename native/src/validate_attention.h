@@ -52,6 +52,8 @@ struct AttentionArgs {
     // Dropout (since 0.9): the drop probability (0: none), the seed and offset as host values and device
     // pointers, and the forward's optional outputs (rng_state and the keep mask; nullptr in the backward).
     float dropout_p = 0.0f;
+    uint64_t dropout_seed = 0;
+    uint64_t dropout_offset = 0;
     const uint64_t* dropout_seed_device = nullptr;
     const uint64_t* dropout_offset_device = nullptr;
     uint64_t* dropout_rng_state = nullptr;

@@ -231,6 +231,8 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     a.alibi_slopes = &FA_FIELD_OR_DEFAULT(P, D, alibi_slopes);
     // Dropout (since 0.9): likewise (dropout_p 0: none). The backward writes no mask and no rng_state.
     a.dropout_p = FA_FIELD_OR_DEFAULT(P, D, dropout_p);
+    a.dropout_seed = FA_FIELD_OR_DEFAULT(P, D, dropout_seed);
+    a.dropout_offset = FA_FIELD_OR_DEFAULT(P, D, dropout_offset);
     a.dropout_seed_device = FA_FIELD_OR_DEFAULT(P, D, dropout_seed_device);
     a.dropout_offset_device = FA_FIELD_OR_DEFAULT(P, D, dropout_offset_device);
     const AttentionShape sh = check_attention(a);

@@ -94,6 +94,9 @@ std::string describe(const FwdParams& p) {
     if (p.alibi_slopes != nullptr) {
         out += p.alibi_causal ? " +alibi(causal form)" : " +alibi";
     }
+    if (p.dropout != 0) {
+        out += " +dropout(threshold " + s(p.dropout_threshold) + (p.dropout_mask != nullptr ? ", mask)" : ")");
+    }
     return out + (p.lse != nullptr ? " +lse" : "");
 }
 
@@ -112,6 +115,8 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     a.alibi_slopes = &FA_FIELD_OR_DEFAULT(P, D, alibi_slopes);
     // Dropout (since 0.9): likewise (dropout_p 0: none).
     a.dropout_p = FA_FIELD_OR_DEFAULT(P, D, dropout_p);
+    a.dropout_seed = FA_FIELD_OR_DEFAULT(P, D, dropout_seed);
+    a.dropout_offset = FA_FIELD_OR_DEFAULT(P, D, dropout_offset);
     a.dropout_seed_device = FA_FIELD_OR_DEFAULT(P, D, dropout_seed_device);
     a.dropout_offset_device = FA_FIELD_OR_DEFAULT(P, D, dropout_offset_device);
     a.dropout_rng_state = FA_FIELD_OR_DEFAULT(P, D, dropout_rng_state);

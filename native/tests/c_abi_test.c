@@ -1579,7 +1579,7 @@ static void test_alibi_validation(void) {
 
 /* Whether this build's sm80 kernels apply dropout (dispatch.cpp's kSm80DropoutKernels): until they do, a valid
    dropout call is UNSUPPORTED with that reason. Flip both together. */
-enum { DROPOUT_KERNELS = 0 };
+enum { DROPOUT_KERNELS = 1 };
 
 /* A valid dropout call's verdict: SUCCESS once the kernels apply dropout, else UNSUPPORTED saying so. */
 static void expect_dropout_served(const char* what, fa_status_t status) {

@@ -223,6 +223,43 @@ const uint64_t kSweepDigest = 0xcae0060640c2b12bull;  // from `philox_test --pri
 
 }  // namespace
 
+// The kernels' shortcut (common/dropout.cuh): lane L of a warp holding the m16 x n8 accumulator tiles of rows
+// row16 .. +15 and columns col0 + 8 t .. (t < 4, col0 a multiple of 32; or t < 2 and col0 a multiple of 16 for the
+// backward's 16-column warp tiles) makes one Philox call, counter (offset + (b H + h) 32 + L, row16 / 16, col0 / 32),
+// and element e of tile t (row + 8 (e >> 1), column 2 (L % 4) + (e & 1)) reads byte e of word nt = (col0 % 32) / 8 + t.
+// Checked against the element-wise mapping for every lane, tile and element over a sweep of blocks.
+void test_fragment_shortcut() {
+    const uint64_t seed = 0x0123456789ABCDEFull, offset = 0xFFFFFFF0ull;  // the offset carries into the high word
+    const int H = 5;
+    int bad = 0, n = 0;
+    for (int b = 0; b < 2; ++b) {
+        for (int h = 0; h < H; h += 2) {
+            for (uint32_t row16 = 0; row16 < 64; row16 += 16) {
+                for (uint32_t col0 = 0; col0 < 128; col0 += 16) {
+                    for (int lane = 0; lane < 32; ++lane) {
+                        const fa::Philox4x32Out r = fa::dropout_philox(
+                            seed, fa::dropout_lane_offset(offset, b, h, H, lane), row16 / 16, col0 / 32);
+                        const int tiles = col0 % 32 == 0 ? 4 : 2;
+                        for (int t = 0; t < tiles; ++t) {
+                            const int nt = static_cast<int>((col0 % 32) / 8) + t;
+                            for (int e = 0; e < 4; ++e) {
+                                const uint32_t row = row16 + static_cast<uint32_t>(lane / 4 + 8 * (e >> 1));
+                                const uint32_t col = col0 + static_cast<uint32_t>(8 * t + 2 * (lane % 4) + (e & 1));
+                                const uint32_t want = fa::dropout_byte(seed, offset, b, h, H, row, col);
+                                const uint32_t got = (r.w[nt] >> (8 * e)) & 0xFFu;
+                                ++n;
+                                if (got != want) ++bad;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    std::printf("  fragment shortcut: %d elements, %d differ\n", n, bad);
+    check(n > 0 && bad == 0, "the kernels' per-lane word/byte shortcut matches the element mapping");
+}
+
 int main(int argc, char** argv) {
     if (argc > 1 && std::strcmp(argv[1], "--print-digest") == 0) {
         std::printf("0x%016llxull\n", static_cast<unsigned long long>(sweep_digest()));
@@ -232,6 +269,7 @@ int main(int argc, char** argv) {
     test_mapping();
     test_end_to_end();
     test_thresholds();
+    test_fragment_shortcut();
     const uint64_t d = sweep_digest();
     if (d != kSweepDigest) std::printf("  sweep digest 0x%016llx\n", static_cast<unsigned long long>(d));
     check(d == kSweepDigest, "digest of the fixed sweep (shared with the managed twin)");

@@ -9,14 +9,14 @@
 namespace fa {
 
 // Whether a call needs the masked ("local") kernel variant: some key other than the sequence tail may be
-// hidden, or the call has ALiBi slopes, whose bias only the local variant adds (common/alibi.cuh): ALiBi costs no
-// extra kernel and leaves the plain kernel untouched. Host and device (the launchers pick the variant with it, the
+// hidden, or the call has ALiBi slopes or dropout, which only the local variant applies (common/alibi.cuh,
+// common/dropout.cuh): neither costs an extra kernel, and the plain kernel stays untouched. Host and device (the launchers pick the variant with it, the
 // registry names it).
 #if defined(__CUDACC__)
 __host__ __device__
 #endif
 inline bool is_local(const FwdParams& p) {
-    return p.window_left >= 0 || p.window_right >= 0 || p.alibi_slopes != nullptr;
+    return p.window_left >= 0 || p.window_right >= 0 || p.alibi_slopes != nullptr || p.dropout != 0;
 }
 
 constexpr int kUnbounded = 1 << 30;

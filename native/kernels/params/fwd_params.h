@@ -89,6 +89,26 @@ struct FwdParams {
     int64_t alibi_batch_stride = 0;
     int64_t alibi_head_stride = 0;
     int32_t alibi_causal = 0;
+
+    // Dropout (FEATURES.md section 1; common/dropout.cuh): element (i, j) of (sequence b, query head h) is kept iff
+    // its byte of FlashAttention-2's Philox stream (common/philox.cuh) is at most dropout_threshold; kept P is scaled
+    // by dropout_rp = 1 / (1 - p) (the forward folds it into the final normalisation, the backward into dP and dV).
+    // Key: *dropout_seed_ptr when given, else dropout_seed; base offset: dropout_offset + *dropout_offset_ptr (the
+    // pointer's term 0 when null), read by the kernels when they run. dropout_rng_state (forward): written with the
+    // (seed, offset) used. dropout_mask (forward): keep flags at mask[b * batch + h * head + i * row + j], uint8.
+    // Calls with dropout run the kLocal variant (common/mask.cuh is_local), which alone carries it. dropout 0: none.
+    int32_t dropout = 0;
+    uint32_t dropout_threshold = 0;
+    float dropout_rp = 1.f;
+    uint64_t dropout_seed = 0;
+    uint64_t dropout_offset = 0;
+    const uint64_t* dropout_seed_ptr = nullptr;
+    const uint64_t* dropout_offset_ptr = nullptr;
+    uint64_t* dropout_rng_state = nullptr;
+    uint8_t* dropout_mask = nullptr;
+    int64_t dropout_mask_batch_stride = 0;
+    int64_t dropout_mask_head_stride = 0;
+    int64_t dropout_mask_row_stride = 0;
 };
 
 }  // namespace fa

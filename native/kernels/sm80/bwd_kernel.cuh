@@ -23,6 +23,7 @@
 
 #include "common/alibi.cuh"
 #include "common/bwd_block.cuh"
+#include "common/dropout.cuh"
 #include "common/ptx.cuh"
 #include "common/tile_io.cuh"
 #include "params/bwd_params.h"
@@ -170,6 +171,19 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
         const int64_t slot0 = bwd_row_slot(p, b, h, seq.q_row0, row0);
         const float* stats = reinterpret_cast<const float*>(smem + Tr::kOffStats + (it & 1) * Tr::kSmemStats);
 
+        // Dropout (kLocal variant only, a uniform branch; common/dropout.cuh), FlashAttention-2's backward: the
+        // forward's keep mask Z regenerated from the stream, as bits (4 j + e per m16 tile), drawn here, before S and
+        // dP are live, so that only the bits stay live through them; dP takes Z / (1 - p) before dS, the P that
+        // feeds dV takes Z after it, and dV the 1 / (1 - p) in the epilogue.
+        uint32_t keep[MS];
+        if constexpr (kLocal) {
+            if (f.dropout != 0) {
+                const DropoutLane drop = dropout_lane_state(f, b, h, lane);
+#pragma unroll
+                for (int mt = 0; mt < MS; ++mt) keep[mt] = dropout_keep_bits<NS>(drop, row0 + s_row0 + mt * 16, key0 + s_col0);
+            }
+        }
+
         // dP = dO V^T and S = Q K^T, [BM x BN] each, warp tile (MS*16) x (NS*8).
         float dp[MS][NS][4], s[MS][NS][4];
         mma_tile_abt<T, MS, NS, D / 16, RB>(dp, sdO, a_off, s_row0, sV, b_off, s_col0);
@@ -251,6 +265,23 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
                 }
             }
         }
+        // Dropout (kLocal variant only, a uniform branch): dP = Z o (dO V^T) / (1 - p) before dS (keep bits from the
+        // top of the iteration), so a dropped element gets dS = P (0 - dsum) = -P D.
+        if constexpr (kLocal) {
+            if (f.dropout != 0) {
+                const float rp = f.dropout_rp;
+#pragma unroll
+                for (int mt = 0; mt < MS; ++mt) {
+#pragma unroll
+                    for (int j = 0; j < NS; ++j) {
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            dp[mt][j][e] = (keep[mt] >> (4 * j + e)) & 1u ? dp[mt][j][e] * rp : 0.f;
+                        }
+                    }
+                }
+            }
+        }
         if constexpr (kLocal && kSoftcap) {
             // With softcap the bias goes after tanh, which the main loop applies: its own copy of the loop.
             if (f.alibi_slopes != nullptr) {
@@ -260,6 +291,20 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
             }
         } else {
             p_and_ds(std::false_type{});
+        }
+        if constexpr (kLocal) {
+            if (f.dropout != 0) {
+#pragma unroll
+                for (int mt = 0; mt < MS; ++mt) {
+#pragma unroll
+                    for (int j = 0; j < NS; ++j) {
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            if (!((keep[mt] >> (4 * j + e)) & 1u)) s[mt][j][e] = 0.f;
+                        }
+                    }
+                }
+            }
         }
         // P and dS to shared memory (16-bit), [BM][BN] row-major.
 #pragma unroll
@@ -366,6 +411,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
     __syncthreads();
     if (kDeterministic && kBwdDetDeferRelease && iters > 0) bwd_release_turn(p, blk, blk.head(iters - 1), blk.block(iters - 1));
     const float scale = f.scale;
+    // Dropout: dV = (Z o P)^T dO / (1 - p) (kLocal variant only; 1 otherwise).
+    const float dv_scale = kLocal && f.dropout != 0 ? f.dropout_rp : 1.f;
 #pragma unroll
     for (int mt = 0; mt < MKV; ++mt) {
 #pragma unroll
@@ -375,7 +422,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
             for (int j = 0; j < NKV; ++j) {
                 const uint32_t byte = swizzle<RB>(lr, (kv_col0 + j * 8) / 8) + (lane % 4) * 4;
                 *reinterpret_cast<uint32_t*>(smem + Tr::kOffK + byte) = pack2<T>(dk[mt][j][2 * r] * scale, dk[mt][j][2 * r + 1] * scale);
-                *reinterpret_cast<uint32_t*>(smem + Tr::kOffV + byte) = pack2<T>(dv[mt][j][2 * r], dv[mt][j][2 * r + 1]);
+                *reinterpret_cast<uint32_t*>(smem + Tr::kOffV + byte) = pack2<T>(dv[mt][j][2 * r] * dv_scale, dv[mt][j][2 * r + 1] * dv_scale);
             }
         }
     }

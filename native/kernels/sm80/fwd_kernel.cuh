@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "common/alibi.cuh"
+#include "common/dropout.cuh"
 #include "common/mask.cuh"
 #include "common/ptx.cuh"
 #include "common/seq.cuh"
@@ -30,7 +31,7 @@ namespace fa {
 namespace sm80 {
 
 // kLocal: some key may be hidden by a causal mask or a window (else only the sequence tail masks), or the call has
-// ALiBi slopes (added here only: the plain kernel carries no ALiBi code).
+// ALiBi slopes or dropout (applied here only: the plain kernel carries neither).
 template <class Tr, bool kLocal, bool kSoftcap>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const __grid_constant__ FwdParams p) {
     using T = typename Tr::Elem;
@@ -39,6 +40,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
     constexpr int RB = Tr::kRowBytes;
 
     extern __shared__ __align__(128) unsigned char smem[];
+
+    // Dropout's rng_state, before any block returns early (common/dropout.cuh).
+    if constexpr (kLocal) {
+        if (p.dropout != 0) write_dropout_rng_state(p);
+    }
 
     // Block order: see FwdParams::heads_per_group and fwd_schedule.h.
     const BlockCoord coord = block_coord(p, blockIdx.x);
@@ -249,6 +255,18 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
             }
         }
 
+        // Dropout (kLocal variant only, a uniform branch; common/dropout.cuh): after the row sums, which keep the
+        // undropped P, and before P is rounded for P V (zeroing commutes with the rounding, so this is FlashAttention-2's
+        // "dropout on the rounded P"); the 1 / (1 - p) comes with the final normalisation. The lane's state is formed
+        // here, per tile, so nothing of it stays live through the rest of the loop.
+        if constexpr (kLocal) {
+            if (p.dropout != 0) {
+                const DropoutLane drop = dropout_lane_state(p, b, h, lane);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) apply_dropout_tile<NS>(s[mt], drop, row0 + warp_row + mt * 16, n * BN);
+            }
+        }
+
         cp_async_wait<0>();
         __syncthreads();  // V(n) visible to all; every warp is done reading K(n)
         if (n > n_begin) {
@@ -306,7 +324,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
             sum += __shfl_xor_sync(0xffffffffu, sum, 2);
             // O = acc * inv and the LSE, with the sink in the denominator when there is one (common/sink.cuh).
             const RowFinish fin = finish_row(sum, row_max[mt][r] * lse_scale, 0.f, sink);
-            const float inv = fin.inv;
+            float inv = fin.inv;
+            if constexpr (kLocal) {
+                if (p.dropout != 0) inv *= p.dropout_rp;  // kept P scaled by 1 / (1 - p); the LSE is unchanged
+            }
             const int lrow = warp_row + mt * 16 + lane / 4 + r * 8;
             if (lse != nullptr && lane % 4 == 0 && lrow < rows_here) {
                 lse[static_cast<int64_t>(lrow) * p.lse_row_stride] = fin.lse;

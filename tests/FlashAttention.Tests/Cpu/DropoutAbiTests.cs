@@ -18,7 +18,7 @@ namespace FlashAttn.Tests.Cpu;
 public sealed unsafe class DropoutAbiTests
 {
     /// <summary>Whether this build's sm80 kernels apply dropout (native/src/dispatch.cpp kSm80DropoutKernels).</summary>
-    private static readonly bool KernelsApplyDropout = false;
+    private static readonly bool KernelsApplyDropout = true;
 
     private const nint MaskAddress = 0x0A00_0000;
     private const nint StateAddress = 0x0B00_0000;
