@@ -89,6 +89,30 @@ public readonly record struct AttentionArguments(
     /// </summary>
     public DeviceTensor? AlibiSlopes { get; init; }
 
+    /// <summary>
+    /// Dropout (FlashAttention-2's <c>dropout_p</c>, C ABI 0.9): the probability p in [0, 1) of dropping each attention
+    /// weight; 0 (default): none. The output is <c>(1 / (1 - p)) Σ_j Z_ij P_ij v_j</c> with P the softmax before dropout
+    /// (the log-sum-exp is unchanged) and Z FlashAttention-2's keep mask under (<see cref="DropoutSeed"/>,
+    /// <see cref="DropoutOffset"/>): Philox4x32 with 7 rounds, one byte per element, kept iff the byte is at most
+    /// <c>floor(float(1 - p) · 255)</c> (so the keep rate is that plus one over 256). A call consumes
+    /// <c>batch · headsQ · 32</c> offsets. Served by the sm80 path only (<see cref="KernelPath.Auto"/> takes it on any GPU).
+    /// </summary>
+    public float DropoutP { get; init; }
+
+    /// <summary>The Philox key of the dropout mask (<see cref="DropoutP"/>).</summary>
+    public ulong DropoutSeed { get; init; }
+
+    /// <summary>The Philox base offset of the dropout mask (<see cref="DropoutP"/>).</summary>
+    public ulong DropoutOffset { get; init; }
+
+    /// <summary>
+    /// Optional, written: the dropout keep mask, <see cref="DataType.UInt8"/> <c>[batch, headsQ, seqLenQ, seqLenK]</c>
+    /// (<c>[sequences, headsQ, maxSeqLenQ, maxSeqLenK]</c> for a variable-length batch), last dimension contiguous: 1 where
+    /// the call kept the weight, 0 where it dropped it, for every key a row sees (other entries unspecified). Only with
+    /// <see cref="DropoutP"/> &gt; 0; for tests and debugging.
+    /// </summary>
+    public DeviceTensor? DropoutMask { get; init; }
+
     /// <summary>Whether any descale factor table is set.</summary>
     internal bool HasDescale => QDescale is not null || KDescale is not null || VDescale is not null;
 

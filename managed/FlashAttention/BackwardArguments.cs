@@ -70,8 +70,28 @@ public readonly record struct BackwardArguments(
     /// </summary>
     public DeviceTensor? AlibiSlopes { get; init; }
 
-    /// <summary>The forward call's arguments these were derived from (q, k, v, output and the log-sum-exp, with the batch, sinks and ALiBi slopes).</summary>
-    public AttentionArguments ForwardArguments => new(Q, K, V, Output, LogSumExp, Batch) { Sinks = Sinks, AlibiSlopes = AlibiSlopes };
+    /// <summary>
+    /// The forward call's dropout probability (<see cref="AttentionArguments.DropoutP"/>); with the same
+    /// <see cref="DropoutSeed"/> and <see cref="DropoutOffset"/> the backward regenerates the forward's keep mask (as
+    /// FlashAttention-2: <c>dV = (Z ∘ P)ᵀ dO / (1 - p)</c>, <c>dP = Z ∘ (dO Vᵀ) / (1 - p)</c>, <c>dS = P ∘ (dP - D)</c>).
+    /// </summary>
+    public float DropoutP { get; init; }
+
+    /// <summary>The forward call's dropout seed.</summary>
+    public ulong DropoutSeed { get; init; }
+
+    /// <summary>The forward call's dropout offset.</summary>
+    public ulong DropoutOffset { get; init; }
+
+    /// <summary>The forward call's arguments these were derived from (q, k, v, output and the log-sum-exp, with the batch, sinks, ALiBi slopes and dropout).</summary>
+    public AttentionArguments ForwardArguments => new(Q, K, V, Output, LogSumExp, Batch)
+    {
+        Sinks = Sinks,
+        AlibiSlopes = AlibiSlopes,
+        DropoutP = DropoutP,
+        DropoutSeed = DropoutSeed,
+        DropoutOffset = DropoutOffset,
+    };
 
     /// <summary>Throws <see cref="ArgumentNullException"/> for the first required tensor that is null.</summary>
     internal void ThrowIfIncomplete()

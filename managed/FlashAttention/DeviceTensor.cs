@@ -101,7 +101,7 @@ public sealed class DeviceTensor
         ArgumentNullException.ThrowIfNull(buffer);
         ObjectDisposedException.ThrowIf(buffer.IsClosed, buffer);
         DataType dataType = DataTypes.Of<T>() ?? throw new ArgumentException(
-            $"DeviceBuffer<{typeof(T).Name}> cannot back a tensor: use Half, BFloat16, Float8E4M3, float or int elements.", nameof(buffer));
+            $"DeviceBuffer<{typeof(T).Name}> cannot back a tensor: use Half, BFloat16, Float8E4M3, float, int or byte elements.", nameof(buffer));
         long[] shapeArray = CheckShape(shape);
         long[] strideArray = CheckStrides(shapeArray, strides);
         if (elementOffset < 0)

@@ -22,6 +22,12 @@ public enum DataType
     /// pass and decode refuse it.
     /// </summary>
     Float8E4M3 = 5,
+
+    /// <summary>
+    /// 8-bit unsigned integer (<see cref="byte"/>): the dropout keep mask (<see cref="AttentionArguments.DropoutMask"/>,
+    /// C ABI 0.9).
+    /// </summary>
+    UInt8 = 6,
 }
 
 /// <summary>Result of a native call. The values match <c>fa_status_t</c> in <c>flash_attention.h</c>.</summary>

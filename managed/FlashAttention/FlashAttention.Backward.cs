@@ -481,6 +481,9 @@ public sealed partial class FlashAttention
             p.alibi_slopes = slopes.ToNative(lal.Pointer);
         }
 
+        p.dropout_p = a.DropoutP;
+        p.dropout_seed = a.DropoutSeed;
+        p.dropout_offset = a.DropoutOffset;
         NativeOptions.Write(options, ref p);
         if (lw.Pointer != IntPtr.Zero)
         {

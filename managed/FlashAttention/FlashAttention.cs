@@ -305,7 +305,15 @@ public sealed partial class FlashAttention : IDisposable
         using var lvd = new HandleLease(args.VDescale?.Owner);
         using var lsk = new HandleLease(args.Sinks?.Owner);
         using var lal = new HandleLease(args.AlibiSlopes?.Owner);
+        using var ldm = new HandleLease(args.DropoutMask?.Owner);
         FaForwardParams p = BuildParams(q, lq.Pointer, k, lk.Pointer, v, lv.Pointer, output, lo.Pointer, lse, ll.Pointer, options);
+        p.dropout_p = args.DropoutP;
+        p.dropout_seed = args.DropoutSeed;
+        p.dropout_offset = args.DropoutOffset;
+        if (args.DropoutMask is { } dropoutMask)
+        {
+            p.dropout_mask = dropoutMask.ToNative(ldm.Pointer);
+        }
         if (args.Sinks is { } sinks)
         {
             p.sinks = sinks.ToNative(lsk.Pointer);

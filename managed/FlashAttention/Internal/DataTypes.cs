@@ -10,13 +10,14 @@ internal static class DataTypes
         : typeof(T) == typeof(float) ? DataType.Float32
         : typeof(T) == typeof(int) ? DataType.Int32
         : typeof(T) == typeof(Float8E4M3) ? DataType.Float8E4M3
+        : typeof(T) == typeof(byte) ? DataType.UInt8
         : null;
 
     public static int SizeOf(DataType type) => type switch
     {
         DataType.Float16 or DataType.BFloat16 => 2,
         DataType.Float32 or DataType.Int32 => 4,
-        DataType.Float8E4M3 => 1,
+        DataType.Float8E4M3 or DataType.UInt8 => 1,
         _ => throw new ArgumentOutOfRangeException(nameof(type), type, "Not a defined DataType."),
     };
 
@@ -27,6 +28,7 @@ internal static class DataTypes
         DataType.Float32 => "f32",
         DataType.Int32 => "i32",
         DataType.Float8E4M3 => "e4m3",
+        DataType.UInt8 => "u8",
         _ => $"dtype{(int)type}",
     };
 }

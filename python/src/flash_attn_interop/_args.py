@@ -30,10 +30,13 @@ def refuse(function, name, value, why):
 
 
 def common_refusals(function, dropout_p=0.0):
-    """The options every entry point takes that the library does not serve: dropout. (ALiBi is served since C ABI
-    0.8: alibi_slopes goes through the extras path of _interface.)"""
+    """The options every entry point takes that this package does not pass yet: dropout. (ALiBi is served since C ABI
+    0.8: alibi_slopes goes through the extras path of _interface.) The C ABI serves dropout since 0.9 (sm80 kernels);
+    the package still has to draw (seed, offset) from torch's CUDA generator as flash-attn does and keep the forward's
+    rng_state for the backward before it can pass dropout_p (issue 14)."""
     if dropout_p is None or float(dropout_p) != 0.0:
-        refuse(function, "dropout_p", dropout_p, "the library has no dropout; pass dropout_p=0.0")
+        refuse(function, "dropout_p", dropout_p,
+               "the C ABI has dropout since 0.9 but this package does not pass it yet; pass dropout_p=0.0")
 
 
 def softmax_scale_arg(function, softmax_scale):
