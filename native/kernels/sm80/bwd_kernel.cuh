@@ -292,20 +292,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
         } else {
             p_and_ds(std::false_type{});
         }
-        if constexpr (kLocal) {
-            if (f.dropout != 0) {
-#pragma unroll
-                for (int mt = 0; mt < MS; ++mt) {
-#pragma unroll
-                    for (int j = 0; j < NS; ++j) {
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            if (!((keep[mt] >> (4 * j + e)) & 1u)) s[mt][j][e] = 0.f;
-                        }
-                    }
-                }
-            }
-        }
         // P and dS to shared memory (16-bit), [BM][BN] row-major.
 #pragma unroll
         for (int mt = 0; mt < MS; ++mt) {
@@ -316,7 +302,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
                 for (int j = 0; j < NS; ++j) {
                     const int col = s_col0 + j * 8;
                     const uint32_t byte = swizzle<RBP>(lr, col / 8) + (lane % 4) * 4;
-                    *reinterpret_cast<uint32_t*>(smem + Tr::kOffP + byte) = pack2<T>(s[mt][j][2 * r], s[mt][j][2 * r + 1]);
+                    float p0 = s[mt][j][2 * r], p1 = s[mt][j][2 * r + 1];
+                    if constexpr (kLocal) {
+                        // Dropout: the P that feeds dV is Z o P (fused into the store: a loop of its own spilled).
+                        if (f.dropout != 0) {
+                            p0 = (keep[mt] >> (4 * j + 2 * r)) & 1u ? p0 : 0.f;
+                            p1 = (keep[mt] >> (4 * j + 2 * r + 1)) & 1u ? p1 : 0.f;
+                        }
+                    }
+                    *reinterpret_cast<uint32_t*>(smem + Tr::kOffP + byte) = pack2<T>(p0, p1);
                     *reinterpret_cast<uint32_t*>(smem + Tr::kOffDS + byte) = pack2<T>(dp[mt][j][2 * r], dp[mt][j][2 * r + 1]);
                 }
             }
