@@ -192,4 +192,29 @@ public sealed unsafe class DropoutAbiTests
         Assert.That(NativeMethods.fa_query_support(&q), Is.EqualTo(FaStatus.Unsupported));
         Assert.That(Errors.LastErrorMessage(), Does.Contain("fa_decode has no dropout"));
     }
+
+    /// <summary>The managed API carries dropout to the native checks (fake, aligned, disjoint addresses).</summary>
+    [Test]
+    public void ManagedArgumentsCarryDropout()
+    {
+        static DeviceTensor T(nint at, DataType dtype, params long[] shape) => DeviceTensor.FromPointer(at, dtype, shape);
+        var ok = new AttentionArguments(
+            T(ForwardParamsFactory.QAddress, DataType.BFloat16, 2, 17, 8, 64),
+            T(ForwardParamsFactory.KAddress, DataType.BFloat16, 2, 33, 2, 64),
+            T(ForwardParamsFactory.VAddress, DataType.BFloat16, 2, 33, 2, 64),
+            T(ForwardParamsFactory.OutAddress, DataType.BFloat16, 2, 17, 8, 64),
+            T(ForwardParamsFactory.LseAddress, DataType.Float32, 2, 8, 17));
+        Assert.That(FlashAttention.Check(ok with { DropoutP = 0.17f, DropoutSeed = 1, DropoutOffset = 32 }, out string m1),
+            Is.EqualTo(FlashAttentionStatus.Success), m1);
+        var withMask = ok with { DropoutP = 0.17f, DropoutMask = T(MaskAddress, DataType.UInt8, 2, 8, 17, 33) };
+        Assert.That(FlashAttention.Check(withMask, out string m2), Is.EqualTo(FlashAttentionStatus.Success), m2);
+        Assert.That(FlashAttention.Check(ok with { DropoutP = 1f }, out string m3), Is.EqualTo(FlashAttentionStatus.InvalidArgument));
+        Assert.That(m3, Does.Contain("dropout_p is 1"));
+        var badMask = ok with { DropoutP = 0.1f, DropoutMask = T(MaskAddress, DataType.UInt8, 2, 8, 33, 17) };
+        Assert.That(FlashAttention.Check(badMask, out string m4), Is.EqualTo(FlashAttentionStatus.InvalidArgument));
+        Assert.That(m4, Does.Contain("dropout_mask.shape is [2, 8, 33, 17] but must be [2, 8, 17, 33]"));
+        var sm90 = new AttentionOptions { KernelPath = KernelPath.Sm90 };
+        Assert.That(FlashAttention.Check(ok with { DropoutP = 0.1f }, out string m5, sm90, 90), Is.EqualTo(FlashAttentionStatus.Unsupported));
+        Assert.That(m5, Does.Contain("the sm90 kernels have no dropout"));
+    }
 }
