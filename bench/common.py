@@ -142,6 +142,16 @@ def set_varlen(p, cu, cu_host, max_len):
     p._keep = (host_q, host_k)  # the host copies must outlive every call
 
 
+def set_dropout(p, dropout):
+    """The dropout fields (C ABI 0.9) of a forward or backward struct: dropout = (p, seed, offset[, keep mask]) with
+    host seed and offset, or None (no dropout)."""
+    if dropout is None:
+        return
+    p.dropout_p, p.dropout_seed, p.dropout_offset = float(dropout[0]), int(dropout[1]), int(dropout[2])
+    if len(dropout) > 3 and dropout[3] is not None:
+        p.dropout_mask = describe(dropout[3], fa_abi.FA_DTYPE_UINT8)
+
+
 class FaLib:
     """One loaded libflash_attention: its own ctypes.CDLL (RTLD_LOCAL, so two builds loaded side by side each
     resolve their own symbols) with fa_abi's prototypes bound, and a context once open() is called."""
@@ -223,13 +233,13 @@ class FaLib:
         return names
 
     def forward_params(self, code, q, k, v, out, causal, lse=None, varlen=None, path=FA_PATH_AUTO, out_code=None,
-                       descales=None, sinks=None, alibi_slopes=None):
+                       descales=None, sinks=None, alibi_slopes=None, dropout=None):
         """fa_forward_params_t over our [B, S, H, D] (varlen: packed [total, H, D]) tensors, PyTorch's causal
         convention; lse (fp32) when the log-sum-exp is wanted; varlen = (cu, cu_host, max_len); path an
         fa_kernel_path_t (FA_PATH_SM80 forces the portable mma.sync kernels). fp8: code FA_DTYPE_FLOAT8_E4M3,
         out_code the output's dtype (bf16), descales (q_descale, k_descale, v_descale) fp32 tensors (None: 1). sinks:
         the learnable sinks, an fp32 [H] tensor (C ABI 0.7), or None. alibi_slopes: fp32 [H] or [B, H] (C ABI 0.8),
-        or None."""
+        or None. dropout: (p, seed, offset, keep mask uint8 [B, H, Sq, Sk] or None) (C ABI 0.9), or None."""
         p = FaForwardParams()
         self.check(self.lib.fa_forward_params_init(ctypes.byref(p), ctypes.sizeof(p)), "fa_forward_params_init")
         p.q, p.k, p.v = (describe(t, code) for t in (q, k, v))
@@ -248,6 +258,7 @@ class FaLib:
             p.sinks = describe(sinks, FA_DTYPE_FLOAT32)
         if alibi_slopes is not None:
             p.alibi_slopes = describe(alibi_slopes, FA_DTYPE_FLOAT32)
+        set_dropout(p, dropout)
         return p
 
     def forward_call(self, p):
@@ -264,10 +275,11 @@ class FaLib:
     # ---- backward --------------------------------------------------------------------------------------------
 
     def backward_params(self, code, tensors, lse, causal, deterministic, varlen=None, path=FA_PATH_AUTO, sinks=None,
-                        dsinks=None, alibi_slopes=None):
+                        dsinks=None, alibi_slopes=None, dropout=None):
         """fa_backward_params_t over tensors = (q, k, v, out, dout, dq, dk, dv), with a caller workspace of the size
         fa_backward_workspace_size asks for (a torch allocation kept on the struct, so no allocation is timed); sinks
-        and dsinks (fp32 [H], C ABI 0.7) and the ALiBi slopes (fp32 [H] or [B, H], C ABI 0.8) when given."""
+        and dsinks (fp32 [H], C ABI 0.7) and the ALiBi slopes (fp32 [H] or [B, H], C ABI 0.8) when given; dropout as
+        forward_params' (its mask ignored: the backward regenerates it)."""
         import torch
         if not self.has_backward:
             raise RuntimeError("the library exports no fa_backward (C ABI before 0.3)")
@@ -287,6 +299,7 @@ class FaLib:
             p.dsinks = describe(dsinks, FA_DTYPE_FLOAT32)
         if alibi_slopes is not None:
             p.alibi_slopes = describe(alibi_slopes, FA_DTYPE_FLOAT32)
+        set_dropout(p, None if dropout is None else dropout[:3])
         n = ctypes.c_size_t(0)
         self.check(self.lib.fa_backward_workspace_size(self.ctx, ctypes.byref(p), ctypes.byref(n)),
                    "fa_backward_workspace_size")

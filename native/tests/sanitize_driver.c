@@ -77,6 +77,8 @@ typedef struct {
     int sinks;    /* fwd, bwd: learnable sinks (C ABI 0.7); the backward then writes dsinks too */
     int alibi;    /* fwd, bwd, decode: ALiBi slopes (C ABI 0.8): 1 [hq], 2 [b, hq] */
     int rotary;   /* decode (C ABI 0.8): 0 none; 1 interleaved over the whole head; 2 half-split over 32 elements */
+    int dropout;  /* fwd, bwd (C ABI 0.9): 0 none; 1 host seed/offset and the keep mask; 2 device seed/offset and
+                     rng_state (the backward replays the forward's rng_state) */
 } scase;
 
 static scase g_cases[MAX_CASES];
@@ -293,6 +295,7 @@ static void describe(scase* c, const char* what) {
     if (c->descale) ADD(" descale=%s", c->descale == 1 ? "broadcast" : "dense");
     if (c->sinks) ADD(" sinks");
     if (c->alibi) ADD(" alibi=%s", c->alibi == 1 ? "[hq]" : "[b,hq]");
+    if (c->dropout) ADD(" dropout=%s", c->dropout == 1 ? "host+mask" : "device+rng_state");
     if (what != NULL && what[0] != '\0') ADD(" [%s]", what);
     if (c->target[0] != '\0') ADD(" -> %s", c->target);
 #undef ADD
@@ -388,59 +391,68 @@ typedef struct {
     int lq[MAX_SEQ], lk[MAX_SEQ];
     int sinks; /* learnable sinks (and dsinks in the backward); 0 where an entry leaves it out */
     int alibi; /* ALiBi slopes: 1 [hq], 2 [b, hq] (the sequences of a varlen batch) */
+    int dropout; /* as scase::dropout; not on the sm90 path, which does not serve it */
 } feature;
 
 static const feature k_features[] = {
-    {"causal bottom-right, sq < sk", 0, 1, 100, 200, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
+    {"causal bottom-right, sq < sk", 0, 1, 100, 200, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
     {"causal bottom-right, sq > sk: fully masked rows", 0, 1, 200, 70, 2, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0,
-     0, {0}, {0}, 0, 0},
-    {"causal top-left, sq < sk", 0, 2, 90, 180, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
-    {"causal top-left, sq > sk", 0, 1, 180, 90, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
-    {"sliding window both sides", 0, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
-    {"causal top-left + window left", 0, 1, 130, 130, 2, 1, 0, 1, 1, 16, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
-    {"window right only", 0, 1, 120, 160, 1, 1, 0, 0, 0, -1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
+     0, {0}, {0}, 0, 0, 0},
+    {"causal top-left, sq < sk", 0, 2, 90, 180, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
+    {"causal top-left, sq > sk", 0, 1, 180, 90, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
+    {"sliding window both sides", 0, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
+    {"causal top-left + window left", 0, 1, 130, 130, 2, 1, 0, 1, 1, 16, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
+    {"window right only", 0, 1, 120, 160, 1, 1, 0, 0, 0, -1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
     {"window 0/0 with sq > sk: fully masked rows", 0, 1, 150, 40, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-     {0}, {0}, 0, 0},
-    {"softcap + causal + scale", 0, 1, 128, 192, 2, 2, 0, 1, 0, -1, -1, 30.0f, 0.2f, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
-    {"GQA 4:2", 0, 2, 96, 144, 4, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
-    {"MQA 8:1, causal", 0, 1, 64, 64, 8, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
+     {0}, {0}, 0, 0, 0},
+    {"softcap + causal + scale", 0, 1, 128, 192, 2, 2, 0, 1, 0, -1, -1, 30.0f, 0.2f, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
+    {"GQA 4:2", 0, 2, 96, 144, 4, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
+    {"MQA 8:1, causal", 0, 1, 64, 64, 8, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
     {"varlen with empty sequences (q, k, both), causal", 0, 0, 0, 0, 2, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 5,
-     {0, 33, 0, 128, 5}, {12, 0, 0, 128, 77}, 0, 0},
+     {0, 33, 0, 128, 5}, {12, 0, 0, 128, 77}, 0, 0, 0},
     {"varlen, window, host cu_seqlens", 0, 0, 0, 0, 2, 2, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3, {1, 64, 200},
-     {50, 64, 180}, 0, 0},
+     {50, 64, 180}, 0, 0, 0},
     {"varlen without LSE", 1, 0, 0, 0, 2, 1, 0, 0, 0, -1, -1, 0, 0, 1, 0, 0, 0, 0, 0, 4, {17, 0, 130, 64},
-     {40, 33, 130, 1}, 0, 0},
-    {"packed QKV strides, causal", 0, 2, 100, 100, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
-    {"fp16, batch 3", 0, 3, 77, 131, 2, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 1, 0, 0, 0, 0, {0}, {0}, 0, 0},
-    {"one query, one key", 0, 1, 1, 1, 1, 1, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
+     {40, 33, 130, 1}, 0, 0, 0},
+    {"packed QKV strides, causal", 0, 2, 100, 100, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
+    {"fp16, batch 3", 0, 3, 77, 131, 2, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 1, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
+    {"one query, one key", 0, 1, 1, 1, 1, 1, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
     {"head dim 40 (the 64 kernel), causal", 0, 1, 100, 140, 2, 2, 40, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0},
-     {0}, 0, 0},
+     {0}, 0, 0, 0},
     {"head dim 200 (the 256 kernel), causal", 0, 1, 100, 140, 2, 2, 200, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0},
-     {0}, 0, 0},
-    {"head dim 256, no mask", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0},
+     {0}, 0, 0, 0},
+    {"head dim 256, no mask", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
     {"head dim 256, causal, GQA (issue 17's shape)", 0, 1, 130, 190, 4, 2, 256, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-     {0}, {0}, 0, 0},
+     {0}, {0}, 0, 0, 0},
     {"deterministic, varlen with empty sequences, GQA", 2, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 1, 0, 0, 4,
-     {0, 70, 33, 129}, {20, 0, 90, 129}, 0, 0},
+     {0, 70, 33, 129}, {20, 0, 90, 129}, 0, 0, 0},
     {"deterministic, causal top-left, caller workspace", 2, 2, 130, 100, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 1, 1, 0,
-     0, {0}, {0}, 0, 0},
+     0, {0}, {0}, 0, 0, 0},
     {"deterministic, head dim 256, causal", 2, 1, 130, 190, 4, 2, 256, 1, 0, -1, -1, 0, 0, 0, 0, 0, 1, 0, 0, 0, {0},
-     {0}, 0, 0},
-    {"caller workspace, window", 2, 1, 140, 140, 2, 2, 0, 0, 0, 30, 30, 0, 0, 0, 0, 0, 0, 1, 0, 0, {0}, {0}, 0, 0},
+     {0}, 0, 0, 0},
+    {"caller workspace, window", 2, 1, 140, 140, 2, 2, 0, 0, 0, 30, 30, 0, 0, 0, 0, 0, 0, 1, 0, 0, {0}, {0}, 0, 0, 0},
     {"learnable sinks, causal sq > sk: fully masked rows, GQA", 0, 2, 200, 70, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0,
-     0, 0, 0, 0, {0}, {0}, 1, 0},
+     0, 0, 0, 0, {0}, {0}, 1, 0, 0},
     {"learnable sinks, window + softcap, no LSE", 1, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 30.0f, 0, 1, 0, 0, 0, 0, 0, 0,
-     {0}, {0}, 1, 0},
+     {0}, {0}, 1, 0, 0},
     {"learnable sinks, varlen with empty sequences, deterministic", 2, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0,
-     1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 1, 0},
+     1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 1, 0, 0},
     {"alibi [hq], causal sq > sk: fully masked rows, GQA (FA2's causal form)", 0, 2, 200, 70, 4, 2, 0, 1, 0, -1, -1,
-     0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 1},
+     0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 1, 0},
     {"alibi [b, hq], window + softcap, no LSE", 1, 2, 150, 150, 2, 2, 0, 0, 0, 20, 30, 30.0f, 0, 1, 0, 0, 0, 0, 0, 0,
-     {0}, {0}, 0, 2},
+     {0}, {0}, 0, 2, 0},
     {"alibi [b, hq] + sinks, varlen with empty sequences, deterministic", 2, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0,
-     0, 1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 1, 2},
+     0, 1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 1, 2, 0},
     {"alibi [hq], no mask, head dim 256 (local variant without a window)", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0,
-     0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 1},
+     0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 1, 0},
+    {"dropout 0.17, causal sq > sk: fully masked rows, GQA, keep mask", 0, 2, 200, 70, 4, 2, 0, 1, 0, -1, -1, 0, 0,
+     0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 1},
+    {"dropout, window + softcap, device seed/offset, rng_state replayed", 0, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 30.0f,
+     0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 2},
+    {"dropout, varlen with empty sequences, deterministic, keep mask", 0, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0,
+     0, 1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 0, 0, 1},
+    {"dropout + alibi [hq] + sinks, no mask, head dim 256", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0,
+     0, 0, 0, {0}, {0}, 1, 1, 2},
 };
 
 /* The decode options (contiguous and paged caches, splits, appends). */
@@ -574,6 +586,7 @@ static void add_feature_cases(int pass, int path, int cc) {
         scase* c;
         if ((f->only == 1 && pass != PASS_FWD) || (f->only == 2 && pass != PASS_BWD)) continue;
         if (!served(pass, path, dtype, d, cc)) continue;
+        if (f->dropout && path == FA_PATH_SM90) continue; /* refused (ForwardValidation/C tests check that) */
         c = new_case(pass, path, dtype, d);
         if (f->nseq > 0) {
             set_varlen(c, f->nseq, f->lq, f->lk);
@@ -584,6 +597,7 @@ static void add_feature_cases(int pass, int path, int cc) {
         c->wr = f->wr, c->softcap = f->softcap, c->scale = f->scale, c->packed = f->packed, c->host_cu = f->host_cu;
         c->lse = pass == PASS_BWD ? 1 : !f->no_lse;
         c->det = f->det, c->caller_ws = f->caller_ws, c->sinks = f->sinks, c->alibi = f->alibi;
+        c->dropout = f->dropout;
         describe(c, f->what);
     }
 }
@@ -820,6 +834,22 @@ static void forward_params(const scase* c, bufs* B, fa_forward_params_t* fp, int
         tensor(&fp->sinks, dalloc(B, sizeof(float) * (size_t)c->hq, sinks), FA_DTYPE_FLOAT32, 1, c->hq, 0, 0, 0);
     }
     if (c->alibi) alibi_slopes(c, B, &fp->alibi_slopes, c->nseq > 0 ? c->nseq : c->b);
+    if (c->dropout) {
+        fp->dropout_p = 0.17f;
+        if (c->dropout == 1) {
+            const int64_t mb = varlen ? c->nseq : c->b;
+            const int64_t msq = varlen ? fp->max_seqlen_q : c->sq, msk = varlen ? fp->max_seqlen_k : c->sk;
+            fp->dropout_seed = 0x5EED5EEDull;
+            fp->dropout_offset = 96;
+            tensor(&fp->dropout_mask, dalloc(B, (size_t)(mb * c->hq * msq * msk), NULL), FA_DTYPE_UINT8, 4, mb, c->hq,
+                   msq, msk);
+        } else {
+            const uint64_t seed_offset[2] = {0xC0FFEEull, 1ull << 33};
+            fp->dropout_seed_device = (const uint64_t*)dalloc(B, sizeof seed_offset[0], &seed_offset[0]);
+            fp->dropout_offset_device = (const uint64_t*)dalloc(B, sizeof seed_offset[1], &seed_offset[1]);
+            fp->dropout_rng_state = (uint64_t*)dalloc(B, sizeof seed_offset, NULL);
+        }
+    }
 }
 
 static void backward_params(const scase* c, bufs* B, const fa_forward_params_t* fp, fa_backward_params_t* bp) {
@@ -859,6 +889,14 @@ static void backward_params(const scase* c, bufs* B, const fa_forward_params_t* 
     bp->max_seqlen_q = fp->max_seqlen_q;
     bp->max_seqlen_k = fp->max_seqlen_k;
     bp->alibi_slopes = fp->alibi_slopes;
+    bp->dropout_p = fp->dropout_p;
+    bp->dropout_seed = fp->dropout_seed;
+    bp->dropout_offset = fp->dropout_offset;
+    if (fp->dropout_rng_state != NULL) { /* FlashAttention-2's replay: the forward's recorded (seed, offset) */
+        bp->dropout_seed_device = fp->dropout_rng_state;
+        bp->dropout_offset_device = fp->dropout_rng_state + 1;
+        bp->dropout_offset = 0;
+    }
     if (c->sinks) {
         bp->sinks = fp->sinks;
         tensor(&bp->dsinks, dalloc(B, sizeof(float) * (size_t)c->hq, NULL), FA_DTYPE_FLOAT32, 1, c->hq, 0, 0, 0);

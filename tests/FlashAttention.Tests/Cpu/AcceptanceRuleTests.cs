@@ -109,7 +109,7 @@ public sealed class AcceptanceRuleTests
             new AttentionShape(dims.Batch, dims.SeqQ, dims.SeqK, dims.HeadsQ, dims.HeadsKv, dims.HeadDim), spec.ToOptions(), refQ, refK, refV);
         var naive = NaiveBackward.SameDtype(q, k, v, dOut, dims, spec, scale, round);
         var ours = BackwardEmulation.Backward(q, k, v, dOut, dims, spec, scale, round, defect);
-        var (zq, zkv) = ZeroRows(dims, spec);
+        var (zq, zkv) = BackwardAcceptance.ZeroRows(dims, spec);
         return new BackwardCase(ours, naive, (refQ, refK, refV), zq, zkv);
     }
 
@@ -120,37 +120,6 @@ public sealed class AcceptanceRuleTests
         problems.AddRange(BackwardAcceptance.Judge("dk", c.Ours.K, c.Naive.K, c.Reference.K, dtype, dims.HeadDim, c.ZeroKv));
         problems.AddRange(BackwardAcceptance.Judge("dv", c.Ours.V, c.Naive.V, c.Reference.V, dtype, dims.HeadDim, c.ZeroKv));
         return problems;
-    }
-
-    /// <summary>Rows that must be exactly 0: dq of queries that see no key, dk and dv of keys no query sees.</summary>
-    private static (bool[] Dq, bool[] Dkv) ZeroRows(AttentionDims d, MaskSpec mask)
-    {
-        var rowSees = new bool[d.SeqQ];
-        var keySeen = new bool[d.SeqK];
-        for (int i = 0; i < d.SeqQ; i++)
-        {
-            for (int j = 0; j < d.SeqK; j++)
-            {
-                if (mask.Visible(i, j, d.SeqQ, d.SeqK))
-                {
-                    rowSees[i] = keySeen[j] = true;
-                }
-            }
-        }
-
-        var dq = new bool[d.Batch * d.SeqQ * d.HeadsQ];
-        var dkv = new bool[d.Batch * d.SeqK * d.HeadsKv];
-        for (int r = 0; r < dq.Length; r++)
-        {
-            dq[r] = !rowSees[r / d.HeadsQ % d.SeqQ];
-        }
-
-        for (int r = 0; r < dkv.Length; r++)
-        {
-            dkv[r] = !keySeen[r / d.HeadsKv % d.SeqK];
-        }
-
-        return (dq, dkv);
     }
 
     [TestCaseSource(nameof(Shapes))]

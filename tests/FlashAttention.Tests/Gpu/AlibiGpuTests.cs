@@ -120,7 +120,7 @@ public sealed class AlibiGpuTests : ForwardPathTestBase
         AttentionReference.Backward(AttentionReference.ToDouble(q), AttentionReference.ToDouble(k), AttentionReference.ToDouble(v),
             AttentionReference.ToDouble(dOut), shape, options, ReadOnlySpan<double>.Empty, slopes64, rdq, rdk, rdv, Span<double>.Empty);
         (float[] ndq, float[] ndk, float[] ndv) = NaiveBackward.SameDtype(q, k, v, dOut, d, c.Mask, scale, round, bias);
-        (bool[] qZero, bool[] kZero) = ZeroRows(d, c.Mask);
+        (bool[] qZero, bool[] kZero) = BackwardAcceptance.ZeroRows(d, c.Mask);
         Assert.Multiple(() =>
         {
             Assert.That(BackwardAcceptance.Judge("dq", gdq.Read(), ndq, rdq, c.Dtype, d.HeadDim, qZero), Is.Empty, context);
@@ -237,7 +237,7 @@ public sealed class AlibiGpuTests : ForwardPathTestBase
                 sdq.CopyTo(ndq, rowQ * hq * dim);
                 sdk.CopyTo(ndk, rowK * hkv * dim);
                 sdv.CopyTo(ndv, rowK * hkv * dim);
-                (bool[] sqZero, bool[] skZero) = ZeroRows(dims, spec);
+                (bool[] sqZero, bool[] skZero) = BackwardAcceptance.ZeroRows(dims, spec);
                 sqZero.CopyTo(qZero, rowQ * hq);
                 skZero.CopyTo(kZero, rowK * hkv);
             }
@@ -333,36 +333,5 @@ public sealed class AlibiGpuTests : ForwardPathTestBase
             float m = perBatch ? slopes[(b * d.HeadsQ) + h] : slopes[h];
             return columnForm ? m * j : -m * Math.Abs(i + off - j);
         };
-    }
-
-    /// <summary>Rows of dq (per [b, i, h]) whose query sees no key, and of dk/dv (per [b, j, hk]) that no query sees.</summary>
-    private static (bool[] Q, bool[] K) ZeroRows(AttentionDims d, MaskSpec mask)
-    {
-        var seenQ = new bool[d.SeqQ];
-        var seenK = new bool[d.SeqK];
-        for (int i = 0; i < d.SeqQ; i++)
-        {
-            for (int j = 0; j < d.SeqK; j++)
-            {
-                if (mask.Visible(i, j, d.SeqQ, d.SeqK))
-                {
-                    seenQ[i] = seenK[j] = true;
-                }
-            }
-        }
-
-        var qz = new bool[d.Batch * d.SeqQ * d.HeadsQ];
-        var kz = new bool[d.Batch * d.SeqK * d.HeadsKv];
-        for (int r = 0; r < qz.Length; r++)
-        {
-            qz[r] = !seenQ[r / d.HeadsQ % d.SeqQ];
-        }
-
-        for (int r = 0; r < kz.Length; r++)
-        {
-            kz[r] = !seenK[r / d.HeadsKv % d.SeqK];
-        }
-
-        return (qz, kz);
     }
 }

@@ -115,7 +115,7 @@ public sealed class SinkGpuTests : ForwardPathTestBase
         AttentionReference.Backward(AttentionReference.ToDouble(q), AttentionReference.ToDouble(k), AttentionReference.ToDouble(v),
             AttentionReference.ToDouble(dOut), shape, options, sinks64, rdq, rdk, rdv, rds);
         (float[] ndq, float[] ndk, float[] ndv, _, float[] nTerms) = NaiveSink.BackwardSameDtype(q, k, v, sinks, dOut, d, c.Mask, scale, round);
-        (bool[] qZero, bool[] kZero) = ZeroRows(d, c.Mask);
+        (bool[] qZero, bool[] kZero) = BackwardAcceptance.ZeroRows(d, c.Mask);
         int qRow = d.HeadDim, kRow = d.HeadDim;
         Assert.Multiple(() =>
         {
@@ -253,7 +253,7 @@ public sealed class SinkGpuTests : ForwardPathTestBase
                 sdq.CopyTo(ndq, rowQ * hq * dim);
                 sdk.CopyTo(ndk, rowK * hkv * dim);
                 sdv.CopyTo(ndv, rowK * hkv * dim);
-                (bool[] sqZero, bool[] skZero) = ZeroRows(dims, spec);
+                (bool[] sqZero, bool[] skZero) = BackwardAcceptance.ZeroRows(dims, spec);
                 sqZero.CopyTo(qZero, rowQ * hq);
                 skZero.CopyTo(kZero, rowK * hkv);
                 for (int h = 0; h < hq; h++)
@@ -548,46 +548,6 @@ public sealed class SinkGpuTests : ForwardPathTestBase
         }
     }
 
-    /// <summary>Rows of dq (per [b, i, h]) whose query sees no key, and of dk/dv (per [b, j, hk]) that no query sees.</summary>
-    private static (bool[] Q, bool[] K) ZeroRows(AttentionDims d, MaskSpec mask)
-    {
-        var qz = new bool[d.Batch * d.SeqQ * d.HeadsQ];
-        var kz = new bool[d.Batch * d.SeqK * d.HeadsKv];
-        var seenQ = new bool[d.SeqQ];
-        var seenK = new bool[d.SeqK];
-        for (int i = 0; i < d.SeqQ; i++)
-        {
-            for (int j = 0; j < d.SeqK; j++)
-            {
-                if (mask.Visible(i, j, d.SeqQ, d.SeqK))
-                {
-                    seenQ[i] = true;
-                    seenK[j] = true;
-                }
-            }
-        }
-
-        for (int b = 0; b < d.Batch; b++)
-        {
-            for (int i = 0; i < d.SeqQ; i++)
-            {
-                for (int h = 0; h < d.HeadsQ; h++)
-                {
-                    qz[(((b * d.SeqQ) + i) * d.HeadsQ) + h] = !seenQ[i];
-                }
-            }
-
-            for (int j = 0; j < d.SeqK; j++)
-            {
-                for (int h = 0; h < d.HeadsKv; h++)
-                {
-                    kz[(((b * d.SeqK) + j) * d.HeadsKv) + h] = !seenK[j];
-                }
-            }
-        }
-
-        return (qz, kz);
-    }
 }
 
 /// <summary>

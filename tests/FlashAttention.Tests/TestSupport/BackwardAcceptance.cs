@@ -28,6 +28,40 @@ internal static class BackwardAcceptance
     /// <summary>Largest |gradient| accepted where the reference gradient is identically 0.</summary>
     public const double ZeroGradientTolerance = 1e-3;
 
+    /// <summary>
+    /// Rows (of heads x head dim elements) that must be exactly 0 under <paramref name="mask"/>: dq rows [b, i, h] of
+    /// queries that see no key, and dk/dv rows [b, j, hk] of keys no query sees (dense layouts of <paramref name="d"/>).
+    /// </summary>
+    public static (bool[] Dq, bool[] Dkv) ZeroRows(AttentionDims d, MaskSpec mask)
+    {
+        var rowSees = new bool[d.SeqQ];
+        var keySeen = new bool[d.SeqK];
+        for (int i = 0; i < d.SeqQ; i++)
+        {
+            for (int j = 0; j < d.SeqK; j++)
+            {
+                if (mask.Visible(i, j, d.SeqQ, d.SeqK))
+                {
+                    rowSees[i] = keySeen[j] = true;
+                }
+            }
+        }
+
+        var dq = new bool[d.Batch * d.SeqQ * d.HeadsQ];
+        var dkv = new bool[d.Batch * d.SeqK * d.HeadsKv];
+        for (int r = 0; r < dq.Length; r++)
+        {
+            dq[r] = !rowSees[r / d.HeadsQ % d.SeqQ];
+        }
+
+        for (int r = 0; r < dkv.Length; r++)
+        {
+            dkv[r] = !keySeen[r / d.HeadsKv % d.SeqK];
+        }
+
+        return (dq, dkv);
+    }
+
     /// <summary>Problems of one gradient; empty when it passes.</summary>
     /// <param name="name">dq, dk or dv (for the messages).</param>
     /// <param name="ours">The kernel's result, widened to float.</param>

@@ -145,37 +145,7 @@ internal sealed class BackwardRun : IDisposable
     /// Rows (of HeadDim elements) that must be exactly 0: dq rows [b, i, h] of queries that see no key, and dk/dv rows
     /// [b, j, h] of keys no query sees.
     /// </summary>
-    public (bool[] Dq, bool[] Dkv) ZeroRows(MaskSpec mask)
-    {
-        AttentionDims d = Dims;
-        var rowSees = new bool[d.SeqQ];
-        var keySeen = new bool[d.SeqK];
-        for (int i = 0; i < d.SeqQ; i++)
-        {
-            for (int j = 0; j < d.SeqK; j++)
-            {
-                if (mask.Visible(i, j, d.SeqQ, d.SeqK))
-                {
-                    rowSees[i] = true;
-                    keySeen[j] = true;
-                }
-            }
-        }
-
-        var dq = new bool[d.Batch * d.SeqQ * d.HeadsQ];
-        var dkv = new bool[d.Batch * d.SeqK * d.HeadsKv];
-        for (int r = 0; r < dq.Length; r++)
-        {
-            dq[r] = !rowSees[r / d.HeadsQ % d.SeqQ];
-        }
-
-        for (int r = 0; r < dkv.Length; r++)
-        {
-            dkv[r] = !keySeen[r / d.HeadsKv % d.SeqK];
-        }
-
-        return (dq, dkv);
-    }
+    public (bool[] Dq, bool[] Dkv) ZeroRows(MaskSpec mask) => BackwardAcceptance.ZeroRows(Dims, mask);
 
     /// <summary>Every problem of the three gradients against the reference and the naive computation; empty when they pass.</summary>
     public List<string> Judge(float[] dq, float[] dk, float[] dv, AttentionOptions options, MaskSpec mask, float scale)

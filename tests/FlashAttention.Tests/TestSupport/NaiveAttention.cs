@@ -9,6 +9,12 @@ namespace FlashAttn.Tests.TestSupport;
 /// </summary>
 internal static class NaiveAttention
 {
+    /// <summary>
+    /// Dropout as a framework applies it (FEATURES.md section 1): element (b, h, i, j) of P is kept when
+    /// <c>Keep(b, h, i, j)</c>, kept values scaled by 1 / (1 - P) in the dtype.
+    /// </summary>
+    public sealed record Dropout(float P, Func<int, int, int, int, bool> Keep);
+
     /// <summary>Whether query row <paramref name="i"/> sees key <paramref name="j"/>.</summary>
     public static bool Visible(int i, int j, int seqQ, int seqK, Mask mask) => mask switch
     {
@@ -128,12 +134,14 @@ internal static class NaiveAttention
 
     /// <summary>
     /// Same as the <see cref="Mask"/> overload, with window and soft-cap (applied in float32), and an optional additive
-    /// bias <c>bias(b, h, i, j)</c> (ALiBi) added in float32 after the soft-cap.
+    /// bias <c>bias(b, h, i, j)</c> (ALiBi) added in float32 after the soft-cap, and optional dropout on the rounded P
+    /// (dropped elements skipped, the row's sum scaled by 1 / (1 - p) before the output's rounding).
     /// </summary>
     public static float[] ForwardSameDtype(
         float[] q, float[] k, float[] v, AttentionDims d, MaskSpec mask, float scale, Func<float, float> round,
-        Func<int, int, int, int, float>? bias = null)
+        Func<int, int, int, int, float>? bias = null, Dropout? dropout = null)
     {
+        float keepScale = dropout is null ? 1f : 1f / (1f - dropout.P);
         var output = new float[d.QElements];
         int group = d.HeadsQ / d.HeadsKv;
         Parallel.For(0, d.Batch * d.HeadsQ, bh =>
@@ -190,7 +198,7 @@ internal static class NaiveAttention
                 Array.Clear(acc);
                 for (int j = 0; j < d.SeqK; j++)
                 {
-                    if (!mask.Visible(i, j, d.SeqQ, d.SeqK))
+                    if (!mask.Visible(i, j, d.SeqQ, d.SeqK) || (dropout is not null && !dropout.Keep(b, h, i, j)))
                     {
                         continue;
                     }
@@ -205,7 +213,7 @@ internal static class NaiveAttention
 
                 for (int x = 0; x < d.HeadDim; x++)
                 {
-                    output[outBase + x] = round(acc[x]);
+                    output[outBase + x] = round(acc[x] * keepScale);
                 }
             }
         });

@@ -12,12 +12,15 @@ internal static class NaiveBackward
     /// <summary>
     /// Gradients of q, k and v (dense [B, S, H, D] layouts of <paramref name="d"/>) for the output gradient
     /// <paramref name="dOut"/>; under GQA each kv head sums its query heads in float32 before the final rounding. An
-    /// optional additive bias <c>bias(b, h, i, j)</c> (ALiBi) is added after the soft-cap; it gets no gradient.
+    /// optional additive bias <c>bias(b, h, i, j)</c> (ALiBi) is added after the soft-cap; it gets no gradient. With
+    /// <paramref name="dropout"/>, autograd of dropout(P) v: the dropped-and-scaled P (dtype) feeds dV, and the gradient
+    /// of P is the dtype dO vᵀ masked and scaled by 1 / (1 - p), rounded again (FEATURES.md section 1).
     /// </summary>
     public static (float[] Dq, float[] Dk, float[] Dv) SameDtype(
         float[] q, float[] k, float[] v, float[] dOut, AttentionDims d, MaskSpec mask, float scale, Func<float, float> round,
-        Func<int, int, int, int, float>? bias = null)
+        Func<int, int, int, int, float>? bias = null, NaiveAttention.Dropout? dropout = null)
     {
+        float keepScale = dropout is null ? 1f : 1f / (1f - dropout.P);
         var dq = new float[d.QElements];
         var dk = new float[d.KvElements];
         var dv = new float[d.KvElements];
@@ -29,6 +32,7 @@ internal static class NaiveBackward
             int hk = unit % d.HeadsKv;
             var p = new float[d.SeqK];
             var dp = new float[d.SeqK];
+            var pv = new float[d.SeqK]; // P as it multiplies V (dropped and scaled under dropout)
             var capFactor = new float[d.SeqK];
             var dqRow = new float[dim];
             var dkAcc = new float[d.SeqK * dim];
@@ -109,6 +113,14 @@ internal static class NaiveBackward
                         }
 
                         dp[j] = round(dot);
+                        pv[j] = p[j];
+                        if (dropout is not null)
+                        {
+                            bool keep = dropout.Keep(b, h, i, j);
+                            dp[j] = keep ? round(dp[j] * keepScale) : 0f;
+                            pv[j] = keep ? round(p[j] * keepScale) : 0f;
+                        }
+
                         rowDot += p[j] * dp[j];
                     }
 
@@ -127,7 +139,7 @@ internal static class NaiveBackward
                         {
                             dqRow[x] += ds * k[kBase + x];
                             dkAcc[acc + x] += ds * q[qBase + x];
-                            dvAcc[acc + x] += p[j] * dOut[qBase + x];
+                            dvAcc[acc + x] += pv[j] * dOut[qBase + x];
                         }
                     }
 
