@@ -3,7 +3,7 @@ cuDNN's SDPA as the anchor, the order of the builds rotated between rounds (so n
 the rounds kept. For kernel experiments: build the variants side by side (e.g. with -DCMAKE_CUDA_FLAGS=-D...),
 then
 
-    python3 bench/ab.py --lib base=build/a --lib try=build/b [--pass bwd [--det]] [--dtype bf16] [--quick]
+    python3 bench/ab.py --lib base=build/a --lib try=build/b [--pass bwd [--det]] [--dtype bf16] [--quick] [--path sm80]
 
 prints TFLOP/s per build and cuDNN, and each build over the first. Outputs (backward: dq, dk, dv) are checked
 against cuDNN's (relative Frobenius error above common.MAX_REL_ERR / MAX_BWD_REL_ERR marks the row); a build that
@@ -26,6 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from common import (MAX_BWD_REL_ERR, MAX_FP8_REL_ERR, MAX_REL_ERR, FaLib, Timer, dtype_code, first_line,  # noqa: E402
                     lib_file, tflops)
+from fa_abi import FA_PATH_AUTO, FA_PATH_SM80, FA_PATH_SM90  # noqa: E402
 from inputs import sdpa_inputs, torch_dtype  # noqa: E402
 from shapes import pass_flops, shapes_grid  # noqa: E402
 
@@ -42,7 +43,10 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--rep", type=int, default=30)
+    ap.add_argument("--path", default="auto", choices=("auto", "sm80", "sm90"),
+                    help="the kernel path every build is forced to (default: each build's own choice)")
     args = ap.parse_args(argv)
+    args.kernel_path = {"auto": FA_PATH_AUTO, "sm80": FA_PATH_SM80, "sm90": FA_PATH_SM90}[args.path]
     if args.dtype == "e4m3" and args.pass_ != "fwd":
         ap.error("--dtype e4m3 times the forward only (the library has no fp8 backward)")
     args.libs = []
@@ -77,7 +81,8 @@ def fwd_setup(args, libs, q, k, v, h, hkv, causal, code):
 
     def make_call(lib):
         o = torch.full(q2.shape, float("nan"), device=q2.device, dtype=torch.bfloat16 if fp8 else q2.dtype)
-        params = lib.forward_params(code, q2, k2, v2, o, causal, out_code=dtype_code("bf16") if fp8 else None)
+        params = lib.forward_params(code, q2, k2, v2, o, causal, out_code=dtype_code("bf16") if fp8 else None,
+                                    path=args.kernel_path)
         return lib.forward_call(params), (params, o), (o,)
 
     def check(outs):
@@ -103,7 +108,8 @@ def bwd_setup(args, libs, q, k, v, h, hkv, causal, code):
 
     def make_call(lib):
         grads = tuple(torch.full_like(t, float("nan")) for t in (q2, k2, v2))
-        params = lib.backward_params(code, (q2, k2, v2, o2, do2) + grads, lse, causal, args.det)
+        params = lib.backward_params(code, (q2, k2, v2, o2, do2) + grads, lse, causal, args.det,
+                                     path=args.kernel_path)
         return lib.backward_call(params), (params, grads), grads
 
     def check(outs):
