@@ -71,12 +71,8 @@ def test_signature_is_flash_attn(name):
 X = object()  # stands for a tensor: the refusal comes before any tensor is looked at
 
 REFUSED = [
-    ("flash_attn_func", (X, X, X), {"dropout_p": 0.1}, "dropout_p=0.1"),
     ("flash_attn_func", (X, X, X), {"softmax_scale": 0.0}, "softmax_scale=0.0"),
-    ("flash_attn_qkvpacked_func", (X,), {"dropout_p": 0.5}, "dropout_p"),
     ("flash_attn_varlen_func", (X, X, X, X, X, 8, 8), {"block_table": X}, "block_table"),
-    ("flash_attn_varlen_func", (X, X, X, X, X, 8, 8), {"dropout_p": 0.2}, "dropout_p"),
-    ("flash_attn_varlen_kvpacked_func", (X, X, X, X, 8, 8), {"dropout_p": 0.2}, "dropout_p"),
 ]
 
 
@@ -96,6 +92,10 @@ INVALID = [
     ("flash_attn_func", {"softcap": float("nan")}, "softcap must be finite"),
     ("flash_attn_func", {"softmax_scale": float("inf")}, "softmax_scale must be finite"),
     ("flash_attn_func", {"causal_alignment": "middle"}, "causal_alignment must be one of"),
+    ("flash_attn_func", {"dropout_p": 1.0}, r"dropout_p is 1.0; it must be in \[0, 1\)"),
+    ("flash_attn_func", {"dropout_p": -0.1}, r"dropout_p is -0.1; it must be in \[0, 1\)"),
+    ("flash_attn_func", {"dropout_p": float("nan")}, r"dropout_p is nan; it must be in \[0, 1\)"),
+    ("flash_attn_func", {"dropout_p": 2}, r"dropout_p is 2; it must be in \[0, 1\)"),
 ]
 
 
@@ -103,6 +103,12 @@ INVALID = [
 def test_invalid_arguments(name, kwargs, what):
     with pytest.raises(ValueError, match=what):
         getattr(fai, name)(X, X, X, **kwargs)
+
+
+@pytest.mark.parametrize("bad", ["0.1", True, None], ids=["str", "bool", "None"])
+def test_dropout_p_must_be_a_number(bad):
+    with pytest.raises(TypeError, match="dropout_p must be a float in"):
+        fai.flash_attn_func(X, X, X, dropout_p=bad)
 
 
 def test_kvcache_argument_checks():

@@ -1153,8 +1153,117 @@ def test_alibi_custom_op_matches_the_eager_call():
     slopes = torch.rand(4, device=DEV) * 0.3
     eager, lse, _ = fai.flash_attn_func(q, k, v, causal=True, alibi_slopes=slopes, return_attn_probs=True)
     align = _args.CAUSAL_ALIGNMENTS["bottom_right"]
-    out, op_lse = ops.fwd_sink_op(q, k, v, None, slopes, 0.0, True, align, -1, -1, 0.0, False, None, None, 0, 0)
+    out, op_lse, _, _ = ops.fwd_sink_op(q, k, v, None, slopes, 0.0, False, 0.0, True, align, -1, -1, 0.0, False, None,
+                                        None, 0, 0)
     assert torch.equal(eager, out) and torch.equal(lse, op_lse)
     g = torch.randn_like(out)
     assert all(torch.equal(a, b_) for a, b_ in zip(torch.autograd.grad(eager, (q, k, v), g),
                                                    torch.autograd.grad(out, (q, k, v), g)))
+
+
+# ---- dropout (C ABI 0.9; FlashAttention-2's dropout_p, sm80 kernels) -----------------------------------------------
+
+def torch_flash_dropout(q, k, v, p, causal):
+    """PyTorch's own FlashAttention-2 kernels with dropout on [B, S, H, D] tensors: (out, keep mask [B, H, Sq, Sk] from
+    the sign of S_dmask, FEATURES.md section 1), drawing (seed, offset) from the default CUDA generator as flash-attn
+    does. Skips where this PyTorch's flash kernels refuse the call."""
+    try:
+        r = torch.ops.aten._scaled_dot_product_flash_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                               v.transpose(1, 2), p, causal, True)
+    except RuntimeError as e:
+        pytest.skip(f"PyTorch's flash attention refuses dropout with the debug mask here: {e}")
+    sq, sk = q.shape[1], k.shape[1]
+    return r[0].transpose(1, 2), ~torch.signbit(r[-1][:, :, :sq, :sk].float())
+
+
+def reference_dropout(q, k, v, keep, p, causal):
+    """float64 attention with the keep mask [B, H, Sq, Sk] applied to P (kept / (1 - p)), flash-attn's bottom-right
+    causal, [B, S, H, D]."""
+    qd, kd, vd = q.double(), k.double(), v.double()
+    s, vr = masked_scores(qd, kd, vd, causal, (-1, -1), 0.0, None, False)
+    pr = torch.softmax(s, dim=-1).nan_to_num(0.0) * keep.double() / (1 - p)
+    return torch.einsum("bhqk,bkhd->bqhd", pr, vr)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_dropout_draws_pytorch_flash_mask_and_matches_its_error(causal, dtype):
+    """After torch.manual_seed(s) our call draws the (seed, offset) PyTorch's flash kernels draw after the same seed,
+    so the keep mask (S_dmask >= 0) equals theirs on every visible element; output and gradients are judged against
+    the float64 reference under that mask by FlashAttention-2's rule: at most twice PyTorch flash's own error (plus
+    1e-5; gradients 3x, as FA2's test_flash_attn_output)."""
+    p, b, s, h, d = 0.17, 2, 257, 4, 64
+    torch.manual_seed(31)
+    q, k, v = (rand(b, s, h, d, dtype=dtype, grad=True) for _ in range(3))
+    g = torch.randn_like(q)
+    torch.manual_seed(1234)
+    pt_out, pt_keep = torch_flash_dropout(q, k, v, p, causal)
+    pt_grads = torch.autograd.grad(pt_out, (q, k, v), g)
+    torch.manual_seed(1234)
+    out, lse, s_dmask = fai.flash_attn_func(q, k, v, dropout_p=p, causal=causal, return_attn_probs=True)
+    assert s_dmask.shape == (b, h, s, s) and s_dmask.dtype == dtype
+    assert bool(((s_dmask == 1) | (s_dmask == -1)).all()), "S_dmask holds +1 (kept) and -1 (dropped) only"
+    keep = s_dmask >= 0
+    visible = torch.ones(s, s, dtype=torch.bool, device=DEV)
+    if causal:
+        visible = visible.tril()
+    differ = ((keep != pt_keep) & visible).sum().item()
+    assert differ == 0, f"{differ} of {int(visible.sum()) * b * h} keep flags differ from PyTorch flash's"
+    rate = keep[:, :, visible].float().mean().item()
+    assert abs(rate - 212 / 256) < 0.01, rate  # T = floor(0.83 * 255) = 211: keep (T + 1) / 256
+    ref = reference_dropout(q, k, v, keep, p, causal)
+    assert max_err(out, ref) <= 2 * max_err(pt_out, ref) + 1e-5
+    plain_lse = fai.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)[1]  # (the sm90 kernels on Hopper)
+    assert max_err(lse, plain_lse) <= 1e-4 * max(1.0, plain_lse.abs().max().item()), "dropout leaves the lse as it is"
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g.double())
+    for name, ours, theirs, r in zip("qkv", grads, pt_grads, ref_grads):
+        assert max_err(ours, r) <= 3 * max_err(theirs, r) + 1e-5, name
+
+
+def test_dropout_varlen_gqa_and_reproducibility():
+    """A variable-length GQA batch with an empty sequence: the same seed gives the same output bitwise, the next call
+    another mask; the output of each sequence matches the float64 reference under its slice of the keep mask; the
+    gradients of a whole-batch loss match the reference's within 2e-2 of their largest magnitude."""
+    p, h, hkv, d = 0.3, 4, 2, 64
+    lens_q, lens_k = [70, 0, 33, 129], [90, 5, 64, 129]
+    cu_q = torch.tensor([0] + list(itertools.accumulate(lens_q)), dtype=torch.int32, device=DEV)
+    cu_k = torch.tensor([0] + list(itertools.accumulate(lens_k)), dtype=torch.int32, device=DEV)
+    torch.manual_seed(32)
+    q = rand(sum(lens_q), h, d, grad=True)
+    k, v = rand(sum(lens_k), hkv, d, grad=True), rand(sum(lens_k), hkv, d, grad=True)
+    mq, mk = max(lens_q), max(lens_k)
+    torch.manual_seed(7)
+    out, _, s_dmask = fai.flash_attn_varlen_func(q, k, v, cu_q, cu_k, mq, mk, dropout_p=p, causal=True,
+                                                 return_attn_probs=True)
+    assert s_dmask.shape == (len(lens_q), h, mq, mk)
+    torch.manual_seed(7)
+    again = fai.flash_attn_varlen_func(q, k, v, cu_q, cu_k, mq, mk, dropout_p=p, causal=True)
+    assert torch.equal(out, again), "the same generator state reproduces the output bitwise"
+    other = fai.flash_attn_varlen_func(q, k, v, cu_q, cu_k, mq, mk, dropout_p=p, causal=True)
+    assert not torch.equal(out, other), "the generator advanced: the next call draws another mask"
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    ref_out = torch.zeros_like(out, dtype=torch.float64)
+    for i in range(len(lens_q)):
+        a, e, ka, ke = cu_q[i].item(), cu_q[i + 1].item(), cu_k[i].item(), cu_k[i + 1].item()
+        if e == a:
+            continue
+        keep = s_dmask[i:i + 1, :, :e - a, :ke - ka] >= 0
+        ref_out[a:e] = reference_dropout(q[a:e][None], k[ka:ke][None], v[ka:ke][None], keep, p, True)[0]
+        assert max_err(out[a:e], ref_out[a:e]) < 2e-2, i
+    ref_grads = torch.autograd.grad(ref_out, (q, k, v), g.double())
+    for name, ours, r in zip("qkv", grads, ref_grads):
+        assert max_err(ours, r) < 2e-2 * max(1.0, r.abs().max().item()), name
+
+
+def test_dropout_refusals_on_the_gpu():
+    q = rand(1, 64, 2, 64)
+    if fp8_served():
+        q8 = q.to(torch.float8_e4m3fn)
+        with pytest.raises(fai.UnsupportedArgumentError, match="fp8 inputs have no dropout"):
+            fai.flash_attn_func(q8, q8, q8, dropout_p=0.1)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="dropout under CUDA graph capture"):
+        with torch.cuda.graph(graph):
+            fai.flash_attn_func(q, q, q, dropout_p=0.1)

@@ -81,23 +81,17 @@ __device__ __forceinline__ uint32_t dropout_keep_bits(const DropoutLane& d, int 
     return bits;
 }
 
-// Applies the keep mask to NS consecutive n8 tiles of one m16 tile (acc[j][e]; arguments as dropout_keep_bits, NS
-// a multiple of 4 and up to 16): dropped elements become 0.
-template <int NS>
-__device__ __forceinline__ void apply_dropout_tile(float (&acc)[NS][4], const DropoutLane& d, int row16, int col0) {
-    static_assert(NS % 4 == 0, "whole 16 x 32 blocks");
-#pragma unroll
-    for (int g = 0; g < NS / 4; ++g) {
-        const Philox4x32Out r = dropout_philox(d.seed, d.offset, static_cast<uint32_t>(row16 / 16),
-                                               static_cast<uint32_t>((col0 + g * 32) / 32));
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                if (((r.w[t] >> (8 * e)) & 0xFFu) > d.threshold) acc[g * 4 + t][e] = 0.f;
-            }
-        }
-    }
+// The keep masks of the 16-bit pairs of one n8 tile's accumulator elements, from that tile's Philox word (byte e =
+// element e): pair 0 is elements (0, 1) (row +0), pair 1 elements (2, 3) (row +8); each half is 0xFFFF where the
+// element is kept (its byte <= the threshold) and 0 where dropped, to AND with the packed pair of rounded P values
+// (FlashAttention-2's trick: the bytes widened to 16 bits compare as positive f16 subnormals in one set.le.f16x2,
+// whose PTX default keeps subnormals). thr2 = threshold in both halves. Three instructions per pair, against a
+// byte extract, a compare and a select per element on the fp32 values.
+__device__ __forceinline__ uint32_t dropout_pair_mask(uint32_t word, int pair, uint32_t thr2) {
+    const uint32_t r16 = __byte_perm(word, 0u, pair == 0 ? 0x4140u : 0x4342u);  // bytes (2 pair, 2 pair + 1) -> u16 x2
+    uint32_t m;
+    asm("set.le.u32.f16x2 %0, %1, %2;" : "=r"(m) : "r"(r16), "r"(thr2));
+    return m;
 }
 
 // FlashAttention-2's rng_state: the (seed, offset) the call used, written by one thread of the grid before any

@@ -255,18 +255,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
             }
         }
 
-        // Dropout (kLocal variant only, a uniform branch; common/dropout.cuh): after the row sums, which keep the
-        // undropped P, and before P is rounded for P V (zeroing commutes with the rounding, so this is FlashAttention-2's
-        // "dropout on the rounded P"); the 1 / (1 - p) comes with the final normalisation. The lane's state is formed
-        // here, per tile, so nothing of it stays live through the rest of the loop.
-        if constexpr (kLocal) {
-            if (p.dropout != 0) {
-                const DropoutLane drop = dropout_lane_state(p, b, h, lane);
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) apply_dropout_tile<NS>(s[mt], drop, row0 + warp_row + mt * 16, n * BN);
-            }
-        }
-
         cp_async_wait<0>();
         __syncthreads();  // V(n) visible to all; every warp is done reading K(n)
         if (n > n_begin) {
@@ -275,28 +263,62 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
             cp_async_commit();
         }
 
-        // O += P V, P re-packed from the S accumulators as A fragments (no shared memory).
-#pragma unroll
-        for (int kv = 0; kv < Tr::kKStepsPV; ++kv) {
-            uint32_t a[MT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                a[mt][0] = pack2<T>(s[mt][2 * kv][0], s[mt][2 * kv][1]);
-                a[mt][1] = pack2<T>(s[mt][2 * kv][2], s[mt][2 * kv][3]);
-                a[mt][2] = pack2<T>(s[mt][2 * kv + 1][0], s[mt][2 * kv + 1][1]);
-                a[mt][3] = pack2<T>(s[mt][2 * kv + 1][2], s[mt][2 * kv + 1][3]);
+        // O += P V, P re-packed from the S accumulators as A fragments (no shared memory). Dropout (kLocal variant
+        // only, a uniform branch choosing a copy of this loop; common/dropout.cuh) zeroes the dropped elements of the
+        // packed, rounded P: after the row sums, which keep the undropped P (FlashAttention-2's "dropout on the
+        // rounded P"); the 1 / (1 - p) comes with the final normalisation. One Philox call per 16 x 32 block serves
+        // two k-steps; the lane's state is formed here, per tile, so nothing of it stays live through the loop.
+        const auto pv = [&](auto drop_tag) {
+            constexpr bool kDrop = decltype(drop_tag)::value;
+            static_assert(!kDrop || (Tr::kKStepsPV % 2 == 0), "whole 32-key Philox blocks");
+            DropoutLane drop{};
+            uint32_t thr2 = 0;
+            if constexpr (kDrop) {
+                drop = dropout_lane_state(p, b, h, lane);
+                thr2 = drop.threshold | (drop.threshold << 16);
             }
+            Philox4x32Out rnd[MT];
 #pragma unroll
-            for (int dp = 0; dp < NO / 2; ++dp) {
-                uint32_t b0, b1, b2, b3;
-                ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RB>(sV, v_off, dp, kv * 16));
+            for (int kv = 0; kv < Tr::kKStepsPV; ++kv) {
+                uint32_t a[MT][4];
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
-                    mma_16816<T>(acc[mt][2 * dp], a[mt], b0, b1);
-                    mma_16816<T>(acc[mt][2 * dp + 1], a[mt], b2, b3);
+                    a[mt][0] = pack2<T>(s[mt][2 * kv][0], s[mt][2 * kv][1]);
+                    a[mt][1] = pack2<T>(s[mt][2 * kv][2], s[mt][2 * kv][3]);
+                    a[mt][2] = pack2<T>(s[mt][2 * kv + 1][0], s[mt][2 * kv + 1][1]);
+                    a[mt][3] = pack2<T>(s[mt][2 * kv + 1][2], s[mt][2 * kv + 1][3]);
+                    if constexpr (kDrop) {
+                        if (kv % 2 == 0) {
+                            rnd[mt] = dropout_philox(drop.seed, drop.offset,
+                                                     static_cast<uint32_t>((row0 + warp_row + mt * 16) / 16),
+                                                     static_cast<uint32_t>((n * BN + kv * 16) / 32));
+                        }
+                        const uint32_t w0 = rnd[mt].w[(2 * kv) % 4], w1 = rnd[mt].w[(2 * kv + 1) % 4];
+                        a[mt][0] &= dropout_pair_mask(w0, 0, thr2);
+                        a[mt][1] &= dropout_pair_mask(w0, 1, thr2);
+                        a[mt][2] &= dropout_pair_mask(w1, 0, thr2);
+                        a[mt][3] &= dropout_pair_mask(w1, 1, thr2);
+                    }
+                }
+#pragma unroll
+                for (int dp = 0; dp < NO / 2; ++dp) {
+                    uint32_t b0, b1, b2, b3;
+                    ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RB>(sV, v_off, dp, kv * 16));
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        mma_16816<T>(acc[mt][2 * dp], a[mt], b0, b1);
+                        mma_16816<T>(acc[mt][2 * dp + 1], a[mt], b2, b3);
+                    }
                 }
             }
+        };
+        if constexpr (kLocal) {
+            if (p.dropout != 0) {
+                pv(std::true_type{});
+                return;
+            }
         }
+        pv(std::false_type{});
     };
 
     // Walk the key tiles from the last down: the first tiles may need the right/tail masks, then

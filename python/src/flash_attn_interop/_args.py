@@ -29,14 +29,15 @@ def refuse(function, name, value, why):
     raise UnsupportedArgumentError(f"{function}: {name}={value!r} is not served by FlashAttention.Interop yet ({why})")
 
 
-def common_refusals(function, dropout_p=0.0):
-    """The options every entry point takes that this package does not pass yet: dropout. (ALiBi is served since C ABI
-    0.8: alibi_slopes goes through the extras path of _interface.) The C ABI serves dropout since 0.9 (sm80 kernels);
-    the package still has to draw (seed, offset) from torch's CUDA generator as flash-attn does and keep the forward's
-    rng_state for the backward before it can pass dropout_p (issue 14)."""
-    if dropout_p is None or float(dropout_p) != 0.0:
-        refuse(function, "dropout_p", dropout_p,
-               "the C ABI has dropout since 0.9 but this package does not pass it yet; pass dropout_p=0.0")
+def dropout_arg(function, dropout_p):
+    """dropout_p as a float in [0, 1) (FlashAttention-2's check: p < 1), refused with the reason otherwise."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"{function}: dropout_p must be a float in [0, 1), got {type(dropout_p).__name__}")
+    p = float(dropout_p)
+    if not (0.0 <= p < 1.0):  # NaN fails too
+        raise ValueError(f"{function}: dropout_p is {dropout_p!r}; it must be in [0, 1) (the probability of dropping "
+                         "each attention weight; 0: no dropout)")
+    return p
 
 
 def softmax_scale_arg(function, softmax_scale):
@@ -193,6 +194,8 @@ _FWD_LENS = _run(_F, "varlen_batch", "max_seqlen_q", "max_seqlen_k")
 _FWD_DESCALE = _run(_F, "q_descale", "k_descale", "v_descale")
 _FWD_SINKS = _run(_F, "sinks")
 _FWD_ALIBI = _run(_F, "alibi_slopes")
+_FWD_DROPOUT = _run(_F, "dropout_p", "reserved3", "dropout_seed", "dropout_offset", "dropout_seed_device",
+                    "dropout_offset_device", "dropout_rng_state", "dropout_mask")  # C ABI 0.9
 _B = _abi.FaBackwardParams
 _BWD_MAIN = _run(_B, "q", "k", "v", "out", "dout", "lse", "dq", "dk", "dv", "softmax_scale", "causal",
                  "causal_alignment")
@@ -201,6 +204,8 @@ _BWD_CU = _run(_B, "cu_seqlens_q", "cu_seqlens_k")
 _BWD_LENS = _run(_B, "varlen_batch", "max_seqlen_q", "max_seqlen_k")
 _BWD_SINKS = _run(_B, "sinks", "dsinks")
 _BWD_ALIBI = _run(_B, "alibi_slopes")
+_BWD_DROPOUT = _run(_B, "dropout_p", "reserved2", "dropout_seed", "dropout_offset", "dropout_seed_device",
+                    "dropout_offset_device")  # C ABI 0.9
 _D = _abi.FaDecodeParams
 _DEC_MAIN = _run(_D, "q", "k_cache", "v_cache", "k_new", "v_new", "out", "lse", "cache_seqlens", "block_table",
                  "softmax_scale", "causal", "window_left", "window_right", "softcap")
@@ -249,6 +254,26 @@ def pack_alibi(p, kind, slopes):
         s.pack_into(p, off, *slopes)
     except (struct.error, OverflowError) as e:
         raise _unfit(kind, e) from None
+
+
+def pack_forward_dropout(p, dropout_p, seed, offset, rng_state, mask):
+    """Writes fa_forward_params_t p's dropout fields (C ABI 0.9): p, the host seed and offset, the address of the
+    uint64[2] rng_state the call writes, and the keep mask (tensor_fields; NO_TENSOR: not written)."""
+    try:
+        off, s = _FWD_DROPOUT
+        s.pack_into(p, off, dropout_p, 0, seed, offset, 0, 0, rng_state, *mask)
+    except (struct.error, OverflowError) as e:
+        raise _unfit("forward", e) from None
+
+
+def pack_backward_dropout(p, dropout_p, rng_state):
+    """Writes fa_backward_params_t p's dropout fields: p, and the seed and offset read from the forward's rng_state
+    (the address of its uint64[2]) on the device, as FlashAttention-2's backward replays them."""
+    try:
+        off, s = _BWD_DROPOUT
+        s.pack_into(p, off, dropout_p, 0, 0, 0, rng_state, rng_state + 8)
+    except (struct.error, OverflowError) as e:
+        raise _unfit("backward", e) from None
 
 
 def sinks_arg(function, sinks, learnable_sink):

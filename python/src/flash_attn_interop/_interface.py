@@ -28,6 +28,14 @@ for a causal call without a left window, FlashAttention-2's +slope * j (the same
 by slope * (i + seqlen_k - seqlen_q)). kvcache: keys counted from cache_leftpad, the causal form kept for seqlen_q 1.
 The slopes get no gradient. Not with fp8 inputs in this package yet.
 
+Dropout (C ABI 0.9; FlashAttention-2's dropout_p in [0, 1)): the library's sm80 kernels on every GPU; (seed, offset)
+come from PyTorch's default CUDA generator of q's device, advanced by batch * nheads * 32 (rounded up to 4) as
+flash-attn's philox_cuda_state draw, so a call after torch.manual_seed(s) drops what flash-attn (and PyTorch's flash
+kernels) would; the backward replays the forward's recorded (seed, offset). With return_attn_probs the third value is
+the keep mask as +1 (kept) / -1 (dropped) in q's dtype, [batch, nheads, seqlen_q, seqlen_k] (varlen: max lengths):
+flash-attn's S_dmask sign convention without its magnitudes. Refused under CUDA graph capture (the draw is on the
+host) and with fp8 inputs.
+
 fp8 (FlashAttention-3's fp8 forward): q, k and v all torch.float8_e4m3fn give a torch.bfloat16 output; q_descale,
 k_descale and v_descale (float32 (batch, nheads_k), even for q; None: 1.0) scale the values back: the attention is
 that of q * q_descale[b, h // (nheads // nheads_k)], k * k_descale[b, hk] and v * v_descale[b, hk], the log-sum-exp
@@ -65,19 +73,20 @@ def _options(function, dropout_p, softmax_scale, causal, window_size, softcap, a
             and type(causal_alignment) is str and causal_alignment == "bottom_right"):
         # Every option at its default (what the checks below would return, without their calls).
         return _DEFAULT_CAUSAL_OPTIONS if causal else _DEFAULT_OPTIONS
-    _args.common_refusals(function, dropout_p)
+    _args.dropout_arg(function, dropout_p)
     scale = _args.softmax_scale_arg(function, softmax_scale)
     left, right = _args.window_arg(function, window_size)
     align = _args.causal_alignment_arg(function, causal_alignment)
     return scale, bool(causal), align, left, right, _args.softcap_arg(function, softcap)
 
 
-def _finish(out, lse, return_attn_probs, q):
+def _finish(out, lse, return_attn_probs, q, s_dmask=None):
     if not return_attn_probs:
         return out
     # flash-attn returns S_dmask only with dropout (the attention probabilities, for tests); with dropout_p=0 it
-    # returns an empty tensor in its place, as here.
-    return out, lse, q.new_empty((0,))
+    # returns an empty tensor in its place, as here. With dropout, s_dmask is the keep mask in flash-attn's sign
+    # convention (see the module's notes).
+    return out, lse, q.new_empty((0,)) if s_dmask is None else s_dmask
 
 
 def _attn_inputs(ops, function, q, k, v, plain, rank, layout):
@@ -179,12 +188,16 @@ def _fp8(ops, function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_s
 
 
 def _with_sinks(function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
-                return_attn_probs, descales, sinks, alibi_slopes=None):
-    """A call with the extras, learnable sinks and/or ALiBi slopes (each None when absent; fixed-length when
-    cu_seqlens_q is None): the extras checked first (on any device), then q, k, v as every call checks them, then the
-    devices; through the extras ops (differentiable in the sinks; the slopes get no gradient, as in
+                return_attn_probs, descales, sinks, alibi_slopes=None, dropout_p=0.0):
+    """A call with the extras, learnable sinks, ALiBi slopes and/or dropout (None or 0.0 when absent; fixed-length
+    when cu_seqlens_q is None): the extras checked first (on any device), then q, k, v as every call checks them, then
+    the devices; through the extras ops (differentiable in the sinks; the slopes get no gradient, as in
     FlashAttention-2)."""
     ops = _ops or _torch_ops()
+    dropout_p = _args.dropout_arg(function, dropout_p)
+    if dropout_p and (descales is not _NO_DESCALES or ops.is_fp8(q)):
+        _args.refuse(function, "dropout_p", dropout_p, "fp8 inputs have no dropout (FlashAttention-3 has none; the "
+                     "library's dropout runs on its sm80 kernels, which have no fp8)")
     if descales is not _NO_DESCALES or ops.is_fp8(q):
         if sinks is not None:
             _args.refuse(function, "sinks", "<tensor>", "learnable sinks with fp8 inputs are served by the C ABI (0.7) "
@@ -208,9 +221,10 @@ def _with_sinks(function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
         ops.require_cuda(function, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
         cu_q, cu_k = _cu_seqlens(ops, function, cu_seqlens_q, cu_seqlens_k)
     ops.require_cuda(function, sinks=sinks, alibi_slopes=alibi_slopes)
-    out, lse = ops.attention_sink(q, k, v, sinks, alibi_slopes, opts, bool(deterministic), cu_q, cu_k,
-                                  int(max_seqlen_q), int(max_seqlen_k), plain)
-    return _finish(out, lse, return_attn_probs, q)
+    out, lse, mask = ops.attention_sink(q, k, v, sinks, alibi_slopes, opts, bool(deterministic), cu_q, cu_k,
+                                        int(max_seqlen_q), int(max_seqlen_k), plain, dropout_p,
+                                        bool(return_attn_probs and dropout_p))
+    return _finish(out, lse, return_attn_probs, q, ops.s_dmask_of(mask, q) if mask is not None else None)
 
 
 def _no_block_table(function, block_table):
@@ -235,9 +249,10 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     per query head in the softmax denominator (see the module's notes); differentiable."""
     f = "flash_attn_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
-    if sinks is not None or learnable_sink is not None or alibi_slopes is not None:
+    if sinks is not None or learnable_sink is not None or alibi_slopes is not None or dropout_p:
         return _with_sinks(f, q, k, v, None, None, 0, 0, opts, deterministic, return_attn_probs,
-                           _descales(q_descale, k_descale, v_descale), _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes)
+                           _descales(q_descale, k_descale, v_descale), _args.sinks_arg(f, sinks, learnable_sink),
+                           alibi_slopes, dropout_p=dropout_p)
     if q_descale is not None or k_descale is not None or v_descale is not None:
         return _dense(f, q, k, v, opts, deterministic, return_attn_probs, (q_descale, k_descale, v_descale))
     ops = _ops or _torch_ops()
@@ -257,10 +272,10 @@ def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=Fal
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(qkv, "dim", None) is None or qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"{f}: qkv must be [batch, seqlen, 3, heads, head_dim], got {_shape(qkv)}")
-    if sinks is not None or learnable_sink is not None or alibi_slopes is not None:
+    if sinks is not None or learnable_sink is not None or alibi_slopes is not None or dropout_p:
         return _with_sinks(f, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], None, None, 0, 0, opts, deterministic,
                            return_attn_probs, _descales(q_descale, k_descale, v_descale),
-                           _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes)
+                           _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes, dropout_p=dropout_p)
     return _dense(f, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], opts, deterministic, return_attn_probs,
                   _descales(q_descale, k_descale, v_descale))
 
@@ -274,9 +289,10 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(kv, "dim", None) is None or kv.dim() != 5 or kv.shape[2] != 2:
         raise ValueError(f"{f}: kv must be [batch, seqlen_k, 2, heads_kv, head_dim], got {_shape(kv)}")
-    if sinks is not None or learnable_sink is not None or alibi_slopes is not None:
+    if sinks is not None or learnable_sink is not None or alibi_slopes is not None or dropout_p:
         return _with_sinks(f, q, kv[:, :, 0], kv[:, :, 1], None, None, 0, 0, opts, deterministic, return_attn_probs,
-                           _descales(q_descale, k_descale, v_descale), _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes)
+                           _descales(q_descale, k_descale, v_descale), _args.sinks_arg(f, sinks, learnable_sink),
+                           alibi_slopes, dropout_p=dropout_p)
     return _dense(f, q, kv[:, :, 0], kv[:, :, 1], opts, deterministic, return_attn_probs,
                   _descales(q_descale, k_descale, v_descale))
 
@@ -293,10 +309,10 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     f = "flash_attn_varlen_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     _no_block_table(f, block_table)
-    if sinks is not None or learnable_sink is not None or alibi_slopes is not None:
+    if sinks is not None or learnable_sink is not None or alibi_slopes is not None or dropout_p:
         return _with_sinks(f, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
                            return_attn_probs, _descales(q_descale, k_descale, v_descale),
-                           _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes)
+                           _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes, dropout_p=dropout_p)
     return _varlen(f, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
                    return_attn_probs, _descales(q_descale, k_descale, v_descale))
 
@@ -310,10 +326,10 @@ def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(qkv, "dim", None) is None or qkv.dim() != 4 or qkv.shape[1] != 3:
         raise ValueError(f"{f}: qkv must be [total, 3, heads, head_dim], got {_shape(qkv)}")
-    if sinks is not None or learnable_sink is not None or alibi_slopes is not None:
+    if sinks is not None or learnable_sink is not None or alibi_slopes is not None or dropout_p:
         return _with_sinks(f, qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, opts,
                            deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale),
-                           _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes)
+                           _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes, dropout_p=dropout_p)
     return _varlen(f, qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, opts,
                    deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale))
 
@@ -329,10 +345,10 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if getattr(kv, "dim", None) is None or kv.dim() != 4 or kv.shape[1] != 2:
         raise ValueError(f"{f}: kv must be [total_k, 2, heads_kv, head_dim], got {_shape(kv)}")
-    if sinks is not None or learnable_sink is not None or alibi_slopes is not None:
+    if sinks is not None or learnable_sink is not None or alibi_slopes is not None or dropout_p:
         return _with_sinks(f, q, kv[:, 0], kv[:, 1], cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts,
                            deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale),
-                           _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes)
+                           _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes, dropout_p=dropout_p)
     return _varlen(f, q, kv[:, 0], kv[:, 1], cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts,
                    deterministic, return_attn_probs, _descales(q_descale, k_descale, v_descale))
 

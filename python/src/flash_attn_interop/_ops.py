@@ -349,10 +349,38 @@ def _sinks32(sinks):
     return s if s.stride(0) == 1 else s.contiguous()
 
 
-def forward_sink_impl(q, k, v, sinks, alibi_slopes, softmax_scale, causal, causal_alignment, window_left,
-                      window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+def philox_seed_offset(device, increment):
+    """(seed, offset) for a dropout call from PyTorch's default CUDA generator of `device`, advancing its offset by
+    `increment` rounded up to a multiple of 4, as CUDAGeneratorImpl::philox_cuda_state does for flash-attn's
+    forward (increment = batch * heads * 32): a call after torch.manual_seed(s) draws what flash-attn (and PyTorch's
+    own flash kernels) would draw. The generator's state is (seed, offset) as two 64-bit words."""
+    gen = torch.cuda.default_generators[device]
+    state = gen.get_state()
+    words = state.view(torch.int64)
+    seed, offset = int(words[0]) & 0xFFFFFFFFFFFFFFFF, int(words[1])
+    words[1] = offset + (increment + 3) // 4 * 4
+    gen.set_state(state)
+    return seed, offset
+
+
+def s_dmask_of(mask, q):
+    """flash-attn's S_dmask slot for a dropout call with return_attn_probs: the keep mask the library wrote (uint8
+    [batch, heads, seqlen_q, seqlen_k]; varlen: max lengths) as +1 (kept) / -1 (dropped) in q's dtype, so that
+    S_dmask >= 0 is the keep mask, as flash-attn's sign convention gives it (its magnitudes, unnormalised
+    probabilities, are not reproduced; flash-attn also pads the last two dimensions to multiples of 128)."""
+    return mask.to(q.dtype) * 2 - 1
+
+
+def forward_sink_impl(q, k, v, sinks, alibi_slopes, dropout_p, return_mask, softmax_scale, causal, causal_alignment,
+                      window_left, window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
     """fa_forward with the extras: learnable sinks (float32 [heads_q]) and/or ALiBi slopes (float32 [heads_q] or
-    [batch, heads_q]), each None when absent: (out, lse), lse always written (the backward needs it)."""
+    [batch, heads_q]), each None when absent, and dropout (dropout_p > 0: seed and offset from PyTorch's generator).
+    Returns (out, lse, rng_state, mask): lse always written (the backward needs it); rng_state the int64 [2] (seed,
+    offset) the call used (empty without dropout), mask the uint8 keep mask when return_mask (else empty)."""
+    if dropout_p > 0 and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("flash_attn_interop: dropout under CUDA graph capture is not served by this package yet: the "
+                           "seed and offset are drawn on the host, so every replay would reuse one mask (the C ABI "
+                           "takes device seed/offset pointers for graphs; see fa_forward_params_t.dropout_seed_device)")
     q, k, v = aligned(q), aligned(k), aligned(v)
     lib = _lib()
     device = q.get_device()
@@ -365,17 +393,30 @@ def forward_sink_impl(q, k, v, sinks, alibi_slopes, softmax_scale, causal, causa
         _args.pack_sinks(p, fields(sinks))
     if alibi_slopes is not None:
         _args.pack_alibi(p, "forward", fields(alibi_slopes))
+    rng_state = q.new_empty((2 if dropout_p > 0 else 0,), dtype=torch.int64)
+    mask = q.new_empty((0,), dtype=torch.uint8)
+    if dropout_p > 0:
+        batch = varlen[2] if varlen is not None else q.shape[0]
+        heads = q.shape[-2]
+        seed, offset = philox_seed_offset(device, batch * heads * 32)
+        if return_mask:
+            sq, sk = (max_seqlen_q, max_seqlen_k) if varlen is not None else (q.shape[1], k.shape[1])
+            mask = q.new_empty((batch, heads, sq, sk), dtype=torch.uint8)
+        mf = _args.tensor_fields(mask.data_ptr(), _abi.FA_DTYPE_UINT8, mask.shape, mask.stride()) if return_mask \
+            else _args.NO_TENSOR
+        _args.pack_forward_dropout(p, dropout_p, seed, offset, rng_state.data_ptr(), mf)
     st = lib.lib.fa_forward(lib.context(device), p, _stream(device))
     if st:
         raise lib.error("fa_forward", st)
-    return out, lse
+    return out, lse, rng_state, mask
 
 
-def backward_sink_impl(dout, q, k, v, out, lse, sinks, alibi_slopes, softmax_scale, causal, causal_alignment,
-                       window_left, window_right, softcap, deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                       max_seqlen_k):
+def backward_sink_impl(dout, q, k, v, out, lse, sinks, alibi_slopes, dropout_p, rng_state, softmax_scale, causal,
+                       causal_alignment, window_left, window_right, softcap, deterministic, cu_seqlens_q, cu_seqlens_k,
+                       max_seqlen_q, max_seqlen_k):
     """fa_backward with the extras: (dq, dk, dv, dsinks float32 [heads_q], written by the call; an empty tensor
-    without sinks). ALiBi slopes get no gradient."""
+    without sinks). ALiBi slopes get no gradient. Dropout: the forward's rng_state (seed, offset) read on the device,
+    so the backward regenerates the forward's keep mask."""
     lib = _lib()
     dout, q, k, v = aligned(dout), aligned(q), aligned(k), aligned(v)
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
@@ -389,6 +430,8 @@ def backward_sink_impl(dout, q, k, v, out, lse, sinks, alibi_slopes, softmax_sca
         _args.pack_backward_sinks(p, fields(sinks), fields(dsinks))
     if alibi_slopes is not None:
         _args.pack_alibi(p, "backward", fields(alibi_slopes))
+    if dropout_p > 0:
+        _args.pack_backward_dropout(p, dropout_p, rng_state.data_ptr())
     _run_with_workspace(lib, "backward", p, q)
     return dq, dk, dv, dsinks
 
@@ -502,26 +545,34 @@ if HAS_CUSTOM_OP:
     # The extras (learnable sinks, ALiBi slopes; each optional): their own ops (the plain fwd/bwd ops keep their
     # schema), differentiable in q, k, v and the sinks (the slopes get no gradient, as in FlashAttention-2).
     @torch.library.custom_op(f"{NAMESPACE}::fwd_sink", mutates_args=(), device_types="cuda")
-    def fwd_sink_op(q: T, k: T, v: T, sinks: Optional[T], alibi_slopes: Optional[T], softmax_scale: float,
-                    causal: bool, causal_alignment: int, window_left: int, window_right: int, softcap: float,
-                    deterministic: bool, cu_seqlens_q: Optional[T], cu_seqlens_k: Optional[T], max_seqlen_q: int,
-                    max_seqlen_k: int) -> Tuple[T, T]:
-        return forward_sink_impl(q, k, v, sinks, alibi_slopes, softmax_scale, causal, causal_alignment, window_left,
-                                 window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    def fwd_sink_op(q: T, k: T, v: T, sinks: Optional[T], alibi_slopes: Optional[T], dropout_p: float,
+                    return_mask: bool, softmax_scale: float, causal: bool, causal_alignment: int, window_left: int,
+                    window_right: int, softcap: float, deterministic: bool, cu_seqlens_q: Optional[T],
+                    cu_seqlens_k: Optional[T], max_seqlen_q: int, max_seqlen_k: int) -> Tuple[T, T, T, T]:
+        return forward_sink_impl(q, k, v, sinks, alibi_slopes, dropout_p, return_mask, softmax_scale, causal,
+                                 causal_alignment, window_left, window_right, softcap, cu_seqlens_q, cu_seqlens_k,
+                                 max_seqlen_q, max_seqlen_k)
 
     @fwd_sink_op.register_fake
-    def _fwd_sink_fake(q, k, v, sinks, alibi_slopes, softmax_scale, causal, causal_alignment, window_left,
-                       window_right, softcap, deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-        return q.new_empty(q.shape), q.new_empty(_lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
+    def _fwd_sink_fake(q, k, v, sinks, alibi_slopes, dropout_p, return_mask, softmax_scale, causal, causal_alignment,
+                       window_left, window_right, softcap, deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                       max_seqlen_k):
+        varlen = cu_seqlens_q is not None
+        batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
+        sq, sk = (max_seqlen_q, max_seqlen_k) if varlen else (q.shape[1], k.shape[1])
+        mask_shape = (batch, q.shape[-2], sq, sk) if dropout_p > 0 and return_mask else (0,)
+        return (q.new_empty(q.shape), q.new_empty(_lse_shape(q, varlen), dtype=torch.float32),
+                q.new_empty((2 if dropout_p > 0 else 0,), dtype=torch.int64), q.new_empty(mask_shape, dtype=torch.uint8))
 
     @torch.library.custom_op(f"{NAMESPACE}::bwd_sink", mutates_args=(), device_types="cuda")
     def bwd_sink_op(dout: T, q: T, k: T, v: T, out: T, lse: T, sinks: Optional[T], alibi_slopes: Optional[T],
-                    softmax_scale: float, causal: bool, causal_alignment: int, window_left: int, window_right: int,
-                    softcap: float, deterministic: bool, cu_seqlens_q: Optional[T], cu_seqlens_k: Optional[T],
-                    max_seqlen_q: int, max_seqlen_k: int) -> Tuple[T, T, T, T]:
-        return backward_sink_impl(dout, q, k, v, out, lse, sinks, alibi_slopes, softmax_scale, causal,
-                                  causal_alignment, window_left, window_right, softcap, deterministic, cu_seqlens_q,
-                                  cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+                    dropout_p: float, rng_state: T, softmax_scale: float, causal: bool, causal_alignment: int,
+                    window_left: int, window_right: int, softcap: float, deterministic: bool,
+                    cu_seqlens_q: Optional[T], cu_seqlens_k: Optional[T], max_seqlen_q: int,
+                    max_seqlen_k: int) -> Tuple[T, T, T, T]:
+        return backward_sink_impl(dout, q, k, v, out, lse, sinks, alibi_slopes, dropout_p, rng_state, softmax_scale,
+                                  causal, causal_alignment, window_left, window_right, softcap, deterministic,
+                                  cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
     @bwd_sink_op.register_fake
     def _bwd_sink_fake(dout, q, k, v, out, lse, sinks, *rest):
@@ -529,19 +580,20 @@ if HAS_CUSTOM_OP:
         return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), ds
 
     def _setup_sink_context(ctx, inputs, output):
-        (q, k, v, sinks, alibi_slopes, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
-         deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) = inputs
-        out, lse = output
-        ctx.save_for_backward(q, k, v, sinks, alibi_slopes, out, lse, cu_seqlens_q, cu_seqlens_k)
+        (q, k, v, sinks, alibi_slopes, dropout_p, return_mask, softmax_scale, causal, causal_alignment, window_left,
+         window_right, softcap, deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) = inputs
+        out, lse, rng_state, _ = output
+        ctx.save_for_backward(q, k, v, sinks, alibi_slopes, out, lse, rng_state, cu_seqlens_q, cu_seqlens_k)
+        ctx.dropout_p = dropout_p
         ctx.options = (softmax_scale, causal, causal_alignment, window_left, window_right, softcap, deterministic)
         ctx.max_seqlens = (max_seqlen_q, max_seqlen_k)
 
-    def _sink_backward(ctx, dout, dlse):
+    def _sink_backward(ctx, dout, dlse, drng, dmask):
         # As the plain op: no gradient flows into the log-sum-exp output (FlashAttention-4's dLSE term is 0 here).
-        q, k, v, sinks, alibi_slopes, out, lse, cu_q, cu_k = ctx.saved_tensors
-        dq, dk, dv, dsinks = bwd_sink_op(dout, q, k, v, out, lse, sinks, alibi_slopes, *ctx.options, cu_q, cu_k,
-                                         *ctx.max_seqlens)
-        return (dq, dk, dv, dsinks if sinks is not None else None) + (None,) * 12
+        q, k, v, sinks, alibi_slopes, out, lse, rng_state, cu_q, cu_k = ctx.saved_tensors
+        dq, dk, dv, dsinks = bwd_sink_op(dout, q, k, v, out, lse, sinks, alibi_slopes, ctx.dropout_p, rng_state,
+                                         *ctx.options, cu_q, cu_k, *ctx.max_seqlens)
+        return (dq, dk, dv, dsinks if sinks is not None else None) + (None,) * 14
 
     torch.library.register_autograd(f"{NAMESPACE}::fwd_sink", _sink_backward, setup_context=_setup_sink_context)
 
@@ -550,46 +602,54 @@ class _EagerSinkAttention(torch.autograd.Function):
     """_EagerAttention's counterpart with learnable sinks (float32 [heads_q]): gradients for q, k, v and the sinks."""
 
     @staticmethod
-    def forward(ctx, q, k, v, sinks, alibi_slopes, call):
+    def forward(ctx, q, k, v, sinks, alibi_slopes, call, dropout_p, return_mask):
         if not call.plain:
             q, k, v = aligned(q), aligned(k), aligned(v)
-        out, lse = forward_sink_impl(q, k, v, sinks, alibi_slopes, *call.opts, call.cu_q, call.cu_k, call.max_q,
-                                     call.max_k)
-        ctx.save_for_backward(q, k, v, sinks, alibi_slopes, out, lse)
+        out, lse, rng_state, mask = forward_sink_impl(q, k, v, sinks, alibi_slopes, dropout_p, return_mask, *call.opts,
+                                                      call.cu_q, call.cu_k, call.max_q, call.max_k)
+        ctx.save_for_backward(q, k, v, sinks, alibi_slopes, out, lse, rng_state)
         ctx.call = call
-        ctx.mark_non_differentiable(lse)
+        ctx.dropout_p = dropout_p
+        ctx.mark_non_differentiable(lse, mask)
         ctx.set_materialize_grads(False)
-        return out, lse
+        return out, lse, mask
 
     @staticmethod
-    def backward(ctx, dout, dlse):
+    def backward(ctx, dout, dlse, dmask):
         if dout is None:
-            return None, None, None, None, None, None
-        q, k, v, sinks, alibi_slopes, out, lse = ctx.saved_tensors
+            return (None,) * 8
+        q, k, v, sinks, alibi_slopes, out, lse, rng_state = ctx.saved_tensors
         c = ctx.call
-        args = (dout, q, k, v, out, lse, sinks, alibi_slopes, *c.opts, c.deterministic, c.cu_q, c.cu_k, c.max_q,
-                c.max_k)
+        args = (dout, q, k, v, out, lse, sinks, alibi_slopes, ctx.dropout_p, rng_state, *c.opts, c.deterministic,
+                c.cu_q, c.cu_k, c.max_q, c.max_k)
         if HAS_CUSTOM_OP and (torch.is_grad_enabled() or not plain_eager(dout)):
             dq, dk, dv, dsinks = bwd_sink_op(*args)
         else:
             dq, dk, dv, dsinks = backward_sink_impl(*args)
-        return dq, dk, dv, dsinks if sinks is not None else None, None, None
+        return dq, dk, dv, dsinks if sinks is not None else None, None, None, None, None
 
 
-def attention_sink(q, k, v, sinks, alibi_slopes, opts, deterministic, cu_q, cu_k, max_q, max_k, plain):
-    """(out, lse) of flash attention with the extras on q, k, v as attn_input made them: learnable sinks (checked by
-    sink_input, any of its dtypes) and/or ALiBi slopes (checked by alibi_input), each None when absent;
-    differentiable in q, k, v and the sinks."""
+def attention_sink(q, k, v, sinks, alibi_slopes, opts, deterministic, cu_q, cu_k, max_q, max_k, plain, dropout_p=0.0,
+                   return_mask=False):
+    """(out, lse, mask) of flash attention with the extras on q, k, v as attn_input made them: learnable sinks
+    (checked by sink_input, any of its dtypes), ALiBi slopes (checked by alibi_input), each None when absent, and
+    dropout_p (checked by _args.dropout_arg); mask: the uint8 keep mask when return_mask and dropout_p > 0, else None.
+    Differentiable in q, k, v and the sinks."""
     s32 = _sinks32(sinks) if sinks is not None else None
     if HAS_CUSTOM_OP and not plain:
-        return fwd_sink_op(q, k, v, s32, alibi_slopes, *opts, deterministic, cu_q, cu_k, max_q, max_k)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                    or (s32 is not None and s32.requires_grad)):
-        return _EagerSinkAttention.apply(q, k, v, s32, alibi_slopes,
-                                         _Call(opts, deterministic, cu_q, cu_k, max_q, max_k, plain))
-    if not plain:
-        q, k, v = aligned(q), aligned(k), aligned(v)
-    return forward_sink_impl(q, k, v, s32, alibi_slopes, *opts, cu_q, cu_k, max_q, max_k)
+        out, lse, _, mask = fwd_sink_op(q, k, v, s32, alibi_slopes, dropout_p, return_mask, *opts, deterministic, cu_q,
+                                        cu_k, max_q, max_k)
+    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                      or (s32 is not None and s32.requires_grad)):
+        out, lse, mask = _EagerSinkAttention.apply(q, k, v, s32, alibi_slopes,
+                                                   _Call(opts, deterministic, cu_q, cu_k, max_q, max_k, plain),
+                                                   dropout_p, return_mask)
+    else:
+        if not plain:
+            q, k, v = aligned(q), aligned(k), aligned(v)
+        out, lse, _, mask = forward_sink_impl(q, k, v, s32, alibi_slopes, dropout_p, return_mask, *opts, cu_q, cu_k,
+                                              max_q, max_k)
+    return out, lse, (mask if return_mask and dropout_p > 0 else None)
 
 
 # ---- the entry points _interface calls ----------------------------------------------------------------------------
