@@ -17,6 +17,9 @@ plain contiguous row ("serving" names the option; SDPA's figures are the plain r
   batch_idx  cache_batch_idx over a pool of 2*B rows, the sequences' rows shuffled (the same K/V at those rows);
   leftpad    cache_leftpad: each sequence's S keys start at a pad of 0..255 positions (cache_seqlens = pad + S),
              so the same S keys are attended.
+Shape rows (issue 15, SHAPE_ROWS; "serving" holds the label): b1 (one sequence over 128k cached keys, contiguous and
+paged 256: the split-KV heuristic must fill the GPU) and spec4/spec16 (B 16, 4 or 16 query tokens per sequence over
+32k, causal bottom-right: speculative decoding), each with SDPA on the same contiguous shape.
 
 Method as shared/tools/sdpa_anchors.py measured the TARGETS.md decode anchors: triton.testing.do_bench
 (warm-up 25 ms, 100 ms of runs, median, L2 flushed before every call); the copy ceiling is a torch device
@@ -176,10 +179,108 @@ def decode_rows(lib_path, quick=False, baseline_path=None):
                 print("#", json.dumps(row), flush=True)
             del q, q2, kc, vc, ref
             torch.cuda.empty_cache()
+        rows += shape_rows(fa, ctx, copy_tbps, bench, backends)
     finally:
         fa.close()
         if fb is not None:
             fb.close()
+    return rows
+
+
+# Issue 15's shapes beyond the B16 single-token grid: (label, batch, query tokens, cached keys, paged block): one
+# sequence over 128k cached keys (few CTAs: split-KV must fill the GPU), contiguous and paged 256; 4 and 16 query
+# tokens per sequence over 32k (speculative decoding: causal bottom-right, each token sees the cache and the tokens
+# before it). SDPA anchors on the same shapes (causal_lower_right for the speculative rows where the backend takes it).
+SHAPE_ROWS = (("b1", 1, 1, 131072, None), ("b1", 1, 1, 131072, 256), ("spec4", 16, 4, 32768, None),
+              ("spec16", 16, 16, 32768, None))
+
+
+def shape_rows(fa, ctx, copy_tbps, bench, backends):
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel
+    from torch.nn.attention.bias import causal_lower_right
+    dev = torch.device("cuda")
+    rows = []
+    for label, b, sq, s, block in SHAPE_ROWS:
+        torch.manual_seed(s + sq)
+        causal = sq > 1
+        row = new_row(s, block, label)
+        row.update(b=b, sq=sq, causal=int(causal), copy_tbps=copy_tbps)
+        q = torch.randn(b, HQ, sq, D, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(b, HKV, s, D, device=dev, dtype=torch.bfloat16)
+        v = torch.randn(b, HKV, s, D, device=dev, dtype=torch.bfloat16)
+        ref = None
+        mask = causal_lower_right(sq, s) if causal else None
+        for name, be in backends.items():
+            try:
+                with sdpa_kernel([be]):
+                    f = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # noqa: E731
+                    o = f()
+                    ref = o if ref is None else ref
+                    row[f"{name}_ms"] = bench(f)
+            except Exception as e:  # noqa: BLE001 - a refused shape is recorded, not fatal
+                row["errors"][name] = str(e).split("\n")[0][:200]
+        q2, kc, vc = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        del k, v
+        if block is not None:
+            pages = s // block
+            perm = torch.randperm(b * pages, device=dev)
+            k_cache = torch.empty(b * pages, block, HKV, D, device=dev, dtype=kc.dtype)
+            v_cache = torch.empty_like(k_cache)
+            k_cache[perm], v_cache[perm] = kc.view(-1, block, HKV, D), vc.view(-1, block, HKV, D)
+            table = perm.view(b, pages).to(torch.int32)
+        else:
+            k_cache, v_cache, table = kc, vc, None
+        out = torch.full_like(q2, float("nan"))
+        lens = torch.full((b,), s, dtype=torch.int32, device=dev)
+        p = FaDecodeParams()
+        try:
+            fa.check(fa.lib.fa_decode_params_init(ctypes.byref(p), ctypes.sizeof(p)), "fa_decode_params_init")
+            p.q, p.k_cache, p.v_cache, p.out = (describe(t, FA_DTYPE_BFLOAT16) for t in (q2, k_cache, v_cache, out))
+            p.cache_seqlens = describe(lens, FA_DTYPE_INT32)
+            host_lens = (ctypes.c_int32 * b)(*([s] * b))
+            p.cache_seqlens_host = ctypes.cast(host_lens, ctypes.POINTER(ctypes.c_int32))
+            p.causal = int(causal)
+            if table is not None:
+                p.block_table = describe(table, FA_DTYPE_INT32)
+            splits = ctypes.c_int32()
+            fa.check(fa.lib.fa_decode_num_splits(ctx, ctypes.byref(p), ctypes.byref(splits)), "fa_decode_num_splits")
+            row["ours_splits"] = splits.value
+            size = ctypes.c_size_t()
+            fa.check(fa.lib.fa_decode_workspace_size(ctx, ctypes.byref(p), ctypes.byref(size)), "fa_decode_workspace_size")
+            ws = torch.empty(max(size.value, 1), device=dev, dtype=torch.uint8)
+            p.workspace, p.workspace_size = ws.data_ptr(), size.value
+            pp = ctypes.byref(p)
+
+            def ours():
+                st = fa.lib.fa_decode(ctx, pp, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+                if st != 0:
+                    fa.check(st, "fa_decode")
+            ours()
+            torch.cuda.synchronize()
+            if ref is not None:
+                r = ref.transpose(1, 2).float()
+                row["ours_rel_err"] = float((out.float() - r).norm() / r.norm())
+                if not row["ours_rel_err"] <= MAX_REL_ERR:
+                    row["errors"]["mismatch"] = f"relative error {row['ours_rel_err']:.2e} against SDPA"
+            row["ours_ms"] = bench(ours)
+        except Exception as e:  # noqa: BLE001
+            row["errors"]["ours"] = str(e).split("\n")[0][:300]
+        kv = 2.0 * b * HKV * s * D * 2
+        for name in ("ours", "flash", "cudnn"):
+            ms = row[f"{name}_ms"]
+            if ms:
+                row[f"{name}_tflops"] = 4.0 * b * HQ * sq * s * D / ms / 1e9
+                row[f"{name}_tbps"] = kv / ms / 1e9
+        row["note"] = (f"{label}: batch {b}, {sq} query token(s) per sequence" + (" (causal bottom-right)" if causal else "")
+                       + (f", paged {block}" if block else "") + "; flash/cudnn: SDPA on the same contiguous shape")
+        if not row["errors"]:
+            row.pop("errors")
+        rows.append(row)
+        print("#", json.dumps(row), flush=True)
+        del q, q2, kc, vc, k_cache, v_cache, out, ref
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -300,6 +401,8 @@ def format_table(rows):
         ratio = fl / o if o and fl else None  # > 1: ours faster
         pct = 100 * r["ours_tbps"] / r["copy_tbps"] if r.get("ours_tbps") and r.get("copy_tbps") else None
         name = f"S {r['sk'] // 1024:>3}k {layout}"
+        if r["b"] != B or r["sq"] != SQ:
+            name += f" b{r['b']} q{r['sq']}"
         lines.append(f"{name:41s} {f(o and o * 1e3, '8.1f'):>8} {f(fl and fl * 1e3, '9.1f'):>9} "
                      f"{f(cu and cu * 1e3, '9.1f'):>9} {f(ratio, '8.2f'):>8} {f(r.get('ours_tbps'), '10.2f'):>10} "
                      f"{f(pct, '6.0f'):>6} {f(r.get('ours_splits'), 'd'):>7} {f(r.get('ours_rel_err'), '8.1e'):>8}"

@@ -171,6 +171,8 @@ def describe_decode(r):
     sk = r.get("sk")
     if isinstance(sk, int):
         parts.append(f"sk{sk // 1024}k" if sk % 1024 == 0 else f"sk{sk}")
+    if isinstance(r.get("sq"), int) and r["sq"] != 1:
+        parts.append(f"q{r['sq']}")
     if r.get("paged_block"):
         parts.append(f"paged{r['paged_block']}")
     if r.get("serving"):
