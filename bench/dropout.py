@@ -17,7 +17,6 @@ import argparse
 import ctypes
 import datetime
 import json
-import subprocess
 import sys
 
 import torch
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ceilings import ceiling_rows
+from run import git_commit
 from common import MAX_BWD_REL_ERR, MAX_REL_ERR, FaLib, Timer, current_stream, first_line, tflops
 from fa_abi import FA_DTYPE_BFLOAT16, FA_PATH_AUTO, FA_PATH_SM80
 from torch_sdpa import fwd_flops
@@ -182,6 +182,7 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--out")
     ap.add_argument("--quick", action="store_true", help="S 1k and 4k only (the default adds 16k)")
+    ap.add_argument("--commit", default=None, help="the commit measured (default: git's HEAD here, as run.py)")
     a = ap.parse_args()
     fa = FaLib(a.lib).open()
     bench = Timer(25, 100)
@@ -210,10 +211,10 @@ def main():
                       + f" {fmt(r.get('ours_rel_err'), '.1e')}/{fmt(r.get('ours_bwd_rel_err'), '.1e')}"
                       + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
     if a.out:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = git_commit(a.commit)
         with open(a.out, "w") as f:
             json.dump({"card": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
-                       "commit": commit or None, "mask_checks": checks, "rows": ceilings + rows}, f, indent=1)
+                       "commit": commit, "mask_checks": checks, "rows": ceilings + rows}, f, indent=1)
     return 0 if all(c["ok"] for c in checks) and not any("check" in r["errors"] for r in rows) else 1
 
 
