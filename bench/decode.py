@@ -195,6 +195,9 @@ SHAPE_ROWS = (("b1", 1, 1, 131072, None), ("b1", 1, 1, 131072, 256), ("spec4", 1
               ("spec16", 16, 16, 32768, None))
 
 
+SPLIT_SWEEP = (16, 29, 32, 33, 48, 64)  # forced split counts timed on the b1 rows (29: the 0.85 rule's choice)
+
+
 def shape_rows(fa, ctx, copy_tbps, bench, backends):
     import torch
     import torch.nn.functional as F
@@ -265,6 +268,16 @@ def shape_rows(fa, ctx, copy_tbps, bench, backends):
                 if not row["ours_rel_err"] <= MAX_REL_ERR:
                     row["errors"]["mismatch"] = f"relative error {row['ours_rel_err']:.2e} against SDPA"
             row["ours_ms"] = bench(ours)
+            if b == 1:  # the split heuristic's choice beside forced counts, on the same cache (ms per count)
+                sweep = {}
+                for n in SPLIT_SWEEP:
+                    p.num_splits = n
+                    fa.check(fa.lib.fa_decode_workspace_size(ctx, pp, ctypes.byref(size)), "fa_decode_workspace_size")
+                    ws_n = torch.empty(max(size.value, 1), device=dev, dtype=torch.uint8)
+                    p.workspace, p.workspace_size = ws_n.data_ptr(), size.value
+                    sweep[str(n)] = bench(ours)
+                    del ws_n
+                row["ours_splits_sweep_ms"] = sweep
         except Exception as e:  # noqa: BLE001
             row["errors"]["ours"] = str(e).split("\n")[0][:300]
         kv = 2.0 * b * HKV * s * D * 2
