@@ -191,11 +191,13 @@ def decode_rows(lib_path, quick=False, baseline_path=None):
 # sequence over 128k cached keys (few CTAs: split-KV must fill the GPU), contiguous and paged 256; 4 and 16 query
 # tokens per sequence over 32k (speculative decoding: causal bottom-right, each token sees the cache and the tokens
 # before it). SDPA anchors on the same shapes (causal_lower_right for the speculative rows where the backend takes it).
-SHAPE_ROWS = (("b1", 1, 1, 131072, None), ("b1", 1, 1, 131072, 256), ("spec4", 16, 4, 32768, None),
-              ("spec16", 16, 16, 32768, None))
+SHAPE_ROWS = (("b1", 1, 1, 131072, None), ("b1", 1, 1, 131072, 256), ("b4", 4, 1, 131072, None),
+              ("spec4", 16, 4, 32768, None), ("spec16", 16, 16, 32768, None))
 
 
-SPLIT_SWEEP = (16, 29, 32, 33, 48, 64)  # forced split counts timed on the b1 rows (29: the 0.85 rule's choice)
+# Forced split counts timed on the few-sequence rows beside the heuristic's (b1: 29 was the 0.85 efficiency rule's
+# choice, 32 the 0.95 one's, 16 one CTA per SM; b4: 7, 8 and 4).
+SPLIT_SWEEP = {1: (16, 29, 32, 33, 48), 4: (2, 4, 7, 8)}
 
 
 def shape_rows(fa, ctx, copy_tbps, bench, backends):
@@ -268,9 +270,9 @@ def shape_rows(fa, ctx, copy_tbps, bench, backends):
                 if not row["ours_rel_err"] <= MAX_REL_ERR:
                     row["errors"]["mismatch"] = f"relative error {row['ours_rel_err']:.2e} against SDPA"
             row["ours_ms"] = bench(ours)
-            if b == 1:  # the split heuristic's choice beside forced counts, on the same cache (ms per count)
+            if b in SPLIT_SWEEP:  # the split heuristic's choice beside forced counts, on the same cache (ms per count)
                 sweep = {}
-                for n in SPLIT_SWEEP:
+                for n in SPLIT_SWEEP[b]:
                     p.num_splits = n
                     fa.check(fa.lib.fa_decode_workspace_size(ctx, pp, ctypes.byref(size)), "fa_decode_workspace_size")
                     ws_n = torch.empty(max(size.value, 1), device=dev, dtype=torch.uint8)

@@ -90,13 +90,13 @@ constexpr int64_t kSmemPerBlockReserved = 1024;
 // combine than they gain in parallelism.
 constexpr int64_t kMinTilesPerSplit = 4;
 
-// Within this fraction of the best wave efficiency, the smallest split count wins. 0.85 (FlashAttention-2's
-// choice) left one sequence over 128k keys at 29 splits of 8 kv heads, 232 CTAs in 264 slots, 84% of the copy
-// rate on the H200; 0.95 takes 32 (256 CTAs) there and changes none of the batch-16 choices (bench/NOTES.md).
+// Within this fraction of the best wave efficiency, the smallest split count wins (FlashAttention-2 uses 0.85; 0.95
+// took one sequence over 128k keys from 29 to 32 splits, 84% -> 86% of the copy rate on the H200, before the
+// one-wave rule below took over such shapes).
 constexpr double kSplitEfficiency = 0.95;
 
 // Key splits for `pairs` (sequence, kv head, 16-row block) work items over sequences of about `length`
-// keys: the smallest split count whose grid fills the GPU's CTA slots (SMs x resident CTAs, from shared
+// keys: with fewer pairs than half the SMs, sm_count / pairs (one CTA per SM); else the smallest split count whose grid fills the GPU's CTA slots (SMs x resident CTAs, from shared
 // memory and the kernel's MinBlocks) within kSplitEfficiency of the best wave efficiency reachable, where
 // efficiency = waves / ceil(waves), and that leaves every split kMinTilesPerSplit tiles or more.
 inline int32_t choose_decode_splits(int64_t pairs, int64_t length, int block_n, int smem_bytes, int min_blocks,
@@ -108,6 +108,12 @@ inline int32_t choose_decode_splits(int64_t pairs, int64_t length, int block_n, 
     const int64_t grid_limit = 2147483647ll / pairs;  // the 1-D grid must stay within int32
     most = most < grid_limit ? most : grid_limit;
     if (most <= 1) return 1;
+    // Few work items (under half the SMs): one CTA per SM in one wave. The kernel is bound by memory; on the H200,
+    // one sequence over 128k keys (8 pairs) ran fastest at 16 splits (128 CTAs: 140-142 us, 89-91% of the copy
+    // rate) against 29 (the efficiency rule at 85%: 151-152 us) and 32-33 (two per SM: 148-150 us), and four
+    // sequences (32 pairs) at 4 (488 us) against 7 (524) and 8 (496); bench/NOTES.md, sixth session.
+    const int64_t one_wave = sm_count / pairs;
+    if (one_wave >= 2) return static_cast<int32_t>(one_wave < most ? one_wave : most);
     int64_t per_sm = (smem_optin + kSmemPerSmExtra) / (smem_bytes + kSmemPerBlockReserved);
     per_sm = per_sm < 1 ? 1 : (per_sm > min_blocks ? min_blocks : per_sm);
     const int64_t slots = static_cast<int64_t>(sm_count) * per_sm;
