@@ -105,6 +105,14 @@ def test_invalid_arguments(name, kwargs, what):
         getattr(fai, name)(X, X, X, **kwargs)
 
 
+def test_dropout_p_float32_rounding():
+    from flash_attn_interop import _args
+    assert _args.dropout_arg("f", 0.17) == pytest.approx(0.17, rel=1e-7)  # the float32 the C ABI reads
+    assert _args.dropout_arg("f", 1 - 2 ** -24) < 1.0  # the largest float32 below 1 passes
+    with pytest.raises(ValueError, match="it must be in"):
+        _args.dropout_arg("f", 1 - 2 ** -30)  # below 1 as a double, 1.0 as the float32 the library reads
+
+
 @pytest.mark.parametrize("bad", ["0.1", True, None], ids=["str", "bool", "None"])
 def test_dropout_p_must_be_a_number(bad):
     with pytest.raises(TypeError, match="dropout_p must be a float in"):

@@ -7,6 +7,7 @@ library does not serve is raised here, before any tensor is touched.
 """
 import ctypes
 import math
+import numbers
 import struct
 from collections import namedtuple
 
@@ -29,15 +30,21 @@ def refuse(function, name, value, why):
     raise UnsupportedArgumentError(f"{function}: {name}={value!r} is not served by FlashAttention.Interop yet ({why})")
 
 
+_F32 = struct.Struct("<f")
+
+
 def dropout_arg(function, dropout_p):
-    """dropout_p as a float in [0, 1) (FlashAttention-2's check: p < 1), refused with the reason otherwise."""
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+    """dropout_p as a float in [0, 1) (FlashAttention-2's check: p < 1), refused with the reason otherwise; any real
+    number (numpy scalars too) but bool. The library takes a 32-bit float: a p that rounds to 1.0 there (above
+    1 - 2^-25) is refused here too, and one that rounds to 0 (below about 1e-45) is read as no dropout."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
         raise TypeError(f"{function}: dropout_p must be a float in [0, 1), got {type(dropout_p).__name__}")
     p = float(dropout_p)
-    if not (0.0 <= p < 1.0):  # NaN fails too
+    p32 = _F32.unpack(_F32.pack(p))[0] if p == p and abs(p) < 3e38 else p  # the float the C ABI reads
+    if not (0.0 <= p < 1.0 and p32 < 1.0):  # NaN fails too
         raise ValueError(f"{function}: dropout_p is {dropout_p!r}; it must be in [0, 1) (the probability of dropping "
                          "each attention weight; 0: no dropout)")
-    return p
+    return p32
 
 
 def softmax_scale_arg(function, softmax_scale):

@@ -33,8 +33,12 @@ come from PyTorch's default CUDA generator of q's device, advanced by batch * nh
 flash-attn's philox_cuda_state draw, so a call after torch.manual_seed(s) drops what flash-attn (and PyTorch's flash
 kernels) would; the backward replays the forward's recorded (seed, offset). With return_attn_probs the third value is
 the keep mask as +1 (kept) / -1 (dropped) in q's dtype, [batch, nheads, seqlen_q, seqlen_k] (varlen: max lengths):
-flash-attn's S_dmask sign convention without its magnitudes. Refused under CUDA graph capture (the draw is on the
-host) and with fp8 inputs.
+flash-attn's S_dmask sign convention without its magnitudes (varlen: -1 past each sequence's lengths). Refused under
+CUDA graph capture (the draw is on the host) and with fp8 inputs. The draw reads and writes the generator's state
+(get_state/set_state, as no public call advances the offset alone): unlike flash-attn's draw it is not under the
+generator's lock (concurrent draws from several threads on one device may overlap) and it resets cuDNN RNNs' cached
+dropout state. Under torch.compile the op is not marked as drawing random numbers, so two identical dropout calls in
+one compiled graph could be merged into one draw: call it eagerly where that matters.
 
 fp8 (FlashAttention-3's fp8 forward): q, k and v all torch.float8_e4m3fn give a torch.bfloat16 output; q_descale,
 k_descale and v_descale (float32 (batch, nheads_k), even for q; None: 1.0) scale the values back: the attention is
@@ -240,7 +244,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
                     sinks=None, learnable_sink=None):
     """Attention over q [batch, seqlen_q, heads, head_dim], k and v [batch, seqlen_k, heads_kv, head_dim] (fp16 or
     bf16, CUDA). Returns out [batch, seqlen_q, heads, head_dim]; with return_attn_probs, (out, softmax_lse
-    [batch, heads, seqlen_q] fp32, an empty S_dmask). Differentiable in q, k and v.
+    [batch, heads, seqlen_q] fp32, S_dmask: empty without dropout, the keep mask as +1/-1 with it). Differentiable in
+    q, k and v. dropout_p: FlashAttention-2's dropout (see the module's notes).
 
     fp8: q, k and v torch.float8_e4m3fn give a bf16 out; q_descale, k_descale, v_descale: float32
     (batch, nheads_k) factors (None: 1.0), as FlashAttention-3's. Not differentiable (see the module's notes).

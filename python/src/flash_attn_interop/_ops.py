@@ -401,7 +401,10 @@ def forward_sink_impl(q, k, v, sinks, alibi_slopes, dropout_p, return_mask, soft
         seed, offset = philox_seed_offset(device, batch * heads * 32)
         if return_mask:
             sq, sk = (max_seqlen_q, max_seqlen_k) if varlen is not None else (q.shape[1], k.shape[1])
-            mask = q.new_empty((batch, heads, sq, sk), dtype=torch.uint8)
+            # Zeroed for a varlen batch: the library writes rows and keys within each sequence's lengths only, so
+            # the padding past them reads as dropped (-1 in S_dmask) rather than as leftover memory.
+            mask = q.new_empty((batch, heads, sq, sk), dtype=torch.uint8) if varlen is None \
+                else q.new_zeros((batch, heads, sq, sk), dtype=torch.uint8)
         mf = _args.tensor_fields(mask.data_ptr(), _abi.FA_DTYPE_UINT8, mask.shape, mask.stride()) if return_mask \
             else _args.NO_TENSOR
         _args.pack_forward_dropout(p, dropout_p, seed, offset, rng_state.data_ptr(), mf)
