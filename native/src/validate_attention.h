@@ -89,6 +89,16 @@ AttentionArgs attention_args(const Params& P, const Params& D) {
     a.varlen_batch = FA_FIELD_OR_DEFAULT(P, D, varlen_batch);
     a.max_seqlen_q = FA_FIELD_OR_DEFAULT(P, D, max_seqlen_q);
     a.max_seqlen_k = FA_FIELD_OR_DEFAULT(P, D, max_seqlen_k);
+    // The options appended to both structs; an older caller's struct ends before them and gets D's. Learnable sinks
+    // (since 0.7; data NULL: none), ALiBi slopes (0.8; likewise), dropout (0.9; dropout_p 0: none). The forward's own
+    // outputs and inputs (descales, rng_state, the keep mask) are read by validate_forward.
+    a.sinks = &FA_FIELD_OR_DEFAULT(P, D, sinks);
+    a.alibi_slopes = &FA_FIELD_OR_DEFAULT(P, D, alibi_slopes);
+    a.dropout_p = FA_FIELD_OR_DEFAULT(P, D, dropout_p);
+    a.dropout_seed = FA_FIELD_OR_DEFAULT(P, D, dropout_seed);
+    a.dropout_offset = FA_FIELD_OR_DEFAULT(P, D, dropout_offset);
+    a.dropout_seed_device = FA_FIELD_OR_DEFAULT(P, D, dropout_seed_device);
+    a.dropout_offset_device = FA_FIELD_OR_DEFAULT(P, D, dropout_offset_device);
     return a;
 }
 

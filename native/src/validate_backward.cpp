@@ -223,18 +223,10 @@ BwdParams validate_backward(const fa_backward_params_t* params, int32_t compute_
     const fa_backward_params_t& P = *params;
     refuse_fp8(P);
     const fa_backward_params_t& D = backward_defaults();
-    AttentionArgs a = attention_args(P, D);
-    // The sinks and their gradient (since 0.7): an older caller's struct ends before them and gets D's (data NULL).
-    a.sinks = &FA_FIELD_OR_DEFAULT(P, D, sinks);
+    // Sinks, ALiBi slopes and dropout come with attention_args; the backward writes no mask and no rng_state.
+    const AttentionArgs a = attention_args(P, D);
+    // The sinks' gradient (since 0.7): an older caller's struct ends before it and gets D's (data NULL).
     const fa_tensor_t& dsinks = FA_FIELD_OR_DEFAULT(P, D, dsinks);
-    // The ALiBi slopes (since 0.8): likewise (data NULL: none).
-    a.alibi_slopes = &FA_FIELD_OR_DEFAULT(P, D, alibi_slopes);
-    // Dropout (since 0.9): likewise (dropout_p 0: none). The backward writes no mask and no rng_state.
-    a.dropout_p = FA_FIELD_OR_DEFAULT(P, D, dropout_p);
-    a.dropout_seed = FA_FIELD_OR_DEFAULT(P, D, dropout_seed);
-    a.dropout_offset = FA_FIELD_OR_DEFAULT(P, D, dropout_offset);
-    a.dropout_seed_device = FA_FIELD_OR_DEFAULT(P, D, dropout_seed_device);
-    a.dropout_offset_device = FA_FIELD_OR_DEFAULT(P, D, dropout_offset_device);
     const AttentionShape sh = check_attention(a);
     // The forward's UNSUPPORTED verdict waits until every argument has been checked.
     bool served = true;

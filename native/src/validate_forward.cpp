@@ -109,16 +109,7 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     a.q_descale = &FA_FIELD_OR_DEFAULT(P, D, q_descale);
     a.k_descale = &FA_FIELD_OR_DEFAULT(P, D, k_descale);
     a.v_descale = &FA_FIELD_OR_DEFAULT(P, D, v_descale);
-    // The sinks (since 0.7): likewise.
-    a.sinks = &FA_FIELD_OR_DEFAULT(P, D, sinks);
-    // The ALiBi slopes (since 0.8): likewise.
-    a.alibi_slopes = &FA_FIELD_OR_DEFAULT(P, D, alibi_slopes);
-    // Dropout (since 0.9): likewise (dropout_p 0: none).
-    a.dropout_p = FA_FIELD_OR_DEFAULT(P, D, dropout_p);
-    a.dropout_seed = FA_FIELD_OR_DEFAULT(P, D, dropout_seed);
-    a.dropout_offset = FA_FIELD_OR_DEFAULT(P, D, dropout_offset);
-    a.dropout_seed_device = FA_FIELD_OR_DEFAULT(P, D, dropout_seed_device);
-    a.dropout_offset_device = FA_FIELD_OR_DEFAULT(P, D, dropout_offset_device);
+    // The forward's own dropout outputs (since 0.9): likewise (sinks, ALiBi and the rest of dropout: attention_args).
     a.dropout_rng_state = FA_FIELD_OR_DEFAULT(P, D, dropout_rng_state);
     a.dropout_mask = &FA_FIELD_OR_DEFAULT(P, D, dropout_mask);
     const AttentionShape shape = check_attention(a);
