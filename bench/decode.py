@@ -55,12 +55,95 @@ QUICK_LENGTHS = (4096, 32768)
 LAYOUTS = (None, 16, 256)  # contiguous, then paged block sizes
 
 
-def kv_bytes(s):
-    return 2.0 * B * HKV * s * D * 2
+def kv_bytes(s, b=B):
+    return 2.0 * b * HKV * s * D * 2
 
 
-def decode_flops(s):
-    return 4.0 * B * HQ * SQ * s * D
+def decode_flops(s, b=B, sq=SQ):
+    return 4.0 * b * HQ * sq * s * D
+
+
+def _rates(row, s, b=B, sq=SQ):
+    """TFLOP/s and K/V read TB/s of ours, flash and cuDNN from their times (where measured)."""
+    for name in ("ours", "flash", "cudnn"):
+        ms = row[f"{name}_ms"]
+        if ms:
+            row[f"{name}_tflops"] = decode_flops(s, b, sq) / ms / 1e9
+            row[f"{name}_tbps"] = kv_bytes(s, b) / ms / 1e9
+
+
+def _sdpa(q, k, v, backends, bench, mask=None):
+    """SDPA per backend on q [B, Hq, Sq, D], k/v [B, Hkv, S, D] (enable_gqa): ({name}_ms, the refusals by backend,
+    the first backend's output as the reference)."""
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel
+    times, errors, ref = {f"{name}_ms": None for name in backends}, {}, None
+    for name, be in backends.items():
+        try:
+            with sdpa_kernel([be]):
+                f = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # noqa: E731
+                o = f()
+                if ref is None:
+                    ref = o
+                times[f"{name}_ms"] = bench(f)
+        except Exception as e:  # noqa: BLE001 - a refused shape is recorded, not fatal
+            errors[name] = str(e).split("\n")[0][:200]
+    return times, errors, ref
+
+
+def _paged(kc, vc, block, torch):
+    """The contiguous caches kc/vc [b, S, Hkv, D] as pages of `block` keys in shuffled order: (k_cache, v_cache,
+    the int32 block table [b, S / block])."""
+    b, s = kc.shape[0], kc.shape[1]
+    pages = s // block
+    perm = torch.randperm(b * pages, device=kc.device)
+    k_cache = torch.empty(b * pages, block, HKV, D, device=kc.device, dtype=kc.dtype)
+    v_cache = torch.empty_like(k_cache)
+    k_cache[perm] = kc.reshape(b * pages, block, HKV, D)
+    v_cache[perm] = vc.reshape(b * pages, block, HKV, D)
+    return k_cache, v_cache, perm.view(b, pages).to(torch.int32)
+
+
+def _workspace(fa, ctx, p, torch, dev):
+    """Sizes p's decode workspace (fa_decode_workspace_size for its split count) and points p at a new allocation of
+    it; returns the tensor (None when none is needed), which must outlive the calls."""
+    size = ctypes.c_size_t()
+    fa.check(fa.lib.fa_decode_workspace_size(ctx, ctypes.byref(p), ctypes.byref(size)), "fa_decode_workspace_size")
+    if not size.value:
+        p.workspace, p.workspace_size = None, 0
+        return None
+    ws = torch.empty(size.value, device=dev, dtype=torch.uint8)
+    p.workspace, p.workspace_size = ws.data_ptr(), size.value
+    return ws
+
+
+def _check_and_time(fa, ctx, row, p, out, ref, bench, torch):
+    """fa_decode(p) on torch's current stream: the library's split count into row, a workspace, one call checked
+    against ref (SDPA's output [B, Hq, Sq, D]; None: unchecked), then its median time into row. Returns the call, its
+    workspace on it (call.workspace: replace it with _workspace when p's split count changes)."""
+    splits = ctypes.c_int32()
+    fa.check(fa.lib.fa_decode_num_splits(ctx, ctypes.byref(p), ctypes.byref(splits)), "fa_decode_num_splits")
+    row["ours_splits"] = splits.value
+    pp = ctypes.byref(p)
+
+    def ours():
+        st = fa.lib.fa_decode(ctx, pp, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+        if st != 0:
+            fa.check(st, "fa_decode")
+
+    ours.workspace = _workspace(fa, ctx, p, torch, out.device)
+    ours()
+    torch.cuda.synchronize()
+    if ref is not None:
+        r = ref.transpose(1, 2).float()
+        diff = float((out.float() - r).norm() / r.norm())
+        if math.isnan(diff) or math.isinf(diff):
+            raise RuntimeError("our output holds NaN/Inf (the poison was not overwritten everywhere?)")
+        row["ours_rel_err"] = diff
+        if diff > MAX_REL_ERR:
+            row["errors"]["mismatch"] = f"relative error {diff:.2e} against SDPA exceeds {MAX_REL_ERR}"
+    row["ours_ms"] = bench(ours)
+    return ours
 
 
 SERVING = ("batch_idx", "leftpad")  # the serving rows, contiguous
@@ -92,8 +175,7 @@ def decode_rows(lib_path, quick=False, baseline_path=None):
     """Times the decode grid for ours, flash and cuDNN; returns TARGETS.md rows (null where not measured).
     baseline_path: a second build of the library, timed beside ours on the same cache (ours_base_ms)."""
     import torch
-    import torch.nn.functional as F
-    from torch.nn.attention import sdpa_kernel, SDPBackend
+    from torch.nn.attention import SDPBackend
     from triton.testing import do_bench
 
     fa = FaLib(lib_file(lib_path))
@@ -121,19 +203,7 @@ def decode_rows(lib_path, quick=False, baseline_path=None):
             q = torch.randn(B, HQ, SQ, D, device=dev, dtype=torch.bfloat16)
             k = torch.randn(B, HKV, s, D, device=dev, dtype=torch.bfloat16)
             v = torch.randn(B, HKV, s, D, device=dev, dtype=torch.bfloat16)
-            sdpa = {"flash_ms": None, "cudnn_ms": None}
-            sdpa_err = {}
-            ref = None
-            for name, be in backends.items():
-                try:
-                    with sdpa_kernel([be]):
-                        f = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)  # noqa: E731
-                        o = f()
-                        if ref is None:
-                            ref = o
-                        sdpa[f"{name}_ms"] = bench(f)
-                except Exception as e:  # noqa: BLE001 - a refused shape is recorded, not fatal
-                    sdpa_err[name] = str(e).split("\n")[0][:200]
+            sdpa, sdpa_err, ref = _sdpa(q, k, v, backends, bench)
             # Ours: [B, S, Hkv, D] cache, q/out [B, 1, Hq, D].
             q2 = q.transpose(1, 2).contiguous()
             kc = k.transpose(1, 2).contiguous()
@@ -168,11 +238,7 @@ def decode_rows(lib_path, quick=False, baseline_path=None):
                         row["ours_base_tflops"] = decode_flops(s) / base_row["ours_ms"] / 1e9
                     except Exception as e:  # noqa: BLE001 - the baseline's failure is reported, not fatal
                         row["errors"]["base"] = str(e).split("\n")[0][:300]
-                for name in ("ours", "flash", "cudnn"):
-                    ms = row[f"{name}_ms"]
-                    if ms:
-                        row[f"{name}_tflops"] = decode_flops(s) / ms / 1e9
-                        row[f"{name}_tbps"] = kv_bytes(s) / ms / 1e9
+                _rates(row, s)
                 if not row["errors"]:
                     row.pop("errors")
                 rows.append(row)
@@ -202,8 +268,6 @@ SPLIT_SWEEP = {1: (16, 29, 32, 33, 48), 4: (2, 4, 7, 8)}
 
 def shape_rows(fa, ctx, copy_tbps, bench, backends):
     import torch
-    import torch.nn.functional as F
-    from torch.nn.attention import sdpa_kernel
     from torch.nn.attention.bias import causal_lower_right
     dev = torch.device("cuda")
     rows = []
@@ -215,28 +279,12 @@ def shape_rows(fa, ctx, copy_tbps, bench, backends):
         q = torch.randn(b, HQ, sq, D, device=dev, dtype=torch.bfloat16)
         k = torch.randn(b, HKV, s, D, device=dev, dtype=torch.bfloat16)
         v = torch.randn(b, HKV, s, D, device=dev, dtype=torch.bfloat16)
-        ref = None
-        mask = causal_lower_right(sq, s) if causal else None
-        for name, be in backends.items():
-            try:
-                with sdpa_kernel([be]):
-                    f = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # noqa: E731
-                    o = f()
-                    ref = o if ref is None else ref
-                    row[f"{name}_ms"] = bench(f)
-            except Exception as e:  # noqa: BLE001 - a refused shape is recorded, not fatal
-                row["errors"][name] = str(e).split("\n")[0][:200]
+        times, errors, ref = _sdpa(q, k, v, backends, bench, causal_lower_right(sq, s) if causal else None)
+        row.update(times)
+        row["errors"].update(errors)
         q2, kc, vc = (t.transpose(1, 2).contiguous() for t in (q, k, v))
         del k, v
-        if block is not None:
-            pages = s // block
-            perm = torch.randperm(b * pages, device=dev)
-            k_cache = torch.empty(b * pages, block, HKV, D, device=dev, dtype=kc.dtype)
-            v_cache = torch.empty_like(k_cache)
-            k_cache[perm], v_cache[perm] = kc.view(-1, block, HKV, D), vc.view(-1, block, HKV, D)
-            table = perm.view(b, pages).to(torch.int32)
-        else:
-            k_cache, v_cache, table = kc, vc, None
+        k_cache, v_cache, table = _paged(kc, vc, block, torch) if block is not None else (kc, vc, None)
         out = torch.full_like(q2, float("nan"))
         lens = torch.full((b,), s, dtype=torch.int32, device=dev)
         p = FaDecodeParams()
@@ -249,45 +297,18 @@ def shape_rows(fa, ctx, copy_tbps, bench, backends):
             p.causal = int(causal)
             if table is not None:
                 p.block_table = describe(table, FA_DTYPE_INT32)
-            splits = ctypes.c_int32()
-            fa.check(fa.lib.fa_decode_num_splits(ctx, ctypes.byref(p), ctypes.byref(splits)), "fa_decode_num_splits")
-            row["ours_splits"] = splits.value
-            size = ctypes.c_size_t()
-            fa.check(fa.lib.fa_decode_workspace_size(ctx, ctypes.byref(p), ctypes.byref(size)), "fa_decode_workspace_size")
-            ws = torch.empty(max(size.value, 1), device=dev, dtype=torch.uint8)
-            p.workspace, p.workspace_size = ws.data_ptr(), size.value
-            pp = ctypes.byref(p)
-
-            def ours():
-                st = fa.lib.fa_decode(ctx, pp, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
-                if st != 0:
-                    fa.check(st, "fa_decode")
-            ours()
-            torch.cuda.synchronize()
-            if ref is not None:
-                r = ref.transpose(1, 2).float()
-                row["ours_rel_err"] = float((out.float() - r).norm() / r.norm())
-                if not row["ours_rel_err"] <= MAX_REL_ERR:
-                    row["errors"]["mismatch"] = f"relative error {row['ours_rel_err']:.2e} against SDPA"
-            row["ours_ms"] = bench(ours)
+            ours = _check_and_time(fa, ctx, row, p, out, ref, bench, torch)
             if b in SPLIT_SWEEP:  # the split heuristic's choice beside forced counts, on the same cache (ms per count)
                 sweep = {}
                 for n in SPLIT_SWEEP[b]:
                     p.num_splits = n
-                    fa.check(fa.lib.fa_decode_workspace_size(ctx, pp, ctypes.byref(size)), "fa_decode_workspace_size")
-                    ws_n = torch.empty(max(size.value, 1), device=dev, dtype=torch.uint8)
-                    p.workspace, p.workspace_size = ws_n.data_ptr(), size.value
+                    ours.workspace = _workspace(fa, ctx, p, torch, dev)
                     sweep[str(n)] = bench(ours)
-                    del ws_n
                 row["ours_splits_sweep_ms"] = sweep
+            del ours
         except Exception as e:  # noqa: BLE001
             row["errors"]["ours"] = str(e).split("\n")[0][:300]
-        kv = 2.0 * b * HKV * s * D * 2
-        for name in ("ours", "flash", "cudnn"):
-            ms = row[f"{name}_ms"]
-            if ms:
-                row[f"{name}_tflops"] = 4.0 * b * HQ * sq * s * D / ms / 1e9
-                row[f"{name}_tbps"] = kv / ms / 1e9
+        _rates(row, s, b, sq)
         row["note"] = (f"{label}: batch {b}, {sq} query token(s) per sequence" + (" (causal bottom-right)" if causal else "")
                        + (f", paged {block}" if block else "") + "; flash/cudnn: SDPA on the same contiguous shape")
         if not row["errors"]:
@@ -330,13 +351,7 @@ def _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch, serving=N
     elif block is None:
         k_cache, v_cache, table = kc, vc, None
     else:
-        pages = s // block
-        perm = torch.randperm(B * pages, device=dev)
-        k_cache = torch.empty(B * pages, block, HKV, D, device=dev, dtype=kc.dtype)
-        v_cache = torch.empty_like(k_cache)
-        k_cache[perm] = kc.view(B * pages, block, HKV, D)
-        v_cache[perm] = vc.view(B * pages, block, HKV, D)
-        table = perm.view(B, pages).to(torch.int32)
+        k_cache, v_cache, table = _paged(kc, vc, block, torch)
     k_new = v_new = cos = sin = None
     if rotary:
         # Position S - 1 is the new token: cached length S - 1, k/v_new the (unrotated) key and value of S - 1. The
@@ -371,34 +386,8 @@ def _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch, serving=N
         p.k_new, p.v_new = describe(k_new, code), describe(v_new, code)
         p.rotary_cos, p.rotary_sin = cos.data_ptr(), sin.data_ptr()
         p.rotary_dim, p.rotary_seqlen, p.rotary_interleaved = D, s, 0
-    splits = ctypes.c_int32()
-    fa.check(fa.lib.fa_decode_num_splits(ctx, ctypes.byref(p), ctypes.byref(splits)), "fa_decode_num_splits")
-    row["ours_splits"] = splits.value
-    size = ctypes.c_size_t()
-    fa.check(fa.lib.fa_decode_workspace_size(ctx, ctypes.byref(p), ctypes.byref(size)), "fa_decode_workspace_size")
-    workspace = torch.empty(max(size.value, 1), device=dev, dtype=torch.uint8) if size.value else None
-    if workspace is not None:
-        p.workspace = workspace.data_ptr()
-        p.workspace_size = size.value
-    pp = ctypes.byref(p)
-
-    def ours():
-        st = fa.lib.fa_decode(ctx, pp, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
-        if st != 0:
-            fa.check(st, "fa_decode")
-
-    ours()
-    torch.cuda.synchronize()
-    if ref is not None:
-        r = ref.transpose(1, 2).float()
-        diff = float((out.float() - r).norm() / r.norm())
-        if math.isnan(diff) or math.isinf(diff):
-            raise RuntimeError("our output holds NaN/Inf (the poison was not overwritten everywhere?)")
-        row["ours_rel_err"] = diff
-        if diff > MAX_REL_ERR:
-            row["errors"]["mismatch"] = f"relative error {diff:.2e} against SDPA exceeds {MAX_REL_ERR}"
-    row["ours_ms"] = bench(ours)
-    del host_lens, workspace, k_cache, v_cache, k_new, v_new, cos, sin
+    _check_and_time(fa, ctx, row, p, out, ref, bench, torch)
+    del host_lens, k_cache, v_cache, k_new, v_new, cos, sin
 
 
 def format_table(rows):
