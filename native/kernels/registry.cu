@@ -113,12 +113,14 @@ const char* path_tag(Path path) { return path == Path::Sm90 ? "sm90" : "sm80"; }
 // The feature bits a (pass, path, head dim) has variants for, and whether a combination is compiled.
 uint32_t feature_axes(Pass pass) {
     switch (pass) {
-        case Pass::Forward: return feature::kLocal | feature::kSoftcap;
-        case Pass::Backward: return feature::kLocal | feature::kSoftcap | feature::kDeterministic;
+        case Pass::Forward: return feature::kLocal | feature::kSoftcap | feature::kDropout;
+        case Pass::Backward: return feature::kLocal | feature::kSoftcap | feature::kDeterministic | feature::kDropout;
         default: return feature::kPaged;
     }
 }
 bool variant_compiled(Pass pass, Path path, int32_t kernel_d, uint32_t features) {
+    // Dropout kernels: the sm80 local ones only (fp8 has no sm80 kernel; has_kernel says so first).
+    if ((features & feature::kDropout) && (path != Path::Sm80 || !(features & feature::kLocal))) return false;
     // The sm90 backward at 256 has only masked kernels (they serve the unmasked calls too).
     return !(pass == Pass::Backward && path == Path::Sm90 && kernel_d == 256 && !(features & feature::kLocal));
 }
@@ -167,14 +169,14 @@ std::string name_of(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t fea
     return std::string(path_tag(path)) + "_" + pass_tag(pass) + "_" + dtype_tag(dt) + "_hdim" +
            std::to_string(kernel_d) + ((features & feature::kLocal) ? "_local" : "") +
            ((features & feature::kSoftcap) ? "_softcap" : "") + ((features & feature::kDeterministic) ? "_det" : "") +
-           ((features & feature::kPaged) ? "_paged" : "") + "_" +
+           ((features & feature::kPaged) ? "_paged" : "") + ((features & feature::kDropout) ? "_dropout" : "") + "_" +
            with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path, dt); });
 }
 
 // Every kernel of the build, and the index of each (pass, path, dtype, head dim, features).
 struct Registry {
     std::vector<std::string> names;
-    int32_t index[3][2][kDtypes][6][16];  // pass, path, dtype, compiled head dim, features -> name index (-1: none)
+    int32_t index[3][2][kDtypes][6][32];  // pass, path, dtype, compiled head dim, features -> name index (-1: none)
 };
 
 const Registry& registry() {
@@ -188,10 +190,12 @@ const Registry& registry() {
                     const int32_t d = kCompiled[i];
                     for (int dt = 0; dt < kDtypes; ++dt) {
                         if (!has_kernel(pass, path, d, dtype_at(dt)) || path_kernel_d(pass, path, d, dt) != d) continue;
-                        // Variants in binary order of (local, softcap, deterministic, paged), the first the highest bit.
-                        for (uint32_t v = 0; v < 16; ++v) {
-                            const uint32_t features = ((v & 8) ? feature::kLocal : 0u) | ((v & 4) ? feature::kSoftcap : 0u) |
-                                                      ((v & 2) ? feature::kDeterministic : 0u) | ((v & 1) ? feature::kPaged : 0u);
+                        // Variants in binary order of (local, softcap, deterministic, paged, dropout), the first the
+                        // highest bit.
+                        for (uint32_t v = 0; v < 32; ++v) {
+                            const uint32_t features = ((v & 16) ? feature::kLocal : 0u) | ((v & 8) ? feature::kSoftcap : 0u) |
+                                                      ((v & 4) ? feature::kDeterministic : 0u) | ((v & 2) ? feature::kPaged : 0u) |
+                                                      ((v & 1) ? feature::kDropout : 0u);
                             if ((features & ~axes) != 0 || !variant_compiled(pass, path, d, features)) continue;
                             out.index[static_cast<int>(pass)][static_cast<int>(path)][dt][i][features] =
                                 static_cast<int32_t>(out.names.size());
@@ -215,7 +219,7 @@ const Registry& registry() {
 
 const char* name_for(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t features) {
     const int32_t i = compiled_index(path_kernel_d(pass, path, kernel_d, dt));
-    const int32_t at = i < 0 ? -1 : registry().index[static_cast<int>(pass)][static_cast<int>(path)][dt][i][features & 15u];
+    const int32_t at = i < 0 ? -1 : registry().index[static_cast<int>(pass)][static_cast<int>(path)][dt][i][features & 31u];
     return at < 0 ? "unknown_kernel" : registry().names[at].c_str();
 }
 

@@ -150,7 +150,7 @@ static int served(int pass, int path, int dtype, int d, int cc) {
 
 /* An attention kernel's name: <path>_<pass>_<dtype>_hdim<d>[_local][_softcap][_det][_paged]_<tile>. */
 typedef struct {
-    int pass, path, dtype, d, local, softcap, det, paged;
+    int pass, path, dtype, d, local, softcap, det, paged, dropout;
     char unknown[64]; /* a variant tag this driver does not know how to aim at ("" if none) */
 } kinfo;
 
@@ -209,6 +209,8 @@ static int parse_kernel_name(const char* name, kinfo* k) {
             k->det = 1;
         } else if (strcmp(tag, "paged") == 0) {
             k->paged = 1;
+        } else if (strcmp(tag, "dropout") == 0) {
+            k->dropout = 1;
         } else if (k->unknown[0] == '\0') {
             strcpy(k->unknown, tag);
         }
@@ -373,6 +375,7 @@ static void add_aimed_case(const kinfo* k, const char* name, int r, int n) {
         c->det = k->det;
         c->caller_ws = (n >> 1) % 2; /* the deterministic variants alternate with n's lowest bit */
     }
+    if (k->dropout) c->dropout = 1 + (n >> 2) % 2; /* host seed + mask, device seed + rng_state in turn */
     if (k->dtype == FA_DTYPE_FLOAT8_E4M3) {
         c->descale = n % 3; /* none, broadcast, dense in turn */
         if (c->d % 16 != 0) c->d = k->d; /* fp8 head dims are multiples of 16 */

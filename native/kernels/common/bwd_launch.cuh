@@ -5,6 +5,7 @@
 //   template <bool kLocal, bool kSoftcap, bool kDet> static auto kernel();   // the __global__ function
 //   static constexpr int kSmemBytes, kThreads;
 //   static constexpr bool local_variant(bool local);                          // the mask variant that runs
+//   static constexpr bool kHasDropout;   // dropout kernels of its own: kernel<true, kSoftcap, kDet, true>()
 #pragma once
 #include <atomic>
 #include <climits>
@@ -18,9 +19,15 @@
 
 namespace fa {
 
-template <class Family, bool kLocal, bool kSoftcap, bool kDet>
+template <class Family, bool kLocal, bool kSoftcap, bool kDet, bool kDropout = false>
 cudaError_t launch_bwd_variant(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream) {
-    auto kernel = Family::template kernel<Family::local_variant(kLocal), kSoftcap, kDet>();
+    auto kernel = [] {
+        if constexpr (kDropout) {
+            return Family::template kernel<true, kSoftcap, kDet, true>();
+        } else {
+            return Family::template kernel<Family::local_variant(kLocal), kSoftcap, kDet>();
+        }
+    }();
     static std::atomic<uint64_t> raised{0};  // per instantiation, i.e. per kernel
     const cudaError_t err = raise_smem_once(kernel, Family::kSmemBytes, info, raised);
     if (err != cudaSuccess) return err;
@@ -31,10 +38,10 @@ cudaError_t launch_bwd_variant(const BwdParams& p, const LaunchInfo& info, cudaS
     return cudaGetLastError();
 }
 
-template <class Family, bool kLocal, bool kSoftcap>
+template <class Family, bool kLocal, bool kSoftcap, bool kDropout = false>
 cudaError_t launch_bwd_det(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream) {
-    return p.deterministic ? launch_bwd_variant<Family, kLocal, kSoftcap, true>(p, info, stream)
-                           : launch_bwd_variant<Family, kLocal, kSoftcap, false>(p, info, stream);
+    return p.deterministic ? launch_bwd_variant<Family, kLocal, kSoftcap, true, kDropout>(p, info, stream)
+                           : launch_bwd_variant<Family, kLocal, kSoftcap, false, kDropout>(p, info, stream);
 }
 
 // The main kernel of one family for one (dtype, head dim); p.m_blocks/n_blocks are set with the family's
@@ -43,9 +50,17 @@ template <class Family>
 int run_bwd_main(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
     const bool local = is_local(p.f);
     const bool softcap = p.f.softcap > 0.f;
+    const bool dropout = Family::kHasDropout && p.f.dropout != 0;  // is_local is true then
     *features = (Family::local_variant(local) ? feature::kLocal : 0u) | (softcap ? feature::kSoftcap : 0u) |
-                (p.deterministic ? feature::kDeterministic : 0u);
+                (p.deterministic ? feature::kDeterministic : 0u) | (dropout ? feature::kDropout : 0u);
     cudaError_t err;
+    if constexpr (Family::kHasDropout) {
+        if (dropout) {
+            err = softcap ? launch_bwd_det<Family, true, true, true>(p, info, stream)
+                          : launch_bwd_det<Family, true, false, true>(p, info, stream);
+            return static_cast<int>(err);
+        }
+    }
     if (local) {
         err = softcap ? launch_bwd_det<Family, true, true>(p, info, stream) : launch_bwd_det<Family, true, false>(p, info, stream);
     } else {

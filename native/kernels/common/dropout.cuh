@@ -7,8 +7,9 @@
 // call per 16 x 32 block it holds (per 16 x 16 when a warp holds only 16 columns of the block, as the backward's
 // d64/d96 tiles do: half the bytes of the call are then used).
 //
-// Only the kLocal variant of each kernel carries this (a uniform branch on FwdParams::dropout), as ALiBi: calls
-// without dropout run the plain kernels unchanged and no kernel is added.
+// Only the dropout kernels carry this (kDropout, a local variant of its own, feature::kDropout, "_dropout" in the
+// name): calls without dropout run kernels that hold none of its code (woven into the local kernels behind a runtime
+// branch, it made ptxas spill more in them: the sm80 causal backward ran 5-7% slower; bench/NOTES.md).
 //
 // The keep mask a caller asks for (FwdParams::dropout_mask) is written by its own small kernel after the forward
 // (dropout_mask_kernel, one thread per element, from the element-wise mapping dropout_keep), not from inside the

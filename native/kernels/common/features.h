@@ -9,5 +9,6 @@ constexpr uint32_t kLocal = 1;          // causal or window masks (else only the
 constexpr uint32_t kSoftcap = 2;        // softcap on the scores
 constexpr uint32_t kDeterministic = 4;  // ordered dQ adds (backward)
 constexpr uint32_t kPaged = 8;          // paged KV cache (decode)
+constexpr uint32_t kDropout = 16;       // dropout (the sm80 forward and backward; always with kLocal)
 }  // namespace feature
 }  // namespace fa

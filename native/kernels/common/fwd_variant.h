@@ -12,20 +12,29 @@
 
 namespace fa {
 
-// Calls launch(local, softcap) with std::integral_constant<bool> arguments for the call's variant and
-// returns its cudaError_t as an int; *features gets the variant (common/features.h).
-template <class Launch>
+// Calls launch(local, softcap, dropout) with std::integral_constant<bool> arguments for the call's variant and
+// returns its cudaError_t as an int; *features gets the variant (common/features.h). kHasDropout: the family has
+// dropout variants (sm80: a local kernel of its own, so that the local kernels every causal call runs carry none
+// of its code); without them dropout is never passed (the host refuses such calls first).
+template <bool kHasDropout = false, class Launch>
 int run_fwd_variant(const FwdParams& p, uint32_t* features, Launch&& launch) {
     const bool local = is_local(p);
     const bool softcap = p.softcap > 0.f;
-    *features = (local ? feature::kLocal : 0u) | (softcap ? feature::kSoftcap : 0u);
+    const bool dropout = kHasDropout && p.dropout != 0;  // is_local(p) is true then
+    *features = (local ? feature::kLocal : 0u) | (softcap ? feature::kSoftcap : 0u) | (dropout ? feature::kDropout : 0u);
     using Yes = std::true_type;
     using No = std::false_type;
     cudaError_t err;
+    if constexpr (kHasDropout) {
+        if (dropout) {
+            err = softcap ? launch(Yes{}, Yes{}, Yes{}) : launch(Yes{}, No{}, Yes{});
+            return static_cast<int>(err);
+        }
+    }
     if (local) {
-        err = softcap ? launch(Yes{}, Yes{}) : launch(Yes{}, No{});
+        err = softcap ? launch(Yes{}, Yes{}, No{}) : launch(Yes{}, No{}, No{});
     } else {
-        err = softcap ? launch(No{}, Yes{}) : launch(No{}, No{});
+        err = softcap ? launch(No{}, Yes{}, No{}) : launch(No{}, No{}, No{});
     }
     return static_cast<int>(err);
 }

@@ -67,8 +67,10 @@ __device__ __forceinline__ void mma_tile_abt(float (&acc)[MT][NT][4], uint32_t s
     }
 }
 
-template <class Tr, bool kLocal, bool kSoftcap, bool kDeterministic>
+// kDropout (with kLocal only): the call's dropout, in a kernel of its own (as the forward's; sm80/fwd_kernel.cuh).
+template <class Tr, bool kLocal, bool kSoftcap, bool kDeterministic, bool kDropout = false>
 __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_constant__ BwdParams p) {
+    static_assert(!kDropout || kLocal, "dropout runs in the local family");
     using T = typename Tr::Elem;
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, D = Tr::kHeadDim;
     constexpr int RB = Tr::kRowBytes, RBP = Tr::kRowBytesP;
@@ -171,17 +173,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
         const int64_t slot0 = bwd_row_slot(p, b, h, seq.q_row0, row0);
         const float* stats = reinterpret_cast<const float*>(smem + Tr::kOffStats + (it & 1) * Tr::kSmemStats);
 
-        // Dropout (kLocal variant only, a uniform branch; common/dropout.cuh), FlashAttention-2's backward: the
+        // Dropout (kDropout kernels; common/dropout.cuh), FlashAttention-2's backward: the
         // forward's keep mask Z regenerated from the stream, as bits (4 j + e per m16 tile), drawn here, before S and
         // dP are live, so that only the bits stay live through them; dP takes Z / (1 - p) before dS, the P that
         // feeds dV takes Z after it, and dV the 1 / (1 - p) in the epilogue.
         uint32_t keep[MS];
-        if constexpr (kLocal) {
-            if (f.dropout != 0) {
-                const DropoutLane drop = dropout_lane_state(f, b, h, lane);
+        if constexpr (kDropout) {
+            const DropoutLane drop = dropout_lane_state(f, b, h, lane);
 #pragma unroll
-                for (int mt = 0; mt < MS; ++mt) keep[mt] = dropout_keep_bits<NS>(drop, row0 + s_row0 + mt * 16, key0 + s_col0);
-            }
+            for (int mt = 0; mt < MS; ++mt) keep[mt] = dropout_keep_bits<NS>(drop, row0 + s_row0 + mt * 16, key0 + s_col0);
         }
 
         // dP = dO V^T and S = Q K^T, [BM x BN] each, warp tile (MS*16) x (NS*8).
@@ -265,19 +265,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
                 }
             }
         }
-        // Dropout (kLocal variant only, a uniform branch): dP = Z o (dO V^T) / (1 - p) before dS (keep bits from the
-        // top of the iteration), so a dropped element gets dS = P (0 - dsum) = -P D.
-        if constexpr (kLocal) {
-            if (f.dropout != 0) {
-                const float rp = f.dropout_rp;
+        // Dropout: dP = Z o (dO V^T) / (1 - p) before dS (keep bits from the top of the iteration), so a dropped
+        // element gets dS = P (0 - dsum) = -P D.
+        if constexpr (kDropout) {
+            const float rp = f.dropout_rp;
 #pragma unroll
-                for (int mt = 0; mt < MS; ++mt) {
+            for (int mt = 0; mt < MS; ++mt) {
 #pragma unroll
-                    for (int j = 0; j < NS; ++j) {
+                for (int j = 0; j < NS; ++j) {
 #pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            dp[mt][j][e] = (keep[mt] >> (4 * j + e)) & 1u ? dp[mt][j][e] * rp : 0.f;
-                        }
+                    for (int e = 0; e < 4; ++e) {
+                        dp[mt][j][e] = (keep[mt] >> (4 * j + e)) & 1u ? dp[mt][j][e] * rp : 0.f;
                     }
                 }
             }
@@ -303,12 +301,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
                     const int col = s_col0 + j * 8;
                     const uint32_t byte = swizzle<RBP>(lr, col / 8) + (lane % 4) * 4;
                     float p0 = s[mt][j][2 * r], p1 = s[mt][j][2 * r + 1];
-                    if constexpr (kLocal) {
+                    if constexpr (kDropout) {
                         // Dropout: the P that feeds dV is Z o P (fused into the store: a loop of its own spilled).
-                        if (f.dropout != 0) {
-                            p0 = (keep[mt] >> (4 * j + 2 * r)) & 1u ? p0 : 0.f;
-                            p1 = (keep[mt] >> (4 * j + 2 * r + 1)) & 1u ? p1 : 0.f;
-                        }
+                        p0 = (keep[mt] >> (4 * j + 2 * r)) & 1u ? p0 : 0.f;
+                        p1 = (keep[mt] >> (4 * j + 2 * r + 1)) & 1u ? p1 : 0.f;
                     }
                     *reinterpret_cast<uint32_t*>(smem + Tr::kOffP + byte) = pack2<T>(p0, p1);
                     *reinterpret_cast<uint32_t*>(smem + Tr::kOffDS + byte) = pack2<T>(dp[mt][j][2 * r], dp[mt][j][2 * r + 1]);
@@ -405,8 +401,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
     __syncthreads();
     if (kDeterministic && kBwdDetDeferRelease && iters > 0) bwd_release_turn(p, blk, blk.head(iters - 1), blk.block(iters - 1));
     const float scale = f.scale;
-    // Dropout: dV = (Z o P)^T dO / (1 - p) (kLocal variant only; 1 otherwise).
-    const float dv_scale = kLocal && f.dropout != 0 ? f.dropout_rp : 1.f;
+    // Dropout: dV = (Z o P)^T dO / (1 - p) (kDropout kernels; 1 otherwise).
+    const float dv_scale = kDropout ? f.dropout_rp : 1.f;
 #pragma unroll
     for (int mt = 0; mt < MKV; ++mt) {
 #pragma unroll

@@ -13,8 +13,9 @@ struct BwdFamily {
     static constexpr int kSmemBytes = Tr::kSmemBytes;
     static constexpr int kThreads = Tr::kThreads;
     static constexpr bool local_variant(bool local) { return local; }
-    template <bool kLocal, bool kSoftcap, bool kDet>
-    static auto kernel() { return bwd_kernel<Tr, kLocal, kSoftcap, kDet>; }
+    static constexpr bool kHasDropout = true;  // dropout kernels of their own (local only; sm80/bwd_kernel.cuh)
+    template <bool kLocal, bool kSoftcap, bool kDet, bool kDropout = false>
+    static auto kernel() { return bwd_kernel<Tr, kLocal, kSoftcap, kDet, kDropout>; }
 };
 
 }  // namespace sm80

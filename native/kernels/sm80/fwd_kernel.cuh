@@ -31,8 +31,10 @@ namespace fa {
 namespace sm80 {
 
 // kLocal: some key may be hidden by a causal mask or a window (else only the sequence tail masks), or the call has
-// ALiBi slopes or dropout (applied here only: the plain kernel carries neither).
-template <class Tr, bool kLocal, bool kSoftcap>
+// ALiBi slopes or dropout (applied here only: the plain kernel carries neither). kDropout (with kLocal only): the
+// call's dropout, in a kernel of its own, so that the local kernels every causal call runs carry none of its code
+// (woven in behind a runtime branch it made ptxas spill more in them; bench/NOTES.md, sixth session).
+template <class Tr, bool kLocal, bool kSoftcap, bool kDropout = false>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const __grid_constant__ FwdParams p) {
     using T = typename Tr::Elem;
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
@@ -41,10 +43,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
 
     extern __shared__ __align__(128) unsigned char smem[];
 
+    static_assert(!kDropout || kLocal, "dropout runs in the local family");
     // Dropout's rng_state, before any block returns early (common/dropout.cuh).
-    if constexpr (kLocal) {
-        if (p.dropout != 0) write_dropout_rng_state(p);
-    }
+    if constexpr (kDropout) write_dropout_rng_state(p);
 
     // Block order: see FwdParams::heads_per_group and fwd_schedule.h.
     const BlockCoord coord = block_coord(p, blockIdx.x);
@@ -263,9 +264,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
             cp_async_commit();
         }
 
-        // O += P V, P re-packed from the S accumulators as A fragments (no shared memory). Dropout (kLocal variant
-        // only, a uniform branch choosing a copy of this loop; common/dropout.cuh) zeroes the dropped elements of the
-        // packed, rounded P: after the row sums, which keep the undropped P (FlashAttention-2's "dropout on the
+        // O += P V, P re-packed from the S accumulators as A fragments (no shared memory). Dropout (kDropout kernels;
+        // common/dropout.cuh) zeroes the dropped elements of the packed, rounded P: after the row sums, which keep the undropped P (FlashAttention-2's "dropout on the
         // rounded P"); the 1 / (1 - p) comes with the final normalisation. One Philox call per 16 x 32 block serves
         // two k-steps; the lane's state is formed here, per tile, so nothing of it stays live through the loop.
         const auto pv = [&](auto drop_tag) {
@@ -312,13 +312,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
                 }
             }
         };
-        if constexpr (kLocal) {
-            if (p.dropout != 0) {
-                pv(std::true_type{});
-                return;
-            }
-        }
-        pv(std::false_type{});
+        pv(std::integral_constant<bool, kDropout>{});
     };
 
     // Walk the key tiles from the last down: the first tiles may need the right/tail masks, then
@@ -347,9 +341,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
             // O = acc * inv and the LSE, with the sink in the denominator when there is one (common/sink.cuh).
             const RowFinish fin = finish_row(sum, row_max[mt][r] * lse_scale, 0.f, sink);
             float inv = fin.inv;
-            if constexpr (kLocal) {
-                if (p.dropout != 0) inv *= p.dropout_rp;  // kept P scaled by 1 / (1 - p); the LSE is unchanged
-            }
+            if constexpr (kDropout) inv *= p.dropout_rp;  // kept P scaled by 1 / (1 - p); the LSE is unchanged
             const int lrow = warp_row + mt * 16 + lane / 4 + r * 8;
             if (lse != nullptr && lane % 4 == 0 && lrow < rows_here) {
                 lse[static_cast<int64_t>(lrow) * p.lse_row_stride] = fin.lse;

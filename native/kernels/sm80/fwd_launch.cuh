@@ -14,11 +14,11 @@
 namespace fa {
 namespace sm80 {
 
-template <typename T, int D, bool kLocal, bool kSoftcap>
+template <typename T, int D, bool kLocal, bool kSoftcap, bool kDropout>
 cudaError_t launch_fwd(FwdParams p, const LaunchInfo& info, cudaStream_t stream) {
     using Tile = FwdTile<D>;
     using Tr = FwdTraits<T, D, Tile::kBlockM, Tile::kBlockN, Tile::kWarps, Tile::kMinBlocks>;
-    auto kernel = fwd_kernel<Tr, kLocal, kSoftcap>;
+    auto kernel = fwd_kernel<Tr, kLocal, kSoftcap, kDropout>;
     constexpr int smem = Tr::kSmemBytes;
     static std::atomic<uint64_t> raised{0};
     const cudaError_t err = raise_smem_once(kernel, smem, info, raised);
@@ -32,8 +32,8 @@ cudaError_t launch_fwd(FwdParams p, const LaunchInfo& info, cudaStream_t stream)
 // The variant for the call's options (common/fwd_variant.h).
 template <typename T, int D>
 int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
-    return run_fwd_variant(p, features, [&](auto local, auto softcap) {
-        return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value>(p, info, stream);
+    return run_fwd_variant<true>(p, features, [&](auto local, auto softcap, auto dropout) {
+        return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value, decltype(dropout)::value>(p, info, stream);
     });
 }
 

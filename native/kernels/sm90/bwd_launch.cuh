@@ -15,6 +15,7 @@ struct BwdFamily {
     static constexpr int kSmemBytes = Tr::kSmemBytes;
     static constexpr int kThreads = Tr::kThreads;
     static constexpr bool local_variant(bool local) { return D == 256 ? true : local; }
+    static constexpr bool kHasDropout = false;  // dropout is sm80-only (the host refuses it here)
     template <bool kLocal, bool kSoftcap, bool kDet>
     static auto kernel() { return bwd_kernel_sm90<T, D, kLocal, kSoftcap, kDet>; }
 };

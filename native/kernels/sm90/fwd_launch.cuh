@@ -80,7 +80,7 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
 // The variant for the call's options (common/fwd_variant.h).
 template <typename T, int D>
 int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
-    return run_fwd_variant(p, features, [&](auto local, auto softcap) {
+    return run_fwd_variant(p, features, [&](auto local, auto softcap, auto) {
         return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value>(p, info, stream);
     });
 }
