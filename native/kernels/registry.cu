@@ -264,6 +264,7 @@ int launch_backward_t(Path path, BwdParams& p, const LaunchInfo& info, cudaStrea
     const bool varlen = f.cu_seqlens_q != nullptr;
     const int64_t rows = varlen ? f.total_q : f.sq;
     const int64_t heads = varlen ? f.hq : static_cast<int64_t>(f.b) * f.hq;
+    p.dq_frag_rows = path == Path::Sm90 ? kDqFragRows : 0;  // the sm90 kernel's dQ layout
 
     cudaError_t err = cudaSuccess;
     if (p.deterministic && p.m_blocks > 0) {

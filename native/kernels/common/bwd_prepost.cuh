@@ -154,11 +154,48 @@ __global__ void __launch_bounds__(kConvertThreads) bwd_convert(const __grid_cons
     const int c = item % chunks;
     if (r < row_begin || r >= row_end) return;
     const int64_t slot = bwd_row_slot(p, b, h, 0, r);
-    const float4* src = reinterpret_cast<const float4*>(p.dq_accum + slot * p.kernel_d + c * 8);
-    float4 a = src[0], bb = src[1];
+    // The fragment layout (BwdParams::dq_frag_rows): a row of a full query block reads its 8 columns from the 4 threads'
+    // fragments that hold them (2 floats each); other rows (every row without it) are row-major.
+    int64_t frag_tile = -1;  // the block's first element, relative to a copy's start
+    int frag_row = 0;
+    if (p.dq_frag_rows > 0) {
+        int in_seq = r, len = f.sq;
+        if (varlen) {  // the last sequence starting at or before packed row r (clamped as the main kernel's seq_info)
+            int lo = 0, hi = f.b - 1;
+            while (lo < hi) {
+                const int mid = (lo + hi + 1) / 2;
+                if (min(max(f.cu_seqlens_q[mid], 0), f.total_q) <= r) lo = mid; else hi = mid - 1;
+            }
+            const SeqInfo s = seq_info(f, lo);
+            in_seq = r - static_cast<int>(s.q_row0);
+            len = s.sq;
+        }
+        const int m = in_seq / p.dq_frag_rows;
+        if (in_seq < len && (m + 1) * p.dq_frag_rows <= len) {
+            frag_row = in_seq % p.dq_frag_rows;
+            frag_tile = (slot - frag_row) * p.kernel_d;
+        }
+    }
+    auto load8 = [&](const float* acc, float4& lo4, float4& hi4) {
+        if (frag_tile < 0) {
+            const float4* src = reinterpret_cast<const float4*>(acc + slot * p.kernel_d + c * 8);
+            lo4 = src[0];
+            hi4 = src[1];
+        } else {
+            float2 v[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                v[k] = *reinterpret_cast<const float2*>(acc + frag_tile + dq_frag_offset(frag_row, c * 8 + 2 * k, p.kernel_d));
+            }
+            lo4 = make_float4(v[0].x, v[0].y, v[1].x, v[1].y);
+            hi4 = make_float4(v[2].x, v[2].y, v[3].x, v[3].y);
+        }
+    };
+    float4 a, bb;
+    load8(p.dq_accum, a, bb);
     for (int copy = 1; copy < p.dq_copies; ++copy) {  // deterministic: the copies added in order
-        const float4* more = reinterpret_cast<const float4*>(p.dq_accum + copy * p.dq_copy_stride + slot * p.kernel_d + c * 8);
-        const float4 x = more[0], y = more[1];
+        float4 x, y;
+        load8(p.dq_accum + copy * p.dq_copy_stride, x, y);
         a = make_float4(a.x + x.x, a.y + x.y, a.z + x.z, a.w + x.w);
         bb = make_float4(bb.x + y.x, bb.y + y.y, bb.z + y.z, bb.w + y.w);
     }

@@ -25,6 +25,19 @@ __device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src, bool v
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_size));
 }
 
+// *p += (a, b, c, d) for four consecutive floats (16-byte aligned), without a return value: one vector
+// reduction on sm_90 and later, four scalar ones before.
+__device__ __forceinline__ void red_add_f32x4(float* p, float a, float b, float c, float d) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
+#else
+    atomicAdd(p, a);
+    atomicAdd(p + 1, b);
+    atomicAdd(p + 2, c);
+    atomicAdd(p + 3, d);
+#endif
+}
+
 // *p += (a, b) for two consecutive floats (8-byte aligned), without a return value: one vector
 // reduction on sm_90 and later, two scalar ones before.
 __device__ __forceinline__ void red_add_f32x2(float* p, float a, float b) {

@@ -24,7 +24,7 @@ struct BwdParams {
 
     // Workspace, all fp32 / int32, indexed by "row slot" = (b * hq + h) * sq + row for a fixed-length batch
     // and h * total_q + row for a variable-length one (rows of the packed tensor):
-    float* dq_accum;  // [slots, kernel_d]: dQ / scale, accumulated by the main kernel
+    float* dq_accum;  // [slots, kernel_d]: dQ / scale, accumulated by the main kernel (element order: dq_frag_rows)
     float* dsum;      // [slots]: rowsum(dO * O)
     float* lse_log2;  // [slots]: lse * log2(e) (+inf for rows that saw no key)
     int32_t* sem;     // deterministic: [dq_copies][b * hq * m_blocks] arrival counters and one more word, else nullptr
@@ -43,6 +43,11 @@ struct BwdParams {
     float* sink_partial = nullptr;
 
     // Set by the launcher.
+    // Layout of dq_accum: 0 row-major everywhere; kDqFragRows (the sm90 kernel) = the rows of every full query block
+    // (kDqFragRows rows of one sequence and head, starting at a multiple of kDqFragRows in the sequence) hold the
+    // kernel's accumulator fragments in the order dq_frag_offset says, so that a thread adds 4 contiguous floats at a
+    // time and a warp 512 contiguous bytes; a last, partial block stays row-major.
+    int32_t dq_frag_rows = 0;
     int32_t m_blocks = 0;  // ceil(sq / BlockM)
     int32_t n_blocks = 0;  // ceil(sk / BlockN)
     // Deterministic mode's bounded wait (bwd_wait_turn): the word after the counters, set once a block of this
@@ -70,6 +75,22 @@ constexpr int32_t kBwdDetDqCopies = FA_BWD_DET_DQ_COPIES;
 #endif
 constexpr bool kBwdDetDeferRelease = FA_BWD_DET_DEFER_RELEASE != 0;
 static_assert(kBwdDetDqCopies >= 1, "at least one dQ accumulator");
+
+// dq_frag_rows of the fragment layout (the sm90 backward's BlockM) and where element (row, col) of such a block sits,
+// in floats from the block's first row slot times kernel_d: the block's columns in two halves of kernel_d / 2 (one per
+// warpgroup), each half [kernel_d / 16 column groups of 8][128 threads][4], thread t = 32 * warp + lane holding rows
+// 16 * warp + lane / 4 (+ 8) and columns 8 * group + 2 * (lane % 4) (+ 1): wgmma's m64nN accumulator fragment.
+constexpr int32_t kDqFragRows = 64;
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline int64_t dq_frag_offset(int row, int col, int kernel_d) {
+    const int half_cols = kernel_d / 2;
+    const int half = col / half_cols, cl = col % half_cols;
+    const int thread = 32 * (row / 16) + 4 * (row % 8) + (cl % 8) / 2;
+    const int e = 2 * ((row % 16) / 8) + cl % 2;
+    return static_cast<int64_t>(half) * kDqFragRows * half_cols + (static_cast<int64_t>(cl / 8) * 128 + thread) * 4 + e;
+}
 
 // Row slot of query row `row` (0-based in its sequence) of (b, h): see BwdParams.
 #if defined(__CUDACC__)

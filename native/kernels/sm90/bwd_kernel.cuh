@@ -11,7 +11,8 @@
 //   dV  += P^T dO     m64nD,  A = P^T from registers, B = dO (MN-major) } ... which are the A operands
 //   dK  += dS^T Q     m64nD,  A = dS^T from registers, B = Q (MN-major) } of these two (FA3's trick)
 //   dQ   = dS K       m64n(D/2) per warpgroup (its half of the columns), A = dS (dS^T stored [key][query],
-//                     read MN-major), B = K (MN-major); added to the fp32 accumulator with red.global.add.
+//                     read MN-major), B = K (MN-major); added to the fp32 accumulator with red.global.add.v4
+//                     in the accumulator's fragment layout (BwdParams::dq_frag_rows).
 // P never leaves registers (but at D = 256, below); dS^T goes to shared memory once (16 KB). dK and dV
 // (64 x D per warpgroup) stay in registers for the whole walk.
 //
@@ -326,14 +327,25 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
             if constexpr (!kSplit) fence_regs(fd[kk]);
         }
 
+        // A full query block's dQ goes in the fragment layout (BwdParams::dq_frag_rows, dq_frag_offset): this thread's
+        // 4 floats of column group j at [warpgroup half][j][thread][4], one vector add each (half the adds of row-major
+        // pairs, and a warp's adds cover 512 contiguous bytes); a partial last block row by row. (Measured 1.06-1.19x
+        // the row-major adds; staging the fragments for one bulk reduction per warpgroup, 0.94-1.04x: bench/NOTES.md.)
+        const bool frag = rows_here == BM;
         if (kDeterministic) bwd_wait_turn<kLocal, BM, BN>(p, blk, h, m);
+        if (frag) {
+            float* dst = acc_rows + wg * (BM * kDqN) + tid % 128 * 4;
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int qr = wl * 16 + lane / 4 + 8 * i;
-            if (qr < rows_here) {
-                float* dst = acc_rows + static_cast<int64_t>(qr) * D + col0 + qc0;
+            for (int j = 0; j < kDqN / 8; ++j) red_add_f32x4(dst + j * 512, dq[4 * j], dq[4 * j + 1], dq[4 * j + 2], dq[4 * j + 3]);
+        } else {
 #pragma unroll
-                for (int j = 0; j < kDqN / 8; ++j) red_add_f32x2(dst + 8 * j, dq[4 * j + 2 * i], dq[4 * j + 2 * i + 1]);
+            for (int i = 0; i < 2; ++i) {
+                const int qr = wl * 16 + lane / 4 + 8 * i;
+                if (qr < rows_here) {
+                    float* dst = acc_rows + static_cast<int64_t>(qr) * D + col0 + qc0;
+#pragma unroll
+                    for (int j = 0; j < kDqN / 8; ++j) red_add_f32x2(dst + 8 * j, dq[4 * j + 2 * i], dq[4 * j + 2 * i + 1]);
+                }
             }
         }
         if (kDeterministic && !kBwdDetDeferRelease) {

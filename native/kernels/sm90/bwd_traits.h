@@ -39,6 +39,7 @@ struct BwdTraits90 {
     static_assert(kBlockM >= kBwdMinBlockM, "the deterministic counters are sized for BlockM >= kBwdMinBlockM");
     static_assert(kOffK % 1024 == 0 && kOffV % 1024 == 0 && kOffDS % 1024 == 0 && kSmemQ % 1024 == 0,
                   "wgmma tiles start on 1024-byte swizzle atoms");
+    static_assert(kBlockM == kDqFragRows, "the fragment layout of dq_accum is the m64 accumulator's");
 };
 
 }  // namespace sm90
