@@ -93,8 +93,8 @@ def fwd_setup(args, libs, q, k, v, h, hkv, causal, code):
 
 def bwd_setup(args, libs, q, k, v, h, hkv, causal, code):
     """The backward: cuDNN's SDPA backward (bwd.torch_bwd_call: autograd.grad over one forward, as the benchmark
-    times it) as the anchor; each build's fa_backward (O and LSE from the first build's forward) into poisoned
-    gradients."""
+    times it) as the anchor; each build's fa_backward (O and LSE from the forward of the first build that serves the
+    shape) into poisoned gradients."""
     from bwd import our_forward_for_bwd, torch_bwd_call
     do = torch.randn_like(q)
     notes = []
@@ -104,7 +104,17 @@ def bwd_setup(args, libs, q, k, v, h, hkv, causal, code):
     ref = tuple(t.transpose(1, 2) for t in gradients(anchor()))
     q2, k2, v2, do2 = (t.transpose(1, 2).contiguous() for t in (q, k, v, do))
     lse = torch.full((q.shape[0], h, q.shape[2]), float("nan"), device=q.device, dtype=torch.float32)
-    o2 = our_forward_for_bwd(libs[0][1], code, q2, k2, v2, causal, lse)
+    # O and LSE from the first build that serves the shape (one built without this head dim is skipped; the backward
+    # rows of the builds that cannot serve it then say so).
+    o2, failures = None, []
+    for name, lib in libs:
+        try:
+            o2 = our_forward_for_bwd(lib, code, q2, k2, v2, causal, lse)
+            break
+        except RuntimeError as e:
+            failures.append(f"{name}: {first_line(e, 120)}")
+    if o2 is None:
+        raise RuntimeError("no build runs the forward for this backward row: " + "; ".join(failures))
 
     def make_call(lib):
         grads = tuple(torch.full_like(t, float("nan")) for t in (q2, k2, v2))
@@ -138,7 +148,12 @@ def main(argv=None):
         q, k, v = sdpa_inputs(s, torch_dtype("bf16" if s["dtype"] == "e4m3" else s["dtype"]))
         flops = pass_flops(s)
         setup = fwd_setup if args.pass_ == "fwd" else bwd_setup
-        anchor, make_call, check = setup(args, libs, q, k, v, h, hkv, causal, code)
+        key = f"d{d} {'causal' if causal else 'full'} s{sq} h{h}/{hkv}"
+        try:
+            anchor, make_call, check = setup(args, libs, q, k, v, h, hkv, causal, code)
+        except RuntimeError as e:
+            print(f"{key:26s} skipped: {first_line(e, 200)}", flush=True)
+            continue
         times = {"cudnn": [bench(anchor)]}
         calls, notes = {}, []
         for name, lib in libs:
@@ -161,7 +176,6 @@ def main(argv=None):
         times["cudnn"].append(bench(anchor))
         tf = {n: tflops(flops, statistics.median(t)) for n, t in times.items() if t}
         cu = tf.get("cudnn")
-        key = f"d{d} {'causal' if causal else 'full'} s{sq} h{h}/{hkv}"
         cells = [f"{tf[n]:8.0f}" if n in tf else f"{'-':>8s}" for n in names]
         ratios = [f"{tf[n] / tf[names[0]]:10.3f}" if n in tf and names[0] in tf else f"{'-':>10s}" for n in names[1:]]
         vs_cu = [f"{tf[n] / cu:9.3f}" if n in tf and cu else f"{'-':>9s}" for n in names]

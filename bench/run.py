@@ -77,9 +77,16 @@ PASSES = ("fwd", "bwd", "decode")
 
 
 def git_commit(given):
+    """--commit, else git's description of this tree, but only when this tree is a git checkout's top level: a copy
+    of the tree inside another checkout (say, a snapshot taken to the GPU machine) would otherwise be described by
+    the enclosing checkout's commit, which is not the code measured."""
     if given:
         return given
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             cwd=REPO).stdout.strip()
+        if not top or os.path.realpath(top) != os.path.realpath(REPO):
+            return "unknown (not a git checkout of this tree: pass --commit)"
         return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                               cwd=REPO).stdout.strip() or "unknown"
     except OSError:
