@@ -106,6 +106,7 @@ public sealed partial class FlashAttention
         q.softcap = query.Softcap ? 1 : 0;
         q.sinks = query.Sinks ? 1 : 0;
         q.alibi = query.Alibi ? 1 : 0;
+        q.dropout = query.Dropout ? 1 : 0;
         q.varlen = query.Varlen ? 1 : 0;
         q.kernel_path = (int)query.KernelPath;
         FaStatus status = NativeMethods.fa_query_support(&q);

@@ -39,6 +39,14 @@ public sealed record SupportQuery(
     bool Sinks = false,
     bool Alibi = false)
 {
+    /// <summary>
+    /// Whether the call has dropout (<see cref="AttentionArguments.DropoutP"/> or the backward's &gt; 0; C ABI 0.9): served
+    /// by the forward and backward passes of the sm80 path in Float16 and BFloat16 (<see cref="KernelPath.Auto"/> takes
+    /// sm80 for it); <see cref="KernelPath.Sm90"/>, Float8E4M3 and decode are refused with the native library's reason.
+    /// Set it with an object initializer or <c>with</c> (<c>query with { Dropout = true }</c>).
+    /// </summary>
+    public bool Dropout { get; init; }
+
     /// <summary>The query that describes a call with these options.</summary>
     /// <param name="pass">The computation.</param>
     /// <param name="dataType">The element type of q, k and v.</param>

@@ -193,6 +193,33 @@ public sealed unsafe class DropoutAbiTests
         Assert.That(Errors.LastErrorMessage(), Does.Contain("fa_decode has no dropout"));
     }
 
+    /// <summary>The managed SupportQuery asks the same question (its Dropout flag reaches fa_query_support).</summary>
+    [Test]
+    public void ManagedSupportQueryKnowsDropout()
+    {
+        var query = new SupportQuery(AttentionPass.Forward, DataType.BFloat16, 64) { Dropout = true };
+        SupportResult forward = FlashAttention.QuerySupport(query);
+        if (!forward.IsSupported)
+        {
+            Assert.That(forward.Reason, Does.Contain("head dim"), "only a build without head dim 64 may refuse it");
+            Assert.Ignore($"this build does not serve head dim 64: {forward.Reason}");
+        }
+
+        using (Assert.EnterMultipleScope())
+        {
+            Assert.That(FlashAttention.QuerySupport(query with { Pass = AttentionPass.Backward }).IsSupported, Is.True);
+            SupportResult sm90 = FlashAttention.QuerySupport(query with { KernelPath = KernelPath.Sm90, ComputeCapability = 90 });
+            Assert.That(sm90.IsSupported, Is.False);
+            Assert.That(sm90.Reason, Does.Contain("the sm90 kernels have no dropout"));
+            SupportResult decode = FlashAttention.QuerySupport(query with { Pass = AttentionPass.Decode });
+            Assert.That(decode.IsSupported, Is.False);
+            Assert.That(decode.Reason, Does.Contain("fa_decode has no dropout"));
+            // Without the flag the same sm90 question is answered for a call without dropout.
+            Assert.That(FlashAttention.QuerySupport(query with { Dropout = false, KernelPath = KernelPath.Sm90, ComputeCapability = 90 }).Reason,
+                Does.Not.Contain("dropout"));
+        }
+    }
+
     /// <summary>The managed API carries dropout to the native checks (fake, aligned, disjoint addresses).</summary>
     [Test]
     public void ManagedArgumentsCarryDropout()
