@@ -9,10 +9,6 @@ namespace fa {
 namespace {
 const char* pass_name(Pass pass) { return pass == Pass::Forward ? "forward" : pass == Pass::Backward ? "backward" : "decode"; }
 
-// Whether the sm80 forward and backward kernels of this build apply dropout (common/dropout.cuh, in their kLocal
-// variants). false makes every dropout call UNSUPPORTED with the reason instead of running it undropped.
-constexpr bool kSm80DropoutKernels = true;
-
 // Where the fp8 forward runs, for messages.
 constexpr const char* kFp8Sm90Only =
     "fp8 (e4m3) is served by the sm90 forward only (compute capability 9.0 and a build with sm_90a code)";
@@ -34,10 +30,6 @@ const char* dropout_refusal(Pass pass, Path path, DType dtype) {
     if (path == Path::Sm90) {
         return "the sm90 kernels have no dropout (FlashAttention-3 has none); the sm80 path serves it on every GPU "
                "(pass FA_PATH_AUTO or FA_PATH_SM80)";
-    }
-    if (!kSm80DropoutKernels) {
-        return "this build's sm80 kernels do not apply dropout yet (issue 14: the C ABI takes it since 0.9, the "
-               "kernels follow)";
     }
     return nullptr;
 }

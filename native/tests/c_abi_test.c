@@ -1577,19 +1577,6 @@ static void test_alibi_validation(void) {
     expect("query 0.7 size: alibi ignored", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
 }
 
-/* Whether this build's sm80 kernels apply dropout (dispatch.cpp's kSm80DropoutKernels): until they do, a valid
-   dropout call is UNSUPPORTED with that reason. Flip both together. */
-enum { DROPOUT_KERNELS = 1 };
-
-/* A valid dropout call's verdict: SUCCESS once the kernels apply dropout, else UNSUPPORTED saying so. */
-static void expect_dropout_served(const char* what, fa_status_t status) {
-    if (DROPOUT_KERNELS) {
-        expect(what, status, FA_STATUS_SUCCESS, NULL);
-    } else {
-        expect(what, status, FA_STATUS_UNSUPPORTED, "do not apply dropout yet");
-    }
-}
-
 /* A uint8 keep mask [n0, n1, n2, n3], contiguous. */
 static void set_mask4(fa_tensor_t* t, void* data, int64_t n0, int64_t n1, int64_t n2, int64_t n3) {
     set_tensor4(t, data, FA_DTYPE_UINT8, n0, n1, n2, n3, 0);
@@ -1628,23 +1615,23 @@ static void test_dropout_validation(void) {
     p.dropout_p = 0.17f;
     p.dropout_seed = 0x123456789ABCDEFull;
     p.dropout_offset = 96;
-    expect_dropout_served("dropout: host seed and offset", fa_forward_check(&p, 0));
+    expect("dropout: host seed and offset", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
     p.dropout_seed_device = (const uint64_t*)(uintptr_t)0xD40000000ull;
     p.dropout_offset_device = (const uint64_t*)(uintptr_t)0xD40000008ull;
     p.dropout_rng_state = state_at;
     set_mask4(&p.dropout_mask, mask_at, VB, VHQ, VSQ, VSK);
     p.softcap = 30.0f;
     p.window_left = 4;
-    expect_dropout_served("dropout: device seed/offset, rng_state, mask, softcap, window", fa_forward_check(&p, 80));
-    expect_dropout_served("dropout on cc 9.0 (AUTO takes sm80)", fa_forward_check(&p, 90));
+    expect("dropout: device seed/offset, rng_state, mask, softcap, window", fa_forward_check(&p, 80), FA_STATUS_SUCCESS, NULL);
+    expect("dropout on cc 9.0 (AUTO takes sm80)", fa_forward_check(&p, 90), FA_STATUS_SUCCESS, NULL);
     p.kernel_path = FA_PATH_SM80;
-    expect_dropout_served("dropout on FA_PATH_SM80", fa_forward_check(&p, 90));
+    expect("dropout on FA_PATH_SM80", fa_forward_check(&p, 90), FA_STATUS_SUCCESS, NULL);
     p.kernel_path = FA_PATH_SM90;
     expect("dropout on FA_PATH_SM90", fa_forward_check(&p, 90), FA_STATUS_UNSUPPORTED,
            "kernel_path is FA_PATH_SM90, but the sm90 kernels have no dropout (FlashAttention-3 has none)");
     p = valid_params(1);
     p.dropout_p = 0.999f;
-    expect_dropout_served("dropout: p = 0.999", fa_forward_check(&p, 0));
+    expect("dropout: p = 0.999", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
     p.dropout_p = 1.0f;
     expect("dropout: p = 1", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "dropout_p is 1; it must be in [0, 1)");
     p.dropout_p = -0.1f;
@@ -1669,7 +1656,7 @@ static void test_dropout_validation(void) {
     p.dropout_rng_state = NULL;
     /* the mask: dtype, rank, shape, last stride, overlaps */
     set_mask4(&p.dropout_mask, mask_at, VB, VHQ, VSQ, VSK);
-    expect_dropout_served("dropout: mask", fa_forward_check(&p, 0));
+    expect("dropout: mask", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
     p.dropout_mask.dtype = FA_DTYPE_INT32;
     expect("dropout: mask int32", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
            "dropout_mask.dtype is 4 (FA_DTYPE_INT32); dropout_mask must be FA_DTYPE_UINT8");
@@ -1710,7 +1697,7 @@ static void test_dropout_validation(void) {
     p = valid_varlen_params(1);
     p.dropout_p = 0.25f;
     set_mask4(&p.dropout_mask, mask_at, VL_BATCH, VHQ, VL_MAX_Q, VL_MAX_K);
-    expect_dropout_served("dropout: varlen mask", fa_forward_check(&p, 0));
+    expect("dropout: varlen mask", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
     set_mask4(&p.dropout_mask, mask_at, 1, VHQ, VL_TOTAL_Q, VL_MAX_K);
     expect("dropout: varlen mask over total_q", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
            "[varlen_batch, heads_q, max_seqlen_q, max_seqlen_k]");
@@ -1750,7 +1737,7 @@ static void test_dropout_validation(void) {
     bw.dropout_p = 0.17f;
     bw.dropout_seed_device = state_at;
     bw.dropout_offset_device = state_at + 1;
-    expect_dropout_served("backward dropout from the forward's rng_state", fa_backward_check(&bw, 0));
+    expect("backward dropout from the forward's rng_state", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
     bw.kernel_path = FA_PATH_SM90;
     expect("backward dropout on FA_PATH_SM90", fa_backward_check(&bw, 90), FA_STATUS_UNSUPPORTED,
            "the sm90 kernels have no dropout");
@@ -1783,12 +1770,12 @@ static void test_dropout_validation(void) {
     q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
     q.dropout = 1;
     q.causal = q.window = q.softcap = q.varlen = q.sinks = q.alibi = 1;
-    expect_dropout_served("query forward dropout", fa_query_support(&q));
+    expect("query forward dropout", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
     q.compute_capability = 90;
-    expect_dropout_served("query forward dropout on cc 9.0 (AUTO)", fa_query_support(&q));
+    expect("query forward dropout on cc 9.0 (AUTO)", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
     q.pass = FA_PASS_BACKWARD;
     q.compute_capability = 0;
-    expect_dropout_served("query backward dropout", fa_query_support(&q));
+    expect("query backward dropout", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
     q.pass = FA_PASS_FORWARD;
     q.kernel_path = FA_PATH_SM90;
     q.compute_capability = 90;

@@ -10,31 +10,17 @@ namespace FlashAttn.Tests.Cpu;
 /// Dropout's C ABI (0.9, FEATURES.md §1) through the real native library, without a GPU: the appended fields' layout,
 /// 0.8-sized structs and queries still accepted as "no dropout", every refusal naming its argument (p outside [0, 1), a
 /// keep mask of the wrong dtype or shape, misaligned seed/offset pointers, outputs without dropout, the sm90 path and
-/// fp8), and the verdict on a valid dropout call, which is UNSUPPORTED with the reason until the sm80 kernels apply
-/// dropout (dispatch.cpp's kSm80DropoutKernels; flip <see cref="KernelsApplyDropout"/> with it).
+/// fp8), and the verdict on a valid dropout call: served by the sm80 path.
 /// </summary>
 [TestFixture]
 [Category("Cpu")]
 public sealed unsafe class DropoutAbiTests
 {
-    /// <summary>Whether this build's sm80 kernels apply dropout (native/src/dispatch.cpp kSm80DropoutKernels).</summary>
-    private static readonly bool KernelsApplyDropout = true;
-
     private const nint MaskAddress = 0x0A00_0000;
     private const nint StateAddress = 0x0B00_0000;
 
-    private static void AssertServed((FaStatus Status, string Message) result, string what)
-    {
-        if (KernelsApplyDropout)
-        {
-            Assert.That(result.Status, Is.EqualTo(FaStatus.Success), $"{what}: {result.Message}");
-        }
-        else
-        {
-            Assert.That(result.Status, Is.EqualTo(FaStatus.Unsupported), $"{what}: {result.Message}");
-            Assert.That(result.Message, Does.Contain("do not apply dropout yet"), what);
-        }
-    }
+    private static void AssertServed((FaStatus Status, string Message) result, string what) =>
+        Assert.That(result.Status, Is.EqualTo(FaStatus.Success), $"{what}: {result.Message}");
 
     private static void AssertRefused((FaStatus Status, string Message) result, FaStatus status, string fragment)
     {
