@@ -83,7 +83,7 @@ public sealed class DeviceTensor
     internal SafeHandle? Owner { get; }
 
     /// <summary>Views a <see cref="DeviceBuffer{T}"/>, checking that every addressed element lies inside it.</summary>
-    /// <typeparam name="T"><see cref="Half"/>, <see cref="BFloat16"/>, <see cref="Float8E4M3"/>, <see cref="float"/> or <see cref="int"/>.</typeparam>
+    /// <typeparam name="T"><see cref="Half"/>, <see cref="BFloat16"/>, <see cref="Float8E4M3"/>, <see cref="float"/>, <see cref="int"/> or <see cref="byte"/> (<see cref="DataType.UInt8"/>, the dropout keep mask).</typeparam>
     /// <param name="buffer">The buffer.</param>
     /// <param name="shape">The shape (rank 1 to 4, every extent 0 or more).</param>
     /// <param name="strides">Strides in elements (0 or more each), or empty for contiguous row-major.</param>

@@ -160,12 +160,15 @@ public sealed class DeviceMemoryTests : GpuTestBase
     public void DeviceTensorViewsAreBoundsChecked()
     {
         using var buffer = new DeviceBuffer<Half>(Device, 2 * 5 * 3 * 8);
+        using var doubles = new DeviceBuffer<double>(Device, 16);
+        using var bytes = new DeviceBuffer<byte>(Device, 16);
         Assert.Multiple(() =>
         {
             Assert.That(() => buffer.AsTensor(2, 5, 3, 8), Throws.Nothing);
             Assert.That(() => buffer.AsTensor(2, 5, 3, 9), Throws.ArgumentException, "one element too many");
             Assert.That(() => DeviceTensor.FromBuffer(buffer, [2, 5, 3, 8], elementOffset: 1), Throws.ArgumentException);
-            Assert.That(() => DeviceTensor.FromBuffer(new DeviceBuffer<byte>(Device, 16), [16]), Throws.ArgumentException, "byte has no DataType");
+            Assert.That(() => DeviceTensor.FromBuffer(doubles, [16]), Throws.ArgumentException, "double has no DataType");
+            Assert.That(DeviceTensor.FromBuffer(bytes, [16]).DataType, Is.EqualTo(DataType.UInt8), "byte: the keep mask's UInt8");
         });
         DeviceTensor t = DeviceTensor.FromBuffer(buffer, [2, 5, 3, 4], [120, 24, 8, 1], elementOffset: 4);
         Assert.Multiple(() =>
