@@ -1892,13 +1892,13 @@ static void test_kernel_names(void) {
             printf("  kernel %d: bad name \"%s\" (%s)\n", (int)i, a != NULL ? a : "(null)", fa_last_error_message());
             continue;
         }
-        if (strncmp(a, "sm90_fwd_", 9) == 0) { /* kernel classes 64, 128 and 256 */
+        if (strncmp(a, "sm90_fwd_", 9) == 0) { /* kernel classes 64, 128, 192 and 256 (fp8: 128, 256) */
             const int kd = atoi(strstr(a, "hdim") + 4);
             sm90_fwd_fp16 += strstr(a, "_fp16_") != NULL;
             sm90_fwd_bf16 += strstr(a, "_bf16_") != NULL;
-            if (kd != 64 && kd != 128 && kd != 256) {
+            if (kd != 64 && kd != 128 && kd != 256 && !(kd == 192 && strstr(a, "_e4m3_") == NULL)) {
                 ++sm90_fwd_bad_class;
-                printf("  kernel %d: \"%s\" is not of an sm90 forward kernel class (64, 128, 256)\n", (int)i, a);
+                printf("  kernel %d: \"%s\" is not of an sm90 forward kernel class (64, 128, 192, 256; fp8 128, 256)\n", (int)i, a);
             }
         }
         for (j = 0; j < i; ++j) {
@@ -1910,7 +1910,7 @@ static void test_kernel_names(void) {
     }
     CHECK(bad_names == 0, "%d kernel names are missing or malformed", bad_names);
     CHECK(duplicates == 0, "%d kernel names repeat", duplicates);
-    CHECK(sm90_fwd_bad_class == 0, "%d sm90 forward kernels of a head dim other than 64, 128 and 256", sm90_fwd_bad_class);
+    CHECK(sm90_fwd_bad_class == 0, "%d sm90 forward kernels of a head dim other than 64, 128, 192 and 256 (fp8: 128, 256)", sm90_fwd_bad_class);
     if (build_has_sm90a()) { /* a build with sm_90a code serves the forward on FA_PATH_SM90 */
         CHECK(sm90_fwd_fp16 > 0 && sm90_fwd_bf16 > 0, "a build with sm_90a code lists %d fp16 and %d bf16 sm90_fwd_ kernels",
               sm90_fwd_fp16, sm90_fwd_bf16);
@@ -3311,7 +3311,7 @@ static void test_gpu(int32_t count) {
     };
     /* Each kernel path by name: FA_PATH_SM80 everywhere (the portable kernels stay checked on Hopper, where AUTO
        takes the sm90 ones); FA_PATH_SM90 runs the sm90 forward on compute capability 9.0 in a build with sm_90a code
-       and is refused (UNSUPPORTED, nothing written) elsewhere. Every sm90 kernel class (64, 128, 256) and head dims
+       and is refused (UNSUPPORTED, nothing written) elsewhere. Every sm90 kernel class (64, 128, 192, 256) and head dims
        that run a larger one (8, 40, 96, 200); both causal alignments with Sq < Sk and Sq > Sk (rows that see no key:
        zeros, lse +inf); windows; softcap; GQA 1, 2, 4, 8, 16 and 32; rows 3 * H * D apart, as in a packed QKV
        buffer. A head dim the build does not serve is skipped. */
@@ -3330,6 +3330,8 @@ static void test_gpu(int32_t count) {
         {1, 70, 45, 4, 2, 200, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 8, 1, BF16, 15.0f, 1, 10, 10}, /* rows 55.. see no key */
         {1, 33, 91, 8, 4, 96, 1, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1},
         {1, 33, 17, 2, 2, 8, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, BF16, 0.0f, 1, 3, 3},
+        {1, 150, 77, 8, 2, 192, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1}, /* the 192 class */
+        {2, 77, 150, 4, 1, 136, 1, FA_CAUSAL_TOP_LEFT, 0.0f, 8, 1, F16, 25.0f, 0, -1, -1},     /* 136 runs it too */
         {2, 90, 90, 4, 4, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 2 * 4 * 128, 1, F16, 0.0f, 0, -1, -1}, /* packed QKV */
     };
     const varlen_case path_varlen_cases[] = {

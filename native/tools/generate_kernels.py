@@ -24,7 +24,7 @@ FAMILIES = {
     ("sm80", "decode"): (ALL_DIMS, "sm80/decode_launch.cuh",
                          "namespace sm80 {{\ntemplate int run_decode<{ctype}, {d}>(const DecodeParams&, const LaunchInfo&, "
                          "cudaStream_t, uint32_t*);\n}}  // namespace sm80"),
-    ("sm90", "fwd"): ((64, 128, 256), "sm90/fwd_launch.cuh",
+    ("sm90", "fwd"): ((64, 128, 192, 256), "sm90/fwd_launch.cuh",
                       "namespace sm90 {{\ntemplate int run_fwd<{ctype}, {d}>(const FwdParams&, const LaunchInfo&, "
                       "cudaStream_t, uint32_t*);\n}}  // namespace sm90", {"e4m3": (128, 256)}),
     ("sm90", "bwd"): ((64, 128, 256), "sm90/bwd_launch.cuh",

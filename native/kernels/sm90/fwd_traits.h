@@ -30,7 +30,7 @@ namespace sm90 {
 
 // The kernel head dims ("classes") of the sm90 forward; any head dim a multiple of 8 up to 256 runs the
 // smallest class at least as large, its columns past d read as zeros by the TMA.
-constexpr bool fwd_head_dim(int D) { return D == 64 || D == 128 || D == 256; }
+constexpr bool fwd_head_dim(int D) { return D == 64 || D == 128 || D == 192 || D == 256; }
 // The classes of the fp8 (e4m3) forward: a 128-byte panel row holds 128 fp8 columns, so head dims up to 128
 // run the 128 kernel (FlashAttention-3's fp8 head dims are multiples of 16).
 constexpr bool fwd_fp8_head_dim(int D) { return D == 128 || D == 256; }
@@ -43,14 +43,16 @@ constexpr bool fwd_fp8_head_dim(int D) { return D == 128 || D == 256; }
 template <int D, bool kFp8 = false>
 struct FwdTraits90 {
     static_assert(kFp8 ? fwd_fp8_head_dim(D) : fwd_head_dim(D),
-                  "the sm90 forward has kernels for head dims 64, 128 and 256 (fp8: 128 and 256)");
+                  "the sm90 forward has kernels for head dims 64, 128, 192 and 256 (fp8: 128 and 256)");
     static constexpr int kHeadDim = D;
     static constexpr int kElemBytes = kFp8 ? 1 : 2;
     static constexpr int kPanelCols = 128 / kElemBytes;  // elements per 128-byte row of a panel
     static constexpr int kKStep = 32 / kElemBytes;       // K of one wgmma: k16 (16-bit), k32 (fp8): 32 bytes
     static constexpr int kConsumers = !kFp8 && D == 64 ? FA_SM90_FWD_D64_CONSUMERS : 2;  // consumer warpgroups
     static constexpr int kBlockM = 64 * kConsumers;
-    static constexpr int kBlockN = kFp8 ? 128 : D == 256 ? 64 : D == 128 ? FA_SM90_FWD_BN128 : 128;
+    // D 192 takes D 256's 64 keys: O (96 registers a thread) and S of 128 keys would not leave room at 240 registers,
+    // and 64 keys keep the separate O tile within shared memory (FA3 picks 112 keys, with O staged through Q).
+    static constexpr int kBlockN = kFp8 ? 128 : D >= 192 ? 64 : D == 128 ? FA_SM90_FWD_BN128 : 128;
     static constexpr int kStages = !kFp8 && D == 64 ? 3 : 2;
     static constexpr int kThreads = 128 * (kConsumers + 1);
     // setmaxnreg budgets. The launch gives every thread kLaunchRegs (65536 / threads, a multiple of 8); the

@@ -68,8 +68,8 @@ public sealed class ForwardAccuracyTests : ForwardPathTestBase
 
     /// <summary>
     /// Head dims other than 64 and 128: those with their own sm80 kernel (32, 96, 192, 256) and those padded up to the
-    /// next one (8, 40, 80, 136, 200); on the sm90 path (kernel classes 64, 128, 256) 8, 32 and 40 run the 64 kernel, 80
-    /// and 96 the 128 one, 136 to 256 the 256 one. Which exist depends on FA_HEAD_DIMS at build time, so a dim this
+    /// next one (8, 40, 80, 136, 200); on the sm90 path (kernel classes 64, 128, 192, 256) 8, 32 and 40 run the 64 kernel, 80
+    /// and 96 the 128 one, 136 and 192 the 192 one, 200 and 256 the 256 one. Which exist depends on FA_HEAD_DIMS at build time, so a dim this
     /// build does not serve at all (Check says Unsupported) is reported as ignored, never as passed.
     /// </summary>
     public static IEnumerable<TestCaseData> OtherHeadDimCases()
@@ -118,7 +118,7 @@ public sealed class ForwardAccuracyTests : ForwardPathTestBase
 
     /// <summary>
     /// GQA ratios 1, 2, 4, 8, 16 and 32 (MQA): query head h reads kv head h / (Hq / Hkv), at each kernel class of the
-    /// sm90 path (64, 128, 256), both causal alignments with Sq &lt; Sk.
+    /// sm90 path (64, 128, 192, 256), both causal alignments with Sq &lt; Sk.
     /// </summary>
     public static IEnumerable<TestCaseData> GqaRatioCases()
     {
@@ -130,6 +130,7 @@ public sealed class ForwardAccuracyTests : ForwardPathTestBase
             (DataType.Float16, 16, 2, 64, Mask.CausalBottomRight),
             (DataType.BFloat16, 32, 2, 128, Mask.CausalTopLeft),
             (DataType.Float16, 32, 1, 256, Mask.CausalBottomRight),
+            (DataType.BFloat16, 16, 4, 192, Mask.CausalTopLeft),
         ];
         foreach (KernelPath path in Paths)
         {

@@ -10,7 +10,7 @@ namespace FlashAttn.Tests.TestSupport;
 /// is compute capability 9.0; anywhere else it is UNSUPPORTED with a reason that names FA_PATH_SM90.
 /// <see cref="KernelPath.Auto"/> takes Sm90 where it serves and Sm80 elsewhere. Kernel names are
 /// <c>&lt;path&gt;_fwd_&lt;dtype&gt;_hdim&lt;kernel head dim&gt;_...</c>; a head dim without its own kernel runs the
-/// smallest larger one of its path (the sm90 forward has kernel classes 64, 128 and 256).
+/// smallest larger one of its path (the sm90 forward has kernel classes 64, 128, 192 and 256; fp8 128 and 256).
 /// </summary>
 internal static class ForwardPaths
 {
