@@ -24,7 +24,7 @@
 
 /* Version of this header. fa_version() reports the version of the loaded binary. */
 #define FA_VERSION_MAJOR 0
-#define FA_VERSION_MINOR 9
+#define FA_VERSION_MINOR 10
 #define FA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
@@ -166,9 +166,11 @@ typedef struct fa_forward_params {
     fa_tensor_t q;
     /* Keys [batch, seqlen_k, heads_kv, head_dim], same dtype as q; heads_kv must divide heads_q. */
     fa_tensor_t k;
-    /* Values [batch, seqlen_k, heads_kv, head_dim], same dtype as q. */
+    /* Values [batch, seqlen_k, heads_kv, head_dim_v], same dtype as q. head_dim_v is head_dim, or (since 0.10) the
+       pairs (head_dim, head_dim_v) = (192, 128) and (64, 512) on the sm80 path (fp16, bf16), as FlashAttention-3
+       serves them; any other pair is FA_STATUS_UNSUPPORTED. */
     fa_tensor_t v;
-    /* Output [batch, seqlen_q, heads_q, head_dim], same dtype as q, but bf16 when q is fp8; written. Must not
+    /* Output [batch, seqlen_q, heads_q, head_dim_v] (v's head dim), same dtype as q, but bf16 when q is fp8; written. Must not
        overlap q, k, v or the descales. */
     fa_tensor_t out;
     /* Optional log-sum-exp [batch, heads_q, seqlen_q], fp32 (natural log of the softmax denominator,
@@ -562,6 +564,10 @@ typedef struct fa_support_query {
        forward and backward of the sm80 path (fp16, bf16); the sm90 path, fp8 and decode have none. (Since 0.9: a
        0.8-sized query gets 0.) */
     int32_t dropout;
+    /* Head dim of v and out when it differs from head_dim (0: the same). Served pairs (head_dim, head_dim_v): (192, 128)
+       and (64, 512), by the forward of the sm80 path (fp16, bf16) with every forward option; the backward, decode,
+       the sm90 path and fp8 have none yet. (Since 0.10: a 0.9-sized query gets 0.) */
+    int32_t head_dim_v;
 } fa_support_query_t;
 
 /* Properties of one CUDA device. */

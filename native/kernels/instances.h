@@ -22,6 +22,8 @@ int run_bwd_main(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream
 namespace sm80 {
 template <typename T, int D>
 int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features);
+template <typename T, int D, int DV>
+int run_fwd_v(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features);
 template <typename T, int D>
 int run_decode(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features);
 template <typename T, int D>

@@ -173,16 +173,47 @@ std::string name_of(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t fea
            with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path, dt); });
 }
 
+// The sm80 forward's kernels of a V head dim other than q's (sm80::FwdTileV, sm80::fwd_v_pair), compiled with the
+// head dim d (FA_HEAD_DIMS): their index in kVPairs, or -1.
+struct VPair {
+    int32_t d, dv;
+};
+constexpr VPair kVPairs[] = {{192, 128}, {64, 512}};
+constexpr int kVPairCount = 2;
+int v_pair_index(int32_t d, int32_t dv) {
+    for (int i = 0; i < kVPairCount; ++i) {
+        if (kVPairs[i].d == d && kVPairs[i].dv == dv && compiled_index(d) >= 0) return i;
+    }
+    return -1;
+}
+
+template <int D, int DV>
+std::string v_tile_tag() {
+    using Tile = sm80::FwdTileV<D, DV>;
+    const auto s = [](int v) { return std::to_string(v); };
+    return s(Tile::kBlockM) + "x" + s(Tile::kBlockN) + "_" + s(Tile::kWarps) + "w";
+}
+
+std::string v_name_of(int dt, int pair, uint32_t features) {
+    const VPair v = kVPairs[pair];
+    return std::string("sm80_fwd_") + dtype_tag(dt) + "_hdim" + std::to_string(v.d) + "v" + std::to_string(v.dv) +
+           ((features & feature::kLocal) ? "_local" : "") + ((features & feature::kSoftcap) ? "_softcap" : "") +
+           ((features & feature::kDropout) ? "_dropout" : "") + "_" +
+           (pair == 0 ? v_tile_tag<192, 128>() : v_tile_tag<64, 512>());
+}
+
 // Every kernel of the build, and the index of each (pass, path, dtype, head dim, features).
 struct Registry {
     std::vector<std::string> names;
     int32_t index[3][2][kDtypes][6][32];  // pass, path, dtype, compiled head dim, features -> name index (-1: none)
+    int32_t v_index[kVPairCount][2][32];  // V head dim pair, fp16/bf16, features -> name index (-1: none)
 };
 
 const Registry& registry() {
     static const Registry r = [] {
         Registry out;
         std::memset(out.index, 0xff, sizeof(out.index));  // every entry -1: no kernel
+        std::memset(out.v_index, 0xff, sizeof(out.v_index));
         for (const Pass pass : {Pass::Forward, Pass::Backward, Pass::Decode}) {
             const uint32_t axes = feature_axes(pass);
             for (const Path path : {Path::Sm80, Path::Sm90}) {
@@ -200,6 +231,21 @@ const Registry& registry() {
                             out.index[static_cast<int>(pass)][static_cast<int>(path)][dt][i][features] =
                                 static_cast<int32_t>(out.names.size());
                             out.names.push_back(name_of(pass, path, dt, d, features));
+                        }
+                    }
+                }
+            }
+            // The forward's kernels of a V head dim other than q's (sm80, fp16 and bf16).
+            if (pass == Pass::Forward) {
+                for (int pair = 0; pair < kVPairCount; ++pair) {
+                    if (v_pair_index(kVPairs[pair].d, kVPairs[pair].dv) < 0) continue;
+                    for (int dt = 0; dt < 2; ++dt) {
+                        for (uint32_t v = 0; v < 32; ++v) {
+                            const uint32_t features = ((v & 16) ? feature::kLocal : 0u) | ((v & 8) ? feature::kSoftcap : 0u) |
+                                                      ((v & 1) ? feature::kDropout : 0u);
+                            if ((v & 6) != 0 || !variant_compiled(pass, Path::Sm80, kVPairs[pair].d, features)) continue;
+                            out.v_index[pair][dt][features] = static_cast<int32_t>(out.names.size());
+                            out.names.push_back(v_name_of(dt, pair, features));
                         }
                     }
                 }
@@ -406,12 +452,36 @@ const char* kernel_name_at(int32_t index) {
     return index >= 0 && index < static_cast<int32_t>(names.size()) ? names[index].c_str() : nullptr;
 }
 
+bool has_v_kernel(int32_t d, int32_t dv) { return v_pair_index(d, dv) >= 0; }
+
 int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name) {
     const auto s = static_cast<cudaStream_t>(stream);
     const int32_t kd = kernel_head_dim(p.d);
     const int dt = dtype_index(p.dtype);
     const bool bf16 = dt == 1;
     uint32_t features = 0;
+    if (p.dv != p.d) {  // a V head dim other than q's: the pair's sm80 kernel (the host refuses the rest first)
+        const int pair = v_pair_index(p.d, p.dv);
+        int err = static_cast<int>(cudaErrorInvalidValue);
+        if (path == Path::Sm80 && dt != kE4m3) {
+#if defined(FA_HAS_HDIM192)
+            if (pair == 0) {
+                err = bf16 ? sm80::run_fwd_v<__nv_bfloat16, 192, 128>(p, info, s, &features)
+                           : sm80::run_fwd_v<__half, 192, 128>(p, info, s, &features);
+            }
+#endif
+#if defined(FA_HAS_HDIM64)
+            if (pair == 1) {
+                err = bf16 ? sm80::run_fwd_v<__nv_bfloat16, 64, 512>(p, info, s, &features)
+                           : sm80::run_fwd_v<__half, 64, 512>(p, info, s, &features);
+            }
+#endif
+        }
+        const int32_t at = pair < 0 || dt == kE4m3 ? -1 : registry().v_index[pair][dt][features & 31u];
+        if (kernel_name) *kernel_name = at < 0 ? "unknown_kernel" : registry().names[at].c_str();
+        if (err == 0 && p.dropout != 0 && p.dropout_mask != nullptr) return launch_dropout_mask(p, s);
+        return err;
+    }
     const int err = with_compiled_head_dim(path_kernel_d(Pass::Forward, path, kd, dt), static_cast<int>(cudaErrorInvalidValue),
                                            [&](auto hd) {
         constexpr int D = decltype(hd)::value;

@@ -508,7 +508,7 @@ FA_API fa_status_t fa_forward(fa_context_t context, const fa_forward_params_t* p
     const fa::FwdParams p = fa::validate_forward(params, info.cc_major * 10 + info.cc_minor, &memory);
     const fa::Path path = fa::choose_path(fa::Pass::Forward, params->kernel_path, p.d, p.dtype,
                                           info.cc_major * 10 + info.cc_minor, info.smem_optin, "kernel_path", info.device,
-                                          p.dropout != 0);
+                                          p.dropout != 0, p.dv);
     // A variable-length batch with max_seqlen_q = 0 or no query rows has nothing to compute or write.
     // (A fixed-length call always has rows: validation requires every extent >= 1.)
     if (p.cu_seqlens_q != nullptr && (p.sq == 0 || p.total_q == 0)) {

@@ -27,7 +27,7 @@ void require(const void* pointer, const char* name) {
 fa::Path choose_kernel(const fa::BwdParams& p, int32_t kernel_path, const fa::LaunchInfo& info) {
     const fa::Path path = fa::choose_path(fa::Pass::Backward, kernel_path, p.f.d, p.f.dtype,
                                           info.cc_major * 10 + info.cc_minor, info.smem_optin, "kernel_path", info.device,
-                                          p.f.dropout != 0);
+                                          p.f.dropout != 0, p.f.dv);
     const int32_t need = fa::kernels::smem_bytes(fa::Pass::Backward, path, p.kernel_d);
     if (need > info.smem_optin) {
         fa::fail(FA_STATUS_UNSUPPORTED,

@@ -63,7 +63,7 @@ bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc
 }
 
 Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, int32_t cc, int64_t smem_optin,
-                 const std::string& field, int32_t device, bool dropout) {
+                 const std::string& field, int32_t device, bool dropout, int64_t head_dim_v) {
     const int32_t kd = kernels::kernel_head_dim(head_dim);
     // Built only for a message (this runs on every call).
     const auto where = [&] {
@@ -75,6 +75,38 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
     const bool fp8 = dtype == DType::Float8E4M3;
     if (dropout && (pass == Pass::Decode || fp8)) {
         fail(FA_STATUS_UNSUPPORTED, std::string("dropout_p > 0, but ") + dropout_refusal(pass, Path::Sm80, dtype));
+    }
+    if (head_dim_v != 0 && head_dim_v != head_dim) {
+        // A V head dim other than q's: the sm80 forward's pair kernels (kernels::has_v_kernel), every forward option.
+        const std::string pair = "(head_dim " + std::to_string(head_dim) + ", head_dim_v " + std::to_string(head_dim_v) + ")";
+        if (pass == Pass::Backward) {
+            fail(FA_STATUS_UNSUPPORTED, "head_dim_v " + std::to_string(head_dim_v) + " differs from head_dim " +
+                                            std::to_string(head_dim) +
+                                            ": the backward of a V head dim other than q's is not served yet (the forward is, "
+                                            "on the sm80 path)");
+        }
+        if (pass == Pass::Decode) {
+            fail(FA_STATUS_UNSUPPORTED, "a V head dim other than q's " + pair + " is not served by fa_decode");
+        }
+        if (fp8) {
+            fail(FA_STATUS_UNSUPPORTED, "fp8 (e4m3) inputs with a V head dim other than q's " + pair +
+                                            ": those pairs run on the sm80 path, in fp16 and bf16");
+        }
+        if (!kernels::has_v_kernel(head_dim, static_cast<int32_t>(head_dim_v > 0 && head_dim_v < (1 << 30) ? head_dim_v : 0))) {
+            const bool known = (head_dim == 192 && head_dim_v == 128) || (head_dim == 64 && head_dim_v == 512);
+            fail(FA_STATUS_UNSUPPORTED, "head_dim_v is " + std::to_string(head_dim_v) + " but head_dim is " +
+                                            std::to_string(head_dim) +
+                                            "; a V head dim other than q's is served for (head_dim, head_dim_v) = (192, 128) "
+                                            "and (64, 512) only" +
+                                            (known ? " (this build lacks head dim " + std::to_string(head_dim) +
+                                                         ": FA_HEAD_DIMS picks them at build time)"
+                                                   : std::string()));
+        }
+        if (kernel_path == FA_PATH_SM90) {
+            fail(FA_STATUS_UNSUPPORTED, field + " is FA_PATH_SM90, but the sm90 path has no kernels for a V head dim other "
+                                                "than q's " + pair + "; FA_PATH_SM80 or FA_PATH_AUTO runs the call");
+        }
+        return Path::Sm80;
     }
     if (fp8 && kernel_path == FA_PATH_SM80) {
         fail(FA_STATUS_UNSUPPORTED, field + " is FA_PATH_SM80, but " + kFp8Sm90Only + "; pass FA_PATH_AUTO or FA_PATH_SM90");

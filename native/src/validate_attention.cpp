@@ -132,16 +132,22 @@ void check_tensors_agree(const AttentionArgs& a, AttentionShape& sh) {
     sh.d = q.shape[head_dim_index];
     sh.rows_k = k.shape[row_dim];
     sh.hkv = k.shape[row_dim + 1];
+    // v's head dim may differ from q's (head_dim_v: FlashAttention-3's pairs, check_attention_served says which);
+    // out takes v's.
+    sh.dv = v.shape[head_dim_index];
+    if (k.shape[head_dim_index] != sh.d) {
+        invalid("k.shape[" + s(head_dim_index) + "] (head_dim) is " + s(k.shape[head_dim_index]) + " but q.shape[" +
+                s(head_dim_index) + "] is " + s(sh.d) + "; q and k must have the same head_dim");
+    }
+    if (out.shape[head_dim_index] != sh.dv) {
+        invalid("out.shape[" + s(head_dim_index) + "] is " + s(out.shape[head_dim_index]) + " but v.shape[" +
+                s(head_dim_index) + "] (head_dim_v) is " + s(sh.dv) + "; out takes v's head dim");
+    }
     const struct {
         const fa_tensor_t& t;
         const char* name;
     } others[] = {{k, "k"}, {v, "v"}, {out, "out"}};
     for (const auto& other : others) {
-        if (other.t.shape[head_dim_index] != sh.d) {
-            invalid(std::string(other.name) + ".shape[" + s(head_dim_index) + "] (head_dim) is " +
-                    s(other.t.shape[head_dim_index]) + " but q.shape[" + s(head_dim_index) + "] is " + s(sh.d) +
-                    "; q, k, v and out must have the same head_dim");
-        }
         if (!sh.varlen && other.t.shape[0] != sh.b) {
             invalid(std::string(other.name) + ".shape[0] (batch) is " + s(other.t.shape[0]) + " but q.shape[0] is " +
                     s(sh.b) + "; q, k, v and out must have the same batch");
@@ -149,7 +155,7 @@ void check_tensors_agree(const AttentionArgs& a, AttentionShape& sh) {
     }
     if (v.shape[row_dim] != sh.rows_k || v.shape[row_dim + 1] != sh.hkv) {
         invalid("v.shape is " + shape_string(v) + " but k.shape is " + shape_string(k) +
-                "; k and v must have the same shape");
+                "; k and v must have the same shape but for the head dim");
     }
     if (out.shape[row_dim] != sh.rows_q || out.shape[row_dim + 1] != sh.hq) {
         invalid("out.shape is " + shape_string(out) + " but q.shape is " + shape_string(q) +
@@ -493,6 +499,7 @@ FwdParams attention_params(const AttentionArgs& a, const AttentionShape& sh) {
     p.hq = static_cast<int32_t>(sh.hq);
     p.hkv = static_cast<int32_t>(sh.hkv);
     p.d = static_cast<int32_t>(sh.d);
+    p.dv = static_cast<int32_t>(sh.dv);
     p.hq_per_hkv = static_cast<int32_t>(sh.hq / sh.hkv);
     const double scale = a.softmax_scale > 0.0f ? static_cast<double>(a.softmax_scale)
                                                 : 1.0 / std::sqrt(static_cast<double>(sh.d));

@@ -109,6 +109,7 @@ struct AttentionShape {
     bool fp8;      // q, k and v are FA_DTYPE_FLOAT8_E4M3 (out is then bf16)
     int32_t row_dim;  // index of the rows dimension: 0 (variable-length) or 1; heads and head_dim follow it
     int64_t b, rows_q, rows_k, hq, hkv, d;
+    int64_t dv;  // v's and out's head dim: d, or a pair FlashAttention-3 serves (check_attention_served)
     Extent q, k, v, out, lse;  // lse 0..0 when absent
     Extent descale[3];         // q_descale, k_descale, v_descale; 0..0 when absent
     bool has_sinks;            // sinks given

@@ -126,7 +126,7 @@ std::vector<Named> check_gradients(const fa_backward_params_t& P, const Attentio
 // The (UNSUPPORTED) checks of the backward kernels themselves: the path, shared memory, the grids.
 void check_backward_served(const fa_backward_params_t& P, const FwdParams& f, int32_t compute_capability) {
     const bool dropout = FA_FIELD_OR_DEFAULT(P, backward_defaults(), dropout_p) > 0.0f;
-    (void)choose_path(Pass::Backward, P.kernel_path, f.d, f.dtype, compute_capability, -1, "kernel_path", -1, dropout);
+    (void)choose_path(Pass::Backward, P.kernel_path, f.d, f.dtype, compute_capability, -1, "kernel_path", -1, dropout, f.dv);
     if (compute_capability != 0 && P.kernel_path != FA_PATH_SM90) {
         check_block_smem(Pass::Backward, P.kernel_path, f.d, compute_capability);
     }

@@ -117,7 +117,7 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     // FA_PATH_SM90 where it does not serve, fp8 anywhere but on the sm90 forward, and dropout anywhere but on the
     // sm80 path: UNSUPPORTED, saying why (dispatch.cpp chooses the path).
     (void)choose_path(Pass::Forward, a.kernel_path, static_cast<int32_t>(shape.d), kernel_dtype(a.q->dtype),
-                      compute_capability, -1, "kernel_path", -1, shape.dropout);
+                      compute_capability, -1, "kernel_path", -1, shape.dropout, shape.dv);
     if (memory != nullptr) {
         add_attention_memory(a, shape, *memory);
     }

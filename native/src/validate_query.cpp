@@ -35,6 +35,12 @@ int32_t query_dropout(const fa_support_query_t& query) {
     return query.struct_size >= offsetof(fa_support_query_t, dropout) + sizeof(query.dropout) ? query.dropout : 0;
 }
 
+// The V head dim of a query (0.10), 0 (the same as head_dim) for an older caller's smaller one.
+int32_t query_head_dim_v(const fa_support_query_t& query) {
+    return query.struct_size >= offsetof(fa_support_query_t, head_dim_v) + sizeof(query.head_dim_v) ? query.head_dim_v
+                                                                                                   : 0;
+}
+
 // The alibi flag of a query (0.8), 0 for an older caller's smaller one.
 int32_t query_alibi(const fa_support_query_t& query) {
     return query.struct_size >= offsetof(fa_support_query_t, alibi) + sizeof(query.alibi) ? query.alibi : 0;
@@ -68,6 +74,9 @@ void check_query_fields(const fa_support_query_t& query) {
     check_flag(query_sinks(query), "query->sinks");
     check_flag(query_alibi(query), "query->alibi");
     check_flag(query_dropout(query), "query->dropout");
+    if (query_head_dim_v(query) < 0) {
+        invalid("query->head_dim_v is " + s(query_head_dim_v(query)) + "; it must be 0 (the same as head_dim) or a head dim");
+    }
 }
 
 }  // namespace
@@ -123,7 +132,7 @@ void check_support_query(const fa_support_query_t& query) {
     // Dropout: the sm80 forward and backward only (FA_PATH_AUTO takes sm80 for it; FA_PATH_SM90, fp8 and decode
     // are UNSUPPORTED, saying why).
     (void)choose_path(pass, query.kernel_path, query.head_dim, kernel_dtype(query.dtype), query.compute_capability, -1,
-                      "query->kernel_path", -1, query_dropout(query) == 1);
+                      "query->kernel_path", -1, query_dropout(query) == 1, query_head_dim_v(query));
     if (query.pass != FA_PASS_FORWARD && query.compute_capability != 0) {
         // The backward and decode kernels take more shared memory than some GPUs allow a block (fa_backward
         // and fa_decode report the same from the device's own limit). AUTO runs the sm90 backward where it serves.

@@ -1604,8 +1604,8 @@ static void test_dropout_validation(void) {
     CHECK(offsetof(fa_backward_params_t, dropout_p) == offsetof(fa_backward_params_t, alibi_slopes) + sizeof(fa_tensor_t) &&
               offsetof(fa_backward_params_t, dropout_offset_device) + sizeof(void*) == sizeof(fa_backward_params_t),
           "the backward's dropout block must follow alibi_slopes and end the struct");
-    CHECK(offsetof(fa_support_query_t, dropout) + sizeof(int32_t) == sizeof(fa_support_query_t),
-          "dropout must end the query struct");
+    CHECK(offsetof(fa_support_query_t, dropout) + sizeof(int32_t) == offsetof(fa_support_query_t, head_dim_v),
+          "dropout must be the query's 0.9 field, before 0.10's head_dim_v");
     CHECK(FA_VERSION_CODE >= 900, "FA_VERSION_CODE is %d; dropout came with 0.9.0", FA_VERSION_CODE);
     CHECK(FA_DTYPE_UINT8 == 6, "FA_DTYPE_UINT8 is %d, expected 6", (int)FA_DTYPE_UINT8);
 
@@ -1874,6 +1874,73 @@ static void test_query_fp8(void) {
     }
     CHECK(disagreements == 0, "fp8: fa_query_support and fa_forward_check disagree (or serve cc 8.0) on %d of %d",
           disagreements, checked);
+}
+
+/* A V head dim other than q's (C ABI 0.10): (192, 128) and (64, 512) on the sm80 forward where the build has the head
+   dim (AUTO takes sm80 on any GPU); the backward, FA_PATH_SM90, other pairs and an out of q's head dim are refused,
+   saying why; k of another head dim stays INVALID. The query agrees. */
+static void test_v_head_dim_validation(void) {
+    static const int pairs[2][2] = {{192, 128}, {64, 512}};
+    fa_forward_params_t p;
+    fa_support_query_t q;
+    int i;
+    CHECK(offsetof(fa_support_query_t, head_dim_v) + sizeof(int32_t) == sizeof(fa_support_query_t),
+          "head_dim_v must end the query struct");
+    CHECK(FA_VERSION_CODE >= 1000, "FA_VERSION_CODE is %d; head_dim_v came with 0.10.0", FA_VERSION_CODE);
+    for (i = 0; i < 2; ++i) {
+        const int d = pairs[i][0], dv = pairs[i][1];
+        p = valid_params(1);
+        set_head_dim(&p, d);
+        set_tensor4(&p.v, p.v.data, FA_DTYPE_FLOAT16, VB, VSK, VHKV, dv, 0);
+        set_tensor4(&p.out, p.out.data, FA_DTYPE_FLOAT16, VB, VSQ, VHQ, dv, 0);
+        q = forward_query(FA_DTYPE_BFLOAT16, d);
+        q.head_dim_v = dv;
+        if (head_dim_served(d)) {
+            expect("v head dim pair (forward)", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+            expect("v head dim pair at cc 9.0 (AUTO takes sm80)", fa_forward_check(&p, 90), FA_STATUS_SUCCESS, NULL);
+            expect("query of the pair", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+            p.kernel_path = FA_PATH_SM90;
+            expect("v head dim pair on FA_PATH_SM90", fa_forward_check(&p, 90), FA_STATUS_UNSUPPORTED,
+                   "V head dim other than q's");
+            q.kernel_path = FA_PATH_SM90;
+            expect("query of the pair on FA_PATH_SM90", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+                   "V head dim other than q's");
+            p.kernel_path = FA_PATH_AUTO;
+            q.kernel_path = FA_PATH_AUTO;
+            {
+                fa_backward_params_t bw = backward_of(&p);
+                expect("backward of a v head dim pair", fa_backward_check(&bw, 0), FA_STATUS_UNSUPPORTED,
+                       "backward of a V head dim");
+            }
+            q.pass = FA_PASS_BACKWARD;
+            expect("query of the pair's backward", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "backward of a V head dim");
+        } else {
+            expect("v head dim pair of a head dim this build lacks", fa_forward_check(&p, 0), FA_STATUS_UNSUPPORTED,
+                   "FA_HEAD_DIMS");
+        }
+        /* out with q's head dim instead of v's */
+        set_tensor4(&p.out, p.out.data, FA_DTYPE_FLOAT16, VB, VSQ, VHQ, d, 0);
+        expect("out of q's head dim with a v head dim pair", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+               "out takes v's head dim");
+    }
+    /* a pair no kernel serves */
+    p = valid_params(1);
+    set_head_dim(&p, 128);
+    set_tensor4(&p.v, p.v.data, FA_DTYPE_FLOAT16, VB, VSK, VHKV, 64, 0);
+    set_tensor4(&p.out, p.out.data, FA_DTYPE_FLOAT16, VB, VSQ, VHQ, 64, 0);
+    expect("v head dim 64 with head dim 128", fa_forward_check(&p, 0), FA_STATUS_UNSUPPORTED, "(192, 128) and (64, 512)");
+    q = forward_query(FA_DTYPE_FLOAT16, 128);
+    q.head_dim_v = 64;
+    expect("query of head dims 128 and 64", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "(192, 128) and (64, 512)");
+    q.head_dim_v = 128;
+    expect("query with head_dim_v = head_dim", fa_query_support(&q), head_dim_served(128) ? FA_STATUS_SUCCESS : FA_STATUS_UNSUPPORTED,
+           NULL);
+    q.head_dim_v = -8;
+    expect("query with a negative head_dim_v", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "head_dim_v");
+    /* k of another head dim is still an error of the arguments */
+    p = valid_params(1);
+    set_tensor4(&p.k, p.k.data, FA_DTYPE_FLOAT16, VB, VSK, VHKV, FA_TEST_HEAD_DIM + 8, 0);
+    expect("k of another head dim", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "q and k must have the same head_dim");
 }
 
 static void test_kernel_names(void) {
@@ -3464,6 +3531,7 @@ int main(int argc, char** argv) {
     test_sinks_validation();
     test_alibi_validation();
     test_dropout_validation();
+    test_v_head_dim_validation();
     test_kernel_names();
     test_graph_arguments();
 #if defined(FA_TEST_HAVE_PTHREADS)

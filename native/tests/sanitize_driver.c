@@ -58,6 +58,7 @@ typedef struct {
     char target[160]; /* the compiled kernel this call is aimed at ("" for a feature call) */
     int pass, path, dtype;
     int b, sq, sk, hq, hkv, d; /* decode: sq = seqlen_new */
+    int dv;                    /* fwd (C ABI 0.10): the V/out head dim when it differs from d (0: d) */
     int causal, top_left, wl, wr;
     float softcap, scale;
     int lse;      /* fwd, decode: write the log-sum-exp (the backward always has one) */
@@ -148,9 +149,10 @@ static int served(int pass, int path, int dtype, int d, int cc) {
     return fa_query_support(&q) == FA_STATUS_SUCCESS;
 }
 
-/* An attention kernel's name: <path>_<pass>_<dtype>_hdim<d>[_local][_softcap][_det][_paged]_<tile>. */
+/* An attention kernel's name: <path>_<pass>_<dtype>_hdim<d>[v<dv>][_local][_softcap][_det][_paged][_dropout]_<tile>
+   (v<dv>: the forward kernels of a V head dim other than q's). */
 typedef struct {
-    int pass, path, dtype, d, local, softcap, det, paged, dropout;
+    int pass, path, dtype, d, dv, local, softcap, det, paged, dropout;
     char unknown[64]; /* a variant tag this driver does not know how to aim at ("" if none) */
 } kinfo;
 
@@ -194,6 +196,7 @@ static int parse_kernel_name(const char* name, kinfo* k) {
     }
     if (strncmp(s, "hdim", 4) != 0 || s[4] < '0' || s[4] > '9') return 0;
     k->d = (int)strtol(s + 4, (char**)&s, 10);
+    if (*s == 'v' && s[1] >= '0' && s[1] <= '9') k->dv = (int)strtol(s + 1, (char**)&s, 10);
     while (*s == '_') {
         char tag[64];
         size_t len = strcspn(s + 1, "_");
@@ -265,6 +268,7 @@ static void describe(scase* c, const char* what) {
     int i;
     n = (size_t)snprintf(s, cap, "%s %s %s d%d", k_pass_tag[c->pass], k_path_tag[c->path],
                          c->dtype == FA_DTYPE_BFLOAT16 ? "bf16" : c->dtype == FA_DTYPE_FLOAT8_E4M3 ? "e4m3" : "fp16", c->d);
+    if (c->dv && n < cap) n += (size_t)snprintf(s + n, cap - n, " dv%d", c->dv);
 #define ADD(...)                                                            \
     do {                                                                    \
         if (n < cap) n += (size_t)snprintf(s + n, cap - n, __VA_ARGS__);    \
@@ -308,7 +312,8 @@ static void describe(scase* c, const char* what) {
    n counts those of the same pass and path, for the choices every class shares. */
 static void add_aimed_case(const kinfo* k, const char* name, int r, int n) {
     /* A head dim between the kernel classes every third call (the kernel's own class: d - 8 rounds up to d). */
-    const int d = (n % 3 == 2 && k->d > 8) ? k->d - 8 : k->d;
+    /* (A pair kernel of a V head dim other than q's serves its exact head dims only.) */
+    const int d = (n % 3 == 2 && k->d > 8 && !k->dv) ? k->d - 8 : k->d;
     scase* c = new_case(k->pass, k->path, k->dtype, d);
     snprintf(c->target, sizeof c->target, "%s", name);
     c->softcap = k->softcap ? 30.0f : 0.0f;
@@ -376,6 +381,10 @@ static void add_aimed_case(const kinfo* k, const char* name, int r, int n) {
         c->caller_ws = (n >> 1) % 2; /* the deterministic variants alternate with n's lowest bit */
     }
     if (k->dropout) c->dropout = 1 + (n >> 2) % 2; /* host seed + mask, device seed + rng_state in turn */
+    if (k->dv) {
+        c->dv = k->dv;
+        c->packed = 0; /* q, k and v of one buffer share a head dim */
+    }
     if (k->dtype == FA_DTYPE_FLOAT8_E4M3) {
         c->descale = n % 3; /* none, broadcast, dense in turn */
         if (c->d % 16 != 0) c->d = k->d; /* fp8 head dims are multiples of 16 */
@@ -763,6 +772,7 @@ static void alibi_slopes(const scase* c, bufs* B, fa_tensor_t* t, int batch) {
 
 static void forward_params(const scase* c, bufs* B, fa_forward_params_t* fp, int32_t* cu) {
     const int varlen = c->nseq > 0;
+    const int dv = c->dv ? c->dv : c->d; /* v's and out's head dim */
     int64_t rows_q = (int64_t)c->b * c->sq, rows_k = (int64_t)c->b * c->sk;
     int i;
     fa_forward_params_init(fp, sizeof *fp);
@@ -778,9 +788,9 @@ static void forward_params(const scase* c, bufs* B, fa_forward_params_t* fp, int
         rows_k = ck[c->nseq];
         tensor(&fp->q, drandom(B, c->dtype, rows_q * c->hq * c->d), c->dtype, 3, rows_q, c->hq, c->d, 0);
         tensor(&fp->k, drandom(B, c->dtype, rows_k * c->hkv * c->d), c->dtype, 3, rows_k, c->hkv, c->d, 0);
-        tensor(&fp->v, drandom(B, c->dtype, rows_k * c->hkv * c->d), c->dtype, 3, rows_k, c->hkv, c->d, 0);
-        tensor(&fp->out, dalloc(B, (size_t)(rows_q * c->hq * c->d * 2), NULL), out_dtype(c->dtype), 3, rows_q, c->hq,
-               c->d, 0);
+        tensor(&fp->v, drandom(B, c->dtype, rows_k * c->hkv * dv), c->dtype, 3, rows_k, c->hkv, dv, 0);
+        tensor(&fp->out, dalloc(B, (size_t)(rows_q * c->hq * dv * 2), NULL), out_dtype(c->dtype), 3, rows_q, c->hq,
+               dv, 0);
         if (c->lse) {
             tensor(&fp->lse, dalloc(B, (size_t)(rows_q * c->hq * 4), NULL), FA_DTYPE_FLOAT32, 2, c->hq, rows_q, 0, 0);
         }
@@ -808,11 +818,11 @@ static void forward_params(const scase* c, bufs* B, fa_forward_params_t* fp, int
     } else {
         tensor(&fp->q, drandom(B, c->dtype, rows_q * c->hq * c->d), c->dtype, 4, c->b, c->sq, c->hq, c->d);
         tensor(&fp->k, drandom(B, c->dtype, rows_k * c->hkv * c->d), c->dtype, 4, c->b, c->sk, c->hkv, c->d);
-        tensor(&fp->v, drandom(B, c->dtype, rows_k * c->hkv * c->d), c->dtype, 4, c->b, c->sk, c->hkv, c->d);
+        tensor(&fp->v, drandom(B, c->dtype, rows_k * c->hkv * dv), c->dtype, 4, c->b, c->sk, c->hkv, dv);
     }
     if (!varlen) {
-        tensor(&fp->out, dalloc(B, (size_t)(rows_q * c->hq * c->d * 2), NULL), out_dtype(c->dtype), 4, c->b, c->sq,
-               c->hq, c->d);
+        tensor(&fp->out, dalloc(B, (size_t)(rows_q * c->hq * dv * 2), NULL), out_dtype(c->dtype), 4, c->b, c->sq,
+               c->hq, dv);
         if (c->lse) {
             tensor(&fp->lse, dalloc(B, (size_t)(rows_q * c->hq * 4), NULL), FA_DTYPE_FLOAT32, 3, c->b, c->hq, c->sq, 0);
         }

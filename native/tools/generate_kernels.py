@@ -33,7 +33,19 @@ FAMILIES = {
 }
 
 
+# The sm80 forward's kernels of a V head dim other than q's (sm80::FwdTileV): (head dim, V head dim) pairs, in files
+# fwd_hdim<D>_v<DV>_<dtype>_sm80.cu, built with the head dim D (FA_HEAD_DIMS).
+V_PAIRS = ((192, 128), (64, 512))
+V_BODY = ("namespace sm80 {{\ntemplate int run_fwd_v<{ctype}, {d}, {dv}>(const FwdParams&, const LaunchInfo&, "
+          "cudaStream_t, uint32_t*);\n}}  // namespace sm80")
+
+
 def files():
+    for d, dv in V_PAIRS:
+        for tag in SIXTEEN:
+            text = (BANNER + '#include "sm80/fwd_launch.cuh"\n\nnamespace fa {\n' +
+                    V_BODY.format(ctype=DTYPES[tag], d=d, dv=dv) + "\n}  // namespace fa\n")
+            yield KERNELS / "sm80" / f"fwd_hdim{d}_v{dv}_{tag}_sm80.cu", text
     for (arch, pass_), (dims, header, body, *extra) in FAMILIES.items():
         per_dtype = dict({tag: dims for tag in SIXTEEN}, **(extra[0] if extra else {}))
         for d in sorted(set(dims).union(*per_dtype.values())):

@@ -61,12 +61,16 @@ public unsafe partial struct FaForwardParams
     /// <remarks>C: <c>fa_tensor_t k</c> at byte offset 88.</remarks>
     public FaTensor k;
 
-    /// <summary>Values [batch, seqlen_k, heads_kv, head_dim], same dtype as q.</summary>
+    /// <summary>
+    /// Values [batch, seqlen_k, heads_kv, head_dim_v], same dtype as q. head_dim_v is head_dim, or (since 0.10) the
+    /// pairs (head_dim, head_dim_v) = (192, 128) and (64, 512) on the sm80 path (fp16, bf16), as FlashAttention-3
+    /// serves them; any other pair is FA_STATUS_UNSUPPORTED.
+    /// </summary>
     /// <remarks>C: <c>fa_tensor_t v</c> at byte offset 168.</remarks>
     public FaTensor v;
 
     /// <summary>
-    /// Output [batch, seqlen_q, heads_q, head_dim], same dtype as q, but bf16 when q is fp8; written. Must not
+    /// Output [batch, seqlen_q, heads_q, head_dim_v] (v's head dim), same dtype as q, but bf16 when q is fp8; written. Must not
     /// overlap q, k, v or the descales.
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t out</c> at byte offset 248.</remarks>
@@ -716,7 +720,7 @@ public unsafe partial struct FaDecodeParams
 }
 
 /// <summary>A question for fa_query_support: is this kind of call served by this build on this GPU?</summary>
-/// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 52 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 56 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaSupportQuery
 {
@@ -782,6 +786,14 @@ public unsafe partial struct FaSupportQuery
     /// </summary>
     /// <remarks>C: <c>int32_t dropout</c> at byte offset 48.</remarks>
     public int dropout;
+
+    /// <summary>
+    /// Head dim of v and out when it differs from head_dim (0: the same). Served pairs (head_dim, head_dim_v): (192, 128)
+    /// and (64, 512), by the forward of the sm80 path (fp16, bf16) with every forward option; the backward, decode,
+    /// the sm90 path and fp8 have none yet. (Since 0.10: a 0.9-sized query gets 0.)
+    /// </summary>
+    /// <remarks>C: <c>int32_t head_dim_v</c> at byte offset 52.</remarks>
+    public int head_dim_v;
 }
 
 /// <summary>Properties of one CUDA device.</summary>

@@ -22,8 +22,8 @@ struct FwdDescale {
 struct FwdParams {
     const void* q;  // [b, sq, hq, d]
     const void* k;  // [b, sk, hkv, d]
-    const void* v;  // [b, sk, hkv, d]
-    void* o;        // [b, sq, hq, d]
+    const void* v;  // [b, sk, hkv, dv]
+    void* o;        // [b, sq, hq, dv]
     float* lse;     // [b, hq, sq] or nullptr
 
     // Strides in elements (the last dimension is contiguous).
@@ -109,6 +109,10 @@ struct FwdParams {
     int64_t dropout_mask_batch_stride = 0;
     int64_t dropout_mask_head_stride = 0;
     int64_t dropout_mask_row_stride = 0;
+
+    // Head dim of v and o: d, or (the V head dim differs) a pair of sm80::fwd_v_pair, whose kernels alone read it. Last,
+    // so that the other kernels' parameter offsets are those before it.
+    int32_t dv = 0;
 };
 
 }  // namespace fa

@@ -40,6 +40,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
     constexpr int MT = Tr::kMTiles, NS = Tr::kNTilesS, NO = Tr::kNTilesO;
     constexpr int RB = Tr::kRowBytes;
+    constexpr int RBV = Tr::kRowBytesV;  // V and O rows (Tr::kHeadDimV columns)
+    constexpr int CPRV = Tr::kHeadDimV / 8;
+    // A kernel of a V head dim other than q's (FwdTileV) computes columns [vcol0, vcol0 + kHeadDimV) of O, with
+    // blockIdx.y the column chunk; the chunk-0 CTAs write the LSE.
+    constexpr bool kVPair = Tr::kHeadDimV != Tr::kHeadDim;
 
     extern __shared__ __align__(128) unsigned char smem[];
 
@@ -64,11 +69,15 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
                  (seq.q_row0 + row0) * p.q_row_stride;
     const T* k = reinterpret_cast<const T*>(p.k) + (varlen ? 0 : b * p.k_batch_stride) + hk * p.k_head_stride +
                  seq.k_row0 * p.k_row_stride;
+    const int vcol0 = kVPair ? static_cast<int>(blockIdx.y) * Tr::kHeadDimV : 0;
+    // The call's columns of V and O in this CTA's range (read at each use, as p.d was before V head dims existed, so
+    // that the kernels of equal head dims compile as they did).
+    const auto v_cols = [&] { return kVPair ? p.dv - vcol0 : p.d; };
     const T* v = reinterpret_cast<const T*>(p.v) + (varlen ? 0 : b * p.v_batch_stride) + hk * p.v_head_stride +
-                 seq.k_row0 * p.v_row_stride;
+                 seq.k_row0 * p.v_row_stride + vcol0;
     T* o = reinterpret_cast<T*>(p.o) + (varlen ? 0 : b * p.o_batch_stride) + h * p.o_head_stride +
-           (seq.q_row0 + row0) * p.o_row_stride;
-    float* lse = p.lse == nullptr ? nullptr
+           (seq.q_row0 + row0) * p.o_row_stride + vcol0;
+    float* lse = p.lse == nullptr || (kVPair && blockIdx.y != 0) ? nullptr
                                   : p.lse + (varlen ? 0 : b * p.lse_batch_stride) + h * p.lse_head_stride +
                                         (seq.q_row0 + row0) * p.lse_row_stride;
 
@@ -84,10 +93,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
     if (n_end <= n_begin) {
         // No row of this block sees any key: O = 0 and LSE = +inf, or the sink (the backward pass then recomputes
         // P = 0).
-        for (int c = tid; c < BM * Tr::kChunksPerRow; c += Tr::kThreads) {
-            const int r = c / Tr::kChunksPerRow;
-            const int ch = c % Tr::kChunksPerRow;
-            if (r < rows_here && ch * 8 < p.d) {
+        for (int c = tid; c < BM * CPRV; c += Tr::kThreads) {
+            const int r = c / CPRV;
+            const int ch = c % CPRV;
+            if (r < rows_here && ch * 8 < v_cols()) {
                 *reinterpret_cast<uint4*>(o + static_cast<int64_t>(r) * p.o_row_stride + ch * 8) = make_uint4(0, 0, 0, 0);
             }
         }
@@ -125,7 +134,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
     const int warp_row = warp * Tr::kRowsPerWarp;
     const uint32_t q_off = swizzle<RB>(warp_row + lane % 16, lane / 16);            // A operand, row-major Q
     const uint32_t k_off = swizzle<RB>((lane / 16) * 8 + lane % 8, (lane / 8) % 2);  // B operand, K [kv][d]
-    const uint32_t v_off = swizzle<RB>(((lane / 8) % 2) * 8 + lane % 8, lane / 16);  // B operand, V^T (.trans)
+    const uint32_t v_off = swizzle<RBV>(((lane / 8) % 2) * 8 + lane % 8, lane / 16);  // B operand, V^T (.trans)
     // Softcap: s' = tanh(s * scale / cap) and the softmax runs on cap * s' (p.scale_log2 = cap * log2 e).
     const float scale_log2 = p.scale_log2;
     const float cap_premul = kSoftcap ? p.scale / p.softcap : 1.f;
@@ -135,8 +144,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
         constexpr bool kMask = decltype(mask_tag)::value;
         cp_async_wait<0>();
         __syncthreads();  // K(n) (and Q) visible to all; every warp is done with V(n+1)
-        load_tile<Tr, BN>(sV, v + static_cast<int64_t>(n) * BN * p.v_row_stride, p.v_row_stride, seq.sk - n * BN,
-                          p.d, tid);
+        load_tile<typename Tr::VTile, BN>(sV, v + static_cast<int64_t>(n) * BN * p.v_row_stride, p.v_row_stride,
+                                          seq.sk - n * BN, v_cols(), tid);
         cp_async_commit();
 
         // S = Q K^T
@@ -303,7 +312,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
 #pragma unroll
                 for (int dp = 0; dp < NO / 2; ++dp) {
                     uint32_t b0, b1, b2, b3;
-                    ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RB>(sV, v_off, dp, kv * 16));
+                    ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RBV>(sV, v_off, dp, kv * 16));
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
                         mma_16816<T>(acc[mt][2 * dp], a[mt], b0, b1);
@@ -331,6 +340,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
     // (now unused) Q tile for 16-byte coalesced stores. Each warp overwrites only its own Q rows.
     const float lse_scale = kSoftcap ? p.softcap : p.scale;
     const RowSink sink = row_sink(p.sinks, p.sinks_stride, h);  // read here, not kept live through the main loop
+    // With V rows of another width a warp's staged O rows are not its own Q rows: every warp done with Q, K and V
+    // first.
+    if constexpr (kVPair) __syncthreads();
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -349,19 +361,19 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
 #pragma unroll
             for (int j = 0; j < NO; ++j) {
                 const uint32_t packed = pack2<T>(acc[mt][j][2 * r] * inv, acc[mt][j][2 * r + 1] * inv);
-                *reinterpret_cast<uint32_t*>(smem + swizzle<RB>(lrow, j) + (lane % 4) * 4) = packed;
+                *reinterpret_cast<uint32_t*>(smem + swizzle<RBV>(lrow, j) + (lane % 4) * 4) = packed;
             }
         }
     }
     __syncthreads();
 #pragma unroll
-    for (int i = 0; i < BM * Tr::kChunksPerRow / Tr::kThreads; ++i) {
+    for (int i = 0; i < BM * CPRV / Tr::kThreads; ++i) {
         const int c = tid + i * Tr::kThreads;
-        const int r = c / Tr::kChunksPerRow;
-        const int ch = c % Tr::kChunksPerRow;
-        if (r < rows_here && ch * 8 < p.d) {
+        const int r = c / CPRV;
+        const int ch = c % CPRV;
+        if (r < rows_here && ch * 8 < v_cols()) {
             *reinterpret_cast<uint4*>(o + static_cast<int64_t>(r) * p.o_row_stride + ch * 8) =
-                *reinterpret_cast<const uint4*>(smem + swizzle<RB>(r, ch));
+                *reinterpret_cast<const uint4*>(smem + swizzle<RBV>(r, ch));
         }
     }
 }

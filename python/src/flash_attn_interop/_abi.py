@@ -23,8 +23,8 @@ TARGET = "x86_64-unknown-linux-gnu"
 FA_VERSION_MAJOR = 0
 
 # Version of this header. fa_version() reports the version of the loaded binary.
-# C: #define FA_VERSION_MINOR 9
-FA_VERSION_MINOR = 9
+# C: #define FA_VERSION_MINOR 10
+FA_VERSION_MINOR = 10
 
 # Version of this header. fa_version() reports the version of the loaded binary.
 # C: #define FA_VERSION_PATCH 0
@@ -32,7 +32,7 @@ FA_VERSION_PATCH = 0
 
 # MAJOR * 10000 + MINOR * 100 + PATCH.
 # C: #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
-FA_VERSION_CODE = 900
+FA_VERSION_CODE = 1000
 
 # Most dimensions a tensor descriptor carries.
 # C: #define FA_MAX_RANK 4
@@ -181,9 +181,11 @@ class FaForwardParams(ctypes.Structure):
         ("q", FaTensor),  # C: fa_tensor_t, offset 8
         # Keys [batch, seqlen_k, heads_kv, head_dim], same dtype as q; heads_kv must divide heads_q.
         ("k", FaTensor),  # C: fa_tensor_t, offset 88
-        # Values [batch, seqlen_k, heads_kv, head_dim], same dtype as q.
+        # Values [batch, seqlen_k, heads_kv, head_dim_v], same dtype as q. head_dim_v is head_dim, or (since 0.10) the
+        # pairs (head_dim, head_dim_v) = (192, 128) and (64, 512) on the sm80 path (fp16, bf16), as FlashAttention-3
+        # serves them; any other pair is FA_STATUS_UNSUPPORTED.
         ("v", FaTensor),  # C: fa_tensor_t, offset 168
-        # Output [batch, seqlen_q, heads_q, head_dim], same dtype as q, but bf16 when q is fp8; written. Must not
+        # Output [batch, seqlen_q, heads_q, head_dim_v] (v's head dim), same dtype as q, but bf16 when q is fp8; written. Must not
         # overlap q, k, v or the descales.
         ("out", FaTensor),  # C: fa_tensor_t, offset 248
         # Optional log-sum-exp [batch, heads_q, seqlen_q], fp32 (natural log of the softmax denominator,
@@ -554,7 +556,7 @@ class FaDecodeParams(ctypes.Structure):
 
 
 class FaSupportQuery(ctypes.Structure):
-    """C fa_support_query_t (struct fa_support_query): 52 bytes, aligned to 4."""
+    """C fa_support_query_t (struct fa_support_query): 56 bytes, aligned to 4."""
 
     # A question for fa_query_support: is this kind of call served by this build on this GPU?
     _fields_ = [
@@ -589,6 +591,10 @@ class FaSupportQuery(ctypes.Structure):
         # forward and backward of the sm80 path (fp16, bf16); the sm90 path, fp8 and decode have none. (Since 0.9: a
         # 0.8-sized query gets 0.)
         ("dropout", ctypes.c_int32),  # C: int32_t, offset 48
+        # Head dim of v and out when it differs from head_dim (0: the same). Served pairs (head_dim, head_dim_v): (192, 128)
+        # and (64, 512), by the forward of the sm80 path (fp16, bf16) with every forward option; the backward, decode,
+        # the sm90 path and fp8 have none yet. (Since 0.10: a 0.9-sized query gets 0.)
+        ("head_dim_v", ctypes.c_int32),  # C: int32_t, offset 52
     ]
 
 
@@ -747,7 +753,7 @@ LAYOUT = {
         ("rotary_interleaved", 1064),
         ("reserved1", 1068),
     )),
-    FaSupportQuery: (52, 4, (
+    FaSupportQuery: (56, 4, (
         ("struct_size", 0),
         ("pass", 4),
         ("compute_capability", 8),
@@ -761,6 +767,7 @@ LAYOUT = {
         ("sinks", 40),
         ("alibi", 44),
         ("dropout", 48),
+        ("head_dim_v", 52),
     )),
     FaDeviceProperties: (288, 8, (
         ("struct_size", 0),

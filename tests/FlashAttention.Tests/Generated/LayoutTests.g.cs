@@ -183,7 +183,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaSupportQuery has the size (52) and field offsets of C struct fa_support_query.</summary>
+    /// <summary>FaSupportQuery has the size (56) and field offsets of C struct fa_support_query.</summary>
     [Test]
     [Category("Cpu")]
     public void FaSupportQuery_MatchesCLayout()
@@ -191,8 +191,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaSupportQuery>(), Is.False, "FaSupportQuery must be blittable");
-            Assert.That(Unsafe.SizeOf<FaSupportQuery>(), Is.EqualTo(52), "sizeof(struct fa_support_query)");
-            Assert.That(Marshal.SizeOf<FaSupportQuery>(), Is.EqualTo(52), "marshalled size of FaSupportQuery");
+            Assert.That(Unsafe.SizeOf<FaSupportQuery>(), Is.EqualTo(56), "sizeof(struct fa_support_query)");
+            Assert.That(Marshal.SizeOf<FaSupportQuery>(), Is.EqualTo(56), "marshalled size of FaSupportQuery");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_support_query, struct_size)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.pass)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_support_query, pass)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.compute_capability)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_support_query, compute_capability)");
@@ -206,6 +206,7 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.sinks)).ToInt64(), Is.EqualTo(40L), "offsetof(struct fa_support_query, sinks)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.alibi)).ToInt64(), Is.EqualTo(44L), "offsetof(struct fa_support_query, alibi)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.dropout)).ToInt64(), Is.EqualTo(48L), "offsetof(struct fa_support_query, dropout)");
+            Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.head_dim_v)).ToInt64(), Is.EqualTo(52L), "offsetof(struct fa_support_query, head_dim_v)");
         }
     }
 
