@@ -811,3 +811,183 @@ def test_alibi_with_fp8_inputs_is_refused():
     q = torch.randn(2, 8, 4, 64).to(torch.float8_e4m3fn)
     with pytest.raises(UnsupportedArgumentError, match="ALiBi with fp8 inputs"):
         fai.flash_attn_func(q, q, q, alibi_slopes=torch.rand(4))
+
+
+# ---- a separate V head dim (C ABI 0.10; FlashAttention-3's hdim / hdim_v) --------------------------------------------
+
+F16 = _abi.FA_DTYPE_FLOAT16
+V_PAIRS = [(192, 128), (64, 512)]
+
+
+def fwd_v(lib, fake, d, dv, dtype=F16, b=2, sq=128, sk=256, h=8, hkv=2, out_dim=None, varlen=None, **kw):
+    """fa_forward_params_t of a call whose q and k have head dim d and v dv; out has out_dim (default dv), lse is
+    written. varlen: (cu_q, cu_k, batch, max_q, max_k) over 300 query and 400 key rows."""
+    od = dv if out_dim is None else out_dim
+    if varlen:
+        q, k, v, o, lse = fake((300, h, d), dtype), fake((400, hkv, d), dtype), fake((400, hkv, dv), dtype), \
+            fake((300, h, od), dtype), fake((h, 300), F32)
+    else:
+        q, k, v, o, lse = fake((b, sq, h, d), dtype), fake((b, sk, hkv, d), dtype), fake((b, sk, hkv, dv), dtype), \
+            fake((b, sq, h, od), dtype), fake((b, h, sq), F32)
+    return _args.forward_params(lib, q, k, v, o, lse, varlen=varlen, **kw)
+
+
+@pytest.mark.parametrize("d,dv", V_PAIRS, ids=[f"d{d}-dv{dv}" for d, dv in V_PAIRS])
+def test_a_served_v_head_dim_passes_the_library_check(lib, d, dv):
+    """FlashAttention-3's pairs, fp16 and bf16, at compute capability 8.0 and 9.0 (FA_PATH_AUTO takes the sm80 path for
+    them), with the forward options, fixed and variable length; v and out described with head_dim_v."""
+    fake = Fake()
+    sinks, slopes = fake((8,), F32), fake((2, 8), F32)
+    options = [{}, {"causal": True}, {"causal": True, "causal_alignment": _abi.FA_CAUSAL_TOP_LEFT},
+               {"window": (64, 0), "softcap": 30.0, "softmax_scale": 0.1}, {"causal": True, "sinks": sinks},
+               {"alibi_slopes": slopes, "window": (32, 8)}]
+    for dtype in (F16, BF16):
+        for cc in (80, 90):
+            for kw in options:
+                p = fwd_v(lib, fake, d, dv, dtype, **kw)
+                assert check_status(lib, "forward", p, cc) == (0, ""), (dtype, cc, kw)
+            p = fwd_v(lib, fake, d, dv, dtype, causal=True, varlen=(0x7E0000000000, 0x7E0000001000, 3, 128, 200))
+            assert check_status(lib, "forward", p, cc) == (0, ""), (dtype, cc, "varlen")
+    p = fwd_v(lib, fake, d, dv)
+    assert list(p.q.shape) == [2, 128, 8, d] and list(p.k.shape) == [2, 256, 2, d]
+    assert list(p.v.shape) == [2, 256, 2, dv] and list(p.out.shape) == [2, 128, 8, dv]
+    # out takes v's head dim: one with q's is refused.
+    status, msg = check_status(lib, "forward", fwd_v(lib, fake, d, dv, out_dim=d))
+    assert status == _abi.FA_STATUS_INVALID_ARGUMENT and "out" in msg, msg
+
+
+@pytest.mark.parametrize("d,dv", [(64, 96), (64, 128), (128, 64), (192, 64), (256, 128)])
+def test_other_v_head_dims_are_unsupported(lib, d, dv):
+    # (A build without head dim d refuses its head dim first, whatever v's: FA_HEAD_DIMS picks them.)
+    status, msg = check_status(lib, "forward", fwd_v(lib, Fake(), d, d), 80)
+    if status != 0:
+        pytest.skip(f"this build does not serve head dim {d}: {msg}")
+    status, msg = check_status(lib, "forward", fwd_v(lib, Fake(), d, dv), 80)
+    assert status == _abi.FA_STATUS_UNSUPPORTED and "head_dim_v" in msg, msg
+
+
+@pytest.mark.parametrize("d,dv", V_PAIRS, ids=[f"d{d}-dv{dv}" for d, dv in V_PAIRS])
+def test_a_v_head_dim_has_no_backward_and_no_sm90_path(lib, d, dv):
+    fake = Fake()
+    shapes = [(2, 128, 8, d), (2, 256, 2, d), (2, 256, 2, dv), (2, 128, 8, dv), (2, 128, 8, dv)]
+    q, k, v, o, do = (fake(s) for s in shapes)
+    grads = [fake(s) for s in shapes[:3]]
+    p = _args.backward_params(lib, q, k, v, o, do, fake((2, 8, 128), F32), *grads, causal=True)
+    status, msg = check_status(lib, "backward", p, 80)
+    assert status == _abi.FA_STATUS_UNSUPPORTED and "backward of a V head dim" in msg, msg
+    p = fwd_v(lib, fake, d, dv)
+    p.kernel_path = _abi.FA_PATH_SM90
+    status, msg = check_status(lib, "forward", p, 90)
+    assert status == _abi.FA_STATUS_UNSUPPORTED and "V head dim other than q's" in msg, msg
+    p.kernel_path = _abi.FA_PATH_SM80
+    assert check_status(lib, "forward", p, 90) == (0, "")
+
+
+def test_the_library_serves_a_v_head_dim_in_the_sm80_forward_only(lib):
+    import ctypes
+    q = _abi.FaSupportQuery()
+    q.struct_size = ctypes.sizeof(q)
+
+    def ask(pass_, dtype, d, dv, **flags):
+        setattr(q, "pass", pass_)  # "pass" is a Python keyword
+        q.dtype, q.head_dim, q.head_dim_v = dtype, d, dv
+        q.kernel_path = flags.pop("kernel_path", _abi.FA_PATH_AUTO)
+        for name in ("causal", "window", "softcap", "varlen", "sinks", "alibi", "dropout"):
+            setattr(q, name, flags.pop(name, 0))
+        assert not flags
+        return lib.lib.fa_query_support(ctypes.byref(q))
+
+    every_option = dict(causal=1, window=1, softcap=1, varlen=1, sinks=1, alibi=1, dropout=1)
+    unsupported = _abi.FA_STATUS_UNSUPPORTED
+    for d, dv in V_PAIRS:
+        for dtype in (F16, BF16):
+            assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv) == 0, (d, dv, dtype)
+            assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, **every_option) == 0, (d, dv, dtype)
+            assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, kernel_path=_abi.FA_PATH_SM80) == 0
+            assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, kernel_path=_abi.FA_PATH_SM90) == unsupported
+            assert ask(_abi.FA_PASS_BACKWARD, dtype, d, dv) == unsupported
+            assert ask(_abi.FA_PASS_DECODE, dtype, d, dv) == unsupported
+        assert ask(_abi.FA_PASS_FORWARD, _abi.FA_DTYPE_FLOAT8_E4M3, d, dv) == unsupported
+        assert ask(_abi.FA_PASS_FORWARD, BF16, d, 0) == 0  # 0: v's head dim is q's, as before 0.10
+    assert ask(_abi.FA_PASS_FORWARD, BF16, 64, 96) == unsupported
+
+
+def _cpu_v_head_dim_tensors(torch, d=192, dv=128):
+    return (torch.zeros(2, 16, 4, d, dtype=torch.float16), torch.zeros(2, 24, 2, d, dtype=torch.float16),
+            torch.zeros(2, 24, 2, dv, dtype=torch.float16))
+
+
+V_GRAD_CASES = ["q", "k", "v", "v-lse", "sinks-only", "alibi", "dropout", "varlen", "varlen-sinks"]
+
+
+@pytest.mark.parametrize("case", V_GRAD_CASES)
+def test_a_v_head_dim_that_autograd_would_record_is_refused_up_front(case):
+    """The library has no backward of a V head dim other than q's: a call whose inputs require grad (grad mode on) is
+    refused with UnsupportedArgumentError before the device check (so on CPU tensors too); without grad the call goes
+    on to the device check, as one with one head dim does."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    q, k, v = _cpu_v_head_dim_tensors(torch)
+    sinks = torch.zeros(4)
+    kw, fn = {}, fai.flash_attn_func
+    grad = {"q": q, "k": k, "v": v, "v-lse": v, "alibi": q, "dropout": q, "varlen": k,
+            "sinks-only": sinks, "varlen-sinks": sinks}[case]
+    grad.requires_grad_(True)
+    if case == "v-lse":
+        kw["return_attn_probs"] = True
+    elif case in ("sinks-only", "varlen-sinks"):
+        kw["sinks"] = sinks
+    elif case == "alibi":
+        kw["alibi_slopes"] = torch.rand(4)
+    elif case == "dropout":
+        kw["dropout_p"] = 0.1
+    args = (q, k, v)
+    if case.startswith("varlen"):
+        cu_q, cu_k = torch.tensor([0, 10, 16], dtype=torch.int32), torch.tensor([0, 20, 24], dtype=torch.int32)
+        fn, args = fai.flash_attn_varlen_func, (q[0], k[0], v[0], cu_q, cu_k, 10, 20)
+    with pytest.raises(UnsupportedArgumentError) as ei:
+        fn(*args, **kw)
+    msg = str(ei.value)
+    assert msg.startswith(fn.__name__ + ":") and "v's head dim 128 differs from q's and k's 192" in msg
+    assert "no backward of a V head dim" in msg and "torch.no_grad()" in msg
+    assert isinstance(ei.value, NotImplementedError)
+    with torch.no_grad():  # not recorded: the forward is served, so the device check comes next
+        with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
+            fn(*args, **kw)
+
+
+def test_one_head_dim_with_grad_and_a_v_head_dim_without_grad_are_not_refused():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    q, k, v = _cpu_v_head_dim_tensors(torch, 64, 64)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
+        fai.flash_attn_func(q, k, v)
+    q, k, v = _cpu_v_head_dim_tensors(torch, 64, 512)
+    with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
+        fai.flash_attn_func(q, k, v, causal=True)
+    # The packed forms hold k and v in one tensor (one head dim): nothing to refuse there.
+    with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
+        fai.flash_attn_kvpacked_func(q, torch.zeros(2, 24, 2, 2, 64, dtype=torch.float16, requires_grad=True))
+
+
+def test_outputs_take_vs_head_dim():
+    """The forward's out is q's shape with v's head dim (contiguous; q's own strides and descriptor when the head dims
+    are equal and q is contiguous), the lse flash-attn's shape; fixed and variable length."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    from flash_attn_interop import _ops
+    q, _, v = _cpu_v_head_dim_tensors(torch)
+    out, fo, lse, fl = _ops._outputs(q, _ops.fields(q), _ops.fields(v), True, False)
+    assert out.shape == (2, 16, 4, 128) and out.is_contiguous() and out.dtype == q.dtype
+    assert fo == _ops.fields(out) and lse.shape == (2, 4, 16) and fl == _ops.fields(lse)
+    out, fo, lse, fl = _ops._outputs(q, _ops.fields(q), _ops.fields(q), False, False)
+    assert out.shape == q.shape and out.stride() == q.stride() and fo == _ops.fields(out)
+    assert lse is None and fl == _args.NO_TENSOR
+    wide = torch.zeros(2, 16, 4, 256, dtype=torch.float16)[..., :192]  # not contiguous, last dim contiguous
+    out, fo, _, _ = _ops._outputs(wide, _ops.fields(wide), _ops.fields(v), False, False)
+    assert out.shape == (2, 16, 4, 128) and out.is_contiguous() and fo == _ops.fields(out)
+    out, fo, _, _ = _ops._outputs(wide, _ops.fields(wide), _ops.fields(wide), False, False)
+    assert out.shape == wide.shape and out.is_contiguous() and fo == _ops.fields(out)
+    qv, vv = torch.zeros(30, 4, 64, dtype=torch.bfloat16), torch.zeros(40, 2, 512, dtype=torch.bfloat16)
+    out, fo, lse, fl = _ops._outputs(qv, _ops.fields(qv), _ops.fields(vv), True, True)
+    assert out.shape == (30, 4, 512) and fo == _ops.fields(out) and lse.shape == (4, 30)
+    assert _ops._out_shape(q, v) == (2, 16, 4, 128) and _ops._out_shape(qv, qv) == (30, 4, 64)

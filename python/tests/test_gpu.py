@@ -20,9 +20,10 @@ DEV = "cuda"
 
 
 def masked_scores(q, k, v, causal, window, softcap, scale, top_left, slopes=None):
-    """The scores of reference and its sink/ALiBi variants, [B, H, Sq, Sk] in q's dtype: scale, softcap, FlashAttention-2's
-    ALiBi bias when slopes ((H,) or (B, H)) are given (+slope * j for a causal call without a left window, else
-    -slope * |i + sk - sq - j|), then the masks as flash-attn defines them (-inf); and v with its heads repeated to q's."""
+    """The scores of reference and its sink/ALiBi variants, [B, H, Sq, Sk] in q's dtype: scale (default 1/sqrt of q's
+    head dim D, also when v's differs), softcap, FlashAttention-2's ALiBi bias when slopes ((H,) or (B, H)) are given
+    (+slope * j for a causal call without a left window, else -slope * |i + sk - sq - j|), then the masks as flash-attn
+    defines them (-inf); and v with its heads repeated to q's (its head dim Dv untouched: it may differ from D)."""
     b, sq, h, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
     k = k.repeat_interleave(h // hkv, dim=2)
@@ -51,13 +52,20 @@ def masked_scores(q, k, v, causal, window, softcap, scale, top_left, slopes=None
     return s, v
 
 
-def reference(q, k, v, causal=False, window=(-1, -1), softcap=0.0, scale=None, top_left=False, upcast=True):
-    """Attention in float64 (upcast) or in the inputs' dtype, [B, S, H, D]; masks as flash-attn defines them."""
+def reference(q, k, v, causal=False, window=(-1, -1), softcap=0.0, scale=None, top_left=False, upcast=True,
+              with_lse=False):
+    """Attention in float64 (upcast) or in the inputs' dtype; masks as flash-attn defines them. q and k [B, S, H, D],
+    v [B, Sk, Hkv, Dv] with Dv = D or another V head dim (FlashAttention-3's head_dim_v: out [B, Sq, H, Dv], the
+    default scale still 1/sqrt(D)). with_lse: (out, lse [B, H, Sq], the natural log of the softmax denominator,
+    -inf for a row that sees no key, whose out is 0)."""
     if upcast:
         q, k, v = q.double(), k.double(), v.double()
     s, v = masked_scores(q, k, v, causal, window, softcap, scale, top_left)
-    p = torch.softmax(s.float() if not upcast else s, dim=-1).nan_to_num(0.0).to(v.dtype)
-    return torch.einsum("bhqk,bkhd->bqhd", p, v)
+    if not upcast:
+        s = s.float()
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0).to(v.dtype)
+    out = torch.einsum("bhqk,bkhd->bqhd", p, v)
+    return (out, torch.logsumexp(s, dim=-1)) if with_lse else out
 
 
 def max_err(a, b):
@@ -857,7 +865,8 @@ def test_fp8_refusals_on_the_gpu():
 def reference_sink(q, k, v, sinks, causal=False, window=(-1, -1), softcap=0.0, scale=None, top_left=False,
                    upcast=True):
     """Attention with a sink logit per query head (gpt-oss's reference: the sink as an extra softmax column, dropped
-    after the softmax), [B, S, H, D], in float64 (upcast) or in the inputs' dtype; returns (out, lse [B, H, Sq])."""
+    after the softmax), [B, S, H, D] (v's head dim may differ, as reference's), in float64 (upcast) or in the inputs'
+    dtype; returns (out, lse [B, H, Sq])."""
     if upcast:
         q, k, v, sinks = q.double(), k.double(), v.double(), sinks.double()
     b, sq, h = q.shape[:3]
@@ -1014,10 +1023,11 @@ def test_sinks_custom_op_matches_the_eager_call():
 
 def reference_alibi(q, k, v, slopes, causal=False, window=(-1, -1), softcap=0.0, scale=None, top_left=False,
                     upcast=True):
-    """Attention with FlashAttention-2's ALiBi bias, [B, S, H, D], in float64 (upcast) or in the inputs' dtype; slopes
-    (H,) or (B, H). The bias is added after scale and softcap: +slope * j for a causal call without a left window
-    (FA2's kernel form, whose lse is larger by slope * (i + sk - sq)), else -slope * |i + sk - sq - j| (FA2's tests'
-    attn_bias_from_alibi_slopes, up to that row constant); masked keys -inf. Returns (out, lse [B, H, Sq])."""
+    """Attention with FlashAttention-2's ALiBi bias, [B, S, H, D] (v's head dim may differ, as reference's), in float64
+    (upcast) or in the inputs' dtype; slopes (H,) or (B, H). The bias is added after scale and softcap: +slope * j for
+    a causal call without a left window (FA2's kernel form, whose lse is larger by slope * (i + sk - sq)), else
+    -slope * |i + sk - sq - j| (FA2's tests' attn_bias_from_alibi_slopes, up to that row constant); masked keys -inf.
+    Returns (out, lse [B, H, Sq])."""
     if upcast:
         q, k, v = q.double(), k.double(), v.double()
     s, v = masked_scores(q, k, v, causal, window, softcap, scale, top_left, slopes)
@@ -1178,7 +1188,7 @@ def torch_flash_dropout(q, k, v, p, causal):
 
 def reference_dropout(q, k, v, keep, p, causal):
     """float64 attention with the keep mask [B, H, Sq, Sk] applied to P (kept / (1 - p)), flash-attn's bottom-right
-    causal, [B, S, H, D]."""
+    causal, [B, S, H, D] (v's head dim may differ, as reference's)."""
     qd, kd, vd = q.double(), k.double(), v.double()
     s, vr = masked_scores(qd, kd, vd, causal, (-1, -1), 0.0, None, False)
     pr = torch.softmax(s, dim=-1).nan_to_num(0.0) * keep.double() / (1 - p)
@@ -1269,3 +1279,234 @@ def test_dropout_refusals_on_the_gpu():
     with pytest.raises(RuntimeError, match="dropout under CUDA graph capture"):
         with torch.cuda.graph(graph):
             fai.flash_attn_func(q, q, q, dropout_p=0.1)
+
+
+# ---- a separate V head dim (C ABI 0.10; FlashAttention-3's hdim / hdim_v) --------------------------------------------
+#
+# The library serves (head_dim, head_dim_v) = (192, 128) and (64, 512), fp16 and bf16, on its sm80 kernels (FA_PATH_AUTO
+# takes them on Hopper too), forward only. Judged as the other forward tests: out within twice PyTorch's own error in
+# the dtype against the float64 reference (plus 1e-3), lse within 1e-4 of it (relative, at least absolute), +inf
+# exactly where a row sees no key (whose out is exactly 0).
+
+V_PAIRS = [(192, 128), (64, 512)]
+
+VDIM_CASES = [
+    # (name, sq, sk, h, hkv, d, dv, kwargs)
+    ("d192-dv128", 128, 128, 4, 4, 192, 128, {}),
+    ("d192-dv128-causal-gqa", 113, 203, 8, 2, 192, 128, {"causal": True}),
+    ("d192-dv128-causal-sq-gt-sk", 203, 113, 4, 4, 192, 128, {"causal": True}),  # rows that see no key
+    ("d192-dv128-window-softcap-scale", 150, 301, 4, 2, 192, 128,
+     {"window_size": (40, 16), "softcap": 15.0, "softmax_scale": 0.05}),
+    ("d64-dv512", 128, 128, 4, 4, 64, 512, {}),
+    ("d64-dv512-causal-mqa", 113, 203, 8, 1, 64, 512, {"causal": True}),
+    ("d64-dv512-causal-top-left-gqa", 203, 113, 8, 2, 64, 512, {"causal": True, "causal_alignment": "top_left"}),
+    ("d64-dv512-causal-window", 217, 217, 4, 2, 64, 512, {"causal": True, "window_size": (31, -1)}),
+]
+
+
+def _ref_kw(kw):
+    return dict(causal=kw.get("causal", False), window=kw.get("window_size", (-1, -1)), softcap=kw.get("softcap", 0.0),
+                scale=kw.get("softmax_scale"), top_left=kw.get("causal_alignment") == "top_left")
+
+
+def assert_v_head_dim_close(out, lse, ref, ref_lse, pt, what=""):
+    """out and lse of one call against the float64 reference (ref, ref_lse) and PyTorch's same-dtype pt."""
+    assert torch.isfinite(out).all(), what
+    err, pt_err = max_err(out, ref), max_err(pt, ref)
+    assert err <= 2 * pt_err + 1e-3, f"{what}: max|out-ref| {err:.3e} > 2 * {pt_err:.3e} + 1e-3"
+    seen = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), seen), f"{what}: lse not finite exactly where a row sees a key"
+    assert torch.isposinf(lse[~seen]).all(), f"{what}: lse of a row that sees no key is +inf"
+    if seen.any():
+        assert max_err(lse[seen], ref_lse[seen]) <= 1e-4 * max(1.0, ref_lse[seen].abs().max().item()), what
+    empty = (~seen).transpose(-1, -2)[..., None].expand_as(out)  # [.., sq, h, dv] rows that see no key
+    assert (out[empty] == 0).all(), f"{what}: out of a row that sees no key is 0"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name,sq,sk,h,hkv,d,dv,kw", VDIM_CASES, ids=[c[0] for c in VDIM_CASES])
+def test_v_head_dim_forward_against_float64(name, sq, sk, h, hkv, d, dv, kw, dtype):
+    torch.manual_seed(41)
+    b = 2
+    q, k, v = rand(b, sq, h, d, dtype=dtype), rand(b, sk, hkv, d, dtype=dtype), rand(b, sk, hkv, dv, dtype=dtype)
+    out, lse, _ = fai.flash_attn_func(q, k, v, return_attn_probs=True, **kw)
+    assert out.shape == (b, sq, h, dv) and out.dtype == dtype and out.is_contiguous()
+    assert lse.shape == (b, h, sq) and lse.dtype == torch.float32
+    ref, ref_lse = reference(q, k, v, with_lse=True, **_ref_kw(kw))
+    pt = reference(q, k, v, upcast=False, **_ref_kw(kw))
+    assert_v_head_dim_close(out, lse, ref, ref_lse, pt, name)
+    # The call that writes no lse (the plain eager path) gives the same bits.
+    assert torch.equal(fai.flash_attn_func(q, k, v, **kw), out)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("d,dv", V_PAIRS, ids=[f"d{d}-dv{dv}" for d, dv in V_PAIRS])
+def test_v_head_dim_varlen_gqa_with_empty_sequences(d, dv, dtype, causal):
+    """A variable-length GQA batch with an empty query sequence, a sequence with no key (out 0, lse +inf) and one
+    whose causal rows mostly see none; each sequence against the float64 reference."""
+    torch.manual_seed(42)
+    lens_q, lens_k = [37, 0, 1, 128, 90, 5], [50, 3, 0, 128, 1, 77]
+    h, hkv = 8, 2
+    cu_q = torch.tensor([0] + list(itertools.accumulate(lens_q)), dtype=torch.int32, device=DEV)
+    cu_k = torch.tensor([0] + list(itertools.accumulate(lens_k)), dtype=torch.int32, device=DEV)
+    q = rand(sum(lens_q), h, d, dtype=dtype)
+    k, v = rand(sum(lens_k), hkv, d, dtype=dtype), rand(sum(lens_k), hkv, dv, dtype=dtype)
+    out, lse, _ = fai.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal,
+                                             return_attn_probs=True)
+    assert out.shape == (sum(lens_q), h, dv) and out.dtype == dtype
+    assert lse.shape == (h, sum(lens_q))
+    for i in range(len(lens_q)):
+        a, e, ka, ke = cu_q[i].item(), cu_q[i + 1].item(), cu_k[i].item(), cu_k[i + 1].item()
+        if e == a:
+            continue
+        one = (q[a:e][None], k[ka:ke][None], v[ka:ke][None])
+        ref, ref_lse = reference(*one, causal=causal, with_lse=True)
+        pt = reference(*one, causal=causal, upcast=False)
+        assert_v_head_dim_close(out[a:e][None], lse[:, a:e][None], ref, ref_lse, pt,
+                                f"sequence {i} (sq {e - a}, sk {ke - ka})")
+    assert torch.equal(fai.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal), out)
+
+
+@pytest.mark.parametrize("d,dv", V_PAIRS, ids=[f"d{d}-dv{dv}" for d, dv in V_PAIRS])
+def test_v_head_dim_with_sinks_alibi_and_dropout(d, dv):
+    """The extras with a V head dim: learnable sinks, ALiBi with a window and softcap, dropout (against the float64
+    reference under the keep mask the call returns, as the dropout tests judge it)."""
+    torch.manual_seed(43)
+    b, sq, sk, h, hkv = 2, 113, 203, 8, 2
+    q, k, v = rand(b, sq, h, d), rand(b, sk, hkv, d), rand(b, sk, hkv, dv)
+    sinks = torch.randn(h, device=DEV) * 2
+    out, lse, _ = fai.flash_attn_func(q, k, v, causal=True, sinks=sinks, return_attn_probs=True)
+    assert out.shape == (b, sq, h, dv)
+    ref, ref_lse = reference_sink(q, k, v, sinks, causal=True)
+    pt, _ = reference_sink(q, k, v, sinks, causal=True, upcast=False)
+    assert_v_head_dim_close(out, lse, ref, ref_lse, pt, "sinks")
+
+    slopes = torch.rand(b, h, device=DEV) * 0.3
+    kw = {"causal": True, "window_size": (64, -1), "softcap": 20.0}
+    out, lse, _ = fai.flash_attn_func(q, k, v, alibi_slopes=slopes, return_attn_probs=True, **kw)
+    assert out.shape == (b, sq, h, dv)
+    ref, ref_lse = reference_alibi(q, k, v, slopes, **_ref_kw(kw))
+    pt, _ = reference_alibi(q, k, v, slopes, upcast=False, **_ref_kw(kw))
+    assert_v_head_dim_close(out, lse, ref, ref_lse, pt, "alibi")
+
+    p = 0.17
+    torch.manual_seed(1234)
+    out, lse, s_dmask = fai.flash_attn_func(q, k, v, dropout_p=p, causal=True, return_attn_probs=True)
+    assert out.shape == (b, sq, h, dv) and s_dmask.shape == (b, h, sq, sk)
+    keep = s_dmask >= 0
+    ref = reference_dropout(q, k, v, keep, p, True)
+    assert max_err(out, ref) < 2e-2 * max(1.0, ref.abs().max().item())
+    _, plain_lse = reference(q, k, v, causal=True, with_lse=True)
+    assert max_err(lse, plain_lse) <= 1e-4 * max(1.0, plain_lse.abs().max().item()), "dropout leaves the lse as it is"
+    torch.manual_seed(1234)
+    assert torch.equal(fai.flash_attn_func(q, k, v, dropout_p=p, causal=True), out)  # the same draw, the same bits
+
+
+def test_v_head_dim_strided_views_match_contiguous_copies():
+    """q, k and v as views with a contiguous last dim but not contiguous (slices of wider buffers): read in place, out
+    allocated contiguous with v's head dim; the same bits as contiguous copies."""
+    torch.manual_seed(44)
+    b, sq, sk, h, hkv, d, dv = 2, 97, 131, 4, 2, 192, 128
+    q = rand(b, sq, h, d + 64)[..., :d]
+    kv = rand(b, sk, hkv, d + dv)
+    k, v = kv[..., :d], kv[..., d:]
+    assert not q.is_contiguous() and not v.is_contiguous()
+    out = fai.flash_attn_func(q, k, v, causal=True)
+    assert out.shape == (b, sq, h, dv) and out.is_contiguous()
+    assert torch.equal(out, fai.flash_attn_func(q.contiguous(), k.contiguous(), v.contiguous(), causal=True))
+    out2, lse, _ = fai.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    assert torch.equal(out2, out) and lse.shape == (b, h, sq)
+
+
+def test_v_head_dim_with_grad_is_refused_before_anything_runs():
+    """The library has no backward of a V head dim other than q's: a call that autograd would record (grad mode on
+    and q, k, v or the sinks require grad) is refused up front with UnsupportedArgumentError (before any draw or
+    launch: the generator's state is unchanged); under torch.no_grad() or torch.inference_mode(), or on detached
+    tensors, the forward runs."""
+    torch.manual_seed(45)
+    b, sq, sk, h, hkv, d, dv = 1, 64, 80, 4, 2, 192, 128
+    q, k, v = rand(b, sq, h, d), rand(b, sk, hkv, d), rand(b, sk, hkv, dv)
+    qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+    sinks_g = torch.randn(h, device=DEV).requires_grad_(True)
+    slopes = torch.rand(h, device=DEV) * 0.3
+    cu_q = torch.tensor([0, 30, 64], dtype=torch.int32, device=DEV)
+    cu_k = torch.tensor([0, 50, 80], dtype=torch.int32, device=DEV)
+    calls = {
+        "q": lambda: fai.flash_attn_func(qg, k, v, causal=True),
+        "k-lse": lambda: fai.flash_attn_func(q, kg, v, return_attn_probs=True),
+        "v": lambda: fai.flash_attn_func(q, k, vg),
+        "sinks-only": lambda: fai.flash_attn_func(q, k, v, sinks=sinks_g),
+        "alibi": lambda: fai.flash_attn_func(qg, k, v, alibi_slopes=slopes),
+        "dropout": lambda: fai.flash_attn_func(qg, k, v, dropout_p=0.1),
+        "varlen": lambda: fai.flash_attn_varlen_func(qg[0], k[0], v[0], cu_q, cu_k, 34, 50, causal=True),
+    }
+    state = torch.cuda.get_rng_state()
+    for what, call in calls.items():
+        with pytest.raises(fai.UnsupportedArgumentError, match="no backward of a V head dim") as ei:
+            call()
+        assert str(ei.value).startswith("flash_attn_") and "torch.no_grad()" in str(ei.value), what
+    assert torch.equal(torch.cuda.get_rng_state(), state)  # the dropout call drew nothing
+    want = fai.flash_attn_func(q, k, v, causal=True)
+    with torch.no_grad():
+        assert torch.equal(fai.flash_attn_func(qg, kg, vg, causal=True), want)
+        assert fai.flash_attn_func(q, k, v, sinks=sinks_g).shape == (b, sq, h, dv)
+    with torch.inference_mode():
+        assert torch.equal(fai.flash_attn_func(qg, kg, vg, causal=True), want)
+    assert torch.equal(fai.flash_attn_func(qg.detach(), kg.detach(), vg.detach(), causal=True), want)
+    assert not want.requires_grad
+
+
+def test_v_head_dim_custom_op_backward_says_the_library_has_none():
+    """The custom op called directly (what a graph torch.compile made of an older call would hold) records the forward;
+    its backward then fails with the library's UNSUPPORTED message, never with wrong gradients."""
+    ops = _custom_ops()
+    q, k = rand(1, 64, 4, 192, grad=True), rand(1, 64, 4, 192, grad=True)
+    v = rand(1, 64, 4, 128, grad=True)
+    out, _ = ops.fwd_op(q, k, v, 0.0, True, 0, -1, -1, 0.0, False, None, None, 0, 0)
+    assert out.shape == (1, 64, 4, 128)
+    with pytest.raises(fai.FlashAttentionError) as ei:
+        out.float().sum().backward()
+    assert ei.value.status == 2 and "backward of a V head dim" in ei.value.message, ei.value.message
+
+
+def test_v_head_dim_fake_implementations_give_out_with_vs_head_dim():
+    """The custom ops' fake implementations (what torch.compile traces) give out [.., head_dim_v] and the lse's shape;
+    the ops themselves give the eager call's bits."""
+    ops = _custom_ops()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from flash_attn_interop import _args
+    align = _args.CAUSAL_ALIGNMENTS["bottom_right"]
+    q, k, v = rand(2, 48, 4, 64), rand(2, 80, 2, 64), rand(2, 80, 2, 512)
+    sinks = torch.randn(4, device=DEV)
+    q8 = [t.to(FP8) for t in (q, k, v)] if FP8 is not None else None
+    with FakeTensorMode() as mode:
+        fq, fk, fv, fs = (mode.from_tensor(t) for t in (q, k, v, sinks))
+        out, lse = ops.fwd_op(fq, fk, fv, 0.0, True, align, -1, -1, 0.0, False, None, None, 0, 0)
+        assert out.shape == (2, 48, 4, 512) and lse.shape == (2, 4, 48)
+        out, lse, _, _ = ops.fwd_sink_op(fq, fk, fv, fs, None, 0.0, False, 0.0, True, align, -1, -1, 0.0, False,
+                                         None, None, 0, 0)
+        assert out.shape == (2, 48, 4, 512) and lse.shape == (2, 4, 48)
+        if q8 is not None:
+            f8 = [mode.from_tensor(t) for t in q8]
+            out, _ = ops.fwd_fp8_op(*f8, None, None, None, 0.0, True, align, -1, -1, 0.0, None, None, 0, 0)
+            assert out.shape == (2, 48, 4, 512) and out.dtype == torch.bfloat16
+    eager, eager_lse, _ = fai.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    out, lse = ops.fwd_op(q, k, v, 0.0, True, align, -1, -1, 0.0, False, None, None, 0, 0)
+    assert torch.equal(out, eager) and torch.equal(lse, eager_lse)
+    out, _, _, _ = ops.fwd_sink_op(q, k, v, sinks, None, 0.0, False, 0.0, True, align, -1, -1, 0.0, False, None, None,
+                                   0, 0)
+    assert torch.equal(out, fai.flash_attn_func(q, k, v, causal=True, sinks=sinks))
+
+
+def test_v_head_dim_refusals_from_the_library():
+    """Pairs the library does not serve, and the kvcache (one head dim), are the library's FlashAttentionError."""
+    q, k = rand(1, 64, 4, 64), rand(1, 64, 4, 64)
+    with pytest.raises(fai.FlashAttentionError) as ei:
+        fai.flash_attn_func(q, k, rand(1, 64, 4, 96))
+    assert ei.value.status == 2 and "head_dim_v" in ei.value.message, ei.value.message
+    with pytest.raises(fai.FlashAttentionError) as ei:
+        fai.flash_attn_func(rand(1, 64, 4, 128), rand(1, 64, 4, 128), rand(1, 64, 4, 64))
+    assert ei.value.status == 2 and "head_dim_v" in ei.value.message, ei.value.message
+    with pytest.raises(fai.FlashAttentionError):
+        fai.flash_attn_with_kvcache(rand(1, 1, 4, 64), rand(1, 64, 4, 64), rand(1, 64, 4, 512), cache_seqlens=10)

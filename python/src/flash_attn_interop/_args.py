@@ -116,6 +116,17 @@ def refuse_fp8_grad(function):
         "tensors, or use bf16/fp16 inputs for training")
 
 
+def refuse_v_head_dim_grad(function, head_dim, head_dim_v):
+    """A call whose v has a head dim other than q's (C ABI 0.10) that autograd would record: the library serves the
+    forward of such a call but has no backward for it yet, so the call is refused up front, before any work is
+    queued, rather than failing later in backward() (or, worse, giving gradients of another shape)."""
+    raise UnsupportedArgumentError(
+        f"{function}: v's head dim {head_dim_v} differs from q's and k's {head_dim}, and autograd would record the "
+        "call (grad mode is on and an input requires grad), but the library has no backward of a V head dim other "
+        "than q's yet (only the forward is served): call it under torch.no_grad() or torch.inference_mode(), or on "
+        "detached tensors, or give v q's head dim for training")
+
+
 def num_splits_arg(function, num_splits):
     n = int(num_splits)
     if n < 0 or n > _abi.FA_DECODE_MAX_SPLITS:

@@ -45,7 +45,20 @@ k_descale and v_descale (float32 (batch, nheads_k), even for q; None: 1.0) scale
 that of q * q_descale[b, h // (nheads // nheads_k)], k * k_descale[b, hk] and v * v_descale[b, hk], the log-sum-exp
 that of these logits. Forward only (no autograd: inputs that require grad are refused), head dims multiples of 16,
 served by the library's sm90 kernels (compute capability 9.0; elsewhere the library says FA_STATUS_UNSUPPORTED).
+
+Separate V head dim (C ABI 0.10; FlashAttention-3's hdim / hdim_v): v may have a head dim head_dim_v other than q's
+and k's head_dim in flash_attn_func and flash_attn_varlen_func (the packed functions hold k and v in one tensor, so
+theirs are equal); out is then [..., heads, head_dim_v], the lse keeps its shape and meaning, and softmax_scale still
+defaults to 1/sqrt(head_dim) (q's, as FlashAttention-3). The library serves the pairs (head_dim, head_dim_v) =
+(192, 128) and (64, 512), fp16 and bf16, on its sm80 kernels (every GPU from compute capability 8.0, Hopper too) with
+every forward option (causal, window, softcap, ALiBi, sinks, dropout, varlen, GQA, lse); another pair is its
+FlashAttentionError (FA_STATUS_UNSUPPORTED, naming head_dim_v). Forward only: the library has no backward for it yet,
+so a call that autograd would record (grad mode on and q, k, v or the sinks require grad) is refused up front with
+UnsupportedArgumentError, before anything runs; call it under torch.no_grad() / torch.inference_mode() or on detached
+tensors. flash_attn_with_kvcache takes one head dim (v_cache shaped like k_cache).
 """
+import importlib
+
 from . import _args
 
 _ops = None
@@ -56,7 +69,7 @@ def _torch_ops():
     global _ops
     if _ops is None:
         try:
-            import torch  # noqa: F401
+            importlib.import_module("torch")
         except ImportError as e:
             raise ImportError("flash_attn_interop needs PyTorch to run attention (any version; pip install torch): "
                               f"{e}") from e
@@ -123,6 +136,7 @@ def _dense(function, q, k, v, opts, deterministic, return_attn_probs, descales=_
 def _dense_general(ops, function, q, k, v, opts, deterministic, return_attn_probs):
     if ops.is_fp8(q):
         return _fp8(ops, function, q, k, v, None, None, 0, 0, opts, _NO_DESCALES, return_attn_probs)
+    ops.refuse_v_head_dim_grad(function, q, k, v)
     plain = ops.plain_eager(q, k, v)  # False under torch.compile: the custom op
     q, k, v = _attn_inputs(ops, function, q, k, v, plain, 4, _DENSE_LAYOUT)
     out, lse = ops.attention(q, k, v, opts, bool(deterministic), None, None, 0, 0, plain, return_attn_probs)
@@ -144,6 +158,7 @@ def _varlen(function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     if descales is not _NO_DESCALES or ops.is_fp8(q):
         return _fp8(ops, function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, descales,
                     return_attn_probs)
+    ops.refuse_v_head_dim_grad(function, q, k, v)
     plain = ops.plain_eager(q, k, v, cu_seqlens_q, cu_seqlens_k)
     if not (plain and cu_seqlens_q.is_cuda and cu_seqlens_k.is_cuda):
         ops.require_cuda(function, q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
@@ -218,6 +233,7 @@ def _with_sinks(function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
         # The batch of the (batch, nheads) form: the sequences of a variable-length batch.
         batch = (cu_seqlens_q.shape[0] - 1 if hasattr(cu_seqlens_q, "shape") else -1) if varlen else q.shape[0]
         alibi_slopes = ops.alibi_input(function, alibi_slopes, batch, q.shape[-2])
+    ops.refuse_v_head_dim_grad(function, q, k, v, sinks)
     plain = ops.plain_eager(q, k, v, cu_seqlens_q, cu_seqlens_k, sinks, alibi_slopes)
     q, k, v = _attn_inputs(ops, function, q, k, v, plain, rank, layout)
     cu_q = cu_k = None
@@ -242,10 +258,12 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
                     alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
                     causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None,
                     sinks=None, learnable_sink=None):
-    """Attention over q [batch, seqlen_q, heads, head_dim], k and v [batch, seqlen_k, heads_kv, head_dim] (fp16 or
-    bf16, CUDA). Returns out [batch, seqlen_q, heads, head_dim]; with return_attn_probs, (out, softmax_lse
-    [batch, heads, seqlen_q] fp32, S_dmask: empty without dropout, the keep mask as +1/-1 with it). Differentiable in
-    q, k and v. dropout_p: FlashAttention-2's dropout (see the module's notes).
+    """Attention over q [batch, seqlen_q, heads, head_dim], k [batch, seqlen_k, heads_kv, head_dim] and v
+    [batch, seqlen_k, heads_kv, head_dim_v] (fp16 or bf16, CUDA; head_dim_v is head_dim, or FlashAttention-3's pairs
+    (192, 128) and (64, 512), forward only: see the module's notes). Returns out [batch, seqlen_q, heads, head_dim_v];
+    with return_attn_probs, (out, softmax_lse [batch, heads, seqlen_q] fp32, S_dmask: empty without dropout, the keep
+    mask as +1/-1 with it). Differentiable in q, k and v (when head_dim_v is head_dim). dropout_p: FlashAttention-2's
+    dropout (see the module's notes).
 
     fp8: q, k and v torch.float8_e4m3fn give a bf16 out; q_descale, k_descale, v_descale: float32
     (batch, nheads_k) factors (None: 1.0), as FlashAttention-3's. Not differentiable (see the module's notes).
@@ -307,10 +325,11 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            deterministic=False, return_attn_probs=False, block_table=None, *,
                            causal_alignment="bottom_right", q_descale=None, k_descale=None, v_descale=None,
                            sinks=None, learnable_sink=None):
-    """Variable-length batch: q [total_q, heads, head_dim], k and v [total_k, heads_kv, head_dim], cu_seqlens_q/k
-    int32 [batch + 1] prefix sums on the GPU, max_seqlen_q/k the longest lengths (host ints; no host copy of the
-    lengths is made). softmax_lse is [heads, total_q]. fp8 as flash_attn_func's, the descales (batch, nheads_k) with
-    one row per sequence."""
+    """Variable-length batch: q [total_q, heads, head_dim], k [total_k, heads_kv, head_dim] and v [total_k, heads_kv,
+    head_dim_v] (head_dim_v as flash_attn_func's), cu_seqlens_q/k int32 [batch + 1] prefix sums on the GPU,
+    max_seqlen_q/k the longest lengths (host ints; no host copy of the lengths is made). out is [total_q, heads,
+    head_dim_v], softmax_lse [heads, total_q]. fp8 as flash_attn_func's, the descales (batch, nheads_k) with one row
+    per sequence."""
     f = "flash_attn_varlen_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     _no_block_table(f, block_table)

@@ -193,16 +193,23 @@ def _varlen(cu_q, cu_k, max_q, max_k):
 
 # ---- implementations (real tensors; the eager path and the custom ops both end here) --------------------------
 
-def _outputs(q, fq, want_lse, varlen):
-    """(out, its fields, lse or None, its fields) of a forward on q (fq: q's fields): out contiguous like q, lse
-    (fp32, flash-attn's layout; varlen: the [heads, total_q] one) only when wanted (else not written)."""
-    if q.is_contiguous():
+def _out_shape(q, v):
+    """The forward's output shape: q's, with v's head dim (C ABI 0.10: v's may differ from q's)."""
+    return (*q.shape[:-1], v.shape[-1])
+
+
+def _outputs(q, fq, fv, want_lse, varlen):
+    """(out, its fields, lse or None, its fields) of a forward on q and v (fq, fv: their fields): out contiguous, q's
+    shape with v's head dim (head_dim_v, C ABI 0.10; q's own in every call where they are equal), lse (fp32,
+    flash-attn's layout; varlen: the [heads, total_q] one) only when wanted (else not written)."""
+    dv = fv[2 + fv[2]]  # the last dimension: shape[rank - 1]
+    if dv == fq[2 + fq[2]] and q.is_contiguous():
         # empty_like then gives q's very strides (and is cheaper than new_empty's size parsing): out's descriptor is
         # q's with out's address.
         out = _empty_like(q)
         fo = (out.data_ptr(), *fq[1:])
     else:
-        out = q.new_empty(q.shape)  # contiguous, whatever q's strides
+        out = q.new_empty((*q.shape[:-1], dv))  # contiguous, whatever q's strides
         fo = fields(out)
     if not want_lse:
         return out, fo, None, _args.NO_TENSOR
@@ -213,10 +220,11 @@ def _outputs(q, fq, want_lse, varlen):
 def _run_forward(q, fq, fk, fv, opts, varlen, want_lse):
     """fa_forward on q, k, v given as their fa_tensor_t fields (fq, fk, fv; q itself gives the outputs' shape, dtype
     and device) with opts (softmax_scale, causal, causal_alignment, window_left, window_right, softcap) and varlen
-    (_varlen). Returns (out, lse), lse None when not wanted (not written: one allocation less)."""
+    (_varlen). Returns (out, lse): out q's shape with v's head dim, lse None when not wanted (not written: one
+    allocation less)."""
     lib = _lib()
     device = q.get_device()
-    out, fo, lse, fl = _outputs(q, fq, want_lse, varlen is not None)
+    out, fo, lse, fl = _outputs(q, fq, fv, want_lse, varlen is not None)
     p = lib.new_forward_params()
     _args.pack_forward(p, fq, fk, fv, fo, fl, *opts, varlen)
     st = lib.lib.fa_forward(lib.context(device), p, _stream(device))
@@ -256,13 +264,13 @@ def fp8_descale(function, name, t, batch, heads_kv):
 
 def forward_fp8_impl(q, k, v, q_descale, k_descale, v_descale, softmax_scale, causal, causal_alignment, window_left,
                      window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, want_lse=True):
-    """fa_forward on fp8 q, k, v with their descale tables (None: 1): (out bf16, contiguous like q; lse fp32 or None
-    when not wanted)."""
+    """fa_forward on fp8 q, k, v with their descale tables (None: 1): (out bf16, contiguous, q's shape with v's head
+    dim; lse fp32 or None when not wanted)."""
     q, k, v = aligned(q), aligned(k), aligned(v)
     lib = _lib()
     device = q.get_device()
     varlen = _varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    out = torch.empty(q.shape, dtype=torch.bfloat16, device=q.device)
+    out = torch.empty(_out_shape(q, v), dtype=torch.bfloat16, device=q.device)
     lse = q.new_empty(_lse_shape(q, varlen is not None), dtype=torch.float32) if want_lse else None
     p = lib.new_forward_params()
     _args.pack_forward(p, fields(q), fields(k), fields(v), fields(out), fields(lse), softmax_scale, causal,
@@ -385,10 +393,11 @@ def forward_sink_impl(q, k, v, sinks, alibi_slopes, dropout_p, return_mask, soft
     lib = _lib()
     device = q.get_device()
     varlen = _varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    out, fo, lse, fl = _outputs(q, fields(q), True, varlen is not None)
+    fq, fv = fields(q), fields(v)
+    out, fo, lse, fl = _outputs(q, fq, fv, True, varlen is not None)
     p = lib.new_forward_params()
-    _args.pack_forward(p, fields(q), fields(k), fields(v), fo, fl, softmax_scale, causal, causal_alignment, window_left,
-                       window_right, softcap, varlen)
+    _args.pack_forward(p, fq, fields(k), fv, fo, fl, softmax_scale, causal, causal_alignment, window_left, window_right,
+                       softcap, varlen)
     if sinks is not None:
         _args.pack_sinks(p, fields(sinks))
     if alibi_slopes is not None:
@@ -478,7 +487,7 @@ if HAS_CUSTOM_OP:
     @fwd_op.register_fake
     def _fwd_fake(q, k, v, softmax_scale, causal, causal_alignment, window_left, window_right, softcap,
                   deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-        out = q.new_empty(q.shape)
+        out = q.new_empty(_out_shape(q, v))
         lse = q.new_empty(_lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
         return out, lse
 
@@ -525,7 +534,7 @@ if HAS_CUSTOM_OP:
     @fwd_fp8_op.register_fake
     def _fwd_fp8_fake(q, k, v, q_descale, k_descale, v_descale, softmax_scale, causal, causal_alignment, window_left,
                       window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-        out = q.new_empty(q.shape, dtype=torch.bfloat16)
+        out = q.new_empty(_out_shape(q, v), dtype=torch.bfloat16)
         lse = q.new_empty(_lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
         return out, lse
 
@@ -564,7 +573,7 @@ if HAS_CUSTOM_OP:
         batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
         sq, sk = (max_seqlen_q, max_seqlen_k) if varlen else (q.shape[1], k.shape[1])
         mask_shape = (batch, q.shape[-2], sq, sk) if dropout_p > 0 and return_mask else (0,)
-        return (q.new_empty(q.shape), q.new_empty(_lse_shape(q, varlen), dtype=torch.float32),
+        return (q.new_empty(_out_shape(q, v)), q.new_empty(_lse_shape(q, varlen), dtype=torch.float32),
                 q.new_empty((2 if dropout_p > 0 else 0,), dtype=torch.int64), q.new_empty(mask_shape, dtype=torch.uint8))
 
     @torch.library.custom_op(f"{NAMESPACE}::bwd_sink", mutates_args=(), device_types="cuda")
@@ -748,6 +757,8 @@ def dense_eager(q, k, v, opts, deterministic, return_attn_probs):
     if fv is None:
         return None
     if _grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        if fv[6] != fq[6]:
+            return None  # a V head dim other than q's has no backward: _dense_general refuses the call
         out, lse = _EagerAttention.apply(q, k, v, _Call(opts, bool(deterministic), None, None, 0, 0, True,
                                                         (fq, fk, fv)))
     else:
@@ -756,11 +767,11 @@ def dense_eager(q, k, v, opts, deterministic, return_attn_probs):
         if lib is None:
             lib = load_library()
         device = q.get_device()
-        if not return_attn_probs and q.is_contiguous():  # _outputs, inlined for the common case
+        if not return_attn_probs and fv[6] == fq[6] and q.is_contiguous():  # _outputs, inlined for the common case
             out = _empty_like(q)
             fo, lse, fl = (out.data_ptr(), *fq[1:]), None, _NO_TENSOR
         else:
-            out, fo, lse, fl = _outputs(q, fq, return_attn_probs, False)
+            out, fo, lse, fl = _outputs(q, fq, fv, return_attn_probs, False)
         p = lib.new_forward_params()
         _args.pack_forward(p, fq, fk, fv, fo, fl, *opts)
         ctx = lib._contexts.get(device)
@@ -799,6 +810,18 @@ def attention_fp8(q, k, v, descales, opts, cu_q, cu_k, max_q, max_k, plain, want
 def requires_grad(*tensors):
     """Whether autograd would record a call on these tensors (grad mode on and one of them requires grad)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def refuse_v_head_dim_grad(function, q, k, v, sinks=None):
+    """Refuses (UnsupportedArgumentError) a call whose v has a head dim other than q's (C ABI 0.10) when autograd would
+    record it (grad mode on and q, k, v or the sinks require grad): the library serves its forward but has no backward
+    for it. Called before the device checks, so that it holds on CPU tensors too; an argument without a shape is left
+    to the tensor checks that follow."""
+    qs, vs = getattr(q, "shape", None), getattr(v, "shape", None)
+    if not qs or not vs or qs[-1] == vs[-1]:
+        return
+    if torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in (q, k, v, sinks)):
+        _args.refuse_v_head_dim_grad(function, qs[-1], vs[-1])
 
 
 _increment_version = getattr(getattr(torch.autograd, "graph", None), "increment_version", None)
