@@ -10,10 +10,14 @@ namespace FlashAttn;
 /// Float16, BFloat16 or Float8E4M3, last dimension contiguous, headDim a multiple of 8 (of 16 for Float8E4M3).
 /// </param>
 /// <param name="K">Keys: <c>[batch, seqLenK, headsKv, headDim]</c> or <c>[totalK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
-/// <param name="V">Values, k's shape and q's dtype.</param>
+/// <param name="V">
+/// Values, q's dtype: k's shape, or k's shape with a head dim of its own last (<c>[batch, seqLenK, headsKv, headDimV]</c>;
+/// C ABI 0.10 serves (headDim, headDimV) = (192, 128) and (64, 512) in Float16 and BFloat16, see
+/// <see cref="FlashAttention.Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>).
+/// </param>
 /// <param name="Output">
-/// Written: q's shape; q's dtype, or BFloat16 when q is Float8E4M3 (the fp8 forward writes bf16). Must not overlap the
-/// inputs.
+/// Written: q's shape with v's head dim last (q's shape when v's head dim is q's); q's dtype, or BFloat16 when q is
+/// Float8E4M3 (the fp8 forward writes bf16). Must not overlap the inputs.
 /// </param>
 /// <param name="LogSumExp">
 /// Optional, written: Float32 <c>[batch, headsQ, seqLenQ]</c>, or <c>[headsQ, totalQ]</c> with a <see cref="Batch"/>.

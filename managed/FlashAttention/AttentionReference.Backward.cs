@@ -35,13 +35,13 @@ public static partial class AttentionReference
     /// </remarks>
     /// <param name="q">Queries, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
     /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
-    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
-    /// <param name="outputGrad">Gradient of the loss with respect to the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDimV]</c> (<see cref="AttentionShape.HeadDimV"/>: <c>HeadDim</c> unless set).</param>
+    /// <param name="outputGrad">Gradient of the loss with respect to the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDimV]</c>.</param>
     /// <param name="shape">The sizes.</param>
     /// <param name="options">Mask, alignment, window, softcap and scale (<see cref="AttentionOptions.KernelPath"/> is ignored).</param>
     /// <param name="queryGrad">Receives the gradient of q, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
     /// <param name="keyGrad">Receives the gradient of k, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
-    /// <param name="valueGrad">Receives the gradient of v, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="valueGrad">Receives the gradient of v, <c>[Batch, SeqLenK, HeadsKv, HeadDimV]</c>.</param>
     /// <exception cref="ArgumentException">A span length does not match <paramref name="shape"/>, or the shape is invalid.</exception>
     /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
     public static void Backward(
@@ -64,8 +64,8 @@ public static partial class AttentionReference
     /// </summary>
     /// <param name="q">Queries, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
     /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
-    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
-    /// <param name="outputGrad">Gradient of the loss with respect to the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDimV]</c> (<see cref="AttentionShape.HeadDimV"/>: <c>HeadDim</c> unless set).</param>
+    /// <param name="outputGrad">Gradient of the loss with respect to the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDimV]</c>.</param>
     /// <param name="shape">The sizes.</param>
     /// <param name="options">Mask, alignment, window, softcap and scale.</param>
     /// <param name="sinks">The forward call's sink logits, <c>[HeadsQ]</c>.</param>
@@ -138,8 +138,8 @@ public static partial class AttentionReference
     /// </summary>
     /// <param name="q">Queries, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
     /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
-    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
-    /// <param name="outputGrad">Gradient of the loss with respect to the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDimV]</c> (<see cref="AttentionShape.HeadDimV"/>: <c>HeadDim</c> unless set).</param>
+    /// <param name="outputGrad">Gradient of the loss with respect to the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDimV]</c>.</param>
     /// <param name="shape">The sizes.</param>
     /// <param name="options">Mask, alignment, window, softcap and scale.</param>
     /// <param name="sinks">The forward call's sink logits, <c>[HeadsQ]</c>, or empty for none.</param>
@@ -239,7 +239,7 @@ public static partial class AttentionReference
         ArgumentNullException.ThrowIfNull(options);
         shape.Validate(nameof(shape));
         options.Validate(nameof(options));
-        var plan = new ExtrasPlan(extras, options, shape.Batch, shape.HeadsQ, shape.HeadDim, shape.SeqLenK);
+        var plan = new ExtrasPlan(WithValueHeadDimOf(shape, extras), options, shape.Batch, shape.HeadsQ, shape.HeadDim, shape.SeqLenK);
         int dvDim = plan.ValueHeadDim;
         long vElements = (long)shape.Batch * shape.SeqLenK * shape.HeadsKv * dvDim;
         long oElements = (long)shape.Batch * shape.SeqLenQ * shape.HeadsQ * dvDim;

@@ -176,6 +176,29 @@ public static partial class AttentionReference
             Philox.DropoutKeep(_seed, _offset, b, h, HeadsQ, (uint)i, (uint)j, _threshold);
     }
 
+    /// <summary>
+    /// <paramref name="extras"/> with <paramref name="shape"/>'s V head dim: unchanged when the shape's
+    /// <see cref="AttentionShape.HeadDimV"/> is its head dim (so an extras' own <see cref="ReferenceExtras.ValueHeadDim"/>,
+    /// or none, holds), else with <see cref="ReferenceExtras.ValueHeadDim"/> set to it.
+    /// </summary>
+    /// <exception cref="ArgumentException">The extras set another V head dim than the shape.</exception>
+    private static ReferenceExtras WithValueHeadDimOf(AttentionShape shape, ReferenceExtras extras)
+    {
+        ArgumentNullException.ThrowIfNull(extras);
+        if (shape.HeadDimV == shape.HeadDim)
+        {
+            return extras;
+        }
+
+        if (extras.ValueHeadDim is { } dv && dv != shape.HeadDimV)
+        {
+            throw new ArgumentException(
+                $"The shape's HeadDimV is {shape.HeadDimV} but the extras' ValueHeadDim is {dv}; set one of them.", nameof(extras));
+        }
+
+        return extras with { ValueHeadDim = shape.HeadDimV };
+    }
+
     /// <summary>The extras of the public overloads: an empty span is "none".</summary>
     private static ReferenceExtras SinksAndAlibi(ReadOnlySpan<double> sinks, ReadOnlySpan<double> alibiSlopes) => new()
     {

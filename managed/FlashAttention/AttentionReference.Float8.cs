@@ -80,6 +80,14 @@ public static partial class AttentionReference
     {
         ArgumentNullException.ThrowIfNull(options);
         shape.Validate(nameof(shape));
+        if (shape.HeadDimV != shape.HeadDim)
+        {
+            // As the library: the fp8 forward has no V head dim of its own (C ABI 0.10 serves it in fp16 and bf16 only).
+            throw new ArgumentException(
+                $"The fp8 reference takes one head dim for q, k and v; the shape's HeadDimV is {shape.HeadDimV} but its HeadDim is {shape.HeadDim}.",
+                nameof(shape));
+        }
+
         RequireFloat8Inputs(q, k, v, shape.QElementCount, shape.KvElementCount, qDescale, kDescale, vDescale, shape.Batch, shape.HeadsKv);
         int seqQ = shape.SeqLenQ, seqK = shape.SeqLenK;
         var (tq, tk, tv) = Dequantize(

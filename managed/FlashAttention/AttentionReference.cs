@@ -14,6 +14,14 @@ namespace FlashAttn;
 /// softmax subtracts the row maximum before exponentiating.
 /// </para>
 /// <para>
+/// v and the output may have a head dim of their own (FlashAttention-3's separate V head dim, FEATURES.md §8):
+/// <see cref="AttentionShape.HeadDimV"/> for the fixed-length overloads, the <c>headDimV</c> parameter of one
+/// variable-length overload. Scores, the default scale <c>HeadDim^-0.5</c> and the log-sum-exp use q and k alone; each
+/// output row is the weighted sum of <c>HeadDimV</c>-long value rows. The backward overloads that take a shape honour it
+/// too (dV and the output gradient with <c>HeadDimV</c> columns), although the GPU backward does not serve it yet. With
+/// <c>HeadDimV</c> unset (or equal to <c>HeadDim</c>) nothing changes, bit for bit.
+/// </para>
+/// <para>
 /// Visibility follows <c>flash_attention.h</c>: with <c>off = seqLenK - seqLenQ</c> (bottom-right alignment, per
 /// sequence) or 0 (top-left), key <c>j</c> is visible iff <c>j &gt;= i + off - WindowLeft</c> (when set),
 /// <c>j &lt;= i + off + WindowRight</c> (when set) and, when causal, <c>j &lt;= i + off</c>. A row that sees no key
@@ -29,10 +37,10 @@ public static partial class AttentionReference
     /// <summary>Runs attention forward in float64.</summary>
     /// <param name="q">Queries, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
     /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
-    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDimV]</c> (<see cref="AttentionShape.HeadDimV"/>: <c>HeadDim</c> unless set).</param>
     /// <param name="shape">The sizes.</param>
     /// <param name="options">Mask, alignment, window, softcap and scale (<see cref="AttentionOptions.KernelPath"/> is ignored).</param>
-    /// <param name="output">Receives the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="output">Receives the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDimV]</c>.</param>
     /// <param name="logSumExp">
     /// Receives the log-sum-exp, <c>[Batch, HeadsQ, SeqLenQ]</c>; pass an empty span to skip it.
     /// </param>
@@ -56,11 +64,11 @@ public static partial class AttentionReference
     /// </summary>
     /// <param name="q">Queries, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
     /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
-    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDimV]</c> (<see cref="AttentionShape.HeadDimV"/>: <c>HeadDim</c> unless set).</param>
     /// <param name="shape">The sizes.</param>
     /// <param name="options">Mask, alignment, window, softcap and scale (<see cref="AttentionOptions.KernelPath"/> is ignored).</param>
     /// <param name="sinks">One sink logit per query head, <c>[HeadsQ]</c>, in final-logit units.</param>
-    /// <param name="output">Receives the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="output">Receives the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDimV]</c>.</param>
     /// <param name="logSumExp">Receives the log-sum-exp, <c>[Batch, HeadsQ, SeqLenQ]</c>; pass an empty span to skip it.</param>
     /// <exception cref="ArgumentException">A span length does not match <paramref name="shape"/>, or the shape is invalid.</exception>
     /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
@@ -118,7 +126,7 @@ public static partial class AttentionReference
     /// </summary>
     /// <param name="q">Queries, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
     /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
-    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDimV]</c> (<see cref="AttentionShape.HeadDimV"/>: <c>HeadDim</c> unless set).</param>
     /// <param name="shape">The sizes.</param>
     /// <param name="options">Mask, alignment, window, softcap and scale.</param>
     /// <param name="sinks">One sink logit per query head, <c>[HeadsQ]</c>, or empty for none.</param>
@@ -127,7 +135,7 @@ public static partial class AttentionReference
     /// none: FlashAttention-2's bias (<c>-slope · |i + off - j|</c>, or <c>+slope · j</c> for a causal mask without a left
     /// window; see <see cref="AttentionArguments.AlibiSlopes"/>), added after the scale and softcap.
     /// </param>
-    /// <param name="output">Receives the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
+    /// <param name="output">Receives the output, <c>[Batch, SeqLenQ, HeadsQ, HeadDimV]</c>.</param>
     /// <param name="logSumExp">Receives the log-sum-exp, <c>[Batch, HeadsQ, SeqLenQ]</c>; pass an empty span to skip it.</param>
     /// <exception cref="ArgumentException">A span length does not match <paramref name="shape"/>, or the shape is invalid.</exception>
     /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
@@ -184,8 +192,57 @@ public static partial class AttentionReference
             q, k, v, seqLensQ, seqLensK, headsQ, headsKv, headDim, options, SinksAndAlibi(sinks, alibiSlopes), output, logSumExp);
 
     /// <summary>
+    /// Runs attention forward in float64 over a variable-length batch whose v and output have a head dim of their own
+    /// (FlashAttention-3's separate V head dim, FEATURES.md §8), with learnable sinks and ALiBi slopes (each optional: an
+    /// empty span is none), as
+    /// <see cref="ForwardVarlen(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{int}, ReadOnlySpan{int}, int, int, int, AttentionOptions, ReadOnlySpan{double}, ReadOnlySpan{double}, Span{double}, Span{double})"/>:
+    /// the scores and the default scale use <paramref name="headDim"/>, each output row is the weighted sum of
+    /// <paramref name="headDimV"/>-long value rows, the log-sum-exp is unchanged. The fixed-length overloads take the V
+    /// head dim from <see cref="AttentionShape.HeadDimV"/>.
+    /// </summary>
+    /// <param name="q">Packed queries, <c>[totalQ, headsQ, headDim]</c>.</param>
+    /// <param name="k">Packed keys, <c>[totalK, headsKv, headDim]</c>.</param>
+    /// <param name="v">Packed values, <c>[totalK, headsKv, headDimV]</c>.</param>
+    /// <param name="seqLensQ">Query length of each sequence (0 or more).</param>
+    /// <param name="seqLensK">Key length of each sequence (0 or more).</param>
+    /// <param name="headsQ">Query heads.</param>
+    /// <param name="headsKv">Key/value heads.</param>
+    /// <param name="headDim">Head dimension of q and k.</param>
+    /// <param name="headDimV">Head dimension of v and the output (1 or more; <paramref name="headDim"/> for the usual case).</param>
+    /// <param name="options">Mask, alignment, window, softcap and scale.</param>
+    /// <param name="sinks">One sink logit per query head, <c>[headsQ]</c>, or empty for none.</param>
+    /// <param name="alibiSlopes">ALiBi slopes, <c>[headsQ]</c> or <c>[sequences, headsQ]</c>, or empty for none.</param>
+    /// <param name="output">Receives the output, <c>[totalQ, headsQ, headDimV]</c>.</param>
+    /// <param name="logSumExp">Receives the log-sum-exp, <c>[headsQ, totalQ]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">The sizes or span lengths are inconsistent.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="headDimV"/> is below 1.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> is null.</exception>
+    public static void ForwardVarlen(
+        ReadOnlySpan<double> q,
+        ReadOnlySpan<double> k,
+        ReadOnlySpan<double> v,
+        ReadOnlySpan<int> seqLensQ,
+        ReadOnlySpan<int> seqLensK,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        int headDimV,
+        AttentionOptions options,
+        ReadOnlySpan<double> sinks,
+        ReadOnlySpan<double> alibiSlopes,
+        Span<double> output,
+        Span<double> logSumExp)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(headDimV, 1);
+        ForwardVarlenWithExtras(
+            q, k, v, seqLensQ, seqLensK, headsQ, headsKv, headDim, options,
+            SinksAndAlibi(sinks, alibiSlopes) with { ValueHeadDim = headDimV }, output, logSumExp);
+    }
+
+    /// <summary>
     /// Runs attention forward in float64 with the options of <see cref="ReferenceExtras"/> (ALiBi, sinks, a V head
-    /// dim, dropout); v and the output have <c>ValueHeadDim</c> columns.
+    /// dim, dropout); v and the output have <c>ValueHeadDim</c> columns, which is <paramref name="shape"/>'s
+    /// <see cref="AttentionShape.HeadDimV"/> when that differs from its head dim (see <see cref="WithValueHeadDimOf"/>).
     /// </summary>
     internal static unsafe void ForwardWithExtras(
         ReadOnlySpan<double> q,
@@ -200,7 +257,7 @@ public static partial class AttentionReference
         ArgumentNullException.ThrowIfNull(options);
         shape.Validate(nameof(shape));
         options.Validate(nameof(options));
-        var plan = new ExtrasPlan(extras, options, shape.Batch, shape.HeadsQ, shape.HeadDim, shape.SeqLenK);
+        var plan = new ExtrasPlan(WithValueHeadDimOf(shape, extras), options, shape.Batch, shape.HeadsQ, shape.HeadDim, shape.SeqLenK);
         int dv = plan.ValueHeadDim;
         long vElements = (long)shape.Batch * shape.SeqLenK * shape.HeadsKv * dv;
         long oElements = (long)shape.Batch * shape.SeqLenQ * shape.HeadsQ * dv;
@@ -429,7 +486,7 @@ public static partial class AttentionReference
     /// <summary>Runs <see cref="Forward(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, AttentionShape, AttentionOptions, Span{double}, Span{double})"/> on bfloat16 inputs, widened exactly to float64.</summary>
     /// <param name="q">Queries, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
     /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
-    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDimV]</c> (<see cref="AttentionShape.HeadDimV"/>: <c>HeadDim</c> unless set).</param>
     /// <param name="shape">The sizes.</param>
     /// <param name="options">Mask, alignment, window, softcap and scale.</param>
     /// <param name="output">Receives the output in float64.</param>
@@ -447,7 +504,7 @@ public static partial class AttentionReference
     /// <summary>Runs <see cref="Forward(ReadOnlySpan{double}, ReadOnlySpan{double}, ReadOnlySpan{double}, AttentionShape, AttentionOptions, Span{double}, Span{double})"/> on float16 inputs, widened exactly to float64.</summary>
     /// <param name="q">Queries, <c>[Batch, SeqLenQ, HeadsQ, HeadDim]</c>.</param>
     /// <param name="k">Keys, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
-    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDim]</c>.</param>
+    /// <param name="v">Values, <c>[Batch, SeqLenK, HeadsKv, HeadDimV]</c> (<see cref="AttentionShape.HeadDimV"/>: <c>HeadDim</c> unless set).</param>
     /// <param name="shape">The sizes.</param>
     /// <param name="options">Mask, alignment, window, softcap and scale.</param>
     /// <param name="output">Receives the output in float64.</param>

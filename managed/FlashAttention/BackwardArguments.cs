@@ -14,14 +14,14 @@ namespace FlashAttn;
 /// <param name="K">Keys of the forward call, q's dtype; headsKv divides headsQ.</param>
 /// <param name="V">Values of the forward call, k's shape and q's dtype.</param>
 /// <param name="Output">Output of the forward call, q's shape and dtype.</param>
-/// <param name="DOut">Gradient of the loss with respect to <paramref name="Output"/>, q's shape and dtype.</param>
+/// <param name="DOut">Gradient of the loss with respect to <paramref name="Output"/>, its shape and q's dtype.</param>
 /// <param name="LogSumExp">
 /// Log-sum-exp the forward call wrote (required): Float32 <c>[batch, headsQ, seqLenQ]</c>, or <c>[headsQ, totalQ]</c>
 /// with a <see cref="Batch"/>.
 /// </param>
 /// <param name="DQ">Written: the gradient of q, q's shape and dtype.</param>
 /// <param name="DK">Written: the gradient of k (summed over each GQA group's query heads), k's shape and q's dtype.</param>
-/// <param name="DV">Written: the gradient of v, as <paramref name="DK"/>.</param>
+/// <param name="DV">Written: the gradient of v (summed like <paramref name="DK"/>), v's shape and q's dtype.</param>
 /// <param name="Batch">The forward call's sequence boundaries for a variable-length batch, or null for a fixed-length call.</param>
 /// <param name="Workspace">
 /// Scratch memory of at least <see cref="FlashAttention.GetBackwardWorkspaceSize(in BackwardArguments, AttentionOptions)"/>
@@ -29,10 +29,17 @@ namespace FlashAttn;
 /// it: the check and the workspace-size query ignore it.
 /// </param>
 /// <remarks>
+/// <para>
 /// A <c>readonly record struct</c> for the reasons given on <see cref="AttentionArguments"/>: no allocation per call,
 /// passed by <see langword="in"/> reference, <c>with</c> for variants. Every required tensor is checked for null by the
 /// call (<see cref="ArgumentNullException"/> named as the positional overloads' parameters: q, k, v, output, dOut,
 /// logSumExp, dq, dk, dv) before any native call.
+/// </para>
+/// <para>
+/// A forward call whose v has a head dim of its own (<see cref="AttentionShape.HeadDimV"/>) has no backward yet: with
+/// <paramref name="DOut"/> shaped like its output and <paramref name="DV"/> like v, the native library refuses it as
+/// <see cref="FlashAttentionStatus.Unsupported"/> with the reason.
+/// </para>
 /// </remarks>
 public readonly record struct BackwardArguments(
     DeviceTensor Q,

@@ -176,6 +176,13 @@ public sealed class DeviceTensor
     /// <summary>Whether <paramref name="other"/> has this shape (compares without allocating).</summary>
     internal bool HasShapeOf(DeviceTensor other) => _shape.AsSpan().SequenceEqual(other._shape);
 
+    /// <summary>
+    /// Whether <paramref name="other"/> has this rank and this shape in every dimension but the last (the head dim, which
+    /// v and the output may have of their own); compares without allocating.
+    /// </summary>
+    internal bool HasLeadingShapeOf(DeviceTensor other) =>
+        _shape.Length == other._shape.Length && _shape.Length > 0 && _shape.AsSpan(0, _shape.Length - 1).SequenceEqual(other._shape.AsSpan(0, other._shape.Length - 1));
+
     /// <summary>Fills a native descriptor; the caller holds a lease on <see cref="Owner"/>.</summary>
     internal unsafe FaTensor ToNative(IntPtr ownerPointer)
     {

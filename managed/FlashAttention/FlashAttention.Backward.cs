@@ -13,7 +13,9 @@ namespace FlashAttn;
 /// like q, <c>dk</c> and <c>dv</c> like k, all of q's dtype; the log-sum-exp the forward wrote is required. The options
 /// (scale, causal mask and alignment, window, softcap) must be the forward call's, and so must the learnable sinks
 /// (<see cref="BackwardArguments.Sinks"/>, whose gradient <see cref="BackwardArguments.DSinks"/> receives);
-/// <see cref="AttentionOptions.Deterministic"/> chooses reproducible dq accumulation.
+/// <see cref="AttentionOptions.Deterministic"/> chooses reproducible dq accumulation. A forward call whose v had a head dim
+/// of its own (C ABI 0.10) has no backward yet: with <c>dOut</c> shaped like its output and <c>dv</c> like v, the native
+/// library refuses it (<see cref="FlashAttentionStatus.Unsupported"/>, with the reason).
 /// </remarks>
 public sealed partial class FlashAttention
 {
@@ -402,8 +404,13 @@ public sealed partial class FlashAttention
             return new Problem("dSinks", "dSinks is the gradient of the sinks but Sinks is null; pass the forward call's sinks, or leave dSinks null.");
         }
 
-        return GradientProblem(a.DOut, "dOut", a.Q, "q", a.Q, varlen, device) ?? GradientProblem(a.DQ, "dq", a.Q, "q", a.Q, varlen, device) ??
-            GradientProblem(a.DK, "dk", a.K, "k", a.Q, varlen, device) ?? GradientProblem(a.DV, "dv", a.K, "k", a.Q, varlen, device) ??
+        // dOut is shaped like the output and dv like v: q's and k's shapes, unless v has a head dim of its own (C ABI
+        // 0.10: a forward-only feature so far, which the native library refuses as UNSUPPORTED with the reason once
+        // these shapes agree).
+        bool ownValueDim = a.V.Shape[^1] != a.Q.Shape[^1];
+        return GradientProblem(a.DOut, "dOut", a.Output, ownValueDim ? "output" : "q", a.Q, varlen, device) ??
+            GradientProblem(a.DQ, "dq", a.Q, "q", a.Q, varlen, device) ?? GradientProblem(a.DK, "dk", a.K, "k", a.Q, varlen, device) ??
+            GradientProblem(a.DV, "dv", a.V, ownValueDim ? "v" : "k", a.Q, varlen, device) ??
             SinksProblem(a.DSinks, "dSinks", a.Q.Shape[a.Q.Rank - 2], device);
     }
 

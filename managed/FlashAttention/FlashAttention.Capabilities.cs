@@ -48,8 +48,8 @@ public sealed partial class FlashAttention
     }
 
     /// <summary>
-    /// Asks whether this build of the native library serves a kind of call (pass, dtype, head dim, masks, varlen,
-    /// architecture), so a caller can choose a fallback before launching. Needs the native library but no GPU.
+    /// Asks whether this build of the native library serves a kind of call (pass, dtype, head dim and V head dim, masks,
+    /// varlen, architecture), so a caller can choose a fallback before launching. Needs the native library but no GPU.
     /// </summary>
     /// <param name="query">The kind of call.</param>
     /// <returns>
@@ -59,7 +59,8 @@ public sealed partial class FlashAttention
     /// </returns>
     /// <exception cref="ArgumentNullException"><paramref name="query"/> is null.</exception>
     /// <exception cref="ArgumentException">
-    /// The query is malformed: an undefined enum value, a head dim below 1 or a negative compute capability.
+    /// The query is malformed: an undefined enum value, a head dim below 1, a negative V head dim
+    /// (<see cref="SupportQuery.HeadDimV"/>) or a negative compute capability.
     /// </exception>
     /// <exception cref="FlashAttentionException">
     /// The native library cannot be loaded (status <see cref="FlashAttentionStatus.NoDevice"/>) or rejected the query
@@ -88,6 +89,11 @@ public sealed partial class FlashAttention
             throw new ArgumentException($"HeadDim must be 1 or more; got {query.HeadDim}.", nameof(query));
         }
 
+        if (query.HeadDimV < 0)
+        {
+            throw new ArgumentException($"HeadDimV must be 0 (the same as HeadDim) or 1 or more; got {query.HeadDimV}.", nameof(query));
+        }
+
         if (query.ComputeCapability < 0)
         {
             throw new ArgumentException(
@@ -109,6 +115,7 @@ public sealed partial class FlashAttention
         q.dropout = query.Dropout ? 1 : 0;
         q.varlen = query.Varlen ? 1 : 0;
         q.kernel_path = (int)query.KernelPath;
+        q.head_dim_v = query.HeadDimV;
         FaStatus status = NativeMethods.fa_query_support(&q);
         return status switch
         {

@@ -13,8 +13,8 @@ public sealed partial class FlashAttention
     /// </summary>
     /// <param name="q">Packed queries <c>[totalQ, headsQ, headDim]</c>, Float16, BFloat16 or Float8E4M3; headDim a multiple of 8 (16 for Float8E4M3).</param>
     /// <param name="k">Packed keys <c>[totalK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
-    /// <param name="v">Packed values, k's shape and q's dtype.</param>
-    /// <param name="output">Output, q's shape and dtype (BFloat16 when q is Float8E4M3).</param>
+    /// <param name="v">Packed values <c>[totalK, headsKv, headDimV]</c>, q's dtype: k's shape, or with a head dim of its own (see <see cref="ForwardVarlen"/>).</param>
+    /// <param name="output">Output <c>[totalQ, headsQ, headDimV]</c> (q's shape with v's head dim), q's dtype (BFloat16 when q is Float8E4M3).</param>
     /// <param name="batch">The sequence boundaries.</param>
     /// <param name="message">"" on success; otherwise why the call would be refused.</param>
     /// <param name="logSumExp">Optional log-sum-exp <c>[headsQ, totalQ]</c>, Float32.</param>
@@ -50,9 +50,13 @@ public sealed partial class FlashAttention
     /// headDim a multiple of 8 (16 for Float8E4M3). Sequence <c>b</c> is rows <c>CuSeqlensQ[b] .. CuSeqlensQ[b + 1] - 1</c>.
     /// </param>
     /// <param name="k">Packed keys <c>[totalK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
-    /// <param name="v">Packed values, k's shape and q's dtype.</param>
+    /// <param name="v">
+    /// Packed values <c>[totalK, headsKv, headDimV]</c>, q's dtype: k's shape, or with a head dim of its own (headDimV: the
+    /// pairs <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/> describes).
+    /// </param>
     /// <param name="output">
-    /// Written: <c>[totalQ, headsQ, headDim]</c>, q's dtype (BFloat16 when q is Float8E4M3); must not overlap the inputs.
+    /// Written: <c>[totalQ, headsQ, headDimV]</c> (q's shape with v's head dim), q's dtype (BFloat16 when q is Float8E4M3);
+    /// must not overlap the inputs.
     /// </param>
     /// <param name="batch">The sequence boundaries; keep it undisposed until the work is done.</param>
     /// <param name="logSumExp">

@@ -77,8 +77,11 @@ public sealed partial class FlashAttention : IDisposable
     /// </summary>
     /// <param name="q">Queries <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16, BFloat16 or Float8E4M3; headDim a multiple of 8 (16 for Float8E4M3).</param>
     /// <param name="k">Keys <c>[batch, seqLenK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
-    /// <param name="v">Values, k's shape and q's dtype.</param>
-    /// <param name="output">Output, q's shape and dtype (BFloat16 when q is Float8E4M3).</param>
+    /// <param name="v">
+    /// Values <c>[batch, seqLenK, headsKv, headDimV]</c>, q's dtype: k's shape, but for a head dim of its own where the
+    /// library serves one (see <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>).
+    /// </param>
+    /// <param name="output">Output <c>[batch, seqLenQ, headsQ, headDimV]</c>: q's shape with v's head dim; q's dtype (BFloat16 when q is Float8E4M3).</param>
     /// <param name="message">"" on success; otherwise why the call would be refused.</param>
     /// <param name="logSumExp">Optional log-sum-exp <c>[batch, headsQ, seqLenQ]</c>, Float32.</param>
     /// <param name="options">Options, or null for <see cref="AttentionOptions.Default"/>.</param>
@@ -140,10 +143,13 @@ public sealed partial class FlashAttention : IDisposable
     /// for a build), of 16 for Float8E4M3.
     /// </param>
     /// <param name="k">Keys <c>[batch, seqLenK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ (GQA/MQA).</param>
-    /// <param name="v">Values, k's shape and q's dtype.</param>
+    /// <param name="v">
+    /// Values <c>[batch, seqLenK, headsKv, headDimV]</c>, q's dtype: k's shape, or with a head dim of its own (headDimV;
+    /// see the remarks).
+    /// </param>
     /// <param name="output">
-    /// Written: <c>[batch, seqLenQ, headsQ, headDim]</c>, q's dtype (BFloat16 when q is Float8E4M3); must not overlap the
-    /// inputs.
+    /// Written: <c>[batch, seqLenQ, headsQ, headDimV]</c> (q's shape with v's head dim), q's dtype (BFloat16 when q is
+    /// Float8E4M3); must not overlap the inputs.
     /// </param>
     /// <param name="logSumExp">
     /// Optional, written: <c>[batch, headsQ, seqLenQ]</c> Float32, natural log with the scale included; +infinity for
@@ -155,6 +161,11 @@ public sealed partial class FlashAttention : IDisposable
     /// <para>
     /// Graph-safe: the call neither synchronises nor allocates, so it may be captured into a <see cref="CudaGraph"/>
     /// (<see cref="CudaStream.BeginCapture"/>); each replay then reads and writes the same device pointers.
+    /// </para>
+    /// <para>
+    /// A V head dim of its own (FlashAttention-3's, C ABI 0.10): v <c>[batch, seqLenK, headsKv, headDimV]</c> and the
+    /// output <c>[batch, seqLenQ, headsQ, headDimV]</c>, as in
+    /// <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>.
     /// </para>
     /// <para>
     /// fp8 (Float8E4M3 q, k and v, BFloat16 output) without descale factors; for per-(batch, KV head) factors use
@@ -194,6 +205,19 @@ public sealed partial class FlashAttention : IDisposable
     /// <remarks>
     /// <para>
     /// Graph-safe: the call neither synchronises nor allocates, so it may be captured into a <see cref="CudaGraph"/>.
+    /// </para>
+    /// <para>
+    /// A V head dim of its own (FlashAttention-3's separate V head dim, C ABI 0.10): v may have a last dimension headDimV
+    /// other than q's and k's headDim, and the output then has it too (q's shape with v's head dim; the managed side
+    /// checks only that the shapes agree so). Scores, the default scale <c>headDim^-0.5</c> and the log-sum-exp use q and
+    /// k alone; each output row is the weighted sum of headDimV-long value rows (<see cref="AttentionShape.HeadDimV"/>
+    /// and <see cref="AttentionReference"/> describe the same maths). Served: (headDim, headDimV) = (192, 128) and
+    /// (64, 512), Float16 and BFloat16, on the sm80 kernels with every forward option (causal, window, softcap, ALiBi,
+    /// sinks, dropout, varlen, GQA, log-sum-exp); <see cref="KernelPath.Auto"/> takes them on any GPU. Every other pair,
+    /// <see cref="KernelPath.Sm90"/> and Float8E4M3 throw <see cref="FlashAttentionException"/> with
+    /// <see cref="FlashAttentionStatus.Unsupported"/> and the native library's reason
+    /// (<see cref="QuerySupport(SupportQuery)"/> with <see cref="SupportQuery.HeadDimV"/> tells beforehand). The backward
+    /// pass has no V head dim of its own yet (UNSUPPORTED); decode has none.
     /// </para>
     /// <para>
     /// fp8 (FlashAttention-3's fp8 forward): the attention of the true values <c>q · QDescale[b, h / (headsQ / headsKv)]</c>,
@@ -408,14 +432,25 @@ public sealed partial class FlashAttention : IDisposable
             return new Problem(nameof(k), $"k must be [total_k, heads_kv, head_dim={dim}] to match q {q}; it is {k}.");
         }
 
-        if (!k.HasShapeOf(v))
+        // v and the output may have a head dim of their own (head_dim_v, C ABI 0.10): which pairs are served is the
+        // native library's answer (UNSUPPORTED with the reason), so only the shapes' agreement is checked here.
+        if (!k.HasLeadingShapeOf(v))
         {
-            return new Problem(nameof(v), $"v must have k's shape [{string.Join(", ", k.Shape)}]; it is {v}.");
+            return new Problem(
+                nameof(v), $"v must have k's shape [{string.Join(", ", k.Shape.Take(last))}, head_dim_v] (its own head dim last); it is {v}.");
         }
 
-        if (!q.HasShapeOf(output))
+        long dimV = v.Shape[last];
+        if (!q.HasLeadingShapeOf(output))
         {
-            return new Problem(nameof(output), $"output must have q's shape [{string.Join(", ", q.Shape)}]; it is {output}.");
+            return new Problem(
+                nameof(output), $"output must have q's shape [{string.Join(", ", q.Shape.Take(last))}] with v's head dim ({dimV}) last; it is {output}.");
+        }
+
+        if (output.Shape[last] != dimV)
+        {
+            return new Problem(
+                nameof(output), $"output's head dim is {output.Shape[last]} but v's is {dimV}: out takes v's head dim (q's is {dim}); output is {output}, v is {v}.");
         }
 
         long headsKv = k.Shape[last - 1];

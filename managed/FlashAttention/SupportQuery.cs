@@ -11,7 +11,7 @@ namespace FlashAttn;
 /// capability 9.0 or 0, <see cref="KernelPath.Auto"/> or <see cref="KernelPath.Sm90"/>, head dims that are multiples of
 /// 16, a build with the sm90 fp8 kernels).
 /// </param>
-/// <param name="HeadDim">The head dimension (1 or more).</param>
+/// <param name="HeadDim">The head dimension of q and k (1 or more); that of v and the output is <see cref="HeadDimV"/>.</param>
 /// <param name="Causal">Whether the call is causal.</param>
 /// <param name="Window">Whether the call has a sliding window (<see cref="AttentionOptions.HasWindow"/>).</param>
 /// <param name="Softcap">Whether the call uses soft-capping (<see cref="AttentionOptions.Softcap"/> set).</param>
@@ -47,7 +47,21 @@ public sealed record SupportQuery(
     /// </summary>
     public bool Dropout { get; init; }
 
-    /// <summary>The query that describes a call with these options.</summary>
+    /// <summary>
+    /// The head dim of v and the output when it differs from <see cref="HeadDim"/>; 0 (default) or <see cref="HeadDim"/>:
+    /// the same. Set it with an object initializer or <c>with</c>:
+    /// <c>SupportQuery.For(AttentionPass.Forward, DataType.BFloat16, 192, options) with { HeadDimV = 128 }</c>. The pairs
+    /// (HeadDim, HeadDimV) = (192, 128) and (64, 512) are served by the forward pass on the sm80 path (Float16 and
+    /// BFloat16, every forward option; <see cref="KernelPath.Auto"/> takes sm80 for them on any GPU, C ABI 0.10); the
+    /// backward pass, decode, <see cref="KernelPath.Sm90"/>, Float8E4M3 and every other pair are refused with the native
+    /// library's reason.
+    /// </summary>
+    public int HeadDimV { get; init; }
+
+    /// <summary>
+    /// The query that describes a call with these options (one head dim for q, k and v; add a V head dim of its own with
+    /// <c>with { HeadDimV = ... }</c>).
+    /// </summary>
     /// <param name="pass">The computation.</param>
     /// <param name="dataType">The element type of q, k and v.</param>
     /// <param name="headDim">The head dimension.</param>

@@ -47,7 +47,9 @@ public sealed unsafe class DropoutAbiTests
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.dropout_seed)).ToInt64() % 8, Is.Zero);
             Assert.That(bwdBlock, Is.EqualTo(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.alibi_slopes)).ToInt64() + sizeof(FaTensor)));
             Assert.That(sizeof(FaBackwardParams) - bwdBlock, Is.EqualTo(40), "p, reserved2, seed, offset, two pointers");
-            Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.dropout)).ToInt64() + sizeof(int), Is.EqualTo(sizeof(FaSupportQuery)));
+            // 0.10 appends head_dim_v right after dropout (ValueHeadDimValidationTests checks it).
+            Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.dropout)).ToInt64() + sizeof(int),
+                Is.EqualTo(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.head_dim_v)).ToInt64()));
             Assert.That((int)FaDtype.Uint8, Is.EqualTo(6));
             Assert.That(NativeMethods.FA_VERSION_CODE, Is.GreaterThanOrEqualTo(900));
         });

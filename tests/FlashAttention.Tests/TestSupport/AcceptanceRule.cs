@@ -5,6 +5,7 @@ namespace FlashAttn.Tests.TestSupport;
 /// every element written and finite; rows without keys exactly 0; relative L2 error against the float64
 /// reference no more than twice that of a same-dtype naive attention and under a dtype cap; max abs error no more
 /// than twice the naive one (the FA2 rule, KERNELS.md section 5); log-sum-exp within tolerance, +inf where no key.
+/// The output has <see cref="AttentionDims.HeadDimV"/> columns (the head dim unless a case sets another).
 /// </summary>
 internal static class AcceptanceRule
 {
@@ -55,8 +56,8 @@ internal static class AcceptanceRule
             {
                 for (int h = 0; h < dims.HeadsQ; h++)
                 {
-                    long start = (((long)b * dims.SeqQ + i) * dims.HeadsQ + h) * dims.HeadDim;
-                    for (int x = 0; x < dims.HeadDim; x++)
+                    long start = (((long)b * dims.SeqQ + i) * dims.HeadsQ + h) * dims.HeadDimV;
+                    for (int x = 0; x < dims.HeadDimV; x++)
                     {
                         if (ours[start + x] != 0f && problems.Count == 0)
                         {

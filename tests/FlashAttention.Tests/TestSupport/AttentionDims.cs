@@ -2,21 +2,38 @@ namespace FlashAttn.Tests.TestSupport;
 
 /// <summary>
 /// Shape of one attention problem as the tests describe it, independent of the product's own shape type:
-/// q and out are [Batch, SeqQ, HeadsQ, HeadDim], k and v are [Batch, SeqK, HeadsKv, HeadDim] (dense),
-/// the log-sum-exp is [Batch, HeadsQ, SeqQ].
+/// q is [Batch, SeqQ, HeadsQ, HeadDim], k [Batch, SeqK, HeadsKv, HeadDim], v [Batch, SeqK, HeadsKv, HeadDimV] and out
+/// [Batch, SeqQ, HeadsQ, HeadDimV] (dense; <see cref="HeadDimV"/> is HeadDim unless set), the log-sum-exp is
+/// [Batch, HeadsQ, SeqQ].
 /// </summary>
 public readonly record struct AttentionDims(int Batch, int SeqQ, int SeqK, int HeadsQ, int HeadsKv, int HeadDim)
 {
+    private readonly int _headDimV;
+
+    /// <summary>Head dim of v and out (FlashAttention-3's separate V head dim): HeadDim unless set (0 also means HeadDim).</summary>
+    public int HeadDimV
+    {
+        get => _headDimV == 0 ? HeadDim : _headDimV;
+        init => _headDimV = value;
+    }
+
     public int QElements => Batch * SeqQ * HeadsQ * HeadDim;
 
     public int KvElements => Batch * SeqK * HeadsKv * HeadDim;
 
+    /// <summary>Elements of v: <see cref="KvElements"/> with <see cref="HeadDimV"/>.</summary>
+    public int VElements => Batch * SeqK * HeadsKv * HeadDimV;
+
+    /// <summary>Elements of the output: <see cref="QElements"/> with <see cref="HeadDimV"/>.</summary>
+    public int OutElements => Batch * SeqQ * HeadsQ * HeadDimV;
+
     public int LseElements => Batch * HeadsQ * SeqQ;
 
+    /// <summary>The default softmax scale: q's and k's head dim alone sets it (FEATURES.md §8).</summary>
     public double DefaultScale => 1.0 / Math.Sqrt(HeadDim);
 
     public override string ToString() =>
-        $"B={Batch} Sq={SeqQ} Sk={SeqK} Hq={HeadsQ} Hkv={HeadsKv} D={HeadDim}";
+        $"B={Batch} Sq={SeqQ} Sk={SeqK} Hq={HeadsQ} Hkv={HeadsKv} D={HeadDim}" + (HeadDimV != HeadDim ? $" Dv={HeadDimV}" : string.Empty);
 }
 
 /// <summary>Causal masking as the tests spell it.</summary>

@@ -56,7 +56,7 @@ public abstract class ForwardPathTestBase : AttentionTestBase
         KernelPath path = options.KernelPath;
         context = $"{context}, path {path}";
         SupportResult query = FlashAttention.QuerySupport(
-            SupportQuery.For(AttentionPass.Forward, dtype, headDim, options, varlen, Device.ComputeCapabilityCode));
+            SupportQuery.For(AttentionPass.Forward, dtype, headDim, options, varlen, Device.ComputeCapabilityCode) with { HeadDimV = contract.HeadDimV });
         Kernels.Clear();
         if (!contract.Serves)
         {
@@ -87,8 +87,38 @@ public abstract class ForwardPathTestBase : AttentionTestBase
         }
 
         Assert.That(query.IsSupported, Is.True, $"{context}: the capability query refuses what the call served: {query.Reason}");
-        ForwardPaths.AssertRan(Kernels.ForwardKernels, path, Device, dtype, headDim, context);
+        if (contract.AssertRan is { } assertRan)
+        {
+            assertRan(Kernels.ForwardKernels, context);
+        }
+        else
+        {
+            ForwardPaths.AssertRan(Kernels.ForwardKernels, path, Device, dtype, headDim, context);
+        }
+
         return true;
+    }
+
+    /// <summary>
+    /// <see cref="ForwardOnPath(AttentionOptions, DataType, int, bool, Action, IReadOnlyList{DeviceArray}, string)"/> for a
+    /// call whose v and output have a head dim of their own (<paramref name="headDimV"/>, C ABI 0.10): the sm80 forward
+    /// serves the pair on every GPU, so <see cref="KernelPath.Auto"/> and <see cref="KernelPath.Sm80"/> must run its
+    /// kernels (<see cref="ForwardPaths.AssertRanValuePair"/>) and the capability query with
+    /// <see cref="SupportQuery.HeadDimV"/> must agree; <see cref="KernelPath.Sm90"/> must be refused everywhere
+    /// (<see cref="ForwardPaths.AssertValueHeadDimSm90Refusal"/>), writing nothing.
+    /// </summary>
+    private protected bool ForwardValueHeadDimOnPath(
+        AttentionOptions options, DataType dtype, int headDim, int headDimV, bool varlen, Action forward, IReadOnlyList<DeviceArray> outputs, string context)
+    {
+        var contract = new PathContract(
+            options.KernelPath != KernelPath.Sm90,
+            "FA_PATH_SM90 for a V head dim other than q's (the sm90 path has no such kernels)",
+            $"the sm80 forward serves (head dim {headDim}, V head dim {headDimV}) on every GPU of a build with head dim {headDim}",
+            (ex, where) => ForwardPaths.AssertValueHeadDimSm90Refusal(ex.Status, ex.NativeMessage, where),
+            (_, query, where) => Assert.That(query.Reason, Does.Contain("FA_PATH_SM90").And.Contain("V head dim other than q's"), where),
+            HeadDimV: headDimV,
+            AssertRan: (ran, where) => ForwardPaths.AssertRanValuePair(ran, dtype, headDim, headDimV, where));
+        return ForwardOnPath(options, dtype, headDim, varlen, forward, outputs, context, contract);
     }
 
     /// <summary>
@@ -126,10 +156,17 @@ public abstract class ForwardPathTestBase : AttentionTestBase
     /// <param name="AssertRefusalAmongChecks">
     /// Checks the refusal (with the capability query's answer; the context) among the other checks of a refused call.
     /// </param>
+    /// <param name="HeadDimV">The V head dim the capability query asks about (<see cref="SupportQuery.HeadDimV"/>; 0: q's).</param>
+    /// <param name="AssertRan">
+    /// Checks the forward kernels a served call ran (from the log; the context); null: <see cref="ForwardPaths.AssertRan"/>
+    /// for the path.
+    /// </param>
     private protected sealed record PathContract(
         bool Serves,
         string Refuses,
         string MustServe,
         Action<FlashAttentionException, string>? AssertRefusal,
-        Action<FlashAttentionException, SupportResult, string> AssertRefusalAmongChecks);
+        Action<FlashAttentionException, SupportResult, string> AssertRefusalAmongChecks,
+        int HeadDimV = 0,
+        Action<IReadOnlyList<string>, string>? AssertRan = null);
 }

@@ -110,6 +110,47 @@ internal static class ForwardPaths
     }
 
     /// <summary>
+    /// The part of a kernel name that marks the sm80 forward kernels of a V head dim other than q's: <c>_hdim&lt;D&gt;v&lt;DV&gt;_</c>
+    /// (native/kernels/registry.cu names them <c>sm80_fwd_&lt;dtype&gt;_hdim&lt;D&gt;v&lt;DV&gt;[_local][_softcap][_dropout]_&lt;tile&gt;</c>).
+    /// </summary>
+    public static string ValuePairTag(int headDim, int headDimV) =>
+        $"_hdim{headDim.ToString(CultureInfo.InvariantCulture)}v{headDimV.ToString(CultureInfo.InvariantCulture)}_";
+
+    /// <summary>
+    /// Asserts that the forward kernels <paramref name="ran"/> (at least one) are all sm80 forward kernels of the pair
+    /// (<paramref name="headDim"/>, <paramref name="headDimV"/>) in <paramref name="dtype"/>, listed by the library: a V
+    /// head dim other than q's runs the sm80 path on every GPU, whatever <see cref="KernelPath.Auto"/> picks for equal
+    /// head dims.
+    /// </summary>
+    public static void AssertRanValuePair(IReadOnlyList<string> ran, DataType dtype, int headDim, int headDimV, string context)
+    {
+        string tag = ValuePairTag(headDim, headDimV);
+        string want = $"sm80_fwd_{DtypeTag(dtype)}{tag}";
+        string where = $"{context}: a V head dim other than q's must run {want}* kernels";
+        Assert.That(FlashAttention.CompiledKernels.Any(n => n.StartsWith(want, StringComparison.Ordinal)), Is.True,
+            $"{where}, but the library lists none");
+        Assert.That(ran, Is.Not.Empty, $"{where}; no FA_LOG_DEBUG line named a forward kernel");
+        foreach (string kernel in ran)
+        {
+            Assert.That(FlashAttention.CompiledKernels, Does.Contain(kernel), $"{where}; the log named {kernel}, which the library does not list");
+            Assert.That(kernel.StartsWith(want, StringComparison.Ordinal), Is.True, $"{where}; {kernel} ran");
+        }
+    }
+
+    /// <summary>
+    /// Asserts that a refusal of <see cref="KernelPath.Sm90"/> for a V head dim other than q's is the contract's on every
+    /// device and build: UNSUPPORTED, naming FA_PATH_SM90 and saying the path has no kernels for such a V head dim.
+    /// </summary>
+    public static void AssertValueHeadDimSm90Refusal(FlashAttentionStatus status, string message, string context)
+    {
+        using (Assert.EnterMultipleScope())
+        {
+            Assert.That(status, Is.EqualTo(FlashAttentionStatus.Unsupported), $"{context}: {message}");
+            Assert.That(message, Does.Contain("FA_PATH_SM90").And.Contain("V head dim other than q's"), context);
+        }
+    }
+
+    /// <summary>
     /// Asserts that a refusal of <see cref="KernelPath.Sm90"/> is the contract's: UNSUPPORTED, naming FA_PATH_SM90, and
     /// on a compute capability 9.0 device (so the build lacks sm_90a code) naming 90a.
     /// </summary>

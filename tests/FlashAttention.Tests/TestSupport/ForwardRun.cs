@@ -2,7 +2,7 @@ namespace FlashAttn.Tests.TestSupport;
 
 /// <summary>
 /// One forward problem on the GPU: fresh random dtype inputs, poisoned outputs, the call, and the results read
-/// back. Used by the Gpu fixtures.
+/// back. Used by the Gpu fixtures. v and the output have <see cref="AttentionDims.HeadDimV"/> columns.
 /// </summary>
 internal sealed class ForwardRun : IDisposable
 {
@@ -40,15 +40,21 @@ internal sealed class ForwardRun : IDisposable
 
     public long[] KvShape => [Dims.Batch, Dims.SeqK, Dims.HeadsKv, Dims.HeadDim];
 
+    /// <summary>v's shape: k's with <see cref="AttentionDims.HeadDimV"/> last.</summary>
+    public long[] VShape => [Dims.Batch, Dims.SeqK, Dims.HeadsKv, Dims.HeadDimV];
+
+    /// <summary>The output's shape: q's with <see cref="AttentionDims.HeadDimV"/> last.</summary>
+    public long[] OutShape => [Dims.Batch, Dims.SeqQ, Dims.HeadsQ, Dims.HeadDimV];
+
     public long[] LseShape => [Dims.Batch, Dims.HeadsQ, Dims.SeqQ];
 
     public DeviceTensor QT => DQ.Tensor(QShape);
 
     public DeviceTensor KT => DK.Tensor(KvShape);
 
-    public DeviceTensor VT => DV.Tensor(KvShape);
+    public DeviceTensor VT => DV.Tensor(VShape);
 
-    public DeviceTensor OutT => DOut.Tensor(QShape);
+    public DeviceTensor OutT => DOut.Tensor(OutShape);
 
     public DeviceTensor LseT => DLse.Tensor(LseShape);
 
@@ -60,11 +66,11 @@ internal sealed class ForwardRun : IDisposable
         {
             run.Q = RoundAll(dtype, TestRandom.Normal(random, dims.QElements));
             run.K = RoundAll(dtype, TestRandom.Normal(random, dims.KvElements));
-            run.V = RoundAll(dtype, TestRandom.Normal(random, dims.KvElements));
+            run.V = RoundAll(dtype, TestRandom.Normal(random, dims.VElements));
             run.DQ = DeviceArray.Upload(device, dtype, run.Q);
             run.DK = DeviceArray.Upload(device, dtype, run.K);
             run.DV = DeviceArray.Upload(device, dtype, run.V);
-            run.DOut = DeviceArray.Allocate(device, dtype, dims.QElements);
+            run.DOut = DeviceArray.Allocate(device, dtype, dims.OutElements);
             run.DLse = DeviceArray.Allocate(device, DataType.Float32, dims.LseElements);
             run.PoisonOutputs();
             return run;
@@ -95,7 +101,7 @@ internal sealed class ForwardRun : IDisposable
     {
         Q = RoundAll(DataType, TestRandom.Normal(random, Dims.QElements));
         K = RoundAll(DataType, TestRandom.Normal(random, Dims.KvElements));
-        V = RoundAll(DataType, TestRandom.Normal(random, Dims.KvElements));
+        V = RoundAll(DataType, TestRandom.Normal(random, Dims.VElements));
         DQ.Write(Q);
         DK.Write(K);
         DV.Write(V);
@@ -110,11 +116,11 @@ internal sealed class ForwardRun : IDisposable
     /// <summary>float64 reference output and log-sum-exp from the product's CPU oracle.</summary>
     public (double[] Out, double[] Lse) Reference(AttentionOptions options)
     {
-        var output = new double[Dims.QElements];
+        var output = new double[Dims.OutElements];
         var lse = new double[Dims.LseElements];
         AttentionReference.Forward(
             AttentionReference.ToDouble(Q), AttentionReference.ToDouble(K), AttentionReference.ToDouble(V),
-            new AttentionShape(Dims.Batch, Dims.SeqQ, Dims.SeqK, Dims.HeadsQ, Dims.HeadsKv, Dims.HeadDim),
+            new AttentionShape(Dims.Batch, Dims.SeqQ, Dims.SeqK, Dims.HeadsQ, Dims.HeadsKv, Dims.HeadDim) { HeadDimV = Dims.HeadDimV },
             options, output, lse);
         return (output, lse);
     }

@@ -48,7 +48,8 @@ internal static class NaiveAttention
 
     /// <summary>
     /// float64 attention with causal mask, alignment, sliding window and soft-capping (cap &gt; 0: each scaled
-    /// score s becomes cap * tanh(s / cap)). Rows that see no key get output 0 and log-sum-exp +infinity.
+    /// score s becomes cap * tanh(s / cap)). Rows that see no key get output 0 and log-sum-exp +infinity. v and the
+    /// output have <see cref="AttentionDims.HeadDimV"/> columns.
     /// </summary>
     public static (double[] Output, double[] Lse) Forward64(
         ReadOnlySpan<double> q, ReadOnlySpan<double> k, ReadOnlySpan<double> v, AttentionDims d,
@@ -57,7 +58,8 @@ internal static class NaiveAttention
         var qa = q.ToArray();
         var ka = k.ToArray();
         var va = v.ToArray();
-        var output = new double[d.QElements];
+        int dv = d.HeadDimV;
+        var output = new double[d.OutElements];
         var lse = new double[d.LseElements];
         int group = d.HeadsQ / d.HeadsKv;
         Parallel.For(0, d.Batch * d.HeadsQ, bh =>
@@ -78,7 +80,8 @@ internal static class NaiveAttention
                     }
                 }
 
-                long outBase = (((long)b * d.SeqQ + i) * d.HeadsQ + h) * d.HeadDim;
+                long qBase = (((long)b * d.SeqQ + i) * d.HeadsQ + h) * d.HeadDim;
+                long outBase = (((long)b * d.SeqQ + i) * d.HeadsQ + h) * dv;
                 if (visible.Count == 0)
                 {
                     lse[((long)b * d.HeadsQ + h) * d.SeqQ + i] = double.PositiveInfinity;
@@ -92,7 +95,7 @@ internal static class NaiveAttention
                     double dot = 0;
                     for (int x = 0; x < d.HeadDim; x++)
                     {
-                        dot += qa[outBase + x] * ka[kBase + x];
+                        dot += qa[qBase + x] * ka[kBase + x];
                     }
 
                     double score = scale * dot;
@@ -110,8 +113,8 @@ internal static class NaiveAttention
                 foreach (int j in visible)
                 {
                     double p = scores[j] / sum;
-                    long vBase = (((long)b * d.SeqK + j) * d.HeadsKv + hk) * d.HeadDim;
-                    for (int x = 0; x < d.HeadDim; x++)
+                    long vBase = (((long)b * d.SeqK + j) * d.HeadsKv + hk) * dv;
+                    for (int x = 0; x < dv; x++)
                     {
                         output[outBase + x] += p * va[vBase + x];
                     }
@@ -134,15 +137,18 @@ internal static class NaiveAttention
 
     /// <summary>
     /// Same as the <see cref="Mask"/> overload, with window and soft-cap (applied in float32), and an optional additive
-    /// bias <c>bias(b, h, i, j)</c> (ALiBi) added in float32 after the soft-cap, and optional dropout on the rounded P
-    /// (dropped elements skipped, the row's sum scaled by 1 / (1 - p) before the output's rounding).
+    /// bias <c>bias(b, h, i, j)</c> (ALiBi) added in float32 after the soft-cap, optional dropout on the rounded P
+    /// (dropped elements skipped, the row's sum scaled by 1 / (1 - p) before the output's rounding) and optional sink
+    /// logits (one per query head: an extra softmax column with no value row, in the maximum and the denominator; a row
+    /// that sees no key still gets 0). v and the output have <see cref="AttentionDims.HeadDimV"/> columns.
     /// </summary>
     public static float[] ForwardSameDtype(
         float[] q, float[] k, float[] v, AttentionDims d, MaskSpec mask, float scale, Func<float, float> round,
-        Func<int, int, int, int, float>? bias = null, Dropout? dropout = null)
+        Func<int, int, int, int, float>? bias = null, Dropout? dropout = null, float[]? sinks = null)
     {
         float keepScale = dropout is null ? 1f : 1f / (1f - dropout.P);
-        var output = new float[d.QElements];
+        int dv = d.HeadDimV;
+        var output = new float[d.OutElements];
         int group = d.HeadsQ / d.HeadsKv;
         Parallel.For(0, d.Batch * d.HeadsQ, bh =>
         {
@@ -150,11 +156,12 @@ internal static class NaiveAttention
             int h = bh % d.HeadsQ;
             int hk = h / group;
             var scores = new float[d.SeqK];
-            var acc = new float[d.HeadDim];
+            var acc = new float[dv];
             for (int i = 0; i < d.SeqQ; i++)
             {
-                long outBase = (((long)b * d.SeqQ + i) * d.HeadsQ + h) * d.HeadDim;
-                float max = float.NegativeInfinity;
+                long qBase = (((long)b * d.SeqQ + i) * d.HeadsQ + h) * d.HeadDim;
+                long outBase = (((long)b * d.SeqQ + i) * d.HeadsQ + h) * dv;
+                float max = sinks is null ? float.NegativeInfinity : sinks[h];
                 bool any = false;
                 for (int j = 0; j < d.SeqK; j++)
                 {
@@ -168,7 +175,7 @@ internal static class NaiveAttention
                     float dot = 0;
                     for (int x = 0; x < d.HeadDim; x++)
                     {
-                        dot += q[outBase + x] * k[kBase + x];
+                        dot += q[qBase + x] * k[kBase + x];
                     }
 
                     scores[j] = mask.Softcap > 0 ? mask.Softcap * MathF.Tanh(scale * dot / mask.Softcap) : scale * dot;
@@ -185,7 +192,7 @@ internal static class NaiveAttention
                     continue;
                 }
 
-                float sum = 0;
+                float sum = sinks is null ? 0 : MathF.Exp(sinks[h] - max);
                 for (int j = 0; j < d.SeqK; j++)
                 {
                     if (mask.Visible(i, j, d.SeqQ, d.SeqK))
@@ -204,14 +211,14 @@ internal static class NaiveAttention
                     }
 
                     float p = round(scores[j] / sum);
-                    long vBase = (((long)b * d.SeqK + j) * d.HeadsKv + hk) * d.HeadDim;
-                    for (int x = 0; x < d.HeadDim; x++)
+                    long vBase = (((long)b * d.SeqK + j) * d.HeadsKv + hk) * dv;
+                    for (int x = 0; x < dv; x++)
                     {
                         acc[x] += p * v[vBase + x];
                     }
                 }
 
-                for (int x = 0; x < d.HeadDim; x++)
+                for (int x = 0; x < dv; x++)
                 {
                     output[outBase + x] = round(acc[x] * keepScale);
                 }
