@@ -36,24 +36,6 @@ public sealed class ReferenceExtrasTests
         return result;
     }
 
-    /// <summary>One problem: sizes (dense <c>[B, S, H, D]</c> layouts, v and the output with Dv columns).</summary>
-    private sealed record Dims(int Batch, int Sq, int Sk, int Hq, int Hkv, int D, int Dv)
-    {
-        public int QElements => Batch * Sq * Hq * D;
-
-        public int KElements => Batch * Sk * Hkv * D;
-
-        public int VElements => Batch * Sk * Hkv * Dv;
-
-        public int OElements => Batch * Sq * Hq * Dv;
-
-        public int LseElements => Batch * Hq * Sq;
-
-        public AttentionShape Shape => new(Batch, Sq, Sk, Hq, Hkv, D);
-
-        public override string ToString() => $"B {Batch}, Sq {Sq}, Sk {Sk}, Hq {Hq}, Hkv {Hkv}, D {D}, Dv {Dv}";
-    }
-
     /// <summary>An option mix, as the test cases spell it.</summary>
     public sealed record Mix(
         bool Causal = false,
@@ -101,126 +83,10 @@ public sealed class ReferenceExtrasTests
         };
     }
 
-    /// <summary>
-    /// FA2's rule for its causal ALiBi form, written from flash_api.cpp: windows of at least seqlen_k become -1,
-    /// causal sets the right side to 0, and the kernel is "causal" iff (left, right) is then (-1, 0).
-    /// </summary>
-    private static bool Fa2Causal(AttentionOptions o, int maxSk)
-    {
-        int left = o.WindowLeft is { } l && l < maxSk ? l : -1;
-        int right = o.WindowRight is { } r && r < maxSk ? r : -1;
-        if (o.Causal)
-        {
-            right = 0;
-        }
-
-        return left < 0 && right == 0;
-    }
-
-    /// <summary>
-    /// The naive formula: for every (b, h, i), the visible keys' final logits (scale, softcap, then the ALiBi bias:
-    /// <c>+m j</c> for FA2's causal form, else <c>-m |i + off - j|</c>), the sink appended as one more logit whose value
-    /// row is 0, an explicit softmax over that list, the Philox keep test and <c>1 / (1 - p)</c>; LSE = log Σ over the
-    /// list (+infinity when it is empty). <paramref name="batchBase"/> is added to b for the slopes and the dropout
-    /// stream (a varlen sequence run alone as batch 0).
-    /// </summary>
-    private static (double[] Output, double[] Lse) Naive(
-        double[] q, double[] k, double[] v, Dims dims, AttentionOptions o, ReferenceExtras x, int maxSk,
-        int batchBase = 0, bool distanceForm = false)
-    {
-        var output = new double[dims.OElements];
-        var lse = new double[dims.LseElements];
-        double scale = o.SoftmaxScale ?? 1.0 / Math.Sqrt(dims.D);
-        double cap = o.Softcap ?? 0;
-        bool columnForm = !distanceForm && Fa2Causal(o, maxSk);
-        uint threshold = (uint)Math.Floor((double)(1f - x.DropoutP) * 255.0);
-        double rp = 1.0 / (1.0 - x.DropoutP);
-        int off = o.CausalAlignment == CausalAlignment.TopLeft ? 0 : dims.Sk - dims.Sq;
-        for (int b = 0; b < dims.Batch; b++)
-        {
-            for (int h = 0; h < dims.Hq; h++)
-            {
-                int hk = h / (dims.Hq / dims.Hkv);
-                for (int i = 0; i < dims.Sq; i++)
-                {
-                    var columns = new List<int>();
-                    var logits = new List<double>();
-                    for (int j = 0; j < dims.Sk; j++)
-                    {
-                        if (!NaiveAttention.Visible(i, j, dims.Sq, dims.Sk, o.Causal, o.CausalAlignment == CausalAlignment.TopLeft, o.WindowLeft, o.WindowRight))
-                        {
-                            continue;
-                        }
-
-                        double dot = 0;
-                        for (int e = 0; e < dims.D; e++)
-                        {
-                            dot += q[((((b * dims.Sq) + i) * dims.Hq) + h) * dims.D + e] * k[((((b * dims.Sk) + j) * dims.Hkv) + hk) * dims.D + e];
-                        }
-
-                        double logit = scale * dot;
-                        if (cap > 0)
-                        {
-                            logit = cap * Math.Tanh(logit / cap);
-                        }
-
-                        if (x.AlibiSlopes is { } slopes)
-                        {
-                            double m = slopes.Length == dims.Hq ? slopes[h] : slopes[((batchBase + b) * dims.Hq) + h];
-                            logit += columnForm ? m * j : -m * Math.Abs(i + off - j);
-                        }
-
-                        columns.Add(j);
-                        logits.Add(logit);
-                    }
-
-                    if (x.Sinks is { } sinks)
-                    {
-                        columns.Add(-1); // the sink: a logit with no value row
-                        logits.Add(sinks[h]);
-                    }
-
-                    int lseAt = (((b * dims.Hq) + h) * dims.Sq) + i;
-                    if (logits.Count == 0)
-                    {
-                        lse[lseAt] = double.PositiveInfinity;
-                        continue;
-                    }
-
-                    double max = logits.Max();
-                    double z = logits.Sum(l => Math.Exp(l - max));
-                    lse[lseAt] = max + Math.Log(z);
-                    for (int c = 0; c < columns.Count; c++)
-                    {
-                        int j = columns[c];
-                        if (j < 0)
-                        {
-                            continue;
-                        }
-
-                        double p = Math.Exp(logits[c] - max) / z;
-                        if (x.DropoutP > 0)
-                        {
-                            uint u = Philox.DropoutByte(x.DropoutSeed, x.DropoutOffset, batchBase + b, h, dims.Hq, (uint)i, (uint)j);
-                            p = u <= threshold ? p * rp : 0;
-                        }
-
-                        for (int e = 0; e < dims.Dv; e++)
-                        {
-                            output[((((b * dims.Sq) + i) * dims.Hq) + h) * dims.Dv + e] += p * v[((((b * dims.Sk) + j) * dims.Hkv) + hk) * dims.Dv + e];
-                        }
-                    }
-                }
-            }
-        }
-
-        return (output, lse);
-    }
-
     private static void AssertClose(ReadOnlySpan<double> actual, ReadOnlySpan<double> expected, string what, string context) =>
         ElementAsserts.Close(actual, expected, ForwardTolerance, what, context);
 
-    private static Dims RandomDims(Random random, string lengths, int hq, int hkv, int maxLen, Func<int, int> dvOf)
+    private static ProblemDims RandomDims(Random random, string lengths, int hq, int hkv, int maxLen, Func<int, int> dvOf)
     {
         int sq = random.Next(1, maxLen), sk = random.Next(1, maxLen);
         switch (lengths)
@@ -230,7 +96,7 @@ public sealed class ReferenceExtrasTests
         }
 
         int d = random.Next(2) == 0 ? 8 : 16;
-        return new Dims(random.Next(1, 3), sq, sk, hq, hkv, d, dvOf(d));
+        return new ProblemDims(random.Next(1, 3), sq, sk, hq, hkv, d, dvOf(d));
     }
 
     public static IEnumerable<TestCaseData> Mixes()
@@ -275,7 +141,7 @@ public sealed class ReferenceExtrasTests
                 var output = Poisoned(dims.OElements);
                 var lse = Poisoned(dims.LseElements);
                 AttentionReference.ForwardWithExtras(q, k, v, dims.Shape, options, extras, output, lse);
-                var (naiveOut, naiveLse) = Naive(q, k, v, dims, options, extras, dims.Sk);
+                var (naiveOut, naiveLse) = ExtrasNaive.Forward(q, k, v, dims, options, extras, dims.Sk);
                 string context = $"seed {seed}, iteration {iteration}, {dims}";
                 AssertClose(output, naiveOut, "output", context);
                 AssertClose(lse, naiveLse, "lse", context);
@@ -313,8 +179,8 @@ public sealed class ReferenceExtrasTests
             int maxSk = lensK.Max();
             for (int b = 0, q0 = 0, k0 = 0; b < lensQ.Length; q0 += lensQ[b], k0 += lensK[b], b++)
             {
-                var dims = new Dims(1, lensQ[b], lensK[b], hq, hkv, d, dv);
-                var (naiveOut, naiveLse) = Naive(
+                var dims = new ProblemDims(1, lensQ[b], lensK[b], hq, hkv, d, dv);
+                var (naiveOut, naiveLse) = ExtrasNaive.Forward(
                     q.AsSpan(q0 * hq * d, dims.QElements).ToArray(), k.AsSpan(k0 * hkv * d, dims.KElements).ToArray(),
                     v.AsSpan(k0 * hkv * dv, dims.VElements).ToArray(), dims, options, extras, maxSk, batchBase: b);
                 string context = $"seed {seed}, sequence {b} of Q lengths [{string.Join(", ", lensQ)}], K lengths [{string.Join(", ", lensK)}], {dims}";
@@ -337,7 +203,7 @@ public sealed class ReferenceExtrasTests
         // FEATURES.md §2: FA2's causal +m*j differs from -m*|i + off - j| by m*(i + off) on the visible keys, so O is
         // the same and LSE_FA2 = LSE_distance + m*(i + off).
         var random = TestRandom.ForCurrentTest(out int seed);
-        var dims = new Dims(2, 13, 21, 4, 2, 16, 16);
+        var dims = new ProblemDims(2, 13, 21, 4, 2, 16, 16);
         var options = new Mix(Causal: true, TopLeft: topLeft).Options();
         var slopes = TestRandom.Uniform(random, 2 * 4, 0, 0.3);
         var extras = new ReferenceExtras { AlibiSlopes = slopes };
@@ -347,7 +213,7 @@ public sealed class ReferenceExtrasTests
         var output = Poisoned(dims.OElements);
         var lse = Poisoned(dims.LseElements);
         AttentionReference.ForwardWithExtras(q, k, v, dims.Shape, options, extras, output, lse);
-        var (distanceOut, distanceLse) = Naive(q, k, v, dims, options, extras, dims.Sk, distanceForm: true);
+        var (distanceOut, distanceLse) = ExtrasNaive.Forward(q, k, v, dims, options, extras, dims.Sk, distanceForm: true);
         AssertClose(output, distanceOut, "output", $"seed {seed}");
         int off = topLeft ? 0 : dims.Sk - dims.Sq;
         for (int b = 0; b < dims.Batch; b++)
@@ -369,7 +235,7 @@ public sealed class ReferenceExtrasTests
     {
         // Causal bottom-right with Sq > Sk: rows i < Sq - Sk see nothing; FA4 gives O = 0 and LSE = the sink.
         var random = TestRandom.ForCurrentTest(out int seed);
-        var dims = new Dims(1, 7, 3, 2, 1, 8, 8);
+        var dims = new ProblemDims(1, 7, 3, 2, 1, 8, 8);
         var sinks = Normal(random, 2);
         var extras = new ReferenceExtras { Sinks = sinks };
         var output = Poisoned(dims.OElements);
@@ -393,7 +259,7 @@ public sealed class ReferenceExtrasTests
     public void DropoutZeroIsNoDropoutBitForBit()
     {
         var random = TestRandom.ForCurrentTest(out _);
-        var dims = new Dims(2, 9, 11, 4, 2, 16, 16);
+        var dims = new ProblemDims(2, 9, 11, 4, 2, 16, 16);
         var options = new AttentionOptions { Causal = true, WindowLeft = 5 };
         var q = Normal(random, dims.QElements);
         var k = Normal(random, dims.KElements);
@@ -421,7 +287,7 @@ public sealed class ReferenceExtrasTests
     /// mask reads straight off the output. Returns the output with dropout and without, and the LSEs.
     /// </summary>
     private static (double[] Dropped, double[] Plain, double[] DroppedLse, double[] PlainLse) OneHotRun(
-        Random random, Dims dims, AttentionOptions options, float p)
+        Random random, ProblemDims dims, AttentionOptions options, float p)
     {
         var q = Normal(random, dims.QElements);
         var k = Normal(random, dims.KElements);
@@ -452,7 +318,7 @@ public sealed class ReferenceExtrasTests
     {
         // Rows cross 16-row and columns 32-column tiles; GQA, so h is the query head of the stream.
         var random = TestRandom.ForCurrentTest(out int seed);
-        var dims = new Dims(2, 40, 70, 3, 1, 8, 70);
+        var dims = new ProblemDims(2, 40, 70, 3, 1, 8, 70);
         var options = new AttentionOptions { Causal = true };
         const float p = 0.17f;
         var (dropped, plain, droppedLse, plainLse) = OneHotRun(random, dims, options, p);
@@ -504,7 +370,7 @@ public sealed class ReferenceExtrasTests
         // 2 * 128 * 128 = 32768 elements: the binomial standard deviation of the kept fraction is at most
         // sqrt(0.25 / 32768) = 0.0028, so 0.01 is over 3.5 of them (and the seed is fixed, so the result is too).
         var random = TestRandom.ForCurrentTest(out int seed);
-        var dims = new Dims(1, 128, 128, 2, 1, 8, 128);
+        var dims = new ProblemDims(1, 128, 128, 2, 1, 8, 128);
         var (dropped, _, _, _) = OneHotRun(random, dims, new AttentionOptions(), p);
         int kept = dropped.Count(x => x != 0);
         double expected = (threshold + 1) / 256.0;
@@ -674,7 +540,7 @@ public sealed class ReferenceExtrasTests
     {
         // Over 2^20 multiply-adds, so the units run in parallel; the sink gradient is summed in a fixed order.
         var random = TestRandom.ForCurrentTest(out int seed);
-        var dims = new Dims(3, 80, 72, 4, 2, 32, 24);
+        var dims = new ProblemDims(3, 80, 72, 4, 2, 32, 24);
         var options = new AttentionOptions { Causal = true, WindowLeft = 50 };
         var extras = new Mix(Alibi: "batch", Sinks: true, DropoutP: 0.2f).Extras(random, 3, 4, 32, 24);
         var q = Normal(random, dims.QElements);
@@ -700,7 +566,7 @@ public sealed class ReferenceExtrasTests
     public void PublicEntryPointsAreTheExtrasFreeOverloads()
     {
         var random = TestRandom.ForCurrentTest(out _);
-        var dims = new Dims(2, 6, 9, 4, 2, 8, 8);
+        var dims = new ProblemDims(2, 6, 9, 4, 2, 8, 8);
         var options = new AttentionOptions { Causal = true, Softcap = 3f };
         var q = Normal(random, dims.QElements);
         var k = Normal(random, dims.KElements);
@@ -721,7 +587,7 @@ public sealed class ReferenceExtrasTests
     [Test]
     public void InvalidExtrasAreRefusedWithTheReason()
     {
-        var dims = new Dims(2, 3, 4, 4, 2, 8, 8);
+        var dims = new ProblemDims(2, 3, 4, 4, 2, 8, 8);
         var q = new double[dims.QElements];
         var k = new double[dims.KElements];
         var v = new double[dims.VElements];

@@ -25,26 +25,18 @@ public sealed class ReferenceValueHeadDimTests
 
     private static readonly (int D, int Dv)[] Pairs = [(192, 128), (64, 512)];
 
-    /// <summary>One problem: dense <c>[B, S, H, D]</c> layouts, v and the output with Dv columns.</summary>
-    private sealed record Problem(int Batch, int Sq, int Sk, int Hq, int Hkv, int D, int Dv)
-    {
-        public int QElements => Batch * Sq * Hq * D;
-
-        public int KElements => Batch * Sk * Hkv * D;
-
-        public int VElements => Batch * Sk * Hkv * Dv;
-
-        public int OElements => Batch * Sq * Hq * Dv;
-
-        public int LseElements => Batch * Hq * Sq;
-
-        public AttentionShape Shape => new(Batch, Sq, Sk, Hq, Hkv, D) { HeadDimV = Dv };
-
-        public override string ToString() => $"B {Batch}, Sq {Sq}, Sk {Sk}, Hq {Hq}, Hkv {Hkv}, D {D}, Dv {Dv}";
-    }
-
     /// <summary>The extras a case adds: ALiBi slopes (<c>[Hq]</c> or <c>[B, Hq]</c>), sinks, dropout.</summary>
-    private sealed record Extras(double[]? Slopes = null, double[]? Sinks = null, float DropoutP = 0f, ulong Seed = 0, ulong Offset = 0);
+    private sealed record Extras(double[]? Slopes = null, double[]? Sinks = null, float DropoutP = 0f, ulong Seed = 0, ulong Offset = 0)
+    {
+        public ReferenceExtras ToReference() => new()
+        {
+            AlibiSlopes = Slopes,
+            Sinks = Sinks,
+            DropoutP = DropoutP,
+            DropoutSeed = Seed,
+            DropoutOffset = Offset,
+        };
+    }
 
     private static double[] Normal(Random random, int n) => TestRandom.Normal(random, n).Select(x => (double)x).ToArray();
 
@@ -55,138 +47,14 @@ public sealed class ReferenceValueHeadDimTests
         return result;
     }
 
-    /// <summary>FA2's causal ALiBi form (ReferenceExtrasTests spells out why): windows of at least Sk are none.</summary>
-    private static bool Fa2Causal(AttentionOptions o, int maxSk)
-    {
-        int left = o.WindowLeft is { } l && l < maxSk ? l : -1;
-        int right = o.WindowRight is { } r && r < maxSk ? r : -1;
-        if (o.Causal)
-        {
-            right = 0;
-        }
-
-        return left < 0 && right == 0;
-    }
-
-    /// <summary>
-    /// The naive formula: for every (b, h, i) the visible keys' logits (scale · q·k_j over D columns, softcap, ALiBi:
-    /// <c>+m j</c> in FA2's causal form, else <c>-m |i + off - j|</c>), the sink as one more logit with no value row, an
-    /// explicit softmax, the keep test on the Philox byte (<c>≤ floor((1 - p) · 255)</c>, kept weights times
-    /// <c>1 / (1 - p)</c>), and O = Σ weight · v_j over Dv columns; LSE = log Σ exp(logits), +infinity when there is none.
-    /// <paramref name="batchBase"/> is added to b for the slopes and the dropout stream (a varlen sequence run alone).
-    /// </summary>
-    private static (double[] Output, double[] Lse) Naive(
-        double[] q, double[] k, double[] v, Problem p, AttentionOptions o, Extras x, int maxSk, int batchBase = 0)
-    {
-        var output = new double[p.OElements];
-        var lse = new double[p.LseElements];
-        double scale = o.SoftmaxScale ?? 1.0 / Math.Sqrt(p.D);
-        double cap = o.Softcap ?? 0;
-        bool topLeft = o.CausalAlignment == CausalAlignment.TopLeft;
-        bool columnForm = Fa2Causal(o, maxSk);
-        uint threshold = (uint)Math.Floor((double)(1f - x.DropoutP) * 255.0);
-        int off = topLeft ? 0 : p.Sk - p.Sq;
-        for (int b = 0; b < p.Batch; b++)
-        {
-            for (int h = 0; h < p.Hq; h++)
-            {
-                int hk = h / (p.Hq / p.Hkv);
-                for (int i = 0; i < p.Sq; i++)
-                {
-                    var columns = new List<int>();
-                    var logits = new List<double>();
-                    for (int j = 0; j < p.Sk; j++)
-                    {
-                        if (!NaiveAttention.Visible(i, j, p.Sq, p.Sk, o.Causal, topLeft, o.WindowLeft, o.WindowRight))
-                        {
-                            continue;
-                        }
-
-                        double dot = 0;
-                        for (int e = 0; e < p.D; e++)
-                        {
-                            dot += q[((((b * p.Sq) + i) * p.Hq) + h) * p.D + e] * k[((((b * p.Sk) + j) * p.Hkv) + hk) * p.D + e];
-                        }
-
-                        double logit = scale * dot;
-                        if (cap > 0)
-                        {
-                            logit = cap * Math.Tanh(logit / cap);
-                        }
-
-                        if (x.Slopes is { } slopes)
-                        {
-                            double m = slopes.Length == p.Hq ? slopes[h] : slopes[((batchBase + b) * p.Hq) + h];
-                            logit += columnForm ? m * j : -m * Math.Abs(i + off - j);
-                        }
-
-                        columns.Add(j);
-                        logits.Add(logit);
-                    }
-
-                    if (x.Sinks is { } sinks)
-                    {
-                        columns.Add(-1);
-                        logits.Add(sinks[h]);
-                    }
-
-                    int lseAt = (((b * p.Hq) + h) * p.Sq) + i;
-                    if (logits.Count == 0)
-                    {
-                        lse[lseAt] = double.PositiveInfinity;
-                        continue;
-                    }
-
-                    double max = logits.Max();
-                    double z = logits.Sum(l => Math.Exp(l - max));
-                    lse[lseAt] = max + Math.Log(z);
-                    if (columns.All(j => j < 0))
-                    {
-                        continue; // only the sink: no key, the output stays 0
-                    }
-
-                    for (int c = 0; c < columns.Count; c++)
-                    {
-                        int j = columns[c];
-                        if (j < 0)
-                        {
-                            continue;
-                        }
-
-                        double w = Math.Exp(logits[c] - max) / z;
-                        if (x.DropoutP > 0)
-                        {
-                            uint u = Philox.DropoutByte(x.Seed, x.Offset, batchBase + b, h, p.Hq, (uint)i, (uint)j);
-                            w = u <= threshold ? w / (1.0 - x.DropoutP) : 0;
-                        }
-
-                        for (int e = 0; e < p.Dv; e++)
-                        {
-                            output[((((b * p.Sq) + i) * p.Hq) + h) * p.Dv + e] += w * v[((((b * p.Sk) + j) * p.Hkv) + hk) * p.Dv + e];
-                        }
-                    }
-                }
-            }
-        }
-
-        return (output, lse);
-    }
-
     /// <summary>The reference on a fixed-length problem, through the public overload (the internal one for dropout).</summary>
-    private static (double[] Output, double[] Lse) Reference(double[] q, double[] k, double[] v, Problem p, AttentionOptions o, Extras x)
+    private static (double[] Output, double[] Lse) Reference(double[] q, double[] k, double[] v, ProblemDims p, AttentionOptions o, Extras x)
     {
         double[] output = Poisoned(p.OElements), lse = Poisoned(p.LseElements);
         if (x.DropoutP > 0)
         {
             // Dropout has no public reference overload; the shape's HeadDimV still decides the V head dim.
-            var extras = new ReferenceExtras
-            {
-                AlibiSlopes = x.Slopes,
-                Sinks = x.Sinks,
-                DropoutP = x.DropoutP,
-                DropoutSeed = x.Seed,
-                DropoutOffset = x.Offset,
-            };
+            var extras = x.ToReference();
             AttentionReference.ForwardWithExtras(q, k, v, p.Shape, o, extras, output, lse);
         }
         else
@@ -239,11 +107,11 @@ public sealed class ReferenceValueHeadDimTests
         var random = TestRandom.ForCurrentTest(out int seed);
         foreach (var (d, dv) in Pairs)
         {
-            var p = new Problem(2, sq, sk, hq, hkv, d, dv);
+            var p = new ProblemDims(2, sq, sk, hq, hkv, d, dv);
             Extras x = ExtrasOf(extras, random, p.Batch, hq);
             double[] q = Normal(random, p.QElements), k = Normal(random, p.KElements), v = Normal(random, p.VElements);
             var (output, lse) = Reference(q, k, v, p, options, x);
-            var (naiveOut, naiveLse) = Naive(q, k, v, p, options, x, p.Sk);
+            var (naiveOut, naiveLse) = ExtrasNaive.Forward(q, k, v, p, options, x.ToReference(), p.Sk);
             string context = $"seed {seed}, {p}, {extras}";
             AssertClose(output, naiveOut, "output", context);
             AssertClose(lse, naiveLse, "lse", context);
@@ -274,10 +142,10 @@ public sealed class ReferenceValueHeadDimTests
             int maxSk = lensK.Max();
             for (int b = 0, q0 = 0, k0 = 0; b < lensQ.Length; q0 += lensQ[b], k0 += lensK[b], b++)
             {
-                var p = new Problem(1, lensQ[b], lensK[b], hq, hkv, d, dv);
-                var (naiveOut, naiveLse) = Naive(
+                var p = new ProblemDims(1, lensQ[b], lensK[b], hq, hkv, d, dv);
+                var (naiveOut, naiveLse) = ExtrasNaive.Forward(
                     q.AsSpan(q0 * hq * d, p.QElements).ToArray(), k.AsSpan(k0 * hkv * d, p.KElements).ToArray(),
-                    v.AsSpan(k0 * hkv * dv, p.VElements).ToArray(), p, options, x, maxSk, batchBase: b);
+                    v.AsSpan(k0 * hkv * dv, p.VElements).ToArray(), p, options, x.ToReference(), maxSk, batchBase: b);
                 string context = $"seed {seed}, sequence {b} (Sq {lensQ[b]}, Sk {lensK[b]}), {p}";
                 AssertClose(output.AsSpan(q0 * hq * dv, p.OElements), naiveOut, "output", context);
                 var rowLse = new double[p.LseElements];
@@ -298,7 +166,7 @@ public sealed class ReferenceValueHeadDimTests
     [Test]
     public void DefaultScaleIsQsHeadDimAndColumnsStayApart()
     {
-        var p = new Problem(1, 3, 4, 1, 1, 64, 512);
+        var p = new ProblemDims(1, 3, 4, 1, 1, 64, 512);
         var random = TestRandom.ForCurrentTest(out int seed);
         double[] q = Normal(random, p.QElements), k = Normal(random, p.KElements);
         var v = new double[p.VElements];
@@ -327,7 +195,7 @@ public sealed class ReferenceValueHeadDimTests
     public void BackwardTakesTheShapesValueHeadDim()
     {
         var random = TestRandom.ForCurrentTest(out _);
-        var p = new Problem(2, 5, 7, 4, 2, 64, 512);
+        var p = new ProblemDims(2, 5, 7, 4, 2, 64, 512);
         var options = new AttentionOptions { Causal = true };
         double[] q = Normal(random, p.QElements), k = Normal(random, p.KElements), v = Normal(random, p.VElements), g = Normal(random, p.OElements);
         double[][] a = [new double[p.QElements], new double[p.KElements], new double[p.VElements]];
@@ -419,7 +287,7 @@ public sealed class ReferenceValueHeadDimTests
     [Test]
     public void InconsistentArgumentsAreRefused()
     {
-        var p = new Problem(1, 3, 4, 2, 1, 64, 512);
+        var p = new ProblemDims(1, 3, 4, 2, 1, 64, 512);
         double[] q = new double[p.QElements], k = new double[p.KElements], v = new double[p.VElements], o = new double[p.OElements];
         var options = new AttentionOptions();
         using (Assert.EnterMultipleScope())
