@@ -36,9 +36,9 @@ namespace FlashAttn;
 /// logSumExp, dq, dk, dv) before any native call.
 /// </para>
 /// <para>
-/// A forward call whose v has a head dim of its own (<see cref="AttentionShape.HeadDimV"/>) has no backward yet: with
-/// <paramref name="DOut"/> shaped like its output and <paramref name="DV"/> like v, the native library refuses it as
-/// <see cref="FlashAttentionStatus.Unsupported"/> with the reason.
+/// A forward call whose v has a head dim of its own (<see cref="AttentionShape.HeadDimV"/>) takes
+/// <paramref name="DOut"/> shaped like its output and <paramref name="DV"/> like v: the native library serves the pair
+/// (192, 128) and refuses (64, 512) as <see cref="FlashAttentionStatus.Unsupported"/> with the reason.
 /// </para>
 /// </remarks>
 public readonly record struct BackwardArguments(

@@ -14,8 +14,9 @@ namespace FlashAttn;
 /// (scale, causal mask and alignment, window, softcap) must be the forward call's, and so must the learnable sinks
 /// (<see cref="BackwardArguments.Sinks"/>, whose gradient <see cref="BackwardArguments.DSinks"/> receives);
 /// <see cref="AttentionOptions.Deterministic"/> chooses reproducible dq accumulation. A forward call whose v had a head dim
-/// of its own (C ABI 0.10) has no backward yet: with <c>dOut</c> shaped like its output and <c>dv</c> like v, the native
-/// library refuses it (<see cref="FlashAttentionStatus.Unsupported"/>, with the reason).
+/// of its own (C ABI 0.10) takes <c>dOut</c> shaped like its output and <c>dv</c> like v: the native library serves the
+/// pair (192, 128) (FlashAttention-3's backward pair, the sm80 kernels) and refuses (64, 512)
+/// (<see cref="FlashAttentionStatus.Unsupported"/>, with the reason).
 /// </remarks>
 public sealed partial class FlashAttention
 {

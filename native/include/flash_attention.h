@@ -168,7 +168,7 @@ typedef struct fa_forward_params {
     fa_tensor_t k;
     /* Values [batch, seqlen_k, heads_kv, head_dim_v], same dtype as q. head_dim_v is head_dim, or (since 0.10) the
        pairs (head_dim, head_dim_v) = (192, 128) and (64, 512) on the sm80 path (fp16, bf16), as FlashAttention-3
-       serves them; any other pair is FA_STATUS_UNSUPPORTED. */
+       serves them (fa_backward: (192, 128)); any other pair is FA_STATUS_UNSUPPORTED. */
     fa_tensor_t v;
     /* Output [batch, seqlen_q, heads_q, head_dim_v] (v's head dim), same dtype as q, but bf16 when q is fp8; written. Must not
        overlap q, k, v or the descales. */
@@ -311,9 +311,10 @@ typedef struct fa_backward_params {
     fa_tensor_t q;
     /* Keys of the forward call [batch, seqlen_k, heads_kv, head_dim], same dtype as q. */
     fa_tensor_t k;
-    /* Values of the forward call [batch, seqlen_k, heads_kv, head_dim], same dtype as q. */
+    /* Values of the forward call [batch, seqlen_k, heads_kv, head_dim_v], same dtype as q (head_dim_v: head_dim, or
+       since 0.10 128 with a head_dim of 192, as FlashAttention-3's backward serves). */
     fa_tensor_t v;
-    /* Output of the forward call [batch, seqlen_q, heads_q, head_dim], same dtype as q. */
+    /* Output of the forward call [batch, seqlen_q, heads_q, head_dim_v], same dtype as q. */
     fa_tensor_t out;
     /* Gradient of the loss with respect to out, shaped like out, same dtype. */
     fa_tensor_t dout;
@@ -565,8 +566,8 @@ typedef struct fa_support_query {
        0.8-sized query gets 0.) */
     int32_t dropout;
     /* Head dim of v and out when it differs from head_dim (0: the same). Served pairs (head_dim, head_dim_v): (192, 128)
-       and (64, 512), by the forward of the sm80 path (fp16, bf16) with every forward option; the backward, decode,
-       the sm90 path and fp8 have none yet. (Since 0.10: a 0.9-sized query gets 0.) */
+       and (64, 512) by the forward of the sm80 path (fp16, bf16) with every forward option, (192, 128) by its backward
+       too (as FlashAttention-3); decode, the sm90 path and fp8 have none. (Since 0.10: a 0.9-sized query gets 0.) */
     int32_t head_dim_v;
 } fa_support_query_t;
 

@@ -26,7 +26,7 @@ template <typename T, int D, int DV>
 int run_fwd_v(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features);
 template <typename T, int D>
 int run_decode(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features);
-template <typename T, int D>
+template <typename T, int D, int DV>
 struct BwdFamily;
 }  // namespace sm80
 

@@ -194,19 +194,28 @@ std::string v_tile_tag() {
     return s(Tile::kBlockM) + "x" + s(Tile::kBlockN) + "_" + s(Tile::kWarps) + "w";
 }
 
-std::string v_name_of(int dt, int pair, uint32_t features) {
+std::string v_name_of(Pass pass, int dt, int pair, uint32_t features) {
     const VPair v = kVPairs[pair];
-    return std::string("sm80_fwd_") + dtype_tag(dt) + "_hdim" + std::to_string(v.d) + "v" + std::to_string(v.dv) +
+    const auto s = [](int x) { return std::to_string(x); };
+    // The backward's pair kernel has the tile of its head dim D (sm80::BwdTile<D>).
+    using BTr = sm80::BwdTraits<__half, 192>;
+    const std::string tile = pass == Pass::Backward ? s(BTr::kBlockM) + "x" + s(BTr::kBlockN) + "_" + s(BTr::kWarps) + "w"
+                             : pair == 0          ? v_tile_tag<192, 128>()
+                                                  : v_tile_tag<64, 512>();
+    return std::string("sm80_") + pass_tag(pass) + "_" + dtype_tag(dt) + "_hdim" + s(v.d) + "v" + s(v.dv) +
            ((features & feature::kLocal) ? "_local" : "") + ((features & feature::kSoftcap) ? "_softcap" : "") +
-           ((features & feature::kDropout) ? "_dropout" : "") + "_" +
-           (pair == 0 ? v_tile_tag<192, 128>() : v_tile_tag<64, 512>());
+           ((features & feature::kDeterministic) ? "_det" : "") + ((features & feature::kDropout) ? "_dropout" : "") +
+           "_" + tile;
 }
+
+// Whether the backward has the pair's kernels: (192, 128) only, as FlashAttention-3's backward.
+bool v_pair_backward(int pair) { return pair == 0; }
 
 // Every kernel of the build, and the index of each (pass, path, dtype, head dim, features).
 struct Registry {
     std::vector<std::string> names;
     int32_t index[3][2][kDtypes][6][32];  // pass, path, dtype, compiled head dim, features -> name index (-1: none)
-    int32_t v_index[kVPairCount][2][32];  // V head dim pair, fp16/bf16, features -> name index (-1: none)
+    int32_t v_index[2][kVPairCount][2][32];  // forward/backward, V head dim pair, fp16/bf16, features -> name index
 };
 
 const Registry& registry() {
@@ -235,17 +244,21 @@ const Registry& registry() {
                     }
                 }
             }
-            // The forward's kernels of a V head dim other than q's (sm80, fp16 and bf16).
-            if (pass == Pass::Forward) {
+            // The kernels of a V head dim other than q's (sm80, fp16 and bf16; the backward's for (192, 128) only).
+            if (pass != Pass::Decode) {
+                const int pi = pass == Pass::Forward ? 0 : 1;
                 for (int pair = 0; pair < kVPairCount; ++pair) {
-                    if (v_pair_index(kVPairs[pair].d, kVPairs[pair].dv) < 0) continue;
+                    if (v_pair_index(kVPairs[pair].d, kVPairs[pair].dv) < 0 || (pi == 1 && !v_pair_backward(pair))) continue;
                     for (int dt = 0; dt < 2; ++dt) {
                         for (uint32_t v = 0; v < 32; ++v) {
                             const uint32_t features = ((v & 16) ? feature::kLocal : 0u) | ((v & 8) ? feature::kSoftcap : 0u) |
-                                                      ((v & 1) ? feature::kDropout : 0u);
-                            if ((v & 6) != 0 || !variant_compiled(pass, Path::Sm80, kVPairs[pair].d, features)) continue;
-                            out.v_index[pair][dt][features] = static_cast<int32_t>(out.names.size());
-                            out.names.push_back(v_name_of(dt, pair, features));
+                                                      ((v & 4) ? feature::kDeterministic : 0u) | ((v & 1) ? feature::kDropout : 0u);
+                            if ((v & 2) != 0 || (features & ~axes) != 0 ||
+                                !variant_compiled(pass, Path::Sm80, kVPairs[pair].d, features)) {
+                                continue;
+                            }
+                            out.v_index[pi][pair][dt][features] = static_cast<int32_t>(out.names.size());
+                            out.names.push_back(v_name_of(pass, dt, pair, features));
                         }
                     }
                 }
@@ -295,7 +308,15 @@ int run_bwd_main_for(Path path, int32_t kernel_d, const BwdParams& p, const Laun
         }
 #endif
         if (path != Path::Sm80) return static_cast<int>(cudaErrorInvalidValue);
-        return run_bwd_main<sm80::BwdFamily<T, D>>(p, info, stream, features);
+        if (p.f.dv != 0 && p.f.dv != p.f.d) {  // a V head dim other than q's: the pair's kernel (the host refuses the rest)
+#if defined(FA_HAS_HDIM192)
+            if constexpr (D == 192) {
+                if (p.f.dv == 128) return run_bwd_main<sm80::BwdFamily<T, 192, 128>>(p, info, stream, features);
+            }
+#endif
+            return static_cast<int>(cudaErrorInvalidValue);
+        }
+        return run_bwd_main<sm80::BwdFamily<T, D, D>>(p, info, stream, features);
     });
 }
 
@@ -452,7 +473,10 @@ const char* kernel_name_at(int32_t index) {
     return index >= 0 && index < static_cast<int32_t>(names.size()) ? names[index].c_str() : nullptr;
 }
 
-bool has_v_kernel(int32_t d, int32_t dv) { return v_pair_index(d, dv) >= 0; }
+bool has_v_kernel(Pass pass, int32_t d, int32_t dv) {
+    const int pair = v_pair_index(d, dv);
+    return pair >= 0 && (pass == Pass::Forward || (pass == Pass::Backward && v_pair_backward(pair)));
+}
 
 int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name) {
     const auto s = static_cast<cudaStream_t>(stream);
@@ -460,7 +484,7 @@ int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* 
     const int dt = dtype_index(p.dtype);
     const bool bf16 = dt == 1;
     uint32_t features = 0;
-    if (p.dv != p.d) {  // a V head dim other than q's: the pair's sm80 kernel (the host refuses the rest first)
+    if (p.dv != 0 && p.dv != p.d) {  // a V head dim other than q's: the pair's sm80 kernel (the host refuses the rest first)
         const int pair = v_pair_index(p.d, p.dv);
         int err = static_cast<int>(cudaErrorInvalidValue);
         if (path == Path::Sm80 && dt != kE4m3) {
@@ -477,7 +501,7 @@ int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* 
             }
 #endif
         }
-        const int32_t at = pair < 0 || dt == kE4m3 ? -1 : registry().v_index[pair][dt][features & 31u];
+        const int32_t at = pair < 0 || dt == kE4m3 ? -1 : registry().v_index[0][pair][dt][features & 31u];
         if (kernel_name) *kernel_name = at < 0 ? "unknown_kernel" : registry().names[at].c_str();
         if (err == 0 && p.dropout != 0 && p.dropout_mask != nullptr) return launch_dropout_mask(p, s);
         return err;
@@ -514,7 +538,13 @@ int launch_backward(Path path, BwdParams& p, const LaunchInfo& info, void* strea
     uint32_t features = 0;
     const int err = bf16 ? launch_backward_t<__nv_bfloat16>(path, p, info, s, &features)
                          : launch_backward_t<__half>(path, p, info, s, &features);
-    if (kernel_name) *kernel_name = name_for(Pass::Backward, path, dtype_index(p.f.dtype), p.kernel_d, features);
+    if (kernel_name) {
+        const int pair = p.f.dv != 0 && p.f.dv != p.f.d ? v_pair_index(p.f.d, p.f.dv) : -1;
+        const int dt = dtype_index(p.f.dtype);
+        const int32_t at = pair >= 0 && dt < 2 ? registry().v_index[1][pair][dt][features & 31u] : -1;
+        *kernel_name = pair < 0 ? name_for(Pass::Backward, path, dt, p.kernel_d, features)
+                                : at < 0 ? "unknown_kernel" : registry().names[at].c_str();
+    }
     return err;
 }
 

@@ -79,12 +79,6 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
     if (head_dim_v != 0 && head_dim_v != head_dim) {
         // A V head dim other than q's: the sm80 forward's pair kernels (kernels::has_v_kernel), every forward option.
         const std::string pair = "(head_dim " + std::to_string(head_dim) + ", head_dim_v " + std::to_string(head_dim_v) + ")";
-        if (pass == Pass::Backward) {
-            fail(FA_STATUS_UNSUPPORTED, "head_dim_v " + std::to_string(head_dim_v) + " differs from head_dim " +
-                                            std::to_string(head_dim) +
-                                            ": the backward of a V head dim other than q's is not served yet (the forward is, "
-                                            "on the sm80 path)");
-        }
         if (pass == Pass::Decode) {
             fail(FA_STATUS_UNSUPPORTED, "a V head dim other than q's " + pair + " is not served by fa_decode");
         }
@@ -92,7 +86,16 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
             fail(FA_STATUS_UNSUPPORTED, "fp8 (e4m3) inputs with a V head dim other than q's " + pair +
                                             ": those pairs run on the sm80 path, in fp16 and bf16");
         }
-        if (!kernels::has_v_kernel(head_dim, static_cast<int32_t>(head_dim_v > 0 && head_dim_v < (1 << 30) ? head_dim_v : 0))) {
+        const int32_t dv32 = static_cast<int32_t>(head_dim_v > 0 && head_dim_v < (1 << 30) ? head_dim_v : 0);
+        if (pass == Pass::Backward && kernels::has_v_kernel(Pass::Forward, head_dim, dv32) &&
+            !kernels::has_v_kernel(Pass::Backward, head_dim, dv32)) {
+            fail(FA_STATUS_UNSUPPORTED, "head_dim_v " + std::to_string(head_dim_v) + " differs from head_dim " +
+                                            std::to_string(head_dim) +
+                                            ": the backward of a V head dim other than q's is served for (head_dim, "
+                                            "head_dim_v) = (192, 128) only (as FlashAttention-3's; the forward serves "
+                                            "(64, 512) too)");
+        }
+        if (!kernels::has_v_kernel(Pass::Forward, head_dim, dv32)) {
             const bool known = (head_dim == 192 && head_dim_v == 128) || (head_dim == 64 && head_dim_v == 512);
             fail(FA_STATUS_UNSUPPORTED, "head_dim_v is " + std::to_string(head_dim_v) + " but head_dim is " +
                                             std::to_string(head_dim) +

@@ -1879,6 +1879,24 @@ static void test_query_fp8(void) {
 /* A V head dim other than q's (C ABI 0.10): (192, 128) and (64, 512) on the sm80 forward where the build has the head
    dim (AUTO takes sm80 on any GPU); the backward, FA_PATH_SM90, other pairs and an out of q's head dim are refused,
    saying why; k of another head dim stays INVALID. The query agrees. */
+/* Whether the build lists a kernel of `pass` ("fwd" or "bwd") for head dims (d, dv), i.e. compiled head dim d exactly. */
+static int lists_pair_kernel(const char* pass, int d, int dv) {
+    char needle[48];
+    int32_t count = 0, i;
+    const char* name = NULL;
+    sprintf(needle, "_hdim%dv%d_", d, dv);
+    if (fa_kernel_count(&count) != FA_STATUS_SUCCESS) {
+        return 0;
+    }
+    for (i = 0; i < count; ++i) {
+        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, "sm80_", 5) == 0 &&
+            strncmp(name + 5, pass, 3) == 0 && strstr(name, needle) != NULL) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void test_v_head_dim_validation(void) {
     static const int pairs[2][2] = {{192, 128}, {64, 512}};
     fa_forward_params_t p;
@@ -1895,7 +1913,8 @@ static void test_v_head_dim_validation(void) {
         set_tensor4(&p.out, p.out.data, FA_DTYPE_FLOAT16, VB, VSQ, VHQ, dv, 0);
         q = forward_query(FA_DTYPE_BFLOAT16, d);
         q.head_dim_v = dv;
-        if (head_dim_served(d)) {
+        if (lists_pair_kernel("fwd", d, dv)) {
+            CHECK(lists_pair_kernel("bwd", d, dv) == (d == 192), "the backward lists (192, 128)'s kernels only");
             expect("v head dim pair (forward)", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
             expect("v head dim pair at cc 9.0 (AUTO takes sm80)", fa_forward_check(&p, 90), FA_STATUS_SUCCESS, NULL);
             expect("query of the pair", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
@@ -1908,15 +1927,27 @@ static void test_v_head_dim_validation(void) {
             p.kernel_path = FA_PATH_AUTO;
             q.kernel_path = FA_PATH_AUTO;
             {
+                /* the backward: (192, 128) on the sm80 path (dq like q, dk like k, dv like v, dout like out), as
+                   FlashAttention-3's; (64, 512) forward only */
                 fa_backward_params_t bw = backward_of(&p);
-                expect("backward of a v head dim pair", fa_backward_check(&bw, 0), FA_STATUS_UNSUPPORTED,
-                       "backward of a V head dim");
+                if (d == 192) {
+                    expect("backward of the (192, 128) pair", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
+                    expect("backward of the (192, 128) pair at cc 9.0 (AUTO takes sm80)", fa_backward_check(&bw, 90),
+                           FA_STATUS_SUCCESS, NULL);
+                    bw.kernel_path = FA_PATH_SM90;
+                    expect("backward of the (192, 128) pair on FA_PATH_SM90", fa_backward_check(&bw, 90),
+                           FA_STATUS_UNSUPPORTED, "V head dim other than q's");
+                } else {
+                    expect("backward of the (64, 512) pair", fa_backward_check(&bw, 0), FA_STATUS_UNSUPPORTED,
+                           "backward of a V head dim");
+                }
             }
             q.pass = FA_PASS_BACKWARD;
-            expect("query of the pair's backward", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "backward of a V head dim");
+            expect("query of the pair's backward", fa_query_support(&q), d == 192 ? FA_STATUS_SUCCESS : FA_STATUS_UNSUPPORTED,
+                   d == 192 ? NULL : "backward of a V head dim");
         } else {
-            expect("v head dim pair of a head dim this build lacks", fa_forward_check(&p, 0), FA_STATUS_UNSUPPORTED,
-                   "FA_HEAD_DIMS");
+            /* a build without head dim d: refused (naming its head dims: FA_HEAD_DIMS picks them) */
+            expect("v head dim pair of a head dim this build lacks", fa_forward_check(&p, 0), FA_STATUS_UNSUPPORTED, NULL);
         }
         /* out with q's head dim instead of v's */
         set_tensor4(&p.out, p.out.data, FA_DTYPE_FLOAT16, VB, VSQ, VHQ, d, 0);

@@ -875,16 +875,24 @@ static void backward_params(const scase* c, bufs* B, const fa_forward_params_t* 
     bp->v = fp->v;
     bp->out = fp->out;
     bp->lse = fp->lse;
+    const int dv = c->dv ? c->dv : c->d; /* dO's and dV's head dim (v's) */
     bp->dout = fp->out;
-    bp->dout.data = drandom(B, c->dtype, nq * c->hq * c->d);
+    bp->dout.data = drandom(B, c->dtype, nq * c->hq * dv);
     bp->dq = fp->out;
     bp->dq.data = dalloc(B, (size_t)(nq * c->hq * c->d * 2), NULL);
+    if (c->dv) { /* dq like q, not like out */
+        if (varlen) {
+            tensor(&bp->dq, bp->dq.data, c->dtype, 3, nq, c->hq, c->d, 0);
+        } else {
+            tensor(&bp->dq, bp->dq.data, c->dtype, 4, c->b, c->sq, c->hq, c->d);
+        }
+    }
     if (varlen) {
         tensor(&bp->dk, dalloc(B, (size_t)(nk * c->hkv * c->d * 2), NULL), c->dtype, 3, nk, c->hkv, c->d, 0);
-        tensor(&bp->dv, dalloc(B, (size_t)(nk * c->hkv * c->d * 2), NULL), c->dtype, 3, nk, c->hkv, c->d, 0);
+        tensor(&bp->dv, dalloc(B, (size_t)(nk * c->hkv * dv * 2), NULL), c->dtype, 3, nk, c->hkv, dv, 0);
     } else {
         tensor(&bp->dk, dalloc(B, (size_t)(nk * c->hkv * c->d * 2), NULL), c->dtype, 4, c->b, c->sk, c->hkv, c->d);
-        tensor(&bp->dv, dalloc(B, (size_t)(nk * c->hkv * c->d * 2), NULL), c->dtype, 4, c->b, c->sk, c->hkv, c->d);
+        tensor(&bp->dv, dalloc(B, (size_t)(nk * c->hkv * dv * 2), NULL), c->dtype, 4, c->b, c->sk, c->hkv, dv);
     }
     bp->softmax_scale = fp->softmax_scale;
     bp->causal = fp->causal;

@@ -19,7 +19,7 @@ FAMILIES = {
                       "namespace sm80 {{\ntemplate int run_fwd<{ctype}, {d}>(const FwdParams&, const LaunchInfo&, "
                       "cudaStream_t, uint32_t*);\n}}  // namespace sm80"),
     ("sm80", "bwd"): (ALL_DIMS, "sm80/bwd_launch.cuh",
-                      "template int run_bwd_main<sm80::BwdFamily<{ctype}, {d}>>(const BwdParams&, const LaunchInfo&, "
+                      "template int run_bwd_main<sm80::BwdFamily<{ctype}, {d}, {d}>>(const BwdParams&, const LaunchInfo&, "
                       "cudaStream_t, uint32_t*);"),
     ("sm80", "decode"): (ALL_DIMS, "sm80/decode_launch.cuh",
                          "namespace sm80 {{\ntemplate int run_decode<{ctype}, {d}>(const DecodeParams&, const LaunchInfo&, "
@@ -38,6 +38,10 @@ FAMILIES = {
 V_PAIRS = ((192, 128), (64, 512))
 V_BODY = ("namespace sm80 {{\ntemplate int run_fwd_v<{ctype}, {d}, {dv}>(const FwdParams&, const LaunchInfo&, "
           "cudaStream_t, uint32_t*);\n}}  // namespace sm80")
+# ... and the backward's (FlashAttention-3's backward serves (192, 128) only), in bwd_hdim<D>_v<DV>_<dtype>_sm80.cu.
+V_BWD_PAIRS = ((192, 128),)
+V_BWD_BODY = ("template int run_bwd_main<sm80::BwdFamily<{ctype}, {d}, {dv}>>(const BwdParams&, const LaunchInfo&, "
+              "cudaStream_t, uint32_t*);")
 
 
 def files():
@@ -46,6 +50,11 @@ def files():
             text = (BANNER + '#include "sm80/fwd_launch.cuh"\n\nnamespace fa {\n' +
                     V_BODY.format(ctype=DTYPES[tag], d=d, dv=dv) + "\n}  // namespace fa\n")
             yield KERNELS / "sm80" / f"fwd_hdim{d}_v{dv}_{tag}_sm80.cu", text
+    for d, dv in V_BWD_PAIRS:
+        for tag in SIXTEEN:
+            text = (BANNER + '#include "sm80/bwd_launch.cuh"\n\nnamespace fa {\n' +
+                    V_BWD_BODY.format(ctype=DTYPES[tag], d=d, dv=dv) + "\n}  // namespace fa\n")
+            yield KERNELS / "sm80" / f"bwd_hdim{d}_v{dv}_{tag}_sm80.cu", text
     for (arch, pass_), (dims, header, body, *extra) in FAMILIES.items():
         per_dtype = dict({tag: dims for tag in SIXTEEN}, **(extra[0] if extra else {}))
         for d in sorted(set(dims).union(*per_dtype.values())):

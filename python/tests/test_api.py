@@ -867,14 +867,17 @@ def test_other_v_head_dims_are_unsupported(lib, d, dv):
 
 
 @pytest.mark.parametrize("d,dv", V_PAIRS, ids=[f"d{d}-dv{dv}" for d, dv in V_PAIRS])
-def test_a_v_head_dim_has_no_backward_and_no_sm90_path(lib, d, dv):
+def test_a_v_head_dims_backward_is_192_128_only_and_no_pair_has_an_sm90_path(lib, d, dv):
     fake = Fake()
     shapes = [(2, 128, 8, d), (2, 256, 2, d), (2, 256, 2, dv), (2, 128, 8, dv), (2, 128, 8, dv)]
     q, k, v, o, do = (fake(s) for s in shapes)
     grads = [fake(s) for s in shapes[:3]]
     p = _args.backward_params(lib, q, k, v, o, do, fake((2, 8, 128), F32), *grads, causal=True)
     status, msg = check_status(lib, "backward", p, 80)
-    assert status == _abi.FA_STATUS_UNSUPPORTED and "backward of a V head dim" in msg, msg
+    if (d, dv) in _args.V_HEAD_DIM_BACKWARD_PAIRS:
+        assert (status, msg) == (0, ""), msg
+    else:
+        assert status == _abi.FA_STATUS_UNSUPPORTED and "backward of a V head dim" in msg, msg
     p = fwd_v(lib, fake, d, dv)
     p.kernel_path = _abi.FA_PATH_SM90
     status, msg = check_status(lib, "forward", p, 90)
@@ -883,7 +886,7 @@ def test_a_v_head_dim_has_no_backward_and_no_sm90_path(lib, d, dv):
     assert check_status(lib, "forward", p, 90) == (0, "")
 
 
-def test_the_library_serves_a_v_head_dim_in_the_sm80_forward_only(lib):
+def test_the_library_serves_a_v_head_dim_on_the_sm80_path_only(lib):
     import ctypes
     q = _abi.FaSupportQuery()
     q.struct_size = ctypes.sizeof(q)
@@ -905,14 +908,15 @@ def test_the_library_serves_a_v_head_dim_in_the_sm80_forward_only(lib):
             assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, **every_option) == 0, (d, dv, dtype)
             assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, kernel_path=_abi.FA_PATH_SM80) == 0
             assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, kernel_path=_abi.FA_PATH_SM90) == unsupported
-            assert ask(_abi.FA_PASS_BACKWARD, dtype, d, dv) == unsupported
+            assert ask(_abi.FA_PASS_BACKWARD, dtype, d, dv) == (0 if (d, dv) in _args.V_HEAD_DIM_BACKWARD_PAIRS
+                                                                  else unsupported)
             assert ask(_abi.FA_PASS_DECODE, dtype, d, dv) == unsupported
         assert ask(_abi.FA_PASS_FORWARD, _abi.FA_DTYPE_FLOAT8_E4M3, d, dv) == unsupported
         assert ask(_abi.FA_PASS_FORWARD, BF16, d, 0) == 0  # 0: v's head dim is q's, as before 0.10
     assert ask(_abi.FA_PASS_FORWARD, BF16, 64, 96) == unsupported
 
 
-def _cpu_v_head_dim_tensors(torch, d=192, dv=128):
+def _cpu_v_head_dim_tensors(torch, d=64, dv=512):
     return (torch.zeros(2, 16, 4, d, dtype=torch.float16), torch.zeros(2, 24, 2, d, dtype=torch.float16),
             torch.zeros(2, 24, 2, dv, dtype=torch.float16))
 
@@ -922,9 +926,9 @@ V_GRAD_CASES = ["q", "k", "v", "v-lse", "sinks-only", "alibi", "dropout", "varle
 
 @pytest.mark.parametrize("case", V_GRAD_CASES)
 def test_a_v_head_dim_that_autograd_would_record_is_refused_up_front(case):
-    """The library has no backward of a V head dim other than q's: a call whose inputs require grad (grad mode on) is
-    refused with UnsupportedArgumentError before the device check (so on CPU tensors too); without grad the call goes
-    on to the device check, as one with one head dim does."""
+    """The library has no backward of the (64, 512) pair: a call whose inputs require grad (grad mode on) is refused
+    with UnsupportedArgumentError before the device check (so on CPU tensors too); without grad the call goes on to the
+    device check, as one with one head dim does."""
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     q, k, v = _cpu_v_head_dim_tensors(torch)
     sinks = torch.zeros(4)
@@ -947,8 +951,8 @@ def test_a_v_head_dim_that_autograd_would_record_is_refused_up_front(case):
     with pytest.raises(UnsupportedArgumentError) as ei:
         fn(*args, **kw)
     msg = str(ei.value)
-    assert msg.startswith(fn.__name__ + ":") and "v's head dim 128 differs from q's and k's 192" in msg
-    assert "no backward of a V head dim" in msg and "torch.no_grad()" in msg
+    assert msg.startswith(fn.__name__ + ":") and "v's head dim 512 differs from q's and k's 64" in msg
+    assert "(192, 128) only" in msg and "torch.no_grad()" in msg
     assert isinstance(ei.value, NotImplementedError)
     with torch.no_grad():  # not recorded: the forward is served, so the device check comes next
         with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
@@ -965,6 +969,12 @@ def test_one_head_dim_with_grad_and_a_v_head_dim_without_grad_are_not_refused():
     q, k, v = _cpu_v_head_dim_tensors(torch, 64, 512)
     with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
         fai.flash_attn_func(q, k, v, causal=True)
+    # (192, 128) has a backward: a call autograd records goes on to the device check too.
+    q, k, v = _cpu_v_head_dim_tensors(torch, 192, 128)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
+        fai.flash_attn_func(q, k, v, causal=True)
     # The packed forms hold k and v in one tensor (one head dim): nothing to refuse there.
     with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
         fai.flash_attn_kvpacked_func(q, torch.zeros(2, 24, 2, 2, 64, dtype=torch.float16, requires_grad=True))
@@ -975,7 +985,7 @@ def test_outputs_take_vs_head_dim():
     are equal and q is contiguous), the lse flash-attn's shape; fixed and variable length."""
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     from flash_attn_interop import _ops
-    q, _, v = _cpu_v_head_dim_tensors(torch)
+    q, _, v = _cpu_v_head_dim_tensors(torch, 192, 128)
     out, fo, lse, fl = _ops._outputs(q, _ops.fields(q), _ops.fields(v), True, False)
     assert out.shape == (2, 16, 4, 128) and out.is_contiguous() and out.dtype == q.dtype
     assert fo == _ops.fields(out) and lse.shape == (2, 4, 16) and fl == _ops.fields(lse)

@@ -1419,13 +1419,47 @@ def test_v_head_dim_strided_views_match_contiguous_copies():
     assert torch.equal(out2, out) and lse.shape == (b, h, sq)
 
 
+V_BWD_CASES = [
+    # (name, sq, sk, h, hkv, kwargs): the (192, 128) pair, whose backward the library serves
+    ("plain", 128, 128, 4, 4, {}),
+    ("causal-bottom-right", 96, 160, 4, 2, {"causal": True}),
+    ("causal-top-left-gqa", 160, 96, 8, 2, {"causal": True, "causal_alignment": "top_left"}),
+    ("window-softcap", 128, 128, 4, 4, {"window_size": (32, 16), "softcap": 5.0}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name,sq,sk,h,hkv,kw", V_BWD_CASES, ids=[c[0] for c in V_BWD_CASES])
+def test_v_head_dim_192_128_forward_backward_against_float64(name, sq, sk, h, hkv, kw, dtype):
+    """(192, 128)'s backward (FlashAttention-3's; the library's sm80 kernels): dq and dk over 192 columns, dv over 128,
+    against the float64 reference's gradients within the rule of test_forward_backward_against_float64."""
+    torch.manual_seed(46)
+    b, d, dv_ = 2, 192, 128
+    q, k = rand(b, sq, h, d, dtype=dtype, grad=True), rand(b, sk, hkv, d, dtype=dtype, grad=True)
+    v = rand(b, sk, hkv, dv_, dtype=dtype, grad=True)
+    ref_kw = dict(causal=kw.get("causal", False), window=kw.get("window_size", (-1, -1)),
+                  softcap=kw.get("softcap", 0.0), top_left=kw.get("causal_alignment") == "top_left")
+    out = fai.flash_attn_func(q, k, v, **kw)
+    assert out.shape == (b, sq, h, dv_)
+    dout = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
+    ref = reference(q, k, v, **ref_kw)
+    rq, rk, rv = torch.autograd.grad(ref, (q, k, v), dout.double())
+    pt = reference(q, k, v, upcast=False, **ref_kw)
+    pq, pk, pv = torch.autograd.grad(pt, (q, k, v), dout)
+    assert max_err(out, ref) <= 2 * max_err(pt, ref) + 1e-3
+    for ours, exact, torch_low in ((dq, rq, pq), (dk, rk, pk), (dv, rv, pv)):
+        assert max_err(ours, exact) <= 3 * max_err(torch_low, exact) + 1e-3
+
+
 def test_v_head_dim_with_grad_is_refused_before_anything_runs():
-    """The library has no backward of a V head dim other than q's: a call that autograd would record (grad mode on
-    and q, k, v or the sinks require grad) is refused up front with UnsupportedArgumentError (before any draw or
-    launch: the generator's state is unchanged); under torch.no_grad() or torch.inference_mode(), or on detached
-    tensors, the forward runs."""
+    """The library has no backward of the (64, 512) pair: a call that autograd would record (grad mode on and q, k, v
+    or the sinks require grad) is refused up front with UnsupportedArgumentError (before any draw or launch: the
+    generator's state is unchanged); under torch.no_grad() or torch.inference_mode(), or on detached tensors, the
+    forward runs."""
     torch.manual_seed(45)
-    b, sq, sk, h, hkv, d, dv = 1, 64, 80, 4, 2, 192, 128
+    b, sq, sk, h, hkv, d, dv = 1, 64, 80, 4, 2, 64, 512
     q, k, v = rand(b, sq, h, d), rand(b, sk, hkv, d), rand(b, sk, hkv, dv)
     qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
     sinks_g = torch.randn(h, device=DEV).requires_grad_(True)
@@ -1443,7 +1477,7 @@ def test_v_head_dim_with_grad_is_refused_before_anything_runs():
     }
     state = torch.cuda.get_rng_state()
     for what, call in calls.items():
-        with pytest.raises(fai.UnsupportedArgumentError, match="no backward of a V head dim") as ei:
+        with pytest.raises(fai.UnsupportedArgumentError, match=r"\(192, 128\) only") as ei:
             call()
         assert str(ei.value).startswith("flash_attn_") and "torch.no_grad()" in str(ei.value), what
     assert torch.equal(torch.cuda.get_rng_state(), state)  # the dropout call drew nothing
@@ -1458,13 +1492,14 @@ def test_v_head_dim_with_grad_is_refused_before_anything_runs():
 
 
 def test_v_head_dim_custom_op_backward_says_the_library_has_none():
-    """The custom op called directly (what a graph torch.compile made of an older call would hold) records the forward;
-    its backward then fails with the library's UNSUPPORTED message, never with wrong gradients."""
+    """The custom op called directly (what a graph torch.compile made of an older call would hold) records the forward
+    of the forward-only (64, 512) pair; its backward then fails with the library's UNSUPPORTED message, never with
+    wrong gradients."""
     ops = _custom_ops()
-    q, k = rand(1, 64, 4, 192, grad=True), rand(1, 64, 4, 192, grad=True)
-    v = rand(1, 64, 4, 128, grad=True)
+    q, k = rand(1, 64, 4, 64, grad=True), rand(1, 64, 4, 64, grad=True)
+    v = rand(1, 64, 4, 512, grad=True)
     out, _ = ops.fwd_op(q, k, v, 0.0, True, 0, -1, -1, 0.0, False, None, None, 0, 0)
-    assert out.shape == (1, 64, 4, 128)
+    assert out.shape == (1, 64, 4, 512)
     with pytest.raises(fai.FlashAttentionError) as ei:
         out.float().sum().backward()
     assert ei.value.status == 2 and "backward of a V head dim" in ei.value.message, ei.value.message

@@ -64,7 +64,7 @@ public unsafe partial struct FaForwardParams
     /// <summary>
     /// Values [batch, seqlen_k, heads_kv, head_dim_v], same dtype as q. head_dim_v is head_dim, or (since 0.10) the
     /// pairs (head_dim, head_dim_v) = (192, 128) and (64, 512) on the sm80 path (fp16, bf16), as FlashAttention-3
-    /// serves them; any other pair is FA_STATUS_UNSUPPORTED.
+    /// serves them (fa_backward: (192, 128)); any other pair is FA_STATUS_UNSUPPORTED.
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t v</c> at byte offset 168.</remarks>
     public FaTensor v;
@@ -314,11 +314,14 @@ public unsafe partial struct FaBackwardParams
     /// <remarks>C: <c>fa_tensor_t k</c> at byte offset 88.</remarks>
     public FaTensor k;
 
-    /// <summary>Values of the forward call [batch, seqlen_k, heads_kv, head_dim], same dtype as q.</summary>
+    /// <summary>
+    /// Values of the forward call [batch, seqlen_k, heads_kv, head_dim_v], same dtype as q (head_dim_v: head_dim, or
+    /// since 0.10 128 with a head_dim of 192, as FlashAttention-3's backward serves).
+    /// </summary>
     /// <remarks>C: <c>fa_tensor_t v</c> at byte offset 168.</remarks>
     public FaTensor v;
 
-    /// <summary>Output of the forward call [batch, seqlen_q, heads_q, head_dim], same dtype as q.</summary>
+    /// <summary>Output of the forward call [batch, seqlen_q, heads_q, head_dim_v], same dtype as q.</summary>
     /// <remarks>C: <c>fa_tensor_t out</c> at byte offset 248.</remarks>
     public FaTensor @out;
 
@@ -789,8 +792,8 @@ public unsafe partial struct FaSupportQuery
 
     /// <summary>
     /// Head dim of v and out when it differs from head_dim (0: the same). Served pairs (head_dim, head_dim_v): (192, 128)
-    /// and (64, 512), by the forward of the sm80 path (fp16, bf16) with every forward option; the backward, decode,
-    /// the sm90 path and fp8 have none yet. (Since 0.10: a 0.9-sized query gets 0.)
+    /// and (64, 512) by the forward of the sm80 path (fp16, bf16) with every forward option, (192, 128) by its backward
+    /// too (as FlashAttention-3); decode, the sm90 path and fp8 have none. (Since 0.10: a 0.9-sized query gets 0.)
     /// </summary>
     /// <remarks>C: <c>int32_t head_dim_v</c> at byte offset 52.</remarks>
     public int head_dim_v;

@@ -56,9 +56,10 @@ __global__ void __launch_bounds__(256) bwd_preprocess(const __grid_constant__ Bw
             seq_end = min(max(f.cu_seqlens_q[f.b], seq_begin), f.total_q);
         }
     }
+    const int o_cols = f.dv > 0 ? f.dv : f.d;  // O's and dO's head dim (v's)
     for (int r = rb * kPreRowsPerBlock + warp; r < r_end; r += 8) {
         float dot = 0.f;
-        for (int c = lane; c * 8 < f.d; c += 32) {
+        for (int c = lane; c * 8 < o_cols; c += 32) {
             const uint4 ov = *reinterpret_cast<const uint4*>(o + r * f.o_row_stride + c * 8);
             const uint4 dv = *reinterpret_cast<const uint4*>(dO + r * p.do_row_stride + c * 8);
             const T* oe = reinterpret_cast<const T*>(&ov);

@@ -2,5 +2,5 @@
 #include "sm80/bwd_launch.cuh"
 
 namespace fa {
-template int run_bwd_main<sm80::BwdFamily<__half, 96>>(const BwdParams&, const LaunchInfo&, cudaStream_t, uint32_t*);
+template int run_bwd_main<sm80::BwdFamily<__half, 96, 96>>(const BwdParams&, const LaunchInfo&, cudaStream_t, uint32_t*);
 }  // namespace fa

@@ -77,6 +77,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
     constexpr int MS = Tr::kMTilesS, NS = Tr::kNTilesS;
     constexpr int MKV = Tr::kMTilesKV, NKV = Tr::kNTilesKV;
     constexpr int MQ = Tr::kMTilesQ, NQ = Tr::kNTilesQ, QC = Tr::kDqChunk;
+    // A V head dim other than q's (the pair (192, 128)): V, dO and dV have DV columns. The kernels of equal head dims
+    // take the code they had before (if constexpr below), so they compile as they did.
+    constexpr bool kVPair = Tr::kHeadDimV != Tr::kHeadDim;
+    constexpr int DV = Tr::kHeadDimV, RBV = Tr::kRowBytesV, NKVV = Tr::kNTilesKVV;
 
     extern __shared__ __align__(128) unsigned char smem[];
     const FwdParams& f = p.f;
@@ -110,7 +114,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
         const T* d_o = rows_at<const T>(p.dout, p.do_batch_stride, p.do_head_stride, p.do_row_stride, varlen, b, h, row);
         const int buf = it & 1;
         load_tile<Tr, BM>(s0 + Tr::kOffQ + buf * Tr::kSmemQ, q, f.q_row_stride, rows, f.d, tid);
-        load_tile<Tr, BM>(s0 + Tr::kOffDO + buf * Tr::kSmemQ, d_o, p.do_row_stride, rows, f.d, tid);
+        if constexpr (kVPair) {
+            load_tile<typename Tr::VTile, BM>(s0 + Tr::kOffDO + buf * Tr::kSmemDO, d_o, p.do_row_stride, rows, f.dv, tid);
+        } else {
+            load_tile<Tr, BM>(s0 + Tr::kOffDO + buf * Tr::kSmemQ, d_o, p.do_row_stride, rows, f.d, tid);
+        }
         // Row statistics (lse_log2, then dsum) of the block's rows; rows past the sequence are zero-filled
         // and never used (the step treats them as lse = +inf).
         if (tid < 2 * BM) {
@@ -121,17 +129,37 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
     };
 
     load_tile<Tr, BN>(sK, kp, f.k_row_stride, keys_here, f.d, tid);
-    load_tile<Tr, BN>(sV, vp, f.v_row_stride, keys_here, f.d, tid);
+    if constexpr (kVPair) {
+        load_tile<typename Tr::VTile, BN>(sV, vp, f.v_row_stride, keys_here, f.dv, tid);
+    } else {
+        load_tile<Tr, BN>(sV, vp, f.v_row_stride, keys_here, f.d, tid);
+    }
     if (iters > 0) load_q_do(0);
     cp_async_commit();
 
-    float dk[MKV][NKV][4], dv[MKV][NKV][4];
+    float dk[MKV][NKV][4], dv[MKV][NKVV][4];
+    if constexpr (kVPair) {
 #pragma unroll
-    for (int i = 0; i < MKV; ++i) {
+        for (int i = 0; i < MKV; ++i) {
 #pragma unroll
-        for (int j = 0; j < NKV; ++j) {
+            for (int j = 0; j < NKV; ++j) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) dk[i][j][e] = dv[i][j][e] = 0.f;
+                for (int e = 0; e < 4; ++e) dk[i][j][e] = 0.f;
+            }
+#pragma unroll
+            for (int j = 0; j < NKVV; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) dv[i][j][e] = 0.f;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < MKV; ++i) {
+#pragma unroll
+            for (int j = 0; j < NKV; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) dk[i][j][e] = dv[i][j][e] = 0.f;
+            }
         }
     }
 
@@ -141,12 +169,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
     const int wq_m = warp / Tr::kWarpsDQ, wq_d = warp % Tr::kWarpsDQ;      // dQ
     const int s_row0 = ws_m * (BM / Tr::kWarpsMS), s_col0 = ws_n * (BN / Tr::kWarpsNS);
     const int kv_row0 = wkv_n * (BN / Tr::kWarpsNKV), kv_col0 = wkv_d * (D / Tr::kWarpsDKV);
+    const int kv_col0_v = wkv_d * (DV / Tr::kWarpsDKV);  // dV's columns (kVPair; kv_col0 otherwise)
     const int q_row0 = wq_m * (BM / Tr::kWarpsMQ), q_col0 = wq_d * (D / Tr::kWarpsDQ);
 
     // Per-lane ldmatrix offsets (logical chunk 0 or 1 only, so frag_addr can add chunk pairs; KERNELS.md 1.4).
     const uint32_t a_off = swizzle<RB>(lane % 16, lane / 16);                         // A, row-major [m][k]
     const uint32_t b_off = swizzle<RB>((lane / 16) * 8 + lane % 8, (lane / 8) % 2);   // B from [n][k]
     const uint32_t bt_off = swizzle<RB>(((lane / 8) % 2) * 8 + lane % 8, lane / 16);  // B from [k][n] (.trans)
+    // The same for the DV-wide V and dO tiles (kVPair; equal to the above otherwise).
+    const uint32_t a_off_v = kVPair ? static_cast<uint32_t>(swizzle<RBV>(lane % 16, lane / 16)) : a_off;
+    const uint32_t b_off_v = kVPair ? static_cast<uint32_t>(swizzle<RBV>((lane / 16) * 8 + lane % 8, (lane / 8) % 2)) : b_off;
+    const uint32_t bt_off_v = kVPair ? static_cast<uint32_t>(swizzle<RBV>(((lane / 8) % 2) * 8 + lane % 8, lane / 16)) : bt_off;
     const uint32_t at_offp = swizzle<RBP>((lane / 16) * 8 + lane % 8, (lane / 8) % 2);  // A^T from P/dS [k][m]
     const uint32_t a_offp = swizzle<RBP>(lane % 16, lane / 16);                         // A from dS [m][k]
 
@@ -159,7 +192,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
         const int row0 = m * BM;
         const int rows_here = min(BM, seq.sq - row0);
         const uint32_t sQ = s0 + Tr::kOffQ + (it & 1) * Tr::kSmemQ;
-        const uint32_t sdO = s0 + Tr::kOffDO + (it & 1) * Tr::kSmemQ;
+        const uint32_t sdO = s0 + Tr::kOffDO + (it & 1) * Tr::kSmemDO;
 
         cp_async_wait<0>();
         __syncthreads();  // Q/dO(it) (and K/V) visible; every warp is done with iteration it-1
@@ -186,7 +219,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
 
         // dP = dO V^T and S = Q K^T, [BM x BN] each, warp tile (MS*16) x (NS*8).
         float dp[MS][NS][4], s[MS][NS][4];
-        mma_tile_abt<T, MS, NS, D / 16, RB>(dp, sdO, a_off, s_row0, sV, b_off, s_col0);
+        mma_tile_abt<T, MS, NS, DV / 16, RBV>(dp, sdO, a_off_v, s_row0, sV, b_off_v, s_col0);
         mma_tile_abt<T, MS, NS, D / 16, RB>(s, sQ, a_off, s_row0, sK, b_off, s_col0);
 
         // P = exp2(S * scale_log2 - lse_log2), 0 for masked keys (past the sequence, outside causal/window);
@@ -325,21 +358,45 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
                 ldmatrix_x4_trans(ap[mt][0], ap[mt][1], ap[mt][2], ap[mt][3], frag_addr<RBP>(sP, at_offp, pair, kk * 16));
                 ldmatrix_x4_trans(ad[mt][0], ad[mt][1], ad[mt][2], ad[mt][3], frag_addr<RBP>(sdS, at_offp, pair, kk * 16));
             }
+            if constexpr (kVPair) {
+                // dV over DV columns (dO's tile), then dK over D (Q's).
 #pragma unroll
-            for (int dpair = 0; dpair < NKV / 2; ++dpair) {
-                const int cpair = kv_col0 / 16 + dpair;
-                uint32_t b0, b1, b2, b3;
-                ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RB>(sdO, bt_off, cpair, kk * 16));
+                for (int dpair = 0; dpair < NKVV / 2; ++dpair) {
+                    uint32_t b0, b1, b2, b3;
+                    ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RBV>(sdO, bt_off_v, kv_col0_v / 16 + dpair, kk * 16));
 #pragma unroll
-                for (int mt = 0; mt < MKV; ++mt) {
-                    mma_16816<T>(dv[mt][2 * dpair], ap[mt], b0, b1);
-                    mma_16816<T>(dv[mt][2 * dpair + 1], ap[mt], b2, b3);
+                    for (int mt = 0; mt < MKV; ++mt) {
+                        mma_16816<T>(dv[mt][2 * dpair], ap[mt], b0, b1);
+                        mma_16816<T>(dv[mt][2 * dpair + 1], ap[mt], b2, b3);
+                    }
                 }
-                ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RB>(sQ, bt_off, cpair, kk * 16));
 #pragma unroll
-                for (int mt = 0; mt < MKV; ++mt) {
-                    mma_16816<T>(dk[mt][2 * dpair], ad[mt], b0, b1);
-                    mma_16816<T>(dk[mt][2 * dpair + 1], ad[mt], b2, b3);
+                for (int dpair = 0; dpair < NKV / 2; ++dpair) {
+                    uint32_t b0, b1, b2, b3;
+                    ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RB>(sQ, bt_off, kv_col0 / 16 + dpair, kk * 16));
+#pragma unroll
+                    for (int mt = 0; mt < MKV; ++mt) {
+                        mma_16816<T>(dk[mt][2 * dpair], ad[mt], b0, b1);
+                        mma_16816<T>(dk[mt][2 * dpair + 1], ad[mt], b2, b3);
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int dpair = 0; dpair < NKV / 2; ++dpair) {
+                    const int cpair = kv_col0 / 16 + dpair;
+                    uint32_t b0, b1, b2, b3;
+                    ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RB>(sdO, bt_off, cpair, kk * 16));
+#pragma unroll
+                    for (int mt = 0; mt < MKV; ++mt) {
+                        mma_16816<T>(dv[mt][2 * dpair], ap[mt], b0, b1);
+                        mma_16816<T>(dv[mt][2 * dpair + 1], ap[mt], b2, b3);
+                    }
+                    ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RB>(sQ, bt_off, cpair, kk * 16));
+#pragma unroll
+                    for (int mt = 0; mt < MKV; ++mt) {
+                        mma_16816<T>(dk[mt][2 * dpair], ad[mt], b0, b1);
+                        mma_16816<T>(dk[mt][2 * dpair + 1], ad[mt], b2, b3);
+                    }
                 }
             }
         }
@@ -403,30 +460,70 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(const __grid_const
     const float scale = f.scale;
     // Dropout: dV = (Z o P)^T dO / (1 - p) (kDropout kernels; 1 otherwise).
     const float dv_scale = kDropout ? f.dropout_rp : 1.f;
+    if constexpr (kVPair) {
+        // dK (D columns) through the K tile, dV (DV columns) through the V tile.
 #pragma unroll
-    for (int mt = 0; mt < MKV; ++mt) {
+        for (int mt = 0; mt < MKV; ++mt) {
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int lr = kv_row0 + mt * 16 + lane / 4 + r * 8;
+            for (int r = 0; r < 2; ++r) {
+                const int lr = kv_row0 + mt * 16 + lane / 4 + r * 8;
 #pragma unroll
-            for (int j = 0; j < NKV; ++j) {
-                const uint32_t byte = swizzle<RB>(lr, (kv_col0 + j * 8) / 8) + (lane % 4) * 4;
-                *reinterpret_cast<uint32_t*>(smem + Tr::kOffK + byte) = pack2<T>(dk[mt][j][2 * r] * scale, dk[mt][j][2 * r + 1] * scale);
-                *reinterpret_cast<uint32_t*>(smem + Tr::kOffV + byte) = pack2<T>(dv[mt][j][2 * r] * dv_scale, dv[mt][j][2 * r + 1] * dv_scale);
+                for (int j = 0; j < NKV; ++j) {
+                    const uint32_t byte = swizzle<RB>(lr, (kv_col0 + j * 8) / 8) + (lane % 4) * 4;
+                    *reinterpret_cast<uint32_t*>(smem + Tr::kOffK + byte) = pack2<T>(dk[mt][j][2 * r] * scale, dk[mt][j][2 * r + 1] * scale);
+                }
+#pragma unroll
+                for (int j = 0; j < NKVV; ++j) {
+                    const uint32_t byte = swizzle<RBV>(lr, (kv_col0_v + j * 8) / 8) + (lane % 4) * 4;
+                    *reinterpret_cast<uint32_t*>(smem + Tr::kOffV + byte) = pack2<T>(dv[mt][j][2 * r] * dv_scale, dv[mt][j][2 * r + 1] * dv_scale);
+                }
             }
         }
-    }
-    __syncthreads();
-    T* dkp = rows_at<T>(p.dk, p.dk_batch_stride, p.dk_head_stride, p.dk_row_stride, varlen, b, hk, seq.k_row0 + key0);
-    T* dvp = rows_at<T>(p.dv, p.dv_batch_stride, p.dv_head_stride, p.dv_row_stride, varlen, b, hk, seq.k_row0 + key0);
-    for (int c = tid; c < BN * Tr::kChunksPerRow; c += Tr::kThreads) {
-        const int r = c / Tr::kChunksPerRow;
-        const int ch = c % Tr::kChunksPerRow;
-        if (r < keys_here && ch * 8 < f.d) {
-            *reinterpret_cast<uint4*>(dkp + static_cast<int64_t>(r) * p.dk_row_stride + ch * 8) =
-                *reinterpret_cast<const uint4*>(smem + Tr::kOffK + swizzle<RB>(r, ch));
-            *reinterpret_cast<uint4*>(dvp + static_cast<int64_t>(r) * p.dv_row_stride + ch * 8) =
-                *reinterpret_cast<const uint4*>(smem + Tr::kOffV + swizzle<RB>(r, ch));
+        __syncthreads();
+        T* dkp = rows_at<T>(p.dk, p.dk_batch_stride, p.dk_head_stride, p.dk_row_stride, varlen, b, hk, seq.k_row0 + key0);
+        T* dvp = rows_at<T>(p.dv, p.dv_batch_stride, p.dv_head_stride, p.dv_row_stride, varlen, b, hk, seq.k_row0 + key0);
+        for (int c = tid; c < BN * Tr::kChunksPerRow; c += Tr::kThreads) {
+            const int r = c / Tr::kChunksPerRow;
+            const int ch = c % Tr::kChunksPerRow;
+            if (r < keys_here && ch * 8 < f.d) {
+                *reinterpret_cast<uint4*>(dkp + static_cast<int64_t>(r) * p.dk_row_stride + ch * 8) =
+                    *reinterpret_cast<const uint4*>(smem + Tr::kOffK + swizzle<RB>(r, ch));
+            }
+        }
+        for (int c = tid; c < BN * Tr::kChunksPerRowV; c += Tr::kThreads) {
+            const int r = c / Tr::kChunksPerRowV;
+            const int ch = c % Tr::kChunksPerRowV;
+            if (r < keys_here && ch * 8 < f.dv) {
+                *reinterpret_cast<uint4*>(dvp + static_cast<int64_t>(r) * p.dv_row_stride + ch * 8) =
+                    *reinterpret_cast<const uint4*>(smem + Tr::kOffV + swizzle<RBV>(r, ch));
+            }
+        }
+    } else {
+#pragma unroll
+        for (int mt = 0; mt < MKV; ++mt) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int lr = kv_row0 + mt * 16 + lane / 4 + r * 8;
+#pragma unroll
+                for (int j = 0; j < NKV; ++j) {
+                    const uint32_t byte = swizzle<RB>(lr, (kv_col0 + j * 8) / 8) + (lane % 4) * 4;
+                    *reinterpret_cast<uint32_t*>(smem + Tr::kOffK + byte) = pack2<T>(dk[mt][j][2 * r] * scale, dk[mt][j][2 * r + 1] * scale);
+                    *reinterpret_cast<uint32_t*>(smem + Tr::kOffV + byte) = pack2<T>(dv[mt][j][2 * r] * dv_scale, dv[mt][j][2 * r + 1] * dv_scale);
+                }
+            }
+        }
+        __syncthreads();
+        T* dkp = rows_at<T>(p.dk, p.dk_batch_stride, p.dk_head_stride, p.dk_row_stride, varlen, b, hk, seq.k_row0 + key0);
+        T* dvp = rows_at<T>(p.dv, p.dv_batch_stride, p.dv_head_stride, p.dv_row_stride, varlen, b, hk, seq.k_row0 + key0);
+        for (int c = tid; c < BN * Tr::kChunksPerRow; c += Tr::kThreads) {
+            const int r = c / Tr::kChunksPerRow;
+            const int ch = c % Tr::kChunksPerRow;
+            if (r < keys_here && ch * 8 < f.d) {
+                *reinterpret_cast<uint4*>(dkp + static_cast<int64_t>(r) * p.dk_row_stride + ch * 8) =
+                    *reinterpret_cast<const uint4*>(smem + Tr::kOffK + swizzle<RB>(r, ch));
+                *reinterpret_cast<uint4*>(dvp + static_cast<int64_t>(r) * p.dv_row_stride + ch * 8) =
+                    *reinterpret_cast<const uint4*>(smem + Tr::kOffV + swizzle<RB>(r, ch));
+            }
         }
     }
 }

@@ -7,9 +7,10 @@
 namespace fa {
 namespace sm80 {
 
-template <typename T, int D>
+// DV: a V head dim other than D (the pair (192, 128); sm80/bwd_traits.h).
+template <typename T, int D, int DV>
 struct BwdFamily {
-    using Tr = BwdTraits<T, D>;
+    using Tr = BwdTraits<T, D, BwdTile<D>, DV>;
     static constexpr int kSmemBytes = Tr::kSmemBytes;
     static constexpr int kThreads = Tr::kThreads;
     static constexpr bool local_variant(bool local) { return local; }

@@ -34,10 +34,13 @@ struct BwdTile<256> {
     static constexpr int kBlockM = 64, kBlockN = 64, kWarpsMS = 2, kWarpsNKV = 2, kWarpsMQ = 2, kDqChunk = 4;
 };
 
-template <typename T, int D, class Tile = BwdTile<D>>
+// DV: the head dim of v, dO, O and dV (D unless the call's V head dim differs: the pair (192, 128), as
+// FlashAttention-3's backward serves; sm80::fwd_v_pair's other pair is forward only).
+template <typename T, int D, class Tile = BwdTile<D>, int DV = D>
 struct BwdTraits {
     using Elem = T;
     static constexpr int kHeadDim = D;
+    static constexpr int kHeadDimV = DV;
     static constexpr int kBlockM = Tile::kBlockM;
     static constexpr int kBlockN = Tile::kBlockN;
     static constexpr int kWarps = 8;
@@ -45,6 +48,8 @@ struct BwdTraits {
     static constexpr int kChunksPerRow = D / 8;  // 16-byte chunks of a Q/K/V/dO row (load_tile)
     static constexpr int kRowBytes = D * 2;
     static constexpr int kRowBytesP = kBlockN * 2;  // rows of the P and dS tiles
+    static constexpr int kChunksPerRowV = DV / 8;   // ... of a V/dO row
+    static constexpr int kRowBytesV = DV * 2;
 
     // S and dP warp tiles.
     static constexpr int kWarpsMS = Tile::kWarpsMS, kWarpsNS = kWarps / kWarpsMS;
@@ -52,6 +57,7 @@ struct BwdTraits {
     // dK and dV warp tiles (rows are keys).
     static constexpr int kWarpsNKV = Tile::kWarpsNKV, kWarpsDKV = kWarps / kWarpsNKV;
     static constexpr int kMTilesKV = kBlockN / kWarpsNKV / 16, kNTilesKV = D / kWarpsDKV / 8;
+    static constexpr int kNTilesKVV = DV / kWarpsDKV / 8;  // dV's n8 tiles
     // dQ warp tiles.
     static constexpr int kWarpsMQ = Tile::kWarpsMQ, kWarpsDQ = kWarps / kWarpsMQ;
     static constexpr int kMTilesQ = kBlockM / kWarpsMQ / 16, kNTilesQ = D / kWarpsDQ / 8;
@@ -59,13 +65,15 @@ struct BwdTraits {
 
     // Shared memory: Q and dO double-buffered, K, V, P and dS ([BlockM][BlockN] each), the row statistics.
     static constexpr int kSmemQ = kBlockM * kRowBytes;
+    static constexpr int kSmemDO = kBlockM * kRowBytesV;
     static constexpr int kSmemK = kBlockN * kRowBytes;
+    static constexpr int kSmemV = kBlockN * kRowBytesV;
     static constexpr int kSmemP = kBlockM * kRowBytesP;
     static constexpr int kOffQ = 0;                     // 2 buffers
     static constexpr int kOffDO = kOffQ + 2 * kSmemQ;   // 2 buffers
-    static constexpr int kOffK = kOffDO + 2 * kSmemQ;
+    static constexpr int kOffK = kOffDO + 2 * kSmemDO;
     static constexpr int kOffV = kOffK + kSmemK;
-    static constexpr int kOffP = kOffV + kSmemK;
+    static constexpr int kOffP = kOffV + kSmemV;
     static constexpr int kOffDS = kOffP + kSmemP;
     // Row statistics of the Q/dO buffers: lse_log2 then dsum, BlockM floats each, per buffer.
     static constexpr int kSmemStats = 2 * kBlockM * 4;
@@ -77,7 +85,15 @@ struct BwdTraits {
     static_assert(kMTilesS >= 1 && kNTilesS % 2 == 0, "S warp tiles: whole m16 tiles, pairs of n8 tiles");
     static_assert(kMTilesKV >= 1 && kNTilesKV % 2 == 0, "dK/dV warp tiles: whole m16 tiles, pairs of n8 tiles");
     static_assert(kMTilesQ >= 1 && kNTilesQ % kDqChunk == 0 && kDqChunk % 2 == 0, "dQ chunks of n8-tile pairs");
-    static_assert(D % 32 == 0, "the swizzle needs rows of whole 64-byte groups");
+    static_assert(D % 32 == 0 && DV % 32 == 0, "the swizzle needs rows of whole 64-byte groups");
+    static_assert(kNTilesKVV % 2 == 0, "dV warp tiles: pairs of n8 tiles");
+    // V's and dO's tiles for load_tile: the same threads, DV columns.
+    struct VTile {
+        using Elem = T;
+        static constexpr int kThreads = kWarps * 32;
+        static constexpr int kChunksPerRow = DV / 8;
+        static constexpr int kRowBytes = DV * 2;
+    };
     static_assert((kBlockN / kWarpsNS) % 16 == 0 || kNTilesS == 2, "S warp columns start on 16-key boundaries");
 };
 

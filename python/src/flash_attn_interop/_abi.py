@@ -183,7 +183,7 @@ class FaForwardParams(ctypes.Structure):
         ("k", FaTensor),  # C: fa_tensor_t, offset 88
         # Values [batch, seqlen_k, heads_kv, head_dim_v], same dtype as q. head_dim_v is head_dim, or (since 0.10) the
         # pairs (head_dim, head_dim_v) = (192, 128) and (64, 512) on the sm80 path (fp16, bf16), as FlashAttention-3
-        # serves them; any other pair is FA_STATUS_UNSUPPORTED.
+        # serves them (fa_backward: (192, 128)); any other pair is FA_STATUS_UNSUPPORTED.
         ("v", FaTensor),  # C: fa_tensor_t, offset 168
         # Output [batch, seqlen_q, heads_q, head_dim_v] (v's head dim), same dtype as q, but bf16 when q is fp8; written. Must not
         # overlap q, k, v or the descales.
@@ -330,9 +330,10 @@ class FaBackwardParams(ctypes.Structure):
         ("q", FaTensor),  # C: fa_tensor_t, offset 8
         # Keys of the forward call [batch, seqlen_k, heads_kv, head_dim], same dtype as q.
         ("k", FaTensor),  # C: fa_tensor_t, offset 88
-        # Values of the forward call [batch, seqlen_k, heads_kv, head_dim], same dtype as q.
+        # Values of the forward call [batch, seqlen_k, heads_kv, head_dim_v], same dtype as q (head_dim_v: head_dim, or
+        # since 0.10 128 with a head_dim of 192, as FlashAttention-3's backward serves).
         ("v", FaTensor),  # C: fa_tensor_t, offset 168
-        # Output of the forward call [batch, seqlen_q, heads_q, head_dim], same dtype as q.
+        # Output of the forward call [batch, seqlen_q, heads_q, head_dim_v], same dtype as q.
         ("out", FaTensor),  # C: fa_tensor_t, offset 248
         # Gradient of the loss with respect to out, shaped like out, same dtype.
         ("dout", FaTensor),  # C: fa_tensor_t, offset 328
@@ -592,8 +593,8 @@ class FaSupportQuery(ctypes.Structure):
         # 0.8-sized query gets 0.)
         ("dropout", ctypes.c_int32),  # C: int32_t, offset 48
         # Head dim of v and out when it differs from head_dim (0: the same). Served pairs (head_dim, head_dim_v): (192, 128)
-        # and (64, 512), by the forward of the sm80 path (fp16, bf16) with every forward option; the backward, decode,
-        # the sm90 path and fp8 have none yet. (Since 0.10: a 0.9-sized query gets 0.)
+        # and (64, 512) by the forward of the sm80 path (fp16, bf16) with every forward option, (192, 128) by its backward
+        # too (as FlashAttention-3); decode, the sm90 path and fp8 have none. (Since 0.10: a 0.9-sized query gets 0.)
         ("head_dim_v", ctypes.c_int32),  # C: int32_t, offset 52
     ]
 

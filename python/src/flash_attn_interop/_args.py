@@ -116,15 +116,19 @@ def refuse_fp8_grad(function):
         "tensors, or use bf16/fp16 inputs for training")
 
 
+# (head_dim, head_dim_v) pairs whose backward the library serves (C ABI 0.10: FlashAttention-3's (192, 128)).
+V_HEAD_DIM_BACKWARD_PAIRS = frozenset({(192, 128)})
+
+
 def refuse_v_head_dim_grad(function, head_dim, head_dim_v):
-    """A call whose v has a head dim other than q's (C ABI 0.10) that autograd would record: the library serves the
-    forward of such a call but has no backward for it yet, so the call is refused up front, before any work is
-    queued, rather than failing later in backward() (or, worse, giving gradients of another shape)."""
+    """A call whose v has a head dim other than q's (C ABI 0.10) that autograd would record, of a pair whose backward
+    the library does not serve: refused up front, before any work is queued, rather than failing later in backward()
+    (or, worse, giving gradients of another shape)."""
     raise UnsupportedArgumentError(
         f"{function}: v's head dim {head_dim_v} differs from q's and k's {head_dim}, and autograd would record the "
-        "call (grad mode is on and an input requires grad), but the library has no backward of a V head dim other "
-        "than q's yet (only the forward is served): call it under torch.no_grad() or torch.inference_mode(), or on "
-        "detached tensors, or give v q's head dim for training")
+        "call (grad mode is on and an input requires grad), but the library serves the backward of a V head dim other "
+        "than q's for (head_dim, head_dim_v) = (192, 128) only (this pair is forward only): call it under "
+        "torch.no_grad() or torch.inference_mode(), or on detached tensors, or give v q's head dim for training")
 
 
 def num_splits_arg(function, num_splits):

@@ -52,10 +52,10 @@ theirs are equal); out is then [..., heads, head_dim_v], the lse keeps its shape
 defaults to 1/sqrt(head_dim) (q's, as FlashAttention-3). The library serves the pairs (head_dim, head_dim_v) =
 (192, 128) and (64, 512), fp16 and bf16, on its sm80 kernels (every GPU from compute capability 8.0, Hopper too) with
 every forward option (causal, window, softcap, ALiBi, sinks, dropout, varlen, GQA, lse); another pair is its
-FlashAttentionError (FA_STATUS_UNSUPPORTED, naming head_dim_v). Forward only: the library has no backward for it yet,
-so a call that autograd would record (grad mode on and q, k, v or the sinks require grad) is refused up front with
-UnsupportedArgumentError, before anything runs; call it under torch.no_grad() / torch.inference_mode() or on detached
-tensors. flash_attn_with_kvcache takes one head dim (v_cache shaped like k_cache).
+FlashAttentionError (FA_STATUS_UNSUPPORTED, naming head_dim_v). The library's backward serves (192, 128), as
+FlashAttention-3's (dq and dk take q's head dim, dv v's); (64, 512) is forward only, so such a call that autograd
+would record (grad mode on and q, k, v or the sinks require grad) is refused up front with UnsupportedArgumentError,
+before anything runs; call it under torch.no_grad() / torch.inference_mode() or on detached tensors. flash_attn_with_kvcache takes one head dim (v_cache shaped like k_cache).
 """
 import importlib
 
@@ -260,9 +260,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
                     sinks=None, learnable_sink=None):
     """Attention over q [batch, seqlen_q, heads, head_dim], k [batch, seqlen_k, heads_kv, head_dim] and v
     [batch, seqlen_k, heads_kv, head_dim_v] (fp16 or bf16, CUDA; head_dim_v is head_dim, or FlashAttention-3's pairs
-    (192, 128) and (64, 512), forward only: see the module's notes). Returns out [batch, seqlen_q, heads, head_dim_v];
+    (192, 128) and (64, 512): see the module's notes). Returns out [batch, seqlen_q, heads, head_dim_v];
     with return_attn_probs, (out, softmax_lse [batch, heads, seqlen_q] fp32, S_dmask: empty without dropout, the keep
-    mask as +1/-1 with it). Differentiable in q, k and v (when head_dim_v is head_dim). dropout_p: FlashAttention-2's
+    mask as +1/-1 with it). Differentiable in q, k and v (but for head dims (64, 512)). dropout_p: FlashAttention-2's
     dropout (see the module's notes).
 
     fp8: q, k and v torch.float8_e4m3fn give a bf16 out; q_descale, k_descale, v_descale: float32

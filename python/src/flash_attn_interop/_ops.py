@@ -814,11 +814,11 @@ def requires_grad(*tensors):
 
 def refuse_v_head_dim_grad(function, q, k, v, sinks=None):
     """Refuses (UnsupportedArgumentError) a call whose v has a head dim other than q's (C ABI 0.10) when autograd would
-    record it (grad mode on and q, k, v or the sinks require grad): the library serves its forward but has no backward
-    for it. Called before the device checks, so that it holds on CPU tensors too; an argument without a shape is left
-    to the tensor checks that follow."""
+    record it (grad mode on and q, k, v or the sinks require grad) and the library has no backward for the pair (it
+    has (192, 128)'s, as FlashAttention-3; (64, 512) is forward only). Called before the device checks, so that it
+    holds on CPU tensors too; an argument without a shape is left to the tensor checks that follow."""
     qs, vs = getattr(q, "shape", None), getattr(v, "shape", None)
-    if not qs or not vs or qs[-1] == vs[-1]:
+    if not qs or not vs or qs[-1] == vs[-1] or (qs[-1], vs[-1]) in _args.V_HEAD_DIM_BACKWARD_PAIRS:
         return
     if torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in (q, k, v, sinks)):
         _args.refuse_v_head_dim_grad(function, qs[-1], vs[-1])

@@ -14,8 +14,9 @@ namespace FlashAttn.Tests.Cpu;
 /// every forward option on <see cref="KernelPath.Auto"/> and <see cref="KernelPath.Sm80"/> wherever the build has head
 /// dim D (the managed side adds no refusal of its own); what the library refuses comes back with its status and
 /// reason: any other pair (UNSUPPORTED, "head_dim_v", "(192, 128) and (64, 512)"), an output whose head dim is not v's
-/// (INVALID_ARGUMENT, "out takes v's head dim"; the managed side says so first), the backward pass (UNSUPPORTED,
-/// "backward of a V head dim"), <see cref="KernelPath.Sm90"/> (UNSUPPORTED, "V head dim other than q's") and fp8
+/// (INVALID_ARGUMENT, "out takes v's head dim"; the managed side says so first), the backward of (64, 512)
+/// (UNSUPPORTED, "backward of a V head dim"; (192, 128)'s is served), <see cref="KernelPath.Sm90"/> (UNSUPPORTED, "V head
+/// dim other than q's") and fp8
 /// (UNSUPPORTED); the capability query with <see cref="SupportQuery.HeadDimV"/> agrees with the checks.
 /// </summary>
 [TestFixture]
@@ -44,8 +45,13 @@ public sealed unsafe class ValueHeadDimValidationTests
             VarlenBatch.FromDevice(T(CQ, DataType.Int32, 3), T(CK, DataType.Int32, 3), 25, 35, [0, 10, 30], [0, 20, 50]));
 
     /// <summary>Whether this build has the 16-bit forward at head dim <paramref name="d"/> (FA_HEAD_DIMS at build time).</summary>
+    /// <summary>Whether the build has head dim d's own kernels (the pairs need it exactly, not a larger one).</summary>
     private static bool BuildHasHeadDim(int d) =>
-        FlashAttention.QuerySupport(new SupportQuery(AttentionPass.Forward, BF16, d, ComputeCapability: 80)).IsSupported;
+        FlashAttention.CompiledKernels.Any(n => n.StartsWith("sm80_fwd_", StringComparison.Ordinal) && n.Contains($"_hdim{d}_", StringComparison.Ordinal));
+
+    /// <summary>Whether the build has the pair's backward kernels ((192, 128) only, as FlashAttention-3's).</summary>
+    private static bool BuildHasPairBackward(int d, int dv) =>
+        FlashAttention.CompiledKernels.Any(n => n.StartsWith("sm80_bwd_", StringComparison.Ordinal) && n.Contains($"_hdim{d}v{dv}_", StringComparison.Ordinal));
 
     /// <summary>Runs <paramref name="check"/> and returns its status, message and the native functions it reached (with their params).</summary>
     private static (FlashAttentionStatus Status, string Message, List<(string Function, object Params)> Calls) Observe(Func<(FlashAttentionStatus, string)> check)
@@ -277,34 +283,43 @@ public sealed unsafe class ValueHeadDimValidationTests
     }
 
     /// <summary>
-    /// The backward pass has no V head dim of its own yet: with dOut shaped like the output and dv like v, CheckBackward
-    /// reaches fa_backward_check and is UNSUPPORTED saying so (fixed and varlen, any compute capability); the query too
-    /// (in a build without head dim D, q's head dim may be the reason given first).
+    /// The backward of a V head dim: (192, 128) is served on the sm80 path (FlashAttention-3's backward pair) where the
+    /// build has head dim 192; (64, 512) is forward only. With dOut shaped like the output and dv like v, CheckBackward
+    /// reaches fa_backward_check and succeeds, or is UNSUPPORTED saying why (fixed and varlen, any compute capability:
+    /// AUTO takes sm80 on 9.0); the query agrees.
     /// </summary>
     [TestCase(192, 128, false)]
     [TestCase(64, 512, false)]
     [TestCase(192, 128, true)]
     [TestCase(64, 512, true)]
-    public void BackwardIsUnsupported(int d, int dv, bool varlen)
+    public void BackwardOf192And128IsServedAndOf64And512Unsupported(int d, int dv, bool varlen)
     {
         AttentionArguments f = varlen ? Varlen(d, dv) : Fixed(d, dv);
         DeviceTensor Like(long address, DeviceTensor t) => DeviceTensor.FromPointer((IntPtr)address, t.DataType, t.Shape.ToArray());
         var args = new BackwardArguments(f.Q, f.K, f.V, f.Output, Like(DO, f.Output), f.LogSumExp!, Like(DQ, f.Q), Like(DK, f.K), Like(DV, f.V), f.Batch);
-        string reason = BuildHasHeadDim(d) ? "backward of a V head dim" : "head_dim";
+        bool served = BuildHasPairBackward(d, dv);
+        Assert.That(served, Is.EqualTo(d == 192 && BuildHasHeadDim(192)), "the build lists (192, 128)'s backward kernels with head dim 192's");
+        string? reason = served ? null : BuildHasHeadDim(d) ? "backward of a V head dim" : "head_dim";
         foreach (int cc in new[] { 0, 80, 90 })
         {
             var (status, message, calls) = Observe(() => (FlashAttention.CheckBackward(args, out string m, new AttentionOptions { Causal = true }, cc), m));
             using (Assert.EnterMultipleScope())
             {
                 Assert.That(calls.Select(c => c.Function), Is.EqualTo(new[] { "fa_backward_check" }), $"cc {cc}: {message}");
-                Assert.That(status, Is.EqualTo(FlashAttentionStatus.Unsupported), $"cc {cc}: {message}");
-                Assert.That(message, Does.Contain(reason), $"cc {cc}");
+                Assert.That(status, Is.EqualTo(served ? FlashAttentionStatus.Success : FlashAttentionStatus.Unsupported), $"cc {cc}: {message}");
+                if (reason is not null)
+                {
+                    Assert.That(message, Does.Contain(reason), $"cc {cc}");
+                }
             }
         }
 
         SupportResult query = FlashAttention.QuerySupport(new SupportQuery(AttentionPass.Backward, BF16, d, Varlen: varlen) { HeadDimV = dv });
-        Assert.That(query.IsSupported, Is.False);
-        Assert.That(query.Reason, Does.Contain(reason));
+        Assert.That(query.IsSupported, Is.EqualTo(served), query.Reason);
+        if (reason is not null)
+        {
+            Assert.That(query.Reason, Does.Contain(reason));
+        }
     }
 
     /// <summary>The backward's gradients keep their managed checks: dOut like the output, dv like v.</summary>

@@ -52,6 +52,34 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
         RunAndJudge(dtype, dims, mask, scale);
 
     /// <summary>
+    /// FlashAttention-3's backward pair of a V head dim other than q's, (192, 128) (C ABI 0.10, the sm80 kernels): dq and
+    /// dk over 192 columns, dv over 128, against the reference's gradients (AttentionShape.HeadDimV) by the same rule,
+    /// on Auto and Sm80, both causal alignments with Sq &gt; Sk and Sq &lt; Sk, a window with softcap, GQA, and the
+    /// deterministic mode. Ignored where the build lacks head dim 192.
+    /// </summary>
+    [TestCase(DataType.BFloat16, KernelPath.Auto, Mask.None, false)]
+    [TestCase(DataType.Float16, KernelPath.Sm80, Mask.CausalBottomRight, false)]
+    [TestCase(DataType.BFloat16, KernelPath.Sm80, Mask.CausalTopLeft, true)]
+    [TestCase(DataType.Float16, KernelPath.Auto, Mask.CausalBottomRight, true)]
+    public void ValueHeadDimPairMatchesReference(DataType dtype, KernelPath path, Mask mask, bool deterministic)
+    {
+        foreach (var (sq, sk) in new[] { (113, 203), (203, 113) })
+        {
+            var dims = new AttentionDims(2, sq, sk, 8, 2, 192) { HeadDimV = 128 };
+            RequireServed(dtype, dims);
+            RunAndJudge(dtype, dims, MaskSpec.From(mask), null, deterministic, path);
+        }
+    }
+
+    [Test]
+    public void ValueHeadDimPairWithWindowAndSoftcapMatchesReference()
+    {
+        var dims = new AttentionDims(1, 150, 150, 4, 4, 192) { HeadDimV = 128 };
+        RequireServed(DataType.BFloat16, dims);
+        RunAndJudge(DataType.BFloat16, dims, new MaskSpec(Causal: false, TopLeft: false, Left: 40, Right: 10, Softcap: 20f), null);
+    }
+
+    /// <summary>
     /// Every head dim the issue names: those with their own kernel (32, 64, 96, 128, 192, 256) and those padded up to
     /// the next one (8, 80). A dim this build does not serve (CheckBackward says Unsupported) is reported as ignored.
     /// </summary>
@@ -567,18 +595,20 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
     private void RequireServed(DataType dtype, AttentionDims dims)
     {
         // CheckBackward never dereferences, so fake aligned addresses suffice.
-        DeviceTensor Fake(long address, long seq, long heads) =>
-            DeviceTensor.FromPointer((IntPtr)address, dtype, [dims.Batch, seq, heads, dims.HeadDim]);
-        DeviceTensor q = Fake(0x1000_0000, dims.SeqQ, dims.HeadsQ), k = Fake(0x2000_0000, dims.SeqK, dims.HeadsKv);
-        DeviceTensor v = Fake(0x3000_0000, dims.SeqK, dims.HeadsKv), o = Fake(0x4000_0000, dims.SeqQ, dims.HeadsQ);
-        DeviceTensor dOut = Fake(0x5000_0000, dims.SeqQ, dims.HeadsQ), dq = Fake(0x6000_0000, dims.SeqQ, dims.HeadsQ);
-        DeviceTensor dk = Fake(0x7000_0000, dims.SeqK, dims.HeadsKv), dv = Fake(0x7800_0000, dims.SeqK, dims.HeadsKv);
+        // (v, the output, dOut and dv with the V head dim, which is HeadDim unless the case sets another.)
+        DeviceTensor Fake(long address, long seq, long heads, int dim) =>
+            DeviceTensor.FromPointer((IntPtr)address, dtype, [dims.Batch, seq, heads, dim]);
+        int d = dims.HeadDim, dv_ = dims.HeadDimV;
+        DeviceTensor q = Fake(0x1000_0000, dims.SeqQ, dims.HeadsQ, d), k = Fake(0x2000_0000, dims.SeqK, dims.HeadsKv, d);
+        DeviceTensor v = Fake(0x3000_0000, dims.SeqK, dims.HeadsKv, dv_), o = Fake(0x4000_0000, dims.SeqQ, dims.HeadsQ, dv_);
+        DeviceTensor dOut = Fake(0x5000_0000, dims.SeqQ, dims.HeadsQ, dv_), dq = Fake(0x6000_0000, dims.SeqQ, dims.HeadsQ, d);
+        DeviceTensor dk = Fake(0x7000_0000, dims.SeqK, dims.HeadsKv, d), dv = Fake(0x7800_0000, dims.SeqK, dims.HeadsKv, dv_);
         DeviceTensor lse = DeviceTensor.FromPointer((IntPtr)0x7C00_0000, DataType.Float32, [dims.Batch, dims.HeadsQ, dims.SeqQ]);
         FlashAttentionStatus status = FlashAttention.CheckBackward(
             q, k, v, o, dOut, lse, dq, dk, dv, out string message, computeCapability: Device.ComputeCapabilityCode);
         if (status == FlashAttentionStatus.Unsupported)
         {
-            Assert.Ignore($"this build does not serve the backward at head dim {dims.HeadDim}: {message}");
+            Assert.Ignore($"this build does not serve the backward at head dim {dims.HeadDim} (V {dims.HeadDimV}): {message}");
         }
 
         Assert.That(status, Is.EqualTo(FlashAttentionStatus.Success), message);

@@ -49,25 +49,31 @@ internal sealed class BackwardRun : IDisposable
 
     public long[] KvShape => [Dims.Batch, Dims.SeqK, Dims.HeadsKv, Dims.HeadDim];
 
+    /// <summary>v's and dv's shape: <see cref="KvShape"/> with the V head dim.</summary>
+    public long[] VShape => [Dims.Batch, Dims.SeqK, Dims.HeadsKv, Dims.HeadDimV];
+
+    /// <summary>The output's and dOut's shape: <see cref="QShape"/> with the V head dim.</summary>
+    public long[] OutShape => [Dims.Batch, Dims.SeqQ, Dims.HeadsQ, Dims.HeadDimV];
+
     public long[] LseShape => [Dims.Batch, Dims.HeadsQ, Dims.SeqQ];
 
     public DeviceTensor QT => DQIn.Tensor(QShape);
 
     public DeviceTensor KT => DKIn.Tensor(KvShape);
 
-    public DeviceTensor VT => DVIn.Tensor(KvShape);
+    public DeviceTensor VT => DVIn.Tensor(VShape);
 
-    public DeviceTensor OutT => DOutput.Tensor(QShape);
+    public DeviceTensor OutT => DOutput.Tensor(OutShape);
 
     public DeviceTensor LseT => DLse.Tensor(LseShape);
 
-    public DeviceTensor DOutT => DDOut.Tensor(QShape);
+    public DeviceTensor DOutT => DDOut.Tensor(OutShape);
 
     public DeviceTensor DqT => DDq.Tensor(QShape);
 
     public DeviceTensor DkT => DDk.Tensor(KvShape);
 
-    public DeviceTensor DvT => DDv.Tensor(KvShape);
+    public DeviceTensor DvT => DDv.Tensor(VShape);
 
     public static BackwardRun Create(CudaDevice device, AttentionDims dims, DataType dtype, Random random)
     {
@@ -76,17 +82,17 @@ internal sealed class BackwardRun : IDisposable
         {
             run.Q = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, dims.QElements));
             run.K = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, dims.KvElements));
-            run.V = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, dims.KvElements));
-            run.DO = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, dims.QElements));
+            run.V = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, dims.VElements));
+            run.DO = ForwardRun.RoundAll(dtype, TestRandom.Normal(random, dims.OutElements));
             run.DQIn = DeviceArray.Upload(device, dtype, run.Q);
             run.DKIn = DeviceArray.Upload(device, dtype, run.K);
             run.DVIn = DeviceArray.Upload(device, dtype, run.V);
             run.DDOut = DeviceArray.Upload(device, dtype, run.DO);
-            run.DOutput = DeviceArray.Allocate(device, dtype, dims.QElements);
+            run.DOutput = DeviceArray.Allocate(device, dtype, dims.OutElements);
             run.DLse = DeviceArray.Allocate(device, DataType.Float32, dims.LseElements);
             run.DDq = DeviceArray.Allocate(device, dtype, dims.QElements);
             run.DDk = DeviceArray.Allocate(device, dtype, dims.KvElements);
-            run.DDv = DeviceArray.Allocate(device, dtype, dims.KvElements);
+            run.DDv = DeviceArray.Allocate(device, dtype, dims.VElements);
             run.DOutput.Poison();
             run.DLse.Poison();
             run.PoisonGradients();
@@ -131,10 +137,11 @@ internal sealed class BackwardRun : IDisposable
     {
         var dq = new double[Dims.QElements];
         var dk = new double[Dims.KvElements];
-        var dv = new double[Dims.KvElements];
+        var dv = new double[Dims.VElements];
         AttentionReference.Backward(
             AttentionReference.ToDouble(Q), AttentionReference.ToDouble(K), AttentionReference.ToDouble(V), AttentionReference.ToDouble(DO),
-            new AttentionShape(Dims.Batch, Dims.SeqQ, Dims.SeqK, Dims.HeadsQ, Dims.HeadsKv, Dims.HeadDim), options, dq, dk, dv);
+            new AttentionShape(Dims.Batch, Dims.SeqQ, Dims.SeqK, Dims.HeadsQ, Dims.HeadsKv, Dims.HeadDim) { HeadDimV = Dims.HeadDimV },
+            options, dq, dk, dv);
         return (dq, dk, dv);
     }
 
@@ -155,7 +162,7 @@ internal sealed class BackwardRun : IDisposable
         var (zq, zkv) = ZeroRows(mask);
         var problems = BackwardAcceptance.Judge("dq", dq, nq, rq, DataType, Dims.HeadDim, zq);
         problems.AddRange(BackwardAcceptance.Judge("dk", dk, nk, rk, DataType, Dims.HeadDim, zkv));
-        problems.AddRange(BackwardAcceptance.Judge("dv", dv, nv, rv, DataType, Dims.HeadDim, zkv));
+        problems.AddRange(BackwardAcceptance.Judge("dv", dv, nv, rv, DataType, Dims.HeadDimV, zkv));
         return problems;
     }
 

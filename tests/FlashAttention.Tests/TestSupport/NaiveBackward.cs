@@ -23,9 +23,10 @@ internal static class NaiveBackward
         float keepScale = dropout is null ? 1f : 1f / (1f - dropout.P);
         var dq = new float[d.QElements];
         var dk = new float[d.KvElements];
-        var dv = new float[d.KvElements];
+        var dv = new float[d.VElements];
         int group = d.HeadsQ / d.HeadsKv;
         int dim = d.HeadDim;
+        int dimV = d.HeadDimV; // v's, dO's and dv's head dim
         Parallel.For(0, d.Batch * d.HeadsKv, unit =>
         {
             int b = unit / d.HeadsKv;
@@ -36,12 +37,13 @@ internal static class NaiveBackward
             var capFactor = new float[d.SeqK];
             var dqRow = new float[dim];
             var dkAcc = new float[d.SeqK * dim];
-            var dvAcc = new float[d.SeqK * dim];
+            var dvAcc = new float[d.SeqK * dimV];
             for (int h = hk * group; h < (hk + 1) * group; h++)
             {
                 for (int i = 0; i < d.SeqQ; i++)
                 {
                     long qBase = (((long)b * d.SeqQ + i) * d.HeadsQ + h) * dim;
+                    long oBase = (((long)b * d.SeqQ + i) * d.HeadsQ + h) * dimV; // dO's row
                     float max = float.NegativeInfinity;
                     bool any = false;
                     for (int j = 0; j < d.SeqK; j++)
@@ -105,11 +107,11 @@ internal static class NaiveBackward
                         }
 
                         p[j] = round(p[j] / sum);
-                        long vBase = (((long)b * d.SeqK + j) * d.HeadsKv + hk) * dim;
+                        long vBase = (((long)b * d.SeqK + j) * d.HeadsKv + hk) * dimV;
                         float dot = 0;
-                        for (int x = 0; x < dim; x++)
+                        for (int x = 0; x < dimV; x++)
                         {
-                            dot += dOut[qBase + x] * v[vBase + x];
+                            dot += dOut[oBase + x] * v[vBase + x];
                         }
 
                         dp[j] = round(dot);
@@ -139,7 +141,12 @@ internal static class NaiveBackward
                         {
                             dqRow[x] += ds * k[kBase + x];
                             dkAcc[acc + x] += ds * q[qBase + x];
-                            dvAcc[acc + x] += pv[j] * dOut[qBase + x];
+                        }
+
+                        int accV = j * dimV;
+                        for (int x = 0; x < dimV; x++)
+                        {
+                            dvAcc[accV + x] += pv[j] * dOut[oBase + x];
                         }
                     }
 
@@ -156,7 +163,12 @@ internal static class NaiveBackward
                 for (int x = 0; x < dim; x++)
                 {
                     dk[kBase + x] = round(scale * dkAcc[(j * dim) + x]);
-                    dv[kBase + x] = round(dvAcc[(j * dim) + x]);
+                }
+
+                long vRow = (((long)b * d.SeqK + j) * d.HeadsKv + hk) * dimV;
+                for (int x = 0; x < dimV; x++)
+                {
+                    dv[vRow + x] = round(dvAcc[(j * dimV) + x]);
                 }
             }
         });
