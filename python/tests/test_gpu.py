@@ -102,13 +102,19 @@ def test_forward_backward_against_float64(name, sq, sk, h, hkv, d, kw, dtype):
     out, lse, _ = fai.flash_attn_func(q, k, v, return_attn_probs=True, **kw)
     assert out.shape == q.shape and out.dtype == dtype
     assert lse.shape == (b, h, sq) and lse.dtype == torch.float32
+    assert_forward_backward_like_float64(q, k, v, out, ref_kw)
+
+
+def assert_forward_backward_like_float64(q, k, v, out, ref_kw):
+    """out = our forward of (q, k, v) (which require grad) and its gradients for a random dout, against the float64
+    reference's: as flash-attn's tests, our error within a small multiple of PyTorch's in the same dtype."""
     dout = torch.randn_like(out)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
     ref = reference(q, k, v, **ref_kw)
     rq, rk, rv = torch.autograd.grad(ref, (q, k, v), dout.double())
     pt = reference(q, k, v, upcast=False, **ref_kw)
     pq, pk, pv = torch.autograd.grad(pt, (q, k, v), dout)
-    # As flash-attn's tests: our error against float64 within a small multiple of PyTorch's in the same dtype.
     assert max_err(out, ref) <= 2 * max_err(pt, ref) + 1e-3
     for ours, exact, torch_low in ((dq, rq, pq), (dk, rk, pk), (dv, rv, pv)):
         assert max_err(ours, exact) <= 3 * max_err(torch_low, exact) + 1e-3
@@ -1441,16 +1447,7 @@ def test_v_head_dim_192_128_forward_backward_against_float64(name, sq, sk, h, hk
                   softcap=kw.get("softcap", 0.0), top_left=kw.get("causal_alignment") == "top_left")
     out = fai.flash_attn_func(q, k, v, **kw)
     assert out.shape == (b, sq, h, dv_)
-    dout = torch.randn_like(out)
-    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
-    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
-    ref = reference(q, k, v, **ref_kw)
-    rq, rk, rv = torch.autograd.grad(ref, (q, k, v), dout.double())
-    pt = reference(q, k, v, upcast=False, **ref_kw)
-    pq, pk, pv = torch.autograd.grad(pt, (q, k, v), dout)
-    assert max_err(out, ref) <= 2 * max_err(pt, ref) + 1e-3
-    for ours, exact, torch_low in ((dq, rq, pq), (dk, rk, pk), (dv, rv, pv)):
-        assert max_err(ours, exact) <= 3 * max_err(torch_low, exact) + 1e-3
+    assert_forward_backward_like_float64(q, k, v, out, ref_kw)
 
 
 def test_v_head_dim_with_grad_is_refused_before_anything_runs():
