@@ -98,7 +98,7 @@ __device__ __forceinline__ uint32_t dropout_pair_mask(uint32_t word, int pair, u
 // FlashAttention-2's rng_state: the (seed, offset) the call used, written by one thread of the grid before any
 // block returns early, so that a backward (or a test) reads exactly what the forward used.
 __device__ __forceinline__ void write_dropout_rng_state(const FwdParams& p) {
-    if (p.dropout_rng_state != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
+    if (p.dropout_rng_state != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
         const uint64_t seed = p.dropout_seed_ptr != nullptr ? *p.dropout_seed_ptr : p.dropout_seed;
         const uint64_t base = p.dropout_offset + (p.dropout_offset_ptr != nullptr ? *p.dropout_offset_ptr : 0ull);
         p.dropout_rng_state[0] = seed;

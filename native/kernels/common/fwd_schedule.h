@@ -22,7 +22,7 @@ namespace fa {
 inline unsigned schedule(FwdParams& p, int block_m, int l2_bytes) {
     p.m_blocks = (p.sq + block_m - 1) / block_m;
     const int64_t elem = p.dtype == DType::Float8E4M3 ? 1 : 2;  // bytes of a K/V element
-    const int64_t kv_bytes = 2ll * p.sk * p.d * elem;               // K and V of one head
+    const int64_t kv_bytes = p.sk * (static_cast<int64_t>(p.d) + (p.dv > 0 ? p.dv : p.d)) * elem;  // K and V of one head
     const int64_t budget = l2_bytes > 0 ? l2_bytes / 4 : (12ll << 20);
     const int64_t pairs = static_cast<int64_t>(p.b) * p.hq;
     int64_t g = l2_bytes < 0 ? 1 : (kv_bytes > 0 ? budget / kv_bytes : pairs);

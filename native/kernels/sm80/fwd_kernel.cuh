@@ -42,8 +42,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
     constexpr int RB = Tr::kRowBytes;
     constexpr int RBV = Tr::kRowBytesV;  // V and O rows (Tr::kHeadDimV columns)
     constexpr int CPRV = Tr::kHeadDimV / 8;
-    // A kernel of a V head dim other than q's (FwdTileV) computes columns [vcol0, vcol0 + kHeadDimV) of O, with
-    // blockIdx.y the column chunk; the chunk-0 CTAs write the LSE.
+    // A kernel of a V head dim other than q's (FwdTileV) computes columns [vcol0, vcol0 + kHeadDimV) of O: the grid has
+    // p.dv / kHeadDimV CTAs per tile, adjacent (blockIdx.x = tile * chunks + chunk), so that the chunks of a tile run
+    // together and share Q and K in L2; the chunk-0 CTAs write the LSE.
     constexpr bool kVPair = Tr::kHeadDimV != Tr::kHeadDim;
 
     extern __shared__ __align__(128) unsigned char smem[];
@@ -53,7 +54,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
     if constexpr (kDropout) write_dropout_rng_state(p);
 
     // Block order: see FwdParams::heads_per_group and fwd_schedule.h.
-    const BlockCoord coord = block_coord(p, blockIdx.x);
+    const int v_chunks = kVPair ? p.dv / Tr::kHeadDimV : 1;
+    const int v_chunk = kVPair ? static_cast<int>(blockIdx.x % v_chunks) : 0;
+    const BlockCoord coord = block_coord(p, kVPair ? blockIdx.x / v_chunks : blockIdx.x);
     const int m_block = coord.m_block, h = coord.h, b = coord.b;
     const SeqInfo seq = seq_info(p, b);
     const int row0 = m_block * BM;
@@ -69,7 +72,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
                  (seq.q_row0 + row0) * p.q_row_stride;
     const T* k = reinterpret_cast<const T*>(p.k) + (varlen ? 0 : b * p.k_batch_stride) + hk * p.k_head_stride +
                  seq.k_row0 * p.k_row_stride;
-    const int vcol0 = kVPair ? static_cast<int>(blockIdx.y) * Tr::kHeadDimV : 0;
+    const int vcol0 = v_chunk * Tr::kHeadDimV;
     // The call's columns of V and O in this CTA's range (read at each use, as p.d was before V head dims existed, so
     // that the kernels of equal head dims compile as they did).
     const auto v_cols = [&] { return kVPair ? p.dv - vcol0 : p.d; };
@@ -77,7 +80,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
                  seq.k_row0 * p.v_row_stride + vcol0;
     T* o = reinterpret_cast<T*>(p.o) + (varlen ? 0 : b * p.o_batch_stride) + h * p.o_head_stride +
            (seq.q_row0 + row0) * p.o_row_stride + vcol0;
-    float* lse = p.lse == nullptr || (kVPair && blockIdx.y != 0) ? nullptr
+    float* lse = p.lse == nullptr || (kVPair && v_chunk != 0) ? nullptr
                                   : p.lse + (varlen ? 0 : b * p.lse_batch_stride) + h * p.lse_head_stride +
                                         (seq.q_row0 + row0) * p.lse_row_stride;
 

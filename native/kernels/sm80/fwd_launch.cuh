@@ -14,7 +14,7 @@
 namespace fa {
 namespace sm80 {
 
-// One kernel (traits Tr) over the call's blocks, times v_chunks column chunks of O (grid.y; FwdTileV).
+// One kernel (traits Tr) over the call's blocks, times v_chunks column chunks of O (adjacent blocks; FwdTileV).
 template <class Tr, bool kLocal, bool kSoftcap, bool kDropout>
 cudaError_t launch_fwd_tr(FwdParams p, const LaunchInfo& info, cudaStream_t stream, unsigned v_chunks) {
     auto kernel = fwd_kernel<Tr, kLocal, kSoftcap, kDropout>;
@@ -24,7 +24,8 @@ cudaError_t launch_fwd_tr(FwdParams p, const LaunchInfo& info, cudaStream_t stre
     if (err != cudaSuccess) return err;
     const unsigned blocks = schedule(p, Tr::kBlockM, info.l2_bytes);
     if (blocks == 0) return cudaSuccess;
-    kernel<<<dim3(blocks, v_chunks), Tr::kThreads, smem, stream>>>(p);
+    if (static_cast<uint64_t>(blocks) * v_chunks > 0x7fffffffull) return cudaErrorInvalidConfiguration;
+    kernel<<<blocks * v_chunks, Tr::kThreads, smem, stream>>>(p);
     return cudaGetLastError();
 }
 
