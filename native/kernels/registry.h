@@ -29,13 +29,13 @@ bool has_sm90_code();
 // Whether this build has a `pass` kernel on `path` for kernel head dim kernel_d (no device check). kernel_d is
 // always kernel_head_dim(d), the sm80 kernel's; the sm90 forward and backward run the smallest of their kernels
 // (forward 64, 128, 192, 256; fp8 128, 256; backward 64, 128, 256) at least that large, which names, shared memory and launches account for (run_kernel_d).
-// Whether this build has the sm80 `pass` kernels of head dim d with V head dim dv (dv != d: sm80::fwd_v_pair, compiled
-// with head dim d; the backward's for (192, 128) only).
-bool has_v_kernel(Pass pass, int32_t d, int32_t dv);
 bool has_kernel(Pass pass, Path path, int32_t kernel_d);
 // The same for one input dtype: fp16 and bf16 wherever has_kernel says so; fp8 (e4m3) only for the sm90
 // forward, at the kernel head dims its fp8 kernels were built for.
 bool has_kernel(Pass pass, Path path, int32_t kernel_d, DType dtype);
+// Whether this build has the sm80 `pass` kernels of head dim d with V head dim dv (dv != d: sm80::fwd_v_pair, compiled
+// with head dim d; the backward's for (192, 128) only).
+bool has_v_kernel(Pass pass, int32_t d, int32_t dv);
 // Dynamic shared memory per block of the main kernel of (pass, path, kernel_d), where has_kernel says so.
 int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d);
 // The same for one input dtype (the fp8 forward kernels have their own layout); has_kernel(..., dtype) must hold.
