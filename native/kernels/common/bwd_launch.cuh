@@ -6,6 +6,7 @@
 //   static constexpr int kSmemBytes, kThreads;
 //   static constexpr bool local_variant(bool local);                          // the mask variant that runs
 //   static constexpr bool kHasDropout;   // dropout kernels of its own: kernel<true, kSoftcap, kDet, true>()
+//   template <class K> static cudaError_t launch(K kernel, unsigned blocks, const BwdParams&, cudaStream_t);
 #pragma once
 #include <atomic>
 #include <climits>
@@ -34,8 +35,7 @@ cudaError_t launch_bwd_variant(const BwdParams& p, const LaunchInfo& info, cudaS
     const int64_t blocks = static_cast<int64_t>(p.n_blocks) * p.f.b * p.f.hkv;
     if (blocks == 0) return cudaSuccess;
     if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration;  // validation rejects these first
-    kernel<<<static_cast<unsigned>(blocks), Family::kThreads, Family::kSmemBytes, stream>>>(p);
-    return cudaGetLastError();
+    return Family::launch(kernel, static_cast<unsigned>(blocks), p, stream);
 }
 
 template <class Family, bool kLocal, bool kSoftcap, bool kDropout = false>

@@ -17,6 +17,11 @@ struct BwdFamily {
     static constexpr bool kHasDropout = true;  // dropout kernels of their own (local only; sm80/bwd_kernel.cuh)
     template <bool kLocal, bool kSoftcap, bool kDet, bool kDropout = false>
     static auto kernel() { return bwd_kernel<Tr, kLocal, kSoftcap, kDet, kDropout>; }
+    template <class K>
+    static cudaError_t launch(K kernel, unsigned blocks, const BwdParams& p, cudaStream_t stream) {
+        kernel<<<blocks, kThreads, kSmemBytes, stream>>>(p);
+        return cudaGetLastError();
+    }
 };
 
 }  // namespace sm80

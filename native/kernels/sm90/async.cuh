@@ -88,6 +88,14 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const TmaMap& map, uin
 #endif
 }
 
+// An arrival on `bar` once every cp.async this thread issued before has landed, without raising the barrier's
+// pending count (.noinc: the count it was initialised with includes these arrivals).
+__device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint32_t bar) {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+
 // Register budget of the calling warpgroup (every warp of it executes the same one).
 template <int N>
 __device__ __forceinline__ void regs_dealloc() {

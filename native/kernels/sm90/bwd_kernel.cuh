@@ -31,15 +31,25 @@
 #include "common/ptx.cuh"
 #include "common/tile_io.cuh"
 #include "params/bwd_params.h"
+#include "sm90/async.cuh"
 #include "sm90/bwd_traits.h"
 #include "sm90/wgmma.cuh"
 
 namespace fa {
 namespace sm90 {
 
+// The kernel's parameter: the call's params and the TMA descriptors of q and dO ([b][rows][heads][d], rows = the
+// packed rows when varlen, with b = 1; boxes of 64 columns x BlockM rows), built per call by the launcher
+// (sm90/bwd_launch.cuh).
+struct BwdArgs90 {
+    BwdParams p;
+    TmaMap q, dout;
+};
+
 template <typename T, int D, bool kLocal, bool kSoftcap, bool kDeterministic>
-__global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant__ BwdParams p) {
+__global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant__ BwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
+    const BwdParams& p = a.p;
     using Tr = BwdTraits90<D>;
     constexpr bool kSplit = Tr::kSplit;
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
@@ -60,33 +70,64 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
     const int iters = blk.iters;
 
     const uint32_t s0 = smem_u32(smem);
-    const uint32_t sK = s0 + Tr::kOffK, sV = s0 + Tr::kOffV, sdS = s0 + Tr::kOffDS;
+    const uint32_t sK = s0 + Tr::kOffK, sV = s0 + Tr::kOffV;
+    constexpr int S = Tr::kStages;
+    const uint32_t bar0 = s0 + Tr::kOffBar;  // stage st's "loaded" mbarrier at bar0 + 8 st
 
     const T* kp = rows_at<const T>(f.k, f.k_batch_stride, f.k_head_stride, f.k_row_stride, varlen, b, hk, seq.k_row0 + key0);
     const T* vp = rows_at<const T>(f.v, f.v_batch_stride, f.v_head_stride, f.v_row_stride, varlen, b, hk, seq.k_row0 + key0);
 
-    // The walk (BwdBlock): each q head of the group, its query blocks in the order BwdWalk says.
+    // The walk (BwdBlock): each q head of the group, its query blocks in the order BwdWalk says. Block it's Q and dO
+    // go into stage it % S by TMA, issued by thread 0 (the stage is free: see the loop), and its row statistics by a
+    // 4-byte cp.async from each thread of warpgroup 0 (a row slot need not be 16-byte aligned, as a bulk copy's
+    // source must be), each thread's copy arriving on the stage's mbarrier when it lands
+    // (cp.async.mbarrier.arrive.noinc): the phase completes with thread 0's arrival, the 128 copies and
+    // Tr::kStageTx bytes. Rows past the tensor read as zeros; a varlen sequence's last, partial block reads the next
+    // sequence's rows, which the loop zeroes.
     auto load_q_do = [&](int it) {
         const int h = blk.head(it);
         const int m = blk.block(it);
-        const int rows = min(BM, seq.sq - m * BM);
-        const int64_t row = seq.q_row0 + static_cast<int64_t>(m) * BM;
-        const T* q = rows_at<const T>(f.q, f.q_batch_stride, f.q_head_stride, f.q_row_stride, varlen, b, h, row);
-        const T* d_o = rows_at<const T>(p.dout, p.do_batch_stride, p.do_head_stride, p.do_row_stride, varlen, b, h, row);
-        const int buf = it & 1;
-        load_panels<T, BM, D, Tr::kThreads>(s0 + Tr::kOffQ + buf * Tr::kSmemQ, q, f.q_row_stride, rows, f.d, tid);
-        load_panels<T, BM, D, Tr::kThreads>(s0 + Tr::kOffDO + buf * Tr::kSmemQ, d_o, p.do_row_stride, rows, f.d, tid);
-        if (tid < 2 * BM) {
-            const int r = tid % BM;
-            const float* src = (tid < BM ? p.lse_log2 : p.dsum) + bwd_row_slot(p, b, h, seq.q_row0, m * BM) + r;
-            cp_async_4(s0 + Tr::kOffStats + buf * Tr::kSmemStats + tid * 4, src, r < rows);
+        const int st = it % S;
+        const uint32_t bar = bar0 + 8 * st;
+        if (tid == 0) {
+            const int row = static_cast<int>(seq.q_row0) + m * BM;
+            const int bb = varlen ? 0 : b;
+            mbar_arrive_expect_tx(bar, Tr::kStageTx);
+#pragma unroll
+            for (int pn = 0; pn < D / 64; ++pn) {
+                tma_load_4d(s0 + Tr::kOffQ + st * Tr::kSmemQ + pn * QStride, a.q, bar, pn * 64, row, h, bb);
+                tma_load_4d(s0 + Tr::kOffDO + st * Tr::kSmemQ + pn * QStride, a.dout, bar, pn * 64, row, h, bb);
+            }
         }
+        const int r = tid % BM;  // tid < 2 BM: lse_log2 of row r, then dsum of row r
+        const float* src = (tid < BM ? p.lse_log2 : p.dsum) + bwd_row_slot(p, b, h, seq.q_row0, m * BM) + r;
+        cp_async_4(s0 + Tr::kOffStats + st * Tr::kSmemStats + tid * 4, src, r < min(BM, seq.sq - m * BM));
+        cp_async_mbar_arrive_noinc(bar);
     };
 
+    // Block it + S - 1's loads, once stage (it - 1) % S is free: every product of block it - 1 retired and its
+    // statistics read, which a CTA barrier of block it tells (the mid-block one; at D = 256 the earlier P^T
+    // hand-over). The statistics' copies are generic-proxy writes, which the barrier orders after the reads.
+    const auto load_next = [&](int it) {
+        if (tid < 2 * BM && it + S - 1 < iters) load_q_do(it + S - 1);
+        __syncwarp();  // the warps converged again before the .aligned wgmma instructions that follow
+    };
+
+    if (tid == 0) {
+#pragma unroll
+        for (int st = 0; st < S; ++st) mbar_init(bar0 + 8 * st, 1 + 2 * BM);  // thread 0, the statistics' copies
+        mbar_init_fence();
+    }
+    __syncthreads();  // the mbarriers initialised before any load completes on them or any thread waits
+    if (tid < 2 * BM) {
+        for (int it = 0; it < S - 1 && it < iters; ++it) load_q_do(it);
+    }
     load_panels<T, BN, D, Tr::kThreads>(sK, kp, f.k_row_stride, keys_here, f.d, tid);
     load_panels<T, BN, D, Tr::kThreads>(sV, vp, f.v_row_stride, keys_here, f.d, tid);
-    if (iters > 0) load_q_do(0);
     cp_async_commit();
+    cp_async_wait<0>();
+    fence_proxy_async();  // the cp.async writes of K and V, for wgmma's reads
+    __syncthreads();
 
     // Gradient accumulators (m64nD): both modes: acc_k/acc_v are dK/dV of this warpgroup's 64 keys;
     // kSplit: acc_k is dV (warpgroup 0) or dK (warpgroup 1) of the CTA's 64 keys, acc_v unused.
@@ -109,18 +150,33 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         const int m = blk.block(it);
         const int row0 = m * BM;
         const int rows_here = min(BM, seq.sq - row0);
-        const uint32_t sQ = s0 + Tr::kOffQ + (it & 1) * Tr::kSmemQ;
-        const uint32_t sdO = s0 + Tr::kOffDO + (it & 1) * Tr::kSmemQ;
+        const int st_it = it % S;
+        const uint32_t sQ = s0 + Tr::kOffQ + st_it * Tr::kSmemQ;
+        const uint32_t sdO = s0 + Tr::kOffDO + st_it * Tr::kSmemQ;
+        // dS^T in two buffers: this block's is written while the other warpgroup may still read the previous one
+        // in its dQ product (no barrier between them: the loads no longer need one at the loop top).
+        const uint32_t sdS = s0 + Tr::kOffDS + (it & 1) * Tr::kSmemDS;
+        const int ds_off = Tr::kOffDS + (it & 1) * Tr::kSmemDS;
 
-        cp_async_wait<0>();
-        fence_proxy_async();  // the cp.async writes, for wgmma's reads
-        __syncthreads();      // Q/dO(it) visible; every wgmma of iteration it-1 is complete
-        if (it + 1 < iters) {
-            load_q_do(it + 1);
-            cp_async_commit();
+        mbar_wait(bar0 + 8 * st_it, (it / S) & 1);  // Q, dO and the statistics of block it have landed
+        __syncwarp();  // (the wait is a loop: the warp converged again before the .aligned wgmma instructions)
+        if (varlen && rows_here < BM) {
+            // The rows past this sequence's last one hold the next sequence's queries: zeros instead, so that no
+            // value of another sequence (not even an inf or a NaN) reaches this one's dK and dV.
+            constexpr int kChunks = BM * D / 8;  // 16-byte chunks of one tile
+            for (int c = tid; c < kChunks; c += Tr::kThreads) {
+                const int r = (c / 8) % BM;  // panel rows of 8 chunks, BM rows a panel
+                if (r >= rows_here) {
+                    const int off = c * 16;
+                    *reinterpret_cast<uint4*>(smem + Tr::kOffQ + st_it * Tr::kSmemQ + off) = make_uint4(0, 0, 0, 0);
+                    *reinterpret_cast<uint4*>(smem + Tr::kOffDO + st_it * Tr::kSmemQ + off) = make_uint4(0, 0, 0, 0);
+                }
+            }
+            fence_proxy_async();  // the zeros, for wgmma's reads (and before the stage's next TMA writes)
+            __syncthreads();
         }
         const int64_t slot0 = bwd_row_slot(p, b, h, seq.q_row0, row0);
-        const float* stats = reinterpret_cast<const float*>(smem + Tr::kOffStats + (it & 1) * Tr::kSmemStats);
+        const float* stats = reinterpret_cast<const float*>(smem + Tr::kOffStats + st_it * Tr::kSmemStats);
 
         // S^T and dP^T: [64 keys x 64 queries], K = D. Both per warpgroup, or (kSplit) S^T in warpgroup 0
         // and dP^T in warpgroup 1.
@@ -170,16 +226,16 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         const float alibi_rel = static_cast<float>(row0 + qc0 + alibi.off - (key0 + key_base + kr0));
         if constexpr (kLocal && !kSoftcap) {
             if (alibi_on) {
-                const AlibiRow a = alibi_row(f.alibi_slopes, f.alibi_batch_stride, f.alibi_head_stride, f.alibi_causal,
+                const AlibiRow ar = alibi_row(f.alibi_slopes, f.alibi_batch_stride, f.alibi_head_stride, f.alibi_causal,
                                              b, h, f.scale, f.bottom_right ? seq.sk - seq.sq : 0);
-                const float rel0 = static_cast<float>(row0 + qc0 + a.off - (key0 + key_base + kr0));
+                const float rel0 = static_cast<float>(row0 + qc0 + ar.off - (key0 + key_base + kr0));
 #pragma unroll
                 for (int j = 0; j < BM / 8; ++j) {
 #pragma unroll
                     for (int i = 0; i < 2; ++i) {
 #pragma unroll
                         for (int c = 0; c < 2; ++c) {
-                            st[4 * j + 2 * i + c] += alibi_bias_from(a, rel0 + static_cast<float>(8 * j + c), key_tf, 8 * i);
+                            st[4 * j + 2 * i + c] += alibi_bias_from(ar, rel0 + static_cast<float>(8 * j + c), key_tf, 8 * i);
                         }
                     }
                 }
@@ -239,6 +295,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
             // drew racecheck hazards on these stores and reads, and bar.sync at two instructions draws synccheck's
             // "divergent threads in block" (PTX: an aligned barrier is one instruction for all threads).
             __syncthreads();
+            load_next(it);
         }
         if (kSplit && wg == 1) {
 #pragma unroll
@@ -274,11 +331,11 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
                     const uint32_t byte = static_cast<uint32_t>(kr * 128 + ((j ^ (kr % 8)) << 4) + (lane % 4) * 4);
                     // dS^T: fd, or (kSplit, warpgroup 1) fa
                     const uint32_t v = kSplit ? fa[j / 2][(j % 2) * 2 + i] : fd[kSplit ? 0 : j / 2][(j % 2) * 2 + i];
-                    *reinterpret_cast<uint32_t*>(smem + Tr::kOffDS + byte) = v;
+                    *reinterpret_cast<uint32_t*>(smem + ds_off + byte) = v;
                 }
             }
-            fence_proxy_async();
         }
+        fence_proxy_async();  // the dS^T stores, for wgmma's reads
 
         // dV += P^T dO and dK += dS^T Q: [64 keys x D], K = the 64 queries (B MN-major, panels QStride
         // apart). kSplit: warpgroup 0 the first (into acc_k), warpgroup 1 the second.
@@ -296,9 +353,11 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         }
         wgmma_commit();
 
-        __syncthreads();  // dS^T written
+        __syncthreads();  // dS^T written; every wgmma of block it - 1 retired (each warpgroup waited for its own)
+        if constexpr (!kSplit) load_next(it);
         // Deterministic: the previous iteration's turn, its adds issued before this iteration's first barrier.
         if (kDeterministic && kBwdDetDeferRelease && it > 0) bwd_release_turn(p, blk, blk.head(it - 1), blk.block(it - 1));
+        __syncwarp();  // (thread 0 alone released the turn)
 
         // dQ (this warpgroup's D/2 columns) = dS K: A = dS (queries contiguous: MN-major), B = K rows
         // (columns contiguous: MN-major), K = the block's keys.
@@ -355,8 +414,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
     }
 
     // Epilogue: dK * scale and dV to 16 bits, staged through the K and V tiles (panel layout), then
-    // 16-byte stores of the rows and columns this call has.
-    cp_async_wait<0>();
+    // 16-byte stores of the rows and columns this call has. (No load is in flight: each one issued was waited for.)
     __syncthreads();
     if (kDeterministic && kBwdDetDeferRelease && iters > 0) bwd_release_turn(p, blk, blk.head(iters - 1), blk.block(iters - 1));
     const float scale = f.scale;

@@ -1,10 +1,11 @@
 // The sm90 (wgmma) backward main kernel as a family of common/bwd_launch.cuh: which kernel a variant is
-// (at head dim 256 the masked kernel serves unmasked calls too: kBwdLocalVariant), and its launch shape.
+// (at head dim 256 the masked kernel serves unmasked calls too: kBwdLocalVariant), its launch shape and its launch.
 // Included only by the per-(head dim, dtype) instantiation files (sm90/bwd_hdim<D>_<dtype>_sm90.cu, built
 // where FA_CUDA_ARCHS has 90a).
 #pragma once
 #include "common/bwd_launch.cuh"
 #include "sm90/bwd_kernel.cuh"
+#include "sm90/tma_host.h"
 
 namespace fa {
 namespace sm90 {
@@ -18,6 +19,31 @@ struct BwdFamily {
     static constexpr bool kHasDropout = false;  // dropout is sm80-only (the host refuses it here)
     template <bool kLocal, bool kSoftcap, bool kDet>
     static auto kernel() { return bwd_kernel_sm90<T, D, kLocal, kSoftcap, kDet>; }
+    // The TMA descriptors of q and dO for this call (host-only encoding, no allocation: graph-safe),
+    // then the launch.
+    template <class K>
+    static cudaError_t launch(K kernel, unsigned blocks, const BwdParams& p, cudaStream_t stream) {
+        const FwdParams& f = p.f;
+        BwdArgs90 a;
+        a.p = p;
+        const TmaElem elem = f.dtype == DType::BFloat16 ? TmaElem::BF16 : TmaElem::F16;
+        const bool varlen = f.cu_seqlens_q != nullptr;
+        const int batches = varlen ? 1 : f.b;
+        const int64_t rows = varlen ? f.total_q : f.sq;
+        cudaError_t err;
+        if (rows == 0) {
+            // No query rows (a varlen batch of empty query sequences with keys): every CTA walks no block and writes
+            // zero dK/dV without touching the maps, whose tensors may have no data to describe.
+            a.q = a.dout = TmaMap{};
+        } else if ((err = encode_qkv(&a.q, f.q, elem, f.d, rows, f.hq, batches, f.q_row_stride, f.q_head_stride,
+                              f.q_batch_stride, Tr::kBlockM)) != cudaSuccess ||
+            (err = encode_qkv(&a.dout, p.dout, elem, f.d, rows, f.hq, batches, p.do_row_stride, p.do_head_stride,
+                              p.do_batch_stride, Tr::kBlockM)) != cudaSuccess) {
+            return err;
+        }
+        kernel<<<blocks, kThreads, kSmemBytes, stream>>>(a);
+        return cudaGetLastError();
+    }
 };
 
 }  // namespace sm90

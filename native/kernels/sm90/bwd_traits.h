@@ -1,4 +1,4 @@
-// Compile-time facts of the sm90 (wgmma) backward main kernel: tile, warpgroups, shared-memory layout.
+// Compile-time facts of the sm90 (wgmma) backward main kernel: tile, warpgroups, shared-memory layout, load ring.
 // Plain constexpr, so the registry reads them for names, launch sizes and the host's shared-memory checks.
 #pragma once
 
@@ -23,22 +23,32 @@ struct BwdTraits90 {
     static constexpr int kBlockM = 64;
     static constexpr int kBlockN = kSplit ? 64 : 128;
     static constexpr int kThreads = 256;  // two warpgroups
-    static constexpr int kSmemQ = kBlockM * D * 2;     // one Q or dO buffer
+    // Q and dO of a query block arrive by TMA, its row statistics (lse_log2 then dsum) by cp.async, into a ring of
+    // kStages stages, each completing one mbarrier; three stages where they fit (the load of block it + 2 is issued
+    // in the middle of block it), two at D = 256.
+    static constexpr int kStages = D == 256 ? 2 : 3;
+    static constexpr int kSmemQ = kBlockM * D * 2;     // one Q or dO tile
     static constexpr int kSmemK = kBlockN * D * 2;     // K or V
-    static constexpr int kSmemDS = kBlockN * kBlockM * 2;  // dS^T, [key][query]
-    static constexpr int kOffQ = 0;                     // 2 buffers
-    static constexpr int kOffDO = kOffQ + 2 * kSmemQ;   // 2 buffers
-    static constexpr int kOffK = kOffDO + 2 * kSmemQ;
+    static constexpr int kSmemDS = kBlockN * kBlockM * 2;  // dS^T, [key][query]; two buffers
+    static constexpr int kOffQ = 0;                     // kStages tiles
+    static constexpr int kOffDO = kOffQ + kStages * kSmemQ;
+    static constexpr int kOffK = kOffDO + kStages * kSmemQ;
     static constexpr int kOffV = kOffK + kSmemK;
     static constexpr int kOffDS = kOffV + kSmemK;
     static constexpr int kSmemPX = kSplit ? kBlockN * kBlockM * 4 : 0;  // P^T handed over in fp32
-    static constexpr int kOffPX = kOffDS + kSmemDS;
-    static constexpr int kSmemStats = 2 * kBlockM * 4;  // lse_log2 then dsum, per buffer
-    static constexpr int kOffStats = kOffPX + kSmemPX;  // 2 buffers
-    static constexpr int kSmemBytes = kOffStats + 2 * kSmemStats;
+    static constexpr int kOffPX = kOffDS + 2 * kSmemDS;
+    static constexpr int kSmemStats = 2 * kBlockM * 4;  // lse_log2 then dsum, per stage
+    static constexpr int kOffStats = kOffPX + kSmemPX;  // kStages
+    static constexpr int kOffBar = kOffStats + kStages * kSmemStats;  // kStages mbarriers (8 bytes each)
+    static constexpr int kSmemBytes = kOffBar + kStages * 8;
+    // Bytes one stage's TMA loads bring (the mbarrier's transaction count): Q and dO.
+    static constexpr int kStageTx = 2 * kSmemQ;
     static_assert(kBlockM >= kBwdMinBlockM, "the deterministic counters are sized for BlockM >= kBwdMinBlockM");
     static_assert(kOffK % 1024 == 0 && kOffV % 1024 == 0 && kOffDS % 1024 == 0 && kSmemQ % 1024 == 0,
                   "wgmma tiles start on 1024-byte swizzle atoms");
+    static_assert(kOffDO % 1024 == 0, "TMA boxes with the 128-byte swizzle start on 1024 bytes");
+    static_assert(kOffBar % 8 == 0 && 2 * kBlockM <= kThreads, "mbarriers on 8 bytes; one statistic per thread");
+    static_assert(kSmemBytes <= 227 * 1024, "fits the opt-in shared memory of an sm_90 block");
     static_assert(kBlockM == kDqFragRows, "the fragment layout of dq_accum is the m64 accumulator's");
 };
 

@@ -22,16 +22,6 @@
 namespace fa {
 namespace sm90 {
 
-// The descriptor of q, k or v: [b][rows][heads][d] with the call's strides (in elements; varlen: one batch
-// of the packed rows), read in boxes of 128 bytes of columns x box_rows rows.
-inline cudaError_t encode_qkv(TmaMap* map, const void* data, TmaElem elem, int d, int64_t rows, int heads, int batches,
-                              int64_t row_stride, int64_t head_stride, int64_t batch_stride, int box_rows) {
-    const int64_t eb = elem == TmaElem::U8 ? 1 : 2;
-    const int64_t dims[4] = {d, rows, heads, batches};
-    const int64_t strides[3] = {row_stride * eb, head_stride * eb, batch_stride * eb};
-    return encode_4d(map, data, elem, dims, strides, static_cast<int>(128 / eb), box_rows);
-}
-
 template <typename T, int D, bool kLocal, bool kSoftcap>
 cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStream_t stream) {
     using Tr = FwdTraits90<D, FwdIo90<T>::kFp8>;
