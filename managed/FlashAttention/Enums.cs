@@ -91,8 +91,8 @@ public enum KernelPath
 
     /// <summary>
     /// Hopper's path (wgmma, and TMA with warp specialisation in the forward; a build with sm_90a code, on compute
-    /// capability 9.0). It serves the forward and backward passes at every head dim (kernels at 64, 128 and 256; a head
-    /// dim between them runs the next one up with zero-filled columns); elsewhere, and for decode, asking for it is
+    /// capability 9.0). It serves the forward and backward passes at every head dim (kernels at 64, 128, 192 and 256; a
+    /// head dim between them runs the next one up with zero-filled columns); elsewhere, and for decode, asking for it is
     /// <see cref="FlashAttentionStatus.Unsupported"/>.
     /// <see cref="Auto"/> picks it where it serves. The fp8 (<see cref="DataType.Float8E4M3"/>) forward runs on this path
     /// only: <see cref="Auto"/> takes it, <see cref="Sm80"/> refuses it, and where it does not serve no path does.

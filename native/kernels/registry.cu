@@ -68,8 +68,8 @@ int32_t sm90_fwd_class(int32_t d) {
     return 0;
 }
 
-// The sm90 backward's kernel head dim for head dim d: the smallest compiled 64, 128 or 256 at least d; 0 when
-// none is. Head dims between its kernels (96, 192, ...) run the next one up with zero-filled columns, as the
+// The sm90 backward's kernel head dim for head dim d: the smallest compiled 64, 128, 192 or 256 at least d; 0 when
+// none is. Head dims between its kernels (96, 160, ...) run the next one up with zero-filled columns, as the
 // forward's do.
 int32_t sm90_bwd_class(int32_t d) {
     for (int32_t i = 0; i < kCompiledCount; ++i) {
@@ -121,8 +121,8 @@ uint32_t feature_axes(Pass pass) {
 bool variant_compiled(Pass pass, Path path, int32_t kernel_d, uint32_t features) {
     // Dropout kernels: the sm80 local ones only (fp8 has no sm80 kernel; has_kernel says so first).
     if ((features & feature::kDropout) && (path != Path::Sm80 || !(features & feature::kLocal))) return false;
-    // The sm90 backward at 256 has only masked kernels (they serve the unmasked calls too).
-    return !(pass == Pass::Backward && path == Path::Sm90 && kernel_d == 256 && !(features & feature::kLocal));
+    // The sm90 backward at 192 and 256 has only masked kernels (they serve the unmasked calls too).
+    return !(pass == Pass::Backward && path == Path::Sm90 && kernel_d >= 192 && !(features & feature::kLocal));
 }
 
 template <int D>

@@ -28,7 +28,7 @@ int32_t compiled_head_dims(const int32_t** dims);   // the compiled kernel head 
 bool has_sm90_code();
 // Whether this build has a `pass` kernel on `path` for kernel head dim kernel_d (no device check). kernel_d is
 // always kernel_head_dim(d), the sm80 kernel's; the sm90 forward and backward run the smallest of their kernels
-// (forward 64, 128, 192, 256; fp8 128, 256; backward 64, 128, 256) at least that large, which names, shared memory and launches account for (run_kernel_d).
+// (forward 64, 128, 192, 256; fp8 128, 256; backward 64, 128, 192, 256) at least that large, which names, shared memory and launches account for (run_kernel_d).
 bool has_kernel(Pass pass, Path path, int32_t kernel_d);
 // The same for one input dtype: fp16 and bf16 wherever has_kernel says so; fp8 (e4m3) only for the sm90
 // forward, at the kernel head dims its fp8 kernels were built for.

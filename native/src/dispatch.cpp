@@ -48,10 +48,10 @@ bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc
             reason = "the wgmma kernels run on compute capability 9.0 only";
         } else if (!kernels::has_kernel(pass, path, kernel_d, dtype)) {
             reason = fp8 ? "this build has no sm90 fp8 forward kernel for that head dim"
-                     : pass == Pass::Forward ? "this build has no sm90 forward kernel for that head dim (the 64, 128 and 256 "
-                                               "kernels serve head dims up to 64, 128 and 256)"
-                                             : "this build has no sm90 backward kernel for that head dim (the 64, 128 and 256 "
-                                               "kernels serve head dims up to 64, 128 and 256)";
+                     : pass == Pass::Forward ? "this build has no sm90 forward kernel for that head dim (its kernels at 64, "
+                                               "128, 192 and 256, where FA_HEAD_DIMS has them, serve the head dims up to theirs)"
+                                             : "this build has no sm90 backward kernel for that head dim (its kernels at 64, "
+                                               "128, 192 and 256, where FA_HEAD_DIMS has them, serve the head dims up to theirs)";
         }
     } else if (reason == nullptr && fp8) {
         reason = kFp8Sm90Only;

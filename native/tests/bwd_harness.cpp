@@ -606,6 +606,14 @@ int main(int argc, char** argv) {
             vl.d = 256;
             vl.causal = false;
             cases.push_back(vl);
+            vl.d = 192;  // the 192 kernel: its two-product dQ halves, with the partial blocks' row-major adds
+            vl.causal = true;
+            cases.push_back(vl);
+            Case s192{1, 4, 2, 190, 220, 160};  // 160 runs the 192 kernel, columns past it zero-filled
+            s192.softcap = 30.f;
+            s192.wl = 40;
+            s192.wr = 7;
+            cases.push_back(s192);
         }
         // Learnable sinks (C ABI 0.7): the same kinds of case with one fp32 sink per query head; dsinks and the
         // forward's lse checked too (rows that see no key: lse exactly the sink).

@@ -3,7 +3,9 @@
 // every kernel head dim with an sm90 kernel, the offsets of a full query block's 64 x D elements are a permutation
 // of [0, 64 * D), and register r of thread t of warpgroup w (wgmma's m64nN accumulator: row 16 * warp + lane / 4
 // + 8 * ((r / 2) % 2), column 8 * (r / 4) + 2 * (lane % 4) + r % 2 of the warpgroup's half) sits at
-// w * 64 * D / 2 + ((r / 4) * 128 + t) * 4 + r % 4, the address the kernel adds it at. Needs no GPU; runs under ctest.
+// w * 64 * D / 2 + ((r / 4) * 128 + t) * 4 + r % 4, the address the kernel adds it at (at D = 192 the kernel's registers
+// come from two products and hold the column groups in another order, dq_group in sm90/bwd_kernel.cuh, but each
+// column group goes to the address this formula gives it). Needs no GPU; runs under ctest.
 #include <cstdio>
 #include <vector>
 
@@ -11,7 +13,7 @@
 
 int main() {
     int failures = 0, checks = 0;
-    for (int d : {64, 128, 256}) {
+    for (int d : {64, 128, 192, 256}) {
         const int rows = fa::kDqFragRows, half = d / 2;
         std::vector<int> seen(static_cast<size_t>(rows) * d, 0);
         for (int row = 0; row < rows; ++row) {

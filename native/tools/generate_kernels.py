@@ -27,7 +27,7 @@ FAMILIES = {
     ("sm90", "fwd"): ((64, 128, 192, 256), "sm90/fwd_launch.cuh",
                       "namespace sm90 {{\ntemplate int run_fwd<{ctype}, {d}>(const FwdParams&, const LaunchInfo&, "
                       "cudaStream_t, uint32_t*);\n}}  // namespace sm90", {"e4m3": (128, 256)}),
-    ("sm90", "bwd"): ((64, 128, 256), "sm90/bwd_launch.cuh",
+    ("sm90", "bwd"): ((64, 128, 192, 256), "sm90/bwd_launch.cuh",
                       "template int run_bwd_main<sm90::BwdFamily<{ctype}, {d}>>(const BwdParams&, const LaunchInfo&, "
                       "cudaStream_t, uint32_t*);"),
 }

@@ -91,19 +91,31 @@ template <typename T, int Rows, int D, int Threads>
 __device__ __forceinline__ void load_panels(uint32_t dst, const T* src, int64_t row_stride, int rows_valid, int cols,
                                             int tid) {
     constexpr int CPR = D / 8;
-    static_assert((Rows * CPR) % Threads == 0 && Threads % CPR == 0, "tile splits evenly over threads");
-    constexpr int kRowStep = Threads / CPR;
-    const int r0 = tid / CPR, ch = tid % CPR;
-    const bool col_ok = ch * 8 < cols;
-    const T* g = src + static_cast<int64_t>(r0) * row_stride + ch * 8;
-    const int64_t step = static_cast<int64_t>(kRowStep) * row_stride;
+    static_assert((Rows * CPR) % Threads == 0, "tile splits evenly over threads");
+    if constexpr (Threads % CPR != 0) {
+        // A row's chunks do not divide the threads (D = 192: 24 chunks): chunk c = tid + i * Threads, anywhere.
 #pragma unroll
-    for (int i = 0; i < Rows / kRowStep; ++i) {
-        const int r = r0 + i * kRowStep;
-        const bool valid = col_ok && r < rows_valid;
-        cp_async_16(dst + panel_off<Rows>(r, ch), valid ? g : src, valid);
-        g += step;
-        asm volatile("" : "+l"(g));  // as in load_tile: keeps ptxas from precomputing every row pointer
+        for (int i = 0; i < Rows * CPR / Threads; ++i) {
+            const int c = tid + i * Threads;
+            const int r = c / CPR, ch = c % CPR;
+            const bool valid = ch * 8 < cols && r < rows_valid;
+            cp_async_16(dst + panel_off<Rows>(r, ch), valid ? src + static_cast<int64_t>(r) * row_stride + ch * 8 : src,
+                        valid);
+        }
+    } else {
+        constexpr int kRowStep = Threads / CPR;
+        const int r0 = tid / CPR, ch = tid % CPR;
+        const bool col_ok = ch * 8 < cols;
+        const T* g = src + static_cast<int64_t>(r0) * row_stride + ch * 8;
+        const int64_t step = static_cast<int64_t>(kRowStep) * row_stride;
+#pragma unroll
+        for (int i = 0; i < Rows / kRowStep; ++i) {
+            const int r = r0 + i * kRowStep;
+            const bool valid = col_ok && r < rows_valid;
+            cp_async_16(dst + panel_off<Rows>(r, ch), valid ? g : src, valid);
+            g += step;
+            asm volatile("" : "+l"(g));  // as in load_tile: keeps ptxas from precomputing every row pointer
+        }
     }
 }
 

@@ -12,11 +12,13 @@
 //   dK  += dS^T Q     m64nD,  A = dS^T from registers, B = Q (MN-major) } of these two (FA3's trick)
 //   dQ   = dS K       m64n(D/2) per warpgroup (its half of the columns), A = dS (dS^T stored [key][query],
 //                     read MN-major), B = K (MN-major); added to the fp32 accumulator with red.global.add.v4
-//                     in the accumulator's fragment layout (BwdParams::dq_frag_rows).
-// P never leaves registers (but at D = 256, below); dS^T goes to shared memory once (16 KB). dK and dV
+//                     in the accumulator's fragment layout (BwdParams::dq_frag_rows). At D = 192 a half (96
+//                     columns) straddles the middle panel, which an MN-major operand may not cross mid-panel: two
+//                     products of 64 and 32 columns each.
+// P never leaves registers (but at D = 192 and 256, below); dS^T goes to shared memory once (16 KB). dK and dV
 // (64 x D per warpgroup) stay in registers for the whole walk.
 //
-// At D = 256 dK and dV of 64 keys take 256 registers a thread, so the warpgroups split the roles
+// At D = 256 dK and dV of 64 keys take 256 registers a thread (192 at D = 192), so the warpgroups split the roles
 // instead (kSplit): a CTA holds 64 keys; warpgroup 0 computes S^T, P^T and dV, warpgroup 1 dP^T, dS^T
 // and dK (128 accumulator registers each). Warpgroup 1 needs P^T (times 1 - tanh^2 under softcap): it
 // takes it in fp32 through shared memory (16 KB) across a CTA barrier, which warpgroup 1 reaches first (its
@@ -106,7 +108,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
     };
 
     // Block it + S - 1's loads, once stage (it - 1) % S is free: every product of block it - 1 retired and its
-    // statistics read, which a CTA barrier of block it tells (the mid-block one; at D = 256 the earlier P^T
+    // statistics read, which a CTA barrier of block it tells (the mid-block one; with kSplit the earlier P^T
     // hand-over). The statistics' copies are generic-proxy writes, which the barrier orders after the reads.
     const auto load_next = [&](int it) {
         if (tid < 2 * BM && it + S - 1 < iters) load_q_do(it + S - 1);
@@ -318,7 +320,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         }
 
         // dS^T to shared memory as [key][query] rows of 128 bytes (one panel), for dQ. The stores read the
-        // registers that are also the A fragments of the dK product (fd, or fa in warpgroup 1 at D = 256).
+        // registers that are also the A fragments of the dK product (fd, or fa in warpgroup 1 with kSplit).
         // They are stored before that product is issued: the PTX ISA leaves any access to a wgmma's register
         // operands undefined until wgmma.wait_group retires it. (Storing after the issue, so that the products
         // start a few instructions earlier, measured no faster: bench/NOTES.md.)
@@ -360,8 +362,14 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         __syncwarp();  // (thread 0 alone released the turn)
 
         // dQ (this warpgroup's D/2 columns) = dS K: A = dS (queries contiguous: MN-major), B = K rows
-        // (columns contiguous: MN-major), K = the block's keys.
+        // (columns contiguous: MN-major), K = the block's keys. An MN-major B operand is read in 64-column panels
+        // from its start, so one that starts inside a panel must end in it: at D = 192 each warpgroup's 96 columns
+        // are two products, 64 columns on a whole panel (dq[0, 32)) and 32 on half of the middle one (dq[32, 48)):
+        // warpgroup 0 columns 0..63 and 64..95, warpgroup 1 columns 128..191 and 96..127. Their column groups of 8
+        // are then (in dq's order) groups 0..7 and 8..11 of warpgroup 0's half, 4..11 and 0..3 of warpgroup 1's.
         constexpr int kDqN = D / 2;
+        constexpr bool kDqTwo = kDqN > 64 && kDqN % 64 != 0;  // D = 192
+        static_assert(!kDqTwo || kDqN == 96, "a dQ half is one product, or 64 + 32 columns");
         float* acc_rows = bwd_dq_rows(p, blk, slot0);
         float dq[kDqN / 2];
 #pragma unroll
@@ -369,11 +377,28 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         fence_regs(dq);
         wgmma_fence();
         const int col0 = wg * kDqN;  // first column of this warpgroup's half
-        const uint32_t k_cols = kDqN >= 64 ? static_cast<uint32_t>((col0 / 64) * KStride) : static_cast<uint32_t>(col0 * 2);
+        // Column group (of 8, in this warpgroup's half) of dq[4 g .. 4 g + 3]: g, but at D = 192 in warpgroup 1
+        // the whole panel's 8 groups (g < 8) are groups 4..11 and the half panel's 4 are groups 0..3.
+        const auto dq_group = [&](int g) { return kDqTwo && wg == 1 ? (g < 8 ? g + 4 : g - 8) : g; };
+        if constexpr (kDqTwo) {
+            float (&dq_panel)[32] = *reinterpret_cast<float (*)[32]>(dq);
+            float (&dq_half)[16] = *reinterpret_cast<float (*)[16]>(dq + 32);
+            const uint32_t panel_cols = static_cast<uint32_t>((wg == 0 ? 0 : 2) * KStride);   // columns 0 or 128
+            const uint32_t half_cols = static_cast<uint32_t>(KStride + (wg == 0 ? 0 : 64));   // columns 64 or 96
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            Wgmma<T, kDqN, 1, 1>::ss(dq, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
-                                     smem_desc(sK + k_cols + kk * 16 * 128, KStride, 1024), 1);
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                Wgmma<T, 64, 1, 1>::ss(dq_panel, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
+                                       smem_desc(sK + panel_cols + kk * 16 * 128, KStride, 1024), 1);
+                Wgmma<T, 32, 1, 1>::ss(dq_half, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
+                                       smem_desc(sK + half_cols + kk * 16 * 128, KStride, 1024), 1);
+            }
+        } else {
+            const uint32_t k_cols = kDqN >= 64 ? static_cast<uint32_t>((col0 / 64) * KStride) : static_cast<uint32_t>(col0 * 2);
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                Wgmma<T, kDqN, 1, 1>::ss(dq, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
+                                         smem_desc(sK + k_cols + kk * 16 * 128, KStride, 1024), 1);
+            }
         }
         wgmma_commit();
         wgmma_wait<0>();  // also retires dV/dK
@@ -395,7 +420,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         if (frag) {
             float* dst = acc_rows + wg * (BM * kDqN) + tid % 128 * 4;
 #pragma unroll
-            for (int j = 0; j < kDqN / 8; ++j) red_add_f32x4(dst + j * 512, dq[4 * j], dq[4 * j + 1], dq[4 * j + 2], dq[4 * j + 3]);
+            for (int j = 0; j < kDqN / 8; ++j) red_add_f32x4(dst + dq_group(j) * 512, dq[4 * j], dq[4 * j + 1], dq[4 * j + 2], dq[4 * j + 3]);
         } else {
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
@@ -403,7 +428,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
                 if (qr < rows_here) {
                     float* dst = acc_rows + static_cast<int64_t>(qr) * D + col0 + qc0;
 #pragma unroll
-                    for (int j = 0; j < kDqN / 8; ++j) red_add_f32x2(dst + 8 * j, dq[4 * j + 2 * i], dq[4 * j + 2 * i + 1]);
+                    for (int j = 0; j < kDqN / 8; ++j) red_add_f32x2(dst + 8 * dq_group(j), dq[4 * j + 2 * i], dq[4 * j + 2 * i + 1]);
                 }
             }
         }

@@ -1,5 +1,5 @@
 // The sm90 (wgmma) backward main kernel as a family of common/bwd_launch.cuh: which kernel a variant is
-// (at head dim 256 the masked kernel serves unmasked calls too: kBwdLocalVariant), its launch shape and its launch.
+// (at head dims 192 and 256 the masked kernel serves unmasked calls too: local_variant), its launch shape and its launch.
 // Included only by the per-(head dim, dtype) instantiation files (sm90/bwd_hdim<D>_<dtype>_sm90.cu, built
 // where FA_CUDA_ARCHS has 90a).
 #pragma once
@@ -15,7 +15,7 @@ struct BwdFamily {
     using Tr = BwdTraits90<D>;
     static constexpr int kSmemBytes = Tr::kSmemBytes;
     static constexpr int kThreads = Tr::kThreads;
-    static constexpr bool local_variant(bool local) { return D == 256 ? true : local; }
+    static constexpr bool local_variant(bool local) { return BwdTraits90<D>::kSplit ? true : local; }
     static constexpr bool kHasDropout = false;  // dropout is sm80-only (the host refuses it here)
     template <bool kLocal, bool kSoftcap, bool kDet>
     static auto kernel() { return bwd_kernel_sm90<T, D, kLocal, kSoftcap, kDet>; }

@@ -8,24 +8,25 @@ namespace fa {
 namespace sm90 {
 
 // The kernel head dims that have an sm90 main kernel (in a build with sm_90a code).
-constexpr bool bwd_head_dim(int D) { return D == 64 || D == 128 || D == 256; }
+constexpr bool bwd_head_dim(int D) { return D == 64 || D == 128 || D == 192 || D == 256; }
 
-// Tile: 64 query rows x 128 keys (64 keys at head dim 256, where the warpgroups split the roles).
-// At head dim 256 the masked kernel also serves the calls without masks (sm90::BwdFamily::local_variant;
+// Tile: 64 query rows x 128 keys (64 keys at head dims 192 and 256, where the warpgroups split the roles: dK and
+// dV of 128 keys would not fit the registers).
+// At head dims 192 and 256 the masked kernel also serves the calls without masks (sm90::BwdFamily::local_variant;
 // no causal mask, no window: its tile test then only trims the last key block): ptxas spills 136 bytes in
 // the unmasked D = 256 kernel and none in the masked one, which measured 4% faster on them (H100: 221/257/270
 // against 212/247/263 TFLOP/s at 1k/4k/16k; bench/NOTES.md).
 template <int D>
 struct BwdTraits90 {
-    static_assert(bwd_head_dim(D), "the sm90 backward serves kernel head dims 64, 128 and 256");
+    static_assert(bwd_head_dim(D), "the sm90 backward serves kernel head dims 64, 128, 192 and 256");
     static constexpr int kHeadDim = D;
-    static constexpr bool kSplit = D == 256;  // warpgroups split the roles (see above)
+    static constexpr bool kSplit = D >= 192;  // warpgroups split the roles (see above)
     static constexpr int kBlockM = 64;
     static constexpr int kBlockN = kSplit ? 64 : 128;
     static constexpr int kThreads = 256;  // two warpgroups
     // Q and dO of a query block arrive by TMA, its row statistics (lse_log2 then dsum) by cp.async, into a ring of
     // kStages stages, each completing one mbarrier; three stages where they fit (the load of block it + 2 is issued
-    // in the middle of block it), two at D = 256.
+    // in the middle of block it), two at D = 256 (D = 192 takes 226 KB with three).
     static constexpr int kStages = D == 256 ? 2 : 3;
     static constexpr int kSmemQ = kBlockM * D * 2;     // one Q or dO tile
     static constexpr int kSmemK = kBlockN * D * 2;     // K or V

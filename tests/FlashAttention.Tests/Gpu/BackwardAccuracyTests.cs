@@ -101,10 +101,10 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
 
     /// <summary>
     /// Each kernel path asked for by name. On an H100 with an sm_90a build <see cref="KernelPath.Auto"/> runs the wgmma
-    /// kernels at head dims 64, 128 and 256, so the Sm80 cases keep the portable kernels of those head dims checked
+    /// kernels at head dims 64, 128, 192 and 256, so the Sm80 cases keep the portable kernels of those head dims checked
     /// there too; the Sm90 cases are ignored (with the library's reason) where that path does not serve: other GPUs,
-    /// builds without sm_90a code. Head dims between its kernels (96, 160, 192) run the next one up with zero-filled
-    /// columns. On a compute capability 9.0 GPU whose
+    /// builds without sm_90a code. Head dims between its kernels (40, 96, 112, 160, 200) run the next one up with
+    /// zero-filled columns. On a compute capability 9.0 GPU whose
     /// library lists the sm90 kernel of the case, an UNSUPPORTED is a failure, never an ignore.
     /// </summary>
     [TestCase(KernelPath.Sm80, DataType.BFloat16, 64, Mask.CausalBottomRight, false)]
@@ -169,7 +169,7 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
         }
 
         // The sm90 backward runs the smallest of its kernels at least as wide as the sm80 kernel head dim (96 on the
-        // 128 kernel, 192 on the 256 one).
+        // 128 kernel, 160 on the 192 one).
         int[] sm90 = HeadDims($"sm90_bwd_{dt}_hdim").Where(d => d >= compiled.Min()).ToArray();
         if (sm90.Length == 0)
         {
