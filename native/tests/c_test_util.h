@@ -21,6 +21,9 @@
 static int g_passed = 0;
 static int g_failed = 0;
 static int g_skipped = 0;
+/* Every check counted so far (also keeps g_skipped referenced in a test that skips nothing: gcc's -Wunused-variable
+   under FA_WARNINGS_AS_ERRORS). */
+static inline int checks_counted(void) { return g_passed + g_failed + g_skipped; }
 
 #define CHECK(cond, ...)                                          \
     do {                                                          \
@@ -36,7 +39,7 @@ static int g_skipped = 0;
 
 /* Checks a status and the last-error contract: a message after a failure, "" after a success.
    `needle`, when not NULL, must occur in the message. Returns 1 when everything matched. */
-static int expect(const char* label, fa_status_t got, fa_status_t want, const char* needle) {
+static inline int expect(const char* label, fa_status_t got, fa_status_t want, const char* needle) {
     const char* message = fa_last_error_message();
     int ok = 1;
     if (message == NULL) {
@@ -72,7 +75,7 @@ static int expect(const char* label, fa_status_t got, fa_status_t want, const ch
 
 /* ---- fp16 conversion (round to nearest even) ------------------------------------------------ */
 
-static uint16_t float_to_half(float f) {
+static inline uint16_t float_to_half(float f) {
     uint32_t x;
     uint32_t sign, exponent, mantissa, half_mantissa, rest, halfway;
     int e, shift;
@@ -110,7 +113,7 @@ static uint16_t float_to_half(float f) {
     return (uint16_t)x;
 }
 
-static double half_to_double(uint16_t h) {
+static inline double half_to_double(uint16_t h) {
     const int sign = (h & 0x8000u) ? -1 : 1;
     const int exponent = (h >> 10) & 0x1f;
     const int mantissa = h & 0x3ff;
@@ -124,7 +127,7 @@ static double half_to_double(uint16_t h) {
 }
 
 /* bfloat16: the upper 16 bits of a float, rounded to nearest even (NaN kept a NaN). */
-static uint16_t float_to_bf16(float f) {
+static inline uint16_t float_to_bf16(float f) {
     uint32_t x;
     memcpy(&x, &f, sizeof(x));
     if ((x & 0x7fffffffu) > 0x7f800000u) {
@@ -134,7 +137,7 @@ static uint16_t float_to_bf16(float f) {
     return (uint16_t)(x >> 16);
 }
 
-static double bf16_to_double(uint16_t h) {
+static inline double bf16_to_double(uint16_t h) {
     const uint32_t x = (uint32_t)h << 16;
     float f;
     memcpy(&f, &x, sizeof(f));
@@ -182,12 +185,12 @@ static inline void set_descale(fa_tensor_t* t, void* data, int64_t rows, int64_t
 #define FA_TEST_BF16_REL_L2_CAP 1e-2
 #define FA_TEST_FP16_REL_L2_CAP 2e-3
 
-static double rel_l2_cap(int dtype) {
+static inline double rel_l2_cap(int dtype) {
     return dtype == FA_DTYPE_BFLOAT16 ? FA_TEST_BF16_REL_L2_CAP : FA_TEST_FP16_REL_L2_CAP;
 }
 
 /* 1 when a relative L2 error meets the dtype's cap. */
-static int rel_l2_within_cap(double rel, int dtype) {
+static inline int rel_l2_within_cap(double rel, int dtype) {
     return rel <= rel_l2_cap(dtype);
 }
 
@@ -197,7 +200,7 @@ static int rel_l2_within_cap(double rel, int dtype) {
    FA_TEST_SEED, else from the clock; N is a decimal number from 0 to 2^64-1. The seed is printed either way,
    with how to replay it. Returns 1 and sets *seed, or prints a usage message and returns 0 (bad or unknown
    arguments: the caller exits with status 2). */
-static int parse_seed_text(const char* text, uint64_t* seed) {
+static inline int parse_seed_text(const char* text, uint64_t* seed) {
     char* end = NULL;
     unsigned long long value;
     if (text == NULL || text[0] < '0' || text[0] > '9') {
@@ -212,7 +215,7 @@ static int parse_seed_text(const char* text, uint64_t* seed) {
     return 1;
 }
 
-static int test_seed_from_args(int argc, char** argv, const char* program, uint64_t* seed) {
+static inline int test_seed_from_args(int argc, char** argv, const char* program, uint64_t* seed) {
     const char* text = NULL;
     const char* source = NULL;
     int i;
@@ -254,7 +257,7 @@ static int test_seed_from_args(int argc, char** argv, const char* program, uint6
 
 /* The xorshift state for a seed: splitmix64 of it, so that every seed (0 and small ones too) starts a
    well-mixed, nonzero state. */
-static uint64_t rng_state_from_seed(uint64_t seed) {
+static inline uint64_t rng_state_from_seed(uint64_t seed) {
     uint64_t z = seed + 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
