@@ -59,7 +59,7 @@ constexpr bool kHasSm90a = true;
 constexpr bool kHasSm90a = false;
 #endif
 
-// The sm90 forward's kernel head dim ("class") for head dim d: the smallest compiled 64, 128 or 256 at least d;
+// The sm90 forward's kernel head dim ("class") for head dim d: the smallest compiled 64, 128, 192 or 256 at least d;
 // 0 when none is.
 int32_t sm90_fwd_class(int32_t d) {
     for (int32_t i = 0; i < kCompiledCount; ++i) {
@@ -122,7 +122,7 @@ bool variant_compiled(Pass pass, Path path, int32_t kernel_d, uint32_t features)
     // Dropout kernels: the sm80 local ones only (fp8 has no sm80 kernel; has_kernel says so first).
     if ((features & feature::kDropout) && (path != Path::Sm80 || !(features & feature::kLocal))) return false;
     // The sm90 backward at 192 and 256 has only masked kernels (they serve the unmasked calls too).
-    return !(pass == Pass::Backward && path == Path::Sm90 && kernel_d >= 192 && !(features & feature::kLocal));
+    return !(pass == Pass::Backward && path == Path::Sm90 && sm90::bwd_split(kernel_d) && !(features & feature::kLocal));
 }
 
 template <int D>

@@ -815,7 +815,7 @@ static void test_query_support(void) {
     expect("query kernel_path 9", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "kernel_path is 9");
 
     /* FA_PATH_SM90: the forward (test_query_sm90_forward) and, on compute capability 9.0, the backward of the
-       64/128/256 kernels; decode stays on the sm80 path */
+       64/128/192/256 kernels; decode stays on the sm80 path */
     test_query_sm90_forward();
     q = forward_query(FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
     q.kernel_path = FA_PATH_SM90;

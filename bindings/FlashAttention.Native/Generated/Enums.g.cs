@@ -113,10 +113,11 @@ public enum FaKernelPath : int
     Sm80 = 1,
 
     /// <summary>
-    /// Hopper's path (wgmma, and TMA with warp specialisation in the forward; a build with sm_90a code on
-    /// compute capability 9.0). Serves the forward and backward passes for every head dim (kernels at 64, 128
-    /// and 256; a head dim between them runs the next one up; the backward served only 33..64, 97..128 and
-    /// 193..256 before 0.6.1); elsewhere, and for decode, a call that asks for it is UNSUPPORTED.
+    /// Hopper's path (wgmma and TMA, with warp specialisation in the forward; a build with sm_90a code on
+    /// compute capability 9.0). Serves the forward and backward passes for every head dim (kernels at 64, 128,
+    /// 192 and 256 (192 since 0.10); a head dim between them runs the next one up; the backward served only
+    /// 33..64, 97..128 and 193..256 before 0.6.1); elsewhere, and for decode, a call that asks for it is
+    /// UNSUPPORTED.
     /// FA_PATH_AUTO picks it where it serves; fa_query_support says where. (Since 0.4.) The fp8 (e4m3) forward
     /// runs on this path only: FA_PATH_AUTO takes it, FA_PATH_SM80 refuses it. (Since 0.5.)
     /// </summary>

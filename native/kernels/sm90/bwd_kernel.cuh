@@ -371,38 +371,43 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         constexpr bool kDqTwo = kDqN > 64 && kDqN % 64 != 0;  // D = 192
         static_assert(!kDqTwo || kDqN == 96, "a dQ half is one product, or 64 + 32 columns");
         float* acc_rows = bwd_dq_rows(p, blk, slot0);
-        float dq[kDqN / 2];
+        // dq_a: the one product's accumulators, or (kDqTwo) the whole panel's; dq_b: the half panel's (kDqTwo).
+        // dq(i) reads register i of the half's kDqN / 2 in that order (i is a constant in the unrolled loops).
+        float dq_a[kDqTwo ? 32 : kDqN / 2], dq_b[kDqTwo ? 16 : 1];
 #pragma unroll
-        for (int i = 0; i < kDqN / 2; ++i) dq[i] = 0.f;
-        fence_regs(dq);
+        for (int i = 0; i < (kDqTwo ? 32 : kDqN / 2); ++i) dq_a[i] = 0.f;
+#pragma unroll
+        for (int i = 0; i < (kDqTwo ? 16 : 1); ++i) dq_b[i] = 0.f;
+        const auto dq = [&](int i) { return kDqTwo && i >= 32 ? dq_b[i - 32] : dq_a[i]; };
+        fence_regs(dq_a);
+        fence_regs(dq_b);
         wgmma_fence();
         const int col0 = wg * kDqN;  // first column of this warpgroup's half
-        // Column group (of 8, in this warpgroup's half) of dq[4 g .. 4 g + 3]: g, but at D = 192 in warpgroup 1
+        // Column group (of 8, in this warpgroup's half) of dq(4 g .. 4 g + 3): g, but at D = 192 in warpgroup 1
         // the whole panel's 8 groups (g < 8) are groups 4..11 and the half panel's 4 are groups 0..3.
         const auto dq_group = [&](int g) { return kDqTwo && wg == 1 ? (g < 8 ? g + 4 : g - 8) : g; };
         if constexpr (kDqTwo) {
-            float (&dq_panel)[32] = *reinterpret_cast<float (*)[32]>(dq);
-            float (&dq_half)[16] = *reinterpret_cast<float (*)[16]>(dq + 32);
             const uint32_t panel_cols = static_cast<uint32_t>((wg == 0 ? 0 : 2) * KStride);   // columns 0 or 128
             const uint32_t half_cols = static_cast<uint32_t>(KStride + (wg == 0 ? 0 : 64));   // columns 64 or 96
 #pragma unroll
             for (int kk = 0; kk < BN / 16; ++kk) {
-                Wgmma<T, 64, 1, 1>::ss(dq_panel, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
+                Wgmma<T, 64, 1, 1>::ss(dq_a, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
                                        smem_desc(sK + panel_cols + kk * 16 * 128, KStride, 1024), 1);
-                Wgmma<T, 32, 1, 1>::ss(dq_half, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
+                Wgmma<T, 32, 1, 1>::ss(dq_b, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
                                        smem_desc(sK + half_cols + kk * 16 * 128, KStride, 1024), 1);
             }
         } else {
             const uint32_t k_cols = kDqN >= 64 ? static_cast<uint32_t>((col0 / 64) * KStride) : static_cast<uint32_t>(col0 * 2);
 #pragma unroll
             for (int kk = 0; kk < BN / 16; ++kk) {
-                Wgmma<T, kDqN, 1, 1>::ss(dq, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
+                Wgmma<T, kDqN, 1, 1>::ss(dq_a, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
                                          smem_desc(sK + k_cols + kk * 16 * 128, KStride, 1024), 1);
             }
         }
         wgmma_commit();
         wgmma_wait<0>();  // also retires dV/dK
-        fence_regs(dq);
+        fence_regs(dq_a);
+        fence_regs(dq_b);
         fence_regs(acc_k);
         fence_regs(acc_v);
 #pragma unroll
@@ -420,7 +425,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         if (frag) {
             float* dst = acc_rows + wg * (BM * kDqN) + tid % 128 * 4;
 #pragma unroll
-            for (int j = 0; j < kDqN / 8; ++j) red_add_f32x4(dst + dq_group(j) * 512, dq[4 * j], dq[4 * j + 1], dq[4 * j + 2], dq[4 * j + 3]);
+            for (int j = 0; j < kDqN / 8; ++j) red_add_f32x4(dst + dq_group(j) * 512, dq(4 * j), dq(4 * j + 1), dq(4 * j + 2), dq(4 * j + 3));
         } else {
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
@@ -428,7 +433,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
                 if (qr < rows_here) {
                     float* dst = acc_rows + static_cast<int64_t>(qr) * D + col0 + qc0;
 #pragma unroll
-                    for (int j = 0; j < kDqN / 8; ++j) red_add_f32x2(dst + 8 * dq_group(j), dq[4 * j + 2 * i], dq[4 * j + 2 * i + 1]);
+                    for (int j = 0; j < kDqN / 8; ++j) red_add_f32x2(dst + 8 * dq_group(j), dq(4 * j + 2 * i), dq(4 * j + 2 * i + 1));
                 }
             }
         }

@@ -9,6 +9,9 @@ namespace sm90 {
 
 // The kernel head dims that have an sm90 main kernel (in a build with sm_90a code).
 constexpr bool bwd_head_dim(int D) { return D == 64 || D == 128 || D == 192 || D == 256; }
+// Whether the kernel of head dim D splits the roles between its warpgroups (below); such kernels are compiled masked
+// only (sm90::BwdFamily::local_variant, the registry's variant list).
+constexpr bool bwd_split(int D) { return D >= 192; }
 
 // Tile: 64 query rows x 128 keys (64 keys at head dims 192 and 256, where the warpgroups split the roles: dK and
 // dV of 128 keys would not fit the registers).
@@ -20,7 +23,7 @@ template <int D>
 struct BwdTraits90 {
     static_assert(bwd_head_dim(D), "the sm90 backward serves kernel head dims 64, 128, 192 and 256");
     static constexpr int kHeadDim = D;
-    static constexpr bool kSplit = D >= 192;  // warpgroups split the roles (see above)
+    static constexpr bool kSplit = bwd_split(D);  // warpgroups split the roles (see above)
     static constexpr int kBlockM = 64;
     static constexpr int kBlockN = kSplit ? 64 : 128;
     static constexpr int kThreads = 256;  // two warpgroups

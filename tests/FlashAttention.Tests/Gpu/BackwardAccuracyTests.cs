@@ -101,8 +101,7 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
 
     /// <summary>
     /// Each kernel path asked for by name. On an H100 with an sm_90a build <see cref="KernelPath.Auto"/> runs the wgmma
-    /// kernels at head dims 64, 128, 192 and 256, so the Sm80 cases keep the portable kernels of those head dims checked
-    /// there too; the Sm90 cases are ignored (with the library's reason) where that path does not serve: other GPUs,
+    /// kernels at head dims 64, 128, 192 and 256, so the Sm80 cases keep the portable kernels checked there too; the Sm90 cases are ignored (with the library's reason) where that path does not serve: other GPUs,
     /// builds without sm_90a code. Head dims between its kernels (40, 96, 112, 160, 200) run the next one up with
     /// zero-filled columns. On a compute capability 9.0 GPU whose
     /// library lists the sm90 kernel of the case, an UNSUPPORTED is a failure, never an ignore.
