@@ -31,7 +31,7 @@ struct BwdFamily;
 }  // namespace sm80
 
 namespace sm90 {
-template <typename T, int D>
+template <typename T, int D, int DV>  // DV: v's head dim (D, or 128 for the pair (192, 128))
 int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features);
 template <typename T, int D>
 struct BwdFamily;

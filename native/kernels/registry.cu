@@ -211,11 +211,25 @@ std::string v_name_of(Pass pass, int dt, int pair, uint32_t features) {
 // Whether the backward has the pair's kernels: (192, 128) only, as FlashAttention-3's backward.
 bool v_pair_backward(int pair) { return pair == 0; }
 
+// Whether the sm90 forward has the pair's kernels (in a build with sm_90a code): (192, 128) only, sm90::FwdTraits90
+// with DV = 128 ((64, 512)'s O of 512 columns does not fit a consumer warpgroup's registers).
+bool v_pair_sm90(int pair) { return kHasSm90a && pair == 0; }
+
+std::string v90_name_of(int dt, int pair, uint32_t features) {
+    const VPair v = kVPairs[pair];
+    const auto s = [](int x) { return std::to_string(x); };
+    using Tr = sm90::FwdTraits90<192, false, 128>;
+    return std::string("sm90_fwd_") + dtype_tag(dt) + "_hdim" + s(v.d) + "v" + s(v.dv) +
+           ((features & feature::kLocal) ? "_local" : "") + ((features & feature::kSoftcap) ? "_softcap" : "") + "_" +
+           s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s";
+}
+
 // Every kernel of the build, and the index of each (pass, path, dtype, head dim, features).
 struct Registry {
     std::vector<std::string> names;
     int32_t index[3][2][kDtypes][6][32];  // pass, path, dtype, compiled head dim, features -> name index (-1: none)
     int32_t v_index[2][kVPairCount][2][32];  // forward/backward, V head dim pair, fp16/bf16, features -> name index
+    int32_t v90_index[kVPairCount][2][32];   // the sm90 forward's: V head dim pair, fp16/bf16, features -> name index
 };
 
 const Registry& registry() {
@@ -223,6 +237,7 @@ const Registry& registry() {
         Registry out;
         std::memset(out.index, 0xff, sizeof(out.index));  // every entry -1: no kernel
         std::memset(out.v_index, 0xff, sizeof(out.v_index));
+        std::memset(out.v90_index, 0xff, sizeof(out.v90_index));
         for (const Pass pass : {Pass::Forward, Pass::Backward, Pass::Decode}) {
             const uint32_t axes = feature_axes(pass);
             for (const Path path : {Path::Sm80, Path::Sm90}) {
@@ -259,6 +274,18 @@ const Registry& registry() {
                             }
                             out.v_index[pi][pair][dt][features] = static_cast<int32_t>(out.names.size());
                             out.names.push_back(v_name_of(pass, dt, pair, features));
+                        }
+                    }
+                }
+            }
+            // The sm90 forward's pair kernels: the four mask/softcap variants (dropout is sm80-only).
+            if (pass == Pass::Forward) {
+                for (int pair = 0; pair < kVPairCount; ++pair) {
+                    if (v_pair_index(kVPairs[pair].d, kVPairs[pair].dv) < 0 || !v_pair_sm90(pair)) continue;
+                    for (int dt = 0; dt < 2; ++dt) {
+                        for (const uint32_t features : {0u, feature::kSoftcap, feature::kLocal, feature::kLocal | feature::kSoftcap}) {
+                            out.v90_index[pair][dt][features] = static_cast<int32_t>(out.names.size());
+                            out.names.push_back(v90_name_of(dt, pair, features));
                         }
                     }
                 }
@@ -478,6 +505,18 @@ bool has_v_kernel(Pass pass, int32_t d, int32_t dv) {
     return pair >= 0 && (pass == Pass::Forward || (pass == Pass::Backward && v_pair_backward(pair)));
 }
 
+bool has_v_kernel(Pass pass, Path path, int32_t d, int32_t dv) {
+    if (path == Path::Sm80) return has_v_kernel(pass, d, dv);
+    const int pair = v_pair_index(d, dv);
+    return pair >= 0 && pass == Pass::Forward && v_pair_sm90(pair);
+}
+
+int32_t v_smem_bytes(Pass pass, Path path, int32_t d, int32_t dv) {
+    if (!has_v_kernel(pass, path, d, dv)) return 0;
+    if (path == Path::Sm90) return sm90::FwdTraits90<192, false, 128>::kSmemBytes;  // the one sm90 pair
+    return smem_bytes(pass, path, d);
+}
+
 int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name) {
     const auto s = static_cast<cudaStream_t>(stream);
     const int32_t kd = kernel_head_dim(p.d);
@@ -487,6 +526,12 @@ int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* 
     if (p.dv != 0 && p.dv != p.d) {  // a V head dim other than q's: the pair's sm80 kernel (the host refuses the rest first)
         const int pair = v_pair_index(p.d, p.dv);
         int err = static_cast<int>(cudaErrorInvalidValue);
+#if defined(FA_HAS_SM90A) && defined(FA_HAS_HDIM192)
+        if (path == Path::Sm90 && dt != kE4m3 && pair == 0) {
+            err = bf16 ? sm90::run_fwd<__nv_bfloat16, 192, 128>(p, info, s, &features)
+                       : sm90::run_fwd<__half, 192, 128>(p, info, s, &features);
+        }
+#endif
         if (path == Path::Sm80 && dt != kE4m3) {
 #if defined(FA_HAS_HDIM192)
             if (pair == 0) {
@@ -501,7 +546,9 @@ int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* 
             }
 #endif
         }
-        const int32_t at = pair < 0 || dt == kE4m3 ? -1 : registry().v_index[0][pair][dt][features & 31u];
+        const int32_t at = pair < 0 || dt == kE4m3 ? -1
+                           : path == Path::Sm90 ? registry().v90_index[pair][dt][features & 31u]
+                                                : registry().v_index[0][pair][dt][features & 31u];
         if (kernel_name) *kernel_name = at < 0 ? "unknown_kernel" : registry().names[at].c_str();
         if (err == 0 && p.dropout != 0 && p.dropout_mask != nullptr) return launch_dropout_mask(p, s);
         return err;
@@ -511,15 +558,15 @@ int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* 
         constexpr int D = decltype(hd)::value;
 #ifdef FA_HAS_SM90A
         if constexpr (sm90::fwd_fp8_head_dim(D)) {
-            if (path == Path::Sm90 && dt == kE4m3) return sm90::run_fwd<__nv_fp8_e4m3, D>(p, info, s, &features);
+            if (path == Path::Sm90 && dt == kE4m3) return sm90::run_fwd<__nv_fp8_e4m3, D, D>(p, info, s, &features);
         }
 #endif
         if (dt == kE4m3) return static_cast<int>(cudaErrorInvalidValue);  // the host refuses others first
 #ifdef FA_HAS_SM90A
         if constexpr (sm90::fwd_head_dim(D)) {
             if (path == Path::Sm90) {
-                return bf16 ? sm90::run_fwd<__nv_bfloat16, D>(p, info, s, &features)
-                            : sm90::run_fwd<__half, D>(p, info, s, &features);
+                return bf16 ? sm90::run_fwd<__nv_bfloat16, D, D>(p, info, s, &features)
+                            : sm90::run_fwd<__half, D, D>(p, info, s, &features);
             }
         }
 #endif

@@ -1877,10 +1877,14 @@ static void test_query_fp8(void) {
 }
 
 /* A V head dim other than q's (C ABI 0.10): (192, 128) and (64, 512) on the sm80 forward where the build has the head
-   dim (AUTO takes sm80 on any GPU); the backward, FA_PATH_SM90, other pairs and an out of q's head dim are refused,
+   dim, (192, 128) on the sm90 forward too in a build with sm_90a code (AUTO takes it on cc 9.0 there, sm80 elsewhere);
+   the backward of (192, 128) on sm80 only; (64, 512)'s backward, other pairs and an out of q's head dim are refused,
    saying why; k of another head dim stays INVALID. The query agrees. */
-/* Whether the build lists a kernel of `pass` ("fwd" or "bwd") for head dims (d, dv), i.e. compiled head dim d exactly. */
-static int lists_pair_kernel(const char* pass, int d, int dv) {
+/* Whether the build lists an sm80 kernel of `pass` ("fwd" or "bwd") for head dims (d, dv), i.e. compiled head dim d
+   exactly; lists_pair_kernel_on does the same for a path prefix ("sm80_" or "sm90_"). */
+static int lists_pair_kernel_on(const char* path, const char* pass, int d, int dv);
+static int lists_pair_kernel(const char* pass, int d, int dv) { return lists_pair_kernel_on("sm80_", pass, d, dv); }
+static int lists_pair_kernel_on(const char* path, const char* pass, int d, int dv) {
     char needle[48];
     int32_t count = 0, i;
     const char* name = NULL;
@@ -1889,7 +1893,7 @@ static int lists_pair_kernel(const char* pass, int d, int dv) {
         return 0;
     }
     for (i = 0; i < count; ++i) {
-        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, "sm80_", 5) == 0 &&
+        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, path, 5) == 0 &&
             strncmp(name + 5, pass, 3) == 0 && strstr(name, needle) != NULL) {
             return 1;
         }
@@ -1915,16 +1919,28 @@ static void test_v_head_dim_validation(void) {
         q.head_dim_v = dv;
         if (lists_pair_kernel("fwd", d, dv)) {
             CHECK(lists_pair_kernel("bwd", d, dv) == (d == 192), "the backward lists (192, 128)'s kernels only");
+            /* the sm90 forward's pair kernels: (192, 128) in a build with sm_90a code, never (64, 512). (has90a is read
+               here, not inside expect()'s arguments: listing the kernels clears the last error message it checks.) */
+            const int has90a = build_has_sm90a();
+            const int sm90_pair = has90a && d == 192;
+            CHECK(lists_pair_kernel_on("sm90_", "fwd", d, dv) == sm90_pair,
+                  "the sm90 forward lists (%d, %d)'s kernels exactly in a build with sm_90a code, (192, 128) only", d, dv);
+            CHECK(!lists_pair_kernel_on("sm90_", "bwd", d, dv), "the sm90 backward lists no pair kernel");
             expect("v head dim pair (forward)", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
-            expect("v head dim pair at cc 9.0 (AUTO takes sm80)", fa_forward_check(&p, 90), FA_STATUS_SUCCESS, NULL);
+            expect("v head dim pair at cc 9.0", fa_forward_check(&p, 90), FA_STATUS_SUCCESS, NULL);
             expect("query of the pair", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
             p.kernel_path = FA_PATH_SM90;
-            expect("v head dim pair on FA_PATH_SM90", fa_forward_check(&p, 90), FA_STATUS_UNSUPPORTED,
-                   "V head dim other than q's");
+            expect("v head dim pair on FA_PATH_SM90", fa_forward_check(&p, 90), sm90_pair ? FA_STATUS_SUCCESS : FA_STATUS_UNSUPPORTED,
+                   sm90_pair ? NULL : d == 64 && has90a ? "(192, 128) only" : "FA_PATH_SM90");
+            expect("v head dim pair on FA_PATH_SM90 at cc 8.0", fa_forward_check(&p, 80), FA_STATUS_UNSUPPORTED, "FA_PATH_SM90");
             q.kernel_path = FA_PATH_SM90;
-            expect("query of the pair on FA_PATH_SM90", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
-                   "V head dim other than q's");
+            expect("query of the pair on FA_PATH_SM90", fa_query_support(&q), sm90_pair ? FA_STATUS_SUCCESS : FA_STATUS_UNSUPPORTED,
+                   sm90_pair ? NULL : "FA_PATH_SM90");
+            p.dropout_p = 0.1f;  /* dropout is the sm80 kernels' alone: AUTO takes sm80, FA_PATH_SM90 refuses it */
+            expect("v head dim pair with dropout on FA_PATH_SM90", fa_forward_check(&p, 90), FA_STATUS_UNSUPPORTED, "dropout");
             p.kernel_path = FA_PATH_AUTO;
+            expect("v head dim pair with dropout (AUTO)", fa_forward_check(&p, 90), FA_STATUS_SUCCESS, NULL);
+            p.dropout_p = 0.0f;
             q.kernel_path = FA_PATH_AUTO;
             {
                 /* the backward: (192, 128) on the sm80 path (dq like q, dk like k, dv like v, dout like out), as
@@ -1936,7 +1952,7 @@ static void test_v_head_dim_validation(void) {
                            FA_STATUS_SUCCESS, NULL);
                     bw.kernel_path = FA_PATH_SM90;
                     expect("backward of the (192, 128) pair on FA_PATH_SM90", fa_backward_check(&bw, 90),
-                           FA_STATUS_UNSUPPORTED, "V head dim other than q's");
+                           FA_STATUS_UNSUPPORTED, has90a ? "V head dim other than q's" : "FA_PATH_SM90");
                 } else {
                     expect("backward of the (64, 512) pair", fa_backward_check(&bw, 0), FA_STATUS_UNSUPPORTED,
                            "backward of a V head dim");

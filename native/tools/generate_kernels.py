@@ -25,7 +25,7 @@ FAMILIES = {
                          "namespace sm80 {{\ntemplate int run_decode<{ctype}, {d}>(const DecodeParams&, const LaunchInfo&, "
                          "cudaStream_t, uint32_t*);\n}}  // namespace sm80"),
     ("sm90", "fwd"): ((64, 128, 192, 256), "sm90/fwd_launch.cuh",
-                      "namespace sm90 {{\ntemplate int run_fwd<{ctype}, {d}>(const FwdParams&, const LaunchInfo&, "
+                      "namespace sm90 {{\ntemplate int run_fwd<{ctype}, {d}, {d}>(const FwdParams&, const LaunchInfo&, "
                       "cudaStream_t, uint32_t*);\n}}  // namespace sm90", {"e4m3": (128, 256)}),
     ("sm90", "bwd"): ((64, 128, 192, 256), "sm90/bwd_launch.cuh",
                       "template int run_bwd_main<sm90::BwdFamily<{ctype}, {d}>>(const BwdParams&, const LaunchInfo&, "
@@ -42,6 +42,11 @@ V_BODY = ("namespace sm80 {{\ntemplate int run_fwd_v<{ctype}, {d}, {dv}>(const F
 V_BWD_PAIRS = ((192, 128),)
 V_BWD_BODY = ("template int run_bwd_main<sm80::BwdFamily<{ctype}, {d}, {dv}>>(const BwdParams&, const LaunchInfo&, "
               "cudaStream_t, uint32_t*);")
+# ... and the sm90 forward's ((192, 128): (64, 512)'s O does not fit its registers), in fwd_hdim<D>_v<DV>_<dtype>_sm90.cu,
+# built with the head dim D where FA_CUDA_ARCHS has 90a.
+V90_PAIRS = ((192, 128),)
+V90_BODY = ("namespace sm90 {{\ntemplate int run_fwd<{ctype}, {d}, {dv}>(const FwdParams&, const LaunchInfo&, "
+            "cudaStream_t, uint32_t*);\n}}  // namespace sm90")
 
 
 def files():
@@ -55,6 +60,11 @@ def files():
             text = (BANNER + '#include "sm80/bwd_launch.cuh"\n\nnamespace fa {\n' +
                     V_BWD_BODY.format(ctype=DTYPES[tag], d=d, dv=dv) + "\n}  // namespace fa\n")
             yield KERNELS / "sm80" / f"bwd_hdim{d}_v{dv}_{tag}_sm80.cu", text
+    for d, dv in V90_PAIRS:
+        for tag in SIXTEEN:
+            text = (BANNER + '#include "sm90/fwd_launch.cuh"\n\nnamespace fa {\n' +
+                    V90_BODY.format(ctype=DTYPES[tag], d=d, dv=dv) + "\n}  // namespace fa\n")
+            yield KERNELS / "sm90" / f"fwd_hdim{d}_v{dv}_{tag}_sm90.cu", text
     for (arch, pass_), (dims, header, body, *extra) in FAMILIES.items():
         per_dtype = dict({tag: dims for tag in SIXTEEN}, **(extra[0] if extra else {}))
         for d in sorted(set(dims).union(*per_dtype.values())):

@@ -3,6 +3,6 @@
 
 namespace fa {
 namespace sm90 {
-template int run_fwd<__nv_bfloat16, 256>(const FwdParams&, const LaunchInfo&, cudaStream_t, uint32_t*);
+template int run_fwd<__nv_bfloat16, 256, 256>(const FwdParams&, const LaunchInfo&, cudaStream_t, uint32_t*);
 }  // namespace sm90
 }  // namespace fa

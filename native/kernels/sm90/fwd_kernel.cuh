@@ -152,13 +152,13 @@ __device__ __forceinline__ FwdTile90 fwd_tile90(const FwdParams& p, int tile) {
     return t;
 }
 
-template <typename T, int D, bool kLocal, bool kSoftcap>
-__global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D>
+__global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads, 1)
     fwd_kernel_sm90(const __grid_constant__ FwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
     constexpr bool kFp8 = FwdIo90<T>::kFp8;
     using TO = typename FwdIo90<T>::Out;  // the output's element type
-    using Tr = FwdTraits90<D, kFp8>;
+    using Tr = FwdTraits90<D, kFp8, DV>;  // DV: v's and O's head dim (the pair (192, 128), else D)
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, S = Tr::kStages;
     constexpr int PC = Tr::kPanelCols, KS = Tr::kKStep;
     // fp8: P = exp2(x - max + 8) lies in [0, 256], the upper range of e4m3 (FlashAttention-3's offset); the
@@ -180,7 +180,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
     const auto vt_full = [&](int s) { return bar + 16 + 32 * S + 16 * s; };  // fp8
     const auto vt_empty = [&](int s) { return bar + 24 + 32 * S + 16 * s; };
     const auto k_tile = [&](int s) { return s0 + Tr::kOffK + s * Tr::kSmemKV; };
-    const auto v_tile = [&](int s) { return s0 + Tr::kOffV + s * Tr::kSmemKV; };
+    const auto v_tile = [&](int s) { return s0 + Tr::kOffV + s * Tr::kSmemV; };
     const auto vt_tile = [&](int s) { return s0 + Tr::kOffVt + s * Tr::kSmemVt; };
     // The barriers of the V stage the consumers read: V itself, or (fp8) its transpose.
     const auto pv_full = [&](int s) { return kFp8 ? vt_full(s) : v_full(s); };
@@ -245,9 +245,9 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
                         ++qn;
                     }
                     mbar_wait(v_empty(s), ph ^ 1);
-                    mbar_arrive_expect_tx(v_full(s), Tr::kSmemKV);
+                    mbar_arrive_expect_tx(v_full(s), Tr::kSmemV);
 #pragma unroll
-                    for (int pn = 0; pn < Tr::kPanels; ++pn) {
+                    for (int pn = 0; pn < Tr::kPanelsV; ++pn) {
                         tma_load_4d(v_tile(s) + pn * KVPanel, a.v, v_full(s), pn * PC, k_row + n * BN, hk, bb);
                     }
                     ++kv;
@@ -265,7 +265,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
                     const uint32_t ph = (kv / S) & 1;
                     mbar_wait(v_full(s), ph);
                     mbar_wait(vt_empty(s), ph ^ 1);
-                    transpose_v_fp8<D, BN>(smem, Tr::kOffV + s * Tr::kSmemKV, Tr::kOffVt + s * Tr::kSmemVt, tw,
+                    transpose_v_fp8<D, BN>(smem, Tr::kOffV + s * Tr::kSmemV, Tr::kOffVt + s * Tr::kSmemVt, tw,
                                            kTransposeWarps, lane);
                     fence_proxy_async();  // the V^T writes, for wgmma's reads
                     __syncwarp();
@@ -287,7 +287,8 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
         const float base_scale_log2 = p.scale_log2;
         const float base_cap_premul = kSoftcap ? p.scale / p.softcap : 1.f;
         const float base_lse_scale = kSoftcap ? p.softcap : p.scale;
-        constexpr int CPR = D / 8;  // 16-byte chunks per row
+        constexpr int CPR = DV / 8;  // 16-byte chunks per row of O
+        const int o_cols = DV == D ? p.d : p.dv;  // O's columns in the call (the kernel's DV may be wider)
         int kv = 0, qn = 0;
         // Ping-pong turns: consumer c issues after bar.sync on barrier 4 + c and then hands the turn to the
         // next consumer with bar.arrive on its barrier; the last consumer gives consumer 0 the first turn, and
@@ -334,7 +335,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
                 // No row of the tile sees a key: O = 0, LSE = +inf or the sink (the backward then recomputes P = 0).
                 for (int c = tid % 128; c < 64 * CPR; c += 128) {
                     const int r = c / CPR, ch = c % CPR;
-                    if (r < my_rows && ch * 8 < p.d) {
+                    if (r < my_rows && ch * 8 < o_cols) {
                         *reinterpret_cast<uint4*>(o + static_cast<int64_t>(cw * 64 + r) * p.o_row_stride + ch * 8) =
                             make_uint4(0, 0, 0, 0);
                     }
@@ -348,9 +349,9 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
                 continue;
             }
 
-            float acc[D / 2];
+            float acc[DV / 2];
 #pragma unroll
-            for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
+            for (int i = 0; i < DV / 2; ++i) acc[i] = 0.f;
             float s[BN / 2];
             uint32_t pa[BN / KS][4];
             float row_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
@@ -381,7 +382,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
                     if constexpr (kFp8) {  // V^T: K-major, 32 key bytes per step
                         WgmmaF8<D>::rs(acc, pa[kk], smem_desc(vt_tile(st) + kk * 32, 16, 1024), 1);
                     } else {               // V: MN-major, 16 key rows per step
-                        Wgmma<T, D, 0, 1>::rs(acc, pa[kk], smem_desc(v_tile(st) + kk * 16 * 128, KVPanel, 1024), 1);
+                        Wgmma<T, DV, 0, 1>::rs(acc, pa[kk], smem_desc(v_tile(st) + kk * 16 * 128, KVPanel, 1024), 1);
                     }
                 }
                 wgmma_commit();
@@ -513,7 +514,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
                 fence_regs(acc);
                 release(pv_empty(v_st));
 #pragma unroll
-                for (int j = 0; j < D / 8; ++j) {
+                for (int j = 0; j < DV / 8; ++j) {
                     acc[4 * j + 0] *= alpha[0];
                     acc[4 * j + 1] *= alpha[0];
                     acc[4 * j + 2] *= alpha[1];
@@ -554,15 +555,15 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
                 }
                 if constexpr (Tr::kStageO) {
 #pragma unroll
-                    for (int j = 0; j < D / 8; ++j) {
+                    for (int j = 0; j < DV / 8; ++j) {
                         const uint32_t packed = pack2<TO>(acc[4 * j + 2 * r] * inv, acc[4 * j + 2 * r + 1] * inv);
                         *reinterpret_cast<uint32_t*>(smem + kOffO + panel_off<BM>(lrow, j) + t4 * 4) = packed;
                     }
                 } else if (lrow < t.rows) {
                     TO* orow = o + static_cast<int64_t>(lrow) * p.o_row_stride + 2 * t4;
 #pragma unroll
-                    for (int j = 0; j < D / 8; ++j) {
-                        if (8 * j + 2 * t4 < p.d) {
+                    for (int j = 0; j < DV / 8; ++j) {
+                        if (8 * j + 2 * t4 < o_cols) {
                             *reinterpret_cast<uint32_t*>(orow + 8 * j) =
                                 pack2<TO>(acc[4 * j + 2 * r] * inv, acc[4 * j + 2 * r + 1] * inv);
                         }
@@ -573,7 +574,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8>::kThreads, 1)
             bar_sync(1 + cw, 128);  // this warpgroup's O rows staged
             for (int c = tid % 128; c < 64 * CPR; c += 128) {
                 const int r = c / CPR, ch = c % CPR;
-                if (r < my_rows && ch * 8 < p.d) {
+                if (r < my_rows && ch * 8 < o_cols) {
                     *reinterpret_cast<uint4*>(o + static_cast<int64_t>(cw * 64 + r) * p.o_row_stride + ch * 8) =
                         *reinterpret_cast<const uint4*>(smem + kOffO + panel_off<BM>(cw * 64 + r, ch));
                 }

@@ -22,10 +22,10 @@
 namespace fa {
 namespace sm90 {
 
-template <typename T, int D, bool kLocal, bool kSoftcap>
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D>
 cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStream_t stream) {
-    using Tr = FwdTraits90<D, FwdIo90<T>::kFp8>;
-    auto kernel = fwd_kernel_sm90<T, D, kLocal, kSoftcap>;
+    using Tr = FwdTraits90<D, FwdIo90<T>::kFp8, DV>;
+    auto kernel = fwd_kernel_sm90<T, D, kLocal, kSoftcap, DV>;
     static std::atomic<uint64_t> raised{0};
     cudaError_t err = raise_smem_once(kernel, Tr::kSmemBytes, info, raised);
     if (err != cudaSuccess) return err;
@@ -50,7 +50,7 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
                           p.q_batch_stride, Tr::kBlockM)) != cudaSuccess ||
         (err = encode_qkv(&a.k, p.k, elem, p.d, varlen ? p.total_k : p.sk, p.hkv, batches, p.k_row_stride,
                           p.k_head_stride, p.k_batch_stride, Tr::kBlockN)) != cudaSuccess ||
-        (err = encode_qkv(&a.v, p.v, elem, p.d, varlen ? p.total_k : p.sk, p.hkv, batches, p.v_row_stride,
+        (err = encode_qkv(&a.v, p.v, elem, DV == D ? p.d : p.dv, varlen ? p.total_k : p.sk, p.hkv, batches, p.v_row_stride,
                           p.v_head_stride, p.v_batch_stride, Tr::kBlockN)) != cudaSuccess) {
         return err;
     }
@@ -67,11 +67,12 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     return cudaGetLastError();
 }
 
-// The variant for the call's options (common/fwd_variant.h).
-template <typename T, int D>
+// The variant for the call's options (common/fwd_variant.h). DV: v's head dim where it is not D (the pair
+// (192, 128), generated as sm90/fwd_hdim192_v128_<dtype>_sm90.cu).
+template <typename T, int D, int DV>
 int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
     return run_fwd_variant(p, features, [&](auto local, auto softcap, auto) {
-        return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value>(p, info, stream);
+        return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value, DV>(p, info, stream);
     });
 }
 

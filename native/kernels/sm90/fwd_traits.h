@@ -40,19 +40,24 @@ constexpr bool fwd_fp8_head_dim(int D) { return D == 128 || D == 256; }
 // kFp8: q/k/v in e4m3 (1 byte), output bf16. fp8 wgmma reads both operands K-major, so V (keys x d, MN-major
 // for the P V product) lands in a raw ring and warps 1..3 of the producer warpgroup transpose it into a V^T
 // ring (d rows of BlockN key bytes) that the consumers read; O goes from registers straight to global memory.
-template <int D, bool kFp8 = false>
+// DV: the head dim of v and the output, D's but for FlashAttention-3's pair (192, 128) (C ABI 0.10; (64, 512)'s
+// O of 512 columns would take 256 accumulator registers a thread: the sm80 path serves it).
+template <int D, bool kFp8 = false, int DV = D>
 struct FwdTraits90 {
     static_assert(kFp8 ? fwd_fp8_head_dim(D) : fwd_head_dim(D),
                   "the sm90 forward has kernels for head dims 64, 128, 192 and 256 (fp8: 128 and 256)");
+    static_assert(DV == D || (!kFp8 && D == 192 && DV == 128), "the sm90 forward's V head dim pair is (192, 128)");
     static constexpr int kHeadDim = D;
+    static constexpr int kHeadDimV = DV;
     static constexpr int kElemBytes = kFp8 ? 1 : 2;
     static constexpr int kPanelCols = 128 / kElemBytes;  // elements per 128-byte row of a panel
     static constexpr int kKStep = 32 / kElemBytes;       // K of one wgmma: k16 (16-bit), k32 (fp8): 32 bytes
     static constexpr int kConsumers = !kFp8 && D == 64 ? FA_SM90_FWD_D64_CONSUMERS : 2;  // consumer warpgroups
     static constexpr int kBlockM = 64 * kConsumers;
     // D 192 takes D 256's 64 keys: O (96 registers a thread) and S of 128 keys would not leave room at 240 registers,
-    // and 64 keys keep the separate O tile within shared memory (FA3 picks 112 keys, with O staged through Q).
-    static constexpr int kBlockN = kFp8 ? 128 : D >= 192 ? 64 : D == 128 ? FA_SM90_FWD_BN128 : 128;
+    // and 64 keys keep the separate O tile within shared memory (FA3 picks 112 keys, with O staged through Q). The
+    // registers go by O's width, so the pair (192, 128) takes 128 keys as D 128 does (its O then staged through Q).
+    static constexpr int kBlockN = kFp8 ? 128 : DV >= 192 ? 64 : D == 128 ? FA_SM90_FWD_BN128 : 128;
     static constexpr int kStages = !kFp8 && D == 64 ? 3 : 2;
     static constexpr int kThreads = 128 * (kConsumers + 1);
     // setmaxnreg budgets. The launch gives every thread kLaunchRegs (65536 / threads, a multiple of 8); the
@@ -69,21 +74,23 @@ struct FwdTraits90 {
     // Ping-pong: the consumers take turns to issue their products (named barriers), so one's softmax runs
     // under the other's GEMMs instead of both competing for the tensor cores at once.
     static constexpr bool kPingPong = kFp8 ? FA_SM90_FWD_FP8_PINGPONG != 0 : D <= FA_SM90_FWD_PINGPONG_MAX_D;
-    static constexpr int kPanels = D / kPanelCols;             // panels of 128-byte rows
+    static constexpr int kPanels = D / kPanelCols;             // panels of 128-byte rows (Q, K)
+    static constexpr int kPanelsV = DV / kPanelCols;           // ... of V and O
     static constexpr int kSmemQ = kBlockM * D * kElemBytes;
-    static constexpr int kSmemKV = kBlockN * D * kElemBytes;   // one K or V stage
+    static constexpr int kSmemKV = kBlockN * D * kElemBytes;   // one K stage (and V's when DV = D)
+    static constexpr int kSmemV = kBlockN * DV * kElemBytes;   // one V stage
     static constexpr int kSmemVt = kFp8 ? kSmemKV : 0;         // one V^T stage (fp8)
     static constexpr int kOffQ = 0;
     static constexpr int kOffK = kOffQ + kSmemQ;
     static constexpr int kOffV = kOffK + kStages * kSmemKV;
-    static constexpr int kOffVt = kOffV + kStages * kSmemKV;
+    static constexpr int kOffVt = kOffV + kStages * kSmemV;
     static constexpr int kEndKV = kOffVt + kStages * kSmemVt;
     // O (16-bit) is staged in its own tile where shared memory allows, so the next tile's Q loads during the
     // epilogue; otherwise in the consumer's own rows of the Q tile, which frees only after it. fp8 stores
     // O from registers (its bf16 O is twice the fp8 Q tile).
     static constexpr bool kStageO = !kFp8;
     static constexpr int kSmemO =
-        kStageO && kEndKV + kBlockM * D * 2 + 256 <= 227 * 1024 ? kBlockM * D * 2 : 0;
+        kStageO && kEndKV + kBlockM * DV * 2 + 256 <= 227 * 1024 ? kBlockM * DV * 2 : 0;
     static constexpr bool kSeparateO = kSmemO > 0;
     static constexpr int kOffO = kEndKV;
     static constexpr int kOffBar = kOffO + kSmemO;
@@ -91,7 +98,8 @@ struct FwdTraits90 {
     // vt_full, vt_empty).
     static constexpr int kBarriers = 2 + (kFp8 ? 6 : 4) * kStages;
     static constexpr int kSmemBytes = kOffBar + kBarriers * 8;
-    static_assert(kSmemQ % 1024 == 0 && kSmemKV % 1024 == 0, "tiles start on 1024-byte swizzle atoms");
+    static_assert(kSmemQ % 1024 == 0 && kSmemKV % 1024 == 0 && kSmemV % 1024 == 0, "tiles start on 1024-byte swizzle atoms");
+    static_assert(!kStageO || kSmemO > 0 || kSmemQ >= kBlockM * DV * 2, "O staged in the Q tile fits it");
     static_assert(!kFp8 || kBlockN == 128, "an fp8 V^T row is one 128-byte panel row of keys");
     static_assert(kSmemBytes <= 227 * 1024, "fits an H100/H200 block's shared memory");
 };
