@@ -18,7 +18,7 @@ namespace FlashAttn;
 /// <see cref="AttentionShape.HeadDimV"/> for the fixed-length overloads, the <c>headDimV</c> parameter of one
 /// variable-length overload. Scores, the default scale <c>HeadDim^-0.5</c> and the log-sum-exp use q and k alone; each
 /// output row is the weighted sum of <c>HeadDimV</c>-long value rows. The backward overloads that take a shape honour it
-/// too (dV and the output gradient with <c>HeadDimV</c> columns), although the GPU backward does not serve it yet. With
+/// too (dV and the output gradient with <c>HeadDimV</c> columns); the GPU backward serves the pair (192, 128). With
 /// <c>HeadDimV</c> unset (or equal to <c>HeadDim</c>) nothing changes, bit for bit.
 /// </para>
 /// <para>

@@ -3,10 +3,8 @@ on sys.path)."""
 import ctypes
 
 
-def fp8_kernels(lib):
-    """Whether the library `lib` (a flash_attn_interop Library) lists the sm90 fp8 forward kernels (sm90_fwd_e4m3_*):
-    the fp8 forward is then served at compute capability 9.0; a build without them (one from before they were
-    verified on a GPU) refuses fp8."""
+def kernel_names(lib):
+    """The names of the kernels the library `lib` (a flash_attn_interop Library) lists (fa_kernel_name)."""
     n = ctypes.c_int32(0)
     assert lib.lib.fa_kernel_count(ctypes.byref(n)) == 0
     name = ctypes.c_char_p()
@@ -14,4 +12,23 @@ def fp8_kernels(lib):
     for i in range(n.value):
         assert lib.lib.fa_kernel_name(i, ctypes.byref(name)) == 0
         names.append(name.value.decode())
-    return any(x.startswith("sm90_fwd_e4m3_") for x in names)
+    return names
+
+
+def fp8_kernels(lib):
+    """Whether the library `lib` (a flash_attn_interop Library) lists the sm90 fp8 forward kernels (sm90_fwd_e4m3_*):
+    the fp8 forward is then served at compute capability 9.0; a build without them (one from before they were
+    verified on a GPU) refuses fp8."""
+    return any(x.startswith("sm90_fwd_e4m3_") for x in kernel_names(lib))
+
+
+def sm90a(lib):
+    """Whether the library `lib` has sm_90a code (it lists sm90_ kernels)."""
+    return any(x.startswith("sm90_") for x in kernel_names(lib))
+
+
+def pair_kernels(lib, path, pass_, d, dv):
+    """Whether the library `lib` lists kernels of `path` ("sm80" or "sm90") and `pass_` ("fwd" or "bwd") for the V head
+    dim pair (d, dv): names <path>_<pass>_<dtype>_hdim<d>v<dv>_..."""
+    tag = f"_hdim{d}v{dv}_"
+    return any(x.startswith(f"{path}_{pass_}_") and tag in x for x in kernel_names(lib))

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import flash_attn_interop as fai
-from _support import fp8_kernels
+from _support import fp8_kernels, pair_kernels, sm90a
 from conftest import SRC
 from flash_attn_interop import FlashAttentionError, UnsupportedArgumentError, _abi, _args
 
@@ -834,8 +834,9 @@ def fwd_v(lib, fake, d, dv, dtype=F16, b=2, sq=128, sk=256, h=8, hkv=2, out_dim=
 
 @pytest.mark.parametrize("d,dv", V_PAIRS, ids=[f"d{d}-dv{dv}" for d, dv in V_PAIRS])
 def test_a_served_v_head_dim_passes_the_library_check(lib, d, dv):
-    """FlashAttention-3's pairs, fp16 and bf16, at compute capability 8.0 and 9.0 (FA_PATH_AUTO takes the sm80 path for
-    them), with the forward options, fixed and variable length; v and out described with head_dim_v."""
+    """FlashAttention-3's pairs, fp16 and bf16, at compute capability 8.0 and 9.0 (FA_PATH_AUTO takes the sm80 path, or
+    at 9.0 the sm90 one for (192, 128) in a build with sm_90a code), with the forward options, fixed and variable
+    length; v and out described with head_dim_v."""
     fake = Fake()
     sinks, slopes = fake((8,), F32), fake((2, 8), F32)
     options = [{}, {"causal": True}, {"causal": True, "causal_alignment": _abi.FA_CAUSAL_TOP_LEFT},
@@ -867,26 +868,65 @@ def test_other_v_head_dims_are_unsupported(lib, d, dv):
 
 
 @pytest.mark.parametrize("d,dv", V_PAIRS, ids=[f"d{d}-dv{dv}" for d, dv in V_PAIRS])
-def test_a_v_head_dims_backward_is_192_128_only_and_no_pair_has_an_sm90_path(lib, d, dv):
+def test_a_v_head_dims_sm90_forward_is_192_128_only_and_its_backward_sm80_only(lib, d, dv):
+    """The kernel list and the checks agree on FA_PATH_SM90 for a pair: the sm90 forward lists (192, 128)'s kernels
+    exactly in a build with sm_90a code (and head dim 192), never (64, 512)'s, and serves what it lists at compute
+    capability 9.0 and 0 (any GPU) without dropout; every other FA_PATH_SM90 call, and every pair's backward on it, is
+    UNSUPPORTED naming FA_PATH_SM90 and why. The backward serves (192, 128) on the sm80 path."""
+    has_d = pair_kernels(lib, "sm80", "fwd", d, dv)
+    if not has_d:
+        pytest.skip(f"this build lacks head dim {d} (FA_HEAD_DIMS)")
+    has_90a = sm90a(lib)
+    sm90_pair = pair_kernels(lib, "sm90", "fwd", d, dv)
+    assert sm90_pair == (has_90a and (d, dv) == (192, 128)), (has_90a, sm90_pair)
+    assert not pair_kernels(lib, "sm90", "bwd", d, dv)
+    assert pair_kernels(lib, "sm80", "bwd", d, dv) == ((d, dv) in _args.V_HEAD_DIM_BACKWARD_PAIRS)
+
     fake = Fake()
     shapes = [(2, 128, 8, d), (2, 256, 2, d), (2, 256, 2, dv), (2, 128, 8, dv), (2, 128, 8, dv)]
     q, k, v, o, do = (fake(s) for s in shapes)
     grads = [fake(s) for s in shapes[:3]]
     p = _args.backward_params(lib, q, k, v, o, do, fake((2, 8, 128), F32), *grads, causal=True)
-    status, msg = check_status(lib, "backward", p, 80)
-    if (d, dv) in _args.V_HEAD_DIM_BACKWARD_PAIRS:
-        assert (status, msg) == (0, ""), msg
-    else:
-        assert status == _abi.FA_STATUS_UNSUPPORTED and "backward of a V head dim" in msg, msg
-    p = fwd_v(lib, fake, d, dv)
+    served_bwd = (d, dv) in _args.V_HEAD_DIM_BACKWARD_PAIRS
+    for cc in (80, 90):
+        status, msg = check_status(lib, "backward", p, cc)
+        if served_bwd:
+            assert (status, msg) == (0, ""), (cc, msg)
+        else:
+            assert status == _abi.FA_STATUS_UNSUPPORTED and "backward of a V head dim" in msg, msg
     p.kernel_path = _abi.FA_PATH_SM90
-    status, msg = check_status(lib, "forward", p, 90)
-    assert status == _abi.FA_STATUS_UNSUPPORTED and "V head dim other than q's" in msg, msg
-    p.kernel_path = _abi.FA_PATH_SM80
-    assert check_status(lib, "forward", p, 90) == (0, "")
+    for cc in (0, 80, 90):
+        status, msg = check_status(lib, "backward", p, cc)
+        assert status == _abi.FA_STATUS_UNSUPPORTED, (cc, msg)
+        if not served_bwd:
+            assert "backward of a V head dim" in msg, (cc, msg)
+        else:
+            why = ("this build has no sm_90a code" if not has_90a else
+                   "compute capability 9.0" if cc == 80 else "the sm90 backward has no kernels for a V head dim other than q's")
+            assert "FA_PATH_SM90" in msg and why in msg, (cc, msg)
+
+    for varlen in (None, (0x7E0000000000, 0x7E0000001000, 3, 128, 200)):
+        p = fwd_v(lib, fake, d, dv, causal=True, varlen=varlen)
+        p.kernel_path = _abi.FA_PATH_SM80
+        assert check_status(lib, "forward", p, 90) == (0, "")
+        p.kernel_path = _abi.FA_PATH_SM90
+        for cc in (0, 80, 90):
+            status, msg = check_status(lib, "forward", p, cc)
+            if sm90_pair and cc != 80:
+                assert (status, msg) == (0, ""), (cc, msg)
+            else:
+                why = ("this build has no sm_90a code" if not has_90a else
+                       "compute capability 9.0" if cc == 80 else "the sm90 forward serves the V head dim pair (192, 128) only")
+                assert status == _abi.FA_STATUS_UNSUPPORTED and "FA_PATH_SM90" in msg and why in msg, (cc, msg)
+        # Dropout: the sm90 kernels have none, so FA_PATH_SM90 refuses it everywhere and FA_PATH_AUTO takes sm80.
+        p.dropout_p = 0.1
+        status, msg = check_status(lib, "forward", p, 90)
+        assert status == _abi.FA_STATUS_UNSUPPORTED and "FA_PATH_SM90" in msg and "dropout" in msg, msg
+        p.kernel_path = _abi.FA_PATH_AUTO
+        assert check_status(lib, "forward", p, 90) == (0, "")
 
 
-def test_the_library_serves_a_v_head_dim_on_the_sm80_path_only(lib):
+def test_the_query_serves_a_v_head_dim_on_sm80_and_192_128_on_the_sm90_forward(lib):
     import ctypes
     q = _abi.FaSupportQuery()
     q.struct_size = ctypes.sizeof(q)
@@ -895,19 +935,31 @@ def test_the_library_serves_a_v_head_dim_on_the_sm80_path_only(lib):
         setattr(q, "pass", pass_)  # "pass" is a Python keyword
         q.dtype, q.head_dim, q.head_dim_v = dtype, d, dv
         q.kernel_path = flags.pop("kernel_path", _abi.FA_PATH_AUTO)
+        q.compute_capability = flags.pop("cc", 0)
         for name in ("causal", "window", "softcap", "varlen", "sinks", "alibi", "dropout"):
             setattr(q, name, flags.pop(name, 0))
         assert not flags
         return lib.lib.fa_query_support(ctypes.byref(q))
 
-    every_option = dict(causal=1, window=1, softcap=1, varlen=1, sinks=1, alibi=1, dropout=1)
+    all_but_dropout = dict(causal=1, window=1, softcap=1, varlen=1, sinks=1, alibi=1)
+    every_option = dict(all_but_dropout, dropout=1)
     unsupported = _abi.FA_STATUS_UNSUPPORTED
+    sm90 = _abi.FA_PATH_SM90
     for d, dv in V_PAIRS:
+        # The sm90 forward serves the pairs it lists kernels for ((192, 128) in a build with sm_90a code), at compute
+        # capability 9.0 and 0 (any GPU), every option but dropout; the sm90 backward serves none.
+        sm90_fwd = 0 if pair_kernels(lib, "sm90", "fwd", d, dv) else unsupported
         for dtype in (F16, BF16):
             assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv) == 0, (d, dv, dtype)
             assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, **every_option) == 0, (d, dv, dtype)
             assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, kernel_path=_abi.FA_PATH_SM80) == 0
-            assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, kernel_path=_abi.FA_PATH_SM90) == unsupported
+            for cc in (0, 90):
+                assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, kernel_path=sm90, cc=cc) == sm90_fwd, (d, dv, dtype, cc)
+                assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, kernel_path=sm90, cc=cc, **all_but_dropout) == sm90_fwd
+                assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, kernel_path=sm90, cc=cc, dropout=1) == unsupported
+                assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, cc=cc, **every_option) == 0  # AUTO: sm80
+                assert ask(_abi.FA_PASS_BACKWARD, dtype, d, dv, kernel_path=sm90, cc=cc) == unsupported
+            assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, kernel_path=sm90, cc=80) == unsupported
             assert ask(_abi.FA_PASS_BACKWARD, dtype, d, dv) == (0 if (d, dv) in _args.V_HEAD_DIM_BACKWARD_PAIRS
                                                                   else unsupported)
             assert ask(_abi.FA_PASS_DECODE, dtype, d, dv) == unsupported
@@ -975,9 +1027,10 @@ def test_one_head_dim_with_grad_and_a_v_head_dim_without_grad_are_not_refused():
         t.requires_grad_(True)
     with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
         fai.flash_attn_func(q, k, v, causal=True)
-    # The packed forms hold k and v in one tensor (one head dim): nothing to refuse there.
+    # The packed forms hold k and v in one tensor (one head dim, q's): nothing to refuse there.
+    q64 = torch.zeros(2, 16, 4, 64, dtype=torch.float16, requires_grad=True)
     with pytest.raises(RuntimeError, match="runs on CUDA tensors only"):
-        fai.flash_attn_kvpacked_func(q, torch.zeros(2, 24, 2, 2, 64, dtype=torch.float16, requires_grad=True))
+        fai.flash_attn_kvpacked_func(q64, torch.zeros(2, 24, 2, 2, 64, dtype=torch.float16, requires_grad=True))
 
 
 def test_outputs_take_vs_head_dim():

@@ -1289,10 +1289,12 @@ def test_dropout_refusals_on_the_gpu():
 
 # ---- a separate V head dim (C ABI 0.10; FlashAttention-3's hdim / hdim_v) --------------------------------------------
 #
-# The library serves (head_dim, head_dim_v) = (192, 128) and (64, 512), fp16 and bf16, on its sm80 kernels (FA_PATH_AUTO
-# takes them on Hopper too), forward only. Judged as the other forward tests: out within twice PyTorch's own error in
-# the dtype against the float64 reference (plus 1e-3), lse within 1e-4 of it (relative, at least absolute), +inf
-# exactly where a row sees no key (whose out is exactly 0).
+# The library serves (head_dim, head_dim_v) = (192, 128) and (64, 512), fp16 and bf16, on its sm80 kernels, and
+# (192, 128) on its sm90 kernels too (FA_PATH_AUTO takes them on Hopper in a build with sm_90a code, but for dropout),
+# so on an H100/H200 these (192, 128) cases check the sm90 forward; (192, 128)'s backward runs the sm80 kernels.
+# Judged as the other forward tests: out within twice PyTorch's own error in the dtype against the float64 reference
+# (plus 1e-3), lse within 1e-4 of it (relative, at least absolute), +inf exactly where a row sees no key (whose out
+# is exactly 0).
 
 V_PAIRS = [(192, 128), (64, 512)]
 
@@ -1437,8 +1439,9 @@ V_BWD_CASES = [
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("name,sq,sk,h,hkv,kw", V_BWD_CASES, ids=[c[0] for c in V_BWD_CASES])
 def test_v_head_dim_192_128_forward_backward_against_float64(name, sq, sk, h, hkv, kw, dtype):
-    """(192, 128)'s backward (FlashAttention-3's; the library's sm80 kernels): dq and dk over 192 columns, dv over 128,
-    against the float64 reference's gradients within the rule of test_forward_backward_against_float64."""
+    """(192, 128)'s backward (FlashAttention-3's; the library's sm80 kernels, after the forward AUTO picks): dq and dk
+    over 192 columns, dv over 128, against the float64 reference's gradients within the rule of
+    test_forward_backward_against_float64."""
     torch.manual_seed(46)
     b, d, dv_ = 2, 192, 128
     q, k = rand(b, sq, h, d, dtype=dtype, grad=True), rand(b, sk, hkv, d, dtype=dtype, grad=True)

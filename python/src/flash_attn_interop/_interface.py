@@ -50,8 +50,9 @@ Separate V head dim (C ABI 0.10; FlashAttention-3's hdim / hdim_v): v may have a
 and k's head_dim in flash_attn_func and flash_attn_varlen_func (the packed functions hold k and v in one tensor, so
 theirs are equal); out is then [..., heads, head_dim_v], the lse keeps its shape and meaning, and softmax_scale still
 defaults to 1/sqrt(head_dim) (q's, as FlashAttention-3). The library serves the pairs (head_dim, head_dim_v) =
-(192, 128) and (64, 512), fp16 and bf16, on its sm80 kernels (every GPU from compute capability 8.0, Hopper too) with
-every forward option (causal, window, softcap, ALiBi, sinks, dropout, varlen, GQA, lse); another pair is its
+(192, 128) and (64, 512), fp16 and bf16, on its sm80 kernels (every GPU from compute capability 8.0) with every
+forward option (causal, window, softcap, ALiBi, sinks, dropout, varlen, GQA, lse), and (192, 128) without dropout on
+its sm90 kernels (Hopper, a build with sm_90a code; taken there); another pair is its
 FlashAttentionError (FA_STATUS_UNSUPPORTED, naming head_dim_v). The library's backward serves (192, 128), as
 FlashAttention-3's (dq and dk take q's head dim, dv v's); (64, 512) is forward only, so such a call that autograd
 would record (grad mode on and q, k, v or the sinks require grad) is refused up front with UnsupportedArgumentError,

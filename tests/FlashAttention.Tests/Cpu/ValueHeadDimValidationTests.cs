@@ -15,9 +15,12 @@ namespace FlashAttn.Tests.Cpu;
 /// dim D (the managed side adds no refusal of its own); what the library refuses comes back with its status and
 /// reason: any other pair (UNSUPPORTED, "head_dim_v", "(192, 128) and (64, 512)"), an output whose head dim is not v's
 /// (INVALID_ARGUMENT, "out takes v's head dim"; the managed side says so first), the backward of (64, 512)
-/// (UNSUPPORTED, "backward of a V head dim"; (192, 128)'s is served), <see cref="KernelPath.Sm90"/> (UNSUPPORTED, "V head
-/// dim other than q's") and fp8
-/// (UNSUPPORTED); the capability query with <see cref="SupportQuery.HeadDimV"/> agrees with the checks.
+/// (UNSUPPORTED, "backward of a V head dim"; (192, 128)'s is served) and fp8 (UNSUPPORTED). <see cref="KernelPath.Sm90"/>
+/// serves the forward of (192, 128), with every forward option but dropout, at compute capability 9.0 and 0 (any GPU)
+/// exactly where the build lists its <c>sm90_fwd_*_hdim192v128_*</c> kernels (a build with sm_90a code and head dim
+/// 192); everywhere else, (64, 512) always and every backward, it is UNSUPPORTED naming FA_PATH_SM90 and why (dropout;
+/// no sm_90a code, "90a"; another compute capability, "compute capability 9.0"; "(192, 128) only"; the sm90 backward
+/// has no pair kernels). The capability query with <see cref="SupportQuery.HeadDimV"/> agrees with the checks.
 /// </summary>
 [TestFixture]
 [Category("Cpu")]
@@ -77,9 +80,30 @@ public sealed unsafe class ValueHeadDimValidationTests
             HeadDimV = (int)args.V.Shape[^1],
             Sinks = args.Sinks is not null,
             Alibi = args.AlibiSlopes is not null,
+            Dropout = args.DropoutP > 0,
         };
 
     // ---- served ---------------------------------------------------------------------------------------------------
+
+    /// <summary>The calls of one pair and dtype, one per forward option (each with its arguments and options, path unset).</summary>
+    private static (string Name, AttentionArguments Args, AttentionOptions Options)[] CallsWithEachOption(int d, int dv, DataType dtype)
+    {
+        AttentionArguments ok = Fixed(d, dv, dtype);
+        return
+        [
+            ("default", ok, new AttentionOptions()),
+            ("causal bottom-right", ok, new AttentionOptions { Causal = true }),
+            ("causal top-left", ok, new AttentionOptions { Causal = true, CausalAlignment = CausalAlignment.TopLeft }),
+            ("window + softcap", ok, new AttentionOptions { WindowLeft = 16, WindowRight = 4, Softcap = 30f }),
+            ("custom scale", ok, new AttentionOptions { SoftmaxScale = 0.37f }),
+            ("alibi [batch, heads_q]", ok with { AlibiSlopes = T(AL, F32, 2, 8) }, new AttentionOptions { Causal = true }),
+            ("sinks", ok with { Sinks = T(SL, F32, 8) }, new AttentionOptions()),
+            ("dropout with its mask", ok with { DropoutP = 0.1f, DropoutSeed = 5, DropoutMask = T(DM, DataType.UInt8, 2, 8, 17, 33) }, new AttentionOptions()),
+            ("no log-sum-exp", ok with { LogSumExp = null }, new AttentionOptions()),
+            ("MQA", Fixed(d, dv, dtype, hkv: 1), new AttentionOptions { Causal = true }),
+            ("varlen causal", Varlen(d, dv, dtype), new AttentionOptions { Causal = true }),
+        ];
+    }
 
     public static IEnumerable<TestCaseData> ServedCalls()
     {
@@ -89,22 +113,7 @@ public sealed unsafe class ValueHeadDimValidationTests
             {
                 foreach (KernelPath path in new[] { KernelPath.Auto, KernelPath.Sm80 })
                 {
-                    AttentionArguments ok = Fixed(d, dv, dtype);
-                    (string Name, AttentionArguments Args, AttentionOptions Options)[] calls =
-                    [
-                        ("default", ok, new AttentionOptions()),
-                        ("causal bottom-right", ok, new AttentionOptions { Causal = true }),
-                        ("causal top-left", ok, new AttentionOptions { Causal = true, CausalAlignment = CausalAlignment.TopLeft }),
-                        ("window + softcap", ok, new AttentionOptions { WindowLeft = 16, WindowRight = 4, Softcap = 30f }),
-                        ("custom scale", ok, new AttentionOptions { SoftmaxScale = 0.37f }),
-                        ("alibi [batch, heads_q]", ok with { AlibiSlopes = T(AL, F32, 2, 8) }, new AttentionOptions { Causal = true }),
-                        ("sinks", ok with { Sinks = T(SL, F32, 8) }, new AttentionOptions()),
-                        ("dropout with its mask", ok with { DropoutP = 0.1f, DropoutSeed = 5, DropoutMask = T(DM, DataType.UInt8, 2, 8, 17, 33) }, new AttentionOptions()),
-                        ("no log-sum-exp", ok with { LogSumExp = null }, new AttentionOptions()),
-                        ("MQA", Fixed(d, dv, dtype, hkv: 1), new AttentionOptions { Causal = true }),
-                        ("varlen causal", Varlen(d, dv, dtype), new AttentionOptions { Causal = true }),
-                    ];
-                    foreach (var (name, args, options) in calls)
+                    foreach (var (name, args, options) in CallsWithEachOption(d, dv, dtype))
                     {
                         yield return new TestCaseData(args, options with { KernelPath = path })
                             .SetName($"V head dim check: ({d}, {dv}) {dtype} {path} {name}");
@@ -348,36 +357,140 @@ public sealed unsafe class ValueHeadDimValidationTests
     }
 
     /// <summary>
-    /// <see cref="KernelPath.Sm90"/> has no kernels for a V head dim other than q's: UNSUPPORTED naming the path and
-    /// saying so, at every compute capability, where the build has head dim D (without it, the missing head dim is the
-    /// reason); the query agrees.
+    /// The kernel list behind the sm90 expectations: the sm90 forward lists (192, 128)'s kernels (fp16 and bf16, the four
+    /// mask/softcap variants, no dropout variant) exactly in a build with sm_90a code and head dim 192, and never
+    /// (64, 512)'s; the sm90 backward lists no pair kernel.
     /// </summary>
-    [TestCase(192, 128, F16)]
-    [TestCase(64, 512, BF16)]
-    public void Sm90PathIsUnsupported(int d, int dv, DataType dtype)
+    [Test]
+    public void KernelListHasTheSm90PairKernelsExactlyWithSm90CodeAndHeadDim192()
     {
-        bool hasD = BuildHasHeadDim(d);
-        foreach (AttentionArguments args in new[] { Fixed(d, dv, dtype), Varlen(d, dv, dtype) })
+        string[] sm90Pair = [.. FlashAttention.CompiledKernels.Where(n => n.StartsWith("sm90_", StringComparison.Ordinal) &&
+            Pairs.Any(p => n.Contains(ForwardPaths.ValuePairTag(p.D, p.Dv), StringComparison.Ordinal)))];
+        TestContext.Out.WriteLine($"build has sm_90a code: {ForwardPaths.BuildHasSm90a}; sm90 pair kernels: {string.Join(", ", sm90Pair)}");
+        bool want = ForwardPaths.BuildHasSm90a && BuildHasHeadDim(192);
+        using (Assert.EnterMultipleScope())
         {
-            foreach (int cc in new[] { 0, 80, 90 })
+            Assert.That(ForwardPaths.BuildHasSm90ValuePair(192, 128), Is.EqualTo(want),
+                "the sm90 forward lists (192, 128)'s kernels exactly in a build with sm_90a code and head dim 192");
+            Assert.That(ForwardPaths.BuildHasSm90ValuePair(64, 512), Is.False, "the sm90 forward has no (64, 512) kernels");
+            Assert.That(sm90Pair, Has.None.StartsWith("sm90_bwd_"), "the sm90 backward has no pair kernels");
+            Assert.That(sm90Pair, Has.None.Contains("dropout"), "the sm90 pair kernels have no dropout variant");
+            if (want)
             {
-                var options = new AttentionOptions { KernelPath = KernelPath.Sm90 };
-                var (status, message, calls) = CheckForward(args, options, cc);
-                SupportResult query = FlashAttention.QuerySupport(QueryFor(args, options, cc));
-                string where = $"{(args.IsVariableLength ? "varlen" : "fixed")} cc {cc}";
-                using (Assert.EnterMultipleScope())
+                foreach (string dt in new[] { "fp16", "bf16" })
                 {
-                    Assert.That(calls, Has.Count.EqualTo(1), where);
+                    string prefix = $"sm90_fwd_{dt}{ForwardPaths.ValuePairTag(192, 128)}";
+                    Assert.That(sm90Pair.Count(n => n.StartsWith(prefix, StringComparison.Ordinal)), Is.EqualTo(4),
+                        $"{prefix}*: plain, local, softcap and local softcap");
+                }
+            }
+            else
+            {
+                Assert.That(sm90Pair, Is.Empty, "no sm90 pair kernel without sm_90a code and head dim 192");
+            }
+        }
+    }
+
+    public static IEnumerable<TestCaseData> Sm90Calls()
+    {
+        foreach (var (d, dv) in Pairs)
+        {
+            foreach (DataType dtype in new[] { F16, BF16 })
+            {
+                foreach (var (name, args, options) in CallsWithEachOption(d, dv, dtype))
+                {
+                    yield return new TestCaseData(args, options with { KernelPath = KernelPath.Sm90 })
+                        .SetName($"V head dim check on Sm90: ({d}, {dv}) {dtype} {name}");
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="KernelPath.Sm90"/> with a V head dim other than q's, each forward option: served at compute
+    /// capability 0 and 9.0 exactly where the build lists the pair's sm90 forward kernels ((192, 128) in a build with
+    /// sm_90a code; <see cref="KernelPath.Auto"/> then takes it too) and the call has no dropout; otherwise UNSUPPORTED
+    /// naming FA_PATH_SM90 and why (<see cref="ForwardPaths.ValuePairSm90Refusal"/>: dropout; "90a" in a build without
+    /// sm_90a code; "compute capability 9.0" at 8.0; "(192, 128) only" for (64, 512)); where the build lacks head dim D,
+    /// the missing head dim is the reason. The query agrees, with its reason.
+    /// </summary>
+    [TestCaseSource(nameof(Sm90Calls))]
+    public void Sm90PathServes192And128WithSm90CodeOnComputeCapability90(AttentionArguments args, AttentionOptions options)
+    {
+        int d = (int)args.Q.Shape[^1], dv = (int)args.V.Shape[^1];
+        bool hasD = BuildHasHeadDim(d), dropout = args.DropoutP > 0;
+        foreach (int cc in new[] { 0, 80, 90 })
+        {
+            bool served = hasD && !dropout && (cc == 0 || cc == 90) && ForwardPaths.BuildHasSm90ValuePair(d, dv);
+            string? reason = ForwardPaths.ValuePairSm90Refusal(AttentionPass.Forward, d, dv, cc, dropout);
+            var (status, message, calls) = CheckForward(args, options, cc);
+            SupportResult query = FlashAttention.QuerySupport(QueryFor(args, options, cc));
+            string where = $"cc {cc} (build has sm_90a code: {ForwardPaths.BuildHasSm90a})";
+            using (Assert.EnterMultipleScope())
+            {
+                Assert.That(calls.Select(c => c.Function), Is.EqualTo(new[] { "fa_forward_check" }), $"{where}: {message}");
+                if (served)
+                {
+                    Assert.That(status, Is.EqualTo(FlashAttentionStatus.Success), $"{where}: {message}");
+                    Assert.That(query.IsSupported, Is.True, $"{where}: the query agrees: {query.Reason}");
+                }
+                else
+                {
                     Assert.That(status, Is.EqualTo(FlashAttentionStatus.Unsupported), $"{where}: {message}");
                     Assert.That(query.IsSupported, Is.False, where);
-                    if (hasD)
+                    if (!hasD)
                     {
-                        Assert.That(message, Does.Contain("V head dim other than q's").And.Contain("FA_PATH_SM90"), where);
-                        Assert.That(query.Reason, Does.Contain("V head dim other than q's"), where);
+                        Assert.That(message, Does.Contain("head_dim"), where);
                     }
                     else
                     {
-                        Assert.That(message, Does.Contain("head_dim"), where);
+                        Assert.That(reason, Is.Not.Null, $"{where}: the rules serve this call, so the library may not refuse it");
+                        Assert.That(message, Does.Contain("FA_PATH_SM90").And.Contain(reason ?? "FA_PATH_SM90"), where);
+                        Assert.That(query.Reason, Does.Contain("FA_PATH_SM90").And.Contain(reason ?? "FA_PATH_SM90"), where);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// The backward on <see cref="KernelPath.Sm90"/>: the sm90 backward has no pair kernels, so (192, 128) is UNSUPPORTED
+    /// naming FA_PATH_SM90 and why (with sm_90a code at 0 and 9.0: the sm90 backward has no kernels for a V head dim other
+    /// than q's; "90a" without it; "compute capability 9.0" at 8.0) while Auto and Sm80 serve it; (64, 512) has no backward
+    /// on any path. Fixed and varlen; the query agrees.
+    /// </summary>
+    [TestCase(192, 128)]
+    [TestCase(64, 512)]
+    public void BackwardOnSm90IsUnsupported(int d, int dv)
+    {
+        bool hasD = BuildHasHeadDim(d);
+        foreach (bool varlen in new[] { false, true })
+        {
+            AttentionArguments f = varlen ? Varlen(d, dv) : Fixed(d, dv);
+            DeviceTensor Like(long address, DeviceTensor t) => DeviceTensor.FromPointer((IntPtr)address, t.DataType, t.Shape.ToArray());
+            var args = new BackwardArguments(
+                f.Q, f.K, f.V, f.Output, Like(DO, f.Output), f.LogSumExp!, Like(DQ, f.Q), Like(DK, f.K), Like(DV, f.V), f.Batch);
+            foreach (int cc in new[] { 0, 80, 90 })
+            {
+                var options = new AttentionOptions { Causal = true, KernelPath = KernelPath.Sm90 };
+                var (status, message, calls) = Observe(() => (FlashAttention.CheckBackward(args, out string m, options, cc), m));
+                SupportResult query = FlashAttention.QuerySupport(
+                    SupportQuery.For(AttentionPass.Backward, BF16, d, options, varlen, cc) with { HeadDimV = dv });
+                string where = $"{(varlen ? "varlen" : "fixed")} cc {cc} (build has sm_90a code: {ForwardPaths.BuildHasSm90a})";
+                string reason = !hasD ? "head_dim"
+                    : d != 192 ? "backward of a V head dim"
+                    : ForwardPaths.ValuePairSm90Refusal(AttentionPass.Backward, d, dv, cc, dropout: false)!;
+                using (Assert.EnterMultipleScope())
+                {
+                    Assert.That(calls.Select(c => c.Function), Is.EqualTo(new[] { "fa_backward_check" }), $"{where}: {message}");
+                    Assert.That(status, Is.EqualTo(FlashAttentionStatus.Unsupported), $"{where}: {message}");
+                    Assert.That(message, Does.Contain(reason), where);
+                    Assert.That(query.IsSupported, Is.False, where);
+                    Assert.That(query.Reason, Does.Contain(reason), where);
+                    if (hasD && d == 192)
+                    {
+                        Assert.That(message, Does.Contain("FA_PATH_SM90"), where);
+                        Assert.That(query.Reason, Does.Contain("FA_PATH_SM90"), where);
                     }
                 }
             }

@@ -7,16 +7,18 @@ namespace FlashAttn.Tests.Gpu;
 /// <summary>
 /// A V head dim other than q's (issue 14, C ABI 0.10, FEATURES.md §8): the forward with v
 /// <c>[B, Sk, Hkv, Dv]</c> and the output <c>[B, Sq, Hq, Dv]</c> for FlashAttention-3's pairs (D, Dv) = (192, 128) and
-/// (64, 512), fp16 and bf16, on <see cref="KernelPath.Auto"/> and <see cref="KernelPath.Sm80"/> (both must run the pair's
-/// sm80 kernel on every GPU: <see cref="ForwardPathTestBase.ForwardValueHeadDimOnPath"/>), against the float64 reference
+/// (64, 512), fp16 and bf16, on <see cref="KernelPath.Auto"/>, <see cref="KernelPath.Sm80"/> and <see cref="KernelPath.Sm90"/>
+/// (<see cref="ForwardPathTestBase.ForwardValueHeadDimOnPath"/>: Sm80 runs the pair's sm80 kernels on every GPU; Sm90 runs
+/// (192, 128)'s sm90 kernels without dropout on a compute capability 9.0 GPU whose library lists them and is refused
+/// elsewhere, (64, 512) everywhere; Auto runs the sm90 kernels where Sm90 serves, the sm80 ones elsewhere), against the float64 reference
 /// (<see cref="AttentionReference"/> with <see cref="AttentionShape.HeadDimV"/>, checked against the tests' own naive
 /// formula in Cpu/ReferenceValueHeadDimTests) by the rule of the other forward tests (<see cref="AcceptanceRule"/>: at
 /// most twice the error of a same-dtype naive attention with Dv columns, under the dtype cap, rows that see no key
 /// exactly 0; the log-sum-exp within its tolerance, +infinity where no key). Fresh random inputs per case, outputs
 /// poisoned (NaN bytes) before each call, every element judged. Masks: causal both alignments with Sq &lt; Sk and
 /// Sq &gt; Sk, a window, softcap, a custom scale, GQA and MQA, Sq = 1; varlen with an empty and a length-1 sequence;
-/// ALiBi, sinks and dropout (its materialised keep mask bit for bit, the output under that mask). Sm90 is refused
-/// everywhere (UNSUPPORTED naming FA_PATH_SM90), the outputs untouched. A build without head dim D
+/// ALiBi, sinks and dropout (its materialised keep mask bit for bit, the output under that mask). A refused call is
+/// UNSUPPORTED naming FA_PATH_SM90 and why, its outputs untouched. A build without head dim D
 /// (FA_HEAD_DIMS) reports the cases of that pair as ignored; a build with it must serve the pair.
 /// </summary>
 [TestFixture]
@@ -24,7 +26,7 @@ namespace FlashAttn.Tests.Gpu;
 public sealed class ValueHeadDimForwardTests : ForwardPathTestBase
 {
     private static readonly (int D, int Dv)[] Pairs = [(192, 128), (64, 512)];
-    private static readonly KernelPath[] Paths = [KernelPath.Auto, KernelPath.Sm80];
+    private static readonly KernelPath[] Paths = [KernelPath.Auto, KernelPath.Sm80, KernelPath.Sm90];
     private static readonly DataType[] Dtypes = [DataType.BFloat16, DataType.Float16];
 
     private static string Name(DataType dtype) => dtype == DataType.Float16 ? "fp16" : "bf16";
@@ -201,8 +203,9 @@ public sealed class ValueHeadDimForwardTests : ForwardPathTestBase
 
     public static IEnumerable<TestCaseData> ExtraCases()
     {
-        // Each extra with each pair, in both dtypes and on both paths, under masks that exercise it (the causal column form
+        // Each extra with each pair, in both dtypes and on every path, under masks that exercise it (the causal column form
         // of ALiBi, the distance form with a window; sinks on rows that see no key; dropout with causal and softcap).
+        // Dropout on Sm90 is refused everywhere (the sm90 kernels have none); Auto takes sm80 for it.
         (Extra Extra, DataType Dtype, KernelPath Path, int B, int Sq, int Sk, int Hq, int Hkv, MaskSpec Mask)[] rows =
         [
             (Extra.AlibiPerHead, DataType.BFloat16, KernelPath.Sm80, 2, 113, 203, 8, 2, new(true, false)),
@@ -211,6 +214,10 @@ public sealed class ValueHeadDimForwardTests : ForwardPathTestBase
             (Extra.Sinks, DataType.Float16, KernelPath.Sm80, 2, 97, 300, 4, 1, new(false, false, 31, 0, 20f)),
             (Extra.Dropout, DataType.BFloat16, KernelPath.Auto, 2, 113, 203, 8, 2, new(true, false)),
             (Extra.Dropout, DataType.Float16, KernelPath.Sm80, 1, 203, 113, 4, 4, new(true, true, Softcap: 30f)),
+            (Extra.AlibiPerHead, DataType.Float16, KernelPath.Sm90, 2, 113, 203, 8, 2, new(true, false)),
+            (Extra.AlibiPerBatch, DataType.BFloat16, KernelPath.Sm90, 2, 150, 200, 4, 2, new(false, false, 17, 5, 30f)),
+            (Extra.Sinks, DataType.BFloat16, KernelPath.Sm90, 1, 203, 113, 8, 2, new(true, false)),
+            (Extra.Dropout, DataType.BFloat16, KernelPath.Sm90, 2, 113, 203, 8, 2, new(true, false)),
         ];
         foreach (var (d, dv) in Pairs)
         {
@@ -274,8 +281,15 @@ public sealed class ValueHeadDimForwardTests : ForwardPathTestBase
             {
                 Attention.Forward(args, options, Stream);
                 Stream.Synchronize();
-            }, [go, gl], context))
+            }, [go, gl], context, dropout: gm is not null))
         {
+            if (gm is not null)
+            {
+                var untouched = new byte[maskElements];
+                gm.CopyTo(untouched);
+                Assert.That(untouched.All(x => x == 0xA5), Is.True, $"{context}: a refused call wrote the dropout mask");
+            }
+
             return; // a refusal, checked
         }
 
@@ -329,29 +343,6 @@ public sealed class ValueHeadDimForwardTests : ForwardPathTestBase
             slopes is null ? null : AlibiBias(slopes, perBatch, d, c.Mask), naiveDropout, sinks);
         Assert.That(AcceptanceRule.JudgeOutput(ours, naive, refOut, c.Dtype, d, c.Mask), Is.Empty, $"output, {context}");
         Assert.That(AcceptanceRule.JudgeLse(lse, refLse), Is.Empty, $"lse, {context}");
-    }
-
-    /// <summary>
-    /// <see cref="KernelPath.Sm90"/> has no kernels for a V head dim other than q's: refused as UNSUPPORTED naming the path on
-    /// every device and build, no kernel launched, the outputs untouched, and the capability query says the same.
-    /// </summary>
-    [TestCase(192, 128, DataType.BFloat16, false)]
-    [TestCase(64, 512, DataType.Float16, false)]
-    [TestCase(192, 128, DataType.Float16, true)]
-    [TestCase(64, 512, DataType.BFloat16, true)]
-    public void Sm90PathIsRefused(int headDim, int headDimV, DataType dtype, bool causal)
-    {
-        var d = new AttentionDims(2, 113, 203, 8, 2, headDim) { HeadDimV = headDimV };
-        RequireHeadDim(dtype, d);
-        Random random = TestRandom.ForCurrentTest(out int seed);
-        AttentionOptions options = new MaskSpec(causal, false).ToOptions() with { KernelPath = KernelPath.Sm90 };
-        using ForwardRun run = ForwardRun.Create(Device, d, dtype, random, seed);
-        bool ran = ForwardValueHeadDimOnPath(options, dtype, headDim, headDimV, varlen: false, () =>
-        {
-            Attention.Forward(run.QT, run.KT, run.VT, run.OutT, run.LseT, options, Stream);
-            Stream.Synchronize();
-        }, [run.DOut, run.DLse], $"seed {seed}, {Name(dtype)} {d}");
-        Assert.That(ran, Is.False, "the Sm90 path must refuse a V head dim other than q's");
     }
 
     // ---- helpers ----------------------------------------------------------------------------------------------

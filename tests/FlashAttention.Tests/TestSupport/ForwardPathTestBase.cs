@@ -56,7 +56,11 @@ public abstract class ForwardPathTestBase : AttentionTestBase
         KernelPath path = options.KernelPath;
         context = $"{context}, path {path}";
         SupportResult query = FlashAttention.QuerySupport(
-            SupportQuery.For(AttentionPass.Forward, dtype, headDim, options, varlen, Device.ComputeCapabilityCode) with { HeadDimV = contract.HeadDimV });
+            SupportQuery.For(AttentionPass.Forward, dtype, headDim, options, varlen, Device.ComputeCapabilityCode) with
+            {
+                HeadDimV = contract.HeadDimV,
+                Dropout = contract.Dropout,
+            });
         Kernels.Clear();
         if (!contract.Serves)
         {
@@ -101,23 +105,45 @@ public abstract class ForwardPathTestBase : AttentionTestBase
 
     /// <summary>
     /// <see cref="ForwardOnPath(AttentionOptions, DataType, int, bool, Action, IReadOnlyList{DeviceArray}, string)"/> for a
-    /// call whose v and output have a head dim of their own (<paramref name="headDimV"/>, C ABI 0.10): the sm80 forward
-    /// serves the pair on every GPU, so <see cref="KernelPath.Auto"/> and <see cref="KernelPath.Sm80"/> must run its
-    /// kernels (<see cref="ForwardPaths.AssertRanValuePair"/>) and the capability query with
-    /// <see cref="SupportQuery.HeadDimV"/> must agree; <see cref="KernelPath.Sm90"/> must be refused everywhere
-    /// (<see cref="ForwardPaths.AssertValueHeadDimSm90Refusal"/>), writing nothing.
+    /// call whose v and output have a head dim of their own (<paramref name="headDimV"/>, C ABI 0.10;
+    /// <paramref name="dropout"/>: whether the call has dropout). The sm80 forward serves the pairs on every GPU, so
+    /// <see cref="KernelPath.Sm80"/> must run the pair's sm80 kernels; <see cref="KernelPath.Sm90"/> must run the pair's
+    /// sm90 kernels where <see cref="ForwardPaths.Sm90ServesValuePair"/> says it serves ((192, 128) without dropout on a
+    /// compute capability 9.0 GPU whose library lists them) and be refused elsewhere, writing nothing
+    /// (<see cref="ForwardPaths.AssertValueHeadDimSm90Refusal"/>: FA_PATH_SM90 and the reason for this device and build);
+    /// <see cref="KernelPath.Auto"/> must run the sm90 kernels where Sm90 serves and the sm80 ones elsewhere
+    /// (<see cref="ForwardPaths.AssertRanValuePair"/>). The capability query with <see cref="SupportQuery.HeadDimV"/> and
+    /// <see cref="SupportQuery.Dropout"/> must agree.
     /// </summary>
     private protected bool ForwardValueHeadDimOnPath(
-        AttentionOptions options, DataType dtype, int headDim, int headDimV, bool varlen, Action forward, IReadOnlyList<DeviceArray> outputs, string context)
+        AttentionOptions options,
+        DataType dtype,
+        int headDim,
+        int headDimV,
+        bool varlen,
+        Action forward,
+        IReadOnlyList<DeviceArray> outputs,
+        string context,
+        bool dropout = false)
     {
+        KernelPath path = options.KernelPath;
+        bool sm90 = ForwardPaths.Sm90ServesValuePair(Device, headDim, headDimV, dropout);
+        string? reason = ForwardPaths.ValuePairSm90Refusal(AttentionPass.Forward, headDim, headDimV, Device.ComputeCapabilityCode, dropout);
         var contract = new PathContract(
-            options.KernelPath != KernelPath.Sm90,
-            "FA_PATH_SM90 for a V head dim other than q's (the sm90 path has no such kernels)",
-            $"the sm80 forward serves (head dim {headDim}, V head dim {headDimV}) on every GPU of a build with head dim {headDim}",
-            (ex, where) => ForwardPaths.AssertValueHeadDimSm90Refusal(ex.Status, ex.NativeMessage, where),
-            (_, query, where) => Assert.That(query.Reason, Does.Contain("FA_PATH_SM90").And.Contain("V head dim other than q's"), where),
+            path != KernelPath.Sm90 || sm90,
+            $"FA_PATH_SM90 for (head dim {headDim}, V head dim {headDimV}){(dropout ? " with dropout" : string.Empty)} " +
+            $"(a build with sm_90a code: {ForwardPaths.BuildHasSm90a}; it lists the pair's sm90 kernels: " +
+            $"{ForwardPaths.BuildHasSm90ValuePair(headDim, headDimV)})",
+            path == KernelPath.Sm90
+                ? $"the library lists the sm90 forward kernels of (head dim {headDim}, V head dim {headDimV}) and the GPU is compute capability 9.0"
+                : $"the sm80 forward serves (head dim {headDim}, V head dim {headDimV}) on every GPU of a build with head dim {headDim}",
+            (ex, where) => ForwardPaths.AssertValueHeadDimSm90Refusal(ex.Status, ex.NativeMessage, Device, headDim, headDimV, dropout, where),
+            (_, query, where) => Assert.That(
+                query.Reason, reason is null ? Does.Contain("FA_PATH_SM90") : Does.Contain("FA_PATH_SM90").And.Contain(reason), where),
             HeadDimV: headDimV,
-            AssertRan: (ran, where) => ForwardPaths.AssertRanValuePair(ran, dtype, headDim, headDimV, where));
+            AssertRan: (ran, where) => ForwardPaths.AssertRanValuePair(
+                ran, ForwardPaths.ResolveValuePair(path, Device, headDim, headDimV, dropout), dtype, headDim, headDimV, where),
+            Dropout: dropout);
         return ForwardOnPath(options, dtype, headDim, varlen, forward, outputs, context, contract);
     }
 
@@ -161,6 +187,7 @@ public abstract class ForwardPathTestBase : AttentionTestBase
     /// Checks the forward kernels a served call ran (from the log; the context); null: <see cref="ForwardPaths.AssertRan"/>
     /// for the path.
     /// </param>
+    /// <param name="Dropout">Whether the call has dropout, for the capability query (<see cref="SupportQuery.Dropout"/>).</param>
     private protected sealed record PathContract(
         bool Serves,
         string Refuses,
@@ -168,5 +195,6 @@ public abstract class ForwardPathTestBase : AttentionTestBase
         Action<FlashAttentionException, string>? AssertRefusal,
         Action<FlashAttentionException, SupportResult, string> AssertRefusalAmongChecks,
         int HeadDimV = 0,
-        Action<IReadOnlyList<string>, string>? AssertRan = null);
+        Action<IReadOnlyList<string>, string>? AssertRan = null,
+        bool Dropout = false);
 }

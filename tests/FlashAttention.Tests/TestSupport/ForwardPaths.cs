@@ -8,7 +8,10 @@ namespace FlashAttn.Tests.TestSupport;
 /// every GPU the library runs on. <see cref="KernelPath.Sm90"/> serves it, for every head dim the build serves, exactly
 /// where the build has sm_90a code (FA_CUDA_ARCHS contains 90a; the library then lists <c>sm90_</c> kernels) and the GPU
 /// is compute capability 9.0; anywhere else it is UNSUPPORTED with a reason that names FA_PATH_SM90.
-/// <see cref="KernelPath.Auto"/> takes Sm90 where it serves and Sm80 elsewhere. Kernel names are
+/// <see cref="KernelPath.Auto"/> takes Sm90 where it serves and Sm80 elsewhere. A V head dim other than q's (C ABI 0.10)
+/// has its own contract: Sm80 serves the pairs (192, 128) and (64, 512) on every GPU; Sm90 serves (192, 128) without
+/// dropout on compute capability 9.0 where the library lists its <c>sm90_fwd_*_hdim192v128_*</c> kernels, and nothing
+/// else (<see cref="Sm90ServesValuePair"/>, <see cref="ResolveValuePair"/>). Kernel names are
 /// <c>&lt;path&gt;_fwd_&lt;dtype&gt;_hdim&lt;kernel head dim&gt;_...</c>; a head dim without its own kernel runs the
 /// smallest larger one of its path (the sm90 forward has kernel classes 64, 128, 192 and 256; fp8 128 and 256).
 /// </summary>
@@ -110,23 +113,52 @@ internal static class ForwardPaths
     }
 
     /// <summary>
-    /// The part of a kernel name that marks the sm80 forward kernels of a V head dim other than q's: <c>_hdim&lt;D&gt;v&lt;DV&gt;_</c>
-    /// (native/kernels/registry.cu names them <c>sm80_fwd_&lt;dtype&gt;_hdim&lt;D&gt;v&lt;DV&gt;[_local][_softcap][_dropout]_&lt;tile&gt;</c>).
+    /// The part of a kernel name that marks the forward kernels of a V head dim other than q's: <c>_hdim&lt;D&gt;v&lt;DV&gt;_</c>
+    /// (native/kernels/registry.cu names them <c>sm80_fwd_&lt;dtype&gt;_hdim&lt;D&gt;v&lt;DV&gt;[_local][_softcap][_dropout]_&lt;tile&gt;</c>
+    /// and, for (192, 128) in a build with sm_90a code, <c>sm90_fwd_&lt;dtype&gt;_hdim192v128[_local][_softcap]_&lt;tile&gt;</c>).
     /// </summary>
     public static string ValuePairTag(int headDim, int headDimV) =>
         $"_hdim{headDim.ToString(CultureInfo.InvariantCulture)}v{headDimV.ToString(CultureInfo.InvariantCulture)}_";
 
     /// <summary>
-    /// Asserts that the forward kernels <paramref name="ran"/> (at least one) are all sm80 forward kernels of the pair
-    /// (<paramref name="headDim"/>, <paramref name="headDimV"/>) in <paramref name="dtype"/>, listed by the library: a V
-    /// head dim other than q's runs the sm80 path on every GPU, whatever <see cref="KernelPath.Auto"/> picks for equal
-    /// head dims.
+    /// Whether the loaded library lists sm90 forward kernels of the pair (<paramref name="headDim"/>,
+    /// <paramref name="headDimV"/>) (<c>sm90_fwd_*_hdim&lt;D&gt;v&lt;DV&gt;_*</c>): (192, 128) in a build with sm_90a code
+    /// and head dim 192, never (64, 512) (Cpu/ValueHeadDimValidationTests checks the list follows that rule).
     /// </summary>
-    public static void AssertRanValuePair(IReadOnlyList<string> ran, DataType dtype, int headDim, int headDimV, string context)
+    public static bool BuildHasSm90ValuePair(int headDim, int headDimV)
     {
         string tag = ValuePairTag(headDim, headDimV);
-        string want = $"sm80_fwd_{DtypeTag(dtype)}{tag}";
-        string where = $"{context}: a V head dim other than q's must run {want}* kernels";
+        return FlashAttention.CompiledKernels.Any(
+            n => n.StartsWith("sm90_fwd_", StringComparison.Ordinal) && n.Contains(tag, StringComparison.Ordinal));
+    }
+
+    /// <summary>
+    /// Whether <see cref="KernelPath.Sm90"/> must serve a forward of the pair (<paramref name="headDim"/>,
+    /// <paramref name="headDimV"/>) on <paramref name="device"/>: a compute capability 9.0 GPU, a library that lists the
+    /// pair's sm90 forward kernels, and no dropout (the sm90 kernels have none).
+    /// </summary>
+    public static bool Sm90ServesValuePair(CudaDevice device, int headDim, int headDimV, bool dropout) =>
+        device.ComputeCapabilityCode == 90 && !dropout && BuildHasSm90ValuePair(headDim, headDimV);
+
+    /// <summary>
+    /// The path whose kernels a pair's forward asked for on <paramref name="path"/> must run: <see cref="KernelPath.Auto"/>
+    /// takes Sm90 where <see cref="Sm90ServesValuePair"/> says so, else Sm80.
+    /// </summary>
+    public static KernelPath ResolveValuePair(KernelPath path, CudaDevice device, int headDim, int headDimV, bool dropout) =>
+        path != KernelPath.Auto ? path : Sm90ServesValuePair(device, headDim, headDimV, dropout) ? KernelPath.Sm90 : KernelPath.Sm80;
+
+    /// <summary>
+    /// Asserts that the forward kernels <paramref name="ran"/> (at least one) are all forward kernels of
+    /// <paramref name="path"/> (Auto resolved by the caller, <see cref="ResolveValuePair"/>) for the pair
+    /// (<paramref name="headDim"/>, <paramref name="headDimV"/>) in <paramref name="dtype"/>, listed by the library.
+    /// </summary>
+    public static void AssertRanValuePair(
+        IReadOnlyList<string> ran, KernelPath path, DataType dtype, int headDim, int headDimV, string context)
+    {
+        Assert.That(path, Is.Not.EqualTo(KernelPath.Auto), $"{context}: resolve Auto before asking which kernels ran");
+        string tag = ValuePairTag(headDim, headDimV);
+        string want = $"{Tag(path)}_fwd_{DtypeTag(dtype)}{tag}";
+        string where = $"{context}: a V head dim other than q's on path {path} must run {want}* kernels";
         Assert.That(FlashAttention.CompiledKernels.Any(n => n.StartsWith(want, StringComparison.Ordinal)), Is.True,
             $"{where}, but the library lists none");
         Assert.That(ran, Is.Not.Empty, $"{where}; no FA_LOG_DEBUG line named a forward kernel");
@@ -138,15 +170,55 @@ internal static class ForwardPaths
     }
 
     /// <summary>
-    /// Asserts that a refusal of <see cref="KernelPath.Sm90"/> for a V head dim other than q's is the contract's on every
-    /// device and build: UNSUPPORTED, naming FA_PATH_SM90 and saying the path has no kernels for such a V head dim.
+    /// The words a refusal of <see cref="KernelPath.Sm90"/> for the pair (<paramref name="headDim"/>,
+    /// <paramref name="headDimV"/>) must contain besides FA_PATH_SM90, at compute capability <paramref name="cc"/> (0: any
+    /// GPU), in the order native/src/dispatch.cpp checks: dropout (the sm90 kernels have none), a build without sm_90a
+    /// code ("90a"), another compute capability ("compute capability 9.0"), then the pair: the sm90 forward serves
+    /// (192, 128) only, the sm90 backward no pair. Null where the build lacks the pair's sm90 forward kernels for another
+    /// reason (no head dim 192): FA_PATH_SM90 alone is asserted then.
     /// </summary>
-    public static void AssertValueHeadDimSm90Refusal(FlashAttentionStatus status, string message, string context)
+    public static string? ValuePairSm90Refusal(AttentionPass pass, int headDim, int headDimV, int cc, bool dropout)
     {
+        if (dropout)
+        {
+            return "dropout";
+        }
+
+        if (!BuildHasSm90a)
+        {
+            return "90a";
+        }
+
+        if (cc != 0 && cc != 90)
+        {
+            return "compute capability 9.0";
+        }
+
+        if (pass == AttentionPass.Backward)
+        {
+            return "the sm90 backward has no kernels for a V head dim other than q's";
+        }
+
+        return (headDim, headDimV) == (192, 128) ? null : "the sm90 forward serves the V head dim pair (192, 128) only";
+    }
+
+    /// <summary>
+    /// Asserts that a refusal of <see cref="KernelPath.Sm90"/> for a forward with a V head dim other than q's on
+    /// <paramref name="device"/> is the contract's: UNSUPPORTED, naming FA_PATH_SM90 and the reason
+    /// <see cref="ValuePairSm90Refusal"/> gives for the device, build and call.
+    /// </summary>
+    public static void AssertValueHeadDimSm90Refusal(
+        FlashAttentionStatus status, string message, CudaDevice device, int headDim, int headDimV, bool dropout, string context)
+    {
+        string? reason = ValuePairSm90Refusal(AttentionPass.Forward, headDim, headDimV, device.ComputeCapabilityCode, dropout);
         using (Assert.EnterMultipleScope())
         {
             Assert.That(status, Is.EqualTo(FlashAttentionStatus.Unsupported), $"{context}: {message}");
-            Assert.That(message, Does.Contain("FA_PATH_SM90").And.Contain("V head dim other than q's"), context);
+            Assert.That(message, Does.Contain("FA_PATH_SM90"), $"{context}: an Sm90 refusal names the path");
+            if (reason is not null)
+            {
+                Assert.That(message, Does.Contain(reason), $"{context}: on {device} (build has sm_90a code: {BuildHasSm90a})");
+            }
         }
     }
 
