@@ -4,7 +4,9 @@ FlashAttention-3's pairs (head_dim, head_dim_v) = (192, 128) (forward and backwa
 causal and not, S 1k and 4k (16k without --quick), B = 16384 / S, 16 heads. Triton do_bench medians, L2 flushed.
 Columns, each timed on the same values:
 
-  ours      the pair call with the default path (FA_PATH_AUTO, which takes the sm80 pair kernels)
+  ours      the pair call with the default path (FA_PATH_AUTO: the sm90 kernels for (192, 128) without dropout on
+            compute capability 9.0 in a build with sm_90a code, else the sm80 pair kernels); sm80 the same call
+            forced onto the sm80 pair kernels
   padded    what a caller without the pair does: q, k and v zero-padded to the larger head dim, and past 256 v
             in chunks of 256 columns, one call each ((64, 512): two calls at 256); our call with the default path
             (the sm90 kernels at equal dims) and forced to sm80 (padded_sm80)
@@ -54,20 +56,22 @@ def pair_flops(b, h, s, d, dv, causal):
 
 
 def ours(fa, bench, q2, k2, v2, causal, path, backward):
-    """Our forward (then backward from its O and LSE) on [B, S, H, *] tensors: (fwd ms, bwd ms or None, out, grads)."""
+    """Our forward (then backward from its O and LSE) on [B, S, H, *] tensors: (fwd ms, bwd ms or None, out, grads,
+    dout, the forward kernel that ran)."""
     b, s, h, _ = q2.shape
     o2 = torch.full((b, s, h, v2.shape[-1]), float("nan"), device="cuda", dtype=q2.dtype)
     lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
     call = fa.forward_call(fa.forward_params(FA_DTYPE_BFLOAT16, q2, k2, v2, o2, causal, lse=lse, path=path))
-    call()
+    ran = fa.launched_kernels(call)
+    kernel = ran[-1] if ran else None
     fwd_ms = bench(call)
     if not backward:
-        return fwd_ms, None, o2, None, None
+        return fwd_ms, None, o2, None, None, kernel
     do, dq, dk, dv = (torch.randn_like(o2), torch.empty_like(q2), torch.empty_like(k2), torch.empty_like(v2))
     bcall = fa.backward_call(fa.backward_params(FA_DTYPE_BFLOAT16, (q2, k2, v2, o2, do, dq, dk, dv), lse, causal,
                                                 False, path=path))
     bcall()
-    return fwd_ms, bench(bcall), o2, (dq, dk, dv), do
+    return fwd_ms, bench(bcall), o2, (dq, dk, dv), do, kernel
 
 
 def sdpa(bench, backend, q, k, v, causal, backward):
@@ -110,8 +114,13 @@ def shape_row(fa, bench, d, dv, backward, causal, s):
         if bwd_ms is not None:
             row[f"{key}_bwd_ms"], row[f"{key}_bwd_tflops"] = bwd_ms, tflops(bwd_f, bwd_ms)
 
-    fwd_ms, bwd_ms, o2, grads, do = ours(fa, bench, q2, k2, v2, causal, FA_PATH_AUTO, backward)
+    fwd_ms, bwd_ms, o2, grads, do, row["ours_kernel"] = ours(fa, bench, q2, k2, v2, causal, FA_PATH_AUTO, backward)
     record("ours", fwd_ms, bwd_ms)
+    try:
+        fwd80, bwd80, *_ = ours(fa, bench, q2, k2, v2, causal, FA_PATH_SM80, backward)
+        record("sm80", fwd80, bwd80)
+    except RuntimeError as e:
+        row["errors"]["sm80"] = first_line(e, 200)
     if s <= 1024:
         o_ref, g_ref = reference(q2, k2, v2, do, causal)
         row["ours_rel_err"] = rel_err(o2, o_ref)
@@ -171,7 +180,7 @@ def main():
     bench = Timer(25, 100)
     print(f"# torch {torch.__version__} {torch.cuda.get_device_name()} library {fa.version():#x}", flush=True)
     ceilings = ceiling_rows(bench, ("bf16",))
-    cols = ("ours", "padded", "padded_sm80", "flash", "cudnn")
+    cols = ("ours", "sm80", "padded", "padded_sm80", "flash", "cudnn")
     print("TFLOP/s of the pair's own work; flash/cudnn on the pair or padded (notes)", flush=True)
     print(f"{'d/dv causal S':18s} | fwd: " + " ".join(f"{c:>11s}" for c in cols) + " | bwd: "
           + " ".join(f"{c:>11s}" for c in cols) + " | rel err fwd/bwd", flush=True)
@@ -184,8 +193,8 @@ def main():
                 line = " ".join(fmt(r.get(f"{c}_tflops"), "11.0f") for c in cols) + " | bwd: " + " ".join(
                     fmt(r.get(f"{c}_bwd_tflops"), "11.0f") for c in cols)
                 print(f"{d}/{dv:<4d} {int(causal):<6d} {s:<5d} | fwd: {line} | "
-                      f"{fmt(r.get('ours_rel_err'), '.1e')}/{fmt(r.get('ours_bwd_rel_err'), '.1e')}"
-                      + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
+                      f"{fmt(r.get('ours_rel_err'), '.1e')}/{fmt(r.get('ours_bwd_rel_err'), '.1e')} "
+                      f"{r.get('ours_kernel') or ''}" + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
     for backend in BACKENDS:
         notes = sorted({r["notes"].get(backend, "-") for r in rows})
         print(f"# {backend}: " + "; ".join(notes), flush=True)
