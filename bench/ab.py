@@ -25,7 +25,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from common import (MAX_BWD_REL_ERR, MAX_FP8_REL_ERR, MAX_REL_ERR, FaLib, Timer, dtype_code, first_line,  # noqa: E402
-                    lib_file, tflops)
+                    lib_file, rel_err, tflops)
 from fa_abi import FA_PATH_AUTO, FA_PATH_SM80, FA_PATH_SM90  # noqa: E402
 from inputs import sdpa_inputs, torch_dtype  # noqa: E402
 from shapes import pass_flops, shapes_grid  # noqa: E402
@@ -56,11 +56,6 @@ def parse_args(argv=None):
             ap.error(f"--lib takes NAME=PATH, got {spec!r}")
         args.libs.append((name, lib_file(path)))
     return args
-
-
-def rel_err(a, ref):
-    ref = ref.float()
-    return float((a.float() - ref).norm() / ref.norm())
 
 
 def fwd_setup(args, libs, q, k, v, h, hkv, causal, code):

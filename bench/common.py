@@ -35,6 +35,19 @@ FORWARD_EXPORTS = ("fa_status_string", "fa_last_error_message", "fa_version", "f
 BACKWARD_EXPORTS = ("fa_backward_params_init", "fa_backward", "fa_backward_workspace_size")
 
 
+def rel_err(a, ref):
+    """Relative Frobenius error of tensor a against tensor ref (in fp32; the absolute error where ref is all zero)."""
+    ref = ref.float()
+    den = float(ref.norm())
+    num = float((a.float() - ref).norm())
+    return num / den if den > 0 else num
+
+
+def cell(x, spec):
+    """x formatted by spec for a table, or "-" where it was not measured (None or not a number)."""
+    return format(x, spec) if isinstance(x, (int, float)) else "-"
+
+
 def lib_file(path):
     """The absolute path of libflash_attention.so given it or its folder."""
     if os.path.isdir(path):

@@ -25,19 +25,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ceilings import ceiling_rows
 from run import git_commit
-from common import MAX_BWD_REL_ERR, MAX_REL_ERR, FaLib, Timer, current_stream, first_line, tflops
+from common import MAX_BWD_REL_ERR, MAX_REL_ERR, FaLib, Timer, cell, rel_err, current_stream, first_line, tflops
 from fa_abi import FA_DTYPE_BFLOAT16, FA_PATH_AUTO, FA_PATH_SM80
 from torch_sdpa import fwd_flops
 
 P = 0.17  # FlashAttention-2's test probability
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
 
-
-def rel_err(a, r):
-    r = r.float()
-    den = float(r.norm())
-    num = float((a.float() - r).norm())
-    return num / den if den > 0 else num
 
 
 def torch_rng(*tensors):
@@ -173,9 +167,6 @@ def shape_row(fa, bench, d, causal, s, quick):
     return row
 
 
-def fmt(x, spec):
-    return format(x, spec) if isinstance(x, (int, float)) else "-"
-
 
 def main():
     ap = argparse.ArgumentParser()
@@ -204,11 +195,11 @@ def main():
                 rows.append(r)
                 cols = []
                 for x in ("", "_bwd"):
-                    cols += [fmt(r.get(f"ours{x}_ms"), "7.3f"), fmt(r.get(f"ours_plain_sm80{x}_ms"), "7.3f"),
-                             fmt(r.get(f"dropout_ratio{x}"), "5.2f"), fmt(r.get(f"flash{x}_ms"), "7.3f"),
-                             fmt(r.get(f"cudnn{x}_ms"), "7.3f"), fmt(r.get(f"vs_flash{x}"), "5.2f"), "|"]
+                    cols += [cell(r.get(f"ours{x}_ms"), "7.3f"), cell(r.get(f"ours_plain_sm80{x}_ms"), "7.3f"),
+                             cell(r.get(f"dropout_ratio{x}"), "5.2f"), cell(r.get(f"flash{x}_ms"), "7.3f"),
+                             cell(r.get(f"cudnn{x}_ms"), "7.3f"), cell(r.get(f"vs_flash{x}"), "5.2f"), "|"]
                 print(f"{d:<4}{int(causal):<7}{s:<6}| " + " ".join(cols)
-                      + f" {fmt(r.get('ours_rel_err'), '.1e')}/{fmt(r.get('ours_bwd_rel_err'), '.1e')}"
+                      + f" {cell(r.get('ours_rel_err'), '.1e')}/{cell(r.get('ours_bwd_rel_err'), '.1e')}"
                       + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
     if a.out:
         commit = git_commit(a.commit)

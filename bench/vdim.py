@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ceilings import ceiling_rows
-from common import MAX_BWD_REL_ERR, MAX_REL_ERR, FaLib, Timer, first_line, tflops
+from common import MAX_BWD_REL_ERR, MAX_REL_ERR, FaLib, Timer, cell, rel_err, first_line, tflops
 from fa_abi import FA_DTYPE_BFLOAT16, FA_PATH_AUTO, FA_PATH_SM80
 from run import git_commit
 
@@ -39,12 +39,6 @@ PAIRS = ((192, 128, True), (64, 512, False))  # (d, dv, has a backward)
 HEADS = 16
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
 
-
-def rel_err(a, r):
-    r = r.float()
-    den = float(r.norm())
-    num = float((a.float() - r).norm())
-    return num / den if den > 0 else num
 
 
 def pair_flops(b, h, s, d, dv, causal):
@@ -165,9 +159,6 @@ def shape_row(fa, bench, d, dv, backward, causal, s):
     return row
 
 
-def fmt(x, spec):
-    return format(x, spec) if isinstance(x, (int, float)) else "-"
-
 
 def main():
     ap = argparse.ArgumentParser()
@@ -190,10 +181,10 @@ def main():
             for s in ((1024, 4096) if a.quick else (1024, 4096, 16384)):
                 r = shape_row(fa, bench, d, dv, backward, causal, s)
                 rows.append(r)
-                line = " ".join(fmt(r.get(f"{c}_tflops"), "11.0f") for c in cols) + " | bwd: " + " ".join(
-                    fmt(r.get(f"{c}_bwd_tflops"), "11.0f") for c in cols)
+                line = " ".join(cell(r.get(f"{c}_tflops"), "11.0f") for c in cols) + " | bwd: " + " ".join(
+                    cell(r.get(f"{c}_bwd_tflops"), "11.0f") for c in cols)
                 print(f"{d}/{dv:<4d} {int(causal):<6d} {s:<5d} | fwd: {line} | "
-                      f"{fmt(r.get('ours_rel_err'), '.1e')}/{fmt(r.get('ours_bwd_rel_err'), '.1e')} "
+                      f"{cell(r.get('ours_rel_err'), '.1e')}/{cell(r.get('ours_bwd_rel_err'), '.1e')} "
                       f"{r.get('ours_kernel') or ''}" + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
     for backend in BACKENDS:
         notes = sorted({r["notes"].get(backend, "-") for r in rows})
