@@ -33,7 +33,6 @@ P = 0.17  # FlashAttention-2's test probability
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
 
 
-
 def torch_rng(*tensors):
     """(seed, offset) from what aten's flash forward returns for them: one uint64 [2] rng_state (recent PyTorch) or
     two scalar tensors (philox_seed, philox_offset; older)."""
@@ -165,7 +164,6 @@ def shape_row(fa, bench, d, causal, s, quick):
     del q, k, v, q2, k2, v2
     torch.cuda.empty_cache()
     return row
-
 
 
 def main():

@@ -40,7 +40,6 @@ HEADS = 16
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
 
 
-
 def pair_flops(b, h, s, d, dv, causal):
     """(forward, backward) FLOPs of the pair's own work."""
     f = 2.0 * b * h * s * s
@@ -49,35 +48,40 @@ def pair_flops(b, h, s, d, dv, causal):
     return f * (d + dv), f * (3 * d + 2 * dv)
 
 
-def ours(fa, bench, q2, k2, v2, causal, path, backward):
+def ours(fa, bench, q2, k2, v2, causal, path, backward, scale=None):
     """Our forward (then backward from its O and LSE) on [B, S, H, *] tensors: (fwd ms, bwd ms or None, out, grads,
     dout, the forward kernel that ran)."""
     b, s, h, _ = q2.shape
     o2 = torch.full((b, s, h, v2.shape[-1]), float("nan"), device="cuda", dtype=q2.dtype)
     lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
-    call = fa.forward_call(fa.forward_params(FA_DTYPE_BFLOAT16, q2, k2, v2, o2, causal, lse=lse, path=path))
+    prm = fa.forward_params(FA_DTYPE_BFLOAT16, q2, k2, v2, o2, causal, lse=lse, path=path)
+    if scale is not None:
+        prm.softmax_scale = scale
+    call = fa.forward_call(prm)
     ran = fa.launched_kernels(call)
     kernel = ran[-1] if ran else None
     fwd_ms = bench(call)
     if not backward:
         return fwd_ms, None, o2, None, None, kernel
     do, dq, dk, dv = (torch.randn_like(o2), torch.empty_like(q2), torch.empty_like(k2), torch.empty_like(v2))
-    bcall = fa.backward_call(fa.backward_params(FA_DTYPE_BFLOAT16, (q2, k2, v2, o2, do, dq, dk, dv), lse, causal,
-                                                False, path=path))
+    bprm = fa.backward_params(FA_DTYPE_BFLOAT16, (q2, k2, v2, o2, do, dq, dk, dv), lse, causal, False, path=path)
+    if scale is not None:
+        bprm.softmax_scale = scale
+    bcall = fa.backward_call(bprm)
     bcall()
     return fwd_ms, bench(bcall), o2, (dq, dk, dv), do, kernel
 
 
-def sdpa(bench, backend, q, k, v, causal, backward):
+def sdpa(bench, backend, q, k, v, causal, backward, scale=None):
     """SDPA forward (and backward by autograd.grad over one retained graph) on [B, H, S, *]: (fwd ms, bwd ms)."""
     with sdpa_kernel([BACKENDS[backend]]):
-        fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
+        fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)  # noqa: E731
         fn()
         fwd_ms = bench(fn)
         if not backward:
             return fwd_ms, None
         qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
-        out = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
+        out = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal, scale=scale)
         do = torch.randn_like(out)
         g = lambda: torch.autograd.grad(out, (qg, kg, vg), do, retain_graph=True)  # noqa: E731
         g()
@@ -128,7 +132,7 @@ def shape_row(fa, bench, d, dv, backward, causal, s):
     # The padded call: what a caller of a library without the pair runs. q, k and v zero-padded to one head dim
     # (zero columns add nothing to Q K^T; out's extra columns are 0), and past 256, the largest head dim most
     # libraries serve, v in chunks of 256 columns, one call per chunk with the same softmax ((64, 512): two calls at
-    # head dim 256).
+    # head dim 256), with the pair's softmax scale (1 / sqrt(d), not the padded head dim's).
     wide = min(max(d, dv), 256)
     pad = lambda t: F.pad(t, (0, wide - t.shape[-1]))  # noqa: E731
     qp, kp = pad(q2), pad(k2)
@@ -136,7 +140,7 @@ def shape_row(fa, bench, d, dv, backward, causal, s):
     pad_bwd = backward and len(vps) == 1
     for key, path in (("padded", FA_PATH_AUTO), ("padded_sm80", FA_PATH_SM80)):
         try:
-            timed = [ours(fa, bench, qp, kp, vp, causal, path, pad_bwd) for vp in vps]
+            timed = [ours(fa, bench, qp, kp, vp, causal, path, pad_bwd, scale=d ** -0.5) for vp in vps]
             record(key, sum(t[0] for t in timed), timed[0][1] if pad_bwd else None)
         except RuntimeError as e:
             row["errors"][key] = first_line(e, 200)
@@ -148,7 +152,7 @@ def shape_row(fa, bench, d, dv, backward, causal, s):
         except RuntimeError as e:
             try:
                 timed = [sdpa(bench, backend, qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2), causal,
-                              pad_bwd) for vp in vps]
+                              pad_bwd, scale=d ** -0.5) for vp in vps]
                 record(backend, sum(t[0] for t in timed), timed[0][1] if pad_bwd else None)
                 row["notes"][backend] = (f"padded to {wide}" + (f" in {len(vps)} calls" if len(vps) > 1 else "")
                                          + " (the pair refused: " + first_line(e, 100) + ")")
@@ -157,7 +161,6 @@ def shape_row(fa, bench, d, dv, backward, causal, s):
     del q2, k2, v2, qp, kp, vps
     torch.cuda.empty_cache()
     return row
-
 
 
 def main():

@@ -12,8 +12,8 @@ namespace FlashAttn;
 /// FlashAttention-3: Float8E4M3 inputs are <see cref="FlashAttentionStatus.Unsupported"/>).
 /// </param>
 /// <param name="K">Keys of the forward call, q's dtype; headsKv divides headsQ.</param>
-/// <param name="V">Values of the forward call, k's shape and q's dtype.</param>
-/// <param name="Output">Output of the forward call, q's shape and dtype.</param>
+/// <param name="V">Values of the forward call, k's shape (but v's head dim, q's but for the pair (192, 128)) and q's dtype.</param>
+/// <param name="Output">Output of the forward call, q's shape (but v's head dim) and dtype.</param>
 /// <param name="DOut">Gradient of the loss with respect to <paramref name="Output"/>, its shape and q's dtype.</param>
 /// <param name="LogSumExp">
 /// Log-sum-exp the forward call wrote (required): Float32 <c>[batch, headsQ, seqLenQ]</c>, or <c>[headsQ, totalQ]</c>

@@ -9,8 +9,9 @@ namespace FlashAttn;
 /// batches, with their argument checks and the workspace-size query.
 /// </content>
 /// <remarks>
-/// Shapes and strides follow <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/> and <see cref="ForwardVarlen"/>: <c>dOut</c> and <c>dq</c> are shaped
-/// like q, <c>dk</c> and <c>dv</c> like k, all of q's dtype; the log-sum-exp the forward wrote is required. The options
+/// Shapes and strides follow <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/> and <see cref="ForwardVarlen"/>: <c>dq</c> is shaped
+/// like q, <c>dk</c> like k, <c>dOut</c> like the output and <c>dv</c> like v (their head dim v's: the same as q's
+/// but for the pair (192, 128), C ABI 0.10), all of q's dtype; the log-sum-exp the forward wrote is required. The options
 /// (scale, causal mask and alignment, window, softcap) must be the forward call's, and so must the learnable sinks
 /// (<see cref="BackwardArguments.Sinks"/>, whose gradient <see cref="BackwardArguments.DSinks"/> receives);
 /// <see cref="AttentionOptions.Deterministic"/> chooses reproducible dq accumulation. A forward call whose v had a head dim
@@ -26,13 +27,13 @@ public sealed partial class FlashAttention
     /// </summary>
     /// <param name="q">Queries of the forward call <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16 or BFloat16.</param>
     /// <param name="k">Keys of the forward call <c>[batch, seqLenK, headsKv, headDim]</c>, q's dtype.</param>
-    /// <param name="v">Values of the forward call, k's shape and q's dtype.</param>
-    /// <param name="output">Output of the forward call, q's shape and dtype.</param>
-    /// <param name="dOut">Gradient of the loss with respect to <paramref name="output"/>, q's shape and dtype.</param>
+    /// <param name="v">Values of the forward call, k's shape (but v's head dim) and q's dtype.</param>
+    /// <param name="output">Output of the forward call, q's shape (but v's head dim) and dtype.</param>
+    /// <param name="dOut">Gradient of the loss with respect to <paramref name="output"/>, its shape and q's dtype.</param>
     /// <param name="logSumExp">Log-sum-exp the forward call wrote, <c>[batch, headsQ, seqLenQ]</c> Float32.</param>
     /// <param name="dq">Gradient of q (written), q's shape and dtype.</param>
     /// <param name="dk">Gradient of k (written), k's shape and q's dtype.</param>
-    /// <param name="dv">Gradient of v (written), k's shape and q's dtype.</param>
+    /// <param name="dv">Gradient of v (written), v's shape and q's dtype.</param>
     /// <param name="message">"" on success; otherwise why the call would be refused.</param>
     /// <param name="options">The forward call's options, or null for <see cref="AttentionOptions.Default"/>.</param>
     /// <param name="computeCapability">Target GPU as <c>major * 10 + minor</c> (e.g. 90), or 0 for any GPU this build serves.</param>
@@ -65,13 +66,13 @@ public sealed partial class FlashAttention
     /// </summary>
     /// <param name="q">Packed queries of the forward call <c>[totalQ, headsQ, headDim]</c>, Float16 or BFloat16.</param>
     /// <param name="k">Packed keys of the forward call <c>[totalK, headsKv, headDim]</c>, q's dtype.</param>
-    /// <param name="v">Packed values of the forward call, k's shape and q's dtype.</param>
-    /// <param name="output">Output of the forward call, q's shape and dtype.</param>
-    /// <param name="dOut">Gradient of the loss with respect to <paramref name="output"/>, q's shape and dtype.</param>
+    /// <param name="v">Packed values of the forward call, k's shape (but v's head dim) and q's dtype.</param>
+    /// <param name="output">Output of the forward call, q's shape (but v's head dim) and dtype.</param>
+    /// <param name="dOut">Gradient of the loss with respect to <paramref name="output"/>, its shape and q's dtype.</param>
     /// <param name="logSumExp">Log-sum-exp the forward call wrote, <c>[headsQ, totalQ]</c> Float32.</param>
     /// <param name="dq">Gradient of q (written), q's shape and dtype.</param>
     /// <param name="dk">Gradient of k (written), k's shape and q's dtype.</param>
-    /// <param name="dv">Gradient of v (written), k's shape and q's dtype.</param>
+    /// <param name="dv">Gradient of v (written), v's shape and q's dtype.</param>
     /// <param name="batch">The sequence boundaries of the forward call.</param>
     /// <param name="message">"" on success; otherwise why the call would be refused.</param>
     /// <param name="options">The forward call's options, or null for <see cref="AttentionOptions.Default"/>.</param>
@@ -171,9 +172,9 @@ public sealed partial class FlashAttention
     /// </summary>
     /// <param name="q">Queries of the forward call <c>[batch, seqLenQ, headsQ, headDim]</c>, Float16 or BFloat16, last dimension contiguous.</param>
     /// <param name="k">Keys of the forward call <c>[batch, seqLenK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
-    /// <param name="v">Values of the forward call, k's shape and q's dtype.</param>
-    /// <param name="output">Output of the forward call, q's shape and dtype.</param>
-    /// <param name="dOut">Gradient of the loss with respect to <paramref name="output"/>, q's shape and dtype.</param>
+    /// <param name="v">Values of the forward call, k's shape (but v's head dim) and q's dtype.</param>
+    /// <param name="output">Output of the forward call, q's shape (but v's head dim) and dtype.</param>
+    /// <param name="dOut">Gradient of the loss with respect to <paramref name="output"/>, its shape and q's dtype.</param>
     /// <param name="logSumExp">
     /// Log-sum-exp the forward call wrote (<c>logSumExp</c> of <see cref="Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>), <c>[batch, headsQ, seqLenQ]</c> Float32.
     /// </param>
@@ -182,7 +183,7 @@ public sealed partial class FlashAttention
     /// Written: the gradient of k, k's shape and q's dtype; under GQA/MQA each kv head gets the sum over the query heads
     /// that read it. Keys no query sees get 0.
     /// </param>
-    /// <param name="dv">Written: the gradient of v, as <paramref name="dk"/>.</param>
+    /// <param name="dv">Written: the gradient of v, v's shape, as <paramref name="dk"/>.</param>
     /// <param name="options">
     /// The forward call's options (scale, mask, alignment, window, softcap), or null for <see cref="AttentionOptions.Default"/>;
     /// <see cref="AttentionOptions.Deterministic"/> makes the result bitwise reproducible.
@@ -223,13 +224,13 @@ public sealed partial class FlashAttention
     /// </summary>
     /// <param name="q">Packed queries of the forward call <c>[totalQ, headsQ, headDim]</c>, Float16 or BFloat16.</param>
     /// <param name="k">Packed keys of the forward call <c>[totalK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
-    /// <param name="v">Packed values of the forward call, k's shape and q's dtype.</param>
-    /// <param name="output">Output of the forward call, q's shape and dtype.</param>
-    /// <param name="dOut">Gradient of the loss with respect to <paramref name="output"/>, q's shape and dtype.</param>
+    /// <param name="v">Packed values of the forward call, k's shape (but v's head dim) and q's dtype.</param>
+    /// <param name="output">Output of the forward call, q's shape (but v's head dim) and dtype.</param>
+    /// <param name="dOut">Gradient of the loss with respect to <paramref name="output"/>, its shape and q's dtype.</param>
     /// <param name="logSumExp">Log-sum-exp the forward call wrote, <c>[headsQ, totalQ]</c> Float32.</param>
     /// <param name="dq">Written: the gradient of q, q's shape and dtype; rows that see no key get 0.</param>
     /// <param name="dk">Written: the gradient of k (summed over each group's query heads), k's shape and q's dtype.</param>
-    /// <param name="dv">Written: the gradient of v, as <paramref name="dk"/>.</param>
+    /// <param name="dv">Written: the gradient of v, v's shape, as <paramref name="dk"/>.</param>
     /// <param name="batch">The sequence boundaries of the forward call; keep it undisposed until the work is done.</param>
     /// <param name="options">The forward call's options, or null for <see cref="AttentionOptions.Default"/>.</param>
     /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
@@ -406,8 +407,8 @@ public sealed partial class FlashAttention
         }
 
         // dOut is shaped like the output and dv like v: q's and k's shapes, unless v has a head dim of its own (C ABI
-        // 0.10: a forward-only feature so far, which the native library refuses as UNSUPPORTED with the reason once
-        // these shapes agree).
+        // 0.10; the native library serves the (192, 128) backward and refuses other pairs as UNSUPPORTED with the
+        // reason once these shapes agree).
         bool ownValueDim = a.V.Shape[^1] != a.Q.Shape[^1];
         return GradientProblem(a.DOut, "dOut", a.Output, ownValueDim ? "output" : "q", a.Q, varlen, device) ??
             GradientProblem(a.DQ, "dq", a.Q, "q", a.Q, varlen, device) ?? GradientProblem(a.DK, "dk", a.K, "k", a.Q, varlen, device) ??

@@ -173,8 +173,8 @@ std::string name_of(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t fea
            with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path, dt); });
 }
 
-// The sm80 forward's kernels of a V head dim other than q's (sm80::FwdTileV, sm80::fwd_v_pair), compiled with the
-// head dim d (FA_HEAD_DIMS): their index in kVPairs, or -1.
+// FlashAttention-3's V head dim pairs, whose kernels (the sm80 forward's sm80::FwdTileV / fwd_v_pair and backward's,
+// the sm90 forward's) are compiled with the head dim d (FA_HEAD_DIMS): a pair's index in kVPairs, or -1.
 struct VPair {
     int32_t d, dv;
 };
@@ -523,7 +523,7 @@ int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* 
     const int dt = dtype_index(p.dtype);
     const bool bf16 = dt == 1;
     uint32_t features = 0;
-    if (p.dv != 0 && p.dv != p.d) {  // a V head dim other than q's: the pair's sm80 kernel (the host refuses the rest first)
+    if (p.dv != 0 && p.dv != p.d) {  // a V head dim other than q's: the pair's kernel on `path` (the host refuses the rest)
         const int pair = v_pair_index(p.d, p.dv);
         int err = static_cast<int>(cudaErrorInvalidValue);
 #if defined(FA_HAS_SM90A) && defined(FA_HAS_HDIM192)

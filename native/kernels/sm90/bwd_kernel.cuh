@@ -15,7 +15,8 @@
 //                     in the accumulator's fragment layout (BwdParams::dq_frag_rows). At D = 192 a half (96
 //                     columns) straddles the middle panel, which an MN-major operand may not cross mid-panel: two
 //                     products of 64 and 32 columns each.
-// P never leaves registers (but at D = 192 and 256, below); dS^T goes to shared memory once (16 KB). dK and dV
+// P never leaves registers (but at D = 192 and 256, below); dS^T goes to shared memory once, into one of two buffers
+// (2 x 16 KB, 2 x 8 KB at D = 192 and 256). dK and dV
 // (64 x D per warpgroup) stay in registers for the whole walk.
 //
 // At D = 256 dK and dV of 64 keys take 256 registers a thread (192 at D = 192), so the warpgroups split the roles

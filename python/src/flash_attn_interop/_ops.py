@@ -758,7 +758,7 @@ def dense_eager(q, k, v, opts, deterministic, return_attn_probs):
         return None
     if _grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         if fv[6] != fq[6]:
-            return None  # a V head dim other than q's has no backward: _dense_general refuses the call
+            return None  # a V head dim other than q's: _dense_general (it refuses pairs without a backward)
         out, lse = _EagerAttention.apply(q, k, v, _Call(opts, bool(deterministic), None, None, 0, 0, True,
                                                         (fq, fk, fv)))
     else:
