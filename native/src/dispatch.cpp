@@ -76,11 +76,14 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
     if (dropout && (pass == Pass::Decode || fp8)) {
         fail(FA_STATUS_UNSUPPORTED, std::string("dropout_p > 0, but ") + dropout_refusal(pass, Path::Sm80, dtype));
     }
-    if (head_dim_v != 0 && head_dim_v != head_dim) {
-        // A V head dim other than q's: the pair kernels (kernels::has_v_kernel): the sm80 forward's (every forward
-        // option) and backward's, and the sm90 forward's for (192, 128) (every option but dropout), which AUTO takes
-        // where it serves.
-        const std::string pair = "(head_dim " + std::to_string(head_dim) + ", head_dim_v " + std::to_string(head_dim_v) + ")";
+    // A V head dim other than q's: the pair kernels (kernels::has_v_kernel): the sm80 forward's (every forward option)
+    // and backward's, and the sm90 forward's for (192, 128) (every option but dropout), which AUTO takes where it
+    // serves. The pair's own refusals come first; then the path choice below, as for every call.
+    const bool v_pair = head_dim_v != 0 && head_dim_v != head_dim;
+    const int32_t dv32 = static_cast<int32_t>(head_dim_v > 0 && head_dim_v < (1 << 30) ? head_dim_v : 0);
+    std::string pair;
+    if (v_pair) {
+        pair = "(head_dim " + std::to_string(head_dim) + ", head_dim_v " + std::to_string(head_dim_v) + ")";
         if (pass == Pass::Decode) {
             fail(FA_STATUS_UNSUPPORTED, "a V head dim other than q's " + pair + " is not served by fa_decode");
         }
@@ -88,7 +91,6 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
             fail(FA_STATUS_UNSUPPORTED, "fp8 (e4m3) inputs with a V head dim other than q's " + pair +
                                             ": those pairs run on the sm80 path, in fp16 and bf16");
         }
-        const int32_t dv32 = static_cast<int32_t>(head_dim_v > 0 && head_dim_v < (1 << 30) ? head_dim_v : 0);
         if (pass == Pass::Backward && kernels::has_v_kernel(Pass::Forward, head_dim, dv32) &&
             !kernels::has_v_kernel(Pass::Backward, head_dim, dv32)) {
             fail(FA_STATUS_UNSUPPORTED, "head_dim_v " + std::to_string(head_dim_v) + " differs from head_dim " +
@@ -107,34 +109,28 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
                                                          ": FA_HEAD_DIMS picks them at build time)"
                                                    : std::string()));
         }
-        std::string why;
-        bool sm90 = path_serves(pass, Path::Sm90, kd, dtype, cc, &why, dropout);
-        if (sm90 && !kernels::has_v_kernel(pass, Path::Sm90, head_dim, dv32)) {
-            sm90 = false;
-            why = pass == Pass::Backward
-                      ? "the sm90 backward has no kernels for a V head dim other than q's " + pair
-                      : "the sm90 forward serves the V head dim pair (192, 128) only (the output of 512 columns of " + pair +
-                            " does not fit its registers)";
-        }
-        if (sm90 && smem_optin >= 0 && kernels::v_smem_bytes(pass, Path::Sm90, head_dim, dv32) > smem_optin) {
-            sm90 = false;
-            why = (device >= 0 ? "device " + std::to_string(device) : std::string("the GPU")) +
-                  " lacks the shared memory of the sm90 forward's " + pair + " kernel";
-        }
-        if (kernel_path == FA_PATH_SM90 && !sm90) {
-            fail(FA_STATUS_UNSUPPORTED, field + " is FA_PATH_SM90, but " + why + "; FA_PATH_SM80 or FA_PATH_AUTO runs the call");
-        }
-        return sm90 && kernel_path != FA_PATH_SM80 ? Path::Sm90 : Path::Sm80;
     }
     if (fp8 && kernel_path == FA_PATH_SM80) {
         fail(FA_STATUS_UNSUPPORTED, field + " is FA_PATH_SM80, but " + kFp8Sm90Only + "; pass FA_PATH_AUTO or FA_PATH_SM90");
     }
     std::string why;
     bool sm90 = path_serves(pass, Path::Sm90, kd, dtype, cc, &why, dropout);
-    if (sm90 && smem_optin >= 0 && kernels::smem_bytes(pass, Path::Sm90, kd, dtype) > smem_optin) {
+    if (sm90 && v_pair && !kernels::has_v_kernel(pass, Path::Sm90, head_dim, dv32)) {
+        sm90 = false;
+        why = pass == Pass::Backward
+                  ? "the sm90 backward has no kernels for a V head dim other than q's " + pair
+                  : "the sm90 forward serves the V head dim pair (192, 128) only (the output of 512 columns of " + pair +
+                        " does not fit its registers)";
+    }
+    const auto smem = [&] {  // the sm90 kernel's (asked only where the path serves)
+        return v_pair ? kernels::v_smem_bytes(pass, Path::Sm90, head_dim, dv32)
+                      : kernels::smem_bytes(pass, Path::Sm90, kd, dtype);
+    };
+    if (sm90 && smem_optin >= 0 && smem() > smem_optin) {
         sm90 = false;
         why = (device >= 0 ? "device " + std::to_string(device) : std::string("the GPU")) +
-              " lacks the shared memory of the sm90 " + (fp8 ? "fp8 " : "") + pass_name(pass) + " kernel";
+              " lacks the shared memory of the sm90 " + (fp8 ? "fp8 " : "") + pass_name(pass) + " kernel" +
+              (v_pair ? " of " + pair : std::string());
     }
     if (kernel_path == FA_PATH_SM90 && !sm90) {
         fail(FA_STATUS_UNSUPPORTED, field + " is FA_PATH_SM90, but " + why + where());

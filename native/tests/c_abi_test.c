@@ -1882,8 +1882,6 @@ static void test_query_fp8(void) {
    saying why; k of another head dim stays INVALID. The query agrees. */
 /* Whether the build lists an sm80 kernel of `pass` ("fwd" or "bwd") for head dims (d, dv), i.e. compiled head dim d
    exactly; lists_pair_kernel_on does the same for a path prefix ("sm80_" or "sm90_"). */
-static int lists_pair_kernel_on(const char* path, const char* pass, int d, int dv);
-static int lists_pair_kernel(const char* pass, int d, int dv) { return lists_pair_kernel_on("sm80_", pass, d, dv); }
 static int lists_pair_kernel_on(const char* path, const char* pass, int d, int dv) {
     char needle[48];
     int32_t count = 0, i;
@@ -1900,6 +1898,7 @@ static int lists_pair_kernel_on(const char* path, const char* pass, int d, int d
     }
     return 0;
 }
+static int lists_pair_kernel(const char* pass, int d, int dv) { return lists_pair_kernel_on("sm80_", pass, d, dv); }
 
 static void test_v_head_dim_validation(void) {
     static const int pairs[2][2] = {{192, 128}, {64, 512}};
