@@ -24,7 +24,7 @@
 
 /* Version of this header. fa_version() reports the version of the loaded binary. */
 #define FA_VERSION_MAJOR 0
-#define FA_VERSION_MINOR 10
+#define FA_VERSION_MINOR 11
 #define FA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
@@ -299,6 +299,24 @@ typedef struct fa_forward_params {
        them as they were). Only with dropout_p > 0 (FlashAttention-2 has S_dmask only with dropout). Must not
        overlap any other tensor. */
     fa_tensor_t dropout_mask;
+    /* ---- Paged K/V (since 0.11; a caller compiled against 0.10 passes a smaller struct_size and gets none).
+       FlashAttention-2's block_table of flash_attn_varlen_func (FlashAttention-3's page_table): the keys and values
+       of a variable-length batch live in a pool of fixed-size blocks, as a paged KV cache (chunked prefill over the
+       cache, prefix sharing). Only with a variable-length batch (cu_seqlens_q set). k and v are then rank 4,
+       [num_blocks, block_size, heads_kv, head_dim] ([..., head_dim_v] for v), the same num_blocks and block_size;
+       key j of sequence b (j counted within the sequence, 0 .. cu_seqlens_k[b + 1] - cu_seqlens_k[b] - 1) is row
+       j % block_size of block block_table[b, j / block_size]. cu_seqlens_k keeps giving the key lengths (prefix sums;
+       its values index no tensor, so cu_seqlens_k_host is checked for order and lengths only) and max_seqlen_k may
+       not exceed the table's capacity, max_blocks_per_seq * block_size. Every mask, window and option (but dropout)
+       applies as to contiguous keys. block_size is served for multiples of 128 (FlashAttention-2 asks for multiples of 256); other
+       sizes are FA_STATUS_UNSUPPORTED (fa_decode takes powers of two from 16). Served by both paths for fp16 and bf16
+       without dropout (fp8, dropout_p > 0: UNSUPPORTED); fa_backward has no paged K/V. Entries past a sequence's last block are never read; a row
+       of a sequence's last block past its length is never used (it may hold anything, NaN included). An entry
+       outside [0, num_blocks) that a sequence uses is clamped by the kernels (no access leaves k or v) and reported:
+       the context returns FA_STATUS_DEVICE_CHECK_FAILED naming block_table from fa_context_check or the next call. */
+    /* Device int32 [varlen_batch, max_blocks_per_seq] (rank 2, any strides >= 1, 4-byte aligned), the block of each
+       page of each sequence. data NULL: k and v are packed as described at cu_seqlens_k. Must not overlap out or lse. */
+    fa_tensor_t block_table;
 } fa_forward_params_t;
 
 /* Arguments of fa_backward. Fill with fa_backward_params_init, then set the fields you need. The options
@@ -572,6 +590,10 @@ typedef struct fa_support_query {
        too (as FlashAttention-3) and by the sm90 forward (every option but dropout); decode and fp8 have none.
        (Since 0.10: a 0.9-sized query gets 0.) */
     int32_t head_dim_v;
+    /* 1 if the keys and values are paged: the forward's block_table (a variable-length batch; varlen must be 1 too),
+       or fa_decode's. Served by the forward of both paths for fp16 and bf16, and by decode; the backward and fp8
+       have none. (Since 0.11: a 0.10-sized query gets 0.) */
+    int32_t paged_kv;
 } fa_support_query_t;
 
 /* Properties of one CUDA device. */

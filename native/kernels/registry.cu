@@ -113,7 +113,7 @@ const char* path_tag(Path path) { return path == Path::Sm90 ? "sm90" : "sm80"; }
 // The feature bits a (pass, path, head dim) has variants for, and whether a combination is compiled.
 uint32_t feature_axes(Pass pass) {
     switch (pass) {
-        case Pass::Forward: return feature::kLocal | feature::kSoftcap | feature::kDropout;
+        case Pass::Forward: return feature::kLocal | feature::kSoftcap | feature::kDropout | feature::kPaged;
         case Pass::Backward: return feature::kLocal | feature::kSoftcap | feature::kDeterministic | feature::kDropout;
         default: return feature::kPaged;
     }
@@ -121,6 +121,12 @@ uint32_t feature_axes(Pass pass) {
 bool variant_compiled(Pass pass, Path path, int32_t kernel_d, uint32_t features) {
     // Dropout kernels: the sm80 local ones only (fp8 has no sm80 kernel; has_kernel says so first).
     if ((features & feature::kDropout) && (path != Path::Sm80 || !(features & feature::kLocal))) return false;
+    // The forward's paged K/V kernels: local ones without dropout (common/fwd_variant.h; fp16 and bf16 only: the
+    // registry's loop skips fp8's).
+    if (pass == Pass::Forward && (features & feature::kPaged) &&
+        (!(features & feature::kLocal) || (features & feature::kDropout))) {
+        return false;
+    }
     // The sm90 backward at 192 and 256 has only masked kernels (they serve the unmasked calls too).
     return !(pass == Pass::Backward && path == Path::Sm90 && sm90::bwd_split(kernel_d) && !(features & feature::kLocal));
 }
@@ -204,8 +210,8 @@ std::string v_name_of(Pass pass, int dt, int pair, uint32_t features) {
                                                   : v_tile_tag<64, 512>();
     return std::string("sm80_") + pass_tag(pass) + "_" + dtype_tag(dt) + "_hdim" + s(v.d) + "v" + s(v.dv) +
            ((features & feature::kLocal) ? "_local" : "") + ((features & feature::kSoftcap) ? "_softcap" : "") +
-           ((features & feature::kDeterministic) ? "_det" : "") + ((features & feature::kDropout) ? "_dropout" : "") +
-           "_" + tile;
+           ((features & feature::kDeterministic) ? "_det" : "") + ((features & feature::kPaged) ? "_paged" : "") +
+           ((features & feature::kDropout) ? "_dropout" : "") + "_" + tile;
 }
 
 // Whether the backward has the pair's kernels: (192, 128) only, as FlashAttention-3's backward.
@@ -220,8 +226,8 @@ std::string v90_name_of(int dt, int pair, uint32_t features) {
     const auto s = [](int x) { return std::to_string(x); };
     using Tr = sm90::FwdTraits90<192, false, 128>;
     return std::string("sm90_fwd_") + dtype_tag(dt) + "_hdim" + s(v.d) + "v" + s(v.dv) +
-           ((features & feature::kLocal) ? "_local" : "") + ((features & feature::kSoftcap) ? "_softcap" : "") + "_" +
-           s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s";
+           ((features & feature::kLocal) ? "_local" : "") + ((features & feature::kSoftcap) ? "_softcap" : "") +
+           ((features & feature::kPaged) ? "_paged" : "") + "_" + s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s";
 }
 
 // Every kernel of the build, and the index of each (pass, path, dtype, head dim, features).
@@ -252,6 +258,7 @@ const Registry& registry() {
                                                       ((v & 4) ? feature::kDeterministic : 0u) | ((v & 2) ? feature::kPaged : 0u) |
                                                       ((v & 1) ? feature::kDropout : 0u);
                             if ((features & ~axes) != 0 || !variant_compiled(pass, path, d, features)) continue;
+                            if ((features & feature::kPaged) && pass == Pass::Forward && dt == kE4m3) continue;
                             out.index[static_cast<int>(pass)][static_cast<int>(path)][dt][i][features] =
                                 static_cast<int32_t>(out.names.size());
                             out.names.push_back(name_of(pass, path, dt, d, features));
@@ -267,9 +274,9 @@ const Registry& registry() {
                     for (int dt = 0; dt < 2; ++dt) {
                         for (uint32_t v = 0; v < 32; ++v) {
                             const uint32_t features = ((v & 16) ? feature::kLocal : 0u) | ((v & 8) ? feature::kSoftcap : 0u) |
-                                                      ((v & 4) ? feature::kDeterministic : 0u) | ((v & 1) ? feature::kDropout : 0u);
-                            if ((v & 2) != 0 || (features & ~axes) != 0 ||
-                                !variant_compiled(pass, Path::Sm80, kVPairs[pair].d, features)) {
+                                                      ((v & 4) ? feature::kDeterministic : 0u) | ((v & 2) ? feature::kPaged : 0u) |
+                                                      ((v & 1) ? feature::kDropout : 0u);
+                            if ((features & ~axes) != 0 || !variant_compiled(pass, Path::Sm80, kVPairs[pair].d, features)) {
                                 continue;
                             }
                             out.v_index[pi][pair][dt][features] = static_cast<int32_t>(out.names.size());
@@ -278,12 +285,15 @@ const Registry& registry() {
                     }
                 }
             }
-            // The sm90 forward's pair kernels: the four mask/softcap variants (dropout is sm80-only).
+            // The sm90 forward's pair kernels: the four mask/softcap variants and the two paged ones (dropout is
+            // sm80-only).
             if (pass == Pass::Forward) {
                 for (int pair = 0; pair < kVPairCount; ++pair) {
                     if (v_pair_index(kVPairs[pair].d, kVPairs[pair].dv) < 0 || !v_pair_sm90(pair)) continue;
                     for (int dt = 0; dt < 2; ++dt) {
-                        for (const uint32_t features : {0u, feature::kSoftcap, feature::kLocal, feature::kLocal | feature::kSoftcap}) {
+                        for (const uint32_t features :
+                             {0u, feature::kSoftcap, feature::kLocal, feature::kLocal | feature::kSoftcap,
+                              feature::kLocal | feature::kPaged, feature::kLocal | feature::kSoftcap | feature::kPaged}) {
                             out.v90_index[pair][dt][features] = static_cast<int32_t>(out.names.size());
                             out.names.push_back(v90_name_of(dt, pair, features));
                         }
@@ -517,8 +527,10 @@ int32_t v_smem_bytes(Pass pass, Path path, int32_t d, int32_t dv) {
     return smem_bytes(pass, path, d);
 }
 
-int launch_forward(Path path, const FwdParams& p, const LaunchInfo& info, void* stream, const char** kernel_name) {
+int launch_forward(Path path, const FwdParams& params, const LaunchInfo& info, void* stream, const char** kernel_name) {
     const auto s = static_cast<cudaStream_t>(stream);
+    FwdParams p = params;
+    p.device_flags = info.device_flags;  // a paged call's block ids the kernels clamp are reported to the context
     const int32_t kd = kernel_head_dim(p.d);
     const int dt = dtype_index(p.dtype);
     const bool bf16 = dt == 1;

@@ -126,6 +126,10 @@ void report_device_flags(const LaunchInfo& info, bool launching) {
             "sequence's output and lse are not valid (pass cache_leftpad_host too and such a pad is refused before the "
             "launch)");
     }
+    if (bits & kDeviceFlagForwardBlockId) {
+        add("an earlier fa_forward on this context read a block_table entry outside [0, num_blocks) (num_blocks = "
+            "k.shape[0]); the kernels clamped it, so that sequence's output and lse are not valid");
+    }
     if (const uint32_t unknown = bits & ~kDeviceFlagsKnown) {
         char hex[16];
         std::snprintf(hex, sizeof(hex), "%x", unknown);

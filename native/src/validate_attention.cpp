@@ -17,6 +17,11 @@ namespace {
 
 // cu_seqlens_q/k set (a variable-length batch) or not: the fields that go with each.
 void check_batch_fields(const AttentionArgs& a, bool varlen) {
+    if (!varlen && a.block_table != nullptr && a.block_table->data != nullptr) {
+        invalid("block_table.data is set but cu_seqlens_q and cu_seqlens_k are NULL; paged K/V is served for a "
+                "variable-length batch (as flash_attn_varlen_func's block_table): set cu_seqlens_q and cu_seqlens_k "
+                "(the key lengths), varlen_batch, max_seqlen_q and max_seqlen_k");
+    }
     if (varlen) {
         if (a.cu_seqlens_q == nullptr) {
             invalid("cu_seqlens_k is set but cu_seqlens_q is NULL; a variable-length batch needs both");
@@ -66,8 +71,19 @@ void check_each_tensor(const AttentionArgs& a, AttentionShape& sh) {
         // total_q or total_k may be 0 (every sequence empty); such a tensor's data may be NULL. (An lse
         // with NULL data is absent, as in a fixed-length call.)
         sh.q = check_tensor({*a.q, "q", {"total_q", "heads_q", "head_dim", ""}, 3, hint}, TensorKind::AttentionInput, 0);
-        sh.k = check_tensor({*a.k, "k", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, TensorKind::AttentionInput, 0);
-        sh.v = check_tensor({*a.v, "v", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, TensorKind::AttentionInput, 0);
+        if (sh.paged) {
+            const char* pool = "; with block_table, k and v are pools of blocks [num_blocks, block_size, heads_kv, head_dim]";
+            sh.k = check_tensor({*a.k, "k", {"num_blocks", "block_size", "heads_kv", "head_dim"}, 4, pool},
+                                TensorKind::AttentionInput);
+            sh.v = check_tensor({*a.v, "v", {"num_blocks", "block_size", "heads_kv", "head_dim"}, 4, pool},
+                                TensorKind::AttentionInput);
+            sh.block_table = check_tensor({*a.block_table, "block_table", {"varlen_batch", "max_blocks_per_seq", "", ""}, 2,
+                                           "; the block of each page of each sequence"},
+                                          TensorKind::Int32);
+        } else {
+            sh.k = check_tensor({*a.k, "k", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, TensorKind::AttentionInput, 0);
+            sh.v = check_tensor({*a.v, "v", {"total_k", "heads_kv", "head_dim", ""}, 3, hint}, TensorKind::AttentionInput, 0);
+        }
         sh.out = check_tensor({*a.out, "out", {"total_q", "heads_q", "head_dim", ""}, 3, hint}, TensorKind::Attention, 0);
         if (sh.has_lse) {
             sh.lse = check_tensor({*a.lse, "lse", {"heads_q", "total_q", "", ""}, 2, hint}, TensorKind::Float32, 1);
@@ -116,6 +132,26 @@ void check_dtypes_agree(const AttentionArgs& a, AttentionShape& sh) {
     }
 }
 
+// Paged K/V: block_table [varlen_batch, max_blocks_per_seq], and the longest key sequence within its capacity.
+// Fills block_size and max_blocks.
+void check_block_table(const AttentionArgs& a, AttentionShape& sh) {
+    const fa_tensor_t& t = *a.block_table;
+    if (t.shape[0] != sh.b) {
+        invalid("block_table.shape is " + shape_string(t) + " but must be [varlen_batch, max_blocks_per_seq] with " +
+                "varlen_batch = " + s(sh.b) + ": one row of blocks per sequence");
+    }
+    sh.block_size = a.k->shape[1];
+    sh.max_blocks = t.shape[1];
+    // Keys a sequence's row of blocks holds (the product of two extents below 2^31 each, or refused as past int32).
+    const int64_t capacity = sh.block_size <= kInt32Max && sh.max_blocks <= kInt32Max ? sh.max_blocks * sh.block_size
+                                                                                       : INT64_MAX;
+    if (a.max_seqlen_k > capacity) {
+        invalid("max_seqlen_k is " + s(a.max_seqlen_k) + " but block_table holds " + s(sh.max_blocks) +
+                " blocks of " + s(sh.block_size) + " keys per sequence (block_table.shape[1] x k.shape[1] = " +
+                s(capacity) + "); a sequence's keys must fit its blocks");
+    }
+}
+
 // The tensors against each other: dtypes, one head dim and batch, k like v, out like q, GQA, lse's shape.
 // Fills the sizes.
 void check_tensors_agree(const AttentionArgs& a, AttentionShape& sh) {
@@ -126,22 +162,24 @@ void check_tensors_agree(const AttentionArgs& a, AttentionShape& sh) {
     check_dtypes_agree(a, sh);
     const int32_t row_dim = sh.row_dim;
     const int32_t head_dim_index = row_dim + 2;
+    const int32_t kv_row_dim = sh.kv_row_dim;  // k's and v's (a paged pool has a block dimension before the rows)
+    const int32_t kv_head_dim_index = kv_row_dim + 2;
     sh.b = sh.varlen ? a.varlen_batch : q.shape[0];
     sh.rows_q = q.shape[row_dim];
     sh.hq = q.shape[row_dim + 1];
     sh.d = q.shape[head_dim_index];
-    sh.rows_k = k.shape[row_dim];
-    sh.hkv = k.shape[row_dim + 1];
+    sh.rows_k = k.shape[kv_row_dim];
+    sh.hkv = k.shape[kv_row_dim + 1];
     // v's head dim may differ from q's (head_dim_v: FlashAttention-3's pairs, check_attention_served says which);
     // out takes v's.
-    sh.dv = v.shape[head_dim_index];
-    if (k.shape[head_dim_index] != sh.d) {
-        invalid("k.shape[" + s(head_dim_index) + "] (head_dim) is " + s(k.shape[head_dim_index]) + " but q.shape[" +
+    sh.dv = v.shape[kv_head_dim_index];
+    if (k.shape[kv_head_dim_index] != sh.d) {
+        invalid("k.shape[" + s(kv_head_dim_index) + "] (head_dim) is " + s(k.shape[kv_head_dim_index]) + " but q.shape[" +
                 s(head_dim_index) + "] is " + s(sh.d) + "; q and k must have the same head_dim");
     }
     if (out.shape[head_dim_index] != sh.dv) {
         invalid("out.shape[" + s(head_dim_index) + "] is " + s(out.shape[head_dim_index]) + " but v.shape[" +
-                s(head_dim_index) + "] (head_dim_v) is " + s(sh.dv) + "; out takes v's head dim");
+                s(kv_head_dim_index) + "] (head_dim_v) is " + s(sh.dv) + "; out takes v's head dim");
     }
     const struct {
         const fa_tensor_t& t;
@@ -153,10 +191,11 @@ void check_tensors_agree(const AttentionArgs& a, AttentionShape& sh) {
                     s(sh.b) + "; q, k, v and out must have the same batch");
         }
     }
-    if (v.shape[row_dim] != sh.rows_k || v.shape[row_dim + 1] != sh.hkv) {
+    if (v.shape[kv_row_dim] != sh.rows_k || v.shape[kv_row_dim + 1] != sh.hkv || (sh.paged && v.shape[0] != k.shape[0])) {
         invalid("v.shape is " + shape_string(v) + " but k.shape is " + shape_string(k) +
                 "; k and v must have the same shape but for the head dim");
     }
+    if (sh.paged) check_block_table(a, sh);
     if (out.shape[row_dim] != sh.rows_q || out.shape[row_dim + 1] != sh.hq) {
         invalid("out.shape is " + shape_string(out) + " but q.shape is " + shape_string(q) +
                 "; out must have the shape of q");
@@ -311,7 +350,8 @@ void check_host_copies(const AttentionArgs& a, const AttentionShape& sh) {
                               "q (q.shape[0], total_q)", a.max_seqlen_q, "max_seqlen_q");
     }
     if (sh.varlen && a.cu_seqlens_k_host != nullptr) {
-        check_host_cu_seqlens(a.cu_seqlens_k_host, "cu_seqlens_k_host", a.varlen_batch, sh.rows_k,
+        // Paged: the prefix sums index no tensor (each sequence's keys are in its blocks), so only order and lengths.
+        check_host_cu_seqlens(a.cu_seqlens_k_host, "cu_seqlens_k_host", a.varlen_batch, sh.paged ? INT64_MAX : sh.rows_k,
                               "k (k.shape[0], total_k)", a.max_seqlen_k, "max_seqlen_k");
     }
 }
@@ -376,6 +416,13 @@ void check_outputs_apart(const AttentionArgs& a, const AttentionShape& sh) {
             check_no_overlap(sh.lse, "lse", cq, "cu_seqlens_q");
             check_no_overlap(sh.lse, "lse", ck, "cu_seqlens_k");
         }
+        if (sh.paged) {
+            for (const DropoutNamed& w : dropout_out) {
+                if (w.e.begin != w.e.end) check_no_overlap(w.e, w.name, sh.block_table, "block_table");
+            }
+            check_no_overlap(sh.out, "out", sh.block_table, "block_table");
+            if (sh.has_lse) check_no_overlap(sh.lse, "lse", sh.block_table, "block_table");
+        }
     }
 }
 
@@ -387,6 +434,8 @@ AttentionShape check_attention(const AttentionArgs& a) {
     sh.has_lse = a.lse->data != nullptr;
     sh.row_dim = sh.varlen ? 0 : 1;
     check_batch_fields(a, sh.varlen);
+    sh.paged = sh.varlen && a.block_table != nullptr && a.block_table->data != nullptr;
+    sh.kv_row_dim = sh.paged ? 1 : sh.row_dim;
     check_each_tensor(a, sh);
     check_tensors_agree(a, sh);
     check_descales(a, sh);
@@ -408,11 +457,29 @@ void check_attention_served(const AttentionArgs& a, const AttentionShape& sh, in
                     " (as in FlashAttention-3): pad q, k and v with zeros to the next multiple of " +
                     s(kFp8HeadDimMultiple) + " and slice the output");
     }
+    if (sh.paged) {
+        if (sh.fp8) {
+            unsupported("block_table is set with fp8 (e4m3) q, k and v; paged K/V is served for fp16 and bf16 (the "
+                        "sm90 fp8 forward reads contiguous K and V)");
+        }
+        if (sh.dropout) {
+            unsupported("block_table is set with dropout_p " + float_string(a.dropout_p) + "; paged K/V is served without "
+                        "dropout (it is for attention over a KV cache, at inference; gather the keys and values into "
+                        "packed tensors to train with dropout)");
+        }
+        if (sh.block_size % kPagedKvBlockMultiple != 0) {
+            unsupported("k.shape[1] (block_size) is " + s(sh.block_size) + "; the forward serves paged K/V with block "
+                        "sizes that are multiples of " + s(kPagedKvBlockMultiple) + " (a key tile lies in one block; "
+                        "FlashAttention-2 asks for multiples of 256), fa_decode powers of two from 16");
+        }
+        check_int32_sizes({{a.k->shape[0], "k.shape[0] (num_blocks)"},
+                           {sh.max_blocks, "block_table.shape[1] (max_blocks_per_seq)"}});
+    }
     check_int32_sizes({{sh.b, varlen ? "varlen_batch" : "q.shape[0] (batch)"},
                        {sh.rows_q, varlen ? "q.shape[0] (total_q)" : "q.shape[1] (seqlen_q)"},
-                       {sh.rows_k, varlen ? "k.shape[0] (total_k)" : "k.shape[1] (seqlen_k)"},
+                       {sh.rows_k, sh.paged ? "k.shape[1] (block_size)" : varlen ? "k.shape[0] (total_k)" : "k.shape[1] (seqlen_k)"},
                        {sh.hq, varlen ? "q.shape[1] (heads_q)" : "q.shape[2] (heads_q)"},
-                       {sh.hkv, varlen ? "k.shape[1] (heads_kv)" : "k.shape[2] (heads_kv)"}});
+                       {sh.hkv, sh.paged ? "k.shape[2] (heads_kv)" : varlen ? "k.shape[1] (heads_kv)" : "k.shape[2] (heads_kv)"}});
     // The kernels walk a 1-D grid of one block per (sequence, head, 64-row block or more): its size
     // and the block index must stay within int32.
     const int64_t sq = varlen ? static_cast<int64_t>(a.max_seqlen_q) : sh.rows_q;
@@ -439,6 +506,7 @@ void add_attention_memory(const AttentionArgs& a, const AttentionShape& sh, Memo
         memory.add("cu_seqlens_k", "its varlen_batch + 1 int32 values",
                    cu_extent(a.cu_seqlens_k, a.varlen_batch, "cu_seqlens_k"));
     }
+    memory.add("block_table.data", "block_table's shape and strides", sh.block_table);  // absent: empty, skipped
     memory.add("q_descale.data", "q_descale's shape and strides", sh.descale[0]);  // absent: empty, skipped
     memory.add("k_descale.data", "k_descale's shape and strides", sh.descale[1]);
     memory.add("v_descale.data", "v_descale's shape and strides", sh.descale[2]);
@@ -461,12 +529,13 @@ FwdParams attention_params(const AttentionArgs& a, const AttentionShape& sh) {
     p.lse = sh.has_lse ? static_cast<float*>(a.lse->data) : nullptr;
     // q, k, v and out are [batch, rows, heads, head_dim], or [total, heads, head_dim] for a variable-length
     // batch, which has no batch stride (the kernels ignore it with cu_seqlens set); row_dim says which.
+    const int32_t kv_row_dim = sh.kv_row_dim;  // paged: k and v are [num_blocks, block_size, heads, head_dim]
     p.q_row_stride = q.strides[row_dim];
     p.q_head_stride = q.strides[row_dim + 1];
-    p.k_row_stride = k.strides[row_dim];
-    p.k_head_stride = k.strides[row_dim + 1];
-    p.v_row_stride = v.strides[row_dim];
-    p.v_head_stride = v.strides[row_dim + 1];
+    p.k_row_stride = k.strides[kv_row_dim];
+    p.k_head_stride = k.strides[kv_row_dim + 1];
+    p.v_row_stride = v.strides[kv_row_dim];
+    p.v_head_stride = v.strides[kv_row_dim + 1];
     p.o_row_stride = out.strides[row_dim];
     p.o_head_stride = out.strides[row_dim + 1];
     if (!varlen) {
@@ -489,6 +558,17 @@ FwdParams attention_params(const AttentionArgs& a, const AttentionShape& sh) {
         p.cu_seqlens_k = a.cu_seqlens_k;
         p.total_q = static_cast<int32_t>(sh.rows_q);
         p.total_k = static_cast<int32_t>(sh.rows_k);
+        if (sh.paged) {
+            // The pool (FwdParams::block_table): the batch strides step between blocks; cu_seqlens_k gives lengths only.
+            p.block_table = static_cast<const int32_t*>(a.block_table->data);
+            p.table_batch_stride = a.block_table->strides[0];
+            p.table_page_stride = a.block_table->strides[1];
+            p.block_size = static_cast<int32_t>(sh.block_size);
+            p.num_blocks = static_cast<int32_t>(k.shape[0]);
+            p.k_batch_stride = k.strides[0];
+            p.v_batch_stride = v.strides[0];
+            p.total_k = INT32_MAX;
+        }
         p.sq = a.max_seqlen_q;
         p.sk = a.max_seqlen_k;
     } else {

@@ -58,6 +58,9 @@ struct AttentionArgs {
     const uint64_t* dropout_offset_device = nullptr;
     uint64_t* dropout_rng_state = nullptr;
     const fa_tensor_t* dropout_mask = nullptr;  // nullptr or data NULL: not written
+    // Paged K/V (the forward's block_table, since 0.11; nullptr in the backward, which has none): nullptr or data
+    // NULL: k and v are packed or batched as usual.
+    const fa_tensor_t* block_table = nullptr;
 };
 
 // Field `field` of the caller's params P when its struct_size covers it, else the default D's (an older, smaller
@@ -108,7 +111,11 @@ struct AttentionShape {
     bool has_lse;  // lse.data set
     bool fp8;      // q, k and v are FA_DTYPE_FLOAT8_E4M3 (out is then bf16)
     int32_t row_dim;  // index of the rows dimension: 0 (variable-length) or 1; heads and head_dim follow it
-    int64_t b, rows_q, rows_k, hq, hkv, d;
+    bool paged;          // block_table given: k and v are pools [num_blocks, block_size, heads_kv, head_dim]
+    int32_t kv_row_dim;  // k's and v's rows dimension: row_dim, or 1 (block_size) when paged
+    int64_t block_size, max_blocks;  // paged: rows per block, block_table.shape[1]; 0 otherwise
+    Extent block_table;              // 0..0 when absent
+    int64_t b, rows_q, rows_k, hq, hkv, d;  // rows_k: paged, block_size (k's rows per block)
     int64_t dv;  // v's and out's head dim: d, or a pair FlashAttention-3 serves (check_attention_served)
     Extent q, k, v, out, lse;  // lse 0..0 when absent
     Extent descale[3];         // q_descale, k_descale, v_descale; 0..0 when absent

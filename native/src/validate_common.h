@@ -23,6 +23,9 @@ constexpr int64_t kHeadDimMultiple = 8;
 // fp8 (e4m3) head dims are multiples of this (FlashAttention-3's fp8 kernels: whole 16-byte rows, and the k-steps
 // of the fp8 wgmma).
 constexpr int64_t kFp8HeadDimMultiple = 16;
+// Paged K/V of the forward (block_table, 0.11): block sizes served are multiples of this, which every key tile divides
+// (sm80 64 or 128 keys, sm90 64 or 128), so a tile lies in one block.
+constexpr int64_t kPagedKvBlockMultiple = 128;
 // Row, head and batch strides of an attention tensor must be multiples of this many elements: 16 bytes (TMA rows
 // and 16-byte vector loads), 8 elements of fp16/bf16, 16 of fp8.
 int64_t stride_multiple(int32_t dtype);

@@ -8,9 +8,10 @@
 //
 // Versions of fa_forward_params_t: v0.1 ends after kernel_path; v0.2 appends the window, softcap and
 // variable-length fields; v0.5 the fp8 descale tables (q_descale, k_descale, v_descale); v0.7 the learnable
-// sinks; v0.8 the ALiBi slopes; v0.9 dropout (p, seed and offset, rng_state, the keep mask). A field is read only when
-// the caller's struct_size covers it, so an older caller's smaller struct gets the defaults fa_forward_params_init
-// writes (params_defaults.h): for the descales data NULL, a factor of 1; for the sinks data NULL, none.
+// sinks; v0.8 the ALiBi slopes; v0.9 dropout (p, seed and offset, rng_state, the keep mask); v0.11 the block table
+// of paged K/V. A field is read only when the caller's struct_size covers it, so an older caller's smaller struct
+// gets the defaults fa_forward_params_init writes (params_defaults.h): for the descales data NULL, a factor of 1; for
+// the sinks and the block table data NULL, none.
 #include <cstddef>
 #include <string>
 
@@ -61,7 +62,10 @@ void check_forward_struct(const fa_forward_params_t* params, int32_t compute_cap
 std::string describe(const FwdParams& p) {
     const bool varlen = p.cu_seqlens_q != nullptr;
     std::string out = varlen ? "varlen b=" + s(p.b) + " max_sq=" + s(p.sq) + " max_sk=" + s(p.sk) + " total_q=" +
-                                   s(p.total_q) + " total_k=" + s(p.total_k)
+                                   s(p.total_q) +
+                                   (p.block_table != nullptr
+                                        ? " paged(block " + s(p.block_size) + ", " + s(p.num_blocks) + " blocks)"
+                                        : " total_k=" + s(p.total_k))
                              : "b=" + s(p.b) + " sq=" + s(p.sq) + " sk=" + s(p.sk);
     out += " hq=" + s(p.hq) + " hkv=" + s(p.hkv) + " d=" + s(p.d) + " " + dtype_tag(p.dtype);
     if (p.dtype == DType::Float8E4M3) {
@@ -112,6 +116,8 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     // The forward's own dropout outputs (since 0.9): likewise (sinks, ALiBi and the rest of dropout: attention_args).
     a.dropout_rng_state = FA_FIELD_OR_DEFAULT(P, D, dropout_rng_state);
     a.dropout_mask = &FA_FIELD_OR_DEFAULT(P, D, dropout_mask);
+    // Paged K/V (since 0.11): likewise.
+    a.block_table = &FA_FIELD_OR_DEFAULT(P, D, block_table);
     const AttentionShape shape = check_attention(a);
     check_attention_served(a, shape, compute_capability);
     // FA_PATH_SM90 where it does not serve, fp8 anywhere but on the sm90 forward, and dropout anywhere but on the

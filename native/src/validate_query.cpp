@@ -41,6 +41,11 @@ int32_t query_head_dim_v(const fa_support_query_t& query) {
                                                                                                    : 0;
 }
 
+// The paged_kv flag of a query (0.11), 0 for an older caller's smaller one.
+int32_t query_paged_kv(const fa_support_query_t& query) {
+    return query.struct_size >= offsetof(fa_support_query_t, paged_kv) + sizeof(query.paged_kv) ? query.paged_kv : 0;
+}
+
 // The alibi flag of a query (0.8), 0 for an older caller's smaller one.
 int32_t query_alibi(const fa_support_query_t& query) {
     return query.struct_size >= offsetof(fa_support_query_t, alibi) + sizeof(query.alibi) ? query.alibi : 0;
@@ -74,6 +79,11 @@ void check_query_fields(const fa_support_query_t& query) {
     check_flag(query_sinks(query), "query->sinks");
     check_flag(query_alibi(query), "query->alibi");
     check_flag(query_dropout(query), "query->dropout");
+    check_flag(query_paged_kv(query), "query->paged_kv");
+    if (query.pass == FA_PASS_FORWARD && query_paged_kv(query) == 1 && query.varlen != 1) {
+        invalid("query->paged_kv is 1 with query->varlen 0 for FA_PASS_FORWARD; the forward's block_table goes with a "
+                "variable-length batch (set query->varlen to 1)");
+    }
     if (query_head_dim_v(query) < 0) {
         invalid("query->head_dim_v is " + s(query_head_dim_v(query)) + "; it must be 0 (the same as head_dim) or a head dim");
     }
@@ -106,6 +116,16 @@ void check_support_query(const fa_support_query_t& query) {
                       : query.pass == FA_PASS_BACKWARD ? Pass::Backward
                                                        : Pass::Decode;
     const bool fp8 = query.dtype == FA_DTYPE_FLOAT8_E4M3;
+    if (query_paged_kv(query) == 1 && pass == Pass::Backward) {
+        unsupported("query->paged_kv is 1 with FA_PASS_BACKWARD; the backward has no paged K/V (fa_backward_params_t "
+                    "has no block_table, as FlashAttention-2's varlen backward): gather the keys and values first");
+    }
+    if (query_paged_kv(query) == 1 && pass == Pass::Forward && query_dropout(query) == 1) {
+        unsupported("query->paged_kv is 1 with query->dropout 1; paged K/V is served without dropout");
+    }
+    if (query_paged_kv(query) == 1 && fp8) {
+        unsupported("query->paged_kv is 1 with FA_DTYPE_FLOAT8_E4M3; paged K/V is served for fp16 and bf16");
+    }
     if (query.dtype != FA_DTYPE_FLOAT16 && query.dtype != FA_DTYPE_BFLOAT16 && !fp8) {
         unsupported(std::string("query->dtype is ") + dtype_name(query.dtype) +
                     "; the forward serves FA_DTYPE_FLOAT16 and FA_DTYPE_BFLOAT16 for q, k and v (and "
@@ -143,6 +163,7 @@ void check_support_query(const fa_support_query_t& query) {
     // it serves the pass): the sinks change only the forward's epilogue and the backward's preprocess, which every
     // kernel family shares. ALiBi slopes are served by every pass, path and dtype too: the masked ("local") variant
     // of every forward and backward kernel adds the bias (common/alibi.cuh), and the decode kernel a runtime branch.
+    // Paged K/V (fp16, bf16; checked above) is served by every forward kernel (common/paged_kv.cuh) and by decode.
 }
 
 }  // namespace fa

@@ -1597,9 +1597,10 @@ static void test_dropout_validation(void) {
               offsetof(fa_forward_params_t, reserved3) == offsetof(fa_forward_params_t, dropout_p) + 4 &&
               offsetof(fa_forward_params_t, dropout_seed) == offsetof(fa_forward_params_t, dropout_p) + 8 &&
               offsetof(fa_forward_params_t, dropout_offset) == offsetof(fa_forward_params_t, dropout_p) + 16 &&
-              offsetof(fa_forward_params_t, dropout_mask) + sizeof(fa_tensor_t) == sizeof(fa_forward_params_t),
-          "the forward's dropout block must follow alibi_slopes and end the struct");
-    CHECK(sizeof(void*) != 8 || sizeof(fa_forward_params_t) - offsetof(fa_forward_params_t, dropout_p) == 128,
+              offsetof(fa_forward_params_t, dropout_mask) + sizeof(fa_tensor_t) ==
+                  offsetof(fa_forward_params_t, block_table),
+          "the forward's dropout block must follow alibi_slopes and end the 0.9 struct (0.11's block_table follows)");
+    CHECK(sizeof(void*) != 8 || offsetof(fa_forward_params_t, block_table) - offsetof(fa_forward_params_t, dropout_p) == 128,
           "the forward's 0.9 block is 128 bytes (p, reserved3, seed, offset, 3 pointers, the mask)");
     CHECK(offsetof(fa_backward_params_t, dropout_p) == offsetof(fa_backward_params_t, alibi_slopes) + sizeof(fa_tensor_t) &&
               offsetof(fa_backward_params_t, dropout_offset_device) + sizeof(void*) == sizeof(fa_backward_params_t),
@@ -1900,13 +1901,142 @@ static int lists_pair_kernel_on(const char* path, const char* pass, int d, int d
 }
 static int lists_pair_kernel(const char* pass, int d, int dv) { return lists_pair_kernel_on("sm80_", pass, d, dv); }
 
+/* ---- paged K/V in the variable-length forward (C ABI 0.11; no GPU needed) ---------------------------------------- */
+
+/* The validation batch's pool: 9 blocks of 128 keys, 3 per sequence (384 >= VL_MAX_K = 290). */
+enum { PG_BLOCK = 128, PG_BLOCKS = 9, PG_MAX_BLOCKS = 3 };
+
+static void set_block_table(fa_tensor_t* t, void* data, int64_t batch, int64_t max_blocks) {
+    memset(t, 0, sizeof(*t));
+    t->data = data;
+    t->dtype = FA_DTYPE_INT32;
+    t->rank = 2;
+    t->shape[0] = batch;
+    t->shape[1] = max_blocks;
+    t->strides[1] = 1;
+    t->strides[0] = max_blocks;
+}
+
+/* valid_varlen_params with k and v pools of blocks and a block table (made-up addresses, never dereferenced). */
+static fa_forward_params_t valid_paged_params(int with_lse) {
+    fa_forward_params_t p = valid_varlen_params(with_lse);
+    const int64_t d = FA_TEST_HEAD_DIM;
+    set_tensor4(&p.k, p.k.data, FA_DTYPE_FLOAT16, PG_BLOCKS, PG_BLOCK, VHKV, d, 0);
+    set_tensor4(&p.v, p.v.data, FA_DTYPE_FLOAT16, PG_BLOCKS, PG_BLOCK, VHKV, d, 0);
+    set_block_table(&p.block_table, (void*)(uintptr_t)0x700000000ull, VL_BATCH, PG_MAX_BLOCKS);
+    return p;
+}
+
+static void test_paged_validation(void) {
+    const int64_t d = FA_TEST_HEAD_DIM;
+    fa_forward_params_t p;
+    fa_support_query_t q;
+    CHECK(offsetof(fa_forward_params_t, block_table) + sizeof(fa_tensor_t) == sizeof(fa_forward_params_t),
+          "block_table (0.11) must end the forward's struct");
+    CHECK(FA_VERSION_CODE >= 1100, "FA_VERSION_CODE is %d; block_table came with 0.11.0", FA_VERSION_CODE);
+    p = valid_paged_params(1);
+    expect("paged K/V", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    expect("paged K/V on 9.0", fa_forward_check(&p, 90), FA_STATUS_SUCCESS, NULL);
+    p.kernel_path = FA_PATH_SM80;
+    expect("paged K/V on sm80", fa_forward_check(&p, 80), FA_STATUS_SUCCESS, NULL);
+    /* cu_seqlens_k_host's total (320) indexes no tensor when paged: lengths and order only */
+    p = valid_paged_params(0);
+    p.k.shape[0] = p.v.shape[0] = 1; /* a pool of 128 rows, fewer than cu_seqlens_k_host's total (320) */
+    expect("paged, cu_seqlens_k_host total past the pool's rows", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+
+    /* where the block table goes */
+    p = valid_params(0);
+    set_block_table(&p.block_table, (void*)(uintptr_t)0x700000000ull, VB, 1);
+    expect("block_table on a fixed-length call", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "block_table.data is set but cu_seqlens_q and cu_seqlens_k are NULL");
+    p = valid_varlen_params(0);
+    set_block_table(&p.block_table, (void*)(uintptr_t)0x700000000ull, VL_BATCH, PG_MAX_BLOCKS);
+    expect("block_table with packed k", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "k.rank is 3");
+    /* an older caller (0.10: the struct ends before block_table) gets no block table, whatever follows */
+    p.struct_size = (uint32_t)offsetof(fa_forward_params_t, block_table);
+    expect("0.10 struct: block_table not read", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+
+    /* the pool and the table */
+    p = valid_paged_params(0);
+    p.v.shape[0] = PG_BLOCKS - 1;
+    expect("v with fewer blocks", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "k and v must have the same shape but for the head dim");
+    p = valid_paged_params(0);
+    p.block_table.shape[0] = VL_BATCH + 1;
+    expect("block_table rows != varlen_batch", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "one row of blocks per sequence");
+    p = valid_paged_params(0);
+    p.block_table.dtype = FA_DTYPE_FLOAT32;
+    expect("block_table fp32", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "block_table.dtype");
+    p = valid_paged_params(0);
+    p.block_table.rank = 1;
+    expect("block_table rank 1", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "block_table.rank is 1");
+    p = valid_paged_params(0);
+    set_block_table(&p.block_table, p.block_table.data, VL_BATCH, 2); /* 256 keys a sequence < max_seqlen_k 290 */
+    expect("max_seqlen_k above the capacity", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,
+           "max_seqlen_k is 290 but block_table holds 2 blocks of 128 keys");
+    p = valid_paged_params(1);
+    p.block_table.data = (char*)p.out.data + 64;
+    expect("block_table inside out", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "overlaps block_table");
+    p = valid_paged_params(1);
+    p.block_table.data = p.lse.data;
+    expect("block_table on lse", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "overlaps block_table");
+
+    /* what is not served */
+    p = valid_paged_params(0);
+    set_tensor4(&p.k, p.k.data, FA_DTYPE_FLOAT16, 4 * PG_BLOCKS, 64, VHKV, d, 0);
+    set_tensor4(&p.v, p.v.data, FA_DTYPE_FLOAT16, 4 * PG_BLOCKS, 64, VHKV, d, 0);
+    set_block_table(&p.block_table, p.block_table.data, VL_BATCH, 5);
+    expect("block size 64", fa_forward_check(&p, 0), FA_STATUS_UNSUPPORTED, "multiples of 128");
+    set_tensor4(&p.k, p.k.data, FA_DTYPE_FLOAT16, PG_BLOCKS, 384, VHKV, d, 0);
+    set_tensor4(&p.v, p.v.data, FA_DTYPE_FLOAT16, PG_BLOCKS, 384, VHKV, d, 0);
+    set_block_table(&p.block_table, p.block_table.data, VL_BATCH, 1);
+    expect("block size 384 (a multiple of 128, not a power of two)", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = valid_paged_params(0);
+    p.q.dtype = p.k.dtype = p.v.dtype = FA_DTYPE_FLOAT8_E4M3;
+    p.out.dtype = FA_DTYPE_BFLOAT16; /* (strides are multiples of 16 elements already: head dim 64) */
+    expect("fp8 with block_table", fa_forward_check(&p, 90), FA_STATUS_UNSUPPORTED, "fp16 and bf16");
+
+    /* the capability query */
+    q = forward_query(FA_DTYPE_BFLOAT16, 128);
+    q.varlen = 1;
+    q.paged_kv = 1;
+    expect("query paged forward", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q.kernel_path = FA_PATH_SM80;
+    expect("query paged forward sm80", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q = forward_query(FA_DTYPE_BFLOAT16, 128);
+    q.paged_kv = 1;
+    expect("query paged fixed-length forward", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT,
+           "goes with a variable-length batch");
+    q = forward_query(FA_DTYPE_BFLOAT16, 128);
+    q.pass = FA_PASS_BACKWARD;
+    q.varlen = 1;
+    q.paged_kv = 1;
+    expect("query paged backward", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "the backward has no paged K/V");
+    q = forward_query(FA_DTYPE_FLOAT8_E4M3, 128);
+    q.varlen = 1;
+    q.paged_kv = 1;
+    expect("query paged fp8", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "paged K/V is served for fp16 and bf16");
+    q = forward_query(FA_DTYPE_BFLOAT16, 128);
+    q.pass = FA_PASS_DECODE;
+    q.paged_kv = 1;
+    expect("query paged decode", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q = forward_query(FA_DTYPE_BFLOAT16, 128);
+    q.paged_kv = 2;
+    expect("query paged_kv 2", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT, "query->paged_kv is 2");
+    q = forward_query(FA_DTYPE_BFLOAT16, 128);
+    q.paged_kv = 1; /* a 0.10-sized query has no paged_kv: a fixed-length forward without it */
+    q.struct_size = (uint32_t)offsetof(fa_support_query_t, paged_kv);
+    expect("0.10-sized query", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+}
+
 static void test_v_head_dim_validation(void) {
     static const int pairs[2][2] = {{192, 128}, {64, 512}};
     fa_forward_params_t p;
     fa_support_query_t q;
     int i;
-    CHECK(offsetof(fa_support_query_t, head_dim_v) + sizeof(int32_t) == sizeof(fa_support_query_t),
-          "head_dim_v must end the query struct");
+    CHECK(offsetof(fa_support_query_t, head_dim_v) + sizeof(int32_t) == offsetof(fa_support_query_t, paged_kv),
+          "paged_kv (0.11) must follow head_dim_v (0.10) in the query struct");
     CHECK(FA_VERSION_CODE >= 1000, "FA_VERSION_CODE is %d; head_dim_v came with 0.10.0", FA_VERSION_CODE);
     for (i = 0; i < 2; ++i) {
         const int d = pairs[i][0], dv = pairs[i][1];
@@ -2865,6 +2995,228 @@ done:
     free(scores);
 }
 
+/* ---- GPU: paged K/V in the variable-length forward (C ABI 0.11) ------------------------------------------------ */
+
+typedef struct paged_case {
+    int batch;
+    int len_q[4], len_k[4];
+    int hq, hkv, d;
+    int block_size;
+    int causal, alignment;
+    int window, window_left, window_right;
+    float softcap;
+    int dtype;
+    int host_copies;
+    int bad_block; /* 1: one used table entry points outside the pool (the kernels clamp it and report block_table) */
+} paged_case;
+
+/* A varlen call whose k and v are pools of blocks: each sequence's keys sit in blocks drawn at random from the pool
+   (a shuffle), the rows of a sequence's last block past its length, the spare blocks and nothing else hold NaN, and
+   the table's entries past a sequence's last block hold INT32_MAX, so any read of them would fault or show. Checked
+   against the float64 reference over the keys as a contiguous sequence (every element of out and lse, poison kept
+   around them), then fa_context_check must find no device flag. With bad_block the call must still succeed and the
+   context must then report block_table. */
+static void run_paged_case(fa_context_t context, void* stream, const paged_case* c, int path, log_record* log) {
+    enum { SPARE_BLOCKS = 3, TAIL_ROWS = 2 };
+    fa_forward_params_t p;
+    int32_t cu_q[5], cu_k[5], first_block[5];
+    int max_q = 0, max_k = 0, max_blocks = 1, num_blocks = SPARE_BLOCKS, n, i, h, j;
+    int64_t total_q, total_k, n_q, n_k, n_pool, n_out, n_lse, r, row_elems;
+    uint16_t *hq = NULL, *hk = NULL, *hv = NULL, *ho = NULL, *pk = NULL, *pv = NULL;
+    int32_t *table = NULL, *perm = NULL;
+    float* hl = NULL;
+    double *ref = NULL, *ref_lse = NULL, *scores = NULL;
+    int64_t *out_off = NULL, *lse_off = NULL;
+    device_io io;
+    void *dcu_q = NULL, *dcu_k = NULL, *dtable = NULL;
+    fa_tensor_t tq, to;
+    ref_problem rp;
+    char label[256];
+
+    memset(&io, 0, sizeof(io));
+    cu_q[0] = cu_k[0] = 0;
+    for (n = 0; n < c->batch; ++n) {
+        const int blocks = (c->len_k[n] + c->block_size - 1) / c->block_size;
+        cu_q[n + 1] = cu_q[n] + c->len_q[n];
+        cu_k[n + 1] = cu_k[n] + c->len_k[n];
+        max_q = c->len_q[n] > max_q ? c->len_q[n] : max_q;
+        max_k = c->len_k[n] > max_k ? c->len_k[n] : max_k;
+        first_block[n] = num_blocks - SPARE_BLOCKS;
+        num_blocks += blocks;
+        max_blocks = blocks + 1 > max_blocks ? blocks + 1 : max_blocks; /* a column past every last block */
+    }
+    total_q = cu_q[c->batch];
+    total_k = cu_k[c->batch];
+    sprintf(label, "paged %s block %d lengths q {%d,%d,%d,%d} k {%d,%d,%d,%d} hq=%d hkv=%d d=%d causal=%d%s%s",
+            c->dtype == FA_DTYPE_BFLOAT16 ? "bf16" : "fp16", c->block_size, c->len_q[0], c->len_q[1], c->len_q[2],
+            c->len_q[3], c->len_k[0], c->len_k[1], c->len_k[2], c->len_k[3], c->hq, c->hkv, c->d, c->causal,
+            c->alignment == FA_CAUSAL_TOP_LEFT ? "(top-left)" : "", c->bad_block ? " bad-block" : "");
+    append_features(label, c->window, c->window_left, c->window_right, c->softcap);
+    if (c->host_copies) strcat(label, " host-cu");
+    if (path != FA_PATH_AUTO) sprintf(label + strlen(label), " path=%s", path_name(path));
+
+    set_tensor3(&tq, NULL, c->dtype, total_q, c->hq, c->d, 0);
+    set_tensor3(&to, NULL, c->dtype, total_q, c->hq, c->d, 0);
+    row_elems = (int64_t)c->hkv * c->d;
+    n_q = total_q * tq.strides[0];
+    n_k = total_k * row_elems; /* the keys as contiguous sequences: the reference's view */
+    n_pool = (int64_t)num_blocks * c->block_size * row_elems;
+    n_out = (total_q + TAIL_ROWS) * to.strides[0];
+    n_lse = c->hq * total_q;
+    hq = (uint16_t*)malloc((size_t)(n_q > 0 ? n_q : 1) * 2);
+    hk = (uint16_t*)malloc((size_t)(n_k > 0 ? n_k : 1) * 2);
+    hv = (uint16_t*)malloc((size_t)(n_k > 0 ? n_k : 1) * 2);
+    pk = (uint16_t*)malloc((size_t)n_pool * 2);
+    pv = (uint16_t*)malloc((size_t)n_pool * 2);
+    ho = (uint16_t*)malloc((size_t)n_out * 2);
+    hl = (float*)malloc((size_t)(n_lse > 0 ? n_lse : 1) * sizeof(float));
+    table = (int32_t*)malloc(sizeof(int32_t) * (size_t)(c->batch * max_blocks));
+    perm = (int32_t*)malloc(sizeof(int32_t) * (size_t)num_blocks);
+    ref = (double*)malloc(sizeof(double) * (size_t)(total_q * c->hq * c->d + 1));
+    ref_lse = (double*)malloc(sizeof(double) * (size_t)(total_q * c->hq + 1));
+    out_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)(total_q * c->hq + 1));
+    lse_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)(total_q * c->hq + 1));
+    scores = (double*)malloc(sizeof(double) * (size_t)(max_k + 1));
+    if (!hq || !hk || !hv || !pk || !pv || !ho || !hl || !table || !perm || !ref || !ref_lse || !out_off || !lse_off ||
+        !scores) {
+        CHECK(0, "%s: host allocation failed", label);
+        goto done;
+    }
+    fill_random(hq, n_q, c->dtype);
+    fill_random(hk, n_k, c->dtype);
+    fill_random(hv, n_k, c->dtype);
+    /* A random permutation of the pool's blocks; sequence n takes perm[first_block[n] ..], the rest stay spare. */
+    for (j = 0; j < num_blocks; ++j) perm[j] = j;
+    for (j = num_blocks - 1; j > 0; --j) {
+        const int o = (int)(uniform01() * (j + 1)) % (j + 1);
+        const int32_t t = perm[j];
+        perm[j] = perm[o];
+        perm[o] = t;
+    }
+    memset(pk, 0xFF, (size_t)n_pool * 2); /* NaN in fp16 and bf16 */
+    memset(pv, 0xFF, (size_t)n_pool * 2);
+    for (n = 0; n < c->batch; ++n) {
+        for (j = 0; j < max_blocks; ++j) table[n * max_blocks + j] = INT32_MAX;
+        for (i = 0; i < c->len_k[n]; ++i) {
+            const int page = i / c->block_size;
+            const int32_t block = perm[first_block[n] + page];
+            const int64_t at = ((int64_t)block * c->block_size + i % c->block_size) * row_elems;
+            table[n * max_blocks + page] = block;
+            memcpy(pk + at, hk + (cu_k[n] + i) * row_elems, (size_t)row_elems * 2);
+            memcpy(pv + at, hv + (cu_k[n] + i) * row_elems, (size_t)row_elems * 2);
+        }
+    }
+    if (c->bad_block) {
+        for (n = 0; n < c->batch && c->len_k[n] == 0; ++n) {
+        }
+        table[n * max_blocks] = (n % 2) ? -3 : num_blocks + 5; /* the first page of the first non-empty sequence */
+    }
+    io.q_bytes = (size_t)(n_q > 0 ? n_q : 1) * 2;
+    io.kv_bytes = (size_t)n_pool * 2;
+    io.out_bytes = (size_t)n_out * 2;
+    io.lse_bytes = (size_t)(n_lse > 0 ? n_lse : 1) * 4;
+    if (!alloc_io(&io) ||
+        !expect("alloc cu_q", fa_memory_alloc(0, sizeof(cu_q), &dcu_q), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc cu_k", fa_memory_alloc(0, sizeof(cu_k), &dcu_k), FA_STATUS_SUCCESS, NULL) ||
+        !expect("alloc table", fa_memory_alloc(0, sizeof(int32_t) * (size_t)(c->batch * max_blocks), &dtable),
+                FA_STATUS_SUCCESS, NULL)) {
+        goto done;
+    }
+    upload_inputs("paged ", &io, hq, pk, pv);
+    expect("copy cu_q", fa_memcpy(dcu_q, cu_q, sizeof(cu_q)), FA_STATUS_SUCCESS, NULL);
+    expect("copy cu_k", fa_memcpy(dcu_k, cu_k, sizeof(cu_k)), FA_STATUS_SUCCESS, NULL);
+    expect("copy table", fa_memcpy(dtable, table, sizeof(int32_t) * (size_t)(c->batch * max_blocks)), FA_STATUS_SUCCESS,
+           NULL);
+    expect("device synchronize", fa_device_synchronize(0), FA_STATUS_SUCCESS, NULL); /* see run_forward_case */
+    poison_outputs("paged ", &io, stream);
+
+    fa_forward_params_init(&p, sizeof p);
+    p.q = tq;
+    p.q.data = io.q;
+    p.out = to;
+    p.out.data = io.out;
+    set_tensor4(&p.k, io.k, c->dtype, num_blocks, c->block_size, c->hkv, c->d, 0);
+    set_tensor4(&p.v, io.v, c->dtype, num_blocks, c->block_size, c->hkv, c->d, 0);
+    set_block_table(&p.block_table, dtable, c->batch, max_blocks);
+    set_tensor2_f32(&p.lse, io.lse, c->hq, total_q);
+    p.cu_seqlens_q = (const int32_t*)dcu_q;
+    p.cu_seqlens_k = (const int32_t*)dcu_k;
+    if (c->host_copies) {
+        p.cu_seqlens_q_host = cu_q;
+        p.cu_seqlens_k_host = cu_k;
+    }
+    p.varlen_batch = c->batch;
+    p.max_seqlen_q = max_q;
+    p.max_seqlen_k = max_k;
+    p.kernel_path = path;
+    set_features(&p, c->causal, c->alignment, c->window, c->window_left, c->window_right, c->softcap);
+    if (!forward_served(path)) {
+        const int launches = log->forward_launches;
+        check_sm90_refusal(label, fa_forward(context, &p, stream));
+        check_refusal_wrote_nothing(label, &io, stream, ho, hl, log, launches);
+        goto done;
+    }
+    if (!expect(label, fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL)) {
+        goto done;
+    }
+    check_forward_kernel(label, log, path, c->dtype, c->d);
+    expect("stream synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
+    if (c->bad_block) {
+        /* The clamped entry is reported (the outputs of that sequence are not valid, so they are not compared). */
+        char what[300];
+        sprintf(what, "%s: context check", label);
+        expect(what, fa_context_check(context), FA_STATUS_DEVICE_CHECK_FAILED, "block_table entry outside [0, num_blocks)");
+        sprintf(what, "%s: context check again", label);
+        expect(what, fa_context_check(context), FA_STATUS_SUCCESS, NULL); /* reported once, then cleared */
+        printf("  ok  %s: reported\n", label);
+        goto done;
+    }
+    download_outputs("paged ", &io, ho, hl);
+    {
+        char what[300];
+        sprintf(what, "%s: context check", label);
+        expect(what, fa_context_check(context), FA_STATUS_SUCCESS, NULL); /* no entry was clamped */
+    }
+
+    rp = make_problem(c->dtype, c->d, c->hq, c->hkv, c->causal, c->alignment, c->window, c->window_left,
+                      c->window_right, 0.0f, c->softcap);
+    for (n = 0; n < c->batch; ++n) {
+        for (i = 0; i < c->len_q[n]; ++i) {
+            r = cu_q[n] + i;
+            for (h = 0; h < c->hq; ++h) {
+                const int kh = h / (c->hq / c->hkv);
+                const int64_t slot = r * c->hq + h;
+                out_off[slot] = r * to.strides[0] + h * to.strides[1];
+                lse_off[slot] = h * total_q + r;
+                ref_lse[slot] = reference_row(&rp, i, c->len_q[n], c->len_k[n], hq + r * tq.strides[0] + h * tq.strides[1],
+                                              hk + cu_k[n] * row_elems + kh * c->d, row_elems,
+                                              hv + cu_k[n] * row_elems + kh * c->d, row_elems, ref + slot * c->d, scores);
+            }
+        }
+    }
+    compare_outputs(label, c->dtype, c->d, total_q, c->hq, ho, n_out, out_off, ref, hl, n_lse, lse_off, ref_lse);
+
+done:
+    free_io(&io);
+    fa_memory_free(0, dcu_q);
+    fa_memory_free(0, dcu_k);
+    fa_memory_free(0, dtable);
+    free(hq);
+    free(hk);
+    free(hv);
+    free(pk);
+    free(pv);
+    free(ho);
+    free(hl);
+    free(table);
+    free(perm);
+    free(ref);
+    free(ref_lse);
+    free(out_off);
+    free(lse_off);
+    free(scores);
+}
+
 /* A variable-length batch with max_seqlen_q = 0 launches nothing and writes nothing. */
 static void run_varlen_nothing_to_do(fa_context_t context, void* stream) {
     enum { ROWS = 5, H = 2 };
@@ -3447,6 +3799,16 @@ static void test_gpu(int32_t count) {
         {2, 77, 150, 4, 1, 136, 1, FA_CAUSAL_TOP_LEFT, 0.0f, 8, 1, F16, 25.0f, 0, -1, -1},     /* 136 runs it too */
         {2, 90, 90, 4, 4, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 2 * 4 * 128, 1, F16, 0.0f, 0, -1, -1}, /* packed QKV */
     };
+    /* Paged K/V (0.11): block sizes 128 and 256; an empty sequence, one key, a block boundary exactly (256), several
+       blocks; causal both ways, windows, softcap, GQA; and a table entry outside the pool, reported. */
+    const paged_case paged_cases[] = {
+        /* batch, lengths q, lengths k, hq hkv d, block, causal alignment, window left right, softcap, dtype, host, bad */
+        {4, {17, 0, 1, 300}, {300, 5, 1, 513}, 8, 2, 128, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 1, 0},
+        {4, {130, 1, 3, 64}, {256, 1, 0, 200}, 4, 4, 64, 256, 0, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, F16, 0, 0},
+        {3, {77, 200, 9, 0}, {129, 40, 640, 0}, 4, 1, 256, 128, 1, FA_CAUSAL_TOP_LEFT, 1, 48, -1, 10.0f, BF16, 1, 0},
+        {2, {64, 100, 0, 0}, {384, 90, 0, 0}, 8, 2, 192, 128, 0, FA_CAUSAL_BOTTOM_RIGHT, 1, 32, 16, 0.0f, F16, 0, 0},
+        {2, {64, 10, 0, 0}, {384, 90, 0, 0}, 2, 1, 96, 256, 1, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 1, 1},
+    };
     const varlen_case path_varlen_cases[] = {
         {4, {17, 0, 1, 300}, {33, 5, 0, 260}, 8, 2, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 8, 1, 0},
         {4, {1, 0, 130, 64}, {1, 9, 70, 0}, 4, 1, 256, 1, FA_CAUSAL_TOP_LEFT, 1, 24, -1, 10.0f, F16, 0, 1, 3},
@@ -3530,6 +3892,18 @@ static void test_gpu(int32_t count) {
                 ++g_skipped;
             }
         }
+        for (n = 0; n < (int)(sizeof(paged_cases) / sizeof(paged_cases[0])); ++n) {
+            if (head_dim_served(paged_cases[n].d)) {
+                run_paged_case(context, stream, &paged_cases[n], paths[i], &log);
+            } else {
+                printf("  SKIP paged head dim %d on path %s: not served by this build\n", paged_cases[n].d,
+                       path_name(paths[i]));
+                ++g_skipped;
+            }
+        }
+    }
+    for (n = 0; n < (int)(sizeof(paged_cases) / sizeof(paged_cases[0])); ++n) {
+        if (head_dim_served(paged_cases[n].d)) run_paged_case(context, stream, &paged_cases[n], FA_PATH_AUTO, &log);
     }
     /* The same call on the legacy default stream (NULL). */
     run_forward_case(context, NULL, &cases[0], FA_PATH_AUTO, &log);
@@ -3578,6 +3952,7 @@ int main(int argc, char** argv) {
     test_alibi_validation();
     test_dropout_validation();
     test_v_head_dim_validation();
+    test_paged_validation();
     test_kernel_names();
     test_graph_arguments();
 #if defined(FA_TEST_HAVE_PTHREADS)

@@ -80,6 +80,7 @@ typedef struct {
     int rotary;   /* decode (C ABI 0.8): 0 none; 1 interleaved over the whole head; 2 half-split over 32 elements */
     int dropout;  /* fwd, bwd (C ABI 0.9): 0 none; 1 host seed/offset and the keep mask; 2 device seed/offset and
                      rng_state (the backward replays the forward's rng_state) */
+    int paged;    /* fwd varlen (C ABI 0.11): the block size of paged K/V (blocks in reverse order, a spare one); 0 none */
 } scase;
 
 static scase g_cases[MAX_CASES];
@@ -286,6 +287,7 @@ static void describe(scase* c, const char* what) {
         for (i = 0; i < c->nseq; ++i) ADD("%c%d:%d", i ? ',' : '=', c->lq[i], c->lk[i]);
         ADD(" h%d/%d", c->hq, c->hkv);
         if (c->host_cu) ADD(" host-cu");
+        if (c->paged) ADD(" paged%d", c->paged);
     } else {
         ADD(" b%d sq%d sk%d h%d/%d", c->b, c->sq, c->sk, c->hq, c->hkv);
     }
@@ -349,6 +351,15 @@ static void add_aimed_case(const kinfo* k, const char* name, int r, int n) {
                 break;
             }
         }
+    } else if (k->paged) { /* the forward's paged K/V (local kernels only): a varlen call over a pool of blocks */
+        const int lq[3] = {0, 50, 129}, lk[3] = {10, 300, 129};
+        set_varlen(c, 3, lq, lk);
+        c->hq = 2, c->hkv = 1, c->paged = r % 2 ? 256 : 128, c->host_cu = r % 2;
+        if (r % 3 == 2) {
+            c->wl = 40, c->wr = 16;
+        } else {
+            c->causal = 1, c->top_left = r % 3;
+        }
     } else if (k->local) {
         switch (r % 5) {
             case 0: c->sq = 64, c->sk = 160, c->hq = 2, c->hkv = 2, c->causal = 1; break;
@@ -404,67 +415,72 @@ typedef struct {
     int sinks; /* learnable sinks (and dsinks in the backward); 0 where an entry leaves it out */
     int alibi; /* ALiBi slopes: 1 [hq], 2 [b, hq] (the sequences of a varlen batch) */
     int dropout; /* as scase::dropout; not on the sm90 path, which does not serve it */
+    int paged;   /* as scase::paged (forward only, varlen) */
 } feature;
 
 static const feature k_features[] = {
-    {"causal bottom-right, sq < sk", 0, 1, 100, 200, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
+    {"causal bottom-right, sq < sk", 0, 1, 100, 200, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0, 0},
     {"causal bottom-right, sq > sk: fully masked rows", 0, 1, 200, 70, 2, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0,
-     0, {0}, {0}, 0, 0, 0},
-    {"causal top-left, sq < sk", 0, 2, 90, 180, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
-    {"causal top-left, sq > sk", 0, 1, 180, 90, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
-    {"sliding window both sides", 0, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
-    {"causal top-left + window left", 0, 1, 130, 130, 2, 1, 0, 1, 1, 16, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
-    {"window right only", 0, 1, 120, 160, 1, 1, 0, 0, 0, -1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
+     0, {0}, {0}, 0, 0, 0, 0},
+    {"causal top-left, sq < sk", 0, 2, 90, 180, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0, 0},
+    {"causal top-left, sq > sk", 0, 1, 180, 90, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0, 0},
+    {"sliding window both sides", 0, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0, 0},
+    {"causal top-left + window left", 0, 1, 130, 130, 2, 1, 0, 1, 1, 16, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0, 0},
+    {"window right only", 0, 1, 120, 160, 1, 1, 0, 0, 0, -1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0, 0},
     {"window 0/0 with sq > sk: fully masked rows", 0, 1, 150, 40, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-     {0}, {0}, 0, 0, 0},
-    {"softcap + causal + scale", 0, 1, 128, 192, 2, 2, 0, 1, 0, -1, -1, 30.0f, 0.2f, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
-    {"GQA 4:2", 0, 2, 96, 144, 4, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
-    {"MQA 8:1, causal", 0, 1, 64, 64, 8, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
+     {0}, {0}, 0, 0, 0, 0},
+    {"softcap + causal + scale", 0, 1, 128, 192, 2, 2, 0, 1, 0, -1, -1, 30.0f, 0.2f, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0, 0},
+    {"GQA 4:2", 0, 2, 96, 144, 4, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0, 0},
+    {"MQA 8:1, causal", 0, 1, 64, 64, 8, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0, 0},
     {"varlen with empty sequences (q, k, both), causal", 0, 0, 0, 0, 2, 1, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 5,
-     {0, 33, 0, 128, 5}, {12, 0, 0, 128, 77}, 0, 0, 0},
-    {"varlen, window, host cu_seqlens", 0, 0, 0, 0, 2, 2, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3, {1, 64, 200},
-     {50, 64, 180}, 0, 0, 0},
-    {"varlen without LSE", 1, 0, 0, 0, 2, 1, 0, 0, 0, -1, -1, 0, 0, 1, 0, 0, 0, 0, 0, 4, {17, 0, 130, 64},
-     {40, 33, 130, 1}, 0, 0, 0},
-    {"packed QKV strides, causal", 0, 2, 100, 100, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
-    {"fp16, batch 3", 0, 3, 77, 131, 2, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 1, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
-    {"one query, one key", 0, 1, 1, 1, 1, 1, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
-    {"head dim 40 (the 64 kernel), causal", 0, 1, 100, 140, 2, 2, 40, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0},
-     {0}, 0, 0, 0},
-    {"head dim 200 (the 256 kernel), causal", 0, 1, 100, 140, 2, 2, 200, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0},
-     {0}, 0, 0, 0},
-    {"head dim 256, no mask", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0},
+     {0, 33, 0, 128, 5}, {12, 0, 0, 128, 77}, 0, 0, 0, 0},
+    {"varlen, window, host cu_seqlens", 0, 0, 0, 0, 2, 2, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3, {1, 64, 200, 0},
+     {50, 64, 180}, 0, 0, 0, 0},
+    {"varlen without LSE", 1, 0, 0, 0, 2, 1, 0, 0, 0, -1, -1, 0, 0, 1, 0, 0, 0, 0, 0, 4, {17, 0, 130, 64, 0},
+     {40, 33, 130, 1}, 0, 0, 0, 0},
+    {"packed QKV strides, causal", 0, 2, 100, 100, 2, 2, 0, 1, 0, -1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0, 0},
+    {"fp16, batch 3", 0, 3, 77, 131, 2, 2, 0, 0, 0, -1, -1, 0, 0, 0, 0, 1, 0, 0, 0, 0, {0}, {0}, 0, 0, 0, 0},
+    {"one query, one key", 0, 1, 1, 1, 1, 1, 0, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0, 0},
+    {"head dim 40 (the 64 kernel), causal", 0, 1, 100, 140, 2, 2, 40, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0, 0},
+     {0}, 0, 0, 0, 0},
+    {"head dim 200 (the 256 kernel), causal", 0, 1, 100, 140, 2, 2, 200, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0, 0},
+     {0}, 0, 0, 0, 0},
+    {"head dim 256, no mask", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 0, 0},
     {"head dim 256, causal, GQA (issue 17's shape)", 0, 1, 130, 190, 4, 2, 256, 1, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-     {0}, {0}, 0, 0, 0},
+     {0}, {0}, 0, 0, 0, 0},
     {"deterministic, varlen with empty sequences, GQA", 2, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0, 1, 0, 0, 4,
-     {0, 70, 33, 129}, {20, 0, 90, 129}, 0, 0, 0},
+     {0, 70, 33, 129}, {20, 0, 90, 129}, 0, 0, 0, 0},
     {"deterministic, causal top-left, caller workspace", 2, 2, 130, 100, 2, 2, 0, 1, 1, -1, -1, 0, 0, 0, 0, 0, 1, 1, 0,
-     0, {0}, {0}, 0, 0, 0},
-    {"deterministic, head dim 256, causal", 2, 1, 130, 190, 4, 2, 256, 1, 0, -1, -1, 0, 0, 0, 0, 0, 1, 0, 0, 0, {0},
-     {0}, 0, 0, 0},
-    {"caller workspace, window", 2, 1, 140, 140, 2, 2, 0, 0, 0, 30, 30, 0, 0, 0, 0, 0, 0, 1, 0, 0, {0}, {0}, 0, 0, 0},
+     0, {0}, {0}, 0, 0, 0, 0},
+    {"deterministic, head dim 256, causal", 2, 1, 130, 190, 4, 2, 256, 1, 0, -1, -1, 0, 0, 0, 0, 0, 1, 0, 0, 0, {0, 0},
+     {0}, 0, 0, 0, 0},
+    {"caller workspace, window", 2, 1, 140, 140, 2, 2, 0, 0, 0, 30, 30, 0, 0, 0, 0, 0, 0, 1, 0, 0, {0}, {0}, 0, 0, 0, 0},
     {"learnable sinks, causal sq > sk: fully masked rows, GQA", 0, 2, 200, 70, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0,
-     0, 0, 0, 0, {0}, {0}, 1, 0, 0},
+     0, 0, 0, 0, {0}, {0}, 1, 0, 0, 0},
     {"learnable sinks, window + softcap, no LSE", 1, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 30.0f, 0, 1, 0, 0, 0, 0, 0, 0,
-     {0}, {0}, 1, 0, 0},
+     {0}, {0}, 1, 0, 0, 0},
     {"learnable sinks, varlen with empty sequences, deterministic", 2, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0,
-     1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 1, 0, 0},
+     1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 1, 0, 0, 0},
     {"alibi [hq], causal sq > sk: fully masked rows, GQA (FA2's causal form)", 0, 2, 200, 70, 4, 2, 0, 1, 0, -1, -1,
-     0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 1, 0},
+     0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 1, 0, 0},
     {"alibi [b, hq], window + softcap, no LSE", 1, 2, 150, 150, 2, 2, 0, 0, 0, 20, 30, 30.0f, 0, 1, 0, 0, 0, 0, 0, 0,
-     {0}, {0}, 0, 2, 0},
+     {0}, {0}, 0, 2, 0, 0},
     {"alibi [b, hq] + sinks, varlen with empty sequences, deterministic", 2, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0,
-     0, 1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 1, 2, 0},
+     0, 1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 1, 2, 0, 0},
     {"alibi [hq], no mask, head dim 256 (local variant without a window)", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0,
-     0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 1, 0},
+     0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 1, 0, 0},
     {"dropout 0.17, causal sq > sk: fully masked rows, GQA, keep mask", 0, 2, 200, 70, 4, 2, 0, 1, 0, -1, -1, 0, 0,
-     0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 1},
+     0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 1, 0},
     {"dropout, window + softcap, device seed/offset, rng_state replayed", 0, 1, 150, 150, 2, 2, 0, 0, 0, 20, 30, 30.0f,
-     0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 2},
+     0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 2, 0},
     {"dropout, varlen with empty sequences, deterministic, keep mask", 0, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0,
-     0, 1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 0, 0, 1},
+     0, 1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 0, 0, 1, 0},
     {"dropout + alibi [hq] + sinks, no mask, head dim 256", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0,
-     0, 0, 0, {0}, {0}, 1, 1, 2},
+     0, 0, 0, {0}, {0}, 1, 1, 2, 0},
+    {"paged K/V block 128, varlen with empty sequences, causal, GQA", 1, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0,
+     0, 0, 1, 4, {0, 70, 33, 129}, {20, 0, 300, 129}, 0, 0, 0, 128},
+    {"paged K/V block 256, window + softcap, alibi [b, hq], sinks", 1, 0, 0, 0, 2, 1, 0, 0, 0, 40, 8, 30.0f, 0, 0, 0, 0,
+     0, 0, 0, 3, {64, 1, 200}, {257, 9, 190}, 1, 2, 0, 256},
 };
 
 /* The decode options (contiguous and paged caches, splits, appends). */
@@ -610,6 +626,7 @@ static void add_feature_cases(int pass, int path, int cc) {
         c->lse = pass == PASS_BWD ? 1 : !f->no_lse;
         c->det = f->det, c->caller_ws = f->caller_ws, c->sinks = f->sinks, c->alibi = f->alibi;
         c->dropout = f->dropout;
+        c->paged = f->paged;
         describe(c, f->what);
     }
 }
@@ -787,8 +804,30 @@ static void forward_params(const scase* c, bufs* B, fa_forward_params_t* fp, int
         rows_q = cq[c->nseq];
         rows_k = ck[c->nseq];
         tensor(&fp->q, drandom(B, c->dtype, rows_q * c->hq * c->d), c->dtype, 3, rows_q, c->hq, c->d, 0);
-        tensor(&fp->k, drandom(B, c->dtype, rows_k * c->hkv * c->d), c->dtype, 3, rows_k, c->hkv, c->d, 0);
-        tensor(&fp->v, drandom(B, c->dtype, rows_k * c->hkv * dv), c->dtype, 3, rows_k, c->hkv, dv, 0);
+        if (c->paged) {
+            /* A pool of blocks, the sequences' pages in reverse order of the pool and one spare block; the entries
+               past a sequence's last page hold INT32_MAX (never read). */
+            const int bs = c->paged;
+            int32_t table[MAX_SEQ * 16];
+            int blocks = 1, mb = 1, next, j;
+            for (i = 0; i < c->nseq; ++i) {
+                const int n = (c->lk[i] + bs - 1) / bs;
+                blocks += n;
+                mb = n > mb ? n : mb;
+            }
+            next = blocks - 1;
+            for (i = 0; i < c->nseq; ++i) {
+                for (j = 0; j < mb; ++j) table[i * mb + j] = j * bs < c->lk[i] ? next-- : INT32_MAX;
+            }
+            tensor(&fp->k, drandom(B, c->dtype, (int64_t)blocks * bs * c->hkv * c->d), c->dtype, 4, blocks, bs, c->hkv,
+                   c->d);
+            tensor(&fp->v, drandom(B, c->dtype, (int64_t)blocks * bs * c->hkv * dv), c->dtype, 4, blocks, bs, c->hkv, dv);
+            tensor(&fp->block_table, dalloc(B, sizeof(int32_t) * (size_t)(c->nseq * mb), table), FA_DTYPE_INT32, 2,
+                   c->nseq, mb, 0, 0);
+        } else {
+            tensor(&fp->k, drandom(B, c->dtype, rows_k * c->hkv * c->d), c->dtype, 3, rows_k, c->hkv, c->d, 0);
+            tensor(&fp->v, drandom(B, c->dtype, rows_k * c->hkv * dv), c->dtype, 3, rows_k, c->hkv, dv, 0);
+        }
         tensor(&fp->out, dalloc(B, (size_t)(rows_q * c->hq * dv * 2), NULL), out_dtype(c->dtype), 3, rows_q, c->hq,
                dv, 0);
         if (c->lse) {

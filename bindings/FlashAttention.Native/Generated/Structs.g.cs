@@ -35,7 +35,7 @@ public unsafe partial struct FaTensor
 }
 
 /// <summary>Arguments of fa_forward. Fill with fa_forward_params_init, then set the fields you need.</summary>
-/// <remarks>Mirror of C <c>fa_forward_params_t</c> (<c>struct fa_forward_params</c>): 1016 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_forward_params_t</c> (<c>struct fa_forward_params</c>): 1096 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaForwardParams
 {
@@ -286,6 +286,28 @@ public unsafe partial struct FaForwardParams
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t dropout_mask</c> at byte offset 936.</remarks>
     public FaTensor dropout_mask;
+
+    /// <summary>
+    /// ---- Paged K/V (since 0.11; a caller compiled against 0.10 passes a smaller struct_size and gets none).
+    /// FlashAttention-2's block_table of flash_attn_varlen_func (FlashAttention-3's page_table): the keys and values
+    /// of a variable-length batch live in a pool of fixed-size blocks, as a paged KV cache (chunked prefill over the
+    /// cache, prefix sharing). Only with a variable-length batch (cu_seqlens_q set). k and v are then rank 4,
+    /// [num_blocks, block_size, heads_kv, head_dim] ([..., head_dim_v] for v), the same num_blocks and block_size;
+    /// key j of sequence b (j counted within the sequence, 0 .. cu_seqlens_k[b + 1] - cu_seqlens_k[b] - 1) is row
+    /// j % block_size of block block_table[b, j / block_size]. cu_seqlens_k keeps giving the key lengths (prefix sums;
+    /// its values index no tensor, so cu_seqlens_k_host is checked for order and lengths only) and max_seqlen_k may
+    /// not exceed the table's capacity, max_blocks_per_seq * block_size. Every mask, window and option (but dropout)
+    /// applies as to contiguous keys. block_size is served for multiples of 128 (FlashAttention-2 asks for multiples of 256); other
+    /// sizes are FA_STATUS_UNSUPPORTED (fa_decode takes powers of two from 16). Served by both paths for fp16 and bf16
+    /// without dropout (fp8, dropout_p &gt; 0: UNSUPPORTED); fa_backward has no paged K/V. Entries past a sequence's last block are never read; a row
+    /// of a sequence's last block past its length is never used (it may hold anything, NaN included). An entry
+    /// outside [0, num_blocks) that a sequence uses is clamped by the kernels (no access leaves k or v) and reported:
+    /// the context returns FA_STATUS_DEVICE_CHECK_FAILED naming block_table from fa_context_check or the next call.
+    /// Device int32 [varlen_batch, max_blocks_per_seq] (rank 2, any strides &gt;= 1, 4-byte aligned), the block of each
+    /// page of each sequence. data NULL: k and v are packed as described at cu_seqlens_k. Must not overlap out or lse.
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t block_table</c> at byte offset 1016.</remarks>
+    public FaTensor block_table;
 }
 
 /// <summary>
@@ -724,7 +746,7 @@ public unsafe partial struct FaDecodeParams
 }
 
 /// <summary>A question for fa_query_support: is this kind of call served by this build on this GPU?</summary>
-/// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 56 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 60 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaSupportQuery
 {
@@ -799,6 +821,14 @@ public unsafe partial struct FaSupportQuery
     /// </summary>
     /// <remarks>C: <c>int32_t head_dim_v</c> at byte offset 52.</remarks>
     public int head_dim_v;
+
+    /// <summary>
+    /// 1 if the keys and values are paged: the forward's block_table (a variable-length batch; varlen must be 1 too),
+    /// or fa_decode's. Served by the forward of both paths for fp16 and bf16, and by decode; the backward and fp8
+    /// have none. (Since 0.11: a 0.10-sized query gets 0.)
+    /// </summary>
+    /// <remarks>C: <c>int32_t paged_kv</c> at byte offset 56.</remarks>
+    public int paged_kv;
 }
 
 /// <summary>Properties of one CUDA device.</summary>

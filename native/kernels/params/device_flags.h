@@ -23,9 +23,12 @@ constexpr uint32_t kDeviceFlagDecodeBatchIndex = 1u << 3;
 // fa_decode with a device-only cache_leftpad: an entry was negative or past the sequence's length with its new
 // tokens (cache_seqlens + seqlen_knew); the kernels clamped it.
 constexpr uint32_t kDeviceFlagDecodeLeftpad = 1u << 4;
+// fa_forward with paged K/V: a block_table entry a sequence used was outside [0, num_blocks); the kernels clamped it.
+constexpr uint32_t kDeviceFlagForwardBlockId = 1u << 5;
 // Every bit this build knows (the host names each; others it reports as numbers).
 constexpr uint32_t kDeviceFlagsKnown = kDeviceFlagTurnTimeout | kDeviceFlagDecodeLength | kDeviceFlagDecodeBlockId |
-                                       kDeviceFlagDecodeBatchIndex | kDeviceFlagDecodeLeftpad;
+                                       kDeviceFlagDecodeBatchIndex | kDeviceFlagDecodeLeftpad |
+                                       kDeviceFlagForwardBlockId;
 // Each cause has its own 32-bit slot (slot i for bit 1 << i): kDeviceFlagSlots consecutive words per context.
 constexpr int kDeviceFlagSlots = 8;
 

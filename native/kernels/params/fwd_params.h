@@ -113,6 +113,18 @@ struct FwdParams {
     // Head dim of v and o: d, or (the V head dim differs) a pair of sm80::fwd_v_pair, whose kernels alone read it. Last,
     // so that the other kernels' parameter offsets are those before it.
     int32_t dv = 0;
+
+    // Paged K/V (C ABI 0.11; variable-length batches only): when block_table is set, k and v are pools
+    // [num_blocks, block_size, hkv, d] and key j of sequence b is row j % block_size of block
+    // block_table[b * table_batch_stride + (j / block_size) * table_page_stride]; k_batch_stride / v_batch_stride are
+    // then the strides between blocks, cu_seqlens_k gives only the lengths (total_k is INT32_MAX: nothing to clamp
+    // to), and block_size is a multiple of every kernel's key tile (the host serves multiples of 128), so that a
+    // tile lies in one block. A block id outside [0, num_blocks) is clamped and reported (kDeviceFlagForwardBlockId)
+    // in device_flags, set by the launcher from LaunchInfo. After dv, so that the other kernels' offsets stay.
+    const int32_t* block_table = nullptr;
+    int64_t table_batch_stride = 0, table_page_stride = 0;
+    int32_t block_size = 0, num_blocks = 0;
+    uint32_t* device_flags = nullptr;
 };
 
 }  // namespace fa

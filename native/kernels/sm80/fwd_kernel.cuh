@@ -19,6 +19,7 @@
 #include "common/alibi.cuh"
 #include "common/dropout.cuh"
 #include "common/mask.cuh"
+#include "common/paged_kv.cuh"
 #include "common/ptx.cuh"
 #include "common/seq.cuh"
 #include "common/sink.cuh"
@@ -34,7 +35,7 @@ namespace sm80 {
 // ALiBi slopes or dropout (applied here only: the plain kernel carries neither). kDropout (with kLocal only): the
 // call's dropout, in a kernel of its own, so that the local kernels every causal call runs carry none of its code
 // (woven in behind a runtime branch it made ptxas spill more in them; bench/NOTES.md, sixth session).
-template <class Tr, bool kLocal, bool kSoftcap, bool kDropout = false>
+template <class Tr, bool kLocal, bool kSoftcap, bool kDropout = false, bool kPaged = false>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const __grid_constant__ FwdParams p) {
     using T = typename Tr::Elem;
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
@@ -50,6 +51,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
     extern __shared__ __align__(128) unsigned char smem[];
 
     static_assert(!kDropout || kLocal, "dropout runs in the local family");
+    static_assert(!kPaged || (kLocal && !kDropout), "paged K/V runs in the local family, without dropout");
     // Dropout's rng_state, before any block returns early (common/dropout.cuh).
     if constexpr (kDropout) write_dropout_rng_state(p);
 
@@ -70,14 +72,19 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
 
     const T* q = reinterpret_cast<const T*>(p.q) + (varlen ? 0 : b * p.q_batch_stride) + h * p.q_head_stride +
                  (seq.q_row0 + row0) * p.q_row_stride;
+    // Paged K/V (kPaged kernels; common/paged_kv.cuh): k and v point at the KV head's rows of the pool, each tile found
+    // by its block.
+    const int64_t k_row0 = kPaged ? 0 : seq.k_row0;
     const T* k = reinterpret_cast<const T*>(p.k) + (varlen ? 0 : b * p.k_batch_stride) + hk * p.k_head_stride +
-                 seq.k_row0 * p.k_row_stride;
+                 k_row0 * p.k_row_stride;
     const int vcol0 = v_chunk * Tr::kHeadDimV;
     // The call's columns of V and O in this CTA's range (read at each use, as p.d was before V head dims existed, so
     // that the kernels of equal head dims compile as they did).
     const auto v_cols = [&] { return kVPair ? p.dv - vcol0 : p.d; };
     const T* v = reinterpret_cast<const T*>(p.v) + (varlen ? 0 : b * p.v_batch_stride) + hk * p.v_head_stride +
-                 seq.k_row0 * p.v_row_stride + vcol0;
+                 k_row0 * p.v_row_stride + vcol0;
+    const auto k_tile = [&](int n) { return k + kv_tile_offset<kPaged>(p, b, n * BN, p.k_row_stride, p.k_batch_stride); };
+    const auto v_tile = [&](int n) { return v + kv_tile_offset<kPaged>(p, b, n * BN, p.v_row_stride, p.v_batch_stride); };
     T* o = reinterpret_cast<T*>(p.o) + (varlen ? 0 : b * p.o_batch_stride) + h * p.o_head_stride +
            (seq.q_row0 + row0) * p.o_row_stride + vcol0;
     float* lse = p.lse == nullptr || (kVPair && v_chunk != 0) ? nullptr
@@ -116,7 +123,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
 
     int n = n_end - 1;
     load_tile<Tr, BM>(sQ, q, p.q_row_stride, rows_here, p.d, tid);
-    load_tile<Tr, BN>(sK, k + static_cast<int64_t>(n) * BN * p.k_row_stride, p.k_row_stride, seq.sk - n * BN, p.d, tid);
+    load_tile<Tr, BN>(sK, k_tile(n), p.k_row_stride, seq.sk - n * BN, p.d, tid);
     cp_async_commit();
 
     float acc[MT][NO][4];
@@ -147,7 +154,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
         constexpr bool kMask = decltype(mask_tag)::value;
         cp_async_wait<0>();
         __syncthreads();  // K(n) (and Q) visible to all; every warp is done with V(n+1)
-        load_tile<typename Tr::VTile, BN>(sV, v + static_cast<int64_t>(n) * BN * p.v_row_stride, p.v_row_stride,
+        load_tile<typename Tr::VTile, BN>(sV, v_tile(n), p.v_row_stride,
                                           seq.sk - n * BN, v_cols(), tid);
         cp_async_commit();
 
@@ -271,8 +278,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
         cp_async_wait<0>();
         __syncthreads();  // V(n) visible to all; every warp is done reading K(n)
         if (n > n_begin) {
-            load_tile<Tr, BN>(sK, k + static_cast<int64_t>(n - 1) * BN * p.k_row_stride, p.k_row_stride,
-                              seq.sk - (n - 1) * BN, p.d, tid);
+            load_tile<Tr, BN>(sK, k_tile(n - 1), p.k_row_stride, seq.sk - (n - 1) * BN, p.d, tid);
             cp_async_commit();
         }
 

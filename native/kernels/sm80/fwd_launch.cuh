@@ -15,9 +15,9 @@ namespace fa {
 namespace sm80 {
 
 // One kernel (traits Tr) over the call's blocks, times v_chunks column chunks of O (adjacent blocks; FwdTileV).
-template <class Tr, bool kLocal, bool kSoftcap, bool kDropout>
+template <class Tr, bool kLocal, bool kSoftcap, bool kDropout, bool kPaged>
 cudaError_t launch_fwd_tr(FwdParams p, const LaunchInfo& info, cudaStream_t stream, unsigned v_chunks) {
-    auto kernel = fwd_kernel<Tr, kLocal, kSoftcap, kDropout>;
+    auto kernel = fwd_kernel<Tr, kLocal, kSoftcap, kDropout, kPaged>;
     constexpr int smem = Tr::kSmemBytes;
     static std::atomic<uint64_t> raised{0};
     const cudaError_t err = raise_smem_once(kernel, smem, info, raised);
@@ -29,18 +29,19 @@ cudaError_t launch_fwd_tr(FwdParams p, const LaunchInfo& info, cudaStream_t stre
     return cudaGetLastError();
 }
 
-template <typename T, int D, bool kLocal, bool kSoftcap, bool kDropout>
+template <typename T, int D, bool kLocal, bool kSoftcap, bool kDropout, bool kPaged>
 cudaError_t launch_fwd(FwdParams p, const LaunchInfo& info, cudaStream_t stream) {
     using Tile = FwdTile<D>;
     using Tr = FwdTraits<T, D, Tile::kBlockM, Tile::kBlockN, Tile::kWarps, Tile::kMinBlocks>;
-    return launch_fwd_tr<Tr, kLocal, kSoftcap, kDropout>(p, info, stream, 1);
+    return launch_fwd_tr<Tr, kLocal, kSoftcap, kDropout, kPaged>(p, info, stream, 1);
 }
 
 // The variant for the call's options (common/fwd_variant.h).
 template <typename T, int D>
 int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
-    return run_fwd_variant<true>(p, features, [&](auto local, auto softcap, auto dropout) {
-        return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value, decltype(dropout)::value>(p, info, stream);
+    return run_fwd_variant<true>(p, features, [&](auto local, auto softcap, auto dropout, auto paged) {
+        return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value, decltype(dropout)::value,
+                          decltype(paged)::value>(p, info, stream);
     });
 }
 
@@ -53,9 +54,9 @@ int run_fwd_v(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, u
     // Within the smallest opt-in shared memory of an sm_8x GPU (99 KB on sm_86/sm_89), so the host's per-GPU check of
     // the head dim's kernel (smem_need) covers the pair too.
     static_assert(Tr::kSmemBytes <= 99 * 1024, "a pair kernel fits every sm_8x GPU");
-    return run_fwd_variant<true>(p, features, [&](auto local, auto softcap, auto dropout) {
-        return launch_fwd_tr<Tr, decltype(local)::value, decltype(softcap)::value, decltype(dropout)::value>(
-            p, info, stream, DV / Tile::kVCols);
+    return run_fwd_variant<true>(p, features, [&](auto local, auto softcap, auto dropout, auto paged) {
+        return launch_fwd_tr<Tr, decltype(local)::value, decltype(softcap)::value, decltype(dropout)::value,
+                             decltype(paged)::value>(p, info, stream, DV / Tile::kVCols);
     });
 }
 

@@ -37,6 +37,7 @@
 #include "common/alibi.cuh"
 #include "common/fwd_schedule.h"
 #include "common/mask.cuh"
+#include "common/paged_kv.cuh"
 #include "common/ptx.cuh"
 #include "common/seq.cuh"
 #include "common/sink.cuh"
@@ -152,11 +153,12 @@ __device__ __forceinline__ FwdTile90 fwd_tile90(const FwdParams& p, int tile) {
     return t;
 }
 
-template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D>
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false>
 __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads, 1)
     fwd_kernel_sm90(const __grid_constant__ FwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
     constexpr bool kFp8 = FwdIo90<T>::kFp8;
+    static_assert(!kPaged || (kLocal && !kFp8), "paged K/V runs in the local family, 16-bit types only");
     using TO = typename FwdIo90<T>::Out;  // the output's element type
     using Tr = FwdTraits90<D, kFp8, DV>;  // DV: v's and O's head dim (the pair (192, 128), else D)
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, S = Tr::kStages;
@@ -179,6 +181,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
     const auto v_empty = [&](int s) { return bar + 40 + 32 * s; };
     const auto vt_full = [&](int s) { return bar + 16 + 32 * S + 16 * s; };  // fp8
     const auto vt_empty = [&](int s) { return bar + 24 + 32 * S + 16 * s; };
+    const uint32_t v_tail = bar + 16 + (kFp8 ? 48 : 32) * S;  // paged K/V (below)
     const auto k_tile = [&](int s) { return s0 + Tr::kOffK + s * Tr::kSmemKV; };
     const auto v_tile = [&](int s) { return s0 + Tr::kOffV + s * Tr::kSmemV; };
     const auto vt_tile = [&](int s) { return s0 + Tr::kOffVt + s * Tr::kSmemVt; };
@@ -186,6 +189,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
     const auto pv_full = [&](int s) { return kFp8 ? vt_full(s) : v_full(s); };
     const auto pv_empty = [&](int s) { return kFp8 ? vt_empty(s) : v_empty(s); };
     constexpr uint32_t kTransposeWarps = 3;  // fp8: producer warps 1..3
+    constexpr uint32_t kTailWarps = 3;       // paged K/V (16-bit): producer warps 1..3
 
     const int tid = threadIdx.x;
     const int lane = tid % 32;
@@ -202,11 +206,20 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                 mbar_init(vt_empty(s), kConsumerWarps);
             }
         }
+        mbar_init(v_tail, kTailWarps);
         mbar_init_fence();
     }
     __syncthreads();
 
     const bool varlen = p.cu_seqlens_q != nullptr;
+    // Paged K/V (kPaged kernels, C ABI 0.11, 16-bit types; common/paged_kv.cuh): the K and V maps span the pool of blocks, a key block
+    // is loaded from its block's rows. TMA cannot stop at a sequence's end inside a block, so the rows of the tile's
+    // first (last visible, the only partial) key block past the sequence would bring the block's other contents in:
+    // K's are masked like any hidden key, but V's would meet P's zeros (0 * NaN is NaN). So producer warps 1..3
+    // clear those V rows once the block lands and arrive on v_tail (one phase per tile with keys), on which the
+    // consumers wait before that block's P V. They wait for the tile's Q first: it is loaded only after the
+    // consumers released the previous tile's Q, so v_tail never runs a phase ahead of the consumers' waits.
+    constexpr bool paged = kPaged;
     const int num_tiles = p.m_blocks * p.b * p.hq;
 
     if (tid < 128) {
@@ -227,11 +240,19 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                 for (int n = t.keys.end - 1; n >= t.keys.begin; --n) {
                     const int s = kv % S;
                     const uint32_t ph = (kv / S) & 1;
+                    // The block's row and batch coordinates: contiguous, the sequence's rows (varlen: of the
+                    // packed tensor, batch 0); paged, its block's rows (the maps' batch is the block).
+                    int kv_row = k_row + n * BN, kv_batch = bb;
+                    if constexpr (paged) {
+                        const PagedRow r = paged_row(p, t.b, n * BN);
+                        kv_row = r.row;
+                        kv_batch = r.block;
+                    }
                     mbar_wait(k_empty(s), ph ^ 1);
                     mbar_arrive_expect_tx(k_full(s), Tr::kSmemKV);
 #pragma unroll
                     for (int pn = 0; pn < Tr::kPanels; ++pn) {
-                        tma_load_4d(k_tile(s) + pn * KVPanel, a.k, k_full(s), pn * PC, k_row + n * BN, hk, bb);
+                        tma_load_4d(k_tile(s) + pn * KVPanel, a.k, k_full(s), pn * PC, kv_row, hk, kv_batch);
                     }
                     if (n == t.keys.end - 1) {
                         // Q after the tile's first K: that K slot frees as soon as the consumers' last Q K^T
@@ -248,10 +269,33 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                     mbar_arrive_expect_tx(v_full(s), Tr::kSmemV);
 #pragma unroll
                     for (int pn = 0; pn < Tr::kPanelsV; ++pn) {
-                        tma_load_4d(v_tile(s) + pn * KVPanel, a.v, v_full(s), pn * PC, k_row + n * BN, hk, bb);
+                        tma_load_4d(v_tile(s) + pn * KVPanel, a.v, v_full(s), pn * PC, kv_row, hk, kv_batch);
                     }
                     ++kv;
                 }
+            }
+        } else if (paged && tid >= 32) {
+            // Paged K/V: warps 1..3 clear the V rows of each tile's first key block past the sequence (see v_tail).
+            int kv = 0, qn = 0;
+            for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+                const FwdTile90 t = fwd_tile90<kLocal, BM, BN>(p, tile);
+                if (t.keys.end <= t.keys.begin) continue;
+                const int s = kv % S;
+                mbar_wait(q_full, qn & 1);
+                mbar_wait(v_full(s), (kv / S) & 1);
+                // Rows [valid, BN) of every 128-byte panel (the swizzle permutes chunks within a row only).
+                const int valid = t.seq.sk - (t.keys.end - 1) * BN;
+                const int chunks = (BN - valid) * 8;  // 16-byte chunks a panel clears
+                for (int c = tid - 32; c < chunks * Tr::kPanelsV; c += 32 * kTailWarps) {
+                    const int pn = c / chunks, rc = c % chunks;
+                    *reinterpret_cast<uint4*>(smem + Tr::kOffV + s * Tr::kSmemV + pn * KVPanel + valid * 128 + rc * 16) =
+                        make_uint4(0, 0, 0, 0);
+                }
+                fence_proxy_async();  // the cleared rows, for wgmma's reads
+                __syncwarp();
+                if (lane == 0) mbar_arrive(v_tail);
+                ++qn;
+                kv += t.keys.end - t.keys.begin;
             }
         } else if (kFp8 && tid >= 32) {
             // fp8: warps 1..3 transpose each V stage into the V^T ring, in the producer's block order.
@@ -475,6 +519,15 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
 
             mbar_wait(q_full, qn & 1);
             ++qn;
+            bool tail_pending = paged;  // paged K/V: the first block's V rows past the sequence are being cleared
+            const auto wait_tail = [&]() {
+                if constexpr (paged) {
+                    if (tail_pending) {
+                        mbar_wait(v_tail, (qn - 1) & 1);
+                        tail_pending = false;
+                    }
+                }
+            };
 
             // The first (last visible) key block: S, softmax, P; its P V waits for the next block's S.
             int n = t.keys.end - 1;
@@ -501,6 +554,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                 ph = (kv / S) & 1;
                 mbar_wait(k_full(st), ph);
                 mbar_wait(pv_full(v_st), v_ph);
+                wait_tail();
                 my_turn();
                 issue_qk(st);
                 issue_pv(v_st);
@@ -526,6 +580,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                 ++kv;
             }
             mbar_wait(pv_full(v_st), v_ph);
+            wait_tail();
             my_turn();
             issue_pv(v_st);
             pass_turn();

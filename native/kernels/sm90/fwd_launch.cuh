@@ -22,10 +22,10 @@
 namespace fa {
 namespace sm90 {
 
-template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D>
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false>
 cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStream_t stream) {
     using Tr = FwdTraits90<D, FwdIo90<T>::kFp8, DV>;
-    auto kernel = fwd_kernel_sm90<T, D, kLocal, kSoftcap, DV>;
+    auto kernel = fwd_kernel_sm90<T, D, kLocal, kSoftcap, DV, kPaged>;
     static std::atomic<uint64_t> raised{0};
     cudaError_t err = raise_smem_once(kernel, Tr::kSmemBytes, info, raised);
     if (err != cudaSuccess) return err;
@@ -46,11 +46,17 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     const TmaElem elem = FwdIo90<T>::kFp8 ? TmaElem::U8 : p.dtype == DType::BFloat16 ? TmaElem::BF16 : TmaElem::F16;
     const bool varlen = p.cu_seqlens_q != nullptr;
     const int batches = varlen ? 1 : p.b;
+    // Paged K/V: the K and V maps span the pool, [num_blocks][block_size][hkv][d], a key block a box of one block's
+    // rows (the host serves block sizes every key tile divides; fp8 has no paged path).
+    const bool paged = kPaged;
+    if (paged != (p.block_table != nullptr) || (paged && p.block_size % Tr::kBlockN != 0)) return cudaErrorInvalidValue;
+    const int64_t kv_rows = paged ? p.block_size : varlen ? p.total_k : p.sk;
+    const int kv_batches = paged ? p.num_blocks : batches;
     if ((err = encode_qkv(&a.q, p.q, elem, p.d, varlen ? p.total_q : p.sq, p.hq, batches, p.q_row_stride, p.q_head_stride,
                           p.q_batch_stride, Tr::kBlockM)) != cudaSuccess ||
-        (err = encode_qkv(&a.k, p.k, elem, p.d, varlen ? p.total_k : p.sk, p.hkv, batches, p.k_row_stride,
-                          p.k_head_stride, p.k_batch_stride, Tr::kBlockN)) != cudaSuccess ||
-        (err = encode_qkv(&a.v, p.v, elem, DV == D ? p.d : p.dv, varlen ? p.total_k : p.sk, p.hkv, batches, p.v_row_stride,
+        (err = encode_qkv(&a.k, p.k, elem, p.d, kv_rows, p.hkv, kv_batches, p.k_row_stride, p.k_head_stride,
+                          p.k_batch_stride, Tr::kBlockN)) != cudaSuccess ||
+        (err = encode_qkv(&a.v, p.v, elem, DV == D ? p.d : p.dv, kv_rows, p.hkv, kv_batches, p.v_row_stride,
                           p.v_head_stride, p.v_batch_stride, Tr::kBlockN)) != cudaSuccess) {
         return err;
     }
@@ -71,8 +77,14 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
 // (192, 128), generated as sm90/fwd_hdim192_v128_<dtype>_sm90.cu).
 template <typename T, int D, int DV>
 int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
-    return run_fwd_variant(p, features, [&](auto local, auto softcap, auto) {
-        return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value, DV>(p, info, stream);
+    return run_fwd_variant(p, features, [&](auto local, auto softcap, auto, auto paged) {
+        // (Paged K/V has no fp8 kernels: the host refuses fp8 with a block table first.)
+        if constexpr (decltype(paged)::value && FwdIo90<T>::kFp8) {
+            return cudaErrorInvalidValue;
+        } else {
+            return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value, DV, decltype(paged)::value>(p, info,
+                                                                                                                stream);
+        }
     });
 }
 

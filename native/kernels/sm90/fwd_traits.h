@@ -95,8 +95,8 @@ struct FwdTraits90 {
     static constexpr int kOffO = kEndKV;
     static constexpr int kOffBar = kOffO + kSmemO;
     // Barriers (8 bytes each): q_full, q_empty, then per stage k_full, k_empty, v_full, v_empty (and, fp8,
-    // vt_full, vt_empty).
-    static constexpr int kBarriers = 2 + (kFp8 ? 6 : 4) * kStages;
+    // vt_full, vt_empty), then v_tail (paged K/V: a tile's first V block cleared past the sequence).
+    static constexpr int kBarriers = 2 + (kFp8 ? 6 : 4) * kStages + 1;
     static constexpr int kSmemBytes = kOffBar + kBarriers * 8;
     static_assert(kSmemQ % 1024 == 0 && kSmemKV % 1024 == 0 && kSmemV % 1024 == 0, "tiles start on 1024-byte swizzle atoms");
     static_assert(!kStageO || kSmemO > 0 || kSmemQ >= kBlockM * DV * 2, "O staged in the Q tile fits it");

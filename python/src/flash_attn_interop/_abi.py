@@ -23,8 +23,8 @@ TARGET = "x86_64-unknown-linux-gnu"
 FA_VERSION_MAJOR = 0
 
 # Version of this header. fa_version() reports the version of the loaded binary.
-# C: #define FA_VERSION_MINOR 10
-FA_VERSION_MINOR = 10
+# C: #define FA_VERSION_MINOR 11
+FA_VERSION_MINOR = 11
 
 # Version of this header. fa_version() reports the version of the loaded binary.
 # C: #define FA_VERSION_PATCH 0
@@ -32,7 +32,7 @@ FA_VERSION_PATCH = 0
 
 # MAJOR * 10000 + MINOR * 100 + PATCH.
 # C: #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
-FA_VERSION_CODE = 1000
+FA_VERSION_CODE = 1100
 
 # Most dimensions a tensor descriptor carries.
 # C: #define FA_MAX_RANK 4
@@ -168,7 +168,7 @@ class FaTensor(ctypes.Structure):
 
 
 class FaForwardParams(ctypes.Structure):
-    """C fa_forward_params_t (struct fa_forward_params): 1016 bytes, aligned to 8."""
+    """C fa_forward_params_t (struct fa_forward_params): 1096 bytes, aligned to 8."""
 
     # Arguments of fa_forward. Fill with fa_forward_params_init, then set the fields you need.
     _fields_ = [
@@ -314,6 +314,24 @@ class FaForwardParams(ctypes.Structure):
         # them as they were). Only with dropout_p > 0 (FlashAttention-2 has S_dmask only with dropout). Must not
         # overlap any other tensor.
         ("dropout_mask", FaTensor),  # C: fa_tensor_t, offset 936
+        # ---- Paged K/V (since 0.11; a caller compiled against 0.10 passes a smaller struct_size and gets none).
+        # FlashAttention-2's block_table of flash_attn_varlen_func (FlashAttention-3's page_table): the keys and values
+        # of a variable-length batch live in a pool of fixed-size blocks, as a paged KV cache (chunked prefill over the
+        # cache, prefix sharing). Only with a variable-length batch (cu_seqlens_q set). k and v are then rank 4,
+        # [num_blocks, block_size, heads_kv, head_dim] ([..., head_dim_v] for v), the same num_blocks and block_size;
+        # key j of sequence b (j counted within the sequence, 0 .. cu_seqlens_k[b + 1] - cu_seqlens_k[b] - 1) is row
+        # j % block_size of block block_table[b, j / block_size]. cu_seqlens_k keeps giving the key lengths (prefix sums;
+        # its values index no tensor, so cu_seqlens_k_host is checked for order and lengths only) and max_seqlen_k may
+        # not exceed the table's capacity, max_blocks_per_seq * block_size. Every mask, window and option (but dropout)
+        # applies as to contiguous keys. block_size is served for multiples of 128 (FlashAttention-2 asks for multiples of 256); other
+        # sizes are FA_STATUS_UNSUPPORTED (fa_decode takes powers of two from 16). Served by both paths for fp16 and bf16
+        # without dropout (fp8, dropout_p > 0: UNSUPPORTED); fa_backward has no paged K/V. Entries past a sequence's last block are never read; a row
+        # of a sequence's last block past its length is never used (it may hold anything, NaN included). An entry
+        # outside [0, num_blocks) that a sequence uses is clamped by the kernels (no access leaves k or v) and reported:
+        # the context returns FA_STATUS_DEVICE_CHECK_FAILED naming block_table from fa_context_check or the next call.
+        # Device int32 [varlen_batch, max_blocks_per_seq] (rank 2, any strides >= 1, 4-byte aligned), the block of each
+        # page of each sequence. data NULL: k and v are packed as described at cu_seqlens_k. Must not overlap out or lse.
+        ("block_table", FaTensor),  # C: fa_tensor_t, offset 1016
     ]
 
 
@@ -559,7 +577,7 @@ class FaDecodeParams(ctypes.Structure):
 
 
 class FaSupportQuery(ctypes.Structure):
-    """C fa_support_query_t (struct fa_support_query): 56 bytes, aligned to 4."""
+    """C fa_support_query_t (struct fa_support_query): 60 bytes, aligned to 4."""
 
     # A question for fa_query_support: is this kind of call served by this build on this GPU?
     _fields_ = [
@@ -599,6 +617,10 @@ class FaSupportQuery(ctypes.Structure):
         # too (as FlashAttention-3) and by the sm90 forward (every option but dropout); decode and fp8 have none.
         # (Since 0.10: a 0.9-sized query gets 0.)
         ("head_dim_v", ctypes.c_int32),  # C: int32_t, offset 52
+        # 1 if the keys and values are paged: the forward's block_table (a variable-length batch; varlen must be 1 too),
+        # or fa_decode's. Served by the forward of both paths for fp16 and bf16, and by decode; the backward and fp8
+        # have none. (Since 0.11: a 0.10-sized query gets 0.)
+        ("paged_kv", ctypes.c_int32),  # C: int32_t, offset 56
     ]
 
 
@@ -644,7 +666,7 @@ LAYOUT = {
         ("shape", 16),
         ("strides", 48),
     )),
-    FaForwardParams: (1016, 8, (
+    FaForwardParams: (1096, 8, (
         ("struct_size", 0),
         ("reserved0", 4),
         ("q", 8),
@@ -681,6 +703,7 @@ LAYOUT = {
         ("dropout_offset_device", 920),
         ("dropout_rng_state", 928),
         ("dropout_mask", 936),
+        ("block_table", 1016),
     )),
     FaBackwardParams: (1104, 8, (
         ("struct_size", 0),
@@ -757,7 +780,7 @@ LAYOUT = {
         ("rotary_interleaved", 1064),
         ("reserved1", 1068),
     )),
-    FaSupportQuery: (56, 4, (
+    FaSupportQuery: (60, 4, (
         ("struct_size", 0),
         ("pass", 4),
         ("compute_capability", 8),
@@ -772,6 +795,7 @@ LAYOUT = {
         ("alibi", 44),
         ("dropout", 48),
         ("head_dim_v", 52),
+        ("paged_kv", 56),
     )),
     FaDeviceProperties: (288, 8, (
         ("struct_size", 0),

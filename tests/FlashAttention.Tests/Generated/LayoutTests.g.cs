@@ -37,7 +37,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaForwardParams has the size (1016) and field offsets of C struct fa_forward_params.</summary>
+    /// <summary>FaForwardParams has the size (1096) and field offsets of C struct fa_forward_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaForwardParams_MatchesCLayout()
@@ -45,8 +45,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaForwardParams>(), Is.False, "FaForwardParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaForwardParams>(), Is.EqualTo(1016), "sizeof(struct fa_forward_params)");
-            Assert.That(Marshal.SizeOf<FaForwardParams>(), Is.EqualTo(1016), "marshalled size of FaForwardParams");
+            Assert.That(Unsafe.SizeOf<FaForwardParams>(), Is.EqualTo(1096), "sizeof(struct fa_forward_params)");
+            Assert.That(Marshal.SizeOf<FaForwardParams>(), Is.EqualTo(1096), "marshalled size of FaForwardParams");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_forward_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_forward_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_forward_params, q)");
@@ -83,6 +83,7 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.dropout_offset_device)).ToInt64(), Is.EqualTo(920L), "offsetof(struct fa_forward_params, dropout_offset_device)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.dropout_rng_state)).ToInt64(), Is.EqualTo(928L), "offsetof(struct fa_forward_params, dropout_rng_state)");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.dropout_mask)).ToInt64(), Is.EqualTo(936L), "offsetof(struct fa_forward_params, dropout_mask)");
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.block_table)).ToInt64(), Is.EqualTo(1016L), "offsetof(struct fa_forward_params, block_table)");
         }
     }
 
@@ -183,7 +184,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaSupportQuery has the size (56) and field offsets of C struct fa_support_query.</summary>
+    /// <summary>FaSupportQuery has the size (60) and field offsets of C struct fa_support_query.</summary>
     [Test]
     [Category("Cpu")]
     public void FaSupportQuery_MatchesCLayout()
@@ -191,8 +192,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaSupportQuery>(), Is.False, "FaSupportQuery must be blittable");
-            Assert.That(Unsafe.SizeOf<FaSupportQuery>(), Is.EqualTo(56), "sizeof(struct fa_support_query)");
-            Assert.That(Marshal.SizeOf<FaSupportQuery>(), Is.EqualTo(56), "marshalled size of FaSupportQuery");
+            Assert.That(Unsafe.SizeOf<FaSupportQuery>(), Is.EqualTo(60), "sizeof(struct fa_support_query)");
+            Assert.That(Marshal.SizeOf<FaSupportQuery>(), Is.EqualTo(60), "marshalled size of FaSupportQuery");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_support_query, struct_size)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.pass)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_support_query, pass)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.compute_capability)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_support_query, compute_capability)");
@@ -207,6 +208,7 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.alibi)).ToInt64(), Is.EqualTo(44L), "offsetof(struct fa_support_query, alibi)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.dropout)).ToInt64(), Is.EqualTo(48L), "offsetof(struct fa_support_query, dropout)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.head_dim_v)).ToInt64(), Is.EqualTo(52L), "offsetof(struct fa_support_query, head_dim_v)");
+            Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.paged_kv)).ToInt64(), Is.EqualTo(56L), "offsetof(struct fa_support_query, paged_kv)");
         }
     }
 
