@@ -13,19 +13,15 @@
 Run: python3 bench/dropout.py --lib build/native/libflash_attention.so [--out record.json] [--quick]
 Exit status 1 when a mask or output check fails.
 """
-import argparse
 import ctypes
-import datetime
-import json
 import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ceilings import ceiling_rows
-from run import git_commit
-from common import MAX_BWD_REL_ERR, MAX_REL_ERR, FaLib, Timer, cell, rel_err, current_stream, first_line, tflops
+from common import (MAX_BWD_REL_ERR, MAX_REL_ERR, cell, current_stream, first_line, rel_err, study_start, tflops,
+                    write_study_record)
 from fa_abi import FA_DTYPE_BFLOAT16, FA_PATH_AUTO, FA_PATH_SM80
 from torch_sdpa import fwd_flops
 
@@ -167,16 +163,7 @@ def shape_row(fa, bench, d, causal, s, quick):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--lib", required=True)
-    ap.add_argument("--out")
-    ap.add_argument("--quick", action="store_true", help="S 1k and 4k only (the default adds 16k)")
-    ap.add_argument("--commit", default=None, help="the commit measured (default: git's HEAD here, as run.py)")
-    a = ap.parse_args()
-    fa = FaLib(a.lib).open()
-    bench = Timer(25, 100)
-    print(f"# torch {torch.__version__} {torch.cuda.get_device_name()} library {fa.version():#x}", flush=True)
-    ceilings = ceiling_rows(bench, ("bf16",))
+    a, fa, bench, ceilings = study_start(__doc__.split("\n")[0], "S 1k and 4k only (the default adds 16k)")
     checks = [check_mask(fa, *shape) for shape in
               ((2, 3, 257, 300, 64, False), (1, 4, 128, 128, 128, True), (3, 2, 100, 1000, 64, False))]
     for c in checks:
@@ -199,11 +186,7 @@ def main():
                 print(f"{d:<4}{int(causal):<7}{s:<6}| " + " ".join(cols)
                       + f" {cell(r.get('ours_rel_err'), '.1e')}/{cell(r.get('ours_bwd_rel_err'), '.1e')}"
                       + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
-    if a.out:
-        commit = git_commit(a.commit)
-        with open(a.out, "w") as f:
-            json.dump({"card": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
-                       "commit": commit, "mask_checks": checks, "rows": ceilings + rows}, f, indent=1)
+    write_study_record(a, ceilings + rows, mask_checks=checks)
     return 0 if all(c["ok"] for c in checks) and not any("check" in r["errors"] for r in rows) else 1
 
 

@@ -18,18 +18,14 @@ attention on the gathered keys for the first sequence.
 Run: python3 bench/paged.py --lib build/native/libflash_attention.so [--out record.json] [--quick]
 Exit status 1 when a check fails.
 """
-import argparse
 import ctypes
-import datetime
-import json
 import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ceilings import ceiling_rows
-from common import MAX_REL_ERR, FaLib, Timer, cell, describe, first_line, int32_ptr, rel_err, tflops
+from common import MAX_REL_ERR, cell, describe, first_line, int32_ptr, rel_err, study_start, tflops, write_study_record
 from fa_abi import FA_CAUSAL_BOTTOM_RIGHT, FA_DTYPE_BFLOAT16, FA_DTYPE_INT32, FA_PATH_AUTO, FA_PATH_SM80
 
 HQ, HKV, D, BLOCK = 32, 8, 128, 256
@@ -139,17 +135,7 @@ def shape_row(fa, bench, b, sq, sk):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--lib", required=True)
-    ap.add_argument("--out")
-    ap.add_argument("--quick", action="store_true", help="the 32k row only")
-    ap.add_argument("--commit", default=None, help="the commit measured (default: git's HEAD here, as run.py)")
-    a = ap.parse_args()
-    from run import git_commit
-    fa = FaLib(a.lib).open()
-    bench = Timer(25, 100)
-    print(f"# torch {torch.__version__} {torch.cuda.get_device_name()} library {fa.version():#x}", flush=True)
-    ceilings = ceiling_rows(bench, ("bf16",))
+    a, fa, bench, ceilings = study_start(__doc__.split("\n")[0], "the 32k row only")
     for c in ceilings:
         print(f"# matmul {c.get('dtype')}: {cell(c.get('matmul_tflops'), '.0f')} TFLOP/s", flush=True)
     cols = ("ours", "sm80", "contiguous", "flash", "cudnn")
@@ -164,10 +150,7 @@ def main():
               + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
     for backend in BACKENDS:
         print(f"# {backend}: " + "; ".join(sorted({r['notes'].get(backend, '-') for r in rows})), flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"card": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
-                       "commit": git_commit(a.commit), "rows": ceilings + rows}, f, indent=1)
+    write_study_record(a, ceilings + rows)
     return 0 if not any("check" in r["errors"] for r in rows) else 1
 
 

@@ -21,19 +21,14 @@ TFLOP/s count the pair's own work: forward 2 * B * H * Sq * Sk * (d + dv), backw
 Run: python3 bench/vdim.py --lib build/native/libflash_attention.so [--out record.json] [--quick]
 Exit status 1 when a check fails.
 """
-import argparse
-import datetime
-import json
 import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ceilings import ceiling_rows
-from common import MAX_BWD_REL_ERR, MAX_REL_ERR, FaLib, Timer, cell, rel_err, first_line, tflops
+from common import MAX_BWD_REL_ERR, MAX_REL_ERR, cell, rel_err, first_line, study_start, tflops, write_study_record
 from fa_abi import FA_DTYPE_BFLOAT16, FA_PATH_AUTO, FA_PATH_SM80
-from run import git_commit
 
 PAIRS = ((192, 128, True), (64, 512, False))  # (d, dv, has a backward)
 HEADS = 16
@@ -164,16 +159,7 @@ def shape_row(fa, bench, d, dv, backward, causal, s):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--lib", required=True)
-    ap.add_argument("--out")
-    ap.add_argument("--quick", action="store_true", help="S 1k and 4k only (the default adds 16k)")
-    ap.add_argument("--commit", default=None, help="the commit measured (default: git's HEAD here, as run.py)")
-    a = ap.parse_args()
-    fa = FaLib(a.lib).open()
-    bench = Timer(25, 100)
-    print(f"# torch {torch.__version__} {torch.cuda.get_device_name()} library {fa.version():#x}", flush=True)
-    ceilings = ceiling_rows(bench, ("bf16",))
+    a, fa, bench, ceilings = study_start(__doc__.split("\n")[0], "S 1k and 4k only (the default adds 16k)")
     cols = ("ours", "sm80", "padded", "padded_sm80", "flash", "cudnn")
     print("TFLOP/s of the pair's own work; flash/cudnn on the pair or padded (notes)", flush=True)
     print(f"{'d/dv causal S':18s} | fwd: " + " ".join(f"{c:>11s}" for c in cols) + " | bwd: "
@@ -192,10 +178,7 @@ def main():
     for backend in BACKENDS:
         notes = sorted({r["notes"].get(backend, "-") for r in rows})
         print(f"# {backend}: " + "; ".join(notes), flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"card": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
-                       "commit": git_commit(a.commit), "rows": ceilings + rows}, f, indent=1)
+    write_study_record(a, ceilings + rows)
     return 0 if not any("check" in r["errors"] for r in rows) else 1
 
 
