@@ -27,9 +27,14 @@ def test_layout_matches_libclang():
     assert ctypes.sizeof(_abi.FaBackwardParams) == 824 + 3 * 80 + 40
     assert _abi.FaBackwardParams.alibi_slopes.offset == 824 + 2 * 80
     assert _abi.FaBackwardParams.dropout_p.offset == 824 + 3 * 80
-    # the forward's 0.9 block: p, reserved3, seed, offset, three pointers and the keep mask (128 bytes) after 888
+    # the forward's 0.9 block: p, reserved3, seed, offset, three pointers and the keep mask (128 bytes) after 888;
+    # 0.11 appended block_table (paged K/V, 80 bytes) after it
     assert _abi.FaForwardParams.dropout_p.offset == 888
-    assert ctypes.sizeof(_abi.FaForwardParams) == 888 + 128
+    assert _abi.FaForwardParams.block_table.offset == 888 + 128
+    assert ctypes.sizeof(_abi.FaForwardParams) == 888 + 128 + 80
+    # the support query: 14 int32 through 0.10 (head_dim_v last), 0.11 appended paged_kv
+    assert _abi.FaSupportQuery.head_dim_v.offset == 52 and _abi.FaSupportQuery.paged_kv.offset == 56
+    assert ctypes.sizeof(_abi.FaSupportQuery) == 60
     # 784 bytes through 0.6; 0.7 appended the serving fields (cache_batch_idx on) there (960 bytes); 0.8 alibi_slopes
     # (80 bytes), then the rotary block (rotary_cos .. reserved1, 32 bytes).
     assert ctypes.sizeof(_abi.FaDecodeParams) == 960 + 80 + 32

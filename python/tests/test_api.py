@@ -72,7 +72,8 @@ X = object()  # stands for a tensor: the refusal comes before any tensor is look
 
 REFUSED = [
     ("flash_attn_func", (X, X, X), {"softmax_scale": 0.0}, "softmax_scale=0.0"),
-    ("flash_attn_varlen_func", (X, X, X, X, X, 8, 8), {"block_table": X}, "block_table"),
+    # (C ABI 0.11 serves block_table; fp8 with it is refused: the paged K/V forward serves fp16 and bf16.)
+    ("flash_attn_varlen_func", (X, X, X, X, X, 8, 8), {"block_table": X, "q_descale": X}, "block_table"),
 ]
 
 
@@ -1054,3 +1055,294 @@ def test_outputs_take_vs_head_dim():
     out, fo, lse, fl = _ops._outputs(qv, _ops.fields(qv), _ops.fields(vv), True, True)
     assert out.shape == (30, 4, 512) and fo == _ops.fields(out) and lse.shape == (4, 30)
     assert _ops._out_shape(q, v) == (2, 16, 4, 128) and _ops._out_shape(qv, qv) == (30, 4, 64)
+
+
+# ---- paged K/V in the variable-length forward (C ABI 0.11; FlashAttention-2's block_table) ---------------------------
+
+class Shaped:
+    """Stands for a tensor of this shape where only dim() and shape are looked at (the checks before torch)."""
+
+    def __init__(self, *shape):
+        self.shape = shape
+
+    def dim(self):
+        return len(self.shape)
+
+
+VARLEN_CU = (0x7E0000000000, 0x7E0000001000)
+
+
+def fwd_paged(lib, fake, block=128, num_blocks=12, max_blocks=4, batch=3, max_k=None, dtype=F16, h=8, hkv=2, d=64,
+              dv=None, table=None, varlen=True, **kw):
+    """fa_forward_params_t of a paged call over fake descriptors: q [300, h, d], the pools k [num_blocks, block, hkv,
+    d] and v [.., dv], block_table int32 [batch, max_blocks] (or `table`), max_seqlen_k the table's capacity unless
+    given; varlen False: no cu_seqlens (what the library refuses)."""
+    dv = dv or d
+    k, v = fake((num_blocks, block, hkv, d), dtype), fake((num_blocks, block, hkv, dv), dtype)
+    bt = table or fake((batch, max_blocks), I32)
+    vl = (*VARLEN_CU, batch, 128, max_k if max_k is not None else max_blocks * block) if varlen else None
+    return _args.forward_params(lib, fake((300, h, d), dtype), k, v, fake((300, h, dv), dtype), fake((h, 300), F32),
+                                varlen=vl, block_table=bt, **kw)
+
+
+def test_block_table_is_packed_like_field_by_field():
+    fake = Fake()
+    q, k, v, o, lse = fake((300, 8, 64)), fake((12, 128, 2, 64)), fake((12, 128, 2, 64)), fake((300, 8, 64)), \
+        fake((8, 300), F32)
+    table = fake((3, 4), I32)._replace(strides=(8, 1))  # a column slice of a wider table: read in place
+    vl = (*VARLEN_CU, 3, 128, 512)
+    packed = _patterned(_abi.FaForwardParams)
+    _args.pack_forward(packed, *(_args.desc_fields(t) for t in (q, k, v, o, lse)), 0.0, True, 0, -1, -1, 0.0, vl)
+    _args.pack_block_table(packed, _args.desc_fields(table))
+    ref = _patterned(_abi.FaForwardParams)
+    ref.q, ref.k, ref.v, ref.out, ref.lse = (_by_field(t) for t in (q, k, v, o, lse))
+    _by_field_options(ref, 0.0, True, (-1, -1), 0.0)
+    ref.causal_alignment = 0
+    _by_field_varlen(ref, vl)
+    ref.block_table = _by_field(table)
+    assert bytes(packed) == bytes(ref)
+    bt = packed.block_table
+    assert (bt.data, bt.dtype, bt.rank) == (table.data, I32, 2)
+    assert (list(bt.shape)[:2], list(bt.strides)[:2]) == ([3, 4], [8, 1])
+    import ctypes
+    assert ctypes.sizeof(_abi.FaForwardParams) - _abi.FaForwardParams.block_table.offset == ctypes.sizeof(_abi.FaTensor)
+
+
+def test_forward_params_have_no_block_table_unless_given(lib):
+    p = fwd(lib, Fake())
+    assert p.block_table.data is None and p.block_table.rank == 0  # the init template's: k and v packed
+
+
+@pytest.mark.parametrize("block", [128, 256, 384])
+def test_a_paged_forward_passes_the_library_check(lib, block):
+    """Block sizes that are multiples of 128, fp16 and bf16, at compute capability 8.0, 9.0 and 0 (any GPU), GQA, with
+    the forward options and extras; the table may be wider than any sequence needs and hold more blocks than the
+    pool (entries past a sequence's last block are never read)."""
+    fake = Fake()
+    options = [{}, {"causal": True}, {"causal": True, "causal_alignment": _abi.FA_CAUSAL_TOP_LEFT},
+               {"window": (100, 0), "softcap": 30.0, "softmax_scale": 0.1}, {"causal": True, "sinks": fake((8,), F32)},
+               {"alibi_slopes": fake((3, 8), F32), "window": (32, 8)}]
+    for dtype in (F16, BF16):
+        for cc in (80, 90, 0):
+            for kw in options:
+                p = fwd_paged(lib, fake, block=block, dtype=dtype, **kw)
+                assert check_status(lib, "forward", p, cc) == (0, ""), (dtype, cc, kw)
+            p = fwd_paged(lib, fake, block=block, dtype=dtype, num_blocks=2, max_blocks=9, max_k=block + 1)
+            assert check_status(lib, "forward", p, cc) == (0, ""), (dtype, cc, "table wider than the pool")
+            p = fwd_paged(lib, fake, block=block, dtype=dtype, causal=True)
+            p.dropout_p = 0.1  # paged K/V is served without dropout (it is for attention over a KV cache)
+            status, message = check_status(lib, "forward", p, cc)
+            assert status == _abi.FA_STATUS_UNSUPPORTED and "dropout" in message, (dtype, cc, message)
+
+
+@pytest.mark.parametrize("case,status,words", [
+    ("no-varlen", _abi.FA_STATUS_INVALID_ARGUMENT, ["block_table", "cu_seqlens_q"]),
+    ("block-64", _abi.FA_STATUS_UNSUPPORTED, ["block_size", "128"]),
+    ("block-200", _abi.FA_STATUS_UNSUPPORTED, ["block_size", "128"]),
+    ("over-capacity", _abi.FA_STATUS_INVALID_ARGUMENT, ["max_seqlen_k", "block_table"]),
+    ("table-rows", _abi.FA_STATUS_INVALID_ARGUMENT, ["block_table.shape", "varlen_batch"]),
+    ("table-rank-1", _abi.FA_STATUS_INVALID_ARGUMENT, ["block_table"]),
+    ("table-float32", _abi.FA_STATUS_INVALID_ARGUMENT, ["block_table"]),
+    ("k-packed", _abi.FA_STATUS_INVALID_ARGUMENT, ["k", "block_size"]),
+    ("v-other-pool", _abi.FA_STATUS_INVALID_ARGUMENT, ["v.shape", "k.shape"]),
+    ("fp8", _abi.FA_STATUS_UNSUPPORTED, ["fp8"]),
+])
+def test_paged_forward_errors_carry_the_library_message(lib, case, status, words):
+    fake = Fake()
+    cc = 80
+    if case == "no-varlen":
+        p = fwd_paged(lib, fake, varlen=False)
+    elif case == "block-64":
+        p = fwd_paged(lib, fake, block=64)
+    elif case == "block-200":
+        p = fwd_paged(lib, fake, block=200)
+    elif case == "over-capacity":
+        p = fwd_paged(lib, fake, max_k=4 * 128 + 1)
+    elif case == "table-rows":
+        p = fwd_paged(lib, fake, table=fake((2, 4), I32))
+    elif case == "table-rank-1":
+        p = fwd_paged(lib, fake, table=fake((12,), I32))
+    elif case == "table-float32":
+        p = fwd_paged(lib, fake, table=fake((3, 4), F32))
+    elif case == "k-packed":
+        p = fwd_paged(lib, fake)
+        p.k = _args.fa_tensor(fake((400, 2, 64)))
+    elif case == "v-other-pool":
+        p = fwd_paged(lib, fake)
+        p.v = _args.fa_tensor(fake((13, 128, 2, 64)))
+    else:
+        cc = 90
+        p = fwd_paged(lib, fake)
+        for t in (p.q, p.k, p.v):
+            t.dtype = E4M3
+        p.out.dtype = BF16
+    got, msg = check_status(lib, "forward", p, cc)
+    assert got == status, msg
+    assert all(w in msg for w in words), msg
+
+
+def test_the_query_serves_paged_kv_in_the_varlen_forward_and_decode(lib):
+    """paged_kv (C ABI 0.11): the variable-length forward of both paths (fp16, bf16, every option but dropout) and
+    decode serve it; the backward and fp8 do not; a forward query without varlen is invalid; a 0.10-sized query reads
+    0."""
+    import ctypes
+    q = _abi.FaSupportQuery()
+    q.struct_size = ctypes.sizeof(q)
+
+    def ask(pass_, dtype=F16, **flags):
+        setattr(q, "pass", pass_)  # "pass" is a Python keyword
+        q.dtype, q.head_dim, q.head_dim_v = dtype, 64, 0
+        q.kernel_path = flags.pop("kernel_path", _abi.FA_PATH_AUTO)
+        q.compute_capability = flags.pop("cc", 0)
+        q.paged_kv = flags.pop("paged_kv", 1)
+        q.varlen = flags.pop("varlen", 1)
+        for name in ("causal", "window", "softcap", "sinks", "alibi", "dropout"):
+            setattr(q, name, flags.pop(name, 0))
+        assert not flags
+        return lib.lib.fa_query_support(ctypes.byref(q))
+
+    every_option = dict(causal=1, window=1, softcap=1, sinks=1, alibi=1)
+    for dtype in (F16, BF16):
+        for cc in (0, 80, 90):
+            assert ask(_abi.FA_PASS_FORWARD, dtype, cc=cc) == 0, (dtype, cc)
+            assert ask(_abi.FA_PASS_FORWARD, dtype, cc=cc, **every_option) == 0, (dtype, cc)
+            # paged K/V is served without dropout
+            assert ask(_abi.FA_PASS_FORWARD, dtype, cc=cc, dropout=1) == _abi.FA_STATUS_UNSUPPORTED, (dtype, cc)
+            assert ask(_abi.FA_PASS_FORWARD, dtype, cc=cc, kernel_path=_abi.FA_PATH_SM80) == 0, (dtype, cc)
+            assert ask(_abi.FA_PASS_BACKWARD, dtype, cc=cc) == _abi.FA_STATUS_UNSUPPORTED, (dtype, cc)
+            assert ask(_abi.FA_PASS_DECODE, dtype, cc=cc, varlen=0) == 0, (dtype, cc)
+        assert ask(_abi.FA_PASS_FORWARD, dtype, varlen=0) == _abi.FA_STATUS_INVALID_ARGUMENT
+        assert ask(_abi.FA_PASS_BACKWARD, dtype, paged_kv=0) == 0  # the same call, K/V contiguous
+    assert ask(_abi.FA_PASS_FORWARD, E4M3, cc=90) == _abi.FA_STATUS_UNSUPPORTED
+    assert ask(_abi.FA_PASS_FORWARD, paged_kv=2) == _abi.FA_STATUS_INVALID_ARGUMENT  # a flag: 0 or 1
+    # A caller compiled against 0.10 passes the smaller query: paged_kv is not read (0), whatever lies there.
+    q.struct_size = _abi.FaSupportQuery.paged_kv.offset
+    assert ask(_abi.FA_PASS_BACKWARD) == 0
+
+
+# The argument checks of a paged call in Python: the ones that need no torch come first (these run without it).
+
+def test_block_table_needs_a_variable_length_batch():
+    with pytest.raises(ValueError, match="block_table pages the keys and values of a variable-length batch"):
+        fai.flash_attn_varlen_func(X, X, X, None, None, 8, 8, block_table=X)
+    with pytest.raises(ValueError, match="cu_seqlens_q and cu_seqlens_k must be given"):
+        fai.flash_attn_varlen_func(X, X, X, X, None, 8, 8, block_table=X)
+
+
+@pytest.mark.parametrize("q,k,v,what", [
+    (Shaped(30, 4, 64), Shaped(30, 2, 64), Shaped(4, 128, 2, 64), r"k must be a pool \[num_blocks, block_size"),
+    (Shaped(30, 4, 64), Shaped(4, 128, 2, 64), Shaped(30, 2, 64), r"v must be a pool \[num_blocks, block_size"),
+    (Shaped(1, 30, 4, 64), Shaped(4, 128, 2, 64), Shaped(4, 128, 2, 64), r"q must be \[total, heads, head_dim\]"),
+], ids=["k-packed", "v-packed", "q-rank-4"])
+def test_paged_layouts_are_checked_before_torch(q, k, v, what):
+    with pytest.raises(ValueError, match=what):
+        fai.flash_attn_varlen_func(q, k, v, X, X, 30, 256, block_table=X)
+
+
+def test_paged_call_argument_errors_before_torch():
+    # The options are checked as every call's, before the paged checks.
+    with pytest.raises(ValueError, match=r"dropout_p is 1.0; it must be in \[0, 1\)"):
+        fai.flash_attn_varlen_func(X, X, X, X, X, 8, 8, dropout_p=1.0, block_table=X)
+    with pytest.raises(ValueError, match="window_size left must be >= -1"):
+        fai.flash_attn_varlen_func(X, X, X, X, X, 8, 8, window_size=(-2, 0), block_table=X)
+    with pytest.raises(ValueError, match="sinks and learnable_sink are the same argument"):
+        fai.flash_attn_varlen_func(X, X, X, X, X, 8, 8, block_table=X, sinks=X, learnable_sink=X)
+
+
+def _cpu_paged(torch, lens_q=(10, 20), h=4, hkv=2, d=64, block=128, num_blocks=5, max_blocks=3):
+    cu_q = torch.tensor([0, lens_q[0], sum(lens_q)], dtype=torch.int32)
+    cu_k = torch.tensor([0, 100, 300], dtype=torch.int32)
+    q = torch.zeros(sum(lens_q), h, d, dtype=torch.float16)
+    k, v = (torch.zeros(num_blocks, block, hkv, d, dtype=torch.float16) for _ in range(2))
+    table = torch.tensor([[3, 0, 7], [1, 4, 2]], dtype=torch.int32)[:, :max_blocks]
+    return q, k, v, cu_q, cu_k, table
+
+
+PAGED_CHECKS = [
+    ("list", TypeError, "block_table must be a torch.Tensor or None"),
+    ("int64", TypeError, r"block_table must be torch.int32 \(as flash-attn requires\), got torch.int64"),
+    ("rank-1", ValueError, r"block_table must be \(batch, max_num_blocks_per_seq\) with batch = 2, one row of block "
+                           r"ids per sequence of cu_seqlens_q, got \(6,\)"),
+    ("rows", ValueError, r"block_table must be \(batch, max_num_blocks_per_seq\) with batch = 2.*got \(3, 2\)"),
+    ("sinks", ValueError, r"sinks must be \(nheads,\) = \(4,\)"),
+    ("alibi", ValueError, r"alibi_slopes must be \(nheads,\) = \(4,\) or \(batch, nheads\) = \(2, 4\)"),
+    ("valid-on-cpu", RuntimeError, "runs on CUDA tensors only"),
+    ("grad-on-cpu", RuntimeError, "runs on CUDA tensors only"),  # recorded, not refused up front (as flash-attn)
+]
+
+
+@pytest.mark.parametrize("case,error,words", PAGED_CHECKS, ids=[c[0] for c in PAGED_CHECKS])
+def test_paged_argument_checks(case, error, words):
+    """block_table's own checks (flash-attn's: int32, one row per sequence) and the extras' come before the device
+    check, on CPU tensors; a valid call then asks for CUDA tensors."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    q, k, v, cu_q, cu_k, table = _cpu_paged(torch)
+    kw = {}
+    if case == "list":
+        table = table.tolist()
+    elif case == "int64":
+        table = table.long()
+    elif case == "rank-1":
+        table = table.flatten()
+    elif case == "rows":
+        table = torch.zeros(3, 2, dtype=torch.int32)
+    elif case == "sinks":
+        kw["sinks"] = torch.zeros(2)
+    elif case == "alibi":
+        kw["alibi_slopes"] = torch.zeros(3, 4)
+    elif case == "grad-on-cpu":
+        q.requires_grad_(True)
+    with pytest.raises(error, match=words):
+        fai.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 20, 300, causal=True, block_table=table, **kw)
+
+
+def test_paged_fp8_is_refused():
+    torch = _torch_fp8()
+    q, k, v, cu_q, cu_k, table = _cpu_paged(torch)
+    q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
+    with pytest.raises(UnsupportedArgumentError, match="block_table.*serves fp16 and bf16"):
+        fai.flash_attn_varlen_func(q8, k8, v8, cu_q, cu_k, 20, 300, block_table=table)
+
+
+def test_a_recorded_paged_call_runs_its_forward_and_its_backward_raises(monkeypatch):
+    """The autograd wiring of a paged call without a GPU: the library call (forward_sink_impl) and the device check are
+    stood in for, so this checks only what the package hands the library and what autograd gets. A call whose q
+    requires grad is recorded (out requires grad, as flash-attn's does) and runs once; its backward raises
+    UnsupportedArgumentError naming block_table; under no_grad nothing is recorded."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    from flash_attn_interop import _ops
+    seen = []
+
+    def fake_forward(q, k, v, sinks, alibi_slopes, dropout_p, return_mask, *rest, block_table=None):
+        seen.append((q, k, v, sinks, block_table, rest))
+        out = torch.full((*q.shape[:-1], v.shape[-1]), 0.5, dtype=q.dtype)
+        lse = torch.zeros(q.shape[1], q.shape[0])
+        return out, lse, torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.uint8)
+
+    monkeypatch.setattr(_ops, "forward_sink_impl", fake_forward)
+    monkeypatch.setattr(_ops, "require_cuda", lambda function, **tensors: None)
+    q, k, v, cu_q, cu_k, table = _cpu_paged(torch)
+    qg = q.clone().requires_grad_(True)
+    out, lse, s_dmask = fai.flash_attn_varlen_func(qg, k, v, cu_q, cu_k, 20, 300, causal=True, window_size=(64, 0),
+                                                   softcap=5.0, block_table=table, return_attn_probs=True)
+    assert len(seen) == 1
+    fq, fk, fv, fsinks, ftable, rest = seen[0]
+    assert ftable is table and fk is k and fv is v and fsinks is None  # the pools and the table, read in place
+    assert rest[:6] == (0.0, True, _abi.FA_CAUSAL_BOTTOM_RIGHT, 64, 0, 5.0) and rest[6] is cu_q and rest[7] is cu_k
+    assert rest[8:] == (20, 300)
+    assert out.shape == (30, 4, 64) and lse.shape == (4, 30) and s_dmask.numel() == 0
+    assert out.requires_grad and not lse.requires_grad
+    with pytest.raises(UnsupportedArgumentError) as ei:
+        out.float().sum().backward()
+    msg = str(ei.value)
+    assert msg.startswith("flash_attn_varlen_func:") and "block_table" in msg and "no backward" in msg
+    assert "torch.no_grad()" in msg and qg.grad is None
+    with torch.no_grad():
+        out = fai.flash_attn_varlen_func(qg, k, v, cu_q, cu_k, 20, 300, block_table=table)
+    assert not out.requires_grad and len(seen) == 2
+    # An expanded (stride 0) table is copied (the library takes positive strides); a column slice is read in place.
+    fai.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 20, 300, block_table=table[:1].expand(2, 3))
+    assert seen[-1][4].stride() == (3, 1)
+    wide = torch.zeros(2, 8, dtype=torch.int32)
+    fai.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 20, 300, block_table=wide[:, :3])
+    assert seen[-1][4].data_ptr() == wide.data_ptr() and seen[-1][4].stride() == (8, 1)

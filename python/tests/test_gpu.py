@@ -1545,3 +1545,272 @@ def test_v_head_dim_refusals_from_the_library():
     assert ei.value.status == 2 and "head_dim_v" in ei.value.message, ei.value.message
     with pytest.raises(fai.FlashAttentionError):
         fai.flash_attn_with_kvcache(rand(1, 1, 4, 64), rand(1, 64, 4, 64), rand(1, 64, 4, 512), cache_seqlens=10)
+
+
+# ---- paged K/V in the variable-length forward (C ABI 0.11; FlashAttention-2's block_table) ---------------------------
+#
+# flash_attn_varlen_func(..., block_table=...): k and v are pools [num_blocks, block_size, heads_kv, head_dim], key j
+# of sequence b row j % block_size of block block_table[b, j // block_size]. Each sequence's keys and values are
+# gathered out of the pool through its table row into the float64 reference; every output row is compared, by the rule
+# of the other forward tests (out within twice PyTorch's own error in the dtype plus 1e-3, lse within 1e-4, +inf and
+# out 0 exactly where a row sees no key). Every pool row no sequence may read holds NaN, and every table entry past a
+# sequence's last block a block id far outside the pool (never read, so never reported either).
+
+GARBAGE_BLOCK = 2 ** 30
+
+
+def paged_pools(lens_k, block, hkv, d, dv=None, dtype=torch.bfloat16, spare=2):
+    """Pools k [num_blocks, block, hkv, d] and v [num_blocks, block, hkv, dv] holding random keys and values of
+    sequences of lens_k keys at shuffled block ids (and `spare` blocks no sequence owns), and block_table int32
+    [batch, max_blocks + 1] (one column wider than the longest sequence needs). NaN in every pool row past a
+    sequence's length and in the spare blocks; GARBAGE_BLOCK in every table entry past a sequence's last block.
+    Returns (k_pool, v_pool, table, blocks per sequence)."""
+    dv = dv or d
+    per = [-(-n // block) for n in lens_k]
+    num_blocks = sum(per) + spare
+    ids = torch.randperm(num_blocks).tolist()
+    rows = [[GARBAGE_BLOCK] * (max(per) + 1) for _ in lens_k]
+    k_pool = torch.full((num_blocks, block, hkv, d), float("nan"), dtype=dtype, device=DEV)
+    v_pool = torch.full((num_blocks, block, hkv, dv), float("nan"), dtype=dtype, device=DEV)
+    for b, (n, m) in enumerate(zip(lens_k, per)):
+        for i in range(m):
+            blk = rows[b][i] = ids.pop()
+            r = min(block, n - i * block)
+            k_pool[blk, :r] = torch.randn(r, hkv, d, device=DEV, dtype=dtype)
+            v_pool[blk, :r] = torch.randn(r, hkv, dv, device=DEV, dtype=dtype)
+    assert len(ids) == spare
+    return k_pool, v_pool, torch.tensor(rows, dtype=torch.int32, device=DEV), per
+
+
+def gather_paged(pool, table, per, b, n):
+    """Sequence b's n keys (or values) read out of the pool through its table row: [n, heads_kv, head_dim]."""
+    out = pool[table[b, :per[b]].long()].flatten(0, 1)[:n]
+    assert out.shape[0] == n and torch.isfinite(out).all(), "a row a sequence reads holds NaN: the pool is wrong"
+    return out
+
+
+def cu_of(lens):
+    return torch.tensor([0] + list(itertools.accumulate(lens)), dtype=torch.int32, device=DEV)
+
+
+def poison_allocator(*shapes):
+    """(shape, dtype) pairs of the outputs a call is about to allocate, in its order: the allocator's cache emptied, NaN
+    tensors of those shapes allocated and freed, so that the call's outputs most likely reuse their memory and a row
+    the kernels leave unwritten shows as NaN (the outputs are allocated by the package, so this is the way in)."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    held = [torch.full(shape, float("nan"), dtype=dtype, device=DEV) for shape, dtype in shapes]
+    del held
+
+
+PAGED_CASES = [
+    # (name, kwargs); every case is GQA (8 query heads over 2 KV heads)
+    ("full", {}),
+    ("causal", {"causal": True}),
+    ("softcap", {"softcap": 15.0}),
+    ("causal-window-softcap", {"causal": True, "window_size": (150, 0), "softcap": 30.0}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("block", [128, 256])
+@pytest.mark.parametrize("name,kw", PAGED_CASES, ids=[c[0] for c in PAGED_CASES])
+def test_paged_varlen_forward_against_float64(name, kw, block, dtype):
+    """Key lengths 0, 1, exactly one block, two blocks and a part, a part of one, exactly three blocks; query lengths
+    with an empty sequence, a single row, and rows that see no key (a sequence without keys, causal rows before the
+    keys start); block sizes 128 and 256, bf16 and fp16."""
+    torch.manual_seed(51)
+    h, hkv, d = 8, 2, 128
+    lens_k = [0, 1, block, 2 * block + 37, 77, 3 * block]
+    lens_q = [5, 1, 64, 100, 0, 2 * block + 1]
+    k_pool, v_pool, table, per = paged_pools(lens_k, block, hkv, d, dtype=dtype)
+    cu_q, cu_k = cu_of(lens_q), cu_of(lens_k)
+    total_q = sum(lens_q)
+    q = rand(total_q, h, d, dtype=dtype)
+    args = (q, k_pool, v_pool, cu_q, cu_k, max(lens_q), max(lens_k))
+    poison_allocator(((total_q, h, d), dtype), ((h, total_q), torch.float32))
+    out, lse, s_dmask = fai.flash_attn_varlen_func(*args, block_table=table, return_attn_probs=True, **kw)
+    assert out.shape == (total_q, h, d) and out.dtype == dtype
+    assert lse.shape == (h, total_q) and lse.dtype == torch.float32 and s_dmask.numel() == 0
+    for i in range(len(lens_q)):
+        a, e = cu_q[i].item(), cu_q[i + 1].item()
+        if e == a:
+            continue
+        kb, vb = (gather_paged(pool, table, per, i, lens_k[i]) for pool in (k_pool, v_pool))
+        one = (q[a:e][None], kb[None], vb[None])
+        ref, ref_lse = reference(*one, with_lse=True, **_ref_kw(kw))
+        pt = reference(*one, upcast=False, **_ref_kw(kw))
+        assert_v_head_dim_close(out[a:e][None], lse[:, a:e][None], ref, ref_lse, pt,
+                                f"{name} sequence {i} (sq {e - a}, sk {lens_k[i]})")
+    torch.cuda.synchronize()
+    assert fai.check_device_errors() is None  # the garbage past each sequence's last block was never read
+    # The call without the lse (flash-attn's plain return) gives the same bits.
+    assert torch.equal(fai.flash_attn_varlen_func(*args, block_table=table, **kw), out)
+
+
+@pytest.mark.parametrize("block", [128, 256])
+def test_paged_varlen_with_sinks_and_alibi(block):
+    """The extras over paged K/V: learnable sinks, per-sequence ALiBi slopes with a window (each sequence's output
+    matches the float64 reference); dropout is refused with a message naming it."""
+    torch.manual_seed(52)
+    h, hkv, d = 8, 2, 64
+    lens_k = [block + 5, 0, 1, 2 * block]
+    lens_q = [40, 3, 1, 2 * block]
+    k_pool, v_pool, table, per = paged_pools(lens_k, block, hkv, d)
+    cu_q, cu_k = cu_of(lens_q), cu_of(lens_k)
+    q = rand(sum(lens_q), h, d)
+    mq, mk = max(lens_q), max(lens_k)
+    args = (q, k_pool, v_pool, cu_q, cu_k, mq, mk)
+    gathered = [tuple(gather_paged(pool, table, per, i, n) for pool in (k_pool, v_pool)) for i, n in enumerate(lens_k)]
+
+    def each_sequence(check):
+        for i in range(len(lens_q)):
+            a, e = cu_q[i].item(), cu_q[i + 1].item()
+            if e > a:
+                check(i, a, e, q[a:e][None], gathered[i][0][None], gathered[i][1][None])
+
+    sinks = torch.randn(h, device=DEV) * 2
+    out, lse, _ = fai.flash_attn_varlen_func(*args, causal=True, sinks=sinks, block_table=table,
+                                             return_attn_probs=True)
+
+    def sink_check(i, a, e, qb, kb, vb):
+        ref, ref_lse = reference_sink(qb, kb, vb, sinks, causal=True)
+        pt, _ = reference_sink(qb, kb, vb, sinks, causal=True, upcast=False)
+        assert_v_head_dim_close(out[a:e][None], lse[:, a:e][None], ref, ref_lse, pt, f"sinks, sequence {i}")
+    each_sequence(sink_check)
+
+    slopes = torch.rand(len(lens_q), h, device=DEV) * 0.3
+    kw = {"causal": True, "window_size": (100, -1), "softcap": 20.0}
+    out, lse, _ = fai.flash_attn_varlen_func(*args, alibi_slopes=slopes, block_table=table, return_attn_probs=True,
+                                             **kw)
+
+    def alibi_check(i, a, e, qb, kb, vb):
+        ref, ref_lse = reference_alibi(qb, kb, vb, slopes[i], **_ref_kw(kw))
+        pt, _ = reference_alibi(qb, kb, vb, slopes[i], upcast=False, **_ref_kw(kw))
+        assert_v_head_dim_close(out[a:e][None], lse[:, a:e][None], ref, ref_lse, pt, f"alibi, sequence {i}")
+    each_sequence(alibi_check)
+
+    # Dropout is not served over paged K/V (the library refuses it, naming it; nothing is launched).
+    with pytest.raises(fai.FlashAttentionError) as ei:
+        fai.flash_attn_varlen_func(*args, dropout_p=0.2, causal=True, block_table=table)
+    assert ei.value.status == 2 and "dropout" in ei.value.message, ei.value.message
+
+
+def test_paged_call_with_grad_records_its_forward_and_its_backward_raises():
+    """As flash-attn's varlen function: a paged call autograd records runs (out requires grad, the same bits as the
+    call under no_grad); its backward raises UnsupportedArgumentError naming block_table (there is no paged backward),
+    also through the custom ops (a dispatch mode makes the call go through them)."""
+    torch.manual_seed(53)
+    block, h, hkv, d = 128, 4, 2, 64
+    lens_k, lens_q = [150, 40], [20, 40]
+    k_pool, v_pool, table, _ = paged_pools(lens_k, block, hkv, d)
+    cu_q, cu_k = cu_of(lens_q), cu_of(lens_k)
+    q = rand(sum(lens_q), h, d, grad=True)
+    with torch.no_grad():
+        want = fai.flash_attn_varlen_func(q, k_pool, v_pool, cu_q, cu_k, 40, 150, causal=True, block_table=table)
+    out = fai.flash_attn_varlen_func(q, k_pool, v_pool, cu_q, cu_k, 40, 150, causal=True, block_table=table)
+    assert out.requires_grad and torch.equal(out, want)
+    with pytest.raises(fai.UnsupportedArgumentError) as ei:
+        out.float().sum().backward()
+    assert "block_table" in str(ei.value) and "no backward" in str(ei.value)
+    assert q.grad is None
+
+    from flash_attn_interop import _ops
+    if not _ops.HAS_CUSTOM_OP:
+        return
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record() as mode:
+        out = fai.flash_attn_varlen_func(q, k_pool, v_pool, cu_q, cu_k, 40, 150, causal=True, block_table=table)
+    assert any("flash_attn_interop.fwd_paged" in o for o in mode.ops), mode.ops
+    assert out.requires_grad and torch.equal(out, want)
+    with pytest.raises(fai.UnsupportedArgumentError) as ei:
+        out.float().sum().backward()
+    assert "block_table" in str(ei.value)
+
+
+def test_paged_fake_implementation_and_torch_compile():
+    """The paged op's fake implementation (what torch.compile traces) gives out [total_q, heads, head_dim_v], lse
+    [heads, total_q] and the mask's shape; a compiled function with a paged call gives the eager call's bits."""
+    ops = _custom_ops()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    torch.manual_seed(54)
+    block, h, hkv, d = 128, 4, 2, 64
+    lens_k, lens_q = [130, 7], [9, 7]
+    k_pool, v_pool, table, _ = paged_pools(lens_k, block, hkv, d)
+    cu_q, cu_k = cu_of(lens_q), cu_of(lens_k)
+    q = rand(sum(lens_q), h, d)
+    with FakeTensorMode() as mode:
+        f = [mode.from_tensor(t) for t in (q, k_pool, v_pool, table, cu_q, cu_k)]
+        out, lse, mask = ops.fwd_paged_op(*f[:4], None, None, 0.0, False, 0.0, True, 0, -1, -1, 0.0, f[4], f[5], 9, 130)
+        assert out.shape == (16, h, d) and lse.shape == (h, 16) and mask.shape == (0,)
+        out, lse, mask = ops.fwd_paged_op(*f[:4], None, None, 0.1, True, 0.0, True, 0, -1, -1, 0.0, f[4], f[5], 9, 130)
+        assert mask.shape == (2, h, 9, 130) and mask.dtype == torch.uint8
+    eager = fai.flash_attn_varlen_func(q, k_pool, v_pool, cu_q, cu_k, 9, 130, causal=True, block_table=table)
+    if not hasattr(torch, "compile"):
+        return
+    fn = torch.compile(lambda x: fai.flash_attn_varlen_func(x, k_pool, v_pool, cu_q, cu_k, 9, 130, causal=True,
+                                                            block_table=table))
+    assert torch.equal(fn(q), eager)
+
+
+def test_paged_bad_block_id_is_reported_naming_block_table():
+    """A block id outside [0, num_blocks) that a sequence uses (flash-attn raises for such a table): the kernels clamp
+    it (no access leaves the pools) and the library reports it once, as decode's device checks: check_device_errors()
+    raises FlashAttentionError (FA_STATUS_DEVICE_CHECK_FAILED) naming block_table, or, when nothing checked before it,
+    the next call on the device does (launching nothing); the context works on after."""
+    torch.manual_seed(55)
+    block, h, hkv, d = 128, 4, 2, 64
+    lens_k, lens_q = [200, 77], [3, 2]
+    k_pool, v_pool, table, _ = paged_pools(lens_k, block, hkv, d)
+    cu_q, cu_k = cu_of(lens_q), cu_of(lens_k)
+    q = rand(sum(lens_q), h, d)
+
+    def call(t):
+        return fai.flash_attn_varlen_func(q, k_pool, v_pool, cu_q, cu_k, 3, 200, block_table=t)
+
+    good = call(table)
+    torch.cuda.synchronize()
+    assert fai.check_device_errors() is None
+    for bad_id, reported_by in ((k_pool.shape[0], "check_device_errors"), (-1, "the next call")):
+        bad = table.clone()
+        bad[0, 1] = bad_id  # sequence 0's second block: its keys 128..199
+        call(bad)
+        torch.cuda.synchronize()
+        with pytest.raises(fai.FlashAttentionError) as ei:
+            if reported_by == "check_device_errors":
+                fai.check_device_errors()
+            else:
+                call(table)
+        e = ei.value
+        assert e.status == 7 and e.status_name == "FA_STATUS_DEVICE_CHECK_FAILED", (reported_by, e)
+        assert "block_table" in e.message, (reported_by, e.message)
+        torch.cuda.synchronize()
+        assert fai.check_device_errors() is None, reported_by  # reported once
+        assert torch.equal(call(table), good), reported_by
+
+
+def test_paged_refusals_from_the_library():
+    """What the library does not serve with block_table: a block size that is not a multiple of 128 (UNSUPPORTED), a
+    max_seqlen_k past the table's capacity (INVALID_ARGUMENT); its messages name them."""
+    torch.manual_seed(56)
+    h, hkv, d = 4, 2, 64
+    q = rand(8, h, d)
+    cu = cu_of([8])
+    k64, v64, t64, _ = paged_pools([100], 64, hkv, d)
+    with pytest.raises(fai.FlashAttentionError) as ei:
+        fai.flash_attn_varlen_func(q, k64, v64, cu, cu_of([100]), 8, 100, block_table=t64)
+    assert ei.value.status == 2 and "block_size" in ei.value.message, ei.value.message
+    k, v, t, _ = paged_pools([100], 128, hkv, d)  # a table of 2 columns: 256 keys
+    with pytest.raises(fai.FlashAttentionError) as ei:
+        fai.flash_attn_varlen_func(q, k, v, cu, cu_of([100]), 8, 257, block_table=t)
+    assert ei.value.status == 1 and "max_seqlen_k" in ei.value.message, ei.value.message

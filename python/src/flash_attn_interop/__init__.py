@@ -13,7 +13,7 @@ from ._interface import (flash_attn_func, flash_attn_kvpacked_func, flash_attn_q
                          flash_attn_with_kvcache)
 from ._library import FlashAttentionError, LibraryNotFoundError, load_library
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"
 
 __all__ = ["flash_attn_func", "flash_attn_qkvpacked_func", "flash_attn_kvpacked_func", "flash_attn_varlen_func",
            "flash_attn_varlen_qkvpacked_func", "flash_attn_varlen_kvpacked_func", "flash_attn_with_kvcache",
@@ -31,8 +31,10 @@ def check_device_errors(device=None):
     """Raises FlashAttentionError (FA_STATUS_DEVICE_CHECK_FAILED, naming the cause) for what the GPU found during
     earlier calls on `device` (an ordinal or torch.device; default: torch's current device) that no check before the
     launch could see, e.g. a deterministic backward that gave up waiting for its turn because two calls in flight
-    shared a workspace; forgets it once raised. Does not synchronise: call it after the work it should cover is
-    done. The next call on the device makes the same check. A device the package has not used yet has nothing."""
+    shared a workspace, or a device-only value of a call that did not fit its tensors (a kvcache's cache_batch_idx,
+    a paged call's block id outside the pool: block_table); forgets it once raised. Does not synchronise: call it
+    after the work it should cover is done. The next call on the device makes the same check. A device the package
+    has not used yet has nothing."""
     lib = load_library()
     if device is None:
         import torch

@@ -131,6 +131,17 @@ def refuse_v_head_dim_grad(function, head_dim, head_dim_v):
         "torch.no_grad() or torch.inference_mode(), or on detached tensors, or give v q's head dim for training")
 
 
+def paged_kv_no_backward(function="flash_attn_varlen_func"):
+    """The error of a backward through a forward with block_table (paged K/V, C ABI 0.11): neither the library's
+    fa_backward nor flash-attn's variable-length backward reads a paged pool. Raised by the backward, as flash-attn's
+    fails there too: the forward runs and records, so inference code that leaves grad mode on keeps working."""
+    return UnsupportedArgumentError(
+        f"{function}: the call had block_table (paged K/V), which has no backward pass (as in flash-attn, whose "
+        "variable-length backward reads contiguous k and v; the library's fa_backward has no paged K/V): run such "
+        "calls under torch.no_grad() or torch.inference_mode(), or on detached tensors, or gather the keys and values "
+        "out of the pool into a contiguous variable-length batch for training")
+
+
 def num_splits_arg(function, num_splits):
     n = int(num_splits)
     if n < 0 or n > _abi.FA_DECODE_MAX_SPLITS:
@@ -218,6 +229,7 @@ _FWD_SINKS = _run(_F, "sinks")
 _FWD_ALIBI = _run(_F, "alibi_slopes")
 _FWD_DROPOUT = _run(_F, "dropout_p", "reserved3", "dropout_seed", "dropout_offset", "dropout_seed_device",
                     "dropout_offset_device", "dropout_rng_state", "dropout_mask")  # C ABI 0.9
+_FWD_PAGED = _run(_F, "block_table")  # C ABI 0.11
 _B = _abi.FaBackwardParams
 _BWD_MAIN = _run(_B, "q", "k", "v", "out", "dout", "lse", "dq", "dk", "dv", "softmax_scale", "causal",
                  "causal_alignment")
@@ -284,6 +296,16 @@ def pack_forward_dropout(p, dropout_p, seed, offset, rng_state, mask):
     try:
         off, s = _FWD_DROPOUT
         s.pack_into(p, off, dropout_p, 0, seed, offset, 0, 0, rng_state, *mask)
+    except (struct.error, OverflowError) as e:
+        raise _unfit("forward", e) from None
+
+
+def pack_block_table(p, block_table):
+    """Writes fa_forward_params_t p's block_table (tensor_fields of a device int32 [varlen_batch, max_blocks_per_seq]
+    tensor; C ABI 0.11): k and v are then pools [num_blocks, block_size, heads_kv, head_dim] paged by it."""
+    try:
+        off, s = _FWD_PAGED
+        s.pack_into(p, off, *block_table)
     except (struct.error, OverflowError) as e:
         raise _unfit("forward", e) from None
 
@@ -380,10 +402,11 @@ def _int_varlen(varlen):
 
 def forward_params(lib, q, k, v, out, lse=None, *, softmax_scale=0.0, causal=False,
                    causal_alignment=_abi.FA_CAUSAL_BOTTOM_RIGHT, window=(-1, -1), softcap=0.0, varlen=None,
-                   descales=None, sinks=None, alibi_slopes=None):
+                   descales=None, sinks=None, alibi_slopes=None, block_table=None):
     """fa_forward_params_t over TensorDescs (lse None: not written). lib: a loaded _library.Library. descales: None,
     or (q_descale, k_descale, v_descale) TensorDescs (None: a factor of 1), the fp8 forward's. sinks: None or the
-    TensorDesc of the learnable sinks; alibi_slopes: None or the TensorDesc of the ALiBi slopes."""
+    TensorDesc of the learnable sinks; alibi_slopes: None or the TensorDesc of the ALiBi slopes; block_table: None or
+    the TensorDesc of the paged K/V's block table (a variable-length call; k and v then the pools)."""
     p = lib.new_params("forward")
     pack_forward(p, desc_fields(q), desc_fields(k), desc_fields(v), desc_fields(out), desc_fields(lse), softmax_scale,
                  causal, causal_alignment, window[0], window[1], softcap, _int_varlen(varlen),
@@ -392,6 +415,8 @@ def forward_params(lib, q, k, v, out, lse=None, *, softmax_scale=0.0, causal=Fal
         pack_sinks(p, desc_fields(sinks))
     if alibi_slopes is not None:
         pack_alibi(p, "forward", desc_fields(alibi_slopes))
+    if block_table is not None:
+        pack_block_table(p, desc_fields(block_table))
     return p
 
 

@@ -57,6 +57,21 @@ FlashAttentionError (FA_STATUS_UNSUPPORTED, naming head_dim_v). The library's ba
 FlashAttention-3's (dq and dk take q's head dim, dv v's); (64, 512) is forward only, so such a call that autograd
 would record (grad mode on and q, k, v or the sinks require grad) is refused up front with UnsupportedArgumentError,
 before anything runs; call it under torch.no_grad() / torch.inference_mode() or on detached tensors. flash_attn_with_kvcache takes one head dim (v_cache shaped like k_cache).
+
+Paged K/V (C ABI 0.11; FlashAttention-2's block_table of flash_attn_varlen_func, FlashAttention-3's page_table): with
+block_table, int32 (batch, max_num_blocks_per_seq) on the GPU, k and v of flash_attn_varlen_func are pools of blocks,
+[num_blocks, block_size, heads_kv, head_dim] and [num_blocks, block_size, heads_kv, head_dim_v]; key j of sequence b
+is row j % block_size of block block_table[b, j // block_size], cu_seqlens_k still gives the key lengths (its values
+index no tensor), and max_seqlen_k may not exceed max_num_blocks_per_seq * block_size. Rows of a sequence's last
+block past its length and table entries past its last block are never read (they may hold anything). The library
+serves block sizes that are multiples of 128 (flash-attn asks for multiples of 256; another size is its
+FlashAttentionError, FA_STATUS_UNSUPPORTED), fp16 and bf16 (fp8 inputs with block_table are refused), with every
+other option (causal, window, softcap, ALiBi, sinks, dropout, GQA, lse); out is [total_q, heads, head_dim_v] and the
+returned values are flash-attn's. Forward only, as in flash-attn (whose varlen backward reads contiguous k and v, as
+the library's does): a call that autograd records (grad mode on, an input requires grad) runs and records, so code
+that leaves grad mode on keeps working, and its backward raises UnsupportedArgumentError naming block_table. A block id outside [0, num_blocks) that a sequence uses is clamped on the GPU (no access leaves the
+pools) and reported as decode's device checks are: the next call on the device raises FlashAttentionError
+(FA_STATUS_DEVICE_CHECK_FAILED, its message naming block_table), or check_device_errors() does.
 """
 import importlib
 
@@ -107,21 +122,24 @@ def _finish(out, lse, return_attn_probs, q, s_dmask=None):
     return out, lse, q.new_empty((0,)) if s_dmask is None else s_dmask
 
 
-def _attn_inputs(ops, function, q, k, v, plain, rank, layout):
-    """q, k, v checked (CUDA tensors, dtype, rank) and made what the library takes (attn_input)."""
+def _attn_inputs(ops, function, q, k, v, plain, rank, layout, kv_rank=None, kv_layout=None):
+    """q, k, v checked (CUDA tensors, dtype, rank) and made what the library takes (attn_input). kv_rank / kv_layout:
+    k's and v's when they differ from q's (the paged pools)."""
     if not (plain and q.is_cuda and k.is_cuda and v.is_cuda):
         ops.require_cuda(function, q=q, k=k, v=v)
     q, k, v = ops.attn_input(function, "q", q, plain), ops.attn_input(function, "k", k, plain), \
         ops.attn_input(function, "v", v, plain)
-    for n, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != rank:
-            raise ValueError(f"{function}: {n} must be {layout}, got shape {tuple(t.shape)}")
+    kv_rank, kv_layout = (rank, layout) if kv_rank is None else (kv_rank, kv_layout)
+    for n, t, r, lay in (("q", q, rank, layout), ("k", k, kv_rank, kv_layout), ("v", v, kv_rank, kv_layout)):
+        if t.dim() != r:
+            raise ValueError(f"{function}: {n} must be {lay}, got shape {tuple(t.shape)}")
     return q, k, v
 
 
 _NO_DESCALES = (None, None, None)
 _DENSE_LAYOUT = "[batch, seqlen, heads, head_dim]"
 _VARLEN_LAYOUT = "[total, heads, head_dim]"
+_PAGED_LAYOUT = "a pool [num_blocks, block_size, heads_kv, head_dim] with block_table (paged K/V)"
 
 
 def _dense(function, q, k, v, opts, deterministic, return_attn_probs, descales=_NO_DESCALES):
@@ -248,9 +266,47 @@ def _with_sinks(function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
     return _finish(out, lse, return_attn_probs, q, ops.s_dmask_of(mask, q) if mask is not None else None)
 
 
-def _no_block_table(function, block_table):
-    if block_table is not None:
-        _args.refuse(function, "block_table", "<tensor>", "a paged KV cache is served by flash_attn_with_kvcache only")
+def _refuse_paged_fp8(function):
+    _args.refuse(function, "block_table", "<tensor>", "the library's paged K/V forward serves fp16 and bf16 q, k and "
+                 "v; its fp8 forward reads contiguous keys and values")
+
+
+def _paged(function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, return_attn_probs,
+           descales, block_table, sinks=None, alibi_slopes=None, dropout_p=0.0):
+    """A variable-length call whose k and v are pools paged by block_table (C ABI 0.11; FlashAttention-2's block_table
+    of flash_attn_varlen_func), with any of the extras (None or 0.0 when absent): the arguments checked first (on any
+    device), then q, k, v as every call checks them, then the devices. Forward only: recorded by autograd when an
+    input requires grad, whose backward raises (see _ops.attention_paged)."""
+    dropout_p = _args.dropout_arg(function, dropout_p)
+    if descales is not _NO_DESCALES:
+        _refuse_paged_fp8(function)
+    if cu_seqlens_q is None or cu_seqlens_k is None:
+        raise ValueError(f"{function}: block_table pages the keys and values of a variable-length batch: cu_seqlens_q "
+                         "and cu_seqlens_k must be given (cu_seqlens_k gives the key lengths)")
+    if getattr(q, "dim", None) is None or q.dim() != 3:
+        raise ValueError(f"{function}: q must be {_VARLEN_LAYOUT}, got shape {_shape(q)}")
+    for n, t in (("k", k), ("v", v)):
+        if getattr(t, "dim", None) is None or t.dim() != 4:
+            raise ValueError(f"{function}: {n} must be {_PAGED_LAYOUT}, got shape {_shape(t)}")
+    ops = _ops or _torch_ops()
+    if ops.is_fp8(q):
+        _refuse_paged_fp8(function)
+    batch = cu_seqlens_q.shape[0] - 1 if getattr(cu_seqlens_q, "dim", None) is not None and cu_seqlens_q.dim() == 1 \
+        else -1
+    block_table = ops.block_table_input(function, block_table, batch)
+    if sinks is not None:
+        sinks = ops.sink_input(function, sinks, q.shape[-2])
+    if alibi_slopes is not None:
+        alibi_slopes = ops.alibi_input(function, alibi_slopes, batch, q.shape[-2])
+    plain = ops.plain_eager(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table, sinks, alibi_slopes)
+    q, k, v = _attn_inputs(ops, function, q, k, v, plain, 3, _VARLEN_LAYOUT, 4, _PAGED_LAYOUT)
+    ops.require_cuda(function, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, block_table=block_table,
+                     sinks=sinks, alibi_slopes=alibi_slopes)
+    cu_q, cu_k = _cu_seqlens(ops, function, cu_seqlens_q, cu_seqlens_k)
+    out, lse, mask = ops.attention_paged(q, k, v, block_table, sinks, alibi_slopes, opts, cu_q, cu_k,
+                                         int(max_seqlen_q), int(max_seqlen_k), plain, dropout_p,
+                                         bool(return_attn_probs and dropout_p))
+    return _finish(out, lse, return_attn_probs, q, ops.s_dmask_of(mask, q) if mask is not None else None)
 
 
 # ---- public API -------------------------------------------------------------------------------------------
@@ -330,10 +386,22 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     head_dim_v] (head_dim_v as flash_attn_func's), cu_seqlens_q/k int32 [batch + 1] prefix sums on the GPU,
     max_seqlen_q/k the longest lengths (host ints; no host copy of the lengths is made). out is [total_q, heads,
     head_dim_v], softmax_lse [heads, total_q]. fp8 as flash_attn_func's, the descales (batch, nheads_k) with one row
-    per sequence."""
+    per sequence.
+
+    block_table (FlashAttention-2's paged K/V; int32 (batch, max_num_blocks_per_seq) on the GPU): k [num_blocks,
+    block_size, heads_kv, head_dim] and v [num_blocks, block_size, heads_kv, head_dim_v] are then pools of blocks, key
+    j of sequence b row j % block_size of block block_table[b, j // block_size]; cu_seqlens_k still gives the key
+    lengths, and max_seqlen_k is at most max_num_blocks_per_seq * block_size. block_size a multiple of 128 (flash-attn:
+    256); fp16 and bf16 (not fp8); every other option applies. Forward only, as flash-attn's: a call autograd records
+    runs, and its backward raises UnsupportedArgumentError. A block id outside [0, num_blocks) that a sequence uses is
+    clamped on the GPU and reported by the next call on the device (FlashAttentionError, FA_STATUS_DEVICE_CHECK_FAILED,
+    naming block_table) or by check_device_errors()."""
     f = "flash_attn_varlen_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
-    _no_block_table(f, block_table)
+    if block_table is not None:
+        return _paged(f, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, return_attn_probs,
+                      _descales(q_descale, k_descale, v_descale), block_table,
+                      _args.sinks_arg(f, sinks, learnable_sink), alibi_slopes, dropout_p)
     if sinks is not None or learnable_sink is not None or alibi_slopes is not None or dropout_p:
         return _with_sinks(f, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, opts, deterministic,
                            return_attn_probs, _descales(q_descale, k_descale, v_descale),

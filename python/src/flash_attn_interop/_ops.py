@@ -380,9 +380,12 @@ def s_dmask_of(mask, q):
 
 
 def forward_sink_impl(q, k, v, sinks, alibi_slopes, dropout_p, return_mask, softmax_scale, causal, causal_alignment,
-                      window_left, window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+                      window_left, window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                      block_table=None):
     """fa_forward with the extras: learnable sinks (float32 [heads_q]) and/or ALiBi slopes (float32 [heads_q] or
-    [batch, heads_q]), each None when absent, and dropout (dropout_p > 0: seed and offset from PyTorch's generator).
+    [batch, heads_q]), each None when absent, and dropout (dropout_p > 0: seed and offset from PyTorch's generator);
+    block_table (C ABI 0.11; a variable-length call only): int32 [batch, max_blocks_per_seq], k and v then the pools
+    [num_blocks, block_size, heads_kv, head_dim(_v)] it pages (None: k and v packed).
     Returns (out, lse, rng_state, mask): lse always written (the backward needs it); rng_state the int64 [2] (seed,
     offset) the call used (empty without dropout), mask the uint8 keep mask when return_mask (else empty)."""
     if dropout_p > 0 and torch.cuda.is_current_stream_capturing():
@@ -402,6 +405,8 @@ def forward_sink_impl(q, k, v, sinks, alibi_slopes, dropout_p, return_mask, soft
         _args.pack_sinks(p, fields(sinks))
     if alibi_slopes is not None:
         _args.pack_alibi(p, "forward", fields(alibi_slopes))
+    if block_table is not None:
+        _args.pack_block_table(p, fields(block_table))
     rng_state = q.new_empty((2 if dropout_p > 0 else 0,), dtype=torch.int64)
     mask = q.new_empty((0,), dtype=torch.uint8)
     if dropout_p > 0:
@@ -661,6 +666,116 @@ def attention_sink(q, k, v, sinks, alibi_slopes, opts, deterministic, cu_q, cu_k
             q, k, v = aligned(q), aligned(k), aligned(v)
         out, lse, _, mask = forward_sink_impl(q, k, v, s32, alibi_slopes, dropout_p, return_mask, *opts, cu_q, cu_k,
                                               max_q, max_k)
+    return out, lse, (mask if return_mask and dropout_p > 0 else None)
+
+
+# ---- paged K/V (C ABI 0.11; FlashAttention-2's block_table of flash_attn_varlen_func) -------------------------------
+#
+# A variable-length forward whose keys and values live in pools of fixed-size blocks: key j of sequence b is row
+# j % block_size of block block_table[b, j // block_size]. Forward only (the library's fa_backward has no paged K/V,
+# nor has flash-attn's variable-length backward): a call that autograd records runs and records its forward, as
+# flash-attn's does, and its backward raises _args.paged_kv_no_backward().
+
+def block_table_input(function, block_table, batch):
+    """block_table checked as flash-attn checks it (a torch.int32 tensor (batch, max_num_blocks_per_seq), one row of
+    block ids per sequence of cu_seqlens_q; batch -1: not known here, the library checks it), before any device check,
+    so that the checks hold on CPU tensors too. Read in place (the library takes any positive strides), copied only
+    when a stride is 0 (an expanded table)."""
+    if not isinstance(block_table, torch.Tensor):
+        raise TypeError(f"{function}: block_table must be a torch.Tensor or None, got {type(block_table).__name__}")
+    if block_table.dtype != torch.int32:
+        raise TypeError(f"{function}: block_table must be torch.int32 (as flash-attn requires), got "
+                        f"{block_table.dtype}")
+    if block_table.dim() != 2 or (batch >= 0 and block_table.shape[0] != batch):
+        want = f"(batch, max_num_blocks_per_seq) with batch = {batch}" if batch >= 0 else \
+            "(batch, max_num_blocks_per_seq)"
+        raise ValueError(f"{function}: block_table must be {want}, one row of block ids per sequence of "
+                         f"cu_seqlens_q, got {tuple(block_table.shape)}")
+    if any(st < 1 for st in block_table.stride()):
+        block_table = block_table.contiguous()
+    return block_table
+
+
+class _EagerPagedAttention(torch.autograd.Function):
+    """The forward of a paged call (block_table) that autograd records, without the custom op: out requires grad as
+    flash-attn's does, and the backward raises (there is no paged backward)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, block_table, sinks, alibi_slopes, call, dropout_p, return_mask):
+        if not call.plain:
+            q, k, v = aligned(q), aligned(k), aligned(v)
+        out, lse, _, mask = forward_sink_impl(q, k, v, sinks, alibi_slopes, dropout_p, return_mask, *call.opts,
+                                              call.cu_q, call.cu_k, call.max_q, call.max_k, block_table=block_table)
+        ctx.mark_non_differentiable(lse, mask)
+        return out, lse, mask
+
+    @staticmethod
+    def backward(ctx, dout, dlse, dmask):
+        raise _args.paged_kv_no_backward()
+
+
+if HAS_CUSTOM_OP:
+    @torch.library.custom_op(f"{NAMESPACE}::fwd_paged", mutates_args=(), device_types="cuda")
+    def fwd_paged_op(q: T, k: T, v: T, block_table: T, sinks: Optional[T], alibi_slopes: Optional[T], dropout_p: float,
+                     return_mask: bool, softmax_scale: float, causal: bool, causal_alignment: int, window_left: int,
+                     window_right: int, softcap: float, cu_seqlens_q: T, cu_seqlens_k: T, max_seqlen_q: int,
+                     max_seqlen_k: int) -> Tuple[T, T, T]:
+        out, lse, _, mask = forward_sink_impl(q, k, v, sinks, alibi_slopes, dropout_p, return_mask, softmax_scale,
+                                              causal, causal_alignment, window_left, window_right, softcap,
+                                              cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                              block_table=block_table)
+        return out, lse, mask
+
+    @fwd_paged_op.register_fake
+    def _fwd_paged_fake(q, k, v, block_table, sinks, alibi_slopes, dropout_p, return_mask, softmax_scale, causal,
+                        causal_alignment, window_left, window_right, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                        max_seqlen_k):
+        mask_shape = (cu_seqlens_q.shape[0] - 1, q.shape[-2], max_seqlen_q, max_seqlen_k) \
+            if dropout_p > 0 and return_mask else (0,)
+        return (q.new_empty(_out_shape(q, v)), q.new_empty(_lse_shape(q, True), dtype=torch.float32),
+                q.new_empty(mask_shape, dtype=torch.uint8))
+
+    # The backward is an op of its own that raises when it runs: a graph that torch.compile traces with inputs that
+    # require grad compiles (its fake gives gradients of the inputs' shapes), and only running the backward fails.
+    @torch.library.custom_op(f"{NAMESPACE}::bwd_paged", mutates_args=(), device_types="cuda")
+    def bwd_paged_op(dout: T, q: T, k: T, v: T) -> Tuple[T, T, T]:
+        raise _args.paged_kv_no_backward()
+
+    @bwd_paged_op.register_fake
+    def _bwd_paged_fake(dout, q, k, v):
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+    def _setup_paged_context(ctx, inputs, output):
+        q, k, v = inputs[:3]
+        ctx.save_for_backward(q, k, v)
+
+    def _paged_backward(ctx, dout, dlse, dmask):
+        q, k, v = ctx.saved_tensors
+        dq, dk, dv = bwd_paged_op(dout, q, k, v)
+        return (dq, dk, dv) + (None,) * 15
+
+    torch.library.register_autograd(f"{NAMESPACE}::fwd_paged", _paged_backward, setup_context=_setup_paged_context)
+
+
+def attention_paged(q, k, v, block_table, sinks, alibi_slopes, opts, cu_q, cu_k, max_q, max_k, plain, dropout_p=0.0,
+                    return_mask=False):
+    """(out, lse, mask) of the paged forward on q (as attn_input made it), the pools k and v (likewise) and block_table
+    (checked by block_table_input), with the extras as attention_sink takes them (each None or 0.0 when absent).
+    Recorded by autograd when an input requires grad (grad mode on), whose backward then raises."""
+    s32 = _sinks32(sinks) if sinks is not None else None
+    if HAS_CUSTOM_OP and not plain:
+        out, lse, mask = fwd_paged_op(q, k, v, block_table, s32, alibi_slopes, dropout_p, return_mask, *opts, cu_q,
+                                      cu_k, max_q, max_k)
+    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                      or (s32 is not None and s32.requires_grad)):
+        out, lse, mask = _EagerPagedAttention.apply(q, k, v, block_table, s32, alibi_slopes,
+                                                    _Call(opts, False, cu_q, cu_k, max_q, max_k, plain), dropout_p,
+                                                    return_mask)
+    else:
+        if not plain:
+            q, k, v = aligned(q), aligned(k), aligned(v)
+        out, lse, _, mask = forward_sink_impl(q, k, v, s32, alibi_slopes, dropout_p, return_mask, *opts, cu_q, cu_k,
+                                              max_q, max_k, block_table=block_table)
     return out, lse, (mask if return_mask and dropout_p > 0 else None)
 
 
