@@ -9,11 +9,16 @@ namespace FlashAttn;
 /// Queries: <c>[batch, seqLenQ, headsQ, headDim]</c>, or <c>[totalQ, headsQ, headDim]</c> with a <see cref="Batch"/>;
 /// Float16, BFloat16 or Float8E4M3, last dimension contiguous, headDim a multiple of 8 (of 16 for Float8E4M3).
 /// </param>
-/// <param name="K">Keys: <c>[batch, seqLenK, headsKv, headDim]</c> or <c>[totalK, headsKv, headDim]</c>, q's dtype; headsKv divides headsQ.</param>
+/// <param name="K">
+/// Keys: <c>[batch, seqLenK, headsKv, headDim]</c> or <c>[totalK, headsKv, headDim]</c>, or, with a paged
+/// <see cref="Batch"/> (<see cref="VarlenBatch.BlockTable"/> set), a pool of blocks <c>[numBlocks, blockSize, headsKv, headDim]</c>
+/// (see <see cref="VarlenBatch.WithBlockTable"/>); q's dtype; headsKv divides headsQ.
+/// </param>
 /// <param name="V">
 /// Values, q's dtype: k's shape, or k's shape with a head dim of its own last (<c>[batch, seqLenK, headsKv, headDimV]</c>;
 /// C ABI 0.10 serves (headDim, headDimV) = (192, 128) and (64, 512) in Float16 and BFloat16, see
-/// <see cref="FlashAttention.Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>).
+/// <see cref="FlashAttention.Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>); with a paged
+/// <see cref="Batch"/>, a pool <c>[numBlocks, blockSize, headsKv, headDimV]</c> with k's blocks.
 /// </param>
 /// <param name="Output">
 /// Written: q's shape with v's head dim last (q's shape when v's head dim is q's); q's dtype, or BFloat16 when q is
@@ -22,7 +27,11 @@ namespace FlashAttn;
 /// <param name="LogSumExp">
 /// Optional, written: Float32 <c>[batch, headsQ, seqLenQ]</c>, or <c>[headsQ, totalQ]</c> with a <see cref="Batch"/>.
 /// </param>
-/// <param name="Batch">The sequence boundaries of a variable-length batch, or null for a fixed-length call.</param>
+/// <param name="Batch">
+/// The sequence boundaries of a variable-length batch, or null for a fixed-length call; with a block table
+/// (<see cref="VarlenBatch.WithBlockTable"/>, C ABI 0.11) the keys and values are paged (forward only: the backward has no
+/// paged K/V). A block table without a variable-length batch cannot be expressed.
+/// </param>
 /// <remarks>
 /// <para>
 /// A <c>readonly record struct</c> rather than a class: building one per call (a decode loop, a training step) costs no

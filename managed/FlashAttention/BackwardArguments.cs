@@ -22,7 +22,12 @@ namespace FlashAttn;
 /// <param name="DQ">Written: the gradient of q, q's shape and dtype.</param>
 /// <param name="DK">Written: the gradient of k (summed over each GQA group's query heads), k's shape and q's dtype.</param>
 /// <param name="DV">Written: the gradient of v (summed like <paramref name="DK"/>), v's shape and q's dtype.</param>
-/// <param name="Batch">The forward call's sequence boundaries for a variable-length batch, or null for a fixed-length call.</param>
+/// <param name="Batch">
+/// The forward call's sequence boundaries for a variable-length batch, or null for a fixed-length call. Without a
+/// <see cref="VarlenBatch.BlockTable"/>: the backward has no paged K/V, so a paged batch is refused
+/// (<see cref="ArgumentException"/>, or <see cref="FlashAttentionStatus.InvalidArgument"/> from the check); gather the
+/// keys and values into packed k and v first.
+/// </param>
 /// <param name="Workspace">
 /// Scratch memory of at least <see cref="FlashAttention.GetBackwardWorkspaceSize(in BackwardArguments, AttentionOptions)"/>
 /// bytes on the instance's device, or null (or empty) to let the library allocate it stream-ordered. Only the run uses

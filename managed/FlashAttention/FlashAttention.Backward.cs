@@ -17,7 +17,10 @@ namespace FlashAttn;
 /// <see cref="AttentionOptions.Deterministic"/> chooses reproducible dq accumulation. A forward call whose v had a head dim
 /// of its own (C ABI 0.10) takes <c>dOut</c> shaped like its output and <c>dv</c> like v: the native library serves the
 /// pair (192, 128) (FlashAttention-3's backward pair, the sm80 kernels) and refuses (64, 512)
-/// (<see cref="FlashAttentionStatus.Unsupported"/>, with the reason).
+/// (<see cref="FlashAttentionStatus.Unsupported"/>, with the reason). There is no paged K/V in the backward (C ABI 0.11:
+/// <c>fa_backward_params_t</c> has no block table, as FlashAttention-2's varlen backward): a batch with a
+/// <see cref="VarlenBatch.BlockTable"/> is refused by the managed side (<see cref="ArgumentException"/>, or
+/// <see cref="FlashAttentionStatus.InvalidArgument"/> from the checks) before anything else.
 /// </remarks>
 public sealed partial class FlashAttention
 {
@@ -73,7 +76,10 @@ public sealed partial class FlashAttention
     /// <param name="dq">Gradient of q (written), q's shape and dtype.</param>
     /// <param name="dk">Gradient of k (written), k's shape and q's dtype.</param>
     /// <param name="dv">Gradient of v (written), v's shape and q's dtype.</param>
-    /// <param name="batch">The sequence boundaries of the forward call.</param>
+    /// <param name="batch">
+    /// The sequence boundaries of the forward call, without a block table: the backward has no paged K/V (a paged batch,
+    /// <see cref="VarlenBatch.WithBlockTable"/>, is <see cref="FlashAttentionStatus.InvalidArgument"/> here).
+    /// </param>
     /// <param name="message">"" on success; otherwise why the call would be refused.</param>
     /// <param name="options">The forward call's options, or null for <see cref="AttentionOptions.Default"/>.</param>
     /// <param name="computeCapability">Target GPU as <c>major * 10 + minor</c>, or 0 for any GPU this build serves.</param>
@@ -143,7 +149,7 @@ public sealed partial class FlashAttention
     /// <param name="dq">As in <see cref="BackwardVarlen"/>.</param>
     /// <param name="dk">As in <see cref="BackwardVarlen"/>.</param>
     /// <param name="dv">As in <see cref="BackwardVarlen"/>.</param>
-    /// <param name="batch">The sequence boundaries.</param>
+    /// <param name="batch">The sequence boundaries, without a block table (the backward has no paged K/V: a paged batch throws <see cref="ArgumentException"/>).</param>
     /// <param name="options">The options the call will use, or null for the defaults.</param>
     /// <returns>The size in bytes (0 when the call needs none).</returns>
     /// <exception cref="ArgumentNullException">A tensor or the batch is null.</exception>
@@ -231,7 +237,10 @@ public sealed partial class FlashAttention
     /// <param name="dq">Written: the gradient of q, q's shape and dtype; rows that see no key get 0.</param>
     /// <param name="dk">Written: the gradient of k (summed over each group's query heads), k's shape and q's dtype.</param>
     /// <param name="dv">Written: the gradient of v, v's shape, as <paramref name="dk"/>.</param>
-    /// <param name="batch">The sequence boundaries of the forward call; keep it undisposed until the work is done.</param>
+    /// <param name="batch">
+    /// The sequence boundaries of the forward call; keep it undisposed until the work is done. Without a block table: the
+    /// backward has no paged K/V (a paged batch, <see cref="VarlenBatch.WithBlockTable"/>, throws <see cref="ArgumentException"/>).
+    /// </param>
     /// <param name="options">The forward call's options, or null for <see cref="AttentionOptions.Default"/>.</param>
     /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
     /// <param name="workspace">
@@ -388,6 +397,17 @@ public sealed partial class FlashAttention
     /// </summary>
     private static Problem? ValidateBackward(in BackwardArguments a, AttentionOptions options, CudaDevice? device)
     {
+        if (a.Batch?.BlockTable is not null)
+        {
+            // fa_backward_params_t has no block_table (FlashAttention-2's varlen backward has none either), so a paged
+            // batch cannot be described to the library at all: refused here, before anything else.
+            return new Problem(
+                "batch",
+                "The batch has a block table (paged K/V), but the backward pass has no paged K/V (fa_backward_params_t has no " +
+                "block_table, as FlashAttention-2's varlen backward): gather each sequence's keys and values into packed k and v " +
+                "[total_k, heads_kv, head_dim] and pass the batch without its block table.");
+        }
+
         if (IsFloat8Input(a.Q, a.K, a.V))
         {
             // The fp8 forward has no backward (FlashAttention-3's neither): the native library answers UNSUPPORTED,

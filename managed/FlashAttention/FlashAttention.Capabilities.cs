@@ -49,7 +49,7 @@ public sealed partial class FlashAttention
 
     /// <summary>
     /// Asks whether this build of the native library serves a kind of call (pass, dtype, head dim and V head dim, masks,
-    /// varlen, architecture), so a caller can choose a fallback before launching. Needs the native library but no GPU.
+    /// varlen, paged K/V, architecture), so a caller can choose a fallback before launching. Needs the native library but no GPU.
     /// </summary>
     /// <param name="query">The kind of call.</param>
     /// <returns>
@@ -60,7 +60,8 @@ public sealed partial class FlashAttention
     /// <exception cref="ArgumentNullException"><paramref name="query"/> is null.</exception>
     /// <exception cref="ArgumentException">
     /// The query is malformed: an undefined enum value, a head dim below 1, a negative V head dim
-    /// (<see cref="SupportQuery.HeadDimV"/>) or a negative compute capability.
+    /// (<see cref="SupportQuery.HeadDimV"/>), a negative compute capability, or a forward query with
+    /// <see cref="SupportQuery.PagedKv"/> but not <see cref="SupportQuery.Varlen"/>.
     /// </exception>
     /// <exception cref="FlashAttentionException">
     /// The native library cannot be loaded (status <see cref="FlashAttentionStatus.NoDevice"/>) or rejected the query
@@ -100,6 +101,13 @@ public sealed partial class FlashAttention
                 $"ComputeCapability must be 0 (any GPU) or major*10+minor; got {query.ComputeCapability}.", nameof(query));
         }
 
+        if (query.PagedKv && query.Pass == AttentionPass.Forward && !query.Varlen)
+        {
+            throw new ArgumentException(
+                "PagedKv is true with Varlen false for the forward pass; the forward's block table goes with a variable-length batch " +
+                "(VarlenBatch.WithBlockTable): set Varlen too.", nameof(query));
+        }
+
         NativeRuntime.EnsureLoaded();
         FaSupportQuery q = default;
         q.struct_size = (uint)sizeof(FaSupportQuery);
@@ -116,6 +124,7 @@ public sealed partial class FlashAttention
         q.varlen = query.Varlen ? 1 : 0;
         q.kernel_path = (int)query.KernelPath;
         q.head_dim_v = query.HeadDimV;
+        q.paged_kv = query.PagedKv ? 1 : 0;
         FaStatus status = NativeMethods.fa_query_support(&q);
         return status switch
         {

@@ -232,6 +232,14 @@ public sealed partial class FlashAttention : IDisposable
     /// (there is no fallback). <see cref="QuerySupport(SupportQuery)"/> with <see cref="DataType.Float8E4M3"/> tells
     /// beforehand.
     /// </para>
+    /// <para>
+    /// Paged K/V (C ABI 0.11): a <see cref="AttentionArguments.Batch"/> with a block table
+    /// (<see cref="VarlenBatch.WithBlockTable"/>) takes k and v as pools of blocks
+    /// <c>[numBlocks, blockSize, headsKv, headDim]</c> and <c>[numBlocks, blockSize, headsKv, headDimV]</c>; see
+    /// <see cref="ForwardVarlen(DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, VarlenBatch, DeviceTensor, AttentionOptions, CudaStream)"/>
+    /// for the rules (block sizes that are multiples of 128, Float16 and BFloat16 on both paths without dropout, a used
+    /// block id outside the pool reported as <see cref="FlashAttentionStatus.DeviceCheckFailed"/>).
+    /// </para>
     /// </remarks>
     /// <exception cref="ArgumentNullException">A required tensor is null.</exception>
     /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong.</exception>
@@ -303,7 +311,7 @@ public sealed partial class FlashAttention : IDisposable
 
     /// <summary>
     /// Leases every handle for the duration of the native call, fills the parameters (the variable-length fields
-    /// when the arguments have a batch, with its host copies pinned) and calls <c>fa_forward</c> on
+    /// when the arguments have a batch, with its host copies pinned, and its block table when it is paged) and calls <c>fa_forward</c> on
     /// <paramref name="context"/>, throwing on failure, or, when <paramref name="context"/> is null,
     /// <c>fa_forward_check</c> for <paramref name="computeCapability"/>. The native error message is read before
     /// the leases are released.
@@ -326,6 +334,7 @@ public sealed partial class FlashAttention : IDisposable
         using var ll = new HandleLease(lse?.Owner);
         using var lcq = new HandleLease(batch?.CuSeqlensQ.Owner);
         using var lck = new HandleLease(batch?.CuSeqlensK.Owner);
+        using var lbt = new HandleLease(batch?.BlockTable?.Owner);
         using var lqd = new HandleLease(args.QDescale?.Owner);
         using var lkd = new HandleLease(args.KDescale?.Owner);
         using var lvd = new HandleLease(args.VDescale?.Owner);
@@ -376,6 +385,10 @@ public sealed partial class FlashAttention : IDisposable
                 p.varlen_batch = f.Batch;
                 p.max_seqlen_q = f.MaxSeqLenQ;
                 p.max_seqlen_k = f.MaxSeqLenK;
+                if (batch.BlockTable is { } table)
+                {
+                    p.block_table = table.ToNative(lbt.Pointer);
+                }
             }
 
             if (context is null)
@@ -408,16 +421,18 @@ public sealed partial class FlashAttention : IDisposable
         }
 
         bool varlen = batch is not null;
-        if ((TensorProblem(q, nameof(q), varlen, device) ?? TensorProblem(k, nameof(k), varlen, device) ??
-             TensorProblem(v, nameof(v), varlen, device) ?? TensorProblem(output, nameof(output), varlen, device) ??
+        bool paged = batch?.BlockTable is not null;
+        if ((TensorProblem(q, nameof(q), varlen, device) ?? TensorProblem(k, nameof(k), varlen, device, paged) ??
+             TensorProblem(v, nameof(v), varlen, device, paged) ?? TensorProblem(output, nameof(output), varlen, device) ??
              DataTypeProblem(k, nameof(k), q, "q, k and v") ?? DataTypeProblem(v, nameof(v), q, "q, k and v") ??
              OutputDataTypeProblem(output, q)) is { } tensorProblem)
         {
             return tensorProblem;
         }
 
-        // Fixed: q [batch, seqlen_q, heads_q, head_dim]. Varlen: q [total_q, heads_q, head_dim].
-        int last = q.Rank - 1;
+        // Fixed: q [batch, seqlen_q, heads_q, head_dim]. Varlen: q [total_q, heads_q, head_dim]. k and v have q's rank,
+        // but for a paged batch's pools [num_blocks, block_size, heads_kv, head_dim].
+        int last = q.Rank - 1, kvLast = k.Rank - 1;
         long headsQ = q.Shape[last - 1], dim = q.Shape[last];
         if ((HeadDimProblem(dim) ?? Float8HeadDimProblem(q.DataType, dim)) is { } headDimProblem)
         {
@@ -429,9 +444,14 @@ public sealed partial class FlashAttention : IDisposable
             return new Problem(nameof(k), $"k must be [batch={q.Shape[0]}, seqlen_k, heads_kv, head_dim={dim}] to match q {q}; it is {k}.");
         }
 
-        if (varlen && k.Shape[2] != dim)
+        if (varlen && !paged && k.Shape[2] != dim)
         {
             return new Problem(nameof(k), $"k must be [total_k, heads_kv, head_dim={dim}] to match q {q}; it is {k}.");
+        }
+
+        if (paged && k.Shape[3] != dim)
+        {
+            return new Problem(nameof(k), $"k must be a pool [num_blocks, block_size, heads_kv, head_dim={dim}] to match q {q} (the batch has a block table); it is {k}.");
         }
 
         // v and the output may have a head dim of their own (head_dim_v, C ABI 0.10): which pairs are served is the
@@ -439,10 +459,10 @@ public sealed partial class FlashAttention : IDisposable
         if (!k.HasLeadingShapeOf(v))
         {
             return new Problem(
-                nameof(v), $"v must have k's shape [{string.Join(", ", k.Shape.Take(last))}, head_dim_v] (its own head dim last); it is {v}.");
+                nameof(v), $"v must have k's shape [{string.Join(", ", k.Shape.Take(kvLast))}, head_dim_v] (its own head dim last); it is {v}.");
         }
 
-        long dimV = v.Shape[last];
+        long dimV = v.Shape[kvLast];
         if (!q.HasLeadingShapeOf(output))
         {
             return new Problem(
@@ -455,7 +475,7 @@ public sealed partial class FlashAttention : IDisposable
                 nameof(output), $"output's head dim is {output.Shape[last]} but v's is {dimV}: out takes v's head dim (q's is {dim}); output is {output}, v is {v}.");
         }
 
-        long headsKv = k.Shape[last - 1];
+        long headsKv = k.Shape[kvLast - 1];
         if (headsKv == 0 || headsQ % headsKv != 0)
         {
             return new Problem(nameof(k), $"k has {headsKv} heads, which does not divide q's {headsQ} heads.");
@@ -491,7 +511,7 @@ public sealed partial class FlashAttention : IDisposable
             }
         }
 
-        return (batch is null ? null : BatchProblem(batch, q.Shape[0], k.Shape[0], device)) ??
+        return (batch is null ? null : BatchProblem(batch, q.Shape[0], k, device)) ??
             DescaleProblems(args, batch?.BatchSize ?? q.Shape[0], headsKv, device) ??
             SinksProblem(args.Sinks, "sinks", headsQ, device) ??
             AlibiProblem(args.AlibiSlopes, batch?.BatchSize ?? q.Shape[0], headsQ, device);
@@ -553,13 +573,18 @@ public sealed partial class FlashAttention : IDisposable
             : null;
     }
 
-    /// <summary>Rank, contiguous head_dim and device of one of q, k, v, output; null when they pass.</summary>
-    private static Problem? TensorProblem(DeviceTensor t, string name, bool varlen, CudaDevice? device)
+    /// <summary>
+    /// Rank, contiguous head_dim and device of one of q, k, v, output; null when they pass. <paramref name="paged"/>: k or
+    /// v of a batch with a block table, a pool of blocks (rank 4).
+    /// </summary>
+    private static Problem? TensorProblem(DeviceTensor t, string name, bool varlen, CudaDevice? device, bool paged = false)
     {
-        int rank = varlen ? 3 : 4;
+        int rank = varlen && !paged ? 3 : 4;
         if (t.Rank != rank)
         {
-            return new Problem(name, varlen
+            return new Problem(name, paged
+                ? $"{name} must have rank 4 [num_blocks, block_size, heads_kv, head_dim] with a block table (paged K/V: a pool of blocks); it is {t}."
+                : varlen
                 ? $"{name} must have rank 3 [total_tokens, heads, head_dim] in a variable-length batch; it is {t}."
                 : $"{name} must have rank 4 [batch, seqlen, heads, head_dim]; it is {t}.");
         }

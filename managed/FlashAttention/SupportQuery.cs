@@ -61,6 +61,17 @@ public sealed record SupportQuery(
     public int HeadDimV { get; init; }
 
     /// <summary>
+    /// Whether the keys and values are paged (C ABI 0.11): the forward's block table (<see cref="VarlenBatch.WithBlockTable"/>,
+    /// which needs a variable-length batch, so <see cref="Varlen"/> must be true too: a forward query with PagedKv and
+    /// without Varlen is malformed and throws <see cref="ArgumentException"/>), or a paged <see cref="KvCache"/> for
+    /// decode. Served by the forward pass of both paths in Float16 and BFloat16 without dropout, and by decode; the backward
+    /// pass (it has no paged K/V), Float8E4M3 and <see cref="Dropout"/> are refused with the native library's reason. Set
+    /// it with an object initializer or
+    /// <c>with</c> (<c>query with { PagedKv = true }</c>).
+    /// </summary>
+    public bool PagedKv { get; init; }
+
+    /// <summary>
     /// The query that describes a call with these options (one head dim for q, k and v; add a V head dim of its own with
     /// <c>with { HeadDimV = ... }</c>).
     /// </summary>

@@ -9,18 +9,29 @@ namespace FlashAttn;
 /// <para>
 /// Sequences are packed one after another: q and the output are <c>[totalQ, headsQ, headDim]</c>, k and v
 /// <c>[totalK, headsKv, headDim]</c>; sequence <c>b</c> spans query rows <c>CuSeqlensQ[b] .. CuSeqlensQ[b + 1] - 1</c>
-/// and key rows <c>CuSeqlensK[b] .. CuSeqlensK[b + 1] - 1</c>. Empty sequences are allowed.
+/// and key rows <c>CuSeqlensK[b] .. CuSeqlensK[b + 1] - 1</c>. Empty sequences are allowed. With a
+/// <see cref="BlockTable"/> the keys and values are paged instead (see below).
 /// </para>
 /// <para>
 /// With host copies (always for <see cref="FromLengths"/>), the native library checks them before every launch:
-/// they start at 0, never decrease, end within the tensors and have no length above the maxima. Without host copies
-/// (<see cref="FromDevice"/> with none) the device arrays are trusted: a wrong array yields wrong values for the
-/// sequences it describes, but every read and write still stays inside the tensors.
+/// they start at 0, never decrease, end within the tensors (q; k unless the batch is paged) and have no length above the
+/// maxima. Without host copies (<see cref="FromDevice"/> with none) the device arrays are trusted: a wrong array yields
+/// wrong values for the sequences it describes, but every read and write still stays inside the tensors.
+/// </para>
+/// <para>
+/// Paged K/V (C ABI 0.11, FlashAttention-2's <c>block_table</c> of <c>flash_attn_varlen_func</c>): a batch made by
+/// <see cref="WithBlockTable"/> carries a block table, and its keys and values live in a pool of fixed-size blocks, as a
+/// paged KV cache (chunked prefill over the cache, prefix sharing). k is then <c>[numBlocks, blockSize, headsKv, headDim]</c>
+/// and v <c>[numBlocks, blockSize, headsKv, headDimV]</c> (the same numBlocks and blockSize); key <c>j</c> of sequence
+/// <c>b</c> is row <c>j % blockSize</c> of block <c>BlockTable[b, j / blockSize]</c>. <see cref="CuSeqlensK"/> keeps
+/// giving the key lengths (its values index no tensor, so the host copy is checked for order and lengths only), and
+/// <see cref="MaxSeqLenK"/> may not exceed the table's capacity, <c>maxBlocksPerSequence * blockSize</c>. The forward
+/// pass alone takes it (the backward has none).
 /// </para>
 /// <para>
 /// A batch made by <see cref="FromLengths"/> owns its device arrays and frees them on <see cref="Dispose"/>; one made
-/// by <see cref="FromDevice"/> owns nothing. The device arrays are read by the kernel when it runs, so keep the batch
-/// alive (undisposed) until the work that uses it is done.
+/// by <see cref="FromDevice"/> or <see cref="WithBlockTable"/> owns nothing. The device arrays are read by the kernel
+/// when it runs, so keep the batch alive (undisposed) until the work that uses it is done.
 /// </para>
 /// </remarks>
 public sealed class VarlenBatch : IDisposable
@@ -29,6 +40,7 @@ public sealed class VarlenBatch : IDisposable
     private readonly DeviceBuffer<int>? _ownedK;
     private readonly int[]? _hostQ;
     private readonly int[]? _hostK;
+    private readonly VarlenBatch? _source;
     private int _disposed;
 
     private VarlenBatch(
@@ -45,6 +57,14 @@ public sealed class VarlenBatch : IDisposable
         BatchSize = (int)cuQ.Shape[0] - 1;
     }
 
+    /// <summary>A batch with <paramref name="source"/>'s boundaries and a block table (<see cref="WithBlockTable"/>); owns nothing.</summary>
+    private VarlenBatch(VarlenBatch source, DeviceTensor blockTable)
+        : this(source.CuSeqlensQ, source.CuSeqlensK, source._hostQ, source._hostK, source.MaxSeqLenQ, source.MaxSeqLenK, ownedQ: null, ownedK: null)
+    {
+        _source = source;
+        BlockTable = blockTable;
+    }
+
     /// <summary>Number of sequences.</summary>
     public int BatchSize { get; }
 
@@ -57,7 +77,10 @@ public sealed class VarlenBatch : IDisposable
     /// <summary>Device prefix sums of the query lengths: int32, rank 1, <c>[BatchSize + 1]</c>.</summary>
     public DeviceTensor CuSeqlensQ { get; }
 
-    /// <summary>Device prefix sums of the key lengths: int32, rank 1, <c>[BatchSize + 1]</c>.</summary>
+    /// <summary>
+    /// Device prefix sums of the key lengths: int32, rank 1, <c>[BatchSize + 1]</c>; the rows of packed k and v, or, with
+    /// a <see cref="BlockTable"/>, the key lengths only (the blocks say where the keys are).
+    /// </summary>
     public DeviceTensor CuSeqlensK { get; }
 
     /// <summary>Whether host copies of the prefix sums are held (then the native library validates them before each launch).</summary>
@@ -72,14 +95,29 @@ public sealed class VarlenBatch : IDisposable
     /// <summary>Total query rows (<c>CuSeqlensQ[BatchSize]</c>), or null when there are no host copies.</summary>
     public int? TotalQ => _hostQ?[^1];
 
-    /// <summary>Total key rows (<c>CuSeqlensK[BatchSize]</c>), or null when there are no host copies.</summary>
+    /// <summary>
+    /// Total key rows (<c>CuSeqlensK[BatchSize]</c>: the keys of every sequence, in the pool's blocks when the batch is
+    /// paged), or null when there are no host copies.
+    /// </summary>
     public int? TotalK => _hostK?[^1];
 
-    /// <summary>Whether <see cref="Dispose"/> was called.</summary>
-    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+    /// <summary>
+    /// The block table of paged K/V (<see cref="WithBlockTable"/>): device int32 <c>[BatchSize, maxBlocksPerSequence]</c>,
+    /// the block of each page of each sequence; null when k and v are packed <c>[totalK, headsKv, headDim]</c>.
+    /// </summary>
+    public DeviceTensor? BlockTable { get; }
 
-    /// <summary>The device the arrays live on, or null when they were wrapped from raw pointers.</summary>
-    public CudaDevice? Device => CuSeqlensQ.Device ?? CuSeqlensK.Device;
+    /// <summary>Whether the keys and values are paged (<see cref="BlockTable"/> is set).</summary>
+    public bool IsPaged => BlockTable is not null;
+
+    /// <summary>
+    /// Whether <see cref="Dispose"/> was called, on this batch or, for one made by <see cref="WithBlockTable"/>, on the
+    /// batch it was made from (which may own the device prefix sums it shares).
+    /// </summary>
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0 || (_source?.IsDisposed ?? false);
+
+    /// <summary>The device the arrays (and the block table) live on, or null when they were wrapped from raw pointers.</summary>
+    public CudaDevice? Device => CuSeqlensQ.Device ?? CuSeqlensK.Device ?? BlockTable?.Device;
 
     /// <summary>
     /// Builds a batch from per-sequence lengths: computes the prefix sums, copies them to new device arrays on
@@ -187,7 +225,80 @@ public sealed class VarlenBatch : IDisposable
         return new VarlenBatch(cuSeqlensQ, cuSeqlensK, hostQ, hostK, maxSeqLenQ, maxSeqLenK, ownedQ: null, ownedK: null);
     }
 
-    /// <summary>Frees the device arrays when this batch owns them (<see cref="FromLengths"/>). Idempotent.</summary>
+    /// <summary>
+    /// A batch with this one's sequence boundaries (the same device prefix sums, host copies and maxima, shared, not
+    /// copied) whose keys and values are paged through <paramref name="blockTable"/> (C ABI 0.11, FlashAttention-2's
+    /// <c>block_table</c> of <c>flash_attn_varlen_func</c>), for <see cref="FlashAttention.ForwardVarlen"/>,
+    /// <see cref="FlashAttention.CheckVarlen"/> and <see cref="AttentionArguments.Batch"/>.
+    /// </summary>
+    /// <param name="blockTable">
+    /// Device Int32, rank 2, <c>[BatchSize, maxBlocksPerSequence]</c> (any strides of 1 or more, 4-byte aligned), on the
+    /// device of the prefix sums: key <c>j</c> of sequence <c>b</c> is row <c>j % blockSize</c> of block
+    /// <c>blockTable[b, j / blockSize]</c> of the pools k <c>[numBlocks, blockSize, headsKv, headDim]</c> and v
+    /// <c>[numBlocks, blockSize, headsKv, headDimV]</c>. The entries of the pages a sequence uses must lie in
+    /// <c>0 .. numBlocks - 1</c>: the kernels clamp one outside (no access leaves k or v) and the context reports it as
+    /// <see cref="FlashAttentionStatus.DeviceCheckFailed"/> naming block_table (from
+    /// <see cref="FlashAttention.CheckDeviceErrors"/> or the next call). Entries past a sequence's last page are never
+    /// read, and rows of its last block past its length never used (they may hold anything, NaN included). Owned by the
+    /// caller, who keeps it alive and unchanged while work that uses it is queued; the kernel reads it when it runs.
+    /// </param>
+    /// <returns>
+    /// A batch that owns nothing: keep this batch (which may own the prefix sums) undisposed while the new one is used;
+    /// disposing this one makes the new one disposed too. Called on a batch that has a block table already, the new
+    /// table replaces it, and the new batch depends, as that one does, on the batch the boundaries came from.
+    /// </returns>
+    /// <remarks>
+    /// The call checks, beyond this method, that k and v are such pools with a block size that is a multiple of 128
+    /// (others are <see cref="FlashAttentionStatus.Unsupported"/>), that <see cref="MaxSeqLenK"/> fits
+    /// <c>maxBlocksPerSequence * blockSize</c>, that q is Float16 or BFloat16 (Float8E4M3 with a block table is
+    /// <see cref="FlashAttentionStatus.Unsupported"/>) and that the call has no dropout (<see cref="AttentionArguments.DropoutP"/>
+    /// &gt; 0 with a block table is <see cref="FlashAttentionStatus.Unsupported"/>). Every other forward option applies as
+    /// to packed keys (causal, window, softcap, ALiBi, sinks, GQA, a V head dim of its own), on both kernel paths. The backward
+    /// pass has no paged K/V: it refuses a paged batch (<see cref="ArgumentException"/>, or
+    /// <see cref="FlashAttentionStatus.InvalidArgument"/> from its check; gather the keys and values first).
+    /// </remarks>
+    /// <exception cref="ArgumentNullException"><paramref name="blockTable"/> is null.</exception>
+    /// <exception cref="ArgumentException">
+    /// <paramref name="blockTable"/> is not an Int32 matrix of <see cref="BatchSize"/> rows and 1 or more columns, or it
+    /// lives on another device than the prefix sums.
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">This batch was disposed.</exception>
+    public VarlenBatch WithBlockTable(DeviceTensor blockTable)
+    {
+        ArgumentNullException.ThrowIfNull(blockTable);
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        if (blockTable.DataType != DataType.Int32 || blockTable.Rank != 2)
+        {
+            throw new ArgumentException(
+                $"blockTable (block_table) must be an Int32 matrix [batch={BatchSize}, max_blocks_per_seq]; it is {blockTable}.", nameof(blockTable));
+        }
+
+        if (blockTable.Shape[0] != BatchSize)
+        {
+            throw new ArgumentException(
+                $"blockTable (block_table) has {blockTable.Shape[0]} rows but the batch has {BatchSize} sequences; it is [batch, max_blocks_per_seq], one row of blocks per sequence.",
+                nameof(blockTable));
+        }
+
+        if (blockTable.Shape[1] < 1)
+        {
+            throw new ArgumentException(
+                $"blockTable (block_table) needs 1 or more columns (max_blocks_per_seq); it is {blockTable}.", nameof(blockTable));
+        }
+
+        if (blockTable.Device is { } td && (CuSeqlensQ.Device ?? CuSeqlensK.Device) is { } bd && td.Ordinal != bd.Ordinal)
+        {
+            throw new ArgumentException(
+                $"blockTable lives on cuda:{td.Ordinal} but the batch's cu_seqlens on cuda:{bd.Ordinal}.", nameof(blockTable));
+        }
+
+        return new VarlenBatch(_source ?? this, blockTable);
+    }
+
+    /// <summary>
+    /// Frees the device arrays when this batch owns them (<see cref="FromLengths"/>; a batch made by
+    /// <see cref="WithBlockTable"/> frees nothing). Idempotent.
+    /// </summary>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
@@ -203,6 +314,7 @@ public sealed class VarlenBatch : IDisposable
     public override string ToString() =>
         $"VarlenBatch({BatchSize} sequences, max_seqlen_q {MaxSeqLenQ}, max_seqlen_k {MaxSeqLenK}" +
         (_hostQ is null ? ", no host copies" : $", total_q {_hostQ[^1]}, total_k {_hostK![^1]}") +
+        (BlockTable is { } table ? $", paged K/V: block_table [{table.Shape[0]}, {table.Shape[1]}]" : string.Empty) +
         (IsDisposed ? ", disposed)" : ")");
 
     /// <summary>The host copies (null when none), for pinning during a native call.</summary>

@@ -43,7 +43,9 @@ public sealed unsafe class DropoutAbiTests
         Assert.Multiple(() =>
         {
             Assert.That(fwdBlock, Is.EqualTo(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.alibi_slopes)).ToInt64() + sizeof(FaTensor)));
-            Assert.That(sizeof(FaForwardParams) - fwdBlock, Is.EqualTo(128), "p, reserved3, seed, offset, three pointers, the mask");
+            // 0.11 appends block_table right after the dropout block (PagedKvValidationTests checks it).
+            Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.block_table)).ToInt64() - fwdBlock, Is.EqualTo(128),
+                "p, reserved3, seed, offset, three pointers, the mask");
             Assert.That(Marshal.OffsetOf<FaForwardParams>(nameof(FaForwardParams.dropout_seed)).ToInt64() % 8, Is.Zero);
             Assert.That(bwdBlock, Is.EqualTo(Marshal.OffsetOf<FaBackwardParams>(nameof(FaBackwardParams.alibi_slopes)).ToInt64() + sizeof(FaTensor)));
             Assert.That(sizeof(FaBackwardParams) - bwdBlock, Is.EqualTo(40), "p, reserved2, seed, offset, two pointers");

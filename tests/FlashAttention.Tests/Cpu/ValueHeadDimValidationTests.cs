@@ -358,7 +358,7 @@ public sealed unsafe class ValueHeadDimValidationTests
 
     /// <summary>
     /// The kernel list behind the sm90 expectations: the sm90 forward lists (192, 128)'s kernels (fp16 and bf16, the four
-    /// mask/softcap variants, no dropout variant) exactly in a build with sm_90a code and head dim 192, and never
+    /// mask/softcap variants and two paged K/V ones, no dropout variant) exactly in a build with sm_90a code and head dim 192, and never
     /// (64, 512)'s; the sm90 backward lists no pair kernel.
     /// </summary>
     [Test]
@@ -380,8 +380,11 @@ public sealed unsafe class ValueHeadDimValidationTests
                 foreach (string dt in new[] { "fp16", "bf16" })
                 {
                     string prefix = $"sm90_fwd_{dt}{ForwardPaths.ValuePairTag(192, 128)}";
-                    Assert.That(sm90Pair.Count(n => n.StartsWith(prefix, StringComparison.Ordinal)), Is.EqualTo(4),
-                        $"{prefix}*: plain, local, softcap and local softcap");
+                    Assert.That(sm90Pair.Count(n => n.StartsWith(prefix, StringComparison.Ordinal)), Is.EqualTo(6),
+                        $"{prefix}*: plain, local, softcap, local softcap, and the paged K/V ones (C ABI 0.11): local paged, " +
+                        "local softcap paged");
+                    Assert.That(sm90Pair.Count(n => n.StartsWith(prefix, StringComparison.Ordinal) && n.Contains("_paged_")),
+                        Is.EqualTo(2), $"{prefix}*: two paged K/V kernels, both local");
                 }
             }
             else
@@ -542,7 +545,7 @@ public sealed unsafe class ValueHeadDimValidationTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(query09, Is.EqualTo(52), "0.9's query");
-            Assert.That(sizeof(FaSupportQuery), Is.EqualTo(query09 + sizeof(int)), "0.10 appends one int32");
+            Assert.That(sizeof(FaSupportQuery), Is.EqualTo(query09 + (2 * sizeof(int))), "0.10 and 0.11 append one int32 each (head_dim_v, paged_kv)");
         }
 
         FaSupportQuery q = default;

@@ -5,7 +5,7 @@ namespace FlashAttn.Tests.TestSupport;
 
 /// <summary>
 /// An <see cref="AttentionTestBase"/> whose instance logs the forward kernels it launches (<see cref="KernelLog"/>), with
-/// <see cref="ForwardOnPath(AttentionOptions, DataType, int, bool, Action, IReadOnlyList{DeviceArray}, string)"/> to run
+/// <see cref="ForwardOnPath(AttentionOptions, DataType, int, bool, Action, IReadOnlyList{DeviceArray}, string, bool)"/> to run
 /// a forward on a chosen <see cref="KernelPath"/> and hold it to <see cref="ForwardPaths"/>' contract: where the path
 /// serves, the call succeeds on the expected kernel family; where it does not (Sm90 on another GPU or a build without
 /// sm_90a code), the call is refused as the contract says and writes nothing. A refusal is asserted, never ignored.
@@ -21,10 +21,13 @@ public abstract class ForwardPathTestBase : AttentionTestBase
     /// is the path under test, then a stream synchronise) and checks the path contract for a call of
     /// <paramref name="dtype"/> and <paramref name="headDim"/>. The capability query for this device must agree. Returns true
     /// when the forward ran (the caller then judges its results); false after a checked refusal, with every byte of
-    /// <paramref name="outputs"/> (poisoned by the caller) still 0xFF.
+    /// <paramref name="outputs"/> (poisoned by the caller) still 0xFF. <paramref name="pagedKv"/>: the call's keys and values
+    /// are paged (a batch with a block table, C ABI 0.11), which the capability query is told too; the path contract is
+    /// the same.
     /// </summary>
     private protected bool ForwardOnPath(
-        AttentionOptions options, DataType dtype, int headDim, bool varlen, Action forward, IReadOnlyList<DeviceArray> outputs, string context)
+        AttentionOptions options, DataType dtype, int headDim, bool varlen, Action forward, IReadOnlyList<DeviceArray> outputs, string context,
+        bool pagedKv = false)
     {
         KernelPath path = options.KernelPath;
         var contract = new PathContract(
@@ -32,12 +35,13 @@ public abstract class ForwardPathTestBase : AttentionTestBase
             "FA_PATH_SM90",
             $"a build with sm_90a code: {ForwardPaths.BuildHasSm90a}; path {path} must serve the forward at head dim {headDim}",
             (ex, where) => ForwardPaths.AssertSm90Refusal(ex.Status, ex.NativeMessage, Device, where),
-            (_, query, where) => Assert.That(query.Reason, Does.Contain("FA_PATH_SM90"), where));
+            (_, query, where) => Assert.That(query.Reason, Does.Contain("FA_PATH_SM90"), where),
+            PagedKv: pagedKv);
         return ForwardOnPath(options, dtype, headDim, varlen, forward, outputs, context, contract);
     }
 
     /// <summary>
-    /// <see cref="ForwardOnPath(AttentionOptions, DataType, int, bool, Action, IReadOnlyList{DeviceArray}, string)"/> under
+    /// <see cref="ForwardOnPath(AttentionOptions, DataType, int, bool, Action, IReadOnlyList{DeviceArray}, string, bool)"/> under
     /// the given <paramref name="contract"/> (the fp8 forward has its own): where the contract serves the call, it must run
     /// (UNSUPPORTED fails the test) on the kernel family <see cref="ForwardPaths.AssertRan"/> expects, and the capability
     /// query must agree; elsewhere it must be refused as the contract says, the query must refuse too, no kernel may run
@@ -60,6 +64,7 @@ public abstract class ForwardPathTestBase : AttentionTestBase
             {
                 HeadDimV = contract.HeadDimV,
                 Dropout = contract.Dropout,
+                PagedKv = contract.PagedKv,
             });
         Kernels.Clear();
         if (!contract.Serves)
@@ -104,7 +109,7 @@ public abstract class ForwardPathTestBase : AttentionTestBase
     }
 
     /// <summary>
-    /// <see cref="ForwardOnPath(AttentionOptions, DataType, int, bool, Action, IReadOnlyList{DeviceArray}, string)"/> for a
+    /// <see cref="ForwardOnPath(AttentionOptions, DataType, int, bool, Action, IReadOnlyList{DeviceArray}, string, bool)"/> for a
     /// call whose v and output have a head dim of their own (<paramref name="headDimV"/>, C ABI 0.10;
     /// <paramref name="dropout"/>: whether the call has dropout). The sm80 forward serves the pairs on every GPU, so
     /// <see cref="KernelPath.Sm80"/> must run the pair's sm80 kernels; <see cref="KernelPath.Sm90"/> must run the pair's
@@ -188,6 +193,7 @@ public abstract class ForwardPathTestBase : AttentionTestBase
     /// for the path.
     /// </param>
     /// <param name="Dropout">Whether the call has dropout, for the capability query (<see cref="SupportQuery.Dropout"/>).</param>
+    /// <param name="PagedKv">Whether the call's keys and values are paged, for the capability query (<see cref="SupportQuery.PagedKv"/>).</param>
     private protected sealed record PathContract(
         bool Serves,
         string Refuses,
@@ -196,5 +202,6 @@ public abstract class ForwardPathTestBase : AttentionTestBase
         Action<FlashAttentionException, SupportResult, string> AssertRefusalAmongChecks,
         int HeadDimV = 0,
         Action<IReadOnlyList<string>, string>? AssertRan = null,
-        bool Dropout = false);
+        bool Dropout = false,
+        bool PagedKv = false);
 }
