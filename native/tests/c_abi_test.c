@@ -2856,17 +2856,68 @@ typedef struct varlen_case {
     int max_extra;    /* max_seqlen_q/k are the longest lengths plus this */
 } varlen_case;
 
+/* Where a variable-length batch's host inputs and outputs live, for check_varlen_outputs. Keys: sequence n's key j of
+   KV head kh at k + (cu_k[n] + j) * k_row + kh * k_head (values likewise). */
+typedef struct varlen_view {
+    int batch, hq, hkv, d;
+    const int32_t *cu_q, *cu_k;
+    const int *len_q, *len_k;
+    const uint16_t *q, *k, *v;
+    const fa_tensor_t *tq, *to;  /* q's and out's layouts ([total, heads, d]) */
+    int64_t k_row, k_head, v_row, v_head;
+    int64_t lse_stride;          /* lse is [hq, total_q] with rows lse_stride apart */
+} varlen_view;
+
+/* Every element of a variable-length call's out and lse against the float64 reference (compare_outputs). */
+static void check_varlen_outputs(const char* label, const ref_problem* rp, const varlen_view* w, const uint16_t* ho,
+                                 int64_t n_out, const float* hl, int64_t n_lse) {
+    const int64_t total_q = w->cu_q[w->batch];
+    int max_k = 0, n, i, h;
+    double *ref, *ref_lse, *scores;
+    int64_t *out_off, *lse_off;
+    for (n = 0; n < w->batch; ++n) max_k = w->len_k[n] > max_k ? w->len_k[n] : max_k;
+    ref = (double*)malloc(sizeof(double) * (size_t)(total_q * w->hq * w->d + 1));
+    ref_lse = (double*)malloc(sizeof(double) * (size_t)(total_q * w->hq + 1));
+    out_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)(total_q * w->hq + 1));
+    lse_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)(total_q * w->hq + 1));
+    scores = (double*)malloc(sizeof(double) * (size_t)(max_k + 1));
+    if (!ref || !ref_lse || !out_off || !lse_off || !scores) {
+        CHECK(0, "%s: host allocation failed", label);
+    } else {
+        for (n = 0; n < w->batch; ++n) {
+            for (i = 0; i < w->len_q[n]; ++i) {
+                const int64_t r = w->cu_q[n] + i;
+                for (h = 0; h < w->hq; ++h) {
+                    const int kh = h / (w->hq / w->hkv);
+                    const int64_t slot = r * w->hq + h;
+                    out_off[slot] = r * w->to->strides[0] + h * w->to->strides[1];
+                    lse_off[slot] = h * w->lse_stride + r;
+                    ref_lse[slot] = reference_row(
+                        rp, i, w->len_q[n], w->len_k[n], w->q + r * w->tq->strides[0] + h * w->tq->strides[1],
+                        w->k + w->cu_k[n] * w->k_row + kh * w->k_head, w->k_row, w->v + w->cu_k[n] * w->v_row + kh * w->v_head,
+                        w->v_row, ref + slot * w->d, scores);
+                }
+            }
+        }
+        compare_outputs(label, rp->dtype, w->d, total_q, w->hq, ho, n_out, out_off, ref, hl, n_lse, lse_off, ref_lse);
+    }
+    free(ref);
+    free(ref_lse);
+    free(out_off);
+    free(lse_off);
+    free(scores);
+}
+
 static void run_varlen_case(fa_context_t context, void* stream, const varlen_case* c, int path, log_record* log) {
     enum { TAIL_ROWS = 2, LSE_PAD = 3 };
     fa_forward_params_t p;
     int32_t cu_q[5], cu_k[5];
-    int max_q = 0, max_k = 0, n, i, h;
-    int64_t total_q, total_k, n_q, n_k, n_out, n_lse, lse_stride, r;
+    int max_q = 0, max_k = 0, n;
+    int64_t total_q, total_k, n_q, n_k, n_out, n_lse, lse_stride;
     uint16_t *hq = NULL, *hk = NULL, *hv = NULL, *ho = NULL;
     float* hl = NULL;
-    double *ref = NULL, *ref_lse = NULL, *scores = NULL;
-    int64_t *out_off = NULL, *lse_off = NULL;
     device_io io;
+    varlen_view view;
     void *dcu_q = NULL, *dcu_k = NULL;
     fa_tensor_t tq, tk, tv, to;
     ref_problem rp;
@@ -2906,12 +2957,7 @@ static void run_varlen_case(fa_context_t context, void* stream, const varlen_cas
     hv = (uint16_t*)malloc((size_t)n_k * 2);
     ho = (uint16_t*)malloc((size_t)n_out * 2);
     hl = (float*)malloc((size_t)n_lse * sizeof(float));
-    ref = (double*)malloc(sizeof(double) * (size_t)(total_q * c->hq * c->d));
-    ref_lse = (double*)malloc(sizeof(double) * (size_t)(total_q * c->hq));
-    out_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)(total_q * c->hq));
-    lse_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)(total_q * c->hq));
-    scores = (double*)malloc(sizeof(double) * (size_t)(max_k + 1));
-    if (!hq || !hk || !hv || !ho || !hl || !ref || !ref_lse || !out_off || !lse_off || !scores) {
+    if (!hq || !hk || !hv || !ho || !hl) {
         CHECK(0, "%s: host allocation failed", label);
         goto done;
     }
@@ -2962,22 +3008,9 @@ static void run_varlen_case(fa_context_t context, void* stream, const varlen_cas
 
     rp = make_problem(c->dtype, c->d, c->hq, c->hkv, c->causal, c->alignment, c->window, c->window_left,
                       c->window_right, 0.0f, c->softcap); /* varlen cases use the default scale */
-    for (n = 0; n < c->batch; ++n) {
-        for (i = 0; i < c->len_q[n]; ++i) {
-            r = cu_q[n] + i;
-            for (h = 0; h < c->hq; ++h) {
-                const int kh = h / (c->hq / c->hkv);
-                const int64_t slot = r * c->hq + h;
-                out_off[slot] = r * to.strides[0] + h * to.strides[1];
-                lse_off[slot] = h * lse_stride + r;
-                ref_lse[slot] = reference_row(&rp, i, c->len_q[n], c->len_k[n], hq + r * tq.strides[0] + h * tq.strides[1],
-                                              hk + cu_k[n] * tk.strides[0] + kh * tk.strides[1], tk.strides[0],
-                                              hv + cu_k[n] * tv.strides[0] + kh * tv.strides[1], tv.strides[0],
-                                              ref + slot * c->d, scores);
-            }
-        }
-    }
-    compare_outputs(label, c->dtype, c->d, total_q, c->hq, ho, n_out, out_off, ref, hl, n_lse, lse_off, ref_lse);
+    view = (varlen_view){c->batch, c->hq, c->hkv, c->d, cu_q, cu_k, c->len_q, c->len_k, hq, hk, hv, &tq, &to,
+                         tk.strides[0], tk.strides[1], tv.strides[0], tv.strides[1], lse_stride};
+    check_varlen_outputs(label, &rp, &view, ho, n_out, hl, n_lse);
 
 done:
     free_io(&io);
@@ -2988,11 +3021,6 @@ done:
     free(hv);
     free(ho);
     free(hl);
-    free(ref);
-    free(ref_lse);
-    free(out_off);
-    free(lse_off);
-    free(scores);
 }
 
 /* ---- GPU: paged K/V in the variable-length forward (C ABI 0.11) ------------------------------------------------ */
@@ -3020,14 +3048,13 @@ static void run_paged_case(fa_context_t context, void* stream, const paged_case*
     enum { SPARE_BLOCKS = 3, TAIL_ROWS = 2 };
     fa_forward_params_t p;
     int32_t cu_q[5], cu_k[5], first_block[5];
-    int max_q = 0, max_k = 0, max_blocks = 1, num_blocks = SPARE_BLOCKS, n, i, h, j;
-    int64_t total_q, total_k, n_q, n_k, n_pool, n_out, n_lse, r, row_elems;
+    int max_q = 0, max_k = 0, max_blocks = 1, num_blocks = SPARE_BLOCKS, n, i, j;
+    int64_t total_q, total_k, n_q, n_k, n_pool, n_out, n_lse, row_elems;
     uint16_t *hq = NULL, *hk = NULL, *hv = NULL, *ho = NULL, *pk = NULL, *pv = NULL;
     int32_t *table = NULL, *perm = NULL;
     float* hl = NULL;
-    double *ref = NULL, *ref_lse = NULL, *scores = NULL;
-    int64_t *out_off = NULL, *lse_off = NULL;
     device_io io;
+    varlen_view view;
     void *dcu_q = NULL, *dcu_k = NULL, *dtable = NULL;
     fa_tensor_t tq, to;
     ref_problem rp;
@@ -3072,13 +3099,7 @@ static void run_paged_case(fa_context_t context, void* stream, const paged_case*
     hl = (float*)malloc((size_t)(n_lse > 0 ? n_lse : 1) * sizeof(float));
     table = (int32_t*)malloc(sizeof(int32_t) * (size_t)(c->batch * max_blocks));
     perm = (int32_t*)malloc(sizeof(int32_t) * (size_t)num_blocks);
-    ref = (double*)malloc(sizeof(double) * (size_t)(total_q * c->hq * c->d + 1));
-    ref_lse = (double*)malloc(sizeof(double) * (size_t)(total_q * c->hq + 1));
-    out_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)(total_q * c->hq + 1));
-    lse_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)(total_q * c->hq + 1));
-    scores = (double*)malloc(sizeof(double) * (size_t)(max_k + 1));
-    if (!hq || !hk || !hv || !pk || !pv || !ho || !hl || !table || !perm || !ref || !ref_lse || !out_off || !lse_off ||
-        !scores) {
+    if (!hq || !hk || !hv || !pk || !pv || !ho || !hl || !table || !perm) {
         CHECK(0, "%s: host allocation failed", label);
         goto done;
     }
@@ -3180,21 +3201,10 @@ static void run_paged_case(fa_context_t context, void* stream, const paged_case*
 
     rp = make_problem(c->dtype, c->d, c->hq, c->hkv, c->causal, c->alignment, c->window, c->window_left,
                       c->window_right, 0.0f, c->softcap);
-    for (n = 0; n < c->batch; ++n) {
-        for (i = 0; i < c->len_q[n]; ++i) {
-            r = cu_q[n] + i;
-            for (h = 0; h < c->hq; ++h) {
-                const int kh = h / (c->hq / c->hkv);
-                const int64_t slot = r * c->hq + h;
-                out_off[slot] = r * to.strides[0] + h * to.strides[1];
-                lse_off[slot] = h * total_q + r;
-                ref_lse[slot] = reference_row(&rp, i, c->len_q[n], c->len_k[n], hq + r * tq.strides[0] + h * tq.strides[1],
-                                              hk + cu_k[n] * row_elems + kh * c->d, row_elems,
-                                              hv + cu_k[n] * row_elems + kh * c->d, row_elems, ref + slot * c->d, scores);
-            }
-        }
-    }
-    compare_outputs(label, c->dtype, c->d, total_q, c->hq, ho, n_out, out_off, ref, hl, n_lse, lse_off, ref_lse);
+    /* the reference reads the keys as contiguous sequences (hk, hv), from which the pool was filled */
+    view = (varlen_view){c->batch, c->hq, c->hkv, c->d, cu_q, cu_k, c->len_q, c->len_k, hq, hk, hv, &tq, &to,
+                         row_elems, c->d, row_elems, c->d, total_q};
+    check_varlen_outputs(label, &rp, &view, ho, n_out, hl, n_lse);
 
 done:
     free_io(&io);
@@ -3210,11 +3220,6 @@ done:
     free(hl);
     free(table);
     free(perm);
-    free(ref);
-    free(ref_lse);
-    free(out_off);
-    free(lse_off);
-    free(scores);
 }
 
 /* A variable-length batch with max_seqlen_q = 0 launches nothing and writes nothing. */
