@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from common import (MAX_BWD_REL_ERR, MAX_REL_ERR, cell, current_stream, first_line, rel_err, study_start, tflops,
-                    write_study_record)
+from common import MAX_BWD_REL_ERR, MAX_REL_ERR, cell, current_stream, first_line, rel_err, tflops
 from fa_abi import FA_DTYPE_BFLOAT16, FA_PATH_AUTO, FA_PATH_SM80
+from study import study_start, write_study_record
 from torch_sdpa import fwd_flops
 
 P = 0.17  # FlashAttention-2's test probability

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from common import MAX_REL_ERR, cell, describe, first_line, int32_ptr, rel_err, study_start, tflops, write_study_record
+from common import MAX_REL_ERR, cell, describe, first_line, int32_ptr, rel_err, tflops
 from fa_abi import FA_CAUSAL_BOTTOM_RIGHT, FA_DTYPE_BFLOAT16, FA_DTYPE_INT32, FA_PATH_AUTO, FA_PATH_SM80
+from study import study_start, write_study_record
 
 HQ, HKV, D, BLOCK = 32, 8, 128, 256
 # (batch, new queries a sequence, keys a sequence with them): chunked prefill of 512 tokens over a 32k cache, and

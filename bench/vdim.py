@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from common import MAX_BWD_REL_ERR, MAX_REL_ERR, cell, rel_err, first_line, study_start, tflops, write_study_record
+from common import MAX_BWD_REL_ERR, MAX_REL_ERR, cell, rel_err, first_line, tflops
 from fa_abi import FA_DTYPE_BFLOAT16, FA_PATH_AUTO, FA_PATH_SM80
+from study import study_start, write_study_record
 
 PAIRS = ((192, 128, True), (64, 512, False))  # (d, dv, has a backward)
 HEADS = 16
