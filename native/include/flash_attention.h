@@ -308,14 +308,16 @@ typedef struct fa_forward_params {
        j % block_size of block block_table[b, j / block_size]. cu_seqlens_k keeps giving the key lengths (prefix sums;
        its values index no tensor, so cu_seqlens_k_host is checked for order and lengths only) and max_seqlen_k may
        not exceed the table's capacity, max_blocks_per_seq * block_size. Every mask, window and option (but dropout)
-       applies as to contiguous keys. block_size is served for multiples of 128 (FlashAttention-2 asks for multiples of 256); other
-       sizes are FA_STATUS_UNSUPPORTED (fa_decode takes powers of two from 16). Served by both paths for fp16 and bf16
-       without dropout (fp8, dropout_p > 0: UNSUPPORTED); fa_backward has no paged K/V. Entries past a sequence's last block are never read; a row
-       of a sequence's last block past its length is never used (it may hold anything, NaN included). An entry
-       outside [0, num_blocks) that a sequence uses is clamped by the kernels (no access leaves k or v) and reported:
-       the context returns FA_STATUS_DEVICE_CHECK_FAILED naming block_table from fa_context_check or the next call. */
+       applies as to contiguous keys. block_size is served for multiples of 128 (FlashAttention-2 asks for multiples of
+       256); other sizes are FA_STATUS_UNSUPPORTED (fa_decode takes powers of two from 16). Served by both paths for
+       fp16 and bf16 without dropout (fp8, dropout_p > 0: UNSUPPORTED); fa_backward has no paged K/V. Entries past a
+       sequence's last block are never read; a row of a sequence's last block past its length is never used (it may hold
+       anything, NaN included). An entry outside [0, num_blocks) of a page the kernels read (one with a key some query
+       row sees) is clamped by the kernels (no access leaves k or v) and reported: the context returns
+       FA_STATUS_DEVICE_CHECK_FAILED naming block_table from fa_context_check or the next call. */
     /* Device int32 [varlen_batch, max_blocks_per_seq] (rank 2, any strides >= 1, 4-byte aligned), the block of each
-       page of each sequence. data NULL: k and v are packed as described at cu_seqlens_k. Must not overlap out or lse. */
+       page of each sequence. data NULL: k and v are packed as described at cu_seqlens_k. Must not overlap out or
+       lse. */
     fa_tensor_t block_table;
 } fa_forward_params_t;
 

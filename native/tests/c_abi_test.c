@@ -3181,6 +3181,8 @@ static void run_paged_case(fa_context_t context, void* stream, const paged_case*
         goto done;
     }
     check_forward_kernel(label, log, path, c->dtype, c->d);
+    CHECK(strstr(log->last, "_paged_") != NULL, "%s: a paged call must run a paged kernel; the log says \"%s\"", label,
+          log->last);
     expect("stream synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
     if (c->bad_block) {
         /* The clamped entry is reported (the outputs of that sequence are not valid, so they are not compared). */
@@ -3813,6 +3815,9 @@ static void test_gpu(int32_t count) {
         {3, {77, 200, 9, 0}, {129, 40, 640, 0}, 4, 1, 256, 128, 1, FA_CAUSAL_TOP_LEFT, 1, 48, -1, 10.0f, BF16, 1, 0},
         {2, {64, 100, 0, 0}, {384, 90, 0, 0}, 8, 2, 192, 128, 0, FA_CAUSAL_BOTTOM_RIGHT, 1, 32, 16, 0.0f, F16, 0, 0},
         {2, {64, 10, 0, 0}, {384, 90, 0, 0}, 2, 1, 96, 256, 1, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 1, 1},
+        /* more tiles than 3 x 132 SMs, so that a persistent sm90 CTA walks several tiles (the tail mbarrier's phases),
+           with the keyless tiles of a sequence that has queries but no keys among them */
+        {4, {300, 5, 257, 129}, {513, 0, 256, 700}, 32, 8, 64, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 0, 0},
     };
     const varlen_case path_varlen_cases[] = {
         {4, {17, 0, 1, 300}, {33, 5, 0, 260}, 8, 2, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 8, 1, 0},

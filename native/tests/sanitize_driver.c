@@ -481,6 +481,8 @@ static const feature k_features[] = {
      0, 0, 1, 4, {0, 70, 33, 129}, {20, 0, 300, 129}, 0, 0, 0, 128},
     {"paged K/V block 256, window + softcap, alibi [b, hq], sinks", 1, 0, 0, 0, 2, 1, 0, 0, 0, 40, 8, 30.0f, 0, 0, 0, 0,
      0, 0, 0, 3, {64, 1, 200}, {257, 9, 190}, 1, 2, 0, 256},
+    {"paged K/V block 128, more tiles than SMs (a CTA walks several), keyless tiles, causal", 1, 0, 0, 0, 16, 4, 0, 1, 0,
+     -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 4, {300, 5, 257, 129}, {513, 0, 256, 700}, 0, 0, 0, 128},
 };
 
 /* The decode options (contiguous and paged caches, splits, appends). */

@@ -1245,6 +1245,9 @@ def test_paged_call_argument_errors_before_torch():
         fai.flash_attn_varlen_func(X, X, X, X, X, 8, 8, dropout_p=1.0, block_table=X)
     with pytest.raises(ValueError, match="window_size left must be >= -1"):
         fai.flash_attn_varlen_func(X, X, X, X, X, 8, 8, window_size=(-2, 0), block_table=X)
+    # Dropout over paged K/V is refused before anything is drawn (the library refuses it too).
+    with pytest.raises(fai.UnsupportedArgumentError, match=r"dropout_p=0\.1\d* is not served .*block_table"):
+        fai.flash_attn_varlen_func(X, X, X, X, X, 8, 8, dropout_p=0.1, block_table=X)
     with pytest.raises(ValueError, match="sinks and learnable_sink are the same argument"):
         fai.flash_attn_varlen_func(X, X, X, X, X, 8, 8, block_table=X, sinks=X, learnable_sink=X)
 

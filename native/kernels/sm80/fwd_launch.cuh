@@ -19,6 +19,8 @@ template <class Tr, bool kLocal, bool kSoftcap, bool kDropout, bool kPaged>
 cudaError_t launch_fwd_tr(FwdParams p, const LaunchInfo& info, cudaStream_t stream, unsigned v_chunks) {
     auto kernel = fwd_kernel<Tr, kLocal, kSoftcap, kDropout, kPaged>;
     constexpr int smem = Tr::kSmemBytes;
+    // Paged K/V: a key tile must lie in one block (the host serves block sizes that are multiples of 128).
+    if (kPaged != (p.block_table != nullptr) || (kPaged && p.block_size % Tr::kBlockN != 0)) return cudaErrorInvalidValue;
     static std::atomic<uint64_t> raised{0};
     const cudaError_t err = raise_smem_once(kernel, smem, info, raised);
     if (err != cudaSuccess) return err;

@@ -60,16 +60,17 @@ before anything runs; call it under torch.no_grad() / torch.inference_mode() or 
 
 Paged K/V (C ABI 0.11; FlashAttention-2's block_table of flash_attn_varlen_func, FlashAttention-3's page_table): with
 block_table, int32 (batch, max_num_blocks_per_seq) on the GPU, k and v of flash_attn_varlen_func are pools of blocks,
-[num_blocks, block_size, heads_kv, head_dim] and [num_blocks, block_size, heads_kv, head_dim_v]; key j of sequence b
-is row j % block_size of block block_table[b, j // block_size], cu_seqlens_k still gives the key lengths (its values
-index no tensor), and max_seqlen_k may not exceed max_num_blocks_per_seq * block_size. Rows of a sequence's last
-block past its length and table entries past its last block are never read (they may hold anything). The library
-serves block sizes that are multiples of 128 (flash-attn asks for multiples of 256; another size is its
-FlashAttentionError, FA_STATUS_UNSUPPORTED), fp16 and bf16 (fp8 inputs with block_table are refused), with every
-other option (causal, window, softcap, ALiBi, sinks, dropout, GQA, lse); out is [total_q, heads, head_dim_v] and the
-returned values are flash-attn's. Forward only, as in flash-attn (whose varlen backward reads contiguous k and v, as
-the library's does): a call that autograd records (grad mode on, an input requires grad) runs and records, so code
-that leaves grad mode on keeps working, and its backward raises UnsupportedArgumentError naming block_table. A block id outside [0, num_blocks) that a sequence uses is clamped on the GPU (no access leaves the
+[num_blocks, block_size, heads_kv, head_dim] and [num_blocks, block_size, heads_kv, head_dim_v]; key j of sequence b is
+row j % block_size of block block_table[b, j // block_size], cu_seqlens_k still gives the key lengths (its values index
+no tensor), and max_seqlen_k may not exceed max_num_blocks_per_seq * block_size. Rows of a sequence's last block past
+its length are never used and table entries past its last block never read (they may hold anything). The library serves
+block sizes that are multiples of 128 (flash-attn asks for multiples of 256; another size is its FlashAttentionError,
+FA_STATUS_UNSUPPORTED), fp16 and bf16 (fp8 inputs with block_table are refused), with every other option but dropout
+(causal, window, softcap, ALiBi, sinks, GQA, lse; dropout_p > 0 raises UnsupportedArgumentError); out is [total_q,
+heads, head_dim_v] and the returned values are flash-attn's. Forward only, as in flash-attn (whose varlen backward reads
+contiguous k and v, as the library's does): a call that autograd records (grad mode on, an input requires grad) runs and
+records, so code that leaves grad mode on keeps working, and its backward raises UnsupportedArgumentError naming
+block_table. A block id outside [0, num_blocks) of a page the kernels read is clamped on the GPU (no access leaves the
 pools) and reported as decode's device checks are: the next call on the device raises FlashAttentionError
 (FA_STATUS_DEVICE_CHECK_FAILED, its message naming block_table), or check_device_errors() does.
 """
@@ -278,6 +279,10 @@ def _paged(function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     device), then q, k, v as every call checks them, then the devices. Forward only: recorded by autograd when an
     input requires grad, whose backward raises (see _ops.attention_paged)."""
     dropout_p = _args.dropout_arg(function, dropout_p)
+    if dropout_p:
+        # Refused here, before a seed and offset would be drawn from PyTorch's generator (the library refuses it too).
+        _args.refuse(function, "dropout_p", dropout_p, "paged K/V (block_table) is served without dropout: it is for "
+                     "attention over a KV cache; gather the keys and values into packed tensors to train with dropout")
     if descales is not _NO_DESCALES:
         _refuse_paged_fp8(function)
     if cu_seqlens_q is None or cu_seqlens_k is None:
@@ -392,10 +397,10 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     block_size, heads_kv, head_dim] and v [num_blocks, block_size, heads_kv, head_dim_v] are then pools of blocks, key
     j of sequence b row j % block_size of block block_table[b, j // block_size]; cu_seqlens_k still gives the key
     lengths, and max_seqlen_k is at most max_num_blocks_per_seq * block_size. block_size a multiple of 128 (flash-attn:
-    256); fp16 and bf16 (not fp8); every other option applies. Forward only, as flash-attn's: a call autograd records
-    runs, and its backward raises UnsupportedArgumentError. A block id outside [0, num_blocks) that a sequence uses is
-    clamped on the GPU and reported by the next call on the device (FlashAttentionError, FA_STATUS_DEVICE_CHECK_FAILED,
-    naming block_table) or by check_device_errors()."""
+    256); fp16 and bf16 (not fp8); every other option but dropout applies. Forward only, as flash-attn's: a call
+    autograd records runs, and its backward raises UnsupportedArgumentError. A block id outside [0, num_blocks) of a
+    page the kernels read is clamped on the GPU and reported by the next call on the device (FlashAttentionError,
+    FA_STATUS_DEVICE_CHECK_FAILED, naming block_table) or by check_device_errors()."""
     f = "flash_attn_varlen_func"
     opts = _options(f, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, causal_alignment)
     if block_table is not None:
