@@ -1906,15 +1906,10 @@ static int lists_pair_kernel(const char* pass, int d, int dv) { return lists_pai
 /* The validation batch's pool: 9 blocks of 128 keys, 3 per sequence (384 >= VL_MAX_K = 290). */
 enum { PG_BLOCK = 128, PG_BLOCKS = 9, PG_MAX_BLOCKS = 3 };
 
+/* A dense int32 [batch, max_blocks] block table. */
 static void set_block_table(fa_tensor_t* t, void* data, int64_t batch, int64_t max_blocks) {
-    memset(t, 0, sizeof(*t));
-    t->data = data;
+    set_tensor2_f32(t, data, batch, max_blocks);
     t->dtype = FA_DTYPE_INT32;
-    t->rank = 2;
-    t->shape[0] = batch;
-    t->shape[1] = max_blocks;
-    t->strides[1] = 1;
-    t->strides[0] = max_blocks;
 }
 
 /* valid_varlen_params with k and v pools of blocks and a block table (made-up addresses, never dereferenced). */
