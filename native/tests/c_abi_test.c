@@ -2023,6 +2023,44 @@ static void test_paged_validation(void) {
     q.paged_kv = 1; /* a 0.10-sized query has no paged_kv: a fixed-length forward without it */
     q.struct_size = (uint32_t)offsetof(fa_support_query_t, paged_kv);
     expect("0.10-sized query", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+
+    /* the kernel list: every forward kernel of a local variant without dropout (fp16, bf16) has its paged twin, and
+       every paged kernel is such a twin (local, 16-bit, no dropout); the other passes have no paged forward kernel */
+    {
+        int32_t count = 0, i, paged = 0, twins = 0;
+        CHECK(fa_kernel_count(&count) == FA_STATUS_SUCCESS, "fa_kernel_count: %s", fa_last_error_message());
+        for (i = 0; i < count; ++i) {
+            const char* name = NULL;
+            char twin[192];
+            const char* at;
+            if (fa_kernel_name(i, &name) != FA_STATUS_SUCCESS || name == NULL || strstr(name, "_fwd_") == NULL) continue;
+            if (strstr(name, "_paged_") != NULL) {
+                ++paged;
+                CHECK(strstr(name, "_local") != NULL && strstr(name, "_dropout") == NULL && strstr(name, "_e4m3_") == NULL,
+                      "%s: a paged forward kernel must be a local, 16-bit kernel without dropout", name);
+                continue;
+            }
+            if (strstr(name, "_local") == NULL || strstr(name, "_dropout") != NULL || strstr(name, "_e4m3_") != NULL) continue;
+            /* the twin's name: "_paged" before the tile tag (the first "_<digit>" after the variant tags) */
+            at = strstr(name, "_local");
+            while ((at = strchr(at + 1, '_')) != NULL && !(at[1] >= '0' && at[1] <= '9')) {
+            }
+            if (at == NULL || (size_t)(at - name) + strlen(at) + 7 >= sizeof twin) continue;
+            sprintf(twin, "%.*s_paged%s", (int)(at - name), name, at);
+            {
+                int32_t j;
+                int found = 0;
+                for (j = 0; j < count && !found; ++j) {
+                    const char* other = NULL;
+                    found = fa_kernel_name(j, &other) == FA_STATUS_SUCCESS && other != NULL && strcmp(other, twin) == 0;
+                }
+                CHECK(found, "%s has no paged twin %s in the kernel list", name, twin);
+                twins += found;
+            }
+        }
+        CHECK(paged > 0 && paged == twins, "the kernel list has %d paged forward kernels and %d local kernels with a twin",
+              (int)paged, (int)twins);
+    }
 }
 
 static void test_v_head_dim_validation(void) {
