@@ -2672,6 +2672,19 @@ static void check_refusal_wrote_nothing(const char* label, const device_io* io, 
     CHECK(log->forward_launches == launches_before, "%s: a refused call launched a kernel", label);
 }
 
+/* fa_forward(p) on `path`: where the path does not serve the call, it must be refused (check_sm90_refusal) having
+   launched and written nothing, and 0 is returned; else it must succeed (1) or fails the test (0). */
+static int forward_or_refusal(const char* label, fa_context_t context, void* stream, const fa_forward_params_t* p,
+                              int path, const device_io* io, uint16_t* ho, float* hl, log_record* log) {
+    if (!forward_served(path)) {
+        const int launches = log->forward_launches;
+        check_sm90_refusal(label, fa_forward(context, p, stream));
+        check_refusal_wrote_nothing(label, io, stream, ho, hl, log, launches);
+        return 0;
+    }
+    return expect(label, fa_forward(context, p, stream), FA_STATUS_SUCCESS, NULL);
+}
+
 static int run_forward_case(fa_context_t context, void* stream, const fwd_case* c, int path, log_record* log) {
     fa_forward_params_t p;
     fa_tensor_t tq, tk, tv, to;
@@ -2739,13 +2752,7 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
     p.kernel_path = path;
     set_features(&p, c->causal, c->alignment, c->window, c->window_left, c->window_right, c->softcap);
     log->debug_calls = 0;
-    if (!forward_served(path)) {
-        const int launches = log->forward_launches;
-        check_sm90_refusal(label, fa_forward(context, &p, stream));
-        check_refusal_wrote_nothing(label, &io, stream, ho, hl, log, launches);
-        goto done;
-    }
-    if (!expect(label, fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL)) {
+    if (!forward_or_refusal(label, context, stream, &p, path, &io, ho, hl, log)) {
         goto done;
     }
     CHECK(log->debug_calls >= 1, "%s: no FA_LOG_DEBUG message naming the kernel", label);
@@ -3026,13 +3033,7 @@ static void run_varlen_case(fa_context_t context, void* stream, const varlen_cas
     p.max_seqlen_k = max_k + c->max_extra;
     p.kernel_path = path;
     set_features(&p, c->causal, c->alignment, c->window, c->window_left, c->window_right, c->softcap);
-    if (!forward_served(path)) {
-        const int launches = log->forward_launches;
-        check_sm90_refusal(label, fa_forward(context, &p, stream));
-        check_refusal_wrote_nothing(label, &io, stream, ho, hl, log, launches);
-        goto done;
-    }
-    if (!expect(label, fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL)) {
+    if (!forward_or_refusal(label, context, stream, &p, path, &io, ho, hl, log)) {
         goto done;
     }
     check_forward_kernel(label, log, path, c->dtype, c->d);
@@ -3204,13 +3205,7 @@ static void run_paged_case(fa_context_t context, void* stream, const paged_case*
     p.max_seqlen_k = max_k;
     p.kernel_path = path;
     set_features(&p, c->causal, c->alignment, c->window, c->window_left, c->window_right, c->softcap);
-    if (!forward_served(path)) {
-        const int launches = log->forward_launches;
-        check_sm90_refusal(label, fa_forward(context, &p, stream));
-        check_refusal_wrote_nothing(label, &io, stream, ho, hl, log, launches);
-        goto done;
-    }
-    if (!expect(label, fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL)) {
+    if (!forward_or_refusal(label, context, stream, &p, path, &io, ho, hl, log)) {
         goto done;
     }
     check_forward_kernel(label, log, path, c->dtype, c->d);
