@@ -477,9 +477,11 @@ void check_attention_served(const AttentionArgs& a, const AttentionShape& sh, in
     }
     check_int32_sizes({{sh.b, varlen ? "varlen_batch" : "q.shape[0] (batch)"},
                        {sh.rows_q, varlen ? "q.shape[0] (total_q)" : "q.shape[1] (seqlen_q)"},
-                       {sh.rows_k, sh.paged ? "k.shape[1] (block_size)" : varlen ? "k.shape[0] (total_k)" : "k.shape[1] (seqlen_k)"},
+                       {sh.rows_k, sh.paged   ? "k.shape[1] (block_size)"
+                                   : varlen ? "k.shape[0] (total_k)"
+                                            : "k.shape[1] (seqlen_k)"},
                        {sh.hq, varlen ? "q.shape[1] (heads_q)" : "q.shape[2] (heads_q)"},
-                       {sh.hkv, sh.paged ? "k.shape[2] (heads_kv)" : varlen ? "k.shape[1] (heads_kv)" : "k.shape[2] (heads_kv)"}});
+                       {sh.hkv, sh.kv_row_dim == 0 ? "k.shape[1] (heads_kv)" : "k.shape[2] (heads_kv)"}});
     // The kernels walk a 1-D grid of one block per (sequence, head, 64-row block or more): its size
     // and the block index must stay within int32.
     const int64_t sq = varlen ? static_cast<int64_t>(a.max_seqlen_q) : sh.rows_q;
