@@ -109,37 +109,10 @@ public sealed class PagedVarlenTests : ForwardPathTestBase
             LensQ, LensK, hq, hkv, d, blockSize, options, refOut, refLse);
 
         float softmaxScale = scale ?? (float)(1.0 / Math.Sqrt(d));
-        int rowQ = 0, rowK = 0;
-        for (int b = 0; b < LensQ.Length; b++)
-        {
-            int lq = LensQ[b], lk = LensK[b];
-            var dims = new AttentionDims(1, lq, lk, hq, hkv, d);
-            string where = $"{context}, path {path}, sequence {b} (Sq {lq}, Sk {lk})";
-            if (lq > 0)
-            {
-                // The naive side reads the packed rows, not the pools: an independent route to the same keys.
-                float[] qs = q.AsSpan(rowQ * hq * d, lq * hq * d).ToArray();
-                float[] ks = k.AsSpan(rowK * hkv * d, lk * hkv * d).ToArray();
-                float[] vs = v.AsSpan(rowK * hkv * d, lk * hkv * d).ToArray();
-                float[] naive = NaiveAttention.ForwardSameDtype(qs, ks, vs, dims, spec, softmaxScale, x => DeviceArray.Round(dtype, x));
-                float[] oursSeq = ours.AsSpan(rowQ * hq * d, lq * hq * d).ToArray();
-                double[] refSeq = refOut.AsSpan(rowQ * hq * d, lq * hq * d).ToArray();
-                Assert.That(AcceptanceRule.JudgeOutput(oursSeq, naive, refSeq, dtype, dims, spec), Is.Empty, where);
-
-                var lseSeq = new float[hq * lq];
-                var refLseSeq = new double[hq * lq];
-                for (int h = 0; h < hq; h++)
-                {
-                    Array.Copy(lse, (h * totalQ) + rowQ, lseSeq, h * lq, lq);
-                    Array.Copy(refLse, (h * totalQ) + rowQ, refLseSeq, h * lq, lq);
-                }
-
-                Assert.That(AcceptanceRule.JudgeLse(lseSeq, refLseSeq), Is.Empty, where);
-            }
-
-            rowQ += lq;
-            rowK += lk;
-        }
+        // The naive side reads the packed rows, not the pools: an independent route to the same keys.
+        VarlenJudge.PerSequence(
+            LensQ, LensK, q, k, v, ours, lse, refOut, refLse, hq, hkv, d, d, dtype, spec, softmaxScale,
+            b => $"{context}, path {path}, sequence {b} (Sq {LensQ[b]}, Sk {LensK[b]})");
     }
 
     /// <summary>

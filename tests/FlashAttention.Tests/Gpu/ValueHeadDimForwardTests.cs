@@ -160,36 +160,10 @@ public sealed class ValueHeadDimForwardTests : ForwardPathTestBase
         AttentionReference.ForwardVarlen(AttentionReference.ToDouble(q), AttentionReference.ToDouble(k), AttentionReference.ToDouble(v),
             lensQ, lensK, hq, hkv, d, dv, options, ReadOnlySpan<double>.Empty, ReadOnlySpan<double>.Empty, refOut, refLse);
 
-        int rowQ = 0, rowK = 0;
-        for (int b = 0; b < lensQ.Length; b++)
-        {
-            int lq = lensQ[b], lk = lensK[b];
-            var dims = new AttentionDims(1, lq, lk, hq, hkv, d) { HeadDimV = dv };
-            string where = $"{context}, path {path}, sequence {b} (Sq {lq}, Sk {lk})";
-            if (lq > 0)
-            {
-                float[] qs = q.AsSpan(rowQ * hq * d, lq * hq * d).ToArray();
-                float[] ks = k.AsSpan(rowK * hkv * d, lk * hkv * d).ToArray();
-                float[] vs = v.AsSpan(rowK * hkv * dv, lk * hkv * dv).ToArray();
-                float[] naive = NaiveAttention.ForwardSameDtype(qs, ks, vs, dims, mask, (float)dims.DefaultScale, x => DeviceArray.Round(dtype, x));
-                float[] oursSeq = ours.AsSpan(rowQ * hq * dv, lq * hq * dv).ToArray();
-                double[] refSeq = refOut.AsSpan(rowQ * hq * dv, lq * hq * dv).ToArray();
-                Assert.That(AcceptanceRule.JudgeOutput(oursSeq, naive, refSeq, dtype, dims, mask), Is.Empty, where);
-
-                var lseSeq = new float[hq * lq];
-                var refLseSeq = new double[hq * lq];
-                for (int h = 0; h < hq; h++)
-                {
-                    Array.Copy(lse, (h * totalQ) + rowQ, lseSeq, h * lq, lq);
-                    Array.Copy(refLse, (h * totalQ) + rowQ, refLseSeq, h * lq, lq);
-                }
-
-                Assert.That(AcceptanceRule.JudgeLse(lseSeq, refLseSeq), Is.Empty, where);
-            }
-
-            rowQ += lq;
-            rowK += lk;
-        }
+        VarlenJudge.PerSequence(
+            lensQ, lensK, q, k, v, ours, lse, refOut, refLse, hq, hkv, d, dv, dtype, mask,
+            (float)(1.0 / Math.Sqrt(d)),
+            b => $"{context}, path {path}, sequence {b} (Sq {lensQ[b]}, Sk {lensK[b]})");
     }
 
     /// <summary>What a case adds to the plain call: ALiBi slopes (per head or per batch), sinks, or dropout.</summary>

@@ -65,35 +65,8 @@ public sealed class VarlenTests : ForwardPathTestBase
             AttentionReference.ToDouble(q), AttentionReference.ToDouble(k), AttentionReference.ToDouble(v),
             LensQ, LensK, hq, hkv, d, options, refOut, refLse);
 
-        int rowQ = 0, rowK = 0;
-        for (int b = 0; b < LensQ.Length; b++)
-        {
-            int lq = LensQ[b], lk = LensK[b];
-            var dims = new AttentionDims(1, lq, lk, hq, hkv, d);
-            string context = $"seed {seed}, {dtype}, D{d}, path {path}, sequence {b} (Sq {lq}, Sk {lk}), {spec}";
-            if (lq > 0)
-            {
-                float[] qs = q.AsSpan(rowQ * hq * d, lq * hq * d).ToArray();
-                float[] ks = k.AsSpan(rowK * hkv * d, lk * hkv * d).ToArray();
-                float[] vs = v.AsSpan(rowK * hkv * d, lk * hkv * d).ToArray();
-                float[] naive = NaiveAttention.ForwardSameDtype(qs, ks, vs, dims, spec, (float)(1.0 / Math.Sqrt(d)), x => DeviceArray.Round(dtype, x));
-                float[] oursSeq = ours.AsSpan(rowQ * hq * d, lq * hq * d).ToArray();
-                double[] refSeq = refOut.AsSpan(rowQ * hq * d, lq * hq * d).ToArray();
-                Assert.That(AcceptanceRule.JudgeOutput(oursSeq, naive, refSeq, dtype, dims, spec), Is.Empty, context);
-
-                var lseSeq = new float[hq * lq];
-                var refLseSeq = new double[hq * lq];
-                for (int h = 0; h < hq; h++)
-                {
-                    Array.Copy(lse, (h * totalQ) + rowQ, lseSeq, h * lq, lq);
-                    Array.Copy(refLse, (h * totalQ) + rowQ, refLseSeq, h * lq, lq);
-                }
-
-                Assert.That(AcceptanceRule.JudgeLse(lseSeq, refLseSeq), Is.Empty, context);
-            }
-
-            rowQ += lq;
-            rowK += lk;
-        }
+        VarlenJudge.PerSequence(
+            LensQ, LensK, q, k, v, ours, lse, refOut, refLse, hq, hkv, d, d, dtype, spec, (float)(1.0 / Math.Sqrt(d)),
+            b => $"seed {seed}, {dtype}, D{d}, path {path}, sequence {b} (Sq {LensQ[b]}, Sk {LensK[b]}), {spec}");
     }
 }
