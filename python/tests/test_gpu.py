@@ -17,6 +17,7 @@ pytestmark = pytest.mark.gpu
 torch = pytest.importorskip("torch", reason="PyTorch is not installed")
 F = torch.nn.functional
 DEV = "cuda"
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402 - after the skip above
 
 
 def masked_scores(q, k, v, causal, window, softcap, scale, top_left, slopes=None):
@@ -488,6 +489,19 @@ def _custom_ops():
     return _ops
 
 
+class _RecordOps(TorchDispatchMode):
+    """A dispatch mode that records the name of every op it sees (a mode also makes a call go through the custom ops
+    instead of the eager path)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
 def test_eager_path_and_custom_op_agree_bitwise():
     # A plain eager call skips the custom op (host time); what torch.compile's graph calls is the op: same bits.
     ops = _custom_ops()
@@ -509,20 +523,9 @@ def test_eager_path_and_custom_op_agree_bitwise():
 
 def test_modes_see_the_custom_op_and_a_device_context_does_not_need_it():
     _custom_ops()
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Record(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     q = rand(1, 64, 2, 64, grad=True)
     ref = fai.flash_attn_func(q, q, q, causal=True)
-    with Record() as mode:
+    with _RecordOps() as mode:
         out = fai.flash_attn_func(q, q, q, causal=True)
     assert any("flash_attn_interop.fwd" in o for o in mode.ops), mode.ops
     assert torch.equal(out, ref)
@@ -1004,18 +1007,7 @@ def test_sinks_custom_op_matches_the_eager_call():
     sinks = torch.randn(4, device=DEV).requires_grad_(True)
     eager = fai.flash_attn_func(q, k, v, causal=True, sinks=sinks)
     ge = torch.autograd.grad(eager.float().sum(), (q, k, v, sinks))
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Record(TorchDispatchMode):  # a mode makes the call go through the custom ops
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Record() as mode:
+    with _RecordOps() as mode:
         op = fai.flash_attn_func(q, k, v, causal=True, sinks=sinks)
         go = torch.autograd.grad(op.float().sum(), (q, k, v, sinks))
     assert any("flash_attn_interop.fwd_sink" in o for o in mode.ops), mode.ops
@@ -1719,18 +1711,7 @@ def test_paged_call_with_grad_records_its_forward_and_its_backward_raises():
     from flash_attn_interop import _ops
     if not _ops.HAS_CUSTOM_OP:
         return
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Record(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Record() as mode:
+    with _RecordOps() as mode:
         out = fai.flash_attn_varlen_func(q, k_pool, v_pool, cu_q, cu_k, 40, 150, causal=True, block_table=table)
     assert any("flash_attn_interop.fwd_paged" in o for o in mode.ops), mode.ops
     assert out.requires_grad and torch.equal(out, want)
