@@ -24,7 +24,7 @@
 
 /* Version of this header. fa_version() reports the version of the loaded binary. */
 #define FA_VERSION_MAJOR 0
-#define FA_VERSION_MINOR 11
+#define FA_VERSION_MINOR 12
 #define FA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
@@ -429,15 +429,16 @@ typedef struct fa_backward_params {
    pad is counted in cache_seqlens). The effective key length is sk_b = total_b - lp_b, keys numbered from lp_b;
    the causal mask and window are placed bottom-right over it, so query i sees, when causal, positions
    lp_b .. total_b - seqlen_q + i (a query with no such position gets output 0 and log-sum-exp +inf).
-   cache_batch_idx, cache_leftpad, seqlen_knew != seqlen_q and rotary embedding (since 0.8) are served by every
-   decode kernel, so fa_query_support has no field for them. */
+   cache_batch_idx, cache_leftpad, seqlen_knew != seqlen_q, rotary embedding (since 0.8) and per-sequence counts
+   (cu_seqlens_q / cu_seqlens_k_new, since 0.12: seqlen_q and seqlen_knew are then sequence b's own) are served by
+   every decode kernel, so fa_query_support has no field for them. */
 typedef struct fa_decode_params {
     /* sizeof(fa_decode_params_t) as the caller compiled it; set by fa_decode_params_init. */
     uint32_t struct_size;
     /* Reserved; must be 0. */
     uint32_t reserved0;
-    /* New queries [batch, seqlen_q, heads_q, head_dim], fp16 or bf16 (an fp8 query or cache is
-       FA_STATUS_UNSUPPORTED: not served yet). */
+    /* New queries [batch, seqlen_q, heads_q, head_dim] (packed [total_q, heads_q, head_dim] with cu_seqlens_q),
+       fp16 or bf16 (an fp8 query or cache is FA_STATUS_UNSUPPORTED: not served yet). */
     fa_tensor_t q;
     /* Key cache, same dtype as q: contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
        NULL, else paged [num_blocks, block_size, heads_kv, head_dim] with block_size a power of two from 16
@@ -445,14 +446,16 @@ typedef struct fa_decode_params {
     fa_tensor_t k_cache;
     /* Value cache, shaped like k_cache. */
     fa_tensor_t v_cache;
-    /* Optional new keys [batch, seqlen_knew, heads_kv, head_dim] (data NULL: append nothing); seqlen_knew may
-       differ from q's seqlen_q (since 0.7; 0.6 required them equal). */
+    /* Optional new keys [batch, seqlen_knew, heads_kv, head_dim] (packed [total_k_new, heads_kv, head_dim] with
+       cu_seqlens_k_new; data NULL: append nothing); seqlen_knew may differ from q's seqlen_q (since 0.7; 0.6
+       required them equal). */
     fa_tensor_t k_new;
     /* New values, shaped like k_new; given exactly when k_new is. */
     fa_tensor_t v_new;
-    /* Output [batch, seqlen_q, heads_q, head_dim], same dtype as q; written. */
+    /* Output shaped like q, same dtype as q; written. */
     fa_tensor_t out;
-    /* Optional log-sum-exp [batch, heads_q, seqlen_q], fp32; written when data is not NULL. */
+    /* Optional log-sum-exp [batch, heads_q, seqlen_q] ([heads_q, total_q] with cu_seqlens_q), fp32; written when
+       data is not NULL. */
     fa_tensor_t lse;
     /* Tokens already in each sequence's cache (absolute: a left pad counts), device int32 [batch] (rank 1).
        Updated only with advance_cache_seqlens. */
@@ -552,6 +555,35 @@ typedef struct fa_decode_params {
     int32_t rotary_interleaved;
     /* Reserved; must be 0 (keeps the rotary block 8-byte sized). */
     int32_t reserved1;
+    /* ---- Per-sequence query and append counts (since 0.12; a caller compiled against 0.11 passes a smaller
+       struct_size and gets none: every sequence has q.shape[1] queries and appends k_new.shape[1] keys).
+       FlashAttention-3's cu_seqlens_q / cu_seqlens_k_new of flash_attn_with_kvcache: speculative decoding with
+       drafts of different lengths, chunked prefill. Sequence b's new keys are appended first; its causal diagonal
+       (and window) sits bottom-right over its final length cache_seqlens[b] + added_b, as with equal counts. */
+    /* Optional device int32 [batch + 1] (rank 1), prefix sums of each sequence's query count, starting at 0. q and
+       out are then rank 3, [total_q, heads_q, head_dim], and lse [heads_q, total_q]; sequence b's queries are rows
+       cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1 (a count may be 0: nothing is written for it), and batch is
+       cu_seqlens_q.shape[0] - 1. Rotary positions of the queries are as documented above, with i counted within the
+       sequence. data NULL: q is [batch, seqlen_q, heads_q, head_dim]. */
+    fa_tensor_t cu_seqlens_q;
+    /* Optional device int32 [batch + 1] (rank 1), prefix sums of each sequence's appended count, starting at 0;
+       only with k_new/v_new, which are then rank 3, [total_k_new, heads_kv, head_dim], sequence b appending rows
+       cu_seqlens_k_new[b] .. cu_seqlens_k_new[b + 1] - 1 (a count may be 0). advance_cache_seqlens adds each
+       sequence's own count. data NULL: every sequence appends k_new.shape[1] keys. */
+    fa_tensor_t cu_seqlens_k_new;
+    /* Optional host copies of cu_seqlens_q / cu_seqlens_k_new (batch + 1 entries, the same values): checked before
+       anything is launched (start at 0, never decrease, end within q's / k_new's rows, each query count at most
+       max_seqlen_q, and with cache_seqlens_host each sequence's length with its appended keys within its cache).
+       Without them the kernels clamp a malformed array (so that no access leaves the tensors) and report it:
+       FA_STATUS_DEVICE_CHECK_FAILED naming cu_seqlens_q / cu_seqlens_k_new from fa_context_check or the next call. */
+    const int32_t* cu_seqlens_q_host;
+    /* See cu_seqlens_q_host. */
+    const int32_t* cu_seqlens_k_new_host;
+    /* With cu_seqlens_q: the most queries one sequence has (at least every count; it sizes the grid and the split
+       workspace). Must be 0 without cu_seqlens_q. */
+    int32_t max_seqlen_q;
+    /* Reserved; must be 0. */
+    int32_t reserved2;
 } fa_decode_params_t;
 
 /* A question for fa_query_support: is this kind of call served by this build on this GPU? */

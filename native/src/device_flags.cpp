@@ -126,6 +126,12 @@ void report_device_flags(const LaunchInfo& info, bool launching) {
             "sequence's output and lse are not valid (pass cache_leftpad_host too and such a pad is refused before the "
             "launch)");
     }
+    if (bits & kDeviceFlagDecodeCuSeqlens) {
+        add("an earlier fa_decode on this context read a cu_seqlens_q or cu_seqlens_k_new entry outside the packed rows "
+            "(q.shape[0] or k_new.shape[0]), decreasing, or giving a sequence more queries than max_seqlen_q; the kernels "
+            "clamped it, so that sequence's appended keys, output and lse are not valid (pass cu_seqlens_q_host / "
+            "cu_seqlens_k_new_host too and such an array is refused before the launch)");
+    }
     if (bits & kDeviceFlagForwardBlockId) {
         add("an earlier fa_forward on this context read a block_table entry outside [0, num_blocks) (num_blocks = "
             "k.shape[0]); the kernels clamped it, so that sequence's output and lse are not valid");

@@ -50,7 +50,12 @@ std::string describe(const DecodeParams& p) {
     std::string out = "decode b=" + s(p.b) + " sq=" + s(p.sq) + " hq=" + s(p.hq) + " hkv=" + s(p.hkv) + " d=" + s(p.d) +
                       " " + dtype_tag(p.dtype) + " capacity=" + s(p.capacity);
     out += p.block_table != nullptr ? " paged(block " + s(p.block_size) + ")" : " contiguous";
-    if (p.added > 0) out += p.added == p.sq ? " append" : " append=" + s(p.added);
+    if (p.cu_seqlens_q != nullptr) out += " cu_seqlens_q(total " + s(p.total_q) + ")";
+    if (p.cu_seqlens_knew != nullptr) {
+        out += " append cu_seqlens_k_new(total " + s(p.total_knew) + ")";
+    } else if (p.added > 0) {
+        out += p.added == p.sq ? " append" : " append=" + s(p.added);
+    }
     if (p.cache_batch_idx != nullptr) out += " batch_idx(pool " + s(p.cache_rows) + ")";
     if (p.cache_leftpad != nullptr) out += " leftpad";
     if (p.alibi_slopes != nullptr) out += p.alibi_causal ? " alibi(causal form)" : " alibi";
@@ -133,6 +138,14 @@ struct DecodeCheck {
     const void* rotary_sin;
     int32_t rotary_dim, rotary_seqlen, rotary_interleaved, rotary_reserved;
     bool has_rotary = false;
+    // The 0.12 per-sequence counts, or their defaults (no arrays) for an older caller's smaller struct.
+    fa_tensor_t cu_q_t, cu_kn_t;
+    const int32_t* cu_q_host;
+    const int32_t* cu_kn_host;
+    int32_t max_seqlen_q, reserved2;
+    bool varlen_q = false, packed_kn = false;
+    Extent cq{0, 0}, ckn{0, 0};
+    int64_t total_q = 0, total_kn = 0;
     Extent rc{0, 0}, rs{0, 0};
     bool paged = false, append = false, has_lse = false, has_batch_idx = false, has_leftpad = false;
     Extent q{0, 0}, kc{0, 0}, vc{0, 0}, o{0, 0}, sl{0, 0}, l{0, 0}, bt{0, 0}, kn{0, 0}, vn{0, 0}, bi{0, 0}, lp{0, 0};
@@ -156,6 +169,14 @@ struct DecodeCheck {
           rotary_interleaved(FA_FIELD_OR_DEFAULT(params, decode_defaults(), rotary_interleaved)),
           rotary_reserved(FA_FIELD_OR_DEFAULT(params, decode_defaults(), reserved1)),
           has_rotary(rotary_cos != nullptr || rotary_sin != nullptr),
+          cu_q_t(FA_FIELD_OR_DEFAULT(params, decode_defaults(), cu_seqlens_q)),
+          cu_kn_t(FA_FIELD_OR_DEFAULT(params, decode_defaults(), cu_seqlens_k_new)),
+          cu_q_host(FA_FIELD_OR_DEFAULT(params, decode_defaults(), cu_seqlens_q_host)),
+          cu_kn_host(FA_FIELD_OR_DEFAULT(params, decode_defaults(), cu_seqlens_k_new_host)),
+          max_seqlen_q(FA_FIELD_OR_DEFAULT(params, decode_defaults(), max_seqlen_q)),
+          reserved2(FA_FIELD_OR_DEFAULT(params, decode_defaults(), reserved2)),
+          varlen_q(cu_q_t.data != nullptr),
+          packed_kn(cu_kn_t.data != nullptr),
           paged(params.block_table.data != nullptr),
           append(params.k_new.data != nullptr || params.v_new.data != nullptr),
           has_lse(params.lse.data != nullptr),
@@ -164,6 +185,41 @@ struct DecodeCheck {
 
     // The ALiBi slopes (since 0.8): [heads_q] or [batch, heads_q] fp32, once b and hq are known.
     void alibi_slopes() { alibi = check_alibi_slopes(alibi_t, b, "q.shape[0] (batch)", hq); }
+
+    // The per-sequence counts (0.12): the arrays go with what they describe, max_seqlen_q with cu_seqlens_q.
+    void counts_paired() const {
+        check_reserved(reserved2, "reserved2");
+        if (packed_kn && !append) {
+            invalid("cu_seqlens_k_new.data is set but k_new/v_new are not given; cu_seqlens_k_new gives the number of "
+                    "new keys each sequence appends");
+        }
+        if (cu_q_host != nullptr && !varlen_q) {
+            invalid("cu_seqlens_q_host is given but cu_seqlens_q.data is NULL; the host copy only accompanies the device "
+                    "array the kernels read");
+        }
+        if (cu_kn_host != nullptr && !packed_kn) {
+            invalid("cu_seqlens_k_new_host is given but cu_seqlens_k_new.data is NULL; the host copy only accompanies "
+                    "the device array the kernels read");
+        }
+        if (!varlen_q && max_seqlen_q != 0) {
+            invalid("max_seqlen_q is " + s(max_seqlen_q) + " but cu_seqlens_q.data is NULL; max_seqlen_q sizes a batch "
+                    "of per-sequence query counts and must be 0 without one");
+        }
+        if (varlen_q && max_seqlen_q < 1) {
+            invalid("max_seqlen_q is " + s(max_seqlen_q) + " with cu_seqlens_q; it must be at least 1 (the most queries "
+                    "one sequence has; q holds at least one row)");
+        }
+    }
+
+    // Sequence i's query count and appended count where the host knows them: the fixed counts, or the host copies
+    // of the arrays; otherwise the largest query count (max_seqlen_q) and -1 for the appended count (unknown).
+    int64_t queries_of(int64_t i) const {
+        return varlen_q && cu_q_host != nullptr ? int64_t{cu_q_host[i + 1]} - cu_q_host[i] : sq;
+    }
+    int64_t added_of(int64_t i) const {
+        if (!packed_kn) return added;
+        return cu_kn_host != nullptr ? int64_t{cu_kn_host[i + 1]} - cu_kn_host[i] : -1;
+    }
 
     // The host copies go with their device arrays.
     void host_copies_paired() const {
@@ -179,16 +235,19 @@ struct DecodeCheck {
 
     // Each tensor on its own.
     void each_tensor() {
-        q = check_tensor({P.q, "q", {"batch", "seqlen_new", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
+        q = varlen_q ? check_tensor({P.q, "q", {"total_q", "heads_q", "head_dim", ""}, 3, ""}, TensorKind::Attention)
+                     : check_tensor({P.q, "q", {"batch", "seqlen_new", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
         const char* cache_dims_contiguous[4] = {"batch", "capacity", "heads_kv", "head_dim"};
         const char* cache_dims_paged[4] = {"num_blocks", "block_size", "heads_kv", "head_dim"};
         const char* const* cd = paged ? cache_dims_paged : cache_dims_contiguous;
         kc = check_tensor({P.k_cache, "k_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, ""}, TensorKind::Attention);
         vc = check_tensor({P.v_cache, "v_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, ""}, TensorKind::Attention);
-        o = check_tensor({P.out, "out", {"batch", "seqlen_new", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
+        o = varlen_q ? check_tensor({P.out, "out", {"total_q", "heads_q", "head_dim", ""}, 3, ""}, TensorKind::Attention)
+                     : check_tensor({P.out, "out", {"batch", "seqlen_new", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
         sl = check_tensor({P.cache_seqlens, "cache_seqlens", {"batch", "", "", ""}, 1, ""}, TensorKind::Int32);
         if (has_lse) {
-            l = check_tensor({P.lse, "lse", {"batch", "heads_q", "seqlen_new", ""}, 3, ""}, TensorKind::Float32);
+            l = varlen_q ? check_tensor({P.lse, "lse", {"heads_q", "total_q", "", ""}, 2, ""}, TensorKind::Float32)
+                         : check_tensor({P.lse, "lse", {"batch", "heads_q", "seqlen_new", ""}, 3, ""}, TensorKind::Float32);
         }
         if (paged) {
             bt = check_tensor({P.block_table, "block_table", {has_batch_idx ? "pool" : "batch", "max_blocks_per_seq", "", ""},
@@ -196,8 +255,24 @@ struct DecodeCheck {
                               TensorKind::Int32);
         }
         if (append) {
-            kn = check_tensor({P.k_new, "k_new", {"batch", "seqlen_knew", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
-            vn = check_tensor({P.v_new, "v_new", {"batch", "seqlen_knew", "heads_kv", "head_dim"}, 4, ""}, TensorKind::Attention);
+            if (packed_kn) {
+                kn = check_tensor({P.k_new, "k_new", {"total_k_new", "heads_kv", "head_dim", ""}, 3, ""}, TensorKind::Attention);
+                vn = check_tensor({P.v_new, "v_new", {"total_k_new", "heads_kv", "head_dim", ""}, 3, ""}, TensorKind::Attention);
+            } else {
+                kn = check_tensor({P.k_new, "k_new", {"batch", "seqlen_knew", "heads_kv", "head_dim"}, 4, ""},
+                                  TensorKind::Attention);
+                vn = check_tensor({P.v_new, "v_new", {"batch", "seqlen_knew", "heads_kv", "head_dim"}, 4, ""},
+                                  TensorKind::Attention);
+            }
+        }
+        if (varlen_q) {
+            cq = check_tensor({cu_q_t, "cu_seqlens_q", {"batch + 1", "", "", ""}, 1, ""}, TensorKind::Int32);
+            if (cu_q_t.shape[0] < 1) {
+                invalid("cu_seqlens_q.shape[0] is 0; it holds batch + 1 prefix sums (at least the leading 0)");
+            }
+        }
+        if (packed_kn) {
+            ckn = check_tensor({cu_kn_t, "cu_seqlens_k_new", {"batch + 1", "", "", ""}, 1, ""}, TensorKind::Int32);
         }
         if (has_batch_idx) {
             bi = check_tensor({batch_idx, "cache_batch_idx", {"batch", "", "", ""}, 1, ""}, TensorKind::Int32);
@@ -221,50 +296,73 @@ struct DecodeCheck {
                         dtype_name(P.q.dtype) + "; q, the caches, the new keys/values and out must share one dtype");
             }
         }
-        b = P.q.shape[0];
-        sq = P.q.shape[1];
-        hq = P.q.shape[2];
-        d = P.q.shape[3];
+        const int32_t qr = P.q.rank;  // 4, or 3 with cu_seqlens_q
+        b = varlen_q ? cu_q_t.shape[0] - 1 : P.q.shape[0];
+        sq = varlen_q ? max_seqlen_q : P.q.shape[1];
+        total_q = varlen_q ? P.q.shape[0] : 0;
+        hq = P.q.shape[qr - 2];
+        d = P.q.shape[qr - 1];
         hkv = P.k_cache.shape[2];
-        for (int32_t i = 0; i < 4; ++i) {
+        if (varlen_q && max_seqlen_q > total_q) {
+            invalid("max_seqlen_q is " + s(max_seqlen_q) + " but q holds " + s(total_q) +
+                    " query rows in all (q.shape[0], total_q); no sequence has more");
+        }
+        if (packed_kn) check_dim(cu_kn_t, "cu_seqlens_k_new", 0, "batch + 1", b + 1, varlen_q ? "cu_seqlens_q.shape[0]" : "q.shape[0] + 1");
+        for (int32_t i = 0; i < qr; ++i) {
             if (P.out.shape[i] != P.q.shape[i]) {
                 invalid("out.shape is " + shape_string(P.out) + " but q.shape is " + shape_string(P.q) +
                         "; out must have the shape of q");
             }
+        }
+        for (int32_t i = 0; i < 4; ++i) {
             if (P.v_cache.shape[i] != P.k_cache.shape[i]) {
                 invalid("v_cache.shape is " + shape_string(P.v_cache) + " but k_cache.shape is " + shape_string(P.k_cache) +
                         "; the key and value caches must have the same shape");
             }
         }
-        check_dim(P.k_cache, "k_cache", 3, "head_dim", d, "q.shape[3] (head_dim)");
+        const std::string q_head_dim = varlen_q ? "q.shape[2] (head_dim)" : "q.shape[3] (head_dim)";
+        const std::string q_batch = varlen_q ? "cu_seqlens_q.shape[0] - 1 (batch)" : "q.shape[0] (batch)";
+        check_dim(P.k_cache, "k_cache", 3, "head_dim", d, q_head_dim);
         // With cache_batch_idx the cache (contiguous) or the block table (paged) is a pool of rows of any size;
         // without it, one row per sequence.
         if (!has_batch_idx) {
             if (paged) {
-                check_dim(P.block_table, "block_table", 0, "batch", b, "q.shape[0] (batch)");
+                check_dim(P.block_table, "block_table", 0, "batch", b, q_batch);
             } else {
-                check_dim(P.k_cache, "k_cache", 0, "batch", b, "q.shape[0] (batch)");
+                check_dim(P.k_cache, "k_cache", 0, "batch", b, q_batch);
             }
         }
         cache_rows = paged ? P.block_table.shape[0] : P.k_cache.shape[0];
-        check_dim(P.cache_seqlens, "cache_seqlens", 0, "batch", b, "q.shape[0] (batch)");
-        if (has_batch_idx) check_dim(batch_idx, "cache_batch_idx", 0, "batch", b, "q.shape[0] (batch)");
-        if (has_leftpad) check_dim(leftpad, "cache_leftpad", 0, "batch", b, "q.shape[0] (batch)");
+        check_dim(P.cache_seqlens, "cache_seqlens", 0, "batch", b, q_batch);
+        if (has_batch_idx) check_dim(batch_idx, "cache_batch_idx", 0, "batch", b, q_batch);
+        if (has_leftpad) check_dim(leftpad, "cache_leftpad", 0, "batch", b, q_batch);
         if (append) {
             const struct {
                 const fa_tensor_t& t;
                 const char* name;
             } news[] = {{P.k_new, "k_new"}, {P.v_new, "v_new"}};
+            // Packed (cu_seqlens_k_new): [total_k_new, heads_kv, head_dim]; else [batch, seqlen_knew, heads_kv, head_dim].
+            const int32_t h = packed_kn ? 1 : 2;
             for (const auto& nw : news) {
-                check_dim(nw.t, nw.name, 0, "batch", b, "q.shape[0] (batch)");
-                check_dim(nw.t, nw.name, 2, "heads_kv", hkv, "k_cache.shape[2] (heads_kv)");
-                check_dim(nw.t, nw.name, 3, "head_dim", d, "q.shape[3] (head_dim)");
+                if (!packed_kn) check_dim(nw.t, nw.name, 0, "batch", b, q_batch);
+                check_dim(nw.t, nw.name, h, "heads_kv", hkv, "k_cache.shape[2] (heads_kv)");
+                check_dim(nw.t, nw.name, h + 1, "head_dim", d, q_head_dim);
             }
             // The appended count may differ from q's seqlen_q (more or fewer); v_new must match k_new.
-            check_dim(P.v_new, "v_new", 1, "seqlen_knew", P.k_new.shape[1], "k_new.shape[1] (seqlen_knew)");
+            if (packed_kn) {
+                check_dim(P.v_new, "v_new", 0, "total_k_new", P.k_new.shape[0], "k_new.shape[0] (total_k_new)");
+                total_kn = P.k_new.shape[0];
+            } else {
+                check_dim(P.v_new, "v_new", 1, "seqlen_knew", P.k_new.shape[1], "k_new.shape[1] (seqlen_knew)");
+            }
         }
         check_gqa(hq, hkv, "k_cache");
-        if (has_lse) {
+        if (has_lse && varlen_q) {
+            if (P.lse.shape[0] != hq || P.lse.shape[1] != total_q) {
+                invalid("lse.shape is " + shape_string(P.lse) + " but must be [heads_q, total_q] = [" + s(hq) + ", " +
+                        s(total_q) + "] (with cu_seqlens_q)");
+            }
+        } else if (has_lse) {
             if (P.lse.shape[0] != b || P.lse.shape[1] != hq || P.lse.shape[2] != sq) {
                 invalid("lse.shape is " + shape_string(P.lse) + " but must be [batch, heads_q, seqlen_new] = [" + s(b) + ", " +
                         s(hq) + ", " + s(sq) + "]");
@@ -277,7 +375,7 @@ struct DecodeCheck {
         capacity = paged ? (block_size <= kInt32Max && max_blocks <= kInt32Max ? max_blocks * block_size
                                                                                : std::numeric_limits<int64_t>::max())
                          : P.k_cache.shape[1];
-        added = append ? P.k_new.shape[1] : 0;
+        added = append && !packed_kn ? P.k_new.shape[1] : 0;
         if (append && capacity < added) {
             invalid(std::string(paged ? "block_table.shape[1] (max_blocks_per_seq) x k_cache.shape[1] (block_size)"
                                       : "k_cache.shape[1] (capacity)") +
@@ -345,7 +443,10 @@ struct DecodeCheck {
             invalid("rotary table too short: rotary_seqlen is " + s(rotary_seqlen) + " rows but the cache holds " +
                     s(capacity) + " positions per sequence; the cos/sin tables need a row for every cache position");
         }
-        if (rotary_per_row() && sq > added && P.cache_seqlens_host == nullptr && rotary_seqlen < capacity - added + sq) {
+        if (rotary_per_row() && P.cache_seqlens_host == nullptr && (varlen_q || packed_kn)) {
+            rotary_rows_per_sequence();
+        } else if (rotary_per_row() && sq > added && P.cache_seqlens_host == nullptr &&
+                   rotary_seqlen < capacity - added + sq) {
             invalid("rotary table too short: rotary_seqlen is " + s(rotary_seqlen) + " rows, but with causal or a window "
                     "query i is rotated at cache_seqlens + i, and with seqlen_q " + s(sq) + " above seqlen_knew " +
                     s(added) + " that reaches position " + s(capacity - added + sq - 1) +
@@ -363,6 +464,48 @@ struct DecodeCheck {
                 invalid(std::string(t.name) + " (" + hex(t.ptr) + ") is not 16-byte aligned");
             }
             *t.e = buffer_extent(t.ptr, static_cast<size_t>(bytes), t.name);
+        }
+    }
+
+    // The rotary table check without cache_seqlens_host, with per-sequence counts (0.12): sequence i's last query
+    // is rotated at (at most) capacity - added_i + queries_i - 1, with an appended count the host does not know taken
+    // as 0 and a query count it does not know as max_seqlen_q. One device array for both counts means each sequence
+    // appends as many keys as it has queries: its queries stay inside the capacity.
+    void rotary_rows_per_sequence() const {
+        if (varlen_q && packed_kn && cu_q_t.data == cu_kn_t.data && cu_q_t.strides[0] == cu_kn_t.strides[0]) return;
+        int64_t need = capacity, worst = -1;
+        for (int64_t i = 0; i < b; ++i) {
+            const int64_t a = added_of(i);
+            const int64_t rows_needed = capacity - (a < 0 ? 0 : a) + queries_of(i);
+            if (rows_needed > need) {
+                need = rows_needed;
+                worst = i;
+            }
+        }
+        if (rotary_seqlen < need) {
+            const int64_t a = added_of(worst);
+            invalid("rotary table too short: rotary_seqlen is " + s(rotary_seqlen) + " rows, but with causal or a window "
+                    "query i is rotated at cache_seqlens + i, and sequence " + s(worst) + " has " + s(queries_of(worst)) +
+                    (varlen_q && cu_q_host == nullptr ? " (max_seqlen_q)" : "") + " queries and appends " +
+                    (a < 0 ? "an unknown number of keys (no cu_seqlens_k_new_host; taken as 0)" : s(a) + " keys") +
+                    ", which reaches position " + s(need - 1) + " for a full cache; give cache_seqlens_host (checked "
+                    "exactly) or a table of " + s(need) + " rows");
+        }
+    }
+
+    // The host copies of the per-sequence counts (0.12), checked as the forward's cu_seqlens host copies are.
+    void host_counts() const {
+        if (cu_q_host != nullptr) {
+            check_int32_aligned(cu_q_host, "cu_seqlens_q_host");
+            check_host_cu_seqlens(cu_q_host, "cu_seqlens_q_host", static_cast<int32_t>(b), total_q, "q (q.shape[0], total_q)",
+                                  max_seqlen_q, "max_seqlen_q");
+        }
+        if (cu_kn_host != nullptr) {
+            check_int32_aligned(cu_kn_host, "cu_seqlens_k_new_host");
+            check_host_cu_seqlens(cu_kn_host, "cu_seqlens_k_new_host", static_cast<int32_t>(b), total_kn,
+                                  "k_new (k_new.shape[0], total_k_new)",
+                                  static_cast<int32_t>(capacity < kInt32Max ? capacity : kInt32Max),
+                                  "the cache's capacity");
         }
     }
 
@@ -392,11 +535,13 @@ struct DecodeCheck {
                             " positions its cache has");
                 }
                 // (A negative length is cache_seqlens_host's own refusal, below.)
-                if (P.cache_seqlens_host != nullptr && P.cache_seqlens_host[i] >= 0 &&
-                    pad > int64_t{P.cache_seqlens_host[i]} + added) {
+                // (An appended count the host does not know, -1, leaves the bound to the kernels' clamp.)
+                const int64_t a = added_of(i);
+                if (P.cache_seqlens_host != nullptr && P.cache_seqlens_host[i] >= 0 && a >= 0 &&
+                    pad > int64_t{P.cache_seqlens_host[i]} + a) {
                     invalid("cache_leftpad_host[" + s(i) + "] is " + s(pad) + " but sequence " + s(i) + " ends at " +
-                            s(int64_t{P.cache_seqlens_host[i]} + added) + " (cache_seqlens_host[" + s(i) + "] = " +
-                            s(P.cache_seqlens_host[i]) + (append ? " plus " + s(added) + " new tokens" : std::string()) +
+                            s(int64_t{P.cache_seqlens_host[i]} + a) + " (cache_seqlens_host[" + s(i) + "] = " +
+                            s(P.cache_seqlens_host[i]) + (append ? " plus " + s(a) + " new tokens" : std::string()) +
                             "); its valid keys are positions cache_leftpad .. cache_seqlens + seqlen_knew - 1");
                 }
             }
@@ -409,21 +554,26 @@ struct DecodeCheck {
                 if (cached < 0) {
                     invalid("cache_seqlens_host[" + s(i) + "] is " + s(cached) + "; cache lengths must be 0 or more");
                 }
-                if (cached + added > capacity) {
-                    invalid(append ? "sequence " + s(i) + " holds " + s(cached) + " tokens (cache_seqlens_host[" + s(i) +
-                                         "]) and appends " + s(added) + ", " + s(cached + added) +
-                                         " in all, but its cache has room for " + s(capacity)
-                                   : "cache_seqlens_host[" + s(i) + "] is " + s(cached) + ", more than the " + s(capacity) +
-                                         " positions its cache has");
+                // Its appended count (-1: packed without cu_seqlens_k_new_host; the kernels clamp and report then).
+                const int64_t a = added_of(i);
+                if (cached + (a < 0 ? 0 : a) > capacity) {
+                    invalid(append && a >= 0 ? "sequence " + s(i) + " holds " + s(cached) + " tokens (cache_seqlens_host[" +
+                                                   s(i) + "]) and appends " + s(a) + ", " + s(cached + a) +
+                                                   " in all, but its cache has room for " + s(capacity)
+                                             : "cache_seqlens_host[" + s(i) + "] is " + s(cached) + ", more than the " +
+                                                   s(capacity) + " positions its cache has");
                 }
-                if (has_rotary && rotary_per_row() && cached + sq > rotary_seqlen) {
+                const int64_t nq = queries_of(i);
+                if (has_rotary && rotary_per_row() && nq > 0 && cached + nq > rotary_seqlen) {
                     invalid("rotary table too short: sequence " + s(i) + " holds " + s(cached) +
-                            " tokens (cache_seqlens_host[" + s(i) + "]) and its query " + s(sq - 1) +
-                            " is rotated at position " + s(cached + sq - 1) + ", past the " + s(rotary_seqlen) +
+                            " tokens (cache_seqlens_host[" + s(i) + "]) and its query " + s(nq - 1) +
+                            " is rotated at position " + s(cached + nq - 1) + ", past the " + s(rotary_seqlen) +
                             " rows of the rotary tables (rotary_seqlen)");
                 }
-                // Keys the sequence sees: from its left pad (when known) to its end.
-                const int64_t seen = cached + added - (leftpad_host != nullptr ? int64_t{leftpad_host[i]} : 0);
+                // Keys the sequence sees: from its left pad (when known) to its end (the capacity when its appended
+                // count is not known).
+                const int64_t end = a < 0 ? capacity : cached + a;
+                const int64_t seen = end - (leftpad_host != nullptr ? int64_t{leftpad_host[i]} : 0);
                 longest = seen > longest ? seen : longest;
             }
         }
@@ -440,7 +590,8 @@ struct DecodeCheck {
                     {kn, "k_new", append},   {vn, "v_new", append}, {sl, "cache_seqlens", true},
                     {bt, "block_table", paged}, {bi, "cache_batch_idx", has_batch_idx},
                     {lp, "cache_leftpad", has_leftpad}, {alibi.extent, "alibi_slopes", alibi.on},
-                    {rc, "rotary_cos", has_rotary}, {rs, "rotary_sin", has_rotary}};
+                    {rc, "rotary_cos", has_rotary}, {rs, "rotary_sin", has_rotary},
+                    {cq, "cu_seqlens_q", varlen_q}, {ckn, "cu_seqlens_k_new", packed_kn}};
         for (const auto& r : read) {
             if (!r.given) continue;
             check_no_overlap(o, "out", r.e, r.name);
@@ -488,11 +639,12 @@ struct DecodeCheck {
                         "; the paged cache is served for block sizes that are powers of two from " + s(kMinBlockSize) +
                         " up (16, 32, 64, 128, 256, ...)");
         }
-        check_int32_sizes({{b, "q.shape[0] (batch)"},
-                           {sq, "q.shape[1] (seqlen_q)"},
-                           {added, "k_new.shape[1] (seqlen_knew)"},
+        check_int32_sizes({{b, varlen_q ? "cu_seqlens_q.shape[0] - 1 (batch)" : "q.shape[0] (batch)"},
+                           {varlen_q ? total_q : sq, varlen_q ? "q.shape[0] (total_q)" : "q.shape[1] (seqlen_q)"},
+                           {packed_kn ? total_kn : added,
+                            packed_kn ? "k_new.shape[0] (total_k_new)" : "k_new.shape[1] (seqlen_knew)"},
                            {cache_rows, paged ? "block_table.shape[0] (pool)" : "k_cache.shape[0] (pool)"},
-                           {hq, "q.shape[2] (heads_q)"},
+                           {hq, varlen_q ? "q.shape[1] (heads_q)" : "q.shape[2] (heads_q)"},
                            {hkv, "k_cache.shape[2] (heads_kv)"},
                            {paged ? P.k_cache.shape[0] : 0, "k_cache.shape[0] (num_blocks)"},
                            {max_blocks, "block_table.shape[1] (max_blocks_per_seq)"}});
@@ -506,7 +658,7 @@ struct DecodeCheck {
         m_blocks = (rows + 15) / 16;
         const int64_t splits = P.num_splits > 0 ? P.num_splits : 1;
         if (rows > kInt32Max || b * hq > kInt32Max / sq || b * hkv > kInt32Max / (m_blocks * splits)) {
-            unsupported("batch " + s(b) + " x heads_q " + s(hq) + " x seqlen_new " + s(sq) +
+            unsupported("batch " + s(b) + " x heads_q " + s(hq) + (varlen_q ? " x max_seqlen_q " : " x seqlen_new ") + s(sq) +
                         (P.num_splits > 1 ? " x num_splits " + s(P.num_splits) : std::string()) +
                         " is too large for one decode launch (the grid and row indices are 32-bit); split the call");
         }
@@ -524,9 +676,11 @@ struct DecodeCheck {
         p.lse = has_lse ? static_cast<float*>(P.lse.data) : nullptr;
         p.cache_seqlens = static_cast<int32_t*>(P.cache_seqlens.data);
         p.block_table = paged ? static_cast<const int32_t*>(P.block_table.data) : nullptr;
-        p.q_batch_stride = P.q.strides[0];
-        p.q_row_stride = P.q.strides[1];
-        p.q_head_stride = P.q.strides[2];
+        // With cu_seqlens_q q/out/lse have no batch dimension: batch strides 0, rows packed (decode_q_span).
+        const int32_t qo = varlen_q ? 1 : 0;  // q/out dims shift down by one when packed
+        p.q_batch_stride = varlen_q ? 0 : P.q.strides[0];
+        p.q_row_stride = P.q.strides[1 - qo];
+        p.q_head_stride = P.q.strides[2 - qo];
         p.k_batch_stride = P.k_cache.strides[0];
         p.k_row_stride = P.k_cache.strides[1];
         p.k_head_stride = P.k_cache.strides[2];
@@ -534,20 +688,31 @@ struct DecodeCheck {
         p.v_row_stride = P.v_cache.strides[1];
         p.v_head_stride = P.v_cache.strides[2];
         if (append) {
-            p.kn_batch_stride = P.k_new.strides[0];
-            p.kn_row_stride = P.k_new.strides[1];
-            p.kn_head_stride = P.k_new.strides[2];
-            p.vn_batch_stride = P.v_new.strides[0];
-            p.vn_row_stride = P.v_new.strides[1];
-            p.vn_head_stride = P.v_new.strides[2];
+            const int32_t ko = packed_kn ? 1 : 0;  // likewise for k_new/v_new with cu_seqlens_k_new
+            p.kn_batch_stride = packed_kn ? 0 : P.k_new.strides[0];
+            p.kn_row_stride = P.k_new.strides[1 - ko];
+            p.kn_head_stride = P.k_new.strides[2 - ko];
+            p.vn_batch_stride = packed_kn ? 0 : P.v_new.strides[0];
+            p.vn_row_stride = P.v_new.strides[1 - ko];
+            p.vn_head_stride = P.v_new.strides[2 - ko];
         }
-        p.o_batch_stride = P.out.strides[0];
-        p.o_row_stride = P.out.strides[1];
-        p.o_head_stride = P.out.strides[2];
+        p.o_batch_stride = varlen_q ? 0 : P.out.strides[0];
+        p.o_row_stride = P.out.strides[1 - qo];
+        p.o_head_stride = P.out.strides[2 - qo];
         if (has_lse) {
-            p.lse_batch_stride = P.lse.strides[0];
-            p.lse_head_stride = P.lse.strides[1];
-            p.lse_row_stride = P.lse.strides[2];
+            p.lse_batch_stride = varlen_q ? 0 : P.lse.strides[0];
+            p.lse_head_stride = P.lse.strides[1 - qo];
+            p.lse_row_stride = P.lse.strides[2 - qo];
+        }
+        if (varlen_q) {
+            p.cu_seqlens_q = static_cast<const int32_t*>(cu_q_t.data);
+            p.cu_q_stride = cu_q_t.strides[0];
+            p.total_q = static_cast<int32_t>(total_q);
+        }
+        if (packed_kn) {
+            p.cu_seqlens_knew = static_cast<const int32_t*>(cu_kn_t.data);
+            p.cu_knew_stride = cu_kn_t.strides[0];
+            p.total_knew = static_cast<int32_t>(total_kn);
         }
         p.seqlens_stride = P.cache_seqlens.strides[0];
         if (paged) {
@@ -622,11 +787,13 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
     check_decode_struct(params, compute_capability);
     refuse_fp8(*params);
     DecodeCheck c(*params);
+    c.counts_paired();
     c.host_copies_paired();
     c.each_tensor();
     c.tensors_agree();
     c.alibi_slopes();
     c.scalars();
+    c.host_counts();
     c.rotary();
     c.host_lengths();
     c.apart();
@@ -646,6 +813,8 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
         if (c.paged) memory->add("block_table.data", "block_table's shape and strides", c.bt);
         if (c.has_batch_idx) memory->add("cache_batch_idx.data", "cache_batch_idx' shape and strides", c.bi);
         if (c.has_leftpad) memory->add("cache_leftpad.data", "cache_leftpad's shape and strides", c.lp);
+        if (c.varlen_q) memory->add("cu_seqlens_q.data", "cu_seqlens_q's shape and strides", c.cq);
+        if (c.packed_kn) memory->add("cu_seqlens_k_new.data", "cu_seqlens_k_new's shape and strides", c.ckn);
         if (c.alibi.on) memory->add("alibi_slopes.data", "alibi_slopes' shape and strides", c.alibi.extent);
         if (c.has_rotary) {
             memory->add("rotary_cos", "rotary_seqlen x rotary_dim / 2 elements", c.rc);

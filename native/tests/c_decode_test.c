@@ -389,10 +389,16 @@ static void test_rotary_validation(void) {
               "0.8's fields (alibi_slopes, then the rotary block) follow cache_leftpad_host directly");
         CHECK(offsetof(fa_decode_params_t, rotary_cos) == offsetof(fa_decode_params_t, alibi_slopes) + sizeof(fa_tensor_t),
               "the rotary block follows alibi_slopes");
-        CHECK(sizeof(void*) != 8 || (size_07 == 960 && sizeof(fa_decode_params_t) == 960 + sizeof(fa_tensor_t) + 32),
+        CHECK(sizeof(void*) != 8 ||
+                  (size_07 == 960 && offsetof(fa_decode_params_t, cu_seqlens_q) == 960 + sizeof(fa_tensor_t) + 32),
               "0.8 appends alibi_slopes and the 32-byte rotary block to the 0.7 struct's 960");
-        CHECK(offsetof(fa_decode_params_t, reserved1) + sizeof(int32_t) == sizeof(fa_decode_params_t),
-              "reserved1 ends the 0.8 struct");
+        CHECK(offsetof(fa_decode_params_t, reserved1) + sizeof(int32_t) == offsetof(fa_decode_params_t, cu_seqlens_q),
+              "reserved1 ends the 0.8 struct (0.12's per-sequence counts follow it directly)");
+        CHECK(sizeof(void*) != 8 || sizeof(fa_decode_params_t) == offsetof(fa_decode_params_t, cu_seqlens_q) +
+                                                                        2 * sizeof(fa_tensor_t) + 2 * sizeof(void*) + 8,
+              "0.12 appends two tensors, two host pointers and two int32 (max_seqlen_q, reserved2)");
+        CHECK(offsetof(fa_decode_params_t, reserved2) + sizeof(int32_t) == sizeof(fa_decode_params_t),
+              "reserved2 ends the 0.12 struct");
         memset(buf, 0xAB, sizeof buf);
         expect("decode_params_init(0.7 size)", fa_decode_params_init(old, size_07), FA_STATUS_SUCCESS, NULL);
         for (i = size_07; i < sizeof buf; ++i) tail_untouched &= buf[i] == 0xAB;
@@ -405,6 +411,119 @@ static void test_rotary_validation(void) {
         old->k_new.data = old->v_new.data = NULL;
         expect("0.7-sized struct without an append (no rotary read)", fa_decode_check(old, 0), FA_STATUS_SUCCESS, NULL);
     }
+}
+
+/* cu_seqlens_q / cu_seqlens_k_new (C ABI 0.12): packed queries and new keys, what is accepted and every refusal with
+   the argument it names. */
+static fa_decode_params_t counts_params(int paged, int packed_q, int packed_k) {
+    fa_decode_params_t p = valid_params(paged);
+    const int64_t d = FA_TEST_HEAD_DIM, cs[1] = {VB + 1};
+    if (packed_q) {
+        const int64_t qs[3] = {5, VHQ, d}, ls[2] = {VHQ, 5};
+        set_dense(&p.q, ADDR(1), FA_DTYPE_BFLOAT16, 3, qs);
+        set_dense(&p.out, ADDR(7), FA_DTYPE_BFLOAT16, 3, qs);
+        set_dense(&p.lse, ADDR(8), FA_DTYPE_FLOAT32, 2, ls);
+        set_dense(&p.cu_seqlens_q, ADDR(12), FA_DTYPE_INT32, 1, cs);
+        p.max_seqlen_q = 3;
+    }
+    if (packed_k) {
+        const int64_t ks[3] = {6, VHKV, d};
+        set_dense(&p.k_new, ADDR(5), FA_DTYPE_BFLOAT16, 3, ks);
+        set_dense(&p.v_new, ADDR(6), FA_DTYPE_BFLOAT16, 3, ks);
+        set_dense(&p.cu_seqlens_k_new, ADDR(13), FA_DTYPE_INT32, 1, cs);
+    }
+    return p;
+}
+
+static void test_counts_validation(void) {
+    fa_decode_params_t p;
+    int32_t cuq[VB + 1] = {0, 2, 2, 5}, cuk[VB + 1] = {0, 1, 5, 6}, lens[VB] = {10, 0, 20};
+    int paged, mode;
+    char label[96];
+    for (paged = 0; paged <= 1; ++paged) {
+        for (mode = 1; mode <= 3; ++mode) {
+            p = counts_params(paged, mode & 1, mode & 2);
+            sprintf(label, "%s, %s%s", paged ? "paged" : "contiguous", mode & 1 ? "cu_seqlens_q " : "",
+                    mode & 2 ? "cu_seqlens_k_new" : "");
+            expect(label, fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+            p.cu_seqlens_q_host = mode & 1 ? cuq : NULL;
+            p.cu_seqlens_k_new_host = mode & 2 ? cuk : NULL;
+            p.cache_seqlens_host = lens;
+            strcat(label, ", host copies");
+            expect(label, fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+        }
+    }
+    p = counts_params(0, 1, 1);
+    p.cu_seqlens_q_host = cuq;
+    p.cu_seqlens_k_new_host = cuk;
+    p.max_seqlen_q = 2;
+    bad("a query count above max_seqlen_q", &p, FA_STATUS_INVALID_ARGUMENT, "sequence 2 has length 3");
+    p.max_seqlen_q = 3;
+    cuq[3] = 6;
+    p.max_seqlen_q = 5;
+    bad("cu_seqlens_q_host past q's rows", &p, FA_STATUS_INVALID_ARGUMENT, "cu_seqlens_q_host[3] is 6, past the end of the 5 rows");
+    p.max_seqlen_q = 3;
+    cuq[3] = 5; cuq[2] = 1;
+    bad("cu_seqlens_q_host decreasing", &p, FA_STATUS_INVALID_ARGUMENT, "cu_seqlens_q_host[2] is 1, less than");
+    cuq[2] = 2; cuq[0] = 1;
+    bad("cu_seqlens_q_host not starting at 0", &p, FA_STATUS_INVALID_ARGUMENT, "cu_seqlens_q_host[0] is 1");
+    cuq[0] = 0; cuk[3] = 7;
+    bad("cu_seqlens_k_new_host past k_new's rows", &p, FA_STATUS_INVALID_ARGUMENT, "cu_seqlens_k_new_host[3] is 7");
+    cuk[3] = 6;
+    lens[1] = VCAP - 3;
+    p.cache_seqlens_host = lens;
+    bad("sequence 1's 4 new keys past the capacity", &p, FA_STATUS_INVALID_ARGUMENT, "and appends 4, 65 in all");
+    lens[1] = 0;
+    p = counts_params(0, 1, 0); p.max_seqlen_q = 0;
+    bad("max_seqlen_q 0 with cu_seqlens_q", &p, FA_STATUS_INVALID_ARGUMENT, "max_seqlen_q is 0 with cu_seqlens_q");
+    p = counts_params(0, 1, 0); p.max_seqlen_q = 6;
+    bad("max_seqlen_q above q's rows", &p, FA_STATUS_INVALID_ARGUMENT, "max_seqlen_q is 6 but q holds 5");
+    p = valid_params(0); p.max_seqlen_q = 2;
+    bad("max_seqlen_q without cu_seqlens_q", &p, FA_STATUS_INVALID_ARGUMENT, "max_seqlen_q is 2 but cu_seqlens_q.data is NULL");
+    p = valid_params(0); p.cu_seqlens_q_host = cuq;
+    bad("cu_seqlens_q_host alone", &p, FA_STATUS_INVALID_ARGUMENT, "cu_seqlens_q_host is given but cu_seqlens_q.data is NULL");
+    p = valid_params(0); p.cu_seqlens_k_new_host = cuk;
+    bad("cu_seqlens_k_new_host alone", &p, FA_STATUS_INVALID_ARGUMENT, "cu_seqlens_k_new_host is given but");
+    p = counts_params(0, 0, 1); p.k_new.data = p.v_new.data = NULL;
+    bad("cu_seqlens_k_new without k_new", &p, FA_STATUS_INVALID_ARGUMENT, "cu_seqlens_k_new.data is set but k_new/v_new are not");
+    p = counts_params(0, 1, 0); set4(&p.q, ADDR(1), FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, FA_TEST_HEAD_DIM);
+    bad("rank-4 q with cu_seqlens_q", &p, FA_STATUS_INVALID_ARGUMENT, "q.rank is 4");
+    p = counts_params(0, 1, 0); p.lse.shape[1] = 4;
+    bad("lse not [heads_q, total_q]", &p, FA_STATUS_INVALID_ARGUMENT, "must be [heads_q, total_q]");
+    p = counts_params(0, 1, 1); p.cu_seqlens_k_new.shape[0] = VB;
+    bad("cu_seqlens_k_new of batch entries", &p, FA_STATUS_INVALID_ARGUMENT, "cu_seqlens_k_new.shape[0] (batch + 1) is 3");
+    p = counts_params(0, 1, 0); p.cache_seqlens.shape[0] = VB + 1;
+    bad("cache_seqlens longer than cu_seqlens_q's batch", &p, FA_STATUS_INVALID_ARGUMENT, "cu_seqlens_q.shape[0] - 1 (batch)");
+    p = counts_params(0, 0, 1); p.v_new.shape[0] = 5;
+    bad("v_new rows differ from k_new's", &p, FA_STATUS_INVALID_ARGUMENT, "v_new.shape[0] (total_k_new) is 5");
+    p = counts_params(0, 0, 1); p.k_new.shape[1] = p.v_new.shape[1] = VHKV + 1;
+    bad("packed k_new heads", &p, FA_STATUS_INVALID_ARGUMENT, "k_new.shape[1] (heads_kv)");
+    p = counts_params(0, 1, 1); p.reserved2 = 1;
+    bad("reserved2", &p, FA_STATUS_INVALID_ARGUMENT, "reserved2");
+    /* Rotary per query (causal) without cache_seqlens_host: each sequence's last query at capacity - added + queries - 1. */
+    p = counts_params(0, 1, 1);
+    p.rotary_cos = ADDR(14);
+    p.rotary_sin = ADDR(15);
+    p.rotary_dim = 16;
+    p.rotary_seqlen = VCAP;
+    bad("rotary table of the capacity, packed queries, unknown appends", &p, FA_STATUS_INVALID_ARGUMENT,
+        "rotary table too short: rotary_seqlen is 64 rows");
+    p.rotary_seqlen = VCAP + 3;
+    expect("rotary table of capacity + max_seqlen_q", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.rotary_seqlen = VCAP;
+    p.cu_seqlens_k_new.data = p.cu_seqlens_q.data;
+    p.k_new.shape[0] = p.v_new.shape[0] = 5;
+    expect("rotary table of the capacity, one array for both counts", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p.cu_seqlens_k_new.data = ADDR(13);
+    p.cu_seqlens_q_host = cuq;
+    p.cu_seqlens_k_new_host = cuk;
+    p.k_new.shape[0] = p.v_new.shape[0] = 6;
+    bad("rotary table of the capacity, host counts (sequence 2: 3 queries, 1 key)", &p, FA_STATUS_INVALID_ARGUMENT,
+        "sequence 2 has 3 queries and appends 1 keys");
+    /* A 0.11-sized struct: the count fields are not read (a packed q is then a rank error). */
+    p = counts_params(0, 1, 0);
+    p.struct_size = (uint32_t)offsetof(fa_decode_params_t, cu_seqlens_q);
+    bad("0.11-sized struct with a packed q", &p, FA_STATUS_INVALID_ARGUMENT, "q.rank is 3");
 }
 
 static void test_validation(void) {
@@ -623,10 +742,47 @@ typedef struct {
     /* Rotary embedding (C ABI 0.8); zero: none. */
     int rotary_dim;   /* rotated elements per head (a multiple of 16), 0: no rotary */
     int rotary_neox;  /* 1: half-split pairs (t, t + rd/2); 0: interleaved (2t, 2t+1), flash-attn's default */
+    /* Per-sequence counts (C ABI 0.12); zero: none. */
+    int varlen_q;    /* 1: q packed [total_q, hq, d] with cu_seqlens_q, sequence b having qn[b] queries (sq unused) */
+    int qn[6];
+    int varlen_k;    /* 1: k_new packed [total_k_new, hkv, d] with cu_seqlens_k_new, sequence b appending kcounts[b] */
+    int kcounts[6];
 } dcase;
 
 static int case_added(const dcase* c) {
     return c->append ? (c->sk_new > 0 ? c->sk_new : c->sq) : 0;
+}
+
+/* Sequence b's query count and appended count, and the packed rows before it (the fixed layouts [b, sq, ...] and
+   [b, added, ...] are the packed ones with equal counts). */
+static int case_qn(const dcase* c, int b) {
+    return c->varlen_q ? c->qn[b] : c->sq;
+}
+static int case_kn(const dcase* c, int b) {
+    return !c->append ? 0 : c->varlen_k ? c->kcounts[b] : case_added(c);
+}
+static int case_q0(const dcase* c, int b) {
+    int r = 0, i;
+    for (i = 0; i < b; ++i) r += case_qn(c, i);
+    return r;
+}
+static int case_k0(const dcase* c, int b) {
+    int r = 0, i;
+    for (i = 0; i < b; ++i) r += case_kn(c, i);
+    return r;
+}
+static int case_max_q(const dcase* c) {
+    int m = 0, i;
+    for (i = 0; i < c->b; ++i) m = case_qn(c, i) > m ? case_qn(c, i) : m;
+    return m;
+}
+/* Rows of q/out/lse: with cu_seqlens_q two more than the sequences use (they must stay untouched). */
+static int case_q_rows(const dcase* c) {
+    return case_q0(c, c->b) + (c->varlen_q ? 2 : 0);
+}
+/* lse's element of (sequence b, head h, query i): [b, hq, sq], or [hq, q rows] with cu_seqlens_q. */
+static int64_t case_lse_at(const dcase* c, int b, int h, int i) {
+    return c->varlen_q ? (int64_t)h * case_q_rows(c) + case_q0(c, b) + i : ((int64_t)b * c->hq + h) * c->sq + i;
 }
 
 /* Rows of the contiguous cache or of the block table: the pool, or one per sequence. */
@@ -676,13 +832,14 @@ static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k
     const int64_t row = (int64_t)c->hkv * c->d;
     int b, i, h, j, e;
     for (b = 0; b < c->b; ++b) {
-        const int total = c->lens[b] + case_added(c);
+        const int total = c->lens[b] + case_kn(c, b);
         const int pad = case_pad(c, b);
-        for (i = 0; i < c->sq; ++i) {
-            const long diag = (long)total - c->sq + i;
+        const int nq = case_qn(c, b), q0 = case_q0(c, b);
+        for (i = 0; i < nq; ++i) {
+            const long diag = (long)total - nq + i;
             for (h = 0; h < c->hq; ++h) {
-                const uint16_t* qr = q + (((int64_t)b * c->sq + i) * c->hq + h) * c->d;
-                double* o = out + (((int64_t)b * c->sq + i) * c->hq + h) * c->d;
+                const uint16_t* qr = q + (((int64_t)q0 + i) * c->hq + h) * c->d;
+                double* o = out + (((int64_t)q0 + i) * c->hq + h) * c->d;
                 double mx = -INFINITY, sum = 0.0;
                 double* s = (double*)malloc(sizeof(double) * (total > 0 ? total : 1));
                 for (j = 0; j < total; ++j) {
@@ -709,7 +866,7 @@ static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k
                 }
                 for (e = 0; e < c->d; ++e) o[e] = 0.0;
                 if (mx == -INFINITY) {
-                    lse[((int64_t)b * c->hq + h) * c->sq + i] = INFINITY;
+                    lse[case_lse_at(c, b, h, i)] = INFINITY;
                     free(s);
                     continue;
                 }
@@ -722,7 +879,7 @@ static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k
                     for (e = 0; e < c->d; ++e) o[e] += p * to_double(c->dtype, vr[e]);
                 }
                 for (e = 0; e < c->d; ++e) o[e] /= sum;
-                lse[((int64_t)b * c->hq + h) * c->sq + i] = mx + log(sum);
+                lse[case_lse_at(c, b, h, i)] = mx + log(sum);
                 free(s);
             }
         }
@@ -731,7 +888,7 @@ static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k
 
 /* Device copies of one case's tensors. */
 typedef struct {
-    void *q, *kc, *vc, *kn, *vn, *out, *lse, *lens, *table, *ws, *idx, *pads, *rcos, *rsin;
+    void *q, *kc, *vc, *kn, *vn, *out, *lse, *lens, *table, *ws, *idx, *pads, *rcos, *rsin, *cuq, *cuk;
 } dev_bufs;
 
 static void* dev_alloc(size_t bytes) {
@@ -747,12 +904,14 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     const int paged = c->block_size > 0;
     const int max_blocks = paged ? c->capacity / c->block_size : 0;
     const int rows = case_rows(c), added = case_added(c);
+    const int total_q = case_q0(c, c->b), total_kn = case_k0(c, c->b), max_q = case_max_q(c);
     const int num_blocks = paged ? rows * max_blocks + 3 : 0; /* a few blocks no sequence uses */
     const int64_t row = (int64_t)c->hkv * c->d;
     const int64_t cache_rows = paged ? (int64_t)num_blocks * c->block_size : (int64_t)rows * c->capacity;
-    const int64_t n_q = (int64_t)c->b * c->sq * c->hq * c->d;
-    const int64_t n_new = (int64_t)c->b * (added > 0 ? added : 1) * row;
-    const int64_t n_lse = (int64_t)c->b * c->hq * c->sq;
+    const int q_rows = case_q_rows(c);  /* total_q, plus two rows no sequence owns with cu_seqlens_q */
+    const int64_t n_q = (int64_t)q_rows * c->hq * c->d, n_q_used = (int64_t)total_q * c->hq * c->d;
+    const int64_t n_new = (int64_t)(total_kn > 0 ? total_kn : 1) * row;
+    const int64_t n_lse = (int64_t)q_rows * c->hq;
     const size_t cache_bytes = (size_t)(cache_rows * row * 2);
     uint16_t *q = malloc(n_q * 2), *kc = malloc(cache_bytes), *vc = malloc(cache_bytes);
     uint16_t *kn = malloc(n_new * 2), *vn = malloc(n_new * 2), *out = malloc(n_q * 2);
@@ -760,7 +919,7 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     float* lse = malloc(n_lse * 4);
     double *ref = malloc(n_q * sizeof(double)), *ref_lse = malloc(n_lse * sizeof(double));
     int32_t* table = malloc(sizeof(int32_t) * (paged ? rows * max_blocks : 1));
-    int32_t lens[6], idx[6], pads[6];
+    int32_t lens[6], idx[6], pads[6], cuq[7], cuk[7];
     dev_bufs d;
     fa_decode_params_t p;
     int64_t i;
@@ -769,7 +928,7 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     const double tol = c->dtype == FA_DTYPE_BFLOAT16 ? 2.5e-2 : 4e-3;
     /* Rotary tables of capacity + sq rows (every query position fits), angles pos / 10000^(2t / rd) as models
        build them, rounded to the dtype; NULL without rotary. */
-    const int rot_rows = c->capacity + c->sq, rot_half = c->rotary_dim / 2;
+    const int rot_rows = c->capacity + max_q, rot_half = c->rotary_dim / 2;
     uint16_t* rcos = c->rotary_dim > 0 ? malloc(sizeof(uint16_t) * rot_rows * rot_half) : NULL;
     uint16_t* rsin = c->rotary_dim > 0 ? malloc(sizeof(uint16_t) * rot_rows * rot_half) : NULL;
     uint16_t* q_rot = malloc(n_q * 2);
@@ -782,6 +941,10 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         lens[b] = c->lens[b];
         pads[b] = case_pad(c, b);
         idx[b] = b;
+    }
+    for (b = 0; b <= c->b; ++b) {
+        cuq[b] = case_q0(c, b);
+        cuk[b] = case_k0(c, b);
     }
     /* cache_batch_idx: the first b entries of a shuffled pool (rows no sequence uses stay NaN and untouched). */
     if (c->pool > 0) {
@@ -808,7 +971,7 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         }
         for (i = 0; i < (int64_t)rows * max_blocks; ++i) table[i] = -1;
         for (b = 0; b < c->b; ++b) {
-            const int total = lens[b] + added;
+            const int total = lens[b] + case_kn(c, b);
             for (i = 0; i < max_blocks; ++i) {
                 const int used = i * c->block_size < total && (i + 1) * c->block_size > pads[b];
                 table[idx[b] * max_blocks + i] = used ? perm[idx[b] * max_blocks + i] : -1;
@@ -855,6 +1018,14 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         fa_memcpy(d.rcos, rcos, sizeof(uint16_t) * rot_rows * rot_half);
         fa_memcpy(d.rsin, rsin, sizeof(uint16_t) * rot_rows * rot_half);
     }
+    if (c->varlen_q) {
+        d.cuq = dev_alloc(sizeof(int32_t) * (c->b + 1));
+        fa_memcpy(d.cuq, cuq, sizeof(int32_t) * (c->b + 1));
+    }
+    if (c->varlen_k) {
+        d.cuk = dev_alloc(sizeof(int32_t) * (c->b + 1));
+        fa_memcpy(d.cuk, cuk, sizeof(int32_t) * (c->b + 1));
+    }
     if (d.idx) fa_memcpy(d.idx, idx, sizeof(int32_t) * c->b);
     if (d.pads) fa_memcpy(d.pads, pads, sizeof(int32_t) * c->b);
     fa_memcpy(d.q, q, n_q * 2);
@@ -868,7 +1039,21 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     fa_memset_async(d.lse, 0xFF, n_lse * 4, stream);
 
     fa_decode_params_init(&p, sizeof p);
-    set4(&p.q, d.q, c->dtype, c->b, c->sq, c->hq, c->d);
+    if (c->varlen_q) {
+        /* Packed queries (C ABI 0.12): q/out [total_q, hq, d], lse [hq, total_q], cu_seqlens_q [b + 1]. */
+        const int64_t qs[3] = {q_rows, c->hq, c->d}, ls[2] = {c->hq, q_rows}, cs[1] = {c->b + 1};
+        set_dense(&p.q, d.q, c->dtype, 3, qs);
+        set_dense(&p.out, d.out, c->dtype, 3, qs);
+        set_dense(&p.lse, d.lse, FA_DTYPE_FLOAT32, 2, ls);
+        set_dense(&p.cu_seqlens_q, d.cuq, FA_DTYPE_INT32, 1, cs);
+        p.max_seqlen_q = max_q;
+        if (c->host_lens) p.cu_seqlens_q_host = cuq;
+    } else {
+        const int64_t lse_shape[3] = {c->b, c->hq, c->sq};
+        set4(&p.q, d.q, c->dtype, c->b, c->sq, c->hq, c->d);
+        set4(&p.out, d.out, c->dtype, c->b, c->sq, c->hq, c->d);
+        set_dense(&p.lse, d.lse, FA_DTYPE_FLOAT32, 3, lse_shape);
+    }
     if (paged) {
         const int64_t table_shape[2] = {rows, max_blocks};
         set4(&p.k_cache, d.kc, c->dtype, num_blocks, c->block_size, c->hkv, c->d);
@@ -878,7 +1063,14 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         set4(&p.k_cache, d.kc, c->dtype, rows, c->capacity, c->hkv, c->d);
         set4(&p.v_cache, d.vc, c->dtype, rows, c->capacity, c->hkv, c->d);
     }
-    if (c->append) {
+    if (c->append && c->varlen_k) {
+        /* Packed new keys/values (C ABI 0.12): [total_k_new, hkv, d], cu_seqlens_k_new [b + 1]. */
+        const int64_t ks[3] = {total_kn, c->hkv, c->d}, cs[1] = {c->b + 1};
+        set_dense(&p.k_new, d.kn, c->dtype, 3, ks);
+        set_dense(&p.v_new, d.vn, c->dtype, 3, ks);
+        set_dense(&p.cu_seqlens_k_new, d.cuk, FA_DTYPE_INT32, 1, cs);
+        if (c->host_lens) p.cu_seqlens_k_new_host = cuk;
+    } else if (c->append) {
         set4(&p.k_new, d.kn, c->dtype, c->b, added, c->hkv, c->d);
         set4(&p.v_new, d.vn, c->dtype, c->b, added, c->hkv, c->d);
     }
@@ -890,11 +1082,8 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         if (c->host_lens && d.idx) p.cache_batch_idx_host = idx;
         if (c->host_lens && d.pads) p.cache_leftpad_host = pads;
     }
-    set4(&p.out, d.out, c->dtype, c->b, c->sq, c->hq, c->d);
     {
-        const int64_t lse_shape[3] = {c->b, c->hq, c->sq};
         const int64_t lens_shape[1] = {c->b};
-        set_dense(&p.lse, d.lse, FA_DTYPE_FLOAT32, 3, lse_shape);
         set_dense(&p.cache_seqlens, d.lens, FA_DTYPE_INT32, 1, lens_shape);
     }
     if (c->rotary_dim > 0) {
@@ -946,9 +1135,9 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         int32_t lens_after[6];
         int same = 1;
         fa_memcpy(lens_after, d.lens, sizeof(int32_t) * c->b);
-        for (b = 0; b < c->b; ++b) same &= lens_after[b] == lens[b] + (p.advance_cache_seqlens ? added : 0);
+        for (b = 0; b < c->b; ++b) same &= lens_after[b] == lens[b] + (p.advance_cache_seqlens ? case_kn(c, b) : 0);
         CHECK(same, "%s: cache_seqlens after the call must be %s", c->label,
-              p.advance_cache_seqlens ? "the old lengths plus seqlen_knew" : "unchanged");
+              p.advance_cache_seqlens ? "the old lengths plus each sequence's appended count" : "unchanged");
     }
 
     /* The expected cache: the new rows appended, nothing else touched (NaN slots compared bitwise). With rotary the
@@ -958,11 +1147,11 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         const double ulp = c->dtype == FA_DTYPE_BFLOAT16 ? 1.0 / 128 : 1.0 / 1024;
         int rot_bad = 0;
         for (b = 0; b < c->b; ++b) {
-            for (pos = 0; pos < added; ++pos) {
+            for (pos = 0; pos < case_kn(c, b); ++pos) {
                 const int64_t r = cache_row(c, table, max_blocks, idx[b], lens[b] + pos) * row;
-                const uint16_t* src = kn + ((int64_t)b * added + pos) * row;
+                const uint16_t* src = kn + ((int64_t)case_k0(c, b) + pos) * row;
                 memcpy(kc + r, src, row * 2);
-                memcpy(vc + r, vn + ((int64_t)b * added + pos) * row, row * 2);
+                memcpy(vc + r, vn + ((int64_t)case_k0(c, b) + pos) * row, row * 2);
                 if (c->rotary_dim > 0) {
                     const int64_t tr = (int64_t)(lens[b] + pos) * rot_half;
                     int h, e;
@@ -990,10 +1179,10 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     if (c->rotary_dim > 0) {
         int qi, h, e;
         for (b = 0; b < c->b; ++b) {
-            for (qi = 0; qi < c->sq; ++qi) {
+            for (qi = 0; qi < case_qn(c, b); ++qi) {
                 const int64_t tr = (int64_t)(lens[b] + (rotary_per_row(c) ? qi : 0)) * rot_half;
                 for (h = 0; h < c->hq; ++h) {
-                    uint16_t* x = q_rot + (((int64_t)b * c->sq + qi) * c->hq + h) * c->d;
+                    uint16_t* x = q_rot + (((int64_t)case_q0(c, b) + qi) * c->hq + h) * c->d;
                     for (e = 0; e < c->d; ++e) tmp[e] = to_double(c->dtype, x[e]);
                     rotate(c, tmp, rcos + tr, rsin + tr);
                     for (e = 0; e < c->d; ++e) x[e] = to16(c->dtype, tmp[e]);
@@ -1001,8 +1190,23 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
             }
         }
     }
+    for (i = 0; i < n_lse; ++i) ref_lse[i] = NAN; /* rows no sequence owns: NaN, compared as untouched below */
     reference(c, q_rot, kc, vc, table, max_blocks, idx, ref, ref_lse);
-    for (i = 0; i < n_q; ++i) {
+    {
+        /* Rows past cu_seqlens_q[b] (no sequence's) keep their poison: out bitwise, lse as the all-ones NaN. */
+        int64_t untouched = 0, extra = 0;
+        uint32_t bits;
+        for (i = n_q_used; i < n_q; ++i, ++extra) untouched += out[i] == 0xFFFF;
+        for (i = 0; i < n_lse; ++i) {
+            if (ref_lse[i] == ref_lse[i]) continue;
+            memcpy(&bits, &lse[i], 4);
+            untouched += bits == 0xFFFFFFFFu;
+            ++extra;
+        }
+        CHECK(untouched == extra, "%s: %ld of %ld elements of rows past the sequences were written", c->label,
+              (long)(extra - untouched), (long)extra);
+    }
+    for (i = 0; i < n_q_used; ++i) {
         const double got = to_double(c->dtype, out[i]);
         const double err = fabs(got - ref[i]);
         if (got != got) ++nan_out;
@@ -1012,6 +1216,7 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     }
     for (i = 0; i < n_lse; ++i) {
         const double want = ref_lse[i];
+        if (want != want) continue; /* a row no sequence owns (checked above) */
         if (isinf(want)) {
             lse_ok &= isinf(lse[i]) && lse[i] > 0;
         } else {
@@ -1047,6 +1252,8 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     fa_memory_free(0, d.pads);
     fa_memory_free(0, d.rcos);
     fa_memory_free(0, d.rsin);
+    fa_memory_free(0, d.cuq);
+    fa_memory_free(0, d.cuk);
     free(rcos); free(rsin); free(q_rot); free(tmp);
     free(q); free(kc); free(vc); free(kn); free(vn); free(out); free(kc_after); free(vc_after);
     free(lse); free(ref); free(ref_lse); free(table);
@@ -1201,6 +1408,59 @@ static void test_device_pointers(fa_context_t context, void* stream) {
         expect("device lengths: nothing left", fa_context_check(context), FA_STATUS_SUCCESS, NULL);
     }
     {
+        /* Device-only cu_seqlens_q / cu_seqlens_k_new (C ABI 0.12): packed q/out [2, HQ, d] (max_seqlen_q 1) and
+           k_new/v_new [2, HKV, d]; an entry past the packed rows, a decreasing array or a query count above
+           max_seqlen_q is clamped by the kernels and reported once, naming the array; arrays that fit report nothing. */
+        const int32_t ok[B + 1] = {0, 1, 2}, too_many[B + 1] = {0, 2, 2}, past[B + 1] = {0, 1, 3}, down[B + 1] = {1, 0, 2};
+        const int64_t qs[3] = {B * SQ, HQ, d}, ls[2] = {HQ, B * SQ}, ks[3] = {2, HKV, d}, cs[1] = {B + 1};
+        const struct { const char* what; const int32_t* cuq; const int32_t* cuk; const char* needle; } cases[6] = {
+            {"arrays that fit", ok, ok, NULL},
+            {"a query count above max_seqlen_q", too_many, ok, "cu_seqlens_q"},
+            {"cu_seqlens_q past q's rows", past, ok, "cu_seqlens_q"},
+            {"a decreasing cu_seqlens_q", down, ok, "cu_seqlens_q"},
+            {"cu_seqlens_k_new past k_new's rows", ok, past, "cu_seqlens_k_new"},
+            {"a decreasing cu_seqlens_k_new", ok, down, "cu_seqlens_k_new"},
+        };
+        void *dq = NULL, *dk = NULL, *kn = NULL, *vn = NULL;
+        int c;
+        fa_memory_alloc(0, 256, &dq);
+        fa_memory_alloc(0, 256, &dk);
+        fa_memory_alloc(0, (size_t)2 * HKV * d * 2, &kn);
+        fa_memory_alloc(0, (size_t)2 * HKV * d * 2, &vn);
+        fa_memset_async(kn, 0x3C, (size_t)2 * HKV * d * 2, stream);
+        fa_memset_async(vn, 0x3C, (size_t)2 * HKV * d * 2, stream);
+        p = base;
+        set_dense(&p.q, q, base.q.dtype, 3, qs);
+        set_dense(&p.out, o, base.q.dtype, 3, qs);
+        set_dense(&p.lse, lse, FA_DTYPE_FLOAT32, 2, ls);
+        set_dense(&p.cu_seqlens_q, dq, FA_DTYPE_INT32, 1, cs);
+        set_dense(&p.k_new, kn, base.q.dtype, 3, ks);
+        set_dense(&p.v_new, vn, base.q.dtype, 3, ks);
+        set_dense(&p.cu_seqlens_k_new, dk, FA_DTYPE_INT32, 1, cs);
+        p.max_seqlen_q = 1;
+        for (c = 0; c < 6 && dq != NULL && dk != NULL && kn != NULL && vn != NULL; ++c) {
+            /* Lengths that leave room for the appends of every case (at most 2 keys a sequence). */
+            fa_memcpy_async(seq, lens, sizeof lens, stream);
+            fa_memcpy_async(bt, table, sizeof table, stream);
+            fa_memcpy_async(dq, cases[c].cuq, sizeof ok, stream);
+            fa_memcpy_async(dk, cases[c].cuk, sizeof ok, stream);
+            sprintf(label, "device counts, %s: the launch", cases[c].what);
+            expect(label, fa_decode(context, &p, stream), FA_STATUS_SUCCESS, NULL);
+            CHECK(fa_stream_synchronize(stream) == FA_STATUS_SUCCESS, "%s: %s", label, fa_last_error_message());
+            sprintf(label, "device counts, %s: fa_context_check", cases[c].what);
+            expect(label, fa_context_check(context), cases[c].needle ? FA_STATUS_DEVICE_CHECK_FAILED : FA_STATUS_SUCCESS,
+                   cases[c].needle);
+            sprintf(label, "device counts, %s: reported once", cases[c].what);
+            expect(label, fa_context_check(context), FA_STATUS_SUCCESS, NULL);
+        }
+        fa_memcpy_async(seq, lens, sizeof lens, stream);
+        fa_stream_synchronize(stream);
+        fa_memory_free(0, dq);
+        fa_memory_free(0, dk);
+        fa_memory_free(0, kn);
+        fa_memory_free(0, vn);
+    }
+    {
         /* Device-only cache_batch_idx and cache_leftpad (C ABI 0.7) outside the pool / past the sequence (lengths
            20 and 50, no append): clamped by the kernels, reported once by fa_context_check naming the tensor; the
            same call with values that fit reports nothing. A batch index outside the pool is reported whether the
@@ -1342,51 +1602,64 @@ static void test_gpu(void) {
     const dcase cases[] = {
         /* label, dtype, b sq hq hkv d, block, capacity, append causal wl wr, softcap scale, splits, host, ws, lens */
         {"contiguous, ragged 0/1, GQA 4, auto splits", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0},
-        {"contiguous, 1 split", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 1, 0, 0, {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0},
+         {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+        {"contiguous, 1 split", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 1, 0, 0, {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
         {"contiguous, 13 splits, caller workspace", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 13, 0, 1,
-         {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0},
+         {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
         {"paged 16, shuffled, append 3 causal, fp16", F16, 3, 3, 8, 1, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {13, 0, 200}, 0, 0, 0, {0}, 0, 0},
+         {13, 0, 200}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
         {"paged 256, append across a page end", BF, 2, 4, 4, 4, D, 256, 512, 1, 1, -1, -1, 0.f, 0.f, 3, 1, 1,
-         {254, 0}, 0, 0, 0, {0}, 0, 0},
+         {254, 0}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
         {"paged 32, window 40 + softcap 10, 5 splits", F16, 2, 2, 6, 3, D, 32, 512, 1, 0, 40, 0, 10.f, 0.f, 5, 0, 0,
-         {300, 33}, 0, 0, 0, {0}, 0, 0},
+         {300, 33}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
         {"paged 64, MQA 16 q heads, scale 0.3", BF, 2, 2, 16, 1, D, 64, 640, 0, 1, -1, -1, 0.f, 0.3f, 0, 1, 0,
-         {600, 65}, 0, 0, 0, {0}, 0, 0},
-        {"contiguous, empty cache, no append", F16, 2, 1, 4, 2, D, 0, 64, 0, 0, -1, -1, 0.f, 0.f, 4, 0, 0, {0, 10}, 0, 0, 0, {0}, 0, 0},
+         {600, 65}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+        {"contiguous, empty cache, no append", F16, 2, 1, 4, 2, D, 0, 64, 0, 0, -1, -1, 0.f, 0.f, 4, 0, 0, {0, 10}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
         {"paged 128, GQA 32 (two 16-row blocks)", BF, 2, 1, 32, 1, D, 128, 1024, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {1000, 127}, 0, 0, 0, {0}, 0, 0},
+         {1000, 127}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
         /* Serving options (C ABI 0.7), then: sk_new, pool, use_pads, pads. */
         {"contiguous, batch index over a shuffled pool of 7", BF, 4, 1, 8, 2, D, 0, 300, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {0, 1, 150, 299}, 0, 7, 0, {0}, 0, 0},
+         {0, 1, 150, 299}, 0, 7, 0, {0}, 0, 0, 0, {0}, 0, {0}},
         {"contiguous, device-only batch index, 5 splits, fp16", F16, 4, 1, 8, 2, D, 0, 300, 1, 1, -1, -1, 0.f, 0.f, 5, 0,
-         0, {0, 1, 150, 299}, 0, 7, 0, {0}, 0, 0},
+         0, {0, 1, 150, 299}, 0, 7, 0, {0}, 0, 0, 0, {0}, 0, {0}},
         {"paged 16, batch index, pool of 6 table rows, 3 splits", F16, 3, 3, 8, 2, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 3,
-         1, 0, {13, 0, 200}, 0, 6, 0, {0}, 0, 0},
+         1, 0, {13, 0, 200}, 0, 6, 0, {0}, 0, 0, 0, {0}, 0, {0}},
         {"contiguous, left pads 17 / full / 0 / all cached", BF, 4, 2, 4, 2, D, 0, 300, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {100, 37, 0, 250}, 0, 0, 1, {17, 39, 0, 250}, 0, 0},
+         {100, 37, 0, 250}, 0, 0, 1, {17, 39, 0, 250}, 0, 0, 0, {0}, 0, {0}},
         {"paged 32, device-only left pads, window 20, softcap, 4 splits", F16, 3, 2, 6, 3, D, 32, 512, 0, 0, 20, 0, 10.f,
-         0.f, 4, 0, 0, {100, 33, 400}, 0, 0, 1, {40, 0, 300}, 0, 0},
+         0.f, 4, 0, 0, {100, 33, 400}, 0, 0, 1, {40, 0, 300}, 0, 0, 0, {0}, 0, {0}},
         {"seqlen_knew 1 < seqlen_q 4, causal (rows before the keys)", BF, 3, 4, 4, 2, D, 0, 200, 1, 1, -1, -1, 0.f, 0.f, 0,
-         1, 0, {0, 2, 150}, 1, 0, 0, {0}, 0, 0},
+         1, 0, {0, 2, 150}, 1, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
         {"seqlen_knew 5 > seqlen_q 2, paged 64, MQA, 7 splits", F16, 2, 2, 8, 1, D, 64, 512, 1, 1, -1, -1, 0.f, 0.f, 7, 1,
-         0, {60, 300}, 5, 0, 0, {0}, 0, 0},
+         0, {60, 300}, 5, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
         {"paged 16, pool 5 + pads + seqlen_knew 3 > sq 1, window 50", BF, 3, 1, 8, 2, D, 16, 256, 1, 0, 50, -1, 0.f, 0.f, 2,
-         1, 0, {20, 10, 180}, 3, 5, 1, {0, 10, 100}, 0, 0},
+         1, 0, {20, 10, 180}, 3, 5, 1, {0, 10, 100}, 0, 0, 0, {0}, 0, {0}},
         {"contiguous, pool 6 + pads, no append, causal sq 2", F16, 3, 2, 4, 1, D, 0, 128, 0, 1, -1, -1, 0.f, 0.f, 0, 0, 0,
-         {128, 5, 77}, 0, 6, 1, {3, 5, 0}, 0, 0},
+         {128, 5, 77}, 0, 6, 1, {3, 5, 0}, 0, 0, 0, {0}, 0, {0}},
         /* Rotary (C ABI 0.8), then: rotary_dim, rotary_neox. */
         {"rotary interleaved, contiguous, sq 1, GQA 4", BF, 4, 1, 8, 2, D, 0, 300, 1, 0, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {0, 1, 150, 299}, 0, 0, 0, {0}, D, 0},
+         {0, 1, 150, 299}, 0, 0, 0, {0}, D, 0, 0, {0}, 0, {0}},
         {"rotary half-split, paged 16, append 3 causal, fp16", F16, 3, 3, 8, 1, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 0, 1,
-         0, {13, 0, 200}, 0, 0, 0, {0}, D, 1},
+         0, {13, 0, 200}, 0, 0, 0, {0}, D, 1, 0, {0}, 0, {0}},
         {"rotary half-split dim 16 (partial), not causal sq 2", BF, 2, 2, 4, 2, D, 0, 128, 1, 0, -1, -1, 0.f, 0.f, 3, 0, 0,
-         {40, 7}, 0, 0, 0, {0}, 16, 1},
+         {40, 7}, 0, 0, 0, {0}, 16, 1, 0, {0}, 0, {0}},
         {"rotary interleaved dim 32, pool 5 + pads, paged 32", F16, 3, 1, 8, 2, D, 32, 256, 1, 1, -1, -1, 0.f, 0.f, 2, 1,
-         0, {20, 40, 180}, 2, 5, 1, {0, 10, 100}, 32, 0},
+         0, {20, 40, 180}, 2, 5, 1, {0, 10, 100}, 32, 0, 0, {0}, 0, {0}},
         {"rotary half-split, sq 4 > seqlen_knew 2, causal, window", BF, 2, 4, 4, 1, D, 0, 200, 1, 1, 30, -1, 0.f, 0.f, 0,
-         1, 0, {50, 3}, 2, 0, 0, {0}, D, 1},
+         1, 0, {50, 3}, 2, 0, 0, {0}, D, 1, 0, {0}, 0, {0}},
+        /* Per-sequence counts (C ABI 0.12), then: varlen_q, qn, varlen_k, kcounts. */
+        {"cu_seqlens_q = cu_seqlens_k_new 0/1/5/16, paged 16, causal", BF, 4, 16, 8, 2, D, 16, 256, 1, 1, -1, -1, 0.f,
+         0.f, 0, 1, 0, {13, 0, 200, 100}, 0, 0, 0, {0}, 0, 0, 1, {0, 1, 5, 16}, 1, {0, 1, 5, 16}},
+        {"cu_seqlens_q 3/1/7, seqlen_knew 2, device-only, window 20, 3 splits", F16, 3, 7, 6, 2, D, 0, 200, 1, 1, 20, -1,
+         0.f, 0.f, 3, 0, 0, {50, 0, 120}, 2, 0, 0, {0}, 0, 0, 1, {3, 1, 7}, 0, {0}},
+        {"cu_seqlens_k_new 4/0/2, sq 1, pool 5 + pads, rotary, paged 32", BF, 3, 1, 8, 2, D, 32, 256, 1, 1, -1, -1, 0.f,
+         0.f, 2, 1, 0, {20, 40, 180}, 0, 5, 1, {0, 10, 100}, D, 1, 0, {0}, 1, {4, 0, 2}},
+        {"chunked prefill 100/37 queries, cu both, paged 64, GQA 4", BF, 2, 100, 8, 2, D, 64, 512, 1, 1, -1, -1, 0.f,
+         0.f, 0, 1, 0, {300, 0}, 0, 0, 0, {0}, 0, 0, 1, {100, 37}, 1, {100, 37}},
+        {"cu_seqlens_q 2/0/9 no append, softcap, 4 splits, device-only", F16, 3, 9, 4, 1, D, 0, 300, 0, 0, -1, -1, 10.f,
+         0.f, 4, 0, 0, {280, 7, 0}, 0, 0, 0, {0}, 0, 0, 1, {2, 0, 9}, 0, {0}},
+        {"cu_seqlens_q 4/2, cu_seqlens_k_new 1/6, rotary causal", F16, 2, 4, 4, 2, D, 0, 256, 1, 1, -1, -1, 0.f, 0.f, 0, 1,
+         0, {30, 100}, 0, 0, 0, {0}, 32, 0, 1, {4, 2}, 1, {1, 6}},
     };
     memset(&props, 0, sizeof props);
     props.struct_size = sizeof props;
@@ -1444,6 +1717,18 @@ static void test_gpu(void) {
             }
         }
     }
+    /* A captured speculative step with per-sequence counts: packed queries and new keys, append, attention and the
+       device-side advance by each sequence's own count, in one graph. */
+    {
+        size_t k;
+        for (k = 0; k < sizeof cases / sizeof cases[0]; ++k) {
+            if (cases[k].varlen_q && cases[k].varlen_k && cases[k].block_size == 16) {
+                dcase c = cases[k];
+                c.label = "CUDA graph, cu_seqlens_q/k_new + append + advance";
+                run_checked(context, stream, &c, 1);
+            }
+        }
+    }
     /* A head dim without its own kernel (zero-filled columns) when served. */
     {
         dcase c = cases[3];
@@ -1474,6 +1759,7 @@ int main(int argc, char** argv) {
     printf("c_decode_test: libflash_attention %d, head dim %d\n", (int)fa_version(), FA_TEST_HEAD_DIM);
     test_params_init();
     test_validation();
+    test_counts_validation();
     test_query_and_names();
     /* Only "no device" (FA_STATUS_NO_DEVICE: no driver or no GPU) skips the GPU half; any other status is a
        broken CUDA setup and fails, so that a GPU machine never passes with its GPU tests skipped. */

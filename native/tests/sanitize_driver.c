@@ -81,6 +81,10 @@ typedef struct {
     int dropout;  /* fwd, bwd (C ABI 0.9): 0 none; 1 host seed/offset and the keep mask; 2 device seed/offset and
                      rng_state (the backward replays the forward's rng_state) */
     int paged;    /* fwd varlen (C ABI 0.11): the block size of paged K/V (blocks in reverse order, a spare one); 0 none */
+    /* decode (C ABI 0.12): 0 none; 1 packed q and k_new, both counted by one cu array (cuq, qn[b] each); 2 packed q
+       only. q/out/lse get one row past the sequences'. sq is then the largest count (max_seqlen_q). */
+    int dcounts;
+    int32_t cuq[MAX_SEQ + 1];
 } scase;
 
 static scase g_cases[MAX_CASES];
@@ -496,35 +500,41 @@ typedef struct {
     int pads[MAX_SEQ];
     int alibi; /* ALiBi slopes (0.8): 1 [hq], 2 [b, hq] */
     int rotary; /* 0.8: 0 none, 1 interleaved (whole head), 2 half-split (32 elements, the rest passed through) */
+    int counts; /* 0.12: scase.dcounts, with qn[b] queries (and appended keys when 1) a sequence */
+    int qn[MAX_SEQ];
 } dfeature;
 
 static const dfeature k_dfeatures[] = {
     {"contiguous, ragged 0/1, GQA 4:2, auto splits", 0, 4, 1, 4, 2, 0, 0, 0, 0, 0, -1, -1, 0, 0, 0, 1, 0, 0,
-     {0, 1, 150, 255}, 0, 0, 0, {0}, 0, 0},
-    {"contiguous, 13 splits, caller workspace", 0, 2, 1, 2, 2, 0, 0, 0, 0, 0, -1, -1, 0, 0, 13, 0, 1, 0, {255, 100}, 0, 0, 0, {0}, 0, 0},
-    {"paged 16, append 3, causal, fp16", 1, 3, 3, 4, 1, 0, 16, 1, 0, 1, -1, -1, 0, 0, 0, 1, 0, 0, {13, 0, 200}, 0, 0, 0, {0}, 0, 0},
+     {0, 1, 150, 255}, 0, 0, 0, {0}, 0, 0, 0, {0}},
+    {"contiguous, 13 splits, caller workspace", 0, 2, 1, 2, 2, 0, 0, 0, 0, 0, -1, -1, 0, 0, 13, 0, 1, 0, {255, 100}, 0, 0, 0, {0}, 0, 0, 0, {0}},
+    {"paged 16, append 3, causal, fp16", 1, 3, 3, 4, 1, 0, 16, 1, 0, 1, -1, -1, 0, 0, 0, 1, 0, 0, {13, 0, 200}, 0, 0, 0, {0}, 0, 0, 0, {0}},
     {"paged 256, append across a page end, advance, 3 splits", 0, 2, 4, 2, 2, 0, 256, 1, 1, 1, -1, -1, 0, 0, 3, 1, 1,
-     0, {254, 0}, 0, 0, 0, {0}, 0, 0},
-    {"paged 32, window + softcap, 5 splits", 1, 2, 2, 4, 2, 0, 32, 1, 0, 0, 40, 0, 10.0f, 0, 5, 0, 0, 0, {200, 33}, 0, 0, 0, {0}, 0, 0},
+     0, {254, 0}, 0, 0, 0, {0}, 0, 0, 0, {0}},
+    {"paged 32, window + softcap, 5 splits", 1, 2, 2, 4, 2, 0, 32, 1, 0, 0, 40, 0, 10.0f, 0, 5, 0, 0, 0, {200, 33}, 0, 0, 0, {0}, 0, 0, 0, {0}},
     {"contiguous, empty cache without append: fully masked rows", 0, 2, 1, 2, 1, 0, 0, 0, 0, 0, -1, -1, 0, 0, 4, 0, 0,
-     0, {0, 10}, 0, 0, 0, {0}, 0, 0},
-    {"paged 64, MQA 8:1, scale, no LSE", 0, 2, 1, 8, 1, 0, 64, 0, 0, 0, -1, -1, 0, 0.3f, 0, 1, 0, 1, {130, 65}, 0, 0, 0, {0}, 0, 0},
+     0, {0, 10}, 0, 0, 0, {0}, 0, 0, 0, {0}},
+    {"paged 64, MQA 8:1, scale, no LSE", 0, 2, 1, 8, 1, 0, 64, 0, 0, 0, -1, -1, 0, 0.3f, 0, 1, 0, 1, {130, 65}, 0, 0, 0, {0}, 0, 0, 0, {0}},
     {"head dim 40 (the 64 kernel), paged 16, append", 1, 2, 2, 2, 2, 40, 16, 1, 0, 1, -1, -1, 0, 0, 2, 1, 0, 0,
-     {31, 7}, 0, 0, 0, {0}, 0, 0},
+     {31, 7}, 0, 0, 0, {0}, 0, 0, 0, {0}},
     {"contiguous pool of 5 (cache_batch_idx), pads, append 3 > sq 1, advance", 0, 3, 1, 4, 2, 0, 0, 1, 1, 1, -1, -1, 0, 0,
-     0, 1, 0, 0, {40, 0, 100}, 3, 5, 1, {7, 0, 100}, 0, 0},
+     0, 1, 0, 0, {40, 0, 100}, 3, 5, 1, {7, 0, 100}, 0, 0, 0, {0}},
     {"paged 16 pool of 4 table rows, device-only pads, append 1 < sq 3, 4 splits", 1, 3, 3, 4, 1, 0, 16, 1, 0, 1, -1,
-     -1, 0, 0, 4, 0, 0, 0, {33, 2, 70}, 1, 4, 1, {20, 0, 64}, 0, 0},
+     -1, 0, 0, 4, 0, 0, 0, {33, 2, 70}, 1, 4, 1, {20, 0, 64}, 0, 0, 0, {0}},
     {"alibi [hq], contiguous pool of 5, pads, causal (FA2's causal form at sq 1), append, advance", 0, 3, 1, 4, 2, 0, 0,
-     1, 1, 1, -1, -1, 0, 0, 0, 1, 0, 0, {40, 0, 100}, 1, 5, 1, {7, 0, 100}, 1, 0},
+     1, 1, 1, -1, -1, 0, 0, 0, 1, 0, 0, {40, 0, 100}, 1, 5, 1, {7, 0, 100}, 1, 0, 0, {0}},
     {"alibi [b, hq], paged 16, window + softcap, device-only pads, 4 splits", 1, 3, 2, 4, 1, 0, 16, 1, 0, 0, 30, 0,
-     10.0f, 0, 4, 0, 0, 0, {33, 2, 70}, 0, 0, 1, {20, 0, 64}, 2, 0},
+     10.0f, 0, 4, 0, 0, 0, {33, 2, 70}, 0, 0, 1, {20, 0, 64}, 2, 0, 0, {0}},
     {"rotary interleaved on append, paged 16 pool of 4 + pads, causal sq 2 > append 1", 0, 3, 2, 4, 2, 0, 16, 1, 0, 1,
-     -1, -1, 0, 0, 0, 1, 0, 0, {33, 2, 70}, 1, 4, 1, {20, 0, 64}, 0, 1},
+     -1, -1, 0, 0, 0, 1, 0, 0, {33, 2, 70}, 1, 4, 1, {20, 0, 64}, 0, 1, 0, {0}},
     {"rotary half-split (32 of the head), contiguous, append 3, not causal, 3 splits, advance", 1, 2, 3, 4, 1, 0, 0, 1,
-     1, 0, -1, -1, 0, 0, 3, 1, 0, 0, {100, 0}, 0, 0, 0, {0}, 0, 2},
+     1, 0, -1, -1, 0, 0, 3, 1, 0, 0, {100, 0}, 0, 0, 0, {0}, 0, 2, 0, {0}},
     {"rotary half-split, paged 32, device-only lengths, window, 4 splits", 0, 2, 2, 4, 2, 0, 32, 1, 0, 0, 20, 0, 0, 0, 4,
-     0, 0, 0, {150, 7}, 0, 0, 0, {0}, 0, 2},
+     0, 0, 0, {150, 7}, 0, 0, 0, {0}, 0, 2, 0, {0}},
+    {"cu_seqlens_q = cu_seqlens_k_new 0/3/1/9 (one array), paged 16, causal, append, advance", 0, 4, 9, 4, 2, 0, 16, 1,
+     1, 1, -1, -1, 0, 0, 0, 1, 0, 0, {13, 0, 200, 40}, 0, 0, 0, {0}, 0, 0, 1, {0, 3, 1, 9}},
+    {"cu_seqlens_q 2/5/0, append 2 each, device-only lengths, window, rotary, 3 splits", 1, 3, 5, 4, 1, 0, 0, 1, 0, 1,
+     20, -1, 0, 0, 3, 0, 0, 0, {50, 7, 120}, 2, 0, 0, {0}, 0, 1, 2, {2, 5, 0}},
 };
 
 /* The fp8 (e4m3) forward's options, where it is served (out bf16; descale 0 none, 1 broadcast, 2 dense). */
@@ -598,6 +608,16 @@ static void add_feature_cases(int pass, int path, int cc) {
             c->lse = !f->no_lse;
             c->sk_new = f->sk_new, c->pool = f->pool, c->use_pads = f->use_pads, c->alibi = f->alibi;
             c->rotary = f->rotary;
+            c->dcounts = f->counts;
+            if (f->counts) {
+                int b, most = 0;
+                c->cuq[0] = 0;
+                for (b = 0; b < f->b; ++b) {
+                    c->cuq[b + 1] = c->cuq[b] + f->qn[b];
+                    most = f->qn[b] > most ? f->qn[b] : most;
+                }
+                c->sq = most;
+            }
             {
                 int b;
                 for (b = 0; b < f->b; ++b) {
@@ -974,8 +994,11 @@ static void decode_params(const scase* c, bufs* B, fa_decode_params_t* p, int32_
     int64_t cache_rows;
     const int64_t row = (int64_t)c->hkv * c->d;
     int32_t* table = NULL;
+    /* Sequence b's appended count: its own with one cu array for queries and keys (dcounts 1), else added. */
+#define ADDED_OF(b) (c->dcounts == 1 && c->append ? c->cuq[(b) + 1] - c->cuq[b] : added)
+    const int total_q = c->dcounts ? c->cuq[c->b] : 0, q_rows = total_q + 1;
     for (b = 0; b < c->b; ++b) {
-        const int total = c->lens[b] + added;
+        const int total = c->lens[b] + ADDED_OF(b);
         lens[b] = c->lens[b];
         if (total > capacity) capacity = total;
     }
@@ -1004,7 +1027,7 @@ static void decode_params(const scase* c, bufs* B, fa_decode_params_t* p, int32_
             }
             for (i = 0; i < rows * max_blocks; ++i) table[i] = -1;
             for (b = 0; b < c->b; ++b) {
-                const int total = c->lens[b] + added, r = c->pool > 0 ? c->idx[b] : b;
+                const int total = c->lens[b] + ADDED_OF(b), r = c->pool > 0 ? c->idx[b] : b;
                 const int pad = c->use_pads ? c->pads[b] : 0;
                 for (i = 0; i < max_blocks; ++i) {
                     const int used = i * c->block_size < total && (i + 1) * c->block_size > pad;
@@ -1019,7 +1042,19 @@ static void decode_params(const scase* c, bufs* B, fa_decode_params_t* p, int32_
     }
     *table_out = table;
     fa_decode_params_init(p, sizeof *p);
-    tensor(&p->q, drandom(B, c->dtype, (int64_t)c->b * c->sq * c->hq * c->d), c->dtype, 4, c->b, c->sq, c->hq, c->d);
+    if (c->dcounts) {
+        void* cu = dalloc(B, sizeof(int32_t) * (size_t)(c->b + 1), c->cuq);
+        tensor(&p->q, drandom(B, c->dtype, (int64_t)q_rows * c->hq * c->d), c->dtype, 3, q_rows, c->hq, c->d, 0);
+        tensor(&p->cu_seqlens_q, cu, FA_DTYPE_INT32, 1, c->b + 1, 0, 0, 0);
+        p->max_seqlen_q = c->sq;
+        if (c->host_lens) p->cu_seqlens_q_host = c->cuq;
+        if (c->dcounts == 1 && c->append) {
+            p->cu_seqlens_k_new = p->cu_seqlens_q;
+            if (c->host_lens) p->cu_seqlens_k_new_host = c->cuq;
+        }
+    } else {
+        tensor(&p->q, drandom(B, c->dtype, (int64_t)c->b * c->sq * c->hq * c->d), c->dtype, 4, c->b, c->sq, c->hq, c->d);
+    }
     if (paged) {
         tensor(&p->k_cache, drandom(B, c->dtype, cache_rows * row), c->dtype, 4, num_blocks, c->block_size, c->hkv,
                c->d);
@@ -1031,10 +1066,14 @@ static void decode_params(const scase* c, bufs* B, fa_decode_params_t* p, int32_
         tensor(&p->k_cache, drandom(B, c->dtype, cache_rows * row), c->dtype, 4, rows, capacity, c->hkv, c->d);
         tensor(&p->v_cache, drandom(B, c->dtype, cache_rows * row), c->dtype, 4, rows, capacity, c->hkv, c->d);
     }
-    if (c->append) {
+    if (c->append && c->dcounts == 1) {
+        tensor(&p->k_new, drandom(B, c->dtype, (int64_t)total_q * row), c->dtype, 3, total_q, c->hkv, c->d, 0);
+        tensor(&p->v_new, drandom(B, c->dtype, (int64_t)total_q * row), c->dtype, 3, total_q, c->hkv, c->d, 0);
+    } else if (c->append) {
         tensor(&p->k_new, drandom(B, c->dtype, (int64_t)c->b * added * row), c->dtype, 4, c->b, added, c->hkv, c->d);
         tensor(&p->v_new, drandom(B, c->dtype, (int64_t)c->b * added * row), c->dtype, 4, c->b, added, c->hkv, c->d);
     }
+#undef ADDED_OF
     if (c->pool > 0) {
         tensor(&p->cache_batch_idx, dalloc(B, sizeof(int32_t) * (size_t)c->b, c->idx), FA_DTYPE_INT32, 1, c->b, 0, 0, 0);
         if (c->host_lens) p->cache_batch_idx_host = c->idx;
@@ -1044,9 +1083,14 @@ static void decode_params(const scase* c, bufs* B, fa_decode_params_t* p, int32_
         if (c->host_lens) p->cache_leftpad_host = c->pads;
     }
     if (c->alibi) alibi_slopes(c, B, &p->alibi_slopes, c->b);
-    tensor(&p->out, dalloc(B, (size_t)c->b * c->sq * c->hq * c->d * 2, NULL), c->dtype, 4, c->b, c->sq, c->hq, c->d);
-    if (c->lse) {
-        tensor(&p->lse, dalloc(B, (size_t)c->b * c->hq * c->sq * 4, NULL), FA_DTYPE_FLOAT32, 3, c->b, c->hq, c->sq, 0);
+    if (c->dcounts) {
+        tensor(&p->out, dalloc(B, (size_t)q_rows * c->hq * c->d * 2, NULL), c->dtype, 3, q_rows, c->hq, c->d, 0);
+        if (c->lse) tensor(&p->lse, dalloc(B, (size_t)c->hq * q_rows * 4, NULL), FA_DTYPE_FLOAT32, 2, c->hq, q_rows, 0, 0);
+    } else {
+        tensor(&p->out, dalloc(B, (size_t)c->b * c->sq * c->hq * c->d * 2, NULL), c->dtype, 4, c->b, c->sq, c->hq, c->d);
+        if (c->lse) {
+            tensor(&p->lse, dalloc(B, (size_t)c->b * c->hq * c->sq * 4, NULL), FA_DTYPE_FLOAT32, 3, c->b, c->hq, c->sq, 0);
+        }
     }
     tensor(&p->cache_seqlens, dalloc(B, sizeof(int32_t) * (size_t)c->b, lens), FA_DTYPE_INT32, 1, c->b, 0, 0, 0);
     p->softmax_scale = c->scale;

@@ -36,8 +36,10 @@ def test_layout_matches_libclang():
     assert _abi.FaSupportQuery.head_dim_v.offset == 52 and _abi.FaSupportQuery.paged_kv.offset == 56
     assert ctypes.sizeof(_abi.FaSupportQuery) == 60
     # 784 bytes through 0.6; 0.7 appended the serving fields (cache_batch_idx on) there (960 bytes); 0.8 alibi_slopes
-    # (80 bytes), then the rotary block (rotary_cos .. reserved1, 32 bytes).
-    assert ctypes.sizeof(_abi.FaDecodeParams) == 960 + 80 + 32
+    # (80 bytes), then the rotary block (rotary_cos .. reserved1, 32 bytes); 0.12 the per-sequence counts
+    # (cu_seqlens_q, cu_seqlens_k_new, their host copies, max_seqlen_q, reserved2: 80 + 80 + 16 + 8 bytes).
+    assert _abi.FaDecodeParams.cu_seqlens_q.offset == 960 + 80 + 32
+    assert ctypes.sizeof(_abi.FaDecodeParams) == 960 + 80 + 32 + 184
     assert _abi.FaDecodeParams.cache_batch_idx.offset == 784
     assert _abi.FaDecodeParams.alibi_slopes.offset == 960
     assert _abi.FaDecodeParams.rotary_cos.offset == 960 + 80

@@ -517,10 +517,11 @@ public unsafe partial struct FaBackwardParams
 /// pad is counted in cache_seqlens). The effective key length is sk_b = total_b - lp_b, keys numbered from lp_b;
 /// the causal mask and window are placed bottom-right over it, so query i sees, when causal, positions
 /// lp_b .. total_b - seqlen_q + i (a query with no such position gets output 0 and log-sum-exp +inf).
-/// cache_batch_idx, cache_leftpad, seqlen_knew != seqlen_q and rotary embedding (since 0.8) are served by every
-/// decode kernel, so fa_query_support has no field for them.
+/// cache_batch_idx, cache_leftpad, seqlen_knew != seqlen_q, rotary embedding (since 0.8) and per-sequence counts
+/// (cu_seqlens_q / cu_seqlens_k_new, since 0.12: seqlen_q and seqlen_knew are then sequence b's own) are served by
+/// every decode kernel, so fa_query_support has no field for them.
 /// </summary>
-/// <remarks>Mirror of C <c>fa_decode_params_t</c> (<c>struct fa_decode_params</c>): 1072 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_decode_params_t</c> (<c>struct fa_decode_params</c>): 1256 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaDecodeParams
 {
@@ -533,8 +534,8 @@ public unsafe partial struct FaDecodeParams
     public uint reserved0;
 
     /// <summary>
-    /// New queries [batch, seqlen_q, heads_q, head_dim], fp16 or bf16 (an fp8 query or cache is
-    /// FA_STATUS_UNSUPPORTED: not served yet).
+    /// New queries [batch, seqlen_q, heads_q, head_dim] (packed [total_q, heads_q, head_dim] with cu_seqlens_q),
+    /// fp16 or bf16 (an fp8 query or cache is FA_STATUS_UNSUPPORTED: not served yet).
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t q</c> at byte offset 8.</remarks>
     public FaTensor q;
@@ -552,8 +553,9 @@ public unsafe partial struct FaDecodeParams
     public FaTensor v_cache;
 
     /// <summary>
-    /// Optional new keys [batch, seqlen_knew, heads_kv, head_dim] (data NULL: append nothing); seqlen_knew may
-    /// differ from q's seqlen_q (since 0.7; 0.6 required them equal).
+    /// Optional new keys [batch, seqlen_knew, heads_kv, head_dim] (packed [total_k_new, heads_kv, head_dim] with
+    /// cu_seqlens_k_new; data NULL: append nothing); seqlen_knew may differ from q's seqlen_q (since 0.7; 0.6
+    /// required them equal).
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t k_new</c> at byte offset 248.</remarks>
     public FaTensor k_new;
@@ -562,11 +564,14 @@ public unsafe partial struct FaDecodeParams
     /// <remarks>C: <c>fa_tensor_t v_new</c> at byte offset 328.</remarks>
     public FaTensor v_new;
 
-    /// <summary>Output [batch, seqlen_q, heads_q, head_dim], same dtype as q; written.</summary>
+    /// <summary>Output shaped like q, same dtype as q; written.</summary>
     /// <remarks>C: <c>fa_tensor_t out</c> at byte offset 408.</remarks>
     public FaTensor @out;
 
-    /// <summary>Optional log-sum-exp [batch, heads_q, seqlen_q], fp32; written when data is not NULL.</summary>
+    /// <summary>
+    /// Optional log-sum-exp [batch, heads_q, seqlen_q] ([heads_q, total_q] with cu_seqlens_q), fp32; written when
+    /// data is not NULL.
+    /// </summary>
     /// <remarks>C: <c>fa_tensor_t lse</c> at byte offset 488.</remarks>
     public FaTensor lse;
 
@@ -745,6 +750,55 @@ public unsafe partial struct FaDecodeParams
     /// <summary>Reserved; must be 0 (keeps the rotary block 8-byte sized).</summary>
     /// <remarks>C: <c>int32_t reserved1</c> at byte offset 1068.</remarks>
     public int reserved1;
+
+    /// <summary>
+    /// ---- Per-sequence query and append counts (since 0.12; a caller compiled against 0.11 passes a smaller
+    /// struct_size and gets none: every sequence has q.shape[1] queries and appends k_new.shape[1] keys).
+    /// FlashAttention-3's cu_seqlens_q / cu_seqlens_k_new of flash_attn_with_kvcache: speculative decoding with
+    /// drafts of different lengths, chunked prefill. Sequence b's new keys are appended first; its causal diagonal
+    /// (and window) sits bottom-right over its final length cache_seqlens[b] + added_b, as with equal counts.
+    /// Optional device int32 [batch + 1] (rank 1), prefix sums of each sequence's query count, starting at 0. q and
+    /// out are then rank 3, [total_q, heads_q, head_dim], and lse [heads_q, total_q]; sequence b's queries are rows
+    /// cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1 (a count may be 0: nothing is written for it), and batch is
+    /// cu_seqlens_q.shape[0] - 1. Rotary positions of the queries are as documented above, with i counted within the
+    /// sequence. data NULL: q is [batch, seqlen_q, heads_q, head_dim].
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t cu_seqlens_q</c> at byte offset 1072.</remarks>
+    public FaTensor cu_seqlens_q;
+
+    /// <summary>
+    /// Optional device int32 [batch + 1] (rank 1), prefix sums of each sequence's appended count, starting at 0;
+    /// only with k_new/v_new, which are then rank 3, [total_k_new, heads_kv, head_dim], sequence b appending rows
+    /// cu_seqlens_k_new[b] .. cu_seqlens_k_new[b + 1] - 1 (a count may be 0). advance_cache_seqlens adds each
+    /// sequence's own count. data NULL: every sequence appends k_new.shape[1] keys.
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t cu_seqlens_k_new</c> at byte offset 1152.</remarks>
+    public FaTensor cu_seqlens_k_new;
+
+    /// <summary>
+    /// Optional host copies of cu_seqlens_q / cu_seqlens_k_new (batch + 1 entries, the same values): checked before
+    /// anything is launched (start at 0, never decrease, end within q's / k_new's rows, each query count at most
+    /// max_seqlen_q, and with cache_seqlens_host each sequence's length with its appended keys within its cache).
+    /// Without them the kernels clamp a malformed array (so that no access leaves the tensors) and report it:
+    /// FA_STATUS_DEVICE_CHECK_FAILED naming cu_seqlens_q / cu_seqlens_k_new from fa_context_check or the next call.
+    /// </summary>
+    /// <remarks>C: <c>const int32_t* cu_seqlens_q_host</c> at byte offset 1232.</remarks>
+    public int* cu_seqlens_q_host;
+
+    /// <summary>See cu_seqlens_q_host.</summary>
+    /// <remarks>C: <c>const int32_t* cu_seqlens_k_new_host</c> at byte offset 1240.</remarks>
+    public int* cu_seqlens_k_new_host;
+
+    /// <summary>
+    /// With cu_seqlens_q: the most queries one sequence has (at least every count; it sizes the grid and the split
+    /// workspace). Must be 0 without cu_seqlens_q.
+    /// </summary>
+    /// <remarks>C: <c>int32_t max_seqlen_q</c> at byte offset 1248.</remarks>
+    public int max_seqlen_q;
+
+    /// <summary>Reserved; must be 0.</summary>
+    /// <remarks>C: <c>int32_t reserved2</c> at byte offset 1252.</remarks>
+    public int reserved2;
 }
 
 /// <summary>A question for fa_query_support: is this kind of call served by this build on this GPU?</summary>

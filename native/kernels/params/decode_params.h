@@ -9,10 +9,10 @@
 namespace fa {
 
 struct DecodeParams {
-    const void* q;          // [b, sq, hq, d]
+    const void* q;          // [b, sq, hq, d] (packed [total_q, hq, d] with cu_seqlens_q)
     void* k_cache;          // contiguous [b, capacity, hkv, d] or paged [num_blocks, block_size, hkv, d]
     void* v_cache;          // shaped like k_cache
-    const void* k_new;      // [b, added, hkv, d] or nullptr (nothing appended)
+    const void* k_new;      // [b, added, hkv, d] (packed with cu_seqlens_knew) or nullptr (nothing appended)
     const void* v_new;      // [b, added, hkv, d] or nullptr
     void* o;                // [b, sq, hq, d]
     float* lse;             // [b, hq, sq] or nullptr
@@ -35,7 +35,7 @@ struct DecodeParams {
     int32_t g;               // hq / hkv: query heads per kv head, packed with the sq rows into M
     int32_t rows;            // g * sq: packed query rows per (sequence, kv head)
     int32_t capacity;        // positions each sequence's cache holds (S_max, or max_blocks * block_size)
-    int32_t added;           // k_new's rows when appending (any count, not tied to sq), else 0
+    int32_t added;           // k_new's rows when appending (any count, not tied to sq), else 0 (and 0 when packed)
     int32_t advance;         // 1: a last kernel stores the clamped length + added into cache_seqlens
     // Paged cache: block_size = 1 << block_shift; block ids are clamped to [0, num_blocks) (and reported).
     int32_t block_size, block_shift, num_blocks, max_blocks;
@@ -91,6 +91,16 @@ struct DecodeParams {
     const void* rotary_sin = nullptr;
     int32_t rotary_dim = 0, rotary_seqlen = 0;
     int32_t rotary_interleaved = 1, rotary_per_row = 0;
+    // Per-sequence counts (C ABI 0.12; decode_q_span / decode_seq). cu_seqlens_q [b + 1] (device, or nullptr: sq
+    // queries each): sequence b's queries are packed rows cu_seqlens_q[b] .. [b + 1] - 1 of q/o (whose batch
+    // strides are then 0, the row strides stepping over packed rows) and lse ([hq, total_q]); sq is then
+    // max_seqlen_q (grid, split buffers). cu_seqlens_knew [b + 1] (or nullptr: added keys each): sequence b appends
+    // packed rows cu_seqlens_knew[b] .. [b + 1] - 1 of k_new/v_new; added is then 0. Entries are clamped into
+    // [0, total_q] / [0, total_knew] (a count into [0, sq]) and a clamp is reported (kDeviceFlagDecodeCuSeqlens).
+    const int32_t* cu_seqlens_q = nullptr;
+    const int32_t* cu_seqlens_knew = nullptr;
+    int64_t cu_q_stride = 0, cu_knew_stride = 0;
+    int32_t total_q = 0, total_knew = 0;
 };
 
 }  // namespace fa

@@ -25,10 +25,13 @@ constexpr uint32_t kDeviceFlagDecodeBatchIndex = 1u << 3;
 constexpr uint32_t kDeviceFlagDecodeLeftpad = 1u << 4;
 // fa_forward with paged K/V: a block_table entry a sequence used was outside [0, num_blocks); the kernels clamped it.
 constexpr uint32_t kDeviceFlagForwardBlockId = 1u << 5;
+// fa_decode with device-only cu_seqlens_q / cu_seqlens_k_new: an entry was outside the packed rows, the array
+// decreased, or a query count exceeded max_seqlen_q; the kernels clamped it.
+constexpr uint32_t kDeviceFlagDecodeCuSeqlens = 1u << 6;
 // Every bit this build knows (the host names each; others it reports as numbers).
 constexpr uint32_t kDeviceFlagsKnown = kDeviceFlagTurnTimeout | kDeviceFlagDecodeLength | kDeviceFlagDecodeBlockId |
                                        kDeviceFlagDecodeBatchIndex | kDeviceFlagDecodeLeftpad |
-                                       kDeviceFlagForwardBlockId;
+                                       kDeviceFlagForwardBlockId | kDeviceFlagDecodeCuSeqlens;
 // Each cause has its own 32-bit slot (slot i for bit 1 << i): kDeviceFlagSlots consecutive words per context.
 constexpr int kDeviceFlagSlots = 8;
 

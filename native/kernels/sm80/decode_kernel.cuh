@@ -38,19 +38,55 @@
 namespace fa {
 namespace sm80 {
 
-// Cache length of sequence b before and after the append. The device array is clamped so that no position
-// read or written leaves the sequence's capacity; a length that needed it is reported in the context's
-// device-flag word (the host then raises FA_STATUS_DEVICE_CHECK_FAILED), never silently used.
+// Sequence b's packed rows [row0, row0 + count) of a cu_seqlens array over `total` rows (C ABI 0.12), clamped so
+// that no access leaves the packed tensor (and the count to `most`); a clamp is reported in the context's
+// device-flag word (the host then raises FA_STATUS_DEVICE_CHECK_FAILED naming the array), never silently used.
+struct DecodeSpan {
+    int row0;
+    int count;
+};
+
+__device__ __forceinline__ DecodeSpan decode_span(const DecodeParams& p, const int32_t* cu, int64_t stride, int b,
+                                                  int total, int most) {
+    const int s0 = __ldg(cu + b * stride);
+    const int s1 = __ldg(cu + (b + 1) * stride);
+    const int r0 = min(max(s0, 0), total);
+    const int r1 = min(max(s1, r0), total);
+    const int count = min(r1 - r0, most);
+    if ((r0 != s0 || r1 != s1 || count != r1 - r0) && p.device_flags != nullptr) {
+        set_host_flag(p.device_flags, kDeviceFlagDecodeCuSeqlens);
+    }
+    return DecodeSpan{r0, count};
+}
+
+// Sequence b's queries: packed rows of q/o/lse from cu_seqlens_q (whose batch strides are then 0), or sq rows of
+// its own batch entry.
+__device__ __forceinline__ DecodeSpan decode_q_span(const DecodeParams& p, int b) {
+    if (p.cu_seqlens_q == nullptr) return DecodeSpan{0, p.sq};
+    return decode_span(p, p.cu_seqlens_q, p.cu_q_stride, b, p.total_q, p.sq);
+}
+
+// Sequence b's appended keys: packed rows of k_new/v_new from cu_seqlens_k_new, or `added` rows of its batch entry.
+__device__ __forceinline__ DecodeSpan decode_knew_span(const DecodeParams& p, int b) {
+    if (p.cu_seqlens_knew == nullptr) return DecodeSpan{0, p.added};
+    return decode_span(p, p.cu_seqlens_knew, p.cu_knew_stride, b, p.total_knew, p.capacity);
+}
+
+// Cache length of sequence b before and after the append, and its appended rows. The device array is clamped so
+// that no position read or written leaves the sequence's capacity; a length that needed it is reported in the
+// context's device-flag word (the host then raises FA_STATUS_DEVICE_CHECK_FAILED), never silently used.
 struct DecodeSeq {
     int cached;
     int total;
+    DecodeSpan added;  // k_new/v_new rows appended (count 0 without an append)
 };
 
 __device__ __forceinline__ DecodeSeq decode_seq(const DecodeParams& p, int b) {
+    const DecodeSpan added = decode_knew_span(p, b);
     const int stored = __ldg(p.cache_seqlens + b * p.seqlens_stride);
-    const int cached = min(max(stored, 0), p.capacity - p.added);
+    const int cached = min(max(stored, 0), p.capacity - added.count);
     if (cached != stored && p.device_flags != nullptr) set_host_flag(p.device_flags, kDeviceFlagDecodeLength);
-    return DecodeSeq{cached, cached + p.added};
+    return DecodeSeq{cached, cached + added.count, added};
 }
 
 // First valid position of sequence b (cache_leftpad, 0 without it), given its length with the new tokens: clamped
@@ -211,11 +247,15 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     // cache_batch_idx entry outside the pool, as the host check of cache_batch_idx_host refuses it whatever the
     // sequence reads. The pool row (contiguous) or block-table row (paged).
     const int64_t cache_row = decode_cache_row(p, b);
+    // This sequence's queries (cu_seqlens_q: its own count, the grid sized by the largest): a block past its
+    // packed rows has nothing to do (the combine skips those rows too).
+    const DecodeSpan qs = decode_q_span(p, b);
     const int row0 = m_block * BM;
-    const int rows_here = min(BM, p.rows - row0);
+    if (row0 >= p.g * qs.count) return;
+    const int rows_here = min(BM, p.g * qs.count - row0);
     // Query i sits at position i + off (positions absolute, a left pad included); bottom-right masks are placed
     // around that diagonal, and no key before the left pad is seen.
-    const int64_t off = static_cast<int64_t>(seq.total) - p.sq;
+    const int64_t off = static_cast<int64_t>(seq.total) - qs.count;
     // Keys some row of this block may see: [k_lo, k_hi). Computed in 64 bits: windows reach 2^31.
     const int qi_lo = row0 / p.g;
     const int qi_hi = (row0 + rows_here - 1) / p.g;
@@ -251,12 +291,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
             const int2 qh = out_row(r);
             if (direct) {
                 if (ch * 8 < p.d) {
-                    T* o = reinterpret_cast<T*>(p.o) + b * p.o_batch_stride + qh.x * p.o_row_stride +
+                    T* o = reinterpret_cast<T*>(p.o) + b * p.o_batch_stride + (qs.row0 + qh.x) * p.o_row_stride +
                            qh.y * p.o_head_stride + ch * 8;
                     *reinterpret_cast<uint4*>(o) = make_uint4(0, 0, 0, 0);
                 }
                 if (ch == 0 && p.lse != nullptr) {
-                    p.lse[b * p.lse_batch_stride + qh.y * p.lse_head_stride + qh.x * p.lse_row_stride] = CUDART_INF_F;
+                    p.lse[b * p.lse_batch_stride + qh.y * p.lse_head_stride + (qs.row0 + qh.x) * p.lse_row_stride] =
+                        CUDART_INF_F;
                 }
             } else if (ch == 0) {
                 const int64_t arow = (static_cast<int64_t>(b) * p.hq + qh.y) * p.sq + qh.x;
@@ -266,7 +307,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
         return;
     }
 
-    const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_batch_stride + static_cast<int64_t>(hk) * p.g * p.q_head_stride;
+    const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_batch_stride + qs.row0 * p.q_row_stride +
+                 static_cast<int64_t>(hk) * p.g * p.q_head_stride;
     const int64_t cache_base = kPaged ? 0 : cache_row;
     const T* k = reinterpret_cast<const T*>(p.k_cache) + cache_base * p.k_batch_stride + hk * p.k_head_stride;
     const T* v = reinterpret_cast<const T*>(p.v_cache) + cache_base * p.v_batch_stride + hk * p.v_head_stride;
@@ -373,7 +415,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
         alibi_qi[r] = R / p.g;
         alibi[r] = alibi_row(p.alibi_slopes, p.alibi_batch_stride, p.alibi_head_stride, p.alibi_causal, b,
                              hk * p.g + (R - alibi_qi[r] * p.g), softcap ? p.softcap : p.scale,
-                             seq.total - pad - p.sq);
+                             seq.total - pad - qs.count);
     }
 
     int stage = 0;            // ring stage of tile t
@@ -556,12 +598,12 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
         const float lse = seen ? mx * lse_scale + logf(l) : (direct ? CUDART_INF_F : -CUDART_INF_F);
         const int2 qh = out_row(r);
         if (direct) {
-            T* dst = reinterpret_cast<T*>(p.o) + b * p.o_batch_stride + qh.x * p.o_row_stride + qh.y * p.o_head_stride +
-                     ch * 8;
+            T* dst = reinterpret_cast<T*>(p.o) + b * p.o_batch_stride + (qs.row0 + qh.x) * p.o_row_stride +
+                     qh.y * p.o_head_stride + ch * 8;
             *reinterpret_cast<uint4*>(dst) = make_uint4(pack2<T>(o[0] * inv, o[1] * inv), pack2<T>(o[2] * inv, o[3] * inv),
                                                         pack2<T>(o[4] * inv, o[5] * inv), pack2<T>(o[6] * inv, o[7] * inv));
             if (ch == 0 && p.lse != nullptr) {
-                p.lse[b * p.lse_batch_stride + qh.y * p.lse_head_stride + qh.x * p.lse_row_stride] = lse;
+                p.lse[b * p.lse_batch_stride + qh.y * p.lse_head_stride + (qs.row0 + qh.x) * p.lse_row_stride] = lse;
             }
         } else {
             const int64_t srow = split * accum_rows + (static_cast<int64_t>(b) * p.hq + qh.y) * p.sq + qh.x;
@@ -591,9 +633,14 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_consta
     const int bh = row32 / p.sq;
     const int head = bh % p.hq;
     const int b = bh / p.hq;
-    T* out = reinterpret_cast<T*>(p.o) + b * p.o_batch_stride + qi * p.o_row_stride + head * p.o_head_stride + ch * 8;
+    // With cu_seqlens_q the split buffers keep sq (max_seqlen_q) rows a sequence; rows past its own count have no
+    // partials and no output.
+    const DecodeSpan qs = decode_q_span(p, b);
+    if (qi >= qs.count) return;
+    const int64_t orow = qs.row0 + qi;
+    T* out = reinterpret_cast<T*>(p.o) + b * p.o_batch_stride + orow * p.o_row_stride + head * p.o_head_stride + ch * 8;
     float* lse_out = p.lse == nullptr ? nullptr
-                                      : p.lse + b * p.lse_batch_stride + head * p.lse_head_stride + qi * p.lse_row_stride;
+                                      : p.lse + b * p.lse_batch_stride + head * p.lse_head_stride + orow * p.lse_row_stride;
 
     const float* part_lse = p.lse_accum + row;
     float mx = -CUDART_INF_F;
@@ -629,13 +676,32 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_consta
     if (ch == 0 && lse_out != nullptr) *lse_out = lse;
 }
 
-// Writes k_new / v_new into the cache at positions cached_b .. cached_b + added - 1 of every sequence's cache row
-// (cache_batch_idx), 16 bytes per thread, each key chunk rotated at its position first when rotary is on. Launched before the attention kernel on the same stream, which orders the
-// two.
+// The sequence whose packed k_new rows (cu_seqlens_k_new) hold packed row r: the last b with cu[b] <= r (a binary
+// search over the raw entries; the caller checks r against the sequence's clamped span, so a malformed array can
+// only leave rows unappended, which decode_span reports).
+__device__ __forceinline__ int decode_knew_owner(const DecodeParams& p, int r) {
+    int lo = 0, hi = p.b - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (__ldg(p.cu_seqlens_knew + mid * p.cu_knew_stride) <= r) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return lo;
+}
+
+// Writes k_new / v_new into the cache at positions cached_b .. cached_b + added_b - 1 of every sequence's cache row
+// (cache_batch_idx), 16 bytes per thread, each key chunk rotated at its position first when rotary is on. Launched
+// before the attention kernel on the same stream, which orders the two. One thread per (k_new row, kv head, 16-byte
+// chunk): rows are [b, added] or, with cu_seqlens_k_new, the packed rows, each found in its sequence's span.
 template <typename T>
 __global__ void __launch_bounds__(256) decode_append_kernel(const __grid_constant__ DecodeParams p) {
     const int cpr = p.d / 8;
-    const int64_t total = static_cast<int64_t>(p.b) * p.added * p.hkv * cpr;
+    const bool packed = p.cu_seqlens_knew != nullptr;
+    const int64_t rows = packed ? static_cast<int64_t>(p.total_knew) : static_cast<int64_t>(p.b) * p.added;
+    const int64_t total = rows * p.hkv * cpr;
     for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
          idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
         int64_t rest = idx;
@@ -643,9 +709,20 @@ __global__ void __launch_bounds__(256) decode_append_kernel(const __grid_constan
         rest /= cpr;
         const int h = static_cast<int>(rest % p.hkv);
         rest /= p.hkv;
-        const int i = static_cast<int>(rest % p.added);
-        const int b = static_cast<int>(rest / p.added);
-        const int pos = decode_seq(p, b).cached + i;
+        int b, i;
+        if (packed) {
+            b = decode_knew_owner(p, static_cast<int>(rest));
+            i = static_cast<int>(rest);  // made relative to the sequence's first row below
+        } else {
+            i = static_cast<int>(rest % p.added);
+            b = static_cast<int>(rest / p.added);
+        }
+        const DecodeSeq seq = decode_seq(p, b);
+        if (packed) {
+            i -= seq.added.row0;
+            if (i < 0 || i >= seq.added.count) continue;  // a row no sequence appends (past the last, or clamped)
+        }
+        const int pos = seq.cached + i;
         const int64_t row = decode_cache_row(p, b);
         // An index outside the pool (clamped and reported by decode_cache_row) appends nothing: the clamped row is
         // another sequence's, whose cache must not change.
@@ -662,9 +739,10 @@ __global__ void __launch_bounds__(256) decode_append_kernel(const __grid_constan
         }
         k_dst += h * p.k_head_stride + ch * 8;
         v_dst += h * p.v_head_stride + ch * 8;
-        const T* kn = reinterpret_cast<const T*>(p.k_new) + b * p.kn_batch_stride + i * p.kn_row_stride +
+        const int64_t kn_row = seq.added.row0 + i;  // row0 is 0 unless packed
+        const T* kn = reinterpret_cast<const T*>(p.k_new) + b * p.kn_batch_stride + kn_row * p.kn_row_stride +
                       h * p.kn_head_stride;
-        const T* vn = reinterpret_cast<const T*>(p.v_new) + b * p.vn_batch_stride + i * p.vn_row_stride +
+        const T* vn = reinterpret_cast<const T*>(p.v_new) + b * p.vn_batch_stride + kn_row * p.vn_row_stride +
                       h * p.vn_head_stride + ch * 8;
         // With rotary the key is rotated at its own cache position before it is stored (FEATURES.md section 4: the
         // cache holds rotated keys); the partner chunk of a half-split pair is read from k_new, never the cache.

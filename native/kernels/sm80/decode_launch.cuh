@@ -31,7 +31,9 @@ cudaError_t launch_decode_attention(const DecodeParams& p, const LaunchInfo& inf
 
 template <typename T>
 cudaError_t launch_decode_append(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream) {
-    const int64_t chunks = static_cast<int64_t>(p.b) * p.added * p.hkv * (p.d / 8);
+    // One thread per (k_new row, kv head, 16-byte chunk): b x added rows, or the packed rows (cu_seqlens_k_new).
+    const int64_t rows = p.b == 0 ? 0 : p.cu_seqlens_knew != nullptr ? p.total_knew : static_cast<int64_t>(p.b) * p.added;
+    const int64_t chunks = rows * p.hkv * (p.d / 8);
     const int64_t wanted = (chunks + 255) / 256;
     const int64_t most = static_cast<int64_t>(info.sm_count > 0 ? info.sm_count : 1) * 8;  // grid-stride beyond
     const unsigned blocks = static_cast<unsigned>(wanted < most ? wanted : most);

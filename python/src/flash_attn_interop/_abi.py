@@ -23,8 +23,8 @@ TARGET = "x86_64-unknown-linux-gnu"
 FA_VERSION_MAJOR = 0
 
 # Version of this header. fa_version() reports the version of the loaded binary.
-# C: #define FA_VERSION_MINOR 11
-FA_VERSION_MINOR = 11
+# C: #define FA_VERSION_MINOR 12
+FA_VERSION_MINOR = 12
 
 # Version of this header. fa_version() reports the version of the loaded binary.
 # C: #define FA_VERSION_PATCH 0
@@ -32,7 +32,7 @@ FA_VERSION_PATCH = 0
 
 # MAJOR * 10000 + MINOR * 100 + PATCH.
 # C: #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
-FA_VERSION_CODE = 1100
+FA_VERSION_CODE = 1200
 
 # Most dimensions a tensor descriptor carries.
 # C: #define FA_MAX_RANK 4
@@ -440,7 +440,7 @@ class FaBackwardParams(ctypes.Structure):
 
 
 class FaDecodeParams(ctypes.Structure):
-    """C fa_decode_params_t (struct fa_decode_params): 1072 bytes, aligned to 8."""
+    """C fa_decode_params_t (struct fa_decode_params): 1256 bytes, aligned to 8."""
 
     # Arguments of fa_decode. Fill with fa_decode_params_init, then set the fields you need.
     # seqlen_q (q.shape[1]) new queries per sequence attend over its cached keys; when k_new/v_new are given,
@@ -452,15 +452,16 @@ class FaDecodeParams(ctypes.Structure):
     # pad is counted in cache_seqlens). The effective key length is sk_b = total_b - lp_b, keys numbered from lp_b;
     # the causal mask and window are placed bottom-right over it, so query i sees, when causal, positions
     # lp_b .. total_b - seqlen_q + i (a query with no such position gets output 0 and log-sum-exp +inf).
-    # cache_batch_idx, cache_leftpad, seqlen_knew != seqlen_q and rotary embedding (since 0.8) are served by every
-    # decode kernel, so fa_query_support has no field for them.
+    # cache_batch_idx, cache_leftpad, seqlen_knew != seqlen_q, rotary embedding (since 0.8) and per-sequence counts
+    # (cu_seqlens_q / cu_seqlens_k_new, since 0.12: seqlen_q and seqlen_knew are then sequence b's own) are served by
+    # every decode kernel, so fa_query_support has no field for them.
     _fields_ = [
         # sizeof(fa_decode_params_t) as the caller compiled it; set by fa_decode_params_init.
         ("struct_size", ctypes.c_uint32),  # C: uint32_t, offset 0
         # Reserved; must be 0.
         ("reserved0", ctypes.c_uint32),  # C: uint32_t, offset 4
-        # New queries [batch, seqlen_q, heads_q, head_dim], fp16 or bf16 (an fp8 query or cache is
-        # FA_STATUS_UNSUPPORTED: not served yet).
+        # New queries [batch, seqlen_q, heads_q, head_dim] (packed [total_q, heads_q, head_dim] with cu_seqlens_q),
+        # fp16 or bf16 (an fp8 query or cache is FA_STATUS_UNSUPPORTED: not served yet).
         ("q", FaTensor),  # C: fa_tensor_t, offset 8
         # Key cache, same dtype as q: contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
         # NULL, else paged [num_blocks, block_size, heads_kv, head_dim] with block_size a power of two from 16
@@ -468,14 +469,16 @@ class FaDecodeParams(ctypes.Structure):
         ("k_cache", FaTensor),  # C: fa_tensor_t, offset 88
         # Value cache, shaped like k_cache.
         ("v_cache", FaTensor),  # C: fa_tensor_t, offset 168
-        # Optional new keys [batch, seqlen_knew, heads_kv, head_dim] (data NULL: append nothing); seqlen_knew may
-        # differ from q's seqlen_q (since 0.7; 0.6 required them equal).
+        # Optional new keys [batch, seqlen_knew, heads_kv, head_dim] (packed [total_k_new, heads_kv, head_dim] with
+        # cu_seqlens_k_new; data NULL: append nothing); seqlen_knew may differ from q's seqlen_q (since 0.7; 0.6
+        # required them equal).
         ("k_new", FaTensor),  # C: fa_tensor_t, offset 248
         # New values, shaped like k_new; given exactly when k_new is.
         ("v_new", FaTensor),  # C: fa_tensor_t, offset 328
-        # Output [batch, seqlen_q, heads_q, head_dim], same dtype as q; written.
+        # Output shaped like q, same dtype as q; written.
         ("out", FaTensor),  # C: fa_tensor_t, offset 408
-        # Optional log-sum-exp [batch, heads_q, seqlen_q], fp32; written when data is not NULL.
+        # Optional log-sum-exp [batch, heads_q, seqlen_q] ([heads_q, total_q] with cu_seqlens_q), fp32; written when
+        # data is not NULL.
         ("lse", FaTensor),  # C: fa_tensor_t, offset 488
         # Tokens already in each sequence's cache (absolute: a left pad counts), device int32 [batch] (rank 1).
         # Updated only with advance_cache_seqlens.
@@ -575,6 +578,35 @@ class FaDecodeParams(ctypes.Structure):
         ("rotary_interleaved", ctypes.c_int32),  # C: int32_t, offset 1064
         # Reserved; must be 0 (keeps the rotary block 8-byte sized).
         ("reserved1", ctypes.c_int32),  # C: int32_t, offset 1068
+        # ---- Per-sequence query and append counts (since 0.12; a caller compiled against 0.11 passes a smaller
+        # struct_size and gets none: every sequence has q.shape[1] queries and appends k_new.shape[1] keys).
+        # FlashAttention-3's cu_seqlens_q / cu_seqlens_k_new of flash_attn_with_kvcache: speculative decoding with
+        # drafts of different lengths, chunked prefill. Sequence b's new keys are appended first; its causal diagonal
+        # (and window) sits bottom-right over its final length cache_seqlens[b] + added_b, as with equal counts.
+        # Optional device int32 [batch + 1] (rank 1), prefix sums of each sequence's query count, starting at 0. q and
+        # out are then rank 3, [total_q, heads_q, head_dim], and lse [heads_q, total_q]; sequence b's queries are rows
+        # cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1 (a count may be 0: nothing is written for it), and batch is
+        # cu_seqlens_q.shape[0] - 1. Rotary positions of the queries are as documented above, with i counted within the
+        # sequence. data NULL: q is [batch, seqlen_q, heads_q, head_dim].
+        ("cu_seqlens_q", FaTensor),  # C: fa_tensor_t, offset 1072
+        # Optional device int32 [batch + 1] (rank 1), prefix sums of each sequence's appended count, starting at 0;
+        # only with k_new/v_new, which are then rank 3, [total_k_new, heads_kv, head_dim], sequence b appending rows
+        # cu_seqlens_k_new[b] .. cu_seqlens_k_new[b + 1] - 1 (a count may be 0). advance_cache_seqlens adds each
+        # sequence's own count. data NULL: every sequence appends k_new.shape[1] keys.
+        ("cu_seqlens_k_new", FaTensor),  # C: fa_tensor_t, offset 1152
+        # Optional host copies of cu_seqlens_q / cu_seqlens_k_new (batch + 1 entries, the same values): checked before
+        # anything is launched (start at 0, never decrease, end within q's / k_new's rows, each query count at most
+        # max_seqlen_q, and with cache_seqlens_host each sequence's length with its appended keys within its cache).
+        # Without them the kernels clamp a malformed array (so that no access leaves the tensors) and report it:
+        # FA_STATUS_DEVICE_CHECK_FAILED naming cu_seqlens_q / cu_seqlens_k_new from fa_context_check or the next call.
+        ("cu_seqlens_q_host", ctypes.POINTER(ctypes.c_int32)),  # C: const int32_t*, offset 1232
+        # See cu_seqlens_q_host.
+        ("cu_seqlens_k_new_host", ctypes.POINTER(ctypes.c_int32)),  # C: const int32_t*, offset 1240
+        # With cu_seqlens_q: the most queries one sequence has (at least every count; it sizes the grid and the split
+        # workspace). Must be 0 without cu_seqlens_q.
+        ("max_seqlen_q", ctypes.c_int32),  # C: int32_t, offset 1248
+        # Reserved; must be 0.
+        ("reserved2", ctypes.c_int32),  # C: int32_t, offset 1252
     ]
 
 
@@ -747,7 +779,7 @@ LAYOUT = {
         ("dropout_seed_device", 1088),
         ("dropout_offset_device", 1096),
     )),
-    FaDecodeParams: (1072, 8, (
+    FaDecodeParams: (1256, 8, (
         ("struct_size", 0),
         ("reserved0", 4),
         ("q", 8),
@@ -781,6 +813,12 @@ LAYOUT = {
         ("rotary_seqlen", 1060),
         ("rotary_interleaved", 1064),
         ("reserved1", 1068),
+        ("cu_seqlens_q", 1072),
+        ("cu_seqlens_k_new", 1152),
+        ("cu_seqlens_q_host", 1232),
+        ("cu_seqlens_k_new_host", 1240),
+        ("max_seqlen_q", 1248),
+        ("reserved2", 1252),
     )),
     FaSupportQuery: (60, 4, (
         ("struct_size", 0),

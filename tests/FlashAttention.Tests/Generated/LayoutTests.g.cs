@@ -138,7 +138,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaDecodeParams has the size (1072) and field offsets of C struct fa_decode_params.</summary>
+    /// <summary>FaDecodeParams has the size (1256) and field offsets of C struct fa_decode_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaDecodeParams_MatchesCLayout()
@@ -146,8 +146,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaDecodeParams>(), Is.False, "FaDecodeParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaDecodeParams>(), Is.EqualTo(1072), "sizeof(struct fa_decode_params)");
-            Assert.That(Marshal.SizeOf<FaDecodeParams>(), Is.EqualTo(1072), "marshalled size of FaDecodeParams");
+            Assert.That(Unsafe.SizeOf<FaDecodeParams>(), Is.EqualTo(1256), "sizeof(struct fa_decode_params)");
+            Assert.That(Marshal.SizeOf<FaDecodeParams>(), Is.EqualTo(1256), "marshalled size of FaDecodeParams");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_decode_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_decode_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_decode_params, q)");
@@ -181,6 +181,12 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_seqlen)).ToInt64(), Is.EqualTo(1060L), "offsetof(struct fa_decode_params, rotary_seqlen)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_interleaved)).ToInt64(), Is.EqualTo(1064L), "offsetof(struct fa_decode_params, rotary_interleaved)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved1)).ToInt64(), Is.EqualTo(1068L), "offsetof(struct fa_decode_params, reserved1)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cu_seqlens_q)).ToInt64(), Is.EqualTo(1072L), "offsetof(struct fa_decode_params, cu_seqlens_q)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cu_seqlens_k_new)).ToInt64(), Is.EqualTo(1152L), "offsetof(struct fa_decode_params, cu_seqlens_k_new)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cu_seqlens_q_host)).ToInt64(), Is.EqualTo(1232L), "offsetof(struct fa_decode_params, cu_seqlens_q_host)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cu_seqlens_k_new_host)).ToInt64(), Is.EqualTo(1240L), "offsetof(struct fa_decode_params, cu_seqlens_k_new_host)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.max_seqlen_q)).ToInt64(), Is.EqualTo(1248L), "offsetof(struct fa_decode_params, max_seqlen_q)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved2)).ToInt64(), Is.EqualTo(1252L), "offsetof(struct fa_decode_params, reserved2)");
         }
     }
 
