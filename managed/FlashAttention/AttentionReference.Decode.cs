@@ -315,25 +315,33 @@ public static class DecodeReference
         }
 
         int seqLenQ;
-        if (serving.SeqLenQ is { } sq)
+        if (serving.QueryCounts is { } counts)
+        {
+            // Per-sequence query counts (C ABI 0.12): their largest stands for the shape checks below.
+            if (serving.SeqLenQ is not null)
+            {
+                throw new ArgumentException("Give SeqLenQ or QueryCounts, not both.", nameof(serving));
+            }
+
+            RequireCounts(counts, batch, "QueryCounts");
+            seqLenQ = Math.Max(1, counts.Length == 0 ? 1 : counts.Max());
+        }
+        else if (serving.SeqLenQ is { } sq)
         {
             if (sq < 1)
             {
                 throw new ArgumentException($"SeqLenQ must be 1 or more when set (got {sq}).", nameof(serving));
             }
 
-            if (appends ? seqLenNew < 1 : seqLenNew != 0)
-            {
-                throw new ArgumentException(
-                    $"With SeqLenQ set, seqLenNew counts the appended tokens: 1 or more with new keys, 0 without (got {seqLenNew}, " +
-                    (appends ? "with" : "without") + " new keys).",
-                    nameof(seqLenNew));
-            }
-
             seqLenQ = sq;
         }
         else
         {
+            if (serving.AppendCounts is not null)
+            {
+                throw new ArgumentException("AppendCounts needs SeqLenQ or QueryCounts (the queries' count is not the appended one).", nameof(serving));
+            }
+
             if (seqLenNew < 1)
             {
                 throw new ArgumentException($"seqLenNew must be 1 or more (got {seqLenNew}).", nameof(seqLenNew));
@@ -342,8 +350,51 @@ public static class DecodeReference
             seqLenQ = seqLenNew;
         }
 
+        if (serving.AppendCounts is { } appended)
+        {
+            if (seqLenNew != 0)
+            {
+                throw new ArgumentException($"With AppendCounts set, seqLenNew must be 0 (got {seqLenNew}).", nameof(seqLenNew));
+            }
+
+            RequireCounts(appended, batch, "AppendCounts");
+        }
+        else if ((serving.SeqLenQ is not null || serving.QueryCounts is not null) && (appends ? seqLenNew < 1 : seqLenNew != 0))
+        {
+            throw new ArgumentException(
+                $"With SeqLenQ or QueryCounts set, seqLenNew counts the appended tokens: 1 or more with new keys, 0 without (got {seqLenNew}, " +
+                (appends ? "with" : "without") + " new keys).",
+                nameof(seqLenNew));
+        }
+
         new AttentionShape(batch, seqLenQ, 0, headsQ, headsKv, headDim).Validate(nameof(headsQ));
         return seqLenQ;
+    }
+
+    private static void RequireCounts(int[] counts, int batch, string name)
+    {
+        RequireLength(counts.Length, batch, name, "[batch]");
+        for (int b = 0; b < counts.Length; b++)
+        {
+            if (counts[b] < 0)
+            {
+                throw new ArgumentException($"{name}[{b}] is {counts[b]}; counts must be 0 or more.", "serving");
+            }
+        }
+    }
+
+    /// <summary>The first packed row of each sequence and the total: prefix sums of <paramref name="counts"/>.</summary>
+    private static (int[] First, long Total) PrefixSums(int[] counts)
+    {
+        var first = new int[counts.Length];
+        long total = 0;
+        for (int b = 0; b < counts.Length; b++)
+        {
+            first[b] = (int)total;
+            total += counts[b];
+        }
+
+        return (first, total);
     }
 
     private static int CacheRowCount(DecodeServingOptions serving, int batch)
@@ -409,16 +460,21 @@ public static class DecodeReference
         Span<double> logSumExp)
     {
         int batch = cacheSeqLens.Length;
-        long qElements = (long)batch * seqLenQ * headsQ * headDim;
-        long newElements = (long)batch * seqLenNew * headsKv * headDim;
-        string qLayout = serving.SeqLenQ is null ? "[batch, seqLenNew, headsQ, headDim]" : "[batch, SeqLenQ, headsQ, headDim]";
+        // Each sequence's query and appended counts (the same for all without QueryCounts / AppendCounts) and the first
+        // packed row of each: [batch, sq, ...] is the packed layout with equal counts.
+        bool packedQ = serving.QueryCounts is not null;
+        int[] queryCounts = serving.QueryCounts ?? Enumerable.Repeat(seqLenQ, batch).ToArray();
+        var (queryFirst, totalQ) = PrefixSums(queryCounts);
+        long qElements = totalQ * headsQ * headDim;
+        string qLayout = packedQ ? "[sum of QueryCounts, headsQ, headDim]"
+            : serving.SeqLenQ is null ? "[batch, seqLenNew, headsQ, headDim]" : "[batch, SeqLenQ, headsQ, headDim]";
         RequireLength(q.Length, qElements, nameof(q), qLayout);
         RequireLength(output.Length, qElements, nameof(output), qLayout);
         if (!logSumExp.IsEmpty)
         {
             RequireLength(
-                logSumExp.Length, (long)batch * headsQ * seqLenQ, nameof(logSumExp),
-                serving.SeqLenQ is null ? "[batch, headsQ, seqLenNew]" : "[batch, headsQ, SeqLenQ]");
+                logSumExp.Length, totalQ * headsQ, nameof(logSumExp),
+                packedQ ? "[headsQ, sum of QueryCounts]" : serving.SeqLenQ is null ? "[batch, headsQ, seqLenNew]" : "[batch, headsQ, SeqLenQ]");
         }
 
         if (kNew.IsEmpty != vNew.IsEmpty)
@@ -429,10 +485,18 @@ public static class DecodeReference
         }
 
         bool append = !kNew.IsEmpty;
+        int[] appendCounts = serving.AppendCounts ?? Enumerable.Repeat(append ? seqLenNew : 0, batch).ToArray();
+        var (appendFirst, totalNew) = PrefixSums(appendCounts);
+        long newElements = totalNew * headsKv * headDim;
         if (append)
         {
-            RequireLength(kNew.Length, newElements, nameof(kNew), "[batch, seqLenNew, headsKv, headDim]");
-            RequireLength(vNew.Length, newElements, nameof(vNew), "[batch, seqLenNew, headsKv, headDim]");
+            string newLayout = serving.AppendCounts is null ? "[batch, seqLenNew, headsKv, headDim]" : "[sum of AppendCounts, headsKv, headDim]";
+            RequireLength(kNew.Length, newElements, nameof(kNew), newLayout);
+            RequireLength(vNew.Length, newElements, nameof(vNew), newLayout);
+        }
+        else if (totalNew > 0)
+        {
+            throw new ArgumentException($"AppendCounts add {totalNew} keys but no kNew/vNew are given.", nameof(serving));
         }
 
         var cacheRow = new int[batch];
@@ -470,10 +534,10 @@ public static class DecodeReference
             pads.CopyTo(leftPad, 0);
         }
 
-        int added = append ? seqLenNew : 0;
         var totals = new int[batch];
         for (int b = 0; b < batch; b++)
         {
+            int added = appendCounts[b];
             int cached = cacheSeqLens[b];
             if (cached < 0)
             {
@@ -485,7 +549,7 @@ public static class DecodeReference
             {
                 throw new ArgumentException(
                     append
-                        ? $"Sequence {b} holds {cached} tokens and appends {seqLenNew}, {total} in all, but its cache has room for {map.Capacity}."
+                        ? $"Sequence {b} holds {cached} tokens and appends {added}, {total} in all, but its cache has room for {map.Capacity}."
                         : $"cacheSeqLens[{b}] is {cached}, more than the {map.Capacity} positions its cache has.",
                     nameof(cacheSeqLens));
             }
@@ -508,7 +572,7 @@ public static class DecodeReference
         bool perRowQueryPositions = options.Causal || options.WindowLeft < map.Capacity || options.WindowRight < map.Capacity;
         if (serving.HasRotary)
         {
-            CheckRotary(serving, append, headDim, map.Capacity, cacheSeqLens, perRowQueryPositions ? seqLenQ : 1);
+            CheckRotary(serving, append, headDim, map.Capacity, cacheSeqLens, perRowQueryPositions ? queryCounts : null);
         }
 
         if (map.IsPaged)
@@ -528,11 +592,11 @@ public static class DecodeReference
             var rotated = new double[rowElements];
             for (int b = 0; b < batch; b++)
             {
-                for (int i = 0; i < seqLenNew; i++)
+                for (int i = 0; i < appendCounts[b]; i++)
                 {
                     int position = cacheSeqLens[b] + i;
                     long destination = map.Row(cacheRow[b], position) * rowElements;
-                    long source = ((long)b * seqLenNew + i) * rowElements;
+                    long source = ((long)appendFirst[b] + i) * rowElements;
                     kNew.Slice((int)source, rowElements).CopyTo(rotated);
                     if (serving.HasRotary)
                     {
@@ -550,15 +614,20 @@ public static class DecodeReference
             }
         }
 
-        int qPerSequence = seqLenQ * headsQ * headDim;
-        int lsePerSequence = headsQ * seqLenQ;
-        var queries = new double[qPerSequence];
         for (int b = 0; b < batch; b++)
         {
-            q.Slice(b * qPerSequence, qPerSequence).CopyTo(queries);
+            int count = queryCounts[b];
+            if (count == 0)
+            {
+                continue;  // nothing to attend or write (its keys were appended above)
+            }
+
+            int qPerSequence = count * headsQ * headDim;
+            int qStart = queryFirst[b] * headsQ * headDim;
+            var queries = q.Slice(qStart, qPerSequence).ToArray();
             if (serving.HasRotary)
             {
-                for (int i = 0; i < seqLenQ; i++)
+                for (int i = 0; i < count; i++)
                 {
                     int position = cacheSeqLens[b] + (perRowQueryPositions ? i : 0);
                     for (int h = 0; h < headsQ; h++)
@@ -589,15 +658,26 @@ public static class DecodeReference
                     AlibiSeqLenK = (int)Math.Min(map.Capacity, int.MaxValue),
                 }
                 : ReferenceExtras.None;
+            // The log-sum-exp of [1, headsQ, count]: in place for [batch, headsQ, sq], scattered into [headsQ, totalQ].
+            int lsePerSequence = headsQ * count;
+            Span<double> lse = logSumExp.IsEmpty ? Span<double>.Empty
+                : packedQ ? new double[lsePerSequence] : logSumExp.Slice(b * lsePerSequence, lsePerSequence);
             AttentionReference.ForwardWithExtras(
                 queries,
                 keys,
                 values,
-                new AttentionShape(1, seqLenQ, keyCount, headsQ, headsKv, headDim),
+                new AttentionShape(1, count, keyCount, headsQ, headsKv, headDim),
                 options,
                 extras,
-                output.Slice(b * qPerSequence, qPerSequence),
-                logSumExp.IsEmpty ? Span<double>.Empty : logSumExp.Slice(b * lsePerSequence, lsePerSequence));
+                output.Slice(qStart, qPerSequence),
+                lse);
+            if (packedQ && !logSumExp.IsEmpty)
+            {
+                for (int h = 0; h < headsQ; h++)
+                {
+                    lse.Slice(h * count, count).CopyTo(logSumExp.Slice((int)((h * totalQ) + queryFirst[b]), count));
+                }
+            }
         }
     }
 
@@ -607,7 +687,7 @@ public static class DecodeReference
     /// query is rotated at inside the table.
     /// </summary>
     private static void CheckRotary(
-        DecodeServingOptions serving, bool append, int headDim, long capacity, ReadOnlySpan<int> cacheSeqLens, int queryPositions)
+        DecodeServingOptions serving, bool append, int headDim, long capacity, ReadOnlySpan<int> cacheSeqLens, int[]? queryPositions)
     {
         if (serving.RotaryCos is null || serving.RotarySin is null)
         {
@@ -647,7 +727,8 @@ public static class DecodeReference
 
         for (int b = 0; b < cacheSeqLens.Length; b++)
         {
-            long last = (long)cacheSeqLens[b] + queryPositions - 1;
+            // Each query at its own position (queryPositions: the per-sequence counts), or all at the cached length.
+            long last = (long)cacheSeqLens[b] + (queryPositions is null ? 1 : Math.Max(queryPositions[b], 1)) - 1;
             if (last >= seqLenRo)
             {
                 throw new ArgumentException(

@@ -71,6 +71,32 @@ public readonly record struct DecodeArguments(
     /// </summary>
     public RotaryEmbedding? Rotary { get; init; }
 
+    /// <summary>
+    /// Queries per sequence (FlashAttention-3's <c>cu_seqlens_q</c> of <c>flash_attn_with_kvcache</c>, C ABI 0.12): one
+    /// count (0 or more) per sequence of the step; <see cref="Q"/> and <see cref="Output"/> are then packed
+    /// <c>[totalQ, headsQ, headDim]</c>, sequence <c>b</c>'s rows following those of the sequences before it (rows past the
+    /// counts' sum are neither read nor written), and <see cref="LogSumExp"/> is <c>[headsQ, totalQ]</c>. Each sequence's
+    /// causal diagonal sits bottom-right over its own final length. Speculative decoding with drafts of different
+    /// lengths, chunked prefill. Null (the default): every sequence has q's <c>seqLenQ</c> queries. The array must not
+    /// change while a call that uses it runs.
+    /// </summary>
+    public int[]? QueryCounts { get; init; }
+
+    /// <summary>
+    /// New keys appended per sequence (FlashAttention-3's <c>cu_seqlens_k_new</c>, C ABI 0.12): one count (0 or more) per
+    /// sequence of the step; <see cref="KNew"/> and <see cref="VNew"/> are then packed <c>[totalKNew, headsKv, headDim]</c>
+    /// (rows past the counts' sum are not read), and each sequence's length advances by its own count. Only with
+    /// <see cref="KNew"/>. Null (the default): every sequence appends kNew's <c>seqLenKNew</c> keys.
+    /// </summary>
+    public int[]? AppendCounts { get; init; }
+
+    /// <summary>The sequences of the step: <see cref="QueryCounts"/>' length, or q's batch.</summary>
+    internal long Batch => QueryCounts?.Length ?? Q.Shape[0];
+
+    /// <summary>Keys each sequence of the step appends: <see cref="AppendCounts"/>, or kNew's count for each (0 without).</summary>
+    internal int[] AppendedPerSequence() =>
+        AppendCounts ?? Enumerable.Repeat(KNew is { } k ? (int)k.Shape[1] : 0, (int)Batch).ToArray();
+
     /// <summary>Throws <see cref="ArgumentNullException"/> for the first required argument that is null.</summary>
     internal void ThrowIfIncomplete()
     {

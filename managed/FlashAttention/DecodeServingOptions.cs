@@ -64,6 +64,23 @@ public sealed record DecodeServingOptions
     /// </summary>
     public bool RotaryInterleaved { get; init; } = true;
 
+    /// <summary>
+    /// Queries per sequence, <c>[batch]</c>, each 0 or more (C ABI 0.12's <c>cu_seqlens_q</c>,
+    /// <see cref="DecodeArguments.QueryCounts"/>): q and the output are packed <c>[sum, headsQ, headDim]</c>, sequence
+    /// <c>b</c>'s rows after those of the sequences before it, and the log-sum-exp is <c>[headsQ, sum]</c>. Each sequence's
+    /// causal diagonal sits bottom-right over its own final length. Null: every sequence has the same count
+    /// (<see cref="SeqLenQ"/>, or <c>seqLenNew</c>); <see cref="SeqLenQ"/> must be null when this is set.
+    /// </summary>
+    public int[]? QueryCounts { get; init; }
+
+    /// <summary>
+    /// New keys appended per sequence, <c>[batch]</c>, each 0 or more (C ABI 0.12's <c>cu_seqlens_k_new</c>,
+    /// <see cref="DecodeArguments.AppendCounts"/>): kNew and vNew are packed <c>[sum, headsKv, headDim]</c>, and
+    /// <c>seqLenNew</c> must be 0. Needs <see cref="SeqLenQ"/> or <see cref="QueryCounts"/> (the queries' count is then
+    /// not the appended one). Null: every sequence appends <c>seqLenNew</c>.
+    /// </summary>
+    public int[]? AppendCounts { get; init; }
+
     /// <summary>Whether rotary tables are given.</summary>
     public bool HasRotary => RotaryCos is not null || RotarySin is not null;
 }

@@ -88,7 +88,7 @@ public sealed partial class FlashAttention
             return FlashAttentionStatus.InvalidArgument;
         }
 
-        DecodeStep step = args.Cache.PrepareStep(args.CacheRows, upload: false, stream: null, deviceOrdinal: 0);
+        DecodeStep step = args.Cache.PrepareStep(args.CacheRows, args.QueryCounts, args.AppendCounts, upload: false, stream: null, deviceOrdinal: 0);
         return (FlashAttentionStatus)CallDecode(DecodeQuery.Check, context: null, stream: null, args, step, options, computeCapability, out message, out _);
     }
 
@@ -268,15 +268,15 @@ public sealed partial class FlashAttention
         if (_logger.IsEnabled(LogLevel.Debug))
         {
             LogDecode(_logger, args.Q.ToString(), args.Cache.ToString(), args.Appends, args.LogSumExp is not null, options.Causal,
-                options.EffectiveScale((int)args.Q.Shape[3]), DescribeMasks(options), args.NumSplits, DescribeStream(stream));
+                options.EffectiveScale((int)args.Q.Shape[^1]), DescribeMasks(options), args.NumSplits, DescribeStream(stream));
         }
 
         KvCache cache = args.Cache;
-        int added = args.KNew is { } kNew ? (int)kNew.Shape[1] : 0;
+        int[] added = args.AppendedPerSequence();
         List<(int Sequence, int Page)>? allocated = args.Appends ? cache.PrepareAppend(added, args.CacheRows, stream, Device.Ordinal) : null;
         try
         {
-            DecodeStep step = cache.PrepareStep(args.CacheRows, upload: true, stream, Device.Ordinal);
+            DecodeStep step = cache.PrepareStep(args.CacheRows, args.QueryCounts, args.AppendCounts, upload: true, stream, Device.Ordinal);
             CallDecode(DecodeQuery.Run, _context, stream, args, step, options, computeCapability: 0, out _, out _);
         }
         catch
@@ -297,7 +297,7 @@ public sealed partial class FlashAttention
         args.ThrowIfIncomplete();
         options ??= AttentionOptions.Default;
         ThrowIfProblem(ValidateDecode(args, options, Device));
-        DecodeStep step = args.Cache.PrepareStep(args.CacheRows, upload: false, stream: null, Device.Ordinal);
+        DecodeStep step = args.Cache.PrepareStep(args.CacheRows, args.QueryCounts, args.AppendCounts, upload: false, stream: null, Device.Ordinal);
         CallDecode(query, _context, stream: null, args, step, options, computeCapability: 0, out _, out long value);
         return value;
     }
@@ -336,6 +336,8 @@ public sealed partial class FlashAttention
         using var lrows = new HandleLease(step.Rows?.Owner);
         using var lpads = new HandleLease(step.Pads?.Owner);
         using var lbt = new HandleLease(cache.BlockTable?.Owner);
+        using var lcq = new HandleLease(step.CuQ?.Owner);
+        using var lck = new HandleLease(step.CuK?.Owner);
         using var lws = new HandleLease(workspace);
         RotaryEmbedding? rotary = args.Rotary;
         using var lrc = new HandleLease(rotary?.Cos?.Owner);
@@ -406,7 +408,33 @@ public sealed partial class FlashAttention
         fixed (int* hostLengths = step.HostLengths)
         fixed (int* hostRows = step.HostRows)
         fixed (int* hostPads = step.HostPads)
+        fixed (int* hostCuQ = step.HostCuQ)
+        fixed (int* hostCuK = step.HostCuK)
         {
+            // Per-sequence counts (C ABI 0.12). A check or a query never reads device memory: there the arrays are
+            // described at their host copies (same values, memory no device buffer overlaps), so that a cache without
+            // a device (a view over raw pointers) can be checked too; a run passes the step's device copies.
+            if (step.CuQ is { } cuQ)
+            {
+                p.cu_seqlens_q = cuQ.ToNative(lcq.Pointer);
+                p.max_seqlen_q = step.MaxQueries;
+                if (query != DecodeQuery.Run)
+                {
+                    p.cu_seqlens_q.data = (nint)hostCuQ;
+                }
+            }
+
+            if (step.CuK is { } cuK)
+            {
+                p.cu_seqlens_k_new = cuK.ToNative(lck.Pointer);
+                if (query != DecodeQuery.Run)
+                {
+                    p.cu_seqlens_k_new.data = (nint)hostCuK;
+                }
+            }
+
+            p.cu_seqlens_q_host = hostCuQ;
+            p.cu_seqlens_k_new_host = hostCuK;
             p.cache_seqlens_host = hostLengths;
             p.cache_batch_idx_host = hostRows;
             p.cache_leftpad_host = hostPads;
@@ -481,7 +509,9 @@ public sealed partial class FlashAttention
             return new Problem(nameof(numSplits), $"numSplits (num_splits) must be 0 (automatic) or 1 .. {MaxDecodeSplits}; got {numSplits}.");
         }
 
-        if ((TensorProblem(q, nameof(q), varlen: false, device) ?? TensorProblem(output, nameof(output), varlen: false, device)) is { } tensorProblem)
+        int[]? queryCounts = args.QueryCounts, appendCounts = args.AppendCounts;
+        bool packedQ = queryCounts is not null, packedK = appendCounts is not null;
+        if ((TensorProblem(q, nameof(q), varlen: packedQ, device) ?? TensorProblem(output, nameof(output), varlen: packedQ, device)) is { } tensorProblem)
         {
             return tensorProblem;
         }
@@ -503,7 +533,18 @@ public sealed partial class FlashAttention
             return outputType;
         }
 
-        long batch = q.Shape[0], seqLenNew = q.Shape[1], headsQ = q.Shape[2], dim = q.Shape[3];
+        // Packed queries (QueryCounts): q is [totalQ, headsQ, headDim] and the batch is the counts'.
+        long batch = args.Batch, seqLenNew = packedQ ? 1 : q.Shape[1], headsQ = q.Shape[^2], dim = q.Shape[^1];
+        if (packedQ && CountsProblem(queryCounts!, "QueryCounts", q.Shape[0], "q's rows (q.Shape[0], total_q)") is { } qCountsProblem)
+        {
+            return qCountsProblem;
+        }
+
+        if (packedK && kNew is null)
+        {
+            return new Problem("AppendCounts", "AppendCounts (cu_seqlens_k_new) counts new keys, but kNew and vNew are not given.");
+        }
+
         int[]? rows = args.CacheRows;
         if (rows is null && batch != cache.BatchSize)
         {
@@ -523,9 +564,11 @@ public sealed partial class FlashAttention
             }
         }
 
-        if (seqLenNew < 1 || seqLenNew > int.MaxValue)
+        if (seqLenNew < 1 || seqLenNew > int.MaxValue || (packedQ && (q.Shape[0] < 1 || q.Shape[0] > int.MaxValue)))
         {
-            return new Problem(nameof(q), $"q must hold 1 or more new tokens per sequence (seqlen_new); it is {q}.");
+            return new Problem(nameof(q), packedQ
+                ? $"q must hold 1 or more packed rows (total_q); it is {q}."
+                : $"q must hold 1 or more new tokens per sequence (seqlen_new); it is {q}.");
         }
 
         if (dim != cache.HeadDim)
@@ -550,15 +593,35 @@ public sealed partial class FlashAttention
 
         if (kNew is not null)
         {
-            if ((TensorProblem(kNew, nameof(kNew), varlen: false, device) ?? TensorProblem(vNew!, nameof(vNew), varlen: false, device) ??
+            if ((TensorProblem(kNew, nameof(kNew), varlen: packedK, device) ?? TensorProblem(vNew!, nameof(vNew), varlen: packedK, device) ??
                  DataTypeProblem(kNew, nameof(kNew), q) ?? DataTypeProblem(vNew!, nameof(vNew), q)) is { } newProblem)
             {
                 return newProblem;
             }
 
-            // The appended count (seqlen_knew) is free: more or fewer than q's new tokens.
-            if (kNew.Shape[0] != batch || kNew.Shape[1] < 1 || kNew.Shape[1] > int.MaxValue || kNew.Shape[2] != cache.HeadsKv || kNew.Shape[3] != dim)
+            if (packedK)
             {
+                // Packed new keys (AppendCounts): [totalKNew, headsKv, headDim].
+                if (kNew.Shape[0] < 1 || kNew.Shape[0] > int.MaxValue || kNew.Shape[1] != cache.HeadsKv || kNew.Shape[2] != dim)
+                {
+                    return new Problem(
+                        nameof(kNew),
+                        $"kNew (k_new) must be [total_k_new (1 or more), heads_kv={cache.HeadsKv}, head_dim={dim}] with AppendCounts; it is {kNew}.");
+                }
+
+                if (CountsProblem(appendCounts!, "AppendCounts", kNew.Shape[0], "kNew's rows (kNew.Shape[0], total_k_new)") is { } kCountsProblem)
+                {
+                    return kCountsProblem;
+                }
+
+                if (appendCounts!.Length != batch)
+                {
+                    return new Problem("AppendCounts", $"AppendCounts has {appendCounts.Length} counts but the step has {batch} sequences.");
+                }
+            }
+            else if (kNew.Shape[0] != batch || kNew.Shape[1] < 1 || kNew.Shape[1] > int.MaxValue || kNew.Shape[2] != cache.HeadsKv || kNew.Shape[3] != dim)
+            {
+                // The appended count (seqlen_knew) is free: more or fewer than q's new tokens.
                 return new Problem(
                     nameof(kNew),
                     $"kNew (k_new) must be [batch={batch}, seqlen_knew (1 or more), heads_kv={cache.HeadsKv}, head_dim={dim}] to match q and the cache; it is {kNew}.");
@@ -569,7 +632,7 @@ public sealed partial class FlashAttention
                 return new Problem(nameof(vNew), $"vNew (v_new) must have kNew's shape [{string.Join(", ", kNew.Shape)}]; it is {vNew}.");
             }
 
-            if (cache.AppendProblem((int)kNew.Shape[1], rows) is { } capacityProblem)
+            if (cache.AppendProblem(args.AppendedPerSequence(), rows) is { } capacityProblem)
             {
                 return new Problem(nameof(cache), capacityProblem);
             }
@@ -603,7 +666,12 @@ public sealed partial class FlashAttention
                 return new Problem("logSumExp", $"logSumExp must be Float32; it is {lse.DataType}.");
             }
 
-            if (lse.Rank != 3 || lse.Shape[0] != batch || lse.Shape[1] != headsQ || lse.Shape[2] != seqLenNew)
+            if (packedQ && (lse.Rank != 2 || lse.Shape[0] != headsQ || lse.Shape[1] != q.Shape[0]))
+            {
+                return new Problem("logSumExp", $"logSumExp must be [heads_q={headsQ}, total_q={q.Shape[0]}] with QueryCounts; it is {lse}.");
+            }
+
+            if (!packedQ && (lse.Rank != 3 || lse.Shape[0] != batch || lse.Shape[1] != headsQ || lse.Shape[2] != seqLenNew))
             {
                 return new Problem("logSumExp", $"logSumExp must be [batch={batch}, heads_q={headsQ}, seqlen_new={seqLenNew}]; it is {lse}.");
             }
@@ -625,6 +693,28 @@ public sealed partial class FlashAttention
         }
 
         return null;
+    }
+
+    /// <summary>Why per-sequence <paramref name="counts"/> cannot describe <paramref name="rows"/> packed rows, or null.</summary>
+    private static Problem? CountsProblem(int[] counts, string name, long rows, string rowsWhat)
+    {
+        long sum = 0;
+        for (int b = 0; b < counts.Length; b++)
+        {
+            if (counts[b] < 0)
+            {
+                return new Problem(name, $"{name}[{b}] is {counts[b]}; counts must be 0 or more.");
+            }
+
+            sum += counts[b];
+        }
+
+        if (counts.Length == 0)
+        {
+            return new Problem(name, $"{name} is empty; give one count per sequence of the step.");
+        }
+
+        return sum > rows ? new Problem(name, $"{name} add up to {sum}, more than the {rows} rows of {rowsWhat}.") : null;
     }
 
     [LoggerMessage(Level = LogLevel.Debug, Message = "Decode q={Q} cache={Cache} append={Append} lse={WithLse} causal={Causal} scale={Scale} {Masks} num_splits={Splits} stream={Stream}")]

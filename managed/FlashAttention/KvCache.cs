@@ -562,20 +562,66 @@ public sealed class KvCache : IDisposable
     }
 
     // The serving arrays' device buffer, allocated on first use on the cache's device.
+    // Layout: [BatchSize pads][3 x BatchSize gathered lengths, rows, pads][2 x (BatchSize + 1) cu_seqlens_q, cu_seqlens_k_new].
     private DeviceBuffer<int> ServingBuffer() =>
         _serving ??= new DeviceBuffer<int>(
             Device ?? throw new InvalidOperationException(
-                "This cache wraps raw pointers only, so it has no device for its left pads and row indices (cache_leftpad, cache_batch_idx)."),
-            4L * BatchSize);
+                "This cache wraps raw pointers only, so it has no device for its left pads, row indices and per-sequence counts " +
+                "(cache_leftpad, cache_batch_idx, cu_seqlens_q, cu_seqlens_k_new)."),
+            CountsOffset + (2L * (BatchSize + 1)));
+
+    // Where the serving buffer keeps a step's cu_seqlens_q and cu_seqlens_k_new.
+    private long CountsOffset => 4L * BatchSize;
 
     /// <summary>
-    /// The lengths, row indices and pads one decode passes (fa_decode's cache_seqlens, cache_batch_idx and cache_leftpad
-    /// with their host copies). Without <paramref name="rows"/>: the cache's own lengths, and its pads when any was
-    /// set. With rows: the step's gathered values, copied to the device on <paramref name="stream"/> when
-    /// <paramref name="upload"/> (a run); for a check or a query (which never read device memory) the descriptors
-    /// point at the device arrays the cache already has.
+    /// The lengths, row indices, pads and per-sequence counts one decode passes (fa_decode's cache_seqlens,
+    /// cache_batch_idx, cache_leftpad, cu_seqlens_q and cu_seqlens_k_new with their host copies). Without
+    /// <paramref name="rows"/>: the cache's own lengths, and its pads when any was set. With rows: the step's gathered
+    /// values, copied to the device on <paramref name="stream"/> when <paramref name="upload"/> (a run); for a check or
+    /// a query (which never read device memory) the descriptors point at the device arrays the cache already has. The
+    /// step's query and append counts (C ABI 0.12; null: none) become prefix sums, with a device copy likewise.
     /// </summary>
-    internal DecodeStep PrepareStep(int[]? rows, bool upload, CudaStream? stream, int deviceOrdinal)
+    internal DecodeStep PrepareStep(int[]? rows, int[]? queryCounts, int[]? appendCounts, bool upload, CudaStream? stream, int deviceOrdinal)
+    {
+        DecodeStep step = PrepareRows(rows, upload, stream, deviceOrdinal);
+        if (queryCounts is null && appendCounts is null)
+        {
+            return step;
+        }
+
+        int n = (queryCounts ?? appendCounts)!.Length;
+        var cu = new int[2 * (n + 1)];
+        for (int b = 0; b < n; b++)
+        {
+            cu[b + 1] = cu[b] + (queryCounts?[b] ?? 0);
+            cu[n + 1 + b + 1] = cu[n + 1 + b] + (appendCounts?[b] ?? 0);
+        }
+
+        DeviceTensor cuQ, cuK;
+        if (upload)
+        {
+            DeviceBuffer<int> serving = ServingBuffer();
+            cuQ = DeviceTensor.FromBuffer(serving, [n + 1], elementOffset: CountsOffset);
+            cuK = DeviceTensor.FromBuffer(serving, [n + 1], elementOffset: CountsOffset + n + 1);
+            _uploads.Upload(serving.AsTensor(CountsOffset + (2L * (BatchSize + 1))), CountsOffset, PendingUploads.Snapshot(cu), stream, deviceOrdinal);
+        }
+        else
+        {
+            // Only described, never read (fa_decode_check and the queries): the call describes them at the host copies.
+            cuQ = cuK = DeviceTensor.FromPointer(CacheSeqLens.Pointer, DataType.Int32, [n + 1]);
+        }
+
+        return step with
+        {
+            HostCuQ = queryCounts is null ? null : cu[..(n + 1)],
+            CuQ = queryCounts is null ? null : cuQ,
+            MaxQueries = queryCounts is null ? 0 : Math.Max(1, queryCounts.Max()),
+            HostCuK = appendCounts is null ? null : cu[(n + 1)..],
+            CuK = appendCounts is null ? null : cuK,
+        };
+    }
+
+    private DecodeStep PrepareRows(int[]? rows, bool upload, CudaStream? stream, int deviceOrdinal)
     {
         DeviceTensor? rowPads = _hasPads ? (_serving?.AsTensor(BatchSize) ?? CacheSeqLens) : null;
         if (rows is null)
@@ -602,7 +648,7 @@ public sealed class KvCache : IDisposable
             padsT = DeviceTensor.FromBuffer(serving, [n], elementOffset: BatchSize + (2L * n));
             if (upload)
             {
-                _uploads.Upload(serving.AsTensor(4L * BatchSize), BatchSize, PendingUploads.Snapshot(gathered), stream, deviceOrdinal);
+                _uploads.Upload(serving.AsTensor(CountsOffset), BatchSize, PendingUploads.Snapshot(gathered), stream, deviceOrdinal);
             }
         }
         else
@@ -663,42 +709,48 @@ public sealed class KvCache : IDisposable
         $"{DataTypes.ShortName(DataType)}, {BatchSize} sequences, heads_kv {HeadsKv}, head_dim {HeadDim}, " +
         $"{(OwnsMemory ? "owned" : "view")}{(IsDisposed ? ", disposed" : string.Empty)})";
 
-    /// <summary>Why appending <paramref name="seqLenNew"/> tokens to every sequence (or to <paramref name="rows"/>) cannot work, or null.</summary>
-    internal string? AppendProblem(int seqLenNew, int[]? rows = null)
+    /// <summary>
+    /// Why appending <paramref name="added"/>[i] tokens to the step's i-th row (<paramref name="rows"/>[i], or row i)
+    /// cannot work, or null.
+    /// </summary>
+    internal string? AppendProblem(int[] added, int[]? rows)
     {
+        int i = 0;
         foreach (int b in RowsOf(rows))
         {
-            long total = (long)_lengths[b] + seqLenNew;
+            long total = (long)_lengths[b] + added[i++];
             if (total > Capacity)
             {
-                return $"Sequence {b} holds {_lengths[b]} tokens and appends {seqLenNew}, {total} in all, but the cache has room for {Capacity} per sequence (cache_seqlens).";
+                return $"Sequence {b} holds {_lengths[b]} tokens and appends {added[i - 1]}, {total} in all, but the cache has room for {Capacity} per sequence (cache_seqlens).";
             }
         }
 
         if (_freeBlocks is not null)
         {
             int[] after = (int[])_lengths.Clone();
+            i = 0;
             foreach (int b in RowsOf(rows))
             {
-                after[b] = _lengths[b] + seqLenNew;
+                after[b] = _lengths[b] + added[i++];
             }
 
             int missing = BlocksMissing(after);
             if (missing > _freeBlocks.Count)
             {
-                return $"Appending {seqLenNew} tokens needs {missing} more blocks of {BlockSize} positions but the cache has {_freeBlocks.Count} free (block_table).";
+                return $"Appending {added.Sum()} tokens needs {missing} more blocks of {BlockSize} positions but the cache has {_freeBlocks.Count} free (block_table).";
             }
         }
 
         return null;
     }
 
+
     /// <summary>
     /// Before a decode that appends: gives blocks to the pages the new tokens need (owned paged caches) and queues the
     /// changed block-table rows on <paramref name="stream"/>. Returns the (sequence, page) pairs allocated, for
     /// <see cref="UndoAppend"/>; null when nothing was allocated.
     /// </summary>
-    internal List<(int Sequence, int Page)>? PrepareAppend(int seqLenNew, int[]? rows, CudaStream? stream, int deviceOrdinal)
+    internal List<(int Sequence, int Page)>? PrepareAppend(int[] added, int[]? rows, CudaStream? stream, int deviceOrdinal)
     {
         if (_freeBlocks is null)
         {
@@ -710,10 +762,11 @@ public sealed class KvCache : IDisposable
         var (tableBefore, freeBefore) = SnapshotBlocks();
         try
         {
+            int step = 0;
             foreach (int b in RowsOf(rows))
             {
                 int have = PagesFor(_lengths[b]);
-                int need = PagesFor(_lengths[b] + seqLenNew);
+                int need = PagesFor(_lengths[b] + added[step++]);
                 for (int page = have; page < need; page++)
                 {
                     long slot = ((long)b * MaxBlocksPerSequence) + page;
@@ -776,23 +829,24 @@ public sealed class KvCache : IDisposable
     /// itself advanced the device lengths; with them it advanced only the step's gathered copy, so the pool's device
     /// lengths are uploaded here (on the call's stream, after it).
     /// </summary>
-    internal void Advance(int seqLenNew, int[]? rows, CudaStream? stream, int deviceOrdinal)
+    internal void Advance(int[] added, int[]? rows, CudaStream? stream, int deviceOrdinal)
     {
         if (rows is null)
         {
-            // fa_decode_params_t.advance_cache_seqlens advanced the device copy, on the call's stream after its kernels.
+            // fa_decode_params_t.advance_cache_seqlens advanced the device copy (by each sequence's count), on the
+            // call's stream after its kernels.
             for (int b = 0; b < BatchSize; b++)
             {
-                _lengths[b] += seqLenNew;
+                _lengths[b] += added[b];
             }
 
             return;
         }
 
         int[] next = (int[])_lengths.Clone();
-        foreach (int b in rows)
+        for (int i = 0; i < rows.Length; i++)
         {
-            next[b] += seqLenNew;
+            next[rows[i]] += added[i];
         }
 
         UploadLengths(next, stream, deviceOrdinal);
@@ -1044,4 +1098,20 @@ public sealed class KvCache : IDisposable
 /// host copies (checked by the native library before it launches) and the device arrays the kernels read.
 /// </summary>
 internal readonly record struct DecodeStep(
-    int[] HostLengths, DeviceTensor SeqLens, int[]? HostRows, DeviceTensor? Rows, int[]? HostPads, DeviceTensor? Pads);
+    int[] HostLengths, DeviceTensor SeqLens, int[]? HostRows, DeviceTensor? Rows, int[]? HostPads, DeviceTensor? Pads)
+{
+    /// <summary>The step's cu_seqlens_q (host copy and device array) with per-sequence query counts (C ABI 0.12), else null.</summary>
+    public int[]? HostCuQ { get; init; }
+
+    /// <summary>See <see cref="HostCuQ"/>.</summary>
+    public DeviceTensor? CuQ { get; init; }
+
+    /// <summary>max_seqlen_q with <see cref="CuQ"/>: the largest count (at least 1), else 0.</summary>
+    public int MaxQueries { get; init; }
+
+    /// <summary>The step's cu_seqlens_k_new (host copy and device array) with per-sequence append counts, else null.</summary>
+    public int[]? HostCuK { get; init; }
+
+    /// <summary>See <see cref="HostCuK"/>.</summary>
+    public DeviceTensor? CuK { get; init; }
+}

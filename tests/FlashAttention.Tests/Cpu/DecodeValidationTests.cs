@@ -379,11 +379,22 @@ public sealed unsafe class DecodeValidationTests
         /// <summary><see cref="DecodeArguments.Rotary"/> of the call (null: none).</summary>
         public RotaryEmbedding? Rotary { get; init; }
 
+        /// <summary><see cref="DecodeArguments.QueryCounts"/> of the call (null: none).</summary>
+        public int[]? QueryCounts { get; init; }
+
+        /// <summary><see cref="DecodeArguments.AppendCounts"/> of the call (null: none).</summary>
+        public int[]? AppendCounts { get; init; }
+
         public FlashAttentionStatus Run(out string message)
         {
             using KvCache cache = KvCache.Wrap(KCache, VCache, Lens, BlockTable, SeqLens);
             return FlashAttention.CheckDecode(
-                new DecodeArguments(Q, cache, KNew, VNew, Out, Lse, NumSplits) { CacheRows = Rows, Rotary = Rotary }, out message, Options);
+                new DecodeArguments(Q, cache, KNew, VNew, Out, Lse, NumSplits)
+                {
+                    CacheRows = Rows, Rotary = Rotary, QueryCounts = QueryCounts, AppendCounts = AppendCounts,
+                },
+                out message,
+                Options);
         }
 
         public override string ToString() => $"q {Q}, k_cache {KCache}, k_new {KNew?.ToString() ?? "none"}, lens [{string.Join(", ", Lens)}]";
@@ -480,6 +491,26 @@ public sealed unsafe class DecodeValidationTests
         yield return ManagedCase("rotary dim 24", ok with { Rotary = Rot(80, 12) }, false, "rotaryDim 24", "multiple of 16");
         yield return ManagedCase("rotary dim above the head dim", ok with { Rotary = Rot(80, 40) }, false, "rotaryDim 80", "at most the head dim 64");
 
+        // Per-sequence counts (C ABI 0.12): packed q [totalQ, Hq, D] with QueryCounts, packed kNew with AppendCounts.
+        Args packed = ok with
+        {
+            Q = T(Q, DataType.Float16, 5, Hq, D), Out = T(O, DataType.Float16, 5, Hq, D), Lse = T(L, DataType.Float32, Hq, 5),
+            KNew = T(KN, DataType.Float16, 4, Hkv, D), VNew = T(VN, DataType.Float16, 4, Hkv, D), QueryCounts = [2, 3], AppendCounts = [1, 3],
+        };
+        yield return ManagedCase("query counts past q's rows", packed with { QueryCounts = [2, 4] }, false, "QueryCounts add up to 6", "total_q");
+        yield return ManagedCase("a negative query count", packed with { QueryCounts = [-1, 3] }, false, "QueryCounts[0] is -1");
+        yield return ManagedCase("query counts for 3 sequences", packed with { QueryCounts = [1, 1, 1] }, false, "q has batch 3", "cache_seqlens");
+        yield return ManagedCase("append counts past kNew's rows", packed with { AppendCounts = [2, 3] }, false, "AppendCounts add up to 5", "total_k_new");
+        yield return ManagedCase("append counts for 1 sequence", packed with { AppendCounts = [4] }, false, "AppendCounts has 1 counts", "2 sequences");
+        yield return ManagedCase("append counts without kNew", packed with { KNew = null, VNew = null }, false, "AppendCounts", "kNew and vNew are not given");
+        yield return ManagedCase("rank-4 q with query counts", packed with { Q = T(Q, DataType.Float16, B, Sn, Hq, D) }, false, "q", "rank 3");
+        yield return ManagedCase("rank-4 kNew with append counts", packed with
+        {
+            KNew = T(KN, DataType.Float16, B, Sn, Hkv, D), VNew = T(VN, DataType.Float16, B, Sn, Hkv, D),
+        }, false, "kNew", "rank 3");
+        yield return ManagedCase("lse [batch, Hq, sq] with query counts", packed with { Lse = T(L, DataType.Float32, B, Hq, 3) }, false, "logSumExp", "total_q=5");
+        yield return ManagedCase("append counts past the capacity", packed with { Lens = [3, (Pages * BlockSize) - 2] }, false, "appends 3", "room for 80");
+
         // passed through to fa_decode_check
         yield return ManagedCase("rotary table too short", ok with { Rotary = Rot(79, 32) }, true, "rotary table too short", "79 rows", "80 positions");
         yield return UnsupportedCase("block size 48", ok with
@@ -539,6 +570,27 @@ public sealed unsafe class DecodeValidationTests
     }
 
     [Test]
+    public void CheckDecodePassesPerSequenceCounts()
+    {
+        RequireDecodeExports();
+        Args ok = ValidArgs();
+        Args packed = ok with
+        {
+            Q = T(Q, DataType.Float16, 5, Hq, D), Out = T(O, DataType.Float16, 5, Hq, D), Lse = T(L, DataType.Float32, Hq, 5),
+            KNew = T(KN, DataType.Float16, 4, Hkv, D), VNew = T(VN, DataType.Float16, 4, Hkv, D), QueryCounts = [2, 3], AppendCounts = [1, 3],
+        };
+        Assert.Multiple(() =>
+        {
+            Assert.That(packed.Run(out string m1), Is.EqualTo(FlashAttentionStatus.Success), m1);
+            // Zero counts, rows past the sums, queries only (kNew of the fixed layout), appends only (q of the fixed layout).
+            Assert.That((packed with { QueryCounts = [0, 4], AppendCounts = [0, 2] }).Run(out string m2), Is.EqualTo(FlashAttentionStatus.Success), m2);
+            Assert.That((packed with { AppendCounts = null, KNew = ok.KNew, VNew = ok.VNew }).Run(out string m3), Is.EqualTo(FlashAttentionStatus.Success), m3);
+            Assert.That((packed with { QueryCounts = null, Q = ok.Q, Out = ok.Out, Lse = ok.Lse }).Run(out string m4), Is.EqualTo(FlashAttentionStatus.Success), m4);
+            Assert.That((packed with { Rows = [1, 0] }).Run(out string m5), Is.EqualTo(FlashAttentionStatus.Success), m5);
+        });
+    }
+
+    [Test]
     public void CheckDecodePassesRotary()
     {
         RequireDecodeExports();
@@ -580,7 +632,8 @@ public sealed unsafe class DecodeValidationTests
         RequireDecodeExports();
         Assert.Multiple(() =>
         {
-            Assert.That(sizeof(FaDecodeParams), Is.EqualTo(960 + 80 + 32), "0.8 appends alibi_slopes (80 bytes) and the 32-byte rotary block to 0.7's 960");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cu_seqlens_q)).ToInt64(), Is.EqualTo(960 + 80 + 32), "0.8 appends alibi_slopes (80 bytes) and the 32-byte rotary block to 0.7's 960");
+            Assert.That(sizeof(FaDecodeParams), Is.EqualTo(960 + 80 + 32 + 184), "0.12 appends two tensors, two host pointers and two int32");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_cos)).ToInt64(), Is.EqualTo(960 + 80));
         });
 

@@ -566,6 +566,80 @@ public sealed class ReferenceDecodeServingTests
     }
 
     [Test]
+    public void PerSequenceCountsEqualOneCallPerSequence([Values(false, true)] bool causal)
+    {
+        // QueryCounts / AppendCounts (C ABI 0.12) over packed q, kNew and lse [headsQ, totalQ]: each sequence's rows, lse
+        // column and cache row equal, bit for bit, a batch-1 call over that row with its own counts (a sequence without
+        // queries still appends; its batch-1 call gets one dummy query whose output is not compared).
+        var random = TestRandom.ForCurrentTest(out int seed);
+        const int batch = 4, headsQ = 4, headsKv = 2, dim = 8, capacity = 40;
+        int[] qn = [2, 0, 3, 1], kn = [1, 2, 0, 3], lens = [5, 0, 17, 30];
+        int rowElements = headsKv * dim, qRow = headsQ * dim, totalQ = qn.Sum(), totalK = kn.Sum();
+        double[] cacheK = Normal(random, batch * capacity * rowElements), cacheV = Normal(random, cacheK.Length);
+        double[] q = Normal(random, totalQ * qRow), kNew = Normal(random, totalK * rowElements), vNew = Normal(random, kNew.Length);
+        var options = new AttentionOptions { Causal = causal, Softcap = 5.0f };
+        double[] packedK = (double[])cacheK.Clone(), packedV = (double[])cacheV.Clone();
+        var (outPacked, lsePacked) = (new double[q.Length], new double[headsQ * totalQ]);
+        DecodeReference.ForwardContiguous(q, packedK, packedV, lens, kNew, vNew, 0, headsQ, headsKv, dim, capacity, options,
+            new DecodeServingOptions { QueryCounts = qn, AppendCounts = kn }, outPacked, lsePacked);
+
+        double[] oneK = (double[])cacheK.Clone(), oneV = (double[])cacheV.Clone();
+        int q0 = 0, k0 = 0;
+        for (int b = 0; b < batch; b++)
+        {
+            string context = $"seed {seed}, causal {causal}, sequence {b}";
+            int count = Math.Max(qn[b], 1);
+            double[] qb = qn[b] > 0 ? q[(q0 * qRow)..((q0 + qn[b]) * qRow)] : Normal(random, qRow);
+            var (outB, lseB) = (new double[count * qRow], new double[headsQ * count]);
+            DecodeReference.ForwardContiguous(qb, oneK, oneV, [lens[b]], kNew[(k0 * rowElements)..((k0 + kn[b]) * rowElements)],
+                vNew[(k0 * rowElements)..((k0 + kn[b]) * rowElements)], kn[b], headsQ, headsKv, dim, capacity, options,
+                new DecodeServingOptions { SeqLenQ = count, CacheBatchIndex = [b], CacheRows = batch }, outB, lseB);
+            if (qn[b] > 0)
+            {
+                AssertBitwiseEqual(outPacked.AsSpan(q0 * qRow, qn[b] * qRow), outB, "output", context);
+                for (int h = 0; h < headsQ; h++)
+                {
+                    AssertBitwiseEqual(lsePacked.AsSpan((h * totalQ) + q0, qn[b]), lseB.AsSpan(h * count, count), $"lse head {h}", context);
+                }
+            }
+
+            q0 += qn[b];
+            k0 += kn[b];
+        }
+
+        AssertBitwiseEqual(packedK, oneK, "key cache", $"seed {seed}");
+        AssertBitwiseEqual(packedV, oneV, "value cache", $"seed {seed}");
+    }
+
+    [Test]
+    public void PerSequenceCountsAreCheckedBeforeAnythingIsWritten()
+    {
+        var options = new AttentionOptions { Causal = true };
+        double[] k = new double[2 * 16 * 8], v = new double[k.Length], kNew = new double[3 * 8], q = new double[3 * 8];
+        double[] before = (double[])k.Clone();
+        void Call(DecodeServingOptions serving, int seqLenNew, int secondLength = 2) => DecodeReference.ForwardContiguous(
+            q, k, v, [1, secondLength], kNew, kNew, seqLenNew, 1, 1, 8, 16, options, serving, new double[q.Length], []);
+        Assert.Multiple(() =>
+        {
+            Assert.That(() => Call(new DecodeServingOptions { QueryCounts = [1, 2], SeqLenQ = 3, AppendCounts = [1, 2] }, 0),
+                Throws.ArgumentException.With.Message.Contains("SeqLenQ or QueryCounts"));
+            Assert.That(() => Call(new DecodeServingOptions { QueryCounts = [-1, 4], AppendCounts = [1, 2] }, 0),
+                Throws.ArgumentException.With.Message.Contains("QueryCounts[0] is -1"));
+            Assert.That(() => Call(new DecodeServingOptions { QueryCounts = [1, 2], AppendCounts = [1, 2] }, 3),
+                Throws.ArgumentException.With.Message.Contains("seqLenNew must be 0"));
+            Assert.That(() => Call(new DecodeServingOptions { AppendCounts = [1, 2] }, 0),
+                Throws.ArgumentException.With.Message.Contains("AppendCounts needs SeqLenQ or QueryCounts"));
+            Assert.That(() => Call(new DecodeServingOptions { QueryCounts = [1, 1], AppendCounts = [1, 2] }, 0),
+                Throws.ArgumentException.With.Message.Contains("q has 24 elements"));
+            Assert.That(() => Call(new DecodeServingOptions { QueryCounts = [1, 2], AppendCounts = [2, 2] }, 0),
+                Throws.ArgumentException.With.Message.Contains("kNew has 24 elements"));
+            Assert.That(() => Call(new DecodeServingOptions { QueryCounts = [1, 2], AppendCounts = [0, 3] }, 0, secondLength: 14),
+                Throws.ArgumentException.With.Message.Contains("appends 3, 17 in all"));
+            Assert.That(k, Is.EqualTo(before), "nothing is written before the checks pass");
+        });
+    }
+
+    [Test]
     public void InvalidServingArgumentsAreRefusedBeforeAnythingIsWritten()
     {
         var random = TestRandom.ForCurrentTest(out int seed);

@@ -25,6 +25,12 @@ public sealed record ServingSpec(
     /// <summary>Rotary pairs: true (flash-attn's default) interleaved (2t, 2t+1), false half-split (t, t + RotaryDim/2).</summary>
     public bool RotaryInterleaved { get; init; } = true;
 
+    /// <summary>Per-sequence query counts (C ABI 0.12, cu_seqlens_q; packed q): one per step row, or null (SeqQ each).</summary>
+    public int[]? QueryCounts { get; init; }
+
+    /// <summary>Per-sequence appended counts (cu_seqlens_k_new; packed kNew): one per step row, or null (SeqKNew each).</summary>
+    public int[]? AppendCounts { get; init; }
+
     public int[] StepRows => Rows ?? [.. Enumerable.Range(0, Pool)];
 
     public int Batch => StepRows.Length;
@@ -35,7 +41,9 @@ public sealed record ServingSpec(
         $"{(Dtype == DataType.Float16 ? "fp16" : "bf16")} D{HeadDim} Hq{HeadsQ} Hkv{HeadsKv} Sq{SeqQ} Sknew{SeqKNew} pool[{string.Join(",", PoolLens)}] " +
         $"rows[{(Rows is null ? "all" : string.Join(",", Rows))}] pads[{(Pads is null ? "none" : string.Join(",", Pads))}] " +
         $"{(Paged ? $"paged bs{BlockSize}" : "contiguous")} {Mask} splits {NumSplits}" + (HasAlibi ? $" alibi {Alibi}" : string.Empty) +
-        (RotaryDim > 0 ? $" rotary {RotaryDim} {(RotaryInterleaved ? "interleaved" : "half-split")}" : string.Empty);
+        (RotaryDim > 0 ? $" rotary {RotaryDim} {(RotaryInterleaved ? "interleaved" : "half-split")}" : string.Empty) +
+        (QueryCounts is null ? string.Empty : $" qcounts[{string.Join(",", QueryCounts)}]") +
+        (AppendCounts is null ? string.Empty : $" kcounts[{string.Join(",", AppendCounts)}]");
 }
 
 /// <summary>
@@ -87,6 +95,13 @@ public sealed class DecodeServingTests : AttentionTestBase
         yield return Case(new(F16, 64, 4, 2, 2, 2, [100, 37, 0, 250], null, [17, 37, 0, 1], 0, Full, 0, "batch"));
         yield return Case(new(Bf16, 64, 8, 2, 3, 3, [60, 300, 1], null, [5, 0, 1], 32, new MaskSpec(true, false, 20, null, 10f), 3, "head"));
         yield return Case(new(F16, 128, 6, 3, 2, 0, [100, 33, 400], null, [40, 33, 0], 0, new MaskSpec(false, false, 20, 0, 10f), 4, "head"));
+
+        // Per-sequence counts (C ABI 0.12, FA3's cu_seqlens_q / cu_seqlens_k_new): speculative drafts of 0..9 tokens
+        // appended and queried, queries only, appends only, with rows, pads, splits, rotary and ALiBi.
+        yield return Case(new(Bf16, 64, 8, 2, 1, 0, [13, 0, 200, 100], null, null, 16, Causal) { QueryCounts = [0, 1, 5, 9], AppendCounts = [0, 1, 5, 9] });
+        yield return Case(new(F16, 128, 8, 2, 1, 2, [60, 300, 7, 40], [3, 1, 0], [5, 0, 0, 0], 0, Causal, 3) { QueryCounts = [4, 1, 7] });
+        yield return Case(new(Bf16, 64, 4, 1, 2, 0, [20, 40, 180], null, [0, 10, 100], 32, Causal) { AppendCounts = [4, 0, 2], RotaryDim = 64, RotaryInterleaved = false });
+        yield return Case(new(F16, 64, 8, 2, 1, 0, [100, 37, 0, 250], null, [17, 0, 0, 1], 0, new MaskSpec(true, false, 20, null), 0, "head") { QueryCounts = [3, 0, 2, 1], AppendCounts = [1, 2, 2, 0] });
     }
 
     [TestCaseSource(nameof(Cases))]
@@ -95,7 +110,7 @@ public sealed class DecodeServingTests : AttentionTestBase
         RequireHeadDim(spec.HeadDim, spec.Dtype);
         Random random = TestRandom.ForCurrentTest(out int seed);
         using var run = ServingRun.Create(Device, Stream, spec, random);
-        run.Step(Attention, Stream, spec.Rows, spec.SeqQ, spec.SeqKNew, spec.NumSplits, $"seed {seed}, {spec}");
+        run.Step(Attention, Stream, spec.Rows, spec.SeqQ, spec.SeqKNew, spec.NumSplits, $"seed {seed}, {spec}", spec.QueryCounts, spec.AppendCounts);
     }
 
     [Test]
@@ -223,7 +238,7 @@ internal sealed class ServingRun : IDisposable
         ServingSpec s = _spec;
         _lens = (int[])s.PoolLens.Clone();
         int[] pads = s.Pads ?? new int[s.Pool];
-        int growth = Math.Max(s.SeqKNew, 1) + extraCapacity;
+        int growth = Math.Max(Math.Max(s.SeqKNew, s.AppendCounts?.Max() ?? 0), 1) + extraCapacity;
         if (s.Paged)
         {
             // Pages for each row's length plus what the steps may append; pages before a row's pad and past its end are -1.
@@ -315,21 +330,42 @@ internal sealed class ServingRun : IDisposable
         return disposable;
     }
 
-    /// <summary>One decode over <paramref name="rows"/> (null: every row), judged; then the host mirror holds the new state.</summary>
-    public void Step(FlashAttention attention, CudaStream stream, int[]? rows, int seqQ, int seqKNew, int numSplits, string context)
+    /// <summary>
+    /// One decode over <paramref name="rows"/> (null: every row), judged; then the host mirror holds the new state. With
+    /// <paramref name="queryCounts"/> / <paramref name="appendCounts"/> (C ABI 0.12) q (one spare row past the counts,
+    /// NaN) and kNew are packed and each sequence has its own counts; seqQ / seqKNew are then ignored.
+    /// </summary>
+    public void Step(
+        FlashAttention attention, CudaStream stream, int[]? rows, int seqQ, int seqKNew, int numSplits, string context,
+        int[]? queryCounts = null, int[]? appendCounts = null)
     {
         ServingSpec s = _spec;
         int[] stepRows = rows ?? [.. Enumerable.Range(0, s.Pool)];
         int batch = stepRows.Length, d = s.HeadDim;
+        int[] qn = queryCounts ?? Enumerable.Repeat(seqQ, batch).ToArray();
+        int[] kc = appendCounts ?? Enumerable.Repeat(seqKNew, batch).ToArray();
+        int[] q0 = new int[batch], k0 = new int[batch];
+        for (int b = 1; b < batch; b++)
+        {
+            q0[b] = q0[b - 1] + qn[b - 1];
+            k0[b] = k0[b - 1] + kc[b - 1];
+        }
+
+        int totalQ = qn.Sum(), totalK = kc.Sum(), qRows = totalQ + (queryCounts is null ? 0 : 1);
         Random random = _random;
-        float[] q = ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, batch * seqQ * s.HeadsQ * d));
-        float[] kn = ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, Math.Max(1, batch * seqKNew * Row)));
-        float[] vn = ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, Math.Max(1, batch * seqKNew * Row)));
+        float[] q = ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, qRows * s.HeadsQ * d));
+        float[] kn = ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, Math.Max(1, totalK * Row)));
+        float[] vn = ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, Math.Max(1, totalK * Row)));
+        if (queryCounts is not null)
+        {
+            Array.Fill(q, float.NaN, totalQ * s.HeadsQ * d, s.HeadsQ * d);  // the spare row: never read
+        }
+
         using var dq = DeviceArray.Upload(_device, s.Dtype, q);
         using var dkn = DeviceArray.Upload(_device, s.Dtype, kn);
         using var dvn = DeviceArray.Upload(_device, s.Dtype, vn);
         using var dout = DeviceArray.Allocate(_device, s.Dtype, q.Length);
-        using var dlse = DeviceArray.Allocate(_device, DataType.Float32, batch * s.HeadsQ * seqQ);
+        using var dlse = DeviceArray.Allocate(_device, DataType.Float32, qRows * s.HeadsQ);
         dout.Poison();
         dlse.Poison();
         // ALiBi slopes (FA2's test draw, rand * 0.3), [Hq] or [batch, Hq]; fp32 on the device, exactly these in the reference.
@@ -337,13 +373,17 @@ internal sealed class ServingRun : IDisposable
             ? TestRandom.Uniform(random, s.Alibi == "batch" ? batch * s.HeadsQ : s.HeadsQ, 0, 0.3).Select(x => (float)x).ToArray()
             : null;
         using var dslopes = slopes is null ? null : DeviceArray.Upload(_device, DataType.Float32, slopes);
-        bool append = seqKNew > 0;
-        long[] newShape = [batch, seqKNew, s.HeadsKv, d];
+        bool append = appendCounts is null ? seqKNew > 0 : totalK > 0;
+        long[] newShape = appendCounts is null ? [batch, seqKNew, s.HeadsKv, d] : [totalK, s.HeadsKv, d];
+        long[] qShape = queryCounts is null ? [batch, seqQ, s.HeadsQ, d] : [qRows, s.HeadsQ, d];
+        long[] lseShape = queryCounts is null ? [batch, s.HeadsQ, seqQ] : [s.HeadsQ, qRows];
         var args = new DecodeArguments(
-            dq.Tensor([batch, seqQ, s.HeadsQ, d]), Cache, append ? dkn.Tensor(newShape) : null, append ? dvn.Tensor(newShape) : null,
-            dout.Tensor([batch, seqQ, s.HeadsQ, d]), dlse.Tensor([batch, s.HeadsQ, seqQ]), numSplits)
+            dq.Tensor(qShape), Cache, append ? dkn.Tensor(newShape) : null, append ? dvn.Tensor(newShape) : null,
+            dout.Tensor(qShape), dlse.Tensor(lseShape), numSplits)
         {
             CacheRows = rows,
+            QueryCounts = queryCounts,
+            AppendCounts = appendCounts,
             AlibiSlopes = dslopes?.Tensor(s.Alibi == "batch" ? [batch, s.HeadsQ] : [s.HeadsQ]),
             Rotary = s.RotaryDim > 0 && append
                 ? new RotaryEmbedding(_dcos!.Tensor([_rotaryRows, s.RotaryDim / 2]), _dsin!.Tensor([_rotaryRows, s.RotaryDim / 2]), s.RotaryInterleaved)
@@ -354,13 +394,24 @@ internal sealed class ServingRun : IDisposable
         attention.Decode(args, options, stream);
         stream.Synchronize();
         float[] ours = dout.Read(), lse = dlse.Read();
+        if (queryCounts is not null)
+        {
+            // The spare row past the counts is never written (out and lse keep their poison), then judged no further.
+            int spareOut = totalQ * s.HeadsQ * d;
+            Assert.That(ours.Skip(spareOut).All(float.IsNaN), Is.True, $"{context}: out's row past the counts was written");
+            Assert.That(Enumerable.Range(0, s.HeadsQ).All(h => float.IsNaN(lse[(h * qRows) + totalQ])), Is.True, $"{context}: lse's column past the counts was written");
+            ours = ours[..spareOut];
+            lse = Enumerable.Range(0, s.HeadsQ).SelectMany(h => lse.Skip(h * qRows).Take(totalQ)).ToArray();
+            q = q[..spareOut];
+        }
 
         // The reference, over the host mirror (it appends into _k/_v itself).
         int[] lens = stepRows.Select(r => _lens[r]).ToArray();
         int[] pads = stepRows.Select(r => Cache.LeftPadding[r]).ToArray();
         var serving = new DecodeServingOptions
         {
-            SeqLenQ = seqQ, CacheBatchIndex = stepRows, CacheRows = s.Pool, CacheLeftPad = pads,
+            SeqLenQ = queryCounts is null ? seqQ : null, QueryCounts = queryCounts, AppendCounts = appendCounts,
+            CacheBatchIndex = stepRows, CacheRows = s.Pool, CacheLeftPad = pads,
             AlibiSlopes = slopes?.Select(x => (double)x).ToArray(),
             RotaryCos = rotary ? _cos : null, RotarySin = rotary ? _sin : null, RotaryDim = rotary ? s.RotaryDim : 0,
             RotaryInterleaved = s.RotaryInterleaved,
@@ -382,7 +433,7 @@ internal sealed class ServingRun : IDisposable
             }
         }
 
-        Reference(qd, lens, knd, vnd, seqKNew, serving, refOut, refLse);
+        Reference(qd, lens, knd, vnd, appendCounts is null ? seqKNew : 0, serving, refOut, refLse);
 
         // The cache: exactly the mirror (appended rows in their pool rows' slots, NaN everywhere else unchanged). With
         // rotary the appended keys are the float64 rotation in the mirror and the GPU's fp32 rotation rounded once to the
@@ -393,7 +444,7 @@ internal sealed class ServingRun : IDisposable
         {
             for (int b = 0; b < batch; b++)
             {
-                for (int j = 0; j < seqKNew; j++)
+                for (int j = 0; j < kc[b]; j++)
                 {
                     rotatedSlots.Add(RowOf(stepRows[b], lens[b] + j));
                 }
@@ -435,12 +486,12 @@ internal sealed class ServingRun : IDisposable
             var x = new double[d];
             for (int b = 0; b < batch; b++)
             {
-                for (int i = 0; i < seqQ; i++)
+                for (int i = 0; i < qn[b]; i++)
                 {
                     int position = lens[b] + (perRow ? i : 0);
                     for (int h = 0; h < s.HeadsQ; h++)
                     {
-                        int at = (((b * seqQ) + i) * s.HeadsQ * d) + (h * d);
+                        int at = (((q0[b]) + i) * s.HeadsQ * d) + (h * d);
                         for (int e = 0; e < d; e++)
                         {
                             x[e] = q[at + e];
@@ -465,18 +516,18 @@ internal sealed class ServingRun : IDisposable
         double[] judgeOut = refOut, judgeLse = refLse;
         if (rotary)
         {
-            int[] after = lens.Select(l => l + seqKNew).ToArray();
-            DecodeServingOptions plain = serving with { RotaryCos = null, RotarySin = null, RotaryDim = 0 };
+            int[] after = lens.Select((l, b) => l + kc[b]).ToArray();
+            DecodeServingOptions plain = serving with { RotaryCos = null, RotarySin = null, RotaryDim = 0, AppendCounts = null };
             judgeOut = new double[q.Length];
             judgeLse = new double[lse.Length];
             Reference(AttentionReference.ToDouble(qNaive), after, [], [], 0, plain, judgeOut, judgeLse);
         }
 
-        DecodeAccuracyTests.JudgeOutput(ours, Naive(qNaive, stepRows, lens, pads, seqQ, seqKNew, slopes), judgeOut, lse, judgeLse, s.Dtype, context);
+        DecodeAccuracyTests.JudgeOutput(ours, Naive(qNaive, stepRows, lens, pads, qn, kc, slopes), judgeOut, lse, judgeLse, s.Dtype, context);
 
-        foreach (int r in stepRows)
+        for (int b = 0; b < batch; b++)
         {
-            _lens[r] += seqKNew;
+            _lens[stepRows[b]] += kc[b];
         }
 
         Cache.Synchronize();
@@ -495,14 +546,22 @@ internal sealed class ServingRun : IDisposable
     /// form +m·j for a causal mask without a left window shorter than the capacity (kept for one new token), else
     /// -m·|i + sk - sq - j| (written out here, independently of the reference).
     /// </summary>
-    private float[] Naive(float[] q, int[] rows, int[] lens, int[] pads, int seqQ, int seqKNew, float[]? slopes = null)
+    private float[] Naive(float[] q, int[] rows, int[] lens, int[] pads, int[] queryCounts, int[] appendCounts, float[]? slopes = null)
     {
         ServingSpec s = _spec;
-        int qPer = seqQ * s.HeadsQ * s.HeadDim;
+        int rowQ = s.HeadsQ * s.HeadDim;
         var result = new float[q.Length];
+        int qStart = 0;
         for (int b = 0; b < rows.Length; b++)
         {
-            int total = lens[b] + seqKNew, sk = total - pads[b];
+            int seqQ = queryCounts[b], qPer = seqQ * rowQ, start = qStart;
+            qStart += qPer;
+            if (seqQ == 0)
+            {
+                continue;
+            }
+
+            int total = lens[b] + appendCounts[b], sk = total - pads[b];
             var k = new float[Math.Max(1, sk * Row)];
             var v = new float[k.Length];
             for (int j = 0; j < sk; j++)
@@ -525,8 +584,8 @@ internal sealed class ServingRun : IDisposable
                 bias = (_, h, i, j) => columnForm ? Slope(h) * j : -Slope(h) * Math.Abs(i + sk - seqQ - j);
             }
 
-            NaiveAttention.ForwardSameDtype(q[(b * qPer)..((b + 1) * qPer)], k, v, dims, s.Mask, (float)(1.0 / Math.Sqrt(s.HeadDim)),
-                x => DeviceArray.Round(s.Dtype, x), bias).CopyTo(result, b * qPer);
+            NaiveAttention.ForwardSameDtype(q[start..(start + qPer)], k, v, dims, s.Mask, (float)(1.0 / Math.Sqrt(s.HeadDim)),
+                x => DeviceArray.Round(s.Dtype, x), bias).CopyTo(result, start);
         }
 
         return result;
