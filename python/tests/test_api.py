@@ -60,7 +60,8 @@ def test_signature_is_flash_attn(name):
     kw = {p.name: p.default for p in inspect.signature(getattr(fai, name)).parameters.values()
           if p.kind is p.KEYWORD_ONLY}
     if name == "flash_attn_with_kvcache":
-        assert kw == {}
+        # FlashAttention-3's per-sequence counts (C ABI 0.12), keyword-only as FA3 passes them by name.
+        assert kw == {"cu_seqlens_q": None, "cu_seqlens_k_new": None, "max_seqlen_q": None}
     else:
         assert kw == {"causal_alignment": "bottom_right", "q_descale": None, "k_descale": None, "v_descale": None,
                       "sinks": None, "learnable_sink": None}
@@ -319,6 +320,25 @@ def test_decode_check(lib):
     assert status == _abi.FA_STATUS_UNSUPPORTED and "block" in msg
 
 
+def test_decode_check_per_sequence_counts(lib):
+    """cu_seqlens_q / cu_seqlens_k_new (C ABI 0.12): packed q, out, lse and k/v are accepted; max_seqlen_q is required
+    with cu_seqlens_q and refused without it."""
+    fake = Fake()
+    q, out, lse = fake((9, 8, 64)), fake((9, 8, 64)), fake((8, 9), F32)
+    seqlens, cuq, cuk = fake((4,), I32), fake((5,), I32), fake((5,), I32)
+    kc = fake((4, 256, 2, 64))
+    p = _args.decode_params(lib, q, kc, fake((4, 256, 2, 64)), out, seqlens, lse=lse, k_new=fake((7, 2, 64)),
+                            v_new=fake((7, 2, 64)), causal=True, cu_seqlens_q=cuq, cu_seqlens_k_new=cuk, max_seqlen_q=4)
+    assert check_status(lib, "decode", p) == (0, "")
+    p = _args.decode_params(lib, q, kc, fake((4, 256, 2, 64)), out, seqlens, cu_seqlens_q=cuq)
+    status, msg = check_status(lib, "decode", p)
+    assert status == _abi.FA_STATUS_INVALID_ARGUMENT and "max_seqlen_q is 0 with cu_seqlens_q" in msg
+    p = _args.decode_params(lib, q, kc, fake((4, 256, 2, 64)), out, seqlens, lse=fake((4, 8, 9), F32),
+                            cu_seqlens_q=cuq, max_seqlen_q=4)
+    status, msg = check_status(lib, "decode", p)
+    assert status == _abi.FA_STATUS_INVALID_ARGUMENT and "lse.rank is 3" in msg
+
+
 def test_decode_check_serving_options(lib):
     """cache_batch_idx over a larger pool (contiguous rows, block-table rows), cache_leftpad (with paging too), and
     k/v of another seqlen than q are accepted (C ABI 0.7); bad descriptors of the new arrays are refused by name."""
@@ -448,6 +468,17 @@ def test_backward_and_decode_params_are_packed_like_field_by_field():
     _args.pack_decode(packed, *(_args.desc_fields(t) for t in (q, kc, vc, kn, vn, out, None, seqlens, table)), 0.25,
                       True, 128, 0, 5.0, 7, _args.desc_fields(idx), _args.desc_fields(pads))
     ref.cache_batch_idx, ref.cache_leftpad = _by_field(idx), _by_field(pads)
+    assert bytes(packed) == bytes(ref)
+
+    # The 0.12 per-sequence counts: packed q/out [total_q, heads, d], cu_seqlens_q / cu_seqlens_k_new [batch + 1].
+    qp, op, cuq, cuk = fake((9, 8, 64)), fake((9, 8, 64)), fake((5,), I32), fake((5,), I32)
+    packed = _patterned(_abi.FaDecodeParams)
+    _args.pack_decode(packed, *(_args.desc_fields(t) for t in (qp, kc, vc, kn, vn, op, None, seqlens, table)), 0.25,
+                      True, 128, 0, 5.0, 7, _args.desc_fields(idx), _args.desc_fields(pads), None,
+                      _args.desc_fields(cuq), _args.desc_fields(cuk), 6)
+    ref.q, ref.out = _by_field(qp), _by_field(op)
+    ref.cu_seqlens_q, ref.cu_seqlens_k_new = _by_field(cuq), _by_field(cuk)
+    ref.max_seqlen_q, ref.reserved2 = 6, 0
     assert bytes(packed) == bytes(ref)
 
 

@@ -276,6 +276,96 @@ def test_kvcache_batch_idx_leftpad_and_seqlen_new(block, sq, snew, splits):
     assert seqlens.tolist() == [100, 37, 200]  # only read, as flash-attn
 
 
+@pytest.mark.parametrize("block", [None, 16])
+@pytest.mark.parametrize("packed_k", [True, False], ids=["cu_k_new", "fixed-k"])
+@pytest.mark.parametrize("splits", [0, 3])
+def test_kvcache_cu_seqlens_q_and_k_new(block, packed_k, splits):
+    """FlashAttention-3's cu_seqlens_q / cu_seqlens_k_new: per-sequence query counts 0/1/4/9 over a packed q (one
+    spare row past the sequences, NaN, never written), appended counts of their own (packed k/v) or 2 each, causal
+    bottom-right over each sequence's final length; NaN in every cache slot no sequence may read. Against the float64
+    reference per sequence."""
+    torch.manual_seed(31 + (block or 0) + splits + packed_k)
+    b, h, hkv, d, cap = 4, 8, 2, 64, 256
+    qn, kn = [0, 1, 4, 9], ([3, 0, 4, 1] if packed_k else [2, 2, 2, 2])
+    seqlens = torch.tensor([100, 5, 0, 200], dtype=torch.int32, device=DEV)
+    cu_q = torch.tensor([0] + list(torch.tensor(qn).cumsum(0)), device=DEV, dtype=torch.int32)
+    cu_k = torch.tensor([0] + list(torch.tensor(kn).cumsum(0)), device=DEV, dtype=torch.int32)
+    k_cache = torch.full((b, cap, hkv, d), float("nan"), device=DEV, dtype=torch.bfloat16)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    for i in range(b):
+        n = seqlens[i].item()
+        k_cache[i, :n], v_cache[i, :n] = rand(n, hkv, d), rand(n, hkv, d)
+    q = rand(sum(qn) + 1, h, d)
+    q[-1] = float("nan")
+    if packed_k:
+        k_new, v_new = rand(sum(kn), hkv, d), rand(sum(kn), hkv, d)
+        rows = [slice(cu_k[i].item(), cu_k[i + 1].item()) for i in range(b)]
+    else:
+        k_new, v_new = rand(b, 2, hkv, d), rand(b, 2, hkv, d)
+        rows = [i for i in range(b)]
+    expect_k, expect_v = k_cache.clone(), v_cache.clone()
+    for i in range(b):
+        n = seqlens[i].item()
+        expect_k[i, n:n + kn[i]], expect_v[i, n:n + kn[i]] = k_new[rows[i]], v_new[rows[i]]
+    if block is None:
+        kc, vc, table = k_cache, v_cache, None
+    else:
+        per = cap // block
+        perm = torch.randperm(b * per, device=DEV)
+        table = perm.view(b, per).to(torch.int32)
+        kc = torch.empty(b * per, block, hkv, d, device=DEV, dtype=k_cache.dtype)
+        vc = torch.empty_like(kc)
+        kc[perm] = k_cache.view(b * per, block, hkv, d)
+        vc[perm] = v_cache.view(b * per, block, hkv, d)
+    out, lse = fai.flash_attn_with_kvcache(q, kc, vc, k_new, v_new, cache_seqlens=seqlens, block_table=table,
+                                           causal=True, num_splits=splits, return_softmax_lse=True,
+                                           cu_seqlens_q=cu_q, cu_seqlens_k_new=cu_k if packed_k else None,
+                                           max_seqlen_q=max(qn))
+    torch.cuda.synchronize()
+    assert out.shape == q.shape and lse.shape == (h, sum(qn) + 1)
+    got_k = kc if table is None else kc[table.long()].view(b, cap, hkv, d)
+    got_v = vc if table is None else vc[table.long()].view(b, cap, hkv, d)
+    assert torch.equal(got_k.nan_to_num(7.0), expect_k.nan_to_num(7.0))
+    assert torch.equal(got_v.nan_to_num(7.0), expect_v.nan_to_num(7.0))
+    assert torch.equal(got_k.isnan(), expect_k.isnan())
+    for i in range(b):
+        a, e = cu_q[i].item(), cu_q[i + 1].item()
+        total = seqlens[i].item() + kn[i]
+        if e == a:
+            continue
+        ref, ref_lse = reference(q[a:e][None], expect_k[i:i + 1, :total], expect_v[i:i + 1, :total], causal=True,
+                                 with_lse=True)
+        assert max_err(out[a:e][None], ref) < 2e-2, i
+        # Rows that see no key (sequence 2 with fixed appends: 4 queries over 2 keys, causal): lse +inf here (the
+        # library's and flash-attn's convention), -inf in the reference; the others within 1e-3.
+        seen = torch.isfinite(ref_lse[0])
+        assert max_err(lse[:, a:e][seen], ref_lse[0][seen]) < 1e-3, i
+        assert torch.isinf(lse[:, a:e][~seen]).all() and (lse[:, a:e][~seen] > 0).all(), i
+    assert seqlens.tolist() == [100, 5, 0, 200]  # only read, as flash-attn
+
+
+def test_kvcache_cu_seqlens_argument_errors():
+    q, kc = rand(5, 4, 64), rand(2, 64, 2, 64)
+    cu = torch.tensor([0, 2, 5], device=DEV, dtype=torch.int32)
+    seqlens = torch.tensor([3, 4], device=DEV, dtype=torch.int32)
+    with pytest.raises(ValueError, match="cu_seqlens_q needs max_seqlen_q"):
+        fai.flash_attn_with_kvcache(q, kc, kc.clone(), cache_seqlens=seqlens, cu_seqlens_q=cu)
+    with pytest.raises(ValueError, match=r"q must be \[total_q, heads, head_dim\]"):
+        fai.flash_attn_with_kvcache(q[None], kc, kc.clone(), cache_seqlens=seqlens, cu_seqlens_q=cu, max_seqlen_q=3)
+    with pytest.raises(ValueError, match="max_seqlen_q is given without cu_seqlens_q"):
+        fai.flash_attn_with_kvcache(q[None], kc, kc.clone(), cache_seqlens=seqlens, max_seqlen_q=3)
+    with pytest.raises(ValueError, match="cu_seqlens_k_new is given without k/v"):
+        fai.flash_attn_with_kvcache(q, kc, kc.clone(), cache_seqlens=seqlens, cu_seqlens_q=cu, max_seqlen_q=3,
+                                    cu_seqlens_k_new=cu)
+    with pytest.raises(TypeError, match="cu_seqlens_q must be torch.int32"):
+        fai.flash_attn_with_kvcache(q, kc, kc.clone(), cache_seqlens=seqlens, cu_seqlens_q=cu.long(), max_seqlen_q=3)
+    # A count above max_seqlen_q is the library's refusal (the host cannot see device counts: reported after).
+    fai.flash_attn_with_kvcache(q, kc, kc.clone(), cache_seqlens=seqlens, cu_seqlens_q=cu, max_seqlen_q=2)
+    torch.cuda.synchronize()
+    with pytest.raises(fai.FlashAttentionError, match="cu_seqlens_q"):
+        fai.flash_attn_with_kvcache(q, kc, kc.clone(), cache_seqlens=seqlens, cu_seqlens_q=cu, max_seqlen_q=3)
+
+
 def rotate(x, cos, sin, positions, interleaved):
     """flash-attn's rotary in float64: x [n, heads, d] at positions [n] (long); tables [seqlen_ro, rotary_dim / 2]; the
     first rotary_dim elements rotated in pairs (2t, 2t+1) when interleaved, else (t, t + rotary_dim/2)."""

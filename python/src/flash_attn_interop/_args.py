@@ -249,6 +249,8 @@ _DEC_ALIBI = _run(_D, "alibi_slopes")  # C ABI 0.8
 _ALIBI_RUNS = {"forward": _FWD_ALIBI, "backward": _BWD_ALIBI, "decode": _DEC_ALIBI}
 _DEC_ROTARY = _run(_D, "rotary_cos", "rotary_sin", "rotary_dim", "rotary_seqlen", "rotary_interleaved",
                    "reserved1")  # C ABI 0.8
+_DEC_COUNTS = _run(_D, "cu_seqlens_q", "cu_seqlens_k_new")  # C ABI 0.12
+_DEC_MAX_Q = _run(_D, "max_seqlen_q", "reserved2")
 del _F, _B, _D
 
 
@@ -370,13 +372,14 @@ def pack_backward(p, q, k, v, out, dout, lse, dq, dk, dv, softmax_scale, causal,
 
 def pack_decode(p, q, k_cache, v_cache, k_new, v_new, out, lse, cache_seqlens, block_table, softmax_scale, causal,
                 window_left, window_right, softcap, num_splits, cache_batch_idx=NO_TENSOR, cache_leftpad=NO_TENSOR,
-                rotary=None):
+                rotary=None, cu_seqlens_q=NO_TENSOR, cu_seqlens_k_new=NO_TENSOR, max_seqlen_q=0):
     """pack_forward's counterpart for fa_decode_params_t (tensors in struct order; advance_cache_seqlens 0: the cache
     lengths are only read, flash-attn's convention). cache_batch_idx / cache_leftpad: the 0.7 serving fields (device
     int32 [batch]; NO_TENSOR: not given; no host copies, as flash-attn has none: a device value outside the pool or
     the sequence is clamped by the kernels and reported by the next call on the context). rotary: None (the init
     defaults: no tables), or (cos_ptr, sin_ptr, rotary_dim, rotary_seqlen, interleaved), the 0.8 rotary block (device
-    tables [rotary_seqlen, rotary_dim / 2] of q's dtype)."""
+    tables [rotary_seqlen, rotary_dim / 2] of q's dtype). cu_seqlens_q / cu_seqlens_k_new / max_seqlen_q: the 0.12
+    per-sequence counts (device int32 [batch + 1]; NO_TENSOR: not given; q/out/lse or k_new/v_new then packed)."""
     try:
         off, s = _DEC_MAIN
         s.pack_into(p, off, *q, *k_cache, *v_cache, *k_new, *v_new, *out, *lse, *cache_seqlens, *block_table,
@@ -389,6 +392,11 @@ def pack_decode(p, q, k_cache, v_cache, k_new, v_new, out, lse, cache_seqlens, b
             cos, sin, dim, rows, interleaved = rotary
             off, s = _DEC_ROTARY
             s.pack_into(p, off, cos or 0, sin or 0, dim, rows, 1 if interleaved else 0, 0)
+        if cu_seqlens_q is not NO_TENSOR or cu_seqlens_k_new is not NO_TENSOR or max_seqlen_q:
+            off, s = _DEC_COUNTS
+            s.pack_into(p, off, *cu_seqlens_q, *cu_seqlens_k_new)
+            off, s = _DEC_MAX_Q
+            s.pack_into(p, off, max_seqlen_q, 0)
     except (struct.error, OverflowError) as e:
         raise _unfit("decode", e) from None
 
@@ -437,14 +445,16 @@ def backward_params(lib, q, k, v, out, dout, lse, dq, dk, dv, *, softmax_scale=0
 
 def decode_params(lib, q, k_cache, v_cache, out, cache_seqlens, *, k_new=None, v_new=None, lse=None,
                   block_table=None, softmax_scale=0.0, causal=False, window=(-1, -1), softcap=0.0, num_splits=0,
-                  cache_batch_idx=None, cache_leftpad=None, alibi_slopes=None, rotary=None):
+                  cache_batch_idx=None, cache_leftpad=None, alibi_slopes=None, rotary=None, cu_seqlens_q=None,
+                  cu_seqlens_k_new=None, max_seqlen_q=0):
     """fa_decode_params_t over TensorDescs (k_new/v_new None: append nothing; block_table None: contiguous cache;
     cache_batch_idx / cache_leftpad None: not given; rotary None or pack_decode's tuple). cache_seqlens is only read
     (flash-attn's convention: the caller advances it)."""
     p = lib.new_params("decode")
     pack_decode(p, *(desc_fields(t) for t in (q, k_cache, v_cache, k_new, v_new, out, lse, cache_seqlens, block_table)),
                 softmax_scale, causal, window[0], window[1], softcap, num_splits, desc_fields(cache_batch_idx),
-                desc_fields(cache_leftpad), rotary)
+                desc_fields(cache_leftpad), rotary, desc_fields(cu_seqlens_q), desc_fields(cu_seqlens_k_new),
+                max_seqlen_q)
     if alibi_slopes is not None:
         pack_alibi(p, "decode", desc_fields(alibi_slopes))
     return p

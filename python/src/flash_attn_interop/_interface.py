@@ -454,7 +454,8 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
                             cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                            rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False):
+                            rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False,
+                            *, cu_seqlens_q=None, cu_seqlens_k_new=None, max_seqlen_q=None):
     """Attention of q [batch, seqlen_q, heads, head_dim] over a KV cache: k_cache/v_cache [batch_cache, capacity,
     heads_kv, head_dim], or paged [num_blocks, block_size, heads_kv, head_dim] with block_table int32
     [batch_cache, max_blocks_per_seq]. k/v [batch, seqlen_new, heads_kv, head_dim] (seqlen_new may differ from
@@ -469,7 +470,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     are stored, and the queries at cache_seqlens + i (causal or windowed) or cache_seqlens (otherwise);
     rotary_interleaved=True (flash-attn's default) rotates pairs (2t, 2t+1) (GPT-J), False pairs (t, t + rotary_dim/2)
     (GPT-NeoX). rotary_dim = 2 * rotary_cos.shape[1], a multiple of 16 up to head_dim; seqlen_ro at least the cache
-    capacity. Returns out, or (out, softmax_lse [batch, heads, seqlen_q]). Not differentiable."""
+    capacity. cu_seqlens_q / cu_seqlens_k_new (int32 [batch + 1], FlashAttention-3's): per-sequence query and append
+    counts as prefix sums; q (and out) are then packed [total_q, heads, head_dim] and max_seqlen_q (the largest count)
+    is required; k/v packed [total_k_new, heads_kv, head_dim]. Each sequence's keys are appended first and its causal
+    diagonal sits bottom-right over its final length. Returns out, or (out, softmax_lse [batch, heads, seqlen_q], or
+    [heads, total_q] with cu_seqlens_q). Not differentiable."""
     f = "flash_attn_with_kvcache"
     scale = _args.softmax_scale_arg(f, softmax_scale)
     left, right = _args.window_arg(f, window_size)
@@ -484,19 +489,33 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     if rotary_cos is not None and k is None:
         raise ValueError(f"{f}: rotary_cos/rotary_sin need k and v: the rotary embedding is applied only to keys "
                          "appended in the call (as flash-attn requires)")
+    if cu_seqlens_q is not None and max_seqlen_q is None:
+        raise ValueError(f"{f}: cu_seqlens_q needs max_seqlen_q (the most queries one sequence has), as "
+                         "FlashAttention-3 requires")
+    if cu_seqlens_q is None and max_seqlen_q is not None:
+        raise ValueError(f"{f}: max_seqlen_q is given without cu_seqlens_q; it sizes a batch of packed queries")
+    if cu_seqlens_k_new is not None and k is None:
+        raise ValueError(f"{f}: cu_seqlens_k_new is given without k/v; it counts the new keys each sequence appends")
+    packed_q = cu_seqlens_q is not None
     ops = _torch_ops()
     import torch
     if any(ops.is_fp8(t) for t in (q, k_cache, v_cache, k, v)):
         _args.refuse(f, "dtype", "torch.float8_e4m3fn", "the library's fp8 is the forward of flash_attn_func and "
                      "flash_attn_varlen_func; decode over a KV cache takes fp16 or bf16")
+    want_dim = 3 if packed_q else 4
+    if getattr(q, "dim", None) is None or q.dim() != want_dim:
+        raise ValueError(f"{f}: q must be " + ("[total_q, heads, head_dim] with cu_seqlens_q" if packed_q else
+                                               "[batch, seqlen_q, heads, head_dim]") + f", got {_shape(q)}")
+    if packed_q and (not isinstance(cu_seqlens_q, torch.Tensor) or cu_seqlens_q.dim() != 1):
+        raise ValueError(f"{f}: cu_seqlens_q must be an int32 tensor [batch + 1], got {_shape(cu_seqlens_q)}")
+    batch = cu_seqlens_q.shape[0] - 1 if packed_q else q.shape[0]
     if alibi_slopes is not None:
-        if getattr(q, "dim", None) is None or q.dim() != 4:
-            raise ValueError(f"{f}: q must be [batch, seqlen_q, heads, head_dim], got {_shape(q)}")
-        alibi_slopes = ops.alibi_input(f, alibi_slopes, q.shape[0], q.shape[2])
+        alibi_slopes = ops.alibi_input(f, alibi_slopes, batch, q.shape[-2])
     ops.require_cuda(f, q=q, k_cache=k_cache, v_cache=v_cache, k=k, v=v, block_table=block_table,
                      cache_seqlens=cache_seqlens if isinstance(cache_seqlens, torch.Tensor) else None,
                      cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, alibi_slopes=alibi_slopes,
-                     rotary_cos=rotary_cos, rotary_sin=rotary_sin)
+                     rotary_cos=rotary_cos, rotary_sin=rotary_sin, cu_seqlens_q=cu_seqlens_q,
+                     cu_seqlens_k_new=cu_seqlens_k_new)
     q = ops.attn_input(f, "q", q)
     for n, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         # Written in place when k/v are appended: never replaced by a copy.
@@ -505,7 +524,10 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                              "written in place, so it cannot be copied)")
     if k is not None:
         k, v = ops.attn_input(f, "k", k), ops.attn_input(f, "v", v)
-    batch = q.shape[0]
+    if packed_q:
+        cu_seqlens_q = ops.int32_input(f, "cu_seqlens_q", cu_seqlens_q)
+    if cu_seqlens_k_new is not None:
+        cu_seqlens_k_new = ops.int32_input(f, "cu_seqlens_k_new", cu_seqlens_k_new)
     if block_table is not None:
         block_table = ops.int32_input(f, "block_table", block_table)
         capacity = block_table.shape[1] * k_cache.shape[1]
@@ -528,8 +550,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             raise ValueError(f"{f}: rotary_sin has shape {tuple(rotary_sin.shape)} but rotary_cos "
                              f"{tuple(rotary_cos.shape)}; both are [seqlen_ro, rotary_dim / 2]")
     out, lse = ops.decode(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad,
-                          alibi_slopes, rotary_cos, rotary_sin, scale, bool(causal), left, right, cap, splits,
-                          bool(rotary_interleaved))
+                          alibi_slopes, rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new, scale, bool(causal), left,
+                          right, cap, splits, bool(rotary_interleaved), int(max_seqlen_q or 0))
     return (out, lse) if return_softmax_lse else out
 
 

@@ -453,12 +453,17 @@ def backward_sink_impl(dout, q, k, v, out, lse, sinks, alibi_slopes, dropout_p, 
     return dq, dk, dv, dsinks
 
 
+def _decode_lse_shape(q):
+    # [batch, heads, seqlen_q], or [heads, total_q] for packed queries (cu_seqlens_q).
+    return (q.shape[1], q.shape[0]) if q.dim() == 3 else (q.shape[0], q.shape[2], q.shape[1])
+
+
 def decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes,
-                rotary_cos, rotary_sin, softmax_scale, causal, window_left, window_right, softcap, num_splits,
-                rotary_interleaved):
+                rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new, softmax_scale, causal, window_left,
+                window_right, softcap, num_splits, rotary_interleaved, max_seqlen_q):
     lib = _lib()
     out = q.new_empty(q.shape)
-    lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+    lse = q.new_empty(_decode_lse_shape(q), dtype=torch.float32)
     p = lib.new_params("decode")
     rotary = None
     if rotary_cos is not None:
@@ -467,7 +472,8 @@ def decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_bat
                   rotary_interleaved)
     _args.pack_decode(p, fields(q), fields(k_cache), fields(v_cache), fields(k), fields(v), fields(out), fields(lse),
                       fields(cache_seqlens), fields(block_table), softmax_scale, causal, window_left, window_right,
-                      softcap, num_splits, fields(cache_batch_idx), fields(cache_leftpad), rotary)
+                      softcap, num_splits, fields(cache_batch_idx), fields(cache_leftpad), rotary, fields(cu_seqlens_q),
+                      fields(cu_seqlens_k_new), max_seqlen_q)
     if alibi_slopes is not None:
         _args.pack_alibi(p, "decode", fields(alibi_slopes))
     _run_with_workspace(lib, "decode", p, q)
@@ -546,16 +552,17 @@ if HAS_CUSTOM_OP:
     @torch.library.custom_op(f"{NAMESPACE}::decode", mutates_args=("k_cache", "v_cache"), device_types="cuda")
     def decode_op(q: T, k_cache: T, v_cache: T, k: Optional[T], v: Optional[T], cache_seqlens: T,
                   block_table: Optional[T], cache_batch_idx: Optional[T], cache_leftpad: Optional[T],
-                  alibi_slopes: Optional[T], rotary_cos: Optional[T], rotary_sin: Optional[T], softmax_scale: float,
-                  causal: bool, window_left: int, window_right: int, softcap: float, num_splits: int,
-                  rotary_interleaved: bool) -> Tuple[T, T]:
+                  alibi_slopes: Optional[T], rotary_cos: Optional[T], rotary_sin: Optional[T],
+                  cu_seqlens_q: Optional[T], cu_seqlens_k_new: Optional[T], softmax_scale: float, causal: bool,
+                  window_left: int, window_right: int, softcap: float, num_splits: int, rotary_interleaved: bool,
+                  max_seqlen_q: int) -> Tuple[T, T]:
         return decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad,
-                           alibi_slopes, rotary_cos, rotary_sin, softmax_scale, causal, window_left, window_right,
-                           softcap, num_splits, rotary_interleaved)
+                           alibi_slopes, rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new, softmax_scale, causal,
+                           window_left, window_right, softcap, num_splits, rotary_interleaved, max_seqlen_q)
 
     @decode_op.register_fake
     def _decode_fake(q, k_cache, v_cache, k, v, cache_seqlens, block_table, *rest):
-        return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+        return q.new_empty(q.shape), q.new_empty(_decode_lse_shape(q), dtype=torch.float32)
 
 
 if HAS_CUSTOM_OP:
@@ -943,14 +950,14 @@ _increment_version = getattr(getattr(torch.autograd, "graph", None), "increment_
 
 
 def decode(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes,
-           rotary_cos, rotary_sin, *options):
+           rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new, *options):
     """(out, lse) of decode_impl; options: (softmax_scale, causal, window_left, window_right, softcap, num_splits,
-    rotary_interleaved).
+    rotary_interleaved, max_seqlen_q).
     Through the custom op unless plain_eager and no input requires grad (the op's autograd handling stays theirs);
     directly otherwise, the caches' version counters moved as the op moves them when k/v are appended (the caches
     are written in place)."""
     tensors = (q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes,
-               rotary_cos, rotary_sin)
+               rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new)
     if HAS_CUSTOM_OP and (not plain_eager(*tensors) or (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in tensors))):
         return decode_op(*tensors, *options)
