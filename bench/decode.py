@@ -19,7 +19,8 @@ plain contiguous row ("serving" names the option; SDPA's figures are the plain r
              so the same S keys are attended.
 Shape rows (issue 15, SHAPE_ROWS; "serving" holds the label): b1 (one sequence over 128k cached keys, contiguous and
 paged 256: the split-KV heuristic must fill the GPU) and spec4/spec16 (B 16, 4 or 16 query tokens per sequence over
-32k, causal bottom-right: speculative decoding), each with SDPA on the same contiguous shape.
+32k, causal bottom-right: speculative decoding), each with SDPA on the same contiguous shape; spec_var (B 16 with query
+counts 1..16, 97 in all, packed with cu_seqlens_q: drafts of different lengths) beside SDPA on the padded shape.
 
 Method as shared/tools/sdpa_anchors.py measured the TARGETS.md decode anchors: triton.testing.do_bench
 (warm-up 25 ms, 100 ms of runs, median, L2 flushed before every call); the copy ceiling is a torch device
@@ -246,6 +247,7 @@ def decode_rows(lib_path, quick=False, baseline_path=None):
             del q, q2, kc, vc, ref
             torch.cuda.empty_cache()
         rows += shape_rows(fa, ctx, copy_tbps, bench, backends)
+        rows.append(varcount_row(fa, ctx, copy_tbps, bench, backends))
     finally:
         fa.close()
         if fb is not None:
@@ -318,6 +320,74 @@ def shape_rows(fa, ctx, copy_tbps, bench, backends):
         del q, q2, kc, vc, k_cache, v_cache, out, ref
         torch.cuda.empty_cache()
     return rows
+
+
+# Speculative decoding with drafts of different lengths (issue 15, C ABI 0.12's cu_seqlens_q): B 16 sequences over
+# 32k cached keys with these query counts (97 in all, at most 16), packed, causal bottom-right per sequence. The
+# anchors are SDPA on the padded shape a caller without per-sequence counts runs (16 tokens each, spec16's); every
+# column's TFLOP/s counts the useful work (the 97 queries).
+VAR_COUNTS = (1, 4, 16, 2, 8, 3, 12, 1, 6, 16, 2, 5, 9, 1, 4, 7)
+FA_COUNTS_VERSION_CODE = 1200  # the first with cu_seqlens_q / cu_seqlens_k_new
+
+
+def varcount_row(fa, ctx, copy_tbps, bench, backends, s=32768):
+    import torch
+    from torch.nn.attention.bias import causal_lower_right
+    dev = torch.device("cuda")
+    b, most, total = len(VAR_COUNTS), max(VAR_COUNTS), sum(VAR_COUNTS)
+    torch.manual_seed(total)
+    row = new_row(s, None, "spec_var")
+    row.update(b=b, sq=most, causal=1, copy_tbps=copy_tbps, query_counts=list(VAR_COUNTS))
+    q = torch.randn(b, HQ, most, D, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(b, HKV, s, D, device=dev, dtype=torch.bfloat16)
+    v = torch.randn(b, HKV, s, D, device=dev, dtype=torch.bfloat16)
+    times, errors, _ = _sdpa(q, k, v, backends, bench, causal_lower_right(most, s))
+    row.update(times)
+    row["errors"].update(errors)
+    # Ours: the first count of each sequence's padded queries, packed [97, Hq, D]; the reference per sequence (SDPA,
+    # causal bottom-right over its own count), packed the same way.
+    q_packed = torch.cat([q[i, :, :n].transpose(0, 1) for i, n in enumerate(VAR_COUNTS)]).contiguous()
+    import torch.nn.functional as F
+    ref = torch.cat([F.scaled_dot_product_attention(q[i:i + 1, :, :n], k[i:i + 1], v[i:i + 1],
+                                                    attn_mask=causal_lower_right(n, s), enable_gqa=True)[0].transpose(0, 1)
+                     for i, n in enumerate(VAR_COUNTS)])
+    kc, vc = (t.transpose(1, 2).contiguous() for t in (k, v))
+    del k, v
+    out = torch.full_like(q_packed, float("nan"))
+    lens = torch.full((b,), s, dtype=torch.int32, device=dev)
+    cu_list = [0]
+    for n in VAR_COUNTS:
+        cu_list.append(cu_list[-1] + n)
+    cu = torch.tensor(cu_list, dtype=torch.int32, device=dev)
+    p = FaDecodeParams()
+    try:
+        if fa.version() < FA_COUNTS_VERSION_CODE:
+            raise RuntimeError(f"the library is version code {fa.version()}; per-sequence counts need {FA_COUNTS_VERSION_CODE}")
+        fa.check(fa.lib.fa_decode_params_init(ctypes.byref(p), ctypes.sizeof(p)), "fa_decode_params_init")
+        p.q, p.k_cache, p.v_cache, p.out = (describe(t, FA_DTYPE_BFLOAT16) for t in (q_packed, kc, vc, out))
+        p.cache_seqlens = describe(lens, FA_DTYPE_INT32)
+        p.cu_seqlens_q = describe(cu, FA_DTYPE_INT32)
+        p.max_seqlen_q = most
+        host_lens = (ctypes.c_int32 * b)(*([s] * b))
+        host_cu = (ctypes.c_int32 * (b + 1))(*cu_list)
+        p.cache_seqlens_host = ctypes.cast(host_lens, ctypes.POINTER(ctypes.c_int32))
+        p.cu_seqlens_q_host = ctypes.cast(host_cu, ctypes.POINTER(ctypes.c_int32))
+        p.causal = 1
+        # _check_and_time compares out with ref.transpose(1, 2) (SDPA's [B, Hq, Sq, D]): hand it the packed reference
+        # [97, Hq, D] transposed, so that its transpose is the packed layout again.
+        _check_and_time(fa, ctx, row, p, out, ref.transpose(1, 2), bench, torch)
+    except Exception as e:  # noqa: BLE001
+        row["errors"]["ours"] = str(e).split("\n")[0][:300]
+    _rates(row, s, 1, total)  # the useful work: 97 queries over s keys each (the anchors' padding not counted)
+    row["note"] = (f"spec_var: batch {b}, query counts {'/'.join(map(str, VAR_COUNTS))} ({total} in all) packed with "
+                   f"cu_seqlens_q over {s} cached keys, causal bottom-right per sequence; flash/cudnn: SDPA on the padded "
+                   f"shape ({most} tokens each, as spec16); TFLOP/s of the {total} useful queries for every column")
+    if not row["errors"]:
+        row.pop("errors")
+    print("#", json.dumps(row), flush=True)
+    del q, q_packed, kc, vc, out, ref
+    torch.cuda.empty_cache()
+    return row
 
 
 def _ours(fa, ctx, row, q2, kc, vc, lens, s, block, ref, bench, torch, serving=None):
