@@ -4,9 +4,9 @@ FlashAttention-3's pairs (head_dim, head_dim_v) = (192, 128) (forward and backwa
 causal and not, S 1k and 4k (16k without --quick), B = 16384 / S, 16 heads. Triton do_bench medians, L2 flushed.
 Columns, each timed on the same values:
 
-  ours      the pair call with the default path (FA_PATH_AUTO: the sm90 kernels for (192, 128) without dropout on
-            compute capability 9.0 in a build with sm_90a code, else the sm80 pair kernels); sm80 the same call
-            forced onto the sm80 pair kernels
+  ours      the pair call with the default path (FA_PATH_AUTO: the pair's sm90 kernels without dropout on compute
+            capability 9.0 in a build with sm_90a code, (64, 512)'s in two CTAs of 256 O columns per row block;
+            else the sm80 pair kernels); sm80 the same call forced onto the sm80 pair kernels
   padded    what a caller without the pair does: q, k and v zero-padded to the larger head dim, and past 256 v
             in chunks of 256 columns, one call each ((64, 512): two calls at 256); our call with the default path
             (the sm90 kernels at equal dims) and forced to sm80 (padded_sm80)

@@ -26,7 +26,7 @@ public readonly record struct AttentionShape(int Batch, int SeqLenQ, int SeqLenK
     /// (<c>new AttentionShape(1, 128, 128, 16, 16, 192) { HeadDimV = 128 }</c>); setting 0 means <see cref="HeadDim"/>.
     /// Scores and the default scale use <see cref="HeadDim"/> alone; the output rows have <see cref="HeadDimV"/> columns
     /// and the log-sum-exp keeps its shape and meaning. The GPU forward serves (HeadDim, HeadDimV) = (192, 128) and
-    /// (64, 512) besides equal dims (C ABI 0.10: both on the sm80 kernels, (192, 128) on the sm90 kernels too;
+    /// (64, 512) besides equal dims (C ABI 0.10: both on the sm80 kernels and on the sm90 kernels too;
     /// <see cref="SupportQuery.HeadDimV"/> tells for a build), the backward (192, 128); the float64
     /// reference (<see cref="AttentionReference"/>) takes any.
     /// </summary>

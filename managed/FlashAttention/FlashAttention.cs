@@ -213,10 +213,10 @@ public sealed partial class FlashAttention : IDisposable
     /// k alone; each output row is the weighted sum of headDimV-long value rows (<see cref="AttentionShape.HeadDimV"/>
     /// and <see cref="AttentionReference"/> describe the same maths). Served: (headDim, headDimV) = (192, 128) and
     /// (64, 512), Float16 and BFloat16, on the sm80 kernels with every forward option (causal, window, softcap, ALiBi,
-    /// sinks, dropout, varlen, GQA, log-sum-exp). The sm90 kernels serve (192, 128) on compute capability 9.0 in a build
+    /// sinks, dropout, varlen, GQA, log-sum-exp). The sm90 kernels serve both pairs on compute capability 9.0 in a build
     /// with sm_90a code, every option but dropout; <see cref="KernelPath.Auto"/> takes them there and the sm80 kernels
-    /// elsewhere. Every other pair, <see cref="KernelPath.Sm90"/> where it does not serve ((64, 512), dropout, another
-    /// GPU) and Float8E4M3 throw <see cref="FlashAttentionException"/> with
+    /// elsewhere. Every other pair, <see cref="KernelPath.Sm90"/> where it does not serve (dropout, another GPU, a build
+    /// without sm_90a code) and Float8E4M3 throw <see cref="FlashAttentionException"/> with
     /// <see cref="FlashAttentionStatus.Unsupported"/> and the native library's reason
     /// (<see cref="QuerySupport(SupportQuery)"/> with <see cref="SupportQuery.HeadDimV"/> tells beforehand). The backward
     /// pass serves (192, 128) on the sm80 kernels; decode has no V head dim of its own.

@@ -11,6 +11,7 @@
 #include <climits>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/bwd_prepost.cuh"
@@ -217,17 +218,28 @@ std::string v_name_of(Pass pass, int dt, int pair, uint32_t features) {
 // Whether the backward has the pair's kernels: (192, 128) only, as FlashAttention-3's backward.
 bool v_pair_backward(int pair) { return pair == 0; }
 
-// Whether the sm90 forward has the pair's kernels (in a build with sm_90a code): (192, 128) only, sm90::FwdTraits90
-// with DV = 128 ((64, 512)'s O of 512 columns does not fit a consumer warpgroup's registers).
-bool v_pair_sm90(int pair) { return kHasSm90a && pair == 0; }
+// Whether the sm90 forward has the pair's kernels (in a build with sm_90a code): both pairs, sm90::FwdTraits90 with
+// DV = 128, and DV = 512 in two CTAs of 256 O columns each (its kVChunks).
+bool v_pair_sm90(int pair) { return kHasSm90a && sm90::fwd_v_pair(kVPairs[pair].d, kVPairs[pair].dv); }
+
+// f(std::integral_constant<int, D>, std::integral_constant<int, DV>) for pair's (D, DV).
+static_assert(kVPairCount == 2 && kVPairs[0].d == 192 && kVPairs[1].d == 64, "with_v_pair knows the pairs");
+template <class F>
+auto with_v_pair(int pair, F&& f) {
+    return pair == 0 ? f(std::integral_constant<int, 192>{}, std::integral_constant<int, 128>{})
+                     : f(std::integral_constant<int, 64>{}, std::integral_constant<int, 512>{});
+}
 
 std::string v90_name_of(int dt, int pair, uint32_t features) {
     const VPair v = kVPairs[pair];
     const auto s = [](int x) { return std::to_string(x); };
-    using Tr = sm90::FwdTraits90<192, false, 128>;
+    const std::string tile = with_v_pair(pair, [&](auto d, auto dv) {
+        using Tr = sm90::FwdTraits90<decltype(d)::value, false, decltype(dv)::value>;
+        return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s";
+    });
     return std::string("sm90_fwd_") + dtype_tag(dt) + "_hdim" + s(v.d) + "v" + s(v.dv) +
            ((features & feature::kLocal) ? "_local" : "") + ((features & feature::kSoftcap) ? "_softcap" : "") +
-           ((features & feature::kPaged) ? "_paged" : "") + "_" + s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s";
+           ((features & feature::kPaged) ? "_paged" : "") + "_" + tile;
 }
 
 // Every kernel of the build, and the index of each (pass, path, dtype, head dim, features).
@@ -523,7 +535,11 @@ bool has_v_kernel(Pass pass, Path path, int32_t d, int32_t dv) {
 
 int32_t v_smem_bytes(Pass pass, Path path, int32_t d, int32_t dv) {
     if (!has_v_kernel(pass, path, d, dv)) return 0;
-    if (path == Path::Sm90) return sm90::FwdTraits90<192, false, 128>::kSmemBytes;  // the one sm90 pair
+    if (path == Path::Sm90) {
+        return with_v_pair(v_pair_index(d, dv), [](auto dd, auto ddv) {
+            return static_cast<int32_t>(sm90::FwdTraits90<decltype(dd)::value, false, decltype(ddv)::value>::kSmemBytes);
+        });
+    }
     return smem_bytes(pass, path, d);
 }
 
@@ -542,6 +558,12 @@ int launch_forward(Path path, const FwdParams& params, const LaunchInfo& info, v
         if (path == Path::Sm90 && dt != kE4m3 && pair == 0) {
             err = bf16 ? sm90::run_fwd<__nv_bfloat16, 192, 128>(p, info, s, &features)
                        : sm90::run_fwd<__half, 192, 128>(p, info, s, &features);
+        }
+#endif
+#if defined(FA_HAS_SM90A) && defined(FA_HAS_HDIM64)
+        if (path == Path::Sm90 && dt != kE4m3 && pair == 1) {
+            err = bf16 ? sm90::run_fwd<__nv_bfloat16, 64, 512>(p, info, s, &features)
+                       : sm90::run_fwd<__half, 64, 512>(p, info, s, &features);
         }
 #endif
         if (path == Path::Sm80 && dt != kE4m3) {

@@ -36,7 +36,7 @@ bool has_kernel(Pass pass, Path path, int32_t kernel_d, DType dtype);
 // Whether this build has the sm80 `pass` kernels of head dim d with V head dim dv (dv != d: sm80::fwd_v_pair, compiled
 // with head dim d; the backward's for (192, 128) only).
 bool has_v_kernel(Pass pass, int32_t d, int32_t dv);
-// The same on one path: sm80 as above; sm90 the forward's (192, 128) in a build with sm_90a code (no device check).
+// The same on one path: sm80 as above; sm90 the forward's, both pairs, in a build with sm_90a code (no device check).
 bool has_v_kernel(Pass pass, Path path, int32_t d, int32_t dv);
 // Dynamic shared memory per block of that pair kernel (0 where has_v_kernel says no).
 int32_t v_smem_bytes(Pass pass, Path path, int32_t d, int32_t dv);

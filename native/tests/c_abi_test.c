@@ -1878,7 +1878,7 @@ static void test_query_fp8(void) {
 }
 
 /* A V head dim other than q's (C ABI 0.10): (192, 128) and (64, 512) on the sm80 forward where the build has the head
-   dim, (192, 128) on the sm90 forward too in a build with sm_90a code (AUTO takes it on cc 9.0 there, sm80 elsewhere);
+   dim, and on the sm90 forward too in a build with sm_90a code (AUTO takes it on cc 9.0 there, sm80 elsewhere);
    the backward of (192, 128) on sm80 only; (64, 512)'s backward, other pairs and an out of q's head dim are refused,
    saying why; k of another head dim stays INVALID. The query agrees. */
 /* Whether the build lists an sm80 kernel of `pass` ("fwd" or "bwd") for head dims (d, dv), i.e. compiled head dim d
@@ -2081,19 +2081,20 @@ static void test_v_head_dim_validation(void) {
         q.head_dim_v = dv;
         if (lists_pair_kernel("fwd", d, dv)) {
             CHECK(lists_pair_kernel("bwd", d, dv) == (d == 192), "the backward lists (192, 128)'s kernels only");
-            /* the sm90 forward's pair kernels: (192, 128) in a build with sm_90a code, never (64, 512). (has90a is read
-               here, not inside expect()'s arguments: listing the kernels clears the last error message it checks.) */
+            /* the sm90 forward's pair kernels: both pairs in a build with sm_90a code ((64, 512) in two CTAs of 256
+               output columns). (has90a is read here, not inside expect()'s arguments: listing the kernels clears the
+               last error message it checks.) */
             const int has90a = build_has_sm90a();
-            const int sm90_pair = has90a && d == 192;
+            const int sm90_pair = has90a;
             CHECK(lists_pair_kernel_on("sm90_", "fwd", d, dv) == sm90_pair,
-                  "the sm90 forward lists (%d, %d)'s kernels exactly in a build with sm_90a code, (192, 128) only", d, dv);
+                  "the sm90 forward lists (%d, %d)'s kernels exactly in a build with sm_90a code", d, dv);
             CHECK(!lists_pair_kernel_on("sm90_", "bwd", d, dv), "the sm90 backward lists no pair kernel");
             expect("v head dim pair (forward)", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
             expect("v head dim pair at cc 9.0", fa_forward_check(&p, 90), FA_STATUS_SUCCESS, NULL);
             expect("query of the pair", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
             p.kernel_path = FA_PATH_SM90;
             expect("v head dim pair on FA_PATH_SM90", fa_forward_check(&p, 90), sm90_pair ? FA_STATUS_SUCCESS : FA_STATUS_UNSUPPORTED,
-                   sm90_pair ? NULL : d == 64 && has90a ? "(192, 128) only" : "FA_PATH_SM90");
+                   sm90_pair ? NULL : "FA_PATH_SM90");
             expect("v head dim pair on FA_PATH_SM90 at cc 8.0", fa_forward_check(&p, 80), FA_STATUS_UNSUPPORTED, "FA_PATH_SM90");
             q.kernel_path = FA_PATH_SM90;
             expect("query of the pair on FA_PATH_SM90", fa_query_support(&q), sm90_pair ? FA_STATUS_SUCCESS : FA_STATUS_UNSUPPORTED,
@@ -2351,6 +2352,7 @@ static double to_double(int dtype, uint16_t x) {
 /* What the reference needs of a call besides the data: the header's semantics, written out. */
 typedef struct ref_problem {
     int dtype, d, hq, hkv;
+    int dv;                        /* v's and out's head dim (d, or a V head dim pair's) */
     int causal, alignment;
     int window_left, window_right; /* -1: unbounded on that side */
     double scale;                  /* the softmax scale (0 already replaced by 1/sqrt(d)) */
@@ -2358,7 +2360,7 @@ typedef struct ref_problem {
 } ref_problem;
 
 /* One query row i (head h) of a sequence with sq queries and sk keys, in double:
-   out[0..d) = softmax(s) v over the visible keys, where s_j = scale * q.k_j, or, with softcap,
+   out[0..dv) = softmax(s) v over the visible keys (q.k over d columns), where s_j = scale * q.k_j, or, with softcap,
    softcap * tanh(scale * q.k_j / softcap); key j is visible iff 0 <= j < sk and
    i + off - window_left <= j <= i + off + right, off = sk - sq (bottom-right) or 0 (top-left),
    right = window_right, capped at 0 when causal (0 when causal without a right window); a -1 side is
@@ -2380,7 +2382,7 @@ static double reference_row(const ref_problem* r, int i, int sq, int sk, const u
     if (r->window_left >= 0 && i + off - r->window_left > lo) {
         lo = i + off - r->window_left;
     }
-    for (e = 0; e < r->d; ++e) {
+    for (e = 0; e < r->dv; ++e) {
         out[e] = 0.0;
     }
     if (hi < lo) {
@@ -2405,11 +2407,11 @@ static double reference_row(const ref_problem* r, int i, int sq, int sk, const u
         const uint16_t* vj = v_row + j * v_stride;
         const double w = exp(scores[j] - m);
         sum += w;
-        for (e = 0; e < r->d; ++e) {
+        for (e = 0; e < r->dv; ++e) {
             out[e] += w * to_double(r->dtype, vj[e]);
         }
     }
-    for (e = 0; e < r->d; ++e) {
+    for (e = 0; e < r->dv; ++e) {
         out[e] /= sum;
     }
     return m + log(sum);
@@ -2421,6 +2423,7 @@ static ref_problem make_problem(int dtype, int d, int hq, int hkv, int causal, i
     ref_problem r;
     r.dtype = dtype;
     r.d = d;
+    r.dv = d; /* callers of a V head dim pair set theirs */
     r.hq = hq;
     r.hkv = hkv;
     r.causal = causal;
@@ -2432,16 +2435,23 @@ static ref_problem make_problem(int dtype, int d, int hq, int hkv, int causal, i
     return r;
 }
 
-static ref_problem problem_of(const fwd_case* c) {
-    return make_problem(c->dtype, c->d, c->hq, c->hkv, c->causal, c->alignment, c->window, c->window_left,
-                        c->window_right, c->scale, c->softcap);
+/* v's and out's head dim of a case: d, or dv where a V head dim pair gives one (dv 0: d). */
+static int v_dim(int d, int dv) {
+    return dv > 0 ? dv : d;
 }
 
-/* out[b, i, h, :] and lse[b, h, i] of a fixed-length call, in double. */
-static void reference_forward(const fwd_case* c, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+static ref_problem problem_of(const fwd_case* c, int dv) {
+    ref_problem r = make_problem(c->dtype, c->d, c->hq, c->hkv, c->causal, c->alignment, c->window, c->window_left,
+                                 c->window_right, c->scale, c->softcap);
+    r.dv = v_dim(c->d, dv);
+    return r;
+}
+
+/* out[b, i, h, :] (v_dim(d, dv) values) and lse[b, h, i] of a fixed-length call, in double. */
+static void reference_forward(const fwd_case* c, int dv, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                               const fa_tensor_t* tq, const fa_tensor_t* tk, const fa_tensor_t* tv, double* out,
                               double* lse) {
-    const ref_problem r = problem_of(c);
+    const ref_problem r = problem_of(c, dv);
     const int group = c->hq / c->hkv;
     double* scores = (double*)malloc(sizeof(double) * (size_t)(c->sk > 0 ? c->sk : 1));
     int b, h, i;
@@ -2457,7 +2467,7 @@ static void reference_forward(const fwd_case* c, const uint16_t* q, const uint16
                 lse[((size_t)b * c->hq + h) * c->sq + i] = reference_row(
                     &r, i, c->sq, c->sk, qi, k + b * tk->strides[0] + kh * tk->strides[2], tk->strides[1],
                     v + b * tv->strides[0] + kh * tv->strides[2], tv->strides[1],
-                    out + (((size_t)b * c->sq + i) * c->hq + h) * c->d, scores);
+                    out + (((size_t)b * c->sq + i) * c->hq + h) * r.dv, scores);
             }
         }
     }
@@ -2503,18 +2513,23 @@ static void set_features(fa_forward_params_t* p, int causal, int alignment, int 
     p->softcap = softcap;
 }
 
-/* Device memory of one call's q, k, v, out and lse, and the bytes of each (k and v: kv_bytes each).
-   Start from all zeros: free_io accepts buffers never allocated. */
+/* Device memory of one call's q, k, v, out and lse, and the bytes of each (k and v: kv_bytes each, but v_bytes for
+   v where not 0: a V head dim of its own). Start from all zeros: free_io accepts buffers never allocated. */
 typedef struct device_io {
     void *q, *k, *v, *out, *lse;
     size_t q_bytes, kv_bytes, out_bytes, lse_bytes;
+    size_t v_bytes;
 } device_io;
+
+static size_t v_bytes_of(const device_io* io) {
+    return io->v_bytes != 0 ? io->v_bytes : io->kv_bytes;
+}
 
 /* Allocates the five buffers on device 0; returns 0 as soon as one allocation fails (reported). */
 static int alloc_io(device_io* io) {
     return expect("alloc q", fa_memory_alloc(0, io->q_bytes, &io->q), FA_STATUS_SUCCESS, NULL) &&
            expect("alloc k", fa_memory_alloc(0, io->kv_bytes, &io->k), FA_STATUS_SUCCESS, NULL) &&
-           expect("alloc v", fa_memory_alloc(0, io->kv_bytes, &io->v), FA_STATUS_SUCCESS, NULL) &&
+           expect("alloc v", fa_memory_alloc(0, v_bytes_of(io), &io->v), FA_STATUS_SUCCESS, NULL) &&
            expect("alloc out", fa_memory_alloc(0, io->out_bytes, &io->out), FA_STATUS_SUCCESS, NULL) &&
            expect("alloc lse", fa_memory_alloc(0, io->lse_bytes, &io->lse), FA_STATUS_SUCCESS, NULL);
 }
@@ -2536,7 +2551,7 @@ static void upload_inputs(const char* prefix, const device_io* io, const uint16_
     sprintf(label, "%scopy k", prefix);
     expect(label, fa_memcpy(io->k, hk, io->kv_bytes), FA_STATUS_SUCCESS, NULL);
     sprintf(label, "%scopy v", prefix);
-    expect(label, fa_memcpy(io->v, hv, io->kv_bytes), FA_STATUS_SUCCESS, NULL);
+    expect(label, fa_memcpy(io->v, hv, v_bytes_of(io)), FA_STATUS_SUCCESS, NULL);
 }
 
 /* Poison: 0xFFFF is a NaN in fp16 and in bf16, 0xFFFFFFFF in fp32. */
@@ -2619,10 +2634,11 @@ static int forward_kernel_dim(const char* family, int dtype, int d) {
 }
 
 /* After a served fa_forward: its FA_LOG_DEBUG line ("fa_forward: <kernel> for ...", the last message) names a kernel
-   of the path's family with the call's dtype and the kernel head dim that serves d. */
-static void check_forward_kernel(const char* label, const log_record* log, int path, int dtype, int d) {
+   of the path's family with the call's dtype and the kernel head dim that serves d; with a V head dim pair (dv not 0),
+   that pair's kernel (..._hdim<d>v<dv>_...), which the path's family has for both pairs. */
+static void check_forward_kernel_v(const char* label, const log_record* log, int path, int dtype, int d, int dv) {
     const char* family = forward_family(path);
-    const int kd = forward_kernel_dim(family, dtype, d);
+    const int kd = dv > 0 ? d : forward_kernel_dim(family, dtype, d);
     char kernel[160], hdim[24];
     size_t n = 0;
     if (strncmp(log->last, "fa_forward: ", 12) == 0) {
@@ -2633,12 +2649,20 @@ static void check_forward_kernel(const char* label, const log_record* log, int p
         }
     }
     kernel[n] = '\0';
-    sprintf(hdim, "_hdim%d_", kd);
+    if (dv > 0) {
+        sprintf(hdim, "_hdim%dv%d_", d, dv);
+    } else {
+        sprintf(hdim, "_hdim%d_", kd);
+    }
     CHECK(kd > 0, "%s: the library lists no %s%s kernel for head dim %d or larger", label, family, dtype_tag(dtype) + 1, d);
     CHECK(kd > 0 && strncmp(kernel, family, strlen(family)) == 0 && strstr(kernel, dtype_tag(dtype)) != NULL &&
               strstr(kernel, hdim) != NULL,
-          "%s: path %s (cc %d, sm_90a code %s) must run a %s kernel %s hdim%d; the log says \"%s\"", label,
-          path_name(path), g_device_cc, g_has_sm90a ? "yes" : "no", family, dtype_tag(dtype) + 1, kd, log->last);
+          "%s: path %s (cc %d, sm_90a code %s) must run a %s kernel %s%s; the log says \"%s\"", label,
+          path_name(path), g_device_cc, g_has_sm90a ? "yes" : "no", family, dtype_tag(dtype) + 1, hdim + 1, log->last);
+}
+
+static void check_forward_kernel(const char* label, const log_record* log, int path, int dtype, int d) {
+    check_forward_kernel_v(label, log, path, dtype, d, 0);
 }
 
 /* A refusal of FA_PATH_SM90 is the contract's: UNSUPPORTED naming the path, and 90a on a cc 9.0 GPU (whose build
@@ -2685,10 +2709,13 @@ static int forward_or_refusal(const char* label, fa_context_t context, void* str
     return expect(label, fa_forward(context, p, stream), FA_STATUS_SUCCESS, NULL);
 }
 
-static int run_forward_case(fa_context_t context, void* stream, const fwd_case* c, int path, log_record* log) {
+/* dv: v's and out's head dim where a V head dim pair (C ABI 0.10) gives one, else 0. */
+static int run_forward_case_v(fa_context_t context, void* stream, const fwd_case* c, int dv_pair, int path,
+                              log_record* log) {
+    const int dv = v_dim(c->d, dv_pair);
     fa_forward_params_t p;
     fa_tensor_t tq, tk, tv, to;
-    int64_t nq, nk, no, nl;
+    int64_t nq, nk, nv, no, nl;
     uint16_t *hq = NULL, *hk = NULL, *hv = NULL, *ho = NULL;
     float* hl = NULL;
     double *ref = NULL, *ref_lse = NULL;
@@ -2704,24 +2731,28 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
             c->dtype == FA_DTYPE_BFLOAT16 ? "bf16" : "fp16", c->b, c->sq, c->sk, c->hq, c->hkv, c->d, c->causal,
             c->alignment == FA_CAUSAL_TOP_LEFT ? "(top-left)" : "", c->row_pad);
     append_features(label, c->window, c->window_left, c->window_right, c->softcap);
+    if (dv_pair > 0) {
+        sprintf(label + strlen(label), " dv=%d", dv);
+    }
     if (path != FA_PATH_AUTO) {
         sprintf(label + strlen(label), " path=%s", path_name(path));
     }
 
     set_tensor4(&tq, NULL, c->dtype, c->b, c->sq, c->hq, c->d, c->row_pad);
     set_tensor4(&tk, NULL, c->dtype, c->b, c->sk, c->hkv, c->d, c->row_pad);
-    set_tensor4(&tv, NULL, c->dtype, c->b, c->sk, c->hkv, c->d, c->row_pad);
-    set_tensor4(&to, NULL, c->dtype, c->b, c->sq, c->hq, c->d, c->row_pad);
+    set_tensor4(&tv, NULL, c->dtype, c->b, c->sk, c->hkv, dv, c->row_pad);
+    set_tensor4(&to, NULL, c->dtype, c->b, c->sq, c->hq, dv, c->row_pad);
     nq = tq.shape[0] * tq.strides[0];
     nk = tk.shape[0] * tk.strides[0];
+    nv = tv.shape[0] * tv.strides[0];
     no = to.shape[0] * to.strides[0];
     nl = (int64_t)c->b * c->hq * c->sq;
     hq = (uint16_t*)malloc((size_t)nq * 2);
     hk = (uint16_t*)malloc((size_t)nk * 2);
-    hv = (uint16_t*)malloc((size_t)nk * 2);
+    hv = (uint16_t*)malloc((size_t)nv * 2);
     ho = (uint16_t*)malloc((size_t)no * 2);
     hl = (float*)malloc((size_t)nl * sizeof(float));
-    ref = (double*)malloc(sizeof(double) * (size_t)c->b * c->sq * c->hq * c->d);
+    ref = (double*)malloc(sizeof(double) * (size_t)c->b * c->sq * c->hq * dv);
     ref_lse = (double*)malloc(sizeof(double) * (size_t)nl);
     if (!hq || !hk || !hv || !ho || !hl || !ref || !ref_lse) {
         CHECK(0, "%s: host allocation failed", label);
@@ -2729,10 +2760,11 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
     }
     fill_random(hq, nq, c->dtype); /* the padding gets random values too; the kernel must ignore them */
     fill_random(hk, nk, c->dtype);
-    fill_random(hv, nk, c->dtype);
+    fill_random(hv, nv, c->dtype);
 
     io.q_bytes = (size_t)nq * 2;
     io.kv_bytes = (size_t)nk * 2;
+    io.v_bytes = (size_t)nv * 2;
     io.out_bytes = (size_t)no * 2;
     io.lse_bytes = (size_t)nl * 4;
     if (!alloc_io(&io)) {
@@ -2759,18 +2791,18 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
     if (log->debug_calls >= 1) {
         printf("  log %s\n", log->last);
     }
-    check_forward_kernel(label, log, path, c->dtype, c->d);
+    check_forward_kernel_v(label, log, path, c->dtype, c->d, dv_pair);
     expect("stream synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
     download_outputs("", &io, ho, hl);
 
-    reference_forward(c, hq, hk, hv, &tq, &tk, &tv, ref, ref_lse);
+    reference_forward(c, dv_pair, hq, hk, hv, &tq, &tk, &tv, ref, ref_lse);
     for (b = 0; b < c->b; ++b) {
         for (i = 0; i < c->sq; ++i) {
             for (h = 0; h < c->hq; ++h) {
-                for (e = 0; e < c->d; ++e) {
+                for (e = 0; e < dv; ++e) {
                     const double got =
                         to_double(c->dtype, ho[b * to.strides[0] + i * to.strides[1] + h * to.strides[2] + e]);
-                    const double want = ref[(((size_t)b * c->sq + i) * c->hq + h) * c->d + e];
+                    const double want = ref[(((size_t)b * c->sq + i) * c->hq + h) * dv + e];
                     if (got != got) {
                         ++nan_count;
                     } else {
@@ -2783,7 +2815,7 @@ static int run_forward_case(fa_context_t context, void* stream, const fwd_case* 
     }
     /* Padding after each row of out must still hold the poison: nothing is written outside out. */
     for (x = 0; x < no; ++x) {
-        if (x % to.strides[1] >= (int64_t)c->hq * c->d && ho[x] != 0xFFFFu) {
+        if (x % to.strides[1] >= (int64_t)c->hq * dv && ho[x] != 0xFFFFu) {
             ++poison_overwritten;
         }
     }
@@ -2814,6 +2846,10 @@ done:
     free(ref);
     free(ref_lse);
     return g_failed == failures_before;
+}
+
+static int run_forward_case(fa_context_t context, void* stream, const fwd_case* c, int path, log_record* log) {
+    return run_forward_case_v(context, stream, c, 0, path, log);
 }
 
 /* Compares rows x hq output rows of d values with the float64 reference: row (r, h) of the result
@@ -2900,6 +2936,7 @@ typedef struct varlen_case {
    KV head kh at k + (cu_k[n] + j) * k_row + kh * k_head (values likewise). */
 typedef struct varlen_view {
     int batch, hq, hkv, d;
+    int dv;                      /* v's and out's head dim */
     const int32_t *cu_q, *cu_k;
     const int *len_q, *len_k;
     const uint16_t *q, *k, *v;
@@ -2916,7 +2953,7 @@ static void check_varlen_outputs(const char* label, const ref_problem* rp, const
     double *ref, *ref_lse, *scores;
     int64_t *out_off, *lse_off;
     for (n = 0; n < w->batch; ++n) max_k = w->len_k[n] > max_k ? w->len_k[n] : max_k;
-    ref = (double*)malloc(sizeof(double) * (size_t)(total_q * w->hq * w->d + 1));
+    ref = (double*)malloc(sizeof(double) * (size_t)(total_q * w->hq * w->dv + 1));
     ref_lse = (double*)malloc(sizeof(double) * (size_t)(total_q * w->hq + 1));
     out_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)(total_q * w->hq + 1));
     lse_off = (int64_t*)malloc(sizeof(int64_t) * (size_t)(total_q * w->hq + 1));
@@ -2935,11 +2972,11 @@ static void check_varlen_outputs(const char* label, const ref_problem* rp, const
                     ref_lse[slot] = reference_row(
                         rp, i, w->len_q[n], w->len_k[n], w->q + r * w->tq->strides[0] + h * w->tq->strides[1],
                         w->k + w->cu_k[n] * w->k_row + kh * w->k_head, w->k_row, w->v + w->cu_k[n] * w->v_row + kh * w->v_head,
-                        w->v_row, ref + slot * w->d, scores);
+                        w->v_row, ref + slot * w->dv, scores);
                 }
             }
         }
-        compare_outputs(label, rp->dtype, w->d, total_q, w->hq, ho, n_out, out_off, ref, hl, n_lse, lse_off, ref_lse);
+        compare_outputs(label, rp->dtype, w->dv, total_q, w->hq, ho, n_out, out_off, ref, hl, n_lse, lse_off, ref_lse);
     }
     free(ref);
     free(ref_lse);
@@ -2948,12 +2985,15 @@ static void check_varlen_outputs(const char* label, const ref_problem* rp, const
     free(scores);
 }
 
-static void run_varlen_case(fa_context_t context, void* stream, const varlen_case* c, int path, log_record* log) {
+/* dv_pair: v's and out's head dim where a V head dim pair (C ABI 0.10) gives one, else 0. */
+static void run_varlen_case_v(fa_context_t context, void* stream, const varlen_case* c, int dv_pair, int path,
+                              log_record* log) {
     enum { TAIL_ROWS = 2, LSE_PAD = 3 };
+    const int dv = v_dim(c->d, dv_pair);
     fa_forward_params_t p;
     int32_t cu_q[5], cu_k[5];
     int max_q = 0, max_k = 0, n;
-    int64_t total_q, total_k, n_q, n_k, n_out, n_lse, lse_stride;
+    int64_t total_q, total_k, n_q, n_k, n_v, n_out, n_lse, lse_stride;
     uint16_t *hq = NULL, *hk = NULL, *hv = NULL, *ho = NULL;
     float* hl = NULL;
     device_io io;
@@ -2979,22 +3019,26 @@ static void run_varlen_case(fa_context_t context, void* stream, const varlen_cas
             c->alignment == FA_CAUSAL_TOP_LEFT ? "(top-left)" : "");
     append_features(label, c->window, c->window_left, c->window_right, c->softcap);
     sprintf(label + strlen(label), "%s pad=%d", c->host_copies ? " host-cu" : "", c->row_pad);
+    if (dv_pair > 0) {
+        sprintf(label + strlen(label), " dv=%d", dv);
+    }
     if (path != FA_PATH_AUTO) {
         sprintf(label + strlen(label), " path=%s", path_name(path));
     }
 
     set_tensor3(&tq, NULL, c->dtype, total_q, c->hq, c->d, c->row_pad);
     set_tensor3(&tk, NULL, c->dtype, total_k, c->hkv, c->d, c->row_pad);
-    set_tensor3(&tv, NULL, c->dtype, total_k, c->hkv, c->d, c->row_pad);
-    set_tensor3(&to, NULL, c->dtype, total_q, c->hq, c->d, c->row_pad);
+    set_tensor3(&tv, NULL, c->dtype, total_k, c->hkv, dv, c->row_pad);
+    set_tensor3(&to, NULL, c->dtype, total_q, c->hq, dv, c->row_pad);
     n_q = total_q * tq.strides[0];
     n_k = total_k * tk.strides[0];
+    n_v = total_k * tv.strides[0];
     n_out = (total_q + TAIL_ROWS) * to.strides[0]; /* rows past total_q stay poisoned */
     lse_stride = total_q + LSE_PAD;
     n_lse = c->hq * lse_stride;
     hq = (uint16_t*)malloc((size_t)n_q * 2);
     hk = (uint16_t*)malloc((size_t)n_k * 2);
-    hv = (uint16_t*)malloc((size_t)n_k * 2);
+    hv = (uint16_t*)malloc((size_t)n_v * 2);
     ho = (uint16_t*)malloc((size_t)n_out * 2);
     hl = (float*)malloc((size_t)n_lse * sizeof(float));
     if (!hq || !hk || !hv || !ho || !hl) {
@@ -3003,9 +3047,10 @@ static void run_varlen_case(fa_context_t context, void* stream, const varlen_cas
     }
     fill_random(hq, n_q, c->dtype);
     fill_random(hk, n_k, c->dtype);
-    fill_random(hv, n_k, c->dtype);
+    fill_random(hv, n_v, c->dtype);
     io.q_bytes = (size_t)n_q * 2;
     io.kv_bytes = (size_t)n_k * 2;
+    io.v_bytes = (size_t)n_v * 2;
     io.out_bytes = (size_t)n_out * 2;
     io.lse_bytes = (size_t)n_lse * 4;
     if (!alloc_io(&io) ||
@@ -3036,13 +3081,14 @@ static void run_varlen_case(fa_context_t context, void* stream, const varlen_cas
     if (!forward_or_refusal(label, context, stream, &p, path, &io, ho, hl, log)) {
         goto done;
     }
-    check_forward_kernel(label, log, path, c->dtype, c->d);
+    check_forward_kernel_v(label, log, path, c->dtype, c->d, dv_pair);
     expect("stream synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
     download_outputs("", &io, ho, hl);
 
     rp = make_problem(c->dtype, c->d, c->hq, c->hkv, c->causal, c->alignment, c->window, c->window_left,
                       c->window_right, 0.0f, c->softcap); /* varlen cases use the default scale */
-    view = (varlen_view){c->batch, c->hq, c->hkv, c->d, cu_q, cu_k, c->len_q, c->len_k, hq, hk, hv, &tq, &to,
+    rp.dv = dv;
+    view = (varlen_view){c->batch, c->hq, c->hkv, c->d, dv, cu_q, cu_k, c->len_q, c->len_k, hq, hk, hv, &tq, &to,
                          tk.strides[0], tk.strides[1], tv.strides[0], tv.strides[1], lse_stride};
     check_varlen_outputs(label, &rp, &view, ho, n_out, hl, n_lse);
 
@@ -3055,6 +3101,10 @@ done:
     free(hv);
     free(ho);
     free(hl);
+}
+
+static void run_varlen_case(fa_context_t context, void* stream, const varlen_case* c, int path, log_record* log) {
+    run_varlen_case_v(context, stream, c, 0, path, log);
 }
 
 /* ---- GPU: paged K/V in the variable-length forward (C ABI 0.11) ------------------------------------------------ */
@@ -3078,12 +3128,15 @@ typedef struct paged_case {
    against the float64 reference over the keys as a contiguous sequence (every element of out and lse, poison kept
    around them), then fa_context_check must find no device flag. With bad_block the call must still succeed and the
    context must then report block_table. */
-static void run_paged_case(fa_context_t context, void* stream, const paged_case* c, int path, log_record* log) {
+/* dv_pair: v's and out's head dim where a V head dim pair (C ABI 0.10) gives one, else 0. */
+static void run_paged_case_v(fa_context_t context, void* stream, const paged_case* c, int dv_pair, int path,
+                             log_record* log) {
     enum { SPARE_BLOCKS = 3, TAIL_ROWS = 2 };
+    const int dv = v_dim(c->d, dv_pair);
     fa_forward_params_t p;
     int32_t cu_q[5], cu_k[5], first_block[5];
     int max_q = 0, max_k = 0, max_blocks = 1, num_blocks = SPARE_BLOCKS, n, i, j;
-    int64_t total_q, total_k, n_q, n_k, n_pool, n_out, n_lse, row_elems;
+    int64_t total_q, total_k, n_q, n_k, n_v, n_pool, n_pool_v, n_out, n_lse, row_elems, row_elems_v;
     uint16_t *hq = NULL, *hk = NULL, *hv = NULL, *ho = NULL, *pk = NULL, *pv = NULL;
     int32_t *table = NULL, *perm = NULL;
     float* hl = NULL;
@@ -3114,21 +3167,25 @@ static void run_paged_case(fa_context_t context, void* stream, const paged_case*
             c->alignment == FA_CAUSAL_TOP_LEFT ? "(top-left)" : "", c->bad_block ? " bad-block" : "");
     append_features(label, c->window, c->window_left, c->window_right, c->softcap);
     if (c->host_copies) strcat(label, " host-cu");
+    if (dv_pair > 0) sprintf(label + strlen(label), " dv=%d", dv);
     if (path != FA_PATH_AUTO) sprintf(label + strlen(label), " path=%s", path_name(path));
 
     set_tensor3(&tq, NULL, c->dtype, total_q, c->hq, c->d, 0);
-    set_tensor3(&to, NULL, c->dtype, total_q, c->hq, c->d, 0);
+    set_tensor3(&to, NULL, c->dtype, total_q, c->hq, dv, 0);
     row_elems = (int64_t)c->hkv * c->d;
+    row_elems_v = (int64_t)c->hkv * dv;
     n_q = total_q * tq.strides[0];
     n_k = total_k * row_elems; /* the keys as contiguous sequences: the reference's view */
+    n_v = total_k * row_elems_v;
     n_pool = (int64_t)num_blocks * c->block_size * row_elems;
+    n_pool_v = (int64_t)num_blocks * c->block_size * row_elems_v;
     n_out = (total_q + TAIL_ROWS) * to.strides[0];
     n_lse = c->hq * total_q;
     hq = (uint16_t*)malloc((size_t)(n_q > 0 ? n_q : 1) * 2);
     hk = (uint16_t*)malloc((size_t)(n_k > 0 ? n_k : 1) * 2);
-    hv = (uint16_t*)malloc((size_t)(n_k > 0 ? n_k : 1) * 2);
+    hv = (uint16_t*)malloc((size_t)(n_v > 0 ? n_v : 1) * 2);
     pk = (uint16_t*)malloc((size_t)n_pool * 2);
-    pv = (uint16_t*)malloc((size_t)n_pool * 2);
+    pv = (uint16_t*)malloc((size_t)n_pool_v * 2);
     ho = (uint16_t*)malloc((size_t)n_out * 2);
     hl = (float*)malloc((size_t)(n_lse > 0 ? n_lse : 1) * sizeof(float));
     table = (int32_t*)malloc(sizeof(int32_t) * (size_t)(c->batch * max_blocks));
@@ -3139,7 +3196,7 @@ static void run_paged_case(fa_context_t context, void* stream, const paged_case*
     }
     fill_random(hq, n_q, c->dtype);
     fill_random(hk, n_k, c->dtype);
-    fill_random(hv, n_k, c->dtype);
+    fill_random(hv, n_v, c->dtype);
     /* A random permutation of the pool's blocks; sequence n takes perm[first_block[n] ..], the rest stay spare. */
     for (j = 0; j < num_blocks; ++j) perm[j] = j;
     for (j = num_blocks - 1; j > 0; --j) {
@@ -3149,16 +3206,16 @@ static void run_paged_case(fa_context_t context, void* stream, const paged_case*
         perm[o] = t;
     }
     memset(pk, 0xFF, (size_t)n_pool * 2); /* NaN in fp16 and bf16 */
-    memset(pv, 0xFF, (size_t)n_pool * 2);
+    memset(pv, 0xFF, (size_t)n_pool_v * 2);
     for (n = 0; n < c->batch; ++n) {
         for (j = 0; j < max_blocks; ++j) table[n * max_blocks + j] = INT32_MAX;
         for (i = 0; i < c->len_k[n]; ++i) {
             const int page = i / c->block_size;
             const int32_t block = perm[first_block[n] + page];
-            const int64_t at = ((int64_t)block * c->block_size + i % c->block_size) * row_elems;
+            const int64_t slot = (int64_t)block * c->block_size + i % c->block_size;
             table[n * max_blocks + page] = block;
-            memcpy(pk + at, hk + (cu_k[n] + i) * row_elems, (size_t)row_elems * 2);
-            memcpy(pv + at, hv + (cu_k[n] + i) * row_elems, (size_t)row_elems * 2);
+            memcpy(pk + slot * row_elems, hk + (cu_k[n] + i) * row_elems, (size_t)row_elems * 2);
+            memcpy(pv + slot * row_elems_v, hv + (cu_k[n] + i) * row_elems_v, (size_t)row_elems_v * 2);
         }
     }
     if (c->bad_block) {
@@ -3168,6 +3225,7 @@ static void run_paged_case(fa_context_t context, void* stream, const paged_case*
     }
     io.q_bytes = (size_t)(n_q > 0 ? n_q : 1) * 2;
     io.kv_bytes = (size_t)n_pool * 2;
+    io.v_bytes = (size_t)n_pool_v * 2;
     io.out_bytes = (size_t)n_out * 2;
     io.lse_bytes = (size_t)(n_lse > 0 ? n_lse : 1) * 4;
     if (!alloc_io(&io) ||
@@ -3191,7 +3249,7 @@ static void run_paged_case(fa_context_t context, void* stream, const paged_case*
     p.out = to;
     p.out.data = io.out;
     set_tensor4(&p.k, io.k, c->dtype, num_blocks, c->block_size, c->hkv, c->d, 0);
-    set_tensor4(&p.v, io.v, c->dtype, num_blocks, c->block_size, c->hkv, c->d, 0);
+    set_tensor4(&p.v, io.v, c->dtype, num_blocks, c->block_size, c->hkv, dv, 0);
     set_block_table(&p.block_table, dtable, c->batch, max_blocks);
     set_tensor2_f32(&p.lse, io.lse, c->hq, total_q);
     p.cu_seqlens_q = (const int32_t*)dcu_q;
@@ -3208,7 +3266,7 @@ static void run_paged_case(fa_context_t context, void* stream, const paged_case*
     if (!forward_or_refusal(label, context, stream, &p, path, &io, ho, hl, log)) {
         goto done;
     }
-    check_forward_kernel(label, log, path, c->dtype, c->d);
+    check_forward_kernel_v(label, log, path, c->dtype, c->d, dv_pair);
     CHECK(strstr(log->last, "_paged_") != NULL, "%s: a paged call must run a paged kernel; the log says \"%s\"", label,
           log->last);
     expect("stream synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
@@ -3231,9 +3289,10 @@ static void run_paged_case(fa_context_t context, void* stream, const paged_case*
 
     rp = make_problem(c->dtype, c->d, c->hq, c->hkv, c->causal, c->alignment, c->window, c->window_left,
                       c->window_right, 0.0f, c->softcap);
+    rp.dv = dv;
     /* the reference reads the keys as contiguous sequences (hk, hv), from which the pool was filled */
-    view = (varlen_view){c->batch, c->hq, c->hkv, c->d, cu_q, cu_k, c->len_q, c->len_k, hq, hk, hv, &tq, &to,
-                         row_elems, c->d, row_elems, c->d, total_q};
+    view = (varlen_view){c->batch, c->hq, c->hkv, c->d, dv, cu_q, cu_k, c->len_q, c->len_k, hq, hk, hv, &tq, &to,
+                         row_elems, c->d, row_elems_v, dv, total_q};
     check_varlen_outputs(label, &rp, &view, ho, n_out, hl, n_lse);
 
 done:
@@ -3250,6 +3309,10 @@ done:
     free(hl);
     free(table);
     free(perm);
+}
+
+static void run_paged_case(fa_context_t context, void* stream, const paged_case* c, int path, log_record* log) {
+    run_paged_case_v(context, stream, c, 0, path, log);
 }
 
 /* A variable-length batch with max_seqlen_q = 0 launches nothing and writes nothing. */
@@ -3396,7 +3459,7 @@ static void run_graph_case(fa_context_t context, void* stream, int path, log_rec
         download_outputs("graph: ", &io, ho, hl);
         /* reference_forward writes out as [b, i, h, :] and lse as [b, h, i]; compare_outputs wants the
            lse of row (b, i, h) at index (b * sq + i) * hq + h, so reorder it. */
-        reference_forward(&c, hq, hk, hv, &tq, &tk, &tv, ref, ref_lse);
+        reference_forward(&c, 0, hq, hk, hv, &tq, &tk, &tv, ref, ref_lse);
         lse_by_row = (double*)malloc(sizeof(double) * (size_t)nl);
         if (lse_by_row == NULL) {
             CHECK(0, "graph: host allocation failed");
@@ -3761,6 +3824,62 @@ done:
     free(host_block);
 }
 
+/* FlashAttention-3's V head dim pairs (C ABI 0.10) on each forward path: FA_PATH_SM80 runs the pair's sm80 kernels
+   on every GPU; FA_PATH_SM90 the pair's sm90 kernels ((192, 128) as the square kernels; (64, 512) in two CTAs of 256
+   output columns per row block, chunk 0 writing the lse) on compute capability 9.0 in a build with sm_90a code, and is
+   refused elsewhere; AUTO takes sm90 where it serves. Against the float64 reference over dv columns: both causal
+   alignments with Sq < Sk and Sq > Sk (rows that see no key: zeros, lse +inf), windows (one that slides off the keys),
+   softcap, a custom scale, GQA and MQA, Sq = 1, rows padded, no lse; partial row and key tiles throughout; and, on the
+   named paths (AUTO runs one of theirs), varlen with empty sequences and paged K/V (block sizes 128 and 256, a
+   sequence's last block partly past its end). A pair whose head dim the build lacks is skipped. */
+static void test_v_pair_gpu(fa_context_t context, void* stream, log_record* log) {
+    static const int pairs[2][2] = {{192, 128}, {64, 512}};
+    const int paths[3] = {FA_PATH_AUTO, FA_PATH_SM80, FA_PATH_SM90};
+    const int F16 = FA_DTYPE_FLOAT16, BF16 = FA_DTYPE_BFLOAT16;
+    int pi, i, n;
+    for (pi = 0; pi < 2; ++pi) {
+        const int d = pairs[pi][0], dv = pairs[pi][1];
+        const fwd_case cases[] = {
+            /* b sq  sk  hq hkv d  causal alignment           scale pad lse dtype softcap window left right */
+            {2, 77, 150, 4, 2, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1},
+            {1, 150, 77, 4, 4, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1}, /* rows 0..72 see no key */
+            {1, 77, 150, 8, 1, d, 1, FA_CAUSAL_TOP_LEFT, 0.3f, 8, 1, F16, 0.0f, 0, -1, -1},    /* MQA, padded rows */
+            {2, 150, 77, 4, 2, d, 1, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1},
+            {1, 130, 200, 4, 2, d, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 20.0f, 1, 32, 8}, /* window, softcap */
+            {2, 1, 300, 8, 2, d, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1},    /* one query row */
+            {1, 300, 77, 8, 2, d, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 1, 3, 3},     /* empty rows */
+            {1, 129, 129, 4, 4, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 16, 0, BF16, 0.0f, 0, -1, -1}, /* no lse */
+        };
+        const varlen_case varlen_cases[] = {
+            {4, {17, 0, 1, 200}, {33, 5, 0, 160}, 8, 2, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 8, 1, 0},
+            {4, {1, 0, 130, 64}, {1, 9, 70, 0}, 4, 1, d, 1, FA_CAUSAL_TOP_LEFT, 1, 24, -1, 10.0f, F16, 0, 1, 3},
+        };
+        const paged_case paged_cases[] = {
+            {4, {17, 0, 1, 200}, {300, 5, 1, 290}, 8, 2, d, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 1, 0},
+            {3, {77, 130, 9, 0}, {129, 40, 600, 0}, 4, 1, d, 256, 1, FA_CAUSAL_TOP_LEFT, 1, 48, -1, 10.0f, F16, 0, 0},
+        };
+        if (!lists_pair_kernel("fwd", d, dv)) {
+            printf("  SKIP V head dim pair (%d, %d): this build lacks head dim %d\n", d, dv, d);
+            ++g_skipped;
+            continue;
+        }
+        for (i = 0; i < 3; ++i) {
+            for (n = 0; n < (int)(sizeof(cases) / sizeof(cases[0])); ++n) {
+                run_forward_case_v(context, stream, &cases[n], dv, paths[i], log);
+            }
+            if (paths[i] == FA_PATH_AUTO) {
+                continue; /* AUTO runs what one of the named paths runs: its kernel choice is checked above */
+            }
+            for (n = 0; n < (int)(sizeof(varlen_cases) / sizeof(varlen_cases[0])); ++n) {
+                run_varlen_case_v(context, stream, &varlen_cases[n], dv, paths[i], log);
+            }
+            for (n = 0; n < (int)(sizeof(paged_cases) / sizeof(paged_cases[0])); ++n) {
+                run_paged_case_v(context, stream, &paged_cases[n], dv, paths[i], log);
+            }
+        }
+    }
+}
+
 static void test_gpu(int32_t count) {
     fa_device_properties_t props;
     fa_context_t context = NULL, bad = NULL;
@@ -3943,6 +4062,7 @@ static void test_gpu(int32_t count) {
     for (n = 0; n < (int)(sizeof(paged_cases) / sizeof(paged_cases[0])); ++n) {
         if (head_dim_served(paged_cases[n].d)) run_paged_case(context, stream, &paged_cases[n], FA_PATH_AUTO, &log);
     }
+    test_v_pair_gpu(context, stream, &log);
     /* The same call on the legacy default stream (NULL). */
     run_forward_case(context, NULL, &cases[0], FA_PATH_AUTO, &log);
 

@@ -1,7 +1,8 @@
 // Host-side test of the forward's block order (native/kernels/common/fwd_schedule.h): for many
 // shapes, every (batch, head, row block) is computed by exactly one grid block, groups hold the
 // promised number of (batch, head) pairs, row blocks run heaviest first inside a group, and a group's
-// K/V fits the L2 budget unless a single pair is already larger. Needs no GPU; runs under ctest.
+// K/V fits the L2 budget unless a single pair is already larger; the column-chunked order (chunk_coord)
+// gives every (row block, chunk) one tile, a row block's chunks adjacent. Needs no GPU; runs under ctest.
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -62,6 +63,33 @@ void run_case(int b, int hq, int sq, int sk, int d, int block_m, int l2) {
     for (const int n : seen) once = once && n == 1;
     check(once, "every (batch, head, row block) exactly once", p, l2);
     check(ordered, "groups in order, row blocks heaviest first", p, l2);
+
+    // Column chunks (the sm90 forward of (64, 512): 2 tiles per row block): chunk_coord<2> walks the same order with
+    // each row block twice in a row, chunk 0 then 1, so every (row block, chunk) comes exactly once; chunk_coord<1>
+    // is block_coord.
+    std::vector<int> seen2(2 * seen.size(), 0);
+    bool same1 = true, adjacent = true, in_range2 = true;
+    for (unsigned linear = 0; linear < 2 * blocks; ++linear) {
+        const fa::ChunkCoord cc = fa::chunk_coord<2>(p, static_cast<int>(linear));
+        const fa::BlockCoord c = fa::block_coord(p, static_cast<int>(linear / 2));
+        adjacent = adjacent && cc.chunk == static_cast<int>(linear % 2) && cc.c.b == c.b && cc.c.h == c.h &&
+                   cc.c.m_block == c.m_block;
+        if (cc.c.b < 0 || cc.c.b >= b || cc.c.h < 0 || cc.c.h >= hq || cc.c.m_block < 0 || cc.c.m_block >= m_blocks) {
+            in_range2 = false;
+            continue;
+        }
+        ++seen2[((static_cast<size_t>(cc.c.b) * hq + cc.c.h) * m_blocks + cc.c.m_block) * 2 + cc.chunk];
+        if (linear < blocks) {
+            const fa::ChunkCoord one = fa::chunk_coord<1>(p, static_cast<int>(linear));
+            const fa::BlockCoord ref = fa::block_coord(p, static_cast<int>(linear));
+            same1 = same1 && one.chunk == 0 && one.c.b == ref.b && one.c.h == ref.h && one.c.m_block == ref.m_block;
+        }
+    }
+    bool once2 = in_range2;
+    for (const int n : seen2) once2 = once2 && n == 1;
+    check(once2, "chunk_coord<2>: every (batch, head, row block, chunk) exactly once", p, l2);
+    check(adjacent, "chunk_coord<2>: a row block's two chunks adjacent, in block_coord's order", p, l2);
+    check(same1, "chunk_coord<1> is block_coord", p, l2);
 }
 
 }  // namespace

@@ -42,9 +42,9 @@ V_BODY = ("namespace sm80 {{\ntemplate int run_fwd_v<{ctype}, {d}, {dv}>(const F
 V_BWD_PAIRS = ((192, 128),)
 V_BWD_BODY = ("template int run_bwd_main<sm80::BwdFamily<{ctype}, {d}, {dv}>>(const BwdParams&, const LaunchInfo&, "
               "cudaStream_t, uint32_t*);")
-# ... and the sm90 forward's ((192, 128): (64, 512)'s O does not fit its registers), in fwd_hdim<D>_v<DV>_<dtype>_sm90.cu,
-# built with the head dim D where FA_CUDA_ARCHS has 90a.
-V90_PAIRS = ((192, 128),)
+# ... and the sm90 forward's (both; (64, 512) in two CTAs of 256 O columns, sm90::FwdTraits90::kVChunks), in
+# fwd_hdim<D>_v<DV>_<dtype>_sm90.cu, built with the head dim D where FA_CUDA_ARCHS has 90a.
+V90_PAIRS = ((192, 128), (64, 512))
 V90_BODY = ("namespace sm90 {{\ntemplate int run_fwd<{ctype}, {d}, {dv}>(const FwdParams&, const LaunchInfo&, "
             "cudaStream_t, uint32_t*);\n}}  // namespace sm90")
 

@@ -1371,9 +1371,10 @@ def test_dropout_refusals_on_the_gpu():
 
 # ---- a separate V head dim (C ABI 0.10; FlashAttention-3's hdim / hdim_v) --------------------------------------------
 #
-# The library serves (head_dim, head_dim_v) = (192, 128) and (64, 512), fp16 and bf16, on its sm80 kernels, and
-# (192, 128) on its sm90 kernels too (FA_PATH_AUTO takes them on Hopper in a build with sm_90a code, but for dropout),
-# so on an H100/H200 these (192, 128) cases check the sm90 forward; (192, 128)'s backward runs the sm80 kernels.
+# The library serves (head_dim, head_dim_v) = (192, 128) and (64, 512), fp16 and bf16, on its sm80 kernels and on its
+# sm90 kernels too ((64, 512) in two CTAs of 256 output columns per row block; FA_PATH_AUTO takes them on Hopper in a
+# build with sm_90a code, but for dropout), so on an H100/H200 these cases check the sm90 forward; (192, 128)'s
+# backward runs the sm80 kernels.
 # Judged as the other forward tests: out within twice PyTorch's own error in the dtype against the float64 reference
 # (plus 1e-3), lse within 1e-4 of it (relative, at least absolute), +inf exactly where a row sees no key (whose out
 # is exactly 0).
@@ -1391,6 +1392,9 @@ VDIM_CASES = [
     ("d64-dv512-causal-mqa", 113, 203, 8, 1, 64, 512, {"causal": True}),
     ("d64-dv512-causal-top-left-gqa", 203, 113, 8, 2, 64, 512, {"causal": True, "causal_alignment": "top_left"}),
     ("d64-dv512-causal-window", 217, 217, 4, 2, 64, 512, {"causal": True, "window_size": (31, -1)}),
+    ("d64-dv512-window-softcap-scale", 150, 301, 4, 2, 64, 512,
+     {"window_size": (40, 16), "softcap": 15.0, "softmax_scale": 0.05}),
+    ("d64-dv512-sq1", 1, 333, 8, 2, 64, 512, {}),
 ]
 
 
@@ -1777,6 +1781,39 @@ def test_paged_varlen_with_sinks_and_alibi(block):
     with pytest.raises(fai.UnsupportedArgumentError, match="dropout_p"):
         fai.flash_attn_varlen_func(*args, dropout_p=0.2, causal=True, block_table=table)
     assert torch.equal(torch.cuda.get_rng_state(), state), "a refused call draws nothing from the generator"
+
+
+@pytest.mark.parametrize("name,kw", PAGED_CASES, ids=[c[0] for c in PAGED_CASES])
+@pytest.mark.parametrize("d,dv", V_PAIRS, ids=[f"d{d}-dv{dv}" for d, dv in V_PAIRS])
+def test_paged_v_head_dim_forward_against_float64(d, dv, name, kw):
+    """Paged K/V with a V head dim of its own (v pool [num_blocks, block, heads_kv, dv], out [total_q, heads, dv]): the
+    pair's paged kernels (on Hopper the sm90 ones, (64, 512)'s clearing the V columns of its own half past a sequence's
+    end), each sequence against the float64 reference; key lengths with a part block, an empty sequence and rows that
+    see no key."""
+    torch.manual_seed(53)
+    h, hkv, block = 8, 2, 128
+    lens_k = [0, 1, block + 37, 2 * block]
+    lens_q = [5, 1, 100, 2 * block + 1]
+    k_pool, v_pool, table, per = paged_pools(lens_k, block, hkv, d, dv=dv)
+    cu_q, cu_k = cu_of(lens_q), cu_of(lens_k)
+    total_q = sum(lens_q)
+    q = rand(total_q, h, d)
+    args = (q, k_pool, v_pool, cu_q, cu_k, max(lens_q), max(lens_k))
+    poison_allocator(((total_q, h, dv), torch.bfloat16), ((h, total_q), torch.float32))
+    out, lse, _ = fai.flash_attn_varlen_func(*args, block_table=table, return_attn_probs=True, **kw)
+    assert out.shape == (total_q, h, dv) and lse.shape == (h, total_q)
+    for i in range(len(lens_q)):
+        a, e = cu_q[i].item(), cu_q[i + 1].item()
+        if e == a:
+            continue
+        kb, vb = (gather_paged(pool, table, per, i, lens_k[i]) for pool in (k_pool, v_pool))
+        one = (q[a:e][None], kb[None], vb[None])
+        ref, ref_lse = reference(*one, with_lse=True, **_ref_kw(kw))
+        pt = reference(*one, upcast=False, **_ref_kw(kw))
+        assert_v_head_dim_close(out[a:e][None], lse[:, a:e][None], ref, ref_lse, pt,
+                                f"{name} sequence {i} (sq {e - a}, sk {lens_k[i]})")
+    torch.cuda.synchronize()
+    assert fai.check_device_errors() is None
 
 
 def test_paged_call_with_grad_records_its_forward_and_its_backward_raises():

@@ -53,4 +53,22 @@ FA_HOST_DEVICE inline BlockCoord block_coord(const FwdParams& p, int linear) {
     return c;
 }
 
+// A kernel that computes O's columns in kChunks column chunks, one CTA per chunk (the sm90 forward of the pair
+// (64, 512), whose O of 512 fp32 columns a consumer warpgroup's registers cannot hold): the block order above with
+// each tile counted kChunks times, the chunk the fastest index, so the chunks of a row block are adjacent tiles that
+// run at once and read its Q, K and V through L2 together, and every later use of the order (varlen, heaviest row
+// blocks first, head groups) is unchanged. kChunks = 1 is block_coord itself, chunk 0.
+struct ChunkCoord {
+    BlockCoord c;
+    int chunk;
+};
+template <int kChunks>
+FA_HOST_DEVICE inline ChunkCoord chunk_coord(const FwdParams& p, int linear) {
+    static_assert(kChunks >= 1, "at least one column chunk");
+    ChunkCoord cc;
+    cc.c = block_coord(p, linear / kChunks);
+    cc.chunk = linear % kChunks;
+    return cc;
+}
+
 }  // namespace fa

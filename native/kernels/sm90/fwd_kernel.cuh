@@ -20,6 +20,11 @@
 // at d64/d128, which frees the Q tile for the next one at once; else the warpgroup's own rows of the Q
 // tile) for 16-byte coalesced stores (any strides, varlen tails) and writes the LSE from registers; a learnable
 // sink joins the row's denominator there (common/sink.cuh), the main loop does not change.
+// A V head dim other than q's: (192, 128) is the kernel above with V and O of 128 columns. (64, 512)'s O would
+// take 256 accumulator registers a thread, so its kernel splits O's columns (FwdTraits90::kVChunks): each tile of
+// the block order is two tiles (common/fwd_schedule.h chunk_coord), adjacent so that both run at once and share Q,
+// K and V through L2, each computing the whole S = Q K^T and softmax and P V over its 256 columns of V (TMA boxes
+// at column 256 * chunk), then writing those columns of O; only chunk 0 writes the LSE.
 //
 // fp8 (e4m3 q/k/v, bf16 O; FwdTraits90<D, true>, D 128/256): the same roles and pipeline with 1-byte tiles
 // (128-column panels), wgmma m64nNk32 e4m3, and V transposed: fp8 wgmma reads both operands K-major, so V lands
@@ -60,6 +65,7 @@ struct FwdArgs90 {
 // What both roles compute of a tile: its place, its rows and the key blocks any of its rows sees.
 struct FwdTile90 {
     int m_block, h, b;
+    int v_chunk;  // which kVCols columns of v and O (FwdTraits90::kVChunks; 0 but for the pair (64, 512))
     SeqInfo seq;
     MaskBounds mask;
     int row0, rows;   // rows = 0: no rows of this sequence here (varlen)
@@ -138,10 +144,12 @@ __device__ __forceinline__ void transpose_v_fp8(unsigned char* smem, int src, in
     }
 }
 
-template <bool kLocal, int BM, int BN>
+template <bool kLocal, int BM, int BN, int kVChunks>
 __device__ __forceinline__ FwdTile90 fwd_tile90(const FwdParams& p, int tile) {
     FwdTile90 t;
-    const BlockCoord c = block_coord(p, tile);
+    const ChunkCoord cc = chunk_coord<kVChunks>(p, tile);  // common/fwd_schedule.h
+    const BlockCoord c = cc.c;
+    t.v_chunk = cc.chunk;
     t.m_block = c.m_block;
     t.h = c.h;
     t.b = c.b;
@@ -160,8 +168,10 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
     constexpr bool kFp8 = FwdIo90<T>::kFp8;
     static_assert(!kPaged || (kLocal && !kFp8), "paged K/V runs in the local family, 16-bit types only");
     using TO = typename FwdIo90<T>::Out;  // the output's element type
-    using Tr = FwdTraits90<D, kFp8, DV>;  // DV: v's and O's head dim (the pair (192, 128), else D)
+    using Tr = FwdTraits90<D, kFp8, DV>;  // DV: v's and O's head dim (the pairs (192, 128) and (64, 512), else D)
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, S = Tr::kStages;
+    // A CTA computes VC of O's DV columns, those of its tile's column chunk (VCH chunks: 2 for (64, 512), else 1).
+    constexpr int VC = Tr::kVCols, VCH = Tr::kVChunks;
     constexpr int PC = Tr::kPanelCols, KS = Tr::kKStep;
     // fp8: P = exp2(x - max + 8) lies in [0, 256], the upper range of e4m3 (FlashAttention-3's offset); the
     // row sum carries the same 2^8, which O's normalisation cancels and the LSE takes back out.
@@ -220,7 +230,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
     // consumers wait before that block's P V. They wait for the tile's Q first: it is loaded only after the
     // consumers released the previous tile's Q, so v_tail never runs a phase ahead of the consumers' waits.
     constexpr bool paged = kPaged;
-    const int num_tiles = p.m_blocks * p.b * p.hq;
+    const int num_tiles = p.m_blocks * p.b * p.hq * VCH;  // the launcher checked it fits an int
 
     if (tid < 128) {
         // ---- producer ----
@@ -231,7 +241,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
             tma_prefetch_map(a.v);
             int kv = 0, qn = 0;  // K/V blocks and Q tiles loaded so far (ring slot and phase)
             for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
-                const FwdTile90 t = fwd_tile90<kLocal, BM, BN>(p, tile);
+                const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
                 if (t.keys.end <= t.keys.begin) continue;  // no rows, or all masked: the consumers write zeros
                 const int hk = t.h / p.hq_per_hkv;
                 const int bb = varlen ? 0 : t.b;
@@ -268,8 +278,9 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                     mbar_wait(v_empty(s), ph ^ 1);
                     mbar_arrive_expect_tx(v_full(s), Tr::kSmemV);
 #pragma unroll
-                    for (int pn = 0; pn < Tr::kPanelsV; ++pn) {
-                        tma_load_4d(v_tile(s) + pn * KVPanel, a.v, v_full(s), pn * PC, kv_row, hk, kv_batch);
+                    for (int pn = 0; pn < Tr::kPanelsV; ++pn) {  // the chunk's columns of v
+                        tma_load_4d(v_tile(s) + pn * KVPanel, a.v, v_full(s), t.v_chunk * VC + pn * PC, kv_row, hk,
+                                    kv_batch);
                     }
                     ++kv;
                 }
@@ -278,7 +289,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
             // Paged K/V: warps 1..3 clear the V rows of each tile's first key block past the sequence (see v_tail).
             int kv = 0, qn = 0;
             for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
-                const FwdTile90 t = fwd_tile90<kLocal, BM, BN>(p, tile);
+                const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
                 if (t.keys.end <= t.keys.begin) continue;
                 const int s = kv % S;
                 mbar_wait(q_full, qn & 1);
@@ -302,7 +313,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
             const int tw = tid / 32 - 1;
             int kv = 0;
             for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
-                const FwdTile90 t = fwd_tile90<kLocal, BM, BN>(p, tile);
+                const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
                 if (t.keys.end <= t.keys.begin) continue;
                 for (int n = t.keys.end - 1; n >= t.keys.begin; --n) {
                     const int s = kv % S;
@@ -331,8 +342,8 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
         const float base_scale_log2 = p.scale_log2;
         const float base_cap_premul = kSoftcap ? p.scale / p.softcap : 1.f;
         const float base_lse_scale = kSoftcap ? p.softcap : p.scale;
-        constexpr int CPR = DV / 8;  // 16-byte chunks per row of O
-        const int o_cols = DV == D ? p.d : p.dv;  // O's columns in the call (the kernel's DV may be wider)
+        constexpr int CPR = VC / 8;  // 16-byte chunks per row of the CTA's O
+        const int o_cols_all = DV == D ? p.d : p.dv;  // O's columns in the call (the kernel's DV may be wider)
         int kv = 0, qn = 0;
         // Ping-pong turns: consumer c issues after bar.sync on barrier 4 + c and then hands the turn to the
         // next consumer with bar.arrive on its barrier; the last consumer gives consumer 0 the first turn, and
@@ -347,7 +358,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
         if (cw == C - 1) pass_turn();
 
         for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
-            const FwdTile90 t = fwd_tile90<kLocal, BM, BN>(p, tile);
+            const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
             if (t.rows <= 0) continue;
             const int my_rows = t.rows - cw * 64;  // rows of this warpgroup in the sequence (may be <= 0)
             const int64_t row_g = t.seq.q_row0 + t.row0;
@@ -369,9 +380,12 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                 }
                 o_scale = factor(p.v_descale);
             }
+            // The chunk's O columns [vcol0, vcol0 + VC), o_cols of them in the call; chunk 0 writes the LSE.
+            const int vcol0 = t.v_chunk * VC;
+            const int o_cols = o_cols_all - vcol0;
             TO* o = reinterpret_cast<TO*>(p.o) + (varlen ? 0 : t.b * p.o_batch_stride) + t.h * p.o_head_stride +
-                   row_g * p.o_row_stride;
-            float* lse = p.lse == nullptr ? nullptr
+                   row_g * p.o_row_stride + vcol0;
+            float* lse = p.lse == nullptr || t.v_chunk != 0 ? nullptr
                                           : p.lse + (varlen ? 0 : t.b * p.lse_batch_stride) + t.h * p.lse_head_stride +
                                                 row_g * p.lse_row_stride;
 
@@ -393,9 +407,9 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                 continue;
             }
 
-            float acc[DV / 2];
+            float acc[VC / 2];
 #pragma unroll
-            for (int i = 0; i < DV / 2; ++i) acc[i] = 0.f;
+            for (int i = 0; i < VC / 2; ++i) acc[i] = 0.f;
             float s[BN / 2];
             uint32_t pa[BN / KS][4];
             float row_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
@@ -426,7 +440,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                     if constexpr (kFp8) {  // V^T: K-major, 32 key bytes per step
                         WgmmaF8<D>::rs(acc, pa[kk], smem_desc(vt_tile(st) + kk * 32, 16, 1024), 1);
                     } else {               // V: MN-major, 16 key rows per step
-                        Wgmma<T, DV, 0, 1>::rs(acc, pa[kk], smem_desc(v_tile(st) + kk * 16 * 128, KVPanel, 1024), 1);
+                        Wgmma<T, VC, 0, 1>::rs(acc, pa[kk], smem_desc(v_tile(st) + kk * 16 * 128, KVPanel, 1024), 1);
                     }
                 }
                 wgmma_commit();
@@ -568,7 +582,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                 fence_regs(acc);
                 release(pv_empty(v_st));
 #pragma unroll
-                for (int j = 0; j < DV / 8; ++j) {
+                for (int j = 0; j < VC / 8; ++j) {
                     acc[4 * j + 0] *= alpha[0];
                     acc[4 * j + 1] *= alpha[0];
                     acc[4 * j + 2] *= alpha[1];
@@ -610,14 +624,14 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                 }
                 if constexpr (Tr::kStageO) {
 #pragma unroll
-                    for (int j = 0; j < DV / 8; ++j) {
+                    for (int j = 0; j < VC / 8; ++j) {
                         const uint32_t packed = pack2<TO>(acc[4 * j + 2 * r] * inv, acc[4 * j + 2 * r + 1] * inv);
                         *reinterpret_cast<uint32_t*>(smem + kOffO + panel_off<BM>(lrow, j) + t4 * 4) = packed;
                     }
                 } else if (lrow < t.rows) {
                     TO* orow = o + static_cast<int64_t>(lrow) * p.o_row_stride + 2 * t4;
 #pragma unroll
-                    for (int j = 0; j < DV / 8; ++j) {
+                    for (int j = 0; j < VC / 8; ++j) {
                         if (8 * j + 2 * t4 < o_cols) {
                             *reinterpret_cast<uint32_t*>(orow + 8 * j) =
                                 pack2<TO>(acc[4 * j + 2 * r] * inv, acc[4 * j + 2 * r + 1] * inv);

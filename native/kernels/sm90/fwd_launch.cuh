@@ -40,8 +40,12 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     if (regs_checked.load(std::memory_order_relaxed) != 1) return cudaErrorInvalidConfiguration;
     FwdArgs90 a;
     a.p = params;
-    const unsigned tiles = schedule(a.p, Tr::kBlockM, info.l2_bytes);
-    if (tiles == 0) return cudaSuccess;
+    const unsigned row_tiles = schedule(a.p, Tr::kBlockM, info.l2_bytes);
+    if (row_tiles == 0) return cudaSuccess;
+    // Column-chunked kernels (the pair (64, 512)): kVChunks tiles per row block (common/fwd_schedule.h chunk_coord),
+    // counted in the kernel's int.
+    if (static_cast<uint64_t>(row_tiles) * Tr::kVChunks > 0x7fffffffull) return cudaErrorInvalidConfiguration;
+    const unsigned tiles = row_tiles * Tr::kVChunks;
     const FwdParams& p = a.p;
     const TmaElem elem = FwdIo90<T>::kFp8 ? TmaElem::U8 : p.dtype == DType::BFloat16 ? TmaElem::BF16 : TmaElem::F16;
     const bool varlen = p.cu_seqlens_q != nullptr;
@@ -73,8 +77,8 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     return cudaGetLastError();
 }
 
-// The variant for the call's options (common/fwd_variant.h). DV: v's head dim where it is not D (the pair
-// (192, 128), generated as sm90/fwd_hdim192_v128_<dtype>_sm90.cu).
+// The variant for the call's options (common/fwd_variant.h). DV: v's head dim where it is not D (the pairs
+// (192, 128) and (64, 512), generated as sm90/fwd_hdim<D>_v<DV>_<dtype>_sm90.cu).
 template <typename T, int D, int DV>
 int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
     return run_fwd_variant(p, features, [&](auto local, auto softcap, auto, auto paged) {

@@ -15,6 +15,11 @@
 #ifndef FA_SM90_FWD_BN128
 #define FA_SM90_FWD_BN128 128
 #endif
+// Load stages of the column-chunked kernel of the pair (64, 512) (3: its 200 KB of shared memory allow them;
+// overridable for experiments).
+#ifndef FA_SM90_FWD_VSPLIT_STAGES
+#define FA_SM90_FWD_VSPLIT_STAGES 3
+#endif
 // Whether the fp8 kernels ping-pong their consumers as the 16-bit head-dim-64 one does (0: no; an experiment).
 #ifndef FA_SM90_FWD_FP8_PINGPONG
 #define FA_SM90_FWD_FP8_PINGPONG 0
@@ -34,31 +39,39 @@ constexpr bool fwd_head_dim(int D) { return D == 64 || D == 128 || D == 192 || D
 // The classes of the fp8 (e4m3) forward: a 128-byte panel row holds 128 fp8 columns, so head dims up to 128
 // run the 128 kernel (FlashAttention-3's fp8 head dims are multiples of 16).
 constexpr bool fwd_fp8_head_dim(int D) { return D == 128 || D == 256; }
+// FlashAttention-3's V head dim pairs (head dim, V head dim) the sm90 forward has kernels for (16-bit types).
+constexpr bool fwd_v_pair(int d, int dv) { return (d == 192 && dv == 128) || (d == 64 && dv == 512); }
 
 // One CTA: a producer warpgroup (one thread issues every TMA load) and kConsumers consumer warpgroups of 64
 // query rows each, so 64 * kConsumers query rows per tile; K and V stream through kStages-deep rings of BlockN keys.
 // kFp8: q/k/v in e4m3 (1 byte), output bf16. fp8 wgmma reads both operands K-major, so V (keys x d, MN-major
 // for the P V product) lands in a raw ring and warps 1..3 of the producer warpgroup transpose it into a V^T
 // ring (d rows of BlockN key bytes) that the consumers read; O goes from registers straight to global memory.
-// DV: the head dim of v and the output, D's but for FlashAttention-3's pair (192, 128) (C ABI 0.10; (64, 512)'s
-// O of 512 columns would take 256 accumulator registers a thread: the sm80 path serves it).
+// DV: the head dim of v and the output, D's but for FlashAttention-3's pairs (192, 128) and (64, 512) (C ABI 0.10).
+// Column chunks: (64, 512)'s O of 512 fp32 columns would take 256 accumulator registers a thread, so each CTA computes
+// kVCols = 256 of them, kVChunks = 2 CTAs per row block (adjacent tiles of the block order, common/fwd_schedule.h
+// chunk_coord), each recomputing S = Q K^T (at head dim 64 a quarter of its P V) and the same softmax; chunk 0 writes
+// the LSE. Its registers and tiles are then those of O's width 256 (D 256's: 64 keys, no ping-pong).
 template <int D, bool kFp8 = false, int DV = D>
 struct FwdTraits90 {
     static_assert(kFp8 ? fwd_fp8_head_dim(D) : fwd_head_dim(D),
                   "the sm90 forward has kernels for head dims 64, 128, 192 and 256 (fp8: 128 and 256)");
-    static_assert(DV == D || (!kFp8 && D == 192 && DV == 128), "the sm90 forward's V head dim pair is (192, 128)");
+    static_assert(DV == D || (!kFp8 && fwd_v_pair(D, DV)), "the sm90 forward's V head dim pairs are (192, 128) and (64, 512)");
     static constexpr int kHeadDim = D;
     static constexpr int kHeadDimV = DV;
+    static constexpr int kVCols = DV > 256 ? 256 : DV;  // columns of v and O one CTA computes
+    static constexpr int kVChunks = DV / kVCols;        // CTAs (tiles of the block order) per row block
     static constexpr int kElemBytes = kFp8 ? 1 : 2;
     static constexpr int kPanelCols = 128 / kElemBytes;  // elements per 128-byte row of a panel
     static constexpr int kKStep = 32 / kElemBytes;       // K of one wgmma: k16 (16-bit), k32 (fp8): 32 bytes
-    static constexpr int kConsumers = !kFp8 && D == 64 ? FA_SM90_FWD_D64_CONSUMERS : 2;  // consumer warpgroups
+    static constexpr int kConsumers = !kFp8 && D == 64 && DV == D ? FA_SM90_FWD_D64_CONSUMERS : 2;  // consumer warpgroups
     static constexpr int kBlockM = 64 * kConsumers;
     // D 192 takes D 256's 64 keys: O (96 registers a thread) and S of 128 keys would not leave room at 240 registers,
     // and 64 keys keep the separate O tile within shared memory (FA3 picks 112 keys, with O staged through Q). The
-    // registers go by O's width, so the pair (192, 128) takes 128 keys as D 128 does (its O then staged through Q).
-    static constexpr int kBlockN = kFp8 ? 128 : DV >= 192 ? 64 : D == 128 ? FA_SM90_FWD_BN128 : 128;
-    static constexpr int kStages = !kFp8 && D == 64 ? 3 : 2;
+    // registers go by O's width, so the pair (192, 128) takes 128 keys as D 128 does (its O then staged through Q),
+    // and (64, 512), whose CTA's O is 256 columns wide, 64 as D 256.
+    static constexpr int kBlockN = kFp8 ? 128 : kVCols >= 192 ? 64 : D == 128 ? FA_SM90_FWD_BN128 : 128;
+    static constexpr int kStages = kVChunks > 1 ? FA_SM90_FWD_VSPLIT_STAGES : !kFp8 && D == 64 ? 3 : 2;
     static constexpr int kThreads = 128 * (kConsumers + 1);
     // setmaxnreg budgets. The launch gives every thread kLaunchRegs (65536 / threads, a multiple of 8); the
     // consumers' setmaxnreg.inc can only take what the producer's setmaxnreg.dec gave back in the same CTA
@@ -73,12 +86,13 @@ struct FwdTraits90 {
                   "the consumers' setmaxnreg.inc needs the registers the producer gives back");
     // Ping-pong: the consumers take turns to issue their products (named barriers), so one's softmax runs
     // under the other's GEMMs instead of both competing for the tensor cores at once.
-    static constexpr bool kPingPong = kFp8 ? FA_SM90_FWD_FP8_PINGPONG != 0 : D <= FA_SM90_FWD_PINGPONG_MAX_D;
+    // (By O's width too: the pair (64, 512), whose P V products are four times its Q K^T, does not.)
+    static constexpr bool kPingPong = kFp8 ? FA_SM90_FWD_FP8_PINGPONG != 0 : kVCols <= FA_SM90_FWD_PINGPONG_MAX_D;
     static constexpr int kPanels = D / kPanelCols;             // panels of 128-byte rows (Q, K)
-    static constexpr int kPanelsV = DV / kPanelCols;           // ... of V and O
+    static constexpr int kPanelsV = kVCols / kPanelCols;       // ... of a CTA's V and O columns
     static constexpr int kSmemQ = kBlockM * D * kElemBytes;
     static constexpr int kSmemKV = kBlockN * D * kElemBytes;   // one K stage (and V's when DV = D)
-    static constexpr int kSmemV = kBlockN * DV * kElemBytes;   // one V stage
+    static constexpr int kSmemV = kBlockN * kVCols * kElemBytes;  // one V stage (the CTA's columns)
     static constexpr int kSmemVt = kFp8 ? kSmemKV : 0;         // one V^T stage (fp8)
     static constexpr int kOffQ = 0;
     static constexpr int kOffK = kOffQ + kSmemQ;
@@ -90,7 +104,7 @@ struct FwdTraits90 {
     // O from registers (its bf16 O is twice the fp8 Q tile).
     static constexpr bool kStageO = !kFp8;
     static constexpr int kSmemO =
-        kStageO && kEndKV + kBlockM * DV * 2 + 256 <= 227 * 1024 ? kBlockM * DV * 2 : 0;
+        kStageO && kEndKV + kBlockM * kVCols * 2 + 256 <= 227 * 1024 ? kBlockM * kVCols * 2 : 0;
     static constexpr bool kSeparateO = kSmemO > 0;
     static constexpr int kOffO = kEndKV;
     static constexpr int kOffBar = kOffO + kSmemO;
@@ -99,7 +113,10 @@ struct FwdTraits90 {
     static constexpr int kBarriers = 2 + (kFp8 ? 6 : 4) * kStages + 1;
     static constexpr int kSmemBytes = kOffBar + kBarriers * 8;
     static_assert(kSmemQ % 1024 == 0 && kSmemKV % 1024 == 0 && kSmemV % 1024 == 0, "tiles start on 1024-byte swizzle atoms");
-    static_assert(!kStageO || kSmemO > 0 || kSmemQ >= kBlockM * DV * 2, "O staged in the Q tile fits it");
+    static_assert(!kStageO || kSmemO > 0 || kSmemQ >= kBlockM * kVCols * 2, "O staged in the Q tile fits it");
+    static_assert(DV % kVCols == 0 && kVCols % kPanelCols == 0, "whole column chunks of whole panels");
+    static_assert(kVChunks == 1 || (kSeparateO && !kPingPong && kConsumers == 2),
+                  "a column-chunked kernel stages O in its own tile (its O is wider than Q) and takes D 256's registers");
     static_assert(!kFp8 || kBlockN == 128, "an fp8 V^T row is one 128-byte panel row of keys");
     static_assert(kSmemBytes <= 227 * 1024, "fits an H100/H200 block's shared memory");
 };

@@ -51,7 +51,7 @@ and k's head_dim in flash_attn_func and flash_attn_varlen_func (the packed funct
 theirs are equal); out is then [..., heads, head_dim_v], the lse keeps its shape and meaning, and softmax_scale still
 defaults to 1/sqrt(head_dim) (q's, as FlashAttention-3). The library serves the pairs (head_dim, head_dim_v) =
 (192, 128) and (64, 512), fp16 and bf16, on its sm80 kernels (every GPU from compute capability 8.0) with every
-forward option (causal, window, softcap, ALiBi, sinks, dropout, varlen, GQA, lse), and (192, 128) without dropout on
+forward option (causal, window, softcap, ALiBi, sinks, dropout, varlen, GQA, lse), and both without dropout on
 its sm90 kernels (Hopper, a build with sm_90a code; taken there); another pair is its
 FlashAttentionError (FA_STATUS_UNSUPPORTED, naming head_dim_v). The library's backward serves (192, 128), as
 FlashAttention-3's (dq and dk take q's head dim, dv v's); (64, 512) is forward only, so such a call that autograd

@@ -16,11 +16,11 @@ namespace FlashAttn.Tests.Cpu;
 /// reason: any other pair (UNSUPPORTED, "head_dim_v", "(192, 128) and (64, 512)"), an output whose head dim is not v's
 /// (INVALID_ARGUMENT, "out takes v's head dim"; the managed side says so first), the backward of (64, 512)
 /// (UNSUPPORTED, "backward of a V head dim"; (192, 128)'s is served) and fp8 (UNSUPPORTED). <see cref="KernelPath.Sm90"/>
-/// serves the forward of (192, 128), with every forward option but dropout, at compute capability 9.0 and 0 (any GPU)
-/// exactly where the build lists its <c>sm90_fwd_*_hdim192v128_*</c> kernels (a build with sm_90a code and head dim
-/// 192); everywhere else, (64, 512) always and every backward, it is UNSUPPORTED naming FA_PATH_SM90 and why (dropout;
-/// no sm_90a code, "90a"; another compute capability, "compute capability 9.0"; "(192, 128) only"; the sm90 backward
-/// has no pair kernels). The capability query with <see cref="SupportQuery.HeadDimV"/> agrees with the checks.
+/// serves the forward of both pairs, with every forward option but dropout, at compute capability 9.0 and 0 (any GPU)
+/// exactly where the build lists their <c>sm90_fwd_*_hdim&lt;D&gt;v&lt;DV&gt;_*</c> kernels (a build with sm_90a code and
+/// head dim D); everywhere else, and every backward, it is UNSUPPORTED naming FA_PATH_SM90 and why (dropout; no sm_90a
+/// code, "90a"; another compute capability, "compute capability 9.0"; the sm90 backward has no pair kernels). The
+/// capability query with <see cref="SupportQuery.HeadDimV"/> agrees with the checks.
 /// </summary>
 [TestFixture]
 [Category("Cpu")]
@@ -357,39 +357,48 @@ public sealed unsafe class ValueHeadDimValidationTests
     }
 
     /// <summary>
-    /// The kernel list behind the sm90 expectations: the sm90 forward lists (192, 128)'s kernels (fp16 and bf16, the four
-    /// mask/softcap variants and two paged K/V ones, no dropout variant) exactly in a build with sm_90a code and head dim 192, and never
-    /// (64, 512)'s; the sm90 backward lists no pair kernel.
+    /// The kernel list behind the sm90 expectations: the sm90 forward lists each pair's kernels (fp16 and bf16, the four
+    /// mask/softcap variants and two paged K/V ones, no dropout variant) exactly in a build with sm_90a code and the
+    /// pair's head dim D ((64, 512)'s with the 128 x 64 tile of its column-chunked kernel); the sm90 backward lists no
+    /// pair kernel.
     /// </summary>
     [Test]
-    public void KernelListHasTheSm90PairKernelsExactlyWithSm90CodeAndHeadDim192()
+    public void KernelListHasTheSm90PairKernelsExactlyWithSm90CodeAndHeadDim()
     {
         string[] sm90Pair = [.. FlashAttention.CompiledKernels.Where(n => n.StartsWith("sm90_", StringComparison.Ordinal) &&
             Pairs.Any(p => n.Contains(ForwardPaths.ValuePairTag(p.D, p.Dv), StringComparison.Ordinal)))];
         TestContext.Out.WriteLine($"build has sm_90a code: {ForwardPaths.BuildHasSm90a}; sm90 pair kernels: {string.Join(", ", sm90Pair)}");
-        bool want = ForwardPaths.BuildHasSm90a && BuildHasHeadDim(192);
         using (Assert.EnterMultipleScope())
         {
-            Assert.That(ForwardPaths.BuildHasSm90ValuePair(192, 128), Is.EqualTo(want),
-                "the sm90 forward lists (192, 128)'s kernels exactly in a build with sm_90a code and head dim 192");
-            Assert.That(ForwardPaths.BuildHasSm90ValuePair(64, 512), Is.False, "the sm90 forward has no (64, 512) kernels");
             Assert.That(sm90Pair, Has.None.StartsWith("sm90_bwd_"), "the sm90 backward has no pair kernels");
             Assert.That(sm90Pair, Has.None.Contains("dropout"), "the sm90 pair kernels have no dropout variant");
-            if (want)
+            foreach (var (d, dv) in Pairs)
             {
+                bool want = ForwardPaths.BuildHasSm90a && BuildHasHeadDim(d);
+                string tag = ForwardPaths.ValuePairTag(d, dv);
+                Assert.That(ForwardPaths.BuildHasSm90ValuePair(d, dv), Is.EqualTo(want),
+                    $"the sm90 forward lists ({d}, {dv})'s kernels exactly in a build with sm_90a code and head dim {d}");
+                if (!want)
+                {
+                    Assert.That(sm90Pair.Where(n => n.Contains(tag, StringComparison.Ordinal)), Is.Empty,
+                        $"no sm90 ({d}, {dv}) kernel without sm_90a code and head dim {d}");
+                    continue;
+                }
+
                 foreach (string dt in new[] { "fp16", "bf16" })
                 {
-                    string prefix = $"sm90_fwd_{dt}{ForwardPaths.ValuePairTag(192, 128)}";
+                    string prefix = $"sm90_fwd_{dt}{tag}";
                     Assert.That(sm90Pair.Count(n => n.StartsWith(prefix, StringComparison.Ordinal)), Is.EqualTo(6),
                         $"{prefix}*: plain, local, softcap, local softcap, and the paged K/V ones (C ABI 0.11): local paged, " +
                         "local softcap paged");
                     Assert.That(sm90Pair.Count(n => n.StartsWith(prefix, StringComparison.Ordinal) && n.Contains("_paged_")),
                         Is.EqualTo(2), $"{prefix}*: two paged K/V kernels, both local");
+                    if (d == 64)
+                    {
+                        Assert.That(sm90Pair.Where(n => n.StartsWith(prefix, StringComparison.Ordinal)),
+                            Has.All.EndsWith("_128x64_3wg3s"), $"{prefix}*: 128 query rows, 64 keys, 3 warpgroups, 3 stages");
+                    }
                 }
-            }
-            else
-            {
-                Assert.That(sm90Pair, Is.Empty, "no sm90 pair kernel without sm_90a code and head dim 192");
             }
         }
     }
@@ -411,14 +420,14 @@ public sealed unsafe class ValueHeadDimValidationTests
 
     /// <summary>
     /// <see cref="KernelPath.Sm90"/> with a V head dim other than q's, each forward option: served at compute
-    /// capability 0 and 9.0 exactly where the build lists the pair's sm90 forward kernels ((192, 128) in a build with
-    /// sm_90a code; <see cref="KernelPath.Auto"/> then takes it too) and the call has no dropout; otherwise UNSUPPORTED
+    /// capability 0 and 9.0 exactly where the build lists the pair's sm90 forward kernels (both pairs in a build with
+    /// sm_90a code; <see cref="KernelPath.Auto"/> then takes them too) and the call has no dropout; otherwise UNSUPPORTED
     /// naming FA_PATH_SM90 and why (<see cref="ForwardPaths.ValuePairSm90Refusal"/>: dropout; "90a" in a build without
-    /// sm_90a code; "compute capability 9.0" at 8.0; "(192, 128) only" for (64, 512)); where the build lacks head dim D,
-    /// the missing head dim is the reason. The query agrees, with its reason.
+    /// sm_90a code; "compute capability 9.0" at 8.0); where the build lacks head dim D, the missing head dim is the
+    /// reason. The query agrees, with its reason.
     /// </summary>
     [TestCaseSource(nameof(Sm90Calls))]
-    public void Sm90PathServes192And128WithSm90CodeOnComputeCapability90(AttentionArguments args, AttentionOptions options)
+    public void Sm90PathServesBothPairsWithSm90CodeOnComputeCapability90(AttentionArguments args, AttentionOptions options)
     {
         int d = (int)args.Q.Shape[^1], dv = (int)args.V.Shape[^1];
         bool hasD = BuildHasHeadDim(d), dropout = args.DropoutP > 0;

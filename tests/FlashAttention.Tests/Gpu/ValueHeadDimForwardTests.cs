@@ -9,8 +9,9 @@ namespace FlashAttn.Tests.Gpu;
 /// <c>[B, Sk, Hkv, Dv]</c> and the output <c>[B, Sq, Hq, Dv]</c> for FlashAttention-3's pairs (D, Dv) = (192, 128) and
 /// (64, 512), fp16 and bf16, on <see cref="KernelPath.Auto"/>, <see cref="KernelPath.Sm80"/> and <see cref="KernelPath.Sm90"/>
 /// (<see cref="ForwardPathTestBase.ForwardValueHeadDimOnPath"/>: Sm80 runs the pair's sm80 kernels on every GPU; Sm90 runs
-/// (192, 128)'s sm90 kernels without dropout on a compute capability 9.0 GPU whose library lists them and is refused
-/// elsewhere, (64, 512) everywhere; Auto runs the sm90 kernels where Sm90 serves, the sm80 ones elsewhere), against the float64 reference
+/// the pair's sm90 kernels ((64, 512)'s in two CTAs of 256 output columns per row block) without dropout on a compute
+/// capability 9.0 GPU whose library lists them and is refused elsewhere; Auto runs the sm90 kernels where Sm90 serves,
+/// the sm80 ones elsewhere), against the float64 reference
 /// (<see cref="AttentionReference"/> with <see cref="AttentionShape.HeadDimV"/>, checked against the tests' own naive
 /// formula in Cpu/ReferenceValueHeadDimTests) by the rule of the other forward tests (<see cref="AcceptanceRule"/>: at
 /// most twice the error of a same-dtype naive attention with Dv columns, under the dtype cap, rows that see no key

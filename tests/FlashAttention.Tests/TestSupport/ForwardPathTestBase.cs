@@ -113,7 +113,7 @@ public abstract class ForwardPathTestBase : AttentionTestBase
     /// call whose v and output have a head dim of their own (<paramref name="headDimV"/>, C ABI 0.10;
     /// <paramref name="dropout"/>: whether the call has dropout). The sm80 forward serves the pairs on every GPU, so
     /// <see cref="KernelPath.Sm80"/> must run the pair's sm80 kernels; <see cref="KernelPath.Sm90"/> must run the pair's
-    /// sm90 kernels where <see cref="ForwardPaths.Sm90ServesValuePair"/> says it serves ((192, 128) without dropout on a
+    /// sm90 kernels where <see cref="ForwardPaths.Sm90ServesValuePair"/> says it serves (either pair without dropout on a
     /// compute capability 9.0 GPU whose library lists them) and be refused elsewhere, writing nothing
     /// (<see cref="ForwardPaths.AssertValueHeadDimSm90Refusal"/>: FA_PATH_SM90 and the reason for this device and build);
     /// <see cref="KernelPath.Auto"/> must run the sm90 kernels where Sm90 serves and the sm80 ones elsewhere

@@ -9,9 +9,9 @@ namespace FlashAttn.Tests.TestSupport;
 /// where the build has sm_90a code (FA_CUDA_ARCHS contains 90a; the library then lists <c>sm90_</c> kernels) and the GPU
 /// is compute capability 9.0; anywhere else it is UNSUPPORTED with a reason that names FA_PATH_SM90.
 /// <see cref="KernelPath.Auto"/> takes Sm90 where it serves and Sm80 elsewhere. A V head dim other than q's (C ABI 0.10)
-/// has its own contract: Sm80 serves the pairs (192, 128) and (64, 512) on every GPU; Sm90 serves (192, 128) without
-/// dropout on compute capability 9.0 where the library lists its <c>sm90_fwd_*_hdim192v128_*</c> kernels, and nothing
-/// else (<see cref="Sm90ServesValuePair"/>, <see cref="ResolveValuePair"/>). Kernel names are
+/// has its own contract: Sm80 serves the pairs (192, 128) and (64, 512) on every GPU; Sm90 serves both without dropout
+/// on compute capability 9.0 where the library lists their <c>sm90_fwd_*_hdim&lt;D&gt;v&lt;DV&gt;_*</c> kernels, and
+/// nothing else (<see cref="Sm90ServesValuePair"/>, <see cref="ResolveValuePair"/>). Kernel names are
 /// <c>&lt;path&gt;_fwd_&lt;dtype&gt;_hdim&lt;kernel head dim&gt;_...</c>; a head dim without its own kernel runs the
 /// smallest larger one of its path (the sm90 forward has kernel classes 64, 128, 192 and 256; fp8 128 and 256).
 /// </summary>
@@ -115,15 +115,15 @@ internal static class ForwardPaths
     /// <summary>
     /// The part of a kernel name that marks the forward kernels of a V head dim other than q's: <c>_hdim&lt;D&gt;v&lt;DV&gt;_</c>
     /// (native/kernels/registry.cu names them <c>sm80_fwd_&lt;dtype&gt;_hdim&lt;D&gt;v&lt;DV&gt;[_local][_softcap][_dropout]_&lt;tile&gt;</c>
-    /// and, for (192, 128) in a build with sm_90a code, <c>sm90_fwd_&lt;dtype&gt;_hdim192v128[_local][_softcap]_&lt;tile&gt;</c>).
+    /// and, in a build with sm_90a code, <c>sm90_fwd_&lt;dtype&gt;_hdim&lt;D&gt;v&lt;DV&gt;[_local][_softcap][_paged]_&lt;tile&gt;</c>).
     /// </summary>
     public static string ValuePairTag(int headDim, int headDimV) =>
         $"_hdim{headDim.ToString(CultureInfo.InvariantCulture)}v{headDimV.ToString(CultureInfo.InvariantCulture)}_";
 
     /// <summary>
     /// Whether the loaded library lists sm90 forward kernels of the pair (<paramref name="headDim"/>,
-    /// <paramref name="headDimV"/>) (<c>sm90_fwd_*_hdim&lt;D&gt;v&lt;DV&gt;_*</c>): (192, 128) in a build with sm_90a code
-    /// and head dim 192, never (64, 512) (Cpu/ValueHeadDimValidationTests checks the list follows that rule).
+    /// <paramref name="headDimV"/>) (<c>sm90_fwd_*_hdim&lt;D&gt;v&lt;DV&gt;_*</c>): both pairs in a build with sm_90a code
+    /// and head dim D (Cpu/ValueHeadDimValidationTests checks the list follows that rule).
     /// </summary>
     public static bool BuildHasSm90ValuePair(int headDim, int headDimV)
     {
@@ -173,9 +173,9 @@ internal static class ForwardPaths
     /// The words a refusal of <see cref="KernelPath.Sm90"/> for the pair (<paramref name="headDim"/>,
     /// <paramref name="headDimV"/>) must contain besides FA_PATH_SM90, at compute capability <paramref name="cc"/> (0: any
     /// GPU), in the order native/src/dispatch.cpp checks: dropout (the sm90 kernels have none), a build without sm_90a
-    /// code ("90a"), another compute capability ("compute capability 9.0"), then the pair: the sm90 forward serves
-    /// (192, 128) only, the sm90 backward no pair. Null where the build lacks the pair's sm90 forward kernels for another
-    /// reason (no head dim 192): FA_PATH_SM90 alone is asserted then.
+    /// code ("90a"), another compute capability ("compute capability 9.0"), then the pass: the sm90 backward serves no
+    /// pair. Null where the sm90 forward serves the pair (both pairs have its kernels) or the build lacks them for
+    /// another reason (no head dim D): FA_PATH_SM90 alone is asserted then.
     /// </summary>
     public static string? ValuePairSm90Refusal(AttentionPass pass, int headDim, int headDimV, int cc, bool dropout)
     {
@@ -199,7 +199,8 @@ internal static class ForwardPaths
             return "the sm90 backward has no kernels for a V head dim other than q's";
         }
 
-        return (headDim, headDimV) == (192, 128) ? null : "the sm90 forward serves the V head dim pair (192, 128) only";
+        // Both of FlashAttention-3's pairs have sm90 forward kernels; another pair is refused before any path.
+        return null;
     }
 
     /// <summary>
