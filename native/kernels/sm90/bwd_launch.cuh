@@ -10,8 +10,8 @@
 namespace fa {
 namespace sm90 {
 
-// DV: the head dim of v, dO and dV (D's, or 128 for the pair (192, 128): BwdTraits90).
-template <typename T, int D, int DV = D>
+// DV: the head dim of v, dO and dV (D, or 128 for the pair (192, 128): BwdTraits90).
+template <typename T, int D, int DV>
 struct BwdFamily {
     using Tr = BwdTraits90<D, DV>;
     static constexpr int kSmemBytes = Tr::kSmemBytes;
