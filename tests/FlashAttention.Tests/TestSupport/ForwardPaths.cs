@@ -113,23 +113,27 @@ internal static class ForwardPaths
     }
 
     /// <summary>
-    /// The part of a kernel name that marks the forward kernels of a V head dim other than q's: <c>_hdim&lt;D&gt;v&lt;DV&gt;_</c>
-    /// (native/kernels/registry.cu names them <c>sm80_fwd_&lt;dtype&gt;_hdim&lt;D&gt;v&lt;DV&gt;[_local][_softcap][_dropout]_&lt;tile&gt;</c>
-    /// and, for (192, 128) in a build with sm_90a code, <c>sm90_fwd_&lt;dtype&gt;_hdim192v128[_local][_softcap]_&lt;tile&gt;</c>).
+    /// The part of a kernel name that marks the kernels of a V head dim other than q's: <c>_hdim&lt;D&gt;v&lt;DV&gt;_</c>
+    /// (native/kernels/registry.cu names them <c>sm80_fwd_&lt;dtype&gt;_hdim&lt;D&gt;v&lt;DV&gt;[_local][_softcap][_dropout]_&lt;tile&gt;</c>,
+    /// <c>sm80_bwd_&lt;dtype&gt;_hdim192v128_...</c> and, in a build with sm_90a code,
+    /// <c>sm90_fwd_&lt;dtype&gt;_hdim192v128[_local][_softcap]_&lt;tile&gt;</c> and
+    /// <c>sm90_bwd_&lt;dtype&gt;_hdim192v128_local[_softcap][_det]_&lt;tile&gt;</c>).
     /// </summary>
     public static string ValuePairTag(int headDim, int headDimV) =>
         $"_hdim{headDim.ToString(CultureInfo.InvariantCulture)}v{headDimV.ToString(CultureInfo.InvariantCulture)}_";
 
     /// <summary>
-    /// Whether the loaded library lists sm90 forward kernels of the pair (<paramref name="headDim"/>,
-    /// <paramref name="headDimV"/>) (<c>sm90_fwd_*_hdim&lt;D&gt;v&lt;DV&gt;_*</c>): (192, 128) in a build with sm_90a code
-    /// and head dim 192, never (64, 512) (Cpu/ValueHeadDimValidationTests checks the list follows that rule).
+    /// Whether the loaded library lists sm90 kernels of <paramref name="pass"/> (forward or backward) for the pair
+    /// (<paramref name="headDim"/>, <paramref name="headDimV"/>) (<c>sm90_fwd_*_hdim&lt;D&gt;v&lt;DV&gt;_*</c>,
+    /// <c>sm90_bwd_*_hdim&lt;D&gt;v&lt;DV&gt;_*</c>): (192, 128) in a build with sm_90a code and head dim 192, never
+    /// (64, 512) (Cpu/ValueHeadDimValidationTests checks the list follows that rule).
     /// </summary>
-    public static bool BuildHasSm90ValuePair(int headDim, int headDimV)
+    public static bool BuildHasSm90ValuePair(int headDim, int headDimV, AttentionPass pass = AttentionPass.Forward)
     {
         string tag = ValuePairTag(headDim, headDimV);
+        string prefix = pass == AttentionPass.Backward ? "sm90_bwd_" : "sm90_fwd_";
         return FlashAttention.CompiledKernels.Any(
-            n => n.StartsWith("sm90_fwd_", StringComparison.Ordinal) && n.Contains(tag, StringComparison.Ordinal));
+            n => n.StartsWith(prefix, StringComparison.Ordinal) && n.Contains(tag, StringComparison.Ordinal));
     }
 
     /// <summary>
@@ -173,9 +177,9 @@ internal static class ForwardPaths
     /// The words a refusal of <see cref="KernelPath.Sm90"/> for the pair (<paramref name="headDim"/>,
     /// <paramref name="headDimV"/>) must contain besides FA_PATH_SM90, at compute capability <paramref name="cc"/> (0: any
     /// GPU), in the order native/src/dispatch.cpp checks: dropout (the sm90 kernels have none), a build without sm_90a
-    /// code ("90a"), another compute capability ("compute capability 9.0"), then the pair: the sm90 forward serves
-    /// (192, 128) only, the sm90 backward no pair. Null where the build lacks the pair's sm90 forward kernels for another
-    /// reason (no head dim 192): FA_PATH_SM90 alone is asserted then.
+    /// code ("90a"), another compute capability ("compute capability 9.0"), then the pair: the sm90 forward and backward
+    /// serve (192, 128) only. Null where the rules serve the call, or where the build lacks the pair's sm90 kernels for
+    /// another reason (no head dim 192): FA_PATH_SM90 alone is asserted then.
     /// </summary>
     public static string? ValuePairSm90Refusal(AttentionPass pass, int headDim, int headDimV, int cc, bool dropout)
     {
@@ -194,12 +198,14 @@ internal static class ForwardPaths
             return "compute capability 9.0";
         }
 
-        if (pass == AttentionPass.Backward)
+        if ((headDim, headDimV) == (192, 128))
         {
-            return "the sm90 backward has no kernels for a V head dim other than q's";
+            return null;
         }
 
-        return (headDim, headDimV) == (192, 128) ? null : "the sm90 forward serves the V head dim pair (192, 128) only";
+        return pass == AttentionPass.Backward
+            ? "the sm90 backward serves the V head dim pair (192, 128) only"
+            : "the sm90 forward serves the V head dim pair (192, 128) only";
     }
 
     /// <summary>
