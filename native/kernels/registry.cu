@@ -246,7 +246,7 @@ struct Registry {
     std::vector<std::string> names;
     int32_t index[3][2][kDtypes][6][32];  // pass, path, dtype, compiled head dim, features -> name index (-1: none)
     int32_t v_index[2][kVPairCount][2][32];  // forward/backward, V head dim pair, fp16/bf16, features -> name index
-    int32_t v90_index[2][kVPairCount][2][32];  // the sm90 ones': forward/backward, pair, fp16/bf16, features -> name index
+    int32_t v90_index[2][kVPairCount][2][32];  // the sm90 ones': forward/backward, pair, fp16/bf16, features -> index
 };
 
 const Registry& registry() {
@@ -377,7 +377,9 @@ int run_bwd_main_for(Path path, int32_t kernel_d, const BwdParams& p, const Laun
             if (path == Path::Sm90 && v_pair) {  // (the host refuses every pair but (192, 128) first)
 #if defined(FA_HAS_HDIM192)
                 if constexpr (D == 192) {
-                    if (p.f.d == 192 && p.f.dv == 128) return run_bwd_main<sm90::BwdFamily<T, 192, 128>>(p, info, stream, features);
+                    if (p.f.d == 192 && p.f.dv == 128) {
+                        return run_bwd_main<sm90::BwdFamily<T, 192, 128>>(p, info, stream, features);
+                    }
                 }
 #endif
                 return static_cast<int>(cudaErrorInvalidValue);
@@ -559,13 +561,15 @@ bool has_v_kernel(Pass pass, int32_t d, int32_t dv) {
 bool has_v_kernel(Pass pass, Path path, int32_t d, int32_t dv) {
     if (path == Path::Sm80) return has_v_kernel(pass, d, dv);
     const int pair = v_pair_index(d, dv);
-    return pair >= 0 && v_pair_sm90(pair) && (pass == Pass::Forward || (pass == Pass::Backward && v_pair_backward(pair)));
+    return pair >= 0 && v_pair_sm90(pair) &&
+           (pass == Pass::Forward || (pass == Pass::Backward && v_pair_backward(pair)));
 }
 
 int32_t v_smem_bytes(Pass pass, Path path, int32_t d, int32_t dv) {
     if (!has_v_kernel(pass, path, d, dv)) return 0;
     if (path == Path::Sm90) {  // the one sm90 pair, (192, 128)
-        return pass == Pass::Backward ? sm90::BwdTraits90<192, 128>::kSmemBytes : sm90::FwdTraits90<192, false, 128>::kSmemBytes;
+        return pass == Pass::Backward ? sm90::BwdTraits90<192, 128>::kSmemBytes
+                                      : sm90::FwdTraits90<192, false, 128>::kSmemBytes;
     }
     return smem_bytes(pass, path, d);
 }

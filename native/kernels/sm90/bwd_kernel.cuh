@@ -110,7 +110,9 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
             for (int pn = 0; pn < D / 64; ++pn) {
                 tma_load_4d(s0 + Tr::kOffQ + st * Tr::kSmemQ + pn * QStride, a.q, bar, pn * 64, row, h, bb);
                 // dO: DV / 64 panels (all D / 64 but for the pair)
-                if (pn < DV / 64) tma_load_4d(s0 + Tr::kOffDO + st * Tr::kSmemDO + pn * QStride, a.dout, bar, pn * 64, row, h, bb);
+                if (pn < DV / 64) {
+                    tma_load_4d(s0 + Tr::kOffDO + st * Tr::kSmemDO + pn * QStride, a.dout, bar, pn * 64, row, h, bb);
+                }
             }
         }
         const int r = tid % BM;  // tid < 2 BM: lse_log2 of row r, then dsum of row r
