@@ -5,8 +5,9 @@ causal and not, S 1k and 4k (16k without --quick), B = 16384 / S, 16 heads. Trit
 Columns, each timed on the same values:
 
   ours      the pair call with the default path (FA_PATH_AUTO: the pair's sm90 kernels without dropout on compute
-            capability 9.0 in a build with sm_90a code, (64, 512)'s in two CTAs of 256 O columns per row block;
-            else the sm80 pair kernels); sm80 the same call forced onto the sm80 pair kernels
+            capability 9.0 in a build with sm_90a code: both forwards, (64, 512)'s in two CTAs of 256 O columns per
+            row block, and (192, 128)'s backward; else the sm80 pair kernels); sm80 the same call forced onto the sm80
+            pair kernels. The row names the forward and backward kernels that ran (ours_kernel, ours_bwd_kernel)
   padded    what a caller without the pair does: q, k and v zero-padded to the larger head dim, and past 256 v
             in chunks of 256 columns, one call each ((64, 512): two calls at 256); our call with the default path
             (the sm90 kernels at equal dims) and forced to sm80 (padded_sm80)
@@ -46,7 +47,7 @@ def pair_flops(b, h, s, d, dv, causal):
 
 def ours(fa, bench, q2, k2, v2, causal, path, backward, scale=None):
     """Our forward (then backward from its O and LSE) on [B, S, H, *] tensors: (fwd ms, bwd ms or None, out, grads,
-    dout, the forward kernel that ran)."""
+    dout, the forward kernel that ran, the backward main kernel that ran or None)."""
     b, s, h, _ = q2.shape
     o2 = torch.full((b, s, h, v2.shape[-1]), float("nan"), device="cuda", dtype=q2.dtype)
     lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
@@ -58,14 +59,15 @@ def ours(fa, bench, q2, k2, v2, causal, path, backward, scale=None):
     kernel = ran[-1] if ran else None
     fwd_ms = bench(call)
     if not backward:
-        return fwd_ms, None, o2, None, None, kernel
+        return fwd_ms, None, o2, None, None, kernel, None
     do, dq, dk, dv = (torch.randn_like(o2), torch.empty_like(q2), torch.empty_like(k2), torch.empty_like(v2))
     bprm = fa.backward_params(FA_DTYPE_BFLOAT16, (q2, k2, v2, o2, do, dq, dk, dv), lse, causal, False, path=path)
     if scale is not None:
         bprm.softmax_scale = scale
     bcall = fa.backward_call(bprm)
-    bcall()
-    return fwd_ms, bench(bcall), o2, (dq, dk, dv), do, kernel
+    ran_bwd = fa.launched_kernels(bcall, entry="fa_backward")  # (runs it once)
+    bwd_kernel = ran_bwd[-1] if ran_bwd else None
+    return fwd_ms, bench(bcall), o2, (dq, dk, dv), do, kernel, bwd_kernel
 
 
 def sdpa(bench, backend, q, k, v, causal, backward, scale=None):
@@ -108,7 +110,8 @@ def shape_row(fa, bench, d, dv, backward, causal, s):
         if bwd_ms is not None:
             row[f"{key}_bwd_ms"], row[f"{key}_bwd_tflops"] = bwd_ms, tflops(bwd_f, bwd_ms)
 
-    fwd_ms, bwd_ms, o2, grads, do, row["ours_kernel"] = ours(fa, bench, q2, k2, v2, causal, FA_PATH_AUTO, backward)
+    fwd_ms, bwd_ms, o2, grads, do, row["ours_kernel"], row["ours_bwd_kernel"] = ours(fa, bench, q2, k2, v2, causal,
+                                                                                    FA_PATH_AUTO, backward)
     record("ours", fwd_ms, bwd_ms)
     try:
         fwd80, bwd80, *_ = ours(fa, bench, q2, k2, v2, causal, FA_PATH_SM80, backward)
@@ -175,7 +178,8 @@ def main():
                     cell(r.get(f"{c}_bwd_tflops"), "11.0f") for c in cols)
                 print(f"{d}/{dv:<4d} {int(causal):<6d} {s:<5d} | fwd: {line} | "
                       f"{cell(r.get('ours_rel_err'), '.1e')}/{cell(r.get('ours_bwd_rel_err'), '.1e')} "
-                      f"{r.get('ours_kernel') or ''}" + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
+                      f"{r.get('ours_kernel') or ''} {r.get('ours_bwd_kernel') or ''}"
+                      + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
     for backend in BACKENDS:
         notes = sorted({r["notes"].get(backend, "-") for r in rows})
         print(f"# {backend}: " + "; ".join(notes), flush=True)

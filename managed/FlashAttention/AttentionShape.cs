@@ -27,8 +27,8 @@ public readonly record struct AttentionShape(int Batch, int SeqLenQ, int SeqLenK
     /// Scores and the default scale use <see cref="HeadDim"/> alone; the output rows have <see cref="HeadDimV"/> columns
     /// and the log-sum-exp keeps its shape and meaning. The GPU forward serves (HeadDim, HeadDimV) = (192, 128) and
     /// (64, 512) besides equal dims (C ABI 0.10: both on the sm80 kernels and on the sm90 kernels too;
-    /// <see cref="SupportQuery.HeadDimV"/> tells for a build), the backward (192, 128); the float64
-    /// reference (<see cref="AttentionReference"/>) takes any.
+    /// <see cref="SupportQuery.HeadDimV"/> tells for a build), the backward (192, 128) (on both kernel families too);
+    /// the float64 reference (<see cref="AttentionReference"/>) takes any.
     /// </summary>
     public int HeadDimV
     {

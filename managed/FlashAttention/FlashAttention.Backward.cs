@@ -16,7 +16,8 @@ namespace FlashAttn;
 /// (<see cref="BackwardArguments.Sinks"/>, whose gradient <see cref="BackwardArguments.DSinks"/> receives);
 /// <see cref="AttentionOptions.Deterministic"/> chooses reproducible dq accumulation. A forward call whose v had a head dim
 /// of its own (C ABI 0.10) takes <c>dOut</c> shaped like its output and <c>dv</c> like v: the native library serves the
-/// pair (192, 128) (FlashAttention-3's backward pair, the sm80 kernels) and refuses (64, 512)
+/// pair (192, 128) (FlashAttention-3's backward pair: the sm80 kernels, and the sm90 ones on compute capability 9.0
+/// in a build with sm_90a code, which <see cref="KernelPath.Auto"/> takes there but for dropout) and refuses (64, 512)
 /// (<see cref="FlashAttentionStatus.Unsupported"/>, with the reason). There is no paged K/V in the backward (C ABI 0.11:
 /// <c>fa_backward_params_t</c> has no block table, as FlashAttention-2's varlen backward): a batch with a
 /// <see cref="VarlenBatch.BlockTable"/> is refused by the managed side (<see cref="ArgumentException"/>, or

@@ -219,7 +219,8 @@ public sealed partial class FlashAttention : IDisposable
     /// without sm_90a code) and Float8E4M3 throw <see cref="FlashAttentionException"/> with
     /// <see cref="FlashAttentionStatus.Unsupported"/> and the native library's reason
     /// (<see cref="QuerySupport(SupportQuery)"/> with <see cref="SupportQuery.HeadDimV"/> tells beforehand). The backward
-    /// pass serves (192, 128) on the sm80 kernels; decode has no V head dim of its own.
+    /// pass serves (192, 128) on the sm80 kernels, and on the sm90 kernels where they serve (every option but dropout;
+    /// <see cref="KernelPath.Auto"/> takes them there too); decode has no V head dim of its own.
     /// </para>
     /// <para>
     /// fp8 (FlashAttention-3's fp8 forward): the attention of the true values <c>q · QDescale[b, h / (headsQ / headsKv)]</c>,

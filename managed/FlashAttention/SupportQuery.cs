@@ -52,9 +52,9 @@ public sealed record SupportQuery(
     /// the same. Set it with an object initializer or <c>with</c>:
     /// <c>SupportQuery.For(AttentionPass.Forward, DataType.BFloat16, 192, options) with { HeadDimV = 128 }</c>. The pairs
     /// (HeadDim, HeadDimV) = (192, 128) and (64, 512) are served by the forward pass on the sm80 path (Float16 and
-    /// BFloat16, every forward option, C ABI 0.10), and (192, 128) by the backward pass too (sm80 path only), as
-    /// FlashAttention-3's. The sm90 forward serves both pairs on compute capability 9.0 in a build with sm_90a code,
-    /// every forward option but dropout; <see cref="KernelPath.Auto"/> takes it there and sm80 elsewhere. (64, 512)'s
+    /// BFloat16, every forward option, C ABI 0.10), and (192, 128) by the backward pass too, as FlashAttention-3's. The
+    /// sm90 forward serves both pairs and the sm90 backward (192, 128) on compute capability 9.0 in a build with sm_90a
+    /// code, every option but dropout; <see cref="KernelPath.Auto"/> takes them there and sm80 elsewhere. (64, 512)'s
     /// backward, decode, Float8E4M3, every other pair and <see cref="KernelPath.Sm90"/> where it does not serve are
     /// refused with the native library's reason.
     /// </summary>

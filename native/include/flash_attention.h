@@ -169,8 +169,8 @@ typedef struct fa_forward_params {
     fa_tensor_t k;
     /* Values [batch, seqlen_k, heads_kv, head_dim_v], same dtype as q. head_dim_v is head_dim, or (since 0.10) the
        pairs (head_dim, head_dim_v) = (192, 128) and (64, 512) on the sm80 path (fp16, bf16), as FlashAttention-3
-       serves them (fa_backward: (192, 128)), and both on the sm90 forward too (without dropout); any other pair is
-       FA_STATUS_UNSUPPORTED. */
+       serves them (fa_backward: (192, 128)), and both on the sm90 forward too and (192, 128) on the sm90 backward
+       (without dropout); any other pair is FA_STATUS_UNSUPPORTED. */
     fa_tensor_t v;
     /* Output [batch, seqlen_q, heads_q, head_dim_v] (v's head dim), same dtype as q, but bf16 when q is fp8; written. Must not
        overlap q, k, v or the descales. */
@@ -621,7 +621,8 @@ typedef struct fa_support_query {
     int32_t dropout;
     /* Head dim of v and out when it differs from head_dim (0: the same). Served pairs (head_dim, head_dim_v): (192, 128)
        and (64, 512) by the forward of the sm80 path (fp16, bf16) with every forward option and by the sm90 forward
-       (every option but dropout), (192, 128) by the sm80 backward too (as FlashAttention-3); decode and fp8 have none.
+       (every option but dropout), (192, 128) by the backward of both paths too (as FlashAttention-3; sm90 without
+       dropout); decode and fp8 have none.
        (Since 0.10: a 0.9-sized query gets 0.) */
     int32_t head_dim_v;
     /* 1 if the keys and values are paged: the forward's block_table (a variable-length batch; varlen must be 1 too),

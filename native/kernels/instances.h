@@ -1,7 +1,8 @@
 // The entry points of every kernel family, declared for the registry (registry.cu). Each is defined, per
 // (dtype, head dim), in its own generated instantiation file (native/tools/generate_kernels.py:
-// sm80/{fwd,bwd,decode}_hdim<D>_<dtype>_sm80.cu, sm90/{fwd,bwd}_hdim<D>_<dtype>_sm90.cu), so families compile in
-// parallel and CMake's FA_HEAD_DIMS / FA_CUDA_ARCHS leave some out. Each returns a cudaError_t value and
+// sm80/{fwd,bwd,decode}_hdim<D>_<dtype>_sm80.cu, sm90/{fwd,bwd}_hdim<D>_<dtype>_sm90.cu, and the V head dim pairs'
+// {fwd,bwd}_hdim<D>_v<DV>_<dtype>_sm{80,90}.cu), so families compile in parallel and CMake's FA_HEAD_DIMS /
+// FA_CUDA_ARCHS leave some out. Each returns a cudaError_t value and
 // sets *features to the variant it ran (common/features.h).
 #pragma once
 #include <cuda_runtime.h>
@@ -33,7 +34,7 @@ struct BwdFamily;
 namespace sm90 {
 template <typename T, int D, int DV>  // DV: v's head dim (D, or 128 for the pair (192, 128))
 int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features);
-template <typename T, int D>
+template <typename T, int D, int DV>  // the same
 struct BwdFamily;
 }  // namespace sm90
 

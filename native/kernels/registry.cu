@@ -181,7 +181,7 @@ std::string name_of(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t fea
 }
 
 // FlashAttention-3's V head dim pairs, whose kernels (the sm80 forward's sm80::FwdTileV / fwd_v_pair and backward's,
-// the sm90 forward's) are compiled with the head dim d (FA_HEAD_DIMS): a pair's index in kVPairs, or -1.
+// the sm90 forward's and backward's) are compiled with the head dim d (FA_HEAD_DIMS): a pair's index in kVPairs, or -1.
 struct VPair {
     int32_t d, dv;
 };
@@ -218,8 +218,9 @@ std::string v_name_of(Pass pass, int dt, int pair, uint32_t features) {
 // Whether the backward has the pair's kernels: (192, 128) only, as FlashAttention-3's backward.
 bool v_pair_backward(int pair) { return pair == 0; }
 
-// Whether the sm90 forward has the pair's kernels (in a build with sm_90a code): both pairs, sm90::FwdTraits90 with
-// DV = 128, and DV = 512 in two CTAs of 256 O columns each (its kVChunks).
+// Whether the sm90 path has the pair's kernels (in a build with sm_90a code): the forward both pairs, sm90::FwdTraits90
+// with DV = 128, and DV = 512 in two CTAs of 256 O columns each (its kVChunks); the backward (192, 128), which is also
+// v_pair_backward's only pair (sm90::BwdTraits90 with DV = 128).
 bool v_pair_sm90(int pair) { return kHasSm90a && sm90::fwd_v_pair(kVPairs[pair].d, kVPairs[pair].dv); }
 
 // f(std::integral_constant<int, D>, std::integral_constant<int, DV>) for pair's (D, DV).
@@ -230,16 +231,25 @@ auto with_v_pair(int pair, F&& f) {
                      : f(std::integral_constant<int, 64>{}, std::integral_constant<int, 512>{});
 }
 
-std::string v90_name_of(int dt, int pair, uint32_t features) {
+// The sm90 pair kernels' names, in the style of name_of: sm90_fwd_<dtype>_hdim192v128[_local][_softcap][_paged]_<tile>
+// and sm90_bwd_<dtype>_hdim192v128_local[_softcap][_det]_<tile> (the backward's are masked only, as at head dim 192).
+std::string v90_name_of(Pass pass, int dt, int pair, uint32_t features) {
     const VPair v = kVPairs[pair];
     const auto s = [](int x) { return std::to_string(x); };
-    const std::string tile = with_v_pair(pair, [&](auto d, auto dv) {
-        using Tr = sm90::FwdTraits90<decltype(d)::value, false, decltype(dv)::value>;
-        return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s";
-    });
-    return std::string("sm90_fwd_") + dtype_tag(dt) + "_hdim" + s(v.d) + "v" + s(v.dv) +
+    std::string tile;
+    if (pass == Pass::Backward) {  // (192, 128) only (v_pair_backward)
+        using Tr = sm90::BwdTraits90<192, 128>;
+        tile = s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg";
+    } else {
+        tile = with_v_pair(pair, [&](auto d, auto dv) {
+            using Tr = sm90::FwdTraits90<decltype(d)::value, false, decltype(dv)::value>;
+            return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s";
+        });
+    }
+    return std::string("sm90_") + pass_tag(pass) + "_" + dtype_tag(dt) + "_hdim" + s(v.d) + "v" + s(v.dv) +
            ((features & feature::kLocal) ? "_local" : "") + ((features & feature::kSoftcap) ? "_softcap" : "") +
-           ((features & feature::kPaged) ? "_paged" : "") + "_" + tile;
+           ((features & feature::kDeterministic) ? "_det" : "") + ((features & feature::kPaged) ? "_paged" : "") + "_" +
+           tile;
 }
 
 // Every kernel of the build, and the index of each (pass, path, dtype, head dim, features).
@@ -247,7 +257,7 @@ struct Registry {
     std::vector<std::string> names;
     int32_t index[3][2][kDtypes][6][32];  // pass, path, dtype, compiled head dim, features -> name index (-1: none)
     int32_t v_index[2][kVPairCount][2][32];  // forward/backward, V head dim pair, fp16/bf16, features -> name index
-    int32_t v90_index[kVPairCount][2][32];   // the sm90 forward's: V head dim pair, fp16/bf16, features -> name index
+    int32_t v90_index[2][kVPairCount][2][32];  // the sm90 ones': forward/backward, pair, fp16/bf16, features -> index
 };
 
 const Registry& registry() {
@@ -306,8 +316,29 @@ const Registry& registry() {
                         for (const uint32_t features :
                              {0u, feature::kSoftcap, feature::kLocal, feature::kLocal | feature::kSoftcap,
                               feature::kLocal | feature::kPaged, feature::kLocal | feature::kSoftcap | feature::kPaged}) {
-                            out.v90_index[pair][dt][features] = static_cast<int32_t>(out.names.size());
-                            out.names.push_back(v90_name_of(dt, pair, features));
+                            out.v90_index[0][pair][dt][features] = static_cast<int32_t>(out.names.size());
+                            out.names.push_back(v90_name_of(pass, dt, pair, features));
+                        }
+                    }
+                }
+            }
+            // The sm90 backward's pair kernels ((192, 128)): the variants of its head dim's kernel (masked only, with
+            // softcap and deterministic ones; no dropout), in the order of the others.
+            if (pass == Pass::Backward) {
+                for (int pair = 0; pair < kVPairCount; ++pair) {
+                    if (v_pair_index(kVPairs[pair].d, kVPairs[pair].dv) < 0 || !v_pair_sm90(pair) || !v_pair_backward(pair)) {
+                        continue;
+                    }
+                    for (int dt = 0; dt < 2; ++dt) {
+                        for (uint32_t v = 0; v < 32; ++v) {
+                            const uint32_t features = ((v & 16) ? feature::kLocal : 0u) | ((v & 8) ? feature::kSoftcap : 0u) |
+                                                      ((v & 4) ? feature::kDeterministic : 0u) | ((v & 2) ? feature::kPaged : 0u) |
+                                                      ((v & 1) ? feature::kDropout : 0u);
+                            if ((features & ~axes) != 0 || !variant_compiled(pass, Path::Sm90, kVPairs[pair].d, features)) {
+                                continue;
+                            }
+                            out.v90_index[1][pair][dt][features] = static_cast<int32_t>(out.names.size());
+                            out.names.push_back(v90_name_of(pass, dt, pair, features));
                         }
                     }
                 }
@@ -351,13 +382,24 @@ int run_bwd_main_for(Path path, int32_t kernel_d, const BwdParams& p, const Laun
                      uint32_t* features) {
     return with_compiled_head_dim(kernel_d, static_cast<int>(cudaErrorInvalidValue), [&](auto hd) {
         constexpr int D = decltype(hd)::value;
+        const bool v_pair = p.f.dv != 0 && p.f.dv != p.f.d;  // a V head dim other than q's: the pair's kernel
 #ifdef FA_HAS_SM90A
         if constexpr (sm90::bwd_head_dim(D)) {
-            if (path == Path::Sm90) return run_bwd_main<sm90::BwdFamily<T, D>>(p, info, stream, features);
+            if (path == Path::Sm90 && v_pair) {  // (the host refuses every pair but (192, 128) first)
+#if defined(FA_HAS_HDIM192)
+                if constexpr (D == 192) {
+                    if (p.f.d == 192 && p.f.dv == 128) {
+                        return run_bwd_main<sm90::BwdFamily<T, 192, 128>>(p, info, stream, features);
+                    }
+                }
+#endif
+                return static_cast<int>(cudaErrorInvalidValue);
+            }
+            if (path == Path::Sm90) return run_bwd_main<sm90::BwdFamily<T, D, D>>(p, info, stream, features);
         }
 #endif
         if (path != Path::Sm80) return static_cast<int>(cudaErrorInvalidValue);
-        if (p.f.dv != 0 && p.f.dv != p.f.d) {  // a V head dim other than q's: the pair's kernel (the host refuses the rest)
+        if (v_pair) {  // the sm80 pair kernel (the host refuses the rest)
 #if defined(FA_HAS_HDIM192)
             if constexpr (D == 192) {
                 if (p.f.dv == 128) return run_bwd_main<sm80::BwdFamily<T, 192, 128>>(p, info, stream, features);
@@ -530,12 +572,14 @@ bool has_v_kernel(Pass pass, int32_t d, int32_t dv) {
 bool has_v_kernel(Pass pass, Path path, int32_t d, int32_t dv) {
     if (path == Path::Sm80) return has_v_kernel(pass, d, dv);
     const int pair = v_pair_index(d, dv);
-    return pair >= 0 && pass == Pass::Forward && v_pair_sm90(pair);
+    return pair >= 0 && v_pair_sm90(pair) &&
+           (pass == Pass::Forward || (pass == Pass::Backward && v_pair_backward(pair)));
 }
 
 int32_t v_smem_bytes(Pass pass, Path path, int32_t d, int32_t dv) {
     if (!has_v_kernel(pass, path, d, dv)) return 0;
     if (path == Path::Sm90) {
+        if (pass == Pass::Backward) return sm90::BwdTraits90<192, 128>::kSmemBytes;  // its one pair
         return with_v_pair(v_pair_index(d, dv), [](auto dd, auto ddv) {
             return static_cast<int32_t>(sm90::FwdTraits90<decltype(dd)::value, false, decltype(ddv)::value>::kSmemBytes);
         });
@@ -581,7 +625,7 @@ int launch_forward(Path path, const FwdParams& params, const LaunchInfo& info, v
 #endif
         }
         const int32_t at = pair < 0 || dt == kE4m3 ? -1
-                           : path == Path::Sm90 ? registry().v90_index[pair][dt][features & 31u]
+                           : path == Path::Sm90 ? registry().v90_index[0][pair][dt][features & 31u]
                                                 : registry().v_index[0][pair][dt][features & 31u];
         if (kernel_name) *kernel_name = at < 0 ? "unknown_kernel" : registry().names[at].c_str();
         if (err == 0 && p.dropout != 0 && p.dropout_mask != nullptr) return launch_dropout_mask(p, s);
@@ -622,7 +666,9 @@ int launch_backward(Path path, BwdParams& p, const LaunchInfo& info, void* strea
     if (kernel_name) {
         const int pair = p.f.dv != 0 && p.f.dv != p.f.d ? v_pair_index(p.f.d, p.f.dv) : -1;
         const int dt = dtype_index(p.f.dtype);
-        const int32_t at = pair >= 0 && dt < 2 ? registry().v_index[1][pair][dt][features & 31u] : -1;
+        const int32_t at = pair < 0 || dt >= 2       ? -1
+                           : path == Path::Sm90 ? registry().v90_index[1][pair][dt][features & 31u]
+                                                : registry().v_index[1][pair][dt][features & 31u];
         *kernel_name = pair < 0 ? name_for(Pass::Backward, path, dt, p.kernel_d, features)
                                 : at < 0 ? "unknown_kernel" : registry().names[at].c_str();
     }

@@ -36,7 +36,8 @@ bool has_kernel(Pass pass, Path path, int32_t kernel_d, DType dtype);
 // Whether this build has the sm80 `pass` kernels of head dim d with V head dim dv (dv != d: sm80::fwd_v_pair, compiled
 // with head dim d; the backward's for (192, 128) only).
 bool has_v_kernel(Pass pass, int32_t d, int32_t dv);
-// The same on one path: sm80 as above; sm90 the forward's, both pairs, in a build with sm_90a code (no device check).
+// The same on one path: sm80 as above; sm90 the forward's (both pairs) and backward's ((192, 128)) in a build with
+// sm_90a code (no device check).
 bool has_v_kernel(Pass pass, Path path, int32_t d, int32_t dv);
 // Dynamic shared memory per block of that pair kernel (0 where has_v_kernel says no).
 int32_t v_smem_bytes(Pass pass, Path path, int32_t d, int32_t dv);
@@ -57,8 +58,9 @@ int32_t decode_num_splits(const DecodeParams& p, const LaunchInfo& info, int32_t
                           int32_t max_splits);
 
 // Every kernel compiled into this build: the forward ones, then the backward ones, then the decode ones
-// (per pass: sm80, then sm90; per path: head dims ascending, fp16 then bf16, variants in binary order of
-// local, softcap, deterministic, paged). Names live as long as the process; nullptr past the end.
+// (per pass: sm80, then sm90, then the V head dim pairs' kernels, sm80's then sm90's; per path: head dims ascending,
+// fp16 then bf16, variants in binary order of local, softcap, deterministic, paged). Names live as long as the
+// process; nullptr past the end.
 int32_t kernel_count();
 const char* kernel_name_at(int32_t index);
 

@@ -77,8 +77,9 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
         fail(FA_STATUS_UNSUPPORTED, std::string("dropout_p > 0, but ") + dropout_refusal(pass, Path::Sm80, dtype));
     }
     // A V head dim other than q's: the pair kernels (kernels::has_v_kernel): the sm80 forward's (every forward option)
-    // and backward's, and the sm90 forward's for both pairs (every option but dropout), which AUTO takes where it
-    // serves. The pair's own refusals come first; then the path choice below, as for every call.
+    // and backward's, and the sm90 forward's for both pairs and backward's for (192, 128) (every option but dropout),
+    // which AUTO takes where they serve. The pair's own refusals come first; then the path choice below, as for every
+    // call.
     const bool v_pair = head_dim_v != 0 && head_dim_v != head_dim;
     const int32_t dv32 = static_cast<int32_t>(head_dim_v > 0 && head_dim_v < (1 << 30) ? head_dim_v : 0);
     std::string pair;
@@ -116,8 +117,9 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
     std::string why;
     bool sm90 = path_serves(pass, Path::Sm90, kd, dtype, cc, &why, dropout);
     if (sm90 && v_pair && !kernels::has_v_kernel(pass, Path::Sm90, head_dim, dv32)) {
+        // (The backward of a pair without a forward kernel, or of (64, 512), was refused above: this is the forward's.)
         sm90 = false;
-        why = pass == Pass::Backward ? "the sm90 backward has no kernels for a V head dim other than q's " + pair
+        why = pass == Pass::Backward ? "the sm90 backward serves the V head dim pair (192, 128) only, not " + pair
                                      : "this build has no sm90 forward kernels of " + pair;
     }
     const auto smem = [&] {  // the sm90 kernel's (asked only where the path serves)

@@ -44,8 +44,9 @@ bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc
 // in them too. A dropout call runs on the sm80 path: FA_PATH_AUTO takes it on any GPU, FA_PATH_SM90 is
 // UNSUPPORTED saying so.
 // head_dim_v: v's and out's head dim when it differs from head_dim (0: the same). FlashAttention-3's pairs: the sm80
-// path serves both forwards and (192, 128)'s backward, the sm90 path both forwards (without dropout; AUTO takes it
-// where it serves); every other pair, (64, 512)'s backward and decode are UNSUPPORTED saying why.
+// path serves both forwards and (192, 128)'s backward, the sm90 path both forwards and (192, 128)'s backward (without
+// dropout; AUTO takes them where they serve); every other pair, (64, 512)'s backward and decode are UNSUPPORTED
+// saying why.
 Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, int32_t cc, int64_t smem_optin,
                  const std::string& field, int32_t device = -1, bool dropout = false, int64_t head_dim_v = 0);
 

@@ -1,7 +1,8 @@
 // Standalone harness of the backward pass through the C ABI, for the GPU machine without the managed
 // stack: checks fa_backward against a float64 CPU reference (fresh random inputs, NaN-poisoned
-// outputs, every element), checks the deterministic mode bit for bit across two runs, then times the
-// backward over the TARGETS.md grid (CUDA events, median) in both modes. Build after build_native:
+// outputs, every element; equal head dims and the V head dim pair (192, 128)), checks the deterministic mode bit for
+// bit across two runs, then times the backward over the TARGETS.md grid (CUDA events, median) in both modes. Build
+// after build_native:
 //   g++ -std=c++17 -O2 -I native/include native/tests/bwd_harness.cpp -L artifacts/native
 //       -lflash_attention -Wl,-rpath,$PWD/artifacts/native -o /tmp/bwd_harness
 // Usage: bwd_harness [--check-only] [--time-only] [--d 64,128,256] [--paths auto,sm80,sm90] [--seed N]
@@ -68,6 +69,7 @@ struct Case {
     bool bf16 = true;
     bool sinks = false;  // learnable sinks (C ABI 0.7): one fp32 logit per query head, and their gradient dsinks
     int alibi = 0;       // ALiBi slopes (C ABI 0.8): 1 [hq], 2 [b, hq] (b: the sequences of a varlen batch)
+    int dv = 0;          // v's (and out's, dO's, dv's) head dim when it is not d (C ABI 0.10: the pair (192, 128)); 0: d
 };
 
 static std::string describe(const Case& c) {
@@ -77,6 +79,7 @@ static std::string describe(const Case& c) {
                   c.softcap, c.lq.empty() ? "" : " varlen");
     if (c.sinks) std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " sinks");
     if (c.alibi) std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " alibi%s", c.alibi == 2 ? "[b,hq]" : "[hq]");
+    if (c.dv) std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " dv=%d", c.dv);
     return buf;
 }
 
@@ -107,6 +110,7 @@ struct Problem {
     Case c;
     int64_t rows_q, rows_k;  // per batch (fixed) or total (varlen)
     int64_t nq, nk, nl;
+    int64_t nv, no;  // elements of v (and dv) and of out (and dO): nk and nq unless the V head dim differs
     std::vector<uint16_t> q, k, v, dout;
     std::vector<float> sinks;  // [hq] when c.sinks
     std::vector<float> slopes;  // [hq] or [b, hq] when c.alibi
@@ -131,14 +135,18 @@ static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, 
     const double scale = c.scale > 0 ? c.scale : 1.0 / std::sqrt(double(c.d));
     dq.assign(P.nq, 0.0);
     dk.assign(P.nk, 0.0);
-    dv.assign(P.nk, 0.0);
+    dv.assign(P.nv, 0.0);
     dsinks.assign(c.hq, 0.0);
     dsinks_abs.assign(c.hq, 0.0);
     lse_ref.assign(varlen ? size_t(c.hq) * P.cq.back() : size_t(c.b) * c.hq * c.sq, INFINITY);
     lse_empty.assign(lse_ref.size(), 0);
     const int d = c.d, hq = c.hq, hkv = c.hkv;
+    const int dvh = c.dv ? c.dv : c.d;  // the V head dim: v's, dO's, out's and dv's columns
     auto at = [&](const std::vector<uint16_t>& x, int64_t row, int h, int heads, int j) {
         return from_half_bits(x[(row * heads + h) * d + j], c.bf16);
+    };
+    auto atv = [&](const std::vector<uint16_t>& x, int64_t row, int h, int heads, int j) {  // v and dO
+        return from_half_bits(x[(row * heads + h) * dvh + j], c.bf16);
     };
     (void)o_kernel;
     const int max_sk = varlen ? *std::max_element(c.lk.begin(), c.lk.end()) : c.sk;
@@ -185,13 +193,13 @@ static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, 
                 for (int j = 0; j < sk; ++j) p[j] /= sum;
                 const double lse_i = mx + std::log(sum);
                 lse_ref[lse_at] = lse_i;
-                std::vector<double> o(d, 0.0);
+                std::vector<double> o(dvh, 0.0);
                 for (int j = 0; j < sk; ++j) {
                     if (p[j] == 0) continue;
-                    for (int e = 0; e < d; ++e) o[e] += p[j] * at(P.v, k0 + j, g, hkv, e);
+                    for (int e = 0; e < dvh; ++e) o[e] += p[j] * atv(P.v, k0 + j, g, hkv, e);
                 }
                 double D = 0;
-                for (int e = 0; e < d; ++e) D += o[e] * at(P.dout, q0 + i, h, hq, e);
+                for (int e = 0; e < dvh; ++e) D += o[e] * atv(P.dout, q0 + i, h, hq, e);
                 if (c.sinks) {
                     dsinks[h] -= std::exp(sigma - lse_i) * D;
                     dsinks_abs[h] += std::exp(sigma - lse_i) * std::fabs(D);
@@ -199,14 +207,14 @@ static double ref_case(const Problem& P, const std::vector<uint16_t>& o_kernel, 
                 for (int j = 0; j < sk; ++j) {
                     if (p[j] == 0) continue;
                     double dpj = 0;
-                    for (int e = 0; e < d; ++e) dpj += at(P.dout, q0 + i, h, hq, e) * at(P.v, k0 + j, g, hkv, e);
+                    for (int e = 0; e < dvh; ++e) dpj += atv(P.dout, q0 + i, h, hq, e) * atv(P.v, k0 + j, g, hkv, e);
                     double ds = p[j] * (dpj - D);
                     ds *= c.softcap > 0 ? scale * (1 - t[j] * t[j]) : scale;
                     for (int e = 0; e < d; ++e) {
                         dq[((q0 + i) * hq + h) * d + e] += ds * at(P.k, k0 + j, g, hkv, e);
                         dk[((k0 + j) * hkv + g) * d + e] += ds * at(P.q, q0 + i, h, hq, e);
-                        dv[((k0 + j) * hkv + g) * d + e] += p[j] * at(P.dout, q0 + i, h, hq, e);
                     }
+                    for (int e = 0; e < dvh; ++e) dv[((k0 + j) * hkv + g) * dvh + e] += p[j] * atv(P.dout, q0 + i, h, hq, e);
                 }
             }
         }
@@ -249,17 +257,21 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
         }
     }
     const int64_t rows_q = varlen ? cq[B] : int64_t(B) * c.sq, rows_k = varlen ? ck[B] : int64_t(B) * c.sk;
+    const int dvh = c.dv ? c.dv : c.d;  // the V head dim
     const int64_t nq = rows_q * c.hq * c.d, nk = rows_k * c.hkv * c.d, nl = rows_q * c.hq;
+    const int64_t nv = rows_k * c.hkv * dvh, no = rows_q * c.hq * dvh;
     Problem P;
     P.c = c;
     P.nq = nq;
     P.nk = nk;
+    P.nv = nv;
+    P.no = no;
     P.cq = cq;
     P.ck = ck;
     P.q.resize(nq);
     P.k.resize(nk);
-    P.v.resize(nk);
-    P.dout.resize(nq);
+    P.v.resize(nv);
+    P.dout.resize(no);
     fill(P.q, c.bf16);
     fill(P.k, c.bf16);
     fill(P.v, c.bf16);
@@ -275,32 +287,32 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
         for (float& s : P.slopes) s = ud(rng);
     }
     const int dt = c.bf16 ? FA_DTYPE_BFLOAT16 : FA_DTYPE_FLOAT16;
-    Dev q(nq * 2), k(nk * 2), v(nk * 2), o(nq * 2), dO(nq * 2), lse(nl * 4), dq(nq * 2), dk(nk * 2), dv(nk * 2);
+    Dev q(nq * 2), k(nk * 2), v(nv * 2), o(no * 2), dO(no * 2), lse(nl * 4), dq(nq * 2), dk(nk * 2), dv(nv * 2);
     Dev cuq((B + 1) * 4), cuk((B + 1) * 4), sinks(c.hq * 4), dsinks(c.hq * 4), slopes(size_t(B) * c.hq * 4);
     if (c.sinks) CHECK(fa_memcpy(sinks.p, P.sinks.data(), c.hq * 4));
     if (c.alibi) CHECK(fa_memcpy(slopes.p, P.slopes.data(), P.slopes.size() * 4));
     CHECK(fa_memcpy(q.p, P.q.data(), nq * 2));
     CHECK(fa_memcpy(k.p, P.k.data(), nk * 2));
-    CHECK(fa_memcpy(v.p, P.v.data(), nk * 2));
-    CHECK(fa_memcpy(dO.p, P.dout.data(), nq * 2));
+    CHECK(fa_memcpy(v.p, P.v.data(), nv * 2));
+    CHECK(fa_memcpy(dO.p, P.dout.data(), no * 2));
     CHECK(fa_memcpy(cuq.p, cq.data(), (B + 1) * 4));
     CHECK(fa_memcpy(cuk.p, ck.data(), (B + 1) * 4));
 
-    auto qshape = [&](int h) -> std::vector<int64_t> {
-        return varlen ? std::vector<int64_t>{rows_q, h, c.d} : std::vector<int64_t>{B, c.sq, h, c.d};
+    auto qshape = [&](int h, int dim) -> std::vector<int64_t> {
+        return varlen ? std::vector<int64_t>{rows_q, h, dim} : std::vector<int64_t>{B, c.sq, h, dim};
     };
-    auto kshape = [&]() -> std::vector<int64_t> {
-        return varlen ? std::vector<int64_t>{rows_k, c.hkv, c.d} : std::vector<int64_t>{B, c.sk, c.hkv, c.d};
+    auto kshape = [&](int dim) -> std::vector<int64_t> {
+        return varlen ? std::vector<int64_t>{rows_k, c.hkv, dim} : std::vector<int64_t>{B, c.sk, c.hkv, dim};
     };
     auto lshape = [&]() -> std::vector<int64_t> {
         return varlen ? std::vector<int64_t>{c.hq, rows_q} : std::vector<int64_t>{B, c.hq, c.sq};
     };
     fa_forward_params_t fp;
     CHECK(fa_forward_params_init(&fp, sizeof fp));
-    fp.q = tensor(q.p, dt, qshape(c.hq));
-    fp.k = tensor(k.p, dt, kshape());
-    fp.v = tensor(v.p, dt, kshape());
-    fp.out = tensor(o.p, dt, qshape(c.hq));
+    fp.q = tensor(q.p, dt, qshape(c.hq, c.d));
+    fp.k = tensor(k.p, dt, kshape(c.d));
+    fp.v = tensor(v.p, dt, kshape(dvh));
+    fp.out = tensor(o.p, dt, qshape(c.hq, dvh));
     fp.lse = tensor(lse.p, FA_DTYPE_FLOAT32, lshape());
     fp.causal = c.causal;
     fp.causal_alignment = c.top_left ? FA_CAUSAL_TOP_LEFT : FA_CAUSAL_BOTTOM_RIGHT;
@@ -333,10 +345,10 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
     bp.v = fp.v;
     bp.out = fp.out;
     bp.lse = fp.lse;
-    bp.dout = tensor(dO.p, dt, qshape(c.hq));
-    bp.dq = tensor(dq.p, dt, qshape(c.hq));
-    bp.dk = tensor(dk.p, dt, kshape());
-    bp.dv = tensor(dv.p, dt, kshape());
+    bp.dout = tensor(dO.p, dt, qshape(c.hq, dvh));
+    bp.dq = tensor(dq.p, dt, qshape(c.hq, c.d));
+    bp.dk = tensor(dk.p, dt, kshape(c.d));
+    bp.dv = tensor(dv.p, dt, kshape(dvh));
     bp.causal = fp.causal;
     bp.causal_alignment = fp.causal_alignment;
     bp.window_left = c.wl;
@@ -356,25 +368,25 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
         bp.dsinks = tensor(dsinks.p, FA_DTYPE_FLOAT32, {c.hq});
     }
 
-    std::vector<uint16_t> gq(nq), gk(nk), gv(nk), gq2(nq), gk2(nk), gv2(nk);
+    std::vector<uint16_t> gq(nq), gk(nk), gv(nv), gq2(nq), gk2(nk), gv2(nv);
     std::vector<float> gs(c.hq), gs2(c.hq), lse_host(nl);
     CHECK(fa_memcpy(lse_host.data(), lse.p, nl * 4));
     for (int run = 0; run < (deterministic ? 2 : 1); ++run) {
         CHECK(fa_memset_async(dq.p, 0xFF, nq * 2, nullptr));  // NaN poison
         CHECK(fa_memset_async(dk.p, 0xFF, nk * 2, nullptr));
-        CHECK(fa_memset_async(dv.p, 0xFF, nk * 2, nullptr));
+        CHECK(fa_memset_async(dv.p, 0xFF, nv * 2, nullptr));
         CHECK(fa_memset_async(dsinks.p, 0xFF, c.hq * 4, nullptr));
         CHECK(fa_backward(ctx, &bp, nullptr));
         CHECK(fa_device_synchronize(0));
         CHECK(fa_memcpy(run == 0 ? gq.data() : gq2.data(), dq.p, nq * 2));
         CHECK(fa_memcpy(run == 0 ? gk.data() : gk2.data(), dk.p, nk * 2));
-        CHECK(fa_memcpy(run == 0 ? gv.data() : gv2.data(), dv.p, nk * 2));
+        CHECK(fa_memcpy(run == 0 ? gv.data() : gv2.data(), dv.p, nv * 2));
         CHECK(fa_memcpy(run == 0 ? gs.data() : gs2.data(), dsinks.p, c.hq * 4));
     }
     std::vector<double> rq, rk, rv, rs, rs_abs, rl;
     std::vector<char> empty;
-    std::vector<uint16_t> o_host(nq);
-    CHECK(fa_memcpy(o_host.data(), o.p, nq * 2));  // the forward's stored output, which the backward's D is read from
+    std::vector<uint16_t> o_host(no);
+    CHECK(fa_memcpy(o_host.data(), o.p, no * 2));  // the forward's stored output, which the backward's D is read from
     ref_case(P, o_host, rq, rk, rv, rs, rs_abs, rl, empty);
     bool nan = false;
     const double eq = rel_l2(gq, rq, c.bf16, &nan), ek = rel_l2(gk, rk, c.bf16, &nan), ev = rel_l2(gv, rv, c.bf16, &nan);
@@ -405,10 +417,10 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
             for (int h = 0; h < c.hq; ++h) {
                 const double sigma = P.sinks[h];
                 for (int64_t i = 0; i < rows; ++i) {
-                    const int64_t row = ((int64_t(b) * rows + i) * c.hq + h) * c.d;
+                    const int64_t row = ((int64_t(b) * rows + i) * c.hq + h) * dvh;  // of dO and O
                     const size_t lat = (size_t(b) * c.hq + h) * rows + i;  // [b, hq, sq] or [hq, total_q]
                     double dot = 0, adot = 0;
-                    for (int e = 0; e < c.d; ++e) {
+                    for (int e = 0; e < dvh; ++e) {
                         const double g = from_half_bits(P.dout[row + e], c.bf16);
                         const double pr = g * from_half_bits(o_host[row + e], c.bf16);
                         dot += pr;
@@ -418,7 +430,7 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
                     const double arg = sigma - double(lse_host[lat]);
                     const double w = std::exp(arg);
                     sum_stored[h] -= w * dot;
-                    bound[h] += std::ldexp(1.0, -24) * w * adot * (c.d + double(Bn) * rows + std::fabs(arg) + 4);
+                    bound[h] += std::ldexp(1.0, -24) * w * adot * (dvh + double(Bn) * rows + std::fabs(arg) + 4);
                 }
             }
         }
@@ -452,7 +464,7 @@ static bool check_case(fa_context_t ctx, const Case& c, bool deterministic) {
     bool same = true;
     if (deterministic) {
         same = std::memcmp(gq.data(), gq2.data(), nq * 2) == 0 && std::memcmp(gk.data(), gk2.data(), nk * 2) == 0 &&
-               std::memcmp(gv.data(), gv2.data(), nk * 2) == 0 && std::memcmp(gs.data(), gs2.data(), c.hq * 4) == 0;
+               std::memcmp(gv.data(), gv2.data(), nv * 2) == 0 && std::memcmp(gs.data(), gs2.data(), c.hq * 4) == 0;
         ok = ok && same;
     }
     std::printf("%s %-70s%s  rel-L2 dq %.2e dk %.2e dv %.2e%s%s", ok ? "PASS" : "FAIL", describe(c).c_str(),
@@ -640,13 +652,48 @@ int main(int argc, char** argv) {
             c.alibi = 2;
             cases.push_back(c);
         }
+        // The V head dim pair (192, 128) (C ABI 0.10): the sm80 pair kernel, or on compute capability 9.0 in a build
+        // with sm_90a code the sm90 one (AUTO and sm90): GQA and MQA, both causal alignments with sq > sk and sq < sk
+        // (rows that see no key; partial last query and key blocks), window + softcap, varlen with empty sequences and
+        // partial blocks, ALiBi and sinks. Skipped (fa_forward UNSUPPORTED) in a build without head dim 192.
+        const size_t pair_cases = cases.size();
+        {
+            Case c{2, 8, 2, 131, 257, 192};
+            c.dv = 128;
+            c.causal = true;
+            cases.push_back(c);
+            Case t{1, 4, 1, 300, 177, 192};
+            t.dv = 128;
+            t.causal = true;
+            t.top_left = true;
+            cases.push_back(t);
+            t.top_left = false;  // bottom-right: rows 0..122 see no key
+            t.bf16 = false;
+            cases.push_back(t);
+            Case w{1, 4, 4, 190, 220, 192};
+            w.dv = 128;
+            w.softcap = 30.f;
+            w.wl = 40;
+            w.wr = 7;
+            cases.push_back(w);
+            Case vl{0, 4, 2, 0, 0, 192};
+            vl.dv = 128;
+            vl.lq = {17, 0, 130, 64};
+            vl.lk = {40, 33, 130, 1};
+            vl.causal = true;
+            cases.push_back(vl);
+            vl.causal = false;
+            vl.alibi = 2;
+            vl.sinks = true;
+            cases.push_back(vl);
+        }
         for (const Case& c : cases) {
             ++total;
             if (!check_case(ctx, c, false)) ++failed;
         }
         // Deterministic twice, bit for bit: among them d 192 causal (index 9) and the varlen 192 case (plain_cases - 2).
         for (size_t i : {size_t(1), size_t(3), size_t(7), size_t(9), size_t(13), plain_cases - 2, plain_cases,
-                         plain_cases + 1, sink_cases, sink_cases + 1}) {
+                         plain_cases + 1, sink_cases, sink_cases + 1, pair_cases, pair_cases + 4}) {
             if (i >= cases.size()) continue;
             ++total;
             if (!check_case(ctx, cases[i], true)) ++failed;

@@ -1879,8 +1879,9 @@ static void test_query_fp8(void) {
 
 /* A V head dim other than q's (C ABI 0.10): (192, 128) and (64, 512) on the sm80 forward where the build has the head
    dim, and on the sm90 forward too in a build with sm_90a code (AUTO takes it on cc 9.0 there, sm80 elsewhere);
-   the backward of (192, 128) on sm80 only; (64, 512)'s backward, other pairs and an out of q's head dim are refused,
-   saying why; k of another head dim stays INVALID. The query agrees. */
+   the backward of (192, 128) on sm80, and on sm90 in a build with sm_90a code (AUTO takes it on cc 9.0 there, but
+   for dropout); (64, 512)'s backward, other pairs and an out of q's head dim are refused, saying why; k of another
+   head dim stays INVALID. The query agrees. */
 /* Whether the build lists an sm80 kernel of `pass` ("fwd" or "bwd") for head dims (d, dv), i.e. compiled head dim d
    exactly; lists_pair_kernel_on does the same for a path prefix ("sm80_" or "sm90_"). */
 static int lists_pair_kernel_on(const char* path, const char* pass, int d, int dv) {
@@ -2085,10 +2086,11 @@ static void test_v_head_dim_validation(void) {
                output columns). (has90a is read here, not inside expect()'s arguments: listing the kernels clears the
                last error message it checks.) */
             const int has90a = build_has_sm90a();
-            const int sm90_pair = has90a;
+            const int sm90_pair = has90a, sm90_bwd = has90a && d == 192;
             CHECK(lists_pair_kernel_on("sm90_", "fwd", d, dv) == sm90_pair,
                   "the sm90 forward lists (%d, %d)'s kernels exactly in a build with sm_90a code", d, dv);
-            CHECK(!lists_pair_kernel_on("sm90_", "bwd", d, dv), "the sm90 backward lists no pair kernel");
+            CHECK(lists_pair_kernel_on("sm90_", "bwd", d, dv) == sm90_bwd,
+                  "the sm90 backward lists (%d, %d)'s kernels exactly in a build with sm_90a code, (192, 128) only", d, dv);
             expect("v head dim pair (forward)", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
             expect("v head dim pair at cc 9.0", fa_forward_check(&p, 90), FA_STATUS_SUCCESS, NULL);
             expect("query of the pair", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
@@ -2107,15 +2109,23 @@ static void test_v_head_dim_validation(void) {
             q.kernel_path = FA_PATH_AUTO;
             {
                 /* the backward: (192, 128) on the sm80 path (dq like q, dk like k, dv like v, dout like out), as
-                   FlashAttention-3's; (64, 512) forward only */
+                   FlashAttention-3's, and on the sm90 path in a build with sm_90a code; (64, 512) forward only */
                 fa_backward_params_t bw = backward_of(&p);
                 if (d == 192) {
                     expect("backward of the (192, 128) pair", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
-                    expect("backward of the (192, 128) pair at cc 9.0 (AUTO takes sm80)", fa_backward_check(&bw, 90),
+                    expect("backward of the (192, 128) pair at cc 9.0 (AUTO)", fa_backward_check(&bw, 90),
                            FA_STATUS_SUCCESS, NULL);
                     bw.kernel_path = FA_PATH_SM90;
                     expect("backward of the (192, 128) pair on FA_PATH_SM90", fa_backward_check(&bw, 90),
-                           FA_STATUS_UNSUPPORTED, has90a ? "V head dim other than q's" : "FA_PATH_SM90");
+                           has90a ? FA_STATUS_SUCCESS : FA_STATUS_UNSUPPORTED, has90a ? NULL : "FA_PATH_SM90");
+                    expect("backward of the (192, 128) pair on FA_PATH_SM90 at cc 8.0", fa_backward_check(&bw, 80),
+                           FA_STATUS_UNSUPPORTED, "FA_PATH_SM90");
+                    bw.dropout_p = 0.1f; /* dropout: the sm80 pair kernels' alone */
+                    expect("backward of the (192, 128) pair with dropout on FA_PATH_SM90", fa_backward_check(&bw, 90),
+                           FA_STATUS_UNSUPPORTED, "dropout");
+                    bw.kernel_path = FA_PATH_AUTO;
+                    expect("backward of the (192, 128) pair with dropout (AUTO takes sm80)", fa_backward_check(&bw, 90),
+                           FA_STATUS_SUCCESS, NULL);
                 } else {
                     expect("backward of the (64, 512) pair", fa_backward_check(&bw, 0), FA_STATUS_UNSUPPORTED,
                            "backward of a V head dim");
@@ -2124,6 +2134,10 @@ static void test_v_head_dim_validation(void) {
             q.pass = FA_PASS_BACKWARD;
             expect("query of the pair's backward", fa_query_support(&q), d == 192 ? FA_STATUS_SUCCESS : FA_STATUS_UNSUPPORTED,
                    d == 192 ? NULL : "backward of a V head dim");
+            q.kernel_path = FA_PATH_SM90;
+            expect("query of the pair's backward on FA_PATH_SM90", fa_query_support(&q),
+                   sm90_bwd ? FA_STATUS_SUCCESS : FA_STATUS_UNSUPPORTED, sm90_bwd ? NULL : d == 192 ? "FA_PATH_SM90" : "backward of a V head dim");
+            q.kernel_path = FA_PATH_AUTO;
         } else {
             /* a build without head dim d: refused (naming its head dims: FA_HEAD_DIMS picks them) */
             expect("v head dim pair of a head dim this build lacks", fa_forward_check(&p, 0), FA_STATUS_UNSUPPORTED, NULL);

@@ -4,7 +4,7 @@
  *
  * The call list is built at run time, the same on every run on the same GPU and build:
  *   - one call aimed at each compiled attention kernel (fa_kernel_name) that the device serves: the sm80 kernels
- *     always, the sm90 ones where fa_query_support says FA_PATH_SM90 serves that pass and head dim; the masked,
+ *     always, the sm90 ones where fa_query_support says FA_PATH_SM90 serves that pass and head dim (and V head dim); the masked,
  *     softcap, deterministic and paged variants each get their own call, and the calls aimed at one family rotate
  *     over the options (causal both alignments, windows, fully masked rows, GQA/MQA, varlen with empty sequences,
  *     packed-QKV strides, LSE on and off, head dims between the kernel classes, splits, appends, ...);
@@ -58,7 +58,7 @@ typedef struct {
     char target[160]; /* the compiled kernel this call is aimed at ("" for a feature call) */
     int pass, path, dtype;
     int b, sq, sk, hq, hkv, d; /* decode: sq = seqlen_new */
-    int dv;                    /* fwd (C ABI 0.10): the V/out head dim when it differs from d (0: d) */
+    int dv;                    /* fwd, bwd (C ABI 0.10): the V/out head dim when it differs from d (0: d) */
     int causal, top_left, wl, wr;
     float softcap, scale;
     int lse;      /* fwd, decode: write the log-sum-exp (the backward always has one) */
@@ -142,7 +142,8 @@ static void on_log(int32_t level, const char* message, void* user_data) {
 
 /* ---- what the build and the device serve ----------------------------------------------------------------- */
 
-static int served(int pass, int path, int dtype, int d, int cc) {
+/* dv: v's head dim where it is not d (a pair kernel's), else 0. */
+static int served(int pass, int path, int dtype, int d, int dv, int cc) {
     fa_support_query_t q;
     memset(&q, 0, sizeof q);
     q.struct_size = sizeof q;
@@ -150,12 +151,14 @@ static int served(int pass, int path, int dtype, int d, int cc) {
     q.compute_capability = cc;
     q.dtype = dtype;
     q.head_dim = d;
+    q.head_dim_v = dv;
     q.kernel_path = path;
     return fa_query_support(&q) == FA_STATUS_SUCCESS;
 }
 
 /* An attention kernel's name: <path>_<pass>_<dtype>_hdim<d>[v<dv>][_local][_softcap][_det][_paged][_dropout]_<tile>
-   (v<dv>: the forward kernels of a V head dim other than q's). */
+   (v<dv>: the kernels of a V head dim other than q's: both paths' forward and backward of (192, 128), the sm80
+   forward of (64, 512)). */
 typedef struct {
     int pass, path, dtype, d, dv, local, softcap, det, paged, dropout;
     char unknown[64]; /* a variant tag this driver does not know how to aim at ("" if none) */
@@ -561,21 +564,21 @@ static const f8feature k_f8features[] = {
 /* The head dim the feature calls of a pass and path use: 128 where served, else the first served class. */
 static int main_head_dim(int pass, int path, int cc) {
     int i;
-    if (served(pass, path, FA_DTYPE_BFLOAT16, 128, cc)) return 128;
+    if (served(pass, path, FA_DTYPE_BFLOAT16, 128, 0, cc)) return 128;
     for (i = 0; i < 6; ++i) {
-        if (served(pass, path, FA_DTYPE_BFLOAT16, k_classes[i], cc)) return k_classes[i];
+        if (served(pass, path, FA_DTYPE_BFLOAT16, k_classes[i], 0, cc)) return k_classes[i];
     }
     return 0;
 }
 
 static void add_fp8_feature_cases(int path, int cc) {
-    const int dmain = served(PASS_FWD, path, FA_DTYPE_FLOAT8_E4M3, 128, cc) ? 128 : 64;
+    const int dmain = served(PASS_FWD, path, FA_DTYPE_FLOAT8_E4M3, 128, 0, cc) ? 128 : 64;
     size_t i;
     for (i = 0; i < sizeof k_f8features / sizeof k_f8features[0]; ++i) {
         const f8feature* f = &k_f8features[i];
         const int d = f->d ? f->d : dmain;
         scase* c;
-        if (!served(PASS_FWD, path, FA_DTYPE_FLOAT8_E4M3, d, cc)) continue;
+        if (!served(PASS_FWD, path, FA_DTYPE_FLOAT8_E4M3, d, 0, cc)) continue;
         c = new_case(PASS_FWD, path, FA_DTYPE_FLOAT8_E4M3, d);
         if (f->nseq > 0) {
             set_varlen(c, f->nseq, f->lq, f->lk);
@@ -599,7 +602,7 @@ static void add_feature_cases(int pass, int path, int cc) {
             const int dtype = f->fp16 ? FA_DTYPE_FLOAT16 : FA_DTYPE_BFLOAT16;
             const int d = f->d ? f->d : dmain;
             scase* c;
-            if (!served(pass, path, dtype, d, cc)) continue;
+            if (!served(pass, path, dtype, d, 0, cc)) continue;
             c = new_case(pass, path, dtype, d);
             set_lens(c, f->b, f->lens);
             c->sq = f->sq, c->hq = f->hq, c->hkv = f->hkv, c->block_size = f->block_size, c->append = f->append;
@@ -635,7 +638,7 @@ static void add_feature_cases(int pass, int path, int cc) {
         const int d = f->d ? f->d : dmain;
         scase* c;
         if ((f->only == 1 && pass != PASS_FWD) || (f->only == 2 && pass != PASS_BWD)) continue;
-        if (!served(pass, path, dtype, d, cc)) continue;
+        if (!served(pass, path, dtype, d, 0, cc)) continue;
         if (f->dropout && path == FA_PATH_SM90) continue; /* refused (ForwardValidation/C tests check that) */
         c = new_case(pass, path, dtype, d);
         if (f->nseq > 0) {
@@ -677,7 +680,7 @@ static void build_cases(int cc) {
         const char* name = NULL;
         kinfo k;
         if (fa_kernel_name(i, &name) != FA_STATUS_SUCCESS || name == NULL || !parse_kernel_name(name, &k)) continue;
-        if (!served(k.pass, k.path, k.dtype, k.d, cc)) continue; /* e.g. the sm90 kernels on an sm80 GPU */
+        if (!served(k.pass, k.path, k.dtype, k.d, k.dv, cc)) continue; /* e.g. the sm90 kernels on an sm80 GPU */
         if (k.unknown[0] != '\0') {
             printf("SAN-NOTE %s: variant tag '%s' unknown to sanitize_driver: no call is aimed at it\n", name,
                    k.unknown);

@@ -28,7 +28,7 @@ FAMILIES = {
                       "namespace sm90 {{\ntemplate int run_fwd<{ctype}, {d}, {d}>(const FwdParams&, const LaunchInfo&, "
                       "cudaStream_t, uint32_t*);\n}}  // namespace sm90", {"e4m3": (128, 256)}),
     ("sm90", "bwd"): ((64, 128, 192, 256), "sm90/bwd_launch.cuh",
-                      "template int run_bwd_main<sm90::BwdFamily<{ctype}, {d}>>(const BwdParams&, const LaunchInfo&, "
+                      "template int run_bwd_main<sm90::BwdFamily<{ctype}, {d}, {d}>>(const BwdParams&, const LaunchInfo&, "
                       "cudaStream_t, uint32_t*);"),
 }
 
@@ -47,6 +47,11 @@ V_BWD_BODY = ("template int run_bwd_main<sm80::BwdFamily<{ctype}, {d}, {dv}>>(co
 V90_PAIRS = ((192, 128), (64, 512))
 V90_BODY = ("namespace sm90 {{\ntemplate int run_fwd<{ctype}, {d}, {dv}>(const FwdParams&, const LaunchInfo&, "
             "cudaStream_t, uint32_t*);\n}}  // namespace sm90")
+# ... and the sm90 backward's ((192, 128), sm90::BwdFamily with DV = 128), in bwd_hdim<D>_v<DV>_<dtype>_sm90.cu, built
+# with the head dim D where FA_CUDA_ARCHS has 90a.
+V90_BWD_PAIRS = ((192, 128),)
+V90_BWD_BODY = ("template int run_bwd_main<sm90::BwdFamily<{ctype}, {d}, {dv}>>(const BwdParams&, const LaunchInfo&, "
+                "cudaStream_t, uint32_t*);")
 
 
 def files():
@@ -65,6 +70,11 @@ def files():
             text = (BANNER + '#include "sm90/fwd_launch.cuh"\n\nnamespace fa {\n' +
                     V90_BODY.format(ctype=DTYPES[tag], d=d, dv=dv) + "\n}  // namespace fa\n")
             yield KERNELS / "sm90" / f"fwd_hdim{d}_v{dv}_{tag}_sm90.cu", text
+    for d, dv in V90_BWD_PAIRS:
+        for tag in SIXTEEN:
+            text = (BANNER + '#include "sm90/bwd_launch.cuh"\n\nnamespace fa {\n' +
+                    V90_BWD_BODY.format(ctype=DTYPES[tag], d=d, dv=dv) + "\n}  // namespace fa\n")
+            yield KERNELS / "sm90" / f"bwd_hdim{d}_v{dv}_{tag}_sm90.cu", text
     for (arch, pass_), (dims, header, body, *extra) in FAMILIES.items():
         per_dtype = dict({tag: dims for tag in SIXTEEN}, **(extra[0] if extra else {}))
         for d in sorted(set(dims).union(*per_dtype.values())):

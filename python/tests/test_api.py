@@ -900,18 +900,19 @@ def test_other_v_head_dims_are_unsupported(lib, d, dv):
 
 
 @pytest.mark.parametrize("d,dv", V_PAIRS, ids=[f"d{d}-dv{dv}" for d, dv in V_PAIRS])
-def test_a_v_head_dims_sm90_forward_serves_both_pairs_and_its_backward_is_sm80_only(lib, d, dv):
+def test_a_v_head_dims_sm90_kernels(lib, d, dv):
     """The kernel list and the checks agree on FA_PATH_SM90 for a pair: the sm90 forward lists each pair's kernels
-    exactly in a build with sm_90a code (and head dim d; (64, 512)'s in two CTAs of 256 output columns), and serves what
-    it lists at compute capability 9.0 and 0 (any GPU) without dropout; every other FA_PATH_SM90 call, and every pair's
-    backward on it, is UNSUPPORTED naming FA_PATH_SM90 and why. The backward serves (192, 128) on the sm80 path."""
+    exactly in a build with sm_90a code (and head dim d; (64, 512)'s in two CTAs of 256 output columns), the sm90
+    backward (192, 128)'s, never (64, 512)'s, and they serve what they list at compute capability 9.0 and 0 (any GPU)
+    without dropout; every other FA_PATH_SM90 call is UNSUPPORTED naming FA_PATH_SM90 and why. The backward serves
+    (192, 128) on the sm80 path too, (64, 512) on none."""
     has_d = pair_kernels(lib, "sm80", "fwd", d, dv)
     if not has_d:
         pytest.skip(f"this build lacks head dim {d} (FA_HEAD_DIMS)")
     has_90a = sm90a(lib)
     sm90_pair = pair_kernels(lib, "sm90", "fwd", d, dv)
     assert sm90_pair == has_90a, (has_90a, sm90_pair)
-    assert not pair_kernels(lib, "sm90", "bwd", d, dv)
+    assert pair_kernels(lib, "sm90", "bwd", d, dv) == (has_90a and (d, dv) == (192, 128)), (has_90a, d, dv)
     assert pair_kernels(lib, "sm80", "bwd", d, dv) == ((d, dv) in _args.V_HEAD_DIM_BACKWARD_PAIRS)
 
     fake = Fake()
@@ -929,13 +930,20 @@ def test_a_v_head_dims_sm90_forward_serves_both_pairs_and_its_backward_is_sm80_o
     p.kernel_path = _abi.FA_PATH_SM90
     for cc in (0, 80, 90):
         status, msg = check_status(lib, "backward", p, cc)
-        assert status == _abi.FA_STATUS_UNSUPPORTED, (cc, msg)
         if not served_bwd:
-            assert "backward of a V head dim" in msg, (cc, msg)
+            assert status == _abi.FA_STATUS_UNSUPPORTED and "backward of a V head dim" in msg, (cc, msg)
+        elif sm90_pair and cc != 80:
+            assert (status, msg) == (0, ""), (cc, msg)
         else:
-            why = ("this build has no sm_90a code" if not has_90a else
-                   "compute capability 9.0" if cc == 80 else "the sm90 backward has no kernels for a V head dim other than q's")
-            assert "FA_PATH_SM90" in msg and why in msg, (cc, msg)
+            why = "this build has no sm_90a code" if not has_90a else "compute capability 9.0"
+            assert status == _abi.FA_STATUS_UNSUPPORTED and "FA_PATH_SM90" in msg and why in msg, (cc, msg)
+    if served_bwd:
+        # Dropout: the sm80 pair kernels' alone, so FA_PATH_SM90 refuses it and FA_PATH_AUTO takes sm80.
+        p.dropout_p = 0.1
+        status, msg = check_status(lib, "backward", p, 90)
+        assert status == _abi.FA_STATUS_UNSUPPORTED and "FA_PATH_SM90" in msg and "dropout" in msg, msg
+        p.kernel_path = _abi.FA_PATH_AUTO
+        assert check_status(lib, "backward", p, 90) == (0, "")
 
     for varlen in (None, (0x7E0000000000, 0x7E0000001000, 3, 128, 200)):
         p = fwd_v(lib, fake, d, dv, causal=True, varlen=varlen)
@@ -957,7 +965,7 @@ def test_a_v_head_dims_sm90_forward_serves_both_pairs_and_its_backward_is_sm80_o
         assert check_status(lib, "forward", p, 90) == (0, "")
 
 
-def test_the_query_serves_a_v_head_dim_on_sm80_and_on_the_sm90_forward(lib):
+def test_the_query_serves_a_v_head_dim_on_sm80_and_on_sm90(lib):
     import ctypes
     q = _abi.FaSupportQuery()
     q.struct_size = ctypes.sizeof(q)
@@ -977,9 +985,10 @@ def test_the_query_serves_a_v_head_dim_on_sm80_and_on_the_sm90_forward(lib):
     unsupported = _abi.FA_STATUS_UNSUPPORTED
     sm90 = _abi.FA_PATH_SM90
     for d, dv in V_PAIRS:
-        # The sm90 forward serves the pairs it lists kernels for (both in a build with sm_90a code), at compute
-        # capability 9.0 and 0 (any GPU), every option but dropout; the sm90 backward serves none.
+        # The sm90 forward serves the pairs it lists kernels for (both in a build with sm_90a code), and the sm90
+        # backward (192, 128), at compute capability 9.0 and 0 (any GPU), every option but dropout.
         sm90_fwd = 0 if pair_kernels(lib, "sm90", "fwd", d, dv) else unsupported
+        sm90_bwd = 0 if pair_kernels(lib, "sm90", "bwd", d, dv) else unsupported
         for dtype in (F16, BF16):
             assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv) == 0, (d, dv, dtype)
             assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, **every_option) == 0, (d, dv, dtype)
@@ -989,7 +998,10 @@ def test_the_query_serves_a_v_head_dim_on_sm80_and_on_the_sm90_forward(lib):
                 assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, kernel_path=sm90, cc=cc, **all_but_dropout) == sm90_fwd
                 assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, kernel_path=sm90, cc=cc, dropout=1) == unsupported
                 assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, cc=cc, **every_option) == 0  # AUTO: sm80
-                assert ask(_abi.FA_PASS_BACKWARD, dtype, d, dv, kernel_path=sm90, cc=cc) == unsupported
+                assert ask(_abi.FA_PASS_BACKWARD, dtype, d, dv, kernel_path=sm90, cc=cc) == sm90_bwd, (d, dv, dtype, cc)
+                assert ask(_abi.FA_PASS_BACKWARD, dtype, d, dv, kernel_path=sm90, cc=cc, **all_but_dropout) == sm90_bwd
+                assert ask(_abi.FA_PASS_BACKWARD, dtype, d, dv, kernel_path=sm90, cc=cc, dropout=1) == unsupported
+            assert ask(_abi.FA_PASS_BACKWARD, dtype, d, dv, kernel_path=sm90, cc=80) == unsupported
             assert ask(_abi.FA_PASS_FORWARD, dtype, d, dv, kernel_path=sm90, cc=80) == unsupported
             assert ask(_abi.FA_PASS_BACKWARD, dtype, d, dv) == (0 if (d, dv) in _args.V_HEAD_DIM_BACKWARD_PAIRS
                                                                   else unsupported)

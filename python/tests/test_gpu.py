@@ -1374,7 +1374,7 @@ def test_dropout_refusals_on_the_gpu():
 # The library serves (head_dim, head_dim_v) = (192, 128) and (64, 512), fp16 and bf16, on its sm80 kernels and on its
 # sm90 kernels too ((64, 512) in two CTAs of 256 output columns per row block; FA_PATH_AUTO takes them on Hopper in a
 # build with sm_90a code, but for dropout), so on an H100/H200 these cases check the sm90 forward; (192, 128)'s
-# backward runs the sm80 kernels.
+# backward runs the sm90 kernels there too.
 # Judged as the other forward tests: out within twice PyTorch's own error in the dtype against the float64 reference
 # (plus 1e-3), lse within 1e-4 of it (relative, at least absolute), +inf exactly where a row sees no key (whose out
 # is exactly 0).
@@ -1519,15 +1519,18 @@ V_BWD_CASES = [
     ("causal-bottom-right", 96, 160, 4, 2, {"causal": True}),
     ("causal-top-left-gqa", 160, 96, 8, 2, {"causal": True, "causal_alignment": "top_left"}),
     ("window-softcap", 128, 128, 4, 4, {"window_size": (32, 16), "softcap": 5.0}),
+    # rows that see no key, MQA, a partial last query and key block (203 and 113 are not multiples of 64)
+    ("causal-sq-gt-sk-mqa", 203, 113, 8, 1, {"causal": True}),
+    ("deterministic-causal-gqa", 113, 203, 8, 2, {"causal": True, "deterministic": True}),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("name,sq,sk,h,hkv,kw", V_BWD_CASES, ids=[c[0] for c in V_BWD_CASES])
 def test_v_head_dim_192_128_forward_backward_against_float64(name, sq, sk, h, hkv, kw, dtype):
-    """(192, 128)'s backward (FlashAttention-3's; the library's sm80 kernels, after the forward AUTO picks): dq and dk
-    over 192 columns, dv over 128, against the float64 reference's gradients within the rule of
-    test_forward_backward_against_float64."""
+    """(192, 128)'s backward (FlashAttention-3's; the kernels AUTO picks: sm90 on Hopper in a build with sm_90a code,
+    sm80 elsewhere): dq and dk over 192 columns, dv over 128, against the float64 reference's gradients within the rule
+    of test_forward_backward_against_float64."""
     torch.manual_seed(46)
     b, d, dv_ = 2, 192, 128
     q, k = rand(b, sq, h, d, dtype=dtype, grad=True), rand(b, sk, hkv, d, dtype=dtype, grad=True)
@@ -1537,6 +1540,53 @@ def test_v_head_dim_192_128_forward_backward_against_float64(name, sq, sk, h, hk
     out = fai.flash_attn_func(q, k, v, **kw)
     assert out.shape == (b, sq, h, dv_)
     assert_forward_backward_like_float64(q, k, v, out, ref_kw)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_v_head_dim_192_128_varlen_backward_per_sequence(causal):
+    """(192, 128)'s backward over a variable-length GQA batch with an empty query sequence, a sequence without keys and
+    sequences whose last query block is partial (the sm90 kernel zeroes the rows of the next sequence in its Q and dO
+    tiles): each sequence's dq, dk and dv against the float64 reference's within the rule of
+    test_forward_backward_against_float64; dq of a sequence without keys and dk, dv of one without queries are 0."""
+    torch.manual_seed(47)
+    lens_q, lens_k = [37, 0, 1, 128, 90, 5], [50, 3, 0, 128, 1, 77]
+    h, hkv, d, dv_ = 8, 2, 192, 128
+    cu_q = torch.tensor([0] + list(itertools.accumulate(lens_q)), dtype=torch.int32, device=DEV)
+    cu_k = torch.tensor([0] + list(itertools.accumulate(lens_k)), dtype=torch.int32, device=DEV)
+    q = rand(sum(lens_q), h, d, grad=True)
+    k, v = rand(sum(lens_k), hkv, d, grad=True), rand(sum(lens_k), hkv, dv_, grad=True)
+    out = fai.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal)
+    assert out.shape == (sum(lens_q), h, dv_)
+    dout = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
+    for i in range(len(lens_q)):
+        a, e, ka, ke = cu_q[i].item(), cu_q[i + 1].item(), cu_k[i].item(), cu_k[i + 1].item()
+        what = f"sequence {i} (sq {e - a}, sk {ke - ka})"
+        if e == a or ke == ka:  # no query or no key: nothing flows
+            assert (dq[a:e] == 0).all() and (dk[ka:ke] == 0).all() and (dv[ka:ke] == 0).all(), what
+            continue
+        one = [t.detach()[None].requires_grad_(True) for t in (q[a:e], k[ka:ke], v[ka:ke])]
+        ref = reference(*one, causal=causal)
+        exact = torch.autograd.grad(ref, one, dout[a:e][None].double())
+        pt = reference(*one, causal=causal, upcast=False)
+        low = torch.autograd.grad(pt, one, dout[a:e][None])
+        for name, ours, x, lo in zip(("dq", "dk", "dv"), (dq[a:e], dk[ka:ke], dv[ka:ke]), exact, low):
+            assert max_err(ours, x[0]) <= 3 * max_err(lo[0], x[0]) + 1e-3, f"{what}: {name}"
+
+
+def test_v_head_dim_192_128_deterministic_backward_is_bitwise_repeatable():
+    """(192, 128)'s deterministic backward gives the same bits over runs (GQA heads and many key blocks feed each
+    gradient row)."""
+    torch.manual_seed(48)
+    q, k = rand(2, 203, 8, 192, grad=True), rand(2, 331, 2, 192, grad=True)
+    v = rand(2, 331, 2, 128, grad=True)
+    g = torch.randn(2, 203, 8, 128, device=DEV, dtype=torch.bfloat16)
+    runs = [torch.autograd.grad(fai.flash_attn_func(q, k, v, causal=True, deterministic=True), (q, k, v), g)
+            for _ in range(3)]
+    for r in runs[1:]:
+        for a, b in zip(r, runs[0]):
+            assert torch.equal(a, b)
 
 
 def test_v_head_dim_with_grad_is_refused_before_anything_runs():

@@ -64,8 +64,8 @@ public unsafe partial struct FaForwardParams
     /// <summary>
     /// Values [batch, seqlen_k, heads_kv, head_dim_v], same dtype as q. head_dim_v is head_dim, or (since 0.10) the
     /// pairs (head_dim, head_dim_v) = (192, 128) and (64, 512) on the sm80 path (fp16, bf16), as FlashAttention-3
-    /// serves them (fa_backward: (192, 128)), and both on the sm90 forward too (without dropout); any other pair is
-    /// FA_STATUS_UNSUPPORTED.
+    /// serves them (fa_backward: (192, 128)), and both on the sm90 forward too and (192, 128) on the sm90 backward
+    /// (without dropout); any other pair is FA_STATUS_UNSUPPORTED.
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t v</c> at byte offset 168.</remarks>
     public FaTensor v;
@@ -872,7 +872,8 @@ public unsafe partial struct FaSupportQuery
     /// <summary>
     /// Head dim of v and out when it differs from head_dim (0: the same). Served pairs (head_dim, head_dim_v): (192, 128)
     /// and (64, 512) by the forward of the sm80 path (fp16, bf16) with every forward option and by the sm90 forward
-    /// (every option but dropout), (192, 128) by the sm80 backward too (as FlashAttention-3); decode and fp8 have none.
+    /// (every option but dropout), (192, 128) by the backward of both paths too (as FlashAttention-3; sm90 without
+    /// dropout); decode and fp8 have none.
     /// (Since 0.10: a 0.9-sized query gets 0.)
     /// </summary>
     /// <remarks>C: <c>int32_t head_dim_v</c> at byte offset 52.</remarks>

@@ -2,5 +2,5 @@
 #include "sm90/bwd_launch.cuh"
 
 namespace fa {
-template int run_bwd_main<sm90::BwdFamily<__half, 64>>(const BwdParams&, const LaunchInfo&, cudaStream_t, uint32_t*);
+template int run_bwd_main<sm90::BwdFamily<__half, 64, 64>>(const BwdParams&, const LaunchInfo&, cudaStream_t, uint32_t*);
 }  // namespace fa

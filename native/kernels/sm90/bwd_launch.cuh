@@ -1,7 +1,7 @@
 // The sm90 (wgmma) backward main kernel as a family of common/bwd_launch.cuh: which kernel a variant is
 // (at head dims 192 and 256 the masked kernel serves unmasked calls too: local_variant), its launch shape and its launch.
-// Included only by the per-(head dim, dtype) instantiation files (sm90/bwd_hdim<D>_<dtype>_sm90.cu, built
-// where FA_CUDA_ARCHS has 90a).
+// Included only by the per-(head dim, dtype) instantiation files (sm90/bwd_hdim<D>_<dtype>_sm90.cu, and for the V head
+// dim pair (192, 128) sm90/bwd_hdim192_v128_<dtype>_sm90.cu, built where FA_CUDA_ARCHS has 90a).
 #pragma once
 #include "common/bwd_launch.cuh"
 #include "sm90/bwd_kernel.cuh"
@@ -10,17 +10,18 @@
 namespace fa {
 namespace sm90 {
 
-template <typename T, int D>
+// DV: the head dim of v, dO and dV (D, or 128 for the pair (192, 128): BwdTraits90).
+template <typename T, int D, int DV>
 struct BwdFamily {
-    using Tr = BwdTraits90<D>;
+    using Tr = BwdTraits90<D, DV>;
     static constexpr int kSmemBytes = Tr::kSmemBytes;
     static constexpr int kThreads = Tr::kThreads;
-    static constexpr bool local_variant(bool local) { return BwdTraits90<D>::kSplit ? true : local; }
+    static constexpr bool local_variant(bool local) { return Tr::kSplit ? true : local; }
     static constexpr bool kHasDropout = false;  // dropout is sm80-only (the host refuses it here)
     template <bool kLocal, bool kSoftcap, bool kDet>
-    static auto kernel() { return bwd_kernel_sm90<T, D, kLocal, kSoftcap, kDet>; }
-    // The TMA descriptors of q and dO for this call (host-only encoding, no allocation: graph-safe),
-    // then the launch.
+    static auto kernel() { return bwd_kernel_sm90<T, D, kLocal, kSoftcap, kDet, DV>; }
+    // The TMA descriptors of q and dO for this call (host-only encoding, no allocation: graph-safe; dO's columns are
+    // v's head dim), then the launch.
     template <class K>
     static cudaError_t launch(K kernel, unsigned blocks, const BwdParams& p, cudaStream_t stream) {
         const FwdParams& f = p.f;
@@ -37,7 +38,7 @@ struct BwdFamily {
             a.q = a.dout = TmaMap{};
         } else if ((err = encode_qkv(&a.q, f.q, elem, f.d, rows, f.hq, batches, f.q_row_stride, f.q_head_stride,
                               f.q_batch_stride, Tr::kBlockM)) != cudaSuccess ||
-            (err = encode_qkv(&a.dout, p.dout, elem, f.d, rows, f.hq, batches, p.do_row_stride, p.do_head_stride,
+            (err = encode_qkv(&a.dout, p.dout, elem, DV == D ? f.d : f.dv, rows, f.hq, batches, p.do_row_stride, p.do_head_stride,
                               p.do_batch_stride, Tr::kBlockM)) != cudaSuccess) {
             return err;
         }

@@ -19,26 +19,35 @@ constexpr bool bwd_split(int D) { return D >= 192; }
 // no causal mask, no window: its tile test then only trims the last key block): ptxas spills 136 bytes in
 // the unmasked D = 256 kernel and none in the masked one, which measured 4% faster on them (H100: 221/257/270
 // against 212/247/263 TFLOP/s at 1k/4k/16k; bench/NOTES.md).
-template <int D>
+//
+// DV: the head dim of v, dO and dV, D's but for FlashAttention-3's pair (192, 128) (DeepSeek's shape): its dO and V
+// tiles are DV columns wide, so a stage holds less (its stage ring keeps three stages) and dP^T = V dO^T has DV / 16
+// k-steps. Its kernel splits the roles as D = 192's does (dV, DV wide, in warpgroup 0; dK in warpgroup 1).
+template <int D, int DV = D>
 struct BwdTraits90 {
     static_assert(bwd_head_dim(D), "the sm90 backward serves kernel head dims 64, 128, 192 and 256");
+    static_assert(DV == D || (D == 192 && DV == 128), "the sm90 backward's V head dim pair is (192, 128)");
     static constexpr int kHeadDim = D;
+    static constexpr int kHeadDimV = DV;
     static constexpr bool kSplit = bwd_split(D);  // warpgroups split the roles (see above)
     static constexpr int kBlockM = 64;
     static constexpr int kBlockN = kSplit ? 64 : 128;
     static constexpr int kThreads = 256;  // two warpgroups
     // Q and dO of a query block arrive by TMA, its row statistics (lse_log2 then dsum) by cp.async, into a ring of
     // kStages stages, each completing one mbarrier; three stages where they fit (the load of block it + 2 is issued
-    // in the middle of block it), two at D = 256 (D = 192 takes 226 KB with three).
+    // in the middle of block it), two at D = 256 (D = 192 takes 226 KB with three; the pair (192, 128) 194 KB, where a
+    // fourth stage would not fit).
     static constexpr int kStages = D == 256 ? 2 : 3;
-    static constexpr int kSmemQ = kBlockM * D * 2;     // one Q or dO tile
-    static constexpr int kSmemK = kBlockN * D * 2;     // K or V
+    static constexpr int kSmemQ = kBlockM * D * 2;     // one Q tile
+    static constexpr int kSmemDO = kBlockM * DV * 2;   // one dO tile
+    static constexpr int kSmemK = kBlockN * D * 2;     // K
+    static constexpr int kSmemV = kBlockN * DV * 2;    // V
     static constexpr int kSmemDS = kBlockN * kBlockM * 2;  // dS^T, [key][query]; two buffers
     static constexpr int kOffQ = 0;                     // kStages tiles
     static constexpr int kOffDO = kOffQ + kStages * kSmemQ;
-    static constexpr int kOffK = kOffDO + kStages * kSmemQ;
+    static constexpr int kOffK = kOffDO + kStages * kSmemDO;
     static constexpr int kOffV = kOffK + kSmemK;
-    static constexpr int kOffDS = kOffV + kSmemK;
+    static constexpr int kOffDS = kOffV + kSmemV;
     static constexpr int kSmemPX = kSplit ? kBlockN * kBlockM * 4 : 0;  // P^T handed over in fp32
     static constexpr int kOffPX = kOffDS + 2 * kSmemDS;
     static constexpr int kSmemStats = 2 * kBlockM * 4;  // lse_log2 then dsum, per stage
@@ -46,14 +55,16 @@ struct BwdTraits90 {
     static constexpr int kOffBar = kOffStats + kStages * kSmemStats;  // kStages mbarriers (8 bytes each)
     static constexpr int kSmemBytes = kOffBar + kStages * 8;
     // Bytes one stage's TMA loads bring (the mbarrier's transaction count): Q and dO.
-    static constexpr int kStageTx = 2 * kSmemQ;
+    static constexpr int kStageTx = kSmemQ + kSmemDO;
     static_assert(kBlockM >= kBwdMinBlockM, "the deterministic counters are sized for BlockM >= kBwdMinBlockM");
-    static_assert(kOffK % 1024 == 0 && kOffV % 1024 == 0 && kOffDS % 1024 == 0 && kSmemQ % 1024 == 0,
+    static_assert(kOffK % 1024 == 0 && kOffV % 1024 == 0 && kOffDS % 1024 == 0 && kSmemQ % 1024 == 0 &&
+                      kSmemDO % 1024 == 0,
                   "wgmma tiles start on 1024-byte swizzle atoms");
     static_assert(kOffDO % 1024 == 0, "TMA boxes with the 128-byte swizzle start on 1024 bytes");
     static_assert(kOffBar % 8 == 0 && 2 * kBlockM <= kThreads, "mbarriers on 8 bytes; one statistic per thread");
     static_assert(kSmemBytes <= 227 * 1024, "fits the opt-in shared memory of an sm_90 block");
     static_assert(kBlockM == kDqFragRows, "the fragment layout of dq_accum is the m64 accumulator's");
+    static_assert(DV == D || kSplit, "a V head dim of its own runs a kernel that splits the roles");
 };
 
 }  // namespace sm90

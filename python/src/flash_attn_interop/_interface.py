@@ -54,7 +54,8 @@ defaults to 1/sqrt(head_dim) (q's, as FlashAttention-3). The library serves the 
 forward option (causal, window, softcap, ALiBi, sinks, dropout, varlen, GQA, lse), and both without dropout on
 its sm90 kernels (Hopper, a build with sm_90a code; taken there); another pair is its
 FlashAttentionError (FA_STATUS_UNSUPPORTED, naming head_dim_v). The library's backward serves (192, 128), as
-FlashAttention-3's (dq and dk take q's head dim, dv v's); (64, 512) is forward only, so such a call that autograd
+FlashAttention-3's (dq and dk take q's head dim, dv v's; the sm90 kernels on Hopper too, but for dropout); (64, 512) is
+forward only, so such a call that autograd
 would record (grad mode on and q, k, v or the sinks require grad) is refused up front with UnsupportedArgumentError,
 before anything runs; call it under torch.no_grad() / torch.inference_mode() or on detached tensors. flash_attn_with_kvcache takes one head dim (v_cache shaped like k_cache).
 

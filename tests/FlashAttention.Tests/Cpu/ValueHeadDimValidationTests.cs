@@ -16,11 +16,12 @@ namespace FlashAttn.Tests.Cpu;
 /// reason: any other pair (UNSUPPORTED, "head_dim_v", "(192, 128) and (64, 512)"), an output whose head dim is not v's
 /// (INVALID_ARGUMENT, "out takes v's head dim"; the managed side says so first), the backward of (64, 512)
 /// (UNSUPPORTED, "backward of a V head dim"; (192, 128)'s is served) and fp8 (UNSUPPORTED). <see cref="KernelPath.Sm90"/>
-/// serves the forward of both pairs, with every forward option but dropout, at compute capability 9.0 and 0 (any GPU)
-/// exactly where the build lists their <c>sm90_fwd_*_hdim&lt;D&gt;v&lt;DV&gt;_*</c> kernels (a build with sm_90a code and
-/// head dim D); everywhere else, and every backward, it is UNSUPPORTED naming FA_PATH_SM90 and why (dropout; no sm_90a
-/// code, "90a"; another compute capability, "compute capability 9.0"; the sm90 backward has no pair kernels). The
-/// capability query with <see cref="SupportQuery.HeadDimV"/> agrees with the checks.
+/// serves the forward of both pairs, with every forward option but dropout, and (192, 128)'s backward, at compute
+/// capability 9.0 and 0 (any GPU) exactly where the build lists their <c>sm90_fwd_*_hdim&lt;D&gt;v&lt;DV&gt;_*</c> and
+/// <c>sm90_bwd_*_hdim192v128_*</c> kernels (a build with sm_90a code and head dim D); everywhere else it is UNSUPPORTED
+/// naming FA_PATH_SM90 and why (dropout; no sm_90a code, "90a"; another compute capability, "compute capability 9.0";
+/// (64, 512)'s backward, "(192, 128) only"). The capability query with <see cref="SupportQuery.HeadDimV"/> agrees with
+/// the checks.
 /// </summary>
 [TestFixture]
 [Category("Cpu")]
@@ -293,9 +294,10 @@ public sealed unsafe class ValueHeadDimValidationTests
 
     /// <summary>
     /// The backward of a V head dim: (192, 128) is served on the sm80 path (FlashAttention-3's backward pair) where the
-    /// build has head dim 192; (64, 512) is forward only. With dOut shaped like the output and dv like v, CheckBackward
-    /// reaches fa_backward_check and succeeds, or is UNSUPPORTED saying why (fixed and varlen, any compute capability:
-    /// AUTO takes sm80 on 9.0); the query agrees.
+    /// build has head dim 192, and on the sm90 path too in a build with sm_90a code; (64, 512) is forward only. With dOut
+    /// shaped like the output and dv like v, CheckBackward reaches fa_backward_check and succeeds, or is UNSUPPORTED
+    /// saying why (fixed and varlen, any compute capability: AUTO takes sm90 on 9.0 where it serves, sm80 elsewhere);
+    /// the query agrees.
     /// </summary>
     [TestCase(192, 128, false)]
     [TestCase(64, 512, false)]
@@ -359,8 +361,9 @@ public sealed unsafe class ValueHeadDimValidationTests
     /// <summary>
     /// The kernel list behind the sm90 expectations: the sm90 forward lists each pair's kernels (fp16 and bf16, the four
     /// mask/softcap variants and two paged K/V ones, no dropout variant) exactly in a build with sm_90a code and the
-    /// pair's head dim D ((64, 512)'s with the 128 x 64 tile of its column-chunked kernel); the sm90 backward lists no
-    /// pair kernel.
+    /// pair's head dim D ((64, 512)'s with the 128 x 64 tile of its column-chunked kernel); the sm90 backward lists
+    /// (192, 128)'s there too (fp16 and bf16, the masked kernel of head dim 192's four variants: plain, softcap,
+    /// deterministic, both; no dropout) and never (64, 512)'s.
     /// </summary>
     [Test]
     public void KernelListHasTheSm90PairKernelsExactlyWithSm90CodeAndHeadDim()
@@ -370,7 +373,9 @@ public sealed unsafe class ValueHeadDimValidationTests
         TestContext.Out.WriteLine($"build has sm_90a code: {ForwardPaths.BuildHasSm90a}; sm90 pair kernels: {string.Join(", ", sm90Pair)}");
         using (Assert.EnterMultipleScope())
         {
-            Assert.That(sm90Pair, Has.None.StartsWith("sm90_bwd_"), "the sm90 backward has no pair kernels");
+            Assert.That(sm90Pair.Where(n => n.StartsWith("sm90_bwd_", StringComparison.Ordinal) &&
+                    n.Contains(ForwardPaths.ValuePairTag(64, 512), StringComparison.Ordinal)),
+                Is.Empty, "the sm90 backward has no (64, 512) kernels");
             Assert.That(sm90Pair, Has.None.Contains("dropout"), "the sm90 pair kernels have no dropout variant");
             foreach (var (d, dv) in Pairs)
             {
@@ -378,6 +383,8 @@ public sealed unsafe class ValueHeadDimValidationTests
                 string tag = ForwardPaths.ValuePairTag(d, dv);
                 Assert.That(ForwardPaths.BuildHasSm90ValuePair(d, dv), Is.EqualTo(want),
                     $"the sm90 forward lists ({d}, {dv})'s kernels exactly in a build with sm_90a code and head dim {d}");
+                Assert.That(ForwardPaths.BuildHasSm90ValuePair(d, dv, AttentionPass.Backward), Is.EqualTo(want && d == 192),
+                    $"the sm90 backward lists ({d}, {dv})'s kernels exactly for (192, 128), in a build with sm_90a code and head dim 192");
                 if (!want)
                 {
                     Assert.That(sm90Pair.Where(n => n.Contains(tag, StringComparison.Ordinal)), Is.Empty,
@@ -397,7 +404,16 @@ public sealed unsafe class ValueHeadDimValidationTests
                     {
                         Assert.That(sm90Pair.Where(n => n.StartsWith(prefix, StringComparison.Ordinal)),
                             Has.All.EndsWith("_128x64_3wg3s"), $"{prefix}*: 128 query rows, 64 keys, 3 warpgroups, 3 stages");
+                        continue;
                     }
+
+                    string bwd = $"sm90_bwd_{dt}{tag}";
+                    string[] bwdKernels = [.. sm90Pair.Where(n => n.StartsWith(bwd, StringComparison.Ordinal))];
+                    Assert.That(bwdKernels, Has.Length.EqualTo(4), $"{bwd}*: local, local softcap, local det, local softcap det");
+                    Assert.That(bwdKernels, Has.All.Contains("_local"), $"{bwd}*: masked only, as the head dim 192 kernel");
+                    Assert.That(bwdKernels.Count(n => n.Contains("_det_", StringComparison.Ordinal)), Is.EqualTo(2),
+                        $"{bwd}*: two deterministic kernels");
+                    Assert.That(bwdKernels, Has.None.Contains("_paged"), $"{bwd}*: the backward has no paged K/V");
                 }
             }
         }
@@ -466,16 +482,17 @@ public sealed unsafe class ValueHeadDimValidationTests
     }
 
     /// <summary>
-    /// The backward on <see cref="KernelPath.Sm90"/>: the sm90 backward has no pair kernels, so (192, 128) is UNSUPPORTED
-    /// naming FA_PATH_SM90 and why (with sm_90a code at 0 and 9.0: the sm90 backward has no kernels for a V head dim other
-    /// than q's; "90a" without it; "compute capability 9.0" at 8.0) while Auto and Sm80 serve it; (64, 512) has no backward
-    /// on any path. Fixed and varlen; the query agrees.
+    /// The backward on <see cref="KernelPath.Sm90"/>: (192, 128) is served at compute capability 0 and 9.0 exactly where
+    /// the build lists its <c>sm90_bwd_*_hdim192v128_*</c> kernels (a build with sm_90a code and head dim 192), and
+    /// elsewhere UNSUPPORTED naming FA_PATH_SM90 and why ("90a" without sm_90a code; "compute capability 9.0" at 8.0);
+    /// (64, 512) has no backward on any path. Fixed and varlen; the query agrees.
     /// </summary>
     [TestCase(192, 128)]
     [TestCase(64, 512)]
-    public void BackwardOnSm90IsUnsupported(int d, int dv)
+    public void BackwardOnSm90Serves192And128WithSm90CodeOnComputeCapability90(int d, int dv)
     {
         bool hasD = BuildHasHeadDim(d);
+        bool listed = ForwardPaths.BuildHasSm90ValuePair(d, dv, AttentionPass.Backward);
         foreach (bool varlen in new[] { false, true })
         {
             AttentionArguments f = varlen ? Varlen(d, dv) : Fixed(d, dv);
@@ -489,9 +506,23 @@ public sealed unsafe class ValueHeadDimValidationTests
                 SupportResult query = FlashAttention.QuerySupport(
                     SupportQuery.For(AttentionPass.Backward, BF16, d, options, varlen, cc) with { HeadDimV = dv });
                 string where = $"{(varlen ? "varlen" : "fixed")} cc {cc} (build has sm_90a code: {ForwardPaths.BuildHasSm90a})";
-                string reason = !hasD ? "head_dim"
-                    : d != 192 ? "backward of a V head dim"
-                    : ForwardPaths.ValuePairSm90Refusal(AttentionPass.Backward, d, dv, cc, dropout: false)!;
+                bool served = hasD && d == 192 && listed && (cc == 0 || cc == 90);
+                if (served)
+                {
+                    using (Assert.EnterMultipleScope())
+                    {
+                        Assert.That(calls.Select(c => c.Function), Is.EqualTo(new[] { "fa_backward_check" }), $"{where}: {message}");
+                        Assert.That(status, Is.EqualTo(FlashAttentionStatus.Success), $"{where}: {message}");
+                        Assert.That(query.IsSupported, Is.True, $"{where}: the query agrees: {query.Reason}");
+                    }
+
+                    continue;
+                }
+
+                string? rule = ForwardPaths.ValuePairSm90Refusal(AttentionPass.Backward, d, dv, cc, dropout: false);
+                Assert.That(!hasD || d != 192 || rule is not null, Is.True,
+                    $"{where}: the rules serve this call, yet the build lists no sm90 backward kernel of (192, 128)");
+                string reason = !hasD ? "head_dim" : d != 192 ? "backward of a V head dim" : rule ?? "FA_PATH_SM90";
                 using (Assert.EnterMultipleScope())
                 {
                     Assert.That(calls.Select(c => c.Function), Is.EqualTo(new[] { "fa_backward_check" }), $"{where}: {message}");

@@ -1,4 +1,5 @@
 using FlashAttn.Tests.TestSupport;
+using Microsoft.Extensions.Logging;
 using NUnit.Framework;
 
 namespace FlashAttn.Tests.Gpu;
@@ -15,6 +16,11 @@ namespace FlashAttn.Tests.Gpu;
 [Category("Gpu")]
 public sealed class BackwardAccuracyTests : AttentionTestBase
 {
+    /// <summary>The kernels the fixture's instance reports launching (the pair tests check which family ran).</summary>
+    private KernelLog Kernels { get; } = new();
+
+    private protected override ILogger? CreateLogger() => Kernels;
+
     private static string Name(DataType dtype) => dtype == DataType.Float16 ? "fp16" : "bf16";
 
     // ---- shapes and masks ---------------------------------------------------------------------------------------------
@@ -52,32 +58,83 @@ public sealed class BackwardAccuracyTests : AttentionTestBase
         RunAndJudge(dtype, dims, mask, scale);
 
     /// <summary>
-    /// FlashAttention-3's backward pair of a V head dim other than q's, (192, 128) (C ABI 0.10, the sm80 kernels): dq and
-    /// dk over 192 columns, dv over 128, against the reference's gradients (AttentionShape.HeadDimV) by the same rule,
-    /// on Auto and Sm80, both causal alignments with Sq &gt; Sk and Sq &lt; Sk, a window with softcap, GQA, and the
-    /// deterministic mode. Ignored where the build lacks head dim 192.
+    /// FlashAttention-3's backward pair of a V head dim other than q's, (192, 128) (C ABI 0.10; the sm80 kernels, and the
+    /// sm90 ones on compute capability 9.0 in a build with sm_90a code): dq and dk over 192 columns, dv over 128, against
+    /// the reference's gradients (AttentionShape.HeadDimV) by the same rule, on Auto, Sm80 and Sm90, both causal
+    /// alignments with Sq &gt; Sk and Sq &lt; Sk (partial last query and key blocks, rows that see no key), a window with
+    /// softcap, GQA, and the deterministic mode; the kernel that ran is the pair's of the path (Auto: sm90 where it
+    /// serves). Ignored where the build lacks head dim 192, and Sm90 where that path does not serve (another GPU, a
+    /// build without sm_90a code) after checking the refusal names FA_PATH_SM90.
     /// </summary>
     [TestCase(DataType.BFloat16, KernelPath.Auto, Mask.None, false)]
     [TestCase(DataType.Float16, KernelPath.Sm80, Mask.CausalBottomRight, false)]
     [TestCase(DataType.BFloat16, KernelPath.Sm80, Mask.CausalTopLeft, true)]
     [TestCase(DataType.Float16, KernelPath.Auto, Mask.CausalBottomRight, true)]
+    [TestCase(DataType.BFloat16, KernelPath.Sm90, Mask.None, false)]
+    [TestCase(DataType.Float16, KernelPath.Sm90, Mask.CausalTopLeft, false)]
+    [TestCase(DataType.BFloat16, KernelPath.Sm90, Mask.CausalBottomRight, true)]
+    [TestCase(DataType.Float16, KernelPath.Sm90, Mask.None, true)]
     public void ValueHeadDimPairMatchesReference(DataType dtype, KernelPath path, Mask mask, bool deterministic)
     {
         foreach (var (sq, sk) in new[] { (113, 203), (203, 113) })
         {
             var dims = new AttentionDims(2, sq, sk, 8, 2, 192) { HeadDimV = 128 };
-            RequireServed(dtype, dims);
-            RunAndJudge(dtype, dims, MaskSpec.From(mask), null, deterministic, path);
+            RunPairOnPath(dtype, dims, MaskSpec.From(mask), deterministic, path);
         }
     }
 
-    [Test]
-    public void ValueHeadDimPairWithWindowAndSoftcapMatchesReference()
+    [TestCase(KernelPath.Auto)]
+    [TestCase(KernelPath.Sm80)]
+    [TestCase(KernelPath.Sm90)]
+    public void ValueHeadDimPairWithWindowAndSoftcapMatchesReference(KernelPath path)
     {
         var dims = new AttentionDims(1, 150, 150, 4, 4, 192) { HeadDimV = 128 };
-        RequireServed(DataType.BFloat16, dims);
-        RunAndJudge(DataType.BFloat16, dims, new MaskSpec(Causal: false, TopLeft: false, Left: 40, Right: 10, Softcap: 20f), null);
+        RunPairOnPath(DataType.BFloat16, dims, new MaskSpec(Causal: false, TopLeft: false, Left: 40, Right: 10, Softcap: 20f), false, path);
     }
+
+    /// <summary>
+    /// One backward of the (192, 128) pair on <paramref name="path"/>, judged against the reference; then the kernel the
+    /// library reported is the pair's on the path that must have run (<see cref="KernelPath.Auto"/>: sm90 where
+    /// <see cref="Sm90ServesPairBackward"/>), deterministic exactly when asked. Sm90 where it does not serve: the
+    /// refusal names FA_PATH_SM90, then the test is ignored.
+    /// </summary>
+    private void RunPairOnPath(DataType dtype, AttentionDims dims, MaskSpec mask, bool deterministic, KernelPath path)
+    {
+        RequireServed(dtype, dims);
+        bool sm90 = Sm90ServesPairBackward(dims);
+        if (path == KernelPath.Sm90 && !sm90)
+        {
+            var ex = Assert.Throws<FlashAttentionException>(() => RunAndJudge(dtype, dims, mask, null, deterministic, path));
+            Stream.Synchronize();
+            Assert.That(ex!.Status, Is.EqualTo(FlashAttentionStatus.Unsupported), ex.Message);
+            Assert.That(ex.Message, Does.Contain("FA_PATH_SM90"), "an Sm90 refusal names the path");
+            Assert.Ignore($"kernel path Sm90 does not serve the pair's backward here ({Device}): {ex.Message}");
+        }
+
+        Kernels.Clear();
+        RunAndJudge(dtype, dims, mask, null, deterministic, path);
+        KernelPath ran = path == KernelPath.Auto ? (sm90 ? KernelPath.Sm90 : KernelPath.Sm80) : path;
+        string want = $"{ForwardPaths.Tag(ran)}_bwd_{Name(dtype)}{ForwardPaths.ValuePairTag(dims.HeadDim, dims.HeadDimV)}";
+        IReadOnlyList<string> kernels = Kernels.BackwardKernels;
+        string where = $"{dims}, {mask}, path {path} on {Device} (build has sm_90a code: {ForwardPaths.BuildHasSm90a})";
+        Assert.That(kernels, Is.Not.Empty, $"{where}: no FA_LOG_DEBUG line named a backward kernel");
+        foreach (string kernel in kernels)
+        {
+            using (Assert.EnterMultipleScope())
+            {
+                Assert.That(kernel, Does.StartWith(want), $"{where}: {kernel} ran");
+                Assert.That(kernel.Contains("_det_", StringComparison.Ordinal), Is.EqualTo(deterministic), $"{where}: {kernel} ran");
+                Assert.That(FlashAttention.CompiledKernels, Does.Contain(kernel), $"{where}: the library does not list {kernel}");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Whether the sm90 backward must serve the pair of <paramref name="dims"/> here: a compute capability 9.0 device and
+    /// a library that lists the pair's sm90 backward kernels.
+    /// </summary>
+    private bool Sm90ServesPairBackward(AttentionDims dims) =>
+        Device.ComputeCapabilityCode == 90 && ForwardPaths.BuildHasSm90ValuePair(dims.HeadDim, dims.HeadDimV, AttentionPass.Backward);
 
     /// <summary>
     /// Every head dim the issue names: those with their own kernel (32, 64, 96, 128, 192, 256) and those padded up to

@@ -113,23 +113,28 @@ internal static class ForwardPaths
     }
 
     /// <summary>
-    /// The part of a kernel name that marks the forward kernels of a V head dim other than q's: <c>_hdim&lt;D&gt;v&lt;DV&gt;_</c>
-    /// (native/kernels/registry.cu names them <c>sm80_fwd_&lt;dtype&gt;_hdim&lt;D&gt;v&lt;DV&gt;[_local][_softcap][_dropout]_&lt;tile&gt;</c>
-    /// and, in a build with sm_90a code, <c>sm90_fwd_&lt;dtype&gt;_hdim&lt;D&gt;v&lt;DV&gt;[_local][_softcap][_paged]_&lt;tile&gt;</c>).
+    /// The part of a kernel name that marks the kernels of a V head dim other than q's: <c>_hdim&lt;D&gt;v&lt;DV&gt;_</c>
+    /// (native/kernels/registry.cu names them <c>sm80_fwd_&lt;dtype&gt;_hdim&lt;D&gt;v&lt;DV&gt;[_local][_softcap][_dropout]_&lt;tile&gt;</c>,
+    /// <c>sm80_bwd_&lt;dtype&gt;_hdim192v128_...</c> and, in a build with sm_90a code,
+    /// <c>sm90_fwd_&lt;dtype&gt;_hdim&lt;D&gt;v&lt;DV&gt;[_local][_softcap][_paged]_&lt;tile&gt;</c> and
+    /// <c>sm90_bwd_&lt;dtype&gt;_hdim192v128_local[_softcap][_det]_&lt;tile&gt;</c>).
     /// </summary>
     public static string ValuePairTag(int headDim, int headDimV) =>
         $"_hdim{headDim.ToString(CultureInfo.InvariantCulture)}v{headDimV.ToString(CultureInfo.InvariantCulture)}_";
 
     /// <summary>
-    /// Whether the loaded library lists sm90 forward kernels of the pair (<paramref name="headDim"/>,
-    /// <paramref name="headDimV"/>) (<c>sm90_fwd_*_hdim&lt;D&gt;v&lt;DV&gt;_*</c>): both pairs in a build with sm_90a code
-    /// and head dim D (Cpu/ValueHeadDimValidationTests checks the list follows that rule).
+    /// Whether the loaded library lists sm90 kernels of <paramref name="pass"/> (forward or backward) for the pair
+    /// (<paramref name="headDim"/>, <paramref name="headDimV"/>) (<c>sm90_fwd_*_hdim&lt;D&gt;v&lt;DV&gt;_*</c>,
+    /// <c>sm90_bwd_*_hdim&lt;D&gt;v&lt;DV&gt;_*</c>): the forward's of both pairs and the backward's of (192, 128) in a build
+    /// with sm_90a code and head dim D, never (64, 512)'s backward (Cpu/ValueHeadDimValidationTests checks the list
+    /// follows that rule).
     /// </summary>
-    public static bool BuildHasSm90ValuePair(int headDim, int headDimV)
+    public static bool BuildHasSm90ValuePair(int headDim, int headDimV, AttentionPass pass = AttentionPass.Forward)
     {
         string tag = ValuePairTag(headDim, headDimV);
+        string prefix = pass == AttentionPass.Backward ? "sm90_bwd_" : "sm90_fwd_";
         return FlashAttention.CompiledKernels.Any(
-            n => n.StartsWith("sm90_fwd_", StringComparison.Ordinal) && n.Contains(tag, StringComparison.Ordinal));
+            n => n.StartsWith(prefix, StringComparison.Ordinal) && n.Contains(tag, StringComparison.Ordinal));
     }
 
     /// <summary>
@@ -173,9 +178,9 @@ internal static class ForwardPaths
     /// The words a refusal of <see cref="KernelPath.Sm90"/> for the pair (<paramref name="headDim"/>,
     /// <paramref name="headDimV"/>) must contain besides FA_PATH_SM90, at compute capability <paramref name="cc"/> (0: any
     /// GPU), in the order native/src/dispatch.cpp checks: dropout (the sm90 kernels have none), a build without sm_90a
-    /// code ("90a"), another compute capability ("compute capability 9.0"), then the pass: the sm90 backward serves no
-    /// pair. Null where the sm90 forward serves the pair (both pairs have its kernels) or the build lacks them for
-    /// another reason (no head dim D): FA_PATH_SM90 alone is asserted then.
+    /// code ("90a"), another compute capability ("compute capability 9.0"), then the pass: the sm90 backward serves
+    /// (192, 128) only. Null where the rules serve the call (the forward of both pairs, (192, 128)'s backward), or where
+    /// the build lacks the pair's sm90 kernels for another reason (no head dim D): FA_PATH_SM90 alone is asserted then.
     /// </summary>
     public static string? ValuePairSm90Refusal(AttentionPass pass, int headDim, int headDimV, int cc, bool dropout)
     {
@@ -194,13 +199,14 @@ internal static class ForwardPaths
             return "compute capability 9.0";
         }
 
-        if (pass == AttentionPass.Backward)
+        if ((headDim, headDimV) == (192, 128))
         {
-            return "the sm90 backward has no kernels for a V head dim other than q's";
+            return null;
         }
 
-        // Both of FlashAttention-3's pairs have sm90 forward kernels; another pair is refused before any path.
-        return null;
+        // Both of FlashAttention-3's pairs have sm90 forward kernels; the backward serves (192, 128) only (another pair
+        // is refused before any path).
+        return pass == AttentionPass.Backward ? "(192, 128) only" : null;
     }
 
     /// <summary>

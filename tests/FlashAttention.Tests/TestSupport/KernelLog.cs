@@ -3,8 +3,9 @@ using Microsoft.Extensions.Logging;
 namespace FlashAttn.Tests.TestSupport;
 
 /// <summary>
-/// A logger for a <see cref="FlashAttention"/> instance that keeps the name of every forward kernel the native library
-/// reports launching (its Debug line <c>fa_forward: &lt;kernel&gt; for &lt;call&gt;</c>, which the instance forwards as
+/// A logger for a <see cref="FlashAttention"/> instance that keeps the name of every forward and backward kernel the
+/// native library reports launching (its Debug lines <c>fa_forward: &lt;kernel&gt; for &lt;call&gt;</c> and
+/// <c>fa_backward: &lt;kernel&gt; [(deterministic)] for &lt;call&gt;</c>, which the instance forwards as
 /// <c>[native] ...</c>), so a test can tell which kernel family served a call. The native log is process-wide and goes
 /// to the most recently created live instance with a logger; the Gpu fixtures run one at a time, so the fixture's own
 /// instance receives it.
@@ -12,10 +13,12 @@ namespace FlashAttn.Tests.TestSupport;
 internal sealed class KernelLog : ILogger
 {
     private const string ForwardLine = "[native] fa_forward: ";
+    private const string BackwardLine = "[native] fa_backward: ";
     private const string NothingLaunched = "nothing to launch";
 
     private readonly Lock _lock = new();
     private readonly List<string> _forward = [];
+    private readonly List<string> _backward = [];
 
     /// <summary>The forward kernels reported since the last <see cref="Clear"/>, in launch order.</summary>
     public IReadOnlyList<string> ForwardKernels
@@ -29,11 +32,24 @@ internal sealed class KernelLog : ILogger
         }
     }
 
+    /// <summary>The backward main kernels reported since the last <see cref="Clear"/>, in launch order.</summary>
+    public IReadOnlyList<string> BackwardKernels
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return [.. _backward];
+            }
+        }
+    }
+
     public void Clear()
     {
         lock (_lock)
         {
             _forward.Clear();
+            _backward.Clear();
         }
     }
 
@@ -46,12 +62,23 @@ internal sealed class KernelLog : ILogger
     public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
     {
         string text = formatter(state, exception);
-        if (!text.StartsWith(ForwardLine, StringComparison.Ordinal))
+        List<string> into;
+        string rest;
+        if (text.StartsWith(ForwardLine, StringComparison.Ordinal))
+        {
+            into = _forward;
+            rest = text[ForwardLine.Length..];
+        }
+        else if (text.StartsWith(BackwardLine, StringComparison.Ordinal))
+        {
+            into = _backward;
+            rest = text[BackwardLine.Length..];
+        }
+        else
         {
             return;
         }
 
-        string rest = text[ForwardLine.Length..];
         if (rest.StartsWith(NothingLaunched, StringComparison.Ordinal))
         {
             return;
@@ -60,7 +87,7 @@ internal sealed class KernelLog : ILogger
         int space = rest.IndexOf(' ', StringComparison.Ordinal);
         lock (_lock)
         {
-            _forward.Add(space < 0 ? rest : rest[..space]);
+            into.Add(space < 0 ? rest : rest[..space]);
         }
     }
 }
