@@ -186,6 +186,21 @@ def test_varlen_matches_per_sequence(causal):
                                                       max(lens), causal=causal))
 
 
+def paged_cache(k_cache, v_cache, block):
+    """The contiguous caches [rows, cap, hkv, d] as they are, or (block given) as pages of `block` positions in a
+    shuffled pool: (k_cache, v_cache, block_table int32 [rows, cap / block] or None)."""
+    if block is None:
+        return k_cache, v_cache, None
+    rows, cap, hkv, d = k_cache.shape
+    per = cap // block
+    perm = torch.randperm(rows * per, device=DEV)
+    kc = torch.empty(rows * per, block, hkv, d, device=DEV, dtype=k_cache.dtype)
+    vc = torch.empty_like(kc)
+    kc[perm] = k_cache.view(rows * per, block, hkv, d)
+    vc[perm] = v_cache.view(rows * per, block, hkv, d)
+    return kc, vc, perm.view(rows, per).to(torch.int32)
+
+
 @pytest.mark.parametrize("block", [None, 16, 256])
 def test_kvcache_contiguous_and_paged(block):
     torch.manual_seed(5)
@@ -197,16 +212,7 @@ def test_kvcache_contiguous_and_paged(block):
     for i in range(b):
         n = seqlens[i].item()
         expect_k[i, n:n + snew], expect_v[i, n:n + snew] = k_new[i], v_new[i]
-    if block is None:
-        kc, vc, table = k_cache, v_cache, None
-    else:
-        per = cap // block
-        perm = torch.randperm(b * per, device=DEV)
-        table = perm.view(b, per).to(torch.int32)
-        kc = torch.empty(b * per, block, hkv, d, device=DEV, dtype=k_cache.dtype)
-        vc = torch.empty_like(kc)
-        kc[perm] = k_cache.view(b * per, block, hkv, d)
-        vc[perm] = v_cache.view(b * per, block, hkv, d)
+    kc, vc, table = paged_cache(k_cache, v_cache, block)
     out, lse = fai.flash_attn_with_kvcache(q, kc, vc, k_new, v_new, cache_seqlens=seqlens, block_table=table,
                                            causal=True, return_softmax_lse=True)
     assert lse.shape == (b, h, snew)
@@ -246,16 +252,7 @@ def test_kvcache_batch_idx_leftpad_and_seqlen_new(block, sq, snew, splits):
         if snew:
             r, n = idx[i].item(), seqlens[i].item()
             expect_k[r, n:n + snew], expect_v[r, n:n + snew] = k_new[i], v_new[i]
-    if block is None:
-        kc, vc, table = k_pool, v_pool, None
-    else:
-        per = cap // block
-        perm = torch.randperm(pool * per, device=DEV)
-        table = perm.view(pool, per).to(torch.int32)
-        kc = torch.empty(pool * per, block, hkv, d, device=DEV, dtype=k_pool.dtype)
-        vc = torch.empty_like(kc)
-        kc[perm] = k_pool.view(pool * per, block, hkv, d)
-        vc[perm] = v_pool.view(pool * per, block, hkv, d)
+    kc, vc, table = paged_cache(k_pool, v_pool, block)
     out, lse = fai.flash_attn_with_kvcache(q, kc, vc, k_new, v_new, cache_seqlens=seqlens, cache_batch_idx=idx,
                                            cache_leftpad=pads, block_table=table, causal=True, num_splits=splits,
                                            return_softmax_lse=True)
@@ -307,16 +304,7 @@ def test_kvcache_cu_seqlens_q_and_k_new(block, packed_k, splits):
     for i in range(b):
         n = seqlens[i].item()
         expect_k[i, n:n + kn[i]], expect_v[i, n:n + kn[i]] = k_new[rows[i]], v_new[rows[i]]
-    if block is None:
-        kc, vc, table = k_cache, v_cache, None
-    else:
-        per = cap // block
-        perm = torch.randperm(b * per, device=DEV)
-        table = perm.view(b, per).to(torch.int32)
-        kc = torch.empty(b * per, block, hkv, d, device=DEV, dtype=k_cache.dtype)
-        vc = torch.empty_like(kc)
-        kc[perm] = k_cache.view(b * per, block, hkv, d)
-        vc[perm] = v_cache.view(b * per, block, hkv, d)
+    kc, vc, table = paged_cache(k_cache, v_cache, block)
     out, lse = fai.flash_attn_with_kvcache(q, kc, vc, k_new, v_new, cache_seqlens=seqlens, block_table=table,
                                            causal=True, num_splits=splits, return_softmax_lse=True,
                                            cu_seqlens_q=cu_q, cu_seqlens_k_new=cu_k if packed_k else None,
@@ -415,16 +403,7 @@ def test_kvcache_rotary(block, interleaved, causal, rd, sq, snew):
         pos = torch.arange(n, n + snew, device=DEV)
         expect_k[r, n:n + snew] = rotate(k_new[i], cos, sin, pos, interleaved)
         expect_v[r, n:n + snew] = v_new[i].double()
-    if block is None:
-        kc, vc, table = k_pool, v_pool, None
-    else:
-        per = cap // block
-        perm = torch.randperm(pool * per, device=DEV)
-        table = perm.view(pool, per).to(torch.int32)
-        kc = torch.empty(pool * per, block, hkv, d, device=DEV, dtype=k_pool.dtype)
-        vc = torch.empty_like(kc)
-        kc[perm] = k_pool.view(pool * per, block, hkv, d)
-        vc[perm] = v_pool.view(pool * per, block, hkv, d)
+    kc, vc, table = paged_cache(k_pool, v_pool, block)
     out = fai.flash_attn_with_kvcache(q, kc, vc, k_new, v_new, rotary_cos=cos, rotary_sin=sin, cache_seqlens=seqlens,
                                       cache_batch_idx=idx, cache_leftpad=pads, block_table=table, causal=causal,
                                       rotary_interleaved=interleaved)
@@ -1213,16 +1192,7 @@ def test_alibi_kvcache_with_leftpad(block):
     k_cache, v_cache = rand(b, cap, hkv, d), rand(b, cap, hkv, d)
     q = rand(b, 1, h, d)
     slopes = torch.rand(b, h, device=DEV) * 0.3
-    if block is None:
-        kc, vc, table = k_cache, v_cache, None
-    else:
-        per = cap // block
-        perm = torch.randperm(b * per, device=DEV)
-        table = perm.view(b, per).to(torch.int32)
-        kc = torch.empty(b * per, block, hkv, d, device=DEV, dtype=k_cache.dtype)
-        vc = torch.empty_like(kc)
-        kc[perm] = k_cache.view(b * per, block, hkv, d)
-        vc[perm] = v_cache.view(b * per, block, hkv, d)
+    kc, vc, table = paged_cache(k_cache, v_cache, block)
     results = {}
     for causal in (False, True):
         out, lse = fai.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, cache_leftpad=pads,
