@@ -39,4 +39,11 @@ __device__ __forceinline__ int64_t kv_tile_offset(const FwdParams& p, int b, int
     }
 }
 
+// The launchers' guard (host): a kPaged kernel serves exactly the calls with a block table, and only block sizes its key
+// tile of BlockN keys divides (the host refuses other sizes first; a mismatch here is a launcher bug, not a user's).
+template <bool kPaged, int BlockN>
+inline bool paged_variant_fits(const FwdParams& p) {
+    return kPaged == (p.block_table != nullptr) && (!kPaged || p.block_size % BlockN == 0);
+}
+
 }  // namespace fa

@@ -9,6 +9,7 @@
 #include "common/fwd_variant.h"
 #include "common/launch.h"
 #include "common/mask.cuh"
+#include "common/paged_kv.cuh"  // paged_variant_fits
 #include "sm80/fwd_kernel.cuh"
 
 namespace fa {
@@ -20,7 +21,7 @@ cudaError_t launch_fwd_tr(FwdParams p, const LaunchInfo& info, cudaStream_t stre
     auto kernel = fwd_kernel<Tr, kLocal, kSoftcap, kDropout, kPaged>;
     constexpr int smem = Tr::kSmemBytes;
     // Paged K/V: a key tile must lie in one block (the host serves block sizes that are multiples of 128).
-    if (kPaged != (p.block_table != nullptr) || (kPaged && p.block_size % Tr::kBlockN != 0)) return cudaErrorInvalidValue;
+    if (!paged_variant_fits<kPaged, Tr::kBlockN>(p)) return cudaErrorInvalidValue;  // common/paged_kv.cuh
     static std::atomic<uint64_t> raised{0};
     const cudaError_t err = raise_smem_once(kernel, smem, info, raised);
     if (err != cudaSuccess) return err;

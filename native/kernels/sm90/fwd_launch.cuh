@@ -10,6 +10,7 @@
 #include "common/fwd_schedule.h"
 #include "common/launch.h"
 #include "common/mask.cuh"
+#include "common/paged_kv.cuh"  // paged_variant_fits
 #include "sm90/fwd_kernel.cuh"
 #include "sm90/tma_host.h"
 
@@ -53,7 +54,7 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     // Paged K/V: the K and V maps span the pool, [num_blocks][block_size][hkv][d], a key block a box of one block's
     // rows (the host serves block sizes every key tile divides; fp8 has no paged path).
     const bool paged = kPaged;
-    if (paged != (p.block_table != nullptr) || (paged && p.block_size % Tr::kBlockN != 0)) return cudaErrorInvalidValue;
+    if (!paged_variant_fits<kPaged, Tr::kBlockN>(p)) return cudaErrorInvalidValue;  // common/paged_kv.cuh
     const int64_t kv_rows = paged ? p.block_size : varlen ? p.total_k : p.sk;
     const int kv_batches = paged ? p.num_blocks : batches;
     if ((err = encode_qkv(&a.q, p.q, elem, p.d, varlen ? p.total_q : p.sq, p.hq, batches, p.q_row_stride, p.q_head_stride,
