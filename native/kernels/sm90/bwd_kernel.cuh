@@ -25,18 +25,19 @@
 // takes it in fp32 through shared memory (16 KB) across a CTA barrier, which warpgroup 1 reaches first (its
 // dP^T product needs no exponentials), so warpgroup 0's dV product starts at once. dQ is split by columns as above.
 //
-// DV (D's but for FlashAttention-3's pair (192, 128)): the head dim of v, dO and dV. Its kernel splits the roles as
-// D = 192's does; what DV changes is confined to if constexpr (kVPair) branches, so the kernels of equal head dims
-// compile as they did: dO and V tiles of DV columns (DV / 64 panels; a stage's TMA brings Q's D / 64 boxes and dO's
-// DV / 64), dP^T = V dO^T over DV / 16 k-steps in warpgroup 1 while warpgroup 0's S^T takes D / 16, dV += P^T dO
-// with N = DV (m64nDV, in the first DV / 2 of warpgroup 0's accumulators), dK += dS^T Q and dQ = dS K with N = D as
-// before, and the epilogue stages and stores dV's DV columns.
+// DV (D's but for FlashAttention-3's pair (192, 128)): the head dim of v, dO and dV. Its kernel runs D = 192's
+// products unchanged, one instruction stream for both warpgroups (only the shared-memory descriptors differ by
+// warpgroup): ptxas serializes wgmma issued in warpgroup-divergent branches of different shapes (C7520), which cost
+// an earlier version, with DV-wide products, 2-6% against a call padded to 192 (bench/NOTES.md). So the dO and V
+// tiles are D columns wide, as at equal dims, and their columns DV..D - 1 hold zeros: V's are loaded as zeros, dO's
+// are cleared once at kernel start and never written again (a stage's TMA brings Q's D / 64 boxes and dO's DV / 64).
+// Then dP^T = V dO^T over D / 16 k-steps is exact (the extra k-steps multiply zeros), dV += P^T dO over N = D has
+// zeros past column DV, which the epilogue does not store, and the rest is D = 192's code. What DV changes is
+// confined to if constexpr (kVPair) branches and DV-dependent constants, so the equal-dims kernels compile as before.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math_constants.h>
-
-#include <type_traits>
 
 #include "common/alibi.cuh"
 #include "common/bwd_block.cuh"
@@ -109,7 +110,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
 #pragma unroll
             for (int pn = 0; pn < D / 64; ++pn) {
                 tma_load_4d(s0 + Tr::kOffQ + st * Tr::kSmemQ + pn * QStride, a.q, bar, pn * 64, row, h, bb);
-                // dO: DV / 64 panels (all D / 64 but for the pair)
+                // dO: DV / 64 panels (all D / 64 but for the pair, whose panels past DV hold the zeros of kernel start)
                 if (pn < DV / 64) {
                     tma_load_4d(s0 + Tr::kOffDO + st * Tr::kSmemDO + pn * QStride, a.dout, bar, pn * 64, row, h, bb);
                 }
@@ -129,31 +130,49 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         __syncwarp();  // the warps converged again before the .aligned wgmma instructions that follow
     };
 
+    if constexpr (kVPair) {
+        // dO's columns DV..D - 1 in every stage: zeros, for the whole walk (the TMA writes only the first DV / 64
+        // panels). Cleared before any load is issued, and made visible to wgmma (async proxy) by the fence and the
+        // barrier below (the K/V fence and barrier that follow cover it again).
+        constexpr int kZeroChunks = (D - DV) / 64 * BM * 8;  // 16-byte chunks of a stage's zero panels
+        static_assert(kZeroChunks % Tr::kThreads == 0, "the zero panels split evenly over the threads");
+#pragma unroll
+        for (int st = 0; st < S; ++st) {
+#pragma unroll
+            for (int i = 0; i < kZeroChunks / Tr::kThreads; ++i) {
+                const int c = tid + i * Tr::kThreads;
+                *reinterpret_cast<uint4*>(smem + Tr::kOffDO + st * Tr::kSmemDO + (DV / 64) * QStride + c * 16) =
+                    make_uint4(0, 0, 0, 0);
+            }
+        }
+        fence_proxy_async();
+    }
     if (tid == 0) {
 #pragma unroll
         for (int st = 0; st < S; ++st) mbar_init(bar0 + 8 * st, 1 + 2 * BM);  // thread 0, the statistics' copies
         mbar_init_fence();
     }
     __syncthreads();  // the mbarriers initialised before any load completes on them or any thread waits
+                      // (the pair: dO's zero panels written, and fenced, before any TMA load or wgmma)
     if (tid < 2 * BM) {
         for (int it = 0; it < S - 1 && it < iters; ++it) load_q_do(it);
     }
     load_panels<T, BN, D, Tr::kThreads>(sK, kp, f.k_row_stride, keys_here, f.d, tid);
-    load_panels<T, BN, DV, Tr::kThreads>(sV, vp, f.v_row_stride, keys_here, kVPair ? f.dv : f.d, tid);
+    // V: D columns, the pair's past f.dv zero-filled by the loads
+    load_panels<T, BN, D, Tr::kThreads>(sV, vp, f.v_row_stride, keys_here, kVPair ? f.dv : f.d, tid);
     cp_async_commit();
     cp_async_wait<0>();
     fence_proxy_async();  // the cp.async writes of K and V, for wgmma's reads
     __syncthreads();
 
     // Gradient accumulators (m64nD): both modes: acc_k/acc_v are dK/dV of this warpgroup's 64 keys;
-    // kSplit: acc_k is dV (warpgroup 0) or dK (warpgroup 1) of the CTA's 64 keys, acc_v unused. kVPair: warpgroup 0's
-    // dV (m64nDV) is the first DV / 2 of acc_k (acc_dv), so that both roles share one register array.
+    // kSplit: acc_k is dV (warpgroup 0) or dK (warpgroup 1) of the CTA's 64 keys, acc_v unused (kVPair: dV's
+    // columns past DV stay zero).
     float acc_k[D / 2], acc_v[kSplit ? 1 : D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) acc_k[i] = 0.f;
 #pragma unroll
     for (int i = 0; i < (kSplit ? 1 : D / 2); ++i) acc_v[i] = 0.f;
-    float (&acc_dv)[DV / 2] = *reinterpret_cast<float (*)[DV / 2]>(&acc_k[0]);
 
     // This thread's rows in a warpgroup's accumulators: key kr0 (+8) of the warpgroup's 64; columns 8j + qc0 (+1).
     const int kr0 = wl * 16 + lane / 4;
@@ -181,16 +200,14 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         if (varlen && rows_here < BM) {
             // The rows past this sequence's last one hold the next sequence's queries: zeros instead, so that no
             // value of another sequence (not even an inf or a NaN) reaches this one's dK and dV.
-            constexpr int kChunks = BM * D / 8;  // 16-byte chunks of one Q tile
-            constexpr int kChunksDO = BM * DV / 8;  // ... of one dO tile (a prefix of the Q tile's chunks: panels of BM rows)
+            // (the pair's dO panels past DV are zeros already, and stay zeros)
+            constexpr int kChunks = BM * D / 8;  // 16-byte chunks of one Q or dO tile
             for (int c = tid; c < kChunks; c += Tr::kThreads) {
                 const int r = (c / 8) % BM;  // panel rows of 8 chunks, BM rows a panel
                 if (r >= rows_here) {
                     const int off = c * 16;
                     *reinterpret_cast<uint4*>(smem + Tr::kOffQ + st_it * Tr::kSmemQ + off) = make_uint4(0, 0, 0, 0);
-                    if (!kVPair || c < kChunksDO) {
-                        *reinterpret_cast<uint4*>(smem + Tr::kOffDO + st_it * Tr::kSmemDO + off) = make_uint4(0, 0, 0, 0);
-                    }
+                    *reinterpret_cast<uint4*>(smem + Tr::kOffDO + st_it * Tr::kSmemDO + off) = make_uint4(0, 0, 0, 0);
                 }
             }
             fence_proxy_async();  // the zeros, for wgmma's reads (and before the stage's next TMA writes)
@@ -199,8 +216,9 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         const int64_t slot0 = bwd_row_slot(p, b, h, seq.q_row0, row0);
         const float* stats = reinterpret_cast<const float*>(smem + Tr::kOffStats + st_it * Tr::kSmemStats);
 
-        // S^T and dP^T: [64 keys x 64 queries], K = D (dP^T's K = DV). Both per warpgroup, or (kSplit) S^T in
-        // warpgroup 0 and dP^T in warpgroup 1.
+        // S^T and dP^T: [64 keys x 64 queries], K = D (kVPair: dP^T's k-steps past DV multiply zeros). Both per
+        // warpgroup, or (kSplit) S^T in warpgroup 0 and dP^T in warpgroup 1, one instruction stream (the operands'
+        // descriptors differ).
         float st[32], dpt[kSplit ? 1 : 32];
 #pragma unroll
         for (int i = 0; i < 32; ++i) st[i] = 0.f;
@@ -209,24 +227,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         fence_regs(st);
         fence_regs(dpt);
         wgmma_fence();
-        if constexpr (kVPair) {
-            // S^T over D / 16 k-steps (warpgroup 0), dP^T over DV / 16 (warpgroup 1); key_base is 0 (kSplit).
-            if (wg == 0) {
-#pragma unroll
-                for (int kk = 0; kk < D / 16; ++kk) {
-                    const uint32_t ko = (kk / 4) * KStride + (kk % 4) * 32;
-                    const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
-                    Wgmma<T, 64, 0, 0>::ss(st, smem_desc(sK + ko, 16, 1024), smem_desc(sQ + qo, 16, 1024), 1);
-                }
-            } else {
-#pragma unroll
-                for (int kk = 0; kk < DV / 16; ++kk) {
-                    const uint32_t ko = (kk / 4) * KStride + (kk % 4) * 32;
-                    const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
-                    Wgmma<T, 64, 0, 0>::ss(st, smem_desc(sV + ko, 16, 1024), smem_desc(sdO + qo, 16, 1024), 1);
-                }
-            }
-        } else {
+        {
             const uint32_t rows = static_cast<uint32_t>(key_base * 128);
             const uint32_t a0 = kSplit && wg == 1 ? sV : sK;
             const uint32_t b0 = kSplit && wg == 1 ? sdO : sQ;
@@ -376,32 +377,18 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         fence_proxy_async();  // the dS^T stores, for wgmma's reads
 
         // dV += P^T dO and dK += dS^T Q: [64 keys x D], K = the 64 queries (B MN-major, panels QStride
-        // apart). kSplit: warpgroup 0 the first (into acc_k), warpgroup 1 the second. kVPair: dV is [64 keys x DV]
-        // (m64nDV into acc_dv), so each warpgroup issues its own product.
+        // apart). kSplit: warpgroup 0 the first (into acc_k), warpgroup 1 the second, one instruction stream
+        // (kVPair: dV's columns past DV come out zero).
         fence_regs(acc_k);
         fence_regs(acc_v);
         wgmma_fence();
-        if constexpr (kVPair) {
-            if (wg == 0) {
 #pragma unroll
-                for (int kk = 0; kk < BM / 16; ++kk) {
-                    Wgmma<T, DV, 0, 1>::rs(acc_dv, fa[kk], smem_desc(sdO + kk * 16 * 128, QStride, 1024), 1);
-                }
+        for (int kk = 0; kk < BM / 16; ++kk) {
+            if constexpr (kSplit) {
+                Wgmma<T, D, 0, 1>::rs(acc_k, fa[kk], smem_desc((wg == 0 ? sdO : sQ) + kk * 16 * 128, QStride, 1024), 1);
             } else {
-#pragma unroll
-                for (int kk = 0; kk < BM / 16; ++kk) {
-                    Wgmma<T, D, 0, 1>::rs(acc_k, fa[kk], smem_desc(sQ + kk * 16 * 128, QStride, 1024), 1);
-                }
-            }
-        } else {
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; ++kk) {
-                if constexpr (kSplit) {
-                    Wgmma<T, D, 0, 1>::rs(acc_k, fa[kk], smem_desc((wg == 0 ? sdO : sQ) + kk * 16 * 128, QStride, 1024), 1);
-                } else {
-                    Wgmma<T, D, 0, 1>::rs(acc_v, fa[kk], smem_desc(sdO + kk * 16 * 128, QStride, 1024), 1);
-                    Wgmma<T, D, 0, 1>::rs(acc_k, fd[kk], smem_desc(sQ + kk * 16 * 128, QStride, 1024), 1);
-                }
+                Wgmma<T, D, 0, 1>::rs(acc_v, fa[kk], smem_desc(sdO + kk * 16 * 128, QStride, 1024), 1);
+                Wgmma<T, D, 0, 1>::rs(acc_k, fd[kk], smem_desc(sQ + kk * 16 * 128, QStride, 1024), 1);
             }
         }
         wgmma_commit();
@@ -499,10 +486,9 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
     __syncthreads();
     if (kDeterministic && kBwdDetDeferRelease && iters > 0) bwd_release_turn(p, blk, blk.head(iters - 1), blk.block(iters - 1));
     const float scale = f.scale;
-    // Stages the first `cols` columns of acc (D, or DV for the pair's dV).
-    auto stage = [&](auto cols, const float (&acc)[D / 2], int tile, float mul) {
+    auto stage = [&](const float (&acc)[D / 2], int tile, float mul) {
 #pragma unroll
-        for (int j = 0; j < decltype(cols)::value / 8; ++j) {
+        for (int j = 0; j < D / 8; ++j) {
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
                 const int kr = key_base + kr0 + 8 * i;
@@ -511,18 +497,11 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
             }
         }
     };
-    using AllCols = std::integral_constant<int, D>;
-    if constexpr (kVPair) {
-        if (wg == 0) {
-            stage(std::integral_constant<int, DV>{}, acc_k, Tr::kOffV, 1.f);
-        } else {
-            stage(AllCols{}, acc_k, Tr::kOffK, scale);
-        }
-    } else if constexpr (kSplit) {
-        stage(AllCols{}, acc_k, wg == 0 ? Tr::kOffV : Tr::kOffK, wg == 0 ? 1.f : scale);
+    if constexpr (kSplit) {
+        stage(acc_k, wg == 0 ? Tr::kOffV : Tr::kOffK, wg == 0 ? 1.f : scale);  // (kVPair: dV's zeros past DV too)
     } else {
-        stage(AllCols{}, acc_k, Tr::kOffK, scale);
-        stage(AllCols{}, acc_v, Tr::kOffV, 1.f);
+        stage(acc_k, Tr::kOffK, scale);
+        stage(acc_v, Tr::kOffV, 1.f);
     }
     __syncthreads();
     T* dkp = rows_at<T>(p.dk, p.dk_batch_stride, p.dk_head_stride, p.dk_row_stride, varlen, b, hk, seq.k_row0 + key0);

@@ -20,9 +20,11 @@ constexpr bool bwd_split(int D) { return D >= 192; }
 // the unmasked D = 256 kernel and none in the masked one, which measured 4% faster on them (H100: 221/257/270
 // against 212/247/263 TFLOP/s at 1k/4k/16k; bench/NOTES.md).
 //
-// DV: the head dim of v, dO and dV, D's but for FlashAttention-3's pair (192, 128) (DeepSeek's shape): its dO and V
-// tiles are DV columns wide, so a stage holds less (its stage ring keeps three stages) and dP^T = V dO^T has DV / 16
-// k-steps. Its kernel splits the roles as D = 192's does (dV, DV wide, in warpgroup 0; dK in warpgroup 1).
+// DV: the head dim of v, dO and dV, D's but for FlashAttention-3's pair (192, 128) (DeepSeek's shape). Its kernel is
+// D = 192's, instruction for instruction where wgmma is concerned: the dO and V tiles stay D columns wide (the layout
+// below is the equal-dims one), their columns DV..D - 1 hold zeros (V's loaded as zeros, dO's cleared once at kernel
+// start and never written by the TMA, which brings DV / 64 panels a stage), so dP^T = V dO^T over D / 16 k-steps is
+// exact and dV's columns past DV come out zero (not stored).
 template <int D, int DV = D>
 struct BwdTraits90 {
     static_assert(bwd_head_dim(D), "the sm90 backward serves kernel head dims 64, 128, 192 and 256");
@@ -35,13 +37,13 @@ struct BwdTraits90 {
     static constexpr int kThreads = 256;  // two warpgroups
     // Q and dO of a query block arrive by TMA, its row statistics (lse_log2 then dsum) by cp.async, into a ring of
     // kStages stages, each completing one mbarrier; three stages where they fit (the load of block it + 2 is issued
-    // in the middle of block it), two at D = 256 (D = 192 takes 226 KB with three; the pair (192, 128) 194 KB, where a
-    // fourth stage would not fit).
+    // in the middle of block it), two at D = 256 (D = 192 takes 226 KB with three, and so does the pair (192, 128)).
     static constexpr int kStages = D == 256 ? 2 : 3;
     static constexpr int kSmemQ = kBlockM * D * 2;     // one Q tile
-    static constexpr int kSmemDO = kBlockM * DV * 2;   // one dO tile
+    static constexpr int kSmemDO = kBlockM * D * 2;    // one dO tile: D columns, also for the pair (zeros past DV)
+    static constexpr int kTxDO = kBlockM * DV * 2;     // the bytes of a dO tile that its TMA boxes bring (DV columns)
     static constexpr int kSmemK = kBlockN * D * 2;     // K
-    static constexpr int kSmemV = kBlockN * DV * 2;    // V
+    static constexpr int kSmemV = kBlockN * D * 2;     // V: D columns, also for the pair (zeros past DV)
     static constexpr int kSmemDS = kBlockN * kBlockM * 2;  // dS^T, [key][query]; two buffers
     static constexpr int kOffQ = 0;                     // kStages tiles
     static constexpr int kOffDO = kOffQ + kStages * kSmemQ;
@@ -54,8 +56,8 @@ struct BwdTraits90 {
     static constexpr int kOffStats = kOffPX + kSmemPX;  // kStages
     static constexpr int kOffBar = kOffStats + kStages * kSmemStats;  // kStages mbarriers (8 bytes each)
     static constexpr int kSmemBytes = kOffBar + kStages * 8;
-    // Bytes one stage's TMA loads bring (the mbarrier's transaction count): Q and dO.
-    static constexpr int kStageTx = kSmemQ + kSmemDO;
+    // Bytes one stage's TMA loads bring (the mbarrier's transaction count): Q and dO's DV columns.
+    static constexpr int kStageTx = kSmemQ + kTxDO;
     static_assert(kBlockM >= kBwdMinBlockM, "the deterministic counters are sized for BlockM >= kBwdMinBlockM");
     static_assert(kOffK % 1024 == 0 && kOffV % 1024 == 0 && kOffDS % 1024 == 0 && kSmemQ % 1024 == 0 &&
                       kSmemDO % 1024 == 0,
@@ -65,6 +67,8 @@ struct BwdTraits90 {
     static_assert(kSmemBytes <= 227 * 1024, "fits the opt-in shared memory of an sm_90 block");
     static_assert(kBlockM == kDqFragRows, "the fragment layout of dq_accum is the m64 accumulator's");
     static_assert(DV == D || kSplit, "a V head dim of its own runs a kernel that splits the roles");
+    static_assert(DV % 64 == 0 && DV <= D, "dO's TMA brings whole 64-column panels, DV / 64 of a tile's D / 64");
+    static_assert(kSmemDO == kSmemQ && kSmemV == kSmemK, "dO and V tiles are laid out as Q and K tiles (D columns)");
 };
 
 }  // namespace sm90
