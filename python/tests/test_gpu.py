@@ -1709,6 +1709,22 @@ def poison_allocator(*shapes):
     del held
 
 
+def judge_paged_sequences(out, lse, q, k_pool, v_pool, table, per, cu_q, lens_k, kw, name):
+    """Each sequence of a paged varlen call (its keys gathered from the pool) against the float64 and same-dtype
+    references (assert_v_head_dim_close's rule); a sequence without queries has nothing to judge."""
+    for i in range(len(lens_k)):
+        a, e = cu_q[i].item(), cu_q[i + 1].item()
+        if e == a:
+            continue
+        kb, vb = (gather_paged(pool, table, per, i, lens_k[i]) for pool in (k_pool, v_pool))
+        one = (q[a:e][None], kb[None], vb[None])
+        ref, ref_lse = reference(*one, with_lse=True, **_ref_kw(kw))
+        pt = reference(*one, upcast=False, **_ref_kw(kw))
+        assert_v_head_dim_close(out[a:e][None], lse[:, a:e][None], ref, ref_lse, pt,
+                                f"{name} sequence {i} (sq {e - a}, sk {lens_k[i]})")
+    torch.cuda.synchronize()
+
+
 PAGED_CASES = [
     # (name, kwargs); every case is GQA (8 query heads over 2 KV heads)
     ("full", {}),
@@ -1738,17 +1754,7 @@ def test_paged_varlen_forward_against_float64(name, kw, block, dtype):
     out, lse, s_dmask = fai.flash_attn_varlen_func(*args, block_table=table, return_attn_probs=True, **kw)
     assert out.shape == (total_q, h, d) and out.dtype == dtype
     assert lse.shape == (h, total_q) and lse.dtype == torch.float32 and s_dmask.numel() == 0
-    for i in range(len(lens_q)):
-        a, e = cu_q[i].item(), cu_q[i + 1].item()
-        if e == a:
-            continue
-        kb, vb = (gather_paged(pool, table, per, i, lens_k[i]) for pool in (k_pool, v_pool))
-        one = (q[a:e][None], kb[None], vb[None])
-        ref, ref_lse = reference(*one, with_lse=True, **_ref_kw(kw))
-        pt = reference(*one, upcast=False, **_ref_kw(kw))
-        assert_v_head_dim_close(out[a:e][None], lse[:, a:e][None], ref, ref_lse, pt,
-                                f"{name} sequence {i} (sq {e - a}, sk {lens_k[i]})")
-    torch.cuda.synchronize()
+    judge_paged_sequences(out, lse, q, k_pool, v_pool, table, per, cu_q, lens_k, kw, name)
     assert fai.check_device_errors() is None  # the garbage past each sequence's last block was never read
     # The call without the lse (flash-attn's plain return) gives the same bits.
     assert torch.equal(fai.flash_attn_varlen_func(*args, block_table=table, **kw), out)
@@ -1822,17 +1828,7 @@ def test_paged_v_head_dim_forward_against_float64(d, dv, name, kw):
     poison_allocator(((total_q, h, dv), torch.bfloat16), ((h, total_q), torch.float32))
     out, lse, _ = fai.flash_attn_varlen_func(*args, block_table=table, return_attn_probs=True, **kw)
     assert out.shape == (total_q, h, dv) and lse.shape == (h, total_q)
-    for i in range(len(lens_q)):
-        a, e = cu_q[i].item(), cu_q[i + 1].item()
-        if e == a:
-            continue
-        kb, vb = (gather_paged(pool, table, per, i, lens_k[i]) for pool in (k_pool, v_pool))
-        one = (q[a:e][None], kb[None], vb[None])
-        ref, ref_lse = reference(*one, with_lse=True, **_ref_kw(kw))
-        pt = reference(*one, upcast=False, **_ref_kw(kw))
-        assert_v_head_dim_close(out[a:e][None], lse[:, a:e][None], ref, ref_lse, pt,
-                                f"{name} sequence {i} (sq {e - a}, sk {lens_k[i]})")
-    torch.cuda.synchronize()
+    judge_paged_sequences(out, lse, q, k_pool, v_pool, table, per, cu_q, lens_k, kw, name)
     assert fai.check_device_errors() is None
 
 
