@@ -572,7 +572,7 @@ public static class DecodeReference
         bool perRowQueryPositions = options.Causal || options.WindowLeft < map.Capacity || options.WindowRight < map.Capacity;
         if (serving.HasRotary)
         {
-            CheckRotary(serving, append, headDim, map.Capacity, cacheSeqLens, perRowQueryPositions ? queryCounts : null);
+            CheckRotary(serving, append, headDim, map.Capacity, cacheSeqLens, queryCounts, perRowQueryPositions);
         }
 
         if (map.IsPaged)
@@ -687,7 +687,8 @@ public static class DecodeReference
     /// query is rotated at inside the table.
     /// </summary>
     private static void CheckRotary(
-        DecodeServingOptions serving, bool append, int headDim, long capacity, ReadOnlySpan<int> cacheSeqLens, int[]? queryPositions)
+        DecodeServingOptions serving, bool append, int headDim, long capacity, ReadOnlySpan<int> cacheSeqLens, int[] queryCounts,
+        bool perRow)
     {
         if (serving.RotaryCos is null || serving.RotarySin is null)
         {
@@ -727,8 +728,14 @@ public static class DecodeReference
 
         for (int b = 0; b < cacheSeqLens.Length; b++)
         {
-            // Each query at its own position (queryPositions: the per-sequence counts), or all at the cached length.
-            long last = (long)cacheSeqLens[b] + (queryPositions is null ? 1 : Math.Max(queryPositions[b], 1)) - 1;
+            // Each query at its own position (per row), or all at the cached length; a sequence without queries
+            // rotates none (fa_decode's rule too).
+            if (queryCounts[b] == 0)
+            {
+                continue;
+            }
+
+            long last = (long)cacheSeqLens[b] + (perRow ? queryCounts[b] : 1) - 1;
             if (last >= seqLenRo)
             {
                 throw new ArgumentException(

@@ -246,10 +246,11 @@ public sealed partial class FlashAttention
     /// <param name="stream">The stream to queue on, or null for the legacy default stream.</param>
     /// <remarks>
     /// An owned paged cache gives blocks to the pages the new tokens need before the call (and takes them back if the
-    /// call fails). A decode that appends queues small host-to-device copies, so it cannot be captured into a CUDA graph.
+    /// call fails). A decode that appends, or that passes CacheRows, QueryCounts or AppendCounts, queues small
+    /// host-to-device copies, so it cannot be captured into a CUDA graph.
     /// </remarks>
     /// <exception cref="ArgumentNullException">q, the cache or the output is null.</exception>
-    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong (shapes, dtypes, lengths past the capacity, top-left alignment, NumSplits out of range, too few free blocks).</exception>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong (shapes, dtypes, lengths past the capacity, top-left alignment, NumSplits out of range, too few free blocks, CacheRows or per-sequence counts over a cache that is a view over raw pointers).</exception>
     /// <exception cref="FlashAttentionException">The native library refused or failed the call; the cache's lengths are unchanged.</exception>
     /// <exception cref="ObjectDisposedException">This instance, the cache, a tensor's buffer or the stream was disposed.</exception>
     public void Decode(in DecodeArguments args, AttentionOptions? options = null, CudaStream? stream = null)
@@ -272,6 +273,15 @@ public sealed partial class FlashAttention
         }
 
         KvCache cache = args.Cache;
+        if ((args.CacheRows ?? args.QueryCounts ?? args.AppendCounts) is not null && cache.Device is null)
+        {
+            throw new ArgumentException(
+                "CacheRows, QueryCounts and AppendCounts need a cache on a device for the step's per-sequence arrays " +
+                "(cache_batch_idx, cu_seqlens_q, cu_seqlens_k_new); this cache is a view over raw pointers. Wrap tensors of " +
+                "device buffers instead.",
+                nameof(args));
+        }
+
         int[] added = args.AppendedPerSequence();
         List<(int Sequence, int Page)>? allocated = args.Appends ? cache.PrepareAppend(added, args.CacheRows, stream, Device.Ordinal) : null;
         try
@@ -484,6 +494,19 @@ public sealed partial class FlashAttention
     {
         (DeviceTensor q, KvCache cache, DeviceTensor? kNew, DeviceTensor? vNew, DeviceTensor output, DeviceTensor? lse, int numSplits, _) = args;
         ObjectDisposedException.ThrowIf(cache.IsDisposed, cache);
+        // The per-sequence counts' own shape first: the step's arrays are built from them even for a call the library
+        // refuses (fp8 below), so an empty array or two of different lengths must not reach that.
+        if (args.QueryCounts is { Length: 0 } || args.AppendCounts is { Length: 0 })
+        {
+            string name = args.QueryCounts is { Length: 0 } ? "QueryCounts" : "AppendCounts";
+            return new Problem(name, $"{name} is empty; give one count per sequence of the step.");
+        }
+
+        if (args.QueryCounts is { } qc && args.AppendCounts is { } ac && qc.Length != ac.Length)
+        {
+            return new Problem("AppendCounts", $"AppendCounts has {ac.Length} counts but QueryCounts {qc.Length}; give one count per sequence of the step in each.");
+        }
+
         if (IsFloat8Input(q, kNew, vNew))
         {
             // Decode has no fp8 (an fp8 KV cache is not served): the native library answers UNSUPPORTED, with the

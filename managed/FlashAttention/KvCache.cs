@@ -32,7 +32,8 @@ namespace FlashAttn;
 /// The device copies of the lengths (and, for an owned paged cache, of changed block-table rows) are updated with
 /// asynchronous copies on the stream of the call that changed them, so queue the next decode on the same stream (or
 /// synchronise first). Those copies read host snapshots that stay pinned until the copy is done; they make a decode
-/// that appends not capturable into a CUDA graph (a decode without new keys queues no copy). Not thread-safe: use one
+/// that appends not capturable into a CUDA graph (a decode without new keys queues no copy, unless it passes
+/// CacheRows, QueryCounts or AppendCounts, whose per-step arrays are copied the same way). Not thread-safe: use one
 /// cache from one thread at a time.
 /// </para>
 /// <para>

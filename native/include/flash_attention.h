@@ -513,7 +513,8 @@ typedef struct fa_decode_params {
        fa_context_check or the next call. Only with cache_batch_idx.data. */
     const int32_t* cache_batch_idx_host;
     /* Since 0.7. Optional host copy of cache_leftpad (batch entries); each must be 0 or more and at most the
-       capacity, and, when cache_seqlens_host is given too, at most cache_seqlens_host[b] + seqlen_knew; refused
+       capacity, and, when cache_seqlens_host is given too, at most cache_seqlens_host[b] + the sequence's appended
+       count (seqlen_knew, or its cu_seqlens_k_new count when the host knows it); refused
        before anything is launched otherwise. Without it the kernels clamp a pad outside 0 .. total_b and report
        it (FA_STATUS_DEVICE_CHECK_FAILED naming cache_leftpad). Only with cache_leftpad.data. */
     const int32_t* cache_leftpad_host;
@@ -579,8 +580,8 @@ typedef struct fa_decode_params {
     const int32_t* cu_seqlens_q_host;
     /* See cu_seqlens_q_host. */
     const int32_t* cu_seqlens_k_new_host;
-    /* With cu_seqlens_q: the most queries one sequence has (at least every count; it sizes the grid and the split
-       workspace). Must be 0 without cu_seqlens_q. */
+    /* With cu_seqlens_q: the most queries one sequence has (at least 1 and every count; a larger static bound is
+       allowed, it only sizes the grid and the split workspace). Must be 0 without cu_seqlens_q. */
     int32_t max_seqlen_q;
     /* Reserved; must be 0. */
     int32_t reserved2;

@@ -128,7 +128,8 @@ void report_device_flags(const LaunchInfo& info, bool launching) {
     }
     if (bits & kDeviceFlagDecodeCuSeqlens) {
         add("an earlier fa_decode on this context read a cu_seqlens_q or cu_seqlens_k_new entry outside the packed rows "
-            "(q.shape[0] or k_new.shape[0]), decreasing, or giving a sequence more queries than max_seqlen_q; the kernels "
+            "(q.shape[0] or k_new.shape[0]), decreasing, not starting at 0, or giving a sequence more queries than "
+            "max_seqlen_q or more appended keys than its cache holds; the kernels "
             "clamped it, so that sequence's appended keys, output and lse are not valid (pass cu_seqlens_q_host / "
             "cu_seqlens_k_new_host too and such an array is refused before the launch)");
     }

@@ -184,7 +184,9 @@ struct DecodeCheck {
           has_leftpad(leftpad.data != nullptr) {}
 
     // The ALiBi slopes (since 0.8): [heads_q] or [batch, heads_q] fp32, once b and hq are known.
-    void alibi_slopes() { alibi = check_alibi_slopes(alibi_t, b, "q.shape[0] (batch)", hq); }
+    void alibi_slopes() {
+        alibi = check_alibi_slopes(alibi_t, b, varlen_q ? "cu_seqlens_q.shape[0] - 1 (batch)" : "q.shape[0] (batch)", hq);
+    }
 
     // The per-sequence counts (0.12): the arrays go with what they describe, max_seqlen_q with cu_seqlens_q.
     void counts_paired() const {
@@ -303,10 +305,6 @@ struct DecodeCheck {
         hq = P.q.shape[qr - 2];
         d = P.q.shape[qr - 1];
         hkv = P.k_cache.shape[2];
-        if (varlen_q && max_seqlen_q > total_q) {
-            invalid("max_seqlen_q is " + s(max_seqlen_q) + " but q holds " + s(total_q) +
-                    " query rows in all (q.shape[0], total_q); no sequence has more");
-        }
         if (packed_kn) check_dim(cu_kn_t, "cu_seqlens_k_new", 0, "batch + 1", b + 1, varlen_q ? "cu_seqlens_q.shape[0]" : "q.shape[0] + 1");
         for (int32_t i = 0; i < qr; ++i) {
             if (P.out.shape[i] != P.q.shape[i]) {
@@ -436,14 +434,14 @@ struct DecodeCheck {
             invalid("rotary_dim is " + s(rotary_dim) + "; it must be a positive multiple of 16 (as flash-attn requires)");
         }
         if (rotary_dim > d) {
-            invalid("rotary_dim is " + s(rotary_dim) + " but the head dim (q.shape[3]) is " + s(d) +
+            invalid("rotary_dim is " + s(rotary_dim) + " but the head dim (" + (varlen_q ? "q.shape[2]" : "q.shape[3]") + ") is " + s(d) +
                     "; at most the head dim is rotated");
         }
         if (rotary_seqlen < capacity) {
             invalid("rotary table too short: rotary_seqlen is " + s(rotary_seqlen) + " rows but the cache holds " +
                     s(capacity) + " positions per sequence; the cos/sin tables need a row for every cache position");
         }
-        if (rotary_per_row() && P.cache_seqlens_host == nullptr && (varlen_q || packed_kn)) {
+        if (P.cache_seqlens_host == nullptr && (varlen_q || packed_kn)) {
             rotary_rows_per_sequence();
         } else if (rotary_per_row() && sq > added && P.cache_seqlens_host == nullptr &&
                    rotary_seqlen < capacity - added + sq) {
@@ -468,15 +466,17 @@ struct DecodeCheck {
     }
 
     // The rotary table check without cache_seqlens_host, with per-sequence counts (0.12): sequence i's last query
-    // is rotated at (at most) capacity - added_i + queries_i - 1, with an appended count the host does not know taken
-    // as 0 and a query count it does not know as max_seqlen_q. One device array for both counts means each sequence
-    // appends as many keys as it has queries: its queries stay inside the capacity.
+    // is rotated at (at most) capacity - added_i + queries_i - 1 (causal or windowed), or capacity - added_i (every
+    // query at the cached length), with an appended count the host does not know taken as 0 and a query count it does
+    // not know as max_seqlen_q; a sequence without queries rotates none. One device array for both counts means each
+    // sequence appends as many keys as it has queries: its queries stay inside the capacity.
     void rotary_rows_per_sequence() const {
         if (varlen_q && packed_kn && cu_q_t.data == cu_kn_t.data && cu_q_t.strides[0] == cu_kn_t.strides[0]) return;
         int64_t need = capacity, worst = -1;
         for (int64_t i = 0; i < b; ++i) {
-            const int64_t a = added_of(i);
-            const int64_t rows_needed = capacity - (a < 0 ? 0 : a) + queries_of(i);
+            const int64_t a = added_of(i), nq = queries_of(i);
+            if (nq <= 0) continue;
+            const int64_t rows_needed = capacity - (a < 0 ? 0 : a) + (rotary_per_row() ? nq : 1);
             if (rows_needed > need) {
                 need = rows_needed;
                 worst = i;
@@ -484,8 +484,10 @@ struct DecodeCheck {
         }
         if (rotary_seqlen < need) {
             const int64_t a = added_of(worst);
-            invalid("rotary table too short: rotary_seqlen is " + s(rotary_seqlen) + " rows, but with causal or a window "
-                    "query i is rotated at cache_seqlens + i, and sequence " + s(worst) + " has " + s(queries_of(worst)) +
+            invalid("rotary table too short: rotary_seqlen is " + s(rotary_seqlen) + " rows, but " +
+                    (rotary_per_row() ? "with causal or a window query i is rotated at cache_seqlens + i"
+                                      : "every query is rotated at cache_seqlens") +
+                    ", and sequence " + s(worst) + " has " + s(queries_of(worst)) +
                     (varlen_q && cu_q_host == nullptr ? " (max_seqlen_q)" : "") + " queries and appends " +
                     (a < 0 ? "an unknown number of keys (no cu_seqlens_k_new_host; taken as 0)" : s(a) + " keys") +
                     ", which reaches position " + s(need - 1) + " for a full cache; give cache_seqlens_host (checked "
@@ -563,12 +565,15 @@ struct DecodeCheck {
                                              : "cache_seqlens_host[" + s(i) + "] is " + s(cached) + ", more than the " +
                                                    s(capacity) + " positions its cache has");
                 }
+                // Its queries are rotated at cached + i (per row) or all at cached: with an appended count of 0
+                // (cu_seqlens_k_new) a full cache puts the latter at the capacity itself, past a table of capacity rows.
                 const int64_t nq = queries_of(i);
-                if (has_rotary && rotary_per_row() && nq > 0 && cached + nq > rotary_seqlen) {
+                const int64_t last = cached + (rotary_per_row() ? nq : 1) - 1;
+                if (has_rotary && nq > 0 && last >= rotary_seqlen) {
                     invalid("rotary table too short: sequence " + s(i) + " holds " + s(cached) +
-                            " tokens (cache_seqlens_host[" + s(i) + "]) and its query " + s(nq - 1) +
-                            " is rotated at position " + s(cached + nq - 1) + ", past the " + s(rotary_seqlen) +
-                            " rows of the rotary tables (rotary_seqlen)");
+                            " tokens (cache_seqlens_host[" + s(i) + "]) and its query " +
+                            (rotary_per_row() ? s(nq - 1) + " is" : std::string("rows are")) + " rotated at position " +
+                            s(last) + ", past the " + s(rotary_seqlen) + " rows of the rotary tables (rotary_seqlen)");
                 }
                 // Keys the sequence sees: from its left pad (when known) to its end (the capacity when its appended
                 // count is not known).
@@ -633,7 +638,7 @@ struct DecodeCheck {
         // FA_PATH_SM90: UNSUPPORTED, saying why (dispatch.cpp's choose_path, as for the other passes).
         (void)choose_path(Pass::Decode, P.kernel_path, static_cast<int32_t>(d), kernel_dtype(P.q.dtype), compute_capability,
                           -1, "kernel_path");
-        check_head_dim_served(d, 3);
+        check_head_dim_served(d, varlen_q ? 2 : 3);
         if (paged && (block_size < kMinBlockSize || !is_power_of_two(block_size))) {
             unsupported("k_cache.shape[1] (block_size) is " + s(block_size) +
                         "; the paged cache is served for block sizes that are powers of two from " + s(kMinBlockSize) +

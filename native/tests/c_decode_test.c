@@ -477,7 +477,8 @@ static void test_counts_validation(void) {
     p = counts_params(0, 1, 0); p.max_seqlen_q = 0;
     bad("max_seqlen_q 0 with cu_seqlens_q", &p, FA_STATUS_INVALID_ARGUMENT, "max_seqlen_q is 0 with cu_seqlens_q");
     p = counts_params(0, 1, 0); p.max_seqlen_q = 6;
-    bad("max_seqlen_q above q's rows", &p, FA_STATUS_INVALID_ARGUMENT, "max_seqlen_q is 6 but q holds 5");
+    expect("max_seqlen_q above q's rows (a static bound, as FlashAttention-3 takes)", fa_decode_check(&p, 0),
+           FA_STATUS_SUCCESS, NULL);
     p = valid_params(0); p.max_seqlen_q = 2;
     bad("max_seqlen_q without cu_seqlens_q", &p, FA_STATUS_INVALID_ARGUMENT, "max_seqlen_q is 2 but cu_seqlens_q.data is NULL");
     p = valid_params(0); p.cu_seqlens_q_host = cuq;
@@ -520,6 +521,28 @@ static void test_counts_validation(void) {
     p.k_new.shape[0] = p.v_new.shape[0] = 6;
     bad("rotary table of the capacity, host counts (sequence 2: 3 queries, 1 key)", &p, FA_STATUS_INVALID_ARGUMENT,
         "sequence 2 has 3 queries and appends 1 keys");
+    /* Not causal: every query of a sequence is rotated at its cached length, which a sequence appending no key (a count
+       of 0) and holding a full cache puts at the capacity itself, one past a table of capacity rows. */
+    p = counts_params(0, 1, 1);
+    p.causal = 0;
+    p.rotary_cos = ADDR(14);
+    p.rotary_sin = ADDR(15);
+    p.rotary_dim = 16;
+    p.rotary_seqlen = VCAP;
+    {
+        int32_t full[VB] = {VCAP, 10, 20}, cuk0[VB + 1] = {0, 0, 5, 6};
+        p.cache_seqlens_host = full;
+        p.cu_seqlens_k_new_host = cuk0;
+        bad("not causal, a full cache appending 0 keys, a table of the capacity", &p, FA_STATUS_INVALID_ARGUMENT,
+            "its query rows are rotated at position 64, past the 64 rows");
+        p.rotary_seqlen = VCAP + 1;
+        expect("the same with a table of capacity + 1 rows", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+        p.rotary_seqlen = VCAP;
+        p.cache_seqlens_host = NULL;
+        p.cu_seqlens_k_new_host = NULL;
+        bad("not causal, unknown appended counts, a table of the capacity", &p, FA_STATUS_INVALID_ARGUMENT,
+            "every query is rotated at cache_seqlens");
+    }
     /* A 0.11-sized struct: the count fields are not read (a packed q is then a rank error). */
     p = counts_params(0, 1, 0);
     p.struct_size = (uint32_t)offsetof(fa_decode_params_t, cu_seqlens_q);

@@ -96,7 +96,8 @@ struct DecodeParams {
     // strides are then 0, the row strides stepping over packed rows) and lse ([hq, total_q]); sq is then
     // max_seqlen_q (grid, split buffers). cu_seqlens_knew [b + 1] (or nullptr: added keys each): sequence b appends
     // packed rows cu_seqlens_knew[b] .. [b + 1] - 1 of k_new/v_new; added is then 0. Entries are clamped into
-    // [0, total_q] / [0, total_knew] (a count into [0, sq]) and a clamp is reported (kDeviceFlagDecodeCuSeqlens).
+    // [0, total_q] / [0, total_knew] (a query count into [0, sq], an appended one into [0, capacity]) and a clamp, or a
+    // first entry other than 0, is reported (kDeviceFlagDecodeCuSeqlens).
     const int32_t* cu_seqlens_q = nullptr;
     const int32_t* cu_seqlens_knew = nullptr;
     int64_t cu_q_stride = 0, cu_knew_stride = 0;

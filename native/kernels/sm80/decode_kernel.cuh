@@ -53,7 +53,8 @@ __device__ __forceinline__ DecodeSpan decode_span(const DecodeParams& p, const i
     const int r0 = min(max(s0, 0), total);
     const int r1 = min(max(s1, r0), total);
     const int count = min(r1 - r0, most);
-    if ((r0 != s0 || r1 != s1 || count != r1 - r0) && p.device_flags != nullptr) {
+    // (The arrays start at 0: a first entry past it would leave the rows before it unwritten.)
+    if ((r0 != s0 || r1 != s1 || count != r1 - r0 || (b == 0 && s0 != 0)) && p.device_flags != nullptr) {
         set_host_flag(p.device_flags, kDeviceFlagDecodeCuSeqlens);
     }
     return DecodeSpan{r0, count};
@@ -250,6 +251,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     // This sequence's queries (cu_seqlens_q: its own count, the grid sized by the largest): a block past its
     // packed rows has nothing to do (the combine skips those rows too).
     const DecodeSpan qs = decode_q_span(p, b);
+    const int pad = decode_leftpad(p, b, seq.total);  // (read, and checked, before the return below too)
     const int row0 = m_block * BM;
     if (row0 >= p.g * qs.count) return;
     const int rows_here = min(BM, p.g * qs.count - row0);
@@ -259,7 +261,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     // Keys some row of this block may see: [k_lo, k_hi). Computed in 64 bits: windows reach 2^31.
     const int qi_lo = row0 / p.g;
     const int qi_hi = (row0 + rows_here - 1) / p.g;
-    const int pad = decode_leftpad(p, b, seq.total);
     int64_t lo = pad, hi = seq.total;
     if (p.window_left >= 0) lo = max(lo, off + qi_lo - p.window_left);
     if (p.window_right >= 0) hi = min(hi, off + qi_hi + p.window_right + 1);

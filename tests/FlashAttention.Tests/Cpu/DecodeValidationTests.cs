@@ -499,9 +499,15 @@ public sealed unsafe class DecodeValidationTests
         };
         yield return ManagedCase("query counts past q's rows", packed with { QueryCounts = [2, 4] }, false, "QueryCounts add up to 6", "total_q");
         yield return ManagedCase("a negative query count", packed with { QueryCounts = [-1, 3] }, false, "QueryCounts[0] is -1");
-        yield return ManagedCase("query counts for 3 sequences", packed with { QueryCounts = [1, 1, 1] }, false, "q has batch 3", "cache_seqlens");
+        yield return ManagedCase("query counts for 3 sequences", packed with { QueryCounts = [1, 1, 1], AppendCounts = [1, 1, 2] }, false, "q has batch 3", "cache_seqlens");
+        yield return ManagedCase("empty query counts", packed with { QueryCounts = [] }, false, "QueryCounts is empty");
+        yield return ManagedCase("empty append counts", packed with { AppendCounts = [] }, false, "AppendCounts is empty");
         yield return ManagedCase("append counts past kNew's rows", packed with { AppendCounts = [2, 3] }, false, "AppendCounts add up to 5", "total_k_new");
-        yield return ManagedCase("append counts for 1 sequence", packed with { AppendCounts = [4] }, false, "AppendCounts has 1 counts", "2 sequences");
+        yield return ManagedCase("append counts for 1 sequence, query counts for 2", packed with { AppendCounts = [4] }, false, "AppendCounts has 1 counts", "QueryCounts 2");
+        yield return ManagedCase("append counts alone for 1 sequence", ok with
+        {
+            KNew = T(KN, DataType.Float16, 4, Hkv, D), VNew = T(VN, DataType.Float16, 4, Hkv, D), AppendCounts = [4],
+        }, false, "AppendCounts has 1 counts", "2 sequences");
         yield return ManagedCase("append counts without kNew", packed with { KNew = null, VNew = null }, false, "AppendCounts", "kNew and vNew are not given");
         yield return ManagedCase("rank-4 q with query counts", packed with { Q = T(Q, DataType.Float16, B, Sn, Hq, D) }, false, "q", "rank 3");
         yield return ManagedCase("rank-4 kNew with append counts", packed with

@@ -167,6 +167,47 @@ public sealed class DecodeServingTests : AttentionTestBase
         });
     }
 
+    [Test]
+    public void CountsOverARawPointerViewAreRefusedBeforeAnythingIsQueued([Values("rows", "queries", "appends")] string which)
+    {
+        // A view over raw pointers has no device buffer for the step's per-sequence arrays; Decode says so (an
+        // ArgumentException naming the view) before any copy or append, and the cache's lengths stay as they were.
+        RequireHeadDim(64, F16);
+        Random random = TestRandom.ForCurrentTest(out int seed);
+        long[] cacheShape = [2, 32, 1, 64];
+        using var k = DeviceArray.Upload(Device, F16, ForwardRun.RoundAll(F16, TestRandom.Normal(random, 2 * 32 * 64)));
+        using var v = DeviceArray.Upload(Device, F16, ForwardRun.RoundAll(F16, TestRandom.Normal(random, 2 * 32 * 64)));
+        using var lens = new DeviceBuffer<int>(Device, 2);
+        lens.CopyFrom([3, 5]);
+        DeviceTensor Raw(DeviceTensor t) => DeviceTensor.FromPointer(t.Pointer, t.DataType, [.. t.Shape]);
+        using KvCache cache = KvCache.Wrap(Raw(k.Tensor(cacheShape)), Raw(v.Tensor(cacheShape)), [3, 5], cacheSeqLens: Raw(lens.AsTensor(2)));
+        using var q = DeviceArray.Upload(Device, F16, ForwardRun.RoundAll(F16, TestRandom.Normal(random, 2 * 2 * 64)));
+        using var kn = DeviceArray.Upload(Device, F16, ForwardRun.RoundAll(F16, TestRandom.Normal(random, 2 * 64)));
+        using var vn = DeviceArray.Upload(Device, F16, ForwardRun.RoundAll(F16, TestRandom.Normal(random, 2 * 64)));
+        using var o = DeviceArray.Allocate(Device, F16, 2 * 2 * 64);
+        DecodeArguments args = which switch
+        {
+            "rows" => new DecodeArguments(q.Tensor([2, 1, 2, 64]), cache, kn.Tensor([2, 1, 1, 64]), vn.Tensor([2, 1, 1, 64]), o.Tensor([2, 1, 2, 64]))
+            {
+                CacheRows = [1, 0],
+            },
+            "queries" => new DecodeArguments(q.Tensor([2, 2, 64]), cache, kn.Tensor([2, 1, 1, 64]), vn.Tensor([2, 1, 1, 64]), o.Tensor([2, 2, 64]))
+            {
+                QueryCounts = [1, 1],
+            },
+            _ => new DecodeArguments(q.Tensor([2, 1, 2, 64]), cache, kn.Tensor([2, 1, 64]), vn.Tensor([2, 1, 64]), o.Tensor([2, 1, 2, 64]))
+            {
+                AppendCounts = [2, 0],
+            },
+        };
+        var e = Assert.Throws<ArgumentException>(() => Attention.Decode(args, new AttentionOptions { Causal = true }, Stream), $"seed {seed}");
+        Assert.Multiple(() =>
+        {
+            Assert.That(e!.Message, Does.Contain("view over raw pointers"));
+            Assert.That(cache.SequenceLengths, Is.EqualTo(new[] { 3, 5 }));
+        });
+    }
+
     private void RequireHeadDim(int headDim, DataType dtype)
     {
         SupportResult result = FlashAttention.QuerySupport(new SupportQuery(AttentionPass.Decode, dtype, headDim, ComputeCapability: Device.ComputeCapabilityCode));
