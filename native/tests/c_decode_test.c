@@ -394,11 +394,14 @@ static void test_rotary_validation(void) {
               "0.8 appends alibi_slopes and the 32-byte rotary block to the 0.7 struct's 960");
         CHECK(offsetof(fa_decode_params_t, reserved1) + sizeof(int32_t) == offsetof(fa_decode_params_t, cu_seqlens_q),
               "reserved1 ends the 0.8 struct (0.12's per-sequence counts follow it directly)");
-        CHECK(sizeof(void*) != 8 || sizeof(fa_decode_params_t) == offsetof(fa_decode_params_t, cu_seqlens_q) +
-                                                                        2 * sizeof(fa_tensor_t) + 2 * sizeof(void*) + 8,
+        CHECK(sizeof(void*) != 8 || offsetof(fa_decode_params_t, k_descale) == offsetof(fa_decode_params_t, cu_seqlens_q) +
+                                                                             2 * sizeof(fa_tensor_t) + 2 * sizeof(void*) + 8,
               "0.12 appends two tensors, two host pointers and two int32 (max_seqlen_q, reserved2)");
-        CHECK(offsetof(fa_decode_params_t, reserved2) + sizeof(int32_t) == sizeof(fa_decode_params_t),
-              "reserved2 ends the 0.12 struct");
+        CHECK(offsetof(fa_decode_params_t, reserved2) + sizeof(int32_t) == offsetof(fa_decode_params_t, k_descale),
+              "reserved2 ends the 0.12 struct (0.13's k_descale follows it directly)");
+        CHECK(offsetof(fa_decode_params_t, v_descale) == offsetof(fa_decode_params_t, k_descale) + sizeof(fa_tensor_t) &&
+                  offsetof(fa_decode_params_t, v_descale) + sizeof(fa_tensor_t) == sizeof(fa_decode_params_t),
+              "0.13 appends k_descale and v_descale, and v_descale ends the struct");
         memset(buf, 0xAB, sizeof buf);
         expect("decode_params_init(0.7 size)", fa_decode_params_init(old, size_07), FA_STATUS_SUCCESS, NULL);
         for (i = size_07; i < sizeof buf; ++i) tail_untouched &= buf[i] == 0xAB;
@@ -549,6 +552,251 @@ static void test_counts_validation(void) {
     bad("0.11-sized struct with a packed q", &p, FA_STATUS_INVALID_ARGUMENT, "q.rank is 3");
 }
 
+/* An fp8 (e4m3) KV cache (C ABI 0.13): k_cache and v_cache FA_DTYPE_FLOAT8_E4M3 with fp16/bf16 q, out, k_new and v_new,
+   and k_descale / v_descale (fp32 [heads_kv] or [1]). What is accepted, every refusal with the argument it names, a
+   0.12-sized struct, and the capability query's kv_cache_dtype. */
+static fa_decode_params_t fp8_params(int paged, int per_tensor) {
+    fa_decode_params_t p = valid_params(paged);
+    const int64_t n[1] = {per_tensor ? 1 : VHKV};
+    p.k_cache.dtype = p.v_cache.dtype = FA_DTYPE_FLOAT8_E4M3;
+    set_dense(&p.k_descale, ADDR(16), FA_DTYPE_FLOAT32, 1, n);
+    set_dense(&p.v_descale, ADDR(17), FA_DTYPE_FLOAT32, 1, n);
+    return p;
+}
+
+static fa_support_query_t decode_query(int32_t dtype, int32_t kv, int32_t head_dim) {
+    fa_support_query_t q;
+    memset(&q, 0, sizeof q);
+    q.struct_size = sizeof q;
+    q.pass = FA_PASS_DECODE;
+    q.dtype = dtype;
+    q.head_dim = head_dim;
+    q.kv_cache_dtype = kv;
+    return q;
+}
+
+static void test_fp8_validation(void) {
+    fa_decode_params_t p;
+    fa_support_query_t q;
+    int32_t lens[VB] = {10, 0, VPAGES * VBLOCK - VSQ}, idx[VB] = {2, 0, 1}, pads[VB] = {0, 2, 1};
+    int paged, per_tensor, fp16;
+    char label[128];
+
+    /* Accepted: both layouts, both descale forms, fp16 and bf16 queries, with and without an append, and with the
+       options every decode kernel serves (rotary tables of q's dtype, ALiBi, host copies, batch index, pads). */
+    for (paged = 0; paged <= 1; ++paged) {
+        for (per_tensor = 0; per_tensor <= 1; ++per_tensor) {
+            for (fp16 = 0; fp16 <= 1; ++fp16) {
+                p = fp8_params(paged, per_tensor);
+                if (fp16) p.q.dtype = p.out.dtype = p.k_new.dtype = p.v_new.dtype = FA_DTYPE_FLOAT16;
+                sprintf(label, "fp8 cache, %s, descales [%s], %s q", paged ? "paged" : "contiguous",
+                        per_tensor ? "1" : "heads_kv", fp16 ? "fp16" : "bf16");
+                expect(label, fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+                expect(label, fa_decode_check(&p, 80), FA_STATUS_SUCCESS, NULL);
+                expect(label, fa_decode_check(&p, 90), FA_STATUS_SUCCESS, NULL);
+                p.k_new.data = p.v_new.data = NULL;
+                strcat(label, ", no append");
+                expect(label, fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+            }
+        }
+    }
+    p = fp8_params(1, 0);
+    p.rotary_cos = ADDR(18); p.rotary_sin = ADDR(19); p.rotary_dim = 16; p.rotary_seqlen = VCAP;
+    p.cache_seqlens_host = lens;
+    {
+        const int64_t heads[1] = {VHQ}, b1[1] = {VB};
+        set_dense(&p.alibi_slopes, ADDR(20), FA_DTYPE_FLOAT32, 1, heads);
+        set_dense(&p.cache_batch_idx, ADDR(21), FA_DTYPE_INT32, 1, b1);
+        set_dense(&p.cache_leftpad, ADDR(22), FA_DTYPE_INT32, 1, b1);
+        p.block_table.shape[0] = VB;
+        p.cache_batch_idx_host = idx;
+        p.cache_leftpad_host = pads;
+    }
+    p.window_left = 7; p.softcap = 5.0f; p.num_splits = 3;
+    expect("fp8 cache with rotary, ALiBi, batch index, pads, window, softcap, splits", fa_decode_check(&p, 0),
+           FA_STATUS_SUCCESS, NULL);
+    p = fp8_params(0, 0); p.k_descale.strides[0] = 4; p.v_descale.strides[0] = 3;
+    expect("fp8 cache, strided descales", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+
+    /* The caches: both fp8 or neither; q, out, k_new and v_new stay 16-bit. */
+    p = fp8_params(0, 0); p.v_cache.dtype = FA_DTYPE_BFLOAT16;
+    bad("fp8 k_cache, bf16 v_cache", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_cache.dtype is FA_DTYPE_FLOAT8_E4M3 but v_cache.dtype is FA_DTYPE_BFLOAT16; the key and value caches are both "
+        "FA_DTYPE_FLOAT8_E4M3");
+    p = fp8_params(1, 1); p.k_cache.dtype = FA_DTYPE_BFLOAT16;
+    bad("bf16 k_cache, fp8 v_cache", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_cache.dtype is FA_DTYPE_BFLOAT16 but v_cache.dtype is FA_DTYPE_FLOAT8_E4M3");
+    p = fp8_params(0, 0); p.k_cache.dtype = p.v_cache.dtype = FA_DTYPE_FLOAT32;
+    bad("fp32 caches", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_cache.dtype is 3 (FA_DTYPE_FLOAT32); k_cache must be q's dtype (FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16) or "
+        "FA_DTYPE_FLOAT8_E4M3");
+    p = fp8_params(0, 0); p.q.dtype = FA_DTYPE_FLOAT8_E4M3;
+    bad("fp8 q over an fp8 cache", &p, FA_STATUS_UNSUPPORTED, "q.dtype is FA_DTYPE_FLOAT8_E4M3: decode takes fp16 or bf16 queries");
+    p = fp8_params(1, 0); p.k_new.dtype = FA_DTYPE_FLOAT8_E4M3;
+    bad("fp8 k_new over an fp8 cache", &p, FA_STATUS_UNSUPPORTED,
+        "k_new.dtype is FA_DTYPE_FLOAT8_E4M3: new keys and values are fp16 or bf16 (q's dtype)");
+    p = fp8_params(0, 0); p.k_new.dtype = FA_DTYPE_FLOAT16;
+    bad("fp16 k_new, bf16 q, fp8 cache", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_new.dtype is FA_DTYPE_FLOAT16 but q.dtype is FA_DTYPE_BFLOAT16; q, the new keys/values and out must share one "
+        "dtype (the caches are fp8)");
+    p = fp8_params(1, 0); p.out.dtype = FA_DTYPE_FLOAT8_E4M3;
+    bad("fp8 out, fp8 cache", &p, FA_STATUS_INVALID_ARGUMENT, "out.dtype is 5 (FA_DTYPE_FLOAT8_E4M3)");
+    p = fp8_params(0, 0); p.k_cache.strides[1] += 8; p.v_cache.strides[1] += 8;
+    bad("fp8 cache row stride not x16", &p, FA_STATUS_INVALID_ARGUMENT, "multiples of 16 elements (16 bytes)");
+    p = fp8_params(0, 0); p.k_cache.data = (void*)((uintptr_t)p.k_cache.data + 8);
+    bad("fp8 cache misaligned", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache.data (0x");
+    {
+        /* Head dim 40 (a multiple of 8, not of 16): with contiguous strides the rows break the 16-byte rule; with
+           padded strides (48) the head dim itself is refused. */
+        const int64_t hd = 40;
+        p = fp8_params(0, 0);
+        set4(&p.q, p.q.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, hd);
+        set4(&p.out, p.out.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, hd);
+        set4(&p.k_new, p.k_new.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, hd);
+        set4(&p.v_new, p.v_new.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, hd);
+        set4(&p.k_cache, p.k_cache.data, FA_DTYPE_FLOAT8_E4M3, VB, VCAP, VHKV, hd);
+        set4(&p.v_cache, p.v_cache.data, FA_DTYPE_FLOAT8_E4M3, VB, VCAP, VHKV, hd);
+        bad("fp8 cache, head dim 40, contiguous", &p, FA_STATUS_INVALID_ARGUMENT,
+            "k_cache.shape[3] (head_dim) is 40; fp8 (e4m3) head dims must be multiples of 16");
+        p.k_cache.strides[2] = p.v_cache.strides[2] = 48;
+        p.k_cache.strides[1] = p.v_cache.strides[1] = 48 * VHKV;
+        p.k_cache.strides[0] = p.v_cache.strides[0] = 48 * VHKV * VCAP;
+        bad("fp8 cache, head dim 40, padded strides", &p, FA_STATUS_INVALID_ARGUMENT,
+            "k_cache.shape[3] (head_dim) is 40; the head dims of an fp8 (e4m3) cache must be multiples of 16");
+    }
+
+    /* The descales: required with an fp8 cache, refused without one, fp32 rank 1 [heads_kv] or [1], positive strides,
+       aligned, and never written over. */
+    p = fp8_params(0, 0); p.v_descale.data = NULL;
+    bad("fp8 cache without v_descale", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_cache and v_cache are FA_DTYPE_FLOAT8_E4M3 but v_descale.data is NULL; an fp8 cache needs k_descale and v_descale");
+    p = valid_params(1);
+    {
+        const int64_t n[1] = {VHKV};
+        set_dense(&p.k_descale, ADDR(16), FA_DTYPE_FLOAT32, 1, n);
+    }
+    bad("k_descale with a bf16 cache", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_descale.data is set but k_cache and v_cache are FA_DTYPE_BFLOAT16; descales go with an fp8");
+    p = valid_params(0);
+    {
+        const int64_t n[1] = {1};
+        set_dense(&p.v_descale, ADDR(17), FA_DTYPE_FLOAT32, 1, n);
+    }
+    bad("v_descale with a bf16 cache", &p, FA_STATUS_INVALID_ARGUMENT, "v_descale.data is set but k_cache and v_cache are");
+    p = fp8_params(0, 0); p.k_descale.dtype = FA_DTYPE_BFLOAT16;
+    bad("k_descale bf16", &p, FA_STATUS_INVALID_ARGUMENT, "k_descale.dtype is 2 (FA_DTYPE_BFLOAT16); k_descale must be FA_DTYPE_FLOAT32");
+    p = fp8_params(1, 0); p.v_descale.rank = 2; p.v_descale.shape[1] = 1; p.v_descale.strides[1] = 1;
+    bad("v_descale rank 2", &p, FA_STATUS_INVALID_ARGUMENT, "v_descale.rank is 2; v_descale must have rank 1 [heads_kv]");
+    p = fp8_params(0, 0); p.k_descale.shape[0] = VHKV + 1;
+    bad("k_descale of 3 factors, 2 kv heads", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_descale.shape[0] is 3 but must be heads_kv (k_cache.shape[2] = 2) or 1 (one factor for the whole cache)");
+    p = fp8_params(0, 0); p.v_descale.shape[0] = 0;
+    bad("v_descale empty", &p, FA_STATUS_INVALID_ARGUMENT, "v_descale.shape[0] (heads_kv) is 0");
+    p = fp8_params(1, 0); p.k_descale.strides[0] = 0;
+    bad("k_descale stride 0", &p, FA_STATUS_INVALID_ARGUMENT, "k_descale.strides[0] (heads_kv) is 0; strides must be positive");
+    p = fp8_params(0, 1); p.v_descale.strides[0] = -1;
+    bad("v_descale stride -1", &p, FA_STATUS_INVALID_ARGUMENT, "v_descale.strides[0] (heads_kv) is -1");
+    p = fp8_params(0, 0); p.k_descale.data = (void*)((uintptr_t)p.k_descale.data + 2);
+    bad("k_descale misaligned", &p, FA_STATUS_INVALID_ARGUMENT, "k_descale.data (0x");
+    p = fp8_params(0, 0); p.k_descale.data = p.v_descale.data;
+    expect("k_descale and v_descale sharing one table (read only)", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = fp8_params(0, 0); p.out.data = p.k_descale.data;
+    bad("out over k_descale", &p, FA_STATUS_INVALID_ARGUMENT, "out (bytes 0x");
+    bad("out over k_descale (names it)", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps k_descale");
+    p = fp8_params(1, 0); p.lse.data = p.v_descale.data;
+    bad("lse over v_descale", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps v_descale");
+    p = fp8_params(0, 0); p.v_cache.data = p.v_descale.data;
+    bad("appended v_cache over v_descale", &p, FA_STATUS_INVALID_ARGUMENT, "v_cache (bytes");
+    p.k_new.data = p.v_new.data = NULL;
+    expect("v_cache over v_descale without an append (nothing written)", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = fp8_params(0, 0); p.cache_seqlens.data = p.k_descale.data; p.advance_cache_seqlens = 1;
+    bad("advanced cache_seqlens over k_descale", &p, FA_STATUS_INVALID_ARGUMENT, "cache_seqlens (bytes");
+    p = fp8_params(0, 0); p.workspace = (void*)(uintptr_t)ADDR(16); p.workspace_size = 4096;
+    bad("workspace over k_descale", &p, FA_STATUS_INVALID_ARGUMENT, "workspace (bytes");
+
+    /* Served: decode runs on the sm80 path only, on compute capability 8.0 and newer. */
+    p = fp8_params(1, 0); p.kernel_path = FA_PATH_SM90;
+    bad("fp8 cache on FA_PATH_SM90", &p, FA_STATUS_UNSUPPORTED, "decode runs on the sm80 path");
+    p = fp8_params(1, 0);
+    expect("fp8 cache at compute capability 7.5", fa_decode_check(&p, 75), FA_STATUS_UNSUPPORTED, "8.0 or newer");
+
+    /* A caller compiled against 0.12: its struct ends at reserved2. An fp8 cache then has no descales (refused,
+       saying so); a 16-bit cache is served and nothing past the struct is read. */
+    {
+        unsigned char buf[sizeof(fa_decode_params_t)];
+        fa_decode_params_t* old = (fa_decode_params_t*)(void*)buf;
+        const size_t size_12 = offsetof(fa_decode_params_t, k_descale);
+        size_t i;
+        int tail_untouched = 1;
+        memset(buf, 0xAB, sizeof buf);
+        expect("decode_params_init(0.12 size)", fa_decode_params_init(old, size_12), FA_STATUS_SUCCESS, NULL);
+        for (i = size_12; i < sizeof buf; ++i) tail_untouched &= buf[i] == 0xAB;
+        CHECK(tail_untouched, "fa_decode_params_init(0.12 size) wrote past the caller's struct");
+        p = fp8_params(0, 0);
+        memcpy(buf, &p, size_12);
+        old->struct_size = (uint32_t)size_12;
+        bad("0.12-sized struct with an fp8 cache", old, FA_STATUS_INVALID_ARGUMENT,
+            "k_cache and v_cache are FA_DTYPE_FLOAT8_E4M3, but params->struct_size (");
+        bad("0.12-sized struct with an fp8 cache (names the fields)", old, FA_STATUS_INVALID_ARGUMENT,
+            "ends before k_descale and v_descale (C ABI 0.13)");
+        p = valid_params(1);
+        memcpy(buf, &p, size_12);
+        old->struct_size = (uint32_t)size_12;
+        expect("0.12-sized struct with a bf16 cache, garbage where the descales would be", fa_decode_check(old, 0),
+               FA_STATUS_SUCCESS, NULL);
+    }
+
+    /* fa_query_support's kv_cache_dtype (0.13): 0 or q's dtype is a 16-bit cache; FA_DTYPE_FLOAT8_E4M3 with fp16/bf16
+       queries is served (every decode option, head dims multiples of 16); other pairs and other passes are not. */
+    q = decode_query(FA_DTYPE_BFLOAT16, 0, FA_TEST_HEAD_DIM);
+    expect("query decode, kv_cache_dtype 0", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q.kv_cache_dtype = FA_DTYPE_BFLOAT16;
+    expect("query decode, kv_cache_dtype = dtype", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    for (fp16 = 0; fp16 <= 1; ++fp16) {
+        q = decode_query(fp16 ? FA_DTYPE_FLOAT16 : FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
+        sprintf(label, "query %s decode over an fp8 cache", fp16 ? "fp16" : "bf16");
+        expect(label, fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+        q.paged_kv = q.causal = q.window = q.softcap = q.alibi = 1;
+        strcat(label, ", paged, causal, window, softcap, ALiBi");
+        expect(label, fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+        q.compute_capability = 80;
+        expect("... at compute capability 8.0", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+        q.compute_capability = 90;
+        expect("... at compute capability 9.0", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+        q.kernel_path = FA_PATH_SM90;
+        expect("... on FA_PATH_SM90", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "decode runs on the sm80 path");
+    }
+    q = decode_query(FA_DTYPE_FLOAT8_E4M3, FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
+    expect("query fp8 q over an fp8 cache", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+           "query->dtype is FA_DTYPE_FLOAT8_E4M3 with query->pass FA_PASS_DECODE: decode takes fp16 or bf16 queries");
+    q = decode_query(FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    expect("query bf16 q over an fp16 cache", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+           "query->kv_cache_dtype is FA_DTYPE_FLOAT16 with query->dtype FA_DTYPE_BFLOAT16; fa_decode's cache is q's dtype, "
+           "or FA_DTYPE_FLOAT8_E4M3 (an fp8 cache) with FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16 queries");
+    q = decode_query(FA_DTYPE_FLOAT16, FA_DTYPE_FLOAT32, FA_TEST_HEAD_DIM);
+    expect("query fp32 cache", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "query->kv_cache_dtype is FA_DTYPE_FLOAT32");
+    q = decode_query(FA_DTYPE_FLOAT16, 42, FA_TEST_HEAD_DIM);
+    expect("query kv_cache_dtype 42", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT,
+           "query->kv_cache_dtype is 42; it must be 0 (the same as dtype) or an fa_dtype_t value");
+    q = decode_query(FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
+    q.pass = FA_PASS_FORWARD;
+    expect("query forward with kv_cache_dtype", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+           "query->kv_cache_dtype is FA_DTYPE_FLOAT8_E4M3 with FA_PASS_FORWARD; only FA_PASS_DECODE has a KV cache dtype");
+    q.pass = FA_PASS_BACKWARD;
+    q.kv_cache_dtype = FA_DTYPE_BFLOAT16;
+    expect("query backward with kv_cache_dtype", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+           "query->kv_cache_dtype is FA_DTYPE_BFLOAT16 with FA_PASS_BACKWARD");
+    q = decode_query(FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT8_E4M3, 40);
+    if (fa_query_support(&q) != FA_STATUS_INVALID_ARGUMENT) {
+        expect("query fp8 cache, head dim 40", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+               "query->head_dim is 40; the head dims of an fp8 (e4m3) KV cache must be multiples of 16");
+    }
+    q = decode_query(FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
+    q.struct_size = (uint32_t)offsetof(fa_support_query_t, kv_cache_dtype);
+    q.kv_cache_dtype = 42; /* past a 0.12-sized query: never read */
+    expect("0.12-sized query (no kv_cache_dtype)", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+}
+
 static void test_validation(void) {
     fa_decode_params_t p;
     int32_t host_lens[VB] = {10, 0, VPAGES * VBLOCK - VSQ};
@@ -670,16 +918,19 @@ static void test_validation(void) {
     test_serving_validation();
     test_alibi_validation();
     test_rotary_validation();
+    test_fp8_validation();
 
-    /* fp8 (e4m3): an fp8 query, cache or append is not served yet (UNSUPPORTED, naming the tensor); an fp8 out is
-       no dtype any pass writes (INVALID_ARGUMENT); a k_new/v_new descriptor without data is not looked at. */
+    /* fp8 (e4m3): an fp8 query or append is not served (UNSUPPORTED, naming the tensor; an fp8 cache is, with fp16/bf16
+       queries: test_fp8_validation); an fp8 out is no dtype any pass writes (INVALID_ARGUMENT); a k_new/v_new
+       descriptor without data is not looked at. */
     p = valid_params(1); p.q.dtype = FA_DTYPE_FLOAT8_E4M3;
-    bad("q fp8", &p, FA_STATUS_UNSUPPORTED, "q.dtype is FA_DTYPE_FLOAT8_E4M3: an fp8 KV cache is not served yet");
-    expect("q fp8 at cc 9.0", fa_decode_check(&p, 90), FA_STATUS_UNSUPPORTED, "an fp8 KV cache is not served yet");
+    bad("q fp8", &p, FA_STATUS_UNSUPPORTED, "q.dtype is FA_DTYPE_FLOAT8_E4M3: decode takes fp16 or bf16 queries");
+    expect("q fp8 at cc 9.0", fa_decode_check(&p, 90), FA_STATUS_UNSUPPORTED, "decode takes fp16 or bf16 queries");
     p = valid_params(0); p.k_cache.dtype = p.v_cache.dtype = FA_DTYPE_FLOAT8_E4M3;
-    bad("fp8 cache", &p, FA_STATUS_UNSUPPORTED, "k_cache.dtype is FA_DTYPE_FLOAT8_E4M3: an fp8 KV cache is not served");
+    bad("fp8 cache without descales", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_cache and v_cache are FA_DTYPE_FLOAT8_E4M3 but k_descale.data is NULL");
     p = valid_params(1); p.v_new.dtype = FA_DTYPE_FLOAT8_E4M3;
-    bad("v_new fp8", &p, FA_STATUS_UNSUPPORTED, "v_new.dtype is FA_DTYPE_FLOAT8_E4M3: an fp8 KV cache is not served");
+    bad("v_new fp8", &p, FA_STATUS_UNSUPPORTED, "v_new.dtype is FA_DTYPE_FLOAT8_E4M3: new keys and values are fp16 or bf16");
     p = valid_params(1); p.out.dtype = FA_DTYPE_FLOAT8_E4M3;
     bad("out fp8", &p, FA_STATUS_INVALID_ARGUMENT,
         "out.dtype is 5 (FA_DTYPE_FLOAT8_E4M3); out must be FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16");
