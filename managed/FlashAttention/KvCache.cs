@@ -1030,13 +1030,14 @@ public sealed class KvCache : IDisposable
             {
                 (kT, vT) = Allocate<Float8E4M3>(device, elements, shape, out keys, out values);
 
-                // The factors of K then V in one buffer, 1 until SetDescales.
+                // The factors of K then V in one buffer (V's from a 16-byte boundary, as tensors start), 1 until SetDescales.
                 long count = granularity == DescaleGranularity.PerTensor ? 1 : shape[2];
-                descaleBuffer = new DeviceBuffer<float>(device, 2 * count);
-                float[] ones = new float[2 * count];
+                long valueOffset = (count + 3) / 4 * 4;
+                descaleBuffer = new DeviceBuffer<float>(device, valueOffset + count);
+                float[] ones = new float[valueOffset + count];
                 Array.Fill(ones, 1f);
                 descaleBuffer.CopyFrom(ones, stream);
-                descales = (DeviceTensor.FromBuffer(descaleBuffer, [count]), DeviceTensor.FromBuffer(descaleBuffer, [count], elementOffset: count));
+                descales = (DeviceTensor.FromBuffer(descaleBuffer, [count]), DeviceTensor.FromBuffer(descaleBuffer, [count], elementOffset: valueOffset));
             }
 
             seqLens = new DeviceBuffer<int>(device, batch);
