@@ -44,9 +44,9 @@ class MirrorTests(unittest.TestCase):
         # 784 through 0.6; 0.7 appended cache_batch_idx, cache_leftpad and their host copies at offset 784.
         # 0.8 appended alibi_slopes (an 80-byte fa_tensor_t) at 960, then the rotary block (two table pointers,
         # rotary_dim, rotary_seqlen, rotary_interleaved, reserved1: 32 bytes); 0.12 the per-sequence counts
-        # (cu_seqlens_q, cu_seqlens_k_new, their host copies, max_seqlen_q, reserved2: 184 bytes) at 1072.
-        # 0.12's per-sequence counts end at 960 + 80 + 32 + 184; 0.13 appends the fp8 cache's two descales.
-        self.assertEqual(ctypes.sizeof(fa_abi.FaDecodeParams), 960 + 80 + 32 + 184 + 2 * 80)
+        # (cu_seqlens_q, cu_seqlens_k_new, their host copies, max_seqlen_q, reserved2: 184 bytes) at 1072; 0.13 the fp8
+        # cache's k_descale and v_descale (160 bytes) at 1256.
+        self.assertEqual(ctypes.sizeof(fa_abi.FaDecodeParams), 960 + 80 + 32 + 184 + 160)
         self.assertEqual(fa_abi.FaDecodeParams.k_descale.offset, 960 + 80 + 32 + 184)
         self.assertEqual(fa_abi.FaDecodeParams.cu_seqlens_q.offset, 960 + 80 + 32)
         self.assertEqual(fa_abi.FaDecodeParams.cache_batch_idx.offset, 784)
