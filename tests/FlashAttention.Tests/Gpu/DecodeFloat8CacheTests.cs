@@ -153,7 +153,7 @@ public sealed class DecodeFloat8CacheTests : AttentionTestBase
 
             // The reference appends into the mirror (quantizing with this step's factors), then attends.
             int[] table = paged ? [.. cache.HostBlockTable!] : [];
-            var serving = new DecodeServingOptions { KeyDescale = kd, ValueDescale = vd, QueryDataType = dtype };
+            var serving = new DecodeServingOptions { SeqLenQ = 1, KeyDescale = kd, ValueDescale = vd, QueryDataType = dtype };
             var refOut = new double[q.Length];
             var refLse = new double[batch * headsQ];
             double[] qd = AttentionReference.ToDouble(q), knd = AttentionReference.ToDouble(kn), vnd = AttentionReference.ToDouble(vn);
