@@ -1831,7 +1831,7 @@ static void test_query_fp8(void) {
     q.pass = FA_PASS_DECODE;
     q.compute_capability = 0;
     expect("query fp8 decode", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
-           "query->dtype is FA_DTYPE_FLOAT8_E4M3 with query->pass FA_PASS_DECODE: an fp8 KV cache is not served yet");
+           "query->dtype is FA_DTYPE_FLOAT8_E4M3 with query->pass FA_PASS_DECODE: decode takes fp16 or bf16 queries");
     if (head_dim_served(40)) {
         q = forward_query(FA_DTYPE_FLOAT8_E4M3, 40);
         q.compute_capability = 90;
@@ -2165,6 +2165,97 @@ static void test_v_head_dim_validation(void) {
     p = valid_params(1);
     set_tensor4(&p.k, p.k.data, FA_DTYPE_FLOAT16, VB, VSK, VHKV, FA_TEST_HEAD_DIM + 8, 0);
     expect("k of another head dim", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "q and k must have the same head_dim");
+}
+
+/* A valid decode call over an fp8 (e4m3) cache (C ABI 0.13) of head dim d on placeholder addresses: bf16 q, a paged
+   cache of 16-row blocks, an append, descales [heads_kv] (fa_decode_check never dereferences device pointers). */
+static fa_decode_params_t fp8_decode_params(int64_t d) {
+    enum { B = 2, SQ = 1, HQ = 4, HKV = 2, BLOCK = 16, PAGES = 4, NBLOCKS = 8 };
+    fa_decode_params_t p;
+    const int64_t q_shape[4] = {B, SQ, HQ, d}, cache_shape[4] = {NBLOCKS, BLOCK, HKV, d}, new_shape[4] = {B, SQ, HKV, d};
+    const int64_t lens[1] = {B}, table[2] = {B, PAGES}, desc[1] = {HKV};
+    fa_decode_params_init(&p, sizeof p);
+    set_dense(&p.q, (void*)(uintptr_t)0xB00000000ull, FA_DTYPE_BFLOAT16, 4, q_shape);
+    set_dense(&p.out, (void*)(uintptr_t)0xB10000000ull, FA_DTYPE_BFLOAT16, 4, q_shape);
+    set_dense(&p.k_cache, (void*)(uintptr_t)0xB20000000ull, FA_DTYPE_FLOAT8_E4M3, 4, cache_shape);
+    set_dense(&p.v_cache, (void*)(uintptr_t)0xB30000000ull, FA_DTYPE_FLOAT8_E4M3, 4, cache_shape);
+    set_dense(&p.k_new, (void*)(uintptr_t)0xB40000000ull, FA_DTYPE_BFLOAT16, 4, new_shape);
+    set_dense(&p.v_new, (void*)(uintptr_t)0xB50000000ull, FA_DTYPE_BFLOAT16, 4, new_shape);
+    set_dense(&p.cache_seqlens, (void*)(uintptr_t)0xB60000000ull, FA_DTYPE_INT32, 1, lens);
+    set_dense(&p.block_table, (void*)(uintptr_t)0xB70000000ull, FA_DTYPE_INT32, 2, table);
+    set_dense(&p.k_descale, (void*)(uintptr_t)0xB80000000ull, FA_DTYPE_FLOAT32, 1, desc);
+    set_dense(&p.v_descale, (void*)(uintptr_t)0xB90000000ull, FA_DTYPE_FLOAT32, 1, desc);
+    return p;
+}
+
+/* fa_query_support's kv_cache_dtype (0.13) and fa_decode_check agree on every head dim of an fp8 cache (the query
+   says served exactly where a valid call is accepted); the fp8-cache decode kernels are listed for every compiled
+   decode head dim, fp16 and bf16 queries, contiguous and paged, with their append kernels. */
+static void test_fp8_cache_decode(void) {
+    fa_support_query_t q;
+    int32_t count = 0, i;
+    int d, disagreements = 0, missing = 0, dt, paged;
+    char want[96];
+    for (d = 1; d <= 264; ++d) {
+        fa_decode_params_t p = fp8_decode_params(d);
+        int by_query;
+        memset(&q, 0, sizeof q);
+        q.struct_size = sizeof q;
+        q.pass = FA_PASS_DECODE;
+        q.dtype = FA_DTYPE_BFLOAT16;
+        q.head_dim = d;
+        q.paged_kv = 1;
+        q.kv_cache_dtype = FA_DTYPE_FLOAT8_E4M3;
+        by_query = fa_query_support(&q) == FA_STATUS_SUCCESS;
+        if (by_query != (fa_decode_check(&p, 0) == FA_STATUS_SUCCESS)) {
+            ++disagreements;
+            printf("  fp8 cache, head dim %d: fa_query_support says %d, fa_decode_check %s\n", d, by_query,
+                   fa_status_string(fa_decode_check(&p, 0)));
+        }
+    }
+    CHECK(disagreements == 0, "fa_query_support (kv_cache_dtype fp8) and fa_decode_check disagree on %d head dims",
+          disagreements);
+    if (fa_kernel_count(&count) != FA_STATUS_SUCCESS) count = 0;
+    for (d = 32; d <= 256; d += 32) {
+        int compiled = 0; /* the 16-bit cache's decode kernel of head dim d is listed (FA_HEAD_DIMS has d) */
+        if (d == 160 || d == 224) continue; /* no kernel of their own */
+        sprintf(want, "sm80_decode_fp16_hdim%d_", d);
+        for (i = 0; i < count; ++i) {
+            const char* name = NULL;
+            compiled |= fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, want, strlen(want)) == 0;
+        }
+        if (!compiled) continue;
+        for (dt = 0; dt < 2; ++dt) {
+            for (paged = 0; paged <= 1; ++paged) {
+                int found = 0;
+                sprintf(want, "sm80_decode_%s_hdim%d_e4m3kv_%s", dt ? "bf16" : "fp16", d, paged ? "paged_" : "");
+                for (i = 0; i < count; ++i) {
+                    const char* name = NULL;
+                    if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, want, strlen(want)) == 0 &&
+                        (paged || strstr(name, "_paged") == NULL)) {
+                        ++found;
+                    }
+                }
+                if (found != 1) {
+                    ++missing;
+                    printf("  %d kernels named %s...\n", found, want);
+                }
+            }
+        }
+    }
+    for (dt = 0; dt < 2; ++dt) {
+        int found = 0;
+        sprintf(want, "sm80_decode_append_%s_e4m3kv", dt ? "bf16" : "fp16");
+        for (i = 0; i < count; ++i) {
+            const char* name = NULL;
+            found += fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strcmp(name, want) == 0;
+        }
+        if (found != 1) {
+            ++missing;
+            printf("  %d kernels named %s\n", found, want);
+        }
+    }
+    CHECK(missing == 0, "%d fp8-cache decode kernels are not listed once each", missing);
 }
 
 static void test_kernel_names(void) {
@@ -4126,6 +4217,7 @@ int main(int argc, char** argv) {
     test_v_head_dim_validation();
     test_paged_validation();
     test_kernel_names();
+    test_fp8_cache_decode();
     test_graph_arguments();
 #if defined(FA_TEST_HAVE_PTHREADS)
     test_last_error_is_per_thread();
