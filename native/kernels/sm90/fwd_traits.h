@@ -24,6 +24,17 @@
 #ifndef FA_SM90_FWD_FP8_PINGPONG
 #define FA_SM90_FWD_FP8_PINGPONG 0
 #endif
+// ALiBi through the Q K^T product (fwd_kernel.cuh, sm90/alibi_gemm.cuh; issue 14): 1 gives the 16-bit local kernels
+// without softcap (paged ones aside) a variant, launched for calls with ALiBi slopes, whose S starts with one more
+// k-step that adds +-slope/u * (key - key0 - BN/2) and whose softmax adds the rest of the bias per row and key block;
+// 0 keeps the per-element bias of every local kernel (the A of an A/B). Head dims above FA_SM90_FWD_ALIBI_GEMM_MAX_D
+// keep the per-element bias.
+#ifndef FA_SM90_FWD_ALIBI_GEMM
+#define FA_SM90_FWD_ALIBI_GEMM 1
+#endif
+#ifndef FA_SM90_FWD_ALIBI_GEMM_MAX_D
+#define FA_SM90_FWD_ALIBI_GEMM_MAX_D 256
+#endif
 // setmaxnreg budget of the fp8 kernels' producer warpgroup, which transposes V (40, FA3's for a working producer;
 // 24 leaves the consumers 240; overridable for experiments). The consumers get what it gives back.
 #ifndef FA_SM90_FWD_FP8_PRODUCER_REGS
@@ -112,6 +123,14 @@ struct FwdTraits90 {
     // vt_full, vt_empty), then v_tail (paged K/V: a tile's first V block cleared past the sequence).
     static constexpr int kBarriers = 2 + (kFp8 ? 6 : 4) * kStages + 1;
     static constexpr int kSmemBytes = kOffBar + kBarriers * 8;
+    // The ALiBi variant (FA_SM90_FWD_ALIBI_GEMM) alone also holds the K' panel of its extra k-step after all of the
+    // above: kBlockN rows of 16 bytes and 8 rows of zeros (sm90/alibi_gemm.cuh), so the other kernels keep their
+    // layout and size. 16-bit types only (an e4m3 k-step would need more parts of the slope than it has columns).
+    static constexpr int kSmemKp = kBlockN * 16 + 128;
+    static constexpr int kOffKp = (kSmemBytes + 127) / 128 * 128;
+    static constexpr int kSmemBytesAlibi = kOffKp + kSmemKp;
+    static constexpr bool kAlibiGemm = FA_SM90_FWD_ALIBI_GEMM != 0 && !kFp8 && D <= FA_SM90_FWD_ALIBI_GEMM_MAX_D &&
+                                       kSmemBytesAlibi <= 227 * 1024;
     static_assert(kSmemQ % 1024 == 0 && kSmemKV % 1024 == 0 && kSmemV % 1024 == 0, "tiles start on 1024-byte swizzle atoms");
     static_assert(!kStageO || kSmemO > 0 || kSmemQ >= kBlockM * kVCols * 2, "O staged in the Q tile fits it");
     static_assert(DV % kVCols == 0 && kVCols % kPanelCols == 0, "whole column chunks of whole panels");
