@@ -185,6 +185,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
     // A CTA computes VC of O's DV columns, those of its tile's column chunk (VCH chunks: 2 for (64, 512), else 1).
     constexpr int VC = Tr::kVCols, VCH = Tr::kVChunks;
     constexpr int PC = Tr::kPanelCols, KS = Tr::kKStep;
+    constexpr bool kAlibiEarly = FA_SM90_FWD_ALIBI_GEMM_EARLY != 0;  // when the ALiBi step is issued (fwd_traits.h)
     // fp8: P = exp2(x - max + 8) lies in [0, 256], the upper range of e4m3 (FlashAttention-3's offset); the
     // row sum carries the same 2^8, which O's normalisation cancels and the LSE takes back out.
     constexpr float kPOffset = kFp8 ? 8.f : 0.f;
@@ -628,8 +629,10 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
             pack_p();
             // kAlibiGemm: the next block's ALiBi step (after the last block, one for block begin - 1 that nothing
             // reads: an unconditional issue keeps the wgmma stream free of branches, which ptxas would serialize).
-            alibi_block(n - 1);
-            issue_alibi();
+            if constexpr (kAlibiEarly) {
+                alibi_block(n - 1);
+                issue_alibi();
+            }
             int v_st = st;
             uint32_t v_ph = ph;
             ++kv;
@@ -637,6 +640,10 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
             for (n = t.keys.end - 2; n >= t.keys.begin; --n) {
                 st = kv % S;
                 ph = (kv / S) & 1;
+                if constexpr (!kAlibiEarly) {
+                    alibi_block(n);
+                    issue_alibi();
+                }
                 mbar_wait(k_full(st), ph);
                 mbar_wait(pv_full(v_st), v_ph);
                 wait_tail();
@@ -660,8 +667,10 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                     acc[4 * j + 3] *= alpha[1];
                 }
                 pack_p();
-                alibi_block(n - 1);
-                issue_alibi();
+                if constexpr (kAlibiEarly) {
+                    alibi_block(n - 1);
+                    issue_alibi();
+                }
                 v_st = st;
                 v_ph = ph;
                 ++kv;

@@ -35,6 +35,12 @@
 #ifndef FA_SM90_FWD_ALIBI_GEMM_MAX_D
 #define FA_SM90_FWD_ALIBI_GEMM_MAX_D 256
 #endif
+// When the variant issues a key block's ALiBi step: 1 as soon as the previous block's P is packed (the step runs while
+// the warpgroup waits; a commit group stays in flight across the loop's back edge), 0 right before the block's Q K^T
+// (on its critical path; nothing in flight across iterations, should ptxas serialize the first).
+#ifndef FA_SM90_FWD_ALIBI_GEMM_EARLY
+#define FA_SM90_FWD_ALIBI_GEMM_EARLY 1
+#endif
 // setmaxnreg budget of the fp8 kernels' producer warpgroup, which transposes V (40, FA3's for a working producer;
 // 24 leaves the consumers 240; overridable for experiments). The consumers get what it gives back.
 #ifndef FA_SM90_FWD_FP8_PRODUCER_REGS
