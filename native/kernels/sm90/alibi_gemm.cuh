@@ -188,6 +188,14 @@ __device__ __forceinline__ AlibiGemmTile alibi_gemm_tile(const AlibiRow& r, cons
     return g;
 }
 
+// Pins the step's A registers where they are written: an empty asm per register (volatile, so it keeps its place
+// before the issue's wgmma.fence, another volatile asm; no memory clobber, nothing else need wait for it), so that the
+// compiler cannot sink their writes past the fence, after which they would need another one.
+__device__ __forceinline__ void alibi_pin(uint32_t (&r)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(r[i]));
+}
+
 // The K' panel at `panel` (kBlockN rows of 16 bytes, then 8 rows of zeros; see above), written by threads
 // [0, nthreads) of the CTA, each fencing its writes for wgmma's (async proxy) reads; the caller's barrier publishes
 // them.

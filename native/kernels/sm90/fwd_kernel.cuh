@@ -453,9 +453,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                     alibi_af[1] = f;
                     alibi_af[2] = 0u;
                     alibi_af[3] = 0u;
-                    // Written here, before issue_alibi's wgmma.fence: an A register written after the fence would need
-                    // another one (the asm keeps the compiler from sinking the select into the issue).
-                    fence_regs(alibi_af);
+                    alibi_pin(alibi_af);  // written here, before issue_alibi's wgmma.fence
                     alibi_sa = plus ? ag.a : minus ? -ag.a : 0.f;
                     alibi_elem = !plus && !minus;
                 }
