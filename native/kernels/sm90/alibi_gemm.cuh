@@ -196,12 +196,13 @@ __device__ __forceinline__ void alibi_pin(uint32_t (&r)[4]) {
     for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(r[i]));
 }
 
-// The K' panel at `panel` (kBlockN rows of 16 bytes, then 8 rows of zeros; see above), written by threads
+// The K' panel at `panel` (kBlockN rows of 16 bytes, then kBlockN rows of zeros; see above), written by threads
 // [0, nthreads) of the CTA, each fencing its writes for wgmma's (async proxy) reads; the caller's barrier publishes
 // them.
 template <typename T, int BN>
 __device__ __forceinline__ void write_alibi_kp(unsigned char* panel, int tid, int nthreads) {
-    for (int r = tid; r < BN + 8; r += nthreads) *reinterpret_cast<uint4*>(panel + 16 * r) = alibi_kp_row<T, BN>(r);
+    // Every 16-byte row of the panel's 2 * BN (FwdTraits90::kSmemKp), the rows past BN zeros.
+    for (int r = tid; r < 2 * BN; r += nthreads) *reinterpret_cast<uint4*>(panel + 16 * r) = alibi_kp_row<T, BN>(r);
     fence_proxy_async();
 }
 

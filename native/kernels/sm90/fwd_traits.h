@@ -130,9 +130,12 @@ struct FwdTraits90 {
     static constexpr int kBarriers = 2 + (kFp8 ? 6 : 4) * kStages + 1;
     static constexpr int kSmemBytes = kOffBar + kBarriers * 8;
     // The ALiBi variant (FA_SM90_FWD_ALIBI_GEMM) alone also holds the K' panel of its extra k-step after all of the
-    // above: kBlockN rows of 16 bytes and 8 rows of zeros (sm90/alibi_gemm.cuh), so the other kernels keep their
-    // layout and size. 16-bit types only (an e4m3 k-step would need more parts of the slope than it has columns).
-    static constexpr int kSmemKp = kBlockN * 16 + 128;
+    // above: kBlockN rows of 16 bytes, then zeros (sm90/alibi_gemm.cuh), so the other kernels keep their layout and
+    // size. The wgmma reads only the first kBlockN * 16 + 128 bytes (LBO = SBO = 128), but the panel spans the dense
+    // footprint of an N x 16 operand of 16-bit elements (kBlockN * 32 bytes): compute-sanitizer's memcheck checks that
+    // whole span from the descriptor's start (it reported a 4096-byte read past the smaller panel on the H200).
+    // 16-bit types only (an e4m3 k-step would need more parts of the slope than it has columns).
+    static constexpr int kSmemKp = kBlockN * 32;
     static constexpr int kOffKp = (kSmemBytes + 127) / 128 * 128;
     static constexpr int kSmemBytesAlibi = kOffKp + kSmemKp;
     static constexpr bool kAlibiGemm = FA_SM90_FWD_ALIBI_GEMM != 0 && !kFp8 && D <= FA_SM90_FWD_ALIBI_GEMM_MAX_D &&
