@@ -37,9 +37,11 @@
 #endif
 // When the variant issues a key block's ALiBi step: 1 as soon as the previous block's P is packed (the step runs while
 // the warpgroup waits; a commit group stays in flight across the loop's back edge), 0 right before the block's Q K^T
-// (on its critical path; nothing in flight across iterations, should ptxas serialize the first).
+// (on its critical path; nothing in flight across iterations). 0 by default: on the H200 ptxas serialized the wgmma of
+// the early order (C7514: accumulators read between start and end of a pipeline stage) and the ALiBi cost at D 64 was
+// 1.22-1.34x; the late order compiles clean and costs 1.06-1.16x (bench/NOTES.md, eleventh session).
 #ifndef FA_SM90_FWD_ALIBI_GEMM_EARLY
-#define FA_SM90_FWD_ALIBI_GEMM_EARLY 1
+#define FA_SM90_FWD_ALIBI_GEMM_EARLY 0
 #endif
 // setmaxnreg budget of the fp8 kernels' producer warpgroup, which transposes V (40, FA3's for a working producer;
 // 24 leaves the consumers 240; overridable for experiments). The consumers get what it gives back.
