@@ -17,7 +17,7 @@
 //
 // sigma a (jj - h): one more k16 step, issued before the block's Q K^T (which accumulates onto it), S = A K'^T with
 //   K' (B, shared memory, written once per CTA): row jj = (x, x, x, 0, ..., 0) in T, x = jj - h (|x| <= 128, exact in
-//       bf16 and fp16), kBlockN rows of 16 bytes back to back, then 128 bytes of zeros;
+//       bf16 and fp16), kBlockN rows of 16 bytes back to back, then zeros up to 2 kBlockN rows (FwdTraits90::kSmemKp);
 //   A (registers, the RS form): every row (a1, a2, a3, 0, ..., 0) times sigma, with a1 = T(a), a2 = T(a - a1),
 //       a3 = T(a - a1 - a2) (alibi_split). In wgmma's A fragment (mma.sync's m16n8k16 layout) registers 0 and 1 hold
 //       columns 2 (lane % 4) and +1 of rows lane / 4 and +8, registers 2 and 3 columns 8 on: so lane % 4 == 0 holds
