@@ -127,15 +127,15 @@ public readonly struct Float8E4M3 : IEquatable<Float8E4M3>, IComparable<Float8E4
 
     /// <summary>
     /// Converts a <see cref="float"/> rounding to nearest, ties to even, and <b>saturating</b>: a magnitude above 448
-    /// (infinities included) gives ±448 instead of NaN; NaN stays NaN (sign kept). This is CUDA's
+    /// (infinities included) gives ±448 instead of NaN; any NaN becomes 0x7F (the positive NaN, whatever its sign). This is CUDA's
     /// <c>__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3)</c> (PTX <c>cvt.rn.satfinite.e4m3x2.f32</c>) and the
     /// rounding an fp8 KV cache applies to the keys and values a decode appends (C ABI 0.13, see
     /// <see cref="DecodeReference.QuantizeForCache"/>). Below 448 it equals the explicit conversion.
     /// </summary>
     /// <param name="value">The value.</param>
-    /// <returns>The nearest e4m3 value, ±448 for larger magnitudes, or NaN for NaN.</returns>
+    /// <returns>The nearest e4m3 value, ±448 for larger magnitudes, or 0x7F for NaN.</returns>
     public static Float8E4M3 FromSingleSaturating(float value) =>
-        float.IsNaN(value) ? new(RoundToBits(value)) : new(RoundToBits(Math.Clamp(value, -448f, 448f)));
+        float.IsNaN(value) ? FromBits(0x7F) : new(RoundToBits(Math.Clamp(value, -448f, 448f)));
 
     /// <summary>Converts to <see cref="float"/>; exact. The NaNs become a quiet float NaN with the same sign.</summary>
     /// <param name="value">The value.</param>

@@ -234,14 +234,14 @@ public sealed class KvCache : IDisposable
     /// <param name="batchSize">Sequences (1 or more).</param>
     /// <param name="capacity">Positions per sequence (1 or more).</param>
     /// <param name="headsKv">Key/value heads (1 or more).</param>
-    /// <param name="headDim">Head dimension (1 or more; the kernels need a multiple of 8).</param>
+    /// <param name="headDim">Head dimension (1 or more; the kernels need a multiple of 8, of 16 for a Float8E4M3 cache).</param>
     /// <param name="stream">Stream to order the initialisation on (the call waits for it), or null for the legacy default stream.</param>
     /// <param name="descales">
     /// An fp8 cache's descale factors: one per KV head (<c>[headsKv]</c>, the default) or one for the whole cache
     /// (<c>[1]</c>), for the keys and for the values. Ignored for Float16 and BFloat16.
     /// </param>
     /// <returns>An owned cache.</returns>
-    /// <exception cref="ArgumentException">A size is out of range, the data type is not Float16, BFloat16 or Float8E4M3, or <paramref name="descales"/> is not a defined value.</exception>
+    /// <exception cref="ArgumentException">A size is out of range, the data type is not Float16, BFloat16 or Float8E4M3, a Float8E4M3 cache's head dim is not a multiple of 16, or <paramref name="descales"/> is not a defined value.</exception>
     /// <exception cref="FlashAttentionException">An allocation failed.</exception>
     public static KvCache CreateContiguous(
         CudaDevice device,
@@ -254,7 +254,7 @@ public sealed class KvCache : IDisposable
         DescaleGranularity descales = DescaleGranularity.PerKvHead)
     {
         ArgumentNullException.ThrowIfNull(device);
-        RequireCacheType(dataType, descales);
+        RequireCacheType(dataType, descales, headDim);
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(headsKv, 1);
@@ -276,7 +276,7 @@ public sealed class KvCache : IDisposable
     /// <param name="numBlocks">Physical blocks (1 or more).</param>
     /// <param name="blockSize">Positions per block (1 or more; the native library serves powers of two from 16 up).</param>
     /// <param name="headsKv">Key/value heads (1 or more).</param>
-    /// <param name="headDim">Head dimension (1 or more; the kernels need a multiple of 8).</param>
+    /// <param name="headDim">Head dimension (1 or more; the kernels need a multiple of 8, of 16 for a Float8E4M3 cache).</param>
     /// <param name="maxBlocksPerSequence">Pages one sequence may use; 0 means <paramref name="numBlocks"/>.</param>
     /// <param name="stream">Stream to order the initialisation on (the call waits for it), or null for the legacy default stream.</param>
     /// <param name="descales">
@@ -284,7 +284,7 @@ public sealed class KvCache : IDisposable
     /// (<c>[1]</c>), for the keys and for the values. Ignored for Float16 and BFloat16.
     /// </param>
     /// <returns>An owned cache with a block allocator.</returns>
-    /// <exception cref="ArgumentException">A size is out of range, the data type is not Float16, BFloat16 or Float8E4M3, or <paramref name="descales"/> is not a defined value.</exception>
+    /// <exception cref="ArgumentException">A size is out of range, the data type is not Float16, BFloat16 or Float8E4M3, a Float8E4M3 cache's head dim is not a multiple of 16, or <paramref name="descales"/> is not a defined value.</exception>
     /// <exception cref="FlashAttentionException">An allocation failed.</exception>
     public static KvCache CreatePaged(
         CudaDevice device,
@@ -299,7 +299,7 @@ public sealed class KvCache : IDisposable
         DescaleGranularity descales = DescaleGranularity.PerKvHead)
     {
         ArgumentNullException.ThrowIfNull(device);
-        RequireCacheType(dataType, descales);
+        RequireCacheType(dataType, descales, headDim);
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(numBlocks, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
@@ -748,7 +748,8 @@ public sealed class KvCache : IDisposable
     /// queued on <paramref name="stream"/>; decodes queued after them on the same stream use the new factors. The
     /// factors are taken as given (C ABI 0.13: 0, negative or non-finite ones make the attended values Inf or NaN, as
     /// FlashAttention-3's descales do). The keys and values already in the cache are not rescaled: they are read with
-    /// the new factors. For a view, the copies write the caller's descale tensors.
+    /// the new factors. For a view, the copies write the caller's descale tensors. Like the appends' uploads, the copies
+    /// read pinned host snapshots, so this is not capturable into a CUDA graph (set the factors before capturing).
     /// </summary>
     /// <param name="keyDescale">One factor per element of <see cref="KeyDescale"/> (<c>HeadsKv</c>, or 1 per-tensor).</param>
     /// <param name="valueDescale">One factor per element of <see cref="ValueDescale"/>.</param>
@@ -1075,8 +1076,15 @@ public sealed class KvCache : IDisposable
         }
     }
 
-    private static void RequireCacheType(DataType dataType, DescaleGranularity descales)
+    private static void RequireCacheType(DataType dataType, DescaleGranularity descales, int headDim)
     {
+        if (dataType == DataType.Float8E4M3 && headDim % 16 != 0)
+        {
+            throw new ArgumentException(
+                $"An fp8 (Float8E4M3) cache needs a head dim that is a multiple of 16 (its rows are read as 16-byte chunks); got {headDim}.",
+                nameof(headDim));
+        }
+
         if (dataType is not (DataType.Float16 or DataType.BFloat16 or DataType.Float8E4M3))
         {
             throw new ArgumentException($"A KV cache holds Float16, BFloat16 or Float8E4M3 (fp8) elements; got {dataType}.", nameof(dataType));

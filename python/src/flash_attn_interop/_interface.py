@@ -477,7 +477,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     is required; k/v packed [total_k_new, heads_kv, head_dim]. Each sequence's keys are appended first and its causal
     diagonal sits bottom-right over its final length. An fp8 KV cache (C ABI 0.13): k_cache and v_cache
     torch.float8_e4m3fn (q, k, v and out stay fp16 or bf16; head dims multiples of 16) with k_descale and v_descale,
-    float32 CUDA tensors of shape (nheads_k,) or (1,): the attended key is float(k_cache[..]) * k_descale[h_kv] (the
+    float32 CUDA tensors of shape (nheads_k,) or (1,) (not FlashAttention-3's (batch, nheads_k): a cache's factors belong
+    to its heads, not to a call's sequences): the attended key is float(k_cache[..]) * k_descale[h_kv] (the
     value likewise with v_descale), and an appended key is what a cache of q's dtype would store, divided by its
     descale in fp32 and rounded to e4m3 (nearest even, saturated to +-448, NaN kept). Returns out, or (out,
     softmax_lse [batch, heads, seqlen_q], or [heads, total_q] with cu_seqlens_q). Not differentiable."""

@@ -55,7 +55,7 @@ public sealed class Float8KvCacheTests
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.k_descale)).ToInt64(), Is.EqualTo(1256), "0.12's decode params end at 1256");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.v_descale)).ToInt64(), Is.EqualTo(1256 + sizeof(FaTensor)));
             Assert.That(sizeof(FaDecodeParams), Is.EqualTo(1256 + (2 * sizeof(FaTensor))));
-            Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.kv_cache_dtype)).ToInt64(), Is.EqualTo(60), "0.11's query ends at 60");
+            Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.kv_cache_dtype)).ToInt64(), Is.EqualTo(60), "0.12's query ends at 60");
             Assert.That(sizeof(FaSupportQuery), Is.EqualTo(64));
             Assert.That(NativeMethods.FA_VERSION_CODE, Is.GreaterThanOrEqualTo(1300));
             Assert.That((int)FaDtype.Float8E4m3, Is.EqualTo((int)DataType.Float8E4M3));
@@ -189,6 +189,11 @@ public sealed class Float8KvCacheTests
         };
         yield return Refused("a call's factors over a bf16 cache", bf16Cache with { KeyDescale = T(KD, F32, Hkv), ValueDescale = T(VD, F32, Hkv) }, "KeyDescale", "k_descale", "Float8E4M3");
         yield return Refused("q fp32", ok with { Q = T(Q, F32, B, Sn, Hq, D) }, "q", "Float16 or BFloat16");
+        yield return Refused("head dim 40 (not a multiple of 16)", ok with
+        {
+            Q = T(Q, BF16, B, Sn, Hq, 40), KCache = T(KC, E4M3, Blocks, BlockSize, Hkv, 40), VCache = T(VC, E4M3, Blocks, BlockSize, Hkv, 40),
+            KNew = T(KN, BF16, B, Sn, Hkv, 40), VNew = T(VN, BF16, B, Sn, Hkv, 40), Out = T(O, BF16, B, Sn, Hq, 40),
+        }, "q", "multiple of 16", "head_dim 40");
         yield return Refused("output fp8", ok with { Out = T(O, E4M3, B, Sn, Hq, D) }, "output", "Float8E4M3");
         yield return Refused("kNew fp8 (q bf16)", ok with { KNew = T(KN, E4M3, B, Sn, Hkv, D), VNew = T(VN, E4M3, B, Sn, Hkv, D) }, "kNew", "Float8E4M3");
         yield return Refused("kNew fp16 (q bf16)", ok with { KNew = T(KN, F16, B, Sn, Hkv, D) }, "kNew", "Float16");

@@ -66,7 +66,10 @@ public sealed class ReferenceFloat8CacheTests
         {
             Assert.That(Float8E4M3.IsNaN(Float8E4M3.FromSingleSaturating(float.NaN)), Is.True);
             Assert.That(Float8E4M3.IsNaN(Float8E4M3.FromSingleSaturating(-float.NaN)), Is.True);
-            Assert.That(Float8E4M3.FromSingleSaturating(BitConverter.Int32BitsToSingle(unchecked((int)0xFFC0_0001u))).ToBits(), Is.EqualTo((byte)0xFF), "sign kept");
+            // CUDA's satfinite conversion stores every NaN as 0x7F, whatever its sign (the kernels' appended bytes).
+            Assert.That(Float8E4M3.FromSingleSaturating(BitConverter.Int32BitsToSingle(unchecked((int)0xFFC0_0001u))).ToBits(), Is.EqualTo((byte)0x7F), "a negative NaN");
+            Assert.That(Float8E4M3.FromSingleSaturating(float.NaN).ToBits(), Is.EqualTo((byte)0x7F), "a positive NaN");
+            Assert.That(DecodeReference.QuantizeForCache(-double.NaN, 1f, Bf16).ToBits(), Is.EqualTo((byte)0x7F), "a negative NaN appended");
         });
     }
 
