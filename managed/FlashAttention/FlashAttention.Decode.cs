@@ -625,14 +625,9 @@ public sealed partial class FlashAttention
             return new Problem(nameof(q), $"q has head_dim {dim} but the cache has head_dim {cache.HeadDim} (k_cache).");
         }
 
-        if (HeadDimProblem(dim) is { } headDimProblem)
+        if ((HeadDimProblem(dim) ?? Float8HeadDimProblem(cache.DataType, dim)) is { } headDimProblem)
         {
             return new Problem(nameof(q), headDimProblem);
-        }
-
-        if (cache.IsFloat8 && dim % 16 != 0)
-        {
-            return new Problem(nameof(q), $"An fp8 (Float8E4M3) cache needs a head dim that is a multiple of 16 (its rows are read as 16-byte chunks); q and the cache have head_dim {dim}.");
         }
 
         if (headsQ % cache.HeadsKv != 0)
