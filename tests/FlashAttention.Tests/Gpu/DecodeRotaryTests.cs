@@ -90,10 +90,7 @@ public sealed class DecodeRotaryTests : AttentionTestBase
         RequireHeadDim(spec.HeadDim, spec.Dtype);
         Random random = TestRandom.ForCurrentTest(out int seed);
         using var run = ServingRun.Create(Device, Stream, spec, random, extraCapacity: 16);
-        string context = $"seed {seed}, {spec}";
-        run.Step(Attention, Stream, [2, 0], seqQ: 2, seqKNew: 3, numSplits: 0, context + ", step 1");
-        run.Step(Attention, Stream, [1, 2], seqQ: 1, seqKNew: 1, numSplits: 3, context + ", step 2");
-        run.Step(Attention, Stream, null, seqQ: 3, seqKNew: 2, numSplits: 0, context + ", step 3");
+        run.StepsOverDifferentRows(Attention, Stream, $"seed {seed}, {spec}");
     }
 
     [Test]

@@ -148,10 +148,7 @@ public sealed class DecodeServingTests : AttentionTestBase
         RequireHeadDim(spec.HeadDim, spec.Dtype);
         Random random = TestRandom.ForCurrentTest(out int seed);
         using var run = ServingRun.Create(Device, Stream, spec, random, extraCapacity: 16);
-        string context = $"seed {seed}, {spec}";
-        run.Step(Attention, Stream, [2, 0], seqQ: 2, seqKNew: 3, numSplits: 0, context + ", step 1");
-        run.Step(Attention, Stream, [1, 2], seqQ: 1, seqKNew: 1, numSplits: 3, context + ", step 2");
-        run.Step(Attention, Stream, null, seqQ: 3, seqKNew: 2, numSplits: 0, context + ", step 3");
+        run.StepsOverDifferentRows(Attention, Stream, $"seed {seed}, {spec}");
     }
 
     [Test]
@@ -429,6 +426,18 @@ internal sealed class ServingRun : IDisposable
     {
         _owned.Add(disposable);
         return disposable;
+    }
+
+    /// <summary>
+    /// Three decodes queued on one stream over different rows and token counts, each judged against the reference over
+    /// the host state the previous ones left: rows [2, 0] (2 queries, 3 new keys), then [1, 2] (row 2 again, now longer;
+    /// 1 and 1, 3 splits), then every row (3 and 2). The cache needs 4 rows and 16 positions of spare capacity.
+    /// </summary>
+    public void StepsOverDifferentRows(FlashAttention attention, CudaStream stream, string context)
+    {
+        Step(attention, stream, [2, 0], seqQ: 2, seqKNew: 3, numSplits: 0, context + ", step 1");
+        Step(attention, stream, [1, 2], seqQ: 1, seqKNew: 1, numSplits: 3, context + ", step 2");
+        Step(attention, stream, null, seqQ: 3, seqKNew: 2, numSplits: 0, context + ", step 3");
     }
 
     /// <summary>
