@@ -147,7 +147,9 @@ std::string tile_tag(Pass pass, Path path, int dt) {
             if (path == Path::Sm90) {
                 if constexpr (sm90::fwd_head_dim(D)) {
                     using Tr = sm90::FwdTraits90<D>;
-                    return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s";
+                    // (_psmem: P staged in shared memory for an SS P V product, FA_SM90_FWD_P_SMEM builds)
+                    return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s" +
+                           (Tr::kPSmem ? "_psmem" : "");
                 }
                 return "none";
             }

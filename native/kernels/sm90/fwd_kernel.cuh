@@ -8,6 +8,11 @@
 //   S = Q K^T   wgmma m64nBN, A = Q and B = K from shared memory (both K-major)
 //   O += P V    wgmma m64nD,  A = P from registers (the S accumulators, rescaled and packed to 16 bits),
 //               B = V from shared memory (MN-major: V needs no transpose)
+// P in shared memory (FwdTraits90::kPSmem, FA_SM90_FWD_P_SMEM at head dim 64, FA3's choice for three consumers of 160
+// registers, which cannot hold P beside S and O): O += P V is an SS wgmma, A = P from the consumer's own P tile (64 rows
+// x BN keys, K-major, the 128-byte swizzle, as Q). pack_p stores P(n) there with stmatrix (each warp its own 16 rows)
+// once the wait that retires P(n+1) V(n+1) has returned (one buffer per consumer, no overwrite under a running
+// product), then fence.proxy.async and __syncwarp before the warp's next issue (see pack_p).
 // Inside a warpgroup the softmax of key block n overlaps the P V product of block n+1 (FA3's intra-
 // warpgroup pipelining): issue S(n) = Q K(n)^T, issue O += P(n+1) V(n+1), wait for S(n) only, mask and
 // softmax it while the P V product runs, then wait for that, rescale O and pack P(n).
@@ -177,6 +182,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
     // row sum carries the same 2^8, which O's normalisation cancels and the LSE takes back out.
     constexpr float kPOffset = kFp8 ? 8.f : 0.f;
     constexpr int QPanel = BM * 128, KVPanel = BN * 128;  // bytes between the panels (128-byte rows) of a tile
+    constexpr int PPanel = 64 * 128;                      // ... of a consumer's P tile (Tr::kPSmem)
     constexpr uint32_t kConsumerWarps = 4 * Tr::kConsumers;
 
     extern __shared__ __align__(1024) unsigned char smem[];
@@ -339,6 +345,16 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
         const int wl = (tid % 128) / 32;                  // warp within the warpgroup
         const int rl = cw * 64 + wl * 16 + lane / 4;      // this thread's first row in the tile (and rl + 8)
         const int t4 = lane % 4;
+        // P in shared memory (Tr::kPSmem): this consumer's P tile at sP, [BN / 64 panels][64 rows][128 bytes], the
+        // 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8)), as TMA lays out Q: P[r][k] (row r of the
+        // consumer's 64, key k of the block) at sP + (k / 64) 8192 + 128 r + (((k % 64) / 8 ^ r % 8) << 4) + 2 (k % 8).
+        // The accumulator s[4j + 2h + c] of lane l in warp wl is P[16 wl + l / 4 + 8 h][8 j + 2 (l % 4) + c], so the
+        // packed pair (c = 0, 1) is the 32-bit word at sP + (j / 8) 8192 + 128 r + ((j % 8 ^ r % 8) << 4) + 4 (l % 4),
+        // r = 16 wl + l / 4 + 8 h (O's staging in the epilogue has the same form); pack_p stores four such 8 x 8 blocks
+        // per stmatrix.x4, the lanes giving row addresses instead. p_row: this lane's stmatrix row address for keys
+        // 0..15 (see pack_p).
+        const uint32_t sP = s0 + Tr::kOffP + cw * Tr::kSmemPTile;
+        const uint32_t p_row = sP + (wl * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * 128 + (((lane & 7) ^ (lane >> 4)) << 4);
         const float base_scale_log2 = p.scale_log2;
         const float base_cap_premul = kSoftcap ? p.scale / p.softcap : 1.f;
         const float base_lse_scale = kSoftcap ? p.softcap : p.scale;
@@ -435,10 +451,17 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
             };
             const auto issue_pv = [&](int st) {
                 wgmma_fence();
+                // P in shared memory: the tile's base laundered, so that its 8 descriptors are formed at each issue
+                // (a few integer ops) instead of held in registers across the main loop.
+                uint32_t pt = sP;
+                if constexpr (Tr::kPSmem) asm volatile("" : "+r"(pt));
 #pragma unroll
                 for (int kk = 0; kk < BN / KS; ++kk) {
                     if constexpr (kFp8) {  // V^T: K-major, 32 key bytes per step
                         WgmmaF8<D>::rs(acc, pa[kk], smem_desc(vt_tile(st) + kk * 32, 16, 1024), 1);
+                    } else if constexpr (Tr::kPSmem) {  // P: K-major as Q, 16 keys (32 bytes) per step; V as below
+                        Wgmma<T, VC, 0, 1>::ss(acc, smem_desc(pt + (kk / 4) * PPanel + (kk % 4) * 32, 16, 1024),
+                                               smem_desc(v_tile(st) + kk * 16 * 128, KVPanel, 1024), 1);
                     } else {               // V: MN-major, 16 key rows per step
                         Wgmma<T, VC, 0, 1>::rs(acc, pa[kk], smem_desc(v_tile(st) + kk * 16 * 128, KVPanel, 1024), 1);
                     }
@@ -520,6 +543,27 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                         pa[kk][2] = pack4_e4m3(x[8], x[9], x[12], x[13]);
                         pa[kk][3] = pack4_e4m3(x[10], x[11], x[14], x[15]);
                     }
+                } else if constexpr (Tr::kPSmem) {
+                    // P to this consumer's P tile: per 16 keys one stmatrix.x4 of the four 8 x 8 blocks this warp's
+                    // accumulators hold, in the RS fragment's order (rows +0 / +8, keys +0 / +8). Lane l addresses row
+                    // (l % 8) + 8 ((l / 8) % 2) of the warp's 16, key chunk 2 (kk % 4) + l / 16 of panel kk / 4, which
+                    // the swizzle puts at chunk (2 (kk % 4) + l / 16) ^ (l % 8) = (l % 8 ^ l / 16) ^ 2 (kk % 4): p_row
+                    // XOR 32 (kk % 4) (the tile is 1024-byte aligned and rows 128 bytes, so that XOR touches the chunk
+                    // bits only). 8 lanes of a matrix write 8 rows at 8 distinct chunks: no bank conflicts.
+                    // The caller has retired the P V product that read the tile last (wgmma_wait<0>).
+                    uint32_t prow = p_row;
+                    asm volatile("" : "+r"(prow));  // the 4 XORed row addresses formed here, not held across the loop
+#pragma unroll
+                    for (int kk = 0; kk < BN / 16; ++kk) {
+                        stmatrix_x4((prow ^ (32u * (kk % 4))) + (kk / 4) * PPanel, pack2<T>(s[8 * kk + 0], s[8 * kk + 1]),
+                                    pack2<T>(s[8 * kk + 2], s[8 * kk + 3]), pack2<T>(s[8 * kk + 4], s[8 * kk + 5]),
+                                    pack2<T>(s[8 * kk + 6], s[8 * kk + 7]));
+                    }
+                    // The stores (generic proxy) before the SS wgmma's reads (async proxy): each lane fences its own,
+                    // then the warp syncs; its P V reads only the warp's own 16 rows of A (FA3 relies on the same; with
+                    // ping-pong my_turn's bar.sync also orders the whole warpgroup).
+                    fence_proxy_async();
+                    __syncwarp();
                 } else {
 #pragma unroll
                     for (int kk = 0; kk < BN / 16; ++kk) {

@@ -7,13 +7,20 @@
 #ifndef FA_SM90_FWD_PINGPONG_MAX_D
 #define FA_SM90_FWD_PINGPONG_MAX_D 64
 #endif
-// Keys per K/V block of the head-dim-128 kernel (128, or 176 as FA3 picks; overridable for experiments).
 // Consumer warpgroups of the head-dim-64 kernel (2, or 3 as FA3's 192-row tile; overridable for experiments).
 #ifndef FA_SM90_FWD_D64_CONSUMERS
 #define FA_SM90_FWD_D64_CONSUMERS 2
 #endif
+// Keys per K/V block of the head-dim-128 kernel (128, or 176 as FA3 picks; overridable for experiments).
 #ifndef FA_SM90_FWD_BN128
 #define FA_SM90_FWD_BN128 128
+#endif
+// Where the head-dim-64 kernel (16-bit types) keeps P for O += P V: 0, in registers (the RS wgmma: the S accumulators
+// packed to 16 bits); 1, in a shared-memory tile per consumer warpgroup (the SS wgmma), FA3's choice with three
+// consumers, whose 160 registers hold S and O but not P beside them (bench/NOTES.md, experiment 6 of 2026-12-03).
+// An experiment knob, orthogonal to FA_SM90_FWD_D64_CONSUMERS.
+#ifndef FA_SM90_FWD_P_SMEM
+#define FA_SM90_FWD_P_SMEM 0
 #endif
 // Load stages of the column-chunked kernel of the pair (64, 512) (3: its 200 KB of shared memory allow them;
 // overridable for experiments).
@@ -99,20 +106,29 @@ struct FwdTraits90 {
     static constexpr int kOffV = kOffK + kStages * kSmemKV;
     static constexpr int kOffVt = kOffV + kStages * kSmemV;
     static constexpr int kEndKV = kOffVt + kStages * kSmemVt;
+    // P in shared memory (FA_SM90_FWD_P_SMEM, head dim 64, 16-bit): each consumer's P tile, 64 rows x kBlockN keys,
+    // K-major in panels of 64 keys (128-byte rows, the 128-byte swizzle), the A operand of its SS P V product;
+    // written by the consumer's own warps (fwd_kernel.cuh, pack_p), so one buffer per consumer.
+    static constexpr bool kPSmem = !kFp8 && D == 64 && DV == D && FA_SM90_FWD_P_SMEM != 0;
+    static constexpr int kSmemPTile = kPSmem ? 64 * kBlockN * 2 : 0;  // one consumer's
+    static constexpr int kOffP = kEndKV;
+    static constexpr int kEndP = kOffP + kConsumers * kSmemPTile;
     // O (16-bit) is staged in its own tile where shared memory allows, so the next tile's Q loads during the
     // epilogue; otherwise in the consumer's own rows of the Q tile, which frees only after it. fp8 stores
     // O from registers (its bf16 O is twice the fp8 Q tile).
     static constexpr bool kStageO = !kFp8;
     static constexpr int kSmemO =
-        kStageO && kEndKV + kBlockM * kVCols * 2 + 256 <= 227 * 1024 ? kBlockM * kVCols * 2 : 0;
+        kStageO && kEndP + kBlockM * kVCols * 2 + 256 <= 227 * 1024 ? kBlockM * kVCols * 2 : 0;
     static constexpr bool kSeparateO = kSmemO > 0;
-    static constexpr int kOffO = kEndKV;
+    static constexpr int kOffO = kEndP;
     static constexpr int kOffBar = kOffO + kSmemO;
     // Barriers (8 bytes each): q_full, q_empty, then per stage k_full, k_empty, v_full, v_empty (and, fp8,
     // vt_full, vt_empty), then v_tail (paged K/V: a tile's first V block cleared past the sequence).
     static constexpr int kBarriers = 2 + (kFp8 ? 6 : 4) * kStages + 1;
     static constexpr int kSmemBytes = kOffBar + kBarriers * 8;
     static_assert(kSmemQ % 1024 == 0 && kSmemKV % 1024 == 0 && kSmemV % 1024 == 0, "tiles start on 1024-byte swizzle atoms");
+    static_assert(!kPSmem || (kBlockN % 64 == 0 && kOffP % 1024 == 0 && kSmemPTile % 1024 == 0),
+                  "P tiles of whole 64-key panels on 1024-byte swizzle atoms");
     static_assert(!kStageO || kSmemO > 0 || kSmemQ >= kBlockM * kVCols * 2, "O staged in the Q tile fits it");
     static_assert(DV % kVCols == 0 && kVCols % kPanelCols == 0, "whole column chunks of whole panels");
     static_assert(kVChunks == 1 || (kSeparateO && !kPingPong && kConsumers == 2),
