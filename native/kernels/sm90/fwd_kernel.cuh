@@ -437,14 +437,27 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
             };
             const auto issue_qk = [&](int st) {
                 wgmma_fence();
+                if constexpr (Tr::kPSmem) {
+                    // With P in shared memory (160 registers with three consumers) Q's base is laundered as P's
+                    // (issue_pv), so that Q's loop-invariant descriptors are not held in registers across the loop.
+                    uint32_t q0 = sQ + cw * 64 * 128;
+                    asm volatile("" : "+r"(q0));
 #pragma unroll
-                for (int kk = 0; kk < D / KS; ++kk) {  // K steps of 32 bytes, four per 128-byte panel row
-                    const uint32_t qa = sQ + (kk / 4) * QPanel + cw * 64 * 128 + (kk % 4) * 32;
-                    const uint32_t kb = k_tile(st) + (kk / 4) * KVPanel + (kk % 4) * 32;
-                    if constexpr (kFp8) {
-                        WgmmaF8<BN>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024), kk > 0 ? 1 : 0);
-                    } else {
-                        Wgmma<T, BN, 0, 0>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024), kk > 0 ? 1 : 0);
+                    for (int kk = 0; kk < D / KS; ++kk) {
+                        Wgmma<T, BN, 0, 0>::ss(s, smem_desc(q0 + (kk / 4) * QPanel + (kk % 4) * 32, 16, 1024),
+                                               smem_desc(k_tile(st) + (kk / 4) * KVPanel + (kk % 4) * 32, 16, 1024),
+                                               kk > 0 ? 1 : 0);
+                    }
+                } else {
+#pragma unroll
+                    for (int kk = 0; kk < D / KS; ++kk) {  // K steps of 32 bytes, four per 128-byte panel row
+                        const uint32_t qa = sQ + (kk / 4) * QPanel + cw * 64 * 128 + (kk % 4) * 32;
+                        const uint32_t kb = k_tile(st) + (kk / 4) * KVPanel + (kk % 4) * 32;
+                        if constexpr (kFp8) {
+                            WgmmaF8<BN>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024), kk > 0 ? 1 : 0);
+                        } else {
+                            Wgmma<T, BN, 0, 0>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024), kk > 0 ? 1 : 0);
+                        }
                     }
                 }
                 wgmma_commit();
