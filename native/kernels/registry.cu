@@ -174,12 +174,27 @@ std::string tile_tag(Pass pass, Path path, int dt) {
     }
 }
 
+// In a build with the sm90 forward's wide head-dim-64 kernel beside its own (sm90::fwd_d64_wide(),
+// FA_SM90_FWD_D64_WIDE_MIN_KEYS), the variants it serves (16-bit, no local mask, no paged K/V) name both tiles: which
+// one runs depends on the call's keys.
+std::string wide_tag(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t features) {
+    if (!sm90::fwd_d64_wide() || pass != Pass::Forward || path != Path::Sm90 || dt == kE4m3 || kernel_d != 64 ||
+        (features & (feature::kLocal | feature::kPaged)) != 0) {
+        return "";
+    }
+    using W = sm90::FwdTraits90Wide;
+    const auto s = [](int v) { return std::to_string(v); };
+    return "_or_" + s(W::kBlockM) + "x" + s(W::kBlockN) + "_" + s(W::kThreads / 128) + "wg" + s(W::kStages) +
+           "s_psmem_from" + s(FA_SM90_FWD_D64_WIDE_MIN_KEYS) + "keys";
+}
+
 std::string name_of(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t features) {
     return std::string(path_tag(path)) + "_" + pass_tag(pass) + "_" + dtype_tag(dt) + "_hdim" +
            std::to_string(kernel_d) + ((features & feature::kLocal) ? "_local" : "") +
            ((features & feature::kSoftcap) ? "_softcap" : "") + ((features & feature::kDeterministic) ? "_det" : "") +
            ((features & feature::kPaged) ? "_paged" : "") + ((features & feature::kDropout) ? "_dropout" : "") + "_" +
-           with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path, dt); });
+           with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path, dt); }) +
+           wide_tag(pass, path, dt, kernel_d, features);
 }
 
 // FlashAttention-3's V head dim pairs, whose kernels (the sm80 forward's sm80::FwdTileV / fwd_v_pair and backward's,

@@ -166,14 +166,17 @@ __device__ __forceinline__ FwdTile90 fwd_tile90(const FwdParams& p, int tile) {
     return t;
 }
 
-template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false>
-__global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads, 1)
-    fwd_kernel_sm90(const __grid_constant__ FwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
+// The kernel's body for its traits Tr (FwdTraits90<D, kFp8, DV, ...>; DV: v's and O's head dim, the pairs (192, 128)
+// and (64, 512), else D): fwd_kernel_sm90 runs the build's traits, fwd_kernel_sm90_wide the head-dim-64 kernel with
+// three consumers and P in shared memory (FA_SM90_FWD_D64_WIDE_MIN_KEYS), whatever the build's traits are. `a` is the
+// kernel's __grid_constant__ parameter (the TMA maps are read at its address).
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, class Tr>
+__device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     constexpr bool kFp8 = FwdIo90<T>::kFp8;
     static_assert(!kPaged || (kLocal && !kFp8), "paged K/V runs in the local family, 16-bit types only");
+    static_assert(Tr::kHeadDim == D && Tr::kHeadDimV == DV, "the traits of this head dim pair");
     using TO = typename FwdIo90<T>::Out;  // the output's element type
-    using Tr = FwdTraits90<D, kFp8, DV>;  // DV: v's and O's head dim (the pairs (192, 128) and (64, 512), else D)
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, S = Tr::kStages;
     // A CTA computes VC of O's DV columns, those of its tile's column chunk (VCH chunks: 2 for (64, 512), else 1).
     constexpr int VC = Tr::kVCols, VCH = Tr::kVChunks;
@@ -714,10 +717,30 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
         }
         if (cw == 0) my_turn();  // consumer 1's last hand-over
     }
+}
+#endif  // FA_SM90A_DEVICE
+
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false>
+__global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads, 1)
+    fwd_kernel_sm90(const __grid_constant__ FwdArgs90 a) {
+#ifdef FA_SM90A_DEVICE
+    fwd_sm90_body<T, D, kLocal, kSoftcap, DV, kPaged, FwdTraits90<D, FwdIo90<T>::kFp8, DV>>(a);
 #elif defined(__CUDA_ARCH__)
     // Device code for another target: the host launches this kernel only where sm_90a code exists (see
     // sm90/bwd_kernel.cuh), so reaching here means the driver chose other code; fail loudly.
     __trap();
+#endif  // FA_SM90A_DEVICE
+}
+
+// The head-dim-64 16-bit kernel of FwdTraits90Wide (three consumers, P in shared memory) for calls without masks
+// other than the sequence tail and without paged K/V (the plain and softcap variants), which the launcher runs beside
+// the build's own (FA_SM90_FWD_D64_WIDE_MIN_KEYS; instantiated only there).
+template <typename T, bool kSoftcap>
+__global__ void __launch_bounds__(FwdTraits90Wide::kThreads, 1) fwd_kernel_sm90_wide(const __grid_constant__ FwdArgs90 a) {
+#ifdef FA_SM90A_DEVICE
+    fwd_sm90_body<T, 64, false, kSoftcap, 64, false, FwdTraits90Wide>(a);
+#elif defined(__CUDA_ARCH__)
+    __trap();  // as fwd_kernel_sm90
 #endif  // FA_SM90A_DEVICE
 }
 

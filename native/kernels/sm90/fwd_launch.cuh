@@ -5,6 +5,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/fwd_variant.h"
 #include "common/fwd_schedule.h"
@@ -23,10 +24,21 @@
 namespace fa {
 namespace sm90 {
 
-template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false>
+// The kernel launch_fwd runs: the build's, or (kWide) fwd_kernel_sm90_wide.
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, bool kWide>
+auto fwd_kernel_for() {
+    if constexpr (kWide) {
+        static_assert(D == 64 && DV == 64 && !kLocal && !kPaged && !FwdIo90<T>::kFp8, "the wide kernel's calls");
+        return fwd_kernel_sm90_wide<T, kSoftcap>;
+    } else {
+        return fwd_kernel_sm90<T, D, kLocal, kSoftcap, DV, kPaged>;
+    }
+}
+
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false, bool kWide = false>
 cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStream_t stream) {
-    using Tr = FwdTraits90<D, FwdIo90<T>::kFp8, DV>;
-    auto kernel = fwd_kernel_sm90<T, D, kLocal, kSoftcap, DV, kPaged>;
+    using Tr = std::conditional_t<kWide, FwdTraits90Wide, FwdTraits90<D, FwdIo90<T>::kFp8, DV>>;
+    auto kernel = fwd_kernel_for<T, D, kLocal, kSoftcap, DV, kPaged, kWide>();
     static std::atomic<uint64_t> raised{0};
     cudaError_t err = raise_smem_once(kernel, Tr::kSmemBytes, info, raised);
     if (err != cudaSuccess) return err;
@@ -87,6 +99,13 @@ int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uin
         if constexpr (decltype(paged)::value && FwdIo90<T>::kFp8) {
             return cudaErrorInvalidValue;
         } else {
+            // The wide head-dim-64 kernel for the long calls without masks or paged K/V (FA_SM90_FWD_D64_WIDE_MIN_KEYS).
+            if constexpr (fwd_d64_wide() && !FwdIo90<T>::kFp8 && D == 64 && DV == 64 && !decltype(local)::value &&
+                          !decltype(paged)::value) {
+                if (p.sk >= FA_SM90_FWD_D64_WIDE_MIN_KEYS) {
+                    return launch_fwd<T, D, false, decltype(softcap)::value, DV, false, true>(p, info, stream);
+                }
+            }
             return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value, DV, decltype(paged)::value>(p, info,
                                                                                                                 stream);
         }
