@@ -10,7 +10,11 @@ against cuDNN's (relative Frobenius error above common.MAX_REL_ERR / MAX_BWD_REL
 fails a shape shows "-". The backward rows time fa_backward alone (O and the log-sum-exp from the first build's
 forward; --det: deterministic mode) against cuDNN's SDPA backward. --dtype e4m3 (forward only): each build's fp8
 forward (bf16 out, descales of 1) on bf16 normals rounded to e4m3, cuDNN's bf16 SDPA on the same values as the
-anchor, outputs within common.MAX_FP8_REL_ERR of it. Needs torch and a GPU."""
+anchor, outputs within common.MAX_FP8_REL_ERR of it. --alibi on (forward, 16-bit): each build's forward carries ALiBi's
+standard slopes (fwd.alibi_slopes, [H]), outputs checked against fwd.alibi_reference (float32 SDPA with the bias, one
+head at a time) instead of cuDNN's, which stays the timing anchor (without a bias); --alibi both: each build twice,
+NAME without slopes and NAME+alibi with them, so that one run gives every build's ALiBi cost (NAME+alibi over NAME) and
+the builds' plain rows side by side. Needs torch and a GPU."""
 import argparse
 import math
 import os
@@ -45,10 +49,15 @@ def parse_args(argv=None):
     ap.add_argument("--rep", type=int, default=30)
     ap.add_argument("--path", default="auto", choices=("auto", "sm80", "sm90"),
                     help="the kernel path every build is forced to (default: each build's own choice)")
+    ap.add_argument("--alibi", default="off", choices=("off", "on", "both"),
+                    help="forward: ALiBi's standard slopes on every build's call (on), or each build with and without "
+                         "them (both: NAME and NAME+alibi)")
     args = ap.parse_args(argv)
     args.kernel_path = {"auto": FA_PATH_AUTO, "sm80": FA_PATH_SM80, "sm90": FA_PATH_SM90}[args.path]
     if args.dtype == "e4m3" and args.pass_ != "fwd":
         ap.error("--dtype e4m3 times the forward only (the library has no fp8 backward)")
+    if args.alibi != "off" and (args.pass_ != "fwd" or args.dtype == "e4m3"):
+        ap.error("--alibi times the 16-bit forward only")
     args.libs = []
     for spec in args.lib:
         name, _, path = spec.partition("=")
@@ -60,7 +69,8 @@ def parse_args(argv=None):
 
 def fwd_setup(args, libs, q, k, v, h, hkv, causal, code):
     """The forward: cuDNN's SDPA on expanded k/v as the anchor; each build's fa_forward into a NaN-poisoned O.
-    e4m3: q, k, v are rounded to e4m3 for ours, the anchor runs on the same values in bf16 (exact)."""
+    e4m3: q, k, v are rounded to e4m3 for ours, the anchor runs on the same values in bf16 (exact). make_call(lib,
+    alibi): with ALiBi's standard slopes when alibi is true (--alibi), checked against fwd.alibi_reference."""
     fp8 = args.dtype == "e4m3"
     if fp8:
         q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
@@ -73,15 +83,20 @@ def fwd_setup(args, libs, q, k, v, h, hkv, causal, code):
     ref = anchor().transpose(1, 2)
     q2, k2, v2 = (t.transpose(1, 2).contiguous() for t in ((q8, k8, v8) if fp8 else (q, k, v)))
     cap = MAX_FP8_REL_ERR if fp8 else MAX_REL_ERR
+    slopes = ref_alibi = None
+    if args.alibi != "off":
+        from fwd import alibi_reference, alibi_slopes
+        slopes = alibi_slopes(h, q2.device)
+        ref_alibi = alibi_reference(q2, k2, v2, slopes, causal)
 
-    def make_call(lib):
+    def make_call(lib, alibi=False):
         o = torch.full(q2.shape, float("nan"), device=q2.device, dtype=torch.bfloat16 if fp8 else q2.dtype)
         params = lib.forward_params(code, q2, k2, v2, o, causal, out_code=dtype_code("bf16") if fp8 else None,
-                                    path=args.kernel_path)
+                                    path=args.kernel_path, alibi_slopes=slopes if alibi else None)
         return lib.forward_call(params), (params, o), (o,)
 
-    def check(outs):
-        err = rel_err(outs[0], ref)
+    def check(outs, alibi=False):
+        err = rel_err(outs[0], ref_alibi if alibi else ref)
         return f"rel.err {err:.2e}" if math.isnan(err) or err > cap else None
     return anchor, make_call, check
 
@@ -111,13 +126,13 @@ def bwd_setup(args, libs, q, k, v, h, hkv, causal, code):
     if o2 is None:
         raise RuntimeError("no build runs the forward for this backward row: " + "; ".join(failures))
 
-    def make_call(lib):
+    def make_call(lib, alibi=False):
         grads = tuple(torch.full_like(t, float("nan")) for t in (q2, k2, v2))
         params = lib.backward_params(code, (q2, k2, v2, o2, do2) + grads, lse, causal, args.det,
                                      path=args.kernel_path)
         return lib.backward_call(params), (params, grads), grads
 
-    def check(outs):
+    def check(outs, alibi=False):
         errs = [rel_err(a, r) for a, r in zip(outs, ref)]
         worst = max(errs)
         return f"grad rel.err {worst:.2e}" if math.isnan(worst) or worst > MAX_BWD_REL_ERR else None
@@ -128,14 +143,20 @@ def main(argv=None):
     args = parse_args(argv)
     bench = Timer(args.warmup, args.rep)
     libs = [(name, FaLib(path, name).open()) for name, path in args.libs]
+    # The timed calls: (name, library, with ALiBi slopes) per build, or two per build with --alibi both.
+    runs = [(name + ("+alibi" if alibi else ""), lib, alibi) for name, lib in libs
+            for alibi in {"off": (False,), "on": (True,), "both": (False, True)}[args.alibi]]
     keep = {int(x) for x in args.d.split(",") if x}
     # A head dim outside the grid (e.g. 96 or 192, which run a larger kernel with zero-filled columns) gets the grid's
     # rows for it.
     grid = shapes_grid(args.quick, args.pass_, (args.dtype,), sorted(keep) if keep else (64, 128, 256))
     shapes = [s for s in grid if not s.get("varlen") and (not keep or s["d"] in keep)]
-    names = [n for n, _ in libs]
+    names = [n for n, _, _ in runs]
+    # --alibi both: each build's ALiBi cost, the time with slopes over the time without (1.05: 5% slower).
+    costs = [n for n, _ in libs] if args.alibi == "both" else []
     print(f"{'row':26s} " + " ".join(f"{n:>8s}" for n in names) + f" {'cudnn':>7s} " +
-          " ".join(f"{n + '/' + names[0]:>10s}" for n in names[1:]) + " " + " ".join(f"{n + '/cu':>9s}" for n in names))
+          " ".join(f"{n + '/' + names[0]:>10s}" for n in names[1:]) + " " +
+          " ".join(f"{n + '/cu':>9s}" for n in names) + "".join(f" {n + ' alibi t':>14s}" for n in costs))
     for s in shapes:
         torch.manual_seed(0)
         h, hkv, sq, d, causal = s["h"], s["hkv"], s["sq"], s["d"], bool(s["causal"])
@@ -151,12 +172,12 @@ def main(argv=None):
             continue
         times = {"cudnn": [bench(anchor)]}
         calls, notes = {}, []
-        for name, lib in libs:
+        for name, lib, alibi in runs:
             try:
-                call, keep_alive, outs = make_call(lib)
+                call, keep_alive, outs = make_call(lib, alibi)
                 call()
                 torch.cuda.synchronize()
-                err = check(outs)
+                err = check(outs, alibi)
                 if err is not None:
                     notes.append(f"{name}: {err}")
                 calls[name] = (call, keep_alive)  # the params and outputs stay alive with the call
@@ -174,8 +195,10 @@ def main(argv=None):
         cells = [f"{tf[n]:8.0f}" if n in tf else f"{'-':>8s}" for n in names]
         ratios = [f"{tf[n] / tf[names[0]]:10.3f}" if n in tf and names[0] in tf else f"{'-':>10s}" for n in names[1:]]
         vs_cu = [f"{tf[n] / cu:9.3f}" if n in tf and cu else f"{'-':>9s}" for n in names]
+        cost = [f" {tf[n] / tf[n + '+alibi']:14.3f}" if n in tf and n + "+alibi" in tf else f" {'-':>14s}"
+                for n in costs]
         print(f"{key:26s} " + " ".join(cells) + f" {cu or 0:7.0f} " + " ".join(ratios) + " " + " ".join(vs_cu) +
-              (("  # " + "; ".join(notes)) if notes else ""), flush=True)
+              "".join(cost) + (("  # " + "; ".join(notes)) if notes else ""), flush=True)
         del calls
         torch.cuda.empty_cache()
     for _, lib in libs:

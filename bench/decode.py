@@ -22,6 +22,14 @@ paged 256: the split-KV heuristic must fill the GPU) and spec4/spec16 (B 16, 4 o
 32k, causal bottom-right: speculative decoding), each with SDPA on the same contiguous shape; spec_var (B 16 with query
 counts 1..16, 97 in all, packed with cu_seqlens_q: drafts of different lengths) beside SDPA on the padded shape.
 
+FP8 cache rows (issue 15, C ABI 0.13; "serving" fp8_cache, "kv_cache_dtype" e4m3): the contiguous B 16 shape at every
+length, and the b1 row (one sequence over 128k keys), with the cache quantized to e4m3 per KV head (descale = the
+head's max |x| / 448, per-head k_descale / v_descale) and q/out bf16. ours_tbps counts the bytes actually read (one
+byte a cached element: half the bf16 rows'); bf16_cache_ms is our bf16 cache's time on the same shape (the plain row
+of that length, or the b1 row), fp8_speedup its ratio to the fp8 row's (issue 15's goal: at least 1.8 at 32k). SDPA
+has no fp8 cache: flash/cudnn are SDPA on the bf16 cache of the same shape (the row's note says so), and our output
+is checked against SDPA's on the dequantized cache.
+
 Method as shared/tools/sdpa_anchors.py measured the TARGETS.md decode anchors: triton.testing.do_bench
 (warm-up 25 ms, 100 ms of runs, median, L2 flushed before every call); the copy ceiling is a torch device
 copy of 1 GiB, (read + write) bytes over the median time. K/V read bandwidth: 2*B*Hkv*S*D*2 bytes over the
@@ -44,11 +52,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 from common import MAX_REL_ERR, FaLib, describe, lib_file  # noqa: E402
-from fa_abi import FA_DTYPE_BFLOAT16, FA_DTYPE_INT32, FaDecodeParams  # noqa: E402
+from fa_abi import FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT32, FA_DTYPE_INT32, FaDecodeParams  # noqa: E402
+
+FA_DTYPE_FLOAT8_E4M3 = 5  # fa_dtype_t's e4m3 (the mirror's constant where it has one)
 
 FA_DECODE_VERSION_CODE = 300  # the first header version with fa_decode
 FA_SERVING_VERSION_CODE = 700  # the first with cache_batch_idx / cache_leftpad
 FA_ROTARY_VERSION_CODE = 800  # the first with rotary_cos / rotary_sin
+FA_FP8_CACHE_VERSION_CODE = 1300  # the first with an fp8 KV cache (k_descale / v_descale)
 
 B, HQ, HKV, D, SQ = 16, 32, 8, 128, 1
 LENGTHS = (1024, 4096, 16384, 32768, 131072)
@@ -56,8 +67,9 @@ QUICK_LENGTHS = (4096, 32768)
 LAYOUTS = (None, 16, 256)  # contiguous, then paged block sizes
 
 
-def kv_bytes(s, b=B):
-    return 2.0 * b * HKV * s * D * 2
+def kv_bytes(s, b=B, elem=2):
+    """K/V bytes read: 2 tensors of b * HKV * s * D elements of `elem` bytes (2: bf16; 1: an fp8 cache)."""
+    return 2.0 * b * HKV * s * D * elem
 
 
 def decode_flops(s, b=B, sq=SQ):
@@ -65,12 +77,14 @@ def decode_flops(s, b=B, sq=SQ):
 
 
 def _rates(row, s, b=B, sq=SQ):
-    """TFLOP/s and K/V read TB/s of ours, flash and cuDNN from their times (where measured)."""
+    """TFLOP/s and K/V read TB/s of ours, flash and cuDNN from their times (where measured): the bytes each read (ours
+    over an fp8 cache: one byte an element; SDPA always reads the bf16 cache)."""
     for name in ("ours", "flash", "cudnn"):
         ms = row[f"{name}_ms"]
         if ms:
+            elem = 1 if name == "ours" and row.get("kv_cache_dtype") == "e4m3" else 2
             row[f"{name}_tflops"] = decode_flops(s, b, sq) / ms / 1e9
-            row[f"{name}_tbps"] = kv_bytes(s, b) / ms / 1e9
+            row[f"{name}_tbps"] = kv_bytes(s, b, elem) / ms / 1e9
 
 
 def _sdpa(q, k, v, backends, bench, mask=None):
@@ -165,6 +179,104 @@ def rotate_half_split(x, cos, sin):
     return torch.cat((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).to(x.dtype)
 
 
+def fp8_cache_of(kc, vc, torch):
+    """The bf16 caches kc/vc [b, S, Hkv, D] quantized to e4m3 per KV head, as a caller's cache would hold them: descale
+    = the head's max |x| / 448, bytes = (x / descale) rounded to e4m3 (torch's cast, after a clamp to +-448: it does not
+    saturate). Returns (k8, v8, k_descale, v_descale (fp32 [Hkv]), and the dequantized caches in bf16, SDPA's layout
+    [b, Hkv, S, D] for the reference). One sequence at a time (the fp32 temporaries of 128k keys stay small)."""
+    out = []
+    for c in (kc, vc):
+        amax = torch.stack([c[i].abs().amax(dim=(0, 2)).float() for i in range(c.shape[0])]).amax(dim=0)
+        descale = (amax.clamp(min=1e-6) / 448.0).contiguous()
+        c8 = torch.empty(c.shape, device=c.device, dtype=torch.float8_e4m3fn)
+        deq = torch.empty(c.shape[0], c.shape[2], c.shape[1], c.shape[3], device=c.device, dtype=torch.bfloat16)
+        for i in range(c.shape[0]):
+            q8 = (c[i].float() / descale.view(1, -1, 1)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+            c8.view(torch.uint8)[i] = q8.view(torch.uint8)  # (bytes: torch does not copy into float8 slices everywhere)
+            deq[i] = (c8[i].float() * descale.view(1, -1, 1)).to(torch.bfloat16).transpose(0, 1)
+        out.append((c8, descale, deq))
+    (k8, kd, kdeq), (v8, vd, vdeq) = out
+    return k8, v8, kd, vd, kdeq, vdeq
+
+
+def fp8_note(block=None, what="B 16"):
+    return (f"fp8 (e4m3) KV cache, {what}, q/out bf16, per-KV-head descales" + (f", paged {block}" if block else "") +
+            "; ours_tbps: the bytes read (1 per cached element); flash/cudnn: SDPA on the bf16 cache of the same shape "
+            "(SDPA has no fp8 cache); fp8_speedup: our bf16 cache's time (bf16_cache_ms) over this row's")
+
+
+def _ours_fp8(fa, ctx, row, q2, k8, v8, kd, vd, lens, ref, bench, torch, block=None):
+    """fa_decode over the fp8 caches k8/v8 [b, S, Hkv, D] (paged `block` when given) with descales kd/vd, checked
+    against ref (SDPA on the dequantized cache), timed into row."""
+    if fa.version() < FA_FP8_CACHE_VERSION_CODE:
+        raise RuntimeError(f"the library is version code {fa.version()}; an fp8 cache needs {FA_FP8_CACHE_VERSION_CODE}")
+    b, s = k8.shape[0], k8.shape[1]
+    if block is not None:  # page the bytes (torch does not index float8 tensors everywhere)
+        kp, vp, table = _paged(k8.view(torch.uint8), v8.view(torch.uint8), block, torch)
+        k_cache, v_cache = kp.view(torch.float8_e4m3fn), vp.view(torch.float8_e4m3fn)
+    else:
+        k_cache, v_cache, table = k8, v8, None
+    out = torch.full_like(q2, float("nan"))
+    p = FaDecodeParams()
+    fa.check(fa.lib.fa_decode_params_init(ctypes.byref(p), ctypes.sizeof(p)), "fa_decode_params_init")
+    p.q, p.out = describe(q2, FA_DTYPE_BFLOAT16), describe(out, FA_DTYPE_BFLOAT16)
+    p.k_cache, p.v_cache = describe(k_cache, FA_DTYPE_FLOAT8_E4M3), describe(v_cache, FA_DTYPE_FLOAT8_E4M3)
+    p.k_descale, p.v_descale = describe(kd, FA_DTYPE_FLOAT32), describe(vd, FA_DTYPE_FLOAT32)
+    p.cache_seqlens = describe(lens, FA_DTYPE_INT32)
+    host_lens = (ctypes.c_int32 * b)(*([s] * b))
+    p.cache_seqlens_host = ctypes.cast(host_lens, ctypes.POINTER(ctypes.c_int32))
+    if table is not None:
+        p.block_table = describe(table, FA_DTYPE_INT32)
+    _check_and_time(fa, ctx, row, p, out, ref, bench, torch)
+    del host_lens
+
+
+def _fp8_row(fa, ctx, s, q, q2, kc, vc, lens, bf16_ms, copy_tbps, bench, backends_times, torch, b=B, label="fp8_cache"):
+    """The fp8-cache row of a shape whose bf16 caches are kc/vc [b, S, Hkv, D] (our bf16 time bf16_ms; SDPA's bf16
+    figures backends_times): quantize, reference on the dequantized cache, time ours."""
+    import torch.nn.functional as F
+    row = new_row(s, None, label)
+    row.update(b=b, kv_cache_dtype="e4m3", copy_tbps=copy_tbps, bf16_cache_ms=bf16_ms, note=fp8_note(what=f"B {b}"))
+    row.update(backends_times)
+    try:
+        k8, v8, kd, vd, kdeq, vdeq = fp8_cache_of(kc, vc, torch)
+        ref = F.scaled_dot_product_attention(q, kdeq, vdeq, enable_gqa=True)
+        del kdeq, vdeq
+        _ours_fp8(fa, ctx, row, q2, k8, v8, kd, vd, lens, ref, bench, torch)
+        del k8, v8, ref
+    except Exception as e:  # noqa: BLE001
+        row["errors"]["ours"] = str(e).split("\n")[0][:300]
+    if row["ours_ms"] and bf16_ms:
+        row["fp8_speedup"] = bf16_ms / row["ours_ms"]
+    _rates(row, s, b)
+    if not row["errors"]:
+        row.pop("errors")
+    return row
+
+
+def planned_rows(quick=False):
+    """The decode rows' skeletons (no GPU, no torch): what decode_rows measures, for --dry-run and the CPU tests."""
+    rows = []
+    for s in (QUICK_LENGTHS if quick else LENGTHS):
+        rows += [new_row(s, blk) for blk in LAYOUTS] + [new_row(s, None, sv) for sv in SERVING]
+        rows += [new_row(s, ROTARY_BLOCK, "rotary_append")]
+        r = new_row(s, None, "fp8_cache")
+        r.update(kv_cache_dtype="e4m3", bf16_cache_ms=None, fp8_speedup=None, note=fp8_note())
+        rows.append(r)
+    for label, b, sq, s, block in SHAPE_ROWS:
+        r = new_row(s, block, label)
+        r.update(b=b, sq=sq, causal=int(sq > 1))
+        rows.append(r)
+        if label in FP8_SHAPES and block is None:
+            f = new_row(s, None, f"{label}_fp8_cache")
+            f.update(b=b, kv_cache_dtype="e4m3", bf16_cache_ms=None, fp8_speedup=None, note=fp8_note(what=f"B {b}"))
+            rows.append(f)
+    r = new_row(32768, None, "spec_var")
+    r.update(b=len(VAR_COUNTS), sq=max(VAR_COUNTS), causal=1)
+    rows.append(r)
+    return rows
+
+
 def new_row(s, block, serving=None):
     return {"pass": "decode", "dtype": "bf16", "d": D, "causal": 0, "b": B, "h": HQ, "hkv": HKV, "sq": SQ, "sk": s,
             "paged_block": block, "serving": serving, "ours_ms": None, "flash_ms": None, "cudnn_ms": None, "ours_tflops": None,
@@ -244,7 +356,14 @@ def decode_rows(lib_path, quick=False, baseline_path=None):
                     row.pop("errors")
                 rows.append(row)
                 print("#", json.dumps(row), flush=True)
-            del q, q2, kc, vc, ref
+            # The fp8 cache of this length (contiguous), beside our bf16 contiguous row's time.
+            bf16_ms = next((r["ours_ms"] for r in rows if r["sk"] == s and r["paged_block"] is None and not r["serving"]
+                            and r["b"] == B), None)
+            del ref
+            row = _fp8_row(fa, ctx, s, q, q2, kc, vc, lens, bf16_ms, copy_tbps, bench, sdpa, torch)
+            rows.append(row)
+            print("#", json.dumps(row), flush=True)
+            del q, q2, kc, vc
             torch.cuda.empty_cache()
         rows += shape_rows(fa, ctx, copy_tbps, bench, backends)
         rows.append(varcount_row(fa, ctx, copy_tbps, bench, backends))
@@ -261,6 +380,8 @@ def decode_rows(lib_path, quick=False, baseline_path=None):
 # before it). SDPA anchors on the same shapes (causal_lower_right for the speculative rows where the backend takes it).
 SHAPE_ROWS = (("b1", 1, 1, 131072, None), ("b1", 1, 1, 131072, 256), ("b4", 4, 1, 131072, None),
               ("spec4", 16, 4, 32768, None), ("spec16", 16, 16, 32768, None))
+# The shape rows that also get an fp8-cache row (the contiguous one of each label): one sequence over 128k keys.
+FP8_SHAPES = ("b1",)
 
 
 # Forced split counts timed on the few-sequence rows beside the heuristic's (b1: 29 was the 0.85 efficiency rule's
@@ -317,6 +438,13 @@ def shape_rows(fa, ctx, copy_tbps, bench, backends):
             row.pop("errors")
         rows.append(row)
         print("#", json.dumps(row), flush=True)
+        if label in FP8_SHAPES and block is None and sq == 1:
+            del ref
+            ref = None
+            f = _fp8_row(fa, ctx, s, q, q2, kc, vc, lens, row["ours_ms"], copy_tbps, bench, times, torch, b=b,
+                         label=f"{label}_fp8_cache")
+            rows.append(f)
+            print("#", json.dumps(f), flush=True)
         del q, q2, kc, vc, k_cache, v_cache, out, ref
         torch.cuda.empty_cache()
     return rows
@@ -471,6 +599,8 @@ def format_table(rows):
         layout = "contiguous" if r["paged_block"] is None else f"paged {r['paged_block']}"
         if r.get("serving"):
             layout += f" +{r['serving']}"
+        if r.get("kv_cache_dtype"):
+            layout += f" kv {r['kv_cache_dtype']}"
         o, fl, cu = r["ours_ms"], r["flash_ms"], r["cudnn_ms"]
         ratio = fl / o if o and fl else None  # > 1: ours faster
         pct = 100 * r["ours_tbps"] / r["copy_tbps"] if r.get("ours_tbps") and r.get("copy_tbps") else None
@@ -480,10 +610,12 @@ def format_table(rows):
         lines.append(f"{name:41s} {f(o and o * 1e3, '8.1f'):>8} {f(fl and fl * 1e3, '9.1f'):>9} "
                      f"{f(cu and cu * 1e3, '9.1f'):>9} {f(ratio, '8.2f'):>8} {f(r.get('ours_tbps'), '10.2f'):>10} "
                      f"{f(pct, '6.0f'):>6} {f(r.get('ours_splits'), 'd'):>7} {f(r.get('ours_rel_err'), '8.1e'):>8}"
+                     + (f"  bf16/fp8 {f(r.get('fp8_speedup'), '.2f')}x" if r.get("kv_cache_dtype") else "")
                      + (f"  [{'; '.join(f'{k}: {v}' for k, v in r['errors'].items())}]" if r.get("errors") else ""))
     if rows:
         lines.append(f"copy ceiling {rows[0]['copy_tbps']:.2f} TB/s (read + write); goals: ours <= flash at 4k "
-                     f"(ours/fl >= 1), >= 90% of copy at 32k+")
+                     f"(ours/fl >= 1), >= 90% of copy at 32k+; an fp8 cache at least 1.8x our bf16 cache at 32k "
+                     f"(bf16/fp8; its TB/s counts the bytes it reads, flash/cudnn stay SDPA's bf16 figures)")
     return "\n".join(lines)
 
 

@@ -177,6 +177,8 @@ def describe_decode(r):
         parts.append(f"paged{r['paged_block']}")
     if r.get("serving"):
         parts.append(f"+{r['serving']}")
+    if r.get("kv_cache_dtype"):  # an fp8 cache (C ABI 0.13): its bf16/fp8 ratio beside the name
+        parts.append(f"kv-{r['kv_cache_dtype']}")
     return "decode " + " ".join(parts)
 
 
@@ -197,6 +199,7 @@ def format_decode_table(rows):
                      + (f"  {fmt(r.get('ours_base_ms') and r['ours_base_ms'] * 1e3, '8.1f')}  "
                         f"{fmt(r.get('ours_base_ms') and us['ours'] and r['ours_base_ms'] * 1e3 / us['ours'], '9.3f')}"
                         if base else "")
+                     + (f"  bf16/fp8 {fmt(r.get('fp8_speedup'), '.2f')}x" if r.get("kv_cache_dtype") else "")
                      + (f"  [{'; '.join(f'{k}: {v}' for k, v in errs.items())}]" if errs else ""))
     return "\n".join(lines)
 

@@ -69,7 +69,7 @@ from ceilings import CEILING_DTYPES, ceiling_rows, rate
 from common import HERE, REPO, FaLib, Timer, lib_file
 from external import run_interop_c, run_managed
 from fa_abi import FA_VERSION_CODE
-from report import describe_shape, write_outputs
+from report import describe_decode, describe_shape, write_outputs
 from shapes import (FP8_FWD_DTYPES, FWD_DTYPES, interop_row, managed_spec, matmul_row, new_row, pass_flops,
                     shapes_grid, skip_reason)
 
@@ -210,6 +210,10 @@ def dry_run(args):
         present = os.path.exists(os.path.join(HERE, "decode.py"))
         print("# decode rows: " + ("from bench/decode.py's decode_rows() at run time (needs the GPU)" if present
                                    else "none (bench/decode.py not present)"))
+        mod, _ = decode_module(sys.stdout) if present else (None, None)
+        if mod is not None and callable(getattr(mod, "planned_rows", None)):
+            for r in mod.planned_rows(args.quick):  # what decode_rows will measure (skeletons: no figures)
+                print(f"# {describe_decode(r)}")
     if baseline:
         print(f"# baseline: {lib_file(args.baseline_lib)} timed beside --lib in every forward and backward row")
     rows.append(interop_row(None, None, {}))

@@ -44,8 +44,10 @@ class MirrorTests(unittest.TestCase):
         # 784 through 0.6; 0.7 appended cache_batch_idx, cache_leftpad and their host copies at offset 784.
         # 0.8 appended alibi_slopes (an 80-byte fa_tensor_t) at 960, then the rotary block (two table pointers,
         # rotary_dim, rotary_seqlen, rotary_interleaved, reserved1: 32 bytes); 0.12 the per-sequence counts
-        # (cu_seqlens_q, cu_seqlens_k_new, their host copies, max_seqlen_q, reserved2: 184 bytes) at 1072.
-        self.assertEqual(ctypes.sizeof(fa_abi.FaDecodeParams), 960 + 80 + 32 + 184)
+        # (cu_seqlens_q, cu_seqlens_k_new, their host copies, max_seqlen_q, reserved2: 184 bytes) at 1072; 0.13 the fp8
+        # cache's k_descale and v_descale (160 bytes) at 1256.
+        self.assertEqual(ctypes.sizeof(fa_abi.FaDecodeParams), 960 + 80 + 32 + 184 + 160)
+        self.assertEqual(fa_abi.FaDecodeParams.k_descale.offset, 960 + 80 + 32 + 184)
         self.assertEqual(fa_abi.FaDecodeParams.cu_seqlens_q.offset, 960 + 80 + 32)
         self.assertEqual(fa_abi.FaDecodeParams.cache_batch_idx.offset, 784)
         self.assertEqual(fa_abi.FaDecodeParams.rotary_cos.offset, 960 + 80)
@@ -603,6 +605,49 @@ class ReportTests(unittest.TestCase):
         from shapes import new_row, shapes_grid
         line = report.format_table([new_row(shapes_grid(True, "fwd", ["bf16"])[0])]).splitlines()[1]
         self.assertEqual(set(line[28:].split()), {"-"})
+
+
+class DecodeFp8CacheRowTests(unittest.TestCase):
+    """bench/decode.py's fp8-cache rows (issue 15, C ABI 0.13) without a GPU: planned beside the bf16 rows, their bytes
+    and ratio, and how the report names them."""
+
+    def test_planned_fp8_rows(self):
+        import decode
+        rows = decode.planned_rows()
+        fp8 = [r for r in rows if r.get("kv_cache_dtype") == "e4m3"]
+        # B 16 / 32 / 8 / D 128 at every length (4k, 16k, 32k and 128k among them), and the b1 row at 128k.
+        self.assertTrue({4096, 16384, 32768, 131072} <= {r["sk"] for r in fp8 if r["b"] == decode.B})
+        self.assertTrue(all((r["h"], r["hkv"], r["d"], r["sq"]) == (32, 8, 128, 1) for r in fp8))
+        self.assertIn((1, 131072), {(r["b"], r["sk"]) for r in fp8})
+        for r in fp8:
+            self.assertEqual(r["dtype"], "bf16")  # q's (and out's): the cache's dtype is kv_cache_dtype
+            self.assertIn("SDPA has no fp8 cache", r["note"])
+            self.assertIn("fp8_speedup", r)
+            self.assertIsNone(r["paged_block"])
+        # Each fp8 row has the bf16 row of its shape planned too (its ratio's denominator).
+        for r in fp8:
+            self.assertTrue(any(o["sk"] == r["sk"] and o["b"] == r["b"] and o["paged_block"] is None and
+                                not o.get("kv_cache_dtype") and o["serving"] in (None, "b1") for o in rows), r)
+
+    def test_fp8_bandwidth_counts_the_bytes_read(self):
+        import decode
+        row = decode.new_row(32768, None, "fp8_cache")
+        row.update(kv_cache_dtype="e4m3", ours_ms=0.25, flash_ms=0.5, cudnn_ms=0.5)
+        decode._rates(row, 32768)
+        bf16_bytes = 2.0 * 16 * 8 * 32768 * 128 * 2
+        self.assertAlmostEqual(row["ours_tbps"], bf16_bytes / 2 / 0.25 / 1e9)  # one byte an element
+        self.assertAlmostEqual(row["flash_tbps"], bf16_bytes / 0.5 / 1e9)  # SDPA reads the bf16 cache
+
+    def test_report_names_the_fp8_rows_and_their_ratio(self):
+        import decode
+        import report
+        row = decode.new_row(32768, None, "fp8_cache")
+        row.update(kv_cache_dtype="e4m3", ours_ms=0.25, bf16_cache_ms=0.5, fp8_speedup=2.0, copy_tbps=4.2)
+        self.assertIn("kv-e4m3", report.describe_decode(row))
+        table = report.format_decode_table([row])
+        self.assertIn("bf16/fp8 2.00x", table)
+        self.assertIn("bf16/fp8 2.00x", decode.format_table([row]))
+
 
 if __name__ == "__main__":
     unittest.main()

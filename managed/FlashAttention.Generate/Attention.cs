@@ -5,9 +5,10 @@ using FlashAttn;
 namespace FlashAttn.Generate;
 
 /// <summary>
-/// What both attention backends share: a float64 host mirror of every layer's cache (contiguous
-/// <c>[batch, capacity, headsKv, headDim]</c>, holding the exact 16-bit values appended) and the lengths, so
-/// <see cref="DecodeReference"/> can compute the same call.
+/// What both attention backends share: a host mirror of every layer's cache (contiguous
+/// <c>[batch, capacity, headsKv, headDim]</c>: float64 holding the exact 16-bit values appended, or, with
+/// <c>--fp8-cache</c>, the e4m3 bytes the appends quantize to with <see cref="KeyDescale"/> and
+/// <see cref="ValueDescale"/>) and the lengths, so <see cref="DecodeReference"/> can compute the same call.
 /// </summary>
 internal abstract class AttentionBackend : IAttention, IDisposable
 {
@@ -15,6 +16,8 @@ internal abstract class AttentionBackend : IAttention, IDisposable
 
     private readonly double[][] _kMirror;
     private readonly double[][] _vMirror;
+    private readonly Float8E4M3[][] _kMirror8;
+    private readonly Float8E4M3[][] _vMirror8;
     private readonly int[][] _mirrorLengths;
 
     protected AttentionBackend(Program.Settings settings, ToyModel model, int batch, int capacity)
@@ -26,13 +29,21 @@ internal abstract class AttentionBackend : IAttention, IDisposable
         long size = (long)batch * capacity * model.HeadsKv * model.HeadDim;
         _kMirror = new double[model.Layers][];
         _vMirror = new double[model.Layers][];
+        _kMirror8 = new Float8E4M3[model.Layers][];
+        _vMirror8 = new Float8E4M3[model.Layers][];
         _mirrorLengths = new int[model.Layers][];
         for (int l = 0; l < model.Layers; l++)
         {
-            _kMirror[l] = new double[size];
-            _vMirror[l] = new double[size];
+            _kMirror[l] = settings.Fp8Cache ? [] : new double[size];
+            _vMirror[l] = settings.Fp8Cache ? [] : new double[size];
+            _kMirror8[l] = settings.Fp8Cache ? new Float8E4M3[size] : [];
+            _vMirror8[l] = settings.Fp8Cache ? new Float8E4M3[size] : [];
             _mirrorLengths[l] = new int[batch];
         }
+
+        // Fixed factors of the e4m3 cache, a different one per KV head (keys up to 448 / 16 = 28 are stored unsaturated).
+        KeyDescale = Enumerable.Range(0, model.HeadsKv).Select(h => 1f / (16 + (8 * h))).ToArray();
+        ValueDescale = Enumerable.Range(0, model.HeadsKv).Select(h => 1f / (32 + (8 * h))).ToArray();
     }
 
     public ToyModel Model { get; }
@@ -47,6 +58,12 @@ internal abstract class AttentionBackend : IAttention, IDisposable
     protected int Batch { get; }
 
     protected int Capacity { get; }
+
+    /// <summary>The e4m3 cache's key descale factors, one per KV head (with <c>--fp8-cache</c>).</summary>
+    protected float[] KeyDescale { get; }
+
+    /// <summary>The e4m3 cache's value descale factors, one per KV head.</summary>
+    protected float[] ValueDescale { get; }
 
     public abstract void Attend(int layer, float[] q, float[] k, float[] v, int seqLenNew, float[] output);
 
@@ -65,10 +82,22 @@ internal abstract class AttentionBackend : IAttention, IDisposable
     {
         var output = new double[q.Length];
         var lse = new double[Batch * Model.HeadsQ * seqLenNew];
-        DecodeReference.ForwardContiguous(
-            AttentionReference.ToDouble(q), _kMirror[layer], _vMirror[layer], _mirrorLengths[layer],
-            AttentionReference.ToDouble(k), AttentionReference.ToDouble(v),
-            seqLenNew, Model.HeadsQ, Model.HeadsKv, Model.HeadDim, Capacity, Causal, output, lse);
+        if (Settings.Fp8Cache)
+        {
+            var fp8 = new DecodeServingOptions { KeyDescale = KeyDescale, ValueDescale = ValueDescale, QueryDataType = Settings.DataType };
+            DecodeReference.ForwardContiguous(
+                AttentionReference.ToDouble(q), _kMirror8[layer], _vMirror8[layer], _mirrorLengths[layer],
+                AttentionReference.ToDouble(k), AttentionReference.ToDouble(v),
+                seqLenNew, Model.HeadsQ, Model.HeadsKv, Model.HeadDim, Capacity, Causal, fp8, output, lse);
+        }
+        else
+        {
+            DecodeReference.ForwardContiguous(
+                AttentionReference.ToDouble(q), _kMirror[layer], _vMirror[layer], _mirrorLengths[layer],
+                AttentionReference.ToDouble(k), AttentionReference.ToDouble(v),
+                seqLenNew, Model.HeadsQ, Model.HeadsKv, Model.HeadDim, Capacity, Causal, output, lse);
+        }
+
         Advance(layer, seqLenNew);
         return (output, lse);
     }
@@ -85,8 +114,17 @@ internal abstract class AttentionBackend : IAttention, IDisposable
                 int source = ((b * seqLenNew) + t) * row;
                 for (int x = 0; x < row; x++)
                 {
-                    _kMirror[layer][destination + x] = k[source + x];
-                    _vMirror[layer][destination + x] = v[source + x];
+                    if (Settings.Fp8Cache)
+                    {
+                        int h = x / Model.HeadDim;
+                        _kMirror8[layer][destination + x] = DecodeReference.QuantizeForCache(k[source + x], KeyDescale[h], Settings.DataType);
+                        _vMirror8[layer][destination + x] = DecodeReference.QuantizeForCache(v[source + x], ValueDescale[h], Settings.DataType);
+                    }
+                    else
+                    {
+                        _kMirror[layer][destination + x] = k[source + x];
+                        _vMirror[layer][destination + x] = v[source + x];
+                    }
                 }
             }
         }
@@ -109,7 +147,8 @@ internal sealed class CpuAttention(Program.Settings settings, ToyModel model)
 {
     private readonly Stopwatch _watch = new();
 
-    public override string CacheDescription => $"host float64 contiguous [{Batch}, {Capacity}, {Model.HeadsKv}, {Model.HeadDim}] per layer";
+    public override string CacheDescription =>
+        $"host {(Settings.Fp8Cache ? "e4m3 (descales per kv head)" : "float64")} contiguous [{Batch}, {Capacity}, {Model.HeadsKv}, {Model.HeadDim}] per layer";
 
     public override void Attend(int layer, float[] q, float[] k, float[] v, int seqLenNew, float[] output)
     {
@@ -167,7 +206,7 @@ internal sealed class GpuAttention<T> : GpuAttention
         _to = to;
         _from = from;
         _maxNew = model.MaxPositions;
-        DataType dtype = settings.Fp16 ? DataType.Float16 : DataType.BFloat16;
+        DataType dtype = settings.Fp8Cache ? DataType.Float8E4M3 : settings.DataType;
         _attention = new FlashAttention(device);
         _stream = CudaStream.Create(device);
         _caches = new KvCache[model.Layers];
@@ -177,6 +216,10 @@ internal sealed class GpuAttention<T> : GpuAttention
             _caches[l] = settings.Contiguous
                 ? KvCache.CreateContiguous(device, dtype, Batch, Capacity, model.HeadsKv, model.HeadDim, _stream)
                 : KvCache.CreatePaged(device, dtype, Batch, Batch * pages, settings.BlockSize, model.HeadsKv, model.HeadDim, pages, _stream);
+            if (settings.Fp8Cache)
+            {
+                _caches[l].SetDescales(KeyDescale, ValueDescale, _stream);
+            }
         }
 
         _q = new DeviceBuffer<T>(device, (long)Batch * _maxNew * model.HeadsQ * model.HeadDim);

@@ -26,9 +26,10 @@ internal static class Program
 
         if (settings.Help)
         {
-            Console.WriteLine("usage: FlashAttention.Generate [--cpu] [--fp16] [--tokens N] [--sample T | --greedy] [--seed S] [--contiguous] [--block-size N] [--check-steps N]");
+            Console.WriteLine("usage: FlashAttention.Generate [--cpu] [--fp16] [--fp8-cache] [--tokens N] [--sample T | --greedy] [--seed S] [--contiguous] [--block-size N] [--check-steps N]");
             Console.WriteLine("  --cpu            use the CPU reference (DecodeReference) even where a GPU is available");
             Console.WriteLine("  --fp16           Float16 cache and activations (default BFloat16)");
+            Console.WriteLine("  --fp8-cache      Float8E4M3 (e4m3) KV cache with per-KV-head descale factors, under the 16-bit activations");
             Console.WriteLine("  --tokens N       tokens to generate after the prompt (default 32)");
             Console.WriteLine("  --sample T       sample with temperature T (default 1)");
             Console.WriteLine("  --greedy         take the most likely token instead of sampling");
@@ -101,7 +102,7 @@ internal static class Program
     {
         ToyModel model = attention.Model;
         int batch = Prompts.Length, promptLength = Prompts[0].Length;
-        string dtype = settings.Fp16 ? "fp16" : "bf16";
+        string dtype = (settings.Fp16 ? "fp16" : "bf16") + (settings.Fp8Cache ? " (e4m3 KV cache)" : string.Empty);
         Console.WriteLine($"model: {model.Layers} layers, vocabulary {ToyModel.Vocab}, d_model {model.Model}, heads {model.HeadsQ} (kv {model.HeadsKv}) x {model.HeadDim}, random weights (seed {settings.Seed}), {dtype}");
         Console.WriteLine($"cache: {attention.CacheDescription}; attention: {what}");
         Console.WriteLine($"decoding: {(settings.Temperature > 0 ? $"sampled, temperature {settings.Temperature.ToString(CultureInfo.InvariantCulture)}" : "greedy")}, {settings.Tokens} tokens after prompts of {promptLength}");
@@ -152,6 +153,12 @@ internal static class Program
     internal sealed record Settings(
         bool ForceCpu, bool Fp16, int Tokens, double Temperature, int Seed, bool Contiguous, int BlockSize, int CheckSteps, bool Help)
     {
+        /// <summary>An fp8 (e4m3) KV cache (C ABI 0.13) with per-KV-head descale factors under the 16-bit activations.</summary>
+        public bool Fp8Cache { get; init; }
+
+        /// <summary>The dtype of the activations (q, new keys and values, output).</summary>
+        public DataType DataType => Fp16 ? DataType.Float16 : DataType.BFloat16;
+
         public static Settings? Parse(string[] args)
         {
             var s = new Settings(false, false, 32, 1.0, 1234, false, 16, 4, false);
@@ -165,6 +172,7 @@ internal static class Program
                     {
                         "--cpu" => s with { ForceCpu = true },
                         "--fp16" => s with { Fp16 = true },
+                        "--fp8-cache" => s with { Fp8Cache = true },
                         "--contiguous" => s with { Contiguous = true },
                         "--tokens" => s with { Tokens = int.Parse(Next(), CultureInfo.InvariantCulture) },
                         "--sample" => s with { Temperature = double.Parse(Next(), CultureInfo.InvariantCulture) },

@@ -36,6 +36,12 @@ namespace FlashAttn;
 /// one, as <see cref="FlashAttention.Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> serves them since C ABI
 /// 0.7, and rotary embedding on append (§4; <see cref="DecodeServingOptions.RotaryCos"/>), which it serves since 0.8.
 /// </para>
+/// <para>
+/// Overloads taking <see cref="Float8E4M3"/> caches decode over an fp8 KV cache (C ABI 0.13, <see cref="KvCache.IsFloat8"/>):
+/// the cache holds e4m3 values read through per-KV-head (or per-cache) descale factors, and appended keys and values are
+/// quantized into it exactly as the kernels do (<see cref="QuantizeForCache"/>), so that the bytes a GPU stored can be
+/// compared with these.
+/// </para>
 /// </remarks>
 public static class DecodeReference
 {
@@ -173,6 +179,83 @@ public static class DecodeReference
         Span<double> output,
         Span<double> logSumExp)
     {
+        RequireNoFloat8(serving);
+        RunContiguous(q, kCache, vCache, cacheSeqLens, kNew, vNew, seqLenNew, headsQ, headsKv, headDim, cacheCapacity, options, serving, null, output, logSumExp);
+    }
+
+    /// <summary>
+    /// <see cref="ForwardContiguous(ReadOnlySpan{double}, Span{double}, Span{double}, ReadOnlySpan{int}, ReadOnlySpan{double}, ReadOnlySpan{double}, int, int, int, int, int, AttentionOptions, DecodeServingOptions, Span{double}, Span{double})"/>
+    /// over an fp8 (e4m3) KV cache (C ABI 0.13): the keys and values it attends are the stored e4m3 values times their
+    /// KV head's descale factor, and the keys and values it appends are stored as <see cref="QuantizeForCache"/> gives
+    /// them. See <see cref="ForwardPaged(ReadOnlySpan{double}, Span{Float8E4M3}, Span{Float8E4M3}, ReadOnlySpan{int}, ReadOnlySpan{int}, ReadOnlySpan{double}, ReadOnlySpan{double}, int, int, int, int, int, AttentionOptions, DecodeServingOptions, Span{double}, Span{double})"/>
+    /// for the exact definitions.
+    /// </summary>
+    /// <param name="q">New queries, <c>[batch, sq, headsQ, headDim]</c>, values of <see cref="DecodeServingOptions.QueryDataType"/>.</param>
+    /// <param name="kCache">Key cache of e4m3 values, <c>[batch or CacheRows, cacheCapacity, headsKv, headDim]</c>; receives the appended keys, quantized.</param>
+    /// <param name="vCache">Value cache, shaped like <paramref name="kCache"/>; receives the appended values, quantized.</param>
+    /// <param name="cacheSeqLens">Tokens already in each sequence's cache (absolute: a left pad counts), <c>[batch]</c>; its length sets the batch.</param>
+    /// <param name="kNew">New keys, <c>[batch, seqLenNew, headsKv, headDim]</c>, or empty to append nothing.</param>
+    /// <param name="vNew">New values, shaped like <paramref name="kNew"/>; empty exactly when it is.</param>
+    /// <param name="seqLenNew">New tokens per sequence, as for the 16-bit overload.</param>
+    /// <param name="headsQ">Query heads (1 or more), a multiple of <paramref name="headsKv"/>.</param>
+    /// <param name="headsKv">Key/value heads (1 or more).</param>
+    /// <param name="headDim">Head dimension (1 or more).</param>
+    /// <param name="cacheCapacity">Positions each cache row holds.</param>
+    /// <param name="options">Mask, window, softcap and scale; bottom-right only.</param>
+    /// <param name="serving">
+    /// The serving options, with the fp8 cache's <see cref="DecodeServingOptions.KeyDescale"/> and
+    /// <see cref="DecodeServingOptions.ValueDescale"/> (required) and, when appending,
+    /// <see cref="DecodeServingOptions.QueryDataType"/>.
+    /// </param>
+    /// <param name="output">Receives the output, <c>[batch, sq, headsQ, headDim]</c>.</param>
+    /// <param name="logSumExp">Receives the log-sum-exp, <c>[batch, headsQ, sq]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">
+    /// As for the 16-bit overload; or a descale table is missing or of a length other than <paramref name="headsKv"/> or
+    /// 1, or an appending call has no Float16 or BFloat16 <see cref="DecodeServingOptions.QueryDataType"/>.
+    /// </exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> or <paramref name="serving"/> is null.</exception>
+    public static void ForwardContiguous(
+        ReadOnlySpan<double> q,
+        Span<Float8E4M3> kCache,
+        Span<Float8E4M3> vCache,
+        ReadOnlySpan<int> cacheSeqLens,
+        ReadOnlySpan<double> kNew,
+        ReadOnlySpan<double> vNew,
+        int seqLenNew,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        int cacheCapacity,
+        AttentionOptions options,
+        DecodeServingOptions serving,
+        Span<double> output,
+        Span<double> logSumExp)
+    {
+        Float8Cache fp8 = Float8Cache.From(serving, headsKv, !kNew.IsEmpty || !vNew.IsEmpty);
+        double[] k = Float8Cache.Widen(kCache), v = Float8Cache.Widen(vCache);
+        RunContiguous(q, k, v, cacheSeqLens, kNew, vNew, seqLenNew, headsQ, headsKv, headDim, cacheCapacity, options, serving, fp8, output, logSumExp);
+        Float8Cache.StoreChanged(k, kCache);
+        Float8Cache.StoreChanged(v, vCache);
+    }
+
+    private static void RunContiguous(
+        ReadOnlySpan<double> q,
+        Span<double> kCache,
+        Span<double> vCache,
+        ReadOnlySpan<int> cacheSeqLens,
+        ReadOnlySpan<double> kNew,
+        ReadOnlySpan<double> vNew,
+        int seqLenNew,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        int cacheCapacity,
+        AttentionOptions options,
+        DecodeServingOptions serving,
+        Float8Cache? fp8,
+        Span<double> output,
+        Span<double> logSumExp)
+    {
         int batch = cacheSeqLens.Length;
         int seqLenQ = ValidateSizes(options, serving, batch, seqLenNew, !kNew.IsEmpty || !vNew.IsEmpty, headsQ, headsKv, headDim);
         if (cacheCapacity < 0)
@@ -188,7 +271,7 @@ public static class DecodeReference
         RequireLength(kCache.Length, cacheElements, nameof(kCache), layout);
         RequireLength(vCache.Length, cacheElements, nameof(vCache), layout);
         var map = new CacheMap(null, 0, cacheCapacity, cacheRows);
-        Run(q, kCache, vCache, cacheSeqLens, kNew, vNew, seqLenQ, seqLenNew, headsQ, headsKv, headDim, map, 0, options, serving, output, logSumExp);
+        Run(q, kCache, vCache, cacheSeqLens, kNew, vNew, seqLenQ, seqLenNew, headsQ, headsKv, headDim, map, 0, options, serving, fp8, output, logSumExp);
     }
 
     /// <summary>
@@ -234,6 +317,121 @@ public static class DecodeReference
         Span<double> output,
         Span<double> logSumExp)
     {
+        RequireNoFloat8(serving);
+        RunPaged(q, kCache, vCache, blockTable, cacheSeqLens, kNew, vNew, seqLenNew, headsQ, headsKv, headDim, blockSize, options, serving, null, output, logSumExp);
+    }
+
+    /// <summary>
+    /// <see cref="ForwardPaged(ReadOnlySpan{double}, Span{double}, Span{double}, ReadOnlySpan{int}, ReadOnlySpan{int}, ReadOnlySpan{double}, ReadOnlySpan{double}, int, int, int, int, int, AttentionOptions, DecodeServingOptions, Span{double}, Span{double})"/>
+    /// over an fp8 (e4m3) KV cache, as <c>fa_decode</c> serves it since C ABI 0.13 (the 16-bit overload's formulas
+    /// otherwise). With <c>h</c> a position's KV head and <c>kd</c>, <c>vd</c> the factors
+    /// (<see cref="DecodeServingOptions.KeyDescale"/>[h], or [0] when the table has one):
+    /// <list type="bullet">
+    /// <item>Attended: the key at a cache position is <c>(double)k_e4m3 * (double)kd</c> (exact: 4 significant bits times
+    /// 24 fit in a double's 53), the value likewise with <c>vd</c>; a NaN byte reads as NaN (so a slot no call may read
+    /// can hold 0x7F and prove it is not read).</item>
+    /// <item>Appended: a new key (rotated first when rotary is on) is rounded to <see cref="DecodeServingOptions.QueryDataType"/>,
+    /// divided by <c>kd</c> in fp32 and rounded to e4m3, nearest even, saturating to ±448
+    /// (<see cref="QuantizeForCache"/>); new values the same with <c>vd</c>. Without rotary these are the kernels' stored
+    /// bytes exactly; with rotary the rotation here is float64 where the kernels' is fp32, which can move the rounded key
+    /// by one unit of q's dtype and the stored byte by one e4m3 step.</item>
+    /// </list>
+    /// The kernels fold the factors into the scores and the output in fp32; the float64 product here is the value the
+    /// contract defines, within fp32 rounding (2^-24 relative) of any order the kernels take, far below the rounding of
+    /// q, P and the output to 16 bits that decode's tolerance covers.
+    /// </summary>
+    /// <param name="q">New queries, <c>[batch, sq, headsQ, headDim]</c>, values of <see cref="DecodeServingOptions.QueryDataType"/>.</param>
+    /// <param name="kCache">Key blocks of e4m3 values, <c>[numBlocks, blockSize, headsKv, headDim]</c>; receives the appended keys, quantized.</param>
+    /// <param name="vCache">Value blocks, shaped like <paramref name="kCache"/>; receives the appended values, quantized.</param>
+    /// <param name="blockTable">Physical block of each page, <c>[batch or CacheRows, maxBlocksPerSequence]</c>.</param>
+    /// <param name="cacheSeqLens">Tokens already in each sequence's cache (absolute: a left pad counts), <c>[batch]</c>; its length sets the batch.</param>
+    /// <param name="kNew">New keys, <c>[batch, seqLenNew, headsKv, headDim]</c>, or empty to append nothing.</param>
+    /// <param name="vNew">New values, shaped like <paramref name="kNew"/>; empty exactly when it is.</param>
+    /// <param name="seqLenNew">New tokens per sequence, as for the 16-bit overload.</param>
+    /// <param name="headsQ">Query heads (1 or more), a multiple of <paramref name="headsKv"/>.</param>
+    /// <param name="headsKv">Key/value heads (1 or more).</param>
+    /// <param name="headDim">Head dimension (1 or more).</param>
+    /// <param name="blockSize">Positions per block.</param>
+    /// <param name="options">Mask, window, softcap and scale; bottom-right only.</param>
+    /// <param name="serving">
+    /// The serving options, with the fp8 cache's <see cref="DecodeServingOptions.KeyDescale"/> and
+    /// <see cref="DecodeServingOptions.ValueDescale"/> (required) and, when appending,
+    /// <see cref="DecodeServingOptions.QueryDataType"/>.
+    /// </param>
+    /// <param name="output">Receives the output, <c>[batch, sq, headsQ, headDim]</c>.</param>
+    /// <param name="logSumExp">Receives the log-sum-exp, <c>[batch, headsQ, sq]</c>; pass an empty span to skip it.</param>
+    /// <exception cref="ArgumentException">
+    /// As for the 16-bit overload; or a descale table is missing or of a length other than <paramref name="headsKv"/> or
+    /// 1, or an appending call has no Float16 or BFloat16 <see cref="DecodeServingOptions.QueryDataType"/>.
+    /// </exception>
+    /// <exception cref="ArgumentNullException"><paramref name="options"/> or <paramref name="serving"/> is null.</exception>
+    public static void ForwardPaged(
+        ReadOnlySpan<double> q,
+        Span<Float8E4M3> kCache,
+        Span<Float8E4M3> vCache,
+        ReadOnlySpan<int> blockTable,
+        ReadOnlySpan<int> cacheSeqLens,
+        ReadOnlySpan<double> kNew,
+        ReadOnlySpan<double> vNew,
+        int seqLenNew,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        int blockSize,
+        AttentionOptions options,
+        DecodeServingOptions serving,
+        Span<double> output,
+        Span<double> logSumExp)
+    {
+        Float8Cache fp8 = Float8Cache.From(serving, headsKv, !kNew.IsEmpty || !vNew.IsEmpty);
+        double[] k = Float8Cache.Widen(kCache), v = Float8Cache.Widen(vCache);
+        RunPaged(q, k, v, blockTable, cacheSeqLens, kNew, vNew, seqLenNew, headsQ, headsKv, headDim, blockSize, options, serving, fp8, output, logSumExp);
+        Float8Cache.StoreChanged(k, kCache);
+        Float8Cache.StoreChanged(v, vCache);
+    }
+
+    /// <summary>
+    /// How an fp8 KV cache stores one appended key or value element (C ABI 0.13's <c>fa_decode_params_t</c>): the
+    /// element (already rotated, for a key under rotary) is rounded to the queries' dtype, as a 16-bit cache would store
+    /// it; that value, as a <see cref="float"/>, is divided by <paramref name="descale"/> in fp32 (IEEE division, correctly
+    /// rounded); the quotient is rounded to e4m3, nearest even, saturating to ±448 (infinities included), NaN kept
+    /// (<see cref="Float8E4M3.FromSingleSaturating"/>). The kernels store these bytes.
+    /// </summary>
+    /// <param name="value">The element, before rounding to <paramref name="queryType"/>.</param>
+    /// <param name="descale">The descale factor of the element's KV head (taken as given: 0 gives ±448 or NaN).</param>
+    /// <param name="queryType">The dtype of q and the new keys and values: Float16 or BFloat16.</param>
+    /// <returns>The stored e4m3 value.</returns>
+    /// <exception cref="ArgumentException"><paramref name="queryType"/> is not Float16 or BFloat16.</exception>
+    public static Float8E4M3 QuantizeForCache(double value, float descale, DataType queryType)
+    {
+        float rounded = queryType switch
+        {
+            DataType.Float16 => (float)(Half)value,
+            DataType.BFloat16 => (BFloat16)value,
+            _ => throw new ArgumentException($"queryType must be Float16 or BFloat16 (the dtype of q over an fp8 cache); got {queryType}.", nameof(queryType)),
+        };
+        return Float8E4M3.FromSingleSaturating(rounded / descale);
+    }
+
+    private static void RunPaged(
+        ReadOnlySpan<double> q,
+        Span<double> kCache,
+        Span<double> vCache,
+        ReadOnlySpan<int> blockTable,
+        ReadOnlySpan<int> cacheSeqLens,
+        ReadOnlySpan<double> kNew,
+        ReadOnlySpan<double> vNew,
+        int seqLenNew,
+        int headsQ,
+        int headsKv,
+        int headDim,
+        int blockSize,
+        AttentionOptions options,
+        DecodeServingOptions serving,
+        Float8Cache? fp8,
+        Span<double> output,
+        Span<double> logSumExp)
+    {
         int batch = cacheSeqLens.Length;
         int seqLenQ = ValidateSizes(options, serving, batch, seqLenNew, !kNew.IsEmpty || !vNew.IsEmpty, headsQ, headsKv, headDim);
         if (blockSize < 1)
@@ -271,7 +469,7 @@ public static class DecodeReference
         }
 
         var map = new CacheMap(blockTable.ToArray(), maxBlocks, blockSize, cacheRows);
-        Run(q, kCache, vCache, cacheSeqLens, kNew, vNew, seqLenQ, seqLenNew, headsQ, headsKv, headDim, map, numBlocks, options, serving, output, logSumExp);
+        Run(q, kCache, vCache, cacheSeqLens, kNew, vNew, seqLenQ, seqLenNew, headsQ, headsKv, headDim, map, numBlocks, options, serving, fp8, output, logSumExp);
     }
 
     /// <summary>
@@ -436,9 +634,10 @@ public static class DecodeReference
     /// library (FA2 first drops a side that reaches the cache capacity, and a call left with neither side rotates every
     /// query at <c>P0</c>); a repeated cache row whose appended slots another sequence uses is refused (FEATURES.md:
     /// unspecified which write wins); the batch index and left padding work with paging as in FA3 (FA2 rejects
-    /// both pairings); the tables must cover the capacity (FA2's check) and every query position. No FP8 cache: §6
-    /// defines descales for FA3's all-e4m3 forward, not the quantisation of appended bf16/fp16 keys nor which index
-    /// (sequence or cache row) a descale follows under a batch index.
+    /// both pairings); the tables must cover the capacity (FA2's check) and every query position. With
+    /// <paramref name="fp8"/> the cache arrays hold e4m3 values (as doubles): appends store what they quantize to and the
+    /// attended keys and values are those times their KV head's factor (C ABI 0.13; FA3 takes its kvcache descales per
+    /// (batch, KV head), fa_decode per KV head or per tensor, so the cache rows of a batch index need no rule).
     /// </summary>
     private static void Run(
         ReadOnlySpan<double> q,
@@ -456,6 +655,7 @@ public static class DecodeReference
         long numBlocks,
         AttentionOptions options,
         DecodeServingOptions serving,
+        Float8Cache? fp8,
         Span<double> output,
         Span<double> logSumExp)
     {
@@ -608,8 +808,17 @@ public static class DecodeReference
                         }
                     }
 
-                    rotated.CopyTo(kCache.Slice((int)destination, rowElements));
-                    vNew.Slice((int)source, rowElements).CopyTo(vCache.Slice((int)destination, rowElements));
+                    if (fp8 is { } f)
+                    {
+                        // An fp8 cache stores the e4m3 value (as a double) each element quantizes to.
+                        f.Quantize(rotated, f.KeyDescale, headDim, kCache.Slice((int)destination, rowElements));
+                        f.Quantize(vNew.Slice((int)source, rowElements), f.ValueDescale, headDim, vCache.Slice((int)destination, rowElements));
+                    }
+                    else
+                    {
+                        rotated.CopyTo(kCache.Slice((int)destination, rowElements));
+                        vNew.Slice((int)source, rowElements).CopyTo(vCache.Slice((int)destination, rowElements));
+                    }
                 }
             }
         }
@@ -648,6 +857,11 @@ public static class DecodeReference
                 int source = (int)(map.Row(cacheRow[b], first + j) * rowElements);
                 kCache.Slice(source, rowElements).CopyTo(keys.AsSpan(j * rowElements, rowElements));
                 vCache.Slice(source, rowElements).CopyTo(values.AsSpan(j * rowElements, rowElements));
+                if (fp8 is { } f)
+                {
+                    Float8Cache.Dequantize(keys.AsSpan(j * rowElements, rowElements), f.KeyDescale, headDim);
+                    Float8Cache.Dequantize(values.AsSpan(j * rowElements, rowElements), f.ValueDescale, headDim);
+                }
             }
 
             // ALiBi: this sequence's slopes, with FA2's kvcache seqlen_k (the capacity) deciding the causal form.
@@ -813,6 +1027,106 @@ public static class DecodeReference
         if (actual != expected)
         {
             throw new ArgumentException($"{paramName} has {actual} elements but {layout} needs {expected}.", paramName);
+        }
+    }
+
+    /// <summary>The 16-bit overloads take no fp8 settings: they belong to the Float8E4M3 cache overloads.</summary>
+    private static void RequireNoFloat8(DecodeServingOptions serving)
+    {
+        ArgumentNullException.ThrowIfNull(serving);
+        if (serving.KeyDescale is not null || serving.ValueDescale is not null || serving.QueryDataType is not null)
+        {
+            throw new ArgumentException(
+                "KeyDescale, ValueDescale and QueryDataType describe an fp8 cache: pass the cache as Float8E4M3 spans (the fp8 overloads), or leave them null.",
+                nameof(serving));
+        }
+    }
+
+    /// <summary>
+    /// An fp8 cache's settings (C ABI 0.13): the descale factors of the keys and the values (one per KV head, or one),
+    /// and the dtype the appended elements are rounded to before they are quantized.
+    /// </summary>
+    private sealed class Float8Cache
+    {
+        private Float8Cache(float[] keyDescale, float[] valueDescale, DataType queryType)
+        {
+            KeyDescale = keyDescale;
+            ValueDescale = valueDescale;
+            QueryType = queryType;
+        }
+
+        public float[] KeyDescale { get; }
+
+        public float[] ValueDescale { get; }
+
+        public DataType QueryType { get; }
+
+        /// <summary>Checks <paramref name="serving"/>'s fp8 settings: both tables of <paramref name="headsKv"/> or 1 factors, a 16-bit query dtype when appending.</summary>
+        public static Float8Cache From(DecodeServingOptions serving, int headsKv, bool append)
+        {
+            ArgumentNullException.ThrowIfNull(serving);
+            foreach (var (table, name) in new[] { (serving.KeyDescale, "KeyDescale"), (serving.ValueDescale, "ValueDescale") })
+            {
+                if (table is null || (table.Length != headsKv && table.Length != 1))
+                {
+                    throw new ArgumentException(
+                        $"An fp8 cache needs {name} with one factor per KV head ({headsKv}) or one for the whole cache; it has " +
+                        (table is null ? "none." : $"{table.Length}."),
+                        nameof(serving));
+                }
+            }
+
+            DataType? queryType = serving.QueryDataType;
+            if (queryType is not (null or DataType.Float16 or DataType.BFloat16) || (append && queryType is null))
+            {
+                throw new ArgumentException(
+                    $"QueryDataType must be Float16 or BFloat16 (q's dtype, which appended keys and values are rounded to before they are quantized); it is {queryType?.ToString() ?? "null"}.",
+                    nameof(serving));
+            }
+
+            return new Float8Cache(serving.KeyDescale!, serving.ValueDescale!, queryType ?? DataType.BFloat16);
+        }
+
+        /// <summary>The cache's e4m3 values as doubles (exact; NaN bytes give NaN).</summary>
+        public static double[] Widen(ReadOnlySpan<Float8E4M3> cache)
+        {
+            var wide = new double[cache.Length];
+            for (int i = 0; i < cache.Length; i++)
+            {
+                wide[i] = cache[i];
+            }
+
+            return wide;
+        }
+
+        /// <summary>Writes back the elements the call changed (all e4m3 values, so exactly).</summary>
+        public static void StoreChanged(double[] wide, Span<Float8E4M3> cache)
+        {
+            for (int i = 0; i < cache.Length; i++)
+            {
+                if (BitConverter.DoubleToInt64Bits(wide[i]) != BitConverter.DoubleToInt64Bits(cache[i]))
+                {
+                    cache[i] = (Float8E4M3)wide[i];
+                }
+            }
+        }
+
+        /// <summary>Quantizes one cache row (<c>[headsKv, headDim]</c>) with the factors of its heads into <paramref name="destination"/>.</summary>
+        public void Quantize(ReadOnlySpan<double> row, float[] descale, int headDim, Span<double> destination)
+        {
+            for (int e = 0; e < row.Length; e++)
+            {
+                destination[e] = QuantizeForCache(row[e], descale[descale.Length == 1 ? 0 : e / headDim], QueryType);
+            }
+        }
+
+        /// <summary>Turns one cache row of stored e4m3 values into the attended ones: each times its head's factor (exact in double).</summary>
+        public static void Dequantize(Span<double> row, float[] descale, int headDim)
+        {
+            for (int e = 0; e < row.Length; e++)
+            {
+                row[e] *= descale[descale.Length == 1 ? 0 : e / headDim];
+            }
         }
     }
 

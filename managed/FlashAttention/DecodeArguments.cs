@@ -8,13 +8,15 @@ namespace FlashAttn;
 /// cache, the new keys and values to append (or none), the output, and how the call is split and where its scratch lives.
 /// </summary>
 /// <param name="Q">
-/// New queries <c>[batch, seqLenQ, headsQ, headDim]</c>, the cache's dtype, last dimension contiguous; headsQ a
+/// New queries <c>[batch, seqLenQ, headsQ, headDim]</c>, the cache's dtype (Float16 or BFloat16; either over a
+/// Float8E4M3 cache, whose keys and values are then read through their descale factors), last dimension contiguous; headsQ a
 /// multiple of the cache's headsKv. <c>batch</c> is the cache's <see cref="KvCache.BatchSize"/>, or the length of
 /// <see cref="CacheRows"/> when that is set.
 /// </param>
 /// <param name="Cache">The KV cache (its lengths say how many tokens each sequence already holds).</param>
 /// <param name="KNew">
-/// New keys <c>[batch, seqLenKNew, headsKv, headDim]</c> to append, or null to append nothing. <c>seqLenKNew</c> may
+/// New keys <c>[batch, seqLenKNew, headsKv, headDim]</c>, q's dtype, to append (over an fp8 cache: quantized to e4m3
+/// with the key descale factors as they are stored), or null to append nothing. <c>seqLenKNew</c> may
 /// differ from q's <c>seqLenQ</c> (more or fewer): the keys are appended first, then the causal diagonal sits
 /// bottom-right over each sequence's final length.
 /// </param>
@@ -89,6 +91,26 @@ public readonly record struct DecodeArguments(
     /// <see cref="KNew"/>. Null (the default): every sequence appends kNew's <c>seqLenKNew</c> keys.
     /// </summary>
     public int[]? AppendCounts { get; init; }
+
+    /// <summary>
+    /// The key descale factors of an fp8 cache for this call (C ABI 0.13's <c>k_descale</c>, FlashAttention-3's
+    /// <c>k_descale</c> of <c>flash_attn_with_kvcache</c>): device Float32, rank 1, <c>[headsKv]</c> (one per KV head) or
+    /// <c>[1]</c> (one for the whole cache). The key attended at a cache position of KV head <c>h</c> is the stored e4m3
+    /// value times factor <c>h</c>; a key the call appends is divided by it in fp32 before it is rounded to e4m3. Null (the
+    /// default): the cache's own <see cref="KvCache.KeyDescale"/>. Given exactly when <see cref="ValueDescale"/> is, and
+    /// only over a Float8E4M3 cache (refused over a 16-bit one). The kernels read the factors; the host never does.
+    /// </summary>
+    public DeviceTensor? KeyDescale { get; init; }
+
+    /// <summary>
+    /// The value descale factors for this call (<c>v_descale</c>), shaped like <see cref="KeyDescale"/>; null: the
+    /// cache's own <see cref="KvCache.ValueDescale"/>.
+    /// </summary>
+    public DeviceTensor? ValueDescale { get; init; }
+
+    /// <summary>The descale factors this call passes: its own (<see cref="KeyDescale"/>), else the cache's; null for a 16-bit cache.</summary>
+    internal (DeviceTensor? Keys, DeviceTensor? Values) Descales =>
+        KeyDescale is not null || ValueDescale is not null ? (KeyDescale, ValueDescale) : (Cache.KeyDescale, Cache.ValueDescale);
 
     /// <summary>The sequences of the step: <see cref="QueryCounts"/>' length, or q's batch.</summary>
     internal long Batch => QueryCounts?.Length ?? Q.Shape[0];

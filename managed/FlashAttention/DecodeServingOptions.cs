@@ -5,8 +5,9 @@ namespace FlashAttn;
 /// (<see cref="DecodeReference"/>'s overloads that take one): a query count other than the appended one, a cache
 /// batch index and left padding, which the kernels serve since C ABI 0.7 (<see cref="DecodeArguments.CacheRows"/>,
 /// <see cref="KvCache.SetLeftPadding"/> and the token count of <see cref="DecodeArguments.KNew"/>), and rotary embedding
-/// on append, which they serve since C ABI 0.8 (<see cref="DecodeArguments.Rotary"/>). Semantics: shared/FEATURES.md §4
-/// and §5.
+/// on append, which they serve since C ABI 0.8 (<see cref="DecodeArguments.Rotary"/>), and an fp8 cache's descale factors
+/// and query dtype, which they serve since C ABI 0.13 (<see cref="KvCache.KeyDescale"/>). Semantics: shared/FEATURES.md
+/// §4 and §5, and <c>fa_decode_params_t</c> for the fp8 cache.
 /// </summary>
 public sealed record DecodeServingOptions
 {
@@ -80,6 +81,24 @@ public sealed record DecodeServingOptions
     /// not the appended one). Null: every sequence appends <c>seqLenNew</c>.
     /// </summary>
     public int[]? AppendCounts { get; init; }
+
+    /// <summary>
+    /// An fp8 cache's key descale factors (C ABI 0.13's <c>k_descale</c>), <c>[headsKv]</c> (one per KV head) or <c>[1]</c>
+    /// (one for the whole cache): the key attended at a position of KV head <c>h</c> is the stored e4m3 value times
+    /// factor <c>h</c> (or 0), and an appended key is divided by it before it is quantized. Required by the overloads that
+    /// take Float8E4M3 caches; refused by the others. fp32, as the kernels read them.
+    /// </summary>
+    public float[]? KeyDescale { get; init; }
+
+    /// <summary>An fp8 cache's value descale factors (<c>v_descale</c>), shaped like <see cref="KeyDescale"/>.</summary>
+    public float[]? ValueDescale { get; init; }
+
+    /// <summary>
+    /// The dtype of q and the new keys and values over an fp8 cache (Float16 or BFloat16): an appended element is first
+    /// rounded to it, as a 16-bit cache would store it, then quantized (<see cref="DecodeReference.QuantizeForCache"/>).
+    /// Required by the Float8E4M3 overloads when they append; refused by the others.
+    /// </summary>
+    public DataType? QueryDataType { get; init; }
 
     /// <summary>Whether rotary tables are given.</summary>
     public bool HasRotary => RotaryCos is not null || RotarySin is not null;

@@ -17,9 +17,10 @@ public enum DataType
 
     /// <summary>
     /// 8-bit float, OCP FP8 E4M3 "FN" (<see cref="FlashAttn.Float8E4M3"/>, PyTorch's <c>torch.float8_e4m3fn</c>).
-    /// An input type of the forward pass only (q, k and v together, output <see cref="BFloat16"/>, optional fp32
-    /// descale factors: <see cref="AttentionArguments.QDescale"/>), served by the sm90 (Hopper) kernels; the backward
-    /// pass and decode refuse it.
+    /// An input type of the forward pass (q, k and v together, output <see cref="BFloat16"/>, optional fp32 descale
+    /// factors: <see cref="AttentionArguments.QDescale"/>), served by the sm90 (Hopper) kernels, and the element type of
+    /// an fp8 KV cache for decode (C ABI 0.13: <see cref="KvCache"/> with fp32 descale factors, under Float16 or
+    /// BFloat16 queries, on every decode kernel). The backward pass and an fp8 query to decode are refused.
     /// </summary>
     Float8E4M3 = 5,
 
@@ -111,4 +112,18 @@ public enum AttentionPass
 
     /// <summary>Decoding over a KV cache.</summary>
     Decode = 2,
+}
+
+/// <summary>
+/// How the descale factors of an fp8 (<see cref="DataType.Float8E4M3"/>) KV cache are shared (C ABI 0.13's
+/// <c>k_descale</c> / <c>v_descale</c>): the key attended at a cache position of KV head <c>h</c> is the stored e4m3 value
+/// times the key factor of <c>h</c>, and likewise for values.
+/// </summary>
+public enum DescaleGranularity
+{
+    /// <summary>One factor per KV head: Float32 <c>[headsKv]</c> for the keys and as many for the values.</summary>
+    PerKvHead = 0,
+
+    /// <summary>One factor for the whole cache: Float32 <c>[1]</c> for the keys and one for the values.</summary>
+    PerTensor = 1,
 }

@@ -49,7 +49,7 @@ public sealed partial class FlashAttention
 
     /// <summary>
     /// Asks whether this build of the native library serves a kind of call (pass, dtype, head dim and V head dim, masks,
-    /// varlen, paged K/V, architecture), so a caller can choose a fallback before launching. Needs the native library but no GPU.
+    /// varlen, paged K/V, the KV cache's dtype, architecture), so a caller can choose a fallback before launching. Needs the native library but no GPU.
     /// </summary>
     /// <param name="query">The kind of call.</param>
     /// <returns>
@@ -59,7 +59,7 @@ public sealed partial class FlashAttention
     /// </returns>
     /// <exception cref="ArgumentNullException"><paramref name="query"/> is null.</exception>
     /// <exception cref="ArgumentException">
-    /// The query is malformed: an undefined enum value, a head dim below 1, a negative V head dim
+    /// The query is malformed: an undefined enum value (<see cref="SupportQuery.KvCacheDataType"/> included), a head dim below 1, a negative V head dim
     /// (<see cref="SupportQuery.HeadDimV"/>), a negative compute capability, or a forward query with
     /// <see cref="SupportQuery.PagedKv"/> but not <see cref="SupportQuery.Varlen"/>.
     /// </exception>
@@ -83,6 +83,11 @@ public sealed partial class FlashAttention
         if (!Enum.IsDefined(query.KernelPath))
         {
             throw new ArgumentException($"KernelPath {(int)query.KernelPath} is not a defined value.", nameof(query));
+        }
+
+        if (query.KvCacheDataType is { } cacheType && !Enum.IsDefined(cacheType))
+        {
+            throw new ArgumentException($"KvCacheDataType {(int)cacheType} is not a defined DataType value.", nameof(query));
         }
 
         if (query.HeadDim < 1)
@@ -125,6 +130,9 @@ public sealed partial class FlashAttention
         q.kernel_path = (int)query.KernelPath;
         q.head_dim_v = query.HeadDimV;
         q.paged_kv = query.PagedKv ? 1 : 0;
+        // 0: the cache has q's dtype (C ABI 0.13), so asking with the query's own dtype is the same question.
+        q.kv_cache_dtype = query.KvCacheDataType is { } kvType && kvType != query.DataType ? (int)kvType : 0;
+        NativeCallObserver.Notify("fa_query_support", q);
         FaStatus status = NativeMethods.fa_query_support(&q);
         return status switch
         {

@@ -213,7 +213,7 @@ public sealed partial class FlashAttention
     /// call fails). A decode that appends queues small host-to-device copies, so it cannot be captured into a CUDA graph.
     /// </remarks>
     /// <exception cref="ArgumentNullException">q, the cache or the output is null.</exception>
-    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong (shapes, dtypes, lengths past the capacity, top-left alignment, numSplits out of range, too few free blocks).</exception>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong (shapes, dtypes, lengths past the capacity, top-left alignment, numSplits out of range, too few free blocks, an fp8 cache without descale factors).</exception>
     /// <exception cref="FlashAttentionException">The native library refused or failed the call; the cache's lengths are unchanged.</exception>
     /// <exception cref="ObjectDisposedException">This instance, the cache, a tensor's buffer or the stream was disposed.</exception>
     public void Decode(
@@ -250,7 +250,7 @@ public sealed partial class FlashAttention
     /// host-to-device copies, so it cannot be captured into a CUDA graph.
     /// </remarks>
     /// <exception cref="ArgumentNullException">q, the cache or the output is null.</exception>
-    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong (shapes, dtypes, lengths past the capacity, top-left alignment, NumSplits out of range, too few free blocks, CacheRows or per-sequence counts over a cache that is a view over raw pointers).</exception>
+    /// <exception cref="ArgumentException">The managed side can already tell the arguments are wrong (shapes, dtypes, lengths past the capacity, top-left alignment, NumSplits out of range, too few free blocks, CacheRows or per-sequence counts over a cache that is a view over raw pointers, descale factors missing over an fp8 cache, given over a 16-bit one, or not Float32 <c>[headsKv]</c> or <c>[1]</c>).</exception>
     /// <exception cref="FlashAttentionException">The native library refused or failed the call; the cache's lengths are unchanged.</exception>
     /// <exception cref="ObjectDisposedException">This instance, the cache, a tensor's buffer or the stream was disposed.</exception>
     public void Decode(in DecodeArguments args, AttentionOptions? options = null, CudaStream? stream = null)
@@ -352,6 +352,9 @@ public sealed partial class FlashAttention
         RotaryEmbedding? rotary = args.Rotary;
         using var lrc = new HandleLease(rotary?.Cos?.Owner);
         using var lrs = new HandleLease(rotary?.Sin?.Owner);
+        var (keyDescale, valueDescale) = args.Descales;
+        using var lkd = new HandleLease(keyDescale?.Owner);
+        using var lvd = new HandleLease(valueDescale?.Owner);
 
         FaDecodeParams p = default;
         Errors.ThrowIfFailed(NativeMethods.fa_decode_params_init(&p, (nuint)sizeof(FaDecodeParams)));
@@ -392,6 +395,17 @@ public sealed partial class FlashAttention
         if (cache.BlockTable is { } table)
         {
             p.block_table = table.ToNative(lbt.Pointer);
+        }
+
+        // An fp8 cache's factors (C ABI 0.13; ValidateDecode checked both are given with one and neither without).
+        if (keyDescale is not null)
+        {
+            p.k_descale = keyDescale.ToNative(lkd.Pointer);
+        }
+
+        if (valueDescale is not null)
+        {
+            p.v_descale = valueDescale.ToNative(lvd.Pointer);
         }
 
         if (rotary is not null)
@@ -507,10 +521,10 @@ public sealed partial class FlashAttention
             return new Problem("AppendCounts", $"AppendCounts has {ac.Length} counts but QueryCounts {qc.Length}; give one count per sequence of the step in each.");
         }
 
-        if (IsFloat8Input(q, kNew, vNew))
+        if (q.DataType == DataType.Float8E4M3)
         {
-            // Decode has no fp8 (an fp8 KV cache is not served): the native library answers UNSUPPORTED, with the
-            // reason, before it checks anything else.
+            // Decode has no fp8 queries (an fp8 KV cache is served under 16-bit ones, C ABI 0.13): the native library
+            // answers UNSUPPORTED, with the reason, before it checks anything else.
             return null;
         }
 
@@ -546,7 +560,14 @@ public sealed partial class FlashAttention
                 : new Problem(nameof(vNew), "kNew (k_new) is given but vNew (v_new) is not: pass both to append new tokens, or neither.");
         }
 
-        if (q.DataType != cache.DataType)
+        if (cache.IsFloat8 && q.DataType is not (DataType.Float16 or DataType.BFloat16))
+        {
+            return new Problem(
+                nameof(q),
+                $"q is {q.DataType} but over a Float8E4M3 cache (k_cache) q, the new keys and values and output are Float16 or BFloat16 (one dtype).");
+        }
+
+        if (!cache.IsFloat8 && q.DataType != cache.DataType)
         {
             return new Problem(nameof(q), $"q is {q.DataType} but the cache holds {cache.DataType} (k_cache); q, the cache, the new keys and values and output share one dtype.");
         }
@@ -554,6 +575,11 @@ public sealed partial class FlashAttention
         if (DataTypeProblem(output, nameof(output), q) is { } outputType)
         {
             return outputType;
+        }
+
+        if (DescalesProblem(args, device) is { } descalesProblem)
+        {
+            return descalesProblem;
         }
 
         // Packed queries (QueryCounts): q is [totalQ, headsQ, headDim] and the batch is the counts'.
@@ -602,6 +628,11 @@ public sealed partial class FlashAttention
         if (HeadDimProblem(dim) is { } headDimProblem)
         {
             return new Problem(nameof(q), headDimProblem);
+        }
+
+        if (cache.IsFloat8 && dim % 16 != 0)
+        {
+            return new Problem(nameof(q), $"An fp8 (Float8E4M3) cache needs a head dim that is a multiple of 16 (its rows are read as 16-byte chunks); q and the cache have head_dim {dim}.");
         }
 
         if (headsQ % cache.HeadsKv != 0)
@@ -671,7 +702,7 @@ public sealed partial class FlashAttention
                     "rotate the queries yourself or pass the new tokens.");
             }
 
-            if (rotary.Problem(cache.DataType, dim) is { } rotaryProblem)
+            if (rotary.Problem(q.DataType, dim) is { } rotaryProblem)
             {
                 return new Problem("Rotary", rotaryProblem);
             }
@@ -713,6 +744,45 @@ public sealed partial class FlashAttention
         if (AlibiProblem(args.AlibiSlopes, batch, headsQ, device) is { } alibiProblem)
         {
             return alibiProblem;
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// The descale factors of the call (its own <see cref="DecodeArguments.KeyDescale"/>, else the cache's): both or
+    /// neither; required over an fp8 cache and refused over a 16-bit one; Float32 <c>[headsKv]</c> or <c>[1]</c>, on this
+    /// instance's device. Null when they pass.
+    /// </summary>
+    private static Problem? DescalesProblem(in DecodeArguments args, CudaDevice? device)
+    {
+        KvCache cache = args.Cache;
+        if (KvCache.DescalePairProblem(args.KeyDescale, args.ValueDescale, cache.DataType, "KeyDescale", "ValueDescale", "the cache (k_cache)") is { } pair)
+        {
+            return new Problem(pair.ParamName, pair.Message);
+        }
+
+        var (keyDescale, valueDescale) = args.Descales;
+        if (cache.IsFloat8 && (keyDescale is null || valueDescale is null))
+        {
+            return new Problem(
+                "KeyDescale",
+                "The cache (k_cache) holds Float8E4M3 keys and values but the call has no descale factors (k_descale, v_descale): " +
+                "wrap the cache with keyDescale and valueDescale, or pass DecodeArguments.KeyDescale and ValueDescale.");
+        }
+
+        if ((KvCache.DescaleProblem(keyDescale, "KeyDescale", "k_descale", cache.HeadsKv) ??
+             KvCache.DescaleProblem(valueDescale, "ValueDescale", "v_descale", cache.HeadsKv)) is { } shape)
+        {
+            return new Problem(shape.ParamName, shape.Message);
+        }
+
+        foreach (var (t, name) in new[] { (keyDescale, "KeyDescale"), (valueDescale, "ValueDescale") })
+        {
+            if (device is not null && t?.Device is { } d && d.Ordinal != device.Ordinal)
+            {
+                return new Problem(name, $"{name} (the descale factors) lives on cuda:{d.Ordinal} but this FlashAttention runs on cuda:{device.Ordinal}.");
+            }
         }
 
         return null;

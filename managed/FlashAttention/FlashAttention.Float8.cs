@@ -8,15 +8,16 @@ namespace FlashAttn;
 /// FlashAttention-3's fp8 forward (FEATURES.md §6), served by the sm90 kernels: the true inputs are
 /// <c>q · QDescale[b, h / (headsQ / headsKv)]</c>, <c>k · KDescale[b, hk]</c> and <c>v · VDescale[b, hk]</c>; scores,
 /// soft-cap, masks, softmax and log-sum-exp are those of the true values; the output is bf16. What only the native
-/// library can judge (a build or GPU without the fp8 kernels, <see cref="KernelPath.Sm80"/>, the backward pass,
-/// decode) comes back as <see cref="FlashAttentionStatus.Unsupported"/> with its reason.
+/// library can judge (a build or GPU without the fp8 kernels, <see cref="KernelPath.Sm80"/>, the backward pass, an fp8
+/// query to decode) comes back as <see cref="FlashAttentionStatus.Unsupported"/> with its reason.
 /// </remarks>
 public sealed partial class FlashAttention
 {
     /// <summary>
-    /// Whether any of these tensors is Float8E4M3: the inputs of a pass that has no fp8 (the backward, decode), which the
-    /// native library refuses as <see cref="FlashAttentionStatus.Unsupported"/> right after its struct checks, so the
-    /// managed side leaves them to it (its own checks would report the dtype combination as a wrong argument instead).
+    /// Whether any of these tensors is Float8E4M3: the inputs of the backward pass, which has no fp8 and which the native
+    /// library refuses as <see cref="FlashAttentionStatus.Unsupported"/> right after its struct checks, so the managed side
+    /// leaves them to it (its own checks would report the dtype combination as a wrong argument instead). Decode does the
+    /// same with an fp8 query (its fp8 KV cache, under 16-bit queries, is served).
     /// </summary>
     private static bool IsFloat8Input(DeviceTensor? a, DeviceTensor? b, DeviceTensor? c) =>
         a?.DataType == DataType.Float8E4M3 || b?.DataType == DataType.Float8E4M3 || c?.DataType == DataType.Float8E4M3;

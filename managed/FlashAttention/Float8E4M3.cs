@@ -16,7 +16,7 @@ namespace FlashAttn;
 /// NaN with the input's sign (0x7F or 0xFF); NaN stays NaN (sign kept). This is PyTorch's conversion:
 /// <c>c10::detail::fp8e4m3fn_from_fp32_value</c> (c10/util/Float8_e4m3fn.h), used by
 /// <c>tensor.to(torch.float8_e4m3fn)</c>, and it equals that function bit for bit on every <see cref="float"/>.
-/// Clamp to ±448 first where saturation is wanted. A <see cref="double"/> is rounded once, directly; PyTorch
+/// Clamp to ±448 first where saturation is wanted, or use <see cref="FromSingleSaturating"/>. A <see cref="double"/> is rounded once, directly; PyTorch
 /// narrows a double to float first, which differs only where that narrowing lands exactly on an 8-bit tie
 /// (464 + 2^-30 gives NaN here, 448 there).
 /// </para>
@@ -26,7 +26,9 @@ namespace FlashAttn;
 /// every NaN and +0 as equal to -0, while <c>==</c> is IEEE (NaN != NaN). A <see cref="DeviceBuffer{T}"/> of this type
 /// backs <see cref="DataType.Float8E4M3"/> tensors, the q, k and v of the fp8 forward
 /// (<see cref="FlashAttention.Forward(in AttentionArguments, AttentionOptions, CudaStream)"/>, bf16 output); on the
-/// host it prepares and checks fp8 data (<see cref="AttentionReference.ForwardFloat8"/> is the float64 reference).
+/// host it prepares and checks fp8 data (<see cref="AttentionReference.ForwardFloat8"/> is the float64 reference). It is
+/// also the element type of an fp8 <see cref="KvCache"/> (C ABI 0.13), read through descale factors under Float16 or
+/// BFloat16 queries.
 /// </para>
 /// </remarks>
 public readonly struct Float8E4M3 : IEquatable<Float8E4M3>, IComparable<Float8E4M3>, IComparable, IFormattable
@@ -122,6 +124,18 @@ public readonly struct Float8E4M3 : IEquatable<Float8E4M3>, IComparable<Float8E4
     /// <summary>Converts a <see cref="Half"/>, rounding to nearest, ties to even (as the <see cref="float"/> conversion).</summary>
     /// <param name="value">The value.</param>
     public static explicit operator Float8E4M3(Half value) => (Float8E4M3)(float)value;
+
+    /// <summary>
+    /// Converts a <see cref="float"/> rounding to nearest, ties to even, and <b>saturating</b>: a magnitude above 448
+    /// (infinities included) gives ±448 instead of NaN; any NaN becomes 0x7F (the positive NaN, whatever its sign). This is CUDA's
+    /// <c>__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3)</c> (PTX <c>cvt.rn.satfinite.e4m3x2.f32</c>) and the
+    /// rounding an fp8 KV cache applies to the keys and values a decode appends (C ABI 0.13, see
+    /// <see cref="DecodeReference.QuantizeForCache"/>). Below 448 it equals the explicit conversion.
+    /// </summary>
+    /// <param name="value">The value.</param>
+    /// <returns>The nearest e4m3 value, ±448 for larger magnitudes, or 0x7F for NaN.</returns>
+    public static Float8E4M3 FromSingleSaturating(float value) =>
+        float.IsNaN(value) ? FromBits(0x7F) : new(RoundToBits(Math.Clamp(value, -448f, 448f)));
 
     /// <summary>Converts to <see cref="float"/>; exact. The NaNs become a quiet float NaN with the same sign.</summary>
     /// <param name="value">The value.</param>

@@ -45,6 +45,17 @@ namespace FlashAttn;
 /// lengths, row indices and pads before the call and, when it appends, one of the pool's lengths after it; such a step
 /// is not capturable into a CUDA graph either.
 /// </para>
+/// <para>
+/// <b>FP8</b> (C ABI 0.13): a cache of <see cref="DataType.Float8E4M3"/> keys and values holds half the bytes of a
+/// 16-bit one under the same Float16 or BFloat16 queries, new keys, new values and output. The key attended at a
+/// position of KV head <c>h</c> is the stored e4m3 value times <c>KeyDescale[h]</c> (<c>KeyDescale[0]</c> for a
+/// per-tensor factor), the value likewise with <see cref="ValueDescale"/>. A key a decode appends is first what a
+/// 16-bit cache would store (rotated when the call has <see cref="DecodeArguments.Rotary"/>, rounded to q's dtype), then
+/// divided by its factor in fp32 and rounded to e4m3 (nearest even, saturated to ±448, NaN kept). An owned fp8 cache
+/// allocates its factors (all 1 until <see cref="SetDescales"/>); a view takes the caller's (<see cref="Wrap"/>), or
+/// none, in which case every call passes them (<see cref="DecodeArguments.KeyDescale"/>). The factors are read by the
+/// kernels only, so a captured graph uses what they hold at replay.
+/// </para>
 /// </remarks>
 public sealed class KvCache : IDisposable
 {
@@ -52,6 +63,7 @@ public sealed class KvCache : IDisposable
     private readonly SafeHandle? _ownedValues;
     private readonly DeviceBuffer<int>? _ownedSeqLens;
     private readonly DeviceBuffer<int>? _ownedBlockTable;
+    private readonly DeviceBuffer<float>? _ownedDescales;
     private readonly int[] _lengths;
     private readonly int[]? _hostBlockTable;
     private readonly Stack<int>? _freeBlocks;
@@ -74,10 +86,15 @@ public sealed class KvCache : IDisposable
         SafeHandle? ownedKeys,
         SafeHandle? ownedValues,
         DeviceBuffer<int>? ownedSeqLens,
-        DeviceBuffer<int>? ownedBlockTable)
+        DeviceBuffer<int>? ownedBlockTable,
+        (DeviceTensor Keys, DeviceTensor Values)? descales = null,
+        DeviceBuffer<float>? ownedDescales = null)
     {
         Keys = keys;
         Values = values;
+        KeyDescale = descales?.Keys;
+        ValueDescale = descales?.Values;
+        _ownedDescales = ownedDescales;
         CacheSeqLens = cacheSeqLens;
         BlockTable = blockTable;
         Device = device;
@@ -127,8 +144,23 @@ public sealed class KvCache : IDisposable
     /// <summary>The device the cache lives on, or null when every tensor was wrapped from a raw pointer.</summary>
     public CudaDevice? Device { get; }
 
-    /// <summary>Element type of K and V (Float16 or BFloat16).</summary>
+    /// <summary>Element type of K and V: Float16, BFloat16, or Float8E4M3 for an fp8 cache (<see cref="IsFloat8"/>).</summary>
     public DataType DataType { get; }
+
+    /// <summary>Whether K and V hold <see cref="DataType.Float8E4M3"/> elements, read through descale factors (C ABI 0.13).</summary>
+    public bool IsFloat8 => DataType == DataType.Float8E4M3;
+
+    /// <summary>
+    /// The descale factors of an fp8 cache's keys (<c>k_descale</c>): device Float32 <c>[HeadsKv]</c> (one per KV head) or
+    /// <c>[1]</c> (one for the whole cache); the key attended at a position of KV head <c>h</c> is the stored e4m3 value
+    /// times factor <c>h</c> (or factor 0). Allocated by an owned fp8 cache (1 until <see cref="SetDescales"/>), the
+    /// caller's for a view; null for a 16-bit cache, and for an fp8 view wrapped without factors (every call then passes
+    /// <see cref="DecodeArguments.KeyDescale"/>).
+    /// </summary>
+    public DeviceTensor? KeyDescale { get; }
+
+    /// <summary>The descale factors of an fp8 cache's values (<c>v_descale</c>), shaped like <see cref="KeyDescale"/>.</summary>
+    public DeviceTensor? ValueDescale { get; }
 
     /// <summary>Number of sequences.</summary>
     public int BatchSize { get; }
@@ -194,48 +226,65 @@ public sealed class KvCache : IDisposable
 
     /// <summary>
     /// Allocates a contiguous cache <c>[batchSize, capacity, headsKv, headDim]</c> for K and for V (contents undefined),
-    /// with every sequence empty.
+    /// with every sequence empty. An fp8 cache (<see cref="DataType.Float8E4M3"/>) also allocates its descale factors,
+    /// all 1 (<see cref="SetDescales"/> sets them).
     /// </summary>
     /// <param name="device">The device.</param>
-    /// <param name="dataType">Float16 or BFloat16.</param>
+    /// <param name="dataType">Float16 or BFloat16, or Float8E4M3 for an fp8 cache (read and appended by decodes with Float16 or BFloat16 queries).</param>
     /// <param name="batchSize">Sequences (1 or more).</param>
     /// <param name="capacity">Positions per sequence (1 or more).</param>
     /// <param name="headsKv">Key/value heads (1 or more).</param>
-    /// <param name="headDim">Head dimension (1 or more; the kernels need a multiple of 8).</param>
+    /// <param name="headDim">Head dimension (1 or more; the kernels need a multiple of 8, of 16 for a Float8E4M3 cache).</param>
     /// <param name="stream">Stream to order the initialisation on (the call waits for it), or null for the legacy default stream.</param>
+    /// <param name="descales">
+    /// An fp8 cache's descale factors: one per KV head (<c>[headsKv]</c>, the default) or one for the whole cache
+    /// (<c>[1]</c>), for the keys and for the values. Ignored for Float16 and BFloat16.
+    /// </param>
     /// <returns>An owned cache.</returns>
-    /// <exception cref="ArgumentException">A size is out of range, or the data type is not Float16 or BFloat16.</exception>
+    /// <exception cref="ArgumentException">A size is out of range, the data type is not Float16, BFloat16 or Float8E4M3, a Float8E4M3 cache's head dim is not a multiple of 16, or <paramref name="descales"/> is not a defined value.</exception>
     /// <exception cref="FlashAttentionException">An allocation failed.</exception>
     public static KvCache CreateContiguous(
-        CudaDevice device, DataType dataType, int batchSize, int capacity, int headsKv, int headDim, CudaStream? stream = null)
+        CudaDevice device,
+        DataType dataType,
+        int batchSize,
+        int capacity,
+        int headsKv,
+        int headDim,
+        CudaStream? stream = null,
+        DescaleGranularity descales = DescaleGranularity.PerKvHead)
     {
         ArgumentNullException.ThrowIfNull(device);
-        RequireCacheType(dataType);
+        RequireCacheType(dataType, descales, headDim);
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(headsKv, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(headDim, 1);
         long[] shape = [batchSize, capacity, headsKv, headDim];
-        return CreateOwned(device, dataType, shape, batchSize, blockTableColumns: 0, stream);
+        return CreateOwned(device, dataType, shape, batchSize, blockTableColumns: 0, stream, descales);
     }
 
     /// <summary>
     /// Allocates a paged cache of <paramref name="numBlocks"/> blocks <c>[blockSize, headsKv, headDim]</c> for K and for
     /// V (contents undefined) and a block table <c>[batchSize, maxBlocksPerSequence]</c>, with every sequence empty and
     /// every block free. Blocks are given to sequences as they grow (by <see cref="FlashAttention.Decode(in DecodeArguments, AttentionOptions, CudaStream)"/> with new keys,
-    /// or <see cref="SetSequenceLengths"/>) and returned by <see cref="ResetSequence"/> or shorter lengths.
+    /// or <see cref="SetSequenceLengths"/>) and returned by <see cref="ResetSequence"/> or shorter lengths. An fp8 cache
+    /// (<see cref="DataType.Float8E4M3"/>) also allocates its descale factors, all 1 (<see cref="SetDescales"/> sets them).
     /// </summary>
     /// <param name="device">The device.</param>
-    /// <param name="dataType">Float16 or BFloat16.</param>
+    /// <param name="dataType">Float16 or BFloat16, or Float8E4M3 for an fp8 cache (read and appended by decodes with Float16 or BFloat16 queries).</param>
     /// <param name="batchSize">Sequences (1 or more).</param>
     /// <param name="numBlocks">Physical blocks (1 or more).</param>
     /// <param name="blockSize">Positions per block (1 or more; the native library serves powers of two from 16 up).</param>
     /// <param name="headsKv">Key/value heads (1 or more).</param>
-    /// <param name="headDim">Head dimension (1 or more; the kernels need a multiple of 8).</param>
+    /// <param name="headDim">Head dimension (1 or more; the kernels need a multiple of 8, of 16 for a Float8E4M3 cache).</param>
     /// <param name="maxBlocksPerSequence">Pages one sequence may use; 0 means <paramref name="numBlocks"/>.</param>
     /// <param name="stream">Stream to order the initialisation on (the call waits for it), or null for the legacy default stream.</param>
+    /// <param name="descales">
+    /// An fp8 cache's descale factors: one per KV head (<c>[headsKv]</c>, the default) or one for the whole cache
+    /// (<c>[1]</c>), for the keys and for the values. Ignored for Float16 and BFloat16.
+    /// </param>
     /// <returns>An owned cache with a block allocator.</returns>
-    /// <exception cref="ArgumentException">A size is out of range, or the data type is not Float16 or BFloat16.</exception>
+    /// <exception cref="ArgumentException">A size is out of range, the data type is not Float16, BFloat16 or Float8E4M3, a Float8E4M3 cache's head dim is not a multiple of 16, or <paramref name="descales"/> is not a defined value.</exception>
     /// <exception cref="FlashAttentionException">An allocation failed.</exception>
     public static KvCache CreatePaged(
         CudaDevice device,
@@ -246,10 +295,11 @@ public sealed class KvCache : IDisposable
         int headsKv,
         int headDim,
         int maxBlocksPerSequence = 0,
-        CudaStream? stream = null)
+        CudaStream? stream = null,
+        DescaleGranularity descales = DescaleGranularity.PerKvHead)
     {
         ArgumentNullException.ThrowIfNull(device);
-        RequireCacheType(dataType);
+        RequireCacheType(dataType, descales, headDim);
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(numBlocks, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
@@ -258,7 +308,7 @@ public sealed class KvCache : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegative(maxBlocksPerSequence);
         int columns = maxBlocksPerSequence == 0 ? numBlocks : maxBlocksPerSequence;
         long[] shape = [numBlocks, blockSize, headsKv, headDim];
-        return CreateOwned(device, dataType, shape, batchSize, columns, stream);
+        return CreateOwned(device, dataType, shape, batchSize, columns, stream, descales);
     }
 
     /// <summary>
@@ -267,8 +317,9 @@ public sealed class KvCache : IDisposable
     /// block in <c>0 .. NumBlocks - 1</c> (entries past a sequence's last page are never read).
     /// </summary>
     /// <param name="keys">
-    /// Key cache, Float16 or BFloat16, last dimension contiguous: <c>[batch, capacity, headsKv, headDim]</c> without a
-    /// block table, <c>[numBlocks, blockSize, headsKv, headDim]</c> with one.
+    /// Key cache, Float16, BFloat16 or Float8E4M3 (an fp8 cache, under Float16 or BFloat16 queries), last dimension
+    /// contiguous: <c>[batch, capacity, headsKv, headDim]</c> without a block table,
+    /// <c>[numBlocks, blockSize, headsKv, headDim]</c> with one.
     /// </param>
     /// <param name="values">Value cache, the shape and dtype of <paramref name="keys"/>.</param>
     /// <param name="sequenceLengths">Tokens each sequence already holds (0 .. capacity each); its length is the batch size.</param>
@@ -279,9 +330,19 @@ public sealed class KvCache : IDisposable
     /// there (which needs a device, so K must not be a raw-pointer view).
     /// </param>
     /// <param name="stream">Stream to order the initial copy on (the call waits for it), or null for the legacy default stream.</param>
+    /// <param name="keyDescale">
+    /// An fp8 cache's key descale factors (<c>k_descale</c>): device Float32, rank 1, <c>[headsKv]</c> (one per KV head)
+    /// or <c>[1]</c> (one for the whole cache), on the cache's device; the caller keeps them alive and may change them
+    /// between calls (the kernels read them, the host never does). Given exactly when <paramref name="valueDescale"/> is,
+    /// and only with Float8E4M3 keys. Null over an fp8 cache: every call passes <see cref="DecodeArguments.KeyDescale"/>.
+    /// </param>
+    /// <param name="valueDescale">The value descale factors (<c>v_descale</c>), shaped like <paramref name="keyDescale"/>.</param>
     /// <returns>A view cache.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="keys"/> or <paramref name="values"/> is null.</exception>
-    /// <exception cref="ArgumentException">A shape, dtype or length is inconsistent, or a length is out of range.</exception>
+    /// <exception cref="ArgumentException">
+    /// A shape, dtype or length is inconsistent, or a length is out of range; or descale factors are given for a 16-bit
+    /// cache, only one of them is given, or one is not Float32 <c>[headsKv]</c> or <c>[1]</c>.
+    /// </exception>
     /// <exception cref="FlashAttentionException">Allocating or filling the lengths array failed.</exception>
     public static KvCache Wrap(
         DeviceTensor keys,
@@ -289,7 +350,9 @@ public sealed class KvCache : IDisposable
         ReadOnlySpan<int> sequenceLengths,
         DeviceTensor? blockTable = null,
         DeviceTensor? cacheSeqLens = null,
-        CudaStream? stream = null)
+        CudaStream? stream = null,
+        DeviceTensor? keyDescale = null,
+        DeviceTensor? valueDescale = null)
     {
         ArgumentNullException.ThrowIfNull(keys);
         ArgumentNullException.ThrowIfNull(values);
@@ -298,6 +361,16 @@ public sealed class KvCache : IDisposable
         if (values.DataType != keys.DataType)
         {
             throw new ArgumentException($"values is {values.DataType} but keys is {keys.DataType}; K and V share one dtype.", nameof(values));
+        }
+
+        if (DescalePairProblem(keyDescale, valueDescale, keys.DataType, "keyDescale", "valueDescale", "keys") is { } pairProblem)
+        {
+            throw new ArgumentException(pairProblem.Message, pairProblem.ParamName);
+        }
+
+        if ((DescaleProblem(keyDescale, "keyDescale", "k_descale", keys.Shape[2]) ?? DescaleProblem(valueDescale, "valueDescale", "v_descale", keys.Shape[2])) is { } descaleProblem)
+        {
+            throw new ArgumentException(descaleProblem.Message, descaleProblem.ParamName);
         }
 
         if (!values.HasShapeOf(keys))
@@ -354,12 +427,13 @@ public sealed class KvCache : IDisposable
             }
         }
 
-        CudaDevice? device = keys.Device ?? values.Device ?? blockTable?.Device ?? cacheSeqLens?.Device;
+        CudaDevice? device = keys.Device ?? values.Device ?? blockTable?.Device ?? cacheSeqLens?.Device ?? keyDescale?.Device ?? valueDescale?.Device;
         int[] lengths = sequenceLengths.ToArray();
+        (DeviceTensor, DeviceTensor)? descales = keyDescale is null ? null : (keyDescale, valueDescale!);
         if (cacheSeqLens is not null)
         {
             CheckSeqLensTensor(cacheSeqLens, batch);
-            return new KvCache(keys, values, cacheSeqLens, blockTable, lengths, device, null, null, null, null);
+            return new KvCache(keys, values, cacheSeqLens, blockTable, lengths, device, null, null, null, null, descales);
         }
 
         if (device is null)
@@ -373,7 +447,7 @@ public sealed class KvCache : IDisposable
         try
         {
             seqLens.CopyFrom(lengths, stream);
-            return new KvCache(keys, values, seqLens.AsTensor(batch), blockTable, lengths, device, null, null, seqLens, null);
+            return new KvCache(keys, values, seqLens.AsTensor(batch), blockTable, lengths, device, null, null, seqLens, null, descales);
         }
         catch
         {
@@ -669,8 +743,65 @@ public sealed class KvCache : IDisposable
     /// <exception cref="FlashAttentionException">A copy failed.</exception>
     public void Synchronize() => _uploads.WaitAll();
 
+    /// <summary>
+    /// Sets the descale factors of an fp8 cache (<see cref="KeyDescale"/> and <see cref="ValueDescale"/>) with copies
+    /// queued on <paramref name="stream"/>; decodes queued after them on the same stream use the new factors. The
+    /// factors are taken as given (C ABI 0.13: 0, negative or non-finite ones make the attended values Inf or NaN, as
+    /// FlashAttention-3's descales do). The keys and values already in the cache are not rescaled: they are read with
+    /// the new factors. For a view, the copies write the caller's descale tensors. Like the appends' uploads, the copies
+    /// read pinned host snapshots, so this is not capturable into a CUDA graph (set the factors before capturing).
+    /// </summary>
+    /// <param name="keyDescale">One factor per element of <see cref="KeyDescale"/> (<c>HeadsKv</c>, or 1 per-tensor).</param>
+    /// <param name="valueDescale">One factor per element of <see cref="ValueDescale"/>.</param>
+    /// <param name="stream">The stream later decodes use, or null for the legacy default stream.</param>
+    /// <exception cref="ArgumentException">A span's length differs from its tensor's.</exception>
+    /// <exception cref="InvalidOperationException">
+    /// The cache is not fp8, is a view wrapped without descale factors, has strided factors, or wraps raw pointers only
+    /// (no device to queue the copies on).
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">The cache or the stream was disposed.</exception>
+    /// <exception cref="FlashAttentionException">A copy could not be queued.</exception>
+    public void SetDescales(ReadOnlySpan<float> keyDescale, ReadOnlySpan<float> valueDescale, CudaStream? stream = null)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        if (!IsFloat8)
+        {
+            throw new InvalidOperationException($"This cache holds {DataType} keys and values; descale factors belong to a Float8E4M3 cache only.");
+        }
+
+        if (KeyDescale is null || ValueDescale is null)
+        {
+            throw new InvalidOperationException(
+                "This fp8 view was wrapped without descale factors; pass them per call (DecodeArguments.KeyDescale and ValueDescale) or wrap it with keyDescale/valueDescale.");
+        }
+
+        foreach (var (tensor, given, name) in new[] { (KeyDescale, keyDescale.Length, nameof(keyDescale)), (ValueDescale, valueDescale.Length, nameof(valueDescale)) })
+        {
+            if (given != tensor.ElementCount)
+            {
+                throw new ArgumentException($"{name} has {given} factors but the cache's tensor holds {tensor.ElementCount} ({tensor}).", name);
+            }
+
+            if (tensor.Shape[0] > 1 && tensor.Strides[0] != 1)
+            {
+                throw new InvalidOperationException($"The cache's {name} tensor is strided ({tensor}); write it yourself.");
+            }
+        }
+
+        int ordinal = RequireDevice().Ordinal;
+        _uploads.Upload(KeyDescale, 0, FloatBits(keyDescale), stream, ordinal);
+        _uploads.Upload(ValueDescale, 0, FloatBits(valueDescale), stream, ordinal);
+    }
+
+    // A pinned snapshot of the bit patterns of `values`, for PendingUploads (which copies 4-byte elements).
+    private static int[] FloatBits(ReadOnlySpan<float> values) => PendingUploads.Snapshot(MemoryMarshal.Cast<float, int>(values));
+
     /// <summary>Copies the whole key cache to host memory (the cache must be a dense array: owned, or a contiguous view).</summary>
-    /// <typeparam name="T">A 2-byte element type: <see cref="Half"/> or <see cref="BFloat16"/> (or <see cref="ushort"/> for the raw bits).</typeparam>
+    /// <typeparam name="T">
+    /// An element type of the cache's size: <see cref="Half"/> or <see cref="BFloat16"/> (or <see cref="ushort"/> for the
+    /// raw bits); <see cref="Float8E4M3"/> (or <see cref="byte"/>) for an fp8 cache, whose stored values are read without
+    /// their descale factors.
+    /// </typeparam>
     /// <param name="destination">Exactly <c>Keys.ElementCount</c> elements.</param>
     /// <param name="stream">Stream to order the copy on (the call waits for it), or null for the legacy default stream.</param>
     /// <exception cref="ArgumentException">The element size or the length is wrong, or the tensor is not dense.</exception>
@@ -678,7 +809,7 @@ public sealed class KvCache : IDisposable
         where T : unmanaged => CopyOut(Keys, destination, stream, nameof(destination));
 
     /// <summary>Copies the whole value cache to host memory; see <see cref="CopyKeysTo{T}"/>.</summary>
-    /// <typeparam name="T">A 2-byte element type.</typeparam>
+    /// <typeparam name="T">An element type of the cache's size (see <see cref="CopyKeysTo{T}"/>).</typeparam>
     /// <param name="destination">Exactly <c>Values.ElementCount</c> elements.</param>
     /// <param name="stream">Stream to order the copy on (the call waits for it), or null for the legacy default stream.</param>
     /// <exception cref="ArgumentException">The element size or the length is wrong, or the tensor is not dense.</exception>
@@ -701,13 +832,14 @@ public sealed class KvCache : IDisposable
         _ownedValues?.Dispose();
         _ownedSeqLens?.Dispose();
         _ownedBlockTable?.Dispose();
+        _ownedDescales?.Dispose();
         _serving?.Dispose();
     }
 
     /// <inheritdoc/>
     public override string ToString() =>
         $"KvCache({(IsPaged ? $"paged {NumBlocks} blocks of {BlockSize}, {MaxBlocksPerSequence} pages per sequence" : $"contiguous capacity {Capacity}")}, " +
-        $"{DataTypes.ShortName(DataType)}, {BatchSize} sequences, heads_kv {HeadsKv}, head_dim {HeadDim}, " +
+        $"{DataTypes.ShortName(DataType)}{(KeyDescale is { } kd ? (kd.Shape[0] == 1 && HeadsKv > 1 ? " (descales per tensor)" : " (descales per kv head)") : string.Empty)}, {BatchSize} sequences, heads_kv {HeadsKv}, head_dim {HeadDim}, " +
         $"{(OwnsMemory ? "owned" : "view")}{(IsDisposed ? ", disposed" : string.Empty)})";
 
     /// <summary>
@@ -876,29 +1008,37 @@ public sealed class KvCache : IDisposable
         return null;
     }
 
-    private static KvCache CreateOwned(CudaDevice device, DataType dataType, long[] shape, int batch, int blockTableColumns, CudaStream? stream)
+    private static KvCache CreateOwned(
+        CudaDevice device, DataType dataType, long[] shape, int batch, int blockTableColumns, CudaStream? stream, DescaleGranularity granularity)
     {
         long elements = shape[0] * shape[1] * shape[2] * shape[3];
         SafeHandle? keys = null, values = null;
         DeviceBuffer<int>? seqLens = null, table = null;
+        DeviceBuffer<float>? descaleBuffer = null;
         try
         {
             DeviceTensor kT, vT;
+            (DeviceTensor, DeviceTensor)? descales = null;
             if (dataType == DataType.Float16)
             {
-                var k = new DeviceBuffer<Half>(device, elements);
-                keys = k;
-                var v = new DeviceBuffer<Half>(device, elements);
-                values = v;
-                (kT, vT) = (k.AsTensor(shape), v.AsTensor(shape));
+                (kT, vT) = Allocate<Half>(device, elements, shape, out keys, out values);
+            }
+            else if (dataType == DataType.BFloat16)
+            {
+                (kT, vT) = Allocate<BFloat16>(device, elements, shape, out keys, out values);
             }
             else
             {
-                var k = new DeviceBuffer<BFloat16>(device, elements);
-                keys = k;
-                var v = new DeviceBuffer<BFloat16>(device, elements);
-                values = v;
-                (kT, vT) = (k.AsTensor(shape), v.AsTensor(shape));
+                (kT, vT) = Allocate<Float8E4M3>(device, elements, shape, out keys, out values);
+
+                // The factors of K then V in one buffer (V's from a 16-byte boundary, as tensors start), 1 until SetDescales.
+                long count = granularity == DescaleGranularity.PerTensor ? 1 : shape[2];
+                long valueOffset = (count + 3) / 4 * 4;
+                descaleBuffer = new DeviceBuffer<float>(device, valueOffset + count);
+                float[] ones = new float[valueOffset + count];
+                Array.Fill(ones, 1f);
+                descaleBuffer.CopyFrom(ones, stream);
+                descales = (DeviceTensor.FromBuffer(descaleBuffer, [count]), DeviceTensor.FromBuffer(descaleBuffer, [count], elementOffset: valueOffset));
             }
 
             seqLens = new DeviceBuffer<int>(device, batch);
@@ -912,7 +1052,7 @@ public sealed class KvCache : IDisposable
             }
 
             stream?.Synchronize();
-            return new KvCache(kT, vT, seqLens.AsTensor(batch), tableT, new int[batch], device, keys, values, seqLens, table);
+            return new KvCache(kT, vT, seqLens.AsTensor(batch), tableT, new int[batch], device, keys, values, seqLens, table, descales, descaleBuffer);
         }
         catch
         {
@@ -920,19 +1060,80 @@ public sealed class KvCache : IDisposable
             values?.Dispose();
             seqLens?.Dispose();
             table?.Dispose();
+            descaleBuffer?.Dispose();
             throw;
+        }
+
+        static (DeviceTensor, DeviceTensor) Allocate<T>(CudaDevice device, long elements, long[] shape, out SafeHandle? keys, out SafeHandle? values)
+            where T : unmanaged
+        {
+            var k = new DeviceBuffer<T>(device, elements);
+            keys = k;
+            values = null;
+            var v = new DeviceBuffer<T>(device, elements);
+            values = v;
+            return (k.AsTensor(shape), v.AsTensor(shape));
         }
     }
 
-    private static void RequireCacheType(DataType dataType)
+    private static void RequireCacheType(DataType dataType, DescaleGranularity descales, int headDim)
     {
-        if (dataType is not (DataType.Float16 or DataType.BFloat16))
+        if (dataType == DataType.Float8E4M3 && headDim % 16 != 0)
         {
             throw new ArgumentException(
-                $"A KV cache holds Float16 or BFloat16 elements; got {dataType}" +
-                (dataType == DataType.Float8E4M3 ? " (an fp8 KV cache is not served: Float8E4M3 is an input type of the forward pass only)." : "."),
-                nameof(dataType));
+                $"An fp8 (Float8E4M3) cache needs a head dim that is a multiple of 16 (its rows are read as 16-byte chunks); got {headDim}.",
+                nameof(headDim));
         }
+
+        if (dataType is not (DataType.Float16 or DataType.BFloat16 or DataType.Float8E4M3))
+        {
+            throw new ArgumentException($"A KV cache holds Float16, BFloat16 or Float8E4M3 (fp8) elements; got {dataType}.", nameof(dataType));
+        }
+
+        if (!Enum.IsDefined(descales))
+        {
+            throw new ArgumentException($"descales {(int)descales} is not a defined DescaleGranularity value.", nameof(descales));
+        }
+    }
+
+    /// <summary>
+    /// Why a pair of descale tensors cannot go with a cache of <paramref name="cacheType"/>: one without the other, or
+    /// either over a 16-bit cache. Null when they fit (both null counts as fitting: an fp8 cache may take them per call).
+    /// </summary>
+    internal static (string ParamName, string Message)? DescalePairProblem(
+        DeviceTensor? keyDescale, DeviceTensor? valueDescale, DataType cacheType, string keyName, string valueName, string cacheName)
+    {
+        if ((keyDescale is null) != (valueDescale is null))
+        {
+            return keyDescale is null
+                ? (valueName, $"{valueName} (v_descale) is given but {keyName} (k_descale) is not: an fp8 cache's keys and values each take their factors; pass both.")
+                : (keyName, $"{keyName} (k_descale) is given but {valueName} (v_descale) is not: an fp8 cache's keys and values each take their factors; pass both.");
+        }
+
+        return keyDescale is not null && cacheType != DataType.Float8E4M3
+            ? (keyName, $"{keyName} (k_descale) is given but {cacheName} holds {cacheType}: descale factors belong to a Float8E4M3 (fp8) cache only.")
+            : null;
+    }
+
+    /// <summary>
+    /// Why <paramref name="t"/> cannot be the descale factors (<paramref name="field"/>) of a cache with
+    /// <paramref name="headsKv"/> KV heads: Float32, rank 1, <c>[headsKv]</c> or <c>[1]</c>. Null when it can (or is null).
+    /// </summary>
+    internal static (string ParamName, string Message)? DescaleProblem(DeviceTensor? t, string name, string field, long headsKv)
+    {
+        if (t is null)
+        {
+            return null;
+        }
+
+        if (t.DataType != DataType.Float32)
+        {
+            return (name, $"{name} ({field}) must be Float32; it is {t}.");
+        }
+
+        return t.Rank != 1 || (t.Shape[0] != headsKv && t.Shape[0] != 1)
+            ? (name, $"{name} ({field}) must be rank 1, [heads_kv={headsKv}] (one factor per KV head) or [1] (one for the whole cache); it is {t}.")
+            : null;
     }
 
     private static void CheckCacheTensor(DeviceTensor t, string name, bool paged)
@@ -943,12 +1144,9 @@ public sealed class KvCache : IDisposable
             throw new ArgumentException($"{name} must have rank 4 {layout}; it is {t}.", name);
         }
 
-        if (t.DataType is not (DataType.Float16 or DataType.BFloat16))
+        if (t.DataType is not (DataType.Float16 or DataType.BFloat16 or DataType.Float8E4M3))
         {
-            throw new ArgumentException(
-                $"{name} must be Float16 or BFloat16; it is {t}" +
-                (t.DataType == DataType.Float8E4M3 ? " (an fp8 KV cache is not served: Float8E4M3 is an input type of the forward pass only)." : "."),
-                name);
+            throw new ArgumentException($"{name} must be Float16, BFloat16 or Float8E4M3 (an fp8 cache); it is {t}.", name);
         }
 
         if (t.Strides[3] != 1 && t.Shape[3] > 1)

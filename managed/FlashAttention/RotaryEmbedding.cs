@@ -7,7 +7,8 @@ namespace FlashAttn;
 /// <see cref="DecodeArguments.Rotary"/>.
 /// </summary>
 /// <param name="Cos">
-/// cos table <c>[seqlenRo, rotaryDim / 2]</c>, the cache's dtype, contiguous, on the cache's device. <c>rotaryDim</c>
+/// cos table <c>[seqlenRo, rotaryDim / 2]</c>, q's dtype (the cache's, or Float16 / BFloat16 over a Float8E4M3
+/// cache), contiguous, on the cache's device. <c>rotaryDim</c>
 /// (= 2 x <c>Cos.Shape[1]</c>) is a multiple of 16 and at most the head dim; the first rotaryDim elements of each head
 /// are rotated, the rest pass through. <c>seqlenRo</c> is at least the cache capacity (and, when the call is causal or
 /// windowed with more queries than appended keys, at least every query's position).
@@ -20,7 +21,8 @@ namespace FlashAttn;
 /// <remarks>
 /// Positions (shared/FEATURES.md §4): with <c>P0</c> the sequence's cached length (absolute: a left pad counts), new key
 /// <c>j</c> at <c>P0 + j</c>; query <c>i</c> at <c>P0 + i</c> when the call is causal or has a window, else every query at
-/// <c>P0</c>. The math is fp32, rounded to the dtype. Only allowed in a call that appends (refused otherwise, as
+/// <c>P0</c>. The math is fp32, rounded to q's dtype (over a Float8E4M3 cache the rotated key is then quantized as
+/// every appended key is). Only allowed in a call that appends (refused otherwise, as
 /// flash-attn raises).
 /// </remarks>
 public sealed record RotaryEmbedding(DeviceTensor Cos, DeviceTensor Sin, bool Interleaved = true)
@@ -32,7 +34,7 @@ public sealed record RotaryEmbedding(DeviceTensor Cos, DeviceTensor Sin, bool In
     public int Positions => Cos is { Rank: 2 } ? (int)Math.Min(int.MaxValue, Cos.Shape[0]) : 0;
 
     /// <summary>What is wrong with the tables on their own (shape, dtype, layout), or null.</summary>
-    internal string? Problem(DataType cacheType, long headDim)
+    internal string? Problem(DataType inputType, long headDim)
     {
         if (Cos is null || Sin is null)
         {
@@ -44,9 +46,9 @@ public sealed record RotaryEmbedding(DeviceTensor Cos, DeviceTensor Sin, bool In
             return $"Rotary.Cos and Rotary.Sin must both be [seqlenRo, rotaryDim / 2]; they are {Cos} and {Sin}.";
         }
 
-        if (Cos.DataType != cacheType || Sin.DataType != cacheType)
+        if (Cos.DataType != inputType || Sin.DataType != inputType)
         {
-            return $"Rotary.Cos and Rotary.Sin must have the cache's dtype {cacheType}; they are {Cos.DataType} and {Sin.DataType}.";
+            return $"Rotary.Cos and Rotary.Sin must have q's dtype {inputType} (the cache's, or q's over a Float8E4M3 cache); they are {Cos.DataType} and {Sin.DataType}.";
         }
 
         if (!Cos.IsContiguous || !Sin.IsContiguous)

@@ -72,6 +72,15 @@ public sealed record SupportQuery(
     public bool PagedKv { get; init; }
 
     /// <summary>
+    /// The element type of the KV cache of a decode when it differs from <see cref="DataType"/> (C ABI 0.13):
+    /// <see cref="FlashAttn.DataType.Float8E4M3"/> asks about an fp8 <see cref="KvCache"/> under Float16 or BFloat16 queries,
+    /// served by every decode kernel. Null (the default), or <see cref="DataType"/> itself: the cache has q's dtype. Other
+    /// passes have none (the native library refuses one with its reason). Set it with an object initializer or <c>with</c>:
+    /// <c>new SupportQuery(AttentionPass.Decode, DataType.BFloat16, 128) { KvCacheDataType = DataType.Float8E4M3 }</c>.
+    /// </summary>
+    public DataType? KvCacheDataType { get; init; }
+
+    /// <summary>
     /// The query that describes a call with these options (one head dim for q, k and v; add a V head dim of its own with
     /// <c>with { HeadDimV = ... }</c>).
     /// </summary>

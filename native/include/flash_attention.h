@@ -24,7 +24,7 @@
 
 /* Version of this header. fa_version() reports the version of the loaded binary. */
 #define FA_VERSION_MAJOR 0
-#define FA_VERSION_MINOR 12
+#define FA_VERSION_MINOR 13
 #define FA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
@@ -438,9 +438,9 @@ typedef struct fa_decode_params {
     /* Reserved; must be 0. */
     uint32_t reserved0;
     /* New queries [batch, seqlen_q, heads_q, head_dim] (packed [total_q, heads_q, head_dim] with cu_seqlens_q),
-       fp16 or bf16 (an fp8 query or cache is FA_STATUS_UNSUPPORTED: not served yet). */
+       fp16 or bf16 (an fp8 query is FA_STATUS_UNSUPPORTED; an fp8 cache is served since 0.13, see k_descale). */
     fa_tensor_t q;
-    /* Key cache, same dtype as q: contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
+    /* Key cache, same dtype as q or FA_DTYPE_FLOAT8_E4M3 (since 0.13, with k_descale/v_descale): contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
        NULL, else paged [num_blocks, block_size, heads_kv, head_dim] with block_size a power of two from 16
        up (16, 32, 64, 128, 256, ...). Written where new keys are appended. */
     fa_tensor_t k_cache;
@@ -585,6 +585,22 @@ typedef struct fa_decode_params {
     int32_t max_seqlen_q;
     /* Reserved; must be 0. */
     int32_t reserved2;
+    /* ---- FP8 KV cache (since 0.13; a 0.12-sized struct gets none). k_cache and v_cache may both be
+       FA_DTYPE_FLOAT8_E4M3 while q, out, k_new, v_new (and the rotary tables) stay fp16 or bf16: the cache then holds
+       half the bytes, which is what a decode over a long cache is bound by. The key attended at a cache position is
+       float(k_cache[..]) * k_descale[h_kv] (the value: v_descale), so scores are q . k * k_descale * softmax_scale
+       and the output is the probabilities times the stored values times v_descale. A key appended by the call is
+       first what a cache of q's dtype would store (k_new, rotated when rotary is given, rounded to q's dtype), then
+       divided by k_descale[h_kv] in fp32 and rounded to e4m3 (nearest even, saturated to +-448: +-Inf saturate
+       too, NaN stays NaN); values the same with v_descale. Served by every decode kernel (head dims, paged or
+       contiguous, every decode option); fa_query_support's kv_cache_dtype asks. */
+    /* fp32 descale factors of an fp8 cache, device memory, rank 1: [heads_kv] (one per KV head) or [1] (one for the
+       whole cache); required with an fp8 cache, data NULL otherwise. Read by the kernels only (a captured graph reads
+       what they hold at replay), never by the host; factors are taken as given (0, negative or non-finite ones give
+       Inf or NaN, as FlashAttention-3's descales do). */
+    fa_tensor_t k_descale;
+    /* See k_descale; the factors of v_cache. */
+    fa_tensor_t v_descale;
 } fa_decode_params_t;
 
 /* A question for fa_query_support: is this kind of call served by this build on this GPU? */
@@ -630,6 +646,10 @@ typedef struct fa_support_query {
        or fa_decode's. Served by the forward of both paths for fp16 and bf16, and by decode; the backward and fp8
        have none. (Since 0.11: a 0.10-sized query gets 0.) */
     int32_t paged_kv;
+    /* FA_PASS_DECODE: an fa_dtype_t value of k_cache/v_cache when it differs from dtype (FA_DTYPE_FLOAT8_E4M3: an
+       fp8 KV cache with fp16 or bf16 queries, served by every decode kernel); 0: the same as dtype. Other passes
+       have none. (Since 0.13: a 0.12-sized query gets 0.) */
+    int32_t kv_cache_dtype;
 } fa_support_query_t;
 
 /* Properties of one CUDA device. */

@@ -116,7 +116,7 @@ uint32_t feature_axes(Pass pass) {
     switch (pass) {
         case Pass::Forward: return feature::kLocal | feature::kSoftcap | feature::kDropout | feature::kPaged;
         case Pass::Backward: return feature::kLocal | feature::kSoftcap | feature::kDeterministic | feature::kDropout;
-        default: return feature::kPaged;
+        default: return feature::kPaged | feature::kFp8Cache;
     }
 }
 bool variant_compiled(Pass pass, Path path, int32_t kernel_d, uint32_t features) {
@@ -133,7 +133,7 @@ bool variant_compiled(Pass pass, Path path, int32_t kernel_d, uint32_t features)
 }
 
 template <int D>
-std::string tile_tag(Pass pass, Path path, int dt) {
+std::string tile_tag(Pass pass, Path path, int dt, uint32_t features) {
     const auto s = [](int v) { return std::to_string(v); };
     switch (pass) {
         case Pass::Forward: {
@@ -168,6 +168,10 @@ std::string tile_tag(Pass pass, Path path, int dt) {
             return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kWarps) + "w";
         }
         default: {
+            if (features & feature::kFp8Cache) {
+                using Tr = sm80::DecodeTraitsFp8For<__half, D>;
+                return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kWarps) + "w" + s(Tr::kStages) + "s";
+            }
             using Tr = sm80::DecodeTraitsFor<__half, D>;
             return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kWarps) + "w" + s(Tr::kStages) + "s";
         }
@@ -188,12 +192,14 @@ std::string wide_tag(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t fe
            "s_psmem_from" + s(FA_SM90_FWD_D64_WIDE_MIN_KEYS) + "keys";
 }
 
+// (An fp8 KV cache's decode kernels: "_e4m3kv" after the head dim, dt being q's dtype.)
 std::string name_of(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t features) {
     return std::string(path_tag(path)) + "_" + pass_tag(pass) + "_" + dtype_tag(dt) + "_hdim" +
-           std::to_string(kernel_d) + ((features & feature::kLocal) ? "_local" : "") +
+           std::to_string(kernel_d) + ((features & feature::kFp8Cache) ? "_e4m3kv" : "") +
+           ((features & feature::kLocal) ? "_local" : "") +
            ((features & feature::kSoftcap) ? "_softcap" : "") + ((features & feature::kDeterministic) ? "_det" : "") +
            ((features & feature::kPaged) ? "_paged" : "") + ((features & feature::kDropout) ? "_dropout" : "") + "_" +
-           with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path, dt); }) +
+           with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path, dt, features); }) +
            wide_tag(pass, path, dt, kernel_d, features);
 }
 
@@ -272,7 +278,7 @@ std::string v90_name_of(Pass pass, int dt, int pair, uint32_t features) {
 // Every kernel of the build, and the index of each (pass, path, dtype, head dim, features).
 struct Registry {
     std::vector<std::string> names;
-    int32_t index[3][2][kDtypes][6][32];  // pass, path, dtype, compiled head dim, features -> name index (-1: none)
+    int32_t index[3][2][kDtypes][6][64];  // pass, path, dtype, compiled head dim, features -> name index (-1: none)
     int32_t v_index[2][kVPairCount][2][32];  // forward/backward, V head dim pair, fp16/bf16, features -> name index
     int32_t v90_index[2][kVPairCount][2][32];  // the sm90 ones': forward/backward, pair, fp16/bf16, features -> index
 };
@@ -290,14 +296,18 @@ const Registry& registry() {
                     const int32_t d = kCompiled[i];
                     for (int dt = 0; dt < kDtypes; ++dt) {
                         if (!has_kernel(pass, path, d, dtype_at(dt)) || path_kernel_d(pass, path, d, dt) != d) continue;
-                        // Variants in binary order of (local, softcap, deterministic, paged, dropout), the first the
-                        // highest bit.
-                        for (uint32_t v = 0; v < 32; ++v) {
-                            const uint32_t features = ((v & 16) ? feature::kLocal : 0u) | ((v & 8) ? feature::kSoftcap : 0u) |
-                                                      ((v & 4) ? feature::kDeterministic : 0u) | ((v & 2) ? feature::kPaged : 0u) |
-                                                      ((v & 1) ? feature::kDropout : 0u);
+                        // Variants in binary order of (fp8 cache, local, softcap, deterministic, paged, dropout), the
+                        // first the highest bit (decode: the 16-bit cache's kernels, then the fp8 cache's).
+                        for (uint32_t v = 0; v < 64; ++v) {
+                            const uint32_t features = ((v & 32) ? feature::kFp8Cache : 0u) | ((v & 16) ? feature::kLocal : 0u) |
+                                                      ((v & 8) ? feature::kSoftcap : 0u) | ((v & 4) ? feature::kDeterministic : 0u) |
+                                                      ((v & 2) ? feature::kPaged : 0u) | ((v & 1) ? feature::kDropout : 0u);
                             if ((features & ~axes) != 0 || !variant_compiled(pass, path, d, features)) continue;
                             if ((features & feature::kPaged) && pass == Pass::Forward && dt == kE4m3) continue;
+                            // An fp8 cache goes with fp16/bf16 queries (has_decode_kernel).
+                            if ((features & feature::kFp8Cache) && !has_decode_kernel(d, dtype_at(dt), DType::Float8E4M3)) {
+                                continue;
+                            }
                             out.index[static_cast<int>(pass)][static_cast<int>(path)][dt][i][features] =
                                 static_cast<int32_t>(out.names.size());
                             out.names.push_back(name_of(pass, path, dt, d, features));
@@ -360,11 +370,14 @@ const Registry& registry() {
                     }
                 }
             }
-            // The decode pass's kernels around the attention kernel.
+            // The decode pass's kernels around the attention kernel (and the append of an fp8 cache, which quantizes).
             if (pass == Pass::Decode && kCompiledCount > 0) {
                 for (const char* dtype : {"fp16", "bf16"}) {
                     out.names.push_back(std::string("sm80_decode_append_") + dtype);
                     out.names.push_back(std::string("sm80_decode_combine_") + dtype);
+                }
+                for (const char* dtype : {"fp16", "bf16"}) {
+                    out.names.push_back(std::string("sm80_decode_append_") + dtype + "_e4m3kv");
                 }
             }
         }
@@ -375,7 +388,7 @@ const Registry& registry() {
 
 const char* name_for(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t features) {
     const int32_t i = compiled_index(path_kernel_d(pass, path, kernel_d, dt));
-    const int32_t at = i < 0 ? -1 : registry().index[static_cast<int>(pass)][static_cast<int>(path)][dt][i][features & 31u];
+    const int32_t at = i < 0 ? -1 : registry().index[static_cast<int>(pass)][static_cast<int>(path)][dt][i][features & 63u];
     return at < 0 ? "unknown_kernel" : registry().names[at].c_str();
 }
 
@@ -472,15 +485,15 @@ int launch_backward_t(Path path, BwdParams& p, const LaunchInfo& info, cudaStrea
 }
 
 // The whole decode: the append kernel (when k_new is set), the attention kernel, the combine kernel (when
-// split) and the length advance (when asked), on one stream.
-template <typename T>
+// split) and the length advance (when asked), on one stream. Fp8Cache: k_cache/v_cache hold e4m3 bytes.
+template <typename T, bool Fp8Cache>
 int launch_decode_t(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
     if (p.k_new != nullptr) {
-        const cudaError_t err = sm80::launch_decode_append<T>(p, info, stream);
+        const cudaError_t err = sm80::launch_decode_append<T, Fp8Cache>(p, info, stream);
         if (err != cudaSuccess) return static_cast<int>(err);
     }
     int err = with_compiled_head_dim(kernel_head_dim(p.d), static_cast<int>(cudaErrorInvalidValue), [&](auto hd) {
-        return sm80::run_decode<T, decltype(hd)::value>(p, info, stream, features);
+        return sm80::run_decode<T, decltype(hd)::value, Fp8Cache>(p, info, stream, features);
     });
     if (err == 0 && p.num_splits > 1) err = static_cast<int>(sm80::launch_decode_combine<T>(p, stream));
     if (err == 0 && p.advance) err = static_cast<int>(sm80::launch_decode_advance<T>(p, stream));
@@ -521,6 +534,19 @@ bool has_kernel(Pass pass, Path path, int32_t kernel_d, DType dtype) {
     return dtype == DType::Float8E4M3 && kHasSm90a && pass == Pass::Forward && path == Path::Sm90 &&
            compiled_index(kernel_d) >= 0 && sm90_fwd_fp8_class(kernel_d) != 0;
 #endif
+}
+
+bool has_decode_kernel(int32_t kernel_d, DType dtype, DType cache_dtype) {
+    if (dtype != DType::Float16 && dtype != DType::BFloat16) return false;
+    if (cache_dtype != dtype && cache_dtype != DType::Float8E4M3) return false;
+    return has_kernel(Pass::Decode, Path::Sm80, kernel_d);
+}
+
+int32_t decode_smem_bytes(int32_t kernel_d, DType cache_dtype) {
+    if (cache_dtype != DType::Float8E4M3) return smem_bytes(Pass::Decode, Path::Sm80, kernel_d);
+    return with_head_dim(kernel_d, [&](auto hd) -> int32_t {
+        return sm80::DecodeTraitsFp8For<__half, decltype(hd)::value>::kSmemBytes;
+    });
 }
 
 int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d, DType dtype) {
@@ -566,11 +592,15 @@ int32_t bwd_accum_d(int32_t kernel_d) {
 int32_t decode_num_splits(const DecodeParams& p, const LaunchInfo& info, int32_t requested, int32_t length_hint,
                           int32_t max_splits) {
     if (requested > 0) return requested;
+    const bool fp8 = p.cache_dtype == DType::Float8E4M3;
     return with_head_dim(kernel_head_dim(p.d), [&](auto hd) {
-        using Tr = sm80::DecodeTraitsFor<__half, decltype(hd)::value>;
+        using Tr16 = sm80::DecodeTraitsFor<__half, decltype(hd)::value>;
+        using Tr8 = sm80::DecodeTraitsFp8For<__half, decltype(hd)::value>;
         const int64_t pairs = static_cast<int64_t>(p.b) * p.hkv * p.m_blocks;
-        return sm80::choose_decode_splits(pairs, length_hint, Tr::kBlockN, Tr::kSmemBytes, Tr::kMinBlocks,
-                                          info.sm_count, info.smem_optin, max_splits);
+        return fp8 ? sm80::choose_decode_splits(pairs, length_hint, Tr8::kBlockN, Tr8::kSmemBytes, Tr8::kMinBlocks,
+                                                info.sm_count, info.smem_optin, max_splits)
+                   : sm80::choose_decode_splits(pairs, length_hint, Tr16::kBlockN, Tr16::kSmemBytes, Tr16::kMinBlocks,
+                                                info.sm_count, info.smem_optin, max_splits);
     });
 }
 
@@ -697,9 +727,16 @@ int launch_decode(Path path, const DecodeParams& p, const LaunchInfo& info, void
     const auto s = static_cast<cudaStream_t>(stream);
     DecodeParams q = p;
     q.device_flags = info.device_flags;  // lengths or block ids the kernels clamp are reported to the context
-    uint32_t features = q.block_table != nullptr ? feature::kPaged : 0u;
-    const int err = q.dtype == DType::BFloat16 ? launch_decode_t<__nv_bfloat16>(q, info, s, &features)
-                                               : launch_decode_t<__half>(q, info, s, &features);
+    const bool fp8 = q.cache_dtype == DType::Float8E4M3;
+    uint32_t features = (q.block_table != nullptr ? feature::kPaged : 0u) | (fp8 ? feature::kFp8Cache : 0u);
+    int err;
+    if (fp8) {
+        err = q.dtype == DType::BFloat16 ? launch_decode_t<__nv_bfloat16, true>(q, info, s, &features)
+                                         : launch_decode_t<__half, true>(q, info, s, &features);
+    } else {
+        err = q.dtype == DType::BFloat16 ? launch_decode_t<__nv_bfloat16, false>(q, info, s, &features)
+                                         : launch_decode_t<__half, false>(q, info, s, &features);
+    }
     if (kernel_name) *kernel_name = name_for(Pass::Decode, path, dtype_index(q.dtype), kernel_head_dim(q.d), features);
     return err;
 }

@@ -41,6 +41,11 @@ bool has_v_kernel(Pass pass, int32_t d, int32_t dv);
 bool has_v_kernel(Pass pass, Path path, int32_t d, int32_t dv);
 // Dynamic shared memory per block of that pair kernel (0 where has_v_kernel says no).
 int32_t v_smem_bytes(Pass pass, Path path, int32_t d, int32_t dv);
+// Whether this build has the decode kernels of kernel head dim kernel_d for queries of `dtype` over a cache of
+// `cache_dtype`: the 16-bit cache (cache_dtype == dtype) or an fp8 (e4m3) cache (C ABI 0.13), fp16/bf16 queries.
+bool has_decode_kernel(int32_t kernel_d, DType dtype, DType cache_dtype);
+// Dynamic shared memory per block of the decode attention kernel of kernel_d over a cache of cache_dtype.
+int32_t decode_smem_bytes(int32_t kernel_d, DType cache_dtype);
 // Dynamic shared memory per block of the main kernel of (pass, path, kernel_d), where has_kernel says so.
 int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d);
 // The same for one input dtype (the fp8 forward kernels have their own layout); has_kernel(..., dtype) must hold.
@@ -59,8 +64,9 @@ int32_t decode_num_splits(const DecodeParams& p, const LaunchInfo& info, int32_t
 
 // Every kernel compiled into this build: the forward ones, then the backward ones, then the decode ones
 // (per pass: sm80, then sm90, then the V head dim pairs' kernels, sm80's then sm90's; per path: head dims ascending,
-// fp16 then bf16, variants in binary order of local, softcap, deterministic, paged). Names live as long as the
-// process; nullptr past the end.
+// fp16 then bf16, variants in binary order of fp8 cache, local, softcap, deterministic, paged; decode's fp8-cache
+// kernels carry "_e4m3kv" after the head dim, e.g. "sm80_decode_bf16_hdim128_e4m3kv_paged_16x64_4w6s"). Names live
+// as long as the process; nullptr past the end.
 int32_t kernel_count();
 const char* kernel_name_at(int32_t index);
 

@@ -39,9 +39,11 @@ Plan plan(fa_context_t context, const fa_decode_params_t* params, fa::MemoryArgs
     Plan out{fa::validate_decode(params, info.cc_major * 10 + info.cc_minor, &length_hint, memory), 0};
     // Before anything is launched (the append kernel runs first): a GPU with too little shared memory per
     // block for this head dim's kernel is told so, instead of failing at launch after the append.
-    const int32_t need = fa::kernels::smem_bytes(fa::Pass::Decode, fa::Path::Sm80, fa::kernel_head_dim(out.p.d));
+    const bool fp8 = out.p.cache_dtype == fa::DType::Float8E4M3;
+    const int32_t need = fa::kernels::decode_smem_bytes(fa::kernel_head_dim(out.p.d), out.p.cache_dtype);
     if (need > info.smem_optin) {
-        fail(FA_STATUS_UNSUPPORTED, "the decode kernel for head dim " + std::to_string(out.p.d) + " needs " +
+        fail(FA_STATUS_UNSUPPORTED, std::string("the decode kernel ") + (fp8 ? "of an fp8 cache " : "") + "for head dim " +
+                                        std::to_string(out.p.d) + " needs " +
                                         std::to_string(need) + " bytes of shared memory per block, but device " +
                                         std::to_string(info.device) + " allows " + std::to_string(info.smem_optin));
     }

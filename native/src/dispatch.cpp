@@ -17,7 +17,8 @@ constexpr const char* kFp8Sm90Only =
 const char* dtype_refusal(Pass pass, DType dtype) {
     if (dtype != DType::Float8E4M3 || pass == Pass::Forward) return nullptr;
     return pass == Pass::Backward ? "the fp8 forward has no backward (as FlashAttention-3); use bf16/fp16 for training"
-                                  : "an fp8 KV cache is not served yet; decode takes fp16 or bf16";
+                                  : "decode takes fp16 or bf16 queries (an fp8 KV cache goes with them: k_cache and "
+                                    "v_cache FA_DTYPE_FLOAT8_E4M3 with k_descale and v_descale)";
 }
 
 const char* dropout_refusal(Pass pass, Path path, DType dtype) {
@@ -146,7 +147,8 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
     return sm90 && kernel_path != FA_PATH_SM80 ? Path::Sm90 : Path::Sm80;
 }
 
-int32_t smem_need(Pass pass, int32_t kernel_path, int32_t kernel_d, int32_t cc) {
+int32_t smem_need(Pass pass, int32_t kernel_path, int32_t kernel_d, int32_t cc, DType cache_dtype) {
+    if (pass == Pass::Decode) return kernels::decode_smem_bytes(kernel_d, cache_dtype);
     const bool sm90 = kernel_path != FA_PATH_SM80 && path_serves(pass, Path::Sm90, kernel_d, DType::Float16, cc, nullptr);
     return kernels::smem_bytes(pass, sm90 ? Path::Sm90 : Path::Sm80, kernel_d);
 }

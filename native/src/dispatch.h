@@ -55,8 +55,9 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
 const char* dropout_refusal(Pass pass, Path path, DType dtype);
 
 // Shared memory per block of the main kernel a backward or decode call would run (the path choose_path makes, on
-// cc; these passes take fp16 and bf16 only, whose kernels share one layout).
-int32_t smem_need(Pass pass, int32_t kernel_path, int32_t kernel_d, int32_t cc);
+// cc; these passes take fp16 and bf16 queries only, whose kernels share one layout; decode's over an fp8 cache,
+// cache_dtype Float8E4M3, has its own).
+int32_t smem_need(Pass pass, int32_t kernel_path, int32_t kernel_d, int32_t cc, DType cache_dtype = DType::Float16);
 
 // Backward workspace of a call (bytes of each part, each rounded to 256); kernel_d is kernel_head_dim(d), and the dQ
 // accumulator is sized for the widest kernel any path runs for it (kernels::bwd_accum_d), so the size does not

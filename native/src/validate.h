@@ -53,7 +53,8 @@ void check_support_query(const fa_support_query_t& query);
 // UNSUPPORTED when the main kernel of `pass` (backward or decode) for `head_dim`, on the path kernel_path
 // chooses, needs more shared memory per block than compute capability `cc` (not 0) allows; silent for a GPU
 // the table does not know. (validate_query.cpp: the table)
-void check_block_smem(Pass pass, int32_t kernel_path, int32_t head_dim, int32_t cc);
+// cache_dtype: decode's cache (Float8E4M3: the fp8-cache kernel's shared memory).
+void check_block_smem(Pass pass, int32_t kernel_path, int32_t head_dim, int32_t cc, DType cache_dtype = DType::Float16);
 
 // Short description of a validated call for debug logs: "b=2 sq=17 sk=33 hq=6 hkv=2 d=64 fp16 causal".
 std::string describe(const FwdParams& p);

@@ -5,9 +5,10 @@
 // (head dim, paged block size, sizes the kernels index with 32 bits, compute capability), so a call that is
 // wrong in several ways reports a wrong argument before something this build does not serve.
 // The tensor checks and the option checks are validate_common.h's, shared with the forward and backward; each
-// step is a function (check_decode_struct, then DecodeCheck's steps in order). fp8 (e4m3) queries or caches are
-// UNSUPPORTED right after the struct (refuse_fp8): an fp8 KV cache is not served yet, so there is no contract to
-// check the other arguments against.
+// step is a function (check_decode_struct, then DecodeCheck's steps in order). fp8 (e4m3) queries, new keys or new
+// values are UNSUPPORTED right after the struct (refuse_fp8). An fp8 KV cache (C ABI 0.13: k_cache and v_cache
+// FA_DTYPE_FLOAT8_E4M3 with fp16/bf16 q) is checked with the other tensors: both caches or neither, k_descale and
+// v_descale with it and only with it (fp32 [heads_kv] or [1]), head dims multiples of 16.
 #include <cmath>
 #include <limits>
 #include <string>
@@ -48,7 +49,8 @@ bool is_power_of_two(int64_t x) {
 
 std::string describe(const DecodeParams& p) {
     std::string out = "decode b=" + s(p.b) + " sq=" + s(p.sq) + " hq=" + s(p.hq) + " hkv=" + s(p.hkv) + " d=" + s(p.d) +
-                      " " + dtype_tag(p.dtype) + " capacity=" + s(p.capacity);
+                      " " + dtype_tag(p.dtype) + (p.cache_dtype != p.dtype ? " e4m3-cache" : "") +
+                      " capacity=" + s(p.capacity);
     out += p.block_table != nullptr ? " paged(block " + s(p.block_size) + ")" : " contiguous";
     if (p.cu_seqlens_q != nullptr) out += " cu_seqlens_q(total " + s(p.total_q) + ")";
     if (p.cu_seqlens_knew != nullptr) {
@@ -105,20 +107,21 @@ void check_decode_struct(const fa_decode_params_t* params, int32_t compute_capab
     }
 }
 
-// fp8 (e4m3) q, caches or new keys/values: UNSUPPORTED naming the first such tensor (an fp8 out is
-// INVALID_ARGUMENT in its own check: no pass writes fp8).
+// fp8 (e4m3) q or new keys/values: UNSUPPORTED naming the first such tensor (an fp8 out is INVALID_ARGUMENT in its
+// own check: no pass writes fp8). The caches may be fp8 (DecodeCheck::cache_dtypes).
 void refuse_fp8(const fa_decode_params_t& P) {
+    if (P.q.dtype == FA_DTYPE_FLOAT8_E4M3) {
+        unsupported(std::string("q.dtype is FA_DTYPE_FLOAT8_E4M3: ") + dtype_refusal(Pass::Decode, DType::Float8E4M3));
+    }
     const bool append = P.k_new.data != nullptr;
     const struct {
         const fa_tensor_t& t;
         const char* name;
-        bool given;
-    } inputs[] = {{P.q, "q", true}, {P.k_cache, "k_cache", true}, {P.v_cache, "v_cache", true},
-                  {P.k_new, "k_new", append}, {P.v_new, "v_new", append}};
-    for (const auto& in : inputs) {
-        if (in.given && in.t.dtype == FA_DTYPE_FLOAT8_E4M3) {
-            unsupported(std::string(in.name) + ".dtype is FA_DTYPE_FLOAT8_E4M3: " +
-                        dtype_refusal(Pass::Decode, DType::Float8E4M3));
+    } news[] = {{P.k_new, "k_new"}, {P.v_new, "v_new"}};
+    for (const auto& in : news) {
+        if (append && in.t.dtype == FA_DTYPE_FLOAT8_E4M3) {
+            unsupported(std::string(in.name) + ".dtype is FA_DTYPE_FLOAT8_E4M3: new keys and values are fp16 or bf16 "
+                        "(q's dtype); an fp8 (e4m3) cache quantizes them as they are appended (k_descale, v_descale)");
         }
     }
 }
@@ -144,6 +147,11 @@ struct DecodeCheck {
     const int32_t* cu_kn_host;
     int32_t max_seqlen_q, reserved2;
     bool varlen_q = false, packed_kn = false;
+    // The 0.13 fp8-cache descales, or their defaults (data NULL) for an older caller's smaller struct; fp8_cache:
+    // k_cache and v_cache are FA_DTYPE_FLOAT8_E4M3 (cache_dtypes), has_descales_fields: the struct reaches them.
+    fa_tensor_t k_descale_t, v_descale_t;
+    bool has_descale_fields = false, fp8_cache = false;
+    Extent kd{0, 0}, vd{0, 0};
     Extent cq{0, 0}, ckn{0, 0};
     int64_t total_q = 0, total_kn = 0;
     Extent rc{0, 0}, rs{0, 0};
@@ -177,6 +185,9 @@ struct DecodeCheck {
           reserved2(FA_FIELD_OR_DEFAULT(params, decode_defaults(), reserved2)),
           varlen_q(cu_q_t.data != nullptr),
           packed_kn(cu_kn_t.data != nullptr),
+          k_descale_t(FA_FIELD_OR_DEFAULT(params, decode_defaults(), k_descale)),
+          v_descale_t(FA_FIELD_OR_DEFAULT(params, decode_defaults(), v_descale)),
+          has_descale_fields(params.struct_size >= offsetof(fa_decode_params_t, v_descale) + sizeof(fa_tensor_t)),
           paged(params.block_table.data != nullptr),
           append(params.k_new.data != nullptr || params.v_new.data != nullptr),
           has_lse(params.lse.data != nullptr),
@@ -186,6 +197,42 @@ struct DecodeCheck {
     // The ALiBi slopes (since 0.8): [heads_q] or [batch, heads_q] fp32, once b and hq are known.
     void alibi_slopes() {
         alibi = check_alibi_slopes(alibi_t, b, varlen_q ? "cu_seqlens_q.shape[0] - 1 (batch)" : "q.shape[0] (batch)", hq);
+    }
+
+    // The fp8 cache's descales (0.13): required with an fp8 cache, absent (data NULL) without one; fp32 device tensors
+    // of rank 1, [heads_kv] or [1], positive stride. Read by the kernels only.
+    void descales() {
+        const struct {
+            const fa_tensor_t& t;
+            const char* name;
+            Extent* e;
+        } tables[] = {{k_descale_t, "k_descale", &kd}, {v_descale_t, "v_descale", &vd}};
+        if (fp8_cache && !has_descale_fields) {
+            invalid("k_cache and v_cache are FA_DTYPE_FLOAT8_E4M3, but params->struct_size (" + s(P.struct_size) +
+                    ") ends before k_descale and v_descale (C ABI 0.13), which an fp8 cache needs: fill params with "
+                    "fa_decode_params_init of this version and set them");
+        }
+        for (const auto& t : tables) {
+            if (!fp8_cache) {
+                if (t.t.data != nullptr) {
+                    invalid(std::string(t.name) + ".data is set but k_cache and v_cache are " + dtype_name(P.k_cache.dtype) +
+                            "; descales go with an fp8 (FA_DTYPE_FLOAT8_E4M3) cache only (data NULL otherwise)");
+                }
+                continue;
+            }
+            if (t.t.data == nullptr) {
+                invalid(std::string("k_cache and v_cache are FA_DTYPE_FLOAT8_E4M3 but ") + t.name +
+                        ".data is NULL; an fp8 cache needs k_descale and v_descale: fp32 device tensors of [heads_kv] or "
+                        "[1], the factors that scale the cached values back");
+            }
+            *t.e = check_tensor({t.t, t.name, {"heads_kv", "", "", ""}, 1,
+                                 "; descales of an fp8 cache are [heads_kv] (one per KV head) or [1] (one for the cache)"},
+                                TensorKind::Float32);
+            if (t.t.shape[0] != hkv && t.t.shape[0] != 1) {
+                invalid(std::string(t.name) + ".shape[0] is " + s(t.t.shape[0]) + " but must be heads_kv (k_cache.shape[2] = " +
+                        s(hkv) + ") or 1 (one factor for the whole cache)");
+            }
+        }
     }
 
     // The per-sequence counts (0.12): the arrays go with what they describe, max_seqlen_q with cu_seqlens_q.
@@ -242,8 +289,11 @@ struct DecodeCheck {
         const char* cache_dims_contiguous[4] = {"batch", "capacity", "heads_kv", "head_dim"};
         const char* cache_dims_paged[4] = {"num_blocks", "block_size", "heads_kv", "head_dim"};
         const char* const* cd = paged ? cache_dims_paged : cache_dims_contiguous;
-        kc = check_tensor({P.k_cache, "k_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, ""}, TensorKind::Attention);
-        vc = check_tensor({P.v_cache, "v_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, ""}, TensorKind::Attention);
+        cache_dtypes();
+        // An fp8 cache: 16-byte rows of e4m3 bytes (strides multiples of 16 elements), as the forward's fp8 inputs.
+        const TensorKind cache_kind = fp8_cache ? TensorKind::AttentionInput : TensorKind::Attention;
+        kc = check_tensor({P.k_cache, "k_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, ""}, cache_kind);
+        vc = check_tensor({P.v_cache, "v_cache", {cd[0], cd[1], cd[2], cd[3]}, 4, ""}, cache_kind);
         o = varlen_q ? check_tensor({P.out, "out", {"total_q", "heads_q", "head_dim", ""}, 3, ""}, TensorKind::Attention)
                      : check_tensor({P.out, "out", {"batch", "seqlen_new", "heads_q", "head_dim"}, 4, ""}, TensorKind::Attention);
         sl = check_tensor({P.cache_seqlens, "cache_seqlens", {"batch", "", "", ""}, 1, ""}, TensorKind::Int32);
@@ -284,18 +334,43 @@ struct DecodeCheck {
         }
     }
 
-    // Tensors against each other: one dtype, shapes that agree, GQA, room for the new tokens.
+    // The caches' dtypes (before their tensor checks): q's (fp16/bf16), or both FA_DTYPE_FLOAT8_E4M3 (C ABI 0.13).
+    void cache_dtypes() {
+        const struct {
+            const fa_tensor_t& t;
+            const char* name;
+        } caches[] = {{P.k_cache, "k_cache"}, {P.v_cache, "v_cache"}};
+        for (const auto& c : caches) {
+            const int32_t dt = c.t.dtype;
+            if (dt != FA_DTYPE_FLOAT16 && dt != FA_DTYPE_BFLOAT16 && dt != FA_DTYPE_FLOAT8_E4M3) {
+                invalid(std::string(c.name) + ".dtype is " + s(dt) + " (" + dtype_name(dt) + "); " + c.name +
+                        " must be q's dtype (FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16) or FA_DTYPE_FLOAT8_E4M3 (an fp8 "
+                        "cache, with k_descale and v_descale)");
+            }
+        }
+        const bool k8 = P.k_cache.dtype == FA_DTYPE_FLOAT8_E4M3, v8 = P.v_cache.dtype == FA_DTYPE_FLOAT8_E4M3;
+        if (k8 != v8) {
+            invalid(std::string("k_cache.dtype is ") + dtype_name(P.k_cache.dtype) + " but v_cache.dtype is " +
+                    dtype_name(P.v_cache.dtype) + "; the key and value caches are both FA_DTYPE_FLOAT8_E4M3 (an fp8 "
+                    "cache) or both q's dtype");
+        }
+        fp8_cache = k8;
+    }
+
+    // Tensors against each other: one dtype (the caches: q's or fp8), shapes that agree, GQA, room for the new tokens.
     void tensors_agree() {
         const struct {
             const fa_tensor_t& t;
             const char* name;
             bool given;
-        } same_dtype[] = {{P.k_cache, "k_cache", true}, {P.v_cache, "v_cache", true}, {P.out, "out", true},
+        } same_dtype[] = {{P.k_cache, "k_cache", !fp8_cache}, {P.v_cache, "v_cache", !fp8_cache}, {P.out, "out", true},
                           {P.k_new, "k_new", append}, {P.v_new, "v_new", append}};
         for (const auto& other : same_dtype) {
             if (other.given && other.t.dtype != P.q.dtype) {
                 invalid(std::string(other.name) + ".dtype is " + dtype_name(other.t.dtype) + " but q.dtype is " +
-                        dtype_name(P.q.dtype) + "; q, the caches, the new keys/values and out must share one dtype");
+                        dtype_name(P.q.dtype) +
+                        (fp8_cache ? "; q, the new keys/values and out must share one dtype (the caches are fp8)"
+                                   : "; q, the caches, the new keys/values and out must share one dtype"));
             }
         }
         const int32_t qr = P.q.rank;  // 4, or 3 with cu_seqlens_q
@@ -355,6 +430,10 @@ struct DecodeCheck {
             }
         }
         check_gqa(hq, hkv, "k_cache");
+        if (fp8_cache && d % kFp8HeadDimMultiple != 0) {
+            invalid("k_cache.shape[3] (head_dim) is " + s(d) + "; the head dims of an fp8 (e4m3) cache must be multiples "
+                    "of " + s(kFp8HeadDimMultiple) + " (whole 16-byte rows of its elements, as FlashAttention-3's fp8)");
+        }
         if (has_lse && varlen_q) {
             if (P.lse.shape[0] != hq || P.lse.shape[1] != total_q) {
                 invalid("lse.shape is " + shape_string(P.lse) + " but must be [heads_q, total_q] = [" + s(hq) + ", " +
@@ -596,7 +675,8 @@ struct DecodeCheck {
                     {bt, "block_table", paged}, {bi, "cache_batch_idx", has_batch_idx},
                     {lp, "cache_leftpad", has_leftpad}, {alibi.extent, "alibi_slopes", alibi.on},
                     {rc, "rotary_cos", has_rotary}, {rs, "rotary_sin", has_rotary},
-                    {cq, "cu_seqlens_q", varlen_q}, {ckn, "cu_seqlens_k_new", packed_kn}};
+                    {cq, "cu_seqlens_q", varlen_q}, {ckn, "cu_seqlens_k_new", packed_kn},
+                    {kd, "k_descale", fp8_cache}, {vd, "v_descale", fp8_cache}};
         for (const auto& r : read) {
             if (!r.given) continue;
             check_no_overlap(o, "out", r.e, r.name);
@@ -772,6 +852,14 @@ struct DecodeCheck {
         const int32_t right = P.window_right >= sq ? -1 : P.window_right;
         p.window_right = P.causal == 1 ? 0 : right;
         p.dtype = kernel_dtype(P.q.dtype);
+        p.cache_dtype = fp8_cache ? DType::Float8E4M3 : p.dtype;
+        if (fp8_cache) {
+            // A [1] table: one factor for every KV head (stride 0).
+            p.k_descale = static_cast<const float*>(k_descale_t.data);
+            p.v_descale = static_cast<const float*>(v_descale_t.data);
+            p.k_descale_stride = k_descale_t.shape[0] == 1 ? 0 : k_descale_t.strides[0];
+            p.v_descale_stride = v_descale_t.shape[0] == 1 ? 0 : v_descale_t.strides[0];
+        }
         if (alibi.on) {
             p.alibi_slopes = static_cast<const float*>(alibi_t.data);
             p.alibi_batch_stride = alibi.batch_stride;
@@ -797,6 +885,7 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
     c.each_tensor();
     c.tensors_agree();
     c.alibi_slopes();
+    c.descales();
     c.scalars();
     c.host_counts();
     c.rotary();
@@ -821,6 +910,10 @@ DecodeParams validate_decode(const fa_decode_params_t* params, int32_t compute_c
         if (c.varlen_q) memory->add("cu_seqlens_q.data", "cu_seqlens_q's shape and strides", c.cq);
         if (c.packed_kn) memory->add("cu_seqlens_k_new.data", "cu_seqlens_k_new's shape and strides", c.ckn);
         if (c.alibi.on) memory->add("alibi_slopes.data", "alibi_slopes' shape and strides", c.alibi.extent);
+        if (c.fp8_cache) {
+            memory->add("k_descale.data", "k_descale's shape and strides", c.kd);
+            memory->add("v_descale.data", "v_descale's shape and strides", c.vd);
+        }
         if (c.has_rotary) {
             memory->add("rotary_cos", "rotary_seqlen x rotary_dim / 2 elements", c.rc);
             memory->add("rotary_sin", "rotary_seqlen x rotary_dim / 2 elements", c.rs);

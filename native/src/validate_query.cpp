@@ -46,6 +46,13 @@ int32_t query_paged_kv(const fa_support_query_t& query) {
     return query.struct_size >= offsetof(fa_support_query_t, paged_kv) + sizeof(query.paged_kv) ? query.paged_kv : 0;
 }
 
+// The kv_cache_dtype of a query (0.13), 0 (the same as dtype) for an older caller's smaller one.
+int32_t query_kv_cache_dtype(const fa_support_query_t& query) {
+    return query.struct_size >= offsetof(fa_support_query_t, kv_cache_dtype) + sizeof(query.kv_cache_dtype)
+               ? query.kv_cache_dtype
+               : 0;
+}
+
 // The alibi flag of a query (0.8), 0 for an older caller's smaller one.
 int32_t query_alibi(const fa_support_query_t& query) {
     return query.struct_size >= offsetof(fa_support_query_t, alibi) + sizeof(query.alibi) ? query.alibi : 0;
@@ -84,6 +91,10 @@ void check_query_fields(const fa_support_query_t& query) {
         invalid("query->paged_kv is 1 with query->varlen 0 for FA_PASS_FORWARD; the forward's block_table goes with a "
                 "variable-length batch (set query->varlen to 1)");
     }
+    const int32_t kv = query_kv_cache_dtype(query);
+    if (kv != 0 && dtype_size(kv) == 0) {
+        invalid("query->kv_cache_dtype is " + s(kv) + "; it must be 0 (the same as dtype) or an fa_dtype_t value");
+    }
     if (query_head_dim_v(query) < 0) {
         invalid("query->head_dim_v is " + s(query_head_dim_v(query)) + "; it must be 0 (the same as head_dim) or a head dim");
     }
@@ -91,11 +102,15 @@ void check_query_fields(const fa_support_query_t& query) {
 
 }  // namespace
 
-void check_block_smem(Pass pass, int32_t kernel_path, int32_t head_dim, int32_t cc) {
-    const int32_t need = smem_need(pass, kernel_path, kernel_head_dim(head_dim), cc);
+void check_block_smem(Pass pass, int32_t kernel_path, int32_t head_dim, int32_t cc, DType cache_dtype) {
+    const int32_t need = smem_need(pass, kernel_path, kernel_head_dim(head_dim), cc, cache_dtype);
     const int32_t allow = smem_optin_for(cc);
     if (allow > 0 && need > allow) {
-        unsupported(std::string("the ") + (pass == Pass::Backward ? "backward" : "decode") + " kernel for head dim " +
+        unsupported(std::string("the ") +
+                    (pass == Pass::Backward ? "backward"
+                     : cache_dtype == DType::Float8E4M3 ? "decode (fp8 cache)"
+                                                        : "decode") +
+                    " kernel for head dim " +
                     s(head_dim) + " needs " + s(need) + " bytes of shared memory per block, but compute capability " +
                     s(cc / 10) + "." + s(cc % 10) + " allows " + s(allow));
     }
@@ -116,6 +131,23 @@ void check_support_query(const fa_support_query_t& query) {
                       : query.pass == FA_PASS_BACKWARD ? Pass::Backward
                                                        : Pass::Decode;
     const bool fp8 = query.dtype == FA_DTYPE_FLOAT8_E4M3;
+    // kv_cache_dtype (0.13): decode's cache dtype when it differs from q's. 0 or dtype: a 16-bit cache, as before;
+    // FA_DTYPE_FLOAT8_E4M3 with fp16/bf16 queries: an fp8 cache, served by every decode kernel (head dims multiples of
+    // 16); anything else, and any value for the other passes, is not served.
+    const int32_t kv = query_kv_cache_dtype(query);
+    const bool kv_other = kv != 0 && kv != query.dtype;
+    if (kv != 0 && pass != Pass::Decode) {
+        unsupported(std::string("query->kv_cache_dtype is ") + dtype_name(kv) + " with " +
+                    (pass == Pass::Forward ? "FA_PASS_FORWARD" : "FA_PASS_BACKWARD") +
+                    "; only FA_PASS_DECODE has a KV cache dtype of its own (0 for the other passes)");
+    }
+    const bool fp8_cache = pass == Pass::Decode && kv_other && kv == FA_DTYPE_FLOAT8_E4M3 &&
+                           (query.dtype == FA_DTYPE_FLOAT16 || query.dtype == FA_DTYPE_BFLOAT16);
+    if (pass == Pass::Decode && kv_other && !fp8_cache) {
+        unsupported(std::string("query->kv_cache_dtype is ") + dtype_name(kv) + " with query->dtype " +
+                    dtype_name(query.dtype) + "; fa_decode's cache is q's dtype, or FA_DTYPE_FLOAT8_E4M3 (an fp8 cache) "
+                    "with FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16 queries");
+    }
     if (query_paged_kv(query) == 1 && pass == Pass::Backward) {
         unsupported("query->paged_kv is 1 with FA_PASS_BACKWARD; the backward has no paged K/V (fa_backward_params_t "
                     "has no block_table, as FlashAttention-2's varlen backward): gather the keys and values first");
@@ -146,6 +178,10 @@ void check_support_query(const fa_support_query_t& query) {
         unsupported("query->head_dim is " + s(query.head_dim) + "; fp8 (e4m3) head dims must be multiples of " +
                     s(kFp8HeadDimMultiple) + " (as in FlashAttention-3)");
     }
+    if (fp8_cache && query.head_dim % kFp8HeadDimMultiple != 0) {
+        unsupported("query->head_dim is " + s(query.head_dim) + "; the head dims of an fp8 (e4m3) KV cache must be "
+                    "multiples of " + s(kFp8HeadDimMultiple) + " (whole 16-byte rows of its elements, as FlashAttention-3)");
+    }
     check_compute_capability_served(query.compute_capability, "query->compute_capability");
     // FA_PATH_SM90 where it does not serve, fp8 anywhere but on the sm90 forward: UNSUPPORTED, saying why
     // (dispatch.cpp chooses the path).
@@ -156,7 +192,8 @@ void check_support_query(const fa_support_query_t& query) {
     if (query.pass != FA_PASS_FORWARD && query.compute_capability != 0) {
         // The backward and decode kernels take more shared memory than some GPUs allow a block (fa_backward
         // and fa_decode report the same from the device's own limit). AUTO runs the sm90 backward where it serves.
-        check_block_smem(pass, query.kernel_path, query.head_dim, query.compute_capability);
+        check_block_smem(pass, query.kernel_path, query.head_dim, query.compute_capability,
+                         fp8_cache ? DType::Float8E4M3 : DType::Float16);
     }
     // Causal masks, sliding windows, softcap, variable-length batches and learnable sinks (forward, fp8 included,
     // and backward) are served by every kernel of this build (sm80 path, any compute capability >= 8.0; sm90 where
@@ -164,6 +201,8 @@ void check_support_query(const fa_support_query_t& query) {
     // kernel family shares. ALiBi slopes are served by every pass, path and dtype too: the masked ("local") variant
     // of every forward and backward kernel adds the bias (common/alibi.cuh), and the decode kernel a runtime branch.
     // Paged K/V (fp16, bf16; checked above) is served by every forward kernel (common/paged_kv.cuh) and by decode.
+    // An fp8 KV cache (decode, fp16/bf16 queries) is served with every decode option: its kernels are the 16-bit
+    // ones' fp8 variant (sm80/decode_kernel.cuh).
 }
 
 }  // namespace fa

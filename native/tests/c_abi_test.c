@@ -1831,7 +1831,7 @@ static void test_query_fp8(void) {
     q.pass = FA_PASS_DECODE;
     q.compute_capability = 0;
     expect("query fp8 decode", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
-           "query->dtype is FA_DTYPE_FLOAT8_E4M3 with query->pass FA_PASS_DECODE: an fp8 KV cache is not served yet");
+           "query->dtype is FA_DTYPE_FLOAT8_E4M3 with query->pass FA_PASS_DECODE: decode takes fp16 or bf16 queries");
     if (head_dim_served(40)) {
         q = forward_query(FA_DTYPE_FLOAT8_E4M3, 40);
         q.compute_capability = 90;
@@ -2167,6 +2167,97 @@ static void test_v_head_dim_validation(void) {
     expect("k of another head dim", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "q and k must have the same head_dim");
 }
 
+/* A valid decode call over an fp8 (e4m3) cache (C ABI 0.13) of head dim d on placeholder addresses: bf16 q, a paged
+   cache of 16-row blocks, an append, descales [heads_kv] (fa_decode_check never dereferences device pointers). */
+static fa_decode_params_t fp8_decode_params(int64_t d) {
+    enum { B = 2, SQ = 1, HQ = 4, HKV = 2, BLOCK = 16, PAGES = 4, NBLOCKS = 8 };
+    fa_decode_params_t p;
+    const int64_t q_shape[4] = {B, SQ, HQ, d}, cache_shape[4] = {NBLOCKS, BLOCK, HKV, d}, new_shape[4] = {B, SQ, HKV, d};
+    const int64_t lens[1] = {B}, table[2] = {B, PAGES}, desc[1] = {HKV};
+    fa_decode_params_init(&p, sizeof p);
+    set_dense(&p.q, (void*)(uintptr_t)0xB00000000ull, FA_DTYPE_BFLOAT16, 4, q_shape);
+    set_dense(&p.out, (void*)(uintptr_t)0xB10000000ull, FA_DTYPE_BFLOAT16, 4, q_shape);
+    set_dense(&p.k_cache, (void*)(uintptr_t)0xB20000000ull, FA_DTYPE_FLOAT8_E4M3, 4, cache_shape);
+    set_dense(&p.v_cache, (void*)(uintptr_t)0xB30000000ull, FA_DTYPE_FLOAT8_E4M3, 4, cache_shape);
+    set_dense(&p.k_new, (void*)(uintptr_t)0xB40000000ull, FA_DTYPE_BFLOAT16, 4, new_shape);
+    set_dense(&p.v_new, (void*)(uintptr_t)0xB50000000ull, FA_DTYPE_BFLOAT16, 4, new_shape);
+    set_dense(&p.cache_seqlens, (void*)(uintptr_t)0xB60000000ull, FA_DTYPE_INT32, 1, lens);
+    set_dense(&p.block_table, (void*)(uintptr_t)0xB70000000ull, FA_DTYPE_INT32, 2, table);
+    set_dense(&p.k_descale, (void*)(uintptr_t)0xB80000000ull, FA_DTYPE_FLOAT32, 1, desc);
+    set_dense(&p.v_descale, (void*)(uintptr_t)0xB90000000ull, FA_DTYPE_FLOAT32, 1, desc);
+    return p;
+}
+
+/* fa_query_support's kv_cache_dtype (0.13) and fa_decode_check agree on every head dim of an fp8 cache (the query
+   says served exactly where a valid call is accepted); the fp8-cache decode kernels are listed for every compiled
+   decode head dim, fp16 and bf16 queries, contiguous and paged, with their append kernels. */
+static void test_fp8_cache_decode(void) {
+    fa_support_query_t q;
+    int32_t count = 0, i;
+    int d, disagreements = 0, missing = 0, dt, paged;
+    char want[96];
+    for (d = 1; d <= 264; ++d) {
+        fa_decode_params_t p = fp8_decode_params(d);
+        int by_query;
+        memset(&q, 0, sizeof q);
+        q.struct_size = sizeof q;
+        q.pass = FA_PASS_DECODE;
+        q.dtype = FA_DTYPE_BFLOAT16;
+        q.head_dim = d;
+        q.paged_kv = 1;
+        q.kv_cache_dtype = FA_DTYPE_FLOAT8_E4M3;
+        by_query = fa_query_support(&q) == FA_STATUS_SUCCESS;
+        if (by_query != (fa_decode_check(&p, 0) == FA_STATUS_SUCCESS)) {
+            ++disagreements;
+            printf("  fp8 cache, head dim %d: fa_query_support says %d, fa_decode_check %s\n", d, by_query,
+                   fa_status_string(fa_decode_check(&p, 0)));
+        }
+    }
+    CHECK(disagreements == 0, "fa_query_support (kv_cache_dtype fp8) and fa_decode_check disagree on %d head dims",
+          disagreements);
+    if (fa_kernel_count(&count) != FA_STATUS_SUCCESS) count = 0;
+    for (d = 32; d <= 256; d += 32) {
+        int compiled = 0; /* the 16-bit cache's decode kernel of head dim d is listed (FA_HEAD_DIMS has d) */
+        if (d == 160 || d == 224) continue; /* no kernel of their own */
+        sprintf(want, "sm80_decode_fp16_hdim%d_", d);
+        for (i = 0; i < count; ++i) {
+            const char* name = NULL;
+            compiled |= fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, want, strlen(want)) == 0;
+        }
+        if (!compiled) continue;
+        for (dt = 0; dt < 2; ++dt) {
+            for (paged = 0; paged <= 1; ++paged) {
+                int found = 0;
+                sprintf(want, "sm80_decode_%s_hdim%d_e4m3kv_%s", dt ? "bf16" : "fp16", d, paged ? "paged_" : "");
+                for (i = 0; i < count; ++i) {
+                    const char* name = NULL;
+                    if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, want, strlen(want)) == 0 &&
+                        (paged || strstr(name, "_paged") == NULL)) {
+                        ++found;
+                    }
+                }
+                if (found != 1) {
+                    ++missing;
+                    printf("  %d kernels named %s...\n", found, want);
+                }
+            }
+        }
+    }
+    for (dt = 0; dt < 2; ++dt) {
+        int found = 0;
+        sprintf(want, "sm80_decode_append_%s_e4m3kv", dt ? "bf16" : "fp16");
+        for (i = 0; i < count; ++i) {
+            const char* name = NULL;
+            found += fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strcmp(name, want) == 0;
+        }
+        if (found != 1) {
+            ++missing;
+            printf("  %d kernels named %s\n", found, want);
+        }
+    }
+    CHECK(missing == 0, "%d fp8-cache decode kernels are not listed once each", missing);
+}
+
 static void test_kernel_names(void) {
     int32_t count = -1, i, j;
     const char* name = (const char*)(uintptr_t)1;
@@ -2359,6 +2450,17 @@ typedef struct fwd_case {
     int window_left, window_right;
 } fwd_case;
 
+/* ALiBi slopes (0.8) of a case: form 0 none, 1 [hq], 2 [b, hq]; slope the largest (alibi_slope_of). */
+typedef struct alibi_spec {
+    int form;
+    float slope;
+} alibi_spec;
+
+typedef struct alibi_case {
+    fwd_case c;
+    alibi_spec alibi;
+} alibi_case;
+
 static double to_double(int dtype, uint16_t x) {
     return dtype == FA_DTYPE_BFLOAT16 ? bf16_to_double(x) : half_to_double(x);
 }
@@ -2371,6 +2473,9 @@ typedef struct ref_problem {
     int window_left, window_right; /* -1: unbounded on that side */
     double scale;                  /* the softmax scale (0 already replaced by 1/sqrt(d)) */
     double softcap;                /* 0: off */
+    int alibi;                     /* 1: FlashAttention-2's ALiBi bias with alibi_slope (the row's, set per head) */
+    int alibi_column;              /* its causal form +slope * j, else -slope * |i + off - j| (alibi_column_form) */
+    double alibi_slope;
 } ref_problem;
 
 /* One query row i (head h) of a sequence with sq queries and sk keys, in double:
@@ -2378,7 +2483,8 @@ typedef struct ref_problem {
    softcap * tanh(scale * q.k_j / softcap); key j is visible iff 0 <= j < sk and
    i + off - window_left <= j <= i + off + right, off = sk - sq (bottom-right) or 0 (top-left),
    right = window_right, capped at 0 when causal (0 when causal without a right window); a -1 side is
-   unbounded. Returns the log-sum-exp, +infinity (and out = 0) when no key is visible.
+   unbounded; with ALiBi (FEATURES.md section 2) s_j gains, after softcap, +slope * j (the causal form) or
+   -slope * |i + off - j|. Returns the log-sum-exp, +infinity (and out = 0) when no key is visible.
    k_row / v_row point at key 0 of the sequence for this head; rows are k_stride / v_stride apart. */
 static double reference_row(const ref_problem* r, int i, int sq, int sk, const uint16_t* q_row, const uint16_t* k_row,
                             int64_t k_stride, const uint16_t* v_row, int64_t v_stride, double* out, double* scores) {
@@ -2411,6 +2517,9 @@ static double reference_row(const ref_problem* r, int i, int sq, int sk, const u
         s = r->scale * dot;
         if (r->softcap > 0.0) {
             s = r->softcap * tanh(s / r->softcap);
+        }
+        if (r->alibi) {
+            s += r->alibi_column ? r->alibi_slope * (double)j : -r->alibi_slope * fabs((double)(i + off - j));
         }
         scores[j] = s;
         if (s > m) {
@@ -2446,7 +2555,27 @@ static ref_problem make_problem(int dtype, int d, int hq, int hkv, int causal, i
     r.window_right = window ? window_right : -1;
     r.scale = scale > 0.0f ? (double)scale : 1.0 / sqrt((double)d);
     r.softcap = (double)softcap;
+    r.alibi = 0;
+    r.alibi_column = 0;
+    r.alibi_slope = 0.0;
     return r;
+}
+
+/* The host's choice of ALiBi form (validate_attention.cpp): FlashAttention-2's causal form +slope * j for a causal
+   call (window right 0) without a left window, or with one of at least sk; a window side of max(sq, sk) or more is
+   none. */
+static int alibi_column_form(const fwd_case* c) {
+    const int no_op = c->sq > c->sk ? c->sq : c->sk;
+    const int left = c->window ? c->window_left : -1, right_in = c->window ? c->window_right : -1;
+    const int right = c->causal ? 0 : right_in >= no_op ? -1 : right_in;
+    return right == 0 && (left < 0 || left >= c->sk);
+}
+
+/* Slope x of a case's alibi_slopes (x = h for [hq], b * hq + h for [b, hq]): distinct per head and batch, so that a
+   slope read for the wrong one shows; the largest is a->slope. */
+static float alibi_slope_of(const fwd_case* c, const alibi_spec* a, int x) {
+    const int n = a->form == 2 ? c->b * c->hq : c->hq;
+    return a->slope * (float)(x + 1) / (float)n;
 }
 
 /* v's and out's head dim of a case: d, or dv where a V head dim pair gives one (dv 0: d). */
@@ -2461,11 +2590,11 @@ static ref_problem problem_of(const fwd_case* c, int dv) {
     return r;
 }
 
-/* out[b, i, h, :] (v_dim(d, dv) values) and lse[b, h, i] of a fixed-length call, in double. */
-static void reference_forward(const fwd_case* c, int dv, const uint16_t* q, const uint16_t* k, const uint16_t* v,
-                              const fa_tensor_t* tq, const fa_tensor_t* tk, const fa_tensor_t* tv, double* out,
-                              double* lse) {
-    const ref_problem r = problem_of(c, dv);
+/* out[b, i, h, :] (v_dim(d, dv) values) and lse[b, h, i] of a fixed-length call, in double; alibi NULL: none. */
+static void reference_forward(const fwd_case* c, const alibi_spec* alibi, int dv, const uint16_t* q, const uint16_t* k,
+                              const uint16_t* v, const fa_tensor_t* tq, const fa_tensor_t* tk, const fa_tensor_t* tv,
+                              double* out, double* lse) {
+    ref_problem r = problem_of(c, dv);
     const int group = c->hq / c->hkv;
     double* scores = (double*)malloc(sizeof(double) * (size_t)(c->sk > 0 ? c->sk : 1));
     int b, h, i;
@@ -2473,9 +2602,14 @@ static void reference_forward(const fwd_case* c, int dv, const uint16_t* q, cons
         CHECK(0, "reference: host allocation failed");
         return;
     }
+    r.alibi = alibi != NULL && alibi->form != 0;
+    r.alibi_column = alibi_column_form(c);
     for (b = 0; b < c->b; ++b) {
         for (h = 0; h < c->hq; ++h) {
             const int kh = h / group;
+            if (r.alibi) {
+                r.alibi_slope = (double)alibi_slope_of(c, alibi, alibi->form == 2 ? b * c->hq + h : h);
+            }
             for (i = 0; i < c->sq; ++i) {
                 const uint16_t* qi = q + b * tq->strides[0] + i * tq->strides[1] + h * tq->strides[2];
                 lse[((size_t)b * c->hq + h) * c->sq + i] = reference_row(
@@ -2723,9 +2857,10 @@ static int forward_or_refusal(const char* label, fa_context_t context, void* str
     return expect(label, fa_forward(context, p, stream), FA_STATUS_SUCCESS, NULL);
 }
 
-/* dv: v's and out's head dim where a V head dim pair (C ABI 0.10) gives one, else 0. */
-static int run_forward_case_v(fa_context_t context, void* stream, const fwd_case* c, int dv_pair, int path,
-                              log_record* log) {
+/* dv: v's and out's head dim where a V head dim pair (C ABI 0.10) gives one, else 0; alibi: the case's slopes (NULL:
+   none). */
+static int run_forward_case_a(fa_context_t context, void* stream, const fwd_case* c, const alibi_spec* alibi,
+                              int dv_pair, int path, log_record* log) {
     const int dv = v_dim(c->d, dv_pair);
     fa_forward_params_t p;
     fa_tensor_t tq, tk, tv, to;
@@ -2733,8 +2868,11 @@ static int run_forward_case_v(fa_context_t context, void* stream, const fwd_case
     uint16_t *hq = NULL, *hk = NULL, *hv = NULL, *ho = NULL;
     float* hl = NULL;
     double *ref = NULL, *ref_lse = NULL;
+    float* h_slopes = NULL;
+    void* d_slopes = NULL;
+    const int n_slopes = alibi == NULL ? 0 : alibi->form == 2 ? c->b * c->hq : alibi->form == 1 ? c->hq : 0;
     device_io io;
-    char label[224];
+    char label[256];
     int failures_before = g_failed;
     int b, i, h, e, nan_count = 0, poison_overwritten = 0, lse_bad = 0;
     double err2 = 0.0, ref2 = 0.0, rel;
@@ -2745,6 +2883,9 @@ static int run_forward_case_v(fa_context_t context, void* stream, const fwd_case
             c->dtype == FA_DTYPE_BFLOAT16 ? "bf16" : "fp16", c->b, c->sq, c->sk, c->hq, c->hkv, c->d, c->causal,
             c->alignment == FA_CAUSAL_TOP_LEFT ? "(top-left)" : "", c->row_pad);
     append_features(label, c->window, c->window_left, c->window_right, c->softcap);
+    if (n_slopes > 0) {
+        sprintf(label + strlen(label), " alibi%s<=%g", alibi->form == 2 ? "[b,hq]" : "[hq]", (double)alibi->slope);
+    }
     if (dv_pair > 0) {
         sprintf(label + strlen(label), " dv=%d", dv);
     }
@@ -2768,7 +2909,8 @@ static int run_forward_case_v(fa_context_t context, void* stream, const fwd_case
     hl = (float*)malloc((size_t)nl * sizeof(float));
     ref = (double*)malloc(sizeof(double) * (size_t)c->b * c->sq * c->hq * dv);
     ref_lse = (double*)malloc(sizeof(double) * (size_t)nl);
-    if (!hq || !hk || !hv || !ho || !hl || !ref || !ref_lse) {
+    h_slopes = (float*)malloc(sizeof(float) * (size_t)(n_slopes > 0 ? n_slopes : 1));
+    if (!hq || !hk || !hv || !ho || !hl || !ref || !ref_lse || !h_slopes) {
         CHECK(0, "%s: host allocation failed", label);
         goto done;
     }
@@ -2797,6 +2939,23 @@ static int run_forward_case_v(fa_context_t context, void* stream, const fwd_case
     p.softmax_scale = c->scale;
     p.kernel_path = path;
     set_features(&p, c->causal, c->alignment, c->window, c->window_left, c->window_right, c->softcap);
+    if (n_slopes > 0) {
+        for (x = 0; x < n_slopes; ++x) {
+            h_slopes[x] = alibi_slope_of(c, alibi, (int)x);
+        }
+        if (!expect("alloc alibi slopes", fa_memory_alloc(0, sizeof(float) * (size_t)n_slopes, &d_slopes),
+                    FA_STATUS_SUCCESS, NULL) ||
+            !expect("copy alibi slopes", fa_memcpy(d_slopes, h_slopes, sizeof(float) * (size_t)n_slopes),
+                    FA_STATUS_SUCCESS, NULL)) {
+            goto done;
+        }
+        expect("device synchronize", fa_device_synchronize(0), FA_STATUS_SUCCESS, NULL);
+        if (alibi->form == 2) {
+            set_tensor2_f32(&p.alibi_slopes, d_slopes, c->b, c->hq);
+        } else {
+            set_tensor1_f32(&p.alibi_slopes, d_slopes, c->hq, 1);
+        }
+    }
     log->debug_calls = 0;
     if (!forward_or_refusal(label, context, stream, &p, path, &io, ho, hl, log)) {
         goto done;
@@ -2809,7 +2968,7 @@ static int run_forward_case_v(fa_context_t context, void* stream, const fwd_case
     expect("stream synchronize", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
     download_outputs("", &io, ho, hl);
 
-    reference_forward(c, dv_pair, hq, hk, hv, &tq, &tk, &tv, ref, ref_lse);
+    reference_forward(c, alibi, dv_pair, hq, hk, hv, &tq, &tk, &tv, ref, ref_lse);
     for (b = 0; b < c->b; ++b) {
         for (i = 0; i < c->sq; ++i) {
             for (h = 0; h < c->hq; ++h) {
@@ -2852,6 +3011,7 @@ static int run_forward_case_v(fa_context_t context, void* stream, const fwd_case
 
 done:
     free_io(&io);
+    fa_memory_free(0, d_slopes);
     free(hq);
     free(hk);
     free(hv);
@@ -2859,7 +3019,13 @@ done:
     free(hl);
     free(ref);
     free(ref_lse);
+    free(h_slopes);
     return g_failed == failures_before;
+}
+
+static int run_forward_case_v(fa_context_t context, void* stream, const fwd_case* c, int dv_pair, int path,
+                              log_record* log) {
+    return run_forward_case_a(context, stream, c, NULL, dv_pair, path, log);
 }
 
 static int run_forward_case(fa_context_t context, void* stream, const fwd_case* c, int path, log_record* log) {
@@ -3473,7 +3639,7 @@ static void run_graph_case(fa_context_t context, void* stream, int path, log_rec
         download_outputs("graph: ", &io, ho, hl);
         /* reference_forward writes out as [b, i, h, :] and lse as [b, h, i]; compare_outputs wants the
            lse of row (b, i, h) at index (b * sq + i) * hq + h, so reorder it. */
-        reference_forward(&c, 0, hq, hk, hv, &tq, &tk, &tv, ref, ref_lse);
+        reference_forward(&c, NULL, 0, hq, hk, hv, &tq, &tk, &tv, ref, ref_lse);
         lse_by_row = (double*)malloc(sizeof(double) * (size_t)nl);
         if (lse_by_row == NULL) {
             CHECK(0, "graph: host allocation failed");
@@ -3843,8 +4009,8 @@ done:
    output columns per row block, chunk 0 writing the lse) on compute capability 9.0 in a build with sm_90a code, and is
    refused elsewhere; AUTO takes sm90 where it serves. Against the float64 reference over dv columns: both causal
    alignments with Sq < Sk and Sq > Sk (rows that see no key: zeros, lse +inf), windows (one that slides off the keys),
-   softcap, a custom scale, GQA and MQA, Sq = 1, rows padded, no lse; partial row and key tiles throughout; and, on the
-   named paths (AUTO runs one of theirs), varlen with empty sequences and paged K/V (block sizes 128 and 256, a
+   softcap, a custom scale, GQA and MQA, Sq = 1, rows padded, no lse, ALiBi (the causal form; the distance form with
+   a window); partial row and key tiles throughout; and, on the named paths (AUTO runs one of theirs), varlen with empty sequences and paged K/V (block sizes 128 and 256, a
    sequence's last block partly past its end). A pair whose head dim the build lacks is skipped. */
 static void test_v_pair_gpu(fa_context_t context, void* stream, log_record* log) {
     static const int pairs[2][2] = {{192, 128}, {64, 512}};
@@ -3864,6 +4030,10 @@ static void test_v_pair_gpu(fa_context_t context, void* stream, log_record* log)
             {1, 300, 77, 8, 2, d, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 1, 3, 3},     /* empty rows */
             {1, 129, 129, 4, 4, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 16, 0, BF16, 0.0f, 0, -1, -1}, /* no lse */
         };
+        const alibi_case alibi_cases[] = {
+            {{2, 77, 150, 4, 2, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1}, {2, 0.5f}},
+            {{1, 130, 200, 4, 1, d, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, BF16, 0.0f, 1, 40, 30}, {1, 0.3f}},
+        };
         const varlen_case varlen_cases[] = {
             {4, {17, 0, 1, 200}, {33, 5, 0, 160}, 8, 2, d, 1, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 8, 1, 0},
             {4, {1, 0, 130, 64}, {1, 9, 70, 0}, 4, 1, d, 1, FA_CAUSAL_TOP_LEFT, 1, 24, -1, 10.0f, F16, 0, 1, 3},
@@ -3880,6 +4050,9 @@ static void test_v_pair_gpu(fa_context_t context, void* stream, log_record* log)
         for (i = 0; i < 3; ++i) {
             for (n = 0; n < (int)(sizeof(cases) / sizeof(cases[0])); ++n) {
                 run_forward_case_v(context, stream, &cases[n], dv, paths[i], log);
+            }
+            for (n = 0; n < (int)(sizeof(alibi_cases) / sizeof(alibi_cases[0])); ++n) {
+                run_forward_case_a(context, stream, &alibi_cases[n].c, &alibi_cases[n].alibi, dv, paths[i], log);
             }
             if (paths[i] == FA_PATH_AUTO) {
                 continue; /* AUTO runs what one of the named paths runs: its kernel choice is checked above */
@@ -3980,6 +4153,37 @@ static void test_gpu(int32_t count) {
            with the keyless tiles of a sequence that has queries but no keys among them */
         {4, {300, 5, 257, 129}, {513, 0, 256, 700}, 32, 8, 64, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 0, 0},
     };
+    /* ALiBi (0.8) on each path against the float64 reference, lse included. On the sm90 path the 16-bit local kernels
+       without softcap add the bias through an extra k-step of Q K^T (sm90/alibi_gemm.cuh) on the key blocks that lie
+       on one side of the diagonal for all 64 rows of a warpgroup, per element on the others: the causal form (both
+       alignments; sq < sk, and sq > sk with rows that see no key); the distance form without a mask, sq != sk both
+       ways and both alignments (blocks left of, right of and across the diagonal); a two-sided window (one-sided and
+       straddling blocks); causal with a left window (the distance form, one-sided blocks only); a right window only;
+       causal with a left window of at least sk (the causal form again); slopes from 1e-4 to 8 (8 over a softmax scale
+       of 1e-4 is beyond the k-step's range: the per-element path); softcap (per element); [hq] and [b, hq]; GQA and
+       MQA; every sm90 head dim class; calls long enough for many key blocks. */
+    const alibi_case alibi_cases[] = {
+        /* b sq  sk  hq hkv d  causal alignment         scale pad lse dtype softcap window left right; form, slope */
+        {{2, 77, 150, 4, 2, 64, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1}, {1, 0.3f}},
+        {{2, 150, 77, 4, 4, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1}, {2, 0.3f}},
+        {{1, 130, 200, 8, 1, 256, 1, FA_CAUSAL_TOP_LEFT, 0.0f, 8, 1, BF16, 0.0f, 0, -1, -1}, {1, 1.0f}},
+        {{2, 100, 300, 4, 2, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1}, {2, 0.3f}},
+        {{1, 300, 100, 4, 2, 128, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1}, {1, 0.3f}},
+        {{1, 300, 100, 4, 2, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1}, {1, 0.3f}},
+        {{1, 100, 300, 4, 1, 192, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1}, {2, 0.5f}},
+        {{1, 260, 390, 4, 2, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 1, 100, 60}, {2, 0.5f}},
+        {{2, 200, 200, 4, 4, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 1, 70, -1}, {1, 0.5f}},
+        {{1, 140, 140, 2, 1, 128, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, F16, 0.0f, 1, -1, 5}, {1, 0.3f}},
+        {{1, 80, 120, 4, 2, 64, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 1, 500, -1}, {1, 0.3f}},
+        {{1, 129, 257, 4, 1, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1}, {1, 8.0f}},
+        {{1, 257, 129, 4, 2, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1}, {2, 8.0f}},
+        {{1, 100, 300, 4, 2, 256, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1}, {1, 1e-4f}},
+        {{1, 90, 200, 4, 2, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 1e-4f, 0, 1, F16, 0.0f, 0, -1, -1}, {1, 8.0f}},
+        {{1, 100, 150, 4, 2, 64, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 20.0f, 0, -1, -1}, {1, 0.3f}},
+        {{1, 150, 77, 8, 2, 192, 1, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1}, {2, 0.3f}},
+        {{1, 700, 1100, 2, 1, 128, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 1, 300, 200}, {1, 0.1f}},
+        {{1, 700, 1100, 2, 1, 64, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1}, {1, 0.1f}},
+    };
     const varlen_case path_varlen_cases[] = {
         {4, {17, 0, 1, 300}, {33, 5, 0, 260}, 8, 2, 128, 1, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 8, 1, 0},
         {4, {1, 0, 130, 64}, {1, 9, 70, 0}, 4, 1, 256, 1, FA_CAUSAL_TOP_LEFT, 1, 24, -1, 10.0f, F16, 0, 1, 3},
@@ -4048,6 +4252,15 @@ static void test_gpu(int32_t count) {
                 run_forward_case(context, stream, &path_cases[n], paths[i], &log);
             } else {
                 printf("  SKIP head dim %d on path %s: not served by this build\n", path_cases[n].d, path_name(paths[i]));
+                ++g_skipped;
+            }
+        }
+        for (n = 0; n < (int)(sizeof(alibi_cases) / sizeof(alibi_cases[0])); ++n) {
+            if (head_dim_served(alibi_cases[n].c.d)) {
+                run_forward_case_a(context, stream, &alibi_cases[n].c, &alibi_cases[n].alibi, 0, paths[i], &log);
+            } else {
+                printf("  SKIP ALiBi head dim %d on path %s: not served by this build\n", alibi_cases[n].c.d,
+                       path_name(paths[i]));
                 ++g_skipped;
             }
         }
@@ -4126,6 +4339,7 @@ int main(int argc, char** argv) {
     test_v_head_dim_validation();
     test_paged_validation();
     test_kernel_names();
+    test_fp8_cache_decode();
     test_graph_arguments();
 #if defined(FA_TEST_HAVE_PTHREADS)
     test_last_error_is_per_thread();

@@ -394,11 +394,14 @@ static void test_rotary_validation(void) {
               "0.8 appends alibi_slopes and the 32-byte rotary block to the 0.7 struct's 960");
         CHECK(offsetof(fa_decode_params_t, reserved1) + sizeof(int32_t) == offsetof(fa_decode_params_t, cu_seqlens_q),
               "reserved1 ends the 0.8 struct (0.12's per-sequence counts follow it directly)");
-        CHECK(sizeof(void*) != 8 || sizeof(fa_decode_params_t) == offsetof(fa_decode_params_t, cu_seqlens_q) +
-                                                                        2 * sizeof(fa_tensor_t) + 2 * sizeof(void*) + 8,
+        CHECK(sizeof(void*) != 8 || offsetof(fa_decode_params_t, k_descale) == offsetof(fa_decode_params_t, cu_seqlens_q) +
+                                                                             2 * sizeof(fa_tensor_t) + 2 * sizeof(void*) + 8,
               "0.12 appends two tensors, two host pointers and two int32 (max_seqlen_q, reserved2)");
-        CHECK(offsetof(fa_decode_params_t, reserved2) + sizeof(int32_t) == sizeof(fa_decode_params_t),
-              "reserved2 ends the 0.12 struct");
+        CHECK(offsetof(fa_decode_params_t, reserved2) + sizeof(int32_t) == offsetof(fa_decode_params_t, k_descale),
+              "reserved2 ends the 0.12 struct (0.13's k_descale follows it directly)");
+        CHECK(offsetof(fa_decode_params_t, v_descale) == offsetof(fa_decode_params_t, k_descale) + sizeof(fa_tensor_t) &&
+                  offsetof(fa_decode_params_t, v_descale) + sizeof(fa_tensor_t) == sizeof(fa_decode_params_t),
+              "0.13 appends k_descale and v_descale, and v_descale ends the struct");
         memset(buf, 0xAB, sizeof buf);
         expect("decode_params_init(0.7 size)", fa_decode_params_init(old, size_07), FA_STATUS_SUCCESS, NULL);
         for (i = size_07; i < sizeof buf; ++i) tail_untouched &= buf[i] == 0xAB;
@@ -549,6 +552,251 @@ static void test_counts_validation(void) {
     bad("0.11-sized struct with a packed q", &p, FA_STATUS_INVALID_ARGUMENT, "q.rank is 3");
 }
 
+/* An fp8 (e4m3) KV cache (C ABI 0.13): k_cache and v_cache FA_DTYPE_FLOAT8_E4M3 with fp16/bf16 q, out, k_new and v_new,
+   and k_descale / v_descale (fp32 [heads_kv] or [1]). What is accepted, every refusal with the argument it names, a
+   0.12-sized struct, and the capability query's kv_cache_dtype. */
+static fa_decode_params_t fp8_params(int paged, int per_tensor) {
+    fa_decode_params_t p = valid_params(paged);
+    const int64_t n[1] = {per_tensor ? 1 : VHKV};
+    p.k_cache.dtype = p.v_cache.dtype = FA_DTYPE_FLOAT8_E4M3;
+    set_dense(&p.k_descale, ADDR(16), FA_DTYPE_FLOAT32, 1, n);
+    set_dense(&p.v_descale, ADDR(17), FA_DTYPE_FLOAT32, 1, n);
+    return p;
+}
+
+static fa_support_query_t decode_query(int32_t dtype, int32_t kv, int32_t head_dim) {
+    fa_support_query_t q;
+    memset(&q, 0, sizeof q);
+    q.struct_size = sizeof q;
+    q.pass = FA_PASS_DECODE;
+    q.dtype = dtype;
+    q.head_dim = head_dim;
+    q.kv_cache_dtype = kv;
+    return q;
+}
+
+static void test_fp8_validation(void) {
+    fa_decode_params_t p;
+    fa_support_query_t q;
+    int32_t lens[VB] = {10, 0, VPAGES * VBLOCK - VSQ}, idx[VB] = {2, 0, 1}, pads[VB] = {0, 2, 1};
+    int paged, per_tensor, fp16;
+    char label[128];
+
+    /* Accepted: both layouts, both descale forms, fp16 and bf16 queries, with and without an append, and with the
+       options every decode kernel serves (rotary tables of q's dtype, ALiBi, host copies, batch index, pads). */
+    for (paged = 0; paged <= 1; ++paged) {
+        for (per_tensor = 0; per_tensor <= 1; ++per_tensor) {
+            for (fp16 = 0; fp16 <= 1; ++fp16) {
+                p = fp8_params(paged, per_tensor);
+                if (fp16) p.q.dtype = p.out.dtype = p.k_new.dtype = p.v_new.dtype = FA_DTYPE_FLOAT16;
+                sprintf(label, "fp8 cache, %s, descales [%s], %s q", paged ? "paged" : "contiguous",
+                        per_tensor ? "1" : "heads_kv", fp16 ? "fp16" : "bf16");
+                expect(label, fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+                expect(label, fa_decode_check(&p, 80), FA_STATUS_SUCCESS, NULL);
+                expect(label, fa_decode_check(&p, 90), FA_STATUS_SUCCESS, NULL);
+                p.k_new.data = p.v_new.data = NULL;
+                strcat(label, ", no append");
+                expect(label, fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+            }
+        }
+    }
+    p = fp8_params(1, 0);
+    p.rotary_cos = ADDR(18); p.rotary_sin = ADDR(19); p.rotary_dim = 16; p.rotary_seqlen = VCAP;
+    p.cache_seqlens_host = lens;
+    {
+        const int64_t heads[1] = {VHQ}, b1[1] = {VB};
+        set_dense(&p.alibi_slopes, ADDR(20), FA_DTYPE_FLOAT32, 1, heads);
+        set_dense(&p.cache_batch_idx, ADDR(21), FA_DTYPE_INT32, 1, b1);
+        set_dense(&p.cache_leftpad, ADDR(22), FA_DTYPE_INT32, 1, b1);
+        p.block_table.shape[0] = VB;
+        p.cache_batch_idx_host = idx;
+        p.cache_leftpad_host = pads;
+    }
+    p.window_left = 7; p.softcap = 5.0f; p.num_splits = 3;
+    expect("fp8 cache with rotary, ALiBi, batch index, pads, window, softcap, splits", fa_decode_check(&p, 0),
+           FA_STATUS_SUCCESS, NULL);
+    p = fp8_params(0, 0); p.k_descale.strides[0] = 4; p.v_descale.strides[0] = 3;
+    expect("fp8 cache, strided descales", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+
+    /* The caches: both fp8 or neither; q, out, k_new and v_new stay 16-bit. */
+    p = fp8_params(0, 0); p.v_cache.dtype = FA_DTYPE_BFLOAT16;
+    bad("fp8 k_cache, bf16 v_cache", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_cache.dtype is FA_DTYPE_FLOAT8_E4M3 but v_cache.dtype is FA_DTYPE_BFLOAT16; the key and value caches are both "
+        "FA_DTYPE_FLOAT8_E4M3");
+    p = fp8_params(1, 1); p.k_cache.dtype = FA_DTYPE_BFLOAT16;
+    bad("bf16 k_cache, fp8 v_cache", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_cache.dtype is FA_DTYPE_BFLOAT16 but v_cache.dtype is FA_DTYPE_FLOAT8_E4M3");
+    p = fp8_params(0, 0); p.k_cache.dtype = p.v_cache.dtype = FA_DTYPE_FLOAT32;
+    bad("fp32 caches", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_cache.dtype is 3 (FA_DTYPE_FLOAT32); k_cache must be q's dtype (FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16) or "
+        "FA_DTYPE_FLOAT8_E4M3");
+    p = fp8_params(0, 0); p.q.dtype = FA_DTYPE_FLOAT8_E4M3;
+    bad("fp8 q over an fp8 cache", &p, FA_STATUS_UNSUPPORTED, "q.dtype is FA_DTYPE_FLOAT8_E4M3: decode takes fp16 or bf16 queries");
+    p = fp8_params(1, 0); p.k_new.dtype = FA_DTYPE_FLOAT8_E4M3;
+    bad("fp8 k_new over an fp8 cache", &p, FA_STATUS_UNSUPPORTED,
+        "k_new.dtype is FA_DTYPE_FLOAT8_E4M3: new keys and values are fp16 or bf16 (q's dtype)");
+    p = fp8_params(0, 0); p.k_new.dtype = FA_DTYPE_FLOAT16;
+    bad("fp16 k_new, bf16 q, fp8 cache", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_new.dtype is FA_DTYPE_FLOAT16 but q.dtype is FA_DTYPE_BFLOAT16; q, the new keys/values and out must share one "
+        "dtype (the caches are fp8)");
+    p = fp8_params(1, 0); p.out.dtype = FA_DTYPE_FLOAT8_E4M3;
+    bad("fp8 out, fp8 cache", &p, FA_STATUS_INVALID_ARGUMENT, "out.dtype is 5 (FA_DTYPE_FLOAT8_E4M3)");
+    p = fp8_params(0, 0); p.k_cache.strides[1] += 8; p.v_cache.strides[1] += 8;
+    bad("fp8 cache row stride not x16", &p, FA_STATUS_INVALID_ARGUMENT, "multiples of 16 elements (16 bytes)");
+    p = fp8_params(0, 0); p.k_cache.data = (void*)((uintptr_t)p.k_cache.data + 8);
+    bad("fp8 cache misaligned", &p, FA_STATUS_INVALID_ARGUMENT, "k_cache.data (0x");
+    {
+        /* Head dim 40 (a multiple of 8, not of 16): with contiguous strides the rows break the 16-byte rule; with
+           padded strides (48) the head dim itself is refused. */
+        const int64_t hd = 40;
+        p = fp8_params(0, 0);
+        set4(&p.q, p.q.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, hd);
+        set4(&p.out, p.out.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHQ, hd);
+        set4(&p.k_new, p.k_new.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, hd);
+        set4(&p.v_new, p.v_new.data, FA_DTYPE_BFLOAT16, VB, VSQ, VHKV, hd);
+        set4(&p.k_cache, p.k_cache.data, FA_DTYPE_FLOAT8_E4M3, VB, VCAP, VHKV, hd);
+        set4(&p.v_cache, p.v_cache.data, FA_DTYPE_FLOAT8_E4M3, VB, VCAP, VHKV, hd);
+        bad("fp8 cache, head dim 40, contiguous", &p, FA_STATUS_INVALID_ARGUMENT,
+            "k_cache.shape[3] (head_dim) is 40; fp8 (e4m3) head dims must be multiples of 16");
+        p.k_cache.strides[2] = p.v_cache.strides[2] = 48;
+        p.k_cache.strides[1] = p.v_cache.strides[1] = 48 * VHKV;
+        p.k_cache.strides[0] = p.v_cache.strides[0] = 48 * VHKV * VCAP;
+        bad("fp8 cache, head dim 40, padded strides", &p, FA_STATUS_INVALID_ARGUMENT,
+            "k_cache.shape[3] (head_dim) is 40; the head dims of an fp8 (e4m3) cache must be multiples of 16");
+    }
+
+    /* The descales: required with an fp8 cache, refused without one, fp32 rank 1 [heads_kv] or [1], positive strides,
+       aligned, and never written over. */
+    p = fp8_params(0, 0); p.v_descale.data = NULL;
+    bad("fp8 cache without v_descale", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_cache and v_cache are FA_DTYPE_FLOAT8_E4M3 but v_descale.data is NULL; an fp8 cache needs k_descale and v_descale");
+    p = valid_params(1);
+    {
+        const int64_t n[1] = {VHKV};
+        set_dense(&p.k_descale, ADDR(16), FA_DTYPE_FLOAT32, 1, n);
+    }
+    bad("k_descale with a bf16 cache", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_descale.data is set but k_cache and v_cache are FA_DTYPE_BFLOAT16; descales go with an fp8");
+    p = valid_params(0);
+    {
+        const int64_t n[1] = {1};
+        set_dense(&p.v_descale, ADDR(17), FA_DTYPE_FLOAT32, 1, n);
+    }
+    bad("v_descale with a bf16 cache", &p, FA_STATUS_INVALID_ARGUMENT, "v_descale.data is set but k_cache and v_cache are");
+    p = fp8_params(0, 0); p.k_descale.dtype = FA_DTYPE_BFLOAT16;
+    bad("k_descale bf16", &p, FA_STATUS_INVALID_ARGUMENT, "k_descale.dtype is 2 (FA_DTYPE_BFLOAT16); k_descale must be FA_DTYPE_FLOAT32");
+    p = fp8_params(1, 0); p.v_descale.rank = 2; p.v_descale.shape[1] = 1; p.v_descale.strides[1] = 1;
+    bad("v_descale rank 2", &p, FA_STATUS_INVALID_ARGUMENT, "v_descale.rank is 2; v_descale must have rank 1 [heads_kv]");
+    p = fp8_params(0, 0); p.k_descale.shape[0] = VHKV + 1;
+    bad("k_descale of 3 factors, 2 kv heads", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_descale.shape[0] is 3 but must be heads_kv (k_cache.shape[2] = 2) or 1 (one factor for the whole cache)");
+    p = fp8_params(0, 0); p.v_descale.shape[0] = 0;
+    bad("v_descale empty", &p, FA_STATUS_INVALID_ARGUMENT, "v_descale.shape[0] (heads_kv) is 0");
+    p = fp8_params(1, 0); p.k_descale.strides[0] = 0;
+    bad("k_descale stride 0", &p, FA_STATUS_INVALID_ARGUMENT, "k_descale.strides[0] (heads_kv) is 0; strides must be positive");
+    p = fp8_params(0, 1); p.v_descale.strides[0] = -1;
+    bad("v_descale stride -1", &p, FA_STATUS_INVALID_ARGUMENT, "v_descale.strides[0] (heads_kv) is -1");
+    p = fp8_params(0, 0); p.k_descale.data = (void*)((uintptr_t)p.k_descale.data + 2);
+    bad("k_descale misaligned", &p, FA_STATUS_INVALID_ARGUMENT, "k_descale.data (0x");
+    p = fp8_params(0, 0); p.k_descale.data = p.v_descale.data;
+    expect("k_descale and v_descale sharing one table (read only)", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = fp8_params(0, 0); p.out.data = p.k_descale.data;
+    bad("out over k_descale", &p, FA_STATUS_INVALID_ARGUMENT, "out (bytes 0x");
+    bad("out over k_descale (names it)", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps k_descale");
+    p = fp8_params(1, 0); p.lse.data = p.v_descale.data;
+    bad("lse over v_descale", &p, FA_STATUS_INVALID_ARGUMENT, "overlaps v_descale");
+    p = fp8_params(0, 0); p.v_cache.data = p.v_descale.data;
+    bad("appended v_cache over v_descale", &p, FA_STATUS_INVALID_ARGUMENT, "v_cache (bytes");
+    p.k_new.data = p.v_new.data = NULL;
+    expect("v_cache over v_descale without an append (nothing written)", fa_decode_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    p = fp8_params(0, 0); p.cache_seqlens.data = p.k_descale.data; p.advance_cache_seqlens = 1;
+    bad("advanced cache_seqlens over k_descale", &p, FA_STATUS_INVALID_ARGUMENT, "cache_seqlens (bytes");
+    p = fp8_params(0, 0); p.workspace = (void*)(uintptr_t)ADDR(16); p.workspace_size = 4096;
+    bad("workspace over k_descale", &p, FA_STATUS_INVALID_ARGUMENT, "workspace (bytes");
+
+    /* Served: decode runs on the sm80 path only, on compute capability 8.0 and newer. */
+    p = fp8_params(1, 0); p.kernel_path = FA_PATH_SM90;
+    bad("fp8 cache on FA_PATH_SM90", &p, FA_STATUS_UNSUPPORTED, "decode runs on the sm80 path");
+    p = fp8_params(1, 0);
+    expect("fp8 cache at compute capability 7.5", fa_decode_check(&p, 75), FA_STATUS_UNSUPPORTED, "8.0 or newer");
+
+    /* A caller compiled against 0.12: its struct ends at reserved2. An fp8 cache then has no descales (refused,
+       saying so); a 16-bit cache is served and nothing past the struct is read. */
+    {
+        unsigned char buf[sizeof(fa_decode_params_t)];
+        fa_decode_params_t* old = (fa_decode_params_t*)(void*)buf;
+        const size_t size_12 = offsetof(fa_decode_params_t, k_descale);
+        size_t i;
+        int tail_untouched = 1;
+        memset(buf, 0xAB, sizeof buf);
+        expect("decode_params_init(0.12 size)", fa_decode_params_init(old, size_12), FA_STATUS_SUCCESS, NULL);
+        for (i = size_12; i < sizeof buf; ++i) tail_untouched &= buf[i] == 0xAB;
+        CHECK(tail_untouched, "fa_decode_params_init(0.12 size) wrote past the caller's struct");
+        p = fp8_params(0, 0);
+        memcpy(buf, &p, size_12);
+        old->struct_size = (uint32_t)size_12;
+        bad("0.12-sized struct with an fp8 cache", old, FA_STATUS_INVALID_ARGUMENT,
+            "k_cache and v_cache are FA_DTYPE_FLOAT8_E4M3, but params->struct_size (");
+        bad("0.12-sized struct with an fp8 cache (names the fields)", old, FA_STATUS_INVALID_ARGUMENT,
+            "ends before k_descale and v_descale (C ABI 0.13)");
+        p = valid_params(1);
+        memcpy(buf, &p, size_12);
+        old->struct_size = (uint32_t)size_12;
+        expect("0.12-sized struct with a bf16 cache, garbage where the descales would be", fa_decode_check(old, 0),
+               FA_STATUS_SUCCESS, NULL);
+    }
+
+    /* fa_query_support's kv_cache_dtype (0.13): 0 or q's dtype is a 16-bit cache; FA_DTYPE_FLOAT8_E4M3 with fp16/bf16
+       queries is served (every decode option, head dims multiples of 16); other pairs and other passes are not. */
+    q = decode_query(FA_DTYPE_BFLOAT16, 0, FA_TEST_HEAD_DIM);
+    expect("query decode, kv_cache_dtype 0", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    q.kv_cache_dtype = FA_DTYPE_BFLOAT16;
+    expect("query decode, kv_cache_dtype = dtype", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+    for (fp16 = 0; fp16 <= 1; ++fp16) {
+        q = decode_query(fp16 ? FA_DTYPE_FLOAT16 : FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
+        sprintf(label, "query %s decode over an fp8 cache", fp16 ? "fp16" : "bf16");
+        expect(label, fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+        q.paged_kv = q.causal = q.window = q.softcap = q.alibi = 1;
+        strcat(label, ", paged, causal, window, softcap, ALiBi");
+        expect(label, fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+        q.compute_capability = 80;
+        expect("... at compute capability 8.0", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+        q.compute_capability = 90;
+        expect("... at compute capability 9.0", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+        q.kernel_path = FA_PATH_SM90;
+        expect("... on FA_PATH_SM90", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "decode runs on the sm80 path");
+    }
+    q = decode_query(FA_DTYPE_FLOAT8_E4M3, FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
+    expect("query fp8 q over an fp8 cache", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+           "query->dtype is FA_DTYPE_FLOAT8_E4M3 with query->pass FA_PASS_DECODE: decode takes fp16 or bf16 queries");
+    q = decode_query(FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT16, FA_TEST_HEAD_DIM);
+    expect("query bf16 q over an fp16 cache", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+           "query->kv_cache_dtype is FA_DTYPE_FLOAT16 with query->dtype FA_DTYPE_BFLOAT16; fa_decode's cache is q's dtype, "
+           "or FA_DTYPE_FLOAT8_E4M3 (an fp8 cache) with FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16 queries");
+    q = decode_query(FA_DTYPE_FLOAT16, FA_DTYPE_FLOAT32, FA_TEST_HEAD_DIM);
+    expect("query fp32 cache", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "query->kv_cache_dtype is FA_DTYPE_FLOAT32");
+    q = decode_query(FA_DTYPE_FLOAT16, 42, FA_TEST_HEAD_DIM);
+    expect("query kv_cache_dtype 42", fa_query_support(&q), FA_STATUS_INVALID_ARGUMENT,
+           "query->kv_cache_dtype is 42; it must be 0 (the same as dtype) or an fa_dtype_t value");
+    q = decode_query(FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
+    q.pass = FA_PASS_FORWARD;
+    expect("query forward with kv_cache_dtype", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+           "query->kv_cache_dtype is FA_DTYPE_FLOAT8_E4M3 with FA_PASS_FORWARD; only FA_PASS_DECODE has a KV cache dtype");
+    q.pass = FA_PASS_BACKWARD;
+    q.kv_cache_dtype = FA_DTYPE_BFLOAT16;
+    expect("query backward with kv_cache_dtype", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+           "query->kv_cache_dtype is FA_DTYPE_BFLOAT16 with FA_PASS_BACKWARD");
+    q = decode_query(FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT8_E4M3, 40);
+    if (fa_query_support(&q) != FA_STATUS_INVALID_ARGUMENT) {
+        expect("query fp8 cache, head dim 40", fa_query_support(&q), FA_STATUS_UNSUPPORTED,
+               "query->head_dim is 40; the head dims of an fp8 (e4m3) KV cache must be multiples of 16");
+    }
+    q = decode_query(FA_DTYPE_BFLOAT16, FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
+    q.struct_size = (uint32_t)offsetof(fa_support_query_t, kv_cache_dtype);
+    q.kv_cache_dtype = 42; /* past a 0.12-sized query: never read */
+    expect("0.12-sized query (no kv_cache_dtype)", fa_query_support(&q), FA_STATUS_SUCCESS, NULL);
+}
+
 static void test_validation(void) {
     fa_decode_params_t p;
     int32_t host_lens[VB] = {10, 0, VPAGES * VBLOCK - VSQ};
@@ -670,16 +918,19 @@ static void test_validation(void) {
     test_serving_validation();
     test_alibi_validation();
     test_rotary_validation();
+    test_fp8_validation();
 
-    /* fp8 (e4m3): an fp8 query, cache or append is not served yet (UNSUPPORTED, naming the tensor); an fp8 out is
-       no dtype any pass writes (INVALID_ARGUMENT); a k_new/v_new descriptor without data is not looked at. */
+    /* fp8 (e4m3): an fp8 query or append is not served (UNSUPPORTED, naming the tensor; an fp8 cache is, with fp16/bf16
+       queries: test_fp8_validation); an fp8 out is no dtype any pass writes (INVALID_ARGUMENT); a k_new/v_new
+       descriptor without data is not looked at. */
     p = valid_params(1); p.q.dtype = FA_DTYPE_FLOAT8_E4M3;
-    bad("q fp8", &p, FA_STATUS_UNSUPPORTED, "q.dtype is FA_DTYPE_FLOAT8_E4M3: an fp8 KV cache is not served yet");
-    expect("q fp8 at cc 9.0", fa_decode_check(&p, 90), FA_STATUS_UNSUPPORTED, "an fp8 KV cache is not served yet");
+    bad("q fp8", &p, FA_STATUS_UNSUPPORTED, "q.dtype is FA_DTYPE_FLOAT8_E4M3: decode takes fp16 or bf16 queries");
+    expect("q fp8 at cc 9.0", fa_decode_check(&p, 90), FA_STATUS_UNSUPPORTED, "decode takes fp16 or bf16 queries");
     p = valid_params(0); p.k_cache.dtype = p.v_cache.dtype = FA_DTYPE_FLOAT8_E4M3;
-    bad("fp8 cache", &p, FA_STATUS_UNSUPPORTED, "k_cache.dtype is FA_DTYPE_FLOAT8_E4M3: an fp8 KV cache is not served");
+    bad("fp8 cache without descales", &p, FA_STATUS_INVALID_ARGUMENT,
+        "k_cache and v_cache are FA_DTYPE_FLOAT8_E4M3 but k_descale.data is NULL");
     p = valid_params(1); p.v_new.dtype = FA_DTYPE_FLOAT8_E4M3;
-    bad("v_new fp8", &p, FA_STATUS_UNSUPPORTED, "v_new.dtype is FA_DTYPE_FLOAT8_E4M3: an fp8 KV cache is not served");
+    bad("v_new fp8", &p, FA_STATUS_UNSUPPORTED, "v_new.dtype is FA_DTYPE_FLOAT8_E4M3: new keys and values are fp16 or bf16");
     p = valid_params(1); p.out.dtype = FA_DTYPE_FLOAT8_E4M3;
     bad("out fp8", &p, FA_STATUS_INVALID_ARGUMENT,
         "out.dtype is 5 (FA_DTYPE_FLOAT8_E4M3); out must be FA_DTYPE_FLOAT16 or FA_DTYPE_BFLOAT16");
@@ -770,6 +1021,12 @@ typedef struct {
     int qn[6];
     int varlen_k;    /* 1: k_new packed [total_k_new, hkv, d] with cu_seqlens_k_new, sequence b appending kcounts[b] */
     int kcounts[6];
+    /* FP8 KV cache (C ABI 0.13); zero: a cache of q's dtype. */
+    int fp8;         /* 1: k_cache/v_cache FA_DTYPE_FLOAT8_E4M3 with k_descale/v_descale */
+    int per_tensor;  /* fp8: descales of shape [1] (one factor for the cache) instead of [heads_kv] */
+    int extremes;    /* fp8: some new keys/values saturate (|x| / descale above 448, and +-Inf) */
+    int nan_new;     /* fp8: a NaN in sequence 0's last new key and in sequence 1's first new value (head 0) */
+    int alibi;       /* 1: ALiBi slopes [heads_q] (C ABI 0.8) */
 } dcase;
 
 static int case_added(const dcase* c) {
@@ -838,6 +1095,63 @@ static uint16_t to16(int dtype, double x) {
     return dtype == FA_DTYPE_BFLOAT16 ? float_to_bf16((float)x) : float_to_half((float)x);
 }
 
+/* ---- fp8 (e4m3) on the host, from the OCP definition (C ABI 0.13's contract, not the library's code) --------- */
+
+/* The value of an e4m3 byte: s eeee mmm, bias 7, exponent 0 subnormal (m * 2^-9), magnitude 0x7F NaN. */
+static double e4m3_value(uint8_t b) {
+    const int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
+    double mag;
+    if ((b & 0x7F) == 0x7F) return NAN;
+    mag = e == 0 ? ldexp((double)m, -9) : ldexp(1.0 + m / 8.0, e - 7);
+    return s ? -mag : mag;
+}
+
+/* What the header says an appended element becomes: x (a value of q's dtype, as float) / descale in IEEE single
+   precision (C float division; x86-64 evaluates it in single precision), rounded to e4m3 nearest even with
+   saturation to +-448 (Inf too; 448 + 16 = 464 is the midpoint to the next, unrepresentable, step, whose even
+   neighbour is 448 anyway), NaN staying NaN; the sign is kept, on a rounded zero too (0x80), as cuda_fp8.h does. */
+static uint8_t e4m3_quantize(float x, float descale) {
+    const float v = x / descale;
+    const uint8_t sign = signbit(v) ? 0x80 : 0x00;
+    const double a = fabs((double)v);
+    int code, best = 0;
+    double best_err = INFINITY;
+    if (v != v) return 0x7F;
+    if (a >= 448.0) return (uint8_t)(sign | 0x7E);
+    for (code = 0; code <= 0x7E; ++code) {
+        const double err = fabs(e4m3_value((uint8_t)code) - a);
+        /* Ties to the even code: consecutive codes are consecutive values, and a code's last bit is its mantissa's. */
+        if (err < best_err || (err == best_err && (code & 1) == 0)) {
+            best = code;
+            best_err = err;
+        }
+    }
+    return (uint8_t)(sign | best);
+}
+
+/* Signed position of a finite e4m3 byte on the number line (+-0 both 0): neighbours differ by 1. */
+static int e4m3_ordinal(uint8_t b) {
+    return (b & 0x80) ? -(int)(b & 0x7F) : (int)(b & 0x7F);
+}
+
+/* A cached fp8 element: mostly the quantization of a uniform value in [-2, 2] (as an appended one would be), one in
+   eight any finite code (subnormals and the largest magnitudes too). Never NaN: every slot a call reads is finite. */
+static uint8_t random_e4m3(float descale) {
+    if (uniform01() < 0.125) {
+        uint8_t b;
+        do {
+            b = (uint8_t)(uniform01() * 256.0);
+        } while ((b & 0x7F) == 0x7F);
+        return b;
+    }
+    return e4m3_quantize((float)(uniform01() * 4.0 - 2.0), descale);
+}
+
+/* The descale of KV head h of a case (its [heads_kv] table, or the one factor of [1]). */
+static float case_descale(const dcase* c, const float* table, int h) {
+    return table[c->per_tensor ? 0 : h];
+}
+
 /* Where position pos of cache row r (cache_batch_idx[b], or b) lives, in rows of hkv * d elements. */
 static int64_t cache_row(const dcase* c, const int32_t* table, int max_blocks, int r, int pos) {
     if (c->block_size == 0) {
@@ -847,12 +1161,19 @@ static int64_t cache_row(const dcase* c, const int32_t* table, int max_blocks, i
 }
 
 /* Sequence b reads cache row idx[b], keys pads[b] .. total - 1 (FEATURES.md section 5: sk = total - pad keys
-   numbered from the pad, the diagonal bottom-right over them, which in absolute positions is total - sq + i). */
-static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k, const uint16_t* cache_v,
-                      const int32_t* table, int max_blocks, const int32_t* idx, double* out, double* lse) {
+   numbered from the pad, the diagonal bottom-right over them, which in absolute positions is total - sq + i).
+   cache_k / cache_v hold the cache's values as attended (a 16-bit cache's elements, an fp8 cache's bytes times
+   their descales), in float64. ALiBi (slopes [hq]): + slope * (p - pad) in the causal form (causal, no left
+   window), else - slope * |diag - p| (the header's fa_decode_params_t.alibi_slopes). A row that sees a NaN key gets
+   skip[row] = 1 (its output is not checked: what attention over a NaN score gives is not defined, and the kernels
+   keep the 16-bit path's behaviour there); a NaN value makes that column of the rows that see it NaN. */
+static void reference(const dcase* c, const uint16_t* q, const double* cache_k, const double* cache_v,
+                      const int32_t* table, int max_blocks, const int32_t* idx, const float* slopes, double* out,
+                      double* lse, unsigned char* skip) {
     const int g = c->hq / c->hkv;
     const double scale = c->scale > 0.0f ? c->scale : 1.0 / sqrt((double)c->d);
     const int64_t row = (int64_t)c->hkv * c->d;
+    const int alibi_causal = c->causal && c->window_left < 0;
     int b, i, h, j, e;
     for (b = 0; b < c->b; ++b) {
         const int total = c->lens[b] + case_kn(c, b);
@@ -865,25 +1186,30 @@ static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k
                 double* o = out + (((int64_t)q0 + i) * c->hq + h) * c->d;
                 double mx = -INFINITY, sum = 0.0;
                 double* s = (double*)malloc(sizeof(double) * (total > 0 ? total : 1));
+                skip[((int64_t)q0 + i) * c->hq + h] = 0;
                 for (j = 0; j < total; ++j) {
-                    const uint16_t* kr;
+                    const double* kr;
                     int visible = 1;
+                    double dot = 0.0;
                     if (j < pad) {
                         s[j] = -INFINITY; /* before the left pad: never read (NaN there) */
                         continue;
                     }
                     kr = cache_k + cache_row(c, table, max_blocks, idx[b], j) * row + (int64_t)(h / g) * c->d;
-                    double dot = 0.0;
                     for (e = 0; e < c->d; ++e) {
-                        dot += to_double(c->dtype, qr[e]) * to_double(c->dtype, kr[e]);
+                        dot += to_double(c->dtype, qr[e]) * kr[e];
                     }
                     dot *= scale;
                     if (c->softcap > 0.0f) {
                         dot = c->softcap * tanh(dot / c->softcap);
                     }
+                    if (c->alibi) {
+                        dot += alibi_causal ? slopes[h] * (double)(j - pad) : -slopes[h] * fabs((double)(diag - j));
+                    }
                     if (c->causal && j > diag) visible = 0;
                     if (!c->causal && c->window_right >= 0 && j > diag + c->window_right) visible = 0;
                     if (c->window_left >= 0 && j < diag - c->window_left) visible = 0;
+                    if (visible && dot != dot) skip[((int64_t)q0 + i) * c->hq + h] = 1;
                     s[j] = visible ? dot : -INFINITY;
                     if (s[j] > mx) mx = s[j];
                 }
@@ -895,14 +1221,15 @@ static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k
                 }
                 for (j = 0; j < total; ++j) {
                     const double p = exp(s[j] - mx);
-                    const uint16_t* vr;
-                    if (s[j] == -INFINITY) continue;
+                    const double* vr;
+                    if (s[j] == -INFINITY || s[j] != s[j]) continue;
                     vr = cache_v + cache_row(c, table, max_blocks, idx[b], j) * row + (int64_t)(h / g) * c->d;
                     sum += p;
-                    for (e = 0; e < c->d; ++e) o[e] += p * to_double(c->dtype, vr[e]);
+                    for (e = 0; e < c->d; ++e) o[e] += p * vr[e];
                 }
                 for (e = 0; e < c->d; ++e) o[e] /= sum;
-                lse[case_lse_at(c, b, h, i)] = mx + log(sum);
+                /* (A row that sees a NaN key: NaN, so that its lse is not compared either.) */
+                lse[case_lse_at(c, b, h, i)] = skip[((int64_t)q0 + i) * c->hq + h] ? NAN : mx + log(sum);
                 free(s);
             }
         }
@@ -911,7 +1238,8 @@ static void reference(const dcase* c, const uint16_t* q, const uint16_t* cache_k
 
 /* Device copies of one case's tensors. */
 typedef struct {
-    void *q, *kc, *vc, *kn, *vn, *out, *lse, *lens, *table, *ws, *idx, *pads, *rcos, *rsin, *cuq, *cuk;
+    void *q, *kc, *vc, *kn, *vn, *out, *lse, *lens, *table, *ws, *idx, *pads, *rcos, *rsin, *cuq, *cuk, *kds, *vds,
+        *slopes;
 } dev_bufs;
 
 static void* dev_alloc(size_t bytes) {
@@ -922,6 +1250,9 @@ static void* dev_alloc(size_t bytes) {
     }
     return p;
 }
+
+/* Marks rows of lse no sequence owns (packed rows past the sequences'): never compared as values. */
+#define LSE_UNOWNED (-1.0e300)
 
 static void run_case(fa_context_t context, void* stream, const dcase* c, int use_graph) {
     const int paged = c->block_size > 0;
@@ -935,19 +1266,32 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     const int64_t n_q = (int64_t)q_rows * c->hq * c->d, n_q_used = (int64_t)total_q * c->hq * c->d;
     const int64_t n_new = (int64_t)(total_kn > 0 ? total_kn : 1) * row;
     const int64_t n_lse = (int64_t)q_rows * c->hq;
-    const size_t cache_bytes = (size_t)(cache_rows * row * 2);
-    uint16_t *q = malloc(n_q * 2), *kc = malloc(cache_bytes), *vc = malloc(cache_bytes);
-    uint16_t *kn = malloc(n_new * 2), *vn = malloc(n_new * 2), *out = malloc(n_q * 2);
-    uint16_t *kc_after = malloc(cache_bytes), *vc_after = malloc(cache_bytes);
+    const int cache_dtype = c->fp8 ? FA_DTYPE_FLOAT8_E4M3 : c->dtype;
+    const size_t esz = c->fp8 ? 1 : 2; /* bytes of a cache element */
+    const size_t cache_bytes = (size_t)(cache_rows * row) * esz;
+    uint16_t *q = malloc(n_q * 2), *kn = malloc(n_new * 2), *vn = malloc(n_new * 2), *out = malloc(n_q * 2);
+    /* The caches as bytes: uint16_t elements of q's dtype, or e4m3 bytes. */
+    unsigned char *kc = malloc(cache_bytes), *vc = malloc(cache_bytes);
+    unsigned char *kc_after = malloc(cache_bytes), *vc_after = malloc(cache_bytes);
+    uint16_t *kc16 = (uint16_t*)(void*)kc, *vc16 = (uint16_t*)(void*)vc;
+    double *kcd = malloc(sizeof(double) * (size_t)(cache_rows * row)), *vcd = malloc(sizeof(double) * (size_t)(cache_rows * row));
     float* lse = malloc(n_lse * 4);
     double *ref = malloc(n_q * sizeof(double)), *ref_lse = malloc(n_lse * sizeof(double));
+    unsigned char* skip = calloc((size_t)(q_rows > 0 ? q_rows : 1) * c->hq, 1);
     int32_t* table = malloc(sizeof(int32_t) * (paged ? rows * max_blocks : 1));
     int32_t lens[6], idx[6], pads[6], cuq[7], cuk[7];
+    /* fp8: the descales of the keys and the values ([heads_kv], or one for the cache), about amax / 448 for amax in
+       [2, 3]: the cached and appended values of [-2, 2] land within +-448 (saturation is the extremes case's). */
+    float kds[16], vds[16], slopes[64];
     dev_bufs d;
     fa_decode_params_t p;
     int64_t i;
-    int b, pos, ok = 1, cache_ok = 1, lse_ok = 1, nan_out = 0;
+    int b, pos, ok = 1, cache_ok = 1, lse_ok = 1, nan_out = 0, nan_mismatch = 0, skipped = 0;
     double max_err = 0.0, num = 0.0, den = 0.0, max_lse_err = 0.0, rel;
+    /* Tolerances: a 16-bit cache's (bf16 2.5e-2, fp16 4e-3 on outputs of magnitude up to 2, the P V product rounding P
+       to q's dtype). An fp8 cache's values are exact after dequantization (the kernels read e4m3 bytes into fp16/bf16
+       exactly), so its error is the same rounding of P and of the output over values of the same magnitude (up to
+       the descale's amax, at most 3, on a few arbitrary-code elements): the same tolerances hold. */
     const double tol = c->dtype == FA_DTYPE_BFLOAT16 ? 2.5e-2 : 4e-3;
     /* Rotary tables of capacity + sq rows (every query position fits), angles pos / 10000^(2t / rd) as models
        build them, rounded to the dtype; NULL without rotary. */
@@ -958,6 +1302,7 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     double* tmp = malloc(sizeof(double) * c->d);
     void* graph = NULL;
     int32_t splits_used = 0;
+    const int n_desc = c->per_tensor ? 1 : c->hkv;
 
     memset(&d, 0, sizeof d);
     for (b = 0; b < c->b; ++b) {
@@ -969,6 +1314,11 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         cuq[b] = case_q0(c, b);
         cuk[b] = case_k0(c, b);
     }
+    for (i = 0; i < 16; ++i) {
+        kds[i] = (float)((2.0 + uniform01()) / 448.0);
+        vds[i] = (float)((2.0 + uniform01()) / 448.0);
+    }
+    for (i = 0; i < 64; ++i) slopes[i] = (float)(0.02 + 0.3 * uniform01());
     /* cache_batch_idx: the first b entries of a shuffled pool (rows no sequence uses stay NaN and untouched). */
     if (c->pool > 0) {
         int32_t perm[64];
@@ -1002,14 +1352,24 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         }
         free(perm);
     }
-    /* Every slot NaN; then the cached tokens from the left pad on (the slots before it stay NaN). */
-    for (i = 0; i < cache_rows * row; ++i) kc[i] = vc[i] = nan16(c->dtype);
+    /* Every slot NaN (an fp8 cache: 0x7F); then the cached tokens from the left pad on (the slots before it stay NaN). */
+    if (c->fp8) {
+        memset(kc, 0x7F, cache_bytes);
+        memset(vc, 0x7F, cache_bytes);
+    } else {
+        for (i = 0; i < cache_rows * row; ++i) kc16[i] = vc16[i] = nan16(c->dtype);
+    }
     for (b = 0; b < c->b; ++b) {
         for (pos = pads[b]; pos < lens[b]; ++pos) {
             const int64_t r = cache_row(c, table, max_blocks, idx[b], pos) * row;
             for (i = 0; i < row; ++i) {
-                kc[r + i] = random16(c->dtype);
-                vc[r + i] = random16(c->dtype);
+                if (c->fp8) {
+                    kc[r + i] = random_e4m3(case_descale(c, kds, (int)(i / c->d)));
+                    vc[r + i] = random_e4m3(case_descale(c, vds, (int)(i / c->d)));
+                } else {
+                    kc16[r + i] = random16(c->dtype);
+                    vc16[r + i] = random16(c->dtype);
+                }
             }
         }
     }
@@ -1022,6 +1382,29 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     for (i = 0; i < n_new; ++i) {
         kn[i] = random16(c->dtype);
         vn[i] = random16(c->dtype);
+    }
+    if (c->fp8 && c->extremes) {
+        /* One new element in seven beyond what e4m3 holds after the descale (|x| / descale from 460 to 4000), one in
+           sixty-four +-Inf: all stored as +-448 (0x7E / 0xFE). */
+        const uint16_t inf = c->dtype == FA_DTYPE_BFLOAT16 ? 0x7F80u : 0x7C00u;
+        for (i = 0; i < n_new; ++i) {
+            const double u = uniform01();
+            const float kd = case_descale(c, kds, (int)((i % row) / c->d)), vd = case_descale(c, vds, (int)((i % row) / c->d));
+            const double sign = uniform01() < 0.5 ? -1.0 : 1.0;
+            if (u < 1.0 / 64) {
+                kn[i] = (uint16_t)(inf | (sign < 0 ? 0x8000u : 0u));
+                vn[i] = (uint16_t)(inf | (uniform01() < 0.5 ? 0x8000u : 0u));
+            } else if (u < 1.0 / 7) {
+                kn[i] = to16(c->dtype, sign * (460.0 + 3540.0 * uniform01()) * kd);
+                vn[i] = to16(c->dtype, -sign * (460.0 + 3540.0 * uniform01()) * vd);
+            }
+        }
+    }
+    if (c->fp8 && c->nan_new) {
+        /* Sequence 0's last new key and sequence 1's first new value, head 0: one NaN element each. */
+        const uint16_t nan = nan16(c->dtype);
+        kn[((int64_t)case_k0(c, 0) + case_kn(c, 0) - 1) * row + 5 % c->d] = nan;
+        vn[(int64_t)case_k0(c, 1) * row + 7 % c->d] = nan;
     }
 
     d.q = dev_alloc(n_q * 2);
@@ -1048,6 +1431,16 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     if (c->varlen_k) {
         d.cuk = dev_alloc(sizeof(int32_t) * (c->b + 1));
         fa_memcpy(d.cuk, cuk, sizeof(int32_t) * (c->b + 1));
+    }
+    if (c->fp8) {
+        d.kds = dev_alloc(sizeof(float) * n_desc);
+        d.vds = dev_alloc(sizeof(float) * n_desc);
+        fa_memcpy(d.kds, kds, sizeof(float) * n_desc);
+        fa_memcpy(d.vds, vds, sizeof(float) * n_desc);
+    }
+    if (c->alibi) {
+        d.slopes = dev_alloc(sizeof(float) * c->hq);
+        fa_memcpy(d.slopes, slopes, sizeof(float) * c->hq);
     }
     if (d.idx) fa_memcpy(d.idx, idx, sizeof(int32_t) * c->b);
     if (d.pads) fa_memcpy(d.pads, pads, sizeof(int32_t) * c->b);
@@ -1079,12 +1472,21 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     }
     if (paged) {
         const int64_t table_shape[2] = {rows, max_blocks};
-        set4(&p.k_cache, d.kc, c->dtype, num_blocks, c->block_size, c->hkv, c->d);
-        set4(&p.v_cache, d.vc, c->dtype, num_blocks, c->block_size, c->hkv, c->d);
+        set4(&p.k_cache, d.kc, cache_dtype, num_blocks, c->block_size, c->hkv, c->d);
+        set4(&p.v_cache, d.vc, cache_dtype, num_blocks, c->block_size, c->hkv, c->d);
         set_dense(&p.block_table, d.table, FA_DTYPE_INT32, 2, table_shape);
     } else {
-        set4(&p.k_cache, d.kc, c->dtype, rows, c->capacity, c->hkv, c->d);
-        set4(&p.v_cache, d.vc, c->dtype, rows, c->capacity, c->hkv, c->d);
+        set4(&p.k_cache, d.kc, cache_dtype, rows, c->capacity, c->hkv, c->d);
+        set4(&p.v_cache, d.vc, cache_dtype, rows, c->capacity, c->hkv, c->d);
+    }
+    if (c->fp8) {
+        const int64_t ds[1] = {n_desc};
+        set_dense(&p.k_descale, d.kds, FA_DTYPE_FLOAT32, 1, ds);
+        set_dense(&p.v_descale, d.vds, FA_DTYPE_FLOAT32, 1, ds);
+    }
+    if (c->alibi) {
+        const int64_t hs[1] = {c->hq};
+        set_dense(&p.alibi_slopes, d.slopes, FA_DTYPE_FLOAT32, 1, hs);
     }
     if (c->append && c->varlen_k) {
         /* Packed new keys/values (C ABI 0.12): [total_k_new, hkv, d], cu_seqlens_k_new [b + 1]. */
@@ -1165,36 +1567,88 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
 
     /* The expected cache: the new rows appended, nothing else touched (NaN slots compared bitwise). With rotary the
        appended keys are the new keys rotated at their positions (fp32 on the GPU, one rounding): each within one
-       unit in the last place of the float64 rotation, then taken as stored so the rest compares bitwise. */
+       unit in the last place of the float64 rotation, then taken as stored so the rest compares bitwise.
+       An fp8 cache: each appended element is what a cache of q's dtype would store, quantized (e4m3_quantize: float
+       of it / its head's descale, e4m3 nearest even, saturated): bit for bit without rotary. With rotary the key
+       is first rotated, by the GPU in fp32 and here in float64, each rounded once to q's dtype: the two may differ
+       by a unit in the last place, and the stored byte then by one e4m3 step (the quantization of neighbouring
+       16-bit values); so a rotated key's byte must lie within one step of the host's (same sign side of zero
+       included), and is taken as stored. A NaN element must be stored as NaN (magnitude 0x7F; its sign is not
+       specified). */
     if (c->append) {
         const double ulp = c->dtype == FA_DTYPE_BFLOAT16 ? 1.0 / 128 : 1.0 / 1024;
-        int rot_bad = 0;
+        int rot_bad = 0, q_bad = 0, nan_bad = 0;
         for (b = 0; b < c->b; ++b) {
             for (pos = 0; pos < case_kn(c, b); ++pos) {
                 const int64_t r = cache_row(c, table, max_blocks, idx[b], lens[b] + pos) * row;
                 const uint16_t* src = kn + ((int64_t)case_k0(c, b) + pos) * row;
-                memcpy(kc + r, src, row * 2);
-                memcpy(vc + r, vn + ((int64_t)case_k0(c, b) + pos) * row, row * 2);
-                if (c->rotary_dim > 0) {
-                    const int64_t tr = (int64_t)(lens[b] + pos) * rot_half;
-                    int h, e;
-                    for (h = 0; h < c->hkv; ++h) {
-                        for (e = 0; e < c->d; ++e) tmp[e] = to_double(c->dtype, src[h * c->d + e]);
+                const uint16_t* vsrc = vn + ((int64_t)case_k0(c, b) + pos) * row;
+                int h, e;
+                for (h = 0; h < c->hkv; ++h) {
+                    const float kd = c->fp8 ? case_descale(c, kds, h) : 1.0f, vd = c->fp8 ? case_descale(c, vds, h) : 1.0f;
+                    for (e = 0; e < c->d; ++e) tmp[e] = to_double(c->dtype, src[h * c->d + e]);
+                    if (c->rotary_dim > 0) {
+                        const int64_t tr = (int64_t)(lens[b] + pos) * rot_half;
                         rotate(c, tmp, rcos + tr, rsin + tr);
-                        for (e = 0; e < c->d; ++e) {
-                            const uint16_t got = kc_after[r + h * c->d + e];
-                            const double g = to_double(c->dtype, got);
-                            if (!(fabs(g - tmp[e]) <= ulp * fabs(tmp[e]) + 1e-6)) ++rot_bad;
-                            kc[r + h * c->d + e] = got;
+                    }
+                    for (e = 0; e < c->d; ++e) {
+                        const int64_t at = r + h * c->d + e;
+                        if (!c->fp8) {
+                            kc16[at] = src[h * c->d + e];
+                            vc16[at] = vsrc[h * c->d + e];
+                            if (c->rotary_dim > 0) {
+                                const uint16_t got = ((const uint16_t*)(const void*)kc_after)[at];
+                                const double gv = to_double(c->dtype, got);
+                                if (!(fabs(gv - tmp[e]) <= ulp * fabs(tmp[e]) + 1e-6)) ++rot_bad;
+                                kc16[at] = got;
+                            }
+                            continue;
+                        }
+                        {
+                            /* The key as a cache of q's dtype would hold it (rotated and rounded once), quantized. */
+                            const float kx = (float)to_double(c->dtype, c->rotary_dim > 0 ? to16(c->dtype, tmp[e])
+                                                                                          : src[h * c->d + e]);
+                            const uint8_t want_k = e4m3_quantize(kx, kd);
+                            const uint8_t want_v = e4m3_quantize((float)to_double(c->dtype, vsrc[h * c->d + e]), vd);
+                            const uint8_t got_k = kc_after[at], got_v = vc_after[at];
+                            if ((want_k & 0x7F) == 0x7F || (want_v & 0x7F) == 0x7F) {
+                                nan_bad += ((want_k & 0x7F) == 0x7F) != ((got_k & 0x7F) == 0x7F);
+                                nan_bad += ((want_v & 0x7F) == 0x7F) != ((got_v & 0x7F) == 0x7F);
+                            }
+                            if ((want_k & 0x7F) != 0x7F) {
+                                if (c->rotary_dim > 0) {
+                                    rot_bad += (got_k & 0x7F) == 0x7F || abs(e4m3_ordinal(got_k) - e4m3_ordinal(want_k)) > 1;
+                                } else {
+                                    q_bad += got_k != want_k;
+                                }
+                            }
+                            if ((want_v & 0x7F) != 0x7F) q_bad += got_v != want_v;
+                            kc[at] = c->rotary_dim > 0 || (want_k & 0x7F) == 0x7F ? got_k : want_k;
+                            vc[at] = (want_v & 0x7F) == 0x7F ? got_v : want_v;
                         }
                     }
                 }
             }
         }
-        CHECK(rot_bad == 0, "%s: %d appended key elements are not the rotated new keys (within 1 ulp)", c->label, rot_bad);
+        CHECK(rot_bad == 0, "%s: %d appended key elements are not the rotated new keys (%s)", c->label, rot_bad,
+              c->fp8 ? "within one e4m3 step of the host's quantization" : "within 1 ulp");
+        CHECK(q_bad == 0, "%s: %d appended fp8 elements differ from the host's quantization (bit for bit)", c->label, q_bad);
+        CHECK(nan_bad == 0, "%s: %d appended NaN elements are not stored as NaN (or the reverse)", c->label, nan_bad);
     }
     cache_ok = memcmp(kc, kc_after, cache_bytes) == 0 && memcmp(vc, vc_after, cache_bytes) == 0;
     CHECK(cache_ok, "%s: the cache after the call differs from the cache with the new rows appended", c->label);
+
+    /* The cache as attended, in float64: a 16-bit cache's elements, an fp8 cache's bytes times their descales. */
+    for (i = 0; i < cache_rows * row; ++i) {
+        if (c->fp8) {
+            const int h = (int)((i % row) / c->d);
+            kcd[i] = e4m3_value(kc[i]) * (double)case_descale(c, kds, h);
+            vcd[i] = e4m3_value(vc[i]) * (double)case_descale(c, vds, h);
+        } else {
+            kcd[i] = to_double(c->dtype, kc16[i]);
+            vcd[i] = to_double(c->dtype, vc16[i]);
+        }
+    }
 
     /* The queries as the kernel sees them: rotated at cache_seqlens + i (causal or windowed) or cache_seqlens, in
        float64 and rounded to the dtype, as the kernel rounds its fp32 rotation. */
@@ -1213,15 +1667,15 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
             }
         }
     }
-    for (i = 0; i < n_lse; ++i) ref_lse[i] = NAN; /* rows no sequence owns: NaN, compared as untouched below */
-    reference(c, q_rot, kc, vc, table, max_blocks, idx, ref, ref_lse);
+    for (i = 0; i < n_lse; ++i) ref_lse[i] = LSE_UNOWNED; /* rows no sequence owns: compared as untouched below */
+    reference(c, q_rot, kcd, vcd, table, max_blocks, idx, slopes, ref, ref_lse, skip);
     {
         /* Rows past cu_seqlens_q[b] (no sequence's) keep their poison: out bitwise, lse as the all-ones NaN. */
         int64_t untouched = 0, extra = 0;
         uint32_t bits;
         for (i = n_q_used; i < n_q; ++i, ++extra) untouched += out[i] == 0xFFFF;
         for (i = 0; i < n_lse; ++i) {
-            if (ref_lse[i] == ref_lse[i]) continue;
+            if (ref_lse[i] != LSE_UNOWNED) continue;
             memcpy(&bits, &lse[i], 4);
             untouched += bits == 0xFFFFFFFFu;
             ++extra;
@@ -1231,7 +1685,17 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     }
     for (i = 0; i < n_q_used; ++i) {
         const double got = to_double(c->dtype, out[i]);
-        const double err = fabs(got - ref[i]);
+        double err;
+        if (skip[i / c->d]) {
+            ++skipped;
+            continue;
+        }
+        if (ref[i] != ref[i]) {
+            /* A NaN value this row attends: the element must be NaN too. */
+            nan_mismatch += got == got;
+            continue;
+        }
+        err = fabs(got - ref[i]);
         if (got != got) ++nan_out;
         if (err > max_err || err != err) max_err = err != err ? INFINITY : err;
         num += (got - ref[i]) * (got - ref[i]);
@@ -1239,7 +1703,8 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     }
     for (i = 0; i < n_lse; ++i) {
         const double want = ref_lse[i];
-        if (want != want) continue; /* a row no sequence owns (checked above) */
+        if (want == LSE_UNOWNED) continue; /* a row no sequence owns (checked above) */
+        if (want != want) continue;        /* a row that sees a NaN key (skipped) */
         if (isinf(want)) {
             lse_ok &= isinf(lse[i]) && lse[i] > 0;
         } else {
@@ -1248,17 +1713,23 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
         }
     }
     rel = den > 0 ? sqrt(num / den) : sqrt(num);
-    printf("  %-4s %-44s splits %3d  max|err| %.2e  rel L2 %.2e  max|lse err| %.2e\n",
-           ok && max_err <= tol && rel_l2_within_cap(rel, c->dtype) && lse_ok && max_lse_err < 2e-3 && cache_ok
+    printf("  %-4s %-44s splits %3d  max|err| %.2e  rel L2 %.2e  max|lse err| %.2e%s\n",
+           ok && max_err <= tol && rel_l2_within_cap(rel, c->dtype) && lse_ok && max_lse_err < 2e-3 && cache_ok &&
+                   nan_mismatch == 0
                ? "PASS"
                : "FAIL",
-           c->label, (int)splits_used, max_err, rel, max_lse_err);
+           c->label, (int)splits_used, max_err, rel, max_lse_err, skipped > 0 ? "  (rows seeing a NaN key skipped)" : "");
     CHECK(nan_out == 0, "%s: %d output elements are NaN", c->label, nan_out);
+    CHECK(nan_mismatch == 0, "%s: %d output elements that attend a NaN value are not NaN", c->label, nan_mismatch);
     CHECK(max_err <= tol, "%s: max abs error %.3e above %.1e", c->label, max_err, tol);
     CHECK(rel_l2_within_cap(rel, c->dtype), "%s: relative L2 error %.3e above the %s cap %.0e", c->label, rel,
           c->dtype == FA_DTYPE_BFLOAT16 ? "bf16" : "fp16", rel_l2_cap(c->dtype));
     CHECK(lse_ok, "%s: rows that see no key must get log-sum-exp +inf", c->label);
     CHECK(max_lse_err < 2e-3, "%s: log-sum-exp error %.3e", c->label, max_lse_err);
+    if (c->nan_new) {
+        CHECK(skipped > 0 && skipped < n_q_used, "%s: the NaN key must be seen by some rows and not by others (%d of "
+              "%ld elements skipped)", c->label, skipped, (long)n_q_used);
+    }
 
     if (graph != NULL) fa_graph_destroy(graph);
     fa_memory_free(0, d.q);
@@ -1277,7 +1748,10 @@ static void run_case(fa_context_t context, void* stream, const dcase* c, int use
     fa_memory_free(0, d.rsin);
     fa_memory_free(0, d.cuq);
     fa_memory_free(0, d.cuk);
-    free(rcos); free(rsin); free(q_rot); free(tmp);
+    fa_memory_free(0, d.kds);
+    fa_memory_free(0, d.vds);
+    fa_memory_free(0, d.slopes);
+    free(rcos); free(rsin); free(q_rot); free(tmp); free(skip); free(kcd); free(vcd);
     free(q); free(kc); free(vc); free(kn); free(vn); free(out); free(kc_after); free(vc_after);
     free(lse); free(ref); free(ref_lse); free(table);
 }
@@ -1616,6 +2090,194 @@ static void run_checked(fa_context_t context, void* stream, const dcase* c, int 
     expect(label, fa_context_check(context), FA_STATUS_SUCCESS, NULL);
 }
 
+/* Whether this build compiled the fp8-cache decode kernel of kernel head dim d (FA_HEAD_DIMS). */
+static int fp8_kernel_compiled(int d) {
+    int32_t count = 0, i;
+    char want[64];
+    sprintf(want, "sm80_decode_bf16_hdim%d_e4m3kv_", d);
+    if (fa_kernel_count(&count) != FA_STATUS_SUCCESS) return 0;
+    for (i = 0; i < count; ++i) {
+        const char* name = NULL;
+        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, want, strlen(want)) == 0) return 1;
+    }
+    return 0;
+}
+
+/* An fp8 cache's device-only lengths and block ids that do not fit the cache (C ABI 0.13 keeps decode's clamping): the
+   kernels clamp them and the context reports them, as for a 16-bit cache; valid ones report nothing. */
+static void test_fp8_device_flags(fa_context_t context, void* stream) {
+    enum { B = 2, SQ = 1, HQ = 4, HKV = 2, BLOCK = 16, PAGES = 4, NBLOCKS = 8 };
+    const int64_t d = FA_TEST_HEAD_DIM;
+    const size_t q_bytes = (size_t)B * SQ * HQ * d * 2, cache_bytes = (size_t)NBLOCKS * BLOCK * HKV * d;
+    const int32_t lens[B] = {20, 50}, too_long[B] = {20, PAGES * BLOCK + 1};
+    const int32_t table[B * PAGES] = {0, 1, 2, 3, 4, 5, 6, 7}, bad_table[B * PAGES] = {0, 1, 2, 3, 4, 5, NBLOCKS, 7};
+    const float desc[HKV] = {0.01f, 0.02f};
+    const int64_t lens_shape[1] = {B}, table_shape[2] = {B, PAGES}, desc_shape[1] = {HKV};
+    void *q = NULL, *kc = NULL, *vc = NULL, *o = NULL, *seq = NULL, *bt = NULL, *kd = NULL, *vd = NULL;
+    fa_decode_params_t p;
+    fa_memory_alloc(0, q_bytes, &q);
+    fa_memory_alloc(0, cache_bytes, &kc);
+    fa_memory_alloc(0, cache_bytes, &vc);
+    fa_memory_alloc(0, q_bytes, &o);
+    fa_memory_alloc(0, 256, &seq);
+    fa_memory_alloc(0, 256, &bt);
+    fa_memory_alloc(0, 256, &kd);
+    fa_memory_alloc(0, 256, &vd);
+    if (!q || !kc || !vc || !o || !seq || !bt || !kd || !vd) {
+        CHECK(0, "fp8 device flags: allocation failed: %s", fa_last_error_message());
+    } else {
+        fa_memset_async(q, 0x3C, q_bytes, stream);  /* fp16 1.0-ish everywhere */
+        fa_memset_async(kc, 0x38, cache_bytes, stream); /* e4m3 1.0 */
+        fa_memset_async(vc, 0x38, cache_bytes, stream);
+        fa_memcpy(kd, desc, sizeof desc);
+        fa_memcpy(vd, desc, sizeof desc);
+        fa_decode_params_init(&p, sizeof p);
+        set4(&p.q, q, FA_DTYPE_FLOAT16, B, SQ, HQ, d);
+        set4(&p.out, o, FA_DTYPE_FLOAT16, B, SQ, HQ, d);
+        set4(&p.k_cache, kc, FA_DTYPE_FLOAT8_E4M3, NBLOCKS, BLOCK, HKV, d);
+        set4(&p.v_cache, vc, FA_DTYPE_FLOAT8_E4M3, NBLOCKS, BLOCK, HKV, d);
+        set_dense(&p.block_table, bt, FA_DTYPE_INT32, 2, table_shape);
+        set_dense(&p.cache_seqlens, seq, FA_DTYPE_INT32, 1, lens_shape);
+        set_dense(&p.k_descale, kd, FA_DTYPE_FLOAT32, 1, desc_shape);
+        set_dense(&p.v_descale, vd, FA_DTYPE_FLOAT32, 1, desc_shape);
+        p.num_splits = 3;
+        fa_memcpy_async(seq, lens, sizeof lens, stream);
+        fa_memcpy_async(bt, table, sizeof table, stream);
+        expect("fp8 device flags: valid call", fa_decode(context, &p, stream), FA_STATUS_SUCCESS, NULL);
+        fa_stream_synchronize(stream);
+        expect("fp8 device flags: nothing reported", fa_context_check(context), FA_STATUS_SUCCESS, NULL);
+        fa_memcpy_async(seq, too_long, sizeof lens, stream);
+        expect("fp8 device flags: a length beyond the capacity", fa_decode(context, &p, stream), FA_STATUS_SUCCESS, NULL);
+        fa_stream_synchronize(stream);
+        expect("fp8 device flags: the length reported", fa_context_check(context), FA_STATUS_DEVICE_CHECK_FAILED,
+               "cache_seqlens");
+        fa_memcpy_async(seq, lens, sizeof lens, stream);
+        fa_memcpy_async(bt, bad_table, sizeof table, stream);
+        expect("fp8 device flags: a block id = num_blocks", fa_decode(context, &p, stream), FA_STATUS_SUCCESS, NULL);
+        fa_stream_synchronize(stream);
+        expect("fp8 device flags: the block id reported", fa_context_check(context), FA_STATUS_DEVICE_CHECK_FAILED,
+               "block_table entry outside");
+        expect("fp8 device flags: reported once", fa_context_check(context), FA_STATUS_SUCCESS, NULL);
+    }
+    fa_memory_free(0, q);
+    fa_memory_free(0, kc);
+    fa_memory_free(0, vc);
+    fa_memory_free(0, o);
+    fa_memory_free(0, seq);
+    fa_memory_free(0, bt);
+    fa_memory_free(0, kd);
+    fa_memory_free(0, vd);
+}
+
+/* An fp8 (e4m3) cache (C ABI 0.13) against the float64 reference on the dequantized cache (run_case with fp8 set):
+   contiguous and paged, appends (stored bytes bit for bit, rotated keys within one e4m3 step), descales per KV head and
+   one for the cache, GQA/MQA, causal and not, windows, softcap, ALiBi, split-KV, cache_batch_idx, left pads,
+   per-sequence counts, saturating and NaN appends, NaN (0x7F) in every slot no call may read; at the test head dim,
+   then at every compiled kernel head dim and at head dims between them; a captured step; device-only clamping. */
+static void test_gpu_fp8(fa_context_t context, void* stream) {
+    const int D = FA_TEST_HEAD_DIM, BF = FA_DTYPE_BFLOAT16, F16 = FA_DTYPE_FLOAT16;
+    size_t n;
+    int k;
+    const dcase cases[] = {
+        /* label, dtype, b sq hq hkv d, block, capacity, append causal wl wr, softcap scale, splits, host, ws, lens,
+           sk_new pool use_pads pads, rotary_dim neox, varlen_q qn, varlen_k kcounts, fp8 per_tensor extremes nan_new
+           alibi */
+        {"fp8 cache, contiguous, ragged 0/1, GQA 4, auto splits", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 0, 1,
+         0, {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 0, 0, 0, 0},
+        {"fp8 cache, contiguous, 13 splits, caller workspace, one descale, fp16", F16, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1,
+         0.f, 0.f, 13, 0, 1, {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 1, 0, 0, 0},
+        {"fp8 cache, paged 16, shuffled, append 3 causal, fp16", F16, 3, 3, 8, 1, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 0, 1,
+         0, {13, 0, 200}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 0, 0, 0, 0},
+        {"fp8 cache, paged 256, append across a page end, 3 splits", BF, 2, 4, 4, 4, D, 256, 512, 1, 1, -1, -1, 0.f, 0.f, 3,
+         1, 1, {254, 0}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 1, 0, 0, 0},
+        {"fp8 cache, paged 32, window 40 + softcap 10, 5 splits", F16, 2, 2, 6, 3, D, 32, 512, 1, 0, 40, 0, 10.f, 0.f, 5, 0,
+         0, {300, 33}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 0, 0, 0, 0},
+        {"fp8 cache, paged 64, MQA 16 q heads, scale 0.3, causal, no append", BF, 2, 2, 16, 1, D, 64, 640, 0, 1, -1, -1, 0.f,
+         0.3f, 0, 1, 0, {600, 65}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 1, 0, 0, 0},
+        {"fp8 cache, paged 128, GQA 32 (two 16-row blocks), append", BF, 2, 1, 32, 1, D, 128, 1024, 1, 1, -1, -1, 0.f, 0.f,
+         0, 1, 0, {1000, 127}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 0, 0, 0, 0},
+        {"fp8 cache, device-only batch index over a pool of 7, 5 splits", F16, 4, 1, 8, 2, D, 0, 300, 1, 1, -1, -1, 0.f,
+         0.f, 5, 0, 0, {0, 1, 150, 299}, 0, 7, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 0, 0, 0, 0},
+        {"fp8 cache, left pads 17 / full / 0 / all cached, append", BF, 4, 2, 4, 2, D, 0, 300, 1, 1, -1, -1, 0.f, 0.f, 0, 1,
+         0, {100, 37, 0, 250}, 0, 0, 1, {17, 39, 0, 250}, 0, 0, 0, {0}, 0, {0}, 1, 0, 0, 0, 0},
+        {"fp8 cache, paged 32, device-only pads, window 20, softcap, 4 splits", F16, 3, 2, 6, 3, D, 32, 512, 0, 0, 20, 0,
+         10.f, 0.f, 4, 0, 0, {100, 33, 400}, 0, 0, 1, {40, 0, 300}, 0, 0, 0, {0}, 0, {0}, 1, 1, 0, 0, 0},
+        {"fp8 cache, seqlen_knew 5 > seqlen_q 2, paged 64, MQA, 7 splits", F16, 2, 2, 8, 1, D, 64, 512, 1, 1, -1, -1, 0.f,
+         0.f, 7, 1, 0, {60, 300}, 5, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 0, 0, 0, 0},
+        {"fp8 cache, rotary interleaved, contiguous, GQA 4", BF, 4, 1, 8, 2, D, 0, 300, 1, 0, -1, -1, 0.f, 0.f, 0, 1, 0,
+         {0, 1, 150, 299}, 0, 0, 0, {0}, D, 0, 0, {0}, 0, {0}, 1, 0, 0, 0, 0},
+        {"fp8 cache, rotary half-split, paged 16, append 3 causal, fp16", F16, 3, 3, 8, 1, D, 16, 256, 1, 1, -1, -1, 0.f,
+         0.f, 0, 1, 0, {13, 0, 200}, 0, 0, 0, {0}, D, 1, 0, {0}, 0, {0}, 1, 1, 0, 0, 0},
+        {"fp8 cache, cu_seqlens_q = cu_seqlens_k_new 0/1/5/16, paged 16, causal", BF, 4, 16, 8, 2, D, 16, 256, 1, 1, -1,
+         -1, 0.f, 0.f, 0, 1, 0, {13, 0, 200, 100}, 0, 0, 0, {0}, 0, 0, 1, {0, 1, 5, 16}, 1, {0, 1, 5, 16}, 1, 0, 0, 0, 0},
+        {"fp8 cache, cu_seqlens_q 3/1/7, seqlen_knew 2, window 20, 3 splits", F16, 3, 7, 6, 2, D, 0, 200, 1, 1, 20, -1, 0.f,
+         0.f, 3, 0, 0, {50, 0, 120}, 2, 0, 0, {0}, 0, 0, 1, {3, 1, 7}, 0, {0}, 1, 1, 0, 0, 0},
+        {"fp8 cache, saturating appends (|x| / descale > 448, +-Inf)", BF, 2, 3, 4, 2, D, 0, 128, 1, 1, -1, -1, 0.f, 0.f, 0,
+         1, 0, {40, 7}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 0, 1, 0, 0},
+        {"fp8 cache, saturating appends, paged 16, one descale, fp16", F16, 3, 2, 4, 1, D, 16, 128, 1, 0, -1, -1, 0.f, 0.f,
+         2, 1, 0, {20, 0, 90}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 1, 1, 0, 0},
+        {"fp8 cache, NaN in a new key and a new value", BF, 2, 3, 4, 2, D, 0, 128, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
+         {40, 20}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 0, 0, 1, 0},
+        {"fp8 cache, NaN in a new key and a new value, paged 16, 3 splits, fp16", F16, 2, 3, 4, 2, D, 16, 128, 1, 1, -1, -1,
+         0.f, 0.f, 3, 1, 0, {40, 20}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 1, 0, 1, 0},
+        {"fp8 cache, ALiBi (causal form), paged 16, append", BF, 3, 2, 8, 2, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
+         {13, 0, 200}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 0, 0, 0, 1},
+        {"fp8 cache, ALiBi (distance form), window 30, softcap, 3 splits", F16, 2, 2, 4, 1, D, 0, 300, 1, 0, 30, -1, 10.f,
+         0.f, 3, 0, 0, {250, 40}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 1, 1, 0, 0, 1},
+    };
+    /* Head dims between the kernels', each running the next kernel up with zero-filled columns (multiples of 16, as an
+       fp8 cache's head dims are). */
+    static const int between[] = {16, 48, 80, 112, 144, 208, 240};
+    static const int kernel_dims[] = {32, 64, 96, 128, 192, 256};
+    for (n = 0; n < sizeof cases / sizeof cases[0]; ++n) {
+        run_checked(context, stream, &cases[n], 0);
+    }
+    /* Every compiled kernel head dim (its fragment layout differs: tail groups at 32 and 96, V segments at 96 and 192,
+       q fragments in shared memory and 16-key warps at 192 and 256), then the head dims between them. */
+    for (k = 0; k < 6; ++k) {
+        size_t which;
+        if (!fp8_kernel_compiled(kernel_dims[k]) || kernel_dims[k] == D) continue;
+        for (which = 0; which < 4; ++which) {
+            static const int picks[4] = {0, 2, 3, 19}; /* contiguous; paged 16, append; paged 256, splits; ALiBi */
+            char label[160];
+            dcase c = cases[picks[which]];
+            snprintf(label, sizeof label, "%s, head dim %d", c.label, kernel_dims[k]);
+            c.label = label;
+            c.d = kernel_dims[k];
+            run_checked(context, stream, &c, 0);
+        }
+    }
+    for (k = 0; k < (int)(sizeof between / sizeof between[0]); ++k) {
+        fa_support_query_t q;
+        memset(&q, 0, sizeof q);
+        q.struct_size = sizeof q;
+        q.pass = FA_PASS_DECODE;
+        q.dtype = F16;
+        q.head_dim = between[k];
+        q.kv_cache_dtype = FA_DTYPE_FLOAT8_E4M3;
+        if (fa_query_support(&q) == FA_STATUS_SUCCESS) {
+            char label[160];
+            dcase c = cases[2];
+            snprintf(label, sizeof label, "%s, head dim %d (padded kernel)", c.label, between[k]);
+            c.label = label;
+            c.d = between[k];
+            run_checked(context, stream, &c, 0);
+        } else {
+            printf("  SKIP fp8 cache at head dim %d: not served by this build\n", between[k]);
+            ++g_skipped;
+        }
+    }
+    /* A captured generation step over an fp8 cache: quantizing append across a page end, attention, combine, the
+       device-side length advance, in one graph (the descales are read by the kernels at replay). */
+    {
+        dcase c = cases[3];
+        c.label = "fp8 cache, CUDA graph, append + advance";
+        c.caller_workspace = 0;
+        run_checked(context, stream, &c, 1);
+    }
+    test_fp8_device_flags(context, stream);
+}
+
 static void test_gpu(void) {
     const int D = FA_TEST_HEAD_DIM, BF = FA_DTYPE_BFLOAT16, F16 = FA_DTYPE_FLOAT16;
     fa_device_properties_t props;
@@ -1625,64 +2287,64 @@ static void test_gpu(void) {
     const dcase cases[] = {
         /* label, dtype, b sq hq hkv d, block, capacity, append causal wl wr, softcap scale, splits, host, ws, lens */
         {"contiguous, ragged 0/1, GQA 4, auto splits", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
-        {"contiguous, 1 split", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 1, 0, 0, {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+         {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
+        {"contiguous, 1 split", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 1, 0, 0, {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"contiguous, 13 splits, caller workspace", BF, 4, 1, 8, 2, D, 0, 700, 0, 0, -1, -1, 0.f, 0.f, 13, 0, 1,
-         {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+         {0, 1, 517, 700}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"paged 16, shuffled, append 3 causal, fp16", F16, 3, 3, 8, 1, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {13, 0, 200}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+         {13, 0, 200}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"paged 256, append across a page end", BF, 2, 4, 4, 4, D, 256, 512, 1, 1, -1, -1, 0.f, 0.f, 3, 1, 1,
-         {254, 0}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+         {254, 0}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"paged 32, window 40 + softcap 10, 5 splits", F16, 2, 2, 6, 3, D, 32, 512, 1, 0, 40, 0, 10.f, 0.f, 5, 0, 0,
-         {300, 33}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+         {300, 33}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"paged 64, MQA 16 q heads, scale 0.3", BF, 2, 2, 16, 1, D, 64, 640, 0, 1, -1, -1, 0.f, 0.3f, 0, 1, 0,
-         {600, 65}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
-        {"contiguous, empty cache, no append", F16, 2, 1, 4, 2, D, 0, 64, 0, 0, -1, -1, 0.f, 0.f, 4, 0, 0, {0, 10}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+         {600, 65}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
+        {"contiguous, empty cache, no append", F16, 2, 1, 4, 2, D, 0, 64, 0, 0, -1, -1, 0.f, 0.f, 4, 0, 0, {0, 10}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"paged 128, GQA 32 (two 16-row blocks)", BF, 2, 1, 32, 1, D, 128, 1024, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {1000, 127}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+         {1000, 127}, 0, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         /* Serving options (C ABI 0.7), then: sk_new, pool, use_pads, pads. */
         {"contiguous, batch index over a shuffled pool of 7", BF, 4, 1, 8, 2, D, 0, 300, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {0, 1, 150, 299}, 0, 7, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+         {0, 1, 150, 299}, 0, 7, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"contiguous, device-only batch index, 5 splits, fp16", F16, 4, 1, 8, 2, D, 0, 300, 1, 1, -1, -1, 0.f, 0.f, 5, 0,
-         0, {0, 1, 150, 299}, 0, 7, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+         0, {0, 1, 150, 299}, 0, 7, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"paged 16, batch index, pool of 6 table rows, 3 splits", F16, 3, 3, 8, 2, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 3,
-         1, 0, {13, 0, 200}, 0, 6, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+         1, 0, {13, 0, 200}, 0, 6, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"contiguous, left pads 17 / full / 0 / all cached", BF, 4, 2, 4, 2, D, 0, 300, 1, 1, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {100, 37, 0, 250}, 0, 0, 1, {17, 39, 0, 250}, 0, 0, 0, {0}, 0, {0}},
+         {100, 37, 0, 250}, 0, 0, 1, {17, 39, 0, 250}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"paged 32, device-only left pads, window 20, softcap, 4 splits", F16, 3, 2, 6, 3, D, 32, 512, 0, 0, 20, 0, 10.f,
-         0.f, 4, 0, 0, {100, 33, 400}, 0, 0, 1, {40, 0, 300}, 0, 0, 0, {0}, 0, {0}},
+         0.f, 4, 0, 0, {100, 33, 400}, 0, 0, 1, {40, 0, 300}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"seqlen_knew 1 < seqlen_q 4, causal (rows before the keys)", BF, 3, 4, 4, 2, D, 0, 200, 1, 1, -1, -1, 0.f, 0.f, 0,
-         1, 0, {0, 2, 150}, 1, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+         1, 0, {0, 2, 150}, 1, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"seqlen_knew 5 > seqlen_q 2, paged 64, MQA, 7 splits", F16, 2, 2, 8, 1, D, 64, 512, 1, 1, -1, -1, 0.f, 0.f, 7, 1,
-         0, {60, 300}, 5, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}},
+         0, {60, 300}, 5, 0, 0, {0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"paged 16, pool 5 + pads + seqlen_knew 3 > sq 1, window 50", BF, 3, 1, 8, 2, D, 16, 256, 1, 0, 50, -1, 0.f, 0.f, 2,
-         1, 0, {20, 10, 180}, 3, 5, 1, {0, 10, 100}, 0, 0, 0, {0}, 0, {0}},
+         1, 0, {20, 10, 180}, 3, 5, 1, {0, 10, 100}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"contiguous, pool 6 + pads, no append, causal sq 2", F16, 3, 2, 4, 1, D, 0, 128, 0, 1, -1, -1, 0.f, 0.f, 0, 0, 0,
-         {128, 5, 77}, 0, 6, 1, {3, 5, 0}, 0, 0, 0, {0}, 0, {0}},
+         {128, 5, 77}, 0, 6, 1, {3, 5, 0}, 0, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         /* Rotary (C ABI 0.8), then: rotary_dim, rotary_neox. */
         {"rotary interleaved, contiguous, sq 1, GQA 4", BF, 4, 1, 8, 2, D, 0, 300, 1, 0, -1, -1, 0.f, 0.f, 0, 1, 0,
-         {0, 1, 150, 299}, 0, 0, 0, {0}, D, 0, 0, {0}, 0, {0}},
+         {0, 1, 150, 299}, 0, 0, 0, {0}, D, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"rotary half-split, paged 16, append 3 causal, fp16", F16, 3, 3, 8, 1, D, 16, 256, 1, 1, -1, -1, 0.f, 0.f, 0, 1,
-         0, {13, 0, 200}, 0, 0, 0, {0}, D, 1, 0, {0}, 0, {0}},
+         0, {13, 0, 200}, 0, 0, 0, {0}, D, 1, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"rotary half-split dim 16 (partial), not causal sq 2", BF, 2, 2, 4, 2, D, 0, 128, 1, 0, -1, -1, 0.f, 0.f, 3, 0, 0,
-         {40, 7}, 0, 0, 0, {0}, 16, 1, 0, {0}, 0, {0}},
+         {40, 7}, 0, 0, 0, {0}, 16, 1, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"rotary interleaved dim 32, pool 5 + pads, paged 32", F16, 3, 1, 8, 2, D, 32, 256, 1, 1, -1, -1, 0.f, 0.f, 2, 1,
-         0, {20, 40, 180}, 2, 5, 1, {0, 10, 100}, 32, 0, 0, {0}, 0, {0}},
+         0, {20, 40, 180}, 2, 5, 1, {0, 10, 100}, 32, 0, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         {"rotary half-split, sq 4 > seqlen_knew 2, causal, window", BF, 2, 4, 4, 1, D, 0, 200, 1, 1, 30, -1, 0.f, 0.f, 0,
-         1, 0, {50, 3}, 2, 0, 0, {0}, D, 1, 0, {0}, 0, {0}},
+         1, 0, {50, 3}, 2, 0, 0, {0}, D, 1, 0, {0}, 0, {0}, 0, 0, 0, 0, 0},
         /* Per-sequence counts (C ABI 0.12), then: varlen_q, qn, varlen_k, kcounts. */
         {"cu_seqlens_q = cu_seqlens_k_new 0/1/5/16, paged 16, causal", BF, 4, 16, 8, 2, D, 16, 256, 1, 1, -1, -1, 0.f,
-         0.f, 0, 1, 0, {13, 0, 200, 100}, 0, 0, 0, {0}, 0, 0, 1, {0, 1, 5, 16}, 1, {0, 1, 5, 16}},
+         0.f, 0, 1, 0, {13, 0, 200, 100}, 0, 0, 0, {0}, 0, 0, 1, {0, 1, 5, 16}, 1, {0, 1, 5, 16}, 0, 0, 0, 0, 0},
         {"cu_seqlens_q 3/1/7, seqlen_knew 2, device-only, window 20, 3 splits", F16, 3, 7, 6, 2, D, 0, 200, 1, 1, 20, -1,
-         0.f, 0.f, 3, 0, 0, {50, 0, 120}, 2, 0, 0, {0}, 0, 0, 1, {3, 1, 7}, 0, {0}},
+         0.f, 0.f, 3, 0, 0, {50, 0, 120}, 2, 0, 0, {0}, 0, 0, 1, {3, 1, 7}, 0, {0}, 0, 0, 0, 0, 0},
         {"cu_seqlens_k_new 4/0/2, sq 1, pool 5 + pads, rotary, paged 32", BF, 3, 1, 8, 2, D, 32, 256, 1, 1, -1, -1, 0.f,
-         0.f, 2, 1, 0, {20, 40, 180}, 0, 5, 1, {0, 10, 100}, D, 1, 0, {0}, 1, {4, 0, 2}},
+         0.f, 2, 1, 0, {20, 40, 180}, 0, 5, 1, {0, 10, 100}, D, 1, 0, {0}, 1, {4, 0, 2}, 0, 0, 0, 0, 0},
         {"chunked prefill 100/37 queries, cu both, paged 64, GQA 4", BF, 2, 100, 8, 2, D, 64, 512, 1, 1, -1, -1, 0.f,
-         0.f, 0, 1, 0, {300, 0}, 0, 0, 0, {0}, 0, 0, 1, {100, 37}, 1, {100, 37}},
+         0.f, 0, 1, 0, {300, 0}, 0, 0, 0, {0}, 0, 0, 1, {100, 37}, 1, {100, 37}, 0, 0, 0, 0, 0},
         {"cu_seqlens_q 2/0/9 no append, softcap, 4 splits, device-only", F16, 3, 9, 4, 1, D, 0, 300, 0, 0, -1, -1, 10.f,
-         0.f, 4, 0, 0, {280, 7, 0}, 0, 0, 0, {0}, 0, 0, 1, {2, 0, 9}, 0, {0}},
+         0.f, 4, 0, 0, {280, 7, 0}, 0, 0, 0, {0}, 0, 0, 1, {2, 0, 9}, 0, {0}, 0, 0, 0, 0, 0},
         {"cu_seqlens_q 4/2, cu_seqlens_k_new 1/6, rotary causal", F16, 2, 4, 4, 2, D, 0, 256, 1, 1, -1, -1, 0.f, 0.f, 0, 1,
-         0, {30, 100}, 0, 0, 0, {0}, 32, 0, 1, {4, 2}, 1, {1, 6}},
+         0, {30, 100}, 0, 0, 0, {0}, 32, 0, 1, {4, 2}, 1, {1, 6}, 0, 0, 0, 0, 0},
     };
     memset(&props, 0, sizeof props);
     props.struct_size = sizeof props;
@@ -1770,6 +2432,7 @@ static void test_gpu(void) {
             ++g_skipped;
         }
     }
+    test_gpu_fp8(context, stream);
     fa_stream_destroy(stream);
     fa_context_destroy(context);
 }

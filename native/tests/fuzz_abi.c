@@ -6,7 +6,8 @@
  * caches, host copies of lengths, fp8 (e4m3) forwards with bf16 out and descale tables, broadcast or not) with 0
  * to 4 faults added: dtypes (fp8 on one tensor of a 16-bit call and the reverse), ranks, shapes and strides (0,
  * negative, odd, huge), struct_size (0.4's too), reserved fields, enum values, NaN/inf/negative scales and softcaps,
- * windows, NULL, host, freed, misaligned, overlapping and too-small pointers, descales on 16-bit calls,
+ * windows, NULL, host, freed, misaligned, overlapping and too-small pointers, descales on 16-bit calls, fp8 (e4m3)
+ * KV caches of a decode with their descales (missing, broken, on a 16-bit cache, one cache fp8 and one not),
  * cu_seqlens / cache_seqlens / block table contents (host copies and device arrays), workspaces. The seed is printed (--seed N or FA_TEST_SEED replays it); a
  * failure names the pass and case number.
  *
@@ -463,6 +464,10 @@ static void build_decode(fa_decode_params_t* p, int faults) {
     const int64_t hkv = 1 + r(2), hq = hkv * (1 + r(2));
     const int64_t b = 1 + r(2), sq = 1 + r(4);
     const int32_t dtype = chance(2) ? FA_DTYPE_FLOAT16 : FA_DTYPE_BFLOAT16;
+    /* C ABI 0.13: an fp8 (e4m3) KV cache one call in four, with k_descale / v_descale of [heads_kv] or [1] (the
+       image holds 1.0f in the descale slots; the poison bytes read as a finite e4m3 value). */
+    const int fp8_cache = chance(4);
+    const int32_t cache_dtype = fp8_cache ? FA_DTYPE_FLOAT8_E4M3 : dtype;
     const int paged = chance(2);
     const int append = chance(2);
     /* C ABI 0.7: appended count independent of sq, cache_batch_idx over a pool of rows, cache_leftpad. Their
@@ -480,15 +485,19 @@ static void build_decode(fa_decode_params_t* p, int faults) {
         const int64_t max_blocks = 1 + r(3);
         int64_t blocks = rows * max_blocks + r(2);
         while (blocks > 1 && blocks * block * hkv * d * 2 > (int64_t)SLOT_BYTES) --blocks;
-        t4(&p->k_cache, slot(S_K), dtype, blocks, block, hkv, d);
-        t4(&p->v_cache, slot(S_V), dtype, blocks, block, hkv, d);
+        t4(&p->k_cache, slot(S_K), cache_dtype, blocks, block, hkv, d);
+        t4(&p->v_cache, slot(S_V), cache_dtype, blocks, block, hkv, d);
         t2(&p->block_table, slot(S_BT), FA_DTYPE_INT32, rows, max_blocks);
         for (i = 0; i < rows * max_blocks; ++i) image_ints(S_BT)[i] = (int32_t)r(blocks);
         capacity = max_blocks * block;
     } else {
         capacity = fit_rows(sq + added + r(40), 2 * rows * hkv * d);
-        t4(&p->k_cache, slot(S_K), dtype, rows, capacity, hkv, d);
-        t4(&p->v_cache, slot(S_V), dtype, rows, capacity, hkv, d);
+        t4(&p->k_cache, slot(S_K), cache_dtype, rows, capacity, hkv, d);
+        t4(&p->v_cache, slot(S_V), cache_dtype, rows, capacity, hkv, d);
+    }
+    if (fp8_cache) {
+        t1(&p->k_descale, descale_slot(0), FA_DTYPE_FLOAT32, chance(2) ? hkv : 1);
+        t1(&p->v_descale, descale_slot(1), FA_DTYPE_FLOAT32, chance(2) ? hkv : 1);
     }
     for (i = 0; i < b; ++i) {
         const int64_t room = capacity - added;
@@ -539,7 +548,7 @@ static void build_decode(fa_decode_params_t* p, int faults) {
         p->workspace_size = WS_BYTES;
     }
     for (f = 0; f < faults; ++f) {
-        switch (r(20)) {
+        switch (r(23)) {
             case 0: break_tensor(&p->q); break;
             case 1: break_tensor(&p->k_cache); break;
             case 2: break_tensor(&p->v_cache); break;
@@ -577,6 +586,18 @@ static void build_decode(fa_decode_params_t* p, int faults) {
                 else if (chance(2)) break_ints(chance(2) ? g_idx_host : g_pad_host, (int)b);
                 else break_ints(image_ints(chance(2) ? S_CUQ : S_CUK), (int)b);
                 break;
+            case 20: break_tensor(chance(2) ? &p->k_descale : &p->v_descale); break;
+            case 21:
+                /* The fp8 cache's pairing (0.13): a descale on a 16-bit cache, one missing, one cache of the other
+                   dtype, an fp8 q or k_new. */
+                switch (r(5)) {
+                    case 0: t1(chance(2) ? &p->k_descale : &p->v_descale, descale_slot(2), FA_DTYPE_FLOAT32, 1); break;
+                    case 1: memset(chance(2) ? &p->k_descale : &p->v_descale, 0, sizeof(fa_tensor_t)); break;
+                    case 2: (chance(2) ? &p->k_cache : &p->v_cache)->dtype = fp8_cache ? dtype : FA_DTYPE_FLOAT8_E4M3; break;
+                    case 3: p->q.dtype = FA_DTYPE_FLOAT8_E4M3; break;
+                    default: p->k_new.dtype = FA_DTYPE_FLOAT8_E4M3; break;
+                }
+                break;
             default:
                 /* Contents: the host copy (checked), the device lengths and block table (trusted, clamped). */
                 if (chance(2)) break_ints(g_seq_host, (int)b);
@@ -606,6 +627,8 @@ static void build_query(fa_support_query_t* q) {
     q->softcap = (int32_t)(chance(8) ? wild_int() : r(2));
     q->varlen = (int32_t)(chance(8) ? wild_int() : r(2));
     q->kernel_path = (int32_t)(chance(6) ? wild_int() : r(3));
+    /* C ABI 0.13: the decode's KV cache dtype (0: q's), sometimes e4m3, sometimes anything. */
+    q->kv_cache_dtype = (int32_t)(chance(2) ? 0 : chance(6) ? wild_int() : r(6));
 }
 
 /* ---- the runs ------------------------------------------------------------------------------------------------------------ */

@@ -10,7 +10,9 @@
  *     packed-QKV strides, LSE on and off, head dims between the kernel classes, splits, appends, ...);
  *   - a list of feature calls per served pass and path at one head dim, naming each option once; the fp8 (e4m3)
  *     forward gets its own short list (descales broadcast, dense and absent; causal, window, softcap, varlen, GQA),
- *     planned only where fa_query_support says the build and GPU serve it (the sm90 path; issue 12).
+ *     planned only where fa_query_support says the build and GPU serve it (the sm90 path; issue 12); so does decode
+ *     over an fp8 KV cache (C ABI 0.13: its kernels, "_e4m3kv", each get an aimed call too, and a feature list runs
+ *     the decode options over it: appends that quantize, paging, splits, rotary, ALiBi, counts, pads).
  * Every call is small (sequences of at most 256 tokens, at most 8 heads), so that racecheck stays affordable.
  * Inputs are fully initialised (random values); outputs are left as allocated, so that initcheck sees a kernel
  * that reads memory nothing wrote. After each call the driver synchronises and checks every status; it never
@@ -85,6 +87,8 @@ typedef struct {
        only. q/out/lse get one row past the sequences'. sq is then the largest count (max_seqlen_q). */
     int dcounts;
     int32_t cuq[MAX_SEQ + 1];
+    int fp8kv;    /* decode (C ABI 0.13): 0 a cache of q's dtype; 1 an fp8 (e4m3) cache with k_descale/v_descale of
+                     [heads_kv]; 2 the same with descales of [1] */
 } scase;
 
 static scase g_cases[MAX_CASES];
@@ -142,8 +146,8 @@ static void on_log(int32_t level, const char* message, void* user_data) {
 
 /* ---- what the build and the device serve ----------------------------------------------------------------- */
 
-/* dv: v's head dim where it is not d (a pair kernel's), else 0. */
-static int served(int pass, int path, int dtype, int d, int dv, int cc) {
+/* dv: v's head dim where it is not d (a pair kernel's), else 0. fp8kv: decode over an fp8 (e4m3) cache. */
+static int served_kv(int pass, int path, int dtype, int d, int dv, int cc, int fp8kv) {
     fa_support_query_t q;
     memset(&q, 0, sizeof q);
     q.struct_size = sizeof q;
@@ -153,14 +157,19 @@ static int served(int pass, int path, int dtype, int d, int dv, int cc) {
     q.head_dim = d;
     q.head_dim_v = dv;
     q.kernel_path = path;
+    q.kv_cache_dtype = fp8kv ? FA_DTYPE_FLOAT8_E4M3 : 0;
     return fa_query_support(&q) == FA_STATUS_SUCCESS;
 }
 
-/* An attention kernel's name: <path>_<pass>_<dtype>_hdim<d>[v<dv>][_local][_softcap][_det][_paged][_dropout]_<tile>
+static int served(int pass, int path, int dtype, int d, int dv, int cc) {
+    return served_kv(pass, path, dtype, d, dv, cc, 0);
+}
+
+/* An attention kernel's name: <path>_<pass>_<dtype>_hdim<d>[v<dv>][_e4m3kv][_local][_softcap][_det][_paged][_dropout]_<tile>
    (v<dv>: the kernels of a V head dim other than q's: both paths' forward and backward of (192, 128), the sm80
-   forward of (64, 512)). */
+   forward of (64, 512); e4m3kv: decode over an fp8 KV cache, <dtype> being q's). */
 typedef struct {
-    int pass, path, dtype, d, dv, local, softcap, det, paged, dropout;
+    int pass, path, dtype, d, dv, local, softcap, det, paged, dropout, fp8kv;
     char unknown[64]; /* a variant tag this driver does not know how to aim at ("" if none) */
 } kinfo;
 
@@ -222,6 +231,8 @@ static int parse_kernel_name(const char* name, kinfo* k) {
             k->paged = 1;
         } else if (strcmp(tag, "dropout") == 0) {
             k->dropout = 1;
+        } else if (strcmp(tag, "e4m3kv") == 0 && k->pass == PASS_DEC) {
+            k->fp8kv = 1;
         } else if (k->unknown[0] == '\0') {
             strcpy(k->unknown, tag);
         }
@@ -289,6 +300,7 @@ static void describe(scase* c, const char* what) {
         if (c->append) ADD(" append");
         if (c->advance) ADD(" advance");
         ADD(" splits=%d", c->splits);
+        if (c->fp8kv) ADD(" e4m3-cache descale=%s", c->fp8kv == 1 ? "[hkv]" : "[1]");
     } else if (c->nseq > 0) {
         ADD(" varlen");
         for (i = 0; i < c->nseq; ++i) ADD("%c%d:%d", i ? ',' : '=', c->lq[i], c->lk[i]);
@@ -320,9 +332,11 @@ static void describe(scase* c, const char* what) {
    mask class (masked or not; paged or not), so that the calls of each class rotate over its shapes and options;
    n counts those of the same pass and path, for the choices every class shares. */
 static void add_aimed_case(const kinfo* k, const char* name, int r, int n) {
-    /* A head dim between the kernel classes every third call (the kernel's own class: d - 8 rounds up to d). */
+    /* A head dim between the kernel classes every third call (the kernel's own class: d - 8 rounds up to d; an fp8
+       cache's head dims are multiples of 16: d - 16). */
     /* (A pair kernel of a V head dim other than q's serves its exact head dims only.) */
-    const int d = (n % 3 == 2 && k->d > 8 && !k->dv) ? k->d - 8 : k->d;
+    const int step = k->fp8kv ? 16 : 8;
+    const int d = (n % 3 == 2 && k->d > step && !k->dv) ? k->d - step : k->d;
     scase* c = new_case(k->pass, k->path, k->dtype, d);
     snprintf(c->target, sizeof c->target, "%s", name);
     c->softcap = k->softcap ? 30.0f : 0.0f;
@@ -330,6 +344,7 @@ static void add_aimed_case(const kinfo* k, const char* name, int r, int n) {
     if (k->pass == PASS_DEC) {
         static const int block_sizes[5] = {16, 32, 64, 128, 256};
         c->block_size = k->paged ? block_sizes[r % 5] : 0;
+        c->fp8kv = k->fp8kv ? 1 + (n >> 1) % 2 : 0; /* descales [hkv] and [1] in turn */
         switch (r % 4) {
             case 0: {
                 const int lens[2] = {0, 150};
@@ -540,6 +555,30 @@ static const dfeature k_dfeatures[] = {
      20, -1, 0, 0, 3, 0, 0, 0, {50, 7, 120}, 2, 0, 0, {0}, 0, 1, 2, {2, 5, 0}},
 };
 
+/* Decode over an fp8 (e4m3) KV cache (C ABI 0.13), where it is served: the decode options again, each with appends that
+   quantize where the 16-bit list appends (fp8kv 1: descales [hkv], 2: [1]). The dfeature rows these reuse by index. */
+static const struct {
+    int feature; /* index into k_dfeatures */
+    int fp8kv;
+} k_d8features[] = {
+    {0, 1},  /* contiguous, ragged 0/1, GQA, auto splits */
+    {1, 2},  /* 13 splits, caller workspace */
+    {2, 1},  /* paged 16, append 3, causal, fp16 */
+    {3, 2},  /* paged 256, append across a page end, advance, 3 splits */
+    {4, 1},  /* paged 32, window + softcap, 5 splits */
+    {5, 2},  /* empty cache: fully masked rows */
+    {6, 1},  /* paged 64, MQA, scale, no LSE */
+    {7, 2},  /* head dim 40: the 64 kernel (here 48: an fp8 cache's head dims are multiples of 16) */
+    {8, 1},  /* pool (cache_batch_idx), pads, append 3 > sq 1, advance */
+    {9, 2},  /* paged pool, device-only pads, append 1 < sq 3, 4 splits */
+    {10, 1}, /* ALiBi [hq], causal form */
+    {11, 2}, /* ALiBi [b, hq], window + softcap */
+    {12, 1}, /* rotary interleaved on append */
+    {13, 2}, /* rotary half-split, 3 splits, advance */
+    {15, 1}, /* cu_seqlens_q = cu_seqlens_k_new (one array), append, advance */
+    {16, 2}, /* cu_seqlens_q, append 2 each, device-only lengths, rotary, 3 splits */
+};
+
 /* The fp8 (e4m3) forward's options, where it is served (out bf16; descale 0 none, 1 broadcast, 2 dense). */
 typedef struct {
     const char* what;
@@ -597,13 +636,18 @@ static void add_feature_cases(int pass, int path, int cc) {
     if (pass == PASS_FWD) add_fp8_feature_cases(path, cc);
     if (dmain == 0) return;
     if (pass == PASS_DEC) {
-        for (i = 0; i < sizeof k_dfeatures / sizeof k_dfeatures[0]; ++i) {
-            const dfeature* f = &k_dfeatures[i];
+        const size_t n16 = sizeof k_dfeatures / sizeof k_dfeatures[0];
+        const size_t n8 = sizeof k_d8features / sizeof k_d8features[0];
+        /* The 16-bit cache's list, then the fp8 cache's (the same rows, k_d8features). */
+        for (i = 0; i < n16 + n8; ++i) {
+            const dfeature* f = &k_dfeatures[i < n16 ? i : (size_t)k_d8features[i - n16].feature];
+            const int fp8kv = i < n16 ? 0 : k_d8features[i - n16].fp8kv;
             const int dtype = f->fp16 ? FA_DTYPE_FLOAT16 : FA_DTYPE_BFLOAT16;
-            const int d = f->d ? f->d : dmain;
+            const int d = f->d ? (fp8kv ? (f->d + 15) / 16 * 16 : f->d) : dmain;
             scase* c;
-            if (!served(pass, path, dtype, d, 0, cc)) continue;
+            if (!served_kv(pass, path, dtype, d, 0, cc, fp8kv)) continue;
             c = new_case(pass, path, dtype, d);
+            c->fp8kv = fp8kv;
             set_lens(c, f->b, f->lens);
             c->sq = f->sq, c->hq = f->hq, c->hkv = f->hkv, c->block_size = f->block_size, c->append = f->append;
             c->advance = f->advance, c->causal = f->causal, c->wl = f->wl, c->wr = f->wr, c->softcap = f->softcap;
@@ -680,7 +724,7 @@ static void build_cases(int cc) {
         const char* name = NULL;
         kinfo k;
         if (fa_kernel_name(i, &name) != FA_STATUS_SUCCESS || name == NULL || !parse_kernel_name(name, &k)) continue;
-        if (!served(k.pass, k.path, k.dtype, k.d, k.dv, cc)) continue; /* e.g. the sm90 kernels on an sm80 GPU */
+        if (!served_kv(k.pass, k.path, k.dtype, k.d, k.dv, cc, k.fp8kv)) continue; /* e.g. sm90 kernels on an sm80 GPU */
         if (k.unknown[0] != '\0') {
             printf("SAN-NOTE %s: variant tag '%s' unknown to sanitize_driver: no call is aimed at it\n", name,
                    k.unknown);
@@ -1058,16 +1102,26 @@ static void decode_params(const scase* c, bufs* B, fa_decode_params_t* p, int32_
     } else {
         tensor(&p->q, drandom(B, c->dtype, (int64_t)c->b * c->sq * c->hq * c->d), c->dtype, 4, c->b, c->sq, c->hq, c->d);
     }
+    /* An fp8 cache (C ABI 0.13): e4m3 bytes (never NaN), descales [hkv] or [1] of factors in [0.5, 2.5]. */
+    const int cache_dtype = c->fp8kv ? FA_DTYPE_FLOAT8_E4M3 : c->dtype;
+    if (c->fp8kv) {
+        float h[MAX_SEQ * 4];
+        const int n = c->fp8kv == 2 ? 1 : c->hkv;
+        int j;
+        for (j = 0; j < (int)(sizeof h / sizeof h[0]); ++j) h[j] = 1.5f + uniform_pm1();
+        tensor(&p->k_descale, dalloc(B, sizeof(float) * (size_t)n, h), FA_DTYPE_FLOAT32, 1, n, 0, 0, 0);
+        tensor(&p->v_descale, dalloc(B, sizeof(float) * (size_t)n, h + n), FA_DTYPE_FLOAT32, 1, n, 0, 0, 0);
+    }
     if (paged) {
-        tensor(&p->k_cache, drandom(B, c->dtype, cache_rows * row), c->dtype, 4, num_blocks, c->block_size, c->hkv,
+        tensor(&p->k_cache, drandom(B, cache_dtype, cache_rows * row), cache_dtype, 4, num_blocks, c->block_size, c->hkv,
                c->d);
-        tensor(&p->v_cache, drandom(B, c->dtype, cache_rows * row), c->dtype, 4, num_blocks, c->block_size, c->hkv,
+        tensor(&p->v_cache, drandom(B, cache_dtype, cache_rows * row), cache_dtype, 4, num_blocks, c->block_size, c->hkv,
                c->d);
         tensor(&p->block_table, dalloc(B, sizeof(int32_t) * (size_t)(rows * max_blocks), table), FA_DTYPE_INT32, 2,
                rows, max_blocks, 0, 0);
     } else {
-        tensor(&p->k_cache, drandom(B, c->dtype, cache_rows * row), c->dtype, 4, rows, capacity, c->hkv, c->d);
-        tensor(&p->v_cache, drandom(B, c->dtype, cache_rows * row), c->dtype, 4, rows, capacity, c->hkv, c->d);
+        tensor(&p->k_cache, drandom(B, cache_dtype, cache_rows * row), cache_dtype, 4, rows, capacity, c->hkv, c->d);
+        tensor(&p->v_cache, drandom(B, cache_dtype, cache_rows * row), cache_dtype, 4, rows, capacity, c->hkv, c->d);
     }
     if (c->append && c->dcounts == 1) {
         tensor(&p->k_new, drandom(B, c->dtype, (int64_t)total_q * row), c->dtype, 3, total_q, c->hkv, c->d, 0);

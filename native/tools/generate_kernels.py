@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the kernel instantiation files: one tiny .cu per (architecture, pass, head dim, dtype) family, so
 families compile in parallel and CMake selects a subset (FA_HEAD_DIMS picks head dims; the sm90 files are
-built only where FA_CUDA_ARCHS has 90a). Files: native/kernels/<arch>/<pass>_hdim<D>_<dtype>_<arch>.cu.
+built only where FA_CUDA_ARCHS has 90a). Files: native/kernels/<arch>/<pass>_hdim<D>_<dtype>_<arch>.cu (and the
+V head dim pairs' and the fp8-cache decode's, described below).
 --check compares instead of writing and exits 1 when a file is stale, missing or left over."""
 import pathlib
 import sys
@@ -22,8 +23,8 @@ FAMILIES = {
                       "template int run_bwd_main<sm80::BwdFamily<{ctype}, {d}, {d}>>(const BwdParams&, const LaunchInfo&, "
                       "cudaStream_t, uint32_t*);"),
     ("sm80", "decode"): (ALL_DIMS, "sm80/decode_launch.cuh",
-                         "namespace sm80 {{\ntemplate int run_decode<{ctype}, {d}>(const DecodeParams&, const LaunchInfo&, "
-                         "cudaStream_t, uint32_t*);\n}}  // namespace sm80"),
+                         "namespace sm80 {{\ntemplate int run_decode<{ctype}, {d}, false>(const DecodeParams&, "
+                         "const LaunchInfo&, cudaStream_t, uint32_t*);\n}}  // namespace sm80"),
     ("sm90", "fwd"): ((64, 128, 192, 256), "sm90/fwd_launch.cuh",
                       "namespace sm90 {{\ntemplate int run_fwd<{ctype}, {d}, {d}>(const FwdParams&, const LaunchInfo&, "
                       "cudaStream_t, uint32_t*);\n}}  // namespace sm90", {"e4m3": (128, 256)}),
@@ -54,7 +55,19 @@ V90_BWD_BODY = ("template int run_bwd_main<sm90::BwdFamily<{ctype}, {d}, {dv}>>(
                 "cudaStream_t, uint32_t*);")
 
 
+# The decode kernels of an fp8 (e4m3) KV cache (C ABI 0.13): q (and out, k_new, v_new) fp16 or bf16, k_cache/v_cache
+# e4m3, every decode head dim, in files decode_hdim<D>_<dtype>_e4m3kv_sm80.cu (<dtype>: q's), built with the head dim D.
+FP8_KV_DIMS = ALL_DIMS
+FP8_KV_BODY = ("namespace sm80 {{\ntemplate int run_decode<{ctype}, {d}, true>(const DecodeParams&, const LaunchInfo&, "
+               "cudaStream_t, uint32_t*);\n}}  // namespace sm80")
+
+
 def files():
+    for d in FP8_KV_DIMS:
+        for tag in SIXTEEN:
+            text = (BANNER + '#include "sm80/decode_launch.cuh"\n\nnamespace fa {\n' +
+                    FP8_KV_BODY.format(ctype=DTYPES[tag], d=d) + "\n}  // namespace fa\n")
+            yield KERNELS / "sm80" / f"decode_hdim{d}_{tag}_e4m3kv_sm80.cu", text
     for d, dv in V_PAIRS:
         for tag in SIXTEEN:
             text = (BANNER + '#include "sm80/fwd_launch.cuh"\n\nnamespace fa {\n' +

@@ -32,14 +32,18 @@ def test_layout_matches_libclang():
     assert _abi.FaForwardParams.dropout_p.offset == 888
     assert _abi.FaForwardParams.block_table.offset == 888 + 128
     assert ctypes.sizeof(_abi.FaForwardParams) == 888 + 128 + 80
-    # the support query: 14 int32 through 0.10 (head_dim_v last), 0.11 appended paged_kv
+    # the support query: 14 int32 through 0.10 (head_dim_v last), 0.11 appended paged_kv, 0.13 kv_cache_dtype
     assert _abi.FaSupportQuery.head_dim_v.offset == 52 and _abi.FaSupportQuery.paged_kv.offset == 56
-    assert ctypes.sizeof(_abi.FaSupportQuery) == 60
+    assert _abi.FaSupportQuery.kv_cache_dtype.offset == 60
+    assert ctypes.sizeof(_abi.FaSupportQuery) == 64
     # 784 bytes through 0.6; 0.7 appended the serving fields (cache_batch_idx on) there (960 bytes); 0.8 alibi_slopes
     # (80 bytes), then the rotary block (rotary_cos .. reserved1, 32 bytes); 0.12 the per-sequence counts
-    # (cu_seqlens_q, cu_seqlens_k_new, their host copies, max_seqlen_q, reserved2: 80 + 80 + 16 + 8 bytes).
+    # (cu_seqlens_q, cu_seqlens_k_new, their host copies, max_seqlen_q, reserved2: 80 + 80 + 16 + 8 bytes); 0.13 the
+    # fp8 cache's k_descale and v_descale (two tensors, 160 bytes).
     assert _abi.FaDecodeParams.cu_seqlens_q.offset == 960 + 80 + 32
-    assert ctypes.sizeof(_abi.FaDecodeParams) == 960 + 80 + 32 + 184
+    assert _abi.FaDecodeParams.k_descale.offset == 960 + 80 + 32 + 184
+    assert _abi.FaDecodeParams.v_descale.offset == 960 + 80 + 32 + 184 + 80
+    assert ctypes.sizeof(_abi.FaDecodeParams) == 960 + 80 + 32 + 184 + 160
     assert _abi.FaDecodeParams.cache_batch_idx.offset == 784
     assert _abi.FaDecodeParams.alibi_slopes.offset == 960
     assert _abi.FaDecodeParams.rotary_cos.offset == 960 + 80

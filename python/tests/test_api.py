@@ -2,6 +2,7 @@
 message that says so, before torch is touched; argument mapping into the params structs; and the library's own
 validation (fa_forward_check, fa_backward_check, fa_decode_check) of what the mapping produces, on host-side
 descriptors with fake device pointers that are never dereferenced."""
+import ctypes
 import inspect
 import os
 import subprocess
@@ -60,8 +61,10 @@ def test_signature_is_flash_attn(name):
     kw = {p.name: p.default for p in inspect.signature(getattr(fai, name)).parameters.values()
           if p.kind is p.KEYWORD_ONLY}
     if name == "flash_attn_with_kvcache":
-        # FlashAttention-3's per-sequence counts (C ABI 0.12), keyword-only as FA3 passes them by name.
-        assert kw == {"cu_seqlens_q": None, "cu_seqlens_k_new": None, "max_seqlen_q": None}
+        # FlashAttention-3's per-sequence counts (C ABI 0.12) and an fp8 cache's descales (C ABI 0.13), keyword-only
+        # as FA3 passes them by name.
+        assert kw == {"cu_seqlens_q": None, "cu_seqlens_k_new": None, "max_seqlen_q": None, "k_descale": None,
+                      "v_descale": None}
     else:
         assert kw == {"causal_alignment": "bottom_right", "q_descale": None, "k_descale": None, "v_descale": None,
                       "sinks": None, "learnable_sink": None}
@@ -681,11 +684,123 @@ def test_fp8_packed_functions_take_descales():
         fai.flash_attn_kvpacked_func(qkv[:, :, 0], qkv[:, :, 1:], v_descale=torch.ones(2, 4))
 
 
-def test_fp8_kvcache_is_refused():
+def test_fp8_queries_over_a_kvcache_are_refused():
+    """An fp8 q (or new k/v) is not served by decode: the cache may be fp8, with fp16/bf16 queries (C ABI 0.13)."""
     torch = _torch_fp8()
     q, cache = _cpu_fp8(torch, 1, 1, 4, 64), _cpu_fp8(torch, 1, 64, 4, 64)
     with pytest.raises(UnsupportedArgumentError, match="float8_e4m3fn"):
         fai.flash_attn_with_kvcache(q, cache, cache)
+    ones = torch.ones(4)
+    with pytest.raises(UnsupportedArgumentError, match="decode takes fp16 or bf16 queries and new keys/values"):
+        fai.flash_attn_with_kvcache(q.to(torch.bfloat16), cache, cache, _cpu_fp8(torch, 1, 1, 4, 64),
+                                    _cpu_fp8(torch, 1, 1, 4, 64), cache_seqlens=3, k_descale=ones, v_descale=ones)
+
+
+# ---- fp8 KV cache (C ABI 0.13): the library's checks of the mapping, then the package's own argument checks --------
+
+def fp8_cache_params(lib, fake, k_descale=True, v_descale=True, heads=2, paged=False, cache=E4M3):
+    q, out = fake((4, 1, 8, 64), BF16), fake((4, 1, 8, 64), BF16)
+    shape = (64, 16, 2, 64) if paged else (4, 1024, 2, 64)
+    kw = {"block_table": fake((4, 16), I32)} if paged else {}
+    return _args.decode_params(lib, q, fake(shape, cache), fake(shape, cache), out, fake((4,), I32),
+                               k_new=fake((4, 1, 2, 64), BF16), v_new=fake((4, 1, 2, 64), BF16), causal=True,
+                               k_descale=fake((heads,), F32) if k_descale else None,
+                               v_descale=fake((heads,), F32) if v_descale else None, **kw)
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+@pytest.mark.parametrize("heads", [2, 1], ids=["per-head", "per-tensor"])
+def test_fp8_kvcache_passes_the_library_check(lib, paged, heads):
+    fake = Fake()
+    p = fp8_cache_params(lib, fake, heads=heads, paged=paged)
+    assert check_status(lib, "decode", p) == (0, "")
+    assert check_status(lib, "decode", p, 90) == (0, "")
+    assert (p.k_descale.dtype, p.k_descale.rank, p.k_descale.shape[0]) == (F32, 1, heads)
+
+
+@pytest.mark.parametrize("case,words", [
+    ("no-k-descale", "k_cache and v_cache are FA_DTYPE_FLOAT8_E4M3 but k_descale.data is NULL"),
+    ("no-v-descale", "but v_descale.data is NULL"),
+    ("descales-of-3-heads", "k_descale.shape[0] is 3 but must be heads_kv (k_cache.shape[2] = 2) or 1"),
+    ("descales-with-bf16-cache", "k_descale.data is set but k_cache and v_cache are FA_DTYPE_BFLOAT16"),
+])
+def test_fp8_kvcache_errors_carry_the_library_message(lib, case, words):
+    fake = Fake()
+    if case == "no-k-descale":
+        p = fp8_cache_params(lib, fake, k_descale=False)
+    elif case == "no-v-descale":
+        p = fp8_cache_params(lib, fake, v_descale=False)
+    elif case == "descales-of-3-heads":
+        p = fp8_cache_params(lib, fake, heads=3)
+    else:
+        p = fp8_cache_params(lib, fake, cache=BF16)
+    status, msg = check_status(lib, "decode", p)
+    assert status == _abi.FA_STATUS_INVALID_ARGUMENT and words in msg, msg
+
+
+def test_fp8_kvcache_descales_are_packed_like_field_by_field():
+    fake = Fake()
+    kd, vd = fake((2,), F32), fake((1,), F32)
+    packed = _patterned(_abi.FaDecodeParams)
+    _args.pack_decode_descales(packed, _args.desc_fields(kd), _args.desc_fields(vd))
+    ref = _patterned(_abi.FaDecodeParams)
+    ref.k_descale, ref.v_descale = _by_field(kd), _by_field(vd)
+    assert bytes(packed) == bytes(ref)
+
+
+def test_the_query_serves_an_fp8_kvcache(lib):
+    """fa_query_support's kv_cache_dtype (C ABI 0.13): served for decode with fp16/bf16 queries, refused elsewhere."""
+    q = _abi.FaSupportQuery()
+    q.struct_size, q.dtype, q.head_dim, q.kv_cache_dtype = ctypes.sizeof(q), BF16, 64, E4M3
+    setattr(q, "pass", _abi.FA_PASS_DECODE)  # "pass" is a Python keyword
+    assert lib.lib.fa_query_support(ctypes.byref(q)) == 0
+    q.paged_kv = q.causal = q.softcap = 1
+    assert lib.lib.fa_query_support(ctypes.byref(q)) == 0
+    setattr(q, "pass", _abi.FA_PASS_FORWARD)
+    q.paged_kv = 0
+    assert lib.lib.fa_query_support(ctypes.byref(q)) == _abi.FA_STATUS_UNSUPPORTED
+    setattr(q, "pass", _abi.FA_PASS_DECODE)
+    q.dtype = E4M3
+    assert lib.lib.fa_query_support(ctypes.byref(q)) == _abi.FA_STATUS_UNSUPPORTED
+
+
+@pytest.mark.parametrize("case,error,words", [
+    ("no-descales", ValueError, r"a torch.float8_e4m3fn cache needs k_descale: a float32 CUDA tensor of shape "
+                                r"\(nheads_k,\) = \(2,\) or \(1,\)"),
+    ("no-v-descale", ValueError, "needs v_descale"),
+    ("descale-fp16", TypeError, "k_descale must be torch.float32"),
+    ("descale-per-q-head", ValueError, r"v_descale must have shape \(nheads_k,\) = \(2,\) .* got \(4,\)"),
+    ("descale-2d", ValueError, r"k_descale must have shape \(nheads_k,\)"),
+    ("descale-not-a-tensor", TypeError, "k_descale must be a torch.Tensor"),
+    ("v-cache-bf16", TypeError, "k_cache is torch.float8_e4m3fn but v_cache is torch.bfloat16"),
+    ("head-dim-40", ValueError, "an fp8 cache's head_dim must be a multiple of 16"),
+    ("descales-with-a-bf16-cache", ValueError, "k_descale is given but k_cache is torch.bfloat16; descales go with"),
+    ("valid-on-cpu", RuntimeError, "runs on CUDA tensors only"),
+])
+def test_fp8_kvcache_argument_checks(case, error, words):
+    torch = _torch_fp8()
+    d = 40 if case == "head-dim-40" else 64
+    q = torch.randn(2, 1, 4, d).to(torch.bfloat16)
+    kc, vc = _cpu_fp8(torch, 2, 64, 2, d), _cpu_fp8(torch, 2, 64, 2, d)
+    kw = {"k_descale": torch.rand(2) / 200, "v_descale": torch.rand(1) / 200}
+    if case == "no-descales":
+        kw = {}
+    elif case == "no-v-descale":
+        del kw["v_descale"]
+    elif case == "descale-fp16":
+        kw["k_descale"] = kw["k_descale"].half()
+    elif case == "descale-per-q-head":
+        kw["v_descale"] = torch.ones(4)
+    elif case == "descale-2d":
+        kw["k_descale"] = torch.ones(2, 2)
+    elif case == "descale-not-a-tensor":
+        kw["k_descale"] = 0.01
+    elif case == "v-cache-bf16":
+        vc = vc.to(torch.bfloat16)
+    elif case == "descales-with-a-bf16-cache":
+        kc, vc = kc.to(torch.bfloat16), vc.to(torch.bfloat16)
+    with pytest.raises(error, match=words):
+        fai.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=10, **kw)
 
 
 # ---- learnable sinks (C ABI 0.7) ----------------------------------------------------------------------------------

@@ -938,6 +938,226 @@ def test_fp8_refusals_on_the_gpu():
     assert ei.value.status in (1, 2) and "16" in ei.value.message
 
 
+# ---- fp8 KV cache (C ABI 0.13): flash_attn_with_kvcache over torch.float8_e4m3fn caches with k_descale / v_descale --
+# Served by every decode kernel on any GPU the library runs on (the sm80 decode kernels; Hopper runs them too).
+
+def e4m3_of(x, descale):
+    """The header's quantization with torch's own cast: float(x) (x already of q's dtype) / descale per KV head (x
+    [..., hkv, d], descale (hkv,) or (1,)) in fp32, then e4m3 nearest even. torch's float8_e4m3fn cast rounds to nearest
+    even but does not saturate (past 448 it gives NaN), so the values are clamped to +-448 first (+-Inf too; clamp
+    keeps NaN, which the cast keeps)."""
+    q = x.float() / descale.float().view(-1, 1)
+    return q.clamp(-448.0, 448.0).to(FP8)
+
+
+def dequant(c8, descale):
+    """An fp8 cache [..., hkv, d] as attended, in float64: each byte's value times its KV head's descale."""
+    return c8.double() * descale.double().view(-1, 1)
+
+
+def kv_descales(hkv, per_tensor):
+    """k_descale and v_descale about amax / 448 for amax in [2, 3] (values of [-2, 2] quantize without saturating),
+    one per KV head or one for the cache."""
+    n = 1 if per_tensor else hkv
+    return (2 + torch.rand(n, device=DEV)) / 448, (2 + torch.rand(n, device=DEV)) / 448
+
+
+def bytes_of(c8):
+    """An fp8 tensor's bytes (uint8 view): copies, indexing and comparisons run on these (torch does not implement
+    every op for float8_e4m3fn)."""
+    return c8.view(torch.uint8)
+
+
+def paged_fp8(k_cache, v_cache, block):
+    """paged_cache of fp8 caches, moved as bytes: (k_cache, v_cache, block_table or None), fp8."""
+    kc, vc, table = paged_cache(bytes_of(k_cache), bytes_of(v_cache), block)
+    return kc.view(FP8), vc.view(FP8), table
+
+
+def unpaged_bytes(c8, table, rows, cap):
+    """The bytes of a (paged) fp8 cache as [rows, cap, hkv, d]."""
+    b8 = bytes_of(c8)
+    return b8 if table is None else b8[table.long()].view(rows, cap, *b8.shape[2:])
+
+
+def e4m3_ordinal(b8):
+    """Signed position of e4m3 bytes on the number line (+-0 both 0): neighbouring values differ by 1."""
+    mag = (b8 & 0x7F).int()
+    return torch.where((b8 & 0x80) != 0, -mag, mag)
+
+
+def fp8_cache_of(rows, cap, hkv, d, kd, vd, nan_from=None):
+    """A cache of quantized values of [-2, 2]; positions from nan_from[r] on (a per-row list) hold NaN (0x7F)."""
+    kc = e4m3_of(torch.rand(rows, cap, hkv, d, device=DEV) * 4 - 2, kd)
+    vc = e4m3_of(torch.rand(rows, cap, hkv, d, device=DEV) * 4 - 2, vd)
+    if nan_from is not None:
+        for r, n in enumerate(nan_from):
+            bytes_of(kc)[r, n:] = 0x7F
+            bytes_of(vc)[r, n:] = 0x7F
+    return kc, vc
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("block", [None, 16, 256])
+@pytest.mark.parametrize("per_tensor", [False, True], ids=["per-head", "per-tensor"])
+@pytest.mark.parametrize("splits", [0, 5])
+def test_kvcache_fp8_against_float64(dtype, block, per_tensor, splits):
+    """An fp8 cache (GQA 8/2, d 128, causal, two new tokens appended): the appended bytes equal torch's quantization of
+    the new keys/values (float(k_new) / descale, clamped, cast) bit for bit, every other byte (NaN in every slot no
+    call reads) unchanged; the output and lse against the float64 reference on the dequantized cache. Tolerances: the
+    16-bit cache test's (bf16 2e-2, fp16 4e-3 on outputs of magnitude up to 2), since the kernel reads the e4m3 bytes
+    exactly: its error is the rounding of P to q's dtype and of the output, as over a 16-bit cache."""
+    if FP8 is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    torch.manual_seed(31 + (block or 0) + splits + per_tensor + (dtype == torch.float16))
+    b, h, hkv, d, cap, snew = 3, 8, 2, 128, 512, 2
+    lens = [100, 1, 300]
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEV)
+    kd, vd = kv_descales(hkv, per_tensor)
+    k_cache, v_cache = fp8_cache_of(b, cap, hkv, d, kd, vd, nan_from=lens)  # NaN from each length on (appended too)
+    q = rand(b, snew, h, d, dtype=dtype) * 2 / 3
+    k_new, v_new = rand(b, snew, hkv, d, dtype=dtype).clamp(-2, 2), rand(b, snew, hkv, d, dtype=dtype).clamp(-2, 2)
+    expect_k, expect_v = bytes_of(k_cache).clone(), bytes_of(v_cache).clone()
+    for i, n in enumerate(lens):
+        expect_k[i, n:n + snew] = bytes_of(e4m3_of(k_new[i], kd))
+        expect_v[i, n:n + snew] = bytes_of(e4m3_of(v_new[i], vd))
+    kc, vc, table = paged_fp8(k_cache, v_cache, block)
+    out, lse = fai.flash_attn_with_kvcache(q, kc, vc, k_new, v_new, cache_seqlens=seqlens, block_table=table,
+                                           causal=True, num_splits=splits, return_softmax_lse=True, k_descale=kd,
+                                           v_descale=vd)
+    assert out.dtype == dtype and lse.shape == (b, h, snew)
+    # Appended bit for bit, the rest (NaN slots included) as it was.
+    assert torch.equal(unpaged_bytes(kc, table, b, cap), expect_k)
+    assert torch.equal(unpaged_bytes(vc, table, b, cap), expect_v)
+    tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
+    for i, n in enumerate(lens):
+        kk = dequant(expect_k[i:i + 1, :n + snew].view(FP8), kd)
+        vv = dequant(expect_v[i:i + 1, :n + snew].view(FP8), vd)
+        ref, ref_lse = reference(q[i:i + 1], kk, vv, causal=True, with_lse=True)
+        assert max_err(out[i:i + 1], ref) < tol, i
+        assert max_err(lse[i:i + 1], ref_lse) < 2e-3, i
+    assert seqlens.tolist() == lens  # only read, as flash-attn
+
+
+@pytest.mark.parametrize("block", [None, 16])
+@pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "half-split"])
+def test_kvcache_fp8_rotary_batch_idx_leftpad_alibi(block, interleaved):
+    """The serving options over an fp8 cache: cache_batch_idx over a shuffled pool, cache_leftpad, rotary (the new
+    keys rotated in fp32 and rounded to q's dtype before they are quantized: within one e4m3 step of torch's
+    quantization of the float64 rotation, since the two roundings to bf16 may differ by one unit), ALiBi, a window
+    and softcap; the output against the float64 reference over the stored bytes."""
+    if FP8 is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    torch.manual_seed(41 + (block or 0) + interleaved)
+    b, pool, h, hkv, d, cap, sq, snew = 3, 5, 8, 2, 128, 256, 2, 2
+    idx = torch.randperm(pool, device=DEV)[:b].to(torch.int32)
+    lens, pads_l = [100, 37, 200], [17, 0, 5]
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEV)
+    pads = torch.tensor(pads_l, dtype=torch.int32, device=DEV)
+    kd, vd = kv_descales(hkv, False)
+    k_pool, v_pool = fp8_cache_of(pool, cap, hkv, d, kd, vd, nan_from=[0] * pool)
+    for i in range(b):  # the rows the sequences use: values from the pad to the length, NaN elsewhere
+        r = idx[i].item()
+        kx, vx = fp8_cache_of(1, lens[i] - pads_l[i], hkv, d, kd, vd)
+        bytes_of(k_pool)[r, pads_l[i]:lens[i]], bytes_of(v_pool)[r, pads_l[i]:lens[i]] = bytes_of(kx)[0], bytes_of(vx)[0]
+    cos, sin = rotary_tables(cap + 8, 64)
+    slopes = torch.rand(h, device=DEV) * 0.3
+    q, k_new, v_new = rand(b, sq, h, d), rand(b, snew, hkv, d).clamp(-2, 2), rand(b, snew, hkv, d).clamp(-2, 2)
+    kc, vc, table = paged_fp8(k_pool, v_pool, block)
+    # (A left window of 150 keys: narrower than sequences 0 and 2 see, wider than sequence 1's 39 keys, where
+    # masked_scores takes ALiBi's column form and the kernel the distance form: the outputs agree, the lse would not.)
+    out = fai.flash_attn_with_kvcache(q, kc, vc, k_new, v_new, rotary_cos=cos, rotary_sin=sin, cache_seqlens=seqlens,
+                                      cache_batch_idx=idx, cache_leftpad=pads, block_table=table, causal=True,
+                                      window_size=(150, -1), softcap=20.0, alibi_slopes=slopes,
+                                      rotary_interleaved=interleaved, k_descale=kd, v_descale=vd)
+    torch.cuda.synchronize()
+    got_k, got_v = unpaged_bytes(kc, table, pool, cap), unpaged_bytes(vc, table, pool, cap)
+    for i in range(b):
+        r, n = idx[i].item(), lens[i]
+        pos = torch.arange(n, n + snew, device=DEV)
+        want_k = bytes_of(e4m3_of(rotate(k_new[i], cos, sin, pos, interleaved).to(torch.bfloat16), kd))
+        step = (e4m3_ordinal(got_k[r, n:n + snew]) - e4m3_ordinal(want_k)).abs()
+        assert (step <= 1).all(), (i, step.max().item())  # within one e4m3 step
+        assert torch.equal(got_v[r, n:n + snew], bytes_of(e4m3_of(v_new[i], vd))), i
+    for i in range(b):
+        r, lo, hi, n = idx[i].item(), pads_l[i], lens[i] + snew, lens[i]
+        q_rot = rotate(q[i], cos, sin, n + torch.arange(sq, device=DEV), interleaved)[None]
+        kk, vv = dequant(got_k[r:r + 1, lo:hi].view(FP8), kd), dequant(got_v[r:r + 1, lo:hi].view(FP8), vd)
+        s, v_rep = masked_scores(q_rot, kk, vv, True, (150, -1), 20.0, None, False, slopes=slopes.double())
+        ref = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, dim=-1).nan_to_num(0.0), v_rep)
+        assert max_err(out[i:i + 1], ref) < 2e-2, i
+    assert not out.isnan().any()
+
+
+def test_kvcache_fp8_saturation_and_nan():
+    """Appended values beyond e4m3's range after the descale (|x| / descale from 460 up, and +-Inf) are stored as
+    +-448 (0x7E / 0xFE); a NaN new value is stored as NaN and makes that output column NaN; torch's clamp-then-cast
+    quantization agrees byte for byte."""
+    if FP8 is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    torch.manual_seed(51)
+    b, h, hkv, d, cap = 2, 4, 2, 64, 128
+    lens = [40, 7]
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEV)
+    kd, vd = kv_descales(hkv, False)
+    kc, vc = fp8_cache_of(b, cap, hkv, d, kd, vd, nan_from=[n + 1 for n in lens])
+    q = rand(b, 1, h, d)
+    k_new, v_new = rand(b, 1, hkv, d), rand(b, 1, hkv, d)
+    k_new[0, 0, 0, :8] = torch.tensor([500, -600, 5000, -1e30, float("inf"), float("-inf"), 470, -449],
+                                      device=DEV) * kd[0]
+    v_new[0, 0, 1, :3] = torch.tensor([float("inf"), -800, 463], device=DEV) * vd[1]
+    v_new[1, 0, 0, 5] = float("nan")
+    out = fai.flash_attn_with_kvcache(q, kc, vc, k_new, v_new, cache_seqlens=seqlens, k_descale=kd, v_descale=vd)
+    torch.cuda.synchronize()
+    assert bytes_of(kc)[0, lens[0], 0, :8].tolist() == [0x7E, 0xFE, 0x7E, 0xFE, 0x7E, 0xFE, 0x7E, 0xFE]
+    assert bytes_of(vc)[0, lens[0], 1, :3].tolist() == [0x7E, 0xFE, 0x7E]
+    assert (bytes_of(vc)[1, lens[1], 0, 5].item() & 0x7F) == 0x7F  # NaN kept
+    for i, n in enumerate(lens):
+        assert torch.equal(bytes_of(kc)[i, n], bytes_of(e4m3_of(k_new[i, 0], kd))), i
+    # Sequence 1's KV head 0 (q heads 0 and 1) attends the NaN value: column 5 NaN there, nothing else.
+    nan_at = out.isnan()
+    assert nan_at[1, 0, :2, 5].all() and nan_at.sum().item() == 2
+
+
+def test_kvcache_fp8_custom_op_matches_the_eager_call():
+    """A plain eager call over an fp8 cache skips the custom op; the op (what torch.compile's graph calls, with the
+    descales in its schema) gives the same bits."""
+    ops = _custom_ops()
+    if FP8 is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    torch.manual_seed(61)
+    b, h, hkv, d, cap = 2, 8, 2, 128, 256
+    kd, vd = kv_descales(hkv, True)
+    kc, vc = fp8_cache_of(b, cap, hkv, d, kd, vd)
+    q = rand(b, 1, h, d)
+    seqlens = torch.tensor([200, 17], dtype=torch.int32, device=DEV)
+    eager = fai.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, k_descale=kd, v_descale=vd, num_splits=3)
+    with _RecordOps() as mode:
+        through_op = fai.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, k_descale=kd, v_descale=vd,
+                                                 num_splits=3)
+    assert any("flash_attn_interop.decode" in o for o in mode.ops), mode.ops
+    assert torch.equal(eager, through_op)
+
+
+def test_kvcache_fp8_refusals_on_the_gpu():
+    """What the library refuses over an fp8 cache comes back as its message; what the package checks first, as
+    ValueError / TypeError."""
+    if FP8 is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    kd, vd = kv_descales(2, False)
+    kc, vc = fp8_cache_of(1, 64, 2, 64, kd, vd)
+    q = rand(1, 1, 4, 64)
+    with pytest.raises(ValueError, match="needs v_descale"):
+        fai.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=10, k_descale=kd)
+    with pytest.raises(TypeError, match="k_descale must be torch.float32"):
+        fai.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=10, k_descale=kd.half(), v_descale=vd)
+    with pytest.raises(fai.FlashAttentionError) as ei:
+        bad_q = rand(1, 1, 4, 64, dtype=torch.float16)  # q fp16, k/v bf16: the library names the dtypes
+        fai.flash_attn_with_kvcache(bad_q, kc, vc, rand(1, 1, 2, 64), rand(1, 1, 2, 64), cache_seqlens=10,
+                                    k_descale=kd, v_descale=vd)
+    assert ei.value.status == 1 and "k_new.dtype" in ei.value.message
+
+
 # ---- learnable sinks (C ABI 0.7; FlashAttention-4's learnable_sink) -------------------------------------------------
 
 def reference_sink(q, k, v, sinks, causal=False, window=(-1, -1), softcap=0.0, scale=None, top_left=False,

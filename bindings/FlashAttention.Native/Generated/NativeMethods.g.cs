@@ -24,8 +24,8 @@ public static unsafe partial class NativeMethods
     public const int FA_VERSION_MAJOR = 0;
 
     /// <summary>Version of this header. fa_version() reports the version of the loaded binary.</summary>
-    /// <remarks>C: <c>#define FA_VERSION_MINOR 12</c></remarks>
-    public const int FA_VERSION_MINOR = 12;
+    /// <remarks>C: <c>#define FA_VERSION_MINOR 13</c></remarks>
+    public const int FA_VERSION_MINOR = 13;
 
     /// <summary>Version of this header. fa_version() reports the version of the loaded binary.</summary>
     /// <remarks>C: <c>#define FA_VERSION_PATCH 0</c></remarks>
@@ -33,7 +33,7 @@ public static unsafe partial class NativeMethods
 
     /// <summary>MAJOR * 10000 + MINOR * 100 + PATCH.</summary>
     /// <remarks>C: <c>#define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)</c></remarks>
-    public const int FA_VERSION_CODE = 1200;
+    public const int FA_VERSION_CODE = 1300;
 
     /// <summary>Most dimensions a tensor descriptor carries.</summary>
     /// <remarks>C: <c>#define FA_MAX_RANK 4</c></remarks>

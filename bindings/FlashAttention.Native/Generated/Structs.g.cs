@@ -521,7 +521,7 @@ public unsafe partial struct FaBackwardParams
 /// (cu_seqlens_q / cu_seqlens_k_new, since 0.12: seqlen_q and seqlen_knew are then sequence b's own) are served by
 /// every decode kernel, so fa_query_support has no field for them.
 /// </summary>
-/// <remarks>Mirror of C <c>fa_decode_params_t</c> (<c>struct fa_decode_params</c>): 1256 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_decode_params_t</c> (<c>struct fa_decode_params</c>): 1416 bytes, aligned to 8 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaDecodeParams
 {
@@ -535,13 +535,13 @@ public unsafe partial struct FaDecodeParams
 
     /// <summary>
     /// New queries [batch, seqlen_q, heads_q, head_dim] (packed [total_q, heads_q, head_dim] with cu_seqlens_q),
-    /// fp16 or bf16 (an fp8 query or cache is FA_STATUS_UNSUPPORTED: not served yet).
+    /// fp16 or bf16 (an fp8 query is FA_STATUS_UNSUPPORTED; an fp8 cache is served since 0.13, see k_descale).
     /// </summary>
     /// <remarks>C: <c>fa_tensor_t q</c> at byte offset 8.</remarks>
     public FaTensor q;
 
     /// <summary>
-    /// Key cache, same dtype as q: contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
+    /// Key cache, same dtype as q or FA_DTYPE_FLOAT8_E4M3 (since 0.13, with k_descale/v_descale): contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
     /// NULL, else paged [num_blocks, block_size, heads_kv, head_dim] with block_size a power of two from 16
     /// up (16, 32, 64, 128, 256, ...). Written where new keys are appended.
     /// </summary>
@@ -682,7 +682,8 @@ public unsafe partial struct FaDecodeParams
 
     /// <summary>
     /// Since 0.7. Optional host copy of cache_leftpad (batch entries); each must be 0 or more and at most the
-    /// capacity, and, when cache_seqlens_host is given too, at most cache_seqlens_host[b] + seqlen_knew; refused
+    /// capacity, and, when cache_seqlens_host is given too, at most cache_seqlens_host[b] + the sequence's appended
+    /// count (seqlen_knew, or its cu_seqlens_k_new count when the host knows it); refused
     /// before anything is launched otherwise. Without it the kernels clamp a pad outside 0 .. total_b and report
     /// it (FA_STATUS_DEVICE_CHECK_FAILED naming cache_leftpad). Only with cache_leftpad.data.
     /// </summary>
@@ -790,8 +791,8 @@ public unsafe partial struct FaDecodeParams
     public int* cu_seqlens_k_new_host;
 
     /// <summary>
-    /// With cu_seqlens_q: the most queries one sequence has (at least every count; it sizes the grid and the split
-    /// workspace). Must be 0 without cu_seqlens_q.
+    /// With cu_seqlens_q: the most queries one sequence has (at least 1 and every count; a larger static bound is
+    /// allowed, it only sizes the grid and the split workspace). Must be 0 without cu_seqlens_q.
     /// </summary>
     /// <remarks>C: <c>int32_t max_seqlen_q</c> at byte offset 1248.</remarks>
     public int max_seqlen_q;
@@ -799,10 +800,32 @@ public unsafe partial struct FaDecodeParams
     /// <summary>Reserved; must be 0.</summary>
     /// <remarks>C: <c>int32_t reserved2</c> at byte offset 1252.</remarks>
     public int reserved2;
+
+    /// <summary>
+    /// ---- FP8 KV cache (since 0.13; a 0.12-sized struct gets none). k_cache and v_cache may both be
+    /// FA_DTYPE_FLOAT8_E4M3 while q, out, k_new, v_new (and the rotary tables) stay fp16 or bf16: the cache then holds
+    /// half the bytes, which is what a decode over a long cache is bound by. The key attended at a cache position is
+    /// float(k_cache[..]) * k_descale[h_kv] (the value: v_descale), so scores are q . k * k_descale * softmax_scale
+    /// and the output is the probabilities times the stored values times v_descale. A key appended by the call is
+    /// first what a cache of q's dtype would store (k_new, rotated when rotary is given, rounded to q's dtype), then
+    /// divided by k_descale[h_kv] in fp32 and rounded to e4m3 (nearest even, saturated to +-448: +-Inf saturate
+    /// too, NaN stays NaN); values the same with v_descale. Served by every decode kernel (head dims, paged or
+    /// contiguous, every decode option); fa_query_support's kv_cache_dtype asks.
+    /// fp32 descale factors of an fp8 cache, device memory, rank 1: [heads_kv] (one per KV head) or [1] (one for the
+    /// whole cache); required with an fp8 cache, data NULL otherwise. Read by the kernels only (a captured graph reads
+    /// what they hold at replay), never by the host; factors are taken as given (0, negative or non-finite ones give
+    /// Inf or NaN, as FlashAttention-3's descales do).
+    /// </summary>
+    /// <remarks>C: <c>fa_tensor_t k_descale</c> at byte offset 1256.</remarks>
+    public FaTensor k_descale;
+
+    /// <summary>See k_descale; the factors of v_cache.</summary>
+    /// <remarks>C: <c>fa_tensor_t v_descale</c> at byte offset 1336.</remarks>
+    public FaTensor v_descale;
 }
 
 /// <summary>A question for fa_query_support: is this kind of call served by this build on this GPU?</summary>
-/// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 60 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
+/// <remarks>Mirror of C <c>fa_support_query_t</c> (<c>struct fa_support_query</c>): 64 bytes, aligned to 4 on x86_64-unknown-linux-gnu.</remarks>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe partial struct FaSupportQuery
 {
@@ -886,6 +909,14 @@ public unsafe partial struct FaSupportQuery
     /// </summary>
     /// <remarks>C: <c>int32_t paged_kv</c> at byte offset 56.</remarks>
     public int paged_kv;
+
+    /// <summary>
+    /// FA_PASS_DECODE: an fa_dtype_t value of k_cache/v_cache when it differs from dtype (FA_DTYPE_FLOAT8_E4M3: an
+    /// fp8 KV cache with fp16 or bf16 queries, served by every decode kernel); 0: the same as dtype. Other passes
+    /// have none. (Since 0.13: a 0.12-sized query gets 0.)
+    /// </summary>
+    /// <remarks>C: <c>int32_t kv_cache_dtype</c> at byte offset 60.</remarks>
+    public int kv_cache_dtype;
 }
 
 /// <summary>Properties of one CUDA device.</summary>

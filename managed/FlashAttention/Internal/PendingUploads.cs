@@ -5,7 +5,7 @@ namespace FlashAttn.Internal;
 
 /// <summary>
 /// Small host-to-device copies queued on a stream (the sequence lengths and block-table rows a
-/// <see cref="KvCache"/> keeps in step with its host copies). Each copy reads its own snapshot array, allocated on
+/// <see cref="KvCache"/> keeps in step with its host copies, and an fp8 cache's descale factors). Each copy reads its own snapshot array, allocated on
 /// the pinned object heap and never written after it is queued, so later updates cannot change what an earlier,
 /// still-queued copy reads. The snapshot, a lease on the destination memory and a lease on the stream are held
 /// until an event recorded after the copy has completed.
@@ -29,7 +29,7 @@ internal sealed class PendingUploads
     /// Queues a copy of <paramref name="source"/> (a snapshot the caller gives up) to element
     /// <paramref name="elementOffset"/> of the int32 tensor <paramref name="target"/> on <paramref name="stream"/>.
     /// </summary>
-    /// <param name="target">A contiguous int32 device tensor.</param>
+    /// <param name="target">A contiguous device tensor of 4-byte elements: int32, or float32 (an fp8 cache's descale factors, given as their bits).</param>
     /// <param name="elementOffset">First destination element, counted from the tensor's element 0.</param>
     /// <param name="source">The values; must not be written after this call.</param>
     /// <param name="stream">The stream, or null for the legacy default stream.</param>

@@ -13,7 +13,10 @@
 //   causal (FlashAttention-2's form): dist = j; out is that of the first form (a row constant slope * (i + off)
 //     cancels in the softmax) but the LSE is larger by slope * (i + off).
 // Rounding: the bias is one fp32 product (and the sum with s), as in FlashAttention-2; its error is a relative 2^-24
-// of slope * dist (e.g. 3e-4 in the logit for slope 0.3 at distance 16k), the same on every path.
+// of slope * dist (e.g. 3e-4 in the logit for slope 0.3 at distance 16k), the same on every path but one: the sm90
+// forward's ALiBi variant (sm90/alibi_gemm.cuh) adds slope/u * (key - key0 - BN/2) through its Q K^T and the rest per
+// row, which rounds at the size of the block's part (|.| <= slope/u * BN/2) where this rounds at the bias's: up to
+// 2^-24 slope * BN/2 in the logit more near the diagonal (2e-6 for slope 0.3 at BN 128), the same size far from it.
 #pragma once
 #include <cuda_runtime.h>
 

@@ -102,6 +102,16 @@ struct DecodeParams {
     const int32_t* cu_seqlens_knew = nullptr;
     int64_t cu_q_stride = 0, cu_knew_stride = 0;
     int32_t total_q = 0, total_knew = 0;
+    // FP8 KV cache (C ABI 0.13). cache_dtype: the element type of k_cache/v_cache, dtype (16-bit) or Float8E4M3 (then
+    // k_cache/v_cache hold e4m3 bytes, strides in bytes, while q, o, k_new, v_new and the rotary tables stay dtype).
+    // k_descale / v_descale [hkv] (fp32, device; only with an fp8 cache): KV head hk's factor at
+    // k_descale[hk * k_descale_stride], stride 0 for a one-factor [1] table. The attention kernel multiplies the
+    // scores by k_descale (before softcap, as the scale) and the output by v_descale (before a split's partial is
+    // written); the append kernel divides what it stores by them (common/fp8_cache.cuh).
+    DType cache_dtype = DType::Float16;
+    const float* k_descale = nullptr;
+    const float* v_descale = nullptr;
+    int64_t k_descale_stride = 0, v_descale_stride = 0;
 };
 
 }  // namespace fa

@@ -3,6 +3,6 @@
 
 namespace fa {
 namespace sm80 {
-template int run_decode<__half, 192>(const DecodeParams&, const LaunchInfo&, cudaStream_t, uint32_t*);
+template int run_decode<__half, 192, false>(const DecodeParams&, const LaunchInfo&, cudaStream_t, uint32_t*);
 }  // namespace sm80
 }  // namespace fa

@@ -19,6 +19,11 @@
 // Rows of the cache outside the keys a block may see (past the sequence's length or before its left pad, in
 // particular) are never read: their shared-memory rows are zero-filled by cp.async, since a masked probability of 0 times a NaN
 // value is still NaN.
+// An fp8 (e4m3) cache (C ABI 0.13; DecodeTraits' Fp8Cache): K/V tiles land as bytes (half a 16-bit cache's, so more
+// stages fit), and each warp turns its own 16 keys into fp16/bf16 mma fragments in registers with integer operations
+// and one exact power-of-two multiply (common/fp8_cache.cuh), from layouts described at decode_q_frag_fp8; k_descale
+// multiplies the scores (before softcap, as the scale), v_descale the output (before a split's partial is written, so
+// the combine is the 16-bit one). The 16-bit path's code is untouched: the fp8 steps are `if constexpr` branches.
 //
 // Also here: the append kernel (writes k_new/v_new into the cache before the attention kernel runs, on the
 // same stream) and the combine kernel.
@@ -26,7 +31,10 @@
 #include <cuda_runtime.h>
 #include <math_constants.h>
 
+#include <type_traits>
+
 #include "common/alibi.cuh"
+#include "common/fp8_cache.cuh"  // an fp8 cache: bytes to fp16/bf16 fragments, the append's quantization
 #include "common/ptx.cuh"
 #include "common/rotary.cuh"  // rotary_chunk: new keys before they are stored, queries as they are loaded
 #include "common/seq.cuh"      // ceil_div
@@ -122,7 +130,7 @@ __device__ __forceinline__ int decode_block_id(const DecodeParams& p, const int3
 // Row and column chunk of a thread's i-th 16-byte chunk of a K/V tile.
 template <class Tr>
 __device__ __forceinline__ void decode_chunk(int tid, int i, int& row, int& ch) {
-    constexpr int CPR = Tr::kChunksPerRow;
+    constexpr int CPR = Tr::kKvChunksPerRow;
     if constexpr (Tr::kRowMapped) {
         row = tid / CPR + i * Tr::kRowStep;
         ch = tid % CPR;
@@ -130,6 +138,22 @@ __device__ __forceinline__ void decode_chunk(int tid, int i, int& row, int& ch) 
         const int c = tid + i * Tr::kThreads;
         row = c / CPR;
         ch = c % CPR;
+    }
+}
+
+// Byte offset of 16-byte chunk ch of row `row` in a K/V tile. A 16-bit cache's tiles are laid out as Q's (swizzle).
+// An fp8 cache's rows are kKvRowBytes (whole 128-byte lines) apart and chunk ch sits at ch ^ h(row % 8), with
+// h(r) = 2 (r % 4) ^ 4 (r / 4 % 2): the fragment loads of the fp8 path (decode_qk_fp8, decode_pv_fp8) then read 8
+// distinct chunk positions of a 128-byte line per 8 lanes (K: rows r and r + 4 of a lane pair fall in opposite line
+// halves; V: rows r, r + 1, r + 2, r + 3 of a member at two neighbouring chunks spread over all eight).
+__device__ __forceinline__ constexpr int kv_fp8_xor(int row) { return ((row & 3) << 1) ^ (row & 4); }
+
+template <class Tr>
+__device__ __forceinline__ uint32_t kv_swizzle(int row, int ch) {
+    if constexpr (Tr::kFp8Cache) {
+        return static_cast<uint32_t>(row * Tr::kKvRowBytes + ((ch ^ kv_fp8_xor(row)) << 4));
+    } else {
+        return swizzle<Tr::kRowBytes>(row, ch);
     }
 }
 
@@ -159,16 +183,17 @@ __device__ __forceinline__ void decode_fetch_ids(int (&ids)[Tr::kIds], const Dec
 // apart, so the source pointer steps by a constant: one 64-bit product per tile (contiguous) or per page
 // group (paged) instead of one per chunk.
 template <class Tr, bool kPaged>
-__device__ __forceinline__ void decode_load_kv(uint32_t sK, uint32_t sV, const typename Tr::Elem* k,
-                                               const typename Tr::Elem* v, const DecodeParams& p, int pos0, int k_lo,
+__device__ __forceinline__ void decode_load_kv(uint32_t sK, uint32_t sV, const typename Tr::CacheElem* k,
+                                               const typename Tr::CacheElem* v, const DecodeParams& p, int pos0, int k_lo,
                                                int k_hi, const int (&ids)[Tr::kIds], int tid) {
-    using T = typename Tr::Elem;
-    constexpr int CPR = Tr::kChunksPerRow;
+    using T = typename Tr::CacheElem;
+    constexpr int CPR = Tr::kKvChunksPerRow;
+    constexpr int E = 16 / Tr::kCacheElemBytes;  // elements in a 16-byte chunk: 8 (16-bit) or 16 (fp8)
     if constexpr (Tr::kRowMapped) {
         constexpr int RS = Tr::kRowStep, P = Tr::kChunksPerId;
         const int r0 = tid / CPR;
         const int ch = tid % CPR;
-        const bool col_ok = ch * 8 < p.d;
+        const bool col_ok = ch * E < p.d;
         const int64_t k_step = RS * p.k_row_stride, v_step = RS * p.v_row_stride;
         const T* ks = nullptr;
         const T* vs = nullptr;
@@ -187,11 +212,11 @@ __device__ __forceinline__ void decode_load_kv(uint32_t sK, uint32_t sV, const t
                     k_off = static_cast<int64_t>(pos0 + row) * p.k_row_stride;
                     v_off = static_cast<int64_t>(pos0 + row) * p.v_row_stride;
                 }
-                ks = k + k_off + ch * 8;
-                vs = v + v_off + ch * 8;
+                ks = k + k_off + ch * E;
+                vs = v + v_off + ch * E;
             }
             const bool valid = col_ok && pos0 + row >= k_lo && pos0 + row < k_hi;
-            const uint32_t dst = swizzle<Tr::kRowBytes>(row, ch);
+            const uint32_t dst = kv_swizzle<Tr>(row, ch);
             cp_async_16(sK + dst, valid ? ks : k, valid);
             cp_async_16(sV + dst, valid ? vs : v, valid);
             ks += k_step;
@@ -203,7 +228,7 @@ __device__ __forceinline__ void decode_load_kv(uint32_t sK, uint32_t sV, const t
             int row, ch;
             decode_chunk<Tr>(tid, i, row, ch);
             const int pos = pos0 + row;
-            const bool valid = pos >= k_lo && pos < k_hi && ch * 8 < p.d;
+            const bool valid = pos >= k_lo && pos < k_hi && ch * E < p.d;
             int64_t k_off, v_off;
             if constexpr (kPaged) {
                 const int64_t block = ids[i];
@@ -214,11 +239,79 @@ __device__ __forceinline__ void decode_load_kv(uint32_t sK, uint32_t sV, const t
                 k_off = static_cast<int64_t>(pos) * p.k_row_stride;
                 v_off = static_cast<int64_t>(pos) * p.v_row_stride;
             }
-            const uint32_t dst = swizzle<Tr::kRowBytes>(row, ch);
-            cp_async_16(sK + dst, valid ? k + k_off + ch * 8 : k, valid);
-            cp_async_16(sV + dst, valid ? v + v_off + ch * 8 : v, valid);
+            const uint32_t dst = kv_swizzle<Tr>(row, ch);
+            cp_async_16(sK + dst, valid ? k + k_off + ch * E : k, valid);
+            cp_async_16(sV + dst, valid ? v + v_off + ch * E : v, valid);
         }
     }
+}
+
+// ---- an fp8 (e4m3) cache (C ABI 0.13): fragments straight from the cached bytes --------------------------------------
+// The 16-bit path reads K and V tiles with ldmatrix; e4m3 bytes are converted in registers instead (common/fp8_cache.cuh),
+// from layouts chosen so that every lane loads whole runs of bytes it needs and nothing else:
+// - Q K^T, k16 step kk: lane (g, t) (g = lane / 4, t = lane % 4) needs 4 head-dim elements of a key row. It takes the 4
+//   bytes at fp8_k_col(kk, t): in a full 64-column group G (steps 4G .. 4G + 3) lane t owns bytes 16t .. 16t + 15, one
+//   16-byte load for four steps; in a tail group of 32 columns (head dims 32 and 96) bytes 8t .. 8t + 7. e4m3x4_to
+//   pairs those bytes (b0, b2) and (b1, b3), the mma's k positions (2t, 2t + 1) and (8 + 2t, 9 + 2t); q's A fragment
+//   pairs q's elements at the same columns the same way (decode_q_frag_fp8). A dot product does not depend on the order
+//   of its terms, so this is Q K^T.
+// - The keys: n position n of the warp's n8 tile j is key warp_key + 8j + n / 2 + 4 (n % 2) (rather than 8j + n), so
+//   that P's k positions (2t, 2t + 1, 8 + 2t, 9 + 2t) of the P V product are the keys t, t + 4, 8 + t, 12 + t: one row
+//   each of the V tile, whose bytes lane (g, t) loads whole.
+// - P V: the output columns are permuted too. The head dim is cut into segments (fp8_v_seg: lines of 128 columns, then
+//   64 and 32); in a segment of L columns at `base`, lane g owns columns base + g L / 8 .. + L / 8 - 1 and loads them
+//   (L / 8 bytes) from each of its 4 key rows; byte c of rows (t, t + 4) and of rows (8 + t, 12 + t), interleaved
+//   (one PRMT) and converted, are the B fragment of n8 tile j0 + c, whose n position g is column base + g L / 8 + c.
+//   The accumulators are un-permuted once, where the warps merge (decode_fp8_out_col).
+template <int D>
+__device__ __forceinline__ constexpr bool fp8_full_group(int group) {
+    return 64 * (group + 1) <= D;
+}
+
+template <int D>
+__device__ __forceinline__ constexpr int fp8_k_col(int kk, int t) {
+    return fp8_full_group<D>(kk / 4) ? 64 * (kk / 4) + 16 * t + 4 * (kk % 4) : 64 * (kk / 4) + 8 * t + 4 * (kk % 4);
+}
+
+// V segments: (first column, length) of segment i; fp8_v_segs<D>() of them. 32: [32]; 64: [64]; 96: [64, 32];
+// 128: [128]; 192: [128, 64]; 256: [128, 128].
+template <int D>
+__device__ __forceinline__ constexpr int fp8_v_segs() {
+    return D == 96 ? 2 : (D + 127) / 128;
+}
+template <int D>
+__device__ __forceinline__ constexpr int fp8_v_seg_base(int i) {
+    return D == 96 ? 64 * i : 128 * i;
+}
+template <int D>
+__device__ __forceinline__ constexpr int fp8_v_seg_len(int i) {
+    return D == 96 ? (i == 0 ? 64 : 32) : (D - 128 * i < 128 ? D - 128 * i : 128);
+}
+
+// q's A fragment of k16 step kk for an fp8 cache, from the swizzled Q tile: rows g and g + 8, the 4 elements at
+// fp8_k_col, paired (0, 2) and (1, 3) as e4m3x4_to pairs the keys' bytes.
+template <class Tr>
+__device__ __forceinline__ void decode_q_frag_fp8(uint32_t (&a)[4], const unsigned char* sq, int kk, int lane) {
+    constexpr int RB = Tr::kRowBytes;
+    const int col = fp8_k_col<Tr::kHeadDim>(kk, lane % 4);
+    const uint2 r0 = *reinterpret_cast<const uint2*>(sq + swizzle<RB>(lane / 4, col / 8) + (col % 8) * 2);
+    const uint2 r1 = *reinterpret_cast<const uint2*>(sq + swizzle<RB>(lane / 4 + 8, col / 8) + (col % 8) * 2);
+    a[0] = __byte_perm(r0.x, r0.y, 0x5410);
+    a[1] = __byte_perm(r1.x, r1.y, 0x5410);
+    a[2] = __byte_perm(r0.x, r0.y, 0x7632);
+    a[3] = __byte_perm(r1.x, r1.y, 0x7632);
+}
+
+// Physical output column of accumulator column n (0..7) of n8 tile j in the fp8 P V layout (see above).
+template <int D>
+__device__ __forceinline__ constexpr int decode_fp8_out_col(int j, int n) {
+    int first = 0;
+    for (int i = 0; i < fp8_v_segs<D>(); ++i) {
+        const int tiles = fp8_v_seg_len<D>(i) / 8;
+        if (j < first + tiles) return fp8_v_seg_base<D>(i) + n * tiles + (j - first);
+        first += tiles;
+    }
+    return 0;
 }
 
 template <class Tr, bool kPaged>
@@ -226,6 +319,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     using T = typename Tr::Elem;
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, RB = Tr::kRowBytes, CPR = Tr::kChunksPerRow;
     constexpr int NO = Tr::kHeadDim / 8, KS = Tr::kHeadDim / 16, NS = Tr::kStages, W = Tr::kWarps;
+    constexpr int NJ = Tr::kWarpKeys / 8, KP = Tr::kWarpKeys / 16;  // a warp's n8 tiles of S, k16 steps of P V
 
     extern __shared__ __align__(128) unsigned char smem[];
 
@@ -311,12 +405,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_batch_stride + qs.row0 * p.q_row_stride +
                  static_cast<int64_t>(hk) * p.g * p.q_head_stride;
     const int64_t cache_base = kPaged ? 0 : cache_row;
-    const T* k = reinterpret_cast<const T*>(p.k_cache) + cache_base * p.k_batch_stride + hk * p.k_head_stride;
-    const T* v = reinterpret_cast<const T*>(p.v_cache) + cache_base * p.v_batch_stride + hk * p.v_head_stride;
+    using C = typename Tr::CacheElem;  // T, or the bytes of an fp8 cache
+    const C* k = reinterpret_cast<const C*>(p.k_cache) + cache_base * p.k_batch_stride + hk * p.k_head_stride;
+    const C* v = reinterpret_cast<const C*>(p.v_cache) + cache_base * p.v_batch_stride + hk * p.v_head_stride;
     const int32_t* table_row = kPaged ? p.block_table + cache_row * p.table_batch_stride : nullptr;
 
     const uint32_t sQ = smem_u32(smem);
-    const uint32_t ring = sQ + Tr::kSmemQ;
+    const uint32_t ring = sQ + Tr::kSmemQ + Tr::kSmemQFrag;
 
     // Q rows past the block's rows and columns past d are zero-filled. Without rotary Q rides in the first
     // commit group; with it, Q is rotated as it is loaded, after the prologue's copies are issued (below).
@@ -387,6 +482,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
         row_hi[r] = static_cast<int>(max(h, l - 1));
     }
 
+    // The fp8 path's mask skip: the latest first key and the earliest last key any row of the CTA sees (rows past the
+    // block's have the last real row's bounds); a warp's keys within both need no mask.
+    int rows_lo_max = 0, rows_hi_min = 0;
+    if constexpr (Tr::kFp8Cache) {
+        rows_lo_max = __reduce_max_sync(0xffffffffu, max(row_lo[0], row_lo[1]));
+        rows_hi_min = __reduce_min_sync(0xffffffffu, min(row_hi[0], row_hi[1]));
+    }
+
     float acc[NO][4];
 #pragma unroll
     for (int j = 0; j < NO; ++j) {
@@ -396,12 +499,18 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     float row_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
     float row_sum[2] = {0.f, 0.f};
     uint32_t qf[Tr::kQInRegs ? KS : 1][4];
+    // An fp8 cache: KV head hk's descales, read once (the scores are multiplied by k_descale, the output by v_descale).
+    float k_desc = 1.f, v_desc = 1.f;
+    if constexpr (Tr::kFp8Cache) {
+        k_desc = __ldg(p.k_descale + hk * p.k_descale_stride);
+        v_desc = __ldg(p.v_descale + hk * p.v_descale_stride);
+    }
 
     // Per-lane ldmatrix coordinates, as in the forward: Q (A operand), K ([key][d], B operand), V^T (.trans).
     const uint32_t q_off = swizzle<RB>(lane % 16, lane / 16);
     const uint32_t k_off = swizzle<RB>((lane / 16) * 8 + lane % 8, (lane / 8) % 2);
     const uint32_t v_off = swizzle<RB>(((lane / 8) % 2) * 8 + lane % 8, lane / 16);
-    const int warp_key = warp * 16;
+    const int warp_key = warp * Tr::kWarpKeys;
     const float scale_log2 = p.scale_log2;
     const bool softcap = p.softcap > 0.f;
     const float cap_premul = softcap ? p.scale / p.softcap : 1.f;
@@ -434,7 +543,23 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
         }
         cp_async_commit();
         load_stage = load_stage + 1 == NS ? 0 : load_stage + 1;
-        if constexpr (Tr::kQInRegs) {
+        if constexpr (Tr::kFp8Cache) {
+            // q's fragments in the fp8 pairing: in registers, or (D > 128) in this warp's own slots of the fragment
+            // area, which only this lane reads back (no barrier needed).
+            if (t == t_begin) {
+#pragma unroll
+                for (int kk = 0; kk < KS; ++kk) {
+                    if constexpr (Tr::kQInRegs) {
+                        decode_q_frag_fp8<Tr>(qf[kk], smem, kk, lane);
+                    } else {
+                        uint32_t a[4];
+                        decode_q_frag_fp8<Tr>(a, smem, kk, lane);
+                        *reinterpret_cast<uint4*>(smem + Tr::kSmemQ + ((warp * KS + kk) * 32 + lane) * 16) =
+                            make_uint4(a[0], a[1], a[2], a[3]);
+                    }
+                }
+            }
+        } else if constexpr (Tr::kQInRegs) {
             if (t == t_begin) {
 #pragma unroll
                 for (int kk = 0; kk < KS; ++kk) {
@@ -446,35 +571,100 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
         const uint32_t sV = sK + Tr::kSmemTile;
         stage = stage + 1 == NS ? 0 : stage + 1;
 
-        // S = Q K^T over this warp's 16 keys: two n8 tiles.
-        float s[2][4];
+        // S = Q K^T over this warp's kWarpKeys keys: NJ n8 tiles (two; four for an fp8 cache's 32-key warps).
+        float s[NJ][4];
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < NJ; ++j) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
         }
+        if constexpr (Tr::kFp8Cache) {
+            // Key rows of this lane's n positions (n = g of tile j): warp_key + 8j + g / 2 + 4 (g % 2) (8j = 16 (j / 2)
+            // + 8 (j % 2): each 16-key step has the layout of decode_q_frag_fp8's note).
+            const int g = lane / 4, tq = lane % 4;
+            const unsigned char* k_rows = smem + (sK - sQ) + (warp_key + g / 2 + 4 * (g % 2)) * Tr::kKvRowBytes;
+            const int kx = kv_fp8_xor(g / 2 + 4 * (g % 2));  // the rows' swizzle (row % 8 is the same for all)
+            constexpr int kRow8 = 8 * Tr::kKvRowBytes;
 #pragma unroll
-        for (int kk = 0; kk < KS; ++kk) {
-            uint32_t a[4];
-            if constexpr (Tr::kQInRegs) {
+            for (int grp = 0; grp < (KS + 3) / 4; ++grp) {
+                const bool full = fp8_full_group<Tr::kHeadDim>(grp);
+                uint32_t w[NJ][4];
+                uint32_t nan = 0;
 #pragma unroll
-                for (int e = 0; e < 4; ++e) a[e] = qf[kk][e];
-            } else {
-                ldmatrix_x4(a[0], a[1], a[2], a[3], frag_addr<RB>(sQ, q_off, kk, 0));
+                for (int j = 0; j < NJ; ++j) {
+                    if (full) {
+                        const uint4 x = *reinterpret_cast<const uint4*>(k_rows + j * kRow8 + (((4 * grp + tq) ^ kx) << 4));
+                        w[j][0] = x.x, w[j][1] = x.y, w[j][2] = x.z, w[j][3] = x.w;
+                    } else {
+                        const uint2 x = *reinterpret_cast<const uint2*>(k_rows + j * kRow8 +
+                                                                         (((4 * grp + tq / 2) ^ kx) << 4) + 8 * (tq % 2));
+                        w[j][0] = x.x, w[j][1] = x.y, w[j][2] = 0u, w[j][3] = 0u;
+                    }
+#pragma unroll
+                    for (int st = 0; st < (full ? 4 : 2); ++st) nan |= e4m3x4_nan_flags(w[j][st]);
+                }
+                // The fast conversion unless a NaN byte is in this warp's words (then the exact one: NaN keys give NaN
+                // scores, as float(k_cache[..]) is NaN). Warp-uniform.
+                const auto qk = [&](auto exact) {
+#pragma unroll
+                    for (int st = 0; st < (full ? 4 : 2); ++st) {
+                        const int kk = 4 * grp + st;
+                        uint32_t a[4];
+                        if constexpr (Tr::kQInRegs) {
+#pragma unroll
+                            for (int e = 0; e < 4; ++e) a[e] = qf[kk][e];
+                        } else {
+                            const uint4 x =
+                                *reinterpret_cast<const uint4*>(smem + Tr::kSmemQ + ((warp * KS + kk) * 32 + lane) * 16);
+                            a[0] = x.x, a[1] = x.y, a[2] = x.z, a[3] = x.w;
+                        }
+#pragma unroll
+                        for (int j = 0; j < NJ; ++j) {
+                            uint32_t b0, b1;
+                            e4m3x4_to<T, decltype(exact)::value>(w[j][st], b0, b1);
+                            mma_16816<T>(s[j], a, b0, b1);
+                        }
+                    }
+                };
+                if (__any_sync(0xffffffffu, (nan & 0x80808080u) != 0u)) {
+                    qk(std::true_type{});
+                } else {
+                    qk(std::false_type{});
+                }
             }
-            uint32_t b0, b1, b2, b3;
-            ldmatrix_x4(b0, b1, b2, b3, frag_addr<RB>(sK, k_off, kk, warp_key));
-            mma_16816<T>(s[0], a, b0, b1);
-            mma_16816<T>(s[1], a, b2, b3);
+            // The stored keys times k_descale: the scores q . k_cache * k_descale (softcap and the scale follow).
+#pragma unroll
+            for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[j][e] *= k_desc;
+            }
+        } else {
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk) {
+                uint32_t a[4];
+                if constexpr (Tr::kQInRegs) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) a[e] = qf[kk][e];
+                } else {
+                    ldmatrix_x4(a[0], a[1], a[2], a[3], frag_addr<RB>(sQ, q_off, kk, 0));
+                }
+                uint32_t b0, b1, b2, b3;
+                ldmatrix_x4(b0, b1, b2, b3, frag_addr<RB>(sK, k_off, kk, warp_key));
+                mma_16816<T>(s[0], a, b0, b1);
+                mma_16816<T>(s[1], a, b2, b3);
+            }
         }
         if (softcap) {
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < NJ; ++j) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) s[j][e] = tanhf(s[j][e] * cap_premul);
             }
         }
-        const int key0 = t * BN + warp_key + (lane % 4) * 2;
+        // Key of score column (tile j, element e): key0 + 8j + kKeyStep (e % 2); the fp8 path's n positions are keys
+        // n / 2 + 4 (n % 2) of a 16-key step (see decode_q_frag_fp8's note), the 16-bit path's keys n.
+        constexpr int kKeyLane = Tr::kFp8Cache ? 1 : 2, kKeyStep = Tr::kFp8Cache ? 4 : 1;
+        const int key0 = t * BN + warp_key + (lane % 4) * kKeyLane;
         // ALiBi after softcap, before the masks (which then replace the biased score of a hidden key).
         if (alibi_on) {
             const float key0f = static_cast<float>(key0 - pad);  // keys count from the left pad
@@ -482,27 +672,40 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
             for (int r = 0; r < 2; ++r) {
                 const float rel = static_cast<float>(alibi_qi[r] + alibi[r].off - (key0 - pad));
 #pragma unroll
-                for (int j = 0; j < 2; ++j) {
+                for (int j = 0; j < NJ; ++j) {
 #pragma unroll
-                    for (int c = 0; c < 2; ++c) s[j][2 * r + c] += alibi_bias_from(alibi[r], rel, key0f, j * 8 + c);
+                    for (int c = 0; c < 2; ++c) s[j][2 * r + c] += alibi_bias_from(alibi[r], rel, key0f, j * 8 + c * kKeyStep);
                 }
             }
         }
         // Masks (sequence end, causal diagonal, window): a handful of compares, cheaper than deciding per
         // tile whether they are needed. Replacing the score also discards whatever a zero-filled K row gave.
+        // (The fp8 path, whose conversions keep the integer pipe busy, skips them where every row of the CTA sees
+        // every key of the warp's share of the tile, as most tiles of a long cache are: one warp-uniform compare.)
+        bool masked = true;
+        if constexpr (Tr::kFp8Cache) {
+            const int kw0 = t * BN + warp_key;
+            masked = kw0 < rows_lo_max || kw0 + Tr::kWarpKeys - 1 > rows_hi_min;
+        }
+        if (masked) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < NJ; ++j) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int key = key0 + j * 8 + (e & 1);
-                const int r = e >> 1;
-                if (key < row_lo[r] || key > row_hi[r]) s[j][e] = -CUDART_INF_F;
+                for (int e = 0; e < 4; ++e) {
+                    const int key = key0 + j * 8 + (e & 1) * kKeyStep;
+                    const int r = e >> 1;
+                    if (key < row_lo[r] || key > row_hi[r]) s[j][e] = -CUDART_INF_F;
+                }
             }
         }
         // Online softmax of this warp's keys; a row's 4 owners are a quad.
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            float mx = fmaxf(row_max[r], fmaxf(fmaxf(s[0][2 * r], s[0][2 * r + 1]), fmaxf(s[1][2 * r], s[1][2 * r + 1])));
+            float mx = row_max[r];
+#pragma unroll
+            for (int jp = 0; jp < NJ; jp += 2) {
+                mx = fmaxf(mx, fmaxf(fmaxf(s[jp][2 * r], s[jp][2 * r + 1]), fmaxf(s[jp + 1][2 * r], s[jp + 1][2 * r + 1])));
+            }
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             // A row that has seen no key yet keeps max -inf; use 0 so -inf - -inf never makes NaN.
@@ -511,7 +714,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
             row_max[r] = mx;
             float sum = 0.f;
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < NJ; ++j) {
 #pragma unroll
                 for (int c = 0; c < 2; ++c) {
                     const float pv = fast_exp2(s[j][2 * r + c] * scale_log2 - m_scaled);
@@ -526,18 +729,82 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
                 acc[j][2 * r + 1] *= alpha;
             }
         }
-        // O += P V: P is one k16 A fragment, re-packed from the S accumulators.
-        uint32_t pa[4];
-        pa[0] = pack2<T>(s[0][0], s[0][1]);
-        pa[1] = pack2<T>(s[0][2], s[0][3]);
-        pa[2] = pack2<T>(s[1][0], s[1][1]);
-        pa[3] = pack2<T>(s[1][2], s[1][3]);
+        // O += P V: P is KP k16 A fragments (one per 16 keys), re-packed from the S accumulators.
+        uint32_t pa[KP][4];
 #pragma unroll
-        for (int dp = 0; dp < NO / 2; ++dp) {
-            uint32_t b0, b1, b2, b3;
-            ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RB>(sV, v_off, dp, warp_key));
-            mma_16816<T>(acc[2 * dp], pa, b0, b1);
-            mma_16816<T>(acc[2 * dp + 1], pa, b2, b3);
+        for (int kp = 0; kp < KP; ++kp) {
+            pa[kp][0] = pack2<T>(s[2 * kp][0], s[2 * kp][1]);
+            pa[kp][1] = pack2<T>(s[2 * kp][2], s[2 * kp][3]);
+            pa[kp][2] = pack2<T>(s[2 * kp + 1][0], s[2 * kp + 1][1]);
+            pa[kp][3] = pack2<T>(s[2 * kp + 1][2], s[2 * kp + 1][3]);
+        }
+        if constexpr (Tr::kFp8Cache) {
+            // P's k positions (2t, 2t + 1 | 8 + 2t, 9 + 2t) of 16-key step kp are keys (t, t + 4 | 8 + t, 12 + t) of
+            // it: rows m0..m3 of the V tile. Per segment, lane g loads its L / 8 columns of each (decode_q_frag_fp8's
+            // note).
+            const int g = lane / 4, tq = lane % 4;
+            const int vx0 = kv_fp8_xor(tq), vx1 = kv_fp8_xor(tq + 4);  // rows t, 8 + t and t + 4, 12 + t
+#pragma unroll
+            for (int kp = 0; kp < KP; ++kp) {
+                const unsigned char* v_rows = smem + (sV - sQ) + (warp_key + 16 * kp + tq) * Tr::kKvRowBytes;
+                int j0 = 0;
+#pragma unroll
+                for (int seg = 0; seg < fp8_v_segs<Tr::kHeadDim>(); ++seg) {
+                    const int len = fp8_v_seg_len<Tr::kHeadDim>(seg), base = fp8_v_seg_base<Tr::kHeadDim>(seg);
+                    const int bytes = len / 8;  // this lane's columns: base + g * bytes ..
+                    const int first = base + g * bytes;
+                    uint32_t m[4][4];  // [member][word]: rows t, t + 4, 8 + t, 12 + t
+                    uint32_t nan = 0;
+#pragma unroll
+                    for (int mb = 0; mb < 4; ++mb) {
+                        const unsigned char* row = v_rows + ((mb / 2) * 8 + (mb % 2) * 4) * Tr::kKvRowBytes;
+                        const int off = (((first / 16) ^ (mb % 2 ? vx1 : vx0)) << 4) + first % 16;
+                        if (bytes == 16) {
+                            const uint4 x = *reinterpret_cast<const uint4*>(row + off);
+                            m[mb][0] = x.x, m[mb][1] = x.y, m[mb][2] = x.z, m[mb][3] = x.w;
+                        } else if (bytes == 8) {
+                            const uint2 x = *reinterpret_cast<const uint2*>(row + off);
+                            m[mb][0] = x.x, m[mb][1] = x.y, m[mb][2] = 0u, m[mb][3] = 0u;
+                        } else {
+                            m[mb][0] = *reinterpret_cast<const uint32_t*>(row + off);
+                            m[mb][1] = m[mb][2] = m[mb][3] = 0u;
+                        }
+#pragma unroll
+                        for (int w = 0; w < bytes / 4; ++w) nan |= e4m3x4_nan_flags(m[mb][w]);
+                    }
+                    // As for K: the exact conversion where this warp's words hold a NaN byte (NaN values give NaN).
+                    const auto pv = [&](auto exact) {
+#pragma unroll
+                        for (int w = 0; w < bytes / 4; ++w) {
+#pragma unroll
+                            for (int h = 0; h < 2; ++h) {
+                                // Bytes 2h, 2h + 1 of word w of the member pairs: columns 4w + 2h (lo) and 4w + 2h + 1
+                                // (hi).
+                                const uint32_t sel = h == 0 ? 0x5410u : 0x7632u;
+                                uint32_t b0lo, b0hi, b1lo, b1hi;
+                                e4m3x4_to<T, decltype(exact)::value>(__byte_perm(m[0][w], m[1][w], sel), b0lo, b0hi);
+                                e4m3x4_to<T, decltype(exact)::value>(__byte_perm(m[2][w], m[3][w], sel), b1lo, b1hi);
+                                mma_16816<T>(acc[j0 + 4 * w + 2 * h], pa[kp], b0lo, b1lo);
+                                mma_16816<T>(acc[j0 + 4 * w + 2 * h + 1], pa[kp], b0hi, b1hi);
+                            }
+                        }
+                    };
+                    if (__any_sync(0xffffffffu, (nan & 0x80808080u) != 0u)) {
+                        pv(std::true_type{});
+                    } else {
+                        pv(std::false_type{});
+                    }
+                    j0 += bytes;
+                }
+            }
+        } else {
+#pragma unroll
+            for (int dp = 0; dp < NO / 2; ++dp) {
+                uint32_t b0, b1, b2, b3;
+                ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr<RB>(sV, v_off, dp, warp_key));
+                mma_16816<T>(acc[2 * dp], pa[0], b0, b1);
+                mma_16816<T>(acc[2 * dp + 1], pa[0], b2, b3);
+            }
         }
     }
 
@@ -557,10 +824,22 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
             red_m[warp * BM + lr] = row_max[r];
             red_l[warp * BM + lr] = sum;
         }
-        float* dst = red_o + (warp * BM + lr) * Tr::kRedStride + (lane % 4) * 2;
+        if constexpr (Tr::kFp8Cache) {
+            // Un-permute the fp8 path's output columns (decode_fp8_out_col), scaled by v_descale.
+            float* dst = red_o + (warp * BM + lr) * Tr::kRedStride;
 #pragma unroll
-        for (int j = 0; j < NO; ++j) {
-            *reinterpret_cast<float2*>(dst + j * 8) = make_float2(acc[j][2 * r], acc[j][2 * r + 1]);
+            for (int j = 0; j < NO; ++j) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    dst[decode_fp8_out_col<Tr::kHeadDim>(j, (lane % 4) * 2 + c)] = acc[j][2 * r + c] * v_desc;
+                }
+            }
+        } else {
+            float* dst = red_o + (warp * BM + lr) * Tr::kRedStride + (lane % 4) * 2;
+#pragma unroll
+            for (int j = 0; j < NO; ++j) {
+                *reinterpret_cast<float2*>(dst + j * 8) = make_float2(acc[j][2 * r], acc[j][2 * r + 1]);
+            }
         }
     }
     __syncthreads();
@@ -697,7 +976,9 @@ __device__ __forceinline__ int decode_knew_owner(const DecodeParams& p, int r) {
 // (cache_batch_idx), 16 bytes per thread, each key chunk rotated at its position first when rotary is on. Launched
 // before the attention kernel on the same stream, which orders the two. One thread per (k_new row, kv head, 16-byte
 // chunk): rows are [b, added] or, with cu_seqlens_k_new, the packed rows, each found in its sequence's span.
-template <typename T>
+// Fp8Cache: the cache holds e4m3 bytes; each chunk (what a cache of T would store) is divided by its KV head's
+// descales and quantized (e4m3_quantize8) into 8 bytes.
+template <typename T, bool Fp8Cache = false>
 __global__ void __launch_bounds__(256) decode_append_kernel(const __grid_constant__ DecodeParams p) {
     const int cpr = p.d / 8;
     const bool packed = p.cu_seqlens_knew != nullptr;
@@ -752,8 +1033,16 @@ __global__ void __launch_bounds__(256) decode_append_kernel(const __grid_constan
                                                 rotary_row<T>(p.rotary_sin, pos, p.rotary_seqlen, p.rotary_dim),
                                                 p.rotary_dim, p.rotary_interleaved != 0)
                               : *reinterpret_cast<const uint4*>(kn + ch * 8);
-        *reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.k_cache) + k_dst) = key;
-        *reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.v_cache) + v_dst) = *reinterpret_cast<const uint4*>(vn);
+        if constexpr (Fp8Cache) {
+            // (Strides of an fp8 cache count bytes; element 8 ch of the head is byte 8 ch.)
+            *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(p.k_cache) + k_dst) =
+                e4m3_quantize8<T>(key, __ldg(p.k_descale + h * p.k_descale_stride));
+            *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(p.v_cache) + v_dst) =
+                e4m3_quantize8<T>(*reinterpret_cast<const uint4*>(vn), __ldg(p.v_descale + h * p.v_descale_stride));
+        } else {
+            *reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.k_cache) + k_dst) = key;
+            *reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.v_cache) + v_dst) = *reinterpret_cast<const uint4*>(vn);
+        }
     }
 }
 

@@ -1,10 +1,11 @@
 // Launch templates of the sm80 decode pass: the attention kernel for a traits choice (raising its dynamic
-// shared-memory limit once per device), the append and combine kernels, and run_decode<T, D>, which the
-// per-(head dim, dtype) instantiation files compile. Header-only, so the harness can launch other tile
+// shared-memory limit once per device), the append and combine kernels, and run_decode<T, D, Fp8Cache>, which the
+// per-(head dim, dtype[, fp8 cache]) instantiation files compile. Header-only, so the harness can launch other tile
 // choices through the same code.
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/features.h"
 #include "common/launch.h"
@@ -15,6 +16,10 @@ namespace sm80 {
 
 template <typename T, int D>
 using DecodeTraitsFor = DecodeTraits<T, D, DecodeTile<D>::kWarps, DecodeTile<D>::kStages, DecodeTile<D>::kMinBlocks>;
+// The kernel of an fp8 (e4m3) cache with q of type T (C ABI 0.13).
+template <typename T, int D>
+using DecodeTraitsFp8For = DecodeTraits<T, D, DecodeTileFp8<D>::kWarps, DecodeTileFp8<D>::kStages,
+                                         DecodeTileFp8<D>::kMinBlocks, true, DecodeTileFp8<D>::kWarpKeys>;
 
 template <class Tr, bool kPaged>
 cudaError_t launch_decode_attention(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream) {
@@ -29,7 +34,7 @@ cudaError_t launch_decode_attention(const DecodeParams& p, const LaunchInfo& inf
     return cudaGetLastError();
 }
 
-template <typename T>
+template <typename T, bool Fp8Cache = false>
 cudaError_t launch_decode_append(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream) {
     // One thread per (k_new row, kv head, 16-byte chunk): b x added rows, or the packed rows (cu_seqlens_k_new).
     const int64_t rows = p.b == 0 ? 0 : p.cu_seqlens_knew != nullptr ? p.total_knew : static_cast<int64_t>(p.b) * p.added;
@@ -38,7 +43,7 @@ cudaError_t launch_decode_append(const DecodeParams& p, const LaunchInfo& info, 
     const int64_t most = static_cast<int64_t>(info.sm_count > 0 ? info.sm_count : 1) * 8;  // grid-stride beyond
     const unsigned blocks = static_cast<unsigned>(wanted < most ? wanted : most);
     if (blocks == 0) return cudaSuccess;
-    decode_append_kernel<T><<<blocks, 256, 0, stream>>>(p);
+    decode_append_kernel<T, Fp8Cache><<<blocks, 256, 0, stream>>>(p);
     return cudaGetLastError();
 }
 
@@ -53,12 +58,12 @@ cudaError_t launch_decode_combine(const DecodeParams& p, cudaStream_t stream) {
     return cudaGetLastError();
 }
 
-// The attention kernel of head dim D (its DecodeTile), contiguous or paged as p says; *features gets the
-// variant (common/features.h).
-template <typename T, int D>
+// The attention kernel of head dim D (its DecodeTile; DecodeTileFp8 for an fp8 cache), contiguous or paged as p says;
+// *features gets the variant (common/features.h).
+template <typename T, int D, bool Fp8Cache>
 int run_decode(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
-    using Tr = DecodeTraitsFor<T, D>;
-    *features = p.block_table != nullptr ? feature::kPaged : 0u;
+    using Tr = typename std::conditional<Fp8Cache, DecodeTraitsFp8For<T, D>, DecodeTraitsFor<T, D>>::type;
+    *features = (p.block_table != nullptr ? feature::kPaged : 0u) | (Fp8Cache ? feature::kFp8Cache : 0u);
     const cudaError_t err = p.block_table != nullptr ? launch_decode_attention<Tr, true>(p, info, stream)
                                                      : launch_decode_attention<Tr, false>(p, info, stream);
     return static_cast<int>(err);

@@ -2,13 +2,15 @@
 // split-count heuristic. Plain C++ (no CUDA keywords), so host code and the harness can include it.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 namespace fa {
 namespace sm80 {
 
 // Tile choice per head dim. Every CTA computes 16 packed query rows (the q heads of one GQA group times
 // the new tokens) against a run of key tiles; each warp owns 16 keys of every tile (so a tile has 16 *
-// Warps keys), keeps its own online softmax, and the warps merge their partial results once at the end.
+// Warps keys; an fp8 cache's kernels may give a warp 32, DecodeTileFp8), keeps its own online softmax, and the
+// warps merge their partial results once at the end.
 // Stages: K/V tiles in the cp.async ring, Stages - 1 of them in flight while one is computed on.
 // Sizes aim at about 100 KB of shared memory (two CTAs per SM on A100 and H100) with 32-64 KB of
 // K/V in flight per CTA; d 192/256 use 2 warps (32-key tiles) to keep 3-4 stages in that budget.
@@ -39,30 +41,77 @@ struct DecodeTile<256> {
     static constexpr int kWarps = 2, kStages = 3, kMinBlocks = 2;
 };
 
-template <typename T, int D, int Warps, int Stages, int MinBlocks>
+// The same for an fp8 (e4m3) cache (C ABI 0.13). Its bytes are converted to fp16/bf16 in registers, which costs
+// integer work per byte that the 16-bit cache's ldmatrix does not; so at head dims up to 128 each warp owns 32 keys
+// of a tile (kWarpKeys: the per-tile softmax, rescale and pipeline bookkeeping are paid once for twice the keys), and a
+// stage (K/V rows padded to whole 128-byte lines, DecodeTraits::kKvRowBytes) holds as many bytes as the 16-bit
+// kernel's, so as many are in flight per SM while two CTAs fit in about 100 KB each. At 192 and 256, whose q fragments
+// take shared memory too (kSmemQFrag), warps keep 16 keys and more stages fit.
+template <int D>
+struct DecodeTileFp8;
+template <>
+struct DecodeTileFp8<32> {
+    static constexpr int kWarps = 2, kStages = 3, kMinBlocks = 4, kWarpKeys = 32;
+};
+template <>
+struct DecodeTileFp8<64> {
+    static constexpr int kWarps = 4, kStages = 3, kMinBlocks = 2, kWarpKeys = 32;
+};
+template <>
+struct DecodeTileFp8<96> {
+    static constexpr int kWarps = 4, kStages = 3, kMinBlocks = 2, kWarpKeys = 32;
+};
+template <>
+struct DecodeTileFp8<128> {
+    static constexpr int kWarps = 4, kStages = 3, kMinBlocks = 2, kWarpKeys = 32;
+};
+template <>
+struct DecodeTileFp8<192> {
+    static constexpr int kWarps = 2, kStages = 5, kMinBlocks = 2, kWarpKeys = 16;
+};
+template <>
+struct DecodeTileFp8<256> {
+    static constexpr int kWarps = 2, kStages = 5, kMinBlocks = 2, kWarpKeys = 16;
+};
+
+// Fp8Cache: k_cache/v_cache hold e4m3 bytes while q and out are T (sm80/decode_kernel.cuh says how they are read).
+// WarpKeys: keys of a tile each warp owns (16; 32 for some fp8-cache kernels).
+template <typename T, int D, int Warps, int Stages, int MinBlocks, bool Fp8Cache = false, int WarpKeys = 16>
 struct DecodeTraits {
     using Elem = T;
+    using CacheElem = typename std::conditional<Fp8Cache, uint8_t, T>::type;  // an fp8 cache is read as bytes
+    static constexpr bool kFp8Cache = Fp8Cache;
     static constexpr int kHeadDim = D;
     static constexpr int kWarps = Warps;
     static constexpr int kThreads = Warps * 32;
     static constexpr int kStages = Stages;
     static constexpr int kMinBlocks = MinBlocks;
     static constexpr int kBlockM = 16;              // packed query rows per CTA: one m16 tile
-    static constexpr int kBlockN = 16 * Warps;      // keys per tile, 16 per warp
-    static constexpr int kRowBytes = D * 2;
-    static constexpr int kChunksPerRow = D / 8;     // 16-byte chunks in one row
+    static constexpr int kWarpKeys = WarpKeys;      // keys of a tile per warp: its n8 tiles of S, its k16 steps of P V
+    static constexpr int kBlockN = WarpKeys * Warps;
+    static constexpr int kRowBytes = D * 2;         // a row of Q (and of a 16-bit cache's K/V tile)
+    static constexpr int kChunksPerRow = D / 8;     // 16-byte chunks in one row of Q
+    // K/V tiles: one row per key. A 16-bit cache's rows are Q's; an fp8 cache's hold D bytes in kKvRowBytes (whole
+    // 128-byte lines, so that its swizzle, kv_swizzle in the kernel, keeps the fragment loads free of bank conflicts).
+    static constexpr int kCacheElemBytes = Fp8Cache ? 1 : 2;
+    static constexpr int kKvRowBytes = Fp8Cache ? (D + 127) / 128 * 128 : kRowBytes;
+    static constexpr int kKvChunksPerRow = D * kCacheElemBytes / 16;  // 16-byte chunks of data in one K/V row
     static constexpr int kSmemQ = kBlockM * kRowBytes;
-    static constexpr int kSmemTile = kBlockN * kRowBytes;  // one K (or V) tile
+    static constexpr int kSmemTile = kBlockN * kKvRowBytes;  // one K (or V) tile
     static constexpr int kSmemStage = 2 * kSmemTile;
-    static constexpr int kSmemBytes = kSmemQ + Stages * kSmemStage;
+    // An fp8 cache with D > 128 keeps q's fragments in shared memory instead of registers: one 16-byte entry per
+    // (warp, k16 step, lane), written once per CTA by the lane that reads it (the fp8 fragments pair q's elements
+    // differently from ldmatrix's, so they are built once rather than loaded per tile).
+    static constexpr int kSmemQFrag = Fp8Cache && D > 128 ? Warps * (D / 16) * 32 * 16 : 0;
+    static constexpr int kSmemBytes = kSmemQ + kSmemQFrag + Stages * kSmemStage;
     // Q's A fragments stay in registers across the key loop where they fit next to the accumulators.
     static constexpr bool kQInRegs = D <= 128;
 
     // K/V tile loads: each thread copies kChunks 16-byte chunks of K and the same of V per tile. When the
     // threads cover whole rows (kRowMapped) a thread keeps one column chunk and steps down by kRowStep rows.
-    static constexpr int kChunks = kBlockN * kChunksPerRow / kThreads;
-    static constexpr bool kRowMapped = kThreads % kChunksPerRow == 0;
-    static constexpr int kRowStep = kRowMapped ? kThreads / kChunksPerRow : 0;
+    static constexpr int kChunks = kBlockN * kKvChunksPerRow / kThreads;
+    static constexpr bool kRowMapped = kThreads % kKvChunksPerRow == 0;
+    static constexpr int kRowStep = kRowMapped ? kThreads / kKvChunksPerRow : 0;
     // Paged cache: a thread's chunks that lie in one aligned 16-row group share a page (pages are at least
     // 16 rows and tiles start on a multiple of 16), so they share one block-table entry.
     static constexpr int kChunksPerId = kRowMapped && kRowStep < 16 ? 16 / kRowStep : 1;
@@ -74,9 +123,10 @@ struct DecodeTraits {
     static constexpr int kSmemRedO = Warps * kBlockM * kRedStride * 4;
     static constexpr int kSmemRed = kSmemRedO + Warps * kBlockM * 2 * 4;
 
-    static_assert(sizeof(T) == 2, "16-bit inputs only");
+    static_assert(sizeof(T) == 2, "16-bit queries only");
+    static_assert(WarpKeys == 16 || (Fp8Cache && WarpKeys == 32), "16 keys a warp (32 with an fp8 cache)");
     static_assert(D % 32 == 0, "the swizzle needs rows of whole 64-byte groups");
-    static_assert((kBlockN * kChunksPerRow) % kThreads == 0, "K/V tiles split evenly over threads");
+    static_assert((kBlockN * kKvChunksPerRow) % kThreads == 0, "K/V tiles split evenly over threads");
     static_assert(kChunks % kChunksPerId == 0, "block-table slots cover whole chunk groups");
     static_assert(!kRowMapped || kRowStep >= 16 || 16 % kRowStep == 0, "row steps divide the 16-row groups");
     static_assert(kSmemRed <= Stages * kSmemStage, "the merge buffers fit in the K/V ring");

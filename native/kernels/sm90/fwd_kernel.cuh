@@ -31,6 +31,15 @@
 // K and V through L2, each computing the whole S = Q K^T and softmax and P V over its 256 columns of V (TMA boxes
 // at column 256 * chunk), then writing those columns of O; only chunk 0 writes the LSE.
 //
+// ALiBi (common/alibi.cuh) is added per element in softmax, but calls with slopes on the 16-bit local kernels without
+// softcap run their kAlibiGemm variant (FA_SM90_FWD_ALIBI_GEMM; sm90/alibi_gemm.cuh): one more k16 step, A = the slope
+// in three parts from registers, B = a constant panel of key offsets, starts each key block's S (issued as soon as the
+// previous block's P is packed, so that it runs while the warpgroup waits) and adds +-slope * (key - key0 - BN / 2);
+// softmax adds the rest, a constant per row and block, to the block's row max and the exponent's constant. Blocks that
+// straddle the diagonal of one of the warpgroup's rows (the distance form's |i + off - j|) take a zero A and the
+// per-element bias. The variant is a kernel of its own (launch_fwd picks it), so that the local kernel of causal and
+// windowed calls without slopes does not change.
+//
 // fp8 (e4m3 q/k/v, bf16 O; FwdTraits90<D, true>, D 128/256): the same roles and pipeline with 1-byte tiles
 // (128-column panels), wgmma m64nNk32 e4m3, and V transposed: fp8 wgmma reads both operands K-major, so V lands
 // in a raw ring and producer warps 1..3 (registers 40, consumers 232) transpose each stage into a V^T ring that
@@ -53,6 +62,7 @@
 #include "common/sink.cuh"
 #include "common/tile_io.cuh"
 #include "params/fwd_params.h"
+#include "sm90/alibi_gemm.cuh"
 #include "sm90/async.cuh"
 #include "sm90/fwd_traits.h"
 #include "sm90/wgmma.cuh"
@@ -170,17 +180,21 @@ __device__ __forceinline__ FwdTile90 fwd_tile90(const FwdParams& p, int tile) {
 // The kernel's body for its traits Tr (FwdTraits90<D, kFp8, DV, ...>; DV: v's and O's head dim, the pairs (192, 128)
 // and (64, 512), else D): fwd_kernel_sm90 runs the build's traits, fwd_kernel_sm90_wide the head-dim-64 kernel with
 // three consumers and P in shared memory (FA_SM90_FWD_D64_WIDE_MIN_KEYS), whatever the build's traits are. `a` is the
-// kernel's __grid_constant__ parameter (the TMA maps are read at its address).
-template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, class Tr>
+// kernel's __grid_constant__ parameter (the TMA maps are read at its address). kAlibiGemm: the ALiBi variant
+// (fwd_kernel_sm90 only; the wide kernel serves no local mask, hence no ALiBi).
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, class Tr, bool kAlibiGemm>
 __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     constexpr bool kFp8 = FwdIo90<T>::kFp8;
     static_assert(!kPaged || (kLocal && !kFp8), "paged K/V runs in the local family, 16-bit types only");
     static_assert(Tr::kHeadDim == D && Tr::kHeadDimV == DV, "the traits of this head dim pair");
+    static_assert(!kAlibiGemm || (kLocal && !kSoftcap && !kPaged && Tr::kAlibiGemm),
+                  "ALiBi through Q K^T: contiguous 16-bit local kernels without softcap (tanh would take the bias in)");
     using TO = typename FwdIo90<T>::Out;  // the output's element type
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, S = Tr::kStages;
     // A CTA computes VC of O's DV columns, those of its tile's column chunk (VCH chunks: 2 for (64, 512), else 1).
     constexpr int VC = Tr::kVCols, VCH = Tr::kVChunks;
     constexpr int PC = Tr::kPanelCols, KS = Tr::kKStep;
+    constexpr bool kAlibiEarly = FA_SM90_FWD_ALIBI_GEMM_EARLY != 0;  // when the ALiBi step is issued (fwd_traits.h)
     // fp8: P = exp2(x - max + 8) lies in [0, 256], the upper range of e4m3 (FlashAttention-3's offset); the
     // row sum carries the same 2^8, which O's normalisation cancels and the LSE takes back out.
     constexpr float kPOffset = kFp8 ? 8.f : 0.f;
@@ -228,6 +242,8 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
         mbar_init(v_tail, kTailWarps);
         mbar_init_fence();
     }
+    // The ALiBi variant's K' panel (sm90/alibi_gemm.cuh), constant, before any consumer's first Q K^T.
+    if constexpr (kAlibiGemm) write_alibi_kp<T, BN>(smem + Tr::kOffKp, tid, Tr::kThreads);
     __syncthreads();
 
     const bool varlen = p.cu_seqlens_q != nullptr;
@@ -433,6 +449,38 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             uint32_t pa[BN / KS][4];
             float row_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
             float row_sum[2] = {0.f, 0.f};
+            // ALiBi through Q K^T (kAlibiGemm; sm90/alibi_gemm.cuh): the tile's slope, this thread's A register of
+            // the extra k-step and the key blocks of each sign. Per key block (alibi_block) the step's A for its side
+            // of the diagonal (0 where it straddles one: the per-element bias in softmax) and sigma * a, whose
+            // multiple is the row's constant of the block (alibi_c); issue_alibi starts the block's S with the step,
+            // as soon as the previous block's P is packed, so that it runs while this warpgroup waits (for its
+            // turn, for K) and the block's Q K^T is as long as without ALiBi.
+            AlibiGemmTile ag{};
+            if constexpr (kAlibiGemm) {
+                ag = alibi_gemm_tile<T, BN>(alibi_row(p.alibi_slopes, p.alibi_batch_stride, p.alibi_head_stride,
+                                                      p.alibi_causal, t.b, t.h, lse_scale,
+                                                      p.bottom_right ? t.seq.sk - t.seq.sq : 0),
+                                            t.mask, t.row0 + cw * 64, t.row0 + rl, t4);
+            }
+            uint32_t alibi_af[4] = {0u, 0u, 0u, 0u};
+            float alibi_sa = 0.f;
+            bool alibi_elem = true;
+            const auto alibi_block = [&](int n) {
+                if constexpr (kAlibiGemm) {
+                    const bool plus = n <= ag.b.pos, minus = !plus && n >= ag.b.neg;
+                    const uint32_t f = plus ? ag.frag : minus ? ag.frag ^ 0x80008000u : 0u;
+                    alibi_af[0] = f;
+                    alibi_af[1] = f;
+                    alibi_af[2] = 0u;
+                    alibi_af[3] = 0u;
+                    alibi_pin(alibi_af);  // written here, before issue_alibi's wgmma.fence
+                    alibi_sa = plus ? ag.a : minus ? -ag.a : 0.f;
+                    alibi_elem = !plus && !minus;
+                }
+            };
+            // c of row r (rl + 8 r) on key block n: sigma a (key0 + BN / 2 - (i + off)), the causal form's
+            // a (key0 + BN / 2).
+            const auto alibi_c = [&](int r, int n) { return alibi_sa * (static_cast<float>(n * BN) - ag.e[r]); };
 
             const auto release = [&](uint32_t b) {
                 __syncwarp();
@@ -446,10 +494,10 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     uint32_t q0 = sQ + cw * 64 * 128;
                     asm volatile("" : "+r"(q0));
 #pragma unroll
-                    for (int kk = 0; kk < D / KS; ++kk) {
+                    for (int kk = 0; kk < D / KS; ++kk) {  // (kAlibiGemm: onto the block's ALiBi step, issue_alibi)
                         Wgmma<T, BN, 0, 0>::ss(s, smem_desc(q0 + (kk / 4) * QPanel + (kk % 4) * 32, 16, 1024),
                                                smem_desc(k_tile(st) + (kk / 4) * KVPanel + (kk % 4) * 32, 16, 1024),
-                                               kk > 0 ? 1 : 0);
+                                               kk > 0 || kAlibiGemm ? 1 : 0);
                     }
                 } else {
 #pragma unroll
@@ -459,11 +507,22 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                         if constexpr (kFp8) {
                             WgmmaF8<BN>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024), kk > 0 ? 1 : 0);
                         } else {
-                            Wgmma<T, BN, 0, 0>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024), kk > 0 ? 1 : 0);
+                            // (kAlibiGemm: onto the block's ALiBi step, issue_alibi)
+                            Wgmma<T, BN, 0, 0>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024),
+                                                   kk > 0 || kAlibiGemm ? 1 : 0);
                         }
                     }
                 }
                 wgmma_commit();
+            };
+            // kAlibiGemm: S = sigma a (key - key0 - BN / 2) for alibi_block's block, A the slope's parts (registers), B
+            // the K' panel; a commit group of its own, which the block's wgmma_wait after its Q K^T covers.
+            const auto issue_alibi = [&]() {
+                if constexpr (kAlibiGemm) {
+                    wgmma_fence();
+                    Wgmma<T, BN, 0, 0>::rs(s, alibi_af, smem_desc_noswizzle(s0 + Tr::kOffKp, 128, 128), 0);
+                    wgmma_commit();
+                }
             };
             const auto issue_pv = [&](int st) {
                 wgmma_fence();
@@ -493,8 +552,9 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                 // ALiBi after softcap, before the masks (a uniform branch; kLocal variant only; common/alibi.cuh):
                 // the slope divided by the multiplier of s in the final logit, lse_scale (with fp8 the descales'
                 // product is in it, or inside tanh under softcap). Formed here, so nothing of it stays live.
+                // (kAlibiGemm: only on a block whose Q K^T did not add it, alibi_block.)
                 if constexpr (kLocal) {
-                    if (p.alibi_slopes != nullptr) {
+                    if (p.alibi_slopes != nullptr && (!kAlibiGemm || alibi_elem)) {
                         const AlibiRow alibi = alibi_row(p.alibi_slopes, p.alibi_batch_stride, p.alibi_head_stride,
                                                          p.alibi_causal, t.b, t.h, lse_scale,
                                                          p.bottom_right ? t.seq.sk - t.seq.sq : 0);
@@ -527,21 +587,26 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                 }
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    float mx = row_max[r];
+                    // kAlibiGemm: the bias's row constant joins the block's max and the exponent's constant.
+                    const float row_c = kAlibiGemm ? alibi_c(r, n) : 0.f;
+                    float mx = kAlibiGemm ? -CUDART_INF_F : row_max[r];
 #pragma unroll
                     for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
                     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
                     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    if constexpr (kAlibiGemm) mx = fmaxf(row_max[r], mx + row_c);
                     // A row that has seen no key yet keeps max -inf; use 0 so -inf - -inf never makes NaN.
                     const float m_scaled = mx == -CUDART_INF_F ? 0.f : mx * scale_log2;
                     alpha[r] = fast_exp2(row_max[r] * scale_log2 - m_scaled);
                     row_max[r] = mx;
+                    // s scale_log2 - sub = (s + row_c) scale_log2 - m_scaled (kAlibiGemm: one fma of the row).
+                    const float sub = kAlibiGemm ? fmaf(-row_c, scale_log2, m_scaled - kPOffset) : m_scaled - kPOffset;
                     float sum = 0.f;
 #pragma unroll
                     for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
                         for (int c = 0; c < 2; ++c) {
-                            const float pv = fast_exp2(s[4 * j + 2 * r + c] * scale_log2 - (m_scaled - kPOffset));
+                            const float pv = fast_exp2(s[4 * j + 2 * r + c] * scale_log2 - sub);
                             s[4 * j + 2 * r + c] = pv;
                             sum += pv;
                         }
@@ -607,6 +672,8 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             int n = t.keys.end - 1;
             int st = kv % S;
             uint32_t ph = (kv / S) & 1;
+            alibi_block(n);
+            issue_alibi();
             mbar_wait(k_full(st), ph);
             my_turn();
             issue_qk(st);
@@ -619,6 +686,12 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                 softmax(n, alpha);
             }
             pack_p();
+            // kAlibiGemm: the next block's ALiBi step (after the last block, one for block begin - 1 that nothing
+            // reads: an unconditional issue keeps the wgmma stream free of branches, which ptxas would serialize).
+            if constexpr (kAlibiEarly) {
+                alibi_block(n - 1);
+                issue_alibi();
+            }
             int v_st = st;
             uint32_t v_ph = ph;
             ++kv;
@@ -626,6 +699,10 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             for (n = t.keys.end - 2; n >= t.keys.begin; --n) {
                 st = kv % S;
                 ph = (kv / S) & 1;
+                if constexpr (!kAlibiEarly) {
+                    alibi_block(n);
+                    issue_alibi();
+                }
                 mbar_wait(k_full(st), ph);
                 mbar_wait(pv_full(v_st), v_ph);
                 wait_tail();
@@ -649,6 +726,10 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     acc[4 * j + 3] *= alpha[1];
                 }
                 pack_p();
+                if constexpr (kAlibiEarly) {
+                    alibi_block(n - 1);
+                    issue_alibi();
+                }
                 v_st = st;
                 v_ph = ph;
                 ++kv;
@@ -720,11 +801,11 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
 }
 #endif  // FA_SM90A_DEVICE
 
-template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false>
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false, bool kAlibiGemm = false>
 __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads, 1)
     fwd_kernel_sm90(const __grid_constant__ FwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
-    fwd_sm90_body<T, D, kLocal, kSoftcap, DV, kPaged, FwdTraits90<D, FwdIo90<T>::kFp8, DV>>(a);
+    fwd_sm90_body<T, D, kLocal, kSoftcap, DV, kPaged, FwdTraits90<D, FwdIo90<T>::kFp8, DV>, kAlibiGemm>(a);
 #elif defined(__CUDA_ARCH__)
     // Device code for another target: the host launches this kernel only where sm_90a code exists (see
     // sm90/bwd_kernel.cuh), so reaching here means the driver chose other code; fail loudly.
@@ -734,11 +815,12 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
 
 // The head-dim-64 16-bit kernel of FwdTraits90Wide (three consumers, P in shared memory) for calls without masks
 // other than the sequence tail and without paged K/V (the plain and softcap variants), which the launcher runs beside
-// the build's own (FA_SM90_FWD_D64_WIDE_MIN_KEYS; instantiated only there).
+// the build's own (FA_SM90_FWD_D64_WIDE_MIN_KEYS; instantiated only there). No ALiBi variant: ALiBi calls run the
+// local kernels, which the wide kernel does not serve.
 template <typename T, bool kSoftcap>
 __global__ void __launch_bounds__(FwdTraits90Wide::kThreads, 1) fwd_kernel_sm90_wide(const __grid_constant__ FwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
-    fwd_sm90_body<T, 64, false, kSoftcap, 64, false, FwdTraits90Wide>(a);
+    fwd_sm90_body<T, 64, false, kSoftcap, 64, false, FwdTraits90Wide, false>(a);
 #elif defined(__CUDA_ARCH__)
     __trap();  // as fwd_kernel_sm90
 #endif  // FA_SM90A_DEVICE

@@ -24,27 +24,37 @@
 namespace fa {
 namespace sm90 {
 
-// The kernel launch_fwd runs: the build's, or (kWide) fwd_kernel_sm90_wide.
-template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, bool kWide>
+// The kernel launch_fwd runs: the build's (kAlibiGemm: its ALiBi variant), or (kWide) fwd_kernel_sm90_wide.
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, bool kWide, bool kAlibiGemm>
 auto fwd_kernel_for() {
     if constexpr (kWide) {
-        static_assert(D == 64 && DV == 64 && !kLocal && !kPaged && !FwdIo90<T>::kFp8, "the wide kernel's calls");
+        static_assert(D == 64 && DV == 64 && !kLocal && !kPaged && !FwdIo90<T>::kFp8 && !kAlibiGemm,
+                      "the wide kernel's calls");
         return fwd_kernel_sm90_wide<T, kSoftcap>;
     } else {
-        return fwd_kernel_sm90<T, D, kLocal, kSoftcap, DV, kPaged>;
+        return fwd_kernel_sm90<T, D, kLocal, kSoftcap, DV, kPaged, kAlibiGemm>;
     }
 }
 
 template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false, bool kWide = false>
 cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStream_t stream) {
     using Tr = std::conditional_t<kWide, FwdTraits90Wide, FwdTraits90<D, FwdIo90<T>::kFp8, DV>>;
-    auto kernel = fwd_kernel_for<T, D, kLocal, kSoftcap, DV, kPaged, kWide>();
-    static std::atomic<uint64_t> raised{0};
-    cudaError_t err = raise_smem_once(kernel, Tr::kSmemBytes, info, raised);
+    // Calls with ALiBi slopes run the local kernel's ALiBi variant where the build has it (FA_SM90_FWD_ALIBI_GEMM:
+    // the bias through Q K^T, sm90/alibi_gemm.cuh; its own kernel, so that the local kernel that causal and windowed
+    // calls without ALiBi run does not change); it reports the local kernel's features and name. Never the wide
+    // kernel's (kWide serves calls without a local mask, so without ALiBi).
+    constexpr bool kAlibiVariant = !kWide && kLocal && !kSoftcap && !kPaged && Tr::kAlibiGemm;
+    const bool alibi_gemm = kAlibiVariant && params.alibi_slopes != nullptr && Tr::kSmemBytesAlibi <= info.smem_optin;
+    auto kernel = alibi_gemm ? fwd_kernel_for<T, D, kLocal, kSoftcap, DV, kPaged, kWide, kAlibiVariant>()
+                             : fwd_kernel_for<T, D, kLocal, kSoftcap, DV, kPaged, kWide, false>();
+    const int smem = alibi_gemm ? Tr::kSmemBytesAlibi : Tr::kSmemBytes;
+    static std::atomic<uint64_t> raised{0}, raised_alibi{0};
+    cudaError_t err = raise_smem_once(kernel, smem, info, alibi_gemm ? raised_alibi : raised);
     if (err != cudaSuccess) return err;
     // The setmaxnreg budget (FwdTraits90) assumes kLaunchRegs registers a thread at launch; with fewer the
     // consumers' setmaxnreg.inc would wait forever. Checked once per kernel: a refusal, never a hang.
-    static std::atomic<int> regs_checked{0};  // 0 unknown, 1 enough, 2 too few
+    static std::atomic<int> regs_checked_plain{0}, regs_checked_alibi{0};  // 0 unknown, 1 enough, 2 too few
+    std::atomic<int>& regs_checked = alibi_gemm ? regs_checked_alibi : regs_checked_plain;
     if (regs_checked.load(std::memory_order_relaxed) == 0) {
         cudaFuncAttributes attr{};
         if ((err = cudaFuncGetAttributes(&attr, kernel)) != cudaSuccess) return err;
@@ -86,7 +96,7 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     const bool masked = p.window_left >= 0 || p.window_right >= 0;
     const bool per_tile = kLocal && masked && p.sk > FA_SM90_FWD_PERSISTENT_MAX_KEYS;
     const unsigned grid = per_tile || tiles < static_cast<unsigned>(sms) ? tiles : static_cast<unsigned>(sms);
-    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
+    kernel<<<grid, Tr::kThreads, smem, stream>>>(a);
     return cudaGetLastError();
 }
 

@@ -38,6 +38,28 @@
 #ifndef FA_SM90_FWD_FP8_PINGPONG
 #define FA_SM90_FWD_FP8_PINGPONG 0
 #endif
+// ALiBi through the Q K^T product (fwd_kernel.cuh, sm90/alibi_gemm.cuh; issue 14): 1 gives the 16-bit local kernels
+// without softcap (paged ones aside) a variant, launched for calls with ALiBi slopes, whose S starts with one more
+// k-step that adds +-slope/u * (key - key0 - BN/2) and whose softmax adds the rest of the bias per row and key block;
+// 0 keeps the per-element bias of every local kernel (the A of an A/B). Head dims above FA_SM90_FWD_ALIBI_GEMM_MAX_D
+// keep the per-element bias.
+#ifndef FA_SM90_FWD_ALIBI_GEMM
+#define FA_SM90_FWD_ALIBI_GEMM 1
+#endif
+// The largest q head dim whose kernels take the variant: 128, the classes run on the H200 with it (64, 128 and the pair
+// (64, 512): c_abi_test, compute-sanitizer, pytest; eleventh session). D 192/256 and the pair (192, 128) keep the
+// per-element bias until they are (their ALiBi cost is 1.03-1.09x there anyway).
+#ifndef FA_SM90_FWD_ALIBI_GEMM_MAX_D
+#define FA_SM90_FWD_ALIBI_GEMM_MAX_D 128
+#endif
+// When the variant issues a key block's ALiBi step: 1 as soon as the previous block's P is packed (the step runs while
+// the warpgroup waits; a commit group stays in flight across the loop's back edge), 0 right before the block's Q K^T
+// (on its critical path; nothing in flight across iterations). 0 by default: on the H200 ptxas serialized the wgmma of
+// the early order (C7514: accumulators read between start and end of a pipeline stage) and the ALiBi cost at D 64 was
+// 1.22-1.34x; the late order compiles clean and costs 1.06-1.16x (bench/NOTES.md, eleventh session).
+#ifndef FA_SM90_FWD_ALIBI_GEMM_EARLY
+#define FA_SM90_FWD_ALIBI_GEMM_EARLY 0
+#endif
 // setmaxnreg budget of the fp8 kernels' producer warpgroup, which transposes V (40, FA3's for a working producer;
 // 24 leaves the consumers 240; overridable for experiments). The consumers get what it gives back.
 #ifndef FA_SM90_FWD_FP8_PRODUCER_REGS
@@ -136,6 +158,17 @@ struct FwdTraits90 {
     // vt_full, vt_empty), then v_tail (paged K/V: a tile's first V block cleared past the sequence).
     static constexpr int kBarriers = 2 + (kFp8 ? 6 : 4) * kStages + 1;
     static constexpr int kSmemBytes = kOffBar + kBarriers * 8;
+    // The ALiBi variant (FA_SM90_FWD_ALIBI_GEMM) alone also holds the K' panel of its extra k-step after all of the
+    // above: kBlockN rows of 16 bytes, then zeros (sm90/alibi_gemm.cuh), so the other kernels keep their layout and
+    // size. The wgmma reads only the first kBlockN * 16 + 128 bytes (LBO = SBO = 128), but the panel spans the dense
+    // footprint of an N x 16 operand of 16-bit elements (kBlockN * 32 bytes): compute-sanitizer's memcheck checks that
+    // whole span from the descriptor's start (it reported a 4096-byte read past the smaller panel on the H200).
+    // 16-bit types only (an e4m3 k-step would need more parts of the slope than it has columns).
+    static constexpr int kSmemKp = kBlockN * 32;
+    static constexpr int kOffKp = (kSmemBytes + 127) / 128 * 128;
+    static constexpr int kSmemBytesAlibi = kOffKp + kSmemKp;
+    static constexpr bool kAlibiGemm = FA_SM90_FWD_ALIBI_GEMM != 0 && !kFp8 && D <= FA_SM90_FWD_ALIBI_GEMM_MAX_D &&
+                                       kSmemBytesAlibi <= 227 * 1024;
     static_assert(kSmemQ % 1024 == 0 && kSmemKV % 1024 == 0 && kSmemV % 1024 == 0, "tiles start on 1024-byte swizzle atoms");
     static_assert(!kPSmem || (kBlockN % 64 == 0 && kOffP % 1024 == 0 && kSmemPTile % 1024 == 0),
                   "P tiles of whole 64-key panels on 1024-byte swizzle atoms");

@@ -30,6 +30,17 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint3
     d |= static_cast<uint64_t>(1) << 62;  // 128-byte swizzle
     return d;
 }
+// Descriptor of an operand without swizzle (layout type 0, "interleave"): core matrices of 8 rows x 16 bytes, each
+// 128 contiguous bytes (row r of one at 16 r). K-major: lbo = bytes from the core matrix of k 0..7 to that of
+// k 8..15 (16-bit types), sbo = bytes from one group of 8 rows to the next (PTX ISA, wgmma shared memory layouts:
+// ((8,m),(T,2k)):((1T,SBO),(1,LBO)) in 16-byte units). The address needs 16-byte alignment only.
+__device__ __forceinline__ uint64_t smem_desc_noswizzle(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+    uint64_t d = 0;
+    d |= static_cast<uint64_t>((addr & 0x3FFFF) >> 4);
+    d |= static_cast<uint64_t>((lbo & 0x3FFFF) >> 4) << 16;
+    d |= static_cast<uint64_t>((sbo & 0x3FFFF) >> 4) << 32;
+    return d;
+}
 
 __device__ __forceinline__ void wgmma_fence() {
 #ifdef FA_SM90A_DEVICE

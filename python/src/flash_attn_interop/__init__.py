@@ -13,7 +13,7 @@ from ._interface import (flash_attn_func, flash_attn_kvpacked_func, flash_attn_q
                          flash_attn_with_kvcache)
 from ._library import FlashAttentionError, LibraryNotFoundError, load_library
 
-__version__ = "0.12.0"
+__version__ = "0.13.0"
 
 __all__ = ["flash_attn_func", "flash_attn_qkvpacked_func", "flash_attn_kvpacked_func", "flash_attn_varlen_func",
            "flash_attn_varlen_qkvpacked_func", "flash_attn_varlen_kvpacked_func", "flash_attn_with_kvcache",

@@ -23,8 +23,8 @@ TARGET = "x86_64-unknown-linux-gnu"
 FA_VERSION_MAJOR = 0
 
 # Version of this header. fa_version() reports the version of the loaded binary.
-# C: #define FA_VERSION_MINOR 12
-FA_VERSION_MINOR = 12
+# C: #define FA_VERSION_MINOR 13
+FA_VERSION_MINOR = 13
 
 # Version of this header. fa_version() reports the version of the loaded binary.
 # C: #define FA_VERSION_PATCH 0
@@ -32,7 +32,7 @@ FA_VERSION_PATCH = 0
 
 # MAJOR * 10000 + MINOR * 100 + PATCH.
 # C: #define FA_VERSION_CODE (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
-FA_VERSION_CODE = 1200
+FA_VERSION_CODE = 1300
 
 # Most dimensions a tensor descriptor carries.
 # C: #define FA_MAX_RANK 4
@@ -440,7 +440,7 @@ class FaBackwardParams(ctypes.Structure):
 
 
 class FaDecodeParams(ctypes.Structure):
-    """C fa_decode_params_t (struct fa_decode_params): 1256 bytes, aligned to 8."""
+    """C fa_decode_params_t (struct fa_decode_params): 1416 bytes, aligned to 8."""
 
     # Arguments of fa_decode. Fill with fa_decode_params_init, then set the fields you need.
     # seqlen_q (q.shape[1]) new queries per sequence attend over its cached keys; when k_new/v_new are given,
@@ -461,9 +461,9 @@ class FaDecodeParams(ctypes.Structure):
         # Reserved; must be 0.
         ("reserved0", ctypes.c_uint32),  # C: uint32_t, offset 4
         # New queries [batch, seqlen_q, heads_q, head_dim] (packed [total_q, heads_q, head_dim] with cu_seqlens_q),
-        # fp16 or bf16 (an fp8 query or cache is FA_STATUS_UNSUPPORTED: not served yet).
+        # fp16 or bf16 (an fp8 query is FA_STATUS_UNSUPPORTED; an fp8 cache is served since 0.13, see k_descale).
         ("q", FaTensor),  # C: fa_tensor_t, offset 8
-        # Key cache, same dtype as q: contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
+        # Key cache, same dtype as q or FA_DTYPE_FLOAT8_E4M3 (since 0.13, with k_descale/v_descale): contiguous [batch, capacity, heads_kv, head_dim] when block_table.data is
         # NULL, else paged [num_blocks, block_size, heads_kv, head_dim] with block_size a power of two from 16
         # up (16, 32, 64, 128, 256, ...). Written where new keys are appended.
         ("k_cache", FaTensor),  # C: fa_tensor_t, offset 88
@@ -536,7 +536,8 @@ class FaDecodeParams(ctypes.Structure):
         # fa_context_check or the next call. Only with cache_batch_idx.data.
         ("cache_batch_idx_host", ctypes.POINTER(ctypes.c_int32)),  # C: const int32_t*, offset 944
         # Since 0.7. Optional host copy of cache_leftpad (batch entries); each must be 0 or more and at most the
-        # capacity, and, when cache_seqlens_host is given too, at most cache_seqlens_host[b] + seqlen_knew; refused
+        # capacity, and, when cache_seqlens_host is given too, at most cache_seqlens_host[b] + the sequence's appended
+        # count (seqlen_knew, or its cu_seqlens_k_new count when the host knows it); refused
         # before anything is launched otherwise. Without it the kernels clamp a pad outside 0 .. total_b and report
         # it (FA_STATUS_DEVICE_CHECK_FAILED naming cache_leftpad). Only with cache_leftpad.data.
         ("cache_leftpad_host", ctypes.POINTER(ctypes.c_int32)),  # C: const int32_t*, offset 952
@@ -602,16 +603,32 @@ class FaDecodeParams(ctypes.Structure):
         ("cu_seqlens_q_host", ctypes.POINTER(ctypes.c_int32)),  # C: const int32_t*, offset 1232
         # See cu_seqlens_q_host.
         ("cu_seqlens_k_new_host", ctypes.POINTER(ctypes.c_int32)),  # C: const int32_t*, offset 1240
-        # With cu_seqlens_q: the most queries one sequence has (at least every count; it sizes the grid and the split
-        # workspace). Must be 0 without cu_seqlens_q.
+        # With cu_seqlens_q: the most queries one sequence has (at least 1 and every count; a larger static bound is
+        # allowed, it only sizes the grid and the split workspace). Must be 0 without cu_seqlens_q.
         ("max_seqlen_q", ctypes.c_int32),  # C: int32_t, offset 1248
         # Reserved; must be 0.
         ("reserved2", ctypes.c_int32),  # C: int32_t, offset 1252
+        # ---- FP8 KV cache (since 0.13; a 0.12-sized struct gets none). k_cache and v_cache may both be
+        # FA_DTYPE_FLOAT8_E4M3 while q, out, k_new, v_new (and the rotary tables) stay fp16 or bf16: the cache then holds
+        # half the bytes, which is what a decode over a long cache is bound by. The key attended at a cache position is
+        # float(k_cache[..]) * k_descale[h_kv] (the value: v_descale), so scores are q . k * k_descale * softmax_scale
+        # and the output is the probabilities times the stored values times v_descale. A key appended by the call is
+        # first what a cache of q's dtype would store (k_new, rotated when rotary is given, rounded to q's dtype), then
+        # divided by k_descale[h_kv] in fp32 and rounded to e4m3 (nearest even, saturated to +-448: +-Inf saturate
+        # too, NaN stays NaN); values the same with v_descale. Served by every decode kernel (head dims, paged or
+        # contiguous, every decode option); fa_query_support's kv_cache_dtype asks.
+        # fp32 descale factors of an fp8 cache, device memory, rank 1: [heads_kv] (one per KV head) or [1] (one for the
+        # whole cache); required with an fp8 cache, data NULL otherwise. Read by the kernels only (a captured graph reads
+        # what they hold at replay), never by the host; factors are taken as given (0, negative or non-finite ones give
+        # Inf or NaN, as FlashAttention-3's descales do).
+        ("k_descale", FaTensor),  # C: fa_tensor_t, offset 1256
+        # See k_descale; the factors of v_cache.
+        ("v_descale", FaTensor),  # C: fa_tensor_t, offset 1336
     ]
 
 
 class FaSupportQuery(ctypes.Structure):
-    """C fa_support_query_t (struct fa_support_query): 60 bytes, aligned to 4."""
+    """C fa_support_query_t (struct fa_support_query): 64 bytes, aligned to 4."""
 
     # A question for fa_query_support: is this kind of call served by this build on this GPU?
     _fields_ = [
@@ -656,6 +673,10 @@ class FaSupportQuery(ctypes.Structure):
         # or fa_decode's. Served by the forward of both paths for fp16 and bf16, and by decode; the backward and fp8
         # have none. (Since 0.11: a 0.10-sized query gets 0.)
         ("paged_kv", ctypes.c_int32),  # C: int32_t, offset 56
+        # FA_PASS_DECODE: an fa_dtype_t value of k_cache/v_cache when it differs from dtype (FA_DTYPE_FLOAT8_E4M3: an
+        # fp8 KV cache with fp16 or bf16 queries, served by every decode kernel); 0: the same as dtype. Other passes
+        # have none. (Since 0.13: a 0.12-sized query gets 0.)
+        ("kv_cache_dtype", ctypes.c_int32),  # C: int32_t, offset 60
     ]
 
 
@@ -780,7 +801,7 @@ LAYOUT = {
         ("dropout_seed_device", 1088),
         ("dropout_offset_device", 1096),
     )),
-    FaDecodeParams: (1256, 8, (
+    FaDecodeParams: (1416, 8, (
         ("struct_size", 0),
         ("reserved0", 4),
         ("q", 8),
@@ -820,8 +841,10 @@ LAYOUT = {
         ("cu_seqlens_k_new_host", 1240),
         ("max_seqlen_q", 1248),
         ("reserved2", 1252),
+        ("k_descale", 1256),
+        ("v_descale", 1336),
     )),
-    FaSupportQuery: (60, 4, (
+    FaSupportQuery: (64, 4, (
         ("struct_size", 0),
         ("pass", 4),
         ("compute_capability", 8),
@@ -837,6 +860,7 @@ LAYOUT = {
         ("dropout", 48),
         ("head_dim_v", 52),
         ("paged_kv", 56),
+        ("kv_cache_dtype", 60),
     )),
     FaDeviceProperties: (288, 8, (
         ("struct_size", 0),

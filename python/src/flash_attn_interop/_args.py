@@ -251,6 +251,7 @@ _DEC_ROTARY = _run(_D, "rotary_cos", "rotary_sin", "rotary_dim", "rotary_seqlen"
                    "reserved1")  # C ABI 0.8
 _DEC_COUNTS = _run(_D, "cu_seqlens_q", "cu_seqlens_k_new")  # C ABI 0.12
 _DEC_MAX_Q = _run(_D, "max_seqlen_q", "reserved2")
+_DEC_DESCALE = _run(_D, "k_descale", "v_descale")  # C ABI 0.13
 del _F, _B, _D
 
 
@@ -401,6 +402,16 @@ def pack_decode(p, q, k_cache, v_cache, k_new, v_new, out, lse, cache_seqlens, b
         raise _unfit("decode", e) from None
 
 
+def pack_decode_descales(p, k_descale, v_descale):
+    """Writes fa_decode_params_t p's fp8-cache descales (C ABI 0.13): k_descale and v_descale as tensor_fields (fp32
+    device tensors [heads_kv] or [1]; NO_TENSOR: not given, the default of a cache of q's dtype)."""
+    try:
+        off, s = _DEC_DESCALE
+        s.pack_into(p, off, *k_descale, *v_descale)
+    except (struct.error, OverflowError) as e:
+        raise _unfit("decode", e) from None
+
+
 def _int_varlen(varlen):
     if varlen is None:
         return None
@@ -446,10 +457,10 @@ def backward_params(lib, q, k, v, out, dout, lse, dq, dk, dv, *, softmax_scale=0
 def decode_params(lib, q, k_cache, v_cache, out, cache_seqlens, *, k_new=None, v_new=None, lse=None,
                   block_table=None, softmax_scale=0.0, causal=False, window=(-1, -1), softcap=0.0, num_splits=0,
                   cache_batch_idx=None, cache_leftpad=None, alibi_slopes=None, rotary=None, cu_seqlens_q=None,
-                  cu_seqlens_k_new=None, max_seqlen_q=0):
+                  cu_seqlens_k_new=None, max_seqlen_q=0, k_descale=None, v_descale=None):
     """fa_decode_params_t over TensorDescs (k_new/v_new None: append nothing; block_table None: contiguous cache;
-    cache_batch_idx / cache_leftpad None: not given; rotary None or pack_decode's tuple). cache_seqlens is only read
-    (flash-attn's convention: the caller advances it)."""
+    cache_batch_idx / cache_leftpad None: not given; rotary None or pack_decode's tuple; k_descale / v_descale: an fp8
+    cache's descales, None: not given). cache_seqlens is only read (flash-attn's convention: the caller advances it)."""
     p = lib.new_params("decode")
     pack_decode(p, *(desc_fields(t) for t in (q, k_cache, v_cache, k_new, v_new, out, lse, cache_seqlens, block_table)),
                 softmax_scale, causal, window[0], window[1], softcap, num_splits, desc_fields(cache_batch_idx),
@@ -457,6 +468,8 @@ def decode_params(lib, q, k_cache, v_cache, out, cache_seqlens, *, k_new=None, v
                 max_seqlen_q)
     if alibi_slopes is not None:
         pack_alibi(p, "decode", desc_fields(alibi_slopes))
+    if k_descale is not None or v_descale is not None:
+        pack_decode_descales(p, desc_fields(k_descale), desc_fields(v_descale))
     return p
 
 

@@ -456,7 +456,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                             cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                             rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False,
-                            *, cu_seqlens_q=None, cu_seqlens_k_new=None, max_seqlen_q=None):
+                            *, cu_seqlens_q=None, cu_seqlens_k_new=None, max_seqlen_q=None, k_descale=None,
+                            v_descale=None):
     """Attention of q [batch, seqlen_q, heads, head_dim] over a KV cache: k_cache/v_cache [batch_cache, capacity,
     heads_kv, head_dim], or paged [num_blocks, block_size, heads_kv, head_dim] with block_table int32
     [batch_cache, max_blocks_per_seq]. k/v [batch, seqlen_new, heads_kv, head_dim] (seqlen_new may differ from
@@ -474,8 +475,13 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     capacity. cu_seqlens_q / cu_seqlens_k_new (int32 [batch + 1], FlashAttention-3's): per-sequence query and append
     counts as prefix sums; q (and out) are then packed [total_q, heads, head_dim] and max_seqlen_q (the largest count)
     is required; k/v packed [total_k_new, heads_kv, head_dim]. Each sequence's keys are appended first and its causal
-    diagonal sits bottom-right over its final length. Returns out, or (out, softmax_lse [batch, heads, seqlen_q], or
-    [heads, total_q] with cu_seqlens_q). Not differentiable."""
+    diagonal sits bottom-right over its final length. An fp8 KV cache (C ABI 0.13): k_cache and v_cache
+    torch.float8_e4m3fn (q, k, v and out stay fp16 or bf16; head dims multiples of 16) with k_descale and v_descale,
+    float32 CUDA tensors of shape (nheads_k,) or (1,) (not FlashAttention-3's (batch, nheads_k): a cache's factors belong
+    to its heads, not to a call's sequences): the attended key is float(k_cache[..]) * k_descale[h_kv] (the
+    value likewise with v_descale), and an appended key is what a cache of q's dtype would store, divided by its
+    descale in fp32 and rounded to e4m3 (nearest even, saturated to +-448, NaN kept). Returns out, or (out,
+    softmax_lse [batch, heads, seqlen_q], or [heads, total_q] with cu_seqlens_q). Not differentiable."""
     f = "flash_attn_with_kvcache"
     scale = _args.softmax_scale_arg(f, softmax_scale)
     left, right = _args.window_arg(f, window_size)
@@ -500,9 +506,16 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     packed_q = cu_seqlens_q is not None
     ops = _torch_ops()
     import torch
-    if any(ops.is_fp8(t) for t in (q, k_cache, v_cache, k, v)):
-        _args.refuse(f, "dtype", "torch.float8_e4m3fn", "the library's fp8 is the forward of flash_attn_func and "
-                     "flash_attn_varlen_func; decode over a KV cache takes fp16 or bf16")
+    if any(ops.is_fp8(t) for t in (q, k, v)):
+        _args.refuse(f, "dtype", "torch.float8_e4m3fn", "decode takes fp16 or bf16 queries and new keys/values; the "
+                     "cache may be torch.float8_e4m3fn, with k_descale and v_descale")
+    fp8_cache = ops.is_fp8(k_cache) or ops.is_fp8(v_cache)
+    if fp8_cache:
+        k_descale, v_descale = ops.kv_cache_descales(f, k_cache, v_cache, k_descale, v_descale)
+    elif k_descale is not None or v_descale is not None:
+        raise ValueError(f"{f}: {'k_descale' if k_descale is not None else 'v_descale'} is given but k_cache is "
+                         f"{getattr(k_cache, 'dtype', type(k_cache).__name__)}; descales go with a torch.float8_e4m3fn "
+                         "cache only")
     want_dim = 3 if packed_q else 4
     if getattr(q, "dim", None) is None or q.dim() != want_dim:
         raise ValueError(f"{f}: q must be " + ("[total_q, heads, head_dim] with cu_seqlens_q" if packed_q else
@@ -516,11 +529,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                      cache_seqlens=cache_seqlens if isinstance(cache_seqlens, torch.Tensor) else None,
                      cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, alibi_slopes=alibi_slopes,
                      rotary_cos=rotary_cos, rotary_sin=rotary_sin, cu_seqlens_q=cu_seqlens_q,
-                     cu_seqlens_k_new=cu_seqlens_k_new)
+                     cu_seqlens_k_new=cu_seqlens_k_new, k_descale=k_descale, v_descale=v_descale)
     q = ops.attn_input(f, "q", q)
     for n, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         # Written in place when k/v are appended: never replaced by a copy.
-        if ops.attn_input(f, n, t) is not t:
+        if ops.attn_input(f, n, t, fp8=fp8_cache, fp8_of="an fp8 cache") is not t:
             raise ValueError(f"{f}: {n} must have a contiguous last dimension and a 16-byte aligned start (it is "
                              "written in place, so it cannot be copied)")
     if k is not None:
@@ -551,8 +564,9 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             raise ValueError(f"{f}: rotary_sin has shape {tuple(rotary_sin.shape)} but rotary_cos "
                              f"{tuple(rotary_cos.shape)}; both are [seqlen_ro, rotary_dim / 2]")
     out, lse = ops.decode(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad,
-                          alibi_slopes, rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new, scale, bool(causal), left,
-                          right, cap, splits, bool(rotary_interleaved), int(max_seqlen_q or 0))
+                          alibi_slopes, rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new, k_descale, v_descale,
+                          scale, bool(causal), left, right, cap, splits, bool(rotary_interleaved),
+                          int(max_seqlen_q or 0))
     return (out, lse) if return_softmax_lse else out
 
 

@@ -151,13 +151,16 @@ def is_fp8(t):
     return FP8 is not None and getattr(t, "dtype", None) is FP8
 
 
-def attn_input(function, name, t, eager=None, fp8=False):
+def attn_input(function, name, t, eager=None, fp8=False, fp8_of=None):
     """q/k/v as the library takes them: fp16/bf16 (fp8: torch.float8_e4m3fn) CUDA, last dim contiguous, 16-byte
     aligned (else copied). eager: the call runs on these real tensors here (plain_eager); else (under torch.compile,
     or through the custom op) only the last dim is settled here and the alignment inside the op, where the tensors are
-    real. None: not compiling."""
+    real. None: not compiling. fp8_of: what needs fp8 when it is not the fp8 forward ("an fp8 cache")."""
     if fp8:
         if t.dtype is not FP8:
+            if fp8_of is not None:
+                raise TypeError(f"{function}: {name} is {t.dtype}; {fp8_of} has k_cache and v_cache both in "
+                                "torch.float8_e4m3fn")
             raise TypeError(f"{function}: {name} is {t.dtype} but q is torch.float8_e4m3fn; the fp8 forward takes q, "
                             "k and v all in torch.float8_e4m3fn (as FlashAttention-3)")
     elif t.dtype not in _ATTN_DTYPES:
@@ -260,6 +263,33 @@ def fp8_descale(function, name, t, batch, heads_kv):
         raise ValueError(f"{function}: {name} must be (batch, nheads_k) = ({batch}, {heads_kv}) (one factor per "
                          f"sequence and KV head, even for q, as FlashAttention-3), got {tuple(t.shape)}")
     return t
+
+
+def kv_cache_descales(function, k_cache, v_cache, k_descale, v_descale):
+    """The descales of an fp8 KV cache (C ABI 0.13) checked: both caches torch.float8_e4m3fn, head dims multiples of 16,
+    k_descale and v_descale given as float32 tensors of shape (nheads_k,) or (1,) (a broadcast view, stride 0, is
+    copied: the library takes positive strides). Returns (k_descale, v_descale)."""
+    if not (is_fp8(k_cache) and is_fp8(v_cache)):
+        raise TypeError(f"{function}: k_cache is {k_cache.dtype} but v_cache is {v_cache.dtype}; an fp8 cache has both "
+                        "in torch.float8_e4m3fn (q, k, v and out stay fp16 or bf16)")
+    if k_cache.dim() < 1 or k_cache.shape[-1] % 16:
+        raise ValueError(f"{function}: an fp8 cache's head_dim must be a multiple of 16 (whole 16-byte rows, as "
+                         f"FlashAttention-3's fp8), got {tuple(k_cache.shape)}")
+    heads_kv = k_cache.shape[-2] if k_cache.dim() >= 2 else 0
+    out = []
+    for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
+        if t is None:
+            raise ValueError(f"{function}: a torch.float8_e4m3fn cache needs {name}: a float32 CUDA tensor of shape "
+                             f"(nheads_k,) = ({heads_kv},) or (1,), the factors that scale the cached values back")
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{function}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != torch.float32:
+            raise TypeError(f"{function}: {name} must be torch.float32, got {t.dtype}")
+        if t.dim() != 1 or t.shape[0] not in (heads_kv, 1):
+            raise ValueError(f"{function}: {name} must have shape (nheads_k,) = ({heads_kv},) (one factor per KV head) "
+                             f"or (1,) (one for the cache), got {tuple(t.shape)}")
+        out.append(t.contiguous() if t.stride(0) < 1 else t)
+    return tuple(out)
 
 
 def forward_fp8_impl(q, k, v, q_descale, k_descale, v_descale, softmax_scale, causal, causal_alignment, window_left,
@@ -459,8 +489,8 @@ def _decode_lse_shape(q):
 
 
 def decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes,
-                rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new, softmax_scale, causal, window_left,
-                window_right, softcap, num_splits, rotary_interleaved, max_seqlen_q):
+                rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new, k_descale, v_descale, softmax_scale, causal,
+                window_left, window_right, softcap, num_splits, rotary_interleaved, max_seqlen_q):
     lib = _lib()
     out = q.new_empty(q.shape)
     lse = q.new_empty(_decode_lse_shape(q), dtype=torch.float32)
@@ -476,6 +506,8 @@ def decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_bat
                       fields(cu_seqlens_k_new), max_seqlen_q)
     if alibi_slopes is not None:
         _args.pack_alibi(p, "decode", fields(alibi_slopes))
+    if k_descale is not None or v_descale is not None:  # an fp8 cache (C ABI 0.13)
+        _args.pack_decode_descales(p, fields(k_descale), fields(v_descale))
     _run_with_workspace(lib, "decode", p, q)
     return out, lse
 
@@ -553,12 +585,13 @@ if HAS_CUSTOM_OP:
     def decode_op(q: T, k_cache: T, v_cache: T, k: Optional[T], v: Optional[T], cache_seqlens: T,
                   block_table: Optional[T], cache_batch_idx: Optional[T], cache_leftpad: Optional[T],
                   alibi_slopes: Optional[T], rotary_cos: Optional[T], rotary_sin: Optional[T],
-                  cu_seqlens_q: Optional[T], cu_seqlens_k_new: Optional[T], softmax_scale: float, causal: bool,
-                  window_left: int, window_right: int, softcap: float, num_splits: int, rotary_interleaved: bool,
-                  max_seqlen_q: int) -> Tuple[T, T]:
+                  cu_seqlens_q: Optional[T], cu_seqlens_k_new: Optional[T], k_descale: Optional[T],
+                  v_descale: Optional[T], softmax_scale: float, causal: bool, window_left: int, window_right: int,
+                  softcap: float, num_splits: int, rotary_interleaved: bool, max_seqlen_q: int) -> Tuple[T, T]:
         return decode_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad,
-                           alibi_slopes, rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new, softmax_scale, causal,
-                           window_left, window_right, softcap, num_splits, rotary_interleaved, max_seqlen_q)
+                           alibi_slopes, rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new, k_descale, v_descale,
+                           softmax_scale, causal, window_left, window_right, softcap, num_splits, rotary_interleaved,
+                           max_seqlen_q)
 
     @decode_op.register_fake
     def _decode_fake(q, k_cache, v_cache, k, v, cache_seqlens, block_table, *rest):
@@ -950,14 +983,14 @@ _increment_version = getattr(getattr(torch.autograd, "graph", None), "increment_
 
 
 def decode(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes,
-           rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new, *options):
+           rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new, k_descale, v_descale, *options):
     """(out, lse) of decode_impl; options: (softmax_scale, causal, window_left, window_right, softcap, num_splits,
     rotary_interleaved, max_seqlen_q).
     Through the custom op unless plain_eager and no input requires grad (the op's autograd handling stays theirs);
     directly otherwise, the caches' version counters moved as the op moves them when k/v are appended (the caches
     are written in place)."""
     tensors = (q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes,
-               rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new)
+               rotary_cos, rotary_sin, cu_seqlens_q, cu_seqlens_k_new, k_descale, v_descale)
     if HAS_CUSTOM_OP and (not plain_eager(*tensors) or (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in tensors))):
         return decode_op(*tensors, *options)

@@ -639,7 +639,8 @@ public sealed unsafe class DecodeValidationTests
         Assert.Multiple(() =>
         {
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cu_seqlens_q)).ToInt64(), Is.EqualTo(960 + 80 + 32), "0.8 appends alibi_slopes (80 bytes) and the 32-byte rotary block to 0.7's 960");
-            Assert.That(sizeof(FaDecodeParams), Is.EqualTo(960 + 80 + 32 + 184), "0.12 appends two tensors, two host pointers and two int32");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.k_descale)).ToInt64(), Is.EqualTo(960 + 80 + 32 + 184), "0.12 appends two tensors, two host pointers and two int32");
+            Assert.That(sizeof(FaDecodeParams), Is.EqualTo(960 + 80 + 32 + 184 + 160), "0.13 appends two tensors (k_descale, v_descale)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.rotary_cos)).ToInt64(), Is.EqualTo(960 + 80));
         });
 

@@ -10,7 +10,8 @@ namespace FlashAttn.Tests.Cpu;
 /// and are served exactly where the library says the sm90 fp8 forward serves (compute capability 9.0 in a build that
 /// lists <c>sm90_fwd_e4m3_</c> kernels), refused as UNSUPPORTED with the reason elsewhere and on
 /// <see cref="KernelPath.Sm80"/>; what only the library checks (alignment, fp8 strides, overlaps) comes back with its
-/// status and message; the backward pass and decode refuse fp8 as UNSUPPORTED, from the library (the managed side does
+/// status and message; the backward pass and decode (an fp8 query; the fp8 KV cache under 16-bit queries is
+/// Float8KvCacheTests') refuse fp8 as UNSUPPORTED, from the library (the managed side does
 /// not turn that into a wrong-argument error); the capability query knows the dtype; Float8E4M3 tensors are 1-byte.
 /// </summary>
 [TestFixture]
@@ -191,7 +192,7 @@ public sealed class Float8ValidationTests
         }
     }
 
-    /// <summary>Decode has no fp8: an e4m3 query over an fp16 cache reaches fa_decode_check and is UNSUPPORTED with the reason.</summary>
+    /// <summary>Decode has no fp8 query: an e4m3 query over an fp16 cache reaches fa_decode_check and is UNSUPPORTED with the reason.</summary>
     [Test]
     public void DecodeRefusesFp8AsUnsupported()
     {

@@ -5,13 +5,14 @@ namespace FlashAttn.Tests.Cpu;
 /// <summary>
 /// <see cref="KvCache"/> without a GPU: what <see cref="KvCache.Wrap"/> accepts and refuses over raw-pointer views
 /// (nothing is dereferenced or allocated when the caller passes the lengths array), the geometry it derives, and its
-/// life cycle. The owned caches and their block allocator need device memory and are tested in the Gpu fixture.
+/// life cycle, fp8 (Float8E4M3) views with their descale factors included (Float8KvCacheTests has the rest of the fp8
+/// cache). The owned caches and their block allocator need device memory and are tested in the Gpu fixture.
 /// </summary>
 [TestFixture]
 [Category("Cpu")]
 public sealed class KvCacheTests
 {
-    private const long K = 0x2000_0000, V = 0x3000_0000, SL = 0x7100_0000, BT = 0x7200_0000;
+    private const long K = 0x2000_0000, V = 0x3000_0000, SL = 0x7100_0000, BT = 0x7200_0000, KD = 0x7800_0000, VD = 0x7900_0000;
 
     private static DeviceTensor T(long address, DataType dtype, params long[] shape) => DeviceTensor.FromPointer((IntPtr)address, dtype, shape);
 
@@ -71,7 +72,7 @@ public sealed class KvCacheTests
         DeviceTensor kp = T(K, DataType.Float16, 10, 16, 2, 64), vp = T(V, DataType.Float16, 10, 16, 2, 64), bt = T(BT, DataType.Int32, 2, 4);
 
         yield return Case("keys rank 3", () => KvCache.Wrap(T(K, DataType.Float16, 2, 64, 128), v, [0, 0], cacheSeqLens: sl), "keys", "rank 4");
-        yield return Case("keys fp32", () => KvCache.Wrap(T(K, DataType.Float32, 2, 64, 2, 64), v, [0, 0], cacheSeqLens: sl), "keys", "Float16 or BFloat16");
+        yield return Case("keys fp32", () => KvCache.Wrap(T(K, DataType.Float32, 2, 64, 2, 64), v, [0, 0], cacheSeqLens: sl), "keys", "Float16, BFloat16 or Float8E4M3");
         yield return Case("values bf16, keys fp16", () => KvCache.Wrap(k, T(V, DataType.BFloat16, 2, 64, 2, 64), [0, 0], cacheSeqLens: sl), "values", "dtype");
         yield return Case("values shape differs", () => KvCache.Wrap(k, T(V, DataType.Float16, 2, 63, 2, 64), [0, 0], cacheSeqLens: sl), "values", "shape");
         yield return Case("head_dim not contiguous", () => KvCache.Wrap(TS(K, DataType.Float16, [2, 64, 2, 64], [64 * 256, 256, 128, 2]), v, [0, 0], cacheSeqLens: sl), "keys", "contiguous");
@@ -87,6 +88,17 @@ public sealed class KvCacheTests
         yield return Case("cache_seqlens fp32", () => KvCache.Wrap(k, v, [0, 0], cacheSeqLens: T(SL, DataType.Float32, 2)), "cacheSeqLens", "Int32");
         yield return Case("cache_seqlens strided", () => KvCache.Wrap(k, v, [0, 0], cacheSeqLens: TS(SL, DataType.Int32, [2], [2])), "cacheSeqLens", "contiguous");
         yield return Case("raw pointers without a lengths array", () => KvCache.Wrap(k, v, [0, 0]), "cacheSeqLens", "device");
+
+        // An fp8 cache's descale factors (C ABI 0.13): Float32 [heads_kv] or [1], both or neither, Float8E4M3 keys only.
+        DeviceTensor k8 = T(K, DataType.Float8E4M3, 2, 64, 2, 64), v8 = T(V, DataType.Float8E4M3, 2, 64, 2, 64);
+        DeviceTensor kd = T(KD, DataType.Float32, 2), vd = T(VD, DataType.Float32, 2);
+        yield return Case("descales over an fp16 cache", () => KvCache.Wrap(k, v, [0, 0], cacheSeqLens: sl, keyDescale: kd, valueDescale: vd), "keyDescale", "k_descale", "Float8E4M3");
+        yield return Case("keyDescale without valueDescale", () => KvCache.Wrap(k8, v8, [0, 0], cacheSeqLens: sl, keyDescale: kd), "keyDescale", "v_descale", "both");
+        yield return Case("valueDescale without keyDescale", () => KvCache.Wrap(k8, v8, [0, 0], cacheSeqLens: sl, valueDescale: vd), "valueDescale", "k_descale");
+        yield return Case("keyDescale fp16", () => KvCache.Wrap(k8, v8, [0, 0], cacheSeqLens: sl, keyDescale: T(KD, DataType.Float16, 2), valueDescale: vd), "keyDescale", "k_descale", "Float32");
+        yield return Case("valueDescale [3] for 2 kv heads", () => KvCache.Wrap(k8, v8, [0, 0], cacheSeqLens: sl, keyDescale: kd, valueDescale: T(VD, DataType.Float32, 3)), "valueDescale", "v_descale", "heads_kv=2");
+        yield return Case("keyDescale [batch, heads_kv]", () => KvCache.Wrap(k8, v8, [0, 0], cacheSeqLens: sl, keyDescale: T(KD, DataType.Float32, 2, 2), valueDescale: vd), "keyDescale", "rank 1");
+        yield return Case("fp8 keys, fp16 values", () => KvCache.Wrap(k8, v, [0, 0], cacheSeqLens: sl, keyDescale: kd, valueDescale: vd), "values", "one dtype");
     }
 
     [TestCaseSource(nameof(BadWraps))]

@@ -479,9 +479,9 @@ public sealed class ManagedRefusalTests
         DeviceTensor kp = T(K, 10, 16, 2, 64), vp = T(V, 10, 16, 2, 64);
         yield return Th<ArgumentException>("KvCache.Wrap: keys extent 0", () => KvCache.Wrap(T(K, 2, 0, 2, 64), T(V, 2, 0, 2, 64), [0, 0], cacheSeqLens: sl), "keys", "Every extent of keys");
         yield return Th<ArgumentException>("KvCache.Wrap: values rank 3", () => KvCache.Wrap(k, T(V, 2, 64, 128), [0, 0], cacheSeqLens: sl), "values", "values must have rank 4");
-        yield return Th<ArgumentException>("KvCache.Wrap: values fp32", () => KvCache.Wrap(T(K, F32, 2, 64, 2, 64), T(V, F32, 2, 64, 2, 64), [0, 0], cacheSeqLens: sl), "keys", "Float16 or BFloat16");
-        yield return Th<ArgumentException>("KvCache.Wrap: fp8 keys and values", () => KvCache.Wrap(T(K, E4M3, 2, 64, 2, 64), T(V, E4M3, 2, 64, 2, 64), [0, 0], cacheSeqLens: sl),
-            "keys", "an fp8 KV cache is not served");
+        yield return Th<ArgumentException>("KvCache.Wrap: values fp32", () => KvCache.Wrap(T(K, F32, 2, 64, 2, 64), T(V, F32, 2, 64, 2, 64), [0, 0], cacheSeqLens: sl), "keys", "Float16, BFloat16 or Float8E4M3");
+        yield return Th<ArgumentException>("KvCache.Wrap: fp8 keys, descales fp16", () => KvCache.Wrap(T(K, E4M3, 2, 64, 2, 64), T(V, E4M3, 2, 64, 2, 64), [0, 0], cacheSeqLens: sl,
+            keyDescale: T(0x7E80_0000, 2), valueDescale: T(0x7E80_0100, 2)), "keyDescale", "Float32");
         yield return Th<ArgumentException>("KvCache.Wrap: block table of 0 columns", () => KvCache.Wrap(kp, vp, [0, 0], T(0x7E90_0000, I32, 2, 0), sl), "blockTable", "1 or more columns");
         yield return Th<ArgumentException>("KvCache.Wrap: block table strided", () =>
             KvCache.Wrap(kp, vp, [0, 0], DeviceTensor.FromPointer((IntPtr)0x7E90_0000, I32, [2, 4], [8, 2]), sl), "blockTable", "contiguous last dimension");
@@ -494,14 +494,14 @@ public sealed class ManagedRefusalTests
             strided.CopyKeysTo(new Half[2 * 64 * 2 * 64]);
         }, "destination", "Only a dense cache");
         yield return Th<ArgumentNullException>("KvCache.CreateContiguous: null device", () => KvCache.CreateContiguous(null!, F16, 1, 16, 1, 64), "device");
-        yield return Th<ArgumentException>("KvCache.CreateContiguous: fp32", () => KvCache.CreateContiguous(FakeDevice(), F32, 1, 16, 1, 64), "dataType", "Float16 or BFloat16");
-        yield return Th<ArgumentException>("KvCache.CreateContiguous: fp8", () => KvCache.CreateContiguous(FakeDevice(), E4M3, 1, 16, 1, 64), "dataType", "an fp8 KV cache is not served");
+        yield return Th<ArgumentException>("KvCache.CreateContiguous: fp32", () => KvCache.CreateContiguous(FakeDevice(), F32, 1, 16, 1, 64), "dataType", "Float16, BFloat16 or Float8E4M3");
+        yield return Th<ArgumentException>("KvCache.CreateContiguous: fp8 with descales 2", () => KvCache.CreateContiguous(FakeDevice(), E4M3, 1, 16, 1, 64, descales: (DescaleGranularity)2), "descales", "DescaleGranularity");
         yield return Th<ArgumentOutOfRangeException>("KvCache.CreateContiguous: batch 0", () => KvCache.CreateContiguous(FakeDevice(), F16, 0, 16, 1, 64), "batchSize");
         yield return Th<ArgumentOutOfRangeException>("KvCache.CreateContiguous: capacity 0", () => KvCache.CreateContiguous(FakeDevice(), F16, 1, 0, 1, 64), "capacity");
         yield return Th<ArgumentOutOfRangeException>("KvCache.CreateContiguous: heads 0", () => KvCache.CreateContiguous(FakeDevice(), F16, 1, 16, 0, 64), "headsKv");
         yield return Th<ArgumentOutOfRangeException>("KvCache.CreateContiguous: head dim 0", () => KvCache.CreateContiguous(FakeDevice(), F16, 1, 16, 1, 0), "headDim");
         yield return Th<ArgumentNullException>("KvCache.CreatePaged: null device", () => KvCache.CreatePaged(null!, F16, 1, 4, 16, 1, 64), "device");
-        yield return Th<ArgumentException>("KvCache.CreatePaged: int32", () => KvCache.CreatePaged(FakeDevice(), I32, 1, 4, 16, 1, 64), "dataType", "Float16 or BFloat16");
+        yield return Th<ArgumentException>("KvCache.CreatePaged: int32", () => KvCache.CreatePaged(FakeDevice(), I32, 1, 4, 16, 1, 64), "dataType", "Float16, BFloat16 or Float8E4M3");
         yield return Th<ArgumentOutOfRangeException>("KvCache.CreatePaged: batch 0", () => KvCache.CreatePaged(FakeDevice(), F16, 0, 4, 16, 1, 64), "batchSize");
         yield return Th<ArgumentOutOfRangeException>("KvCache.CreatePaged: 0 blocks", () => KvCache.CreatePaged(FakeDevice(), F16, 1, 0, 16, 1, 64), "numBlocks");
         yield return Th<ArgumentOutOfRangeException>("KvCache.CreatePaged: block size 0", () => KvCache.CreatePaged(FakeDevice(), F16, 1, 4, 0, 1, 64), "blockSize");

@@ -513,7 +513,7 @@ public sealed unsafe class PagedKvValidationTests
         }
 
         // A 0.10-sized query ends before paged_kv: the library reads 0 and serves the forward.
-        q.struct_size = (uint)sizeof(FaSupportQuery) - sizeof(int);
+        q.struct_size = (uint)System.Runtime.InteropServices.Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.paged_kv)).ToInt64();
         Assert.That(NativeMethods.fa_query_support(&q), Is.EqualTo(FaStatus.Success), NativeLib.LastError());
     }
 
@@ -532,7 +532,7 @@ public sealed unsafe class PagedKvValidationTests
             Assert.That(forward010, Is.EqualTo(1016), "0.10's forward");
             Assert.That(sizeof(FaForwardParams), Is.EqualTo(forward010 + sizeof(FaTensor)), "0.11 appends one tensor");
             Assert.That(query010, Is.EqualTo(56), "0.10's query");
-            Assert.That(sizeof(FaSupportQuery), Is.EqualTo(query010 + sizeof(int)), "0.11 appends one int32");
+            Assert.That(sizeof(FaSupportQuery), Is.EqualTo(query010 + (2 * sizeof(int))), "0.11 and 0.13 append one int32 each (paged_kv, kv_cache_dtype)");
             Assert.That(NativeMethods.FA_VERSION_CODE, Is.GreaterThanOrEqualTo(1100));
         }
 

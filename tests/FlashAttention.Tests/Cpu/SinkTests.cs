@@ -440,11 +440,12 @@ public sealed class SinkTests
         // slopes (one tensor each, one int32 to the query; AlibiTests checks those); 0.9 the dropout block (128 bytes
         // to the forward, 40 to the backward, one int32 to the query; DropoutAbiTests checks those); 0.10 head_dim_v
         // (one int32 to the query; ValueHeadDimValidationTests checks it); 0.11 the block table (one tensor to the
-        // forward, one int32 to the query; PagedKvValidationTests checks those).
+        // forward, one int32 to the query; PagedKvValidationTests checks those); 0.13 kv_cache_dtype (one int32 to the query;
+        // Float8KvCacheTests checks it).
         Assert.That(sizeof(FaForwardParams), Is.EqualTo(forward06 + (3 * sizeof(FaTensor)) + 128),
             "0.7 and 0.8 append one tensor each to the forward, 0.9 the dropout block, 0.11 one tensor");
         Assert.That(sizeof(FaBackwardParams), Is.EqualTo(backward06 + (3 * sizeof(FaTensor)) + 40), "0.7 appends two tensors to the backward, 0.8 one, 0.9 the dropout block");
-        Assert.That(sizeof(FaSupportQuery), Is.EqualTo(query06 + 20), "0.7, 0.8, 0.9, 0.10 and 0.11 append one int32 each to the query");
+        Assert.That(sizeof(FaSupportQuery), Is.EqualTo(query06 + 24), "0.7, 0.8, 0.9, 0.10, 0.11 and 0.13 append one int32 each to the query");
 
         FaForwardParams f = ForwardParamsFactory.Valid();
         f.sinks = ForwardParamsFactory.Dense(3, (FaDtype)99, 1, 1, 1, 1);  // garbage a 0.6 caller never wrote

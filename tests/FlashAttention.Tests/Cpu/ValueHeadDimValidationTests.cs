@@ -585,7 +585,7 @@ public sealed unsafe class ValueHeadDimValidationTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(query09, Is.EqualTo(52), "0.9's query");
-            Assert.That(sizeof(FaSupportQuery), Is.EqualTo(query09 + (2 * sizeof(int))), "0.10 and 0.11 append one int32 each (head_dim_v, paged_kv)");
+            Assert.That(sizeof(FaSupportQuery), Is.EqualTo(query09 + (3 * sizeof(int))), "0.10, 0.11 and 0.13 append one int32 each (head_dim_v, paged_kv, kv_cache_dtype)");
         }
 
         FaSupportQuery q = default;

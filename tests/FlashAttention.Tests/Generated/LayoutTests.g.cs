@@ -138,7 +138,7 @@ public sealed class LayoutTests
         }
     }
 
-    /// <summary>FaDecodeParams has the size (1256) and field offsets of C struct fa_decode_params.</summary>
+    /// <summary>FaDecodeParams has the size (1416) and field offsets of C struct fa_decode_params.</summary>
     [Test]
     [Category("Cpu")]
     public void FaDecodeParams_MatchesCLayout()
@@ -146,8 +146,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaDecodeParams>(), Is.False, "FaDecodeParams must be blittable");
-            Assert.That(Unsafe.SizeOf<FaDecodeParams>(), Is.EqualTo(1256), "sizeof(struct fa_decode_params)");
-            Assert.That(Marshal.SizeOf<FaDecodeParams>(), Is.EqualTo(1256), "marshalled size of FaDecodeParams");
+            Assert.That(Unsafe.SizeOf<FaDecodeParams>(), Is.EqualTo(1416), "sizeof(struct fa_decode_params)");
+            Assert.That(Marshal.SizeOf<FaDecodeParams>(), Is.EqualTo(1416), "marshalled size of FaDecodeParams");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_decode_params, struct_size)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved0)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_decode_params, reserved0)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.q)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_decode_params, q)");
@@ -187,10 +187,12 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.cu_seqlens_k_new_host)).ToInt64(), Is.EqualTo(1240L), "offsetof(struct fa_decode_params, cu_seqlens_k_new_host)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.max_seqlen_q)).ToInt64(), Is.EqualTo(1248L), "offsetof(struct fa_decode_params, max_seqlen_q)");
             Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.reserved2)).ToInt64(), Is.EqualTo(1252L), "offsetof(struct fa_decode_params, reserved2)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.k_descale)).ToInt64(), Is.EqualTo(1256L), "offsetof(struct fa_decode_params, k_descale)");
+            Assert.That(Marshal.OffsetOf<FaDecodeParams>(nameof(FaDecodeParams.v_descale)).ToInt64(), Is.EqualTo(1336L), "offsetof(struct fa_decode_params, v_descale)");
         }
     }
 
-    /// <summary>FaSupportQuery has the size (60) and field offsets of C struct fa_support_query.</summary>
+    /// <summary>FaSupportQuery has the size (64) and field offsets of C struct fa_support_query.</summary>
     [Test]
     [Category("Cpu")]
     public void FaSupportQuery_MatchesCLayout()
@@ -198,8 +200,8 @@ public sealed class LayoutTests
         using (Assert.EnterMultipleScope())
         {
             Assert.That(RuntimeHelpers.IsReferenceOrContainsReferences<FaSupportQuery>(), Is.False, "FaSupportQuery must be blittable");
-            Assert.That(Unsafe.SizeOf<FaSupportQuery>(), Is.EqualTo(60), "sizeof(struct fa_support_query)");
-            Assert.That(Marshal.SizeOf<FaSupportQuery>(), Is.EqualTo(60), "marshalled size of FaSupportQuery");
+            Assert.That(Unsafe.SizeOf<FaSupportQuery>(), Is.EqualTo(64), "sizeof(struct fa_support_query)");
+            Assert.That(Marshal.SizeOf<FaSupportQuery>(), Is.EqualTo(64), "marshalled size of FaSupportQuery");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.struct_size)).ToInt64(), Is.EqualTo(0L), "offsetof(struct fa_support_query, struct_size)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.pass)).ToInt64(), Is.EqualTo(4L), "offsetof(struct fa_support_query, pass)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.compute_capability)).ToInt64(), Is.EqualTo(8L), "offsetof(struct fa_support_query, compute_capability)");
@@ -215,6 +217,7 @@ public sealed class LayoutTests
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.dropout)).ToInt64(), Is.EqualTo(48L), "offsetof(struct fa_support_query, dropout)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.head_dim_v)).ToInt64(), Is.EqualTo(52L), "offsetof(struct fa_support_query, head_dim_v)");
             Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.paged_kv)).ToInt64(), Is.EqualTo(56L), "offsetof(struct fa_support_query, paged_kv)");
+            Assert.That(Marshal.OffsetOf<FaSupportQuery>(nameof(FaSupportQuery.kv_cache_dtype)).ToInt64(), Is.EqualTo(60L), "offsetof(struct fa_support_query, kv_cache_dtype)");
         }
     }
 

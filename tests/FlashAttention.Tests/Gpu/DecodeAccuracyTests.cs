@@ -841,7 +841,8 @@ public sealed class DecodeAccuracyTests : AttentionTestBase
     {
         Assert.Multiple(() =>
         {
-            Assert.That(() => KvCache.CreateContiguous(Device, DataType.Float32, 1, 16, 1, 64), Throws.ArgumentException.With.Message.Contains("Float16 or BFloat16"));
+            Assert.That(() => KvCache.CreateContiguous(Device, DataType.Float32, 1, 16, 1, 64), Throws.ArgumentException.With.Message.Contains("Float16, BFloat16 or Float8E4M3"));
+            Assert.That(() => KvCache.CreateContiguous(Device, DataType.Float8E4M3, 1, 16, 1, 40), Throws.ArgumentException.With.Message.Contains("multiple of 16"));
             Assert.That(() => KvCache.CreateContiguous(Device, DataType.Float16, 0, 16, 1, 64), Throws.InstanceOf<ArgumentOutOfRangeException>());
             Assert.That(() => KvCache.CreatePaged(Device, DataType.Float16, 1, 0, 16, 1, 64), Throws.InstanceOf<ArgumentOutOfRangeException>());
             Assert.That(() => KvCache.CreatePaged(Device, DataType.Float16, 1, 4, 16, 1, 64, maxBlocksPerSequence: -1), Throws.InstanceOf<ArgumentOutOfRangeException>());

@@ -31,6 +31,20 @@ public sealed record ServingSpec(
     /// <summary>Per-sequence appended counts (cu_seqlens_k_new; packed kNew): one per step row, or null (SeqKNew each).</summary>
     public int[]? AppendCounts { get; init; }
 
+    /// <summary>
+    /// An fp8 (e4m3) cache (C ABI 0.13) under the <see cref="Dtype"/> queries: "head" (one factor per KV head), "tensor"
+    /// (one for the cache) or "none" (a cache of <see cref="Dtype"/>).
+    /// </summary>
+    public string Fp8 { get; init; } = "none";
+
+    public bool Fp8Cache => Fp8 != "none";
+
+    /// <summary>The range the fp8 cache's descale factors are drawn from (uniform; keys and values drawn apart).</summary>
+    public (double Lo, double Hi) DescaleRange { get; init; } = (0.01, 0.05);
+
+    /// <summary>The fp8 factors are the call's (DecodeArguments.KeyDescale) over a cache wrapped without its own.</summary>
+    public bool DescalesPerCall { get; init; }
+
     public int[] StepRows => Rows ?? [.. Enumerable.Range(0, Pool)];
 
     public int Batch => StepRows.Length;
@@ -43,7 +57,8 @@ public sealed record ServingSpec(
         $"{(Paged ? $"paged bs{BlockSize}" : "contiguous")} {Mask} splits {NumSplits}" + (HasAlibi ? $" alibi {Alibi}" : string.Empty) +
         (RotaryDim > 0 ? $" rotary {RotaryDim} {(RotaryInterleaved ? "interleaved" : "half-split")}" : string.Empty) +
         (QueryCounts is null ? string.Empty : $" qcounts[{string.Join(",", QueryCounts)}]") +
-        (AppendCounts is null ? string.Empty : $" kcounts[{string.Join(",", AppendCounts)}]");
+        (AppendCounts is null ? string.Empty : $" kcounts[{string.Join(",", AppendCounts)}]") +
+        (Fp8Cache ? $" e4m3 cache, descales per {Fp8} in [{DescaleRange.Lo}, {DescaleRange.Hi}]{(DescalesPerCall ? " per call" : string.Empty)}" : string.Empty);
 }
 
 /// <summary>
@@ -229,7 +244,11 @@ internal sealed class ServingRun : IDisposable
     private readonly ServingSpec _spec;
     private readonly List<IDisposable> _owned = [];
     private Random _random = null!;
+    // The 16-bit cache's mirror, or the fp8 cache's (its bytes, with the factors the kernels multiply them by).
     private double[] _k = [], _v = [];
+    private Float8E4M3[] _k8 = [], _v8 = [];
+    private float[] _kd = [], _vd = [];
+    private DeviceTensor? _dkd, _dvd;
     private int[] _table = [];
     private int[] _lens = [];
     private int _capacity, _maxBlocks, _numBlocks;
@@ -268,6 +287,15 @@ internal sealed class ServingRun : IDisposable
             throw;
         }
     }
+
+    /// <summary>The key element <paramref name="e"/> of the cache as attention reads it (an fp8 byte times its head's factor).</summary>
+    private float AttendedKey(long e) => _spec.Fp8Cache ? (float)((double)_k8[e] * Factor(_kd, e)) : (float)_k[e];
+
+    /// <summary>See <see cref="AttendedKey"/>.</summary>
+    private float AttendedValue(long e) => _spec.Fp8Cache ? (float)((double)_v8[e] * Factor(_vd, e)) : (float)_v[e];
+
+    /// <summary>The factor of cache element <paramref name="e"/>: its KV head's, or the one per-tensor factor.</summary>
+    private float Factor(float[] factors, long e) => factors[factors.Length == 1 ? 0 : (int)(e % Row / _spec.HeadDim)];
 
     /// <summary>Row (in units of Hkv*D elements) of position p of pool row r.</summary>
     private long RowOf(int r, int p) => _spec.Paged
@@ -309,21 +337,51 @@ internal sealed class ServingRun : IDisposable
         long elements = CacheShape.Aggregate(1L, (a, x) => a * x);
         var k = new float[elements];
         var v = new float[elements];
-        Array.Fill(k, float.NaN);
+        Array.Fill(k, float.NaN);  // 0x7F in an fp8 cache
         Array.Fill(v, float.NaN);
+        if (s.Fp8Cache)
+        {
+            int factors = s.Fp8 == "tensor" ? 1 : s.HeadsKv;
+            _kd = TestRandom.Uniform(random, factors, s.DescaleRange.Lo, s.DescaleRange.Hi).Select(x => (float)x).ToArray();
+            _vd = TestRandom.Uniform(random, factors, s.DescaleRange.Lo, s.DescaleRange.Hi).Select(x => (float)x).ToArray();
+        }
+
         for (int r = 0; r < s.Pool; r++)
         {
             for (int p = pads[r]; p < _lens[r]; p++)
             {
-                ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, Row)).CopyTo(k, RowOf(r, p) * Row);
-                ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, Row)).CopyTo(v, RowOf(r, p) * Row);
+                long at = RowOf(r, p) * Row;
+                ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, Row)).CopyTo(k, at);
+                ForwardRun.RoundAll(s.Dtype, TestRandom.Normal(random, Row)).CopyTo(v, at);
+                for (long e = at; s.Fp8Cache && e < at + Row; e++)
+                {
+                    // Stored e4m3 values whose dequantized values are about N(0, 1).
+                    k[e] = Float8E4M3.FromSingleSaturating(k[e] / Factor(_kd, e));
+                    v[e] = Float8E4M3.FromSingleSaturating(v[e] / Factor(_vd, e));
+                }
             }
         }
 
-        _k = AttentionReference.ToDouble(k);
-        _v = AttentionReference.ToDouble(v);
-        _dk = Own(DeviceArray.Upload(_device, s.Dtype, k));
-        _dv = Own(DeviceArray.Upload(_device, s.Dtype, v));
+        DataType cacheType = s.Fp8Cache ? DataType.Float8E4M3 : s.Dtype;
+        if (s.Fp8Cache)
+        {
+            _k8 = k.Select(x => (Float8E4M3)x).ToArray();
+            _v8 = v.Select(x => (Float8E4M3)x).ToArray();
+            var keyDescale = Own(new DeviceBuffer<float>(_device, _kd.Length));
+            var valueDescale = Own(new DeviceBuffer<float>(_device, _vd.Length));
+            keyDescale.CopyFrom(_kd);
+            valueDescale.CopyFrom(_vd);
+            _dkd = keyDescale.AsTensor(_kd.Length);
+            _dvd = valueDescale.AsTensor(_vd.Length);
+        }
+        else
+        {
+            _k = AttentionReference.ToDouble(k);
+            _v = AttentionReference.ToDouble(v);
+        }
+
+        _dk = Own(DeviceArray.Upload(_device, cacheType, k));
+        _dv = Own(DeviceArray.Upload(_device, cacheType, v));
         DeviceTensor? table = null;
         if (s.Paged)
         {
@@ -357,7 +415,9 @@ internal sealed class ServingRun : IDisposable
             _dsin = Own(DeviceArray.Upload(_device, s.Dtype, sin));
         }
 
-        Cache = KvCache.Wrap(_dk.Tensor(CacheShape), _dv.Tensor(CacheShape), _lens, table, stream: stream);
+        Cache = s.DescalesPerCall
+            ? KvCache.Wrap(_dk.Tensor(CacheShape), _dv.Tensor(CacheShape), _lens, table, stream: stream)
+            : KvCache.Wrap(_dk.Tensor(CacheShape), _dv.Tensor(CacheShape), _lens, table, stream: stream, keyDescale: _dkd, valueDescale: _dvd);
         if (s.Pads is not null)
         {
             Cache.SetLeftPadding(s.Pads, stream);
@@ -429,6 +489,8 @@ internal sealed class ServingRun : IDisposable
             Rotary = s.RotaryDim > 0 && append
                 ? new RotaryEmbedding(_dcos!.Tensor([_rotaryRows, s.RotaryDim / 2]), _dsin!.Tensor([_rotaryRows, s.RotaryDim / 2]), s.RotaryInterleaved)
                 : null,
+            KeyDescale = s.DescalesPerCall ? _dkd : null,
+            ValueDescale = s.DescalesPerCall ? _dvd : null,
         };
         bool rotary = args.Rotary is not null;
         AttentionOptions options = s.Mask.ToOptions();
@@ -464,7 +526,20 @@ internal sealed class ServingRun : IDisposable
         // The float64 reference over the host mirror (it appends into _k/_v itself when given new keys).
         void Reference(double[] queries, int[] lengths, double[] keysNew, double[] valuesNew, int appended, DecodeServingOptions opts, double[] o, double[] l)
         {
-            if (s.Paged)
+            if (s.Fp8Cache)
+            {
+                // The fp8 cache's reference reads its bytes times the factors and quantizes what it appends (C ABI 0.13).
+                DecodeServingOptions fp8 = opts with { KeyDescale = _kd, ValueDescale = _vd, QueryDataType = s.Dtype };
+                if (s.Paged)
+                {
+                    DecodeReference.ForwardPaged(queries, _k8, _v8, _table, lengths, keysNew, valuesNew, appended, s.HeadsQ, s.HeadsKv, d, s.BlockSize, options, fp8, o, l);
+                }
+                else
+                {
+                    DecodeReference.ForwardContiguous(queries, _k8, _v8, lengths, keysNew, valuesNew, appended, s.HeadsQ, s.HeadsKv, d, _capacity, options, fp8, o, l);
+                }
+            }
+            else if (s.Paged)
             {
                 DecodeReference.ForwardPaged(queries, _k, _v, _table, lengths, keysNew, valuesNew, appended, s.HeadsQ, s.HeadsKv, d, s.BlockSize, options, opts, o, l);
             }
@@ -493,7 +568,12 @@ internal sealed class ServingRun : IDisposable
         }
 
         double ulp = s.Dtype == DataType.BFloat16 ? 1.0 / 128 : 1.0 / 1024;
-        foreach (var (device, host, name) in new[] { (_dk, _k, "k"), (_dv, _v, "v") })
+        if (s.Fp8Cache)
+        {
+            CheckFloat8Cache(rotatedSlots, context);
+        }
+
+        foreach (var (device, host, name) in s.Fp8Cache ? [] : new[] { (_dk, _k, "k"), (_dv, _v, "v") })
         {
             float[] back = device.Read();
             int wrong = 0;
@@ -582,6 +662,52 @@ internal sealed class ServingRun : IDisposable
     }
 
     /// <summary>
+    /// The fp8 cache read back against its mirror, byte for byte: every byte unchanged but the appended ones, which are
+    /// the reference's quantization (the contract's: the 16-bit value divided by its factor in fp32, rounded to e4m3
+    /// nearest even, saturated), and 0x7F wherever nothing was written. Keys appended with rotary may be one e4m3 step
+    /// away: the kernels rotate in fp32 and round to q's dtype where the reference rotates in float64, so the 16-bit key
+    /// can differ by one unit in its last place (as the 16-bit cache's check allows), and quantizing two neighbouring
+    /// 16-bit values gives the same or neighbouring e4m3 codes, never codes further apart. The mirror then takes the
+    /// stored byte (what later steps and the naive attention read).
+    /// </summary>
+    private void CheckFloat8Cache(HashSet<long> rotatedSlots, string context)
+    {
+        // Position on the number line: codes of one sign are ordered by magnitude, -0 and +0 are the same point.
+        static int Ordinal(byte bits) => (bits & 0x80) != 0 ? -(bits & 0x7F) : bits & 0x7F;
+        foreach (var (device, host, name) in new[] { (_dk, _k8, "k"), (_dv, _v8, "v") })
+        {
+            byte[] back = device.ReadBytes();
+            int wrong = 0, moved = 0;
+            string first = string.Empty;
+            for (long e = 0; e < back.Length; e++)
+            {
+                byte expected = host[e].ToBits();
+                bool rotated = name == "k" && rotatedSlots.Contains(e / Row);
+                bool same = Float8E4M3.IsNaN(host[e]) ? Float8E4M3.IsNaN(Float8E4M3.FromBits(back[e]))
+                    : rotated ? !Float8E4M3.IsNaN(Float8E4M3.FromBits(back[e])) && Math.Abs(Ordinal(back[e]) - Ordinal(expected)) <= 1
+                    : back[e] == expected;
+                if (!same && wrong++ == 0)
+                {
+                    first = $"{name} element {e} (cache row {e / Row}) is 0x{back[e]:X2} ({(float)Float8E4M3.FromBits(back[e])}), expected 0x{expected:X2} " +
+                        $"({(float)host[e]}){(rotated ? " (rotated key: within one e4m3 step)" : string.Empty)}";
+                }
+
+                if (rotated)
+                {
+                    moved += back[e] != expected ? 1 : 0;
+                    host[e] = Float8E4M3.FromBits(back[e]);
+                }
+            }
+
+            Assert.That(wrong, Is.Zero, $"{context}: {wrong} wrong {name} cache bytes; first: {first}");
+            if (moved > 0)
+            {
+                TestContext.Out.WriteLine($"{context}: {moved} rotated {name} bytes one e4m3 step from the float64 rotation's");
+            }
+        }
+    }
+
+    /// <summary>
     /// Same-dtype naive attention per sequence over its keys pad .. total - 1 (from the mirror after the append), with
     /// FlashAttention-2's ALiBi bias when <paramref name="slopes"/> is given: keys counted from the pad, the causal column
     /// form +m·j for a causal mask without a left window shorter than the capacity (kept for one new token), else
@@ -610,8 +736,8 @@ internal sealed class ServingRun : IDisposable
                 long at = RowOf(rows[b], pads[b] + j) * Row;
                 for (int x = 0; x < Row; x++)
                 {
-                    k[(j * Row) + x] = (float)_k[at + x];
-                    v[(j * Row) + x] = (float)_v[at + x];
+                    k[(j * Row) + x] = AttendedKey(at + x);
+                    v[(j * Row) + x] = AttendedValue(at + x);
                 }
             }
 

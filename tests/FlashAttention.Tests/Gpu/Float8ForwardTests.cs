@@ -12,7 +12,8 @@ namespace FlashAttn.Tests.Gpu;
 /// the sm90 forward only, so <see cref="KernelPath.Sm90"/> (and <see cref="KernelPath.Auto"/>) must run an
 /// <c>sm90_fwd_e4m3_</c> kernel on a compute capability 9.0 GPU with a build that lists such kernels, and must be refused
 /// (UNSUPPORTED, with the reason, nothing written) anywhere else; <see cref="KernelPath.Sm80"/> must be refused
-/// everywhere. Refusals are asserted, never ignored. The backward pass and decode refuse fp8.
+/// everywhere. Refusals are asserted, never ignored. The backward pass and decode refuse fp8 inputs (decode's fp8 KV
+/// cache under 16-bit queries is DecodeFloat8CacheTests').
 /// </summary>
 [TestFixture]
 [Category("Gpu")]
@@ -286,7 +287,7 @@ public sealed class Float8ForwardTests : ForwardPathTestBase
         }
     }
 
-    /// <summary>Decode has no fp8 (no fp8 KV cache): an e4m3 query over a bf16 cache is UNSUPPORTED and writes nothing.</summary>
+    /// <summary>Decode has no fp8 query (its fp8 KV cache takes 16-bit ones): an e4m3 query over a bf16 cache is UNSUPPORTED and writes nothing.</summary>
     [Test]
     public void DecodeRefusesFp8()
     {
