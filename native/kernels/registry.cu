@@ -180,7 +180,7 @@ std::string tile_tag(Pass pass, Path path, int dt, uint32_t features) {
 
 // In a build with the sm90 forward's wide head-dim-64 kernel beside its own (sm90::fwd_d64_wide(),
 // FA_SM90_FWD_D64_WIDE_MIN_KEYS), the variants it serves (16-bit, no local mask, no paged K/V) name both tiles: which
-// one runs depends on the call's keys.
+// one runs depends on the call's query rows and keys.
 std::string wide_tag(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t features) {
     if (!sm90::fwd_d64_wide() || pass != Pass::Forward || path != Path::Sm90 || dt == kE4m3 || kernel_d != 64 ||
         (features & (feature::kLocal | feature::kPaged)) != 0) {
@@ -189,7 +189,7 @@ std::string wide_tag(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t fe
     using W = sm90::FwdTraits90Wide;
     const auto s = [](int v) { return std::to_string(v); };
     return "_or_" + s(W::kBlockM) + "x" + s(W::kBlockN) + "_" + s(W::kThreads / 128) + "wg" + s(W::kStages) +
-           "s_psmem_from" + s(FA_SM90_FWD_D64_WIDE_MIN_KEYS) + "keys";
+           "s_psmem_from" + s(FA_SM90_FWD_D64_WIDE_MIN_KEYS) + "rows";
 }
 
 // (An fp8 KV cache's decode kernels: "_e4m3kv" after the head dim, dt being q's dtype.)

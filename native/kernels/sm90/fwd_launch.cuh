@@ -109,10 +109,11 @@ int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uin
         if constexpr (decltype(paged)::value && FwdIo90<T>::kFp8) {
             return cudaErrorInvalidValue;
         } else {
-            // The wide head-dim-64 kernel for the long calls without masks or paged K/V (FA_SM90_FWD_D64_WIDE_MIN_KEYS).
+            // The wide head-dim-64 kernel for the long calls (rows and keys) without masks or paged K/V
+            // (FA_SM90_FWD_D64_WIDE_MIN_KEYS).
             if constexpr (fwd_d64_wide() && !FwdIo90<T>::kFp8 && D == 64 && DV == 64 && !decltype(local)::value &&
                           !decltype(paged)::value) {
-                if (p.sk >= FA_SM90_FWD_D64_WIDE_MIN_KEYS) {
+                if (p.sq >= FA_SM90_FWD_D64_WIDE_MIN_KEYS && p.sk >= FA_SM90_FWD_D64_WIDE_MIN_KEYS) {
                     return launch_fwd<T, D, false, decltype(softcap)::value, DV, false, true>(p, info, stream);
                 }
             }
