@@ -147,7 +147,9 @@ std::string tile_tag(Pass pass, Path path, int dt, uint32_t features) {
             if (path == Path::Sm90) {
                 if constexpr (sm90::fwd_head_dim(D)) {
                     using Tr = sm90::FwdTraits90<D>;
-                    return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s";
+                    // (_psmem: P staged in shared memory for an SS P V product, FA_SM90_FWD_P_SMEM builds)
+                    return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s" +
+                           (Tr::kPSmem ? "_psmem" : "");
                 }
                 return "none";
             }
@@ -176,6 +178,20 @@ std::string tile_tag(Pass pass, Path path, int dt, uint32_t features) {
     }
 }
 
+// In a build with the sm90 forward's wide head-dim-64 kernel beside its own (sm90::fwd_d64_wide(),
+// FA_SM90_FWD_D64_WIDE_MIN_KEYS), the variants it serves (16-bit, no local mask, no paged K/V) name both tiles: which
+// one runs depends on the call's query rows and keys.
+std::string wide_tag(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t features) {
+    if (!sm90::fwd_d64_wide() || pass != Pass::Forward || path != Path::Sm90 || dt == kE4m3 || kernel_d != 64 ||
+        (features & (feature::kLocal | feature::kPaged)) != 0) {
+        return "";
+    }
+    using W = sm90::FwdTraits90Wide;
+    const auto s = [](int v) { return std::to_string(v); };
+    return "_or_" + s(W::kBlockM) + "x" + s(W::kBlockN) + "_" + s(W::kThreads / 128) + "wg" + s(W::kStages) +
+           "s_psmem_from" + s(FA_SM90_FWD_D64_WIDE_MIN_KEYS) + "rows";
+}
+
 // (An fp8 KV cache's decode kernels: "_e4m3kv" after the head dim, dt being q's dtype.)
 std::string name_of(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t features) {
     return std::string(path_tag(path)) + "_" + pass_tag(pass) + "_" + dtype_tag(dt) + "_hdim" +
@@ -183,7 +199,8 @@ std::string name_of(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t fea
            ((features & feature::kLocal) ? "_local" : "") +
            ((features & feature::kSoftcap) ? "_softcap" : "") + ((features & feature::kDeterministic) ? "_det" : "") +
            ((features & feature::kPaged) ? "_paged" : "") + ((features & feature::kDropout) ? "_dropout" : "") + "_" +
-           with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path, dt, features); });
+           with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path, dt, features); }) +
+           wide_tag(pass, path, dt, kernel_d, features);
 }
 
 // FlashAttention-3's V head dim pairs, whose kernels (the sm80 forward's sm80::FwdTileV / fwd_v_pair and backward's,

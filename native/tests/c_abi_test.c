@@ -4115,6 +4115,17 @@ static void test_gpu(int32_t count) {
         {4, {17, 0, 1, 300}, {17, 3, 1, 300}, 4, 4, d, 0, FA_CAUSAL_TOP_LEFT, 1, 24, 8, 20.0f, BF16, 0, 0, 5},
         {4, {17, 0, 1, 300}, {40, 0, 7, 128}, 4, 1, d, 1, FA_CAUSAL_TOP_LEFT, 1, 48, -1, 0.0f, F16, 0, 1, 0},
     };
+    /* Head dim 64 calls of at least FA_SM90_FWD_D64_WIDE_MIN_KEYS query rows and keys without a causal mask or window
+       (4096 by default): on the sm90 path they run the three-consumer kernel with P in shared memory
+       (sm90/fwd_launch.cuh), which the small cases above never reach; a 192-row tile over rows and keys that are not
+       multiples of its blocks, softcap, padded rows, GQA, and a variable-length batch with empty sequences. */
+    const fwd_case wide_cases[] = {
+        {1, 4096, 4096, 2, 1, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1},
+        {1, 4100, 4200, 4, 2, 64, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 8, 1, F16, 30.0f, 0, -1, -1},
+    };
+    const varlen_case wide_varlen_cases[] = {
+        {4, {4096, 0, 3, 4500}, {4096, 10, 0, 4200}, 2, 1, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 0, 1, 0},
+    };
     /* Each kernel path by name: FA_PATH_SM80 everywhere (the portable kernels stay checked on Hopper, where AUTO
        takes the sm90 ones); FA_PATH_SM90 runs the sm90 forward on compute capability 9.0 in a build with sm_90a code
        and is refused (UNSUPPORTED, nothing written) elsewhere. Every sm90 kernel class (64, 128, 192, 256) and head dims
@@ -4238,6 +4249,15 @@ static void test_gpu(int32_t count) {
         run_varlen_case(context, stream, &varlen_cases[n], FA_PATH_AUTO, &log);
     }
     run_varlen_nothing_to_do(context, stream);
+    if (head_dim_served(64)) {
+        for (n = 0; n < (int)(sizeof(wide_cases) / sizeof(wide_cases[0])); ++n) {
+            run_forward_case(context, stream, &wide_cases[n], FA_PATH_AUTO, &log);
+        }
+        run_varlen_case(context, stream, &wide_varlen_cases[0], FA_PATH_AUTO, &log);
+    } else {
+        printf("  SKIP the long head dim 64 cases: not served by this build\n");
+        ++g_skipped;
+    }
     for (n = 0; n < (int)(sizeof(padded_cases) / sizeof(padded_cases[0])); ++n) {
         if (head_dim_served(padded_cases[n].d)) {
             run_forward_case(context, stream, &padded_cases[n], FA_PATH_AUTO, &log);

@@ -8,6 +8,11 @@
 //   S = Q K^T   wgmma m64nBN, A = Q and B = K from shared memory (both K-major)
 //   O += P V    wgmma m64nD,  A = P from registers (the S accumulators, rescaled and packed to 16 bits),
 //               B = V from shared memory (MN-major: V needs no transpose)
+// P in shared memory (FwdTraits90::kPSmem, FA_SM90_FWD_P_SMEM at head dim 64, FA3's choice for three consumers of 160
+// registers, which cannot hold P beside S and O): O += P V is an SS wgmma, A = P from the consumer's own P tile (64 rows
+// x BN keys, K-major, the 128-byte swizzle, as Q). pack_p stores P(n) there with stmatrix (each warp its own 16 rows)
+// once the wait that retires P(n+1) V(n+1) has returned (one buffer per consumer, no overwrite under a running
+// product), then fence.proxy.async and __syncwarp before the warp's next issue (see pack_p).
 // Inside a warpgroup the softmax of key block n overlaps the P V product of block n+1 (FA3's intra-
 // warpgroup pipelining): issue S(n) = Q K(n)^T, issue O += P(n+1) V(n+1), wait for S(n) only, mask and
 // softmax it while the P V product runs, then wait for that, rescale O and pack P(n).
@@ -171,16 +176,20 @@ __device__ __forceinline__ FwdTile90 fwd_tile90(const FwdParams& p, int tile) {
     return t;
 }
 
-template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false, bool kAlibiGemm = false>
-__global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads, 1)
-    fwd_kernel_sm90(const __grid_constant__ FwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
+// The kernel's body for its traits Tr (FwdTraits90<D, kFp8, DV, ...>; DV: v's and O's head dim, the pairs (192, 128)
+// and (64, 512), else D): fwd_kernel_sm90 runs the build's traits, fwd_kernel_sm90_wide the head-dim-64 kernel with
+// three consumers and P in shared memory (FA_SM90_FWD_D64_WIDE_MIN_KEYS), whatever the build's traits are. `a` is the
+// kernel's __grid_constant__ parameter (the TMA maps are read at its address). kAlibiGemm: the ALiBi variant
+// (fwd_kernel_sm90 only; the wide kernel serves no local mask, hence no ALiBi).
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, class Tr, bool kAlibiGemm>
+__device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     constexpr bool kFp8 = FwdIo90<T>::kFp8;
     static_assert(!kPaged || (kLocal && !kFp8), "paged K/V runs in the local family, 16-bit types only");
-    static_assert(!kAlibiGemm || (kLocal && !kSoftcap && !kPaged && FwdTraits90<D, kFp8, DV>::kAlibiGemm),
+    static_assert(Tr::kHeadDim == D && Tr::kHeadDimV == DV, "the traits of this head dim pair");
+    static_assert(!kAlibiGemm || (kLocal && !kSoftcap && !kPaged && Tr::kAlibiGemm),
                   "ALiBi through Q K^T: contiguous 16-bit local kernels without softcap (tanh would take the bias in)");
     using TO = typename FwdIo90<T>::Out;  // the output's element type
-    using Tr = FwdTraits90<D, kFp8, DV>;  // DV: v's and O's head dim (the pairs (192, 128) and (64, 512), else D)
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, S = Tr::kStages;
     // A CTA computes VC of O's DV columns, those of its tile's column chunk (VCH chunks: 2 for (64, 512), else 1).
     constexpr int VC = Tr::kVCols, VCH = Tr::kVChunks;
@@ -190,6 +199,7 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
     // row sum carries the same 2^8, which O's normalisation cancels and the LSE takes back out.
     constexpr float kPOffset = kFp8 ? 8.f : 0.f;
     constexpr int QPanel = BM * 128, KVPanel = BN * 128;  // bytes between the panels (128-byte rows) of a tile
+    constexpr int PPanel = 64 * 128;                      // ... of a consumer's P tile (Tr::kPSmem)
     constexpr uint32_t kConsumerWarps = 4 * Tr::kConsumers;
 
     extern __shared__ __align__(1024) unsigned char smem[];
@@ -354,6 +364,16 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
         const int wl = (tid % 128) / 32;                  // warp within the warpgroup
         const int rl = cw * 64 + wl * 16 + lane / 4;      // this thread's first row in the tile (and rl + 8)
         const int t4 = lane % 4;
+        // P in shared memory (Tr::kPSmem): this consumer's P tile at sP, [BN / 64 panels][64 rows][128 bytes], the
+        // 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8)), as TMA lays out Q: P[r][k] (row r of the
+        // consumer's 64, key k of the block) at sP + (k / 64) 8192 + 128 r + (((k % 64) / 8 ^ r % 8) << 4) + 2 (k % 8).
+        // The accumulator s[4j + 2h + c] of lane l in warp wl is P[16 wl + l / 4 + 8 h][8 j + 2 (l % 4) + c], so the
+        // packed pair (c = 0, 1) is the 32-bit word at sP + (j / 8) 8192 + 128 r + ((j % 8 ^ r % 8) << 4) + 4 (l % 4),
+        // r = 16 wl + l / 4 + 8 h (O's staging in the epilogue has the same form); pack_p stores four such 8 x 8 blocks
+        // per stmatrix.x4, the lanes giving row addresses instead. p_row: this lane's stmatrix row address for keys
+        // 0..15 (see pack_p).
+        const uint32_t sP = s0 + Tr::kOffP + cw * Tr::kSmemPTile;
+        const uint32_t p_row = sP + (wl * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * 128 + (((lane & 7) ^ (lane >> 4)) << 4);
         const float base_scale_log2 = p.scale_log2;
         const float base_cap_premul = kSoftcap ? p.scale / p.softcap : 1.f;
         const float base_lse_scale = kSoftcap ? p.softcap : p.scale;
@@ -468,16 +488,29 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
             };
             const auto issue_qk = [&](int st) {
                 wgmma_fence();
+                if constexpr (Tr::kPSmem) {
+                    // With P in shared memory (160 registers with three consumers) Q's base is laundered as P's
+                    // (issue_pv), so that Q's loop-invariant descriptors are not held in registers across the loop.
+                    uint32_t q0 = sQ + cw * 64 * 128;
+                    asm volatile("" : "+r"(q0));
 #pragma unroll
-                for (int kk = 0; kk < D / KS; ++kk) {  // K steps of 32 bytes, four per 128-byte panel row
-                    const uint32_t qa = sQ + (kk / 4) * QPanel + cw * 64 * 128 + (kk % 4) * 32;
-                    const uint32_t kb = k_tile(st) + (kk / 4) * KVPanel + (kk % 4) * 32;
-                    if constexpr (kFp8) {
-                        WgmmaF8<BN>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024), kk > 0 ? 1 : 0);
-                    } else {
-                        // (kAlibiGemm: onto the block's ALiBi step, issue_alibi)
-                        Wgmma<T, BN, 0, 0>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024),
+                    for (int kk = 0; kk < D / KS; ++kk) {  // (kAlibiGemm: onto the block's ALiBi step, issue_alibi)
+                        Wgmma<T, BN, 0, 0>::ss(s, smem_desc(q0 + (kk / 4) * QPanel + (kk % 4) * 32, 16, 1024),
+                                               smem_desc(k_tile(st) + (kk / 4) * KVPanel + (kk % 4) * 32, 16, 1024),
                                                kk > 0 || kAlibiGemm ? 1 : 0);
+                    }
+                } else {
+#pragma unroll
+                    for (int kk = 0; kk < D / KS; ++kk) {  // K steps of 32 bytes, four per 128-byte panel row
+                        const uint32_t qa = sQ + (kk / 4) * QPanel + cw * 64 * 128 + (kk % 4) * 32;
+                        const uint32_t kb = k_tile(st) + (kk / 4) * KVPanel + (kk % 4) * 32;
+                        if constexpr (kFp8) {
+                            WgmmaF8<BN>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024), kk > 0 ? 1 : 0);
+                        } else {
+                            // (kAlibiGemm: onto the block's ALiBi step, issue_alibi)
+                            Wgmma<T, BN, 0, 0>::ss(s, smem_desc(qa, 16, 1024), smem_desc(kb, 16, 1024),
+                                                   kk > 0 || kAlibiGemm ? 1 : 0);
+                        }
                     }
                 }
                 wgmma_commit();
@@ -493,10 +526,17 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
             };
             const auto issue_pv = [&](int st) {
                 wgmma_fence();
+                // P in shared memory: the tile's base laundered, so that its 8 descriptors are formed at each issue
+                // (a few integer ops) instead of held in registers across the main loop.
+                uint32_t pt = sP;
+                if constexpr (Tr::kPSmem) asm volatile("" : "+r"(pt));
 #pragma unroll
                 for (int kk = 0; kk < BN / KS; ++kk) {
                     if constexpr (kFp8) {  // V^T: K-major, 32 key bytes per step
                         WgmmaF8<D>::rs(acc, pa[kk], smem_desc(vt_tile(st) + kk * 32, 16, 1024), 1);
+                    } else if constexpr (Tr::kPSmem) {  // P: K-major as Q, 16 keys (32 bytes) per step; V as below
+                        Wgmma<T, VC, 0, 1>::ss(acc, smem_desc(pt + (kk / 4) * PPanel + (kk % 4) * 32, 16, 1024),
+                                               smem_desc(v_tile(st) + kk * 16 * 128, KVPanel, 1024), 1);
                     } else {               // V: MN-major, 16 key rows per step
                         Wgmma<T, VC, 0, 1>::rs(acc, pa[kk], smem_desc(v_tile(st) + kk * 16 * 128, KVPanel, 1024), 1);
                     }
@@ -584,6 +624,27 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
                         pa[kk][2] = pack4_e4m3(x[8], x[9], x[12], x[13]);
                         pa[kk][3] = pack4_e4m3(x[10], x[11], x[14], x[15]);
                     }
+                } else if constexpr (Tr::kPSmem) {
+                    // P to this consumer's P tile: per 16 keys one stmatrix.x4 of the four 8 x 8 blocks this warp's
+                    // accumulators hold, in the RS fragment's order (rows +0 / +8, keys +0 / +8). Lane l addresses row
+                    // (l % 8) + 8 ((l / 8) % 2) of the warp's 16, key chunk 2 (kk % 4) + l / 16 of panel kk / 4, which
+                    // the swizzle puts at chunk (2 (kk % 4) + l / 16) ^ (l % 8) = (l % 8 ^ l / 16) ^ 2 (kk % 4): p_row
+                    // XOR 32 (kk % 4) (the tile is 1024-byte aligned and rows 128 bytes, so that XOR touches the chunk
+                    // bits only). 8 lanes of a matrix write 8 rows at 8 distinct chunks: no bank conflicts.
+                    // The caller has retired the P V product that read the tile last (wgmma_wait<0>).
+                    uint32_t prow = p_row;
+                    asm volatile("" : "+r"(prow));  // the 4 XORed row addresses formed here, not held across the loop
+#pragma unroll
+                    for (int kk = 0; kk < BN / 16; ++kk) {
+                        stmatrix_x4((prow ^ (32u * (kk % 4))) + (kk / 4) * PPanel, pack2<T>(s[8 * kk + 0], s[8 * kk + 1]),
+                                    pack2<T>(s[8 * kk + 2], s[8 * kk + 3]), pack2<T>(s[8 * kk + 4], s[8 * kk + 5]),
+                                    pack2<T>(s[8 * kk + 6], s[8 * kk + 7]));
+                    }
+                    // The stores (generic proxy) before the SS wgmma's reads (async proxy): each lane fences its own,
+                    // then the warp syncs; its P V reads only the warp's own 16 rows of A (FA3 relies on the same; with
+                    // ping-pong my_turn's bar.sync also orders the whole warpgroup).
+                    fence_proxy_async();
+                    __syncwarp();
                 } else {
 #pragma unroll
                     for (int kk = 0; kk < BN / 16; ++kk) {
@@ -737,10 +798,31 @@ __global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads
         }
         if (cw == 0) my_turn();  // consumer 1's last hand-over
     }
+}
+#endif  // FA_SM90A_DEVICE
+
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false, bool kAlibiGemm = false>
+__global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads, 1)
+    fwd_kernel_sm90(const __grid_constant__ FwdArgs90 a) {
+#ifdef FA_SM90A_DEVICE
+    fwd_sm90_body<T, D, kLocal, kSoftcap, DV, kPaged, FwdTraits90<D, FwdIo90<T>::kFp8, DV>, kAlibiGemm>(a);
 #elif defined(__CUDA_ARCH__)
     // Device code for another target: the host launches this kernel only where sm_90a code exists (see
     // sm90/bwd_kernel.cuh), so reaching here means the driver chose other code; fail loudly.
     __trap();
+#endif  // FA_SM90A_DEVICE
+}
+
+// The head-dim-64 16-bit kernel of FwdTraits90Wide (three consumers, P in shared memory) for calls without masks
+// other than the sequence tail and without paged K/V (the plain and softcap variants), which the launcher runs beside
+// the build's own (FA_SM90_FWD_D64_WIDE_MIN_KEYS; instantiated only there). No ALiBi variant: ALiBi calls run the
+// local kernels, which the wide kernel does not serve.
+template <typename T, bool kSoftcap>
+__global__ void __launch_bounds__(FwdTraits90Wide::kThreads, 1) fwd_kernel_sm90_wide(const __grid_constant__ FwdArgs90 a) {
+#ifdef FA_SM90A_DEVICE
+    fwd_sm90_body<T, 64, false, kSoftcap, 64, false, FwdTraits90Wide, false>(a);
+#elif defined(__CUDA_ARCH__)
+    __trap();  // as fwd_kernel_sm90
 #endif  // FA_SM90A_DEVICE
 }
 

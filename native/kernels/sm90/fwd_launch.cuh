@@ -5,6 +5,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/fwd_variant.h"
 #include "common/fwd_schedule.h"
@@ -23,16 +24,29 @@
 namespace fa {
 namespace sm90 {
 
-template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false>
+// The kernel launch_fwd runs: the build's (kAlibiGemm: its ALiBi variant), or (kWide) fwd_kernel_sm90_wide.
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, bool kWide, bool kAlibiGemm>
+auto fwd_kernel_for() {
+    if constexpr (kWide) {
+        static_assert(D == 64 && DV == 64 && !kLocal && !kPaged && !FwdIo90<T>::kFp8 && !kAlibiGemm,
+                      "the wide kernel's calls");
+        return fwd_kernel_sm90_wide<T, kSoftcap>;
+    } else {
+        return fwd_kernel_sm90<T, D, kLocal, kSoftcap, DV, kPaged, kAlibiGemm>;
+    }
+}
+
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false, bool kWide = false>
 cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStream_t stream) {
-    using Tr = FwdTraits90<D, FwdIo90<T>::kFp8, DV>;
+    using Tr = std::conditional_t<kWide, FwdTraits90Wide, FwdTraits90<D, FwdIo90<T>::kFp8, DV>>;
     // Calls with ALiBi slopes run the local kernel's ALiBi variant where the build has it (FA_SM90_FWD_ALIBI_GEMM:
     // the bias through Q K^T, sm90/alibi_gemm.cuh; its own kernel, so that the local kernel that causal and windowed
-    // calls without ALiBi run does not change); it reports the local kernel's features and name.
-    constexpr bool kAlibiVariant = kLocal && !kSoftcap && !kPaged && Tr::kAlibiGemm;
+    // calls without ALiBi run does not change); it reports the local kernel's features and name. Never the wide
+    // kernel's (kWide serves calls without a local mask, so without ALiBi).
+    constexpr bool kAlibiVariant = !kWide && kLocal && !kSoftcap && !kPaged && Tr::kAlibiGemm;
     const bool alibi_gemm = kAlibiVariant && params.alibi_slopes != nullptr && Tr::kSmemBytesAlibi <= info.smem_optin;
-    auto kernel = alibi_gemm ? fwd_kernel_sm90<T, D, kLocal, kSoftcap, DV, kPaged, kAlibiVariant>
-                             : fwd_kernel_sm90<T, D, kLocal, kSoftcap, DV, kPaged>;
+    auto kernel = alibi_gemm ? fwd_kernel_for<T, D, kLocal, kSoftcap, DV, kPaged, kWide, kAlibiVariant>()
+                             : fwd_kernel_for<T, D, kLocal, kSoftcap, DV, kPaged, kWide, false>();
     const int smem = alibi_gemm ? Tr::kSmemBytesAlibi : Tr::kSmemBytes;
     static std::atomic<uint64_t> raised{0}, raised_alibi{0};
     cudaError_t err = raise_smem_once(kernel, smem, info, alibi_gemm ? raised_alibi : raised);
@@ -95,6 +109,14 @@ int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uin
         if constexpr (decltype(paged)::value && FwdIo90<T>::kFp8) {
             return cudaErrorInvalidValue;
         } else {
+            // The wide head-dim-64 kernel for the long calls (rows and keys) without masks or paged K/V
+            // (FA_SM90_FWD_D64_WIDE_MIN_KEYS).
+            if constexpr (fwd_d64_wide() && !FwdIo90<T>::kFp8 && D == 64 && DV == 64 && !decltype(local)::value &&
+                          !decltype(paged)::value) {
+                if (p.sq >= FA_SM90_FWD_D64_WIDE_MIN_KEYS && p.sk >= FA_SM90_FWD_D64_WIDE_MIN_KEYS) {
+                    return launch_fwd<T, D, false, decltype(softcap)::value, DV, false, true>(p, info, stream);
+                }
+            }
             return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value, DV, decltype(paged)::value>(p, info,
                                                                                                                 stream);
         }

@@ -7,13 +7,29 @@
 #ifndef FA_SM90_FWD_PINGPONG_MAX_D
 #define FA_SM90_FWD_PINGPONG_MAX_D 64
 #endif
-// Keys per K/V block of the head-dim-128 kernel (128, or 176 as FA3 picks; overridable for experiments).
 // Consumer warpgroups of the head-dim-64 kernel (2, or 3 as FA3's 192-row tile; overridable for experiments).
 #ifndef FA_SM90_FWD_D64_CONSUMERS
 #define FA_SM90_FWD_D64_CONSUMERS 2
 #endif
+// Keys per K/V block of the head-dim-128 kernel (128, or 176 as FA3 picks; overridable for experiments).
 #ifndef FA_SM90_FWD_BN128
 #define FA_SM90_FWD_BN128 128
+#endif
+// Where the head-dim-64 kernel (16-bit types) keeps P for O += P V: 0, in registers (the RS wgmma: the S accumulators
+// packed to 16 bits); 1, in a shared-memory tile per consumer warpgroup (the SS wgmma), FA3's choice with three
+// consumers, whose 160 registers hold S and O but not P beside them (bench/NOTES.md, experiment 6 of 2026-12-03).
+// An experiment knob, orthogonal to FA_SM90_FWD_D64_CONSUMERS.
+#ifndef FA_SM90_FWD_P_SMEM
+#define FA_SM90_FWD_P_SMEM 0
+#endif
+// Query rows and keys (FwdParams::sq and sk, the longest sequence's under varlen) from which a call at head dim 64
+// (16-bit, no causal mask, window, ALiBi or paged K/V) runs FwdTraits90Wide's kernel (three consumers, P in shared
+// memory) instead of the build's own. 4096 (the default): measured 1.06-1.07x the build's kernel at 4k and 16k, 0.96x
+// at 1k, where a 192-row tile leaves 11% of its rows empty (bench/NOTES.md, twelfth session). 0: never, and that kernel
+// is not compiled; 1: every such call (to test it). No effect where the build's own kernel is that one
+// (FA_SM90_FWD_D64_CONSUMERS=3 with FA_SM90_FWD_P_SMEM=1).
+#ifndef FA_SM90_FWD_D64_WIDE_MIN_KEYS
+#define FA_SM90_FWD_D64_WIDE_MIN_KEYS 4096
 #endif
 // Load stages of the column-chunked kernel of the pair (64, 512) (3: its 200 KB of shared memory allow them;
 // overridable for experiments).
@@ -74,7 +90,10 @@ constexpr bool fwd_v_pair(int d, int dv) { return (d == 192 && dv == 128) || (d 
 // kVCols = 256 of them, kVChunks = 2 CTAs per row block (adjacent tiles of the block order, common/fwd_schedule.h
 // chunk_coord), each recomputing S = Q K^T (at head dim 64 a quarter of its P V) and the same softmax; chunk 0 writes
 // the LSE. Its registers and tiles are then those of O's width 256 (D 256's: 64 keys, no ping-pong).
-template <int D, bool kFp8 = false, int DV = D>
+// kD64Consumers, kD64PSmem: the consumers and where P lives at head dim 64 (16-bit, D = DV; ignored elsewhere), the
+// build's FA_SM90_FWD_D64_CONSUMERS and FA_SM90_FWD_P_SMEM unless given (FwdTraits90Wide below).
+template <int D, bool kFp8 = false, int DV = D, int kD64Consumers = FA_SM90_FWD_D64_CONSUMERS,
+          bool kD64PSmem = (FA_SM90_FWD_P_SMEM != 0)>
 struct FwdTraits90 {
     static_assert(kFp8 ? fwd_fp8_head_dim(D) : fwd_head_dim(D),
                   "the sm90 forward has kernels for head dims 64, 128, 192 and 256 (fp8: 128 and 256)");
@@ -86,7 +105,7 @@ struct FwdTraits90 {
     static constexpr int kElemBytes = kFp8 ? 1 : 2;
     static constexpr int kPanelCols = 128 / kElemBytes;  // elements per 128-byte row of a panel
     static constexpr int kKStep = 32 / kElemBytes;       // K of one wgmma: k16 (16-bit), k32 (fp8): 32 bytes
-    static constexpr int kConsumers = !kFp8 && D == 64 && DV == D ? FA_SM90_FWD_D64_CONSUMERS : 2;  // consumer warpgroups
+    static constexpr int kConsumers = !kFp8 && D == 64 && DV == D ? kD64Consumers : 2;  // consumer warpgroups
     static constexpr int kBlockM = 64 * kConsumers;
     // D 192 takes D 256's 64 keys: O (96 registers a thread) and S of 128 keys would not leave room at 240 registers,
     // and 64 keys keep the separate O tile within shared memory (FA3 picks 112 keys, with O staged through Q). The
@@ -121,14 +140,21 @@ struct FwdTraits90 {
     static constexpr int kOffV = kOffK + kStages * kSmemKV;
     static constexpr int kOffVt = kOffV + kStages * kSmemV;
     static constexpr int kEndKV = kOffVt + kStages * kSmemVt;
+    // P in shared memory (FA_SM90_FWD_P_SMEM, head dim 64, 16-bit): each consumer's P tile, 64 rows x kBlockN keys,
+    // K-major in panels of 64 keys (128-byte rows, the 128-byte swizzle), the A operand of its SS P V product;
+    // written by the consumer's own warps (fwd_kernel.cuh, pack_p), so one buffer per consumer.
+    static constexpr bool kPSmem = !kFp8 && D == 64 && DV == D && kD64PSmem;
+    static constexpr int kSmemPTile = kPSmem ? 64 * kBlockN * 2 : 0;  // one consumer's
+    static constexpr int kOffP = kEndKV;
+    static constexpr int kEndP = kOffP + kConsumers * kSmemPTile;
     // O (16-bit) is staged in its own tile where shared memory allows, so the next tile's Q loads during the
     // epilogue; otherwise in the consumer's own rows of the Q tile, which frees only after it. fp8 stores
     // O from registers (its bf16 O is twice the fp8 Q tile).
     static constexpr bool kStageO = !kFp8;
     static constexpr int kSmemO =
-        kStageO && kEndKV + kBlockM * kVCols * 2 + 256 <= 227 * 1024 ? kBlockM * kVCols * 2 : 0;
+        kStageO && kEndP + kBlockM * kVCols * 2 + 256 <= 227 * 1024 ? kBlockM * kVCols * 2 : 0;
     static constexpr bool kSeparateO = kSmemO > 0;
-    static constexpr int kOffO = kEndKV;
+    static constexpr int kOffO = kEndP;
     static constexpr int kOffBar = kOffO + kSmemO;
     // Barriers (8 bytes each): q_full, q_empty, then per stage k_full, k_empty, v_full, v_empty (and, fp8,
     // vt_full, vt_empty), then v_tail (paged K/V: a tile's first V block cleared past the sequence).
@@ -146,6 +172,8 @@ struct FwdTraits90 {
     static constexpr bool kAlibiGemm = FA_SM90_FWD_ALIBI_GEMM != 0 && !kFp8 && D <= FA_SM90_FWD_ALIBI_GEMM_MAX_D &&
                                        kSmemBytesAlibi <= 227 * 1024;
     static_assert(kSmemQ % 1024 == 0 && kSmemKV % 1024 == 0 && kSmemV % 1024 == 0, "tiles start on 1024-byte swizzle atoms");
+    static_assert(!kPSmem || (kBlockN % 64 == 0 && kOffP % 1024 == 0 && kSmemPTile % 1024 == 0),
+                  "P tiles of whole 64-key panels on 1024-byte swizzle atoms");
     static_assert(!kStageO || kSmemO > 0 || kSmemQ >= kBlockM * kVCols * 2, "O staged in the Q tile fits it");
     static_assert(DV % kVCols == 0 && kVCols % kPanelCols == 0, "whole column chunks of whole panels");
     static_assert(kVChunks == 1 || (kSeparateO && !kPingPong && kConsumers == 2),
@@ -153,6 +181,15 @@ struct FwdTraits90 {
     static_assert(!kFp8 || kBlockN == 128, "an fp8 V^T row is one 128-byte panel row of keys");
     static_assert(kSmemBytes <= 227 * 1024, "fits an H100/H200 block's shared memory");
 };
+
+// FlashAttention-3's head-dim-64 forward (16-bit): a 192-row tile of three consumers (registers 32/160) with P in
+// shared memory. The launcher runs it beside the build's own head-dim-64 kernel for the calls
+// FA_SM90_FWD_D64_WIDE_MIN_KEYS selects (sm90/fwd_launch.cuh; fwd_kernel_sm90_wide).
+using FwdTraits90Wide = FwdTraits90<64, false, 64, 3, true>;
+// Whether the head-dim-64 16-bit forward has the wide kernel beside the build's own (FA_SM90_FWD_D64_WIDE_MIN_KEYS).
+constexpr bool fwd_d64_wide() {
+    return FA_SM90_FWD_D64_WIDE_MIN_KEYS > 0 && !(FA_SM90_FWD_D64_CONSUMERS == 3 && FA_SM90_FWD_P_SMEM != 0);
+}
 
 }  // namespace sm90
 }  // namespace fa

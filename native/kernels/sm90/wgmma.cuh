@@ -1,4 +1,4 @@
-// Hopper warpgroup MMA (wgmma, sm_90a): shared-memory matrix descriptors, the async fences, and
+// Hopper warpgroup MMA (wgmma, sm_90a): shared-memory matrix descriptors, the async fences, stmatrix, and
 // m64nNk16 (N = 32, 64, 128, 176, 256) with fp32 accumulators for bf16/fp16 inputs and m64nNk32 (N = 64, 128,
 // 256) for e4m3 inputs, A from shared memory (SS) or from registers (RS). Only compiled into sm_90a code (FA_SM90A_DEVICE); elsewhere the bodies are empty
 // and the kernels that use them are never launched (the host picks the sm90 path only on cc 9.0 in a
@@ -63,6 +63,20 @@ __device__ __forceinline__ void wgmma_wait() {
 __device__ __forceinline__ void fence_proxy_async() {
 #ifdef FA_SM90A_DEVICE
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// stmatrix (sm_90): the warp stores four 8 x 8 matrices of 16-bit elements. Lanes 8i .. 8i + 7 give the shared-memory
+// addresses of rows 0..7 of matrix i (16 bytes each, 16-byte aligned), and register ri of lane l holds row l / 4,
+// elements 2 (l % 4) and 2 (l % 4) + 1 of matrix i (the lower in the low half): ldmatrix's fragment layout, stored.
+// It is an 8 x 8 block of the m64nN accumulator layout above, packed to 16 bits (rows 16w + l / 4, columns 8j + 2 (l % 4)),
+// so four such blocks store with one instruction instead of four 32-bit stores per lane.
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0), "r"(r1),
+                 "r"(r2), "r"(r3)
+                 : "memory");
+#else
+    (void)addr, (void)r0, (void)r1, (void)r2, (void)r3;
 #endif
 }
 // Keeps the compiler from moving reads or writes of accumulator registers across the async region.
