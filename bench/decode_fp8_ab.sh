@@ -81,3 +81,4 @@ cmake -S . -B "build/ab_$best" -DFA_BUILD_TESTS=ON > "$out/cfg_tests.log" 2>&1 &
 rc=$?
 grep -E "FAIL|c_decode_test:" "$out/c_decode_test_$best.log" | tail -20
 echo "[$((SECONDS - t0)) s] c_decode_test on $best: rc $rc"
+exit "$rc"
