@@ -170,7 +170,9 @@ std::string tile_tag(Pass pass, Path path, int dt, uint32_t features) {
         default: {
             if (features & feature::kFp8Cache) {
                 using Tr = sm80::DecodeTraitsFp8For<__half, D>;
-                return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kWarps) + "w" + s(Tr::kStages) + "s";
+                // A tile other than the default (decode_traits.h's FA_DECODE_FP8_* overrides) also names its MinBlocks.
+                return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kWarps) + "w" + s(Tr::kStages) + "s" +
+                       (sm80::DecodeTileFp8<D>::kTagged ? s(Tr::kMinBlocks) + "b" : "");
             }
             using Tr = sm80::DecodeTraitsFor<__half, D>;
             return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kWarps) + "w" + s(Tr::kStages) + "s";

@@ -52,26 +52,91 @@ struct DecodeTileFp8;
 template <>
 struct DecodeTileFp8<32> {
     static constexpr int kWarps = 2, kStages = 3, kMinBlocks = 4, kWarpKeys = 32;
+    static constexpr bool kTagged = false;
 };
+// Head dims 64 and 128 take compile-time overrides for GPU A/B runs (occupancy of the fp8 kernel, bench/NOTES.md's
+// eleventh session), e.g. -DFA_DECODE_FP8_WARP_KEYS_128=16 -DFA_DECODE_FP8_MIN_BLOCKS_128=3; unset, each is the
+// default below. kTagged: the tile is not the default, and the kernel's registry name then carries kMinBlocks too
+// ("..._16x64_4w3s3b"; BlockN, warps and stages are always in it), so a bench row says which tile ran.
+//
+// Which combination gives 3-4 CTAs (12-16 warps) an SM at D 128 (4 warps, 128 threads)? Two limits:
+// - registers: 65536 a SM, allocated per warp in units of 256 (8 a thread), so CTAs = 65536 / (128 x regs rounded up to
+//   8): 2 CTAs up to 255 registers, 3 up to 168, 4 up to 128. __launch_bounds__(128, MinBlocks) makes ptxas stay
+//   under that (168 with MinBlocks 3, 128 with 4), spilling to local memory if it must.
+// - shared memory: 228 KB a SM, each CTA kSmemBytes + 1 KB reserved; kSmemBytes = Q 4 KB + Stages x 2 tiles of
+//   BlockN x 128 bytes (BlockN = WarpKeys x Warps); the warps' merge buffers (34.5 KB) must fit in the ring.
+//     WarpKeys 32, 3 stages (default): 100 KB -> 2 CTAs; 64 KB in flight a CTA, 128 KB an SM.
+//     WarpKeys 32, 2 stages:            68 KB -> 3 CTAs; but one tile in flight while one is computed on, 96 KB an SM.
+//     WarpKeys 16, 3 stages:            52 KB -> 4 CTAs; 32 KB in flight a CTA: 96 KB an SM at 3 CTAs, 128 at 4.
+//     WarpKeys 16, 4 stages:            68 KB -> 3 CTAs; 48 KB in flight a CTA, 144 KB an SM.
+//     WarpKeys 16, 2 stages: the merge buffers (34.5 KB) do not fit the 32 KB ring (static_assert).
+//   WarpKeys 16 halves S, its K words and P: ptxas (CUDA 11.8, sm_80, bf16/fp16 q, contiguous/paged) gives 206-228
+//   registers uncapped (today's tile: 239-252, no spills), so MinBlocks 2 stays at 2 CTAs; capped at 168 (MinBlocks 3)
+//   it spills 20-76 bytes a thread (about 5 local loads a tile inside the key loop, bf16 contiguous), at 128
+//   (MinBlocks 4) 192-292 bytes. WarpKeys 32 with 2 stages and MinBlocks 3 spills 152-280 bytes. (sm_90a's
+//   allocation differs: its default kernels take 242-255 registers with one small spill; the device script prints
+//   its figures.)
+// Prediction (H200, B 16, 32/8 heads, 32k; today 314 us fp8 against 495.5 bf16, 1.58x): the kernel is issue/latency-
+// bound at 8 warps an SM (3.0 cycles an issue, 58% of DRAM), so 12 warps should raise DRAM use towards 75-85%:
+// WarpKeys 16 + 4 stages + MinBlocks 3 (12 warps, 144 KB in flight an SM, 3 splits) the best, about 265-285 us
+// (1.75-1.85x), paying per key the softmax/rescale bookkeeping that 32-key warps amortize (a few % more instructions a
+// key) and the small spills; WarpKeys 16 + 3 stages + MinBlocks 3 (96 KB in flight) close behind; MinBlocks 4 (16
+// warps, 4 splits) no better, its spills (~200 bytes a thread, in L1) eating the extra warps' gain; WarpKeys 32 with
+// 2 stages (3 CTAs, one tile in flight a CTA, larger spills) not proposed. The split rule (choose_decode_splits)
+// follows from kSmemBytes and kMinBlocks: 2 splits (256 CTAs) at MinBlocks 2, 3 (384) at 3, 4 (512) at 4 for B 16.
+// D 64 (rows padded to 128 bytes, so the same shared memory as D 128: 98 KB, 2 CTAs): WarpKeys 16 gives 50 KB (4 CTAs)
+// and, on sm_80, 143/157 registers at MinBlocks 3 and 116/127 at MinBlocks 4 (contiguous/paged, bf16 q), no spills;
+// today's tile takes 164/181.
+#ifndef FA_DECODE_FP8_WARPS_64
+#define FA_DECODE_FP8_WARPS_64 4
+#endif
+#ifndef FA_DECODE_FP8_STAGES_64
+#define FA_DECODE_FP8_STAGES_64 3
+#endif
+#ifndef FA_DECODE_FP8_MIN_BLOCKS_64
+#define FA_DECODE_FP8_MIN_BLOCKS_64 2
+#endif
+#ifndef FA_DECODE_FP8_WARP_KEYS_64
+#define FA_DECODE_FP8_WARP_KEYS_64 32
+#endif
+#ifndef FA_DECODE_FP8_WARPS_128
+#define FA_DECODE_FP8_WARPS_128 4
+#endif
+#ifndef FA_DECODE_FP8_STAGES_128
+#define FA_DECODE_FP8_STAGES_128 3
+#endif
+#ifndef FA_DECODE_FP8_MIN_BLOCKS_128
+#define FA_DECODE_FP8_MIN_BLOCKS_128 2
+#endif
+#ifndef FA_DECODE_FP8_WARP_KEYS_128
+#define FA_DECODE_FP8_WARP_KEYS_128 32
+#endif
 template <>
 struct DecodeTileFp8<64> {
-    static constexpr int kWarps = 4, kStages = 3, kMinBlocks = 2, kWarpKeys = 32;
+    static constexpr int kWarps = FA_DECODE_FP8_WARPS_64, kStages = FA_DECODE_FP8_STAGES_64,
+                         kMinBlocks = FA_DECODE_FP8_MIN_BLOCKS_64, kWarpKeys = FA_DECODE_FP8_WARP_KEYS_64;
+    static constexpr bool kTagged = !(kWarps == 4 && kStages == 3 && kMinBlocks == 2 && kWarpKeys == 32);
 };
 template <>
 struct DecodeTileFp8<96> {
     static constexpr int kWarps = 4, kStages = 3, kMinBlocks = 2, kWarpKeys = 32;
+    static constexpr bool kTagged = false;
 };
 template <>
 struct DecodeTileFp8<128> {
-    static constexpr int kWarps = 4, kStages = 3, kMinBlocks = 2, kWarpKeys = 32;
+    static constexpr int kWarps = FA_DECODE_FP8_WARPS_128, kStages = FA_DECODE_FP8_STAGES_128,
+                         kMinBlocks = FA_DECODE_FP8_MIN_BLOCKS_128, kWarpKeys = FA_DECODE_FP8_WARP_KEYS_128;
+    static constexpr bool kTagged = !(kWarps == 4 && kStages == 3 && kMinBlocks == 2 && kWarpKeys == 32);
 };
 template <>
 struct DecodeTileFp8<192> {
     static constexpr int kWarps = 2, kStages = 5, kMinBlocks = 2, kWarpKeys = 16;
+    static constexpr bool kTagged = false;
 };
 template <>
 struct DecodeTileFp8<256> {
     static constexpr int kWarps = 2, kStages = 5, kMinBlocks = 2, kWarpKeys = 16;
+    static constexpr bool kTagged = false;
 };
 
 // Fp8Cache: k_cache/v_cache hold e4m3 bytes while q and out are T (sm80/decode_kernel.cuh says how they are read).
@@ -135,6 +200,23 @@ struct DecodeTraits {
 // Per-SM shared memory beyond the per-block opt-in limit, and the runtime's reserve per block (sm80/sm90).
 constexpr int64_t kSmemPerSmExtra = 1024;
 constexpr int64_t kSmemPerBlockReserved = 1024;
+
+// The fp8 tiles that take overrides (DecodeTileFp8<64>, <128>), checked here so that a bad combination fails in every
+// translation unit that includes this header, host code (registry, split rule) included: DecodeTraits' own
+// static_asserts (the merge buffers fit the ring, the tile splits evenly over threads), shared memory within the
+// per-block opt-in, MinBlocks CTAs within an SM's shared memory and threads (H100/H200: 228 KB; an A100's 164 KB holds
+// fewer, which choose_decode_splits' per_sm already counts). Registers are ptxas's business: build with -Xptxas -v.
+template <int D>
+struct DecodeTileFp8Check {
+    using Tile = DecodeTileFp8<D>;
+    using Tr = DecodeTraits<uint16_t, D, Tile::kWarps, Tile::kStages, Tile::kMinBlocks, true, Tile::kWarpKeys>;
+    static_assert(Tr::kSmemBytes <= 227 * 1024, "the fp8 decode tile's shared memory exceeds the per-block opt-in");
+    static_assert(Tile::kMinBlocks * (Tr::kSmemBytes + kSmemPerBlockReserved) <= 228 * 1024,
+                  "MinBlocks CTAs of the fp8 decode tile do not fit an SM's shared memory");
+    static_assert(Tile::kMinBlocks * Tr::kThreads <= 2048, "MinBlocks CTAs exceed an SM's threads");
+    static constexpr bool kOk = true;
+};
+static_assert(DecodeTileFp8Check<64>::kOk && DecodeTileFp8Check<128>::kOk, "fp8 decode tiles");
 
 // Splits below this many key tiles each spend more on filling and draining the pipeline and on the
 // combine than they gain in parallelism.
