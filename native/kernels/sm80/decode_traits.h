@@ -84,6 +84,9 @@ struct DecodeTileFp8<32> {
 // warps, 4 splits) no better, its spills (~200 bytes a thread, in L1) eating the extra warps' gain; WarpKeys 32 with
 // 2 stages (3 CTAs, one tile in flight a CTA, larger spills) not proposed. The split rule (choose_decode_splits)
 // follows from kSmemBytes and kMinBlocks: 2 splits (256 CTAs) at MinBlocks 2, 3 (384) at 3, 4 (512) at 4 for B 16.
+// Outcome (twelfth session, bench/NOTES.md): refuted. At 32k the default tile took 300 us; WarpKeys 16 with MinBlocks 3
+// 329-330 us (3 or 4 stages alike), with MinBlocks 4 422 us: more resident warps did not hide the latency that
+// halving a warp's keys added, so the defaults stay.
 // D 64 (rows padded to 128 bytes, so the same shared memory as D 128: 98 KB, 2 CTAs): WarpKeys 16 gives 50 KB (4 CTAs)
 // and, on sm_80, 143/157 registers at MinBlocks 3 and 116/127 at MinBlocks 4 (contiguous/paged, bf16 q), no spills;
 // today's tile takes 164/181.
