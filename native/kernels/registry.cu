@@ -497,7 +497,7 @@ int launch_decode_t(const DecodeParams& p, const LaunchInfo& info, cudaStream_t 
     int err = with_compiled_head_dim(kernel_head_dim(p.d), static_cast<int>(cudaErrorInvalidValue), [&](auto hd) {
         return sm80::run_decode<T, decltype(hd)::value, Fp8Cache>(p, info, stream, features);
     });
-    if (err == 0 && p.num_splits > 1) err = static_cast<int>(sm80::launch_decode_combine<T>(p, stream));
+    if (err == 0 && p.num_splits > 1) err = static_cast<int>(sm80::launch_decode_combine<T>(p, info, stream));
     if (err == 0 && p.advance) err = static_cast<int>(sm80::launch_decode_advance<T>(p, stream));
     return err;
 }

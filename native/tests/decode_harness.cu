@@ -263,7 +263,7 @@ static cudaError_t run(const DecodeParams& p, cudaStream_t s) {
     }
     cudaError_t e = launch_decode_attention<Tr, kPaged>(p, g_info, s);
     if (e != cudaSuccess || p.num_splits <= 1) return e;
-    return launch_decode_combine<T>(p, s);
+    return launch_decode_combine<T>(p, g_info, s);
 }
 
 template <class Tr>

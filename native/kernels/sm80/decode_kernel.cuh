@@ -38,6 +38,25 @@
 #include "common/ptx.cuh"
 #include "common/rotary.cuh"  // rotary_chunk: new keys before they are stored, queries as they are loaded
 #include "common/seq.cuh"      // ceil_div
+
+// Programmatic dependent launch of the combine kernel (Hopper; FA_DECODE_PDL, default 1, 0 builds without it): the attention
+// kernel's CTAs signal at their start that the dependent grid may be launched, and the combine kernel, launched with
+// programmatic stream serialization (sm80/decode_launch.cuh, compute capability 9.0 and newer), waits at its start for
+// the attention grid to complete with its memory visible (griddepcontrol.wait), so its launch overlaps the attention
+// kernel's last wave instead of following it. Both instructions are sm_90 PTX; elsewhere (and with the macro at 0)
+// nothing is emitted. A kernel launched without the attribute finds griddepcontrol.wait a no-op. H200 (bench/NOTES.md,
+// twelfth session): the bf16 B 16 row at 4k 79.3 -> 78.4 us, 16k and 32k within 0.3%; CUDA-graph capture included in
+// c_decode_test.
+#ifndef FA_DECODE_PDL
+#define FA_DECODE_PDL 1
+#endif
+#if FA_DECODE_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FA_DECODE_PDL_LAUNCH_DEPENDENTS() asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory")
+#define FA_DECODE_PDL_WAIT() asm volatile("griddepcontrol.wait;\n" ::: "memory")
+#else
+#define FA_DECODE_PDL_LAUNCH_DEPENDENTS() ((void)0)
+#define FA_DECODE_PDL_WAIT() ((void)0)
+#endif
 #include "common/tile_io.cuh"  // swizzle, frag_addr: the forward's shared-memory conventions
 #include "params/decode_params.h"
 #include "params/device_flags.h"
@@ -321,6 +340,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     constexpr int NO = Tr::kHeadDim / 8, KS = Tr::kHeadDim / 16, NS = Tr::kStages, W = Tr::kWarps;
     constexpr int NJ = Tr::kWarpKeys / 8, KP = Tr::kWarpKeys / 16;  // a warp's n8 tiles of S, k16 steps of P V
 
+    FA_DECODE_PDL_LAUNCH_DEPENDENTS();  // the combine kernel may be launched (it waits for this grid's end)
     extern __shared__ __align__(128) unsigned char smem[];
 
     // Grid order: the 16-row blocks of one split are neighbours (they read the same keys, mostly from L2),
@@ -900,6 +920,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
 // unwritten); a row that no split saw gets O = 0 and LSE = +inf. One thread per (row, 8 columns).
 template <typename T>
 __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_constant__ DecodeParams p) {
+    FA_DECODE_PDL_WAIT();  // the attention grid's partials complete and visible (a no-op without the launch attribute)
     const int cpr = p.d / 8;
     const int rows_per_cta = blockDim.x / cpr;
     const int local = threadIdx.x / cpr;

@@ -47,13 +47,28 @@ cudaError_t launch_decode_append(const DecodeParams& p, const LaunchInfo& info, 
     return cudaGetLastError();
 }
 
+// The combine kernel; with FA_DECODE_PDL on compute capability 9.0 and newer as a programmatic dependent of the
+// attention kernel launched just before it on the stream (see decode_kernel.cuh).
 template <typename T>
-cudaError_t launch_decode_combine(const DecodeParams& p, cudaStream_t stream) {
+cudaError_t launch_decode_combine(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream) {
     constexpr int kThreads = 128;
     const int rows_per_cta = kThreads / (p.d / 8);
     const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.sq;
     const int64_t blocks = (rows + rows_per_cta - 1) / rows_per_cta;
     if (blocks == 0) return cudaSuccess;
+    if (FA_DECODE_PDL && info.cc_major >= 9) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+        cfg.blockDim = dim3(kThreads);
+        cfg.dynamicSmemBytes = 0;
+        cfg.stream = stream;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        return cudaLaunchKernelEx(&cfg, decode_combine_kernel<T>, p);
+    }
     decode_combine_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
     return cudaGetLastError();
 }
