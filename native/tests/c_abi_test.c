@@ -4121,7 +4121,7 @@ static void test_gpu(int32_t count) {
        multiples of its blocks, softcap, padded rows, GQA, and a variable-length batch with empty sequences. */
     const fwd_case wide_cases[] = {
         {1, 4096, 4096, 2, 1, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1},
-        {1, 4100, 4200, 4, 2, 64, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 8, 1, F16, 30.0f, 0, -1, -1},
+        {1, 4100, 4200, 2, 1, 64, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 8, 1, F16, 30.0f, 0, -1, -1},
     };
     const varlen_case wide_varlen_cases[] = {
         {4, {4096, 0, 3, 4500}, {4096, 10, 0, 4200}, 2, 1, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 0, 1, 0},
