@@ -38,15 +38,19 @@
 #include "common/ptx.cuh"
 #include "common/rotary.cuh"  // rotary_chunk: new keys before they are stored, queries as they are loaded
 #include "common/seq.cuh"      // ceil_div
+#include "common/tile_io.cuh"  // swizzle, frag_addr: the forward's shared-memory conventions
+#include "params/decode_params.h"
+#include "params/device_flags.h"
+#include "sm80/decode_traits.h"
 
-// Programmatic dependent launch of the combine kernel (Hopper; FA_DECODE_PDL, default 1, 0 builds without it): the attention
-// kernel's CTAs signal at their start that the dependent grid may be launched, and the combine kernel, launched with
-// programmatic stream serialization (sm80/decode_launch.cuh, compute capability 9.0 and newer), waits at its start for
-// the attention grid to complete with its memory visible (griddepcontrol.wait), so its launch overlaps the attention
-// kernel's last wave instead of following it. Both instructions are sm_90 PTX; elsewhere (and with the macro at 0)
-// nothing is emitted. A kernel launched without the attribute finds griddepcontrol.wait a no-op. H200 (bench/NOTES.md,
-// twelfth session): the bf16 B 16 row at 4k 79.3 -> 78.4 us, 16k and 32k within 0.3%; CUDA-graph capture included in
-// c_decode_test.
+// Programmatic dependent launch of the combine kernel (Hopper; FA_DECODE_PDL, default 1, 0 builds without it): the
+// attention kernel's CTAs signal at their start that the dependent grid may be launched, and the combine kernel,
+// launched with programmatic stream serialization where its image has the wait (sm80/decode_launch.cuh,
+// decode_combine_waits), waits at its start for the attention grid to complete with its memory visible
+// (griddepcontrol.wait), so its launch overlaps the attention kernel's last wave instead of following it. Both
+// instructions are sm_90 PTX; elsewhere (and with the macro at 0) nothing is emitted. A kernel launched without the
+// attribute finds griddepcontrol.wait a no-op. H200 (bench/NOTES.md, twelfth session): the bf16 B 16 row at 4k 79.3 ->
+// 78.4 us, 16k and 32k within 0.3%; CUDA-graph capture included in c_decode_test.
 #ifndef FA_DECODE_PDL
 #define FA_DECODE_PDL 1
 #endif
@@ -57,10 +61,6 @@
 #define FA_DECODE_PDL_LAUNCH_DEPENDENTS() ((void)0)
 #define FA_DECODE_PDL_WAIT() ((void)0)
 #endif
-#include "common/tile_io.cuh"  // swizzle, frag_addr: the forward's shared-memory conventions
-#include "params/decode_params.h"
-#include "params/device_flags.h"
-#include "sm80/decode_traits.h"
 
 namespace fa {
 namespace sm80 {

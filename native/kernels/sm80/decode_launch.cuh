@@ -47,8 +47,30 @@ cudaError_t launch_decode_append(const DecodeParams& p, const LaunchInfo& info, 
     return cudaGetLastError();
 }
 
-// The combine kernel; with FA_DECODE_PDL on compute capability 9.0 and newer as a programmatic dependent of the
-// attention kernel launched just before it on the stream (see decode_kernel.cuh).
+// Whether the device `info` names runs decode_combine_kernel<T> from an image compiled for sm_90 or newer, which has
+// the griddepcontrol.wait (decode_kernel.cuh): not from the compute_80 PTX JIT-compiled for it (a build without sm_90a
+// code, a newer architecture than the build's, CUDA_FORCE_PTX_JIT), whose kernel would not wait. Asked once per device
+// (devices 0..63; others ask on every call).
+template <typename T>
+bool decode_combine_waits(const LaunchInfo& info) {
+    static std::atomic<uint64_t> asked{0}, waits{0};
+    const uint64_t bit = info.device >= 0 && info.device < 64 ? (uint64_t{1} << info.device) : 0;
+    if (bit != 0 && (asked.load(std::memory_order_acquire) & bit) != 0) {
+        return (waits.load(std::memory_order_relaxed) & bit) != 0;
+    }
+    cudaFuncAttributes a{};
+    const bool yes = cudaFuncGetAttributes(&a, decode_combine_kernel<T>) == cudaSuccess && a.ptxVersion >= 90;
+    if (!yes) (void)cudaGetLastError();  // a failed query only means the plain launch
+    if (bit != 0) {
+        if (yes) waits.fetch_or(bit, std::memory_order_relaxed);
+        asked.fetch_or(bit, std::memory_order_release);
+    }
+    return yes;
+}
+
+// The combine kernel; with FA_DECODE_PDL, where its image waits (decode_combine_waits: compute capability 9.0 and the
+// build's sm_90a code), as a programmatic dependent of the attention kernel launched just before it on the stream (see
+// decode_kernel.cuh).
 template <typename T>
 cudaError_t launch_decode_combine(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream) {
     constexpr int kThreads = 128;
@@ -56,7 +78,7 @@ cudaError_t launch_decode_combine(const DecodeParams& p, const LaunchInfo& info,
     const int64_t rows = static_cast<int64_t>(p.b) * p.hq * p.sq;
     const int64_t blocks = (rows + rows_per_cta - 1) / rows_per_cta;
     if (blocks == 0) return cudaSuccess;
-    if (FA_DECODE_PDL && info.cc_major >= 9) {
+    if (FA_DECODE_PDL && info.cc_major >= 9 && decode_combine_waits<T>(info)) {
         cudaLaunchConfig_t cfg = {};
         cfg.gridDim = dim3(static_cast<unsigned>(blocks));
         cfg.blockDim = dim3(kThreads);
