@@ -180,18 +180,13 @@ std::string tile_tag(Pass pass, Path path, int dt, uint32_t features) {
     }
 }
 
-// In a build with the sm90 forward's wide head-dim-64 kernel beside its own (sm90::fwd_d64_wide(),
-// FA_SM90_FWD_D64_WIDE_MIN_KEYS), the variants it serves (16-bit, no local mask, no paged K/V) name both tiles: which
-// one runs depends on the call's query rows and keys.
-std::string wide_tag(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t features) {
-    if (!sm90::fwd_d64_wide() || pass != Pass::Forward || path != Path::Sm90 || dt == kE4m3 || kernel_d != 64 ||
-        (features & (feature::kLocal | feature::kPaged)) != 0) {
-        return "";
-    }
+// The sm90 forward's wide head-dim-64 kernel (sm90::fwd_d64_wide(): FA3's 192-row tile, run beside the build's own for
+// the calls sm90::fwd_d64_wide_pays picks; feature::kWide): "sm90_fwd_<dtype>_hdim64[_softcap]_192x128_4wg3s_psmem".
+std::string wide_name_of(int dt, bool softcap) {
     using W = sm90::FwdTraits90Wide;
     const auto s = [](int v) { return std::to_string(v); };
-    return "_or_" + s(W::kBlockM) + "x" + s(W::kBlockN) + "_" + s(W::kThreads / 128) + "wg" + s(W::kStages) +
-           "s_psmem_from" + s(FA_SM90_FWD_D64_WIDE_MIN_KEYS) + "rows";
+    return std::string("sm90_fwd_") + dtype_tag(dt) + "_hdim64" + (softcap ? "_softcap" : "") + "_" + s(W::kBlockM) +
+           "x" + s(W::kBlockN) + "_" + s(W::kThreads / 128) + "wg" + s(W::kStages) + "s_psmem";
 }
 
 // (An fp8 KV cache's decode kernels: "_e4m3kv" after the head dim, dt being q's dtype.)
@@ -201,8 +196,7 @@ std::string name_of(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t fea
            ((features & feature::kLocal) ? "_local" : "") +
            ((features & feature::kSoftcap) ? "_softcap" : "") + ((features & feature::kDeterministic) ? "_det" : "") +
            ((features & feature::kPaged) ? "_paged" : "") + ((features & feature::kDropout) ? "_dropout" : "") + "_" +
-           with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path, dt, features); }) +
-           wide_tag(pass, path, dt, kernel_d, features);
+           with_head_dim(kernel_d, [&](auto d) { return tile_tag<decltype(d)::value>(pass, path, dt, features); });
 }
 
 // FlashAttention-3's V head dim pairs, whose kernels (the sm80 forward's sm80::FwdTileV / fwd_v_pair and backward's,
@@ -283,6 +277,7 @@ struct Registry {
     int32_t index[3][2][kDtypes][6][64];  // pass, path, dtype, compiled head dim, features -> name index (-1: none)
     int32_t v_index[2][kVPairCount][2][32];  // forward/backward, V head dim pair, fp16/bf16, features -> name index
     int32_t v90_index[2][kVPairCount][2][32];  // the sm90 ones': forward/backward, pair, fp16/bf16, features -> index
+    int32_t wide_index[kDtypes][2];            // the sm90 forward's wide d64 kernels: dtype, softcap -> index
 };
 
 const Registry& registry() {
@@ -291,6 +286,7 @@ const Registry& registry() {
         std::memset(out.index, 0xff, sizeof(out.index));  // every entry -1: no kernel
         std::memset(out.v_index, 0xff, sizeof(out.v_index));
         std::memset(out.v90_index, 0xff, sizeof(out.v90_index));
+        std::memset(out.wide_index, 0xff, sizeof(out.wide_index));
         for (const Pass pass : {Pass::Forward, Pass::Backward, Pass::Decode}) {
             const uint32_t axes = feature_axes(pass);
             for (const Path path : {Path::Sm80, Path::Sm90}) {
@@ -333,6 +329,16 @@ const Registry& registry() {
                             out.v_index[pi][pair][dt][features] = static_cast<int32_t>(out.names.size());
                             out.names.push_back(v_name_of(pass, dt, pair, features));
                         }
+                    }
+                }
+            }
+            // The sm90 forward's wide head-dim-64 kernels (16-bit; without and with softcap).
+            if (pass == Pass::Forward && sm90::fwd_d64_wide() && compiled_index(64) >= 0) {
+                for (int dt = 0; dt < kDtypes; ++dt) {
+                    if (dt == kE4m3 || !has_kernel(pass, Path::Sm90, 64, dtype_at(dt))) continue;
+                    for (int softcap = 0; softcap < 2; ++softcap) {
+                        out.wide_index[dt][softcap] = static_cast<int32_t>(out.names.size());
+                        out.names.push_back(wide_name_of(dt, softcap != 0));
                     }
                 }
             }
@@ -389,6 +395,10 @@ const Registry& registry() {
 }
 
 const char* name_for(Pass pass, Path path, int dt, int32_t kernel_d, uint32_t features) {
+    if (features & feature::kWide) {
+        const int32_t at = registry().wide_index[dt][(features & feature::kSoftcap) ? 1 : 0];
+        return at < 0 ? "unknown_kernel" : registry().names[at].c_str();
+    }
     const int32_t i = compiled_index(path_kernel_d(pass, path, kernel_d, dt));
     const int32_t at = i < 0 ? -1 : registry().index[static_cast<int>(pass)][static_cast<int>(path)][dt][i][features & 63u];
     return at < 0 ? "unknown_kernel" : registry().names[at].c_str();

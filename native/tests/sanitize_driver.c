@@ -731,7 +731,11 @@ static void build_cases(int cc) {
             add_target(name, 0);
             continue;
         }
-        add_target(name, 1);
+        /* The sm90 forward's 192-row head-dim-64 kernel ("_psmem" tile) runs only for calls of at least 4096 query
+           rows and keys over many heads (sm90/fwd_launch.cuh), too large for the sanitizers: the call aimed at it
+           reaches it in a build with FA_SM90_FWD_D64_WIDE_MIN_KEYS=1 (every such call takes it there: how it is
+           sanitized), and elsewhere runs the 128-row kernel without counting as uncovered. */
+        add_target(name, strstr(name, "_psmem") != NULL ? 2 : 1);
         add_aimed_case(&k, name, rotation[k.pass][k.path][k.local || k.paged]++, aimed[k.pass][k.path]++);
     }
     for (pass = PASS_FWD; pass <= PASS_DEC; ++pass) {
@@ -1483,20 +1487,25 @@ int main(int argc, char** argv) {
            "%d distinct kernels\n",
            nsel, ok, failed, not_run, g_launches, g_nseen);
     if (full && lost_after < 0) {
-        int covered = 0, j;
+        int covered = 0, optional = 0, j;
         for (i = 0; i < g_ntargets; ++i) {
             int hit = 0;
             for (j = 0; j < g_nseen && !hit; ++j) hit = strcmp(g_seen[j], g_targets[i]) == 0;
             if (hit) {
                 ++covered;
+            } else if (g_target_aimed[i] == 2) {
+                ++optional;
+                printf("SAN-NOTE %s: not run here (long calls only; FA_SM90_FWD_D64_WIDE_MIN_KEYS=1 builds run it)\n",
+                       g_targets[i]);
             } else {
                 printf("SAN-UNCOVERED %s%s\n", g_targets[i],
                        g_target_aimed[i] ? " (a call was aimed at it, but the library ran another kernel)"
                                          : " (no call is aimed at it)");
             }
         }
-        uncovered = g_ntargets - covered;
-        printf("SAN-COVERAGE: %d of %d compiled kernels that this device serves ran\n", covered, g_ntargets);
+        uncovered = g_ntargets - covered - optional;
+        printf("SAN-COVERAGE: %d of %d compiled kernels that this device serves ran (%d reached by long calls only)\n",
+               covered, g_ntargets, optional);
     }
     fa_stream_destroy(R.stream);
     fa_context_destroy(R.ctx);

@@ -1,7 +1,8 @@
 // FlashAttention forward on Hopper (sm_90a): TMA loads, wgmma, warp specialisation, a persistent grid.
 //
-// One CTA = three warpgroups. Warpgroup 0 is the producer: it gives most of its registers back
-// (setmaxnreg) and one of its threads issues every load, a 128-row Q tile and kStages-deep rings of K and
+// One CTA = three warpgroups (four in the 192-row head-dim-64 kernel, fwd_kernel_sm90_wide). Warpgroup 0 is the
+// producer: it gives most of its registers back (setmaxnreg) and one of its threads issues every load, a Q tile of 64
+// rows a consumer and kStages-deep rings of K and
 // V tiles, each a TMA box per 64-column panel with the 128-byte swizzle (the layout wgmma reads), each
 // completing on an mbarrier ("full"); the consumers free a slot with one arrival per warp ("empty").
 // Warpgroups 1.. are consumers of 64 query rows each (registers raised to 240 with two of them):

@@ -100,6 +100,23 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     return cudaGetLastError();
 }
 
+// Whether a head-dim-64 call (16-bit, no causal mask, window, ALiBi or paged K/V) runs the wide kernel
+// (FwdTraits90Wide: 192-row tiles) rather than the build's (128 rows). Both run one CTA an SM over their tiles, so a call
+// takes about ceil(tiles / SMs) tile times, and a 192-row tile costs about 1.5 / 1.06 the 128-row one (H200: the wide
+// kernel 1.06x faster per FLOP at 4k and 16k, bench/NOTES.md): the wide kernel is taken where its rounds times 1.5 are
+// under the build's rounds times 1.06, and the call has at least FA_SM90_FWD_D64_WIDE_MIN_KEYS query rows and keys
+// (shorter key loops do not amortize its larger tile's prologue and epilogue). The rounds model also says why 1k loses
+// (24 rounds x 1.5 against 32 x 1.06 at B 16, H 32) and keeps calls of few heads (a round or two) on the 128-row tile.
+// FA_SM90_FWD_D64_WIDE_MIN_KEYS=1 skips the model (every such call: for the tests of the kernel).
+inline bool fwd_d64_wide_pays(const FwdParams& p, const LaunchInfo& info) {
+    if (p.sq < FA_SM90_FWD_D64_WIDE_MIN_KEYS || p.sk < FA_SM90_FWD_D64_WIDE_MIN_KEYS) return false;
+    if (FA_SM90_FWD_D64_WIDE_MIN_KEYS == 1) return true;
+    const int64_t sms = info.sm_count > 0 ? info.sm_count : 132;
+    const int64_t heads = static_cast<int64_t>(p.b) * p.hq;
+    const auto rounds = [&](int rows) { return ((p.sq + rows - 1) / rows * heads + sms - 1) / sms; };
+    return rounds(FwdTraits90Wide::kBlockM) * 150 < rounds(FwdTraits90<64>::kBlockM) * 106;
+}
+
 // The variant for the call's options (common/fwd_variant.h). DV: v's head dim where it is not D (the pairs
 // (192, 128) and (64, 512), generated as sm90/fwd_hdim<D>_v<DV>_<dtype>_sm90.cu).
 template <typename T, int D, int DV>
@@ -109,11 +126,11 @@ int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uin
         if constexpr (decltype(paged)::value && FwdIo90<T>::kFp8) {
             return cudaErrorInvalidValue;
         } else {
-            // The wide head-dim-64 kernel for the long calls (rows and keys) without masks or paged K/V
-            // (FA_SM90_FWD_D64_WIDE_MIN_KEYS).
+            // The wide head-dim-64 kernel where it pays (fwd_d64_wide_pays), for calls without masks or paged K/V.
             if constexpr (fwd_d64_wide() && !FwdIo90<T>::kFp8 && D == 64 && DV == 64 && !decltype(local)::value &&
                           !decltype(paged)::value) {
-                if (p.sq >= FA_SM90_FWD_D64_WIDE_MIN_KEYS && p.sk >= FA_SM90_FWD_D64_WIDE_MIN_KEYS) {
+                if (fwd_d64_wide_pays(p, info)) {
+                    *features |= feature::kWide;
                     return launch_fwd<T, D, false, decltype(softcap)::value, DV, false, true>(p, info, stream);
                 }
             }
