@@ -2762,6 +2762,18 @@ static const char* forward_family(int path) {
     return path == FA_PATH_SM90 || (path == FA_PATH_AUTO && forward_served(FA_PATH_SM90)) ? "sm90_fwd_" : "sm80_fwd_";
 }
 
+static int g_sm_count = 0; /* device 0's SMs (test_gpu) */
+
+/* Whether the sm90 forward runs a head-dim-64 call (16-bit, unmasked) on its 192-row tile: sm90/fwd_launch.cuh's
+   fwd_d64_wide_pays with the default FA_SM90_FWD_D64_WIDE_MIN_KEYS (4096 query rows and keys), for b x hq heads
+   (varlen: b sequences) of sq rows (the longest) on g_sm_count SMs: its persistent rounds times 1.5 under the 128-row
+   tile's times 1.06. */
+static int wide_expected(int b, int hq, int sq, int sk) {
+    const long long heads = (long long)b * hq, sms = g_sm_count > 0 ? g_sm_count : 132;
+    if (sq < 4096 || sk < 4096) return 0;
+    return ((sq + 191) / 192 * heads + sms - 1) / sms * 150 < ((sq + 127) / 128 * heads + sms - 1) / sms * 106;
+}
+
 /* Whether the library lists the sm90 forward's 192-row head-dim-64 kernels (a build with sm_90a code and
    FA_SM90_FWD_D64_WIDE_MIN_KEYS > 0). */
 static int wide_kernel_listed(void) {
@@ -4145,11 +4157,13 @@ static void test_gpu(int32_t count) {
        fewer persistent rounds pay for the larger tile); the small cases above never reach it. 4 x 32 heads of 4096
        rows (22 192-row tiles each: several per CTA, so the P, O and Q tiles and the mbarrier phases turn over), rows
        and keys that are not multiples of the blocks, softcap, padded rows, GQA; every 97th query row and the last
-       against the float64 reference (g_row_sample). A variable-length batch with empty sequences (every row checked). On compute
-       capability 9.0 with sm_90a code the log must name the 192-row kernel. */
+       against the float64 reference (g_row_sample); and a call of two heads (one persistent round either way: the
+       128-row tile). A variable-length batch with empty sequences (every row checked). With sm_90a code on compute
+       capability 9.0 the log must name the tile wide_expected gives. */
     const fwd_case wide_cases[] = {
         {4, 4096, 4096, 32, 8, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1},
         {4, 4100, 4200, 32, 8, 64, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 8, 1, F16, 30.0f, 0, -1, -1},
+        {1, 4096, 4096, 2, 1, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1}, /* a round: 128 rows */
     };
     const varlen_case wide_varlen_cases[] = {
         {4, {4096, 0, 3, 4500}, {4096, 10, 0, 4200}, 2, 1, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 0, 1, 0},
@@ -4255,6 +4269,7 @@ static void test_gpu(int32_t count) {
     expect("context_check on a new context", fa_context_check(context), FA_STATUS_SUCCESS, NULL);
     expect("stream_create(0)", fa_stream_create(0, &stream), FA_STATUS_SUCCESS, NULL);
     g_device_cc = props.major * 10 + props.minor;
+    g_sm_count = props.multiprocessor_count;
     g_has_sm90a = build_has_sm90a();
     printf("  forward paths: sm90 %s on this device (compute capability %d, sm_90a code %s); auto runs %s kernels\n",
            forward_served(FA_PATH_SM90) ? "serves" : "is refused", g_device_cc, g_has_sm90a ? "yes" : "no",
@@ -4285,15 +4300,21 @@ static void test_gpu(int32_t count) {
             ok = run_forward_case(context, stream, &wide_cases[n], FA_PATH_AUTO, &log);
             g_row_sample = 0;
             if (ok && wide) {
-                CHECK(strstr(log.last, "_192x128_") != NULL, "long d64 case %d: the sm90 path must run the 192-row kernel; "
-                      "the log says \"%s\"", n, log.last);
+                const fwd_case* w = &wide_cases[n];
+                const int expect_wide = wide_expected(w->b, w->hq, w->sq, w->sk);
+                CHECK((strstr(log.last, "_192x128_") != NULL) == expect_wide, "long d64 case %d: on %d SMs the sm90 path "
+                      "must run the %s kernel; the log says \"%s\"", n, g_sm_count, expect_wide ? "192-row" : "128-row",
+                      log.last);
             }
         }
         i = g_failed;
         run_varlen_case(context, stream, &wide_varlen_cases[0], FA_PATH_AUTO, &log);
         if (g_failed == i && wide) {
-            CHECK(strstr(log.last, "_192x128_") != NULL, "long d64 varlen case: the sm90 path must run the 192-row "
-                  "kernel; the log says \"%s\"", log.last);
+            const varlen_case* w = &wide_varlen_cases[0];
+            const int expect_wide = wide_expected(w->batch, w->hq, 4500, 4200); /* its longest sequences */
+            CHECK((strstr(log.last, "_192x128_") != NULL) == expect_wide, "long d64 varlen case: on %d SMs the sm90 "
+                  "path must run the %s kernel; the log says \"%s\"", g_sm_count, expect_wide ? "192-row" : "128-row",
+                  log.last);
         }
     } else {
         printf("  SKIP the long head dim 64 cases: not served by this build\n");
