@@ -137,19 +137,24 @@ std::string tile_tag(Pass pass, Path path, int dt, uint32_t features) {
     const auto s = [](int v) { return std::to_string(v); };
     switch (pass) {
         case Pass::Forward: {
+            // An sm90 forward tile (traits Tr): rows x keys, warpgroups, stages; _psmem: P staged in shared memory for
+            // an SS P V product.
+            const auto sm90_tile = [&](auto tr) {
+                using Tr = decltype(tr);
+                return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s" +
+                       (Tr::kPSmem ? "_psmem" : "");
+            };
             if (path == Path::Sm90 && dt == kE4m3) {
-                if constexpr (sm90::fwd_fp8_head_dim(D)) {
-                    using Tr = sm90::FwdTraits90<D, true>;
-                    return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s";
-                }
+                if constexpr (sm90::fwd_fp8_head_dim(D)) return sm90_tile(sm90::FwdTraits90<D, true>{});
                 return "none";
             }
             if (path == Path::Sm90) {
                 if constexpr (sm90::fwd_head_dim(D)) {
-                    using Tr = sm90::FwdTraits90<D>;
-                    // (_psmem: P staged in shared memory for an SS P V product, FA_SM90_FWD_P_SMEM builds)
-                    return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kThreads / 128) + "wg" + s(Tr::kStages) + "s" +
-                           (Tr::kPSmem ? "_psmem" : "");
+                    // The wide head-dim-64 kernel (feature::kWide: FwdTraits90Wide's tile, chosen per call) or the build's.
+                    if constexpr (D == 64) {
+                        if (features & feature::kWide) return sm90_tile(sm90::FwdTraits90Wide{});
+                    }
+                    return sm90_tile(sm90::FwdTraits90<D>{});
                 }
                 return "none";
             }
@@ -178,15 +183,6 @@ std::string tile_tag(Pass pass, Path path, int dt, uint32_t features) {
             return s(Tr::kBlockM) + "x" + s(Tr::kBlockN) + "_" + s(Tr::kWarps) + "w" + s(Tr::kStages) + "s";
         }
     }
-}
-
-// The sm90 forward's wide head-dim-64 kernel (sm90::fwd_d64_wide(): FA3's 192-row tile, run beside the build's own for
-// the calls sm90::fwd_d64_wide_pays picks; feature::kWide): "sm90_fwd_<dtype>_hdim64[_softcap]_192x128_4wg3s_psmem".
-std::string wide_name_of(int dt, bool softcap) {
-    using W = sm90::FwdTraits90Wide;
-    const auto s = [](int v) { return std::to_string(v); };
-    return std::string("sm90_fwd_") + dtype_tag(dt) + "_hdim64" + (softcap ? "_softcap" : "") + "_" + s(W::kBlockM) +
-           "x" + s(W::kBlockN) + "_" + s(W::kThreads / 128) + "wg" + s(W::kStages) + "s_psmem";
 }
 
 // (An fp8 KV cache's decode kernels: "_e4m3kv" after the head dim, dt being q's dtype.)
@@ -332,13 +328,15 @@ const Registry& registry() {
                     }
                 }
             }
-            // The sm90 forward's wide head-dim-64 kernels (16-bit; without and with softcap).
+            // The sm90 forward's wide head-dim-64 kernels (16-bit; without and with softcap): the build's names with
+            // FwdTraits90Wide's tile, "sm90_fwd_<dtype>_hdim64[_softcap]_192x128_4wg3s_psmem".
             if (pass == Pass::Forward && sm90::fwd_d64_wide() && compiled_index(64) >= 0) {
                 for (int dt = 0; dt < kDtypes; ++dt) {
                     if (dt == kE4m3 || !has_kernel(pass, Path::Sm90, 64, dtype_at(dt))) continue;
                     for (int softcap = 0; softcap < 2; ++softcap) {
                         out.wide_index[dt][softcap] = static_cast<int32_t>(out.names.size());
-                        out.names.push_back(wide_name_of(dt, softcap != 0));
+                        out.names.push_back(name_of(pass, Path::Sm90, dt, 64,
+                                                    feature::kWide | (softcap != 0 ? feature::kSoftcap : 0u)));
                     }
                 }
             }

@@ -2774,19 +2774,16 @@ static int wide_expected(int b, int hq, int sq, int sk) {
     return ((sq + 191) / 192 * heads + sms - 1) / sms * 150 < ((sq + 127) / 128 * heads + sms - 1) / sms * 106;
 }
 
-/* Whether the library lists the sm90 forward's 192-row head-dim-64 kernels (a build with sm_90a code and
-   FA_SM90_FWD_D64_WIDE_MIN_KEYS > 0). */
-static int wide_kernel_listed(void) {
-    int32_t count = 0, i;
-    const char* name = NULL;
-    if (fa_kernel_count(&count) != FA_STATUS_SUCCESS) return 0;
-    for (i = 0; i < count; ++i) {
-        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, "sm90_fwd_", 9) == 0 &&
-            strstr(name, "_hdim64_") != NULL && strstr(name, "_192x128_") != NULL) {
-            return 1;
-        }
-    }
-    return 0;
+static int is_wide_d64_kernel(const char* name) {
+    return strncmp(name, "sm90_fwd_", 9) == 0 && strstr(name, "_hdim64_") != NULL && strstr(name, "_192x128_") != NULL;
+}
+
+/* After a long head-dim-64 call (`label`) on the sm90 path of a build that lists the 192-row kernels: the log names
+   the tile wide_expected gives for b x hq heads of sq rows over sk keys. */
+static void check_wide_choice(const char* label, const log_record* log, int b, int hq, int sq, int sk) {
+    const int expect_wide = wide_expected(b, hq, sq, sk);
+    CHECK((strstr(log->last, "_192x128_") != NULL) == expect_wide, "%s: on %d SMs the sm90 path must run the %s kernel; "
+          "the log says \"%s\"", label, g_sm_count, expect_wide ? "192-row" : "128-row", log->last);
 }
 
 static const char* dtype_tag(int dtype) {
@@ -4293,7 +4290,10 @@ static void test_gpu(int32_t count) {
     }
     run_varlen_nothing_to_do(context, stream);
     if (head_dim_served(64)) {
-        const int wide = strncmp(forward_family(FA_PATH_AUTO), "sm90_", 5) == 0 && wide_kernel_listed();
+        /* (a build with sm_90a code and FA_SM90_FWD_D64_WIDE_MIN_KEYS > 0 lists the 192-row kernels) */
+        const int wide = strncmp(forward_family(FA_PATH_AUTO), "sm90_", 5) == 0 && build_lists_kernel(is_wide_d64_kernel);
+        const varlen_case* wv = &wide_varlen_cases[0];
+        int longest_q = 0, longest_k = 0;
         for (n = 0; n < (int)(sizeof(wide_cases) / sizeof(wide_cases[0])); ++n) {
             int ok;
             g_row_sample = 97;
@@ -4301,20 +4301,17 @@ static void test_gpu(int32_t count) {
             g_row_sample = 0;
             if (ok && wide) {
                 const fwd_case* w = &wide_cases[n];
-                const int expect_wide = wide_expected(w->b, w->hq, w->sq, w->sk);
-                CHECK((strstr(log.last, "_192x128_") != NULL) == expect_wide, "long d64 case %d: on %d SMs the sm90 path "
-                      "must run the %s kernel; the log says \"%s\"", n, g_sm_count, expect_wide ? "192-row" : "128-row",
-                      log.last);
+                check_wide_choice("long d64 case", &log, w->b, w->hq, w->sq, w->sk);
             }
         }
+        for (i = 0; i < wv->batch; ++i) { /* the launcher sizes tiles by the longest sequences */
+            if (wv->len_q[i] > longest_q) longest_q = wv->len_q[i];
+            if (wv->len_k[i] > longest_k) longest_k = wv->len_k[i];
+        }
         i = g_failed;
-        run_varlen_case(context, stream, &wide_varlen_cases[0], FA_PATH_AUTO, &log);
+        run_varlen_case(context, stream, wv, FA_PATH_AUTO, &log);
         if (g_failed == i && wide) {
-            const varlen_case* w = &wide_varlen_cases[0];
-            const int expect_wide = wide_expected(w->batch, w->hq, 4500, 4200); /* its longest sequences */
-            CHECK((strstr(log.last, "_192x128_") != NULL) == expect_wide, "long d64 varlen case: on %d SMs the sm90 "
-                  "path must run the %s kernel; the log says \"%s\"", g_sm_count, expect_wide ? "192-row" : "128-row",
-                  log.last);
+            check_wide_choice("long d64 varlen case", &log, wv->batch, wv->hq, longest_q, longest_k);
         }
     } else {
         printf("  SKIP the long head dim 64 cases: not served by this build\n");
