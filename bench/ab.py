@@ -32,7 +32,7 @@ from common import (MAX_BWD_REL_ERR, MAX_FP8_REL_ERR, MAX_REL_ERR, FaLib, Timer,
                     lib_file, rel_err, tflops)
 from fa_abi import FA_PATH_AUTO, FA_PATH_SM80, FA_PATH_SM90  # noqa: E402
 from inputs import sdpa_inputs, torch_dtype  # noqa: E402
-from shapes import pass_flops, shapes_grid  # noqa: E402
+from shapes import fwd_row, pass_flops, shapes_grid  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -44,6 +44,8 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="S 1k and 4k only")
     ap.add_argument("--d", default="", help="comma-separated head dims to keep (default: all of the grid); one outside "
                     "the grid adds the grid's rows at that head dim")
+    ap.add_argument("--rows", default="", help="comma-separated rows BxHxSxD (c appended: causal), e.g. 8x32x2048x64,"
+                    "1x8x4096x64c, instead of the grid (q and k/v heads H, Sq = Sk = S)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--rep", type=int, default=30)
@@ -151,6 +153,11 @@ def main(argv=None):
     # rows for it.
     grid = shapes_grid(args.quick, args.pass_, (args.dtype,), sorted(keep) if keep else (64, 128, 256))
     shapes = [s for s in grid if not s.get("varlen") and (not keep or s["d"] in keep)]
+    if args.rows:
+        shapes = []
+        for spec in args.rows.split(","):
+            b, h, sq, d = (int(x) for x in spec.rstrip("c").split("x"))
+            shapes.append(fwd_row(d, int(spec.endswith("c")), b, h, h, sq, args.pass_, args.dtype))
     names = [n for n, _, _ in runs]
     # --alibi both: each build's ALiBi cost, the time with slopes over the time without (1.05: 5% slower).
     costs = [n for n, _ in libs] if args.alibi == "both" else []
@@ -164,7 +171,7 @@ def main(argv=None):
         q, k, v = sdpa_inputs(s, torch_dtype("bf16" if s["dtype"] == "e4m3" else s["dtype"]))
         flops = pass_flops(s)
         setup = fwd_setup if args.pass_ == "fwd" else bwd_setup
-        key = f"d{d} {'causal' if causal else 'full'} s{sq} h{h}/{hkv}"
+        key = f"d{d} {'causal' if causal else 'full'} s{sq} h{h}/{hkv}" + (f" b{s['b']}" if args.rows else "")
         try:
             anchor, make_call, check = setup(args, libs, q, k, v, h, hkv, causal, code)
         except RuntimeError as e:
