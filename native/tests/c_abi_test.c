@@ -2765,12 +2765,12 @@ static const char* forward_family(int path) {
 static int g_sm_count = 0; /* device 0's SMs (test_gpu) */
 
 /* Whether the sm90 forward runs a head-dim-64 call (16-bit, unmasked) on its 192-row tile: sm90/fwd_launch.cuh's
-   fwd_d64_wide_pays with the default FA_SM90_FWD_D64_WIDE_MIN_KEYS (4096 query rows and keys), for b x hq heads
+   fwd_d64_wide_pays with the default FA_SM90_FWD_D64_WIDE_MIN_KEYS (2048 query rows and keys), for b x hq heads
    (varlen: b sequences) of sq rows (the longest) on g_sm_count SMs: its persistent rounds times 1.5 under the 128-row
    tile's times 1.06. */
 static int wide_expected(int b, int hq, int sq, int sk) {
     const long long heads = (long long)b * hq, sms = g_sm_count > 0 ? g_sm_count : 132;
-    if (sq < 4096 || sk < 4096) return 0;
+    if (sq < 2048 || sk < 2048) return 0;
     return ((sq + 191) / 192 * heads + sms - 1) / sms * 150 < ((sq + 127) / 128 * heads + sms - 1) / sms * 106;
 }
 
@@ -4150,7 +4150,7 @@ static void test_gpu(int32_t count) {
         {4, {17, 0, 1, 300}, {40, 0, 7, 128}, 4, 1, d, 1, FA_CAUSAL_TOP_LEFT, 1, 48, -1, 0.0f, F16, 0, 1, 0},
     };
     /* Head dim 64 calls that the sm90 path runs on its 192-row tile (sm90/fwd_launch.cuh, fwd_d64_wide_pays: at least
-       FA_SM90_FWD_D64_WIDE_MIN_KEYS (4096) query rows and keys, no causal mask or window, and enough tiles that its
+       FA_SM90_FWD_D64_WIDE_MIN_KEYS (2048) query rows and keys, no causal mask or window, and enough tiles that its
        fewer persistent rounds pay for the larger tile); the small cases above never reach it. 4 x 32 heads of 4096
        rows (22 192-row tiles each: several per CTA, so the P, O and Q tiles and the mbarrier phases turn over), rows
        and keys that are not multiples of the blocks, softcap, padded rows, GQA; every 97th query row and the last

@@ -731,7 +731,7 @@ static void build_cases(int cc) {
             add_target(name, 0);
             continue;
         }
-        /* The sm90 forward's 192-row head-dim-64 kernel ("_psmem" tile) runs only for calls of at least 4096 query
+        /* The sm90 forward's 192-row head-dim-64 kernel ("_psmem" tile) runs only for calls of at least 2048 query
            rows and keys over many heads (sm90/fwd_launch.cuh), too large for the sanitizers: the call aimed at it
            reaches it in a build with FA_SM90_FWD_D64_WIDE_MIN_KEYS=1 (every such call takes it there: how it is
            sanitized), and elsewhere runs the 128-row kernel without counting as uncovered. */

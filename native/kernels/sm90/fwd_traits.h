@@ -24,12 +24,13 @@
 #endif
 // Query rows and keys (FwdParams::sq and sk, the longest sequence's under varlen) from which a call at head dim 64
 // (16-bit, no causal mask, window, ALiBi or paged K/V) runs FwdTraits90Wide's kernel (three consumers, P in shared
-// memory) instead of the build's own. 4096 (the default): measured 1.06-1.07x the build's kernel at 4k and 16k, 0.96x
-// at 1k, where a 192-row tile leaves 11% of its rows empty (bench/NOTES.md, twelfth session). 0: never, and that kernel
+// memory) instead of the build's own. 2048 (the default): measured 1.06-1.07x the build's kernel at 4k and 16k (twelfth
+// session), 1.05-1.09x at 2k-3k (thirteenth; where fwd_d64_wide_pays's rounds model takes it), 0.96x at 1k, where a
+// 192-row tile leaves 11% of its rows empty (bench/NOTES.md). 0: never, and that kernel
 // is not compiled; 1: every such call (to test it). No effect where the build's own kernel is that one
 // (FA_SM90_FWD_D64_CONSUMERS=3 with FA_SM90_FWD_P_SMEM=1).
 #ifndef FA_SM90_FWD_D64_WIDE_MIN_KEYS
-#define FA_SM90_FWD_D64_WIDE_MIN_KEYS 4096
+#define FA_SM90_FWD_D64_WIDE_MIN_KEYS 2048
 #endif
 // Load stages of the column-chunked kernel of the pair (64, 512) (3: its 200 KB of shared memory allow them;
 // overridable for experiments).
