@@ -28,5 +28,10 @@ option(FA_BUILD_TESTS "Build the C ABI test and register the ctest tests" ON)
 # kernel (useful when tuning tiles; off by default so that normal builds stay quiet).
 option(FA_PTXAS_VERBOSE "Print ptxas resource usage (registers, smem, spills) per kernel" OFF)
 
+# FA_SM90_FWD_TRACE: a measuring build of the sm90 forward: clock64 stamps of each tile's phases, read back by
+# fa_debug_fwd_trace (head-dim-128 bf16 kernels; native/kernels/sm90/fwd_trace.cuh, bench/fwd_trace.py). Never for
+# a release: the stamps cost a little and the library exports two more functions.
+option(FA_SM90_FWD_TRACE "Trace the sm90 forward's tile phases (a measuring build)" OFF)
+
 # FA_WARNINGS_AS_ERRORS: turn compiler warnings of the library's own sources into errors (CI uses it).
 option(FA_WARNINGS_AS_ERRORS "Treat compiler warnings as errors" OFF)

@@ -65,11 +65,13 @@
 #include "params/fwd_params.h"
 #include "sm90/alibi_gemm.cuh"
 #include "sm90/async.cuh"
+#include "sm90/fwd_trace.cuh"
 #include "sm90/fwd_traits.h"
 #include "sm90/wgmma.cuh"
 
 namespace fa {
 namespace sm90 {
+
 
 // The kernel's parameter: the call's params and the TMA descriptors of q, k and v ([b][rows][heads][d],
 // rows = total rows when varlen, with b = 1), built per call by the launcher.
@@ -266,8 +268,11 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             tma_prefetch_map(a.k);
             tma_prefetch_map(a.v);
             int kv = 0, qn = 0;  // K/V blocks and Q tiles loaded so far (ring slot and phase)
-            for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+            int slot = 0;
+            for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++slot) {
                 const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
+                FA_TRACE(0, slot, 0);
+                FA_TRACE_AT(0, slot, 7, tile | (static_cast<long long>(t.keys.end - t.keys.begin) << 32));
                 if (t.keys.end <= t.keys.begin) continue;  // no rows, or all masked: the consumers write zeros
                 const int hk = t.h / p.hq_per_hkv;
                 const int bb = varlen ? 0 : t.b;
@@ -285,6 +290,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                         kv_batch = r.block;
                     }
                     mbar_wait(k_empty(s), ph ^ 1);
+                    if (n == t.keys.end - 1) FA_TRACE(0, slot, 1);
                     mbar_arrive_expect_tx(k_full(s), Tr::kSmemKV);
 #pragma unroll
                     for (int pn = 0; pn < Tr::kPanels; ++pn) {
@@ -294,6 +300,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                         // Q after the tile's first K: that K slot frees as soon as the consumers' last Q K^T
                         // of the previous tile retires, the Q tile only after their epilogue.
                         mbar_wait(q_empty, (qn & 1) ^ 1);
+                        FA_TRACE(0, slot, 2);
                         mbar_arrive_expect_tx(q_full, Tr::kSmemQ);
 #pragma unroll
                         for (int pn = 0; pn < Tr::kPanels; ++pn) {
@@ -310,6 +317,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     }
                     ++kv;
                 }
+                FA_TRACE(0, slot, 3);
             }
         } else if (paged && tid >= 32) {
             // Paged K/V: warps 1..3 clear the V rows of each tile's first key block past the sequence (see v_tail).
@@ -392,9 +400,14 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             if (Tr::kPingPong) bar_arrive(4 + (cw + 1) % C, 256);
         };
         if (cw == C - 1) pass_turn();
+        const bool tracer = (tid & 127) == 0;
+        int slot = -1;
 
         for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
             const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
+            ++slot;
+            if (tracer) FA_TRACE(1 + cw, slot, 0);
+            if (tracer) FA_TRACE_AT(1 + cw, slot, 7, tile | (static_cast<long long>(t.keys.end - t.keys.begin) << 32));
             if (t.rows <= 0) continue;
             const int my_rows = t.rows - cw * 64;  // rows of this warpgroup in the sequence (may be <= 0)
             const int64_t row_g = t.seq.q_row0 + t.row0;
@@ -658,6 +671,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             };
 
             mbar_wait(q_full, qn & 1);
+            if (tracer) FA_TRACE(1 + cw, slot, 1);
             ++qn;
             bool tail_pending = paged;  // paged K/V: the first block's V rows past the sequence are being cleared
             const auto wait_tail = [&]() {
@@ -676,6 +690,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             alibi_block(n);
             issue_alibi();
             mbar_wait(k_full(st), ph);
+            if (tracer) FA_TRACE(1 + cw, slot, 2);
             my_turn();
             issue_qk(st);
             pass_turn();
@@ -687,6 +702,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                 softmax(n, alpha);
             }
             pack_p();
+            if (tracer) FA_TRACE(1 + cw, slot, 3);
             // kAlibiGemm: the next block's ALiBi step (after the last block, one for block begin - 1 that nothing
             // reads: an unconditional issue keeps the wgmma stream free of branches, which ptxas would serialize).
             if constexpr (kAlibiEarly) {
@@ -735,6 +751,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                 v_ph = ph;
                 ++kv;
             }
+            if (tracer) FA_TRACE(1 + cw, slot, 4);
             mbar_wait(pv_full(v_st), v_ph);
             wait_tail();
             my_turn();
@@ -742,6 +759,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             pass_turn();
             wgmma_wait<0>();
             fence_regs(acc);
+            if (tracer) FA_TRACE(1 + cw, slot, 5);
             release(pv_empty(v_st));
             if (Tr::kSeparateO || !Tr::kStageO) release(q_empty);  // every Q K^T of the tile has retired
 
@@ -796,6 +814,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             } else {
                 bar_sync(1 + cw, 128);  // the O tile's rows read before the next tile's epilogue writes them
             }
+            if (tracer) FA_TRACE(1 + cw, slot, 6);
         }
         if (cw == 0) my_turn();  // consumer 1's last hand-over
     }
