@@ -72,7 +72,6 @@
 namespace fa {
 namespace sm90 {
 
-
 // The kernel's parameter: the call's params and the TMA descriptors of q, k and v ([b][rows][heads][d],
 // rows = total rows when varlen, with b = 1), built per call by the launcher.
 struct FwdArgs90 {
