@@ -27,7 +27,7 @@ struct MaskBounds {
 };
 
 template <bool kLocal>
-__device__ __forceinline__ MaskBounds mask_bounds(const FwdParams& p, const SeqInfo& seq) {
+__host__ __device__ __forceinline__ MaskBounds mask_bounds(const FwdParams& p, const SeqInfo& seq) {
     const int off = p.bottom_right ? seq.sk - seq.sq : 0;
     MaskBounds m;
     m.has_right = kLocal && p.window_right >= 0;
@@ -39,13 +39,33 @@ __device__ __forceinline__ MaskBounds mask_bounds(const FwdParams& p, const SeqI
 
 // Whether key `key` is hidden from query row `row` (both within the sequence).
 template <bool kLocal>
-__device__ __forceinline__ bool key_hidden(const MaskBounds& m, int key, int row, int sk) {
+__host__ __device__ __forceinline__ bool key_hidden(const MaskBounds& m, int key, int row, int sk) {
     bool hidden = key >= sk;
     if (kLocal) {
         const int diff = key - row;
         hidden |= diff > m.right || diff < m.left;
     }
     return hidden;
+}
+
+// key_hidden for one row over the keys col0 + k (k >= 0) as two limits: key col0 + k is visible to `row` iff
+// lo <= k < hi (kLocal; without it, iff k < hi), so a kernel tests each element with two compares against its constant
+// offset k (the sm90 forward's FA_SM90_FWD_MASK_LIMITS). right is clamped to sk and left to -sq, which hides nothing
+// more of a row inside the sequence (0 <= row < sq) and, with the host's window clamp (windows below max(sq, sk) of the
+// call), keeps the sums far from overflow. native/tests/mask_limits_test.cu checks it against key_hidden.
+struct KeyLimits {
+    int lo, hi;
+};
+template <bool kLocal>
+__host__ __device__ __forceinline__ KeyLimits key_limits(const MaskBounds& m, int row, int col0, int sq, int sk) {
+    KeyLimits l{0, sk - col0};
+    if (kLocal) {
+        const int right = m.right < sk ? m.right : sk, left = m.left > -sq ? m.left : -sq;
+        const int hi = row + right + 1 - col0;
+        l.hi = hi < l.hi ? hi : l.hi;
+        l.lo = row + left - col0;
+    }
+    return l;
 }
 
 // Whether a tile of rows [row0, row0 + rows) x keys [key0, key0 + keys) needs the per-element mask: it

@@ -585,25 +585,19 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                 }
                 if (FA_SM90_FWD_MASK_LIMITS != 0 &&
                     tile_masked<kLocal>(t.mask, t.row0 + cw * 64, 64, n * BN, BN, t.seq.sk)) {
-                    // key_hidden (common/mask.cuh) per row: this thread's keys are col0 + 8 j + c, and row r (rl + 8 r)
-                    // sees those with lo <= 8 j + c < hi, so each element costs two compares against a constant.
-                    // (right is clamped to sk and left to -sq, which hides nothing more of a row within the sequence;
-                    // with the host's window clamp, below max(sq, sk), the sums stay far from overflow.)
+                    // key_hidden per row as two limits (common/mask.cuh key_limits): this thread's keys are
+                    // col0 + 8 j + c, and row r (rl + 8 r) sees those with lo <= 8 j + c < hi, so each element costs two
+                    // compares against a constant.
                     const int col0 = n * BN + 2 * t4;
 #pragma unroll
                     for (int r = 0; r < 2; ++r) {
-                        const int row = t.row0 + rl + 8 * r;
-                        int hi = t.seq.sk - col0, lo = 0;
-                        if (kLocal) {
-                            hi = min(hi, row + min(t.mask.right, t.seq.sk) + 1 - col0);
-                            lo = row + max(t.mask.left, -t.seq.sq) - col0;
-                        }
+                        const KeyLimits lim = key_limits<kLocal>(t.mask, t.row0 + rl + 8 * r, col0, t.seq.sq, t.seq.sk);
 #pragma unroll
                         for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
                             for (int c = 0; c < 2; ++c) {
                                 const int k = 8 * j + c;
-                                if (k >= hi || (kLocal && k < lo)) s[4 * j + 2 * r + c] = -CUDART_INF_F;
+                                if (k >= lim.hi || (kLocal && k < lim.lo)) s[4 * j + 2 * r + c] = -CUDART_INF_F;
                             }
                         }
                     }
