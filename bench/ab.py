@@ -45,7 +45,7 @@ def parse_args(argv=None):
     ap.add_argument("--d", default="", help="comma-separated head dims to keep (default: all of the grid); one outside "
                     "the grid adds the grid's rows at that head dim")
     ap.add_argument("--rows", default="", help="comma-separated rows BxHxSxD (c appended: causal), e.g. 8x32x2048x64,"
-                    "1x8x4096x64c, instead of the grid (q and k/v heads H, Sq = Sk = S)")
+                    "1x8x4096x64c, instead of the grid (q and k/v heads H, Sq = Sk = S; --d and --quick then do not apply)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--rep", type=int, default=30)
@@ -155,9 +155,12 @@ def main(argv=None):
     shapes = [s for s in grid if not s.get("varlen") and (not keep or s["d"] in keep)]
     if args.rows:
         shapes = []
-        for spec in args.rows.split(","):
-            b, h, sq, d = (int(x) for x in spec.rstrip("c").split("x"))
-            shapes.append(fwd_row(d, int(spec.endswith("c")), b, h, h, sq, args.pass_, args.dtype))
+        for spec in (x.strip() for x in args.rows.split(",")):
+            if not spec:
+                continue
+            causal = spec.endswith("c")
+            b, h, sq, d = (int(x) for x in (spec[:-1] if causal else spec).split("x"))
+            shapes.append(fwd_row(d, int(causal), b, h, h, sq, args.pass_, args.dtype))
     names = [n for n, _, _ in runs]
     # --alibi both: each build's ALiBi cost, the time with slopes over the time without (1.05: 5% slower).
     costs = [n for n, _ in libs] if args.alibi == "both" else []

@@ -69,6 +69,9 @@ def analyse(at, label):
                         kfirst.append(p[1] - p[0])
             if first is not None:
                 cta_span.append(last - first)
+    if not blocks:
+        print(f"== {label}: no traced tile of two or more key blocks (a build without the trace, or S <= 128)")
+        return
     it = med(per["loop/iter"])
     print(f"== {label}: key blocks per tile {med(blocks)}, tiles traced {len(blocks)}")
     for n in names:
@@ -77,8 +80,9 @@ def analyse(at, label):
     tt = med(tile_total)
     print(f"  tile total median {tt:.0f} cycles = {tt / it:.2f} blocks (overhead {tt / it - med(blocks):.2f} blocks)")
     print(f"  producer: Q issue -> consumer 0 has it median {med(qlat):.0f}; tile top -> first K slot free {med(kfirst):.0f}")
-    print(f"  CTA span (first tile top -> last epilogue end, per consumer) min {min(cta_span)} median {med(cta_span):.0f} "
-          f"max {max(cta_span)}")
+    if cta_span:
+        print(f"  CTA span (first tile top -> last epilogue end, per consumer) min {min(cta_span)} "
+              f"median {med(cta_span):.0f} max {max(cta_span)}")
 
 
 def main():

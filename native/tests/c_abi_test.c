@@ -4154,13 +4154,16 @@ static void test_gpu(int32_t count) {
        fewer persistent rounds pay for the larger tile); the small cases above never reach it. 4 x 32 heads of 4096
        rows (22 192-row tiles each: several per CTA, so the P, O and Q tiles and the mbarrier phases turn over), rows
        and keys that are not multiples of the blocks, softcap, padded rows, GQA; every 97th query row and the last
-       against the float64 reference (g_row_sample); and a call of two heads (one persistent round either way: the
-       128-row tile). A variable-length batch with empty sequences (every row checked). With sm_90a code on compute
+       against the float64 reference (g_row_sample); a call of two heads (one persistent round either way: the
+       128-row tile); and the threshold itself, 2048 rows and keys over 4 x 32 heads (the 192-row tile) against 2047
+       query rows (the 128-row one). A variable-length batch with empty sequences (every row checked). With sm_90a code on compute
        capability 9.0 the log must name the tile wide_expected gives. */
     const fwd_case wide_cases[] = {
         {4, 4096, 4096, 32, 8, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1},
         {4, 4100, 4200, 32, 8, 64, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 8, 1, F16, 30.0f, 0, -1, -1},
         {1, 4096, 4096, 2, 1, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1}, /* a round: 128 rows */
+        {4, 2048, 2048, 32, 8, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1},  /* the threshold */
+        {4, 2047, 2048, 32, 8, 64, 0, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1},    /* below: 128 rows */
     };
     const varlen_case wide_varlen_cases[] = {
         {4, {4096, 0, 3, 4500}, {4096, 10, 0, 4200}, 2, 1, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 0, 1, 0},

@@ -38,7 +38,7 @@ void check_case(const Case& c) {
     const fa::MaskBounds m = fa::mask_bounds<kLocal>(p, seq);
     for (int row = 0; row < c.sq; ++row) {
         for (int col0 = 0; col0 <= c.sk + 2; col0 += 2) {
-            const fa::KeyLimits l = fa::key_limits<kLocal>(m, row, col0, c.sq, c.sk);
+            const fa::KeyLimits l = fa::key_limits<kLocal>(m, row, col0, c.sk);
             for (int k = 0; k < 128; ++k) {
                 const bool want = fa::key_hidden<kLocal>(m, col0 + k, row, c.sk);
                 const bool got = k >= l.hi || (kLocal && k < l.lo);

@@ -50,20 +50,21 @@ __host__ __device__ __forceinline__ bool key_hidden(const MaskBounds& m, int key
 
 // key_hidden for one row over the keys col0 + k (k >= 0) as two limits: key col0 + k is visible to `row` iff
 // lo <= k < hi (kLocal; without it, iff k < hi), so a kernel tests each element with two compares against its constant
-// offset k (the sm90 forward's FA_SM90_FWD_MASK_LIMITS). right is clamped to sk and left to -sq, which hides nothing
-// more of a row inside the sequence (0 <= row < sq) and, with the host's window clamp (windows below max(sq, sk) of the
-// call), keeps the sums far from overflow. native/tests/mask_limits_test.cu checks it against key_hidden.
+// offset k (the sm90 forward's FA_SM90_FWD_MASK_LIMITS). The sums are taken in 64 bits (a paged call's longest sequence
+// may come near INT32_MAX) and clamped to [0, sk - col0]-like ranges that hide the same keys k >= 0.
+// native/tests/mask_limits_test.cu checks it against key_hidden.
 struct KeyLimits {
     int lo, hi;
 };
 template <bool kLocal>
-__host__ __device__ __forceinline__ KeyLimits key_limits(const MaskBounds& m, int row, int col0, int sq, int sk) {
+__host__ __device__ __forceinline__ KeyLimits key_limits(const MaskBounds& m, int row, int col0, int sk) {
     KeyLimits l{0, sk - col0};
     if (kLocal) {
-        const int right = m.right < sk ? m.right : sk, left = m.left > -sq ? m.left : -sq;
-        const int hi = row + right + 1 - col0;
-        l.hi = hi < l.hi ? hi : l.hi;
-        l.lo = row + left - col0;
+        // diff = col0 + k - row must lie in [left, right]: k <= row + right - col0 and k >= row + left - col0.
+        const long long hi = static_cast<long long>(row) + m.right + 1 - col0;
+        const long long lo = static_cast<long long>(row) + m.left - col0;
+        if (hi < l.hi) l.hi = hi < 0 ? 0 : static_cast<int>(hi);  // hi <= 0: every k >= 0 hidden
+        l.lo = lo < 0 ? 0 : lo > l.hi ? (l.hi < 0 ? 0 : l.hi) : static_cast<int>(lo);  // lo >= hi: every k hidden
     }
     return l;
 }

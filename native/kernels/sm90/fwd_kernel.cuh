@@ -271,7 +271,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++slot) {
                 const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
                 FA_TRACE(0, slot, 0);
-                FA_TRACE_AT(0, slot, 7, tile | (static_cast<long long>(t.keys.end - t.keys.begin) << 32));
+                FA_TRACE_AT(0, slot, 7, tile | (static_cast<long long>(max(t.keys.end - t.keys.begin, 0)) << 32));
                 if (t.keys.end <= t.keys.begin) continue;  // no rows, or all masked: the consumers write zeros
                 const int hk = t.h / p.hq_per_hkv;
                 const int bb = varlen ? 0 : t.b;
@@ -406,7 +406,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
             ++slot;
             if (tracer) FA_TRACE(1 + cw, slot, 0);
-            if (tracer) FA_TRACE_AT(1 + cw, slot, 7, tile | (static_cast<long long>(t.keys.end - t.keys.begin) << 32));
+            if (tracer) FA_TRACE_AT(1 + cw, slot, 7, tile | (static_cast<long long>(max(t.keys.end - t.keys.begin, 0)) << 32));
             if (t.rows <= 0) continue;
             const int my_rows = t.rows - cw * 64;  // rows of this warpgroup in the sequence (may be <= 0)
             const int64_t row_g = t.seq.q_row0 + t.row0;
@@ -591,7 +591,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     const int col0 = n * BN + 2 * t4;
 #pragma unroll
                     for (int r = 0; r < 2; ++r) {
-                        const KeyLimits lim = key_limits<kLocal>(t.mask, t.row0 + rl + 8 * r, col0, t.seq.sq, t.seq.sk);
+                        const KeyLimits lim = key_limits<kLocal>(t.mask, t.row0 + rl + 8 * r, col0, t.seq.sk);
 #pragma unroll
                         for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll

@@ -14,7 +14,7 @@ namespace sm90 {
 
 #ifdef FA_SM90_FWD_TRACE
 constexpr int kTraceCtas = 132, kTraceTiles = 40, kTraceRoles = 4, kTraceEvents = 8;
-static __device__ long long g_fwd_trace[kTraceCtas][kTraceTiles][kTraceRoles][kTraceEvents];
+[[maybe_unused]] static __device__ long long g_fwd_trace[kTraceCtas][kTraceTiles][kTraceRoles][kTraceEvents];
 #define FA_TRACE_AT(role, slot, ev, value)                                                                       \
     do {                                                                                                       \
         if (blockIdx.x < kTraceCtas && (slot) < kTraceTiles) g_fwd_trace[blockIdx.x][slot][role][ev] = (value); \
