@@ -58,13 +58,14 @@ struct KeyLimits {
 };
 template <bool kLocal>
 __host__ __device__ __forceinline__ KeyLimits key_limits(const MaskBounds& m, int row, int col0, int sk) {
-    KeyLimits l{0, sk - col0};
+    // Both limits are kept in [0, hi]: k >= 0, so hi <= 0 hides every k as hi = 0 does, and lo >= hi as lo = hi.
+    KeyLimits l{0, sk - col0 > 0 ? sk - col0 : 0};
     if (kLocal) {
         // diff = col0 + k - row must lie in [left, right]: k <= row + right - col0 and k >= row + left - col0.
         const long long hi = static_cast<long long>(row) + m.right + 1 - col0;
         const long long lo = static_cast<long long>(row) + m.left - col0;
-        if (hi < l.hi) l.hi = hi < 0 ? 0 : static_cast<int>(hi);  // hi <= 0: every k >= 0 hidden
-        l.lo = lo < 0 ? 0 : lo > l.hi ? (l.hi < 0 ? 0 : l.hi) : static_cast<int>(lo);  // lo >= hi: every k hidden
+        if (hi < l.hi) l.hi = hi < 0 ? 0 : static_cast<int>(hi);
+        l.lo = lo < 0 ? 0 : lo > l.hi ? l.hi : static_cast<int>(lo);
     }
     return l;
 }
