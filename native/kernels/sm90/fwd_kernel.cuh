@@ -585,32 +585,18 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                 }
                 if (tile_masked<kLocal>(t.mask, t.row0 + cw * 64, 64, n * BN, BN, t.seq.sk)) {
                     const int col0 = n * BN + 2 * t4;  // this thread's keys: col0 + 8 j + (e & 1)
-                    if constexpr (FA_SM90_FWD_MASK_LIMITS != 0) {
-                        // key_hidden per row as two limits (common/mask.cuh key_limits): row r (rl + 8 r) sees the
-                        // keys with lo <= 8 j + c < hi, so each element costs two compares against a constant.
+                    // key_hidden per row as two limits (common/mask.cuh key_limits): row r (rl + 8 r) sees the keys
+                    // with lo <= 8 j + c < hi, so each element costs two compares against a constant (1.06x at d128
+                    // causal 1k and 2k against key_hidden's bounds per element; bench/NOTES.md, thirteenth session).
 #pragma unroll
-                        for (int r = 0; r < 2; ++r) {
-                            const KeyLimits lim = key_limits<kLocal>(t.mask, t.row0 + rl + 8 * r, col0, t.seq.sk);
-#pragma unroll
-                            for (int j = 0; j < BN / 8; ++j) {
-#pragma unroll
-                                for (int c = 0; c < 2; ++c) {
-                                    const int k = 8 * j + c;
-                                    if (k >= lim.hi || (kLocal && k < lim.lo)) s[4 * j + 2 * r + c] = -CUDART_INF_F;
-                                }
-                            }
-                        }
-                    } else {
-                        const int row = t.row0 + rl;
+                    for (int r = 0; r < 2; ++r) {
+                        const KeyLimits lim = key_limits<kLocal>(t.mask, t.row0 + rl + 8 * r, col0, t.seq.sk);
 #pragma unroll
                         for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
-                            for (int e = 0; e < 4; ++e) {
-                                const int col = col0 + 8 * j + (e & 1);
-                                const int diff = col - (row + (e >= 2 ? 8 : 0));
-                                bool hidden = col >= t.seq.sk;
-                                if (kLocal) hidden |= diff > t.mask.right || diff < t.mask.left;
-                                if (hidden) s[4 * j + e] = -CUDART_INF_F;
+                            for (int c = 0; c < 2; ++c) {
+                                const int k = 8 * j + c;
+                                if (k >= lim.hi || (kLocal && k < lim.lo)) s[4 * j + 2 * r + c] = -CUDART_INF_F;
                             }
                         }
                     }

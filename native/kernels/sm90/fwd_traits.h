@@ -32,14 +32,6 @@
 #ifndef FA_SM90_FWD_D64_WIDE_MIN_KEYS
 #define FA_SM90_FWD_D64_WIDE_MIN_KEYS 2048
 #endif
-// The per-element mask of a masked key block as two limits per row of the thread (1: two compares an element against
-// its constant key offset) or key_hidden's bounds per element (0). Measured 1.06x at d128 causal 1k and 2k, 1.01x at
-// 4k, 1.00x unmasked (bench/NOTES.md, thirteenth session); its arithmetic (common/mask.cuh key_limits) is checked
-// against key_hidden on the host (ctest mask_limits_test); 0 until c_abi_test and the sanitizers have run whole on a
-// build with it (the session's device time ended 388 checks into c_abi_test, none failed).
-#ifndef FA_SM90_FWD_MASK_LIMITS
-#define FA_SM90_FWD_MASK_LIMITS 0
-#endif
 // Load stages of the column-chunked kernel of the pair (64, 512) (3: its 200 KB of shared memory allow them;
 // overridable for experiments).
 #ifndef FA_SM90_FWD_VSPLIT_STAGES
