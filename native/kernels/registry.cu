@@ -608,7 +608,7 @@ int32_t decode_num_splits(const DecodeParams& p, const LaunchInfo& info, int32_t
         using Tr8 = sm80::DecodeTraitsFp8For<__half, decltype(hd)::value>;
         const int64_t pairs = static_cast<int64_t>(p.b) * p.hkv * p.m_blocks;
         return fp8 ? sm80::choose_decode_splits(pairs, length_hint, Tr8::kBlockN, Tr8::kSmemBytes, Tr8::kMinBlocks,
-                                                info.sm_count, info.smem_optin, max_splits)
+                                                info.sm_count, info.smem_optin, max_splits, 2)
                    : sm80::choose_decode_splits(pairs, length_hint, Tr16::kBlockN, Tr16::kSmemBytes, Tr16::kMinBlocks,
                                                 info.sm_count, info.smem_optin, max_splits);
     });

@@ -231,11 +231,12 @@ constexpr int64_t kMinTilesPerSplit = 4;
 constexpr double kSplitEfficiency = 0.95;
 
 // Key splits for `pairs` (sequence, kv head, 16-row block) work items over sequences of about `length`
-// keys: with fewer pairs than half the SMs, sm_count / pairs (one CTA per SM); else the smallest split count whose grid fills the GPU's CTA slots (SMs x resident CTAs, from shared
-// memory and the kernel's MinBlocks) within kSplitEfficiency of the best wave efficiency reachable, where
-// efficiency = waves / ceil(waves), and that leaves every split kMinTilesPerSplit tiles or more.
+// keys: with sm_count / pairs at least one_wave_min, that many (one CTA per SM); else the smallest split count
+// whose grid fills the GPU's CTA slots (SMs x resident CTAs, from shared memory and the kernel's MinBlocks) within
+// kSplitEfficiency of the best wave efficiency reachable, where efficiency = waves / ceil(waves), and that leaves
+// every split kMinTilesPerSplit tiles or more.
 inline int32_t choose_decode_splits(int64_t pairs, int64_t length, int block_n, int smem_bytes, int min_blocks,
-                                    int32_t sm_count, int64_t smem_optin, int32_t max_splits) {
+                                    int32_t sm_count, int64_t smem_optin, int32_t max_splits, int one_wave_min = 1) {
     if (pairs <= 0 || length <= 0 || sm_count <= 0) return 1;
     const int64_t tiles = (length + block_n - 1) / block_n;
     int64_t most = tiles / kMinTilesPerSplit;
@@ -243,12 +244,16 @@ inline int32_t choose_decode_splits(int64_t pairs, int64_t length, int block_n, 
     const int64_t grid_limit = 2147483647ll / pairs;  // the 1-D grid must stay within int32
     most = most < grid_limit ? most : grid_limit;
     if (most <= 1) return 1;
-    // Few work items (under half the SMs): one CTA per SM in one wave. The kernel is bound by memory; on the H200,
-    // one sequence over 128k keys (8 pairs) ran fastest at 16 splits (128 CTAs: 140-142 us, 89-91% of the copy
-    // rate) against 29 (the efficiency rule at 85%: 151-152 us) and 32-33 (two per SM: 148-150 us), and four
-    // sequences (32 pairs) at 4 (488 us) against 7 (524) and 8 (496); bench/NOTES.md, sixth session.
+    // Few work items: one CTA per SM in one wave, sm_count / pairs splits when that is at least one_wave_min. The
+    // 16-bit kernel is bound by memory; on the H200 one sequence over 128k keys (8 pairs) ran fastest at 16 splits
+    // (128 CTAs: 140-142 us, 89-91% of the copy rate) against 29 (the efficiency rule at 85%: 151-152 us) and 32-33
+    // (two per SM: 148-150 us), four sequences (32 pairs) at 4 (488 us) against 7 (524) and 8 (496) (sixth session),
+    // and 96 or 128 pairs unsplit at every length from 1k to 128k (B 16 at 1k: 28.4 us against 31.8 for the
+    // efficiency rule's two splits, two CTAs an SM; fourteenth session): one_wave_min 1. The fp8 cache's kernel does
+    // not stream at the memory's rate from one CTA an SM (B 16 at 32k: 378 us unsplit, 299 us at two splits), so it
+    // takes one wave only from two splits up (one_wave_min 2).
     const int64_t one_wave = sm_count / pairs;
-    if (one_wave >= 2) return static_cast<int32_t>(one_wave < most ? one_wave : most);
+    if (one_wave >= one_wave_min) return static_cast<int32_t>(one_wave < most ? one_wave : most);
     int64_t per_sm = (smem_optin + kSmemPerSmExtra) / (smem_bytes + kSmemPerBlockReserved);
     per_sm = per_sm < 1 ? 1 : (per_sm > min_blocks ? min_blocks : per_sm);
     const int64_t slots = static_cast<int64_t>(sm_count) * per_sm;
