@@ -25,4 +25,19 @@ cudaError_t raise_smem_once(Kernel kernel, int smem, const LaunchInfo& info, std
     return cudaSuccess;
 }
 
+// A kernel whose warpgroups trade registers (setmaxnreg) assumes `need` registers a thread at launch: with fewer, a
+// setmaxnreg.inc waits forever for registers nobody gives back. Checks the compiled kernel's count once per kernel
+// (`checked`, one per instantiation: 0 unknown, 1 enough, 2 too few); cudaErrorInvalidConfiguration (a refusal, never
+// a hang) when it has fewer.
+template <class Kernel>
+cudaError_t check_launch_regs(Kernel kernel, int need, std::atomic<int>& checked) {
+    if (checked.load(std::memory_order_relaxed) == 0) {
+        cudaFuncAttributes attr{};
+        const cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
+        if (err != cudaSuccess) return err;
+        checked.store(attr.numRegs >= need ? 1 : 2, std::memory_order_relaxed);
+    }
+    return checked.load(std::memory_order_relaxed) == 1 ? cudaSuccess : cudaErrorInvalidConfiguration;
+}
+
 }  // namespace fa

@@ -51,16 +51,10 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     static std::atomic<uint64_t> raised{0}, raised_alibi{0};
     cudaError_t err = raise_smem_once(kernel, smem, info, alibi_gemm ? raised_alibi : raised);
     if (err != cudaSuccess) return err;
-    // The setmaxnreg budget (FwdTraits90) assumes kLaunchRegs registers a thread at launch; with fewer the
-    // consumers' setmaxnreg.inc would wait forever. Checked once per kernel: a refusal, never a hang.
-    static std::atomic<int> regs_checked_plain{0}, regs_checked_alibi{0};  // 0 unknown, 1 enough, 2 too few
-    std::atomic<int>& regs_checked = alibi_gemm ? regs_checked_alibi : regs_checked_plain;
-    if (regs_checked.load(std::memory_order_relaxed) == 0) {
-        cudaFuncAttributes attr{};
-        if ((err = cudaFuncGetAttributes(&attr, kernel)) != cudaSuccess) return err;
-        regs_checked.store(attr.numRegs >= Tr::kLaunchRegs ? 1 : 2, std::memory_order_relaxed);
-    }
-    if (regs_checked.load(std::memory_order_relaxed) != 1) return cudaErrorInvalidConfiguration;
+    // The setmaxnreg budget (FwdTraits90) assumes kLaunchRegs registers a thread at launch (common/launch.h).
+    static std::atomic<int> regs_checked_plain{0}, regs_checked_alibi{0};
+    err = check_launch_regs(kernel, Tr::kLaunchRegs, alibi_gemm ? regs_checked_alibi : regs_checked_plain);
+    if (err != cudaSuccess) return err;
     FwdArgs90 a;
     a.p = params;
     const unsigned row_tiles = schedule(a.p, Tr::kBlockM, info.l2_bytes);
