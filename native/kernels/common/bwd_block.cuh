@@ -121,46 +121,53 @@ __device__ __forceinline__ float* bwd_dq_rows(const BwdParams& p, const BwdBlock
 }
 
 // Deterministic mode, before block m of head h takes its turn on dQ: waits until every key block ahead of this
-// one in the block's order (bwd_turn_rank) has added its part. Every thread calls it.
+// one in the block's order (bwd_turn_rank) has added its part. One thread calls it (bwd_wait_turn: thread 0, then a
+// barrier of the whole CTA; the sm90 kernel's overlapped form: thread 0 while its products run, the barrier later).
 template <bool kLocal, int BM, int BN>
-__device__ __forceinline__ void bwd_wait_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
-    if (threadIdx.x == 0) {
-        const int rank = bwd_turn_rank<kLocal, BM, BN>(c, m, p.dq_copies);
-        const int32_t* sem = bwd_turn_counter(p, c, h, m);
-        // Bounded (p.turn_wait_ns of the global timer, 0: unbounded): a turn that never comes (another call in
-        // flight reset or advanced this workspace's counters) ends the wait instead of hanging the stream. The
-        // first block to give up marks the call (sem_gave_up: the other blocks then stop waiting at once); every
-        // block that leaves without its turn marks the context (device_flags: the host reports
-        // FA_STATUS_DEVICE_CHECK_FAILED), since the give-up word lives in the same, possibly shared, workspace.
-        // This call's dQ is then wrong.
-        if (ld_acquire_gpu(sem) != rank) {
-            const uint64_t start = global_timer_ns();
-            while (ld_acquire_gpu(sem) != rank) {
-                if (p.turn_wait_ns <= 0) continue;
-                const bool timed_out = global_timer_ns() - start > static_cast<uint64_t>(p.turn_wait_ns);
-                if (timed_out || ld_relaxed_gpu(p.sem_gave_up) != 0) {
-                    st_relaxed_gpu(p.sem_gave_up, 1);
-                    if (p.device_flags != nullptr) set_host_flag(p.device_flags, kDeviceFlagTurnTimeout);
-                    break;
-                }
+__device__ __forceinline__ void bwd_poll_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
+    const int rank = bwd_turn_rank<kLocal, BM, BN>(c, m, p.dq_copies);
+    const int32_t* sem = bwd_turn_counter(p, c, h, m);
+    // Bounded (p.turn_wait_ns of the global timer, 0: unbounded): a turn that never comes (another call in
+    // flight reset or advanced this workspace's counters) ends the wait instead of hanging the stream. The
+    // first block to give up marks the call (sem_gave_up: the other blocks then stop waiting at once); every
+    // block that leaves without its turn marks the context (device_flags: the host reports
+    // FA_STATUS_DEVICE_CHECK_FAILED), since the give-up word lives in the same, possibly shared, workspace.
+    // This call's dQ is then wrong.
+    if (ld_acquire_gpu(sem) != rank) {
+        const uint64_t start = global_timer_ns();
+        while (ld_acquire_gpu(sem) != rank) {
+            if (p.turn_wait_ns <= 0) continue;
+            const bool timed_out = global_timer_ns() - start > static_cast<uint64_t>(p.turn_wait_ns);
+            if (timed_out || ld_relaxed_gpu(p.sem_gave_up) != 0) {
+                st_relaxed_gpu(p.sem_gave_up, 1);
+                if (p.device_flags != nullptr) set_host_flag(p.device_flags, kDeviceFlagTurnTimeout);
+                break;
             }
         }
     }
+}
+
+// Every thread calls it.
+template <bool kLocal, int BM, int BN>
+__device__ __forceinline__ void bwd_wait_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
+    if (threadIdx.x == 0) bwd_poll_turn<kLocal, BM, BN>(p, c, h, m);
     __syncthreads();
 }
 
 // ... and after its adds, once a barrier of the whole CTA has followed them: the barrier orders every warp's adds
 // before thread 0's fence and release (cumulative, as in CUTLASS's semaphore), so the next key block sees them all.
-// Every thread calls it. The fence waits until the adds are performed at the GPU, so the kernels pass the turn of an
+// One thread calls bwd_pass_turn; every thread calls bwd_release_turn (thread 0 passes). The fence waits until the adds are performed at the GPU, so the kernels pass the turn of an
 // iteration's block at a barrier in the middle of the next iteration (and after the walk for the last one), where the
 // adds have had half an iteration of products to complete: the fence then rarely waits, and the next key block in
 // the order gets its turn that much later (FA_BWD_DET_DEFER_RELEASE 0: at once, behind a barrier of its own).
+__device__ __forceinline__ void bwd_pass_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
+    int32_t* sem = bwd_turn_counter(p, c, h, m);
+    __threadfence();
+    st_release_gpu(sem, ld_acquire_gpu(sem) + 1);
+}
+
 __device__ __forceinline__ void bwd_release_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
-    if (threadIdx.x == 0) {
-        int32_t* sem = bwd_turn_counter(p, c, h, m);
-        __threadfence();
-        st_release_gpu(sem, ld_acquire_gpu(sem) + 1);
-    }
+    if (threadIdx.x == 0) bwd_pass_turn(p, c, h, m);
 }
 
 }  // namespace fa

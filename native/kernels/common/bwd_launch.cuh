@@ -4,6 +4,7 @@
 // which kernel a variant is and its launch shape:
 //   template <bool kLocal, bool kSoftcap, bool kDet> static auto kernel();   // the __global__ function
 //   static constexpr int kSmemBytes, kThreads;
+//   template <bool kDet> static constexpr int launch_regs();   // registers a thread its setmaxnreg assumes, or 0
 //   static constexpr bool local_variant(bool local);                          // the mask variant that runs
 //   static constexpr bool kHasDropout;   // dropout kernels of its own: kernel<true, kSoftcap, kDet, true>()
 //   template <class K> static cudaError_t launch(K kernel, unsigned blocks, const BwdParams&, cudaStream_t);
@@ -30,8 +31,12 @@ cudaError_t launch_bwd_variant(const BwdParams& p, const LaunchInfo& info, cudaS
         }
     }();
     static std::atomic<uint64_t> raised{0};  // per instantiation, i.e. per kernel
-    const cudaError_t err = raise_smem_once(kernel, Family::kSmemBytes, info, raised);
+    cudaError_t err = raise_smem_once(kernel, Family::kSmemBytes, info, raised);
     if (err != cudaSuccess) return err;
+    if constexpr (Family::template launch_regs<kDet>() > 0) {  // warpgroups that trade registers (setmaxnreg)
+        static std::atomic<int> regs_checked{0};
+        if ((err = check_launch_regs(kernel, Family::template launch_regs<kDet>(), regs_checked)) != cudaSuccess) return err;
+    }
     const int64_t blocks = static_cast<int64_t>(p.n_blocks) * p.f.b * p.f.hkv;
     if (blocks == 0) return cudaSuccess;
     if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration;  // validation rejects these first

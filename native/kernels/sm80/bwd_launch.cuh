@@ -15,6 +15,8 @@ struct BwdFamily {
     static constexpr int kThreads = Tr::kThreads;
     static constexpr bool local_variant(bool local) { return local; }
     static constexpr bool kHasDropout = true;  // dropout kernels of their own (local only; sm80/bwd_kernel.cuh)
+    template <bool kDet>
+    static constexpr int launch_regs() { return 0; }  // no setmaxnreg
     template <bool kLocal, bool kSoftcap, bool kDet, bool kDropout = false>
     static auto kernel() { return bwd_kernel<Tr, kLocal, kSoftcap, kDet, kDropout>; }
     template <class K>

@@ -60,7 +60,7 @@ struct BwdArgs90 {
 };
 
 template <typename T, int D, bool kLocal, bool kSoftcap, bool kDeterministic, int DV = D>
-__global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant__ BwdArgs90 a) {
+__global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_kernel_sm90(const __grid_constant__ BwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
     const BwdParams& p = a.p;
     using Tr = BwdTraits90<D, DV>;
@@ -82,6 +82,37 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
     if (keys_here <= 0) return;
     const int right_bound = blk.mask.right, left_bound = blk.mask.left;
     const int iters = blk.iters;
+
+    // Deterministic mode (BwdTurns): the third warpgroup's first warp owns the turns on dQ. Per query block of the
+    // walk it waits for the block's turn (lane 0 polls), arrives at kBarTurn, where the consumers wait before their
+    // adds, then waits at kBarAdded for their adds to be issued and passes the turn (lane 0: the fence waits for the
+    // adds, which the barrier ordered before it, then the release). So the consumers never poll nor fence, and the
+    // next block's turn is polled while they compute. The consumers' CTA barriers are then kBarCta over their 256
+    // threads (cta_sync): the turn warp takes no part in them and touches no shared memory; the warpgroup's other
+    // three warps leave at once, after giving their registers to the consumers.
+    using Turns = BwdTurns<kDeterministic>;
+    constexpr bool kTurnWarp = Turns::kHas;
+    constexpr int kBarCta = 1, kBarTurn = 2, kBarAdded = 3, kTurnCount = Tr::kThreads + 32;
+    const auto cta_sync = [] {
+        if constexpr (kTurnWarp) barrier_sync(kBarCta, Tr::kThreads); else __syncthreads();
+    };
+    if constexpr (kTurnWarp) {
+        if (tid >= Tr::kThreads) {
+            regs_dealloc<Turns::kTurnRegs>();
+            if (tid >= Tr::kThreads + 32) return;
+            for (int it = 0; it < iters; ++it) {
+                const int h = blk.head(it), m = blk.block(it);
+                if (lane == 0) bwd_poll_turn<kLocal, BM, BN>(p, blk, h, m);
+                __syncwarp();
+                barrier_arrive(kBarTurn, kTurnCount);
+                barrier_sync(kBarAdded, kTurnCount);
+                if (lane == 0) bwd_pass_turn(p, blk, h, m);
+                __syncwarp();
+            }
+            return;
+        }
+        regs_alloc<Turns::kConsumerRegs>();
+    }
 
     const uint32_t s0 = smem_u32(smem);
     const uint32_t sK = s0 + Tr::kOffK, sV = s0 + Tr::kOffV;
@@ -152,7 +183,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         for (int st = 0; st < S; ++st) mbar_init(bar0 + 8 * st, 1 + 2 * BM);  // thread 0, the statistics' copies
         mbar_init_fence();
     }
-    __syncthreads();  // the mbarriers initialised before any load completes on them or any thread waits
+    cta_sync();  // the mbarriers initialised before any load completes on them or any thread waits
                       // (the pair: dO's zero panels written, and fenced, before any TMA load or wgmma)
     if (tid < 2 * BM) {
         for (int it = 0; it < S - 1 && it < iters; ++it) load_q_do(it);
@@ -163,7 +194,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
     cp_async_commit();
     cp_async_wait<0>();
     fence_proxy_async();  // the cp.async writes of K and V, for wgmma's reads
-    __syncthreads();
+    cta_sync();
 
     // Gradient accumulators (m64nD): both modes: acc_k/acc_v are dK/dV of this warpgroup's 64 keys;
     // kSplit: acc_k is dV (warpgroup 0) or dK (warpgroup 1) of the CTA's 64 keys, acc_v unused (kVPair: dV's
@@ -211,7 +242,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
                 }
             }
             fence_proxy_async();  // the zeros, for wgmma's reads (and before the stage's next TMA writes)
-            __syncthreads();
+            cta_sync();
         }
         const int64_t slot0 = bwd_row_slot(p, b, h, seq.q_row0, row0);
         const float* stats = reinterpret_cast<const float*>(smem + Tr::kOffStats + st_it * Tr::kSmemStats);
@@ -333,7 +364,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
             // (warpgroup 0 bar.arrive, warpgroup 1 bar.sync, at two instructions, with the CTA's thread count)
             // drew racecheck hazards on these stores and reads, and bar.sync at two instructions draws synccheck's
             // "divergent threads in block" (PTX: an aligned barrier is one instruction for all threads).
-            __syncthreads();
+            cta_sync();
             load_next(it);
         }
         if (kSplit && wg == 1) {
@@ -393,10 +424,12 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         }
         wgmma_commit();
 
-        __syncthreads();  // dS^T written; every wgmma of block it - 1 retired (each warpgroup waited for its own)
+        cta_sync();  // dS^T written; every wgmma of block it - 1 retired (each warpgroup waited for its own)
         if constexpr (!kSplit) load_next(it);
         // Deterministic: the previous iteration's turn, its adds issued before this iteration's first barrier.
-        if (kDeterministic && kBwdDetDeferRelease && it > 0) bwd_release_turn(p, blk, blk.head(it - 1), blk.block(it - 1));
+        if (kDeterministic && !kTurnWarp && kBwdDetDeferRelease && it > 0) {
+            bwd_release_turn(p, blk, blk.head(it - 1), blk.block(it - 1));
+        }
         __syncwarp();  // (thread 0 alone released the turn)
 
         // dQ (this warpgroup's D/2 columns) = dS K: A = dS (queries contiguous: MN-major), B = K rows
@@ -459,7 +492,11 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         // pairs, and a warp's adds cover 512 contiguous bytes); a partial last block row by row. (Measured 1.06-1.19x
         // the row-major adds; staging the fragments for one bulk reduction per warpgroup, 0.94-1.04x: bench/NOTES.md.)
         const bool frag = rows_here == BM;
-        if (kDeterministic) bwd_wait_turn<kLocal, BM, BN>(p, blk, h, m);
+        if constexpr (kTurnWarp) {
+            barrier_sync(kBarTurn, kTurnCount);  // the turn warp saw this block's turn
+        } else if constexpr (kDeterministic) {
+            bwd_wait_turn<kLocal, BM, BN>(p, blk, h, m);
+        }
         if (frag) {
             float* dst = acc_rows + wg * (BM * kDqN) + tid % 128 * 4;
 #pragma unroll
@@ -475,7 +512,9 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
                 }
             }
         }
-        if (kDeterministic && !kBwdDetDeferRelease) {
+        if constexpr (kTurnWarp) {
+            barrier_arrive(kBarAdded, kTurnCount);  // this thread's adds issued: the turn warp passes the turn
+        } else if (kDeterministic && !kBwdDetDeferRelease) {
             __syncthreads();
             bwd_release_turn(p, blk, h, m);
         }
@@ -483,8 +522,10 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
 
     // Epilogue: dK * scale and dV to 16 bits, staged through the K and V tiles (panel layout), then
     // 16-byte stores of the rows and columns this call has. (No load is in flight: each one issued was waited for.)
-    __syncthreads();
-    if (kDeterministic && kBwdDetDeferRelease && iters > 0) bwd_release_turn(p, blk, blk.head(iters - 1), blk.block(iters - 1));
+    cta_sync();
+    if (kDeterministic && !kTurnWarp && kBwdDetDeferRelease && iters > 0) {
+        bwd_release_turn(p, blk, blk.head(iters - 1), blk.block(iters - 1));
+    }
     const float scale = f.scale;
     auto stage = [&](const float (&acc)[D / 2], int tile, float mul) {
 #pragma unroll
@@ -503,7 +544,7 @@ __global__ void __launch_bounds__(256, 1) bwd_kernel_sm90(const __grid_constant_
         stage(acc_k, Tr::kOffK, scale);
         stage(acc_v, Tr::kOffV, 1.f);
     }
-    __syncthreads();
+    cta_sync();
     T* dkp = rows_at<T>(p.dk, p.dk_batch_stride, p.dk_head_stride, p.dk_row_stride, varlen, b, hk, seq.k_row0 + key0);
     T* dvp = rows_at<T>(p.dv, p.dv_batch_stride, p.dv_head_stride, p.dv_row_stride, varlen, b, hk, seq.k_row0 + key0);
     constexpr int CPR = D / 8;

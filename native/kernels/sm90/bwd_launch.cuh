@@ -18,6 +18,11 @@ struct BwdFamily {
     static constexpr int kThreads = Tr::kThreads;
     static constexpr bool local_variant(bool local) { return Tr::kSplit ? true : local; }
     static constexpr bool kHasDropout = false;  // dropout is sm80-only (the host refuses it here)
+    // The deterministic kernels' turn warpgroup gives registers to the consumers (sm90/bwd_traits.h BwdTurns).
+    template <bool kDet>
+    static constexpr int launch_regs() {
+        return BwdTurns<kDet>::kHas ? BwdTurns<kDet>::kLaunchRegs : 0;
+    }
     template <bool kLocal, bool kSoftcap, bool kDet>
     static auto kernel() { return bwd_kernel_sm90<T, D, kLocal, kSoftcap, kDet, DV>; }
     // The TMA descriptors of q and dO for this call (host-only encoding, no allocation: graph-safe; dO's columns are
@@ -42,7 +47,8 @@ struct BwdFamily {
                               p.do_batch_stride, Tr::kBlockM)) != cudaSuccess) {
             return err;
         }
-        kernel<<<blocks, kThreads, kSmemBytes, stream>>>(a);
+        const int threads = p.deterministic ? BwdTurns<true>::kThreads : BwdTurns<false>::kThreads;
+        kernel<<<blocks, threads, kSmemBytes, stream>>>(a);
         return cudaGetLastError();
     }
 };

@@ -92,6 +92,14 @@ __device__ __forceinline__ void bar_arrive(int id, int count) {
 __device__ __forceinline__ void bar_sync(int id, int count) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
+// The same without .aligned, for a barrier whose participants reach it at different instructions (PTX: an aligned
+// barrier is one instruction for every thread that takes part; synccheck reports the other use).
+__device__ __forceinline__ void barrier_arrive(int id, int count) {
+    asm volatile("barrier.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void barrier_sync(int id, int count) {
+    asm volatile("barrier.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
 template <int N>
 __device__ __forceinline__ void fence_regs(uint32_t (&d)[N]) {
 #pragma unroll
