@@ -603,14 +603,17 @@ int32_t decode_num_splits(const DecodeParams& p, const LaunchInfo& info, int32_t
                           int32_t max_splits) {
     if (requested > 0) return requested;
     const bool fp8 = p.cache_dtype == DType::Float8E4M3;
+    // One CTA an SM streams a contiguous 16-bit cache at the memory's rate, not a paged or an fp8 one
+    // (choose_decode_splits' one_wave_min).
+    const int one_wave_min = fp8 || p.block_table != nullptr ? 2 : 1;
     return with_head_dim(kernel_head_dim(p.d), [&](auto hd) {
         using Tr16 = sm80::DecodeTraitsFor<__half, decltype(hd)::value>;
         using Tr8 = sm80::DecodeTraitsFp8For<__half, decltype(hd)::value>;
         const int64_t pairs = static_cast<int64_t>(p.b) * p.hkv * p.m_blocks;
         return fp8 ? sm80::choose_decode_splits(pairs, length_hint, Tr8::kBlockN, Tr8::kSmemBytes, Tr8::kMinBlocks,
-                                                info.sm_count, info.smem_optin, max_splits, 2)
+                                                info.sm_count, info.smem_optin, max_splits, one_wave_min)
                    : sm80::choose_decode_splits(pairs, length_hint, Tr16::kBlockN, Tr16::kSmemBytes, Tr16::kMinBlocks,
-                                                info.sm_count, info.smem_optin, max_splits);
+                                                info.sm_count, info.smem_optin, max_splits, one_wave_min);
     });
 }
 

@@ -236,7 +236,7 @@ constexpr double kSplitEfficiency = 0.95;
 // kSplitEfficiency of the best wave efficiency reachable, where efficiency = waves / ceil(waves), and that leaves
 // every split kMinTilesPerSplit tiles or more.
 inline int32_t choose_decode_splits(int64_t pairs, int64_t length, int block_n, int smem_bytes, int min_blocks,
-                                    int32_t sm_count, int64_t smem_optin, int32_t max_splits, int one_wave_min = 1) {
+                                    int32_t sm_count, int64_t smem_optin, int32_t max_splits, int one_wave_min) {
     if (pairs <= 0 || length <= 0 || sm_count <= 0) return 1;
     const int64_t tiles = (length + block_n - 1) / block_n;
     int64_t most = tiles / kMinTilesPerSplit;
@@ -249,9 +249,10 @@ inline int32_t choose_decode_splits(int64_t pairs, int64_t length, int block_n, 
     // (128 CTAs: 140-142 us, 89-91% of the copy rate) against 29 (the efficiency rule at 85%: 151-152 us) and 32-33
     // (two per SM: 148-150 us), four sequences (32 pairs) at 4 (488 us) against 7 (524) and 8 (496) (sixth session),
     // and 96 or 128 pairs unsplit at every length from 1k to 128k (B 16 at 1k: 28.4 us against 31.8 for the
-    // efficiency rule's two splits, two CTAs an SM; fourteenth session): one_wave_min 1. The fp8 cache's kernel does
-    // not stream at the memory's rate from one CTA an SM (B 16 at 32k: 378 us unsplit, 299 us at two splits), so it
-    // takes one wave only from two splits up (one_wave_min 2).
+    // efficiency rule's two splits, two CTAs an SM; fourteenth session): one_wave_min 1 for a contiguous 16-bit
+    // cache. The fp8 cache's kernel and the paged kernels do not stream at the memory's rate from one CTA an SM (B 16
+    // at 32k: fp8 378 us unsplit against 299 at two splits; paged 16 739 us against 500, paged 256 502 against 493),
+    // so they take one wave only from two splits up (one_wave_min 2).
     const int64_t one_wave = sm_count / pairs;
     if (one_wave >= one_wave_min) return static_cast<int32_t>(one_wave < most ? one_wave : most);
     int64_t per_sm = (smem_optin + kSmemPerSmExtra) / (smem_bytes + kSmemPerBlockReserved);
