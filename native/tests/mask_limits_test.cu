@@ -1,4 +1,4 @@
-// The per-row mask limits (native/kernels/common/mask.cuh key_limits, the sm90 forward's FA_SM90_FWD_MASK_LIMITS)
+// The per-row mask limits (native/kernels/common/mask.cuh key_limits, the sm90 forward's masked key blocks)
 // against key_hidden, checked on the host (no GPU needed): for random sequence lengths, windows as the host passes them
 // (validate_attention.cpp: causal folded into window_right, a side at least max(sq, sk) of the call made unbounded, the
 // call's maximum above this sequence's under varlen), both alignments, every row of the sequence, the key offsets

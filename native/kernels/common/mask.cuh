@@ -50,7 +50,7 @@ __host__ __device__ __forceinline__ bool key_hidden(const MaskBounds& m, int key
 
 // key_hidden for one row over the keys col0 + k (k >= 0) as two limits: key col0 + k is visible to `row` iff
 // lo <= k < hi (kLocal; without it, iff k < hi), so a kernel tests each element with two compares against its constant
-// offset k (the sm90 forward's FA_SM90_FWD_MASK_LIMITS). The sums are taken in 64 bits (a paged call's longest sequence
+// offset k (the sm90 forward's masked key blocks). The sums are taken in 64 bits (a paged call's longest sequence
 // may come near INT32_MAX) and clamped to [0, sk - col0]-like ranges that hide the same keys k >= 0.
 // native/tests/mask_limits_test.cu checks it against key_hidden.
 struct KeyLimits {

@@ -184,7 +184,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         mbar_init_fence();
     }
     cta_sync();  // the mbarriers initialised before any load completes on them or any thread waits
-                      // (the pair: dO's zero panels written, and fenced, before any TMA load or wgmma)
+                 // (the pair: dO's zero panels written, and fenced, before any TMA load or wgmma)
     if (tid < 2 * BM) {
         for (int it = 0; it < S - 1 && it < iters; ++it) load_q_do(it);
     }
@@ -358,7 +358,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
             }
         }
         if constexpr (kSplit) {
-            // P^T handed over by one barrier of the whole CTA, executed by both warpgroups at this one
+            // P^T handed over by one barrier of the consumers (cta_sync), executed by both warpgroups at this one
             // instruction. Warpgroup 1 arrives from the end of its dP^T product, long before warpgroup 0 has
             // its exponentials, so warpgroup 0 does not wait (measured: bench/NOTES.md). The earlier hand-over
             // (warpgroup 0 bar.arrive, warpgroup 1 bar.sync, at two instructions, with the CTA's thread count)
