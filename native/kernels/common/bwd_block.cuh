@@ -166,6 +166,12 @@ __device__ __forceinline__ void bwd_pass_turn(const BwdParams& p, const BwdBlock
     st_release_gpu(sem, ld_acquire_gpu(sem) + 1);
 }
 
+// The same by one increment, without bwd_pass_turn's load of the counter and its sequentially consistent fence (the sm90
+// kernels' turn warp under FA_SM90_BWD_TURN_PIPELINE).
+__device__ __forceinline__ void bwd_pass_turn_inc(const BwdParams& p, const BwdBlock& c, int h, int m) {
+    red_release_inc_gpu(bwd_turn_counter(p, c, h, m));
+}
+
 __device__ __forceinline__ void bwd_release_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
     if (threadIdx.x == 0) bwd_pass_turn(p, c, h, m);
 }

@@ -60,6 +60,12 @@ __device__ __forceinline__ void st_release_gpu(int32_t* p, int32_t v) {
     asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
+// A release increment at gpu scope, as CUTLASS's semaphore passes a turn: the acq_rel fence orders every write this
+// thread performed or observed (through a barrier) before the relaxed add, which needs no round trip of its own.
+__device__ __forceinline__ void red_release_inc_gpu(int32_t* p) {
+    asm volatile("fence.acq_rel.gpu;\nred.relaxed.gpu.global.add.s32 [%0], 1;\n" ::"l"(p) : "memory");
+}
+
 // Relaxed load / store of an int at gpu scope (a flag read in a loop; no ordering needed).
 __device__ __forceinline__ int32_t ld_relaxed_gpu(const int32_t* p) {
     int32_t v;

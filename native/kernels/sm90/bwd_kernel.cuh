@@ -100,14 +100,29 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         if (tid >= Tr::kThreads) {
             regs_dealloc<Turns::kTurnRegs>();
             if (tid >= Tr::kThreads + 32) return;
-            for (int it = 0; it < iters; ++it) {
-                const int h = blk.head(it), m = blk.block(it);
-                if (lane == 0) bwd_poll_turn<kLocal, BM, BN>(p, blk, h, m);
+            if constexpr (FA_SM90_BWD_TURN_PIPELINE != 0) {
+                // Block it + 1's turn is polled before block it's is passed: no deadlock, since the turn order of
+                // the key blocks is the same at every query block (BwdWalk), so none ahead of this one waits for it.
+                if (lane == 0 && iters > 0) bwd_poll_turn<kLocal, BM, BN>(p, blk, blk.head(0), blk.block(0));
+                for (int it = 0; it < iters; ++it) {
+                    __syncwarp();
+                    barrier_arrive(kBarTurn, kTurnCount);
+                    if (lane == 0 && it + 1 < iters) bwd_poll_turn<kLocal, BM, BN>(p, blk, blk.head(it + 1), blk.block(it + 1));
+                    __syncwarp();
+                    barrier_sync(kBarAdded, kTurnCount);
+                    if (lane == 0) bwd_pass_turn_inc(p, blk, blk.head(it), blk.block(it));
+                }
                 __syncwarp();
-                barrier_arrive(kBarTurn, kTurnCount);
-                barrier_sync(kBarAdded, kTurnCount);
-                if (lane == 0) bwd_pass_turn(p, blk, h, m);
-                __syncwarp();
+            } else {
+                for (int it = 0; it < iters; ++it) {
+                    const int h = blk.head(it), m = blk.block(it);
+                    if (lane == 0) bwd_poll_turn<kLocal, BM, BN>(p, blk, h, m);
+                    __syncwarp();
+                    barrier_arrive(kBarTurn, kTurnCount);
+                    barrier_sync(kBarAdded, kTurnCount);
+                    if (lane == 0) bwd_pass_turn(p, blk, h, m);
+                    __syncwarp();
+                }
             }
             return;
         }

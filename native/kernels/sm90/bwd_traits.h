@@ -16,6 +16,14 @@ namespace sm90 {
 #ifndef FA_SM90_BWD_TURN_WG
 #define FA_SM90_BWD_TURN_WG 1
 #endif
+// The turn warp's loop (experiment, not yet run on a GPU; 0: as measured in the fourteenth session): 1 polls the next
+// query block's turn before it waits for the consumers' adds to this one (the poll's round trip then overlaps their
+// work instead of following the pass), and passes a turn by one release increment (fence.acq_rel and red.add) instead
+// of __threadfence, a load of the counter and a release store. Expected: the consumers no longer wait at the turn
+// barrier when an iteration is shorter than fence + load + store + poll (D 64: about 1.8 us an iteration).
+#ifndef FA_SM90_BWD_TURN_PIPELINE
+#define FA_SM90_BWD_TURN_PIPELINE 0
+#endif
 // kThreads: the kernel's (two consumer warpgroups, and the turn warpgroup where it has one).
 template <bool kDeterministic>
 struct BwdTurns {
