@@ -649,5 +649,23 @@ class DecodeFp8CacheRowTests(unittest.TestCase):
         self.assertIn("bf16/fp8 2.00x", decode.format_table([row]))
 
 
+class DetSimTest(unittest.TestCase):
+    """bench/det_sim.py, the schedule model of the deterministic backward's turns, on cases with a closed form."""
+
+    def test_turns_cost_nothing_without_lag(self):
+        from det_sim import makespan
+        for causal in (False, True):
+            base = makespan(4, 8, 16, 12, False, causal, False)
+            self.assertEqual(makespan(4, 8, 16, 12, True, causal, False, lag=0.0), base)
+
+    def test_one_head_resident_lags_by_rank(self):
+        # Every key block resident at once, the same pace: key block n of copy n % 2 waits (n // 2) lags once.
+        from det_sim import makespan
+        n, m, lag = 8, 16, 0.25
+        self.assertEqual(makespan(1, n, m, n, False, False, False), m)
+        self.assertAlmostEqual(makespan(1, n, m, n, True, False, False, lag=lag), m + (n - 1) // 2 * lag)
+        self.assertAlmostEqual(makespan(1, n, m, n, True, False, False, lag=lag, copies=1), m + (n - 1) * lag)
+
+
 if __name__ == "__main__":
     unittest.main()
