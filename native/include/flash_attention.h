@@ -809,7 +809,8 @@ FA_API fa_status_t fa_query_support(const fa_support_query_t* query);
 FA_API fa_status_t fa_kernel_count(int32_t* count);
 
 /* Name of compiled kernel `index` (0 <= index < count), e.g. "sm80_fwd_bf16_hdim128_local_128x64_4w",
-   "sm90_fwd_bf16_hdim128_local_128x128_3wg2s" or "sm90_bwd_bf16_hdim128_64x128_2wg".
+   "sm90_fwd_bf16_hdim128_local_128x128_3wg2s" or "sm90_bwd_bf16_hdim128_64x128_2wg" (the tile's warps or warpgroups
+   that compute it; an sm90 backward `_det` kernel adds a warpgroup that orders the dq adds).
    The string is owned by the library and lives as long as the process. */
 FA_API fa_status_t fa_kernel_name(int32_t index, const char** name);
 

@@ -331,7 +331,8 @@ public static unsafe partial class NativeMethods
 
     /// <summary>
     /// Name of compiled kernel <c>index</c> (0 &lt;= index &lt; count), e.g. "sm80_fwd_bf16_hdim128_local_128x64_4w",
-    /// "sm90_fwd_bf16_hdim128_local_128x128_3wg2s" or "sm90_bwd_bf16_hdim128_64x128_2wg".
+    /// "sm90_fwd_bf16_hdim128_local_128x128_3wg2s" or "sm90_bwd_bf16_hdim128_64x128_2wg" (the tile's warps or warpgroups
+    /// that compute it; an sm90 backward <c>_det</c> kernel adds a warpgroup that orders the dq adds).
     /// The string is owned by the library and lives as long as the process.
     /// </summary>
     /// <remarks>

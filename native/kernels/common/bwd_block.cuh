@@ -121,8 +121,9 @@ __device__ __forceinline__ float* bwd_dq_rows(const BwdParams& p, const BwdBlock
 }
 
 // Deterministic mode, before block m of head h takes its turn on dQ: waits until every key block ahead of this
-// one in the block's order (bwd_turn_rank) has added its part. One thread calls it (bwd_wait_turn: thread 0, then a
-// barrier of the whole CTA; the sm90 kernel's overlapped form: thread 0 while its products run, the barrier later).
+// one in the block's order (bwd_turn_rank) has added its part. One thread calls it: in the sm80 kernels thread 0
+// (bwd_wait_turn, then a barrier of the whole CTA), in the sm90 ones the turn warp's lane 0 (then a named barrier
+// where the consumers wait; sm90/bwd_kernel.cuh).
 template <bool kLocal, int BM, int BN>
 __device__ __forceinline__ void bwd_poll_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
     const int rank = bwd_turn_rank<kLocal, BM, BN>(c, m, p.dq_copies);
@@ -147,27 +148,29 @@ __device__ __forceinline__ void bwd_poll_turn(const BwdParams& p, const BwdBlock
     }
 }
 
-// Every thread calls it.
+// The sm80 kernels' form: every thread calls it.
 template <bool kLocal, int BM, int BN>
 __device__ __forceinline__ void bwd_wait_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
     if (threadIdx.x == 0) bwd_poll_turn<kLocal, BM, BN>(p, c, h, m);
     __syncthreads();
 }
 
-// ... and after its adds, once a barrier of the whole CTA has followed them: the barrier orders every warp's adds
-// before thread 0's fence and release (cumulative, as in CUTLASS's semaphore), so the next key block sees them all.
-// One thread calls bwd_pass_turn; every thread calls bwd_release_turn (thread 0 passes). The fence waits until the adds are performed at the GPU, so the kernels pass the turn of an
-// iteration's block at a barrier in the middle of the next iteration (and after the walk for the last one), where the
-// adds have had half an iteration of products to complete: the fence then rarely waits, and the next key block in
-// the order gets its turn that much later (FA_BWD_DET_DEFER_RELEASE 0: at once, behind a barrier of its own).
+// ... and after its adds, once a barrier has followed them: the barrier orders every warp's adds before the passing
+// thread's fence and release (cumulative, as in CUTLASS's semaphore), so the next key block sees them all. One thread
+// calls bwd_pass_turn: the sm90 turn warp's lane 0 after the consumers' arrival at a named barrier, or through
+// bwd_release_turn (every thread calls it) the sm80 kernels' thread 0. The fence waits until the adds are performed
+// at the GPU, so the sm80 kernels pass the turn of an iteration's block at a barrier in the middle of the next
+// iteration (and after the walk for the last one), where the adds have had half an iteration of products to
+// complete: the fence then rarely waits, and the next key block in the order gets its turn that much later
+// (FA_BWD_DET_DEFER_RELEASE 0: at once, behind a barrier of its own).
 __device__ __forceinline__ void bwd_pass_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
     int32_t* sem = bwd_turn_counter(p, c, h, m);
     __threadfence();
     st_release_gpu(sem, ld_acquire_gpu(sem) + 1);
 }
 
-// The same by one increment, without bwd_pass_turn's load of the counter and its sequentially consistent fence (the sm90
-// kernels' turn warp under FA_SM90_BWD_TURN_PIPELINE).
+// The same by one increment, without bwd_pass_turn's load of the counter and its sequentially consistent fence
+// (the sm90 kernels' turn warp under FA_SM90_BWD_TURN_PIPELINE).
 __device__ __forceinline__ void bwd_pass_turn_inc(const BwdParams& p, const BwdBlock& c, int h, int m) {
     red_release_inc_gpu(bwd_turn_counter(p, c, h, m));
 }

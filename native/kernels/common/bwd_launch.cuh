@@ -3,11 +3,12 @@
 // launches one CTA per (key block, batch, kv head). A family (sm80::BwdFamily, sm90::BwdFamily) says
 // which kernel a variant is and its launch shape:
 //   template <bool kLocal, bool kSoftcap, bool kDet> static auto kernel();   // the __global__ function
-//   static constexpr int kSmemBytes, kThreads;
+//   static constexpr int kSmemBytes;
+//   template <bool kDet> static constexpr int threads();       // the kernel's block size
 //   template <bool kDet> static constexpr int launch_regs();   // registers a thread its setmaxnreg assumes, or 0
 //   static constexpr bool local_variant(bool local);                          // the mask variant that runs
 //   static constexpr bool kHasDropout;   // dropout kernels of its own: kernel<true, kSoftcap, kDet, true>()
-//   template <class K> static cudaError_t launch(K kernel, unsigned blocks, const BwdParams&, cudaStream_t);
+//   template <class K> static cudaError_t launch(K kernel, unsigned blocks, int threads, const BwdParams&, cudaStream_t);
 #pragma once
 #include <atomic>
 #include <climits>
@@ -40,7 +41,7 @@ cudaError_t launch_bwd_variant(const BwdParams& p, const LaunchInfo& info, cudaS
     const int64_t blocks = static_cast<int64_t>(p.n_blocks) * p.f.b * p.f.hkv;
     if (blocks == 0) return cudaSuccess;
     if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration;  // validation rejects these first
-    return Family::launch(kernel, static_cast<unsigned>(blocks), p, stream);
+    return Family::launch(kernel, static_cast<unsigned>(blocks), Family::template threads<kDet>(), p, stream);
 }
 
 template <class Family, bool kLocal, bool kSoftcap, bool kDropout = false>

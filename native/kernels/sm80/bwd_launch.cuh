@@ -12,7 +12,8 @@ template <typename T, int D, int DV>
 struct BwdFamily {
     using Tr = BwdTraits<T, D, BwdTile<D>, DV>;
     static constexpr int kSmemBytes = Tr::kSmemBytes;
-    static constexpr int kThreads = Tr::kThreads;
+    template <bool kDet>
+    static constexpr int threads() { return Tr::kThreads; }
     static constexpr bool local_variant(bool local) { return local; }
     static constexpr bool kHasDropout = true;  // dropout kernels of their own (local only; sm80/bwd_kernel.cuh)
     template <bool kDet>
@@ -20,8 +21,8 @@ struct BwdFamily {
     template <bool kLocal, bool kSoftcap, bool kDet, bool kDropout = false>
     static auto kernel() { return bwd_kernel<Tr, kLocal, kSoftcap, kDet, kDropout>; }
     template <class K>
-    static cudaError_t launch(K kernel, unsigned blocks, const BwdParams& p, cudaStream_t stream) {
-        kernel<<<blocks, kThreads, kSmemBytes, stream>>>(p);
+    static cudaError_t launch(K kernel, unsigned blocks, int threads, const BwdParams& p, cudaStream_t stream) {
+        kernel<<<blocks, threads, kSmemBytes, stream>>>(p);
         return cudaGetLastError();
     }
 };

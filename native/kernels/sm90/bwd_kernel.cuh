@@ -3,7 +3,8 @@
 // the GQA group, in the order BwdWalk says), the masks and the deterministic ordering (common/bwd_block.cuh) are the
 // sm80 kernel's; what differs is how the five products are computed:
 //
-// One CTA = two warpgroups = 128 keys (warpgroup w owns keys [64w, 64w + 64)); query blocks of 64 rows.
+// One CTA = two warpgroups = 128 keys (warpgroup w owns keys [64w, 64w + 64)); query blocks of 64 rows. In deterministic
+// mode a third warpgroup owns the turns on dQ (below, BwdTurns).
 // Every tile lives in shared memory as 64-column panels of 128-byte rows with the 128-byte swizzle,
 // which wgmma reads either K-major or MN-major, so no operand is ever transposed by hand:
 //   S^T  = K Q^T      m64n64, A = K (K-major), B = Q (K-major)        } keys as rows: the accumulators
@@ -91,7 +92,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
     // threads (cta_sync): the turn warp takes no part in them and touches no shared memory; the warpgroup's other
     // three warps leave at once, after giving their registers to the consumers.
     using Turns = BwdTurns<kDeterministic>;
-    constexpr bool kTurnWarp = Turns::kHas;
+    constexpr bool kTurnWarp = Turns::kHas;  // = kDeterministic
     constexpr int kBarCta = 1, kBarTurn = 2, kBarAdded = 3, kTurnCount = Tr::kThreads + 32;
     const auto cta_sync = [] {
         if constexpr (kTurnWarp) barrier_sync(kBarCta, Tr::kThreads); else __syncthreads();
@@ -441,11 +442,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
 
         cta_sync();  // dS^T written; every wgmma of block it - 1 retired (each warpgroup waited for its own)
         if constexpr (!kSplit) load_next(it);
-        // Deterministic: the previous iteration's turn, its adds issued before this iteration's first barrier.
-        if (kDeterministic && !kTurnWarp && kBwdDetDeferRelease && it > 0) {
-            bwd_release_turn(p, blk, blk.head(it - 1), blk.block(it - 1));
-        }
-        __syncwarp();  // (thread 0 alone released the turn)
+        __syncwarp();  // converged before the .aligned wgmma below (cta_sync is a non-aligned barrier in det mode)
 
         // dQ (this warpgroup's D/2 columns) = dS K: A = dS (queries contiguous: MN-major), B = K rows
         // (columns contiguous: MN-major), K = the block's keys. An MN-major B operand is read in 64-column panels
@@ -507,11 +504,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         // pairs, and a warp's adds cover 512 contiguous bytes); a partial last block row by row. (Measured 1.06-1.19x
         // the row-major adds; staging the fragments for one bulk reduction per warpgroup, 0.94-1.04x: bench/NOTES.md.)
         const bool frag = rows_here == BM;
-        if constexpr (kTurnWarp) {
-            barrier_sync(kBarTurn, kTurnCount);  // the turn warp saw this block's turn
-        } else if constexpr (kDeterministic) {
-            bwd_wait_turn<kLocal, BM, BN>(p, blk, h, m);
-        }
+        if constexpr (kTurnWarp) barrier_sync(kBarTurn, kTurnCount);  // the turn warp saw this block's turn
         if (frag) {
             float* dst = acc_rows + wg * (BM * kDqN) + tid % 128 * 4;
 #pragma unroll
@@ -527,20 +520,12 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
                 }
             }
         }
-        if constexpr (kTurnWarp) {
-            barrier_arrive(kBarAdded, kTurnCount);  // this thread's adds issued: the turn warp passes the turn
-        } else if (kDeterministic && !kBwdDetDeferRelease) {
-            __syncthreads();
-            bwd_release_turn(p, blk, h, m);
-        }
+        if constexpr (kTurnWarp) barrier_arrive(kBarAdded, kTurnCount);  // adds issued: the turn warp passes the turn
     }
 
     // Epilogue: dK * scale and dV to 16 bits, staged through the K and V tiles (panel layout), then
     // 16-byte stores of the rows and columns this call has. (No load is in flight: each one issued was waited for.)
     cta_sync();
-    if (kDeterministic && !kTurnWarp && kBwdDetDeferRelease && iters > 0) {
-        bwd_release_turn(p, blk, blk.head(iters - 1), blk.block(iters - 1));
-    }
     const float scale = f.scale;
     auto stage = [&](const float (&acc)[D / 2], int tile, float mul) {
 #pragma unroll

@@ -15,10 +15,12 @@ template <typename T, int D, int DV>
 struct BwdFamily {
     using Tr = BwdTraits90<D, DV>;
     static constexpr int kSmemBytes = Tr::kSmemBytes;
-    static constexpr int kThreads = Tr::kThreads;
+    // Two consumer warpgroups, and in deterministic mode the turn warpgroup (sm90/bwd_traits.h BwdTurns).
+    template <bool kDet>
+    static constexpr int threads() { return BwdTurns<kDet>::kThreads; }
     static constexpr bool local_variant(bool local) { return Tr::kSplit ? true : local; }
     static constexpr bool kHasDropout = false;  // dropout is sm80-only (the host refuses it here)
-    // The deterministic kernels' turn warpgroup gives registers to the consumers (sm90/bwd_traits.h BwdTurns).
+    // The turn warpgroup gives registers to the consumers.
     template <bool kDet>
     static constexpr int launch_regs() {
         return BwdTurns<kDet>::kHas ? BwdTurns<kDet>::kLaunchRegs : 0;
@@ -28,7 +30,7 @@ struct BwdFamily {
     // The TMA descriptors of q and dO for this call (host-only encoding, no allocation: graph-safe; dO's columns are
     // v's head dim), then the launch.
     template <class K>
-    static cudaError_t launch(K kernel, unsigned blocks, const BwdParams& p, cudaStream_t stream) {
+    static cudaError_t launch(K kernel, unsigned blocks, int threads, const BwdParams& p, cudaStream_t stream) {
         const FwdParams& f = p.f;
         BwdArgs90 a;
         a.p = p;
@@ -47,7 +49,6 @@ struct BwdFamily {
                               p.do_batch_stride, Tr::kBlockM)) != cudaSuccess) {
             return err;
         }
-        const int threads = p.deterministic ? BwdTurns<true>::kThreads : BwdTurns<false>::kThreads;
         kernel<<<blocks, threads, kSmemBytes, stream>>>(a);
         return cudaGetLastError();
     }

@@ -10,12 +10,9 @@ namespace sm90 {
 // Deterministic mode: a third warpgroup whose first warp owns the turns on dQ (bwd_kernel_sm90): it waits for each
 // query block's turn ahead of the consumers and passes it after their adds, so that neither the poll's round trip
 // nor the fence that waits for the adds stalls a consumer warp. It gives its registers to the consumers (setmaxnreg:
-// 24 for it, 240 for them, from 168 at launch). Measured (H200) 1.25-1.55x the consumers' own turns, and at D 64
-// 1.09-1.11x a ninth warp alone (which caps every thread at 168 registers: each quarter of the register file holds
-// three of the nine warps); bench/NOTES.md, fourteenth session. 0: the consumers take and pass the turns themselves.
-#ifndef FA_SM90_BWD_TURN_WG
-#define FA_SM90_BWD_TURN_WG 1
-#endif
+// 24 for it, 240 for them, from 168 at launch). Measured (H200) 1.25-1.55x the consumers' own turns (thread 0 polling
+// and passing, as the sm80 kernels do), and at D 64 1.09-1.11x a ninth warp alone (which caps every thread at 168
+// registers: each quarter of the register file holds three of the nine warps); bench/NOTES.md, fourteenth session.
 // The turn warp's loop (experiment, not yet run on a GPU; 0: as measured in the fourteenth session): 1 polls the next
 // query block's turn before it waits for the consumers' adds to this one (the poll's round trip then overlaps their
 // work instead of following the pass), and passes a turn by one release increment (fence.acq_rel and red.add) instead
@@ -24,13 +21,13 @@ namespace sm90 {
 #ifndef FA_SM90_BWD_TURN_PIPELINE
 #define FA_SM90_BWD_TURN_PIPELINE 0
 #endif
-// kThreads: the kernel's (two consumer warpgroups, and the turn warpgroup where it has one).
+// kThreads: the kernel's (two consumer warpgroups, and the turn warpgroup in deterministic mode).
 template <bool kDeterministic>
 struct BwdTurns {
-    static constexpr bool kHas = kDeterministic && FA_SM90_BWD_TURN_WG != 0;
+    static constexpr bool kHas = kDeterministic;
     static constexpr int kThreads = 256 + (kHas ? 128 : 0);
-    static constexpr int kLaunchRegs = 168, kTurnRegs = 24, kConsumerRegs = 240;
-    static_assert(kLaunchRegs * 384 <= 65536 && (kLaunchRegs - kTurnRegs) >= 2 * (kConsumerRegs - kLaunchRegs),
+    static constexpr int kLaunchRegs = (65536 / kThreads) / 8 * 8, kTurnRegs = 24, kConsumerRegs = 240;
+    static_assert(!kHas || (kLaunchRegs - kTurnRegs) >= 2 * (kConsumerRegs - kLaunchRegs),
                   "the turn warpgroup's registers cover the consumers' increase");
 };
 
@@ -61,7 +58,7 @@ struct BwdTraits90 {
     static constexpr bool kSplit = bwd_split(D);  // warpgroups split the roles (see above)
     static constexpr int kBlockM = 64;
     static constexpr int kBlockN = kSplit ? 64 : 128;
-    static constexpr int kThreads = 256;  // two warpgroups (the consumers; BwdTurns: with the turn warpgroup)
+    static constexpr int kThreads = 256;  // two consumer warpgroups (BwdTurns: with the deterministic mode's turn warpgroup)
     // Q and dO of a query block arrive by TMA, its row statistics (lse_log2 then dsum) by cp.async, into a ring of
     // kStages stages, each completing one mbarrier; three stages where they fit (the load of block it + 2 is issued
     // in the middle of block it), two at D = 256 (D = 192 takes 226 KB with three, and so does the pair (192, 128)).
