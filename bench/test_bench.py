@@ -667,5 +667,26 @@ class DetSimTest(unittest.TestCase):
         self.assertAlmostEqual(makespan(1, n, m, n, True, False, False, lag=lag, copies=1), m + (n - 1) * lag)
 
 
+class BwdTraceTest(unittest.TestCase):
+    """bench/bwd_trace.py's summary of a trace (no GPU): cycles per iteration from the per-CTA sums."""
+
+    def test_phase_cycles_per_iteration(self):
+        import bwd_trace
+        cells = {(0, 0, 1): 1000, (0, 0, 8): 500, (0, 0, 9): 10, (0, 0, 10): 300, (0, 0, 11): 150,
+                 (1, 0, 1): 1000, (1, 0, 8): 500, (1, 0, 9): 10,
+                 (1, 2, 0): 80, (1, 2, 2): 20, (1, 2, 9): 4}
+        text = bwd_trace.summarize(lambda c, r, e: cells.get((c, r, e), 0), "synthetic")
+        self.assertIn("consumer 0: 2 CTAs, 20 iterations, 150 cycles an iteration", text)
+        self.assertIn("S,dP 100 (67%)  dQ adds 50 (33%)", text)
+        self.assertIn("prologue 150, epilogue 75 cycles (1.50 iterations)", text)
+        self.assertIn("turn warp: 1 CTAs, 4 iterations, 25 cycles an iteration", text)
+        self.assertNotIn("consumer 1", text)
+
+    def test_rows(self):
+        import bwd_trace
+        self.assertEqual(bwd_trace.parse_rows("16x16x1024x64, 1x8x4096x128c"),
+                         [(16, 16, 1024, 64, False), (1, 8, 4096, 128, True)])
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -33,5 +33,11 @@ option(FA_PTXAS_VERBOSE "Print ptxas resource usage (registers, smem, spills) pe
 # a release: the stamps cost a little and the library exports two more functions.
 option(FA_SM90_FWD_TRACE "Trace the sm90 forward's tile phases (a measuring build)" OFF)
 
+# FA_SM90_BWD_TRACE: a measuring build of the sm90 backward: the cycles of each phase of each iteration, summed per CTA
+# and role, read back by fa_debug_bwd_trace (the bf16 kernels of head dim FA_SM90_BWD_TRACE_HDIM: 64, 128, 192 or 256;
+# native/kernels/sm90/bwd_trace.cuh, bench/bwd_trace.py). Never for a release, as the forward's.
+option(FA_SM90_BWD_TRACE "Trace the sm90 backward's iteration phases (a measuring build)" OFF)
+set(FA_SM90_BWD_TRACE_HDIM "64" CACHE STRING "Head dim whose bf16 sm90 backward kernels the trace reads back")
+
 # FA_WARNINGS_AS_ERRORS: turn compiler warnings of the library's own sources into errors (CI uses it).
 option(FA_WARNINGS_AS_ERRORS "Treat compiler warnings as errors" OFF)

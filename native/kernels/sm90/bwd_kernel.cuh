@@ -46,6 +46,7 @@
 #include "common/tile_io.cuh"
 #include "params/bwd_params.h"
 #include "sm90/async.cuh"
+#include "sm90/bwd_trace.cuh"
 #include "sm90/bwd_traits.h"
 #include "sm90/wgmma.cuh"
 
@@ -80,6 +81,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
     const bool varlen = blk.varlen;
     const int tid = threadIdx.x, lane = tid % 32;
     const int wg = tid / 128, wl = (tid % 128) / 32;  // warpgroup, warp within it
+    BwdTrace trace(wg, tid % 128 == 0);  // a trace build's phase cycles (sm90/bwd_trace.cuh); nothing otherwise
     if (keys_here <= 0) return;
     const int right_bound = blk.mask.right, left_bound = blk.mask.left;
     const int iters = blk.iters;
@@ -105,23 +107,32 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
                 // Block it + 1's turn is polled before block it's is passed: no deadlock, since the turn order of
                 // the key blocks is the same at every query block (BwdWalk), so none ahead of this one waits for it.
                 if (lane == 0 && iters > 0) bwd_poll_turn<kLocal, BM, BN>(p, blk, blk.head(0), blk.block(0));
+                trace.lap(0);
                 for (int it = 0; it < iters; ++it) {
                     __syncwarp();
                     barrier_arrive(kBarTurn, kTurnCount);
                     if (lane == 0 && it + 1 < iters) bwd_poll_turn<kLocal, BM, BN>(p, blk, blk.head(it + 1), blk.block(it + 1));
+                    trace.lap(0);
                     __syncwarp();
                     barrier_sync(kBarAdded, kTurnCount);
+                    trace.lap(1);
                     if (lane == 0) bwd_pass_turn_inc(p, blk, blk.head(it), blk.block(it));
+                    trace.lap(2);
+                    trace.count(9);
                 }
                 __syncwarp();
             } else {
                 for (int it = 0; it < iters; ++it) {
                     const int h = blk.head(it), m = blk.block(it);
                     if (lane == 0) bwd_poll_turn<kLocal, BM, BN>(p, blk, h, m);
+                    trace.lap(0);
                     __syncwarp();
                     barrier_arrive(kBarTurn, kTurnCount);
                     barrier_sync(kBarAdded, kTurnCount);
+                    trace.lap(1);
                     if (lane == 0) bwd_pass_turn(p, blk, h, m);
+                    trace.lap(2);
+                    trace.count(9);
                     __syncwarp();
                 }
             }
@@ -229,6 +240,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
     const float scale_log2 = f.scale_log2;
     const float cap_premul = kSoftcap ? f.scale / f.softcap : 1.f;
 
+    trace.lap(10);
     for (int it = 0; it < iters; ++it) {
         const int h = blk.head(it);
         const int m = blk.block(it);
@@ -244,6 +256,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
 
         mbar_wait(bar0 + 8 * st_it, (it / S) & 1);  // Q, dO and the statistics of block it have landed
         __syncwarp();  // (the wait is a loop: the warp converged again before the .aligned wgmma instructions)
+        trace.lap(0);
         if (varlen && rows_here < BM) {
             // The rows past this sequence's last one hold the next sequence's queries: zeros instead, so that no
             // value of another sequence (not even an inf or a NaN) reaches this one's dK and dV.
@@ -292,6 +305,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         wgmma_wait<0>();
         fence_regs(st);
         fence_regs(dpt);
+        trace.lap(1);
 
         // P^T = exp2(S^T * scale_log2 - lse_log2[query]) (0 where masked or past the sequence), dS^T =
         // P^T (dP^T - dsum[query]) [* (1 - tanh^2)], packed to 16 bits as the A fragments of dV/dK: k-step
@@ -373,6 +387,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
                 if constexpr (kSplit) px[j * 128] = make_float4(handed[0], handed[1], handed[2], handed[3]);
             }
         }
+        trace.lap(2);
         if constexpr (kSplit) {
             // P^T handed over by one barrier of the consumers (cta_sync), executed by both warpgroups at this one
             // instruction. Warpgroup 1 arrives from the end of its dP^T product, long before warpgroup 0 has
@@ -383,6 +398,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
             cta_sync();
             load_next(it);
         }
+        trace.lap(3);
         if (kSplit && wg == 1) {
 #pragma unroll
             for (int j = 0; j < BM / 8; ++j) {
@@ -439,10 +455,12 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
             }
         }
         wgmma_commit();
+        trace.lap(4);
 
         cta_sync();  // dS^T written; every wgmma of block it - 1 retired (each warpgroup waited for its own)
         if constexpr (!kSplit) load_next(it);
         __syncwarp();  // converged before the .aligned wgmma below (cta_sync is a non-aligned barrier in det mode)
+        trace.lap(5);
 
         // dQ (this warpgroup's D/2 columns) = dS K: A = dS (queries contiguous: MN-major), B = K rows
         // (columns contiguous: MN-major), K = the block's keys. An MN-major B operand is read in 64-column panels
@@ -489,6 +507,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         }
         wgmma_commit();
         wgmma_wait<0>();  // also retires dV/dK
+        trace.lap(6);
         fence_regs(dq_a);
         fence_regs(dq_b);
         fence_regs(acc_k);
@@ -505,6 +524,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         // the row-major adds; staging the fragments for one bulk reduction per warpgroup, 0.94-1.04x: bench/NOTES.md.)
         const bool frag = rows_here == BM;
         if constexpr (kTurnWarp) barrier_sync(kBarTurn, kTurnCount);  // the turn warp saw this block's turn
+        trace.lap(7);
         if (frag) {
             float* dst = acc_rows + wg * (BM * kDqN) + tid % 128 * 4;
 #pragma unroll
@@ -520,6 +540,8 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
                 }
             }
         }
+        trace.lap(8);
+        trace.count(9);
         if constexpr (kTurnWarp) barrier_arrive(kBarAdded, kTurnCount);  // adds issued: the turn warp passes the turn
     }
 
@@ -559,6 +581,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
             }
         }
     }
+    trace.lap(11);
 #elif defined(__CUDA_ARCH__)
     // Device code for another target (the sm_80 pass, or PTX that a driver JIT-compiles, e.g. under
     // CUDA_FORCE_PTX_JIT): the host launches this kernel only where sm_90a code exists, so reaching here
