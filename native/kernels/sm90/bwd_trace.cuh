@@ -24,6 +24,8 @@ struct BwdTrace {  // (the bodies are device code only: the host pass parses the
 #ifdef __CUDA_ARCH__
         row = tracer && blockIdx.x < kBwdTraceCtas ? g_bwd_trace[blockIdx.x][role] : nullptr;
         t = clock64();
+#else
+        (void)role, (void)tracer;
 #endif
     }
     // Adds the cycles since the last lap to event e.
@@ -32,11 +34,15 @@ struct BwdTrace {  // (the bodies are device code only: the host pass parses the
         const long long now = clock64();
         if (row != nullptr) atomicAdd(row + e, static_cast<unsigned long long>(now - t));
         t = now;
+#else
+        (void)e;
 #endif
     }
     __device__ __forceinline__ void count(int e) {
 #ifdef __CUDA_ARCH__
         if (row != nullptr) atomicAdd(row + e, 1ull);
+#else
+        (void)e;
 #endif
     }
 };
