@@ -94,12 +94,11 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
     // threads (cta_sync): the turn warp takes no part in them and touches no shared memory; the warpgroup's other
     // three warps leave at once, after giving their registers to the consumers.
     using Turns = BwdTurns<kDeterministic>;
-    constexpr bool kTurnWarp = Turns::kHas;  // = kDeterministic
     constexpr int kBarCta = 1, kBarTurn = 2, kBarAdded = 3, kTurnCount = Tr::kThreads + 32;
     const auto cta_sync = [] {
-        if constexpr (kTurnWarp) barrier_sync(kBarCta, Tr::kThreads); else __syncthreads();
+        if constexpr (kDeterministic) barrier_sync(kBarCta, Tr::kThreads); else __syncthreads();
     };
-    if constexpr (kTurnWarp) {
+    if constexpr (kDeterministic) {
         if (tid >= Tr::kThreads) {
             regs_dealloc<Turns::kTurnRegs>();
             if (tid >= Tr::kThreads + 32) return;
@@ -523,7 +522,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         // pairs, and a warp's adds cover 512 contiguous bytes); a partial last block row by row. (Measured 1.06-1.19x
         // the row-major adds; staging the fragments for one bulk reduction per warpgroup, 0.94-1.04x: bench/NOTES.md.)
         const bool frag = rows_here == BM;
-        if constexpr (kTurnWarp) barrier_sync(kBarTurn, kTurnCount);  // the turn warp saw this block's turn
+        if constexpr (kDeterministic) barrier_sync(kBarTurn, kTurnCount);  // the turn warp saw this block's turn
         trace.lap(7);
         if (frag) {
             float* dst = acc_rows + wg * (BM * kDqN) + tid % 128 * 4;
@@ -542,7 +541,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         }
         trace.lap(8);
         trace.count(9);
-        if constexpr (kTurnWarp) barrier_arrive(kBarAdded, kTurnCount);  // adds issued: the turn warp passes the turn
+        if constexpr (kDeterministic) barrier_arrive(kBarAdded, kTurnCount);  // adds issued: the turn warp passes the turn
     }
 
     // Epilogue: dK * scale and dV to 16 bits, staged through the K and V tiles (panel layout), then

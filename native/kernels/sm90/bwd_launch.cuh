@@ -23,7 +23,7 @@ struct BwdFamily {
     // The turn warpgroup gives registers to the consumers.
     template <bool kDet>
     static constexpr int launch_regs() {
-        return BwdTurns<kDet>::kHas ? BwdTurns<kDet>::kLaunchRegs : 0;
+        return kDet ? BwdTurns<kDet>::kLaunchRegs : 0;
     }
     template <bool kLocal, bool kSoftcap, bool kDet>
     static auto kernel() { return bwd_kernel_sm90<T, D, kLocal, kSoftcap, kDet, DV>; }

@@ -25,10 +25,9 @@ namespace sm90 {
 // kThreads: the kernel's (two consumer warpgroups, and the turn warpgroup in deterministic mode).
 template <bool kDeterministic>
 struct BwdTurns {
-    static constexpr bool kHas = kDeterministic;
-    static constexpr int kThreads = 256 + (kHas ? 128 : 0);
+    static constexpr int kThreads = 256 + (kDeterministic ? 128 : 0);
     static constexpr int kLaunchRegs = (65536 / kThreads) / 8 * 8, kTurnRegs = 24, kConsumerRegs = 240;
-    static_assert(!kHas || (kLaunchRegs - kTurnRegs) >= 2 * (kConsumerRegs - kLaunchRegs),
+    static_assert(!kDeterministic || (kLaunchRegs - kTurnRegs) >= 2 * (kConsumerRegs - kLaunchRegs),
                   "the turn warpgroup's registers cover the consumers' increase");
 };
 
