@@ -603,12 +603,7 @@ int32_t decode_num_splits(const DecodeParams& p, const LaunchInfo& info, int32_t
                           int32_t max_splits) {
     if (requested > 0) return requested;
     const bool fp8 = p.cache_dtype == DType::Float8E4M3;
-    // One CTA an SM streams a contiguous 16-bit cache at the memory's rate, not a paged or an fp8 one
-    // (choose_decode_splits' one_wave_min) but for a short fp8 cache, where the second split's combine costs more
-    // than it gains (H200, B 16 x 8 kv heads, fourteenth session: 1k 23.4 us unsplit against 28.4 at two splits; 4k
-    // 58.0 against 56.6).
-    const bool short_fp8 = fp8 && p.block_table == nullptr && length_hint <= 1024;
-    const int one_wave_min = (fp8 && !short_fp8) || p.block_table != nullptr ? 2 : 1;
+    const int one_wave_min = sm80::decode_one_wave_min(fp8, p.block_table != nullptr, length_hint);
     return with_head_dim(kernel_head_dim(p.d), [&](auto hd) {
         using Tr16 = sm80::DecodeTraitsFor<__half, decltype(hd)::value>;
         using Tr8 = sm80::DecodeTraitsFp8For<__half, decltype(hd)::value>;

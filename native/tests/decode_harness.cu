@@ -246,7 +246,8 @@ static DecodeParams make_params(const Case& c, const Device& dv) {
                    : c.splits > 0      ? c.splits
                                        : choose_decode_splits(int64_t(c.b) * c.hkv * p.m_blocks, longest, Tr::kBlockN,
                                                               Tr::kSmemBytes, Tr::kMinBlocks, g_info.sm_count,
-                                                              g_info.smem_optin, FA_DECODE_MAX_SPLITS, c.block ? 2 : 1);
+                                                              g_info.smem_optin, FA_DECODE_MAX_SPLITS,
+                                                              decode_one_wave_min(false, c.block > 0, longest));
     const size_t accum_rows = size_t(p.num_splits) * c.b * c.hq * c.sq;
     p.o_accum = dv.ws;
     p.lse_accum = dv.ws + (accum_rows * c.d + 63) / 64 * 64;
