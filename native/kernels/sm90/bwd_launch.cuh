@@ -58,18 +58,13 @@ struct BwdFamily {
 }  // namespace fa
 
 #if defined(FA_SM90_BWD_TRACE) && defined(FA_SM90_BWD_TRACE_EXPORT)
+#include "sm90/trace_readback.h"
 // The trace's read-back (sm90/bwd_trace.cuh), in the one translation unit CMake marks (FA_SM90_BWD_TRACE_HDIM's bf16
-// kernels): copies its g_bwd_trace after synchronizing the device (returns the bytes copied, < 0 on an error);
-// _clear zeroes it.
-static constexpr size_t kBwdTraceBytes = sizeof(fa::sm90::g_bwd_trace);
+// kernels).
 extern "C" __attribute__((visibility("default"))) int fa_debug_bwd_trace(void* dst, size_t bytes) {
-    if (bytes > kBwdTraceBytes) bytes = kBwdTraceBytes;
-    if (cudaDeviceSynchronize() != cudaSuccess) return -1;
-    return cudaMemcpyFromSymbol(dst, fa::sm90::g_bwd_trace, bytes) == cudaSuccess ? static_cast<int>(bytes) : -2;
+    return fa::sm90::trace_read(fa::sm90::g_bwd_trace, dst, bytes);
 }
 extern "C" __attribute__((visibility("default"))) int fa_debug_bwd_trace_clear() {
-    void* address = nullptr;
-    if (cudaGetSymbolAddress(&address, fa::sm90::g_bwd_trace) != cudaSuccess) return -2;
-    return cudaMemset(address, 0, kBwdTraceBytes) == cudaSuccess && cudaDeviceSynchronize() == cudaSuccess ? 0 : -2;
+    return fa::sm90::trace_clear(fa::sm90::g_bwd_trace);
 }
 #endif

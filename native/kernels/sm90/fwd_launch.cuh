@@ -138,18 +138,12 @@ int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uin
 }  // namespace fa
 
 #if defined(FA_SM90_FWD_TRACE) && defined(FA_SM90_FWD_TRACE_EXPORT)
-#include <vector>
-// The trace's read-back (sm90/fwd_trace.cuh), in the one translation unit CMake marks (the head-dim-128 bf16 kernels):
-// copies its g_fwd_trace after synchronizing the device (returns the bytes copied, < 0 on an error); _clear zeroes it.
-static constexpr size_t kFwdTraceBytes = static_cast<size_t>(fa::sm90::kTraceCtas) * fa::sm90::kTraceTiles *
-                                         fa::sm90::kTraceRoles * fa::sm90::kTraceEvents * 8;
+#include "sm90/trace_readback.h"
+// The trace's read-back (sm90/fwd_trace.cuh), in the one translation unit CMake marks (the head-dim-128 bf16 kernels).
 extern "C" __attribute__((visibility("default"))) int fa_debug_fwd_trace(void* dst, size_t bytes) {
-    if (bytes > kFwdTraceBytes) bytes = kFwdTraceBytes;
-    if (cudaDeviceSynchronize() != cudaSuccess) return -1;
-    return cudaMemcpyFromSymbol(dst, fa::sm90::g_fwd_trace, bytes) == cudaSuccess ? static_cast<int>(bytes) : -2;
+    return fa::sm90::trace_read(fa::sm90::g_fwd_trace, dst, bytes);
 }
 extern "C" __attribute__((visibility("default"))) int fa_debug_fwd_trace_clear() {
-    const std::vector<char> zeros(kFwdTraceBytes, 0);
-    return cudaMemcpyToSymbol(fa::sm90::g_fwd_trace, zeros.data(), kFwdTraceBytes) == cudaSuccess ? 0 : -2;
+    return fa::sm90::trace_clear(fa::sm90::g_fwd_trace);
 }
 #endif
