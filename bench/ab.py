@@ -32,7 +32,7 @@ from common import (MAX_BWD_REL_ERR, MAX_FP8_REL_ERR, MAX_REL_ERR, FaLib, Timer,
                     lib_file, rel_err, tflops)
 from fa_abi import FA_PATH_AUTO, FA_PATH_SM80, FA_PATH_SM90  # noqa: E402
 from inputs import sdpa_inputs, torch_dtype  # noqa: E402
-from shapes import fwd_row, pass_flops, shapes_grid  # noqa: E402
+from shapes import fwd_row, parse_rows, pass_flops, shapes_grid  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -154,13 +154,8 @@ def main(argv=None):
     grid = shapes_grid(args.quick, args.pass_, (args.dtype,), sorted(keep) if keep else (64, 128, 256))
     shapes = [s for s in grid if not s.get("varlen") and (not keep or s["d"] in keep)]
     if args.rows:
-        shapes = []
-        for spec in (x.strip() for x in args.rows.split(",")):
-            if not spec:
-                continue
-            causal = spec.endswith("c")
-            b, h, sq, d = (int(x) for x in (spec[:-1] if causal else spec).split("x"))
-            shapes.append(fwd_row(d, int(causal), b, h, h, sq, args.pass_, args.dtype))
+        shapes = [fwd_row(d, int(causal), b, h, h, sq, args.pass_, args.dtype)
+                  for b, h, sq, d, causal in parse_rows(args.rows)]
     names = [n for n, _, _ in runs]
     # --alibi both: each build's ALiBi cost, the time with slopes over the time without (1.05: 5% slower).
     costs = [n for n, _ in libs] if args.alibi == "both" else []

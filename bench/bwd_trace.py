@@ -53,15 +53,6 @@ def summarize(at, label):
     return "\n".join(lines)
 
 
-def parse_rows(text):
-    rows = []
-    for spec in (x.strip() for x in text.split(",") if x.strip()):
-        causal = spec.endswith("c")
-        b, h, s, d = (int(x) for x in (spec[:-1] if causal else spec).split("x"))
-        rows.append((b, h, s, d, causal))
-    return rows
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lib", required=True)
@@ -71,6 +62,7 @@ def main():
     import torch
     from bwd import our_forward_for_bwd
     from common import FaLib, dtype_code, lib_file
+    from shapes import parse_rows
     lib = FaLib(lib_file(args.lib)).open()
     lib.lib.fa_debug_bwd_trace.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     code = dtype_code("bf16")

@@ -35,6 +35,17 @@ def varlen_lengths(seed=VARLEN_SEED, count=VARLEN_COUNT, lo=VARLEN_MIN, hi=VARLE
     return [rng.randint(lo, hi) for _ in range(count)]
 
 
+def parse_rows(text):
+    """Rows written BxHxSxD[c],... (q and k/v heads H, Sq = Sk = S; c appended: causal), as bench/ab.py --rows and
+    bench/bwd_trace.py --rows take them: [(b, h, s, d, causal)]."""
+    rows = []
+    for spec in (x.strip() for x in text.split(",") if x.strip()):
+        causal = spec.endswith("c")
+        b, h, s, d = (int(x) for x in (spec[:-1] if causal else spec).split("x"))
+        rows.append((b, h, s, d, causal))
+    return rows
+
+
 def fwd_row(d, causal, b, h, hkv, s, pass_="fwd", dtype="bf16"):
     return dict(pass_=pass_, dtype=dtype, d=d, causal=causal, b=b, h=h, hkv=hkv, sq=s, sk=s)
 

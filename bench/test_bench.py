@@ -682,9 +682,9 @@ class BwdTraceTest(unittest.TestCase):
         self.assertIn("turn warp: 1 CTAs, 4 iterations, 25 cycles an iteration", text)
         self.assertNotIn("consumer 1", text)
 
-    def test_rows(self):
-        import bwd_trace
-        self.assertEqual(bwd_trace.parse_rows("16x16x1024x64, 1x8x4096x128c"),
+    def test_rows(self):  # (shapes.parse_rows, which bench/ab.py --rows takes too)
+        import shapes
+        self.assertEqual(shapes.parse_rows("16x16x1024x64, 1x8x4096x128c"),
                          [(16, 16, 1024, 64, False), (1, 8, 4096, 128, True)])
 
 
