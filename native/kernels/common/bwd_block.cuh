@@ -156,11 +156,10 @@ __device__ __forceinline__ void bwd_wait_turn(const BwdParams& p, const BwdBlock
 }
 
 // ... and after its adds, once a barrier has followed them: the barrier orders every warp's adds before the passing
-// thread's fence and release (cumulative, as in CUTLASS's semaphore), so the next key block sees them all. One thread
-// calls bwd_pass_turn: the sm90 turn warp's lane 0 after the consumers' arrival at a named barrier, or through
-// bwd_release_turn (every thread calls it) the sm80 kernels' thread 0. The fence waits until the adds are performed
-// at the GPU, so the sm80 kernels pass the turn of an iteration's block at a barrier in the middle of the next
-// iteration (and after the walk for the last one), where the adds have had half an iteration of products to
+// thread's fence and release (cumulative, as in CUTLASS's semaphore), so the next key block sees them all. The sm80
+// kernels' thread 0 passes through bwd_release_turn (every thread calls it). The fence waits until the adds are
+// performed at the GPU, so the sm80 kernels pass the turn of an iteration's block at a barrier in the middle of the
+// next iteration (and after the walk for the last one), where the adds have had half an iteration of products to
 // complete: the fence then rarely waits, and the next key block in the order gets its turn that much later
 // (FA_BWD_DET_DEFER_RELEASE 0: at once, behind a barrier of its own).
 __device__ __forceinline__ void bwd_pass_turn(const BwdParams& p, const BwdBlock& c, int h, int m) {
@@ -169,8 +168,8 @@ __device__ __forceinline__ void bwd_pass_turn(const BwdParams& p, const BwdBlock
     st_release_gpu(sem, ld_acquire_gpu(sem) + 1);
 }
 
-// The same by one increment, without bwd_pass_turn's load of the counter and its sequentially consistent fence
-// (the sm90 kernels' turn warp under FA_SM90_BWD_TURN_PIPELINE).
+// The same by one release increment, without bwd_pass_turn's load of the counter and its sequentially consistent
+// fence: the sm90 kernels' turn warp (lane 0, after the consumers' arrival at a named barrier).
 __device__ __forceinline__ void bwd_pass_turn_inc(const BwdParams& p, const BwdBlock& c, int h, int m) {
     red_release_inc_gpu(bwd_turn_counter(p, c, h, m));
 }

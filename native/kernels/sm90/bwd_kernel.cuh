@@ -86,13 +86,16 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
     const int right_bound = blk.mask.right, left_bound = blk.mask.left;
     const int iters = blk.iters;
 
-    // Deterministic mode (BwdTurns): the third warpgroup's first warp owns the turns on dQ. Per query block of the
-    // walk it waits for the block's turn (lane 0 polls), arrives at kBarTurn, where the consumers wait before their
-    // adds, then waits at kBarAdded for their adds to be issued and passes the turn (lane 0: the fence waits for the
-    // adds, which the barrier ordered before it, then the release). So the consumers never poll nor fence, and the
-    // next block's turn is polled while they compute. The consumers' CTA barriers are then kBarCta over their 256
-    // threads (cta_sync): the turn warp takes no part in them and touches no shared memory; the warpgroup's other
-    // three warps leave at once, after giving their registers to the consumers.
+    // Deterministic mode (BwdTurns): the third warpgroup's first warp owns the turns on dQ. Lane 0 waits for the
+    // first query block's turn; then per block of the walk the warp arrives at kBarTurn, where the consumers wait
+    // before their adds, polls the next block's turn while they add, waits at kBarAdded for their adds to be issued
+    // and passes this block's turn by one release increment (fence.acq_rel + red.add: the barrier ordered every
+    // warp's adds before it, and the release is cumulative, as in CUTLASS's semaphore). So the consumers never poll
+    // nor fence, and the poll's round trip overlaps their work rather than following the pass. Polling block it + 1
+    // before passing block it cannot deadlock: the turn order of the key blocks is the same at every query block
+    // (BwdWalk), so no key block ahead of this one waits for it. The consumers' CTA barriers are kBarCta over their
+    // 256 threads (cta_sync): the turn warp takes no part in them and touches no shared memory; the warpgroup's
+    // other three warps leave at once, after giving their registers to the consumers.
     using Turns = BwdTurns<kDeterministic>;
     constexpr int kBarCta = 1, kBarTurn = 2, kBarAdded = 3, kTurnCount = Tr::kThreads + 32;
     const auto cta_sync = [] {
@@ -102,39 +105,21 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         if (tid >= Tr::kThreads) {
             regs_dealloc<Turns::kTurnRegs>();
             if (tid >= Tr::kThreads + 32) return;
-            if constexpr (FA_SM90_BWD_TURN_PIPELINE != 0) {
-                // Block it + 1's turn is polled before block it's is passed: no deadlock, since the turn order of
-                // the key blocks is the same at every query block (BwdWalk), so none ahead of this one waits for it.
-                if (lane == 0 && iters > 0) bwd_poll_turn<kLocal, BM, BN>(p, blk, blk.head(0), blk.block(0));
-                trace.lap(0);
-                for (int it = 0; it < iters; ++it) {
-                    __syncwarp();
-                    barrier_arrive(kBarTurn, kTurnCount);
-                    if (lane == 0 && it + 1 < iters) bwd_poll_turn<kLocal, BM, BN>(p, blk, blk.head(it + 1), blk.block(it + 1));
-                    trace.lap(0);
-                    __syncwarp();
-                    barrier_sync(kBarAdded, kTurnCount);
-                    trace.lap(1);
-                    if (lane == 0) bwd_pass_turn_inc(p, blk, blk.head(it), blk.block(it));
-                    trace.lap(2);
-                    trace.count(9);
-                }
+            if (lane == 0 && iters > 0) bwd_poll_turn<kLocal, BM, BN>(p, blk, blk.head(0), blk.block(0));
+            trace.lap(0);
+            for (int it = 0; it < iters; ++it) {
                 __syncwarp();
-            } else {
-                for (int it = 0; it < iters; ++it) {
-                    const int h = blk.head(it), m = blk.block(it);
-                    if (lane == 0) bwd_poll_turn<kLocal, BM, BN>(p, blk, h, m);
-                    trace.lap(0);
-                    __syncwarp();
-                    barrier_arrive(kBarTurn, kTurnCount);
-                    barrier_sync(kBarAdded, kTurnCount);
-                    trace.lap(1);
-                    if (lane == 0) bwd_pass_turn(p, blk, h, m);
-                    trace.lap(2);
-                    trace.count(9);
-                    __syncwarp();
-                }
+                barrier_arrive(kBarTurn, kTurnCount);
+                if (lane == 0 && it + 1 < iters) bwd_poll_turn<kLocal, BM, BN>(p, blk, blk.head(it + 1), blk.block(it + 1));
+                trace.lap(0);
+                __syncwarp();
+                barrier_sync(kBarAdded, kTurnCount);
+                trace.lap(1);
+                if (lane == 0) bwd_pass_turn_inc(p, blk, blk.head(it), blk.block(it));
+                trace.lap(2);
+                trace.count(9);
             }
+            __syncwarp();
             return;
         }
         regs_alloc<Turns::kConsumerRegs>();

@@ -7,21 +7,14 @@
 namespace fa {
 namespace sm90 {
 
-// The turn warp's loop (experiment, not yet run on a GPU; 0: as measured in the fourteenth session): 1 polls the next
-// query block's turn before it waits for the consumers' adds to this one (the poll's round trip then overlaps their
-// work instead of following the pass), and passes a turn by one release increment (fence.acq_rel and red.add) instead
-// of __threadfence, a load of the counter and a release store. Expected: the consumers no longer wait at the turn
-// barrier when an iteration is shorter than fence + load + store + poll (D 64: about 1.8 us an iteration).
-#ifndef FA_SM90_BWD_TURN_PIPELINE
-#define FA_SM90_BWD_TURN_PIPELINE 0
-#endif
-
 // Deterministic mode: a third warpgroup whose first warp owns the turns on dQ (bwd_kernel_sm90): it waits for each
 // query block's turn ahead of the consumers and passes it after their adds, so that neither the poll's round trip
 // nor the fence that waits for the adds stalls a consumer warp. It gives its registers to the consumers (setmaxnreg:
 // 24 for it, 240 for them, from 168 at launch). Measured (H200) 1.25-1.55x the consumers' own turns (thread 0 polling
 // and passing, as the sm80 kernels do), and at D 64 1.09-1.11x a ninth warp alone (which caps every thread at 168
 // registers: each quarter of the register file holds three of the nine warps); bench/NOTES.md, fourteenth session.
+// Its loop polls the next block's turn before passing this one's by a release increment: 1.00-1.14x more than
+// polling after a fenced load-and-store pass (D 64 1.04-1.14; fifteenth session).
 // kThreads: the kernel's (two consumer warpgroups, and the turn warpgroup in deterministic mode).
 template <bool kDeterministic>
 struct BwdTurns {
