@@ -8,6 +8,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <string>
@@ -154,6 +155,8 @@ std::string tile_tag(Pass pass, Path path, int dt, uint32_t features) {
                     if constexpr (D == 64) {
                         if (features & feature::kWide) return sm90_tile(sm90::FwdTraits90Wide{});
                     }
+                    // Paged K/V: the paged kernels' tile (sm90::FwdTraits90Of; 64 keys at head dim 256).
+                    if (features & feature::kPaged) return sm90_tile(sm90::FwdTraits90Of<D, false, D, true>{});
                     return sm90_tile(sm90::FwdTraits90<D>{});
                 }
                 return "none";
@@ -575,7 +578,10 @@ int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d) {
         switch (pass) {
             case Pass::Forward: {
                 if constexpr (sm90::fwd_head_dim(D)) {
-                    if (path == Path::Sm90) return sm90::FwdTraits90<D>::kSmemBytes;
+                    // (the larger of the contiguous and the paged kernels')
+                    if (path == Path::Sm90) {
+                        return std::max(sm90::FwdTraits90<D>::kSmemBytes, sm90::FwdTraits90Of<D, false, D, true>::kSmemBytes);
+                    }
                 }
                 using Tile = sm80::FwdTile<D>;
                 return sm80::FwdTraits<__half, D, Tile::kBlockM, Tile::kBlockN, Tile::kWarps, Tile::kMinBlocks>::kSmemBytes;

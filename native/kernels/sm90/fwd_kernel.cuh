@@ -824,10 +824,10 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
 #endif  // FA_SM90A_DEVICE
 
 template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false, bool kAlibiGemm = false>
-__global__ void __launch_bounds__(FwdTraits90<D, FwdIo90<T>::kFp8, DV>::kThreads, 1)
+__global__ void __launch_bounds__(FwdTraits90Of<D, FwdIo90<T>::kFp8, DV, kPaged>::kThreads, 1)
     fwd_kernel_sm90(const __grid_constant__ FwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
-    fwd_sm90_body<T, D, kLocal, kSoftcap, DV, kPaged, FwdTraits90<D, FwdIo90<T>::kFp8, DV>, kAlibiGemm>(a);
+    fwd_sm90_body<T, D, kLocal, kSoftcap, DV, kPaged, FwdTraits90Of<D, FwdIo90<T>::kFp8, DV, kPaged>, kAlibiGemm>(a);
 #elif defined(__CUDA_ARCH__)
     // Device code for another target: the host launches this kernel only where sm_90a code exists (see
     // sm90/bwd_kernel.cuh), so reaching here means the driver chose other code; fail loudly.

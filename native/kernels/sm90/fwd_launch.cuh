@@ -38,7 +38,7 @@ auto fwd_kernel_for() {
 
 template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false, bool kWide = false>
 cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStream_t stream) {
-    using Tr = std::conditional_t<kWide, FwdTraits90Wide, FwdTraits90<D, FwdIo90<T>::kFp8, DV>>;
+    using Tr = std::conditional_t<kWide, FwdTraits90Wide, FwdTraits90Of<D, FwdIo90<T>::kFp8, DV, kPaged>>;
     // Calls with ALiBi slopes run the local kernel's ALiBi variant where the build has it (FA_SM90_FWD_ALIBI_GEMM:
     // the bias through Q K^T, sm90/alibi_gemm.cuh; its own kernel, so that the local kernel that causal and windowed
     // calls without ALiBi run does not change); it reports the local kernel's features and name. Never the wide

@@ -15,6 +15,12 @@
 #ifndef FA_SM90_FWD_BN128
 #define FA_SM90_FWD_BN128 128
 #endif
+// Keys per K/V block of the head-dim-256 kernels over contiguous K/V (80, FA3's; 64 as before, overridable for
+// experiments): 80 measured 1.02-1.09x 64 on the H200 (bench/NOTES.md, fifteenth session; S 40 registers a thread beside
+// O's 128). The paged kernels keep 64 keys, a divisor of the block sizes the host serves (multiples of 128).
+#ifndef FA_SM90_FWD_BN256
+#define FA_SM90_FWD_BN256 80
+#endif
 // Where the head-dim-64 kernel (16-bit types) keeps P for O += P V: 0, in registers (the RS wgmma: the S accumulators
 // packed to 16 bits); 1, in a shared-memory tile per consumer warpgroup (the SS wgmma), FA3's choice with three
 // consumers, whose 160 registers hold S and O but not P beside them (bench/NOTES.md, experiment 6 of 2026-12-03).
@@ -93,8 +99,9 @@ constexpr bool fwd_v_pair(int d, int dv) { return (d == 192 && dv == 128) || (d 
 // the LSE. Its registers and tiles are then those of O's width 256 (D 256's: 64 keys, no ping-pong).
 // kD64Consumers, kD64PSmem: the consumers and where P lives at head dim 64 (16-bit, D = DV; ignored elsewhere), the
 // build's FA_SM90_FWD_D64_CONSUMERS and FA_SM90_FWD_P_SMEM unless given (FwdTraits90Wide below).
+// kPagedKV: the tile of the paged kernels (a key block lies in one block of the pool, so BlockN divides 128).
 template <int D, bool kFp8 = false, int DV = D, int kD64Consumers = FA_SM90_FWD_D64_CONSUMERS,
-          bool kD64PSmem = (FA_SM90_FWD_P_SMEM != 0)>
+          bool kD64PSmem = (FA_SM90_FWD_P_SMEM != 0), bool kPagedKV = false>
 struct FwdTraits90 {
     static_assert(kFp8 ? fwd_fp8_head_dim(D) : fwd_head_dim(D),
                   "the sm90 forward has kernels for head dims 64, 128, 192 and 256 (fp8: 128 and 256)");
@@ -112,7 +119,11 @@ struct FwdTraits90 {
     // and 64 keys keep the separate O tile within shared memory (FA3 picks 112 keys, with O staged through Q). The
     // registers go by O's width, so the pair (192, 128) takes 128 keys as D 128 does (its O then staged through Q),
     // and (64, 512), whose CTA's O is 256 columns wide, 64 as D 256.
-    static constexpr int kBlockN = kFp8 ? 128 : kVCols >= 192 ? 64 : D == 128 ? FA_SM90_FWD_BN128 : 128;
+    static constexpr int kBlockN = kFp8                          ? 128
+                                 : D == 256 && DV == D && !kPagedKV ? FA_SM90_FWD_BN256
+                                 : kVCols >= 192                    ? 64
+                                 : D == 128                         ? FA_SM90_FWD_BN128
+                                                                    : 128;
     static constexpr int kStages = kVChunks > 1 ? FA_SM90_FWD_VSPLIT_STAGES : !kFp8 && D == 64 ? 3 : 2;
     static constexpr int kThreads = 128 * (kConsumers + 1);
     // setmaxnreg budgets. The launch gives every thread kLaunchRegs (65536 / threads, a multiple of 8); the
@@ -181,7 +192,12 @@ struct FwdTraits90 {
                   "a column-chunked kernel stages O in its own tile (its O is wider than Q) and takes D 256's registers");
     static_assert(!kFp8 || kBlockN == 128, "an fp8 V^T row is one 128-byte panel row of keys");
     static_assert(kSmemBytes <= 227 * 1024, "fits an H100/H200 block's shared memory");
+    static_assert(!kPagedKV || 128 % kBlockN == 0, "a paged kernel's key block lies in one block of the pool");
 };
+
+// The traits of the build's kernel for (D, kFp8, DV), contiguous or paged K/V (fwd_kernel_sm90, launch_fwd, the registry).
+template <int D, bool kFp8 = false, int DV = D, bool kPagedKV = false>
+using FwdTraits90Of = FwdTraits90<D, kFp8, DV, FA_SM90_FWD_D64_CONSUMERS, (FA_SM90_FWD_P_SMEM != 0), kPagedKV>;
 
 // FlashAttention-3's head-dim-64 forward (16-bit): a 192-row tile of three consumers (registers 32/160) with P in
 // shared memory. The launcher runs it beside the build's own head-dim-64 kernel for the calls
