@@ -225,6 +225,70 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
     const float cap_premul = kSoftcap ? f.scale / f.softcap : 1.f;
 
     trace.lap(10);
+
+    // Block i's loads: waited for, and (varlen) a partial block's rows past its sequence zeroed. Every consumer thread
+    // calls it at the same block (it may end at a CTA barrier).
+    const auto stage_ready = [&](int i) {
+        const int st_i = i % S;
+        const int rows_i = min(BM, seq.sq - blk.block(i) * BM);
+        mbar_wait(bar0 + 8 * st_i, (i / S) & 1);  // Q, dO and the statistics of block i have landed
+        __syncwarp();  // (the wait is a loop: the warp converged again before the .aligned wgmma instructions)
+        if (varlen && rows_i < BM) {
+            // The rows past this sequence's last one hold the next sequence's queries: zeros instead, so that no
+            // value of another sequence (not even an inf or a NaN) reaches this one's dK and dV.
+            // (the pair's dO panels past DV are zeros already, and stay zeros)
+            constexpr int kChunks = BM * D / 8;  // 16-byte chunks of one Q or dO tile
+            for (int c = tid; c < kChunks; c += Tr::kThreads) {
+                const int r = (c / 8) % BM;  // panel rows of 8 chunks, BM rows a panel
+                if (r >= rows_i) {
+                    const int off = c * 16;
+                    *reinterpret_cast<uint4*>(smem + Tr::kOffQ + st_i * Tr::kSmemQ + off) = make_uint4(0, 0, 0, 0);
+                    *reinterpret_cast<uint4*>(smem + Tr::kOffDO + st_i * Tr::kSmemDO + off) = make_uint4(0, 0, 0, 0);
+                }
+            }
+            fence_proxy_async();  // the zeros, for wgmma's reads (and before the stage's next TMA writes)
+            cta_sync();
+        }
+    };
+
+    // S^T and dP^T of block i: [64 keys x 64 queries], K = D (kVPair: dP^T's k-steps past DV multiply zeros), issued
+    // and committed (one group). Both per warpgroup, or (kSplit) S^T in warpgroup 0 and dP^T in warpgroup 1, one
+    // instruction stream (the operands' descriptors differ).
+    float st[32], dpt[kSplit ? 1 : 32];
+    const auto issue_s_dp = [&](int i) {
+        const uint32_t sQ = s0 + Tr::kOffQ + (i % S) * Tr::kSmemQ;
+        const uint32_t sdO = s0 + Tr::kOffDO + (i % S) * Tr::kSmemDO;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) st[j] = 0.f;
+#pragma unroll
+        for (int j = 0; j < (kSplit ? 1 : 32); ++j) dpt[j] = 0.f;
+        fence_regs(st);
+        fence_regs(dpt);
+        wgmma_fence();
+        const uint32_t rows = static_cast<uint32_t>(key_base * 128);
+        const uint32_t a0 = kSplit && wg == 1 ? sV : sK;
+        const uint32_t b0 = kSplit && wg == 1 ? sdO : sQ;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const uint32_t ko = (kk / 4) * KStride + rows + (kk % 4) * 32;
+            const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
+            Wgmma<T, 64, 0, 0>::ss(st, smem_desc(a0 + ko, 16, 1024), smem_desc(b0 + qo, 16, 1024), 1);
+            if constexpr (!kSplit) {
+                Wgmma<T, 64, 0, 0>::ss(dpt, smem_desc(sV + ko, 16, 1024), smem_desc(sdO + qo, 16, 1024), 1);
+            }
+        }
+        wgmma_commit();
+    };
+    // kEarlyS (BwdTraits90, the default mode): block it + 1's S^T and dP^T are issued right after block it's dQ
+    // product, so they run while it waits for dQ and adds it; block 0's here.
+    constexpr bool kEarlyS = Tr::kEarlyS && !kDeterministic;
+    static_assert(!kEarlyS || S >= 3, "block it + 1's stage is neither block it's nor the one load_next(it) refills");
+    if constexpr (kEarlyS) {
+        if (iters > 0) {
+            stage_ready(0);
+            issue_s_dp(0);
+        }
+    }
     for (int it = 0; it < iters; ++it) {
         const int h = blk.head(it);
         const int m = blk.block(it);
@@ -238,55 +302,13 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         const uint32_t sdS = s0 + Tr::kOffDS + (it & 1) * Tr::kSmemDS;
         const int ds_off = Tr::kOffDS + (it & 1) * Tr::kSmemDS;
 
-        mbar_wait(bar0 + 8 * st_it, (it / S) & 1);  // Q, dO and the statistics of block it have landed
-        __syncwarp();  // (the wait is a loop: the warp converged again before the .aligned wgmma instructions)
+        if constexpr (!kEarlyS) stage_ready(it);
         trace.lap(0);
-        if (varlen && rows_here < BM) {
-            // The rows past this sequence's last one hold the next sequence's queries: zeros instead, so that no
-            // value of another sequence (not even an inf or a NaN) reaches this one's dK and dV.
-            // (the pair's dO panels past DV are zeros already, and stay zeros)
-            constexpr int kChunks = BM * D / 8;  // 16-byte chunks of one Q or dO tile
-            for (int c = tid; c < kChunks; c += Tr::kThreads) {
-                const int r = (c / 8) % BM;  // panel rows of 8 chunks, BM rows a panel
-                if (r >= rows_here) {
-                    const int off = c * 16;
-                    *reinterpret_cast<uint4*>(smem + Tr::kOffQ + st_it * Tr::kSmemQ + off) = make_uint4(0, 0, 0, 0);
-                    *reinterpret_cast<uint4*>(smem + Tr::kOffDO + st_it * Tr::kSmemDO + off) = make_uint4(0, 0, 0, 0);
-                }
-            }
-            fence_proxy_async();  // the zeros, for wgmma's reads (and before the stage's next TMA writes)
-            cta_sync();
-        }
         const int64_t slot0 = bwd_row_slot(p, b, h, seq.q_row0, row0);
         const float* stats = reinterpret_cast<const float*>(smem + Tr::kOffStats + st_it * Tr::kSmemStats);
 
-        // S^T and dP^T: [64 keys x 64 queries], K = D (kVPair: dP^T's k-steps past DV multiply zeros). Both per
-        // warpgroup, or (kSplit) S^T in warpgroup 0 and dP^T in warpgroup 1, one instruction stream (the operands'
-        // descriptors differ).
-        float st[32], dpt[kSplit ? 1 : 32];
-#pragma unroll
-        for (int i = 0; i < 32; ++i) st[i] = 0.f;
-#pragma unroll
-        for (int i = 0; i < (kSplit ? 1 : 32); ++i) dpt[i] = 0.f;
-        fence_regs(st);
-        fence_regs(dpt);
-        wgmma_fence();
-        {
-            const uint32_t rows = static_cast<uint32_t>(key_base * 128);
-            const uint32_t a0 = kSplit && wg == 1 ? sV : sK;
-            const uint32_t b0 = kSplit && wg == 1 ? sdO : sQ;
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                const uint32_t ko = (kk / 4) * KStride + rows + (kk % 4) * 32;
-                const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
-                Wgmma<T, 64, 0, 0>::ss(st, smem_desc(a0 + ko, 16, 1024), smem_desc(b0 + qo, 16, 1024), 1);
-                if constexpr (!kSplit) {
-                    Wgmma<T, 64, 0, 0>::ss(dpt, smem_desc(sV + ko, 16, 1024), smem_desc(sdO + qo, 16, 1024), 1);
-                }
-            }
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
+        if constexpr (!kEarlyS) issue_s_dp(it);
+        wgmma_wait<0>();  // S^T and dP^T (kEarlyS: issued at the end of the previous iteration, or before the walk)
         fence_regs(st);
         fence_regs(dpt);
         trace.lap(1);
@@ -490,7 +512,17 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
             }
         }
         wgmma_commit();
-        wgmma_wait<0>();  // also retires dV/dK
+        if constexpr (kEarlyS) {
+            if (it + 1 < iters) {
+                stage_ready(it + 1);
+                issue_s_dp(it + 1);
+                wgmma_wait<1>();  // dV/dK and dQ retired; block it + 1's S^T and dP^T stay in flight
+            } else {
+                wgmma_wait<0>();
+            }
+        } else {
+            wgmma_wait<0>();  // also retires dV/dK
+        }
         trace.lap(6);
         fence_regs(dq_a);
         fence_regs(dq_b);

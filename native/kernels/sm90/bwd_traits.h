@@ -4,6 +4,16 @@
 
 #include "params/bwd_params.h"  // kBwdMinBlockM
 
+// Block it + 1's S^T and dP^T issued right after block it's dQ product (1, the default; 0: after block it's adds, as
+// before), so that the tensor cores compute them while the consumers wait for dQ and add it instead of idling there.
+// Head dim 64 only: the products' 64 accumulators a thread live beside dK, dV, dQ and the A fragments (240 registers at
+// D 64, no spills; 256 needed at D 128). The default mode only: measured (H200, bench/NOTES.md, fifteenth session)
+// 1.07-1.12x on unmasked calls and 1.00x causal; the deterministic mode, whose turn barrier then waits with the
+// products in flight, 0.94-1.03x, keeps the old order.
+#ifndef FA_SM90_BWD_EARLY_S
+#define FA_SM90_BWD_EARLY_S 1
+#endif
+
 namespace fa {
 namespace sm90 {
 
@@ -51,6 +61,7 @@ struct BwdTraits90 {
     static constexpr bool kSplit = bwd_split(D);  // warpgroups split the roles (see above)
     static constexpr int kBlockM = 64;
     static constexpr int kBlockN = kSplit ? 64 : 128;
+    static constexpr bool kEarlyS = FA_SM90_BWD_EARLY_S != 0 && !kSplit && D == 64;  // (FA_SM90_BWD_EARLY_S; default mode)
     static constexpr int kThreads = 256;  // two consumer warpgroups (BwdTurns: with the deterministic mode's turn warpgroup)
     // Q and dO of a query block arrive by TMA, its row statistics (lse_log2 then dsum) by cp.async, into a ring of
     // kStages stages, each completing one mbarrier; three stages where they fit (the load of block it + 2 is issued
