@@ -18,6 +18,13 @@
 // Keys per K/V block of the head-dim-256 kernels over contiguous K/V (80, FA3's; 64 as before, overridable for
 // experiments): 80 measured 1.02-1.09x 64 on the H200 (bench/NOTES.md, fifteenth session; S 40 registers a thread beside
 // O's 128). The paged kernels keep 64 keys, a divisor of the block sizes the host serves (multiples of 128).
+// Keys per K/V block of the head-dim-192 kernels over contiguous K/V (64; the paged ones keep 64 whatever it is). Measured
+// on the H200 (bench/NOTES.md, fifteenth session) against 64: 96 1.02/1.08/1.12x unmasked and 0.98/1.08/1.13x causal at
+// 1k/4k/16k, 112 (FA3's) 0.94/1.08/1.12x and 0.98/1.09/1.17x (both lose the separate O tile: O staged through Q).
+// Not yet the default: memcheck and racecheck ran clean on 112, c_abi_test on neither.
+#ifndef FA_SM90_FWD_BN192
+#define FA_SM90_FWD_BN192 64
+#endif
 #ifndef FA_SM90_FWD_BN256
 #define FA_SM90_FWD_BN256 80
 #endif
@@ -121,6 +128,7 @@ struct FwdTraits90 {
     // and (64, 512), whose CTA's O is 256 columns wide, 64 as D 256.
     static constexpr int kBlockN = kFp8                          ? 128
                                  : D == 256 && DV == D && !kPagedKV ? FA_SM90_FWD_BN256
+                                 : D == 192 && DV == D && !kPagedKV ? FA_SM90_FWD_BN192
                                  : kVCols >= 192                    ? 64
                                  : D == 128                         ? FA_SM90_FWD_BN128
                                                                     : 128;
