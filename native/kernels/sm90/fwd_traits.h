@@ -11,7 +11,8 @@
 #ifndef FA_SM90_FWD_D64_CONSUMERS
 #define FA_SM90_FWD_D64_CONSUMERS 2
 #endif
-// Keys per K/V block of the head-dim-128 kernel (128, or 176 as FA3 picks; overridable for experiments).
+// Keys per K/V block of the head-dim-128 kernels over contiguous K/V (128, or 176 as FA3 picks, 144; overridable for
+// experiments; the paged ones keep 128).
 #ifndef FA_SM90_FWD_BN128
 #define FA_SM90_FWD_BN128 128
 #endif
@@ -126,12 +127,14 @@ struct FwdTraits90 {
     // and 64 keys keep the separate O tile within shared memory (FA3 picks 112 keys, with O staged through Q). The
     // registers go by O's width, so the pair (192, 128) takes 128 keys as D 128 does (its O then staged through Q),
     // and (64, 512), whose CTA's O is 256 columns wide, 64 as D 256.
-    static constexpr int kBlockN = kFp8                          ? 128
-                                 : D == 256 && DV == D && !kPagedKV ? FA_SM90_FWD_BN256
-                                 : D == 192 && DV == D && !kPagedKV ? FA_SM90_FWD_BN192
-                                 : kVCols >= 192                    ? 64
-                                 : D == 128                         ? FA_SM90_FWD_BN128
-                                                                    : 128;
+    // (The paged kernels take none of the experiment knobs: their key block must divide 128.)
+    static constexpr int kBlockN = kFp8                  ? 128
+                                 : kPagedKV              ? (kVCols >= 192 ? 64 : 128)
+                                 : D == 256              ? FA_SM90_FWD_BN256
+                                 : D == 192 && DV == D   ? FA_SM90_FWD_BN192
+                                 : kVCols >= 192         ? 64
+                                 : D == 128              ? FA_SM90_FWD_BN128
+                                                         : 128;
     static constexpr int kStages = kVChunks > 1 ? FA_SM90_FWD_VSPLIT_STAGES : !kFp8 && D == 64 ? 3 : 2;
     static constexpr int kThreads = 128 * (kConsumers + 1);
     // setmaxnreg budgets. The launch gives every thread kLaunchRegs (65536 / threads, a multiple of 8); the
