@@ -157,7 +157,7 @@ std::string tile_tag(Pass pass, Path path, int dt, uint32_t features) {
                     }
                     // Paged K/V: the paged kernels' tile (sm90::FwdTraits90Of; 64 keys at head dim 256).
                     if (features & feature::kPaged) return sm90_tile(sm90::FwdTraits90Of<D, false, D, true>{});
-                    return sm90_tile(sm90::FwdTraits90<D>{});
+                    return sm90_tile(sm90::FwdTraits90Of<D>{});
                 }
                 return "none";
             }
@@ -580,7 +580,7 @@ int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d) {
                 if constexpr (sm90::fwd_head_dim(D)) {
                     // (the larger of the contiguous and the paged kernels')
                     if (path == Path::Sm90) {
-                        return std::max(sm90::FwdTraits90<D>::kSmemBytes, sm90::FwdTraits90Of<D, false, D, true>::kSmemBytes);
+                        return std::max(sm90::FwdTraits90Of<D>::kSmemBytes, sm90::FwdTraits90Of<D, false, D, true>::kSmemBytes);
                     }
                 }
                 using Tile = sm80::FwdTile<D>;

@@ -16,9 +16,6 @@
 #ifndef FA_SM90_FWD_BN128
 #define FA_SM90_FWD_BN128 128
 #endif
-// Keys per K/V block of the head-dim-256 kernels over contiguous K/V (80, FA3's; 64 as before, overridable for
-// experiments): 80 measured 1.02-1.09x 64 on the H200 (bench/NOTES.md, fifteenth session; S 40 registers a thread beside
-// O's 128). The paged kernels keep 64 keys, a divisor of the block sizes the host serves (multiples of 128).
 // Keys per K/V block of the head-dim-192 kernels over contiguous K/V (64; the paged ones keep 64 whatever it is). Measured
 // on the H200 (bench/NOTES.md, fifteenth session) against 64: 96 1.02/1.08/1.12x unmasked and 0.98/1.08/1.13x causal at
 // 1k/4k/16k, 112 (FA3's) 0.94/1.08/1.12x and 0.98/1.09/1.17x (both lose the separate O tile: O staged through Q).
@@ -26,6 +23,9 @@
 #ifndef FA_SM90_FWD_BN192
 #define FA_SM90_FWD_BN192 64
 #endif
+// Keys per K/V block of the head-dim-256 kernels over contiguous K/V (80, FA3's; 64 as before, overridable for
+// experiments): 80 measured 1.02-1.09x 64 on the H200 (bench/NOTES.md, fifteenth session; S 40 registers a thread beside
+// O's 128). The paged kernels keep 64 keys, a divisor of the block sizes the host serves (multiples of 128).
 #ifndef FA_SM90_FWD_BN256
 #define FA_SM90_FWD_BN256 80
 #endif
@@ -123,11 +123,11 @@ struct FwdTraits90 {
     static constexpr int kKStep = 32 / kElemBytes;       // K of one wgmma: k16 (16-bit), k32 (fp8): 32 bytes
     static constexpr int kConsumers = !kFp8 && D == 64 && DV == D ? kD64Consumers : 2;  // consumer warpgroups
     static constexpr int kBlockM = 64 * kConsumers;
-    // D 192 takes D 256's 64 keys: O (96 registers a thread) and S of 128 keys would not leave room at 240 registers,
-    // and 64 keys keep the separate O tile within shared memory (FA3 picks 112 keys, with O staged through Q). The
-    // registers go by O's width, so the pair (192, 128) takes 128 keys as D 128 does (its O then staged through Q),
-    // and (64, 512), whose CTA's O is 256 columns wide, 64 as D 256.
-    // (The paged kernels take none of the experiment knobs: their key block must divide 128.)
+    // Keys by O's width, which sets the registers: D 256 80 (FA_SM90_FWD_BN256; S 40 registers a thread beside O's 128,
+    // O staged through Q), D 192 64 (FA_SM90_FWD_BN192: O 96 registers a thread and S of 128 keys would not leave room
+    // at 240, and 64 keys keep the separate O tile within shared memory; FA3 picks 112, O staged through Q), the pair
+    // (192, 128) 128 as D 128 (its O then staged through Q), and (64, 512), whose CTA's O is 256 columns wide, 64.
+    // The paged kernels take none of the knobs: their key block must divide 128 (64 where O is 192 columns or more).
     static constexpr int kBlockN = kFp8                  ? 128
                                  : kPagedKV              ? (kVCols >= 192 ? 64 : 128)
                                  : D == 256              ? FA_SM90_FWD_BN256
