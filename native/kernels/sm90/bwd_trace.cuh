@@ -5,10 +5,11 @@
 // host (the array is per unit; CMake's FA_SM90_BWD_TRACE_HDIM picks the bf16 kernels of that head dim).
 // bench/bwd_trace.py prints each phase's cycles per iteration. Events, consumers: 0 Q/dO/statistics wait, 1 S^T and
 // dP^T products, 2 softmax and dS^T, 3 (kSplit) P^T hand-over barrier, 4 dS^T stores and the dV/dK issue, 5 the
-// middle barrier, 6 the dQ product (with dV/dK retiring), 7 the turn barrier (deterministic), 8 the dQ adds,
-// 9 iterations, 10 prologue (kernel start to the first iteration), 11 epilogue; turn warp: 0 poll, 1 the wait for the
-// consumers' adds, 2 the pass, 9 iterations. The stamps move the kernel's timing a little: compare trace builds
-// with trace builds.
+// middle barrier, 6 the dQ product (with dV/dK retiring; at D 64 in the default mode, FA_SM90_BWD_EARLY_S, also the
+// next block's stage wait and S^T/dP^T issue: event 0 then holds no stage wait and event 1 less of the products),
+// 7 the turn barrier (deterministic), 8 the dQ adds, 9 iterations, 10 prologue (kernel start to the first iteration),
+// 11 epilogue; turn warp: 0 poll, 1 the wait for the consumers' adds, 2 the pass, 9 iterations. The stamps move the
+// kernel's timing a little: compare trace builds with trace builds.
 #pragma once
 
 namespace fa {
