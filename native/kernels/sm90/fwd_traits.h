@@ -104,7 +104,7 @@ constexpr bool fwd_v_pair(int d, int dv) { return (d == 192 && dv == 128) || (d 
 // Column chunks: (64, 512)'s O of 512 fp32 columns would take 256 accumulator registers a thread, so each CTA computes
 // kVCols = 256 of them, kVChunks = 2 CTAs per row block (adjacent tiles of the block order, common/fwd_schedule.h
 // chunk_coord), each recomputing S = Q K^T (at head dim 64 a quarter of its P V) and the same softmax; chunk 0 writes
-// the LSE. Its registers and tiles are then those of O's width 256 (D 256's: 64 keys, no ping-pong).
+// the LSE. Its registers and tiles are then those of O's width 256 (64 keys, no ping-pong).
 // kD64Consumers, kD64PSmem: the consumers and where P lives at head dim 64 (16-bit, D = DV; ignored elsewhere), the
 // build's FA_SM90_FWD_D64_CONSUMERS and FA_SM90_FWD_P_SMEM unless given (FwdTraits90Wide below).
 // kPagedKV: the tile of the paged kernels (a key block lies in one block of the pool, so BlockN divides 128).
