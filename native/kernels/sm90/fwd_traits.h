@@ -16,12 +16,13 @@
 #ifndef FA_SM90_FWD_BN128
 #define FA_SM90_FWD_BN128 128
 #endif
-// Keys per K/V block of the head-dim-192 kernels over contiguous K/V (64; the paged ones keep 64 whatever it is). Measured
-// on the H200 (bench/NOTES.md, fifteenth session) against 64: 96 1.02/1.08/1.12x unmasked and 0.98/1.08/1.13x causal at
-// 1k/4k/16k, 112 (FA3's) 0.94/1.08/1.12x and 0.98/1.09/1.17x (both lose the separate O tile: O staged through Q).
-// Not yet the default: memcheck and racecheck ran clean on 112, c_abi_test on neither.
+// Keys per K/V block of the head-dim-192 kernels over contiguous K/V (96; 64 before, 112 as FA3 picks; the paged ones
+// keep 64 whatever it is). Measured on the H200 (bench/NOTES.md, fifteenth session) against 64: 96 1.02/1.08/1.12x
+// unmasked and 0.98/1.08/1.13x causal at 1k/4k/16k, 112 0.94/1.08/1.12x and 0.98/1.09/1.17x (both lose the separate O
+// tile: O staged through Q). 96 for its smaller worst loss (1k); c_abi_test and memcheck/racecheck clean on both
+// (sixteenth session).
 #ifndef FA_SM90_FWD_BN192
-#define FA_SM90_FWD_BN192 64
+#define FA_SM90_FWD_BN192 96
 #endif
 // Keys per K/V block of the head-dim-256 kernels over contiguous K/V (80, FA3's; 64 as before, overridable for
 // experiments): 80 measured 1.02-1.09x 64 on the H200 (bench/NOTES.md, fifteenth session; S 40 registers a thread beside
@@ -124,8 +125,8 @@ struct FwdTraits90 {
     static constexpr int kConsumers = !kFp8 && D == 64 && DV == D ? kD64Consumers : 2;  // consumer warpgroups
     static constexpr int kBlockM = 64 * kConsumers;
     // Keys by O's width, which sets the registers: D 256 80 (FA_SM90_FWD_BN256; S 40 registers a thread beside O's 128,
-    // O staged through Q), D 192 64 (FA_SM90_FWD_BN192: O 96 registers a thread and S of 128 keys would not leave room
-    // at 240, and 64 keys keep the separate O tile within shared memory; FA3 picks 112, O staged through Q), the pair
+    // O staged through Q), D 192 96 (FA_SM90_FWD_BN192: O 96 registers a thread and S of 128 keys would not leave room
+    // at 240; at 96 and 112 (FA3's) O is staged through Q, at 64 it kept a separate tile), the pair
     // (192, 128) 128 as D 128 (its O then staged through Q), and (64, 512), whose CTA's O is 256 columns wide, 64.
     // The paged kernels take none of the knobs: their key block must divide 128 (64 where O is 192 columns or more).
     static constexpr int kBlockN = kFp8                  ? 128
