@@ -61,20 +61,6 @@ struct BwdArgs90 {
     TmaMap q, dout;
 };
 
-// dV/dK's accumulators and A fragments stay untouched until their products retire: the fences, placed after the wait
-// that retires them, keep the fragments' registers from reuse until then.
-template <int NK, int NV, int NA, int ND>
-__device__ __forceinline__ void fence_dkdv(float (&acc_k)[NK], float (&acc_v)[NV], uint32_t (&fa)[NA][4],
-                                           uint32_t (&fd)[ND][4]) {
-    fence_regs(acc_k);
-    fence_regs(acc_v);
-#pragma unroll
-    for (int kk = 0; kk < NA; ++kk) {
-        fence_regs(fa[kk]);
-        if constexpr (ND == NA) fence_regs(fd[kk]);  // (kSplit: fd is unused, one row)
-    }
-}
-
 template <typename T, int D, bool kLocal, bool kSoftcap, bool kDeterministic, int DV = D>
 __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_kernel_sm90(const __grid_constant__ BwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
@@ -296,7 +282,6 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
     // kEarlyS (BwdTraits90, the default mode): block it + 1's S^T and dP^T are issued right after block it's dQ
     // product, so they run while it waits for dQ and adds it; block 0's here.
     constexpr bool kEarlyS = Tr::kEarlyS && !kDeterministic;
-    constexpr bool kEarlySFreeA = Tr::kEarlySFreeA && kEarlyS;
     static_assert(!kEarlyS || S >= 3, "block it + 1's stage is neither block it's nor the one load_next(it) refills");
     if constexpr (kEarlyS) {
         if (iters > 0) {
@@ -527,10 +512,6 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
             }
         }
         wgmma_commit();
-        if constexpr (kEarlySFreeA) {
-            wgmma_wait<1>();  // dV/dK retired (dQ in flight): their A fragments free for block it + 1's accumulators
-            fence_dkdv(acc_k, acc_v, fa, fd);
-        }
         if constexpr (kEarlyS) {
             if (it + 1 < iters) {
                 stage_ready(it + 1);
@@ -545,7 +526,13 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         trace.lap(6);
         fence_regs(dq_a);
         fence_regs(dq_b);
-        if constexpr (!kEarlySFreeA) fence_dkdv(acc_k, acc_v, fa, fd);
+        fence_regs(acc_k);
+        fence_regs(acc_v);
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) {  // the A fragments stay untouched until the products retire
+            fence_regs(fa[kk]);
+            if constexpr (!kSplit) fence_regs(fd[kk]);
+        }
 
         // A full query block's dQ goes in the fragment layout (BwdParams::dq_frag_rows, dq_frag_offset): this thread's
         // 4 floats of column group j at [warpgroup half][j][thread][4], one vector add each (half the adds of row-major

@@ -13,12 +13,6 @@
 #ifndef FA_SM90_BWD_EARLY_S
 #define FA_SM90_BWD_EARLY_S 1
 #endif
-// The same at head dim 128 (an experiment, default 0): there the 64 accumulators of block it + 1's products fit only
-// once dV/dK have retired and freed their A fragments (32 registers), so the kernel waits for them (the dQ product
-// still in flight) before it issues the next block's products (BwdTraits90::kEarlySFreeA).
-#ifndef FA_SM90_BWD_EARLY_S_D128
-#define FA_SM90_BWD_EARLY_S_D128 0
-#endif
 
 namespace fa {
 namespace sm90 {
@@ -67,9 +61,7 @@ struct BwdTraits90 {
     static constexpr bool kSplit = bwd_split(D);  // warpgroups split the roles (see above)
     static constexpr int kBlockM = 64;
     static constexpr int kBlockN = kSplit ? 64 : 128;
-    static constexpr bool kEarlyS = FA_SM90_BWD_EARLY_S != 0 && !kSplit &&
-                                    (D == 64 || (D == 128 && FA_SM90_BWD_EARLY_S_D128 != 0));  // (default mode)
-    static constexpr bool kEarlySFreeA = kEarlyS && D == 128;  // dV/dK retired before the next products' issue
+    static constexpr bool kEarlyS = FA_SM90_BWD_EARLY_S != 0 && !kSplit && D == 64;  // (FA_SM90_BWD_EARLY_S; default mode)
     static constexpr int kThreads = 256;  // two consumer warpgroups (BwdTurns: with the deterministic mode's turn warpgroup)
     // Q and dO of a query block arrive by TMA, its row statistics (lse_log2 then dsum) by cp.async, into a ring of
     // kStages stages, each completing one mbarrier; three stages where they fit (the load of block it + 2 is issued
