@@ -106,91 +106,62 @@ struct FwdIo90<__nv_fp8_e4m3> {
 // O += P V. The keys of each 32-key k-step are stored permuted, so that the S accumulators a thread holds
 // are already the fp8 A fragment of P (pack_p): k position 16h + 4t + e (h, e in 0..1 and 0..3, t in 0..3)
 // holds key 16h + 2t + (e & 1) + 8 (e >> 1), the order of a thread's columns {2t, 2t+1, 2t+8, 2t+9} in the
-// accumulator layout. So a 16-byte chunk of a V^T row holds 16 consecutive keys: a work item reads 16 key
-// rows x 4 columns (16-key group kg, columns 4cq..4cq+3) and writes 4 V^T rows x 16 bytes (two 8-byte
-// halves). A warp takes two key groups x 16 column groups; D/16 such blocks per stage. (A CPU simulation of
-// every lane, with TMA's swizzle and wgmma's reads of the V^T stage, checked P V exact, each byte written once,
-// and the bank conflicts: loads 1-way, stores 2 wavefronts.)
+// accumulator layout; so a 16-byte chunk of a V^T row holds the 16 keys of one 16-key group g.
+// The transpose works on a 16-bit view of the bytes. ldmatrix.trans of an 8 x 8 block (8 keys x 8 column pairs) gives
+// lane l the pairs (2 j, 2 j + 1) of keys a and a + 1, j = l / 4, a = 2 (l % 4); with the block of keys a + 8 and a + 9
+// beside it, one byte permute makes the word of V^T row 2 j (keys a, a + 1, a + 8, a + 9: the permuted order, k
+// positions 4 (l % 4) + e of the group) and one that of row 2 j + 1. stmatrix stores 8 V^T rows x 16 bytes a block,
+// lane l's word in row l / 4 at bytes 4 (l % 4). A work item: group g and two 16-column chunks 2 cp, 2 cp + 1
+// (ldmatrix.x4: keys 16 g + [0, 8) and [8, 16) of each chunk), D / 32 x BN / 16 items a stage, about 10 instructions
+// each where the 4-byte loads and byte permutes of the first version (until the sixteenth session) took 60 (the whole
+// transpose was then a third of the kernel's instructions; bench/NOTES.md). Bank conflicts: a load phase reads 8 keys
+// of one chunk (8 distinct swizzled positions); a store block takes the rows 2 j of its chunk for j < 4 and 2 j + 1 for
+// j >= 4 (its twin the others: lanes 16..31 swap their two words), 8 distinct residues mod 8 that the swizzle spreads
+// over all banks. (A CPU simulation of every lane against the first version and the layout's definition, D 128 and
+// 256: the same bytes, each written once, no conflicts.) src, dst: the stages' shared-memory addresses (1024-aligned).
+// FA_SM90_FWD_FP8_TRANSPOSE_GROUPS (fwd_traits.h): each warp takes whole key groups instead, whose items' addresses
+// are then one XOR and an immediate offset from the group's.
 template <int D, int BN>
-__device__ __forceinline__ void transpose_v_fp8(unsigned char* smem, int src, int dst, int warp, int nwarps, int lane) {
-    // Bank conflicts: the 16 lanes of a half-warp share kg and store 4 consecutive V^T rows each, so without
-    // more care their 8-byte stores would fall on 4 banks (8-way). Each lane therefore starts its 4 rows at its
-    // own rotation rot (a byte rotation of the loaded words, so out[j] is column c + ((j + rot) & 3)), takes
-    // the two halves in an order set by lane bit 3 and the two words of a half in an order set by lane bit 4:
-    // loads stay conflict-free and a store takes 2 wavefronts, the minimum for 256 bytes.
-    const int rot = (lane >> 1) & 3;
-    const uint32_t rsel = (0x32103210u >> (4 * rot)) & 0xffffu;
-    const int flip = (lane >> 4) & 1;
-#pragma unroll 1
-    for (int wb = warp; wb < D / 16; wb += nwarps) {
-        const int kg = 2 * (wb % 4) + lane / 16;
-        const int c = 4 * (16 * (wb / 4) + lane % 16);  // first of the 4 columns
-        const int panel = src + (c / 128) * BN * 128, cb = c % 128;
-        // Two words of each of the 4 output rows at a time (8-byte stores), which keeps the transposers within
-        // the producer's 40 registers.
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            const int half = hh ^ ((lane >> 3) & 1);
-            uint32_t out[4][2];  // [row j][word (t - 2 half) ^ flip]
-#pragma unroll
-            for (int tt = 0; tt < 2; ++tt) {
-                const int t = 2 * half + (tt ^ flip);
-                uint32_t w[4];
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const int r = 16 * kg + 2 * t + (i & 1) + 8 * (i >> 1);
-                    const uint32_t x = *reinterpret_cast<const uint32_t*>(smem + panel + r * 128 +
-                                                                          (((cb >> 4) ^ (r & 7)) << 4) + (cb & 15));
-                    w[i] = __byte_perm(x, 0, rsel);  // byte j: column c + ((j + rot) & 3)
-                }
-                // 4 x 4 byte transpose: out[j] = byte j of w[0], w[1], w[2], w[3].
-                const uint32_t a = __byte_perm(w[0], w[1], 0x5140), b = __byte_perm(w[0], w[1], 0x7362);
-                const uint32_t e = __byte_perm(w[2], w[3], 0x5140), f = __byte_perm(w[2], w[3], 0x7362);
-                out[0][tt] = __byte_perm(a, e, 0x5410);
-                out[1][tt] = __byte_perm(a, e, 0x7632);
-                out[2][tt] = __byte_perm(b, f, 0x5410);
-                out[3][tt] = __byte_perm(b, f, 0x7632);
-            }
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int dr = c + ((j + rot) & 3);
-                *reinterpret_cast<uint2*>(smem + dst + dr * 128 + ((kg ^ (dr & 7)) << 4) + 8 * half) =
-                    flip ? make_uint2(out[j][1], out[j][0]) : make_uint2(out[j][0], out[j][1]);
-            }
-        }
-    }
-}
-
-// fp8, the same V^T stage as transpose_v_fp8 with a tenth of its instructions (FA_SM90_FWD_FP8_TRANSPOSE_LDSM): a 16-bit
-// view of V's bytes. ldmatrix.trans of an 8 x 8 block (8 keys x 8 column pairs) gives lane l the pairs (2 j, 2 j + 1) of
-// keys a and a + 1, j = l / 4, a = 2 (l % 4); with the block of keys a + 8 and a + 9 beside it, one byte permute makes
-// the word of row 2 j (keys a, a + 1, a + 8, a + 9: exactly the permuted order above, k positions 4 (l % 4) + e of the
-// 16-key group) and one the word of row 2 j + 1. stmatrix then stores 8 V^T rows x 16 bytes per block, lane l's word in
-// row l / 4 at bytes 4 (l % 4). A work item: 16-key group g and two 16-column chunks (ldmatrix.x4: keys 16 g + [0, 8)
-// and [8, 16) of each chunk); D / 32 x BN / 16 items a stage. Bank conflicts: a load phase reads 8 keys of one chunk
-// (8 distinct swizzled positions); a store block takes rows 2 j of its chunk for j < 4 and 2 j + 1 for j >= 4 (and
-// its twin the others: lanes 16..31 swap their two words), so its 8 rows have 8 distinct residues mod 8 and the
-// swizzle spreads them over all banks. (A CPU simulation of every lane against transpose_v_fp8 and the layout's
-// definition, D 128 and 256: same bytes, each written once, no conflicts.) src, dst: shared-memory addresses.
-template <int D, int BN>
-__device__ __forceinline__ void transpose_v_fp8_ldsm(uint32_t src, uint32_t dst, int warp, int nwarps, int lane) {
+__device__ __forceinline__ void transpose_v_fp8(uint32_t src, uint32_t dst, int warp, int nwarps, int lane) {
     constexpr int kGroups = BN / 16;
-    constexpr int kItems = kGroups * (D / 32);
+    constexpr int kPairs = D / 32;
     const int mat = lane / 8, i = lane % 8;  // the block (of the x4) and its row this lane addresses
     const uint32_t ld_row = src + (8 * (mat & 1) + i) * 128;  // key 8 (mat & 1) + i of the group
     const int dr = (mat & 1) == (i < 4 ? 0 : 1) ? 2 * i : 2 * i + 1;  // the V^T row (of the chunk) of store row i
     const uint32_t sel0 = lane < 16 ? 0x6420u : 0x7531u, sel1 = lane < 16 ? 0x7531u : 0x6420u;
-    const int max_items = (kItems + nwarps - 1) / nwarps;
+    if constexpr (FA_SM90_FWD_FP8_TRANSPOSE_GROUPS != 0) {
+        // Chunk c = 2 cp + h of this lane's block: c % 8 = (2 cp) % 8 ^ h and c / 8 = 2 cp / 8, so the swizzled load
+        // address is the lane's row with (i ^ h) in bits 4..6, XORed with the pair's (2 cp) % 8, plus the panel's
+        // offset; the store's, the lane's V^T row with (dr & 7) ^ g in bits 4..6, plus 32 rows a pair.
+        const int h = mat >> 1;
+        const uint32_t ld_lane = ld_row + ((i ^ h) << 4);
+        const uint32_t st_lane = dst + (16 * h + dr) * 128 + ((dr & 7) << 4);
+#pragma unroll 1
+        for (int g = warp; g < kGroups; g += nwarps) {
+            const uint32_t ld_g = ld_lane + g * (16 * 128);
+            const uint32_t st_g = st_lane ^ (static_cast<uint32_t>(g) << 4);
+#pragma unroll
+            for (int cp = 0; cp < kPairs; ++cp) {
+                uint32_t r0, r1, r2, r3;
+                ldmatrix_x4_trans(r0, r1, r2, r3, (ld_g ^ (((2 * cp) % 8) << 4)) + (2 * cp / 8) * (BN * 128));
+                stmatrix_x4(st_g + cp * (32 * 128), __byte_perm(r0, r1, sel0), __byte_perm(r0, r1, sel1),
+                            __byte_perm(r2, r3, sel0), __byte_perm(r2, r3, sel1));
+            }
+        }
+    } else {
+        constexpr int kItems = kGroups * kPairs;
+        const int max_items = (kItems + nwarps - 1) / nwarps;
 #pragma unroll 4
-    for (int k = 0; k < max_items; ++k) {
-        const int item = warp + k * nwarps;
-        if (item < kItems) {  // warp-uniform (the .aligned ldmatrix/stmatrix)
-            const int g = item % kGroups, c = 2 * (item / kGroups) + (mat >> 1);
-            uint32_t r0, r1, r2, r3;
-            ldmatrix_x4_trans(r0, r1, r2, r3, ld_row + (c / 8) * (BN * 128) + g * (16 * 128) + (((c % 8) ^ i) << 4));
-            const int d = 16 * c + dr;
-            stmatrix_x4(dst + d * 128 + ((g ^ (d & 7)) << 4), __byte_perm(r0, r1, sel0), __byte_perm(r0, r1, sel1),
-                        __byte_perm(r2, r3, sel0), __byte_perm(r2, r3, sel1));
+        for (int k = 0; k < max_items; ++k) {
+            const int item = warp + k * nwarps;
+            if (item < kItems) {  // warp-uniform (the .aligned ldmatrix/stmatrix)
+                const int g = item % kGroups, c = 2 * (item / kGroups) + (mat >> 1);
+                uint32_t r0, r1, r2, r3;
+                ldmatrix_x4_trans(r0, r1, r2, r3, ld_row + (c / 8) * (BN * 128) + g * (16 * 128) + (((c % 8) ^ i) << 4));
+                const int d = 16 * c + dr;
+                stmatrix_x4(dst + d * 128 + ((g ^ (d & 7)) << 4), __byte_perm(r0, r1, sel0), __byte_perm(r0, r1, sel1),
+                            __byte_perm(r2, r3, sel0), __byte_perm(r2, r3, sel1));
+            }
         }
     }
 }
@@ -387,12 +358,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     const uint32_t ph = (kv / S) & 1;
                     mbar_wait(v_full(s), ph);
                     mbar_wait(vt_empty(s), ph ^ 1);
-                    if constexpr (FA_SM90_FWD_FP8_TRANSPOSE_LDSM != 0) {
-                        transpose_v_fp8_ldsm<D, BN>(v_tile(s), vt_tile(s), tw, kTransposeWarps, lane);
-                    } else {
-                        transpose_v_fp8<D, BN>(smem, Tr::kOffV + s * Tr::kSmemV, Tr::kOffVt + s * Tr::kSmemVt, tw,
-                                               kTransposeWarps, lane);
-                    }
+                    transpose_v_fp8<D, BN>(v_tile(s), vt_tile(s), tw, kTransposeWarps, lane);
                     fence_proxy_async();  // the V^T writes, for wgmma's reads
                     __syncwarp();
                     if (lane == 0) {

@@ -83,11 +83,10 @@
 #ifndef FA_SM90_FWD_FP8_PRODUCER_REGS
 #define FA_SM90_FWD_FP8_PRODUCER_REGS 40
 #endif
-// How the fp8 kernels' producer warps transpose V (sm90/fwd_kernel.cuh): 1, ldmatrix.trans of 8 x 8 16-bit blocks,
-// one byte permute per word and stmatrix (transpose_v_fp8_ldsm; an experiment, sixteenth session); 0, 4-byte loads and
-// byte permutes (transpose_v_fp8). Both write the same V^T stage.
-#ifndef FA_SM90_FWD_FP8_TRANSPOSE_LDSM
-#define FA_SM90_FWD_FP8_TRANSPOSE_LDSM 0
+// How the fp8 kernels' producer warps split a V stage's transpose (sm90/fwd_kernel.cuh transpose_v_fp8): 0, work items
+// (a 16-key group x two 16-column chunks) dealt round-robin; 1, whole key groups per warp (an experiment).
+#ifndef FA_SM90_FWD_FP8_TRANSPOSE_GROUPS
+#define FA_SM90_FWD_FP8_TRANSPOSE_GROUPS 0
 #endif
 
 namespace fa {
