@@ -43,7 +43,7 @@
 //
 // fp8 (e4m3 q/k/v, bf16 O; FwdTraits90<D, true>, D 128/256): the same roles and pipeline with 1-byte tiles
 // (128-column panels), wgmma m64nNk32 e4m3, and V transposed: fp8 wgmma reads both operands K-major, so V lands
-// in a raw ring and producer warps 1..3 (registers 40, consumers 232) transpose each stage into a V^T ring that
+// in a raw ring and producer warps 1..3 (registers 24, consumers 240) transpose each stage into a V^T ring that
 // the consumers read (transpose_v_fp8, whose key order makes the S accumulators the A fragment of P with no
 // shuffles). The descales of the tile's (sequence, KV head) scale the scores (inside tanh under softcap) and
 // O; P = exp2(x - max + 8) in [0, 256] (FlashAttention-3's offset, taken back out of the LSE); O is stored from
@@ -119,8 +119,8 @@ struct FwdIo90<__nv_fp8_e4m3> {
 // j >= 4 (its twin the others: lanes 16..31 swap their two words), 8 distinct residues mod 8 that the swizzle spreads
 // over all banks. (A CPU simulation of every lane against the first version and the layout's definition, D 128 and
 // 256: the same bytes, each written once, no conflicts.) src, dst: the stages' shared-memory addresses (1024-aligned).
-// FA_SM90_FWD_FP8_TRANSPOSE_GROUPS (fwd_traits.h): each warp takes whole key groups instead, whose items' addresses
-// are then one XOR and an immediate offset from the group's.
+// FA_SM90_FWD_FP8_TRANSPOSE_GROUPS (fwd_traits.h, default 1): each warp takes whole key groups, whose items' addresses
+// are then one XOR and an immediate offset from the group's; 0 deals the items round-robin.
 template <int D, int BN>
 __device__ __forceinline__ void transpose_v_fp8(uint32_t src, uint32_t dst, int warp, int nwarps, int lane) {
     constexpr int kGroups = BN / 16;

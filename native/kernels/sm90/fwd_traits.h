@@ -78,15 +78,18 @@
 #ifndef FA_SM90_FWD_ALIBI_GEMM_EARLY
 #define FA_SM90_FWD_ALIBI_GEMM_EARLY 0
 #endif
-// setmaxnreg budget of the fp8 kernels' producer warpgroup, which transposes V (40, FA3's for a working producer;
-// 24 leaves the consumers 240; overridable for experiments). The consumers get what it gives back.
+// setmaxnreg budget of the fp8 kernels' producer warpgroup, which transposes V (24, leaving the consumers 240 as
+// FA3's split does; 40 gives them 232; overridable for experiments). The consumers get what it gives back. At 232 ptxas
+// serialized the d256 consumers' wgmma (C7512); with the ldmatrix transpose by key groups 24 measured 1.22-1.32x 40 at
+// d256 and 1.01-1.03x at d128 (H200, bench/NOTES.md, sixteenth session), though the producer spills 20 bytes at d128.
 #ifndef FA_SM90_FWD_FP8_PRODUCER_REGS
-#define FA_SM90_FWD_FP8_PRODUCER_REGS 40
+#define FA_SM90_FWD_FP8_PRODUCER_REGS 24
 #endif
-// How the fp8 kernels' producer warps split a V stage's transpose (sm90/fwd_kernel.cuh transpose_v_fp8): 0, work items
-// (a 16-key group x two 16-column chunks) dealt round-robin; 1, whole key groups per warp (an experiment).
+// How the fp8 kernels' producer warps split a V stage's transpose (sm90/fwd_kernel.cuh transpose_v_fp8): 1, whole key
+// groups per warp (each item's addresses one XOR and an immediate from the group's); 0, work items (a 16-key group x two
+// 16-column chunks) dealt round-robin, 0.95-1.03x at d128 and 0.88-0.91x at d256 (sixteenth session).
 #ifndef FA_SM90_FWD_FP8_TRANSPOSE_GROUPS
-#define FA_SM90_FWD_FP8_TRANSPOSE_GROUPS 0
+#define FA_SM90_FWD_FP8_TRANSPOSE_GROUPS 1
 #endif
 
 namespace fa {
@@ -147,7 +150,7 @@ struct FwdTraits90 {
     // consumers' setmaxnreg.inc can only take what the producer's setmaxnreg.dec gave back in the same CTA
     // (and waits for it forever otherwise: a hang, not an error), so (kLaunchRegs - producer) * 128 must cover
     // (consumer - kLaunchRegs) * 128 * kConsumers: 24/240 and 32/160 exactly, as FlashAttention-3's, and for fp8,
-    // whose producer transposes V, FA_SM90_FWD_FP8_PRODUCER_REGS (40: 40/232) and all it gives back.
+    // whose producer transposes V, FA_SM90_FWD_FP8_PRODUCER_REGS (24: 24/240) and all it gives back.
     static constexpr int kLaunchRegs = (65536 / kThreads) / 8 * 8 > 255 ? 248 : (65536 / kThreads) / 8 * 8;
     static constexpr int kProducerRegs = kFp8 ? FA_SM90_FWD_FP8_PRODUCER_REGS : kConsumers == 3 ? 32 : 24;
     static constexpr int kConsumerRegs =
