@@ -112,15 +112,14 @@ struct FwdIo90<__nv_fp8_e4m3> {
 // beside it, one byte permute makes the word of V^T row 2 j (keys a, a + 1, a + 8, a + 9: the permuted order, k
 // positions 4 (l % 4) + e of the group) and one that of row 2 j + 1. stmatrix stores 8 V^T rows x 16 bytes a block,
 // lane l's word in row l / 4 at bytes 4 (l % 4). A work item: group g and two 16-column chunks 2 cp, 2 cp + 1
-// (ldmatrix.x4: keys 16 g + [0, 8) and [8, 16) of each chunk), D / 32 x BN / 16 items a stage, about 10 instructions
-// each where the 4-byte loads and byte permutes of the first version (until the sixteenth session) took 60 (the whole
-// transpose was then a third of the kernel's instructions; bench/NOTES.md). Bank conflicts: a load phase reads 8 keys
+// (ldmatrix.x4: keys 16 g + [0, 8) and [8, 16) of each chunk), D / 32 of them per group; each warp takes whole groups,
+// so that its items' addresses are one XOR and an immediate offset from the group's (dealing the items round-robin
+// instead measured 0.88-1.05x). The first version (4-byte loads and byte permutes, until the sixteenth session) issued
+// a third of the kernel's instructions (bench/NOTES.md). Bank conflicts: a load phase reads 8 keys
 // of one chunk (8 distinct swizzled positions); a store block takes the rows 2 j of its chunk for j < 4 and 2 j + 1 for
 // j >= 4 (its twin the others: lanes 16..31 swap their two words), 8 distinct residues mod 8 that the swizzle spreads
 // over all banks. (A CPU simulation of every lane against the first version and the layout's definition, D 128 and
 // 256: the same bytes, each written once, no conflicts.) src, dst: the stages' shared-memory addresses (1024-aligned).
-// FA_SM90_FWD_FP8_TRANSPOSE_GROUPS (fwd_traits.h, default 1): each warp takes whole key groups, whose items' addresses
-// are then one XOR and an immediate offset from the group's; 0 deals the items round-robin.
 template <int D, int BN>
 __device__ __forceinline__ void transpose_v_fp8(uint32_t src, uint32_t dst, int warp, int nwarps, int lane) {
     constexpr int kGroups = BN / 16;
@@ -129,39 +128,22 @@ __device__ __forceinline__ void transpose_v_fp8(uint32_t src, uint32_t dst, int 
     const uint32_t ld_row = src + (8 * (mat & 1) + i) * 128;  // key 8 (mat & 1) + i of the group
     const int dr = (mat & 1) == (i < 4 ? 0 : 1) ? 2 * i : 2 * i + 1;  // the V^T row (of the chunk) of store row i
     const uint32_t sel0 = lane < 16 ? 0x6420u : 0x7531u, sel1 = lane < 16 ? 0x7531u : 0x6420u;
-    if constexpr (FA_SM90_FWD_FP8_TRANSPOSE_GROUPS != 0) {
-        // Chunk c = 2 cp + h of this lane's block: c % 8 = (2 cp) % 8 ^ h and c / 8 = 2 cp / 8, so the swizzled load
-        // address is the lane's row with (i ^ h) in bits 4..6, XORed with the pair's (2 cp) % 8, plus the panel's
-        // offset; the store's, the lane's V^T row with (dr & 7) ^ g in bits 4..6, plus 32 rows a pair.
-        const int h = mat >> 1;
-        const uint32_t ld_lane = ld_row + ((i ^ h) << 4);
-        const uint32_t st_lane = dst + (16 * h + dr) * 128 + ((dr & 7) << 4);
+    // Chunk c = 2 cp + h of this lane's block: c % 8 = (2 cp) % 8 ^ h and c / 8 = 2 cp / 8, so the swizzled load
+    // address is the lane's row with (i ^ h) in bits 4..6, XORed with the pair's (2 cp) % 8, plus the panel's offset;
+    // the store's, the lane's V^T row with (dr & 7) ^ g in bits 4..6, plus 32 rows a pair.
+    const int h = mat >> 1;
+    const uint32_t ld_lane = ld_row + ((i ^ h) << 4);
+    const uint32_t st_lane = dst + (16 * h + dr) * 128 + ((dr & 7) << 4);
 #pragma unroll 1
-        for (int g = warp; g < kGroups; g += nwarps) {
-            const uint32_t ld_g = ld_lane + g * (16 * 128);
-            const uint32_t st_g = st_lane ^ (static_cast<uint32_t>(g) << 4);
+    for (int g = warp; g < kGroups; g += nwarps) {
+        const uint32_t ld_g = ld_lane + g * (16 * 128);
+        const uint32_t st_g = st_lane ^ (static_cast<uint32_t>(g) << 4);
 #pragma unroll
-            for (int cp = 0; cp < kPairs; ++cp) {
-                uint32_t r0, r1, r2, r3;
-                ldmatrix_x4_trans(r0, r1, r2, r3, (ld_g ^ (((2 * cp) % 8) << 4)) + (2 * cp / 8) * (BN * 128));
-                stmatrix_x4(st_g + cp * (32 * 128), __byte_perm(r0, r1, sel0), __byte_perm(r0, r1, sel1),
-                            __byte_perm(r2, r3, sel0), __byte_perm(r2, r3, sel1));
-            }
-        }
-    } else {
-        constexpr int kItems = kGroups * kPairs;
-        const int max_items = (kItems + nwarps - 1) / nwarps;
-#pragma unroll 4
-        for (int k = 0; k < max_items; ++k) {
-            const int item = warp + k * nwarps;
-            if (item < kItems) {  // warp-uniform (the .aligned ldmatrix/stmatrix)
-                const int g = item % kGroups, c = 2 * (item / kGroups) + (mat >> 1);
-                uint32_t r0, r1, r2, r3;
-                ldmatrix_x4_trans(r0, r1, r2, r3, ld_row + (c / 8) * (BN * 128) + g * (16 * 128) + (((c % 8) ^ i) << 4));
-                const int d = 16 * c + dr;
-                stmatrix_x4(dst + d * 128 + ((g ^ (d & 7)) << 4), __byte_perm(r0, r1, sel0), __byte_perm(r0, r1, sel1),
-                            __byte_perm(r2, r3, sel0), __byte_perm(r2, r3, sel1));
-            }
+        for (int cp = 0; cp < kPairs; ++cp) {
+            uint32_t r0, r1, r2, r3;
+            ldmatrix_x4_trans(r0, r1, r2, r3, (ld_g ^ (((2 * cp) % 8) << 4)) + (2 * cp / 8) * (BN * 128));
+            stmatrix_x4(st_g + cp * (32 * 128), __byte_perm(r0, r1, sel0), __byte_perm(r0, r1, sel1),
+                        __byte_perm(r2, r3, sel0), __byte_perm(r2, r3, sel1));
         }
     }
 }

@@ -80,16 +80,11 @@
 #endif
 // setmaxnreg budget of the fp8 kernels' producer warpgroup, which transposes V (24, leaving the consumers 240 as
 // FA3's split does; 40 gives them 232; overridable for experiments). The consumers get what it gives back. At 232 ptxas
-// serialized the d256 consumers' wgmma (C7512); with the ldmatrix transpose by key groups 24 measured 1.22-1.32x 40 at
-// d256 and 1.01-1.03x at d128 (H200, bench/NOTES.md, sixteenth session), though the producer spills 20 bytes at d128.
+// serialized the d256 consumers' wgmma (C7512); with the ldmatrix transpose by key groups (transpose_v_fp8) 24
+// measured 1.22-1.32x 40 at d256 and 1.01-1.03x at d128 (H200, bench/NOTES.md, sixteenth session), though the
+// producer spills 20 bytes at d128.
 #ifndef FA_SM90_FWD_FP8_PRODUCER_REGS
 #define FA_SM90_FWD_FP8_PRODUCER_REGS 24
-#endif
-// How the fp8 kernels' producer warps split a V stage's transpose (sm90/fwd_kernel.cuh transpose_v_fp8): 1, whole key
-// groups per warp (each item's addresses one XOR and an immediate from the group's); 0, work items (a 16-key group x two
-// 16-column chunks) dealt round-robin, 0.95-1.03x at d128 and 0.88-0.91x at d256 (sixteenth session).
-#ifndef FA_SM90_FWD_FP8_TRANSPOSE_GROUPS
-#define FA_SM90_FWD_FP8_TRANSPOSE_GROUPS 1
 #endif
 
 namespace fa {
