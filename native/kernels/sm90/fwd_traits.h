@@ -86,6 +86,11 @@
 #ifndef FA_SM90_FWD_FP8_PRODUCER_REGS
 #define FA_SM90_FWD_FP8_PRODUCER_REGS 24
 #endif
+// K/V stages of the fp8 head-dim-128 kernel (2; 3 fits its shared memory, 160 KB: an experiment, the V and V^T rings
+// one stage deeper so that the transposers run further ahead of the consumers). D 256's three would not fit.
+#ifndef FA_SM90_FWD_FP8_D128_STAGES
+#define FA_SM90_FWD_FP8_D128_STAGES 2
+#endif
 
 namespace fa {
 namespace sm90 {
@@ -139,7 +144,10 @@ struct FwdTraits90 {
                                  : kVCols >= 192         ? 64
                                  : D == 128              ? FA_SM90_FWD_BN128
                                                          : 128;
-    static constexpr int kStages = kVChunks > 1 ? FA_SM90_FWD_VSPLIT_STAGES : !kFp8 && D == 64 ? 3 : 2;
+    static constexpr int kStages = kVChunks > 1           ? FA_SM90_FWD_VSPLIT_STAGES
+                                 : kFp8 && D == 128      ? FA_SM90_FWD_FP8_D128_STAGES
+                                 : !kFp8 && D == 64      ? 3
+                                                         : 2;
     static constexpr int kThreads = 128 * (kConsumers + 1);
     // setmaxnreg budgets. The launch gives every thread kLaunchRegs (65536 / threads, a multiple of 8); the
     // consumers' setmaxnreg.inc can only take what the producer's setmaxnreg.dec gave back in the same CTA
