@@ -40,6 +40,8 @@
 #include <cuda_fp16.h>
 #include <math_constants.h>
 
+#include <type_traits>
+
 #include "common/alibi.cuh"
 #include "common/bwd_block.cuh"
 #include "common/ptx.cuh"
@@ -60,6 +62,30 @@ struct BwdArgs90 {
     BwdParams p;
     TmaMap q, dout;
 };
+
+// dV/dK's accumulators and A fragments stay untouched until their products retire: the fences, placed after the wait
+// that retires them, keep the fragments' registers from reuse until then.
+template <int NK, int NV, int NA, int ND>
+__device__ __forceinline__ void fence_dkdv(float (&acc_k)[NK], float (&acc_v)[NV], uint32_t (&fa)[NA][4],
+                                           uint32_t (&fd)[ND][4]) {
+    fence_regs(acc_k);
+    fence_regs(acc_v);
+#pragma unroll
+    for (int kk = 0; kk < NA; ++kk) {
+        fence_regs(fa[kk]);
+        if constexpr (ND == NA) fence_regs(fd[kk]);  // (kSplit: fd is unused, one row)
+    }
+}
+
+// a where kFirst, else b (a compile-time choice between accumulator arrays of different sizes).
+template <bool kFirst, int NA, int NB>
+__device__ __forceinline__ auto& pick_first(float (&a)[NA], float (&b)[NB]) {
+    if constexpr (kFirst) {
+        return a;
+    } else {
+        return b;
+    }
+}
 
 template <typename T, int D, bool kLocal, bool kSoftcap, bool kDeterministic, int DV = D>
 __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_kernel_sm90(const __grid_constant__ BwdArgs90 a) {
@@ -279,14 +305,43 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         }
         wgmma_commit();
     };
+    // kEarlyST: one of block i's two products alone (dP^T where dp is std::true_type, else S^T), issued and committed.
+    const auto issue_one = [&](int i, auto dp) {
+        const uint32_t sQ = s0 + Tr::kOffQ + (i % S) * Tr::kSmemQ;
+        const uint32_t sdO = s0 + Tr::kOffDO + (i % S) * Tr::kSmemDO;
+        auto& acc = pick_first<decltype(dp)::value>(dpt, st);
+#pragma unroll
+        for (int j = 0; j < 32; ++j) acc[j] = 0.f;
+        fence_regs(acc);
+        wgmma_fence();
+        const uint32_t rows = static_cast<uint32_t>(key_base * 128);
+        const uint32_t a0 = decltype(dp)::value ? sV : sK;
+        const uint32_t b0 = decltype(dp)::value ? sdO : sQ;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const uint32_t ko = (kk / 4) * KStride + rows + (kk % 4) * 32;
+            const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
+            Wgmma<T, 64, 0, 0>::ss(acc, smem_desc(a0 + ko, 16, 1024), smem_desc(b0 + qo, 16, 1024), 1);
+        }
+        wgmma_commit();
+    };
     // kEarlyS (BwdTraits90, the default mode): block it + 1's S^T and dP^T are issued right after block it's dQ
-    // product, so they run while it waits for dQ and adds it; block 0's here.
+    // product, so they run while it waits for dQ and adds it; block 0's here. kEarlyST (head dim 128, an experiment):
+    // block it + 1's S^T alone, once dV/dK have retired, and its dP^T at the top of iteration it + 1.
     constexpr bool kEarlyS = Tr::kEarlyS && !kDeterministic;
-    static_assert(!kEarlyS || S >= 3, "block it + 1's stage is neither block it's nor the one load_next(it) refills");
+    constexpr bool kEarlyST = Tr::kEarlyST && !kDeterministic;
+    static_assert(!(kEarlyS || kEarlyST) || S >= 3,
+                  "block it + 1's stage is neither block it's nor the one load_next(it) refills");
     if constexpr (kEarlyS) {
         if (iters > 0) {
             stage_ready(0);
             issue_s_dp(0);
+        }
+    }
+    if constexpr (kEarlyST) {
+        if (iters > 0) {
+            stage_ready(0);
+            issue_one(0, std::false_type{});
         }
     }
     for (int it = 0; it < iters; ++it) {
@@ -302,12 +357,16 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         const uint32_t sdS = s0 + Tr::kOffDS + (it & 1) * Tr::kSmemDS;
         const int ds_off = Tr::kOffDS + (it & 1) * Tr::kSmemDS;
 
-        if constexpr (!kEarlyS) stage_ready(it);
+        if constexpr (!kEarlyS && !kEarlyST) stage_ready(it);
         trace.lap(0);
         const int64_t slot0 = bwd_row_slot(p, b, h, seq.q_row0, row0);
         const float* stats = reinterpret_cast<const float*>(smem + Tr::kOffStats + st_it * Tr::kSmemStats);
 
-        if constexpr (!kEarlyS) issue_s_dp(it);
+        if constexpr (kEarlyST) {
+            issue_one(it, std::true_type{});  // dP^T (S^T: at the end of the previous iteration, or before the walk)
+        } else if constexpr (!kEarlyS) {
+            issue_s_dp(it);
+        }
         wgmma_wait<0>();  // S^T and dP^T (kEarlyS: issued at the end of the previous iteration, or before the walk)
         fence_regs(st);
         fence_regs(dpt);
@@ -512,7 +571,17 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
             }
         }
         wgmma_commit();
-        if constexpr (kEarlyS) {
+        if constexpr (kEarlyST) {
+            wgmma_wait<1>();  // dV/dK retired (dQ in flight): their A fragments free for block it + 1's S^T
+            fence_dkdv(acc_k, acc_v, fa, fd);
+            if (it + 1 < iters) {
+                stage_ready(it + 1);
+                issue_one(it + 1, std::false_type{});
+                wgmma_wait<1>();  // dQ retired; block it + 1's S^T stays in flight
+            } else {
+                wgmma_wait<0>();
+            }
+        } else if constexpr (kEarlyS) {
             if (it + 1 < iters) {
                 stage_ready(it + 1);
                 issue_s_dp(it + 1);
@@ -526,13 +595,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         trace.lap(6);
         fence_regs(dq_a);
         fence_regs(dq_b);
-        fence_regs(acc_k);
-        fence_regs(acc_v);
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; ++kk) {  // the A fragments stay untouched until the products retire
-            fence_regs(fa[kk]);
-            if constexpr (!kSplit) fence_regs(fd[kk]);
-        }
+        if constexpr (!kEarlyST) fence_dkdv(acc_k, acc_v, fa, fd);  // (kEarlyST: after the earlier wait)
 
         // A full query block's dQ goes in the fragment layout (BwdParams::dq_frag_rows, dq_frag_offset): this thread's
         // 4 floats of column group j at [warpgroup half][j][thread][4], one vector add each (half the adds of row-major

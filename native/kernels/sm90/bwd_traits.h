@@ -13,6 +13,13 @@
 #ifndef FA_SM90_BWD_EARLY_S
 #define FA_SM90_BWD_EARLY_S 1
 #endif
+// Head dim 128's form of it (an experiment, default 0): there the next block's S^T and dP^T together do not fit beside
+// dK, dV and dQ (255 registers, wgmma serialized: 0.78-0.87x, sixteenth session), so only S^T is issued early, once
+// dV/dK have retired and freed their A fragments (32 accumulators a thread in flight during the dQ adds), and dP^T at
+// the next iteration's top (BwdTraits90::kEarlyST).
+#ifndef FA_SM90_BWD_EARLY_ST_D128
+#define FA_SM90_BWD_EARLY_ST_D128 0
+#endif
 
 namespace fa {
 namespace sm90 {
@@ -62,6 +69,7 @@ struct BwdTraits90 {
     static constexpr int kBlockM = 64;
     static constexpr int kBlockN = kSplit ? 64 : 128;
     static constexpr bool kEarlyS = FA_SM90_BWD_EARLY_S != 0 && !kSplit && D == 64;  // (FA_SM90_BWD_EARLY_S; default mode)
+    static constexpr bool kEarlyST = FA_SM90_BWD_EARLY_ST_D128 != 0 && !kSplit && D == 128;  // (default mode)
     static constexpr int kThreads = 256;  // two consumer warpgroups (BwdTurns: with the deterministic mode's turn warpgroup)
     // Q and dO of a query block arrive by TMA, its row statistics (lse_log2 then dsum) by cp.async, into a ring of
     // kStages stages, each completing one mbarrier; three stages where they fit (the load of block it + 2 is issued
