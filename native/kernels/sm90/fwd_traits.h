@@ -81,13 +81,13 @@
 // setmaxnreg budget of the fp8 kernels' producer warpgroup, which transposes V (24, leaving the consumers 240 as
 // FA3's split does; 40 gives them 232; overridable for experiments). The consumers get what it gives back. At 232 ptxas
 // serialized the d256 consumers' wgmma (C7512); with the ldmatrix transpose by key groups (transpose_v_fp8) 24
-// measured 1.22-1.32x 40 at d256 and 1.01-1.03x at d128 (H200, bench/NOTES.md, sixteenth session), though the
+// measured 1.08-1.19x 40 at d256 and 1.00-1.06x at d128 (H200, bench/NOTES.md, sixteenth session), though the
 // producer spills 20 bytes at d128.
 #ifndef FA_SM90_FWD_FP8_PRODUCER_REGS
 #define FA_SM90_FWD_FP8_PRODUCER_REGS 24
 #endif
-// K/V stages of the fp8 head-dim-128 kernel (2; 3 fits its shared memory, 160 KB: an experiment, the V and V^T rings
-// one stage deeper so that the transposers run further ahead of the consumers). D 256's three would not fit.
+// K/V stages of the fp8 head-dim-128 kernel (2; 3 fits its shared memory, 160 KB: an experiment, the K, V and V^T
+// rings one stage deeper so that the transposers run further ahead of the consumers). D 256's three would not fit.
 #ifndef FA_SM90_FWD_FP8_D128_STAGES
 #define FA_SM90_FWD_FP8_D128_STAGES 2
 #endif
