@@ -137,7 +137,9 @@ __device__ __forceinline__ void transpose_v_fp8(uint32_t src, uint32_t dst, int 
 #pragma unroll 1
     for (int g = warp; g < kGroups; g += nwarps) {
         const uint32_t ld_g = ld_lane + g * (16 * 128);
-        const uint32_t st_g = st_lane ^ (static_cast<uint32_t>(g) << 4);
+        // (blocks of more than 128 keys, FA_SM90_FWD_FP8_BN128: group g in V^T panel g / 8, at chunk g % 8)
+        const uint32_t st_g = BN > 128 ? (st_lane + (g / 8) * (D * 128)) ^ (static_cast<uint32_t>(g % 8) << 4)
+                                       : st_lane ^ (static_cast<uint32_t>(g) << 4);
 #pragma unroll
         for (int cp = 0; cp < kPairs; ++cp) {
             uint32_t r0, r1, r2, r3;
@@ -531,8 +533,9 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                 if constexpr (Tr::kPSmem) asm volatile("" : "+r"(pt));
 #pragma unroll
                 for (int kk = 0; kk < BN / KS; ++kk) {
-                    if constexpr (kFp8) {  // V^T: K-major, 32 key bytes per step
-                        WgmmaF8<D>::rs(acc, pa[kk], smem_desc(vt_tile(st) + kk * 32, 16, 1024), 1);
+                    if constexpr (kFp8) {  // V^T: K-major, 32 key bytes per step, 128 keys a panel
+                        WgmmaF8<D>::rs(acc, pa[kk],
+                                       smem_desc(vt_tile(st) + (kk / 4) * Tr::kSmemVtPanel + (kk % 4) * 32, 16, 1024), 1);
                     } else if constexpr (Tr::kPSmem) {  // P: K-major as Q, 16 keys (32 bytes) per step; V as below
                         Wgmma<T, VC, 0, 1>::ss(acc, smem_desc(pt + (kk / 4) * PPanel + (kk % 4) * 32, 16, 1024),
                                                smem_desc(v_tile(st) + kk * 16 * 128, KVPanel, 1024), 1);

@@ -91,6 +91,11 @@
 #ifndef FA_SM90_FWD_FP8_D128_STAGES
 #define FA_SM90_FWD_FP8_D128_STAGES 2
 #endif
+// Keys per K/V block of the fp8 head-dim-128 kernel (128; an experiment: 160, 192 or 224, FA3's 224, more keys per
+// softmax pass and per rescale of O, the V^T stage then two 128-key panels). D 256 keeps 128 (its O takes 128 registers).
+#ifndef FA_SM90_FWD_FP8_BN128
+#define FA_SM90_FWD_FP8_BN128 128
+#endif
 
 namespace fa {
 namespace sm90 {
@@ -137,7 +142,7 @@ struct FwdTraits90 {
     // at 240; at 96 and 112 (FA3's) O is staged through Q, at 64 it kept a separate tile), the pair
     // (192, 128) 128 as D 128 (its O then staged through Q), and (64, 512), whose CTA's O is 256 columns wide, 64.
     // The paged kernels take none of the knobs: their key block must divide 128 (64 where O is 192 columns or more).
-    static constexpr int kBlockN = kFp8                  ? 128
+    static constexpr int kBlockN = kFp8                  ? (D == 128 ? FA_SM90_FWD_FP8_BN128 : 128)
                                  : kPagedKV              ? (kVCols >= 192 ? 64 : 128)
                                  : D == 256              ? FA_SM90_FWD_BN256
                                  : D == 192 && DV == D   ? FA_SM90_FWD_BN192
@@ -169,7 +174,10 @@ struct FwdTraits90 {
     static constexpr int kSmemQ = kBlockM * D * kElemBytes;
     static constexpr int kSmemKV = kBlockN * D * kElemBytes;   // one K stage (and V's when DV = D)
     static constexpr int kSmemV = kBlockN * kVCols * kElemBytes;  // one V stage (the CTA's columns)
-    static constexpr int kSmemVt = kFp8 ? kSmemKV : 0;         // one V^T stage (fp8)
+    // fp8: one V^T stage, kVtPanels panels of D rows x 128 key bytes (keys [128 p, 128 p + 128) in panel p)
+    static constexpr int kVtPanels = (kBlockN + 127) / 128;
+    static constexpr int kSmemVtPanel = D * 128;
+    static constexpr int kSmemVt = kFp8 ? kVtPanels * kSmemVtPanel : 0;
     static constexpr int kOffQ = 0;
     static constexpr int kOffK = kOffQ + kSmemQ;
     static constexpr int kOffV = kOffK + kStages * kSmemKV;
@@ -213,7 +221,8 @@ struct FwdTraits90 {
     static_assert(DV % kVCols == 0 && kVCols % kPanelCols == 0, "whole column chunks of whole panels");
     static_assert(kVChunks == 1 || (kSeparateO && !kPingPong && kConsumers == 2),
                   "a column-chunked kernel stages O in its own tile (its O is wider than Q) and takes D 256's registers");
-    static_assert(!kFp8 || kBlockN == 128, "an fp8 V^T row is one 128-byte panel row of keys");
+    static_assert(!kFp8 || (kBlockN % 32 == 0 && kBlockN <= 256),
+                  "fp8: whole 32-key steps of P V, at most two 128-key V^T panels");
     static_assert(kSmemBytes <= 227 * 1024, "fits an H100/H200 block's shared memory");
     static_assert(!kPagedKV || 128 % kBlockN == 0, "a paged kernel's key block lies in one block of the pool");
 };
