@@ -92,9 +92,14 @@
 #define FA_SM90_FWD_FP8_D128_STAGES 2
 #endif
 // Keys per K/V block of the fp8 head-dim-128 kernel (128; an experiment: 160, 192 or 224, FA3's 224, more keys per
-// softmax pass and per rescale of O, the V^T stage then two 128-key panels). D 256 keeps 128 (its O takes 128 registers).
+// softmax pass and per rescale of O, the V^T stage then two 128-key panels).
 #ifndef FA_SM90_FWD_FP8_BN128
 #define FA_SM90_FWD_FP8_BN128 128
+#endif
+// ... of the fp8 head-dim-256 kernel (128, FA3's; an experiment: 64 or 96, whose S takes 32 or 48 registers a thread
+// instead of 64 beside O's 128: the consumers spill 56-208 bytes at 240 with 128 keys, sixteenth session).
+#ifndef FA_SM90_FWD_FP8_BN256
+#define FA_SM90_FWD_FP8_BN256 128
 #endif
 
 namespace fa {
@@ -142,7 +147,7 @@ struct FwdTraits90 {
     // at 240; at 96 and 112 (FA3's) O is staged through Q, at 64 it kept a separate tile), the pair
     // (192, 128) 128 as D 128 (its O then staged through Q), and (64, 512), whose CTA's O is 256 columns wide, 64.
     // The paged kernels take none of the knobs: their key block must divide 128 (64 where O is 192 columns or more).
-    static constexpr int kBlockN = kFp8                  ? (D == 128 ? FA_SM90_FWD_FP8_BN128 : 128)
+    static constexpr int kBlockN = kFp8                  ? (D == 128 ? FA_SM90_FWD_FP8_BN128 : FA_SM90_FWD_FP8_BN256)
                                  : kPagedKV              ? (kVCols >= 192 ? 64 : 128)
                                  : D == 256              ? FA_SM90_FWD_BN256
                                  : D == 192 && DV == D   ? FA_SM90_FWD_BN192

@@ -212,6 +212,7 @@ struct WgmmaF8;
         }                                                                                                           \
     };
 FA_WGMMA8(64, 32, "32", "33", "34", "35", "36", "37")
+FA_WGMMA8(96, 48, "48", "49", "50", "51", "52", "53")  // (the fp8 d256 key-block experiment, FA_SM90_FWD_FP8_BN256)
 FA_WGMMA8(128, 64, "64", "65", "66", "67", "68", "69")
 FA_WGMMA8(160, 80, "80", "81", "82", "83", "84", "85")  // (the fp8 d128 key-block experiment, FA_SM90_FWD_FP8_BN128)
 FA_WGMMA8(192, 96, "96", "97", "98", "99", "100", "101")
