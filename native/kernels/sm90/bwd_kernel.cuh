@@ -40,8 +40,6 @@
 #include <cuda_fp16.h>
 #include <math_constants.h>
 
-#include <type_traits>
-
 #include "common/alibi.cuh"
 #include "common/bwd_block.cuh"
 #include "common/ptx.cuh"
@@ -74,16 +72,6 @@ __device__ __forceinline__ void fence_dkdv(float (&acc_k)[NK], float (&acc_v)[NV
     for (int kk = 0; kk < NA; ++kk) {
         fence_regs(fa[kk]);
         if constexpr (ND == NA) fence_regs(fd[kk]);  // (kSplit: fd is unused, one row)
-    }
-}
-
-// a where kFirst, else b (a compile-time choice between accumulator arrays of different sizes).
-template <bool kFirst, int NA, int NB>
-__device__ __forceinline__ auto& pick_first(float (&a)[NA], float (&b)[NB]) {
-    if constexpr (kFirst) {
-        return a;
-    } else {
-        return b;
     }
 }
 
@@ -281,15 +269,21 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
     // and committed (one group). Both per warpgroup, or (kSplit) S^T in warpgroup 0 and dP^T in warpgroup 1, one
     // instruction stream (the operands' descriptors differ).
     float st[32], dpt[kSplit ? 1 : 32];
-    const auto issue_s_dp = [&](int i) {
+    // with_s, with_dp: which of the two (constants at every call; kEarlyST issues them one at a time; with kSplit
+    // with_s stands for the warpgroup's one product).
+    const auto issue_products = [&](int i, bool with_s, bool with_dp) {
         const uint32_t sQ = s0 + Tr::kOffQ + (i % S) * Tr::kSmemQ;
         const uint32_t sdO = s0 + Tr::kOffDO + (i % S) * Tr::kSmemDO;
+        if (with_s) {
 #pragma unroll
-        for (int j = 0; j < 32; ++j) st[j] = 0.f;
+            for (int j = 0; j < 32; ++j) st[j] = 0.f;
+        }
+        if (with_dp) {
 #pragma unroll
-        for (int j = 0; j < (kSplit ? 1 : 32); ++j) dpt[j] = 0.f;
-        fence_regs(st);
-        fence_regs(dpt);
+            for (int j = 0; j < (kSplit ? 1 : 32); ++j) dpt[j] = 0.f;
+        }
+        if (with_s) fence_regs(st);
+        if (with_dp) fence_regs(dpt);
         wgmma_fence();
         const uint32_t rows = static_cast<uint32_t>(key_base * 128);
         const uint32_t a0 = kSplit && wg == 1 ? sV : sK;
@@ -298,33 +292,16 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         for (int kk = 0; kk < D / 16; ++kk) {
             const uint32_t ko = (kk / 4) * KStride + rows + (kk % 4) * 32;
             const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
-            Wgmma<T, 64, 0, 0>::ss(st, smem_desc(a0 + ko, 16, 1024), smem_desc(b0 + qo, 16, 1024), 1);
+            if (with_s) Wgmma<T, 64, 0, 0>::ss(st, smem_desc(a0 + ko, 16, 1024), smem_desc(b0 + qo, 16, 1024), 1);
             if constexpr (!kSplit) {
-                Wgmma<T, 64, 0, 0>::ss(dpt, smem_desc(sV + ko, 16, 1024), smem_desc(sdO + qo, 16, 1024), 1);
+                if (with_dp) {
+                    Wgmma<T, 64, 0, 0>::ss(dpt, smem_desc(sV + ko, 16, 1024), smem_desc(sdO + qo, 16, 1024), 1);
+                }
             }
         }
         wgmma_commit();
     };
-    // kEarlyST: one of block i's two products alone (dP^T where dp is std::true_type, else S^T), issued and committed.
-    const auto issue_one = [&](int i, auto dp) {
-        const uint32_t sQ = s0 + Tr::kOffQ + (i % S) * Tr::kSmemQ;
-        const uint32_t sdO = s0 + Tr::kOffDO + (i % S) * Tr::kSmemDO;
-        auto& acc = pick_first<decltype(dp)::value>(dpt, st);
-#pragma unroll
-        for (int j = 0; j < 32; ++j) acc[j] = 0.f;
-        fence_regs(acc);
-        wgmma_fence();
-        const uint32_t rows = static_cast<uint32_t>(key_base * 128);
-        const uint32_t a0 = decltype(dp)::value ? sV : sK;
-        const uint32_t b0 = decltype(dp)::value ? sdO : sQ;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const uint32_t ko = (kk / 4) * KStride + rows + (kk % 4) * 32;
-            const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
-            Wgmma<T, 64, 0, 0>::ss(acc, smem_desc(a0 + ko, 16, 1024), smem_desc(b0 + qo, 16, 1024), 1);
-        }
-        wgmma_commit();
-    };
+    const auto issue_s_dp = [&](int i) { issue_products(i, true, true); };
     // kEarlyS (BwdTraits90, the default mode): block it + 1's S^T and dP^T are issued right after block it's dQ
     // product, so they run while it waits for dQ and adds it; block 0's here. kEarlyST (head dim 128, an experiment):
     // block it + 1's S^T alone, once dV/dK have retired, and its dP^T at the top of iteration it + 1.
@@ -341,7 +318,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
     if constexpr (kEarlyST) {
         if (iters > 0) {
             stage_ready(0);
-            issue_one(0, std::false_type{});
+            issue_products(0, true, false);
         }
     }
     for (int it = 0; it < iters; ++it) {
@@ -363,7 +340,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         const float* stats = reinterpret_cast<const float*>(smem + Tr::kOffStats + st_it * Tr::kSmemStats);
 
         if constexpr (kEarlyST) {
-            issue_one(it, std::true_type{});  // dP^T (S^T: at the end of the previous iteration, or before the walk)
+            issue_products(it, false, true);  // dP^T (S^T: at the end of the previous iteration, or before the walk)
         } else if constexpr (!kEarlyS) {
             issue_s_dp(it);
         }
@@ -576,7 +553,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
             fence_dkdv(acc_k, acc_v, fa, fd);
             if (it + 1 < iters) {
                 stage_ready(it + 1);
-                issue_one(it + 1, std::false_type{});
+                issue_products(it + 1, true, false);
                 wgmma_wait<1>();  // dQ retired; block it + 1's S^T stays in flight
             } else {
                 wgmma_wait<0>();
