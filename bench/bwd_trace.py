@@ -61,7 +61,7 @@ def main():
     args = ap.parse_args()
     import torch
     from bwd import our_forward_for_bwd
-    from common import FaLib, dtype_code, lib_file
+    from common import FaLib, dtype_code, lib_file, run_traced
     from shapes import parse_rows
     lib = FaLib(lib_file(args.lib)).open()
     lib.lib.fa_debug_bwd_trace.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
@@ -73,14 +73,7 @@ def main():
         grads = tuple(torch.empty_like(t) for t in (q, k, v))
         for mode in args.modes.split(","):
             p = lib.backward_params(code, (q, k, v, o, do) + grads, lse, causal, mode == "det")
-            call = lib.backward_call(p)
-            for _ in range(2):
-                call()
-            torch.cuda.synchronize()
-            if lib.lib.fa_debug_bwd_trace_clear() != 0:
-                raise RuntimeError("fa_debug_bwd_trace_clear failed")
-            call()
-            torch.cuda.synchronize()
+            run_traced(lib.backward_call(p), lib.lib.fa_debug_bwd_trace_clear, warmups=2)
             print(summarize(read(lib), f"B{b} H{h} S{s} D{d} {'causal' if causal else 'full'} {mode}"), flush=True)
 
 

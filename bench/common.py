@@ -347,3 +347,17 @@ def time_baseline(row, flops, base, make_call, bench):
     except Exception as e:  # noqa: BLE001 - recorded on the row
         row["errors"]["base"] = first_line(e, 300)
 
+
+def run_traced(call, clear, warmups):
+    """A trace build's measured call (bench/fwd_trace.py, bench/bwd_trace.py): `warmups` untraced calls, the trace
+    array zeroed by `clear` (a fa_debug_*_trace_clear export: 0 on success), then one call, synchronized, whose
+    stamps alone the array then holds."""
+    import torch
+    for _ in range(warmups):
+        call()
+    torch.cuda.synchronize()
+    got = clear()
+    if got != 0:
+        raise RuntimeError(f"{getattr(clear, '__name__', 'trace clear')} failed: {got}")
+    call()
+    torch.cuda.synchronize()

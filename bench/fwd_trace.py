@@ -19,7 +19,7 @@ sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
 
-from common import FaLib, dtype_code, lib_file  # noqa: E402
+from common import FaLib, dtype_code, lib_file, run_traced  # noqa: E402
 
 CTAS, TILES, ROLES, EVENTS = 132, 40, 4, 8
 
@@ -99,13 +99,7 @@ def main():
         q, k, v = (torch.randn(b, s, h, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         o = torch.empty_like(q)
         p = lib.forward_params(code, q, k, v, o, args.causal)
-        call = lib.forward_call(p)
-        for _ in range(3):
-            call()
-        torch.cuda.synchronize()
-        lib.lib.fa_debug_fwd_trace_clear()
-        call()
-        torch.cuda.synchronize()
+        run_traced(lib.forward_call(p), lib.lib.fa_debug_fwd_trace_clear, warmups=3)
         analyse(read(lib), f"B{b} H{h} S{s} D128 {'causal' if args.causal else 'full'}")
 
 
