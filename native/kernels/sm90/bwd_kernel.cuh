@@ -303,10 +303,11 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
     };
     const auto issue_s_dp = [&](int i) { issue_products(i, true, true); };
     // kEarlyS (BwdTraits90, the default mode): block it + 1's S^T and dP^T are issued right after block it's dQ
-    // product, so they run while it waits for dQ and adds it; block 0's here. kEarlyST (head dim 128, an experiment):
-    // block it + 1's S^T alone, once dV/dK have retired, and its dP^T at the top of iteration it + 1.
+    // product, so they run while it waits for dQ and adds it; block 0's here. kEarlyST (head dim 128, the kernel
+    // without mask or softcap): block it + 1's S^T alone, once dV/dK have retired, and its dP^T at the top of
+    // iteration it + 1 (BwdTraits90::kEarlyST says where it was measured).
     constexpr bool kEarlyS = Tr::kEarlyS && !kDeterministic;
-    constexpr bool kEarlyST = Tr::kEarlyST && !kDeterministic;
+    constexpr bool kEarlyST = Tr::kEarlyST && !kDeterministic && !kLocal && !kSoftcap;
     static_assert(!(kEarlyS || kEarlyST) || S >= 3,
                   "block it + 1's stage is neither block it's nor the one load_next(it) refills");
     if constexpr (kEarlyS) {

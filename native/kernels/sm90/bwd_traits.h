@@ -13,12 +13,15 @@
 #ifndef FA_SM90_BWD_EARLY_S
 #define FA_SM90_BWD_EARLY_S 1
 #endif
-// Head dim 128's form of it (an experiment, default 0): there the next block's S^T and dP^T together do not fit beside
-// dK, dV and dQ (255 registers, wgmma serialized: 0.78-0.87x, sixteenth session), so only S^T is issued early, once
-// dV/dK have retired and freed their A fragments (32 accumulators a thread in flight during the dQ adds), and dP^T at
-// the next iteration's top (BwdTraits90::kEarlyST).
+// Head dim 128's form of it (1, the default; 0: the old order): there the next block's S^T and dP^T together do not
+// fit beside dK, dV and dQ (255 registers, wgmma serialized: 0.78-0.87x, sixteenth session), so only S^T is issued
+// early, once dV/dK have retired and freed their A fragments (32 accumulators a thread in flight during the dQ adds),
+// and dP^T at the next iteration's top (BwdTraits90::kEarlyST). The default mode's kernel without mask or softcap only:
+// measured (H200, bench/NOTES.md, seventeenth session) 1.02/1.06/1.04x at 1k/4k/16k unmasked (ptxas: 255 registers,
+// 12 bytes spilled, no serialization) and 0.93-0.96x causal (the masked kernel, 16 bytes spilled), which keeps the
+// old order, as the softcap kernels do (44 bytes spilled, not measured).
 #ifndef FA_SM90_BWD_EARLY_ST_D128
-#define FA_SM90_BWD_EARLY_ST_D128 0
+#define FA_SM90_BWD_EARLY_ST_D128 1
 #endif
 
 namespace fa {
@@ -69,7 +72,7 @@ struct BwdTraits90 {
     static constexpr int kBlockM = 64;
     static constexpr int kBlockN = kSplit ? 64 : 128;
     static constexpr bool kEarlyS = FA_SM90_BWD_EARLY_S != 0 && !kSplit && D == 64;  // (FA_SM90_BWD_EARLY_S; default mode)
-    static constexpr bool kEarlyST = FA_SM90_BWD_EARLY_ST_D128 != 0 && !kSplit && D == 128;  // (default mode)
+    static constexpr bool kEarlyST = FA_SM90_BWD_EARLY_ST_D128 != 0 && !kSplit && D == 128;  // (default mode, no mask or softcap)
     static constexpr int kThreads = 256;  // two consumer warpgroups (BwdTurns: with the deterministic mode's turn warpgroup)
     // Q and dO of a query block arrive by TMA, its row statistics (lse_log2 then dsum) by cp.async, into a ring of
     // kStages stages, each completing one mbarrier; three stages where they fit (the load of block it + 2 is issued
