@@ -146,7 +146,13 @@ std::string tile_tag(Pass pass, Path path, int dt, uint32_t features) {
                        (Tr::kPSmem ? "_psmem" : "");
             };
             if (path == Path::Sm90 && dt == kE4m3) {
-                if constexpr (sm90::fwd_fp8_head_dim(D)) return sm90_tile(sm90::FwdTraits90<D, true>{});
+                if constexpr (sm90::fwd_fp8_head_dim(D)) {
+                    // The wide head-dim-128 kernel (feature::kWide: FwdTraits90Fp8Wide's tile, chosen per call) or the build's.
+                    if constexpr (D == 128) {
+                        if (features & feature::kWide) return sm90_tile(sm90::FwdTraits90Fp8Wide{});
+                    }
+                    return sm90_tile(sm90::FwdTraits90<D, true>{});
+                }
                 return "none";
             }
             if (path == Path::Sm90) {
@@ -276,7 +282,7 @@ struct Registry {
     int32_t index[3][2][kDtypes][6][64];  // pass, path, dtype, compiled head dim, features -> name index (-1: none)
     int32_t v_index[2][kVPairCount][2][32];  // forward/backward, V head dim pair, fp16/bf16, features -> name index
     int32_t v90_index[2][kVPairCount][2][32];  // the sm90 ones': forward/backward, pair, fp16/bf16, features -> index
-    int32_t wide_index[kDtypes][2];            // the sm90 forward's wide d64 kernels: dtype, softcap -> index
+    int32_t wide_index[kDtypes][2];            // the sm90 forward's wide kernels: dtype, softcap -> index
 };
 
 const Registry& registry() {
@@ -331,14 +337,19 @@ const Registry& registry() {
                     }
                 }
             }
-            // The sm90 forward's wide head-dim-64 kernels (16-bit; without and with softcap): the build's names with
-            // FwdTraits90Wide's tile, "sm90_fwd_<dtype>_hdim64[_softcap]_192x128_4wg3s_psmem".
-            if (pass == Pass::Forward && sm90::fwd_d64_wide() && compiled_index(64) >= 0) {
+            // The sm90 forward's wide kernels: head dim 64's (16-bit; without and with softcap), the build's names with
+            // FwdTraits90Wide's tile, "sm90_fwd_<dtype>_hdim64[_softcap]_192x128_4wg3s_psmem", and fp8 head dim 128's
+            // (without softcap), FwdTraits90Fp8Wide's, "sm90_fwd_e4m3_hdim128_128x224_3wg2s".
+            if (pass == Pass::Forward) {
                 for (int dt = 0; dt < kDtypes; ++dt) {
-                    if (dt == kE4m3 || !has_kernel(pass, Path::Sm90, 64, dtype_at(dt))) continue;
-                    for (int softcap = 0; softcap < 2; ++softcap) {
+                    const int d = dt == kE4m3 ? 128 : 64;
+                    if (!(dt == kE4m3 ? sm90::fwd_fp8_wide() : sm90::fwd_d64_wide()) || compiled_index(d) < 0 ||
+                        !has_kernel(pass, Path::Sm90, d, dtype_at(dt))) {
+                        continue;
+                    }
+                    for (int softcap = 0; softcap < (dt == kE4m3 ? 1 : 2); ++softcap) {
                         out.wide_index[dt][softcap] = static_cast<int32_t>(out.names.size());
-                        out.names.push_back(name_of(pass, Path::Sm90, dt, 64,
+                        out.names.push_back(name_of(pass, Path::Sm90, dt, d,
                                                     feature::kWide | (softcap != 0 ? feature::kSoftcap : 0u)));
                     }
                 }
@@ -567,6 +578,9 @@ int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d, DType dtype) {
     if (pass != Pass::Forward || path != Path::Sm90) return 0;  // no such kernel (has_kernel says no)
     return with_head_dim(path_kernel_d(pass, path, kernel_d, kE4m3), [&](auto hd) -> int32_t {
         constexpr int D = decltype(hd)::value;
+        if constexpr (D == 128) {  // (the larger of the build's kernel and the wide one's, where compiled)
+            if (sm90::fwd_fp8_wide()) return std::max(sm90::FwdTraits90<D, true>::kSmemBytes, sm90::FwdTraits90Fp8Wide::kSmemBytes);
+        }
         if constexpr (sm90::fwd_fp8_head_dim(D)) return sm90::FwdTraits90<D, true>::kSmemBytes;
         return 0;
     });

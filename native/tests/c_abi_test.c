@@ -3844,6 +3844,94 @@ done:
     free(hl);
 }
 
+static int is_wide_fp8_kernel(const char* name) {
+    return strncmp(name, "sm90_fwd_e4m3_hdim128_", 22) == 0 && strstr(name, "x224_") != NULL;
+}
+
+/* The fp8 forward's 224-key head-dim-128 kernel (sm90/fwd_launch.cuh fwd_fp8_wide_pays; the default
+   FA_SM90_FWD_FP8_WIDE_MIN_KEYS, 2048 keys): where the build lists it, an fp8 call without mask or softcap at a head
+   dim up to 128 runs it from 2048 keys on and the 128-key kernel below, and a causal call never; each call's output is
+   exactly 2.0 (q and k zero, v 1.0 times its descale 2.0) and its lse ln(sk), so a key block past the sequence
+   (2300 = 10 x 224 + 60) or a key counted twice would show. */
+static void test_fp8_wide_choice(fa_context_t context, void* stream, int cc, log_record* logs) {
+    enum { SQ = 70, HQ = 2, MAXK = 2300, POISON = 0xFF };
+    static const struct {
+        int sk, causal;
+    } calls[] = {{2047, 0}, {2048, 0}, {MAXK, 0}, {MAXK, 1}};
+    const int64_t d = FA_TEST_HEAD_DIM;
+    const size_t q_bytes = (size_t)SQ * HQ * d, kv_bytes = (size_t)MAXK * d, out_bytes = q_bytes * 2;
+    const size_t lse_bytes = (size_t)HQ * SQ * 4;
+    const float factor = 2.0f;
+    const int listed = build_lists_kernel(is_wide_fp8_kernel);
+    void *q = NULL, *k = NULL, *v = NULL, *o = NULL, *lse = NULL, *vd = NULL;
+    uint16_t* ho = (uint16_t*)malloc(out_bytes);
+    float* hl = (float*)malloc(lse_bytes);
+    fa_support_query_t query = forward_query(FA_DTYPE_FLOAT8_E4M3, (int)d);
+    fa_forward_params_t p;
+    char label[96];
+    size_t c, i;
+
+    query.compute_capability = cc;
+    if (fa_query_support(&query) != FA_STATUS_SUCCESS) {
+        CHECK(!listed || cc != 90, "the build lists the 224-key fp8 kernel but does not serve fp8 on cc 90");
+        goto done;
+    }
+    printf("  fp8 224-key head-dim-128 kernel: %s\n", listed ? "listed" : "not listed (d > 128 or not compiled)");
+    fa_memory_alloc(0, q_bytes, &q);
+    fa_memory_alloc(0, kv_bytes, &k);
+    fa_memory_alloc(0, kv_bytes, &v);
+    fa_memory_alloc(0, out_bytes, &o);
+    fa_memory_alloc(0, lse_bytes, &lse);
+    fa_memory_alloc(0, 256, &vd);
+    if (!q || !k || !v || !o || !lse || !vd || ho == NULL || hl == NULL) {
+        CHECK(0, "fp8 wide-kernel test: allocation failed: %s", fa_last_error_message());
+        goto done;
+    }
+    fa_memset_async(q, 0x00, q_bytes, stream);
+    fa_memset_async(k, 0x00, kv_bytes, stream);
+    fa_memset_async(v, 0x38, kv_bytes, stream); /* e4m3 1.0 */
+    fa_memcpy(vd, &factor, sizeof factor);
+    for (c = 0; c < sizeof calls / sizeof calls[0]; ++c) {
+        const int sk = calls[c].sk, expect_wide = listed && d <= 128 && !calls[c].causal && sk >= 2048;
+        int wrong = 0;
+        sprintf(label, "fp8 forward, %d keys%s", sk, calls[c].causal ? ", causal" : "");
+        fa_memset_async(o, POISON, out_bytes, stream);
+        fa_memset_async(lse, POISON, lse_bytes, stream);
+        fa_forward_params_init(&p, sizeof p);
+        set_tensor4(&p.q, q, FA_DTYPE_FLOAT8_E4M3, 1, SQ, HQ, d, 0);
+        set_tensor4(&p.k, k, FA_DTYPE_FLOAT8_E4M3, 1, sk, 1, d, 0);
+        set_tensor4(&p.v, v, FA_DTYPE_FLOAT8_E4M3, 1, sk, 1, d, 0);
+        set_tensor4(&p.out, o, FA_DTYPE_BFLOAT16, 1, SQ, HQ, d, 0);
+        set_tensor3_f32(&p.lse, lse, 1, HQ, SQ);
+        set_descale(&p.v_descale, vd, 1, 1, 0, 0);
+        p.causal = calls[c].causal;
+        if (!expect(label, fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL)) continue;
+        CHECK((strstr(logs->last, "x224_") != NULL) == expect_wide, "%s: the %s kernel must run; the log says \"%s\"",
+              label, expect_wide ? "224-key" : "build's", logs->last);
+        expect(label, fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
+        fa_memcpy(ho, o, out_bytes);
+        fa_memcpy(hl, lse, lse_bytes);
+        for (i = 0; i < out_bytes / 2; ++i) wrong += ho[i] != 0x4000; /* bf16 2.0 */
+        CHECK(wrong == 0, "%s: %d of %d outputs are not 2.0 in bf16", label, wrong, (int)(out_bytes / 2));
+        wrong = 0;
+        for (i = 0; i < lse_bytes / 4; ++i) {
+            /* causal, bottom-right: row r sees sk - SQ + r + 1 keys */
+            const int seen = calls[c].causal ? sk - SQ + (int)(i % SQ) + 1 : sk;
+            wrong += !(fabs((double)hl[i] - log((double)seen)) <= 1e-3);
+        }
+        CHECK(wrong == 0, "%s: %d lse values differ from ln(keys seen) (lse[0] = %g)", label, wrong, (double)hl[0]);
+    }
+done:
+    fa_memory_free(0, q);
+    fa_memory_free(0, k);
+    fa_memory_free(0, v);
+    fa_memory_free(0, o);
+    fa_memory_free(0, lse);
+    fa_memory_free(0, vd);
+    free(ho);
+    free(hl);
+}
+
 /* ---- device pointers (issue 16): host, freed and too-small memory refused before any launch ------------------ */
 
 enum { DP_HOST, DP_FREED, DP_SMALL, DP_KINDS };
@@ -4304,6 +4392,7 @@ static void test_gpu(int32_t count) {
     }
     test_device_pointers(context, stream);
     test_fp8_gpu(context, stream, g_device_cc, &log);
+    test_fp8_wide_choice(context, stream, g_device_cc, &log);
     for (n = 0; n < (int)(sizeof(cases) / sizeof(cases[0])); ++n) {
         run_forward_case(context, stream, &cases[n], FA_PATH_AUTO, &log);
     }

@@ -1,6 +1,6 @@
 // FlashAttention forward on Hopper (sm_90a): TMA loads, wgmma, warp specialisation, a persistent grid.
 //
-// One CTA = three warpgroups (four in the 192-row head-dim-64 kernel, fwd_kernel_sm90_wide). Warpgroup 0 is the
+// One CTA = three warpgroups (four in the 192-row head-dim-64 wide kernel, fwd_kernel_sm90_wide). Warpgroup 0 is the
 // producer: it gives most of its registers back (setmaxnreg) and one of its threads issues every load, a Q tile of 64
 // rows a consumer and kStages-deep rings of K and
 // V tiles, each a TMA box per 64-column panel with the 128-byte swizzle (the layout wgmma reads), each
@@ -169,10 +169,10 @@ __device__ __forceinline__ FwdTile90 fwd_tile90(const FwdParams& p, int tile) {
 
 #ifdef FA_SM90A_DEVICE
 // The kernel's body for its traits Tr (FwdTraits90<D, kFp8, DV, ...>; DV: v's and O's head dim, the pairs (192, 128)
-// and (64, 512), else D): fwd_kernel_sm90 runs the build's traits, fwd_kernel_sm90_wide the head-dim-64 kernel with
-// three consumers and P in shared memory (FA_SM90_FWD_D64_WIDE_MIN_KEYS), whatever the build's traits are. `a` is the
-// kernel's __grid_constant__ parameter (the TMA maps are read at its address). kAlibiGemm: the ALiBi variant
-// (fwd_kernel_sm90 only; the wide kernel serves no local mask, hence no ALiBi).
+// and (64, 512), else D): fwd_kernel_sm90 runs the build's traits, fwd_kernel_sm90_wide a wide kernel's (the
+// head-dim-64 kernel with three consumers and P in shared memory, the fp8 head-dim-128 one on 224-key blocks), whatever
+// the build's traits are. `a` is the kernel's __grid_constant__ parameter (the TMA maps are read at its address).
+// kAlibiGemm: the ALiBi variant (fwd_kernel_sm90 only; the wide kernels serve no local mask, hence no ALiBi).
 template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, class Tr, bool kAlibiGemm>
 __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     constexpr bool kFp8 = FwdIo90<T>::kFp8;
@@ -824,14 +824,15 @@ __global__ void __launch_bounds__(FwdTraits90Of<D, FwdIo90<T>::kFp8, DV, kPaged>
 #endif  // FA_SM90A_DEVICE
 }
 
-// The head-dim-64 16-bit kernel of FwdTraits90Wide (three consumers, P in shared memory) for calls without masks
-// other than the sequence tail and without paged K/V (the plain and softcap variants), which the launcher runs beside
-// the build's own (FA_SM90_FWD_D64_WIDE_MIN_KEYS; instantiated only there). No ALiBi variant: ALiBi calls run the
-// local kernels, which the wide kernel does not serve.
-template <typename T, bool kSoftcap>
-__global__ void __launch_bounds__(FwdTraits90Wide::kThreads, 1) fwd_kernel_sm90_wide(const __grid_constant__ FwdArgs90 a) {
+// A wide kernel (Tr: FwdTraits90WideOf) beside the build's own, for calls without masks other than the sequence tail and
+// without paged K/V, which the launcher chooses per call: the head-dim-64 16-bit one of FwdTraits90Wide (three
+// consumers, P in shared memory; the plain and softcap variants; FA_SM90_FWD_D64_WIDE_MIN_KEYS) and the fp8 head-dim-128
+// one of FwdTraits90Fp8Wide (224-key blocks; the plain variant; FA_SM90_FWD_FP8_WIDE_MIN_KEYS). Instantiated only there.
+// No ALiBi variant: ALiBi calls run the local kernels, which the wide kernels do not serve.
+template <typename T, bool kSoftcap, class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel_sm90_wide(const __grid_constant__ FwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
-    fwd_sm90_body<T, 64, false, kSoftcap, 64, false, FwdTraits90Wide, false>(a);
+    fwd_sm90_body<T, Tr::kHeadDim, false, kSoftcap, Tr::kHeadDimV, false, Tr, false>(a);
 #elif defined(__CUDA_ARCH__)
     __trap();  // as fwd_kernel_sm90
 #endif  // FA_SM90A_DEVICE

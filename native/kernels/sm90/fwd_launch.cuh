@@ -28,9 +28,11 @@ namespace sm90 {
 template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, bool kWide, bool kAlibiGemm>
 auto fwd_kernel_for() {
     if constexpr (kWide) {
-        static_assert(D == 64 && DV == 64 && !kLocal && !kPaged && !FwdIo90<T>::kFp8 && !kAlibiGemm,
-                      "the wide kernel's calls");
-        return fwd_kernel_sm90_wide<T, kSoftcap>;
+        using Tr = FwdTraits90WideOf<FwdIo90<T>::kFp8>;
+        static_assert(D == Tr::kHeadDim && DV == D && !kLocal && !kPaged && !kAlibiGemm &&
+                          !(FwdIo90<T>::kFp8 && kSoftcap),
+                      "the wide kernels' calls");
+        return fwd_kernel_sm90_wide<T, kSoftcap, Tr>;
     } else {
         return fwd_kernel_sm90<T, D, kLocal, kSoftcap, DV, kPaged, kAlibiGemm>;
     }
@@ -38,7 +40,7 @@ auto fwd_kernel_for() {
 
 template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false, bool kWide = false>
 cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStream_t stream) {
-    using Tr = std::conditional_t<kWide, FwdTraits90Wide, FwdTraits90Of<D, FwdIo90<T>::kFp8, DV, kPaged>>;
+    using Tr = std::conditional_t<kWide, FwdTraits90WideOf<FwdIo90<T>::kFp8>, FwdTraits90Of<D, FwdIo90<T>::kFp8, DV, kPaged>>;
     // Calls with ALiBi slopes run the local kernel's ALiBi variant where the build has it (FA_SM90_FWD_ALIBI_GEMM:
     // the bias through Q K^T, sm90/alibi_gemm.cuh; its own kernel, so that the local kernel that causal and windowed
     // calls without ALiBi run does not change); it reports the local kernel's features and name. Never the wide
@@ -111,6 +113,13 @@ inline bool fwd_d64_wide_pays(const FwdParams& p, const LaunchInfo& info) {
     return rounds(FwdTraits90Wide::kBlockM) * 150 < rounds(FwdTraits90<64>::kBlockM) * 106;
 }
 
+// Whether an fp8 head-dim-128 call without mask, softcap or paged K/V runs the wide kernel (FwdTraits90Fp8Wide: 224-key
+// blocks) rather than the build's (128 keys): from FA_SM90_FWD_FP8_WIDE_MIN_KEYS keys on, where its fewer softmax
+// passes and O rescales a key outweigh the 224-key block's larger prologue and the keys its last block leaves empty.
+inline bool fwd_fp8_wide_pays(const FwdParams& p, const LaunchInfo& info) {
+    return p.sk >= FA_SM90_FWD_FP8_WIDE_MIN_KEYS && FwdTraits90Fp8Wide::kSmemBytes <= info.smem_optin;
+}
+
 // The variant for the call's options (common/fwd_variant.h). DV: v's head dim where it is not D (the pairs
 // (192, 128) and (64, 512), generated as sm90/fwd_hdim<D>_v<DV>_<dtype>_sm90.cu).
 template <typename T, int D, int DV>
@@ -126,6 +135,15 @@ int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uin
                 if (fwd_d64_wide_pays(p, info)) {
                     *features |= feature::kWide;
                     return launch_fwd<T, D, false, decltype(softcap)::value, DV, false, true>(p, info, stream);
+                }
+            }
+            // The fp8 head-dim-128 wide kernel where it pays (fwd_fp8_wide_pays), for calls without masks, softcap or
+            // paged K/V.
+            if constexpr (fwd_fp8_wide() && FwdIo90<T>::kFp8 && D == 128 && DV == 128 && !decltype(local)::value &&
+                          !decltype(softcap)::value && !decltype(paged)::value) {
+                if (fwd_fp8_wide_pays(p, info)) {
+                    *features |= feature::kWide;
+                    return launch_fwd<T, D, false, false, DV, false, true>(p, info, stream);
                 }
             }
             return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value, DV, decltype(paged)::value>(p, info,

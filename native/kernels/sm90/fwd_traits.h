@@ -2,6 +2,7 @@
 // shared-memory layout. Plain constexpr, so the registry reads them for names, launch sizes and the host's
 // shared-memory checks.
 #pragma once
+#include <type_traits>
 
 // The largest head dim whose kernel ping-pongs (below); a build may override it for experiments.
 #ifndef FA_SM90_FWD_PINGPONG_MAX_D
@@ -96,6 +97,18 @@
 #ifndef FA_SM90_FWD_FP8_BN128
 #define FA_SM90_FWD_FP8_BN128 128
 #endif
+// The fp8 head-dim-128 forward's second kernel, on FA_SM90_FWD_FP8_WIDE_BN keys a block (224, FlashAttention-3's; its
+// V^T stage two panels), which the launcher runs instead of the build's for calls without mask or softcap with at least
+// FA_SM90_FWD_FP8_WIDE_MIN_KEYS keys (FwdParams::sk, the longest sequence's under varlen; fwd_fp8_wide_pays). Measured
+// (H200, bench/NOTES.md, seventeenth session) against the 128-key kernel: 0.96x at 1k, 1.06x at 4k, 1.11x at 16k; its
+// masked and softcap forms spill 72-612 bytes at 240 registers (1.01x causal at 16k), so they are not compiled.
+// 0: never, and the kernel is not compiled; 1: every such call (to test it).
+#ifndef FA_SM90_FWD_FP8_WIDE_MIN_KEYS
+#define FA_SM90_FWD_FP8_WIDE_MIN_KEYS 2048
+#endif
+#ifndef FA_SM90_FWD_FP8_WIDE_BN
+#define FA_SM90_FWD_FP8_WIDE_BN 224
+#endif
 // ... of the fp8 head-dim-256 kernel (128, FA3's; an experiment: 64 or 96, whose S takes 32 or 48 registers a thread
 // instead of 64 beside O's 128: the consumers spill 56-208 bytes at 240 with 128 keys, sixteenth session).
 #ifndef FA_SM90_FWD_FP8_BN256
@@ -127,8 +140,9 @@ constexpr bool fwd_v_pair(int d, int dv) { return (d == 192 && dv == 128) || (d 
 // kD64Consumers, kD64PSmem: the consumers and where P lives at head dim 64 (16-bit, D = DV; ignored elsewhere), the
 // build's FA_SM90_FWD_D64_CONSUMERS and FA_SM90_FWD_P_SMEM unless given (FwdTraits90Wide below).
 // kPagedKV: the tile of the paged kernels (a key block lies in one block of the pool, so BlockN divides 128).
+// kFp8BlockN: an fp8 kernel's keys per block where not the build's (FwdTraits90Fp8Wide).
 template <int D, bool kFp8 = false, int DV = D, int kD64Consumers = FA_SM90_FWD_D64_CONSUMERS,
-          bool kD64PSmem = (FA_SM90_FWD_P_SMEM != 0), bool kPagedKV = false>
+          bool kD64PSmem = (FA_SM90_FWD_P_SMEM != 0), bool kPagedKV = false, int kFp8BlockN = 0>
 struct FwdTraits90 {
     static_assert(kFp8 ? fwd_fp8_head_dim(D) : fwd_head_dim(D),
                   "the sm90 forward has kernels for head dims 64, 128, 192 and 256 (fp8: 128 and 256)");
@@ -147,7 +161,8 @@ struct FwdTraits90 {
     // at 240; at 96 and 112 (FA3's) O is staged through Q, at 64 it kept a separate tile), the pair
     // (192, 128) 128 as D 128 (its O then staged through Q), and (64, 512), whose CTA's O is 256 columns wide, 64.
     // The paged kernels take none of the knobs: their key block must divide 128 (64 where O is 192 columns or more).
-    static constexpr int kBlockN = kFp8                  ? (D == 128 ? FA_SM90_FWD_FP8_BN128 : FA_SM90_FWD_FP8_BN256)
+    static constexpr int kBlockN = kFp8 && kFp8BlockN > 0 ? kFp8BlockN
+                                 : kFp8                  ? (D == 128 ? FA_SM90_FWD_FP8_BN128 : FA_SM90_FWD_FP8_BN256)
                                  : kPagedKV              ? (kVCols >= 192 ? 64 : 128)
                                  : D == 256              ? FA_SM90_FWD_BN256
                                  : D == 192 && DV == D   ? FA_SM90_FWD_BN192
@@ -244,6 +259,16 @@ using FwdTraits90Wide = FwdTraits90<64, false, 64, 3, true>;
 constexpr bool fwd_d64_wide() {
     return FA_SM90_FWD_D64_WIDE_MIN_KEYS > 0 && !(FA_SM90_FWD_D64_CONSUMERS == 3 && FA_SM90_FWD_P_SMEM != 0);
 }
+// The fp8 head-dim-128 forward's wide kernel (FA_SM90_FWD_FP8_WIDE_MIN_KEYS: 224-key blocks), and whether the build
+// has it beside its own.
+using FwdTraits90Fp8Wide =
+    FwdTraits90<128, true, 128, FA_SM90_FWD_D64_CONSUMERS, (FA_SM90_FWD_P_SMEM != 0), false, FA_SM90_FWD_FP8_WIDE_BN>;
+constexpr bool fwd_fp8_wide() {
+    return FA_SM90_FWD_FP8_WIDE_MIN_KEYS > 0 && FA_SM90_FWD_FP8_WIDE_BN != FwdTraits90<128, true>::kBlockN;
+}
+// The wide kernel's traits of a dtype class (fp8: head dim 128; 16-bit: head dim 64).
+template <bool kFp8>
+using FwdTraits90WideOf = std::conditional_t<kFp8, FwdTraits90Fp8Wide, FwdTraits90Wide>;
 
 }  // namespace sm90
 }  // namespace fa
