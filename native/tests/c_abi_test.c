@@ -3848,16 +3848,23 @@ static int is_wide_fp8_kernel(const char* name) {
     return strncmp(name, "sm90_fwd_e4m3_hdim128_", 22) == 0 && strstr(name, "x224_") != NULL;
 }
 
-/* The fp8 forward's 224-key head-dim-128 kernel (sm90/fwd_launch.cuh fwd_fp8_wide_pays; the default
-   FA_SM90_FWD_FP8_WIDE_MIN_KEYS, 2048 keys): where the build lists it, an fp8 call without mask or softcap at a head
-   dim up to 128 runs it from 2048 keys on and the 128-key kernel below, and a causal call never; each call's output is
-   exactly 2.0 (q and k zero, v 1.0 times its descale 2.0) and its lse ln(sk), so a key block past the sequence
-   (2300 = 10 x 224 + 60) or a key counted twice would show. */
+/* Whether the fp8 forward runs a head-dim-128 call without mask or softcap over sk keys on its 224-key kernel:
+   sm90/fwd_launch.cuh's fwd_fp8_wide_pays with the default FA_SM90_FWD_FP8_WIDE_MIN_KEYS (1536 keys), where the keys
+   its blocks span are at most 1.04x those of 128-key blocks. */
+static int fp8_wide_expected(int sk) {
+    const long long wide = (sk + 223) / 224 * 224LL, base = (sk + 127) / 128 * 128LL;
+    return sk >= 1536 && wide * 100 <= base * 104;
+}
+
+/* The fp8 forward's 224-key head-dim-128 kernel: where the build lists it, an fp8 call without mask or softcap at a
+   head dim up to 128 runs it where fp8_wide_expected says so and the 128-key kernel elsewhere, and a causal call
+   never; each call's output is exactly 2.0 (q and k zero, v 1.0 times its descale 2.0) and its lse ln(keys seen), so
+   a key block past the sequence (3000 = 13 x 224 + 88) or a key counted twice would show. */
 static void test_fp8_wide_choice(fa_context_t context, void* stream, int cc, log_record* logs) {
-    enum { SQ = 70, HQ = 2, MAXK = 2300, POISON = 0xFF };
+    enum { SQ = 70, HQ = 2, MAXK = 3000, POISON = 0xFF };
     static const struct {
         int sk, causal;
-    } calls[] = {{2047, 0}, {2048, 0}, {MAXK, 0}, {MAXK, 1}};
+    } calls[] = {{1535, 0}, {2048, 0}, {MAXK, 0}, {MAXK, 1}};
     const int64_t d = FA_TEST_HEAD_DIM;
     const size_t q_bytes = (size_t)SQ * HQ * d, kv_bytes = (size_t)MAXK * d, out_bytes = q_bytes * 2;
     const size_t lse_bytes = (size_t)HQ * SQ * 4;
@@ -3892,7 +3899,7 @@ static void test_fp8_wide_choice(fa_context_t context, void* stream, int cc, log
     fa_memset_async(v, 0x38, kv_bytes, stream); /* e4m3 1.0 */
     fa_memcpy(vd, &factor, sizeof factor);
     for (c = 0; c < sizeof calls / sizeof calls[0]; ++c) {
-        const int sk = calls[c].sk, expect_wide = listed && d <= 128 && !calls[c].causal && sk >= 2048;
+        const int sk = calls[c].sk, expect_wide = listed && d <= 128 && !calls[c].causal && fp8_wide_expected(sk);
         int wrong = 0;
         sprintf(label, "fp8 forward, %d keys%s", sk, calls[c].causal ? ", causal" : "");
         fa_memset_async(o, POISON, out_bytes, stream);

@@ -823,9 +823,9 @@ FP8_CASES = [
     ("causal-window-softcap-d128", 217, 128, 8, 8, 128, {"causal": True, "window_size": (7, -1), "softcap": 30.0}),
     ("mqa-scale-d64", 1, 1023, 16, 1, 64, {"softmax_scale": 0.05}),
     ("long-gqa-d128", 1023, 1023, 32, 8, 128, {"causal": True}),
-    # From 2048 keys on, unmasked head-dim-128 calls run the 224-key kernel (FA_SM90_FWD_FP8_WIDE_MIN_KEYS; 2300 keys
-    # = 10 blocks of 224 and 60).
-    ("long-plain-d128", 200, 2300, 4, 2, 128, {}),
+    # Unmasked head-dim-128 calls of 3000 keys run the 224-key kernel (sm90/fwd_launch.cuh fwd_fp8_wide_pays; 13
+    # blocks of 224 and one of 88).
+    ("long-plain-d128", 200, 3000, 4, 2, 128, {}),
 ]
 
 

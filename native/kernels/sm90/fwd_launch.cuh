@@ -114,10 +114,16 @@ inline bool fwd_d64_wide_pays(const FwdParams& p, const LaunchInfo& info) {
 }
 
 // Whether an fp8 head-dim-128 call without mask, softcap or paged K/V runs the wide kernel (FwdTraits90Fp8Wide: 224-key
-// blocks) rather than the build's (128 keys): from FA_SM90_FWD_FP8_WIDE_MIN_KEYS keys on, where its fewer softmax
-// passes and O rescales a key outweigh the 224-key block's larger prologue and the keys its last block leaves empty.
+// blocks) rather than the build's (128 keys): from FA_SM90_FWD_FP8_WIDE_MIN_KEYS keys on, where the keys its blocks
+// span (the last one partly empty) are at most 1.04x those of the build's blocks. Its fewer softmax passes and O
+// rescales a key are worth about 10% (1.09-1.10x at 8k-16k), less a 224-key block's longer prologue below ~3k keys:
+// measured (H200, seventeenth session, W/NW) 0.96x at 1k (1120 keys spanned against 1024), 1.03x at 1.5k (1568 against
+// 1536), 0.98-1.00x at 2k (2240 against 2048), 1.07x at 3k (3136 against 3072), 1.04x at 4k (4256 against 4096).
 inline bool fwd_fp8_wide_pays(const FwdParams& p, const LaunchInfo& info) {
-    return p.sk >= FA_SM90_FWD_FP8_WIDE_MIN_KEYS && FwdTraits90Fp8Wide::kSmemBytes <= info.smem_optin;
+    if (p.sk < FA_SM90_FWD_FP8_WIDE_MIN_KEYS || FwdTraits90Fp8Wide::kSmemBytes > info.smem_optin) return false;
+    if (FA_SM90_FWD_FP8_WIDE_MIN_KEYS == 1) return true;
+    const auto spanned = [&](int64_t block) { return (p.sk + block - 1) / block * block; };
+    return spanned(FwdTraits90Fp8Wide::kBlockN) * 100 <= spanned(FwdTraits90<128, true>::kBlockN) * 104;
 }
 
 // The variant for the call's options (common/fwd_variant.h). DV: v's head dim where it is not D (the pairs

@@ -99,12 +99,13 @@
 #endif
 // The fp8 head-dim-128 forward's second kernel, on FA_SM90_FWD_FP8_WIDE_BN keys a block (224, FlashAttention-3's; its
 // V^T stage two panels), which the launcher runs instead of the build's for calls without mask or softcap with at least
-// FA_SM90_FWD_FP8_WIDE_MIN_KEYS keys (FwdParams::sk, the longest sequence's under varlen; fwd_fp8_wide_pays). Measured
-// (H200, bench/NOTES.md, seventeenth session) against the 128-key kernel: 0.96x at 1k, 1.06x at 4k, 1.11x at 16k; its
-// masked and softcap forms spill 72-612 bytes at 240 registers (1.01x causal at 16k), so they are not compiled.
+// FA_SM90_FWD_FP8_WIDE_MIN_KEYS keys (FwdParams::sk, the longest sequence's under varlen) where its blocks leave few
+// keys empty (sm90/fwd_launch.cuh fwd_fp8_wide_pays). Measured (H200, bench/NOTES.md, seventeenth session) against the
+// 128-key kernel: 0.96x at 1k, 1.03x at 1.5k, 1.07x at 3k, 1.09-1.10x at 8k-16k; its masked and softcap forms spill
+// 72-612 bytes at 240 registers (1.01x causal at 16k), so they are not compiled.
 // 0: never, and the kernel is not compiled; 1: every such call (to test it).
 #ifndef FA_SM90_FWD_FP8_WIDE_MIN_KEYS
-#define FA_SM90_FWD_FP8_WIDE_MIN_KEYS 2048
+#define FA_SM90_FWD_FP8_WIDE_MIN_KEYS 1536
 #endif
 #ifndef FA_SM90_FWD_FP8_WIDE_BN
 #define FA_SM90_FWD_FP8_WIDE_BN 224
