@@ -3742,6 +3742,28 @@ static int head_dim_served(int d) {
    weighs the same; v all 1.0 with v_descale 2.0 per sequence and head: out is 2.0 in bf16 and lse ln(seqlen_k)), and
    the descale pointers through the device-memory checks (host and freed memory refused, out untouched). Elsewhere:
    fa_forward refuses it with UNSUPPORTED, as fa_forward_check does for this compute capability, and writes nothing. */
+/* After an fp8 forward whose q and k are zero and whose v is 1.0 with a v_descale of 2.0 (o and lse its out and lse, the
+   lse [.., sq] with rows contiguous): every bf16 output is exactly 2.0 and each lse ln(the keys its row sees), sk, or
+   under a bottom-right causal mask sk - sq + r + 1 for row r. */
+static void check_fp8_constant_call(const char* label, void* stream, void* o, void* lse, uint16_t* ho, float* hl,
+                                    size_t out_bytes, size_t lse_bytes, int sq, int sk, int causal) {
+    size_t i;
+    int wrong = 0;
+    expect(label, fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
+    fa_memcpy(ho, o, out_bytes);
+    fa_memcpy(hl, lse, lse_bytes);
+    for (i = 0; i < out_bytes / 2; ++i) wrong += ho[i] != 0x4000; /* bf16 2.0 */
+    CHECK(wrong == 0, "%s: %d of %d outputs are not 2.0 in bf16 (out[0] = 0x%04x)", label, wrong, (int)(out_bytes / 2),
+          (unsigned)ho[0]);
+    wrong = 0;
+    for (i = 0; i < lse_bytes / 4; ++i) {
+        const int seen = causal ? sk - sq + (int)(i % (size_t)sq) + 1 : sk;
+        wrong += !(fabs((double)hl[i] - log((double)seen)) <= 1e-3);
+    }
+    CHECK(wrong == 0, "%s: %d lse values differ from ln(the keys the row sees) (lse[0] = %g, %d keys)", label, wrong,
+          (double)hl[0], sk);
+}
+
 static void test_fp8_gpu(fa_context_t context, void* stream, int cc, log_record* logs) {
     enum { B = 2, SQ = 17, SK = 33, HQ = 4, HKV = 2, POISON = 0xFF };
     const int64_t d = FA_TEST_HEAD_DIM;
@@ -3754,8 +3776,7 @@ static void test_fp8_gpu(fa_context_t context, void* stream, int cc, log_record*
     float* hl = (float*)malloc(lse_bytes);
     fa_forward_params_t p;
     fa_support_query_t query = forward_query(FA_DTYPE_FLOAT8_E4M3, (int)d);
-    int served, wrong = 0;
-    size_t i;
+    int served;
 
     query.compute_capability = cc;
     served = fa_query_support(&query) == FA_STATUS_SUCCESS;
@@ -3806,15 +3827,7 @@ static void test_fp8_gpu(fa_context_t context, void* stream, int cc, log_record*
                NULL)) {
         CHECK(strncmp(logs->last, "fa_forward: ", 12) == 0 && strstr(logs->last, " e4m3 descale(q(per tensor),v)") != NULL,
               "fp8 forward: the debug log line \"%s\" must name the dtype e4m3 and the descales", logs->last);
-        expect("fp8 forward: stream", fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
-        fa_memcpy(ho, o, out_bytes);
-        fa_memcpy(hl, lse, lse_bytes);
-        for (i = 0; i < out_bytes / 2; ++i) wrong += ho[i] != 0x4000; /* bf16 2.0 */
-        CHECK(wrong == 0, "fp8 forward: %d of %d outputs are not 2.0 in bf16 (out[0] = 0x%04x)", wrong,
-              (int)(out_bytes / 2), (unsigned)ho[0]);
-        wrong = 0;
-        for (i = 0; i < lse_bytes / 4; ++i) wrong += !(fabs((double)hl[i] - log((double)SK)) <= 1e-3);
-        CHECK(wrong == 0, "fp8 forward: %d lse values differ from ln(%d) (lse[0] = %g)", wrong, SK, (double)hl[0]);
+        check_fp8_constant_call("fp8 forward", stream, o, lse, ho, hl, out_bytes, lse_bytes, SQ, SK, 0);
     }
     /* the descale pointers go through the device-memory checks; a refusal writes nothing */
     fa_memset_async(o, POISON, out_bytes, stream);
@@ -3876,7 +3889,7 @@ static void test_fp8_wide_choice(fa_context_t context, void* stream, int cc, log
     fa_support_query_t query = forward_query(FA_DTYPE_FLOAT8_E4M3, (int)d);
     fa_forward_params_t p;
     char label[96];
-    size_t c, i;
+    size_t c;
 
     query.compute_capability = cc;
     if (fa_query_support(&query) != FA_STATUS_SUCCESS) {
@@ -3900,7 +3913,6 @@ static void test_fp8_wide_choice(fa_context_t context, void* stream, int cc, log
     fa_memcpy(vd, &factor, sizeof factor);
     for (c = 0; c < sizeof calls / sizeof calls[0]; ++c) {
         const int sk = calls[c].sk, expect_wide = listed && d <= 128 && !calls[c].causal && fp8_wide_expected(sk);
-        int wrong = 0;
         sprintf(label, "fp8 forward, %d keys%s", sk, calls[c].causal ? ", causal" : "");
         fa_memset_async(o, POISON, out_bytes, stream);
         fa_memset_async(lse, POISON, lse_bytes, stream);
@@ -3915,18 +3927,7 @@ static void test_fp8_wide_choice(fa_context_t context, void* stream, int cc, log
         if (!expect(label, fa_forward(context, &p, stream), FA_STATUS_SUCCESS, NULL)) continue;
         CHECK((strstr(logs->last, "x224_") != NULL) == expect_wide, "%s: the %s kernel must run; the log says \"%s\"",
               label, expect_wide ? "224-key" : "build's", logs->last);
-        expect(label, fa_stream_synchronize(stream), FA_STATUS_SUCCESS, NULL);
-        fa_memcpy(ho, o, out_bytes);
-        fa_memcpy(hl, lse, lse_bytes);
-        for (i = 0; i < out_bytes / 2; ++i) wrong += ho[i] != 0x4000; /* bf16 2.0 */
-        CHECK(wrong == 0, "%s: %d of %d outputs are not 2.0 in bf16", label, wrong, (int)(out_bytes / 2));
-        wrong = 0;
-        for (i = 0; i < lse_bytes / 4; ++i) {
-            /* causal, bottom-right: row r sees sk - SQ + r + 1 keys */
-            const int seen = calls[c].causal ? sk - SQ + (int)(i % SQ) + 1 : sk;
-            wrong += !(fabs((double)hl[i] - log((double)seen)) <= 1e-3);
-        }
-        CHECK(wrong == 0, "%s: %d lse values differ from ln(keys seen) (lse[0] = %g)", label, wrong, (double)hl[0]);
+        check_fp8_constant_call(label, stream, o, lse, ho, hl, out_bytes, lse_bytes, SQ, sk, calls[c].causal);
     }
 done:
     fa_memory_free(0, q);
