@@ -578,9 +578,7 @@ int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d, DType dtype) {
     if (pass != Pass::Forward || path != Path::Sm90) return 0;  // no such kernel (has_kernel says no)
     return with_head_dim(path_kernel_d(pass, path, kernel_d, kE4m3), [&](auto hd) -> int32_t {
         constexpr int D = decltype(hd)::value;
-        if constexpr (D == 128) {  // (the larger of the build's kernel and the wide one's, where compiled)
-            if (sm90::fwd_fp8_wide()) return std::max(sm90::FwdTraits90<D, true>::kSmemBytes, sm90::FwdTraits90Fp8Wide::kSmemBytes);
-        }
+        // (the build's kernel's: the wide one runs only where it fits too, sm90/fwd_launch.cuh fwd_fp8_wide_pays)
         if constexpr (sm90::fwd_fp8_head_dim(D)) return sm90::FwdTraits90<D, true>::kSmemBytes;
         return 0;
     });

@@ -3896,7 +3896,7 @@ static void test_fp8_wide_choice(fa_context_t context, void* stream, int cc, log
         CHECK(!listed || cc != 90, "the build lists the 224-key fp8 kernel but does not serve fp8 on cc 90");
         goto done;
     }
-    printf("  fp8 224-key head-dim-128 kernel: %s\n", listed ? "listed" : "not listed (d > 128 or not compiled)");
+    printf("  fp8 224-key head-dim-128 kernel: %s\n", listed ? "listed" : "not listed (no head dim 128 or not compiled)");
     fa_memory_alloc(0, q_bytes, &q);
     fa_memory_alloc(0, kv_bytes, &k);
     fa_memory_alloc(0, kv_bytes, &v);

@@ -739,9 +739,10 @@ static void build_cases(int cc) {
         }
         /* The sm90 forward's wide kernels run only for long calls (sm90/fwd_launch.cuh), too large for the
            sanitizers: the 192-row head-dim-64 one ("_psmem" tile) from 2048 query rows and keys over many heads, the
-           fp8 head-dim-128 one on 224-key blocks ("x224_") from 2048 keys. The call aimed at each reaches it in a
-           build with FA_SM90_FWD_D64_WIDE_MIN_KEYS=1 or FA_SM90_FWD_FP8_WIDE_MIN_KEYS=1 (every such call takes it
-           there: how it is sanitized), and elsewhere runs the build's kernel without counting as uncovered. */
+           fp8 head-dim-128 one on 224-key blocks ("x224_") from 1536 keys where its blocks leave few keys empty. The
+           call aimed at each reaches it in a build with FA_SM90_FWD_D64_WIDE_MIN_KEYS=1 or
+           FA_SM90_FWD_FP8_WIDE_MIN_KEYS=1 (every such call takes it there: how it is sanitized), and elsewhere runs
+           the build's kernel without counting as uncovered. */
         add_target(name, long_calls_only(name) ? 2 : 1);
         add_aimed_case(&k, name, rotation[k.pass][k.path][k.local || k.paged]++, aimed[k.pass][k.path]++);
     }

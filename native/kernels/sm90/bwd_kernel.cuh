@@ -305,7 +305,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
     // kEarlyS (BwdTraits90, the default mode): block it + 1's S^T and dP^T are issued right after block it's dQ
     // product, so they run while it waits for dQ and adds it; block 0's here. kEarlyST (head dim 128, the kernel
     // without mask or softcap): block it + 1's S^T alone, once dV/dK have retired, and its dP^T at the top of
-    // iteration it + 1 (BwdTraits90::kEarlyST says where it was measured).
+    // iteration it + 1 (FA_SM90_BWD_EARLY_ST_D128 in sm90/bwd_traits.h says where it was measured).
     constexpr bool kEarlyS = Tr::kEarlyS && !kDeterministic;
     constexpr bool kEarlyST = Tr::kEarlyST && !kDeterministic && !kLocal && !kSoftcap;
     static_assert(!(kEarlyS || kEarlyST) || S >= 3,

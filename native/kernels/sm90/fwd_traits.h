@@ -103,7 +103,8 @@
 // keys empty (sm90/fwd_launch.cuh fwd_fp8_wide_pays). Measured (H200, bench/NOTES.md, seventeenth session) against the
 // 128-key kernel: 0.96x at 1k, 1.03x at 1.5k, 1.07x at 3k, 1.09-1.10x at 8k-16k; its masked and softcap forms spill
 // 72-612 bytes at 240 registers (1.01x causal at 16k), so they are not compiled.
-// 0: never, and the kernel is not compiled; 1: every such call (to test it).
+// 0: never, and the kernel is not compiled; 1: every such call (to test it; c_abi_test's choice checks assume the
+// default). No wide kernel either where the build's own has FA_SM90_FWD_FP8_WIDE_BN keys (FA_SM90_FWD_FP8_BN128).
 #ifndef FA_SM90_FWD_FP8_WIDE_MIN_KEYS
 #define FA_SM90_FWD_FP8_WIDE_MIN_KEYS 1536
 #endif
@@ -141,7 +142,8 @@ constexpr bool fwd_v_pair(int d, int dv) { return (d == 192 && dv == 128) || (d 
 // kD64Consumers, kD64PSmem: the consumers and where P lives at head dim 64 (16-bit, D = DV; ignored elsewhere), the
 // build's FA_SM90_FWD_D64_CONSUMERS and FA_SM90_FWD_P_SMEM unless given (FwdTraits90Wide below).
 // kPagedKV: the tile of the paged kernels (a key block lies in one block of the pool, so BlockN divides 128).
-// kFp8BlockN: an fp8 kernel's keys per block where not the build's (FwdTraits90Fp8Wide).
+// kFp8BlockN: an fp8 kernel's keys per block where not the build's (FwdTraits90Fp8Wide; always two stages: three of
+// 224 keys would not fit).
 template <int D, bool kFp8 = false, int DV = D, int kD64Consumers = FA_SM90_FWD_D64_CONSUMERS,
           bool kD64PSmem = (FA_SM90_FWD_P_SMEM != 0), bool kPagedKV = false, int kFp8BlockN = 0>
 struct FwdTraits90 {
@@ -171,7 +173,7 @@ struct FwdTraits90 {
                                  : D == 128              ? FA_SM90_FWD_BN128
                                                          : 128;
     static constexpr int kStages = kVChunks > 1           ? FA_SM90_FWD_VSPLIT_STAGES
-                                 : kFp8 && D == 128      ? FA_SM90_FWD_FP8_D128_STAGES
+                                 : kFp8 && D == 128      ? (kFp8BlockN > 0 ? 2 : FA_SM90_FWD_FP8_D128_STAGES)
                                  : !kFp8 && D == 64      ? 3
                                                          : 2;
     static constexpr int kThreads = 128 * (kConsumers + 1);
