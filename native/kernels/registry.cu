@@ -148,8 +148,8 @@ std::string tile_tag(Pass pass, Path path, int dt, uint32_t features) {
             if (path == Path::Sm90 && dt == kE4m3) {
                 if constexpr (sm90::fwd_fp8_head_dim(D)) {
                     // The wide head-dim-128 kernel (feature::kWide: FwdTraits90Fp8Wide's tile, chosen per call) or the build's.
-                    if constexpr (D == 128) {
-                        if (features & feature::kWide) return sm90_tile(sm90::FwdTraits90Fp8Wide{});
+                    if constexpr (D == sm90::fwd_wide_head_dim(true)) {
+                        if (features & feature::kWide) return sm90_tile(sm90::FwdTraits90WideOf<true>{});
                     }
                     return sm90_tile(sm90::FwdTraits90<D, true>{});
                 }
@@ -158,8 +158,8 @@ std::string tile_tag(Pass pass, Path path, int dt, uint32_t features) {
             if (path == Path::Sm90) {
                 if constexpr (sm90::fwd_head_dim(D)) {
                     // The wide head-dim-64 kernel (feature::kWide: FwdTraits90Wide's tile, chosen per call) or the build's.
-                    if constexpr (D == 64) {
-                        if (features & feature::kWide) return sm90_tile(sm90::FwdTraits90Wide{});
+                    if constexpr (D == sm90::fwd_wide_head_dim(false)) {
+                        if (features & feature::kWide) return sm90_tile(sm90::FwdTraits90WideOf<false>{});
                     }
                     // Paged K/V: the paged kernels' tile (sm90::FwdTraits90Of; 64 keys at head dim 256).
                     if (features & feature::kPaged) return sm90_tile(sm90::FwdTraits90Of<D, false, D, true>{});
@@ -342,12 +342,12 @@ const Registry& registry() {
             // (without softcap), FwdTraits90Fp8Wide's, "sm90_fwd_e4m3_hdim128_128x224_3wg2s".
             if (pass == Pass::Forward) {
                 for (int dt = 0; dt < kDtypes; ++dt) {
-                    const int d = dt == kE4m3 ? 128 : 64;
-                    if (!(dt == kE4m3 ? sm90::fwd_fp8_wide() : sm90::fwd_d64_wide()) || compiled_index(d) < 0 ||
-                        !has_kernel(pass, Path::Sm90, d, dtype_at(dt))) {
+                    const bool fp8 = dt == kE4m3;
+                    const int d = sm90::fwd_wide_head_dim(fp8);
+                    if (!sm90::fwd_wide(fp8) || compiled_index(d) < 0 || !has_kernel(pass, Path::Sm90, d, dtype_at(dt))) {
                         continue;
                     }
-                    for (int softcap = 0; softcap < (dt == kE4m3 ? 1 : 2); ++softcap) {
+                    for (int softcap = 0; softcap < (sm90::fwd_wide_softcap(fp8) ? 2 : 1); ++softcap) {
                         out.wide_index[dt][softcap] = static_cast<int32_t>(out.names.size());
                         out.names.push_back(name_of(pass, Path::Sm90, dt, d,
                                                     feature::kWide | (softcap != 0 ? feature::kSoftcap : 0u)));

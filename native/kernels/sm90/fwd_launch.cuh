@@ -24,15 +24,20 @@
 namespace fa {
 namespace sm90 {
 
+// Whether the wide kernel of T's dtype class (fwd_kernel_sm90_wide) serves a call of this variant: its head dim (q's
+// and v's), no local mask (so no ALiBi), no paged K/V, softcap where it has that variant.
+template <typename T, int D, int DV, bool kLocal, bool kSoftcap, bool kPaged>
+constexpr bool fwd_wide_serves() {
+    constexpr bool kFp8 = FwdIo90<T>::kFp8;
+    return D == fwd_wide_head_dim(kFp8) && DV == D && !kLocal && !kPaged && (!kSoftcap || fwd_wide_softcap(kFp8));
+}
+
 // The kernel launch_fwd runs: the build's (kAlibiGemm: its ALiBi variant), or (kWide) fwd_kernel_sm90_wide.
 template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, bool kWide, bool kAlibiGemm>
 auto fwd_kernel_for() {
     if constexpr (kWide) {
-        using Tr = FwdTraits90WideOf<FwdIo90<T>::kFp8>;
-        static_assert(D == Tr::kHeadDim && DV == D && !kLocal && !kPaged && !kAlibiGemm &&
-                          !(FwdIo90<T>::kFp8 && kSoftcap),
-                      "the wide kernels' calls");
-        return fwd_kernel_sm90_wide<T, kSoftcap, Tr>;
+        static_assert(fwd_wide_serves<T, D, DV, kLocal, kSoftcap, kPaged>() && !kAlibiGemm, "the wide kernels' calls");
+        return fwd_kernel_sm90_wide<T, kSoftcap, FwdTraits90WideOf<FwdIo90<T>::kFp8>>;
     } else {
         return fwd_kernel_sm90<T, D, kLocal, kSoftcap, DV, kPaged, kAlibiGemm>;
     }
@@ -135,21 +140,14 @@ int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uin
         if constexpr (decltype(paged)::value && FwdIo90<T>::kFp8) {
             return cudaErrorInvalidValue;
         } else {
-            // The wide head-dim-64 kernel where it pays (fwd_d64_wide_pays), for calls without masks or paged K/V.
-            if constexpr (fwd_d64_wide() && !FwdIo90<T>::kFp8 && D == 64 && DV == 64 && !decltype(local)::value &&
-                          !decltype(paged)::value) {
-                if (fwd_d64_wide_pays(p, info)) {
+            // The wide kernel of T's dtype class where the build has it, it serves the variant and it pays
+            // (fwd_d64_wide_pays, fwd_fp8_wide_pays).
+            constexpr bool kFp8 = FwdIo90<T>::kFp8;
+            if constexpr (fwd_wide(kFp8) && fwd_wide_serves<T, D, DV, decltype(local)::value, decltype(softcap)::value,
+                                                            decltype(paged)::value>()) {
+                if (kFp8 ? fwd_fp8_wide_pays(p, info) : fwd_d64_wide_pays(p, info)) {
                     *features |= feature::kWide;
                     return launch_fwd<T, D, false, decltype(softcap)::value, DV, false, true>(p, info, stream);
-                }
-            }
-            // The fp8 head-dim-128 wide kernel where it pays (fwd_fp8_wide_pays), for calls without masks, softcap or
-            // paged K/V.
-            if constexpr (fwd_fp8_wide() && FwdIo90<T>::kFp8 && D == 128 && DV == 128 && !decltype(local)::value &&
-                          !decltype(softcap)::value && !decltype(paged)::value) {
-                if (fwd_fp8_wide_pays(p, info)) {
-                    *features |= feature::kWide;
-                    return launch_fwd<T, D, false, false, DV, false, true>(p, info, stream);
                 }
             }
             return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value, DV, decltype(paged)::value>(p, info,

@@ -272,6 +272,11 @@ constexpr bool fwd_fp8_wide() {
 // The wide kernel's traits of a dtype class (fp8: head dim 128; 16-bit: head dim 64).
 template <bool kFp8>
 using FwdTraits90WideOf = std::conditional_t<kFp8, FwdTraits90Fp8Wide, FwdTraits90Wide>;
+// Of the wide kernel of a dtype class: whether the build has it, its head dim (q's and v's), and whether it has a
+// softcap variant (the fp8 one has not: its softcap form spills; bench/NOTES.md, seventeenth session).
+constexpr bool fwd_wide(bool fp8) { return fp8 ? fwd_fp8_wide() : fwd_d64_wide(); }
+constexpr int fwd_wide_head_dim(bool fp8) { return fp8 ? FwdTraits90Fp8Wide::kHeadDim : FwdTraits90Wide::kHeadDim; }
+constexpr bool fwd_wide_softcap(bool fp8) { return !fp8; }
 
 }  // namespace sm90
 }  // namespace fa
