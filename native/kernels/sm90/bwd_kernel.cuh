@@ -301,26 +301,21 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         }
         wgmma_commit();
     };
-    const auto issue_s_dp = [&](int i) { issue_products(i, true, true); };
     // kEarlyS (BwdTraits90, the default mode): block it + 1's S^T and dP^T are issued right after block it's dQ
     // product, so they run while it waits for dQ and adds it; block 0's here. kEarlyST (head dim 128, the kernel
     // without mask or softcap): block it + 1's S^T alone, once dV/dK have retired, and its dP^T at the top of
     // iteration it + 1 (FA_SM90_BWD_EARLY_ST_D128 in sm90/bwd_traits.h says where it was measured).
     constexpr bool kEarlyS = Tr::kEarlyS && !kDeterministic;
     constexpr bool kEarlyST = Tr::kEarlyST && !kDeterministic && !kLocal && !kSoftcap;
-    static_assert(!(kEarlyS || kEarlyST) || S >= 3,
-                  "block it + 1's stage is neither block it's nor the one load_next(it) refills");
-    if constexpr (kEarlyS) {
-        if (iters > 0) {
-            stage_ready(0);
-            issue_s_dp(0);
-        }
-    }
-    if constexpr (kEarlyST) {
-        if (iters > 0) {
-            stage_ready(0);
-            issue_products(0, true, false);
-        }
+    constexpr bool kEarly = kEarlyS || kEarlyST;
+    static_assert(!kEarly || S >= 3, "block it + 1's stage is neither block it's nor the one load_next(it) refills");
+    // Block i's stage waited for and its early products issued (kEarly): S^T, and dP^T too under kEarlyS.
+    const auto start_early = [&](int i) {
+        stage_ready(i);
+        issue_products(i, true, kEarlyS);
+    };
+    if constexpr (kEarly) {
+        if (iters > 0) start_early(0);
     }
     for (int it = 0; it < iters; ++it) {
         const int h = blk.head(it);
@@ -335,7 +330,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         const uint32_t sdS = s0 + Tr::kOffDS + (it & 1) * Tr::kSmemDS;
         const int ds_off = Tr::kOffDS + (it & 1) * Tr::kSmemDS;
 
-        if constexpr (!kEarlyS && !kEarlyST) stage_ready(it);
+        if constexpr (!kEarly) stage_ready(it);
         trace.lap(0);
         const int64_t slot0 = bwd_row_slot(p, b, h, seq.q_row0, row0);
         const float* stats = reinterpret_cast<const float*>(smem + Tr::kOffStats + st_it * Tr::kSmemStats);
@@ -343,7 +338,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         if constexpr (kEarlyST) {
             issue_products(it, false, true);  // dP^T (S^T: at the end of the previous iteration, or before the walk)
         } else if constexpr (!kEarlyS) {
-            issue_s_dp(it);
+            issue_products(it, true, true);
         }
         wgmma_wait<0>();  // S^T and dP^T (kEarlyS: issued at the end of the previous iteration, or before the walk)
         fence_regs(st);
@@ -549,21 +544,14 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
             }
         }
         wgmma_commit();
-        if constexpr (kEarlyST) {
-            wgmma_wait<1>();  // dV/dK retired (dQ in flight): their A fragments free for block it + 1's S^T
-            fence_dkdv(acc_k, acc_v, fa, fd);
-            if (it + 1 < iters) {
-                stage_ready(it + 1);
-                issue_products(it + 1, true, false);
-                wgmma_wait<1>();  // dQ retired; block it + 1's S^T stays in flight
-            } else {
-                wgmma_wait<0>();
+        if constexpr (kEarly) {
+            if constexpr (kEarlyST) {
+                wgmma_wait<1>();  // dV/dK retired (dQ in flight): their A fragments free for block it + 1's S^T
+                fence_dkdv(acc_k, acc_v, fa, fd);
             }
-        } else if constexpr (kEarlyS) {
             if (it + 1 < iters) {
-                stage_ready(it + 1);
-                issue_s_dp(it + 1);
-                wgmma_wait<1>();  // dV/dK and dQ retired; block it + 1's S^T and dP^T stay in flight
+                start_early(it + 1);
+                wgmma_wait<1>();  // dV/dK and dQ retired; block it + 1's early products stay in flight
             } else {
                 wgmma_wait<0>();
             }
