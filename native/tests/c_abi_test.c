@@ -3738,10 +3738,6 @@ static int head_dim_served(int d) {
 
 /* ---- GPU: an fp8 (e4m3) forward (issue 12) ------------------------------------------------------------------------ */
 
-/* Where this build and device serve the fp8 forward: a call whose exact output is known (q and k zero, so every key
-   weighs the same; v all 1.0 with v_descale 2.0 per sequence and head: out is 2.0 in bf16 and lse ln(seqlen_k)), and
-   the descale pointers through the device-memory checks (host and freed memory refused, out untouched). Elsewhere:
-   fa_forward refuses it with UNSUPPORTED, as fa_forward_check does for this compute capability, and writes nothing. */
 /* After an fp8 forward whose q and k are zero and whose v is 1.0 with a v_descale of 2.0 (o and lse its out and lse, the
    lse [.., sq] with rows contiguous): every bf16 output is exactly 2.0 and each lse ln(the keys its row sees), sk, or
    under a bottom-right causal mask sk - sq + r + 1 for row r. */
@@ -3764,6 +3760,10 @@ static void check_fp8_constant_call(const char* label, void* stream, void* o, vo
           (double)hl[0], sk);
 }
 
+/* Where this build and device serve the fp8 forward: a call whose exact output is known (q and k zero, so every key
+   weighs the same; v all 1.0 with v_descale 2.0 per sequence and head: out is 2.0 in bf16 and lse ln(seqlen_k)), and
+   the descale pointers through the device-memory checks (host and freed memory refused, out untouched). Elsewhere:
+   fa_forward refuses it with UNSUPPORTED, as fa_forward_check does for this compute capability, and writes nothing. */
 static void test_fp8_gpu(fa_context_t context, void* stream, int cc, log_record* logs) {
     enum { B = 2, SQ = 17, SK = 33, HQ = 4, HKV = 2, POISON = 0xFF };
     const int64_t d = FA_TEST_HEAD_DIM;
