@@ -94,7 +94,44 @@ void run_case(int b, int hq, int sq, int sk, int d, int block_m, int l2) {
 
 }  // namespace
 
+// The persistent grid's walk (persistent_next from tile c): over CTAs 0..ctas-1 every tile of [0, tiles) comes exactly
+// once; CTA c's r-th tile lies in round r ([r ctas, r ctas + n_r)), at c (a plain stride) or n_r - 1 - c (zigzag,
+// odd r); every CTA runs ceil((tiles - c) / ctas) rounds in both forms; near INT_MAX the zigzag neither overflows nor
+// repeats (sampled: CTAs 0, 1 and the last two only).
+void run_walk(int tiles, int ctas, bool sampled = false) {
+    fa::FwdParams p{};  // for check's message only
+    p.b = tiles;
+    p.hq = ctas;
+    for (const bool zig : {false, true}) {
+        if (sampled && !zig) continue;  // the plain stride's tile + ctas wraps past INT_MAX, as it always did
+        std::vector<int> seen(sampled ? 0 : static_cast<size_t>(tiles), 0);
+        bool placed = true, rounds = true;
+        for (int c = 0; c < ctas; c = sampled && c == 1 ? ctas - 2 : c + 1) {
+            long long r = 0;
+            for (int tile = c; tile < tiles && r < (1ll << 31); tile = fa::persistent_next(tile, c, ctas, tiles, zig), ++r) {
+                const long long base = r * ctas, n = tiles - base < ctas ? tiles - base : ctas;
+                const long long want = base + (zig && (r & 1) ? n - 1 - c : c);
+                placed = placed && tile == want && tile >= 0;
+                if (!seen.empty() && tile >= 0) ++seen[static_cast<size_t>(tile)];
+            }
+            rounds = rounds && r == (c < tiles ? (static_cast<long long>(tiles) - c + ctas - 1) / ctas : 0);
+        }
+        bool once = true;
+        for (const int n : seen) once = once && n == 1;
+        check(placed, zig ? "zigzag walk: each round's tile in place" : "plain walk: each round's tile in place", p, 0);
+        check(rounds, "walk: rounds per CTA", p, 0);
+        check(once, zig ? "zigzag walk: every tile exactly once" : "plain walk: every tile exactly once", p, 0);
+    }
+}
+
 int main() {
+    for (const int ctas : {1, 2, 7, 132}) {
+        for (const int tiles : {1, 2, 6, 7, 8, 131, 132, 133, 263, 264, 265, 2048, 4099}) run_walk(tiles, ctas);
+    }
+    // Near INT_MAX: two or three rounds of CTAs 0, 1 and the last two.
+    run_walk(0x7fffffff, 0x40000000, true);
+    run_walk(0x7ffffffe, 0x3fffffff, true);
+    run_walk(0x7fffffff, 0x2aaaaaab, true);
     // Hand-picked shapes: the TARGETS grid, tails, a single pair, more pairs than fit a group.
     const int l2s[] = {50 << 20, 0, -1, 1 << 20};
     for (const int l2 : l2s) {

@@ -53,6 +53,24 @@ FA_HOST_DEVICE inline BlockCoord block_coord(const FwdParams& p, int linear) {
     return c;
 }
 
+// The tiles one CTA of a persistent grid of `ctas` CTAs takes from the order above (the sm90 forward): round r is
+// the tiles [r ctas, r ctas + n_r) (n_r = ctas but in the last round), and CTA c takes the round's c-th tile if
+// c < n_r, starting with tile c. With `zigzag`, odd rounds are taken in reverse (tile r ctas + n_r - 1 - c), so that
+// the CTAs that took the heaviest tiles of one round take the lightest of the next (under a causal mask the order
+// runs from heavy row blocks to light ones). Either way the last round's CTAs are the same (c < n_r), so every CTA
+// runs the same rounds in both forms. The next tile comes from the current one alone (its round is tile / ctas), so
+// a loop keeps one counter, as a plain stride does:
+//     for (int tile = blockIdx.x; tile < tiles; tile = persistent_next(tile, blockIdx.x, gridDim.x, tiles, zigzag))
+// (returns `tiles` when the CTA has no further tile).
+FA_HOST_DEVICE inline int persistent_next(int tile, int cta, int ctas, int tiles, bool zigzag) {
+    if (!zigzag) return tile + ctas;  // the plain stride (the loop's condition ends it, as before)
+    const int round = tile / ctas;
+    const int left = tiles - round * ctas - ctas;  // tiles after this round (no overflow: round * ctas <= tile)
+    if (left <= cta) return tiles;
+    const int base = tiles - left;  // the next round's first tile
+    return base + ((round & 1) == 0 ? (left < ctas ? left : ctas) - 1 - cta : cta);
+}
+
 // A kernel that computes O's columns in kChunks column chunks, one CTA per chunk (the sm90 forward of the pair
 // (64, 512), whose O of 512 fp32 columns a consumer warpgroup's registers cannot hold): the block order above with
 // each tile counted kChunks times, the chunk the fastest index, so the chunks of a row block are adjacent tiles that

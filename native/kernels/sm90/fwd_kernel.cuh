@@ -247,6 +247,11 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     // consumers released the previous tile's Q, so v_tail never runs a phase ahead of the consumers' waits.
     constexpr bool paged = kPaged;
     const int num_tiles = p.m_blocks * p.b * p.hq * VCH;  // the launcher checked it fits an int
+    // This CTA's next tile of the block order (common/fwd_schedule.h; zigzag: FA_SM90_FWD_ZIGZAG).
+    const auto next_tile = [&](int tile) {
+        return persistent_next(tile, static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x), num_tiles,
+                               FA_SM90_FWD_ZIGZAG != 0);
+    };
 
     if (tid < 128) {
         // ---- producer ----
@@ -257,7 +262,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             tma_prefetch_map(a.v);
             int kv = 0, qn = 0;  // K/V blocks and Q tiles loaded so far (ring slot and phase)
             int slot = 0;
-            for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++slot) {
+            for (int tile = blockIdx.x; tile < num_tiles; tile = next_tile(tile), ++slot) {
                 const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
                 FA_TRACE(0, slot, 0);
                 FA_TRACE_AT(0, slot, 7, tile | (static_cast<long long>(max(t.keys.end - t.keys.begin, 0)) << 32));
@@ -310,7 +315,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
         } else if (paged && tid >= 32) {
             // Paged K/V: warps 1..3 clear the V rows of each tile's first key block past the sequence (see v_tail).
             int kv = 0, qn = 0;
-            for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+            for (int tile = blockIdx.x; tile < num_tiles; tile = next_tile(tile)) {
                 const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
                 if (t.keys.end <= t.keys.begin) continue;
                 const int s = kv % S;
@@ -334,7 +339,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             // fp8: warps 1..3 transpose each V stage into the V^T ring, in the producer's block order.
             const int tw = tid / 32 - 1;
             int kv = 0;
-            for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+            for (int tile = blockIdx.x; tile < num_tiles; tile = next_tile(tile)) {
                 const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
                 if (t.keys.end <= t.keys.begin) continue;
                 for (int n = t.keys.end - 1; n >= t.keys.begin; --n) {
@@ -390,7 +395,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
         const bool tracer = (tid & 127) == 0;
         int slot = -1;
 
-        for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+        for (int tile = blockIdx.x; tile < num_tiles; tile = next_tile(tile)) {
             const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
             ++slot;
             if (tracer) FA_TRACE(1 + cw, slot, 0);

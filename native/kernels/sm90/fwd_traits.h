@@ -53,6 +53,11 @@
 #ifndef FA_SM90_FWD_VSPLIT_STAGES
 #define FA_SM90_FWD_VSPLIT_STAGES 3
 #endif
+// Whether each CTA of a persistent forward grid takes the odd rounds of the block order in reverse (common/fwd_schedule.h
+// PersistentWalk), so that heavy and light causal tiles alternate on each SM (1: zigzag; 0: a plain stride).
+#ifndef FA_SM90_FWD_ZIGZAG
+#define FA_SM90_FWD_ZIGZAG 0
+#endif
 // Whether the fp8 kernels ping-pong their consumers as the 16-bit head-dim-64 one does (0: no; an experiment).
 #ifndef FA_SM90_FWD_FP8_PINGPONG
 #define FA_SM90_FWD_FP8_PINGPONG 0
