@@ -21,6 +21,16 @@
 #define FA_SM90_FWD_PERSISTENT_MAX_KEYS 8192
 #endif
 
+// Masked calls whose block order has one (batch, head) pair per group (common/fwd_schedule.h: one head's K/V takes a
+// quarter of L2 or more: D 256 from about 6.4k keys) also run one CTA per tile, at any length (1; 0: only above
+// FA_SM90_FWD_PERSISTENT_MAX_KEYS keys). There the static stride walks one head's row blocks heaviest first, 132 at a
+// time, so the same CTAs take the heavy ones round after round: D 256 causal 8k ran at 0.68-0.69x cuDNN, and 1.38-1.46x
+// faster one CTA per tile (0.95-0.99x cuDNN; H200, eighteenth session, bench/NOTES.md). With three or more pairs a group
+// the stride mixes the heads' row blocks: D 128 causal 8k (three) lost 5-9% one CTA per tile.
+#ifndef FA_SM90_FWD_PER_TILE_ONE_HEAD
+#define FA_SM90_FWD_PER_TILE_ONE_HEAD 1
+#endif
+
 namespace fa {
 namespace sm90 {
 
@@ -95,7 +105,8 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     const int sms = info.sm_count > 0 ? info.sm_count : 132;
     // (ALiBi alone also runs the kLocal variant, common/mask.cuh, but its tiles cost the same: persistent.)
     const bool masked = p.window_left >= 0 || p.window_right >= 0;
-    const bool per_tile = kLocal && masked && p.sk > FA_SM90_FWD_PERSISTENT_MAX_KEYS;
+    const bool per_tile = kLocal && masked &&
+                          (p.sk > FA_SM90_FWD_PERSISTENT_MAX_KEYS || (FA_SM90_FWD_PER_TILE_ONE_HEAD && p.heads_per_group == 1));
     const unsigned grid = per_tile || tiles < static_cast<unsigned>(sms) ? tiles : static_cast<unsigned>(sms);
     kernel<<<grid, Tr::kThreads, smem, stream>>>(a);
     return cudaGetLastError();
