@@ -77,6 +77,9 @@ namespace sm90 {
 struct FwdArgs90 {
     FwdParams p;
     TmaMap q, k, v;
+    // Nonzero: each CTA of the persistent grid takes the odd rounds of the block order in reverse (common/fwd_schedule.h
+    // persistent_next; the launcher's choice, FA_SM90_FWD_ZIGZAG).
+    int zigzag = 0;
 };
 
 // What both roles compute of a tile: its place, its rows and the key blocks any of its rows sees.
@@ -247,10 +250,10 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     // consumers released the previous tile's Q, so v_tail never runs a phase ahead of the consumers' waits.
     constexpr bool paged = kPaged;
     const int num_tiles = p.m_blocks * p.b * p.hq * VCH;  // the launcher checked it fits an int
-    // This CTA's next tile of the block order (common/fwd_schedule.h; zigzag: FA_SM90_FWD_ZIGZAG).
+    // This CTA's next tile of the block order (common/fwd_schedule.h; zigzag: the launcher's choice).
+    const bool zigzag = FA_SM90_FWD_ZIGZAG != 0 && a.zigzag != 0;
     const auto next_tile = [&](int tile) {
-        return persistent_next(tile, static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x), num_tiles,
-                               FA_SM90_FWD_ZIGZAG != 0);
+        return persistent_next(tile, static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x), num_tiles, zigzag);
     };
 
     if (tid < 128) {

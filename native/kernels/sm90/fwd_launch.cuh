@@ -108,6 +108,8 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     const bool per_tile = kLocal && masked &&
                           (p.sk > FA_SM90_FWD_PERSISTENT_MAX_KEYS || (FA_SM90_FWD_PER_TILE_ONE_HEAD && p.heads_per_group == 1));
     const unsigned grid = per_tile || tiles < static_cast<unsigned>(sms) ? tiles : static_cast<unsigned>(sms);
+    a.zigzag = FA_SM90_FWD_ZIGZAG == 1 || (FA_SM90_FWD_ZIGZAG == 2 && kLocal && masked &&
+                                           static_cast<int64_t>(p.heads_per_group) * p.m_blocks * Tr::kVChunks < sms);
     kernel<<<grid, Tr::kThreads, smem, stream>>>(a);
     return cudaGetLastError();
 }

@@ -54,9 +54,12 @@
 #define FA_SM90_FWD_VSPLIT_STAGES 3
 #endif
 // Whether each CTA of a persistent forward grid takes the odd rounds of the block order in reverse (common/fwd_schedule.h
-// PersistentWalk), so that heavy and light causal tiles alternate on each SM (1: zigzag; 0: a plain stride).
+// persistent_next; FwdArgs90::zigzag): 0 never, 1 always (for tests), 2 (the default) masked calls whose order's groups
+// hold fewer tiles than the grid has CTAs, so that a round of the stride spans more than one group. Measured on the
+// H200 (eighteenth session, bench/NOTES.md), the rule against never: D 256 causal 1k 1.054 (two shapes), 2k 1.018, 4k
+// 1.043 (groups of 96-120 tiles); always against never lost 1-9% at D 64/128 causal 1k-4k (groups of 192-400 tiles).
 #ifndef FA_SM90_FWD_ZIGZAG
-#define FA_SM90_FWD_ZIGZAG 0
+#define FA_SM90_FWD_ZIGZAG 2
 #endif
 // Whether the fp8 kernels ping-pong their consumers as the 16-bit head-dim-64 one does (0: no; an experiment).
 #ifndef FA_SM90_FWD_FP8_PINGPONG
