@@ -31,6 +31,19 @@
 #ifndef FA_SM90_FWD_BN256
 #define FA_SM90_FWD_BN256 80
 #endif
+// The 16-bit kernels whose q head dim is at least this store O from registers to global memory in the epilogue, as the
+// fp8 ones do, instead of staging it in shared memory (0: every 16-bit kernel stages it): the Q tile is then released as
+// soon as the tile's last Q K^T retires, so the next tile's Q loads during the last P V and the epilogue, where D 192
+// and 256, whose O is staged in the Q tile, wait for it after the epilogue today; and D 128's separate O tile (32 KB)
+// is free for a third K/V stage (FA_SM90_FWD_D128_STAGES). An experiment (eighteenth session: prepared, not measured).
+#ifndef FA_SM90_FWD_DIRECT_O_MIN_D
+#define FA_SM90_FWD_DIRECT_O_MIN_D 0
+#endif
+// K/V stages of the 16-bit head-dim-128 kernels (2; 3 with O staged through Q measured 0.85-0.97x, thirteenth session:
+// Q then waited for the epilogue; 3 beside FA_SM90_FWD_DIRECT_O_MIN_D <= 128 is the experiment).
+#ifndef FA_SM90_FWD_D128_STAGES
+#define FA_SM90_FWD_D128_STAGES 2
+#endif
 // Where the head-dim-64 kernel (16-bit types) keeps P for O += P V: 0, in registers (the RS wgmma: the S accumulators
 // packed to 16 bits); 1, in a shared-memory tile per consumer warpgroup (the SS wgmma), FA3's choice with three
 // consumers, whose 160 registers hold S and O but not P beside them (bench/NOTES.md, experiment 6 of 2026-12-03).
@@ -184,6 +197,7 @@ struct FwdTraits90 {
     static constexpr int kStages = kVChunks > 1           ? FA_SM90_FWD_VSPLIT_STAGES
                                  : kFp8 && D == 128      ? (kFp8BlockN > 0 ? 2 : FA_SM90_FWD_FP8_D128_STAGES)
                                  : !kFp8 && D == 64      ? 3
+                                 : !kFp8 && D == 128     ? FA_SM90_FWD_D128_STAGES
                                                          : 2;
     static constexpr int kThreads = 128 * (kConsumers + 1);
     // setmaxnreg budgets. The launch gives every thread kLaunchRegs (65536 / threads, a multiple of 8); the
@@ -225,7 +239,8 @@ struct FwdTraits90 {
     // O (16-bit) is staged in its own tile where shared memory allows, so the next tile's Q loads during the
     // epilogue; otherwise in the consumer's own rows of the Q tile, which frees only after it. fp8 stores
     // O from registers (its bf16 O is twice the fp8 Q tile).
-    static constexpr bool kStageO = !kFp8;
+    static constexpr bool kStageO =
+        !kFp8 && !(FA_SM90_FWD_DIRECT_O_MIN_D > 0 && D >= FA_SM90_FWD_DIRECT_O_MIN_D && kVChunks == 1);
     static constexpr int kSmemO =
         kStageO && kEndP + kBlockM * kVCols * 2 + 256 <= 227 * 1024 ? kBlockM * kVCols * 2 : 0;
     static constexpr bool kSeparateO = kSmemO > 0;
