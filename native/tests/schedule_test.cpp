@@ -96,8 +96,9 @@ void run_case(int b, int hq, int sq, int sk, int d, int block_m, int l2) {
 
 // The persistent grid's walk (persistent_next from tile c): over CTAs 0..ctas-1 every tile of [0, tiles) comes exactly
 // once; CTA c's r-th tile lies in round r ([r ctas, r ctas + n_r)), at c (a plain stride) or n_r - 1 - c (zigzag,
-// odd r); every CTA runs ceil((tiles - c) / ctas) rounds in both forms; near INT_MAX the zigzag neither overflows nor
-// repeats (sampled: CTAs 0, 1 and the last two only).
+// odd r); every CTA runs ceil((tiles - c) / ctas) rounds in both forms; near INT_MAX the zigzag's tiles stay in place
+// and in range (sampled: CTAs 0, 1 and the last two only; that its arithmetic never overflows an int, which a wrapped
+// form would pass here too, was checked once under -fsanitize=undefined, eighteenth session).
 void run_walk(int tiles, int ctas, bool sampled = false) {
     fa::FwdParams p{};  // for check's message only
     p.b = tiles;
@@ -120,7 +121,7 @@ void run_walk(int tiles, int ctas, bool sampled = false) {
         for (const int n : seen) once = once && n == 1;
         check(placed, zig ? "zigzag walk: each round's tile in place" : "plain walk: each round's tile in place", p, 0);
         check(rounds, "walk: rounds per CTA", p, 0);
-        check(once, zig ? "zigzag walk: every tile exactly once" : "plain walk: every tile exactly once", p, 0);
+        if (!sampled) check(once, zig ? "zigzag walk: every tile exactly once" : "plain walk: every tile exactly once", p, 0);
     }
 }
 

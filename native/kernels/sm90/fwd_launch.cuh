@@ -1,6 +1,7 @@
 // Launch template of the sm90 forward: the block order (common/fwd_schedule.h), the TMA descriptors of q, k
 // and v built for this call (host-only encoding, no allocation: graph-safe), a persistent grid of at most
-// one CTA per SM (or one CTA per tile for long masked calls, see launch_fwd), the variant for the call's options. Included only by the per-(head dim, dtype)
+// one CTA per SM (or one CTA per tile for masked calls whose tiles' costs differ widely, see launch_fwd), the variant for
+// the call's options. Included only by the per-(head dim, dtype)
 // instantiation files (sm90/fwd_hdim<D>_<dtype>_sm90.cu, built where FA_CUDA_ARCHS has 90a).
 #pragma once
 #include <atomic>
@@ -21,12 +22,14 @@
 #define FA_SM90_FWD_PERSISTENT_MAX_KEYS 8192
 #endif
 
-// Masked calls whose block order has one (batch, head) pair per group (common/fwd_schedule.h: one head's K/V takes a
-// quarter of L2 or more: D 256 from about 6.4k keys) also run one CTA per tile, at any length (1; 0: only above
-// FA_SM90_FWD_PERSISTENT_MAX_KEYS keys). There the static stride walks one head's row blocks heaviest first, 132 at a
-// time, so the same CTAs take the heavy ones round after round: D 256 causal 8k ran at 0.68-0.69x cuDNN, and 1.38-1.46x
-// faster one CTA per tile (0.95-0.99x cuDNN; H200, eighteenth session, bench/NOTES.md). With three or more pairs a group
-// the stride mixes the heads' row blocks: D 128 causal 8k (three) lost 5-9% one CTA per tile.
+// Causal calls (no left window, sq >= sk, fixed lengths) whose block order has one (batch, head) pair per group
+// (common/fwd_schedule.h: one head's K/V is more than an eighth of L2, D 256 from about 6.4k keys) also run one CTA per
+// tile, at any length (1; 0: only above FA_SM90_FWD_PERSISTENT_MAX_KEYS keys). There the static stride walks one head's
+// row blocks heaviest first, 132 at a time, so the same CTAs take the heavy ones round after round: D 256 causal 8k ran
+// at 0.68-0.69x cuDNN, and 1.38-1.46x faster one CTA per tile (0.95-0.99x cuDNN; H200, eighteenth session,
+// bench/NOTES.md). With three or more pairs a group the stride mixes the heads' row blocks: D 128 causal 8k (three)
+// lost 5-9% one CTA per tile. Windows (tiles of about equal cost), varlen batches (the group size follows the longest
+// sequence) and the column-chunked kernels keep the measured rule alone.
 #ifndef FA_SM90_FWD_PER_TILE_ONE_HEAD
 #define FA_SM90_FWD_PER_TILE_ONE_HEAD 1
 #endif
@@ -99,15 +102,19 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
         return err;
     }
     // Persistent (one CTA per SM striding over the block order) where tiles cost about the same; one CTA per
-    // tile where a causal mask or window makes them unequal and long, so the hardware's block dispatch, in the
-    // heaviest-first order, balances the SMs as a dynamic scheduler would (a static stride left the heaviest
-    // tiles on the same SMs: 0.63-0.77x cuDNN at 16k causal; bench/NOTES.md).
+    // tile where a causal mask or window makes them unequal and long (or, with one head per group, unequal at any
+    // length: FA_SM90_FWD_PER_TILE_ONE_HEAD), so the hardware's block dispatch, in the heaviest-first order, balances
+    // the SMs as a dynamic scheduler would (a static stride left the heaviest tiles on the same SMs: 0.63-0.77x cuDNN at
+    // 16k causal; bench/NOTES.md).
     const int sms = info.sm_count > 0 ? info.sm_count : 132;
     // (ALiBi alone also runs the kLocal variant, common/mask.cuh, but its tiles cost the same: persistent.)
     const bool masked = p.window_left >= 0 || p.window_right >= 0;
-    const bool per_tile = kLocal && masked &&
-                          (p.sk > FA_SM90_FWD_PERSISTENT_MAX_KEYS || (FA_SM90_FWD_PER_TILE_ONE_HEAD && p.heads_per_group == 1));
+    const bool one_head = FA_SM90_FWD_PER_TILE_ONE_HEAD && p.heads_per_group == 1 && p.window_left < 0 &&
+                          p.window_right >= 0 && p.sq >= p.sk && !varlen && Tr::kVChunks == 1;
+    const bool per_tile = kLocal && masked && (p.sk > FA_SM90_FWD_PERSISTENT_MAX_KEYS || one_head);
     const unsigned grid = per_tile || tiles < static_cast<unsigned>(sms) ? tiles : static_cast<unsigned>(sms);
+    // The CTAs' tile counters (tile + grid) stay within an int (common/fwd_schedule.h persistent_next).
+    if (static_cast<uint64_t>(tiles) + grid > 0x7fffffffull) return cudaErrorInvalidConfiguration;
     a.zigzag = FA_SM90_FWD_ZIGZAG == 1 || (FA_SM90_FWD_ZIGZAG == 2 && kLocal && masked &&
                                            static_cast<int64_t>(p.heads_per_group) * p.m_blocks * Tr::kVChunks < sms);
     kernel<<<grid, Tr::kThreads, smem, stream>>>(a);

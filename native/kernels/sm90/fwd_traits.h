@@ -68,7 +68,7 @@
 #endif
 // Whether each CTA of a persistent forward grid takes the odd rounds of the block order in reverse (common/fwd_schedule.h
 // persistent_next; FwdArgs90::zigzag): 0 never, 1 always (for tests), 2 (the default) masked calls whose order's groups
-// hold fewer tiles than the grid has CTAs, so that a round of the stride spans more than one group. Measured on the
+// hold fewer tiles than the GPU has SMs, so that a round of the stride spans more than one group. Measured on the
 // H200 (eighteenth session, bench/NOTES.md), the rule against never: D 256 causal 1k 1.054 (two shapes), 2k 1.018, 4k
 // 1.043 (groups of 96 tiles), D 192 causal 1k/2k 1.00 (128); always against never lost 1-9% at D 64/128 causal 1k-4k
 // (groups of 192-400 tiles).
