@@ -688,5 +688,50 @@ class BwdTraceTest(unittest.TestCase):
                          [(16, 16, 1024, 64, False), (1, 8, 4096, 128, True)])
 
 
+class PtxasRegsTest(unittest.TestCase):
+    """bench/ptxas_regs.py on a canned -Xptxas -v log, and bench/ab_knobs.sh's argument checks (no GPU, no build)."""
+    LOG = """ptxas info    : Compiling entry function '_ZN2fa4sm9015fwd_kernel_sm90I13__nv_bfloat16Li128EEEvNS0_9FwdArgs90E' for 'sm_90a'
+ptxas info    : Function properties for _ZN2fa4sm9015fwd_kernel_sm90I13__nv_bfloat16Li128EEEvNS0_9FwdArgs90E
+    16 bytes stack frame, 12 bytes spill stores, 20 bytes spill loads
+ptxas info    : Used 168 registers, used 1 barriers, 16 bytes cumulative stack size
+ptxas info    : Compiling entry function '_ZN2fa4sm8014fwd_kernel_sm80ILi64EEEvNS_9FwdParamsE' for 'sm_90a'
+ptxas info    : Used 255 registers
+ptxas /tmp/x.ptx, line 9; warning : (C7515) Potential Performance Loss: wgmma.mma_async instructions are serialized
+ptxas info    : Compiling entry function '_ZN2fa4sm9015fwd_kernel_sm90I13__nv_bfloat16Li128EEEvNS0_9FwdArgs90E' for 'sm_90a'
+ptxas info    : Used 168 registers
+"""
+
+    def test_parse(self):
+        import ptxas_regs
+        rows = ptxas_regs.parse(self.LOG.splitlines(), re.compile("fwd_kernel_sm90"))
+        # the sm90 kernel once (the log repeats it), with its spills; the sm80 one left out by the pattern
+        self.assertEqual(rows, [("_ZN2fa4sm9015fwd_kernel_sm90I13__nv_bfloat16Li128EEEvNS0_9FwdArgs90E", 168, 12, 20)])
+        rows = ptxas_regs.parse(self.LOG.splitlines(), re.compile("sm80"))
+        self.assertEqual(rows, [("_ZN2fa4sm8014fwd_kernel_sm80ILi64EEEvNS_9FwdParamsE", 255, 0, 0)])
+
+    def test_main(self):
+        with tempfile.TemporaryDirectory() as d:
+            log = os.path.join(d, "build.log")
+            with open(log, "w") as f:
+                f.write(self.LOG)
+            out = subprocess.run([sys.executable, os.path.join(HERE, "ptxas_regs.py"), log, "sm90", "--tail", "0",
+                                  "--serialized"], capture_output=True, text=True)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertEqual(out.stdout.splitlines(), [
+                "168 12/20 _ZN2fa4sm9015fwd_kernel_sm90I13__nv_bfloat16Li128EEEvNS0_9FwdArgs90E",
+                "wgmma serialization warnings (C7510-C7515): 1"])
+            out = subprocess.run([sys.executable, os.path.join(HERE, "ptxas_regs.py"), log, "no_such_kernel"],
+                                 capture_output=True, text=True)
+            self.assertEqual((out.returncode, out.stdout), (1, ""))
+
+    def test_ab_knobs_arguments(self):
+        script = os.path.join(HERE, "ab_knobs.sh")
+        for args, message in ((["--bogus"], "unknown option --bogus"), (["--", "bad name=x"], "is not NAME=FLAGS"),
+                              (["--tests", "Q", "--", "A="], "--tests Q is not a build"), ([], "usage")):
+            out = subprocess.run(["bash", script] + args, capture_output=True, text=True)
+            self.assertEqual(out.returncode, 2, (args, out.stdout, out.stderr))
+            self.assertIn(message, out.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()
