@@ -21,11 +21,12 @@
 // passed round after each issue), so one warpgroup's softmax runs under the other's GEMMs (FA3's ping-pong).
 // Key blocks run from the last visible one down, so only the first blocks (and, with a left window, the
 // last) need the per-element mask. Tiles come from the forward's block order (common/fwd_schedule.h),
-// each CTA taking every gridDim.x-th (one tile each when the launcher gives one CTA per tile; odd rounds in reverse
-// where the launcher sets FwdArgs90::zigzag): heavy row blocks first, a group of heads' K/V reused from L2. The epilogue stages O in shared memory (its own tile
-// at d64/d128, which frees the Q tile for the next one at once; else the warpgroup's own rows of the Q
-// tile) for 16-byte coalesced stores (any strides, varlen tails) and writes the LSE from registers; a learnable
-// sink joins the row's denominator there (common/sink.cuh), the main loop does not change.
+// each CTA taking every gridDim.x-th (one tile each when the launcher gives one CTA per tile; odd rounds in
+// reverse where the launcher sets FwdArgs90::zigzag): heavy row blocks first, a group of heads' K/V reused
+// from L2. The epilogue stages O in shared memory (its own tile at d64/d128, which frees the Q tile for the
+// next one at once; else the warpgroup's own rows of the Q tile) for 16-byte coalesced stores (any strides,
+// varlen tails) and writes the LSE from registers; a learnable sink joins the row's denominator there
+// (common/sink.cuh), the main loop does not change.
 // A V head dim other than q's: (192, 128) is the kernel above with V and O of 128 columns. (64, 512)'s O would
 // take 256 accumulator registers a thread, so its kernel splits O's columns (FwdTraits90::kVChunks): each tile of
 // the block order is two tiles (common/fwd_schedule.h chunk_coord), adjacent so that both run at once and share Q,
