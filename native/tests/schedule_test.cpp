@@ -90,6 +90,29 @@ void run_case(int b, int hq, int sq, int sk, int d, int block_m, int l2) {
     check(once2, "chunk_coord<2>: every (batch, head, row block, chunk) exactly once", p, l2);
     check(adjacent, "chunk_coord<2>: a row block's two chunks adjacent, in block_coord's order", p, l2);
     check(same1, "chunk_coord<1> is block_coord", p, l2);
+
+    // The 2-CTA clusters' order (pair_coord, an even m_blocks): every (batch, head, row block) exactly once; tiles 2 q
+    // and 2 q + 1 (a cluster's two CTAs) are row blocks 2 m' and 2 m' + 1 of one (batch, head).
+    if (m_blocks % 2 == 0) {
+        std::vector<int> seen3(seen.size(), 0);
+        bool paired = true, in_range3 = true;
+        for (unsigned linear = 0; linear < blocks; linear += 2) {
+            const fa::BlockCoord c0 = fa::pair_coord(p, static_cast<int>(linear));
+            const fa::BlockCoord c1 = fa::pair_coord(p, static_cast<int>(linear + 1));
+            paired = paired && c0.b == c1.b && c0.h == c1.h && c0.m_block % 2 == 0 && c1.m_block == c0.m_block + 1;
+            for (const fa::BlockCoord& c : {c0, c1}) {
+                if (c.b < 0 || c.b >= b || c.h < 0 || c.h >= hq || c.m_block < 0 || c.m_block >= m_blocks) {
+                    in_range3 = false;
+                    continue;
+                }
+                ++seen3[(static_cast<size_t>(c.b) * hq + c.h) * m_blocks + c.m_block];
+            }
+        }
+        bool once3 = in_range3;
+        for (const int n : seen3) once3 = once3 && n == 1;
+        check(once3, "pair_coord: every (batch, head, row block) exactly once", p, l2);
+        check(paired, "pair_coord: a cluster's two tiles are adjacent row blocks of one head", p, l2);
+    }
 }
 
 }  // namespace

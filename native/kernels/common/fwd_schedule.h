@@ -38,8 +38,10 @@ struct BlockCoord {
 // Coordinates of grid block `linear`: groups of heads_per_group (batch, head) pairs in order; inside
 // a group the row blocks run from the last (heaviest under a causal mask) to the first, each for all
 // pairs of the group before the next.
+// (kPair 2: pair_coord's order, over the m_blocks / 2 row-block pairs of each head.)
+template <int kPair = 1>
 FA_HOST_DEVICE inline BlockCoord block_coord(const FwdParams& p, int linear) {
-    const int group_size = p.heads_per_group * p.m_blocks;
+    const int group_size = p.heads_per_group * (p.m_blocks / kPair);
     const int group = linear / group_size;
     const int first_bh = group * p.heads_per_group;
     const int left = p.b * p.hq - first_bh;
@@ -47,9 +49,19 @@ FA_HOST_DEVICE inline BlockCoord block_coord(const FwdParams& p, int linear) {
     const int within = linear - group * group_size;
     const int bh = first_bh + within % heads_here;
     BlockCoord c;
-    c.m_block = p.m_blocks - 1 - within / heads_here;
+    c.m_block = p.m_blocks / kPair - 1 - within / heads_here;
     c.b = bh / p.hq;
     c.h = bh % p.hq;
+    return c;
+}
+
+// The order of a grid of 2-CTA clusters (the sm90 forward's K/V multicast, FA_SM90_FWD_CLUSTER; p.m_blocks even): tile
+// 2 q + r is row block 2 m' + r of the (batch, head, row-block pair m') that block_coord's order gives pair q over
+// m_blocks / 2 pairs, so the two CTAs of a cluster, which take tiles 2 q and 2 q + 1 together, compute adjacent row
+// blocks of one head and need the same K/V blocks.
+FA_HOST_DEVICE inline BlockCoord pair_coord(const FwdParams& p, int linear) {
+    BlockCoord c = block_coord<2>(p, linear / 2);
+    c.m_block = 2 * c.m_block + linear % 2;
     return c;
 }
 

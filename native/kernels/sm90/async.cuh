@@ -88,6 +88,42 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const TmaMap& map, uin
 #endif
 }
 
+// Clusters (FA_SM90_FWD_CLUSTER; the forward's K/V multicast): this CTA's rank in its cluster; every thread of every CTA
+// of the cluster arrives and waits (release/acquire: the barriers one CTA initialised are seen by the other's TMA and
+// arrivals after it); an arrival on the barrier at the same shared-memory offset in CTA `cta` of the cluster; and the
+// 4-D tiled load of tma_load_4d delivered to the CTAs of `mask` (bit r: rank r), each at dst in its own shared memory,
+// completing the barrier at `bar` in each of them with the box's bytes.
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+    uint32_t r = 0;
+#ifdef FA_SM90A_DEVICE
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+    return r;
+}
+__device__ __forceinline__ void cluster_sync() {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
+#ifdef FA_SM90A_DEVICE
+    asm volatile(
+        "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\nmbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n"
+        ::"r"(bar), "r"(cta)
+        : "memory");
+#endif
+}
+__device__ __forceinline__ void tma_load_4d_multicast(uint32_t dst, const TmaMap& map, uint32_t bar, uint16_t mask, int c0,
+                                                      int c1, int c2, int c3) {
+#ifdef FA_SM90A_DEVICE
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, "
+        "{%2, %3, %4, %5}], [%6], %7;\n" ::"r"(dst),
+        "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar), "h"(mask)
+        : "memory");
+#endif
+}
+
 // An arrival on `bar` once every cp.async this thread issued before has landed, without raising the barrier's
 // pending count (.noinc: the count it was initialised with includes these arrivals).
 __device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint32_t bar) {

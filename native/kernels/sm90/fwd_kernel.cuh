@@ -154,10 +154,17 @@ __device__ __forceinline__ void transpose_v_fp8(uint32_t src, uint32_t dst, int 
     }
 }
 
-template <bool kLocal, int BM, int BN, int kVChunks>
+// kPairs: the order of a grid of 2-CTA clusters (common/fwd_schedule.h pair_coord; FA_SM90_FWD_CLUSTER).
+template <bool kLocal, int BM, int BN, int kVChunks, bool kPairs = false>
 __device__ __forceinline__ FwdTile90 fwd_tile90(const FwdParams& p, int tile) {
     FwdTile90 t;
-    const ChunkCoord cc = chunk_coord<kVChunks>(p, tile);  // common/fwd_schedule.h
+    ChunkCoord cc;  // common/fwd_schedule.h
+    if constexpr (kPairs) {
+        cc.c = pair_coord(p, tile);
+        cc.chunk = 0;
+    } else {
+        cc = chunk_coord<kVChunks>(p, tile);
+    }
     const BlockCoord c = cc.c;
     t.v_chunk = cc.chunk;
     t.m_block = c.m_block;
@@ -177,9 +184,17 @@ __device__ __forceinline__ FwdTile90 fwd_tile90(const FwdParams& p, int tile) {
 // head-dim-64 kernel with three consumers and P in shared memory, the fp8 head-dim-128 one on 224-key blocks), whatever
 // the build's traits are. `a` is the kernel's __grid_constant__ parameter (the TMA maps are read at its address).
 // kAlibiGemm: the ALiBi variant (fwd_kernel_sm90 only; the wide kernels serve no local mask, hence no ALiBi).
-template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, class Tr, bool kAlibiGemm>
+// kCluster 2 (fwd_kernel_sm90_cluster; FA_SM90_FWD_CLUSTER): the CTA is one of a 2-CTA cluster that takes adjacent row
+// blocks of one head (pair_coord), each producer loading half the panels of every K and V block with TMA multicast
+// into both CTAs' stages; a stage frees when the consumers of both CTAs have released it (their arrivals on both
+// CTAs' empty barriers), and a producer waits for its stages' last releases before its CTA may exit.
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, class Tr, bool kAlibiGemm, int kCluster = 1>
 __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     constexpr bool kFp8 = FwdIo90<T>::kFp8;
+    static_assert(kCluster == 1 || (kCluster == 2 && !kLocal && !kPaged && !kFp8 && !kAlibiGemm && Tr::kVChunks == 1 &&
+                                    !Tr::kPingPong),
+                  "2-CTA clusters: the 16-bit kernels without a local mask, paging, column chunks or ping-pong");
+    constexpr bool kPairs = kCluster > 1;
     static_assert(!kPaged || (kLocal && !kFp8), "paged K/V runs in the local family, 16-bit types only");
     static_assert(Tr::kHeadDim == D && Tr::kHeadDimV == DV, "the traits of this head dim pair");
     static_assert(!kAlibiGemm || (kLocal && !kSoftcap && !kPaged && Tr::kAlibiGemm),
@@ -226,9 +241,9 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
         mbar_init(q_empty, kConsumerWarps);
         for (int s = 0; s < S; ++s) {
             mbar_init(k_full(s), 1);
-            mbar_init(k_empty(s), kConsumerWarps);
+            mbar_init(k_empty(s), kConsumerWarps * kCluster);  // (kCluster: both CTAs' consumers release a stage)
             mbar_init(v_full(s), 1);
-            mbar_init(v_empty(s), kFp8 ? kTransposeWarps : kConsumerWarps);  // fp8: the transposers read V
+            mbar_init(v_empty(s), kFp8 ? kTransposeWarps : kConsumerWarps * kCluster);  // fp8: the transposers read V
             if (kFp8) {
                 mbar_init(vt_full(s), kTransposeWarps);
                 mbar_init(vt_empty(s), kConsumerWarps);
@@ -239,7 +254,12 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     }
     // The ALiBi variant's K' panel (sm90/alibi_gemm.cuh), constant, before any consumer's first Q K^T.
     if constexpr (kAlibiGemm) write_alibi_kp<T, BN>(smem + Tr::kOffKp, tid, Tr::kThreads);
-    __syncthreads();
+    if constexpr (kCluster > 1) {
+        cluster_sync();  // both CTAs' barriers initialised before either's multicast or arrivals reach them
+    } else {
+        __syncthreads();
+    }
+    const uint32_t rank = kCluster > 1 ? cluster_ctarank() : 0u;  // this CTA's place in its cluster
 
     const bool varlen = p.cu_seqlens_q != nullptr;
     // Paged K/V (kPaged kernels, C ABI 0.11, 16-bit types; common/paged_kv.cuh): the K and V maps span the pool of blocks, a key block
@@ -252,7 +272,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     constexpr bool paged = kPaged;
     const int num_tiles = p.m_blocks * p.b * p.hq * VCH;  // the launcher checked it fits an int
     // This CTA's next tile of the block order (common/fwd_schedule.h; zigzag: the launcher's choice).
-    const bool zigzag = FA_SM90_FWD_ZIGZAG != 0 && a.zigzag != 0;
+    const bool zigzag = FA_SM90_FWD_ZIGZAG != 0 && kCluster == 1 && a.zigzag != 0;
     const auto next_tile = [&](int tile) {
         return persistent_next(tile, static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x), num_tiles, zigzag);
     };
@@ -267,7 +287,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             int kv = 0, qn = 0;  // K/V blocks and Q tiles loaded so far (ring slot and phase)
             int slot = 0;
             for (int tile = blockIdx.x; tile < num_tiles; tile = next_tile(tile), ++slot) {
-                const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
+                const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH, kPairs>(p, tile);
                 FA_TRACE(0, slot, 0);
                 FA_TRACE_AT(0, slot, 7, tile | (static_cast<long long>(max(t.keys.end - t.keys.begin, 0)) << 32));
                 if (t.keys.end <= t.keys.begin) continue;  // no rows, or all masked: the consumers write zeros
@@ -289,9 +309,17 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     mbar_wait(k_empty(s), ph ^ 1);
                     if (n == t.keys.end - 1) FA_TRACE(0, slot, 1);
                     mbar_arrive_expect_tx(k_full(s), Tr::kSmemKV);
+                    if constexpr (kCluster > 1) {
+                        // This CTA's share of the panels, into both CTAs' stage s (each full barrier expects all).
+                        for (int pn = rank * Tr::kPanels / kCluster; pn < (rank + 1) * Tr::kPanels / kCluster; ++pn) {
+                            tma_load_4d_multicast(k_tile(s) + pn * KVPanel, a.k, k_full(s), (1u << kCluster) - 1,
+                                                  pn * PC, kv_row, hk, kv_batch);
+                        }
+                    } else {
 #pragma unroll
-                    for (int pn = 0; pn < Tr::kPanels; ++pn) {
-                        tma_load_4d(k_tile(s) + pn * KVPanel, a.k, k_full(s), pn * PC, kv_row, hk, kv_batch);
+                        for (int pn = 0; pn < Tr::kPanels; ++pn) {
+                            tma_load_4d(k_tile(s) + pn * KVPanel, a.k, k_full(s), pn * PC, kv_row, hk, kv_batch);
+                        }
                     }
                     if (n == t.keys.end - 1) {
                         // Q after the tile's first K: that K slot frees as soon as the consumers' last Q K^T
@@ -307,20 +335,38 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     }
                     mbar_wait(v_empty(s), ph ^ 1);
                     mbar_arrive_expect_tx(v_full(s), Tr::kSmemV);
+                    if constexpr (kCluster > 1) {
+                        for (int pn = rank * Tr::kPanelsV / kCluster; pn < (rank + 1) * Tr::kPanelsV / kCluster; ++pn) {
+                            tma_load_4d_multicast(v_tile(s) + pn * KVPanel, a.v, v_full(s), (1u << kCluster) - 1,
+                                                  t.v_chunk * VC + pn * PC, kv_row, hk, kv_batch);
+                        }
+                    } else {
 #pragma unroll
-                    for (int pn = 0; pn < Tr::kPanelsV; ++pn) {  // the chunk's columns of v
-                        tma_load_4d(v_tile(s) + pn * KVPanel, a.v, v_full(s), t.v_chunk * VC + pn * PC, kv_row, hk,
-                                    kv_batch);
+                        for (int pn = 0; pn < Tr::kPanelsV; ++pn) {  // the chunk's columns of v
+                            tma_load_4d(v_tile(s) + pn * KVPanel, a.v, v_full(s), t.v_chunk * VC + pn * PC, kv_row,
+                                        hk, kv_batch);
+                        }
                     }
                     ++kv;
                 }
                 FA_TRACE(0, slot, 3);
             }
+            if constexpr (kCluster > 1) {
+                // The peer's consumers arrive on this CTA's empty barriers, and (for stages this CTA's consumers still
+                // read) its multicast lands here, until both have released every stage's last use: wait for that, as
+                // if loading S more blocks, before this CTA may exit.
+                for (int j = 0; j < S; ++j) {
+                    const int s = (kv + j) % S;
+                    const uint32_t ph = ((kv + j) / S) & 1;
+                    mbar_wait(k_empty(s), ph ^ 1);
+                    mbar_wait(v_empty(s), ph ^ 1);
+                }
+            }
         } else if (paged && tid >= 32) {
             // Paged K/V: warps 1..3 clear the V rows of each tile's first key block past the sequence (see v_tail).
             int kv = 0, qn = 0;
             for (int tile = blockIdx.x; tile < num_tiles; tile = next_tile(tile)) {
-                const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
+                const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH, kPairs>(p, tile);
                 if (t.keys.end <= t.keys.begin) continue;
                 const int s = kv % S;
                 mbar_wait(q_full, qn & 1);
@@ -344,7 +390,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             const int tw = tid / 32 - 1;
             int kv = 0;
             for (int tile = blockIdx.x; tile < num_tiles; tile = next_tile(tile)) {
-                const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
+                const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH, kPairs>(p, tile);
                 if (t.keys.end <= t.keys.begin) continue;
                 for (int n = t.keys.end - 1; n >= t.keys.begin; --n) {
                     const int s = kv % S;
@@ -400,7 +446,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
         int slot = -1;
 
         for (int tile = blockIdx.x; tile < num_tiles; tile = next_tile(tile)) {
-            const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH>(p, tile);
+            const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH, kPairs>(p, tile);
             ++slot;
             if (tracer) FA_TRACE(1 + cw, slot, 0);
             if (tracer) FA_TRACE_AT(1 + cw, slot, 7, tile | (static_cast<long long>(max(t.keys.end - t.keys.begin, 0)) << 32));
@@ -495,6 +541,14 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             const auto release = [&](uint32_t b) {
                 __syncwarp();
                 if (lane == 0) mbar_arrive(b);
+            };
+            // A K or V stage: with kCluster, on the peer's barrier too (its producer multicasts into this stage).
+            const auto release_kv = [&](uint32_t b) {
+                __syncwarp();
+                if (lane == 0) {
+                    mbar_arrive(b);
+                    if constexpr (kCluster > 1) mbar_arrive_cluster(b, rank ^ 1u);
+                }
             };
             const auto issue_qk = [&](int st) {
                 wgmma_fence();
@@ -696,7 +750,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             pass_turn();
             wgmma_wait<0>();
             fence_regs(s);
-            release(k_empty(st));
+            release_kv(k_empty(st));
             {
                 float alpha[2];
                 softmax(n, alpha);
@@ -729,12 +783,12 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                 pass_turn();
                 wgmma_wait<1>();  // S(n) is in; P(n+1) V(n+1) still runs
                 fence_regs(s);
-                release(k_empty(st));
+                release_kv(k_empty(st));
                 float alpha[2];
                 softmax(n, alpha);
                 wgmma_wait<0>();
                 fence_regs(acc);
-                release(pv_empty(v_st));
+                release_kv(pv_empty(v_st));
 #pragma unroll
                 for (int j = 0; j < VC / 8; ++j) {
                     acc[4 * j + 0] *= alpha[0];
@@ -760,7 +814,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             wgmma_wait<0>();
             fence_regs(acc);
             if (tracer) FA_TRACE(1 + cw, slot, 5);
-            release(pv_empty(v_st));
+            release_kv(pv_empty(v_st));
             if (Tr::kSeparateO || !Tr::kStageO) release(q_empty);  // every Q K^T of the tile has retired
 
             // Epilogue: row sums across the quad, LSE, O normalised and staged in this warpgroup's rows of
@@ -830,6 +884,18 @@ __global__ void __launch_bounds__(FwdTraits90Of<D, FwdIo90<T>::kFp8, DV, kPaged>
     // Device code for another target: the host launches this kernel only where sm_90a code exists (see
     // sm90/bwd_kernel.cuh), so reaching here means the driver chose other code; fail loudly.
     __trap();
+#endif  // FA_SM90A_DEVICE
+}
+
+// The build's kernel for calls without a local mask (16-bit, contiguous K/V, head dims of 128 and more) as 2-CTA
+// clusters with K/V multicast (FA_SM90_FWD_CLUSTER; fwd_sm90_body's kCluster): launched with a cluster dimension of 2.
+template <typename T, int D, bool kSoftcap>
+__global__ void __launch_bounds__(FwdTraits90Of<D, false>::kThreads, 1)
+    fwd_kernel_sm90_cluster(const __grid_constant__ FwdArgs90 a) {
+#ifdef FA_SM90A_DEVICE
+    fwd_sm90_body<T, D, false, kSoftcap, D, false, FwdTraits90Of<D, false>, false, 2>(a);
+#elif defined(__CUDA_ARCH__)
+    __trap();  // as fwd_kernel_sm90
 #endif  // FA_SM90A_DEVICE
 }
 

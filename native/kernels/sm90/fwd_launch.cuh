@@ -56,6 +56,35 @@ auto fwd_kernel_for() {
     }
 }
 
+// The clusters of fwd_kernel_sm90_cluster<T, D, kSoftcap> that fit the device at once (cudaOccupancyMaxActiveClusters,
+// asked once per device; an SM alone in its GPC takes none), 0 where none does or the query fails.
+template <typename T, int D, bool kSoftcap>
+int fwd_max_clusters(const LaunchInfo& info) {
+    using Tr = FwdTraits90Of<D, false>;
+    static std::atomic<int> cached[64];
+    const int dev = info.device;
+    if (dev < 0 || dev >= 64) return 0;
+    int n = cached[dev].load(std::memory_order_relaxed);
+    if (n != 0) return n > 0 ? n : 0;
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 2;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3(2);
+    cfg.blockDim = dim3(Tr::kThreads);
+    cfg.dynamicSmemBytes = Tr::kSmemBytes;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    if (cudaOccupancyMaxActiveClusters(&n, fwd_kernel_sm90_cluster<T, D, kSoftcap>, &cfg) != cudaSuccess || n <= 0) {
+        (void)cudaGetLastError();  // a failed query leaves no error behind: the call runs the plain kernel
+        n = -1;
+    }
+    cached[dev].store(n, std::memory_order_relaxed);
+    return n > 0 ? n : 0;
+}
+
 template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false, bool kWide = false>
 cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStream_t stream) {
     using Tr = std::conditional_t<kWide, FwdTraits90WideOf<FwdIo90<T>::kFp8>, FwdTraits90Of<D, FwdIo90<T>::kFp8, DV, kPaged>>;
@@ -117,6 +146,39 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     if (static_cast<uint64_t>(tiles) + grid > 0x7fffffffull) return cudaErrorInvalidConfiguration;
     a.zigzag = FA_SM90_FWD_ZIGZAG == 1 || (FA_SM90_FWD_ZIGZAG == 2 && kLocal && masked &&
                                            static_cast<int64_t>(p.heads_per_group) * p.m_blocks * Tr::kVChunks < sms);
+    // 2-CTA clusters with K/V multicast (FA_SM90_FWD_CLUSTER, fwd_kernel_sm90_cluster): calls without a local mask on the
+    // 16-bit kernels of head dims 128 and more, fixed lengths, an even count of row blocks (a cluster takes two of one
+    // head: common/fwd_schedule.h pair_coord), at most as many clusters as fit at once (a persistent grid).
+    constexpr bool kClusterable = FA_SM90_FWD_CLUSTER != 0 && !kWide && !kLocal && !kPaged && !FwdIo90<T>::kFp8 &&
+                                  D >= 128 && DV == D && Tr::kVChunks == 1;
+    if constexpr (kClusterable) {
+        const int clusters = !varlen && p.m_blocks % 2 == 0 ? fwd_max_clusters<T, D, kSoftcap>(info) : 0;
+        if (clusters > 0) {
+            auto ckernel = fwd_kernel_sm90_cluster<T, D, kSoftcap>;
+            static std::atomic<uint64_t> raised_cluster{0};
+            err = raise_smem_once(ckernel, Tr::kSmemBytes, info, raised_cluster);
+            if (err != cudaSuccess) return err;
+            static std::atomic<int> regs_checked_cluster{0};
+            err = check_launch_regs(ckernel, Tr::kLaunchRegs, regs_checked_cluster);
+            if (err != cudaSuccess) return err;
+            const unsigned cap = 2u * static_cast<unsigned>(clusters);
+            cudaLaunchConfig_t cfg = {};
+            cudaLaunchAttribute attr[1];
+            attr[0].id = cudaLaunchAttributeClusterDimension;
+            attr[0].val.clusterDim.x = 2;
+            attr[0].val.clusterDim.y = 1;
+            attr[0].val.clusterDim.z = 1;
+            cfg.gridDim = dim3(tiles < cap ? tiles : cap);  // even: tiles (m_blocks even) and cap both are
+            cfg.blockDim = dim3(Tr::kThreads);
+            cfg.dynamicSmemBytes = Tr::kSmemBytes;
+            cfg.stream = stream;
+            cfg.attrs = attr;
+            cfg.numAttrs = 1;
+            a.zigzag = 0;
+            err = cudaLaunchKernelEx(&cfg, ckernel, a);
+            return err != cudaSuccess ? err : cudaGetLastError();
+        }
+    }
     kernel<<<grid, Tr::kThreads, smem, stream>>>(a);
     return cudaGetLastError();
 }

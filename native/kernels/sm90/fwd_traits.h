@@ -39,6 +39,13 @@
 #ifndef FA_SM90_FWD_DIRECT_O_MIN_D
 #define FA_SM90_FWD_DIRECT_O_MIN_D 0
 #endif
+// 2: calls without a local mask on the 16-bit kernels of head dims 128 and more (contiguous K/V, fixed lengths, an even
+// count of row blocks) run as 2-CTA clusters that share each K/V block by TMA multicast (fwd_kernel_sm90_cluster): half
+// the L2-to-SM traffic of K and V, as FlashAttention-3's Hopper forward does for these calls. 0: never. An experiment
+// (eighteenth session: prepared, not run on a GPU).
+#ifndef FA_SM90_FWD_CLUSTER
+#define FA_SM90_FWD_CLUSTER 0
+#endif
 // K/V stages of the 16-bit head-dim-128 kernels (2; 3 with O staged through Q measured 0.85-0.97x, thirteenth session:
 // Q then waited for the epilogue; 3 beside FA_SM90_FWD_DIRECT_O_MIN_D <= 128 is the experiment).
 #ifndef FA_SM90_FWD_D128_STAGES
