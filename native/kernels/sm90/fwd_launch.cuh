@@ -56,29 +56,39 @@ auto fwd_kernel_for() {
     }
 }
 
-// The clusters of fwd_kernel_sm90_cluster<T, D, kSoftcap> that fit the device at once (cudaOccupancyMaxActiveClusters,
-// asked once per device; an SM alone in its GPC takes none), 0 where none does or the query fails.
-template <typename T, int D, bool kSoftcap>
-int fwd_max_clusters(const LaunchInfo& info) {
-    using Tr = FwdTraits90Of<D, false>;
-    static std::atomic<int> cached[64];
+// The launch configuration of fwd_kernel_sm90_cluster (clusters of 2 CTAs along x); cfg points into attr, so it is
+// neither copied nor moved.
+struct FwdClusterLaunch {
+    cudaLaunchAttribute attr[1];
+    cudaLaunchConfig_t cfg;
+    FwdClusterLaunch(unsigned grid, unsigned threads, int smem, cudaStream_t stream) : attr{}, cfg{} {
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = 2;
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = 1;
+        cfg.gridDim = dim3(grid);
+        cfg.blockDim = dim3(threads);
+        cfg.dynamicSmemBytes = static_cast<size_t>(smem);
+        cfg.stream = stream;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+    }
+    FwdClusterLaunch(const FwdClusterLaunch&) = delete;
+    FwdClusterLaunch& operator=(const FwdClusterLaunch&) = delete;
+};
+
+// The clusters of `kernel` (fwd_kernel_sm90_cluster, its shared memory already raised) that fit the device at once
+// (cudaOccupancyMaxActiveClusters, asked once per device and kernel; an SM alone in its GPC takes none), 0 where none
+// does or the query fails (the call then runs the plain kernel).
+template <class Kernel>
+int fwd_max_clusters(Kernel kernel, unsigned threads, int smem, const LaunchInfo& info, std::atomic<int> (&cached)[64]) {
     const int dev = info.device;
     if (dev < 0 || dev >= 64) return 0;
     int n = cached[dev].load(std::memory_order_relaxed);
     if (n != 0) return n > 0 ? n : 0;
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 2;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.gridDim = dim3(2);
-    cfg.blockDim = dim3(Tr::kThreads);
-    cfg.dynamicSmemBytes = Tr::kSmemBytes;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    if (cudaOccupancyMaxActiveClusters(&n, fwd_kernel_sm90_cluster<T, D, kSoftcap>, &cfg) != cudaSuccess || n <= 0) {
-        (void)cudaGetLastError();  // a failed query leaves no error behind: the call runs the plain kernel
+    const FwdClusterLaunch probe(2, threads, smem, nullptr);
+    if (cudaOccupancyMaxActiveClusters(&n, kernel, &probe.cfg) != cudaSuccess || n <= 0) {
+        (void)cudaGetLastError();  // a failed query leaves no error behind
         n = -1;
     }
     cached[dev].store(n, std::memory_order_relaxed);
@@ -152,8 +162,7 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     constexpr bool kClusterable = FA_SM90_FWD_CLUSTER != 0 && !kWide && !kLocal && !kPaged && !FwdIo90<T>::kFp8 &&
                                   D >= 128 && DV == D && Tr::kVChunks == 1;
     if constexpr (kClusterable) {
-        const int clusters = !varlen && p.m_blocks % 2 == 0 ? fwd_max_clusters<T, D, kSoftcap>(info) : 0;
-        if (clusters > 0) {
+        if (!varlen && p.m_blocks % 2 == 0) {
             auto ckernel = fwd_kernel_sm90_cluster<T, D, kSoftcap>;
             static std::atomic<uint64_t> raised_cluster{0};
             err = raise_smem_once(ckernel, Tr::kSmemBytes, info, raised_cluster);
@@ -161,22 +170,16 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
             static std::atomic<int> regs_checked_cluster{0};
             err = check_launch_regs(ckernel, Tr::kLaunchRegs, regs_checked_cluster);
             if (err != cudaSuccess) return err;
-            const unsigned cap = 2u * static_cast<unsigned>(clusters);
-            cudaLaunchConfig_t cfg = {};
-            cudaLaunchAttribute attr[1];
-            attr[0].id = cudaLaunchAttributeClusterDimension;
-            attr[0].val.clusterDim.x = 2;
-            attr[0].val.clusterDim.y = 1;
-            attr[0].val.clusterDim.z = 1;
-            cfg.gridDim = dim3(tiles < cap ? tiles : cap);  // even: tiles (m_blocks even) and cap both are
-            cfg.blockDim = dim3(Tr::kThreads);
-            cfg.dynamicSmemBytes = Tr::kSmemBytes;
-            cfg.stream = stream;
-            cfg.attrs = attr;
-            cfg.numAttrs = 1;
-            a.zigzag = 0;
-            err = cudaLaunchKernelEx(&cfg, ckernel, a);
-            return err != cudaSuccess ? err : cudaGetLastError();
+            static std::atomic<int> max_clusters[64];
+            const int clusters = fwd_max_clusters(ckernel, Tr::kThreads, Tr::kSmemBytes, info, max_clusters);
+            if (clusters > 0) {
+                const unsigned cap = 2u * static_cast<unsigned>(clusters);
+                // (even: tiles, since m_blocks is, and cap)
+                const FwdClusterLaunch launch(tiles < cap ? tiles : cap, Tr::kThreads, Tr::kSmemBytes, stream);
+                a.zigzag = 0;
+                err = cudaLaunchKernelEx(&launch.cfg, ckernel, a);
+                return err != cudaSuccess ? err : cudaGetLastError();
+            }
         }
     }
     kernel<<<grid, Tr::kThreads, smem, stream>>>(a);
