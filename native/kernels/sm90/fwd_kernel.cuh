@@ -260,6 +260,19 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
         __syncthreads();
     }
     const uint32_t rank = kCluster > 1 ? cluster_ctarank() : 0u;  // this CTA's place in its cluster
+    constexpr uint16_t kClusterMask = (1u << kCluster) - 1;       // every CTA of the cluster
+    // load(pn) for this CTA's share of `panels` panels (rank r: [r panels / kCluster, (r + 1) panels / kCluster)), with
+    // compile-time bounds in each branch (the producer runs at 24 registers: no loop state kept live).
+    const auto multicast_share = [&](uint32_t r, auto panels_c, auto&& load) {
+        constexpr int kP = decltype(panels_c)::value;
+        if (r == 0) {
+#pragma unroll
+            for (int pn = 0; pn < kP / kCluster; ++pn) load(pn);
+        } else {
+#pragma unroll
+            for (int pn = kP / kCluster; pn < kP; ++pn) load(pn);
+        }
+    };
 
     const bool varlen = p.cu_seqlens_q != nullptr;
     // Paged K/V (kPaged kernels, C ABI 0.11, 16-bit types; common/paged_kv.cuh): the K and V maps span the pool of blocks, a key block
@@ -311,10 +324,10 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     mbar_arrive_expect_tx(k_full(s), Tr::kSmemKV);
                     if constexpr (kCluster > 1) {
                         // This CTA's share of the panels, into both CTAs' stage s (each full barrier expects all).
-                        for (int pn = rank * Tr::kPanels / kCluster; pn < (rank + 1) * Tr::kPanels / kCluster; ++pn) {
-                            tma_load_4d_multicast(k_tile(s) + pn * KVPanel, a.k, k_full(s), (1u << kCluster) - 1,
-                                                  pn * PC, kv_row, hk, kv_batch);
-                        }
+                        multicast_share(rank, std::integral_constant<int, Tr::kPanels>{}, [&](int pn) {
+                            tma_load_4d_multicast(k_tile(s) + pn * KVPanel, a.k, k_full(s), kClusterMask, pn * PC,
+                                                  kv_row, hk, kv_batch);
+                        });
                     } else {
 #pragma unroll
                         for (int pn = 0; pn < Tr::kPanels; ++pn) {
@@ -336,10 +349,10 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     mbar_wait(v_empty(s), ph ^ 1);
                     mbar_arrive_expect_tx(v_full(s), Tr::kSmemV);
                     if constexpr (kCluster > 1) {
-                        for (int pn = rank * Tr::kPanelsV / kCluster; pn < (rank + 1) * Tr::kPanelsV / kCluster; ++pn) {
-                            tma_load_4d_multicast(v_tile(s) + pn * KVPanel, a.v, v_full(s), (1u << kCluster) - 1,
+                        multicast_share(rank, std::integral_constant<int, Tr::kPanelsV>{}, [&](int pn) {
+                            tma_load_4d_multicast(v_tile(s) + pn * KVPanel, a.v, v_full(s), kClusterMask,
                                                   t.v_chunk * VC + pn * PC, kv_row, hk, kv_batch);
-                        }
+                        });
                     } else {
 #pragma unroll
                         for (int pn = 0; pn < Tr::kPanelsV; ++pn) {  // the chunk's columns of v

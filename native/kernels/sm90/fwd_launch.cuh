@@ -160,7 +160,7 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     // 16-bit kernels of head dims 128 and more, fixed lengths, an even count of row blocks (a cluster takes two of one
     // head: common/fwd_schedule.h pair_coord), at most as many clusters as fit at once (a persistent grid).
     constexpr bool kClusterable = FA_SM90_FWD_CLUSTER != 0 && !kWide && !kLocal && !kPaged && !FwdIo90<T>::kFp8 &&
-                                  D >= 128 && DV == D && Tr::kVChunks == 1;
+                                  D >= 128 && DV == D && Tr::kVChunks == 1 && !Tr::kPingPong;
     if constexpr (kClusterable) {
         if (!varlen && p.m_blocks % 2 == 0) {
             auto ckernel = fwd_kernel_sm90_cluster<T, D, kSoftcap>;
