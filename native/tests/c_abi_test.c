@@ -3738,6 +3738,30 @@ static int head_dim_served(int d) {
 
 /* ---- GPU: an fp8 (e4m3) forward (issue 12) ------------------------------------------------------------------------ */
 
+/* The tensors of that call: q and k (q_bytes, kv_bytes) e4m3 zeros and v (kv_bytes) e4m3 1.0 (sign 0, exponent 7 with
+   bias 7, mantissa 0), filled on `stream`, and out and lse allocated; 0 when an allocation failed (the caller frees
+   what was allocated either way, free_fp8_constant_call). */
+static int alloc_fp8_constant_call(void* stream, size_t q_bytes, size_t kv_bytes, size_t out_bytes, size_t lse_bytes,
+                                   void** q, void** k, void** v, void** o, void** lse) {
+    fa_memory_alloc(0, q_bytes, q);
+    fa_memory_alloc(0, kv_bytes, k);
+    fa_memory_alloc(0, kv_bytes, v);
+    fa_memory_alloc(0, out_bytes, o);
+    fa_memory_alloc(0, lse_bytes, lse);
+    if (!*q || !*k || !*v || !*o || !*lse) return 0;
+    fa_memset_async(*q, 0x00, q_bytes, stream);
+    fa_memset_async(*k, 0x00, kv_bytes, stream);
+    fa_memset_async(*v, 0x38, kv_bytes, stream);
+    return 1;
+}
+static void free_fp8_constant_call(void* q, void* k, void* v, void* o, void* lse) {
+    fa_memory_free(0, q);
+    fa_memory_free(0, k);
+    fa_memory_free(0, v);
+    fa_memory_free(0, o);
+    fa_memory_free(0, lse);
+}
+
 /* After an fp8 forward whose q and k are zero and whose v is 1.0 with a v_descale of 2.0 (o and lse its out and lse, the
    lse [.., sq] with rows contiguous): every bf16 output is exactly 2.0 and each lse ln(the keys its row sees), sk, or
    under a bottom-right causal mask sk - sq + r + 1 for row r. */
@@ -3776,28 +3800,21 @@ static void test_fp8_gpu(fa_context_t context, void* stream, int cc, log_record*
     float* hl = (float*)malloc(lse_bytes);
     fa_forward_params_t p;
     fa_support_query_t query = forward_query(FA_DTYPE_FLOAT8_E4M3, (int)d);
-    int served;
+    int served, served_inputs;
 
     query.compute_capability = cc;
     served = fa_query_support(&query) == FA_STATUS_SUCCESS;
     printf("  fp8 (e4m3) forward on this device (cc %d): %s\n", cc, served ? "served" : fa_last_error_message());
-    fa_memory_alloc(0, q_bytes, &q);
-    fa_memory_alloc(0, kv_bytes, &k);
-    fa_memory_alloc(0, kv_bytes, &v);
-    fa_memory_alloc(0, out_bytes, &o);
-    fa_memory_alloc(0, lse_bytes, &lse);
+    served_inputs = alloc_fp8_constant_call(stream, q_bytes, kv_bytes, out_bytes, lse_bytes, &q, &k, &v, &o, &lse);
     fa_memory_alloc(0, 256, &qd);
     fa_memory_alloc(0, 256, &vd);
     fa_memory_alloc(0, 256, &freed);
     fa_memory_free(0, freed);
-    if (!q || !k || !v || !o || !lse || !qd || !vd || host_block == NULL || ho == NULL || hl == NULL) {
+    if (!served_inputs || !qd || !vd || host_block == NULL || ho == NULL || hl == NULL) {
         CHECK(0, "fp8 GPU test: allocation failed: %s", fa_last_error_message());
         goto done;
     }
     memset(host_block, 0, 4096);
-    fa_memset_async(q, 0x00, q_bytes, stream);   /* e4m3 0.0 */
-    fa_memset_async(k, 0x00, kv_bytes, stream);
-    fa_memset_async(v, 0x38, kv_bytes, stream);  /* e4m3 1.0: sign 0, exponent 7 (bias 7), mantissa 0 */
     fa_memcpy(qd, factors, sizeof factors);
     fa_memcpy(vd, factors, sizeof factors);
     fa_memset_async(o, POISON, out_bytes, stream);
@@ -3845,11 +3862,7 @@ static void test_fp8_gpu(fa_context_t context, void* stream, int cc, log_record*
     CHECK(count_unpoisoned(ho, out_bytes) == 0, "refused fp8 forwards wrote %lld bytes of out",
           (long long)count_unpoisoned(ho, out_bytes));
 done:
-    fa_memory_free(0, q);
-    fa_memory_free(0, k);
-    fa_memory_free(0, v);
-    fa_memory_free(0, o);
-    fa_memory_free(0, lse);
+    free_fp8_constant_call(q, k, v, o, lse);
     fa_memory_free(0, qd);
     fa_memory_free(0, vd);
     free(host_block);
@@ -3890,6 +3903,7 @@ static void test_fp8_wide_choice(fa_context_t context, void* stream, int cc, log
     fa_forward_params_t p;
     char label[96];
     size_t c;
+    int inputs;
 
     query.compute_capability = cc;
     if (fa_query_support(&query) != FA_STATUS_SUCCESS) {
@@ -3897,19 +3911,12 @@ static void test_fp8_wide_choice(fa_context_t context, void* stream, int cc, log
         goto done;
     }
     printf("  fp8 224-key head-dim-128 kernel: %s\n", listed ? "listed" : "not listed (no head dim 128 or not compiled)");
-    fa_memory_alloc(0, q_bytes, &q);
-    fa_memory_alloc(0, kv_bytes, &k);
-    fa_memory_alloc(0, kv_bytes, &v);
-    fa_memory_alloc(0, out_bytes, &o);
-    fa_memory_alloc(0, lse_bytes, &lse);
+    inputs = alloc_fp8_constant_call(stream, q_bytes, kv_bytes, out_bytes, lse_bytes, &q, &k, &v, &o, &lse);
     fa_memory_alloc(0, 256, &vd);
-    if (!q || !k || !v || !o || !lse || !vd || ho == NULL || hl == NULL) {
+    if (!inputs || !vd || ho == NULL || hl == NULL) {
         CHECK(0, "fp8 wide-kernel test: allocation failed: %s", fa_last_error_message());
         goto done;
     }
-    fa_memset_async(q, 0x00, q_bytes, stream);
-    fa_memset_async(k, 0x00, kv_bytes, stream);
-    fa_memset_async(v, 0x38, kv_bytes, stream); /* e4m3 1.0 */
     fa_memcpy(vd, &factor, sizeof factor);
     for (c = 0; c < sizeof calls / sizeof calls[0]; ++c) {
         const int sk = calls[c].sk, expect_wide = listed && d <= 128 && !calls[c].causal && fp8_wide_expected(sk);
@@ -3930,11 +3937,7 @@ static void test_fp8_wide_choice(fa_context_t context, void* stream, int cc, log
         check_fp8_constant_call(label, stream, o, lse, ho, hl, out_bytes, lse_bytes, SQ, sk, calls[c].causal);
     }
 done:
-    fa_memory_free(0, q);
-    fa_memory_free(0, k);
-    fa_memory_free(0, v);
-    fa_memory_free(0, o);
-    fa_memory_free(0, lse);
+    free_fp8_constant_call(q, k, v, o, lse);
     fa_memory_free(0, vd);
     free(ho);
     free(hl);
