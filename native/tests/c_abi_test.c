@@ -4295,6 +4295,18 @@ static void test_gpu(int32_t count) {
         {1, 1024, 1024, 20, 4, 256, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1},
         {1, 8192, 8192, 3, 1, 256, 1, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1},
     };
+    /* Unmasked calls of head dims 128 and 256 with an even count of 128-row blocks: in a build with
+       FA_SM90_FWD_CLUSTER=2 (sm90/fwd_launch.cuh) they run 2-CTA clusters that share each K/V block by TMA multicast,
+       elsewhere the plain kernel. One pair of row blocks a head (batch 2, GQA); MQA with padded rows, a custom scale,
+       no lse and a last row block partly past the rows; and grids with more pairs than clusters fit (16 and 8 row
+       blocks over 32 and 24 heads: every cluster walks several pairs), with softcap and keys that end inside a block.
+       Every 97th query row and the last against the float64 reference for the long ones. */
+    const fwd_case pair_cases[] = {
+        {2, 256, 200, 4, 2, 128, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1},
+        {1, 500, 333, 6, 1, 256, 0, FA_CAUSAL_TOP_LEFT, 0.3f, 8, 0, F16, 0.0f, 0, -1, -1},
+        {2, 2048, 700, 16, 4, 128, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, F16, 25.0f, 0, -1, -1},
+        {1, 1024, 1030, 24, 8, 256, 0, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1},
+    };
     const varlen_case wide_varlen_cases[] = {
         {4, {4096, 0, 3, 4500}, {4096, 10, 0, 4200}, 2, 1, 64, 0, FA_CAUSAL_BOTTOM_RIGHT, 0, -1, -1, 0.0f, BF16, 0, 1, 0},
     };
@@ -4460,6 +4472,16 @@ static void test_gpu(int32_t count) {
     } else {
         printf("  SKIP the long head dim 256 cases: not served by this build\n");
         ++g_skipped;
+    }
+    for (n = 0; n < (int)(sizeof(pair_cases) / sizeof(pair_cases[0])); ++n) {
+        if (head_dim_served(pair_cases[n].d)) {
+            g_row_sample = pair_cases[n].sq > 512 ? 97 : 0;
+            run_forward_case(context, stream, &pair_cases[n], FA_PATH_AUTO, &log);
+            g_row_sample = 0;
+        } else {
+            printf("  SKIP head dim %d: not served by this build\n", pair_cases[n].d);
+            ++g_skipped;
+        }
     }
     for (n = 0; n < (int)(sizeof(padded_cases) / sizeof(padded_cases[0])); ++n) {
         if (head_dim_served(padded_cases[n].d)) {
