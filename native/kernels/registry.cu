@@ -121,8 +121,13 @@ uint32_t feature_axes(Pass pass) {
     }
 }
 bool variant_compiled(Pass pass, Path path, int32_t kernel_d, uint32_t features) {
-    // Dropout kernels: the sm80 local ones only (fp8 has no sm80 kernel; has_kernel says so first).
-    if ((features & feature::kDropout) && (path != Path::Sm80 || !(features & feature::kLocal))) return false;
+    // Dropout kernels: local ones, on the sm80 path, and on the sm90 forward's classes where the build has them
+    // (FA_SM90_FWD_DROPOUT, sm90::fwd_dropout_kernel; 16-bit only: the registry's loop skips fp8's).
+    if ((features & feature::kDropout) &&
+        (!(features & feature::kLocal) ||
+         (path == Path::Sm90 && !(pass == Pass::Forward && sm90::fwd_dropout_kernel(kernel_d, false))))) {
+        return false;
+    }
     // The forward's paged K/V kernels: local ones without dropout (common/fwd_variant.h; fp16 and bf16 only: the
     // registry's loop skips fp8's).
     if (pass == Pass::Forward && (features & feature::kPaged) &&
@@ -306,7 +311,9 @@ const Registry& registry() {
                                                       ((v & 8) ? feature::kSoftcap : 0u) | ((v & 4) ? feature::kDeterministic : 0u) |
                                                       ((v & 2) ? feature::kPaged : 0u) | ((v & 1) ? feature::kDropout : 0u);
                             if ((features & ~axes) != 0 || !variant_compiled(pass, path, d, features)) continue;
-                            if ((features & feature::kPaged) && pass == Pass::Forward && dt == kE4m3) continue;
+                            if ((features & (feature::kPaged | feature::kDropout)) && pass == Pass::Forward && dt == kE4m3) {
+                                continue;
+                            }
                             // An fp8 cache goes with fp16/bf16 queries (has_decode_kernel).
                             if ((features & feature::kFp8Cache) && !has_decode_kernel(d, dtype_at(dt), DType::Float8E4M3)) {
                                 continue;
@@ -540,6 +547,10 @@ int32_t compiled_head_dims(const int32_t** dims) {
 }
 
 bool has_sm90_code() { return kHasSm90a; }
+
+bool has_sm90_fwd_dropout(int32_t kernel_d) {
+    return has_kernel(Pass::Forward, Path::Sm90, kernel_d) && sm90::fwd_dropout_kernel(sm90_fwd_class(kernel_d), false);
+}
 
 bool has_kernel(Pass pass, Path path, int32_t kernel_d) {
     if (compiled_index(kernel_d) < 0) return false;

@@ -21,14 +21,18 @@ const char* dtype_refusal(Pass pass, DType dtype) {
                                     "v_cache FA_DTYPE_FLOAT8_E4M3 with k_descale and v_descale)";
 }
 
-const char* dropout_refusal(Pass pass, Path path, DType dtype) {
+const char* dropout_refusal(Pass pass, Path path, DType dtype, int32_t kernel_d) {
     if (pass == Pass::Decode) {
         return "fa_decode has no dropout (flash_attn_with_kvcache fixes dropout_p at 0)";
     }
     if (dtype == DType::Float8E4M3) {
         return "the fp8 (e4m3) forward has no dropout (FlashAttention-3 has none); use bf16/fp16 for training";
     }
-    if (path == Path::Sm90) {
+    if (path == Path::Sm90 && pass == Pass::Backward) {
+        return "the sm90 kernels have no dropout in the backward (FlashAttention-3 has none); the sm80 path serves it "
+               "on every GPU (pass FA_PATH_AUTO or FA_PATH_SM80)";
+    }
+    if (path == Path::Sm90 && !(kernel_d > 0 && kernels::has_sm90_fwd_dropout(kernel_d))) {
         return "the sm90 kernels have no dropout (FlashAttention-3 has none); the sm80 path serves it on every GPU "
                "(pass FA_PATH_AUTO or FA_PATH_SM80)";
     }
@@ -38,7 +42,7 @@ const char* dropout_refusal(Pass pass, Path path, DType dtype) {
 bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc, std::string* why, bool dropout) {
     const bool fp8 = dtype == DType::Float8E4M3;
     const char* reason = dtype_refusal(pass, dtype);  // not served on any path
-    if (reason == nullptr && dropout) reason = dropout_refusal(pass, path, dtype);
+    if (reason == nullptr && dropout) reason = dropout_refusal(pass, path, dtype, kernel_d);
     if (reason == nullptr && path == Path::Sm90) {
         if (pass == Pass::Decode) {
             reason = "the sm90 kernels serve the forward and backward passes; decode runs on the sm80 path "
@@ -122,6 +126,11 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
         sm90 = false;
         why = pass == Pass::Backward ? "the sm90 backward serves the V head dim pair (192, 128) only, not " + pair
                                      : "this build has no sm90 forward kernels of " + pair;
+    }
+    if (sm90 && v_pair && dropout) {  // (a build's sm90 dropout kernels are the square head dims')
+        sm90 = false;
+        why = "the sm90 kernels have no dropout for a V head dim other than q's " + pair +
+              "; the sm80 path serves it on every GPU (pass FA_PATH_AUTO or FA_PATH_SM80)";
     }
     const auto smem = [&] {  // the sm90 kernel's (asked only where the path serves)
         return v_pair ? kernels::v_smem_bytes(pass, Path::Sm90, head_dim, dv32)

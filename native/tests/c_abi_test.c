@@ -1600,7 +1600,14 @@ static void set_mask4(fa_tensor_t* t, void* data, int64_t n0, int64_t n1, int64_
 /* Dropout (0.9): dropout_p, seed and offset (host values, device pointers), rng_state and the keep mask appended to
    fa_forward_params_t, the same but the outputs to fa_backward_params_t, fa_support_query_t.dropout; every refusal
    with its message before any CUDA call; 0.8-sized structs and queries still accepted as "no dropout". */
+static int is_sm90_dropout_kernel(const char* name) {
+    return strncmp(name, "sm90_fwd_", 9) == 0 && strstr(name, "_dropout_") != NULL;
+}
+
+/* Dropout is the sm80 kernels' (forward and backward), and the sm90 forward's in a build with its dropout kernels
+   (FA_SM90_FWD_DROPOUT: every 16-bit head-dim class has them there, none elsewhere), which the kernel list shows. */
 static void test_dropout_validation(void) {
+    const int sm90_dropout = build_lists_kernel(is_sm90_dropout_kernel);
     fa_forward_params_t p;
     fa_backward_params_t bw;
     fa_support_query_t q;
@@ -1643,8 +1650,13 @@ static void test_dropout_validation(void) {
     p.kernel_path = FA_PATH_SM80;
     expect("dropout on FA_PATH_SM80", fa_forward_check(&p, 90), FA_STATUS_SUCCESS, NULL);
     p.kernel_path = FA_PATH_SM90;
-    expect("dropout on FA_PATH_SM90", fa_forward_check(&p, 90), FA_STATUS_UNSUPPORTED,
-           "kernel_path is FA_PATH_SM90, but the sm90 kernels have no dropout (FlashAttention-3 has none)");
+    if (sm90_dropout) {
+        expect("dropout on FA_PATH_SM90 (a build with the sm90 dropout kernels)", fa_forward_check(&p, 90),
+               FA_STATUS_SUCCESS, NULL);
+    } else {
+        expect("dropout on FA_PATH_SM90", fa_forward_check(&p, 90), FA_STATUS_UNSUPPORTED,
+               "kernel_path is FA_PATH_SM90, but the sm90 kernels have no dropout (FlashAttention-3 has none)");
+    }
     p = valid_params(1);
     p.dropout_p = 0.999f;
     expect("dropout: p = 0.999", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
@@ -1795,7 +1807,12 @@ static void test_dropout_validation(void) {
     q.pass = FA_PASS_FORWARD;
     q.kernel_path = FA_PATH_SM90;
     q.compute_capability = 90;
-    expect("query forward dropout sm90", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "the sm90 kernels have no dropout");
+    if (sm90_dropout) {
+        expect("query forward dropout sm90 (a build with the sm90 dropout kernels)", fa_query_support(&q),
+               FA_STATUS_SUCCESS, NULL);
+    } else {
+        expect("query forward dropout sm90", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "the sm90 kernels have no dropout");
+    }
     q = forward_query(FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
     q.dropout = 1;
     expect("query fp8 dropout", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "the fp8 (e4m3) forward has no dropout");

@@ -165,6 +165,20 @@ static int served(int pass, int path, int dtype, int d, int dv, int cc) {
     return served_kv(pass, path, dtype, d, dv, cc, 0);
 }
 
+/* The same for a call with dropout (the sm80 kernels; the sm90 forward's in a build with FA_SM90_FWD_DROPOUT). */
+static int served_dropout(int pass, int path, int dtype, int d, int cc) {
+    fa_support_query_t q;
+    memset(&q, 0, sizeof q);
+    q.struct_size = sizeof q;
+    q.pass = k_pass_enum[pass];
+    q.compute_capability = cc;
+    q.dtype = dtype;
+    q.head_dim = d;
+    q.kernel_path = path;
+    q.dropout = 1;
+    return fa_query_support(&q) == FA_STATUS_SUCCESS;
+}
+
 /* An attention kernel's name: <path>_<pass>_<dtype>_hdim<d>[v<dv>][_e4m3kv][_local][_softcap][_det][_paged][_dropout]_<tile>
    (v<dv>: the kernels of a V head dim other than q's: both paths' forward and backward of (192, 128), the sm80
    forward of (64, 512); e4m3kv: decode over an fp8 KV cache, <dtype> being q's). */
@@ -436,7 +450,7 @@ typedef struct {
     int lq[MAX_SEQ], lk[MAX_SEQ];
     int sinks; /* learnable sinks (and dsinks in the backward); 0 where an entry leaves it out */
     int alibi; /* ALiBi slopes: 1 [hq], 2 [b, hq] (the sequences of a varlen batch) */
-    int dropout; /* as scase::dropout; not on the sm90 path, which does not serve it */
+    int dropout; /* as scase::dropout; on the sm90 path only where the build serves it (served_dropout) */
     int paged;   /* as scase::paged (forward only, varlen) */
 } feature;
 
@@ -687,7 +701,8 @@ static void add_feature_cases(int pass, int path, int cc) {
         scase* c;
         if ((f->only == 1 && pass != PASS_FWD) || (f->only == 2 && pass != PASS_BWD)) continue;
         if (!served(pass, path, dtype, d, 0, cc)) continue;
-        if (f->dropout && path == FA_PATH_SM90) continue; /* refused (ForwardValidation/C tests check that) */
+        /* (sm90 dropout: refused, as ForwardValidation and the C tests check, but where the build has the forward's) */
+        if (f->dropout && !served_dropout(pass, path, dtype, d, cc)) continue;
         c = new_case(pass, path, dtype, d);
         if (f->nseq > 0) {
             set_varlen(c, f->nseq, f->lq, f->lk);

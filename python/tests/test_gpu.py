@@ -1470,11 +1470,11 @@ def torch_flash_dropout(q, k, v, p, causal):
     return r[0].transpose(1, 2), ~torch.signbit(r[-1][:, :, :sq, :sk].float())
 
 
-def reference_dropout(q, k, v, keep, p, causal):
+def reference_dropout(q, k, v, keep, p, causal, window=(-1, -1), softcap=0.0):
     """float64 attention with the keep mask [B, H, Sq, Sk] applied to P (kept / (1 - p)), flash-attn's bottom-right
-    causal, [B, S, H, D] (v's head dim may differ, as reference's)."""
+    causal, window and softcap, [B, S, H, D] (v's head dim may differ, as reference's)."""
     qd, kd, vd = q.double(), k.double(), v.double()
-    s, vr = masked_scores(qd, kd, vd, causal, (-1, -1), 0.0, None, False)
+    s, vr = masked_scores(qd, kd, vd, causal, window, softcap, None, False)
     pr = torch.softmax(s, dim=-1).nan_to_num(0.0) * keep.double() / (1 - p)
     return torch.einsum("bhqk,bkhd->bqhd", pr, vr)
 
@@ -1551,6 +1551,54 @@ def test_dropout_varlen_gqa_and_reproducibility():
     ref_grads = torch.autograd.grad(ref_out, (q, k, v), g.double())
     for name, ours, r in zip("qkv", grads, ref_grads):
         assert max_err(ours, r) < 2e-2 * max(1.0, r.abs().max().item()), name
+
+
+@pytest.mark.parametrize("d", [64, 96, 128, 192, 200, 256])
+@pytest.mark.parametrize("mask", ["full", "causal", "window-softcap-gqa"])
+def test_dropout_every_head_dim_class(d, mask):
+    """Dropout at every forward head-dim class and two head dims between them, over several key blocks of every
+    kernel's tile (333 query rows and keys; 300 rows with the window): on Hopper, in a build with the sm90 forward's dropout kernels
+    (FA_SM90_FWD_DROPOUT, which FA_PATH_AUTO then runs for the forward; the backward stays on the sm80 kernels), this
+    checks each of them, D 256's 80-key blocks starting halfway into a 32-key Philox block on odd blocks. The output
+    against the float64 reference under the keep mask the call returns: full and causal within twice PyTorch flash's
+    own error on the same mask (as test_dropout_draws_pytorch_flash_mask_and_matches_its_error; also their
+    gradients, 3x), a window with softcap and GQA (which PyTorch's flash kernels lack) within twice the error of the
+    same call without dropout, scaled by 1 / (1 - p) as the kept values are. The lse is that of the call without
+    dropout."""
+    p, b, sk = 0.17, 2, 333
+    sq = 300 if mask == "window-softcap-gqa" else sk  # (PyTorch's causal mask for Sq != Sk is not flash-attn's)
+    dtype = torch.bfloat16 if d % 128 else torch.float16
+    h, hkv = (4, 2) if mask == "window-softcap-gqa" else (4, 4)
+    causal = mask == "causal"
+    window, softcap = ((40, 24), 20.0) if mask == "window-softcap-gqa" else ((-1, -1), 0.0)
+    torch.manual_seed(41 + d)
+    q = rand(b, sq, h, d, dtype=dtype, grad=True)
+    k, v = rand(b, sk, hkv, d, dtype=dtype, grad=True), rand(b, sk, hkv, d, dtype=dtype, grad=True)
+    torch.manual_seed(99)
+    out, lse, s_dmask = fai.flash_attn_func(q, k, v, dropout_p=p, causal=causal, window_size=window, softcap=softcap,
+                                            return_attn_probs=True)
+    keep = s_dmask[:, :, :sq, :sk] >= 0
+    ref = reference_dropout(q, k, v, keep, p, causal, window, softcap)
+    plain, plain_lse, _ = fai.flash_attn_func(q, k, v, causal=causal, window_size=window, softcap=softcap,
+                                              return_attn_probs=True)
+    assert max_err(lse, plain_lse) <= 1e-4 * max(1.0, plain_lse.abs().max().item()), "dropout leaves the lse as it is"
+    if mask == "window-softcap-gqa":
+        plain_err = max_err(plain, reference(q, k, v, window=window, softcap=softcap))
+        assert max_err(out, ref) <= 2 * plain_err / (1 - p) + 1e-5
+        return
+    torch.manual_seed(99)
+    pt_out, pt_keep = torch_flash_dropout(q, k, v, p, causal)
+    visible = torch.ones(sq, sk, dtype=torch.bool, device=DEV)
+    if causal:
+        visible = visible.tril()
+    assert int(((keep != pt_keep) & visible).sum()) == 0, "the mask PyTorch flash draws after the same seed"
+    assert max_err(out, ref) <= 2 * max_err(pt_out, ref) + 1e-5
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    pt_grads = torch.autograd.grad(pt_out, (q, k, v), g)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g.double())
+    for name, ours, theirs, r in zip("qkv", grads, pt_grads, ref_grads):
+        assert max_err(ours, r) <= 3 * max_err(theirs, r) + 1e-5, name
 
 
 def test_dropout_refusals_on_the_gpu():

@@ -49,6 +49,13 @@
 // shuffles). The descales of the tile's (sequence, KV head) scale the scores (inside tanh under softcap) and
 // O; P = exp2(x - max + 8) in [0, 256] (FlashAttention-3's offset, taken back out of the LSE); O is stored from
 // registers. Descales are taken as given: 0, negative or non-finite factors give NaN rows, as in FA3.
+//
+// Dropout (fwd_kernel_sm90_dropout, FA_SM90_FWD_DROPOUT; common/dropout.cuh): the local kernels' variant that zeroes
+// the dropped elements of the packed P before its P V product, from FlashAttention-2's Philox stream. A wgmma
+// accumulator's warp holds its 16 rows in mma.sync's layout (lane l: rows l / 4 and l / 4 + 8, columns 2 (l % 4) and
+// 2 (l % 4) + 1 of every 8), so the sm80 kernels' mapping carries over: one Philox call per warp's 16 x 32 block of
+// (row, key), lane l taking bytes of its own call. The row sums keep the undropped P, O's normalisation takes the
+// 1 / (1 - p), the LSE is unchanged.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -56,6 +63,7 @@
 #include <math_constants.h>
 
 #include "common/alibi.cuh"
+#include "common/dropout.cuh"
 #include "common/fwd_schedule.h"
 #include "common/mask.cuh"
 #include "common/paged_kv.cuh"
@@ -188,9 +196,14 @@ __device__ __forceinline__ FwdTile90 fwd_tile90(const FwdParams& p, int tile) {
 // blocks of one head (pair_coord), each producer loading half the panels of every K and V block with TMA multicast
 // into both CTAs' stages; a stage frees when the consumers of both CTAs have released it (their arrivals on both
 // CTAs' empty barriers), and a producer waits for its stages' last releases before its CTA may exit.
-template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, class Tr, bool kAlibiGemm, int kCluster = 1>
+// kDropout (fwd_kernel_sm90_dropout; FA_SM90_FWD_DROPOUT): the call's dropout on P (see the top of this file).
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, class Tr, bool kAlibiGemm, int kCluster = 1,
+          bool kDropout = false>
 __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     constexpr bool kFp8 = FwdIo90<T>::kFp8;
+    static_assert(!kDropout || (kLocal && !kFp8 && !kPaged && !kAlibiGemm && kCluster == 1 && !Tr::kPSmem &&
+                                Tr::kVChunks == 1 && DV == D && Tr::kBlockN % 16 == 0),
+                  "dropout: the 16-bit local kernels of square head dims with P in registers");
     static_assert(kCluster == 1 || (kCluster == 2 && !kLocal && !kPaged && !kFp8 && !kAlibiGemm && Tr::kVChunks == 1 &&
                                     !Tr::kPingPong),
                   "2-CTA clusters: the 16-bit kernels without a local mask, paging, column chunks or ping-pong");
@@ -218,6 +231,8 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     const uint32_t sQ = s0 + Tr::kOffQ;
     const uint32_t bar = s0 + Tr::kOffBar;
     const uint32_t q_full = bar, q_empty = bar + 8;
+    // Dropout's rng_state, once per call (block 0), whatever the tiles (common/dropout.cuh).
+    if constexpr (kDropout) write_dropout_rng_state(p);
     const auto k_full = [&](int s) { return bar + 16 + 32 * s; };
     const auto k_empty = [&](int s) { return bar + 24 + 32 * s; };
     const auto v_full = [&](int s) { return bar + 32 + 32 * s; };
@@ -695,7 +710,8 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     row_sum[r] = row_sum[r] * alpha[r] + sum;
                 }
             };
-            const auto pack_p = [&]() {
+            // kDropout: the keys of P(n) a 32-key Philox block (lane l's call of this warp's 16 rows) keeps.
+            const auto pack_p = [&](int n) {
                 if constexpr (kFp8) {  // the permuted key order of the V^T stage (transpose_v_fp8)
 #pragma unroll
                     for (int kk = 0; kk < BN / 32; ++kk) {
@@ -727,12 +743,38 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     fence_proxy_async();
                     __syncwarp();
                 } else {
+                    // Dropout: the lane's state formed here, per block, so nothing of it stays live through the loop.
+                    DropoutLane drop{};
+                    uint32_t thr2 = 0;
+                    if constexpr (kDropout) {
+                        drop = dropout_lane_state(p, t.b, t.h, lane);
+                        thr2 = drop.threshold | (drop.threshold << 16);
+                    }
+                    Philox4x32Out rnd{};
 #pragma unroll
                     for (int kk = 0; kk < BN / 16; ++kk) {
                         pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
                         pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
                         pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
                         pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+                        if constexpr (kDropout) {
+                            // The k-step's 16 keys are words 2 h and 2 h + 1 of the call of their 32-key block (h: which
+                            // half); a new call at each block's first k-step in P(n) (BN % 32 == 16, D 256's 80 keys:
+                            // blocks start mid-call on odd n, so the first k-step may be a second half).
+                            const int key = n * BN + 16 * kk;
+                            const bool fresh = BN % 32 == 0 ? kk % 2 == 0 : (kk == 0 || key % 32 == 0);
+                            const int h = BN % 32 == 0 ? kk % 2 : (key % 32) / 16;
+                            if (fresh) {
+                                rnd = dropout_philox(drop.seed, drop.offset,
+                                                     static_cast<uint32_t>((t.row0 + cw * 64 + wl * 16) / 16),
+                                                     static_cast<uint32_t>(key / 32));
+                            }
+                            const uint32_t w0 = philox_word(rnd, 2 * h), w1 = philox_word(rnd, 2 * h + 1);
+                            pa[kk][0] &= dropout_pair_mask(w0, 0, thr2);
+                            pa[kk][1] &= dropout_pair_mask(w0, 1, thr2);
+                            pa[kk][2] &= dropout_pair_mask(w1, 0, thr2);
+                            pa[kk][3] &= dropout_pair_mask(w1, 1, thr2);
+                        }
                     }
                 }
             };
@@ -768,7 +810,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                 float alpha[2];
                 softmax(n, alpha);
             }
-            pack_p();
+            pack_p(n);
             if (tracer) FA_TRACE(1 + cw, slot, 3);
             // kAlibiGemm: the next block's ALiBi step (after the last block, one for block begin - 1 that nothing
             // reads: an unconditional issue keeps the wgmma stream free of branches, which ptxas would serialize).
@@ -809,7 +851,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     acc[4 * j + 2] *= alpha[1];
                     acc[4 * j + 3] *= alpha[1];
                 }
-                pack_p();
+                pack_p(n);
                 if constexpr (kAlibiEarly) {
                     alibi_block(n - 1);
                     issue_alibi();
@@ -844,7 +886,8 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                 // P carries e^(kPOffset ln 2), which finish_row takes back out of the LSE.
                 constexpr float kLn2 = 0.6931471805599453f;
                 const RowFinish fin = finish_row(sum, row_max[r] * lse_scale, kPOffset * kLn2, sink);
-                const float inv = o_scale * fin.inv;
+                // (Dropout: the kept P scaled by 1 / (1 - p) here; the LSE is the undropped P's.)
+                const float inv = kDropout ? o_scale * fin.inv * p.dropout_rp : o_scale * fin.inv;
                 const int lrow = rl + 8 * r;
                 if (lse != nullptr && t4 == 0 && lrow < t.rows) {
                     lse[static_cast<int64_t>(lrow) * p.lse_row_stride] = fin.lse;
@@ -907,6 +950,18 @@ __global__ void __launch_bounds__(FwdTraits90Of<D, false>::kThreads, 1)
     fwd_kernel_sm90_cluster(const __grid_constant__ FwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
     fwd_sm90_body<T, D, false, kSoftcap, D, false, FwdTraits90Of<D, false>, false, 2>(a);
+#elif defined(__CUDA_ARCH__)
+    __trap();  // as fwd_kernel_sm90
+#endif  // FA_SM90A_DEVICE
+}
+
+// The build's local kernel with the call's dropout (FA_SM90_FWD_DROPOUT; fwd_sm90_body's kDropout): 16-bit, square head
+// dims, contiguous K/V, with or without softcap.
+template <typename T, int D, bool kSoftcap>
+__global__ void __launch_bounds__(FwdTraits90Of<D, false>::kThreads, 1)
+    fwd_kernel_sm90_dropout(const __grid_constant__ FwdArgs90 a) {
+#ifdef FA_SM90A_DEVICE
+    fwd_sm90_body<T, D, true, kSoftcap, D, false, FwdTraits90Of<D, false>, false, 1, true>(a);
 #elif defined(__CUDA_ARCH__)
     __trap();  // as fwd_kernel_sm90
 #endif  // FA_SM90A_DEVICE

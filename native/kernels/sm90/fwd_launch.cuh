@@ -45,10 +45,16 @@ constexpr bool fwd_wide_serves() {
     return D == fwd_wide_head_dim(kFp8) && DV == D && !kLocal && !kPaged && (!kSoftcap || fwd_wide_softcap(kFp8));
 }
 
-// The kernel launch_fwd runs: the build's (kAlibiGemm: its ALiBi variant), or (kWide) fwd_kernel_sm90_wide.
-template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, bool kWide, bool kAlibiGemm>
+// The kernel launch_fwd runs: the build's (kAlibiGemm: its ALiBi variant; kDropout: fwd_kernel_sm90_dropout), or (kWide)
+// fwd_kernel_sm90_wide.
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV, bool kPaged, bool kWide, bool kAlibiGemm,
+          bool kDropout = false>
 auto fwd_kernel_for() {
-    if constexpr (kWide) {
+    if constexpr (kDropout) {
+        static_assert(fwd_dropout_kernel(D, FwdIo90<T>::kFp8) && DV == D && kLocal && !kPaged && !kWide && !kAlibiGemm,
+                      "the dropout kernels' calls");
+        return fwd_kernel_sm90_dropout<T, D, kSoftcap>;
+    } else if constexpr (kWide) {
         static_assert(fwd_wide_serves<T, D, DV, kLocal, kSoftcap, kPaged>() && !kAlibiGemm, "the wide kernels' calls");
         return fwd_kernel_sm90_wide<T, kSoftcap, FwdTraits90WideOf<FwdIo90<T>::kFp8>>;
     } else {
@@ -95,17 +101,19 @@ int fwd_max_clusters(Kernel kernel, unsigned threads, int smem, const LaunchInfo
     return n > 0 ? n : 0;
 }
 
-template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false, bool kWide = false>
+template <typename T, int D, bool kLocal, bool kSoftcap, int DV = D, bool kPaged = false, bool kWide = false,
+          bool kDropout = false>
 cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStream_t stream) {
     using Tr = std::conditional_t<kWide, FwdTraits90WideOf<FwdIo90<T>::kFp8>, FwdTraits90Of<D, FwdIo90<T>::kFp8, DV, kPaged>>;
     // Calls with ALiBi slopes run the local kernel's ALiBi variant where the build has it (FA_SM90_FWD_ALIBI_GEMM:
     // the bias through Q K^T, sm90/alibi_gemm.cuh; its own kernel, so that the local kernel that causal and windowed
     // calls without ALiBi run does not change); it reports the local kernel's features and name. Never the wide
     // kernel's (kWide serves calls without a local mask, so without ALiBi).
-    constexpr bool kAlibiVariant = !kWide && kLocal && !kSoftcap && !kPaged && Tr::kAlibiGemm;
+    // (Dropout calls run fwd_kernel_sm90_dropout, with ALiBi's per-element bias where they have slopes.)
+    constexpr bool kAlibiVariant = !kWide && kLocal && !kSoftcap && !kPaged && !kDropout && Tr::kAlibiGemm;
     const bool alibi_gemm = kAlibiVariant && params.alibi_slopes != nullptr && Tr::kSmemBytesAlibi <= info.smem_optin;
     auto kernel = alibi_gemm ? fwd_kernel_for<T, D, kLocal, kSoftcap, DV, kPaged, kWide, kAlibiVariant>()
-                             : fwd_kernel_for<T, D, kLocal, kSoftcap, DV, kPaged, kWide, false>();
+                             : fwd_kernel_for<T, D, kLocal, kSoftcap, DV, kPaged, kWide, false, kDropout>();
     const int smem = alibi_gemm ? Tr::kSmemBytesAlibi : Tr::kSmemBytes;
     static std::atomic<uint64_t> raised{0}, raised_alibi{0};
     cudaError_t err = raise_smem_once(kernel, smem, info, alibi_gemm ? raised_alibi : raised);
@@ -217,10 +225,12 @@ inline bool fwd_fp8_wide_pays(const FwdParams& p, const LaunchInfo& info) {
 }
 
 // The variant for the call's options (common/fwd_variant.h). DV: v's head dim where it is not D (the pairs
-// (192, 128) and (64, 512), generated as sm90/fwd_hdim<D>_v<DV>_<dtype>_sm90.cu).
+// (192, 128) and (64, 512), generated as sm90/fwd_hdim<D>_v<DV>_<dtype>_sm90.cu). Dropout where the build has its
+// kernels for this class (fwd_dropout_kernel; the host sends dropout calls elsewhere to the sm80 path).
 template <typename T, int D, int DV>
 int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
-    return run_fwd_variant(p, features, [&](auto local, auto softcap, auto, auto paged) {
+    constexpr bool kHasDropout = fwd_dropout_kernel(D, FwdIo90<T>::kFp8) && DV == D;
+    return run_fwd_variant<kHasDropout>(p, features, [&](auto local, auto softcap, auto dropout, auto paged) {
         // (Paged K/V has no fp8 kernels: the host refuses fp8 with a block table first.)
         if constexpr (decltype(paged)::value && FwdIo90<T>::kFp8) {
             return cudaErrorInvalidValue;
@@ -235,8 +245,8 @@ int run_fwd(const FwdParams& p, const LaunchInfo& info, cudaStream_t stream, uin
                     return launch_fwd<T, D, false, decltype(softcap)::value, DV, false, true>(p, info, stream);
                 }
             }
-            return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value, DV, decltype(paged)::value>(p, info,
-                                                                                                                stream);
+            return launch_fwd<T, D, decltype(local)::value, decltype(softcap)::value, DV, decltype(paged)::value, false,
+                              decltype(dropout)::value>(p, info, stream);
         }
     });
 }

@@ -86,6 +86,14 @@
 #ifndef FA_SM90_FWD_FP8_PINGPONG
 #define FA_SM90_FWD_FP8_PINGPONG 0
 #endif
+// Dropout in the sm90 forward (issue 14; fwd_kernel_sm90_dropout): 1 gives every 16-bit head-dim class whose P lives in
+// registers (not FA_SM90_FWD_P_SMEM's) local dropout kernels, with and without softcap, which FA_PATH_AUTO then takes for
+// the forward of a dropout call (its backward stays on the sm80 path: both read the same Philox stream, so the mask is
+// the same); 0 (the default until they have run on a GPU) leaves dropout to the sm80 kernels. The V head dim pairs
+// and fp8 have none either way.
+#ifndef FA_SM90_FWD_DROPOUT
+#define FA_SM90_FWD_DROPOUT 0
+#endif
 // ALiBi through the Q K^T product (fwd_kernel.cuh, sm90/alibi_gemm.cuh; issue 14): 1 gives the 16-bit local kernels
 // without softcap (paged ones aside) a variant, launched for calls with ALiBi slopes, whose S starts with one more
 // k-step that adds +-slope/u * (key - key0 - BN/2) and whose softmax adds the rest of the bias per row and key block;
@@ -308,6 +316,12 @@ using FwdTraits90WideOf = std::conditional_t<kFp8, FwdTraits90Fp8Wide, FwdTraits
 constexpr bool fwd_wide(bool fp8) { return fp8 ? fwd_fp8_wide() : fwd_d64_wide(); }
 constexpr int fwd_wide_head_dim(bool fp8) { return fp8 ? FwdTraits90Fp8Wide::kHeadDim : FwdTraits90Wide::kHeadDim; }
 constexpr bool fwd_wide_softcap(bool fp8) { return !fp8; }
+
+// Whether the build has dropout kernels (FA_SM90_FWD_DROPOUT) for the sm90 forward's head-dim class D (q's and v's; the
+// pairs have none) of a 16-bit dtype: where P is packed in registers, as the sm80 kernels' mask layout needs.
+constexpr bool fwd_dropout_kernel(int D, bool fp8) {
+    return FA_SM90_FWD_DROPOUT != 0 && !fp8 && fwd_head_dim(D) && !(D == 64 && FA_SM90_FWD_P_SMEM != 0);
+}
 
 }  // namespace sm90
 }  // namespace fa
