@@ -121,11 +121,13 @@ uint32_t feature_axes(Pass pass) {
     }
 }
 bool variant_compiled(Pass pass, Path path, int32_t kernel_d, uint32_t features) {
-    // Dropout kernels: local ones, on the sm80 path, and on the sm90 forward's classes where the build has them
-    // (FA_SM90_FWD_DROPOUT, sm90::fwd_dropout_kernel; 16-bit only: the registry's loop skips fp8's).
+    // Dropout kernels: local ones, on the sm80 path, and on the sm90 classes where the build has them
+    // (FA_SM90_FWD_DROPOUT, sm90::fwd_dropout_kernel; FA_SM90_BWD_DROPOUT, sm90::bwd_dropout_kernel; 16-bit only: the
+    // registry's loop skips fp8's; never the V head dim pairs').
     if ((features & feature::kDropout) &&
         (!(features & feature::kLocal) ||
-         (path == Path::Sm90 && !(pass == Pass::Forward && sm90::fwd_dropout_kernel(kernel_d, false))))) {
+         (path == Path::Sm90 && !(pass == Pass::Forward ? sm90::fwd_dropout_kernel(kernel_d, false)
+                                                        : sm90::bwd_dropout_kernel(kernel_d))))) {
         return false;
     }
     // The forward's paged K/V kernels: local ones without dropout (common/fwd_variant.h; fp16 and bf16 only: the
@@ -388,7 +390,8 @@ const Registry& registry() {
                             const uint32_t features = ((v & 16) ? feature::kLocal : 0u) | ((v & 8) ? feature::kSoftcap : 0u) |
                                                       ((v & 4) ? feature::kDeterministic : 0u) | ((v & 2) ? feature::kPaged : 0u) |
                                                       ((v & 1) ? feature::kDropout : 0u);
-                            if ((features & ~axes) != 0 || !variant_compiled(pass, Path::Sm90, kVPairs[pair].d, features)) {
+                            if ((features & ~axes) != 0 || (features & feature::kDropout) ||
+                                !variant_compiled(pass, Path::Sm90, kVPairs[pair].d, features)) {
                                 continue;
                             }
                             out.v90_index[1][pair][dt][features] = static_cast<int32_t>(out.names.size());
@@ -550,6 +553,10 @@ bool has_sm90_code() { return kHasSm90a; }
 
 bool has_sm90_fwd_dropout(int32_t kernel_d) {
     return has_kernel(Pass::Forward, Path::Sm90, kernel_d) && sm90::fwd_dropout_kernel(sm90_fwd_class(kernel_d), false);
+}
+
+bool has_sm90_bwd_dropout(int32_t kernel_d) {
+    return has_kernel(Pass::Backward, Path::Sm90, kernel_d) && sm90::bwd_dropout_kernel(sm90_bwd_class(kernel_d));
 }
 
 bool has_kernel(Pass pass, Path path, int32_t kernel_d) {

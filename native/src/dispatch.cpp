@@ -28,11 +28,11 @@ const char* dropout_refusal(Pass pass, Path path, DType dtype, int32_t kernel_d)
     if (dtype == DType::Float8E4M3) {
         return "the fp8 (e4m3) forward has no dropout (FlashAttention-3 has none); use bf16/fp16 for training";
     }
-    if (path == Path::Sm90 && pass == Pass::Backward) {
+    if (path == Path::Sm90 && pass == Pass::Backward && !(kernel_d > 0 && kernels::has_sm90_bwd_dropout(kernel_d))) {
         return "the sm90 kernels have no dropout in the backward (FlashAttention-3 has none); the sm80 path serves it "
                "on every GPU (pass FA_PATH_AUTO or FA_PATH_SM80)";
     }
-    if (path == Path::Sm90 && !(kernel_d > 0 && kernels::has_sm90_fwd_dropout(kernel_d))) {
+    if (path == Path::Sm90 && pass == Pass::Forward && !(kernel_d > 0 && kernels::has_sm90_fwd_dropout(kernel_d))) {
         return "the sm90 kernels have no dropout (FlashAttention-3 has none); the sm80 path serves it on every GPU "
                "(pass FA_PATH_AUTO or FA_PATH_SM80)";
     }
@@ -120,17 +120,19 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
         fail(FA_STATUS_UNSUPPORTED, field + " is FA_PATH_SM80, but " + kFp8Sm90Only + "; pass FA_PATH_AUTO or FA_PATH_SM90");
     }
     std::string why;
-    bool sm90 = path_serves(pass, Path::Sm90, kd, dtype, cc, &why, dropout);
+    // A build's sm90 dropout kernels (FA_SM90_FWD_DROPOUT, FA_SM90_BWD_DROPOUT) are the square head dims': a pair's
+    // dropout call is refused here for that reason on every GPU (elsewhere dropout_refusal says the path has none).
+    const bool pair_dropout = v_pair && dropout && dropout_refusal(pass, Path::Sm90, dtype, kd) == nullptr;
+    bool sm90 = !pair_dropout && path_serves(pass, Path::Sm90, kd, dtype, cc, &why, dropout);
+    if (pair_dropout) {
+        why = "the sm90 kernels have no dropout for a V head dim other than q's " + pair +
+              "; the sm80 path serves it on every GPU (pass FA_PATH_AUTO or FA_PATH_SM80)";
+    }
     if (sm90 && v_pair && !kernels::has_v_kernel(pass, Path::Sm90, head_dim, dv32)) {
         // (The backward of a pair without a forward kernel, or of (64, 512), was refused above: this is the forward's.)
         sm90 = false;
         why = pass == Pass::Backward ? "the sm90 backward serves the V head dim pair (192, 128) only, not " + pair
                                      : "this build has no sm90 forward kernels of " + pair;
-    }
-    if (sm90 && v_pair && dropout) {  // (a build's sm90 dropout kernels are the square head dims')
-        sm90 = false;
-        why = "the sm90 kernels have no dropout for a V head dim other than q's " + pair +
-              "; the sm80 path serves it on every GPU (pass FA_PATH_AUTO or FA_PATH_SM80)";
     }
     const auto smem = [&] {  // the sm90 kernel's (asked only where the path serves)
         return v_pair ? kernels::v_smem_bytes(pass, Path::Sm90, head_dim, dv32)

@@ -42,8 +42,9 @@ bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc
 // FA_PATH_AUTO where the sm90 forward does not serve it. smem_optin < 0: not known (validation without a device),
 // so not checked. `field` names the field in messages ("kernel_path", "query->kernel_path"); device >= 0 is named
 // in them too. A dropout call runs on the sm80 path: FA_PATH_AUTO takes it on any GPU, FA_PATH_SM90 is
-// UNSUPPORTED saying so; but for the forward of a build with the sm90 dropout kernels (FA_SM90_FWD_DROPOUT;
-// kernels::has_sm90_fwd_dropout), which serve it as any other forward option (not the V head dim pairs).
+// UNSUPPORTED saying so; but for a pass of a build with its sm90 dropout kernels (FA_SM90_FWD_DROPOUT,
+// FA_SM90_BWD_DROPOUT; kernels::has_sm90_fwd_dropout, has_sm90_bwd_dropout), which serve it as any other option (not
+// the V head dim pairs).
 // head_dim_v: v's and out's head dim when it differs from head_dim (0: the same). FlashAttention-3's pairs: the sm80
 // path serves both forwards and (192, 128)'s backward, the sm90 path both forwards and (192, 128)'s backward (without
 // dropout; AUTO takes them where they serve); every other pair, (64, 512)'s backward and decode are UNSUPPORTED
@@ -52,8 +53,8 @@ Path choose_path(Pass pass, int32_t kernel_path, int32_t head_dim, DType dtype, 
                  const std::string& field, int32_t device = -1, bool dropout = false, int64_t head_dim_v = 0);
 
 // Why this build does not serve dropout on `path` for `pass` (on any GPU), or nullptr when it does: fp8 and decode have
-// none (FlashAttention-3 and flash_attn_with_kvcache have none), nor have the sm90 kernels but the forward's of a build
-// with FA_SM90_FWD_DROPOUT at kernel head dim kernel_d (0: not asked, refused).
+// none (FlashAttention-3 and flash_attn_with_kvcache have none), nor have the sm90 kernels but those of a build with
+// FA_SM90_FWD_DROPOUT (forward) or FA_SM90_BWD_DROPOUT (backward) at kernel head dim kernel_d (0: not asked, refused).
 const char* dropout_refusal(Pass pass, Path path, DType dtype, int32_t kernel_d = 0);
 
 // Shared memory per block of the main kernel a backward or decode call would run (the path choose_path makes, on

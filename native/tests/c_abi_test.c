@@ -1600,14 +1600,29 @@ static void set_mask4(fa_tensor_t* t, void* data, int64_t n0, int64_t n1, int64_
 /* Dropout (0.9): dropout_p, seed and offset (host values, device pointers), rng_state and the keep mask appended to
    fa_forward_params_t, the same but the outputs to fa_backward_params_t, fa_support_query_t.dropout; every refusal
    with its message before any CUDA call; 0.8-sized structs and queries still accepted as "no dropout". */
-static int is_sm90_dropout_kernel(const char* name) {
-    return strncmp(name, "sm90_fwd_", 9) == 0 && strstr(name, "_dropout_") != NULL;
+/* Whether the build lists an sm90 dropout kernel of `pass` ("fwd" or "bwd") for the class that serves head dim d
+   (the smallest of 64, 128, 192 and 256 at least d): a build with FA_SM90_FWD_DROPOUT / FA_SM90_BWD_DROPOUT. */
+static int lists_sm90_dropout(const char* pass, int d) {
+    char prefix[24], cls[16];
+    int32_t count = 0, i;
+    const char* name = NULL;
+    sprintf(prefix, "sm90_%s_", pass);
+    sprintf(cls, "_hdim%d_", d <= 64 ? 64 : d <= 128 ? 128 : d <= 192 ? 192 : 256);
+    if (fa_kernel_count(&count) != FA_STATUS_SUCCESS) return 0;
+    for (i = 0; i < count; ++i) {
+        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, prefix, 9) == 0 &&
+            strstr(name, cls) != NULL && strstr(name, "_dropout_") != NULL) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
-/* Dropout is the sm80 kernels' (forward and backward), and the sm90 forward's in a build with its dropout kernels
-   (FA_SM90_FWD_DROPOUT: every 16-bit head-dim class has them there, none elsewhere), which the kernel list shows. */
+/* Dropout is the sm80 kernels' (forward and backward), and the sm90 ones' in a build with them (FA_SM90_FWD_DROPOUT,
+   FA_SM90_BWD_DROPOUT), which the kernel list shows for the test's head dim. */
 static void test_dropout_validation(void) {
-    const int sm90_dropout = build_lists_kernel(is_sm90_dropout_kernel);
+    const int sm90_dropout = lists_sm90_dropout("fwd", FA_TEST_HEAD_DIM);
+    const int sm90_bwd_dropout = lists_sm90_dropout("bwd", FA_TEST_HEAD_DIM);
     fa_forward_params_t p;
     fa_backward_params_t bw;
     fa_support_query_t q;
@@ -1767,8 +1782,13 @@ static void test_dropout_validation(void) {
     bw.dropout_offset_device = state_at + 1;
     expect("backward dropout from the forward's rng_state", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
     bw.kernel_path = FA_PATH_SM90;
-    expect("backward dropout on FA_PATH_SM90", fa_backward_check(&bw, 90), FA_STATUS_UNSUPPORTED,
-           "the sm90 kernels have no dropout");
+    if (sm90_bwd_dropout) {
+        expect("backward dropout on FA_PATH_SM90 (a build with the sm90 dropout kernels)", fa_backward_check(&bw, 90),
+               FA_STATUS_SUCCESS, NULL);
+    } else {
+        expect("backward dropout on FA_PATH_SM90", fa_backward_check(&bw, 90), FA_STATUS_UNSUPPORTED,
+               "the sm90 kernels have no dropout");
+    }
     bw.kernel_path = FA_PATH_AUTO;
     bw.dropout_p = 1.5f;
     expect("backward dropout p = 1.5", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT, "dropout_p is 1.5");

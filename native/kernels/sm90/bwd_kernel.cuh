@@ -35,6 +35,16 @@
 // Then dP^T = V dO^T over D / 16 k-steps is exact (the extra k-steps multiply zeros), dV += P^T dO over N = D has
 // zeros past column DV, which the epilogue does not store, and the rest is D = 192's code. What DV changes is
 // confined to if constexpr (kVPair) branches and DV-dependent constants, so the equal-dims kernels compile as before.
+//
+// Dropout (bwd_kernel_sm90's kDropout, FA_SM90_BWD_DROPOUT; FlashAttention-2's backward: dV = (Z o P)^T dO / (1 - p),
+// dP = Z o (dO V^T) / (1 - p), dS = P o (dP - dsum)): the keep mask Z of the forward's Philox stream, read in the
+// transposed layout. FA2's element (query q, key k) is byte 2 ((q % 16) / 8) + k % 2 of word (k % 32) / 8 of the call
+// of lane 4 (q % 8) + (k % 8) / 2 for block (q / 16, k / 32) (common/philox.cuh). A thread of warp wl holds keys
+// kr0 (+8) (k % 8 = lane / 4) and queries 8 j + 2 (lane % 4) (+1), so its elements of a 16-query block come from
+// lanes 8 (lane % 4) + lane / 8 (+4) and words 2 (wl % 2) (+1): each thread makes its own lane's call of the block
+// (warps wl and wl ^ 1 share the 32 keys of a call, so each call is made twice) and takes the words it needs from
+// the two lanes by shuffles. With kSplit warpgroup 0 hands warpgroup 1 the mask as P^T's sign (P^T >= 0: a dropped
+// element's value is handed negated).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -42,6 +52,7 @@
 
 #include "common/alibi.cuh"
 #include "common/bwd_block.cuh"
+#include "common/dropout.cuh"
 #include "common/ptx.cuh"
 #include "common/tile_io.cuh"
 #include "params/bwd_params.h"
@@ -75,9 +86,13 @@ __device__ __forceinline__ void fence_dkdv(float (&acc_k)[NK], float (&acc_v)[NV
     }
 }
 
-template <typename T, int D, bool kLocal, bool kSoftcap, bool kDeterministic, int DV = D>
+// kDropout (FA_SM90_BWD_DROPOUT): the call's dropout (see the top of this file), in the masked kernels of square head
+// dims. (A template parameter here: a __global__ wrapper around a __device__ body changed the PTX of the kernels without
+// dropout.)
+template <typename T, int D, bool kLocal, bool kSoftcap, bool kDeterministic, int DV = D, bool kDropout = false>
 __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_kernel_sm90(const __grid_constant__ BwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
+    static_assert(!kDropout || (kLocal && DV == D), "dropout: the masked kernels of square head dims");
     const BwdParams& p = a.p;
     using Tr = BwdTraits90<D, DV>;
     constexpr bool kSplit = Tr::kSplit;
@@ -382,11 +397,31 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         float4* px = reinterpret_cast<float4*>(smem + Tr::kOffPX) + (tid % 128);  // kSplit: 8 float4, 128 apart
         uint32_t fa[BM / 16][4], fd[kSplit ? 1 : BM / 16][4];
         if (!kSplit || wg == 0) {
+            // Dropout: this lane's Philox state (formed per block: nothing of it stays live through the walk); z[c][i]
+            // the word of lane 8 (lane % 4) + lane / 8 + 4 c's call that holds keys 8 i of this warp's 16 (see the
+            // top of this file), for the 16-query block of column blocks j and j + 1 (j even).
+            DropoutLane drop{};
+            if constexpr (kDropout) drop = dropout_lane_state(f, b, h, lane);
+            uint32_t z[2][2] = {{0u, 0u}, {0u, 0u}};
+            const int z_lane = 8 * (lane % 4) + lane / 8;
+            const int z_shift = 8 * ((lane / 4) % 2);  // byte k % 2 of the word's low (q % 16 < 8) or high half
 #pragma unroll
             for (int j = 0; j < BM / 8; ++j) {
                 const float2 lse2 = *reinterpret_cast<const float2*>(stats + 8 * j + qc0);
                 const float2 dsum2 = *reinterpret_cast<const float2*>(stats + BM + 8 * j + qc0);
                 float handed[4];
+                if constexpr (kDropout) {
+                    if (j % 2 == 0) {
+                        const Philox4x32Out r = dropout_philox(drop.seed, drop.offset, static_cast<uint32_t>(row0 / 16 + j / 2),
+                                                               static_cast<uint32_t>((key0 + key_base) / 32 + wl / 2));
+                        const uint32_t w0 = wl % 2 ? r.w[2] : r.w[0], w1 = wl % 2 ? r.w[3] : r.w[1];
+#pragma unroll
+                        for (int c = 0; c < 2; ++c) {
+                            z[c][0] = __shfl_sync(0xffffffffu, w0, z_lane + 4 * c);
+                            z[c][1] = __shfl_sync(0xffffffffu, w1, z_lane + 4 * c);
+                        }
+                    }
+                }
 #pragma unroll
                 for (int i = 0; i < 2; ++i) {
                     float pv2[2], ds2[2];
@@ -410,13 +445,26 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
                             if (kLocal) hidden |= diff > right_bound || diff < left_bound;
                             if (hidden) pv = 0.f;
                         }
-                        pv2[c] = pv;
                         const float pd = kSoftcap ? pv * (1.f - x * x) : pv;  // dS / (dP - dsum)
-                        if constexpr (kSplit) {
-                            handed[2 * i + c] = pd;
+                        if constexpr (kDropout) {
+                            // Z of (query 8 j + qc0 + c, key 8 i of the warp's 16): dV's P^T and dP^T zeroed where
+                            // dropped, the kept dP^T scaled by 1 / (1 - p) (dV's at the end); dS takes the undropped P.
+                            const bool keep = ((z[c][i] >> (16 * (j % 2) + z_shift)) & 0xFFu) <= drop.threshold;
+                            pv2[c] = keep ? pv : 0.f;
+                            if constexpr (kSplit) {
+                                handed[2 * i + c] = keep ? pd : -pd;  // the mask as the sign (pd >= 0)
+                            } else {
+                                const float dsum_c = ok ? (c ? dsum2.y : dsum2.x) : 0.f;
+                                ds2[c] = pd * ((keep ? dpt[e] * f.dropout_rp : 0.f) - dsum_c);
+                            }
                         } else {
-                            const float dsum_c = ok ? (c ? dsum2.y : dsum2.x) : 0.f;
-                            ds2[c] = pd * (dpt[e] - dsum_c);
+                            pv2[c] = pv;
+                            if constexpr (kSplit) {
+                                handed[2 * i + c] = pd;
+                            } else {
+                                const float dsum_c = ok ? (c ? dsum2.y : dsum2.x) : 0.f;
+                                ds2[c] = pd * (dpt[e] - dsum_c);
+                            }
                         }
                     }
                     fa[j / 2][(j % 2) * 2 + i] = pack2<T>(pv2[0], pv2[1]);
@@ -450,7 +498,13 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
                     for (int c = 0; c < 2; ++c) {
                         const bool ok = 8 * j + qc0 + c < rows_here;
                         const float dsum_c = ok ? (c ? dsum2.y : dsum2.x) : 0.f;
-                        ds2[c] = pdv[2 * i + c] * (st[4 * j + 2 * i + c] - dsum_c);  // st holds dP^T here
+                        if constexpr (kDropout) {  // the mask as P^T's sign (warpgroup 0 above)
+                            const float hv = pdv[2 * i + c];
+                            const float dp = (__float_as_uint(hv) >> 31) ? 0.f : st[4 * j + 2 * i + c] * f.dropout_rp;
+                            ds2[c] = fabsf(hv) * (dp - dsum_c);
+                        } else {
+                            ds2[c] = pdv[2 * i + c] * (st[4 * j + 2 * i + c] - dsum_c);  // st holds dP^T here
+                        }
                     }
                     fa[j / 2][(j % 2) * 2 + i] = pack2<T>(ds2[0], ds2[1]);
                 }
@@ -605,11 +659,12 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
             }
         }
     };
+    const float dv_scale = kDropout ? f.dropout_rp : 1.f;  // dropout: dV = (Z o P)^T dO / (1 - p)
     if constexpr (kSplit) {
-        stage(acc_k, wg == 0 ? Tr::kOffV : Tr::kOffK, wg == 0 ? 1.f : scale);  // (kVPair: dV's zeros past DV too)
+        stage(acc_k, wg == 0 ? Tr::kOffV : Tr::kOffK, wg == 0 ? dv_scale : scale);  // (kVPair: dV's zeros past DV too)
     } else {
         stage(acc_k, Tr::kOffK, scale);
-        stage(acc_v, Tr::kOffV, 1.f);
+        stage(acc_v, Tr::kOffV, dv_scale);
     }
     cta_sync();
     T* dkp = rows_at<T>(p.dk, p.dk_batch_stride, p.dk_head_stride, p.dk_row_stride, varlen, b, hk, seq.k_row0 + key0);

@@ -19,14 +19,23 @@ struct BwdFamily {
     template <bool kDet>
     static constexpr int threads() { return BwdTurns<kDet>::kThreads; }
     static constexpr bool local_variant(bool local) { return Tr::kSplit ? true : local; }
-    static constexpr bool kHasDropout = false;  // dropout is sm80-only (the host refuses it here)
+    // Dropout kernels where the build has them (FA_SM90_BWD_DROPOUT; not the V head dim pair): the host sends dropout
+    // calls elsewhere to the sm80 path.
+    static constexpr bool kHasDropout = bwd_dropout_kernel(D) && DV == D;
     // The turn warpgroup gives registers to the consumers.
     template <bool kDet>
     static constexpr int launch_regs() {
         return kDet ? BwdTurns<kDet>::kLaunchRegs : 0;
     }
-    template <bool kLocal, bool kSoftcap, bool kDet>
-    static auto kernel() { return bwd_kernel_sm90<T, D, kLocal, kSoftcap, kDet, DV>; }
+    template <bool kLocal, bool kSoftcap, bool kDet, bool kDropout = false>
+    static auto kernel() {
+        if constexpr (kDropout) {
+            static_assert(kHasDropout && kLocal, "the dropout kernels' calls");
+            return bwd_kernel_sm90<T, D, true, kSoftcap, kDet, D, true>;
+        } else {
+            return bwd_kernel_sm90<T, D, kLocal, kSoftcap, kDet, DV>;
+        }
+    }
     // The TMA descriptors of q and dO for this call (host-only encoding, no allocation: graph-safe; dO's columns are
     // v's head dim), then the launch.
     template <class K>

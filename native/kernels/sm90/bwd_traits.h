@@ -24,6 +24,13 @@
 #define FA_SM90_BWD_EARLY_ST_D128 1
 #endif
 
+// Dropout in the sm90 backward (issue 14; bwd_kernel_sm90_dropout): 1 gives every head-dim class masked dropout
+// kernels (with and without softcap, deterministic or not), which FA_PATH_AUTO then takes for the backward of a dropout
+// call; 0 (the default until they have run on a GPU) leaves it to the sm80 kernels. The V head dim pair has none.
+#ifndef FA_SM90_BWD_DROPOUT
+#define FA_SM90_BWD_DROPOUT 0
+#endif
+
 namespace fa {
 namespace sm90 {
 
@@ -49,6 +56,8 @@ constexpr bool bwd_head_dim(int D) { return D == 64 || D == 128 || D == 192 || D
 // Whether the kernel of head dim D splits the roles between its warpgroups (below); such kernels are compiled masked
 // only (sm90::BwdFamily::local_variant, the registry's variant list).
 constexpr bool bwd_split(int D) { return D >= 192; }
+// Whether the build has the backward's dropout kernels (FA_SM90_BWD_DROPOUT) for the class D (q's head dim = v's).
+constexpr bool bwd_dropout_kernel(int D) { return FA_SM90_BWD_DROPOUT != 0 && bwd_head_dim(D); }
 
 // Tile: 64 query rows x 128 keys (64 keys at head dims 192 and 256, where the warpgroups split the roles: dK and
 // dV of 128 keys would not fit the registers).
