@@ -1618,6 +1618,16 @@ static int lists_sm90_dropout(const char* pass, int d) {
     return 0;
 }
 
+/* A dropout call on FA_PATH_SM90 at compute capability 9.0: served where the build has that pass's sm90 dropout kernels
+   (served), else refused saying the sm90 kernels have none. */
+static void expect_sm90_dropout(const char* what, fa_status_t status, int served) {
+    if (served) {
+        expect(what, status, FA_STATUS_SUCCESS, NULL);
+    } else {
+        expect(what, status, FA_STATUS_UNSUPPORTED, "the sm90 kernels have no dropout");
+    }
+}
+
 /* Dropout is the sm80 kernels' (forward and backward), and the sm90 ones' in a build with them (FA_SM90_FWD_DROPOUT,
    FA_SM90_BWD_DROPOUT), which the kernel list shows for the test's head dim. */
 static void test_dropout_validation(void) {
@@ -1665,12 +1675,11 @@ static void test_dropout_validation(void) {
     p.kernel_path = FA_PATH_SM80;
     expect("dropout on FA_PATH_SM80", fa_forward_check(&p, 90), FA_STATUS_SUCCESS, NULL);
     p.kernel_path = FA_PATH_SM90;
-    if (sm90_dropout) {
-        expect("dropout on FA_PATH_SM90 (a build with the sm90 dropout kernels)", fa_forward_check(&p, 90),
-               FA_STATUS_SUCCESS, NULL);
-    } else {
-        expect("dropout on FA_PATH_SM90", fa_forward_check(&p, 90), FA_STATUS_UNSUPPORTED,
-               "kernel_path is FA_PATH_SM90, but the sm90 kernels have no dropout (FlashAttention-3 has none)");
+    expect_sm90_dropout("dropout on FA_PATH_SM90", fa_forward_check(&p, 90), sm90_dropout);
+    if (!sm90_dropout) {
+        CHECK(strstr(fa_last_error_message(), "kernel_path is FA_PATH_SM90, but the sm90 kernels have no dropout "
+                                              "(FlashAttention-3 has none)") != NULL,
+              "the refusal names the field and the reason: %s", fa_last_error_message());
     }
     p = valid_params(1);
     p.dropout_p = 0.999f;
@@ -1782,13 +1791,7 @@ static void test_dropout_validation(void) {
     bw.dropout_offset_device = state_at + 1;
     expect("backward dropout from the forward's rng_state", fa_backward_check(&bw, 0), FA_STATUS_SUCCESS, NULL);
     bw.kernel_path = FA_PATH_SM90;
-    if (sm90_bwd_dropout) {
-        expect("backward dropout on FA_PATH_SM90 (a build with the sm90 dropout kernels)", fa_backward_check(&bw, 90),
-               FA_STATUS_SUCCESS, NULL);
-    } else {
-        expect("backward dropout on FA_PATH_SM90", fa_backward_check(&bw, 90), FA_STATUS_UNSUPPORTED,
-               "the sm90 kernels have no dropout");
-    }
+    expect_sm90_dropout("backward dropout on FA_PATH_SM90", fa_backward_check(&bw, 90), sm90_bwd_dropout);
     bw.kernel_path = FA_PATH_AUTO;
     bw.dropout_p = 1.5f;
     expect("backward dropout p = 1.5", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT, "dropout_p is 1.5");
@@ -1827,12 +1830,7 @@ static void test_dropout_validation(void) {
     q.pass = FA_PASS_FORWARD;
     q.kernel_path = FA_PATH_SM90;
     q.compute_capability = 90;
-    if (sm90_dropout) {
-        expect("query forward dropout sm90 (a build with the sm90 dropout kernels)", fa_query_support(&q),
-               FA_STATUS_SUCCESS, NULL);
-    } else {
-        expect("query forward dropout sm90", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "the sm90 kernels have no dropout");
-    }
+    expect_sm90_dropout("query forward dropout sm90", fa_query_support(&q), sm90_dropout);
     q = forward_query(FA_DTYPE_FLOAT8_E4M3, FA_TEST_HEAD_DIM);
     q.dropout = 1;
     expect("query fp8 dropout", fa_query_support(&q), FA_STATUS_UNSUPPORTED, "the fp8 (e4m3) forward has no dropout");

@@ -147,7 +147,8 @@ static void on_log(int32_t level, const char* message, void* user_data) {
 /* ---- what the build and the device serve ----------------------------------------------------------------- */
 
 /* dv: v's head dim where it is not d (a pair kernel's), else 0. fp8kv: decode over an fp8 (e4m3) cache. */
-static int served_kv(int pass, int path, int dtype, int d, int dv, int cc, int fp8kv) {
+/* fa_query_support's verdict on a call of that kind (dropout: with dropout; fp8kv: over an fp8 KV cache). */
+static int served_query(int pass, int path, int dtype, int d, int dv, int cc, int fp8kv, int dropout) {
     fa_support_query_t q;
     memset(&q, 0, sizeof q);
     q.struct_size = sizeof q;
@@ -158,25 +159,22 @@ static int served_kv(int pass, int path, int dtype, int d, int dv, int cc, int f
     q.head_dim_v = dv;
     q.kernel_path = path;
     q.kv_cache_dtype = fp8kv ? FA_DTYPE_FLOAT8_E4M3 : 0;
+    q.dropout = dropout;
     return fa_query_support(&q) == FA_STATUS_SUCCESS;
+}
+
+static int served_kv(int pass, int path, int dtype, int d, int dv, int cc, int fp8kv) {
+    return served_query(pass, path, dtype, d, dv, cc, fp8kv, 0);
 }
 
 static int served(int pass, int path, int dtype, int d, int dv, int cc) {
-    return served_kv(pass, path, dtype, d, dv, cc, 0);
+    return served_query(pass, path, dtype, d, dv, cc, 0, 0);
 }
 
-/* The same for a call with dropout (the sm80 kernels; the sm90 forward's in a build with FA_SM90_FWD_DROPOUT). */
+/* The same for a call with dropout (the sm80 kernels; the sm90 ones in a build with FA_SM90_FWD_DROPOUT or
+   FA_SM90_BWD_DROPOUT). */
 static int served_dropout(int pass, int path, int dtype, int d, int cc) {
-    fa_support_query_t q;
-    memset(&q, 0, sizeof q);
-    q.struct_size = sizeof q;
-    q.pass = k_pass_enum[pass];
-    q.compute_capability = cc;
-    q.dtype = dtype;
-    q.head_dim = d;
-    q.kernel_path = path;
-    q.dropout = 1;
-    return fa_query_support(&q) == FA_STATUS_SUCCESS;
+    return served_query(pass, path, dtype, d, 0, cc, 0, 1);
 }
 
 /* An attention kernel's name: <path>_<pass>_<dtype>_hdim<d>[v<dv>][_e4m3kv][_local][_softcap][_det][_paged][_dropout]_<tile>
