@@ -5,12 +5,12 @@
    (FEATURES.md section 1); our forward with that seed and offset writes its keep mask, which must agree on every
    visible element, and its output must agree with PyTorch's (same mask, same math) within MAX_REL_ERR.
 2. Timings (triton do_bench medians, L2 flushed), bf16 at p = 0.17 over the TARGETS.md grid's D 64/128 rows at
-   S 1k and 4k: our forward and backward with dropout (the default path: the sm80 kernels, or for the forward the
-   sm90 ones in a build with FA_SM90_FWD_DROPOUT; the kernel the forward ran is recorded, fwd_kernel) against the same
-   call without dropout on that path (dropout_ratio: over the sm80 plain call, or over the default path's plain call
-   where the dropout forward ran sm90; the backward's always over the sm80 plain backward; issue 14's goal <= 1.2 on
-   the forward), and against SDPA's flash and cuDNN backends with the same dropout_p (vs_flash: flash_ms / ours_ms,
-   the goal >= 1.0). A bf16 matmul ceiling row is measured first.
+   S 1k and 4k: our forward and backward with dropout (the default path: the sm80 kernels, or the sm90 ones in a
+   build with FA_SM90_FWD_DROPOUT / FA_SM90_BWD_DROPOUT; the kernels each pass ran are recorded) against the same call
+   without dropout on that path (dropout_ratio: over the sm80 plain call, or over the default path's plain call where
+   the dropout pass ran sm90; issue 14's goal <= 1.2 on the forward), and against SDPA's flash and cuDNN backends
+   with the same dropout_p (vs_flash: flash_ms / ours_ms, the goal >= 1.0). A bf16 matmul ceiling row is measured
+   first.
 
 Run: python3 bench/dropout.py --lib build/native/libflash_attention.so [--out record.json] [--quick]
 Exit status 1 when a mask or output check fails.
@@ -96,8 +96,8 @@ def time_sdpa(row, bench, backend, q, k, v, causal, flops):
 
 
 def time_ours(row, fa, bench, q2, k2, v2, causal, flops, key, path, dropout):
-    """Our forward (path) then backward (from that forward's O and LSE), with or without dropout; row[key + "_kernel"]:
-    the forward's kernel (None where the build has no log callback)."""
+    """Our forward (path) then backward (from that forward's O and LSE), with or without dropout; row[key + "_kernel"]
+    and row[key + "_bwd_kernel"]: the kernels they ran (None where the build has no log callback)."""
     b, s, h, d = q2.shape
     o2 = torch.full_like(q2, float("nan"))
     lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
@@ -112,7 +112,8 @@ def time_ours(row, fa, bench, q2, k2, v2, causal, flops, key, path, dropout):
     bp = fa.backward_params(FA_DTYPE_BFLOAT16, (q2, k2, v2, o2, do, dq, dk, dv), lse, causal, False, path=path,
                             dropout=drop)
     bcall = fa.backward_call(bp)
-    bcall()
+    names = fa.launched_kernels(bcall, entry="fa_backward")
+    row[f"{key}_bwd_kernel"] = names[0] if names else None
     ms = bench(bcall)
     row[f"{key}_bwd_ms"], row[f"{key}_bwd_tflops"] = ms, tflops(2.5 * flops, ms)
     return o2, (dq, dk, dv), do
@@ -156,10 +157,10 @@ def shape_row(fa, bench, d, causal, s, quick):
             del mask, o_ref, g_ref
         except torch.cuda.OutOfMemoryError:
             row["errors"]["check"] = "reference did not fit"
-    # The dropout forward's cost over the plain call on its own path: the default path's where it ran sm90.
-    sm90_fwd = kernel_path_of(row.get("ours_kernel")) == "sm90"
+    # Each dropout pass's cost over the plain call on its own path: the default path's where it ran sm90.
+    sm90 = {key: kernel_path_of(row.get(f"ours{key}_kernel")) == "sm90" for key in ("", "_bwd")}
     for key in ("", "_bwd"):
-        plain = "ours_plain" if sm90_fwd and key == "" else "ours_plain_sm80"
+        plain = "ours_plain" if sm90[key] else "ours_plain_sm80"
         if row.get(f"ours{key}_ms") and row.get(f"{plain}{key}_ms"):
             row[f"dropout_ratio{key}"] = row[f"ours{key}_ms"] / row[f"{plain}{key}_ms"]
         if row.get(f"ours{key}_ms") and row.get(f"flash{key}_ms"):
@@ -179,7 +180,7 @@ def main():
               f"(seed {c['seed']}, offset {c['offset']}) -> {'ok' if c['ok'] else 'FAIL'}", flush=True)
     rows = []
     print("d   causal S     | fwd ms: ours  sm80-plain ratio  flash  cudnn  vs_flash | bwd ms: ours  sm80-plain "
-          "ratio  flash  cudnn  vs_flash | rel err fwd/bwd | fwd path (ratio over its plain call)", flush=True)
+          "ratio  flash  cudnn  vs_flash | rel err fwd/bwd | paths fwd/bwd (ratios over their plain calls)", flush=True)
     for d in (64, 128):
         for causal in (False, True):
             for s in ((1024, 4096) if a.quick else (1024, 4096, 16384)):
@@ -192,7 +193,7 @@ def main():
                              cell(r.get(f"cudnn{x}_ms"), "7.3f"), cell(r.get(f"vs_flash{x}"), "5.2f"), "|"]
                 print(f"{d:<4}{int(causal):<7}{s:<6}| " + " ".join(cols)
                       + f" {cell(r.get('ours_rel_err'), '.1e')}/{cell(r.get('ours_bwd_rel_err'), '.1e')}"
-                      + f" | {kernel_path_of(r.get('ours_kernel')) or '-'}"
+                      + f" | {kernel_path_of(r.get('ours_kernel')) or '-'}/{kernel_path_of(r.get('ours_bwd_kernel')) or '-'}"
                       + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
     write_study_record(a, ceilings + rows, mask_checks=checks)
     return 0 if all(c["ok"] for c in checks) and not any("check" in r["errors"] for r in rows) else 1

@@ -1,6 +1,9 @@
 """Helpers shared by the CPU and GPU tests (a plain module beside them: pytest's default import mode puts this folder
 on sys.path)."""
 import ctypes
+import re
+
+from flash_attn_interop import _abi
 
 
 def kernel_names(lib):
@@ -32,3 +35,32 @@ def pair_kernels(lib, path, pass_, d, dv):
     dim pair (d, dv): names <path>_<pass>_<dtype>_hdim<d>v<dv>_..."""
     tag = f"_hdim{d}v{dv}_"
     return any(x.startswith(f"{path}_{pass_}_") and tag in x for x in kernel_names(lib))
+
+
+def sm90_dropout_kernels(lib, pass_):
+    """Whether the library `lib` lists sm90 dropout kernels of `pass_` ("fwd" or "bwd"): a build with
+    FA_SM90_FWD_DROPOUT / FA_SM90_BWD_DROPOUT, whose FA_PATH_AUTO then runs them on compute capability 9.0."""
+    return any(x.startswith(f"sm90_{pass_}_") and "_dropout_" in x for x in kernel_names(lib))
+
+
+_LAUNCH = re.compile(r"^(fa_forward|fa_backward|fa_decode): (\S+)")
+
+
+def launched_kernels(lib, fn):
+    """Runs fn() with a log callback on the library `lib` and returns (fn's result, [(entry point, kernel name)] of the
+    launches the library reported, the DEBUG messages "fa_forward: <kernel> for ...", in order). The callback is
+    removed afterwards (process-wide: not for concurrent callers)."""
+    got = []
+
+    def sink(level, message, user_data):
+        m = _LAUNCH.match((message or b"").decode(errors="replace"))
+        if m:
+            got.append((m.group(1), m.group(2)))
+
+    callback = _abi.fa_log_callback_t(sink)  # alive in this frame until removed
+    assert lib.lib.fa_set_log_callback(callback, None) == 0
+    try:
+        result = fn()
+    finally:
+        lib.lib.fa_set_log_callback(_abi.fa_log_callback_t(), None)
+    return result, got

@@ -9,7 +9,7 @@ import math
 import pytest
 
 import flash_attn_interop as fai
-from _support import fp8_kernels
+from _support import fp8_kernels, launched_kernels, sm90_dropout_kernels
 from flash_attn_interop import _library
 
 pytestmark = pytest.mark.gpu
@@ -1470,20 +1470,20 @@ def torch_flash_dropout(q, k, v, p, causal):
     return r[0].transpose(1, 2), ~torch.signbit(r[-1][:, :, :sq, :sk].float())
 
 
-def reference_dropout(q, k, v, keep, p, causal, window=(-1, -1), softcap=0.0):
+def reference_dropout(q, k, v, keep, p, causal, window=(-1, -1), softcap=0.0, slopes=None):
     """float64 attention with the keep mask [B, H, Sq, Sk] applied to P (kept / (1 - p)), flash-attn's bottom-right
-    causal, window and softcap, [B, S, H, D] (v's head dim may differ, as reference's)."""
+    causal, window, softcap and ALiBi slopes, [B, S, H, D] (v's head dim may differ, as reference's)."""
     qd, kd, vd = q.double(), k.double(), v.double()
-    s, vr = masked_scores(qd, kd, vd, causal, window, softcap, None, False)
+    s, vr = masked_scores(qd, kd, vd, causal, window, softcap, None, False, slopes)
     pr = torch.softmax(s, dim=-1).nan_to_num(0.0) * keep.double() / (1 - p)
     return torch.einsum("bhqk,bkhd->bqhd", pr, vr)
 
 
-def reference_dropout_rounded(q, k, v, keep, p, causal, window=(-1, -1), softcap=0.0):
+def reference_dropout_rounded(q, k, v, keep, p, causal, window=(-1, -1), softcap=0.0, slopes=None):
     """reference_dropout with the kernels' roundings: scores, softmax and products in float32, P rounded to q's dtype
     before the mask (FlashAttention-2 drops the rounded P), the output rounded to q's dtype. Its error against the
     float64 reference is the yardstick of a call PyTorch's flash kernels cannot make (window, softcap, GQA)."""
-    s, vr = masked_scores(q.float(), k.float(), v.float(), causal, window, softcap, None, False)
+    s, vr = masked_scores(q.float(), k.float(), v.float(), causal, window, softcap, None, False, slopes)
     pr = torch.softmax(s, dim=-1).nan_to_num(0.0).to(q.dtype).float() * keep.float() / (1 - p)
     return torch.einsum("bhqk,bkhd->bqhd", pr, vr).to(q.dtype)
 
@@ -1562,21 +1562,76 @@ def test_dropout_varlen_gqa_and_reproducibility():
         assert max_err(ours, r) < 2e-2 * max(1.0, r.abs().max().item()), name
 
 
+def expect_dropout_kernels(names, entry, pass_):
+    """The kernel `entry` launched (names: launched_kernels' list) is a dropout kernel of the path FA_PATH_AUTO takes:
+    sm90 on compute capability 9.0 in a build that lists sm90 dropout kernels of that pass, else sm80."""
+    ran = [n for e, n in names if e == entry]
+    hopper = torch.cuda.get_device_capability() == (9, 0)
+    path = "sm90" if hopper and sm90_dropout_kernels(_library.load_library(), pass_) else "sm80"
+    assert ran and ran[0].startswith(f"{path}_{pass_}_") and "_dropout_" in ran[0], (entry, ran, path)
+
+
 @pytest.mark.parametrize("d", [64, 96, 128, 192, 200, 256])
-@pytest.mark.parametrize("mask", ["full", "causal", "window-softcap-gqa"])
+@pytest.mark.parametrize("mask", ["full", "causal", "window-softcap-gqa", "varlen-alibi-det"])
 def test_dropout_every_head_dim_class(d, mask):
     """Dropout at every head-dim class and two head dims between them, over several key blocks of every kernel's tile
     (333 query rows and keys; 300 rows with the window): on Hopper, in a build with the sm90 dropout kernels
     (FA_SM90_FWD_DROPOUT, FA_SM90_BWD_DROPOUT, which FA_PATH_AUTO then runs), this checks each of them, the forward's
-    D 256 80-key blocks starting halfway into a 32-key Philox block on odd blocks. The output against the float64
-    reference under the keep mask the call returns: full and causal within twice PyTorch flash's own error on the
-    same mask (as test_dropout_draws_pytorch_flash_mask_and_matches_its_error; also their gradients, 3x), a window
-    with softcap and GQA (which PyTorch's flash kernels lack) within twice the error of the same math with the
-    kernels' roundings (reference_dropout_rounded), its gradients within 3x those of the call without dropout (over
-    1 - p). The lse is that of the call without dropout."""
+    D 256 80-key blocks starting halfway into a 32-key Philox block on odd blocks; the kernels the library reports
+    launching must be the dropout kernels of the path AUTO takes. The output against the float64 reference under the
+    keep mask the call returns: full and causal within twice PyTorch flash's own error on the same mask (as
+    test_dropout_draws_pytorch_flash_mask_and_matches_its_error; also their gradients, 3x); a window with softcap and
+    GQA, and a causal varlen GQA batch with an empty sequence, ALiBi and the deterministic backward (which PyTorch's
+    flash kernels lack) within twice the error of the same math with the kernels' roundings
+    (reference_dropout_rounded), their gradients within 3x those of the call without dropout (over 1 - p; the
+    deterministic ones also bitwise the same on a second run). The lse is that of the call without dropout."""
+    lib = _library.load_library()
     p, b, sk = 0.17, 2, 333
-    sq = 300 if mask == "window-softcap-gqa" else sk  # (PyTorch's causal mask for Sq != Sk is not flash-attn's)
     dtype = torch.bfloat16 if d % 128 else torch.float16
+    if mask == "varlen-alibi-det":
+        h, hkv = 4, 2
+        lens_q, lens_k = [130, 0, 97], [150, 40, 97]
+        cu_q = torch.tensor([0] + list(itertools.accumulate(lens_q)), dtype=torch.int32, device=DEV)
+        cu_k = torch.tensor([0] + list(itertools.accumulate(lens_k)), dtype=torch.int32, device=DEV)
+        torch.manual_seed(43 + d)
+        q = rand(sum(lens_q), h, d, dtype=dtype, grad=True)
+        k, v = rand(sum(lens_k), hkv, d, dtype=dtype, grad=True), rand(sum(lens_k), hkv, d, dtype=dtype, grad=True)
+        slopes = torch.rand(h, device=DEV, dtype=torch.float32) * 0.3 + 0.05
+
+        def call(dropout_p):
+            return fai.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), dropout_p=dropout_p,
+                                              causal=True, alibi_slopes=slopes, deterministic=True,
+                                              return_attn_probs=True)
+
+        torch.manual_seed(99)
+        (out, lse, s_dmask), launched = launched_kernels(lib, lambda: call(p))
+        expect_dropout_kernels(launched, "fa_forward", "fwd")
+        plain, plain_lse, _ = call(0.0)
+        assert max_err(lse, plain_lse) <= 1e-4 * max(1.0, plain_lse.abs().max().item()), "dropout leaves the lse as it is"
+        g = torch.randn_like(out)
+        grads, launched = launched_kernels(lib, lambda: torch.autograd.grad(out, (q, k, v), g, retain_graph=True))
+        expect_dropout_kernels(launched, "fa_backward", "bwd")
+        assert all(torch.equal(a, b2) for a, b2 in zip(grads, torch.autograd.grad(out, (q, k, v), g))), \
+            "the deterministic backward gives the same bits again"
+        ref_out = torch.zeros_like(out, dtype=torch.float64)
+        rounded = torch.zeros_like(out)
+        plain_ref = torch.zeros_like(out, dtype=torch.float64)
+        for i, (lq, lk) in enumerate(zip(lens_q, lens_k)):
+            a, e, ka, ke = cu_q[i].item(), cu_q[i + 1].item(), cu_k[i].item(), cu_k[i + 1].item()
+            if e == a:
+                continue
+            keep = s_dmask[i:i + 1, :, :lq, :lk] >= 0
+            args = (q[a:e][None], k[ka:ke][None], v[ka:ke][None])
+            ref_out[a:e] = reference_dropout(*args, keep, p, True, slopes=slopes)[0]
+            rounded[a:e] = reference_dropout_rounded(*args, keep, p, True, slopes=slopes)[0]
+            plain_ref[a:e] = reference_dropout(*args, torch.ones_like(keep), 0.0, True, slopes=slopes)[0]
+        assert max_err(out, ref_out) <= 2 * max_err(rounded, ref_out) + 1e-5
+        pairs = zip(grads, torch.autograd.grad(ref_out, (q, k, v), g.double()),
+                    torch.autograd.grad(plain, (q, k, v), g), torch.autograd.grad(plain_ref, (q, k, v), g.double()))
+        for name, (ours, r, pg, pr) in zip("qkv", pairs):
+            assert max_err(ours, r) <= 3 * max_err(pg, pr) / (1 - p) + 1e-5, name
+        return
+    sq = 300 if mask == "window-softcap-gqa" else sk  # (PyTorch's causal mask for Sq != Sk is not flash-attn's)
     h, hkv = (4, 2) if mask == "window-softcap-gqa" else (4, 4)
     causal = mask == "causal"
     window, softcap = ((40, 24), 20.0) if mask == "window-softcap-gqa" else ((-1, -1), 0.0)
@@ -1584,8 +1639,9 @@ def test_dropout_every_head_dim_class(d, mask):
     q = rand(b, sq, h, d, dtype=dtype, grad=True)
     k, v = rand(b, sk, hkv, d, dtype=dtype, grad=True), rand(b, sk, hkv, d, dtype=dtype, grad=True)
     torch.manual_seed(99)
-    out, lse, s_dmask = fai.flash_attn_func(q, k, v, dropout_p=p, causal=causal, window_size=window, softcap=softcap,
-                                            return_attn_probs=True)
+    (out, lse, s_dmask), launched = launched_kernels(lib, lambda: fai.flash_attn_func(
+        q, k, v, dropout_p=p, causal=causal, window_size=window, softcap=softcap, return_attn_probs=True))
+    expect_dropout_kernels(launched, "fa_forward", "fwd")
     keep = s_dmask[:, :, :sq, :sk] >= 0
     ref = reference_dropout(q, k, v, keep, p, causal, window, softcap)
     plain_lse = fai.flash_attn_func(q, k, v, causal=causal, window_size=window, softcap=softcap,
@@ -1596,9 +1652,11 @@ def test_dropout_every_head_dim_class(d, mask):
         assert max_err(out, ref) <= 2 * max_err(rounded, ref) + 1e-5
         # Gradients: within 3x the error of the same call's gradients without dropout, over 1 - p (the kept dP's scale).
         g = torch.randn_like(out)
+        grads, launched = launched_kernels(lib, lambda: torch.autograd.grad(out, (q, k, v), g))
+        expect_dropout_kernels(launched, "fa_backward", "bwd")
         plain = fai.flash_attn_func(q, k, v, window_size=window, softcap=softcap)
         plain_ref = reference(q, k, v, window=window, softcap=softcap)
-        pairs = zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g.double()),
+        pairs = zip(grads, torch.autograd.grad(ref, (q, k, v), g.double()),
                     torch.autograd.grad(plain, (q, k, v), g), torch.autograd.grad(plain_ref, (q, k, v), g.double()))
         for name, (ours, r, pg, pr) in zip("qkv", pairs):
             assert max_err(ours, r) <= 3 * max_err(pg, pr) / (1 - p) + 1e-5, name
@@ -1611,7 +1669,8 @@ def test_dropout_every_head_dim_class(d, mask):
     assert int(((keep != pt_keep) & visible).sum()) == 0, "the mask PyTorch flash draws after the same seed"
     assert max_err(out, ref) <= 2 * max_err(pt_out, ref) + 1e-5
     g = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), g)
+    grads, launched = launched_kernels(lib, lambda: torch.autograd.grad(out, (q, k, v), g))
+    expect_dropout_kernels(launched, "fa_backward", "bwd")
     pt_grads = torch.autograd.grad(pt_out, (q, k, v), g)
     ref_grads = torch.autograd.grad(ref, (q, k, v), g.double())
     for name, ours, theirs, r in zip("qkv", grads, pt_grads, ref_grads):

@@ -24,6 +24,8 @@ int run_fwd_variant(const FwdParams& p, uint32_t* features, Launch&& launch) {
     const bool paged = p.block_table != nullptr;
     const bool local = is_local(p) || paged;
     const bool softcap = p.softcap > 0.f;
+    // A dropout call this family has no kernel for (the host sends those elsewhere) fails rather than run without it.
+    if (p.dropout != 0 && (!kHasDropout || paged)) return static_cast<int>(cudaErrorNotSupported);
     const bool dropout = kHasDropout && p.dropout != 0 && !paged;  // is_local(p) is true then
     *features = (local ? feature::kLocal : 0u) | (softcap ? feature::kSoftcap : 0u) | (dropout ? feature::kDropout : 0u) |
                 (paged ? feature::kPaged : 0u);
