@@ -270,6 +270,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     // The ALiBi variant's K' panel (sm90/alibi_gemm.cuh), constant, before any consumer's first Q K^T.
     if constexpr (kAlibiGemm) write_alibi_kp<T, BN>(smem + Tr::kOffKp, tid, Tr::kThreads);
     if constexpr (kCluster > 1) {
+        __syncwarp();    // (converged after thread 0's initialisation, before the .aligned cluster barrier)
         cluster_sync();  // both CTAs' barriers initialised before either's multicast or arrivals reach them
     } else {
         __syncthreads();
