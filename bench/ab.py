@@ -14,7 +14,10 @@ anchor, outputs within common.MAX_FP8_REL_ERR of it. --alibi on (forward, 16-bit
 standard slopes (fwd.alibi_slopes, [H]), outputs checked against fwd.alibi_reference (float32 SDPA with the bias, one
 head at a time) instead of cuDNN's, which stays the timing anchor (without a bias); --alibi both: each build twice,
 NAME without slopes and NAME+alibi with them, so that one run gives every build's ALiBi cost (NAME+alibi over NAME) and
-the builds' plain rows side by side. Needs torch and a GPU."""
+the builds' plain rows side by side. --dropout P (16-bit): every build's call (forward, or backward from the first
+build's forward) with dropout p = P under one seed and offset, so that all draw the same mask: each build's outputs
+are checked against the first build's (cuDNN's own dropout draws another mask), and cuDNN's SDPA with the same
+dropout_p is the timing anchor. Needs torch and a GPU."""
 import argparse
 import math
 import os
@@ -51,6 +54,8 @@ def parse_args(argv=None):
     ap.add_argument("--rep", type=int, default=30)
     ap.add_argument("--path", default="auto", choices=("auto", "sm80", "sm90"),
                     help="the kernel path every build is forced to (default: each build's own choice)")
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="16-bit: dropout p in (0, 1) on every call (one seed and offset: the same mask in every build)")
     ap.add_argument("--alibi", default="off", choices=("off", "on", "both"),
                     help="forward: ALiBi's standard slopes on every build's call (on), or each build with and without "
                          "them (both: NAME and NAME+alibi)")
@@ -60,6 +65,10 @@ def parse_args(argv=None):
         ap.error("--dtype e4m3 times the forward only (the library has no fp8 backward)")
     if args.alibi != "off" and (args.pass_ != "fwd" or args.dtype == "e4m3"):
         ap.error("--alibi times the 16-bit forward only")
+    if not 0.0 <= args.dropout < 1.0 or (args.dropout > 0 and args.dtype == "e4m3"):
+        ap.error("--dropout takes p in [0, 1), 16-bit only (the fp8 forward has no dropout)")
+    # (p, seed, offset) of every call: FaLib.forward_params' and backward_params' dropout.
+    args.drop = (args.dropout, 0x5EED, 4096) if args.dropout > 0 else None
     args.libs = []
     for spec in args.lib:
         name, _, path = spec.partition("=")
@@ -81,7 +90,7 @@ def fwd_setup(args, libs, q, k, v, h, hkv, causal, code):
 
     def anchor():
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            return F.scaled_dot_product_attention(q, ke, ve, is_causal=causal)
+            return F.scaled_dot_product_attention(q, ke, ve, is_causal=causal, dropout_p=args.dropout)
     ref = anchor().transpose(1, 2)
     q2, k2, v2 = (t.transpose(1, 2).contiguous() for t in ((q8, k8, v8) if fp8 else (q, k, v)))
     cap = MAX_FP8_REL_ERR if fp8 else MAX_REL_ERR
@@ -94,13 +103,26 @@ def fwd_setup(args, libs, q, k, v, h, hkv, causal, code):
     def make_call(lib, alibi=False):
         o = torch.full(q2.shape, float("nan"), device=q2.device, dtype=torch.bfloat16 if fp8 else q2.dtype)
         params = lib.forward_params(code, q2, k2, v2, o, causal, out_code=dtype_code("bf16") if fp8 else None,
-                                    path=args.kernel_path, alibi_slopes=slopes if alibi else None)
+                                    path=args.kernel_path, alibi_slopes=slopes if alibi else None, dropout=args.drop)
         return lib.forward_call(params), (params, o), (o,)
 
+    return anchor, make_call, checker(args, lambda alibi: (ref_alibi if alibi else ref,), cap)
+
+
+def checker(args, reference, cap):
+    """check(outs, alibi): None or a note. Against reference(alibi) (cuDNN's, or the ALiBi reference), relative
+    error up to cap; with --dropout against the first build's outputs (kept at its first check), whose mask every
+    build draws."""
+    first = {}
+
     def check(outs, alibi=False):
-        err = rel_err(outs[0], ref_alibi if alibi else ref)
+        if args.drop is not None and alibi not in first:
+            first[alibi] = tuple(t.clone() for t in outs)
+            return None
+        refs = first[alibi] if args.drop is not None else reference(alibi)
+        err = max(rel_err(a, r) for a, r in zip(outs, refs))
         return f"rel.err {err:.2e}" if math.isnan(err) or err > cap else None
-    return anchor, make_call, check
+    return check
 
 
 def bwd_setup(args, libs, q, k, v, h, hkv, causal, code):
@@ -110,7 +132,8 @@ def bwd_setup(args, libs, q, k, v, h, hkv, causal, code):
     from bwd import our_forward_for_bwd, torch_bwd_call
     do = torch.randn_like(q)
     notes = []
-    anchor, gradients = torch_bwd_call("cudnn", SDPBackend.CUDNN_ATTENTION, q, k, v, do, h, hkv, causal, notes)
+    anchor, gradients = torch_bwd_call("cudnn", SDPBackend.CUDNN_ATTENTION, q, k, v, do, h, hkv, causal, notes,
+                                       args.dropout)
     for note in notes:
         print("#", note, flush=True)
     ref = tuple(t.transpose(1, 2) for t in gradients(anchor()))
@@ -121,7 +144,7 @@ def bwd_setup(args, libs, q, k, v, h, hkv, causal, code):
     o2, failures = None, []
     for name, lib in libs:
         try:
-            o2 = our_forward_for_bwd(lib, code, q2, k2, v2, causal, lse)
+            o2 = our_forward_for_bwd(lib, code, q2, k2, v2, causal, lse, dropout=args.drop)
             break
         except RuntimeError as e:
             failures.append(f"{name}: {first_line(e, 120)}")
@@ -131,14 +154,11 @@ def bwd_setup(args, libs, q, k, v, h, hkv, causal, code):
     def make_call(lib, alibi=False):
         grads = tuple(torch.full_like(t, float("nan")) for t in (q2, k2, v2))
         params = lib.backward_params(code, (q2, k2, v2, o2, do2) + grads, lse, causal, args.det,
-                                     path=args.kernel_path)
+                                     path=args.kernel_path, dropout=args.drop)
         return lib.backward_call(params), (params, grads), grads
 
-    def check(outs, alibi=False):
-        errs = [rel_err(a, r) for a, r in zip(outs, ref)]
-        worst = max(errs)
-        return f"grad rel.err {worst:.2e}" if math.isnan(worst) or worst > MAX_BWD_REL_ERR else None
-    return anchor, make_call, check
+    check = checker(args, lambda alibi: ref, MAX_BWD_REL_ERR)
+    return anchor, make_call, lambda outs, alibi=False: (lambda e: e and "grad " + e)(check(outs, alibi))
 
 
 def main(argv=None):

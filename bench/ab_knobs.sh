@@ -13,7 +13,7 @@
 # the rows is at least R, so that a refuted variant spends no device time on tests).
 #
 # Options: --dims "128;256" (FA_HEAD_DIMS), --rows BxHxSxD[c],... or --d/--quick (ab.py's rows), --dtype bf16|fp16|e4m3,
-# --pass fwd|bwd, --det, --rounds N (3), --kernels REGEX ('fwd_kernel_sm90'), --tests NAME, --tests-if R,
+# --pass fwd|bwd, --det, --dropout P (ab.py's), --rounds N (3), --kernels REGEX ('fwd_kernel_sm90'), --tests NAME, --tests-if R,
 # --san-filter TEXT ('fwd sm90'), --test-timeout S (230).
 #
 # Logs go to build/ab-knobs/; with $OUT set (the device tool's folder, which returns at most 8 files) they come back
@@ -26,7 +26,7 @@ ab_args=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --dims) dims="$2"; shift 2 ;;
-        --rows|--d|--dtype|--pass) ab_args+=("$1" "$2"); shift 2 ;;
+        --rows|--d|--dtype|--pass|--dropout) ab_args+=("$1" "$2"); shift 2 ;;
         --quick|--det) ab_args+=("$1"); shift ;;
         --rounds) rounds="$2"; shift 2 ;;
         --kernels) kernels="$2"; shift 2 ;;

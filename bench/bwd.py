@@ -42,10 +42,11 @@ def grad_errors(grads, ref):
     return errs
 
 
-def our_forward_for_bwd(fa, code, q2, k2, v2, causal, lse, varlen=None):
-    """Our forward, for the O and log-sum-exp the backward reads; varlen = (cu, cu_host, max_len)."""
+def our_forward_for_bwd(fa, code, q2, k2, v2, causal, lse, varlen=None, dropout=None):
+    """Our forward, for the O and log-sum-exp the backward reads; varlen = (cu, cu_host, max_len); dropout as
+    FaLib.forward_params'."""
     o2 = torch.full_like(q2, float("nan"))
-    p = fa.forward_params(code, q2, k2, v2, o2, causal, lse=lse, varlen=varlen)
+    p = fa.forward_params(code, q2, k2, v2, o2, causal, lse=lse, varlen=varlen, dropout=dropout)
     fa.check(fa.lib.fa_forward(fa.ctx, ctypes.byref(p), current_stream()), "fa_forward (for the backward)")
     return o2
 
@@ -167,21 +168,22 @@ def ours_and_base(row, flops, fa, base, bench, code, q, k, v, do, lse_shape, cau
                           bench)
 
 
-def torch_bwd_call(name, be, q, k, v, do, h, hkv, causal, notes):
+def torch_bwd_call(name, be, q, k, v, do, h, hkv, causal, notes, dropout_p=0.0):
     """PyTorch's SDPA backward for one backend ([B, H, S, D] tensors): one forward with requires_grad under the
-    backend, then (f, gradients) where f() runs torch.autograd.grad(out, (q, k, v), dO, retain_graph=True) and
-    gradients(f()) gives (dq, dk, dv) with dk and dv at hkv heads."""
+    backend (with dropout_p), then (f, gradients) where f() runs torch.autograd.grad(out, (q, k, v), dO,
+    retain_graph=True) and gradients(f()) gives (dq, dk, dv) with dk and dv at hkv heads."""
     ql, kl, vl = (t.detach().requires_grad_() for t in (q, k, v))
     expanded = False
     with sdpa_kernel([be]):
         try:
-            o = F.scaled_dot_product_attention(ql, kl, vl, is_causal=causal, enable_gqa=(h != hkv))
+            o = F.scaled_dot_product_attention(ql, kl, vl, is_causal=causal, enable_gqa=(h != hkv),
+                                               dropout_p=dropout_p)
         except RuntimeError:
             if h == hkv:
                 raise
             # This backend refuses enable_gqa: expanded k/v as leaves, so only the attention backward is timed.
             kl, vl = (t.detach().repeat_interleave(h // hkv, dim=1).requires_grad_() for t in (k, v))
-            o = F.scaled_dot_product_attention(ql, kl, vl, is_causal=causal)
+            o = F.scaled_dot_product_attention(ql, kl, vl, is_causal=causal, dropout_p=dropout_p)
             expanded = True
             notes.append(f"{name}: enable_gqa refused, k/v expanded to {h} heads")
     inputs = (ql, kl, vl)

@@ -724,6 +724,34 @@ ptxas info    : Used 168 registers
                                  capture_output=True, text=True)
             self.assertEqual((out.returncode, out.stdout), (1, ""))
 
+    def test_ab_dropout(self):
+        """ab.py --dropout: p in [0, 1), 16-bit only, one (p, seed, offset) for every build; its check compares each
+        build's outputs with the first build's (the same mask), not with the reference."""
+        with mock.patch.dict(sys.modules, fake_torch()):
+            sys.modules.pop("ab", None)
+            ab = importlib.import_module("ab")
+            self.assertIsNone(ab.parse_args(["--lib", "A=x"]).drop)
+            self.assertEqual(ab.parse_args(["--lib", "A=x", "--dropout", "0.2"]).drop, (0.2, 0x5EED, 4096))
+            for bad in (["--dropout", "1"], ["--dropout", "-0.1"], ["--dropout", "0.1", "--dtype", "e4m3"]):
+                with self.assertRaises(SystemExit), mock.patch("sys.stderr"):
+                    ab.parse_args(["--lib", "A=x"] + bad)
+
+            class Out(float):
+                def clone(self):
+                    return Out(self)
+
+            with mock.patch.object(ab, "rel_err", lambda a, r: abs(a - r)):
+                plain = ab.parse_args(["--lib", "A=x"])
+                check = ab.checker(plain, lambda alibi: (Out(1.0),), 0.01)
+                self.assertIsNone(check((Out(1.005),)))
+                self.assertIn("rel.err", check((Out(2.0),)))
+                dropped = ab.parse_args(["--lib", "A=x", "--dropout", "0.1"])
+                check = ab.checker(dropped, lambda alibi: (Out(1.0),), 0.01)
+                self.assertIsNone(check((Out(5.0),)))           # the first build's outputs: kept
+                self.assertIsNone(check((Out(5.004),)))         # the next build's, against them
+                self.assertIn("rel.err", check((Out(1.0),)))    # (not against the reference)
+            sys.modules.pop("ab", None)
+
     def test_ab_knobs_arguments(self):
         script = os.path.join(HERE, "ab_knobs.sh")
         for args, message in ((["--bogus"], "unknown option --bogus"), (["--", "bad name=x"], "is not NAME=FLAGS"),
