@@ -218,6 +218,10 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     constexpr int VC = Tr::kVCols, VCH = Tr::kVChunks;
     constexpr int PC = Tr::kPanelCols, KS = Tr::kKStep;
     constexpr bool kAlibiEarly = FA_SM90_FWD_ALIBI_GEMM_EARLY != 0;  // when the ALiBi step is issued (fwd_traits.h)
+    // Dropout: a block's Philox words drawn while the consumer waits for its S (FA_SM90_FWD_DROPOUT_EARLY): kDropCalls
+    // calls of 32 keys cover its BN keys from any start (BN % 32 == 16: blocks start mid-call on odd n).
+    constexpr bool kDropEarly = kDropout && FA_SM90_FWD_DROPOUT_EARLY != 0;
+    constexpr int kDropCalls = kDropEarly ? (BN + (BN % 32 ? 16 : 0) + 31) / 32 : 1;
     // fp8: P = exp2(x - max + 8) lies in [0, 256], the upper range of e4m3 (FlashAttention-3's offset); the
     // row sum carries the same 2^8, which O's normalisation cancels and the LSE takes back out.
     constexpr float kPOffset = kFp8 ? 8.f : 0.f;
@@ -711,6 +715,22 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     row_sum[r] = row_sum[r] * alpha[r] + sum;
                 }
             };
+            // kDropEarly: the words of the block's calls, drawn by draw_words(n) before its softmax (call c of the
+            // block: keys [32 (n BN / 32 + c), +32) of this warp's 16 rows, lane l's call).
+            uint32_t dw[kDropCalls][4];
+            const auto draw_words = [&](int n) {
+                if constexpr (kDropEarly) {
+                    const DropoutLane drop = dropout_lane_state(p, t.b, t.h, lane);
+#pragma unroll
+                    for (int c = 0; c < kDropCalls; ++c) {
+                        const Philox4x32Out r = dropout_philox(drop.seed, drop.offset,
+                                                               static_cast<uint32_t>((t.row0 + cw * 64 + wl * 16) / 16),
+                                                               static_cast<uint32_t>(n * BN / 32 + c));
+#pragma unroll
+                        for (int w = 0; w < 4; ++w) dw[c][w] = r.w[w];
+                    }
+                }
+            };
             // kDropout: the keys of P(n) a 32-key Philox block (lane l's call of this warp's 16 rows) keeps.
             const auto pack_p = [&](int n) {
                 if constexpr (kFp8) {  // the permuted key order of the V^T stage (transpose_v_fp8)
@@ -747,7 +767,9 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     // Dropout: the lane's state formed here, per block, so nothing of it stays live through the loop.
                     DropoutLane drop{};
                     uint32_t thr2 = 0;
-                    if constexpr (kDropout) {
+                    if constexpr (kDropEarly) {
+                        thr2 = p.dropout_threshold | (p.dropout_threshold << 16);
+                    } else if constexpr (kDropout) {
                         drop = dropout_lane_state(p, t.b, t.h, lane);
                         thr2 = drop.threshold | (drop.threshold << 16);
                     }
@@ -762,15 +784,29 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                             // The k-step's 16 keys are words 2 h and 2 h + 1 of the call of their 32-key block (h: which
                             // half); a new call at each block's first k-step in P(n) (BN % 32 == 16, D 256's 80 keys:
                             // blocks start mid-call on odd n, so the first k-step may be a second half).
-                            const int key = n * BN + 16 * kk;
-                            const bool fresh = BN % 32 == 0 ? kk % 2 == 0 : (kk == 0 || key % 32 == 0);
-                            const int h = BN % 32 == 0 ? kk % 2 : (key % 32) / 16;
-                            if (fresh) {
-                                rnd = dropout_philox(drop.seed, drop.offset,
-                                                     static_cast<uint32_t>((t.row0 + cw * 64 + wl * 16) / 16),
-                                                     static_cast<uint32_t>(key / 32));
+                            uint32_t w0, w1;
+                            if constexpr (kDropEarly) {
+                                // The k-step's call and half: (16 kk) / 32 and kk % 2 from a block start at a call's
+                                // start; (16 kk + 16) / 32 and (kk + 1) % 2 from its middle (BN % 32 == 16, odd n).
+                                // Two constant-indexed candidates and a select: no local memory.
+                                const int c_a = (16 * kk) / 32, h_a = kk % 2;
+                                const int c_b = (16 * kk + 16) / 32 < kDropCalls ? (16 * kk + 16) / 32 : 0;
+                                const int h_b = (kk + 1) % 2;
+                                const bool mid = BN % 32 != 0 && (n * BN) % 32 != 0;
+                                w0 = mid ? dw[c_b][2 * h_b] : dw[c_a][2 * h_a];
+                                w1 = mid ? dw[c_b][2 * h_b + 1] : dw[c_a][2 * h_a + 1];
+                            } else {
+                                const int key = n * BN + 16 * kk;
+                                const bool fresh = BN % 32 == 0 ? kk % 2 == 0 : (kk == 0 || key % 32 == 0);
+                                const int h = BN % 32 == 0 ? kk % 2 : (key % 32) / 16;
+                                if (fresh) {
+                                    rnd = dropout_philox(drop.seed, drop.offset,
+                                                         static_cast<uint32_t>((t.row0 + cw * 64 + wl * 16) / 16),
+                                                         static_cast<uint32_t>(key / 32));
+                                }
+                                w0 = philox_word(rnd, 2 * h);
+                                w1 = philox_word(rnd, 2 * h + 1);
                             }
-                            const uint32_t w0 = philox_word(rnd, 2 * h), w1 = philox_word(rnd, 2 * h + 1);
                             pa[kk][0] &= dropout_pair_mask(w0, 0, thr2);
                             pa[kk][1] &= dropout_pair_mask(w0, 1, thr2);
                             pa[kk][2] &= dropout_pair_mask(w1, 0, thr2);
@@ -804,6 +840,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             my_turn();
             issue_qk(st);
             pass_turn();
+            draw_words(n);  // (kDropEarly: while S runs)
             wgmma_wait<0>();
             fence_regs(s);
             release_kv(k_empty(st));
@@ -837,6 +874,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                 issue_qk(st);
                 issue_pv(v_st);
                 pass_turn();
+                draw_words(n);    // (kDropEarly: while S runs)
                 wgmma_wait<1>();  // S(n) is in; P(n+1) V(n+1) still runs
                 fence_regs(s);
                 release_kv(k_empty(st));

@@ -94,6 +94,12 @@
 #ifndef FA_SM90_FWD_DROPOUT
 #define FA_SM90_FWD_DROPOUT 0
 #endif
+// When the dropout kernels draw a key block's Philox words: 0 as its P is packed (after the softmax and the wait for
+// the previous P V, on the path to the next issue); 1 right after the block's Q K^T is issued, while the consumer
+// waits for S (the words, 4 per 32 keys, then held through the softmax: 16 registers at 128 keys). An experiment.
+#ifndef FA_SM90_FWD_DROPOUT_EARLY
+#define FA_SM90_FWD_DROPOUT_EARLY 0
+#endif
 // ALiBi through the Q K^T product (fwd_kernel.cuh, sm90/alibi_gemm.cuh; issue 14): 1 gives the 16-bit local kernels
 // without softcap (paged ones aside) a variant, launched for calls with ALiBi slopes, whose S starts with one more
 // k-step that adds +-slope/u * (key - key0 - BN/2) and whose softmax adds the rest of the bias per row and key block;
