@@ -902,6 +902,11 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             if (tracer) FA_TRACE(1 + cw, slot, 4);
             mbar_wait(pv_full(v_st), v_ph);
             wait_tail();
+            // O stored from registers (16-bit, FA_SM90_FWD_DIRECT_O_MIN_D): the Q tile frees here, every Q K^T of the
+            // tile having retired, so the next tile's Q loads under the last P V and the epilogue. (Not before
+            // wait_tail: the paged tail's v_tail must not run a phase ahead of the consumers' waits.)
+            constexpr bool kEarlyQRelease = !Tr::kStageO && !kFp8;
+            if constexpr (kEarlyQRelease) release(q_empty);
             my_turn();
             issue_pv(v_st);
             pass_turn();
@@ -909,7 +914,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             fence_regs(acc);
             if (tracer) FA_TRACE(1 + cw, slot, 5);
             release_kv(pv_empty(v_st));
-            if (Tr::kSeparateO || !Tr::kStageO) release(q_empty);  // every Q K^T of the tile has retired
+            if ((Tr::kSeparateO || !Tr::kStageO) && !kEarlyQRelease) release(q_empty);  // every Q K^T has retired
 
             // Epilogue: row sums across the quad, LSE, O normalised and staged in this warpgroup's rows of
             // the O tile (or of the Q tile), panel layout, then 16-byte stores of the rows and columns the call
@@ -948,7 +953,10 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     }
                 }
             }
-            if constexpr (!Tr::kStageO) continue;
+            if constexpr (!Tr::kStageO) {
+                if (tracer) FA_TRACE(1 + cw, slot, 6);  // (the epilogue's end, as below)
+                continue;
+            }
             bar_sync(1 + cw, 128);  // this warpgroup's O rows staged
             for (int c = tid % 128; c < 64 * CPR; c += 128) {
                 const int r = c / CPR, ch = c % CPR;

@@ -32,10 +32,12 @@
 #define FA_SM90_FWD_BN256 80
 #endif
 // The 16-bit kernels whose q head dim is at least this store O from registers to global memory in the epilogue, as the
-// fp8 ones do, instead of staging it in shared memory (0: every 16-bit kernel stages it): the Q tile is then released as
-// soon as the tile's last Q K^T retires, so the next tile's Q loads during the last P V and the epilogue, where D 192
-// and 256, whose O is staged in the Q tile, wait for it after the epilogue today; and D 128's separate O tile (32 KB)
-// is free for a third K/V stage (FA_SM90_FWD_D128_STAGES). An experiment (eighteenth session: prepared, not measured).
+// fp8 ones do, instead of staging it in shared memory (0: every 16-bit kernel stages it): the Q tile is then released
+// before the tile's last P V is issued (every Q K^T has retired), so the next tile's Q loads during the last P V and
+// the epilogue, where D 192 and 256, whose O is staged in the Q tile, wait for it after the epilogue today; and D 128's
+// separate O tile (32 KB) is free for a third K/V stage (FA_SM90_FWD_D128_STAGES; its ALiBi variant's K' panel then no
+// longer fits: D 128 ALiBi calls take the per-element bias in that build). An experiment (eighteenth session:
+// prepared, not measured).
 #ifndef FA_SM90_FWD_DIRECT_O_MIN_D
 #define FA_SM90_FWD_DIRECT_O_MIN_D 0
 #endif
