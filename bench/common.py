@@ -78,7 +78,7 @@ def finish_row(row):
 
 # The DEBUG message fa_forward / fa_backward / fa_decode log after a launch: "fa_forward: <kernel name> for <shape>"
 # (native/src/api.cpp). A name has no spaces, so "nothing to launch for ..." and "(unnamed kernel)" do not match.
-KERNEL_LOG = re.compile(r"^(fa_forward|fa_backward|fa_decode): (\S+) for ")
+KERNEL_LOG = re.compile(r"^(fa_forward|fa_backward|fa_decode): (\S+)(?: \(deterministic\))? for ")
 
 
 def kernel_from_log(message):

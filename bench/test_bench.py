@@ -750,6 +750,8 @@ ptxas info    : Used 168 registers
                 self.assertIsNone(check((Out(5.0),)))           # the first build's outputs: kept
                 self.assertIsNone(check((Out(5.004),)))         # the next build's, against them
                 self.assertIn("rel.err", check((Out(1.0),)))    # (not against the reference)
+                check = ab.checker(dropped, lambda alibi: (Out(1.0),), 0.01)
+                self.assertIn("non-finite", check((Out(float("nan")),)))  # a first build's unwritten outputs
             sys.modules.pop("ab", None)
 
     def test_ab_knobs_arguments(self):

@@ -121,8 +121,8 @@ FwdParams validate_forward(const fa_forward_params_t* params, int32_t compute_ca
     const AttentionShape shape = check_attention(a);
     check_attention_served(a, shape, compute_capability);
     // FA_PATH_SM90 where it does not serve, fp8 anywhere but on the sm90 forward, and dropout anywhere but on the
-    // sm80 path (and the sm90 forward's dropout kernels, in a build with them): UNSUPPORTED, saying why (dispatch.cpp
-    // chooses the path).
+    // sm80 path (and the sm90 dropout kernels, in a build with them): UNSUPPORTED, saying why (dispatch.cpp chooses
+    // the path).
     (void)choose_path(Pass::Forward, a.kernel_path, static_cast<int32_t>(shape.d), kernel_dtype(a.q->dtype),
                       compute_capability, -1, "kernel_path", -1, shape.dropout, shape.dv);
     if (memory != nullptr) {

@@ -185,9 +185,9 @@ void check_support_query(const fa_support_query_t& query) {
     check_compute_capability_served(query.compute_capability, "query->compute_capability");
     // FA_PATH_SM90 where it does not serve, fp8 anywhere but on the sm90 forward: UNSUPPORTED, saying why
     // (dispatch.cpp chooses the path).
-    // Dropout: the sm80 forward and backward, and the sm90 forward in a build with its dropout kernels
-    // (FA_SM90_FWD_DROPOUT; FA_PATH_AUTO takes sm80 for it elsewhere; FA_PATH_SM90 there, fp8 and decode are
-    // UNSUPPORTED, saying why).
+    // Dropout: the sm80 forward and backward, and a pass of the sm90 path in a build with its dropout kernels
+    // (FA_SM90_FWD_DROPOUT, FA_SM90_BWD_DROPOUT; not the V head dim pairs); FA_PATH_AUTO takes sm80 for it elsewhere;
+    // FA_PATH_SM90 there, fp8 and decode are UNSUPPORTED, saying why.
     (void)choose_path(pass, query.kernel_path, query.head_dim, kernel_dtype(query.dtype), query.compute_capability, -1,
                       "query->kernel_path", -1, query_dropout(query) == 1, query_head_dim_v(query));
     if (query.pass != FA_PASS_FORWARD && query.compute_capability != 0) {

@@ -37,10 +37,13 @@ def pair_kernels(lib, path, pass_, d, dv):
     return any(x.startswith(f"{path}_{pass_}_") and tag in x for x in kernel_names(lib))
 
 
-def sm90_dropout_kernels(lib, pass_):
-    """Whether the library `lib` lists sm90 dropout kernels of `pass_` ("fwd" or "bwd"): a build with
-    FA_SM90_FWD_DROPOUT / FA_SM90_BWD_DROPOUT, whose FA_PATH_AUTO then runs them on compute capability 9.0."""
-    return any(x.startswith(f"sm90_{pass_}_") and "_dropout_" in x for x in kernel_names(lib))
+def sm90_dropout_kernels(lib, pass_, d):
+    """Whether the library `lib` lists an sm90 dropout kernel of `pass_` ("fwd" or "bwd") for the class serving head dim
+    d (the smallest of 64, 128, 192 and 256 at least d): a build with FA_SM90_FWD_DROPOUT / FA_SM90_BWD_DROPOUT (but
+    the forward's head-dim-64 class with FA_SM90_FWD_P_SMEM), whose FA_PATH_AUTO then runs it on compute capability
+    9.0."""
+    cls = next(c for c in (64, 128, 192, 256) if c >= d)
+    return any(x.startswith(f"sm90_{pass_}_") and f"_hdim{cls}_" in x and "_dropout_" in x for x in kernel_names(lib))
 
 
 _LAUNCH = re.compile(r"^(fa_forward|fa_backward|fa_decode): (\S+)")

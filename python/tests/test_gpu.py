@@ -1562,12 +1562,13 @@ def test_dropout_varlen_gqa_and_reproducibility():
         assert max_err(ours, r) < 2e-2 * max(1.0, r.abs().max().item()), name
 
 
-def expect_dropout_kernels(names, entry, pass_):
+def expect_dropout_kernels(names, entry, pass_, d):
     """The kernel `entry` launched (names: launched_kernels' list) is a dropout kernel of the path FA_PATH_AUTO takes:
-    sm90 on compute capability 9.0 in a build that lists sm90 dropout kernels of that pass, else sm80."""
+    sm90 on compute capability 9.0 in a build that lists an sm90 dropout kernel of that pass for head dim d's class,
+    else sm80."""
     ran = [n for e, n in names if e == entry]
     hopper = torch.cuda.get_device_capability() == (9, 0)
-    path = "sm90" if hopper and sm90_dropout_kernels(_library.load_library(), pass_) else "sm80"
+    path = "sm90" if hopper and sm90_dropout_kernels(_library.load_library(), pass_, d) else "sm80"
     assert ran and ran[0].startswith(f"{path}_{pass_}_") and "_dropout_" in ran[0], (entry, ran, path)
 
 
@@ -1605,12 +1606,12 @@ def test_dropout_every_head_dim_class(d, mask):
 
         torch.manual_seed(99)
         (out, lse, s_dmask), launched = launched_kernels(lib, lambda: call(p))
-        expect_dropout_kernels(launched, "fa_forward", "fwd")
+        expect_dropout_kernels(launched, "fa_forward", "fwd", d)
         plain, plain_lse, _ = call(0.0)
         assert max_err(lse, plain_lse) <= 1e-4 * max(1.0, plain_lse.abs().max().item()), "dropout leaves the lse as it is"
         g = torch.randn_like(out)
         grads, launched = launched_kernels(lib, lambda: torch.autograd.grad(out, (q, k, v), g, retain_graph=True))
-        expect_dropout_kernels(launched, "fa_backward", "bwd")
+        expect_dropout_kernels(launched, "fa_backward", "bwd", d)
         assert all(torch.equal(a, b2) for a, b2 in zip(grads, torch.autograd.grad(out, (q, k, v), g))), \
             "the deterministic backward gives the same bits again"
         ref_out = torch.zeros_like(out, dtype=torch.float64)
@@ -1641,7 +1642,7 @@ def test_dropout_every_head_dim_class(d, mask):
     torch.manual_seed(99)
     (out, lse, s_dmask), launched = launched_kernels(lib, lambda: fai.flash_attn_func(
         q, k, v, dropout_p=p, causal=causal, window_size=window, softcap=softcap, return_attn_probs=True))
-    expect_dropout_kernels(launched, "fa_forward", "fwd")
+    expect_dropout_kernels(launched, "fa_forward", "fwd", d)
     keep = s_dmask[:, :, :sq, :sk] >= 0
     ref = reference_dropout(q, k, v, keep, p, causal, window, softcap)
     plain_lse = fai.flash_attn_func(q, k, v, causal=causal, window_size=window, softcap=softcap,
@@ -1653,7 +1654,7 @@ def test_dropout_every_head_dim_class(d, mask):
         # Gradients: within 3x the error of the same call's gradients without dropout, over 1 - p (the kept dP's scale).
         g = torch.randn_like(out)
         grads, launched = launched_kernels(lib, lambda: torch.autograd.grad(out, (q, k, v), g))
-        expect_dropout_kernels(launched, "fa_backward", "bwd")
+        expect_dropout_kernels(launched, "fa_backward", "bwd", d)
         plain = fai.flash_attn_func(q, k, v, window_size=window, softcap=softcap)
         plain_ref = reference(q, k, v, window=window, softcap=softcap)
         pairs = zip(grads, torch.autograd.grad(ref, (q, k, v), g.double()),
@@ -1670,7 +1671,7 @@ def test_dropout_every_head_dim_class(d, mask):
     assert max_err(out, ref) <= 2 * max_err(pt_out, ref) + 1e-5
     g = torch.randn_like(out)
     grads, launched = launched_kernels(lib, lambda: torch.autograd.grad(out, (q, k, v), g))
-    expect_dropout_kernels(launched, "fa_backward", "bwd")
+    expect_dropout_kernels(launched, "fa_backward", "bwd", d)
     pt_grads = torch.autograd.grad(pt_out, (q, k, v), g)
     ref_grads = torch.autograd.grad(ref, (q, k, v), g.double())
     for name, ours, theirs, r in zip("qkv", grads, pt_grads, ref_grads):

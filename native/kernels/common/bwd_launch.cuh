@@ -56,11 +56,12 @@ template <class Family>
 int run_bwd_main(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
     const bool local = is_local(p.f);
     const bool softcap = p.f.softcap > 0.f;
-    // A dropout call this family has no kernel for (the host sends those elsewhere) fails rather than run without it.
-    if (p.f.dropout != 0 && !Family::kHasDropout) return static_cast<int>(cudaErrorNotSupported);
+    // A dropout call this family has no kernel for (the host sends those elsewhere) fails rather than run without it
+    // (its features name the variant asked for, which the registry does not list: "unknown_kernel" in the message).
     const bool dropout = Family::kHasDropout && p.f.dropout != 0;  // is_local is true then
     *features = (Family::local_variant(local) ? feature::kLocal : 0u) | (softcap ? feature::kSoftcap : 0u) |
-                (p.deterministic ? feature::kDeterministic : 0u) | (dropout ? feature::kDropout : 0u);
+                (p.deterministic ? feature::kDeterministic : 0u) | (p.f.dropout != 0 ? feature::kDropout : 0u);
+    if (p.f.dropout != 0 && !Family::kHasDropout) return static_cast<int>(cudaErrorNotSupported);
     cudaError_t err;
     if constexpr (Family::kHasDropout) {
         if (dropout) {

@@ -24,11 +24,13 @@ int run_fwd_variant(const FwdParams& p, uint32_t* features, Launch&& launch) {
     const bool paged = p.block_table != nullptr;
     const bool local = is_local(p) || paged;
     const bool softcap = p.softcap > 0.f;
-    // A dropout call this family has no kernel for (the host sends those elsewhere) fails rather than run without it.
-    if (p.dropout != 0 && (!kHasDropout || paged)) return static_cast<int>(cudaErrorNotSupported);
+    // A dropout call this family has no kernel for (the host sends those elsewhere) fails rather than run without it
+    // (its features name the variant asked for, which the registry does not list: "unknown_kernel" in the message).
+    const bool no_kernel = p.dropout != 0 && (!kHasDropout || paged);
     const bool dropout = kHasDropout && p.dropout != 0 && !paged;  // is_local(p) is true then
-    *features = (local ? feature::kLocal : 0u) | (softcap ? feature::kSoftcap : 0u) | (dropout ? feature::kDropout : 0u) |
-                (paged ? feature::kPaged : 0u);
+    *features = (local ? feature::kLocal : 0u) | (softcap ? feature::kSoftcap : 0u) |
+                (dropout || no_kernel ? feature::kDropout : 0u) | (paged ? feature::kPaged : 0u);
+    if (no_kernel) return static_cast<int>(cudaErrorNotSupported);
     using Yes = std::true_type;
     using No = std::false_type;
     cudaError_t err;
