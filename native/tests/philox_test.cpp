@@ -260,6 +260,45 @@ void test_fragment_shortcut() {
     check(n > 0 && bad == 0, "the kernels' per-lane word/byte shortcut matches the element mapping");
 }
 
+// The sm90 backward's transposed read (common/philox.cuh dropout_t_lane/word/shift): for every warp, lane and element
+// of a warpgroup's S^T accumulators (64 keys from key0, 64 queries from row0), the lane, word and bit the kernel reads
+// after its shuffles against the element mapping, and the byte itself against dropout_byte.
+void test_transposed_read() {
+    const uint64_t seed = 0xFEEDFACECAFEBEEFull, offset = 0xFFFFFFC0ull;
+    const int H = 3, b = 1, h = 2;
+    int bad = 0, n = 0;
+    for (uint32_t key0 = 0; key0 < 256; key0 += 64) {  // (key0 + key_base: a multiple of 64, hence of 32)
+        for (uint32_t row0 = 0; row0 < 192; row0 += 64) {
+            for (int wl = 0; wl < 4; ++wl) {
+                for (int lane = 0; lane < 32; ++lane) {
+                    for (int j = 0; j < 8; ++j) {
+                        for (int i = 0; i < 2; ++i) {
+                            for (int c = 0; c < 2; ++c) {
+                                const uint32_t key = key0 + static_cast<uint32_t>(16 * wl + lane / 4 + 8 * i);
+                                const uint32_t q = row0 + static_cast<uint32_t>(8 * j + 2 * (lane % 4) + c);
+                                const int src = fa::dropout_t_lane(lane, c), word = fa::dropout_t_word(wl, i);
+                                const int shift = fa::dropout_t_shift(lane, j);
+                                const int byte = fa::dropout_byte_index(q, key);
+                                const bool mapped = fa::dropout_lane(q, key) == src && byte / 4 == word &&
+                                                    8 * (byte % 4) == shift && q / 16 == row0 / 16 + j / 2 &&
+                                                    key / 32 == key0 / 32 + wl / 2;
+                                const fa::Philox4x32Out r =
+                                    fa::dropout_philox(seed, fa::dropout_lane_offset(offset, b, h, H, src),
+                                                       row0 / 16 + j / 2, key0 / 32 + wl / 2);
+                                const uint32_t got = (r.w[word] >> shift) & 0xFFu;
+                                ++n;
+                                if (!mapped || got != fa::dropout_byte(seed, offset, b, h, H, q, key)) ++bad;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    std::printf("  transposed read: %d elements, %d differ\n", n, bad);
+    check(n > 0 && bad == 0, "the sm90 backward's transposed lane/word/bit reads the element mapping's byte");
+}
+
 int main(int argc, char** argv) {
     if (argc > 1 && std::strcmp(argv[1], "--print-digest") == 0) {
         std::printf("0x%016llxull\n", static_cast<unsigned long long>(sweep_digest()));
@@ -270,6 +309,7 @@ int main(int argc, char** argv) {
     test_end_to_end();
     test_thresholds();
     test_fragment_shortcut();
+    test_transposed_read();
     const uint64_t d = sweep_digest();
     if (d != kSweepDigest) std::printf("  sweep digest 0x%016llx\n", static_cast<unsigned long long>(d));
     check(d == kSweepDigest, "digest of the fixed sweep (shared with the managed twin)");

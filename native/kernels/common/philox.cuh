@@ -90,6 +90,15 @@ FA_HOST_DEVICE inline int dropout_byte_index(uint32_t r, uint32_t c) {
     return static_cast<int>(8 * (nt / 2) + 4 * (nt % 2) + 2 * ((r % 16) / 8) + (c % 2));
 }
 
+// The sm90 backward's transposed read (sm90/bwd_kernel.cuh), whose accumulators hold S^T, keys as rows: lane `lane` of
+// warp `wl` (of a warpgroup's four, keys 16 wl .. 16 wl + 15 of a 64-key group starting at a multiple of 32) holds
+// key 16 wl + lane / 4 + 8 i and query 8 j + 2 (lane % 4) + c of a 64-query block (j < 8; i, c < 2). That element's
+// byte is in the call of lane dropout_t_lane(lane, c) for block (query / 16, key / 32) = (j / 2 of the block's, wl / 2
+// of the group's), word dropout_t_word(wl, i), at bit dropout_t_shift(lane, j) (philox_test checks all of them).
+FA_HOST_DEVICE inline int dropout_t_lane(int lane, int c) { return 8 * (lane % 4) + lane / 8 + 4 * c; }
+FA_HOST_DEVICE inline int dropout_t_word(int wl, int i) { return 2 * (wl % 2) + i; }
+FA_HOST_DEVICE inline int dropout_t_shift(int lane, int j) { return 16 * (j % 2) + 8 * ((lane / 4) % 2); }
+
 // The Philox offset of lane `lane` of (batch b, query head h) with H query heads, from the call's base offset.
 FA_HOST_DEVICE inline uint64_t dropout_lane_offset(uint64_t offset, int b, int h, int H, int lane) {
     return offset + (static_cast<uint64_t>(b) * static_cast<uint64_t>(H) + static_cast<uint64_t>(h)) * 32u +

@@ -398,13 +398,11 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         uint32_t fa[BM / 16][4], fd[kSplit ? 1 : BM / 16][4];
         if (!kSplit || wg == 0) {
             // Dropout: this lane's Philox state (formed per block: nothing of it stays live through the walk); z[c][i]
-            // the word of lane 8 (lane % 4) + lane / 8 + 4 c's call that holds keys 8 i of this warp's 16 (see the
-            // top of this file), for the 16-query block of column blocks j and j + 1 (j even).
+            // the word of lane dropout_t_lane(lane, c)'s call that holds keys 8 i of this warp's 16
+            // (common/philox.cuh, the top of this file), for the 16-query block of column blocks j and j + 1 (j even).
             DropoutLane drop{};
             if constexpr (kDropout) drop = dropout_lane_state(f, b, h, lane);
             uint32_t z[2][2] = {{0u, 0u}, {0u, 0u}};
-            const int z_lane = 8 * (lane % 4) + lane / 8;
-            const int z_shift = 8 * ((lane / 4) % 2);  // byte k % 2 of the word's low (q % 16 < 8) or high half
 #pragma unroll
             for (int j = 0; j < BM / 8; ++j) {
                 const float2 lse2 = *reinterpret_cast<const float2*>(stats + 8 * j + qc0);
@@ -414,11 +412,12 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
                     if (j % 2 == 0) {
                         const Philox4x32Out r = dropout_philox(drop.seed, drop.offset, static_cast<uint32_t>(row0 / 16 + j / 2),
                                                                static_cast<uint32_t>((key0 + key_base) / 32 + wl / 2));
-                        const uint32_t w0 = wl % 2 ? r.w[2] : r.w[0], w1 = wl % 2 ? r.w[3] : r.w[1];
+                        const uint32_t w0 = philox_word(r, dropout_t_word(wl, 0));
+                        const uint32_t w1 = philox_word(r, dropout_t_word(wl, 1));
 #pragma unroll
                         for (int c = 0; c < 2; ++c) {
-                            z[c][0] = __shfl_sync(0xffffffffu, w0, z_lane + 4 * c);
-                            z[c][1] = __shfl_sync(0xffffffffu, w1, z_lane + 4 * c);
+                            z[c][0] = __shfl_sync(0xffffffffu, w0, dropout_t_lane(lane, c));
+                            z[c][1] = __shfl_sync(0xffffffffu, w1, dropout_t_lane(lane, c));
                         }
                     }
                 }
@@ -449,7 +448,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
                         if constexpr (kDropout) {
                             // Z of (query 8 j + qc0 + c, key 8 i of the warp's 16): dV's P^T and dP^T zeroed where
                             // dropped, the kept dP^T scaled by 1 / (1 - p) (dV's at the end); dS takes the undropped P.
-                            const bool keep = ((z[c][i] >> (16 * (j % 2) + z_shift)) & 0xFFu) <= drop.threshold;
+                            const bool keep = ((z[c][i] >> dropout_t_shift(lane, j)) & 0xFFu) <= drop.threshold;
                             pv2[c] = keep ? pv : 0.f;
                             if constexpr (kSplit) {
                                 handed[2 * i + c] = keep ? pd : -pd;  // the mask as the sign (pd >= 0)
