@@ -299,6 +299,38 @@ void test_transposed_read() {
     check(n > 0 && bad == 0, "the sm90 backward's transposed lane/word/bit reads the element mapping's byte");
 }
 
+// The sm90 forward's dropout k-steps (common/philox.cuh dropout_kstep_call/half, dropout_block_calls): for key blocks
+// of 64-224 keys (every multiple of 16), every block n and k-step, the call and words they name hold the bytes of the
+// k-step's elements (the fragment shortcut's lane and byte), and the block's calls stay below dropout_block_calls.
+void test_kstep_calls() {
+    int bad = 0, n_checked = 0;
+    for (int bn = 64; bn <= 224; bn += 16) {
+        for (int n = 0; n < 16; ++n) {
+            const int start = (n * bn) % 32;
+            for (int kk = 0; kk < bn / 16; ++kk) {
+                const int call = n * bn / 32 + fa::dropout_kstep_call(start, kk);
+                const int h = fa::dropout_kstep_half(start, kk);
+                if (start % 16 != 0 || fa::dropout_kstep_call(start, kk) >= fa::dropout_block_calls(bn)) ++bad;
+                for (int lane = 0; lane < 32; ++lane) {
+                    for (int t = 0; t < 2; ++t) {
+                        for (int e = 0; e < 4; ++e) {
+                            const uint32_t row = static_cast<uint32_t>(lane / 4 + 8 * (e >> 1));
+                            const uint32_t col = static_cast<uint32_t>(n * bn + 16 * kk + 8 * t + 2 * (lane % 4) + (e & 1));
+                            ++n_checked;
+                            if (fa::dropout_lane(row, col) != lane || static_cast<int>(col / 32) != call ||
+                                fa::dropout_byte_index(row, col) != 4 * (2 * h + t) + e) {
+                                ++bad;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    std::printf("  forward k-steps: %d elements, %d differ\n", n_checked, bad);
+    check(n_checked > 0 && bad == 0, "the sm90 forward's k-step call and words hold its elements' bytes");
+}
+
 int main(int argc, char** argv) {
     if (argc > 1 && std::strcmp(argv[1], "--print-digest") == 0) {
         std::printf("0x%016llxull\n", static_cast<unsigned long long>(sweep_digest()));
@@ -310,6 +342,7 @@ int main(int argc, char** argv) {
     test_thresholds();
     test_fragment_shortcut();
     test_transposed_read();
+    test_kstep_calls();
     const uint64_t d = sweep_digest();
     if (d != kSweepDigest) std::printf("  sweep digest 0x%016llx\n", static_cast<unsigned long long>(d));
     check(d == kSweepDigest, "digest of the fixed sweep (shared with the managed twin)");

@@ -90,6 +90,15 @@ FA_HOST_DEVICE inline int dropout_byte_index(uint32_t r, uint32_t c) {
     return static_cast<int>(8 * (nt / 2) + 4 * (nt % 2) + 2 * ((r % 16) / 8) + (c % 2));
 }
 
+// The sm90 forward's dropout k-steps (sm90/fwd_kernel.cuh pack_p): the 16 keys of k-step kk of a key block whose first
+// key sits at `start` within its 32-key call (0; or 16, where blocks of BN % 32 == 16 keys start mid-call on odd
+// blocks) read words 2 h and 2 h + 1, h = dropout_kstep_half(start, kk), of the block's call dropout_kstep_call(start,
+// kk) (0: the call holding the block's first key); a block of bn keys spans dropout_block_calls(bn) calls from any
+// such start (philox_test checks them against the element mapping).
+FA_HOST_DEVICE constexpr int dropout_kstep_call(int start, int kk) { return (start + 16 * kk) / 32; }
+FA_HOST_DEVICE constexpr int dropout_kstep_half(int start, int kk) { return ((start + 16 * kk) % 32) / 16; }
+FA_HOST_DEVICE constexpr int dropout_block_calls(int bn) { return (bn + (bn % 32 ? 16 : 0) + 31) / 32; }
+
 // The sm90 backward's transposed read (sm90/bwd_kernel.cuh), whose accumulators hold S^T, keys as rows: lane `lane` of
 // warp `wl` (of a warpgroup's four, keys 16 wl .. 16 wl + 15 of a 64-key group starting at a multiple of 32) holds
 // key 16 wl + lane / 4 + 8 i and query 8 j + 2 (lane % 4) + c of a 64-query block (j < 8; i, c < 2). That element's

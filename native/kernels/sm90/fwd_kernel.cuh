@@ -221,7 +221,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     // Dropout: a block's Philox words drawn while the consumer waits for its S (FA_SM90_FWD_DROPOUT_EARLY): kDropCalls
     // calls of 32 keys cover its BN keys from any start (BN % 32 == 16: blocks start mid-call on odd n).
     constexpr bool kDropEarly = kDropout && FA_SM90_FWD_DROPOUT_EARLY != 0;
-    constexpr int kDropCalls = kDropEarly ? (BN + (BN % 32 ? 16 : 0) + 31) / 32 : 1;
+    constexpr int kDropCalls = kDropEarly ? dropout_block_calls(BN) : 1;
     // fp8: P = exp2(x - max + 8) lies in [0, 256], the upper range of e4m3 (FlashAttention-3's offset); the
     // row sum carries the same 2^8, which O's normalisation cancels and the LSE takes back out.
     constexpr float kPOffset = kFp8 ? 8.f : 0.f;
@@ -781,28 +781,26 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                         pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
                         pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
                         if constexpr (kDropout) {
-                            // The k-step's 16 keys are words 2 h and 2 h + 1 of the call of their 32-key block (h: which
-                            // half); a new call at each block's first k-step in P(n) (BN % 32 == 16, D 256's 80 keys:
-                            // blocks start mid-call on odd n, so the first k-step may be a second half).
+                            // The k-step's 16 keys are words 2 h and 2 h + 1 of the call of their 32-key block
+                            // (common/philox.cuh dropout_kstep_call/half; the block's first key at `start` in its call:
+                            // 16 on odd blocks of D 256's 80 keys, else 0).
+                            const int start = BN % 32 == 0 ? 0 : (n * BN) % 32;
                             uint32_t w0, w1;
                             if constexpr (kDropEarly) {
-                                // The k-step's call and half: (16 kk) / 32 and kk % 2 from a block start at a call's
-                                // start; (16 kk + 16) / 32 and (kk + 1) % 2 from its middle (BN % 32 == 16, odd n).
-                                // Two constant-indexed candidates and a select: no local memory.
-                                const int c_a = (16 * kk) / 32, h_a = kk % 2;
-                                const int c_b = (16 * kk + 16) / 32 < kDropCalls ? (16 * kk + 16) / 32 : 0;
-                                const int h_b = (kk + 1) % 2;
-                                const bool mid = BN % 32 != 0 && (n * BN) % 32 != 0;
+                                // The two starts' (call, half), constants, and a select: no local memory.
+                                const int c_a = dropout_kstep_call(0, kk), h_a = dropout_kstep_half(0, kk);
+                                const int c_b = dropout_kstep_call(16, kk) < kDropCalls ? dropout_kstep_call(16, kk) : 0;
+                                const int h_b = dropout_kstep_half(16, kk);
+                                const bool mid = start != 0;
                                 w0 = mid ? dw[c_b][2 * h_b] : dw[c_a][2 * h_a];
                                 w1 = mid ? dw[c_b][2 * h_b + 1] : dw[c_a][2 * h_a + 1];
                             } else {
-                                const int key = n * BN + 16 * kk;
-                                const bool fresh = BN % 32 == 0 ? kk % 2 == 0 : (kk == 0 || key % 32 == 0);
-                                const int h = BN % 32 == 0 ? kk % 2 : (key % 32) / 16;
-                                if (fresh) {
+                                // A new call at the block's first k-step and at each k-step that starts a call.
+                                const int h = dropout_kstep_half(start, kk);
+                                if (kk == 0 || h == 0) {
                                     rnd = dropout_philox(drop.seed, drop.offset,
                                                          static_cast<uint32_t>((t.row0 + cw * 64 + wl * 16) / 16),
-                                                         static_cast<uint32_t>(key / 32));
+                                                         static_cast<uint32_t>(n * BN / 32 + dropout_kstep_call(start, kk)));
                                 }
                                 w0 = philox_word(rnd, 2 * h);
                                 w1 = philox_word(rnd, 2 * h + 1);
