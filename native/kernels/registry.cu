@@ -120,14 +120,17 @@ uint32_t feature_axes(Pass pass) {
         default: return feature::kPaged | feature::kFp8Cache;
     }
 }
+// Whether the sm90 class `cls` of `pass` has dropout kernels in this build (FA_SM90_FWD_DROPOUT,
+// sm90::fwd_dropout_kernel; FA_SM90_BWD_DROPOUT, sm90::bwd_dropout_kernel; 16-bit, square head dims).
+bool sm90_dropout_class(Pass pass, int32_t cls) {
+    return pass == Pass::Forward ? sm90::fwd_dropout_kernel(cls, false)
+                                 : pass == Pass::Backward && sm90::bwd_dropout_kernel(cls);
+}
 bool variant_compiled(Pass pass, Path path, int32_t kernel_d, uint32_t features) {
-    // Dropout kernels: local ones, on the sm80 path, and on the sm90 classes where the build has them
-    // (FA_SM90_FWD_DROPOUT, sm90::fwd_dropout_kernel; FA_SM90_BWD_DROPOUT, sm90::bwd_dropout_kernel; 16-bit only: the
-    // registry's loop skips fp8's; never the V head dim pairs').
+    // Dropout kernels: local ones, on the sm80 path, and on the sm90 classes where the build has them (16-bit only:
+    // the registry's loop skips fp8's; never the V head dim pairs').
     if ((features & feature::kDropout) &&
-        (!(features & feature::kLocal) ||
-         (path == Path::Sm90 && !(pass == Pass::Forward ? sm90::fwd_dropout_kernel(kernel_d, false)
-                                                        : sm90::bwd_dropout_kernel(kernel_d))))) {
+        (!(features & feature::kLocal) || (path == Path::Sm90 && !sm90_dropout_class(pass, kernel_d)))) {
         return false;
     }
     // The forward's paged K/V kernels: local ones without dropout (common/fwd_variant.h; fp16 and bf16 only: the
@@ -551,12 +554,9 @@ int32_t compiled_head_dims(const int32_t** dims) {
 
 bool has_sm90_code() { return kHasSm90a; }
 
-bool has_sm90_fwd_dropout(int32_t kernel_d) {
-    return has_kernel(Pass::Forward, Path::Sm90, kernel_d) && sm90::fwd_dropout_kernel(sm90_fwd_class(kernel_d), false);
-}
-
-bool has_sm90_bwd_dropout(int32_t kernel_d) {
-    return has_kernel(Pass::Backward, Path::Sm90, kernel_d) && sm90::bwd_dropout_kernel(sm90_bwd_class(kernel_d));
+bool has_sm90_dropout(Pass pass, int32_t kernel_d) {
+    return has_kernel(pass, Path::Sm90, kernel_d) &&
+           sm90_dropout_class(pass, path_kernel_d(pass, Path::Sm90, kernel_d, dtype_index(DType::Float16)));
 }
 
 bool has_kernel(Pass pass, Path path, int32_t kernel_d) {

@@ -33,11 +33,9 @@ bool has_kernel(Pass pass, Path path, int32_t kernel_d);
 // The same for one input dtype: fp16 and bf16 wherever has_kernel says so; fp8 (e4m3) only for the sm90
 // forward, at the kernel head dims its fp8 kernels were built for.
 bool has_kernel(Pass pass, Path path, int32_t kernel_d, DType dtype);
-// Whether the sm90 forward serving kernel_d has dropout kernels (fp16/bf16, q's head dim = v's; a build with
-// FA_SM90_FWD_DROPOUT, whose dropout calls AUTO then runs there; no device check).
-bool has_sm90_fwd_dropout(int32_t kernel_d);
-// The same for the sm90 backward (FA_SM90_BWD_DROPOUT; square head dims).
-bool has_sm90_bwd_dropout(int32_t kernel_d);
+// Whether the sm90 kernels of `pass` serving kernel_d have dropout variants (fp16/bf16, q's head dim = v's; a build
+// with FA_SM90_FWD_DROPOUT or FA_SM90_BWD_DROPOUT, whose dropout calls AUTO then runs there; no device check).
+bool has_sm90_dropout(Pass pass, int32_t kernel_d);
 // Whether this build has the sm80 `pass` kernels of head dim d with V head dim dv (dv != d: sm80::fwd_v_pair, compiled
 // with head dim d; the backward's for (192, 128) only).
 bool has_v_kernel(Pass pass, int32_t d, int32_t dv);

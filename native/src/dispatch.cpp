@@ -28,13 +28,12 @@ const char* dropout_refusal(Pass pass, Path path, DType dtype, int32_t kernel_d)
     if (dtype == DType::Float8E4M3) {
         return "the fp8 (e4m3) forward has no dropout (FlashAttention-3 has none); use bf16/fp16 for training";
     }
-    if (path == Path::Sm90 && pass == Pass::Backward && !(kernel_d > 0 && kernels::has_sm90_bwd_dropout(kernel_d))) {
-        return "the sm90 kernels have no dropout in the backward (FlashAttention-3 has none); the sm80 path serves it "
-               "on every GPU (pass FA_PATH_AUTO or FA_PATH_SM80)";
-    }
-    if (path == Path::Sm90 && pass == Pass::Forward && !(kernel_d > 0 && kernels::has_sm90_fwd_dropout(kernel_d))) {
-        return "the sm90 kernels have no dropout (FlashAttention-3 has none); the sm80 path serves it on every GPU "
-               "(pass FA_PATH_AUTO or FA_PATH_SM80)";
+    if (path == Path::Sm90 && !(kernel_d > 0 && kernels::has_sm90_dropout(pass, kernel_d))) {
+        return pass == Pass::Backward
+                   ? "the sm90 kernels have no dropout in the backward (FlashAttention-3 has none); the sm80 path "
+                     "serves it on every GPU (pass FA_PATH_AUTO or FA_PATH_SM80)"
+                   : "the sm90 kernels have no dropout (FlashAttention-3 has none); the sm80 path serves it on every "
+                     "GPU (pass FA_PATH_AUTO or FA_PATH_SM80)";
     }
     return nullptr;
 }

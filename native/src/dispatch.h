@@ -43,7 +43,7 @@ bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc
 // so not checked. `field` names the field in messages ("kernel_path", "query->kernel_path"); device >= 0 is named
 // in them too. A dropout call runs on the sm80 path: FA_PATH_AUTO takes it on any GPU, FA_PATH_SM90 is
 // UNSUPPORTED saying so; but for a pass of a build with its sm90 dropout kernels (FA_SM90_FWD_DROPOUT,
-// FA_SM90_BWD_DROPOUT; kernels::has_sm90_fwd_dropout, has_sm90_bwd_dropout), which serve it as any other option (not
+// FA_SM90_BWD_DROPOUT; kernels::has_sm90_dropout), which serve it as any other option (not
 // the V head dim pairs).
 // head_dim_v: v's and out's head dim when it differs from head_dim (0: the same). FlashAttention-3's pairs: the sm80
 // path serves both forwards and (192, 128)'s backward, the sm90 path both forwards and (192, 128)'s backward (without

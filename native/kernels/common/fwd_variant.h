@@ -29,7 +29,7 @@ int run_fwd_variant(const FwdParams& p, uint32_t* features, Launch&& launch) {
     const bool no_kernel = p.dropout != 0 && (!kHasDropout || paged);
     const bool dropout = kHasDropout && p.dropout != 0 && !paged;  // is_local(p) is true then
     *features = (local ? feature::kLocal : 0u) | (softcap ? feature::kSoftcap : 0u) |
-                (dropout || no_kernel ? feature::kDropout : 0u) | (paged ? feature::kPaged : 0u);
+                (p.dropout != 0 ? feature::kDropout : 0u) | (paged ? feature::kPaged : 0u);
     if (no_kernel) return static_cast<int>(cudaErrorNotSupported);
     using Yes = std::true_type;
     using No = std::false_type;

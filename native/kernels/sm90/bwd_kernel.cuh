@@ -445,25 +445,17 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
                             if (hidden) pv = 0.f;
                         }
                         const float pd = kSoftcap ? pv * (1.f - x * x) : pv;  // dS / (dP - dsum)
-                        if constexpr (kDropout) {
-                            // Z of (query 8 j + qc0 + c, key 8 i of the warp's 16): dV's P^T and dP^T zeroed where
-                            // dropped, the kept dP^T scaled by 1 / (1 - p) (dV's at the end); dS takes the undropped P.
-                            const bool keep = ((z[c][i] >> dropout_t_shift(lane, j)) & 0xFFu) <= drop.threshold;
-                            pv2[c] = keep ? pv : 0.f;
-                            if constexpr (kSplit) {
-                                handed[2 * i + c] = keep ? pd : -pd;  // the mask as the sign (pd >= 0)
-                            } else {
-                                const float dsum_c = ok ? (c ? dsum2.y : dsum2.x) : 0.f;
-                                ds2[c] = pd * ((keep ? dpt[e] * f.dropout_rp : 0.f) - dsum_c);
-                            }
+                        // Dropout: Z of (query 8 j + qc0 + c, key 8 i of the warp's 16): dV's P^T and dP^T zeroed where
+                        // dropped, the kept dP^T scaled by 1 / (1 - p) (dV's at the end); dS takes the undropped P.
+                        const bool keep =
+                            !kDropout || ((z[c][i] >> dropout_t_shift(lane, j)) & 0xFFu) <= drop.threshold;
+                        pv2[c] = keep ? pv : 0.f;
+                        if constexpr (kSplit) {
+                            handed[2 * i + c] = keep ? pd : -pd;  // (dropout: the mask as the sign, pd >= 0)
                         } else {
-                            pv2[c] = pv;
-                            if constexpr (kSplit) {
-                                handed[2 * i + c] = pd;
-                            } else {
-                                const float dsum_c = ok ? (c ? dsum2.y : dsum2.x) : 0.f;
-                                ds2[c] = pd * (dpt[e] - dsum_c);
-                            }
+                            const float dsum_c = ok ? (c ? dsum2.y : dsum2.x) : 0.f;
+                            const float dp = kDropout ? (keep ? dpt[e] * f.dropout_rp : 0.f) : dpt[e];
+                            ds2[c] = pd * (dp - dsum_c);
                         }
                     }
                     fa[j / 2][(j % 2) * 2 + i] = pack2<T>(pv2[0], pv2[1]);
@@ -497,13 +489,11 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
                     for (int c = 0; c < 2; ++c) {
                         const bool ok = 8 * j + qc0 + c < rows_here;
                         const float dsum_c = ok ? (c ? dsum2.y : dsum2.x) : 0.f;
-                        if constexpr (kDropout) {  // the mask as P^T's sign (warpgroup 0 above)
-                            const float hv = pdv[2 * i + c];
-                            const float dp = (__float_as_uint(hv) >> 31) ? 0.f : st[4 * j + 2 * i + c] * f.dropout_rp;
-                            ds2[c] = fabsf(hv) * (dp - dsum_c);
-                        } else {
-                            ds2[c] = pdv[2 * i + c] * (st[4 * j + 2 * i + c] - dsum_c);  // st holds dP^T here
-                        }
+                        // st holds dP^T here; dropout: the mask as P^T's sign (warpgroup 0 above)
+                        const float hv = pdv[2 * i + c];
+                        const float dp = !kDropout ? st[4 * j + 2 * i + c]
+                                         : (__float_as_uint(hv) >> 31) ? 0.f : st[4 * j + 2 * i + c] * f.dropout_rp;
+                        ds2[c] = (kDropout ? fabsf(hv) : hv) * (dp - dsum_c);
                     }
                     fa[j / 2][(j % 2) * 2 + i] = pack2<T>(ds2[0], ds2[1]);
                 }

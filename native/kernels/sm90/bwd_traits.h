@@ -24,7 +24,7 @@
 #define FA_SM90_BWD_EARLY_ST_D128 1
 #endif
 
-// Dropout in the sm90 backward (issue 14; bwd_kernel_sm90_dropout): 1 gives every head-dim class masked dropout
+// Dropout in the sm90 backward (issue 14; bwd_kernel_sm90's kDropout): 1 gives every head-dim class masked dropout
 // kernels (with and without softcap, deterministic or not), which FA_PATH_AUTO then takes for the backward of a dropout
 // call; 0 (the default until they have run on a GPU) leaves it to the sm80 kernels. The V head dim pair has none.
 #ifndef FA_SM90_BWD_DROPOUT

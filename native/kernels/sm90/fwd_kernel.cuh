@@ -717,15 +717,18 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             };
             // kDropEarly: the words of the block's calls, drawn by draw_words(n) before its softmax (call c of the
             // block: keys [32 (n BN / 32 + c), +32) of this warp's 16 rows, lane l's call).
+            // The call of this warp's 16 rows (lane l's) for the 32 keys from 32 col32.
+            const auto drop_call = [&](const DropoutLane& drop, int col32) {
+                return dropout_philox(drop.seed, drop.offset, static_cast<uint32_t>((t.row0 + cw * 64 + wl * 16) / 16),
+                                      static_cast<uint32_t>(col32));
+            };
             uint32_t dw[kDropCalls][4];
             const auto draw_words = [&](int n) {
                 if constexpr (kDropEarly) {
                     const DropoutLane drop = dropout_lane_state(p, t.b, t.h, lane);
 #pragma unroll
                     for (int c = 0; c < kDropCalls; ++c) {
-                        const Philox4x32Out r = dropout_philox(drop.seed, drop.offset,
-                                                               static_cast<uint32_t>((t.row0 + cw * 64 + wl * 16) / 16),
-                                                               static_cast<uint32_t>(n * BN / 32 + c));
+                        const Philox4x32Out r = drop_call(drop, n * BN / 32 + c);
 #pragma unroll
                         for (int w = 0; w < 4; ++w) dw[c][w] = r.w[w];
                     }
@@ -767,11 +770,9 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     // Dropout: the lane's state formed here, per block, so nothing of it stays live through the loop.
                     DropoutLane drop{};
                     uint32_t thr2 = 0;
-                    if constexpr (kDropEarly) {
+                    if constexpr (kDropout) {
                         thr2 = p.dropout_threshold | (p.dropout_threshold << 16);
-                    } else if constexpr (kDropout) {
-                        drop = dropout_lane_state(p, t.b, t.h, lane);
-                        thr2 = drop.threshold | (drop.threshold << 16);
+                        if constexpr (!kDropEarly) drop = dropout_lane_state(p, t.b, t.h, lane);
                     }
                     Philox4x32Out rnd{};
 #pragma unroll
@@ -797,11 +798,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                             } else {
                                 // A new call at the block's first k-step and at each k-step that starts a call.
                                 const int h = dropout_kstep_half(start, kk);
-                                if (kk == 0 || h == 0) {
-                                    rnd = dropout_philox(drop.seed, drop.offset,
-                                                         static_cast<uint32_t>((t.row0 + cw * 64 + wl * 16) / 16),
-                                                         static_cast<uint32_t>(n * BN / 32 + dropout_kstep_call(start, kk)));
-                                }
+                                if (kk == 0 || h == 0) rnd = drop_call(drop, n * BN / 32 + dropout_kstep_call(start, kk));
                                 w0 = philox_word(rnd, 2 * h);
                                 w1 = philox_word(rnd, 2 * h + 1);
                             }
