@@ -109,10 +109,10 @@ def fwd_setup(args, libs, q, k, v, h, hkv, causal, code):
     return anchor, make_call, checker(args, lambda alibi: (ref_alibi if alibi else ref,), cap)
 
 
-def checker(args, reference, cap):
-    """check(outs, alibi): None or a note. Against reference(alibi) (cuDNN's, or the ALiBi reference), relative
-    error up to cap; with --dropout against the first build's outputs (kept at its first check), whose mask every
-    build draws."""
+def checker(args, reference, cap, what="rel.err"):
+    """check(outs, alibi): None or a note ("<what> <error>"). Against reference(alibi) (cuDNN's, or the ALiBi
+    reference), relative error up to cap; with --dropout against the first build's outputs (kept at its first check),
+    whose mask every build draws."""
     first = {}
 
     def check(outs, alibi=False):
@@ -123,7 +123,7 @@ def checker(args, reference, cap):
             return None if self_err == 0 else "non-finite outputs (the --dropout reference of the builds after it)"
         refs = first[alibi] if args.drop is not None else reference(alibi)
         err = max(rel_err(a, r) for a, r in zip(outs, refs))
-        return f"rel.err {err:.2e}" if math.isnan(err) or err > cap else None
+        return f"{what} {err:.2e}" if math.isnan(err) or err > cap else None
     return check
 
 
@@ -159,8 +159,7 @@ def bwd_setup(args, libs, q, k, v, h, hkv, causal, code):
                                      path=args.kernel_path, dropout=args.drop)
         return lib.backward_call(params), (params, grads), grads
 
-    check = checker(args, lambda alibi: ref, MAX_BWD_REL_ERR)
-    return anchor, make_call, lambda outs, alibi=False: (lambda e: e and "grad " + e)(check(outs, alibi))
+    return anchor, make_call, checker(args, lambda alibi: ref, MAX_BWD_REL_ERR, "grad rel.err")
 
 
 def main(argv=None):
