@@ -1572,6 +1572,15 @@ def expect_dropout_kernels(names, entry, pass_, d):
     assert ran and ran[0].startswith(f"{path}_{pass_}_") and "_dropout_" in ran[0], (entry, ran, path)
 
 
+def expect_dropout_grads(grads, ref, plain, plain_ref, inputs, g, p):
+    """Dropout's gradients (grads, of inputs under the cotangent g) against those of the float64 reference ref, within
+    3x the error of the same call without dropout (plain against plain_ref) over 1 - p, the kept dP's scale."""
+    pairs = zip(grads, torch.autograd.grad(ref, inputs, g.double()), torch.autograd.grad(plain, inputs, g),
+                torch.autograd.grad(plain_ref, inputs, g.double()))
+    for name, (ours, r, pg, pr) in zip("qkv", pairs):
+        assert max_err(ours, r) <= 3 * max_err(pg, pr) / (1 - p) + 1e-5, name
+
+
 @pytest.mark.parametrize("d", [64, 96, 128, 192, 200, 256])
 @pytest.mark.parametrize("mask", ["full", "causal", "window-softcap-gqa", "varlen-alibi-det"])
 def test_dropout_every_head_dim_class(d, mask):
@@ -1627,10 +1636,7 @@ def test_dropout_every_head_dim_class(d, mask):
             rounded[a:e] = reference_dropout_rounded(*args, keep, p, True, slopes=slopes)[0]
             plain_ref[a:e] = reference_dropout(*args, torch.ones_like(keep), 0.0, True, slopes=slopes)[0]
         assert max_err(out, ref_out) <= 2 * max_err(rounded, ref_out) + 1e-5
-        pairs = zip(grads, torch.autograd.grad(ref_out, (q, k, v), g.double()),
-                    torch.autograd.grad(plain, (q, k, v), g), torch.autograd.grad(plain_ref, (q, k, v), g.double()))
-        for name, (ours, r, pg, pr) in zip("qkv", pairs):
-            assert max_err(ours, r) <= 3 * max_err(pg, pr) / (1 - p) + 1e-5, name
+        expect_dropout_grads(grads, ref_out, plain, plain_ref, (q, k, v), g, p)
         return
     sq = 300 if mask == "window-softcap-gqa" else sk  # (PyTorch's causal mask for Sq != Sk is not flash-attn's)
     h, hkv = (4, 2) if mask == "window-softcap-gqa" else (4, 4)
@@ -1657,10 +1663,7 @@ def test_dropout_every_head_dim_class(d, mask):
         expect_dropout_kernels(launched, "fa_backward", "bwd", d)
         plain = fai.flash_attn_func(q, k, v, window_size=window, softcap=softcap)
         plain_ref = reference(q, k, v, window=window, softcap=softcap)
-        pairs = zip(grads, torch.autograd.grad(ref, (q, k, v), g.double()),
-                    torch.autograd.grad(plain, (q, k, v), g), torch.autograd.grad(plain_ref, (q, k, v), g.double()))
-        for name, (ours, r, pg, pr) in zip("qkv", pairs):
-            assert max_err(ours, r) <= 3 * max_err(pg, pr) / (1 - p) + 1e-5, name
+        expect_dropout_grads(grads, ref, plain, plain_ref, (q, k, v), g, p)
         return
     torch.manual_seed(99)
     pt_out, pt_keep = torch_flash_dropout(q, k, v, p, causal)
