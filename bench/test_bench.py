@@ -667,6 +667,31 @@ class DetSimTest(unittest.TestCase):
         self.assertAlmostEqual(makespan(1, n, m, n, True, False, False, lag=lag, copies=1), m + (n - 1) * lag)
 
 
+class WsProtocolTest(unittest.TestCase):
+    """bench/ws_protocol.py, the model of the warp-specialized sm90 backward's hand-overs: the kernel's rules pass under
+    random interleavings; a stage released once too often, or a dQ buffer handed back twice, is caught."""
+
+    def test_kernel_rules_hold(self):
+        from ws_protocol import sweep
+        self.assertEqual(sweep(max_iters=10, seeds=40), [])
+
+    def test_extra_release_is_caught(self):
+        from ws_protocol import sweep
+        failures = sweep(max_iters=6, seeds=10, release_if=lambda it, n, s: it + s <= n)
+        self.assertTrue(any("pending at exit" in f[-1] for f in failures))
+
+    def test_buffer_handed_back_twice_is_caught(self):
+        from ws_protocol import sweep
+        failures = sweep(max_iters=6, seeds=10, dq_refree_if=lambda it, n, b: it + 1 < n)
+        self.assertTrue(any("over-subscribed" in f[-1] and f[2] == 2 for f in failures))
+        self.assertFalse(any(f[2] == 1 for f in failures))  # (with one buffer the two rules agree)
+
+    def test_missing_release_deadlocks(self):
+        from ws_protocol import sweep
+        failures = sweep(max_iters=6, seeds=5, release_if=lambda it, n, s: it + s < n - 1)
+        self.assertTrue(any("deadlock" in f[-1] for f in failures))
+
+
 class BwdTraceTest(unittest.TestCase):
     """bench/bwd_trace.py's summary of a trace (no GPU): cycles per iteration from the per-CTA sums."""
 
