@@ -4,8 +4,9 @@
 // which kernel a variant is and its launch shape:
 //   template <bool kLocal, bool kSoftcap, bool kDet> static auto kernel();   // the __global__ function
 //   static constexpr int kSmemBytes;
-//   template <bool kDet> static constexpr int threads();       // the kernel's block size
-//   template <bool kDet> static constexpr int launch_regs();   // registers a thread its setmaxnreg assumes, or 0
+//   template <bool kLocal, bool kDet, bool kDropout> static constexpr int threads();      // the kernel's block size
+//   template <bool kLocal, bool kDet, bool kDropout> static constexpr int launch_regs();  // registers a thread its
+//                                                                     // setmaxnreg assumes, or 0 (both of the variant)
 //   static constexpr bool local_variant(bool local);                          // the mask variant that runs
 //   static constexpr bool kHasDropout;   // dropout kernels of its own: kernel<true, kSoftcap, kDet, true>()
 //   template <class K> static cudaError_t launch(K kernel, unsigned blocks, int threads, const BwdParams&, cudaStream_t);
@@ -24,24 +25,27 @@ namespace fa {
 
 template <class Family, bool kLocal, bool kSoftcap, bool kDet, bool kDropout = false>
 cudaError_t launch_bwd_variant(const BwdParams& p, const LaunchInfo& info, cudaStream_t stream) {
+    constexpr bool kRunLocal = kDropout || Family::local_variant(kLocal);  // the mask variant that runs
     auto kernel = [] {
         if constexpr (kDropout) {
             return Family::template kernel<true, kSoftcap, kDet, true>();
         } else {
-            return Family::template kernel<Family::local_variant(kLocal), kSoftcap, kDet>();
+            return Family::template kernel<kRunLocal, kSoftcap, kDet>();
         }
     }();
     static std::atomic<uint64_t> raised{0};  // per instantiation, i.e. per kernel
     cudaError_t err = raise_smem_once(kernel, Family::kSmemBytes, info, raised);
     if (err != cudaSuccess) return err;
-    if constexpr (Family::template launch_regs<kDet>() > 0) {  // warpgroups that trade registers (setmaxnreg)
+    constexpr int kLaunchRegs = Family::template launch_regs<kRunLocal, kDet, kDropout>();
+    if constexpr (kLaunchRegs > 0) {  // warpgroups that trade registers (setmaxnreg)
         static std::atomic<int> regs_checked{0};
-        if ((err = check_launch_regs(kernel, Family::template launch_regs<kDet>(), regs_checked)) != cudaSuccess) return err;
+        if ((err = check_launch_regs(kernel, kLaunchRegs, regs_checked)) != cudaSuccess) return err;
     }
     const int64_t blocks = static_cast<int64_t>(p.n_blocks) * p.f.b * p.f.hkv;
     if (blocks == 0) return cudaSuccess;
     if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration;  // validation rejects these first
-    return Family::launch(kernel, static_cast<unsigned>(blocks), Family::template threads<kDet>(), p, stream);
+    return Family::launch(kernel, static_cast<unsigned>(blocks), Family::template threads<kRunLocal, kDet, kDropout>(), p,
+                          stream);
 }
 
 template <class Family, bool kLocal, bool kSoftcap, bool kDropout = false>

@@ -12,11 +12,11 @@ template <typename T, int D, int DV>
 struct BwdFamily {
     using Tr = BwdTraits<T, D, BwdTile<D>, DV>;
     static constexpr int kSmemBytes = Tr::kSmemBytes;
-    template <bool kDet>
+    template <bool kLocal, bool kDet, bool kDropout>
     static constexpr int threads() { return Tr::kThreads; }
     static constexpr bool local_variant(bool local) { return local; }
     static constexpr bool kHasDropout = true;  // dropout kernels of their own (local only; sm80/bwd_kernel.cuh)
-    template <bool kDet>
+    template <bool kLocal, bool kDet, bool kDropout>
     static constexpr int launch_regs() { return 0; }  // no setmaxnreg
     template <bool kLocal, bool kSoftcap, bool kDet, bool kDropout = false>
     static auto kernel() { return bwd_kernel<Tr, kLocal, kSoftcap, kDet, kDropout>; }

@@ -1,8 +1,8 @@
 // Hopper's asynchronous machinery as thin PTX wrappers, one instruction each: shared-memory mbarriers
 // (init, arrive, arrive with an expected transaction count, parity wait), the tensor-memory accelerator's
-// tiled 4-D load (cp.async.bulk.tensor) that completes on an mbarrier, and setmaxnreg. Like wgmma.cuh the
-// bodies exist only in sm_90a device code (FA_SM90A_DEVICE); layout and protocol knowledge lives in the
-// kernels.
+// tiled 4-D load (cp.async.bulk.tensor) that completes on an mbarrier, the bulk reduction into global memory, and
+// setmaxnreg. Like wgmma.cuh the bodies exist only in sm_90a device code (FA_SM90A_DEVICE); layout and protocol
+// knowledge lives in the kernels.
 #pragma once
 #include <cstdint>
 #include <cstdio>
@@ -129,6 +129,36 @@ __device__ __forceinline__ void tma_load_4d_multicast(uint32_t dst, const TmaMap
 __device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint32_t bar) {
 #ifdef FA_SM90A_DEVICE
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+
+// A bulk reduction (the backward's dQ, FA_SM90_BWD_WS): global[dst .. dst + bytes) += shared[src ..] as fp32 adds, by
+// the asynchronous proxy (16-byte aligned addresses, a multiple of 16 bytes; the shared-memory writes it reads were
+// fenced by fence_proxy_async before the barrier that handed them over). Completes in the thread's bulk group:
+// bulk_commit closes the group, bulk_wait_read<N> waits until at most N groups still read their shared memory,
+// bulk_wait<N> until at most N are incomplete.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
+                 "r"(bytes)
+                 : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_commit() {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+#ifdef FA_SM90A_DEVICE
+    asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 

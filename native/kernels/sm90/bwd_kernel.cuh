@@ -36,6 +36,12 @@
 // zeros past column DV, which the epilogue does not store, and the rest is D = 192's code. What DV changes is
 // confined to if constexpr (kVPair) branches and DV-dependent constants, so the equal-dims kernels compile as before.
 //
+// Warp specialization (FA_SM90_BWD_WS, sm90/bwd_traits.h kBwdWs; head dims 64 and 128, the default mode): a third
+// warpgroup, at 24 registers, takes the loads and dQ's global adds off the consumers (at 240): its warp 0 fills the
+// ring (Q and dO by TMA, the statistics by cp.async) as the consumers release stages, and its warp 1 adds each block's
+// dQ, which the consumers store to shared memory in dq_accum's layout, with one bulk reduction (cp.reduce.async.bulk).
+// The hand-overs are named barriers (bench/ws_protocol.py models them); the products are unchanged.
+//
 // Dropout (bwd_kernel_sm90's kDropout, FA_SM90_BWD_DROPOUT; FlashAttention-2's backward: dV = (Z o P)^T dO / (1 - p),
 // dP = Z o (dO V^T) / (1 - p), dS = P o (dP - dsum)): the keep mask Z of the forward's Philox stream, read in the
 // transposed layout. FA2's element (query q, key k) is byte 2 ((q % 16) / 8) + k % 2 of word (k % 32) / 8 of the call
@@ -90,7 +96,8 @@ __device__ __forceinline__ void fence_dkdv(float (&acc_k)[NK], float (&acc_v)[NV
 // dims. (A template parameter here: a __global__ wrapper around a __device__ body changed the PTX of the kernels without
 // dropout.)
 template <typename T, int D, bool kLocal, bool kSoftcap, bool kDeterministic, int DV = D, bool kDropout = false>
-__global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_kernel_sm90(const __grid_constant__ BwdArgs90 a) {
+__global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, kDeterministic, kDropout>>::kThreads, 1)
+    bwd_kernel_sm90(const __grid_constant__ BwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
     static_assert(!kDropout || (kLocal && DV == D), "dropout: the masked kernels of square head dims");
     const BwdParams& p = a.p;
@@ -125,10 +132,16 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
     // (BwdWalk), so no key block ahead of this one waits for it. The consumers' CTA barriers are kBarCta over their
     // 256 threads (cta_sync): the turn warp takes no part in them and touches no shared memory; the warpgroup's
     // other three warps leave at once, after giving their registers to the consumers.
-    using Turns = BwdTurns<kDeterministic>;
+    // Warp specialization (kWS, FA_SM90_BWD_WS; see below where the producer warpgroup starts): named barriers
+    // kBarFree + stage (the consumers released a stage), kBarDqFull + buffer (they staged a block's dQ) and
+    // kBarDqFree + buffer (its reduction has read the buffer), each between the 256 consumers and one producer warp.
+    constexpr bool kWS = kBwdWs<D, kLocal, kDeterministic, kDropout>;
+    using Turns = BwdTurns<kDeterministic || kWS>;
     constexpr int kBarCta = 1, kBarTurn = 2, kBarAdded = 3, kTurnCount = Tr::kThreads + 32;
+    constexpr int kBarFree = 4, kBarDqFull = kBarFree + Tr::kStages, kBarDqFree = kBarDqFull + 2, kWsCount = Tr::kThreads + 32;
+    static_assert(!kWS || (Tr::kDqBufs >= 1 && Tr::kDqBufs <= 2 && kBarDqFree + Tr::kDqBufs <= 16), "named barriers 1..15");
     const auto cta_sync = [] {
-        if constexpr (kDeterministic) barrier_sync(kBarCta, Tr::kThreads); else __syncthreads();
+        if constexpr (kDeterministic || kWS) barrier_sync(kBarCta, Tr::kThreads); else __syncthreads();
     };
     if constexpr (kDeterministic) {
         if (tid >= Tr::kThreads) {
@@ -201,6 +214,84 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         __syncwarp();  // the warps converged again before the .aligned wgmma instructions that follow
     };
 
+    if constexpr (kWS) {
+        // Warp specialization: the third warpgroup loads and adds, the consumers (warpgroups 0 and 1) only compute.
+        // Its warp 0 walks the blocks as the consumers do: block it's stage, once the consumers released block it - S
+        // (kBarFree + stage: they arrive after the products that read its Q and dO retired and its statistics were
+        // read), gets Q and dO by TMA from lane 0 and the statistics by 4-byte cp.async from every lane (lse_log2 and
+        // dsum of rows lane and lane + 32), each lane's copies arriving on the stage's mbarrier when they land: the
+        // phase completes with lane 0's arrival, the 32 lanes' and Tr::kStageTx bytes. Its warp 1 takes each block's
+        // dQ, which the consumers stage in shared memory (kBarDqFull + buffer; in dq_accum's layout: the fragment
+        // layout for a full block, rows for a partial one) and adds it to dq_accum with one bulk reduction, then hands
+        // the buffer back once the reduction has read it (kBarDqFree + buffer). Each barrier has exactly one arrival
+        // for each wait (the conditions below), so none is left pending at exit; a barrier's next generation cannot
+        // start early (the consumers re-release a stage only after its refill landed, re-stage a buffer only after
+        // it came back). Warps 2 and 3 leave at once.
+        if (tid == 0) {
+#pragma unroll
+            for (int st = 0; st < S; ++st) mbar_init(bar0 + 8 * st, 1 + 32);  // lane 0, and the 32 lanes' copies
+            mbar_init_fence();
+        }
+        __syncthreads();  // the mbarriers initialised before any load completes on them or any thread waits
+        if (tid >= Tr::kThreads) {
+            regs_dealloc<Turns::kTurnRegs>();
+            const int pw = (tid - Tr::kThreads) / 32;
+            if (pw == 0) {
+                for (int it = 0; it < iters; ++it) {
+                    const int st = it % S;
+                    if (it >= S) barrier_sync(kBarFree + st, kWsCount);  // block it - S's stage released
+                    const int h = blk.head(it);
+                    const int m = blk.block(it);
+                    const uint32_t bar = bar0 + 8 * st;
+                    if (lane == 0) {
+                        const int row = static_cast<int>(seq.q_row0) + m * BM;
+                        const int bb = varlen ? 0 : b;
+                        mbar_arrive_expect_tx(bar, Tr::kStageTx);
+#pragma unroll
+                        for (int pn = 0; pn < D / 64; ++pn) {
+                            tma_load_4d(s0 + Tr::kOffQ + st * Tr::kSmemQ + pn * QStride, a.q, bar, pn * 64, row, h, bb);
+                            tma_load_4d(s0 + Tr::kOffDO + st * Tr::kSmemDO + pn * QStride, a.dout, bar, pn * 64, row, h, bb);
+                        }
+                    }
+                    const int rows = min(BM, seq.sq - m * BM);
+                    const int64_t slot = bwd_row_slot(p, b, h, seq.q_row0, m * BM);
+                    const uint32_t dst = s0 + Tr::kOffStats + st * Tr::kSmemStats;
+#pragma unroll
+                    for (int r = lane; r < BM; r += 32) {
+                        cp_async_4(dst + r * 4, p.lse_log2 + slot + r, r < rows);
+                        cp_async_4(dst + (BM + r) * 4, p.dsum + slot + r, r < rows);
+                    }
+                    cp_async_mbar_arrive_noinc(bar);
+                }
+                cp_async_commit();  // (every copy landed before the warp leaves)
+                cp_async_wait<0>();
+            } else if (pw == 1) {
+                constexpr int B = Tr::kDqBufs;
+                // every buffer starts free (as far as a block will stage in it)
+                if (iters > 0) barrier_arrive(kBarDqFree, kWsCount);
+                if (B > 1 && iters > 1) barrier_arrive(kBarDqFree + 1, kWsCount);
+                for (int it = 0; it < iters; ++it) {
+                    const int buf = it % B;
+                    barrier_sync(kBarDqFull + buf, kWsCount);  // block it's dQ staged and fenced
+                    if (lane == 0) {
+                        const int m = blk.block(it);
+                        const int rows = min(BM, seq.sq - m * BM);
+                        float* dst = bwd_dq_rows(p, blk, bwd_row_slot(p, b, blk.head(it), seq.q_row0, m * BM));
+                        bulk_reduce_add_f32(dst, s0 + Tr::kOffDQ + buf * Tr::kSmemDQ, static_cast<uint32_t>(rows * D * 4));
+                        bulk_commit();
+                        bulk_wait_read<B - 1>();  // block it - (B - 1)'s reduction has read its buffer
+                    }
+                    __syncwarp();
+                    // block it + 1 - B's buffer (B = 1: this block's; B = 2: block it - 1's), for block it + 1 (the
+                    // first B blocks had the arrivals above)
+                    if (it + 1 < iters && it + 1 >= B) barrier_arrive(kBarDqFree + (it + 1) % B, kWsCount);
+                }
+                if (lane == 0) bulk_wait<0>();  // every reduction complete before the warp leaves
+            }
+            return;
+        }
+        regs_alloc<Turns::kConsumerRegs>();
+    }
     if constexpr (kVPair) {
         // dO's columns DV..D - 1 in every stage: zeros, for the whole walk (the TMA writes only the first DV / 64
         // panels). Cleared before any load is issued, and made visible to wgmma (async proxy) by the fence and the
@@ -218,15 +309,17 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         }
         fence_proxy_async();
     }
-    if (tid == 0) {
+    if constexpr (!kWS) {  // (kWS: the producer's)
+        if (tid == 0) {
 #pragma unroll
-        for (int st = 0; st < S; ++st) mbar_init(bar0 + 8 * st, 1 + 2 * BM);  // thread 0, the statistics' copies
-        mbar_init_fence();
-    }
-    cta_sync();  // the mbarriers initialised before any load completes on them or any thread waits
-                 // (the pair: dO's zero panels written, and fenced, before any TMA load or wgmma)
-    if (tid < 2 * BM) {
-        for (int it = 0; it < S - 1 && it < iters; ++it) load_q_do(it);
+            for (int st = 0; st < S; ++st) mbar_init(bar0 + 8 * st, 1 + 2 * BM);  // thread 0, the statistics' copies
+            mbar_init_fence();
+        }
+        cta_sync();  // the mbarriers initialised before any load completes on them or any thread waits
+                     // (the pair: dO's zero panels written, and fenced, before any TMA load or wgmma)
+        if (tid < 2 * BM) {
+            for (int it = 0; it < S - 1 && it < iters; ++it) load_q_do(it);
+        }
     }
     load_panels<T, BN, D, Tr::kThreads>(sK, kp, f.k_row_stride, keys_here, f.d, tid);
     // V: D columns, the pair's past f.dv zero-filled by the loads
@@ -321,7 +414,8 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
     // without mask or softcap): block it + 1's S^T alone, once dV/dK have retired, and its dP^T at the top of
     // iteration it + 1 (FA_SM90_BWD_EARLY_ST_D128 in sm90/bwd_traits.h says where it was measured).
     constexpr bool kEarlyS = Tr::kEarlyS && !kDeterministic;
-    constexpr bool kEarlyST = Tr::kEarlyST && !kDeterministic && !kLocal && !kSoftcap;
+    constexpr bool kEarlyST = Tr::kEarlyST && !kDeterministic && !kLocal && !kSoftcap &&
+                              (!kWS || FA_SM90_BWD_WS_EARLY_ST != 0);  // (kWS: 240 registers; FA_SM90_BWD_WS_EARLY_ST)
     constexpr bool kEarly = kEarlyS || kEarlyST;
     static_assert(!kEarly || S >= 3, "block it + 1's stage is neither block it's nor the one load_next(it) refills");
     // Block i's stage waited for and its early products issued (kEarly): S^T, and dP^T too under kEarlyS.
@@ -539,7 +633,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         trace.lap(4);
 
         cta_sync();  // dS^T written; every wgmma of block it - 1 retired (each warpgroup waited for its own)
-        if constexpr (!kSplit) load_next(it);
+        if constexpr (!kSplit && !kWS) load_next(it);
         __syncwarp();  // converged before the .aligned wgmma below (cta_sync is a non-aligned barrier in det mode)
         trace.lap(5);
 
@@ -605,6 +699,10 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         fence_regs(dq_a);
         fence_regs(dq_b);
         if constexpr (!kEarlyST) fence_dkdv(acc_k, acc_v, fa, fd);  // (kEarlyST: after the earlier wait)
+        if constexpr (kWS) {
+            // Block it's Q, dO and statistics read (dV/dK retired above): its stage back to the producer for block it + S.
+            if (it + S < iters) barrier_arrive(kBarFree + st_it, kWsCount);
+        }
 
         // A full query block's dQ goes in the fragment layout (BwdParams::dq_frag_rows, dq_frag_offset): this thread's
         // 4 floats of column group j at [warpgroup half][j][thread][4], one vector add each (half the adds of row-major
@@ -613,7 +711,29 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic>::kThreads, 1) bwd_ker
         const bool frag = rows_here == BM;
         if constexpr (kDeterministic) barrier_sync(kBarTurn, kTurnCount);  // the turn warp saw this block's turn
         trace.lap(7);
-        if (frag) {
+        if constexpr (kWS) {
+            // Staged in shared memory in the same layout, for the producer's dQ warp and its one bulk reduction.
+            const int buf = it % Tr::kDqBufs;
+            barrier_sync(kBarDqFree + buf, kWsCount);  // the buffer's previous reduction has read it
+            float* sdq = reinterpret_cast<float*>(smem + Tr::kOffDQ + buf * Tr::kSmemDQ);
+            if (frag) {
+                float4* dst = reinterpret_cast<float4*>(sdq + wg * (BM * kDqN) + tid % 128 * 4);
+#pragma unroll
+                for (int j = 0; j < kDqN / 8; ++j) dst[dq_group(j) * 128] = make_float4(dq(4 * j), dq(4 * j + 1), dq(4 * j + 2), dq(4 * j + 3));
+            } else {
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const int qr = wl * 16 + lane / 4 + 8 * i;
+                    if (qr < rows_here) {
+                        float2* dst = reinterpret_cast<float2*>(sdq + qr * D + col0 + qc0);
+#pragma unroll
+                        for (int j = 0; j < kDqN / 8; ++j) dst[4 * dq_group(j)] = make_float2(dq(4 * j + 2 * i), dq(4 * j + 2 * i + 1));
+                    }
+                }
+            }
+            fence_proxy_async();  // the stores, for the bulk reduction's reads (async proxy)
+            barrier_arrive(kBarDqFull + buf, kWsCount);
+        } else if (frag) {
             float* dst = acc_rows + wg * (BM * kDqN) + tid % 128 * 4;
 #pragma unroll
             for (int j = 0; j < kDqN / 8; ++j) red_add_f32x4(dst + dq_group(j) * 512, dq(4 * j), dq(4 * j + 1), dq(4 * j + 2), dq(4 * j + 3));

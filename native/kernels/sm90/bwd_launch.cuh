@@ -15,17 +15,20 @@ template <typename T, int D, int DV>
 struct BwdFamily {
     using Tr = BwdTraits90<D, DV>;
     static constexpr int kSmemBytes = Tr::kSmemBytes;
-    // Two consumer warpgroups, and in deterministic mode the turn warpgroup (sm90/bwd_traits.h BwdTurns).
-    template <bool kDet>
-    static constexpr int threads() { return BwdTurns<kDet>::kThreads; }
+    // Two consumer warpgroups, and in deterministic mode the turn warpgroup, in a warp-specialized kernel the producer
+    // (sm90/bwd_traits.h BwdTurns, kBwdWs).
+    template <bool kLocal, bool kDet, bool kDropout>
+    static constexpr bool third() { return kDet || kBwdWs<D, kLocal, kDet, kDropout>; }
+    template <bool kLocal, bool kDet, bool kDropout>
+    static constexpr int threads() { return BwdTurns<third<kLocal, kDet, kDropout>()>::kThreads; }
     static constexpr bool local_variant(bool local) { return Tr::kSplit ? true : local; }
     // Dropout kernels where the build has them (FA_SM90_BWD_DROPOUT; not the V head dim pair): the host sends dropout
     // calls elsewhere to the sm80 path.
     static constexpr bool kHasDropout = bwd_dropout_kernel(D) && DV == D;
-    // The turn warpgroup gives registers to the consumers.
-    template <bool kDet>
+    // The third warpgroup gives registers to the consumers.
+    template <bool kLocal, bool kDet, bool kDropout>
     static constexpr int launch_regs() {
-        return kDet ? BwdTurns<kDet>::kLaunchRegs : 0;
+        return third<kLocal, kDet, kDropout>() ? BwdTurns<true>::kLaunchRegs : 0;
     }
     template <bool kLocal, bool kSoftcap, bool kDet, bool kDropout = false>
     static auto kernel() {

@@ -31,6 +31,23 @@
 #define FA_SM90_BWD_DROPOUT 0
 #endif
 
+// Warp specialization (issue 17; FA_SM90_BWD_WS): the default mode's kernels of head dims 64 and 128 get a third
+// warpgroup (BwdTurns' shape: 24 registers for it, 240 for the consumers) whose warp 0 loads every query block's Q, dO
+// (TMA) and row statistics (cp.async) into the ring once the consumers release its stage (one named barrier a stage),
+// and whose warp 1 adds each block's dQ, staged by the consumers in shared memory in dq_accum's layout, to dq_accum
+// with one bulk reduction (cp.reduce.async.bulk .add.f32), so that no consumer issues a load or a global add. 1: the
+// kernels without mask (the form the twelfth session's branch measured 1.035-1.068x on; its causal kernels lost 8-10%),
+// 2: the masked kernels too (an A/B), 0 (the default until measured on this kernel): none. Deterministic, dropout and
+// role-splitting (head dims 192, 256) kernels keep today's form.
+#ifndef FA_SM90_BWD_WS
+#define FA_SM90_BWD_WS 0
+#endif
+// In those kernels head dim 128's early S^T (FA_SM90_BWD_EARLY_ST_D128) is off, as its registers measured 255 at the
+// old cap and the consumers have 240; 1 keeps it (an A/B, for ptxas's spills against the overlap).
+#ifndef FA_SM90_BWD_WS_EARLY_ST
+#define FA_SM90_BWD_WS_EARLY_ST 0
+#endif
+
 namespace fa {
 namespace sm90 {
 
@@ -43,11 +60,12 @@ namespace sm90 {
 // Its loop polls the next block's turn before passing this one's by a release increment: 1.00-1.14x more than
 // polling after a fenced load-and-store pass (D 64 1.04-1.14; fifteenth session).
 // kThreads: the kernel's (two consumer warpgroups, and the turn warpgroup in deterministic mode).
-template <bool kDeterministic>
+// kThird: the kernel has a third warpgroup (deterministic mode's turns, or warp specialization's producer: kBwdWs).
+template <bool kThird>
 struct BwdTurns {
-    static constexpr int kThreads = 256 + (kDeterministic ? 128 : 0);
+    static constexpr int kThreads = 256 + (kThird ? 128 : 0);
     static constexpr int kLaunchRegs = (65536 / kThreads) / 8 * 8, kTurnRegs = 24, kConsumerRegs = 240;
-    static_assert(!kDeterministic || (kLaunchRegs - kTurnRegs) >= 2 * (kConsumerRegs - kLaunchRegs),
+    static_assert(!kThird || (kLaunchRegs - kTurnRegs) >= 2 * (kConsumerRegs - kLaunchRegs),
                   "the turn warpgroup's registers cover the consumers' increase");
 };
 
@@ -56,6 +74,11 @@ constexpr bool bwd_head_dim(int D) { return D == 64 || D == 128 || D == 192 || D
 // Whether the kernel of head dim D splits the roles between its warpgroups (below); such kernels are compiled masked
 // only (sm90::BwdFamily::local_variant, the registry's variant list).
 constexpr bool bwd_split(int D) { return D >= 192; }
+// Whether the kernel of head dim D for these options is warp-specialized (FA_SM90_BWD_WS above). (A variable template:
+// the kernel reads it too, where a constexpr function would need to be __host__ __device__.)
+template <int D, bool kLocal, bool kDeterministic, bool kDropout>
+inline constexpr bool kBwdWs =
+    FA_SM90_BWD_WS != 0 && !bwd_split(D) && !kDeterministic && !kDropout && (!kLocal || FA_SM90_BWD_WS >= 2);
 // Whether the build has the backward's dropout kernels (FA_SM90_BWD_DROPOUT) for the class D (q's head dim = v's).
 constexpr bool bwd_dropout_kernel(int D) { return FA_SM90_BWD_DROPOUT != 0 && bwd_head_dim(D); }
 
@@ -82,7 +105,7 @@ struct BwdTraits90 {
     static constexpr int kBlockN = kSplit ? 64 : 128;
     static constexpr bool kEarlyS = FA_SM90_BWD_EARLY_S != 0 && !kSplit && D == 64;  // (FA_SM90_BWD_EARLY_S; default mode)
     static constexpr bool kEarlyST = FA_SM90_BWD_EARLY_ST_D128 != 0 && !kSplit && D == 128;  // (default mode, no mask or softcap)
-    static constexpr int kThreads = 256;  // two consumer warpgroups (BwdTurns: with the deterministic mode's turn warpgroup)
+    static constexpr int kThreads = 256;  // two consumer warpgroups (BwdTurns: with the turn or the producer warpgroup)
     // Q and dO of a query block arrive by TMA, its row statistics (lse_log2 then dsum) by cp.async, into a ring of
     // kStages stages, each completing one mbarrier; three stages where they fit (the load of block it + 2 is issued
     // in the middle of block it), two at D = 256 (D = 192 takes 226 KB with three, and so does the pair (192, 128)).
@@ -100,8 +123,13 @@ struct BwdTraits90 {
     static constexpr int kOffDS = kOffV + kSmemV;
     static constexpr int kSmemPX = kSplit ? kBlockN * kBlockM * 4 : 0;  // P^T handed over in fp32
     static constexpr int kOffPX = kOffDS + 2 * kSmemDS;
+    // FA_SM90_BWD_WS: a query block's dQ (fp32, BM x D) staged for the bulk reduction; two buffers at D = 64, one at
+    // D = 128 (where a second does not fit). Sized in every kernel of the class, also those that do not use it.
+    static constexpr int kDqBufs = FA_SM90_BWD_WS != 0 && !kSplit ? (D == 64 ? 2 : 1) : 0;
+    static constexpr int kSmemDQ = kBlockM * D * 4;
+    static constexpr int kOffDQ = kOffPX + kSmemPX;  // kDqBufs
     static constexpr int kSmemStats = 2 * kBlockM * 4;  // lse_log2 then dsum, per stage
-    static constexpr int kOffStats = kOffPX + kSmemPX;  // kStages
+    static constexpr int kOffStats = kOffDQ + kDqBufs * kSmemDQ;  // kStages
     static constexpr int kOffBar = kOffStats + kStages * kSmemStats;  // kStages mbarriers (8 bytes each)
     static constexpr int kSmemBytes = kOffBar + kStages * 8;
     // Bytes one stage's TMA loads bring (the mbarrier's transaction count): Q and dO's DV columns.
@@ -111,6 +139,7 @@ struct BwdTraits90 {
                       kSmemDO % 1024 == 0,
                   "wgmma tiles start on 1024-byte swizzle atoms");
     static_assert(kOffDO % 1024 == 0, "TMA boxes with the 128-byte swizzle start on 1024 bytes");
+    static_assert(kOffDQ % 16 == 0 && kSmemDQ % 16 == 0, "a bulk reduction's source: 16-byte aligned and sized");
     static_assert(kOffBar % 8 == 0 && 2 * kBlockM <= kThreads, "mbarriers on 8 bytes; one statistic per thread");
     static_assert(kSmemBytes <= 227 * 1024, "fits the opt-in shared memory of an sm_90 block");
     static_assert(kBlockM == kDqFragRows, "the fragment layout of dq_accum is the m64 accumulator's");
