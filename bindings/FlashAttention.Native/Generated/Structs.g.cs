@@ -228,9 +228,11 @@ public unsafe partial struct FaForwardParams
     /// u_ij &lt;= floor(float(1 - p) * 255), so the true keep rate is (that + 1) / 256, not exactly 1 - p.
     /// A call consumes heads_q * batch * 32 offsets (varlen: varlen_batch): advance the offset by at least that
     /// between calls that must draw different masks (PyTorch's generator rounds it up to a multiple of 4).
-    /// Served by the sm80 path only (FlashAttention-3 has no dropout): FA_PATH_AUTO takes the sm80 kernels for a
-    /// dropout call on any GPU, FA_PATH_SM90 and fp8 are UNSUPPORTED; softcap is served with it (FlashAttention-2
-    /// refuses the pair; the order of operations is the same).
+    /// Served by the sm80 path in the default build (FlashAttention-3 has no dropout): FA_PATH_AUTO takes the sm80
+    /// kernels for a dropout call on any GPU, FA_PATH_SM90 and fp8 are UNSUPPORTED. (A build with FA_SM90_FWD_DROPOUT
+    /// or FA_SM90_BWD_DROPOUT, off until measured, has sm90 dropout kernels too, which fa_query_support and the kernel
+    /// list then report and FA_PATH_AUTO takes.) Softcap is served with it (FlashAttention-2 refuses the pair; the
+    /// order of operations is the same).
     /// Drop probability, in [0, 1); 0 (default): no dropout; the seed and offset fields below are then ignored, and
     /// dropout_rng_state and dropout_mask must be unset (there is nothing to write).
     /// </summary>
@@ -479,7 +481,7 @@ public unsafe partial struct FaBackwardParams
     /// and offset (see fa_forward_params_t), from which the backward regenerates the same keep mask Z. As
     /// FlashAttention-2: with P = exp(logit - lse) (undropped), dv = (1 / (1 - p)) (Z o P)^T dout,
     /// dP = (1 / (1 - p)) Z o (dout v^T), dS = P o (dP - D) with D_i = dout_i . out_i (so a dropped element gets
-    /// dS = -P D), and no gradient for p. Served by the sm80 path only, as the forward.
+    /// dS = -P D), and no gradient for p. Served where the forward's is (the sm80 path in the default build).
     /// As in fa_forward_params_t.
     /// </summary>
     /// <remarks>C: <c>float dropout_p</c> at byte offset 1064.</remarks>
