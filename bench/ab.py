@@ -31,8 +31,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
-from common import (MAX_BWD_REL_ERR, MAX_FP8_REL_ERR, MAX_REL_ERR, FaLib, Timer, dtype_code, first_line,  # noqa: E402
-                    lib_file, rel_err, tflops)
+from common import (BENCH_DROPOUT_OFFSET, BENCH_DROPOUT_SEED, MAX_BWD_REL_ERR, MAX_FP8_REL_ERR, MAX_REL_ERR,  # noqa: E402
+                    FaLib, Timer, dtype_code, first_line, lib_file, rel_err, tflops)
 from fa_abi import FA_PATH_AUTO, FA_PATH_SM80, FA_PATH_SM90  # noqa: E402
 from inputs import sdpa_inputs, torch_dtype  # noqa: E402
 from shapes import fwd_row, parse_rows, pass_flops, shapes_grid  # noqa: E402
@@ -68,7 +68,7 @@ def parse_args(argv=None):
     if not 0.0 <= args.dropout < 1.0 or (args.dropout > 0 and args.dtype == "e4m3"):
         ap.error("--dropout takes p in [0, 1), 16-bit only (the fp8 forward has no dropout)")
     # (p, seed, offset) of every call: FaLib.forward_params' and backward_params' dropout.
-    args.drop = (args.dropout, 0x5EED, 4096) if args.dropout > 0 else None
+    args.drop = (args.dropout, BENCH_DROPOUT_SEED, BENCH_DROPOUT_OFFSET) if args.dropout > 0 else None
     args.libs = []
     for spec in args.lib:
         name, _, path = spec.partition("=")

@@ -28,6 +28,9 @@ MAX_FP8_REL_ERR = 6e-2
 MAX_BWD_REL_ERR = 3e-2
 # TARGETS.md, aim 4: a managed Forward call within this many microseconds of the same launch from C.
 INTEROP_TARGET_US = 5.0
+# The Philox seed and base offset of the benchmarks' dropout calls (bench/ab.py --dropout, bench/dropout.py): fixed, so
+# that builds timed side by side draw the same mask.
+BENCH_DROPOUT_SEED, BENCH_DROPOUT_OFFSET = 0x5EED, 4096
 
 # Exports without which no row can run, and those the backward rows need (ABI 0.3 and later).
 FORWARD_EXPORTS = ("fa_status_string", "fa_last_error_message", "fa_version", "fa_context_create",

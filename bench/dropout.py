@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from common import MAX_BWD_REL_ERR, MAX_REL_ERR, cell, current_stream, first_line, kernel_path_of, rel_err, tflops
+from common import (BENCH_DROPOUT_OFFSET, BENCH_DROPOUT_SEED, MAX_BWD_REL_ERR, MAX_REL_ERR, cell, current_stream,
+                    first_line, kernel_path_of, rel_err, tflops)
 from fa_abi import FA_DTYPE_BFLOAT16, FA_PATH_AUTO, FA_PATH_SM80
 from study import study_start, write_study_record
 from torch_sdpa import fwd_flops
@@ -101,7 +102,7 @@ def time_ours(row, fa, bench, q2, k2, v2, causal, flops, key, path, dropout):
     b, s, h, d = q2.shape
     o2 = torch.full_like(q2, float("nan"))
     lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
-    drop = (P, 0x5EED, 4096) if dropout else None
+    drop = (P, BENCH_DROPOUT_SEED, BENCH_DROPOUT_OFFSET) if dropout else None
     p = fa.forward_params(FA_DTYPE_BFLOAT16, q2, k2, v2, o2, causal, lse=lse, path=path, dropout=drop)
     call = fa.forward_call(p)
     names = fa.launched_kernels(call)
@@ -147,7 +148,7 @@ def shape_row(fa, bench, d, causal, s, quick):
         try:
             mask = torch.empty(b, h, s, s, device="cuda", dtype=torch.uint8)
             p = fa.forward_params(FA_DTYPE_BFLOAT16, q2, k2, v2, torch.empty_like(q2), causal,
-                                  dropout=(P, 0x5EED, 4096, mask))
+                                  dropout=(P, BENCH_DROPOUT_SEED, BENCH_DROPOUT_OFFSET, mask))
             fa.forward_call(p)()
             o_ref, g_ref = grads_of_reference(q2, k2, v2, do, causal, mask)
             row["ours_rel_err"] = rel_err(o2, o_ref)

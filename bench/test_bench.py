@@ -756,7 +756,8 @@ ptxas info    : Used 168 registers
             sys.modules.pop("ab", None)
             ab = importlib.import_module("ab")
             self.assertIsNone(ab.parse_args(["--lib", "A=x"]).drop)
-            self.assertEqual(ab.parse_args(["--lib", "A=x", "--dropout", "0.2"]).drop, (0.2, 0x5EED, 4096))
+            self.assertEqual(ab.parse_args(["--lib", "A=x", "--dropout", "0.2"]).drop,
+                             (0.2, ab.BENCH_DROPOUT_SEED, ab.BENCH_DROPOUT_OFFSET))
             for bad in (["--dropout", "1"], ["--dropout", "-0.1"], ["--dropout", "0.1", "--dtype", "e4m3"]):
                 with self.assertRaises(SystemExit), mock.patch("sys.stderr"):
                     ab.parse_args(["--lib", "A=x"] + bad)
