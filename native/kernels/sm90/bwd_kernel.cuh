@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
     const auto cta_sync = [] {
         if constexpr (kDeterministic || kWS) barrier_sync(kBarCta, Tr::kThreads); else __syncthreads();
     };
-    if constexpr (kDeterministic) {
+    if constexpr (kDeterministic && !kWS) {  // (kWS: the dQ warp takes the turns)
         if (tid >= Tr::kThreads) {
             regs_dealloc<Turns::kTurnRegs>();
             if (tid >= Tr::kThreads + 32) return;
@@ -272,14 +272,24 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
                 if (B > 1 && iters > 1) barrier_arrive(kBarDqFree + 1, kWsCount);
                 for (int it = 0; it < iters; ++it) {
                     const int buf = it % B;
+                    const int h = blk.head(it);
+                    const int m = blk.block(it);
+                    // Deterministic mode: block it's turn, awaited while the consumers still compute the block.
+                    if (kDeterministic && lane == 0) bwd_poll_turn<kLocal, BM, BN>(p, blk, h, m);
                     barrier_sync(kBarDqFull + buf, kWsCount);  // block it's dQ staged and fenced
                     if (lane == 0) {
-                        const int m = blk.block(it);
                         const int rows = min(BM, seq.sq - m * BM);
-                        float* dst = bwd_dq_rows(p, blk, bwd_row_slot(p, b, blk.head(it), seq.q_row0, m * BM));
+                        float* dst = bwd_dq_rows(p, blk, bwd_row_slot(p, b, h, seq.q_row0, m * BM));
                         bulk_reduce_add_f32(dst, s0 + Tr::kOffDQ + buf * Tr::kSmemDQ, static_cast<uint32_t>(rows * D * 4));
                         bulk_commit();
-                        bulk_wait_read<B - 1>();  // block it - (B - 1)'s reduction has read its buffer
+                        if constexpr (kDeterministic) {
+                            // the adds complete (performed in global memory, not only read from shared), then the turn
+                            // passes by a release increment (as FlashAttention-3's dQ writer does)
+                            bulk_wait<0>();
+                            bwd_pass_turn_inc(p, blk, h, m);
+                        } else {
+                            bulk_wait_read<B - 1>();  // block it - (B - 1)'s reduction has read its buffer
+                        }
                     }
                     __syncwarp();
                     // block it + 1 - B's buffer (B = 1: this block's; B = 2: block it - 1's), for block it + 1 (the
@@ -709,7 +719,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
         // pairs, and a warp's adds cover 512 contiguous bytes); a partial last block row by row. (Measured 1.06-1.19x
         // the row-major adds; staging the fragments for one bulk reduction per warpgroup, 0.94-1.04x: bench/NOTES.md.)
         const bool frag = rows_here == BM;
-        if constexpr (kDeterministic) barrier_sync(kBarTurn, kTurnCount);  // the turn warp saw this block's turn
+        if constexpr (kDeterministic && !kWS) barrier_sync(kBarTurn, kTurnCount);  // the turn warp saw this block's turn
         trace.lap(7);
         if constexpr (kWS) {
             // Staged in shared memory in the same layout, for the producer's dQ warp and its one bulk reduction.
@@ -750,7 +760,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
         }
         trace.lap(8);
         trace.count(9);
-        if constexpr (kDeterministic) barrier_arrive(kBarAdded, kTurnCount);  // adds issued: the turn warp passes the turn
+        if constexpr (kDeterministic && !kWS) barrier_arrive(kBarAdded, kTurnCount);  // adds issued: the turn warp passes the turn
     }
 
     // Epilogue: dK * scale and dV to 16 bits, staged through the K and V tiles (panel layout), then

@@ -37,10 +37,17 @@
 // and whose warp 1 adds each block's dQ, staged by the consumers in shared memory in dq_accum's layout, to dq_accum
 // with one bulk reduction (cp.reduce.async.bulk .add.f32), so that no consumer issues a load or a global add. 1: the
 // kernels without mask (the form the twelfth session's branch measured 1.035-1.068x on; its causal kernels lost 8-10%),
-// 2: the masked kernels too (an A/B), 0 (the default until measured on this kernel): none. Deterministic, dropout and
-// role-splitting (head dims 192, 256) kernels keep today's form.
+// 2: the masked kernels too (an A/B), 0 (the default until measured on this kernel): none. Deterministic (but with
+// FA_SM90_BWD_WS_DET), dropout and role-splitting (head dims 192, 256) kernels keep today's form.
 #ifndef FA_SM90_BWD_WS
 #define FA_SM90_BWD_WS 0
+#endif
+// FA_SM90_BWD_WS_DET=1: the deterministic kernels of those head dims too, their turns on dQ taken by the dQ warp
+// itself (it waits for block it's turn while the consumers compute it, reduces, waits for the reduction to complete
+// and passes the turn), so that no consumer ever waits for a turn: only for a free dQ buffer. (An A/B against the
+// turn warpgroup's form, whose consumers wait at a named barrier per block.)
+#ifndef FA_SM90_BWD_WS_DET
+#define FA_SM90_BWD_WS_DET 0
 #endif
 // In those kernels head dim 128's early S^T (FA_SM90_BWD_EARLY_ST_D128) is off, as its registers measured 255 at the
 // old cap and the consumers have 240; 1 keeps it (an A/B, for ptxas's spills against the overlap).
@@ -78,7 +85,8 @@ constexpr bool bwd_split(int D) { return D >= 192; }
 // the kernel reads it too, where a constexpr function would need to be __host__ __device__.)
 template <int D, bool kLocal, bool kDeterministic, bool kDropout>
 inline constexpr bool kBwdWs =
-    FA_SM90_BWD_WS != 0 && !bwd_split(D) && !kDeterministic && !kDropout && (!kLocal || FA_SM90_BWD_WS >= 2);
+    FA_SM90_BWD_WS != 0 && !bwd_split(D) && (!kDeterministic || FA_SM90_BWD_WS_DET != 0) && !kDropout &&
+    (!kLocal || FA_SM90_BWD_WS >= 2);
 // Whether the build has the backward's dropout kernels (FA_SM90_BWD_DROPOUT) for the class D (q's head dim = v's).
 constexpr bool bwd_dropout_kernel(int D) { return FA_SM90_BWD_DROPOUT != 0 && bwd_head_dim(D); }
 
