@@ -380,6 +380,9 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
             }
             fence_proxy_async();  // the zeros, for wgmma's reads (and before the stage's next TMA writes)
             cta_sync();
+            // (kWS: a named barrier, not .aligned: the warp converged again before the .aligned wgmma instructions
+            // that follow. The deterministic kernels have run without it, unchanged here.)
+            if constexpr (kWS) __syncwarp();
         }
     };
 
