@@ -48,7 +48,8 @@ def parse_args(argv=None):
     ap.add_argument("--d", default="", help="comma-separated head dims to keep (default: all of the grid); one outside "
                     "the grid adds the grid's rows at that head dim")
     ap.add_argument("--rows", default="", help="comma-separated rows BxHxSxD (c appended: causal), e.g. 8x32x2048x64,"
-                    "1x8x4096x64c, instead of the grid (q and k/v heads H, Sq = Sk = S; --d and --quick then do not apply)")
+                    "1x8x4096x64c, 4x32/8x4096x128c (32 q and 8 k/v heads), instead of the grid (q and k/v heads H, "
+                    "Sq = Sk = S; --d and --quick then do not apply)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--rep", type=int, default=30)
@@ -175,8 +176,8 @@ def main(argv=None):
     grid = shapes_grid(args.quick, args.pass_, (args.dtype,), sorted(keep) if keep else (64, 128, 256))
     shapes = [s for s in grid if not s.get("varlen") and (not keep or s["d"] in keep)]
     if args.rows:
-        shapes = [fwd_row(d, int(causal), b, h, h, sq, args.pass_, args.dtype)
-                  for b, h, sq, d, causal in parse_rows(args.rows)]
+        shapes = [fwd_row(d, int(causal), b, h, hkv, sq, args.pass_, args.dtype)
+                  for b, h, hkv, sq, d, causal in parse_rows(args.rows)]
     names = [n for n, _, _ in runs]
     # --alibi both: each build's ALiBi cost, the time with slopes over the time without (1.05: 5% slower).
     costs = [n for n, _ in libs] if args.alibi == "both" else []

@@ -66,15 +66,16 @@ def main():
     lib = FaLib(lib_file(args.lib)).open()
     lib.lib.fa_debug_bwd_trace.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     code = dtype_code("bf16")
-    for b, h, s, d, causal in parse_rows(args.rows):
-        q, k, v, do = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    for b, h, hkv, s, d, causal in parse_rows(args.rows):
+        q, do = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        k, v = (torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
         o = our_forward_for_bwd(lib, code, q, k, v, causal, lse)
         grads = tuple(torch.empty_like(t) for t in (q, k, v))
         for mode in args.modes.split(","):
             p = lib.backward_params(code, (q, k, v, o, do) + grads, lse, causal, mode == "det")
             run_traced(lib.backward_call(p), lib.lib.fa_debug_bwd_trace_clear, warmups=2)
-            print(summarize(read(lib), f"B{b} H{h} S{s} D{d} {'causal' if causal else 'full'} {mode}"), flush=True)
+            print(summarize(read(lib), f"B{b} H{h}/{hkv} S{s} D{d} {'causal' if causal else 'full'} {mode}"), flush=True)
 
 
 if __name__ == "__main__":

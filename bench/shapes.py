@@ -36,13 +36,17 @@ def varlen_lengths(seed=VARLEN_SEED, count=VARLEN_COUNT, lo=VARLEN_MIN, hi=VARLE
 
 
 def parse_rows(text):
-    """Rows written BxHxSxD[c],... (q and k/v heads H, Sq = Sk = S; c appended: causal), as bench/ab.py --rows and
-    bench/bwd_trace.py --rows take them: [(b, h, s, d, causal)]."""
+    """Rows written BxHxSxD[c],... (q and k/v heads H, or BxH/HKVxSxD for HKV k/v heads (GQA); Sq = Sk = S; c appended:
+    causal), as bench/ab.py --rows and bench/bwd_trace.py --rows take them: [(b, h, hkv, s, d, causal)]."""
     rows = []
     for spec in (x.strip() for x in text.split(",") if x.strip()):
         causal = spec.endswith("c")
-        b, h, s, d = (int(x) for x in (spec[:-1] if causal else spec).split("x"))
-        rows.append((b, h, s, d, causal))
+        b, heads, s, d = (spec[:-1] if causal else spec).split("x")
+        h, _, hkv = heads.partition("/")
+        h, hkv = int(h), int(hkv or h)
+        if hkv <= 0 or h % hkv:
+            raise ValueError(f"row {spec}: q heads {h} are not a multiple of k/v heads {hkv}")
+        rows.append((int(b), h, hkv, int(s), int(d), causal))
     return rows
 
 

@@ -667,6 +667,34 @@ class DetSimTest(unittest.TestCase):
         self.assertAlmostEqual(makespan(1, n, m, n, True, False, False, lag=lag, copies=1), m + (n - 1) * lag)
 
 
+class BwdGridOrderTest(unittest.TestCase):
+    """bench/bwd_grid_order.py, the schedule model behind FA_BWD_GRID_LPT."""
+
+    def test_makespan_closed_forms(self):
+        from bwd_grid_order import makespan
+        self.assertEqual(makespan([1.0] * 10, 5), 2.0)
+        self.assertEqual(makespan([3.0, 1.0, 1.0, 1.0], 2), 3.0)
+        self.assertEqual(makespan([1.0, 1.0, 1.0, 3.0], 2), 4.0)  # the long job last: what the head-major order risks
+
+    def test_orders_are_permutations(self):
+        from bwd_grid_order import orders
+        for causal in (False, True):
+            head, lpt = orders(2048, 6, 128, 64, causal, 1.0)
+            self.assertEqual(sorted(head), sorted(lpt))
+            self.assertEqual(len(head), 6 * 16)
+        head, lpt = orders(2048, 6, 128, 64, True, 0.0)
+        self.assertEqual(lpt[:6], [32.0] * 6)  # every head's key block 0 (all 32 query blocks) first
+        self.assertEqual(head[:2], [32.0, 30.0])
+
+    def test_unmasked_orders_agree_and_causal_lpt_is_near_the_bound(self):
+        from bwd_grid_order import ratios
+        hm, kb = ratios(1024, 256, causal=False)
+        self.assertEqual(hm, kb)
+        hm, kb = ratios(4096, 64, causal=True)
+        self.assertLess(kb, 1.01)
+        self.assertGreater(hm, kb)
+
+
 class WsProtocolTest(unittest.TestCase):
     """bench/ws_protocol.py, the model of the warp-specialized sm90 backward's hand-overs: the kernel's rules pass under
     random interleavings; a stage released once too often, or a dQ buffer handed back twice, is caught."""
@@ -709,8 +737,11 @@ class BwdTraceTest(unittest.TestCase):
 
     def test_rows(self):  # (shapes.parse_rows, which bench/ab.py --rows takes too)
         import shapes
-        self.assertEqual(shapes.parse_rows("16x16x1024x64, 1x8x4096x128c"),
-                         [(16, 16, 1024, 64, False), (1, 8, 4096, 128, True)])
+        self.assertEqual(shapes.parse_rows("16x16x1024x64, 1x8x4096x128c, 4x32/8x4096x128c"),
+                         [(16, 16, 16, 1024, 64, False), (1, 8, 8, 4096, 128, True), (4, 32, 8, 4096, 128, True)])
+        for bad in ("4x32/6x4096x128", "4x32/0x4096x128", "4x32x4096"):
+            with self.assertRaises(ValueError):
+                shapes.parse_rows(bad)
 
 
 class PtxasRegsTest(unittest.TestCase):
