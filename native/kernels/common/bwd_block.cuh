@@ -49,6 +49,16 @@ struct BwdBlock {
     }
 };
 
+// FA_BWD_GRID_LPT=1 (off until measured): in the default mode, a mask with a right bound (causal, a window's right
+// edge) orders the grid by key block first (n slowest, every (batch, kv head) of key block 0, then of key block 1, ...):
+// key block n walks the query blocks from the diagonal on, so its work falls with n, and this order is
+// longest-first over the whole grid, where the head-major order ends on a head's longest key block as likely as on its
+// shortest (bench/bwd_grid_order.py: 1.065-1.069x the work's lower bound at 1k/4k causal against 1.004-1.008).
+// Deterministic calls keep the head-major order below (their turns rely on it).
+#ifndef FA_BWD_GRID_LPT
+#define FA_BWD_GRID_LPT 0
+#endif
+
 // Block order of the grid: key blocks fastest, so that in deterministic mode every CTA a key block waits
 // on (of the same batch and kv head) was launched before it: a smaller n (LastFirst), or under FirstUp a larger
 // n, whose key blocks the grid then takes from the last. The choice depends on the call only, so every CTA agrees.
@@ -57,9 +67,16 @@ __device__ __forceinline__ BwdBlock bwd_block(const BwdParams& p) {
     const FwdParams& f = p.f;
     BwdBlock c;
     const bool first_up = p.deterministic && kLocal && f.window_right >= 0;  // mask_bounds' has_right
-    const int nb = blockIdx.x % p.n_blocks;
+    int nb = blockIdx.x % p.n_blocks;
+    int bhk = blockIdx.x / p.n_blocks;
+    if constexpr (FA_BWD_GRID_LPT != 0 && kLocal) {
+        if (!p.deterministic && f.window_right >= 0) {  // key block major (see FA_BWD_GRID_LPT)
+            const int heads = f.b * f.hkv;
+            nb = blockIdx.x / heads;
+            bhk = blockIdx.x % heads;
+        }
+    }
     c.n = first_up ? p.n_blocks - 1 - nb : nb;
-    const int bhk = blockIdx.x / p.n_blocks;
     c.hk = bhk % f.hkv;
     c.b = bhk / f.hkv;
     c.seq = seq_info(f, c.b);

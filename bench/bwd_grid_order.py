@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""A schedule model of the backward's grid order (no GPU; FA_BWD_GRID_LPT in common/bwd_block.cuh): one CTA per
+(key block, batch, kv head), one CTA an SM, dispatched in grid order as SMs free up. Key block n of a causal call walks
+the query blocks from its diagonal on (S / BM - n BN / BM of them), plus a fixed cost c per CTA (its K/V load and
+dK/dV epilogue, in blocks); an unmasked key block walks all of them. Prints each order's makespan over the work's lower
+bound (total / SMs): `head` is today's grid (key blocks fastest within a head), `lpt` key block major (FA_BWD_GRID_LPT:
+longest first over the whole grid).
+
+    python3 bench/bwd_grid_order.py [--bn 128 --bm 64 --sms 132 --c 1.0]
+"""
+import argparse
+import heapq
+
+
+def makespan(jobs, sms):
+    free = [0.0] * sms
+    end = 0.0
+    for d in jobs:
+        t = heapq.heappop(free) + d
+        end = max(end, t)
+        heapq.heappush(free, t)
+    return end
+
+
+def orders(seq, heads, bn, bm, causal, c, group=1):
+    """The job lengths of both grid orders: head-major (n fastest) and key-block-major (n slowest). heads: batch x kv
+    heads (the grid's); group: q heads per kv head (a CTA walks each one's blocks)."""
+    m_blocks, n_blocks = seq // bm, seq // bn
+    work = [(m_blocks - n * bn // bm if causal else m_blocks) * group + c for n in range(n_blocks)]
+    head = [work[n] for _ in range(heads) for n in range(n_blocks)]
+    lpt = [work[n] for n in range(n_blocks) for _ in range(heads)]
+    return head, lpt
+
+
+def ratios(seq, heads, bn=128, bm=64, causal=True, c=1.0, sms=132, group=1):
+    head, lpt = orders(seq, heads, bn, bm, causal, c, group)
+    bound = sum(head) / sms
+    return makespan(head, sms) / bound, makespan(lpt, sms) / bound
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bn", type=int, default=128)
+    ap.add_argument("--bm", type=int, default=64)
+    ap.add_argument("--sms", type=int, default=132)
+    ap.add_argument("--c", type=float, default=1.0, help="fixed cost of a CTA, in query blocks")
+    args = ap.parse_args()
+    print("row (B x Hq/Hkv, S)      head-major  key-block-major")
+    for b, hq, hkv, s in ((16, 16, 16, 1024), (4, 16, 16, 4096), (1, 16, 16, 16384), (4, 32, 8, 4096)):
+        for causal in (False, True):
+            hm, kb = ratios(s, b * hkv, args.bn, args.bm, causal, args.c, args.sms, hq // hkv)
+            print(f"{b}x{hq}/{hkv} s{s} {'causal' if causal else 'full  '}   {hm:10.3f}  {kb:15.3f}")
+
+
+if __name__ == "__main__":
+    main()
