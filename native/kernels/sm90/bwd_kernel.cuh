@@ -182,24 +182,26 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
     // (cp.async.mbarrier.arrive.noinc): the phase completes with thread 0's arrival, the 128 copies and
     // Tr::kStageTx bytes. Rows past the tensor read as zeros; a varlen sequence's last, partial block reads the next
     // sequence's rows, which the loop zeroes.
+    // Q and dO of query block m of head h into stage st by TMA, from one thread (the transaction count included).
+    const auto tma_q_do = [&](int st, uint32_t bar, int h, int m) {
+        const int row = static_cast<int>(seq.q_row0) + m * BM;
+        const int bb = varlen ? 0 : b;
+        mbar_arrive_expect_tx(bar, Tr::kStageTx);
+#pragma unroll
+        for (int pn = 0; pn < D / 64; ++pn) {
+            tma_load_4d(s0 + Tr::kOffQ + st * Tr::kSmemQ + pn * QStride, a.q, bar, pn * 64, row, h, bb);
+            // dO: DV / 64 panels (all D / 64 but for the pair, whose panels past DV hold the zeros of kernel start)
+            if (pn < DV / 64) {
+                tma_load_4d(s0 + Tr::kOffDO + st * Tr::kSmemDO + pn * QStride, a.dout, bar, pn * 64, row, h, bb);
+            }
+        }
+    };
     auto load_q_do = [&](int it) {
         const int h = blk.head(it);
         const int m = blk.block(it);
         const int st = it % S;
         const uint32_t bar = bar0 + 8 * st;
-        if (tid == 0) {
-            const int row = static_cast<int>(seq.q_row0) + m * BM;
-            const int bb = varlen ? 0 : b;
-            mbar_arrive_expect_tx(bar, Tr::kStageTx);
-#pragma unroll
-            for (int pn = 0; pn < D / 64; ++pn) {
-                tma_load_4d(s0 + Tr::kOffQ + st * Tr::kSmemQ + pn * QStride, a.q, bar, pn * 64, row, h, bb);
-                // dO: DV / 64 panels (all D / 64 but for the pair, whose panels past DV hold the zeros of kernel start)
-                if (pn < DV / 64) {
-                    tma_load_4d(s0 + Tr::kOffDO + st * Tr::kSmemDO + pn * QStride, a.dout, bar, pn * 64, row, h, bb);
-                }
-            }
-        }
+        if (tid == 0) tma_q_do(st, bar, h, m);
         const int r = tid % BM;  // tid < 2 BM: lse_log2 of row r, then dsum of row r
         const float* src = (tid < BM ? p.lse_log2 : p.dsum) + bwd_row_slot(p, b, h, seq.q_row0, m * BM) + r;
         cp_async_4(s0 + Tr::kOffStats + st * Tr::kSmemStats + tid * 4, src, r < min(BM, seq.sq - m * BM));
@@ -243,16 +245,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
                     const int h = blk.head(it);
                     const int m = blk.block(it);
                     const uint32_t bar = bar0 + 8 * st;
-                    if (lane == 0) {
-                        const int row = static_cast<int>(seq.q_row0) + m * BM;
-                        const int bb = varlen ? 0 : b;
-                        mbar_arrive_expect_tx(bar, Tr::kStageTx);
-#pragma unroll
-                        for (int pn = 0; pn < D / 64; ++pn) {
-                            tma_load_4d(s0 + Tr::kOffQ + st * Tr::kSmemQ + pn * QStride, a.q, bar, pn * 64, row, h, bb);
-                            tma_load_4d(s0 + Tr::kOffDO + st * Tr::kSmemDO + pn * QStride, a.dout, bar, pn * 64, row, h, bb);
-                        }
-                    }
+                    if (lane == 0) tma_q_do(st, bar, h, m);
                     const int rows = min(BM, seq.sq - m * BM);
                     const int64_t slot = bwd_row_slot(p, b, h, seq.q_row0, m * BM);
                     const uint32_t dst = s0 + Tr::kOffStats + st * Tr::kSmemStats;
