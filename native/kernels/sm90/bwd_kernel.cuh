@@ -65,6 +65,7 @@
 #include "sm90/async.cuh"
 #include "sm90/bwd_trace.cuh"
 #include "sm90/bwd_traits.h"
+#include "sm90/bwd_ws.cuh"
 #include "sm90/wgmma.cuh"
 
 namespace fa {
@@ -132,14 +133,12 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
     // (BwdWalk), so no key block ahead of this one waits for it. The consumers' CTA barriers are kBarCta over their
     // 256 threads (cta_sync): the turn warp takes no part in them and touches no shared memory; the warpgroup's
     // other three warps leave at once, after giving their registers to the consumers.
-    // Warp specialization (kWS, FA_SM90_BWD_WS; see below where the producer warpgroup starts): named barriers
-    // kBarFree + stage (the consumers released a stage), kBarDqFull + buffer (they staged a block's dQ) and
-    // kBarDqFree + buffer (its reduction has read the buffer), each between the 256 consumers and one producer warp.
+    // Warp specialization (kWS, FA_SM90_BWD_WS; sm90/bwd_ws.cuh): the consumers hand stages and dQ buffers to the
+    // third warpgroup's warps through the named barriers of BwdWsBars.
     constexpr bool kWS = kBwdWs<D, kLocal, kDeterministic, kDropout>;
     using Turns = BwdTurns<kDeterministic || kWS>;
+    using WsBars = BwdWsBars<Tr>;
     constexpr int kBarCta = 1, kBarTurn = 2, kBarAdded = 3, kTurnCount = Tr::kThreads + 32;
-    constexpr int kBarFree = 4, kBarDqFull = kBarFree + Tr::kStages, kBarDqFree = kBarDqFull + 2, kWsCount = Tr::kThreads + 32;
-    static_assert(!kWS || (Tr::kDqBufs >= 1 && Tr::kDqBufs <= 2 && kBarDqFree + Tr::kDqBufs <= 16), "named barriers 1..15");
     const auto cta_sync = [] {
         if constexpr (kDeterministic || kWS) barrier_sync(kBarCta, Tr::kThreads); else __syncthreads();
     };
@@ -217,18 +216,8 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
     };
 
     if constexpr (kWS) {
-        // Warp specialization: the third warpgroup loads and adds, the consumers (warpgroups 0 and 1) only compute.
-        // Its warp 0 walks the blocks as the consumers do: block it's stage, once the consumers released block it - S
-        // (kBarFree + stage: they arrive after the products that read its Q and dO retired and its statistics were
-        // read), gets Q and dO by TMA from lane 0 and the statistics by 4-byte cp.async from every lane (lse_log2 and
-        // dsum of rows lane and lane + 32), each lane's copies arriving on the stage's mbarrier when they land: the
-        // phase completes with lane 0's arrival, the 32 lanes' and Tr::kStageTx bytes. Its warp 1 takes each block's
-        // dQ, which the consumers stage in shared memory (kBarDqFull + buffer; in dq_accum's layout: the fragment
-        // layout for a full block, rows for a partial one) and adds it to dq_accum with one bulk reduction, then hands
-        // the buffer back once the reduction has read it (kBarDqFree + buffer). Each barrier has exactly one arrival
-        // for each wait (the conditions below), so none is left pending at exit; a barrier's next generation cannot
-        // start early (the consumers re-release a stage only after its refill landed, re-stage a buffer only after
-        // it came back). Warps 2 and 3 leave at once.
+        // Warp specialization (sm90/bwd_ws.cuh): the third warpgroup's warp 0 loads the ring, its warp 1 adds dQ (and
+        // takes the turns in deterministic mode); warps 2 and 3 leave at once. The consumers only compute.
         if (tid == 0) {
 #pragma unroll
             for (int st = 0; st < S; ++st) mbar_init(bar0 + 8 * st, 1 + 32);  // lane 0, and the 32 lanes' copies
@@ -239,57 +228,9 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
             regs_dealloc<Turns::kTurnRegs>();
             const int pw = (tid - Tr::kThreads) / 32;
             if (pw == 0) {
-                for (int it = 0; it < iters; ++it) {
-                    const int st = it % S;
-                    if (it >= S) barrier_sync(kBarFree + st, kWsCount);  // block it - S's stage released
-                    const int h = blk.head(it);
-                    const int m = blk.block(it);
-                    const uint32_t bar = bar0 + 8 * st;
-                    if (lane == 0) tma_q_do(st, bar, h, m);
-                    const int rows = min(BM, seq.sq - m * BM);
-                    const int64_t slot = bwd_row_slot(p, b, h, seq.q_row0, m * BM);
-                    const uint32_t dst = s0 + Tr::kOffStats + st * Tr::kSmemStats;
-#pragma unroll
-                    for (int r = lane; r < BM; r += 32) {
-                        cp_async_4(dst + r * 4, p.lse_log2 + slot + r, r < rows);
-                        cp_async_4(dst + (BM + r) * 4, p.dsum + slot + r, r < rows);
-                    }
-                    cp_async_mbar_arrive_noinc(bar);
-                }
-                cp_async_commit();  // (every copy landed before the warp leaves)
-                cp_async_wait<0>();
+                bwd_ws_load_warp<Tr>(p, blk, s0, bar0, lane, tma_q_do);
             } else if (pw == 1) {
-                constexpr int B = Tr::kDqBufs;
-                // every buffer starts free (as far as a block will stage in it)
-                if (iters > 0) barrier_arrive(kBarDqFree, kWsCount);
-                if (B > 1 && iters > 1) barrier_arrive(kBarDqFree + 1, kWsCount);
-                for (int it = 0; it < iters; ++it) {
-                    const int buf = it % B;
-                    const int h = blk.head(it);
-                    const int m = blk.block(it);
-                    // Deterministic mode: block it's turn, awaited while the consumers still compute the block.
-                    if (kDeterministic && lane == 0) bwd_poll_turn<kLocal, BM, BN>(p, blk, h, m);
-                    barrier_sync(kBarDqFull + buf, kWsCount);  // block it's dQ staged and fenced
-                    if (lane == 0) {
-                        const int rows = min(BM, seq.sq - m * BM);
-                        float* dst = bwd_dq_rows(p, blk, bwd_row_slot(p, b, h, seq.q_row0, m * BM));
-                        bulk_reduce_add_f32(dst, s0 + Tr::kOffDQ + buf * Tr::kSmemDQ, static_cast<uint32_t>(rows * D * 4));
-                        bulk_commit();
-                        if constexpr (kDeterministic) {
-                            // the adds complete (performed in global memory, not only read from shared), then the turn
-                            // passes by a release increment (as FlashAttention-3's dQ writer does)
-                            bulk_wait<0>();
-                            bwd_pass_turn_inc(p, blk, h, m);
-                        } else {
-                            bulk_wait_read<B - 1>();  // block it - (B - 1)'s reduction has read its buffer
-                        }
-                    }
-                    __syncwarp();
-                    // block it + 1 - B's buffer (B = 1: this block's; B = 2: block it - 1's), for block it + 1 (the
-                    // first B blocks had the arrivals above)
-                    if (it + 1 < iters && it + 1 >= B) barrier_arrive(kBarDqFree + (it + 1) % B, kWsCount);
-                }
-                if (lane == 0) bulk_wait<0>();  // every reduction complete before the warp leaves
+                bwd_ws_dq_warp<Tr, kLocal, kDeterministic>(p, blk, s0, lane);
             }
             return;
         }
@@ -707,7 +648,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
         if constexpr (!kEarlyST) fence_dkdv(acc_k, acc_v, fa, fd);  // (kEarlyST: after the earlier wait)
         if constexpr (kWS) {
             // Block it's Q, dO and statistics read (dV/dK retired above): its stage back to the producer for block it + S.
-            if (it + S < iters) barrier_arrive(kBarFree + st_it, kWsCount);
+            if (it + S < iters) WsBars::release_stage(st_it);
         }
 
         // A full query block's dQ goes in the fragment layout (BwdParams::dq_frag_rows, dq_frag_offset): this thread's
@@ -720,7 +661,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
         if constexpr (kWS) {
             // Staged in shared memory in the same layout, for the producer's dQ warp and its one bulk reduction.
             const int buf = it % Tr::kDqBufs;
-            barrier_sync(kBarDqFree + buf, kWsCount);  // the buffer's previous reduction has read it
+            WsBars::wait_dq_buffer(buf);  // the buffer's previous reduction has read it
             float* sdq = reinterpret_cast<float*>(smem + Tr::kOffDQ + buf * Tr::kSmemDQ);
             if (frag) {
                 float4* dst = reinterpret_cast<float4*>(sdq + wg * (BM * kDqN) + tid % 128 * 4);
@@ -738,7 +679,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
                 }
             }
             fence_proxy_async();  // the stores, for the bulk reduction's reads (async proxy)
-            barrier_arrive(kBarDqFull + buf, kWsCount);
+            WsBars::dq_staged(buf);
         } else if (frag) {
             float* dst = acc_rows + wg * (BM * kDqN) + tid % 128 * 4;
 #pragma unroll
