@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""A model of the warp-specialized sm90 backward's hand-overs (FA_SM90_BWD_WS, sm90/bwd_ws.cuh and sm90/bwd_kernel.cuh; no GPU): checks
-under random interleavings that no named-barrier generation gets more arrivals than its count, that none is left with
+"""A model of the warp-specialized sm90 backward's hand-overs (FA_SM90_BWD_WS; sm90/bwd_ws.cuh, sm90/bwd_kernel.cuh; no
+GPU): checks under random interleavings that no named-barrier generation gets more arrivals than its count, that none is left with
 arrivals pending at exit, and that nothing deadlocks, for walks of 0..N blocks, ring depths S and dQ buffer counts B.
 
 Agents, as in the kernel: the two consumer warpgroups (128 threads each: their CTA barrier of 256 after dS^T and twice
