@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""A model of the warp-specialized sm90 backward's hand-overs (FA_SM90_BWD_WS; sm90/bwd_ws.cuh, sm90/bwd_kernel.cuh; no
-GPU): checks under random interleavings that no named-barrier generation gets more arrivals than its count, that none is left with
-arrivals pending at exit, and that nothing deadlocks, for walks of 0..N blocks, ring depths S and dQ buffer counts B.
+"""A model of the warp-specialized sm90 backward's hand-overs (FA_SM90_BWD_WS; sm90/bwd_ws.cuh, sm90/bwd_kernel.cuh;
+no GPU): checks under random interleavings that no named-barrier generation gets more arrivals than its count, that
+none is left with arrivals pending at exit, and that nothing deadlocks, for walks of 0..N blocks, ring depths S and dQ
+buffer counts B.
 
 Agents, as in the kernel: the two consumer warpgroups (128 threads each: their CTA barrier of 256 after dS^T and twice
 in the epilogue; each block waits for its stage's mbarrier phase (at D 64 (kEarlyS) block it + 1's before block it's
