@@ -668,7 +668,8 @@ class DetSimTest(unittest.TestCase):
 
 
 class BwdGridOrderTest(unittest.TestCase):
-    """bench/bwd_grid_order.py, the schedule model behind FA_BWD_GRID_LPT."""
+    """bench/bwd_grid_order.py, the schedule model behind FA_BWD_GRID_LPT (its grid_coord mirrors
+    common/bwd_schedule.h, which native/tests/schedule_test.cpp checks)."""
 
     def test_makespan_closed_forms(self):
         from bwd_grid_order import makespan
@@ -679,20 +680,24 @@ class BwdGridOrderTest(unittest.TestCase):
     def test_orders_are_permutations(self):
         from bwd_grid_order import orders
         for causal in (False, True):
-            head, lpt = orders(2048, 6, 128, 64, causal, 1.0)
-            self.assertEqual(sorted(head), sorted(lpt))
-            self.assertEqual(len(head), 6 * 16)
-        head, lpt = orders(2048, 6, 128, 64, True, 0.0)
-        self.assertEqual(lpt[:6], [32.0] * 6)  # every head's key block 0 (all 32 query blocks) first
+            runs = orders(2048, 6, 128, 64, causal, 1.0, sms=8)
+            for r in runs[1:]:
+                self.assertEqual(sorted(r), sorted(runs[0]))
+            self.assertEqual(len(runs[0]), 6 * 16)
+        head, tailed, lpt = orders(2048, 6, 128, 64, True, 0.0, sms=8)
+        self.assertEqual(lpt[:6], [32.0] * 6)  # every pair's key block 0 (all 32 query blocks) first
         self.assertEqual(head[:2], [32.0, 30.0])
+        self.assertEqual(tailed[:16], head[:16])  # tail of 1 pair (16 key blocks >= 2 waves of 8): the rest head-major
 
-    def test_unmasked_orders_agree_and_causal_lpt_is_near_the_bound(self):
+    def test_unmasked_orders_agree_and_causal_tail_is_near_the_bound(self):
         from bwd_grid_order import ratios
-        hm, kb = ratios(1024, 256, causal=False)
+        hm, tl, kb = ratios(1024, 256, causal=False)
+        self.assertEqual(hm, tl)
         self.assertEqual(hm, kb)
-        hm, kb = ratios(4096, 64, causal=True)
-        self.assertLess(kb, 1.01)
-        self.assertGreater(hm, kb)
+        for seq, heads, group in ((1024, 256, 1), (4096, 64, 1), (4096, 32, 4)):
+            hm, tl, kb = ratios(seq, heads, causal=True, group=group)
+            self.assertLess(tl, 1.035)
+            self.assertLess(tl, hm - 0.03)
 
 
 class WsProtocolTest(unittest.TestCase):

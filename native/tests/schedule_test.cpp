@@ -2,12 +2,15 @@
 // shapes, every (batch, head, row block) is computed by exactly one grid block, groups hold the
 // promised number of (batch, head) pairs, row blocks run heaviest first inside a group, and a group's
 // K/V fits the L2 budget unless a single pair is already larger; the column-chunked order (chunk_coord)
-// gives every (row block, chunk) one tile, a row block's chunks adjacent. Needs no GPU; runs under ctest.
+// gives every (row block, chunk) one tile, a row block's chunks adjacent. Also the backward's grid order
+// (native/kernels/common/bwd_schedule.h): every (key block, pair) once, the head-major prefix as the default order, the
+// tail key block major. Needs no GPU; runs under ctest.
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <vector>
 
+#include "common/bwd_schedule.h"
 #include "common/fwd_schedule.h"
 
 namespace {
@@ -148,7 +151,55 @@ void run_walk(int tiles, int ctas, bool sampled = false) {
     }
 }
 
+// The backward's grid order for n_blocks key blocks x pairs with a tail of `tail` pairs.
+void run_bwd_order(int n_blocks, int pairs, int tail) {
+    ++g_checks;
+    std::vector<int> seen(static_cast<size_t>(n_blocks) * pairs, 0);
+    bool ok = true;
+    const int tail0 = (pairs - tail) * n_blocks;
+    fa::BwdGridCoord prev{-1, -1};
+    for (int linear = 0; linear < n_blocks * pairs; ++linear) {
+        const fa::BwdGridCoord g = fa::bwd_grid_coord(linear, n_blocks, pairs, tail);
+        if (g.n_block < 0 || g.n_block >= n_blocks || g.pair < 0 || g.pair >= pairs) {
+            ok = false;
+            break;
+        }
+        ++seen[static_cast<size_t>(g.pair) * n_blocks + g.n_block];
+        if (linear < tail0) {
+            ok &= g.n_block == linear % n_blocks && g.pair == linear / n_blocks;  // the default order
+        } else {
+            ok &= g.pair >= pairs - tail;                                      // a tail pair
+            if (linear > tail0) ok &= g.n_block >= prev.n_block;                 // key blocks in order (longest first)
+        }
+        prev = g;
+    }
+    for (const int c : seen) ok &= c == 1;
+    if (!ok) {
+        ++g_failures;
+        std::printf("FAIL bwd grid order: n_blocks=%d pairs=%d tail=%d\n", n_blocks, pairs, tail);
+    }
+}
+
+void run_bwd_tail(int pairs, int n_blocks, int sms) {
+    ++g_checks;
+    const int t = fa::bwd_lpt_tail(pairs, n_blocks, sms);
+    // at most every pair, at least one, and (short of every pair) at least two waves of CTAs but not a pair more
+    const bool ok = t >= 1 && t <= pairs && (t == pairs || (t * n_blocks >= 2 * sms && (t - 1) * n_blocks < 2 * sms));
+    if (!ok) {
+        ++g_failures;
+        std::printf("FAIL bwd_lpt_tail(%d, %d, %d) = %d\n", pairs, n_blocks, sms, t);
+    }
+}
+
 int main() {
+    for (const int n_blocks : {1, 2, 3, 8, 32, 128, 129}) {
+        for (const int pairs : {1, 2, 5, 16, 64, 256}) {
+            for (const int tail : {0, 1, 2, 7, pairs}) {
+                if (tail <= pairs) run_bwd_order(n_blocks, pairs, tail);
+            }
+            for (const int sms : {1, 108, 132}) run_bwd_tail(pairs, n_blocks, sms);
+        }
+    }
     for (const int ctas : {1, 2, 7, 132}) {
         for (const int tiles : {1, 2, 6, 7, 8, 131, 132, 133, 263, 264, 265, 2048, 4099}) run_walk(tiles, ctas);
     }

@@ -7,10 +7,12 @@
 
 #include "params/fwd_params.h"
 
+#ifndef FA_HOST_DEVICE
 #if defined(__CUDACC__)
 #define FA_HOST_DEVICE __host__ __device__
 #else
 #define FA_HOST_DEVICE
+#endif
 #endif
 
 namespace fa {

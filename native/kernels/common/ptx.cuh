@@ -12,6 +12,14 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// The number of SMs of the GPU the kernel runs on (%nsmid: an upper bound of the SM ids, the SM count on the parts we
+// run on), for grid orders that think in waves.
+__device__ __forceinline__ uint32_t sm_count() {
+    uint32_t n;
+    asm("mov.u32 %0, %%nsmid;\n" : "=r"(n));
+    return n;
+}
+
 // 16-byte global -> shared copy through L2 only. When `valid` is false nothing is read and the
 // 16 destination bytes are zero-filled (the src-size operand is 0).
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
