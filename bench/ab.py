@@ -57,6 +57,9 @@ def parse_args(argv=None):
                     help="the kernel path every build is forced to (default: each build's own choice)")
     ap.add_argument("--dropout", type=float, default=0.0,
                     help="16-bit: dropout p in (0, 1) on every call (one seed and offset: the same mask in every build)")
+    ap.add_argument("--bitwise", action="store_true",
+                    help="backward --det: every build's gradients must equal the first build's bit for bit (a change "
+                         "that keeps the deterministic adds' order, e.g. FA_SM90_BWD_WS_DET, must not change a bit)")
     ap.add_argument("--alibi", default="off", choices=("off", "on", "both"),
                     help="forward: ALiBi's standard slopes on every build's call (on), or each build with and without "
                          "them (both: NAME and NAME+alibi)")
@@ -66,6 +69,8 @@ def parse_args(argv=None):
         ap.error("--dtype e4m3 times the forward only (the library has no fp8 backward)")
     if args.alibi != "off" and (args.pass_ != "fwd" or args.dtype == "e4m3"):
         ap.error("--alibi times the 16-bit forward only")
+    if args.bitwise and not (args.pass_ == "bwd" and args.det):
+        ap.error("--bitwise compares the deterministic backward's gradients: --pass bwd --det")
     if not 0.0 <= args.dropout < 1.0 or (args.dropout > 0 and args.dtype == "e4m3"):
         ap.error("--dropout takes p in [0, 1), 16-bit only (the fp8 forward has no dropout)")
     # (p, seed, offset) of every call: FaLib.forward_params' and backward_params' dropout.
@@ -110,13 +115,26 @@ def fwd_setup(args, libs, q, k, v, h, hkv, causal, code):
     return anchor, make_call, checker(args, lambda alibi: (ref_alibi if alibi else ref,), cap)
 
 
+def bit_diff(outs, refs):
+    """How many elements of outs differ from refs in their bits (NaN payloads and signed zeros included)."""
+    return sum(int((a.view(torch.int16) != r.view(torch.int16)).sum()) for a, r in zip(outs, refs))
+
+
 def checker(args, reference, cap, what="rel.err"):
     """check(outs, alibi): None or a note ("<what> <error>"). Against reference(alibi) (cuDNN's, or the ALiBi
     reference), relative error up to cap; with --dropout against the first build's outputs (kept at its first check),
-    whose mask every build draws."""
+    whose mask every build draws; with --bitwise also bit for bit against the first build's outputs."""
     first = {}
+    first_bits = {}
 
     def check(outs, alibi=False):
+        if getattr(args, "bitwise", False):
+            if alibi not in first_bits:
+                first_bits[alibi] = tuple(t.clone() for t in outs)
+            else:
+                n = bit_diff(outs, first_bits[alibi])
+                if n:
+                    return f"{n} elements differ in bits from the first build"
         if args.drop is not None and alibi not in first:
             first[alibi] = tuple(t.clone() for t in outs)
             # (the reference of the builds after it: at least finite, so not NaN-poisoned, i.e. written)

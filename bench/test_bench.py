@@ -785,6 +785,34 @@ ptxas info    : Used 168 registers
                                  capture_output=True, text=True)
             self.assertEqual((out.returncode, out.stdout), (1, ""))
 
+    def test_ab_bitwise(self):
+        """ab.py --bitwise: only with the deterministic backward; bit_diff counts the elements whose bits differ."""
+        with mock.patch.dict(sys.modules, fake_torch()):
+            sys.modules.pop("ab", None)
+            ab = importlib.import_module("ab")
+            self.assertTrue(ab.parse_args(["--lib", "A=x", "--pass", "bwd", "--det", "--bitwise"]).bitwise)
+            for bad in (["--bitwise"], ["--pass", "bwd", "--bitwise"], ["--det", "--bitwise"]):
+                with self.assertRaises(SystemExit), mock.patch("sys.stderr"):
+                    ab.parse_args(["--lib", "A=x"] + bad)
+
+            class Bits:  # a tensor of 16-bit patterns: view() keeps them, != compares them element by element
+                def __init__(self, bits):
+                    self.bits = list(bits)
+
+                def view(self, _dtype):
+                    return self
+
+                def __ne__(self, other):
+                    return Bits(int(a != b) for a, b in zip(self.bits, other.bits))
+
+                def sum(self):
+                    return sum(self.bits)
+
+            ab.torch.int16 = "int16"
+            a, b = Bits([1, 2, 0x8000]), Bits([1, 2, 0])  # -0.0 against +0.0: equal values, different bits
+            self.assertEqual(ab.bit_diff((a, a), (a, b)), 1)
+            self.assertEqual(ab.bit_diff((a,), (a,)), 0)
+
     def test_ab_dropout(self):
         """ab.py --dropout: p in [0, 1), 16-bit only, one (p, seed, offset) for every build; its check compares each
         build's outputs with the first build's (the same mask), not with the reference."""

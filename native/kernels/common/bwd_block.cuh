@@ -50,15 +50,15 @@ struct BwdBlock {
     }
 };
 
-// FA_BWD_GRID_LPT=1 (off until measured): in the default mode, a mask with a right bound (causal, a window's right
-// edge) orders the grid's tail longest first. Key block n walks the query blocks from the diagonal on, so its work falls
-// with n, and the head-major order below can end on a head's longest key block as likely as on its shortest: its last
-// CTAs then run alone. So the last G (batch, kv head) pairs, about two waves of CTAs (G = 2 SMs / key blocks, at most
-// all pairs), go key block major (every pair's key block 0, then 1, ...), longest first, and the rest head-major as
-// before, which keeps a head's CTAs together for L2 (they read the same Q and dO and add into the same dQ rows).
-// bench/bwd_grid_order.py: head-major 1.07x the work's lower bound at 1k/4k causal and 1.14x on the GQA causal row;
-// this order 1.012-1.03x; key block major throughout 1.005x, but with the L2 reuse lost everywhere. Deterministic calls
-// keep the head-major order their turns rely on.
+// FA_BWD_GRID_LPT=1 (off until measured): in the default mode, a mask with a right bound and no left one (causal, a
+// window open to the left) orders the grid's tail longest first. Key block n walks the query blocks from the diagonal
+// on, so its work falls with n, and the head-major order below can end on a head's longest key block as likely as on
+// its shortest: its last CTAs then run alone. So the last G (batch, kv head) pairs, about two waves of CTAs (G = 2 SMs
+// / key blocks, at most all pairs), go key block major (every pair's key block 0, then 1, ...), longest first, and the
+// rest head-major as before, which keeps a head's CTAs together for L2 (they read the same Q and dO and add into the
+// same dQ rows). bench/bwd_grid_order.py: head-major 1.07x the work's lower bound at 1k/4k causal and 1.14x on the GQA
+// causal row; this order 1.012-1.03x; key block major throughout 1.005x, but with the L2 reuse lost everywhere.
+// Deterministic calls keep the head-major order their turns rely on.
 #ifndef FA_BWD_GRID_LPT
 #define FA_BWD_GRID_LPT 0
 #endif
@@ -74,7 +74,8 @@ __device__ __forceinline__ BwdBlock bwd_block(const BwdParams& p) {
     int nb = blockIdx.x % p.n_blocks;
     int bhk = blockIdx.x / p.n_blocks;
     if constexpr (FA_BWD_GRID_LPT != 0 && kLocal) {
-        if (!p.deterministic && f.window_right >= 0) {  // the tail key block major (see FA_BWD_GRID_LPT)
+        // (a right bound without a left one: causal, where key block n's work falls with n; a sliding window's is flat)
+        if (!p.deterministic && f.window_right >= 0 && f.window_left < 0) {  // the tail key block major (FA_BWD_GRID_LPT)
             const int pairs = f.b * f.hkv;
             const BwdGridCoord g = bwd_grid_coord(static_cast<int>(blockIdx.x), p.n_blocks, pairs,
                                                   bwd_lpt_tail(pairs, p.n_blocks, static_cast<int>(sm_count())));

@@ -28,7 +28,8 @@ FA_HOST_DEVICE inline BwdGridCoord bwd_grid_coord(int linear, int n_blocks, int 
     return BwdGridCoord{i / tail, pairs - tail + i % tail};
 }
 
-// The tail's pairs: about `waves` waves of CTAs on `sms` SMs (one CTA an SM), at most every pair.
+// The tail's pairs: about `waves` waves of CTAs on `sms` SMs, at most every pair (a wave of one CTA an SM, as the sm90
+// kernels run; sm80 kernels that fit two an SM get about one wave of theirs).
 FA_HOST_DEVICE inline int bwd_lpt_tail(int pairs, int n_blocks, int sms, int waves = 2) {
     const int t = (waves * sms + n_blocks - 1) / n_blocks;
     return t < pairs ? t : pairs;

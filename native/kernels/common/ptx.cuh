@@ -12,8 +12,8 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// The number of SMs of the GPU the kernel runs on (%nsmid: an upper bound of the SM ids, the SM count on the parts we
-// run on), for grid orders that think in waves.
+// %nsmid: an upper bound of the SM ids of the GPU (at least its SM count; more where SM ids are not contiguous, and it
+// need not reflect a MIG slice). Good enough for a grid order that thinks in waves, never for correctness.
 __device__ __forceinline__ uint32_t sm_count() {
     uint32_t n;
     asm("mov.u32 %0, %%nsmid;\n" : "=r"(n));
