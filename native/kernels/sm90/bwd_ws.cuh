@@ -48,6 +48,7 @@ __device__ __forceinline__ void bwd_ws_load_warp(const BwdParams& p, const BwdBl
     constexpr int S = Tr::kStages, BM = Tr::kBlockM;
     for (int it = 0; it < blk.iters; ++it) {
         const int st = it % S;
+        __syncwarp();  // (lane 0's TMA branch behind: the warp meets each barrier converged, as the turn warp does)
         if (it >= S) barrier_sync(Bars::kFree + st, Bars::kCount);  // block it - S's stage released
         const int h = blk.head(it);
         const int m = blk.block(it);
@@ -82,6 +83,7 @@ __device__ __forceinline__ void bwd_ws_dq_warp(const BwdParams& p, const BwdBloc
         const int m = blk.block(it);
         // Deterministic mode: block it's turn, awaited while the consumers still compute the block.
         if (kDeterministic && lane == 0) bwd_poll_turn<kLocal, BM, BN>(p, blk, h, m);
+        __syncwarp();
         barrier_sync(Bars::kDqFull + buf, Bars::kCount);  // block it's dQ staged and fenced
         if (lane == 0) {
             const int rows = min(BM, blk.seq.sq - m * BM);
