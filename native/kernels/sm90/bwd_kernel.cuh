@@ -136,6 +136,9 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
     // Warp specialization (kWS, FA_SM90_BWD_WS; sm90/bwd_ws.cuh): the consumers hand stages and dQ buffers to the
     // third warpgroup's warps through the named barriers of BwdWsBars.
     constexpr bool kWS = kBwdWs<D, kLocal, kDeterministic, kDropout>;
+    // FA_SM90_BWD_EXP_UNDER_DP (sm90/bwd_traits.h): S^T and dP^T committed as two groups, the exponentials computed
+    // once S^T has retired, while dP^T still runs; dS^T once it has.
+    constexpr bool kExpUnderDP = kBwdExpUnderDp<D, kLocal, kDropout>;
     using Turns = BwdTurns<kDeterministic || kWS>;
     using WsBars = BwdWsBars<Tr>;
     constexpr int kBarCta = 1, kBarTurn = 2, kBarAdded = 3, kTurnCount = Tr::kThreads + 32;
@@ -343,18 +346,40 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
         const uint32_t rows = static_cast<uint32_t>(key_base * 128);
         const uint32_t a0 = kSplit && wg == 1 ? sV : sK;
         const uint32_t b0 = kSplit && wg == 1 ? sdO : sQ;
+        if constexpr (kExpUnderDP) {
+            // (no kSplit) S^T's k-steps, then dP^T's, each product a group of its own
+            if (with_s) {
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const uint32_t ko = (kk / 4) * KStride + rows + (kk % 4) * 32;
-            const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
-            if (with_s) Wgmma<T, 64, 0, 0>::ss(st, smem_desc(a0 + ko, 16, 1024), smem_desc(b0 + qo, 16, 1024), 1);
-            if constexpr (!kSplit) {
-                if (with_dp) {
+                for (int kk = 0; kk < D / 16; ++kk) {
+                    const uint32_t ko = (kk / 4) * KStride + rows + (kk % 4) * 32;
+                    const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
+                    Wgmma<T, 64, 0, 0>::ss(st, smem_desc(sK + ko, 16, 1024), smem_desc(sQ + qo, 16, 1024), 1);
+                }
+                wgmma_commit();
+            }
+            if (with_dp) {
+#pragma unroll
+                for (int kk = 0; kk < D / 16; ++kk) {
+                    const uint32_t ko = (kk / 4) * KStride + rows + (kk % 4) * 32;
+                    const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
                     Wgmma<T, 64, 0, 0>::ss(dpt, smem_desc(sV + ko, 16, 1024), smem_desc(sdO + qo, 16, 1024), 1);
                 }
+                wgmma_commit();
             }
+        } else {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                const uint32_t ko = (kk / 4) * KStride + rows + (kk % 4) * 32;
+                const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
+                if (with_s) Wgmma<T, 64, 0, 0>::ss(st, smem_desc(a0 + ko, 16, 1024), smem_desc(b0 + qo, 16, 1024), 1);
+                if constexpr (!kSplit) {
+                    if (with_dp) {
+                        Wgmma<T, 64, 0, 0>::ss(dpt, smem_desc(sV + ko, 16, 1024), smem_desc(sdO + qo, 16, 1024), 1);
+                    }
+                }
+            }
+            wgmma_commit();
         }
-        wgmma_commit();
     };
     // kEarlyS (BwdTraits90, the default mode): block it + 1's S^T and dP^T are issued right after block it's dQ
     // product, so they run while it waits for dQ and adds it; block 0's here. kEarlyST (head dim 128, the kernel
@@ -396,9 +421,14 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
         } else if constexpr (!kEarlyS) {
             issue_products(it, true, true);
         }
-        wgmma_wait<0>();  // S^T and dP^T (kEarlyS: issued at the end of the previous iteration, or before the walk)
-        fence_regs(st);
-        fence_regs(dpt);
+        if constexpr (kExpUnderDP) {
+            wgmma_wait<1>();  // S^T (dP^T, the newer group, still runs: the exponentials below go under it)
+            fence_regs(st);
+        } else {
+            wgmma_wait<0>();  // S^T and dP^T (kEarlyS: issued at the end of the previous iteration, or before the walk)
+            fence_regs(st);
+            fence_regs(dpt);
+        }
         trace.lap(1);
 
         // P^T = exp2(S^T * scale_log2 - lse_log2[query]) (0 where masked or past the sequence), dS^T =
@@ -493,6 +523,8 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
                         pv2[c] = keep ? pv : 0.f;
                         if constexpr (kSplit) {
                             handed[2 * i + c] = keep ? pd : -pd;  // (dropout: the mask as the sign, pd >= 0)
+                        } else if constexpr (kExpUnderDP) {
+                            st[e] = pd;  // dS^T's factor, taken once dP^T has retired (below; read once, then written)
                         } else {
                             const float dsum_c = ok ? (c ? dsum2.y : dsum2.x) : 0.f;
                             const float dp = kDropout ? (keep ? dpt[e] * f.dropout_rp : 0.f) : dpt[e];
@@ -500,9 +532,28 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
                         }
                     }
                     fa[j / 2][(j % 2) * 2 + i] = pack2<T>(pv2[0], pv2[1]);
-                    if constexpr (!kSplit) fd[j / 2][(j % 2) * 2 + i] = pack2<T>(ds2[0], ds2[1]);
+                    if constexpr (!kSplit && !kExpUnderDP) fd[j / 2][(j % 2) * 2 + i] = pack2<T>(ds2[0], ds2[1]);
                 }
                 if constexpr (kSplit) px[j * 128] = make_float4(handed[0], handed[1], handed[2], handed[3]);
+            }
+        }
+        if constexpr (kExpUnderDP) {
+            wgmma_wait<0>();  // dP^T
+            fence_regs(dpt);
+#pragma unroll
+            for (int j = 0; j < BM / 8; ++j) {
+                const float2 dsum2 = *reinterpret_cast<const float2*>(stats + BM + 8 * j + qc0);
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    float ds2[2];
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const int e = 4 * j + 2 * i + c;
+                        const float dsum_c = 8 * j + qc0 + c < rows_here ? (c ? dsum2.y : dsum2.x) : 0.f;
+                        ds2[c] = st[e] * (dpt[e] - dsum_c);
+                    }
+                    fd[j / 2][(j % 2) * 2 + i] = pack2<T>(ds2[0], ds2[1]);
+                }
             }
         }
         trace.lap(2);
@@ -635,7 +686,8 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
             }
             if (it + 1 < iters) {
                 start_early(it + 1);
-                wgmma_wait<1>();  // dV/dK and dQ retired; block it + 1's early products stay in flight
+                // dV/dK and dQ retired; block it + 1's early products (kExpUnderDP with kEarlyS: two groups) in flight
+                wgmma_wait<(kExpUnderDP && kEarlyS) ? 2 : 1>();
             } else {
                 wgmma_wait<0>();
             }

@@ -55,6 +55,16 @@
 #define FA_SM90_BWD_WS_EARLY_ST 0
 #endif
 
+// FA_SM90_BWD_EXP_UNDER_DP (issue 17; FlashAttention-3's order): S^T and dP^T are committed as two groups and the
+// exponentials (P^T, its mask, the softcap factor) computed once S^T has retired, while dP^T still runs on the tensor
+// cores; dS^T once dP^T has. Today both products are waited for together, so the tensor cores idle through the
+// exponentials (the two warpgroups meet each iteration, so they idle together). 1: the kernels without mask, 2: the
+// masked too; kernels that split the roles (head dims 192, 256) and the dropout kernels keep the order. 0: off (the
+// default until measured).
+#ifndef FA_SM90_BWD_EXP_UNDER_DP
+#define FA_SM90_BWD_EXP_UNDER_DP 0
+#endif
+
 namespace fa {
 namespace sm90 {
 
@@ -87,6 +97,10 @@ template <int D, bool kLocal, bool kDeterministic, bool kDropout>
 inline constexpr bool kBwdWs =
     FA_SM90_BWD_WS != 0 && !bwd_split(D) && (!kDeterministic || FA_SM90_BWD_WS_DET != 0) && !kDropout &&
     (!kLocal || FA_SM90_BWD_WS >= 2);
+// Whether the kernel of head dim D for these options computes the exponentials under dP^T (FA_SM90_BWD_EXP_UNDER_DP).
+template <int D, bool kLocal, bool kDropout>
+inline constexpr bool kBwdExpUnderDp =
+    FA_SM90_BWD_EXP_UNDER_DP != 0 && !bwd_split(D) && !kDropout && (!kLocal || FA_SM90_BWD_EXP_UNDER_DP >= 2);
 // Whether the build has the backward's dropout kernels (FA_SM90_BWD_DROPOUT) for the class D (q's head dim = v's).
 constexpr bool bwd_dropout_kernel(int D) { return FA_SM90_BWD_DROPOUT != 0 && bwd_head_dim(D); }
 
