@@ -3,14 +3,7 @@
 // integer code, shared by the kernels and the host-side unit test (native/tests/schedule_test.cpp), so the order can be
 // checked without a GPU.
 #pragma once
-
-#ifndef FA_HOST_DEVICE
-#if defined(__CUDACC__)
-#define FA_HOST_DEVICE __host__ __device__
-#else
-#define FA_HOST_DEVICE
-#endif
-#endif
+#include "common/host_device.h"
 
 namespace fa {
 

@@ -5,15 +5,8 @@
 #pragma once
 #include <cstdint>
 
+#include "common/host_device.h"
 #include "params/fwd_params.h"
-
-#ifndef FA_HOST_DEVICE
-#if defined(__CUDACC__)
-#define FA_HOST_DEVICE __host__ __device__
-#else
-#define FA_HOST_DEVICE
-#endif
-#endif
 
 namespace fa {
 

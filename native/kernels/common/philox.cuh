@@ -21,13 +21,7 @@
 #pragma once
 #include <cstdint>
 
-#ifndef FA_HOST_DEVICE
-#if defined(__CUDACC__)
-#define FA_HOST_DEVICE __host__ __device__
-#else
-#define FA_HOST_DEVICE
-#endif
-#endif
+#include "common/host_device.h"
 
 namespace fa {
 

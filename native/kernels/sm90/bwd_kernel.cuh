@@ -348,24 +348,17 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
         const uint32_t b0 = kSplit && wg == 1 ? sdO : sQ;
         if constexpr (kExpUnderDP) {
             // (no kSplit) S^T's k-steps, then dP^T's, each product a group of its own
-            if (with_s) {
+            const auto product = [&](auto& acc, uint32_t a_tile, uint32_t b_tile) {
 #pragma unroll
                 for (int kk = 0; kk < D / 16; ++kk) {
                     const uint32_t ko = (kk / 4) * KStride + rows + (kk % 4) * 32;
                     const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
-                    Wgmma<T, 64, 0, 0>::ss(st, smem_desc(sK + ko, 16, 1024), smem_desc(sQ + qo, 16, 1024), 1);
+                    Wgmma<T, 64, 0, 0>::ss(acc, smem_desc(a_tile + ko, 16, 1024), smem_desc(b_tile + qo, 16, 1024), 1);
                 }
                 wgmma_commit();
-            }
-            if (with_dp) {
-#pragma unroll
-                for (int kk = 0; kk < D / 16; ++kk) {
-                    const uint32_t ko = (kk / 4) * KStride + rows + (kk % 4) * 32;
-                    const uint32_t qo = (kk / 4) * QStride + (kk % 4) * 32;
-                    Wgmma<T, 64, 0, 0>::ss(dpt, smem_desc(sV + ko, 16, 1024), smem_desc(sdO + qo, 16, 1024), 1);
-                }
-                wgmma_commit();
-            }
+            };
+            if (with_s) product(st, sK, sQ);
+            if (with_dp) product(dpt, sV, sdO);
         } else {
 #pragma unroll
             for (int kk = 0; kk < D / 16; ++kk) {
