@@ -703,42 +703,45 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
         const bool frag = rows_here == BM;
         if constexpr (kDeterministic && !kWS) barrier_sync(kBarTurn, kTurnCount);  // the turn warp saw this block's turn
         trace.lap(7);
+        // This block's dQ: added to dq_accum (red.global), or (kWS) stored in the same layout to a shared-memory buffer,
+        // which the producer's dQ warp adds with one bulk reduction.
+        float* dq_dst = acc_rows;
         if constexpr (kWS) {
-            // Staged in shared memory in the same layout, for the producer's dQ warp and its one bulk reduction.
-            const int buf = it % Tr::kDqBufs;
-            WsBars::wait_dq_buffer(buf);  // the buffer's previous reduction has read it
-            float* sdq = reinterpret_cast<float*>(smem + Tr::kOffDQ + buf * Tr::kSmemDQ);
-            if (frag) {
-                float4* dst = reinterpret_cast<float4*>(sdq + wg * (BM * kDqN) + tid % 128 * 4);
-#pragma unroll
-                for (int j = 0; j < kDqN / 8; ++j) dst[dq_group(j) * 128] = make_float4(dq(4 * j), dq(4 * j + 1), dq(4 * j + 2), dq(4 * j + 3));
+            WsBars::wait_dq_buffer(it % Tr::kDqBufs);  // the buffer's previous reduction has read it
+            dq_dst = reinterpret_cast<float*>(smem + Tr::kOffDQ + (it % Tr::kDqBufs) * Tr::kSmemDQ);
+        }
+        const auto put4 = [&](float* dst, int j) {
+            if constexpr (kWS) {
+                *reinterpret_cast<float4*>(dst) = make_float4(dq(4 * j), dq(4 * j + 1), dq(4 * j + 2), dq(4 * j + 3));
             } else {
-#pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    const int qr = wl * 16 + lane / 4 + 8 * i;
-                    if (qr < rows_here) {
-                        float2* dst = reinterpret_cast<float2*>(sdq + qr * D + col0 + qc0);
-#pragma unroll
-                        for (int j = 0; j < kDqN / 8; ++j) dst[4 * dq_group(j)] = make_float2(dq(4 * j + 2 * i), dq(4 * j + 2 * i + 1));
-                    }
-                }
+                red_add_f32x4(dst, dq(4 * j), dq(4 * j + 1), dq(4 * j + 2), dq(4 * j + 3));
             }
-            fence_proxy_async();  // the stores, for the bulk reduction's reads (async proxy)
-            WsBars::dq_staged(buf);
-        } else if (frag) {
-            float* dst = acc_rows + wg * (BM * kDqN) + tid % 128 * 4;
+        };
+        const auto put2 = [&](float* dst, int j, int i) {
+            if constexpr (kWS) {
+                *reinterpret_cast<float2*>(dst) = make_float2(dq(4 * j + 2 * i), dq(4 * j + 2 * i + 1));
+            } else {
+                red_add_f32x2(dst, dq(4 * j + 2 * i), dq(4 * j + 2 * i + 1));
+            }
+        };
+        if (frag) {
+            float* dst = dq_dst + wg * (BM * kDqN) + tid % 128 * 4;
 #pragma unroll
-            for (int j = 0; j < kDqN / 8; ++j) red_add_f32x4(dst + dq_group(j) * 512, dq(4 * j), dq(4 * j + 1), dq(4 * j + 2), dq(4 * j + 3));
+            for (int j = 0; j < kDqN / 8; ++j) put4(dst + dq_group(j) * 512, j);
         } else {
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
                 const int qr = wl * 16 + lane / 4 + 8 * i;
                 if (qr < rows_here) {
-                    float* dst = acc_rows + static_cast<int64_t>(qr) * D + col0 + qc0;
+                    float* dst = dq_dst + static_cast<int64_t>(qr) * D + col0 + qc0;
 #pragma unroll
-                    for (int j = 0; j < kDqN / 8; ++j) red_add_f32x2(dst + 8 * dq_group(j), dq(4 * j + 2 * i), dq(4 * j + 2 * i + 1));
+                    for (int j = 0; j < kDqN / 8; ++j) put2(dst + 8 * dq_group(j), j, i);
                 }
             }
+        }
+        if constexpr (kWS) {
+            fence_proxy_async();  // the stores, for the bulk reduction's reads (async proxy)
+            WsBars::dq_staged(it % Tr::kDqBufs);
         }
         trace.lap(8);
         trace.count(9);
