@@ -124,22 +124,20 @@ def checker(args, reference, cap, what="rel.err"):
     """check(outs, alibi): None or a note ("<what> <error>"). Against reference(alibi) (cuDNN's, or the ALiBi
     reference), relative error up to cap; with --dropout against the first build's outputs (kept at its first check),
     whose mask every build draws; with --bitwise also bit for bit against the first build's outputs."""
-    first = {}
-    first_bits = {}
+    first = {}  # the first build's outputs (--dropout, --bitwise), kept at its first check
+    bitwise = getattr(args, "bitwise", False)
 
     def check(outs, alibi=False):
-        if getattr(args, "bitwise", False):
-            if alibi not in first_bits:
-                first_bits[alibi] = tuple(t.clone() for t in outs)
-            else:
-                n = bit_diff(outs, first_bits[alibi])
-                if n:
-                    return f"{n} elements differ in bits from the first build"
-        if args.drop is not None and alibi not in first:
+        if (args.drop is not None or bitwise) and alibi not in first:
             first[alibi] = tuple(t.clone() for t in outs)
-            # (the reference of the builds after it: at least finite, so not NaN-poisoned, i.e. written)
-            self_err = max(rel_err(t, t) for t in outs)
-            return None if self_err == 0 else "non-finite outputs (the --dropout reference of the builds after it)"
+            if args.drop is not None:
+                # (the reference of the builds after it: at least finite, so not NaN-poisoned, i.e. written)
+                self_err = max(rel_err(t, t) for t in outs)
+                return None if self_err == 0 else "non-finite outputs (the --dropout reference of the builds after it)"
+        elif bitwise:
+            n = bit_diff(outs, first[alibi])
+            if n:
+                return f"{n} elements differ in bits from the first build"
         refs = first[alibi] if args.drop is not None else reference(alibi)
         err = max(rel_err(a, r) for a, r in zip(outs, refs))
         return f"{what} {err:.2e}" if math.isnan(err) or err > cap else None
