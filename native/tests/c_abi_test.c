@@ -1610,7 +1610,7 @@ static int lists_sm90_dropout(const char* pass, int d) {
     sprintf(cls, "_hdim%d_", d <= 64 ? 64 : d <= 128 ? 128 : d <= 192 ? 192 : 256);
     if (fa_kernel_count(&count) != FA_STATUS_SUCCESS) return 0;
     for (i = 0; i < count; ++i) {
-        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, prefix, 9) == 0 &&
+        if (fa_kernel_name(i, &name) == FA_STATUS_SUCCESS && name != NULL && strncmp(name, prefix, strlen(prefix)) == 0 &&
             strstr(name, cls) != NULL && strstr(name, "_dropout_") != NULL) {
             return 1;
         }
