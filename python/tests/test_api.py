@@ -95,6 +95,8 @@ INVALID = [
     ("flash_attn_func", {"window_size": 5}, "window_size must be a pair"),
     ("flash_attn_func", {"window_size": (1.5, 0)}, "must be an int"),
     ("flash_attn_func", {"softcap": float("nan")}, "softcap must be finite"),
+    ("flash_attn_func", {"softcap": float("inf")}, "softcap must be finite"),
+    ("flash_attn_func", {"softcap": float("-inf")}, "softcap must be finite"),
     ("flash_attn_func", {"softmax_scale": float("inf")}, "softmax_scale must be finite"),
     ("flash_attn_func", {"causal_alignment": "middle"}, "causal_alignment must be one of"),
     ("flash_attn_func", {"dropout_p": 1.0}, r"dropout_p is 1.0; it must be in \[0, 1\)"),
