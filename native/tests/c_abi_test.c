@@ -278,6 +278,61 @@ static fa_backward_params_t backward_of(const fa_forward_params_t* p) {
     return bw;
 }
 
+/* Refusals that a mutation pass over native/src/validate_*.cpp (each check disabled in turn, the CPU tests run) found
+   no test reaching: a head dim that is not a multiple of 8 in rows padded to one (the stride rule passes, so the
+   head-dim rule itself must refuse it), the query's head-dim rule, a backward grid past 2^31 - 1 blocks, and a
+   backward workspace smaller than the call needs. */
+static fa_support_query_t forward_query(int dtype, int head_dim);
+
+static void test_validation_edges(void) {
+    fa_forward_params_t p = valid_params(1);
+    fa_backward_params_t bw;
+    fa_support_query_t query;
+    fa_tensor_t* ts[4];
+    int i;
+    /* Head dim 60 in rows of 64 elements: every stride a multiple of 8. */
+    ts[0] = &p.q; ts[1] = &p.k; ts[2] = &p.v; ts[3] = &p.out;
+    for (i = 0; i < 4; ++i) {
+        ts[i]->shape[3] = 60;
+        ts[i]->strides[2] = 64;
+        ts[i]->strides[1] = 64 * ts[i]->shape[2];
+        ts[i]->strides[0] = ts[i]->strides[1] * ts[i]->shape[1];
+    }
+    expect("head dim 60 in padded rows (forward)", fa_forward_check(&p, 0), FA_STATUS_UNSUPPORTED,
+           "q.shape[3] (head_dim) is 60; head dims must be multiples of 8");
+    bw = backward_of(&p);
+    expect("head dim 60 in padded rows (backward)", fa_backward_check(&bw, 0), FA_STATUS_UNSUPPORTED,
+           "q.shape[3] (head_dim) is 60; head dims must be multiples of 8");
+    query = forward_query(FA_DTYPE_FLOAT16, 60);
+    expect("query head dim 60", fa_query_support(&query), FA_STATUS_UNSUPPORTED,
+           "query->head_dim is 60; head dims must be multiples of 8");
+
+    /* A backward of 2 x 2^27 query rows over 256 heads: the forward's grid (a block per 64 rows and head) is 2^30
+       blocks, the backward's (a block per 32 rows and head for its pre/post passes) 2^31. The tensors sit far apart
+       (nothing is read: the check runs before any launch). */
+    p = valid_params(1);
+    set_tensor4(&p.q, (void*)(uintptr_t)((uint64_t)1 << 44), FA_DTYPE_FLOAT16, 2, (int64_t)1 << 27, 256, 64, 0);
+    set_tensor4(&p.out, (void*)(uintptr_t)((uint64_t)2 << 44), FA_DTYPE_FLOAT16, 2, (int64_t)1 << 27, 256, 64, 0);
+    set_tensor4(&p.k, (void*)(uintptr_t)0x200000000ull, FA_DTYPE_FLOAT16, 2, VSK, 2, 64, 0);
+    set_tensor4(&p.v, (void*)(uintptr_t)0x300000000ull, FA_DTYPE_FLOAT16, 2, VSK, 2, 64, 0);
+    set_tensor3_f32(&p.lse, (void*)(uintptr_t)((uint64_t)3 << 44), 2, 256, (int64_t)1 << 27);
+    p.causal = 0;
+    expect("forward of 2 x 2^27 rows over 256 heads (2^30 blocks)", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
+    bw = backward_of(&p);
+    bw.dout.data = (void*)(uintptr_t)((uint64_t)4 << 44);
+    bw.dq.data = (void*)(uintptr_t)((uint64_t)5 << 44);
+    expect("backward grid past 2^31 - 1 blocks", fa_backward_check(&bw, 0), FA_STATUS_UNSUPPORTED,
+           "more than 2^31 - 1; split the batch or the heads");
+
+    /* A caller's workspace of 256 bytes: less than the call's fp32 dq accumulator alone. */
+    p = valid_params(1);
+    bw = backward_of(&p);
+    bw.workspace = (void*)(uintptr_t)0xA00000000ull;
+    bw.workspace_size = 256;
+    expect("backward workspace too small", fa_backward_check(&bw, 0), FA_STATUS_INVALID_ARGUMENT,
+           "workspace_size is 256 bytes but this call needs");
+}
+
 static void test_validation(void) {
     fa_forward_params_t p;
     const int64_t d = FA_TEST_HEAD_DIM;
@@ -321,6 +376,8 @@ static void test_validation(void) {
     expect("larger struct_size accepted", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
 
     expect("params NULL", fa_forward_check(NULL, 0), FA_STATUS_INVALID_ARGUMENT, "params is NULL");
+    expect("backward params NULL", fa_backward_check(NULL, 0), FA_STATUS_INVALID_ARGUMENT, "params is NULL");
+    test_validation_edges();
     EXPECT_FIELD("struct_size too small", valid_params(0), struct_size, 8,
                  FA_STATUS_INVALID_ARGUMENT, "struct_size is 8");
     EXPECT_FIELD("struct_size 0", valid_params(0), struct_size, 0, FA_STATUS_INVALID_ARGUMENT, "struct_size");
@@ -419,6 +476,13 @@ static void test_validation(void) {
     p.q.shape[0] = 8;
     p.out.data = (void*)(uintptr_t)0x600000000ull;
     expect("strides overflow int64", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "too large");
+    /* Each dimension's span fits in 2^63 elements but their sum does not: batch's extent 1 at a stride of 2^62, and
+       seqlen_q's extent just past 2^62. */
+    p = valid_params(0);
+    p.q.shape[0] = 2;
+    p.q.strides[0] = (int64_t)1 << 62;
+    p.q.strides[1] = ((int64_t)1 << 62) / (VSQ - 1) + 8;
+    expect("strides sum past int64", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT, "and its strides span more");
     EXPECT_FIELD("extent past address space", valid_params(0), q.data, (void*)(uintptr_t)(UINTPTR_MAX - 255u),
                  FA_STATUS_INVALID_ARGUMENT, "address space");
 
@@ -569,6 +633,8 @@ static void test_feature_validation(void) {
     expect("varlen_batch 2e9", fa_forward_check(&p, 0), FA_STATUS_UNSUPPORTED, "2^31 - 1 blocks");
     EXPECT_FIELD("max_seqlen_q -1", valid_varlen_params(0), max_seqlen_q, -1,
                  FA_STATUS_INVALID_ARGUMENT, "max_seqlen_q is -1");
+    EXPECT_FIELD("max_seqlen_k -1", valid_varlen_params(0), max_seqlen_k, -1,
+                 FA_STATUS_INVALID_ARGUMENT, "max_seqlen_k is -1");
     p = valid_varlen_params(0);
     set_tensor4(&p.q, p.q.data, FA_DTYPE_FLOAT16, 1, VL_TOTAL_Q, VHQ, d, 0);
     expect("varlen q rank 4", fa_forward_check(&p, 0), FA_STATUS_INVALID_ARGUMENT,

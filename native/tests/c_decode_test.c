@@ -479,6 +479,8 @@ static void test_counts_validation(void) {
     lens[1] = 0;
     p = counts_params(0, 1, 0); p.max_seqlen_q = 0;
     bad("max_seqlen_q 0 with cu_seqlens_q", &p, FA_STATUS_INVALID_ARGUMENT, "max_seqlen_q is 0 with cu_seqlens_q");
+    p = counts_params(0, 1, 0); p.cu_seqlens_q.shape[0] = 0;
+    bad("cu_seqlens_q of no entries", &p, FA_STATUS_INVALID_ARGUMENT, "cu_seqlens_q.shape[0] (batch + 1) is 0");
     p = counts_params(0, 1, 0); p.max_seqlen_q = 6;
     expect("max_seqlen_q above q's rows (a static bound, as FlashAttention-3 takes)", fa_decode_check(&p, 0),
            FA_STATUS_SUCCESS, NULL);
@@ -871,6 +873,25 @@ static void test_validation(void) {
     bad("block_table batch", &p, FA_STATUS_INVALID_ARGUMENT, "block_table.shape[0] (batch)");
     p = valid_params(1); p.v_new.data = NULL;
     bad("k_new without v_new", &p, FA_STATUS_INVALID_ARGUMENT, "v_new.data is NULL");
+    /* The refusals below were reached by no test until a mutation pass over validate_decode.cpp (each check
+       disabled in turn) said so. */
+    p = valid_params(1); p.k_new.data = NULL;
+    bad("v_new without k_new", &p, FA_STATUS_INVALID_ARGUMENT, "v_new.data is set but k_new.data is NULL");
+    p = valid_params(0); p.k_new.data = p.v_new.data = NULL; p.advance_cache_seqlens = 1;
+    bad("advance without an append", &p, FA_STATUS_INVALID_ARGUMENT, "advance_cache_seqlens is 1 but k_new/v_new are not given");
+    p = valid_params(0);
+    p.k_cache.shape[1] = p.v_cache.shape[1] = (int64_t)1 << 31;  /* 2^31 positions: past the kernels' 32-bit rows */
+    p.k_cache.strides[0] = p.v_cache.strides[0] = p.k_cache.shape[1] * p.k_cache.strides[1];
+    p.k_cache.data = (void*)(uintptr_t)((uint64_t)1 << 44);
+    p.v_cache.data = (void*)(uintptr_t)((uint64_t)2 << 44);
+    bad("a cache of 2^31 positions", &p, FA_STATUS_UNSUPPORTED, "positions per sequence; the largest this build serves is");
+    p = valid_params(0);
+    p.k_new.data = p.v_new.data = NULL;
+    set4(&p.q, (void*)(uintptr_t)((uint64_t)1 << 44), FA_DTYPE_BFLOAT16, VB, (int64_t)1 << 30, VHQ, FA_TEST_HEAD_DIM);
+    set4(&p.out, (void*)(uintptr_t)((uint64_t)2 << 44), FA_DTYPE_BFLOAT16, VB, (int64_t)1 << 30, VHQ, FA_TEST_HEAD_DIM);
+    p.lse.data = NULL;
+    bad("2^30 new tokens x 4 query heads a kv head: 2^32 packed rows", &p, FA_STATUS_UNSUPPORTED,
+        "is too large for one decode launch");
     p = valid_params(1); p.k_new.shape[1] = VSQ + 1;
     bad("v_new seqlen other than k_new's", &p, FA_STATUS_INVALID_ARGUMENT,
         "v_new.shape[1] (seqlen_knew) is 2 but k_new.shape[1] (seqlen_knew) is 3");
