@@ -2868,6 +2868,65 @@ static void bind_io(fa_forward_params_t* p, const device_io* io, const fa_tensor
 /* ---- GPU: the forward's kernel paths ------------------------------------------------------------------------ */
 
 static int g_device_cc = 0; /* device 0's compute capability, major*10+minor (test_gpu sets it) */
+/* C_ABI_TEST_ONLY: a comma-separated list of test_gpu's sections to run (unset or empty: all), for a device run that
+   checks one kernel change in less than the whole test's two to three minutes on an H200. A section left out is
+   reported and counted as skipped, never as passed. The names: graph, pointers, fp8, basic, wide64, sched256, pairs,
+   padded, paths, paged, vpair, misc. */
+static const char* g_sections = NULL;
+
+/* Whether the comma-separated list names `name` exactly (a pure function: section_filter_selftest checks it). */
+static int section_listed(const char* list, const char* name) {
+    const size_t n = strlen(name);
+    const char* at = list;
+    while (at != NULL && *at != '\0') {
+        const char* end = strchr(at, ',');
+        const size_t len = end != NULL ? (size_t)(end - at) : strlen(at);
+        if (len == n && strncmp(at, name, n) == 0) return 1;
+        at = end != NULL ? end + 1 : NULL;
+    }
+    return 0;
+}
+
+static const char* const kSections[] = {"graph", "pointers", "fp8", "basic", "wide64", "sched256",
+                                        "pairs", "padded", "paths", "paged", "vpair", "misc"};
+
+/* Every item of the list is a section name (a misspelt one would skip everything and pass). */
+static int sections_known(const char* list) {
+    const char* at = list;
+    while (at != NULL && *at != '\0') {
+        const char* end = strchr(at, ',');
+        const size_t len = end != NULL ? (size_t)(end - at) : strlen(at);
+        size_t k;
+        int known = len == 0;
+        for (k = 0; k < sizeof(kSections) / sizeof(kSections[0]); ++k) {
+            known |= strlen(kSections[k]) == len && strncmp(at, kSections[k], len) == 0;
+        }
+        if (!known) return 0;
+        at = end != NULL ? end + 1 : NULL;
+    }
+    return 1;
+}
+
+static int section(const char* name) {
+    if (g_sections == NULL || g_sections[0] == '\0' || section_listed(g_sections, name)) {
+        printf("  SECTION %s\n", name);
+        return 1;
+    }
+    printf("  SKIP section %s (C_ABI_TEST_ONLY=%s)\n", name, g_sections);
+    ++g_skipped;
+    return 0;
+}
+
+/* The list matching on the CPU (the GPU sections cannot run here). */
+static void section_filter_selftest(void) {
+    CHECK(section_listed("pairs", "pairs") && section_listed("basic,pairs", "pairs") && section_listed("pairs,basic", "pairs"),
+          "section_listed finds a listed name");
+    CHECK(!section_listed("pairs2,xpairs,pair", "pairs") && !section_listed("", "pairs") && !section_listed(",", "pairs"),
+          "section_listed matches whole names only");
+    CHECK(section_listed("a,,pairs", "pairs") && !section_listed("basic", "basic2"), "section_listed skips empty items");
+    CHECK(sections_known("pairs,basic,misc") && sections_known("") && !sections_known("pairs,pair"),
+          "sections_known refuses an unknown name");
+}
 static int g_has_sm90a = 0; /* build_has_sm90a() (test_gpu sets it) */
 
 static const char* path_name(int path) {
@@ -4519,24 +4578,32 @@ static void test_gpu(int32_t count) {
            forward_family(FA_PATH_AUTO));
 
     /* First, so that each capture contains the first launch of its kernel (any one-time setup included). */
-    run_graph_case(context, stream, FA_PATH_AUTO, &log);
-    for (i = 0; i < 2; ++i) {
-        run_graph_case(context, stream, paths[i], &log);
+    if (section("graph")) {
+        run_graph_case(context, stream, FA_PATH_AUTO, &log);
+        for (i = 0; i < 2; ++i) {
+            run_graph_case(context, stream, paths[i], &log);
+        }
     }
-    test_device_pointers(context, stream);
-    test_fp8_gpu(context, stream, g_device_cc, &log);
-    test_fp8_wide_choice(context, stream, g_device_cc, &log);
-    for (n = 0; n < (int)(sizeof(cases) / sizeof(cases[0])); ++n) {
-        run_forward_case(context, stream, &cases[n], FA_PATH_AUTO, &log);
+    if (section("pointers")) test_device_pointers(context, stream);
+    if (section("fp8")) {
+        test_fp8_gpu(context, stream, g_device_cc, &log);
+        test_fp8_wide_choice(context, stream, g_device_cc, &log);
     }
-    for (n = 0; n < (int)(sizeof(feature_cases) / sizeof(feature_cases[0])); ++n) {
-        run_forward_case(context, stream, &feature_cases[n], FA_PATH_AUTO, &log);
+    if (section("basic")) {
+        for (n = 0; n < (int)(sizeof(cases) / sizeof(cases[0])); ++n) {
+            run_forward_case(context, stream, &cases[n], FA_PATH_AUTO, &log);
+        }
+        for (n = 0; n < (int)(sizeof(feature_cases) / sizeof(feature_cases[0])); ++n) {
+            run_forward_case(context, stream, &feature_cases[n], FA_PATH_AUTO, &log);
+        }
+        for (n = 0; n < (int)(sizeof(varlen_cases) / sizeof(varlen_cases[0])); ++n) {
+            run_varlen_case(context, stream, &varlen_cases[n], FA_PATH_AUTO, &log);
+        }
+        run_varlen_nothing_to_do(context, stream);
     }
-    for (n = 0; n < (int)(sizeof(varlen_cases) / sizeof(varlen_cases[0])); ++n) {
-        run_varlen_case(context, stream, &varlen_cases[n], FA_PATH_AUTO, &log);
-    }
-    run_varlen_nothing_to_do(context, stream);
-    if (head_dim_served(64)) {
+    if (!section("wide64")) {
+        /* (skipped and counted by section()) */
+    } else if (head_dim_served(64)) {
         /* (a build with sm_90a code and FA_SM90_FWD_D64_WIDE_MIN_KEYS > 0 lists the 192-row kernels) */
         const int wide = strncmp(forward_family(FA_PATH_AUTO), "sm90_", 5) == 0 && build_lists_kernel(is_wide_d64_kernel);
         const varlen_case* wv = &wide_varlen_cases[0];
@@ -4564,7 +4631,9 @@ static void test_gpu(int32_t count) {
         printf("  SKIP the long head dim 64 cases: not served by this build\n");
         ++g_skipped;
     }
-    if (head_dim_served(256)) {
+    if (!section("sched256")) {
+        /* (skipped and counted by section()) */
+    } else if (head_dim_served(256)) {
         for (n = 0; n < (int)(sizeof(sched_cases) / sizeof(sched_cases[0])); ++n) {
             g_row_sample = 97;
             run_forward_case(context, stream, &sched_cases[n], FA_PATH_AUTO, &log);
@@ -4574,70 +4643,80 @@ static void test_gpu(int32_t count) {
         printf("  SKIP the long head dim 256 cases: not served by this build\n");
         ++g_skipped;
     }
-    for (n = 0; n < (int)(sizeof(pair_cases) / sizeof(pair_cases[0])); ++n) {
-        if (head_dim_served(pair_cases[n].d)) {
-            g_row_sample = pair_cases[n].sq > 512 ? 97 : 0;
-            run_forward_case(context, stream, &pair_cases[n], FA_PATH_AUTO, &log);
-            g_row_sample = 0;
-        } else {
-            printf("  SKIP head dim %d: not served by this build\n", pair_cases[n].d);
-            ++g_skipped;
+    if (section("pairs")) {
+        for (n = 0; n < (int)(sizeof(pair_cases) / sizeof(pair_cases[0])); ++n) {
+            if (head_dim_served(pair_cases[n].d)) {
+                g_row_sample = pair_cases[n].sq > 512 ? 97 : 0;
+                run_forward_case(context, stream, &pair_cases[n], FA_PATH_AUTO, &log);
+                g_row_sample = 0;
+            } else {
+                printf("  SKIP head dim %d: not served by this build\n", pair_cases[n].d);
+                ++g_skipped;
+            }
         }
     }
-    for (n = 0; n < (int)(sizeof(padded_cases) / sizeof(padded_cases[0])); ++n) {
-        if (head_dim_served(padded_cases[n].d)) {
-            run_forward_case(context, stream, &padded_cases[n], FA_PATH_AUTO, &log);
-        } else {
-            printf("  SKIP head dim %d: not served by this build\n", padded_cases[n].d);
-            ++g_skipped;
+    if (section("padded")) {
+        for (n = 0; n < (int)(sizeof(padded_cases) / sizeof(padded_cases[0])); ++n) {
+            if (head_dim_served(padded_cases[n].d)) {
+                run_forward_case(context, stream, &padded_cases[n], FA_PATH_AUTO, &log);
+            } else {
+                printf("  SKIP head dim %d: not served by this build\n", padded_cases[n].d);
+                ++g_skipped;
+            }
         }
     }
-    for (i = 0; i < 2; ++i) {
-        for (n = 0; n < (int)(sizeof(path_cases) / sizeof(path_cases[0])); ++n) {
-            if (head_dim_served(path_cases[n].d)) {
-                run_forward_case(context, stream, &path_cases[n], paths[i], &log);
-            } else {
-                printf("  SKIP head dim %d on path %s: not served by this build\n", path_cases[n].d, path_name(paths[i]));
-                ++g_skipped;
+    if (section("paths")) {
+        for (i = 0; i < 2; ++i) {
+            for (n = 0; n < (int)(sizeof(path_cases) / sizeof(path_cases[0])); ++n) {
+                if (head_dim_served(path_cases[n].d)) {
+                    run_forward_case(context, stream, &path_cases[n], paths[i], &log);
+                } else {
+                    printf("  SKIP head dim %d on path %s: not served by this build\n", path_cases[n].d, path_name(paths[i]));
+                    ++g_skipped;
+                }
+            }
+            for (n = 0; n < (int)(sizeof(alibi_cases) / sizeof(alibi_cases[0])); ++n) {
+                if (head_dim_served(alibi_cases[n].c.d)) {
+                    run_forward_case_a(context, stream, &alibi_cases[n].c, &alibi_cases[n].alibi, 0, paths[i], &log);
+                } else {
+                    printf("  SKIP ALiBi head dim %d on path %s: not served by this build\n", alibi_cases[n].c.d,
+                           path_name(paths[i]));
+                    ++g_skipped;
+                }
+            }
+            for (n = 0; n < (int)(sizeof(varlen_cases) / sizeof(varlen_cases[0])); ++n) {
+                run_varlen_case(context, stream, &varlen_cases[n], paths[i], &log);
+            }
+            for (n = 0; n < (int)(sizeof(path_varlen_cases) / sizeof(path_varlen_cases[0])); ++n) {
+                if (head_dim_served(path_varlen_cases[n].d)) {
+                    run_varlen_case(context, stream, &path_varlen_cases[n], paths[i], &log);
+                } else {
+                    printf("  SKIP varlen head dim %d on path %s: not served by this build\n", path_varlen_cases[n].d,
+                           path_name(paths[i]));
+                    ++g_skipped;
+                }
+            }
+            for (n = 0; n < (int)(sizeof(paged_cases) / sizeof(paged_cases[0])); ++n) {
+                if (head_dim_served(paged_cases[n].d)) {
+                    run_paged_case(context, stream, &paged_cases[n], paths[i], &log);
+                } else {
+                    printf("  SKIP paged head dim %d on path %s: not served by this build\n", paged_cases[n].d,
+                           path_name(paths[i]));
+                    ++g_skipped;
+                }
             }
         }
-        for (n = 0; n < (int)(sizeof(alibi_cases) / sizeof(alibi_cases[0])); ++n) {
-            if (head_dim_served(alibi_cases[n].c.d)) {
-                run_forward_case_a(context, stream, &alibi_cases[n].c, &alibi_cases[n].alibi, 0, paths[i], &log);
-            } else {
-                printf("  SKIP ALiBi head dim %d on path %s: not served by this build\n", alibi_cases[n].c.d,
-                       path_name(paths[i]));
-                ++g_skipped;
-            }
-        }
-        for (n = 0; n < (int)(sizeof(varlen_cases) / sizeof(varlen_cases[0])); ++n) {
-            run_varlen_case(context, stream, &varlen_cases[n], paths[i], &log);
-        }
-        for (n = 0; n < (int)(sizeof(path_varlen_cases) / sizeof(path_varlen_cases[0])); ++n) {
-            if (head_dim_served(path_varlen_cases[n].d)) {
-                run_varlen_case(context, stream, &path_varlen_cases[n], paths[i], &log);
-            } else {
-                printf("  SKIP varlen head dim %d on path %s: not served by this build\n", path_varlen_cases[n].d,
-                       path_name(paths[i]));
-                ++g_skipped;
-            }
-        }
+    }
+    if (section("paged")) {
         for (n = 0; n < (int)(sizeof(paged_cases) / sizeof(paged_cases[0])); ++n) {
-            if (head_dim_served(paged_cases[n].d)) {
-                run_paged_case(context, stream, &paged_cases[n], paths[i], &log);
-            } else {
-                printf("  SKIP paged head dim %d on path %s: not served by this build\n", paged_cases[n].d,
-                       path_name(paths[i]));
-                ++g_skipped;
-            }
+            if (head_dim_served(paged_cases[n].d)) run_paged_case(context, stream, &paged_cases[n], FA_PATH_AUTO, &log);
         }
     }
-    for (n = 0; n < (int)(sizeof(paged_cases) / sizeof(paged_cases[0])); ++n) {
-        if (head_dim_served(paged_cases[n].d)) run_paged_case(context, stream, &paged_cases[n], FA_PATH_AUTO, &log);
+    if (section("vpair")) {
+        test_v_pair_gpu(context, stream, &log);
     }
-    test_v_pair_gpu(context, stream, &log);
     /* The same call on the legacy default stream (NULL). */
-    run_forward_case(context, NULL, &cases[0], FA_PATH_AUTO, &log);
+    if (section("misc")) run_forward_case(context, NULL, &cases[0], FA_PATH_AUTO, &log);
 
     /* Events and stream-ordered memory. */
     expect("event_create start", fa_event_create(0, &start), FA_STATUS_SUCCESS, NULL);
@@ -4667,6 +4746,13 @@ int main(int argc, char** argv) {
         return 2;
     }
     g_rng = rng_state_from_seed(seed);
+    g_sections = getenv("C_ABI_TEST_ONLY");
+    if (g_sections != NULL && !sections_known(g_sections)) {
+        fprintf(stderr, "c_abi_test: C_ABI_TEST_ONLY='%s' names a section that does not exist (known: graph, pointers, "
+                        "fp8, basic, wide64, sched256, pairs, padded, paths, paged, vpair, misc)\n", g_sections);
+        return 2;
+    }
+    section_filter_selftest();
     printf("c_abi_test: libflash_attention %d (header %d), head dim %d\n", (int)fa_version(), FA_VERSION_CODE,
            FA_TEST_HEAD_DIM);
 
