@@ -124,6 +124,11 @@ public sealed class Float8KvCacheTests
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("descales"));
             Assert.That(() => KvCache.CreateContiguous(FakeDevice(), DataType.UInt8, 1, 16, 1, 64),
                 Throws.ArgumentException.With.Property("ParamName").EqualTo("dataType").And.Message.Contain("Float8E4M3"));
+            // Head dims of 16-byte rows only (a mutation pass found this refusal untested).
+            Assert.That(() => KvCache.CreateContiguous(FakeDevice(), E4M3, 1, 16, 1, 40),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("headDim").And.Message.Contain("multiple of 16").And.Message.Contain("got 40"));
+            Assert.That(() => KvCache.CreatePaged(FakeDevice(), E4M3, 1, 4, 16, 1, 72),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("headDim").And.Message.Contain("got 72"));
         });
     }
 

@@ -116,6 +116,26 @@ public sealed class KvCacheTests
     }
 
     [Test]
+    public void SetLeftPaddingChecksThePadsBeforeItNeedsADevice()
+    {
+        // A raw-pointer view has no device for the copy, so a valid call ends in InvalidOperationException; the count
+        // and range checks come first (a mutation pass found the count check untested).
+        using KvCache cache = KvCache.Wrap(T(K, DataType.Float16, 2, 64, 2, 64), T(V, DataType.Float16, 2, 64, 2, 64), [5, 9], cacheSeqLens: T(SL, DataType.Int32, 2));
+        Assert.Multiple(() =>
+        {
+            Assert.That(() => cache.SetLeftPadding([0]),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("pads").And.Message.Contain("pads has 1 entries but the cache holds 2 rows"));
+            Assert.That(() => cache.SetLeftPadding([0, 0, 0]),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("pads").And.Message.Contain("pads has 3 entries"));
+            Assert.That(() => cache.SetLeftPadding([0, 10]),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("pads").And.Message.Contain("pads[1] is 10"));
+            Assert.That(() => cache.SetLeftPadding([-1, 0]),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("pads").And.Message.Contain("pads[0] is -1"));
+            Assert.That(() => cache.SetLeftPadding([5, 9]), Throws.InvalidOperationException, "valid pads: the view has no device");
+        });
+    }
+
+    [Test]
     public void WrapRejectsNullTensors()
     {
         DeviceTensor k = T(K, DataType.Float16, 1, 8, 1, 64);
