@@ -285,6 +285,7 @@ static fa_backward_params_t backward_of(const fa_forward_params_t* p) {
 static fa_support_query_t forward_query(int dtype, int head_dim);
 
 static void test_validation_edges(void) {
+    const int64_t d = FA_TEST_HEAD_DIM;
     fa_forward_params_t p = valid_params(1);
     fa_backward_params_t bw;
     fa_support_query_t query;
@@ -308,19 +309,20 @@ static void test_validation_edges(void) {
            "query->head_dim is 60; head dims must be multiples of 8");
 
     /* A backward of 2 x 2^27 query rows over 256 heads: the forward's grid (a block per 64 rows and head) is 2^30
-       blocks, the backward's (a block per 32 rows and head for its pre/post passes) 2^31. The tensors sit far apart
-       (nothing is read: the check runs before any launch). */
+       blocks, the backward's (a block per 32 rows and head for its pre/post passes) 2^31. The tensors sit 2^48 bytes
+       apart (q is 2^45 bytes at head dim 256; nothing is read: the check runs before any launch). The build's test
+       head dim, which every build serves. */
     p = valid_params(1);
-    set_tensor4(&p.q, (void*)(uintptr_t)((uint64_t)1 << 44), FA_DTYPE_FLOAT16, 2, (int64_t)1 << 27, 256, 64, 0);
-    set_tensor4(&p.out, (void*)(uintptr_t)((uint64_t)2 << 44), FA_DTYPE_FLOAT16, 2, (int64_t)1 << 27, 256, 64, 0);
-    set_tensor4(&p.k, (void*)(uintptr_t)0x200000000ull, FA_DTYPE_FLOAT16, 2, VSK, 2, 64, 0);
-    set_tensor4(&p.v, (void*)(uintptr_t)0x300000000ull, FA_DTYPE_FLOAT16, 2, VSK, 2, 64, 0);
-    set_tensor3_f32(&p.lse, (void*)(uintptr_t)((uint64_t)3 << 44), 2, 256, (int64_t)1 << 27);
+    set_tensor4(&p.q, (void*)(uintptr_t)((uint64_t)1 << 48), FA_DTYPE_FLOAT16, 2, (int64_t)1 << 27, 256, d, 0);
+    set_tensor4(&p.out, (void*)(uintptr_t)((uint64_t)2 << 48), FA_DTYPE_FLOAT16, 2, (int64_t)1 << 27, 256, d, 0);
+    set_tensor4(&p.k, (void*)(uintptr_t)0x200000000ull, FA_DTYPE_FLOAT16, 2, VSK, 2, d, 0);
+    set_tensor4(&p.v, (void*)(uintptr_t)0x300000000ull, FA_DTYPE_FLOAT16, 2, VSK, 2, d, 0);
+    set_tensor3_f32(&p.lse, (void*)(uintptr_t)((uint64_t)3 << 48), 2, 256, (int64_t)1 << 27);
     p.causal = 0;
     expect("forward of 2 x 2^27 rows over 256 heads (2^30 blocks)", fa_forward_check(&p, 0), FA_STATUS_SUCCESS, NULL);
     bw = backward_of(&p);
-    bw.dout.data = (void*)(uintptr_t)((uint64_t)4 << 44);
-    bw.dq.data = (void*)(uintptr_t)((uint64_t)5 << 44);
+    bw.dout.data = (void*)(uintptr_t)((uint64_t)4 << 48);
+    bw.dq.data = (void*)(uintptr_t)((uint64_t)5 << 48);
     expect("backward grid past 2^31 - 1 blocks", fa_backward_check(&bw, 0), FA_STATUS_UNSUPPORTED,
            "more than 2^31 - 1; split the batch or the heads");
 
