@@ -152,6 +152,28 @@ public sealed class DecodeServingTests : AttentionTestBase
     }
 
     [Test]
+    public void LengthsBelowARowsLeftPadAreRefusedUntilThePadIsLowered()
+    {
+        // (A mutation pass over the managed refusals found this one reached by no test; it needs pads, which only a
+        // cache on a device keeps.)
+        using KvCache cache = KvCache.CreateContiguous(Device, Bf16, batchSize: 2, capacity: 64, headsKv: 2, headDim: 64, Stream);
+        cache.SetSequenceLengths([10, 20], Stream);
+        cache.SetLeftPadding([4, 0], Stream);
+        Assert.Multiple(() =>
+        {
+            Assert.That(() => cache.SetSequenceLengths([3, 20], Stream),
+                Throws.ArgumentException.With.Property("ParamName").EqualTo("lengths").And.Message.Contain("lengths[0] is 3, below the row's left padding 4"));
+            Assert.That(cache.SequenceLengths, Is.EqualTo(new[] { 10, 20 }), "a refused call changes no length");
+            Assert.That(cache.LeftPadding, Is.EqualTo(new[] { 4, 0 }));
+        });
+        cache.SetSequenceLengths([4, 20], Stream); // down to the pad itself: allowed (no key left to attend to)
+        cache.SetLeftPadding([0, 0], Stream);
+        cache.SetSequenceLengths([3, 20], Stream);
+        cache.Synchronize();
+        Assert.That(cache.SequenceLengths, Is.EqualTo(new[] { 3, 20 }));
+    }
+
+    [Test]
     public void OwnedPagedCacheAllocatesBlocksOnlyForTheStepsRows()
     {
         RequireHeadDim(64, F16);
