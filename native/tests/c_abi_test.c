@@ -2898,15 +2898,27 @@ static int g_device_cc = 0; /* device 0's compute capability, major*10+minor (te
    padded, paths, paged, vpair, misc. */
 static const char* g_sections = NULL;
 
+/* The next item of a comma-separated list: its start and length in *item and *len, *at moved past it; 0 at the end. */
+static int list_next(const char** at, const char** item, size_t* len) {
+    const char* end;
+    if (*at == NULL || **at == '\0') return 0;
+    end = strchr(*at, ',');
+    *item = *at;
+    *len = end != NULL ? (size_t)(end - *at) : strlen(*at);
+    *at = end != NULL ? end + 1 : NULL;
+    return 1;
+}
+
+static int item_is(const char* item, size_t len, const char* name) {
+    return strlen(name) == len && strncmp(item, name, len) == 0;
+}
+
 /* Whether the comma-separated list names `name` exactly (a pure function: section_filter_selftest checks it). */
 static int section_listed(const char* list, const char* name) {
-    const size_t n = strlen(name);
-    const char* at = list;
-    while (at != NULL && *at != '\0') {
-        const char* end = strchr(at, ',');
-        const size_t len = end != NULL ? (size_t)(end - at) : strlen(at);
-        if (len == n && strncmp(at, name, n) == 0) return 1;
-        at = end != NULL ? end + 1 : NULL;
+    const char *at = list, *item;
+    size_t len;
+    while (list_next(&at, &item, &len)) {
+        if (item_is(item, len, name)) return 1;
     }
     return 0;
 }
@@ -2914,19 +2926,14 @@ static int section_listed(const char* list, const char* name) {
 static const char* const kSections[] = {"graph", "pointers", "fp8", "basic", "wide64", "sched256",
                                         "pairs", "padded", "paths", "paged", "vpair", "misc"};
 
-/* Every item of the list is a section name (a misspelt one would skip everything and pass). */
+/* Every item of the list is a section name (a misspelt one would skip everything and pass); empty items are allowed. */
 static int sections_known(const char* list) {
-    const char* at = list;
-    while (at != NULL && *at != '\0') {
-        const char* end = strchr(at, ',');
-        const size_t len = end != NULL ? (size_t)(end - at) : strlen(at);
-        size_t k;
+    const char *at = list, *item;
+    size_t len, k;
+    while (list_next(&at, &item, &len)) {
         int known = len == 0;
-        for (k = 0; k < sizeof(kSections) / sizeof(kSections[0]); ++k) {
-            known |= strlen(kSections[k]) == len && strncmp(at, kSections[k], len) == 0;
-        }
+        for (k = 0; k < sizeof(kSections) / sizeof(kSections[0]); ++k) known |= item_is(item, len, kSections[k]);
         if (!known) return 0;
-        at = end != NULL ? end + 1 : NULL;
     }
     return 1;
 }
