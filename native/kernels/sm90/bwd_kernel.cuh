@@ -97,7 +97,7 @@ __device__ __forceinline__ void fence_dkdv(float (&acc_k)[NK], float (&acc_v)[NV
 // dims. (A template parameter here: a __global__ wrapper around a __device__ body changed the PTX of the kernels without
 // dropout.)
 template <typename T, int D, bool kLocal, bool kSoftcap, bool kDeterministic, int DV = D, bool kDropout = false>
-__global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, kDeterministic, kDropout>>::kThreads, 1)
+__global__ void __launch_bounds__(BwdTurns<kBwdThird<D, kLocal, kDeterministic, kDropout>>::kThreads, 1)
     bwd_kernel_sm90(const __grid_constant__ BwdArgs90 a) {
 #ifdef FA_SM90A_DEVICE
     static_assert(!kDropout || (kLocal && DV == D), "dropout: the masked kernels of square head dims");
@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(BwdTurns<kDeterministic || kBwdWs<D, kLocal, k
     // FA_SM90_BWD_EXP_UNDER_DP (sm90/bwd_traits.h): S^T and dP^T committed as two groups, the exponentials computed
     // once S^T has retired, while dP^T still runs; dS^T once it has.
     constexpr bool kExpUnderDP = kBwdExpUnderDp<D, kLocal, kDropout>;
-    using Turns = BwdTurns<kDeterministic || kWS>;
+    using Turns = BwdTurns<kBwdThird<D, kLocal, kDeterministic, kDropout>>;
     using WsBars = BwdWsBars<Tr>;
     constexpr int kBarCta = 1, kBarTurn = 2, kBarAdded = 3, kTurnCount = Tr::kThreads + 32;
     const auto cta_sync = [] {

@@ -18,9 +18,7 @@ struct BwdFamily {
     // Two consumer warpgroups, and in deterministic mode the turn warpgroup, in a warp-specialized kernel the producer
     // (sm90/bwd_traits.h BwdTurns, kBwdWs).
     template <bool kLocal, bool kDet, bool kDropout>
-    static constexpr bool third() { return kDet || kBwdWs<D, kLocal, kDet, kDropout>; }
-    template <bool kLocal, bool kDet, bool kDropout>
-    static constexpr int threads() { return BwdTurns<third<kLocal, kDet, kDropout>()>::kThreads; }
+    static constexpr int threads() { return BwdTurns<kBwdThird<D, kLocal, kDet, kDropout>>::kThreads; }
     static constexpr bool local_variant(bool local) { return Tr::kSplit ? true : local; }
     // Dropout kernels where the build has them (FA_SM90_BWD_DROPOUT; not the V head dim pair): the host sends dropout
     // calls elsewhere to the sm80 path.
@@ -28,7 +26,7 @@ struct BwdFamily {
     // The third warpgroup gives registers to the consumers.
     template <bool kLocal, bool kDet, bool kDropout>
     static constexpr int launch_regs() {
-        return third<kLocal, kDet, kDropout>() ? BwdTurns<true>::kLaunchRegs : 0;
+        return kBwdThird<D, kLocal, kDet, kDropout> ? BwdTurns<true>::kLaunchRegs : 0;
     }
     template <bool kLocal, bool kSoftcap, bool kDet, bool kDropout = false>
     static auto kernel() {

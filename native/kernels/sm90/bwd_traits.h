@@ -97,6 +97,10 @@ template <int D, bool kLocal, bool kDeterministic, bool kDropout>
 inline constexpr bool kBwdWs =
     FA_SM90_BWD_WS != 0 && !bwd_split(D) && (!kDeterministic || FA_SM90_BWD_WS_DET != 0) && !kDropout &&
     (!kLocal || FA_SM90_BWD_WS >= 2);
+// Whether that kernel has a third warpgroup (the deterministic mode's turns, or warp specialization's producer): its
+// launch shape, BwdTurns<kBwdThird<...>>, which the kernel's __launch_bounds__ and the launcher (BwdFamily) both read.
+template <int D, bool kLocal, bool kDeterministic, bool kDropout>
+inline constexpr bool kBwdThird = kDeterministic || kBwdWs<D, kLocal, kDeterministic, kDropout>;
 // Whether the kernel of head dim D for these options computes the exponentials under dP^T (FA_SM90_BWD_EXP_UNDER_DP).
 template <int D, bool kLocal, bool kDropout>
 inline constexpr bool kBwdExpUnderDp =
