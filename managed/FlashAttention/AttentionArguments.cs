@@ -108,8 +108,9 @@ public readonly record struct AttentionArguments(
     /// (the log-sum-exp is unchanged) and Z FlashAttention-2's keep mask under (<see cref="DropoutSeed"/>,
     /// <see cref="DropoutOffset"/>): Philox4x32 with 7 rounds, one byte per element, kept iff the byte is at most
     /// <c>floor(float(1 - p) · 255)</c> (so the keep rate is that plus one over 256). A call consumes
-    /// <c>batch · headsQ · 32</c> offsets. Served by the sm80 path in the default build (<see cref="KernelPath.Auto"/>
-    /// takes it on any GPU; a build with the sm90 dropout kernels lists them in <see cref="FlashAttention.CompiledKernels"/>).
+    /// <c>batch · headsQ · 32</c> offsets. Served by both paths (<see cref="KernelPath.Auto"/> takes the sm90 kernels on
+    /// compute capability 9.0 in a build with sm_90a code and the sm80 ones elsewhere; the V head dim pairs run it on the
+    /// sm80 kernels; <see cref="FlashAttention.CompiledKernels"/> lists the <c>_dropout</c> kernels).
     /// </summary>
     public float DropoutP { get; init; }
 

@@ -41,10 +41,9 @@ bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc
 // where it does not serve). fp8 (e4m3) has no sm80 kernels: FA_PATH_SM80 is UNSUPPORTED for it, and so is
 // FA_PATH_AUTO where the sm90 forward does not serve it. smem_optin < 0: not known (validation without a device),
 // so not checked. `field` names the field in messages ("kernel_path", "query->kernel_path"); device >= 0 is named
-// in them too. A dropout call runs on the sm80 path: FA_PATH_AUTO takes it on any GPU, FA_PATH_SM90 is
-// UNSUPPORTED saying so; but for a pass of a build with its sm90 dropout kernels (FA_SM90_FWD_DROPOUT,
-// FA_SM90_BWD_DROPOUT; kernels::has_sm90_dropout), which serve it as any other option (not
-// the V head dim pairs).
+// in them too. A dropout call is served by the sm90 path as any other option for a pass whose sm90 dropout kernels the
+// build has (FA_SM90_FWD_DROPOUT, FA_SM90_BWD_DROPOUT, on by default; kernels::has_sm90_dropout; not the V head dim
+// pairs); elsewhere it runs on the sm80 path: FA_PATH_AUTO takes it on any GPU, FA_PATH_SM90 is UNSUPPORTED saying so.
 // head_dim_v: v's and out's head dim when it differs from head_dim (0: the same). FlashAttention-3's pairs: the sm80
 // path serves both forwards and (192, 128)'s backward, the sm90 path both forwards and (192, 128)'s backward (without
 // dropout; AUTO takes them where they serve); every other pair, (64, 512)'s backward and decode are UNSUPPORTED

@@ -513,6 +513,8 @@ static const feature k_features[] = {
      0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 2, 0},
     {"dropout, varlen with empty sequences, deterministic, keep mask", 0, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0,
      0, 1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 0, 0, 1, 0},
+    {"dropout 0.17, head dim 64 (Philox words drawn while S runs), causal, GQA", 0, 2, 200, 170, 4, 2, 64, 1, 0, -1, -1,
+     0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 1, 0},
     {"dropout + alibi [hq] + sinks, no mask, head dim 256", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0,
      0, 0, 0, {0}, {0}, 1, 1, 2, 0},
     {"paged K/V block 128, varlen with empty sequences, causal, GQA", 1, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0, 0,

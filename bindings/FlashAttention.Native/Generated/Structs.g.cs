@@ -228,10 +228,10 @@ public unsafe partial struct FaForwardParams
     /// u_ij &lt;= floor(float(1 - p) * 255), so the true keep rate is (that + 1) / 256, not exactly 1 - p.
     /// A call consumes heads_q * batch * 32 offsets (varlen: varlen_batch): advance the offset by at least that
     /// between calls that must draw different masks (PyTorch's generator rounds it up to a multiple of 4).
-    /// Served by the sm80 path in the default build (FlashAttention-3 has no dropout): FA_PATH_AUTO takes the sm80
-    /// kernels for a dropout call on any GPU, FA_PATH_SM90 and fp8 are UNSUPPORTED. (A build with FA_SM90_FWD_DROPOUT
-    /// or FA_SM90_BWD_DROPOUT, off until measured, has sm90 dropout kernels too, which fa_query_support and the kernel
-    /// list then report and FA_PATH_AUTO takes.) Softcap is served with it (FlashAttention-2 refuses the pair; the
+    /// Served by the sm80 kernels on every GPU and by the sm90 ones on compute capability 9.0, which FA_PATH_AUTO
+    /// takes there (FlashAttention-3 has no dropout); fp8, decode and the sm90 path's V head dim pairs are UNSUPPORTED.
+    /// (A build with FA_SM90_FWD_DROPOUT=0 or FA_SM90_BWD_DROPOUT=0 has no sm90 dropout kernels for that pass, which
+    /// fa_query_support and the kernel list then report.) Softcap is served with it (FlashAttention-2 refuses the pair; the
     /// order of operations is the same).
     /// Drop probability, in [0, 1); 0 (default): no dropout; the seed and offset fields below are then ignored, and
     /// dropout_rng_state and dropout_mask must be unset (there is nothing to write).

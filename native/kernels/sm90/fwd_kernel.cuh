@@ -218,9 +218,9 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     constexpr int VC = Tr::kVCols, VCH = Tr::kVChunks;
     constexpr int PC = Tr::kPanelCols, KS = Tr::kKStep;
     constexpr bool kAlibiEarly = FA_SM90_FWD_ALIBI_GEMM_EARLY != 0;  // when the ALiBi step is issued (fwd_traits.h)
-    // Dropout: a block's Philox words drawn while the consumer waits for its S (FA_SM90_FWD_DROPOUT_EARLY): kDropCalls
+    // Dropout: a block's Philox words drawn while the consumer waits for its S (FA_SM90_FWD_DROPOUT_EARLY_MAX_D): kDropCalls
     // calls of 32 keys cover its BN keys from any start (BN % 32 == 16: blocks start mid-call on odd n).
-    constexpr bool kDropEarly = kDropout && FA_SM90_FWD_DROPOUT_EARLY != 0;
+    constexpr bool kDropEarly = kDropout && D <= FA_SM90_FWD_DROPOUT_EARLY_MAX_D;
     constexpr int kDropCalls = kDropEarly ? dropout_block_calls(BN) : 1;
     // fp8: P = exp2(x - max + 8) lies in [0, 256], the upper range of e4m3 (FlashAttention-3's offset); the
     // row sum carries the same 2^8, which O's normalisation cancels and the LSE takes back out.

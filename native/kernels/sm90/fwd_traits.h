@@ -88,19 +88,22 @@
 #ifndef FA_SM90_FWD_FP8_PINGPONG
 #define FA_SM90_FWD_FP8_PINGPONG 0
 #endif
-// Dropout in the sm90 forward (issue 14; fwd_kernel_sm90_dropout): 1 gives every 16-bit head-dim class whose P lives in
-// registers (not FA_SM90_FWD_P_SMEM's) local dropout kernels, with and without softcap, which FA_PATH_AUTO then takes for
-// the forward of a dropout call (its backward stays on the sm80 path: both read the same Philox stream, so the mask is
-// the same); 0 (the default until they have run on a GPU) leaves dropout to the sm80 kernels. The V head dim pairs
-// and fp8 have none either way.
+// Dropout in the sm90 forward (issue 14; fwd_kernel_sm90_dropout): 1 (the default) gives every 16-bit head-dim class
+// whose P lives in registers (not FA_SM90_FWD_P_SMEM's) local dropout kernels, with and without softcap, which
+// FA_PATH_AUTO then takes for the forward of a dropout call (the backward's are FA_SM90_BWD_DROPOUT's; both read the
+// same Philox stream as the sm80 kernels, so the mask is the same on either path); 0 leaves dropout to the sm80
+// kernels. The V head dim pairs and fp8 have none either way. Measured on the H200 (twenty-second session,
+// bench/NOTES.md, p = 0.17): 1.23-1.41x the sm90 call without dropout, 1.19-1.64x PyTorch flash's dropout forward,
+// faster than the sm80 kernels' call without dropout at D 128.
 #ifndef FA_SM90_FWD_DROPOUT
-#define FA_SM90_FWD_DROPOUT 0
+#define FA_SM90_FWD_DROPOUT 1
 #endif
-// When the dropout kernels draw a key block's Philox words: 0 as its P is packed (after the softmax and the wait for
-// the previous P V, on the path to the next issue); 1 right after the block's Q K^T is issued, while the consumer
-// waits for S (the words, 4 per 32 keys, then held through the softmax: 16 registers at 128 keys). An experiment.
-#ifndef FA_SM90_FWD_DROPOUT_EARLY
-#define FA_SM90_FWD_DROPOUT_EARLY 0
+// The largest head dim whose dropout kernels draw a key block's Philox words right after the block's Q K^T is issued,
+// while the consumer waits for S (the words, 4 per 32 keys, then held through the softmax: 16 registers at 128 keys);
+// above it they are drawn as the block's P is packed. 64 (the default): measured against packing-time draws on the
+// H200 (twenty-second session) 1.028/1.041/1.021x at D 64 (full 1k, causal 1k, full 4k), 0.989/0.999/0.943x at D 128.
+#ifndef FA_SM90_FWD_DROPOUT_EARLY_MAX_D
+#define FA_SM90_FWD_DROPOUT_EARLY_MAX_D 64
 #endif
 // ALiBi through the Q K^T product (fwd_kernel.cuh, sm90/alibi_gemm.cuh; issue 14): 1 gives the 16-bit local kernels
 // without softcap (paged ones aside) a variant, launched for calls with ALiBi slopes, whose S starts with one more

@@ -28,8 +28,8 @@ for a causal call without a left window, FlashAttention-2's +slope * j (the same
 by slope * (i + seqlen_k - seqlen_q)). kvcache: keys counted from cache_leftpad, the causal form kept for seqlen_q 1.
 The slopes get no gradient. Not with fp8 inputs in this package yet.
 
-Dropout (C ABI 0.9; FlashAttention-2's dropout_p in [0, 1)): the library's sm80 kernels on every GPU (its sm90 kernels
-on Hopper where the library was built with FA_SM90_FWD_DROPOUT / FA_SM90_BWD_DROPOUT: the same mask); (seed, offset)
+Dropout (C ABI 0.9; FlashAttention-2's dropout_p in [0, 1)): the library's sm90 kernels on Hopper, its sm80 kernels on
+other GPUs and for the V head dim pairs (the same mask on both); (seed, offset)
 come from PyTorch's default CUDA generator of q's device, advanced by batch * nheads * 32 (rounded up to 4) as
 flash-attn's philox_cuda_state draw, so a call after torch.manual_seed(s) drops what flash-attn (and PyTorch's flash
 kernels) would; the backward replays the forward's recorded (seed, offset). With return_attn_probs the third value is
@@ -238,7 +238,7 @@ def _with_sinks(function, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
     dropout_p = _args.dropout_arg(function, dropout_p)
     if dropout_p and (descales is not _NO_DESCALES or ops.is_fp8(q)):
         _args.refuse(function, "dropout_p", dropout_p, "fp8 inputs have no dropout (FlashAttention-3 has none; the "
-                     "library's dropout runs on its sm80 kernels, which have no fp8)")
+                     "library's fp8 kernels have no dropout variant)")
     if descales is not _NO_DESCALES or ops.is_fp8(q):
         if sinks is not None:
             _args.refuse(function, "sinks", "<tensor>", "learnable sinks with fp8 inputs are served by the C ABI (0.7) "

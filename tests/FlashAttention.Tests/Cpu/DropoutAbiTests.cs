@@ -22,8 +22,8 @@ public sealed unsafe class DropoutAbiTests
     private static void AssertServed((FaStatus Status, string Message) result, string what) =>
         Assert.That(result.Status, Is.EqualTo(FaStatus.Success), $"{what}: {result.Message}");
 
-    /// <summary>Whether the library has the sm90 forward's dropout kernels (a build with FA_SM90_FWD_DROPOUT, whose
-    /// FA_PATH_SM90 then serves a dropout forward on 9.0; not the default build).</summary>
+    /// <summary>Whether the library has the sm90 forward's dropout kernels (FA_SM90_FWD_DROPOUT, on by default in a
+    /// build with sm_90a code, whose FA_PATH_SM90 then serves a dropout forward on 9.0).</summary>
     private static bool Sm90ForwardDropout =>
         FlashAttention.CompiledKernels.Any(k => k.StartsWith("sm90_fwd_", StringComparison.Ordinal) && k.Contains("_dropout_"));
 
