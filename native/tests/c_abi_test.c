@@ -4486,9 +4486,9 @@ static void test_gpu(int32_t count) {
         {1, 1024, 1024, 20, 4, 256, 1, FA_CAUSAL_BOTTOM_RIGHT, 0.0f, 0, 1, BF16, 0.0f, 0, -1, -1},
         {1, 8192, 8192, 3, 1, 256, 1, FA_CAUSAL_TOP_LEFT, 0.0f, 0, 1, F16, 0.0f, 0, -1, -1},
     };
-    /* Unmasked calls of head dims 128 and 256 with an even count of 128-row blocks: in a build with
-       FA_SM90_FWD_CLUSTER=2 (sm90/fwd_launch.cuh) they run 2-CTA clusters that share each K/V block by TMA multicast,
-       elsewhere the plain kernel. One pair of row blocks a head (batch 2, GQA); MQA with padded rows, a custom scale,
+    /* Unmasked calls of head dims 128 and 256 with an even count of 128-row blocks: they run 2-CTA clusters that share
+       each K/V block by TMA multicast (sm90/fwd_launch.cuh; FA_SM90_FWD_CLUSTER: by default head dim 128's, with 2
+       head dim 256's too), elsewhere the plain kernel. One pair of row blocks a head (batch 2, GQA); MQA with padded rows, a custom scale,
        no lse and a last row block partly past the rows; and grids with more pairs than clusters fit (16 and 8 row
        blocks over 32 and 24 heads: every cluster walks several pairs), with softcap and keys that end inside a block.
        Every 97th query row and the last against the float64 reference for the long ones. */

@@ -165,10 +165,12 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     a.zigzag = FA_SM90_FWD_ZIGZAG == 1 || (FA_SM90_FWD_ZIGZAG == 2 && kLocal && masked &&
                                            static_cast<int64_t>(p.heads_per_group) * p.m_blocks * Tr::kVChunks < sms);
     // 2-CTA clusters with K/V multicast (FA_SM90_FWD_CLUSTER, fwd_kernel_sm90_cluster): calls without a local mask on the
-    // 16-bit kernels of head dims 128 and more, fixed lengths, an even count of row blocks (a cluster takes two of one
-    // head: common/fwd_schedule.h pair_coord), at most as many clusters as fit at once (a persistent grid).
-    constexpr bool kClusterable = FA_SM90_FWD_CLUSTER != 0 && !kWide && !kLocal && !kPaged && !FwdIo90<T>::kFp8 &&
-                                  D >= 128 && DV == D && Tr::kVChunks == 1 && !Tr::kPingPong;
+    // 16-bit kernels of head dim 128 (or, with FA_SM90_FWD_CLUSTER 2, 128 and more), fixed lengths, an even count of row
+    // blocks (a cluster takes two of one head: common/fwd_schedule.h pair_coord), at most as many clusters as fit at
+    // once (a persistent grid).
+    constexpr bool kClusterD = FA_SM90_FWD_CLUSTER == 2 ? D >= 128 : FA_SM90_FWD_CLUSTER == 1 && D == 128;
+    constexpr bool kClusterable = kClusterD && !kWide && !kLocal && !kPaged && !FwdIo90<T>::kFp8 && DV == D &&
+                                  Tr::kVChunks == 1 && !Tr::kPingPong;
     if constexpr (kClusterable) {
         if (!varlen && p.m_blocks % 2 == 0) {
             auto ckernel = fwd_kernel_sm90_cluster<T, D, kSoftcap>;

@@ -41,12 +41,14 @@
 #ifndef FA_SM90_FWD_DIRECT_O_MIN_D
 #define FA_SM90_FWD_DIRECT_O_MIN_D 0
 #endif
-// 2: calls without a local mask on the 16-bit kernels of head dims 128 and more (contiguous K/V, fixed lengths, an even
-// count of row blocks) run as 2-CTA clusters that share each K/V block by TMA multicast (fwd_kernel_sm90_cluster): half
-// the L2-to-SM traffic of K and V, as FlashAttention-3's Hopper forward does for these calls. 0: never. An experiment
-// (eighteenth session: prepared, not run on a GPU).
+// 2-CTA clusters that share each K/V block by TMA multicast (fwd_kernel_sm90_cluster; half the L2-to-SM traffic of K and
+// V, as FlashAttention-3's Hopper forward does) for calls without a local mask (causal, window and ALiBi calls run the
+// local kernels, never clustered) on 16-bit kernels, contiguous K/V, fixed lengths and an even count of row blocks:
+// 1 (the default) at head dim 128, 2 at every head dim of 128 and more, 0 never. Measured on the H200 (twenty-second
+// session, bench/NOTES.md) against the unclustered kernels: D 128 unmasked 1.014/1.033/1.027x at 1k/4k/16k, D 256
+// 1.007/1.014/1.005x (noise-level, so left out of the default), D 192 not measured.
 #ifndef FA_SM90_FWD_CLUSTER
-#define FA_SM90_FWD_CLUSTER 0
+#define FA_SM90_FWD_CLUSTER 1
 #endif
 // K/V stages of the 16-bit head-dim-128 kernels (2; 3 with O staged through Q measured 0.85-0.97x, thirteenth session:
 // Q then waited for the epilogue; 3 beside FA_SM90_FWD_DIRECT_O_MIN_D <= 128 is the experiment).
