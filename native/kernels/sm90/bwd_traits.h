@@ -51,6 +51,13 @@
 #ifndef FA_SM90_BWD_WS_DET
 #define FA_SM90_BWD_WS_DET 0
 #endif
+// The smallest head dim whose kernels FA_SM90_BWD_WS makes warp-specialized (64: both of 64 and 128; 128: head dim
+// 128's alone). Twenty-second session (H200, WS=2 against the default): d128 unmasked 1.021/1.044/1.004/1.020 (1k, 4k,
+// 16k, GQA 4k), d64 unmasked 0.984-1.002, masked 0.88-0.98; `FA_SM90_BWD_WS=1 FA_SM90_BWD_WS_MIN_D=128` is the form
+// that clears the landing rule, to be confirmed by its own A/B and the suites before it becomes a default.
+#ifndef FA_SM90_BWD_WS_MIN_D
+#define FA_SM90_BWD_WS_MIN_D 64
+#endif
 // In those kernels head dim 128's early S^T (FA_SM90_BWD_EARLY_ST_D128) is off, as its registers measured 255 at the
 // old cap and the consumers have 240; 1 keeps it (an A/B, for ptxas's spills against the overlap).
 #ifndef FA_SM90_BWD_WS_EARLY_ST
@@ -97,8 +104,8 @@ constexpr bool bwd_split(int D) { return D >= 192; }
 // the kernel reads it too, where a constexpr function would need to be __host__ __device__.)
 template <int D, bool kLocal, bool kDeterministic, bool kDropout>
 inline constexpr bool kBwdWs =
-    FA_SM90_BWD_WS != 0 && !bwd_split(D) && (!kDeterministic || FA_SM90_BWD_WS_DET != 0) && !kDropout &&
-    (!kLocal || FA_SM90_BWD_WS >= 2);
+    FA_SM90_BWD_WS != 0 && !bwd_split(D) && D >= FA_SM90_BWD_WS_MIN_D &&
+    (!kDeterministic || FA_SM90_BWD_WS_DET != 0) && !kDropout && (!kLocal || FA_SM90_BWD_WS >= 2);
 // Whether that kernel has a third warpgroup (the deterministic mode's turns, or warp specialization's producer): its
 // launch shape, BwdTurns<kBwdThird<...>>, which the kernel's __launch_bounds__ and the launcher (BwdFamily) both read.
 template <int D, bool kLocal, bool kDeterministic, bool kDropout>
@@ -153,7 +160,7 @@ struct BwdTraits90 {
     static constexpr int kOffPX = kOffDS + 2 * kSmemDS;
     // FA_SM90_BWD_WS: a query block's dQ (fp32, BM x D) staged for the bulk reduction; two buffers at D = 64, one at
     // D = 128 (where a second does not fit). Sized in every kernel of the class, also those that do not use it.
-    static constexpr int kDqBufs = FA_SM90_BWD_WS != 0 && !kSplit ? (D == 64 ? 2 : 1) : 0;
+    static constexpr int kDqBufs = FA_SM90_BWD_WS != 0 && !kSplit && D >= FA_SM90_BWD_WS_MIN_D ? (D == 64 ? 2 : 1) : 0;
     static constexpr int kSmemDQ = kBlockM * D * 4;
     static constexpr int kOffDQ = kOffPX + kSmemPX;  // kDqBufs
     static constexpr int kSmemStats = 2 * kBlockM * 4;  // lse_log2 then dsum, per stage
