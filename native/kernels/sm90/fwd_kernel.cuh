@@ -985,8 +985,9 @@ __global__ void __launch_bounds__(FwdTraits90Of<D, FwdIo90<T>::kFp8, DV, kPaged>
 #endif  // FA_SM90A_DEVICE
 }
 
-// The build's kernel for calls without a local mask (16-bit, contiguous K/V, head dims of 128 and more) as 2-CTA
-// clusters with K/V multicast (FA_SM90_FWD_CLUSTER; fwd_sm90_body's kCluster): launched with a cluster dimension of 2.
+// The build's kernel for calls without a local mask (16-bit, contiguous K/V, head dim 128; with FA_SM90_FWD_CLUSTER 2
+// every head dim from 128) as 2-CTA clusters with K/V multicast (FA_SM90_FWD_CLUSTER; fwd_sm90_body's kCluster):
+// launched with a cluster dimension of 2.
 template <typename T, int D, bool kSoftcap>
 __global__ void __launch_bounds__(FwdTraits90Of<D, false>::kThreads, 1)
     fwd_kernel_sm90_cluster(const __grid_constant__ FwdArgs90 a) {

@@ -50,6 +50,9 @@
 #ifndef FA_SM90_FWD_CLUSTER
 #define FA_SM90_FWD_CLUSTER 1
 #endif
+#if FA_SM90_FWD_CLUSTER < 0 || FA_SM90_FWD_CLUSTER > 2
+#error "FA_SM90_FWD_CLUSTER is 0 (never), 1 (head dim 128) or 2 (every head dim from 128)"
+#endif
 // K/V stages of the 16-bit head-dim-128 kernels (2; 3 with O staged through Q measured 0.85-0.97x, thirteenth session:
 // Q then waited for the epilogue; 3 beside FA_SM90_FWD_DIRECT_O_MIN_D <= 128 is the experiment).
 #ifndef FA_SM90_FWD_D128_STAGES
@@ -106,6 +109,9 @@
 // H200 (twenty-second session) 1.028/1.041/1.021x at D 64 (full 1k, causal 1k, full 4k), 0.989/0.999/0.943x at D 128.
 #ifndef FA_SM90_FWD_DROPOUT_EARLY_MAX_D
 #define FA_SM90_FWD_DROPOUT_EARLY_MAX_D 64
+#endif
+#ifdef FA_SM90_FWD_DROPOUT_EARLY
+#error "FA_SM90_FWD_DROPOUT_EARLY (0/1) is now FA_SM90_FWD_DROPOUT_EARLY_MAX_D (the largest head dim that draws early)"
 #endif
 // ALiBi through the Q K^T product (fwd_kernel.cuh, sm90/alibi_gemm.cuh; issue 14): 1 gives the 16-bit local kernels
 // without softcap (paged ones aside) a variant, launched for calls with ALiBi slopes, whose S starts with one more
