@@ -3,8 +3,8 @@
 (key block, batch, kv head), one CTA an SM, dispatched in grid order as SMs free up. Key block n of a causal call walks
 the query blocks from its diagonal on (S / BM - n BN / BM of them), plus a fixed cost c per CTA (its K/V load and
 dK/dV epilogue, in blocks); an unmasked key block walks all of them. Prints each order's makespan over the work's lower
-bound (total / SMs): head-major (today's grid: key blocks fastest within a head), the tail order of FA_BWD_GRID_LPT
-(head-major but for the last pairs, about two waves of CTAs, which go key block major: common/bwd_schedule.h), and key
+bound (total / SMs): head-major (the grid with FA_BWD_GRID_LPT=0: key blocks fastest within a head), the tail order of FA_BWD_GRID_LPT
+(the default since the twenty-second session; head-major but for the last pairs, about two waves of CTAs, which go key block major: common/bwd_schedule.h), and key
 block major throughout (longest first over the whole grid, but no head's CTAs together for L2).
 
     python3 bench/bwd_grid_order.py [--bn 128 --bm 64 --sms 132 --c 1.0]

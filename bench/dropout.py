@@ -5,8 +5,8 @@
    (FEATURES.md section 1); our forward with that seed and offset writes its keep mask, which must agree on every
    visible element, and its output must agree with PyTorch's (same mask, same math) within MAX_REL_ERR.
 2. Timings (triton do_bench medians, L2 flushed), bf16 at p = 0.17 over the TARGETS.md grid's D 64/128 rows at
-   S 1k and 4k: our forward and backward with dropout (the default path: the sm80 kernels, or the sm90 ones in a
-   build with FA_SM90_FWD_DROPOUT / FA_SM90_BWD_DROPOUT; the kernels each pass ran are recorded) against the same call
+   S 1k and 4k: our forward and backward with dropout (the default path: the sm90 kernels on Hopper, unless the
+   build turns FA_SM90_FWD_DROPOUT / FA_SM90_BWD_DROPOUT off, else the sm80 ones; the kernels each pass ran are recorded) against the same call
    without dropout on that path (dropout_ratio: over the sm80 plain call, or over the default path's plain call where
    the dropout pass ran sm90; issue 14's goal <= 1.2 on the forward), and against SDPA's flash and cuDNN backends
    with the same dropout_p (vs_flash: flash_ms / ours_ms, the goal >= 1.0). A bf16 matmul ceiling row is measured

@@ -41,8 +41,9 @@ public sealed record SupportQuery(
 {
     /// <summary>
     /// Whether the call has dropout (<see cref="AttentionArguments.DropoutP"/> or the backward's &gt; 0; C ABI 0.9): served
-    /// by the forward and backward passes of the sm80 path in Float16 and BFloat16 (<see cref="KernelPath.Auto"/> takes
-    /// sm80 for it); <see cref="KernelPath.Sm90"/>, Float8E4M3 and decode are refused with the native library's reason.
+    /// by the forward and backward passes of both paths in Float16 and BFloat16 (the sm90 path on compute capability 9.0
+    /// in a build with sm_90a code, which <see cref="KernelPath.Auto"/> takes there; the V head dim pairs on sm80 only);
+    /// Float8E4M3, decode and a pair on <see cref="KernelPath.Sm90"/> are refused with the native library's reason.
     /// Set it with an object initializer or <c>with</c> (<c>query with { Dropout = true }</c>).
     /// </summary>
     public bool Dropout { get; init; }

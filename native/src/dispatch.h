@@ -31,8 +31,8 @@ inline bool head_dim_served(int32_t d) { return kernels::kernel_head_dim(d) != 0
 // Whether `path` serves `pass` for q/k/v of `dtype` at kernel head dim kernel_d on compute capability cc
 // (major * 10 + minor; 0: any GPU this build serves), ignoring shared memory; if not, *why (when given) says why
 // in a phrase.
-// dropout: the call has dropout (dropout_p > 0), which only the sm80 forward and backward serve (FEATURES.md 1:
-// FlashAttention-3 has none), and those only where this build's kernels apply it.
+// dropout: the call has dropout (dropout_p > 0), which the sm80 forward and backward serve, and the sm90 ones where
+// this build has their dropout kernels (FA_SM90_FWD_DROPOUT, FA_SM90_BWD_DROPOUT; FlashAttention-3 has none).
 bool path_serves(Pass pass, Path path, int32_t kernel_d, DType dtype, int32_t cc, std::string* why,
                  bool dropout = false);
 

@@ -171,8 +171,8 @@ static int served(int pass, int path, int dtype, int d, int dv, int cc) {
     return served_query(pass, path, dtype, d, dv, cc, 0, 0);
 }
 
-/* The same for a call with dropout (the sm80 kernels; the sm90 ones in a build with FA_SM90_FWD_DROPOUT or
-   FA_SM90_BWD_DROPOUT). */
+/* The same for a call with dropout (the sm80 kernels; the sm90 ones where the build has them: FA_SM90_FWD_DROPOUT,
+   FA_SM90_BWD_DROPOUT, on by default). */
 static int served_dropout(int pass, int path, int dtype, int d, int cc) {
     return served_query(pass, path, dtype, d, 0, cc, 0, 1);
 }
@@ -513,7 +513,7 @@ static const feature k_features[] = {
      0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 2, 0},
     {"dropout, varlen with empty sequences, deterministic, keep mask", 0, 0, 0, 0, 4, 2, 0, 1, 0, -1, -1, 0, 0, 0, 0,
      0, 1, 0, 0, 4, {0, 70, 33, 129}, {20, 0, 90, 129}, 0, 0, 1, 0},
-    {"dropout 0.17, head dim 64 (Philox words drawn while S runs), causal, GQA", 0, 2, 200, 170, 4, 2, 64, 1, 0, -1, -1,
+    {"dropout 0.17, head dim 64 (the forward draws Philox words while S runs), causal, GQA", 0, 2, 200, 170, 4, 2, 64, 1, 0, -1, -1,
      0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}, 0, 0, 1, 0},
     {"dropout + alibi [hq] + sinks, no mask, head dim 256", 0, 1, 130, 190, 2, 1, 256, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0,
      0, 0, 0, {0}, {0}, 1, 1, 2, 0},
@@ -701,7 +701,7 @@ static void add_feature_cases(int pass, int path, int cc) {
         scase* c;
         if ((f->only == 1 && pass != PASS_FWD) || (f->only == 2 && pass != PASS_BWD)) continue;
         if (!served(pass, path, dtype, d, 0, cc)) continue;
-        /* (sm90 dropout: refused, as ForwardValidation and the C tests check, but where the build has the forward's) */
+        /* (sm90 dropout: run where the build has the pass's dropout kernels, else refused, as the C tests check) */
         if (f->dropout && !served_dropout(pass, path, dtype, d, cc)) continue;
         c = new_case(pass, path, dtype, d);
         if (f->nseq > 0) {

@@ -1455,7 +1455,7 @@ def test_alibi_custom_op_matches_the_eager_call():
                                                    torch.autograd.grad(out, (q, k, v), g)))
 
 
-# ---- dropout (C ABI 0.9; FlashAttention-2's dropout_p, sm80 kernels) -----------------------------------------------
+# ---- dropout (C ABI 0.9; FlashAttention-2's dropout_p; sm90 kernels on Hopper, sm80 elsewhere) --------------------
 
 def torch_flash_dropout(q, k, v, p, causal):
     """PyTorch's own FlashAttention-2 kernels with dropout on [B, S, H, D] tensors: (out, keep mask [B, H, Sq, Sk] from

@@ -228,8 +228,8 @@ public unsafe partial struct FaForwardParams
     /// u_ij &lt;= floor(float(1 - p) * 255), so the true keep rate is (that + 1) / 256, not exactly 1 - p.
     /// A call consumes heads_q * batch * 32 offsets (varlen: varlen_batch): advance the offset by at least that
     /// between calls that must draw different masks (PyTorch's generator rounds it up to a multiple of 4).
-    /// Served by the sm80 kernels on every GPU and by the sm90 ones on compute capability 9.0, which FA_PATH_AUTO
-    /// takes there (FlashAttention-3 has no dropout); fp8, decode and the sm90 path's V head dim pairs are UNSUPPORTED.
+    /// Served by the sm80 kernels on every GPU and, in a build with sm_90a code, by the sm90 ones on compute
+    /// capability 9.0, which FA_PATH_AUTO takes there (FlashAttention-3 has no dropout); fp8, decode and the sm90 path's V head dim pairs are UNSUPPORTED.
     /// (A build with FA_SM90_FWD_DROPOUT=0 or FA_SM90_BWD_DROPOUT=0 has no sm90 dropout kernels for that pass, which
     /// fa_query_support and the kernel list then report.) Softcap is served with it (FlashAttention-2 refuses the pair; the
     /// order of operations is the same).
@@ -481,7 +481,8 @@ public unsafe partial struct FaBackwardParams
     /// and offset (see fa_forward_params_t), from which the backward regenerates the same keep mask Z. As
     /// FlashAttention-2: with P = exp(logit - lse) (undropped), dv = (1 / (1 - p)) (Z o P)^T dout,
     /// dP = (1 / (1 - p)) Z o (dout v^T), dS = P o (dP - D) with D_i = dout_i . out_i (so a dropped element gets
-    /// dS = -P D), and no gradient for p. Served where the forward's is (the sm80 path in the default build).
+    /// dS = -P D), and no gradient for p. Served where the forward's is (the sm80 path, and in a build with sm_90a
+    /// code the sm90 path on compute capability 9.0).
     /// As in fa_forward_params_t.
     /// </summary>
     /// <remarks>C: <c>float dropout_p</c> at byte offset 1064.</remarks>
@@ -888,8 +889,9 @@ public unsafe partial struct FaSupportQuery
 
     /// <summary>
     /// 1 if the call has dropout (dropout_p &gt; 0 in fa_forward_params_t or fa_backward_params_t). Served by the
-    /// forward and backward of the sm80 path (fp16, bf16); the sm90 path, fp8 and decode have none. (Since 0.9: a
-    /// 0.8-sized query gets 0.)
+    /// forward and backward of the sm80 path and (a build with sm_90a code, compute capability 9.0) of the sm90 path,
+    /// fp16 and bf16; fp8, decode and the sm90 path's V head dim pairs have none. (Since 0.9: a 0.8-sized query
+    /// gets 0.)
     /// </summary>
     /// <remarks>C: <c>int32_t dropout</c> at byte offset 48.</remarks>
     public int dropout;

@@ -28,8 +28,8 @@ for a causal call without a left window, FlashAttention-2's +slope * j (the same
 by slope * (i + seqlen_k - seqlen_q)). kvcache: keys counted from cache_leftpad, the causal form kept for seqlen_q 1.
 The slopes get no gradient. Not with fp8 inputs in this package yet.
 
-Dropout (C ABI 0.9; FlashAttention-2's dropout_p in [0, 1)): the library's sm90 kernels on Hopper, its sm80 kernels on
-other GPUs and for the V head dim pairs (the same mask on both); (seed, offset)
+Dropout (C ABI 0.9; FlashAttention-2's dropout_p in [0, 1)): the library's sm90 kernels on Hopper (a build with sm_90a
+code), its sm80 kernels on other GPUs and for the V head dim pairs (the same mask on both); (seed, offset)
 come from PyTorch's default CUDA generator of q's device, advanced by batch * nheads * 32 (rounded up to 4) as
 flash-attn's philox_cuda_state draw, so a call after torch.manual_seed(s) drops what flash-attn (and PyTorch's flash
 kernels) would; the backward replays the forward's recorded (seed, offset). With return_attn_probs the third value is

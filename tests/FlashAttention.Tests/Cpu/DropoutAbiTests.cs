@@ -10,7 +10,8 @@ namespace FlashAttn.Tests.Cpu;
 /// Dropout's C ABI (0.9, FEATURES.md §1) through the real native library, without a GPU: the appended fields' layout,
 /// 0.8-sized structs and queries still accepted as "no dropout", every refusal naming its argument (p outside [0, 1), a
 /// keep mask of the wrong dtype or shape, misaligned seed/offset pointers, outputs without dropout, the sm90 path and
-/// fp8), and the verdict on a valid dropout call: served by the sm80 path.
+/// fp8), and the verdict on a valid dropout call: served (by the sm80 path, and by the sm90 path where the build has its
+/// dropout kernels).
 /// </summary>
 [TestFixture]
 [Category("Cpu")]
@@ -147,7 +148,7 @@ public sealed unsafe class DropoutAbiTests
         f.causal = 1;
         f.softcap = 30f;
         AssertServed(ForwardParamsFactory.Check(f), "device seed/offset, rng_state, mask, causal, softcap");
-        AssertServed(ForwardParamsFactory.Check(f, 90), "FA_PATH_AUTO on 9.0 takes sm80");
+        AssertServed(ForwardParamsFactory.Check(f, 90), "FA_PATH_AUTO on 9.0 serves it (sm90 or sm80)");
         f.kernel_path = (int)FaKernelPath.Sm90;
         AssertSm90ForwardVerdict(ForwardParamsFactory.Check(f, 90));
 

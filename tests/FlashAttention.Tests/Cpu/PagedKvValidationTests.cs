@@ -371,7 +371,7 @@ public sealed unsafe class PagedKvValidationTests
 
     /// <summary>
     /// Dropout with a block table is UNSUPPORTED on every path and compute capability (paged K/V serves a KV cache at
-    /// inference), naming dropout (on Auto and Sm80: block_table with dropout_p; Sm90 refuses dropout in any case), where
+    /// inference), naming dropout (on Auto and Sm80: block_table with dropout_p; Sm90 refuses it too, whether or not the build has sm90 dropout), where
     /// the same call over packed keys is served on Auto and Sm80; the query with PagedKv and Dropout agrees.
     /// </summary>
     [TestCase(KernelPath.Auto)]

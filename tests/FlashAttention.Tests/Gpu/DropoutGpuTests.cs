@@ -5,7 +5,8 @@ using NUnit.Framework;
 namespace FlashAttn.Tests.Gpu;
 
 /// <summary>
-/// Dropout (C ABI 0.9, FEATURES.md §1) on the GPU (sm80 kernels; <see cref="KernelPath.Auto"/> takes them on Hopper):
+/// Dropout (C ABI 0.9, FEATURES.md §1) on the GPU (the kernels <see cref="KernelPath.Auto"/> takes: sm90 on Hopper in a
+/// build with sm_90a code, sm80 elsewhere):
 /// the keep mask the library writes (<see cref="AttentionArguments.DropoutMask"/>) against the managed Philox twin
 /// (<see cref="Philox"/>, checked against Random123's vectors and FA2's fragment walk in Cpu tests) bit for bit; the
 /// output against the float64 reference under the same (seed, offset) (<see cref="ReferenceExtras"/>), which checks the
