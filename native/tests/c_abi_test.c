@@ -3927,6 +3927,19 @@ static int head_dim_served(int d) {
     return fa_forward_check(&p, 0) == FA_STATUS_SUCCESS;
 }
 
+/* head_dim_served(d); where not, a SKIP line naming the case kind (`what`: "" or e.g. "ALiBi ") and the path (NULL:
+   none), counted as skipped. */
+static int served_or_skip(int d, const char* what, const char* path) {
+    if (head_dim_served(d)) return 1;
+    if (path != NULL) {
+        printf("  SKIP %shead dim %d on path %s: not served by this build\n", what, d, path);
+    } else {
+        printf("  SKIP %shead dim %d: not served by this build\n", what, d);
+    }
+    ++g_skipped;
+    return 0;
+}
+
 /* ---- GPU: an fp8 (e4m3) forward (issue 12) ------------------------------------------------------------------------ */
 
 /* The tensors of that call: q and k (q_bytes, kv_bytes) e4m3 zeros and v (kv_bytes) e4m3 1.0 (sign 0, exponent 7 with
@@ -4676,64 +4689,43 @@ static void test_gpu(int32_t count) {
     }
     if (section("pairs")) {
         for (n = 0; n < (int)(sizeof(pair_cases) / sizeof(pair_cases[0])); ++n) {
-            if (head_dim_served(pair_cases[n].d)) {
+            if (served_or_skip(pair_cases[n].d, "", NULL)) {
                 g_row_sample = pair_cases[n].sq > 512 ? 97 : 0;
                 run_forward_case(context, stream, &pair_cases[n], FA_PATH_AUTO, &log);
                 g_row_sample = 0;
-            } else {
-                printf("  SKIP head dim %d: not served by this build\n", pair_cases[n].d);
-                ++g_skipped;
             }
         }
     }
     if (section("padded")) {
         for (n = 0; n < (int)(sizeof(padded_cases) / sizeof(padded_cases[0])); ++n) {
-            if (head_dim_served(padded_cases[n].d)) {
+            if (served_or_skip(padded_cases[n].d, "", NULL)) {
                 run_forward_case(context, stream, &padded_cases[n], FA_PATH_AUTO, &log);
-            } else {
-                printf("  SKIP head dim %d: not served by this build\n", padded_cases[n].d);
-                ++g_skipped;
             }
         }
     }
     if (section("paths")) {
         for (i = 0; i < 2; ++i) {
             for (n = 0; n < (int)(sizeof(path_cases) / sizeof(path_cases[0])); ++n) {
-                if (head_dim_served(path_cases[n].d)) {
+                if (served_or_skip(path_cases[n].d, "", path_name(paths[i]))) {
                     run_forward_case(context, stream, &path_cases[n], paths[i], &log);
-                } else {
-                    printf("  SKIP head dim %d on path %s: not served by this build\n", path_cases[n].d, path_name(paths[i]));
-                    ++g_skipped;
                 }
             }
             for (n = 0; n < (int)(sizeof(alibi_cases) / sizeof(alibi_cases[0])); ++n) {
-                if (head_dim_served(alibi_cases[n].c.d)) {
+                if (served_or_skip(alibi_cases[n].c.d, "ALiBi ", path_name(paths[i]))) {
                     run_forward_case_a(context, stream, &alibi_cases[n].c, &alibi_cases[n].alibi, 0, paths[i], &log);
-                } else {
-                    printf("  SKIP ALiBi head dim %d on path %s: not served by this build\n", alibi_cases[n].c.d,
-                           path_name(paths[i]));
-                    ++g_skipped;
                 }
             }
             for (n = 0; n < (int)(sizeof(varlen_cases) / sizeof(varlen_cases[0])); ++n) {
                 run_varlen_case(context, stream, &varlen_cases[n], paths[i], &log);
             }
             for (n = 0; n < (int)(sizeof(path_varlen_cases) / sizeof(path_varlen_cases[0])); ++n) {
-                if (head_dim_served(path_varlen_cases[n].d)) {
+                if (served_or_skip(path_varlen_cases[n].d, "varlen ", path_name(paths[i]))) {
                     run_varlen_case(context, stream, &path_varlen_cases[n], paths[i], &log);
-                } else {
-                    printf("  SKIP varlen head dim %d on path %s: not served by this build\n", path_varlen_cases[n].d,
-                           path_name(paths[i]));
-                    ++g_skipped;
                 }
             }
             for (n = 0; n < (int)(sizeof(paged_cases) / sizeof(paged_cases[0])); ++n) {
-                if (head_dim_served(paged_cases[n].d)) {
+                if (served_or_skip(paged_cases[n].d, "paged ", path_name(paths[i]))) {
                     run_paged_case(context, stream, &paged_cases[n], paths[i], &log);
-                } else {
-                    printf("  SKIP paged head dim %d on path %s: not served by this build\n", paged_cases[n].d,
-                           path_name(paths[i]));
-                    ++g_skipped;
                 }
             }
         }
