@@ -64,6 +64,7 @@
 
 #include "common/alibi.cuh"
 #include "common/dropout.cuh"
+#include "common/exp2_poly.h"
 #include "common/fwd_schedule.h"
 #include "common/mask.cuh"
 #include "common/paged_kv.cuh"
@@ -225,6 +226,9 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     // fp8: P = exp2(x - max + 8) lies in [0, 256], the upper range of e4m3 (FlashAttention-3's offset); the
     // row sum carries the same 2^8, which O's normalisation cancels and the LSE takes back out.
     constexpr float kPOffset = kFp8 ? 8.f : 0.f;
+    // Of each 8 column groups (j % 8 in softmax), the first kPolyGroups take 2^x from common/exp2_poly.h (FMA pipes)
+    // instead of ex2 (MUFU): FA_SM90_FWD_EXP2_POLY, at q head dims up to FA_SM90_FWD_EXP2_POLY_MAX_D (fwd_traits.h).
+    constexpr int kPolyGroups = D <= FA_SM90_FWD_EXP2_POLY_MAX_D ? FA_SM90_FWD_EXP2_POLY : 0;
     constexpr int QPanel = BM * 128, KVPanel = BN * 128;  // bytes between the panels (128-byte rows) of a tile
     constexpr int PPanel = 64 * 128;                      // ... of a consumer's P tile (Tr::kPSmem)
     constexpr uint32_t kConsumerWarps = 4 * Tr::kConsumers;
@@ -707,7 +711,8 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
                         for (int c = 0; c < 2; ++c) {
-                            const float pv = fast_exp2(s[4 * j + 2 * r + c] * scale_log2 - sub);
+                            const float arg = s[4 * j + 2 * r + c] * scale_log2 - sub;
+                            const float pv = j % 8 < kPolyGroups ? exp2_poly(arg) : fast_exp2(arg);
                             s[4 * j + 2 * r + c] = pv;
                             sum += pv;
                         }

@@ -89,6 +89,23 @@
 #ifndef FA_SM90_FWD_ZIGZAG
 #define FA_SM90_FWD_ZIGZAG 2
 #endif
+// A share of the softmax's exponentials on the FMA pipes (common/exp2_poly.h: a degree-3 polynomial, relative error
+// 7.5e-5, NaN kept) instead of the MUFU, whose 16 ex2 a cycle an SM take as long as the tensor cores' products of a
+// block at head dim 64: of each 8 column groups of a thread's keys (fwd_kernel.cuh softmax, j % 8), the first
+// FA_SM90_FWD_EXP2_POLY (0..8; 0, the default: none) in the kernels whose q head dim is at most
+// FA_SM90_FWD_EXP2_POLY_MAX_D. Refuted on the H200 (twenty-third session, bench/NOTES.md; FlashAttention-4 does this
+// on Blackwell): 1, 2, 3 of 8 ran 0.92-0.99x, 0.88-0.97x, 0.85-0.94x at D 64 and 1 and 2 0.84-0.93x at D 128 (bf16;
+// fp16, dropout and ALiBi alike). ncu (D 64, 4k): the MUFU at 52% of its peak, issue 57%, tensor 48%: the kernel waits
+// on its softmax's latency, not on the MUFU's rate, and 9 dependent operations lengthen that chain. Kept off.
+#ifndef FA_SM90_FWD_EXP2_POLY
+#define FA_SM90_FWD_EXP2_POLY 0
+#endif
+#if FA_SM90_FWD_EXP2_POLY < 0 || FA_SM90_FWD_EXP2_POLY > 8
+#error "FA_SM90_FWD_EXP2_POLY counts column groups of 8: 0 to 8"
+#endif
+#ifndef FA_SM90_FWD_EXP2_POLY_MAX_D
+#define FA_SM90_FWD_EXP2_POLY_MAX_D 64
+#endif
 // Whether the fp8 kernels ping-pong their consumers as the 16-bit head-dim-64 one does (0: no; an experiment).
 #ifndef FA_SM90_FWD_FP8_PINGPONG
 #define FA_SM90_FWD_FP8_PINGPONG 0
