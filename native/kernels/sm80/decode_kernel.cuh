@@ -426,6 +426,16 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
                  static_cast<int64_t>(hk) * p.g * p.q_head_stride;
     const int64_t cache_base = kPaged ? 0 : cache_row;
     using C = typename Tr::CacheElem;  // T, or the bytes of an fp8 cache
+    // FA_DECODE_FP8_HW_CVT (decode_traits.h) on sm_89 and newer: an fp8 cache's bytes become fp16 by the hardware
+    // conversion (common/fp8_cache.cuh e4m3_pairs_to_half_hw: exact, NaN kept, no NaN scan), and both products run in
+    // fp16 (MT) whatever q's type: q's fragments scaled per row by a power of two into fp16's range (q_row_scale), P
+    // in fp16 (in [0, 1]: more precise than bf16). Elsewhere the integer conversion to T (e4m3x4_to) and MT = T.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    constexpr bool kCvt = Tr::kFp8Cache && FA_DECODE_FP8_HW_CVT != 0;
+#else
+    constexpr bool kCvt = false;
+#endif
+    using MT = std::conditional_t<kCvt, __half, T>;
     const C* k = reinterpret_cast<const C*>(p.k_cache) + cache_base * p.k_batch_stride + hk * p.k_head_stride;
     const C* v = reinterpret_cast<const C*>(p.v_cache) + cache_base * p.v_batch_stride + hk * p.v_head_stride;
     const int32_t* table_row = kPaged ? p.block_table + cache_row * p.table_batch_stride : nullptr;
@@ -525,6 +535,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
         k_desc = __ldg(p.k_descale + hk * p.k_descale_stride);
         v_desc = __ldg(p.v_descale + hk * p.v_descale_stride);
     }
+    // The scores' factor per row r of this thread: k_descale, times 2^-e of kCvt's q scaling (set with the fragments).
+    float k_row[2] = {k_desc, k_desc};
 
     // Per-lane ldmatrix coordinates, as in the forward: Q (A operand), K ([key][d], B operand), V^T (.trans).
     const uint32_t q_off = swizzle<RB>(lane % 16, lane / 16);
@@ -567,13 +579,44 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
             // q's fragments in the fp8 pairing: in registers, or (D > 128) in this warp's own slots of the fragment
             // area, which only this lane reads back (no barrier needed).
             if (t == t_begin) {
+                // kCvt with bf16 q: each row's power of two (its quad's fragments hold the whole row).
+                float q_scale[2] = {1.f, 1.f};
+                if constexpr (kCvt && !std::is_same<T, __half>::value) {
+                    float amax[2] = {0.f, 0.f};
 #pragma unroll
-                for (int kk = 0; kk < KS; ++kk) {
-                    if constexpr (Tr::kQInRegs) {
-                        decode_q_frag_fp8<Tr>(qf[kk], smem, kk, lane);
-                    } else {
+                    for (int kk = 0; kk < KS; ++kk) {
                         uint32_t a[4];
                         decode_q_frag_fp8<Tr>(a, smem, kk, lane);
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[e]));
+                            amax[e % 2] = fmaxf(amax[e % 2], fmaxf(fabsf(f.x), fabsf(f.y)));
+                        }
+                    }
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        amax[r] = fmaxf(amax[r], __shfl_xor_sync(0xffffffffu, amax[r], 1));
+                        amax[r] = fmaxf(amax[r], __shfl_xor_sync(0xffffffffu, amax[r], 2));
+                        const int e = q_row_scale_log2(amax[r]);
+                        q_scale[r] = exp2_int(e);
+                        k_row[r] = k_desc * exp2_int(-e);
+                    }
+                }
+#pragma unroll
+                for (int kk = 0; kk < KS; ++kk) {
+                    uint32_t a[4];
+                    decode_q_frag_fp8<Tr>(a, smem, kk, lane);
+                    if constexpr (kCvt && !std::is_same<T, __half>::value) {
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[e]));
+                            a[e] = pack2<__half>(f.x * q_scale[e % 2], f.y * q_scale[e % 2]);
+                        }
+                    }
+                    if constexpr (Tr::kQInRegs) {
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) qf[kk][e] = a[e];
+                    } else {
                         *reinterpret_cast<uint4*>(smem + Tr::kSmemQ + ((warp * KS + kk) * 32 + lane) * 16) =
                             make_uint4(a[0], a[1], a[2], a[3]);
                     }
@@ -620,8 +663,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
                                                                          (((4 * grp + tq / 2) ^ kx) << 4) + 8 * (tq % 2));
                         w[j][0] = x.x, w[j][1] = x.y, w[j][2] = 0u, w[j][3] = 0u;
                     }
+                    if constexpr (!kCvt) {
 #pragma unroll
-                    for (int st = 0; st < (full ? 4 : 2); ++st) nan |= e4m3x4_nan_flags(w[j][st]);
+                        for (int st = 0; st < (full ? 4 : 2); ++st) nan |= e4m3x4_nan_flags(w[j][st]);
+                    }
                 }
                 // The fast conversion unless a NaN byte is in this warp's words (then the exact one: NaN keys give NaN
                 // scores, as float(k_cache[..]) is NaN). Warp-uniform.
@@ -641,22 +686,29 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
 #pragma unroll
                         for (int j = 0; j < NJ; ++j) {
                             uint32_t b0, b1;
-                            e4m3x4_to<T, decltype(exact)::value>(w[j][st], b0, b1);
-                            mma_16816<T>(s[j], a, b0, b1);
+                            if constexpr (kCvt) {
+                                e4m3_pairs_to_half_hw(__byte_perm(w[j][st], 0u, e4m3x4_hw_sel(0x3210u)), b0, b1);
+                            } else {
+                                e4m3x4_to<T, decltype(exact)::value>(w[j][st], b0, b1);
+                            }
+                            mma_16816<MT>(s[j], a, b0, b1);
                         }
                     }
                 };
-                if (__any_sync(0xffffffffu, (nan & 0x80808080u) != 0u)) {
+                if (kCvt) {
+                    qk(std::false_type{});
+                } else if (__any_sync(0xffffffffu, (nan & 0x80808080u) != 0u)) {
                     qk(std::true_type{});
                 } else {
                     qk(std::false_type{});
                 }
             }
-            // The stored keys times k_descale: the scores q . k_cache * k_descale (softcap and the scale follow).
+            // The stored keys times k_descale: the scores q . k_cache * k_descale (softcap and the scale follow); kCvt
+            // also takes q's row scale back out (k_row).
 #pragma unroll
             for (int j = 0; j < NJ; ++j) {
 #pragma unroll
-                for (int e = 0; e < 4; ++e) s[j][e] *= k_desc;
+                for (int e = 0; e < 4; ++e) s[j][e] *= k_row[e / 2];
             }
         } else {
 #pragma unroll
@@ -753,10 +805,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
         uint32_t pa[KP][4];
 #pragma unroll
         for (int kp = 0; kp < KP; ++kp) {
-            pa[kp][0] = pack2<T>(s[2 * kp][0], s[2 * kp][1]);
-            pa[kp][1] = pack2<T>(s[2 * kp][2], s[2 * kp][3]);
-            pa[kp][2] = pack2<T>(s[2 * kp + 1][0], s[2 * kp + 1][1]);
-            pa[kp][3] = pack2<T>(s[2 * kp + 1][2], s[2 * kp + 1][3]);
+            pa[kp][0] = pack2<MT>(s[2 * kp][0], s[2 * kp][1]);
+            pa[kp][1] = pack2<MT>(s[2 * kp][2], s[2 * kp][3]);
+            pa[kp][2] = pack2<MT>(s[2 * kp + 1][0], s[2 * kp + 1][1]);
+            pa[kp][3] = pack2<MT>(s[2 * kp + 1][2], s[2 * kp + 1][3]);
         }
         if constexpr (Tr::kFp8Cache) {
             // P's k positions (2t, 2t + 1 | 8 + 2t, 9 + 2t) of 16-key step kp are keys (t, t + 4 | 8 + t, 12 + t) of
@@ -789,8 +841,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
                             m[mb][0] = *reinterpret_cast<const uint32_t*>(row + off);
                             m[mb][1] = m[mb][2] = m[mb][3] = 0u;
                         }
+                        if constexpr (!kCvt) {
 #pragma unroll
-                        for (int w = 0; w < bytes / 4; ++w) nan |= e4m3x4_nan_flags(m[mb][w]);
+                            for (int w = 0; w < bytes / 4; ++w) nan |= e4m3x4_nan_flags(m[mb][w]);
+                        }
                     }
                     // As for K: the exact conversion where this warp's words hold a NaN byte (NaN values give NaN).
                     const auto pv = [&](auto exact) {
@@ -802,14 +856,22 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
                                 // (hi).
                                 const uint32_t sel = h == 0 ? 0x5410u : 0x7632u;
                                 uint32_t b0lo, b0hi, b1lo, b1hi;
-                                e4m3x4_to<T, decltype(exact)::value>(__byte_perm(m[0][w], m[1][w], sel), b0lo, b0hi);
-                                e4m3x4_to<T, decltype(exact)::value>(__byte_perm(m[2][w], m[3][w], sel), b1lo, b1hi);
-                                mma_16816<T>(acc[j0 + 4 * w + 2 * h], pa[kp], b0lo, b1lo);
-                                mma_16816<T>(acc[j0 + 4 * w + 2 * h + 1], pa[kp], b0hi, b1hi);
+                                if constexpr (kCvt) {
+                                    const uint32_t hs = e4m3x4_hw_sel(sel);
+                                    e4m3_pairs_to_half_hw(__byte_perm(m[0][w], m[1][w], hs), b0lo, b0hi);
+                                    e4m3_pairs_to_half_hw(__byte_perm(m[2][w], m[3][w], hs), b1lo, b1hi);
+                                } else {
+                                    e4m3x4_to<T, decltype(exact)::value>(__byte_perm(m[0][w], m[1][w], sel), b0lo, b0hi);
+                                    e4m3x4_to<T, decltype(exact)::value>(__byte_perm(m[2][w], m[3][w], sel), b1lo, b1hi);
+                                }
+                                mma_16816<MT>(acc[j0 + 4 * w + 2 * h], pa[kp], b0lo, b1lo);
+                                mma_16816<MT>(acc[j0 + 4 * w + 2 * h + 1], pa[kp], b0hi, b1hi);
                             }
                         }
                     };
-                    if (__any_sync(0xffffffffu, (nan & 0x80808080u) != 0u)) {
+                    if (kCvt) {
+                        pv(std::false_type{});
+                    } else if (__any_sync(0xffffffffu, (nan & 0x80808080u) != 0u)) {
                         pv(std::true_type{});
                     } else {
                         pv(std::false_type{});
