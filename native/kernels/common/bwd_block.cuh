@@ -60,7 +60,8 @@ struct BwdBlock {
 // causal row; this order 1.012-1.03x; key block major throughout 1.005x, but with the L2 reuse lost everywhere.
 // Deterministic calls keep the head-major order their turns rely on. Measured on the H200 (twenty-second session,
 // sm90 backward, bf16, 5 rounds against head-major): causal 1k 1.027/1.031 (D 64/128), 4k 1.045/1.043, 8k 1.032
-// (D 128), GQA 4k 1.066, 16k 1.000/1.000, unmasked 1.001 (unchanged code).
+// (D 128), GQA 4k 1.066, 16k 1.000/1.000, unmasked 1.001 (unchanged code); the sm80 backward (twenty-third, 3 rounds):
+// causal 1k/4k 1.041/1.057 (D 64), 1.045/1.052 (D 128), GQA 4k 1.101, unmasked 1.001.
 #ifndef FA_BWD_GRID_LPT
 #define FA_BWD_GRID_LPT 1
 #endif

@@ -53,8 +53,9 @@
 #endif
 // The smallest head dim whose kernels FA_SM90_BWD_WS makes warp-specialized (64: both of 64 and 128; 128: head dim
 // 128's alone). Twenty-second session (H200, WS=2 against the default): d128 unmasked 1.021/1.044/1.004/1.020 (1k, 4k,
-// 16k, GQA 4k), d64 unmasked 0.984-1.002, masked 0.88-0.98; `FA_SM90_BWD_WS=1 FA_SM90_BWD_WS_MIN_D=128` is the form
-// that clears the landing rule, to be confirmed by its own A/B and the suites before it becomes a default.
+// 16k, GQA 4k), d64 unmasked 0.984-1.002, masked 0.88-0.98. Twenty-third session, `FA_SM90_BWD_WS=1
+// FA_SM90_BWD_WS_MIN_D=128` against the default with 5 rounds: 1.007/1.017/1.013/1.001, below the landing rule (1.02),
+// so it stays off; with FA_SM90_BWD_WS_EARLY_ST=1 0.90-0.91 (spills). bench/NOTES.md has ncu's view of why.
 #ifndef FA_SM90_BWD_WS_MIN_D
 #define FA_SM90_BWD_WS_MIN_D 64
 #endif

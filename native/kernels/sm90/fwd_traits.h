@@ -36,8 +36,8 @@
 // before the tile's last P V is issued (every Q K^T has retired), so the next tile's Q loads during the last P V and
 // the epilogue, where D 192 and 256, whose O is staged in the Q tile, wait for it after the epilogue today; and D 128's
 // separate O tile (32 KB) is free for a third K/V stage (FA_SM90_FWD_D128_STAGES; its ALiBi variant's K' panel then no
-// longer fits: D 128 ALiBi calls take the per-element bias in that build). An experiment (eighteenth session:
-// prepared, not measured).
+// longer fits: D 128 ALiBi calls take the per-element bias in that build). Measured on the H200: D 192/256 alone
+// 0.945-0.998x (twenty-second session), D 128 with three stages 0.92-0.99x (twenty-third); off.
 #ifndef FA_SM90_FWD_DIRECT_O_MIN_D
 #define FA_SM90_FWD_DIRECT_O_MIN_D 0
 #endif
@@ -46,7 +46,8 @@
 // local kernels, never clustered) on 16-bit kernels, contiguous K/V, fixed lengths and an even count of row blocks:
 // 1 (the default) at head dim 128, 2 at every head dim of 128 and more, 0 never. Measured on the H200 (twenty-second
 // session, bench/NOTES.md) against the unclustered kernels: D 128 unmasked 1.014/1.033/1.027x at 1k/4k/16k, D 256
-// 1.007/1.014/1.005x (noise-level, so left out of the default), D 192 not measured.
+// 1.007/1.014/1.005x (noise-level, so left out of the default); twenty-third session, value 2 with 5 rounds: D 256
+// 0.983-1.011x, D 192 0.996-1.008x (refuted there).
 #ifndef FA_SM90_FWD_CLUSTER
 #define FA_SM90_FWD_CLUSTER 1
 #endif
@@ -54,7 +55,7 @@
 #error "FA_SM90_FWD_CLUSTER is 0 (never), 1 (head dim 128) or 2 (every head dim from 128)"
 #endif
 // K/V stages of the 16-bit head-dim-128 kernels (2; 3 with O staged through Q measured 0.85-0.97x, thirteenth session:
-// Q then waited for the epilogue; 3 beside FA_SM90_FWD_DIRECT_O_MIN_D <= 128 is the experiment).
+// Q then waited for the epilogue; 3 beside FA_SM90_FWD_DIRECT_O_MIN_D <= 128 measured 0.92-0.99x, twenty-third).
 #ifndef FA_SM90_FWD_D128_STAGES
 #define FA_SM90_FWD_D128_STAGES 2
 #endif
