@@ -6,7 +6,7 @@
 // fast form (e4m3x4_bits_fast) must give the same pattern for every byte but NaN (which it reads as +-480), and
 // e4m3x4_nan_flags must flag exactly the NaN bytes. For the FA_DECODE_FP8_HW_CVT form: e4m3x4_hw_sel's permute for
 // every selector, the q row scale (q_row_scale_log2, exp2_int) over fp32's range, and, with a GPU, the device's
-// e4m3_pairs_to_half_hw (cvt.rn.f16x2.e4m3x2 on sm_89+) for every pair of bytes against the e4m3 definition (without
+// e4m3_pairs_to_half_hw (cvt.rn.f16x2.e4m3x2 where the target has it) for every pair of bytes against the e4m3 definition (without
 // a GPU that part prints SKIP).
 // Prints a line per failure and a summary; exit code 1 on any failure.
 #include <cuda_runtime.h>
@@ -154,8 +154,11 @@ void check_q_scale() {
     std::printf("%s q row scale (q_row_scale_log2, exp2_int)\n", bad == 0 ? "PASS" : "FAIL");
 }
 
-// The device's e4m3_pairs_to_half_hw (cvt.rn.f16x2.e4m3x2 on sm_89+, the integer form before) for every pair of bytes
+// The device's e4m3_pairs_to_half_hw (cvt.rn.f16x2.e4m3x2 where FA_FP8_HW_CVT_ARCH, the integer form elsewhere; the
+// line says which ran) for every pair of bytes
 // in both halves: each fp16 value must be the e4m3 value of its byte, exactly (NaN for NaN bytes, zero signs kept).
+__global__ void hw_form_kernel(int* out) { *out = FA_FP8_HW_CVT_ARCH; }
+
 __global__ void pairs_kernel(uint32_t* out) {
     const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;  // 0 .. 65535: bytes (i & 0xFF, i >> 8)
     const uint32_t pairs = (i & 0xFFFFu) | ((i ^ 0xA5C3u) & 0xFFFFu) << 16;  // the high half: other bytes
@@ -172,13 +175,19 @@ void check_hw_pairs() {
         return;
     }
     uint32_t* d = nullptr;
+    int* dform = nullptr;
+    int form = -1;
     std::vector<uint32_t> h(2 * 65536, 0u);
-    bool ran = cudaMalloc(&d, h.size() * 4) == cudaSuccess && cudaMemset(d, 0xFF, h.size() * 4) == cudaSuccess;
+    bool ran = cudaMalloc(&d, h.size() * 4) == cudaSuccess && cudaMemset(d, 0xFF, h.size() * 4) == cudaSuccess &&
+               cudaMalloc(&dform, sizeof(int)) == cudaSuccess;
     if (ran) {
         pairs_kernel<<<256, 256>>>(d);
-        ran = cudaGetLastError() == cudaSuccess && cudaMemcpy(h.data(), d, h.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess;
+        hw_form_kernel<<<1, 1>>>(dform);
+        ran = cudaGetLastError() == cudaSuccess && cudaMemcpy(h.data(), d, h.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess &&
+              cudaMemcpy(&form, dform, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
     }
     cudaFree(d);
+    cudaFree(dform);
     int bad = 0;
     if (!ran) {
         ++g_failed;
@@ -205,8 +214,9 @@ void check_hw_pairs() {
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
     cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-    std::printf("%s e4m3_pairs_to_half_hw on the device (compute capability %d.%d): 65536 x 4 bytes\n",
-                bad == 0 ? "PASS" : "FAIL", major, minor);
+    std::printf("%s e4m3_pairs_to_half_hw on the device (compute capability %d.%d, %s): 65536 x 4 bytes\n",
+                bad == 0 ? "PASS" : "FAIL", major, minor,
+                form == 1 ? "the hardware conversion" : "this target's integer fallback");
 }
 
 }  // namespace

@@ -1045,6 +1045,37 @@ def test_kvcache_fp8_against_float64(dtype, block, per_tensor, splits):
     assert seqlens.tolist() == lens  # only read, as flash-attn
 
 
+@pytest.mark.parametrize("d", [64, 96, 128, 256])
+def test_kvcache_fp8_bf16_query_magnitudes(d):
+    """bf16 queries over an fp8 cache whose rows span bf16's range (2^-24 to 2^20 times N(0, 1), so some elements pass
+    fp16's 65504): on Hopper the kernel runs its products in fp16 and scales each q row into fp16's range by a power of
+    two (FA_DECODE_FP8_HW_CVT), so a wrong or missing per-row scale overflows or loses a row. GQA 8/1 and two query
+    tokens fill all 16 rows of a CTA with different magnitudes; head dims with a 32-column tail (96) and with q's
+    fragments in shared memory (256). Output against the float64 reference on the dequantized cache (bf16's 2e-2);
+    lse relative to its magnitude (2e-3), which reaches 1e6 here."""
+    if FP8 is None:
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    torch.manual_seed(53 + d)
+    b, h, hkv, sq, cap = 2, 8, 1, 2, 320
+    lens = [300, 77]
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEV)
+    kd, vd = kv_descales(hkv, False)
+    k_cache, v_cache = fp8_cache_of(b, cap, hkv, d, kd, vd, nan_from=lens)
+    exps = torch.tensor([-24, -12, -6, 0, 3, 8, 14, 20], device=DEV, dtype=torch.float64)
+    scale = torch.pow(2.0, exps[torch.randperm(8, device=DEV)])  # one magnitude a head, shuffled
+    q = (torch.randn(b, sq, h, d, device=DEV, dtype=torch.float64) * scale.view(1, 1, h, 1)).to(torch.bfloat16)
+    q[1, 0] = q[1, 1].flip(0)  # token 0 of batch 1: the heads' magnitudes reversed, so rows g and g + 8 differ
+    assert q.float().abs().max().item() > 65504.0
+    out, lse = fai.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, causal=True,
+                                           return_softmax_lse=True, k_descale=kd, v_descale=vd)
+    for i, n in enumerate(lens):
+        kk, vv = dequant(k_cache[i:i + 1, :n], kd), dequant(v_cache[i:i + 1, :n], vd)
+        ref, ref_lse = reference(q[i:i + 1], kk, vv, causal=True, with_lse=True)
+        assert max_err(out[i:i + 1], ref) < 2e-2, i
+        rel = ((lse[i:i + 1].double() - ref_lse).abs() / ref_lse.abs().clamp(min=1.0)).max().item()
+        assert rel < 2e-3, (i, rel)
+
+
 @pytest.mark.parametrize("block", [None, 16])
 @pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "half-split"])
 def test_kvcache_fp8_rotary_batch_idx_leftpad_alibi(block, interleaved):

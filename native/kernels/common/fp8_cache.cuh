@@ -14,8 +14,8 @@
 // Four bytes b0..b3 of one 32-bit word become two registers of two 16-bit values: lo = (b0, b2), hi = (b1, b3). The
 // decode kernel's fragment layout is built around that pairing (sm80/decode_kernel.cuh: the q fragments of an fp8
 // cache pair q's elements the same way).
-// On sm_89 and newer the decode kernel takes the hardware conversion to fp16 instead (e4m3_pairs_to_half_hw below,
-// FA_DECODE_FP8_HW_CVT); the integer forms are for older GPUs.
+// On Hopper (and sm_89 code from nvcc 12.1) the decode kernel takes the hardware conversion to fp16 instead
+// (e4m3_pairs_to_half_hw below, FA_DECODE_FP8_HW_CVT); the integer forms are for older GPUs.
 // Two forms. The fast one (e4m3x4_bits_fast: 7 integer operations a word, the decode kernel's inner loop) reads NaN
 // (magnitude 0x7F) as the finite pattern of 480; the exact one (e4m3x4_bits) gives NaN the all-ones exponent (fp16:
 // bit 14 set; bf16: bits 14..11 set), so it stays NaN through the multiply, as float(k_cache[..]) is NaN. The kernel
@@ -131,13 +131,22 @@ __device__ __forceinline__ void e4m3x4_to(uint32_t z, uint32_t& lo, uint32_t& hi
     hi = fp8_rescale2<T>(h);
 }
 
+// 1 in device code compiled for a target whose PTX has cvt.rn.f16x2.e4m3x2: sm_90 and newer, and sm_89 from nvcc 12.1
+// (PTX ISA 8.1; before it the instruction needs sm_90). The decode kernel's FA_DECODE_FP8_HW_CVT form needs it.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900 || (__CUDA_ARCH__ >= 890 && (__CUDACC_VER_MAJOR__ > 12 || \
+                                                       (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 1))))
+#define FA_FP8_HW_CVT_ARCH 1
+#else
+#define FA_FP8_HW_CVT_ARCH 0
+#endif
+
 // The decode kernel's FA_DECODE_FP8_HW_CVT form: two pairs of bytes to fp16, exact, NaN bytes NaN, e4m3 values
 // unscaled: the low half of `pairs` (bytes p0, p1) becomes lo = (p0, p1), the high half (p2, p3) hi = (p2, p3), the low
-// byte the low half. On sm_89 and newer the hardware conversion (cvt.rn.f16x2.e4m3x2, one instruction a pair); before,
-// the integer form (e4m3x4_bits) and the fp16 rescale, so that the function exists for every target (the kernel takes
-// it only on sm_89+). Callers form the pairs with one __byte_perm (e4m3x4_hw_sel).
+// byte the low half. Where FA_FP8_HW_CVT_ARCH the hardware conversion (cvt.rn.f16x2.e4m3x2, one instruction a pair);
+// elsewhere the integer form (e4m3x4_bits) and the fp16 rescale, so that the function exists for every target (the
+// kernel takes it only where FA_FP8_HW_CVT_ARCH). Callers form the pairs with one __byte_perm (e4m3x4_hw_sel).
 __device__ __forceinline__ void e4m3_pairs_to_half_hw(uint32_t pairs, uint32_t& lo, uint32_t& hi) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#if FA_FP8_HW_CVT_ARCH
     asm("{\n"
         "  .reg .b16 l, h;\n"
         "  mov.b32 {l, h}, %2;\n"
@@ -160,7 +169,8 @@ FA_FP8_FN constexpr uint32_t e4m3x4_hw_sel(uint32_t sel) {
 // FA_DECODE_FP8_HW_CVT with bf16 q: the power of two 2^e that takes a row of q into fp16 (the fp16 products): e puts
 // the row's largest magnitude amax in [2^14, 2^15) (fp16's largest finite value is 65504), so nothing overflows and
 // elements down to about 2^-38 of amax stay nonzero (fp16 subnormals reach 2^-24); |e| <= 126, so 2^e and 2^-e are
-// normal floats. 0 for amax 0, infinite or NaN (those values then convert as they are).
+// normal floats. 0 for amax 0, infinite or NaN (callers leave infinite and NaN elements out of amax, so that the
+// finite ones are scaled; those convert as they are).
 FA_FP8_FN int q_row_scale_log2(float amax) {
     uint32_t b;
     memcpy(&b, &amax, 4);

@@ -426,11 +426,12 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
                  static_cast<int64_t>(hk) * p.g * p.q_head_stride;
     const int64_t cache_base = kPaged ? 0 : cache_row;
     using C = typename Tr::CacheElem;  // T, or the bytes of an fp8 cache
-    // FA_DECODE_FP8_HW_CVT (decode_traits.h) on sm_89 and newer: an fp8 cache's bytes become fp16 by the hardware
-    // conversion (common/fp8_cache.cuh e4m3_pairs_to_half_hw: exact, NaN kept, no NaN scan), and both products run in
-    // fp16 (MT) whatever q's type: q's fragments scaled per row by a power of two into fp16's range (q_row_scale), P
-    // in fp16 (in [0, 1]: more precise than bf16). Elsewhere the integer conversion to T (e4m3x4_to) and MT = T.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    // FA_DECODE_FP8_HW_CVT (decode_traits.h) where the target has the instruction (FA_FP8_HW_CVT_ARCH: sm_90, sm_89
+    // from nvcc 12.1): an fp8 cache's bytes become fp16 by the hardware conversion (common/fp8_cache.cuh
+    // e4m3_pairs_to_half_hw: exact, NaN kept, no NaN scan), and both products run in fp16 (MT) whatever q's type: q's
+    // fragments scaled per row by a power of two into fp16's range (q_row_scale_log2), P in fp16. Elsewhere the
+    // integer conversion to T (e4m3x4_to) and MT = T.
+#if FA_FP8_HW_CVT_ARCH
     constexpr bool kCvt = Tr::kFp8Cache && FA_DECODE_FP8_HW_CVT != 0;
 #else
     constexpr bool kCvt = false;
@@ -590,7 +591,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
 #pragma unroll
                         for (int e = 0; e < 4; ++e) {
                             const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[e]));
-                            amax[e % 2] = fmaxf(amax[e % 2], fmaxf(fabsf(f.x), fabsf(f.y)));
+                            // Infinite (and NaN) elements left out: they convert as they are, the finite ones scaled.
+                            const float x = fabsf(f.x), y = fabsf(f.y);
+                            amax[e % 2] =
+                                fmaxf(amax[e % 2], fmaxf(x < CUDART_INF_F ? x : 0.f, y < CUDART_INF_F ? y : 0.f));
                         }
                     }
 #pragma unroll

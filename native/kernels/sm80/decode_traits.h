@@ -90,11 +90,13 @@ struct DecodeTileFp8<32> {
 // D 64 (rows padded to 128 bytes, so the same shared memory as D 128: 98 KB, 2 CTAs): WarpKeys 16 gives 50 KB (4 CTAs)
 // and, on sm_80, 143/157 registers at MinBlocks 3 and 116/127 at MinBlocks 4 (contiguous/paged, bf16 q), no spills;
 // today's tile takes 164/181.
-// An fp8 cache's conversion on sm_89 and newer (the H100/H200): 1 (the default) converts the cached bytes with the
+// An fp8 cache's conversion where the target has cvt.rn.f16x2.e4m3x2 (common/fp8_cache.cuh FA_FP8_HW_CVT_ARCH: sm_90,
+// the H100/H200, and sm_89 code built by nvcc 12.1 or newer): 1 (the default) converts the cached bytes with the
 // hardware's cvt.rn.f16x2.e4m3x2 (one instruction a pair, NaN kept, so no NaN scan of the words) and runs both
 // products in fp16 whatever q's type (bf16 q scaled into fp16 per row by a power of two; P in fp16); 0 keeps the
 // integer conversion into q's type (common/fp8_cache.cuh e4m3x4_to: 7 integer operations a word, an fp16/bf16 rescale,
-// and the NaN scan), the only form before sm_89. Measured on the H200 (twenty-third session, bench/NOTES.md; B 16,
+// and the NaN scan), the only form elsewhere (a default "80;90a" build runs its sm_80 code on sm_86/sm_89 GPUs, so
+// they take the integer form). Measured on the H200 (twenty-third session, bench/NOTES.md; B 16,
 // 32/8 heads, D 128, bf16 q): 1.07/1.10/1.10-1.15/1.22x the integer form at 4k/16k/32k/128k, the fp8 cache 1.78x the
 // bf16 cache at 32k (was 1.55-1.62) and 1.83x at 128k. The fp8 kernel was bound by its instructions' latency, not the
 // bytes (ncu, eleventh session).
