@@ -169,8 +169,8 @@ FA_FP8_FN constexpr uint32_t e4m3x4_hw_sel(uint32_t sel) {
 // FA_DECODE_FP8_HW_CVT with bf16 q: the power of two 2^e that takes a row of q into fp16 (the fp16 products): e puts
 // the row's largest magnitude amax in [2^14, 2^15) (fp16's largest finite value is 65504), so nothing overflows and
 // elements down to about 2^-38 of amax stay nonzero (fp16 subnormals reach 2^-24); |e| <= 126, so 2^e and 2^-e are
-// normal floats. 0 for amax 0, infinite or NaN (callers leave infinite and NaN elements out of amax, so that the
-// finite ones are scaled; those convert as they are).
+// normal floats. 0 for amax 0, infinite or NaN (the row then converts as it is: a row with an infinite element has
+// infinite or NaN scores against every key of nonzero or zero element, so its softmax is undefined anyway).
 FA_FP8_FN int q_row_scale_log2(float amax) {
     uint32_t b;
     memcpy(&b, &amax, 4);

@@ -591,10 +591,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
 #pragma unroll
                         for (int e = 0; e < 4; ++e) {
                             const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[e]));
-                            // Infinite (and NaN) elements left out: they convert as they are, the finite ones scaled.
-                            const float x = fabsf(f.x), y = fabsf(f.y);
-                            amax[e % 2] =
-                                fmaxf(amax[e % 2], fmaxf(x < CUDART_INF_F ? x : 0.f, y < CUDART_INF_F ? y : 0.f));
+                            amax[e % 2] = fmaxf(amax[e % 2], fmaxf(fabsf(f.x), fabsf(f.y)));
                         }
                     }
 #pragma unroll
