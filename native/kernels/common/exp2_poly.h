@@ -8,8 +8,8 @@
 // j lands in the low mantissa bits of t) and f in [-0.5, 0.5]; 2^f is a degree-3 minimax polynomial (relative error
 // at most 7.5e-5, below half an fp16 ulp of P, 2.4e-4), and 2^j comes from t's bits: (bits(t) << 23) + (127 << 23) is
 // the float 2^j (j + 127 is t's low 9 bits; j = -127 gives 0.0). 9 operations: max, 3 adds, 3 fma, 1 imad, 1 mul.
-// x = -inf gives 0, NaN gives NaN; the result is exact where ex2.approx is (never above 2^8 here: the softmax's
-// arguments are at most its offset).
+// x = -inf gives 0, NaN gives NaN; x stays at most 8 here (the softmax's arguments are at most its offset), so 2^j
+// never overflows.
 // Host-callable (native/tests/exp2_poly_test.cu checks it against exp2 on the CPU and, with a GPU, the device form).
 #pragma once
 #include <cstdint>

@@ -670,7 +670,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
                     }
                 }
                 // The fast conversion unless a NaN byte is in this warp's words (then the exact one: NaN keys give NaN
-                // scores, as float(k_cache[..]) is NaN). Warp-uniform.
+                // scores, as float(k_cache[..]) is NaN). Warp-uniform. (kCvt: the hardware conversion keeps NaN itself,
+                // so there is no scan and one form.)
                 const auto qk = [&](auto exact) {
 #pragma unroll
                     for (int st = 0; st < (full ? 4 : 2); ++st) {
