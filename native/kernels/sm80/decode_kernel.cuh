@@ -437,6 +437,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
     constexpr bool kCvt = false;
 #endif
     using MT = std::conditional_t<kCvt, __half, T>;
+    constexpr bool kScaleQ = kCvt && !std::is_same<T, __half>::value;  // bf16 q into fp16: a power of two per row
     const C* k = reinterpret_cast<const C*>(p.k_cache) + cache_base * p.k_batch_stride + hk * p.k_head_stride;
     const C* v = reinterpret_cast<const C*>(p.v_cache) + cache_base * p.v_batch_stride + hk * p.v_head_stride;
     const int32_t* table_row = kPaged ? p.block_table + cache_row * p.table_batch_stride : nullptr;
@@ -580,9 +581,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
             // q's fragments in the fp8 pairing: in registers, or (D > 128) in this warp's own slots of the fragment
             // area, which only this lane reads back (no barrier needed).
             if (t == t_begin) {
-                // kCvt with bf16 q: each row's power of two (its quad's fragments hold the whole row).
+                // kScaleQ: each row's power of two (its quad's fragments hold the whole row).
                 float q_scale[2] = {1.f, 1.f};
-                if constexpr (kCvt && !std::is_same<T, __half>::value) {
+                if constexpr (kScaleQ) {
                     float amax[2] = {0.f, 0.f};
 #pragma unroll
                     for (int kk = 0; kk < KS; ++kk) {
@@ -607,7 +608,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
                 for (int kk = 0; kk < KS; ++kk) {
                     uint32_t a[4];
                     decode_q_frag_fp8<Tr>(a, smem, kk, lane);
-                    if constexpr (kCvt && !std::is_same<T, __half>::value) {
+                    if constexpr (kScaleQ) {
 #pragma unroll
                         for (int e = 0; e < 4; ++e) {
                             const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[e]));
