@@ -608,9 +608,10 @@ int32_t smem_bytes(Pass pass, Path path, int32_t kernel_d) {
         switch (pass) {
             case Pass::Forward: {
                 if constexpr (sm90::fwd_head_dim(D)) {
-                    // (the larger of the contiguous and the paged kernels')
+                    // (the largest of the contiguous, the paged and the dropout kernels')
                     if (path == Path::Sm90) {
-                        return std::max(sm90::FwdTraits90Of<D>::kSmemBytes, sm90::FwdTraits90Of<D, false, D, true>::kSmemBytes);
+                        return std::max({sm90::FwdTraits90Of<D>::kSmemBytes, sm90::FwdTraits90Of<D, false, D, true>::kSmemBytes,
+                                         sm90::FwdTraits90Of<D>::kSmemBytesDropout});
                     }
                 }
                 using Tile = sm80::FwdTile<D>;

@@ -95,6 +95,18 @@ __device__ __forceinline__ uint32_t dropout_pair_mask(uint32_t word, int pair, u
     return m;
 }
 
+// The keep flags of a Philox word as bytes (byte e: 0xFF where element e is kept, 0 where dropped), from its two pair
+// masks: what the sm90 forward's producer stores for its consumers (sm90/fwd_kernel.cuh kDropMask).
+__device__ __forceinline__ uint32_t dropout_keep_bytes(uint32_t word, uint32_t thr2) {
+    return __byte_perm(dropout_pair_mask(word, 0, thr2), dropout_pair_mask(word, 1, thr2), 0x6420u);
+}
+
+// dropout_pair_mask(word, pair, thr2) from the word's keep flags (dropout_keep_bytes): flag bytes 2 pair and
+// 2 pair + 1, each widened to a 16-bit half, by one byte permute.
+__device__ __forceinline__ uint32_t dropout_pair_mask_of_flags(uint32_t flags, int pair) {
+    return __byte_perm(flags, 0u, pair == 0 ? 0x1100u : 0x3322u);
+}
+
 // FlashAttention-2's rng_state: the (seed, offset) the call used, written by one thread of the grid before any
 // block returns early, so that a backward (or a test) reads exactly what the forward used.
 __device__ __forceinline__ void write_dropout_rng_state(const FwdParams& p) {

@@ -221,7 +221,11 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     constexpr bool kAlibiEarly = FA_SM90_FWD_ALIBI_GEMM_EARLY != 0;  // when the ALiBi step is issued (fwd_traits.h)
     // Dropout: a block's Philox words drawn while the consumer waits for its S (FA_SM90_FWD_DROPOUT_EARLY_MAX_D): kDropCalls
     // calls of 32 keys cover its BN keys from any start (BN % 32 == 16: blocks start mid-call on odd n).
-    constexpr bool kDropEarly = kDropout && D <= FA_SM90_FWD_DROPOUT_EARLY_MAX_D;
+    // Dropout's keep masks from producer warps 1..3 (FA_SM90_FWD_DROPOUT_MASKER_MAX_D, FwdTraits90::kDropMask): they draw
+    // every call of a key block into the block's stage of the mask ring (mask_full / mask_empty below, as a K stage's
+    // barriers), and the consumers read the flags in pack_p; no words are drawn early then.
+    constexpr bool kDropMask = kDropout && Tr::kDropMask;
+    constexpr bool kDropEarly = kDropout && !kDropMask && D <= FA_SM90_FWD_DROPOUT_EARLY_MAX_D;
     constexpr int kDropCalls = kDropEarly ? dropout_block_calls(BN) : 1;
     // fp8: P = exp2(x - max + 8) lies in [0, 256], the upper range of e4m3 (FlashAttention-3's offset); the
     // row sum carries the same 2^8, which O's normalisation cancels and the LSE takes back out.
@@ -256,6 +260,19 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
     const auto pv_empty = [&](int s) { return kFp8 ? vt_empty(s) : v_empty(s); };
     constexpr uint32_t kTransposeWarps = 3;  // fp8: producer warps 1..3
     constexpr uint32_t kTailWarps = 3;       // paged K/V (16-bit): producer warps 1..3
+    constexpr uint32_t kMaskWarps = 3;       // dropout's keep masks (kDropMask): producer warps 1..3
+    const auto mask_full = [&](int s) { return s0 + Tr::kOffDropBar + 16 * s; };
+    const auto mask_empty = [&](int s) { return s0 + Tr::kOffDropBar + 16 * s + 8; };
+    // The setmaxnreg budgets: the traits', or (kDropMask) FA_SM90_FWD_DROPOUT_MASKER_REGS for the producer and what it
+    // gives back for the consumers (24/240, 32/232 and 40/232 with two consumers).
+    constexpr int kProducerRegs = kDropMask ? FA_SM90_FWD_DROPOUT_MASKER_REGS : Tr::kProducerRegs;
+    constexpr int kConsumerRegs =
+        !kDropMask ? Tr::kConsumerRegs
+                   : (Tr::kLaunchRegs + (Tr::kLaunchRegs - kProducerRegs) / Tr::kConsumers / 8 * 8 < 240
+                          ? Tr::kLaunchRegs + (Tr::kLaunchRegs - kProducerRegs) / Tr::kConsumers / 8 * 8
+                          : 240);
+    static_assert((Tr::kLaunchRegs - kProducerRegs) >= (kConsumerRegs - Tr::kLaunchRegs) * Tr::kConsumers,
+                  "the consumers' setmaxnreg.inc needs the registers the producer gives back");
 
     const int tid = threadIdx.x;
     const int lane = tid % 32;
@@ -273,6 +290,12 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             }
         }
         mbar_init(v_tail, kTailWarps);
+        if constexpr (kDropMask) {
+            for (int s = 0; s < S; ++s) {
+                mbar_init(mask_full(s), kMaskWarps);
+                mbar_init(mask_empty(s), kConsumerWarps);
+            }
+        }
         mbar_init_fence();
     }
     // The ALiBi variant's K' panel (sm90/alibi_gemm.cuh), constant, before any consumer's first Q K^T.
@@ -314,9 +337,24 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
         return persistent_next(tile, static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x), num_tiles, zigzag);
     };
 
+    // The producer's block order for its helper warps (fp8's V transposers, dropout's maskers): every key block of every
+    // tile of this CTA with keys, from the last visible one down, as the loading thread and the consumers walk them;
+    // per_block(t, n, stage, phase) with the ring's stage and phase of the block.
+    const auto walk_blocks = [&](auto&& per_block) {
+        int kv = 0;
+        for (int tile = blockIdx.x; tile < num_tiles; tile = next_tile(tile)) {
+            const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH, kPairs>(p, tile);
+            if (t.keys.end <= t.keys.begin) continue;
+            for (int n = t.keys.end - 1; n >= t.keys.begin; --n) {
+                per_block(t, n, kv % S, static_cast<uint32_t>((kv / S) & 1));
+                ++kv;
+            }
+        }
+    };
+
     if (tid < 128) {
         // ---- producer ----
-        regs_dealloc<Tr::kProducerRegs>();
+        regs_dealloc<kProducerRegs>();
         if (tid == 0) {
             tma_prefetch_map(a.q);
             tma_prefetch_map(a.k);
@@ -425,29 +463,56 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
         } else if (kFp8 && tid >= 32) {
             // fp8: warps 1..3 transpose each V stage into the V^T ring, in the producer's block order.
             const int tw = tid / 32 - 1;
-            int kv = 0;
-            for (int tile = blockIdx.x; tile < num_tiles; tile = next_tile(tile)) {
-                const FwdTile90 t = fwd_tile90<kLocal, BM, BN, VCH, kPairs>(p, tile);
-                if (t.keys.end <= t.keys.begin) continue;
-                for (int n = t.keys.end - 1; n >= t.keys.begin; --n) {
-                    const int s = kv % S;
-                    const uint32_t ph = (kv / S) & 1;
-                    mbar_wait(v_full(s), ph);
-                    mbar_wait(vt_empty(s), ph ^ 1);
-                    transpose_v_fp8<D, BN>(v_tile(s), vt_tile(s), tw, kTransposeWarps, lane);
-                    fence_proxy_async();  // the V^T writes, for wgmma's reads
-                    __syncwarp();
-                    if (lane == 0) {
-                        mbar_arrive(vt_full(s));
-                        mbar_arrive(v_empty(s));  // every read of the V stage is done
-                    }
-                    ++kv;
+            walk_blocks([&](const FwdTile90&, int, int s, uint32_t ph) {
+                mbar_wait(v_full(s), ph);
+                mbar_wait(vt_empty(s), ph ^ 1);
+                transpose_v_fp8<D, BN>(v_tile(s), vt_tile(s), tw, kTransposeWarps, lane);
+                fence_proxy_async();  // the V^T writes, for wgmma's reads
+                __syncwarp();
+                if (lane == 0) {
+                    mbar_arrive(vt_full(s));
+                    mbar_arrive(v_empty(s));  // every read of the V stage is done
                 }
+            });
+        } else if (kDropMask && tid >= 32) {
+            if constexpr (kDropMask) {  // (a constant branch: the other kernels' code unchanged)
+                // Dropout's keep masks (kDropMask): warps 1..3 make the Philox calls of each key block, in the
+                // producer's block order, into its stage of the mask ring. An item is (16-row block rb, 32-key call c)
+                // of the block, a lane's call each (lane l: counter offset o + l, FlashAttention-2's stream,
+                // common/philox.cuh), its 16 bytes' keep flags (0xFF kept) stored where the consumer lane that holds
+                // those elements reads them: [rb][c][lane], 16 bytes each, so a warp's stores and loads are 512
+                // contiguous bytes.
+                constexpr int kCalls = BN / 32;
+                constexpr int kItems = (BM / 16) * kCalls;
+                const int mw = tid / 32 - 1;
+                const uint32_t thr2 = p.dropout_threshold | (p.dropout_threshold << 16);
+                walk_blocks([&](const FwdTile90& t, int n, int s, uint32_t ph) {
+                    mbar_wait(mask_empty(s), ph ^ 1);
+                    // (formed per block, as the consumers' was: nothing of it stays live across the loop)
+                    const DropoutLane drop = dropout_lane_state(p, t.b, t.h, lane);
+                    unsigned char* stage = smem + Tr::kOffDropMask + s * Tr::kSmemDropStage + lane * 16;
+#pragma unroll 1
+                    for (int it = mw; it < kItems; it += kMaskWarps) {
+                        const int rb = it / kCalls, c = it % kCalls;
+                        // At 24 registers the key made opaque per call too, so that the optimiser does not hoist its
+                        // schedule (the seed plus the round constants, 12 registers) out of this loop and spill it (a
+                        // stand-in loop spilled 28 bytes at 24 registers, none at 32).
+                        uint64_t seed = drop.seed;
+                        if constexpr (kProducerRegs < 32) asm volatile("" : "+l"(seed));
+                        const Philox4x32Out r = dropout_philox(
+                            seed, drop.offset, static_cast<uint32_t>(t.row0 / 16 + rb), static_cast<uint32_t>(n * kCalls + c));
+                        *reinterpret_cast<uint4*>(stage + it * (32 * 16)) =
+                            make_uint4(dropout_keep_bytes(r.w[0], thr2), dropout_keep_bytes(r.w[1], thr2),
+                                       dropout_keep_bytes(r.w[2], thr2), dropout_keep_bytes(r.w[3], thr2));
+                    }
+                    __syncwarp();
+                    if (lane == 0) mbar_arrive(mask_full(s));  // (release: the warp's stores, ordered by the syncwarp)
+                });
             }
         }
     } else {
         // ---- consumers ----
-        regs_alloc<Tr::kConsumerRegs>();
+        regs_alloc<kConsumerRegs>();
         const int cw = tid / 128 - 1;                     // rows [64 cw, 64 cw + 64) of each tile
         const int wl = (tid % 128) / 32;                  // warp within the warpgroup
         const int rl = cw * 64 + wl * 16 + lane / 4;      // this thread's first row in the tile (and rl + 8)
@@ -739,8 +804,26 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     }
                 }
             };
-            // kDropout: the keys of P(n) a 32-key Philox block (lane l's call of this warp's 16 rows) keeps.
-            const auto pack_p = [&](int n) {
+            // kDropMask: this lane's keep flags of a block in stage st of the mask ring, call c's at + 512 c (the warp's
+            // 16 rows are row block 4 cw + wl of the tile; BN % 32 == 0, so k-step kk is half kk % 2 of call kk / 2).
+            const auto mask_row_of = [&](int st) {
+                return smem + Tr::kOffDropMask + st * Tr::kSmemDropStage + ((cw * 4 + wl) * (BN / 32) * 32 + lane) * 16;
+            };
+            // kMaskEarly (FA_SM90_FWD_DROPOUT_MASKER_EARLY): a block's flags waited for and loaded once its S is in,
+            // before the softmax (load_masks), and held until pack_p.
+            constexpr bool kMaskEarly = kDropMask && FA_SM90_FWD_DROPOUT_MASKER_EARLY != 0;
+            uint4 mflags[kMaskEarly ? BN / 32 : 1];
+            const auto load_masks = [&](int st, uint32_t ph) {
+                if constexpr (kMaskEarly) {
+                    mbar_wait(mask_full(st), ph);
+#pragma unroll
+                    for (int c = 0; c < BN / 32; ++c) mflags[c] = *reinterpret_cast<const uint4*>(mask_row_of(st) + c * (32 * 16));
+                }
+            };
+            // kDropout: the keys of P(n) a 32-key Philox block (lane l's call of this warp's 16 rows) keeps; with
+            // kDropMask, read from stage st of the mask ring (block n's, whose mask_full the caller waited for), or
+            // (kMaskEarly) from mflags.
+            const auto pack_p = [&](int n, int st) {
                 if constexpr (kFp8) {  // the permuted key order of the V^T stage (transpose_v_fp8)
 #pragma unroll
                     for (int kk = 0; kk < BN / 32; ++kk) {
@@ -775,11 +858,13 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     // Dropout: the lane's state formed here, per block, so nothing of it stays live through the loop.
                     DropoutLane drop{};
                     uint32_t thr2 = 0;
-                    if constexpr (kDropout) {
+                    if constexpr (kDropout && !kDropMask) {  // (kDropMask: the maskers compare)
                         thr2 = p.dropout_threshold | (p.dropout_threshold << 16);
                         if constexpr (!kDropEarly) drop = dropout_lane_state(p, t.b, t.h, lane);
                     }
                     Philox4x32Out rnd{};
+                    const unsigned char* mask_row = mask_row_of(st);  // (kDropMask)
+                    uint4 flags{};
 #pragma unroll
                     for (int kk = 0; kk < BN / 16; ++kk) {
                         pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
@@ -792,7 +877,15 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                             // 16 on odd blocks of D 256's 80 keys, else 0).
                             const int start = BN % 32 == 0 ? 0 : (n * BN) % 32;
                             uint32_t w0, w1;
-                            if constexpr (kDropEarly) {
+                            if constexpr (kDropMask) {
+                                if (kk % 2 == 0) {
+                                    flags = kMaskEarly ? mflags[kMaskEarly ? kk / 2 : 0]
+                                                       : *reinterpret_cast<const uint4*>(mask_row + (kk / 2) * (32 * 16));
+                                }
+                                const uint32_t f0 = kk % 2 == 0 ? flags.x : flags.z, f1 = kk % 2 == 0 ? flags.y : flags.w;
+                                w0 = f0;  // (flags, not words: see below)
+                                w1 = f1;
+                            } else if constexpr (kDropEarly) {
                                 // The two starts' (call, half), constants, and a select: no local memory.
                                 const int c_a = dropout_kstep_call(0, kk), h_a = dropout_kstep_half(0, kk);
                                 const int c_b = dropout_kstep_call(16, kk) < kDropCalls ? dropout_kstep_call(16, kk) : 0;
@@ -807,13 +900,28 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                                 w0 = philox_word(rnd, 2 * h);
                                 w1 = philox_word(rnd, 2 * h + 1);
                             }
-                            pa[kk][0] &= dropout_pair_mask(w0, 0, thr2);
-                            pa[kk][1] &= dropout_pair_mask(w0, 1, thr2);
-                            pa[kk][2] &= dropout_pair_mask(w1, 0, thr2);
-                            pa[kk][3] &= dropout_pair_mask(w1, 1, thr2);
+                            if constexpr (kDropMask) {
+                                pa[kk][0] &= dropout_pair_mask_of_flags(w0, 0);
+                                pa[kk][1] &= dropout_pair_mask_of_flags(w0, 1);
+                                pa[kk][2] &= dropout_pair_mask_of_flags(w1, 0);
+                                pa[kk][3] &= dropout_pair_mask_of_flags(w1, 1);
+                            } else {
+                                pa[kk][0] &= dropout_pair_mask(w0, 0, thr2);
+                                pa[kk][1] &= dropout_pair_mask(w0, 1, thr2);
+                                pa[kk][2] &= dropout_pair_mask(w1, 0, thr2);
+                                pa[kk][3] &= dropout_pair_mask(w1, 1, thr2);
+                            }
                         }
                     }
                 }
+            };
+
+            // pack_p(n) from stage st (phase ph) of the ring, and (kDropMask) block n's keep masks waited for there and
+            // the stage released to the maskers after.
+            const auto pack_mask_p = [&](int n, int st, uint32_t ph) {
+                if constexpr (kDropMask && !kMaskEarly) mbar_wait(mask_full(st), ph);  // (kMaskEarly: load_masks waited)
+                pack_p(n, st);
+                if constexpr (kDropMask) release(mask_empty(st));
             };
 
             mbar_wait(q_full, qn & 1);
@@ -844,11 +952,12 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
             wgmma_wait<0>();
             fence_regs(s);
             release_kv(k_empty(st));
+            load_masks(st, ph);  // (kMaskEarly)
             {
                 float alpha[2];
                 softmax(n, alpha);
             }
-            pack_p(n);
+            pack_mask_p(n, st, ph);
             if (tracer) FA_TRACE(1 + cw, slot, 3);
             // kAlibiGemm: the next block's ALiBi step (after the last block, one for block begin - 1 that nothing
             // reads: an unconditional issue keeps the wgmma stream free of branches, which ptxas would serialize).
@@ -878,6 +987,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                 wgmma_wait<1>();  // S(n) is in; P(n+1) V(n+1) still runs
                 fence_regs(s);
                 release_kv(k_empty(st));
+                load_masks(st, ph);  // (kMaskEarly)
                 float alpha[2];
                 softmax(n, alpha);
                 wgmma_wait<0>();
@@ -890,7 +1000,7 @@ __device__ __forceinline__ void fwd_sm90_body(const FwdArgs90& a) {
                     acc[4 * j + 2] *= alpha[1];
                     acc[4 * j + 3] *= alpha[1];
                 }
-                pack_p(n);
+                pack_mask_p(n, st, ph);
                 if constexpr (kAlibiEarly) {
                     alibi_block(n - 1);
                     issue_alibi();

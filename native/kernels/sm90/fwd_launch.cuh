@@ -114,7 +114,8 @@ cudaError_t launch_fwd(const FwdParams& params, const LaunchInfo& info, cudaStre
     const bool alibi_gemm = kAlibiVariant && params.alibi_slopes != nullptr && Tr::kSmemBytesAlibi <= info.smem_optin;
     auto kernel = alibi_gemm ? fwd_kernel_for<T, D, kLocal, kSoftcap, DV, kPaged, kWide, kAlibiVariant>()
                              : fwd_kernel_for<T, D, kLocal, kSoftcap, DV, kPaged, kWide, false, kDropout>();
-    const int smem = alibi_gemm ? Tr::kSmemBytesAlibi : Tr::kSmemBytes;
+    // (the dropout kernel's: with the keep-mask ring where it has one, FwdTraits90::kDropMask)
+    const int smem = alibi_gemm ? Tr::kSmemBytesAlibi : kDropout ? Tr::kSmemBytesDropout : Tr::kSmemBytes;
     static std::atomic<uint64_t> raised{0}, raised_alibi{0};
     cudaError_t err = raise_smem_once(kernel, smem, info, alibi_gemm ? raised_alibi : raised);
     if (err != cudaSuccess) return err;

@@ -128,6 +128,29 @@
 #ifndef FA_SM90_FWD_DROPOUT_EARLY_MAX_D
 #define FA_SM90_FWD_DROPOUT_EARLY_MAX_D 64
 #endif
+// Dropout's keep masks drawn by the producer warpgroup (issue 14; fwd_kernel.cuh kDropMask): in the dropout kernels of
+// head dims up to this (0, the default: none), producer warps 1..3, otherwise idle, make every Philox call of a key
+// block and store its keep flags (a byte each, 0xFF kept) in a shared-memory ring beside the K/V stages, so that the
+// consumers AND one byte permute a pair into P instead of drawing and comparing the words themselves (about 35
+// instructions a call of 16 elements, on the softmax's chain). Blocks of whole 32-key calls (BN % 32 == 0: head dims
+// 64, 128, 192) where the ring fits. Not yet measured: an A/B (prepared in the twenty-fourth session, without a GPU).
+#ifndef FA_SM90_FWD_DROPOUT_MASKER_MAX_D
+#define FA_SM90_FWD_DROPOUT_MASKER_MAX_D 0
+#endif
+// The producer warpgroup's setmaxnreg budget in those kernels (24 as the others'; 32 or 40 give the maskers room for
+// the Philox state, the consumers then 232): an A/B knob.
+#ifndef FA_SM90_FWD_DROPOUT_MASKER_REGS
+#define FA_SM90_FWD_DROPOUT_MASKER_REGS 24
+#endif
+#if FA_SM90_FWD_DROPOUT_MASKER_REGS != 24 && FA_SM90_FWD_DROPOUT_MASKER_REGS != 32 && FA_SM90_FWD_DROPOUT_MASKER_REGS != 40
+#error "FA_SM90_FWD_DROPOUT_MASKER_REGS is 24, 32 or 40 (setmaxnreg takes multiples of 8 from 24)"
+#endif
+// 1: those kernels' consumers wait for a block's masks and load them (16 registers at 128 keys, held through the
+// softmax) right after the wait that retires its S, while the P V product still runs, instead of between the softmax
+// and packing P (0, the default; an A/B knob, as FA_SM90_FWD_DROPOUT_EARLY_MAX_D is for the consumers' own draws).
+#ifndef FA_SM90_FWD_DROPOUT_MASKER_EARLY
+#define FA_SM90_FWD_DROPOUT_MASKER_EARLY 0
+#endif
 #ifdef FA_SM90_FWD_DROPOUT_EARLY
 #error "FA_SM90_FWD_DROPOUT_EARLY (0/1) is now FA_SM90_FWD_DROPOUT_EARLY_MAX_D (the largest head dim that draws early)"
 #endif
@@ -313,6 +336,17 @@ struct FwdTraits90 {
     static constexpr int kSmemBytesAlibi = kOffKp + kSmemKp;
     static constexpr bool kAlibiGemm = FA_SM90_FWD_ALIBI_GEMM != 0 && !kFp8 && D <= FA_SM90_FWD_ALIBI_GEMM_MAX_D &&
                                        kSmemBytesAlibi <= 227 * 1024;
+    // The dropout kernel's keep-mask ring (FA_SM90_FWD_DROPOUT_MASKER_MAX_D), after all of the above as the K' panel
+    // (the other kernels keep their layout and size): kStages stages of kBlockM x kBlockN flag bytes, laid out
+    // [row block of 16][32-key call][lane][16 bytes] (a Philox call's 16 elements), then a full and an empty mbarrier a
+    // stage.
+    static constexpr int kSmemDropStage = kBlockM * kBlockN;
+    static constexpr int kOffDropMask = (kSmemBytes + 127) / 128 * 128;
+    static constexpr int kOffDropBar = kOffDropMask + kStages * kSmemDropStage;
+    static constexpr bool kDropMask = FA_SM90_FWD_DROPOUT_MASKER_MAX_D > 0 && !kFp8 && D <= FA_SM90_FWD_DROPOUT_MASKER_MAX_D &&
+                                      DV == D && kVChunks == 1 && !kPSmem && !kPagedKV && kBlockN % 32 == 0 &&
+                                      kOffDropBar + 2 * kStages * 8 <= 227 * 1024;
+    static constexpr int kSmemBytesDropout = kDropMask ? kOffDropBar + 2 * kStages * 8 : kSmemBytes;
     static_assert(kSmemQ % 1024 == 0 && kSmemKV % 1024 == 0 && kSmemV % 1024 == 0, "tiles start on 1024-byte swizzle atoms");
     static_assert(!kPSmem || (kBlockN % 64 == 0 && kOffP % 1024 == 0 && kSmemPTile % 1024 == 0),
                   "P tiles of whole 64-key panels on 1024-byte swizzle atoms");
