@@ -18,6 +18,12 @@
 //   arrive  warpgroup 0 bar.arrive, warpgroup 1 bar.sync   (the backward's former pattern; correct)
 //   sync    both bar.sync                                  (the same hand-over, both waiting; correct)
 //   none    no named barrier                               (a real race: the positive control for racecheck)
+//   mbar    mbarriers instead, both ways, no CTA barrier in the loop: each warp of warpgroup 0 writes, __syncwarp, and
+//           its lane 0 arrives on `full` (4 arrivals a phase); warpgroup 1 waits for the phase, reads, and its warps
+//           arrive likewise on `empty`, which warpgroup 0 waits for before the next writes (the sm90 forward's
+//           dropout masks, FA_SM90_FWD_DROPOUT_MASKER_MAX_D; correct: arrive releases, the wait acquires). Not part
+//           of gpu-test's verdict (tools/run_sanitizers.py --handover runs the three above): a probe of whether
+//           racecheck models the pattern.
 // Exit code 0 when the consumer read what the producer wrote in every iteration (for `none` any outcome).
 // tools/run_sanitizers.py --handover runs the three modes under racecheck: the real race must be reported and
 // the bar.sync hand-over must not, or gpu-test's racecheck verdict fails.
@@ -36,23 +42,66 @@ __device__ __forceinline__ void named_sync(int id, int count) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
+// mbarrier wrappers (mode mbar): arrive (release, CTA scope) and a wait for the phase of `parity` (acquire).
+__device__ __forceinline__ void mb_init(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mb_arrive(unsigned bar) {
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mb_wait(unsigned bar, unsigned parity) {
+    unsigned done = 0;
+    do {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        // (the kernels' form, sm90/async.cuh mbar_wait: the probe must use the instruction racecheck sees there)
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+#else
+        asm volatile("{\n.reg .pred p;\nmbarrier.test_wait.parity.shared.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+#endif
+    } while (!done);
+}
+
 __global__ void __launch_bounds__(256, 1) handover(int mode, unsigned* bad) {
     __shared__ float tile[kTile];
+    __shared__ __align__(8) unsigned long long bars[2];  // mode mbar: full, empty
     const int tid = threadIdx.x, wg = tid / 128, t = tid % 128;
+    const unsigned full = static_cast<unsigned>(__cvta_generic_to_shared(&bars[0]));
+    const unsigned empty = static_cast<unsigned>(__cvta_generic_to_shared(&bars[1]));
+    if (mode == 3 && tid == 0) {
+        mb_init(full, 4);
+        mb_init(empty, 4);
+    }
+    __syncthreads();
     unsigned wrong = 0;
     for (int it = 0; it < kIters; ++it) {
-        __syncthreads();  // the previous iteration's reads are done
+        if (mode != 3) __syncthreads();  // the previous iteration's reads are done
         if (wg == 0) {
+            if (mode == 3) mb_wait(empty, (it & 1) ^ 1);  // (a fresh barrier: parity 1 passes at once)
             for (int i = t; i < kTile; i += 128) tile[i] = static_cast<float>(it * kTile + i);
             if (mode == 0) named_arrive(1, 256);
             if (mode == 1) named_sync(1, 256);
+            if (mode == 3) {
+                __syncwarp();
+                if (t % 32 == 0) mb_arrive(full);
+            }
         } else {
-            if (mode != 2) named_sync(1, 256);
+            if (mode == 3) mb_wait(full, it & 1);
+            if (mode == 0 || mode == 1) named_sync(1, 256);
             // Read other threads' elements (a rotated index), as the backward's warpgroup 1 reads what a
             // thread of warpgroup 0 wrote.
             for (int i = t; i < kTile; i += 128) {
                 const int j = (i + 4096 / 2 + 37) % kTile;
                 wrong += tile[j] != static_cast<float>(it * kTile + j);
+            }
+            if (mode == 3) {
+                __syncwarp();
+                if (t % 32 == 0) mb_arrive(empty);
             }
         }
     }
@@ -67,8 +116,9 @@ int main(int argc, char** argv) {
     if (!std::strcmp(name, "arrive")) mode = 0;
     if (!std::strcmp(name, "sync")) mode = 1;
     if (!std::strcmp(name, "none")) mode = 2;
+    if (!std::strcmp(name, "mbar")) mode = 3;
     if (mode < 0) {
-        std::fprintf(stderr, "usage: racecheck_handover arrive|sync|none\n");
+        std::fprintf(stderr, "usage: racecheck_handover arrive|sync|none|mbar\n");
         return 2;
     }
     int devices = 0;
