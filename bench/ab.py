@@ -58,8 +58,10 @@ def parse_args(argv=None):
     ap.add_argument("--dropout", type=float, default=0.0,
                     help="16-bit: dropout p in (0, 1) on every call (one seed and offset: the same mask in every build)")
     ap.add_argument("--bitwise", action="store_true",
-                    help="backward --det: every build's gradients must equal the first build's bit for bit (a change "
-                         "that keeps the deterministic adds' order, e.g. FA_SM90_BWD_WS_DET, must not change a bit)")
+                    help="backward --det, or forward --dropout: every build's outputs must equal the first build's bit "
+                         "for bit (a change that keeps the deterministic adds' order, e.g. FA_SM90_BWD_WS_DET, or one "
+                         "that only moves where the dropout mask is drawn, e.g. FA_SM90_FWD_DROPOUT_MASKER_MAX_D, must "
+                         "not change a bit)")
     ap.add_argument("--alibi", default="off", choices=("off", "on", "both"),
                     help="forward: ALiBi's standard slopes on every build's call (on), or each build with and without "
                          "them (both: NAME and NAME+alibi)")
@@ -69,8 +71,9 @@ def parse_args(argv=None):
         ap.error("--dtype e4m3 times the forward only (the library has no fp8 backward)")
     if args.alibi != "off" and (args.pass_ != "fwd" or args.dtype == "e4m3"):
         ap.error("--alibi times the 16-bit forward only")
-    if args.bitwise and not (args.pass_ == "bwd" and args.det):
-        ap.error("--bitwise compares the deterministic backward's gradients: --pass bwd --det")
+    if args.bitwise and not ((args.pass_ == "bwd" and args.det) or (args.pass_ == "fwd" and args.dropout > 0)):
+        ap.error("--bitwise compares the deterministic backward's gradients (--pass bwd --det) or the forward's "
+                 "outputs under dropout (--dropout P)")
     if not 0.0 <= args.dropout < 1.0 or (args.dropout > 0 and args.dtype == "e4m3"):
         ap.error("--dropout takes p in [0, 1), 16-bit only (the fp8 forward has no dropout)")
     # (p, seed, offset) of every call: FaLib.forward_params' and backward_params' dropout.

@@ -786,12 +786,15 @@ ptxas info    : Used 168 registers
             self.assertEqual((out.returncode, out.stdout), (1, ""))
 
     def test_ab_bitwise(self):
-        """ab.py --bitwise: only with the deterministic backward; bit_diff counts the elements whose bits differ."""
+        """ab.py --bitwise: only with the deterministic backward or the forward under dropout; bit_diff counts the
+        elements whose bits differ."""
         with mock.patch.dict(sys.modules, fake_torch()):
             sys.modules.pop("ab", None)
             ab = importlib.import_module("ab")
             self.assertTrue(ab.parse_args(["--lib", "A=x", "--pass", "bwd", "--det", "--bitwise"]).bitwise)
-            for bad in (["--bitwise"], ["--pass", "bwd", "--bitwise"], ["--det", "--bitwise"]):
+            self.assertTrue(ab.parse_args(["--lib", "A=x", "--dropout", "0.17", "--bitwise"]).bitwise)
+            for bad in (["--bitwise"], ["--pass", "bwd", "--bitwise"], ["--det", "--bitwise"],
+                        ["--pass", "bwd", "--dropout", "0.17", "--bitwise"]):
                 with self.assertRaises(SystemExit), mock.patch("sys.stderr"):
                     ab.parse_args(["--lib", "A=x"] + bad)
 
