@@ -4732,7 +4732,9 @@ static void test_gpu(int32_t count) {
     }
     if (section("paged")) {
         for (n = 0; n < (int)(sizeof(paged_cases) / sizeof(paged_cases[0])); ++n) {
-            if (head_dim_served(paged_cases[n].d)) run_paged_case(context, stream, &paged_cases[n], FA_PATH_AUTO, &log);
+            if (served_or_skip(paged_cases[n].d, "paged ", NULL)) {
+                run_paged_case(context, stream, &paged_cases[n], FA_PATH_AUTO, &log);
+            }
         }
     }
     if (section("vpair")) {
