@@ -725,6 +725,37 @@ class WsProtocolTest(unittest.TestCase):
         self.assertTrue(any("deadlock" in f[-1] for f in failures))
 
 
+class LagProtocolTest(unittest.TestCase):
+    """bench/lag_protocol.py, the model of the sm90 backward's dQ lag (FA_SM90_BWD_DQ_LAG): the kernel's hand-over
+    passes under random interleavings (varlen partial blocks' CTA barrier included); one barrier per warpgroup instead
+    of two, a wait on the wrong parity, thread 0's load before its wait, or an arrival before the products retire is
+    caught."""
+
+    def test_kernel_rules_hold(self):
+        from lag_protocol import sweep
+        self.assertEqual(sweep(max_iters=10, seeds=40), [])
+
+    def test_one_barrier_a_warpgroup_is_caught(self):
+        from lag_protocol import sweep
+        failures = sweep(max_iters=4, seeds=3, wait_parity=lambda it: 1, arrive_parity=lambda it: 1)
+        self.assertTrue(failures)
+
+    def test_wrong_parity_deadlocks(self):
+        from lag_protocol import sweep
+        failures = sweep(max_iters=4, seeds=2, wait_parity=lambda it: it % 2)
+        self.assertTrue(any("deadlock" in f[-1] for f in failures))
+
+    def test_load_before_the_wait_is_caught(self):
+        from lag_protocol import sweep
+        failures = sweep(max_iters=6, seeds=20, load_first=True)
+        self.assertTrue(any("load into stage" in f[-1] for f in failures))
+
+    def test_arrival_before_the_retirement_is_caught(self):
+        from lag_protocol import sweep
+        failures = sweep(max_iters=6, seeds=10, mut="arrive_early")
+        self.assertTrue(any("before both warpgroups finished" in f[-1] for f in failures))
+
+
 class BwdTraceTest(unittest.TestCase):
     """bench/bwd_trace.py's summary of a trace (no GPU): cycles per iteration from the per-CTA sums."""
 

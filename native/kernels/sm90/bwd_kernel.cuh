@@ -139,6 +139,12 @@ __global__ void __launch_bounds__(BwdTurns<kBwdThird<D, kLocal, kDeterministic, 
     // FA_SM90_BWD_EXP_UNDER_DP (sm90/bwd_traits.h): S^T and dP^T committed as two groups, the exponentials computed
     // once S^T has retired, while dP^T still runs; dS^T once it has.
     constexpr bool kExpUnderDP = kBwdExpUnderDp<D, kLocal, kDropout>;
+    // FA_SM90_BWD_DQ_LAG (sm90/bwd_traits.h): block it's dQ issued in iteration it + 1; each warpgroup's iterations
+    // handed to the other by named barrier kBarLag + 2 wg + (it & 1) (two per warpgroup, alternating: a warpgroup
+    // cannot arrive on one again before the other has waited for its last arrival there, see the loop).
+    constexpr bool kLag = kBwdDqLag<D, kLocal, kDeterministic, kDropout>;
+    constexpr int kBarLag = 12;  // 12..15 (1..3: the CTA and turn barriers; 4..11 at most: warp specialization's)
+    static_assert(!kLag || (!kSplit && !kWS && !kDeterministic), "the dQ lag: the default mode's kernels of D 64, 128");
     using Turns = BwdTurns<kBwdThird<D, kLocal, kDeterministic, kDropout>>;
     using WsBars = BwdWsBars<Tr>;
     constexpr int kBarCta = 1, kBarTurn = 2, kBarAdded = 3, kTurnCount = Tr::kThreads + 32;
@@ -212,7 +218,8 @@ __global__ void __launch_bounds__(BwdTurns<kBwdThird<D, kLocal, kDeterministic, 
 
     // Block it + S - 1's loads, once stage (it - 1) % S is free: every product of block it - 1 retired and its
     // statistics read, which a CTA barrier of block it tells (the mid-block one; with kSplit the earlier P^T
-    // hand-over). The statistics' copies are generic-proxy writes, which the barrier orders after the reads.
+    // hand-over; with kLag the other warpgroup's end of block it - 1, waited for before the dS^T stores). The
+    // statistics' copies are generic-proxy writes, which the barrier orders after the reads.
     const auto load_next = [&](int it) {
         if (tid < 2 * BM && it + S - 1 < iters) load_q_do(it + S - 1);
         __syncwarp();  // the warps converged again before the .aligned wgmma instructions that follow
@@ -388,9 +395,90 @@ __global__ void __launch_bounds__(BwdTurns<kBwdThird<D, kLocal, kDeterministic, 
         stage_ready(i);
         issue_products(i, true, kEarlyS);
     };
+    // dQ (this warpgroup's D/2 columns) = dS K: A = dS (queries contiguous: MN-major), B = K rows
+    // (columns contiguous: MN-major), K = the block's keys. An MN-major B operand is read in 64-column panels
+    // from its start, so one that starts inside a panel must end in it: at D = 192 each warpgroup's 96 columns
+    // are two products, 64 columns on a whole panel (dq[0, 32)) and 32 on half of the middle one (dq[32, 48)):
+    // warpgroup 0 columns 0..63 and 64..95, warpgroup 1 columns 128..191 and 96..127. Their column groups of 8
+    // are then (in dq's order) groups 0..7 and 8..11 of warpgroup 0's half, 4..11 and 0..3 of warpgroup 1's.
+    constexpr int kDqN = D / 2;
+    constexpr bool kDqTwo = kDqN > 64 && kDqN % 64 != 0;  // D = 192
+    static_assert(!kDqTwo || kDqN == 96, "a dQ half is one product, or 64 + 32 columns");
+    // dq_a: the one product's accumulators, or (kDqTwo) the whole panel's; dq_b: the half panel's (kDqTwo).
+    constexpr int kDqA = kDqTwo ? 32 : kDqN / 2, kDqB = kDqTwo ? 16 : 1;
+    const int col0 = wg * kDqN;  // first column of this warpgroup's half
+    // Column group (of 8, in this warpgroup's half) of dq(4 g .. 4 g + 3): g, but at D = 192 in warpgroup 1
+    // the whole panel's 8 groups (g < 8) are groups 4..11 and the half panel's 4 are groups 0..3.
+    const auto dq_group = [&](int g) { return kDqTwo && wg == 1 ? (g < 8 ? g + 4 : g - 8) : g; };
+    // The dQ products of the block whose dS^T is in the buffer at sdS_i, into dq_a and dq_b (zeroed here; the caller
+    // commits the group).
+    const auto issue_dq = [&](float (&dq_a)[kDqA], float (&dq_b)[kDqB], uint32_t sdS_i) {
+#pragma unroll
+        for (int i = 0; i < kDqA; ++i) dq_a[i] = 0.f;
+#pragma unroll
+        for (int i = 0; i < kDqB; ++i) dq_b[i] = 0.f;
+        fence_regs(dq_a);
+        fence_regs(dq_b);
+        wgmma_fence();
+        if constexpr (kDqTwo) {
+            const uint32_t panel_cols = static_cast<uint32_t>((wg == 0 ? 0 : 2) * KStride);   // columns 0 or 128
+            const uint32_t half_cols = static_cast<uint32_t>(KStride + (wg == 0 ? 0 : 64));   // columns 64 or 96
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                Wgmma<T, 64, 1, 1>::ss(dq_a, smem_desc(sdS_i + kk * 16 * 128, KStride, 1024),
+                                       smem_desc(sK + panel_cols + kk * 16 * 128, KStride, 1024), 1);
+                Wgmma<T, 32, 1, 1>::ss(dq_b, smem_desc(sdS_i + kk * 16 * 128, KStride, 1024),
+                                       smem_desc(sK + half_cols + kk * 16 * 128, KStride, 1024), 1);
+            }
+        } else {
+            const uint32_t k_cols = kDqN >= 64 ? static_cast<uint32_t>((col0 / 64) * KStride) : static_cast<uint32_t>(col0 * 2);
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                Wgmma<T, kDqN, 1, 1>::ss(dq_a, smem_desc(sdS_i + kk * 16 * 128, KStride, 1024),
+                                         smem_desc(sK + k_cols + kk * 16 * 128, KStride, 1024), 1);
+            }
+        }
+    };
+    // A block's dQ (dq_a, dq_b, retired) to dq_dst: added to dq_accum (red.global), or (kWS) stored in the same layout
+    // to a shared-memory buffer. frag: a full block, in the fragment layout; else rows_i rows, row by row.
+    const auto put_dq = [&](const float (&dq_a)[kDqA], const float (&dq_b)[kDqB], float* dq_dst, bool frag, int rows_i) {
+        // dq(i) reads register i of the half's kDqN / 2 in that order (i is a constant in the unrolled loops).
+        const auto dq = [&](int i) { return kDqTwo && i >= 32 ? dq_b[i - 32] : dq_a[i]; };
+        const auto put4 = [&](float* dst, int j) {
+            if constexpr (kWS) {
+                *reinterpret_cast<float4*>(dst) = make_float4(dq(4 * j), dq(4 * j + 1), dq(4 * j + 2), dq(4 * j + 3));
+            } else {
+                red_add_f32x4(dst, dq(4 * j), dq(4 * j + 1), dq(4 * j + 2), dq(4 * j + 3));
+            }
+        };
+        const auto put2 = [&](float* dst, int j, int i) {
+            if constexpr (kWS) {
+                *reinterpret_cast<float2*>(dst) = make_float2(dq(4 * j + 2 * i), dq(4 * j + 2 * i + 1));
+            } else {
+                red_add_f32x2(dst, dq(4 * j + 2 * i), dq(4 * j + 2 * i + 1));
+            }
+        };
+        if (frag) {
+            float* dst = dq_dst + wg * (BM * kDqN) + tid % 128 * 4;
+#pragma unroll
+            for (int j = 0; j < kDqN / 8; ++j) put4(dst + dq_group(j) * 512, j);
+        } else {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int qr = wl * 16 + lane / 4 + 8 * i;
+                if (qr < rows_i) {
+                    float* dst = dq_dst + static_cast<int64_t>(qr) * D + col0 + qc0;
+#pragma unroll
+                    for (int j = 0; j < kDqN / 8; ++j) put2(dst + 8 * dq_group(j), j, i);
+                }
+            }
+        }
+    };
     if constexpr (kEarly) {
         if (iters > 0) start_early(0);
     }
+    // kLag: "iteration -1" done, for the other warpgroup's wait in iteration 0.
+    if constexpr (kLag) barrier_arrive(kBarLag + 2 * wg + 1, Tr::kThreads);
     for (int it = 0; it < iters; ++it) {
         const int h = blk.head(it);
         const int m = blk.block(it);
@@ -585,6 +673,12 @@ __global__ void __launch_bounds__(BwdTurns<kBwdThird<D, kLocal, kDeterministic, 
             }
         }
 
+        if constexpr (kLag) {
+            // The other warpgroup's iteration it - 1 done: its dS^T(it - 1) stored and fenced (for dQ(it - 1) below), its
+            // dQ(it - 2) retired (this buffer free) and its dV/dK(it - 1) (block it - 1's stage free for thread 0's load).
+            barrier_sync(kBarLag + 2 * (1 - wg) + ((it - 1) & 1), Tr::kThreads);
+            load_next(it);
+        }
         // dS^T to shared memory as [key][query] rows of 128 bytes (one panel), for dQ. The stores read the
         // registers that are also the A fragments of the dK product (fd, or fa in warpgroup 1 with kSplit).
         // They are stored before that product is issued: the PTX ISA leaves any access to a wgmma's register
@@ -623,54 +717,19 @@ __global__ void __launch_bounds__(BwdTurns<kBwdThird<D, kLocal, kDeterministic, 
         wgmma_commit();
         trace.lap(4);
 
-        cta_sync();  // dS^T written; every wgmma of block it - 1 retired (each warpgroup waited for its own)
-        if constexpr (!kSplit && !kWS) load_next(it);
+        // dS^T written; every wgmma of block it - 1 retired (each warpgroup waited for its own). (kLag: the hand-over
+        // above instead.)
+        if constexpr (!kLag) cta_sync();
+        if constexpr (!kSplit && !kWS && !kLag) load_next(it);
         __syncwarp();  // converged before the .aligned wgmma below (cta_sync is a non-aligned barrier in det mode)
         trace.lap(5);
 
-        // dQ (this warpgroup's D/2 columns) = dS K: A = dS (queries contiguous: MN-major), B = K rows
-        // (columns contiguous: MN-major), K = the block's keys. An MN-major B operand is read in 64-column panels
-        // from its start, so one that starts inside a panel must end in it: at D = 192 each warpgroup's 96 columns
-        // are two products, 64 columns on a whole panel (dq[0, 32)) and 32 on half of the middle one (dq[32, 48)):
-        // warpgroup 0 columns 0..63 and 64..95, warpgroup 1 columns 128..191 and 96..127. Their column groups of 8
-        // are then (in dq's order) groups 0..7 and 8..11 of warpgroup 0's half, 4..11 and 0..3 of warpgroup 1's.
-        constexpr int kDqN = D / 2;
-        constexpr bool kDqTwo = kDqN > 64 && kDqN % 64 != 0;  // D = 192
-        static_assert(!kDqTwo || kDqN == 96, "a dQ half is one product, or 64 + 32 columns");
-        float* acc_rows = bwd_dq_rows(p, blk, slot0);
-        // dq_a: the one product's accumulators, or (kDqTwo) the whole panel's; dq_b: the half panel's (kDqTwo).
-        // dq(i) reads register i of the half's kDqN / 2 in that order (i is a constant in the unrolled loops).
-        float dq_a[kDqTwo ? 32 : kDqN / 2], dq_b[kDqTwo ? 16 : 1];
-#pragma unroll
-        for (int i = 0; i < (kDqTwo ? 32 : kDqN / 2); ++i) dq_a[i] = 0.f;
-#pragma unroll
-        for (int i = 0; i < (kDqTwo ? 16 : 1); ++i) dq_b[i] = 0.f;
-        const auto dq = [&](int i) { return kDqTwo && i >= 32 ? dq_b[i - 32] : dq_a[i]; };
-        fence_regs(dq_a);
-        fence_regs(dq_b);
-        wgmma_fence();
-        const int col0 = wg * kDqN;  // first column of this warpgroup's half
-        // Column group (of 8, in this warpgroup's half) of dq(4 g .. 4 g + 3): g, but at D = 192 in warpgroup 1
-        // the whole panel's 8 groups (g < 8) are groups 4..11 and the half panel's 4 are groups 0..3.
-        const auto dq_group = [&](int g) { return kDqTwo && wg == 1 ? (g < 8 ? g + 4 : g - 8) : g; };
-        if constexpr (kDqTwo) {
-            const uint32_t panel_cols = static_cast<uint32_t>((wg == 0 ? 0 : 2) * KStride);   // columns 0 or 128
-            const uint32_t half_cols = static_cast<uint32_t>(KStride + (wg == 0 ? 0 : 64));   // columns 64 or 96
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; ++kk) {
-                Wgmma<T, 64, 1, 1>::ss(dq_a, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
-                                       smem_desc(sK + panel_cols + kk * 16 * 128, KStride, 1024), 1);
-                Wgmma<T, 32, 1, 1>::ss(dq_b, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
-                                       smem_desc(sK + half_cols + kk * 16 * 128, KStride, 1024), 1);
-            }
-        } else {
-            const uint32_t k_cols = kDqN >= 64 ? static_cast<uint32_t>((col0 / 64) * KStride) : static_cast<uint32_t>(col0 * 2);
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; ++kk) {
-                Wgmma<T, kDqN, 1, 1>::ss(dq_a, smem_desc(sdS + kk * 16 * 128, KStride, 1024),
-                                         smem_desc(sK + k_cols + kk * 16 * 128, KStride, 1024), 1);
-            }
-        }
+        // The dQ of block iq: this one, or (kLag) the previous one (none at it = 0: the empty commit group keeps the
+        // waits' counts).
+        const int iq = kLag ? it - 1 : it;
+        float* acc_rows = bwd_dq_rows(p, blk, kLag ? bwd_row_slot(p, b, blk.head(iq), seq.q_row0, blk.block(iq) * BM) : slot0);
+        float dq_a[kDqA], dq_b[kDqB];  // (issue_dq)
+        if (!kLag || it > 0) issue_dq(dq_a, dq_b, kLag ? s0 + Tr::kOffDS + (iq & 1) * Tr::kSmemDS : sdS);
         wgmma_commit();
         if constexpr (kEarly) {
             if constexpr (kEarlyST) {
@@ -700,7 +759,8 @@ __global__ void __launch_bounds__(BwdTurns<kBwdThird<D, kLocal, kDeterministic, 
         // 4 floats of column group j at [warpgroup half][j][thread][4], one vector add each (half the adds of row-major
         // pairs, and a warp's adds cover 512 contiguous bytes); a partial last block row by row. (Measured 1.06-1.19x
         // the row-major adds; staging the fragments for one bulk reduction per warpgroup, 0.94-1.04x: bench/NOTES.md.)
-        const bool frag = rows_here == BM;
+        const int rows_q = kLag ? min(BM, seq.sq - blk.block(iq) * BM) : rows_here;
+        const bool frag = rows_q == BM;
         if constexpr (kDeterministic && !kWS) barrier_sync(kBarTurn, kTurnCount);  // the turn warp saw this block's turn
         trace.lap(7);
         // This block's dQ: added to dq_accum (red.global), or (kWS) stored in the same layout to a shared-memory buffer,
@@ -710,35 +770,7 @@ __global__ void __launch_bounds__(BwdTurns<kBwdThird<D, kLocal, kDeterministic, 
             WsBars::wait_dq_buffer(it % Tr::kDqBufs);  // the buffer's previous reduction has read it
             dq_dst = reinterpret_cast<float*>(smem + Tr::kOffDQ + (it % Tr::kDqBufs) * Tr::kSmemDQ);
         }
-        const auto put4 = [&](float* dst, int j) {
-            if constexpr (kWS) {
-                *reinterpret_cast<float4*>(dst) = make_float4(dq(4 * j), dq(4 * j + 1), dq(4 * j + 2), dq(4 * j + 3));
-            } else {
-                red_add_f32x4(dst, dq(4 * j), dq(4 * j + 1), dq(4 * j + 2), dq(4 * j + 3));
-            }
-        };
-        const auto put2 = [&](float* dst, int j, int i) {
-            if constexpr (kWS) {
-                *reinterpret_cast<float2*>(dst) = make_float2(dq(4 * j + 2 * i), dq(4 * j + 2 * i + 1));
-            } else {
-                red_add_f32x2(dst, dq(4 * j + 2 * i), dq(4 * j + 2 * i + 1));
-            }
-        };
-        if (frag) {
-            float* dst = dq_dst + wg * (BM * kDqN) + tid % 128 * 4;
-#pragma unroll
-            for (int j = 0; j < kDqN / 8; ++j) put4(dst + dq_group(j) * 512, j);
-        } else {
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int qr = wl * 16 + lane / 4 + 8 * i;
-                if (qr < rows_here) {
-                    float* dst = dq_dst + static_cast<int64_t>(qr) * D + col0 + qc0;
-#pragma unroll
-                    for (int j = 0; j < kDqN / 8; ++j) put2(dst + 8 * dq_group(j), j, i);
-                }
-            }
-        }
+        if (!kLag || it > 0) put_dq(dq_a, dq_b, dq_dst, frag, rows_q);
         if constexpr (kWS) {
             fence_proxy_async();  // the stores, for the bulk reduction's reads (async proxy)
             WsBars::dq_staged(it % Tr::kDqBufs);
@@ -746,6 +778,29 @@ __global__ void __launch_bounds__(BwdTurns<kBwdThird<D, kLocal, kDeterministic, 
         trace.lap(8);
         trace.count(9);
         if constexpr (kDeterministic && !kWS) barrier_arrive(kBarAdded, kTurnCount);  // adds issued: the turn warp passes the turn
+        // kLag: this iteration done (dS^T(it) stored and fenced, dQ(it - 1) and dV/dK(it) retired), for the other
+        // warpgroup's wait in iteration it + 1 (or after the walk).
+        if constexpr (kLag) {
+            barrier_arrive(kBarLag + 2 * wg + (it & 1), Tr::kThreads);
+            __syncwarp();  // converged before the next iteration's .aligned wgmma (the barrier is not .aligned)
+        }
+    }
+    if constexpr (kLag) {
+        // The walk's last block's dQ, once the other warpgroup's last iteration is done (its dS^T stored).
+        barrier_sync(kBarLag + 2 * (1 - wg) + ((iters - 1) & 1), Tr::kThreads);
+        if (iters > 0) {
+            __syncwarp();  // converged before the .aligned wgmma (the barrier is not .aligned)
+            const int iq = iters - 1;
+            float dq_a[kDqA], dq_b[kDqB];
+            issue_dq(dq_a, dq_b, s0 + Tr::kOffDS + (iq & 1) * Tr::kSmemDS);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(dq_a);
+            fence_regs(dq_b);
+            const int rows_q = min(BM, seq.sq - blk.block(iq) * BM);
+            put_dq(dq_a, dq_b, bwd_dq_rows(p, blk, bwd_row_slot(p, b, blk.head(iq), seq.q_row0, blk.block(iq) * BM)),
+                   rows_q == BM, rows_q);
+        }
     }
 
     // Epilogue: dK * scale and dV to 16 bits, staged through the K and V tiles (panel layout), then

@@ -75,6 +75,19 @@
 #define FA_SM90_BWD_EXP_UNDER_DP 0
 #endif
 
+// FA_SM90_BWD_DQ_LAG (issue 17): block it's dQ product issued in iteration it + 1, after block it + 1's dV/dK, so
+// that the mid-iteration CTA barrier (every consumer waits there until both warpgroups have stored their dS^T) becomes
+// a hand-over one iteration wide: each warpgroup arrives on a named barrier of its own at the end of an iteration
+// (its dS^T stored, its dQ and dV/dK products retired) and waits for the other's previous arrival just before it
+// stores its next dS^T, so a warpgroup may run up to about half an iteration ahead of the other without waiting (ncu,
+// twenty-third session: 11.6% of the d128 kernel's warp samples wait at that barrier). The last block's dQ follows
+// the walk. 1: the kernels without mask, 2: the masked too; the default mode's kernels that do not split the roles
+// (head dims 64, 128) and are not warp-specialized. 0 (the default): off. Not yet measured (prepared in the
+// twenty-fourth session, without a GPU).
+#ifndef FA_SM90_BWD_DQ_LAG
+#define FA_SM90_BWD_DQ_LAG 0
+#endif
+
 namespace fa {
 namespace sm90 {
 
@@ -115,6 +128,10 @@ inline constexpr bool kBwdThird = kDeterministic || kBwdWs<D, kLocal, kDetermini
 template <int D, bool kLocal, bool kDropout>
 inline constexpr bool kBwdExpUnderDp =
     FA_SM90_BWD_EXP_UNDER_DP != 0 && !bwd_split(D) && !kDropout && (!kLocal || FA_SM90_BWD_EXP_UNDER_DP >= 2);
+// Whether the kernel of head dim D for these options issues each block's dQ an iteration late (FA_SM90_BWD_DQ_LAG).
+template <int D, bool kLocal, bool kDeterministic, bool kDropout>
+inline constexpr bool kBwdDqLag = FA_SM90_BWD_DQ_LAG != 0 && !bwd_split(D) && !kDeterministic &&
+                                  !kBwdWs<D, kLocal, kDeterministic, kDropout> && (!kLocal || FA_SM90_BWD_DQ_LAG >= 2);
 // Whether the build has the backward's dropout kernels (FA_SM90_BWD_DROPOUT) for the class D (q's head dim = v's).
 constexpr bool bwd_dropout_kernel(int D) { return FA_SM90_BWD_DROPOUT != 0 && bwd_head_dim(D); }
 
