@@ -23,12 +23,10 @@ barrier it % 2. Before the walk each arrives on its barrier 1 ("iteration -1"); 
 
     python3 bench/lag_protocol.py [--max-iters 12 --seeds 200]
 """
-import argparse
 import random
 
-
-class ProtocolError(Exception):
-    pass
+import protocol_model
+from protocol_model import Barriers, ProtocolError, Ring, check_exit, drive
 
 
 def run(iters, S, early, seed, wait_parity=None, arrive_parity=None, load_first=False, partial=(), strict=True,
@@ -42,32 +40,16 @@ def run(iters, S, early, seed, wait_parity=None, arrive_parity=None, load_first=
     retires its products (not the kernel's order; caught)."""
     wait_parity = wait_parity or (lambda it: (it - 1) % 2)
     arrive_parity = arrive_parity or (lambda it: it % 2)
-    rnd = random.Random(seed)
-    counts, gens = {}, {}
-
-    def arrive(key, w):
-        c = counts.get(key, 0) + w
-        if c > 256:
-            raise ProtocolError(f"{key}: generation {gens.get(key, 0)} over-subscribed")
-        if c == 256:
-            c, gens[key] = 0, gens.get(key, 0) + 1
-        counts[key] = c
-
-    def sync(key, w):
-        g = gens.get(key, 0)
-        arrive(key, w)
-        while gens.get(key, 0) == g:
-            yield
-
-    landed = [0] * S  # completed phases of each stage's mbarrier
-    issued = []       # loads issued, not landed
+    bars = Barriers(lambda key: 256)  # one warpgroup's arrivals and the other's sync; the CTA barrier's 2 x 128
+    arrive, sync = bars.arrive, bars.sync
+    ring = Ring(S)
+    landed, issued = ring.landed, ring.issued  # completed phases of each stage's mbarrier; loads issued, not landed
     stage_readers = {}  # (wg, block) -> stage, from the first product's issue to dV/dK's retirement
     ds_written = {}   # buffer -> {wg: block}
     dq_readers = {}   # (wg, block) -> buffer, from dQ's issue to its retirement
 
     def wait_full(i):
-        while landed[i % S] <= i // S:
-            yield
+        yield from ring.wait_full(i)
         if strict and landed[i % S] != i // S + 1:
             raise ProtocolError(f"block {i}'s stage {i % S} already refilled (landed {landed[i % S]}) when waited for")
 
@@ -143,29 +125,8 @@ def run(iters, S, early, seed, wait_parity=None, arrive_parity=None, load_first=
     # Before the walk thread 0 loads blocks 0 .. S - 2 (the kernel's prologue).
     for j in range(min(S - 1, iters)):
         issued.append(j)
-    agents = [consumer(0), consumer(1)]
-    alive = [0, 1]
-    for _ in range(200000):
-        if not alive:
-            break
-        if issued and rnd.random() < 0.3:
-            i = issued.pop(0)
-            if landed[i % S] != i // S:
-                raise ProtocolError(f"block {i} landed on stage {i % S} out of phase")
-            landed[i % S] += 1
-            continue
-        a = rnd.choice(alive)
-        try:
-            next(agents[a])
-        except StopIteration:
-            alive.remove(a)
-    else:
-        raise ProtocolError("deadlock")
-    pending = {k: c for k, c in counts.items() if c}
-    if pending:
-        raise ProtocolError(f"arrivals pending at exit: {pending}")
-    if issued:
-        raise ProtocolError("loads issued that no block waited for")
+    drive([consumer(0), consumer(1)], ring, seed)
+    check_exit(bars, ring)
 
 
 def sweep(max_iters=12, seeds=200, partial_rate=0.3, **rules):
@@ -185,17 +146,5 @@ def sweep(max_iters=12, seeds=200, partial_rate=0.3, **rules):
     return failures
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--max-iters", type=int, default=12)
-    ap.add_argument("--seeds", type=int, default=200)
-    args = ap.parse_args()
-    failures = sweep(args.max_iters, args.seeds)
-    for f in failures[:10]:
-        print("FAIL", f)
-    print(f"{len(failures)} failures")
-    return 1 if failures else 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(protocol_model.main(__doc__, sweep))

@@ -15,12 +15,9 @@ The rules the kernel uses are the defaults of `run`; the tests pass other ones t
 
     python3 bench/ws_protocol.py [--max-iters 12 --seeds 200]
 """
-import argparse
-import random
 
-
-class ProtocolError(Exception):
-    pass
+import protocol_model
+from protocol_model import Barriers, ProtocolError, Ring, check_exit, drive
 
 
 def run(iters, S, B, early, seed, release_if=None, dq_refree_if=None):
@@ -28,30 +25,10 @@ def run(iters, S, B, early, seed, release_if=None, dq_refree_if=None):
     dq_refree_if(it, iters, B): whether the dQ warp, after block it's reduction, hands a buffer back for block it + 1."""
     release_if = release_if or (lambda it, n, s: it + s < n)
     dq_refree_if = dq_refree_if or (lambda it, n, b: it + 1 < n and it + 1 >= b)
-    rnd = random.Random(seed)
-    counts, gens = {}, {}
-
-    def arrive(key, w):
-        n = 256 if key[0] == "cta" else 288
-        c = counts.get(key, 0) + w
-        if c > n:
-            raise ProtocolError(f"{key}: generation {gens.get(key, 0)} over-subscribed")
-        if c == n:
-            c, gens[key] = 0, gens.get(key, 0) + 1
-        counts[key] = c
-
-    def sync(key, w):
-        g = gens.get(key, 0)
-        arrive(key, w)
-        while gens.get(key, 0) == g:
-            yield
-
-    landed = [0] * S  # completed phases of each stage's mbarrier
-    issued = []
-
-    def wait_full(i):
-        while landed[i % S] <= i // S:
-            yield
+    bars = Barriers(lambda key: 256 if key[0] == "cta" else 288)
+    arrive, sync = bars.arrive, bars.sync
+    ring = Ring(S)
+    issued, wait_full = ring.issued, ring.wait_full
 
     def consumer():
         if early and iters > 0:
@@ -88,29 +65,8 @@ def run(iters, S, B, early, seed, release_if=None, dq_refree_if=None):
             if dq_refree_if(it, iters, B):
                 arrive(("dqfree", (it + 1) % B), 32)
 
-    agents = [consumer(), consumer(), producer(), dq_warp()]
-    alive = list(range(len(agents)))
-    for _ in range(200000):
-        if not alive:
-            break
-        if issued and rnd.random() < 0.3:
-            i = issued.pop(0)
-            if landed[i % S] != i // S:
-                raise ProtocolError(f"block {i} landed on stage {i % S} out of phase")
-            landed[i % S] += 1
-            continue
-        a = rnd.choice(alive)
-        try:
-            next(agents[a])
-        except StopIteration:
-            alive.remove(a)
-    else:
-        raise ProtocolError("deadlock")
-    pending = {k: c for k, c in counts.items() if c}
-    if pending:
-        raise ProtocolError(f"arrivals pending at exit: {pending}")
-    if issued:
-        raise ProtocolError("loads issued that no block waited for")
+    drive([consumer(), consumer(), producer(), dq_warp()], ring, seed)
+    check_exit(bars, ring)
 
 
 def sweep(max_iters=12, seeds=200, **rules):
@@ -128,17 +84,5 @@ def sweep(max_iters=12, seeds=200, **rules):
     return failures
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--max-iters", type=int, default=12)
-    ap.add_argument("--seeds", type=int, default=200)
-    args = ap.parse_args()
-    failures = sweep(args.max_iters, args.seeds)
-    for f in failures[:10]:
-        print("FAIL", f)
-    print(f"{len(failures)} failures")
-    return 1 if failures else 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(protocol_model.main(__doc__, sweep))
