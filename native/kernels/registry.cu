@@ -524,7 +524,10 @@ int launch_backward_t(Path path, BwdParams& p, const LaunchInfo& info, cudaStrea
 // The whole decode: the append kernel (when k_new is set), the attention kernel, the combine kernel (when
 // split) and the length advance (when asked), on one stream. Fp8Cache: k_cache/v_cache hold e4m3 bytes.
 template <typename T, bool Fp8Cache>
-int launch_decode_t(const DecodeParams& p, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
+int launch_decode_t(const DecodeParams& p0, const LaunchInfo& info, cudaStream_t stream, uint32_t* features) {
+    DecodeParams p = p0;
+    // FA_DECODE_CLUSTER_SPLITS: the splits merged inside clusters, without the combine kernel (sm80/decode_launch.cuh).
+    if (sm80::decode_cluster_splits<T>(p, info)) p.cluster_splits = 1;
     if (p.k_new != nullptr) {
         const cudaError_t err = sm80::launch_decode_append<T, Fp8Cache>(p, info, stream);
         if (err != cudaSuccess) return static_cast<int>(err);
@@ -532,7 +535,9 @@ int launch_decode_t(const DecodeParams& p, const LaunchInfo& info, cudaStream_t 
     int err = with_compiled_head_dim(kernel_head_dim(p.d), static_cast<int>(cudaErrorInvalidValue), [&](auto hd) {
         return sm80::run_decode<T, decltype(hd)::value, Fp8Cache>(p, info, stream, features);
     });
-    if (err == 0 && p.num_splits > 1) err = static_cast<int>(sm80::launch_decode_combine<T>(p, info, stream));
+    if (err == 0 && p.num_splits > 1 && p.cluster_splits == 0) {
+        err = static_cast<int>(sm80::launch_decode_combine<T>(p, info, stream));
+    }
     if (err == 0 && p.advance) err = static_cast<int>(sm80::launch_decode_advance<T>(p, stream));
     return err;
 }

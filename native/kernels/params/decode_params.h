@@ -81,6 +81,11 @@ struct DecodeParams {
     int64_t alibi_batch_stride = 0;
     int64_t alibi_head_stride = 0;
     int32_t alibi_causal = 0;
+    // Nonzero (FA_DECODE_CLUSTER_SPLITS, set by the launcher; with split-KV above): the num_splits CTAs of a (sequence,
+    // kv head, 16-row block) are one thread-block cluster, neighbours in the grid, and merge their partials through
+    // distributed shared memory, so o_accum and lse_accum stay unused and no combine kernel runs. (Here, in the padding
+    // before the next pointer: the struct's layout, and the kernels' code without the knob, stay as they were.)
+    int32_t cluster_splits = 0;
     // Rotary embedding (C ABI 0.8; common/rotary.cuh). rotary_cos / rotary_sin [rotary_seqlen, rotary_dim / 2] (dtype
     // of q, contiguous), or nullptr: none. New key j of sequence b is rotated at cache_seqlens[b] + j in the append
     // kernel before it is stored; query i at cache_seqlens[b] + i when rotary_per_row (causal or a window given),

@@ -62,8 +62,55 @@
 #define FA_DECODE_PDL_WAIT() ((void)0)
 #endif
 
+// Split-KV merged inside thread-block clusters (sm_90; FA_DECODE_CLUSTER_SPLITS, default 0: never). Where the launcher
+// says so (sm80/decode_launch.cuh decode_cluster_splits: 2..8 splits, compute capability 9.0, the build's sm_90 code),
+// DecodeParams::cluster_splits is set and the num_splits CTAs of a (sequence, kv head, 16-row block) are one cluster,
+// neighbours in the grid. Each stores its normalised partial and log-sum-exp in its own shared memory
+// (DecodeTraits::kOffPart) instead of o_accum / lse_accum, the cluster meets at a barrier, CTA rank c merges the rows
+// r with r % num_splits == c from every CTA's partial through distributed shared memory, as the combine kernel does and
+// in the same split order (so the same bits), and a second barrier keeps each partial until every CTA has read it. No
+// partials through global memory and no combine kernel: a split's fixed cost measured about 5 us on the H200 (B 16 fp8
+// cache at 1k: 23.4 us unsplit, 28.4 in two splits; fourteenth session), in a call of 276 us at 32k.
+// (The macro's default is in sm80/decode_traits.h, whose kOffPart this uses.)
+#if FA_DECODE_CLUSTER_SPLITS && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FA_DECODE_CLUSTER_CODE 1
+#else
+#define FA_DECODE_CLUSTER_CODE 0
+#endif
+
 namespace fa {
 namespace sm80 {
+
+#if FA_DECODE_CLUSTER_CODE
+// The cluster's barrier (every thread of every CTA; arrive's default semantics are release and wait's acquire: each
+// CTA's shared-memory stores before it are visible to the others' loads after it), this CTA's rank, and 32/128-bit
+// loads of another CTA's shared memory at the address `local` has in this one.
+__device__ __forceinline__ void decode_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ uint32_t decode_cluster_rank() {
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ float decode_ld_cluster(uint32_t local, uint32_t rank) {
+    uint32_t a;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(a) : "memory");
+    return v;
+}
+__device__ __forceinline__ float4 decode_ld_cluster4(uint32_t local, uint32_t rank) {
+    uint32_t a;
+    float4 v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(a)
+                 : "memory");
+    return v;
+}
+#endif
 
 // Sequence b's packed rows [row0, row0 + count) of a cu_seqlens array over `total` rows (C ABI 0.12), clamped so
 // that no access leaves the packed tensor (and the count to `most`); a clamp is reported in the context's
@@ -345,11 +392,21 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
 
     // Grid order: the 16-row blocks of one split are neighbours (they read the same keys, mostly from L2),
     // then the splits, then the kv heads and sequences.
+    // (FA_DECODE_CLUSTER_SPLITS: a cluster's splits are the neighbours instead.)
+    const bool clustered = FA_DECODE_CLUSTER_SPLITS && p.cluster_splits != 0;
     int linear = blockIdx.x;
-    const int m_block = linear % p.m_blocks;
-    linear /= p.m_blocks;
-    const int split = linear % p.num_splits;
-    linear /= p.num_splits;
+    int m_block, split;
+    if (clustered) {
+        split = linear % p.num_splits;
+        linear /= p.num_splits;
+        m_block = linear % p.m_blocks;
+        linear /= p.m_blocks;
+    } else {
+        m_block = linear % p.m_blocks;
+        linear /= p.m_blocks;
+        split = linear % p.num_splits;
+        linear /= p.num_splits;
+    }
     const int hk = linear % p.hkv;
     const int b = linear / p.hkv;
     const int tid = threadIdx.x;
@@ -396,9 +453,75 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
         return make_int2(qi, head);
     };
 
+    // Where packed row r's chunk ch of O goes (the cluster's merge; the direct path below writes the same address).
+    const auto o_row = [&](int2 qh, int ch) {
+        return reinterpret_cast<T*>(p.o) + b * p.o_batch_stride + (qs.row0 + qh.x) * p.o_row_stride +
+               qh.y * p.o_head_stride + ch * 8;
+    };
+    // FA_DECODE_CLUSTER_SPLITS: the cluster's merge of the partials (see the top of this file), from every thread of
+    // every CTA of the cluster, once. (No code without it, or for a target before sm_90.)
+    const auto cluster_merge = [&]() {
+#if FA_DECODE_CLUSTER_CODE
+        decode_cluster_sync();  // every CTA's partial stored
+        const uint32_t rank = decode_cluster_rank();
+        const int S = p.num_splits;
+        const uint32_t part = smem_u32(smem + Tr::kOffPart), part_lse = smem_u32(smem + Tr::kOffPartLse);
+        for (int c = tid; c < BM * CPR; c += Tr::kThreads) {
+            const int r = c / CPR;
+            const int ch = c % CPR;
+            if (r >= rows_here || ch * 8 >= p.d || r % S != static_cast<int>(rank)) continue;
+            const int2 qh = out_row(r);
+            T* dst = o_row(qh, ch);
+            float* lse_dst = p.lse == nullptr ? nullptr
+                                              : p.lse + b * p.lse_batch_stride + qh.y * p.lse_head_stride +
+                                                    (qs.row0 + qh.x) * p.lse_row_stride;
+            float mx = -CUDART_INF_F;
+            for (int sp = 0; sp < S; ++sp) mx = fmaxf(mx, decode_ld_cluster(part_lse + r * 4, sp));
+            if (mx == -CUDART_INF_F) {  // no split saw a key of this row
+                *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+                if (ch == 0 && lse_dst != nullptr) *lse_dst = CUDART_INF_F;
+                continue;
+            }
+            float sum = 0.f;
+            for (int sp = 0; sp < S; ++sp) sum += __expf(decode_ld_cluster(part_lse + r * 4, sp) - mx);
+            const float lse = mx + __logf(sum);
+            float o[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) o[e] = 0.f;
+            for (int sp = 0; sp < S; ++sp) {
+                const float l = decode_ld_cluster(part_lse + r * 4, sp);
+                if (l == -CUDART_INF_F) continue;  // (its partial was never written)
+                const float w = __expf(l - lse);
+                const uint32_t src = part + (r * Tr::kHeadDim + ch * 8) * 4;
+                const float4 x0 = decode_ld_cluster4(src, sp), x1 = decode_ld_cluster4(src + 16, sp);
+                o[0] += w * x0.x;
+                o[1] += w * x0.y;
+                o[2] += w * x0.z;
+                o[3] += w * x0.w;
+                o[4] += w * x1.x;
+                o[5] += w * x1.y;
+                o[6] += w * x1.z;
+                o[7] += w * x1.w;
+            }
+            *reinterpret_cast<uint4*>(dst) =
+                make_uint4(pack2<T>(o[0], o[1]), pack2<T>(o[2], o[3]), pack2<T>(o[4], o[5]), pack2<T>(o[6], o[7]));
+            if (ch == 0 && lse_dst != nullptr) *lse_dst = lse;
+        }
+        decode_cluster_sync();  // no CTA leaves while another may still read its partial
+#elif FA_DECODE_CLUSTER_SPLITS && defined(__CUDA_ARCH__)
+        __trap();  // (code for a target before sm_90 in a cluster launch: the launcher never does that; fail loudly)
+#endif
+    };
+
     if (t_begin >= t_end) {
         // No key for this split: a partial that the combine skips (log-sum-exp -inf), or with one split the
         // final answer for rows that see nothing: O = 0, log-sum-exp +inf.
+        if (clustered) {
+            float* part_lse = reinterpret_cast<float*>(smem + Tr::kOffPartLse);
+            for (int r = tid; r < BM; r += Tr::kThreads) part_lse[r] = -CUDART_INF_F;  // (the merge skips this split)
+            cluster_merge();
+            return;
+        }
         for (int c = tid; c < BM * CPR; c += Tr::kThreads) {
             const int r = c / CPR;
             const int ch = c % CPR;
@@ -970,6 +1093,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
             if (ch == 0 && p.lse != nullptr) {
                 p.lse[b * p.lse_batch_stride + qh.y * p.lse_head_stride + (qs.row0 + qh.x) * p.lse_row_stride] = lse;
             }
+        } else if (clustered) {  // (FA_DECODE_CLUSTER_SPLITS: in this CTA's shared memory, for cluster_merge)
+            float4* dst = reinterpret_cast<float4*>(smem + Tr::kOffPart + (r * Tr::kHeadDim + ch * 8) * 4);
+            dst[0] = make_float4(o[0] * inv, o[1] * inv, o[2] * inv, o[3] * inv);
+            dst[1] = make_float4(o[4] * inv, o[5] * inv, o[6] * inv, o[7] * inv);
+            if (ch == 0) reinterpret_cast<float*>(smem + Tr::kOffPartLse)[r] = lse;
         } else {
             const int64_t srow = split * accum_rows + (static_cast<int64_t>(b) * p.hq + qh.y) * p.sq + qh.x;
             float4* dst = reinterpret_cast<float4*>(p.o_accum + srow * p.d + ch * 8);
@@ -978,6 +1106,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
             if (ch == 0) p.lse_accum[srow] = lse;
         }
     }
+    if (clustered) cluster_merge();
 }
 
 // Merges the num_splits partial results of each output row: with L = log(sum_s exp(lse_s)),

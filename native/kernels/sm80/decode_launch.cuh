@@ -30,6 +30,24 @@ cudaError_t launch_decode_attention(const DecodeParams& p, const LaunchInfo& inf
     if (err != cudaSuccess) return err;
     const int64_t blocks = static_cast<int64_t>(p.b) * p.hkv * p.m_blocks * p.num_splits;
     if (blocks == 0) return cudaSuccess;
+    if (p.cluster_splits != 0) {
+        // (FA_DECODE_CLUSTER_SPLITS, decode_cluster_splits: a cluster of the num_splits CTAs of a (sequence, kv head,
+        // 16-row block), neighbours in the grid; blocks is a multiple of num_splits)
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+        cfg.blockDim = dim3(Tr::kThreads);
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = stream;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = static_cast<unsigned>(p.num_splits);
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        const cudaError_t lerr = cudaLaunchKernelEx(&cfg, kernel, p);
+        return lerr != cudaSuccess ? lerr : cudaGetLastError();
+    }
     kernel<<<static_cast<unsigned>(blocks), Tr::kThreads, smem, stream>>>(p);
     return cudaGetLastError();
 }
@@ -66,6 +84,18 @@ bool decode_combine_waits(const LaunchInfo& info) {
         asked.fetch_or(bit, std::memory_order_release);
     }
     return yes;
+}
+
+// Whether a call merges its splits inside clusters (FA_DECODE_CLUSTER_SPLITS, sm80/decode_kernel.cuh; and
+// FA_DECODE_CLUSTER_LAUNCH): 2 to 8 splits (the portable cluster sizes), compute capability 9.0 (the H100/H200 this was
+// written for), and the kernels from the build's sm_90 code (decode_combine_waits tells: the same image holds both
+// kernels; the compute_80 PTX has no cluster code). The launcher then sets DecodeParams::cluster_splits and launches no
+// combine kernel. (Not yet handled: a cluster launch refused for resources, e.g. under an MPS SM limit, fails the call;
+// a landing would check cudaOccupancyMaxActiveClusters once and fall back to the combine kernel.)
+template <typename T>
+bool decode_cluster_splits(const DecodeParams& p, const LaunchInfo& info) {
+    return FA_DECODE_CLUSTER_SPLITS != 0 && FA_DECODE_CLUSTER_LAUNCH != 0 && p.num_splits >= 2 && p.num_splits <= 8 &&
+           info.cc_major == 9 && decode_combine_waits<T>(info);
 }
 
 // The combine kernel; with FA_DECODE_PDL, where its image waits (decode_combine_waits: compute capability 9.0 and the

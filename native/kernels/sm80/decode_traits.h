@@ -4,6 +4,17 @@
 #include <cstdint>
 #include <type_traits>
 
+// FA_DECODE_CLUSTER_SPLITS (sm80/decode_kernel.cuh: split-KV merged inside thread-block clusters; 0, the default:
+// never). Here because DecodeTraits' partial-buffer check depends on it. FA_DECODE_CLUSTER_LAUNCH=0 compiles the
+// cluster code but never launches it (sm80/decode_launch.cuh decode_cluster_splits): the A/B's control for the code
+// generation the macro alone changes.
+#ifndef FA_DECODE_CLUSTER_SPLITS
+#define FA_DECODE_CLUSTER_SPLITS 0
+#endif
+#ifndef FA_DECODE_CLUSTER_LAUNCH
+#define FA_DECODE_CLUSTER_LAUNCH 1
+#endif
+
 namespace fa {
 namespace sm80 {
 
@@ -211,6 +222,14 @@ struct DecodeTraits {
     static_assert(kChunks % kChunksPerId == 0, "block-table slots cover whole chunk groups");
     static_assert(!kRowMapped || kRowStep >= 16 || 16 % kRowStep == 0, "row steps divide the 16-row groups");
     static_assert(kSmemRed <= Stages * kSmemStage, "the merge buffers fit in the K/V ring");
+    // FA_DECODE_CLUSTER_SPLITS: a split's normalised partial O (fp32, [kBlockM][D]) and log-sum-exp ([kBlockM]) after
+    // the merge buffers, where the other CTAs of its cluster read them (from smem's start: the merge buffers begin at
+    // kSmemQ, over the q fragments and the ring, which are idle by then).
+    static constexpr int kOffPart = kSmemQ + kSmemRed;
+    static constexpr int kOffPartLse = kOffPart + kBlockM * D * 4;
+    static_assert(FA_DECODE_CLUSTER_SPLITS == 0 || kOffPartLse + kBlockM * 4 <= kSmemBytes,
+                  "a split's partial fits after the merge buffers");
+    static_assert(kOffPart % 16 == 0, "the partial's 16-byte stores");
 };
 
 // Per-SM shared memory beyond the per-block opt-in limit, and the runtime's reserve per block (sm80/sm90).
