@@ -205,9 +205,9 @@ def fp8_note(block=None, what="B 16"):
             "(SDPA has no fp8 cache); fp8_speedup: our bf16 cache's time (bf16_cache_ms) over this row's")
 
 
-def _ours_fp8(fa, ctx, row, q2, k8, v8, kd, vd, lens, ref, bench, torch, block=None):
+def _ours_fp8(fa, ctx, row, q2, k8, v8, kd, vd, lens, ref, bench, torch, block=None, outs=None):
     """fa_decode over the fp8 caches k8/v8 [b, S, Hkv, D] (paged `block` when given) with descales kd/vd, checked
-    against ref (SDPA on the dequantized cache), timed into row."""
+    against ref (SDPA on the dequantized cache), timed into row; the output tensor appended to `outs` when given."""
     if fa.version() < FA_FP8_CACHE_VERSION_CODE:
         raise RuntimeError(f"the library is version code {fa.version()}; an fp8 cache needs {FA_FP8_CACHE_VERSION_CODE}")
     b, s = k8.shape[0], k8.shape[1]
@@ -228,6 +228,8 @@ def _ours_fp8(fa, ctx, row, q2, k8, v8, kd, vd, lens, ref, bench, torch, block=N
     if table is not None:
         p.block_table = describe(table, FA_DTYPE_INT32)
     _check_and_time(fa, ctx, row, p, out, ref, bench, torch)
+    if outs is not None:
+        outs.append(out)
     del host_lens
 
 

@@ -46,6 +46,9 @@ def main():
     ap.add_argument("--lengths", default="32768", help="cache lengths, comma-separated")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--bitwise", action="store_true",
+                    help="also count the elements of each build's fp8 output whose bits differ from the first build's "
+                         "(a change that keeps the arithmetic, e.g. FA_DECODE_CLUSTER_SPLITS, must leave none)")
     args = ap.parse_args()
 
     import torch
@@ -78,13 +81,17 @@ def main():
             del kdeq, vdeq
             times = {name: {"fp8": [], "bf16": []} for name, _, _ in libs}
             rows = {}
+            outs = {}  # --bitwise: each build's fp8 output of its first round
             for rnd in range(args.rounds):
                 order = libs if rnd % 2 == 0 else libs[::-1]
                 for name, fa, kname in order:
                     r8 = dec.new_row(s, None, "fp8_cache")
                     r16 = dec.new_row(s, None, None)
                     try:
-                        dec._ours_fp8(fa, fa.ctx, r8, q2, k8, v8, kd, vd, lens, ref8, bench, torch)
+                        kept = [] if args.bitwise and name not in outs else None
+                        dec._ours_fp8(fa, fa.ctx, r8, q2, k8, v8, kd, vd, lens, ref8, bench, torch, outs=kept)
+                        if kept:
+                            outs[name] = kept[0]
                         dec._ours(fa, fa.ctx, r16, q2, kc, vc, lens, s, None, None, bench, torch)
                     except Exception as e:  # noqa: BLE001
                         r8["errors"]["ours"] = str(e).split("\n")[0][:300]
@@ -107,9 +114,11 @@ def main():
                        "fp8_tbps": dec.kv_bytes(s, elem=1) / fp8_ms / 1e9 if fp8_ms else None,
                        "fp8_rel_err": r8.get("ours_rel_err"), "fp8_rounds_us": [t * 1e3 for t in f8],
                        "errors": r8.get("errors") or None}
+                if args.bitwise and name in outs and libs[0][0] in outs:
+                    res["fp8_bits_differ"] = int((outs[name].view(torch.int16) != outs[libs[0][0]].view(torch.int16)).sum())
                 results.append(res)
                 print("#", json.dumps(res), flush=True)
-            del q, q2, kc, vc, k8, v8, ref8
+            del q, q2, kc, vc, k8, v8, ref8, outs
             torch.cuda.empty_cache()
     finally:
         for _, fa, _ in libs:
@@ -123,7 +132,8 @@ def main():
     for r in results:
         print(f"{r['variant']:10s} {r['sk']:6d} {str(r['kernel']):44s} {f(r['splits'], '6d')} {f(r['fp8_us'], '8.1f')} "
               f"{f(r['bf16_us'], '8.1f')} {f(r['bf16_over_fp8'], '8.3f')} {f(r['fp8_vs_first'], '8.3f')} "
-              f"{f(r['fp8_tbps'], '8.2f')}" + (f"  ERR {r['errors']}" if r["errors"] else ""))
+              f"{f(r['fp8_tbps'], '8.2f')}" + (f"  bits differ {r['fp8_bits_differ']}" if "fp8_bits_differ" in r else "")
+              + (f"  ERR {r['errors']}" if r["errors"] else ""))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(results, fh, indent=1)
