@@ -112,6 +112,19 @@ __device__ __forceinline__ float4 decode_ld_cluster4(uint32_t local, uint32_t ra
 }
 #endif
 
+// o += w x for the 8 floats of (x0, x1): a warp's or a split's weighted part of a row (the attention kernel's merge of
+// its warps, the combine kernel, the cluster's merge).
+__device__ __forceinline__ void decode_axpy8(float (&o)[8], float w, const float4& x0, const float4& x1) {
+    o[0] += w * x0.x;
+    o[1] += w * x0.y;
+    o[2] += w * x0.z;
+    o[3] += w * x0.w;
+    o[4] += w * x1.x;
+    o[5] += w * x1.y;
+    o[6] += w * x1.z;
+    o[7] += w * x1.w;
+}
+
 // Sequence b's packed rows [row0, row0 + count) of a cu_seqlens array over `total` rows (C ABI 0.12), clamped so
 // that no access leaves the packed tensor (and the count to `most`); a clamp is reported in the context's
 // device-flag word (the host then raises FA_STATUS_DEVICE_CHECK_FAILED naming the array), never silently used.
@@ -494,14 +507,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
                 const float w = __expf(l - lse);
                 const uint32_t src = part + (r * Tr::kHeadDim + ch * 8) * 4;
                 const float4 x0 = decode_ld_cluster4(src, sp), x1 = decode_ld_cluster4(src + 16, sp);
-                o[0] += w * x0.x;
-                o[1] += w * x0.y;
-                o[2] += w * x0.z;
-                o[3] += w * x0.w;
-                o[4] += w * x1.x;
-                o[5] += w * x1.y;
-                o[6] += w * x1.z;
-                o[7] += w * x1.w;
+                decode_axpy8(o, w, x0, x1);
             }
             *reinterpret_cast<uint4*>(dst) =
                 make_uint4(pack2<T>(o[0], o[1]), pack2<T>(o[2], o[3]), pack2<T>(o[4], o[5]), pack2<T>(o[6], o[7]));
@@ -1072,14 +1078,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
             l += f * red_l[w * BM + r];
             const float4* src = reinterpret_cast<const float4*>(red_o + (w * BM + r) * Tr::kRedStride + ch * 8);
             const float4 x0 = src[0], x1 = src[1];
-            o[0] += f * x0.x;
-            o[1] += f * x0.y;
-            o[2] += f * x0.z;
-            o[3] += f * x0.w;
-            o[4] += f * x1.x;
-            o[5] += f * x1.y;
-            o[6] += f * x1.z;
-            o[7] += f * x1.w;
+            decode_axpy8(o, f, x0, x1);
         }
         const bool seen = l > 0.f;
         const float inv = seen ? 1.f / l : 0.f;
@@ -1157,14 +1156,7 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const __grid_consta
         const float w = __expf(l - lse);
         const float4* src = reinterpret_cast<const float4*>(p.o_accum + (s * rows + row) * p.d + ch * 8);
         const float4 x0 = src[0], x1 = src[1];
-        o[0] += w * x0.x;
-        o[1] += w * x0.y;
-        o[2] += w * x0.z;
-        o[3] += w * x0.w;
-        o[4] += w * x1.x;
-        o[5] += w * x1.y;
-        o[6] += w * x1.z;
-        o[7] += w * x1.w;
+        decode_axpy8(o, w, x0, x1);
     }
     *reinterpret_cast<uint4*>(out) =
         make_uint4(pack2<T>(o[0], o[1]), pack2<T>(o[2], o[3]), pack2<T>(o[4], o[5]), pack2<T>(o[6], o[7]));
