@@ -466,10 +466,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
         return make_int2(qi, head);
     };
 
-    // Where packed row r's chunk ch of O goes (the cluster's merge; the direct path below writes the same address).
+    // Where the output of packed row r (qh = out_row(r)) goes: chunk ch of its O, and its log-sum-exp (the direct
+    // path's writes and the cluster's merge).
     const auto o_row = [&](int2 qh, int ch) {
         return reinterpret_cast<T*>(p.o) + b * p.o_batch_stride + (qs.row0 + qh.x) * p.o_row_stride +
                qh.y * p.o_head_stride + ch * 8;
+    };
+    const auto lse_at = [&](int2 qh) {
+        return p.lse + b * p.lse_batch_stride + qh.y * p.lse_head_stride + (qs.row0 + qh.x) * p.lse_row_stride;
     };
     // FA_DECODE_CLUSTER_SPLITS: the cluster's merge of the partials (see the top of this file), from every thread of
     // every CTA of the cluster, once. (No code without it, or for a target before sm_90.)
@@ -485,9 +489,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
             if (r >= rows_here || ch * 8 >= p.d || r % S != static_cast<int>(rank)) continue;
             const int2 qh = out_row(r);
             T* dst = o_row(qh, ch);
-            float* lse_dst = p.lse == nullptr ? nullptr
-                                              : p.lse + b * p.lse_batch_stride + qh.y * p.lse_head_stride +
-                                                    (qs.row0 + qh.x) * p.lse_row_stride;
+            float* lse_dst = p.lse == nullptr ? nullptr : lse_at(qh);
             float mx = -CUDART_INF_F;
             for (int sp = 0; sp < S; ++sp) mx = fmaxf(mx, decode_ld_cluster(part_lse + r * 4, sp));
             if (mx == -CUDART_INF_F) {  // no split saw a key of this row
@@ -534,15 +536,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
             if (r >= rows_here) continue;
             const int2 qh = out_row(r);
             if (direct) {
-                if (ch * 8 < p.d) {
-                    T* o = reinterpret_cast<T*>(p.o) + b * p.o_batch_stride + (qs.row0 + qh.x) * p.o_row_stride +
-                           qh.y * p.o_head_stride + ch * 8;
-                    *reinterpret_cast<uint4*>(o) = make_uint4(0, 0, 0, 0);
-                }
-                if (ch == 0 && p.lse != nullptr) {
-                    p.lse[b * p.lse_batch_stride + qh.y * p.lse_head_stride + (qs.row0 + qh.x) * p.lse_row_stride] =
-                        CUDART_INF_F;
-                }
+                if (ch * 8 < p.d) *reinterpret_cast<uint4*>(o_row(qh, ch)) = make_uint4(0, 0, 0, 0);
+                if (ch == 0 && p.lse != nullptr) *lse_at(qh) = CUDART_INF_F;
             } else if (ch == 0) {
                 const int64_t arow = (static_cast<int64_t>(b) * p.hq + qh.y) * p.sq + qh.x;
                 p.lse_accum[split * accum_rows + arow] = -CUDART_INF_F;
@@ -1085,13 +1080,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_kernel(co
         const float lse = seen ? mx * lse_scale + logf(l) : (direct ? CUDART_INF_F : -CUDART_INF_F);
         const int2 qh = out_row(r);
         if (direct) {
-            T* dst = reinterpret_cast<T*>(p.o) + b * p.o_batch_stride + (qs.row0 + qh.x) * p.o_row_stride +
-                     qh.y * p.o_head_stride + ch * 8;
-            *reinterpret_cast<uint4*>(dst) = make_uint4(pack2<T>(o[0] * inv, o[1] * inv), pack2<T>(o[2] * inv, o[3] * inv),
-                                                        pack2<T>(o[4] * inv, o[5] * inv), pack2<T>(o[6] * inv, o[7] * inv));
-            if (ch == 0 && p.lse != nullptr) {
-                p.lse[b * p.lse_batch_stride + qh.y * p.lse_head_stride + (qs.row0 + qh.x) * p.lse_row_stride] = lse;
-            }
+            *reinterpret_cast<uint4*>(o_row(qh, ch)) =
+                make_uint4(pack2<T>(o[0] * inv, o[1] * inv), pack2<T>(o[2] * inv, o[3] * inv),
+                           pack2<T>(o[4] * inv, o[5] * inv), pack2<T>(o[6] * inv, o[7] * inv));
+            if (ch == 0 && p.lse != nullptr) *lse_at(qh) = lse;
         } else if (clustered) {  // (FA_DECODE_CLUSTER_SPLITS: in this CTA's shared memory, for cluster_merge)
             float4* dst = reinterpret_cast<float4*>(smem + Tr::kOffPart + (r * Tr::kHeadDim + ch * 8) * 4);
             dst[0] = make_float4(o[0] * inv, o[1] * inv, o[2] * inv, o[3] * inv);
